@@ -1,0 +1,41 @@
+// Every error the plugin raises, each with a stable code; clients and tests match on `code`, never on the message.
+import createError from '@fastify/error'
+
+// Registration
+export const OptionsError = createError('BUDGET_ERR_OPTIONS', 'Invalid budgets plugin option: %s', 500, TypeError)
+export const MigrationError = createError('BUDGET_ERR_MIGRATION', 'Migration %s failed: %s', 500)
+
+// Requests
+const ValidationError = createError('BUDGET_ERR_VALIDATION', "Invalid '%s': %s", 400)
+/** Bad input, naming the field at fault (a dotted path into the request, such as `alerts.0.threshold`). */
+export class InvalidFieldError extends ValidationError {
+  readonly field: string
+  constructor (field: string, reason: string) {
+    super(field, reason)
+    this.field = field
+  }
+}
+
+export const UnauthorizedError = createError('BUDGET_ERR_UNAUTHORIZED', 'Missing or invalid admin credentials', 401)
+export const BudgetNotFoundError = createError('BUDGET_ERR_NOT_FOUND', "Budget '%s' not found", 404)
+
+// The hierarchy
+export class ParentNotFoundError extends createError('BUDGET_ERR_PARENT_NOT_FOUND', "Parent budget '%s' not found", 400) {
+  readonly field = 'parentId'
+}
+export class CurrencyMismatchError extends createError('BUDGET_ERR_CURRENCY_MISMATCH', '%s', 400) {
+  readonly field = 'currency'
+}
+export class ExceedsParentError extends createError('BUDGET_ERR_EXCEEDS_PARENT', '%s', 400) {
+  readonly field: string
+  constructor (field: 'amount' | 'period', reason: string) {
+    super(reason)
+    this.field = field
+  }
+}
+export const HierarchyCycleError = createError('BUDGET_ERR_HIERARCHY_CYCLE', "Budget '%s' cannot have '%s' as parent: that would make a cycle", 409)
+export const HasChildrenError = createError('BUDGET_ERR_HAS_CHILDREN', "Budget '%s' has %s child budget(s); delete them first or pass cascade=true", 409)
+
+// Faults
+export const DatabaseUnavailableError = createError('BUDGET_ERR_DATABASE_UNAVAILABLE', 'The budget database cannot be reached', 503)
+export const InternalError = createError('BUDGET_ERR_INTERNAL', 'Internal error', 500)

@@ -1,0 +1,93 @@
+// Exact money: decimal strings at the edges, scaled bigints in between, never a float in arithmetic.
+import { InvalidFieldError } from './errors.js'
+
+/** Digits kept after the decimal point; matches the `numeric(28, 10)` money columns. */
+export const MONEY_SCALE = 10
+const SCALE_FACTOR = 10n ** BigInt(MONEY_SCALE)
+const MAX_INTEGER_DIGITS = 28 - MONEY_SCALE
+// A JSON number survives the trip through a double only up to 15 significant digits.
+const MAX_NUMBER_DIGITS = 15
+const DECIMAL = /^-?(\d+)(?:\.(\d+))?$/
+
+/** A canonical decimal string: no exponent, no leading or trailing zeros ("25.5", "0.0001", "3"). */
+export type Money = string
+
+/**
+ * Reads an amount from a request (a decimal string, or a JSON number that was typed as a
+ * decimal) into canonical form. Refuses anything that cannot be stored exactly.
+ */
+export function parseMoney (value: unknown, field: string): Money {
+  let text: string
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value)) throw new InvalidFieldError(field, 'must be a finite number')
+    text = numberToDecimal(value)
+    if (significantDigits(text) > MAX_NUMBER_DIGITS) {
+      throw new InvalidFieldError(field, `has more than ${MAX_NUMBER_DIGITS} significant digits; send it as a decimal string`)
+    }
+  } else if (typeof value === 'string') {
+    text = value.trim()
+  } else {
+    throw new InvalidFieldError(field, 'must be a decimal string or a number')
+  }
+  const match = DECIMAL.exec(text)
+  if (match === null) throw new InvalidFieldError(field, 'must be a plain decimal such as "25.50"')
+  const [, integer = '', fraction = ''] = match
+  if (fraction.replace(/0+$/, '').length > MONEY_SCALE) {
+    throw new InvalidFieldError(field, `has more than ${MONEY_SCALE} decimal places`)
+  }
+  if (integer.replace(/^0+/, '').length > MAX_INTEGER_DIGITS) {
+    throw new InvalidFieldError(field, `has more than ${MAX_INTEGER_DIGITS} digits before the decimal point`)
+  }
+  return fromUnits(toUnits(text))
+}
+
+/** Like parseMoney, and the amount must be greater than zero. */
+export function parsePositiveMoney (value: unknown, field: string): Money {
+  const money = parseMoney(value, field)
+  if (toUnits(money) <= 0n) throw new InvalidFieldError(field, 'must be greater than 0')
+  return money
+}
+
+/** The amount in units of 10^-MONEY_SCALE. Input must be a plain decimal (as stored or parsed). */
+export function toUnits (decimal: string): bigint {
+  const negative = decimal.startsWith('-')
+  const [integer = '0', fraction = ''] = (negative ? decimal.slice(1) : decimal).split('.')
+  const units = BigInt(integer) * SCALE_FACTOR + BigInt((fraction + '0'.repeat(MONEY_SCALE)).slice(0, MONEY_SCALE))
+  return negative ? -units : units
+}
+
+export function fromUnits (units: bigint): Money {
+  const negative = units < 0n
+  const magnitude = negative ? -units : units
+  const integer = magnitude / SCALE_FACTOR
+  const fraction = (magnitude % SCALE_FACTOR).toString().padStart(MONEY_SCALE, '0').replace(/0+$/, '')
+  const text = fraction === '' ? integer.toString() : `${integer}.${fraction}`
+  return negative ? `-${text}` : text
+}
+
+/** Canonical form of a numeric that PostgreSQL returned as text ("25.5000000000" -> "25.5"). */
+export function normalizeMoney (decimal: string): Money {
+  return fromUnits(toUnits(decimal))
+}
+
+export function compareMoney (a: Money, b: Money): -1 | 0 | 1 {
+  const difference = toUnits(a) - toUnits(b)
+  return difference < 0n ? -1 : difference > 0n ? 1 : 0
+}
+
+// String(1e-7) is "1e-7"; expand the exponent so the digits can be counted and stored.
+function numberToDecimal (value: number): string {
+  const text = String(value)
+  const exponent = /^(-?)(\d)(?:\.(\d+))?e([+-]\d+)$/.exec(text)
+  if (exponent === null) return text
+  const [, sign = '', head = '', tail = '', power = '0'] = exponent
+  const digits = head + tail
+  const point = 1 + Number(power)
+  if (point <= 0) return `${sign}0.${'0'.repeat(-point)}${digits}`
+  if (point >= digits.length) return sign + digits + '0'.repeat(point - digits.length)
+  return `${sign}${digits.slice(0, point)}.${digits.slice(point)}`
+}
+
+function significantDigits (decimal: string): number {
+  return decimal.replace(/[-.]/g, '').replace(/^0+/, '').replace(/0+$/, '').length
+}

@@ -1,0 +1,67 @@
+// The plugin's options: defaults, and a check at registration so a bad option fails app.ready(), not a request.
+import { createHash, timingSafeEqual } from 'node:crypto'
+import type { FastifyRequest } from 'fastify'
+import type { Sql } from 'postgres'
+import { OptionsError } from './errors.js'
+
+/**
+ * Decides whether a request may use the admin API. Return `false` to refuse (401), `true` to allow,
+ * or a string naming the caller, which is recorded as the actor (a budget's createdBy).
+ */
+export type Authorize = (request: FastifyRequest) => boolean | string | Promise<boolean | string>
+
+export interface BudgetsOptions {
+  /** A postgres.js instance (left open on close) or a connection string (the plugin opens and closes its own client). */
+  database: Sql | string
+  /** Where the admin API lives. Default `/api/v1/budgets`. */
+  prefix?: string
+  /** Apply the migrations in sql/ on start, under an advisory lock. Default true. */
+  migrate?: boolean
+  /** A bearer token for the admin API (`Authorization: Bearer <token>`); the actor is `admin`. */
+  adminToken?: string
+  /** Your own check for the admin API; takes precedence over adminToken. */
+  authorize?: Authorize
+}
+
+export interface ResolvedOptions {
+  database: Sql | string
+  prefix: string
+  migrate: boolean
+  authorize: Authorize
+}
+
+const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true }
+
+export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
+  const { database, prefix, migrate, adminToken, authorize } = { ...DEFAULTS, ...options }
+  if (typeof database !== 'string' && typeof database !== 'function') {
+    throw new OptionsError('database must be a postgres.js instance or a connection string')
+  }
+  if (typeof database === 'string' && !/^postgres(ql)?:\/\//.test(database)) {
+    throw new OptionsError('database connection string must start with postgres:// or postgresql://')
+  }
+  if (typeof prefix !== 'string' || !prefix.startsWith('/')) throw new OptionsError('prefix must be a path starting with /')
+  if (typeof migrate !== 'boolean') throw new OptionsError('migrate must be a boolean')
+  if (authorize !== undefined && typeof authorize !== 'function') throw new OptionsError('authorize must be a function')
+  if (adminToken !== undefined && (typeof adminToken !== 'string' || adminToken.length < 16)) {
+    throw new OptionsError('adminToken must be a string of at least 16 characters')
+  }
+  if (authorize === undefined && adminToken === undefined) {
+    throw new OptionsError('the admin API needs adminToken or authorize (pass authorize: () => true to open it on purpose)')
+  }
+  return { database, prefix: prefix.replace(/\/$/, ''), migrate, authorize: authorize ?? bearerToken(adminToken!) }
+}
+
+function bearerToken (token: string): Authorize {
+  const expected = digest(token)
+  return (request) => {
+    const header = request.headers.authorization
+    const presented = header?.startsWith('Bearer ') === true ? header.slice(7) : ''
+    // Comparing digests keeps the comparison constant-time whatever the presented length.
+    return timingSafeEqual(digest(presented), expected) && 'admin'
+  }
+}
+
+function digest (text: string): Buffer {
+  return createHash('sha256').update(text).digest()
+}

@@ -1,0 +1,172 @@
+// SQL for budget_definitions: one statement per function; hand it a transaction's sql to run inside one.
+import type { Sql, TransactionSql } from 'postgres'
+import { normalizeMoney, type Money } from '../money.js'
+import type { BudgetAlert, BudgetDefinition, Period, ScopeType } from '../schemas.js'
+
+export type Db = Sql | TransactionSql
+
+/** A budget as the registry writes it: validated, canonical, dates parsed. */
+export interface BudgetValues {
+  name: string
+  description: string | null
+  scopeType: ScopeType
+  scopeId: string
+  parentId: string | null
+  amount: Money
+  currency: string
+  period: Period
+  startDate: Date
+  endDate: Date | null
+  recurring: boolean
+  alerts: BudgetAlert[]
+}
+
+interface BudgetRow {
+  id: string
+  name: string
+  description: string | null
+  scope_type: ScopeType
+  scope_id: string
+  parent_id: string | null
+  amount: string
+  currency: string
+  period: Period
+  start_date: Date
+  end_date: Date | null
+  recurring: boolean
+  alerts: BudgetAlert[]
+  created_by: string | null
+  created_at: Date
+  updated_at: Date
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+/** Ids reach us from URLs; one that is not a uuid names no budget, and must not reach PostgreSQL as one. */
+export function isUuid (value: string): boolean {
+  return UUID.test(value)
+}
+
+export function createBudgetRepository (sql: Db) {
+  // amount::text keeps money exact even when the host's postgres.js instance parses numeric to float.
+  const columns = sql`
+    id, name, description, scope_type, scope_id, parent_id, amount::text as amount, currency, period,
+    start_date, end_date, recurring, alerts, created_by, created_at, updated_at`
+
+  return {
+    async findBudget (id: string): Promise<BudgetDefinition | null> {
+      if (!isUuid(id)) return null
+      const [row] = await sql<BudgetRow[]>`select ${columns} from budget_definitions where id = ${id} and deleted_at is null`
+      return row === undefined ? null : toBudget(row)
+    },
+
+    async insertBudget (values: BudgetValues, createdBy: string | null): Promise<BudgetDefinition> {
+      const [row] = await sql<BudgetRow[]>`
+        insert into budget_definitions
+          (name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring, alerts, created_by)
+        values
+          (${values.name}, ${values.description}, ${values.scopeType}, ${values.scopeId}, ${values.parentId}, ${values.amount},
+           ${values.currency}, ${values.period}, ${values.startDate}, ${values.endDate}, ${values.recurring},
+           ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, ${createdBy})
+        returning ${columns}`
+      return toBudget(row!)
+    },
+
+    async updateBudget (id: string, values: BudgetValues): Promise<BudgetDefinition> {
+      const [row] = await sql<BudgetRow[]>`
+        update budget_definitions set
+          name = ${values.name}, description = ${values.description}, scope_type = ${values.scopeType},
+          scope_id = ${values.scopeId}, parent_id = ${values.parentId}, amount = ${values.amount},
+          currency = ${values.currency}, period = ${values.period}, start_date = ${values.startDate},
+          end_date = ${values.endDate}, recurring = ${values.recurring},
+          alerts = ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, updated_at = now()
+        where id = ${id} and deleted_at is null
+        returning ${columns}`
+      return toBudget(row!)
+    },
+
+    /** Archives the budgets: their rows and usage stay, every read stops seeing them. */
+    async archiveBudgets (ids: string[]): Promise<number> {
+      const result = await sql`update budget_definitions set deleted_at = now(), updated_at = now() where id in ${sql(ids)} and deleted_at is null`
+      return result.count
+    },
+
+    async listScopeBudgets (scopeType: ScopeType, scopeId: string): Promise<BudgetDefinition[]> {
+      const rows = await sql<BudgetRow[]>`
+        select ${columns} from budget_definitions
+        where scope_type = ${scopeType} and scope_id = ${scopeId} and deleted_at is null
+        order by created_at, id`
+      return rows.map(toBudget)
+    },
+
+    /** Every ancestor of the given budgets, nearest first. */
+    async listAncestors (ids: string[]): Promise<BudgetDefinition[]> {
+      if (ids.length === 0) return []
+      // The depth cap only guards against a cycle that the registry's checks make impossible.
+      const rows = await sql<BudgetRow[]>`
+        with recursive ancestor (id, depth) as (
+          select parent_id, 1 from budget_definitions where id in ${sql(ids)} and parent_id is not null
+          union all
+          select b.parent_id, a.depth + 1 from ancestor a join budget_definitions b on b.id = a.id
+          where b.parent_id is not null and a.depth < 64
+        )
+        select ${columns} from budget_definitions
+        join (select id, min(depth) as depth from ancestor group by id) a using (id)
+        where deleted_at is null
+        order by a.depth, created_at, id`
+      return rows.map(toBudget)
+    },
+
+    /** Every descendant of the given budgets, parents before their children. */
+    async listDescendants (ids: string[]): Promise<BudgetDefinition[]> {
+      if (ids.length === 0) return []
+      const rows = await sql<BudgetRow[]>`
+        with recursive descendant (id, depth) as (
+          select id, 1 from budget_definitions where parent_id in ${sql(ids)} and deleted_at is null
+          union all
+          select b.id, d.depth + 1 from descendant d join budget_definitions b on b.parent_id = d.id
+          where b.deleted_at is null and d.depth < 64
+        )
+        select ${columns} from descendant d join budget_definitions using (id)
+        order by d.depth, created_at, id`
+      return rows.map(toBudget)
+    },
+
+    async listChildren (id: string): Promise<BudgetDefinition[]> {
+      const rows = await sql<BudgetRow[]>`
+        select ${columns} from budget_definitions where parent_id = ${id} and deleted_at is null order by created_at, id`
+      return rows.map(toBudget)
+    },
+
+    /**
+     * Serializes every change to the budget tree, so two concurrent edits cannot together make a
+     * cycle or orphan a child. Held until the transaction ends; admin writes are rare, reads never wait.
+     */
+    async lockHierarchy (): Promise<void> {
+      await sql`select pg_advisory_xact_lock(hashtextextended('relaycore-budgets:hierarchy', 0))`
+    }
+  }
+}
+
+export type BudgetRepository = ReturnType<typeof createBudgetRepository>
+
+function toBudget (row: BudgetRow): BudgetDefinition {
+  return {
+    id: row.id,
+    name: row.name,
+    description: row.description,
+    scopeType: row.scope_type,
+    scopeId: row.scope_id,
+    parentId: row.parent_id,
+    amount: normalizeMoney(row.amount),
+    currency: row.currency,
+    period: row.period,
+    startDate: row.start_date.toISOString(),
+    endDate: row.end_date?.toISOString() ?? null,
+    recurring: row.recurring,
+    alerts: row.alerts,
+    createdBy: row.created_by,
+    createdAt: row.created_at.toISOString(),
+    updatedAt: row.updated_at.toISOString()
+  }
+}

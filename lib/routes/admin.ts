@@ -1,0 +1,26 @@
+// The admin API's scope: strict validation, coded errors and authorization for every route inside it.
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { UnauthorizedError } from '../errors.js'
+import type { Authorize } from '../options.js'
+import type { BudgetRegistry } from '../services/registry.js'
+import { budgetRoutes } from './budgets.js'
+import { handleError } from './error-handler.js'
+import { compileValidator } from './validator.js'
+
+export interface AdminRoutesOptions {
+  authorize: Authorize
+  registry: BudgetRegistry
+}
+
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry }) => {
+  app.setValidatorCompiler(compileValidator)
+  app.setErrorHandler(handleError)
+
+  app.addHook('onRequest', async (request) => {
+    const verdict = await authorize(request)
+    if (verdict === false) throw new UnauthorizedError()
+    request.budgetActor = verdict === true ? 'admin' : verdict
+  })
+
+  await app.register(budgetRoutes, { registry })
+}

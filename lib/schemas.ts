@@ -1,0 +1,123 @@
+// The API's shapes, declared once: they validate requests, type the code and document the routes.
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+
+/** A string enum as JSON Schema `enum`, so a bad value gets one clear message listing the allowed ones. */
+function StringEnum<const T extends readonly string[]> (values: T, options: { description?: string } = {}) {
+  return Type.Unsafe<T[number]>({ type: 'string', enum: [...values], ...options })
+}
+
+/** `null` or the schema; a type array rather than anyOf keeps validation messages plain. */
+function Nullable<T extends TSchema> (schema: T) {
+  return Type.Unsafe<Static<T> | null>({ ...schema, type: [schema.type, 'null'] })
+}
+
+export const SCOPE_TYPES = ['organization', 'team', 'user', 'project'] as const
+export const PERIODS = ['daily', 'weekly', 'monthly', 'quarterly', 'annual', 'custom'] as const
+export const ALERT_ACTIONS = ['notify', 'restrict-models', 'require-approval', 'block-all', 'auto-downgrade'] as const
+
+export const ScopeType = StringEnum(SCOPE_TYPES)
+export const Period = StringEnum(PERIODS)
+export const AlertAction = StringEnum(ALERT_ACTIONS)
+
+export const MoneyInput = Type.Unsafe<string | number>({
+  type: ['string', 'number'],
+  description: 'A decimal amount: a string such as "25.50" (exact, up to 10 decimal places) or a JSON number of at most 15 significant digits.',
+  examples: ['10000', 25.5]
+})
+export const Money = Type.String({
+  description: 'An exact decimal amount as a string, without exponent or trailing zeros.',
+  examples: ['10000', '25.5']
+})
+export const TimestampInput = Type.String({
+  description: 'An ISO 8601 date (2024-01-01, read as midnight UTC) or date-time with a zone (2024-01-01T00:00:00Z).',
+  examples: ['2024-01-01', '2024-01-01T00:00:00.000Z']
+})
+const Timestamp = Type.String({ format: 'date-time', description: 'ISO 8601 date-time in UTC.' })
+const Uuid = Type.String({ format: 'uuid' })
+
+export const BudgetAlert = Type.Object({
+  threshold: Type.Number({ exclusiveMinimum: 0, maximum: 1000, description: 'Percent of the budget amount at which the alert fires.' }),
+  actions: Type.Array(AlertAction, { minItems: 1, maxItems: 5, uniqueItems: true }),
+  notificationChannels: Type.Array(Type.String({ minLength: 1, maxLength: 500 }), { maxItems: 20, uniqueItems: true, default: [] })
+}, { additionalProperties: false })
+
+const budgetFields = {
+  name: Type.String({ minLength: 1, maxLength: 200 }),
+  description: Nullable(Type.String({ maxLength: 2000 })),
+  scopeType: ScopeType,
+  scopeId: Type.String({ minLength: 1, maxLength: 200 }),
+  parentId: Nullable(Type.String({ description: 'The parent budget; its spend includes this one\'s.' })),
+  amount: MoneyInput,
+  currency: Type.String({ pattern: '^[A-Z]{3}$', description: 'ISO 4217 code.', examples: ['USD'] }),
+  period: Period,
+  startDate: TimestampInput,
+  endDate: Nullable(TimestampInput),
+  recurring: Type.Boolean({ description: 'Rolls over to a fresh period when one ends.' }),
+  alerts: Type.Array(BudgetAlert, { maxItems: 20 })
+}
+
+export const CreateBudgetRequest = Type.Object({
+  ...budgetFields,
+  description: Type.Optional(budgetFields.description),
+  parentId: Type.Optional(budgetFields.parentId),
+  endDate: Type.Optional(budgetFields.endDate),
+  recurring: Type.Optional(budgetFields.recurring),
+  alerts: Type.Optional(budgetFields.alerts)
+}, { additionalProperties: false })
+
+export const UpdateBudgetRequest = Type.Partial(Type.Object(budgetFields), { additionalProperties: false, minProperties: 1 })
+
+export const BudgetDefinition = Type.Object({
+  id: Uuid,
+  name: Type.String(),
+  description: Nullable(Type.String()),
+  scopeType: ScopeType,
+  scopeId: Type.String(),
+  parentId: Nullable(Uuid),
+  amount: Money,
+  currency: Type.String(),
+  period: Period,
+  startDate: Timestamp,
+  endDate: Nullable(Timestamp),
+  recurring: Type.Boolean(),
+  alerts: Type.Array(BudgetAlert),
+  createdBy: Nullable(Type.String()),
+  createdAt: Timestamp,
+  updatedAt: Timestamp
+})
+
+export const BudgetTreeNode = Type.Recursive((Node) => Type.Composite([
+  BudgetDefinition,
+  Type.Object({ children: Type.Array(Node) })
+]), { $id: 'BudgetTreeNode' })
+
+export const BudgetList = Type.Object({ budgets: Type.Array(BudgetDefinition) })
+export const BudgetHierarchy = Type.Object({
+  scopeType: ScopeType,
+  scopeId: Type.String(),
+  roots: Type.Array(BudgetTreeNode, { description: 'The topmost ancestors of the scope\'s budgets, each with its descendants.' })
+})
+
+export const BudgetIdParams = Type.Object({ id: Type.String({ description: 'Budget id (uuid).' }) })
+export const ScopeParams = Type.Object({ type: ScopeType, id: Type.String({ minLength: 1, maxLength: 200 }) })
+export const DeleteBudgetQuery = Type.Object({
+  cascade: Type.Boolean({ default: false, description: 'Also delete the budget\'s descendants.' })
+}, { additionalProperties: false })
+
+export const ErrorResponse = Type.Object({
+  statusCode: Type.Integer(),
+  code: Type.String({ description: 'Stable error code, such as BUDGET_ERR_NOT_FOUND.' }),
+  error: Type.String(),
+  message: Type.String(),
+  field: Type.Optional(Type.String({ description: 'The request field at fault, as a dotted path.' }))
+})
+
+export type ScopeType = Static<typeof ScopeType>
+export type Period = Static<typeof Period>
+export type AlertAction = Static<typeof AlertAction>
+export type BudgetAlert = Static<typeof BudgetAlert>
+export type CreateBudgetRequest = Static<typeof CreateBudgetRequest>
+export type UpdateBudgetRequest = Static<typeof UpdateBudgetRequest>
+export type BudgetDefinition = Static<typeof BudgetDefinition>
+export type BudgetTreeNode = Static<typeof BudgetTreeNode>
+export type BudgetHierarchy = Static<typeof BudgetHierarchy>

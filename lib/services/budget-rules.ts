@@ -1,0 +1,74 @@
+// The registry's rules for one budget and for a parent-child pair; pure, so every rule is tested without I/O.
+import { CurrencyMismatchError, ExceedsParentError, InvalidFieldError } from '../errors.js'
+import { compareMoney, parsePositiveMoney } from '../money.js'
+import type { BudgetValues } from '../repository/budgets.js'
+import type { BudgetAlert, CreateBudgetRequest, Period } from '../schemas.js'
+import { parseTimestamp } from '../timestamps.js'
+
+const DAY = 86_400_000
+/** The longest a period of each kind can be; a custom period is as long as its dates say. */
+const LONGEST_PERIOD: Record<Exclude<Period, 'custom'>, number> = {
+  daily: DAY,
+  weekly: 7 * DAY,
+  monthly: 31 * DAY,
+  quarterly: 92 * DAY,
+  annual: 366 * DAY
+}
+
+/** Checks a whole budget (as created, or as it would be after an update) and puts it in canonical form. */
+export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
+  const startDate = parseTimestamp(input.startDate, 'startDate')
+  const endDate = input.endDate == null ? null : parseTimestamp(input.endDate, 'endDate')
+  if (input.period === 'custom' && endDate === null) throw new InvalidFieldError('endDate', "is required when period is 'custom'")
+  if (endDate !== null && endDate <= startDate) throw new InvalidFieldError('endDate', 'must be after startDate')
+  if (!/^[A-Z]{3}$/.test(input.currency)) throw new InvalidFieldError('currency', 'must be an ISO 4217 code such as USD')
+  return {
+    name: input.name.trim(),
+    description: input.description ?? null,
+    scopeType: input.scopeType,
+    scopeId: input.scopeId,
+    parentId: input.parentId ?? null,
+    amount: parsePositiveMoney(input.amount, 'amount'),
+    currency: input.currency,
+    period: input.period,
+    startDate,
+    endDate,
+    recurring: input.recurring ?? true,
+    alerts: normalizeAlerts(input.alerts ?? [])
+  }
+}
+
+/** Alerts sorted by threshold, one alert per threshold. */
+function normalizeAlerts (alerts: BudgetAlert[]): BudgetAlert[] {
+  const sorted = alerts
+    .map((alert) => ({ ...alert, notificationChannels: alert.notificationChannels ?? [] }))
+    .sort((a, b) => a.threshold - b.threshold)
+  sorted.forEach((alert, index) => {
+    if (index > 0 && sorted[index - 1]!.threshold === alert.threshold) {
+      throw new InvalidFieldError('alerts', `has two alerts at threshold ${alert.threshold}`)
+    }
+  })
+  return sorted
+}
+
+export function periodLength (budget: Pick<BudgetValues, 'period' | 'startDate' | 'endDate'>): number {
+  return budget.period === 'custom' ? budget.endDate!.getTime() - budget.startDate.getTime() : LONGEST_PERIOD[budget.period]
+}
+
+type Described = Pick<BudgetValues, 'name' | 'amount' | 'currency' | 'period' | 'startDate' | 'endDate'>
+
+/**
+ * A child lives inside its parent: same currency, an amount no larger, a period no longer.
+ * Children may together promise more than the parent holds; the gate enforces the parent anyway.
+ */
+export function checkChildFitsParent (child: Described, parent: Described): void {
+  if (child.currency !== parent.currency) {
+    throw new CurrencyMismatchError(`Budget '${child.name}' is in ${child.currency} but its parent '${parent.name}' is in ${parent.currency}`)
+  }
+  if (compareMoney(child.amount, parent.amount) > 0) {
+    throw new ExceedsParentError('amount', `Budget '${child.name}' amount ${child.amount} exceeds its parent '${parent.name}' amount ${parent.amount}`)
+  }
+  if (periodLength(child) > periodLength(parent)) {
+    throw new ExceedsParentError('period', `Budget '${child.name}' has a ${child.period} period, longer than its parent '${parent.name}' ${parent.period} period`)
+  }
+}

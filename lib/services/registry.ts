@@ -1,0 +1,106 @@
+// The Budget Registry: creates, reads, changes and deletes budgets, keeping the hierarchy sound.
+import type { Sql } from 'postgres'
+import { BudgetNotFoundError, HasChildrenError, HierarchyCycleError, ParentNotFoundError } from '../errors.js'
+import { createBudgetRepository, type BudgetRepository, type BudgetValues } from '../repository/budgets.js'
+import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
+import { checkChildFitsParent, normalizeBudget } from './budget-rules.js'
+
+export interface DeleteBudgetOptions {
+  /** Also delete every descendant; without it a budget with children is refused. */
+  cascade?: boolean
+}
+
+export function createBudgetRegistry (sql: Sql) {
+  const budgets = createBudgetRepository(sql)
+
+  /** Every write takes the hierarchy lock first, so checks and write see one consistent tree. */
+  async function inHierarchyTransaction<T> (work: (repository: BudgetRepository) => Promise<T>): Promise<T> {
+    return await sql.begin(async (tx) => {
+      const repository = createBudgetRepository(tx)
+      await repository.lockHierarchy()
+      return await work(repository)
+    }) as T
+  }
+
+  async function getBudget (id: string): Promise<BudgetDefinition> {
+    const budget = await budgets.findBudget(id)
+    if (budget === null) throw new BudgetNotFoundError(id)
+    return budget
+  }
+
+  return {
+    async createBudget (request: CreateBudgetRequest, createdBy: string | null = null): Promise<BudgetDefinition> {
+      const values = normalizeBudget(request)
+      return await inHierarchyTransaction(async (repository) => {
+        await checkParent(repository, values, null)
+        return await repository.insertBudget(values, createdBy)
+      })
+    },
+
+    getBudget,
+
+    /** Applies a partial update; the budget as it would become must pass every create rule. */
+    async updateBudget (id: string, updates: UpdateBudgetRequest): Promise<BudgetDefinition> {
+      return await inHierarchyTransaction(async (repository) => {
+        const current = await repository.findBudget(id)
+        if (current === null) throw new BudgetNotFoundError(id)
+        const values = normalizeBudget({ ...current, ...updates })
+        await checkParent(repository, values, id)
+        for (const child of await repository.listChildren(id)) {
+          checkChildFitsParent(normalizeBudget(child), values)
+        }
+        return await repository.updateBudget(id, values)
+      })
+    },
+
+    async deleteBudget (id: string, { cascade = false }: DeleteBudgetOptions = {}): Promise<void> {
+      await inHierarchyTransaction(async (repository) => {
+        const budget = await repository.findBudget(id)
+        if (budget === null) throw new BudgetNotFoundError(id)
+        const descendants = await repository.listDescendants([id])
+        if (descendants.length > 0 && !cascade) {
+          throw new HasChildrenError(id, descendants.filter((d) => d.parentId === id).length)
+        }
+        await repository.archiveBudgets([id, ...descendants.map((d) => d.id)])
+      })
+    },
+
+    async getBudgetsByScope (scopeType: ScopeType, scopeId: string): Promise<BudgetDefinition[]> {
+      return await budgets.listScopeBudgets(scopeType, scopeId)
+    },
+
+    /** The scope's budgets with all their ancestors and descendants, as trees from the topmost ancestors down. */
+    async getHierarchy (scopeType: ScopeType, scopeId: string): Promise<BudgetHierarchy> {
+      const own = await budgets.listScopeBudgets(scopeType, scopeId)
+      const ids = own.map((budget) => budget.id)
+      const [ancestors, descendants] = await Promise.all([budgets.listAncestors(ids), budgets.listDescendants(ids)])
+      return { scopeType, scopeId, roots: buildTrees([...ancestors, ...own, ...descendants]) }
+    }
+  }
+}
+
+export type BudgetRegistry = ReturnType<typeof createBudgetRegistry>
+
+/** The parent must exist, must not be the budget or one of its descendants, and must have room for the child. */
+async function checkParent (repository: BudgetRepository, values: BudgetValues, id: string | null): Promise<void> {
+  if (values.parentId === null) return
+  const parent = await repository.findBudget(values.parentId)
+  if (parent === null) throw new ParentNotFoundError(values.parentId)
+  if (id !== null) {
+    const lineage = [parent, ...await repository.listAncestors([parent.id])]
+    if (lineage.some((budget) => budget.id === id)) throw new HierarchyCycleError(id, parent.id)
+  }
+  checkChildFitsParent(values, normalizeBudget(parent))
+}
+
+function buildTrees (budgets: BudgetDefinition[]): BudgetTreeNode[] {
+  const nodes = new Map<string, BudgetTreeNode>()
+  for (const budget of budgets) nodes.set(budget.id, { ...budget, children: [] })
+  const roots: BudgetTreeNode[] = []
+  for (const node of nodes.values()) {
+    const parent = node.parentId === null ? undefined : nodes.get(node.parentId)
+    if (parent === undefined) roots.push(node)
+    else parent.children.push(node)
+  }
+  return roots
+}
