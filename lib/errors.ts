@@ -20,7 +20,7 @@ export const UnauthorizedError = createError('BUDGET_ERR_UNAUTHORIZED', 'Missing
 export const BudgetNotFoundError = createError('BUDGET_ERR_NOT_FOUND', "Budget '%s' not found", 404)
 
 // The hierarchy
-export class ParentNotFoundError extends createError('BUDGET_ERR_PARENT_NOT_FOUND', "Parent budget '%s' not found", 400) {
+export class ParentNotFoundError extends createError('BUDGET_ERR_PARENT_NOT_FOUND', "Invalid 'parentId': budget '%s' not found", 400) {
   readonly field = 'parentId'
 }
 export class CurrencyMismatchError extends createError('BUDGET_ERR_CURRENCY_MISMATCH', '%s', 400) {

@@ -9,7 +9,7 @@ import { createTestDatabase, createTestSql } from './fixtures/database.js'
 t.test('two processes migrating one database at once both come up, and each migration runs once', async (t) => {
   const url = await createTestDatabase(t)
   const script = new URL('./fixtures/migrate-process.ts', import.meta.url).pathname
-  const processes = [1, 2].map(() => spawn('npx', ['tsx', script, url], { stdio: ['pipe', 'pipe', 'inherit'] }))
+  const processes = [1, 2].map(() => spawn(process.execPath, ['--import', 'tsx', script, url], { stdio: ['pipe', 'pipe', 'inherit'] }))
   const outputs = processes.map((child) => {
     const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]()
     return { next: async () => (await lines.next()).value as string }

@@ -1,0 +1,127 @@
+import t from 'tap'
+import { PREFIX, budgetRequest, buildApp, snapshotTables, type TestApp } from './fixtures/app.js'
+
+async function setup (t: Parameters<typeof buildApp>[0]) {
+  const app = await buildApp(t)
+  const create = async (body: Record<string, unknown>) => await app.admin({ method: 'POST', url: PREFIX, body: budgetRequest(body) })
+  const createOk = async (body: Record<string, unknown>) => {
+    const response = await create(body)
+    if (response.statusCode !== 201) throw new Error(`create failed: ${response.body}`)
+    return response.json() as { id: string, parentId: string | null }
+  }
+  const update = async (id: string, body: Record<string, unknown>) => await app.admin({ method: 'PUT', url: `${PREFIX}/${id}`, body })
+  return { ...app, create, createOk, update }
+}
+
+t.test('a child lives inside its parent: same currency, no larger amount, no longer period', async (t) => {
+  const { create, createOk, sql } = await setup(t)
+  const parent = await createOk({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '1000', period: 'monthly' })
+  const before = await snapshotTables(sql)
+  const refused: Array<[string, Record<string, unknown>, string, string]> = [
+    ['another currency', { currency: 'EUR' }, 'BUDGET_ERR_CURRENCY_MISMATCH', 'currency'],
+    ['a larger amount', { amount: '1000.0000000001' }, 'BUDGET_ERR_EXCEEDS_PARENT', 'amount'],
+    ['a longer period', { period: 'quarterly', amount: '10' }, 'BUDGET_ERR_EXCEEDS_PARENT', 'period'],
+    ['a custom period longer than a month', { period: 'custom', startDate: '2024-01-01', endDate: '2024-02-02' }, 'BUDGET_ERR_EXCEEDS_PARENT', 'period']
+  ]
+  for (const [name, change, code, field] of refused) {
+    const response = await create({ parentId: parent.id, ...change })
+    t.equal(response.statusCode, 400, name)
+    t.match(response.json(), { code, field }, `${name}: ${code} on ${field}`)
+  }
+  t.same(await snapshotTables(sql), before, 'refused children were not written')
+
+  for (const [name, change] of [
+    ['an equal amount and period', { amount: '1000' }],
+    ['a shorter period', { period: 'daily', amount: '40' }],
+    ['a custom period of twenty days', { period: 'custom', startDate: '2024-01-01', endDate: '2024-01-21' }]
+  ] as const) {
+    const response = await create({ parentId: parent.id, ...change })
+    t.equal(response.statusCode, 201, name)
+    t.equal(response.json().parentId, parent.id)
+  }
+})
+
+t.test('a period under a custom parent compares with the parent\'s length', async (t) => {
+  const { create, createOk } = await setup(t)
+  const sprint = await createOk({ period: 'custom', startDate: '2024-01-01', endDate: '2024-01-15', recurring: false })
+  t.equal((await create({ parentId: sprint.id, period: 'weekly' })).statusCode, 201)
+  t.match((await create({ parentId: sprint.id, period: 'monthly' })).json(), { code: 'BUDGET_ERR_EXCEEDS_PARENT', field: 'period' })
+})
+
+t.test('a change to a parent must still hold its children', async (t) => {
+  const { createOk, update, sql } = await setup(t)
+  const parent = await createOk({ amount: '1000', period: 'monthly' })
+  await createOk({ parentId: parent.id, amount: '600', period: 'weekly' })
+  const before = await snapshotTables(sql)
+  t.match((await update(parent.id, { amount: '500' })).json(), { code: 'BUDGET_ERR_EXCEEDS_PARENT', field: 'amount' })
+  t.match((await update(parent.id, { period: 'daily' })).json(), { code: 'BUDGET_ERR_EXCEEDS_PARENT', field: 'period' })
+  t.match((await update(parent.id, { currency: 'EUR' })).json(), { code: 'BUDGET_ERR_CURRENCY_MISMATCH', field: 'currency' })
+  t.same(await snapshotTables(sql), before, 'nothing changed')
+  t.equal((await update(parent.id, { amount: '600' })).statusCode, 200, 'down to the child\'s amount is fine')
+})
+
+t.test('no cycles: a budget cannot become its own ancestor', async (t) => {
+  const { createOk, update, sql } = await setup(t)
+  const root = await createOk({ name: 'root', amount: '1000' })
+  const middle = await createOk({ name: 'middle', amount: '500', parentId: root.id })
+  const leaf = await createOk({ name: 'leaf', amount: '100', parentId: middle.id })
+  const before = await snapshotTables(sql)
+  for (const [name, id, parentId] of [['itself', root.id, root.id], ['its child', root.id, middle.id], ['its grandchild', root.id, leaf.id]]) {
+    const response = await update(id!, { parentId })
+    t.equal(response.statusCode, 409, `parent = ${name}`)
+    t.equal(response.json().code, 'BUDGET_ERR_HIERARCHY_CYCLE')
+  }
+  t.same(await snapshotTables(sql), before)
+  const moved = await update(leaf.id, { parentId: root.id })
+  t.equal(moved.statusCode, 200, 'moving up the tree is fine')
+  t.equal((await update(leaf.id, { parentId: null })).json().parentId, null, 'and so is leaving it')
+})
+
+t.test('two concurrent moves that together would make a cycle: one wins, one is refused', async (t) => {
+  const { createOk, update, sql } = await setup(t)
+  for (let round = 0; round < 5; round++) {
+    const a = await createOk({ name: `a${round}` })
+    const b = await createOk({ name: `b${round}` })
+    const results = await Promise.all([update(a.id, { parentId: b.id }), update(b.id, { parentId: a.id })])
+    t.same(results.map((r) => r.statusCode).sort(), [200, 409], `round ${round}`)
+    const rows = await sql`select id, parent_id from budget_definitions where id in ${sql([a.id, b.id])}`
+    t.equal(rows.filter((row) => row.parent_id !== null).length, 1, 'exactly one of them has a parent')
+  }
+})
+
+t.test('deleting a budget with children is refused unless asked to cascade', async (t) => {
+  const { admin, createOk, sql } = await setup(t)
+  const root = await createOk({ name: 'root', amount: '1000' })
+  const child = await createOk({ name: 'child', amount: '500', parentId: root.id })
+  const grandchild = await createOk({ name: 'grandchild', amount: '100', parentId: child.id })
+  const other = await createOk({ name: 'other', amount: '100' })
+  const before = await snapshotTables(sql)
+  const refused = await admin({ method: 'DELETE', url: `${PREFIX}/${root.id}` })
+  t.equal(refused.statusCode, 409)
+  t.match(refused.json(), { code: 'BUDGET_ERR_HAS_CHILDREN', message: /1 child budget/ })
+  t.same(await snapshotTables(sql), before, 'nothing archived')
+
+  t.equal((await admin({ method: 'DELETE', url: `${PREFIX}/${root.id}?cascade=true` })).statusCode, 204)
+  for (const id of [root.id, child.id, grandchild.id]) {
+    t.equal((await admin({ method: 'GET', url: `${PREFIX}/${id}` })).statusCode, 404, 'the subtree is gone')
+  }
+  t.equal((await admin({ method: 'GET', url: `${PREFIX}/${other.id}` })).statusCode, 200, 'other budgets stay')
+  const [{ count }] = await sql`select count(*)::int from budget_definitions where deleted_at is not null` as unknown as [{ count: number }]
+  t.equal(count, 3, 'archived, not destroyed')
+})
+
+t.test('a deleted budget cannot become a parent', async (t) => {
+  const { admin, create, createOk } = await setup(t)
+  const gone = await createOk({})
+  await admin({ method: 'DELETE', url: `${PREFIX}/${gone.id}` })
+  t.match((await create({ parentId: gone.id })).json(), { code: 'BUDGET_ERR_PARENT_NOT_FOUND', field: 'parentId' })
+})
+
+t.test('the registry on the instance applies the same rules', async (t) => {
+  const { app }: TestApp = await buildApp(t)
+  const parent = await app.budgetRegistry.createBudget({ ...budgetRequest(), scopeType: 'team', period: 'monthly' }, 'ops@example.com')
+  t.equal(parent.createdBy, 'ops@example.com')
+  await t.rejects(app.budgetRegistry.createBudget({ ...budgetRequest({ parentId: parent.id, currency: 'GBP' }), scopeType: 'user', period: 'daily' }), { code: 'BUDGET_ERR_CURRENCY_MISMATCH' })
+  await t.rejects(app.budgetRegistry.getBudget('nope'), { code: 'BUDGET_ERR_NOT_FOUND', statusCode: 404 })
+  t.same((await app.budgetRegistry.getBudgetsByScope('team', 'team-a')).map((b) => b.id), [parent.id])
+})
