@@ -34,8 +34,17 @@ export class ExceedsParentError extends createError('BUDGET_ERR_EXCEEDS_PARENT',
   }
 }
 export const HierarchyCycleError = createError('BUDGET_ERR_HIERARCHY_CYCLE', "Budget '%s' cannot have '%s' as parent: that would make a cycle", 409)
+export class CurrencyLockedError extends createError('BUDGET_ERR_CURRENCY_LOCKED', "Budget '%s' has usage in %s; its currency cannot change", 409) {
+  readonly field = 'currency'
+}
 export const HasChildrenError = createError('BUDGET_ERR_HAS_CHILDREN', "Budget '%s' has %s child budget(s); delete them first or pass cascade=true", 409)
 
 // Faults
 export const DatabaseUnavailableError = createError('BUDGET_ERR_DATABASE_UNAVAILABLE', 'The budget database cannot be reached', 503)
 export const InternalError = createError('BUDGET_ERR_INTERNAL', 'Internal error', 500)
+
+// Usage
+export const BudgetNotActiveError = createError('BUDGET_ERR_NOT_ACTIVE', "Budget '%s' has no active period at %s (%s)", 409)
+export class IdempotencyConflictError extends createError('BUDGET_ERR_IDEMPOTENCY_CONFLICT', "Idempotency key '%s' was used for a different usage record (%s)", 409) {
+  readonly field = 'metadata.requestId'
+}

@@ -7,10 +7,12 @@ import { migrate } from './database/migrate.js'
 import { resolveOptions, type BudgetsOptions } from './options.js'
 import { adminRoutes } from './routes/admin.js'
 import { createBudgetRegistry, type BudgetRegistry } from './services/registry.js'
+import { createBudgetTracker, type BudgetTracker } from './services/tracker.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     budgetRegistry: BudgetRegistry
+    budgetTracker: BudgetTracker
   }
   interface FastifyRequest {
     /** Who called the admin API, as the authorize option named them; null outside it. */
@@ -19,7 +21,7 @@ declare module 'fastify' {
 }
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
-  const { database, prefix, migrate: applyMigrations, authorize } = resolveOptions(options)
+  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs } = resolveOptions(options)
 
   // Close only the client we open; a host's own client is the host's to end.
   const ownsClient = typeof database === 'string'
@@ -36,10 +38,12 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   }
 
   const budgetRegistry = createBudgetRegistry(sql)
+  const budgetTracker = createBudgetTracker(sql, { statusCacheTtlMs, now: () => new Date() })
   fastify.decorate('budgetRegistry', budgetRegistry)
+  fastify.decorate('budgetTracker', budgetTracker)
   fastify.decorateRequest('budgetActor', null)
 
-  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry })
+  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker })
 }
 
 export default fp(budgets, { fastify: '5.x', name: '@relaycore/budgets' })
@@ -47,4 +51,5 @@ export { budgets }
 export * from './errors.js'
 export type { Authorize, BudgetsOptions } from './options.js'
 export type { BudgetRegistry } from './services/registry.js'
+export type { BudgetTracker } from './services/tracker.js'
 export type * from './schemas.js'

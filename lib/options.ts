@@ -21,6 +21,8 @@ export interface BudgetsOptions {
   adminToken?: string
   /** Your own check for the admin API; takes precedence over adminToken. */
   authorize?: Authorize
+  /** A status cache row older than this is recomputed from the usage rows when read. Default 5 minutes. */
+  statusCacheTtlMs?: number
 }
 
 export interface ResolvedOptions {
@@ -28,12 +30,13 @@ export interface ResolvedOptions {
   prefix: string
   migrate: boolean
   authorize: Authorize
+  statusCacheTtlMs: number
 }
 
-const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true }
+const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000 }
 
 export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
-  const { database, prefix, migrate, adminToken, authorize } = { ...DEFAULTS, ...options }
+  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs } = { ...DEFAULTS, ...options }
   if (typeof database !== 'string' && typeof database !== 'function') {
     throw new OptionsError('database must be a postgres.js instance or a connection string')
   }
@@ -42,6 +45,7 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
   }
   if (typeof prefix !== 'string' || !prefix.startsWith('/')) throw new OptionsError('prefix must be a path starting with /')
   if (typeof migrate !== 'boolean') throw new OptionsError('migrate must be a boolean')
+  if (!Number.isInteger(statusCacheTtlMs) || statusCacheTtlMs < 0) throw new OptionsError('statusCacheTtlMs must be a whole number of milliseconds')
   if (authorize !== undefined && typeof authorize !== 'function') throw new OptionsError('authorize must be a function')
   if (adminToken !== undefined && (typeof adminToken !== 'string' || adminToken.length < 16)) {
     throw new OptionsError('adminToken must be a string of at least 16 characters')
@@ -49,7 +53,7 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
   if (authorize === undefined && adminToken === undefined) {
     throw new OptionsError('the admin API needs adminToken or authorize (pass authorize: () => true to open it on purpose)')
   }
-  return { database, prefix: prefix.replace(/\/$/, ''), migrate, authorize: authorize ?? bearerToken(adminToken!) }
+  return { database, prefix: prefix.replace(/\/$/, ''), migrate, statusCacheTtlMs, authorize: authorize ?? bearerToken(adminToken!) }
 }
 
 function bearerToken (token: string): Authorize {

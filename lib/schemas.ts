@@ -121,3 +121,115 @@ export type UpdateBudgetRequest = Static<typeof UpdateBudgetRequest>
 export type BudgetDefinition = Static<typeof BudgetDefinition>
 export type BudgetTreeNode = Static<typeof BudgetTreeNode>
 export type BudgetHierarchy = Static<typeof BudgetHierarchy>
+
+// Usage and status
+
+export const UsageMetadata = Type.Object({
+  requestId: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'Makes recording idempotent: one record per request id and budget.' })),
+  modelId: Type.Optional(Type.String({ maxLength: 200 })),
+  userId: Type.Optional(Type.String({ maxLength: 200 })),
+  teamId: Type.Optional(Type.String({ maxLength: 200 })),
+  projectId: Type.Optional(Type.String({ maxLength: 200 })),
+  organizationId: Type.Optional(Type.String({ maxLength: 200 })),
+  inputTokens: Type.Optional(Type.Integer({ minimum: 0 })),
+  outputTokens: Type.Optional(Type.Integer({ minimum: 0 }))
+}, { additionalProperties: true, maxProperties: 50, description: 'The keys above are checked; other keys are kept as given.' })
+
+export const RecordUsageBody = Type.Object({
+  amount: MoneyInput,
+  currency: Type.String({ pattern: '^[A-Z]{3}$', description: 'Must be the budget\'s currency.' }),
+  source: Type.Optional(Type.String({ maxLength: 200 })),
+  description: Type.Optional(Type.String({ maxLength: 2000 })),
+  metadata: Type.Optional(UsageMetadata),
+  occurredAt: Type.Optional(TimestampInput)
+}, { additionalProperties: false })
+
+export const UsageRecord = Type.Object({
+  id: Uuid,
+  budgetId: Uuid,
+  amount: Money,
+  currency: Type.String(),
+  source: Nullable(Type.String()),
+  description: Nullable(Type.String()),
+  metadata: Type.Object({}, { additionalProperties: true }),
+  occurredAt: Timestamp,
+  recordedAt: Timestamp
+})
+
+export const UsageHistoryQuery = Type.Object({
+  from: Type.Optional(TimestampInput),
+  to: Type.Optional(TimestampInput),
+  modelId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  userId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 })),
+  cursor: Type.Optional(Type.String({ maxLength: 500, description: 'nextCursor of the previous page.' }))
+}, { additionalProperties: false })
+
+export const UsagePage = Type.Object({
+  records: Type.Array(UsageRecord),
+  nextCursor: Nullable(Type.String({ description: 'Pass as cursor for the next page; null on the last page.' }))
+})
+
+const UsageTotals = { total: Money, count: Type.Integer() }
+export const UsageSummaryQuery = Type.Object({ from: Type.Optional(TimestampInput), to: Type.Optional(TimestampInput) }, { additionalProperties: false })
+export const UsageSummary = Type.Object({
+  budgetId: Uuid,
+  currency: Type.String(),
+  from: Timestamp,
+  to: Timestamp,
+  ...UsageTotals,
+  byModel: Type.Array(Type.Object({ modelId: Nullable(Type.String()), ...UsageTotals })),
+  byUser: Type.Array(Type.Object({ userId: Nullable(Type.String()), ...UsageTotals })),
+  byDay: Type.Array(Type.Object({ day: Type.String({ description: 'UTC day, YYYY-MM-DD.' }), ...UsageTotals }))
+})
+
+const Health = StringEnum(['normal', 'warning', 'critical', 'exceeded'] as const)
+
+export const BudgetStatusInfo = Type.Object({
+  budgetId: Uuid,
+  currentAmount: Money,
+  limit: Money,
+  currency: Type.String(),
+  percentUsed: Type.Number({ description: 'currentAmount / limit in percent, rounded down to 2 decimals.' }),
+  remaining: Type.String({ description: 'limit - currentAmount - reservedAmount, never below 0.' }),
+  daysRemaining: Type.Number(),
+  burnRate: Type.String({ description: 'Spend per day over the elapsed part of the period (at least one hour).' }),
+  projectedTotal: Type.String({ description: 'currentAmount + burnRate x the time left in the period.' }),
+  status: Health,
+  activeAlerts: Type.Array(BudgetAlert),
+  lastUpdated: Timestamp,
+  reservedAmount: Type.String({ description: 'In flight: reserved by the gate, not yet settled.' }),
+  periodStart: Timestamp,
+  periodEnd: Timestamp,
+  state: StringEnum(['scheduled', 'active', 'ended'] as const)
+})
+
+export const CheckConstraintsBody = Type.Object({ estimatedCost: MoneyInput }, { additionalProperties: false })
+
+const BudgetCheck = Type.Object({
+  budgetId: Uuid,
+  name: Type.String(),
+  limit: Money,
+  currentAmount: Money,
+  reservedAmount: Money,
+  remaining: Money,
+  status: Health,
+  activeActions: Type.Array(AlertAction),
+  fits: Type.Boolean()
+})
+
+export const BudgetConstraintCheck = Type.Object({
+  canProceed: Type.Boolean(),
+  code: Nullable(StringEnum(['budget_blocked', 'approval_required', 'budget_exceeded'] as const)),
+  reason: Type.String(),
+  suggestedActions: Type.Array(Type.String()),
+  estimatedCost: Money,
+  bindingBudgetId: Nullable(Uuid),
+  limit: Nullable(Money),
+  currentAmount: Nullable(Money),
+  reservedAmount: Nullable(Money),
+  remaining: Nullable(Money),
+  status: Nullable(Health),
+  activeActions: Type.Array(AlertAction),
+  budgets: Type.Array(BudgetCheck, { description: 'The budget and each ancestor, nearest first.' })
+})

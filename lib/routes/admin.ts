@@ -3,16 +3,19 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { UnauthorizedError } from '../errors.js'
 import type { Authorize } from '../options.js'
 import type { BudgetRegistry } from '../services/registry.js'
+import type { BudgetTracker } from '../services/tracker.js'
 import { budgetRoutes } from './budgets.js'
 import { handleError } from './error-handler.js'
+import { usageRoutes } from './usage.js'
 import { compileValidator } from './validator.js'
 
 export interface AdminRoutesOptions {
   authorize: Authorize
   registry: BudgetRegistry
+  tracker: BudgetTracker
 }
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
 
@@ -23,4 +26,5 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   })
 
   await app.register(budgetRoutes, { registry })
+  await app.register(usageRoutes, { tracker })
 }

@@ -1,7 +1,9 @@
 // The Budget Registry: creates, reads, changes and deletes budgets, keeping the hierarchy sound.
-import type { Sql } from 'postgres'
-import { BudgetNotFoundError, HasChildrenError, HierarchyCycleError, ParentNotFoundError } from '../errors.js'
+import type { Sql, TransactionSql } from 'postgres'
+import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, ParentNotFoundError } from '../errors.js'
 import { createBudgetRepository, type BudgetRepository, type BudgetValues } from '../repository/budgets.js'
+import { createStatusRepository } from '../repository/status.js'
+import { createUsageRepository } from '../repository/usage.js'
 import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
 import { checkChildFitsParent, normalizeBudget } from './budget-rules.js'
 
@@ -14,11 +16,11 @@ export function createBudgetRegistry (sql: Sql) {
   const budgets = createBudgetRepository(sql)
 
   /** Every write takes the hierarchy lock first, so checks and write see one consistent tree. */
-  async function inHierarchyTransaction<T> (work: (repository: BudgetRepository) => Promise<T>): Promise<T> {
+  async function inHierarchyTransaction<T> (work: (repository: BudgetRepository, tx: TransactionSql) => Promise<T>): Promise<T> {
     return await sql.begin(async (tx) => {
       const repository = createBudgetRepository(tx)
       await repository.lockHierarchy()
-      return await work(repository)
+      return await work(repository, tx)
     }) as T
   }
 
@@ -41,7 +43,7 @@ export function createBudgetRegistry (sql: Sql) {
 
     /** Applies a partial update; the budget as it would become must pass every create rule. */
     async updateBudget (id: string, updates: UpdateBudgetRequest): Promise<BudgetDefinition> {
-      return await inHierarchyTransaction(async (repository) => {
+      return await inHierarchyTransaction(async (repository, tx) => {
         const current = await repository.findBudget(id)
         if (current === null) throw new BudgetNotFoundError(id)
         const values = normalizeBudget({ ...current, ...updates })
@@ -49,7 +51,17 @@ export function createBudgetRegistry (sql: Sql) {
         for (const child of await repository.listChildren(id)) {
           checkChildFitsParent(normalizeBudget(child), values)
         }
-        return await repository.updateBudget(id, values)
+        if (values.currency !== current.currency && await createUsageRepository(tx).hasUsage(id)) {
+          throw new CurrencyLockedError(id, current.currency)
+        }
+        const formerAncestors = await repository.listAncestors([id])
+        const updated = await repository.updateBudget(id, values)
+        if (values.parentId !== current.parentId) {
+          // The budget's spend moved from one line of ancestors to another: recompute both lines' cached spend.
+          const ancestors = [...formerAncestors, ...await repository.listAncestors([id])]
+          await createStatusRepository(tx).refreshAllCacheRows([...new Set(ancestors.map((budget) => budget.id))])
+        }
+        return updated
       })
     },
 

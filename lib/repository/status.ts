@@ -1,0 +1,75 @@
+// SQL for a budget's period window and its status cache row.
+import type { Db } from './budgets.js'
+
+export type BudgetState = 'scheduled' | 'active' | 'ended'
+
+export interface BudgetWindow {
+  periodStart: Date
+  periodEnd: Date
+  state: BudgetState
+}
+
+export interface StatusCacheRow {
+  periodEnd: Date
+  currentAmount: string
+  reservedAmount: string
+  usageCount: number
+  lastUsageAt: Date | null
+  refreshedAt: Date
+  updatedAt: Date
+}
+
+export function createStatusRepository (sql: Db) {
+  const cacheColumns = sql`
+    period_end as "periodEnd", current_amount::text as "currentAmount", reserved_amount::text as "reservedAmount", usage_count::int as "usageCount",
+    last_usage_at as "lastUsageAt", refreshed_at as "refreshedAt", updated_at as "updatedAt"`
+
+  return {
+    /**
+     * The window a budget's status speaks of at `at`: the current one while active, the first one
+     * before it starts, the last one after it ends. budget_period_window (sql/002) is the one
+     * place periods are computed.
+     */
+    async findWindow (budgetId: string, at: Date): Promise<BudgetWindow | null> {
+      const [row] = await sql<BudgetWindow[]>`
+        select w.period_start as "periodStart", w.period_end as "periodEnd",
+          case when ${at} < b.start_date then 'scheduled' when w.ordinal = 0 then 'active' else 'ended' end as state
+        from budget_definitions b
+        cross join lateral (
+          select 0 as ordinal, * from budget_period_window(b.period, b.start_date, b.end_date, b.recurring, greatest(${at}, b.start_date))
+          union all
+          select 1, * from budget_period_window(b.period, b.start_date, b.end_date, b.recurring, b.end_date - interval '1 microsecond')
+          union all
+          select 2, * from budget_period_window(b.period, b.start_date, b.end_date, b.recurring, b.start_date)
+          order by ordinal
+          limit 1
+        ) w
+        where b.id = ${budgetId}`
+      return row ?? null
+    },
+
+    async findCacheRow (budgetId: string, periodStart: Date): Promise<StatusCacheRow | null> {
+      const [row] = await sql<StatusCacheRow[]>`
+        select ${cacheColumns} from budget_status_cache where budget_id = ${budgetId} and period_start = ${periodStart}`
+      return row ?? null
+    },
+
+    /** Recomputes the window's row from the usage rows (refresh_budget_status_cache in sql/002). */
+    async refreshCacheRow (budgetId: string, window: BudgetWindow): Promise<StatusCacheRow> {
+      const [row] = await sql<StatusCacheRow[]>`
+        select ${cacheColumns} from refresh_budget_status_cache(${budgetId}, ${window.periodStart}, ${window.periodEnd})`
+      return row!
+    },
+
+    /** Recomputes every cache row of the budgets, e.g. after a budget moved in the tree and its ancestors changed. */
+    async refreshAllCacheRows (budgetIds: string[]): Promise<void> {
+      if (budgetIds.length === 0) return
+      await sql`
+        select refresh_budget_status_cache(budget_id, period_start, period_end)
+        from budget_status_cache where budget_id in ${sql(budgetIds)}
+        order by budget_id, period_start`
+    }
+  }
+}
+
+export type StatusRepository = ReturnType<typeof createStatusRepository>

@@ -1,0 +1,119 @@
+// SQL for budget_usage_records: recording (the status trigger does the roll-up), history pages and summaries.
+import type { Db } from './budgets.js'
+import { normalizeMoney, type Money } from '../money.js'
+
+export interface UsageValues {
+  budgetId: string
+  amount: Money
+  currency: string
+  source: string | null
+  description: string | null
+  metadata: Record<string, unknown>
+  idempotencyKey: string | null
+  occurredAt: Date
+}
+
+export interface UsageRecord {
+  id: string
+  budgetId: string
+  amount: Money
+  currency: string
+  source: string | null
+  description: string | null
+  metadata: Record<string, unknown>
+  occurredAt: string
+  recordedAt: string
+}
+
+interface UsageRow extends Omit<UsageRecord, 'occurredAt' | 'recordedAt'> {
+  occurredAt: Date
+  recordedAt: Date
+}
+
+export interface UsageFilter {
+  from: Date
+  to: Date
+  modelId?: string
+  userId?: string
+}
+
+export interface UsagePageKey {
+  occurredAt: Date
+  id: string
+}
+
+export interface UsageGroupTotal {
+  key: string | null
+  total: Money
+  count: number
+}
+
+export function createUsageRepository (sql: Db) {
+  const columns = sql`
+    id, budget_id as "budgetId", amount::text as amount, currency, source, description, metadata,
+    occurred_at as "occurredAt", recorded_at as "recordedAt"`
+
+  // The records that count toward a budget: its own and its descendants'.
+  const countingToward = (budgetId: string, filter: UsageFilter) => sql`
+    budget_id in (select id from budget_subtree(${budgetId}))
+    and occurred_at >= ${filter.from} and occurred_at < ${filter.to}
+    ${filter.modelId === undefined ? sql`` : sql`and model_id = ${filter.modelId}`}
+    ${filter.userId === undefined ? sql`` : sql`and user_id = ${filter.userId}`}`
+
+  return {
+    /** Inserts the record, or nothing when its idempotency key was used before on this budget (then null). */
+    async insertUsage (values: UsageValues): Promise<UsageRecord | null> {
+      const [row] = await sql<UsageRow[]>`
+        insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, idempotency_key, occurred_at)
+        values (${values.budgetId}, ${values.amount}, ${values.currency}, ${values.source}, ${values.description},
+                ${sql.json(values.metadata as Parameters<typeof sql.json>[0])}, ${values.idempotencyKey}, ${values.occurredAt})
+        on conflict (budget_id, idempotency_key) do nothing
+        returning ${columns}`
+      return row === undefined ? null : toUsageRecord(row)
+    },
+
+    async hasUsage (budgetId: string): Promise<boolean> {
+      const [row] = await sql`select exists (select 1 from budget_usage_records where budget_id = ${budgetId}) as found`
+      return row!.found as boolean
+    },
+
+    async findUsageByKey (budgetId: string, idempotencyKey: string): Promise<UsageRecord | null> {
+      const [row] = await sql<UsageRow[]>`
+        select ${columns} from budget_usage_records where budget_id = ${budgetId} and idempotency_key = ${idempotencyKey}`
+      return row === undefined ? null : toUsageRecord(row)
+    },
+
+    /** One page, newest first, strictly after `after` in that order (a keyset: stable while records arrive). */
+    async listUsage (budgetId: string, filter: UsageFilter, after: UsagePageKey | null, limit: number): Promise<UsageRecord[]> {
+      const rows = await sql<UsageRow[]>`
+        select ${columns} from budget_usage_records
+        where ${countingToward(budgetId, filter)}
+        ${after === null ? sql`` : sql`and (occurred_at, id) < (${after.occurredAt}, ${after.id})`}
+        order by occurred_at desc, id desc
+        limit ${limit}`
+      return rows.map(toUsageRecord)
+    },
+
+    async summarizeUsage (budgetId: string, filter: UsageFilter) {
+      const group = async (key: ReturnType<typeof sql>) => {
+        const rows = await sql<Array<{ key: string | null, total: string, count: number }>>`
+          select ${key} as key, sum(amount)::text as total, count(*)::int as count
+          from budget_usage_records where ${countingToward(budgetId, filter)}
+          group by 1 order by 1 nulls last`
+        return rows.map((row): UsageGroupTotal => ({ key: row.key, total: normalizeMoney(row.total), count: row.count }))
+      }
+      const [byModel, byUser, byDay] = await Promise.all([
+        group(sql`model_id`),
+        group(sql`user_id`),
+        group(sql`to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD')`)
+      ])
+      return { byModel, byUser, byDay }
+    }
+  }
+}
+
+export type UsageRepository = ReturnType<typeof createUsageRepository>
+
+function toUsageRecord (row: UsageRow): UsageRecord {
+  return { ...row, amount: normalizeMoney(row.amount), occurredAt: row.occurredAt.toISOString(), recordedAt: row.recordedAt.toISOString() }
+}

@@ -1,0 +1,86 @@
+// Admin routes for a budget's money: record usage, read status, history and summary, check a cost, refresh the cache.
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from '@sinclair/typebox'
+import {
+  BudgetConstraintCheck, BudgetIdParams, BudgetStatusInfo, CheckConstraintsBody, ErrorResponse, RecordUsageBody,
+  UsageHistoryQuery, UsagePage, UsageRecord, UsageSummary, UsageSummaryQuery
+} from '../schemas.js'
+import type { BudgetTracker } from '../services/tracker.js'
+
+export interface UsageRoutesOptions {
+  tracker: BudgetTracker
+}
+
+const IdempotencyHeaders = Type.Object({
+  'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'Takes the place of metadata.requestId as the idempotency key.' }))
+})
+
+export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async (app, { tracker }) => {
+  app.post('/:id/usage', {
+    schema: {
+      summary: 'Record usage',
+      description: 'Stores one usage record per idempotency key (metadata.requestId or the Idempotency-Key header) and budget: a retry answers 200 with the first record.',
+      tags: ['usage'],
+      params: BudgetIdParams,
+      headers: IdempotencyHeaders,
+      body: RecordUsageBody,
+      response: { 200: UsageRecord, 201: UsageRecord, 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse }
+    }
+  }, async (request, reply) => {
+    const { record, replayed } = await tracker.record(
+      { ...request.body, budgetId: request.params.id },
+      { idempotencyKey: request.headers['idempotency-key'] }
+    )
+    return await reply.code(replayed ? 200 : 201).header('idempotent-replayed', String(replayed)).send(record)
+  })
+
+  app.get('/:id/usage', {
+    schema: {
+      summary: 'Usage history',
+      description: 'Records that count toward the budget (its own and its descendants\'), newest first, in pages linked by nextCursor. from and to default to the current period.',
+      tags: ['usage'],
+      params: BudgetIdParams,
+      querystring: UsageHistoryQuery,
+      response: { 200: UsagePage, 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse }
+    }
+  }, async (request) => await tracker.getUsageHistory(request.params.id, request.query))
+
+  app.get('/:id/usage/summary', {
+    schema: {
+      summary: 'Usage totals by model, user and day',
+      tags: ['usage'],
+      params: BudgetIdParams,
+      querystring: UsageSummaryQuery,
+      response: { 200: UsageSummary, 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse }
+    }
+  }, async (request) => await tracker.getUsageSummary(request.params.id, request.query))
+
+  app.get('/:id/status', {
+    schema: {
+      summary: 'Live status of the current period',
+      tags: ['status'],
+      params: BudgetIdParams,
+      response: { 200: BudgetStatusInfo, 401: ErrorResponse, 404: ErrorResponse }
+    }
+  }, async (request) => await tracker.getBudgetStatus(request.params.id))
+
+  app.post('/:id/refresh-cache', {
+    schema: {
+      summary: 'Recompute the status cache from the usage rows',
+      tags: ['status'],
+      params: BudgetIdParams,
+      response: { 200: BudgetStatusInfo, 401: ErrorResponse, 404: ErrorResponse }
+    }
+  }, async (request) => await tracker.refreshCache(request.params.id))
+
+  app.post('/:id/check-constraints', {
+    schema: {
+      summary: 'Would this cost go ahead?',
+      description: 'Checks the budget and every ancestor against the estimated cost; reserves nothing.',
+      tags: ['status'],
+      params: BudgetIdParams,
+      body: CheckConstraintsBody,
+      response: { 200: BudgetConstraintCheck, 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse }
+    }
+  }, async (request) => await tracker.checkBudgetConstraints(request.params.id, request.body.estimatedCost))
+}

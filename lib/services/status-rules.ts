@@ -1,0 +1,102 @@
+// How a budget's numbers become its status: percent used, remaining, burn rate, projection, and the
+// status rule. Pure and exact (bigint money), so every rule is tested against hand-computed values.
+import { MONEY_SCALE, fromUnits, toUnits, type Money } from '../money.js'
+import type { BudgetState } from '../repository/status.js'
+import type { BudgetAlert, BudgetDefinition } from '../schemas.js'
+
+const HOUR = 3_600_000
+const DAY = 86_400_000
+const SCALE = 10n ** BigInt(MONEY_SCALE)
+
+/** Status thresholds when a budget's alerts do not give them (percent of the amount). */
+export const DEFAULT_WARNING_PERCENT = 75
+export const DEFAULT_CRITICAL_PERCENT = 90
+/** Burn rate divides by the elapsed time, never by less than this, so a period's first second does not explode. */
+export const MINIMUM_ELAPSED_MS = HOUR
+
+export type BudgetHealth = 'normal' | 'warning' | 'critical' | 'exceeded'
+
+export interface StatusInput {
+  budget: Pick<BudgetDefinition, 'id' | 'amount' | 'currency' | 'alerts'>
+  periodStart: Date
+  periodEnd: Date
+  state: BudgetState
+  currentAmount: Money
+  reservedAmount: Money
+  lastUpdated: Date
+  now: Date
+}
+
+export interface BudgetStatusInfo {
+  budgetId: string
+  currentAmount: Money
+  limit: Money
+  currency: string
+  percentUsed: number
+  remaining: Money
+  daysRemaining: number
+  burnRate: Money
+  projectedTotal: Money
+  status: BudgetHealth
+  activeAlerts: BudgetAlert[]
+  lastUpdated: string
+  reservedAmount: Money
+  periodStart: string
+  periodEnd: string
+  state: BudgetState
+}
+
+/** True when `amount` is at least `percent`% of `limit`, compared exactly. */
+export function percentReached (amount: Money, limit: Money, percent: number): boolean {
+  return toUnits(amount) * 100n * SCALE >= toUnits(String(percent)) * toUnits(limit)
+}
+
+/**
+ * The status rule, defined once: `exceeded` at 100% or more of the amount; `critical` from the
+ * highest alert threshold below 100 when the budget has two or more such thresholds (else 90, or
+ * the single threshold if it is higher); `warning` from the lowest alert threshold below 100 (else 75).
+ */
+export function budgetHealth (spent: Money, limit: Money, alerts: BudgetAlert[]): BudgetHealth {
+  const below100 = alerts.map((alert) => alert.threshold).filter((threshold) => threshold < 100).sort((a, b) => a - b)
+  const warningAt = below100[0] ?? DEFAULT_WARNING_PERCENT
+  const criticalAt = below100.length >= 2 ? below100[below100.length - 1]! : Math.max(DEFAULT_CRITICAL_PERCENT, warningAt)
+  if (percentReached(spent, limit, 100)) return 'exceeded'
+  if (percentReached(spent, limit, criticalAt)) return 'critical'
+  if (percentReached(spent, limit, warningAt)) return 'warning'
+  return 'normal'
+}
+
+export function computeStatus (input: StatusInput): BudgetStatusInfo {
+  const { budget, periodStart, periodEnd, state, currentAmount, reservedAmount, now } = input
+  const current = toUnits(currentAmount)
+  const limit = toUnits(budget.amount)
+  const start = periodStart.getTime()
+  const end = periodEnd.getTime()
+  const at = Math.min(Math.max(now.getTime(), start), end)
+  const elapsed = BigInt(Math.max(at - start, MINIMUM_ELAPSED_MS))
+  const left = state === 'active' ? BigInt(end - at) : 0n
+  const available = limit - current - toUnits(reservedAmount)
+  return {
+    budgetId: budget.id,
+    currentAmount: fromUnits(current),
+    limit: fromUnits(limit),
+    currency: budget.currency,
+    percentUsed: Number((current * 10000n) / limit) / 100,
+    remaining: fromUnits(available > 0n ? available : 0n),
+    daysRemaining: Math.floor(Number(left) / DAY * 100) / 100,
+    burnRate: state === 'scheduled' ? '0' : fromUnits(divideRounded(current * BigInt(DAY), elapsed)),
+    projectedTotal: fromUnits(current + divideRounded(current * left, elapsed)),
+    status: budgetHealth(currentAmount, budget.amount, budget.alerts),
+    activeAlerts: budget.alerts.filter((alert) => percentReached(currentAmount, budget.amount, alert.threshold)),
+    lastUpdated: input.lastUpdated.toISOString(),
+    reservedAmount: fromUnits(toUnits(reservedAmount)),
+    periodStart: periodStart.toISOString(),
+    periodEnd: periodEnd.toISOString(),
+    state
+  }
+}
+
+/** Division rounded half up, for non-negative amounts. */
+function divideRounded (dividend: bigint, divisor: bigint): bigint {
+  return (dividend * 2n + divisor) / (divisor * 2n)
+}

@@ -1,0 +1,211 @@
+// The Budget Tracker: records usage exactly once, and reads live status, history and summaries.
+import type { Sql } from 'postgres'
+import { BudgetNotFoundError, CurrencyMismatchError, IdempotencyConflictError, InvalidFieldError, BudgetNotActiveError } from '../errors.js'
+import { fromUnits, parsePositiveMoney, toUnits, type Money } from '../money.js'
+import { createBudgetRepository } from '../repository/budgets.js'
+import { createStatusRepository, type BudgetWindow, type StatusCacheRow } from '../repository/status.js'
+import { createUsageRepository, type UsageFilter, type UsagePageKey, type UsageRecord } from '../repository/usage.js'
+import type { BudgetDefinition } from '../schemas.js'
+import { parseTimestamp } from '../timestamps.js'
+import { decide, type BudgetConstraintCheck, type BudgetStanding } from './decision.js'
+import { computeStatus, type BudgetStatusInfo } from './status-rules.js'
+
+export interface RecordUsageRequest {
+  budgetId: string
+  amount: string | number
+  currency: string
+  source?: string
+  description?: string
+  metadata?: UsageMetadata
+  /** When the spend happened; default now. Not in the future. */
+  occurredAt?: string | Date
+}
+
+export interface UsageMetadata {
+  requestId?: string
+  modelId?: string
+  userId?: string
+  teamId?: string
+  projectId?: string
+  organizationId?: string
+  inputTokens?: number
+  outputTokens?: number
+  [key: string]: unknown
+}
+
+export interface RecordOptions {
+  /** Overrides metadata.requestId as the key that makes a retry store nothing new. */
+  idempotencyKey?: string
+}
+
+export interface UsageHistoryQuery {
+  from?: string
+  to?: string
+  modelId?: string
+  userId?: string
+  limit?: number
+  cursor?: string
+}
+
+export interface TrackerOptions {
+  /** A cache row older than this is recomputed from the usage rows when read. */
+  statusCacheTtlMs: number
+  now: () => Date
+}
+
+// A clock a little ahead of ours is not the future; a day ahead is a mistake.
+const CLOCK_SKEW_MS = 5 * 60_000
+
+export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
+  const budgets = createBudgetRepository(sql)
+  const status = createStatusRepository(sql)
+  const usage = createUsageRepository(sql)
+
+  async function requireBudget (budgetId: string): Promise<BudgetDefinition> {
+    const budget = await budgets.findBudget(budgetId)
+    if (budget === null) throw new BudgetNotFoundError(budgetId)
+    return budget
+  }
+
+  /**
+   * The cache row of the window, recomputed when missing, older than the TTL, or made for another
+   * window that began at the same instant (the budget's period changed since).
+   */
+  async function currentCacheRow (budgetId: string, window: BudgetWindow): Promise<StatusCacheRow> {
+    const row = await status.findCacheRow(budgetId, window.periodStart)
+    const stale = row === null ||
+      row.periodEnd.getTime() !== window.periodEnd.getTime() ||
+      options.now().getTime() - row.updatedAt.getTime() > options.statusCacheTtlMs
+    return stale ? await status.refreshCacheRow(budgetId, window) : row
+  }
+
+  async function standing (budget: BudgetDefinition): Promise<BudgetStanding & { window: BudgetWindow, row: StatusCacheRow }> {
+    const window = (await status.findWindow(budget.id, options.now()))!
+    const row = await currentCacheRow(budget.id, window)
+    return { budget, window, row, currentAmount: row.currentAmount, reservedAmount: row.reservedAmount }
+  }
+
+  function toStatus ({ budget, window, row }: Awaited<ReturnType<typeof standing>>): BudgetStatusInfo {
+    return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now: options.now() })
+  }
+
+  /** Records a usage once per idempotency key and budget; `replayed` tells a retry from the first call. */
+  async function record (request: RecordUsageRequest, recordOptions: RecordOptions = {}): Promise<{ record: UsageRecord, replayed: boolean }> {
+    const amount = parsePositiveMoney(request.amount, 'amount')
+    const metadata = request.metadata ?? {}
+    const occurredAt = request.occurredAt === undefined ? options.now() : parseTimestamp(request.occurredAt, 'occurredAt')
+    if (occurredAt.getTime() > options.now().getTime() + CLOCK_SKEW_MS) throw new InvalidFieldError('occurredAt', 'is in the future')
+    const idempotencyKey = recordOptions.idempotencyKey ?? (typeof metadata.requestId === 'string' ? metadata.requestId : null)
+
+    const budget = await requireBudget(request.budgetId)
+    if (request.currency !== budget.currency) {
+      throw new CurrencyMismatchError(`Usage in ${request.currency} cannot be recorded on budget '${budget.name}', which is in ${budget.currency}`)
+    }
+    const window = await status.findWindow(budget.id, occurredAt)
+    if (window?.state !== 'active' || occurredAt < window.periodStart) {
+      throw new BudgetNotActiveError(budget.id, occurredAt.toISOString(), window?.state ?? 'unknown')
+    }
+    const values = {
+      budgetId: budget.id,
+      amount,
+      currency: request.currency,
+      source: request.source ?? null,
+      description: request.description ?? null,
+      metadata,
+      idempotencyKey,
+      occurredAt
+    }
+    const inserted = await usage.insertUsage(values)
+    if (inserted !== null) return { record: inserted, replayed: false }
+    // The key was used before (perhaps by an identical request a moment ago, now committed).
+    const first = (await usage.findUsageByKey(budget.id, idempotencyKey!))!
+    if (toUnits(first.amount) !== toUnits(amount) || first.currency !== request.currency) {
+      throw new IdempotencyConflictError(idempotencyKey!, `it recorded ${first.amount} ${first.currency}`)
+    }
+    return { record: first, replayed: true }
+  }
+
+  function usageFilter (budget: BudgetDefinition, window: BudgetWindow, query: UsageHistoryQuery): UsageFilter {
+    const from = query.from === undefined ? window.periodStart : parseTimestamp(query.from, 'from')
+    const to = query.to === undefined ? window.periodEnd : parseTimestamp(query.to, 'to')
+    if (to <= from) throw new InvalidFieldError('to', 'must be after from')
+    return { from, to, modelId: query.modelId, userId: query.userId }
+  }
+
+  return {
+    record,
+
+    async recordUsage (request: RecordUsageRequest, recordOptions?: RecordOptions): Promise<UsageRecord> {
+      return (await record(request, recordOptions)).record
+    },
+
+    async getBudgetStatus (budgetId: string): Promise<BudgetStatusInfo> {
+      return toStatus(await standing(await requireBudget(budgetId)))
+    },
+
+    /** Recomputes the current window's cache row from the usage rows, whatever its age. */
+    async refreshCache (budgetId: string): Promise<BudgetStatusInfo> {
+      const budget = await requireBudget(budgetId)
+      const window = (await status.findWindow(budget.id, options.now()))!
+      const row = await status.refreshCacheRow(budget.id, window)
+      return toStatus({ budget, window, row, currentAmount: row.currentAmount, reservedAmount: row.reservedAmount })
+    },
+
+    /** Usage that counts toward the budget (its own and its descendants'), newest first, a page at a time. */
+    async getUsageHistory (budgetId: string, query: UsageHistoryQuery = {}): Promise<{ records: UsageRecord[], nextCursor: string | null }> {
+      const budget = await requireBudget(budgetId)
+      const filter = usageFilter(budget, (await status.findWindow(budget.id, options.now()))!, query)
+      const limit = query.limit ?? 50
+      if (!Number.isInteger(limit) || limit < 1 || limit > 500) throw new InvalidFieldError('limit', 'must be an integer from 1 to 500')
+      const after = query.cursor === undefined ? null : decodeCursor(query.cursor)
+      const page = await usage.listUsage(budget.id, filter, after, limit + 1)
+      const records = page.slice(0, limit)
+      const last = records[records.length - 1]
+      return { records, nextCursor: page.length > limit && last !== undefined ? encodeCursor(last) : null }
+    },
+
+    async getUsageSummary (budgetId: string, query: Pick<UsageHistoryQuery, 'from' | 'to'> = {}) {
+      const budget = await requireBudget(budgetId)
+      const filter = usageFilter(budget, (await status.findWindow(budget.id, options.now()))!, query)
+      const { byModel, byUser, byDay } = await usage.summarizeUsage(budget.id, filter)
+      return {
+        budgetId: budget.id,
+        currency: budget.currency,
+        from: filter.from.toISOString(),
+        to: filter.to.toISOString(),
+        total: fromUnits(byDay.reduce((sum, day) => sum + toUnits(day.total), 0n)),
+        count: byDay.reduce((sum, day) => sum + day.count, 0),
+        byModel: byModel.map(({ key, ...totals }) => ({ modelId: key, ...totals })),
+        byUser: byUser.map(({ key, ...totals }) => ({ userId: key, ...totals })),
+        byDay: byDay.map(({ key, ...totals }) => ({ day: key!, ...totals }))
+      }
+    },
+
+    /** Would spending `estimatedCost` on this budget go ahead? Checks the budget and every ancestor; reserves nothing. */
+    async checkBudgetConstraints (budgetId: string, estimatedCost: string | number): Promise<BudgetConstraintCheck> {
+      const estimate: Money = parsePositiveMoney(estimatedCost, 'estimatedCost')
+      const budget = await requireBudget(budgetId)
+      const lineage = [budget, ...await budgets.listAncestors([budget.id])]
+      const standings = await Promise.all(lineage.map(standing))
+      return decide(standings, estimate)
+    }
+  }
+}
+
+export type BudgetTracker = ReturnType<typeof createBudgetTracker>
+
+// A cursor is the last record's position in the page order; opaque to clients.
+function encodeCursor (record: UsageRecord): string {
+  return Buffer.from(JSON.stringify([record.occurredAt, record.id])).toString('base64url')
+}
+
+function decodeCursor (cursor: string): UsagePageKey {
+  try {
+    const [occurredAt, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as [string, string]
+    const key = { occurredAt: new Date(occurredAt), id }
+    if (Number.isNaN(key.occurredAt.getTime()) || typeof id !== 'string' || !/^[0-9a-f-]{36}$/.test(id)) throw new Error('bad cursor')
+    return key
+  } catch {
+    throw new InvalidFieldError('cursor', 'is not a cursor this API returned')
+  }
+}

@@ -1,0 +1,109 @@
+import t from 'tap'
+import { decide } from '../lib/services/decision.js'
+import { budgetHealth, computeStatus, percentReached } from '../lib/services/status-rules.js'
+import type { BudgetAlert } from '../lib/schemas.js'
+
+const alert = (threshold: number, ...actions: BudgetAlert['actions']): BudgetAlert => ({ threshold, actions, notificationChannels: [] })
+const budget = { id: 'b1', name: 'team', amount: '1000', currency: 'USD', alerts: [alert(50, 'notify'), alert(80, 'restrict-models'), alert(95, 'require-approval')] }
+const periodStart = new Date('2024-04-01T00:00:00Z')
+const periodEnd = new Date('2024-05-01T00:00:00Z') // 30 days
+
+t.test('status fields against hand-computed values', async (t) => {
+  // 10 days into a 30-day period, 250 spent, 40 reserved.
+  const status = computeStatus({
+    budget, periodStart, periodEnd, state: 'active', currentAmount: '250', reservedAmount: '40',
+    lastUpdated: new Date('2024-04-11T00:00:00Z'), now: new Date('2024-04-11T00:00:00Z')
+  })
+  t.same(status, {
+    budgetId: 'b1',
+    currentAmount: '250',
+    limit: '1000',
+    currency: 'USD',
+    percentUsed: 25,
+    remaining: '710', // 1000 - 250 - 40
+    daysRemaining: 20,
+    burnRate: '25', // 250 over 10 days
+    projectedTotal: '750', // 250 + 25 x 20
+    status: 'normal',
+    activeAlerts: [],
+    lastUpdated: '2024-04-11T00:00:00.000Z',
+    reservedAmount: '40',
+    periodStart: '2024-04-01T00:00:00.000Z',
+    periodEnd: '2024-05-01T00:00:00.000Z',
+    state: 'active'
+  })
+})
+
+t.test('exact decimals: thirds, cents, tiny amounts', async (t) => {
+  const at = (days: number) => new Date(periodStart.getTime() + days * 86_400_000)
+  const third = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '100', reservedAmount: '0', lastUpdated: at(3), now: at(3) })
+  t.equal(third.burnRate, '33.3333333333', '100 over 3 days, rounded half up at 10 places')
+  t.equal(third.projectedTotal, '1000', '100 + 100 x 27 / 3 in one exact division, not 100 + 33.3333333333 x 27')
+  t.equal(third.percentUsed, 10)
+  const tiny = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '0.0001', reservedAmount: '0', lastUpdated: at(1), now: at(1) })
+  t.equal(tiny.percentUsed, 0, 'rounded down')
+  t.equal(tiny.burnRate, '0.0001')
+  const over = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '1000.01', reservedAmount: '5', lastUpdated: at(29), now: at(29) })
+  t.equal(over.remaining, '0', 'never below zero')
+  t.equal(over.percentUsed, 100)
+  t.equal(over.status, 'exceeded')
+})
+
+t.test('burn rate and projection do not blow up in a period\'s first second', async (t) => {
+  for (const ms of [0, 1, 1000]) {
+    const now = new Date(periodStart.getTime() + ms)
+    const status = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '2', reservedAmount: '0', lastUpdated: now, now })
+    t.equal(status.burnRate, '48', `${ms} ms in: 2 spent over the one-hour minimum is 48 a day`)
+    t.ok(Number(status.projectedTotal) < 1500, 'a finite, bounded projection')
+  }
+})
+
+t.test('scheduled and ended periods', async (t) => {
+  const before = computeStatus({ budget, periodStart, periodEnd, state: 'scheduled', currentAmount: '0', reservedAmount: '0', lastUpdated: periodStart, now: new Date('2024-03-01T00:00:00Z') })
+  t.match(before, { burnRate: '0', projectedTotal: '0', daysRemaining: 0, state: 'scheduled' })
+  const after = computeStatus({ budget, periodStart, periodEnd, state: 'ended', currentAmount: '300', reservedAmount: '0', lastUpdated: periodEnd, now: new Date('2024-06-01T00:00:00Z') })
+  t.match(after, { burnRate: '10', projectedTotal: '300', daysRemaining: 0, state: 'ended' }, '300 over the whole 30 days, nothing left to project')
+})
+
+t.test('the status rule, from the budget\'s alert thresholds or the defaults', async (t) => {
+  const ladder = [alert(50, 'notify'), alert(80, 'restrict-models'), alert(95, 'require-approval')]
+  t.equal(budgetHealth('499.99', '1000', ladder), 'normal')
+  t.equal(budgetHealth('500', '1000', ladder), 'warning', 'the lowest threshold')
+  t.equal(budgetHealth('949.9999999999', '1000', ladder), 'warning')
+  t.equal(budgetHealth('950', '1000', ladder), 'critical', 'the highest threshold below 100')
+  t.equal(budgetHealth('1000', '1000', ladder), 'exceeded', 'at 100%')
+  t.equal(budgetHealth('749', '1000', []), 'normal')
+  t.equal(budgetHealth('750', '1000', []), 'warning', 'default 75')
+  t.equal(budgetHealth('900', '1000', []), 'critical', 'default 90')
+  t.equal(budgetHealth('600', '1000', [alert(60, 'notify')]), 'warning', 'one threshold: warning there')
+  t.equal(budgetHealth('900', '1000', [alert(60, 'notify')]), 'critical', 'and critical at the default 90')
+  t.equal(budgetHealth('940', '1000', [alert(95, 'notify')]), 'normal', 'a single high threshold is both')
+  t.equal(budgetHealth('950', '1000', [alert(95, 'notify')]), 'critical')
+  t.equal(budgetHealth('999', '1000', [alert(100, 'block-all')]), 'critical', 'a 100% alert does not move warning or critical')
+})
+
+t.test('percentReached compares exactly', async (t) => {
+  t.ok(percentReached('333.33', '1000', 33.333))
+  t.notOk(percentReached('333.32', '1000', 33.333))
+  t.ok(percentReached('0.0000000001', '0.0000000001', 100))
+})
+
+t.test('the decision: strictest refusal wins, and the binding budget is named', async (t) => {
+  const team = { budget: { ...budget, id: 'team', name: 'team', alerts: [] }, currentAmount: '900', reservedAmount: '50' }
+  const org = { budget: { ...budget, id: 'org', name: 'org', amount: '10000', alerts: [] }, currentAmount: '1000', reservedAmount: '0' }
+  const fits = decide([team, org], '50')
+  t.match(fits, { canProceed: true, code: null, bindingBudgetId: 'team', remaining: '50', limit: '1000', currentAmount: '900', reservedAmount: '50' })
+  const tooMuch = decide([team, org], '50.0000000001')
+  t.match(tooMuch, { canProceed: false, code: 'budget_exceeded', bindingBudgetId: 'team', reason: /team.*50 left/ })
+  t.same(tooMuch.budgets.map((b) => b.fits), [false, true])
+
+  const orgBlocked = { ...org, budget: { ...org.budget, alerts: [alert(10, 'block-all')] } }
+  t.match(decide([team, orgBlocked], '500'), { canProceed: false, code: 'budget_blocked', bindingBudgetId: 'org' }, 'block-all outranks an exceeded limit')
+  const approval = { ...team, budget: { ...team.budget, alerts: [alert(80, 'require-approval')] } }
+  t.match(decide([approval, org], '1'), { canProceed: false, code: 'approval_required', bindingBudgetId: 'team' })
+  const downgrading = { ...team, budget: { ...team.budget, alerts: [alert(50, 'auto-downgrade', 'notify')] } }
+  const advice = decide([downgrading], '1')
+  t.match(advice, { canProceed: true, activeActions: ['auto-downgrade', 'notify'] })
+  t.match(advice.suggestedActions, [/cheaper model/])
+  t.match(decide([], '1'), { canProceed: true, bindingBudgetId: null, reason: 'No budget applies' })
+})
