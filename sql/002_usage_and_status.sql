@@ -82,7 +82,7 @@ create table budget_status_cache (
 -- The budget and every ancestor (nearest first), with what their period windows need.
 create function budget_lineage(p_budget_id uuid)
 returns table (id uuid, depth integer, period text, start_date timestamptz, end_date timestamptz, recurring boolean)
-language sql stable as $$
+language sql stable rows 5 as $$
   with recursive lineage as (
     select b.id, b.parent_id, 1 as depth from budget_definitions b where b.id = p_budget_id
     union all
@@ -95,7 +95,7 @@ $$;
 
 -- The budget and every descendant (archived ones too: their spend happened), each once.
 create function budget_subtree(p_budget_id uuid) returns table (id uuid)
-language sql stable as $$
+language sql stable rows 10 as $$
   with recursive subtree as (
     select b.id, 1 as depth from budget_definitions b where b.id = p_budget_id
     union all
@@ -110,7 +110,8 @@ returns table (current_amount numeric, usage_count bigint, last_usage_at timesta
 language sql stable as $$
   select coalesce(sum(u.amount), 0), count(*), max(u.occurred_at)
   from budget_usage_records u
-  where u.budget_id in (select id from budget_subtree(p_budget_id))
+  -- = any(array(...)) hands the planner a list of ids, so it walks the (budget_id, occurred_at) index.
+  where u.budget_id = any (array(select id from budget_subtree(p_budget_id)))
     and u.occurred_at >= p_period_start and u.occurred_at < p_period_end
 $$;
 

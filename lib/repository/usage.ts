@@ -55,7 +55,7 @@ export function createUsageRepository (sql: Db) {
 
   // The records that count toward a budget: its own and its descendants'.
   const countingToward = (budgetId: string, filter: UsageFilter) => sql`
-    budget_id in (select id from budget_subtree(${budgetId}))
+    budget_id = any (array(select id from budget_subtree(${budgetId})))
     and occurred_at >= ${filter.from} and occurred_at < ${filter.to}
     ${filter.modelId === undefined ? sql`` : sql`and model_id = ${filter.modelId}`}
     ${filter.userId === undefined ? sql`` : sql`and user_id = ${filter.userId}`}`

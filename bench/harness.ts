@@ -1,0 +1,50 @@
+// What the benchmarks share: a fresh database on a real PostgreSQL, timing, and a tidy exit.
+import { createTestDatabase } from '../test/fixtures/database.js'
+import { provideDatabaseServer } from '../test/fixtures/database-server.js'
+
+/** A fresh database on DATABASE_URL's server (or an embedded one); `close` drops it and stops what was started. */
+export async function benchDatabase (): Promise<{ url: string, source: string, close: () => Promise<void> }> {
+  const server = await provideDatabaseServer()
+  process.env.DATABASE_URL = server.url
+  const cleanups: Array<() => unknown> = []
+  const url = await createTestDatabase({ teardown: (fn) => cleanups.push(fn) })
+  return {
+    url,
+    source: server.source,
+    close: async () => {
+      for (const cleanup of cleanups.reverse()) await cleanup()
+      await server.stop()
+    }
+  }
+}
+
+export function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
+}
+
+/** Milliseconds that `work` took. */
+export async function timed (work: () => Promise<unknown>): Promise<number> {
+  const start = process.hrtime.bigint()
+  await work()
+  return Number(process.hrtime.bigint() - start) / 1e6
+}
+
+/** Runs `worker` in `concurrency` loops until `durationMs` has passed; returns completed runs per second. */
+export async function throughput (concurrency: number, durationMs: number, worker: (loop: number, i: number) => Promise<boolean>): Promise<{ perSecond: number, ok: number, failed: number }> {
+  const deadline = Date.now() + durationMs
+  let ok = 0
+  let failed = 0
+  const start = process.hrtime.bigint()
+  await Promise.all(Array.from({ length: concurrency }, async (_, loop) => {
+    for (let i = 0; Date.now() < deadline; i++) {
+      if (await worker(loop, i)) ok++
+      else failed++
+    }
+  }))
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9
+  return { perSecond: ok / seconds, ok, failed }
+}
+
+export const fmt = (value: number, digits = 2) => value.toFixed(digits)
