@@ -21,13 +21,17 @@ async function budgetWithRows (name: string, rows: number): Promise<string> {
   const budget = await app.budgetRegistry.createBudget({
     name, scopeType: 'team', scopeId: name, amount: '100000000', currency: 'USD', period: 'annual', startDate: yearStart
   })
-  // Bulk-load the history without the per-row trigger (this measures reading, not loading), then build the cache row once.
+  // Bulk-load the history and its allocations without the per-row trigger (this measures reading,
+  // not loading), then build the cache row once.
   await sql`alter table budget_usage_records disable trigger budget_usage_records_status`
   await sql`
     insert into budget_usage_records (budget_id, amount, currency, metadata, occurred_at)
     select ${budget.id}, 0.0001 * (1 + i % 1000), 'USD', jsonb_build_object('modelId', 'gpt-4o-mini', 'userId', 'u' || (i % 50)),
            ${yearStart}::timestamptz + (now() - ${yearStart}::timestamptz) * (i::float8 / ${rows})
     from generate_series(1, ${rows}) as i`
+  await sql`
+    insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at)
+    select budget_id, id, amount, occurred_at from budget_usage_records where budget_id = ${budget.id}`
   await sql`alter table budget_usage_records enable trigger budget_usage_records_status`
   await app.budgetTracker.refreshCache(budget.id)
   return budget.id
@@ -37,6 +41,7 @@ process.stdout.write(`status-read benchmark on PostgreSQL from ${database.source
 const small = await budgetWithRows('small', SMALL)
 const large = await budgetWithRows('large', LARGE)
 await sql`analyze budget_usage_records`
+await sql`analyze budget_usage_allocations`
 
 const read = async (id: string) => {
   const response = await app.inject({ url: `/api/v1/budgets/${id}/status`, headers })

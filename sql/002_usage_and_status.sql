@@ -1,4 +1,5 @@
--- Usage records, the period window, and the status cache that a trigger keeps current on usage insert.
+-- Usage records, their allocation to budgets, the period window, and the status cache that a trigger
+-- keeps current on usage insert.
 
 -- The one definition of a budget's period window: the window that contains `at`, or no row when the
 -- budget is not active then (before its start, after a non-recurring budget's only window, after
@@ -55,17 +56,31 @@ create table budget_usage_records (
   metadata        jsonb not null default '{}'::jsonb check (jsonb_typeof(metadata) = 'object'),
   -- metadata.requestId or the Idempotency-Key header: one record per key and budget, however often retried.
   idempotency_key text,
+  -- Other budgets the usage applies to besides budget_id's line (a gated call's other scopes).
+  also_counts_toward uuid[] not null default '{}',
   model_id        text generated always as (metadata ->> 'modelId') stored,
   user_id         text generated always as (metadata ->> 'userId') stored,
   occurred_at     timestamptz not null default now(),
   recorded_at     timestamptz not null default now(),
   unique (budget_id, idempotency_key)
 );
--- Range sums, keyset pages and per-budget filters; amount is included so sums need not visit the heap.
-create index budget_usage_records_window on budget_usage_records (budget_id, occurred_at, id) include (amount);
 
--- One row per budget and period window: the spend of the budget and all its descendants in that
--- window, kept current by the usage trigger, so reading status never sums usage rows.
+-- Which budgets each usage counts toward: its budget and every ancestor, and the same for each budget
+-- in also_counts_toward, each budget once. Fixed when the usage is recorded, so a call that applies
+-- to a user budget and a project budget under one organization counts once toward the organization,
+-- and history stays what it was when a budget later moves in the tree.
+create table budget_usage_allocations (
+  budget_id   uuid not null references budget_definitions (id),
+  usage_id    uuid not null references budget_usage_records (id),
+  amount      numeric(28, 10) not null,
+  occurred_at timestamptz not null,
+  primary key (budget_id, usage_id)
+);
+-- Range sums and keyset pages per budget; amount is included so sums need not visit the heap.
+create index budget_usage_allocations_window on budget_usage_allocations (budget_id, occurred_at, usage_id) include (amount);
+
+-- One row per budget and period window: the spend counted toward the budget in that window (its own
+-- usage and its descendants'), kept current by the usage trigger, so reading status never sums rows.
 create table budget_status_cache (
   budget_id       uuid not null references budget_definitions (id),
   period_start    timestamptz not null,
@@ -93,26 +108,13 @@ language sql stable rows 5 as $$
   order by l.depth
 $$;
 
--- The budget and every descendant (archived ones too: their spend happened), each once.
-create function budget_subtree(p_budget_id uuid) returns table (id uuid)
-language sql stable rows 10 as $$
-  with recursive subtree as (
-    select b.id, 1 as depth from budget_definitions b where b.id = p_budget_id
-    union all
-    select c.id, s.depth + 1 from subtree s join budget_definitions c on c.parent_id = s.id where s.depth < 64
-  )
-  select id from subtree
-$$;
-
--- Spend of a budget and its descendants in a window, summed from the usage rows themselves.
+-- Spend counted toward a budget in a window, summed from the allocations themselves.
 create function calculate_budget_status(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz)
 returns table (current_amount numeric, usage_count bigint, last_usage_at timestamptz)
 language sql stable as $$
-  select coalesce(sum(u.amount), 0), count(*), max(u.occurred_at)
-  from budget_usage_records u
-  -- = any(array(...)) hands the planner a list of ids, so it walks the (budget_id, occurred_at) index.
-  where u.budget_id = any (array(select id from budget_subtree(p_budget_id)))
-    and u.occurred_at >= p_period_start and u.occurred_at < p_period_end
+  select coalesce(sum(a.amount), 0), count(*), max(a.occurred_at)
+  from budget_usage_allocations a
+  where a.budget_id = p_budget_id and a.occurred_at >= p_period_start and a.occurred_at < p_period_end
 $$;
 
 -- Recomputes one cache row from the usage rows. The row lock is taken before the sum, and the sum
@@ -138,21 +140,29 @@ begin
     returning c.*;
 end $$;
 
--- On every usage insert: add the amount to the window row of the budget and of each ancestor.
--- Rows are visited in budget id order, the same order the gate locks them in, so concurrent
--- recorders and reservations queue instead of deadlocking. A window row that does not exist yet
--- is created by a full recompute (which already includes the new record).
+-- On every usage insert: allocate it to each budget it counts toward, and add the amount to each
+-- one's window row. Rows are visited in budget id order, the same order the gate locks them in, so
+-- concurrent recorders and reservations queue instead of deadlocking. A window row that does not
+-- exist yet is created by a full recompute (which already includes the new allocation).
 create function budget_usage_after_insert() returns trigger language plpgsql as $$
 declare
   budget record;
   created boolean;
 begin
+  insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at)
+  select distinct l.id, new.id, new.amount, new.occurred_at
+  from unnest(array[new.budget_id] || new.also_counts_toward) as counted(id)
+  cross join lateral budget_lineage(counted.id) l;
+
   for budget in
-    select l.id, w.period_start, w.period_end
-    from budget_lineage(new.budget_id) l
-    cross join lateral budget_period_window(l.period, l.start_date, l.end_date, l.recurring, new.occurred_at) w
-    order by l.id
+    select b.id, w.period_start, w.period_end
+    from budget_usage_allocations a
+    join budget_definitions b on b.id = a.budget_id
+    cross join lateral budget_period_window(b.period, b.start_date, b.end_date, b.recurring, new.occurred_at) w
+    where a.usage_id = new.id
+    order by b.id
   loop
+    created := null;
     insert into budget_status_cache (budget_id, period_start, period_end)
     values (budget.id, budget.period_start, budget.period_end)
     on conflict (budget_id, period_start) do nothing

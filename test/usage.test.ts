@@ -323,7 +323,7 @@ t.test('check-constraints: the decision and the numbers behind it, for the budge
   }
 })
 
-t.test('moving a budget with spend moves its spend between ancestors; its currency is then fixed', async (t) => {
+t.test('spend stays counted where it was counted when a budget moves; then its currency is fixed', async (t) => {
   const { admin } = await buildApp(t)
   const a = await createBudget(admin, { scopeType: 'organization', scopeId: 'a', period: 'annual' })
   const b = await createBudget(admin, { scopeType: 'organization', scopeId: 'b', period: 'annual' })
@@ -331,9 +331,12 @@ t.test('moving a budget with spend moves its spend between ancestors; its curren
   await admin({ method: 'POST', url: `${PREFIX}/${team.id}/usage`, body: usage({ amount: '7' }) })
   const current = async (id: string) => (await admin({ method: 'GET', url: `${PREFIX}/${id}/status` })).json().currentAmount
   t.equal(await current(a.id), '7')
-  await admin({ method: 'PUT', url: `${PREFIX}/${team.id}`, body: { parentId: b.id } })
-  t.equal(await current(a.id), '0', 'gone from the former parent')
-  t.equal(await current(b.id), '7', 'counted by the new one')
+  t.equal((await admin({ method: 'PUT', url: `${PREFIX}/${team.id}`, body: { parentId: b.id } })).statusCode, 200)
+  await admin({ method: 'POST', url: `${PREFIX}/${team.id}/usage`, body: usage({ amount: '2' }) })
+  t.equal(await current(a.id), '7', 'the former parent keeps what was spent under it')
+  t.equal(await current(b.id), '2', 'the new parent counts what is spent from now on')
+  t.equal(await current(team.id), '9')
+  t.equal((await admin({ method: 'POST', url: `${PREFIX}/${a.id}/refresh-cache` })).json().currentAmount, '7', 'and a recompute agrees')
   const recurrency = await admin({ method: 'PUT', url: `${PREFIX}/${team.id}`, body: { currency: 'EUR', parentId: null } })
   t.equal(recurrency.statusCode, 409)
   t.equal(recurrency.json().code, 'BUDGET_ERR_CURRENCY_LOCKED')

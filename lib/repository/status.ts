@@ -59,15 +59,6 @@ export function createStatusRepository (sql: Db) {
       const [row] = await sql<StatusCacheRow[]>`
         select ${cacheColumns} from refresh_budget_status_cache(${budgetId}, ${window.periodStart}, ${window.periodEnd})`
       return row!
-    },
-
-    /** Recomputes every cache row of the budgets, e.g. after a budget moved in the tree and its ancestors changed. */
-    async refreshAllCacheRows (budgetIds: string[]): Promise<void> {
-      if (budgetIds.length === 0) return
-      await sql`
-        select refresh_budget_status_cache(budget_id, period_start, period_end)
-        from budget_status_cache where budget_id in ${sql(budgetIds)}
-        order by budget_id, period_start`
     }
   }
 }

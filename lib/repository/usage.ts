@@ -11,6 +11,8 @@ export interface UsageValues {
   metadata: Record<string, unknown>
   idempotencyKey: string | null
   occurredAt: Date
+  /** Budgets the usage also counts toward, besides its own budget's line. */
+  alsoCountsToward?: string[]
 }
 
 export interface UsageRecord {
@@ -50,23 +52,25 @@ export interface UsageGroupTotal {
 
 export function createUsageRepository (sql: Db) {
   const columns = sql`
-    id, budget_id as "budgetId", amount::text as amount, currency, source, description, metadata,
-    occurred_at as "occurredAt", recorded_at as "recordedAt"`
+    u.id, u.budget_id as "budgetId", u.amount::text as amount, u.currency, u.source, u.description, u.metadata,
+    u.occurred_at as "occurredAt", u.recorded_at as "recordedAt"`
 
-  // The records that count toward a budget: its own and its descendants'.
+  // The usage that counts toward a budget (its own and its descendants'), through its allocations.
   const countingToward = (budgetId: string, filter: UsageFilter) => sql`
-    budget_id = any (array(select id from budget_subtree(${budgetId})))
-    and occurred_at >= ${filter.from} and occurred_at < ${filter.to}
-    ${filter.modelId === undefined ? sql`` : sql`and model_id = ${filter.modelId}`}
-    ${filter.userId === undefined ? sql`` : sql`and user_id = ${filter.userId}`}`
+    budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id
+    where a.budget_id = ${budgetId} and a.occurred_at >= ${filter.from} and a.occurred_at < ${filter.to}
+    ${filter.modelId === undefined ? sql`` : sql`and u.model_id = ${filter.modelId}`}
+    ${filter.userId === undefined ? sql`` : sql`and u.user_id = ${filter.userId}`}`
 
   return {
     /** Inserts the record, or nothing when its idempotency key was used before on this budget (then null). */
     async insertUsage (values: UsageValues): Promise<UsageRecord | null> {
       const [row] = await sql<UsageRow[]>`
-        insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, idempotency_key, occurred_at)
+        insert into budget_usage_records as u
+          (budget_id, amount, currency, source, description, metadata, idempotency_key, occurred_at, also_counts_toward)
         values (${values.budgetId}, ${values.amount}, ${values.currency}, ${values.source}, ${values.description},
-                ${sql.json(values.metadata as Parameters<typeof sql.json>[0])}, ${values.idempotencyKey}, ${values.occurredAt})
+                ${sql.json(values.metadata as Parameters<typeof sql.json>[0])}, ${values.idempotencyKey}, ${values.occurredAt},
+                ${values.alsoCountsToward ?? []}::uuid[])
         on conflict (budget_id, idempotency_key) do nothing
         returning ${columns}`
       return row === undefined ? null : toUsageRecord(row)
@@ -79,17 +83,16 @@ export function createUsageRepository (sql: Db) {
 
     async findUsageByKey (budgetId: string, idempotencyKey: string): Promise<UsageRecord | null> {
       const [row] = await sql<UsageRow[]>`
-        select ${columns} from budget_usage_records where budget_id = ${budgetId} and idempotency_key = ${idempotencyKey}`
+        select ${columns} from budget_usage_records u where u.budget_id = ${budgetId} and u.idempotency_key = ${idempotencyKey}`
       return row === undefined ? null : toUsageRecord(row)
     },
 
     /** One page, newest first, strictly after `after` in that order (a keyset: stable while records arrive). */
     async listUsage (budgetId: string, filter: UsageFilter, after: UsagePageKey | null, limit: number): Promise<UsageRecord[]> {
       const rows = await sql<UsageRow[]>`
-        select ${columns} from budget_usage_records
-        where ${countingToward(budgetId, filter)}
-        ${after === null ? sql`` : sql`and (occurred_at, id) < (${after.occurredAt}, ${after.id})`}
-        order by occurred_at desc, id desc
+        select ${columns} from ${countingToward(budgetId, filter)}
+        ${after === null ? sql`` : sql`and (a.occurred_at, a.usage_id) < (${after.occurredAt}, ${after.id})`}
+        order by a.occurred_at desc, a.usage_id desc
         limit ${limit}`
       return rows.map(toUsageRecord)
     },
@@ -97,15 +100,15 @@ export function createUsageRepository (sql: Db) {
     async summarizeUsage (budgetId: string, filter: UsageFilter) {
       const group = async (key: ReturnType<typeof sql>) => {
         const rows = await sql<Array<{ key: string | null, total: string, count: number }>>`
-          select ${key} as key, sum(amount)::text as total, count(*)::int as count
-          from budget_usage_records where ${countingToward(budgetId, filter)}
+          select ${key} as key, sum(a.amount)::text as total, count(*)::int as count
+          from ${countingToward(budgetId, filter)}
           group by 1 order by 1 nulls last`
         return rows.map((row): UsageGroupTotal => ({ key: row.key, total: normalizeMoney(row.total), count: row.count }))
       }
       const [byModel, byUser, byDay] = await Promise.all([
-        group(sql`model_id`),
-        group(sql`user_id`),
-        group(sql`to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD')`)
+        group(sql`u.model_id`),
+        group(sql`u.user_id`),
+        group(sql`to_char(a.occurred_at at time zone 'UTC', 'YYYY-MM-DD')`)
       ])
       return { byModel, byUser, byDay }
     }

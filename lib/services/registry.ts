@@ -2,7 +2,6 @@
 import type { Sql, TransactionSql } from 'postgres'
 import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, ParentNotFoundError } from '../errors.js'
 import { createBudgetRepository, type BudgetRepository, type BudgetValues } from '../repository/budgets.js'
-import { createStatusRepository } from '../repository/status.js'
 import { createUsageRepository } from '../repository/usage.js'
 import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
 import { checkChildFitsParent, normalizeBudget } from './budget-rules.js'
@@ -54,14 +53,7 @@ export function createBudgetRegistry (sql: Sql) {
         if (values.currency !== current.currency && await createUsageRepository(tx).hasUsage(id)) {
           throw new CurrencyLockedError(id, current.currency)
         }
-        const formerAncestors = await repository.listAncestors([id])
-        const updated = await repository.updateBudget(id, values)
-        if (values.parentId !== current.parentId) {
-          // The budget's spend moved from one line of ancestors to another: recompute both lines' cached spend.
-          const ancestors = [...formerAncestors, ...await repository.listAncestors([id])]
-          await createStatusRepository(tx).refreshAllCacheRows([...new Set(ancestors.map((budget) => budget.id))])
-        }
-        return updated
+        return await repository.updateBudget(id, values)
       })
     },
 
