@@ -1,9 +1,11 @@
-// The example RelayCore gateway behind `npm start`: the budgets plugin and its admin API on PORT (default 3000).
+// The example RelayCore gateway behind `npm start`: the budgets plugin, its admin API, and an
+// OpenAI-compatible POST /v1/chat/completions behind the budget gate, on PORT (default 3000).
 // With no DATABASE_URL it runs an embedded PostgreSQL whose data stays in .data/ across restarts.
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import Fastify from 'fastify'
 import budgets from '../lib/index.js'
+import { chatCompletions } from './chat-completions.js'
 import { startEmbeddedPostgres, type EmbeddedDatabase } from './embedded-postgres.js'
 
 const port = Number(process.env.PORT ?? 3000)
@@ -20,7 +22,22 @@ if (databaseUrl === undefined || databaseUrl === '') {
 const adminToken = process.env.ADMIN_TOKEN ?? randomBytes(24).toString('base64url')
 
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
-await app.register(budgets, { database: databaseUrl, adminToken })
+await app.register(budgets, {
+  database: databaseUrl,
+  adminToken,
+  // Callers name their scopes in x-relay-user-id, x-relay-team-id, x-relay-project-id, x-relay-organization-id.
+  gate: {
+    routes: ['/v1/chat/completions'],
+    failureMode: process.env.GATE_FAILURE_MODE === 'open' ? 'open' : 'closed',
+    ...(process.env.RESERVATION_TTL_MS === undefined ? {} : { reservationTtlMs: Number(process.env.RESERVATION_TTL_MS) }),
+    ...(process.env.SWEEP_INTERVAL_MS === undefined ? {} : { sweepIntervalMs: Number(process.env.SWEEP_INTERVAL_MS) })
+  }
+})
+await app.register(chatCompletions, {
+  upstreamUrl: process.env.UPSTREAM_URL,
+  upstreamApiKey: process.env.UPSTREAM_API_KEY,
+  mockTokenDelayMs: process.env.MOCK_TOKEN_DELAY_MS === undefined ? undefined : Number(process.env.MOCK_TOKEN_DELAY_MS)
+})
 app.get('/health', async () => ({ status: 'ok' }))
 
 async function shutdown (signal: string): Promise<void> {
@@ -38,6 +55,7 @@ process.stdout.write([
   `RelayCore example gateway listening on ${address}`,
   `  database:    ${embedded === null ? 'DATABASE_URL' : `embedded PostgreSQL in ${dataDir}`}`,
   `  admin API:   ${address}/api/v1/budgets`,
+  `  model calls: ${address}/v1/chat/completions (${process.env.UPSTREAM_URL === undefined ? 'mock provider' : `upstream ${process.env.UPSTREAM_URL}`})`,
   process.env.ADMIN_TOKEN === undefined ? `  admin token: ${adminToken}   (set ADMIN_TOKEN to choose your own)` : '  admin token: from ADMIN_TOKEN',
   ''
 ].join('\n') + '\n')

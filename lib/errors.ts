@@ -43,6 +43,15 @@ export const HasChildrenError = createError('BUDGET_ERR_HAS_CHILDREN', "Budget '
 export const DatabaseUnavailableError = createError('BUDGET_ERR_DATABASE_UNAVAILABLE', 'The budget database cannot be reached', 503)
 export const InternalError = createError('BUDGET_ERR_INTERNAL', 'Internal error', 500)
 
+// postgres.js connection failures and PostgreSQL's own "cannot serve now" classes (08 connection, 57P server shutdown).
+const UNAVAILABLE = /^(BUDGET_ERR_DATABASE_UNAVAILABLE|CONNECT_TIMEOUT|CONNECTION_CLOSED|CONNECTION_ENDED|CONNECTION_DESTROYED|ECONNREFUSED|ECONNRESET|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|08\w{3}|57P0[1-3])$/
+
+/** True for an error that says the database cannot be reached now, as opposed to a bug or bad input. */
+export function isDatabaseUnavailable (error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === 'string' && UNAVAILABLE.test(code)
+}
+
 // Usage
 export const BudgetNotActiveError = createError('BUDGET_ERR_NOT_ACTIVE', "Budget '%s' has no active period at %s (%s)", 409)
 export class IdempotencyConflictError extends createError('BUDGET_ERR_IDEMPOTENCY_CONFLICT', "Idempotency key '%s' was used for a different usage record (%s)", 409) {

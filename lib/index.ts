@@ -4,29 +4,33 @@ import fp from 'fastify-plugin'
 import type { FastifyPluginAsync } from 'fastify'
 import postgres, { type Sql } from 'postgres'
 import { migrate } from './database/migrate.js'
+import { registerGate, type BudgetGateState } from './hooks/gate.js'
 import { resolveOptions, type BudgetsOptions } from './options.js'
 import { adminRoutes } from './routes/admin.js'
 import { createBudgetRegistry, type BudgetRegistry } from './services/registry.js'
+import { createBudgetIntegration, type BudgetIntegration } from './services/integration.js'
 import { createBudgetTracker, type BudgetTracker } from './services/tracker.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     budgetRegistry: BudgetRegistry
     budgetTracker: BudgetTracker
+    budgetIntegration: BudgetIntegration
   }
   interface FastifyRequest {
     /** Who called the admin API, as the authorize option named them; null outside it. */
     budgetActor: string | null
+    /** What the gate decided for a model call; null on routes it does not gate. */
+    budgetGate: BudgetGateState | null
   }
 }
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
-  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs } = resolveOptions(options)
+  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate } = resolveOptions(options)
 
   // Close only the client we open; a host's own client is the host's to end.
   const ownsClient = typeof database === 'string'
   const sql: Sql = ownsClient ? postgres(database, { onnotice: () => {} }) : database
-  if (ownsClient) fastify.addHook('onClose', async () => await sql.end({ timeout: 5 }))
 
   if (applyMigrations) {
     try {
@@ -39,9 +43,22 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 
   const budgetRegistry = createBudgetRegistry(sql)
   const budgetTracker = createBudgetTracker(sql, { statusCacheTtlMs, now: () => new Date() })
+  const budgetIntegration = createBudgetIntegration(sql, budgetTracker, {
+    currency: gate?.currency ?? 'USD',
+    reservationTtlMs: gate?.reservationTtlMs ?? 15 * 60_000,
+    timeoutMs: gate?.timeoutMs ?? 2000
+  })
   fastify.decorate('budgetRegistry', budgetRegistry)
   fastify.decorate('budgetTracker', budgetTracker)
+  fastify.decorate('budgetIntegration', budgetIntegration)
   fastify.decorateRequest('budgetActor', null)
+  fastify.decorateRequest('budgetGate', null)
+
+  const gateHooks = gate === null ? null : registerGate(fastify, gate, budgetIntegration)
+  fastify.addHook('onClose', async () => {
+    await gateHooks?.drain() // settle what the gate admitted before the client ends
+    if (ownsClient) await sql.end({ timeout: 5 })
+  })
 
   await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker })
 }
@@ -51,5 +68,11 @@ export { budgets }
 export * from './errors.js'
 export type { Authorize, BudgetsOptions } from './options.js'
 export type { BudgetRegistry } from './services/registry.js'
-export type { BudgetTracker } from './services/tracker.js'
+export type { BudgetTracker, RecordUsageRequest, UsageMetadata } from './services/tracker.js'
+export type { BudgetIntegration, CallerScopes } from './services/integration.js'
+export type { BudgetGateState, CostEstimate, GateOptions } from './hooks/gate.js'
+export type { BudgetConstraintCheck } from './services/decision.js'
+export type { BudgetStatusInfo } from './services/status-rules.js'
+export type { PriceTable, ModelPrice, TokenUsage } from './services/pricing.js'
+export { DEFAULT_PRICES } from './services/pricing.js'
 export type * from './schemas.js'

@@ -3,6 +3,8 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyRequest } from 'fastify'
 import type { Sql } from 'postgres'
 import { OptionsError } from './errors.js'
+import { costFromUsage, estimateChatCost, scopesFromHeaders, type GateOptions } from './hooks/gate.js'
+import { checkPriceTable, DEFAULT_PRICES } from './services/pricing.js'
 
 /**
  * Decides whether a request may use the admin API. Return `false` to refuse (401), `true` to allow,
@@ -23,6 +25,8 @@ export interface BudgetsOptions {
   authorize?: Authorize
   /** A status cache row older than this is recomputed from the usage rows when read. Default 5 minutes. */
   statusCacheTtlMs?: number
+  /** The gate on model-call routes; leave out to gate nothing. Every field has a default (lib/hooks/gate.ts). */
+  gate?: Partial<GateOptions>
 }
 
 export interface ResolvedOptions {
@@ -31,12 +35,26 @@ export interface ResolvedOptions {
   migrate: boolean
   authorize: Authorize
   statusCacheTtlMs: number
+  gate: GateOptions | null
+}
+
+const GATE_DEFAULTS: GateOptions = {
+  routes: [],
+  resolveScopes: scopesFromHeaders,
+  estimateCost: estimateChatCost,
+  actualCost: costFromUsage,
+  prices: DEFAULT_PRICES,
+  currency: 'USD',
+  failureMode: 'closed',
+  timeoutMs: 2000,
+  reservationTtlMs: 15 * 60_000,
+  sweepIntervalMs: 60_000
 }
 
 const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000 }
 
 export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
-  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs } = { ...DEFAULTS, ...options }
+  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate } = { ...DEFAULTS, ...options }
   if (typeof database !== 'string' && typeof database !== 'function') {
     throw new OptionsError('database must be a postgres.js instance or a connection string')
   }
@@ -53,7 +71,31 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
   if (authorize === undefined && adminToken === undefined) {
     throw new OptionsError('the admin API needs adminToken or authorize (pass authorize: () => true to open it on purpose)')
   }
-  return { database, prefix: prefix.replace(/\/$/, ''), migrate, statusCacheTtlMs, authorize: authorize ?? bearerToken(adminToken!) }
+  return {
+    database,
+    prefix: prefix.replace(/\/$/, ''),
+    migrate,
+    statusCacheTtlMs,
+    authorize: authorize ?? bearerToken(adminToken!),
+    gate: gate === undefined ? null : resolveGateOptions(gate)
+  }
+}
+
+function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
+  const gate = { ...GATE_DEFAULTS, ...options }
+  if (!Array.isArray(gate.routes) || !gate.routes.every((route) => typeof route === 'string')) throw new OptionsError('gate.routes must be a list of URLs')
+  for (const name of ['resolveScopes', 'estimateCost', 'actualCost'] as const) {
+    if (typeof gate[name] !== 'function') throw new OptionsError(`gate.${name} must be a function`)
+  }
+  const priceProblem = typeof gate.prices === 'object' && gate.prices !== null ? checkPriceTable(gate.prices) : 'gate.prices must be a price table'
+  if (priceProblem !== null) throw new OptionsError(priceProblem)
+  if (typeof gate.currency !== 'string' || !/^[A-Z]{3}$/.test(gate.currency)) throw new OptionsError('gate.currency must be an ISO 4217 code')
+  if (gate.failureMode !== 'closed' && gate.failureMode !== 'open') throw new OptionsError("gate.failureMode must be 'closed' or 'open'")
+  for (const name of ['timeoutMs', 'reservationTtlMs'] as const) {
+    if (!Number.isInteger(gate[name]) || gate[name] <= 0) throw new OptionsError(`gate.${name} must be a positive whole number of milliseconds`)
+  }
+  if (!Number.isInteger(gate.sweepIntervalMs) || gate.sweepIntervalMs < 0) throw new OptionsError('gate.sweepIntervalMs must be a whole number of milliseconds (0: no sweeper)')
+  return gate
 }
 
 function bearerToken (token: string): Authorize {

@@ -215,6 +215,7 @@ const BudgetCheck = Type.Object({
   remaining: Money,
   status: Health,
   activeActions: Type.Array(AlertAction),
+  enforcement: StringEnum(['hard', 'soft'] as const),
   fits: Type.Boolean()
 })
 

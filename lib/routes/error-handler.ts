@@ -1,7 +1,7 @@
 // Turns whatever a budget route throws into the API's error body: a stable code, a clear message, the field at fault.
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { DatabaseUnavailableError, InternalError } from '../errors.js'
+import { DatabaseUnavailableError, InternalError, isDatabaseUnavailable } from '../errors.js'
 
 export interface ErrorBody {
   statusCode: number
@@ -11,12 +11,9 @@ export interface ErrorBody {
   field?: string
 }
 
-// postgres.js connection failures and PostgreSQL's own "cannot serve now" classes (08 connection, 57P server shutdown).
-const UNAVAILABLE = /^(CONNECT_TIMEOUT|CONNECTION_CLOSED|CONNECTION_ENDED|CONNECTION_DESTROYED|ECONNREFUSED|ECONNRESET|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|08\w{3}|57P0[1-3])$/
-
 export function toErrorBody (error: FastifyError & { field?: string }): ErrorBody {
   if (error.validation !== undefined) return validationErrorBody(error)
-  if (typeof error.code === 'string' && UNAVAILABLE.test(error.code)) return toErrorBody(new DatabaseUnavailableError())
+  if (error.code !== 'BUDGET_ERR_DATABASE_UNAVAILABLE' && isDatabaseUnavailable(error)) return toErrorBody(new DatabaseUnavailableError())
   const statusCode = error.statusCode ?? 500
   if (statusCode >= 500 && !error.code?.startsWith('BUDGET_ERR_')) return toErrorBody(new InternalError())
   return {

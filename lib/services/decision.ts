@@ -5,7 +5,7 @@ import type { AlertAction, BudgetDefinition } from '../schemas.js'
 import { budgetHealth, percentReached, type BudgetHealth } from './status-rules.js'
 
 export interface BudgetStanding {
-  budget: Pick<BudgetDefinition, 'id' | 'name' | 'amount' | 'currency' | 'alerts'>
+  budget: Pick<BudgetDefinition, 'id' | 'name' | 'amount' | 'alerts'> & { enforcement?: 'hard' | 'soft' }
   currentAmount: Money
   reservedAmount: Money
 }
@@ -23,6 +23,8 @@ export interface BudgetCheck {
   status: BudgetHealth
   /** Actions of the alerts whose threshold the settled spend has reached. */
   activeActions: AlertAction[]
+  /** A soft budget only alerts: it never refuses for want of room. */
+  enforcement: 'hard' | 'soft'
   fits: boolean
 }
 
@@ -46,7 +48,7 @@ export interface BudgetConstraintCheck {
 }
 
 // The strictest first: a budget that blocks outranks one that wants approval, which outranks one that is full.
-const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => boolean, reason: (check: BudgetCheck) => string, suggestion: string }> = [
+const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => boolean, reason: (check: BudgetCheck, estimate: Money) => string, suggestion: string }> = [
   {
     code: 'budget_blocked',
     refuses: (check) => check.activeActions.includes('block-all'),
@@ -61,8 +63,8 @@ const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => bool
   },
   {
     code: 'budget_exceeded',
-    refuses: (check) => !check.fits,
-    reason: (check) => `Budget '${check.name}' has ${check.remaining} left, less than the estimated cost`,
+    refuses: (check) => !check.fits && check.enforcement === 'hard',
+    reason: (check, estimate) => `Budget '${check.name}' has ${check.remaining} left, less than the estimated cost ${estimate}`,
     suggestion: 'use a cheaper model or fewer tokens, or ask an admin to raise the budget'
   }
 ]
@@ -82,6 +84,7 @@ export function checkBudget (standing: BudgetStanding, estimate: Money): BudgetC
     remaining: fromUnits(available > 0n ? available : 0n),
     status: budgetHealth(currentAmount, budget.amount, budget.alerts),
     activeActions,
+    enforcement: budget.enforcement ?? 'hard',
     fits: toUnits(estimate) <= available
   }
 }
@@ -91,7 +94,7 @@ export function decide (standings: BudgetStanding[], estimate: Money): BudgetCon
   const activeActions = [...new Set(checks.flatMap((check) => check.activeActions))]
   for (const refusal of REFUSALS) {
     const refusing = checks.find(refusal.refuses)
-    if (refusing !== undefined) return outcome(checks, refusing, estimate, activeActions, refusal.code, refusal.reason(refusing), [refusal.suggestion])
+    if (refusing !== undefined) return outcome(checks, refusing, estimate, activeActions, refusal.code, refusal.reason(refusing, estimate), [refusal.suggestion])
   }
   const tightest = checks.reduce<BudgetCheck | undefined>((least, check) =>
     least === undefined || toUnits(check.remaining) < toUnits(least.remaining) ? check : least, undefined)

@@ -19,6 +19,8 @@ export interface RecordUsageRequest {
   metadata?: UsageMetadata
   /** When the spend happened; default now. Not in the future. */
   occurredAt?: string | Date
+  /** Other budgets this usage applies to (a call's other scopes); each budget in all their lines counts it once. */
+  alsoCountsToward?: string[]
 }
 
 export interface UsageMetadata {
@@ -79,7 +81,7 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
     return stale ? await status.refreshCacheRow(budgetId, window) : row
   }
 
-  async function standing (budget: BudgetDefinition): Promise<BudgetStanding & { window: BudgetWindow, row: StatusCacheRow }> {
+  async function standing (budget: BudgetDefinition): Promise<BudgetStanding & { budget: BudgetDefinition, window: BudgetWindow, row: StatusCacheRow }> {
     const window = (await status.findWindow(budget.id, options.now()))!
     const row = await currentCacheRow(budget.id, window)
     return { budget, window, row, currentAmount: row.currentAmount, reservedAmount: row.reservedAmount }
@@ -113,7 +115,8 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
       description: request.description ?? null,
       metadata,
       idempotencyKey,
-      occurredAt
+      occurredAt,
+      alsoCountsToward: request.alsoCountsToward
     }
     const inserted = await usage.insertUsage(values)
     if (inserted !== null) return { record: inserted, replayed: false }

@@ -1,0 +1,171 @@
+// The Budget Integration service: budgets for a model call's caller. The gate's hooks and gateway code
+// outside them use it alike, so there is one decision (decide) and one way to reserve and settle.
+import { randomUUID } from 'node:crypto'
+import type { Sql } from 'postgres'
+import { DatabaseUnavailableError, InvalidFieldError } from '../errors.js'
+import { parsePositiveMoney, toUnits, type Money } from '../money.js'
+import { createReservationRepository, type ApplicableBudget, type Scope } from '../repository/reservations.js'
+import type { ScopeType } from '../schemas.js'
+import { decide, type BudgetConstraintCheck, type BudgetStanding } from './decision.js'
+import type { BudgetStatusInfo } from './status-rules.js'
+import type { BudgetTracker, UsageMetadata } from './tracker.js'
+
+/** Who is calling: any subset of the four scopes, each an id in your system. */
+export type CallerScopes = Partial<Record<ScopeType, string>>
+
+/** The most specific scope first: usage is recorded on the first matched scope's budget. */
+const SCOPE_ORDER: ScopeType[] = ['user', 'project', 'team', 'organization']
+
+export interface IntegrationOptions {
+  /** The currency of estimates and costs; budgets in other currencies do not apply. */
+  currency: string
+  reservationTtlMs: number
+  /** The longest the gate waits for PostgreSQL before answering by its failure mode. */
+  timeoutMs: number
+}
+
+export interface Reservation {
+  check: BudgetConstraintCheck
+  /** Null when nothing was reserved: refused, or no budget applies. */
+  reservationId: string | null
+}
+
+export interface SettleInfo {
+  source?: string
+  description?: string
+  metadata?: UsageMetadata
+}
+
+export function toScopes (caller: CallerScopes): Scope[] {
+  return SCOPE_ORDER.filter((type) => caller[type] !== undefined).map((type) => ({ type, id: caller[type]! }))
+}
+
+function standings (budgets: ApplicableBudget[]): BudgetStanding[] {
+  return budgets.map((budget) => ({
+    budget: { id: budget.budgetId, name: budget.name, amount: budget.amount, alerts: budget.alerts, enforcement: budget.enforcement },
+    currentAmount: budget.currentAmount,
+    reservedAmount: budget.reservedAmount
+  }))
+}
+
+// Deadlocks cannot happen between the gate's own statements (rows are locked in budget id order), but
+// a settle that meets a lock timeout or a serialization failure is safe to run again.
+const RETRYABLE = new Set(['40P01', '40001', '55P03'])
+
+export function createBudgetIntegration (sql: Sql, tracker: BudgetTracker, options: IntegrationOptions) {
+  const reservations = createReservationRepository(sql)
+
+  /** Waits at most timeoutMs; a late answer is handed to `late` (to undo what it did). */
+  async function withDeadline<T> (work: Promise<T>, late: (result: T) => unknown = () => {}): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    let timedOut = false
+    const deadline = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => { timedOut = true; reject(new DatabaseUnavailableError()) }, options.timeoutMs)
+    })
+    work.then((result) => { if (timedOut) void late(result) }, () => {})
+    try {
+      return await Promise.race([work, deadline])
+    } catch (error) {
+      const code = (error as { code?: string }).code
+      if (code === '55P03') throw new DatabaseUnavailableError({ cause: error }) // a queue on a hot budget: answer now
+      throw error
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  async function settleCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<string | null> {
+    const actual = actualCost === null || toUnits(String(actualCost)) === 0n ? null : parsePositiveMoney(actualCost, 'actualCost')
+    const values = { actualCost: actual, source: info.source ?? 'gateway', description: info.description ?? null, metadata: info.metadata ?? {} }
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await reservations.settle(reservationId, values)
+      } catch (error) {
+        if (attempt >= 3 || !RETRYABLE.has((error as { code?: string }).code ?? '')) throw error
+      }
+    }
+  }
+
+  return {
+    /** Would a call of `estimatedCost` go ahead for this caller now? Reads only; reserves nothing. */
+    async checkCaller (caller: CallerScopes, estimatedCost: Money | number): Promise<BudgetConstraintCheck> {
+      const estimate = parsePositiveMoney(estimatedCost, 'estimatedCost')
+      const scopes = toScopes(caller)
+      return decide(scopes.length === 0 ? [] : standings(await reservations.listApplicable(scopes, options.currency)), estimate)
+    },
+
+    /**
+     * Reserves `estimate` on every budget that applies to the caller, atomically, in one round trip,
+     * or refuses and reserves nothing. Throws DatabaseUnavailableError past timeoutMs.
+     */
+    async reserveCall (caller: CallerScopes, estimate: Money, requestId: string = randomUUID()): Promise<Reservation> {
+      const scopes = toScopes(caller)
+      if (scopes.length === 0) return { check: decide([], estimate), reservationId: null }
+      const reservationId = randomUUID()
+      const result = await withDeadline(
+        reservations.reserve(reservationId, scopes, options.currency, estimate, options.reservationTtlMs, requestId),
+        // Answered too late for the caller, who was refused: give back what it took.
+        async (late) => { if (late.reserved) await settleCall(reservationId, null).catch(() => {}) }
+      )
+      const check = decide(standings(result.budgets), estimate)
+      if (result.reserved && !check.canProceed) {
+        // Room enough, but an alert action (block-all, require-approval) refuses: undo the reservation.
+        await settleCall(reservationId, null)
+      }
+      if (!result.reserved && check.canProceed) {
+        // Cannot happen while SQL and decide() agree on the capacity rule; refuse rather than overspend.
+        return { check: { ...check, canProceed: false, code: 'budget_exceeded', reason: 'A budget has no room for the estimated cost' }, reservationId: null }
+      }
+      return { check, reservationId: result.reserved && check.canProceed && result.budgets.length > 0 ? reservationId : null }
+    },
+
+    /** Ends a reservation: records the actual cost once (null when the provider did not charge) and releases the hold. */
+    settleCall,
+
+    async releaseCall (reservationId: string): Promise<void> {
+      await settleCall(reservationId, null)
+    },
+
+    /** Records a model call's cost without a reservation: once, counting toward every budget that applies to the caller. */
+    async recordModelCall (caller: CallerScopes, cost: Money | number, info: SettleInfo & { requestId?: string } = {}) {
+      const applicable = (await reservations.listApplicable(toScopes(caller), options.currency)).filter((budget) => budget.scopeMatched)
+      const [primary, ...others] = applicable
+      if (primary === undefined) return null
+      return await tracker.recordUsage({
+        budgetId: primary.budgetId,
+        amount: cost,
+        currency: options.currency,
+        source: info.source ?? 'gateway',
+        description: info.description,
+        metadata: { ...info.metadata, ...(info.requestId === undefined ? {} : { requestId: info.requestId }) },
+        alsoCountsToward: others.map((budget) => budget.budgetId)
+      })
+    },
+
+    /** Every budget that applies to the caller with its status, and the one that binds first (least left). */
+    async getCallerSummary (caller: CallerScopes): Promise<{ budgets: Array<BudgetStatusInfo & { name: string, scopeMatched: boolean }>, bindingBudgetId: string | null }> {
+      const applicable = await reservations.listApplicable(toScopes(caller), options.currency)
+      const budgets = await Promise.all(applicable.map(async (budget) => ({
+        ...await tracker.getBudgetStatus(budget.budgetId), name: budget.name, scopeMatched: budget.scopeMatched
+      })))
+      const binding = budgets.reduce<typeof budgets[number] | undefined>((least, budget) =>
+        least === undefined || toUnits(budget.remaining) < toUnits(least.remaining) ? budget : least, undefined)
+      return { budgets, bindingBudgetId: binding?.budgetId ?? null }
+    },
+
+    /** Settles reservations whose process died: each counts as spent at its estimate (see sql/003). */
+    async sweepExpiredReservations (limit = 100): Promise<number> {
+      return await reservations.sweepExpired(limit)
+    }
+  }
+}
+
+export type BudgetIntegration = ReturnType<typeof createBudgetIntegration>
+
+/** Scope ids from a request must be short printable text; anything else is the caller's mistake. */
+export function checkScopeId (value: unknown, field: string): string {
+  if (typeof value !== 'string' || value.length === 0 || value.length > 200 || !/^[\x21-\x7e]+$/.test(value)) {
+    throw new InvalidFieldError(field, 'must be 1 to 200 printable characters without spaces')
+  }
+  return value
+}
