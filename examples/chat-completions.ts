@@ -3,6 +3,7 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
+import Ajv from 'ajv'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { mockCompletion, mockTokens, mockUsage, type ChatRequest } from './mock-provider.js'
 
@@ -25,7 +26,11 @@ const ChatBody = Type.Object({
   stream: Type.Optional(Type.Boolean())
 })
 
+// Fastify's default validator would coerce {"max_tokens": "20"} to 20; an API should say it is wrong.
+const ajv = new Ajv.default({ coerceTypes: false, removeAdditional: false, allErrors: false })
+
 export const chatCompletions: FastifyPluginAsyncTypebox<ChatCompletionsOptions> = async (app, options) => {
+  app.setValidatorCompiler(({ schema }) => ajv.compile(schema as object))
   app.setErrorHandler((error: FastifyError, request, reply) => {
     if (error.validation !== undefined) {
       const param = error.validation[0]?.instancePath.replace(/^\//, '').replace(/\//g, '.') || null

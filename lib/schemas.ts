@@ -53,7 +53,8 @@ const budgetFields = {
   startDate: TimestampInput,
   endDate: Nullable(TimestampInput),
   recurring: Type.Boolean({ description: 'Rolls over to a fresh period when one ends.' }),
-  alerts: Type.Array(BudgetAlert, { maxItems: 20 })
+  alerts: Type.Array(BudgetAlert, { maxItems: 20 }),
+  enforcement: StringEnum(['hard', 'soft'] as const, { description: 'A hard budget refuses calls that would exceed it; a soft one only alerts.' })
 }
 
 export const CreateBudgetRequest = Type.Object({
@@ -62,7 +63,8 @@ export const CreateBudgetRequest = Type.Object({
   parentId: Type.Optional(budgetFields.parentId),
   endDate: Type.Optional(budgetFields.endDate),
   recurring: Type.Optional(budgetFields.recurring),
-  alerts: Type.Optional(budgetFields.alerts)
+  alerts: Type.Optional(budgetFields.alerts),
+  enforcement: Type.Optional(budgetFields.enforcement)
 }, { additionalProperties: false })
 
 export const UpdateBudgetRequest = Type.Partial(Type.Object(budgetFields), { additionalProperties: false, minProperties: 1 })
@@ -81,6 +83,7 @@ export const BudgetDefinition = Type.Object({
   endDate: Nullable(Timestamp),
   recurring: Type.Boolean(),
   alerts: Type.Array(BudgetAlert),
+  enforcement: StringEnum(['hard', 'soft'] as const),
   createdBy: Nullable(Type.String()),
   createdAt: Timestamp,
   updatedAt: Timestamp

@@ -19,6 +19,7 @@ export interface BudgetValues {
   endDate: Date | null
   recurring: boolean
   alerts: BudgetAlert[]
+  enforcement: 'hard' | 'soft'
 }
 
 interface BudgetRow {
@@ -35,6 +36,7 @@ interface BudgetRow {
   end_date: Date | null
   recurring: boolean
   alerts: BudgetAlert[]
+  enforcement: 'hard' | 'soft'
   created_by: string | null
   created_at: Date
   updated_at: Date
@@ -51,7 +53,7 @@ export function createBudgetRepository (sql: Db) {
   // amount::text keeps money exact even when the host's postgres.js instance parses numeric to float.
   const columns = sql`
     id, name, description, scope_type, scope_id, parent_id, amount::text as amount, currency, period,
-    start_date, end_date, recurring, alerts, created_by, created_at, updated_at`
+    start_date, end_date, recurring, alerts, enforcement, created_by, created_at, updated_at`
 
   return {
     async findBudget (id: string): Promise<BudgetDefinition | null> {
@@ -63,11 +65,11 @@ export function createBudgetRepository (sql: Db) {
     async insertBudget (values: BudgetValues, createdBy: string | null): Promise<BudgetDefinition> {
       const [row] = await sql<BudgetRow[]>`
         insert into budget_definitions
-          (name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring, alerts, created_by)
+          (name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring, alerts, enforcement, created_by)
         values
           (${values.name}, ${values.description}, ${values.scopeType}, ${values.scopeId}, ${values.parentId}, ${values.amount},
            ${values.currency}, ${values.period}, ${values.startDate}, ${values.endDate}, ${values.recurring},
-           ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, ${createdBy})
+           ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, ${values.enforcement}, ${createdBy})
         returning ${columns}`
       return toBudget(row!)
     },
@@ -79,7 +81,8 @@ export function createBudgetRepository (sql: Db) {
           scope_id = ${values.scopeId}, parent_id = ${values.parentId}, amount = ${values.amount},
           currency = ${values.currency}, period = ${values.period}, start_date = ${values.startDate},
           end_date = ${values.endDate}, recurring = ${values.recurring},
-          alerts = ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, updated_at = now()
+          alerts = ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, enforcement = ${values.enforcement},
+          updated_at = now()
         where id = ${id} and deleted_at is null
         returning ${columns}`
       return toBudget(row!)
@@ -165,6 +168,7 @@ function toBudget (row: BudgetRow): BudgetDefinition {
     endDate: row.end_date?.toISOString() ?? null,
     recurring: row.recurring,
     alerts: row.alerts,
+    enforcement: row.enforcement,
     createdBy: row.created_by,
     createdAt: row.created_at.toISOString(),
     updatedAt: row.updated_at.toISOString()

@@ -34,7 +34,8 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
     startDate,
     endDate,
     recurring: input.recurring ?? true,
-    alerts: normalizeAlerts(input.alerts ?? [])
+    alerts: normalizeAlerts(input.alerts ?? []),
+    enforcement: input.enforcement ?? 'hard'
   }
 }
 

@@ -108,6 +108,7 @@ export function createBudgetIntegration (sql: Sql, tracker: BudgetTracker, optio
         async (late) => { if (late.reserved) await settleCall(reservationId, null).catch(() => {}) }
       )
       const check = decide(standings(result.budgets), estimate)
+      if (result.budgets.length === 0) return { check, reservationId: null } // no budget applies to this caller
       if (result.reserved && !check.canProceed) {
         // Room enough, but an alert action (block-all, require-approval) refuses: undo the reservation.
         await settleCall(reservationId, null)
@@ -116,7 +117,7 @@ export function createBudgetIntegration (sql: Sql, tracker: BudgetTracker, optio
         // Cannot happen while SQL and decide() agree on the capacity rule; refuse rather than overspend.
         return { check: { ...check, canProceed: false, code: 'budget_exceeded', reason: 'A budget has no room for the estimated cost' }, reservationId: null }
       }
-      return { check, reservationId: result.reserved && check.canProceed && result.budgets.length > 0 ? reservationId : null }
+      return { check, reservationId: result.reserved && check.canProceed ? reservationId : null }
     },
 
     /** Ends a reservation: records the actual cost once (null when the provider did not charge) and releases the hold. */
