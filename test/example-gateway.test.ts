@@ -1,43 +1,13 @@
-import { spawn, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import t from 'tap'
 import { PREFIX } from './fixtures/app.js'
-
-const gatewayScript = new URL('../examples/gateway.ts', import.meta.url).pathname
-
-interface RunningGateway {
-  url: string
-  token: string
-  stop: () => Promise<void>
-}
+import { startGatewayProcess } from './fixtures/gateway-process.js'
 
 /** Starts `npm start`'s script the way a new user would: no DATABASE_URL, no ADMIN_TOKEN. */
-async function startGateway (dataDir: string): Promise<RunningGateway> {
-  const env: NodeJS.ProcessEnv = { ...process.env, PORT: '0', BUDGETS_DATA_DIR: dataDir, LOG_LEVEL: 'warn' }
-  delete env.DATABASE_URL
-  delete env.ADMIN_TOKEN
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', gatewayScript], { env, stdio: ['ignore', 'pipe', 'inherit'] })
-  let url = ''
-  let token = ''
-  for await (const line of createInterface({ input: child.stdout! })) {
-    url = /listening on (\S+)/.exec(line)?.[1] ?? url
-    token = /admin token: (\S+)/.exec(line)?.[1] ?? token
-    if (url !== '' && token !== '') break
-  }
-  if (url === '' || token === '') throw new Error('the gateway did not print its address and token')
-  child.stdout!.resume()
-  return {
-    url,
-    token,
-    stop: async () => {
-      child.kill('SIGTERM')
-      if (child.exitCode === null) await once(child, 'exit')
-    }
-  }
+async function startGateway (dataDir: string) {
+  return await startGatewayProcess({ BUDGETS_DATA_DIR: dataDir, DATABASE_URL: undefined, ADMIN_TOKEN: undefined })
 }
 
 t.test('npm start with no DATABASE_URL: embedded PostgreSQL, a printed token, and budgets that survive a restart', async (t) => {
@@ -45,7 +15,7 @@ t.test('npm start with no DATABASE_URL: embedded PostgreSQL, a printed token, an
   t.teardown(async () => await rm(dataDir, { recursive: true, force: true }))
 
   const first = await startGateway(dataDir)
-  t.teardown(first.stop)
+  t.teardown(async () => await first.stop())
   const body = {
     name: 'Engineering Team Q1 Budget',
     scopeType: 'team',
@@ -69,7 +39,7 @@ t.test('npm start with no DATABASE_URL: embedded PostgreSQL, a printed token, an
   await first.stop()
 
   const second = await startGateway(dataDir)
-  t.teardown(second.stop)
+  t.teardown(async () => await second.stop())
   t.not(second.token, first.token, 'a fresh token each start when ADMIN_TOKEN is unset')
   const read = await fetch(`${second.url}${PREFIX}/${budget.id}`, { headers: { authorization: `Bearer ${second.token}` } })
   t.equal(read.status, 200, 'the budget survived the restart')

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { fromUnits, toUnits } from '../lib/money.js'
 import { decide } from '../lib/services/decision.js'
 import { budgetHealth, computeStatus, percentReached } from '../lib/services/status-rules.js'
 import type { BudgetAlert } from '../lib/schemas.js'
@@ -54,7 +55,7 @@ t.test('burn rate and projection do not blow up in a period\'s first second', as
     const now = new Date(periodStart.getTime() + ms)
     const status = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '2', reservedAmount: '0', lastUpdated: now, now })
     t.equal(status.burnRate, '48', `${ms} ms in: 2 spent over the one-hour minimum is 48 a day`)
-    t.ok(Number(status.projectedTotal) < 1500, 'a finite, bounded projection')
+    t.equal(status.projectedTotal, fromUnits(toUnits('2') + toUnits('48') * BigInt(periodEnd.getTime() - now.getTime()) / 86_400_000n), 'a finite projection: 2 + 48 a day for the rest of the period')
   }
 })
 
