@@ -22,12 +22,13 @@ create table budget_reservations (
 create index budget_reservations_expiry on budget_reservations (expires_at);
 
 -- The budgets that apply to a caller: the live budgets in p_currency of each (scope type, scope id),
--- and all their ancestors, each once, that have a period window at p_at. scope_rank is the position
--- of the first scope that matched the budget (callers list the most specific scope first).
+-- and all their ancestors, each once, that have a period window at p_at. scope_rank orders them:
+-- by the position of the scope they came from (callers list the most specific scope first), then by
+-- distance from it, so a budget matched directly comes before the same budget reached as an ancestor.
 create function budget_applicable(p_scope_types text[], p_scope_ids text[], p_currency text, p_at timestamptz)
 returns table (budget_id uuid, scope_matched boolean, scope_rank integer, period_start timestamptz, period_end timestamptz)
 language sql stable as $$
-  select l.id, bool_or(l.depth = 1), min(s.rank)::integer, w.period_start, w.period_end
+  select l.id, bool_or(l.depth = 1), min(s.rank * 100 + l.depth)::integer, w.period_start, w.period_end
   from unnest(p_scope_types, p_scope_ids) with ordinality as s(scope_type, scope_id, rank)
   join budget_definitions m on m.scope_type = s.scope_type and m.scope_id = s.scope_id
     and m.deleted_at is null and m.currency = p_currency
@@ -130,17 +131,20 @@ begin
   from ended e;
   if ids is null then return null; end if;
 
+  -- Record first, release second: the usage trigger takes the window rows' locks (in budget id order)
+  -- as late as it can, and the release then updates rows this transaction already holds.
+  if p_actual is not null and p_actual > 0 and scope_budgets is not null then
+    insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, idempotency_key, also_counts_toward)
+    values (scope_budgets[1], p_actual, currency, p_source, p_description,
+            coalesce(p_metadata, '{}'::jsonb) || jsonb_build_object('requestId', request_id), request_id, scope_budgets[2:])
+    on conflict (budget_id, idempotency_key) do nothing
+    returning id into usage_id;
+  end if;
+
   for i in 1 .. array_length(ids, 1) loop
     update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - amounts[i], 0), updated_at = now()
     where c.budget_id = ids[i] and c.period_start = starts[i];
   end loop;
-
-  if p_actual is null or p_actual <= 0 or scope_budgets is null then return null; end if;
-  insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, idempotency_key, also_counts_toward)
-  values (scope_budgets[1], p_actual, currency, p_source, p_description,
-          coalesce(p_metadata, '{}'::jsonb) || jsonb_build_object('requestId', request_id), request_id, scope_budgets[2:])
-  on conflict (budget_id, idempotency_key) do nothing
-  returning id into usage_id;
   return usage_id;
 end $$;
 

@@ -1,0 +1,69 @@
+// budgetIntegration on the instance: the same decisions as the gate, for gateway code outside its hooks.
+import t from 'tap'
+import { buildGateway } from './fixtures/gateway.js'
+
+t.test('checkCaller reads the same decision the gate makes, and reserves nothing', async (t) => {
+  const { app, call, createBudget, sql } = await buildGateway(t)
+  const org = await createBudget({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '0.5' })
+  await createBudget({ name: 'team', scopeType: 'team', scopeId: 'platform', amount: '0.2', parentId: org.id })
+  const fits = await app.budgetIntegration.checkCaller({ team: 'platform', organization: 'acme' }, '0.2')
+  t.match(fits, { canProceed: true, remaining: '0.2', limit: '0.2' })
+  t.same(fits.budgets.map((b) => b.name), ['team', 'org'], 'the scope budgets first, then ancestors')
+  const over = await app.budgetIntegration.checkCaller({ team: 'platform' }, '0.2000000001')
+  t.match(over, { canProceed: false, code: 'budget_exceeded', limit: '0.2' })
+  const [row] = await sql`select count(*)::int as n from budget_reservations`
+  t.equal(row!.n, 0)
+  await t.rejects(app.budgetIntegration.checkCaller({ team: 'platform' }, '-1'), { code: 'BUDGET_ERR_VALIDATION', field: 'estimatedCost' })
+  t.equal((await call({ team: 'platform' }, { model: 'gpt-4.1', max_tokens: 30000 })).statusCode, 402, 'and the gate agrees: 30000 x 8 per 1M is over 0.2')
+})
+
+t.test('reserveCall and settleCall: hold, then record the actual cost once', async (t) => {
+  const { app, createBudget, status } = await buildGateway(t)
+  const team = await createBudget({ scopeType: 'team', scopeId: 'platform', amount: '1' })
+  const { check, reservationId } = await app.budgetIntegration.reserveCall({ team: 'platform' }, '0.4')
+  t.ok(check.canProceed)
+  t.equal((await status(team.id)).reservedAmount, '0.4')
+  const refused = await app.budgetIntegration.reserveCall({ team: 'platform' }, '0.7')
+  t.match(refused, { reservationId: null, check: { canProceed: false, remaining: '0.6' } })
+  const usageId = await app.budgetIntegration.settleCall(reservationId!, '0.25', { metadata: { modelId: 'gpt-4o' } })
+  t.ok(usageId)
+  t.match(await status(team.id), { currentAmount: '0.25', reservedAmount: '0' })
+  t.equal(await app.budgetIntegration.settleCall(reservationId!, '0.25'), null, 'a second settle of the same call changes nothing')
+  t.match(await status(team.id), { currentAmount: '0.25', reservedAmount: '0' })
+})
+
+t.test('recordModelCall: once per request id, counted toward every budget of the caller', async (t) => {
+  const { app, createBudget, status } = await buildGateway(t)
+  const org = await createBudget({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '10' })
+  const alice = await createBudget({ name: 'alice', scopeType: 'user', scopeId: 'alice', amount: '5', parentId: org.id })
+  const project = await createBudget({ name: 'apollo', scopeType: 'project', scopeId: 'apollo', amount: '5' })
+  const caller = { user: 'alice', project: 'apollo', organization: 'acme' }
+  const first = await app.budgetIntegration.recordModelCall(caller, '0.125', { requestId: 'call-1', metadata: { modelId: 'gpt-4o' } })
+  const again = await app.budgetIntegration.recordModelCall(caller, '0.125', { requestId: 'call-1', metadata: { modelId: 'gpt-4o' } })
+  t.equal(again!.id, first!.id, 'a retry is the same record')
+  t.equal(first!.budgetId, alice.id, 'recorded on the most specific scope')
+  for (const budget of [alice, project, org]) t.equal((await status(budget.id)).currentAmount, '0.125')
+  t.equal(await app.budgetIntegration.recordModelCall({ user: 'nobody' }, '1'), null, 'nothing applies, nothing recorded')
+})
+
+t.test('getCallerSummary: every budget that applies, with status, and the one that binds first', async (t) => {
+  const { app, createBudget } = await buildGateway(t)
+  const org = await createBudget({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '10' })
+  const team = await createBudget({ name: 'team', scopeType: 'team', scopeId: 'platform', amount: '2', parentId: org.id })
+  await app.budgetIntegration.recordModelCall({ team: 'platform' }, '1.5')
+  const summary = await app.budgetIntegration.getCallerSummary({ team: 'platform' })
+  t.same(summary.budgets.map((b) => [b.name, b.currentAmount, b.remaining, b.scopeMatched]), [['team', '1.5', '0.5', true], ['org', '1.5', '8.5', false]])
+  t.equal(summary.bindingBudgetId, team.id)
+})
+
+t.test('sweepExpiredReservations counts an expired reservation as spent at its estimate', async (t) => {
+  const { app, createBudget, status, sql } = await buildGateway(t, { gate: { reservationTtlMs: 1, sweepIntervalMs: 0 } })
+  const team = await createBudget({ scopeType: 'team', scopeId: 'platform', amount: '1' })
+  await app.budgetIntegration.reserveCall({ team: 'platform' }, '0.3')
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  t.equal(await app.budgetIntegration.sweepExpiredReservations(), 1)
+  t.match(await status(team.id), { currentAmount: '0.3', reservedAmount: '0' })
+  const [record] = await sql`select source, metadata from budget_usage_records`
+  t.match(record, { source: 'expired-reservation', metadata: { outcome: 'unknown' } })
+  t.equal(await app.budgetIntegration.sweepExpiredReservations(), 0, 'swept once')
+})
