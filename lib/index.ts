@@ -5,7 +5,7 @@ import type { FastifyPluginAsync } from 'fastify'
 import postgres, { type Sql } from 'postgres'
 import { migrate } from './database/migrate.js'
 import { registerGate, type BudgetGateState } from './hooks/gate.js'
-import { resolveOptions, type BudgetsOptions } from './options.js'
+import { GATE_DEFAULTS, resolveOptions, type BudgetsOptions } from './options.js'
 import { adminRoutes } from './routes/admin.js'
 import { createBudgetRegistry, type BudgetRegistry } from './services/registry.js'
 import { createBudgetIntegration, type BudgetIntegration } from './services/integration.js'
@@ -43,10 +43,9 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 
   const budgetRegistry = createBudgetRegistry(sql)
   const budgetTracker = createBudgetTracker(sql, { statusCacheTtlMs, now: () => new Date() })
+  const { currency, reservationTtlMs, timeoutMs, prices, cheapModels, downgrades } = gate ?? GATE_DEFAULTS
   const budgetIntegration = createBudgetIntegration(sql, budgetTracker, {
-    currency: gate?.currency ?? 'USD',
-    reservationTtlMs: gate?.reservationTtlMs ?? 15 * 60_000,
-    timeoutMs: gate?.timeoutMs ?? 2000
+    currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades }
   })
   fastify.decorate('budgetRegistry', budgetRegistry)
   fastify.decorate('budgetTracker', budgetTracker)

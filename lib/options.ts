@@ -4,7 +4,7 @@ import type { FastifyRequest } from 'fastify'
 import type { Sql } from 'postgres'
 import { OptionsError } from './errors.js'
 import { costFromUsage, estimateChatCost, scopesFromHeaders, type GateOptions } from './hooks/gate.js'
-import { checkPriceTable, DEFAULT_PRICES } from './services/pricing.js'
+import { checkPriceTable, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES, DEFAULT_PRICES } from './services/pricing.js'
 
 /**
  * Decides whether a request may use the admin API. Return `false` to refuse (401), `true` to allow,
@@ -38,12 +38,14 @@ export interface ResolvedOptions {
   gate: GateOptions | null
 }
 
-const GATE_DEFAULTS: GateOptions = {
+export const GATE_DEFAULTS: GateOptions = {
   routes: [],
   resolveScopes: scopesFromHeaders,
   estimateCost: estimateChatCost,
   actualCost: costFromUsage,
   prices: DEFAULT_PRICES,
+  cheapModels: DEFAULT_CHEAP_MODELS,
+  downgrades: DEFAULT_DOWNGRADES,
   currency: 'USD',
   failureMode: 'closed',
   timeoutMs: 2000,
@@ -89,6 +91,10 @@ function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
   }
   const priceProblem = typeof gate.prices === 'object' && gate.prices !== null ? checkPriceTable(gate.prices) : 'gate.prices must be a price table'
   if (priceProblem !== null) throw new OptionsError(priceProblem)
+  if (!Array.isArray(gate.cheapModels) || !gate.cheapModels.every((model) => typeof model === 'string')) throw new OptionsError('gate.cheapModels must be a list of model names')
+  if (typeof gate.downgrades !== 'object' || gate.downgrades === null || !Object.values(gate.downgrades).every((model) => typeof model === 'string' && gate.prices[model] !== undefined)) {
+    throw new OptionsError('gate.downgrades must map models to cheaper models that have prices')
+  }
   if (typeof gate.currency !== 'string' || !/^[A-Z]{3}$/.test(gate.currency)) throw new OptionsError('gate.currency must be an ISO 4217 code')
   if (gate.failureMode !== 'closed' && gate.failureMode !== 'open') throw new OptionsError("gate.failureMode must be 'closed' or 'open'")
   for (const name of ['timeoutMs', 'reservationTtlMs'] as const) {

@@ -38,7 +38,10 @@ const Uuid = Type.String({ format: 'uuid' })
 export const BudgetAlert = Type.Object({
   threshold: Type.Number({ exclusiveMinimum: 0, maximum: 1000, description: 'Percent of the budget amount at which the alert fires.' }),
   actions: Type.Array(AlertAction, { minItems: 1, maxItems: 5, uniqueItems: true }),
-  notificationChannels: Type.Array(Type.String({ minLength: 1, maxLength: 500 }), { maxItems: 20, uniqueItems: true, default: [] })
+  notificationChannels: Type.Array(Type.String({ minLength: 1, maxLength: 500 }), { maxItems: 20, uniqueItems: true, default: [] }),
+  basis: Type.Optional(StringEnum(['current', 'projected'] as const, { description: 'Compare the spend (default) or the projected total for the period.' })),
+  allowedModels: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 200 }), { maxItems: 50, uniqueItems: true, description: 'restrict-models: the models still allowed (default: the gate\'s cheapModels).' })),
+  maxPricePerMillion: Type.Optional(Type.String({ pattern: '^\\d+(\\.\\d+)?$', description: 'restrict-models: also allow any model whose output price per 1M tokens is at most this.' }))
 }, { additionalProperties: false })
 
 const budgetFields = {
@@ -219,12 +222,14 @@ const BudgetCheck = Type.Object({
   status: Health,
   activeActions: Type.Array(AlertAction),
   enforcement: StringEnum(['hard', 'soft'] as const),
-  fits: Type.Boolean()
+  fits: Type.Boolean(),
+  approved: Type.Boolean({ description: 'An approval in force covers this estimate.' }),
+  allowedModels: Nullable(Type.Array(Type.String(), { description: 'restrict-models is in force and the model is not allowed: the allowed ones.' }))
 })
 
 export const BudgetConstraintCheck = Type.Object({
   canProceed: Type.Boolean(),
-  code: Nullable(StringEnum(['budget_blocked', 'approval_required', 'budget_exceeded'] as const)),
+  code: Nullable(StringEnum(['budget_blocked', 'approval_required', 'model_restricted', 'budget_exceeded'] as const)),
   reason: Type.String(),
   suggestedActions: Type.Array(Type.String()),
   estimatedCost: Money,
@@ -235,5 +240,6 @@ export const BudgetConstraintCheck = Type.Object({
   remaining: Nullable(Money),
   status: Nullable(Health),
   activeActions: Type.Array(AlertAction),
+  downgradeTo: Nullable(Type.String({ description: 'auto-downgrade is in force: the cheaper model to call.' })),
   budgets: Type.Array(BudgetCheck, { description: 'The budget and each ancestor, nearest first.' })
 })

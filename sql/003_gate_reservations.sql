@@ -21,6 +21,28 @@ create table budget_reservations (
 );
 create index budget_reservations_expiry on budget_reservations (expires_at);
 
+-- An admin's approval lifts a budget's require-approval for a stated amount and time: calls go
+-- through while the budget's settled + reserved spend stays within spent_at_approval + amount.
+create table budget_approvals (
+  id                uuid primary key default gen_random_uuid(),
+  budget_id         uuid not null references budget_definitions (id),
+  period_start      timestamptz not null,
+  amount            numeric(28, 10) not null check (amount > 0),
+  spent_at_approval numeric(28, 10) not null,
+  approved_by       text not null,
+  reason            text,
+  created_at        timestamptz not null default now(),
+  expires_at        timestamptz not null
+);
+create index budget_approvals_budget on budget_approvals (budget_id, period_start);
+
+-- How far approvals let a budget's spend go in a window now (null: no approval in force).
+create function budget_approved_through(p_budget_id uuid, p_period_start timestamptz)
+returns numeric language sql stable as $$
+  select max(a.spent_at_approval + a.amount) from budget_approvals a
+  where a.budget_id = p_budget_id and a.period_start = p_period_start and a.expires_at > now()
+$$;
+
 -- The budgets that apply to a caller: the live budgets in p_currency of each (scope type, scope id),
 -- and all their ancestors, each once, that have a period window at p_at. scope_rank orders them:
 -- by the position of the scope they came from (callers list the most specific scope first), then by
@@ -48,7 +70,8 @@ create function budget_reserve(
   p_amount numeric, p_ttl interval, p_request_id text
 ) returns table (
   budget_id uuid, name text, amount numeric, enforcement text, alerts jsonb, scope_matched boolean,
-  period_start timestamptz, period_end timestamptz, current_amount numeric, reserved_amount numeric, reserved boolean
+  period_start timestamptz, period_end timestamptz, current_amount numeric, reserved_amount numeric,
+  approved_through numeric, reserved boolean
 ) language plpgsql as $$
 declare
   ids uuid[];
@@ -89,7 +112,7 @@ begin
 
   return query
     select b.id, b.name, b.amount, b.enforcement, b.alerts, a.matched, a.period_start, a.period_end,
-           c.current_amount, c.reserved_amount, fits_all
+           c.current_amount, c.reserved_amount, budget_approved_through(b.id, a.period_start), fits_all
     from unnest(ids, starts, ends, matched, ranks) as a(id, period_start, period_end, matched, rank)
     join budget_definitions b on b.id = a.id
     join budget_status_cache c on c.budget_id = a.id and c.period_start = a.period_start

@@ -22,12 +22,16 @@ export interface GateOptions {
   routes: string[]
   /** The caller's scopes. Default: the x-relay-user-id, x-relay-team-id, x-relay-project-id and x-relay-organization-id headers. */
   resolveScopes: (request: FastifyRequest) => CallerScopes | Promise<CallerScopes>
-  /** The worst-case cost before the call. Default: the price table, the prompt's size and max_tokens. */
-  estimateCost: (request: FastifyRequest, prices: PriceTable) => CostEstimate | Promise<CostEstimate>
+  /** The worst-case cost of calling `model` (the requested one unless auto-downgrade chose another). Default: the price table, the prompt's size and max_tokens. */
+  estimateCost: (request: FastifyRequest, prices: PriceTable, model?: string) => CostEstimate | Promise<CostEstimate>
   /** The actual cost from the provider's usage. Default: its tokens times the price table. */
   actualCost: (usage: TokenUsage, prices: PriceTable) => Money | null
   /** Prices per 1M tokens, in `currency`. */
   prices: PriceTable
+  /** Models still allowed while restrict-models is in force (an alert's allowedModels overrides). */
+  cheapModels: string[]
+  /** The cheaper model auto-downgrade calls instead of each model. */
+  downgrades: Record<string, string>
   currency: string
   /** When PostgreSQL cannot be reached within timeoutMs: `closed` refuses with 503, `open` lets the call through and logs it. */
   failureMode: 'closed' | 'open'
@@ -44,7 +48,10 @@ export interface BudgetGateState {
   reservationId: string | null
   requestId: string
   caller: CallerScopes
+  /** The model to call: the requested one, or the cheaper one auto-downgrade chose. */
   model: string
+  /** The requested model when auto-downgrade replaced it. */
+  downgradedFrom: string | null
   estimate: Money
   check: BudgetConstraintCheck | null
   usage: TokenUsage | null
@@ -65,13 +72,14 @@ export function scopesFromHeaders (request: FastifyRequest): CallerScopes {
   return scopes
 }
 
-export function estimateChatCost (request: FastifyRequest, prices: PriceTable): CostEstimate {
+export function estimateChatCost (request: FastifyRequest, prices: PriceTable, model?: string): CostEstimate {
   const body = (request.body ?? {}) as ChatRequestShape
-  if (typeof body.model !== 'string') throw new InvalidFieldError('model', 'must name a model')
-  const price = prices[body.model]
-  if (price === undefined) throw new InvalidFieldError('model', `has no price: ${body.model}`)
+  const chosen = model ?? body.model
+  if (typeof chosen !== 'string') throw new InvalidFieldError('model', 'must name a model')
+  const price = prices[chosen]
+  if (price === undefined) throw new InvalidFieldError('model', `has no price: ${chosen}`)
   const { inputTokens, outputTokens } = worstCaseTokens(body, price)
-  return { model: body.model, amount: costOf(price, inputTokens, outputTokens) }
+  return { model: chosen, amount: costOf(price, inputTokens, outputTokens) }
 }
 
 export function costFromUsage (usage: TokenUsage, prices: PriceTable): Money | null {
@@ -118,13 +126,24 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
 
     const requestId = randomUUID()
     const state: BudgetGateState = {
-      reservationId: null, requestId, caller, model: estimate.model, estimate: estimate.amount, check: null, usage: null,
+      reservationId: null, requestId, caller, model: estimate.model, downgradedFrom: null, estimate: estimate.amount, check: null, usage: null,
       reportUsage: (usage) => { state.usage = usage }
     }
     try {
-      const { check, reservationId } = await integration.reserveCall(caller, estimate.amount, requestId)
-      state.check = check
-      state.reservationId = reservationId
+      let reservation = await integration.reserveCall(caller, estimate.amount, { requestId, model: estimate.model })
+      const cheaper = reservation.check.downgradeTo
+      if (cheaper !== null) {
+        // auto-downgrade is in force: give back the first hold, estimate the cheaper model, reserve that.
+        if (reservation.reservationId !== null) await integration.releaseCall(reservation.reservationId)
+        const downgraded = await options.estimateCost(request, options.prices, cheaper)
+        reservation = await integration.reserveCall(caller, downgraded.amount, { requestId, model: downgraded.model })
+        state.downgradedFrom = estimate.model
+        state.model = downgraded.model
+        state.estimate = downgraded.amount
+        void reply.header('x-budget-downgraded-from', estimate.model)
+      }
+      state.check = reservation.check
+      state.reservationId = reservation.reservationId
     } catch (error) {
       if (!isDatabaseUnavailable(error)) throw error
       if (options.failureMode === 'closed') {
@@ -136,12 +155,14 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
 
     const check = state.check
     if (check?.bindingBudgetId != null) {
-      const left = toUnits(check.remaining!) - (check.canProceed ? toUnits(estimate.amount) : 0n)
+      const left = toUnits(check.remaining!) - (check.canProceed ? toUnits(state.estimate) : 0n)
       void reply.headers({ 'x-budget-id': check.bindingBudgetId, 'x-budget-remaining': fromUnits(left > 0n ? left : 0n), 'x-budget-currency': options.currency })
     }
     if (check !== null && !check.canProceed) {
+      const refusing = check.budgets.find((budget) => budget.budgetId === check.bindingBudgetId)
       return await sendOpenAIError(reply, 402, 'insufficient_quota', check.code!, check.reason, null, {
-        budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: options.currency, estimatedCost: estimate.amount }
+        budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: options.currency, estimatedCost: state.estimate },
+        ...(check.code === 'model_restricted' ? { allowedModels: refusing?.allowedModels ?? [] } : {})
       })
     }
     if (state.reservationId !== null) {
@@ -157,6 +178,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       source: 'gateway',
       metadata: {
         modelId: usage?.model ?? state.model,
+        ...(state.downgradedFrom === null ? {} : { requestedModel: state.downgradedFrom }),
         inputTokens: usage?.inputTokens,
         outputTokens: usage?.outputTokens,
         estimatedCost: state.estimate,

@@ -2,7 +2,7 @@
 import type { Db } from './budgets.js'
 import type { Money } from '../money.js'
 import { normalizeMoney } from '../money.js'
-import type { BudgetAlert, ScopeType } from '../schemas.js'
+import type { AlertAction, BudgetAlert, ScopeType } from '../schemas.js'
 
 export interface Scope {
   type: ScopeType
@@ -20,6 +20,8 @@ export interface ApplicableBudget {
   periodEnd: Date
   currentAmount: Money
   reservedAmount: Money
+  approvedThrough: Money | null
+  projectedActions: AlertAction[]
 }
 
 interface ApplicableRow extends ApplicableBudget {
@@ -34,8 +36,17 @@ export interface SettleValues {
 }
 
 export function createReservationRepository (sql: Db) {
-  const normalize = ({ reserved: _reserved, ...row }: ApplicableRow): ApplicableBudget =>
-    ({ ...row, amount: normalizeMoney(row.amount), currentAmount: normalizeMoney(row.currentAmount), reservedAmount: normalizeMoney(row.reservedAmount) })
+  const normalize = ({ reserved: _reserved, ...row }: ApplicableRow): ApplicableBudget => ({
+    ...row,
+    amount: normalizeMoney(row.amount),
+    currentAmount: normalizeMoney(row.currentAmount),
+    reservedAmount: normalizeMoney(row.reservedAmount),
+    approvedThrough: row.approvedThrough === null ? null : normalizeMoney(row.approvedThrough)
+  })
+  // Projected alerts stay crossed for the rest of the period once recorded; current ones follow the numbers.
+  const projectedActions = (budgetId: ReturnType<typeof sql>, periodStart: ReturnType<typeof sql>) => sql`
+    array(select distinct action from budget_alert_history h, unnest(h.actions) as action
+          where h.budget_id = ${budgetId} and h.period_start = ${periodStart} and h.basis = 'projected') as "projectedActions"`
 
   return {
     /**
@@ -46,9 +57,10 @@ export function createReservationRepository (sql: Db) {
       const rows = await sql<ApplicableRow[]>`
         select budget_id as "budgetId", name, amount::text as amount, enforcement, alerts, scope_matched as "scopeMatched",
                period_start as "periodStart", period_end as "periodEnd", current_amount::text as "currentAmount",
-               reserved_amount::text as "reservedAmount", reserved
+               reserved_amount::text as "reservedAmount", approved_through::text as "approvedThrough",
+               ${projectedActions(sql`r.budget_id`, sql`r.period_start`)}, reserved
         from budget_reserve(${reservationId}, ${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[],
-                            ${currency}, ${amount}, ${`${ttlMs} milliseconds`}::interval, ${requestId})`
+                            ${currency}, ${amount}, ${`${ttlMs} milliseconds`}::interval, ${requestId}) r`
       return { reserved: rows[0]?.reserved ?? false, budgets: rows.map(normalize) }
     },
 
@@ -72,7 +84,9 @@ export function createReservationRepository (sql: Db) {
                x.period_start as "periodStart", x.period_end as "periodEnd",
                -- coalesce short-circuits: the sum runs only for a window that has no cache row yet
                coalesce(c.current_amount, (select current_amount from calculate_budget_status(x.budget_id, x.period_start, x.period_end)))::text as "currentAmount",
-               coalesce(c.reserved_amount, 0)::text as "reservedAmount", false as reserved
+               coalesce(c.reserved_amount, 0)::text as "reservedAmount",
+               budget_approved_through(x.budget_id, x.period_start)::text as "approvedThrough",
+               ${projectedActions(sql`x.budget_id`, sql`x.period_start`)}, false as reserved
         from budget_applicable(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, now()) x
         join budget_definitions b on b.id = x.budget_id
         left join budget_status_cache c on c.budget_id = x.budget_id and c.period_start = x.period_start

@@ -1,6 +1,6 @@
 // The registry's rules for one budget and for a parent-child pair; pure, so every rule is tested without I/O.
 import { CurrencyMismatchError, ExceedsParentError, InvalidFieldError } from '../errors.js'
-import { compareMoney, parsePositiveMoney } from '../money.js'
+import { compareMoney, parseMoney, parsePositiveMoney } from '../money.js'
 import type { BudgetValues } from '../repository/budgets.js'
 import type { BudgetAlert, CreateBudgetRequest, Period } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
@@ -39,15 +39,17 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
   }
 }
 
-/** Alerts sorted by threshold, one alert per threshold. */
+/** Alerts sorted by threshold, one alert per threshold and basis. */
 function normalizeAlerts (alerts: BudgetAlert[]): BudgetAlert[] {
   const sorted = alerts
     .map((alert) => ({ ...alert, notificationChannels: alert.notificationChannels ?? [] }))
     .sort((a, b) => a.threshold - b.threshold)
-  sorted.forEach((alert, index) => {
-    if (index > 0 && sorted[index - 1]!.threshold === alert.threshold) {
-      throw new InvalidFieldError('alerts', `has two alerts at threshold ${alert.threshold}`)
-    }
+  const seen = new Set<string>()
+  sorted.forEach((alert) => {
+    const key = `${alert.threshold}/${alert.basis ?? 'current'}`
+    if (seen.has(key)) throw new InvalidFieldError('alerts', `has two ${alert.basis ?? 'current'} alerts at threshold ${alert.threshold}`)
+    seen.add(key)
+    if (alert.maxPricePerMillion !== undefined) parseMoney(alert.maxPricePerMillion, 'alerts.maxPricePerMillion')
   })
   return sorted
 }

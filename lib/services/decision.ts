@@ -1,16 +1,32 @@
-// The one decision on whether spending an estimate may go ahead, given every budget that applies.
-// Pure: the constraint check and the gate both call it with numbers read from the database.
+// The one decision on whether spending an estimate may go ahead, given every budget that applies and
+// the model asked for. Pure: the constraint check, the integration service and the gate all call it
+// with numbers read from the database.
 import { fromUnits, toUnits, type Money } from '../money.js'
-import type { AlertAction, BudgetDefinition } from '../schemas.js'
+import type { AlertAction, BudgetAlert, BudgetDefinition } from '../schemas.js'
+import type { PriceTable } from './pricing.js'
 import { budgetHealth, percentReached, type BudgetHealth } from './status-rules.js'
 
 export interface BudgetStanding {
   budget: Pick<BudgetDefinition, 'id' | 'name' | 'amount' | 'alerts'> & { enforcement?: 'hard' | 'soft' }
   currentAmount: Money
   reservedAmount: Money
+  /** How far an admin's approval lets spend go this period (lifts require-approval up to there). */
+  approvedThrough?: Money | null
+  /** Actions of projected-basis alerts crossed this period (from the alert history). */
+  projectedActions?: AlertAction[]
 }
 
-export type RefusalCode = 'budget_blocked' | 'approval_required' | 'budget_exceeded'
+/** What the gate knows about the call: the model, and how restrict-models and auto-downgrade treat it. */
+export interface ModelPolicy {
+  model: string
+  prices: PriceTable
+  /** Allowed while restrict-models is in force, unless the alert lists its own allowedModels. */
+  cheapModels: string[]
+  /** The cheaper model auto-downgrade switches each model to. */
+  downgrades: Record<string, string>
+}
+
+export type RefusalCode = 'budget_blocked' | 'approval_required' | 'model_restricted' | 'budget_exceeded'
 
 export interface BudgetCheck {
   budgetId: string
@@ -21,11 +37,15 @@ export interface BudgetCheck {
   /** What is left after settled and reserved spend, before this estimate (never below 0). */
   remaining: Money
   status: BudgetHealth
-  /** Actions of the alerts whose threshold the settled spend has reached. */
+  /** Actions of the alerts whose threshold the spend has reached this period. */
   activeActions: AlertAction[]
   /** A soft budget only alerts: it never refuses for want of room. */
   enforcement: 'hard' | 'soft'
   fits: boolean
+  /** An approval in force covers this estimate, lifting require-approval. */
+  approved: boolean
+  /** restrict-models is in force and the call's model is not allowed: the models that are. */
+  allowedModels: string[] | null
 }
 
 export interface BudgetConstraintCheck {
@@ -44,10 +64,13 @@ export interface BudgetConstraintCheck {
   status: BudgetHealth | null
   /** Every alert action in force on any of the budgets. */
   activeActions: AlertAction[]
+  /** auto-downgrade is in force and the model has a cheaper one: call that instead (after a new estimate). */
+  downgradeTo: string | null
   budgets: BudgetCheck[]
 }
 
-// The strictest first: a budget that blocks outranks one that wants approval, which outranks one that is full.
+// The strictest first: block-all, then require-approval (unless approved), then restrict-models,
+// then no room. auto-downgrade and notify never refuse.
 const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => boolean, reason: (check: BudgetCheck, estimate: Money) => string, suggestion: string }> = [
   {
     code: 'budget_blocked',
@@ -57,9 +80,15 @@ const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => bool
   },
   {
     code: 'approval_required',
-    refuses: (check) => check.activeActions.includes('require-approval'),
+    refuses: (check) => check.activeActions.includes('require-approval') && !check.approved,
     reason: (check) => `Budget '${check.name}' requires an admin's approval for further calls`,
     suggestion: 'ask an admin to approve further spend on this budget'
+  },
+  {
+    code: 'model_restricted',
+    refuses: (check) => check.allowedModels !== null,
+    reason: (check) => `Budget '${check.name}' allows only these models now: ${check.allowedModels!.join(', ')}`,
+    suggestion: 'call one of the allowed models'
   },
   {
     code: 'budget_exceeded',
@@ -69,12 +98,28 @@ const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => bool
   }
 ]
 
-export function checkBudget (standing: BudgetStanding, estimate: Money): BudgetCheck {
+/** The models restrict-models allows for these alerts, or null when `model` is one of them. */
+function restriction (alerts: BudgetAlert[], policy: ModelPolicy): string[] | null {
+  const allowed = new Set<string>()
+  for (const alert of alerts) {
+    for (const model of alert.allowedModels ?? policy.cheapModels) allowed.add(model)
+    if (alert.maxPricePerMillion !== undefined) {
+      for (const [model, price] of Object.entries(policy.prices)) {
+        if (toUnits(price.output) <= toUnits(alert.maxPricePerMillion)) allowed.add(model)
+      }
+    }
+  }
+  return allowed.has(policy.model) ? null : [...allowed].sort()
+}
+
+export function checkBudget (standing: BudgetStanding, estimate: Money, policy?: ModelPolicy): BudgetCheck {
   const { budget, currentAmount, reservedAmount } = standing
-  const available = toUnits(budget.amount) - toUnits(currentAmount) - toUnits(reservedAmount)
-  const activeActions = [...new Set(budget.alerts
-    .filter((alert) => percentReached(currentAmount, budget.amount, alert.threshold))
-    .flatMap((alert) => alert.actions))]
+  const committed = toUnits(currentAmount) + toUnits(reservedAmount)
+  const available = toUnits(budget.amount) - committed
+  const crossed = budget.alerts.filter((alert) => (alert.basis ?? 'current') === 'current' && percentReached(currentAmount, budget.amount, alert.threshold))
+  const activeActions = [...new Set([...crossed.flatMap((alert) => alert.actions), ...standing.projectedActions ?? []])]
+  const restricting = crossed.filter((alert) => alert.actions.includes('restrict-models'))
+  const approvedThrough = standing.approvedThrough ?? null
   return {
     budgetId: budget.id,
     name: budget.name,
@@ -85,27 +130,34 @@ export function checkBudget (standing: BudgetStanding, estimate: Money): BudgetC
     status: budgetHealth(currentAmount, budget.amount, budget.alerts),
     activeActions,
     enforcement: budget.enforcement ?? 'hard',
-    fits: toUnits(estimate) <= available
+    fits: toUnits(estimate) <= available,
+    approved: approvedThrough !== null && committed + toUnits(estimate) <= toUnits(approvedThrough),
+    allowedModels: policy === undefined || restricting.length === 0 ? null : restriction(restricting, policy)
   }
 }
 
-export function decide (standings: BudgetStanding[], estimate: Money): BudgetConstraintCheck {
-  const checks = standings.map((standing) => checkBudget(standing, estimate))
+export function decide (standings: BudgetStanding[], estimate: Money, policy?: ModelPolicy): BudgetConstraintCheck {
+  const checks = standings.map((standing) => checkBudget(standing, estimate, policy))
   const activeActions = [...new Set(checks.flatMap((check) => check.activeActions))]
+  const cheaper = policy === undefined ? undefined : policy.downgrades[policy.model]
+  const downgradeTo = activeActions.includes('auto-downgrade') && cheaper !== undefined && cheaper !== policy?.model ? cheaper : null
   for (const refusal of REFUSALS) {
     const refusing = checks.find(refusal.refuses)
-    if (refusing !== undefined) return outcome(checks, refusing, estimate, activeActions, refusal.code, refusal.reason(refusing, estimate), [refusal.suggestion])
+    if (refusing === undefined) continue
+    // A full budget or a restricted model may still take the cheaper model auto-downgrade offers.
+    const mayDowngrade = downgradeTo !== null && (refusal.code === 'budget_exceeded' || refusal.code === 'model_restricted')
+    return outcome(checks, refusing, estimate, activeActions, refusal.code, refusal.reason(refusing, estimate), [refusal.suggestion], mayDowngrade ? downgradeTo : null)
   }
   const tightest = checks.reduce<BudgetCheck | undefined>((least, check) =>
     least === undefined || toUnits(check.remaining) < toUnits(least.remaining) ? check : least, undefined)
   const suggestions = activeActions.includes('auto-downgrade') || activeActions.includes('restrict-models')
     ? ['prefer a cheaper model: a budget is past a threshold that restricts or downgrades models']
     : []
-  return outcome(checks, tightest, estimate, activeActions, null, checks.length === 0 ? 'No budget applies' : 'Within every applicable budget', suggestions)
+  return outcome(checks, tightest, estimate, activeActions, null, checks.length === 0 ? 'No budget applies' : 'Within every applicable budget', suggestions, downgradeTo)
 }
 
 function outcome (checks: BudgetCheck[], binding: BudgetCheck | undefined, estimate: Money, activeActions: AlertAction[],
-  code: RefusalCode | null, reason: string, suggestedActions: string[]): BudgetConstraintCheck {
+  code: RefusalCode | null, reason: string, suggestedActions: string[], downgradeTo: string | null): BudgetConstraintCheck {
   return {
     canProceed: code === null,
     code,
@@ -119,6 +171,7 @@ function outcome (checks: BudgetCheck[], binding: BudgetCheck | undefined, estim
     remaining: binding?.remaining ?? null,
     status: binding?.status ?? null,
     activeActions,
+    downgradeTo,
     budgets: checks
   }
 }

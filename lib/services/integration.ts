@@ -6,7 +6,7 @@ import { DatabaseUnavailableError, InvalidFieldError } from '../errors.js'
 import { parsePositiveMoney, toUnits, type Money } from '../money.js'
 import { createReservationRepository, type ApplicableBudget, type Scope } from '../repository/reservations.js'
 import type { ScopeType } from '../schemas.js'
-import { decide, type BudgetConstraintCheck, type BudgetStanding } from './decision.js'
+import { decide, type BudgetConstraintCheck, type BudgetStanding, type ModelPolicy } from './decision.js'
 import type { BudgetStatusInfo } from './status-rules.js'
 import type { BudgetTracker, UsageMetadata } from './tracker.js'
 
@@ -19,6 +19,8 @@ const SCOPE_ORDER: ScopeType[] = ['user', 'project', 'team', 'organization']
 export interface IntegrationOptions {
   /** The currency of estimates and costs; budgets in other currencies do not apply. */
   currency: string
+  /** Prices, cheap models and downgrades: how restrict-models and auto-downgrade treat a model. */
+  models: Omit<ModelPolicy, 'model'>
   reservationTtlMs: number
   /** The longest the gate waits for PostgreSQL before answering by its failure mode. */
   timeoutMs: number
@@ -44,7 +46,9 @@ function standings (budgets: ApplicableBudget[]): BudgetStanding[] {
   return budgets.map((budget) => ({
     budget: { id: budget.budgetId, name: budget.name, amount: budget.amount, alerts: budget.alerts, enforcement: budget.enforcement },
     currentAmount: budget.currentAmount,
-    reservedAmount: budget.reservedAmount
+    reservedAmount: budget.reservedAmount,
+    approvedThrough: budget.approvedThrough,
+    projectedActions: budget.projectedActions
   }))
 }
 
@@ -87,30 +91,32 @@ export function createBudgetIntegration (sql: Sql, tracker: BudgetTracker, optio
   }
 
   return {
-    /** Would a call of `estimatedCost` go ahead for this caller now? Reads only; reserves nothing. */
-    async checkCaller (caller: CallerScopes, estimatedCost: Money | number): Promise<BudgetConstraintCheck> {
+    /** Would a call of `estimatedCost` (to `model`, when given) go ahead for this caller now? Reads only; reserves nothing. */
+    async checkCaller (caller: CallerScopes, estimatedCost: Money | number, model?: string): Promise<BudgetConstraintCheck> {
       const estimate = parsePositiveMoney(estimatedCost, 'estimatedCost')
       const scopes = toScopes(caller)
-      return decide(scopes.length === 0 ? [] : standings(await reservations.listApplicable(scopes, options.currency)), estimate)
+      const budgets = scopes.length === 0 ? [] : standings(await reservations.listApplicable(scopes, options.currency))
+      return decide(budgets, estimate, model === undefined ? undefined : { ...options.models, model })
     },
 
     /**
      * Reserves `estimate` on every budget that applies to the caller, atomically, in one round trip,
      * or refuses and reserves nothing. Throws DatabaseUnavailableError past timeoutMs.
      */
-    async reserveCall (caller: CallerScopes, estimate: Money, requestId: string = randomUUID()): Promise<Reservation> {
+    async reserveCall (caller: CallerScopes, estimate: Money, { requestId = randomUUID(), model }: { requestId?: string, model?: string } = {}): Promise<Reservation> {
       const scopes = toScopes(caller)
-      if (scopes.length === 0) return { check: decide([], estimate), reservationId: null }
+      const policy = model === undefined ? undefined : { ...options.models, model }
+      if (scopes.length === 0) return { check: decide([], estimate, policy), reservationId: null }
       const reservationId = randomUUID()
       const result = await withDeadline(
         reservations.reserve(reservationId, scopes, options.currency, estimate, options.reservationTtlMs, requestId),
         // Answered too late for the caller, who was refused: give back what it took.
         async (late) => { if (late.reserved) await settleCall(reservationId, null).catch(() => {}) }
       )
-      const check = decide(standings(result.budgets), estimate)
+      const check = decide(standings(result.budgets), estimate, policy)
       if (result.budgets.length === 0) return { check, reservationId: null } // no budget applies to this caller
       if (result.reserved && !check.canProceed) {
-        // Room enough, but an alert action (block-all, require-approval) refuses: undo the reservation.
+        // Room enough, but an alert action (block-all, require-approval, restrict-models) refuses: undo the reservation.
         await settleCall(reservationId, null)
       }
       if (!result.reserved && check.canProceed) {

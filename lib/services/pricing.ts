@@ -22,6 +22,16 @@ export const DEFAULT_PRICES: PriceTable = {
   'gpt-4.1-nano': { input: '0.1', output: '0.4', maxOutputTokens: 32_768 }
 }
 
+/** Still allowed while a budget's restrict-models is in force (unless its alert lists allowedModels). */
+export const DEFAULT_CHEAP_MODELS = ['gpt-4o-mini', 'gpt-4.1-mini', 'gpt-4.1-nano']
+
+/** What auto-downgrade switches each model to. */
+export const DEFAULT_DOWNGRADES: Record<string, string> = {
+  'gpt-4o': 'gpt-4o-mini',
+  'gpt-4.1': 'gpt-4.1-mini',
+  'gpt-4.1-mini': 'gpt-4.1-nano'
+}
+
 export interface TokenUsage {
   model: string
   inputTokens: number
