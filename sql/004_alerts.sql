@@ -44,7 +44,7 @@ declare
   measured numeric;
   elapsed numeric;
   time_left numeric;
-  alert_id uuid;
+  crossing_id uuid;
 begin
   select b.amount, b.alerts into budget from budget_definitions b where b.id = new.budget_id;
   for alert in select value from jsonb_array_elements(budget.alerts) loop
@@ -57,17 +57,17 @@ begin
     end if;
     continue when measured * 100 < (alert ->> 'threshold')::numeric * budget.amount;
 
-    alert_id := null;
+    crossing_id := null;
     insert into budget_alert_history (budget_id, period_start, threshold, basis, actions, spent, limit_amount)
     values (new.budget_id, new.period_start, (alert ->> 'threshold')::numeric, alert_basis,
             array(select jsonb_array_elements_text(alert -> 'actions')), round(measured, 10), budget.amount)
     on conflict (budget_id, period_start, threshold, basis) do nothing
-    returning budget_alert_history.id into alert_id;
-    if alert_id is not null then
+    returning budget_alert_history.id into crossing_id;
+    if crossing_id is not null then
       insert into budget_notification_outbox (alert_id, channel)
-      select alert_id, channel from jsonb_array_elements_text(coalesce(alert -> 'notificationChannels', '[]'::jsonb)) as channel
+      select crossing_id, channel from jsonb_array_elements_text(coalesce(alert -> 'notificationChannels', '[]'::jsonb)) as channel
       on conflict (alert_id, channel) do nothing;
-      perform pg_notify('budget_alerts', alert_id::text);
+      perform pg_notify('budget_alerts', crossing_id::text);
     end if;
   end loop;
   return null;
