@@ -57,3 +57,6 @@ export const BudgetNotActiveError = createError('BUDGET_ERR_NOT_ACTIVE', "Budget
 export class IdempotencyConflictError extends createError('BUDGET_ERR_IDEMPOTENCY_CONFLICT', "Idempotency key '%s' was used for a different usage record (%s)", 409) {
   readonly field = 'metadata.requestId'
 }
+
+// Alerts
+export const AlertNotFoundError = createError('BUDGET_ERR_ALERT_NOT_FOUND', "Alert '%s' not found on budget '%s'", 404)

@@ -8,7 +8,9 @@ import { registerGate, type BudgetGateState } from './hooks/gate.js'
 import { GATE_DEFAULTS, resolveOptions, type BudgetsOptions } from './options.js'
 import { adminRoutes } from './routes/admin.js'
 import { createBudgetRegistry, type BudgetRegistry } from './services/registry.js'
+import { createBudgetAlerts, type BudgetAlerts } from './services/alerts.js'
 import { createBudgetIntegration, type BudgetIntegration } from './services/integration.js'
+import { createNotificationDeliverer, type NotificationDeliverer } from './services/notifications.js'
 import { createBudgetTracker, type BudgetTracker } from './services/tracker.js'
 
 declare module 'fastify' {
@@ -16,6 +18,8 @@ declare module 'fastify' {
     budgetRegistry: BudgetRegistry
     budgetTracker: BudgetTracker
     budgetIntegration: BudgetIntegration
+    budgetAlerts: BudgetAlerts
+    budgetNotifications: NotificationDeliverer
   }
   interface FastifyRequest {
     /** Who called the admin API, as the authorize option named them; null outside it. */
@@ -26,7 +30,7 @@ declare module 'fastify' {
 }
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
-  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate } = resolveOptions(options)
+  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate, notifications } = resolveOptions(options)
 
   // Close only the client we open; a host's own client is the host's to end.
   const ownsClient = typeof database === 'string'
@@ -49,17 +53,23 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   })
   fastify.decorate('budgetRegistry', budgetRegistry)
   fastify.decorate('budgetTracker', budgetTracker)
+  const budgetAlerts = createBudgetAlerts(sql, budgetTracker, () => new Date())
+  const budgetNotifications = createNotificationDeliverer(sql, notifications, fastify.log)
   fastify.decorate('budgetIntegration', budgetIntegration)
+  fastify.decorate('budgetAlerts', budgetAlerts)
+  fastify.decorate('budgetNotifications', budgetNotifications)
   fastify.decorateRequest('budgetActor', null)
   fastify.decorateRequest('budgetGate', null)
 
   const gateHooks = gate === null ? null : registerGate(fastify, gate, budgetIntegration)
+  fastify.addHook('onReady', async () => { budgetNotifications.start() })
   fastify.addHook('onClose', async () => {
     await gateHooks?.drain() // settle what the gate admitted before the client ends
+    await budgetNotifications.stop()
     if (ownsClient) await sql.end({ timeout: 5 })
   })
 
-  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker })
+  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, alerts: budgetAlerts })
 }
 
 export default fp(budgets, { fastify: '5.x', name: '@relaycore/budgets' })
@@ -69,6 +79,9 @@ export type { Authorize, BudgetsOptions } from './options.js'
 export type { BudgetRegistry } from './services/registry.js'
 export type { BudgetTracker, RecordUsageRequest, UsageMetadata } from './services/tracker.js'
 export type { BudgetIntegration, CallerScopes } from './services/integration.js'
+export type { BudgetAlerts, ApprovalRequest } from './services/alerts.js'
+export type { AlertEvent, Notifier, NotificationOptions, ChannelConfig } from './services/notifications.js'
+export { webhookNotifier } from './services/notifications.js'
 export type { BudgetGateState, CostEstimate, GateOptions } from './hooks/gate.js'
 export type { BudgetConstraintCheck } from './services/decision.js'
 export type { BudgetStatusInfo } from './services/status-rules.js'

@@ -4,6 +4,7 @@ import type { FastifyRequest } from 'fastify'
 import type { Sql } from 'postgres'
 import { OptionsError } from './errors.js'
 import { costFromUsage, estimateChatCost, scopesFromHeaders, type GateOptions } from './hooks/gate.js'
+import type { NotificationOptions } from './services/notifications.js'
 import { checkPriceTable, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES, DEFAULT_PRICES } from './services/pricing.js'
 
 /**
@@ -27,6 +28,8 @@ export interface BudgetsOptions {
   statusCacheTtlMs?: number
   /** The gate on model-call routes; leave out to gate nothing. Every field has a default (lib/hooks/gate.ts). */
   gate?: Partial<GateOptions>
+  /** Where alert crossings are delivered: channels by the names budgets use in notificationChannels. */
+  notifications?: Partial<NotificationOptions>
 }
 
 export interface ResolvedOptions {
@@ -36,7 +39,10 @@ export interface ResolvedOptions {
   authorize: Authorize
   statusCacheTtlMs: number
   gate: GateOptions | null
+  notifications: NotificationOptions
 }
+
+const NOTIFICATION_DEFAULTS: NotificationOptions = { channels: {}, intervalMs: 5000, maxAttempts: 8, backoffMs: 1000 }
 
 export const GATE_DEFAULTS: GateOptions = {
   routes: [],
@@ -48,7 +54,7 @@ export const GATE_DEFAULTS: GateOptions = {
   downgrades: DEFAULT_DOWNGRADES,
   currency: 'USD',
   failureMode: 'closed',
-  timeoutMs: 2000,
+  timeoutMs: 3000,
   reservationTtlMs: 15 * 60_000,
   sweepIntervalMs: 60_000
 }
@@ -56,7 +62,7 @@ export const GATE_DEFAULTS: GateOptions = {
 const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000 }
 
 export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
-  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate } = { ...DEFAULTS, ...options }
+  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications } = { ...DEFAULTS, ...options }
   if (typeof database !== 'string' && typeof database !== 'function') {
     throw new OptionsError('database must be a postgres.js instance or a connection string')
   }
@@ -79,8 +85,24 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
     migrate,
     statusCacheTtlMs,
     authorize: authorize ?? bearerToken(adminToken!),
-    gate: gate === undefined ? null : resolveGateOptions(gate)
+    gate: gate === undefined ? null : resolveGateOptions(gate),
+    notifications: resolveNotificationOptions(notifications ?? {})
   }
+}
+
+function resolveNotificationOptions (options: Partial<NotificationOptions>): NotificationOptions {
+  const notifications = { ...NOTIFICATION_DEFAULTS, ...options }
+  if (typeof notifications.channels !== 'object' || notifications.channels === null) throw new OptionsError('notifications.channels must be an object of channels by name')
+  for (const [name, channel] of Object.entries(notifications.channels)) {
+    const valid = typeof channel === 'object' && channel !== null &&
+      ('deliver' in channel ? typeof channel.deliver === 'function' : channel.type === 'log' || (channel.type === 'webhook' && /^https?:\/\//.test(channel.url)))
+    if (!valid) throw new OptionsError(`notifications.channels.${name} must be { type: 'webhook', url }, { type: 'log' } or a notifier with deliver()`)
+  }
+  for (const name of ['intervalMs', 'backoffMs'] as const) {
+    if (!Number.isInteger(notifications[name]) || notifications[name] < 0) throw new OptionsError(`notifications.${name} must be a whole number of milliseconds`)
+  }
+  if (!Number.isInteger(notifications.maxAttempts) || notifications.maxAttempts < 1) throw new OptionsError('notifications.maxAttempts must be at least 1')
+  return notifications
 }
 
 function resolveGateOptions (options: Partial<GateOptions>): GateOptions {

@@ -190,6 +190,16 @@ export const UsageSummary = Type.Object({
 })
 
 const Health = StringEnum(['normal', 'warning', 'critical', 'exceeded'] as const)
+const Basis = StringEnum(['current', 'projected'] as const)
+
+export const ActiveAlert = Type.Object({
+  id: Uuid,
+  threshold: Type.Number(),
+  basis: Basis,
+  actions: Type.Array(AlertAction),
+  crossedAt: Timestamp,
+  acknowledged: Type.Boolean()
+}, { description: 'A threshold crossed in this period (from the alert history).' })
 
 export const BudgetStatusInfo = Type.Object({
   budgetId: Uuid,
@@ -202,7 +212,7 @@ export const BudgetStatusInfo = Type.Object({
   burnRate: Type.String({ description: 'Spend per day over the elapsed part of the period (at least one hour).' }),
   projectedTotal: Type.String({ description: 'currentAmount + burnRate x the time left in the period.' }),
   status: Health,
-  activeAlerts: Type.Array(BudgetAlert),
+  activeAlerts: Type.Array(ActiveAlert),
   lastUpdated: Timestamp,
   reservedAmount: Type.String({ description: 'In flight: reserved by the gate, not yet settled.' }),
   periodStart: Timestamp,
@@ -243,3 +253,47 @@ export const BudgetConstraintCheck = Type.Object({
   downgradeTo: Nullable(Type.String({ description: 'auto-downgrade is in force: the cheaper model to call.' })),
   budgets: Type.Array(BudgetCheck, { description: 'The budget and each ancestor, nearest first.' })
 })
+
+// Alerts and approvals
+
+export const AlertRecord = Type.Object({
+  id: Uuid,
+  budgetId: Uuid,
+  periodStart: Timestamp,
+  threshold: Type.Number(),
+  basis: Basis,
+  actions: Type.Array(AlertAction),
+  spent: Type.String({ description: 'The spend (or projection) that crossed.' }),
+  limit: Money,
+  crossedAt: Timestamp,
+  acknowledgedBy: Nullable(Type.String()),
+  acknowledgedAt: Nullable(Timestamp),
+  deliveries: Type.Array(Type.Object({
+    channel: Type.String(),
+    status: StringEnum(['pending', 'delivered', 'failed'] as const),
+    attempts: Type.Integer(),
+    deliveredAt: Nullable(Timestamp),
+    lastError: Nullable(Type.String())
+  }))
+})
+export const AlertList = Type.Object({ alerts: Type.Array(AlertRecord) })
+export const AlertParams = Type.Object({ id: Type.String(), alertId: Type.String() })
+
+export const ApprovalRequest = Type.Object({
+  amount: MoneyInput,
+  expiresAt: Type.Optional(TimestampInput),
+  reason: Type.Optional(Type.String({ maxLength: 2000 }))
+}, { additionalProperties: false })
+export const Approval = Type.Object({
+  id: Uuid,
+  budgetId: Uuid,
+  periodStart: Timestamp,
+  amount: Money,
+  spentAtApproval: Money,
+  approvedBy: Type.String(),
+  reason: Nullable(Type.String()),
+  createdAt: Timestamp,
+  expiresAt: Timestamp
+})
+export const ApprovalList = Type.Object({ approvals: Type.Array(Approval) })
+export type ActiveAlert = Static<typeof ActiveAlert>

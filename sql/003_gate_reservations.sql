@@ -92,17 +92,15 @@ begin
   ) x;
   if ids is null then return; end if;
 
-  -- A window seen for the first time gets its row by a full recompute, as the usage trigger does.
+  -- Lock the window rows one by one in budget id order; a window seen for the first time gets its row
+  -- (locked the same way) by a full recompute, as the usage trigger does. One ordered pass: creating a
+  -- row and then locking a lower one would break the order and could deadlock two reservations.
   for i in 1 .. array_length(ids, 1) loop
-    if not exists (select 1 from budget_status_cache c where c.budget_id = ids[i] and c.period_start = starts[i]) then
+    perform 1 from budget_status_cache c where c.budget_id = ids[i] and c.period_start = starts[i] for update;
+    if not found then
       perform refresh_budget_status_cache(ids[i], starts[i], ends[i]);
     end if;
   end loop;
-
-  perform 1 from budget_status_cache c
-  join unnest(ids, starts) as a(id, period_start) on c.budget_id = a.id and c.period_start = a.period_start
-  order by c.budget_id
-  for update of c;
 
   select bool_and(b.enforcement = 'soft' or c.current_amount + c.reserved_amount + p_amount <= b.amount)
   into fits_all
@@ -199,6 +197,6 @@ begin
 end $$;
 
 -- A queue on one hot budget row must not hold a pooled connection for long: a reservation that cannot
--- get its locks in time fails (SQLSTATE 55P03) and the gate answers by its failure mode.
-alter function budget_reserve(uuid, text[], text[], text, numeric, interval, text) set lock_timeout = '1s';
+-- get its locks within 2 s fails (SQLSTATE 55P03) and the gate answers by its failure mode.
+alter function budget_reserve(uuid, text[], text[], text, numeric, interval, text) set lock_timeout = '2s';
 alter function budget_settle(uuid, numeric, text, text, jsonb) set lock_timeout = '5s';

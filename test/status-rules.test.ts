@@ -13,7 +13,7 @@ t.test('status fields against hand-computed values', async (t) => {
   // 10 days into a 30-day period, 250 spent, 40 reserved.
   const status = computeStatus({
     budget, periodStart, periodEnd, state: 'active', currentAmount: '250', reservedAmount: '40',
-    lastUpdated: new Date('2024-04-11T00:00:00Z'), now: new Date('2024-04-11T00:00:00Z')
+    lastUpdated: new Date('2024-04-11T00:00:00Z'), now: new Date('2024-04-11T00:00:00Z'), crossings: []
   })
   t.same(status, {
     budgetId: 'b1',
@@ -37,14 +37,14 @@ t.test('status fields against hand-computed values', async (t) => {
 
 t.test('exact decimals: thirds, cents, tiny amounts', async (t) => {
   const at = (days: number) => new Date(periodStart.getTime() + days * 86_400_000)
-  const third = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '100', reservedAmount: '0', lastUpdated: at(3), now: at(3) })
+  const third = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '100', reservedAmount: '0', lastUpdated: at(3), now: at(3), crossings: [] })
   t.equal(third.burnRate, '33.3333333333', '100 over 3 days, rounded half up at 10 places')
   t.equal(third.projectedTotal, '1000', '100 + 100 x 27 / 3 in one exact division, not 100 + 33.3333333333 x 27')
   t.equal(third.percentUsed, 10)
-  const tiny = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '0.0001', reservedAmount: '0', lastUpdated: at(1), now: at(1) })
+  const tiny = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '0.0001', reservedAmount: '0', lastUpdated: at(1), now: at(1), crossings: [] })
   t.equal(tiny.percentUsed, 0, 'rounded down')
   t.equal(tiny.burnRate, '0.0001')
-  const over = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '1000.01', reservedAmount: '5', lastUpdated: at(29), now: at(29) })
+  const over = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '1000.01', reservedAmount: '5', lastUpdated: at(29), now: at(29), crossings: [] })
   t.equal(over.remaining, '0', 'never below zero')
   t.equal(over.percentUsed, 100)
   t.equal(over.status, 'exceeded')
@@ -53,16 +53,16 @@ t.test('exact decimals: thirds, cents, tiny amounts', async (t) => {
 t.test('burn rate and projection do not blow up in a period\'s first second', async (t) => {
   for (const ms of [0, 1, 1000]) {
     const now = new Date(periodStart.getTime() + ms)
-    const status = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '2', reservedAmount: '0', lastUpdated: now, now })
+    const status = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '2', reservedAmount: '0', lastUpdated: now, now, crossings: [] })
     t.equal(status.burnRate, '48', `${ms} ms in: 2 spent over the one-hour minimum is 48 a day`)
     t.equal(status.projectedTotal, fromUnits(toUnits('2') + toUnits('48') * BigInt(periodEnd.getTime() - now.getTime()) / 86_400_000n), 'a finite projection: 2 + 48 a day for the rest of the period')
   }
 })
 
 t.test('scheduled and ended periods', async (t) => {
-  const before = computeStatus({ budget, periodStart, periodEnd, state: 'scheduled', currentAmount: '0', reservedAmount: '0', lastUpdated: periodStart, now: new Date('2024-03-01T00:00:00Z') })
+  const before = computeStatus({ budget, periodStart, periodEnd, state: 'scheduled', currentAmount: '0', reservedAmount: '0', lastUpdated: periodStart, now: new Date('2024-03-01T00:00:00Z'), crossings: [] })
   t.match(before, { burnRate: '0', projectedTotal: '0', daysRemaining: 0, state: 'scheduled' })
-  const after = computeStatus({ budget, periodStart, periodEnd, state: 'ended', currentAmount: '300', reservedAmount: '0', lastUpdated: periodEnd, now: new Date('2024-06-01T00:00:00Z') })
+  const after = computeStatus({ budget, periodStart, periodEnd, state: 'ended', currentAmount: '300', reservedAmount: '0', lastUpdated: periodEnd, now: new Date('2024-06-01T00:00:00Z'), crossings: [] })
   t.match(after, { burnRate: '10', projectedTotal: '300', daysRemaining: 0, state: 'ended' }, '300 over the whole 30 days, nothing left to project')
 })
 

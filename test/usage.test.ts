@@ -298,7 +298,7 @@ t.test('status fields against hand-computed values, on the tracker with a fixed 
   t.match(await tracker.getBudgetStatus(budget.id), {
     currentAmount: '250', limit: '1000', percentUsed: 25, remaining: '750', daysRemaining: 20,
     burnRate: '25', projectedTotal: '750', status: 'warning', reservedAmount: '0',
-    activeAlerts: [{ threshold: 20, actions: ['notify'], notificationChannels: [] }],
+    activeAlerts: [{ threshold: 20, basis: 'current', actions: ['notify'], acknowledged: false }],
     periodStart: '2024-04-01T00:00:00.000Z', periodEnd: '2024-05-01T00:00:00.000Z', state: 'active'
   })
 })

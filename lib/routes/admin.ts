@@ -2,8 +2,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { UnauthorizedError } from '../errors.js'
 import type { Authorize } from '../options.js'
+import type { BudgetAlerts } from '../services/alerts.js'
 import type { BudgetRegistry } from '../services/registry.js'
 import type { BudgetTracker } from '../services/tracker.js'
+import { alertRoutes } from './alerts.js'
 import { budgetRoutes } from './budgets.js'
 import { handleError } from './error-handler.js'
 import { usageRoutes } from './usage.js'
@@ -13,9 +15,10 @@ export interface AdminRoutesOptions {
   authorize: Authorize
   registry: BudgetRegistry
   tracker: BudgetTracker
+  alerts: BudgetAlerts
 }
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, alerts }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
 
@@ -27,4 +30,5 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
 
   await app.register(budgetRoutes, { registry })
   await app.register(usageRoutes, { tracker })
+  await app.register(alertRoutes, { alerts })
 }

@@ -2,7 +2,7 @@
 // status rule. Pure and exact (bigint money), so every rule is tested against hand-computed values.
 import { MONEY_SCALE, fromUnits, toUnits, type Money } from '../money.js'
 import type { BudgetState } from '../repository/status.js'
-import type { BudgetAlert, BudgetDefinition } from '../schemas.js'
+import type { ActiveAlert, BudgetAlert, BudgetDefinition } from '../schemas.js'
 
 const HOUR = 3_600_000
 const DAY = 86_400_000
@@ -25,6 +25,8 @@ export interface StatusInput {
   reservedAmount: Money
   lastUpdated: Date
   now: Date
+  /** Thresholds crossed in this window, from the alert history. */
+  crossings: ActiveAlert[]
 }
 
 export interface BudgetStatusInfo {
@@ -38,7 +40,7 @@ export interface BudgetStatusInfo {
   burnRate: Money
   projectedTotal: Money
   status: BudgetHealth
-  activeAlerts: BudgetAlert[]
+  activeAlerts: ActiveAlert[]
   lastUpdated: string
   reservedAmount: Money
   periodStart: string
@@ -87,7 +89,7 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
     burnRate: state === 'scheduled' ? '0' : fromUnits(divideRounded(current * BigInt(DAY), elapsed)),
     projectedTotal: fromUnits(current + divideRounded(current * left, elapsed)),
     status: budgetHealth(currentAmount, budget.amount, budget.alerts),
-    activeAlerts: budget.alerts.filter((alert) => percentReached(currentAmount, budget.amount, alert.threshold)),
+    activeAlerts: input.crossings,
     lastUpdated: input.lastUpdated.toISOString(),
     reservedAmount: fromUnits(toUnits(reservedAmount)),
     periodStart: periodStart.toISOString(),

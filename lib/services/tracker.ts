@@ -2,6 +2,7 @@
 import type { Sql } from 'postgres'
 import { BudgetNotFoundError, CurrencyMismatchError, IdempotencyConflictError, InvalidFieldError, BudgetNotActiveError } from '../errors.js'
 import { fromUnits, parsePositiveMoney, toUnits, type Money } from '../money.js'
+import { createAlertRepository } from '../repository/alerts.js'
 import { createBudgetRepository } from '../repository/budgets.js'
 import { createStatusRepository, type BudgetWindow, type StatusCacheRow } from '../repository/status.js'
 import { createUsageRepository, type UsageFilter, type UsagePageKey, type UsageRecord } from '../repository/usage.js'
@@ -62,6 +63,7 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
   const budgets = createBudgetRepository(sql)
   const status = createStatusRepository(sql)
   const usage = createUsageRepository(sql)
+  const alerts = createAlertRepository(sql)
 
   async function requireBudget (budgetId: string): Promise<BudgetDefinition> {
     const budget = await budgets.findBudget(budgetId)
@@ -87,8 +89,11 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
     return { budget, window, row, currentAmount: row.currentAmount, reservedAmount: row.reservedAmount }
   }
 
-  function toStatus ({ budget, window, row }: Awaited<ReturnType<typeof standing>>): BudgetStatusInfo {
-    return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now: options.now() })
+  async function toStatus ({ budget, window, row }: Awaited<ReturnType<typeof standing>>): Promise<BudgetStatusInfo> {
+    const crossings = (await alerts.listAlerts(budget.id, window.periodStart)).map((alert) => ({
+      id: alert.id, threshold: alert.threshold, basis: alert.basis, actions: alert.actions, crossedAt: alert.crossedAt, acknowledged: alert.acknowledgedAt !== null
+    }))
+    return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now: options.now(), crossings })
   }
 
   /** Records a usage once per idempotency key and budget; `replayed` tells a retry from the first call. */
@@ -143,7 +148,7 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
     },
 
     async getBudgetStatus (budgetId: string): Promise<BudgetStatusInfo> {
-      return toStatus(await standing(await requireBudget(budgetId)))
+      return await toStatus(await standing(await requireBudget(budgetId)))
     },
 
     /** Recomputes the current window's cache row from the usage rows, whatever its age. */
@@ -151,7 +156,7 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
       const budget = await requireBudget(budgetId)
       const window = (await status.findWindow(budget.id, options.now()))!
       const row = await status.refreshCacheRow(budget.id, window)
-      return toStatus({ budget, window, row, currentAmount: row.currentAmount, reservedAmount: row.reservedAmount })
+      return await toStatus({ budget, window, row, currentAmount: row.currentAmount, reservedAmount: row.reservedAmount })
     },
 
     /** Usage that counts toward the budget (its own and its descendants'), newest first, a page at a time. */

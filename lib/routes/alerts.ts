@@ -1,0 +1,50 @@
+// Admin routes for alerts: the crossing history, acknowledgements, and approvals that lift require-approval.
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { AlertList, AlertParams, AlertRecord, Approval, ApprovalList, ApprovalRequest, BudgetIdParams, ErrorResponse } from '../schemas.js'
+import type { BudgetAlerts } from '../services/alerts.js'
+
+export interface AlertRoutesOptions {
+  alerts: BudgetAlerts
+}
+
+export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async (app, { alerts }) => {
+  app.get('/:id/alerts', {
+    schema: {
+      summary: 'Alert history',
+      description: 'Every threshold crossing of the budget, newest first: once per period and threshold, with its actions, deliveries and acknowledgement.',
+      tags: ['alerts'],
+      params: BudgetIdParams,
+      response: { 200: AlertList, 401: ErrorResponse, 404: ErrorResponse }
+    }
+  }, async (request) => ({ alerts: await alerts.listAlerts(request.params.id) }))
+
+  app.post('/:id/alerts/:alertId/acknowledge', {
+    schema: {
+      summary: 'Acknowledge a crossing',
+      description: 'Records who acknowledged it and when; the first acknowledgement stands.',
+      tags: ['alerts'],
+      params: AlertParams,
+      response: { 200: AlertRecord, 401: ErrorResponse, 404: ErrorResponse }
+    }
+  }, async (request) => await alerts.acknowledgeAlert(request.params.id, request.params.alertId, request.budgetActor ?? 'admin'))
+
+  app.post('/:id/approvals', {
+    schema: {
+      summary: 'Approve further spend',
+      description: 'Lets calls past require-approval for `amount` more spend (beyond settled and reserved spend now) until `expiresAt` (default one hour, at most the end of the period). Recorded with the approver.',
+      tags: ['alerts'],
+      params: BudgetIdParams,
+      body: ApprovalRequest,
+      response: { 201: Approval, 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse }
+    }
+  }, async (request, reply) => await reply.code(201).send(await alerts.approve(request.params.id, request.body, request.budgetActor ?? 'admin')))
+
+  app.get('/:id/approvals', {
+    schema: {
+      summary: 'Approvals of the budget',
+      tags: ['alerts'],
+      params: BudgetIdParams,
+      response: { 200: ApprovalList, 401: ErrorResponse, 404: ErrorResponse }
+    }
+  }, async (request) => ({ approvals: await alerts.listApprovals(request.params.id) }))
+}

@@ -1,0 +1,61 @@
+// Alerts as operators see them: each threshold crossing (recorded once by the database), its
+// deliveries, acknowledgements, and the approvals that lift require-approval.
+import type { Sql } from 'postgres'
+import { AlertNotFoundError, InvalidFieldError } from '../errors.js'
+import { fromUnits, parsePositiveMoney, toUnits } from '../money.js'
+import { createAlertRepository, type AlertRecord, type Approval } from '../repository/alerts.js'
+import { parseTimestamp } from '../timestamps.js'
+import type { BudgetTracker } from './tracker.js'
+
+export interface ApprovalRequest {
+  /** How much more may be spent past the point of approval. */
+  amount: string | number
+  /** Until when; default: one hour from now. Never past the current period. */
+  expiresAt?: string | Date
+  reason?: string
+}
+
+const HOUR = 3_600_000
+
+export function createBudgetAlerts (sql: Sql, tracker: BudgetTracker, now: () => Date) {
+  const alerts = createAlertRepository(sql)
+
+  return {
+    /** Every crossing of the budget, newest first, with its deliveries. */
+    async listAlerts (budgetId: string): Promise<AlertRecord[]> {
+      await tracker.getBudgetStatus(budgetId) // 404 for an unknown budget
+      return await alerts.listAlerts(budgetId)
+    },
+
+    async acknowledgeAlert (budgetId: string, alertId: string, who: string): Promise<AlertRecord> {
+      const acknowledged = /^[0-9a-f-]{36}$/i.test(alertId) ? await alerts.acknowledge(budgetId, alertId, who) : null
+      if (acknowledged === null) throw new AlertNotFoundError(alertId, budgetId)
+      return acknowledged
+    },
+
+    /** Lets calls past require-approval for `amount` more spend until `expiresAt`, recorded with who approved. */
+    async approve (budgetId: string, request: ApprovalRequest, who: string): Promise<Approval> {
+      const amount = parsePositiveMoney(request.amount, 'amount')
+      const status = await tracker.getBudgetStatus(budgetId)
+      const expiresAt = request.expiresAt === undefined ? new Date(now().getTime() + HOUR) : parseTimestamp(request.expiresAt, 'expiresAt')
+      if (expiresAt <= now()) throw new InvalidFieldError('expiresAt', 'must be in the future')
+      const periodEnd = new Date(status.periodEnd)
+      return await alerts.insertApproval({
+        budgetId,
+        periodStart: new Date(status.periodStart),
+        amount,
+        spentAtApproval: fromUnits(toUnits(status.currentAmount) + toUnits(status.reservedAmount)),
+        approvedBy: who,
+        reason: request.reason ?? null,
+        expiresAt: expiresAt < periodEnd ? expiresAt : periodEnd
+      })
+    },
+
+    async listApprovals (budgetId: string): Promise<Approval[]> {
+      await tracker.getBudgetStatus(budgetId)
+      return await alerts.listApprovals(budgetId)
+    }
+  }
+}
+
+export type BudgetAlerts = ReturnType<typeof createBudgetAlerts>
