@@ -22,6 +22,11 @@ if (databaseUrl === undefined || databaseUrl === '') {
 const adminToken = process.env.ADMIN_TOKEN ?? randomBytes(24).toString('base64url')
 
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
+// NOTIFY_CHANNELS="slack=https://hooks.slack.com/services/…,ops=http://…": webhook channels by the names budgets use.
+const channels = Object.fromEntries((process.env.NOTIFY_CHANNELS ?? '').split(',').filter(Boolean).map((entry) => {
+  const [name = '', url = ''] = entry.split(/=(.*)/s)
+  return [name.trim(), { type: 'webhook' as const, url: url.trim() }]
+}))
 await app.register(budgets, {
   database: databaseUrl,
   adminToken,
@@ -31,6 +36,10 @@ await app.register(budgets, {
     failureMode: process.env.GATE_FAILURE_MODE === 'open' ? 'open' : 'closed',
     ...(process.env.RESERVATION_TTL_MS === undefined ? {} : { reservationTtlMs: Number(process.env.RESERVATION_TTL_MS) }),
     ...(process.env.SWEEP_INTERVAL_MS === undefined ? {} : { sweepIntervalMs: Number(process.env.SWEEP_INTERVAL_MS) })
+  },
+  notifications: {
+    channels,
+    ...(process.env.NOTIFY_INTERVAL_MS === undefined ? {} : { intervalMs: Number(process.env.NOTIFY_INTERVAL_MS) })
   }
 })
 await app.register(chatCompletions, {

@@ -67,7 +67,6 @@ begin
       insert into budget_notification_outbox (alert_id, channel)
       select crossing_id, channel from jsonb_array_elements_text(coalesce(alert -> 'notificationChannels', '[]'::jsonb)) as channel
       on conflict (alert_id, channel) do nothing;
-      perform pg_notify('budget_alerts', crossing_id::text);
     end if;
   end loop;
   return null;

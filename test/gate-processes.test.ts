@@ -1,4 +1,5 @@
 // Several gateway processes on one database, and one that dies mid-call.
+import Fastify from 'fastify'
 import postgres from 'postgres'
 import t from 'tap'
 import { PREFIX } from './fixtures/app.js'
@@ -95,4 +96,44 @@ t.test('a process killed mid-call: after the TTL its reservations are swept and 
   t.equal(status.currentAmount, fromUnits(toUnits(estimate) * 5n), 'spent: five estimates')
   t.equal(status.reservedAmount, '0', 'nothing held')
   aborts.forEach((abort) => { abort.abort() })
+})
+
+t.test('two processes crossing one threshold at the same time: one history row, one delivery', async (t) => {
+  const received: unknown[] = []
+  const hook = Fastify()
+  hook.post('/hook', async (request) => { received.push(request.body); return { ok: true } })
+  const hookUrl = `${await hook.listen({ port: 0, host: '127.0.0.1' })}/hook`
+  t.teardown(async () => await hook.close())
+  const { sql, processes } = await gateways(t, 2, { NOTIFY_CHANNELS: `hook=${hookUrl}`, NOTIFY_INTERVAL_MS: '100' })
+  const response = await fetch(`${processes[0]!.url}${PREFIX}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({
+      name: 'team', scopeType: 'team', scopeId: 'platform', amount: '1', currency: 'USD', period: 'monthly', startDate: '2024-01-01',
+      alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['hook'] }]
+    })
+  })
+  const budgetId = ((await response.json()) as { id: string }).id
+  await fetch(`${processes[0]!.url}${PREFIX}/${budgetId}/usage`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ amount: '0.4999999', currency: 'USD' })
+  })
+  // Twenty calls at once, ten on each process: each one's settlement takes the budget past 50%.
+  const statuses = await Promise.all(Array.from({ length: 20 }, async (_, i) => {
+    const call = await fetch(`${processes[i % 2]!.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-relay-team-id': 'platform' },
+      body: JSON.stringify(chat)
+    })
+    await call.arrayBuffer()
+    return call.status
+  }))
+  t.ok(statuses.every((status) => status === 200))
+  await waitFor(async () => (await sql`select count(*)::int as n from budget_reservations`)[0]!.n === 0, 10_000, 'settlements')
+  const rows = await sql`select threshold::int as threshold from budget_alert_history`
+  t.same(rows.map((row) => row.threshold), [50], 'one crossing')
+  await waitFor(async () => received.length > 0, 10_000, 'the webhook')
+  await new Promise((resolve) => setTimeout(resolve, 500)) // both deliverers have run several times since
+  t.equal(received.length, 1, 'delivered once')
 })
