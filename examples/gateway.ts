@@ -3,6 +3,8 @@
 // With no DATABASE_URL it runs an embedded PostgreSQL whose data stays in .data/ across restarts.
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
 import Fastify from 'fastify'
 import budgets from '../lib/index.js'
 import { chatCompletions } from './chat-completions.js'
@@ -27,6 +29,16 @@ const channels = Object.fromEntries((process.env.NOTIFY_CHANNELS ?? '').split(',
   const [name = '', url = ''] = entry.split(/=(.*)/s)
   return [name.trim(), { type: 'webhook' as const, url: url.trim() }]
 }))
+// OpenAPI from the routes' own TypeBox schemas: JSON at /docs/json, a browsable UI at /docs.
+await app.register(swagger, {
+  openapi: {
+    openapi: '3.1.0',
+    info: { title: 'RelayCore Budgets', version: '0.1.0', description: 'Budgets for the RelayCore AI gateway: the admin API and the gated model calls.' },
+    components: { securitySchemes: { adminToken: { type: 'http', scheme: 'bearer' } } },
+    security: [{ adminToken: [] }]
+  }
+})
+await app.register(swaggerUi, { routePrefix: '/docs' })
 await app.register(budgets, {
   database: databaseUrl,
   adminToken,
@@ -63,7 +75,7 @@ process.stdout.write([
   '',
   `RelayCore example gateway listening on ${address}`,
   `  database:    ${embedded === null ? 'DATABASE_URL' : `embedded PostgreSQL in ${dataDir}`}`,
-  `  admin API:   ${address}/api/v1/budgets`,
+  `  admin API:   ${address}/api/v1/budgets   (documented at ${address}/docs)`,
   `  model calls: ${address}/v1/chat/completions (${process.env.UPSTREAM_URL === undefined ? 'mock provider' : `upstream ${process.env.UPSTREAM_URL}`})`,
   process.env.ADMIN_TOKEN === undefined ? `  admin token: ${adminToken}   (set ADMIN_TOKEN to choose your own)` : '  admin token: from ADMIN_TOKEN',
   ''

@@ -68,9 +68,27 @@ export const CreateBudgetRequest = Type.Object({
   recurring: Type.Optional(budgetFields.recurring),
   alerts: Type.Optional(budgetFields.alerts),
   enforcement: Type.Optional(budgetFields.enforcement)
-}, { additionalProperties: false })
+}, {
+  additionalProperties: false,
+  examples: [{
+    name: 'Engineering Team Q1 Budget',
+    description: 'Quarterly budget for engineering team AI usage',
+    scopeType: 'team',
+    scopeId: 'team-engineering',
+    amount: 10000,
+    currency: 'USD',
+    period: 'quarterly',
+    startDate: '2024-01-01T00:00:00.000Z',
+    recurring: true,
+    alerts: [
+      { threshold: 50, actions: ['notify'], notificationChannels: ['email'] },
+      { threshold: 80, actions: ['notify', 'restrict-models'], notificationChannels: ['email', 'slack'] },
+      { threshold: 95, actions: ['require-approval'], notificationChannels: ['email', 'slack'] }
+    ]
+  }]
+})
 
-export const UpdateBudgetRequest = Type.Partial(Type.Object(budgetFields), { additionalProperties: false, minProperties: 1 })
+export const UpdateBudgetRequest = Type.Partial(Type.Object(budgetFields), { additionalProperties: false, minProperties: 1, examples: [{ amount: '12500.75' }] })
 
 export const BudgetDefinition = Type.Object({
   id: Uuid,
@@ -148,7 +166,16 @@ export const RecordUsageBody = Type.Object({
   description: Type.Optional(Type.String({ maxLength: 2000 })),
   metadata: Type.Optional(UsageMetadata),
   occurredAt: Type.Optional(TimestampInput)
-}, { additionalProperties: false })
+}, {
+  additionalProperties: false,
+  examples: [{
+    amount: 25.50,
+    currency: 'USD',
+    source: 'openai-gpt-4',
+    description: 'GPT-4 API calls for code review',
+    metadata: { requestId: 'req-123', modelId: 'gpt-4', userId: 'user-456', teamId: 'team-engineering', inputTokens: 1500, outputTokens: 800 }
+  }]
+})
 
 export const UsageRecord = Type.Object({
   id: Uuid,
@@ -220,7 +247,7 @@ export const BudgetStatusInfo = Type.Object({
   state: StringEnum(['scheduled', 'active', 'ended'] as const)
 })
 
-export const CheckConstraintsBody = Type.Object({ estimatedCost: MoneyInput }, { additionalProperties: false })
+export const CheckConstraintsBody = Type.Object({ estimatedCost: MoneyInput }, { additionalProperties: false, examples: [{ estimatedCost: '12.50' }] })
 
 const BudgetCheck = Type.Object({
   budgetId: Uuid,
@@ -283,7 +310,7 @@ export const ApprovalRequest = Type.Object({
   amount: MoneyInput,
   expiresAt: Type.Optional(TimestampInput),
   reason: Type.Optional(Type.String({ maxLength: 2000 }))
-}, { additionalProperties: false })
+}, { additionalProperties: false, examples: [{ amount: '250', expiresAt: '2024-03-31T00:00:00Z', reason: 'release week' }] })
 export const Approval = Type.Object({
   id: Uuid,
   budgetId: Uuid,

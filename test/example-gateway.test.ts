@@ -44,4 +44,9 @@ t.test('npm start with no DATABASE_URL: embedded PostgreSQL, a printed token, an
   const read = await fetch(`${second.url}${PREFIX}/${budget.id}`, { headers: { authorization: `Bearer ${second.token}` } })
   t.equal(read.status, 200, 'the budget survived the restart')
   t.same(await read.json(), budget)
+
+  const docs = await fetch(`${second.url}/docs/json`)
+  t.equal(docs.status, 200, 'the OpenAPI document is served')
+  t.match(await docs.json(), { openapi: '3.1.0', paths: { '/api/v1/budgets/': { post: { summary: 'Create a budget' } }, '/v1/chat/completions': { post: {} } } })
+  t.equal((await fetch(`${second.url}/docs/static/index.html`)).status, 200, 'and the browsable UI')
 })

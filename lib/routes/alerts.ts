@@ -1,6 +1,7 @@
 // Admin routes for alerts: the crossing history, acknowledgements, and approvals that lift require-approval.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { AlertList, AlertParams, AlertRecord, Approval, ApprovalList, ApprovalRequest, BudgetIdParams, ErrorResponse } from '../schemas.js'
+import { AlertList, AlertParams, AlertRecord, Approval, ApprovalList, ApprovalRequest, BudgetIdParams } from '../schemas.js'
+import { errorResponses } from './responses.js'
 import type { BudgetAlerts } from '../services/alerts.js'
 
 export interface AlertRoutesOptions {
@@ -14,7 +15,7 @@ export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async 
       description: 'Every threshold crossing of the budget, newest first: once per period and threshold, with its actions, deliveries and acknowledgement.',
       tags: ['alerts'],
       params: BudgetIdParams,
-      response: { 200: AlertList, 401: ErrorResponse, 404: ErrorResponse }
+      response: { 200: AlertList, ...errorResponses({ 404: [] }) }
     }
   }, async (request) => ({ alerts: await alerts.listAlerts(request.params.id) }))
 
@@ -24,7 +25,7 @@ export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async 
       description: 'Records who acknowledged it and when; the first acknowledgement stands.',
       tags: ['alerts'],
       params: AlertParams,
-      response: { 200: AlertRecord, 401: ErrorResponse, 404: ErrorResponse }
+      response: { 200: AlertRecord, ...errorResponses({ 404: ['BUDGET_ERR_ALERT_NOT_FOUND'] }) }
     }
   }, async (request) => await alerts.acknowledgeAlert(request.params.id, request.params.alertId, request.budgetActor ?? 'admin'))
 
@@ -35,16 +36,17 @@ export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async 
       tags: ['alerts'],
       params: BudgetIdParams,
       body: ApprovalRequest,
-      response: { 201: Approval, 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse }
+      response: { 201: Approval, ...errorResponses({ 400: [], 404: [] }) }
     }
   }, async (request, reply) => await reply.code(201).send(await alerts.approve(request.params.id, request.body, request.budgetActor ?? 'admin')))
 
   app.get('/:id/approvals', {
     schema: {
       summary: 'Approvals of the budget',
+      description: 'Every approval, newest first, with who approved, how much, and until when.',
       tags: ['alerts'],
       params: BudgetIdParams,
-      response: { 200: ApprovalList, 401: ErrorResponse, 404: ErrorResponse }
+      response: { 200: ApprovalList, ...errorResponses({ 404: [] }) }
     }
   }, async (request) => ({ approvals: await alerts.listApprovals(request.params.id) }))
 }

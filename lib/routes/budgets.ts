@@ -2,10 +2,11 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import {
   BudgetDefinition, BudgetHierarchy, BudgetIdParams, BudgetList, CreateBudgetRequest,
-  DeleteBudgetQuery, ErrorResponse, ScopeParams, UpdateBudgetRequest
+  DeleteBudgetQuery, ScopeParams, UpdateBudgetRequest
 } from '../schemas.js'
 import type { BudgetRegistry } from '../services/registry.js'
 import { Type } from '@sinclair/typebox'
+import { errorResponses } from './responses.js'
 
 export interface BudgetRoutesOptions {
   registry: BudgetRegistry
@@ -15,9 +16,10 @@ export const budgetRoutes: FastifyPluginAsyncTypebox<BudgetRoutesOptions> = asyn
   app.post('/', {
     schema: {
       summary: 'Create a budget',
+      description: 'Creates a budget for one scope, optionally under a parent budget (same currency, an amount no larger, a period no longer). Answers 201 with the budget and its location.',
       tags: ['budgets'],
       body: CreateBudgetRequest,
-      response: { 201: BudgetDefinition, 400: ErrorResponse, 401: ErrorResponse, 409: ErrorResponse }
+      response: { 201: BudgetDefinition, ...errorResponses({ 400: ['BUDGET_ERR_PARENT_NOT_FOUND', 'BUDGET_ERR_CURRENCY_MISMATCH', 'BUDGET_ERR_EXCEEDS_PARENT'] }) }
     }
   }, async (request, reply) => {
     const budget = await registry.createBudget(request.body, request.budgetActor)
@@ -27,29 +29,35 @@ export const budgetRoutes: FastifyPluginAsyncTypebox<BudgetRoutesOptions> = asyn
   app.get('/:id', {
     schema: {
       summary: 'Read a budget',
+      description: 'The budget as defined; 404 for an unknown or deleted budget, and for an id that is not a uuid.',
       tags: ['budgets'],
       params: BudgetIdParams,
-      response: { 200: BudgetDefinition, 401: ErrorResponse, 404: ErrorResponse }
+      response: { 200: BudgetDefinition, ...errorResponses({ 404: [] }) }
     }
   }, async (request) => await registry.getBudget(request.params.id))
 
   app.put('/:id', {
     schema: {
       summary: 'Update a budget (the fields given)',
+      description: 'Changes the fields given; the budget as it would become must pass every create rule, and still hold its children.',
       tags: ['budgets'],
       params: BudgetIdParams,
       body: UpdateBudgetRequest,
-      response: { 200: BudgetDefinition, 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse }
+      response: {
+        200: BudgetDefinition,
+        ...errorResponses({ 400: ['BUDGET_ERR_PARENT_NOT_FOUND', 'BUDGET_ERR_CURRENCY_MISMATCH', 'BUDGET_ERR_EXCEEDS_PARENT'], 404: [], 409: ['BUDGET_ERR_HIERARCHY_CYCLE', 'BUDGET_ERR_CURRENCY_LOCKED'] })
+      }
     }
   }, async (request) => await registry.updateBudget(request.params.id, request.body))
 
   app.delete('/:id', {
     schema: {
       summary: 'Delete (archive) a budget',
+      description: 'Archives the budget: it leaves every read and the gate, its usage history stays. A budget with children needs cascade=true.',
       tags: ['budgets'],
       params: BudgetIdParams,
       querystring: DeleteBudgetQuery,
-      response: { 204: Type.Null(), 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse }
+      response: { 204: Type.Null({ description: 'Deleted.' }), ...errorResponses({ 400: [], 404: [], 409: ['BUDGET_ERR_HAS_CHILDREN'] }) }
     }
   }, async (request, reply) => {
     await registry.deleteBudget(request.params.id, { cascade: request.query.cascade })
@@ -59,18 +67,20 @@ export const budgetRoutes: FastifyPluginAsyncTypebox<BudgetRoutesOptions> = asyn
   app.get('/scope/:type/:id', {
     schema: {
       summary: 'List the budgets of one scope',
+      description: 'Every live budget of the scope, oldest first.',
       tags: ['budgets'],
       params: ScopeParams,
-      response: { 200: BudgetList, 400: ErrorResponse, 401: ErrorResponse }
+      response: { 200: BudgetList, ...errorResponses({ 400: [] }) }
     }
   }, async (request) => ({ budgets: await registry.getBudgetsByScope(request.params.type, request.params.id) }))
 
   app.get('/hierarchy/:type/:id', {
     schema: {
       summary: 'The budget tree around one scope',
+      description: 'The scope\'s budgets with all their ancestors and descendants, as trees from the topmost ancestors down.',
       tags: ['budgets'],
       params: ScopeParams,
-      response: { 200: BudgetHierarchy, 400: ErrorResponse, 401: ErrorResponse }
+      response: { 200: BudgetHierarchy, ...errorResponses({ 400: [] }) }
     }
   }, async (request) => await registry.getHierarchy(request.params.type, request.params.id))
 }

@@ -2,10 +2,11 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import {
-  BudgetConstraintCheck, BudgetIdParams, BudgetStatusInfo, CheckConstraintsBody, ErrorResponse, RecordUsageBody,
+  BudgetConstraintCheck, BudgetIdParams, BudgetStatusInfo, CheckConstraintsBody, RecordUsageBody,
   UsageHistoryQuery, UsagePage, UsageRecord, UsageSummary, UsageSummaryQuery
 } from '../schemas.js'
 import type { BudgetTracker } from '../services/tracker.js'
+import { errorResponses } from './responses.js'
 
 export interface UsageRoutesOptions {
   tracker: BudgetTracker
@@ -24,7 +25,11 @@ export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async 
       params: BudgetIdParams,
       headers: IdempotencyHeaders,
       body: RecordUsageBody,
-      response: { 200: UsageRecord, 201: UsageRecord, 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse }
+      response: {
+        200: { ...UsageRecord, description: 'A repeat of a recorded request id: the first record.' },
+        201: UsageRecord,
+        ...errorResponses({ 400: ['BUDGET_ERR_CURRENCY_MISMATCH'], 404: [], 409: ['BUDGET_ERR_NOT_ACTIVE', 'BUDGET_ERR_IDEMPOTENCY_CONFLICT'] })
+      }
     }
   }, async (request, reply) => {
     const { record, replayed } = await tracker.record(
@@ -41,35 +46,38 @@ export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async 
       tags: ['usage'],
       params: BudgetIdParams,
       querystring: UsageHistoryQuery,
-      response: { 200: UsagePage, 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse }
+      response: { 200: UsagePage, ...errorResponses({ 400: [], 404: [] }) }
     }
   }, async (request) => await tracker.getUsageHistory(request.params.id, request.query))
 
   app.get('/:id/usage/summary', {
     schema: {
       summary: 'Usage totals by model, user and day',
+      description: 'Totals and counts of the usage that counts toward the budget, by model, by user and by UTC day; from and to default to the current period.',
       tags: ['usage'],
       params: BudgetIdParams,
       querystring: UsageSummaryQuery,
-      response: { 200: UsageSummary, 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse }
+      response: { 200: UsageSummary, ...errorResponses({ 400: [], 404: [] }) }
     }
   }, async (request) => await tracker.getUsageSummary(request.params.id, request.query))
 
   app.get('/:id/status', {
     schema: {
       summary: 'Live status of the current period',
+      description: 'Spend, reserved amount, burn rate, projection and status of the current period, from the status cache (recomputed when older than five minutes).',
       tags: ['status'],
       params: BudgetIdParams,
-      response: { 200: BudgetStatusInfo, 401: ErrorResponse, 404: ErrorResponse }
+      response: { 200: BudgetStatusInfo, ...errorResponses({ 404: [] }) }
     }
   }, async (request) => await tracker.getBudgetStatus(request.params.id))
 
   app.post('/:id/refresh-cache', {
     schema: {
       summary: 'Recompute the status cache from the usage rows',
+      description: 'Sums the current period\'s usage again, whatever the cache row\'s age, and answers the status.',
       tags: ['status'],
       params: BudgetIdParams,
-      response: { 200: BudgetStatusInfo, 401: ErrorResponse, 404: ErrorResponse }
+      response: { 200: BudgetStatusInfo, ...errorResponses({ 404: [] }) }
     }
   }, async (request) => await tracker.refreshCache(request.params.id))
 
@@ -80,7 +88,7 @@ export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async 
       tags: ['status'],
       params: BudgetIdParams,
       body: CheckConstraintsBody,
-      response: { 200: BudgetConstraintCheck, 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse }
+      response: { 200: BudgetConstraintCheck, ...errorResponses({ 400: [], 404: [] }) }
     }
   }, async (request) => await tracker.checkBudgetConstraints(request.params.id, request.body.estimatedCost))
 }
