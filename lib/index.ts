@@ -76,7 +76,8 @@ export default fp(budgets, { fastify: '5.x', name: '@relaycore/budgets' })
 export { budgets }
 export * from './errors.js'
 export type { Authorize, BudgetsOptions } from './options.js'
-export type { BudgetRegistry } from './services/registry.js'
+export type { BudgetRegistry, CreateBudgetInput as CreateBudgetRequest, UpdateBudgetInput as UpdateBudgetRequest, DeleteBudgetOptions } from './services/registry.js'
+export type { UsageRecord } from './repository/usage.js'
 export type { BudgetTracker, RecordUsageRequest, UsageMetadata } from './services/tracker.js'
 export type { BudgetIntegration, CallerScopes } from './services/integration.js'
 export type { BudgetAlerts, ApprovalRequest } from './services/alerts.js'

@@ -1,4 +1,5 @@
 // SQL for a budget's period window and its status cache row.
+import { normalizeMoney } from '../money.js'
 import type { Db } from './budgets.js'
 
 export type BudgetState = 'scheduled' | 'active' | 'ended'
@@ -51,16 +52,20 @@ export function createStatusRepository (sql: Db) {
     async findCacheRow (budgetId: string, periodStart: Date): Promise<StatusCacheRow | null> {
       const [row] = await sql<StatusCacheRow[]>`
         select ${cacheColumns} from budget_status_cache where budget_id = ${budgetId} and period_start = ${periodStart}`
-      return row ?? null
+      return row === undefined ? null : canonical(row)
     },
 
     /** Recomputes the window's row from the usage rows (refresh_budget_status_cache in sql/002). */
     async refreshCacheRow (budgetId: string, window: BudgetWindow): Promise<StatusCacheRow> {
       const [row] = await sql<StatusCacheRow[]>`
         select ${cacheColumns} from refresh_budget_status_cache(${budgetId}, ${window.periodStart}, ${window.periodEnd})`
-      return row!
+      return canonical(row!)
     }
   }
+}
+
+function canonical (row: StatusCacheRow): StatusCacheRow {
+  return { ...row, currentAmount: normalizeMoney(row.currentAmount), reservedAmount: normalizeMoney(row.reservedAmount) }
 }
 
 export type StatusRepository = ReturnType<typeof createStatusRepository>

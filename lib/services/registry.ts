@@ -6,6 +6,11 @@ import { createUsageRepository } from '../repository/usage.js'
 import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
 import { checkChildFitsParent, normalizeBudget } from './budget-rules.js'
 
+/** A budget to create, as the library takes it: dates as ISO strings or Date objects. */
+export type CreateBudgetInput = Omit<CreateBudgetRequest, 'startDate' | 'endDate'> & { startDate: string | Date, endDate?: string | Date | null }
+/** The fields to change. */
+export type UpdateBudgetInput = Omit<UpdateBudgetRequest, 'startDate' | 'endDate'> & { startDate?: string | Date, endDate?: string | Date | null }
+
 export interface DeleteBudgetOptions {
   /** Also delete every descendant; without it a budget with children is refused. */
   cascade?: boolean
@@ -30,8 +35,8 @@ export function createBudgetRegistry (sql: Sql) {
   }
 
   return {
-    async createBudget (request: CreateBudgetRequest, createdBy: string | null = null): Promise<BudgetDefinition> {
-      const values = normalizeBudget(request)
+    async createBudget (request: CreateBudgetInput, createdBy: string | null = null): Promise<BudgetDefinition> {
+      const values = normalizeBudget(request as CreateBudgetRequest)
       return await inHierarchyTransaction(async (repository) => {
         await checkParent(repository, values, null)
         return await repository.insertBudget(values, createdBy)
@@ -41,11 +46,11 @@ export function createBudgetRegistry (sql: Sql) {
     getBudget,
 
     /** Applies a partial update; the budget as it would become must pass every create rule. */
-    async updateBudget (id: string, updates: UpdateBudgetRequest): Promise<BudgetDefinition> {
+    async updateBudget (id: string, updates: UpdateBudgetInput): Promise<BudgetDefinition> {
       return await inHierarchyTransaction(async (repository, tx) => {
         const current = await repository.findBudget(id)
         if (current === null) throw new BudgetNotFoundError(id)
-        const values = normalizeBudget({ ...current, ...updates })
+        const values = normalizeBudget({ ...current, ...updates } as CreateBudgetRequest)
         await checkParent(repository, values, id)
         for (const child of await repository.listChildren(id)) {
           checkChildFitsParent(normalizeBudget(child), values)
