@@ -133,7 +133,8 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
     return { record: first, replayed: true }
   }
 
-  function usageFilter (budget: BudgetDefinition, window: BudgetWindow, query: UsageHistoryQuery): UsageFilter {
+  /** The query's range, by default the budget's current window. */
+  function usageFilter (window: BudgetWindow, query: UsageHistoryQuery): UsageFilter {
     const from = query.from === undefined ? window.periodStart : parseTimestamp(query.from, 'from')
     const to = query.to === undefined ? window.periodEnd : parseTimestamp(query.to, 'to')
     if (to <= from) throw new InvalidFieldError('to', 'must be after from')
@@ -162,7 +163,7 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
     /** Usage that counts toward the budget (its own and its descendants'), newest first, a page at a time. */
     async getUsageHistory (budgetId: string, query: UsageHistoryQuery = {}): Promise<{ records: UsageRecord[], nextCursor: string | null }> {
       const budget = await requireBudget(budgetId)
-      const filter = usageFilter(budget, (await status.findWindow(budget.id, options.now()))!, query)
+      const filter = usageFilter((await status.findWindow(budget.id, options.now()))!, query)
       const limit = query.limit ?? 50
       if (!Number.isInteger(limit) || limit < 1 || limit > 500) throw new InvalidFieldError('limit', 'must be an integer from 1 to 500')
       const after = query.cursor === undefined ? null : decodeCursor(query.cursor)
@@ -174,7 +175,7 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
 
     async getUsageSummary (budgetId: string, query: Pick<UsageHistoryQuery, 'from' | 'to'> = {}) {
       const budget = await requireBudget(budgetId)
-      const filter = usageFilter(budget, (await status.findWindow(budget.id, options.now()))!, query)
+      const filter = usageFilter((await status.findWindow(budget.id, options.now()))!, query)
       const { byModel, byUser, byDay } = await usage.summarizeUsage(budget.id, filter)
       return {
         budgetId: budget.id,
