@@ -28,12 +28,12 @@ function problems (path: string, method: string, operation: Operation): string[]
   if ((operation.tags ?? []).length === 0) found.push(`${where}: no tags`)
   const responses = operation.responses ?? {}
   if (!Object.keys(responses).some((status) => status.startsWith('2'))) found.push(`${where}: no success response`)
-  const mustSend = ['401', '503']
+  const mustSend = ['401', '500', '503']
   if (path.startsWith('/api/v1/budgets/{id}')) mustSend.push('404')
   if (operation.requestBody !== undefined || (operation.parameters ?? []).some((p) => p.in === 'query')) mustSend.push('400')
   for (const status of mustSend) if (responses[status] === undefined) found.push(`${where}: does not document ${status}`)
   for (const [status, response] of Object.entries(responses)) {
-    if (Number(status) >= 400 && !/^Error codes: BUDGET_ERR_/.test(response.description ?? '')) found.push(`${where}: ${status} names no error codes`)
+    if (Number(status) >= 400 && !/^Error codes: (BUDGET|FST)_ERR_/.test(response.description ?? '')) found.push(`${where}: ${status} names no error codes`)
   }
   const body = operation.requestBody?.content['application/json']
   const hasExample = body !== undefined && (body.example !== undefined || Object.keys(body.examples ?? {}).length > 0 || (body.schema.examples ?? []).length > 0)
@@ -67,7 +67,12 @@ t.test('the completeness check fails for a route that lacks a documented respons
     summary: 'Read a budget',
     description: 'The budget',
     tags: ['budgets'],
-    responses: { 200: { description: 'ok' }, 401: { description: 'Error codes: BUDGET_ERR_UNAUTHORIZED' }, 503: { description: 'Error codes: BUDGET_ERR_DATABASE_UNAVAILABLE' } }
+    responses: {
+      200: { description: 'ok' },
+      401: { description: 'Error codes: BUDGET_ERR_UNAUTHORIZED' },
+      500: { description: 'Error codes: BUDGET_ERR_INTERNAL' },
+      503: { description: 'Error codes: BUDGET_ERR_DATABASE_UNAVAILABLE' }
+    }
   }
   t.same(problems('/api/v1/budgets/{id}', 'get', lacking), ['GET /api/v1/budgets/{id}: does not document 404'])
 })

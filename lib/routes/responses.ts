@@ -7,16 +7,23 @@ const CODES = {
   401: ['BUDGET_ERR_UNAUTHORIZED'],
   404: ['BUDGET_ERR_NOT_FOUND'],
   409: [] as string[],
+  // Fastify's own, for a body that is not JSON
+  415: ['FST_ERR_CTP_INVALID_MEDIA_TYPE'],
+  500: ['BUDGET_ERR_INTERNAL'],
   503: ['BUDGET_ERR_DATABASE_UNAVAILABLE']
 }
 
 type ErrorStatus = keyof typeof CODES
 
-/** Error responses for the statuses given, each naming its codes; 401 and 503 come with every admin route. */
+/**
+ * Error responses for the statuses given, each naming its codes. 401, 500 and 503 come with every
+ * admin route; a route with a body (a 400 for bad input) can also meet Fastify's 415.
+ */
 export function errorResponses (extra: Partial<Record<ErrorStatus, string[]>>) {
-  const statuses = [...new Set<ErrorStatus>([401, 503, ...Object.keys(extra).map(Number) as ErrorStatus[]])].sort()
+  const always: ErrorStatus[] = [401, 500, 503, ...(extra[400] === undefined ? [] : [415 as const])]
+  const statuses = [...new Set<ErrorStatus>([...always, ...Object.keys(extra).map(Number) as ErrorStatus[]])].sort()
   return Object.fromEntries(statuses.map((status) => {
-    const codes = [...CODES[status], ...(extra[status] ?? [])]
+    const codes = [...CODES[status], ...(extra[status] ?? []), ...(status === 400 ? ['FST_ERR_CTP_INVALID_JSON_BODY'] : [])]
     return [status, { ...ErrorResponse, description: `Error codes: ${codes.join(', ')}` }]
   })) as Record<ErrorStatus, typeof ErrorResponse>
 }
