@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { PREFIX } from './fixtures/app.js'
+import { PREFIX, seedBudgetRequest } from './fixtures/app.js'
 import { startGatewayProcess } from './fixtures/gateway-process.js'
 
 /** Starts `npm start`'s script the way a new user would: no DATABASE_URL, no ADMIN_TOKEN. */
@@ -16,17 +16,7 @@ t.test('npm start with no DATABASE_URL: embedded PostgreSQL, a printed token, an
 
   const first = await startGateway(dataDir)
   t.teardown(async () => await first.stop())
-  const body = {
-    name: 'Engineering Team Q1 Budget',
-    scopeType: 'team',
-    scopeId: 'team-engineering',
-    amount: 10000,
-    currency: 'USD',
-    period: 'quarterly',
-    startDate: '2024-01-01T00:00:00.000Z',
-    recurring: true,
-    alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['email'] }]
-  }
+  const body = seedBudgetRequest()
   const unauthorized = await fetch(`${first.url}${PREFIX}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
   t.equal(unauthorized.status, 401, 'the admin API wants the token')
   const created = await fetch(`${first.url}${PREFIX}`, {

@@ -2,6 +2,7 @@
 // must stay an error, or the type check fails. At run time the file only type-checks the seed's calls.
 import Fastify from 'fastify'
 import t from 'tap'
+import { seedBudgetRequest } from './fixtures/app.js'
 import budgets, {
   type BudgetConstraintCheck, type BudgetDefinition, type BudgetStatusInfo, type CreateBudgetRequest,
   type RecordUsageRequest, type UpdateBudgetRequest, type UsageRecord
@@ -12,18 +13,7 @@ async function seedCalls (): Promise<void> {
   await app.register(budgets, { database: 'postgres://localhost/budgets', adminToken: 'a-token-of-sixteen-chars' })
 
   // The seed's three examples, as written there.
-  const request: CreateBudgetRequest = {
-    name: 'Engineering Team Q1 Budget',
-    description: 'Quarterly budget for engineering team AI usage',
-    scopeType: 'team',
-    scopeId: 'team-engineering',
-    amount: 10000,
-    currency: 'USD',
-    period: 'quarterly',
-    startDate: new Date('2024-01-01'),
-    recurring: true,
-    alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['email'] }]
-  }
+  const request: CreateBudgetRequest = seedBudgetRequest()
   const budget: BudgetDefinition = await app.budgetRegistry.createBudget(request, 'admin-user')
   const usage: RecordUsageRequest = {
     budgetId: budget.id,
