@@ -48,6 +48,24 @@ export function createReservationRepository (sql: Db) {
     array(select distinct action from budget_alert_history h, unnest(h.actions) as action
           where h.budget_id = ${budgetId} and h.period_start = ${periodStart} and h.basis = 'projected') as "projectedActions"`
 
+  // The numbers the decision needs, for budgets and windows from `source` (budget_id, scope_matched,
+  // scope_rank, period_start, period_end).
+  const readStandings = async (source: ReturnType<typeof sql>): Promise<ApplicableBudget[]> => {
+    const rows = await sql<ApplicableRow[]>`
+      select x.budget_id as "budgetId", b.name, b.amount::text as amount, b.enforcement, b.alerts, x.scope_matched as "scopeMatched",
+             x.period_start as "periodStart", x.period_end as "periodEnd",
+             -- coalesce short-circuits: the sum runs only for a window that has no cache row yet
+             coalesce(c.current_amount, (select current_amount from calculate_budget_status(x.budget_id, x.period_start, x.period_end)))::text as "currentAmount",
+             coalesce(c.reserved_amount, 0)::text as "reservedAmount",
+             budget_approved_through(x.budget_id, x.period_start)::text as "approvedThrough",
+             ${projectedActions(sql`x.budget_id`, sql`x.period_start`)}, false as reserved
+      from ${source} x
+      join budget_definitions b on b.id = x.budget_id
+      left join budget_status_cache c on c.budget_id = x.budget_id and c.period_start = x.period_start
+      order by x.scope_matched desc, x.scope_rank, x.budget_id`
+    return rows.map(normalize)
+  }
+
   return {
     /**
      * One round trip: reserves `amount` on every budget that applies to the scopes, or on none.
@@ -79,19 +97,18 @@ export function createReservationRepository (sql: Db) {
 
     /** The budgets that apply to the scopes, with their current numbers; reads only, locks nothing. */
     async listApplicable (scopes: Scope[], currency: string): Promise<ApplicableBudget[]> {
-      const rows = await sql<ApplicableRow[]>`
-        select x.budget_id as "budgetId", b.name, b.amount::text as amount, b.enforcement, b.alerts, x.scope_matched as "scopeMatched",
-               x.period_start as "periodStart", x.period_end as "periodEnd",
-               -- coalesce short-circuits: the sum runs only for a window that has no cache row yet
-               coalesce(c.current_amount, (select current_amount from calculate_budget_status(x.budget_id, x.period_start, x.period_end)))::text as "currentAmount",
-               coalesce(c.reserved_amount, 0)::text as "reservedAmount",
-               budget_approved_through(x.budget_id, x.period_start)::text as "approvedThrough",
-               ${projectedActions(sql`x.budget_id`, sql`x.period_start`)}, false as reserved
-        from budget_applicable(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, now()) x
-        join budget_definitions b on b.id = x.budget_id
-        left join budget_status_cache c on c.budget_id = x.budget_id and c.period_start = x.period_start
-        order by x.scope_matched desc, x.scope_rank, x.budget_id`
-      return rows.map(normalize)
+      return await readStandings(sql`
+        budget_applicable(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, now())`)
+    },
+
+    /** The budget and each live ancestor with a window now, nearest first, with the same numbers as listApplicable. */
+    async listLineage (budgetId: string): Promise<ApplicableBudget[]> {
+      return await readStandings(sql`(
+        select l.id as budget_id, l.depth = 1 as scope_matched, l.depth as scope_rank, w.period_start, w.period_end
+        from budget_lineage(${budgetId}) l
+        join budget_definitions live on live.id = l.id and live.deleted_at is null
+        cross join lateral budget_period_window(l.period, l.start_date, l.end_date, l.recurring, now()) w
+      )`)
     }
   }
 }

@@ -2,6 +2,7 @@
 // the model asked for. Pure: the constraint check, the integration service and the gate all call it
 // with numbers read from the database.
 import { fromUnits, toUnits, type Money } from '../money.js'
+import type { ApplicableBudget } from '../repository/reservations.js'
 import type { AlertAction, BudgetAlert, BudgetDefinition } from '../schemas.js'
 import type { PriceTable } from './pricing.js'
 import { budgetHealth, percentReached, type BudgetHealth } from './status-rules.js'
@@ -110,6 +111,17 @@ function restriction (alerts: BudgetAlert[], policy: ModelPolicy): string[] | nu
     }
   }
   return allowed.has(policy.model) ? null : [...allowed].sort()
+}
+
+/** The decision's view of budgets as the reservation repository reads them. */
+export function standingsOf (budgets: ApplicableBudget[]): BudgetStanding[] {
+  return budgets.map((budget) => ({
+    budget: { id: budget.budgetId, name: budget.name, amount: budget.amount, alerts: budget.alerts, enforcement: budget.enforcement },
+    currentAmount: budget.currentAmount,
+    reservedAmount: budget.reservedAmount,
+    approvedThrough: budget.approvedThrough,
+    projectedActions: budget.projectedActions
+  }))
 }
 
 export function checkBudget (standing: BudgetStanding, estimate: Money, policy?: ModelPolicy): BudgetCheck {

@@ -4,9 +4,9 @@ import { randomUUID } from 'node:crypto'
 import type { Sql } from 'postgres'
 import { DatabaseUnavailableError, InvalidFieldError } from '../errors.js'
 import { parsePositiveMoney, toUnits, type Money } from '../money.js'
-import { createReservationRepository, type ApplicableBudget, type Scope } from '../repository/reservations.js'
+import { createReservationRepository, type Scope } from '../repository/reservations.js'
 import type { ScopeType } from '../schemas.js'
-import { decide, type BudgetConstraintCheck, type BudgetStanding, type ModelPolicy } from './decision.js'
+import { decide, standingsOf, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
 import type { BudgetStatusInfo } from './status-rules.js'
 import type { BudgetTracker, UsageMetadata } from './tracker.js'
 
@@ -40,16 +40,6 @@ export interface SettleInfo {
 
 export function toScopes (caller: CallerScopes): Scope[] {
   return SCOPE_ORDER.filter((type) => caller[type] !== undefined).map((type) => ({ type, id: caller[type]! }))
-}
-
-function standings (budgets: ApplicableBudget[]): BudgetStanding[] {
-  return budgets.map((budget) => ({
-    budget: { id: budget.budgetId, name: budget.name, amount: budget.amount, alerts: budget.alerts, enforcement: budget.enforcement },
-    currentAmount: budget.currentAmount,
-    reservedAmount: budget.reservedAmount,
-    approvedThrough: budget.approvedThrough,
-    projectedActions: budget.projectedActions
-  }))
 }
 
 // Deadlocks cannot happen between the gate's own statements (rows are locked in budget id order), but
@@ -95,7 +85,7 @@ export function createBudgetIntegration (sql: Sql, tracker: BudgetTracker, optio
     async checkCaller (caller: CallerScopes, estimatedCost: Money | number, model?: string): Promise<BudgetConstraintCheck> {
       const estimate = parsePositiveMoney(estimatedCost, 'estimatedCost')
       const scopes = toScopes(caller)
-      const budgets = scopes.length === 0 ? [] : standings(await reservations.listApplicable(scopes, options.currency))
+      const budgets = scopes.length === 0 ? [] : standingsOf(await reservations.listApplicable(scopes, options.currency))
       return decide(budgets, estimate, model === undefined ? undefined : { ...options.models, model })
     },
 
@@ -113,7 +103,7 @@ export function createBudgetIntegration (sql: Sql, tracker: BudgetTracker, optio
         // Answered too late for the caller, who was refused: give back what it took.
         async (late) => { if (late.reserved) await settleCall(reservationId, null).catch(() => {}) }
       )
-      const check = decide(standings(result.budgets), estimate, policy)
+      const check = decide(standingsOf(result.budgets), estimate, policy)
       if (result.budgets.length === 0) return { check, reservationId: null } // no budget applies to this caller
       if (result.reserved && !check.canProceed) {
         // Room enough, but an alert action (block-all, require-approval, restrict-models) refuses: undo the reservation.

@@ -4,11 +4,12 @@ import { BudgetNotFoundError, CurrencyMismatchError, IdempotencyConflictError, I
 import { fromUnits, parsePositiveMoney, toUnits, type Money } from '../money.js'
 import { createAlertRepository } from '../repository/alerts.js'
 import { createBudgetRepository } from '../repository/budgets.js'
+import { createReservationRepository } from '../repository/reservations.js'
 import { createStatusRepository, type BudgetWindow, type StatusCacheRow } from '../repository/status.js'
 import { createUsageRepository, type UsageFilter, type UsagePageKey, type UsageRecord } from '../repository/usage.js'
 import type { BudgetDefinition } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
-import { decide, type BudgetConstraintCheck, type BudgetStanding } from './decision.js'
+import { decide, standingsOf, type BudgetConstraintCheck } from './decision.js'
 import { computeStatus, type BudgetStatusInfo } from './status-rules.js'
 
 export interface RecordUsageRequest {
@@ -64,6 +65,7 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
   const status = createStatusRepository(sql)
   const usage = createUsageRepository(sql)
   const alerts = createAlertRepository(sql)
+  const reservations = createReservationRepository(sql)
 
   async function requireBudget (budgetId: string): Promise<BudgetDefinition> {
     const budget = await budgets.findBudget(budgetId)
@@ -83,10 +85,10 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
     return stale ? await status.refreshCacheRow(budgetId, window) : row
   }
 
-  async function standing (budget: BudgetDefinition): Promise<BudgetStanding & { budget: BudgetDefinition, window: BudgetWindow, row: StatusCacheRow }> {
+  async function standing (budget: BudgetDefinition): Promise<{ budget: BudgetDefinition, window: BudgetWindow, row: StatusCacheRow }> {
     const window = (await status.findWindow(budget.id, options.now()))!
     const row = await currentCacheRow(budget.id, window)
-    return { budget, window, row, currentAmount: row.currentAmount, reservedAmount: row.reservedAmount }
+    return { budget, window, row }
   }
 
   async function toStatus ({ budget, window, row }: Awaited<ReturnType<typeof standing>>): Promise<BudgetStatusInfo> {
@@ -157,7 +159,7 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
       const budget = await requireBudget(budgetId)
       const window = (await status.findWindow(budget.id, options.now()))!
       const row = await status.refreshCacheRow(budget.id, window)
-      return await toStatus({ budget, window, row, currentAmount: row.currentAmount, reservedAmount: row.reservedAmount })
+      return await toStatus({ budget, window, row })
     },
 
     /** Usage that counts toward the budget (its own and its descendants'), newest first, a page at a time. */
@@ -190,13 +192,15 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
       }
     },
 
-    /** Would spending `estimatedCost` on this budget go ahead? Checks the budget and every ancestor; reserves nothing. */
+    /**
+     * Would spending `estimatedCost` on this budget go ahead? Checks the budget and every ancestor with
+     * a period now, on the same numbers the gate decides on (approvals and projected alerts included);
+     * reserves nothing.
+     */
     async checkBudgetConstraints (budgetId: string, estimatedCost: string | number): Promise<BudgetConstraintCheck> {
       const estimate: Money = parsePositiveMoney(estimatedCost, 'estimatedCost')
       const budget = await requireBudget(budgetId)
-      const lineage = [budget, ...await budgets.listAncestors([budget.id])]
-      const standings = await Promise.all(lineage.map(standing))
-      return decide(standings, estimate)
+      return decide(standingsOf(await reservations.listLineage(budget.id)), estimate)
     }
   }
 }
