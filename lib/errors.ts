@@ -16,6 +16,17 @@ export class InvalidFieldError extends ValidationError {
   }
 }
 
+// @fastify/error's instanceof matches by code, so these say what they are in `gateCode`: the code of
+// the gate's OpenAI-style 400.
+/** A model the price table does not know under any of its names (the gate answers 400 model_not_priced). */
+export class ModelNotPricedError extends InvalidFieldError {
+  readonly gateCode = 'model_not_priced'
+}
+/** A request field whose cost the estimate cannot bound: refused rather than let through unbounded (400 unbounded_field). */
+export class UnboundedFieldError extends InvalidFieldError {
+  readonly gateCode = 'unbounded_field'
+}
+
 export const UnauthorizedError = createError('BUDGET_ERR_UNAUTHORIZED', 'Missing or invalid admin credentials', 401)
 export const BudgetNotFoundError = createError('BUDGET_ERR_NOT_FOUND', "Budget '%s' not found", 404)
 
@@ -37,14 +48,22 @@ export const HierarchyCycleError = createError('BUDGET_ERR_HIERARCHY_CYCLE', "Bu
 export class CurrencyLockedError extends createError('BUDGET_ERR_CURRENCY_LOCKED', "Budget '%s' has usage in %s; its currency cannot change", 409) {
   readonly field = 'currency'
 }
+export class HierarchyTooDeepError extends createError('BUDGET_ERR_HIERARCHY_TOO_DEEP', "Invalid 'parentId': the budget tree would be %s budgets deep, more than the maximum of %s", 400) {
+  readonly field = 'parentId'
+}
 export const HasChildrenError = createError('BUDGET_ERR_HAS_CHILDREN', "Budget '%s' has %s child budget(s); delete them first or pass cascade=true", 409)
 
 // Faults
 export const DatabaseUnavailableError = createError('BUDGET_ERR_DATABASE_UNAVAILABLE', 'The budget database cannot be reached', 503)
 export const InternalError = createError('BUDGET_ERR_INTERNAL', 'Internal error', 500)
 
-// postgres.js connection failures and PostgreSQL's own "cannot serve now" classes (08 connection, 57P server shutdown).
-const UNAVAILABLE = /^(BUDGET_ERR_DATABASE_UNAVAILABLE|CONNECT_TIMEOUT|CONNECTION_CLOSED|CONNECTION_ENDED|CONNECTION_DESTROYED|ECONNREFUSED|ECONNRESET|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|08\w{3}|57P0[1-3])$/
+// What says the database cannot serve now, as opposed to a bug or bad input: postgres.js's own
+// connection failures and the socket's; PostgreSQL's classes 08 (connection), 53 (insufficient
+// resources: too many connections, out of memory, disk full), 57P (shutdown, crash recovery, starting
+// up, database dropped), 58 (system I/O); 25006 (a read-only server, as after a failover); and 55000,
+// which is how a database that does not accept connections (ALTER DATABASE ... ALLOW_CONNECTIONS
+// false) refuses one. None of the plugin's statements can raise 55000 otherwise.
+const UNAVAILABLE = /^(BUDGET_ERR_DATABASE_UNAVAILABLE|CONNECT_TIMEOUT|CONNECTION_CLOSED|CONNECTION_ENDED|CONNECTION_DESTROYED|ECONNREFUSED|ECONNRESET|EPIPE|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ETIMEDOUT|08\w{3}|53\w{3}|57P0[1-4]|58\w{3}|25006|55000)$/
 
 /** True for an error that says the database cannot be reached now, as opposed to a bug or bad input. */
 export function isDatabaseUnavailable (error: unknown): boolean {

@@ -4,7 +4,8 @@ import fp from 'fastify-plugin'
 import type { FastifyPluginAsync } from 'fastify'
 import postgres, { type Sql } from 'postgres'
 import { migrate } from './database/migrate.js'
-import { registerGate, type BudgetGateState } from './hooks/gate.js'
+import { registerGate } from './hooks/gate.js'
+import type { BudgetGateState } from './hooks/gate-options.js'
 import { GATE_DEFAULTS, resolveOptions, type BudgetsOptions } from './options.js'
 import { adminRoutes } from './routes/admin.js'
 import { createBudgetRegistry, type BudgetRegistry } from './services/registry.js'
@@ -12,6 +13,7 @@ import { createBudgetAlerts, type BudgetAlerts } from './services/alerts.js'
 import { createBudgetIntegration, type BudgetIntegration } from './services/integration.js'
 import { createNotificationDeliverer, type NotificationDeliverer } from './services/notifications.js'
 import { createBudgetTracker, type BudgetTracker } from './services/tracker.js'
+import { createPriceBook } from './services/pricing.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -34,7 +36,8 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 
   // Close only the client we open; a host's own client is the host's to end.
   const ownsClient = typeof database === 'string'
-  const sql: Sql = ownsClient ? postgres(database, { onnotice: () => {} }) : database
+  // Our own client's sessions run in UTC; the SQL never depends on the session's TimeZone anyway (sql/005).
+  const sql: Sql = ownsClient ? postgres(database, { onnotice: () => {}, connection: { TimeZone: 'UTC' } }) : database
 
   if (applyMigrations) {
     try {
@@ -47,7 +50,8 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 
   const budgetRegistry = createBudgetRegistry(sql)
   const budgetTracker = createBudgetTracker(sql, { statusCacheTtlMs, now: () => new Date() })
-  const { currency, reservationTtlMs, timeoutMs, prices, cheapModels, downgrades } = gate ?? GATE_DEFAULTS
+  const { currency, reservationTtlMs, timeoutMs, cheapModels, downgrades } = gate ?? GATE_DEFAULTS
+  const prices = createPriceBook((gate ?? GATE_DEFAULTS).prices)
   const budgetIntegration = createBudgetIntegration(sql, budgetTracker, {
     currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades }
   })
@@ -61,7 +65,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   fastify.decorateRequest('budgetActor', null)
   fastify.decorateRequest('budgetGate', null)
 
-  const gateHooks = gate === null ? null : registerGate(fastify, gate, budgetIntegration)
+  const gateHooks = gate === null ? null : registerGate(fastify, gate, budgetIntegration, prices)
   fastify.addHook('onReady', async () => { budgetNotifications.start() })
   fastify.addHook('onClose', async () => {
     await gateHooks?.drain() // settle what the gate admitted before the client ends
@@ -83,9 +87,11 @@ export type { BudgetIntegration, CallerScopes } from './services/integration.js'
 export type { BudgetAlerts, ApprovalRequest } from './services/alerts.js'
 export type { AlertEvent, Notifier, NotificationOptions, ChannelConfig } from './services/notifications.js'
 export { webhookNotifier } from './services/notifications.js'
-export type { BudgetGateState, CostEstimate, GateOptions } from './hooks/gate.js'
+export type { BudgetGateState, GateOptions } from './hooks/gate-options.js'
+export type { CostEstimate } from './services/estimate.js'
+export { estimateChatCost, costFromUsage, worstCaseTokens } from './services/estimate.js'
 export type { BudgetConstraintCheck } from './services/decision.js'
 export type { BudgetStatusInfo } from './services/status-rules.js'
-export type { PriceTable, ModelPrice, TokenUsage } from './services/pricing.js'
-export { DEFAULT_PRICES } from './services/pricing.js'
+export type { PriceTable, ModelPrice, PriceBook, PricedModel, TokenUsage } from './services/pricing.js'
+export { DEFAULT_PRICES, createPriceBook } from './services/pricing.js'
 export type * from './schemas.js'

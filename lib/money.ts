@@ -76,7 +76,7 @@ export function compareMoney (a: Money, b: Money): -1 | 0 | 1 {
 }
 
 // String(1e-7) is "1e-7"; expand the exponent so the digits can be counted and stored.
-function numberToDecimal (value: number): string {
+export function numberToDecimal (value: number): string {
   const text = String(value)
   const exponent = /^(-?)(\d)(?:\.(\d+))?e([+-]\d+)$/.exec(text)
   if (exponent === null) return text

@@ -3,13 +3,15 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyRequest } from 'fastify'
 import type { Sql } from 'postgres'
 import { OptionsError } from './errors.js'
-import { costFromUsage, estimateChatCost, scopesFromHeaders, type GateOptions } from './hooks/gate.js'
+import { scopesFromHeaders, type GateOptions } from './hooks/gate-options.js'
+import { costFromUsage, estimateChatCost } from './services/estimate.js'
 import type { NotificationOptions } from './services/notifications.js'
-import { checkPriceTable, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES, DEFAULT_PRICES } from './services/pricing.js'
+import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES, DEFAULT_PRICES } from './services/pricing.js'
 
 /**
- * Decides whether a request may use the admin API. Return `false` to refuse (401), `true` to allow,
- * or a string naming the caller, which is recorded as the actor (a budget's createdBy).
+ * Decides whether a request may use the admin API. Return `true` to allow, or a non-empty string
+ * naming the caller, which is recorded as the actor (a budget's createdBy). Anything else refuses (401):
+ * access fails closed, so `undefined` from a forgotten return is a refusal, not a pass.
  */
 export type Authorize = (request: FastifyRequest) => boolean | string | Promise<boolean | string>
 
@@ -47,7 +49,7 @@ const NOTIFICATION_DEFAULTS: NotificationOptions = { channels: {}, intervalMs: 5
 export const GATE_DEFAULTS: GateOptions = {
   routes: [],
   resolveScopes: scopesFromHeaders,
-  estimateCost: estimateChatCost,
+  estimateCost: (request, prices, model) => estimateChatCost(request.body, prices, model),
   actualCost: costFromUsage,
   prices: DEFAULT_PRICES,
   cheapModels: DEFAULT_CHEAP_MODELS,
@@ -114,7 +116,8 @@ function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
   const priceProblem = typeof gate.prices === 'object' && gate.prices !== null ? checkPriceTable(gate.prices) : 'gate.prices must be a price table'
   if (priceProblem !== null) throw new OptionsError(priceProblem)
   if (!Array.isArray(gate.cheapModels) || !gate.cheapModels.every((model) => typeof model === 'string')) throw new OptionsError('gate.cheapModels must be a list of model names')
-  if (typeof gate.downgrades !== 'object' || gate.downgrades === null || !Object.values(gate.downgrades).every((model) => typeof model === 'string' && gate.prices[model] !== undefined)) {
+  const book = createPriceBook(gate.prices)
+  if (typeof gate.downgrades !== 'object' || gate.downgrades === null || !Object.values(gate.downgrades).every((model) => typeof model === 'string' && book.resolve(model) !== null)) {
     throw new OptionsError('gate.downgrades must map models to cheaper models that have prices')
   }
   if (typeof gate.currency !== 'string' || !/^[A-Z]{3}$/.test(gate.currency)) throw new OptionsError('gate.currency must be an ISO 4217 code')

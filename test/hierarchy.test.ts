@@ -125,3 +125,70 @@ t.test('the registry on the instance applies the same rules', async (t) => {
   await t.rejects(app.budgetRegistry.getBudget('nope'), { code: 'BUDGET_ERR_NOT_FOUND', statusCode: 404 })
   t.same((await app.budgetRegistry.getBudgetsByScope('team', 'team-a')).map((b) => b.id), [parent.id])
 })
+
+t.test('one maximum depth (16), enforced on create and on move, and every walk reaches the whole tree', async (t) => {
+  const { app, create, createOk, update, sql, admin } = await setup(t)
+  const [{ maxDepth }] = await sql<Array<{ maxDepth: number }>>`select budget_max_depth() as "maxDepth"`
+  t.equal(maxDepth, 16, 'the documented maximum')
+  // A chain as deep as allowed: a root, then 15 descendants, each under the last.
+  const chain: Array<{ id: string }> = [await createOk({ name: 'level-1', scopeType: 'organization', scopeId: 'acme', amount: '1000' })]
+  for (let level = 2; level <= maxDepth; level++) {
+    chain.push(await createOk({ name: `level-${level}`, scopeId: `team-${level}`, parentId: chain[chain.length - 1]!.id, amount: '1000' }))
+  }
+  const root = chain[0]!
+  const leaf = chain[chain.length - 1]!
+
+  const before = await snapshotTables(sql)
+  const tooDeep = await create({ name: 'level-17', scopeId: 'team-17', parentId: leaf.id })
+  t.equal(tooDeep.statusCode, 400, 'a 17th level is refused')
+  t.match(tooDeep.json(), { code: 'BUDGET_ERR_HIERARCHY_TOO_DEEP', field: 'parentId', message: /17 budgets deep, more than the maximum of 16/ })
+
+  const cycle = await update(root.id, { parentId: leaf.id })
+  t.equal(cycle.statusCode, 409, 'the root under its deepest descendant is a cycle, found however deep the leaf is')
+  t.equal(cycle.json().code, 'BUDGET_ERR_HIERARCHY_CYCLE')
+  t.same(await snapshotTables(sql), before, 'neither refusal changed anything')
+
+  const pair = await createOk({ name: 'pair', scopeId: 'pair', amount: '10' })
+  await createOk({ name: 'pair-child', scopeId: 'pair-child', parentId: pair.id, amount: '10' })
+  const movedTooDeep = await update(pair.id, { parentId: chain[maxDepth - 2]!.id })
+  t.equal(movedTooDeep.statusCode, 400, 'moving a two-level subtree under level 15 would make 17 levels')
+  t.equal(movedTooDeep.json().code, 'BUDGET_ERR_HIERARCHY_TOO_DEEP')
+  t.equal((await update(pair.id, { parentId: chain[maxDepth - 3]!.id })).statusCode, 200, 'under level 14 it fits: 16 levels')
+  t.equal((await update(pair.id, { parentId: null })).statusCode, 200)
+
+  // Usage on the leaf counts toward all 16 budgets of its line.
+  const record = await admin({ method: 'POST', url: `${PREFIX}/${leaf.id}/usage`, body: { amount: '1.5', currency: 'USD' } })
+  t.equal(record.statusCode, 201)
+  const [{ counted }] = await sql<Array<{ counted: number }>>`select count(*)::int as counted from budget_usage_allocations where usage_id = ${record.json().id}`
+  t.equal(counted, maxDepth, 'allocated to the leaf and every ancestor')
+  t.equal((await app.budgetTracker.getBudgetStatus(root.id)).currentAmount, '1.5', 'the root counts it')
+
+  const hierarchy = await admin({ method: 'GET', url: `${PREFIX}/hierarchy/team/team-${maxDepth}` })
+  let depth = 0
+  for (let node = hierarchy.json().roots[0]; node !== undefined; node = node.children[0]) depth++
+  t.equal(depth, maxDepth, 'the hierarchy view shows the whole line')
+
+  const deleted = await admin({ method: 'DELETE', url: `${PREFIX}/${root.id}?cascade=true` })
+  t.equal(deleted.statusCode, 204)
+  const [{ archived }] = await sql<Array<{ archived: number }>>`select count(*)::int as archived from budget_definitions where deleted_at is not null`
+  t.equal(archived, maxDepth, 'a cascading delete archives every level')
+})
+
+t.test('the currency lock counts spend that came through allocations and live holds, not only a budget\'s own records', async (t) => {
+  const { app, createOk, update, sql } = await setup(t)
+  const team = await createOk({ name: 'team', scopeType: 'team', scopeId: 'platform', amount: '100' })
+  const alice = await createOk({ name: 'alice', scopeType: 'user', scopeId: 'alice', amount: '10' })
+  // A gated call by alice in the platform team: recorded on alice's budget, counted toward the team's.
+  const reservation = await app.budgetIntegration.reserveCall({ user: 'alice', team: 'platform' }, '0.5')
+  t.not(reservation.reservationId, null)
+  const held = await update(team.id, { currency: 'EUR' })
+  t.equal(held.statusCode, 409, 'a live hold in USD locks the currency')
+  await app.budgetIntegration.settleCall(reservation.reservationId!, '0.25')
+  const [{ own }] = await sql<Array<{ own: number }>>`select count(*)::int as own from budget_usage_records where budget_id = ${team.id}`
+  t.equal(own, 0, 'the team has no usage record of its own')
+  const response = await update(team.id, { currency: 'EUR' })
+  t.equal(response.statusCode, 409)
+  t.match(response.json(), { code: 'BUDGET_ERR_CURRENCY_LOCKED', field: 'currency' })
+  t.equal((await app.budgetRegistry.getBudget(team.id)).currency, 'USD')
+  t.equal((await update(alice.id, { currency: 'EUR' })).statusCode, 409, 'and the user budget the record is on')
+})

@@ -58,7 +58,8 @@ t.test('the OpenAPI document is valid and every admin route documents itself ful
   t.equal(operations.length, 16, 'every admin route is in the document')
   t.same(operations.flatMap(({ path, method, operation }) => problems(path, method, operation)), [], 'and documents itself fully')
 
-  const create = document.paths['/api/v1/budgets/']!.post!
+  t.equal(document.paths['/api/v1/budgets/'], undefined, 'no trailing-slash twin of the create route')
+  const create = document.paths['/api/v1/budgets']!.post!
   t.match(create.responses!['400']!.description, /BUDGET_ERR_PARENT_NOT_FOUND/, 'the codes a route can return are listed')
 })
 

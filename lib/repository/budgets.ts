@@ -102,37 +102,39 @@ export function createBudgetRepository (sql: Db) {
       return rows.map(toBudget)
     },
 
-    /** Every ancestor of the given budgets, nearest first. */
+    /** Every ancestor of the given budgets, nearest first (budget_lineage, the one upward walk). */
     async listAncestors (ids: string[]): Promise<BudgetDefinition[]> {
       if (ids.length === 0) return []
-      // The depth cap only guards against a cycle that the registry's checks make impossible.
       const rows = await sql<BudgetRow[]>`
-        with recursive ancestor (id, depth) as (
-          select parent_id, 1 from budget_definitions where id in ${sql(ids)} and parent_id is not null
-          union all
-          select b.parent_id, a.depth + 1 from ancestor a join budget_definitions b on b.id = a.id
-          where b.parent_id is not null and a.depth < 64
-        )
         select ${columns} from budget_definitions
-        join (select id, min(depth) as depth from ancestor group by id) a using (id)
+        join (
+          select l.id, min(l.depth) as depth from unnest(${ids}::uuid[]) as start(id)
+          cross join lateral budget_lineage(start.id) l where l.depth > 1 group by l.id
+        ) a using (id)
         where deleted_at is null
         order by a.depth, created_at, id`
       return rows.map(toBudget)
     },
 
-    /** Every descendant of the given budgets, parents before their children. */
+    /** Every descendant of the given budgets, parents before their children (budget_subtree, the one downward walk). */
     async listDescendants (ids: string[]): Promise<BudgetDefinition[]> {
       if (ids.length === 0) return []
       const rows = await sql<BudgetRow[]>`
-        with recursive descendant (id, depth) as (
-          select id, 1 from budget_definitions where parent_id in ${sql(ids)} and deleted_at is null
-          union all
-          select b.id, d.depth + 1 from descendant d join budget_definitions b on b.parent_id = d.id
-          where b.deleted_at is null and d.depth < 64
-        )
-        select ${columns} from descendant d join budget_definitions using (id)
+        select ${columns} from budget_subtree(${ids}::uuid[]) d join budget_definitions using (id)
         order by d.depth, created_at, id`
       return rows.map(toBudget)
+    },
+
+    /**
+     * How deep the tree would be if the budget `id` (null: a new one) hung under `parentId`: the
+     * parent's own depth plus the budget and its deepest descendant. And the most allowed.
+     */
+    async depthUnder (parentId: string, id: string | null): Promise<{ depth: number, maxDepth: number }> {
+      const [row] = await sql<Array<{ depth: number, maxDepth: number }>>`
+        select (select count(*) from budget_lineage(${parentId}))::int
+               + 1 + coalesce((select max(d.depth) from budget_subtree(array[${id}::uuid]) d), 0)::int as depth,
+               budget_max_depth() as "maxDepth"`
+      return row!
     },
 
     async listChildren (id: string): Promise<BudgetDefinition[]> {

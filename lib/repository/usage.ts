@@ -76,8 +76,14 @@ export function createUsageRepository (sql: Db) {
       return row === undefined ? null : toUsageRecord(row)
     },
 
-    async hasUsage (budgetId: string): Promise<boolean> {
-      const [row] = await sql`select exists (select 1 from budget_usage_records where budget_id = ${budgetId}) as found`
+    /**
+     * Has any money been counted toward the budget, or is any held on it? Its own usage, a
+     * descendant's, a gated call's through its allocations, or a live reservation: all are in its currency.
+     */
+    async hasSpend (budgetId: string): Promise<boolean> {
+      const [row] = await sql`
+        select exists (select 1 from budget_usage_allocations where budget_id = ${budgetId})
+            or exists (select 1 from budget_reservations where budget_id = ${budgetId}) as found`
       return row!.found as boolean
     },
 

@@ -1,6 +1,7 @@
 // The admin API's scope: strict validation, coded errors and authorization for every route inside it.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { UnauthorizedError } from '../errors.js'
+import { checkStorable, isStorableText } from './storable.js'
 import type { Authorize } from '../options.js'
 import type { BudgetAlerts } from '../services/alerts.js'
 import type { BudgetRegistry } from '../services/registry.js'
@@ -22,10 +23,15 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
 
+  // Fails closed: only `true` or an actor's name allows; undefined, null, 0, '' or an object refuses.
   app.addHook('onRequest', async (request) => {
-    const verdict = await authorize(request)
-    if (verdict === false) throw new UnauthorizedError()
+    const verdict: unknown = await authorize(request)
+    if (verdict !== true && !(typeof verdict === 'string' && isStorableText(verdict) && verdict.trim() !== '')) throw new UnauthorizedError()
     request.budgetActor = verdict === true ? 'admin' : verdict
+  })
+  // Text PostgreSQL cannot store is the caller's mistake, named before any route sees it.
+  app.addHook('preValidation', async (request) => {
+    for (const part of [request.params, request.query, request.body]) checkStorable(part, '')
   })
 
   await app.register(budgetRoutes, { registry })

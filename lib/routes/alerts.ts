@@ -36,7 +36,7 @@ export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async 
       tags: ['alerts'],
       params: BudgetIdParams,
       body: ApprovalRequest,
-      response: { 201: Approval, ...errorResponses({ 400: [], 404: [] }) }
+      response: { 201: Approval, ...errorResponses({ 400: [], 404: [], 409: ['BUDGET_ERR_NOT_ACTIVE'] }) }
     }
   }, async (request, reply) => await reply.code(201).send(await alerts.approve(request.params.id, request.body, request.budgetActor ?? 'admin')))
 

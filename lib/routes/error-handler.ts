@@ -1,7 +1,7 @@
 // Turns whatever a budget route throws into the API's error body: a stable code, a clear message, the field at fault.
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { DatabaseUnavailableError, InternalError, isDatabaseUnavailable } from '../errors.js'
+import { DatabaseUnavailableError, InternalError, InvalidFieldError, isDatabaseUnavailable } from '../errors.js'
 
 export interface ErrorBody {
   statusCode: number
@@ -14,6 +14,11 @@ export interface ErrorBody {
 export function toErrorBody (error: FastifyError & { field?: string }): ErrorBody {
   if (error.validation !== undefined) return validationErrorBody(error)
   if (error.code !== 'BUDGET_ERR_DATABASE_UNAVAILABLE' && isDatabaseUnavailable(error)) return toErrorBody(new DatabaseUnavailableError())
+  // The last line: PostgreSQL's data exceptions (class 22) come from a value the checks above let
+  // through; it is still the request's value, so a 400, and the transaction it failed in rolled back.
+  if (typeof error.code === 'string' && /^22[0-9A-Z]{3}$/.test(error.code) && (error as { severity?: unknown }).severity !== undefined) {
+    return toErrorBody(new InvalidFieldError('request', 'holds a value the database cannot store'))
+  }
   const statusCode = error.statusCode ?? 500
   if (statusCode >= 500 && !error.code?.startsWith('BUDGET_ERR_')) return toErrorBody(new InternalError())
   return {

@@ -1,9 +1,10 @@
 // Alerts as operators see them: each threshold crossing (recorded once by the database), its
 // deliveries, acknowledgements, and the approvals that lift require-approval.
 import type { Sql } from 'postgres'
-import { AlertNotFoundError, InvalidFieldError } from '../errors.js'
+import { AlertNotFoundError, BudgetNotActiveError, InvalidFieldError } from '../errors.js'
 import { fromUnits, parsePositiveMoney, toUnits } from '../money.js'
 import { createAlertRepository, type AlertRecord, type Approval } from '../repository/alerts.js'
+import { isUuid } from '../repository/budgets.js'
 import { parseTimestamp } from '../timestamps.js'
 import type { BudgetTracker } from './tracker.js'
 
@@ -28,7 +29,7 @@ export function createBudgetAlerts (sql: Sql, tracker: BudgetTracker, now: () =>
     },
 
     async acknowledgeAlert (budgetId: string, alertId: string, who: string): Promise<AlertRecord> {
-      const acknowledged = /^[0-9a-f-]{36}$/i.test(alertId) ? await alerts.acknowledge(budgetId, alertId, who) : null
+      const acknowledged = isUuid(budgetId) && isUuid(alertId) ? await alerts.acknowledge(budgetId, alertId, who) : null
       if (acknowledged === null) throw new AlertNotFoundError(alertId, budgetId)
       return acknowledged
     },
@@ -37,6 +38,8 @@ export function createBudgetAlerts (sql: Sql, tracker: BudgetTracker, now: () =>
     async approve (budgetId: string, request: ApprovalRequest, who: string): Promise<Approval> {
       const amount = parsePositiveMoney(request.amount, 'amount')
       const status = await tracker.getBudgetStatus(budgetId)
+      // An approval lifts require-approval in the current window; a budget with none has nothing to approve.
+      if (status.state !== 'active') throw new BudgetNotActiveError(budgetId, now().toISOString(), status.state)
       const expiresAt = request.expiresAt === undefined ? new Date(now().getTime() + HOUR) : parseTimestamp(request.expiresAt, 'expiresAt')
       if (expiresAt <= now()) throw new InvalidFieldError('expiresAt', 'must be in the future')
       const periodEnd = new Date(status.periodEnd)

@@ -1,6 +1,6 @@
 // The registry's rules for one budget and for a parent-child pair; pure, so every rule is tested without I/O.
 import { CurrencyMismatchError, ExceedsParentError, InvalidFieldError } from '../errors.js'
-import { compareMoney, parseMoney, parsePositiveMoney } from '../money.js'
+import { compareMoney, numberToDecimal, parseMoney, parsePositiveMoney } from '../money.js'
 import type { BudgetValues } from '../repository/budgets.js'
 import type { BudgetAlert, CreateBudgetRequest, Period } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
@@ -23,7 +23,7 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
   if (endDate !== null && endDate <= startDate) throw new InvalidFieldError('endDate', 'must be after startDate')
   if (!/^[A-Z]{3}$/.test(input.currency)) throw new InvalidFieldError('currency', 'must be an ISO 4217 code such as USD')
   return {
-    name: input.name.trim(),
+    name: requireText(input.name, 'name'),
     description: input.description ?? null,
     scopeType: input.scopeType,
     scopeId: input.scopeId,
@@ -39,8 +39,21 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
   }
 }
 
+/** A name is text once its spaces are trimmed: "   " is no name. */
+function requireText (value: string, field: string): string {
+  const text = value.trim()
+  if (text === '') throw new InvalidFieldError(field, 'must not be empty or only spaces')
+  return text
+}
+
 /** Alerts sorted by threshold, one alert per threshold and basis. */
 function normalizeAlerts (alerts: BudgetAlert[]): BudgetAlert[] {
+  alerts.forEach((alert, index) => {
+    // A percent with more than 4 decimals (1e-7) is a typo, not a threshold anyone means.
+    if (!/^\d+(\.\d{1,4})?$/.test(numberToDecimal(alert.threshold)) || alert.threshold < 0.0001) {
+      throw new InvalidFieldError(`alerts.${index}.threshold`, 'must be a percent from 0.0001 to 1000 with at most 4 decimal places')
+    }
+  })
   const sorted = alerts
     .map((alert) => ({ ...alert, notificationChannels: alert.notificationChannels ?? [] }))
     .sort((a, b) => a.threshold - b.threshold)

@@ -4,7 +4,7 @@
 import { fromUnits, toUnits, type Money } from '../money.js'
 import type { ApplicableBudget } from '../repository/reservations.js'
 import type { AlertAction, BudgetAlert, BudgetDefinition } from '../schemas.js'
-import type { PriceTable } from './pricing.js'
+import type { PriceBook } from './pricing.js'
 import { budgetHealth, percentReached, type BudgetHealth } from './status-rules.js'
 
 export interface BudgetStanding {
@@ -20,7 +20,7 @@ export interface BudgetStanding {
 /** What the gate knows about the call: the model, and how restrict-models and auto-downgrade treat it. */
 export interface ModelPolicy {
   model: string
-  prices: PriceTable
+  prices: PriceBook
   /** Allowed while restrict-models is in force, unless the alert lists its own allowedModels. */
   cheapModels: string[]
   /** The cheaper model auto-downgrade switches each model to. */
@@ -99,18 +99,31 @@ const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => bool
   }
 ]
 
+/** The model's name in the price table: a dated snapshot or an alias is treated as the model it names. */
+function pricedName (policy: ModelPolicy): string {
+  return policy.prices.resolve(policy.model)?.model ?? policy.model
+}
+
+/** The cheaper model for the requested one (own keys only: a model called `constructor` has none). */
+function downgradeOf (policy: ModelPolicy): string | undefined {
+  for (const model of [policy.model, pricedName(policy)]) {
+    if (Object.hasOwn(policy.downgrades, model)) return policy.downgrades[model]
+  }
+  return undefined
+}
+
 /** The models restrict-models allows for these alerts, or null when `model` is one of them. */
 function restriction (alerts: BudgetAlert[], policy: ModelPolicy): string[] | null {
   const allowed = new Set<string>()
   for (const alert of alerts) {
     for (const model of alert.allowedModels ?? policy.cheapModels) allowed.add(model)
     if (alert.maxPricePerMillion !== undefined) {
-      for (const [model, price] of Object.entries(policy.prices)) {
+      for (const { model, price } of policy.prices.models()) {
         if (toUnits(price.output) <= toUnits(alert.maxPricePerMillion)) allowed.add(model)
       }
     }
   }
-  return allowed.has(policy.model) ? null : [...allowed].sort()
+  return allowed.has(policy.model) || allowed.has(pricedName(policy)) ? null : [...allowed].sort()
 }
 
 /** The decision's view of budgets as the reservation repository reads them. */
@@ -151,7 +164,7 @@ export function checkBudget (standing: BudgetStanding, estimate: Money, policy?:
 export function decide (standings: BudgetStanding[], estimate: Money, policy?: ModelPolicy): BudgetConstraintCheck {
   const checks = standings.map((standing) => checkBudget(standing, estimate, policy))
   const activeActions = [...new Set(checks.flatMap((check) => check.activeActions))]
-  const cheaper = policy === undefined ? undefined : policy.downgrades[policy.model]
+  const cheaper = policy === undefined ? undefined : downgradeOf(policy)
   const downgradeTo = activeActions.includes('auto-downgrade') && cheaper !== undefined && cheaper !== policy?.model ? cheaper : null
   for (const refusal of REFUSALS) {
     const refusing = checks.find(refusal.refuses)

@@ -1,6 +1,6 @@
 // The Budget Registry: creates, reads, changes and deletes budgets, keeping the hierarchy sound.
 import type { Sql, TransactionSql } from 'postgres'
-import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, ParentNotFoundError } from '../errors.js'
+import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, ParentNotFoundError } from '../errors.js'
 import { createBudgetRepository, type BudgetRepository, type BudgetValues } from '../repository/budgets.js'
 import { createUsageRepository } from '../repository/usage.js'
 import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
@@ -55,7 +55,7 @@ export function createBudgetRegistry (sql: Sql) {
         for (const child of await repository.listChildren(id)) {
           checkChildFitsParent(normalizeBudget(child), values)
         }
-        if (values.currency !== current.currency && await createUsageRepository(tx).hasUsage(id)) {
+        if (values.currency !== current.currency && await createUsageRepository(tx).hasSpend(id)) {
           throw new CurrencyLockedError(id, current.currency)
         }
         return await repository.updateBudget(id, values)
@@ -90,7 +90,10 @@ export function createBudgetRegistry (sql: Sql) {
 
 export type BudgetRegistry = ReturnType<typeof createBudgetRegistry>
 
-/** The parent must exist, must not be the budget or one of its descendants, and must have room for the child. */
+/**
+ * The parent must exist, must not be the budget or one of its descendants, must keep the tree within
+ * its maximum depth, and must have room for the child.
+ */
 async function checkParent (repository: BudgetRepository, values: BudgetValues, id: string | null): Promise<void> {
   if (values.parentId === null) return
   const parent = await repository.findBudget(values.parentId)
@@ -99,6 +102,8 @@ async function checkParent (repository: BudgetRepository, values: BudgetValues, 
     const lineage = [parent, ...await repository.listAncestors([parent.id])]
     if (lineage.some((budget) => budget.id === id)) throw new HierarchyCycleError(id, parent.id)
   }
+  const { depth, maxDepth } = await repository.depthUnder(parent.id, id)
+  if (depth > maxDepth) throw new HierarchyTooDeepError(depth, maxDepth)
   checkChildFitsParent(values, normalizeBudget(parent))
 }
 

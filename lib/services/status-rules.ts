@@ -1,6 +1,6 @@
 // How a budget's numbers become its status: percent used, remaining, burn rate, projection, and the
 // status rule. Pure and exact (bigint money), so every rule is tested against hand-computed values.
-import { MONEY_SCALE, fromUnits, toUnits, type Money } from '../money.js'
+import { MONEY_SCALE, fromUnits, numberToDecimal, toUnits, type Money } from '../money.js'
 import type { BudgetState } from '../repository/status.js'
 import type { ActiveAlert, BudgetAlert, BudgetDefinition } from '../schemas.js'
 
@@ -50,7 +50,7 @@ export interface BudgetStatusInfo {
 
 /** True when `amount` is at least `percent`% of `limit`, compared exactly. */
 export function percentReached (amount: Money, limit: Money, percent: number): boolean {
-  return toUnits(amount) * 100n * SCALE >= toUnits(String(percent)) * toUnits(limit)
+  return toUnits(amount) * 100n * SCALE >= toUnits(numberToDecimal(percent)) * toUnits(limit)
 }
 
 /**

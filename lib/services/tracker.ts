@@ -3,7 +3,7 @@ import type { Sql } from 'postgres'
 import { BudgetNotFoundError, CurrencyMismatchError, IdempotencyConflictError, InvalidFieldError, BudgetNotActiveError } from '../errors.js'
 import { fromUnits, parsePositiveMoney, toUnits, type Money } from '../money.js'
 import { createAlertRepository } from '../repository/alerts.js'
-import { createBudgetRepository } from '../repository/budgets.js'
+import { createBudgetRepository, isUuid } from '../repository/budgets.js'
 import { createReservationRepository } from '../repository/reservations.js'
 import { createStatusRepository, type BudgetWindow, type StatusCacheRow } from '../repository/status.js'
 import { createUsageRepository, type UsageFilter, type UsagePageKey, type UsageRecord } from '../repository/usage.js'
@@ -125,7 +125,11 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
       occurredAt,
       alsoCountsToward: request.alsoCountsToward
     }
-    const inserted = await usage.insertUsage(values)
+    const inserted = await usage.insertUsage(values).catch((error: unknown) => {
+      // numeric_value_out_of_range: the amount fits its column, but a budget's total would not.
+      if ((error as { code?: string }).code === '22003') throw new InvalidFieldError('amount', 'would take a budget\'s total past the largest amount that can be stored (10^18)')
+      throw error
+    })
     if (inserted !== null) return { record: inserted, replayed: false }
     // The key was used before (perhaps by an identical request a moment ago, now committed).
     const first = (await usage.findUsageByKey(budget.id, idempotencyKey!))!
@@ -214,10 +218,11 @@ function encodeCursor (record: UsageRecord): string {
 
 function decodeCursor (cursor: string): UsagePageKey {
   try {
-    const [occurredAt, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as [string, string]
-    const key = { occurredAt: new Date(occurredAt), id }
-    if (Number.isNaN(key.occurredAt.getTime()) || typeof id !== 'string' || !/^[0-9a-f-]{36}$/.test(id)) throw new Error('bad cursor')
-    return key
+    const decoded: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString())
+    if (!Array.isArray(decoded) || decoded.length !== 2) throw new Error('bad cursor')
+    const [occurredAt, id] = decoded as [unknown, unknown]
+    if (typeof id !== 'string' || !isUuid(id)) throw new Error('bad cursor')
+    return { occurredAt: parseTimestamp(occurredAt, 'cursor'), id }
   } catch {
     throw new InvalidFieldError('cursor', 'is not a cursor this API returned')
   }

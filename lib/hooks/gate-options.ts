@@ -1,0 +1,68 @@
+// The gate's options and the state it leaves on each gated request, and the default way of naming the caller.
+import type { FastifyRequest } from 'fastify'
+import type { Money } from '../money.js'
+import type { ScopeType } from '../schemas.js'
+import type { BudgetConstraintCheck } from '../services/decision.js'
+import type { CostEstimate } from '../services/estimate.js'
+import { checkScopeId, type CallerScopes } from '../services/integration.js'
+import type { PriceBook, PriceTable, TokenUsage } from '../services/pricing.js'
+
+export interface GateOptions {
+  /** URLs of the model-call routes. A route declared with `config: { budgetGate: true }` is gated too. */
+  routes: string[]
+  /**
+   * The caller's scopes. Default: the x-relay-user-id, x-relay-team-id, x-relay-project-id and
+   * x-relay-organization-id headers, which any client can set: a production gateway derives them from
+   * the caller's authenticated identity instead.
+   */
+  resolveScopes: (request: FastifyRequest) => CallerScopes | Promise<CallerScopes>
+  /** The worst-case cost of calling `model` (the requested one unless auto-downgrade chose another). Default: the price table, the prompt's size and max_tokens (lib/services/estimate.ts). */
+  estimateCost: (request: FastifyRequest, prices: PriceBook, model?: string) => CostEstimate | Promise<CostEstimate>
+  /** The actual cost from the provider's usage; null when it cannot be priced (the call is then charged its estimate). Default: its tokens times the price table. */
+  actualCost: (usage: TokenUsage, prices: PriceBook) => Money | null
+  /** Prices per 1M tokens, in `currency`. */
+  prices: PriceTable
+  /** Models still allowed while restrict-models is in force (an alert's allowedModels overrides). */
+  cheapModels: string[]
+  /** The cheaper model auto-downgrade calls instead of each model. */
+  downgrades: Record<string, string>
+  currency: string
+  /** When PostgreSQL cannot be reached within timeoutMs: `closed` refuses with 503, `open` lets the call through and logs it. */
+  failureMode: 'closed' | 'open'
+  timeoutMs: number
+  /** A reservation not settled by then (its process died) is swept and counted as spent at its estimate. */
+  reservationTtlMs: number
+  /** How often this process sweeps expired reservations; 0 turns the sweeper off. */
+  sweepIntervalMs: number
+}
+
+/** What the gate decided for a request, for the route handler and the settlement. */
+export interface BudgetGateState {
+  /** Null when nothing is held: no budget applies, or the database was down in `open` mode. */
+  reservationId: string | null
+  requestId: string
+  caller: CallerScopes
+  /** The model to call: the requested one, or the cheaper one auto-downgrade chose. */
+  model: string
+  /** The requested model when auto-downgrade replaced it. */
+  downgradedFrom: string | null
+  estimate: Money
+  check: BudgetConstraintCheck | null
+  usage: TokenUsage | null
+  /** Tell the gate what the provider used; required for streamed responses, read from JSON bodies otherwise. */
+  reportUsage: (usage: TokenUsage) => void
+}
+
+export const SCOPE_HEADERS: Array<[ScopeType, string]> = [
+  ['user', 'x-relay-user-id'], ['team', 'x-relay-team-id'], ['project', 'x-relay-project-id'], ['organization', 'x-relay-organization-id']
+]
+
+/** The default resolveScopes: whatever the x-relay-* headers say. Fine for a quick start; trust nothing a client claims in production. */
+export function scopesFromHeaders (request: FastifyRequest): CallerScopes {
+  const scopes: CallerScopes = {}
+  for (const [type, header] of SCOPE_HEADERS) {
+    const value = request.headers[header]
+    if (value !== undefined) scopes[type] = checkScopeId(value, header)
+  }
+  return scopes
+}

@@ -1,0 +1,114 @@
+// The cost of an OpenAI-style chat call: its worst case before it leaves (what the gate reserves), and
+// its actual cost from the provider's usage after. The worst case is an upper bound on what the
+// upstream can bill; a request field that could make the bill larger than the bound is refused.
+import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../errors.js'
+import type { Money } from '../money.js'
+import { costOf, type ModelPrice, type PriceBook, type TokenUsage } from './pricing.js'
+
+export interface ChatRequestShape {
+  model?: unknown
+  messages?: unknown
+  max_tokens?: unknown
+  max_completion_tokens?: unknown
+  n?: unknown
+  tools?: unknown
+  functions?: unknown
+  response_format?: unknown
+  [field: string]: unknown
+}
+
+export interface CostEstimate {
+  /** The model the call will use. */
+  model: string
+  amount: Money
+}
+
+// Fields that cannot make a call cost more than the bound below, or that the bound counts. Anything
+// else (audio output, predicted outputs, web search, a priority service tier, fields added to the
+// API later) is refused: it could be billed past the reservation.
+const BOUNDED_FIELDS = new Set([
+  'model', 'messages', 'max_tokens', 'max_completion_tokens', 'n', 'tools', 'functions', 'response_format',
+  'tool_choice', 'function_call', 'parallel_tool_calls', 'stream', 'stream_options', 'temperature', 'top_p',
+  'stop', 'presence_penalty', 'frequency_penalty', 'logit_bias', 'logprobs', 'top_logprobs', 'seed', 'user',
+  'metadata', 'store', 'reasoning_effort', 'verbosity', 'service_tier', 'safety_identifier', 'prompt_cache_key'
+])
+// 'priority' and 'scale' bill above list prices.
+const SERVICE_TIERS_AT_LIST_PRICE = new Set(['auto', 'default', 'flex'])
+const MAX_CHOICES = 128
+// The chat format's own tokens: about 4 a message (start, role, separator, end) and 3 to prime the reply.
+const TOKENS_PER_MESSAGE = 4
+const TOKENS_PER_REQUEST = 3
+
+/**
+ * The worst case of an OpenAI-style chat call, in tokens. Input: every byte of the JSON-encoded
+ * messages (image parts aside), tool and function definitions and response_format schema (byte-level
+ * BPE tokenizers never make a token of less than a byte; the JSON's own quotes and keys outweigh the
+ * rendered forms), the chat format's tokens, and each image at the model's worst case. Output: all of
+ * the larger of max_tokens and max_completion_tokens (or the model's maximum), for each of n choices.
+ */
+export function worstCaseTokens (body: ChatRequestShape, price: ModelPrice): { inputTokens: number, outputTokens: number } {
+  for (const field of Object.keys(body)) {
+    if (!BOUNDED_FIELDS.has(field)) throw new UnboundedFieldError(field, 'is not a field whose cost the budget gate can bound')
+  }
+  if (body.service_tier !== undefined && !SERVICE_TIERS_AT_LIST_PRICE.has(body.service_tier as string)) {
+    throw new UnboundedFieldError('service_tier', `must be one of ${[...SERVICE_TIERS_AT_LIST_PRICE].join(', ')}: other tiers bill above the price table`)
+  }
+  const choices = body.n === undefined || body.n === null ? 1 : body.n
+  if (!Number.isInteger(choices) || (choices as number) < 1 || (choices as number) > MAX_CHOICES) {
+    throw new InvalidFieldError('n', `must be an integer from 1 to ${MAX_CHOICES}`)
+  }
+  const limits = (['max_tokens', 'max_completion_tokens'] as const).map((field) => {
+    const value = body[field]
+    if (value === undefined || value === null) return 0
+    if (!Number.isInteger(value) || (value as number) < 1) throw new InvalidFieldError(field, 'must be a positive integer')
+    return value as number
+  })
+  const requested = Math.max(...limits)
+  const outputTokens = (requested === 0 ? price.maxOutputTokens : Math.min(requested, price.maxOutputTokens)) * (choices as number)
+
+  if (!Array.isArray(body.messages)) throw new InvalidFieldError('messages', 'must be a list of messages')
+  let images = 0
+  const messages = body.messages.map((message: unknown, index: number) => {
+    if (typeof message !== 'object' || message === null || Array.isArray(message)) throw new InvalidFieldError(`messages.${index}`, 'must be an object')
+    const content = (message as { content?: unknown }).content
+    if (!Array.isArray(content)) return message
+    return {
+      ...message,
+      content: content.map((part: unknown, partIndex: number) => {
+        const type = (part as { type?: unknown } | null)?.type
+        if (type === 'text' || type === 'refusal') return part
+        const field = `messages.${index}.content.${partIndex}`
+        if (type !== 'image_url') throw new UnboundedFieldError(`${field}.type`, `'${String(type)}' parts cannot be bounded by the budget gate`)
+        if (price.maxImageTokens === undefined) throw new UnboundedFieldError(field, 'is an image, and the price table gives this model no image bound')
+        images++
+        return { type } // counted below at the model's worst case, not by the bytes of its URL
+      })
+    }
+  })
+  const definitions = [body.tools, body.functions, body.response_format].filter((part) => part !== undefined && part !== null)
+  const inputTokens = Buffer.byteLength(JSON.stringify(messages), 'utf8') +
+    definitions.reduce<number>((sum, part) => sum + Buffer.byteLength(JSON.stringify(part), 'utf8'), 0) +
+    TOKENS_PER_MESSAGE * messages.length + TOKENS_PER_REQUEST +
+    images * (price.maxImageTokens ?? 0)
+  return { inputTokens, outputTokens }
+}
+
+/** The gate's default estimate: the worst case of the call to `model` (the requested one unless auto-downgrade chose another). */
+export function estimateChatCost (body: unknown, prices: PriceBook, model?: string): CostEstimate {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new InvalidFieldError('body', 'must be a JSON object')
+  const chosen = model ?? (body as ChatRequestShape).model
+  if (typeof chosen !== 'string' || chosen === '') throw new InvalidFieldError('model', 'must name a model')
+  const priced = prices.resolve(chosen)
+  if (priced === null) throw new ModelNotPricedError('model', `has no price: ${chosen}`)
+  const { inputTokens, outputTokens } = worstCaseTokens(body as ChatRequestShape, priced.price)
+  return { model: chosen, amount: costOf(priced.price, inputTokens, outputTokens) }
+}
+
+const TOKENS = (value: number): boolean => Number.isSafeInteger(value) && value >= 0
+
+/** The actual cost from the provider's usage, at the price of the model it names (a dated snapshot finds its base model); null when it cannot be priced. */
+export function costFromUsage (usage: TokenUsage, prices: PriceBook): Money | null {
+  const priced = prices.resolve(usage.model)
+  if (priced === null || !TOKENS(usage.inputTokens) || !TOKENS(usage.outputTokens)) return null
+  return costOf(priced.price, usage.inputTokens, usage.outputTokens)
+}

@@ -1,0 +1,95 @@
+// The price book and the worst-case estimate, without I/O: snapshot and alias names, the prototype
+// chain, and every part of a chat request that the estimate must bound.
+import t from 'tap'
+import { compareMoney } from '../lib/money.js'
+import { costFromUsage, estimateChatCost, worstCaseTokens } from '../lib/services/estimate.js'
+import { DEFAULT_PRICES, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
+
+const book = createPriceBook({ ...DEFAULT_PRICES, 'claude-sonnet-4': { input: '3', output: '15', maxOutputTokens: 64_000, aliases: ['claude-sonnet-4-latest'] } })
+const mini = DEFAULT_PRICES['gpt-4o-mini']!
+
+t.test('dated snapshots and aliases resolve to their base entry; unknown names, and the prototype chain, to nothing', async (t) => {
+  for (const [name, base] of [
+    ['gpt-4o-mini', 'gpt-4o-mini'],
+    ['gpt-4o-mini-2024-07-18', 'gpt-4o-mini'],
+    ['gpt-4o-2024-08-06', 'gpt-4o'],
+    ['gpt-4.1-2025-04-14', 'gpt-4.1'],
+    ['gpt-4o-0613', 'gpt-4o'],
+    ['claude-sonnet-4-20250514', 'claude-sonnet-4'],
+    ['claude-sonnet-4-latest', 'claude-sonnet-4']
+  ]) {
+    t.equal(book.resolve(name)?.model, base, `${name} is priced as ${base}`)
+  }
+  for (const name of ['gpt-9', 'gpt-4o-mini-2024-13-18', 'gpt-4o-mini-2024', 'gpt-4o-mini-1399', '__proto__', 'constructor', 'toString', 'hasOwnProperty', '']) {
+    t.equal(book.resolve(name), null, `${JSON.stringify(name)} has no price`)
+  }
+})
+
+t.test('the actual cost of a dated snapshot is its base model\'s; an unknown model or nonsense counts have none', async (t) => {
+  t.equal(costFromUsage({ model: 'gpt-4o-mini-2024-07-18', inputTokens: 1_000_000, outputTokens: 1_000_000 }, book), '0.75')
+  t.equal(costFromUsage({ model: 'gpt-4o-mini', inputTokens: 10, outputTokens: 3 }, book), '0.0000033')
+  t.equal(costFromUsage({ model: '__proto__', inputTokens: 10, outputTokens: 3 }, book), null)
+  t.equal(costFromUsage({ model: 'gpt-4o-mini', inputTokens: -1, outputTokens: 3 }, book), null)
+  t.equal(costFromUsage({ model: 'gpt-4o-mini', inputTokens: 1.5, outputTokens: 3 }, book), null)
+})
+
+const chat = (extra: Record<string, unknown> = {}) => ({ model: 'gpt-4o', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 1000, ...extra })
+
+t.test('the worst case covers every choice, both output limits, and the model\'s maximum when none is given', async (t) => {
+  const one = worstCaseTokens(chat(), mini)
+  t.equal(one.outputTokens, 1000)
+  t.equal(worstCaseTokens(chat({ n: 8 }), mini).outputTokens, 8000, 'n: 8 is eight answers')
+  t.equal(worstCaseTokens(chat({ n: 8 }), mini).inputTokens, one.inputTokens, 'and one prompt')
+  t.equal(worstCaseTokens(chat({ max_tokens: undefined, max_completion_tokens: 300 }), mini).outputTokens, 300)
+  t.equal(worstCaseTokens(chat({ max_tokens: 200, max_completion_tokens: 700 }), mini).outputTokens, 700, 'both given: the larger')
+  t.equal(worstCaseTokens(chat({ max_tokens: 10_000_000 }), mini).outputTokens, mini.maxOutputTokens, 'capped at what the model gives')
+  t.equal(worstCaseTokens(chat({ max_tokens: undefined }), mini).outputTokens, mini.maxOutputTokens)
+  t.equal(worstCaseTokens(chat({ n: null }), mini).outputTokens, 1000)
+})
+
+t.test('tools, functions and response_format schemas are prompt tokens; images cost their worst case, not their URL', async (t) => {
+  const base = worstCaseTokens(chat(), mini).inputTokens
+  const tools = [{ type: 'function', function: { name: 'lookup', description: 'Finds a customer', parameters: { type: 'object', properties: { id: { type: 'string' } } } } }]
+  const schema = { type: 'json_schema', json_schema: { name: 'answer', schema: { type: 'object', properties: { text: { type: 'string' } } } } }
+  t.equal(worstCaseTokens(chat({ tools }), mini).inputTokens, base + Buffer.byteLength(JSON.stringify(tools)))
+  t.equal(worstCaseTokens(chat({ functions: tools }), mini).inputTokens, base + Buffer.byteLength(JSON.stringify(tools)))
+  t.equal(worstCaseTokens(chat({ response_format: schema }), mini).inputTokens, base + Buffer.byteLength(JSON.stringify(schema)))
+  const image = { type: 'image_url', image_url: { url: `data:image/png;base64,${'A'.repeat(100_000)}`, detail: 'high' } }
+  const withImages = worstCaseTokens(chat({ messages: [{ role: 'user', content: [{ type: 'text', text: 'Hello' }, image, image] }] }), mini).inputTokens
+  t.ok(withImages >= 2 * mini.maxImageTokens!, 'two images at the model\'s worst case each')
+  t.ok(withImages < 2 * mini.maxImageTokens! + 200, 'and not the 100 KB of each URL')
+})
+
+t.test('what the estimate cannot bound is refused, naming the field', async (t) => {
+  const noImages: ModelPrice = { input: '1', output: '1', maxOutputTokens: 100 }
+  const cases: Array<[string, Record<string, unknown>, ModelPrice, string]> = [
+    ['audio output', chat({ modalities: ['text', 'audio'], audio: { voice: 'alloy', format: 'wav' } }), mini, 'modalities'],
+    ['predicted outputs', chat({ prediction: { type: 'content', content: 'x' } }), mini, 'prediction'],
+    ['web search', chat({ web_search_options: {} }), mini, 'web_search_options'],
+    ['a field from the future', chat({ reasoning: { effort: 'high' } }), mini, 'reasoning'],
+    ['a priority tier', chat({ service_tier: 'priority' }), mini, 'service_tier'],
+    ['an audio part', chat({ messages: [{ role: 'user', content: [{ type: 'input_audio', input_audio: { data: 'x', format: 'wav' } }] }] }), mini, 'messages.0.content.0.type'],
+    ['a file part', chat({ messages: [{ role: 'user', content: [{ type: 'file', file: { file_id: 'f' } }] }] }), mini, 'messages.0.content.0.type'],
+    ['an image for a model with no image bound', chat({ messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://x' } }] }] }), noImages, 'messages.0.content.0'],
+    ['n of 0', chat({ n: 0 }), mini, 'n'],
+    ['n as text', chat({ n: '8' }), mini, 'n'],
+    ['n of a thousand', chat({ n: 1000 }), mini, 'n'],
+    ['max_tokens as text', chat({ max_tokens: '20' }), mini, 'max_tokens'],
+    ['max_completion_tokens of 0', chat({ max_completion_tokens: 0 }), mini, 'max_completion_tokens'],
+    ['messages that are not a list', chat({ messages: 'hello' }), mini, 'messages'],
+    ['a message that is not an object', chat({ messages: ['hello'] }), mini, 'messages.0']
+  ]
+  for (const [name, body, price, field] of cases) {
+    t.throws(() => worstCaseTokens(body, price), { code: 'BUDGET_ERR_VALIDATION', field }, name)
+  }
+  const unpriced = (() => { try { estimateChatCost(chat({ model: '__proto__' }), book) } catch (error) { return error } })()
+  t.match(unpriced, { gateCode: 'model_not_priced', field: 'model' }, '__proto__ is a model without a price')
+  t.throws(() => estimateChatCost(chat({ model: 'constructor' }), book), { field: 'model' })
+  t.throws(() => estimateChatCost('not an object', book), { field: 'body' })
+})
+
+t.test('the n: 8 call that overspent a budget of 0.02 is estimated at eight answers', async (t) => {
+  // gpt-4o: 10 per 1M output tokens. The old estimate counted one answer, 0.01 plus the prompt.
+  const { amount } = estimateChatCost(chat({ n: 8 }), book)
+  t.equal(compareMoney(amount, '0.08'), 1, `estimate ${amount} covers the 0.08 that eight answers of 1000 tokens cost, and the prompt`)
+})
