@@ -128,7 +128,7 @@ t.test('the registry on the instance applies the same rules', async (t) => {
 
 t.test('one maximum depth (16), enforced on create and on move, and every walk reaches the whole tree', async (t) => {
   const { app, create, createOk, update, sql, admin } = await setup(t)
-  const [{ maxDepth }] = await sql<Array<{ maxDepth: number }>>`select budget_max_depth() as "maxDepth"`
+  const [{ maxDepth }] = (await sql<Array<{ maxDepth: number }>>`select budget_max_depth() as "maxDepth"`) as unknown as [{ maxDepth: number }]
   t.equal(maxDepth, 16, 'the documented maximum')
   // A chain as deep as allowed: a root, then 15 descendants, each under the last.
   const chain: Array<{ id: string }> = [await createOk({ name: 'level-1', scopeType: 'organization', scopeId: 'acme', amount: '1000' })]
@@ -159,7 +159,7 @@ t.test('one maximum depth (16), enforced on create and on move, and every walk r
   // Usage on the leaf counts toward all 16 budgets of its line.
   const record = await admin({ method: 'POST', url: `${PREFIX}/${leaf.id}/usage`, body: { amount: '1.5', currency: 'USD' } })
   t.equal(record.statusCode, 201)
-  const [{ counted }] = await sql<Array<{ counted: number }>>`select count(*)::int as counted from budget_usage_allocations where usage_id = ${record.json().id}`
+  const [{ counted }] = (await sql<Array<{ counted: number }>>`select count(*)::int as counted from budget_usage_allocations where usage_id = ${record.json().id}`) as unknown as [{ counted: number }]
   t.equal(counted, maxDepth, 'allocated to the leaf and every ancestor')
   t.equal((await app.budgetTracker.getBudgetStatus(root.id)).currentAmount, '1.5', 'the root counts it')
 
@@ -170,7 +170,7 @@ t.test('one maximum depth (16), enforced on create and on move, and every walk r
 
   const deleted = await admin({ method: 'DELETE', url: `${PREFIX}/${root.id}?cascade=true` })
   t.equal(deleted.statusCode, 204)
-  const [{ archived }] = await sql<Array<{ archived: number }>>`select count(*)::int as archived from budget_definitions where deleted_at is not null`
+  const [{ archived }] = (await sql<Array<{ archived: number }>>`select count(*)::int as archived from budget_definitions where deleted_at is not null`) as unknown as [{ archived: number }]
   t.equal(archived, maxDepth, 'a cascading delete archives every level')
 })
 
@@ -184,7 +184,7 @@ t.test('the currency lock counts spend that came through allocations and live ho
   const held = await update(team.id, { currency: 'EUR' })
   t.equal(held.statusCode, 409, 'a live hold in USD locks the currency')
   await app.budgetIntegration.settleCall(reservation.reservationId!, '0.25')
-  const [{ own }] = await sql<Array<{ own: number }>>`select count(*)::int as own from budget_usage_records where budget_id = ${team.id}`
+  const [{ own }] = (await sql<Array<{ own: number }>>`select count(*)::int as own from budget_usage_records where budget_id = ${team.id}`) as unknown as [{ own: number }]
   t.equal(own, 0, 'the team has no usage record of its own')
   const response = await update(team.id, { currency: 'EUR' })
   t.equal(response.statusCode, 409)

@@ -9,7 +9,7 @@ const book = createPriceBook({ ...DEFAULT_PRICES, 'claude-sonnet-4': { input: '3
 const mini = DEFAULT_PRICES['gpt-4o-mini']!
 
 t.test('dated snapshots and aliases resolve to their base entry; unknown names, and the prototype chain, to nothing', async (t) => {
-  for (const [name, base] of [
+  for (const [name, base] of <Array<[string, string]>>[
     ['gpt-4o-mini', 'gpt-4o-mini'],
     ['gpt-4o-mini-2024-07-18', 'gpt-4o-mini'],
     ['gpt-4o-2024-08-06', 'gpt-4o'],
@@ -84,8 +84,8 @@ t.test('what the estimate cannot bound is refused, naming the field', async (t) 
   }
   const unpriced = (() => { try { estimateChatCost(chat({ model: '__proto__' }), book) } catch (error) { return error } })()
   t.match(unpriced, { gateCode: 'model_not_priced', field: 'model' }, '__proto__ is a model without a price')
-  t.throws(() => estimateChatCost(chat({ model: 'constructor' }), book), { field: 'model' })
-  t.throws(() => estimateChatCost('not an object', book), { field: 'body' })
+  t.throws(() => estimateChatCost(chat({ model: 'constructor' }), book), { code: 'BUDGET_ERR_VALIDATION', field: 'model' }, 'constructor has no price either')
+  t.throws(() => estimateChatCost('not an object', book), { code: 'BUDGET_ERR_VALIDATION', field: 'body' }, 'a body that is not an object')
 })
 
 t.test('the n: 8 call that overspent a budget of 0.02 is estimated at eight answers', async (t) => {

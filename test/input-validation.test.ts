@@ -1,0 +1,58 @@
+// Each input that once answered 500 (or was accepted and broke later reads) now answers a 4xx that
+// names the problem, and changes nothing. test/hostile-input.test.ts throws generated input at every
+// route; these are the cases that were observed, one by one.
+import t from 'tap'
+import { PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
+import { buildGateway } from './fixtures/gateway.js'
+
+const cursor = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+
+t.test('inputs that answered 500 answer 400 (or 404) and change nothing', async (t) => {
+  const { admin, sql } = await buildApp(t)
+  const budget = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeId: 'platform', alerts: [{ threshold: 50, actions: ['notify'] }] }) })).json()
+  await admin({ method: 'POST', url: `${PREFIX}/${budget.id}/usage`, body: { amount: '999999999999999999', currency: 'USD' } })
+  const raw = (text: string) => ({ payload: text, headers: { 'content-type': 'application/json' } })
+  const cases: Array<[string, Parameters<typeof admin>[0], number, string | undefined]> = [
+    ['a NUL in a name', { method: 'POST', url: PREFIX, body: budgetRequest({ name: 'a\u0000b' }) }, 400, 'name'],
+    ['a NUL in a description', { method: 'PUT', url: `${PREFIX}/${budget.id}`, body: { description: '\u0000' } }, 400, 'description'],
+    ['a NUL in a scope id', { method: 'POST', url: PREFIX, body: budgetRequest({ scopeId: 'x\u0000' }) }, 400, 'scopeId'],
+    ['a NUL in a usage source', { method: 'POST', url: `${PREFIX}/${budget.id}/usage`, body: { amount: '1', currency: 'USD', source: '\u0000' } }, 400, 'source'],
+    ['a NUL in a metadata key', { method: 'POST', url: `${PREFIX}/${budget.id}/usage`, body: { amount: '1', currency: 'USD', metadata: { 'a\u0000': 1 } } }, 400, 'metadata'],
+    ['a NUL in an approval reason', { method: 'POST', url: `${PREFIX}/${budget.id}/approvals`, body: { amount: '1', reason: '\u0000' } }, 400, 'reason'],
+    ['a NUL in a channel name', { method: 'PUT', url: `${PREFIX}/${budget.id}`, body: { alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['slack\u0000'] }] } }, 400, 'alerts.0.notificationChannels.0'],
+    ['a lone surrogate in a name', { method: 'POST', url: PREFIX, ...raw(JSON.stringify(budgetRequest({ name: 'X' })).replace('"X"', '"\\ud800"')) }, 400, 'name'],
+    ['a lone surrogate in metadata', { method: 'POST', url: `${PREFIX}/${budget.id}/usage`, ...raw('{"amount":"1","currency":"USD","metadata":{"note":"\\udfff"}}') }, 400, 'metadata.note'],
+    ['a name of only spaces', { method: 'POST', url: PREFIX, body: budgetRequest({ name: '    ' }) }, 400, 'name'],
+    ['an offset of +99:00', { method: 'POST', url: PREFIX, body: budgetRequest({ startDate: '2024-01-01T00:00:00+99:00' }) }, 400, 'startDate'],
+    ['a year past 9999 once the offset applies', { method: 'POST', url: PREFIX, body: budgetRequest({ period: 'custom', startDate: '2024-01-01', endDate: '9999-12-31T23:59:59-14:00' }) }, 400, 'endDate'],
+    ['a cursor with a non-uuid id', { method: 'GET', url: `${PREFIX}/${budget.id}/usage?cursor=${cursor(['2024-01-01T00:00:00Z', '-'.repeat(36)])}` }, 400, 'cursor'],
+    ['a cursor with a date PostgreSQL cannot hold', { method: 'GET', url: `${PREFIX}/${budget.id}/usage?cursor=${cursor(['+275760-09-13T00:00:00Z', '00000000-0000-0000-0000-000000000000'])}` }, 400, 'cursor'],
+    ['a cursor that is a number', { method: 'GET', url: `${PREFIX}/${budget.id}/usage?cursor=${cursor(42)}` }, 400, 'cursor'],
+    ['%00 in a scope path', { method: 'GET', url: `${PREFIX}/scope/team/a%00b` }, 400, 'id'],
+    ['%00 in a hierarchy path', { method: 'GET', url: `${PREFIX}/hierarchy/team/%00` }, 400, 'id'],
+    ['a non-uuid budget id on acknowledge', { method: 'POST', url: `${PREFIX}/not-a-uuid/alerts/00000000-0000-0000-0000-000000000000/acknowledge` }, 404, undefined],
+    ['usage whose sum overflows the column', { method: 'POST', url: `${PREFIX}/${budget.id}/usage`, body: { amount: '999999999999999999', currency: 'USD' } }, 400, 'amount'],
+    ['a threshold of 1e-7', { method: 'PUT', url: `${PREFIX}/${budget.id}`, body: { alerts: [{ threshold: 1e-7, actions: ['notify'] }] } }, 400, 'alerts.0.threshold'],
+    ['an approval that expires at an unparseable instant', { method: 'POST', url: `${PREFIX}/${budget.id}/approvals`, body: { amount: '1', expiresAt: '2030-01-01T00:00:00+99:00' } }, 400, 'expiresAt']
+  ]
+  for (const [name, request, statusCode, field] of cases) {
+    const before = await snapshotTables(sql)
+    const response = await admin(request)
+    t.equal(response.statusCode, statusCode, `${name}: ${response.body}`)
+    if (field !== undefined) t.equal(response.json().field, field, `${name}: names ${field}`)
+    t.same(await snapshotTables(sql), before, `${name}: nothing changed`)
+  }
+  t.equal((await admin({ url: `${PREFIX}/${budget.id}/status` })).statusCode, 200, 'and the budget still reads')
+})
+
+t.test('model names that live on Object.prototype are unknown models at the gate, not 500s', async (t) => {
+  const { call, createBudget, sql } = await buildGateway(t)
+  await createBudget({ scopeType: 'team', scopeId: 'platform', amount: '1' })
+  for (const model of ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf']) {
+    const response = await call({ team: 'platform' }, { model })
+    t.equal(response.statusCode, 400, model)
+    t.match(response.json(), { error: { type: 'invalid_request_error', code: 'model_not_priced', param: 'model' } })
+  }
+  const [row] = await sql<Array<{ held: number }>>`select count(*)::int as held from budget_reservations`
+  t.equal(row!.held, 0, 'and nothing is held')
+})
