@@ -1,11 +1,13 @@
 // An OpenAI-compatible POST /v1/chat/completions behind the budget gate: the built-in mock provider by
 // default, or a real OpenAI-compatible upstream when UPSTREAM_URL is set. Errors use OpenAI's shape.
 import { randomUUID } from 'node:crypto'
+import type { ServerResponse } from 'node:http'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import Ajv from 'ajv'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { mockCompletion, mockTokens, mockUsage, type ChatRequest } from './mock-provider.js'
+import { SseParser, type SseEvent } from './sse.js'
 
 export interface ChatCompletionsOptions {
   /** An OpenAI-compatible base URL (…/v1); unset: the mock provider. */
@@ -13,6 +15,8 @@ export interface ChatCompletionsOptions {
   upstreamApiKey?: string
   /** The mock provider's pause between streamed tokens. */
   mockTokenDelayMs?: number
+  /** Runs in the route's onRequest, before the body is read and before any budget work; throw an error with a 4xx statusCode (and a code) to refuse. */
+  authenticate?: (request: FastifyRequest) => unknown
 }
 
 const ChatBody = Type.Object({
@@ -29,19 +33,39 @@ const ChatBody = Type.Object({
 // Fastify's default validator would coerce {"max_tokens": "20"} to 20; an API should say it is wrong.
 const ajv = new Ajv.default({ coerceTypes: false, removeAdditional: false, allErrors: false })
 
+/** Fastify's codes for a request it could not read, as stable OpenAI-style codes; other codes are kept. */
+const CLIENT_ERROR_CODES: Record<string, string> = {
+  FST_ERR_CTP_INVALID_JSON_BODY: 'invalid_json',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'invalid_json',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'request_too_large',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'invalid_request'
+}
+
 export const chatCompletions: FastifyPluginAsyncTypebox<ChatCompletionsOptions> = async (app, options) => {
   app.setValidatorCompiler(({ schema }) => ajv.compile(schema as object))
   app.setErrorHandler((error: FastifyError, request, reply) => {
     if (error.validation !== undefined) {
+      request.log.info({ err: error }, 'chat completion request refused')
       const param = error.validation[0]?.instancePath.replace(/^\//, '').replace(/\//g, '.') || null
       return reply.code(400).send({ error: { message: error.message, type: 'invalid_request_error', code: 'invalid_request', param } })
     }
+    const statusCode = Number.isInteger(error.statusCode) && error.statusCode! >= 400 && error.statusCode! < 600 ? error.statusCode! : 500
+    if (statusCode < 500) {
+      // The client's error (a body that is not JSON, a missing API key): not the gateway's fault.
+      request.log.info({ err: error }, 'chat completion request refused')
+      const code = (error.code === undefined ? undefined : CLIENT_ERROR_CODES[error.code] ?? error.code) ?? 'invalid_request'
+      return reply.code(statusCode).send({ error: { message: error.message, type: 'invalid_request_error', code, param: null } })
+    }
     request.log.error({ err: error }, 'chat completion failed')
-    const statusCode = error.statusCode !== undefined && error.statusCode >= 400 ? error.statusCode : 500
-    return reply.code(statusCode).send({ error: { message: statusCode >= 500 ? 'Internal error' : error.message, type: 'server_error', code: error.code ?? null, param: null } })
+    return reply.code(statusCode).send({ error: { message: 'Internal error', type: 'server_error', code: error.code ?? null, param: null } })
   })
 
-  app.post('/v1/chat/completions', { schema: { body: ChatBody } }, async (request, reply) => {
+  const authenticate = options.authenticate
+  app.post('/v1/chat/completions', {
+    schema: { body: ChatBody },
+    ...(authenticate === undefined ? {} : { onRequest: async (request: FastifyRequest) => { await authenticate(request) } })
+  }, async (request, reply) => {
     // The gate may have chosen the model (auto-downgrade); call that one.
     const body: ChatRequest = { ...request.body, model: request.budgetGate?.model ?? request.body.model }
     if (options.upstreamUrl !== undefined) return await forwardToUpstream(request, reply, body, options)
@@ -76,7 +100,8 @@ async function streamMock (request: FastifyRequest, reply: FastifyReply, body: C
 
 async function forwardToUpstream (request: FastifyRequest, reply: FastifyReply, body: ChatRequest, options: ChatCompletionsOptions) {
   const abort = new AbortController()
-  request.raw.once('close', () => { if (!reply.raw.writableFinished) abort.abort() })
+  // 'close' of the response: it finished, or the client went away (then stop reading the upstream).
+  reply.raw.once('close', () => { if (!reply.raw.writableFinished) abort.abort() })
   const upstream = await fetch(`${options.upstreamUrl!.replace(/\/$/, '')}/chat/completions`, {
     method: 'POST',
     signal: abort.signal,
@@ -89,29 +114,66 @@ async function forwardToUpstream (request: FastifyRequest, reply: FastifyReply, 
   }
   reply.hijack()
   reply.raw.writeHead(upstream.status, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...(reply.getHeaders() as Record<string, string>) })
-  // Until the final usage chunk arrives, count what was produced: each delta chunk is about one token.
-  const promptTokens = mockUsage(body).prompt_tokens
-  let produced = 0
-  let buffer = ''
-  const decoder = new TextDecoder()
+  // The bytes go to the client as the upstream sent them; a parsed copy of each event is for accounting only.
+  const parser = new SseParser()
+  const account = streamAccounting(request, body)
   try {
     for await (const bytes of upstream.body) {
-      reply.raw.write(bytes)
-      buffer += decoder.decode(bytes, { stream: true })
-      for (let end = buffer.indexOf('\n\n'); end !== -1; end = buffer.indexOf('\n\n')) {
-        const event = buffer.slice(0, end).replace(/^data: /, '')
-        buffer = buffer.slice(end + 2)
-        if (event === '[DONE]') continue
-        const data = JSON.parse(event) as { model?: string, usage?: { prompt_tokens: number, completion_tokens: number } | null }
-        if (data.usage != null) {
-          request.budgetGate?.reportUsage({ model: data.model ?? body.model, inputTokens: data.usage.prompt_tokens, outputTokens: data.usage.completion_tokens })
-        } else {
-          request.budgetGate?.reportUsage({ model: data.model ?? body.model, inputTokens: promptTokens, outputTokens: ++produced })
-        }
-      }
+      if (reply.raw.destroyed) break // the client went away
+      if (!reply.raw.write(bytes)) await drained(reply.raw)
+      for (const event of parser.push(bytes)) account(event)
     }
+    for (const event of parser.end()) account(event)
   } catch (error) {
-    if (!abort.signal.aborted) throw error
+    // After hijack nothing may be thrown: Fastify could no longer answer, and the client would wait forever.
+    if (!abort.signal.aborted) request.log.error({ err: error }, 'the upstream stream failed; ending the response')
+  } finally {
+    // Always end: the upstream finished, failed or was cut. The gate settles when the response closes.
+    reply.raw.end()
   }
-  reply.raw.end()
+}
+
+/**
+ * Reports usage to the gate from the stream's events. An event with `usage` (the final chunk, asked for
+ * with stream_options.include_usage) reports its tokens and its model as the upstream named it (maybe a
+ * dated snapshot); before it, each delta chunk counts as about one output token and the prompt counts as
+ * the gate's own worst case for it (a byte a token), so a cut stream is charged within the reservation.
+ */
+function streamAccounting (request: FastifyRequest, body: ChatRequest): (event: SseEvent) => void {
+  const promptBound = Buffer.byteLength(JSON.stringify(body.messages), 'utf8')
+  let produced = 0
+  let reported = false
+  return (event) => {
+    if (event.data === '[DONE]') return
+    let chunk: { model?: unknown, usage?: { prompt_tokens?: unknown, completion_tokens?: unknown } | null, choices?: unknown }
+    try {
+      chunk = JSON.parse(event.data)
+      if (typeof chunk !== 'object' || chunk === null || Array.isArray(chunk)) throw new TypeError('not a JSON object')
+    } catch (error) {
+      request.log.warn({ err: error, event: event.event, bytes: event.data.length, start: event.data.slice(0, 100) },
+        'the upstream sent an event that is not a JSON object: passed to the client, not counted')
+      return
+    }
+    const model = typeof chunk.model === 'string' && chunk.model !== '' ? chunk.model : body.model
+    const { prompt_tokens: inputTokens, completion_tokens: outputTokens } = chunk.usage ?? {}
+    if (Number.isInteger(inputTokens) && Number.isInteger(outputTokens)) {
+      reported = true
+      request.budgetGate?.reportUsage({ model, inputTokens: inputTokens as number, outputTokens: outputTokens as number })
+    } else if (!reported && Array.isArray(chunk.choices)) {
+      request.budgetGate?.reportUsage({ model, inputTokens: promptBound, outputTokens: ++produced })
+    }
+  }
+}
+
+/** Resolves when the response can take more, or is gone. */
+async function drained (response: ServerResponse): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      response.off('drain', done)
+      response.off('close', done)
+      resolve()
+    }
+    response.on('drain', done)
+    response.on('close', done)
+  })
 }

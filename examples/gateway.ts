@@ -9,10 +9,23 @@ import Fastify from 'fastify'
 import budgets from '../lib/index.js'
 import { chatCompletions } from './chat-completions.js'
 import { startEmbeddedPostgres, type EmbeddedDatabase } from './embedded-postgres.js'
+import { parseGatewayKeys, scopesFromKey, type GatewayKeys } from './gateway-keys.js'
 
 const port = Number(process.env.PORT ?? 3000)
 const host = process.env.HOST ?? '127.0.0.1'
 const dataDir = process.env.BUDGETS_DATA_DIR ?? fileURLToPath(new URL('../.data/postgres', import.meta.url))
+
+// GATEWAY_KEYS='{"sk-alice": {"user": "alice", "team": "platform", "organization": "acme"}}': callers send
+// Authorization: Bearer <key> and their scopes come from the key. Unset: from the x-relay-* headers, as sent.
+let gatewayKeys: GatewayKeys | null = null
+if (process.env.GATEWAY_KEYS !== undefined) {
+  try {
+    gatewayKeys = parseGatewayKeys(process.env.GATEWAY_KEYS)
+  } catch (error) {
+    process.stderr.write(`The gateway cannot start: ${(error as Error).message}\n`)
+    process.exit(1)
+  }
+}
 
 let embedded: EmbeddedDatabase | null = null
 let databaseUrl = process.env.DATABASE_URL
@@ -42,9 +55,11 @@ await app.register(swaggerUi, { routePrefix: '/docs' })
 await app.register(budgets, {
   database: databaseUrl,
   adminToken,
-  // Callers name their scopes in x-relay-user-id, x-relay-team-id, x-relay-project-id, x-relay-organization-id.
   gate: {
     routes: ['/v1/chat/completions'],
+    // With GATEWAY_KEYS, the key's scopes only; otherwise the default, which believes the caller's
+    // x-relay-user-id, x-relay-team-id, x-relay-project-id and x-relay-organization-id headers.
+    ...(gatewayKeys === null ? {} : { resolveScopes: (request) => scopesFromKey(gatewayKeys, request) }),
     failureMode: process.env.GATE_FAILURE_MODE === 'open' ? 'open' : 'closed',
     ...(process.env.RESERVATION_TTL_MS === undefined ? {} : { reservationTtlMs: Number(process.env.RESERVATION_TTL_MS) }),
     ...(process.env.SWEEP_INTERVAL_MS === undefined ? {} : { sweepIntervalMs: Number(process.env.SWEEP_INTERVAL_MS) })
@@ -57,7 +72,9 @@ await app.register(budgets, {
 await app.register(chatCompletions, {
   upstreamUrl: process.env.UPSTREAM_URL,
   upstreamApiKey: process.env.UPSTREAM_API_KEY,
-  mockTokenDelayMs: process.env.MOCK_TOKEN_DELAY_MS === undefined ? undefined : Number(process.env.MOCK_TOKEN_DELAY_MS)
+  mockTokenDelayMs: process.env.MOCK_TOKEN_DELAY_MS === undefined ? undefined : Number(process.env.MOCK_TOKEN_DELAY_MS),
+  // A missing or unknown key is refused with 401 before the body is read or any budget is touched.
+  ...(gatewayKeys === null ? {} : { authenticate: (request) => scopesFromKey(gatewayKeys, request) })
 })
 app.get('/health', async () => ({ status: 'ok' }))
 
@@ -77,6 +94,9 @@ process.stdout.write([
   `  database:    ${embedded === null ? 'DATABASE_URL' : `embedded PostgreSQL in ${dataDir}`}`,
   `  admin API:   ${address}/api/v1/budgets   (documented at ${address}/docs)`,
   `  model calls: ${address}/v1/chat/completions (${process.env.UPSTREAM_URL === undefined ? 'mock provider' : `upstream ${process.env.UPSTREAM_URL}`})`,
+  gatewayKeys === null
+    ? '  callers:     scopes from x-relay-* headers, trusted as sent (set GATEWAY_KEYS to require API keys)'
+    : `  callers:     ${gatewayKeys.size} API key(s) from GATEWAY_KEYS; x-relay-* headers ignored`,
   process.env.ADMIN_TOKEN === undefined ? `  admin token: ${adminToken}   (set ADMIN_TOKEN to choose your own)` : '  admin token: from ADMIN_TOKEN',
   ''
 ].join('\n') + '\n')

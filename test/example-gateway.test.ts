@@ -1,9 +1,12 @@
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { PREFIX, seedBudgetRequest } from './fixtures/app.js'
-import { startGatewayProcess } from './fixtures/gateway-process.js'
+import { createTestDatabase } from './fixtures/database.js'
+import { startGatewayProcess, type GatewayProcess } from './fixtures/gateway-process.js'
 
 /** Starts `npm start`'s script the way a new user would: no DATABASE_URL, no ADMIN_TOKEN. */
 async function startGateway (dataDir: string) {
@@ -37,6 +40,117 @@ t.test('npm start with no DATABASE_URL: embedded PostgreSQL, a printed token, an
 
   const docs = await fetch(`${second.url}/docs/json`)
   t.equal(docs.status, 200, 'the OpenAPI document is served')
-  t.match(await docs.json(), { openapi: '3.1.0', paths: { '/api/v1/budgets/': { post: { summary: 'Create a budget' } }, '/v1/chat/completions': { post: {} } } })
+  const document = await docs.json() as { paths: Record<string, unknown> }
+  t.match(document, { openapi: '3.1.0', paths: { '/api/v1/budgets': { post: { summary: 'Create a budget' } }, '/v1/chat/completions': { post: {} } } })
+  t.notOk('/api/v1/budgets/' in document.paths, 'the create route is documented without a trailing slash, and only so')
   t.equal((await fetch(`${second.url}/docs/static/index.html`)).status, 200, 'and the browsable UI')
+})
+
+const ADMIN = 'gateway-test-admin-token-0123456789'
+const CHAT = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 }
+
+/** The running gateway's admin API and model route, over HTTP. */
+function client (gateway: GatewayProcess) {
+  const admin = async (path: string, init: { method?: string, body?: unknown } = {}) => {
+    const response = await fetch(`${gateway.url}${PREFIX}${path}`, {
+      method: init.method ?? 'GET',
+      headers: { authorization: `Bearer ${ADMIN}`, ...(init.body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(init.body === undefined ? {} : { body: JSON.stringify(init.body) })
+    })
+    if (!response.ok) throw new Error(`${response.status} ${await response.text()}`)
+    return await response.json() as Record<string, unknown>
+  }
+  return {
+    createTeamBudget: async (team: string, amount: string) => await admin('', {
+      method: 'POST', body: { name: team, scopeType: 'team', scopeId: team, amount, currency: 'USD', period: 'monthly', startDate: '2024-01-01' }
+    }) as { id: string },
+    spent: async (id: string) => (await admin(`/${id}/status`)).currentAmount as string,
+    spend: async (id: string, amount: string) => await admin(`/${id}/usage`, { method: 'POST', body: { amount, currency: 'USD', source: 'test' } }),
+    chat: async (headers: Record<string, string>) => {
+      const response = await fetch(`${gateway.url}/v1/chat/completions`, {
+        method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(CHAT)
+      })
+      return { status: response.status, headers: response.headers, body: await response.json() as { error?: Record<string, unknown> } }
+    },
+    /** Waits until the budget's settled spend is no longer `from` (settlement runs after the response). */
+    spentBeyond: async (id: string, from: string) => {
+      for (const deadline = Date.now() + 10_000; ;) {
+        const now = (await admin(`/${id}/status`)).currentAmount as string
+        if (now !== from) return now
+        if (Date.now() > deadline) throw new Error(`budget ${id} still at ${from}`)
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+    }
+  }
+}
+
+t.test('GATEWAY_KEYS: the key names the caller; no key is 401; forged x-relay-* headers change nothing', async (t) => {
+  const gateway = await startGatewayProcess({
+    DATABASE_URL: await createTestDatabase(t),
+    ADMIN_TOKEN: ADMIN,
+    MOCK_TOKEN_DELAY_MS: '1',
+    GATEWAY_KEYS: JSON.stringify({ 'sk-alice': { user: 'alice', team: 'platform', organization: 'acme' } })
+  })
+  t.teardown(async () => await gateway.stop())
+  const { createTeamBudget, spent, spend, spentBeyond, chat } = client(gateway)
+  const platform = await createTeamBudget('platform', '1')
+  const forged = await createTeamBudget('forged', '1')
+
+  for (const [headers, what] of [
+    [{ 'x-relay-team-id': 'platform' }, 'no key, scope headers only'],
+    [{ authorization: 'Bearer sk-mallory', 'x-relay-team-id': 'platform' }, 'an unknown key'],
+    [{ authorization: 'Basic sk-alice' }, 'not a bearer key']
+  ] as const) {
+    const refused = await chat(headers)
+    t.equal(refused.status, 401, what)
+    t.same(refused.body, { error: { message: refused.body.error?.message, type: 'invalid_request_error', code: 'invalid_api_key', param: null } }, `${what}: OpenAI's shape`)
+    t.equal(refused.headers.get('x-budget-id'), null, `${what}: refused before any budget work`)
+  }
+
+  const allowed = await chat({ authorization: 'Bearer sk-alice', 'x-relay-team-id': 'forged', 'x-relay-user-id': 'mallory' })
+  t.equal(allowed.status, 200)
+  t.equal(allowed.headers.get('x-budget-id'), platform.id, "the key's team budget binds")
+  t.not(await spentBeyond(platform.id, '0'), '0', "charged to the key's budget")
+  t.equal(await spent(forged.id), '0', 'not to the team named in the forged header')
+
+  await spend(platform.id, '1') // the key's team budget is now spent
+  const refused = await chat({ authorization: 'Bearer sk-alice', 'x-relay-team-id': 'forged' })
+  t.equal(refused.status, 402, "refused by the key's own budget")
+  t.match(refused.body, { error: { type: 'insufficient_quota', code: 'budget_exceeded', budget: { id: platform.id } } })
+  t.equal(await spent(forged.id), '0')
+})
+
+t.test('without GATEWAY_KEYS the x-relay-* headers name the caller, as before', async (t) => {
+  const gateway = await startGatewayProcess({ DATABASE_URL: await createTestDatabase(t), ADMIN_TOKEN: ADMIN, MOCK_TOKEN_DELAY_MS: '1', GATEWAY_KEYS: undefined })
+  t.teardown(async () => await gateway.stop())
+  const { createTeamBudget, spentBeyond, chat } = client(gateway)
+  const forged = await createTeamBudget('forged', '1')
+  const call = await chat({ 'x-relay-team-id': 'forged' })
+  t.equal(call.status, 200)
+  t.equal(call.headers.get('x-budget-id'), forged.id)
+  t.not(await spentBeyond(forged.id, '0'), '0')
+})
+
+t.test('a bad GATEWAY_KEYS stops the gateway at start, with a message that says what is wrong', async (t) => {
+  const script = new URL('../examples/gateway.ts', import.meta.url).pathname
+  await Promise.all([
+    ['{"sk-alice": ', /GATEWAY_KEYS is not JSON/],
+    ['["sk-alice"]', /GATEWAY_KEYS must be a JSON object/],
+    ['{"sk-alice": {"team": 42}}', /scope 'team' must be a string/],
+    ['', /GATEWAY_KEYS is set but empty/]
+  ].map(async ([value, message]) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', script], {
+      // An unreachable database: a value that wrongly passed would fail later, and differently.
+      env: { ...process.env, GATEWAY_KEYS: value as string, DATABASE_URL: 'postgres://nobody@127.0.0.1:9/none', PORT: '0', ADMIN_TOKEN: ADMIN },
+      stdio: ['ignore', 'ignore', 'pipe']
+    })
+    let stderr = ''
+    child.stderr.on('data', (data: Buffer) => { stderr += data.toString() })
+    const timer = setTimeout(() => child.kill(), 20_000)
+    const [code] = await once(child, 'exit') as [number | null]
+    clearTimeout(timer)
+    t.equal(code, 1, `exits for ${JSON.stringify(value)}`)
+    t.match(stderr, /^The gateway cannot start: /m)
+    t.match(stderr, message as RegExp)
+  }))
 })
