@@ -28,6 +28,7 @@ export class UnboundedFieldError extends InvalidFieldError {
 }
 
 export const UnauthorizedError = createError('BUDGET_ERR_UNAUTHORIZED', 'Missing or invalid admin credentials', 401)
+export const RouteNotFoundError = createError('BUDGET_ERR_ROUTE_NOT_FOUND', 'No route %s %s in the budgets API', 404)
 export const BudgetNotFoundError = createError('BUDGET_ERR_NOT_FOUND', "Budget '%s' not found", 404)
 
 // The hierarchy

@@ -113,10 +113,78 @@ begin
   end if;
 
   for i in 1 .. array_length(ids, 1) loop
-    update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - amounts[i], 0), updated_at = now()
+    update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - amounts[i], 0)
     where c.budget_id = ids[i] and c.period_start = starts[i];
   end loop;
   return usage_id;
 end $$;
 
 alter function budget_settle(uuid, numeric, text, text, jsonb) set lock_timeout = '5s';
+
+-- Holds come and go without touching a cache row's updated_at: it says when the settled spend last
+-- changed (what a status refresh recomputes), and a call refused after its hold was taken (an alert
+-- action, a restricted model) then leaves the row exactly as it found it. budget_reserve as in 003
+-- otherwise; budget_settle above releases the same way.
+create or replace function budget_reserve(
+  p_reservation_id uuid, p_scope_types text[], p_scope_ids text[], p_currency text,
+  p_amount numeric, p_ttl interval, p_request_id text
+) returns table (
+  budget_id uuid, name text, amount numeric, enforcement text, alerts jsonb, scope_matched boolean,
+  period_start timestamptz, period_end timestamptz, current_amount numeric, reserved_amount numeric,
+  approved_through numeric, reserved boolean
+) language plpgsql as $$
+declare
+  ids uuid[];
+  starts timestamptz[];
+  ends timestamptz[];
+  matched boolean[];
+  ranks integer[];
+  fits_all boolean;
+begin
+  -- The applicable budgets and their windows now, in budget id order (arrays, not a temporary table:
+  -- this runs on every model call).
+  select array_agg(x.id order by x.id), array_agg(x.period_start order by x.id), array_agg(x.period_end order by x.id),
+         array_agg(x.matched order by x.id), array_agg(x.rank order by x.id)
+  into ids, starts, ends, matched, ranks
+  from (
+    select a.budget_id as id, a.scope_matched as matched, a.scope_rank as rank, a.period_start, a.period_end
+    from budget_applicable(p_scope_types, p_scope_ids, p_currency, now()) a
+  ) x;
+  if ids is null then return; end if;
+
+  -- Lock the window rows one by one in budget id order; a window seen for the first time gets its row
+  -- (locked the same way) by a full recompute, as the usage trigger does. One ordered pass: creating a
+  -- row and then locking a lower one would break the order and could deadlock two reservations.
+  for i in 1 .. array_length(ids, 1) loop
+    perform 1 from budget_status_cache c where c.budget_id = ids[i] and c.period_start = starts[i] for update;
+    if not found then
+      perform refresh_budget_status_cache(ids[i], starts[i], ends[i]);
+    end if;
+  end loop;
+
+  select bool_and(b.enforcement = 'soft' or c.current_amount + c.reserved_amount + p_amount <= b.amount)
+  into fits_all
+  from unnest(ids, starts) as a(id, period_start)
+  join budget_definitions b on b.id = a.id
+  join budget_status_cache c on c.budget_id = a.id and c.period_start = a.period_start;
+
+  return query
+    select b.id, b.name, b.amount, b.enforcement, b.alerts, a.matched, a.period_start, a.period_end,
+           c.current_amount, c.reserved_amount, budget_approved_through(b.id, a.period_start), fits_all
+    from unnest(ids, starts, ends, matched, ranks) as a(id, period_start, period_end, matched, rank)
+    join budget_definitions b on b.id = a.id
+    join budget_status_cache c on c.budget_id = a.id and c.period_start = a.period_start
+    order by a.matched desc, a.rank, b.id;
+
+  if fits_all then
+    insert into budget_reservations (id, budget_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at)
+    select p_reservation_id, a.id, a.period_start, p_amount, a.matched, a.rank, p_currency, p_request_id, now() + p_ttl
+    from unnest(ids, starts, matched, ranks) as a(id, period_start, matched, rank);
+    update budget_status_cache c set reserved_amount = c.reserved_amount + p_amount
+    from unnest(ids, starts) as a(id, period_start)
+    where c.budget_id = a.id and c.period_start = a.period_start;
+  end if;
+end $$;
+
+alter function budget_reserve(uuid, text[], text[], text, numeric, interval, text) set lock_timeout = '2s';
+

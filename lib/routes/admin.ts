@@ -1,6 +1,6 @@
 // The admin API's scope: strict validation, coded errors and authorization for every route inside it.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { UnauthorizedError } from '../errors.js'
+import { RouteNotFoundError, UnauthorizedError } from '../errors.js'
 import { checkStorable, isStorableText } from './storable.js'
 import type { Authorize } from '../options.js'
 import type { BudgetAlerts } from '../services/alerts.js'
@@ -22,6 +22,8 @@ export interface AdminRoutesOptions {
 export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, alerts }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
+  // A URL under the prefix that names no route gets the API's own error body, with a code.
+  app.setNotFoundHandler(async (request) => { throw new RouteNotFoundError(request.method, request.url.split('?')[0]!) })
 
   // Fails closed: only `true` or an actor's name allows; undefined, null, 0, '' or an object refuses.
   app.addHook('onRequest', async (request) => {

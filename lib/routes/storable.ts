@@ -1,24 +1,35 @@
 // PostgreSQL text and jsonb hold neither NUL characters nor unpaired UTF-16 surrogates (which JSON can
-// carry as "\ud800"); such input is refused with a 400 that names the field, never left to fail as a 500.
+// carry as "\ud800"), and a value nested thousands deep overflows the stack of whatever serializes it
+// (JSON.stringify in the driver); such input is refused with a 400 that names the field, never left to
+// fail as a 500.
 import { InvalidFieldError } from '../errors.js'
 
 // With the u flag a surrogate range matches only a surrogate that is not half of a pair.
 const UNSTORABLE = /[\0\ud800-\udfff]/u
+/** Deeper than any budget field or metadata a gateway sends. */
+export const MAX_NESTING = 32
 
 export function isStorableText (text: string): boolean {
   return !UNSTORABLE.test(text)
 }
 
-/** Walks a parsed request part (keys and values) and throws for the first string that cannot be stored. */
+/**
+ * Walks a parsed request part (keys and values) and throws for the first string that cannot be stored.
+ * Iterative: a body nested thousands deep is the schema's to refuse, not a reason to overflow the stack.
+ */
 export function checkStorable (value: unknown, path: string): void {
-  if (typeof value === 'string') {
-    if (!isStorableText(value)) throw new InvalidFieldError(path || 'body', 'contains a NUL character or an unpaired surrogate, which cannot be stored')
-    return
-  }
-  if (typeof value !== 'object' || value === null) return
-  for (const [key, child] of Object.entries(value)) {
-    const field = path === '' ? key : `${path}.${key}`
-    if (!isStorableText(key)) throw new InvalidFieldError(path || 'body', `has a key with a NUL character or an unpaired surrogate: ${JSON.stringify(key)}`)
-    checkStorable(child, field)
+  const pending: Array<[unknown, string, number]> = [[value, path, 0]]
+  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    const [current, where, depth] = next
+    if (typeof current === 'string') {
+      if (!isStorableText(current)) throw new InvalidFieldError(where || 'body', 'contains a NUL character or an unpaired surrogate, which cannot be stored')
+      continue
+    }
+    if (typeof current !== 'object' || current === null) continue
+    if (depth >= MAX_NESTING) throw new InvalidFieldError(where || 'body', `is nested more than ${MAX_NESTING} levels deep`)
+    for (const [key, child] of Object.entries(current)) {
+      if (!isStorableText(key)) throw new InvalidFieldError(where || 'body', `has a key with a NUL character or an unpaired surrogate: ${JSON.stringify(key)}`)
+      pending.push([child, where === '' ? key : `${where}.${key}`, depth + 1])
+    }
   }
 }

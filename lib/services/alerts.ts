@@ -36,12 +36,13 @@ export function createBudgetAlerts (sql: Sql, tracker: BudgetTracker, now: () =>
 
     /** Lets calls past require-approval for `amount` more spend until `expiresAt`, recorded with who approved. */
     async approve (budgetId: string, request: ApprovalRequest, who: string): Promise<Approval> {
+      // Every check on the request first: a refused approval reads nothing that could refresh a cache row.
       const amount = parsePositiveMoney(request.amount, 'amount')
+      const expiresAt = request.expiresAt === undefined ? new Date(now().getTime() + HOUR) : parseTimestamp(request.expiresAt, 'expiresAt')
+      if (expiresAt <= now()) throw new InvalidFieldError('expiresAt', 'must be in the future')
       const status = await tracker.getBudgetStatus(budgetId)
       // An approval lifts require-approval in the current window; a budget with none has nothing to approve.
       if (status.state !== 'active') throw new BudgetNotActiveError(budgetId, now().toISOString(), status.state)
-      const expiresAt = request.expiresAt === undefined ? new Date(now().getTime() + HOUR) : parseTimestamp(request.expiresAt, 'expiresAt')
-      if (expiresAt <= now()) throw new InvalidFieldError('expiresAt', 'must be in the future')
       const periodEnd = new Date(status.periodEnd)
       return await alerts.insertApproval({
         budgetId,
