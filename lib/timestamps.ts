@@ -21,7 +21,8 @@ export function parseTimestamp (value: unknown, field: string): Date {
   }
   if (hour > 23 || minute > 59 || second > 59) throw new InvalidFieldError(field, `is not a valid time: ${match[0]}`)
   // Real offsets run from -12:00 to +14:00.
-  if (match[8] !== undefined && (Number(match[9]) > 14 || Number(match[10]) > 59 || (Number(match[9]) === 14 && Number(match[10]) > 0))) {
+  const most = match[8] === '-' ? 12 : 14
+  if (match[8] !== undefined && (Number(match[9]) > most || Number(match[10]) > 59 || (Number(match[9]) === most && Number(match[10]) > 0))) {
     throw new InvalidFieldError(field, `has an offset that no time zone has: ${match[7]}`)
   }
   return withinRange(new Date(match[4] === undefined ? `${match[0]}T00:00:00Z` : match[0]), field, match[0])

@@ -4,6 +4,7 @@
 // settled at the actual cost, at the estimate when a served call's cost is unknown, or released when
 // nothing was served. No hold outlives its request.
 import { randomUUID } from 'node:crypto'
+import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import { InvalidFieldError, isDatabaseUnavailable } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
@@ -59,8 +60,39 @@ function chargeFor (admitted: boolean, usage: TokenUsage | null, statusCode: num
 }
 
 /** Adds the gate to every model-call route declared after it; returns what waits for in-flight settlements. */
-export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, prices: PriceBook): { drain: () => Promise<void> } {
+/** What the gate knows of a request's connection, from its first hook on. */
+interface ConnectionWatch {
+  /** Resolves when the response has closed (finished or cut off) or its socket has. */
+  closed: Promise<void>
+  /** The client is gone and the response did not finish. */
+  gone: () => boolean
+}
+
+/**
+ * Watches the response and its socket from onRequest, before anything is awaited: a client that
+ * leaves while the body arrives, its scopes are resolved or its hold is taken is seen, also when
+ * its request was pipelined behind another and its response never got a 'close' of its own.
+ */
+function watchConnection (request: FastifyRequest, reply: FastifyReply): ConnectionWatch {
+  const socket = request.raw.socket as Socket | null | undefined
+  let fired = false
+  let done!: () => void
+  const closed = new Promise<void>((resolve) => { done = resolve })
+  const onClose = () => {
+    if (fired) return
+    fired = true
+    socket?.off('close', onClose)
+    done()
+  }
+  reply.raw.once('close', onClose)
+  socket?.once('close', onClose)
+  if (socket?.destroyed === true || reply.raw.destroyed) onClose()
+  return { closed, gone: () => !reply.raw.writableFinished && (fired || socket?.destroyed === true || reply.raw.destroyed) }
+}
+
+export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, prices: PriceBook): { drain: (waitMs?: number) => Promise<void> } {
   const pending = new Set<Promise<unknown>>()
+  const watched = new WeakMap<FastifyRequest, ConnectionWatch>()
   const gated = (route: RouteOptions) => options.routes.includes(route.url) || (route.config as { budgetGate?: boolean } | undefined)?.budgetGate === true
 
   async function reserve (request: FastifyRequest, reply: FastifyReply): Promise<void> {
@@ -75,6 +107,12 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       return await sendOpenAIError(reply, 400, 'invalid_request_error', refusalCode(error), error.message, error.field)
     }
 
+    const watch = watched.get(request)!
+    if (watch.gone()) {
+      // The client left before any budget work (while the body arrived, or its scopes were resolved): nothing to hold.
+      reply.hijack()
+      return
+    }
     const requestId = randomUUID()
     const state: BudgetGateState = {
       reservationId: null, requestId, caller, model: estimate.model, downgradedFrom: null, estimate: estimate.amount, check: null, usage: null,
@@ -82,16 +120,11 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     }
     request.budgetGate = state
 
-    // Watch the connection before reserving: a client that leaves while the reservation is made must
-    // not leave its hold behind. The hold ends once, when the response closes and this hook is done.
+    // The hold ends once, when the connection is done with this response and this hook is done.
     let admitted = false
-    let clientGone = false
     let hookDone!: () => void
     const reserved = new Promise<void>((resolve) => { hookDone = resolve })
-    reply.raw.once('close', () => {
-      clientGone = !reply.raw.writableFinished
-      void reserved.then(() => { end(request, reply, state, admitted) })
-    })
+    void watch.closed.then(async () => await reserved).then(() => { end(request, reply, state, admitted) })
 
     try {
       try {
@@ -103,7 +136,14 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
           // auto-downgrade is in force: give back the first hold, estimate the cheaper model, reserve that.
           if (first.reservationId !== null) await integration.releaseCall(first.reservationId)
           state.reservationId = null
-          const downgraded = await options.estimateCost(request, prices, cheaper)
+          let downgraded: CostEstimate
+          try {
+            downgraded = await options.estimateCost(request, prices, cheaper)
+          } catch (error) {
+            // The cheaper model cannot take this request (an image it has no bound for): say so as the gate does.
+            if (!(error instanceof InvalidFieldError)) throw error
+            return await sendOpenAIError(reply, 400, 'invalid_request_error', refusalCode(error), `auto-downgrade to ${cheaper}: ${error.message}`, error.field)
+          }
           const second = await integration.reserveCall(caller, downgraded.amount, { requestId, model: downgraded.model })
           state.reservationId = second.reservationId
           state.check = second.check
@@ -122,7 +162,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       }
 
       const check = state.check!
-      if (clientGone) {
+      if (watch.gone()) {
         // The client left while we reserved: nothing will be served. Skip the handler; the close releases the hold.
         reply.hijack()
         return
@@ -185,6 +225,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
 
   fastify.addHook('onRoute', (route) => {
     if (!gated(route)) return
+    route.onRequest = [async (request: FastifyRequest, reply: FastifyReply) => { watched.set(request, watchConnection(request, reply)) }, ...[route.onRequest ?? []].flat()]
     route.preHandler = [...[route.preHandler ?? []].flat(), reserve]
     route.onSend = [...[route.onSend ?? []].flat(), async (request: FastifyRequest, _reply: FastifyReply, payload: unknown) => {
       const state = request.budgetGate
@@ -202,9 +243,10 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     sweeper.unref()
   })
   return {
-    drain: async () => {
+    // Waits for the settlements of what the gate admitted, for at most `waitMs` (the database may be away).
+    drain: async (waitMs = 10_000) => {
       clearInterval(sweeper)
-      await Promise.allSettled([...pending])
+      await Promise.race([Promise.allSettled([...pending]), new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
     }
   }
 }

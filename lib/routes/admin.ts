@@ -1,7 +1,7 @@
 // The admin API's scope: strict validation, coded errors and authorization for every route inside it.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { RouteNotFoundError, UnauthorizedError } from '../errors.js'
-import { checkStorable, isStorableText } from './storable.js'
+import { checkStorable, isStorableText } from '../json-limits.js'
 import type { Authorize } from '../options.js'
 import type { BudgetAlerts } from '../services/alerts.js'
 import type { BudgetRegistry } from '../services/registry.js'
@@ -19,15 +19,25 @@ export interface AdminRoutesOptions {
   alerts: BudgetAlerts
 }
 
+/** The longest an admin request may take before it is answered 503 (Fastify's handlerTimeout). */
+export const ADMIN_TIMEOUT_MS = 10_000
+
 export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, alerts }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
+  // A database that neither answers nor refuses (connections that never open in an outage) must not
+  // hold an admin request forever: past the bound Fastify answers, and the error handler makes it a 503.
+  app.addHook('onRoute', (route) => { route.handlerTimeout ??= ADMIN_TIMEOUT_MS })
   // A URL under the prefix that names no route gets the API's own error body, with a code.
   app.setNotFoundHandler(async (request) => { throw new RouteNotFoundError(request.method, request.url.split('?')[0]!) })
 
   // Fails closed: only `true` or an actor's name allows; undefined, null, 0, '' or an object refuses.
   app.addHook('onRequest', async (request) => {
-    const verdict: unknown = await authorize(request)
+    // An authorize that throws (a token that does not verify) refuses too.
+    const verdict: unknown = await Promise.resolve().then(async () => await authorize(request)).catch((error: unknown) => {
+      request.log.warn({ err: error }, 'the authorize option threw: refusing the admin request')
+      return false
+    })
     if (verdict !== true && !(typeof verdict === 'string' && isStorableText(verdict) && verdict.trim() !== '')) throw new UnauthorizedError()
     request.budgetActor = verdict === true ? 'admin' : verdict
   })

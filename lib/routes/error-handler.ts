@@ -13,7 +13,9 @@ export interface ErrorBody {
 
 export function toErrorBody (error: FastifyError & { field?: string }): ErrorBody {
   if (error.validation !== undefined) return validationErrorBody(error)
-  if (error.code !== 'BUDGET_ERR_DATABASE_UNAVAILABLE' && isDatabaseUnavailable(error)) return toErrorBody(new DatabaseUnavailableError())
+  if (error.code !== 'BUDGET_ERR_DATABASE_UNAVAILABLE' && (isDatabaseUnavailable(error) || error.code === 'FST_ERR_HANDLER_TIMEOUT')) {
+    return toErrorBody(new DatabaseUnavailableError())
+  }
   // The last line: PostgreSQL's data exceptions (class 22) come from a value the checks above let
   // through; it is still the request's value, so a 400, and the transaction it failed in rolled back.
   if (typeof error.code === 'string' && /^22[0-9A-Z]{3}$/.test(error.code) && (error as { severity?: unknown }).severity !== undefined) {

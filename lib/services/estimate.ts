@@ -3,6 +3,7 @@
 // upstream can bill; a request field that could make the bill larger than the bound is refused.
 import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../errors.js'
 import type { Money } from '../money.js'
+import { MAX_NESTING, deeperThan } from '../json-limits.js'
 import { costOf, type ModelPrice, type PriceBook, type TokenUsage } from './pricing.js'
 
 export interface ChatRequestShape {
@@ -85,6 +86,8 @@ export function worstCaseTokens (body: ChatRequestShape, price: ModelPrice): { i
       })
     }
   })
+  // Nested past what any schema needs, a body would overflow the stack of JSON.stringify below.
+  if (deeperThan(body, MAX_NESTING)) throw new InvalidFieldError('body', `is nested more than ${MAX_NESTING} levels deep`)
   const definitions = [body.tools, body.functions, body.response_format].filter((part) => part !== undefined && part !== null)
   const inputTokens = Buffer.byteLength(JSON.stringify(messages), 'utf8') +
     definitions.reduce<number>((sum, part) => sum + Buffer.byteLength(JSON.stringify(part), 'utf8'), 0) +

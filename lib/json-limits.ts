@@ -2,12 +2,24 @@
 // carry as "\ud800"), and a value nested thousands deep overflows the stack of whatever serializes it
 // (JSON.stringify in the driver); such input is refused with a 400 that names the field, never left to
 // fail as a 500.
-import { InvalidFieldError } from '../errors.js'
+import { InvalidFieldError } from './errors.js'
 
 // With the u flag a surrogate range matches only a surrogate that is not half of a pair.
 const UNSTORABLE = /[\0\ud800-\udfff]/u
-/** Deeper than any budget field or metadata a gateway sends. */
-export const MAX_NESTING = 32
+/** Deeper than any budget field, metadata or chat request (tool schemas included) that anyone sends. */
+export const MAX_NESTING = 64
+
+/** Whether a parsed JSON value nests more than `most` levels; iterative, so any depth is safe to ask about. */
+export function deeperThan (value: unknown, most: number): boolean {
+  const pending: Array<[unknown, number]> = [[value, 0]]
+  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    const [current, depth] = next
+    if (typeof current !== 'object' || current === null) continue
+    if (depth >= most) return true
+    for (const child of Object.values(current)) pending.push([child, depth + 1])
+  }
+  return false
+}
 
 export function isStorableText (text: string): boolean {
   return !UNSTORABLE.test(text)
