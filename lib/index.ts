@@ -14,6 +14,11 @@ import { createBudgetIntegration, type BudgetIntegration } from './services/inte
 import { createNotificationDeliverer, type NotificationDeliverer } from './services/notifications.js'
 import { createBudgetTracker, type BudgetTracker } from './services/tracker.js'
 import { createPriceBook } from './services/pricing.js'
+import { createRepositories } from './repository/index.js'
+import { createBudgetLines } from './services/budget-lines.js'
+import { createSettlementQueue } from './services/settlements.js'
+import { createHoldQueue } from './services/holds.js'
+import { createLeases } from './services/leases.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -48,16 +53,27 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     }
   }
 
+  // The composition root: every repository once, and the services built on them.
+  const repositories = createRepositories(sql)
   const budgetRegistry = createBudgetRegistry(sql)
-  const budgetTracker = createBudgetTracker(sql, { statusCacheTtlMs, now: () => new Date() })
+  const budgetTracker = createBudgetTracker(repositories, { statusCacheTtlMs, now: () => new Date() })
   const { currency, reservationTtlMs, timeoutMs, cheapModels, downgrades } = gate ?? GATE_DEFAULTS
   const prices = createPriceBook((gate ?? GATE_DEFAULTS).prices)
-  const budgetIntegration = createBudgetIntegration(sql, budgetTracker, {
+  // The gate's machinery, built once: the reservation repository, the process's cache of budget lines
+  // (forgotten when the definitions' version moves), the leases on hot lines, and the queues that take
+  // holds and commit settlements in groups.
+  const { reservations } = repositories
+  const budgetLines = createBudgetLines(reservations, currency)
+  const holds = createHoldQueue(reservations, { currency, ttlMs: reservationTtlMs })
+  const settlements = createSettlementQueue(reservations, { ttlMs: reservationTtlMs, observe: budgetLines.observe }, fastify.log)
+  const leases = createLeases(reservations, settlements, { currency, ttlMs: reservationTtlMs, observe: budgetLines.observe }, fastify.log)
+  budgetLines.onForget(leases.forgetAll) // a changed budget ends the leases taken under the old one
+  const budgetIntegration = createBudgetIntegration({ reservations, lines: budgetLines, leases, holds, settlements }, budgetTracker, {
     currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades }
   })
   fastify.decorate('budgetRegistry', budgetRegistry)
   fastify.decorate('budgetTracker', budgetTracker)
-  const budgetAlerts = createBudgetAlerts(sql, budgetTracker, () => new Date())
+  const budgetAlerts = createBudgetAlerts(repositories.alerts, budgetTracker, () => new Date())
   const budgetNotifications = createNotificationDeliverer(sql, notifications, fastify.log)
   fastify.decorate('budgetIntegration', budgetIntegration)
   fastify.decorate('budgetAlerts', budgetAlerts)
@@ -69,6 +85,8 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   fastify.addHook('onReady', async () => { budgetNotifications.start() })
   fastify.addHook('onClose', async () => {
     await gateHooks?.drain() // settle what the gate admitted before the client ends
+    await settlements.drain()
+    await leases.close() // then give back what is left of the leases
     await budgetNotifications.stop()
     if (ownsClient) await sql.end({ timeout: 5 })
   })

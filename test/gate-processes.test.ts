@@ -72,10 +72,11 @@ t.test('two gateway processes, 200 concurrent calls, a team budget for about 20:
   t.equal(normalizeMoney(cache!.reserved as string), '0', 'no reservation is left')
 })
 
-t.test('a process killed mid-call: after the TTL its reservations are swept and the numbers add up', async (t) => {
+t.test('a process killed mid-call: after the TTL its holds are swept and counted, nothing left uncounted', async (t) => {
   const { sql, processes: [doomed, survivor] } = await gateways(t, 2, { RESERVATION_TTL_MS: '1500', SWEEP_INTERVAL_MS: '300', MOCK_TOKEN_DELAY_MS: '200' })
   const budgetId = await createTeamBudget(doomed!, '1')
-  // Five slow streams on the doomed process, left hanging when it dies.
+  // Five slow streams on the doomed process, left hanging when it dies. Arriving together, they make the
+  // line hot: some or all are admitted from a lease (one reservation for many calls), the rest hold alone.
   const aborts = Array.from({ length: 5 }, () => new AbortController())
   const streams = aborts.map(async (abort) => await fetch(`${doomed!.url}/v1/chat/completions`, {
     method: 'POST',
@@ -83,18 +84,21 @@ t.test('a process killed mid-call: after the TTL its reservations are swept and 
     headers: { 'content-type': 'application/json', 'x-relay-team-id': 'platform' },
     body: JSON.stringify({ ...chat, stream: true })
   }).then(async (response) => await response.arrayBuffer()).catch(() => null))
-  await waitFor(async () => (await sql`select count(*)::int as n from budget_reservations`)[0]!.n === 5, 10_000, 'five reservations')
+  const held = async () => (await sql`select coalesce(sum(amount), 0)::text as held from budget_reservations`)[0]!.held as string
+  await waitFor(async () => toUnits(await held()) >= toUnits(estimate) * 5n, 10_000, 'five calls held')
   await doomed!.stop('SIGKILL')
   await Promise.all(streams)
-  t.equal((await sql`select count(*)::int as n from budget_reservations`)[0]!.n, 5, 'the dead process left its reservations')
+  const leftHeld = await held()
+  t.ok(toUnits(leftHeld) >= toUnits(estimate) * 5n, `the dead process left ${leftHeld} held, at least the five calls' estimates`)
 
-  // The survivor's sweeper settles them once they expire: counted at their estimate, the most they could have cost.
+  // The survivor's sweeper counts every expired hold as spent: a lease whole (an over-count of at most
+  // its unused slice), a call's own hold at its estimate. Nothing the dead calls could have cost is lost.
   await waitFor(async () => (await sql`select count(*)::int as n from budget_reservations`)[0]!.n === 0, 15_000, 'the sweep')
   const records = await sql`select amount::text as amount, source, metadata from budget_usage_records where budget_id = ${budgetId}`
-  t.equal(records.length, 5)
-  t.ok(records.every((record) => record.source === 'expired-reservation' && (record.metadata as { outcome: string }).outcome === 'unknown'))
+  t.ok(records.length > 0 && records.every((record) => record.source === 'expired-reservation' && (record.metadata as { outcome: string }).outcome === 'unknown'))
   const status = await fetch(`${survivor!.url}${PREFIX}/${budgetId}/status`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } }).then(async (r) => await r.json()) as { currentAmount: string, reservedAmount: string }
-  t.equal(status.currentAmount, fromUnits(toUnits(estimate) * 5n), 'spent: five estimates')
+  t.equal(status.currentAmount, normalizeMoney(leftHeld), 'spent: exactly what was held')
+  t.ok(compareMoney(status.currentAmount, fromUnits(toUnits(estimate) * 5n)) >= 0, 'at least five estimates')
   t.equal(status.reservedAmount, '0', 'nothing held')
   aborts.forEach((abort) => { abort.abort() })
 })

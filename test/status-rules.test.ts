@@ -90,15 +90,17 @@ t.test('percentReached compares exactly', async (t) => {
 })
 
 t.test('the decision: strictest refusal wins, and the binding budget is named', async (t) => {
-  const team = { budget: { ...budget, id: 'team', name: 'team', alerts: [] }, currentAmount: '900', reservedAmount: '50' }
-  const org = { budget: { ...budget, id: 'org', name: 'org', amount: '10000', alerts: [] }, currentAmount: '1000', reservedAmount: '0' }
+  // Whether an estimate fits is SQL's to say (budget_fits); the decision reads it.
+  const team = { budget: { ...budget, id: 'team', name: 'team', alerts: [] }, currentAmount: '900', reservedAmount: '50', fits: true }
+  const org = { budget: { ...budget, id: 'org', name: 'org', amount: '10000', alerts: [] }, currentAmount: '1000', reservedAmount: '0', fits: true }
   const fits = decide([team, org], '50')
   t.match(fits, { canProceed: true, code: null, bindingBudgetId: 'team', remaining: '50', limit: '1000', currentAmount: '900', reservedAmount: '50' })
-  const tooMuch = decide([team, org], '50.0000000001')
+  const tooMuch = decide([{ ...team, fits: false }, org], '50.0000000001')
   t.match(tooMuch, { canProceed: false, code: 'budget_exceeded', bindingBudgetId: 'team', reason: /team.*50 left/ })
   t.same(tooMuch.budgets.map((b) => b.fits), [false, true])
+  t.match(decide([{ ...team, fits: false, budget: { ...team.budget, enforcement: 'soft' as const } }, org], '60'), { canProceed: true }, 'a soft budget that does not fit only alerts')
 
-  const orgBlocked = { ...org, budget: { ...org.budget, alerts: [alert(10, 'block-all')] } }
+  const orgBlocked = { ...org, fits: false, budget: { ...org.budget, alerts: [alert(10, 'block-all')] } }
   t.match(decide([team, orgBlocked], '500'), { canProceed: false, code: 'budget_blocked', bindingBudgetId: 'org' }, 'block-all outranks an exceeded limit')
   const approval = { ...team, budget: { ...team.budget, alerts: [alert(80, 'require-approval')] } }
   t.match(decide([approval, org], '1'), { canProceed: false, code: 'approval_required', bindingBudgetId: 'team' })

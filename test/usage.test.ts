@@ -1,5 +1,6 @@
 import t from 'tap'
 import { createBudgetTracker } from '../lib/services/tracker.js'
+import { createRepositories } from '../lib/repository/index.js'
 import { PREFIX, budgetRequest, buildApp, seedBudgetRequest } from './fixtures/app.js'
 
 type Admin = Awaited<ReturnType<typeof buildApp>>['admin']
@@ -294,7 +295,7 @@ t.test('status fields against hand-computed values, on the tracker with a fixed 
   const budget = await createBudget(admin, { period: 'monthly', startDate: '2024-04-01', amount: '1000', alerts: [{ threshold: 20, actions: ['notify'] }] })
   await app.budgetTracker.recordUsage({ budgetId: budget.id, amount: '150', currency: 'USD', occurredAt: '2024-04-03T00:00:00Z' })
   await app.budgetTracker.recordUsage({ budgetId: budget.id, amount: '100', currency: 'USD', occurredAt: '2024-04-10T00:00:00Z' })
-  const tracker = createBudgetTracker(sql, { statusCacheTtlMs: Number.MAX_SAFE_INTEGER, now: () => new Date('2024-04-11T00:00:00Z') })
+  const tracker = createBudgetTracker(createRepositories(sql), { statusCacheTtlMs: Number.MAX_SAFE_INTEGER, now: () => new Date('2024-04-11T00:00:00Z') })
   t.match(await tracker.getBudgetStatus(budget.id), {
     currentAmount: '250', limit: '1000', percentUsed: 25, remaining: '750', daysRemaining: 20,
     burnRate: '25', projectedTotal: '750', status: 'warning', reservedAmount: '0',

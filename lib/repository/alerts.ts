@@ -175,3 +175,5 @@ function toApproval (row: Approval): Approval {
     expiresAt: new Date(row.expiresAt).toISOString()
   }
 }
+
+export type AlertRepository = ReturnType<typeof createAlertRepository>

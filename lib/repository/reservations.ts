@@ -22,13 +22,63 @@ export interface ApplicableBudget {
   reservedAmount: Money
   approvedThrough: Money | null
   projectedActions: AlertAction[]
+  /** Whether the estimate the numbers were read for fits (budget_fits). */
+  fits: boolean
 }
 
-interface ApplicableRow extends ApplicableBudget {
+/** One budget of a caller's line, as the process caches it (budget_line in sql/006). */
+export interface LineBudget {
+  budgetId: string
+  name: string
+  alerts: BudgetAlert[]
+  scopeMatched: boolean
+  scopeRank: number
+  periodStart: Date
+  periodEnd: Date
+}
+
+/** A budget's numbers under the hold's lock, and whether the call fits it (the one place that is decided). */
+export interface HeldBudget {
+  budgetId: string
+  amount: Money
+  enforcement: 'hard' | 'soft'
+  currentAmount: Money
+  reservedAmount: Money
+  fits: boolean
+  approvedThrough: Money | null
+  projectedActions: AlertAction[]
+}
+
+/** The end of a call admitted from a lease: charged `actualCost` at `occurredAt` (inside the lease's windows). */
+export interface LeasedSettlement {
+  leaseId: string
+  requestId: string
+  actualCost: Money
+  occurredAt: Date
+  source: string
+  description: string | null
+  metadata: Record<string, unknown>
+}
+
+/** A call to hold for: its estimate on every budget of its line. */
+export interface HoldRequest {
+  reservationId: string
+  requestId: string
+  amount: Money
+  line: LineBudget[]
+}
+
+export interface Hold {
+  /** Every window of the line was there and current: the line can be trusted (else reload it and try again). */
+  current: boolean
   reserved: boolean
+  budgets: HeldBudget[]
+  /** The budget definitions' version the hold saw (-1: none read). */
+  definitionsVersion: number
 }
 
-export interface SettleValues {
+export interface Settlement {
+  reservationId: string
   actualCost: Money | null
   source: string
   description: string | null
@@ -36,7 +86,7 @@ export interface SettleValues {
 }
 
 export function createReservationRepository (sql: Db) {
-  const normalize = ({ reserved: _reserved, ...row }: ApplicableRow): ApplicableBudget => ({
+  const normalize = (row: ApplicableBudget): ApplicableBudget => ({
     ...row,
     amount: normalizeMoney(row.amount),
     currentAmount: normalizeMoney(row.currentAmount),
@@ -50,15 +100,17 @@ export function createReservationRepository (sql: Db) {
 
   // The numbers the decision needs, for budgets and windows from `source` (budget_id, scope_matched,
   // scope_rank, period_start, period_end).
-  const readStandings = async (source: ReturnType<typeof sql>): Promise<ApplicableBudget[]> => {
-    const rows = await sql<ApplicableRow[]>`
+  const readStandings = async (source: ReturnType<typeof sql>, estimate: Money): Promise<ApplicableBudget[]> => {
+    const rows = await sql<ApplicableBudget[]>`
       select x.budget_id as "budgetId", b.name, b.amount::text as amount, b.enforcement, b.alerts, x.scope_matched as "scopeMatched",
              x.period_start as "periodStart", x.period_end as "periodEnd",
              -- coalesce short-circuits: the sum runs only for a window that has no cache row yet
              coalesce(c.current_amount, (select current_amount from calculate_budget_status(x.budget_id, x.period_start, x.period_end)))::text as "currentAmount",
              coalesce(c.reserved_amount, 0)::text as "reservedAmount",
              budget_approved_through(x.budget_id, x.period_start)::text as "approvedThrough",
-             ${projectedActions(sql`x.budget_id`, sql`x.period_start`)}, false as reserved
+             ${projectedActions(sql`x.budget_id`, sql`x.period_start`)},
+             budget_fits(b.enforcement, b.amount, coalesce(c.current_amount, (select current_amount from calculate_budget_status(x.budget_id, x.period_start, x.period_end))),
+                         coalesce(c.reserved_amount, 0), ${estimate}::numeric) as fits
       from ${source} x
       join budget_definitions b on b.id = x.budget_id
       left join budget_status_cache c on c.budget_id = x.budget_id and c.period_start = x.period_start
@@ -67,27 +119,110 @@ export function createReservationRepository (sql: Db) {
   }
 
   return {
-    /**
-     * One round trip: reserves `amount` on every budget that applies to the scopes, or on none.
-     * Returns each applicable budget's numbers from before the reservation, and whether it was made.
-     */
-    async reserve (reservationId: string, scopes: Scope[], currency: string, amount: Money, ttlMs: number, requestId: string) {
-      const rows = await sql<ApplicableRow[]>`
-        select budget_id as "budgetId", name, amount::text as amount, enforcement, alerts, scope_matched as "scopeMatched",
-               period_start as "periodStart", period_end as "periodEnd", current_amount::text as "currentAmount",
-               reserved_amount::text as "reservedAmount", approved_through::text as "approvedThrough",
-               ${projectedActions(sql`r.budget_id`, sql`r.period_start`)}, reserved
-        from budget_reserve(${reservationId}, ${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[],
-                            ${currency}, ${amount}, ${`${ttlMs} milliseconds`}::interval, ${requestId}) r`
-      return { reserved: rows[0]?.reserved ?? false, budgets: rows.map(normalize) }
+    /** The caller's budget line now, its windows' cache rows made sure of (budget_line, sql/006). */
+    async loadLine (scopes: Scope[], currency: string): Promise<{ line: LineBudget[], definitionsVersion: number }> {
+      const rows = await sql<Array<LineBudget & { definitionsVersion: string }>>`
+        select budget_id as "budgetId", name, alerts, scope_matched as "scopeMatched", scope_rank as "scopeRank",
+               period_start as "periodStart", period_end as "periodEnd", definitions_version::text as "definitionsVersion"
+        from budget_line(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency})`
+      // A caller with no budget still learns the version: its empty line is as cacheable as any.
+      const version = rows[0]?.definitionsVersion ?? (await sql<Array<{ version: string }>>`select budget_definitions_version()::text as version`)[0]!.version
+      return { line: rows.map(({ definitionsVersion: _version, ...budget }) => budget), definitionsVersion: Number(version) }
     },
 
-    /** Ends a reservation: releases it, and records `actualCost` when given. Returns the usage id, if one was recorded. */
-    async settle (reservationId: string, values: SettleValues): Promise<string | null> {
-      const [row] = await sql<Array<{ usageId: string | null }>>`
-        select budget_settle(${reservationId}, ${values.actualCost}, ${values.source}, ${values.description},
-                             ${sql.json(values.metadata as Parameters<typeof sql.json>[0])}) as "usageId"`
-      return row?.usageId ?? null
+    /**
+     * Holds for a batch of calls in one statement (budget_hold_batch, sql/006): each call's estimate
+     * on every budget of its line, or on none, admitted in the order given. Returns each call's hold.
+     */
+    async holdBatch (calls: HoldRequest[], currency: string, ttlMs: number): Promise<Hold[]> {
+      const rows = calls.flatMap((call, index) => call.line.map((budget) => ({ call: index + 1, budget })))
+      const needs = (test: (alert: BudgetAlert) => boolean) => calls.some((call) => call.line.some((budget) => budget.alerts.some(test)))
+      // Arrays go over the wire as text (postgres.js serializes elements by the type it is told) and are cast in SQL.
+      const held = await sql<Array<HeldBudget & { callIndex: number, isCurrent: boolean, isReserved: boolean, definitionsVersion: string }>>`
+        select call_index as "callIndex", budget_id as "budgetId", amount::text as amount, enforcement, current_amount::text as "currentAmount",
+               reserved_amount::text as "reservedAmount", fits, is_current as "isCurrent", is_reserved as "isReserved",
+               approved_through::text as "approvedThrough", projected_actions as "projectedActions",
+               definitions_version::text as "definitionsVersion"
+        from budget_hold_batch(
+          ${calls.map((call) => call.reservationId)}::text[]::uuid[], ${calls.map((call) => call.amount)}::text[]::numeric[],
+          ${calls.map((call) => call.requestId)}::text[], ${currency}, ${`${ttlMs} milliseconds`}::interval,
+          ${rows.map((row) => String(row.call))}::text[]::integer[], ${rows.map((row) => row.budget.budgetId)}::text[]::uuid[],
+          ${rows.map((row) => row.budget.periodStart.toISOString())}::text[]::timestamptz[],
+          ${rows.map((row) => row.budget.periodEnd.toISOString())}::text[]::timestamptz[],
+          ${rows.map((row) => String(row.budget.scopeMatched))}::text[]::boolean[], ${rows.map((row) => String(row.budget.scopeRank))}::text[]::integer[],
+          ${needs((alert) => alert.actions.includes('require-approval'))}, ${needs((alert) => alert.basis === 'projected')})`
+      const holds: Hold[] = calls.map((call) => ({ current: call.line.length === 0, reserved: false, budgets: [], definitionsVersion: -1 }))
+      for (const { callIndex, isCurrent, isReserved, definitionsVersion, ...budget } of held) {
+        const hold = holds[callIndex - 1]!
+        hold.definitionsVersion = Number(definitionsVersion)
+        hold.current = isCurrent
+        hold.reserved = isReserved
+        hold.budgets.push({
+          ...budget,
+          amount: normalizeMoney(budget.amount),
+          currentAmount: normalizeMoney(budget.currentAmount),
+          reservedAmount: normalizeMoney(budget.reservedAmount),
+          approvedThrough: budget.approvedThrough === null ? null : normalizeMoney(budget.approvedThrough)
+        })
+      }
+      // A call none of whose windows was found holds nothing and must reload its line.
+      calls.forEach((call, index) => { if (holds[index]!.budgets.length < call.line.length) holds[index]!.current = false })
+      return holds
+    },
+
+    /** Ends many reservations in one transaction (budget_settle_batch, sql/006). Returns the usage ids by reservation. */
+    async settleBatch (settlements: Settlement[]): Promise<{ usageIds: Map<string, string | null>, definitionsVersion: number }> {
+      const rows = await sql<Array<{ reservationId: string, usageId: string | null, definitionsVersion: string }>>`
+        select reservation_id as "reservationId", usage_id as "usageId", definitions_version::text as "definitionsVersion"
+        from budget_settle_batch(${settlements.map((s) => s.reservationId)}::text[]::uuid[], ${settlements.map((s) => s.actualCost)}::text[]::numeric[],
+                                 ${settlements.map((s) => s.source)}::text[], ${settlements.map((s) => s.description)}::text[],
+                                 ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[])`
+      return { usageIds: new Map(rows.map((row) => [row.reservationId, row.usageId])), definitionsVersion: Number(rows[0]?.definitionsVersion ?? -1) }
+    },
+
+    /**
+     * Takes (or adds to) a lease on the line: up to `wanted` on every budget, at most a quarter of the
+     * tightest room, never past a threshold whose alert does more than notify; nothing when that is
+     * under `least` or the line is out of date (budget_lease_take, sql/006).
+     */
+    async takeLease (leaseId: string, line: LineBudget[], currency: string, ttlMs: number, wanted: Money, least: Money) {
+      const rows = await sql<Array<{ granted: string, budgetId: string, amount: string, enforcement: 'hard' | 'soft', currentAmount: string, reservedAmount: string, definitionsVersion: string }>>`
+        select granted::text as granted, budget_id as "budgetId", amount::text as amount, enforcement,
+               current_amount::text as "currentAmount", reserved_amount::text as "reservedAmount", definitions_version::text as "definitionsVersion"
+        from budget_lease_take(${leaseId}, ${currency}, ${`${ttlMs} milliseconds`}::interval, ${wanted}::numeric, ${least}::numeric,
+          ${line.map((b) => b.budgetId)}::text[]::uuid[], ${line.map((b) => b.periodStart.toISOString())}::text[]::timestamptz[],
+          ${line.map((b) => b.periodEnd.toISOString())}::text[]::timestamptz[], ${line.map((b) => String(b.scopeMatched))}::text[]::boolean[],
+          ${line.map((b) => String(b.scopeRank))}::text[]::integer[])`
+      if (rows.length === 0) return null
+      return {
+        granted: normalizeMoney(rows[0]!.granted),
+        definitionsVersion: Number(rows[0]!.definitionsVersion),
+        budgets: rows.map((row) => ({
+          budgetId: row.budgetId, amount: normalizeMoney(row.amount), enforcement: row.enforcement,
+          currentAmount: normalizeMoney(row.currentAmount), reservedAmount: normalizeMoney(row.reservedAmount)
+        }))
+      }
+    },
+
+    /** Keeps a lease alive while its process is; false when it is gone (it expired and was swept). */
+    async renewLease (leaseId: string, ttlMs: number): Promise<boolean> {
+      const renewed = await sql`update budget_reservations set expires_at = now() + ${`${ttlMs} milliseconds`}::interval where id = ${leaseId}`
+      return renewed.count > 0
+    },
+
+    /** Gives back `amount` of a lease (budget_lease_return, sql/006). */
+    async returnLease (leaseId: string, amount: Money): Promise<void> {
+      await sql`select budget_lease_return(${leaseId}, ${amount}::numeric)`
+    },
+
+    /** Settles calls admitted from leases, in one transaction (budget_settle_leased, sql/006). */
+    async settleLeased (settlements: LeasedSettlement[], ttlMs: number): Promise<number> {
+      const [row] = await sql<Array<{ version: string }>>`
+        select budget_settle_leased(${settlements.map((s) => s.leaseId)}::text[]::uuid[], ${settlements.map((s) => s.requestId)}::text[],
+                                    ${settlements.map((s) => s.actualCost)}::text[]::numeric[], ${settlements.map((s) => s.source)}::text[],
+                                    ${settlements.map((s) => s.description)}::text[], ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[],
+                                    ${settlements.map((s) => s.occurredAt.toISOString())}::text[]::timestamptz[], ${`${ttlMs} milliseconds`}::interval)::text as version`
+      return Number(row!.version)
     },
 
     async sweepExpired (limit: number): Promise<number> {
@@ -96,19 +231,19 @@ export function createReservationRepository (sql: Db) {
     },
 
     /** The budgets that apply to the scopes, with their current numbers; reads only, locks nothing. */
-    async listApplicable (scopes: Scope[], currency: string): Promise<ApplicableBudget[]> {
+    async listApplicable (scopes: Scope[], currency: string, estimate: Money = '0'): Promise<ApplicableBudget[]> {
       return await readStandings(sql`
-        budget_applicable(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, now())`)
+        budget_applicable(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, now())`, estimate)
     },
 
     /** The budget and each live ancestor with a window now, nearest first, with the same numbers as listApplicable. */
-    async listLineage (budgetId: string): Promise<ApplicableBudget[]> {
+    async listLineage (budgetId: string, estimate: Money = '0'): Promise<ApplicableBudget[]> {
       return await readStandings(sql`(
         select l.id as budget_id, l.depth = 1 as scope_matched, l.depth as scope_rank, w.period_start, w.period_end
         from budget_lineage(${budgetId}) l
         join budget_definitions live on live.id = l.id and live.deleted_at is null
         cross join lateral budget_period_window(l.period, l.start_date, l.end_date, l.recurring, now()) w
-      )`)
+      )`, estimate)
     }
   }
 }

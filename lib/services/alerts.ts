@@ -1,9 +1,8 @@
 // Alerts as operators see them: each threshold crossing (recorded once by the database), its
 // deliveries, acknowledgements, and the approvals that lift require-approval.
-import type { Sql } from 'postgres'
 import { AlertNotFoundError, BudgetNotActiveError, InvalidFieldError } from '../errors.js'
 import { fromUnits, parsePositiveMoney, toUnits } from '../money.js'
-import { createAlertRepository, type AlertRecord, type Approval } from '../repository/alerts.js'
+import type { AlertRecord, AlertRepository, Approval } from '../repository/alerts.js'
 import { isUuid } from '../repository/budgets.js'
 import { parseTimestamp } from '../timestamps.js'
 import type { BudgetTracker } from './tracker.js'
@@ -18,8 +17,7 @@ export interface ApprovalRequest {
 
 const HOUR = 3_600_000
 
-export function createBudgetAlerts (sql: Sql, tracker: BudgetTracker, now: () => Date) {
-  const alerts = createAlertRepository(sql)
+export function createBudgetAlerts (alerts: AlertRepository, tracker: BudgetTracker, now: () => Date) {
 
   return {
     /** Every crossing of the budget, newest first, with its deliveries. */
@@ -40,9 +38,10 @@ export function createBudgetAlerts (sql: Sql, tracker: BudgetTracker, now: () =>
       const amount = parsePositiveMoney(request.amount, 'amount')
       const expiresAt = request.expiresAt === undefined ? new Date(now().getTime() + HOUR) : parseTimestamp(request.expiresAt, 'expiresAt')
       if (expiresAt <= now()) throw new InvalidFieldError('expiresAt', 'must be in the future')
-      const status = await tracker.getBudgetStatus(budgetId)
       // An approval lifts require-approval in the current window; a budget with none has nothing to approve.
-      if (status.state !== 'active') throw new BudgetNotActiveError(budgetId, now().toISOString(), status.state)
+      const window = await tracker.getWindow(budgetId)
+      if (window.state !== 'active') throw new BudgetNotActiveError(budgetId, now().toISOString(), window.state)
+      const status = await tracker.getBudgetStatus(budgetId)
       const periodEnd = new Date(status.periodEnd)
       return await alerts.insertApproval({
         budgetId,

@@ -2,7 +2,7 @@
 // the model asked for. Pure: the constraint check, the integration service and the gate all call it
 // with numbers read from the database.
 import { fromUnits, toUnits, type Money } from '../money.js'
-import type { ApplicableBudget } from '../repository/reservations.js'
+import type { ApplicableBudget, Hold, LineBudget } from '../repository/reservations.js'
 import type { AlertAction, BudgetAlert, BudgetDefinition } from '../schemas.js'
 import type { PriceBook } from './pricing.js'
 import { budgetHealth, percentReached, type BudgetHealth } from './status-rules.js'
@@ -15,6 +15,8 @@ export interface BudgetStanding {
   approvedThrough?: Money | null
   /** Actions of projected-basis alerts crossed this period (from the alert history). */
   projectedActions?: AlertAction[]
+  /** Whether the estimate fits, as SQL decided it (budget_fits, sql/006): the one place that rule lives. */
+  fits: boolean
 }
 
 /** What the gate knows about the call: the model, and how restrict-models and auto-downgrade treat it. */
@@ -133,8 +135,27 @@ export function standingsOf (budgets: ApplicableBudget[]): BudgetStanding[] {
     currentAmount: budget.currentAmount,
     reservedAmount: budget.reservedAmount,
     approvedThrough: budget.approvedThrough,
-    projectedActions: budget.projectedActions
+    projectedActions: budget.projectedActions,
+    fits: budget.fits
   }))
+}
+
+/** The decision's view of a hold: the line's budgets (names and alerts from the process's cache) with the numbers read under its lock. */
+export function standingsOfHold (line: LineBudget[], hold: Hold): BudgetStanding[] {
+  const held = new Map(hold.budgets.map((budget) => [budget.budgetId, budget]))
+  return line.flatMap((budget) => {
+    const numbers = held.get(budget.budgetId)
+    return numbers === undefined
+      ? []
+      : [{
+          budget: { id: budget.budgetId, name: budget.name, amount: numbers.amount, alerts: budget.alerts, enforcement: numbers.enforcement },
+          currentAmount: numbers.currentAmount,
+          reservedAmount: numbers.reservedAmount,
+          approvedThrough: numbers.approvedThrough,
+          projectedActions: numbers.projectedActions,
+          fits: numbers.fits
+        }]
+  })
 }
 
 export function checkBudget (standing: BudgetStanding, estimate: Money, policy?: ModelPolicy): BudgetCheck {
@@ -155,7 +176,7 @@ export function checkBudget (standing: BudgetStanding, estimate: Money, policy?:
     status: budgetHealth(currentAmount, budget.amount, budget.alerts),
     activeActions,
     enforcement: budget.enforcement ?? 'hard',
-    fits: toUnits(estimate) <= available,
+    fits: standing.fits,
     approved: approvedThrough !== null && committed + toUnits(estimate) <= toUnits(approvedThrough),
     allowedModels: policy === undefined || restricting.length === 0 ? null : restriction(restricting, policy)
   }

@@ -1,12 +1,15 @@
 // The Budget Integration service: budgets for a model call's caller. The gate's hooks and gateway code
 // outside them use it alike, so there is one decision (decide) and one way to reserve and settle.
 import { randomUUID } from 'node:crypto'
-import type { Sql } from 'postgres'
 import { DatabaseUnavailableError, InvalidFieldError } from '../errors.js'
 import { parsePositiveMoney, toUnits, type Money } from '../money.js'
-import { createReservationRepository, type Scope } from '../repository/reservations.js'
+import type { Hold, LineBudget, ReservationRepository, Scope } from '../repository/reservations.js'
+import type { BudgetLines } from './budget-lines.js'
+import type { HoldQueue } from './holds.js'
+import type { Admission, Leases } from './leases.js'
+import type { SettlementQueue } from './settlements.js'
 import type { ScopeType } from '../schemas.js'
-import { decide, standingsOf, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
+import { decide, standingsOf, standingsOfHold, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
 import type { BudgetStatusInfo } from './status-rules.js'
 import type { BudgetTracker, UsageMetadata } from './tracker.js'
 
@@ -42,12 +45,16 @@ export function toScopes (caller: CallerScopes): Scope[] {
   return SCOPE_ORDER.filter((type) => caller[type] !== undefined).map((type) => ({ type, id: caller[type]! }))
 }
 
-// Deadlocks cannot happen between the gate's own statements (rows are locked in budget id order), but
-// a settle that meets a lock timeout or a serialization failure is safe to run again.
-const RETRYABLE = new Set(['40P01', '40001', '55P03'])
+/** The parts the integration works with, each built once by the plugin (lib/index.ts). */
+export interface GateMachinery {
+  reservations: ReservationRepository
+  lines: BudgetLines
+  leases: Leases
+  holds: HoldQueue
+  settlements: SettlementQueue
+}
 
-export function createBudgetIntegration (sql: Sql, tracker: BudgetTracker, options: IntegrationOptions) {
-  const reservations = createReservationRepository(sql)
+export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements }: GateMachinery, tracker: BudgetTracker, options: IntegrationOptions) {
 
   /** Waits at most timeoutMs; a late answer is handed to `late` (to undo what it did). */
   async function withDeadline<T> (work: Promise<T>, late: (result: T) => unknown = () => {}): Promise<T> {
@@ -70,13 +77,33 @@ export function createBudgetIntegration (sql: Sql, tracker: BudgetTracker, optio
 
   async function settleCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<string | null> {
     const actual = actualCost === null || toUnits(String(actualCost)) === 0n ? null : parsePositiveMoney(actualCost, 'actualCost')
-    const values = { actualCost: actual, source: info.source ?? 'gateway', description: info.description ?? null, metadata: info.metadata ?? {} }
+    const values = { source: info.source ?? 'gateway', description: info.description ?? null, metadata: info.metadata ?? {} }
+    const leased = admitted.get(reservationId)
+    if (leased !== undefined) {
+      admitted.delete(reservationId)
+      return await leases.end(leased.admission, actual, { requestId: leased.requestId, ...values })
+    }
+    return await settlements.settle({ reservationId, actualCost: actual, ...values })
+  }
+
+  // Calls admitted from a lease, by the id the caller settles them with.
+  const admitted = new Map<string, { admission: Admission, requestId: string }>()
+
+  /**
+   * Admits the call from its line's lease when the line is hot and has room, else holds `estimate`
+   * on the line for this call alone. A line found out of date (a window rolled over, a budget
+   * changed) is reloaded once.
+   */
+  async function admitOrHold (scopes: Scope[], reservationId: string, estimate: Money, requestId: string): Promise<{ line: LineBudget[], admission: Admission | null, hold: Hold }> {
     for (let attempt = 1; ; attempt++) {
-      try {
-        return await reservations.settle(reservationId, values)
-      } catch (error) {
-        if (attempt >= 3 || !RETRYABLE.has((error as { code?: string }).code ?? '')) throw error
-      }
+      const { key, line, validUntil } = await lines.lineOf(scopes)
+      if (line.length === 0) return { line, admission: null, hold: { current: true, reserved: false, budgets: [], definitionsVersion: -1 } }
+      const admission = await leases.admit(key, line, validUntil, estimate)
+      if (admission !== null) return { line, admission, hold: { current: true, reserved: true, budgets: [], definitionsVersion: -1 } }
+      const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
+      lines.observe(hold.definitionsVersion)
+      if (hold.current || attempt >= 2) return { line, admission: null, hold }
+      lines.forget()
     }
   }
 
@@ -85,7 +112,7 @@ export function createBudgetIntegration (sql: Sql, tracker: BudgetTracker, optio
     async checkCaller (caller: CallerScopes, estimatedCost: Money | number, model?: string): Promise<BudgetConstraintCheck> {
       const estimate = parsePositiveMoney(estimatedCost, 'estimatedCost')
       const scopes = toScopes(caller)
-      const budgets = scopes.length === 0 ? [] : standingsOf(await reservations.listApplicable(scopes, options.currency))
+      const budgets = scopes.length === 0 ? [] : standingsOf(await reservations.listApplicable(scopes, options.currency, estimate))
       return decide(budgets, estimate, model === undefined ? undefined : { ...options.models, model })
     },
 
@@ -98,19 +125,33 @@ export function createBudgetIntegration (sql: Sql, tracker: BudgetTracker, optio
       const policy = model === undefined ? undefined : { ...options.models, model }
       if (scopes.length === 0) return { check: decide([], estimate, policy), reservationId: null }
       const reservationId = randomUUID()
-      const result = await withDeadline(
-        reservations.reserve(reservationId, scopes, options.currency, estimate, options.reservationTtlMs, requestId),
+      const { line, admission, hold: result } = await withDeadline(
+        admitOrHold(scopes, reservationId, estimate, requestId),
         // Answered too late for the caller, who was refused: give back what it took.
-        async (late) => { if (late.reserved) await settleCall(reservationId, null).catch(() => {}) }
+        async (late) => {
+          if (late.admission !== null) await leases.end(late.admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
+          else if (late.hold.reserved) await settleCall(reservationId, null).catch(() => {})
+        }
       )
-      const check = decide(standingsOf(result.budgets), estimate, policy)
-      if (result.budgets.length === 0) return { check, reservationId: null } // no budget applies to this caller
+      if (admission !== null) {
+        const check = decide(admission.standings, estimate, policy)
+        if (check.canProceed) {
+          admitted.set(reservationId, { admission, requestId })
+          return { check, reservationId }
+        }
+        // A lease never spans an action's threshold, so this does not happen; refuse as a hold would.
+        await leases.end(admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
+        return { check, reservationId: null }
+      }
+      if (!result.current) throw new DatabaseUnavailableError() // the line changed under two tries in a row
+      const check = decide(standingsOfHold(line, result), estimate, policy)
+      if (line.length === 0) return { check, reservationId: null } // no budget applies to this caller
       if (result.reserved && !check.canProceed) {
         // Room enough, but an alert action (block-all, require-approval, restrict-models) refuses: undo the reservation.
         await settleCall(reservationId, null)
       }
       if (!result.reserved && check.canProceed) {
-        // Cannot happen while SQL and decide() agree on the capacity rule; refuse rather than overspend.
+        // Cannot happen: decide() reads the fits that the hold decided. Refuse rather than overspend.
         return { check: { ...check, canProceed: false, code: 'budget_exceeded', reason: 'A budget has no room for the estimated cost' }, reservationId: null }
       }
       return { check, reservationId: result.reserved && check.canProceed ? reservationId : null }

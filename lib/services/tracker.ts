@@ -1,12 +1,10 @@
 // The Budget Tracker: records usage exactly once, and reads live status, history and summaries.
-import type { Sql } from 'postgres'
 import { BudgetNotFoundError, CurrencyMismatchError, IdempotencyConflictError, InvalidFieldError, BudgetNotActiveError } from '../errors.js'
 import { fromUnits, parsePositiveMoney, toUnits, type Money } from '../money.js'
-import { createAlertRepository } from '../repository/alerts.js'
-import { createBudgetRepository, isUuid } from '../repository/budgets.js'
-import { createReservationRepository } from '../repository/reservations.js'
-import { createStatusRepository, type BudgetWindow, type StatusCacheRow } from '../repository/status.js'
-import { createUsageRepository, type UsageFilter, type UsagePageKey, type UsageRecord } from '../repository/usage.js'
+import { isUuid } from '../repository/budgets.js'
+import type { Repositories } from '../repository/index.js'
+import type { BudgetWindow, StatusCacheRow } from '../repository/status.js'
+import type { UsageFilter, UsagePageKey, UsageRecord } from '../repository/usage.js'
 import type { BudgetDefinition } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
 import { decide, standingsOf, type BudgetConstraintCheck } from './decision.js'
@@ -60,12 +58,7 @@ export interface TrackerOptions {
 // A clock a little ahead of ours is not the future; a day ahead is a mistake.
 const CLOCK_SKEW_MS = 5 * 60_000
 
-export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
-  const budgets = createBudgetRepository(sql)
-  const status = createStatusRepository(sql)
-  const usage = createUsageRepository(sql)
-  const alerts = createAlertRepository(sql)
-  const reservations = createReservationRepository(sql)
+export function createBudgetTracker ({ budgets, status, usage, alerts, reservations }: Repositories, options: TrackerOptions) {
 
   async function requireBudget (budgetId: string): Promise<BudgetDefinition> {
     const budget = await budgets.findBudget(budgetId)
@@ -154,6 +147,12 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
       return (await record(request, recordOptions)).record
     },
 
+    /** The window the budget's status speaks of now, and its state; reads only (no cache row is made or refreshed). */
+    async getWindow (budgetId: string): Promise<BudgetWindow> {
+      const budget = await requireBudget(budgetId)
+      return (await status.findWindow(budget.id, options.now()))!
+    },
+
     async getBudgetStatus (budgetId: string): Promise<BudgetStatusInfo> {
       return await toStatus(await standing(await requireBudget(budgetId)))
     },
@@ -204,7 +203,7 @@ export function createBudgetTracker (sql: Sql, options: TrackerOptions) {
     async checkBudgetConstraints (budgetId: string, estimatedCost: string | number): Promise<BudgetConstraintCheck> {
       const estimate: Money = parsePositiveMoney(estimatedCost, 'estimatedCost')
       const budget = await requireBudget(budgetId)
-      return decide(standingsOf(await reservations.listLineage(budget.id)), estimate)
+      return decide(standingsOf(await reservations.listLineage(budget.id, estimate)), estimate)
     }
   }
 }

@@ -1,0 +1,21 @@
+// Every repository, built once on one postgres.js client (the composition root in lib/index.ts hands
+// them to the services). A service that needs a transaction builds the ones it uses on the
+// transaction's sql, with the same functions.
+import type { Db } from './budgets.js'
+import { createAlertRepository } from './alerts.js'
+import { createBudgetRepository } from './budgets.js'
+import { createReservationRepository } from './reservations.js'
+import { createStatusRepository } from './status.js'
+import { createUsageRepository } from './usage.js'
+
+export function createRepositories (sql: Db) {
+  return {
+    budgets: createBudgetRepository(sql),
+    usage: createUsageRepository(sql),
+    status: createStatusRepository(sql),
+    alerts: createAlertRepository(sql),
+    reservations: createReservationRepository(sql)
+  }
+}
+
+export type Repositories = ReturnType<typeof createRepositories>

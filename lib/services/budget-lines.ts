@@ -1,0 +1,85 @@
+// Budget lines in process: which budgets apply to a caller and their windows, loaded once per caller,
+// window and process (budget_line, sql/006) so no call walks the tree or computes a period in SQL.
+// A line is forgotten when its first window ends, after a minute (a budget that starts later), and
+// when any budget changed in any process: every statement of the gate reports the definitions'
+// version it saw (budget_definitions_version, sql/006), and a newer one than the lines were loaded at
+// forgets them all. No extra connection, nothing to listen for, and it works behind any pooler.
+import type { LineBudget, ReservationRepository, Scope } from '../repository/reservations.js'
+
+const LONGEST_KEPT_MS = 60_000
+const MOST_LINES = 10_000
+
+interface Cached {
+  line: Promise<{ line: LineBudget[], definitionsVersion: number }>
+  validUntil: number
+  /** The count of changes heard when the load began: a load that a change overtook is not kept. */
+  generation: number
+}
+
+/** A caller's line as cached: the key it is kept under, and until when it holds. */
+export interface CachedLine {
+  key: string
+  line: LineBudget[]
+  validUntil: number
+}
+
+export function createBudgetLines (reservations: ReservationRepository, currency: string) {
+  const lines = new Map<string, Cached>()
+  const forgotten: Array<() => void> = []
+  let generation = 0
+  /** The newest definitions' version seen: lines loaded under an older one are forgotten. */
+  let version = -1
+  const forget = () => {
+    generation++
+    lines.clear()
+    for (const listener of forgotten) listener()
+  }
+  const observe = (seen: number) => {
+    if (seen > version) {
+      const first = version === -1
+      version = seen
+      if (!first) forget()
+    }
+  }
+
+  return {
+    /** The caller's line, from the process's cache when it is still good. */
+    async lineOf (scopes: Scope[]): Promise<CachedLine> {
+      const key = scopes.map((scope) => `${scope.type}\u0000${scope.id}`).join('\u0001')
+      const cached = lines.get(key)
+      const now = Date.now()
+      if (cached !== undefined && now < cached.validUntil) return { key, line: (await cached.line).line, validUntil: cached.validUntil }
+      if (lines.size >= MOST_LINES) lines.clear() // a crude bound: callers beyond it reload their line
+      const entry: Cached = {
+        line: reservations.loadLine(scopes, currency),
+        validUntil: now + LONGEST_KEPT_MS,
+        generation
+      }
+      lines.set(key, entry)
+      try {
+        const { line, definitionsVersion } = await entry.line
+        observe(definitionsVersion)
+        for (const budget of line) entry.validUntil = Math.min(entry.validUntil, budget.periodEnd.getTime())
+        // A load that a change overtook (seen here or by another statement) is used once, not kept.
+        if ((entry.generation !== generation || definitionsVersion < version) && lines.get(key) === entry) lines.delete(key)
+        return { key, line, validUntil: entry.validUntil }
+      } catch (error) {
+        lines.delete(key)
+        throw error
+      }
+    },
+
+    /** Forgets every line (a budget changed, or the line's windows were found out of date). */
+    forget,
+
+    /** Calls `listener` whenever the lines are forgotten (what was derived from them must go too). */
+    onForget (listener: () => void): void {
+      forgotten.push(listener)
+    },
+
+    /** Takes note of the definitions' version a statement saw; a newer one than before forgets every line. */
+    observe
+  }
+}
+
+export type BudgetLines = ReturnType<typeof createBudgetLines>

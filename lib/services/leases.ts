@@ -1,0 +1,179 @@
+// Leases on hot lines: when calls on one line come close together, this process holds a slice of the
+// line's room as one reservation (budget_lease_take, sql/006) and admits calls from it in memory, with
+// no round trip. Each admitted call's estimate comes out of the slice; when the call ends, its actual
+// cost goes to the settlement queue (moved from the lease to settled spend, in batches) and the rest
+// of its estimate goes back to the slice. The escrow rule holds because the whole slice counts as
+// reserved in PostgreSQL until it is spent or given back: settled + held <= limit on every budget.
+// A lease is given back when idle, when its line changes or rolls over, and when the process closes.
+import { randomUUID } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
+import { fromUnits, toUnits, type Money } from '../money.js'
+import type { LineBudget, ReservationRepository } from '../repository/reservations.js'
+import type { BudgetStanding } from './decision.js'
+import type { SettlementQueue } from './settlements.js'
+
+/** Calls on a line this close together make it hot enough to lease. */
+const HOT_WITHIN_MS = 100
+/** A lease asks for room for this many calls at the current estimate, and takes none for fewer than FEWEST_CALLS: near a limit, calls hold one by one. */
+const CALLS_PER_LEASE = 64n
+const FEWEST_CALLS = 16n
+/** A lease unused this long is given back. */
+const IDLE_MS = 2000
+
+interface Lease {
+  id: string
+  line: LineBudget[]
+  validUntil: number
+  /** Units no admitted call can use any more: what new calls may take, or what is given back. */
+  available: bigint
+  inFlight: number
+  numbers: Map<string, Omit<BudgetStanding, 'budget' | 'fits'> & { amount: Money, enforcement: 'hard' | 'soft' }>
+  returning: boolean
+  taking: Promise<void> | null
+  lastUse: number
+  renewedAt: number
+  windowStart: number
+  windowEnd: number
+}
+
+export interface Admission {
+  lease: Lease
+  estimate: bigint
+  admittedAt: Date
+  standings: BudgetStanding[]
+}
+
+export function createLeases (reservations: ReservationRepository, settlements: SettlementQueue,
+  options: { currency: string, ttlMs: number, observe: (definitionsVersion: number) => void }, log: FastifyBaseLogger) {
+  const leases = new Map<string, Lease>()
+  const lastCall = new Map<string, number>()
+  let returns: Promise<unknown> = Promise.resolve()
+
+  function giveBack (lease: Lease): void {
+    if (lease.available <= 0n) return
+    const amount = fromUnits(lease.available)
+    lease.available = 0n
+    returns = Promise.all([returns, reservations.returnLease(lease.id, amount).catch((error: unknown) => {
+      // The lease stays held until it expires; then it is counted as spent (an over-count, never an under-count).
+      log.error({ err: error, leaseId: lease.id }, 'giving back a budget lease failed')
+    })])
+  }
+
+  function retire (key: string, lease: Lease): void {
+    if (leases.get(key) === lease) leases.delete(key)
+    lease.returning = true
+    giveBack(lease)
+  }
+
+  async function take (lease: Lease, estimate: bigint): Promise<void> {
+    const granted = await reservations.takeLease(lease.id, lease.line, options.currency, options.ttlMs,
+      fromUnits(estimate * CALLS_PER_LEASE), fromUnits(estimate * FEWEST_CALLS))
+    if (granted === null) return
+    options.observe(granted.definitionsVersion)
+    if (lease.returning) return // the version said a budget changed: this lease went with the old lines
+    lease.available += toUnits(granted.granted)
+    lease.numbers = new Map(granted.budgets.map((budget) => [budget.budgetId, budget]))
+  }
+
+  // Idle and out-of-date leases are given back; the others are kept alive well within their TTL, so a
+  // living process never has a lease swept from under it (one that was, after all, admits no more).
+  const sweeper = setInterval(() => {
+    const now = Date.now()
+    for (const [key, lease] of leases) if (now - lease.lastUse > IDLE_MS || now >= lease.validUntil) retire(key, lease)
+    for (const [key, at] of lastCall) if (now - at > IDLE_MS) lastCall.delete(key)
+    for (const [key, lease] of leases) {
+      if (now - lease.renewedAt < options.ttlMs / 3) continue
+      lease.renewedAt = now
+      reservations.renewLease(lease.id, options.ttlMs).then((alive) => {
+        if (!alive && lease.available > 0n) { lease.available = 0n; retire(key, lease) }
+      }, (error: unknown) => { log.warn({ err: error, leaseId: lease.id }, 'renewing a budget lease failed') })
+    }
+  }, Math.min(500, Math.max(50, Math.floor(options.ttlMs / 6))))
+  sweeper.unref()
+
+  return {
+    /**
+     * Admits a call from the line's lease, taking or topping up the lease when the line is hot. Null
+     * when it cannot (a cold line, a line near its limit or an alert action, an out-of-date line): the
+     * caller then holds call by call.
+     */
+    async admit (key: string, line: LineBudget[], validUntil: number, estimate: Money): Promise<Admission | null> {
+      const now = Date.now()
+      const previous = lastCall.get(key)
+      lastCall.set(key, now)
+      const units = toUnits(estimate)
+      let lease = leases.get(key)
+      if (lease !== undefined && (lease.line !== line || now >= lease.validUntil)) {
+        retire(key, lease) // the line was reloaded (a change, a rollover): its lease belongs to the old one
+        lease = undefined
+      }
+      if (lease === undefined) {
+        if (previous === undefined || now - previous > HOT_WITHIN_MS || line.length === 0) return null
+        lease = {
+          id: randomUUID(), line, validUntil, available: 0n, inFlight: 0, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
+          windowStart: Math.max(...line.map((budget) => budget.periodStart.getTime())),
+          windowEnd: Math.min(...line.map((budget) => budget.periodEnd.getTime()))
+        }
+        leases.set(key, lease)
+      }
+      if (lease.available < units) {
+        // One top-up at a time per lease; calls that arrive meanwhile wait for it.
+        lease.taking ??= take(lease, units).finally(() => { lease!.taking = null })
+        await lease.taking
+        if (lease.returning || lease.available < units) return null
+      }
+      lease.available -= units
+      lease.inFlight++
+      lease.lastUse = now
+      // Top up before the slice runs dry, so calls do not wait for the statement that does it.
+      if (lease.available < units * (CALLS_PER_LEASE / 4n) && lease.taking === null && !lease.returning) {
+        const topping = lease
+        topping.taking = take(topping, units).catch((error: unknown) => { log.warn({ err: error, leaseId: topping.id }, 'topping up a budget lease failed') })
+          .finally(() => { topping.taking = null })
+      }
+      const standings: BudgetStanding[] = line.map((budget) => {
+        const numbers = lease!.numbers.get(budget.budgetId)!
+        return {
+          budget: { id: budget.budgetId, name: budget.name, amount: numbers.amount, alerts: budget.alerts, enforcement: numbers.enforcement },
+          currentAmount: numbers.currentAmount,
+          reservedAmount: numbers.reservedAmount,
+          fits: true
+        }
+      })
+      const admittedAt = new Date(Math.min(Math.max(now, lease.windowStart), lease.windowEnd - 1))
+      return { lease, estimate: units, admittedAt, standings }
+    },
+
+    /** Ends an admitted call: charges `actualCost` (null: nothing was served) and frees the rest of its estimate. */
+    async end (admission: Admission, actualCost: Money | null, info: { requestId: string, source: string, description: string | null, metadata: Record<string, unknown> }): Promise<string | null> {
+      const { lease, estimate } = admission
+      const charged = actualCost === null ? 0n : toUnits(actualCost)
+      lease.inFlight--
+      lease.available += estimate - charged
+      if (lease.returning) giveBack(lease)
+      if (actualCost === null) return null
+      await settlements.settleLeased({
+        leaseId: lease.id, requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
+        source: info.source, description: info.description, metadata: info.metadata
+      })
+      return null
+    },
+
+    /** Stops admitting from every lease and gives back what no call can use (a budget changed). */
+    forgetAll (): void {
+      for (const [key, lease] of leases) retire(key, lease)
+    },
+
+    /**
+     * Gives everything back and waits for the returns to commit, for at most `waitMs`: with the
+     * database away, a lease not given back expires and is counted as spent (never under-counted).
+     */
+    async close (waitMs = 5000): Promise<void> {
+      clearInterval(sweeper)
+      for (const [key, lease] of leases) retire(key, lease)
+      await Promise.race([returns, new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
+    }
+  }
+}
+
+export type Leases = ReturnType<typeof createLeases>

@@ -1,0 +1,117 @@
+// Settlements off the caller's path, committed in groups: the gate hands each ended call to this queue
+// and answers at once; whatever gathers while one batch commits goes in the next, as one statement for
+// calls that held their own reservation (settleBatch) and one for calls admitted from leases
+// (settleLeased). Until its batch commits, a call's reservation
+// (or its lease) is the record of it: a process that dies with settlements queued leaves holds that
+// the sweeper counts at their estimate, as for any call whose outcome is unknown.
+//
+// Batches commit with synchronous_commit off (set inside their SQL functions, for their transaction
+// only): a batch's locks go as soon as it commits, not after the WAL reaches disk. A PostgreSQL crash can then lose the last moments of settlements, whole
+// (each batch is one transaction); their holds come back with the database and are swept and counted
+// at their estimate. Nothing goes uncounted. Holds keep synchronous commits: a lost hold would be.
+import type { FastifyBaseLogger } from 'fastify'
+import { isDatabaseUnavailable } from '../errors.js'
+import type { LeasedSettlement, ReservationRepository, Settlement } from '../repository/reservations.js'
+
+// Small enough that a batch holds the hot rows' locks only briefly (a lease top-up may wait for it).
+const MOST_IN_A_BATCH = 100
+// Lock timeouts, serialization failures and a database that is briefly away end a batch without
+// effect; it is safe to run again.
+const RETRYABLE = new Set(['40P01', '40001', '55P03'])
+const RETRY_DELAYS_MS = [5, 20, 100, 500, 2000]
+
+type Work = { kind: 'reservation', settlement: Settlement } | { kind: 'leased', settlement: LeasedSettlement }
+
+interface Queued {
+  work: Work
+  /** Settled in a batch of its own (its batch failed once). */
+  alone?: boolean
+  resolve: (usageId: string | null) => void
+  reject: (error: unknown) => void
+}
+
+export function createSettlementQueue (reservations: ReservationRepository, options: { ttlMs: number, observe: (definitionsVersion: number) => void }, log: FastifyBaseLogger) {
+  let queue: Queued[] = []
+  let running: Promise<void> | null = null
+  /** Commits one batch: both kinds, each one statement. */
+  async function commit (batch: Queued[]): Promise<void> {
+    const own = batch.filter((queued) => queued.work.kind === 'reservation')
+    const leased = batch.filter((queued) => queued.work.kind === 'leased')
+    if (own.length > 0) {
+      const { usageIds, definitionsVersion } = await reservations.settleBatch(own.map((queued) => queued.work.settlement as Settlement))
+      options.observe(definitionsVersion)
+      for (const queued of own) queued.resolve(usageIds.get((queued.work.settlement as Settlement).reservationId) ?? null)
+    }
+    if (leased.length > 0) {
+      options.observe(await reservations.settleLeased(leased.map((queued) => queued.work.settlement as LeasedSettlement), options.ttlMs))
+      for (const queued of leased) queued.resolve(null)
+    }
+  }
+
+  async function run (): Promise<void> {
+    while (queue.length > 0) {
+      const batch = queue[0]?.alone === true ? queue.slice(0, 1) : queue.slice(0, MOST_IN_A_BATCH)
+      queue = queue.slice(batch.length)
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await commit(batch)
+          break
+        } catch (error) {
+          const delay = RETRY_DELAYS_MS[attempt]
+          if (delay === undefined || !(RETRYABLE.has((error as { code?: string }).code ?? '') || isDatabaseUnavailable(error))) {
+            if (batch.length > 1) {
+              // One settlement may have failed the batch: settle each alone, so the others still commit.
+              queue = [...batch.map((queued) => ({ ...queued, alone: true })), ...queue]
+              break
+            }
+            // The hold stays until its TTL; the sweeper then counts it at its estimate.
+            log.error({ err: error, settlement: batch[0]?.work.settlement }, 'settling a gated call failed')
+            for (const queued of batch) queued.reject(error)
+            break
+          }
+          await new Promise((resolve) => setTimeout(resolve, delay))
+        }
+      }
+    }
+  }
+
+  // One batch runner at a time; one that ends with work queued behind it starts the next.
+  function kick (): void {
+    if (running !== null) return
+    running = run().finally(() => {
+      running = null
+      if (queue.length > 0) kick()
+    })
+  }
+
+  async function enqueue (work: Work): Promise<string | null> {
+    const done = new Promise<string | null>((resolve, reject) => { queue.push({ work, resolve, reject }) })
+    kick()
+    return await done
+  }
+
+  return {
+    /** Queues the end of a call's own hold; resolves with its usage record's id (null when nothing was recorded) once its batch commits. */
+    async settle (settlement: Settlement): Promise<string | null> {
+      return await enqueue({ kind: 'reservation', settlement })
+    },
+
+    /** Queues the charge of a call admitted from a lease; resolves once its batch commits. */
+    async settleLeased (settlement: LeasedSettlement): Promise<void> {
+      await enqueue({ kind: 'leased', settlement })
+    },
+
+    /**
+     * Waits until everything queued so far has committed or failed, for at most `waitMs`: with the
+     * database away, what is left stays held and the sweeper counts it at its estimate.
+     */
+    async drain (waitMs = 10_000): Promise<void> {
+      const deadline = Date.now() + waitMs
+      while (running !== null && Date.now() < deadline) {
+        await Promise.race([running, new Promise((resolve) => setTimeout(resolve, deadline - Date.now()).unref())])
+      }
+    }
+  }
+}
+
+export type SettlementQueue = ReturnType<typeof createSettlementQueue>
