@@ -1,76 +1,123 @@
-// The gate's cost, measured in one run beside its floor (issue 4):
-// - one client: the median latency a gated call adds over the same call ungated, against two bare
-//   single-row UPDATE round trips through postgres.js (target: within 1.3x of that floor);
-// - a hot budget: gated calls per second, 16 concurrent clients on one team budget, beside the
-//   ungated gateway and the floor (single-row UPDATEs on one row, 16 concurrent connections).
-import Fastify from 'fastify'
+// The gate's hot path, measured in one run (issue 10): a real gateway process (bench/gateway-server.ts)
+// loaded with autocannon, beside the floor of two bare single-row UPDATE round trips measured alone.
+// - cost per call on one connection: (gated - ungated) time per call, against the floor's time per pair;
+// - one hot team + organization budget at 16 connections: gated calls per second and p99, against the
+//   floor's pairs per second at 16 connections;
+// - two gateway processes on one database, 8 connections each, against one process with 16;
+// - afterwards, exactness: recorded spend equals admitted calls x their cost on both budgets.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { createInterface } from 'node:readline'
+import autocannon from 'autocannon'
 import postgres from 'postgres'
-import { chatCompletions } from '../examples/chat-completions.js'
-import budgets from '../lib/index.js'
-import { benchDatabase, fmt, median, throughput, timed } from './harness.js'
+import { fromUnits, toUnits } from '../lib/money.js'
+import { costFromUsage } from '../lib/services/estimate.js'
+import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
+import { ANSWER, BENCH_ADMIN_TOKEN } from './gateway-server.js'
+import { benchDatabase, fmt } from './harness.js'
 
-const SAMPLES = Number(process.env.BENCH_SAMPLES ?? 2000)
-const CLIENTS = 16
-const DURATION_MS = Number(process.env.BENCH_SECONDS ?? 10) * 1000
-const token = 'bench-admin-token-0123456789'
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
+const HOT = 16
+const PREFIX = '/api/v1/budgets'
+const COST = costFromUsage({ model: ANSWER.model, inputTokens: ANSWER.usage.prompt_tokens, outputTokens: ANSWER.usage.completion_tokens }, createPriceBook(DEFAULT_PRICES))!
+const CALL = {
+  method: 'POST' as const,
+  headers: { 'content-type': 'application/json', 'x-relay-team-id': 'hot' },
+  body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 })
+}
 
 const database = await benchDatabase()
-process.stdout.write(`gate benchmark on PostgreSQL from ${database.source}\n`)
+process.stdout.write(`gate benchmark on PostgreSQL from ${database.source}, ${SECONDS} s a run\n`)
+const sql = postgres(database.url, { max: HOT, onnotice: () => {} })
 
-const floorSql = postgres(database.url, { max: CLIENTS, onnotice: () => {} })
-await floorSql`create table bench_counter (id int primary key, n bigint not null)`
-await floorSql`insert into bench_counter values (1, 0)`
-const bump = async () => await floorSql`update bench_counter set n = n + 1 where id = 1`
-
-const app = Fastify()
-await app.register(budgets, { database: database.url, adminToken: token, gate: { routes: ['/v1/chat/completions'] } })
-await app.register(chatCompletions, { mockTokenDelayMs: 0 })
-await app.register(chatCompletions, { prefix: '/ungated', mockTokenDelayMs: 0 }) // the same route, not gated
-const address = await app.listen({ port: 0, host: '127.0.0.1' })
-await app.budgetRegistry.createBudget({ name: 'hot team', scopeType: 'team', scopeId: 'hot', amount: '1000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
-
-const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 })
-const post = async (path: string): Promise<boolean> => {
-  const response = await fetch(`${address}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-relay-team-id': 'hot' }, body })
-  await response.arrayBuffer()
-  return response.status === 200
+async function startGateway (): Promise<{ url: string, child: ChildProcess }> {
+  const script = new URL('./gateway-server.ts', import.meta.url).pathname
+  const child = spawn(process.execPath, ['--import', 'tsx', script], { env: { ...process.env, DATABASE_URL: database.url }, stdio: ['ignore', 'pipe', 'inherit'] })
+  for await (const line of createInterface({ input: child.stdout! })) {
+    const url = /^listening (\S+)/.exec(line)?.[1]
+    if (url !== undefined) { child.stdout!.resume(); return { url, child } }
+  }
+  throw new Error('the gateway did not start')
 }
-const gated = async () => { if (!await post('/v1/chat/completions')) throw new Error('gated call refused') }
-const ungated = async () => { if (!await post('/ungated/v1/chat/completions')) throw new Error('ungated call failed') }
 
-for (let i = 0; i < 300; i++) { await gated(); await ungated(); await bump() } // warm up
-const samples: Record<'gated' | 'ungated' | 'floor', number[]> = { gated: [], ungated: [], floor: [] }
-for (let i = 0; i < SAMPLES; i++) {
-  samples.ungated.push(await timed(ungated))
-  samples.gated.push(await timed(gated))
-  samples.floor.push(await timed(async () => { await bump(); await bump() }))
+async function load (url: string, connections: number, path: string, seconds = SECONDS) {
+  const result = await autocannon({ url: `${url}${path}`, connections, duration: seconds, ...CALL })
+  return { perSecond: result.requests.total / seconds, ok: result['2xx'], other: result.non2xx + result.errors + result.timeouts, p99: result.latency.p99 }
 }
-const added = median(samples.gated) - median(samples.ungated)
-const floorMedian = median(samples.floor)
 
-const floorRate = await throughput(CLIENTS, DURATION_MS, async () => { await bump(); return true })
-const ungatedRate = await throughput(CLIENTS, DURATION_MS, async () => await post('/ungated/v1/chat/completions'))
-const gatedRate = await throughput(CLIENTS, DURATION_MS, async () => await post('/v1/chat/completions'))
+/** Runs `pair` (two UPDATEs) on `connections` loops for `seconds`; pairs per second. */
+async function floorRate (connections: number, seconds: number): Promise<number> {
+  const deadline = Date.now() + seconds * 1000
+  let pairs = 0
+  const start = process.hrtime.bigint()
+  await Promise.all(Array.from({ length: connections }, async () => {
+    while (Date.now() < deadline) {
+      await sql`update bench_counter set n = n + 1 where id = 1`
+      await sql`update bench_counter set n = n + 1 where id = 1`
+      pairs++
+    }
+  }))
+  return pairs / (Number(process.hrtime.bigint() - start) / 1e9)
+}
 
+// The floor, alone: nothing else runs against the database while it is measured.
+await sql`create table bench_counter (id int primary key, n bigint not null)`
+await sql`insert into bench_counter values (1, 0)`
+await floorRate(1, 2) // warm up
+const floorSerial = await floorRate(1, SECONDS)
+const floorHot = await floorRate(HOT, SECONDS)
+const floorPairMs = 1000 / floorSerial
+
+const first = await startGateway()
+const admin = async (path: string, body: unknown) => {
+  const response = await fetch(`${first.url}${PREFIX}${path}`, { method: 'POST', headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  if (!response.ok) throw new Error(await response.text())
+  return await response.json() as { id: string }
+}
+const org = await admin('', { name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
+const team = await admin('', { name: 'hot team', scopeType: 'team', scopeId: 'hot', parentId: org.id, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
+
+await load(first.url, 1, '/v1/chat/completions', 2) // warm up
+const ungatedOne = await load(first.url, 1, '/ungated/v1/chat/completions')
+const gatedOne = await load(first.url, 1, '/v1/chat/completions')
+const gateMs = 1000 / gatedOne.perSecond - 1000 / ungatedOne.perSecond
+const ungatedHot = await load(first.url, HOT, '/ungated/v1/chat/completions')
+const gatedHot = await load(first.url, HOT, '/v1/chat/completions')
+
+const second = await startGateway()
+const [a, b] = await Promise.all([load(first.url, HOT / 2, '/v1/chat/completions'), load(second.url, HOT / 2, '/v1/chat/completions')])
+const twoProcesses = a.perSecond + b.perSecond
+
+// Exactness: every admitted call (counted by the gateways themselves) recorded once at its cost, on both budgets of the line.
+let admitted = 0
+for (const gateway of [first, second]) admitted += ((await (await fetch(`${gateway.url}/bench/admitted`)).json()) as { admitted: number }).admitted
+for (const gateway of [first, second]) { gateway.child.kill('SIGTERM'); await once(gateway.child, 'exit') } // closing drains the settlements
+const refused = [gatedOne, gatedHot, a, b].reduce((sum, run) => sum + run.other, 0)
+const [held] = await sql<Array<{ n: number }>>`select count(*)::int as n from budget_reservations`
+const spent = await sql<Array<{ id: string, total: string, calls: number }>>`
+  select c.budget_id as id, sum(c.current_amount)::text as total, sum(c.usage_count)::int as calls
+  from budget_status_cache c where c.budget_id in (${org.id}, ${team.id}) group by c.budget_id`
+const expected = fromUnits(toUnits(COST) * BigInt(admitted))
+const exact = spent.length === 2 && spent.every((row) => toUnits(row.total) === toUnits(expected)) && held!.n === 0
+
+const ratio = (value: number) => fmt(value)
 process.stdout.write([
   '',
-  `| one client, ${SAMPLES} calls each, interleaved | median ms | ratio to the floor |`,
+  '| what | figure | ratio |',
   '|---|---|---|',
-  `| floor: two bare single-row UPDATE round trips | ${fmt(floorMedian, 3)} | 1.00 |`,
-  `| ungated call (HTTP, mock provider) | ${fmt(median(samples.ungated), 3)} | |`,
-  `| gated call | ${fmt(median(samples.gated), 3)} | |`,
-  `| added by the gate (gated - ungated) | ${fmt(added, 3)} | ${fmt(added / floorMedian)} |`,
+  `| floor: two single-row UPDATE round trips, one connection, alone | ${fmt(floorPairMs, 3)} ms a pair | 1.00 |`,
+  `| floor at ${HOT} connections, one row, alone | ${fmt(floorHot, 0)} pairs/s | 1.00 |`,
+  `| ungated route, one connection | ${fmt(1000 / ungatedOne.perSecond, 3)} ms a call | |`,
+  `| gated route, one connection (team under an organization) | ${fmt(1000 / gatedOne.perSecond, 3)} ms a call | |`,
+  `| cost of the gate per call (gated - ungated) | ${fmt(gateMs, 3)} ms | ${ratio(gateMs / floorPairMs)} of the floor's pair |`,
+  `| ungated, ${HOT} connections | ${fmt(ungatedHot.perSecond, 0)} calls/s, p99 ${ungatedHot.p99} ms | |`,
+  `| gated, ${HOT} connections, one hot team + organization | ${fmt(gatedHot.perSecond, 0)} calls/s, p99 ${gatedHot.p99} ms | ${ratio(gatedHot.perSecond / floorHot)} of the floor's pairs/s |`,
+  `| two gateway processes, ${HOT / 2} connections each | ${fmt(twoProcesses, 0)} calls/s | ${ratio(twoProcesses / gatedHot.perSecond)} of one process |`,
   '',
-  `| ${CLIENTS} concurrent clients, one team budget | per second | ratio to the floor |`,
-  '|---|---|---|',
-  `| floor: single-row UPDATEs on one row | ${fmt(floorRate.perSecond, 0)} | 1.00 |`,
-  `| ungated gateway | ${fmt(ungatedRate.perSecond, 0)} | ${fmt(ungatedRate.perSecond / floorRate.perSecond)} |`,
-  `| gated gateway | ${fmt(gatedRate.perSecond, 0)} | ${fmt(gatedRate.perSecond / floorRate.perSecond)} |`,
-  '',
-  `target: added latency within 1.3x of the floor -> ${added / floorMedian <= 1.3 ? 'met' : 'NOT met'}; gated calls refused under load: ${gatedRate.failed}`,
+  `admitted ${admitted}, not 200: ${refused}; reservations left: ${held!.n}; recorded on each budget: ${spent.map((row) => `${row.total} in ${row.calls} calls`).join(', ')}; expected ${expected}: ${exact ? 'exact' : 'NOT exact'}`,
+  `targets: gate per call <= 1.3x the floor -> ${gateMs / floorPairMs <= 1.3 ? 'met' : 'NOT met'}; hot budget >= 2x the floor's pairs/s -> ${gatedHot.perSecond / floorHot >= 2 ? 'met' : 'NOT met'}; p99 < 20 ms -> ${gatedHot.p99 < 20 ? 'met' : 'NOT met'}; two processes >= 1.6x one -> ${twoProcesses / gatedHot.perSecond >= 1.6 ? 'met' : 'NOT met'}`,
   ''
 ].join('\n'))
 
-await app.close()
-await floorSql.end()
+await sql.end()
 await database.close()

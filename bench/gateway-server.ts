@@ -1,0 +1,34 @@
+// A minimal gateway for the gate benchmark, run as a process of its own: the plugin, one gated route,
+// and the same route ungated, both answering a fixed provider reply (so every admitted call costs the
+// same, and the recorded spend can be checked exactly). Prints "listening <address>" when ready.
+import Fastify from 'fastify'
+import budgets from '../lib/index.js'
+
+export const BENCH_ADMIN_TOKEN = 'bench-admin-token-0123456789'
+/** The provider's fixed answer: 10 prompt and 20 completion tokens of gpt-4o-mini. */
+export const ANSWER = {
+  id: 'chatcmpl-bench',
+  object: 'chat.completion',
+  created: 0,
+  model: 'gpt-4o-mini',
+  choices: [{ index: 0, message: { role: 'assistant', content: 'Hello there' }, finish_reason: 'stop', logprobs: null }],
+  usage: { prompt_tokens: 10, completion_tokens: 20, total_tokens: 30 }
+}
+
+if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].split('/').pop()!)) {
+  const app = Fastify()
+  await app.register(budgets, {
+    database: process.env.DATABASE_URL!,
+    adminToken: BENCH_ADMIN_TOKEN,
+    gate: { routes: ['/v1/chat/completions'], sweepIntervalMs: 0 },
+    notifications: { intervalMs: 0 }
+  })
+  // Counts the calls the gate admitted, so the benchmark can check the recorded spend against them.
+  let admitted = 0
+  app.post('/v1/chat/completions', async () => { admitted++; return ANSWER })
+  app.post('/ungated/v1/chat/completions', async () => ANSWER)
+  app.get('/bench/admitted', async () => ({ admitted }))
+  const address = await app.listen({ port: 0, host: '127.0.0.1' })
+  process.once('SIGTERM', () => { void app.close().then(() => process.exit(0)) })
+  process.stdout.write(`listening ${address}\n`)
+}
