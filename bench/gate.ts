@@ -5,16 +5,14 @@
 //   floor's pairs per second at 16 connections;
 // - two gateway processes on one database, 8 connections each, against one process with 16;
 // - afterwards, exactness: recorded spend equals admitted calls x their cost on both budgets.
-import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { createInterface } from 'node:readline'
 import autocannon from 'autocannon'
 import postgres from 'postgres'
 import { fromUnits, toUnits } from '../lib/money.js'
 import { costFromUsage } from '../lib/services/estimate.js'
 import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
 import { ANSWER, BENCH_ADMIN_TOKEN } from './gateway-server.js'
-import { benchDatabase, fmt } from './harness.js'
+import { benchDatabase, fmt, startBenchGateway } from './harness.js'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
 const HOT = 16
@@ -30,15 +28,6 @@ const database = await benchDatabase()
 process.stdout.write(`gate benchmark on PostgreSQL from ${database.source}, ${SECONDS} s a run\n`)
 const sql = postgres(database.url, { max: HOT, onnotice: () => {} })
 
-async function startGateway (): Promise<{ url: string, child: ChildProcess }> {
-  const script = new URL('./gateway-server.ts', import.meta.url).pathname
-  const child = spawn(process.execPath, ['--import', 'tsx', script], { env: { ...process.env, DATABASE_URL: database.url }, stdio: ['ignore', 'pipe', 'inherit'] })
-  for await (const line of createInterface({ input: child.stdout! })) {
-    const url = /^listening (\S+)/.exec(line)?.[1]
-    if (url !== undefined) { child.stdout!.resume(); return { url, child } }
-  }
-  throw new Error('the gateway did not start')
-}
 
 async function load (url: string, connections: number, path: string, seconds = SECONDS) {
   const result = await autocannon({ url: `${url}${path}`, connections, duration: seconds, ...CALL })
@@ -68,7 +57,7 @@ const floorSerial = await floorRate(1, SECONDS)
 const floorHot = await floorRate(HOT, SECONDS)
 const floorPairMs = 1000 / floorSerial
 
-const first = await startGateway()
+const first = await startBenchGateway(database.url)
 const admin = async (path: string, body: unknown) => {
   const response = await fetch(`${first.url}${PREFIX}${path}`, { method: 'POST', headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
   if (!response.ok) throw new Error(await response.text())
@@ -84,7 +73,7 @@ const gateMs = 1000 / gatedOne.perSecond - 1000 / ungatedOne.perSecond
 const ungatedHot = await load(first.url, HOT, '/ungated/v1/chat/completions')
 const gatedHot = await load(first.url, HOT, '/v1/chat/completions')
 
-const second = await startGateway()
+const second = await startBenchGateway(database.url)
 const [a, b] = await Promise.all([load(first.url, HOT / 2, '/v1/chat/completions'), load(second.url, HOT / 2, '/v1/chat/completions')])
 const twoProcesses = a.perSecond + b.perSecond
 

@@ -1,4 +1,6 @@
-// What the benchmarks share: a fresh database on a real PostgreSQL, timing, and a tidy exit.
+// What the benchmarks share: a fresh database on a real PostgreSQL, a gateway process, timing, and a tidy exit.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createInterface } from 'node:readline'
 import { createTestDatabase } from '../test/fixtures/database.js'
 import { provideDatabaseServer } from '../test/fixtures/database-server.js'
 
@@ -48,3 +50,14 @@ export async function throughput (concurrency: number, durationMs: number, worke
 }
 
 export const fmt = (value: number, digits = 2) => value.toFixed(digits)
+
+/** Starts bench/gateway-server.ts on the database as a process of its own; resolves with its address. */
+export async function startBenchGateway (databaseUrl: string): Promise<{ url: string, child: ChildProcess }> {
+  const script = new URL('./gateway-server.ts', import.meta.url).pathname
+  const child = spawn(process.execPath, ['--import', 'tsx', script], { env: { ...process.env, DATABASE_URL: databaseUrl }, stdio: ['ignore', 'pipe', 'inherit'] })
+  for await (const line of createInterface({ input: child.stdout! })) {
+    const url = /^listening (\S+)/.exec(line)?.[1]
+    if (url !== undefined) { child.stdout!.resume(); return { url, child } }
+  }
+  throw new Error('the gateway did not start')
+}

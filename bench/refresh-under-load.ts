@@ -2,13 +2,11 @@
 // default) counted toward one hot team and its organization, the gated p99 at 16 connections with and
 // without forced refresh-cache calls running all along, and any refusals. The target: no refusal, and
 // at most 50 ms added to the p99 (a refresh sums outside the row lock, sql/006).
-import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { createInterface } from 'node:readline'
 import autocannon from 'autocannon'
 import postgres from 'postgres'
 import { BENCH_ADMIN_TOKEN } from './gateway-server.js'
-import { benchDatabase, fmt } from './harness.js'
+import { benchDatabase, fmt, startBenchGateway } from './harness.js'
 
 const ROWS = Number(process.env.BENCH_REFRESH_ROWS ?? 10_000_000)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
@@ -18,17 +16,8 @@ const database = await benchDatabase()
 process.stdout.write(`refresh under load on PostgreSQL from ${database.source}: ${ROWS} usage rows, ${SECONDS} s a run\n`)
 const sql = postgres(database.url, { onnotice: () => {} })
 
-async function startGateway (): Promise<{ url: string, child: ChildProcess }> {
-  const script = new URL('./gateway-server.ts', import.meta.url).pathname
-  const child = spawn(process.execPath, ['--import', 'tsx', script], { env: { ...process.env, DATABASE_URL: database.url }, stdio: ['ignore', 'pipe', 'inherit'] })
-  for await (const line of createInterface({ input: child.stdout! })) {
-    const url = /^listening (\S+)/.exec(line)?.[1]
-    if (url !== undefined) { child.stdout!.resume(); return { url, child } }
-  }
-  throw new Error('the gateway did not start')
-}
 
-const gateway = await startGateway()
+const gateway = await startBenchGateway(database.url)
 const admin = async (method: string, path: string, body?: unknown) => {
   const response = await fetch(`${gateway.url}${PREFIX}${path}`, {
     method,

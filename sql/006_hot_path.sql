@@ -421,6 +421,6 @@ create function budget_settle_leased(
 $$;
 alter function budget_settle_leased(uuid[], text[], numeric[], text[], text[], jsonb[], timestamptz[], interval) set lock_timeout = '5s';
 
--- The per-call reserve and settle of 003 and 005 are replaced by the batches above.
+-- The per-call reserve and settle of 003 are replaced by the batches above.
 drop function budget_reserve(uuid, text[], text[], text, numeric, interval, text);
 drop function budget_settle(uuid, numeric, text, text, jsonb);
