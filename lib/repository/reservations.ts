@@ -104,16 +104,18 @@ export function createReservationRepository (sql: Db) {
     const rows = await sql<ApplicableBudget[]>`
       select x.budget_id as "budgetId", b.name, b.amount::text as amount, b.enforcement, b.alerts, x.scope_matched as "scopeMatched",
              x.period_start as "periodStart", x.period_end as "periodEnd",
-             -- coalesce short-circuits: the sum runs only for a window that has no cache row yet
-             coalesce(c.current_amount, (select current_amount from calculate_budget_status(x.budget_id, x.period_start, x.period_end)))::text as "currentAmount",
-             coalesce(c.reserved_amount, 0)::text as "reservedAmount",
+             n.current_amount::text as "currentAmount", n.reserved_amount::text as "reservedAmount",
              budget_approved_through(x.budget_id, x.period_start)::text as "approvedThrough",
              ${projectedActions(sql`x.budget_id`, sql`x.period_start`)},
-             budget_fits(b.enforcement, b.amount, coalesce(c.current_amount, (select current_amount from calculate_budget_status(x.budget_id, x.period_start, x.period_end))),
-                         coalesce(c.reserved_amount, 0), ${estimate}::numeric) as fits
+             budget_fits(b.enforcement, b.amount, n.current_amount, n.reserved_amount, ${estimate}::numeric) as fits
       from ${source} x
       join budget_definitions b on b.id = x.budget_id
       left join budget_status_cache c on c.budget_id = x.budget_id and c.period_start = x.period_start
+      -- coalesce short-circuits: the sum runs only for a window that has no cache row yet, and once
+      cross join lateral (
+        select coalesce(c.current_amount, (select current_amount from calculate_budget_status(x.budget_id, x.period_start, x.period_end))) as current_amount,
+               coalesce(c.reserved_amount, 0) as reserved_amount
+      ) n
       order by x.scope_matched desc, x.scope_rank, x.budget_id`
     return rows.map(normalize)
   }
