@@ -13,6 +13,7 @@ function Nullable<T extends TSchema> (schema: T) {
 
 export const SCOPE_TYPES = ['organization', 'team', 'user', 'project'] as const
 export const PERIODS = ['daily', 'weekly', 'monthly', 'quarterly', 'annual', 'custom'] as const
+export const PERIOD_ALIGNMENTS = ['start', 'calendar'] as const
 export const ALERT_ACTIONS = ['notify', 'restrict-models', 'require-approval', 'block-all', 'auto-downgrade'] as const
 
 export const ScopeType = StringEnum(SCOPE_TYPES)
@@ -56,6 +57,16 @@ const budgetFields = {
   startDate: TimestampInput,
   endDate: Nullable(TimestampInput),
   recurring: Type.Boolean({ description: 'Rolls over to a fresh period when one ends.' }),
+  timezone: Type.String({
+    minLength: 1,
+    maxLength: 64,
+    description: 'The IANA time zone whose wall clock the periods follow (default UTC). A date without a time (startDate, endDate) is midnight in this zone.',
+    examples: ['America/New_York']
+  }),
+  fiscalYearStartMonth: Type.Integer({ minimum: 1, maximum: 12, description: 'The month (1-12) a fiscal year begins in: calendar-aligned quarterly and annual windows follow it (default 1).' }),
+  periodAlignment: StringEnum(PERIOD_ALIGNMENTS, {
+    description: "'calendar': windows start at local midnight, on Monday, on the 1st, on fiscal quarters and years; 'start': they step from startDate's local time. Default: 'calendar' when the budget names a timezone or fiscalYearStartMonth, else 'start'; custom periods are always 'start'."
+  }),
   alerts: Type.Array(BudgetAlert, { maxItems: 20 }),
   enforcement: StringEnum(['hard', 'soft'] as const, { description: 'A hard budget refuses calls that would exceed it; a soft one only alerts.' })
 }
@@ -66,6 +77,9 @@ export const CreateBudgetRequest = Type.Object({
   parentId: Type.Optional(budgetFields.parentId),
   endDate: Type.Optional(budgetFields.endDate),
   recurring: Type.Optional(budgetFields.recurring),
+  timezone: Type.Optional(budgetFields.timezone),
+  fiscalYearStartMonth: Type.Optional(budgetFields.fiscalYearStartMonth),
+  periodAlignment: Type.Optional(budgetFields.periodAlignment),
   alerts: Type.Optional(budgetFields.alerts),
   enforcement: Type.Optional(budgetFields.enforcement)
 }, {
@@ -103,6 +117,9 @@ export const BudgetDefinition = Type.Object({
   startDate: Timestamp,
   endDate: Nullable(Timestamp),
   recurring: Type.Boolean(),
+  timezone: Type.String(),
+  fiscalYearStartMonth: Type.Integer(),
+  periodAlignment: StringEnum(PERIOD_ALIGNMENTS),
   alerts: Type.Array(BudgetAlert),
   enforcement: StringEnum(['hard', 'soft'] as const),
   createdBy: Nullable(Type.String()),
@@ -138,6 +155,7 @@ export const ErrorResponse = Type.Object({
 
 export type ScopeType = Static<typeof ScopeType>
 export type Period = Static<typeof Period>
+export type PeriodAlignment = typeof PERIOD_ALIGNMENTS[number]
 export type AlertAction = Static<typeof AlertAction>
 export type BudgetAlert = Static<typeof BudgetAlert>
 export type CreateBudgetRequest = Static<typeof CreateBudgetRequest>
@@ -244,6 +262,7 @@ export const BudgetStatusInfo = Type.Object({
   reservedAmount: Type.String({ description: 'In flight: reserved by the gate, not yet settled.' }),
   periodStart: Timestamp,
   periodEnd: Timestamp,
+  timezone: Type.String({ description: 'The zone whose calendar the window follows; periodStart and periodEnd are its bounds as UTC instants.' }),
   state: StringEnum(['scheduled', 'active', 'ended'] as const)
 })
 

@@ -545,6 +545,12 @@ function bodyExamples (route: AdminRoute): BodySpec[] {
       { replace: 'metadata', value: JSON.parse('{"__proto__":{"requestId":"x"},"constructor":"toString"}') })
   }
   if (has('parentId')) examples.push({ replace: 'parentId', value: '-'.repeat(36) })
+  if (has('timezone')) {
+    for (const zone of ['america/new_york', '+05:00', 'EST5EDT,M3.2.0,M11.1.0', 'Mars/Olympus_Mons', '../../../etc/passwd', 'UTC\u0000', 'Asia/Tokyo']) {
+      examples.push({ replace: 'timezone', value: zone })
+    }
+    examples.push({ replace: 'fiscalYearStartMonth', value: 4 }, { replace: 'periodAlignment', value: 'calendar' })
+  }
   return examples
 }
 

@@ -1,4 +1,4 @@
-// budget_period_window (sql/002) is the one place periods are computed; it is immutable SQL, so these
+// budget_period_window (sql/007) is the one place periods are computed; it is immutable SQL, so these
 // tests call it on PostgreSQL itself: every period kind, leap years, month ends, millisecond edges.
 import t from 'tap'
 import { migrate } from '../lib/database/migrate.js'
@@ -13,7 +13,7 @@ await migrate(sql)
 async function windowAt (period: Period, start: string, at: string, { end = null as string | null, recurring = true } = {}): Promise<Window | null> {
   const [row] = await sql<Array<{ start: Date, end: Date }>>`
     select period_start as start, period_end as end
-    from budget_period_window(${period}, ${start}::timestamptz, ${end}::timestamptz, ${recurring}, ${at}::timestamptz)`
+    from budget_period_window(${period}, ${start}::timestamptz, ${end}::timestamptz, ${recurring}, ${at}::timestamptz, 'UTC', 1, 'start')`
   return row === undefined ? null : { start: row.start.toISOString(), end: row.end.toISOString() }
 }
 
@@ -134,7 +134,7 @@ t.test('agrees with calendar arithmetic on 2,000 random anchors and instants', a
     select c.i, w.period_start as start, w.period_end as end
     from unnest(${sql.array(cases.map((c) => c.period))}::text[], ${sql.array(cases.map((c) => c.anchor.toISOString()))}::timestamptz[],
                 ${sql.array(cases.map((c) => c.at.toISOString()))}::timestamptz[]) with ordinality as c(period, anchor, at, i)
-    cross join lateral budget_period_window(c.period, c.anchor, null, true, c.at) w
+    cross join lateral budget_period_window(c.period, c.anchor, null, true, c.at, 'UTC', 1, 'start') w
     order by c.i`
   t.equal(rows.length, cases.length, 'every instant after its anchor has a window')
   let mismatches = 0

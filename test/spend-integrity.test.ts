@@ -147,7 +147,7 @@ t.test('periods come out the same whatever the session\'s TimeZone: a custom per
   // 31-day windows from 2024-02-10: the second one crosses the US change on 2024-03-10.
   const windows = await sql<Array<{ start: Date, end: Date }>>`
     select period_start as start, period_end as end
-    from budget_period_window('custom', '2024-02-10T00:00:00Z', '2024-03-12T00:00:00Z', true, ${'2024-04-01T00:00:00Z'}::timestamptz)`
+    from budget_period_window('custom', '2024-02-10T00:00:00Z', '2024-03-12T00:00:00Z', true, ${'2024-04-01T00:00:00Z'}::timestamptz, 'UTC', 1, 'start')`
   t.same(windows.map((w) => [w.start.toISOString(), w.end.toISOString()]), [['2024-03-12T00:00:00.000Z', '2024-04-12T00:00:00.000Z']], 'exactly 31 x 24 hours from the anchor, in UTC')
   const budget = await app.budgetRegistry.createBudget({
     name: 'custom', scopeType: 'team', scopeId: 't', amount: '1', currency: 'USD', period: 'custom', startDate: '2024-01-01T00:00:00Z', endDate: '2024-01-31T00:00:00Z'

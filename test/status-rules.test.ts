@@ -5,7 +5,7 @@ import { budgetHealth, computeStatus, percentReached } from '../lib/services/sta
 import type { BudgetAlert } from '../lib/schemas.js'
 
 const alert = (threshold: number, ...actions: BudgetAlert['actions']): BudgetAlert => ({ threshold, actions, notificationChannels: [] })
-const budget = { id: 'b1', name: 'team', amount: '1000', currency: 'USD', alerts: [alert(50, 'notify'), alert(80, 'restrict-models'), alert(95, 'require-approval')] }
+const budget = { id: 'b1', name: 'team', amount: '1000', currency: 'USD', startDate: '2024-01-01T00:00:00.000Z', timezone: 'UTC', alerts: [alert(50, 'notify'), alert(80, 'restrict-models'), alert(95, 'require-approval')] }
 const periodStart = new Date('2024-04-01T00:00:00Z')
 const periodEnd = new Date('2024-05-01T00:00:00Z') // 30 days
 
@@ -31,8 +31,20 @@ t.test('status fields against hand-computed values', async (t) => {
     reservedAmount: '40',
     periodStart: '2024-04-01T00:00:00.000Z',
     periodEnd: '2024-05-01T00:00:00.000Z',
+    timezone: 'UTC',
     state: 'active'
   })
+})
+
+t.test('a calendar window that began before the budget: spend accrues from the budget\'s start', async (t) => {
+  // A monthly calendar budget that starts on April 21st: its first window is April, 10 days in on May 1st.
+  const late = { ...budget, startDate: '2024-04-21T00:00:00.000Z' }
+  const status = computeStatus({
+    budget: late, periodStart, periodEnd, state: 'active', currentAmount: '100', reservedAmount: '0',
+    lastUpdated: new Date('2024-04-26T00:00:00Z'), now: new Date('2024-04-26T00:00:00Z'), crossings: []
+  })
+  t.equal(status.burnRate, '20', '100 over the 5 days since the budget began, not over the 25 days since the window did')
+  t.equal(status.projectedTotal, '200', '100 + 20 a day x the 5 days left')
 })
 
 t.test('exact decimals: thirds, cents, tiny amounts', async (t) => {

@@ -1,7 +1,7 @@
 // SQL for budget_definitions: one statement per function; hand it a transaction's sql to run inside one.
 import type { Sql, TransactionSql } from 'postgres'
 import { normalizeMoney, type Money } from '../money.js'
-import type { BudgetAlert, BudgetDefinition, Period, ScopeType } from '../schemas.js'
+import type { BudgetAlert, BudgetDefinition, Period, PeriodAlignment, ScopeType } from '../schemas.js'
 
 export type Db = Sql | TransactionSql
 
@@ -18,6 +18,9 @@ export interface BudgetValues {
   startDate: Date
   endDate: Date | null
   recurring: boolean
+  timezone: string
+  fiscalYearStartMonth: number
+  periodAlignment: PeriodAlignment
   alerts: BudgetAlert[]
   enforcement: 'hard' | 'soft'
 }
@@ -35,6 +38,9 @@ interface BudgetRow {
   start_date: Date
   end_date: Date | null
   recurring: boolean
+  timezone: string
+  fiscal_year_start_month: number
+  period_alignment: PeriodAlignment
   alerts: BudgetAlert[]
   enforcement: 'hard' | 'soft'
   created_by: string | null
@@ -53,7 +59,8 @@ export function createBudgetRepository (sql: Db) {
   // amount::text keeps money exact even when the host's postgres.js instance parses numeric to float.
   const columns = sql`
     id, name, description, scope_type, scope_id, parent_id, amount::text as amount, currency, period,
-    start_date, end_date, recurring, alerts, enforcement, created_by, created_at, updated_at`
+    start_date, end_date, recurring, timezone, fiscal_year_start_month, period_alignment, alerts, enforcement,
+    created_by, created_at, updated_at`
 
   return {
     async findBudget (id: string): Promise<BudgetDefinition | null> {
@@ -65,10 +72,12 @@ export function createBudgetRepository (sql: Db) {
     async insertBudget (values: BudgetValues, createdBy: string | null): Promise<BudgetDefinition> {
       const [row] = await sql<BudgetRow[]>`
         insert into budget_definitions
-          (name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring, alerts, enforcement, created_by)
+          (name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring,
+           timezone, fiscal_year_start_month, period_alignment, alerts, enforcement, created_by)
         values
           (${values.name}, ${values.description}, ${values.scopeType}, ${values.scopeId}, ${values.parentId}, ${values.amount},
            ${values.currency}, ${values.period}, ${values.startDate}, ${values.endDate}, ${values.recurring},
+           ${values.timezone}, ${values.fiscalYearStartMonth}, ${values.periodAlignment},
            ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, ${values.enforcement}, ${createdBy})
         returning ${columns}`
       return toBudget(row!)
@@ -80,7 +89,8 @@ export function createBudgetRepository (sql: Db) {
           name = ${values.name}, description = ${values.description}, scope_type = ${values.scopeType},
           scope_id = ${values.scopeId}, parent_id = ${values.parentId}, amount = ${values.amount},
           currency = ${values.currency}, period = ${values.period}, start_date = ${values.startDate},
-          end_date = ${values.endDate}, recurring = ${values.recurring},
+          end_date = ${values.endDate}, recurring = ${values.recurring}, timezone = ${values.timezone},
+          fiscal_year_start_month = ${values.fiscalYearStartMonth}, period_alignment = ${values.periodAlignment},
           alerts = ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, enforcement = ${values.enforcement},
           updated_at = now()
         where id = ${id} and deleted_at is null
@@ -143,6 +153,19 @@ export function createBudgetRepository (sql: Db) {
       return rows.map(toBudget)
     },
 
+    /** The time zone names PostgreSQL knows (its own time zone database, which computes every period). */
+    async listTimeZones (): Promise<string[]> {
+      const rows = await sql<Array<{ name: string }>>`select name from pg_timezone_names`
+      return rows.map((row) => row.name)
+    },
+
+    /** Local midnight of each date (YYYY-MM-DD) in the zone, as PostgreSQL reads it. */
+    async localMidnights (dates: string[], timezone: string): Promise<Date[]> {
+      const rows = await sql<Array<{ instant: Date }>>`
+        select d::date::timestamp at time zone ${timezone} as instant from unnest(${dates}::text[]) with ordinality as u(d, i) order by i`
+      return rows.map((row) => row.instant)
+    },
+
     /**
      * Serializes every change to the budget tree, so two concurrent edits cannot together make a
      * cycle or orphan a child. Held until the transaction ends; admin writes are rare, reads never wait.
@@ -169,6 +192,9 @@ function toBudget (row: BudgetRow): BudgetDefinition {
     startDate: row.start_date.toISOString(),
     endDate: row.end_date?.toISOString() ?? null,
     recurring: row.recurring,
+    timezone: row.timezone,
+    fiscalYearStartMonth: row.fiscal_year_start_month,
+    periodAlignment: row.period_alignment,
     alerts: row.alerts,
     enforcement: row.enforcement,
     createdBy: row.created_by,

@@ -244,7 +244,7 @@ export function createReservationRepository (sql: Db) {
         select l.id as budget_id, l.depth = 1 as scope_matched, l.depth as scope_rank, w.period_start, w.period_end
         from budget_lineage(${budgetId}) l
         join budget_definitions live on live.id = l.id and live.deleted_at is null
-        cross join lateral budget_period_window(l.period, l.start_date, l.end_date, l.recurring, now()) w
+        cross join lateral budget_window(live, now()) w
       )`, estimate)
     }
   }

@@ -28,7 +28,7 @@ export function createStatusRepository (sql: Db) {
   return {
     /**
      * The window a budget's status speaks of at `at`: the current one while active, the first one
-     * before it starts, the last one after it ends. budget_period_window (sql/002) is the one
+     * before it starts, the last one after it ends. budget_period_window (sql/007) is the one
      * place periods are computed.
      */
     async findWindow (budgetId: string, at: Date): Promise<BudgetWindow | null> {
@@ -37,11 +37,11 @@ export function createStatusRepository (sql: Db) {
           case when ${at} < b.start_date then 'scheduled' when w.ordinal = 0 then 'active' else 'ended' end as state
         from budget_definitions b
         cross join lateral (
-          select 0 as ordinal, * from budget_period_window(b.period, b.start_date, b.end_date, b.recurring, greatest(${at}, b.start_date))
+          select 0 as ordinal, * from budget_window(b, greatest(${at}, b.start_date))
           union all
-          select 1, * from budget_period_window(b.period, b.start_date, b.end_date, b.recurring, b.end_date - interval '1 microsecond')
+          select 1, * from budget_window(b, b.end_date - interval '1 microsecond')
           union all
-          select 2, * from budget_period_window(b.period, b.start_date, b.end_date, b.recurring, b.start_date)
+          select 2, * from budget_window(b, b.start_date)
           order by ordinal
           limit 1
         ) w

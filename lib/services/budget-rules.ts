@@ -22,6 +22,7 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
   if (input.period === 'custom' && endDate === null) throw new InvalidFieldError('endDate', "is required when period is 'custom'")
   if (endDate !== null && endDate <= startDate) throw new InvalidFieldError('endDate', 'must be after startDate')
   if (!/^[A-Z]{3}$/.test(input.currency)) throw new InvalidFieldError('currency', 'must be an ISO 4217 code such as USD')
+  const calendar = normalizeCalendar(input)
   return {
     name: requireText(input.name, 'name'),
     description: input.description ?? null,
@@ -34,9 +35,33 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
     startDate,
     endDate,
     recurring: input.recurring ?? true,
+    ...calendar,
     alerts: normalizeAlerts(input.alerts ?? []),
     enforcement: input.enforcement ?? 'hard'
   }
+}
+
+/**
+ * The budget's calendar. A budget that names its zone or fiscal year wants calendar windows unless it
+ * says otherwise; one that names neither keeps the seed's windows, stepped from its startDate. A custom
+ * period is a length of time, never aligned to a calendar. (Whether PostgreSQL knows the zone is the
+ * registry's check: it is PostgreSQL that computes the windows.)
+ */
+function normalizeCalendar (input: CreateBudgetRequest): Pick<BudgetValues, 'timezone' | 'fiscalYearStartMonth' | 'periodAlignment'> {
+  const named = input.timezone !== undefined || input.fiscalYearStartMonth !== undefined
+  const periodAlignment = input.periodAlignment ?? (named && input.period !== 'custom' ? 'calendar' : 'start')
+  const fiscalYearStartMonth = input.fiscalYearStartMonth ?? 1
+  if (typeof input.timezone === 'string' && input.timezone.trim() === '') throw new InvalidFieldError('timezone', 'must be an IANA time zone name such as America/New_York')
+  if (!Number.isInteger(fiscalYearStartMonth) || fiscalYearStartMonth < 1 || fiscalYearStartMonth > 12) {
+    throw new InvalidFieldError('fiscalYearStartMonth', 'must be a month from 1 to 12')
+  }
+  if (input.period === 'custom' && periodAlignment === 'calendar') {
+    throw new InvalidFieldError('periodAlignment', "must be 'start' for a custom period: it is a length of time, not a calendar window")
+  }
+  if (periodAlignment === 'start' && fiscalYearStartMonth !== 1) {
+    throw new InvalidFieldError('fiscalYearStartMonth', "applies to calendar windows: set periodAlignment to 'calendar' (windows stepped from startDate follow startDate)")
+  }
+  return { timezone: input.timezone ?? 'UTC', fiscalYearStartMonth, periodAlignment }
 }
 
 /** A name is text once its spaces are trimmed: "   " is no name. */

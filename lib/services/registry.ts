@@ -1,10 +1,13 @@
 // The Budget Registry: creates, reads, changes and deletes budgets, keeping the hierarchy sound.
 import type { Sql, TransactionSql } from 'postgres'
-import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, ParentNotFoundError } from '../errors.js'
+import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, InvalidFieldError, ParentNotFoundError } from '../errors.js'
 import { createBudgetRepository, type BudgetRepository, type BudgetValues } from '../repository/budgets.js'
 import { createUsageRepository } from '../repository/usage.js'
 import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
+import { parseTimestamp } from '../timestamps.js'
 import { checkChildFitsParent, normalizeBudget } from './budget-rules.js'
+
+const DATE_ONLY = /^\d{4}-\d{2}-\d{2}$/
 
 /** A budget to create, as the library takes it: dates as ISO strings or Date objects. */
 export type CreateBudgetInput = Omit<CreateBudgetRequest, 'startDate' | 'endDate'> & { startDate: string | Date, endDate?: string | Date | null }
@@ -28,6 +31,26 @@ export function createBudgetRegistry (sql: Sql) {
     }) as T
   }
 
+  // PostgreSQL's zone names, read once: it is PostgreSQL that computes every window in them.
+  let timeZones: Promise<Set<string>> | undefined
+
+  /**
+   * The zone must be one PostgreSQL knows, and a date without a time is midnight in it (so a monthly
+   * budget in America/New_York from 2026-01-01 starts at that city's midnight, not at UTC's).
+   */
+  async function readDatesInZone<T extends { startDate?: string | Date, endDate?: string | Date | null }> (
+    repository: BudgetRepository, input: T, timezone: string
+  ): Promise<T> {
+    timeZones ??= repository.listTimeZones().then((names) => new Set(names))
+    const known = await timeZones.catch((error: unknown) => { timeZones = undefined; throw error })
+    if (!known.has(timezone)) throw new InvalidFieldError('timezone', `is not a time zone PostgreSQL knows: '${timezone}' (an IANA name such as America/New_York)`)
+    const fields = (['startDate', 'endDate'] as const).filter((field) => typeof input[field] === 'string' && DATE_ONLY.test(input[field]))
+    if (timezone === 'UTC' || fields.length === 0) return input
+    for (const field of fields) parseTimestamp(input[field], field) // a day that exists, before PostgreSQL reads it
+    const instants = await repository.localMidnights(fields.map((field) => input[field] as string), timezone)
+    return { ...input, ...Object.fromEntries(fields.map((field, index) => [field, instants[index]])) }
+  }
+
   async function getBudget (id: string): Promise<BudgetDefinition> {
     const budget = await budgets.findBudget(id)
     if (budget === null) throw new BudgetNotFoundError(id)
@@ -36,8 +59,8 @@ export function createBudgetRegistry (sql: Sql) {
 
   return {
     async createBudget (request: CreateBudgetInput, createdBy: string | null = null): Promise<BudgetDefinition> {
-      const values = normalizeBudget(request as CreateBudgetRequest)
       return await inHierarchyTransaction(async (repository) => {
+        const values = normalizeBudget(await readDatesInZone(repository, request, request.timezone ?? 'UTC') as CreateBudgetRequest)
         await checkParent(repository, values, null)
         return await repository.insertBudget(values, createdBy)
       })
@@ -50,7 +73,12 @@ export function createBudgetRegistry (sql: Sql) {
       return await inHierarchyTransaction(async (repository, tx) => {
         const current = await repository.findBudget(id)
         if (current === null) throw new BudgetNotFoundError(id)
-        const values = normalizeBudget({ ...current, ...updates } as CreateBudgetRequest)
+        const zoned = await readDatesInZone(repository, updates, updates.timezone ?? current.timezone)
+        // A budget that becomes custom is a length of time: it leaves the calendar unless told otherwise.
+        const alignment = updates.period === 'custom' && updates.periodAlignment === undefined
+          ? { periodAlignment: 'start' as const, fiscalYearStartMonth: updates.fiscalYearStartMonth ?? 1 }
+          : {}
+        const values = normalizeBudget({ ...current, ...zoned, ...alignment } as CreateBudgetRequest)
         await checkParent(repository, values, id)
         for (const child of await repository.listChildren(id)) {
           checkChildFitsParent(normalizeBudget(child), values)

@@ -17,7 +17,7 @@ export const MINIMUM_ELAPSED_MS = HOUR
 export type BudgetHealth = 'normal' | 'warning' | 'critical' | 'exceeded'
 
 export interface StatusInput {
-  budget: Pick<BudgetDefinition, 'id' | 'amount' | 'currency' | 'alerts'>
+  budget: Pick<BudgetDefinition, 'id' | 'amount' | 'currency' | 'alerts' | 'startDate' | 'timezone'>
   periodStart: Date
   periodEnd: Date
   state: BudgetState
@@ -45,6 +45,7 @@ export interface BudgetStatusInfo {
   reservedAmount: Money
   periodStart: string
   periodEnd: string
+  timezone: string
   state: BudgetState
 }
 
@@ -72,7 +73,8 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
   const { budget, periodStart, periodEnd, state, currentAmount, reservedAmount, now } = input
   const current = toUnits(currentAmount)
   const limit = toUnits(budget.amount)
-  const start = periodStart.getTime()
+  // A calendar window can begin before the budget does; spend accrues from whichever is later.
+  const start = Math.max(periodStart.getTime(), Date.parse(budget.startDate))
   const end = periodEnd.getTime()
   const at = Math.min(Math.max(now.getTime(), start), end)
   const elapsed = BigInt(Math.max(at - start, MINIMUM_ELAPSED_MS))
@@ -94,6 +96,7 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
     reservedAmount: fromUnits(toUnits(reservedAmount)),
     periodStart: periodStart.toISOString(),
     periodEnd: periodEnd.toISOString(),
+    timezone: budget.timezone,
     state
   }
 }
