@@ -45,6 +45,25 @@ export const BudgetAlert = Type.Object({
   maxPricePerMillion: Type.Optional(Type.String({ pattern: '^\\d+(\\.\\d+)?$', description: 'restrict-models: also allow any model whose output price per 1M tokens is at most this.' }))
 }, { additionalProperties: false })
 
+/** Tag keys and values: short, printable, and free of the `,` and `=` that the x-relay-tags header uses. */
+export const TAG_KEY_PATTERN = '^[A-Za-z0-9_.:/@+-]{1,64}$'
+export const TAG_VALUE_PATTERN = '^[A-Za-z0-9_.:/@+-]{1,200}$'
+export const MOST_TAGS = 10
+export const Tags = Type.Unsafe<Record<string, string>>({
+  type: 'object',
+  patternProperties: { [TAG_KEY_PATTERN]: { type: 'string', pattern: TAG_VALUE_PATTERN } },
+  additionalProperties: false,
+  maxProperties: MOST_TAGS,
+  description: 'Key/value pairs: letters, digits and _ . : / @ + -; keys up to 64 characters, values up to 200.',
+  examples: [{ feature: 'summarize', env: 'prod' }]
+})
+export const BudgetFilters = Type.Object({
+  models: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 200, pattern: '^[^*]+\\*?$' }), {
+    minItems: 1, maxItems: 50, uniqueItems: true, description: "Exact model names, or prefixes ending in '*' (gpt-4o*), matched on the model the gate calls."
+  })),
+  tags: Type.Optional(Type.Unsafe<Record<string, string>>({ ...Tags, minProperties: 1, description: 'Tags a call must all carry (x-relay-tags: feature=summarize,env=prod).' }))
+}, { additionalProperties: false, description: 'A budget with filters counts, and gates, only the calls that match every one of them.' })
+
 const budgetFields = {
   name: Type.String({ minLength: 1, maxLength: 200 }),
   description: Nullable(Type.String({ maxLength: 2000 })),
@@ -67,6 +86,7 @@ const budgetFields = {
   periodAlignment: StringEnum(PERIOD_ALIGNMENTS, {
     description: "'calendar': windows start at local midnight, on Monday, on the 1st, on fiscal quarters and years; 'start': they step from startDate's local time. Default: 'calendar' when the budget names a timezone or fiscalYearStartMonth, else 'start'; custom periods are always 'start'."
   }),
+  filters: BudgetFilters,
   alerts: Type.Array(BudgetAlert, { maxItems: 20 }),
   enforcement: StringEnum(['hard', 'soft'] as const, { description: 'A hard budget refuses calls that would exceed it; a soft one only alerts.' })
 }
@@ -80,6 +100,7 @@ export const CreateBudgetRequest = Type.Object({
   timezone: Type.Optional(budgetFields.timezone),
   fiscalYearStartMonth: Type.Optional(budgetFields.fiscalYearStartMonth),
   periodAlignment: Type.Optional(budgetFields.periodAlignment),
+  filters: Type.Optional(budgetFields.filters),
   alerts: Type.Optional(budgetFields.alerts),
   enforcement: Type.Optional(budgetFields.enforcement)
 }, {
@@ -99,6 +120,16 @@ export const CreateBudgetRequest = Type.Object({
       { threshold: 80, actions: ['notify', 'restrict-models'], notificationChannels: ['email', 'slack'] },
       { threshold: 95, actions: ['require-approval'], notificationChannels: ['email', 'slack'] }
     ]
+  }, {
+    name: 'Summaries, gpt-4o family, per Berlin day',
+    scopeType: 'team',
+    scopeId: 'team-engineering',
+    amount: '50',
+    currency: 'USD',
+    period: 'daily',
+    timezone: 'Europe/Berlin',
+    startDate: '2026-01-01',
+    filters: { models: ['gpt-4o*'], tags: { feature: 'summarize' } }
   }]
 })
 
@@ -120,6 +151,7 @@ export const BudgetDefinition = Type.Object({
   timezone: Type.String(),
   fiscalYearStartMonth: Type.Integer(),
   periodAlignment: StringEnum(PERIOD_ALIGNMENTS),
+  filters: BudgetFilters,
   alerts: Type.Array(BudgetAlert),
   enforcement: StringEnum(['hard', 'soft'] as const),
   createdBy: Nullable(Type.String()),
@@ -155,6 +187,7 @@ export const ErrorResponse = Type.Object({
 
 export type ScopeType = Static<typeof ScopeType>
 export type Period = Static<typeof Period>
+export type BudgetFilters = Static<typeof BudgetFilters>
 export type PeriodAlignment = typeof PERIOD_ALIGNMENTS[number]
 export type AlertAction = Static<typeof AlertAction>
 export type BudgetAlert = Static<typeof BudgetAlert>
@@ -174,7 +207,8 @@ export const UsageMetadata = Type.Object({
   projectId: Type.Optional(Type.String({ maxLength: 200 })),
   organizationId: Type.Optional(Type.String({ maxLength: 200 })),
   inputTokens: Type.Optional(Type.Integer({ minimum: 0 })),
-  outputTokens: Type.Optional(Type.Integer({ minimum: 0 }))
+  outputTokens: Type.Optional(Type.Integer({ minimum: 0 })),
+  tags: Type.Optional(Tags)
 }, { additionalProperties: true, maxProperties: 50, description: 'The keys above are checked; other keys are kept as given.' })
 
 export const RecordUsageBody = Type.Object({
@@ -212,6 +246,7 @@ export const UsageHistoryQuery = Type.Object({
   to: Type.Optional(TimestampInput),
   modelId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
   userId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  tag: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_.:/@+-]{1,64}=[A-Za-z0-9_.:/@+-]{1,200}$', description: 'Only usage carrying this tag, as key=value.', examples: ['feature=summarize'] })),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 })),
   cursor: Type.Optional(Type.String({ maxLength: 500, description: 'nextCursor of the previous page.' }))
 }, { additionalProperties: false })
@@ -222,7 +257,13 @@ export const UsagePage = Type.Object({
 })
 
 const UsageTotals = { total: Money, count: Type.Integer() }
-export const UsageSummaryQuery = Type.Object({ from: Type.Optional(TimestampInput), to: Type.Optional(TimestampInput) }, { additionalProperties: false })
+export const UsageSummaryQuery = Type.Object({
+  from: Type.Optional(TimestampInput),
+  to: Type.Optional(TimestampInput),
+  modelId: UsageHistoryQuery.properties.modelId,
+  tag: UsageHistoryQuery.properties.tag,
+  tagKey: Type.Optional(Type.String({ pattern: TAG_KEY_PATTERN, description: 'Also total the usage by the value of this tag (byTag).', examples: ['feature'] }))
+}, { additionalProperties: false })
 export const UsageSummary = Type.Object({
   budgetId: Uuid,
   currency: Type.String(),
@@ -231,7 +272,8 @@ export const UsageSummary = Type.Object({
   ...UsageTotals,
   byModel: Type.Array(Type.Object({ modelId: Nullable(Type.String()), ...UsageTotals })),
   byUser: Type.Array(Type.Object({ userId: Nullable(Type.String()), ...UsageTotals })),
-  byDay: Type.Array(Type.Object({ day: Type.String({ description: 'UTC day, YYYY-MM-DD.' }), ...UsageTotals }))
+  byDay: Type.Array(Type.Object({ day: Type.String({ description: 'UTC day, YYYY-MM-DD.' }), ...UsageTotals })),
+  byTag: Type.Optional(Type.Array(Type.Object({ value: Nullable(Type.String({ description: 'The tagKey tag\'s value; null for usage without it.' })), ...UsageTotals })))
 })
 
 const Health = StringEnum(['normal', 'warning', 'critical', 'exceeded'] as const)

@@ -6,6 +6,7 @@ import type { BudgetConstraintCheck } from '../services/decision.js'
 import type { CostEstimate } from '../services/estimate.js'
 import { checkScopeId, type CallerScopes } from '../services/integration.js'
 import type { PriceBook, PriceTable, TokenUsage } from '../services/pricing.js'
+import { parseTagHeader } from '../tags.js'
 
 export interface GateOptions {
   /** URLs of the model-call routes. A route declared with `config: { budgetGate: true }` is gated too. */
@@ -57,6 +58,9 @@ export const SCOPE_HEADERS: Array<[ScopeType, string]> = [
   ['user', 'x-relay-user-id'], ['team', 'x-relay-team-id'], ['project', 'x-relay-project-id'], ['organization', 'x-relay-organization-id']
 ]
 
+/** The call's tags, as key=value pairs separated by commas: `x-relay-tags: feature=summarize,env=prod`. */
+export const TAGS_HEADER = 'x-relay-tags'
+
 /** The default resolveScopes: whatever the x-relay-* headers say. Fine for a quick start; trust nothing a client claims in production. */
 export function scopesFromHeaders (request: FastifyRequest): CallerScopes {
   const scopes: CallerScopes = {}
@@ -64,5 +68,7 @@ export function scopesFromHeaders (request: FastifyRequest): CallerScopes {
     const value = request.headers[header]
     if (value !== undefined) scopes[type] = checkScopeId(value, header)
   }
+  const tags = request.headers[TAGS_HEADER]
+  if (tags !== undefined) scopes.tags = parseTagHeader(Array.isArray(tags) ? tags.join(',') : tags, TAGS_HEADER)
   return scopes
 }

@@ -11,7 +11,8 @@ import { fromUnits, toUnits, type Money } from '../money.js'
 import type { CostEstimate } from '../services/estimate.js'
 import { checkScopeId, type BudgetIntegration, type CallerScopes } from '../services/integration.js'
 import type { PriceBook, TokenUsage } from '../services/pricing.js'
-import { SCOPE_HEADERS, type BudgetGateState, type GateOptions } from './gate-options.js'
+import { checkTags } from '../tags.js'
+import { SCOPE_HEADERS, TAGS_HEADER, type BudgetGateState, type GateOptions } from './gate-options.js'
 import { sendOpenAIError } from './openai-error.js'
 
 /** Reads `usage` from an OpenAI-style JSON body, as the provider returned it. */
@@ -33,7 +34,9 @@ function storable (text: string): string {
 }
 
 function refusalCode (error: InvalidFieldError & { gateCode?: string }): string {
-  return error.gateCode ?? (error.field.startsWith('x-relay-') ? 'invalid_scope' : 'invalid_request')
+  if (error.gateCode !== undefined) return error.gateCode
+  if (error.field === TAGS_HEADER) return 'invalid_tags'
+  return error.field.startsWith('x-relay-') ? 'invalid_scope' : 'invalid_request'
 }
 
 /** What a call is charged when its hold ends, and why. */
@@ -101,6 +104,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     try {
       caller = await options.resolveScopes(request)
       for (const [type, header] of SCOPE_HEADERS) if (caller[type] !== undefined) checkScopeId(caller[type], header)
+      if (caller.tags !== undefined) checkTags(caller.tags, TAGS_HEADER)
       estimate = await options.estimateCost(request, prices)
     } catch (error) {
       if (!(error instanceof InvalidFieldError)) throw error
@@ -207,7 +211,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         userId: state.caller.user,
         teamId: state.caller.team,
         projectId: state.caller.project,
-        organizationId: state.caller.organization
+        organizationId: state.caller.organization,
+        ...(state.caller.tags === undefined ? {} : { tags: state.caller.tags })
       }
     }).then((usageId) => {
       if (charge.cost !== null && toUnits(charge.cost) > toUnits(state.estimate)) {

@@ -1,7 +1,7 @@
 // SQL for budget_definitions: one statement per function; hand it a transaction's sql to run inside one.
 import type { Sql, TransactionSql } from 'postgres'
 import { normalizeMoney, type Money } from '../money.js'
-import type { BudgetAlert, BudgetDefinition, Period, PeriodAlignment, ScopeType } from '../schemas.js'
+import type { BudgetAlert, BudgetDefinition, BudgetFilters, Period, PeriodAlignment, ScopeType } from '../schemas.js'
 
 export type Db = Sql | TransactionSql
 
@@ -21,6 +21,7 @@ export interface BudgetValues {
   timezone: string
   fiscalYearStartMonth: number
   periodAlignment: PeriodAlignment
+  filters: BudgetFilters
   alerts: BudgetAlert[]
   enforcement: 'hard' | 'soft'
 }
@@ -41,6 +42,8 @@ interface BudgetRow {
   timezone: string
   fiscal_year_start_month: number
   period_alignment: PeriodAlignment
+  filter_models: string[] | null
+  filter_tags: Record<string, string> | null
   alerts: BudgetAlert[]
   enforcement: 'hard' | 'soft'
   created_by: string | null
@@ -59,8 +62,12 @@ export function createBudgetRepository (sql: Db) {
   // amount::text keeps money exact even when the host's postgres.js instance parses numeric to float.
   const columns = sql`
     id, name, description, scope_type, scope_id, parent_id, amount::text as amount, currency, period,
-    start_date, end_date, recurring, timezone, fiscal_year_start_month, period_alignment, alerts, enforcement,
+    start_date, end_date, recurring, timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags, alerts, enforcement,
     created_by, created_at, updated_at`
+
+  // A filter that is not there is null in its column (a budget without filters matches every call).
+  const filterColumns = (filters: BudgetFilters) => sql`
+    ${filters.models ?? null}::text[], ${filters.tags === undefined ? null : JSON.stringify(filters.tags)}::text::jsonb`
 
   return {
     async findBudget (id: string): Promise<BudgetDefinition | null> {
@@ -73,11 +80,11 @@ export function createBudgetRepository (sql: Db) {
       const [row] = await sql<BudgetRow[]>`
         insert into budget_definitions
           (name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring,
-           timezone, fiscal_year_start_month, period_alignment, alerts, enforcement, created_by)
+           timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags, alerts, enforcement, created_by)
         values
           (${values.name}, ${values.description}, ${values.scopeType}, ${values.scopeId}, ${values.parentId}, ${values.amount},
            ${values.currency}, ${values.period}, ${values.startDate}, ${values.endDate}, ${values.recurring},
-           ${values.timezone}, ${values.fiscalYearStartMonth}, ${values.periodAlignment},
+           ${values.timezone}, ${values.fiscalYearStartMonth}, ${values.periodAlignment}, ${filterColumns(values.filters)},
            ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, ${values.enforcement}, ${createdBy})
         returning ${columns}`
       return toBudget(row!)
@@ -91,6 +98,7 @@ export function createBudgetRepository (sql: Db) {
           currency = ${values.currency}, period = ${values.period}, start_date = ${values.startDate},
           end_date = ${values.endDate}, recurring = ${values.recurring}, timezone = ${values.timezone},
           fiscal_year_start_month = ${values.fiscalYearStartMonth}, period_alignment = ${values.periodAlignment},
+          (filter_models, filter_tags) = (${filterColumns(values.filters)}),
           alerts = ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, enforcement = ${values.enforcement},
           updated_at = now()
         where id = ${id} and deleted_at is null
@@ -153,6 +161,13 @@ export function createBudgetRepository (sql: Db) {
       return rows.map(toBudget)
     },
 
+    /** Do a call to `model` carrying `tags` match the budget's filters? (budget_matches, sql/007: the one place they are read.) */
+    async matchesCall (id: string, model: string | null, tags: Record<string, string> | undefined): Promise<boolean> {
+      const [row] = await sql<Array<{ matches: boolean }>>`
+        select budget_matches(b, ${model}, ${tags === undefined ? null : JSON.stringify(tags)}::text::jsonb) as matches from budget_definitions b where b.id = ${id}`
+      return row?.matches === true
+    },
+
     /** The time zone names PostgreSQL knows (its own time zone database, which computes every period). */
     async listTimeZones (): Promise<string[]> {
       const rows = await sql<Array<{ name: string }>>`select name from pg_timezone_names`
@@ -195,6 +210,10 @@ function toBudget (row: BudgetRow): BudgetDefinition {
     timezone: row.timezone,
     fiscalYearStartMonth: row.fiscal_year_start_month,
     periodAlignment: row.period_alignment,
+    filters: {
+      ...(row.filter_models === null ? {} : { models: row.filter_models }),
+      ...(row.filter_tags === null ? {} : { tags: row.filter_tags })
+    },
     alerts: row.alerts,
     enforcement: row.enforcement,
     createdBy: row.created_by,

@@ -3,10 +3,18 @@ import type { Db } from './budgets.js'
 import type { Money } from '../money.js'
 import { normalizeMoney } from '../money.js'
 import type { AlertAction, BudgetAlert, ScopeType } from '../schemas.js'
+import { canonicalTags, type Tags } from '../tags.js'
 
 export interface Scope {
   type: ScopeType
   id: string
+}
+
+/** A call as budgets see it: who calls, which model (after downgrade and snapshot resolution), which tags. */
+export interface CallFilter {
+  scopes: Scope[]
+  model: string | null
+  tags?: Tags
 }
 
 export interface ApplicableBudget {
@@ -122,11 +130,12 @@ export function createReservationRepository (sql: Db) {
 
   return {
     /** The caller's budget line now, its windows' cache rows made sure of (budget_line, sql/006). */
-    async loadLine (scopes: Scope[], currency: string): Promise<{ line: LineBudget[], definitionsVersion: number }> {
+    async loadLine (call: CallFilter, currency: string): Promise<{ line: LineBudget[], definitionsVersion: number }> {
+      const { scopes } = call
       const rows = await sql<Array<LineBudget & { definitionsVersion: string }>>`
         select budget_id as "budgetId", name, alerts, scope_matched as "scopeMatched", scope_rank as "scopeRank",
                period_start as "periodStart", period_end as "periodEnd", definitions_version::text as "definitionsVersion"
-        from budget_line(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency})`
+        from budget_line(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, ${call.model}, ${canonicalTags(call.tags)}::text::jsonb)`
       // A caller with no budget still learns the version: its empty line is as cacheable as any.
       const version = rows[0]?.definitionsVersion ?? (await sql<Array<{ version: string }>>`select budget_definitions_version()::text as version`)[0]!.version
       return { line: rows.map(({ definitionsVersion: _version, ...budget }) => budget), definitionsVersion: Number(version) }
@@ -233,9 +242,9 @@ export function createReservationRepository (sql: Db) {
     },
 
     /** The budgets that apply to the scopes, with their current numbers; reads only, locks nothing. */
-    async listApplicable (scopes: Scope[], currency: string, estimate: Money = '0'): Promise<ApplicableBudget[]> {
+    async listApplicable ({ scopes, model, tags }: CallFilter, currency: string, estimate: Money = '0'): Promise<ApplicableBudget[]> {
       return await readStandings(sql`
-        budget_applicable(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, now())`, estimate)
+        budget_applicable(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, now(), ${model}, ${canonicalTags(tags)}::text::jsonb)`, estimate)
     },
 
     /** The budget and each live ancestor with a window now, nearest first, with the same numbers as listApplicable. */

@@ -37,6 +37,8 @@ export interface UsageFilter {
   to: Date
   modelId?: string
   userId?: string
+  /** Only usage carrying this tag: [key, value]. */
+  tag?: [string, string]
 }
 
 export interface UsagePageKey {
@@ -60,7 +62,8 @@ export function createUsageRepository (sql: Db) {
     budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id
     where a.budget_id = ${budgetId} and a.occurred_at >= ${filter.from} and a.occurred_at < ${filter.to}
     ${filter.modelId === undefined ? sql`` : sql`and u.model_id = ${filter.modelId}`}
-    ${filter.userId === undefined ? sql`` : sql`and u.user_id = ${filter.userId}`}`
+    ${filter.userId === undefined ? sql`` : sql`and u.user_id = ${filter.userId}`}
+    ${filter.tag === undefined ? sql`` : sql`and u.metadata -> 'tags' ->> ${filter.tag[0]} = ${filter.tag[1]}`}`
 
   return {
     /** Inserts the record, or nothing when its idempotency key was used before on this budget (then null). */
@@ -103,7 +106,7 @@ export function createUsageRepository (sql: Db) {
       return rows.map(toUsageRecord)
     },
 
-    async summarizeUsage (budgetId: string, filter: UsageFilter) {
+    async summarizeUsage (budgetId: string, filter: UsageFilter, tagKey?: string) {
       const group = async (key: ReturnType<typeof sql>) => {
         const rows = await sql<Array<{ key: string | null, total: string, count: number }>>`
           select ${key} as key, sum(a.amount)::text as total, count(*)::int as count
@@ -111,12 +114,13 @@ export function createUsageRepository (sql: Db) {
           group by 1 order by 1 nulls last`
         return rows.map((row): UsageGroupTotal => ({ key: row.key, total: normalizeMoney(row.total), count: row.count }))
       }
-      const [byModel, byUser, byDay] = await Promise.all([
+      const [byModel, byUser, byDay, byTag] = await Promise.all([
         group(sql`u.model_id`),
         group(sql`u.user_id`),
-        group(sql`to_char(a.occurred_at at time zone 'UTC', 'YYYY-MM-DD')`)
+        group(sql`to_char(a.occurred_at at time zone 'UTC', 'YYYY-MM-DD')`),
+        tagKey === undefined ? undefined : group(sql`u.metadata -> 'tags' ->> ${tagKey}`)
       ])
-      return { byModel, byUser, byDay }
+      return { byModel, byUser, byDay, byTag }
     }
   }
 }

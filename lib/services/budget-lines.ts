@@ -4,7 +4,8 @@
 // when any budget changed in any process: every statement of the gate reports the definitions'
 // version it saw (budget_definitions_version, sql/006), and a newer one than the lines were loaded at
 // forgets them all. No extra connection, nothing to listen for, and it works behind any pooler.
-import type { LineBudget, ReservationRepository, Scope } from '../repository/reservations.js'
+import type { CallFilter, LineBudget, ReservationRepository } from '../repository/reservations.js'
+import { canonicalTags } from '../tags.js'
 
 const LONGEST_KEPT_MS = 60_000
 const MOST_LINES = 10_000
@@ -43,15 +44,15 @@ export function createBudgetLines (reservations: ReservationRepository, currency
   }
 
   return {
-    /** The caller's line, from the process's cache when it is still good. */
-    async lineOf (scopes: Scope[]): Promise<CachedLine> {
-      const key = scopes.map((scope) => `${scope.type}\u0000${scope.id}`).join('\u0001')
+    /** The call's line (its caller's, for its model and tags), from the process's cache when it is still good. */
+    async lineOf (call: CallFilter): Promise<CachedLine> {
+      const key = [...call.scopes.map((scope) => `${scope.type}\u0000${scope.id}`), call.model ?? '', canonicalTags(call.tags)].join('\u0001')
       const cached = lines.get(key)
       const now = Date.now()
       if (cached !== undefined && now < cached.validUntil) return { key, line: (await cached.line).line, validUntil: cached.validUntil }
       if (lines.size >= MOST_LINES) lines.clear() // a crude bound: callers beyond it reload their line
       const entry: Cached = {
-        line: reservations.loadLine(scopes, currency),
+        line: reservations.loadLine(call, currency),
         validUntil: now + LONGEST_KEPT_MS,
         generation
       }

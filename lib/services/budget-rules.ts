@@ -2,7 +2,8 @@
 import { CurrencyMismatchError, ExceedsParentError, InvalidFieldError } from '../errors.js'
 import { compareMoney, numberToDecimal, parseMoney, parsePositiveMoney } from '../money.js'
 import type { BudgetValues } from '../repository/budgets.js'
-import type { BudgetAlert, CreateBudgetRequest, Period } from '../schemas.js'
+import { checkTags } from '../tags.js'
+import type { BudgetAlert, BudgetFilters, CreateBudgetRequest, Period } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
 
 const DAY = 86_400_000
@@ -36,6 +37,7 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
     endDate,
     recurring: input.recurring ?? true,
     ...calendar,
+    filters: normalizeFilters(input.filters ?? {}),
     alerts: normalizeAlerts(input.alerts ?? []),
     enforcement: input.enforcement ?? 'hard'
   }
@@ -62,6 +64,23 @@ function normalizeCalendar (input: CreateBudgetRequest): Pick<BudgetValues, 'tim
     throw new InvalidFieldError('fiscalYearStartMonth', "applies to calendar windows: set periodAlignment to 'calendar' (windows stepped from startDate follow startDate)")
   }
   return { timezone: input.timezone ?? 'UTC', fiscalYearStartMonth, periodAlignment }
+}
+
+/**
+ * Filters as stored: absent rather than empty. The API's schema checks their shape; the library's
+ * callers get the same checks here.
+ */
+function normalizeFilters (filters: BudgetFilters): BudgetFilters {
+  const { models, tags } = filters
+  if (models !== undefined && (!Array.isArray(models) || models.length === 0 || models.length > 50 ||
+      models.some((model) => typeof model !== 'string' || !/^[^*]{1,200}\*?$/.test(model)))) {
+    throw new InvalidFieldError('filters.models', "must be 1 to 50 model names, each exact or a prefix ending in '*'")
+  }
+  if (tags !== undefined) checkTags(tags, 'filters.tags')
+  return {
+    ...(models === undefined ? {} : { models: [...new Set(models)] }),
+    ...(tags === undefined || Object.keys(tags).length === 0 ? {} : { tags: { ...tags } })
+  }
 }
 
 /** A name is text once its spaces are trimmed: "   " is no name. */

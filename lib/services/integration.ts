@@ -3,7 +3,8 @@
 import { randomUUID } from 'node:crypto'
 import { DatabaseUnavailableError, InvalidFieldError } from '../errors.js'
 import { parsePositiveMoney, toUnits, type Money } from '../money.js'
-import type { Hold, LineBudget, ReservationRepository, Scope } from '../repository/reservations.js'
+import type { CallFilter, Hold, LineBudget, ReservationRepository, Scope } from '../repository/reservations.js'
+import type { Tags } from '../tags.js'
 import type { BudgetLines } from './budget-lines.js'
 import type { HoldQueue } from './holds.js'
 import type { Admission, Leases } from './leases.js'
@@ -13,8 +14,8 @@ import { decide, standingsOf, standingsOfHold, type BudgetConstraintCheck, type 
 import type { BudgetStatusInfo } from './status-rules.js'
 import type { BudgetTracker, UsageMetadata } from './tracker.js'
 
-/** Who is calling: any subset of the four scopes, each an id in your system. */
-export type CallerScopes = Partial<Record<ScopeType, string>>
+/** Who is calling: any subset of the four scopes, each an id in your system, and the call's tags (x-relay-tags). */
+export type CallerScopes = Partial<Record<ScopeType, string>> & { tags?: Tags }
 
 /** The most specific scope first: usage is recorded on the first matched scope's budget. */
 const SCOPE_ORDER: ScopeType[] = ['user', 'project', 'team', 'organization']
@@ -55,6 +56,11 @@ export interface GateMachinery {
 }
 
 export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements }: GateMachinery, tracker: BudgetTracker, options: IntegrationOptions) {
+  /** The call as filtered budgets see it: the model by its price-table name (a dated snapshot matches as its base model). */
+  function callOf (caller: CallerScopes, model: string | undefined): CallFilter {
+    const name = model === undefined ? null : options.models.prices.resolve(model)?.model ?? model
+    return { scopes: toScopes(caller), model: name, ...(caller.tags === undefined ? {} : { tags: caller.tags }) }
+  }
 
   /** Waits at most timeoutMs; a late answer is handed to `late` (to undo what it did). */
   async function withDeadline<T> (work: Promise<T>, late: (result: T) => unknown = () => {}): Promise<T> {
@@ -94,9 +100,9 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
    * on the line for this call alone. A line found out of date (a window rolled over, a budget
    * changed) is reloaded once.
    */
-  async function admitOrHold (scopes: Scope[], reservationId: string, estimate: Money, requestId: string): Promise<{ line: LineBudget[], admission: Admission | null, hold: Hold }> {
+  async function admitOrHold (call: CallFilter, reservationId: string, estimate: Money, requestId: string): Promise<{ line: LineBudget[], admission: Admission | null, hold: Hold }> {
     for (let attempt = 1; ; attempt++) {
-      const { key, line, validUntil } = await lines.lineOf(scopes)
+      const { key, line, validUntil } = await lines.lineOf(call)
       if (line.length === 0) return { line, admission: null, hold: { current: true, reserved: false, budgets: [], definitionsVersion: -1 } }
       const admission = await leases.admit(key, line, validUntil, estimate)
       if (admission !== null) return { line, admission, hold: { current: true, reserved: true, budgets: [], definitionsVersion: -1 } }
@@ -111,8 +117,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     /** Would a call of `estimatedCost` (to `model`, when given) go ahead for this caller now? Reads only; reserves nothing. */
     async checkCaller (caller: CallerScopes, estimatedCost: Money | number, model?: string): Promise<BudgetConstraintCheck> {
       const estimate = parsePositiveMoney(estimatedCost, 'estimatedCost')
-      const scopes = toScopes(caller)
-      const budgets = scopes.length === 0 ? [] : standingsOf(await reservations.listApplicable(scopes, options.currency, estimate))
+      const call = callOf(caller, model)
+      const budgets = call.scopes.length === 0 ? [] : standingsOf(await reservations.listApplicable(call, options.currency, estimate))
       return decide(budgets, estimate, model === undefined ? undefined : { ...options.models, model })
     },
 
@@ -121,12 +127,12 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
      * or refuses and reserves nothing. Throws DatabaseUnavailableError past timeoutMs.
      */
     async reserveCall (caller: CallerScopes, estimate: Money, { requestId = randomUUID(), model }: { requestId?: string, model?: string } = {}): Promise<Reservation> {
-      const scopes = toScopes(caller)
+      const call = callOf(caller, model)
       const policy = model === undefined ? undefined : { ...options.models, model }
-      if (scopes.length === 0) return { check: decide([], estimate, policy), reservationId: null }
+      if (call.scopes.length === 0) return { check: decide([], estimate, policy), reservationId: null }
       const reservationId = randomUUID()
       const { line, admission, hold: result } = await withDeadline(
-        admitOrHold(scopes, reservationId, estimate, requestId),
+        admitOrHold(call, reservationId, estimate, requestId),
         // Answered too late for the caller, who was refused: give back what it took.
         async (late) => {
           if (late.admission !== null) await leases.end(late.admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
@@ -166,7 +172,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
 
     /** Records a model call's cost without a reservation: once, counting toward every budget that applies to the caller. */
     async recordModelCall (caller: CallerScopes, cost: Money | number, info: SettleInfo & { requestId?: string } = {}) {
-      const applicable = (await reservations.listApplicable(toScopes(caller), options.currency)).filter((budget) => budget.scopeMatched)
+      const model = typeof info.metadata?.modelId === 'string' ? info.metadata.modelId : undefined
+      const applicable = (await reservations.listApplicable(callOf(caller, model), options.currency)).filter((budget) => budget.scopeMatched)
       const [primary, ...others] = applicable
       if (primary === undefined) return null
       return await tracker.recordUsage({
@@ -175,14 +182,18 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         currency: options.currency,
         source: info.source ?? 'gateway',
         description: info.description,
-        metadata: { ...info.metadata, ...(info.requestId === undefined ? {} : { requestId: info.requestId }) },
+        metadata: {
+          ...info.metadata,
+          ...(caller.tags === undefined ? {} : { tags: caller.tags }),
+          ...(info.requestId === undefined ? {} : { requestId: info.requestId })
+        },
         alsoCountsToward: others.map((budget) => budget.budgetId)
       })
     },
 
-    /** Every budget that applies to the caller with its status, and the one that binds first (least left). */
-    async getCallerSummary (caller: CallerScopes): Promise<{ budgets: Array<BudgetStatusInfo & { name: string, scopeMatched: boolean }>, bindingBudgetId: string | null }> {
-      const applicable = await reservations.listApplicable(toScopes(caller), options.currency)
+    /** Every budget that applies to the caller (for calls to `model`, when given) with its status, and the one that binds first (least left). */
+    async getCallerSummary (caller: CallerScopes, model?: string): Promise<{ budgets: Array<BudgetStatusInfo & { name: string, scopeMatched: boolean }>, bindingBudgetId: string | null }> {
+      const applicable = await reservations.listApplicable(callOf(caller, model), options.currency)
       const budgets = await Promise.all(applicable.map(async (budget) => ({
         ...await tracker.getBudgetStatus(budget.budgetId), name: budget.name, scopeMatched: budget.scopeMatched
       })))

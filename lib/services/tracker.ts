@@ -6,6 +6,7 @@ import type { Repositories } from '../repository/index.js'
 import type { BudgetWindow, StatusCacheRow } from '../repository/status.js'
 import type { UsageFilter, UsagePageKey, UsageRecord } from '../repository/usage.js'
 import type { BudgetDefinition } from '../schemas.js'
+import { checkTags, type Tags } from '../tags.js'
 import { parseTimestamp } from '../timestamps.js'
 import { decide, standingsOf, type BudgetConstraintCheck } from './decision.js'
 import { computeStatus, type BudgetStatusInfo } from './status-rules.js'
@@ -45,8 +46,15 @@ export interface UsageHistoryQuery {
   to?: string
   modelId?: string
   userId?: string
+  /** Only usage carrying this tag, as key=value. */
+  tag?: string
   limit?: number
   cursor?: string
+}
+
+export type UsageSummaryQuery = Pick<UsageHistoryQuery, 'from' | 'to' | 'modelId' | 'tag'> & {
+  /** Also total the usage by this tag's value. */
+  tagKey?: string
 }
 
 export interface TrackerOptions {
@@ -99,7 +107,12 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
     if (occurredAt.getTime() > options.now().getTime() + CLOCK_SKEW_MS) throw new InvalidFieldError('occurredAt', 'is in the future')
     const idempotencyKey = recordOptions.idempotencyKey ?? (typeof metadata.requestId === 'string' ? metadata.requestId : null)
 
+    if (metadata.tags !== undefined) checkTags(metadata.tags, 'metadata.tags')
     const budget = await requireBudget(request.budgetId)
+    if ((budget.filters.models !== undefined || budget.filters.tags !== undefined) &&
+        !await budgets.matchesCall(budget.id, typeof metadata.modelId === 'string' ? metadata.modelId : null, metadata.tags as Tags | undefined)) {
+      throw new InvalidFieldError('metadata', `does not match the filters of budget '${budget.name}' (${JSON.stringify(budget.filters)}): usage counts only toward budgets whose filters it matches`)
+    }
     if (request.currency !== budget.currency) {
       throw new CurrencyMismatchError(`Usage in ${request.currency} cannot be recorded on budget '${budget.name}', which is in ${budget.currency}`)
     }
@@ -137,7 +150,9 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
     const from = query.from === undefined ? window.periodStart : parseTimestamp(query.from, 'from')
     const to = query.to === undefined ? window.periodEnd : parseTimestamp(query.to, 'to')
     if (to <= from) throw new InvalidFieldError('to', 'must be after from')
-    return { from, to, modelId: query.modelId, userId: query.userId }
+    const tag = query.tag === undefined ? undefined : query.tag.split('=')
+    if (tag !== undefined && (tag.length !== 2 || tag[0] === '' || tag[1] === '')) throw new InvalidFieldError('tag', 'must be key=value')
+    return { from, to, modelId: query.modelId, userId: query.userId, ...(tag === undefined ? {} : { tag: tag as [string, string] }) }
   }
 
   return {
@@ -178,10 +193,10 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
       return { records, nextCursor: page.length > limit && last !== undefined ? encodeCursor(last) : null }
     },
 
-    async getUsageSummary (budgetId: string, query: Pick<UsageHistoryQuery, 'from' | 'to'> = {}) {
+    async getUsageSummary (budgetId: string, query: UsageSummaryQuery = {}) {
       const budget = await requireBudget(budgetId)
       const filter = usageFilter((await status.findWindow(budget.id, options.now()))!, query)
-      const { byModel, byUser, byDay } = await usage.summarizeUsage(budget.id, filter)
+      const { byModel, byUser, byDay, byTag } = await usage.summarizeUsage(budget.id, filter, query.tagKey)
       return {
         budgetId: budget.id,
         currency: budget.currency,
@@ -191,7 +206,8 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
         count: byDay.reduce((sum, day) => sum + day.count, 0),
         byModel: byModel.map(({ key, ...totals }) => ({ modelId: key, ...totals })),
         byUser: byUser.map(({ key, ...totals }) => ({ userId: key, ...totals })),
-        byDay: byDay.map(({ key, ...totals }) => ({ day: key!, ...totals }))
+        byDay: byDay.map(({ key, ...totals }) => ({ day: key!, ...totals })),
+        ...(byTag === undefined ? {} : { byTag: byTag.map(({ key, ...totals }) => ({ value: key, ...totals })) })
       }
     },
 

@@ -1,6 +1,8 @@
--- Budgets on their own calendars: a time zone (IANA, from PostgreSQL's own time zone database), a
--- fiscal year, and windows aligned either to the budget's startDate (the seed's rule) or to the
--- calendar (local midnight, Monday, the 1st, fiscal quarters and years).
+-- Budgets as operators define them.
+-- 1. Their own calendars: a time zone (IANA, from PostgreSQL's own time zone database), a fiscal year,
+--    and windows aligned either to the budget's startDate (the seed's rule) or to the calendar (local
+--    midnight, Monday, the 1st, fiscal quarters and years).
+-- 2. Model and tag budgets (below).
 alter table budget_definitions
   add column timezone text not null default 'UTC',
   add column fiscal_year_start_month smallint not null default 1 check (fiscal_year_start_month between 1 and 12),
@@ -110,8 +112,26 @@ $$;
 
 drop function budget_period_window(text, timestamptz, timestamptz, boolean, timestamptz);
 
--- The callers of the period function, as in 002 and 003, now through budget_window.
-create or replace function budget_applicable(p_scope_types text[], p_scope_ids text[], p_currency text, p_at timestamptz)
+-- 2. Model and tag budgets: a budget with filters counts, and gates, only the calls that match them all.
+-- A model pattern is an exact name or a prefix ending in '*'; tags are key/value pairs the call must
+-- carry (usage records carry them as metadata.tags). A budget without filters matches every call.
+alter table budget_definitions
+  add column filter_models text[] check (filter_models is null or cardinality(filter_models) between 1 and 50),
+  add column filter_tags jsonb check (filter_tags is null or jsonb_typeof(filter_tags) = 'object');
+
+-- Does a call to p_model carrying p_tags count toward the budget? The one place the filters are read.
+create function budget_matches(b budget_definitions, p_model text, p_tags jsonb) returns boolean
+language sql immutable parallel safe as $$
+  select (b.filter_models is null or exists (
+            select 1 from unnest(b.filter_models) pattern
+            where pattern = p_model or (right(pattern, 1) = '*' and starts_with(p_model, left(pattern, -1)))))
+     and (b.filter_tags is null or coalesce(p_tags, '{}'::jsonb) @> b.filter_tags)
+$$;
+
+-- The budgets that apply to a call (003), now through budget_window, and only those whose filters the call matches. A
+-- filtered budget that does not match is left out, its ancestors still apply (each on its own filters).
+drop function budget_applicable(text[], text[], text, timestamptz);
+create function budget_applicable(p_scope_types text[], p_scope_ids text[], p_currency text, p_at timestamptz, p_model text, p_tags jsonb)
 returns table (budget_id uuid, scope_matched boolean, scope_rank integer, period_start timestamptz, period_end timestamptz)
 language sql stable as $$
   select l.id, bool_or(l.depth = 1), min(s.rank * 100 + l.depth)::integer, w.period_start, w.period_end
@@ -121,9 +141,39 @@ language sql stable as $$
   cross join lateral budget_lineage(m.id) l
   join budget_definitions b on b.id = l.id and b.deleted_at is null
   cross join lateral budget_window(b, p_at) w
+  where budget_matches(b, p_model, p_tags)
   group by l.id, w.period_start, w.period_end
 $$;
 
+-- A call's line (006), for its model and tags.
+drop function budget_line(text[], text[], text);
+create function budget_line(p_scope_types text[], p_scope_ids text[], p_currency text, p_model text, p_tags jsonb)
+returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, scope_rank integer,
+               period_start timestamptz, period_end timestamptz, definitions_version bigint)
+language plpgsql as $$
+declare
+  window_row record;
+begin
+  for window_row in
+    select a.budget_id, a.period_start, a.period_end from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
+    -- a window seen for the first time, or one whose row was made for another window that began at the
+    -- same instant (the budget's period changed since): recompute it from the allocations
+    where not exists (select 1 from budget_status_cache c where c.budget_id = a.budget_id and c.period_start = a.period_start
+                      and c.period_end = a.period_end)
+    order by a.budget_id
+  loop
+    perform refresh_budget_status_cache(window_row.budget_id, window_row.period_start, window_row.period_end);
+  end loop;
+  return query
+    select a.budget_id, b.name, b.alerts, a.scope_matched, a.scope_rank, a.period_start, a.period_end, budget_definitions_version()
+    from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
+    join budget_definitions b on b.id = a.budget_id
+    order by a.scope_matched desc, a.scope_rank, a.budget_id;
+end $$;
+
+-- Usage recorded outside the gate (002's trigger, now through budget_window) counts toward the budgets of its line that its model
+-- (metadata.modelId) and tags (metadata.tags) match. (The recorder refuses a record that the budget it
+-- is recorded on does not match, lib/services/tracker.ts; settlements allocate to the budgets that held.)
 create or replace function budget_usage_after_insert() returns trigger language plpgsql as $$
 declare
   budget record;
@@ -132,7 +182,9 @@ begin
   insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at)
   select distinct l.id, new.id, new.amount, new.occurred_at
   from unnest(array[new.budget_id] || new.also_counts_toward) as counted(id)
-  cross join lateral budget_lineage(counted.id) l;
+  cross join lateral budget_lineage(counted.id) l
+  join budget_definitions b on b.id = l.id
+  where budget_matches(b, new.metadata ->> 'modelId', new.metadata -> 'tags');
 
   for budget in
     select b.id, w.period_start, w.period_end
