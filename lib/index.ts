@@ -55,10 +55,12 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 
   // The composition root: every repository once, and the services built on them.
   const repositories = createRepositories(sql)
-  const budgetRegistry = createBudgetRegistry(sql)
-  const budgetTracker = createBudgetTracker(repositories, { statusCacheTtlMs, now: () => new Date() })
   const { currency, reservationTtlMs, timeoutMs, cheapModels, downgrades } = gate ?? GATE_DEFAULTS
   const prices = createPriceBook((gate ?? GATE_DEFAULTS).prices)
+  // Models go by their price-table name everywhere budgets match them (a dated snapshot as its base model).
+  const modelName = (name: string) => prices.resolve(name)?.model ?? name
+  const budgetRegistry = createBudgetRegistry(sql, { modelName })
+  const budgetTracker = createBudgetTracker(repositories, { statusCacheTtlMs, now: () => new Date(), modelName })
   // The gate's machinery, built once: the reservation repository, the process's cache of budget lines
   // (forgotten when the definitions' version moves), the leases on hot lines, and the queues that take
   // holds and commit settlements in groups.

@@ -33,6 +33,8 @@ t.test('filters are stored, read back, and refused with a 400 naming the field w
     t.match(response.json(), { code: 'BUDGET_ERR_VALIDATION', field: new RegExp(`^${field.replaceAll('.', '\\.')}`) }, `${name}: names ${field}`)
     t.equal((await admin({ method: 'PUT', url: `${PREFIX}/${created.json().id}`, body: { filters } })).statusCode, 400, `${name}, as an update`)
   }
+  const dated = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeId: 'x', filters: { models: ['gpt-4o-2024-08-06'] } }) })
+  t.match(dated.json(), { code: 'BUDGET_ERR_VALIDATION', field: 'filters.models', message: /'gpt-4o'/ }, 'a dated snapshot could never match: refused, naming the name calls are counted as')
   t.same(await snapshotTables(sql), before, 'nothing changed')
   // The library path (no JSON schema in front of it) has the same checks.
   const library = budgetRequest({ scopeId: 'lib' }) as Parameters<typeof app.budgetRegistry.createBudget>[0]
@@ -114,7 +116,7 @@ t.test('a malformed x-relay-tags header is a 400 naming it, and holds nothing', 
 })
 
 t.test('usage recorded through the API counts toward the ancestors it matches; a record its own budget does not match is refused', async (t) => {
-  const { admin, sql } = await buildApp(t)
+  const { app, admin, sql } = await buildApp(t)
   const org = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeType: 'organization', scopeId: 'acme', amount: '1000' }) })).json()
   const claude = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeType: 'organization', scopeId: 'acme', name: 'claude', parentId: null, amount: '1000', filters: { models: ['claude-*'] } }) })).json()
   const team = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ parentId: claude.id, amount: '100' }) })).json()
@@ -125,6 +127,9 @@ t.test('usage recorded through the API counts toward the ancestors it matches; a
   const rows = await sql<Array<{ name: string, total: string }>>`
     select b.name, sum(a.amount)::text as total from budget_usage_allocations a join budget_definitions b on b.id = a.budget_id group by b.name order by b.name`
   t.same(rows.map((row) => [row.name, Number(row.total)]), [['Team budget', 4], ['claude', 2]], 'the claude parent counts only the claude record')
+  const gpt4o = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeId: 'team-g', filters: { models: ['gpt-4o'] } }) })).json()
+  const recorded = await app.budgetIntegration.recordModelCall({ team: 'team-g' }, '0.125', { requestId: 'r1', metadata: { modelId: 'gpt-4o-2024-08-06' } })
+  t.match(recorded, { budgetId: gpt4o.id, metadata: { modelId: 'gpt-4o', upstreamModel: 'gpt-4o-2024-08-06' } }, 'the library\'s recordModelCall matches a snapshot as the gate does')
   t.ok(org.id)
   const before = await snapshotTables(sql)
   for (const metadata of [{ modelId: 'gpt-4o' }, {}, { modelId: 'claude-x', tags: { 'bad key': 'v' } }]) {

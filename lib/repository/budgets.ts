@@ -168,9 +168,15 @@ export function createBudgetRepository (sql: Db) {
       return row?.matches === true
     },
 
-    /** The time zone names PostgreSQL knows (its own time zone database, which computes every period). */
+    /**
+     * The zone names PostgreSQL knows (its own time zone database computes every period), but for those
+     * AT TIME ZONE would read as a fixed-offset abbreviation instead (CET, EST: summer time lost) and
+     * the ones that are not places (localtime is the server's own setting).
+     */
     async listTimeZones (): Promise<string[]> {
-      const rows = await sql<Array<{ name: string }>>`select name from pg_timezone_names`
+      const rows = await sql<Array<{ name: string }>>`
+        select name from pg_timezone_names
+        where name not in (select abbrev from pg_timezone_abbrevs where abbrev <> 'UTC') and name not in ('localtime', 'posixrules', 'Factory')`
       return rows.map((row) => row.name)
     },
 

@@ -83,6 +83,19 @@ function normalizeFilters (filters: BudgetFilters): BudgetFilters {
   }
 }
 
+/**
+ * Calls match model filters by the price-table name of the model called, so a filter naming a dated
+ * snapshot or an alias ('gpt-4o-2024-08-06') could never match: it is refused, naming the name to use.
+ */
+export function checkFilterModels (filters: BudgetFilters, modelName: (name: string) => string): void {
+  for (const pattern of filters.models ?? []) {
+    const name = pattern.endsWith('*') ? pattern : modelName(pattern)
+    if (name !== pattern) {
+      throw new InvalidFieldError('filters.models', `names '${pattern}', which calls are counted as: '${name}' (the price table's name); filter on '${name}'`)
+    }
+  }
+}
+
 /** A name is text once its spaces are trimmed: "   " is no name. */
 function requireText (value: string, field: string): string {
   const text = value.trim()

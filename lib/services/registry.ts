@@ -5,7 +5,7 @@ import { createBudgetRepository, type BudgetRepository, type BudgetValues } from
 import { createUsageRepository } from '../repository/usage.js'
 import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
-import { checkChildFitsParent, normalizeBudget } from './budget-rules.js'
+import { checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
 
 const DATE_ONLY = /^\d{4}-\d{2}-\d{2}$/
 
@@ -19,7 +19,12 @@ export interface DeleteBudgetOptions {
   cascade?: boolean
 }
 
-export function createBudgetRegistry (sql: Sql) {
+export interface RegistryOptions {
+  /** A model's price-table name (a dated snapshot as its base model): what model filters are matched on. */
+  modelName: (name: string) => string
+}
+
+export function createBudgetRegistry (sql: Sql, { modelName }: RegistryOptions = { modelName: (name) => name }) {
   const budgets = createBudgetRepository(sql)
 
   /** Every write takes the hierarchy lock first, so checks and write see one consistent tree. */
@@ -61,6 +66,7 @@ export function createBudgetRegistry (sql: Sql) {
     async createBudget (request: CreateBudgetInput, createdBy: string | null = null): Promise<BudgetDefinition> {
       return await inHierarchyTransaction(async (repository) => {
         const values = normalizeBudget(await readDatesInZone(repository, request, request.timezone ?? 'UTC') as CreateBudgetRequest)
+        checkFilterModels(values.filters, modelName)
         await checkParent(repository, values, null)
         return await repository.insertBudget(values, createdBy)
       })
@@ -79,6 +85,7 @@ export function createBudgetRegistry (sql: Sql) {
           ? { periodAlignment: 'start' as const, fiscalYearStartMonth: updates.fiscalYearStartMonth ?? 1 }
           : {}
         const values = normalizeBudget({ ...current, ...zoned, ...alignment } as CreateBudgetRequest)
+        checkFilterModels(values.filters, modelName)
         await checkParent(repository, values, id)
         for (const child of await repository.listChildren(id)) {
           checkChildFitsParent(normalizeBudget(child), values)

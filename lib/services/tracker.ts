@@ -61,6 +61,8 @@ export interface TrackerOptions {
   /** A cache row older than this is recomputed from the usage rows when read. */
   statusCacheTtlMs: number
   now: () => Date
+  /** A model's price-table name: a record's metadata.modelId is kept under it (the name given stays as upstreamModel), as the gate keeps it. */
+  modelName?: (name: string) => string
 }
 
 // A clock a little ahead of ours is not the future; a day ahead is a mistake.
@@ -102,7 +104,7 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
   /** Records a usage once per idempotency key and budget; `replayed` tells a retry from the first call. */
   async function record (request: RecordUsageRequest, recordOptions: RecordOptions = {}): Promise<{ record: UsageRecord, replayed: boolean }> {
     const amount = parsePositiveMoney(request.amount, 'amount')
-    const metadata = request.metadata ?? {}
+    const metadata = withModelName(request.metadata ?? {})
     const occurredAt = request.occurredAt === undefined ? options.now() : parseTimestamp(request.occurredAt, 'occurredAt')
     if (occurredAt.getTime() > options.now().getTime() + CLOCK_SKEW_MS) throw new InvalidFieldError('occurredAt', 'is in the future')
     const idempotencyKey = recordOptions.idempotencyKey ?? (typeof metadata.requestId === 'string' ? metadata.requestId : null)
@@ -143,6 +145,13 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
       throw new IdempotencyConflictError(idempotencyKey!, `it recorded ${first.amount} ${first.currency}`)
     }
     return { record: first, replayed: true }
+  }
+
+  /** The record's model under its price-table name, so model filters match it as they match a gated call. */
+  function withModelName (metadata: Record<string, unknown>): Record<string, unknown> {
+    const given = metadata.modelId
+    const name = typeof given === 'string' && options.modelName !== undefined ? options.modelName(given) : given
+    return name === given ? metadata : { ...metadata, modelId: name, upstreamModel: metadata.upstreamModel ?? given }
   }
 
   /** The query's range, by default the budget's current window. */
