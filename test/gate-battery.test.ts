@@ -7,7 +7,8 @@ import t from 'tap'
 import type { FastifyRequest } from 'fastify'
 import { fromUnits, normalizeMoney, toUnits } from '../lib/money.js'
 import { buildGateway, spendTo, type GatewayOptions } from './fixtures/gateway.js'
-import { checkInvariants, waitForSettled } from './fixtures/invariants.js'
+import { checkInvariants, findViolations, waitForSettled } from './fixtures/invariants.js'
+import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { modeFromPrompt, modeMarker, startUpstream, type Upstream, type UpstreamCall, type UpstreamMode, type Usage } from './fixtures/upstream.js'
 
 type TestContext = Parameters<typeof buildGateway>[0]
@@ -706,4 +707,60 @@ t.test('battery: clients that leave at random points, misbehaving upstreams, dat
   t.comment(`through the upstream: ${JSON.stringify(tally)}; tick calls: ${tickResults.length}, ${spanning} crossed a boundary`)
   t.ok(spanning >= 3, `${spanning} tick calls were reserved in one window and finished in the next`)
   t.same(problems, [], 'every call was charged by the rules')
+})
+
+t.test('a lease top-up that meets a budget change gives its whole slice back: nothing is left held, nothing counted that was not spent', async (t) => {
+  // Found by review, twice over: (1) the top-up's statement saw the new definitions' version, the lease
+  // was retired with what it had, and the slice just granted was dropped, held until it expired and was
+  // swept as spend; (2) the retired lease's returns met its calls' settlements, and a settlement that
+  // waited for a return's lock released the call's money from the window row but left it on the lease.
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const { app, sql } = gateway
+  const budget = await gateway.createBudget({ amount: '100', scopeId: 'team-a' })
+  const caller = { team: 'team-a' }
+  const ids: string[] = []
+  for (let i = 0; i < 2; i++) ids.push((await app.budgetIntegration.reserveCall(caller, '0.01')).reservationId!) // the second takes a lease
+  const changed = await app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { amount: '99' } })
+  t.equal(changed.statusCode, 200)
+  for (let i = 0; i < 60; i++) {
+    const reserved = await app.budgetIntegration.reserveCall(caller, '0.01') // the lease runs low: a top-up meets the new version
+    if (reserved.reservationId !== null) ids.push(reserved.reservationId)
+  }
+  t.equal(ids.length, 62, 'every call admitted')
+  // in pairs: each call's settlement races the return of its unused estimate to the retired lease
+  for (let i = 0; i < ids.length; i += 2) await Promise.all(ids.slice(i, i + 2).map(async (id) => await app.budgetIntegration.settleCall(id, '0.005')))
+  await app.close()
+  t.same(await findViolations(sql), [], 'no reservation left, every window consistent')
+  const [spent] = await sql<Array<{ total: string, n: number }>>`select sum(amount)::text as total, count(*)::int as n from budget_usage_records`
+  t.same([normalizeMoney(spent!.total), spent!.n], ['0.31', 62], 'exactly 62 x 0.005')
+})
+
+t.test('a lease\'s return and the settlement of one of its calls, meeting at the lease\'s lock, leave the lease and its window agreeing', async (t) => {
+  // Deterministic: the return holds the lease's lock while the settlement starts (its snapshot is taken
+  // then) and waits; once the return commits, the settlement must draw the lease down from what is
+  // left, not from what its snapshot saw (sql/009).
+  const gateway = await buildGateway(t)
+  const { sql } = gateway
+  await gateway.createBudget({ amount: '100', scopeId: 'team-a' })
+  const [line] = await sql<Array<{ budgetId: string, start: Date, end: Date }>>`
+    select budget_id as "budgetId", period_start as start, period_end as "end" from budget_line(array['team'], array['team-a'], 'USD', null, '{}'::jsonb)`
+  const lease = '00000000-0000-4000-8000-00000000aaaa'
+  await sql`select * from budget_lease_take(${lease}, 'USD', interval '1 minute', 0.01, 0.001, array[${line!.budgetId}]::uuid[],
+                                            array[${line!.start}]::timestamptz[], array[${line!.end}]::timestamptz[], array[true], array[1])`
+  const returning = await sql.reserve()
+  await returning`begin`
+  await returning`select budget_lease_return(${lease}, 0.005)`
+  const settling = sql`select budget_settle_leased(array[${lease}]::uuid[], array['call-1'], array[0.005]::numeric[], array['gateway'], array[null]::text[],
+                                                   array['{}'::jsonb], array[now()], interval '1 minute')`.execute()
+  for (let waited = 0; waited < 5000; waited += 20) {
+    const [blocked] = await sql<Array<{ n: number }>>`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%budget_settle_leased%' and pid <> pg_backend_pid()`
+    if (blocked!.n > 0) break
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  await returning`commit`
+  returning.release()
+  await settling
+  t.same(await findViolations(sql), [], 'the lease is gone and its window holds nothing')
+  const [spent] = await sql<Array<{ current: string }>>`select current_amount::text as current from budget_status_cache`
+  t.equal(normalizeMoney(spent!.current), '0.005', 'the call was charged once')
 })

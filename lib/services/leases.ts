@@ -69,10 +69,12 @@ export function createLeases (reservations: ReservationRepository, settlements: 
     const granted = await reservations.takeLease(lease.id, lease.line, options.currency, options.ttlMs,
       fromUnits(estimate * CALLS_PER_LEASE), fromUnits(estimate * FEWEST_CALLS))
     if (granted === null) return
-    options.observe(granted.definitionsVersion)
-    if (lease.returning) return // the version said a budget changed: this lease went with the old lines
+    // The slice is the lease's before anything else happens: if the version says a budget changed (the
+    // lease then goes with the old lines), or the lease was retired meanwhile, it is given back whole.
     lease.available += toUnits(granted.granted)
     lease.numbers = new Map(granted.budgets.map((budget) => [budget.budgetId, budget]))
+    options.observe(granted.definitionsVersion)
+    if (lease.returning) giveBack(lease)
   }
 
   // Idle and out-of-date leases are given back; the others are kept alive well within their TTL, so a
