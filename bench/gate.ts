@@ -3,6 +3,8 @@
 // - cost per call on one connection: (gated - ungated) time per call, against the floor's time per pair;
 // - one hot team + organization budget at 16 connections: gated calls per second and p99, against the
 //   floor's pairs per second at 16 connections;
+// - the same hot line with request and token rate limits on its organization budget (limits that never
+//   bind, so what is measured is their cost), against the same line without (issue 11: at least 0.8x);
 // - two gateway processes on one database, 8 connections each, against one process with 16;
 // - afterwards, exactness: recorded spend equals admitted calls x their cost on both budgets.
 import { once } from 'node:events'
@@ -58,8 +60,8 @@ const floorHot = await floorRate(HOT, SECONDS)
 const floorPairMs = 1000 / floorSerial
 
 const first = await startBenchGateway(database.url)
-const admin = async (path: string, body: unknown) => {
-  const response = await fetch(`${first.url}${PREFIX}${path}`, { method: 'POST', headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
+const admin = async (path: string, body: unknown, method = 'POST') => {
+  const response = await fetch(`${first.url}${PREFIX}${path}`, { method, headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
   if (!response.ok) throw new Error(await response.text())
   return await response.json() as { id: string }
 }
@@ -73,6 +75,12 @@ const gateMs = 1000 / gatedOne.perSecond - 1000 / ungatedOne.perSecond
 const ungatedHot = await load(first.url, HOT, '/ungated/v1/chat/completions')
 const gatedHot = await load(first.url, HOT, '/v1/chat/completions')
 
+// Rate limits on the organization budget, high enough never to refuse: their cost on the hot path.
+await admin(`/${org.id}`, { rateLimits: { requestsPerMinute: 1_000_000_000, tokensPerMinute: 1_000_000_000_000 } }, 'PUT')
+await load(first.url, HOT, '/v1/chat/completions', 2) // warm up: the line reloads with its limits
+const rateLimitedHot = await load(first.url, HOT, '/v1/chat/completions')
+await admin(`/${org.id}`, { rateLimits: {} }, 'PUT')
+
 const second = await startBenchGateway(database.url)
 const [a, b] = await Promise.all([load(first.url, HOT / 2, '/v1/chat/completions'), load(second.url, HOT / 2, '/v1/chat/completions')])
 const twoProcesses = a.perSecond + b.perSecond
@@ -81,7 +89,7 @@ const twoProcesses = a.perSecond + b.perSecond
 let admitted = 0
 for (const gateway of [first, second]) admitted += ((await (await fetch(`${gateway.url}/bench/admitted`)).json()) as { admitted: number }).admitted
 for (const gateway of [first, second]) { gateway.child.kill('SIGTERM'); await once(gateway.child, 'exit') } // closing drains the settlements
-const refused = [gatedOne, gatedHot, a, b].reduce((sum, run) => sum + run.other, 0)
+const refused = [gatedOne, gatedHot, rateLimitedHot, a, b].reduce((sum, run) => sum + run.other, 0)
 const [held] = await sql<Array<{ n: number }>>`select count(*)::int as n from budget_reservations`
 const spent = await sql<Array<{ id: string, total: string, calls: number }>>`
   select c.budget_id as id, sum(c.current_amount)::text as total, sum(c.usage_count)::int as calls
@@ -101,10 +109,11 @@ process.stdout.write([
   `| cost of the gate per call (gated - ungated) | ${fmt(gateMs, 3)} ms | ${ratio(gateMs / floorPairMs)} of the floor's pair |`,
   `| ungated, ${HOT} connections | ${fmt(ungatedHot.perSecond, 0)} calls/s, p99 ${ungatedHot.p99} ms | |`,
   `| gated, ${HOT} connections, one hot team + organization | ${fmt(gatedHot.perSecond, 0)} calls/s, p99 ${gatedHot.p99} ms | ${ratio(gatedHot.perSecond / floorHot)} of the floor's pairs/s |`,
+  `| gated, ${HOT} connections, the same line with request and token rate limits | ${fmt(rateLimitedHot.perSecond, 0)} calls/s, p99 ${rateLimitedHot.p99} ms | ${ratio(rateLimitedHot.perSecond / gatedHot.perSecond)} of the same line without |`,
   `| two gateway processes, ${HOT / 2} connections each | ${fmt(twoProcesses, 0)} calls/s | ${ratio(twoProcesses / gatedHot.perSecond)} of one process |`,
   '',
   `admitted ${admitted}, not 200: ${refused}; reservations left: ${held!.n}; recorded on each budget: ${spent.map((row) => `${row.total} in ${row.calls} calls`).join(', ')}; expected ${expected}: ${exact ? 'exact' : 'NOT exact'}`,
-  `targets: gate per call <= 1.3x the floor -> ${gateMs / floorPairMs <= 1.3 ? 'met' : 'NOT met'}; hot budget >= 2x the floor's pairs/s -> ${gatedHot.perSecond / floorHot >= 2 ? 'met' : 'NOT met'}; p99 < 20 ms -> ${gatedHot.p99 < 20 ? 'met' : 'NOT met'}; two processes >= 1.6x one -> ${twoProcesses / gatedHot.perSecond >= 1.6 ? 'met' : 'NOT met'}`,
+  `targets: gate per call <= 1.3x the floor -> ${gateMs / floorPairMs <= 1.3 ? 'met' : 'NOT met'}; hot budget >= 2x the floor's pairs/s -> ${gatedHot.perSecond / floorHot >= 2 ? 'met' : 'NOT met'}; p99 < 20 ms -> ${gatedHot.p99 < 20 ? 'met' : 'NOT met'}; two processes >= 1.6x one -> ${twoProcesses / gatedHot.perSecond >= 1.6 ? 'met' : 'NOT met'}; rate-limited >= 0.8x without -> ${rateLimitedHot.perSecond / gatedHot.perSecond >= 0.8 ? 'met' : 'NOT met'}`,
   ''
 ].join('\n'))
 

@@ -19,6 +19,7 @@ import { createBudgetLines } from './services/budget-lines.js'
 import { createSettlementQueue } from './services/settlements.js'
 import { createHoldQueue } from './services/holds.js'
 import { createLeases } from './services/leases.js'
+import { createRateLimits } from './services/rate-limits.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -70,7 +71,8 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const settlements = createSettlementQueue(reservations, { ttlMs: reservationTtlMs, observe: budgetLines.observe }, fastify.log)
   const leases = createLeases(reservations, settlements, { currency, ttlMs: reservationTtlMs, observe: budgetLines.observe }, fastify.log)
   budgetLines.onForget(leases.forgetAll) // a changed budget ends the leases taken under the old one
-  const budgetIntegration = createBudgetIntegration({ reservations, lines: budgetLines, leases, holds, settlements }, budgetTracker, {
+  const rateLimits = createRateLimits(reservations, fastify.log) // request and token buckets, allowance held in process
+  const budgetIntegration = createBudgetIntegration({ reservations, lines: budgetLines, leases, holds, settlements, rateLimits }, budgetTracker, {
     currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades }
   })
   fastify.decorate('budgetRegistry', budgetRegistry)
@@ -89,6 +91,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     await gateHooks?.drain() // settle what the gate admitted before the client ends
     await settlements.drain()
     await leases.close() // then give back what is left of the leases
+    await rateLimits.close() // and of the rate-limit allowances
     await budgetNotifications.stop()
     if (ownsClient) await sql.end({ timeout: 5 })
   })

@@ -64,6 +64,11 @@ export const BudgetFilters = Type.Object({
   tags: Type.Optional(Type.Unsafe<Record<string, string>>({ ...Tags, minProperties: 1, description: 'Tags a call must all carry (x-relay-tags: feature=summarize,env=prod).' }))
 }, { additionalProperties: false, description: 'A budget with filters counts, and gates, only the calls that match every one of them.' })
 
+export const RateLimits = Type.Object({
+  requestsPerMinute: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000_000, description: 'Calls a minute, across every gateway process.' })),
+  tokensPerMinute: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000_000_000, description: 'Tokens (input and output) a minute, reserved at the estimate and corrected from the usage.' }))
+}, { additionalProperties: false, description: 'Limits on the rate of the calls that count toward the budget, beside its money: over one, the gate answers 429.' })
+
 const budgetFields = {
   name: Type.String({ minLength: 1, maxLength: 200 }),
   description: Nullable(Type.String({ maxLength: 2000 })),
@@ -87,6 +92,7 @@ const budgetFields = {
     description: "'calendar': windows start at local midnight, on Monday, on the 1st, on fiscal quarters and years; 'start': they step from startDate's local time. Default: 'calendar' when the budget names a timezone or fiscalYearStartMonth, else 'start'; custom periods are always 'start'."
   }),
   filters: BudgetFilters,
+  rateLimits: RateLimits,
   alerts: Type.Array(BudgetAlert, { maxItems: 20 }),
   enforcement: StringEnum(['hard', 'soft'] as const, { description: 'A hard budget refuses calls that would exceed it; a soft one only alerts.' })
 }
@@ -101,6 +107,7 @@ export const CreateBudgetRequest = Type.Object({
   fiscalYearStartMonth: Type.Optional(budgetFields.fiscalYearStartMonth),
   periodAlignment: Type.Optional(budgetFields.periodAlignment),
   filters: Type.Optional(budgetFields.filters),
+  rateLimits: Type.Optional(budgetFields.rateLimits),
   alerts: Type.Optional(budgetFields.alerts),
   enforcement: Type.Optional(budgetFields.enforcement)
 }, {
@@ -129,7 +136,8 @@ export const CreateBudgetRequest = Type.Object({
     period: 'daily',
     timezone: 'Europe/Berlin',
     startDate: '2026-01-01',
-    filters: { models: ['gpt-4o*'], tags: { feature: 'summarize' } }
+    filters: { models: ['gpt-4o*'], tags: { feature: 'summarize' } },
+    rateLimits: { requestsPerMinute: 600, tokensPerMinute: 2000000 }
   }]
 })
 
@@ -152,6 +160,7 @@ export const BudgetDefinition = Type.Object({
   fiscalYearStartMonth: Type.Integer(),
   periodAlignment: StringEnum(PERIOD_ALIGNMENTS),
   filters: BudgetFilters,
+  rateLimits: RateLimits,
   alerts: Type.Array(BudgetAlert),
   enforcement: StringEnum(['hard', 'soft'] as const),
   createdBy: Nullable(Type.String()),
@@ -188,6 +197,7 @@ export const ErrorResponse = Type.Object({
 export type ScopeType = Static<typeof ScopeType>
 export type Period = Static<typeof Period>
 export type BudgetFilters = Static<typeof BudgetFilters>
+export type RateLimits = Static<typeof RateLimits>
 export type PeriodAlignment = typeof PERIOD_ALIGNMENTS[number]
 export type AlertAction = Static<typeof AlertAction>
 export type BudgetAlert = Static<typeof BudgetAlert>
@@ -327,7 +337,7 @@ const BudgetCheck = Type.Object({
 
 export const BudgetConstraintCheck = Type.Object({
   canProceed: Type.Boolean(),
-  code: Nullable(StringEnum(['budget_blocked', 'approval_required', 'model_restricted', 'budget_exceeded'] as const)),
+  code: Nullable(StringEnum(['budget_blocked', 'approval_required', 'model_restricted', 'budget_exceeded', 'rate_limit_exceeded'] as const)),
   reason: Type.String(),
   suggestedActions: Type.Array(Type.String()),
   estimatedCost: Money,

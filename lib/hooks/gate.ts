@@ -9,6 +9,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from
 import { InvalidFieldError, isDatabaseUnavailable } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
 import type { CostEstimate } from '../services/estimate.js'
+import type { RateRefusal } from '../services/rate-limits.js'
 import { checkScopeId, type BudgetIntegration, type CallerScopes } from '../services/integration.js'
 import type { PriceBook, TokenUsage } from '../services/pricing.js'
 import { checkTags } from '../tags.js'
@@ -37,6 +38,36 @@ function refusalCode (error: InvalidFieldError & { gateCode?: string }): string 
   if (error.gateCode !== undefined) return error.gateCode
   if (error.field === TAGS_HEADER) return 'invalid_tags'
   return error.field.startsWith('x-relay-') ? 'invalid_scope' : 'invalid_request'
+}
+
+/**
+ * OpenAI's rate-limit headers for a 429: each limited dimension's limit, what is left, and when it is
+ * full again (OpenAI's duration form, 1s or 6m0s), and retry-after when the call's need is back (in
+ * seconds, and in milliseconds as retry-after-ms, which OpenAI's clients read first).
+ */
+export function rateLimitHeaders (refusal: RateRefusal): Record<string, string> {
+  const headers: Record<string, string> = {
+    'retry-after': String(Math.ceil(refusal.retryAfterMs / 1000)),
+    'retry-after-ms': String(refusal.retryAfterMs)
+  }
+  const dimensions = [
+    ['requests', refusal.requestsPerMinute, refusal.requestsLeft, refusal.requestsResetMs],
+    ['tokens', refusal.tokensPerMinute, refusal.tokensLeft, refusal.tokensResetMs]
+  ] as const
+  for (const [name, limit, left, resetMs] of dimensions) {
+    if (limit === null) continue
+    headers[`x-ratelimit-limit-${name}`] = String(limit)
+    headers[`x-ratelimit-remaining-${name}`] = String(left ?? 0)
+    headers[`x-ratelimit-reset-${name}`] = openAIDuration(resetMs ?? 0)
+  }
+  return headers
+}
+
+/** 20ms, 1s, 6m0s: the form of OpenAI's x-ratelimit-reset-* headers. */
+function openAIDuration (ms: number): string {
+  if (ms < 1000) return `${Math.ceil(ms)}ms`
+  const seconds = Math.ceil(ms / 1000)
+  return seconds < 60 ? `${seconds}s` : `${Math.floor(seconds / 60)}m${seconds % 60}s`
 }
 
 /** What a call is charged when its hold ends, and why. */
@@ -126,13 +157,15 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
 
     // The hold ends once, when the connection is done with this response and this hook is done.
     let admitted = false
+    let rateLimited: RateRefusal | undefined
     let hookDone!: () => void
     const reserved = new Promise<void>((resolve) => { hookDone = resolve })
     void watch.closed.then(async () => await reserved).then(() => { end(request, reply, state, admitted) })
 
     try {
       try {
-        const first = await integration.reserveCall(caller, estimate.amount, { requestId, model: estimate.model })
+        const first = await integration.reserveCall(caller, estimate.amount, { requestId, model: estimate.model, tokens: estimate.tokens })
+        rateLimited = first.rateLimited
         state.reservationId = first.reservationId
         state.check = first.check
         const cheaper = first.check.downgradeTo
@@ -148,7 +181,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
             if (!(error instanceof InvalidFieldError)) throw error
             return await sendOpenAIError(reply, 400, 'invalid_request_error', refusalCode(error), `auto-downgrade to ${cheaper}: ${error.message}`, error.field)
           }
-          const second = await integration.reserveCall(caller, downgraded.amount, { requestId, model: downgraded.model })
+          const second = await integration.reserveCall(caller, downgraded.amount, { requestId, model: downgraded.model, tokens: downgraded.tokens })
+          rateLimited = second.rateLimited
           state.reservationId = second.reservationId
           state.check = second.check
           state.downgradedFrom = estimate.model
@@ -170,6 +204,12 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         // The client left while we reserved: nothing will be served. Skip the handler; the close releases the hold.
         reply.hijack()
         return
+      }
+      if (rateLimited !== undefined) {
+        void reply.headers(rateLimitHeaders(rateLimited))
+        return await sendOpenAIError(reply, 429, rateLimited.dimension, 'rate_limit_exceeded', check.reason, null, {
+          budget: { id: rateLimited.budgetId, requestsPerMinute: rateLimited.requestsPerMinute, tokensPerMinute: rateLimited.tokensPerMinute }
+        })
       }
       if (check.bindingBudgetId !== null) {
         const left = toUnits(check.remaining!) - (check.canProceed ? toUnits(state.estimate) : 0n)

@@ -1,7 +1,7 @@
 // SQL for budget_definitions: one statement per function; hand it a transaction's sql to run inside one.
 import type { Sql, TransactionSql } from 'postgres'
 import { normalizeMoney, type Money } from '../money.js'
-import type { BudgetAlert, BudgetDefinition, BudgetFilters, Period, PeriodAlignment, ScopeType } from '../schemas.js'
+import type { BudgetAlert, BudgetDefinition, BudgetFilters, Period, PeriodAlignment, RateLimits, ScopeType } from '../schemas.js'
 
 export type Db = Sql | TransactionSql
 
@@ -22,6 +22,7 @@ export interface BudgetValues {
   fiscalYearStartMonth: number
   periodAlignment: PeriodAlignment
   filters: BudgetFilters
+  rateLimits: RateLimits
   alerts: BudgetAlert[]
   enforcement: 'hard' | 'soft'
 }
@@ -44,6 +45,8 @@ interface BudgetRow {
   period_alignment: PeriodAlignment
   filter_models: string[] | null
   filter_tags: Record<string, string> | null
+  rate_requests_per_minute: number | null
+  rate_tokens_per_minute: string | null
   alerts: BudgetAlert[]
   enforcement: 'hard' | 'soft'
   created_by: string | null
@@ -62,8 +65,8 @@ export function createBudgetRepository (sql: Db) {
   // amount::text keeps money exact even when the host's postgres.js instance parses numeric to float.
   const columns = sql`
     id, name, description, scope_type, scope_id, parent_id, amount::text as amount, currency, period,
-    start_date, end_date, recurring, timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags, alerts, enforcement,
-    created_by, created_at, updated_at`
+    start_date, end_date, recurring, timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags,
+    rate_requests_per_minute, rate_tokens_per_minute::text as rate_tokens_per_minute, alerts, enforcement, created_by, created_at, updated_at`
 
   // A filter that is not there is null in its column (a budget without filters matches every call).
   const filterColumns = (filters: BudgetFilters) => sql`
@@ -80,11 +83,13 @@ export function createBudgetRepository (sql: Db) {
       const [row] = await sql<BudgetRow[]>`
         insert into budget_definitions
           (name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring,
-           timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags, alerts, enforcement, created_by)
+           timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags, rate_requests_per_minute, rate_tokens_per_minute,
+           alerts, enforcement, created_by)
         values
           (${values.name}, ${values.description}, ${values.scopeType}, ${values.scopeId}, ${values.parentId}, ${values.amount},
            ${values.currency}, ${values.period}, ${values.startDate}, ${values.endDate}, ${values.recurring},
            ${values.timezone}, ${values.fiscalYearStartMonth}, ${values.periodAlignment}, ${filterColumns(values.filters)},
+           ${values.rateLimits.requestsPerMinute ?? null}, ${values.rateLimits.tokensPerMinute ?? null},
            ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, ${values.enforcement}, ${createdBy})
         returning ${columns}`
       return toBudget(row!)
@@ -99,6 +104,7 @@ export function createBudgetRepository (sql: Db) {
           end_date = ${values.endDate}, recurring = ${values.recurring}, timezone = ${values.timezone},
           fiscal_year_start_month = ${values.fiscalYearStartMonth}, period_alignment = ${values.periodAlignment},
           (filter_models, filter_tags) = (${filterColumns(values.filters)}),
+          rate_requests_per_minute = ${values.rateLimits.requestsPerMinute ?? null}, rate_tokens_per_minute = ${values.rateLimits.tokensPerMinute ?? null},
           alerts = ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, enforcement = ${values.enforcement},
           updated_at = now()
         where id = ${id} and deleted_at is null
@@ -219,6 +225,10 @@ function toBudget (row: BudgetRow): BudgetDefinition {
     filters: {
       ...(row.filter_models === null ? {} : { models: row.filter_models }),
       ...(row.filter_tags === null ? {} : { tags: row.filter_tags })
+    },
+    rateLimits: {
+      ...(row.rate_requests_per_minute === null ? {} : { requestsPerMinute: row.rate_requests_per_minute }),
+      ...(row.rate_tokens_per_minute === null ? {} : { tokensPerMinute: Number(row.rate_tokens_per_minute) })
     },
     alerts: row.alerts,
     enforcement: row.enforcement,

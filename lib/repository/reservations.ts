@@ -43,6 +43,29 @@ export interface LineBudget {
   scopeRank: number
   periodStart: Date
   periodEnd: Date
+  /** Null where the budget does not limit the rate. */
+  requestsPerMinute: number | null
+  tokensPerMinute: number | null
+}
+
+/** What a call asks of a rate-limited budget's bucket: its need, and up to how much to take (a slice on a hot budget). */
+export interface RateAsk {
+  budgetId: string
+  needRequests: number
+  needTokens: number
+  askRequests: number
+  askTokens: number
+}
+
+/** What a bucket granted, and what it holds after (null for a dimension the budget does not limit). */
+export interface RateGrant {
+  budgetId: string
+  grantedRequests: number
+  grantedTokens: number
+  requestsPerMinute: number | null
+  tokensPerMinute: number | null
+  requestsLeft: number | null
+  tokensLeft: number | null
 }
 
 /** A budget's numbers under the hold's lock, and whether the call fits it (the one place that is decided). */
@@ -134,7 +157,8 @@ export function createReservationRepository (sql: Db) {
       const { scopes } = call
       const rows = await sql<Array<LineBudget & { definitionsVersion: string }>>`
         select budget_id as "budgetId", name, alerts, scope_matched as "scopeMatched", scope_rank as "scopeRank",
-               period_start as "periodStart", period_end as "periodEnd", definitions_version::text as "definitionsVersion"
+               period_start as "periodStart", period_end as "periodEnd", definitions_version::text as "definitionsVersion",
+               rate_requests_per_minute as "requestsPerMinute", rate_tokens_per_minute::float8 as "tokensPerMinute"
         from budget_line(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, ${call.model}, ${canonicalTags(call.tags)}::text::jsonb)`
       // A caller with no budget still learns the version: its empty line is as cacheable as any.
       const version = rows[0]?.definitionsVersion ?? (await sql<Array<{ version: string }>>`select budget_definitions_version()::text as version`)[0]!.version
@@ -234,6 +258,25 @@ export function createReservationRepository (sql: Db) {
                                     ${settlements.map((s) => s.description)}::text[], ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[],
                                     ${settlements.map((s) => s.occurredAt.toISOString())}::text[]::timestamptz[], ${`${ttlMs} milliseconds`}::interval)::text as version`
       return Number(row!.version)
+    },
+
+    /** Takes allowance from the budgets' rate buckets (budget_rate_take, sql/008), in one statement. */
+    async takeRate (asks: RateAsk[]): Promise<RateGrant[]> {
+      const rows = await sql<Array<{ budgetId: string, grantedRequests: number, grantedTokens: number, requestsPerMinute: number | null, tokensPerMinute: number | null, requestsLeft: number | null, tokensLeft: number | null }>>`
+        select budget_id as "budgetId", granted_requests::float8 as "grantedRequests", granted_tokens::float8 as "grantedTokens",
+               requests_per_minute as "requestsPerMinute", tokens_per_minute::float8 as "tokensPerMinute",
+               requests_left::float8 as "requestsLeft", tokens_left::float8 as "tokensLeft"
+        from budget_rate_take(${asks.map((a) => a.budgetId)}::uuid[], ${asks.map((a) => String(a.needRequests))}::text[]::numeric[],
+                              ${asks.map((a) => String(a.needTokens))}::text[]::numeric[], ${asks.map((a) => String(a.askRequests))}::text[]::numeric[],
+                              ${asks.map((a) => String(a.askTokens))}::text[]::numeric[])`
+      return rows
+    },
+
+    /** Gives rate allowance back to the buckets (budget_rate_give_back, sql/008); a negative amount takes more. */
+    async giveBackRate (returns: Array<{ budgetId: string, requests: number, tokens: number }>): Promise<void> {
+      if (returns.length === 0) return
+      await sql`select budget_rate_give_back(${returns.map((r) => r.budgetId)}::uuid[], ${returns.map((r) => String(r.requests))}::text[]::numeric[],
+                                             ${returns.map((r) => String(r.tokens))}::text[]::numeric[])`
     },
 
     async sweepExpired (limit: number): Promise<number> {

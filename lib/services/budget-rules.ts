@@ -3,7 +3,7 @@ import { CurrencyMismatchError, ExceedsParentError, InvalidFieldError } from '..
 import { compareMoney, numberToDecimal, parseMoney, parsePositiveMoney } from '../money.js'
 import type { BudgetValues } from '../repository/budgets.js'
 import { checkTags } from '../tags.js'
-import type { BudgetAlert, BudgetFilters, CreateBudgetRequest, Period } from '../schemas.js'
+import type { BudgetAlert, BudgetFilters, CreateBudgetRequest, Period, RateLimits } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
 
 const DAY = 86_400_000
@@ -38,6 +38,7 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
     recurring: input.recurring ?? true,
     ...calendar,
     filters: normalizeFilters(input.filters ?? {}),
+    rateLimits: normalizeRateLimits(input.rateLimits ?? {}),
     alerts: normalizeAlerts(input.alerts ?? []),
     enforcement: input.enforcement ?? 'hard'
   }
@@ -80,6 +81,21 @@ function normalizeFilters (filters: BudgetFilters): BudgetFilters {
   return {
     ...(models === undefined ? {} : { models: [...new Set(models)] }),
     ...(tags === undefined || Object.keys(tags).length === 0 ? {} : { tags: { ...tags } })
+  }
+}
+
+/** Whole, positive, within the columns (the API's schema says the same; the library's callers meet it here). */
+function normalizeRateLimits (limits: RateLimits): RateLimits {
+  const check = (value: unknown, field: string, most: number) => {
+    if (value !== undefined && (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > most)) {
+      throw new InvalidFieldError(`rateLimits.${field}`, `must be a whole number from 1 to ${most}`)
+    }
+  }
+  check(limits.requestsPerMinute, 'requestsPerMinute', 1_000_000_000)
+  check(limits.tokensPerMinute, 'tokensPerMinute', 1_000_000_000_000)
+  return {
+    ...(limits.requestsPerMinute === undefined ? {} : { requestsPerMinute: limits.requestsPerMinute }),
+    ...(limits.tokensPerMinute === undefined ? {} : { tokensPerMinute: limits.tokensPerMinute })
   }
 }
 

@@ -29,7 +29,7 @@ export interface ModelPolicy {
   downgrades: Record<string, string>
 }
 
-export type RefusalCode = 'budget_blocked' | 'approval_required' | 'model_restricted' | 'budget_exceeded'
+export type RefusalCode = 'budget_blocked' | 'approval_required' | 'model_restricted' | 'budget_exceeded' | 'rate_limit_exceeded'
 
 export interface BudgetCheck {
   budgetId: string

@@ -22,6 +22,8 @@ export interface CostEstimate {
   /** The model the call will use. */
   model: string
   amount: Money
+  /** The worst case's tokens, input and output: what a tokensPerMinute limit reserves (0 when a custom estimate leaves it out). */
+  tokens?: number
 }
 
 // Fields that cannot make a call cost more than the bound below, or that the bound counts. Anything
@@ -104,7 +106,7 @@ export function estimateChatCost (body: unknown, prices: PriceBook, model?: stri
   const priced = prices.resolve(chosen)
   if (priced === null) throw new ModelNotPricedError('model', `has no price: ${chosen}`)
   const { inputTokens, outputTokens } = worstCaseTokens(body as ChatRequestShape, priced.price)
-  return { model: chosen, amount: costOf(priced.price, inputTokens, outputTokens) }
+  return { model: chosen, amount: costOf(priced.price, inputTokens, outputTokens), tokens: inputTokens + outputTokens }
 }
 
 const TOKENS = (value: number): boolean => Number.isSafeInteger(value) && value >= 0

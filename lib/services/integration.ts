@@ -8,6 +8,7 @@ import type { Tags } from '../tags.js'
 import type { BudgetLines } from './budget-lines.js'
 import type { HoldQueue } from './holds.js'
 import type { Admission, Leases } from './leases.js'
+import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
 import type { SettlementQueue } from './settlements.js'
 import type { ScopeType } from '../schemas.js'
 import { decide, standingsOf, standingsOfHold, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
@@ -34,12 +35,48 @@ export interface Reservation {
   check: BudgetConstraintCheck
   /** Null when nothing was reserved: refused, or no budget applies. */
   reservationId: string | null
+  /** The rate limit that refused the call (check.code 'rate_limit_exceeded'), with the numbers of OpenAI's 429. */
+  rateLimited?: RateRefusal
 }
 
 export interface SettleInfo {
   source?: string
   description?: string
   metadata?: UsageMetadata
+}
+
+interface Admitted {
+  line: LineBudget[]
+  admission: Admission | null
+  hold: Hold
+  rate: RateAdmission | RateRefusal
+}
+
+/** The tokens a settled call used, from its usage metadata; null when it does not say. */
+function usedTokens (metadata: Record<string, unknown>): number | null {
+  const { inputTokens, outputTokens } = metadata
+  return typeof inputTokens === 'number' && typeof outputTokens === 'number' ? inputTokens + outputTokens : null
+}
+
+/** The decision for a call a rate limit refused: no money was looked at. */
+function rateLimitedCheck (refusal: RateRefusal, estimate: Money): BudgetConstraintCheck {
+  const per = refusal.dimension === 'requests' ? `${refusal.requestsPerMinute ?? 0} requests` : `${refusal.tokensPerMinute ?? 0} tokens`
+  return {
+    canProceed: false,
+    code: 'rate_limit_exceeded',
+    reason: `Rate limit reached for budget '${refusal.name}' on ${refusal.dimension} per minute: limit ${per} a minute. Please try again in ${refusal.retryAfterMs}ms.`,
+    suggestedActions: [`Retry after ${refusal.retryAfterMs} ms`],
+    estimatedCost: estimate,
+    bindingBudgetId: refusal.budgetId,
+    limit: null,
+    currentAmount: null,
+    reservedAmount: null,
+    remaining: null,
+    status: null,
+    activeActions: [],
+    downgradeTo: null,
+    budgets: []
+  }
 }
 
 export function toScopes (caller: CallerScopes): Scope[] {
@@ -53,9 +90,10 @@ export interface GateMachinery {
   leases: Leases
   holds: HoldQueue
   settlements: SettlementQueue
+  rateLimits: RateLimits
 }
 
-export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements }: GateMachinery, tracker: BudgetTracker, options: IntegrationOptions) {
+export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits }: GateMachinery, tracker: BudgetTracker, options: IntegrationOptions) {
   /** The call as filtered budgets see it: the model by its price-table name (a dated snapshot matches as its base model). */
   function callOf (caller: CallerScopes, model: string | undefined): CallFilter {
     const name = model === undefined ? null : options.models.prices.resolve(model)?.model ?? model
@@ -84,6 +122,11 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   async function settleCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<string | null> {
     const actual = actualCost === null || toUnits(String(actualCost)) === 0n ? null : parsePositiveMoney(actualCost, 'actualCost')
     const values = { source: info.source ?? 'gateway', description: info.description ?? null, metadata: info.metadata ?? {} }
+    const rated = rateAdmitted.get(reservationId)
+    if (rated !== undefined) {
+      rateAdmitted.delete(reservationId)
+      rateLimits.end(rated.rate, actual === null ? null : usedTokens(values.metadata) ?? rated.tokens)
+    }
     const leased = admitted.get(reservationId)
     if (leased !== undefined) {
       admitted.delete(reservationId)
@@ -94,21 +137,33 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
 
   // Calls admitted from a lease, by the id the caller settles them with.
   const admitted = new Map<string, { admission: Admission, requestId: string }>()
+  // What reserved calls took from rate limits, and the tokens they reserved, by the same id.
+  const rateAdmitted = new Map<string, { rate: RateAdmission, tokens: number }>()
 
   /**
    * Admits the call from its line's lease when the line is hot and has room, else holds `estimate`
    * on the line for this call alone. A line found out of date (a window rolled over, a budget
    * changed) is reloaded once.
    */
-  async function admitOrHold (call: CallFilter, reservationId: string, estimate: Money, requestId: string): Promise<{ line: LineBudget[], admission: Admission | null, hold: Hold }> {
+  async function admitOrHold (call: CallFilter, reservationId: string, estimate: Money, requestId: string, tokens: number): Promise<Admitted> {
+    const nothingHeld = { current: true, reserved: false, budgets: [], definitionsVersion: -1 }
     for (let attempt = 1; ; attempt++) {
       const { key, line, validUntil } = await lines.lineOf(call)
-      if (line.length === 0) return { line, admission: null, hold: { current: true, reserved: false, budgets: [], definitionsVersion: -1 } }
-      const admission = await leases.admit(key, line, validUntil, estimate)
-      if (admission !== null) return { line, admission, hold: { current: true, reserved: true, budgets: [], definitionsVersion: -1 } }
-      const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
-      lines.observe(hold.definitionsVersion)
-      if (hold.current || attempt >= 2) return { line, admission: null, hold }
+      if (line.length === 0) return { line, admission: null, hold: nothingHeld, rate: { taken: [] } }
+      // Rate limits first: a call over one takes no money at all.
+      const rate = await rateLimits.admit(line, tokens)
+      if (isRateRefusal(rate)) return { line, admission: null, hold: nothingHeld, rate }
+      try {
+        const admission = await leases.admit(key, line, validUntil, estimate)
+        if (admission !== null) return { line, admission, hold: { current: true, reserved: true, budgets: [], definitionsVersion: -1 }, rate }
+        const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
+        lines.observe(hold.definitionsVersion)
+        if (hold.current || attempt >= 2) return { line, admission: null, hold, rate }
+      } catch (error) {
+        rateLimits.end(rate, null)
+        throw error
+      }
+      rateLimits.end(rate, null) // the line was out of date: its allowance goes back, the line reloads
       lines.forget()
     }
   }
@@ -126,32 +181,38 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
      * Reserves `estimate` on every budget that applies to the caller, atomically, in one round trip,
      * or refuses and reserves nothing. Throws DatabaseUnavailableError past timeoutMs.
      */
-    async reserveCall (caller: CallerScopes, estimate: Money, { requestId = randomUUID(), model }: { requestId?: string, model?: string } = {}): Promise<Reservation> {
+    async reserveCall (caller: CallerScopes, estimate: Money, { requestId = randomUUID(), model, tokens = 0 }: { requestId?: string, model?: string, tokens?: number } = {}): Promise<Reservation> {
       const call = callOf(caller, model)
       const policy = model === undefined ? undefined : { ...options.models, model }
       if (call.scopes.length === 0) return { check: decide([], estimate, policy), reservationId: null }
       const reservationId = randomUUID()
-      const { line, admission, hold: result } = await withDeadline(
-        admitOrHold(call, reservationId, estimate, requestId),
+      const { line, admission, hold: result, rate } = await withDeadline(
+        admitOrHold(call, reservationId, estimate, requestId, tokens),
         // Answered too late for the caller, who was refused: give back what it took.
         async (late) => {
+          if (!isRateRefusal(late.rate)) rateLimits.end(late.rate, null)
           if (late.admission !== null) await leases.end(late.admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
           else if (late.hold.reserved) await settleCall(reservationId, null).catch(() => {})
         }
       )
+      if (isRateRefusal(rate)) return { check: rateLimitedCheck(rate, estimate), reservationId: null, rateLimited: rate }
       if (admission !== null) {
         const check = decide(admission.standings, estimate, policy)
         if (check.canProceed) {
           admitted.set(reservationId, { admission, requestId })
+          rateAdmitted.set(reservationId, { rate, tokens })
           return { check, reservationId }
         }
         // A lease never spans an action's threshold, so this does not happen; refuse as a hold would.
+        rateLimits.end(rate, null)
         await leases.end(admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
         return { check, reservationId: null }
       }
-      if (!result.current) throw new DatabaseUnavailableError() // the line changed under two tries in a row
+      if (!result.current) { rateLimits.end(rate, null); throw new DatabaseUnavailableError() } // the line changed under two tries in a row
       const check = decide(standingsOfHold(line, result), estimate, policy)
       if (line.length === 0) return { check, reservationId: null } // no budget applies to this caller
+      if (result.reserved && check.canProceed) rateAdmitted.set(reservationId, { rate, tokens })
+      else rateLimits.end(rate, null)
       if (result.reserved && !check.canProceed) {
         // Room enough, but an alert action (block-all, require-approval, restrict-models) refuses: undo the reservation.
         await settleCall(reservationId, null)

@@ -1,0 +1,215 @@
+// Request and token rate limits beside money: token buckets in PostgreSQL shared by every gateway
+// process (sql/008), allowance held in process (lib/services/rate-limits.ts). Over a limit the gate
+// answers OpenAI's 429, which the official client reads and retries after retry-after.
+import OpenAI from 'openai'
+import t from 'tap'
+import { PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
+import { buildGateway } from './fixtures/gateway.js'
+import { checkInvariants } from './fixtures/invariants.js'
+import { modeFromPrompt, modeMarker, startUpstream } from './fixtures/upstream.js'
+
+type Gateway = Awaited<ReturnType<typeof buildGateway>>
+
+async function chat (gateway: Pick<Gateway, 'app'>, body: Record<string, unknown> = {}) {
+  return await gateway.app.inject({
+    method: 'POST',
+    url: '/v1/chat/completions',
+    headers: { 'x-relay-team-id': 'team-a' },
+    body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20, ...body }
+  })
+}
+
+t.test('rate limits are stored, read back, and refused with a 400 naming the field when malformed', async (t) => {
+  const { app, admin, sql } = await buildApp(t)
+  const created = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ rateLimits: { requestsPerMinute: 600, tokensPerMinute: 2_000_000 } }) })
+  t.equal(created.statusCode, 201)
+  t.same(created.json().rateLimits, { requestsPerMinute: 600, tokensPerMinute: 2_000_000 })
+  t.same((await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeId: 'plain' }) })).json().rateLimits, {}, 'no limits by default')
+  const before = await snapshotTables(sql)
+  const cases: Array<[unknown, string]> = [
+    [{ requestsPerMinute: 0 }, 'rateLimits.requestsPerMinute'],
+    [{ requestsPerMinute: -1 }, 'rateLimits.requestsPerMinute'],
+    [{ requestsPerMinute: 1.5 }, 'rateLimits.requestsPerMinute'],
+    [{ requestsPerMinute: '60' }, 'rateLimits.requestsPerMinute'],
+    [{ tokensPerMinute: 1e13 }, 'rateLimits.tokensPerMinute'],
+    [{ tokensPerMinute: null }, 'rateLimits.tokensPerMinute'],
+    [{ requestsPerHour: 5 }, 'rateLimits'],
+    [[], 'rateLimits']
+  ]
+  for (const [rateLimits, field] of cases) {
+    const response = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeId: 'x', rateLimits }) })
+    t.equal(response.statusCode, 400, JSON.stringify(rateLimits))
+    t.match(response.json(), { code: 'BUDGET_ERR_VALIDATION', field: new RegExp(`^${field.replace('.', '\\.')}`) }, `names ${field}`)
+    t.equal((await admin({ method: 'PUT', url: `${PREFIX}/${created.json().id}`, body: { rateLimits } })).statusCode, 400, 'as an update too')
+  }
+  const library = budgetRequest({ scopeId: 'lib' }) as Parameters<typeof app.budgetRegistry.createBudget>[0]
+  const field = await app.budgetRegistry.createBudget({ ...library, rateLimits: { requestsPerMinute: 0.5 } }).then(() => null, (error: { field?: string }) => error.field)
+  t.equal(field, 'rateLimits.requestsPerMinute', 'the library path checks the same')
+  t.same(await snapshotTables(sql), before, 'nothing changed')
+})
+
+t.test('requests per minute: over the limit, OpenAI\'s 429 with its headers, nothing held or recorded', async (t) => {
+  const gateway = await buildGateway(t)
+  const budget = await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 5 } })
+  const started = Date.now()
+  const answers = await Promise.all(Array.from({ length: 8 }, async () => await chat(gateway)))
+  const elapsed = Date.now() - started
+  const statuses = answers.map((answer) => answer.statusCode).sort()
+  // The bucket refills 5 a minute: at most one more call's worth can come back in 12 s.
+  t.ok(elapsed < 12_000, 'fast enough that the bucket refilled less than one call')
+  t.same(statuses, [200, 200, 200, 200, 200, 429, 429, 429], 'five of eight within a minute')
+  const refused = answers.find((answer) => answer.statusCode === 429)!
+  t.match(refused.json(), { error: { type: 'requests', code: 'rate_limit_exceeded', param: null, message: /Rate limit reached .* requests per minute/, budget: { id: budget.id, requestsPerMinute: 5 } } })
+  t.equal(refused.headers['x-ratelimit-limit-requests'], '5')
+  t.equal(refused.headers['x-ratelimit-remaining-requests'], '0')
+  t.match(refused.headers['x-ratelimit-reset-requests'], /^\d+(ms|s|m\d+s)$/)
+  const retryMs = Number(refused.headers['retry-after-ms'])
+  t.ok(retryMs > 0 && retryMs <= 12_000, `retry-after-ms ${retryMs}: one request comes back every 12 s`)
+  t.equal(refused.headers['retry-after'], String(Math.ceil(retryMs / 1000)))
+  t.notOk('x-ratelimit-limit-tokens' in refused.headers, 'no token headers for a budget that does not limit tokens')
+  await gateway.settled()
+  const [records] = await gateway.sql<Array<{ n: number }>>`select count(*)::int as n from budget_usage_records`
+  t.equal(records!.n, 5, 'only the admitted calls are recorded')
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('tokens per minute: reserved at the estimate, corrected from the usage at settlement', async (t) => {
+  const gateway = await buildGateway(t)
+  // The estimate of a call is its prompt's bytes plus the format's tokens plus max_tokens: about 60 + 2000 here.
+  await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 4500 } })
+  const big = await chat(gateway, { max_tokens: 5000 })
+  t.equal(big.statusCode, 429, 'a worst case over the whole minute\'s tokens')
+  t.match(big.json().error, { type: 'tokens', code: 'rate_limit_exceeded' })
+  t.equal(big.headers['x-ratelimit-limit-tokens'], '4500')
+  // Two calls of about 2060 reserved tokens fit; a third does not, until the first two's unused tokens come back.
+  const first = await chat(gateway, { max_tokens: 2000 })
+  const second = await chat(gateway, { max_tokens: 2000 })
+  t.same([first.statusCode, second.statusCode], [200, 200])
+  await gateway.settled()
+  const used = [first, second].reduce((sum, answer) => sum + (answer.json().usage.total_tokens as number), 0)
+  t.ok(used < 200, `the mock used ${used} tokens of the ~4,120 reserved`)
+  const third = await chat(gateway, { max_tokens: 2000 })
+  t.equal(third.statusCode, 200, 'the tokens the first calls did not use went back')
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('a call refused for money gives its request back; a call the client leaves early gives it back too', async (t) => {
+  const gateway = await buildGateway(t)
+  await gateway.createBudget({ scopeId: 'team-a', amount: '0.0001', rateLimits: { requestsPerMinute: 2 } })
+  for (let i = 0; i < 4; i++) {
+    const response = await chat(gateway, { model: 'gpt-4o', max_tokens: 4000 })
+    t.equal(response.statusCode, 402, 'refused for money, every time: the refusals did not use the two requests')
+  }
+  t.equal((await chat(gateway, { max_tokens: 5 })).statusCode, 200, 'a call that fits the money still has its request')
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('two gateway processes on one database share the limit', async (t) => {
+  const one = await buildGateway(t)
+  const { default: budgets } = await import('../lib/index.js')
+  const { chatCompletions } = await import('../examples/chat-completions.js')
+  const Fastify = (await import('fastify')).default
+  const two = Fastify()
+  await two.register(budgets, { database: one.url, adminToken: 'another-admin-token-0123', gate: { routes: ['/v1/chat/completions'] }, notifications: { intervalMs: 0 } })
+  await two.register(chatCompletions, { mockTokenDelayMs: 1 })
+  await two.ready()
+  t.teardown(async () => await two.close())
+  await one.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 10 } })
+  const started = Date.now()
+  const answers = await Promise.all(Array.from({ length: 30 }, async (_, i) => await chat(i % 2 === 0 ? one : { app: two })))
+  t.ok(Date.now() - started < 6000, 'within the time the bucket refills less than one request')
+  t.equal(answers.filter((answer) => answer.statusCode === 200).length, 10, 'ten of thirty, across both processes')
+  t.equal(answers.filter((answer) => answer.statusCode === 429).length, 20)
+  await one.settled()
+  await two.close()
+  await checkInvariants(t, one.sql)
+})
+
+t.test('the official openai client sees the 429 and retries after retry-after', async (t) => {
+  const gateway = await buildGateway(t)
+  const address = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
+  // 120 a minute: one request comes back every 500 ms.
+  await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 120 } })
+  const statuses: number[] = []
+  const openai = (maxRetries: number) => new OpenAI({
+    baseURL: `${address}/v1`,
+    apiKey: 'unused-by-the-mock',
+    defaultHeaders: { 'x-relay-team-id': 'team-a' },
+    maxRetries,
+    fetch: async (url, init) => {
+      const response = await fetch(url, init)
+      statuses.push(response.status)
+      return response
+    }
+  })
+  // Drain the bucket.
+  while ((await chat(gateway)).statusCode === 200);
+  const refused = await openai(0).chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 5 })
+    .then(() => null, (caught: unknown) => caught)
+  t.ok(refused instanceof OpenAI.RateLimitError, 'a RateLimitError')
+  const error = refused as InstanceType<typeof OpenAI.RateLimitError>
+  t.equal(error.status, 429)
+  t.equal(error.code, 'rate_limit_exceeded')
+  t.equal(error.type, 'requests')
+  t.equal(error.headers.get('x-ratelimit-limit-requests'), '120')
+
+  statuses.length = 0
+  const started = Date.now()
+  const completion = await openai(3).chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 5 })
+  const waited = Date.now() - started
+  t.ok(completion.usage!.completion_tokens > 0, 'served after retrying')
+  t.equal(statuses[0], 429, 'first refused')
+  t.equal(statuses[statuses.length - 1], 200, 'then served')
+  t.ok(waited >= 250, `the client waited for the bucket (${waited} ms) rather than retrying at once`)
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('battery: misbehaving upstreams and clients that leave take from a rate limit what was served, within the refill', async (t) => {
+  const upstream = await startUpstream(t, { mode: modeFromPrompt() })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+  const address = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
+  // 100 a minute, 1.67 a second back: the test's few seconds refill a handful, and it checks within that,
+  // so an allowance left behind (a slice is up to an eighth of the bucket, 12 here) or given back twice shows.
+  const budget = await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 100 } })
+  const modes = ['json', 'json-no-usage', 'error-500', 'error-429', 'sse', 'sse-cut', 'json-unpriced'] as const
+  const started = Date.now()
+  const outcomes = await Promise.all(Array.from({ length: 60 }, async (_, i) => {
+    const leaves = i % 5 === 4
+    const abort = new AbortController()
+    const mode = leaves ? 'hang' : modes[i % modes.length]!
+    const stream = mode.startsWith('sse')
+    const response = fetch(`${address}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-relay-team-id': 'team-a' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: `call ${i} ${modeMarker(mode)}` }], max_tokens: 20, stream, ...(stream ? { stream_options: { include_usage: true } } : {}) }),
+      signal: abort.signal
+    })
+    if (leaves) setTimeout(() => { abort.abort() }, 100)
+    try {
+      const answer = await response
+      await answer.text()
+      return answer.status
+    } catch {
+      return 'left'
+    }
+  }))
+  await gateway.settled()
+  await gateway.app.close() // gives back what this process holds of the allowance
+  const elapsedSeconds = (Date.now() - started) / 1000
+  const served = await gateway.sql<Array<{ n: number }>>`select count(*)::int as n from budget_usage_records`
+  const [bucket] = await gateway.sql<Array<{ level: number }>>`
+    select (budget_rate_level(k.requests, k.tokens, k.refilled_at, 100, null, k.refilled_at)).requests::float8 as level
+    from budget_rate_buckets k where k.budget_id = ${budget.id}`
+  const charged = served[0]!.n
+  t.ok(charged > 0 && outcomes.filter((outcome) => outcome === 'left').length > 0, `some calls served (${charged}), some clients left`)
+  const upstream429 = Array.from({ length: 60 }, (_, i) => i % 5 !== 4 && modes[i % modes.length] === 'error-429').filter(Boolean).length
+  t.equal(outcomes.filter((outcome) => outcome === 429).length, upstream429, 'the only 429s are the upstream\'s own: no call was over the limit')
+  // What the bucket holds = 100 - the calls charged (each took one request) + what refilled meanwhile.
+  const refill = elapsedSeconds * 100 / 60
+  t.ok(bucket!.level >= 100 - charged - 0.001 && bucket!.level <= Math.min(100, 100 - charged + refill + 0.001),
+    `bucket at ${bucket!.level.toFixed(2)}: 100 - ${charged} charged, + at most ${refill.toFixed(1)} refilled; the calls released gave their request back`)
+  await checkInvariants(t, gateway.sql)
+})
