@@ -764,3 +764,25 @@ t.test('a lease\'s return and the settlement of one of its calls, meeting at the
   const [spent] = await sql<Array<{ current: string }>>`select current_amount::text as current from budget_status_cache`
   t.equal(normalizeMoney(spent!.current), '0.005', 'the call was charged once')
 })
+
+t.test('closing the app with calls in flight through app.inject waits for them: each is recorded, nothing is left held', async (t) => {
+  // Found by review: a server's close waits for its requests, app.inject's requests are not waited for;
+  // the plugin ended its client under them, so served calls went unrecorded and their holds stayed.
+  const gateway = await buildGateway(t, { gatewayDatabase: async (url) => url, mockTokenDelayMs: 60, gate: { sweepIntervalMs: 0 } })
+  const { app, sql } = gateway
+  await gateway.createBudget({ amount: '100', scopeId: 'team-a' })
+  const calls: Array<Promise<number>> = []
+  for (let i = 0; i < 40; i++) {
+    calls.push(app.inject({
+      method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a' },
+      body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: `call ${i}` }], max_tokens: 20, stream: true, stream_options: { include_usage: true } }
+    }).then((response) => response.statusCode))
+    await pause(5)
+  }
+  await app.close()
+  const statuses = await Promise.all(calls)
+  t.same([...new Set(statuses)], [200], 'every call answered')
+  t.same(await findViolations(sql), [], 'no hold left')
+  const [records] = await sql<Array<{ n: number }>>`select count(*)::int as n from budget_usage_records`
+  t.equal(records!.n, 40, 'every served call recorded')
+})

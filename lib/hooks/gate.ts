@@ -160,7 +160,11 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     let rateLimited: RateRefusal | undefined
     let hookDone!: () => void
     const reserved = new Promise<void>((resolve) => { hookDone = resolve })
-    void watch.closed.then(async () => await reserved).then(() => { end(request, reply, state, admitted) })
+    // A request in flight is pending too: closing waits for it to end and settle (app.inject's requests
+    // are not waited for by the server's close).
+    const ended = watch.closed.then(async () => await reserved).then(() => { end(request, reply, state, admitted) })
+    pending.add(ended)
+    void ended.finally(() => pending.delete(ended))
 
     try {
       try {
@@ -288,10 +292,14 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     sweeper.unref()
   })
   return {
-    // Waits for the settlements of what the gate admitted, for at most `waitMs` (the database may be away).
+    // Waits for the requests in flight and the settlements of what the gate admitted, for at most
+    // `waitMs` in all (a client may keep a stream open; the database may be away).
     drain: async (waitMs = 10_000) => {
       clearInterval(sweeper)
-      await Promise.race([Promise.allSettled([...pending]), new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
+      const deadline = Date.now() + waitMs
+      while (pending.size > 0 && Date.now() < deadline) {
+        await Promise.race([Promise.allSettled([...pending]), new Promise((resolve) => setTimeout(resolve, deadline - Date.now()).unref())])
+      }
     }
   }
 }
