@@ -60,7 +60,9 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const prices = createPriceBook((gate ?? GATE_DEFAULTS).prices)
   // Models go by their price-table name everywhere budgets match them (a dated snapshot as its base model).
   const modelName = (name: string) => prices.resolve(name)?.model ?? name
-  const budgetRegistry = createBudgetRegistry(sql, { modelName })
+  // Other processes learn of a change from the definitions' version their next statement sees; this one at once.
+  let forgetLines = () => {}
+  const budgetRegistry = createBudgetRegistry(sql, { modelName, onChange: () => { forgetLines() } })
   const budgetTracker = createBudgetTracker(repositories, { statusCacheTtlMs, now: () => new Date(), modelName })
   // The gate's machinery, built once: the reservation repository, the process's cache of budget lines
   // (forgotten when the definitions' version moves), the leases on hot lines, and the queues that take
@@ -71,7 +73,9 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const settlements = createSettlementQueue(reservations, { ttlMs: reservationTtlMs, observe: budgetLines.observe }, fastify.log)
   const leases = createLeases(reservations, settlements, { currency, ttlMs: reservationTtlMs, observe: budgetLines.observe }, fastify.log)
   budgetLines.onForget(leases.forgetAll) // a changed budget ends the leases taken under the old one
+  forgetLines = budgetLines.forget
   const rateLimits = createRateLimits(reservations, fastify.log) // request and token buckets, allowance held in process
+  budgetLines.onForget(rateLimits.forgetAll) // and the allowance taken under the old definitions
   const budgetIntegration = createBudgetIntegration({ reservations, lines: budgetLines, leases, holds, settlements, rateLimits }, budgetTracker, {
     currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades }
   })

@@ -4,6 +4,10 @@
 -- most one minute's worth. Processes take allowance from it (one call's worth, or a slice on a hot
 -- budget, lib/services/rate-limits.ts) and give back what they did not use; what a process holds counts
 -- as used, so the limits hold however many processes share the database.
+alter table budget_definitions
+  add column rate_requests_per_minute integer check (rate_requests_per_minute > 0),
+  add column rate_tokens_per_minute bigint check (rate_tokens_per_minute > 0);
+
 create table budget_rate_buckets (
   budget_id   uuid primary key references budget_definitions (id),
   requests    numeric not null,
@@ -94,3 +98,31 @@ end $$;
 
 -- As holds (006): a queue on one hot bucket cannot hold a pooled connection for long.
 alter function budget_rate_take(uuid[], numeric[], numeric[], numeric[], numeric[]) set lock_timeout = '2s';
+
+-- A call's line (007), now with its budgets' rate limits.
+drop function budget_line(text[], text[], text, text, jsonb);
+create function budget_line(p_scope_types text[], p_scope_ids text[], p_currency text, p_model text, p_tags jsonb)
+returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, scope_rank integer,
+               period_start timestamptz, period_end timestamptz, definitions_version bigint,
+               rate_requests_per_minute integer, rate_tokens_per_minute bigint)
+language plpgsql as $$
+declare
+  window_row record;
+begin
+  for window_row in
+    select a.budget_id, a.period_start, a.period_end from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
+    -- a window seen for the first time, or one whose row was made for another window that began at the
+    -- same instant (the budget's period changed since): recompute it from the allocations
+    where not exists (select 1 from budget_status_cache c where c.budget_id = a.budget_id and c.period_start = a.period_start
+                      and c.period_end = a.period_end)
+    order by a.budget_id
+  loop
+    perform refresh_budget_status_cache(window_row.budget_id, window_row.period_start, window_row.period_end);
+  end loop;
+  return query
+    select a.budget_id, b.name, b.alerts, a.scope_matched, a.scope_rank, a.period_start, a.period_end, budget_definitions_version(),
+           b.rate_requests_per_minute, b.rate_tokens_per_minute
+    from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
+    join budget_definitions b on b.id = a.budget_id
+    order by a.scope_matched desc, a.scope_rank, a.budget_id;
+end $$;

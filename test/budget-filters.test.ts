@@ -148,3 +148,31 @@ t.test('usage recorded through the API counts toward the ancestors it matches; a
   t.equal((await admin({ method: 'GET', url: `${PREFIX}/${team.id}/usage?tag=feature` })).statusCode, 400, 'a tag without a value')
   t.match((await admin({ method: 'GET', url: `${PREFIX}/${team.id}/usage?tag=feature`, headers: AUTH })).json(), { code: 'BUDGET_ERR_VALIDATION', field: 'tag' })
 })
+
+t.test('a budget created or changed takes effect from the next held call: the hold sees the newer definitions and is taken again', async (t) => {
+  const { app, sql, createBudget, settled } = await buildGateway(t)
+  const filtered = await createBudget({ name: 'gpt-4.1 family', scopeId: 'team-a', amount: '100', filters: { models: ['gpt-4.1*'] } })
+  const chat = async () => await app.inject({
+    method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a' },
+    body: { model: 'gpt-4.1-nano', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 }
+  })
+  t.equal((await chat()).headers['x-budget-id'], filtered.id, 'counted toward the gpt-4.1 budget')
+  await settled()
+  await new Promise((resolve) => setTimeout(resolve, 300)) // a cold line: the next call is held, not leased
+  const changed = await app.inject({ method: 'PUT', url: `${PREFIX}/${filtered.id}`, headers: AUTH, body: { filters: { models: ['gpt-4o*'] } } })
+  t.equal(changed.statusCode, 200)
+  const after = await chat()
+  t.equal(after.statusCode, 200)
+  t.not(after.headers['x-budget-id'], filtered.id, 'the very next call no longer counts toward it')
+  await settled()
+  const [allocated] = await sql<Array<{ n: number }>>`select count(*)::int as n from budget_usage_allocations where budget_id = ${filtered.id}`
+  t.equal(allocated!.n, 1, 'only the call before the change')
+  // A new hard budget with no room refuses the very next call.
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  const tiny = await createBudget({ name: 'tiny', scopeId: 'team-a', amount: '0.0000001' })
+  const refused = await chat()
+  t.equal(refused.statusCode, 402)
+  t.match(refused.json().error, { budget: { id: tiny.id } })
+  await settled()
+  await checkInvariants(t, sql)
+})

@@ -3,7 +3,8 @@
 // answers OpenAI's 429, which the official client reads and retries after retry-after.
 import OpenAI from 'openai'
 import t from 'tap'
-import { PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
+import { estimateChatCost } from '../lib/services/estimate.js'
+import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
 import { modeFromPrompt, modeMarker, startUpstream } from './fixtures/upstream.js'
@@ -212,4 +213,60 @@ t.test('battery: misbehaving upstreams and clients that leave take from a rate l
   t.ok(bucket!.level >= 100 - charged - 0.001 && bucket!.level <= Math.min(100, 100 - charged + refill + 0.001),
     `bucket at ${bucket!.level.toFixed(2)}: 100 - ${charged} charged, + at most ${refill.toFixed(1)} refilled; the calls released gave their request back`)
   await checkInvariants(t, gateway.sql)
+})
+
+t.test('tokens per minute hold with an estimate that leaves tokens out: counted from the usage, and made good before the next call', async (t) => {
+  const gateway = await buildGateway(t, {
+    gate: { estimateCost: (request, prices, model) => { const { model: chosen, amount } = estimateChatCost(request.body, prices, model); return { model: chosen, amount } } }
+  })
+  await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 100 } })
+  const started = Date.now()
+  const used: number[] = []
+  let refused = false
+  for (let i = 0; i < 20 && !refused; i++) {
+    const answer = await chat(gateway)
+    if (answer.statusCode === 429) refused = true
+    else used.push(answer.json().usage.total_tokens as number)
+    await gateway.settled()
+  }
+  t.ok(refused, `refused after ${used.length} calls`)
+  const refill = (Date.now() - started) / 60_000 * 100
+  const total = used.reduce((sum, tokens) => sum + tokens, 0)
+  t.ok(total <= 100 + Math.max(...used) + refill, `${total} tokens admitted: the limit, one call's overdraft and ${refill.toFixed(1)} refilled at most`)
+})
+
+t.test('a limit lowered in this process applies to the very next call, even on a hot budget', async (t) => {
+  const gateway = await buildGateway(t)
+  const budget = await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 60000 } })
+  for (let wave = 0; wave < 5; wave++) await Promise.all(Array.from({ length: 10 }, async () => await chat(gateway))) // hot: slices held in process
+  const lowered = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { rateLimits: { requestsPerMinute: 2 } } })
+  t.equal(lowered.statusCode, 200)
+  const started = Date.now()
+  const answers: number[] = []
+  for (let wave = 0; wave < 10; wave++) answers.push(...(await Promise.all(Array.from({ length: 5 }, async () => (await chat(gateway)).statusCode))))
+  const refill = (Date.now() - started) / 60_000 * 2
+  t.ok(answers.filter((status) => status === 200).length <= 2 + Math.ceil(refill), `${answers.filter((status) => status === 200).length} of 50 admitted after the limit became 2 a minute`)
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('a call whose worst case is more tokens than the budget allows in a minute is told not to retry', async (t) => {
+  const gateway = await buildGateway(t)
+  const address = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
+  await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 1000 } })
+  const refused = await chat(gateway, { max_tokens: 4000 })
+  t.equal(refused.statusCode, 429)
+  t.equal(refused.headers['x-should-retry'], 'false')
+  t.notOk('retry-after' in refused.headers, 'no wait is named: none would make it fit')
+  t.match(refused.json().error, { type: 'tokens', code: 'rate_limit_exceeded', message: /Request too large/ })
+  let requests = 0
+  const openai = new OpenAI({
+    baseURL: `${address}/v1`, apiKey: 'unused-by-the-mock', defaultHeaders: { 'x-relay-team-id': 'team-a' }, maxRetries: 2,
+    fetch: async (url, init) => { requests++; return await fetch(url, init) }
+  })
+  const started = Date.now()
+  const error = await openai.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4000 }).then(() => null, (caught: unknown) => caught)
+  t.ok(error instanceof OpenAI.RateLimitError)
+  t.equal(requests, 1, 'the official client did not retry')
+  t.ok(Date.now() - started < 2000, 'and did not wait')
 })

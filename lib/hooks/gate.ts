@@ -43,13 +43,14 @@ function refusalCode (error: InvalidFieldError & { gateCode?: string }): string 
 /**
  * OpenAI's rate-limit headers for a 429: each limited dimension's limit, what is left, and when it is
  * full again (OpenAI's duration form, 1s or 6m0s), and retry-after when the call's need is back (in
- * seconds, and in milliseconds as retry-after-ms, which OpenAI's clients read first).
+ * seconds, and in milliseconds as retry-after-ms, which OpenAI's clients read first); for a call too
+ * large ever to fit, x-should-retry: false instead.
  */
 export function rateLimitHeaders (refusal: RateRefusal): Record<string, string> {
-  const headers: Record<string, string> = {
-    'retry-after': String(Math.ceil(refusal.retryAfterMs / 1000)),
-    'retry-after-ms': String(refusal.retryAfterMs)
-  }
+  // A call too large for the limit never fits: say so (OpenAI's clients read x-should-retry) rather than name a wait.
+  const headers: Record<string, string> = refusal.tooLarge
+    ? { 'x-should-retry': 'false' }
+    : { 'retry-after': String(Math.ceil(refusal.retryAfterMs / 1000)), 'retry-after-ms': String(refusal.retryAfterMs) }
   const dimensions = [
     ['requests', refusal.requestsPerMinute, refusal.requestsLeft, refusal.requestsResetMs],
     ['tokens', refusal.tokensPerMinute, refusal.tokensLeft, refusal.tokensResetMs]

@@ -151,6 +151,12 @@ export function createReservationRepository (sql: Db) {
     return rows.map(normalize)
   }
 
+  /** The budget definitions' version now (budget_definitions_version, sql/006). */
+  const definitionsVersion = async (): Promise<number> => {
+    const [row] = await sql<Array<{ version: string }>>`select budget_definitions_version()::text as version`
+    return Number(row!.version)
+  }
+
   return {
     /** The caller's budget line now, its windows' cache rows made sure of (budget_line, sql/006). */
     async loadLine (call: CallFilter, currency: string): Promise<{ line: LineBudget[], definitionsVersion: number }> {
@@ -161,9 +167,11 @@ export function createReservationRepository (sql: Db) {
                rate_requests_per_minute as "requestsPerMinute", rate_tokens_per_minute::float8 as "tokensPerMinute"
         from budget_line(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, ${call.model}, ${canonicalTags(call.tags)}::text::jsonb)`
       // A caller with no budget still learns the version: its empty line is as cacheable as any.
-      const version = rows[0]?.definitionsVersion ?? (await sql<Array<{ version: string }>>`select budget_definitions_version()::text as version`)[0]!.version
+      const version = rows[0]?.definitionsVersion ?? await definitionsVersion()
       return { line: rows.map(({ definitionsVersion: _version, ...budget }) => budget), definitionsVersion: Number(version) }
     },
+
+    definitionsVersion,
 
     /**
      * Holds for a batch of calls in one statement (budget_hold_batch, sql/006): each call's estimate

@@ -9,12 +9,15 @@ import { canonicalTags } from '../tags.js'
 
 const LONGEST_KEPT_MS = 60_000
 const MOST_LINES = 10_000
+const EMPTY_RECHECK_MS = 100
 
 interface Cached {
   line: Promise<{ line: LineBudget[], definitionsVersion: number }>
   validUntil: number
   /** The count of changes heard when the load began: a load that a change overtook is not kept. */
   generation: number
+  /** When an empty line last asked whether the definitions changed. */
+  checkedAt: number
 }
 
 /** A caller's line as cached: the key it is kept under, and until when it holds. */
@@ -22,6 +25,8 @@ export interface CachedLine {
   key: string
   line: LineBudget[]
   validUntil: number
+  /** The definitions' version the line was loaded under: a statement that sees a newer one knows it is stale. */
+  definitionsVersion: number
 }
 
 export function createBudgetLines (reservations: ReservationRepository, currency: string) {
@@ -49,12 +54,21 @@ export function createBudgetLines (reservations: ReservationRepository, currency
       const key = [...call.scopes.map((scope) => `${scope.type}\u0000${scope.id}`), call.model ?? '', canonicalTags(call.tags)].join('\u0001')
       const cached = lines.get(key)
       const now = Date.now()
-      if (cached !== undefined && now < cached.validUntil) return { key, line: (await cached.line).line, validUntil: cached.validUntil }
+      if (cached !== undefined && now < cached.validUntil) {
+        const { line, definitionsVersion } = await cached.line
+        // A caller with no budget runs no statement that would report a change, so its empty line asks
+        // for the definitions' version itself, at most every EMPTY_RECHECK_MS: a new budget for it takes
+        // effect within that.
+        const stale = line.length === 0 && now - cached.checkedAt >= EMPTY_RECHECK_MS &&
+          await (cached.checkedAt = now, reservations.definitionsVersion()).then((seen) => { observe(seen); return seen > definitionsVersion })
+        if (!stale) return { key, line, validUntil: cached.validUntil, definitionsVersion }
+      }
       if (lines.size >= MOST_LINES) lines.clear() // a crude bound: callers beyond it reload their line
       const entry: Cached = {
         line: reservations.loadLine(call, currency),
         validUntil: now + LONGEST_KEPT_MS,
-        generation
+        generation,
+        checkedAt: now
       }
       lines.set(key, entry)
       try {
@@ -63,7 +77,7 @@ export function createBudgetLines (reservations: ReservationRepository, currency
         for (const budget of line) entry.validUntil = Math.min(entry.validUntil, budget.periodEnd.getTime())
         // A load that a change overtook (seen here or by another statement) is used once, not kept.
         if ((entry.generation !== generation || definitionsVersion < version) && lines.get(key) === entry) lines.delete(key)
-        return { key, line, validUntil: entry.validUntil }
+        return { key, line, validUntil: entry.validUntil, definitionsVersion }
       } catch (error) {
         lines.delete(key)
         throw error

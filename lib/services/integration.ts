@@ -46,6 +46,8 @@ export interface SettleInfo {
 }
 
 interface Admitted {
+  /** The id the call's hold (if any) was taken under. */
+  reservationId: string
   line: LineBudget[]
   admission: Admission | null
   hold: Hold
@@ -64,8 +66,10 @@ function rateLimitedCheck (refusal: RateRefusal, estimate: Money): BudgetConstra
   return {
     canProceed: false,
     code: 'rate_limit_exceeded',
-    reason: `Rate limit reached for budget '${refusal.name}' on ${refusal.dimension} per minute: limit ${per} a minute. Please try again in ${refusal.retryAfterMs}ms.`,
-    suggestedActions: [`Retry after ${refusal.retryAfterMs} ms`],
+    reason: refusal.tooLarge
+      ? `Request too large for budget '${refusal.name}' on tokens per minute: limit ${per} a minute; the call's worst case needs more. Lower max_tokens or the prompt.`
+      : `Rate limit reached for budget '${refusal.name}' on ${refusal.dimension} per minute: limit ${per} a minute. Please try again in ${refusal.retryAfterMs}ms.`,
+    suggestedActions: [refusal.tooLarge ? 'Lower max_tokens or shorten the prompt' : `Retry after ${refusal.retryAfterMs} ms`],
     estimatedCost: estimate,
     bindingBudgetId: refusal.budgetId,
     limit: null,
@@ -145,20 +149,26 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
    * on the line for this call alone. A line found out of date (a window rolled over, a budget
    * changed) is reloaded once.
    */
-  async function admitOrHold (call: CallFilter, reservationId: string, estimate: Money, requestId: string, tokens: number): Promise<Admitted> {
+  async function admitOrHold (call: CallFilter, estimate: Money, requestId: string, tokens: number): Promise<Admitted> {
     const nothingHeld = { current: true, reserved: false, budgets: [], definitionsVersion: -1 }
     for (let attempt = 1; ; attempt++) {
-      const { key, line, validUntil } = await lines.lineOf(call)
-      if (line.length === 0) return { line, admission: null, hold: nothingHeld, rate: { taken: [] } }
+      // A fresh id each try: the hold of a try found stale is still being given back under its own.
+      const reservationId = randomUUID()
+      const { key, line, validUntil, definitionsVersion } = await lines.lineOf(call)
+      if (line.length === 0) return { reservationId, line, admission: null, hold: nothingHeld, rate: { taken: [] } }
       // Rate limits first: a call over one takes no money at all.
       const rate = await rateLimits.admit(line, tokens)
-      if (isRateRefusal(rate)) return { line, admission: null, hold: nothingHeld, rate }
+      if (isRateRefusal(rate)) return { reservationId, line, admission: null, hold: nothingHeld, rate }
       try {
         const admission = await leases.admit(key, line, validUntil, estimate)
-        if (admission !== null) return { line, admission, hold: { current: true, reserved: true, budgets: [], definitionsVersion: -1 }, rate }
+        if (admission !== null) return { reservationId, line, admission, hold: { current: true, reserved: true, budgets: [], definitionsVersion: -1 }, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
         lines.observe(hold.definitionsVersion)
-        if (hold.current || attempt >= 2) return { line, admission: null, hold, rate }
+        // A hold on a line older than the definitions it met (a budget created, changed or filtered since
+        // this process loaded the line) is given back and taken again on the line as it is now.
+        const stale = hold.current && hold.definitionsVersion > definitionsVersion
+        if (stale && hold.reserved && attempt < 2) void settleCall(reservationId, null).catch(() => {})
+        if ((hold.current && !stale) || attempt >= 2) return { reservationId, line, admission: null, hold, rate }
       } catch (error) {
         rateLimits.end(rate, null)
         throw error
@@ -185,14 +195,13 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       const call = callOf(caller, model)
       const policy = model === undefined ? undefined : { ...options.models, model }
       if (call.scopes.length === 0) return { check: decide([], estimate, policy), reservationId: null }
-      const reservationId = randomUUID()
-      const { line, admission, hold: result, rate } = await withDeadline(
-        admitOrHold(call, reservationId, estimate, requestId, tokens),
+      const { reservationId, line, admission, hold: result, rate } = await withDeadline(
+        admitOrHold(call, estimate, requestId, tokens),
         // Answered too late for the caller, who was refused: give back what it took.
         async (late) => {
           if (!isRateRefusal(late.rate)) rateLimits.end(late.rate, null)
           if (late.admission !== null) await leases.end(late.admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
-          else if (late.hold.reserved) await settleCall(reservationId, null).catch(() => {})
+          else if (late.hold.reserved) await settleCall(late.reservationId, null).catch(() => {})
         }
       )
       if (isRateRefusal(rate)) return { check: rateLimitedCheck(rate, estimate), reservationId: null, rateLimited: rate }

@@ -27,7 +27,7 @@ interface Allowance {
 
 /** What an admitted call took from each rate-limited budget of its line (empty when none limits it). */
 export interface RateAdmission {
-  taken: Array<{ budgetId: string, requests: number, tokens: number }>
+  taken: Array<{ budgetId: string, requests: number, tokens: number, limitsTokens: boolean }>
 }
 
 /** Which budget's limit refused, and the numbers OpenAI's 429 headers carry. */
@@ -45,6 +45,8 @@ export interface RateRefusal {
   /** When each dimension's bucket will be full again. */
   requestsResetMs: number | null
   tokensResetMs: number | null
+  /** The call needs more tokens than the budget allows in a minute: no wait makes it fit, and retrying is pointless. */
+  tooLarge: boolean
 }
 
 const limits = (budget: LineBudget) => budget.requestsPerMinute !== null || budget.tokensPerMinute !== null
@@ -112,10 +114,12 @@ export function createRateLimits (reservations: ReservationRepository, log: Fast
     const wait = (amount: number, perMinute: number | null) => perMinute === null || amount <= 0 ? 0 : Math.ceil(amount * 60_000 / perMinute)
     const requestsShort = requestsLeft === null ? 0 : wanted.requests - requestsLeft
     const tokensShort = tokensLeft === null ? 0 : wanted.tokens - tokensLeft
+    const tooLarge = budget.tokensPerMinute !== null && wanted.tokens > budget.tokensPerMinute
     return {
+      tooLarge,
       budgetId: budget.budgetId,
       name: budget.name,
-      dimension: budget.requestsPerMinute !== null && (requestsShort > 0 || budget.tokensPerMinute === null) ? 'requests' : 'tokens',
+      dimension: !tooLarge && budget.requestsPerMinute !== null && (requestsShort > 0 || budget.tokensPerMinute === null) ? 'requests' : 'tokens',
       requestsPerMinute: budget.requestsPerMinute,
       requestsLeft: requestsLeft === null ? null : Math.max(0, Math.floor(requestsLeft)),
       tokensPerMinute: budget.tokensPerMinute,
@@ -177,7 +181,7 @@ export function createRateLimits (reservations: ReservationRepository, log: Fast
         allowance.lastUse = now
         // On a hot budget, top up before the allowance runs dry, so calls do not wait for the statement.
         if (hot && allowance.taking === null && !covers(allowance, { requests: wanted.requests * LOW_WATER, tokens: wanted.tokens * LOW_WATER })) low.push(budget)
-        return { budgetId: budget.budgetId, ...wanted }
+        return { budgetId: budget.budgetId, ...wanted, limitsTokens: budget.tokensPerMinute !== null }
       })
       if (low.length > 0) {
         topUp(low, tokens, now).catch((error: unknown) => { log.warn({ err: error }, 'topping up a rate-limit allowance failed') })
@@ -193,8 +197,16 @@ export function createRateLimits (reservations: ReservationRepository, log: Fast
       for (const taken of admission.taken) {
         const allowance = allowanceOf(taken.budgetId)
         if (usedTokens === null) allowance.requests += taken.requests
-        allowance.tokens += taken.tokens === 0 ? 0 : taken.tokens - (usedTokens ?? 0)
+        // what it reserved less what it used: an overdrawn allowance (a call that reserved no tokens, with
+        // an estimate that leaves them out) is made good from the bucket before the next call is admitted
+        if (taken.limitsTokens) allowance.tokens += taken.tokens - (usedTokens ?? 0)
       }
+    },
+
+    /** Gives every allowance back (a budget changed: its limits may have): later calls take under the new ones. */
+    forgetAll (): void {
+      for (const allowance of allowances.values()) allowance.lastUse = 0
+      giveBackIdle(Number.POSITIVE_INFINITY)
     },
 
     /** Gives every allowance back and waits for it to commit, for at most `waitMs`. */

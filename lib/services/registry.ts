@@ -21,19 +21,23 @@ export interface DeleteBudgetOptions {
 
 export interface RegistryOptions {
   /** A model's price-table name (a dated snapshot as its base model): what model filters are matched on. */
-  modelName: (name: string) => string
+  modelName?: (name: string) => string
+  /** Called once a change to the budgets has committed: this process's gate forgets what it derived from them at once. */
+  onChange?: () => void
 }
 
-export function createBudgetRegistry (sql: Sql, { modelName }: RegistryOptions = { modelName: (name) => name }) {
+export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, onChange = () => {} }: RegistryOptions = {}) {
   const budgets = createBudgetRepository(sql)
 
   /** Every write takes the hierarchy lock first, so checks and write see one consistent tree. */
   async function inHierarchyTransaction<T> (work: (repository: BudgetRepository, tx: TransactionSql) => Promise<T>): Promise<T> {
-    return await sql.begin(async (tx) => {
+    const result = await sql.begin(async (tx) => {
       const repository = createBudgetRepository(tx)
       await repository.lockHierarchy()
       return await work(repository, tx)
     }) as T
+    onChange()
+    return result
   }
 
   // PostgreSQL's zone names, read once: it is PostgreSQL that computes every window in them.

@@ -3,7 +3,6 @@
 --    and windows aligned either to the budget's startDate (the seed's rule) or to the calendar (local
 --    midnight, Monday, the 1st, fiscal quarters and years).
 -- 2. Model and tag budgets (below).
--- 3. Request and token rate limits: the columns here and in the line; the buckets are 008.
 alter table budget_definitions
   add column timezone text not null default 'UTC',
   add column fiscal_year_start_month smallint not null default 1 check (fiscal_year_start_month between 1 and 12),
@@ -118,9 +117,7 @@ drop function budget_period_window(text, timestamptz, timestamptz, boolean, time
 -- carry (usage records carry them as metadata.tags). A budget without filters matches every call.
 alter table budget_definitions
   add column filter_models text[] check (filter_models is null or cardinality(filter_models) between 1 and 50),
-  add column filter_tags jsonb check (filter_tags is null or jsonb_typeof(filter_tags) = 'object'),
-  add column rate_requests_per_minute integer check (rate_requests_per_minute > 0),
-  add column rate_tokens_per_minute bigint check (rate_tokens_per_minute > 0);
+  add column filter_tags jsonb check (filter_tags is null or jsonb_typeof(filter_tags) = 'object');
 
 -- Does a call to p_model carrying p_tags count toward the budget? The one place the filters are read.
 create function budget_matches(b budget_definitions, p_model text, p_tags jsonb) returns boolean
@@ -148,12 +145,11 @@ language sql stable as $$
   group by l.id, w.period_start, w.period_end
 $$;
 
--- A call's line (006), for its model and tags, with its budgets' rate limits.
+-- A call's line (006), for its model and tags.
 drop function budget_line(text[], text[], text);
 create function budget_line(p_scope_types text[], p_scope_ids text[], p_currency text, p_model text, p_tags jsonb)
 returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, scope_rank integer,
-               period_start timestamptz, period_end timestamptz, definitions_version bigint,
-               rate_requests_per_minute integer, rate_tokens_per_minute bigint)
+               period_start timestamptz, period_end timestamptz, definitions_version bigint)
 language plpgsql as $$
 declare
   window_row record;
@@ -169,8 +165,7 @@ begin
     perform refresh_budget_status_cache(window_row.budget_id, window_row.period_start, window_row.period_end);
   end loop;
   return query
-    select a.budget_id, b.name, b.alerts, a.scope_matched, a.scope_rank, a.period_start, a.period_end, budget_definitions_version(),
-           b.rate_requests_per_minute, b.rate_tokens_per_minute
+    select a.budget_id, b.name, b.alerts, a.scope_matched, a.scope_rank, a.period_start, a.period_end, budget_definitions_version()
     from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
     join budget_definitions b on b.id = a.budget_id
     order by a.scope_matched desc, a.scope_rank, a.budget_id;
