@@ -5,6 +5,8 @@
 //   floor's pairs per second at 16 connections;
 // - the same hot line with request and token rate limits on its organization budget (limits that never
 //   bind, so what is measured is their cost), against the same line without (issue 11: at least 0.8x);
+// - the same hot line while Prometheus scrapes GET {prefix}/metrics ten times a second (issue 12: a
+//   scrape reads the status cache, and must not lower the gate's throughput measurably);
 // - two gateway processes on one database, 8 connections each, against one process with 16;
 // - afterwards, exactness: recorded spend equals admitted calls x their cost on both budgets.
 import { once } from 'node:events'
@@ -81,6 +83,22 @@ await load(first.url, HOT, '/v1/chat/completions', 2) // warm up: the line reloa
 const rateLimitedHot = await load(first.url, HOT, '/v1/chat/completions')
 await admin(`/${org.id}`, { rateLimits: {} }, 'PUT')
 
+// Scrapes every 100 ms during the same load (Prometheus's default is every 15 s).
+let scraping = true
+let scrapes = 0
+const scraper = (async () => {
+  while (scraping) {
+    const response = await fetch(`${first.url}${PREFIX}/metrics`, { headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}` } })
+    if (!response.ok) throw new Error(`scrape: ${response.status}`)
+    await response.text()
+    scrapes++
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+})()
+const scrapedHot = await load(first.url, HOT, '/v1/chat/completions')
+scraping = false
+await scraper
+
 const second = await startBenchGateway(database.url)
 const [a, b] = await Promise.all([load(first.url, HOT / 2, '/v1/chat/completions'), load(second.url, HOT / 2, '/v1/chat/completions')])
 const twoProcesses = a.perSecond + b.perSecond
@@ -89,7 +107,7 @@ const twoProcesses = a.perSecond + b.perSecond
 let admitted = 0
 for (const gateway of [first, second]) admitted += ((await (await fetch(`${gateway.url}/bench/admitted`)).json()) as { admitted: number }).admitted
 for (const gateway of [first, second]) { gateway.child.kill('SIGTERM'); await once(gateway.child, 'exit') } // closing drains the settlements
-const refused = [gatedOne, gatedHot, rateLimitedHot, a, b].reduce((sum, run) => sum + run.other, 0)
+const refused = [gatedOne, gatedHot, rateLimitedHot, scrapedHot, a, b].reduce((sum, run) => sum + run.other, 0)
 const [held] = await sql<Array<{ n: number }>>`select count(*)::int as n from budget_reservations`
 const spent = await sql<Array<{ id: string, total: string, calls: number }>>`
   select c.budget_id as id, sum(c.current_amount)::text as total, sum(c.usage_count)::int as calls
@@ -110,6 +128,7 @@ process.stdout.write([
   `| ungated, ${HOT} connections | ${fmt(ungatedHot.perSecond, 0)} calls/s, p99 ${ungatedHot.p99} ms | |`,
   `| gated, ${HOT} connections, one hot team + organization | ${fmt(gatedHot.perSecond, 0)} calls/s, p99 ${gatedHot.p99} ms | ${ratio(gatedHot.perSecond / floorHot)} of the floor's pairs/s |`,
   `| gated, ${HOT} connections, the same line with request and token rate limits | ${fmt(rateLimitedHot.perSecond, 0)} calls/s, p99 ${rateLimitedHot.p99} ms | ${ratio(rateLimitedHot.perSecond / gatedHot.perSecond)} of the same line without |`,
+  `| gated, ${HOT} connections, the same line while /metrics is scraped every 100 ms (${scrapes} scrapes) | ${fmt(scrapedHot.perSecond, 0)} calls/s, p99 ${scrapedHot.p99} ms | ${ratio(scrapedHot.perSecond / gatedHot.perSecond)} of the same line unscraped |`,
   `| two gateway processes, ${HOT / 2} connections each | ${fmt(twoProcesses, 0)} calls/s | ${ratio(twoProcesses / gatedHot.perSecond)} of one process |`,
   '',
   `admitted ${admitted}, not 200: ${refused}; reservations left: ${held!.n}; recorded on each budget: ${spent.map((row) => `${row.total} in ${row.calls} calls`).join(', ')}; expected ${expected}: ${exact ? 'exact' : 'NOT exact'}`,

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import Fastify from 'fastify'
+import { Registry, collectDefaultMetrics } from 'prom-client'
 import budgets from '../lib/index.js'
 import { chatCompletions } from './chat-completions.js'
 import { startEmbeddedPostgres, type EmbeddedDatabase } from './embedded-postgres.js'
@@ -77,6 +78,15 @@ await app.register(chatCompletions, {
   ...(gatewayKeys === null ? {} : { authenticate: (request) => scopesFromKey(gatewayKeys, request) })
 })
 app.get('/health', async () => ({ status: 'ok' }))
+
+// Prometheus at /metrics: the process's own metrics merged with the budgets plugin's registry, behind
+// the admin API's authorization (the budget gauges show money): scrape with the admin token as bearer.
+const processMetrics = new Registry()
+collectDefaultMetrics({ register: processMetrics })
+const scraped = Registry.merge([processMetrics, app.budgetMetrics.registry])
+app.get('/metrics', { onRequest: app.budgetAdminGuard }, async (_request, reply) => {
+  return await reply.type(scraped.contentType).send(await scraped.metrics())
+})
 
 async function shutdown (signal: string): Promise<void> {
   app.log.info({ signal }, 'shutting down')

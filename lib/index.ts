@@ -7,7 +7,7 @@ import { migrate } from './database/migrate.js'
 import { registerGate } from './hooks/gate.js'
 import type { BudgetGateState } from './hooks/gate-options.js'
 import { GATE_DEFAULTS, resolveOptions, type BudgetsOptions } from './options.js'
-import { adminRoutes } from './routes/admin.js'
+import { adminGuard, adminRoutes } from './routes/admin.js'
 import { createBudgetRegistry, type BudgetRegistry } from './services/registry.js'
 import { createBudgetAlerts, type BudgetAlerts } from './services/alerts.js'
 import { createBudgetIntegration, type BudgetIntegration } from './services/integration.js'
@@ -20,6 +20,7 @@ import { createSettlementQueue } from './services/settlements.js'
 import { createHoldQueue } from './services/holds.js'
 import { createLeases } from './services/leases.js'
 import { createRateLimits } from './services/rate-limits.js'
+import { createBudgetMetrics, type BudgetMetrics } from './services/metrics.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -28,6 +29,10 @@ declare module 'fastify' {
     budgetIntegration: BudgetIntegration
     budgetAlerts: BudgetAlerts
     budgetNotifications: NotificationDeliverer
+    /** Prometheus metrics in a registry of the plugin's own: merge `registry` into yours, or scrape GET {prefix}/metrics. */
+    budgetMetrics: BudgetMetrics
+    /** An onRequest/preHandler hook with the admin API's authorization, for the host's own routes. */
+    budgetAdminGuard: (request: FastifyRequest) => Promise<void>
   }
   interface FastifyRequest {
     /** Who called the admin API, as the authorize option named them; null outside it. */
@@ -38,7 +43,7 @@ declare module 'fastify' {
 }
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
-  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate, notifications } = resolveOptions(options)
+  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate, notifications, metrics: metricsOptions } = resolveOptions(options)
 
   // Close only the client we open; a host's own client is the host's to end.
   const ownsClient = typeof database === 'string'
@@ -82,14 +87,19 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   fastify.decorate('budgetRegistry', budgetRegistry)
   fastify.decorate('budgetTracker', budgetTracker)
   const budgetAlerts = createBudgetAlerts(repositories.alerts, budgetTracker, () => new Date())
-  const budgetNotifications = createNotificationDeliverer(sql, notifications, fastify.log)
+  // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
+  const budgetMetrics = createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions)
+  const budgetNotifications = createNotificationDeliverer(sql, notifications, fastify.log, budgetMetrics.notified)
   fastify.decorate('budgetIntegration', budgetIntegration)
   fastify.decorate('budgetAlerts', budgetAlerts)
   fastify.decorate('budgetNotifications', budgetNotifications)
+  fastify.decorate('budgetMetrics', budgetMetrics)
+  // The admin API's check, for the host's own routes that show money (a /metrics of its own, say).
+  fastify.decorate('budgetAdminGuard', adminGuard(authorize))
   fastify.decorateRequest('budgetActor', null)
   fastify.decorateRequest('budgetGate', null)
 
-  const gateHooks = gate === null ? null : registerGate(fastify, gate, budgetIntegration, prices)
+  const gateHooks = gate === null ? null : registerGate(fastify, gate, budgetIntegration, prices, budgetMetrics)
   fastify.addHook('onReady', async () => { budgetNotifications.start() })
   fastify.addHook('onClose', async () => {
     await gateHooks?.drain() // settle what the gate admitted before the client ends
@@ -100,7 +110,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     if (ownsClient) await sql.end({ timeout: 5 })
   })
 
-  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, alerts: budgetAlerts })
+  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, alerts: budgetAlerts, metrics: budgetMetrics })
 }
 
 export default fp(budgets, { fastify: '5.x', name: '@relaycore/budgets' })

@@ -5,6 +5,7 @@ import type { Sql } from 'postgres'
 import { OptionsError } from './errors.js'
 import { scopesFromHeaders, type GateOptions } from './hooks/gate-options.js'
 import { costFromUsage, estimateChatCost } from './services/estimate.js'
+import type { MetricsOptions } from './services/metrics.js'
 import type { NotificationOptions } from './services/notifications.js'
 import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES, DEFAULT_PRICES } from './services/pricing.js'
 
@@ -32,6 +33,8 @@ export interface BudgetsOptions {
   gate?: Partial<GateOptions>
   /** Where alert crossings are delivered: channels by the names budgets use in notificationChannels. */
   notifications?: Partial<NotificationOptions>
+  /** Prometheus metrics (lib/services/metrics.ts): how many top-spending budgets get gauges besides those marked `metrics: true`. */
+  metrics?: Partial<MetricsOptions>
 }
 
 export interface ResolvedOptions {
@@ -42,6 +45,7 @@ export interface ResolvedOptions {
   statusCacheTtlMs: number
   gate: GateOptions | null
   notifications: NotificationOptions
+  metrics: MetricsOptions
 }
 
 const NOTIFICATION_DEFAULTS: NotificationOptions = { channels: {}, intervalMs: 5000, maxAttempts: 8, backoffMs: 1000 }
@@ -64,7 +68,7 @@ export const GATE_DEFAULTS: GateOptions = {
 const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000 }
 
 export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
-  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications } = { ...DEFAULTS, ...options }
+  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications, metrics } = { ...DEFAULTS, ...options }
   if (typeof database !== 'string' && typeof database !== 'function') {
     throw new OptionsError('database must be a postgres.js instance or a connection string')
   }
@@ -88,8 +92,17 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
     statusCacheTtlMs,
     authorize: authorize ?? bearerToken(adminToken!),
     gate: gate === undefined ? null : resolveGateOptions(gate),
-    notifications: resolveNotificationOptions(notifications ?? {})
+    notifications: resolveNotificationOptions(notifications ?? {}),
+    metrics: resolveMetricsOptions(metrics ?? {})
   }
+}
+
+function resolveMetricsOptions (options: Partial<MetricsOptions>): MetricsOptions {
+  const metrics = { topBudgets: 10, ...options }
+  if (!Number.isInteger(metrics.topBudgets) || metrics.topBudgets < 0 || metrics.topBudgets > 1000) {
+    throw new OptionsError('metrics.topBudgets must be a whole number from 0 to 1000')
+  }
+  return metrics
 }
 
 function resolveNotificationOptions (options: Partial<NotificationOptions>): NotificationOptions {

@@ -93,6 +93,7 @@ const budgetFields = {
   }),
   filters: BudgetFilters,
   rateLimits: RateLimits,
+  metrics: Type.Boolean({ description: 'Always export this budget\'s Prometheus gauges (default false: only while among the top spenders).' }),
   alerts: Type.Array(BudgetAlert, { maxItems: 20 }),
   enforcement: StringEnum(['hard', 'soft'] as const, { description: 'A hard budget refuses calls that would exceed it; a soft one only alerts.' })
 }
@@ -108,6 +109,7 @@ export const CreateBudgetRequest = Type.Object({
   periodAlignment: Type.Optional(budgetFields.periodAlignment),
   filters: Type.Optional(budgetFields.filters),
   rateLimits: Type.Optional(budgetFields.rateLimits),
+  metrics: Type.Optional(budgetFields.metrics),
   alerts: Type.Optional(budgetFields.alerts),
   enforcement: Type.Optional(budgetFields.enforcement)
 }, {
@@ -161,6 +163,7 @@ export const BudgetDefinition = Type.Object({
   periodAlignment: StringEnum(PERIOD_ALIGNMENTS),
   filters: BudgetFilters,
   rateLimits: RateLimits,
+  metrics: Type.Boolean(),
   alerts: Type.Array(BudgetAlert),
   enforcement: StringEnum(['hard', 'soft'] as const),
   createdBy: Nullable(Type.String()),

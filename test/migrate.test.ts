@@ -20,7 +20,7 @@ t.test('two processes migrating one database at once both come up, and each migr
   const exitCodes = await Promise.all(processes.map(async (child) => child.exitCode ?? (await once(child, 'exit'))[0]))
   t.same(exitCodes, [0, 0], 'both processes came up')
   const versions = (await readMigrations()).map((m) => m.version)
-  t.same([...applied[0]!, ...applied[1]!].sort(), versions, 'between them they applied every migration exactly once')
+  t.same([...applied[0]!, ...applied[1]!].sort((a, b) => a - b), versions, 'between them they applied every migration exactly once')
 
   const sql = postgres(url, { max: 1 })
   t.teardown(async () => await sql.end())

@@ -9,6 +9,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from
 import { InvalidFieldError, isDatabaseUnavailable } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
 import type { CostEstimate } from '../services/estimate.js'
+import type { BudgetMetrics } from '../services/metrics.js'
 import type { RateRefusal } from '../services/rate-limits.js'
 import { checkScopeId, type BudgetIntegration, type CallerScopes } from '../services/integration.js'
 import type { PriceBook, TokenUsage } from '../services/pricing.js'
@@ -125,8 +126,11 @@ function watchConnection (request: FastifyRequest, reply: FastifyReply): Connect
   return { closed, gone: () => !reply.raw.writableFinished && (fired || socket?.destroyed === true || reply.raw.destroyed) }
 }
 
-export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, prices: PriceBook): { drain: (waitMs?: number) => Promise<void> } {
+export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, prices: PriceBook,
+  metrics: BudgetMetrics): { drain: (waitMs?: number) => Promise<void> } {
   const pending = new Set<Promise<unknown>>()
+  // Admitted calls whose settlement has not committed, for the live-reservations gauge.
+  const live = new WeakMap<BudgetGateState, () => void>()
   const watched = new WeakMap<FastifyRequest, ConnectionWatch>()
   const gated = (route: RouteOptions) => options.routes.includes(route.url) || (route.config as { budgetGate?: boolean } | undefined)?.budgetGate === true
 
@@ -140,6 +144,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       estimate = await options.estimateCost(request, prices)
     } catch (error) {
       if (!(error instanceof InvalidFieldError)) throw error
+      metrics.decision('invalid', refusalCode(error))
       return await sendOpenAIError(reply, 400, 'invalid_request_error', refusalCode(error), error.message, error.field)
     }
 
@@ -167,6 +172,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     pending.add(ended)
     void ended.finally(() => pending.delete(ended))
 
+    const decided = metrics.reservationTimer()
     try {
       try {
         const first = await integration.reserveCall(caller, estimate.amount, { requestId, model: estimate.model, tokens: estimate.tokens })
@@ -184,6 +190,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
           } catch (error) {
             // The cheaper model cannot take this request (an image it has no bound for): say so as the gate does.
             if (!(error instanceof InvalidFieldError)) throw error
+            metrics.decision('invalid', refusalCode(error))
             return await sendOpenAIError(reply, 400, 'invalid_request_error', refusalCode(error), `auto-downgrade to ${cheaper}: ${error.message}`, error.field)
           }
           const second = await integration.reserveCall(caller, downgraded.amount, { requestId, model: downgraded.model, tokens: downgraded.tokens })
@@ -198,9 +205,11 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       } catch (error) {
         if (!isDatabaseUnavailable(error)) throw error // a 500; the close releases whatever is held
         if (options.failureMode === 'closed') {
+          metrics.decision('unavailable', 'budget_unavailable')
           return await sendOpenAIError(reply, 503, 'service_unavailable', 'budget_unavailable', 'Budgets cannot be checked right now; try again shortly')
         }
         request.log.warn({ err: error, caller }, 'budget database unreachable: letting the call through unchecked (failureMode open)')
+        metrics.decision('unchecked', 'budget_unavailable')
         return
       }
 
@@ -211,6 +220,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         return
       }
       if (rateLimited !== undefined) {
+        metrics.decision('rate_limited', 'rate_limit_exceeded')
         void reply.headers(rateLimitHeaders(rateLimited))
         return await sendOpenAIError(reply, 429, rateLimited.dimension, 'rate_limit_exceeded', check.reason, null, {
           budget: { id: rateLimited.budgetId, requestsPerMinute: rateLimited.requestsPerMinute, tokensPerMinute: rateLimited.tokensPerMinute }
@@ -222,13 +232,17 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       }
       if (!check.canProceed) {
         const refusing = check.budgets.find((budget) => budget.budgetId === check.bindingBudgetId)
+        metrics.decision('refused', check.code!)
         return await sendOpenAIError(reply, 402, 'insufficient_quota', check.code!, check.reason, null, {
           budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: options.currency, estimatedCost: state.estimate },
           ...(check.code === 'model_restricted' ? { allowedModels: refusing?.allowedModels ?? [] } : {})
         })
       }
       admitted = true // from here the handler runs, and the upstream may be called
+      metrics.decision('allowed')
+      if (state.reservationId !== null) live.set(state, metrics.admitted())
     } finally {
+      decided()
       hookDone()
     }
   }
@@ -242,6 +256,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       request.log.warn({ requestId: state.requestId, reason: charge.reason, upstreamModel: usage?.model, estimate: state.estimate },
         charge.reason === 'unpriced-model' ? 'a served call could not be priced from its usage: charged at its estimate' : 'a call ended without usage: charged at its estimate')
     }
+    const settled = metrics.settlementTimer()
     const settling = integration.settleCall(state.reservationId, charge.cost, {
       source: 'gateway',
       metadata: {
@@ -269,7 +284,11 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     }, (error: unknown) => {
       // The reservation stays until its TTL; the sweeper then counts it at its estimate.
       request.log.error({ err: error, requestId: state.requestId }, 'settling a gated call failed')
-    }).finally(() => pending.delete(settling))
+    }).finally(() => {
+      settled()
+      live.get(state)?.()
+      pending.delete(settling)
+    })
     pending.add(settling)
   }
 
@@ -288,7 +307,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
   fastify.addHook('onReady', async () => {
     if (options.sweepIntervalMs <= 0) return
     sweeper = setInterval(() => {
-      integration.sweepExpiredReservations().catch((error: unknown) => { fastify.log.error({ err: error }, 'sweeping expired budget reservations failed') })
+      integration.sweepExpiredReservations().then((swept) => { metrics.sweeperRan(swept) },
+        (error: unknown) => { fastify.log.error({ err: error }, 'sweeping expired budget reservations failed') })
     }, options.sweepIntervalMs)
     sweeper.unref()
   })

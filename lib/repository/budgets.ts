@@ -23,6 +23,7 @@ export interface BudgetValues {
   periodAlignment: PeriodAlignment
   filters: BudgetFilters
   rateLimits: RateLimits
+  metrics: boolean
   alerts: BudgetAlert[]
   enforcement: 'hard' | 'soft'
 }
@@ -47,6 +48,7 @@ interface BudgetRow {
   filter_tags: Record<string, string> | null
   rate_requests_per_minute: number | null
   rate_tokens_per_minute: string | null
+  metrics: boolean
   alerts: BudgetAlert[]
   enforcement: 'hard' | 'soft'
   created_by: string | null
@@ -66,7 +68,7 @@ export function createBudgetRepository (sql: Db) {
   const columns = sql`
     id, name, description, scope_type, scope_id, parent_id, amount::text as amount, currency, period,
     start_date, end_date, recurring, timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags,
-    rate_requests_per_minute, rate_tokens_per_minute::text as rate_tokens_per_minute, alerts, enforcement, created_by, created_at, updated_at`
+    rate_requests_per_minute, rate_tokens_per_minute::text as rate_tokens_per_minute, metrics, alerts, enforcement, created_by, created_at, updated_at`
 
   // A filter that is not there is null in its column (a budget without filters matches every call).
   const filterColumns = (filters: BudgetFilters) => sql`
@@ -84,12 +86,12 @@ export function createBudgetRepository (sql: Db) {
         insert into budget_definitions
           (name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring,
            timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags, rate_requests_per_minute, rate_tokens_per_minute,
-           alerts, enforcement, created_by)
+           metrics, alerts, enforcement, created_by)
         values
           (${values.name}, ${values.description}, ${values.scopeType}, ${values.scopeId}, ${values.parentId}, ${values.amount},
            ${values.currency}, ${values.period}, ${values.startDate}, ${values.endDate}, ${values.recurring},
            ${values.timezone}, ${values.fiscalYearStartMonth}, ${values.periodAlignment}, ${filterColumns(values.filters)},
-           ${values.rateLimits.requestsPerMinute ?? null}, ${values.rateLimits.tokensPerMinute ?? null},
+           ${values.rateLimits.requestsPerMinute ?? null}, ${values.rateLimits.tokensPerMinute ?? null}, ${values.metrics},
            ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, ${values.enforcement}, ${createdBy})
         returning ${columns}`
       return toBudget(row!)
@@ -105,6 +107,7 @@ export function createBudgetRepository (sql: Db) {
           fiscal_year_start_month = ${values.fiscalYearStartMonth}, period_alignment = ${values.periodAlignment},
           (filter_models, filter_tags) = (${filterColumns(values.filters)}),
           rate_requests_per_minute = ${values.rateLimits.requestsPerMinute ?? null}, rate_tokens_per_minute = ${values.rateLimits.tokensPerMinute ?? null},
+          metrics = ${values.metrics},
           alerts = ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, enforcement = ${values.enforcement},
           updated_at = now()
         where id = ${id} and deleted_at is null
@@ -230,6 +233,7 @@ function toBudget (row: BudgetRow): BudgetDefinition {
       ...(row.rate_requests_per_minute === null ? {} : { requestsPerMinute: row.rate_requests_per_minute }),
       ...(row.rate_tokens_per_minute === null ? {} : { tokensPerMinute: Number(row.rate_tokens_per_minute) })
     },
+    metrics: row.metrics,
     alerts: row.alerts,
     enforcement: row.enforcement,
     createdBy: row.created_by,

@@ -20,6 +20,20 @@ export interface StatusCacheRow {
   updatedAt: Date
 }
 
+/** A budget's numbers now, for the metrics' gauges. */
+export interface MetricBudget {
+  id: string
+  name: string
+  scopeType: string
+  scopeId: string
+  currency: string
+  amount: string
+  currentAmount: string
+  reservedAmount: string
+  remaining: string
+  periodEnd: Date
+}
+
 export function createStatusRepository (sql: Db) {
   const cacheColumns = sql`
     period_end as "periodEnd", current_amount::text as "currentAmount", reserved_amount::text as "reservedAmount", usage_count::int as "usageCount",
@@ -47,6 +61,32 @@ export function createStatusRepository (sql: Db) {
         ) w
         where b.id = ${budgetId}`
       return row ?? null
+    },
+
+    /**
+     * The budgets marked `metrics: true` and the `top` spenders, with their current window's numbers,
+     * from the status cache only (a window without a row yet has spent nothing through the cache: 0).
+     */
+    async listMetricBudgets (top: number): Promise<MetricBudget[]> {
+      return await sql<MetricBudget[]>`
+        with current_rows as (
+          select c.budget_id, c.current_amount, c.reserved_amount, c.period_end
+          from budget_status_cache c where c.period_start <= now() and now() < c.period_end
+        ),
+        chosen as (
+          (select b.id from budget_definitions b where b.metrics and b.deleted_at is null)
+          union
+          (select r.budget_id from current_rows r join budget_definitions b on b.id = r.budget_id and b.deleted_at is null
+           order by r.current_amount desc, r.budget_id limit ${top})
+        )
+        select b.id, b.name, b.scope_type as "scopeType", b.scope_id as "scopeId", b.currency, b.amount::text as amount,
+               coalesce(r.current_amount, 0)::text as "currentAmount", coalesce(r.reserved_amount, 0)::text as "reservedAmount",
+               (b.amount - coalesce(r.current_amount, 0) - coalesce(r.reserved_amount, 0))::text as remaining,
+               coalesce(r.period_end, w.period_end, now()) as "periodEnd"
+        from chosen ch join budget_definitions b on b.id = ch.id
+        left join current_rows r on r.budget_id = b.id
+        left join lateral budget_window(b, now()) w on r.budget_id is null
+        order by b.id`
     },
 
     async findCacheRow (budgetId: string, periodStart: Date): Promise<StatusCacheRow | null> {

@@ -3,12 +3,15 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { RouteNotFoundError, UnauthorizedError } from '../errors.js'
 import { checkStorable, isStorableText } from '../json-limits.js'
 import type { Authorize } from '../options.js'
+import type { FastifyRequest } from 'fastify'
 import type { BudgetAlerts } from '../services/alerts.js'
+import type { BudgetMetrics } from '../services/metrics.js'
 import type { BudgetRegistry } from '../services/registry.js'
 import type { BudgetTracker } from '../services/tracker.js'
 import { alertRoutes } from './alerts.js'
 import { budgetRoutes } from './budgets.js'
 import { handleError } from './error-handler.js'
+import { metricsRoutes } from './metrics.js'
 import { usageRoutes } from './usage.js'
 import { compileValidator } from './validator.js'
 
@@ -17,12 +20,28 @@ export interface AdminRoutesOptions {
   registry: BudgetRegistry
   tracker: BudgetTracker
   alerts: BudgetAlerts
+  metrics: BudgetMetrics
+}
+
+/**
+ * The admin API's authorization as a hook. Fails closed: only `true` or an actor's name allows;
+ * undefined, null, 0, '' or an object refuses, and so does an authorize that throws.
+ */
+export function adminGuard (authorize: Authorize) {
+  return async (request: FastifyRequest): Promise<void> => {
+    const verdict: unknown = await Promise.resolve().then(async () => await authorize(request)).catch((error: unknown) => {
+      request.log.warn({ err: error }, 'the authorize option threw: refusing the admin request')
+      return false
+    })
+    if (verdict !== true && !(typeof verdict === 'string' && isStorableText(verdict) && verdict.trim() !== '')) throw new UnauthorizedError()
+    request.budgetActor = verdict === true ? 'admin' : verdict
+  }
 }
 
 /** The longest an admin request may take before it is answered 503 (Fastify's handlerTimeout). */
 export const ADMIN_TIMEOUT_MS = 10_000
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, alerts }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, alerts, metrics }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
   // A database that neither answers nor refuses (connections that never open in an outage) must not
@@ -31,16 +50,7 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   // A URL under the prefix that names no route gets the API's own error body, with a code.
   app.setNotFoundHandler(async (request) => { throw new RouteNotFoundError(request.method, request.url.split('?')[0]!) })
 
-  // Fails closed: only `true` or an actor's name allows; undefined, null, 0, '' or an object refuses.
-  app.addHook('onRequest', async (request) => {
-    // An authorize that throws (a token that does not verify) refuses too.
-    const verdict: unknown = await Promise.resolve().then(async () => await authorize(request)).catch((error: unknown) => {
-      request.log.warn({ err: error }, 'the authorize option threw: refusing the admin request')
-      return false
-    })
-    if (verdict !== true && !(typeof verdict === 'string' && isStorableText(verdict) && verdict.trim() !== '')) throw new UnauthorizedError()
-    request.budgetActor = verdict === true ? 'admin' : verdict
-  })
+  app.addHook('onRequest', adminGuard(authorize))
   // Text PostgreSQL cannot store is the caller's mistake, named before any route sees it.
   app.addHook('preValidation', async (request) => {
     for (const part of [request.params, request.query, request.body]) checkStorable(part, '')
@@ -49,4 +59,5 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   await app.register(budgetRoutes, { registry })
   await app.register(usageRoutes, { tracker })
   await app.register(alertRoutes, { alerts })
+  await app.register(metricsRoutes, { metrics })
 }

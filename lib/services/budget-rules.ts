@@ -24,6 +24,7 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
   if (endDate !== null && endDate <= startDate) throw new InvalidFieldError('endDate', 'must be after startDate')
   if (!/^[A-Z]{3}$/.test(input.currency)) throw new InvalidFieldError('currency', 'must be an ISO 4217 code such as USD')
   const calendar = normalizeCalendar(input)
+  if (input.metrics !== undefined && typeof input.metrics !== 'boolean') throw new InvalidFieldError('metrics', 'must be true or false')
   return {
     name: requireText(input.name, 'name'),
     description: input.description ?? null,
@@ -39,6 +40,7 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
     ...calendar,
     filters: normalizeFilters(input.filters ?? {}),
     rateLimits: normalizeRateLimits(input.rateLimits ?? {}),
+    metrics: input.metrics ?? false,
     alerts: normalizeAlerts(input.alerts ?? []),
     enforcement: input.enforcement ?? 'hard'
   }

@@ -72,14 +72,15 @@ function toEvent ({ alert, budget }: DueNotification): AlertEvent {
   }
 }
 
-export function createNotificationDeliverer (sql: Sql, options: NotificationOptions, log: FastifyBaseLogger) {
+export function createNotificationDeliverer (sql: Sql, options: NotificationOptions, log: FastifyBaseLogger,
+  observe: (outcome: { delivered: number, failed: number }) => void = () => {}) {
   const fallback = logNotifier(log)
   const notifiers = new Map<string, Notifier>(Object.entries(options.channels).map(([name, config]) => [name,
     'deliver' in config ? config : config.type === 'webhook' ? webhookNotifier(config.url, config.timeoutMs) : fallback]))
 
   /** Delivers what is due, one transaction a batch: claimed rows stay locked until their outcome is written. */
   async function deliverDue (limit = 20): Promise<{ delivered: number, failed: number }> {
-    return await sql.begin(async (tx) => {
+    const outcome = await sql.begin(async (tx) => {
       const alerts = createAlertRepository(tx)
       let delivered = 0
       let failed = 0
@@ -98,6 +99,8 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
       }
       return { delivered, failed }
     }) as { delivered: number, failed: number }
+    observe(outcome) // once the outcomes are committed
+    return outcome
   }
 
   let timer: NodeJS.Timeout | undefined
