@@ -21,6 +21,7 @@ import { createHoldQueue } from './services/holds.js'
 import { createLeases } from './services/leases.js'
 import { createRateLimits } from './services/rate-limits.js'
 import { createBudgetMetrics, type BudgetMetrics } from './services/metrics.js'
+import { createBudgetAudit } from './services/audit.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -110,7 +111,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     if (ownsClient) await sql.end({ timeout: 5 })
   })
 
-  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, alerts: budgetAlerts, metrics: budgetMetrics })
+  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit) })
 }
 
 export default fp(budgets, { fastify: '5.x', name: '@relaycore/budgets' })

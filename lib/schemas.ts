@@ -398,3 +398,26 @@ export const Approval = Type.Object({
 })
 export const ApprovalList = Type.Object({ approvals: Type.Array(Approval) })
 export type ActiveAlert = Static<typeof ActiveAlert>
+
+// The audit log
+
+export const AuditEntry = Type.Object({
+  id: Type.String({ description: 'Increases with each entry.' }),
+  budgetId: Uuid,
+  action: StringEnum(['create', 'update', 'delete', 'approve', 'acknowledge', 'refresh-cache'] as const),
+  changes: Type.Array(Type.String(), { description: 'For an update, the fields it changed (currency, parentId, amount, ...).' }),
+  before: Type.Unknown({ description: 'The budget (or numbers) before the change; null for a create.' }),
+  after: Type.Unknown({ description: 'The budget (or the approval, acknowledgement or refreshed numbers) after it; null for a delete.' }),
+  actor: Type.String({ description: 'Who: the authorize option\'s name (admin for the admin token).' }),
+  requestId: Nullable(Type.String({ description: 'The admin request that made the change (null from the library).' })),
+  at: Timestamp
+})
+export const AuditPage = Type.Object({
+  entries: Type.Array(AuditEntry),
+  nextCursor: Nullable(Type.String({ description: 'Pass as cursor for the next (older) page; null on the last page.' }))
+})
+export const AuditQuery = Type.Object({
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 })),
+  cursor: Type.Optional(Type.String({ maxLength: 40, description: 'nextCursor of the previous page.' }))
+}, { additionalProperties: false })
+export type AuditQuery = Static<typeof AuditQuery>

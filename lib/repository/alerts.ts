@@ -100,23 +100,43 @@ export function createAlertRepository (sql: Db) {
     },
 
     /** Records who acknowledged the crossing; the first acknowledgement stands. Null when there is no such crossing. */
-    async acknowledge (budgetId: string, alertId: string, who: string): Promise<AlertRecord | null> {
+    /** Acknowledges the crossing; the first acknowledgement stands and is the one the audit log records (same statement). */
+    async acknowledge (budgetId: string, alertId: string, who: string, requestId: string | null = null): Promise<AlertRecord | null> {
       const [row] = await sql<AlertRow[]>`
-        with acknowledged as (
+        with prior as (
+          select acknowledged_at is null as first from budget_alert_history where id = ${alertId} and budget_id = ${budgetId}
+        ),
+        acknowledged as (
           update budget_alert_history set acknowledged_by = coalesce(acknowledged_by, ${who}), acknowledged_at = coalesce(acknowledged_at, now())
           where id = ${alertId} and budget_id = ${budgetId}
           returning *
+        ),
+        audited as (
+          insert into budget_audit_log (budget_id, action, after, actor, request_id)
+          select a.budget_id, 'acknowledge', jsonb_build_object('alertId', a.id, 'threshold', a.threshold, 'periodStart', a.period_start), ${who}, ${requestId}
+          from acknowledged a cross join prior where prior.first
         )
         select ${alertColumns} from acknowledged h`
       return row === undefined ? null : toAlert(row)
     },
 
-    async insertApproval (values: Omit<Approval, 'id' | 'createdAt' | 'periodStart' | 'expiresAt'> & { periodStart: Date, expiresAt: Date }): Promise<Approval> {
+    /** Records the approval, and its audit entry in the same statement. */
+    async insertApproval (values: Omit<Approval, 'id' | 'createdAt' | 'periodStart' | 'expiresAt'> & { periodStart: Date, expiresAt: Date }, requestId: string | null = null): Promise<Approval> {
       const [row] = await sql<Approval[]>`
-        insert into budget_approvals (budget_id, period_start, amount, spent_at_approval, approved_by, reason, expires_at)
-        values (${values.budgetId}, ${values.periodStart}, ${values.amount}, ${values.spentAtApproval}, ${values.approvedBy}, ${values.reason}, ${values.expiresAt})
-        returning id, budget_id as "budgetId", period_start as "periodStart", amount::text as amount, spent_at_approval::text as "spentAtApproval",
-                  approved_by as "approvedBy", reason, created_at as "createdAt", expires_at as "expiresAt"`
+        with inserted as (
+          insert into budget_approvals (budget_id, period_start, amount, spent_at_approval, approved_by, reason, expires_at)
+          values (${values.budgetId}, ${values.periodStart}, ${values.amount}, ${values.spentAtApproval}, ${values.approvedBy}, ${values.reason}, ${values.expiresAt})
+          returning *
+        ),
+        audited as (
+          insert into budget_audit_log (budget_id, action, after, actor, request_id)
+          select i.budget_id, 'approve', jsonb_build_object('approvalId', i.id, 'amount', i.amount::text, 'periodStart', i.period_start,
+                                                              'expiresAt', i.expires_at, 'reason', i.reason), i.approved_by, ${requestId}
+          from inserted i
+        )
+        select id, budget_id as "budgetId", period_start as "periodStart", amount::text as amount, spent_at_approval::text as "spentAtApproval",
+               approved_by as "approvedBy", reason, created_at as "createdAt", expires_at as "expiresAt"
+        from inserted`
       return toApproval(row!)
     },
 

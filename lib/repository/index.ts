@@ -3,6 +3,7 @@
 // transaction's sql, with the same functions.
 import type { Db } from './budgets.js'
 import { createAlertRepository } from './alerts.js'
+import { createAuditRepository } from './audit.js'
 import { createBudgetRepository } from './budgets.js'
 import { createReservationRepository } from './reservations.js'
 import { createStatusRepository } from './status.js'
@@ -14,7 +15,8 @@ export function createRepositories (sql: Db) {
     usage: createUsageRepository(sql),
     status: createStatusRepository(sql),
     alerts: createAlertRepository(sql),
-    reservations: createReservationRepository(sql)
+    reservations: createReservationRepository(sql),
+    audit: createAuditRepository(sql)
   }
 }
 

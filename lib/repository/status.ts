@@ -1,5 +1,6 @@
 // SQL for a budget's period window and its status cache row.
 import { normalizeMoney } from '../money.js'
+import type { AuditContext } from './audit.js'
 import type { Db } from './budgets.js'
 
 export type BudgetState = 'scheduled' | 'active' | 'ended'
@@ -99,6 +100,27 @@ export function createStatusRepository (sql: Db) {
     async refreshCacheRow (budgetId: string, window: BudgetWindow): Promise<StatusCacheRow> {
       const [row] = await sql<StatusCacheRow[]>`
         select ${cacheColumns} from refresh_budget_status_cache(${budgetId}, ${window.periodStart}, ${window.periodEnd})`
+      return canonical(row!)
+    },
+
+    /** A refresh someone asked for: the same, with its audit entry (the row before and after) in the same statement. */
+    async refreshCacheRowAudited (budgetId: string, window: BudgetWindow, audit: AuditContext): Promise<StatusCacheRow> {
+      const [row] = await sql<StatusCacheRow[]>`
+        with before as (
+          select jsonb_build_object('currentAmount', c.current_amount::text, 'usageCount', c.usage_count) as numbers
+          from budget_status_cache c where c.budget_id = ${budgetId} and c.period_start = ${window.periodStart}
+        ),
+        refreshed as (
+          select * from refresh_budget_status_cache(${budgetId}, ${window.periodStart}, ${window.periodEnd})
+        ),
+        audited as (
+          insert into budget_audit_log (budget_id, action, before, after, actor, request_id)
+          select ${budgetId}, 'refresh-cache', (select numbers from before),
+                 jsonb_build_object('periodStart', r.period_start, 'currentAmount', r.current_amount::text, 'usageCount', r.usage_count),
+                 ${audit.actor}, ${audit.requestId}
+          from refreshed r
+        )
+        select ${cacheColumns} from refreshed`
       return canonical(row!)
     }
   }

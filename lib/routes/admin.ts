@@ -6,12 +6,14 @@ import type { Authorize } from '../options.js'
 import type { FastifyRequest } from 'fastify'
 import type { BudgetAlerts } from '../services/alerts.js'
 import type { BudgetMetrics } from '../services/metrics.js'
+import type { BudgetAudit } from '../services/audit.js'
 import type { BudgetRegistry } from '../services/registry.js'
 import type { BudgetTracker } from '../services/tracker.js'
 import { alertRoutes } from './alerts.js'
 import { budgetRoutes } from './budgets.js'
 import { handleError } from './error-handler.js'
 import { metricsRoutes } from './metrics.js'
+import { auditRoutes } from './audit.js'
 import { usageRoutes } from './usage.js'
 import { compileValidator } from './validator.js'
 
@@ -21,6 +23,7 @@ export interface AdminRoutesOptions {
   tracker: BudgetTracker
   alerts: BudgetAlerts
   metrics: BudgetMetrics
+  audit: BudgetAudit
 }
 
 /**
@@ -41,7 +44,7 @@ export function adminGuard (authorize: Authorize) {
 /** The longest an admin request may take before it is answered 503 (Fastify's handlerTimeout). */
 export const ADMIN_TIMEOUT_MS = 10_000
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, alerts, metrics }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, alerts, metrics, audit }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
   // A database that neither answers nor refuses (connections that never open in an outage) must not
@@ -60,4 +63,5 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   await app.register(usageRoutes, { tracker })
   await app.register(alertRoutes, { alerts })
   await app.register(metricsRoutes, { metrics })
+  await app.register(auditRoutes, { audit })
 }

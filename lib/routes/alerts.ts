@@ -27,7 +27,7 @@ export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async 
       params: AlertParams,
       response: { 200: AlertRecord, ...errorResponses({ 404: ['BUDGET_ERR_ALERT_NOT_FOUND'] }) }
     }
-  }, async (request) => await alerts.acknowledgeAlert(request.params.id, request.params.alertId, request.budgetActor ?? 'admin'))
+  }, async (request) => await alerts.acknowledgeAlert(request.params.id, request.params.alertId, request.budgetActor ?? 'admin', request.id))
 
   app.post('/:id/approvals', {
     schema: {
@@ -38,7 +38,7 @@ export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async 
       body: ApprovalRequest,
       response: { 201: Approval, ...errorResponses({ 400: [], 404: [], 409: ['BUDGET_ERR_NOT_ACTIVE'] }) }
     }
-  }, async (request, reply) => await reply.code(201).send(await alerts.approve(request.params.id, request.body, request.budgetActor ?? 'admin')))
+  }, async (request, reply) => await reply.code(201).send(await alerts.approve(request.params.id, request.body, request.budgetActor ?? 'admin', request.id)))
 
   app.get('/:id/approvals', {
     schema: {

@@ -6,7 +6,7 @@ import {
 } from '../schemas.js'
 import type { BudgetRegistry } from '../services/registry.js'
 import { Type } from '@sinclair/typebox'
-import { errorResponses } from './responses.js'
+import { auditContext, errorResponses } from './responses.js'
 
 export interface BudgetRoutesOptions {
   registry: BudgetRegistry
@@ -24,7 +24,7 @@ export const budgetRoutes: FastifyPluginAsyncTypebox<BudgetRoutesOptions> = asyn
       response: { 201: BudgetDefinition, ...errorResponses({ 400: ['BUDGET_ERR_PARENT_NOT_FOUND', 'BUDGET_ERR_CURRENCY_MISMATCH', 'BUDGET_ERR_EXCEEDS_PARENT'] }) }
     }
   }, async (request, reply) => {
-    const budget = await registry.createBudget(request.body, request.budgetActor)
+    const budget = await registry.createBudget(request.body, request.budgetActor, request.id)
     return await reply.code(201).header('location', `${request.url.split('?')[0]!}/${budget.id}`).send(budget)
   })
 
@@ -50,7 +50,7 @@ export const budgetRoutes: FastifyPluginAsyncTypebox<BudgetRoutesOptions> = asyn
         ...errorResponses({ 400: ['BUDGET_ERR_PARENT_NOT_FOUND', 'BUDGET_ERR_CURRENCY_MISMATCH', 'BUDGET_ERR_EXCEEDS_PARENT'], 404: [], 409: ['BUDGET_ERR_HIERARCHY_CYCLE', 'BUDGET_ERR_CURRENCY_LOCKED'] })
       }
     }
-  }, async (request) => await registry.updateBudget(request.params.id, request.body))
+  }, async (request) => await registry.updateBudget(request.params.id, request.body, auditContext(request)))
 
   app.delete('/:id', {
     schema: {
@@ -62,7 +62,7 @@ export const budgetRoutes: FastifyPluginAsyncTypebox<BudgetRoutesOptions> = asyn
       response: { 204: Type.Null({ description: 'Deleted.' }), ...errorResponses({ 400: [], 404: [], 409: ['BUDGET_ERR_HAS_CHILDREN'] }) }
     }
   }, async (request, reply) => {
-    await registry.deleteBudget(request.params.id, { cascade: request.query.cascade })
+    await registry.deleteBudget(request.params.id, { cascade: request.query.cascade }, auditContext(request))
     return await reply.code(204).send(null)
   })
 

@@ -1,5 +1,7 @@
 // Documented error responses: each route lists the statuses it can send and the codes behind each,
 // so the OpenAPI document tells a client every error it must handle.
+import type { FastifyRequest } from 'fastify'
+import type { AuditContext } from '../repository/audit.js'
 import { ErrorResponse } from '../schemas.js'
 
 const CODES = {
@@ -26,4 +28,9 @@ export function errorResponses (extra: Partial<Record<ErrorStatus, string[]>>) {
     const codes = [...CODES[status], ...(extra[status] ?? []), ...(status === 400 ? ['FST_ERR_CTP_INVALID_JSON_BODY'] : [])]
     return [status, { ...ErrorResponse, description: `Error codes: ${codes.join(', ')}` }]
   })) as Record<ErrorStatus, typeof ErrorResponse>
+}
+
+/** Who made a change through the admin API, and in which request: what the audit log records. */
+export function auditContext (request: FastifyRequest): AuditContext {
+  return { actor: request.budgetActor ?? 'admin', requestId: request.id }
 }

@@ -6,7 +6,7 @@ import {
   UsageHistoryQuery, UsagePage, UsageRecord, UsageSummary, UsageSummaryQuery
 } from '../schemas.js'
 import type { BudgetTracker } from '../services/tracker.js'
-import { errorResponses } from './responses.js'
+import { auditContext, errorResponses } from './responses.js'
 
 export interface UsageRoutesOptions {
   tracker: BudgetTracker
@@ -79,7 +79,7 @@ export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async 
       params: BudgetIdParams,
       response: { 200: BudgetStatusInfo, ...errorResponses({ 404: [] }) }
     }
-  }, async (request) => await tracker.refreshCache(request.params.id))
+  }, async (request) => await tracker.refreshCache(request.params.id, auditContext(request)))
 
   app.post('/:id/check-constraints', {
     schema: {

@@ -26,14 +26,14 @@ export function createBudgetAlerts (alerts: AlertRepository, tracker: BudgetTrac
       return await alerts.listAlerts(budgetId)
     },
 
-    async acknowledgeAlert (budgetId: string, alertId: string, who: string): Promise<AlertRecord> {
-      const acknowledged = isUuid(budgetId) && isUuid(alertId) ? await alerts.acknowledge(budgetId, alertId, who) : null
+    async acknowledgeAlert (budgetId: string, alertId: string, who: string, requestId: string | null = null): Promise<AlertRecord> {
+      const acknowledged = isUuid(budgetId) && isUuid(alertId) ? await alerts.acknowledge(budgetId, alertId, who, requestId) : null
       if (acknowledged === null) throw new AlertNotFoundError(alertId, budgetId)
       return acknowledged
     },
 
     /** Lets calls past require-approval for `amount` more spend until `expiresAt`, recorded with who approved. */
-    async approve (budgetId: string, request: ApprovalRequest, who: string): Promise<Approval> {
+    async approve (budgetId: string, request: ApprovalRequest, who: string, requestId: string | null = null): Promise<Approval> {
       // Every check on the request first: a refused approval reads nothing that could refresh a cache row.
       const amount = parsePositiveMoney(request.amount, 'amount')
       const expiresAt = request.expiresAt === undefined ? new Date(now().getTime() + HOUR) : parseTimestamp(request.expiresAt, 'expiresAt')
@@ -51,7 +51,7 @@ export function createBudgetAlerts (alerts: AlertRepository, tracker: BudgetTrac
         approvedBy: who,
         reason: request.reason ?? null,
         expiresAt: expiresAt < periodEnd ? expiresAt : periodEnd
-      })
+      }, requestId)
     },
 
     async listApprovals (budgetId: string): Promise<Approval[]> {

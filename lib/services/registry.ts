@@ -3,6 +3,7 @@ import type { Sql, TransactionSql } from 'postgres'
 import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, InvalidFieldError, ParentNotFoundError } from '../errors.js'
 import { createBudgetRepository, type BudgetRepository, type BudgetValues } from '../repository/budgets.js'
 import { createUsageRepository } from '../repository/usage.js'
+import { createAuditRepository, type AuditContext } from '../repository/audit.js'
 import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
 import { checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
@@ -17,6 +18,15 @@ export type UpdateBudgetInput = Omit<UpdateBudgetRequest, 'startDate' | 'endDate
 export interface DeleteBudgetOptions {
   /** Also delete every descendant; without it a budget with children is refused. */
   cascade?: boolean
+}
+
+/** Who makes a change, for the audit log: from the library, the actor `library` unless named. */
+const LIBRARY: AuditContext = { actor: 'library', requestId: null }
+
+/** The fields whose values differ between two versions of a budget (updatedAt aside). */
+function changedFields (before: BudgetDefinition, after: BudgetDefinition): string[] {
+  return (Object.keys(after) as Array<keyof BudgetDefinition>)
+    .filter((field) => field !== 'updatedAt' && JSON.stringify(before[field]) !== JSON.stringify(after[field]))
 }
 
 export interface RegistryOptions {
@@ -67,19 +77,21 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
   }
 
   return {
-    async createBudget (request: CreateBudgetInput, createdBy: string | null = null): Promise<BudgetDefinition> {
-      return await inHierarchyTransaction(async (repository) => {
+    async createBudget (request: CreateBudgetInput, createdBy: string | null = null, requestId: string | null = null): Promise<BudgetDefinition> {
+      return await inHierarchyTransaction(async (repository, tx) => {
         const values = normalizeBudget(await readDatesInZone(repository, request, request.timezone ?? 'UTC') as CreateBudgetRequest)
         checkFilterModels(values.filters, modelName)
         await checkParent(repository, values, null)
-        return await repository.insertBudget(values, createdBy)
+        const budget = await repository.insertBudget(values, createdBy)
+        await createAuditRepository(tx).record(budget.id, 'create', { actor: createdBy ?? LIBRARY.actor, requestId }, { after: budget })
+        return budget
       })
     },
 
     getBudget,
 
     /** Applies a partial update; the budget as it would become must pass every create rule. */
-    async updateBudget (id: string, updates: UpdateBudgetInput): Promise<BudgetDefinition> {
+    async updateBudget (id: string, updates: UpdateBudgetInput, context: AuditContext = LIBRARY): Promise<BudgetDefinition> {
       return await inHierarchyTransaction(async (repository, tx) => {
         const current = await repository.findBudget(id)
         if (current === null) throw new BudgetNotFoundError(id)
@@ -97,12 +109,14 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
         if (values.currency !== current.currency && await createUsageRepository(tx).hasSpend(id)) {
           throw new CurrencyLockedError(id, current.currency)
         }
-        return await repository.updateBudget(id, values)
+        const updated = await repository.updateBudget(id, values)
+        await createAuditRepository(tx).record(id, 'update', context, { changes: changedFields(current, updated), before: current, after: updated })
+        return updated
       })
     },
 
-    async deleteBudget (id: string, { cascade = false }: DeleteBudgetOptions = {}): Promise<void> {
-      await inHierarchyTransaction(async (repository) => {
+    async deleteBudget (id: string, { cascade = false }: DeleteBudgetOptions = {}, context: AuditContext = LIBRARY): Promise<void> {
+      await inHierarchyTransaction(async (repository, tx) => {
         const budget = await repository.findBudget(id)
         if (budget === null) throw new BudgetNotFoundError(id)
         const descendants = await repository.listDescendants([id])
@@ -110,6 +124,10 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
           throw new HasChildrenError(id, descendants.filter((d) => d.parentId === id).length)
         }
         await repository.archiveBudgets([id, ...descendants.map((d) => d.id)])
+        const audit = createAuditRepository(tx)
+        for (const archived of [budget, ...descendants]) {
+          await audit.record(archived.id, 'delete', context, { before: archived, ...(archived.id === id ? {} : { changes: [`cascade from ${id}`] }) })
+        }
       })
     },
 

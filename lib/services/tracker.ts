@@ -3,6 +3,7 @@ import { BudgetNotFoundError, CurrencyMismatchError, IdempotencyConflictError, I
 import { fromUnits, parsePositiveMoney, toUnits, type Money } from '../money.js'
 import { isUuid } from '../repository/budgets.js'
 import type { Repositories } from '../repository/index.js'
+import type { AuditContext } from '../repository/audit.js'
 import type { BudgetWindow, StatusCacheRow } from '../repository/status.js'
 import type { UsageFilter, UsagePageKey, UsageRecord } from '../repository/usage.js'
 import type { BudgetDefinition } from '../schemas.js'
@@ -182,10 +183,10 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
     },
 
     /** Recomputes the current window's cache row from the usage rows, whatever its age. */
-    async refreshCache (budgetId: string): Promise<BudgetStatusInfo> {
+    async refreshCache (budgetId: string, audit: AuditContext = { actor: 'library', requestId: null }): Promise<BudgetStatusInfo> {
       const budget = await requireBudget(budgetId)
       const window = (await status.findWindow(budget.id, options.now()))!
-      const row = await status.refreshCacheRow(budget.id, window)
+      const row = await status.refreshCacheRowAudited(budget.id, window, audit)
       return await toStatus({ budget, window, row })
     },
 
