@@ -77,8 +77,8 @@ export function createRateLimits (reservations: ReservationRepository, log: Fast
       const allowance = allowanceOf(budget.budgetId)
       const wanted = need(budget, tokens)
       const extraCalls = now - allowance.lastUse <= HOT_WITHIN_MS ? CALLS_PER_SLICE - 1 : 0
-      // (in the background, with the allowance not yet short, the need is 0: whatever the bucket can spare)
-      // the shortfall: what the allowance lacks for this call (more when a call overdrew it)
+      // The need is the shortfall: what the allowance lacks for this call (more when a call overdrew it;
+      // 0 for a top-up in the background, which takes whatever the bucket can spare up to the slice).
       const needRequests = Math.max(0, wanted.requests - allowance.requests)
       const needTokens = Math.max(0, wanted.tokens - allowance.tokens)
       return {
