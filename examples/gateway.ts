@@ -38,10 +38,13 @@ if (databaseUrl === undefined || databaseUrl === '') {
 const adminToken = process.env.ADMIN_TOKEN ?? randomBytes(24).toString('base64url')
 
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
-// NOTIFY_CHANNELS="slack=https://hooks.slack.com/services/…,ops=http://…": webhook channels by the names budgets use.
-const channels = Object.fromEntries((process.env.NOTIFY_CHANNELS ?? '').split(',').filter(Boolean).map((entry) => {
+// NOTIFY_CHANNELS="slack=https://hooks.slack.com/services/…,email=smtp://127.0.0.1:2525?from=budgets@example.com&to=ops@example.com":
+// channels by the names budgets use (a comma starts a new one only before `name=`, so an email
+// channel's recipients can be a comma-separated list): a webhook, or email over SMTP for smtp:// or smtps://.
+const channels = Object.fromEntries((process.env.NOTIFY_CHANNELS ?? '').split(/,(?=\s*[\w-]+=)/).filter((entry) => entry.trim() !== '').map((entry) => {
   const [name = '', url = ''] = entry.split(/=(.*)/s)
-  return [name.trim(), { type: 'webhook' as const, url: url.trim() }]
+  const target = url.trim()
+  return [name.trim(), /^smtps?:\/\//.test(target) ? { type: 'email' as const, url: target } : { type: 'webhook' as const, url: target }]
 }))
 // OpenAPI from the routes' own TypeBox schemas: JSON at /docs/json, a browsable UI at /docs.
 await app.register(swagger, {
@@ -67,6 +70,7 @@ await app.register(budgets, {
   },
   notifications: {
     channels,
+    ...(process.env.DASHBOARD_URL === undefined ? {} : { dashboardUrl: process.env.DASHBOARD_URL }),
     ...(process.env.NOTIFY_INTERVAL_MS === undefined ? {} : { intervalMs: Number(process.env.NOTIFY_INTERVAL_MS) })
   }
 })

@@ -6,7 +6,7 @@ import { OptionsError } from './errors.js'
 import { scopesFromHeaders, type GateOptions } from './hooks/gate-options.js'
 import { costFromUsage, estimateChatCost } from './services/estimate.js'
 import type { MetricsOptions } from './services/metrics.js'
-import type { NotificationOptions } from './services/notifications.js'
+import { parseEmailChannel, type NotificationOptions } from './services/notifications.js'
 import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES, DEFAULT_PRICES } from './services/pricing.js'
 
 /**
@@ -110,13 +110,21 @@ function resolveNotificationOptions (options: Partial<NotificationOptions>): Not
   if (typeof notifications.channels !== 'object' || notifications.channels === null) throw new OptionsError('notifications.channels must be an object of channels by name')
   for (const [name, channel] of Object.entries(notifications.channels)) {
     const valid = typeof channel === 'object' && channel !== null &&
-      ('deliver' in channel ? typeof channel.deliver === 'function' : channel.type === 'log' || (channel.type === 'webhook' && /^https?:\/\//.test(channel.url)))
-    if (!valid) throw new OptionsError(`notifications.channels.${name} must be { type: 'webhook', url }, { type: 'log' } or a notifier with deliver()`)
+      ('deliver' in channel
+        ? typeof channel.deliver === 'function'
+        : channel.type === 'log' || (channel.type === 'webhook' && /^https?:\/\//.test(channel.url)) ||
+          (channel.type === 'email' && typeof channel.url === 'string' && parseEmailChannel(channel.url) !== null))
+    if (!valid) {
+      throw new OptionsError(`notifications.channels.${name} must be { type: 'webhook', url }, { type: 'email', url: 'smtp://host:port?from=…&to=…' }, { type: 'log' } or a notifier with deliver()`)
+    }
   }
   for (const name of ['intervalMs', 'backoffMs'] as const) {
     if (!Number.isInteger(notifications[name]) || notifications[name] < 0) throw new OptionsError(`notifications.${name} must be a whole number of milliseconds`)
   }
   if (!Number.isInteger(notifications.maxAttempts) || notifications.maxAttempts < 1) throw new OptionsError('notifications.maxAttempts must be at least 1')
+  if (notifications.dashboardUrl !== undefined && (typeof notifications.dashboardUrl !== 'string' || !/^https?:\/\//.test(notifications.dashboardUrl))) {
+    throw new OptionsError('notifications.dashboardUrl must be an http(s) URL')
+  }
   return notifications
 }
 

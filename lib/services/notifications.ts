@@ -1,7 +1,8 @@
-// Delivers each queued crossing to its channels: a webhook (JSON with a Slack-compatible `text`) or the
-// log. The queue is budget_notification_outbox, written in the crossing's own transaction, so a crash
+// Delivers each queued crossing to its channels: a webhook (JSON with a Slack-compatible `text`), an
+// email over SMTP (nodemailer), or the log. The queue is budget_notification_outbox, written in the crossing's own transaction, so a crash
 // loses nothing; retries back off exponentially; a delivery the endpoint answered 2xx is never repeated.
 import type { FastifyBaseLogger } from 'fastify'
+import nodemailer from 'nodemailer'
 import type { Sql } from 'postgres'
 import { createAlertRepository, type DueNotification } from '../repository/alerts.js'
 
@@ -25,7 +26,11 @@ export interface Notifier {
   deliver: (event: AlertEvent) => Promise<void>
 }
 
-export type ChannelConfig = { type: 'webhook', url: string, timeoutMs?: number } | { type: 'log' } | Notifier
+/**
+ * A channel by type. `email`: an SMTP URL with the sender and the recipients in its query,
+ * smtp://user:pass@host:587?from=budgets@example.com&to=ops@example.com,cfo@example.com (smtps:// for TLS from the start).
+ */
+export type ChannelConfig = { type: 'webhook', url: string, timeoutMs?: number } | { type: 'email', url: string } | { type: 'log' } | Notifier
 
 export interface NotificationOptions {
   channels: Record<string, ChannelConfig>
@@ -34,6 +39,57 @@ export interface NotificationOptions {
   maxAttempts: number
   /** The first retry's delay; each later one doubles it. */
   backoffMs: number
+  /** Where the budgets' dashboard page is, when known: emails link to it. */
+  dashboardUrl?: string
+}
+
+/** An email channel's SMTP URL, split into where to connect and who sends to whom; null when it is not one. */
+export function parseEmailChannel (url: string): { transport: string, from: string, to: string[] } | null {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    return null
+  }
+  if (parsed.protocol !== 'smtp:' && parsed.protocol !== 'smtps:') return null
+  const from = parsed.searchParams.get('from') ?? ''
+  const to = (parsed.searchParams.get('to') ?? '').split(',').map((address) => address.trim()).filter(Boolean)
+  const address = /^[^\s@<>,]+@[^\s@<>,]+$/
+  if (!address.test(from) || to.length === 0 || !to.every((recipient) => address.test(recipient))) return null
+  parsed.searchParams.delete('from')
+  parsed.searchParams.delete('to')
+  return { transport: parsed.toString(), from, to }
+}
+
+/** An email a crossing sends: a subject and a plain-text body that say which budget crossed what. */
+export function alertEmail (event: AlertEvent, dashboardUrl?: string): { subject: string, text: string } {
+  const { budget } = event
+  const crossed = event.basis === 'projected' ? 'is projected to cross' : 'crossed'
+  return {
+    subject: `Budget '${budget.name}' ${crossed} ${event.threshold}%: ${event.spent} of ${event.limit} ${budget.currency}`,
+    text: [
+      `Budget '${budget.name}' (${budget.scopeType} ${budget.scopeId}) ${crossed} its ${event.threshold}% alert threshold.`,
+      '',
+      `Spent: ${event.spent} of ${event.limit} ${budget.currency} in the period from ${event.periodStart}.`,
+      `Actions now in force: ${event.actions.join(', ')}.`,
+      `Crossed at: ${event.crossedAt}.`,
+      ...(dashboardUrl === undefined ? [] : ['', `Dashboard: ${dashboardUrl}`]),
+      '',
+      `Budget id ${budget.id}, alert ${event.alertId}.`
+    ].join('\n')
+  }
+}
+
+export function emailNotifier (url: string, dashboardUrl?: string): Notifier {
+  const channel = parseEmailChannel(url)
+  if (channel === null) throw new Error('an email channel needs smtp:// or smtps:// with from= and to= addresses')
+  const transport = nodemailer.createTransport(channel.transport)
+  return {
+    async deliver (event) {
+      // Accepted by the SMTP server (250) is delivered; X-Budget-Event-Id lets a mail rule drop a repeat.
+      await transport.sendMail({ from: channel.from, to: channel.to, ...alertEmail(event, dashboardUrl), headers: { 'X-Budget-Event-Id': event.alertId } })
+    }
+  }
 }
 
 export function webhookNotifier (url: string, timeoutMs = 5000): Notifier {
@@ -76,7 +132,9 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
   observe: (outcome: { delivered: number, failed: number }) => void = () => {}) {
   const fallback = logNotifier(log)
   const notifiers = new Map<string, Notifier>(Object.entries(options.channels).map(([name, config]) => [name,
-    'deliver' in config ? config : config.type === 'webhook' ? webhookNotifier(config.url, config.timeoutMs) : fallback]))
+    'deliver' in config
+      ? config
+      : config.type === 'webhook' ? webhookNotifier(config.url, config.timeoutMs) : config.type === 'email' ? emailNotifier(config.url, options.dashboardUrl) : fallback]))
 
   /** Delivers what is due, one transaction a batch: claimed rows stay locked until their outcome is written. */
   async function deliverDue (limit = 20): Promise<{ delivered: number, failed: number }> {
