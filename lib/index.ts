@@ -22,6 +22,7 @@ import { createLeases } from './services/leases.js'
 import { createRateLimits } from './services/rate-limits.js'
 import { createBudgetMetrics, type BudgetMetrics } from './services/metrics.js'
 import { createBudgetAudit } from './services/audit.js'
+import { createSpendReports } from './services/reports.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -111,7 +112,8 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     if (ownsClient) await sql.end({ timeout: 5 })
   })
 
-  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit) })
+  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit),
+    reports: createSpendReports(repositories.reports, () => new Date()) })
 }
 
 export default fp(budgets, { fastify: '5.x', name: '@relaycore/budgets' })

@@ -421,3 +421,28 @@ export const AuditQuery = Type.Object({
   cursor: Type.Optional(Type.String({ maxLength: 40, description: 'nextCursor of the previous page.' }))
 }, { additionalProperties: false })
 export type AuditQuery = Static<typeof AuditQuery>
+
+// Spend reports
+
+export const SpendReportQuery = Type.Object({
+  from: Type.Optional(TimestampInput),
+  to: Type.Optional(TimestampInput),
+  groupBy: Type.Optional(StringEnum(['scope', 'model', 'day', 'tag'] as const, { description: 'scope (the budget the usage was recorded on), model, UTC day, or a tag\'s value (with tagKey). Default scope.' })),
+  tagKey: Type.Optional(Type.String({ pattern: TAG_KEY_PATTERN, examples: ['feature'] })),
+  scopeType: Type.Optional(ScopeType),
+  scopeId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  currency: Type.Optional(Type.String({ pattern: '^[A-Z]{3}$' }))
+}, { additionalProperties: false })
+export const SpendReport = Type.Object({
+  from: Timestamp,
+  to: Timestamp,
+  groupBy: StringEnum(['scope', 'model', 'day', 'tag'] as const),
+  groups: Type.Array(Type.Object({
+    key: Nullable(Type.String({ description: 'The group: scopeType:scopeId, a model, a YYYY-MM-DD day or a tag value; null for usage without one.' })),
+    currency: Type.String(),
+    total: Money,
+    calls: Type.Integer(),
+    inputTokens: Type.String({ description: 'Summed from the records\' metadata.inputTokens.' }),
+    outputTokens: Type.String()
+  }))
+})

@@ -4,6 +4,7 @@
 import type { Db } from './budgets.js'
 import { createAlertRepository } from './alerts.js'
 import { createAuditRepository } from './audit.js'
+import { createReportRepository } from './reports.js'
 import { createBudgetRepository } from './budgets.js'
 import { createReservationRepository } from './reservations.js'
 import { createStatusRepository } from './status.js'
@@ -16,7 +17,8 @@ export function createRepositories (sql: Db) {
     status: createStatusRepository(sql),
     alerts: createAlertRepository(sql),
     reservations: createReservationRepository(sql),
-    audit: createAuditRepository(sql)
+    audit: createAuditRepository(sql),
+    reports: createReportRepository(sql)
   }
 }
 

@@ -7,6 +7,7 @@ import type { FastifyRequest } from 'fastify'
 import type { BudgetAlerts } from '../services/alerts.js'
 import type { BudgetMetrics } from '../services/metrics.js'
 import type { BudgetAudit } from '../services/audit.js'
+import type { SpendReports } from '../services/reports.js'
 import type { BudgetRegistry } from '../services/registry.js'
 import type { BudgetTracker } from '../services/tracker.js'
 import { alertRoutes } from './alerts.js'
@@ -14,6 +15,7 @@ import { budgetRoutes } from './budgets.js'
 import { handleError } from './error-handler.js'
 import { metricsRoutes } from './metrics.js'
 import { auditRoutes } from './audit.js'
+import { reportRoutes } from './reports.js'
 import { usageRoutes } from './usage.js'
 import { compileValidator } from './validator.js'
 
@@ -24,6 +26,7 @@ export interface AdminRoutesOptions {
   alerts: BudgetAlerts
   metrics: BudgetMetrics
   audit: BudgetAudit
+  reports: SpendReports
 }
 
 /**
@@ -44,7 +47,7 @@ export function adminGuard (authorize: Authorize) {
 /** The longest an admin request may take before it is answered 503 (Fastify's handlerTimeout). */
 export const ADMIN_TIMEOUT_MS = 10_000
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, alerts, metrics, audit }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, alerts, metrics, audit, reports }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
   // A database that neither answers nor refuses (connections that never open in an outage) must not
@@ -64,4 +67,5 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   await app.register(alertRoutes, { alerts })
   await app.register(metricsRoutes, { metrics })
   await app.register(auditRoutes, { audit })
+  await app.register(reportRoutes, { reports })
 }
