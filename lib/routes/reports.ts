@@ -9,8 +9,12 @@ export interface ReportRoutesOptions {
   reports: SpendReports
 }
 
+/** A report over a busy month sums millions of records: longer than the admin API's usual bound. */
+export const REPORT_TIMEOUT_MS = 300_000
+
 export const reportRoutes: FastifyPluginAsyncTypebox<ReportRoutesOptions> = async (app, { reports }) => {
   app.get('/reports/spend', {
+    handlerTimeout: REPORT_TIMEOUT_MS,
     schema: {
       summary: 'Spend report',
       description: 'Totals, call counts and tokens per group (scope, model, UTC day or a tag\'s value) and currency over from..to (default: the last 30 days), optionally only the usage that counted toward one scope\'s budgets, or in one currency. JSON; with Accept: text/csv, CSV streamed row by row.',
