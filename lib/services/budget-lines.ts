@@ -48,6 +48,19 @@ export function createBudgetLines (reservations: ReservationRepository, currency
     }
   }
 
+  /**
+   * A caller with no budget runs no statement that would report a change, so its empty line asks for
+   * the definitions' version itself, at most every EMPTY_RECHECK_MS: a new budget for it takes effect
+   * within that. True when the definitions changed since the line was loaded.
+   */
+  async function emptyLineChanged (cached: Cached, loadedAt: number, now: number): Promise<boolean> {
+    if (now - cached.checkedAt < EMPTY_RECHECK_MS) return false
+    cached.checkedAt = now
+    const seen = await reservations.definitionsVersion()
+    observe(seen)
+    return seen > loadedAt
+  }
+
   return {
     /** The call's line (its caller's, for its model and tags), from the process's cache when it is still good. */
     async lineOf (call: CallFilter): Promise<CachedLine> {
@@ -56,12 +69,9 @@ export function createBudgetLines (reservations: ReservationRepository, currency
       const now = Date.now()
       if (cached !== undefined && now < cached.validUntil) {
         const { line, definitionsVersion } = await cached.line
-        // A caller with no budget runs no statement that would report a change, so its empty line asks
-        // for the definitions' version itself, at most every EMPTY_RECHECK_MS: a new budget for it takes
-        // effect within that.
-        const stale = line.length === 0 && now - cached.checkedAt >= EMPTY_RECHECK_MS &&
-          await (cached.checkedAt = now, reservations.definitionsVersion()).then((seen) => { observe(seen); return seen > definitionsVersion })
-        if (!stale) return { key, line, validUntil: cached.validUntil, definitionsVersion }
+        if (line.length > 0 || !await emptyLineChanged(cached, definitionsVersion, now)) {
+          return { key, line, validUntil: cached.validUntil, definitionsVersion }
+        }
       }
       if (lines.size >= MOST_LINES) lines.clear() // a crude bound: callers beyond it reload their line
       const entry: Cached = {
