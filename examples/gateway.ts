@@ -107,6 +107,8 @@ process.stdout.write([
   `RelayCore example gateway listening on ${address}`,
   `  database:    ${embedded === null ? 'DATABASE_URL' : `embedded PostgreSQL in ${dataDir}`}`,
   `  admin API:   ${address}/api/v1/budgets   (documented at ${address}/docs)`,
+  `  dashboard:   ${address}/api/v1/budgets/ui   (type the admin token)`,
+  `  metrics:     ${address}/metrics   (Prometheus, behind the admin token)`,
   `  model calls: ${address}/v1/chat/completions (${process.env.UPSTREAM_URL === undefined ? 'mock provider' : `upstream ${process.env.UPSTREAM_URL}`})`,
   gatewayKeys === null
     ? '  callers:     scopes from x-relay-* headers, trusted as sent (set GATEWAY_KEYS to require API keys)'

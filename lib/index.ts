@@ -8,6 +8,7 @@ import { registerGate } from './hooks/gate.js'
 import type { BudgetGateState } from './hooks/gate-options.js'
 import { GATE_DEFAULTS, resolveOptions, type BudgetsOptions } from './options.js'
 import { adminGuard, adminRoutes } from './routes/admin.js'
+import { dashboardRoutes } from './routes/dashboard.js'
 import { createBudgetRegistry, type BudgetRegistry } from './services/registry.js'
 import { createBudgetAlerts, type BudgetAlerts } from './services/alerts.js'
 import { createBudgetIntegration, type BudgetIntegration } from './services/integration.js'
@@ -45,7 +46,7 @@ declare module 'fastify' {
 }
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
-  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate, notifications, metrics: metricsOptions } = resolveOptions(options)
+  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate, notifications, metrics: metricsOptions, dashboard } = resolveOptions(options)
 
   // Close only the client we open; a host's own client is the host's to end.
   const ownsClient = typeof database === 'string'
@@ -114,6 +115,8 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 
   await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit),
     reports: createSpendReports(repositories.reports, () => new Date()) })
+  // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
+  if (dashboard) await fastify.register(dashboardRoutes, { prefix })
 }
 
 export default fp(budgets, { fastify: '5.x', name: '@relaycore/budgets' })

@@ -33,6 +33,8 @@ export interface BudgetsOptions {
   gate?: Partial<GateOptions>
   /** Where alert crossings are delivered: channels by the names budgets use in notificationChannels. */
   notifications?: Partial<NotificationOptions>
+  /** Serve the dashboard page at {prefix}/ui (its data comes from the admin API, with the token typed into it). Default true. */
+  dashboard?: boolean
   /** Prometheus metrics (lib/services/metrics.ts): how many top-spending budgets get gauges besides those marked `metrics: true`. */
   metrics?: Partial<MetricsOptions>
 }
@@ -46,6 +48,7 @@ export interface ResolvedOptions {
   gate: GateOptions | null
   notifications: NotificationOptions
   metrics: MetricsOptions
+  dashboard: boolean
 }
 
 const NOTIFICATION_DEFAULTS: NotificationOptions = { channels: {}, intervalMs: 5000, maxAttempts: 8, backoffMs: 1000 }
@@ -65,10 +68,10 @@ export const GATE_DEFAULTS: GateOptions = {
   sweepIntervalMs: 60_000
 }
 
-const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000 }
+const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000, dashboard: true }
 
 export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
-  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications, metrics } = { ...DEFAULTS, ...options }
+  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications, metrics, dashboard } = { ...DEFAULTS, ...options }
   if (typeof database !== 'string' && typeof database !== 'function') {
     throw new OptionsError('database must be a postgres.js instance or a connection string')
   }
@@ -77,6 +80,7 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
   }
   if (typeof prefix !== 'string' || !prefix.startsWith('/')) throw new OptionsError('prefix must be a path starting with /')
   if (typeof migrate !== 'boolean') throw new OptionsError('migrate must be a boolean')
+  if (typeof dashboard !== 'boolean') throw new OptionsError('dashboard must be a boolean')
   if (!Number.isInteger(statusCacheTtlMs) || statusCacheTtlMs < 0) throw new OptionsError('statusCacheTtlMs must be a whole number of milliseconds')
   if (authorize !== undefined && typeof authorize !== 'function') throw new OptionsError('authorize must be a function')
   if (adminToken !== undefined && (typeof adminToken !== 'string' || adminToken.length < 16)) {
@@ -93,7 +97,8 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
     authorize: authorize ?? bearerToken(adminToken!),
     gate: gate === undefined ? null : resolveGateOptions(gate),
     notifications: resolveNotificationOptions(notifications ?? {}),
-    metrics: resolveMetricsOptions(metrics ?? {})
+    metrics: resolveMetricsOptions(metrics ?? {}),
+    dashboard
   }
 }
 

@@ -177,6 +177,14 @@ export const BudgetTreeNode = Type.Recursive((Node) => Type.Composite([
 ]), { $id: 'BudgetTreeNode' })
 
 export const BudgetList = Type.Object({ budgets: Type.Array(BudgetDefinition) })
+export const BudgetPage = Type.Object({
+  budgets: Type.Array(BudgetDefinition),
+  nextCursor: Nullable(Type.String({ description: 'Pass as cursor for the next page; null on the last page.' }))
+})
+export const BudgetListQuery = Type.Object({
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 100 })),
+  cursor: Type.Optional(Type.String({ maxLength: 40, description: 'nextCursor of the previous page.' }))
+}, { additionalProperties: false })
 export const BudgetHierarchy = Type.Object({
   scopeType: ScopeType,
   scopeId: Type.String(),
@@ -378,6 +386,9 @@ export const AlertRecord = Type.Object({
   }))
 })
 export const AlertList = Type.Object({ alerts: Type.Array(AlertRecord) })
+export const RecentAlertsQuery = Type.Object({
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 }))
+}, { additionalProperties: false })
 export const AlertParams = Type.Object({ id: Type.String(), alertId: Type.String() })
 
 export const ApprovalRequest = Type.Object({

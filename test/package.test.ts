@@ -20,6 +20,7 @@ t.test('npm pack ships the build and the migrations, and a fresh Fastify app can
   const paths = files.map((file) => file.path)
   t.ok(paths.includes('dist/index.js') && paths.includes('dist/index.d.ts'), 'the build, with declarations')
   t.ok(paths.includes('sql/001_budget_definitions.sql'), 'the migrations')
+  t.ok(paths.includes('ui/index.html') && paths.includes('ui/dashboard.js'), 'the dashboard page')
   t.same(paths.filter((path) => /^(test|examples|bench|lib)\//.test(path)), [], 'no tests, examples, benchmarks or sources')
 
   const app = join(work, 'app')
@@ -37,9 +38,11 @@ t.test('npm pack ships the build and the migrations, and a fresh Fastify app can
       body: { name: 'installed', scopeType: 'team', scopeId: 't', amount: '5', currency: 'USD', period: 'monthly', startDate: '2024-01-01' }
     })
     const status = await app.budgetTracker.getBudgetStatus(created.json().id)
-    console.log(created.statusCode, status.limit, status.state)
+    const chart = await app.inject({ url: '/api/v1/budgets/ui/uPlot.iife.min.js' })
+    const page = await app.inject({ url: '/api/v1/budgets/ui/' })
+    console.log(created.statusCode, status.limit, status.state, page.statusCode, chart.statusCode)
     await app.close()
   `)
   const { stdout } = await run(process.execPath, ['gateway.mjs'], { cwd: app, env: { ...process.env, DATABASE_URL: await createTestDatabase(t) } })
-  t.equal(stdout.trim(), '201 5 active', 'registered, migrated, and serving from the installed package')
+  t.equal(stdout.trim(), '201 5 active 200 200', 'registered, migrated, and serving the API and the dashboard (with its chart library) from the installed package')
 })

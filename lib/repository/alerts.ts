@@ -99,7 +99,16 @@ export function createAlertRepository (sql: Db) {
       return rows.map(toAlert)
     },
 
-    /** Records who acknowledged the crossing; the first acknowledgement stands. Null when there is no such crossing. */
+    /** The latest crossings of every live budget, newest first. */
+    async listRecentAlerts (limit: number): Promise<AlertRecord[]> {
+      const rows = await sql<AlertRow[]>`
+        select ${alertColumns} from budget_alert_history h
+        where exists (select 1 from budget_definitions b where b.id = h.budget_id and b.deleted_at is null)
+        order by h.crossed_at desc, h.threshold desc, h.id
+        limit ${limit}`
+      return rows.map(toAlert)
+    },
+
     /** Acknowledges the crossing; the first acknowledgement stands and is the one the audit log records (same statement). */
     async acknowledge (budgetId: string, alertId: string, who: string, requestId: string | null = null): Promise<AlertRecord | null> {
       const [row] = await sql<AlertRow[]>`

@@ -121,6 +121,16 @@ export function createBudgetRepository (sql: Db) {
       return result.count
     },
 
+    /** Live budgets in id order, after `afterId`: the keyset pages of GET {prefix}. */
+    async listBudgets (afterId: string | null, limit: number): Promise<BudgetDefinition[]> {
+      const rows = await sql<BudgetRow[]>`
+        select ${columns} from budget_definitions
+        where deleted_at is null ${afterId === null ? sql`` : sql`and id > ${afterId}`}
+        order by id
+        limit ${limit}`
+      return rows.map(toBudget)
+    },
+
     async listScopeBudgets (scopeType: ScopeType, scopeId: string): Promise<BudgetDefinition[]> {
       const rows = await sql<BudgetRow[]>`
         select ${columns} from budget_definitions

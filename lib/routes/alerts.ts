@@ -1,6 +1,6 @@
 // Admin routes for alerts: the crossing history, acknowledgements, and approvals that lift require-approval.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { AlertList, AlertParams, AlertRecord, Approval, ApprovalList, ApprovalRequest, BudgetIdParams } from '../schemas.js'
+import { AlertList, AlertParams, AlertRecord, Approval, ApprovalList, ApprovalRequest, BudgetIdParams, RecentAlertsQuery } from '../schemas.js'
 import { errorResponses } from './responses.js'
 import type { BudgetAlerts } from '../services/alerts.js'
 
@@ -9,6 +9,16 @@ export interface AlertRoutesOptions {
 }
 
 export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async (app, { alerts }) => {
+  app.get('/alerts', {
+    schema: {
+      summary: 'Recent alerts',
+      description: 'The latest threshold crossings of every live budget, newest first.',
+      tags: ['alerts'],
+      querystring: RecentAlertsQuery,
+      response: { 200: AlertList, ...errorResponses({ 400: [] }) }
+    }
+  }, async (request) => ({ alerts: await alerts.listRecentAlerts(request.query.limit) }))
+
   app.get('/:id/alerts', {
     schema: {
       summary: 'Alert history',

@@ -1,7 +1,7 @@
 // Admin routes for budget definitions: create, read, update, delete, and the scope and hierarchy views.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import {
-  BudgetDefinition, BudgetHierarchy, BudgetIdParams, BudgetList, CreateBudgetRequest,
+  BudgetDefinition, BudgetHierarchy, BudgetIdParams, BudgetList, BudgetListQuery, BudgetPage, CreateBudgetRequest,
   DeleteBudgetQuery, ScopeParams, UpdateBudgetRequest
 } from '../schemas.js'
 import type { BudgetRegistry } from '../services/registry.js'
@@ -27,6 +27,17 @@ export const budgetRoutes: FastifyPluginAsyncTypebox<BudgetRoutesOptions> = asyn
     const budget = await registry.createBudget(request.body, request.budgetActor, request.id)
     return await reply.code(201).header('location', `${request.url.split('?')[0]!}/${budget.id}`).send(budget)
   })
+
+  app.get('/', {
+    prefixTrailingSlash: 'no-slash',
+    schema: {
+      summary: 'List budgets',
+      description: 'Every live budget, a page at a time in id order (nextCursor links the pages); the dashboard builds its tree from this.',
+      tags: ['budgets'],
+      querystring: BudgetListQuery,
+      response: { 200: BudgetPage, ...errorResponses({ 400: [] }) }
+    }
+  }, async (request) => await registry.listBudgets(request.query))
 
   app.get('/:id', {
     schema: {

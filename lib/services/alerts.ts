@@ -26,6 +26,11 @@ export function createBudgetAlerts (alerts: AlertRepository, tracker: BudgetTrac
       return await alerts.listAlerts(budgetId)
     },
 
+    /** The latest crossings across budgets, for a feed or a dashboard. */
+    async listRecentAlerts (limit = 50): Promise<AlertRecord[]> {
+      return await alerts.listRecentAlerts(limit)
+    },
+
     async acknowledgeAlert (budgetId: string, alertId: string, who: string, requestId: string | null = null): Promise<AlertRecord> {
       const acknowledged = isUuid(budgetId) && isUuid(alertId) ? await alerts.acknowledge(budgetId, alertId, who, requestId) : null
       if (acknowledged === null) throw new AlertNotFoundError(alertId, budgetId)

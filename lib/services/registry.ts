@@ -1,7 +1,7 @@
 // The Budget Registry: creates, reads, changes and deletes budgets, keeping the hierarchy sound.
 import type { Sql, TransactionSql } from 'postgres'
 import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, InvalidFieldError, ParentNotFoundError } from '../errors.js'
-import { createBudgetRepository, type BudgetRepository, type BudgetValues } from '../repository/budgets.js'
+import { createBudgetRepository, isUuid, type BudgetRepository, type BudgetValues } from '../repository/budgets.js'
 import { createUsageRepository } from '../repository/usage.js'
 import { createAuditRepository, type AuditContext } from '../repository/audit.js'
 import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
@@ -129,6 +129,16 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
           await audit.record(archived.id, 'delete', context, { before: archived, ...(archived.id === id ? {} : { changes: [`cascade from ${id}`] }) })
         }
       })
+    },
+
+    /** Every live budget, a page at a time in id order; the cursor is the last budget's id. */
+    async listBudgets (query: { limit?: number, cursor?: string } = {}): Promise<{ budgets: BudgetDefinition[], nextCursor: string | null }> {
+      const limit = query.limit ?? 100
+      if (!Number.isInteger(limit) || limit < 1 || limit > 500) throw new InvalidFieldError('limit', 'must be an integer from 1 to 500')
+      if (query.cursor !== undefined && !isUuid(query.cursor)) throw new InvalidFieldError('cursor', 'is not a cursor this API returned')
+      const found = await budgets.listBudgets(query.cursor ?? null, limit + 1)
+      const shown = found.slice(0, limit)
+      return { budgets: shown, nextCursor: found.length > limit ? shown[shown.length - 1]!.id : null }
     },
 
     async getBudgetsByScope (scopeType: ScopeType, scopeId: string): Promise<BudgetDefinition[]> {
