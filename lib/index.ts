@@ -116,7 +116,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit),
     reports: createSpendReports(repositories.reports, () => new Date()) })
   // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
-  if (dashboard) await fastify.register(dashboardRoutes, { prefix })
+  if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })
 }
 
 export default fp(budgets, { fastify: '5.x', name: '@relaycore/budgets' })

@@ -56,9 +56,13 @@ t.test('the page in Chromium: token prompt, tree, spend after a gated call, burn
   const errors = pageErrors(page)
 
   await page.goto(`${base}${PREFIX}/ui`)
-  t.equal(new URL(page.url()).pathname, `${PREFIX}/ui/`, 'the bare path redirects to the page')
   t.ok(await page.isVisible('#sign-in'), 'the token prompt first')
   t.notOk(await page.isVisible('#dashboard'), 'no dashboard before a token')
+
+  await page.fill('#token', 'пароль')
+  await page.click('#sign-in button[type=submit]')
+  await page.waitForSelector('#sign-in-error:has-text("printable ASCII")')
+  t.equal(await page.evaluate('sessionStorage.length'), 0, 'a token no header can carry is not kept')
 
   await page.fill('#token', 'not-the-token-at-all')
   await page.click('#sign-in button[type=submit]')
@@ -143,6 +147,7 @@ t.test('the page\'s routes: a fixed set of files with a strict policy, outside t
   await app.ready()
   t.teardown(async () => await app.close())
   t.equal((await app.inject({ url: `${PREFIX}/ui/` })).statusCode, 401, 'dashboard: false serves no page (the URL is the admin API\'s, behind its token)')
+  t.equal((await app.inject({ url: `${PREFIX}/ui` })).statusCode, 401)
   t.equal((await app.inject({ url: `${PREFIX}/ui/`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).statusCode, 404)
   await t.rejects(async () => {
     const bad = Fastify()
@@ -180,4 +185,56 @@ t.test('the API the page reads: budgets a page at a time, and the recent alerts 
   t.equal(recent.statusCode, 200)
   t.same(recent.json().alerts.map((alert: { threshold: number, budgetId: string }) => [alert.budgetId, alert.threshold]), [[budget.id, 90]], 'the newest crossing first')
   t.equal((await gateway.app.inject({ url: `${PREFIX}/alerts?limit=0`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).statusCode, 400)
+})
+
+t.test('the page under odd hosts: a root prefix, a host that ignores trailing slashes, a budget deleted under it, a token revoked mid-session', async (t) => {
+  const { default: Fastify } = await import('fastify')
+  const { default: budgets } = await import('../lib/index.js')
+  const { createTestSql } = await import('./fixtures/database.js')
+  const { sql } = await createTestSql(t)
+  let accepted = ADMIN_TOKEN
+  const app = Fastify({ routerOptions: { ignoreTrailingSlash: true } })
+  await app.register(budgets, { database: sql, prefix: '/', authorize: (request) => request.headers.authorization === `Bearer ${accepted}` })
+  const base = await app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(async () => await app.close())
+  const create = async (name: string) => (await app.inject({ method: 'POST', url: '/', headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    body: { name, scopeType: 'team', scopeId: name, amount: '10', currency: 'USD', period: 'monthly', startDate: '2024-01-01' } })).json() as { id: string }
+  const kept = await create('kept')
+  const doomed = await create('doomed')
+
+  const browser = await launch(t)
+  const page = await (await browser.newContext()).newPage()
+  const errors = pageErrors(page)
+  for (const path of ['/ui', '/ui/']) {
+    await page.goto(`${base}${path}`)
+    t.ok(await page.isVisible('#sign-in'), `${path} serves the page`)
+  }
+  await page.fill('#token', ADMIN_TOKEN)
+  await page.click('#sign-in button[type=submit]')
+  await page.locator(`.budget-row[data-budget-id="${doomed.id}"]`).waitFor()
+  t.equal(await page.locator('.budget-row').count(), 2, 'the list at the root prefix')
+
+  await page.locator(`.budget-row[data-budget-id="${doomed.id}"]`).click()
+  await page.waitForSelector(`#detail[data-budget-id="${doomed.id}"]`)
+  t.equal((await app.inject({ method: 'DELETE', url: `/${doomed.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).statusCode, 204)
+  await page.click('#refresh')
+  await page.locator(`.budget-row[data-budget-id="${doomed.id}"]`).waitFor({ state: 'detached' })
+  t.notOk(await page.isVisible('#detail'), 'a budget deleted since it was picked leaves the detail panel')
+
+  // The second of two quick clicks wins, however slowly the first one's reads come back.
+  await page.route('**/usage/summary', async (route) => { await new Promise((resolve) => setTimeout(resolve, 600)); await route.continue() }, { times: 1 })
+  const other = await create('other')
+  await page.click('#refresh')
+  await page.locator(`.budget-row[data-budget-id="${other.id}"]`).waitFor()
+  await page.locator(`.budget-row[data-budget-id="${kept.id}"]`).click()
+  await page.locator(`.budget-row[data-budget-id="${other.id}"]`).click()
+  await page.waitForSelector(`#detail[data-budget-id="${other.id}"]`)
+  await new Promise((resolve) => setTimeout(resolve, 900))
+  t.equal(await page.getAttribute('#detail', 'data-budget-id'), other.id, 'the detail shows the budget picked last')
+
+  accepted = 'a-new-token-0123456789'
+  await page.locator(`.budget-row[data-budget-id="${kept.id}"]`).click()
+  await page.waitForSelector('#sign-in-error:has-text("refused")')
+  t.equal(await page.evaluate('sessionStorage.length'), 0, 'a token revoked mid-session is forgotten')
+  t.same(errors.filter((error) => !error.includes('401')), [], 'no uncaught error')
 })

@@ -4,8 +4,8 @@
 import { coordinate, display, fromUnits, percentOf, toUnits } from './money.js'
 
 const TOKEN_KEY = 'relaycore-budgets-token'
-// The page lives at {prefix}/ui/; the API at {prefix}.
-const API = new URL('..', window.location.href).pathname.replace(/\/$/, '')
+// The admin API's prefix, written into the page by the server ('' when the API is at the root).
+const API = document.querySelector('meta[name=relaycore-budgets-api]').content
 
 const $ = (selector) => document.querySelector(selector)
 
@@ -23,8 +23,9 @@ function el (tag, attributes = {}, ...children) {
 
 class Unauthorized extends Error {}
 
+/** GET {prefix}{path}; `path` starts with '/' or '?' (the list, at the prefix itself, or at '/' for an empty prefix). */
 async function api (path, { accept = 'application/json' } = {}) {
-  const response = await fetch(`${API}${path}`, {
+  const response = await fetch(`${API === '' && path.startsWith('?') ? '/' : API}${path}`, {
     headers: { authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) ?? ''}`, accept },
     cache: 'no-store'
   })
@@ -69,9 +70,15 @@ async function start () {
     signedIn()
     await loadRecentAlerts()
   } catch (error) {
-    if (error instanceof Unauthorized) signedOut('That token was refused.')
-    else { signedIn(); $('#load-error').textContent = error.message }
+    failed(error)
   }
+}
+
+/** Any failed read: a refused token signs out (and is forgotten); anything else is shown. */
+function failed (error, where = '#load-error') {
+  if (error instanceof Unauthorized) signedOut('That token was refused.')
+  else if ($('#dashboard').hidden) signedOut(error.message)
+  else $(where).textContent = error.message
 }
 
 // The budget tree
@@ -97,6 +104,14 @@ async function loadBudgets () {
   $('#load-error').textContent = ''
   drawTree()
   if (state.selected !== null && state.budgets.has(state.selected)) await select(state.selected)
+  else unselect() // gone since it was picked
+}
+
+function unselect () {
+  state.selected = null
+  chart?.destroy()
+  chart = null
+  $('#detail').hidden = true
 }
 
 function drawTree () {
@@ -127,13 +142,13 @@ function budgetRow (budget) {
     bar.children[1].style.left = `${spent}%`
     bar.children[1].style.width = `${Math.min(100 - spent, share(toUnits(status.reservedAmount)))}%`
   }
-  return el('div', { class: `budget-row${state.selected === budget.id ? ' selected' : ''}`, 'data-budget-id': budget.id, onclick: () => select(budget.id) },
+  return el('div', { class: `budget-row${state.selected === budget.id ? ' selected' : ''}`, 'data-budget-id': budget.id, onclick: () => { void select(budget.id) } },
     el('div', { class: 'budget-name' }, budget.name, el('small', {}, `${budget.scopeType}:${budget.scopeId} · ${budget.period}`)),
     bar,
     el('div', { class: 'figures' },
       el('span', { 'data-field': 'spend', title: status?.currentAmount ?? '' }, status ? display(status.currentAmount) : '–'),
       ' / ',
-      el('span', { 'data-field': 'limit' }, display(budget.amount)), ` ${budget.currency}`),
+      el('span', { 'data-field': 'limit', title: budget.amount }, display(budget.amount)), ` ${budget.currency}`),
     el('span', { class: `badge ${health}`, 'data-field': 'status' }, health))
 }
 
@@ -143,9 +158,17 @@ async function select (id) {
   state.selected = id
   for (const row of document.querySelectorAll('.budget-row')) row.classList.toggle('selected', row.dataset.budgetId === id)
   const budget = state.budgets.get(id)
-  const [status, summary, alerts, approvals] = await Promise.all([
-    api(`/${id}/status`), api(`/${id}/usage/summary`), api(`/${id}/alerts`), api(`/${id}/approvals`)
-  ])
+  let status, summary, alerts, approvals
+  try {
+    [status, summary, alerts, approvals] = await Promise.all([
+      api(`/${id}/status`), api(`/${id}/usage/summary`), api(`/${id}/alerts`), api(`/${id}/approvals`)
+    ])
+  } catch (error) {
+    if (state.selected === id) unselect()
+    return failed(error)
+  }
+  if (state.selected !== id) return // another budget was picked while these were on their way
+  $('#load-error').textContent = ''
   $('#detail').hidden = false
   $('#detail').dataset.budgetId = id
   $('#detail-name').textContent = `${budget.name} (${budget.scopeType}:${budget.scopeId})`
@@ -247,7 +270,7 @@ async function runReport () {
       el('td', {}, group.key ?? '(none)'), el('td', {}, group.currency), el('td', { class: 'number', title: group.total }, display(group.total)),
       el('td', { class: 'number' }, group.calls), el('td', { class: 'number' }, group.inputTokens), el('td', { class: 'number' }, group.outputTokens))))
   } catch (error) {
-    $('#report-error').textContent = error.message
+    failed(error, '#report-error')
   }
 }
 
@@ -262,7 +285,7 @@ async function downloadCsv () {
     link.remove()
     setTimeout(() => URL.revokeObjectURL(link.href), 10_000)
   } catch (error) {
-    $('#report-error').textContent = error.message
+    failed(error, '#report-error')
   }
 }
 
@@ -270,6 +293,8 @@ async function downloadCsv () {
 
 $('#sign-in').addEventListener('submit', (event) => {
   event.preventDefault()
+  // An HTTP header carries the token: printable ASCII only (anything else fetch cannot send).
+  if (!/^[\x21-\x7e]+$/.test($('#token').value)) return signedOut('A token is printable ASCII, without spaces.')
   sessionStorage.setItem(TOKEN_KEY, $('#token').value)
   $('#token').value = ''
   void start()

@@ -33,5 +33,6 @@ export function coordinate (units) {
 export function display (text) {
   const [whole, fraction = ''] = text.split('.')
   const shown = fraction.slice(0, 4).replace(/0+$/, '')
-  return shown === '' ? whole : `${whole}.${shown}`
+  // -0.00003 reads as 0, not -0
+  return shown === '' ? (whole === '-0' ? '0' : whole) : `${whole}.${shown}`
 }

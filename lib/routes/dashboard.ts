@@ -41,22 +41,33 @@ const SECURITY_HEADERS = {
   'cache-control': 'no-cache'
 }
 
-export const dashboardRoutes: FastifyPluginAsyncTypebox = async (app) => {
+export interface DashboardOptions {
+  /** The admin API's prefix, written into the page so it finds its files and the API wherever it is served. */
+  apiPrefix: string
+}
+
+export const dashboardRoutes: FastifyPluginAsyncTypebox<DashboardOptions> = async (app, { apiPrefix }) => {
   const assets = loadAssets()
+  // The page names its files and the API by absolute paths, so it works at {prefix}/ui and {prefix}/ui/ alike
+  // (no redirect to build from a request's URL, and nothing to clash with a host's ignoreTrailingSlash).
+  const page = { ...assets.get('index.html')!, body: Buffer.from(assets.get('index.html')!.body.toString('utf8').replaceAll('{{prefix}}', escapeAttribute(apiPrefix))) }
   app.setErrorHandler(handleError)
   // Not part of the admin API: kept out of the OpenAPI document.
   const schema = { hide: true }
 
-  // The page's relative URLs resolve against {prefix}/ui/, so the bare path redirects there.
-  app.get('/ui', { schema }, async (request, reply) => await reply.redirect(`${request.url.split('?')[0]!}/`))
-
-  app.get('/ui/', { schema }, async (_request, reply) => await send(reply, assets.get('index.html')!))
+  app.get('/ui', { schema }, async (_request, reply) => await send(reply, page))
+  const { ignoreTrailingSlash } = { ...app.initialConfig, ...(app.initialConfig as { routerOptions?: { ignoreTrailingSlash?: boolean } }).routerOptions }
+  if (ignoreTrailingSlash !== true) app.get('/ui/', { schema }, async (_request, reply) => await send(reply, page))
 
   app.get('/ui/:file', { schema: { ...schema, params: Type.Object({ file: Type.String() }) } }, async (request, reply) => {
-    const asset = assets.get(request.params.file)
+    const asset = request.params.file === 'index.html' ? page : assets.get(request.params.file)
     if (asset === undefined) throw new RouteNotFoundError('GET', request.url.split('?')[0]!)
     return await send(reply, asset)
   })
+}
+
+function escapeAttribute (text: string): string {
+  return text.replace(/[&"<>]/g, (character) => `&#${character.charCodeAt(0)};`)
 }
 
 async function send (reply: FastifyReply, asset: Asset) {
