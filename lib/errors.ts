@@ -38,6 +38,22 @@ export class ParentNotFoundError extends createError('BUDGET_ERR_PARENT_NOT_FOUN
 export class CurrencyMismatchError extends createError('BUDGET_ERR_CURRENCY_MISMATCH', '%s', 400) {
   readonly field = 'currency'
 }
+/** No exchange rate in force converts one currency into the other (sql/012 raises RB001 with the pair as detail). */
+export class ExchangeRateMissingError extends createError('BUDGET_ERR_EXCHANGE_RATE_MISSING', 'No exchange rate from %s to %s is in force (%s): an admin sets one with PUT {prefix}/exchange-rates/{from}/{to}', 400) {
+  readonly field = 'currency'
+  constructor (readonly from: string, readonly to: string) {
+    super(from, to, `${from}/${to}`)
+  }
+}
+
+/** The database's RB001 (budget_require_rate) as the API's error; anything else as it was. */
+export function exchangeRateError (error: unknown): unknown {
+  const { code, detail } = error as { code?: unknown, detail?: unknown }
+  if (code !== 'RB001' || typeof detail !== 'string') return error
+  const [from = '?', to = '?'] = detail.split('/')
+  return new ExchangeRateMissingError(from, to)
+}
+
 export class ExceedsParentError extends createError('BUDGET_ERR_EXCEEDS_PARENT', '%s', 400) {
   readonly field: string
   constructor (field: 'amount' | 'period', reason: string) {
@@ -76,6 +92,10 @@ export function isDatabaseUnavailable (error: unknown): boolean {
 export const BudgetNotActiveError = createError('BUDGET_ERR_NOT_ACTIVE', "Budget '%s' has no active period at %s (%s)", 409)
 export class IdempotencyConflictError extends createError('BUDGET_ERR_IDEMPOTENCY_CONFLICT', "Idempotency key '%s' was used for a different usage record (%s)", 409) {
   readonly field = 'metadata.requestId'
+}
+/** A batch record given by scopes that reach no budget (for its model and tags): there is nowhere to count it. */
+export class NoApplicableBudgetError extends createError('BUDGET_ERR_NO_APPLICABLE_BUDGET', 'No budget applies to %s', 404) {
+  readonly field = 'scopes'
 }
 
 // Alerts

@@ -13,7 +13,9 @@ import { createBudgetRegistry, type BudgetRegistry } from './services/registry.j
 import { createBudgetAlerts, type BudgetAlerts } from './services/alerts.js'
 import { createBudgetIntegration, type BudgetIntegration } from './services/integration.js'
 import { createNotificationDeliverer, type NotificationDeliverer } from './services/notifications.js'
+import { createDigestScheduler } from './services/digests.js'
 import { createBudgetTracker, type BudgetTracker } from './services/tracker.js'
+import { createUsageCollector } from './services/collector.js'
 import { createPriceBook } from './services/pricing.js'
 import { createRepositories } from './repository/index.js'
 import { createBudgetLines } from './services/budget-lines.js'
@@ -24,6 +26,7 @@ import { createRateLimits } from './services/rate-limits.js'
 import { createBudgetMetrics, type BudgetMetrics } from './services/metrics.js'
 import { createBudgetAudit } from './services/audit.js'
 import { createSpendReports } from './services/reports.js'
+import { createExchangeRates } from './services/exchange-rates.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -72,6 +75,8 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   let forgetLines = () => {}
   const budgetRegistry = createBudgetRegistry(sql, { modelName, onChange: () => { forgetLines() } })
   const budgetTracker = createBudgetTracker(repositories, { statusCacheTtlMs, now: () => new Date(), modelName })
+  // The bulk usage collector (POST /usage/batch): the tracker's rules, a batch stored in one transaction.
+  const usageCollector = createUsageCollector(sql, repositories, { now: () => new Date(), modelName })
   // The gate's machinery, built once: the reservation repository, the process's cache of budget lines
   // (forgotten when the definitions' version moves), the leases on hot lines, and the queues that take
   // holds and commit settlements in groups.
@@ -92,7 +97,9 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const budgetAlerts = createBudgetAlerts(repositories.alerts, budgetTracker, () => new Date())
   // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
   const budgetMetrics = createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions)
-  const budgetNotifications = createNotificationDeliverer(sql, notifications, fastify.log, budgetMetrics.notified)
+  // Digests are made by the deliverer's loop, before each round of deliveries, and delivered by it.
+  const digests = createDigestScheduler(repositories, () => new Date())
+  const budgetNotifications = createNotificationDeliverer(sql, notifications, fastify.log, budgetMetrics.notified, digests.produceDue)
   fastify.decorate('budgetIntegration', budgetIntegration)
   fastify.decorate('budgetAlerts', budgetAlerts)
   fastify.decorate('budgetNotifications', budgetNotifications)
@@ -113,8 +120,8 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     if (ownsClient) await sql.end({ timeout: 5 })
   })
 
-  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit),
-    reports: createSpendReports(repositories.reports, () => new Date()) })
+  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, collector: usageCollector, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit),
+    reports: createSpendReports(repositories.reports, () => new Date()), rates: createExchangeRates(repositories.exchangeRates, () => new Date()) })
   // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
   if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })
 }
@@ -128,7 +135,7 @@ export type { UsageRecord } from './repository/usage.js'
 export type { BudgetTracker, RecordUsageRequest, UsageMetadata } from './services/tracker.js'
 export type { BudgetIntegration, CallerScopes } from './services/integration.js'
 export type { BudgetAlerts, ApprovalRequest } from './services/alerts.js'
-export type { AlertEvent, Notifier, NotificationOptions, ChannelConfig } from './services/notifications.js'
+export type { AlertEvent, DigestEvent, BudgetEvent, Notifier, NotificationOptions, ChannelConfig } from './services/notifications.js'
 export { webhookNotifier } from './services/notifications.js'
 export type { BudgetGateState, GateOptions } from './hooks/gate-options.js'
 export type { CostEstimate } from './services/estimate.js'

@@ -69,6 +69,12 @@ export const RateLimits = Type.Object({
   tokensPerMinute: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000_000_000, description: 'Tokens (input and output) a minute, reserved at the estimate and corrected from the usage.' }))
 }, { additionalProperties: false, description: 'Limits on the rate of the calls that count toward the budget, beside its money: over one, the gate answers 429.' })
 
+export const DIGEST_FREQUENCIES = ['daily', 'weekly'] as const
+export const BudgetDigest = Type.Object({
+  every: StringEnum(DIGEST_FREQUENCIES, { description: "'daily': after each local day ends; 'weekly': after each ISO week (Monday to Sunday), in the budget's timezone." }),
+  channels: Type.Array(Type.String({ minLength: 1, maxLength: 500 }), { minItems: 1, maxItems: 20, uniqueItems: true, description: 'Notification channels, by the names in the plugin\'s notifications.channels.' })
+}, { additionalProperties: false, description: 'A scheduled digest: spend, burn rate, the forecast and the top models and callers of each day or week.' })
+
 const budgetFields = {
   name: Type.String({ minLength: 1, maxLength: 200 }),
   description: Nullable(Type.String({ maxLength: 2000 })),
@@ -95,7 +101,8 @@ const budgetFields = {
   rateLimits: RateLimits,
   metrics: Type.Boolean({ description: 'Always export this budget\'s Prometheus gauges (default false: only while among the top spenders).' }),
   alerts: Type.Array(BudgetAlert, { maxItems: 20 }),
-  enforcement: StringEnum(['hard', 'soft'] as const, { description: 'A hard budget refuses calls that would exceed it; a soft one only alerts.' })
+  enforcement: StringEnum(['hard', 'soft'] as const, { description: 'A hard budget refuses calls that would exceed it; a soft one only alerts.' }),
+  digest: Nullable(BudgetDigest)
 }
 
 export const CreateBudgetRequest = Type.Object({
@@ -111,7 +118,8 @@ export const CreateBudgetRequest = Type.Object({
   rateLimits: Type.Optional(budgetFields.rateLimits),
   metrics: Type.Optional(budgetFields.metrics),
   alerts: Type.Optional(budgetFields.alerts),
-  enforcement: Type.Optional(budgetFields.enforcement)
+  enforcement: Type.Optional(budgetFields.enforcement),
+  digest: Type.Optional(budgetFields.digest)
 }, {
   additionalProperties: false,
   examples: [{
@@ -166,6 +174,7 @@ export const BudgetDefinition = Type.Object({
   metrics: Type.Boolean(),
   alerts: Type.Array(BudgetAlert),
   enforcement: StringEnum(['hard', 'soft'] as const),
+  digest: Nullable(BudgetDigest),
   createdBy: Nullable(Type.String()),
   createdAt: Timestamp,
   updatedAt: Timestamp
@@ -212,6 +221,7 @@ export type RateLimits = Static<typeof RateLimits>
 export type PeriodAlignment = typeof PERIOD_ALIGNMENTS[number]
 export type AlertAction = Static<typeof AlertAction>
 export type BudgetAlert = Static<typeof BudgetAlert>
+export type BudgetDigest = Static<typeof BudgetDigest>
 export type CreateBudgetRequest = Static<typeof CreateBudgetRequest>
 export type UpdateBudgetRequest = Static<typeof UpdateBudgetRequest>
 export type BudgetDefinition = Static<typeof BudgetDefinition>
@@ -261,6 +271,67 @@ export const UsageRecord = Type.Object({
   occurredAt: Timestamp,
   recordedAt: Timestamp
 })
+
+// Usage in bulk (POST /usage/batch)
+
+/** At most this many records in one batch. */
+export const MAX_BATCH_RECORDS = 10_000
+
+export const BatchUsageScopes = Type.Object({
+  user: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  team: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  project: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  organization: Type.Optional(Type.String({ minLength: 1, maxLength: 200 }))
+}, { additionalProperties: false, minProperties: 1, description: 'The caller\'s scopes, as a gated call gives them: the record goes on the budgets the gate would count the call on.' })
+
+export const BatchUsageRecord = Type.Object({
+  budgetId: Type.Optional(Type.String({ maxLength: 200, description: 'The budget to record on (uuid); or give scopes.' })),
+  scopes: Type.Optional(BatchUsageScopes),
+  ...RecordUsageBody.properties
+}, { additionalProperties: false, description: 'A RecordUsageRequest with either budgetId or scopes. metadata.requestId is its idempotency key.' })
+
+export const RecordUsageBatchBody = Type.Object({
+  records: Type.Array(BatchUsageRecord, { minItems: 1, maxItems: MAX_BATCH_RECORDS, description: 'Each is checked, and answered, on its own.' })
+}, {
+  additionalProperties: false,
+  examples: [{
+    records: [
+      { budgetId: '0b6e3f4e-8a62-4d8e-9a39-5d3f0f6f2c11', amount: '25.50', currency: 'USD', source: 'openai-gpt-4', metadata: { requestId: 'req-123', modelId: 'gpt-4' } },
+      { scopes: { user: 'user-456', team: 'team-engineering' }, amount: '0.0042', currency: 'USD', source: 'gateway', metadata: { requestId: 'req-124', modelId: 'gpt-4o-mini', tags: { feature: 'summarize' } }, occurredAt: '2026-01-15T10:00:00Z' }
+    ]
+  }]
+})
+
+export const BatchUsageResult = Type.Object({
+  index: Type.Integer({ description: 'The record\'s position in records.' }),
+  status: StringEnum(['created', 'replayed', 'refused'] as const),
+  record: Type.Optional(UsageRecord),
+  error: Type.Optional(Type.Object({
+    code: Type.String({ description: 'As the single route would answer: BUDGET_ERR_VALIDATION, BUDGET_ERR_NOT_FOUND, BUDGET_ERR_NOT_ACTIVE, BUDGET_ERR_IDEMPOTENCY_CONFLICT, BUDGET_ERR_NO_APPLICABLE_BUDGET...' }),
+    message: Type.String(),
+    field: Type.Optional(Type.String({ description: 'The field at fault, inside the record.' }))
+  }))
+})
+
+export const UsageBatchResponse = Type.Object({
+  results: Type.Array(BatchUsageResult, { description: 'One per record, in input order.' }),
+  created: Type.Integer(),
+  replayed: Type.Integer(),
+  refused: Type.Integer()
+}, {
+  examples: [{
+    results: [
+      { index: 0, status: 'created', record: { id: '5c2f1f0e-1d2b-4c59-8f0a-2e7f4a1d9b30', budgetId: '0b6e3f4e-8a62-4d8e-9a39-5d3f0f6f2c11', amount: '25.5', currency: 'USD', source: 'openai-gpt-4', description: null, metadata: { requestId: 'req-123', modelId: 'gpt-4' }, occurredAt: '2026-01-15T10:00:00.000Z', recordedAt: '2026-01-15T10:00:01.000Z' } },
+      { index: 1, status: 'refused', error: { code: 'BUDGET_ERR_NO_APPLICABLE_BUDGET', message: 'No budget applies to the scopes user user-456, team team-engineering (model gpt-4o-mini)', field: 'scopes' } }
+    ],
+    created: 1,
+    replayed: 0,
+    refused: 1
+  }]
+})
+
+export type BatchUsageRecord = Static<typeof BatchUsageRecord>
+export type BatchUsageResult = Static<typeof BatchUsageResult>
 
 export const UsageHistoryQuery = Type.Object({
   from: Type.Optional(TimestampInput),
@@ -318,7 +389,7 @@ export const BudgetStatusInfo = Type.Object({
   remaining: Type.String({ description: 'limit - currentAmount - reservedAmount, never below 0.' }),
   daysRemaining: Type.Number(),
   burnRate: Type.String({ description: 'Spend per day over the elapsed part of the period (at least one hour).' }),
-  projectedTotal: Type.String({ description: 'currentAmount + burnRate x the time left in the period.' }),
+  projectedTotal: Type.String({ description: "The forecast for the period's end: currentAmount + each day left at its weekday's spend per day over the last 4 weeks (the budget's timezone); with under 2 weeks of history, currentAmount + burnRate x the time left." }),
   status: Health,
   activeAlerts: Type.Array(ActiveAlert),
   lastUpdated: Timestamp,
@@ -343,12 +414,14 @@ const BudgetCheck = Type.Object({
   enforcement: StringEnum(['hard', 'soft'] as const),
   fits: Type.Boolean(),
   approved: Type.Boolean({ description: 'An approval in force covers this estimate.' }),
-  allowedModels: Nullable(Type.Array(Type.String(), { description: 'restrict-models is in force and the model is not allowed: the allowed ones.' }))
+  allowedModels: Nullable(Type.Array(Type.String(), { description: 'restrict-models is in force and the model is not allowed: the allowed ones.' })),
+  currency: Nullable(Type.String({ description: 'The budget\'s currency: limit, spend and remaining are in it.' })),
+  estimatedCost: Nullable(Type.String({ description: 'The estimate in the budget\'s currency, converted at the rate in force and rounded up; null when no exchange rate is in force.' }))
 })
 
 export const BudgetConstraintCheck = Type.Object({
   canProceed: Type.Boolean(),
-  code: Nullable(StringEnum(['budget_blocked', 'approval_required', 'model_restricted', 'budget_exceeded', 'rate_limit_exceeded'] as const)),
+  code: Nullable(StringEnum(['exchange_rate_missing', 'budget_blocked', 'approval_required', 'model_restricted', 'budget_exceeded', 'rate_limit_exceeded'] as const)),
   reason: Type.String(),
   suggestedActions: Type.Array(Type.String()),
   estimatedCost: Money,
@@ -357,6 +430,8 @@ export const BudgetConstraintCheck = Type.Object({
   currentAmount: Nullable(Money),
   reservedAmount: Nullable(Money),
   remaining: Nullable(Money),
+  currency: Nullable(Type.String({ description: 'The binding budget\'s currency (its limit, spend and remaining are in it).' })),
+  bindingEstimate: Nullable(Type.String({ description: 'The estimate in the binding budget\'s currency.' })),
   status: Nullable(Health),
   activeActions: Type.Array(AlertAction),
   downgradeTo: Nullable(Type.String({ description: 'auto-downgrade is in force: the cheaper model to call.' })),
@@ -457,3 +532,22 @@ export const SpendReport = Type.Object({
     outputTokens: Type.String()
   }))
 })
+
+// Exchange rates (sql/012)
+
+const CurrencyCode = Type.String({ pattern: '^[A-Z]{3}$', description: 'ISO 4217 code, upper case.' })
+export const ExchangeRateParams = Type.Object({ from: CurrencyCode, to: CurrencyCode })
+export const SetExchangeRateBody = Type.Object({
+  rate: Type.Unsafe<string | number>({ type: ['string', 'number'], description: 'One unit of `from` in units of `to`: an exact decimal string (up to 18 digits either side of the point), or a JSON number of at most 15 significant digits.' }),
+  effectiveFrom: Type.Optional(TimestampInput)
+}, { additionalProperties: false, examples: [{ rate: '0.92', effectiveFrom: '2024-01-01T00:00:00Z' }] })
+export const ExchangeRate = Type.Object({
+  from: Type.String(),
+  to: Type.String(),
+  rate: Type.String({ description: 'An exact decimal.' }),
+  effectiveFrom: Timestamp,
+  setBy: Nullable(Type.String()),
+  setAt: Timestamp
+})
+export const ExchangeRateList = Type.Object({ rates: Type.Array(ExchangeRate) })
+export const ExchangeRateQuery = Type.Object({ from: Type.Optional(CurrencyCode), to: Type.Optional(CurrencyCode) }, { additionalProperties: false })

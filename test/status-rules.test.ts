@@ -1,5 +1,4 @@
 import t from 'tap'
-import { fromUnits, toUnits } from '../lib/money.js'
 import { decide } from '../lib/services/decision.js'
 import { budgetHealth, computeStatus, percentReached } from '../lib/services/status-rules.js'
 import type { BudgetAlert } from '../lib/schemas.js'
@@ -13,7 +12,7 @@ t.test('status fields against hand-computed values', async (t) => {
   // 10 days into a 30-day period, 250 spent, 40 reserved.
   const status = computeStatus({
     budget, periodStart, periodEnd, state: 'active', currentAmount: '250', reservedAmount: '40',
-    lastUpdated: new Date('2024-04-11T00:00:00Z'), now: new Date('2024-04-11T00:00:00Z'), crossings: []
+    lastUpdated: new Date('2024-04-11T00:00:00Z'), now: new Date('2024-04-11T00:00:00Z'), crossings: [], projectedTotal: '750.0000000000'
   })
   t.same(status, {
     budgetId: 'b1',
@@ -24,7 +23,7 @@ t.test('status fields against hand-computed values', async (t) => {
     remaining: '710', // 1000 - 250 - 40
     daysRemaining: 20,
     burnRate: '25', // 250 over 10 days
-    projectedTotal: '750', // 250 + 25 x 20
+    projectedTotal: '750', // SQL's forecast (test/forecast.test.ts), taken as it is, in canonical form
     status: 'normal',
     activeAlerts: [],
     lastUpdated: '2024-04-11T00:00:00.000Z',
@@ -41,40 +40,37 @@ t.test('a calendar window that began before the budget: spend accrues from the b
   const late = { ...budget, startDate: '2024-04-21T00:00:00.000Z' }
   const status = computeStatus({
     budget: late, periodStart, periodEnd, state: 'active', currentAmount: '100', reservedAmount: '0',
-    lastUpdated: new Date('2024-04-26T00:00:00Z'), now: new Date('2024-04-26T00:00:00Z'), crossings: []
+    lastUpdated: new Date('2024-04-26T00:00:00Z'), now: new Date('2024-04-26T00:00:00Z'), crossings: [], projectedTotal: '200'
   })
   t.equal(status.burnRate, '20', '100 over the 5 days since the budget began, not over the 25 days since the window did')
-  t.equal(status.projectedTotal, '200', '100 + 20 a day x the 5 days left')
 })
 
 t.test('exact decimals: thirds, cents, tiny amounts', async (t) => {
   const at = (days: number) => new Date(periodStart.getTime() + days * 86_400_000)
-  const third = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '100', reservedAmount: '0', lastUpdated: at(3), now: at(3), crossings: [] })
+  const third = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '100', reservedAmount: '0', lastUpdated: at(3), now: at(3), crossings: [], projectedTotal: '1000' })
   t.equal(third.burnRate, '33.3333333333', '100 over 3 days, rounded half up at 10 places')
-  t.equal(third.projectedTotal, '1000', '100 + 100 x 27 / 3 in one exact division, not 100 + 33.3333333333 x 27')
   t.equal(third.percentUsed, 10)
-  const tiny = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '0.0001', reservedAmount: '0', lastUpdated: at(1), now: at(1), crossings: [] })
+  const tiny = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '0.0001', reservedAmount: '0', lastUpdated: at(1), now: at(1), crossings: [], projectedTotal: '0.003' })
   t.equal(tiny.percentUsed, 0, 'rounded down')
   t.equal(tiny.burnRate, '0.0001')
-  const over = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '1000.01', reservedAmount: '5', lastUpdated: at(29), now: at(29), crossings: [] })
+  const over = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '1000.01', reservedAmount: '5', lastUpdated: at(29), now: at(29), crossings: [], projectedTotal: '1034.4931034483' })
   t.equal(over.remaining, '0', 'never below zero')
   t.equal(over.percentUsed, 100)
   t.equal(over.status, 'exceeded')
 })
 
-t.test('burn rate and projection do not blow up in a period\'s first second', async (t) => {
+t.test('burn rate does not blow up in a period\'s first second', async (t) => {
   for (const ms of [0, 1, 1000]) {
     const now = new Date(periodStart.getTime() + ms)
-    const status = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '2', reservedAmount: '0', lastUpdated: now, now, crossings: [] })
+    const status = computeStatus({ budget, periodStart, periodEnd, state: 'active', currentAmount: '2', reservedAmount: '0', lastUpdated: now, now, crossings: [], projectedTotal: '2' })
     t.equal(status.burnRate, '48', `${ms} ms in: 2 spent over the one-hour minimum is 48 a day`)
-    t.equal(status.projectedTotal, fromUnits(toUnits('2') + toUnits('48') * BigInt(periodEnd.getTime() - now.getTime()) / 86_400_000n), 'a finite projection: 2 + 48 a day for the rest of the period')
   }
 })
 
 t.test('scheduled and ended periods', async (t) => {
-  const before = computeStatus({ budget, periodStart, periodEnd, state: 'scheduled', currentAmount: '0', reservedAmount: '0', lastUpdated: periodStart, now: new Date('2024-03-01T00:00:00Z'), crossings: [] })
+  const before = computeStatus({ budget, periodStart, periodEnd, state: 'scheduled', currentAmount: '0', reservedAmount: '0', lastUpdated: periodStart, now: new Date('2024-03-01T00:00:00Z'), crossings: [], projectedTotal: '0' })
   t.match(before, { burnRate: '0', projectedTotal: '0', daysRemaining: 0, state: 'scheduled' })
-  const after = computeStatus({ budget, periodStart, periodEnd, state: 'ended', currentAmount: '300', reservedAmount: '0', lastUpdated: periodEnd, now: new Date('2024-06-01T00:00:00Z'), crossings: [] })
+  const after = computeStatus({ budget, periodStart, periodEnd, state: 'ended', currentAmount: '300', reservedAmount: '0', lastUpdated: periodEnd, now: new Date('2024-06-01T00:00:00Z'), crossings: [], projectedTotal: '300' })
   t.match(after, { burnRate: '10', projectedTotal: '300', daysRemaining: 0, state: 'ended' }, '300 over the whole 30 days, nothing left to project')
 })
 

@@ -227,14 +227,20 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         })
       }
       if (check.bindingBudgetId !== null) {
-        const left = toUnits(check.remaining!) - (check.canProceed ? toUnits(state.estimate) : 0n)
-        void reply.headers({ 'x-budget-id': check.bindingBudgetId, 'x-budget-remaining': fromUnits(left > 0n ? left : 0n), 'x-budget-currency': options.currency })
+        // In the binding budget's currency, which need not be the gate's (sql/012).
+        const left = toUnits(check.remaining!) - (check.canProceed ? toUnits(check.bindingEstimate ?? state.estimate) : 0n)
+        void reply.headers({ 'x-budget-id': check.bindingBudgetId, 'x-budget-remaining': fromUnits(left > 0n ? left : 0n), 'x-budget-currency': check.currency ?? options.currency })
       }
       if (!check.canProceed) {
         const refusing = check.budgets.find((budget) => budget.budgetId === check.bindingBudgetId)
         metrics.decision('refused', check.code!)
+        if (check.code === 'exchange_rate_missing') {
+          // The operator's configuration, not the caller's request nor its quota: a 503 that no retry will mend.
+          void reply.header('x-should-retry', 'false')
+          return await sendOpenAIError(reply, 503, 'server_error', check.code, check.reason, null, { budget: { id: check.bindingBudgetId, currency: check.currency } })
+        }
         return await sendOpenAIError(reply, 402, 'insufficient_quota', check.code!, check.reason, null, {
-          budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: options.currency, estimatedCost: state.estimate },
+          budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: check.currency ?? options.currency, estimatedCost: check.bindingEstimate ?? state.estimate },
           ...(check.code === 'model_restricted' ? { allowedModels: refusing?.allowedModels ?? [] } : {})
         })
       }

@@ -157,12 +157,12 @@ export function createAlertRepository (sql: Db) {
       return rows.map(toApproval)
     },
 
-    /** Due deliveries, locked for this transaction (SKIP LOCKED: another process takes the others). */
+    /** Due deliveries of crossings, locked for this transaction (SKIP LOCKED: another process takes the others). Digests' are claimDueDigests (repository/digests.ts). */
     async claimDueNotifications (limit: number): Promise<DueNotification[]> {
       const rows = await sql<Array<AlertRow & { outbox_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
         with due as (
           select o.id, o.alert_id, o.channel, o.attempts from budget_notification_outbox o
-          where o.status = 'pending' and o.next_attempt_at <= now()
+          where o.status = 'pending' and o.next_attempt_at <= now() and o.alert_id is not null
           order by o.next_attempt_at
           limit ${limit}
           for update skip locked

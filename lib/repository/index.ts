@@ -4,6 +4,9 @@
 import type { Db } from './budgets.js'
 import { createAlertRepository } from './alerts.js'
 import { createAuditRepository } from './audit.js'
+import { createDigestRepository } from './digests.js'
+import { createExchangeRateRepository } from './exchange-rates.js'
+import { createForecastRepository } from './forecasts.js'
 import { createReportRepository } from './reports.js'
 import { createBudgetRepository } from './budgets.js'
 import { createReservationRepository } from './reservations.js'
@@ -18,7 +21,10 @@ export function createRepositories (sql: Db) {
     alerts: createAlertRepository(sql),
     reservations: createReservationRepository(sql),
     audit: createAuditRepository(sql),
-    reports: createReportRepository(sql)
+    reports: createReportRepository(sql),
+    exchangeRates: createExchangeRateRepository(sql),
+    forecasts: createForecastRepository(sql),
+    digests: createDigestRepository(sql)
   }
 }
 

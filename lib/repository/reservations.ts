@@ -32,6 +32,9 @@ export interface ApplicableBudget {
   projectedActions: AlertAction[]
   /** Whether the estimate the numbers were read for fits (budget_fits). */
   fits: boolean
+  currency: string
+  /** The estimate in the budget's currency, rounded up (sql/012); null when no exchange rate is in force. */
+  estimate: Money | null
 }
 
 /** One budget of a caller's line, as the process caches it (budget_line in sql/006). */
@@ -46,6 +49,8 @@ export interface LineBudget {
   /** Null where the budget does not limit the rate. */
   requestsPerMinute: number | null
   tokensPerMinute: number | null
+  /** The budget's currency: a line with one other than the gate's is held call by call, never leased. */
+  currency: string
 }
 
 /** What a call asks of a rate-limited budget's bucket: its need, and up to how much to take (a slice on a hot budget). */
@@ -78,6 +83,8 @@ export interface HeldBudget {
   fits: boolean
   approvedThrough: Money | null
   projectedActions: AlertAction[]
+  /** The estimate in the budget's currency as held, rounded up (sql/012); null when no exchange rate is in force. */
+  held: Money | null
 }
 
 /** The end of a call admitted from a lease: charged `actualCost` at `occurredAt` (inside the lease's windows). */
@@ -122,7 +129,8 @@ export function createReservationRepository (sql: Db) {
     amount: normalizeMoney(row.amount),
     currentAmount: normalizeMoney(row.currentAmount),
     reservedAmount: normalizeMoney(row.reservedAmount),
-    approvedThrough: row.approvedThrough === null ? null : normalizeMoney(row.approvedThrough)
+    approvedThrough: row.approvedThrough === null ? null : normalizeMoney(row.approvedThrough),
+    estimate: row.estimate === null ? null : normalizeMoney(row.estimate)
   })
   // Projected alerts stay crossed for the rest of the period once recorded; current ones follow the numbers.
   const projectedActions = (budgetId: ReturnType<typeof sql>, periodStart: ReturnType<typeof sql>) => sql`
@@ -131,16 +139,19 @@ export function createReservationRepository (sql: Db) {
 
   // The numbers the decision needs, for budgets and windows from `source` (budget_id, scope_matched,
   // scope_rank, period_start, period_end).
-  const readStandings = async (source: ReturnType<typeof sql>, estimate: Money): Promise<ApplicableBudget[]> => {
+  // `estimate` is in `currency`; each budget reads it converted into its own (sql/012), rounded up.
+  const readStandings = async (source: ReturnType<typeof sql>, estimate: Money, currency: string): Promise<ApplicableBudget[]> => {
     const rows = await sql<ApplicableBudget[]>`
       select x.budget_id as "budgetId", b.name, b.amount::text as amount, b.enforcement, b.alerts, x.scope_matched as "scopeMatched",
              x.period_start as "periodStart", x.period_end as "periodEnd",
              n.current_amount::text as "currentAmount", n.reserved_amount::text as "reservedAmount",
              budget_approved_through(x.budget_id, x.period_start)::text as "approvedThrough",
              ${projectedActions(sql`x.budget_id`, sql`x.period_start`)},
-             budget_fits(b.enforcement, b.amount, n.current_amount, n.reserved_amount, ${estimate}::numeric) as fits
+             coalesce(budget_fits(b.enforcement, b.amount, n.current_amount, n.reserved_amount, converted.estimate), false) as fits,
+             b.currency, converted.estimate::text as estimate
       from ${source} x
       join budget_definitions b on b.id = x.budget_id
+      cross join lateral (select budget_convert(${estimate}::numeric, budget_exchange_rate(${currency}, b.currency, now())) as estimate) converted
       left join budget_status_cache c on c.budget_id = x.budget_id and c.period_start = x.period_start
       -- coalesce short-circuits: the sum runs only for a window that has no cache row yet, and once
       cross join lateral (
@@ -164,7 +175,7 @@ export function createReservationRepository (sql: Db) {
       const rows = await sql<Array<LineBudget & { definitionsVersion: string }>>`
         select budget_id as "budgetId", name, alerts, scope_matched as "scopeMatched", scope_rank as "scopeRank",
                period_start as "periodStart", period_end as "periodEnd", definitions_version::text as "definitionsVersion",
-               rate_requests_per_minute as "requestsPerMinute", rate_tokens_per_minute::float8 as "tokensPerMinute"
+               rate_requests_per_minute as "requestsPerMinute", rate_tokens_per_minute::float8 as "tokensPerMinute", currency
         from budget_line(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, ${call.model}, ${canonicalTags(call.tags)}::text::jsonb)`
       // A caller with no budget still learns the version: its empty line is as cacheable as any.
       const version = rows[0]?.definitionsVersion ?? await definitionsVersion()
@@ -185,7 +196,7 @@ export function createReservationRepository (sql: Db) {
         select call_index as "callIndex", budget_id as "budgetId", amount::text as amount, enforcement, current_amount::text as "currentAmount",
                reserved_amount::text as "reservedAmount", fits, is_current as "isCurrent", is_reserved as "isReserved",
                approved_through::text as "approvedThrough", projected_actions as "projectedActions",
-               definitions_version::text as "definitionsVersion"
+               definitions_version::text as "definitionsVersion", held::text as held
         from budget_hold_batch(
           ${calls.map((call) => call.reservationId)}::text[]::uuid[], ${calls.map((call) => call.amount)}::text[]::numeric[],
           ${calls.map((call) => call.requestId)}::text[], ${currency}, ${`${ttlMs} milliseconds`}::interval,
@@ -205,7 +216,8 @@ export function createReservationRepository (sql: Db) {
           amount: normalizeMoney(budget.amount),
           currentAmount: normalizeMoney(budget.currentAmount),
           reservedAmount: normalizeMoney(budget.reservedAmount),
-          approvedThrough: budget.approvedThrough === null ? null : normalizeMoney(budget.approvedThrough)
+          approvedThrough: budget.approvedThrough === null ? null : normalizeMoney(budget.approvedThrough),
+          held: budget.held === null ? null : normalizeMoney(budget.held)
         })
       }
       // A call none of whose windows was found holds nothing and must reload its line.
@@ -295,17 +307,17 @@ export function createReservationRepository (sql: Db) {
     /** The budgets that apply to the scopes, with their current numbers; reads only, locks nothing. */
     async listApplicable ({ scopes, model, tags }: CallFilter, currency: string, estimate: Money = '0'): Promise<ApplicableBudget[]> {
       return await readStandings(sql`
-        budget_applicable(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, now(), ${model}, ${canonicalTags(tags)}::text::jsonb)`, estimate)
+        budget_applicable(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, now(), ${model}, ${canonicalTags(tags)}::text::jsonb)`, estimate, currency)
     },
 
-    /** The budget and each live ancestor with a window now, nearest first, with the same numbers as listApplicable. */
-    async listLineage (budgetId: string, estimate: Money = '0'): Promise<ApplicableBudget[]> {
+    /** The budget and each live ancestor with a window now, nearest first, with the same numbers as listApplicable (`estimate` in `currency`). */
+    async listLineage (budgetId: string, currency: string, estimate: Money = '0'): Promise<ApplicableBudget[]> {
       return await readStandings(sql`(
         select l.id as budget_id, l.depth = 1 as scope_matched, l.depth as scope_rank, w.period_start, w.period_end
         from budget_lineage(${budgetId}) l
         join budget_definitions live on live.id = l.id and live.deleted_at is null
         cross join lateral budget_window(live, now()) w
-      )`, estimate)
+      )`, estimate, currency)
     }
   }
 }

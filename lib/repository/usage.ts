@@ -27,7 +27,7 @@ export interface UsageRecord {
   recordedAt: string
 }
 
-interface UsageRow extends Omit<UsageRecord, 'occurredAt' | 'recordedAt'> {
+export interface UsageRow extends Omit<UsageRecord, 'occurredAt' | 'recordedAt'> {
   occurredAt: Date
   recordedAt: Date
 }
@@ -52,10 +52,15 @@ export interface UsageGroupTotal {
   count: number
 }
 
-export function createUsageRepository (sql: Db) {
-  const columns = sql`
+/** A usage record's columns (of `u`), as toUsageRecord reads them. */
+export function usageColumns (sql: Db) {
+  return sql`
     u.id, u.budget_id as "budgetId", u.amount::text as amount, u.currency, u.source, u.description, u.metadata,
     u.occurred_at as "occurredAt", u.recorded_at as "recordedAt"`
+}
+
+export function createUsageRepository (sql: Db) {
+  const columns = usageColumns(sql)
 
   // The usage that counts toward a budget (its own and its descendants'), through its allocations.
   const countingToward = (budgetId: string, filter: UsageFilter) => sql`
@@ -127,6 +132,6 @@ export function createUsageRepository (sql: Db) {
 
 export type UsageRepository = ReturnType<typeof createUsageRepository>
 
-function toUsageRecord (row: UsageRow): UsageRecord {
+export function toUsageRecord (row: UsageRow): UsageRecord {
   return { ...row, amount: normalizeMoney(row.amount), occurredAt: row.occurredAt.toISOString(), recordedAt: row.recordedAt.toISOString() }
 }

@@ -10,12 +10,15 @@ import type { BudgetAudit } from '../services/audit.js'
 import type { SpendReports } from '../services/reports.js'
 import type { BudgetRegistry } from '../services/registry.js'
 import type { BudgetTracker } from '../services/tracker.js'
+import type { UsageCollector } from '../services/collector.js'
 import { alertRoutes } from './alerts.js'
 import { budgetRoutes } from './budgets.js'
 import { handleError } from './error-handler.js'
 import { metricsRoutes } from './metrics.js'
 import { auditRoutes } from './audit.js'
 import { reportRoutes } from './reports.js'
+import { exchangeRateRoutes } from './exchange-rates.js'
+import type { ExchangeRates } from '../services/exchange-rates.js'
 import { usageRoutes } from './usage.js'
 import { compileValidator } from './validator.js'
 
@@ -23,10 +26,12 @@ export interface AdminRoutesOptions {
   authorize: Authorize
   registry: BudgetRegistry
   tracker: BudgetTracker
+  collector: UsageCollector
   alerts: BudgetAlerts
   metrics: BudgetMetrics
   audit: BudgetAudit
   reports: SpendReports
+  rates: ExchangeRates
 }
 
 /**
@@ -47,7 +52,7 @@ export function adminGuard (authorize: Authorize) {
 /** The longest an admin request may take before it is answered 503 (Fastify's handlerTimeout). */
 export const ADMIN_TIMEOUT_MS = 10_000
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, alerts, metrics, audit, reports }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
   // A database that neither answers nor refuses (connections that never open in an outage) must not
@@ -59,13 +64,16 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   app.addHook('onRequest', adminGuard(authorize))
   // Text PostgreSQL cannot store is the caller's mistake, named before any route sees it.
   app.addHook('preValidation', async (request) => {
-    for (const part of [request.params, request.query, request.body]) checkStorable(part, '')
+    // A batch checks each record on its own (lib/services/collector.ts): one bad record must not refuse the others.
+    const body = request.routeOptions.config.checksEachRecord === true ? undefined : request.body
+    for (const part of [request.params, request.query, body]) checkStorable(part, '')
   })
 
   await app.register(budgetRoutes, { registry })
-  await app.register(usageRoutes, { tracker })
+  await app.register(usageRoutes, { tracker, collector })
   await app.register(alertRoutes, { alerts })
   await app.register(metricsRoutes, { metrics })
   await app.register(auditRoutes, { audit })
   await app.register(reportRoutes, { reports })
+  await app.register(exchangeRateRoutes, { rates })
 }

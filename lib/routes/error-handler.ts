@@ -1,7 +1,7 @@
 // Turns whatever a budget route throws into the API's error body: a stable code, a clear message, the field at fault.
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { DatabaseUnavailableError, InternalError, InvalidFieldError, isDatabaseUnavailable } from '../errors.js'
+import { DatabaseUnavailableError, exchangeRateError, InternalError, InvalidFieldError, isDatabaseUnavailable } from '../errors.js'
 
 export interface ErrorBody {
   statusCode: number
@@ -13,6 +13,8 @@ export interface ErrorBody {
 
 export function toErrorBody (error: FastifyError & { field?: string }): ErrorBody {
   if (error.validation !== undefined) return validationErrorBody(error)
+  // A conversion with no rate in force, wherever it was met (sql/012): a 400 that names the pair.
+  if (error.code === 'RB001') return toErrorBody(exchangeRateError(error) as FastifyError)
   if (error.code !== 'BUDGET_ERR_DATABASE_UNAVAILABLE' && (isDatabaseUnavailable(error) || error.code === 'FST_ERR_HANDLER_TIMEOUT')) {
     return toErrorBody(new DatabaseUnavailableError())
   }

@@ -6,17 +6,22 @@ import {
   UsageHistoryQuery, UsagePage, UsageRecord, UsageSummary, UsageSummaryQuery
 } from '../schemas.js'
 import type { BudgetTracker } from '../services/tracker.js'
+import type { UsageCollector } from '../services/collector.js'
+import { usageBatchRoutes } from './usage-batch.js'
 import { auditContext, errorResponses } from './responses.js'
 
 export interface UsageRoutesOptions {
   tracker: BudgetTracker
+  collector: UsageCollector
 }
 
 const IdempotencyHeaders = Type.Object({
   'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'Takes the place of metadata.requestId as the idempotency key.' }))
 })
 
-export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async (app, { tracker }) => {
+export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async (app, { tracker, collector }) => {
+  await app.register(usageBatchRoutes, { collector })
+
   app.post('/:id/usage', {
     schema: {
       summary: 'Record usage',
@@ -28,7 +33,7 @@ export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async 
       response: {
         200: { ...UsageRecord, description: 'A repeat of a recorded request id: the first record.' },
         201: UsageRecord,
-        ...errorResponses({ 400: ['BUDGET_ERR_CURRENCY_MISMATCH'], 404: [], 409: ['BUDGET_ERR_NOT_ACTIVE', 'BUDGET_ERR_IDEMPOTENCY_CONFLICT'] })
+        ...errorResponses({ 400: ['BUDGET_ERR_EXCHANGE_RATE_MISSING'], 404: [], 409: ['BUDGET_ERR_NOT_ACTIVE', 'BUDGET_ERR_IDEMPOTENCY_CONFLICT'] })
       }
     }
   }, async (request, reply) => {

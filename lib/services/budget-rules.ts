@@ -3,7 +3,8 @@ import { CurrencyMismatchError, ExceedsParentError, InvalidFieldError } from '..
 import { compareMoney, numberToDecimal, parseMoney, parsePositiveMoney } from '../money.js'
 import type { BudgetValues } from '../repository/budgets.js'
 import { checkTags } from '../tags.js'
-import type { BudgetAlert, BudgetFilters, CreateBudgetRequest, Period, RateLimits } from '../schemas.js'
+import { isStorableText } from '../json-limits.js'
+import { DIGEST_FREQUENCIES, type BudgetAlert, type BudgetDigest, type BudgetFilters, type CreateBudgetRequest, type Period, type RateLimits } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
 
 const DAY = 86_400_000
@@ -42,8 +43,25 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
     rateLimits: normalizeRateLimits(input.rateLimits ?? {}),
     metrics: input.metrics ?? false,
     alerts: normalizeAlerts(input.alerts ?? []),
-    enforcement: input.enforcement ?? 'hard'
+    enforcement: input.enforcement ?? 'hard',
+    digest: normalizeDigest(input.digest ?? null)
   }
+}
+
+/** A digest as stored: null for none, else its frequency and its channels, each once. The API's schema says the same. */
+function normalizeDigest (digest: BudgetDigest | null): BudgetDigest | null {
+  if (digest === null) return null
+  if (typeof digest !== 'object' || Array.isArray(digest)) throw new InvalidFieldError('digest', "must be null or { every: 'daily' | 'weekly', channels: [...] }")
+  const unknown = Object.keys(digest).find((key) => key !== 'every' && key !== 'channels')
+  if (unknown !== undefined) throw new InvalidFieldError(`digest.${unknown}`, 'is not a digest field')
+  if (!(DIGEST_FREQUENCIES as readonly unknown[]).includes(digest.every)) throw new InvalidFieldError('digest.every', "must be 'daily' or 'weekly'")
+  const { channels } = digest
+  if (!Array.isArray(channels) || channels.length === 0 || channels.length > 20 ||
+      channels.some((channel) => typeof channel !== 'string' || channel.length === 0 || channel.length > 500 || !isStorableText(channel))) {
+    throw new InvalidFieldError('digest.channels', 'must be 1 to 20 channel names of 1 to 500 characters')
+  }
+  if (new Set(channels).size !== channels.length) throw new InvalidFieldError('digest.channels', 'must not name a channel twice')
+  return { every: digest.every, channels: [...channels] }
 }
 
 /**

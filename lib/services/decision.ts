@@ -17,6 +17,10 @@ export interface BudgetStanding {
   projectedActions?: AlertAction[]
   /** Whether the estimate fits, as SQL decided it (budget_fits, sql/006): the one place that rule lives. */
   fits: boolean
+  /** The budget's currency, when known (a budget in another currency than the call's). */
+  currency?: string
+  /** The estimate in the budget's currency, as SQL converted it (sql/012); null: no exchange rate is in force. Absent: the call's estimate. */
+  estimate?: Money | null
 }
 
 /** What the gate knows about the call: the model, and how restrict-models and auto-downgrade treat it. */
@@ -29,7 +33,7 @@ export interface ModelPolicy {
   downgrades: Record<string, string>
 }
 
-export type RefusalCode = 'budget_blocked' | 'approval_required' | 'model_restricted' | 'budget_exceeded' | 'rate_limit_exceeded'
+export type RefusalCode = 'exchange_rate_missing' | 'budget_blocked' | 'approval_required' | 'model_restricted' | 'budget_exceeded' | 'rate_limit_exceeded'
 
 export interface BudgetCheck {
   budgetId: string
@@ -49,6 +53,10 @@ export interface BudgetCheck {
   approved: boolean
   /** restrict-models is in force and the call's model is not allowed: the models that are. */
   allowedModels: string[] | null
+  /** The budget's currency (null: the call's, not read). */
+  currency: string | null
+  /** The estimate in the budget's currency; null when no exchange rate converts the call's currency into it. */
+  estimatedCost: Money | null
 }
 
 export interface BudgetConstraintCheck {
@@ -64,6 +72,10 @@ export interface BudgetConstraintCheck {
   currentAmount: Money | null
   reservedAmount: Money | null
   remaining: Money | null
+  /** The binding budget's currency: its limit, spend and remaining are in it (null: the call's). */
+  currency: string | null
+  /** The estimate in the binding budget's currency. */
+  bindingEstimate: Money | null
   status: BudgetHealth | null
   /** Every alert action in force on any of the budgets. */
   activeActions: AlertAction[]
@@ -75,6 +87,13 @@ export interface BudgetConstraintCheck {
 // The strictest first: block-all, then require-approval (unless approved), then restrict-models,
 // then no room. auto-downgrade and notify never refuse.
 const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => boolean, reason: (check: BudgetCheck, estimate: Money) => string, suggestion: string }> = [
+  {
+    // Never converted at 1: a budget the call's currency cannot be converted into refuses (sql/012).
+    code: 'exchange_rate_missing',
+    refuses: (check) => check.estimatedCost === null,
+    reason: (check) => `No exchange rate into ${check.currency ?? 'its currency'} is in force for budget '${check.name}'`,
+    suggestion: 'ask an admin to set the exchange rate (PUT {prefix}/exchange-rates/{from}/{to})'
+  },
   {
     code: 'budget_blocked',
     refuses: (check) => check.activeActions.includes('block-all'),
@@ -96,7 +115,7 @@ const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => bool
   {
     code: 'budget_exceeded',
     refuses: (check) => !check.fits && check.enforcement === 'hard',
-    reason: (check, estimate) => `Budget '${check.name}' has ${check.remaining} left, less than the estimated cost ${estimate}`,
+    reason: (check, estimate) => `Budget '${check.name}' has ${check.remaining} left, less than the estimated cost ${check.estimatedCost ?? estimate}${check.currency === null ? '' : ` ${check.currency}`}`,
     suggestion: 'use a cheaper model or fewer tokens, or ask an admin to raise the budget'
   }
 ]
@@ -136,11 +155,13 @@ export function standingsOf (budgets: ApplicableBudget[]): BudgetStanding[] {
     reservedAmount: budget.reservedAmount,
     approvedThrough: budget.approvedThrough,
     projectedActions: budget.projectedActions,
-    fits: budget.fits
+    fits: budget.fits,
+    currency: budget.currency,
+    estimate: budget.estimate
   }))
 }
 
-/** The decision's view of a hold: the line's budgets (names and alerts from the process's cache) with the numbers read under its lock. */
+/** The decision's view of a hold: the line's budgets (names, alerts and currencies from the process's cache) with the numbers read under its lock. */
 export function standingsOfHold (line: LineBudget[], hold: Hold): BudgetStanding[] {
   const held = new Map(hold.budgets.map((budget) => [budget.budgetId, budget]))
   return line.flatMap((budget) => {
@@ -153,7 +174,9 @@ export function standingsOfHold (line: LineBudget[], hold: Hold): BudgetStanding
           reservedAmount: numbers.reservedAmount,
           approvedThrough: numbers.approvedThrough,
           projectedActions: numbers.projectedActions,
-          fits: numbers.fits
+          fits: numbers.fits,
+          currency: budget.currency,
+          estimate: numbers.held
         }]
   })
 }
@@ -166,6 +189,7 @@ export function checkBudget (standing: BudgetStanding, estimate: Money, policy?:
   const activeActions = [...new Set([...crossed.flatMap((alert) => alert.actions), ...standing.projectedActions ?? []])]
   const restricting = crossed.filter((alert) => alert.actions.includes('restrict-models'))
   const approvedThrough = standing.approvedThrough ?? null
+  const converted = standing.estimate === undefined ? estimate : standing.estimate
   return {
     budgetId: budget.id,
     name: budget.name,
@@ -177,8 +201,10 @@ export function checkBudget (standing: BudgetStanding, estimate: Money, policy?:
     activeActions,
     enforcement: budget.enforcement ?? 'hard',
     fits: standing.fits,
-    approved: approvedThrough !== null && committed + toUnits(estimate) <= toUnits(approvedThrough),
-    allowedModels: policy === undefined || restricting.length === 0 ? null : restriction(restricting, policy)
+    approved: approvedThrough !== null && converted !== null && committed + toUnits(converted) <= toUnits(approvedThrough),
+    allowedModels: policy === undefined || restricting.length === 0 ? null : restriction(restricting, policy),
+    currency: standing.currency ?? null,
+    estimatedCost: converted
   }
 }
 
@@ -194,12 +220,22 @@ export function decide (standings: BudgetStanding[], estimate: Money, policy?: M
     const mayDowngrade = downgradeTo !== null && (refusal.code === 'budget_exceeded' || refusal.code === 'model_restricted')
     return outcome(checks, refusing, estimate, activeActions, refusal.code, refusal.reason(refusing, estimate), [refusal.suggestion], mayDowngrade ? downgradeTo : null)
   }
-  const tightest = checks.reduce<BudgetCheck | undefined>((least, check) =>
-    least === undefined || toUnits(check.remaining) < toUnits(least.remaining) ? check : least, undefined)
+  const tightest = checks.reduce<BudgetCheck | undefined>((least, check) => least === undefined || tighter(check, least) ? check : least, undefined)
   const suggestions = activeActions.includes('auto-downgrade') || activeActions.includes('restrict-models')
     ? ['prefer a cheaper model: a budget is past a threshold that restricts or downgrades models']
     : []
   return outcome(checks, tightest, estimate, activeActions, null, checks.length === 0 ? 'No budget applies' : 'Within every applicable budget', suggestions, downgradeTo)
+}
+
+/**
+ * Whether `a` has less room than `b` for this call. In one currency, the smaller remaining; across
+ * currencies, the fewer such calls left (remaining / estimate, compared exactly by cross-multiplying).
+ */
+function tighter (a: BudgetCheck, b: BudgetCheck): boolean {
+  const estimateA = toUnits(a.estimatedCost ?? '0')
+  const estimateB = toUnits(b.estimatedCost ?? '0')
+  if (a.currency === b.currency || estimateA === 0n || estimateB === 0n) return toUnits(a.remaining) < toUnits(b.remaining)
+  return toUnits(a.remaining) * estimateB < toUnits(b.remaining) * estimateA
 }
 
 function outcome (checks: BudgetCheck[], binding: BudgetCheck | undefined, estimate: Money, activeActions: AlertAction[],
@@ -215,6 +251,8 @@ function outcome (checks: BudgetCheck[], binding: BudgetCheck | undefined, estim
     currentAmount: binding?.currentAmount ?? null,
     reservedAmount: binding?.reservedAmount ?? null,
     remaining: binding?.remaining ?? null,
+    currency: binding?.currency ?? null,
+    bindingEstimate: binding === undefined ? null : binding.estimatedCost,
     status: binding?.status ?? null,
     activeActions,
     downgradeTo,

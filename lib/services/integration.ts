@@ -76,6 +76,8 @@ function rateLimitedCheck (refusal: RateRefusal, estimate: Money): BudgetConstra
     currentAmount: null,
     reservedAmount: null,
     remaining: null,
+    currency: null,
+    bindingEstimate: null,
     status: null,
     activeActions: [],
     downgradeTo: null,
@@ -160,7 +162,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       const rate = await rateLimits.admit(line, tokens)
       if (isRateRefusal(rate)) return { reservationId, line, admission: null, hold: nothingHeld, rate }
       try {
-        const admission = await leases.admit(key, line, validUntil, estimate)
+        // A line with a budget in another currency is held call by call (each hold converts at the rate in force).
+        const admission = line.every((budget) => budget.currency === options.currency) ? await leases.admit(key, line, validUntil, estimate) : null
         if (admission !== null) return { reservationId, line, admission, hold: { current: true, reserved: true, budgets: [], definitionsVersion: -1 }, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
         lines.observe(hold.definitionsVersion)
@@ -267,8 +270,11 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       const budgets = await Promise.all(applicable.map(async (budget) => ({
         ...await tracker.getBudgetStatus(budget.budgetId), name: budget.name, scopeMatched: budget.scopeMatched
       })))
-      const binding = budgets.reduce<typeof budgets[number] | undefined>((least, budget) =>
-        least === undefined || toUnits(budget.remaining) < toUnits(least.remaining) ? budget : least, undefined)
+      // Least left: in one currency the smaller amount; across currencies the smaller share of its limit.
+      const lessLeft = (a: BudgetStatusInfo, b: BudgetStatusInfo) => a.currency === b.currency
+        ? toUnits(a.remaining) < toUnits(b.remaining)
+        : toUnits(a.remaining) * toUnits(b.limit) < toUnits(b.remaining) * toUnits(a.limit)
+      const binding = budgets.reduce<typeof budgets[number] | undefined>((least, budget) => least === undefined || lessLeft(budget, least) ? budget : least, undefined)
       return { budgets, bindingBudgetId: binding?.budgetId ?? null }
     },
 

@@ -1,10 +1,12 @@
-// Delivers each queued crossing to its channels: a webhook (JSON with a Slack-compatible `text`), an
-// email over SMTP (nodemailer), or the log. The queue is budget_notification_outbox, written in the crossing's own transaction, so a crash
-// loses nothing; retries back off exponentially; a delivery the endpoint answered 2xx is never repeated.
+// Delivers each queued crossing and digest to its channels: a webhook (JSON with a Slack-compatible `text`), an
+// email over SMTP (nodemailer), or the log. The queue is budget_notification_outbox, written in the crossing's (or
+// the digest's) own transaction, so a crash loses nothing; retries back off exponentially; a delivery the endpoint
+// answered 2xx is never repeated. The same loop makes the digests that are due (lib/services/digests.ts).
 import type { FastifyBaseLogger } from 'fastify'
 import nodemailer from 'nodemailer'
 import type { Sql } from 'postgres'
 import { createAlertRepository, type DueNotification } from '../repository/alerts.js'
+import { createDigestRepository, type DueDigestNotification, type TopSpender } from '../repository/digests.js'
 
 export interface AlertEvent {
   type: 'budget.threshold_crossed'
@@ -21,9 +23,39 @@ export interface AlertEvent {
   crossedAt: string
 }
 
-/** A channel: resolves when delivered, throws when not (and the delivery is retried). */
+/** A scheduled digest: a day's or week's spend, the budget's window so far, its forecast, the top models and callers. */
+export interface DigestEvent {
+  type: 'budget.digest'
+  /** Slack incoming webhooks show this. */
+  text: string
+  digestId: string
+  budget: DueDigestNotification['budget']
+  every: 'daily' | 'weekly'
+  /** The digest period, as UTC instants, and as its first and last local days in `timezone`. */
+  periodStart: string
+  periodEnd: string
+  timezone: string
+  firstDay: string
+  lastDay: string
+  spent: string
+  usageCount: number
+  /** The budget's window that the digest period ends in, as of the digest period's end. */
+  window: { periodStart: string, periodEnd: string, spent: string, limit: string, percentUsed: number, burnRate: string, projectedTotal: string }
+  topModels: Array<{ modelId: string | null, total: string, count: number }>
+  topUsers: Array<{ userId: string | null, total: string, count: number }>
+  createdAt: string
+}
+
+export type BudgetEvent = AlertEvent | DigestEvent
+
+/** The id a receiver drops a repeat by: the crossing's or the digest's. */
+export function eventId (event: BudgetEvent): string {
+  return event.type === 'budget.digest' ? event.digestId : event.alertId
+}
+
+/** A channel: resolves when delivered, throws when not (and the delivery is retried). `event.type` tells a crossing from a digest. */
 export interface Notifier {
-  deliver: (event: AlertEvent) => Promise<void>
+  deliver: (event: BudgetEvent) => Promise<void>
 }
 
 /**
@@ -80,6 +112,38 @@ export function alertEmail (event: AlertEvent, dashboardUrl?: string): { subject
   }
 }
 
+/** What a digest period is called: its day, or its first and last days. */
+function digestPeriod (event: DigestEvent): string {
+  return event.every === 'daily' ? event.firstDay : `${event.firstDay} to ${event.lastDay}`
+}
+
+function spenders (label: string, rows: Array<{ key: string | null, total: string, count: number }>, currency: string): string[] {
+  if (rows.length === 0) return [`${label}: none.`]
+  return [`${label}:`, ...rows.map((row) => `  ${row.key ?? '(none given)'}: ${row.total} ${currency} (${row.count} ${row.count === 1 ? 'call' : 'calls'})`)]
+}
+
+/** An email a digest sends: the period's spend in the subject; the window, burn rate, forecast and top spenders in the body. */
+export function digestEmail (event: DigestEvent, dashboardUrl?: string): { subject: string, text: string } {
+  const { budget, window } = event
+  return {
+    subject: `Budget '${budget.name}' ${event.every} digest, ${digestPeriod(event)}: ${event.spent} ${budget.currency} spent`,
+    text: [
+      `Budget '${budget.name}' (${budget.scopeType} ${budget.scopeId}), ${event.every} digest for ${digestPeriod(event)} (${event.timezone}).`,
+      '',
+      `Spent: ${event.spent} ${budget.currency} in ${event.usageCount} ${event.usageCount === 1 ? 'call' : 'calls'}.`,
+      `Budget period from ${window.periodStart} to ${window.periodEnd}: ${window.spent} of ${window.limit} ${budget.currency} spent (${window.percentUsed}%).`,
+      `Burn rate: ${window.burnRate} ${budget.currency} a day.`,
+      `Projected by the end of the budget period: ${window.projectedTotal} ${budget.currency}.`,
+      '',
+      ...spenders('Top models', event.topModels.map((row) => ({ ...row, key: row.modelId })), budget.currency),
+      ...spenders('Top callers', event.topUsers.map((row) => ({ ...row, key: row.userId })), budget.currency),
+      ...(dashboardUrl === undefined ? [] : ['', `Dashboard: ${dashboardUrl}`]),
+      '',
+      `Budget id ${budget.id}, digest ${event.digestId}.`
+    ].join('\n')
+  }
+}
+
 export function emailNotifier (url: string, dashboardUrl?: string): Notifier {
   const channel = parseEmailChannel(url)
   if (channel === null) throw new Error('an email channel needs smtp:// or smtps:// with from= and to= addresses')
@@ -87,7 +151,8 @@ export function emailNotifier (url: string, dashboardUrl?: string): Notifier {
   return {
     async deliver (event) {
       // Accepted by the SMTP server (250) is delivered; X-Budget-Event-Id lets a mail rule drop a repeat.
-      await transport.sendMail({ from: channel.from, to: channel.to, ...alertEmail(event, dashboardUrl), headers: { 'X-Budget-Event-Id': event.alertId } })
+      const message = event.type === 'budget.digest' ? digestEmail(event, dashboardUrl) : alertEmail(event, dashboardUrl)
+      await transport.sendMail({ from: channel.from, to: channel.to, ...message, headers: { 'X-Budget-Event-Id': eventId(event) } })
     }
   }
 }
@@ -97,7 +162,7 @@ export function webhookNotifier (url: string, timeoutMs = 5000): Notifier {
     async deliver (event) {
       const response = await fetch(url, {
         method: 'POST',
-        headers: { 'content-type': 'application/json', 'x-budget-event-id': event.alertId },
+        headers: { 'content-type': 'application/json', 'x-budget-event-id': eventId(event) },
         body: JSON.stringify(event),
         signal: AbortSignal.timeout(timeoutMs)
       })
@@ -108,7 +173,12 @@ export function webhookNotifier (url: string, timeoutMs = 5000): Notifier {
 }
 
 export function logNotifier (log: FastifyBaseLogger): Notifier {
-  return { deliver: async (event) => { log.warn({ budgetAlert: event }, event.text) } }
+  return {
+    deliver: async (event) => {
+      if (event.type === 'budget.digest') log.info({ budgetDigest: event }, event.text)
+      else log.warn({ budgetAlert: event }, event.text)
+    }
+  }
 }
 
 function toEvent ({ alert, budget }: DueNotification): AlertEvent {
@@ -128,8 +198,45 @@ function toEvent ({ alert, budget }: DueNotification): AlertEvent {
   }
 }
 
+function toDigestEvent ({ digest, budget }: DueDigestNotification): DigestEvent {
+  const event: DigestEvent = {
+    type: 'budget.digest',
+    text: '',
+    digestId: digest.id,
+    budget,
+    every: digest.every,
+    periodStart: digest.periodStart,
+    periodEnd: digest.periodEnd,
+    timezone: digest.timezone,
+    firstDay: digest.firstDay,
+    lastDay: digest.lastDay,
+    spent: digest.spent,
+    usageCount: digest.usageCount,
+    window: {
+      periodStart: digest.windowStart,
+      periodEnd: digest.windowEnd,
+      spent: digest.windowSpent,
+      limit: digest.limit,
+      percentUsed: digest.percentUsed,
+      burnRate: digest.burnRate,
+      projectedTotal: digest.projectedTotal
+    },
+    topModels: digest.topModels.map(({ key, total, count }: TopSpender) => ({ modelId: key, total, count })),
+    topUsers: digest.topUsers.map(({ key, total, count }: TopSpender) => ({ userId: key, total, count })),
+    createdAt: digest.createdAt
+  }
+  const top = (rows: TopSpender[]) => rows.length === 0 ? 'none' : rows.map((row) => `${row.key ?? '(none given)'} ${row.total}`).join(', ')
+  event.text = `Budget '${budget.name}' ${digest.every} digest, ${digestPeriod(event)}: ${digest.spent} ${budget.currency} spent. ` +
+    `Period so far ${digest.windowSpent} of ${digest.limit} ${budget.currency} (${digest.percentUsed}%), ` +
+    `burn rate ${digest.burnRate} a day, projected ${digest.projectedTotal} by ${digest.windowEnd}. ` +
+    `Top models: ${top(digest.topModels)}. Top callers: ${top(digest.topUsers)}.`
+  return event
+}
+
 export function createNotificationDeliverer (sql: Sql, options: NotificationOptions, log: FastifyBaseLogger,
-  observe: (outcome: { delivered: number, failed: number }) => void = () => {}) {
+  observe: (outcome: { delivered: number, failed: number }) => void = () => {},
+  /** Makes the digests due at an instant (default now), returning how many; run before each delivery round of the loop. */
+  produceDigests: (at?: Date) => Promise<number> = async () => 0) {
   const fallback = logNotifier(log)
   const notifiers = new Map<string, Notifier>(Object.entries(options.channels).map(([name, config]) => [name,
     'deliver' in config
@@ -140,18 +247,21 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
   async function deliverDue (limit = 20): Promise<{ delivered: number, failed: number }> {
     const outcome = await sql.begin(async (tx) => {
       const alerts = createAlertRepository(tx)
+      const crossings = await alerts.claimDueNotifications(limit)
+      const digests = crossings.length < limit ? await createDigestRepository(tx).claimDueDigests(limit - crossings.length) : []
       let delivered = 0
       let failed = 0
-      for (const due of await alerts.claimDueNotifications(limit)) {
-        const notifier = notifiers.get(due.channel)
+      const due = [...crossings.map((crossing) => ({ ...crossing, event: toEvent(crossing) })), ...digests.map((digest) => ({ ...digest, event: toDigestEvent(digest) }))]
+      for (const { outboxId, channel, attempts, event } of due) {
+        const notifier = notifiers.get(channel)
         try {
-          await (notifier ?? fallback).deliver(toEvent(due))
-          await alerts.markDelivered(due.outboxId, notifier === undefined ? `no channel '${due.channel}' is configured: written to the log` : null)
+          await (notifier ?? fallback).deliver(event)
+          await alerts.markDelivered(outboxId, notifier === undefined ? `no channel '${channel}' is configured: written to the log` : null)
           delivered++
         } catch (error) {
-          const attempt = due.attempts + 1
+          const attempt = attempts + 1
           const retryInMs = attempt >= options.maxAttempts ? null : options.backoffMs * 2 ** (attempt - 1)
-          await alerts.markAttemptFailed(due.outboxId, (error as Error).message, retryInMs)
+          await alerts.markAttemptFailed(outboxId, (error as Error).message, retryInMs)
           failed++
         }
       }
@@ -165,10 +275,16 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
   let running: Promise<unknown> = Promise.resolve()
   return {
     deliverDue,
+    /** Makes the digests whose period ended before `at` (default now) that no process has made yet; the loop does this on its own. */
+    produceDigests,
     start () {
       if (options.intervalMs <= 0) return
       timer = setInterval(() => {
-        running = deliverDue().catch((error: unknown) => { log.error({ err: error }, 'delivering budget notifications failed') })
+        running = (async () => {
+          // A failure to make digests must not hold up the crossings' deliveries.
+          await produceDigests().catch((error: unknown) => { log.error({ err: error }, 'making budget digests failed') })
+          await deliverDue()
+        })().catch((error: unknown) => { log.error({ err: error }, 'delivering budget notifications failed') })
       }, options.intervalMs)
       timer.unref()
     },

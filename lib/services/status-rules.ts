@@ -1,5 +1,6 @@
-// How a budget's numbers become its status: percent used, remaining, burn rate, projection, and the
-// status rule. Pure and exact (bigint money), so every rule is tested against hand-computed values.
+// How a budget's numbers become its status: percent used, remaining, burn rate, and the status rule (the
+// projection is SQL's forecast, sql/013, taken as it is). Pure and exact (bigint money), so every rule is
+// tested against hand-computed values.
 import { MONEY_SCALE, fromUnits, numberToDecimal, toUnits, type Money } from '../money.js'
 import type { BudgetState } from '../repository/status.js'
 import type { ActiveAlert, BudgetAlert, BudgetDefinition } from '../schemas.js'
@@ -27,6 +28,8 @@ export interface StatusInput {
   now: Date
   /** Thresholds crossed in this window, from the alert history. */
   crossings: ActiveAlert[]
+  /** The spend forecast for the window's end: budget_forecast() in SQL (sql/013), the one projection rule. */
+  projectedTotal: Money
 }
 
 export interface BudgetStatusInfo {
@@ -89,7 +92,7 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
     remaining: fromUnits(available > 0n ? available : 0n),
     daysRemaining: Math.floor(Number(left) / DAY * 100) / 100,
     burnRate: state === 'scheduled' ? '0' : fromUnits(divideRounded(current * BigInt(DAY), elapsed)),
-    projectedTotal: fromUnits(current + divideRounded(current * left, elapsed)),
+    projectedTotal: fromUnits(toUnits(input.projectedTotal)),
     status: budgetHealth(currentAmount, budget.amount, budget.alerts),
     activeAlerts: input.crossings,
     lastUpdated: input.lastUpdated.toISOString(),

@@ -1,5 +1,5 @@
 // The Budget Tracker: records usage exactly once, and reads live status, history and summaries.
-import { BudgetNotFoundError, CurrencyMismatchError, IdempotencyConflictError, InvalidFieldError, BudgetNotActiveError } from '../errors.js'
+import { BudgetNotFoundError, InvalidFieldError } from '../errors.js'
 import { fromUnits, parsePositiveMoney, toUnits, type Money } from '../money.js'
 import { isUuid } from '../repository/budgets.js'
 import type { Repositories } from '../repository/index.js'
@@ -7,10 +7,11 @@ import type { AuditContext } from '../repository/audit.js'
 import type { BudgetWindow, StatusCacheRow } from '../repository/status.js'
 import type { UsageFilter, UsagePageKey, UsageRecord } from '../repository/usage.js'
 import type { BudgetDefinition } from '../schemas.js'
-import { checkTags, type Tags } from '../tags.js'
+import type { Tags } from '../tags.js'
 import { parseTimestamp } from '../timestamps.js'
 import { decide, standingsOf, type BudgetConstraintCheck } from './decision.js'
 import { computeStatus, type BudgetStatusInfo } from './status-rules.js'
+import { checkActive, checkMatches, hasFilters, readUsage, replayOf, storageError } from './usage-rules.js'
 
 export interface RecordUsageRequest {
   budgetId: string
@@ -66,10 +67,7 @@ export interface TrackerOptions {
   modelName?: (name: string) => string
 }
 
-// A clock a little ahead of ours is not the future; a day ahead is a mistake.
-const CLOCK_SKEW_MS = 5 * 60_000
-
-export function createBudgetTracker ({ budgets, status, usage, alerts, reservations }: Repositories, options: TrackerOptions) {
+export function createBudgetTracker ({ budgets, status, usage, alerts, reservations, forecasts }: Repositories, options: TrackerOptions) {
 
   async function requireBudget (budgetId: string): Promise<BudgetDefinition> {
     const budget = await budgets.findBudget(budgetId)
@@ -99,30 +97,19 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
     const crossings = (await alerts.listAlerts(budget.id, window.periodStart)).map((alert) => ({
       id: alert.id, threshold: alert.threshold, basis: alert.basis, actions: alert.actions, crossedAt: alert.crossedAt, acknowledged: alert.acknowledgedAt !== null
     }))
-    return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now: options.now(), crossings })
+    const now = options.now()
+    const projectedTotal = await forecasts.projectedTotal(budget.id, window, row.currentAmount, now)
+    return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now, crossings, projectedTotal })
   }
 
   /** Records a usage once per idempotency key and budget; `replayed` tells a retry from the first call. */
   async function record (request: RecordUsageRequest, recordOptions: RecordOptions = {}): Promise<{ record: UsageRecord, replayed: boolean }> {
-    const amount = parsePositiveMoney(request.amount, 'amount')
-    const metadata = withModelName(request.metadata ?? {})
-    const occurredAt = request.occurredAt === undefined ? options.now() : parseTimestamp(request.occurredAt, 'occurredAt')
-    if (occurredAt.getTime() > options.now().getTime() + CLOCK_SKEW_MS) throw new InvalidFieldError('occurredAt', 'is in the future')
-    const idempotencyKey = recordOptions.idempotencyKey ?? (typeof metadata.requestId === 'string' ? metadata.requestId : null)
-
-    if (metadata.tags !== undefined) checkTags(metadata.tags, 'metadata.tags')
+    const { amount, metadata, occurredAt, idempotencyKey } = readUsage(request, recordOptions.idempotencyKey, options)
     const budget = await requireBudget(request.budgetId)
-    if ((budget.filters.models !== undefined || budget.filters.tags !== undefined) &&
-        !await budgets.matchesCall(budget.id, typeof metadata.modelId === 'string' ? metadata.modelId : null, metadata.tags as Tags | undefined)) {
-      throw new InvalidFieldError('metadata', `does not match the filters of budget '${budget.name}' (${JSON.stringify(budget.filters)}): usage counts only toward budgets whose filters it matches`)
+    if (hasFilters(budget)) {
+      checkMatches(budget, await budgets.matchesCall(budget.id, typeof metadata.modelId === 'string' ? metadata.modelId : null, metadata.tags as Tags | undefined))
     }
-    if (request.currency !== budget.currency) {
-      throw new CurrencyMismatchError(`Usage in ${request.currency} cannot be recorded on budget '${budget.name}', which is in ${budget.currency}`)
-    }
-    const window = await status.findWindow(budget.id, occurredAt)
-    if (window?.state !== 'active' || occurredAt < window.periodStart) {
-      throw new BudgetNotActiveError(budget.id, occurredAt.toISOString(), window?.state ?? 'unknown')
-    }
+    checkActive(budget, occurredAt, await status.findWindow(budget.id, occurredAt))
     const values = {
       budgetId: budget.id,
       amount,
@@ -134,25 +121,11 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
       occurredAt,
       alsoCountsToward: request.alsoCountsToward
     }
-    const inserted = await usage.insertUsage(values).catch((error: unknown) => {
-      // numeric_value_out_of_range: the amount fits its column, but a budget's total would not.
-      if ((error as { code?: string }).code === '22003') throw new InvalidFieldError('amount', 'would take a budget\'s total past the largest amount that can be stored (10^18)')
-      throw error
-    })
+    const inserted = await usage.insertUsage(values).catch((error: unknown) => { throw storageError(error) })
     if (inserted !== null) return { record: inserted, replayed: false }
     // The key was used before (perhaps by an identical request a moment ago, now committed).
     const first = (await usage.findUsageByKey(budget.id, idempotencyKey!))!
-    if (toUnits(first.amount) !== toUnits(amount) || first.currency !== request.currency) {
-      throw new IdempotencyConflictError(idempotencyKey!, `it recorded ${first.amount} ${first.currency}`)
-    }
-    return { record: first, replayed: true }
-  }
-
-  /** The record's model under its price-table name, so model filters match it as they match a gated call. */
-  function withModelName (metadata: Record<string, unknown>): Record<string, unknown> {
-    const given = metadata.modelId
-    const name = typeof given === 'string' && options.modelName !== undefined ? options.modelName(given) : given
-    return name === given ? metadata : { ...metadata, modelId: name, upstreamModel: metadata.upstreamModel ?? given }
+    return { record: replayOf(first, amount, request.currency, idempotencyKey!), replayed: true }
   }
 
   /** The query's range, by default the budget's current window. */
@@ -229,7 +202,7 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
     async checkBudgetConstraints (budgetId: string, estimatedCost: string | number): Promise<BudgetConstraintCheck> {
       const estimate: Money = parsePositiveMoney(estimatedCost, 'estimatedCost')
       const budget = await requireBudget(budgetId)
-      return decide(standingsOf(await reservations.listLineage(budget.id, estimate)), estimate)
+      return decide(standingsOf(await reservations.listLineage(budget.id, budget.currency, estimate)), estimate)
     }
   }
 }

@@ -1,0 +1,93 @@
+// Usage records per second, side by side in one run against one app listening on a port: single
+// POST /:id/usage calls (32 concurrent clients) and POST /usage/batch with batches of 1,000 (and 10,000),
+// each on a budget of its own under one organization budget; afterwards, exactness: each budget's
+// spend equals the records created x their amount.
+import Fastify from 'fastify'
+import budgets from '../lib/index.js'
+import { fromUnits, toUnits } from '../lib/money.js'
+import { benchDatabase, fmt, throughput } from './harness.js'
+
+const SINGLE_CLIENTS = 32
+const BATCH_CLIENTS = 4
+const DURATION_MS = Number(process.env.BENCH_SECONDS ?? 10) * 1000
+const AMOUNT = '0.0021'
+const token = 'bench-admin-token-0123456789'
+const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` }
+
+const database = await benchDatabase()
+process.stdout.write(`usage-batch benchmark on PostgreSQL from ${database.source}, ${DURATION_MS / 1000} s per measure\n`)
+
+const app = Fastify({ logger: process.env.BENCH_LOG === '1' ? { level: 'error' } : false })
+await app.register(budgets, { database: database.url, adminToken: token })
+const address = await app.listen({ port: 0, host: '127.0.0.1' })
+const org = await app.budgetRegistry.createBudget({
+  name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01',
+  alerts: [{ threshold: 80, actions: ['notify'], notificationChannels: [] }]
+})
+const team = async (name: string) => await app.budgetRegistry.createBudget({
+  name, scopeType: 'team', scopeId: name, parentId: org.id, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01',
+  alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: [] }]
+})
+const record = (loop: number, i: number, tag: string) => ({ amount: AMOUNT, currency: 'USD', source: 'bench', metadata: { requestId: `${tag}-${loop}-${i}`, modelId: 'gpt-4o-mini', userId: `user-${i % 50}` } })
+
+async function single (budgetId: string) {
+  const url = `${address}/api/v1/budgets/${budgetId}/usage`
+  return await throughput(SINGLE_CLIENTS, DURATION_MS, async (loop, i) => {
+    const response = await fetch(url, { method: 'POST', headers, body: JSON.stringify(record(loop, i, 'single')) })
+    await response.arrayBuffer()
+    return response.status === 201
+  })
+}
+
+const failures: string[] = []
+
+async function batches (budgetId: string, size: number) {
+  let records = 0
+  let created = 0
+  const run = await throughput(BATCH_CLIENTS, DURATION_MS, async (loop, i) => {
+    const body = JSON.stringify({ records: Array.from({ length: size }, (_, k) => ({ budgetId, ...record(loop, i * size + k, `batch${size}`) })) })
+    const response = await fetch(`${address}/api/v1/budgets/usage/batch`, { method: 'POST', headers, body })
+    const answer = await response.json() as { created?: number }
+    if (response.status !== 200) {
+      if (failures.length < 3) failures.push(`${response.status} ${JSON.stringify(answer).slice(0, 200)}`)
+      return false
+    }
+    records += size
+    created += answer.created ?? 0
+    if (answer.created !== size && failures.length < 3) failures.push(`200 but ${answer.created} created`)
+    return answer.created === size
+  })
+  return { ...run, recordsPerSecond: run.perSecond * size, records, created }
+}
+
+// Warm up both paths (JIT, plans, connections), then measure one after the other on budgets of their own.
+await single((await team('warm-single')).id)
+await batches((await team('warm-batch')).id, 1000)
+const singleBudget = await team('single')
+const batchBudget = await team('batch-1000')
+const bigBudget = await team('batch-10000')
+const alone = await single(singleBudget.id)
+const thousand = await batches(batchBudget.id, 1000)
+const tenThousand = await batches(bigBudget.id, 10_000)
+
+const spent = async (id: string) => (await app.budgetTracker.getBudgetStatus(id)).currentAmount
+const expect = (count: number) => fromUnits(BigInt(count) * toUnits(AMOUNT))
+const exact = [[singleBudget.id, alone.ok], [batchBudget.id, thousand.created], [bigBudget.id, tenThousand.created]] as const
+const checks = await Promise.all(exact.map(async ([id, count]) => `${await spent(id)} = ${count} x ${AMOUNT} (${await spent(id) === expect(count) ? 'exact' : `NOT ${expect(count)}`})`))
+
+process.stdout.write([
+  '',
+  '| usage records | records per second | ratio to single calls |',
+  '|---|---|---|',
+  `| POST /:id/usage, ${SINGLE_CLIENTS} concurrent clients | ${fmt(alone.perSecond, 0)} | 1.00 |`,
+  `| POST /usage/batch, 1,000 a batch, ${BATCH_CLIENTS} concurrent clients | ${fmt(thousand.recordsPerSecond, 0)} | ${fmt(thousand.recordsPerSecond / alone.perSecond, 1)} |`,
+  `| POST /usage/batch, 10,000 a batch, ${BATCH_CLIENTS} concurrent clients | ${fmt(tenThousand.recordsPerSecond, 0)} | ${fmt(tenThousand.recordsPerSecond / alone.perSecond, 1)} |`,
+  '',
+  `single: ${alone.ok} created, ${alone.failed} failed; batches of 1,000: ${thousand.ok} whole, ${thousand.failed} not; of 10,000: ${tenThousand.ok} whole, ${tenThousand.failed} not`,
+  `spend: ${checks.join('; ')}`,
+  ...(failures.length === 0 ? [] : [`failed batches (first ${failures.length}): ${failures.join('; ')}`]),
+  ''
+].join('\n'))
+
+await app.close()
+await database.close()

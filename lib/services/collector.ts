@@ -1,0 +1,232 @@
+// The bulk usage collector: up to 10,000 records in one request, each checked as POST /:id/usage checks
+// it (lib/services/usage-rules.ts) and answered on its own, the good ones stored in one transaction.
+import type { Sql } from 'postgres'
+import { BudgetNotFoundError, InvalidFieldError, NoApplicableBudgetError } from '../errors.js'
+import { checkStorable } from '../json-limits.js'
+import type { Money } from '../money.js'
+import type { BudgetRepository } from '../repository/budgets.js'
+import type { StatusRepository } from '../repository/status.js'
+import { createUsageBatchRepository, type ScopedCall } from '../repository/usage-batch.js'
+import { createUsageRepository, type UsageRecord, type UsageValues } from '../repository/usage.js'
+import { toErrorBody } from '../routes/error-handler.js'
+import { compileValidator } from '../routes/validator.js'
+import { BatchUsageRecord, type BatchUsageResult, type BudgetDefinition, type ScopeType } from '../schemas.js'
+import type { Tags } from '../tags.js'
+import { checkScopeId, toScopes } from './integration.js'
+import { checkActive, checkMatches, hasFilters, readUsage, replayOf, storageError, type ReadUsage, type UsageRuleOptions } from './usage-rules.js'
+
+export interface CollectorRepositories {
+  budgets: BudgetRepository
+  status: StatusRepository
+}
+
+export interface BatchAnswer {
+  results: BatchUsageResult[]
+  created: number
+  replayed: number
+  refused: number
+}
+
+/** A record that passed every check: where it goes and what is stored. */
+interface Checked {
+  index: number
+  values: UsageValues
+}
+
+/** A record read, before its budget is known. */
+interface Read {
+  index: number
+  record: BatchUsageRecord
+  usage: ReadUsage
+  /** The budget it names, or the ones its scopes reach (the first takes it). */
+  budgetIds: string[] | null
+  call: ScopedCall | null
+}
+
+const validateRecord = compileValidator({ schema: BatchUsageRecord, httpPart: 'body', method: 'POST', url: '/usage/batch' }) as
+  ((value: unknown) => boolean) & { errors?: unknown[] | null }
+
+// The storage errors that belong to one record (a missing exchange rate, a total past numeric(28,10)):
+// the batch is stored again a record at a time, so that only those records are refused.
+const RECORD_FAULTS = new Set(['RB001', '22003'])
+
+export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRepositories, options: UsageRuleOptions) {
+  /** The first check a record fails, as { code, message, field }; a fault that is no record's (a bug, the database) is thrown. */
+  function refusal (error: unknown): NonNullable<BatchUsageResult['error']> {
+    const body = toErrorBody(error as Parameters<typeof toErrorBody>[0])
+    if (body.statusCode >= 500) throw error
+    return { code: body.code, message: body.message, ...(body.field === undefined ? {} : { field: body.field }) }
+  }
+
+  /** The checks of one record that need no database. */
+  function read (index: number, record: unknown, clock: UsageRuleOptions): Read {
+    checkStorable(record, '')
+    if (!validateRecord(record)) throw Object.assign(new Error('invalid record'), { validation: validateRecord.errors, validationContext: 'record' })
+    const valid = record as BatchUsageRecord
+    if ((valid.budgetId === undefined) === (valid.scopes === undefined)) throw new InvalidFieldError('budgetId', 'give either budgetId or scopes (not both)')
+    const usage = readUsage(valid, undefined, clock)
+    if (valid.scopes === undefined) return { index, record: valid, usage, budgetIds: [valid.budgetId!], call: null }
+    for (const [type, id] of Object.entries(valid.scopes)) checkScopeId(id, `scopes.${type}`)
+    const model = typeof usage.metadata.modelId === 'string' ? usage.metadata.modelId : null
+    const tags = usage.metadata.tags as Tags | undefined
+    return { index, record: valid, usage, budgetIds: null, call: { scopes: toScopes(valid.scopes as Partial<Record<ScopeType, string>>), currency: valid.currency, model, ...(tags === undefined ? {} : { tags }) } }
+  }
+
+  /** Resolves scopes to budgets, then checks each record on its budget: found, its filters matched, active when the spend happened. */
+  async function check (reads: Read[], answer: (index: number, error: unknown) => void): Promise<Checked[]> {
+    // Scopes: one lookup per distinct call (scopes, currency, model, tags).
+    const calls = new Map<string, ScopedCall>()
+    const callKey = (call: ScopedCall) => JSON.stringify([call.scopes, call.currency, call.model, call.tags ?? null])
+    for (const { call } of reads) if (call !== null) calls.set(callKey(call), call)
+    const callList = [...calls.values()]
+    const reached = new Map((await createUsageBatchRepository(sql).listScopeBudgets(callList)).map((ids, i) => [callKey(callList[i]!), ids]))
+    for (const entry of reads) {
+      if (entry.call !== null) entry.budgetIds = reached.get(callKey(entry.call)) ?? []
+    }
+
+    // Budgets, filters and windows, each asked once per distinct question.
+    const ids = [...new Set(reads.flatMap((entry) => entry.budgetIds?.slice(0, 1) ?? []))]
+    const found = new Map<string, BudgetDefinition | null>(await Promise.all(ids.map(async (id) => [id, await budgets.findBudget(id)] as const)))
+    const matchKey = (budgetId: string, usage: ReadUsage) => JSON.stringify([budgetId, usage.metadata.modelId ?? null, usage.metadata.tags ?? null])
+    const matchQuestions = new Map<string, Promise<boolean>>()
+    for (const { budgetIds, usage } of reads) {
+      const budget = budgetIds?.[0] === undefined ? null : found.get(budgetIds[0]) ?? null
+      if (budget === null || !hasFilters(budget) || matchQuestions.has(matchKey(budget.id, usage))) continue
+      matchQuestions.set(matchKey(budget.id, usage), budgets.matchesCall(budget.id, typeof usage.metadata.modelId === 'string' ? usage.metadata.modelId : null, usage.metadata.tags as Tags | undefined))
+    }
+    const matched = new Map(await Promise.all([...matchQuestions].map(async ([key, question]) => [key, await question] as const)))
+    const windowKey = (budgetId: string, at: Date) => `${budgetId} ${at.getTime()}`
+    const windowQuestions = new Map<string, { budgetId: string, at: Date }>()
+    for (const { budgetIds, usage } of reads) {
+      const budgetId = budgetIds?.[0]
+      if (budgetId !== undefined && found.get(budgetId) != null) windowQuestions.set(windowKey(budgetId, usage.occurredAt), { budgetId, at: usage.occurredAt })
+    }
+    const windowList = [...windowQuestions.values()]
+    const windows = new Map((await status.findWindows(windowList)).map((window, i) => [windowKey(windowList[i]!.budgetId, windowList[i]!.at), window]))
+
+    const checked: Checked[] = []
+    for (const { index, record, usage, budgetIds, call } of reads) {
+      try {
+        const [budgetId, ...others] = budgetIds ?? []
+        if (budgetId === undefined) throw new NoApplicableBudgetError(describe(call!))
+        const budget = found.get(budgetId) ?? null
+        if (budget === null) throw new BudgetNotFoundError(budgetId)
+        checkMatches(budget, !hasFilters(budget) || matched.get(matchKey(budget.id, usage)) === true)
+        checkActive(budget, usage.occurredAt, windows.get(windowKey(budget.id, usage.occurredAt)) ?? null)
+        checked.push({
+          index,
+          values: {
+            budgetId: budget.id,
+            amount: usage.amount,
+            currency: record.currency,
+            source: record.source ?? null,
+            description: record.description ?? null,
+            metadata: usage.metadata,
+            idempotencyKey: usage.idempotencyKey,
+            occurredAt: usage.occurredAt,
+            alsoCountsToward: others
+          }
+        })
+      } catch (error) {
+        answer(index, error)
+      }
+    }
+    return checked
+  }
+
+  /**
+   * Stores the checked records in one transaction: the first of each budget and key in one statement
+   * (sql/014), or, when one of them is at fault, each in a savepoint of its own, as the single route
+   * would store them one after another. Then each record not stored is the replay of the one that was.
+   */
+  async function store (checked: Checked[], answer: (index: number, error: unknown) => void, done: (index: number, status: 'created' | 'replayed', record: UsageRecord) => void): Promise<void> {
+    const keyOf = ({ values }: Checked) => values.idempotencyKey === null ? null : `${values.budgetId} ${values.idempotencyKey}`
+    await sql.begin(async (tx) => {
+      const batch = createUsageBatchRepository(tx)
+      const seen = new Set<string>()
+      const firsts = checked.filter((entry) => {
+        const key = keyOf(entry)
+        if (key === null) return true
+        if (seen.has(key)) return false
+        seen.add(key)
+        return true
+      })
+      const stored = new Map<number, UsageRecord>() // by the record's index
+      const refused = new Set<number>()
+      try {
+        const byOrder = await tx.savepoint(async (sp) => await createUsageBatchRepository(sp).insertUsageBatch(firsts.map((entry) => entry.values)))
+        for (const [order, record] of byOrder) stored.set(firsts[order]!.index, record)
+      } catch (error) {
+        if (!RECORD_FAULTS.has((error as { code?: string }).code ?? '')) throw error
+        stored.clear()
+        for (const entry of checked) {
+          try {
+            const record = await tx.savepoint(async (sp) => await createUsageRepository(sp).insertUsage(entry.values))
+            if (record !== null) stored.set(entry.index, record)
+          } catch (fault) {
+            const mapped = storageError(fault)
+            if (mapped === fault) throw fault
+            refused.add(entry.index)
+            answer(entry.index, mapped)
+          }
+        }
+      }
+
+      // The first record under each key (this batch's, or one stored before), for the records not stored.
+      const firstByKey = new Map<string, UsageRecord>()
+      for (const entry of checked) {
+        const record = stored.get(entry.index)
+        if (record !== undefined && keyOf(entry) !== null) firstByKey.set(keyOf(entry)!, record)
+      }
+      const missing = checked.filter((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refused.has(entry.index) && !firstByKey.has(keyOf(entry)!))
+      const before = await batch.findUsageByKeys(missing.map((entry) => ({ budgetId: entry.values.budgetId, idempotencyKey: entry.values.idempotencyKey! })))
+      for (const [key, record] of before) firstByKey.set(key, record)
+
+      for (const entry of checked) {
+        const created = stored.get(entry.index)
+        if (created !== undefined) { done(entry.index, 'created', created); continue }
+        if (refused.has(entry.index)) continue
+        const first = firstByKey.get(keyOf(entry)!)
+        // A key whose first record was refused in this batch (and stored nowhere): refused as the first was.
+        if (first === undefined) { answer(entry.index, new InvalidFieldError('metadata.requestId', 'was used by an earlier record of this batch that was refused')); continue }
+        try {
+          done(entry.index, 'replayed', replayOf(first, entry.values.amount as Money, entry.values.currency, entry.values.idempotencyKey!))
+        } catch (error) {
+          answer(entry.index, error)
+        }
+      }
+    })
+  }
+
+  return {
+    /** Checks and stores each record; answers every one, in input order. A database fault stores none of them (and is thrown). */
+    async collect (records: unknown[]): Promise<BatchAnswer> {
+      // One instant for the batch: a record without occurredAt happened when the batch arrived.
+      const arrived = options.now()
+      const clock: UsageRuleOptions = { now: () => arrived, ...(options.modelName === undefined ? {} : { modelName: options.modelName }) }
+      const results = new Array<BatchUsageResult | undefined>(records.length)
+      const answer = (index: number, error: unknown) => { results[index] = { index, status: 'refused', error: refusal(error) } }
+      const reads: Read[] = []
+      records.forEach((record, index) => {
+        try {
+          reads.push(read(index, record, clock))
+        } catch (error) {
+          answer(index, error)
+        }
+      })
+      const checked = await check(reads, answer)
+      if (checked.length > 0) await store(checked, answer, (index, status, record) => { results[index] = { index, status, record } })
+      const answered = results as BatchUsageResult[]
+      const count = (status: BatchUsageResult['status']) => answered.filter((result) => result.status === status).length
+      return { results: answered, created: count('created'), replayed: count('replayed'), refused: count('refused') }
+    }
+  }
+}
+
+export type UsageCollector = ReturnType<typeof createUsageCollector>
+
+function describe (call: ScopedCall): string {
+  const scopes = call.scopes.map((scope) => `${scope.type} ${scope.id}`).join(', ')
+  const tags = call.tags === undefined ? '' : `, tags ${Object.entries(call.tags).map(([key, value]) => `${key}=${value}`).join(',')}`
+  return `the scopes ${scopes} (model ${call.model ?? 'none'}${tags}, currency ${call.currency})`
+}

@@ -1,0 +1,148 @@
+// Several currencies (sql/012): exchange rates that admins set, usage and gated calls counted toward
+// every applicable budget in its own currency at the rate in force (rounded up, the rate stored with
+// the allocation), and a missing rate that refuses, naming the pair, instead of converting at 1.
+import t from 'tap'
+import { ADMIN_TOKEN, PREFIX, snapshotTables } from './fixtures/app.js'
+import { buildGateway } from './fixtures/gateway.js'
+import { checkInvariants } from './fixtures/invariants.js'
+
+const auth = { authorization: `Bearer ${ADMIN_TOKEN}` }
+type Gateway = Awaited<ReturnType<typeof buildGateway>>
+
+async function setRate (gateway: Gateway, from: string, to: string, body: Record<string, unknown>) {
+  return await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/exchange-rates/${from}/${to}`, headers: auth, body })
+}
+
+async function record (gateway: Gateway, budgetId: string, body: Record<string, unknown>) {
+  return await gateway.app.inject({ method: 'POST', url: `${PREFIX}/${budgetId}/usage`, headers: auth, body: { source: 'test', ...body } })
+}
+
+t.test('exchange rates: set, replaced at the same instant, listed newest first; bad input is a 400 that changes nothing', async (t) => {
+  const gateway = await buildGateway(t)
+  const first = await setRate(gateway, 'USD', 'EUR', { rate: '0.9200', effectiveFrom: '2024-01-01T00:00:00Z' })
+  t.equal(first.statusCode, 201)
+  t.match(first.json(), { from: 'USD', to: 'EUR', rate: '0.92', effectiveFrom: '2024-01-01T00:00:00.000Z', setBy: 'admin' })
+  t.equal((await setRate(gateway, 'USD', 'EUR', { rate: '0.93', effectiveFrom: '2024-01-01' })).statusCode, 200, 'the same pair and instant: replaced')
+  t.equal((await setRate(gateway, 'USD', 'EUR', { rate: 0.95, effectiveFrom: '2025-01-01T00:00:00Z' })).statusCode, 201)
+  t.equal((await setRate(gateway, 'EUR', 'USD', { rate: '1.087000000000000001' })).statusCode, 201, '18 decimals kept exactly')
+  const list = (await gateway.app.inject({ url: `${PREFIX}/exchange-rates`, headers: auth })).json()
+  t.same(list.rates.map((rate: { from: string, to: string, rate: string }) => `${rate.from}/${rate.to} ${rate.rate}`), ['EUR/USD 1.087000000000000001', 'USD/EUR 0.95', 'USD/EUR 0.93'])
+  t.equal((await gateway.app.inject({ url: `${PREFIX}/exchange-rates?from=EUR`, headers: auth })).json().rates.length, 1)
+
+  const before = await snapshotTables(gateway.sql)
+  for (const [from, to, body, field] of [
+    ['USD', 'EUR', { rate: '0' }, 'rate'], ['USD', 'EUR', { rate: '-1' }, 'rate'], ['USD', 'EUR', { rate: 'abc' }, 'rate'],
+    ['USD', 'EUR', { rate: '1e3' }, 'rate'], ['USD', 'EUR', { rate: 1e-20 }, 'rate'], ['USD', 'EUR', { rate: '0.1234567890123456789' }, 'rate'],
+    ['USD', 'USD', { rate: '1' }, 'to'], ['usd', 'EUR', { rate: '1' }, undefined], ['USD', 'EUR', { rate: '1', effectiveFrom: 'yesterday' }, 'effectiveFrom'],
+    ['USD', 'EUR', {}, undefined]
+  ] as Array<[string, string, Record<string, unknown>, string | undefined]>) {
+    const response = await setRate(gateway, from, to, body)
+    t.equal(response.statusCode, 400, `${from}/${to} ${JSON.stringify(body)}`)
+    if (field !== undefined) t.equal(response.json().field, field)
+  }
+  t.same(await snapshotTables(gateway.sql), before, 'nothing changed')
+  t.equal((await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/exchange-rates/USD/EUR`, body: { rate: '1' } })).statusCode, 401)
+})
+
+t.test('recorded usage counts toward a budget in another currency at the rate in force, rounded up, and keeps that rate', async (t) => {
+  const gateway = await buildGateway(t)
+  const budget = await gateway.createBudget({ name: 'euro team', currency: 'EUR', amount: '100' })
+
+  const refused = await record(gateway, budget.id, { amount: '10', currency: 'USD', metadata: { requestId: 'r-1' } })
+  t.equal(refused.statusCode, 400, 'no rate: refused, never converted at 1')
+  t.match(refused.json(), { code: 'BUDGET_ERR_EXCHANGE_RATE_MISSING', field: 'currency', message: /USD to EUR/ })
+  t.equal((await gateway.sql`select count(*)::int as n from budget_usage_records`)[0]!.n, 0, 'nothing stored')
+
+  t.equal((await setRate(gateway, 'USD', 'EUR', { rate: '0.92', effectiveFrom: '2024-01-01' })).statusCode, 201)
+  t.equal((await setRate(gateway, 'USD', 'EUR', { rate: '5', effectiveFrom: '2099-01-01' })).statusCode, 201, 'a rate not yet in force')
+  t.equal((await record(gateway, budget.id, { amount: '10', currency: 'USD', metadata: { requestId: 'r-1' } })).statusCode, 201)
+  t.equal((await record(gateway, budget.id, { amount: '3', currency: 'EUR', metadata: { requestId: 'r-2' } })).statusCode, 201, 'in its own currency, as before')
+  t.equal((await gateway.status(budget.id)).currentAmount, '12.2', '10 USD at 0.92 is 9.2 EUR, plus 3 EUR')
+
+  // A new rate changes nothing recorded: the allocation keeps the rate it was converted at.
+  t.equal((await setRate(gateway, 'USD', 'EUR', { rate: '0.5' })).statusCode, 201)
+  t.equal((await gateway.app.inject({ method: 'POST', url: `${PREFIX}/${budget.id}/refresh-cache`, headers: auth })).json().currentAmount, '12.2', 'recomputed from the allocations: unchanged')
+  const allocations = await gateway.sql`select amount::text as amount, exchange_rate::text as rate from budget_usage_allocations order by amount desc`
+  t.same(allocations.map((row) => [row.amount, Number(row.rate)]), [['9.2000000000', 0.92], ['3.0000000000', 1]])
+  t.equal((await record(gateway, budget.id, { amount: '0.0000000003', currency: 'USD', metadata: { requestId: 'r-3' } })).statusCode, 201)
+  t.equal((await gateway.status(budget.id)).currentAmount, '12.2000000002', '0.0000000003 x 0.5 = 0.00000000015, rounded up to 0.0000000002')
+  t.equal((await record(gateway, budget.id, { amount: '10', currency: 'USD', metadata: { requestId: 'r-1' } })).statusCode, 200, 'a retry is a replay, stored once')
+  t.equal((await record(gateway, budget.id, { amount: '10', currency: 'EUR', metadata: { requestId: 'r-1' } })).statusCode, 409, 'the same key in another currency is a conflict')
+})
+
+t.test('a record counts toward ancestors and other budgets in their currencies; one missing rate refuses the whole record', async (t) => {
+  const gateway = await buildGateway(t)
+  const organization = await gateway.createBudget({ name: 'org', scopeType: 'organization', scopeId: 'acme', currency: 'GBP', amount: '1000' })
+  const team = await gateway.createBudget({ name: 'team', scopeId: 'team-a', currency: 'GBP', amount: '100', parentId: organization.id })
+  await setRate(gateway, 'JPY', 'GBP', { rate: '0.0052', effectiveFrom: '2024-01-01' })
+  t.equal((await record(gateway, team.id, { amount: '1500', currency: 'JPY' })).statusCode, 201)
+  t.equal((await gateway.status(team.id)).currentAmount, '7.8')
+  t.equal((await gateway.status(organization.id)).currentAmount, '7.8', 'the parent, in the same currency, at the same rate')
+  const refused = await record(gateway, team.id, { amount: '1', currency: 'CHF' })
+  t.equal(refused.statusCode, 400)
+  t.match(refused.json().message, /CHF to GBP/)
+})
+
+t.test('the gate holds a budget in another currency at the rate in force, rounded up, and settles at the hold\'s rate', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 }, mockTokenDelayMs: 20 })
+  const euro = await gateway.createBudget({ name: 'euro team', currency: 'EUR', amount: '50' })
+  const dollar = await gateway.createBudget({ name: 'dollar org', scopeType: 'organization', scopeId: 'acme', currency: 'USD', amount: '50' })
+
+  const missing = await gateway.call({ team: 'team-a', organization: 'acme' })
+  t.equal(missing.statusCode, 503, 'no USD/EUR rate: refused')
+  t.equal(missing.headers['x-should-retry'], 'false')
+  t.match(missing.json().error, { code: 'exchange_rate_missing', message: /into EUR .*euro team/ })
+  t.equal((await gateway.sql`select count(*)::int as n from budget_reservations`)[0]!.n, 0, 'nothing held')
+
+  await setRate(gateway, 'USD', 'EUR', { rate: '0.9', effectiveFrom: '2024-01-01' })
+  // The rate changes while the call streams: its hold was taken at 0.9, and it settles at 0.9.
+  const call = gateway.call({ team: 'team-a', organization: 'acme' }, { stream: true, max_tokens: 40 })
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const [held] = await gateway.sql`select exchange_rate::text as rate, call_amount::text as call, amount::text as amount from budget_reservations where budget_id = ${euro.id}`
+  t.equal(Number(held!.rate), 0.9, 'the hold on the euro budget is at 0.9')
+  await setRate(gateway, 'USD', 'EUR', { rate: '2' })
+  const response = await call
+  t.equal(response.statusCode, 200)
+  await gateway.settled()
+  const [usage] = await gateway.sql`select amount::text as amount, currency from budget_usage_records`
+  t.equal(usage!.currency, 'USD', 'the call is recorded in the gate\'s currency')
+  const allocations = await gateway.sql`select budget_id as "budgetId", amount::text as amount, exchange_rate::text as rate from budget_usage_allocations`
+  const euroAllocation = allocations.find((row) => row.budgetId === euro.id)!
+  const [expected] = await gateway.sql`select budget_convert(${usage!.amount}::numeric, 0.9)::text as amount`
+  t.equal(euroAllocation.amount, expected!.amount, 'the euro budget is charged the actual cost at the hold\'s rate, rounded up')
+  t.equal(Number(euroAllocation.rate), 0.9)
+  t.equal(allocations.find((row) => row.budgetId === dollar.id)!.amount, usage!.amount, 'the dollar budget, as it is')
+
+  const next = await gateway.call({ team: 'team-a', organization: 'acme' })
+  t.equal(next.statusCode, 200)
+  t.ok(['EUR', 'USD'].includes(next.headers['x-budget-currency'] as string), 'the remaining is in the binding budget\'s currency')
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('a hard budget in another currency is never overspent by concurrent calls', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  await setRate(gateway, 'USD', 'JPY', { rate: '151.37', effectiveFrom: '2024-01-01' })
+  // A worst case of about 0.0000125 USD a call (20 output tokens of gpt-4o-mini): some 0.0019 JPY.
+  const yen = await gateway.createBudget({ name: 'yen team', currency: 'JPY', amount: '0.05' })
+  const responses = await Promise.all(Array.from({ length: 60 }, async () => await gateway.call({ team: 'team-a' })))
+  const served = responses.filter((response) => response.statusCode === 200).length
+  const refused = responses.filter((response) => response.statusCode === 402).length
+  t.equal(served + refused, 60, 'each call served or refused for want of room')
+  t.ok(served > 0 && refused > 0, `some served (${served}), some refused (${refused})`)
+  await gateway.settled()
+  const [over] = await gateway.sql`select current_amount <= ${'0.05'}::numeric as within, current_amount::text as spent from budget_status_cache where budget_id = ${yen.id}`
+  t.ok(over!.within, `spent ${over!.spent} JPY of 0.05`)
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('check-constraints reads a caller\'s budgets in their currencies', async (t) => {
+  const gateway = await buildGateway(t)
+  const euro = await gateway.createBudget({ name: 'euro team', currency: 'EUR', amount: '1' })
+  const check = async () => await gateway.app.budgetIntegration.checkCaller({ team: 'team-a' }, '2')
+  t.match(await check(), { canProceed: false, code: 'exchange_rate_missing' })
+  await setRate(gateway, 'USD', 'EUR', { rate: '0.4', effectiveFrom: '2024-01-01' })
+  t.match(await check(), { canProceed: true, bindingBudgetId: euro.id, currency: 'EUR', bindingEstimate: '0.8' }, '2 USD is 0.8 EUR: it fits')
+  await setRate(gateway, 'USD', 'EUR', { rate: '0.6' })
+  t.match(await check(), { canProceed: false, code: 'budget_exceeded', reason: /less than the estimated cost 1.2 EUR/ })
+})
