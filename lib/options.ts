@@ -65,7 +65,9 @@ export const GATE_DEFAULTS: GateOptions = {
   failureMode: 'closed',
   timeoutMs: 3000,
   reservationTtlMs: 15 * 60_000,
-  sweepIntervalMs: 60_000
+  sweepIntervalMs: 60_000,
+  nearLimit: 'refuse',
+  clampFloorTokens: 16
 }
 
 const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000, dashboard: true }
@@ -152,6 +154,8 @@ function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
     if (!Number.isInteger(gate[name]) || gate[name] <= 0) throw new OptionsError(`gate.${name} must be a positive whole number of milliseconds`)
   }
   if (!Number.isInteger(gate.sweepIntervalMs) || gate.sweepIntervalMs < 0) throw new OptionsError('gate.sweepIntervalMs must be a whole number of milliseconds (0: no sweeper)')
+  if (gate.nearLimit !== 'refuse' && gate.nearLimit !== 'clamp') throw new OptionsError("gate.nearLimit must be 'refuse' or 'clamp'")
+  if (!Number.isInteger(gate.clampFloorTokens) || gate.clampFloorTokens < 1) throw new OptionsError('gate.clampFloorTokens must be a positive whole number of tokens')
   return gate
 }
 

@@ -12,6 +12,8 @@ function Nullable<T extends TSchema> (schema: T) {
 }
 
 export const SCOPE_TYPES = ['organization', 'team', 'user', 'project'] as const
+/** What the gate does when a call's worst case no longer fits a hard budget (the gate's nearLimit option, or the budget's own). */
+export const NEAR_LIMIT_POLICIES = ['refuse', 'clamp'] as const
 export const PERIODS = ['daily', 'weekly', 'monthly', 'quarterly', 'annual', 'custom'] as const
 export const PERIOD_ALIGNMENTS = ['start', 'calendar'] as const
 export const ALERT_ACTIONS = ['notify', 'restrict-models', 'require-approval', 'block-all', 'auto-downgrade'] as const
@@ -102,7 +104,10 @@ const budgetFields = {
   metrics: Type.Boolean({ description: 'Always export this budget\'s Prometheus gauges (default false: only while among the top spenders).' }),
   alerts: Type.Array(BudgetAlert, { maxItems: 20 }),
   enforcement: StringEnum(['hard', 'soft'] as const, { description: 'A hard budget refuses calls that would exceed it; a soft one only alerts.' }),
-  digest: Nullable(BudgetDigest)
+  digest: Nullable(BudgetDigest),
+  nearLimit: Nullable(StringEnum(NEAR_LIMIT_POLICIES, {
+    description: "When a call's worst case no longer fits this hard budget: 'refuse' it, or 'clamp' its max_tokens to what the budget can still afford (refused only below the gate's floor). Null (default): the gate's nearLimit option."
+  }))
 }
 
 export const CreateBudgetRequest = Type.Object({
@@ -119,7 +124,8 @@ export const CreateBudgetRequest = Type.Object({
   metrics: Type.Optional(budgetFields.metrics),
   alerts: Type.Optional(budgetFields.alerts),
   enforcement: Type.Optional(budgetFields.enforcement),
-  digest: Type.Optional(budgetFields.digest)
+  digest: Type.Optional(budgetFields.digest),
+  nearLimit: Type.Optional(budgetFields.nearLimit)
 }, {
   additionalProperties: false,
   examples: [{
@@ -175,6 +181,7 @@ export const BudgetDefinition = Type.Object({
   alerts: Type.Array(BudgetAlert),
   enforcement: StringEnum(['hard', 'soft'] as const),
   digest: Nullable(BudgetDigest),
+  nearLimit: Nullable(StringEnum(NEAR_LIMIT_POLICIES)),
   createdBy: Nullable(Type.String()),
   createdAt: Timestamp,
   updatedAt: Timestamp
@@ -219,6 +226,7 @@ export type Period = Static<typeof Period>
 export type BudgetFilters = Static<typeof BudgetFilters>
 export type RateLimits = Static<typeof RateLimits>
 export type PeriodAlignment = typeof PERIOD_ALIGNMENTS[number]
+export type NearLimitPolicy = typeof NEAR_LIMIT_POLICIES[number]
 export type AlertAction = Static<typeof AlertAction>
 export type BudgetAlert = Static<typeof BudgetAlert>
 export type BudgetDigest = Static<typeof BudgetDigest>

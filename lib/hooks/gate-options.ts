@@ -1,7 +1,7 @@
 // The gate's options and the state it leaves on each gated request, and the default way of naming the caller.
 import type { FastifyRequest } from 'fastify'
 import type { Money } from '../money.js'
-import type { ScopeType } from '../schemas.js'
+import type { NearLimitPolicy, ScopeType } from '../schemas.js'
 import type { BudgetConstraintCheck } from '../services/decision.js'
 import type { CostEstimate } from '../services/estimate.js'
 import { checkScopeId, type CallerScopes } from '../services/integration.js'
@@ -35,6 +35,13 @@ export interface GateOptions {
   reservationTtlMs: number
   /** How often this process sweeps expired reservations; 0 turns the sweeper off. */
   sweepIntervalMs: number
+  /**
+   * When a call's worst case no longer fits a hard budget: `refuse` it (402), or `clamp` its max_tokens to
+   * what every budget can still afford and forward that. A budget's own `nearLimit` overrides this default.
+   */
+  nearLimit: NearLimitPolicy
+  /** Under `clamp`, the fewest output tokens worth forwarding: below this the call is refused. Default 16. */
+  clampFloorTokens: number
 }
 
 /** What the gate decided for a request, for the route handler and the settlement. */
@@ -47,6 +54,8 @@ export interface BudgetGateState {
   model: string
   /** The requested model when auto-downgrade replaced it. */
   downgradedFrom: string | null
+  /** The max_tokens the gate lowered the request to under nearLimit 'clamp'; null when it did not. */
+  clampedMaxTokens: number | null
   estimate: Money
   check: BudgetConstraintCheck | null
   usage: TokenUsage | null

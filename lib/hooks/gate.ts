@@ -16,6 +16,10 @@ import type { PriceBook, TokenUsage } from '../services/pricing.js'
 import { checkTags } from '../tags.js'
 import { SCOPE_HEADERS, TAGS_HEADER, type BudgetGateState, type GateOptions } from './gate-options.js'
 import { sendOpenAIError } from './openai-error.js'
+import { largestAffordable, mayClamp, requestedOutputTokens, roomFor } from './clamp.js'
+
+/** How often a clamped call measures the room again when other calls took it first. */
+const CLAMP_ATTEMPTS = 3
 
 /** Reads `usage` from an OpenAI-style JSON body, as the provider returned it. */
 function usageFromPayload (payload: unknown, fallbackModel: string): TokenUsage | null {
@@ -156,7 +160,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     }
     const requestId = randomUUID()
     const state: BudgetGateState = {
-      reservationId: null, requestId, caller, model: estimate.model, downgradedFrom: null, estimate: estimate.amount, check: null, usage: null,
+      reservationId: null, requestId, caller, model: estimate.model, downgradedFrom: null, clampedMaxTokens: null, estimate: estimate.amount, check: null, usage: null,
       reportUsage: (usage) => { state.usage = usage }
     }
     request.budgetGate = state
@@ -201,6 +205,25 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
           state.model = downgraded.model
           state.estimate = downgraded.amount
           void reply.header('x-budget-downgraded-from', estimate.model)
+        }
+        // nearLimit 'clamp': a call whose worst case no longer fits goes ahead with fewer output tokens, the
+        // most every budget can still afford, as long as the floor fits. The clamped worst case is what is
+        // held; a call that took the room meanwhile makes the next try measure again.
+        for (let attempt = 1; attempt <= CLAMP_ATTEMPTS && mayClamp(state.check!, options.nearLimit); attempt++) {
+          const room = roomFor(state.check!, state.estimate)
+          const asked = requestedOutputTokens(request.body as Record<string, unknown>, prices.resolve(state.model)?.price.maxOutputTokens)
+          if (room === null || asked === null) break
+          const clamped = await largestAffordable(request, async (view) => await options.estimateCost(view, prices, state.model), options.clampFloorTokens, asked, room)
+          if (clamped === null) break
+          const held = await integration.reserveCall(caller, clamped.estimate.amount, { requestId, model: clamped.estimate.model, tokens: clamped.estimate.tokens })
+          rateLimited = held.rateLimited
+          state.reservationId = held.reservationId
+          state.check = held.check
+          if (!held.check.canProceed) continue
+          request.body = clamped.body
+          state.estimate = clamped.estimate.amount
+          state.clampedMaxTokens = clamped.tokens
+          void reply.header('x-budget-clamped-max-tokens', String(clamped.tokens))
         }
       } catch (error) {
         if (!isDatabaseUnavailable(error)) throw error // a 500; the close releases whatever is held
@@ -269,6 +292,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         modelId: priced?.model ?? state.model,
         ...(usage !== null && usage.model !== (priced?.model ?? state.model) ? { upstreamModel: storable(usage.model) } : {}),
         ...(state.downgradedFrom === null ? {} : { requestedModel: state.downgradedFrom }),
+        ...(state.clampedMaxTokens === null ? {} : { clampedMaxTokens: state.clampedMaxTokens }),
         inputTokens: usage?.inputTokens,
         outputTokens: usage?.outputTokens,
         estimatedCost: state.estimate,

@@ -1,7 +1,7 @@
 // SQL for budget_definitions: one statement per function; hand it a transaction's sql to run inside one.
 import type { Sql, TransactionSql } from 'postgres'
 import { normalizeMoney, type Money } from '../money.js'
-import type { BudgetAlert, BudgetDefinition, BudgetDigest, BudgetFilters, Period, PeriodAlignment, RateLimits, ScopeType } from '../schemas.js'
+import type { BudgetAlert, BudgetDefinition, BudgetDigest, NearLimitPolicy, BudgetFilters, Period, PeriodAlignment, RateLimits, ScopeType } from '../schemas.js'
 
 export type Db = Sql | TransactionSql
 
@@ -27,6 +27,7 @@ export interface BudgetValues {
   alerts: BudgetAlert[]
   enforcement: 'hard' | 'soft'
   digest: BudgetDigest | null
+  nearLimit: NearLimitPolicy | null
 }
 
 interface BudgetRow {
@@ -54,6 +55,7 @@ interface BudgetRow {
   enforcement: 'hard' | 'soft'
   digest_every: BudgetDigest['every'] | null
   digest_channels: string[] | null
+  near_limit: NearLimitPolicy | null
   created_by: string | null
   created_at: Date
   updated_at: Date
@@ -71,7 +73,7 @@ export function createBudgetRepository (sql: Db) {
   const columns = sql`
     id, name, description, scope_type, scope_id, parent_id, amount::text as amount, currency, period,
     start_date, end_date, recurring, timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags,
-    rate_requests_per_minute, rate_tokens_per_minute::text as rate_tokens_per_minute, metrics, alerts, enforcement, digest_every, digest_channels, created_by, created_at, updated_at`
+    rate_requests_per_minute, rate_tokens_per_minute::text as rate_tokens_per_minute, metrics, alerts, enforcement, digest_every, digest_channels, near_limit, created_by, created_at, updated_at`
 
   // A filter that is not there is null in its column (a budget without filters matches every call).
   const filterColumns = (filters: BudgetFilters) => sql`
@@ -89,14 +91,14 @@ export function createBudgetRepository (sql: Db) {
         insert into budget_definitions
           (name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring,
            timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags, rate_requests_per_minute, rate_tokens_per_minute,
-           metrics, alerts, enforcement, digest_every, digest_channels, created_by)
+           metrics, alerts, enforcement, digest_every, digest_channels, near_limit, created_by)
         values
           (${values.name}, ${values.description}, ${values.scopeType}, ${values.scopeId}, ${values.parentId}, ${values.amount},
            ${values.currency}, ${values.period}, ${values.startDate}, ${values.endDate}, ${values.recurring},
            ${values.timezone}, ${values.fiscalYearStartMonth}, ${values.periodAlignment}, ${filterColumns(values.filters)},
            ${values.rateLimits.requestsPerMinute ?? null}, ${values.rateLimits.tokensPerMinute ?? null}, ${values.metrics},
            ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, ${values.enforcement},
-           ${values.digest?.every ?? null}, ${values.digest?.channels ?? null}::text[], ${createdBy})
+           ${values.digest?.every ?? null}, ${values.digest?.channels ?? null}::text[], ${values.nearLimit}, ${createdBy})
         returning ${columns}`
       return toBudget(row!)
     },
@@ -114,6 +116,7 @@ export function createBudgetRepository (sql: Db) {
           metrics = ${values.metrics},
           alerts = ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, enforcement = ${values.enforcement},
           digest_every = ${values.digest?.every ?? null}, digest_channels = ${values.digest?.channels ?? null}::text[],
+          near_limit = ${values.nearLimit},
           updated_at = now()
         where id = ${id} and deleted_at is null
         returning ${columns}`
@@ -252,6 +255,7 @@ function toBudget (row: BudgetRow): BudgetDefinition {
     alerts: row.alerts,
     enforcement: row.enforcement,
     digest: row.digest_every === null ? null : { every: row.digest_every, channels: row.digest_channels ?? [] },
+    nearLimit: row.near_limit,
     createdBy: row.created_by,
     createdAt: row.created_at.toISOString(),
     updatedAt: row.updated_at.toISOString()

@@ -2,7 +2,7 @@
 import type { Db } from './budgets.js'
 import type { Money } from '../money.js'
 import { normalizeMoney } from '../money.js'
-import type { AlertAction, BudgetAlert, ScopeType } from '../schemas.js'
+import type { AlertAction, BudgetAlert, NearLimitPolicy, ScopeType } from '../schemas.js'
 import { canonicalTags, type Tags } from '../tags.js'
 
 export interface Scope {
@@ -51,6 +51,8 @@ export interface LineBudget {
   tokensPerMinute: number | null
   /** The budget's currency: a line with one other than the gate's is held call by call, never leased. */
   currency: string
+  /** What the gate does when a call no longer fits (null: the gate's nearLimit option). */
+  nearLimit: NearLimitPolicy | null
 }
 
 /** What a call asks of a rate-limited budget's bucket: its need, and up to how much to take (a slice on a hot budget). */
@@ -175,7 +177,7 @@ export function createReservationRepository (sql: Db) {
       const rows = await sql<Array<LineBudget & { definitionsVersion: string }>>`
         select budget_id as "budgetId", name, alerts, scope_matched as "scopeMatched", scope_rank as "scopeRank",
                period_start as "periodStart", period_end as "periodEnd", definitions_version::text as "definitionsVersion",
-               rate_requests_per_minute as "requestsPerMinute", rate_tokens_per_minute::float8 as "tokensPerMinute", currency
+               rate_requests_per_minute as "requestsPerMinute", rate_tokens_per_minute::float8 as "tokensPerMinute", currency, near_limit as "nearLimit"
         from budget_line(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, ${call.model}, ${canonicalTags(call.tags)}::text::jsonb)`
       // A caller with no budget still learns the version: its empty line is as cacheable as any.
       const version = rows[0]?.definitionsVersion ?? await definitionsVersion()

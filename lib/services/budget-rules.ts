@@ -4,7 +4,7 @@ import { compareMoney, numberToDecimal, parseMoney, parsePositiveMoney } from '.
 import type { BudgetValues } from '../repository/budgets.js'
 import { checkTags } from '../tags.js'
 import { isStorableText } from '../json-limits.js'
-import { DIGEST_FREQUENCIES, type BudgetAlert, type BudgetDigest, type BudgetFilters, type CreateBudgetRequest, type Period, type RateLimits } from '../schemas.js'
+import { DIGEST_FREQUENCIES, NEAR_LIMIT_POLICIES, type NearLimitPolicy, type BudgetAlert, type BudgetDigest, type BudgetFilters, type CreateBudgetRequest, type Period, type RateLimits } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
 
 const DAY = 86_400_000
@@ -44,8 +44,15 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
     metrics: input.metrics ?? false,
     alerts: normalizeAlerts(input.alerts ?? []),
     enforcement: input.enforcement ?? 'hard',
-    digest: normalizeDigest(input.digest ?? null)
+    digest: normalizeDigest(input.digest ?? null),
+    nearLimit: normalizeNearLimit(input.nearLimit ?? null)
   }
+}
+
+function normalizeNearLimit (policy: unknown): NearLimitPolicy | null {
+  if (policy === null) return null
+  if (!(NEAR_LIMIT_POLICIES as readonly unknown[]).includes(policy)) throw new InvalidFieldError('nearLimit', "must be 'refuse', 'clamp' or null")
+  return policy as NearLimitPolicy
 }
 
 /** A digest as stored: null for none, else its frequency and its channels, each once. The API's schema says the same. */

@@ -3,7 +3,7 @@
 // with numbers read from the database.
 import { fromUnits, toUnits, type Money } from '../money.js'
 import type { ApplicableBudget, Hold, LineBudget } from '../repository/reservations.js'
-import type { AlertAction, BudgetAlert, BudgetDefinition } from '../schemas.js'
+import type { AlertAction, BudgetAlert, BudgetDefinition, NearLimitPolicy } from '../schemas.js'
 import type { PriceBook } from './pricing.js'
 import { budgetHealth, percentReached, type BudgetHealth } from './status-rules.js'
 
@@ -21,6 +21,8 @@ export interface BudgetStanding {
   currency?: string
   /** The estimate in the budget's currency, as SQL converted it (sql/012); null: no exchange rate is in force. Absent: the call's estimate. */
   estimate?: Money | null
+  /** The budget's own near-limit policy (null or absent: the gate's). */
+  nearLimit?: NearLimitPolicy | null
 }
 
 /** What the gate knows about the call: the model, and how restrict-models and auto-downgrade treat it. */
@@ -57,6 +59,8 @@ export interface BudgetCheck {
   currency: string | null
   /** The estimate in the budget's currency; null when no exchange rate converts the call's currency into it. */
   estimatedCost: Money | null
+  /** The budget's own near-limit policy (null: the gate's). */
+  nearLimit: NearLimitPolicy | null
 }
 
 export interface BudgetConstraintCheck {
@@ -176,7 +180,8 @@ export function standingsOfHold (line: LineBudget[], hold: Hold): BudgetStanding
           projectedActions: numbers.projectedActions,
           fits: numbers.fits,
           currency: budget.currency,
-          estimate: numbers.held
+          estimate: numbers.held,
+          nearLimit: budget.nearLimit
         }]
   })
 }
@@ -204,7 +209,8 @@ export function checkBudget (standing: BudgetStanding, estimate: Money, policy?:
     approved: approvedThrough !== null && converted !== null && committed + toUnits(converted) <= toUnits(approvedThrough),
     allowedModels: policy === undefined || restricting.length === 0 ? null : restriction(restricting, policy),
     currency: standing.currency ?? null,
-    estimatedCost: converted
+    estimatedCost: converted,
+    nearLimit: standing.nearLimit ?? null
   }
 }
 

@@ -1,0 +1,80 @@
+// Near the limit, answer instead of refusing (nearLimit 'clamp'): when a call's worst case no longer fits
+// a hard budget, find the largest max_tokens whose worst case fits every budget, and forward that. What
+// is reserved is the clamped worst case, so a hard budget still cannot be overspent.
+import type { FastifyRequest } from 'fastify'
+import { toUnits } from '../money.js'
+import type { BudgetConstraintCheck } from '../services/decision.js'
+import type { CostEstimate } from '../services/estimate.js'
+import type { NearLimitPolicy } from '../schemas.js'
+
+const OUTPUT_LIMITS = ['max_tokens', 'max_completion_tokens'] as const
+
+/**
+ * Whether the refusal may be answered with fewer output tokens: the call has no room (not a block, an
+ * approval or a model restriction), and every hard budget without room clamps (its own nearLimit, else
+ * the gate's).
+ */
+export function mayClamp (check: BudgetConstraintCheck, gateDefault: NearLimitPolicy): boolean {
+  if (check.canProceed || check.code !== 'budget_exceeded') return false
+  const full = check.budgets.filter((budget) => !budget.fits && budget.enforcement === 'hard')
+  return full.length > 0 && full.every((budget) => (budget.nearLimit ?? gateDefault) === 'clamp')
+}
+
+/**
+ * The most the call may now cost, in the call's currency, with every hard budget still fitting: each
+ * budget's room scaled back from its currency by the estimate's own conversion (remaining x estimate /
+ * the estimate in the budget's currency), rounded down. Null when a budget's conversion is unknown.
+ */
+export function roomFor (check: BudgetConstraintCheck, estimate: string): bigint | null {
+  let room: bigint | null = null
+  for (const budget of check.budgets) {
+    if (budget.enforcement !== 'hard') continue
+    if (budget.estimatedCost === null) return null
+    const converted = toUnits(budget.estimatedCost)
+    const own = converted === 0n ? toUnits(budget.remaining) : toUnits(budget.remaining) * toUnits(estimate) / converted
+    if (room === null || own < room) room = own
+  }
+  return room
+}
+
+/** The output tokens the request asks for at most: its max_tokens or max_completion_tokens, else the model's maximum. */
+export function requestedOutputTokens (body: Record<string, unknown>, modelMaximum: number | undefined): number | null {
+  const named = OUTPUT_LIMITS.map((field) => body[field]).filter((value): value is number => Number.isInteger(value) && (value as number) > 0)
+  return named.length > 0 ? Math.max(...named) : modelMaximum ?? null
+}
+
+/**
+ * The body with its output limit lowered to `tokens`: each of max_tokens and max_completion_tokens it
+ * names, or max_completion_tokens (OpenAI's current name, which every chat model takes) when it names neither.
+ */
+export function withOutputLimit (body: Record<string, unknown>, tokens: number): Record<string, unknown> {
+  const named = OUTPUT_LIMITS.filter((field) => body[field] !== undefined && body[field] !== null)
+  return { ...body, ...Object.fromEntries((named.length > 0 ? named : ['max_completion_tokens']).map((field) => [field, tokens])) }
+}
+
+/**
+ * The largest output limit from `floor` to `below - 1` whose worst case costs at most `room` (binary
+ * search: the estimate grows with the limit), with its estimate; null when not even `floor` fits.
+ */
+export async function largestAffordable (
+  request: FastifyRequest, estimateAt: (request: FastifyRequest) => Promise<CostEstimate>, floor: number, below: number, room: bigint
+): Promise<{ tokens: number, body: Record<string, unknown>, estimate: CostEstimate } | null> {
+  const body = request.body as Record<string, unknown>
+  const at = async (tokens: number) => {
+    const clamped = withOutputLimit(body, tokens)
+    // The estimator reads the request; this one differs only in its body.
+    const estimate = await estimateAt(Object.create(request, { body: { value: clamped } }) as FastifyRequest)
+    return { tokens, body: clamped, estimate }
+  }
+  if (below <= floor) return null
+  let best = await at(floor)
+  if (toUnits(best.estimate.amount) > room) return null
+  let low = floor + 1
+  let high = below - 1
+  while (low <= high) {
+    const middle = Math.floor((low + high) / 2)
+    const tried = await at(middle)
+    if (toUnits(tried.estimate.amount) <= room) { best = tried; low = middle + 1 } else high = middle - 1
+  }
+  return best
+}
