@@ -16,7 +16,15 @@ import { fromUnits, toUnits } from '../lib/money.js'
 import { costFromUsage } from '../lib/services/estimate.js'
 import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
 import { ANSWER, BENCH_ADMIN_TOKEN } from './gateway-server.js'
+import { estimateCostRows } from './estimate-cost.js'
 import { benchDatabase, fmt, startBenchGateway } from './harness.js'
+
+// The estimate's own cost, alone, before any load runs (BENCH_ONLY=estimate prints just this).
+const estimateRows = estimateCostRows()
+if (process.env.BENCH_ONLY === 'estimate') {
+  process.stdout.write(['', '| what | figure | ratio |', '|---|---|---|', ...estimateRows, ''].join('\n'))
+  process.exit(0)
+}
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
 const HOT = 16
@@ -130,6 +138,7 @@ process.stdout.write([
   `| gated, ${HOT} connections, the same line with request and token rate limits | ${fmt(rateLimitedHot.perSecond, 0)} calls/s, p99 ${rateLimitedHot.p99} ms | ${ratio(rateLimitedHot.perSecond / gatedHot.perSecond)} of the same line without |`,
   `| gated, ${HOT} connections, the same line while /metrics is scraped every 100 ms (${scrapes} scrapes) | ${fmt(scrapedHot.perSecond, 0)} calls/s, p99 ${scrapedHot.p99} ms | ${ratio(scrapedHot.perSecond / gatedHot.perSecond)} of the same line unscraped |`,
   `| two gateway processes, ${HOT / 2} connections each | ${fmt(twoProcesses, 0)} calls/s | ${ratio(twoProcesses / gatedHot.perSecond)} of one process |`,
+  ...estimateRows,
   '',
   `admitted ${admitted}, not 200: ${refused}; reservations left: ${held!.n}; recorded on each budget: ${spent.map((row) => `${row.total} in ${row.calls} calls`).join(', ')}; expected ${expected}: ${exact ? 'exact' : 'NOT exact'}`,
   `targets: gate per call <= 1.3x the floor -> ${gateMs / floorPairMs <= 1.3 ? 'met' : 'NOT met'}; hot budget >= 2x the floor's pairs/s -> ${gatedHot.perSecond / floorHot >= 2 ? 'met' : 'NOT met'}; p99 < 20 ms -> ${gatedHot.p99 < 20 ? 'met' : 'NOT met'}; two processes >= 1.6x one -> ${twoProcesses / gatedHot.perSecond >= 1.6 ? 'met' : 'NOT met'}; rate-limited >= 0.8x without -> ${rateLimitedHot.perSecond / gatedHot.perSecond >= 0.8 ? 'met' : 'NOT met'}`,

@@ -6,6 +6,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import Ajv from 'ajv'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { worstCaseTokens } from '../lib/services/estimate.js'
 import { mockCompletion, mockTokens, mockUsage, type ChatRequest } from './mock-provider.js'
 import { SseParser, type SseEvent } from './sse.js'
 
@@ -136,16 +137,25 @@ async function forwardToUpstream (request: FastifyRequest, reply: FastifyReply, 
 /**
  * Reports usage to the gate from the stream's events. An event with `usage` (the final chunk, asked for
  * with stream_options.include_usage) reports its tokens and its model as the upstream named it (maybe a
- * dated snapshot); before it, each delta chunk counts as about one output token and the prompt counts as
- * the gate's own worst case for it (a byte a token), so a cut stream is charged within the reservation.
+ * dated snapshot), with the prompt tokens read from the provider's cache (usage.prompt_tokens_details.cached_tokens,
+ * priced at the cache-read rate; a count over the prompt is left out, the prompt then at the input rate); before it, each delta chunk counts as about one output token and the prompt counts as
+ * the gate's own worst case for its text (its tokenizer's count for OpenAI models, else a byte a
+ * token), so a cut stream is charged within the reservation.
  */
 function streamAccounting (request: FastifyRequest, body: ChatRequest): (event: SseEvent) => void {
-  const promptBound = Buffer.byteLength(JSON.stringify(body.messages), 'utf8')
+  // Prices do not change a prompt's tokens; an image part counts 1 here, so the bound stays under any reservation.
+  const promptBound = worstCaseTokens({ messages: body.messages }, { input: '0', output: '0', maxOutputTokens: 1, maxImageTokens: 1 }, body.model).inputTokens
+  // Each delta chunk counts a token (the role's and the finish's too), never more than the request's
+  // output limit: the gate's reservation covers that many.
+  const requested = Math.max(body.max_tokens ?? 0, body.max_completion_tokens ?? 0)
+  const { n } = body as { n?: unknown }
+  const choices = Number.isInteger(n) ? n as number : 1
+  const outputBound = requested > 0 ? requested * choices : Number.POSITIVE_INFINITY
   let produced = 0
   let reported = false
   return (event) => {
     if (event.data === '[DONE]') return
-    let chunk: { model?: unknown, usage?: { prompt_tokens?: unknown, completion_tokens?: unknown } | null, choices?: unknown }
+    let chunk: { model?: unknown, usage?: { prompt_tokens?: unknown, completion_tokens?: unknown, prompt_tokens_details?: { cached_tokens?: unknown } | null } | null, choices?: unknown }
     try {
       chunk = JSON.parse(event.data)
       if (typeof chunk !== 'object' || chunk === null || Array.isArray(chunk)) throw new TypeError('not a JSON object')
@@ -158,9 +168,12 @@ function streamAccounting (request: FastifyRequest, body: ChatRequest): (event: 
     const { prompt_tokens: inputTokens, completion_tokens: outputTokens } = chunk.usage ?? {}
     if (Number.isInteger(inputTokens) && Number.isInteger(outputTokens)) {
       reported = true
-      request.budgetGate?.reportUsage({ model, inputTokens: inputTokens as number, outputTokens: outputTokens as number })
+      const cached = chunk.usage?.prompt_tokens_details?.cached_tokens
+      const cachedInputTokens = Number.isInteger(cached) && (cached as number) > 0 && (cached as number) <= (inputTokens as number) ? cached as number : undefined
+      request.budgetGate?.reportUsage({ model, inputTokens: inputTokens as number, outputTokens: outputTokens as number, ...(cachedInputTokens === undefined ? {} : { cachedInputTokens }) })
     } else if (!reported && Array.isArray(chunk.choices)) {
-      request.budgetGate?.reportUsage({ model, inputTokens: promptBound, outputTokens: ++produced })
+      produced = Math.min(produced + 1, outputBound)
+      request.budgetGate?.reportUsage({ model, inputTokens: promptBound, outputTokens: produced })
     }
   }
 }

@@ -1,5 +1,8 @@
 // A deterministic stand-in for an OpenAI-compatible provider: the same request always gets the same
-// reply and usage. Prompt tokens follow from the prompt's size, completion tokens from max_tokens.
+// reply and usage. Prompt tokens are counted as OpenAI counts them (the model's tokenizer, the one the
+// gate loaded, and the chat format's 3 tokens a message and 3 for the reply; about four bytes a token
+// for other models), completion tokens follow from max_tokens.
+import { tokenCounter } from '../lib/services/tokens.js'
 
 export interface ChatMessage {
   role: string
@@ -27,9 +30,13 @@ function messageText (message: ChatMessage): string {
   return (message.content ?? []).map((part) => part.text ?? '').join('')
 }
 
-/** Usage as a provider would report it: about four bytes of prompt a token; as many output tokens as asked, at most 8 + the prompt's. */
+/** Usage as a provider would report it: the prompt's tokens; as many output tokens as asked, at most 8 + the prompt's. */
 export function mockUsage (request: ChatRequest): ChatUsage {
-  const promptTokens = Math.max(1, Math.ceil(Buffer.byteLength(request.messages.map(messageText).join('\n'), 'utf8') / 4))
+  // As a provider reports it: four bytes a token would exceed the gate's estimate of a long English prompt.
+  const count = tokenCounter(request.model)
+  const promptTokens = count === null
+    ? Math.max(1, Math.ceil(Buffer.byteLength(request.messages.map(messageText).join('\n'), 'utf8') / 4))
+    : 3 + request.messages.reduce((sum, message) => sum + 3 + count(message.role) + count(messageText(message)), 0)
   const limit = request.max_completion_tokens ?? request.max_tokens ?? 256
   const completionTokens = Math.max(1, Math.min(limit, 8 + promptTokens))
   return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens }

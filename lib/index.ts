@@ -17,6 +17,7 @@ import { createDigestScheduler } from './services/digests.js'
 import { createBudgetTracker, type BudgetTracker } from './services/tracker.js'
 import { createUsageCollector } from './services/collector.js'
 import { createPriceBook } from './services/pricing.js'
+import { preloadTokenizers } from './services/tokens.js'
 import { createRepositories } from './repository/index.js'
 import { createBudgetLines } from './services/budget-lines.js'
 import { createSettlementQueue } from './services/settlements.js'
@@ -68,7 +69,10 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   // The composition root: every repository once, and the services built on them.
   const repositories = createRepositories(sql)
   const { currency, reservationTtlMs, timeoutMs, cheapModels, downgrades } = gate ?? GATE_DEFAULTS
-  const prices = createPriceBook((gate ?? GATE_DEFAULTS).prices)
+  // The catalog's prices are USD list prices: in another currency only the operator's table prices calls.
+  const prices = createPriceBook((gate ?? GATE_DEFAULTS).prices, { catalogPrices: currency === 'USD' })
+  // The estimate's tokenizers load here, once, not on a call (0.1 to 0.4 s each); the catalog knows models of both.
+  if (gate !== null) preloadTokenizers([...prices.models().map(({ model }) => model), ...(currency === 'USD' ? ['gpt-4o', 'gpt-4'] : [])])
   // Models go by their price-table name everywhere budgets match them (a dated snapshot as its base model).
   const modelName = (name: string) => prices.resolve(name)?.model ?? name
   // Other processes learn of a change from the definitions' version their next statement sees; this one at once.
@@ -142,6 +146,6 @@ export type { CostEstimate } from './services/estimate.js'
 export { estimateChatCost, costFromUsage, worstCaseTokens } from './services/estimate.js'
 export type { BudgetConstraintCheck } from './services/decision.js'
 export type { BudgetStatusInfo } from './services/status-rules.js'
-export type { PriceTable, ModelPrice, PriceBook, PricedModel, TokenUsage } from './services/pricing.js'
-export { DEFAULT_PRICES, createPriceBook } from './services/pricing.js'
+export type { PriceTable, ModelPrice, PriceTier, PriceBook, PriceBookOptions, PricedModel, TokenUsage } from './services/pricing.js'
+export { DEFAULT_PRICES, createPriceBook, pricesAt } from './services/pricing.js'
 export type * from './schemas.js'

@@ -7,7 +7,7 @@ import { scopesFromHeaders, type GateOptions } from './hooks/gate-options.js'
 import { costFromUsage, estimateChatCost } from './services/estimate.js'
 import type { MetricsOptions } from './services/metrics.js'
 import { parseEmailChannel, type NotificationOptions } from './services/notifications.js'
-import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES, DEFAULT_PRICES } from './services/pricing.js'
+import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES } from './services/pricing.js'
 
 /**
  * Decides whether a request may use the admin API. Return `true` to allow, or a non-empty string
@@ -58,7 +58,8 @@ export const GATE_DEFAULTS: GateOptions = {
   resolveScopes: scopesFromHeaders,
   estimateCost: (request, prices, model) => estimateChatCost(request.body, prices, model),
   actualCost: costFromUsage,
-  prices: DEFAULT_PRICES,
+  // Your own prices over the catalog's (@pydantic/genai-prices), model by model; none: the catalog alone.
+  prices: {},
   cheapModels: DEFAULT_CHEAP_MODELS,
   downgrades: DEFAULT_DOWNGRADES,
   currency: 'USD',
@@ -144,9 +145,9 @@ function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
   const priceProblem = typeof gate.prices === 'object' && gate.prices !== null ? checkPriceTable(gate.prices) : 'gate.prices must be a price table'
   if (priceProblem !== null) throw new OptionsError(priceProblem)
   if (!Array.isArray(gate.cheapModels) || !gate.cheapModels.every((model) => typeof model === 'string')) throw new OptionsError('gate.cheapModels must be a list of model names')
-  const book = createPriceBook(gate.prices)
+  const book = createPriceBook(gate.prices, { catalogPrices: gate.currency === 'USD' })
   if (typeof gate.downgrades !== 'object' || gate.downgrades === null || !Object.values(gate.downgrades).every((model) => typeof model === 'string' && book.resolve(model) !== null)) {
-    throw new OptionsError('gate.downgrades must map models to cheaper models that have prices')
+    throw new OptionsError(`gate.downgrades must map models to cheaper models that have prices${gate.currency === 'USD' ? '' : ' (the catalog prices in USD only: in another currency, gate.prices must name them)'}`)
   }
   if (typeof gate.currency !== 'string' || !/^[A-Z]{3}$/.test(gate.currency)) throw new OptionsError('gate.currency must be an ISO 4217 code')
   if (gate.failureMode !== 'closed' && gate.failureMode !== 'open') throw new OptionsError("gate.failureMode must be 'closed' or 'open'")

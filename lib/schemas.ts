@@ -247,6 +247,7 @@ export const UsageMetadata = Type.Object({
   organizationId: Type.Optional(Type.String({ maxLength: 200 })),
   inputTokens: Type.Optional(Type.Integer({ minimum: 0 })),
   outputTokens: Type.Optional(Type.Integer({ minimum: 0 })),
+  cachedInputTokens: Type.Optional(Type.Integer({ minimum: 0, description: 'Of inputTokens, those read from the provider\'s prompt cache (priced at the cache-read rate).' })),
   tags: Type.Optional(Tags)
 }, { additionalProperties: true, maxProperties: 50, description: 'The keys above are checked; other keys are kept as given.' })
 

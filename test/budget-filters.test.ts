@@ -140,7 +140,7 @@ t.test('usage recorded through the API counts toward the ancestors it matches; a
   t.same(await snapshotTables(sql), before, 'nothing changed')
 
   const history = await admin({ method: 'GET', url: `${PREFIX}/${team.id}/usage?tag=feature%3Dsummarize` })
-  t.same(history.json().records.map((r: { metadata: { modelId: string } }) => r.metadata.modelId), ['claude-sonnet-4'], 'history filtered by tag')
+  t.same(history.json().records.map((r: { metadata: { modelId: string } }) => r.metadata.modelId), ['claude-sonnet-4-0'], 'history filtered by tag; kept under the catalog\'s name for claude-sonnet-4')
   const summary = await admin({ method: 'GET', url: `${PREFIX}/${team.id}/usage/summary?tagKey=feature` })
   t.same(summary.json().byTag, [{ value: 'chat', total: '2', count: 1 }, { value: 'summarize', total: '2', count: 1 }], 'summary grouped by a tag')
   const byModel = await admin({ method: 'GET', url: `${PREFIX}/${team.id}/usage/summary?modelId=gpt-4o` })

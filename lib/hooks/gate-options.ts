@@ -19,9 +19,9 @@ export interface GateOptions {
   resolveScopes: (request: FastifyRequest) => CallerScopes | Promise<CallerScopes>
   /** The worst-case cost of calling `model` (the requested one unless auto-downgrade chose another). Default: the price table, the prompt's size and max_tokens (lib/services/estimate.ts). */
   estimateCost: (request: FastifyRequest, prices: PriceBook, model?: string) => CostEstimate | Promise<CostEstimate>
-  /** The actual cost from the provider's usage; null when it cannot be priced (the call is then charged its estimate). Default: its tokens times the price table. */
+  /** The actual cost from the provider's usage; null when it cannot be priced (the call is then charged its estimate). Default: its tokens times the price table, at the rates in force when the call was made (`prices` is fixed to that instant). */
   actualCost: (usage: TokenUsage, prices: PriceBook) => Money | null
-  /** Prices per 1M tokens, in `currency`. */
+  /** Prices per 1M tokens, in `currency`, over the catalog's (USD only) model by model. Default `{}`: the catalog alone. */
   prices: PriceTable
   /** Models still allowed while restrict-models is in force (an alert's allowedModels overrides). */
   cheapModels: string[]

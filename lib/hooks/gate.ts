@@ -12,7 +12,7 @@ import type { CostEstimate } from '../services/estimate.js'
 import type { BudgetMetrics } from '../services/metrics.js'
 import type { RateRefusal } from '../services/rate-limits.js'
 import { checkScopeId, type BudgetIntegration, type CallerScopes } from '../services/integration.js'
-import type { PriceBook, TokenUsage } from '../services/pricing.js'
+import { pricesAt, type PriceBook, type TokenUsage } from '../services/pricing.js'
 import { checkTags } from '../tags.js'
 import { SCOPE_HEADERS, TAGS_HEADER, type BudgetGateState, type GateOptions } from './gate-options.js'
 import { sendOpenAIError } from './openai-error.js'
@@ -25,13 +25,25 @@ const CLAMP_ATTEMPTS = 3
 function usageFromPayload (payload: unknown, fallbackModel: string): TokenUsage | null {
   if (typeof payload !== 'string' || !payload.includes('"usage"')) return null
   try {
-    const body = JSON.parse(payload) as { model?: unknown, usage?: { prompt_tokens?: unknown, completion_tokens?: unknown } }
+    const body = JSON.parse(payload) as { model?: unknown, usage?: OpenAIUsage }
     const { prompt_tokens: inputTokens, completion_tokens: outputTokens } = body.usage ?? {}
     if (!Number.isSafeInteger(inputTokens) || !Number.isSafeInteger(outputTokens)) return null
-    return { model: typeof body.model === 'string' ? body.model : fallbackModel, inputTokens: inputTokens as number, outputTokens: outputTokens as number }
+    return { model: typeof body.model === 'string' ? body.model : fallbackModel, inputTokens: inputTokens as number, outputTokens: outputTokens as number, ...cachedTokensOf(body.usage!) }
   } catch {
     return null
   }
+}
+
+interface OpenAIUsage { prompt_tokens?: unknown, completion_tokens?: unknown, prompt_tokens_details?: { cached_tokens?: unknown } | null }
+
+/**
+ * The prompt tokens read from the provider's cache (`prompt_tokens_details.cached_tokens`, OpenAI's
+ * shape, which OpenAI-compatible providers report too), priced at the cache-read rate. A count that is
+ * no count, or more than the prompt, is left out: the whole prompt at the input rate, never under.
+ */
+export function cachedTokensOf (usage: OpenAIUsage): { cachedInputTokens?: number } {
+  const cached = usage.prompt_tokens_details?.cached_tokens
+  return Number.isSafeInteger(cached) && (cached as number) > 0 && (cached as number) <= (usage.prompt_tokens as number) ? { cachedInputTokens: cached as number } : {}
 }
 
 /** A name an upstream sent, made storable: PostgreSQL text holds no NUL and no unpaired surrogate. */
@@ -130,7 +142,7 @@ function watchConnection (request: FastifyRequest, reply: FastifyReply): Connect
   return { closed, gone: () => !reply.raw.writableFinished && (fired || socket?.destroyed === true || reply.raw.destroyed) }
 }
 
-export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, prices: PriceBook,
+export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, book: PriceBook,
   metrics: BudgetMetrics): { drain: (waitMs?: number) => Promise<void> } {
   const pending = new Set<Promise<unknown>>()
   // Admitted calls whose settlement has not committed, for the live-reservations gauge.
@@ -139,6 +151,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
   const gated = (route: RouteOptions) => options.routes.includes(route.url) || (route.config as { budgetGate?: boolean } | undefined)?.budgetGate === true
 
   async function reserve (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    // The call is priced at the rates in force now, when it is made: its estimate, and its settlement however late.
+    const prices = pricesAt(book, new Date())
     let caller: CallerScopes
     let estimate: CostEstimate
     try {
@@ -172,7 +186,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     const reserved = new Promise<void>((resolve) => { hookDone = resolve })
     // A request in flight is pending too: closing waits for it to end and settle (app.inject's requests
     // are not waited for by the server's close).
-    const ended = watch.closed.then(async () => await reserved).then(() => { end(request, reply, state, admitted) })
+    const ended = watch.closed.then(async () => await reserved).then(() => { end(request, reply, state, admitted, prices) })
     pending.add(ended)
     void ended.finally(() => pending.delete(ended))
 
@@ -276,7 +290,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     }
   }
 
-  function end (request: FastifyRequest, reply: FastifyReply, state: BudgetGateState, admitted: boolean): void {
+  function end (request: FastifyRequest, reply: FastifyReply, state: BudgetGateState, admitted: boolean, prices: PriceBook): void {
     if (state.reservationId === null) return
     const usage = state.usage
     const charge = chargeFor(admitted, usage, reply.raw.statusCode, state.estimate, (used) => options.actualCost(used, prices))
@@ -295,6 +309,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         ...(state.clampedMaxTokens === null ? {} : { clampedMaxTokens: state.clampedMaxTokens }),
         inputTokens: usage?.inputTokens,
         outputTokens: usage?.outputTokens,
+        ...(usage?.cachedInputTokens === undefined ? {} : { cachedInputTokens: usage.cachedInputTokens }),
         estimatedCost: state.estimate,
         costBasis: charge.basis,
         ...(charge.basis === 'estimate' ? { estimateReason: charge.reason } : {}),

@@ -4,7 +4,7 @@
 import { fromUnits, toUnits, type Money } from '../money.js'
 import type { ApplicableBudget, Hold, LineBudget } from '../repository/reservations.js'
 import type { AlertAction, BudgetAlert, BudgetDefinition, NearLimitPolicy } from '../schemas.js'
-import type { PriceBook } from './pricing.js'
+import { highestOutputRate, type PriceBook } from './pricing.js'
 import { budgetHealth, percentReached, type BudgetHealth } from './status-rules.js'
 
 export interface BudgetStanding {
@@ -137,18 +137,26 @@ function downgradeOf (policy: ModelPolicy): string | undefined {
   return undefined
 }
 
-/** The models restrict-models allows for these alerts, or null when `model` is one of them. */
+/**
+ * The models restrict-models allows for these alerts, or null when `model` is one of them. A price cap
+ * allows any model whose own output price (its highest tier's) is at most the cap, the requested one
+ * included; the list a refusal names holds the listed models and the operator's table's models under a
+ * cap (the catalog's hundreds of models are not listed).
+ */
 function restriction (alerts: BudgetAlert[], policy: ModelPolicy): string[] | null {
   const allowed = new Set<string>()
+  const requested = policy.prices.resolve(policy.model)
+  let underCap = false
   for (const alert of alerts) {
     for (const model of alert.allowedModels ?? policy.cheapModels) allowed.add(model)
-    if (alert.maxPricePerMillion !== undefined) {
-      for (const { model, price } of policy.prices.models()) {
-        if (toUnits(price.output) <= toUnits(alert.maxPricePerMillion)) allowed.add(model)
-      }
+    if (alert.maxPricePerMillion === undefined) continue
+    const cap = toUnits(alert.maxPricePerMillion)
+    if (requested !== null && toUnits(highestOutputRate(requested.price)) <= cap) underCap = true
+    for (const { model, price } of policy.prices.models()) {
+      if (toUnits(highestOutputRate(price)) <= cap) allowed.add(model)
     }
   }
-  return allowed.has(policy.model) || allowed.has(pricedName(policy)) ? null : [...allowed].sort()
+  return underCap || allowed.has(policy.model) || allowed.has(pricedName(policy)) ? null : [...allowed].sort()
 }
 
 /** The decision's view of budgets as the reservation repository reads them. */

@@ -5,6 +5,7 @@ import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../
 import type { Money } from '../money.js'
 import { MAX_NESTING, deeperThan } from '../json-limits.js'
 import { costOf, type ModelPrice, type PriceBook, type TokenUsage } from './pricing.js'
+import { chatPromptTokens, tokenCounter } from './tokens.js'
 
 export interface ChatRequestShape {
   model?: unknown
@@ -43,13 +44,15 @@ const TOKENS_PER_MESSAGE = 4
 const TOKENS_PER_REQUEST = 3
 
 /**
- * The worst case of an OpenAI-style chat call, in tokens. Input: every byte of the JSON-encoded
- * messages (image parts aside), tool and function definitions and response_format schema (byte-level
- * BPE tokenizers never make a token of less than a byte; the JSON's own quotes and keys outweigh the
- * rendered forms), the chat format's tokens, and each image at the model's worst case. Output: all of
- * the larger of max_tokens and max_completion_tokens (or the model's maximum), for each of n choices.
+ * The worst case of an OpenAI-style chat call, in tokens. Input, for a model whose tokenizer is known
+ * (OpenAI's, by `model`, the body's own by default): the prompt's tokens by that tokenizer and the chat
+ * format's rule (tokens.ts). For any other model: every byte of the JSON-encoded messages (image parts
+ * aside), tool and function definitions and response_format schema (byte-level BPE tokenizers never
+ * make a token of less than a byte; the JSON's own quotes and keys outweigh the rendered forms) and the
+ * chat format's tokens. Each image at the model's worst case. Output: all of the larger of max_tokens
+ * and max_completion_tokens (or the model's maximum), for each of n choices.
  */
-export function worstCaseTokens (body: ChatRequestShape, price: ModelPrice): { inputTokens: number, outputTokens: number } {
+export function worstCaseTokens (body: ChatRequestShape, price: ModelPrice, model: unknown = body.model): { inputTokens: number, outputTokens: number } {
   for (const field of Object.keys(body)) {
     if (!BOUNDED_FIELDS.has(field)) throw new UnboundedFieldError(field, 'is not a field whose cost the budget gate can bound')
   }
@@ -91,10 +94,13 @@ export function worstCaseTokens (body: ChatRequestShape, price: ModelPrice): { i
   // Nested past what any schema needs, a body would overflow the stack of JSON.stringify below.
   if (deeperThan(body, MAX_NESTING)) throw new InvalidFieldError('body', `is nested more than ${MAX_NESTING} levels deep`)
   const definitions = [body.tools, body.functions, body.response_format].filter((part) => part !== undefined && part !== null)
-  const inputTokens = Buffer.byteLength(JSON.stringify(messages), 'utf8') +
-    definitions.reduce<number>((sum, part) => sum + Buffer.byteLength(JSON.stringify(part), 'utf8'), 0) +
-    TOKENS_PER_MESSAGE * messages.length + TOKENS_PER_REQUEST +
-    images * (price.maxImageTokens ?? 0)
+  const count = typeof model === 'string' ? tokenCounter(model) : null
+  const promptTokens = count === null
+    ? Buffer.byteLength(JSON.stringify(messages), 'utf8') +
+      definitions.reduce<number>((sum, part) => sum + Buffer.byteLength(JSON.stringify(part), 'utf8'), 0) +
+      TOKENS_PER_MESSAGE * messages.length + TOKENS_PER_REQUEST
+    : chatPromptTokens({ ...body, messages }, count)
+  const inputTokens = promptTokens + images * (price.maxImageTokens ?? 0)
   return { inputTokens, outputTokens }
 }
 
@@ -105,15 +111,21 @@ export function estimateChatCost (body: unknown, prices: PriceBook, model?: stri
   if (typeof chosen !== 'string' || chosen === '') throw new InvalidFieldError('model', 'must name a model')
   const priced = prices.resolve(chosen)
   if (priced === null) throw new ModelNotPricedError('model', `has no price: ${chosen}`)
-  const { inputTokens, outputTokens } = worstCaseTokens(body as ChatRequestShape, priced.price)
+  // The price table's name picks the tokenizer: an alias (an Azure deployment's name) is that model.
+  const { inputTokens, outputTokens } = worstCaseTokens(body as ChatRequestShape, priced.price, priced.model)
   return { model: chosen, amount: costOf(priced.price, inputTokens, outputTokens), tokens: inputTokens + outputTokens }
 }
 
 const TOKENS = (value: number): boolean => Number.isSafeInteger(value) && value >= 0
 
-/** The actual cost from the provider's usage, at the price of the model it names (a dated snapshot finds its base model); null when it cannot be priced. */
-export function costFromUsage (usage: TokenUsage, prices: PriceBook): Money | null {
-  const priced = prices.resolve(usage.model)
-  if (priced === null || !TOKENS(usage.inputTokens) || !TOKENS(usage.outputTokens)) return null
-  return costOf(priced.price, usage.inputTokens, usage.outputTokens)
+/**
+ * The actual cost from the provider's usage, at the price of the model it names (a dated snapshot finds
+ * its base model) in force at `at` (default: the book's instant, now unless the gate fixed the call's),
+ * cached input tokens at the cache-read rate; null when it cannot be priced.
+ */
+export function costFromUsage (usage: TokenUsage, prices: PriceBook, at?: Date): Money | null {
+  const priced = prices.resolve(usage.model, at)
+  const cached = usage.cachedInputTokens ?? 0
+  if (priced === null || !TOKENS(usage.inputTokens) || !TOKENS(usage.outputTokens) || !TOKENS(cached) || cached > usage.inputTokens) return null
+  return costOf(priced.price, usage.inputTokens, usage.outputTokens, cached)
 }

@@ -1,25 +1,39 @@
-// What a model's tokens cost: a price table per 1M tokens, and the price book that finds a model's
-// entry under the names providers answer with (dated snapshots, aliases). Exact: prices and costs are
-// decimals, products are bigints, every cost rounds up.
+// What a model's tokens cost: the operator's price table over the maintained catalog
+// (@pydantic/genai-prices, lib/services/price-catalog.ts), per 1M tokens, at the rates in force when the
+// call was made. Exact: prices and costs are decimals, products are bigints, every cost rounds up.
 import { MONEY_SCALE, fromUnits, toUnits, type Money } from '../money.js'
+import { catalogEntry } from './price-catalog.js'
 
 export interface ModelPrice {
   /** Price per 1M input (prompt) tokens. */
   input: Money
   /** Price per 1M output (completion) tokens. */
   output: Money
+  /** Price per 1M cached input tokens (cache reads); without it, cached tokens cost the input price. */
+  cachedInput?: Money
+  /** Other rates for calls with more input tokens: the last tier whose aboveInputTokens the call's input exceeds prices all of its tokens. */
+  tiers?: PriceTier[]
   /** The most output tokens the model gives when a call names no max_tokens. */
   maxOutputTokens: number
   /** The most input tokens one image part can cost (the largest image at high detail); without it, calls with images are refused. */
   maxImageTokens?: number
-  /** Other names of this model that a provider may answer with (dated snapshots need no entry: they are matched anyway). */
+  /** Other names of this model that a provider may answer with (the catalog's own models need none: it knows their snapshots). */
   aliases?: string[]
+}
+
+/** The rates of a call with more than `aboveInputTokens` input tokens (long-context pricing). */
+export interface PriceTier {
+  aboveInputTokens: number
+  input: Money
+  output: Money
+  cachedInput?: Money
 }
 
 export type PriceTable = Record<string, ModelPrice>
 
 /**
- * USD per 1M tokens, the providers' list prices. Image tokens are the worst case of OpenAI's image
+ * USD per 1M tokens, the providers' list prices as a table of your own (the gate's default is the
+ * catalog, which knows these models and their limits too). Image tokens are the worst case of OpenAI's image
  * rules: 8 tiles of 512 px for the tiled models (gpt-4o-mini's tiles cost 5667 tokens each), 1536
  * patches times the model's multiplier for the patch-based gpt-4.1-mini and -nano. Pass your own
  * table in the gate's `prices` option.
@@ -44,8 +58,11 @@ export const DEFAULT_DOWNGRADES: Record<string, string> = {
 
 export interface TokenUsage {
   model: string
+  /** Every input token, cached ones included (OpenAI's prompt_tokens). */
   inputTokens: number
   outputTokens: number
+  /** Of inputTokens, those read from the provider's prompt cache (OpenAI's usage.prompt_tokens_details.cached_tokens). */
+  cachedInputTokens?: number
 }
 
 /** A model's entry, under the name the price table gives it. */
@@ -56,45 +73,114 @@ export interface PricedModel {
 
 /** Finds prices by the names models go by. Never reads through the prototype chain: `__proto__` is just an unknown model. */
 export interface PriceBook {
-  /** The entry for a model name: exact, then an alias, then the name without a dated snapshot suffix; null when none. */
-  resolve: (model: string) => PricedModel | null
-  /** Every model in the table, with its price. */
+  /**
+   * The entry for a model name at an instant (default now): the operator's table (its names and
+   * aliases) first, then the catalog, which knows dated snapshots and the rates in force at `at`. A
+   * catalog model that a table entry's name (or alias) resolves to is priced by that entry, under its
+   * name. Null when neither knows the model.
+   */
+  resolve: (model: string, at?: Date) => PricedModel | null
+  /** The operator's table, each model with its price. The catalog's hundreds of models are not listed: ask resolve. */
   models: () => PricedModel[]
 }
 
-// Snapshot suffixes providers date their models with: gpt-4o-2024-08-06, claude-3-5-sonnet-20241022, gpt-4-0613.
-const SNAPSHOT_SUFFIX = /-(?:\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])|\d{4}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])|(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))$/
+export interface PriceBookOptions {
+  /**
+   * Price the models the table does not name at the catalog's rates (USD list prices). Default true.
+   * Off, the catalog still tells which model a dated snapshot is, and the table alone prices it.
+   */
+  catalogPrices?: boolean
+}
 
-export function createPriceBook (table: PriceTable): PriceBook {
+export function createPriceBook (table: PriceTable, { catalogPrices = true }: PriceBookOptions = {}): PriceBook {
   const byName = new Map<string, PricedModel>()
   for (const [model, price] of Object.entries(table)) byName.set(model, { model, price })
   for (const [model, price] of Object.entries(table)) {
     for (const alias of price.aliases ?? []) if (!byName.has(alias)) byName.set(alias, { model, price })
   }
+  // The catalog models the table overrides: each entry takes the model its name resolves to there
+  // ('gpt-4o-mini' takes gpt-4o-mini and its snapshots); an entry named as the catalog names it wins a tie.
+  const overrides = new Map<string, PricedModel>()
+  for (const [name, entry] of byName) {
+    const model = catalogEntry(name, new Date())?.model
+    if (model !== undefined && (!overrides.has(model) || name === model)) overrides.set(model, entry)
+  }
   return {
-    resolve (model) {
-      return byName.get(model) ?? byName.get(model.replace(SNAPSHOT_SUFFIX, '')) ?? null
+    resolve (model, at = new Date()) {
+      const own = byName.get(model)
+      if (own !== undefined) return own
+      const listed = catalogEntry(model, at)
+      if (listed === null) return null
+      const overridden = overrides.get(listed.model)
+      if (overridden !== undefined) return overridden
+      return catalogPrices && listed.price !== null ? { model: listed.model, price: listed.price } : null
     },
     models: () => Object.keys(table).map((model) => byName.get(model)!)
   }
 }
 
+/** The same book with its default instant fixed: every price a call needs, from its estimate to its settlement, at the rates in force when it was made. */
+export function pricesAt (book: PriceBook, instant: Date): PriceBook {
+  return { resolve: (model, at = instant) => book.resolve(model, at), models: book.models }
+}
+
 const PER_MILLION = 1_000_000n
 
-/** The cost of tokens at a price, rounded up to the last stored decimal (never under). */
-export function costOf (price: ModelPrice, inputTokens: number, outputTokens: number): Money {
-  const scaled = BigInt(inputTokens) * toUnits(price.input) + BigInt(outputTokens) * toUnits(price.output)
+/** The rates of a call with this many input tokens: the price's own, or those of the last tier it is above. */
+export function ratesFor (price: ModelPrice, inputTokens: number): { input: Money, output: Money, cachedInput: Money } {
+  let rates: { input: Money, output: Money, cachedInput?: Money | undefined } = price
+  for (const tier of price.tiers ?? []) if (inputTokens > tier.aboveInputTokens) rates = tier
+  return { input: rates.input, output: rates.output, cachedInput: rates.cachedInput ?? rates.input }
+}
+
+/** The highest output rate of a price, over its tiers: what "this model's output price" means for a cap. */
+export function highestOutputRate (price: ModelPrice): Money {
+  return (price.tiers ?? []).reduce((highest, tier) => toUnits(tier.output) > toUnits(highest) ? tier.output : highest, price.output)
+}
+
+/**
+ * The cost of tokens at a price, rounded up to the last stored decimal (never under). Cached input
+ * tokens (a part of inputTokens) cost the cache-read rate, the rest the input rate; the tier is chosen
+ * by all input tokens. Without cached tokens it is the worst case of that input (a cache read never
+ * costs more than a fresh token).
+ */
+export function costOf (price: ModelPrice, inputTokens: number, outputTokens: number, cachedInputTokens = 0): Money {
+  const rates = ratesFor(price, inputTokens)
+  const scaled = BigInt(inputTokens - cachedInputTokens) * toUnits(rates.input) + BigInt(cachedInputTokens) * toUnits(rates.cachedInput) +
+    BigInt(outputTokens) * toUnits(rates.output)
   return fromUnits((scaled + PER_MILLION - 1n) / PER_MILLION)
 }
 
 const TOKEN_COUNT = (value: unknown): boolean => Number.isInteger(value) && (value as number) > 0 && (value as number) <= 100_000_000
+const RATE = (value: unknown): boolean => typeof value === 'string' && /^\d+(\.\d+)?$/.test(value) && (value.split('.')[1]?.length ?? 0) <= MONEY_SCALE
+
+/** The problem with a set of rates, or null: decimal strings, and a cache read no dearer than a fresh token (the estimate prices every input token at the input rate). */
+function rateProblem (rates: { input: unknown, output: unknown, cachedInput?: unknown }, at: string): string | null {
+  for (const key of ['input', 'output'] as const) {
+    if (!RATE(rates[key])) return `${at}.${key} must be a decimal string such as "2.5"`
+  }
+  if (rates.cachedInput === undefined) return null
+  if (!RATE(rates.cachedInput)) return `${at}.cachedInput must be a decimal string such as "1.25"`
+  return toUnits(rates.cachedInput as string) > toUnits(rates.input as string) ? `${at}.cachedInput must not be more than input` : null
+}
 
 export function checkPriceTable (prices: PriceTable): string | null {
   for (const [model, price] of Object.entries(prices)) {
     if (typeof price !== 'object' || price === null) return `prices['${model}'] must be { input, output, maxOutputTokens }`
-    for (const key of ['input', 'output'] as const) {
-      if (typeof price[key] !== 'string' || !/^\d+(\.\d+)?$/.test(price[key]) || (price[key].split('.')[1]?.length ?? 0) > MONEY_SCALE) {
-        return `prices['${model}'].${key} must be a decimal string such as "2.5"`
+    const problem = rateProblem(price, `prices['${model}']`)
+    if (problem !== null) return problem
+    if (price.tiers !== undefined) {
+      if (!Array.isArray(price.tiers)) return `prices['${model}'].tiers must be a list of { aboveInputTokens, input, output, cachedInput? }`
+      let previous: { aboveInputTokens: number, input: string, output: string } = { aboveInputTokens: 0, input: price.input, output: price.output }
+      for (const [index, tier] of price.tiers.entries()) {
+        const at = `prices['${model}'].tiers.${index}`
+        if (typeof tier !== 'object' || tier === null) return `${at} must be { aboveInputTokens, input, output, cachedInput? }`
+        const tierProblem = rateProblem(tier, at)
+        if (tierProblem !== null) return tierProblem
+        if (!TOKEN_COUNT(tier.aboveInputTokens) || tier.aboveInputTokens <= previous.aboveInputTokens && index > 0) return `${at}.aboveInputTokens must be a positive integer, above the tier before`
+        // Rates that fell with more input would make the worst-case input's cost no bound of a smaller call's.
+        if (toUnits(tier.input) < toUnits(previous.input) || toUnits(tier.output) < toUnits(previous.output)) return `${at} must not be cheaper than the rates before it`
+        previous = tier
       }
     }
     if (!TOKEN_COUNT(price.maxOutputTokens)) return `prices['${model}'].maxOutputTokens must be a positive integer`

@@ -1,0 +1,159 @@
+// The default price source: @pydantic/genai-prices' catalog, read as exact decimals. Its data ships
+// inside the package; its only remote path (updatePrices) is never called here, so pricing does no I/O.
+import { calcPrice, type ModelPrice as CatalogPrice, type TieredPrices } from '@pydantic/genai-prices'
+import { MONEY_SCALE, normalizeMoney, numberToDecimal, toUnits, type Money } from '../money.js'
+import type { ModelPrice, PriceTier } from './pricing.js'
+
+/** A model the catalog knows, under its name there; `price` is null when the catalog cannot price it exactly (see below). */
+export interface CatalogEntry {
+  model: string
+  price: ModelPrice | null
+}
+
+/**
+ * A reply is never longer than the context window it is written into; a model whose catalog entry
+ * gives no window has no bound but the price table's ceiling: a call to it without max_tokens is
+ * estimated at that ceiling (and so refused by any budget), one with max_tokens at what it asks.
+ */
+export const UNBOUNDED_OUTPUT_TOKENS = 100_000_000
+
+/**
+ * What the catalog does not say: the most output tokens a model gives (smaller than its context
+ * window) and the worst case of one image part (see DEFAULT_PRICES for how those are reckoned). A
+ * bound here must never be under the provider's: too large only makes estimates larger.
+ */
+const KNOWN_LIMITS: Record<string, { maxOutputTokens: number, maxImageTokens?: number }> = {
+  'gpt-4o': { maxOutputTokens: 16_384, maxImageTokens: 85 + 170 * 8 },
+  'gpt-4o-2024-05-13': { maxOutputTokens: 4096, maxImageTokens: 85 + 170 * 8 },
+  'gpt-4o-mini': { maxOutputTokens: 16_384, maxImageTokens: 2833 + 5667 * 8 },
+  'gpt-4.1': { maxOutputTokens: 32_768, maxImageTokens: 85 + 170 * 8 },
+  'gpt-4.1-mini': { maxOutputTokens: 32_768, maxImageTokens: 2489 },
+  'gpt-4.1-nano': { maxOutputTokens: 32_768, maxImageTokens: 3779 },
+  o3: { maxOutputTokens: 100_000 },
+  'o4-mini': { maxOutputTokens: 100_000 },
+  'claude-3-5-sonnet': { maxOutputTokens: 8192 },
+  'claude-sonnet-4-0': { maxOutputTokens: 64_000 },
+  'gemini-2.5-pro': { maxOutputTokens: 65_536 },
+  'gemini-2.5-flash': { maxOutputTokens: 65_536 }
+}
+
+/** The catalog's keys that an OpenAI-style usage prices: input, output and cache-read tokens. */
+const TOKEN_KEYS = { input: 'input_mtok', output: 'output_mtok', cachedInput: 'cache_read_mtok' } as const
+/**
+ * Keys a gated chat call cannot run up: parts and outputs the estimate refuses (audio, images out,
+ * video, documents), tools it does not forward (web and file search), and cache writes (Anthropic's
+ * explicit cache_control; an OpenAI-style usage reports none). Any other key (a fee per request, a
+ * separate rate for reasoning or citations, a key added later) could bill past the estimate: such a
+ * model is not priced from the catalog, and the operator's table must name it.
+ */
+const NOT_BILLED_KEYS = new Set([
+  'cache_write_mtok', 'cache_write_1h_mtok', 'web_searches_kcount', 'storage_searches_kcount',
+  'input_audio_mtok', 'output_audio_mtok', 'cache_audio_read_mtok', 'audio_hours', 'input_audio_hours',
+  'input_image_mtok', 'cache_image_read_mtok', 'output_image_mtok', 'input_video_mtok', 'output_video_mtok',
+  'input_document_kpages', 'input_annotated_document_kpages'
+])
+
+/** Resolutions of names whose prices never change, kept; bounded, since names come from callers. */
+const CACHE_LIMIT = 1024
+const fixed = new Map<string, CatalogEntry | null>()
+
+/** The catalog's model for a name (dated snapshots and aliases included) and its price at an instant; null for a model it does not know. */
+export function catalogEntry (name: string, at: Date): CatalogEntry | null {
+  const cached = fixed.get(name)
+  if (cached !== undefined) return cached
+  // The catalog trims what it is given; a name with spaces around it is not a model a provider answers to.
+  if (name === '' || name !== name.trim() || Number.isNaN(at.getTime())) return null
+  let found: ReturnType<typeof calcPrice>
+  try {
+    // Empty usage: only the model and the prices in force at `at` are read, never the library's float totals.
+    found = calcPrice({}, name, { timestamp: at })
+  } catch {
+    return null
+  }
+  const priced = found === null ? null : { model: found.model.id, price: exactPrice(name, found.model.id, found.model_price, found.model.context_window) }
+  // Conditional prices (a change on a date, an off-peak window) depend on the instant: resolved each time.
+  if (found === null || !Array.isArray(found.model.prices)) {
+    if (fixed.size >= CACHE_LIMIT) fixed.delete(fixed.keys().next().value!)
+    fixed.set(name, priced)
+  }
+  return priced
+}
+
+function exactPrice (name: string, id: string, rates: CatalogPrice, contextWindow: number | undefined): ModelPrice | null {
+  for (const key of Object.keys(rates)) {
+    if (!Object.values(TOKEN_KEYS).includes(key as never) && !NOT_BILLED_KEYS.has(key) && rates[key] !== undefined) return null
+  }
+  // Search models (gpt-4o-mini-search-preview) search on every call, billed per search.
+  if (/search/i.test(name) && rates.web_searches_kcount !== undefined) return null
+  const input = exactRate(rates[TOKEN_KEYS.input])
+  const output = exactRate(rates[TOKEN_KEYS.output])
+  const cachedInput = rates[TOKEN_KEYS.cachedInput] === undefined ? undefined : exactRate(rates[TOKEN_KEYS.cachedInput])
+  if (input === null || output === null || cachedInput === null) return null
+
+  // Tiers: above a number of input tokens, the whole call at other rates. Each tier's rate is the
+  // highest so far, so the cost grows with the input and an estimate from the worst-case input bounds
+  // the bill (in the catalog the rates only rise; one that fell would be charged at the higher rate).
+  const starts = [...new Set([input, output, cachedInput].flatMap((rate) => rate?.tiers.map((tier) => tier.start) ?? []))].sort((a, b) => a - b)
+  let last = { input: input.base, output: output.base, cachedInput: cachedInput?.base }
+  const tiers: PriceTier[] = []
+  for (const start of starts) {
+    const next = { input: higher(last.input, rateAbove(input, start)), output: higher(last.output, rateAbove(output, start)), cachedInput: cachedInput === undefined ? undefined : higher(last.cachedInput!, rateAbove(cachedInput, start)) }
+    tiers.push({ aboveInputTokens: start, input: next.input, output: next.output, ...(next.cachedInput === undefined ? {} : { cachedInput: next.cachedInput }) })
+    last = next
+  }
+  // A cache read dearer than a fresh token would make the estimate (every input token at the input rate) no bound.
+  for (const rates of [{ input: input.base, cachedInput: cachedInput?.base }, ...tiers]) {
+    if (rates.cachedInput !== undefined && toUnits(rates.cachedInput) > toUnits(rates.input)) return null
+  }
+
+  const known = Object.hasOwn(KNOWN_LIMITS, id) ? KNOWN_LIMITS[id] : undefined
+  const window = Number.isSafeInteger(contextWindow) && contextWindow! > 0 ? Math.min(contextWindow!, UNBOUNDED_OUTPUT_TOKENS) : UNBOUNDED_OUTPUT_TOKENS
+  // A separate rate for image tokens is not the input rate the estimate counts images at: no image bound then.
+  const maxImageTokens = rates.input_image_mtok === undefined ? known?.maxImageTokens : undefined
+  const price: ModelPrice = {
+    input: input.base,
+    output: output.base,
+    ...(cachedInput === undefined ? {} : { cachedInput: cachedInput.base }),
+    ...(tiers.length === 0 ? {} : { tiers }),
+    maxOutputTokens: known?.maxOutputTokens ?? window,
+    ...(maxImageTokens === undefined ? {} : { maxImageTokens })
+  }
+  return price
+}
+
+interface ExactRate { base: Money, tiers: Array<{ start: number, rate: Money }> }
+
+/** A catalog rate (a number as its data writes it, or tiers of them) as exact decimals; null when one cannot be stored exactly. */
+function exactRate (value: number | TieredPrices | undefined): ExactRate | null {
+  if (typeof value === 'number') {
+    const base = exactDecimal(value)
+    return base === null ? null : { base, tiers: [] }
+  }
+  if (typeof value !== 'object' || value === null || !Array.isArray(value.tiers)) return null
+  const base = exactDecimal(value.base)
+  const tiers = value.tiers.map((tier) => ({ start: tier.start, rate: exactDecimal(tier.price) }))
+  if (base === null || !tiers.every((tier): tier is { start: number, rate: Money } => tier.rate !== null && Number.isSafeInteger(tier.start) && tier.start >= 0)) return null
+  return { base, tiers: tiers.sort((a, b) => a.start - b.start) }
+}
+
+/**
+ * The decimal the catalog's data wrote: a JS number's shortest form is the literal it was parsed from
+ * (0.075 stays "0.075"), an exponent form (1e-7) is expanded digit by digit; never arithmetic.
+ */
+function exactDecimal (value: unknown): Money | null {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) return null
+  const text = numberToDecimal(value)
+  if (!/^\d+(\.\d+)?$/.test(text) || (text.split('.')[1]?.length ?? 0) > MONEY_SCALE) return null
+  return normalizeMoney(text)
+}
+
+/** The rate in force when a call has more than `start` input tokens (the catalog's rule: above a tier's start). */
+function rateAbove (rate: ExactRate, start: number): Money {
+  let inForce = rate.base
+  for (const tier of rate.tiers) if (tier.start <= start) inForce = tier.rate
+  return inForce
+}
+
+function higher (a: Money, b: Money): Money {
+  return toUnits(a) >= toUnits(b) ? a : b
+}

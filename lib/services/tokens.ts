@@ -1,0 +1,257 @@
+// Prompt tokens by the model's own tokenizer (OpenAI's o200k_base and cl100k_base): an upper bound on
+// what OpenAI bills for a chat request's prompt, bounded in time. Models without a known tokenizer get
+// null, and the estimate keeps counting bytes for them.
+import { createRequire } from 'node:module'
+import { formatFunctionDefinitions, type ChatCompletionFunctionDefinition } from 'gpt-tokenizer/functionCalling'
+
+export type EncodingName = 'o200k_base' | 'cl100k_base'
+
+// tiktoken's own model map, by prefix (a dated snapshot shares its model's encoding). Checked in this
+// order: gpt-4o and gpt-4.1 would otherwise match cl100k's gpt-4.
+const ENCODINGS: Array<[RegExp, EncodingName]> = [
+  [/^(?:gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5(?:\.\d+)?|o[134])(?:-|$)/, 'o200k_base'],
+  [/^(?:gpt-4|gpt-3\.5-turbo)(?:-|$)/, 'cl100k_base']
+]
+
+/** The tokenizer OpenAI uses for `model`, or null when it is not one of OpenAI's chat models whose tokenizer is known. */
+export function encodingFor (model: string): EncodingName | null {
+  for (const [pattern, name] of ENCODINGS) if (pattern.test(model)) return name
+  return null
+}
+
+interface Encoding {
+  countTokens: (text: string, options: { disallowedSpecial: Set<string> }) => number
+  setMergeCacheSize: (size: number) => void
+}
+
+// Loaded with require, on first use or by preloadTokenizers at registration: an encoding takes 0.1 to
+// 0.4 s and 10 to 35 MB to load, which a host that only prices other providers' models never pays.
+// Each encoding's own entry, so only the encodings in use load.
+const require = createRequire(import.meta.url)
+const SPLIT = require('gpt-tokenizer/encodingParams/constants') as Record<'O200K_TOKEN_SPLIT_REGEX' | 'CL100K_TOKEN_SPLIT_REGEX', RegExp>
+const SPLIT_REGEX: Record<EncodingName, RegExp> = { o200k_base: SPLIT.O200K_TOKEN_SPLIT_REGEX, cl100k_base: SPLIT.CL100K_TOKEN_SPLIT_REGEX }
+const loaded = new Map<EncodingName, Encoding>()
+// The library caches the tokens of pieces it has merged (100,000 of them by default); pieces here are at
+// most MAX_PIECE_BYTES long, so this bounds the cache near 10 MB even when every piece is new.
+const MERGE_CACHE_SIZE = 10_000
+
+function encoding (name: EncodingName): Encoding {
+  let loadedEncoding = loaded.get(name)
+  if (loadedEncoding === undefined) {
+    loadedEncoding = require(`gpt-tokenizer/encoding/${name}`) as Encoding
+    loadedEncoding.setMergeCacheSize(MERGE_CACHE_SIZE)
+    loaded.set(name, loadedEncoding)
+  }
+  return loadedEncoding
+}
+
+/** Loads, once, the encodings of the models named (the price table's), so that no call pays for it. */
+export function preloadTokenizers (models: Iterable<string>): void {
+  for (const model of models) {
+    const name = encodingFor(model)
+    if (name !== null) encoding(name)
+  }
+}
+
+// Special-token text in a prompt ("<|endoftext|>") is ordinary text to the API: counted as such, never a throw.
+const ORDINARY = { disallowedSpecial: new Set<string>() }
+// The library's BPE merge is quadratic in a piece's bytes (32 KB of one letter takes 0.1 s, 128 KB 1.5 s)
+// and slow on multi-byte text (Chinese about 10 us a character against 0.1 us for English prose). Pieces
+// are what the encoding's split pattern makes (a word, a run of punctuation or of spaces; at most
+// 2 x LONG_RUN - 1 characters when no run is LONG_RUN long): one of more than MAX_PIECE_BYTES counts a
+// token a byte, which it can never exceed.
+const LONG_RUN = 32
+const HAS_LONG_RUN = new RegExp(`\\S{${LONG_RUN},}|\\s{${LONG_RUN},}|[\\r\\n/]{${LONG_RUN},}`)
+const MAX_PIECE_BYTES = 192
+// The work of tokenizing: a unit a byte, and NON_ASCII_WEIGHT more for each byte past a character's first.
+const NON_ASCII_WEIGHT = 16
+const workOf = (text: string, bytes: number): number => bytes + NON_ASCII_WEIGHT * (bytes - text.length)
+/**
+ * The work tokenized per request: past it, the rest of a prompt counts a token a byte (a bound). About
+ * 190 K characters of English, 5,600 of Chinese or Japanese: a prompt of any size (1 MB and more) blocks
+ * the event loop for at most some tens of ms (random letters and new Chinese text are the costliest;
+ * prose takes a few ms), not the 0.1 s to seconds that tokenizing all of it can take. Smaller budgets
+ * cost tightness: long Chinese prompts are common, and past the budget they count 3 tokens a character.
+ */
+export const MAX_TOKENIZED_WORK = 196_608
+
+/** Counts the tokens of a string, a token a byte once the request's work is spent. */
+export type CountTokens = (text: string) => number
+
+/** A counter for one request to `model` (with its budget of MAX_TOKENIZED_WORK), or null when the model's tokenizer is unknown. */
+export function tokenCounter (model: string): CountTokens | null {
+  const name = encodingFor(model)
+  if (name === null) return null
+  const { countTokens } = encoding(name)
+  const split = SPLIT_REGEX[name]
+  let left = MAX_TOKENIZED_WORK
+  return (text) => {
+    const bytes = Buffer.byteLength(text, 'utf8')
+    if (bytes <= left && bytes === text.length && !HAS_LONG_RUN.test(text)) { // ASCII with short pieces: at once
+      left -= bytes
+      return countTokens(text, ORDINARY)
+    }
+    // Piece by piece, by the library's own split pattern. The library merges each piece on its own, so a
+    // stretch of whole pieces counts what it counts in place; a long piece, and everything past the
+    // budget, count their bytes.
+    let tokens = 0
+    let from = 0
+    const stretch = (to: number) => (to > from ? countTokens(text.slice(from, to), ORDINARY) : 0)
+    for (const match of text.matchAll(split)) {
+      const [piece] = match
+      const at = match.index
+      const pieceBytes = Buffer.byteLength(piece, 'utf8')
+      const work = workOf(piece, pieceBytes)
+      if (work > left) {
+        left = 0
+        return tokens + stretch(at) + Buffer.byteLength(text.slice(at), 'utf8')
+      }
+      left -= work
+      if (pieceBytes > MAX_PIECE_BYTES) {
+        tokens += stretch(at) + pieceBytes
+        from = at + piece.length
+      }
+    }
+    return tokens + stretch(text.length)
+  }
+}
+
+// The chat format (OpenAI's documented rule, cookbook "How to count tokens with tiktoken"): each message
+// is <|start|>{role}<|message|>{content}<|end|>, 3 tokens and its role's; a name adds its own and 1; the
+// reply is primed with 3 more. The rule matches the API's prompt_tokens for these models. For what it
+// does not cover, the best-known reconstructions (fitted to the API's usage: hmarr/openai-chat-tokens for
+// function definitions, forestwanglin/openai-java for tool calls and results) set the allowances below,
+// each at least what the reconstruction adds (test/estimate-tightness.test.ts checks it on a corpus).
+const TOKENS_PER_MESSAGE = 3
+const TOKENS_PER_NAME = 1
+const TOKENS_PER_REPLY = 3
+// Content parts are joined in the message: a separator, and the merge of the pieces either side of each join.
+const TOKENS_PER_EXTRA_PART = 2
+// A tool call costs about its type, its name twice and its arguments, re-rendered one key a line with
+// numbers quoted (the larger of that and the arguments as sent is counted); several calls in one
+// message are wrapped in a parallel call (about 21 tokens, less one a call).
+const TOKENS_PER_TOOL_CALL = 4
+const TOKENS_PER_PARALLEL_CALLS = 24
+// A tool's result: its role's tokens less one, 3 more when there are several, and perhaps the name of the function it answers.
+const TOKENS_PER_TOOL_RESULT = 8
+// Tool definitions sit in the system message under a heading (hmarr: 9 tokens, the system message's
+// newline and a system message of its own when there is none).
+const TOKENS_PER_DEFINITIONS = 16
+const TOKENS_PER_TOOL = 4
+// tool_choice and function_call other than "auto": 1 token for "none", the function's name and 4 for one function.
+const TOKENS_PER_TOOL_CHOICE = 4
+// A response_format schema sits under `# Response Formats` / `## NAME`.
+const TOKENS_PER_RESPONSE_FORMAT = 12
+
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
+const bytesOf = (value: unknown): number => Buffer.byteLength(JSON.stringify(value) ?? '', 'utf8')
+const textOf = (value: unknown, count: CountTokens): number => (typeof value === 'string' ? count(value) : value === undefined || value === null ? 0 : bytesOf(value))
+
+// How OpenAI re-renders a JSON object in a tool call or result (forestwanglin/openai-java, fitted to the
+// API): one top-level key a line, strings and numbers quoted, nested objects the same way.
+function rendered (value: unknown): string {
+  if (isObject(value)) return `{\n${Object.entries(value).map(([key, inner]) => `"${key}":${rendered(inner)}`).join(',\n')}\n}`
+  if (Array.isArray(value)) return `[${value.map(rendered).join(',')}]`
+  return typeof value === 'string' || typeof value === 'number' ? `"${String(value)}"` : '""'
+}
+
+/** A JSON text's tokens as sent or as OpenAI re-renders it, whichever is more. */
+function jsonTextTokens (text: unknown, count: CountTokens): number {
+  if (typeof text !== 'string') return textOf(text, count)
+  const sent = count(text)
+  if (!text.startsWith('{')) return sent
+  try {
+    const parsed: unknown = JSON.parse(text)
+    return isObject(parsed) ? Math.max(sent, count(rendered(parsed))) : sent
+  } catch {
+    return sent // not JSON (or nested too deep to render): the API passes it as sent
+  }
+}
+
+function contentTokens (content: unknown, count: CountTokens, json: boolean): number {
+  if (!Array.isArray(content)) return json ? jsonTextTokens(content, count) : textOf(content, count)
+  let tokens = TOKENS_PER_EXTRA_PART * Math.max(0, content.length - 1)
+  for (const part of content) {
+    if (!isObject(part)) { tokens += bytesOf(part); continue }
+    const { type, text, refusal, ...rest } = part
+    if (type === 'image_url') continue // counted by the caller at the model's worst case
+    tokens += textOf(type === 'refusal' ? refusal : text, count) + (Object.keys(rest).length === 0 ? 0 : bytesOf(rest))
+    if (type === 'refusal' && text !== undefined) tokens += bytesOf(text)
+  }
+  return tokens
+}
+
+function callTokens (call: unknown, count: CountTokens): number {
+  const fn = isObject(call) && isObject(call.function) ? call.function : isObject(call) ? call : null
+  if (fn === null || typeof fn.name !== 'string' || (fn.arguments !== undefined && typeof fn.arguments !== 'string')) return bytesOf(call)
+  return TOKENS_PER_TOOL_CALL + 2 * count(fn.name) + jsonTextTokens(fn.arguments, count)
+}
+
+function messageTokens (messages: unknown[], count: CountTokens): number {
+  const callNames = new Map<string, string>()
+  for (const message of messages) {
+    const calls = isObject(message) ? message.tool_calls : undefined
+    if (!Array.isArray(calls)) continue
+    for (const call of calls) {
+      if (isObject(call) && typeof call.id === 'string' && isObject(call.function) && typeof call.function.name === 'string') callNames.set(call.id, call.function.name)
+    }
+  }
+  let tokens = TOKENS_PER_REPLY
+  for (const message of messages) {
+    if (!isObject(message)) { tokens += bytesOf(message); continue }
+    const { role, content, name, tool_calls: toolCalls, function_call: functionCall, tool_call_id: toolCallId, refusal, ...rest } = message
+    tokens += TOKENS_PER_MESSAGE + textOf(role, count) + contentTokens(content, count, toolCallId !== undefined) + textOf(refusal, count)
+    if (name !== undefined) tokens += TOKENS_PER_NAME + textOf(name, count)
+    if (Array.isArray(toolCalls)) {
+      for (const call of toolCalls) tokens += callTokens(call, count)
+      if (toolCalls.length > 1) tokens += TOKENS_PER_PARALLEL_CALLS
+    } else if (toolCalls !== undefined && toolCalls !== null) tokens += bytesOf(toolCalls)
+    if (functionCall !== undefined && functionCall !== null) tokens += callTokens(functionCall, count)
+    if (toolCallId !== undefined) {
+      const answered = typeof toolCallId === 'string' ? callNames.get(toolCallId) : undefined
+      tokens += TOKENS_PER_TOOL_RESULT + (answered === undefined ? textOf(toolCallId, count) : count(answered))
+    }
+    if (Object.keys(rest).length > 0) tokens += bytesOf(rest)
+  }
+  return tokens
+}
+
+function asFunctionDefinitions (definitions: unknown[]): ChatCompletionFunctionDefinition[] {
+  return definitions.flatMap((definition) => {
+    const fn = isObject(definition) && definition.type === 'function' && isObject(definition.function) ? definition.function : definition
+    return isObject(fn) && typeof fn.name === 'string' ? [fn as unknown as ChatCompletionFunctionDefinition] : []
+  })
+}
+
+// OpenAI renders tool definitions in an internal format; the best-known reconstruction is a TypeScript
+// namespace (hmarr/openai-chat-tokens, gpt-tokenizer's functionCalling). That drops some of the schema
+// (nested descriptions, keywords it does not know), which the real format may keep; their JSON keeps
+// all of it, but writes enums more briefly. The bound is the larger of the two, plus the section's
+// heading and an allowance a tool.
+function definitionTokens (definitions: unknown, count: CountTokens): number {
+  if (!Array.isArray(definitions)) return TOKENS_PER_DEFINITIONS + bytesOf(definitions)
+  const json = count(JSON.stringify(definitions))
+  let namespace = 0
+  try {
+    namespace = count(formatFunctionDefinitions(asFunctionDefinitions(definitions)))
+  } catch {
+    // A schema the reconstruction cannot read (not JSON Schema's shape): the API refuses it, the JSON bounds it.
+  }
+  return TOKENS_PER_DEFINITIONS + TOKENS_PER_TOOL * definitions.length + Math.max(json, namespace)
+}
+
+const present = (value: unknown): boolean => value !== undefined && value !== null
+
+/**
+ * The prompt tokens of an OpenAI chat request, by the model's tokenizer and the chat format's rule:
+ * messages (their image parts left to the caller), tool and function definitions, tool_choice and
+ * function_call, and the response_format (its schema is rendered as JSON under a heading). Fields the
+ * rule does not know count a token a byte of their JSON.
+ */
+export function chatPromptTokens (body: { messages: unknown[], [field: string]: unknown }, count: CountTokens): number {
+  let tokens = messageTokens(body.messages, count)
+  for (const definitions of [body.tools, body.functions]) if (present(definitions)) tokens += definitionTokens(definitions, count)
+  for (const choice of [body.tool_choice, body.function_call]) if (present(choice) && choice !== 'auto') tokens += TOKENS_PER_TOOL_CHOICE + count(JSON.stringify(choice))
+  if (present(body.response_format)) tokens += TOKENS_PER_RESPONSE_FORMAT + count(JSON.stringify(body.response_format))
+  return tokens
+}
