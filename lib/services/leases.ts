@@ -172,8 +172,12 @@ export function createLeases (reservations: ReservationRepository, settlements: 
      */
     async close (waitMs = 5000): Promise<void> {
       clearInterval(sweeper)
+      // A top-up still in flight lands after its lease is retired and gives its slice back then: wait for
+      // those first, then for every return (else a slice taken during close would be left held).
+      const landing = [...leases.values()].flatMap((lease) => lease.taking === null ? [] : [lease.taking])
       for (const [key, lease] of leases) retire(key, lease)
-      await Promise.race([returns, new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
+      const settled = Promise.allSettled(landing).then(async () => await returns)
+      await Promise.race([settled, new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
     }
   }
 }
