@@ -30,7 +30,7 @@ async function ledger (sql: Sql) {
   const allocations = await sql`
     select b.name, a.amount::text, u.idempotency_key as key, a.occurred_at, a.exchange_rate::text as rate
     from budget_usage_allocations a join budget_definitions b on b.id = a.budget_id join budget_usage_records u on u.id = a.usage_id
-    order by b.name, u.idempotency_key nulls last, a.amount`
+    order by b.name, u.idempotency_key nulls last, a.amount, a.occurred_at, a.exchange_rate` // every column: a total order, so equal ledgers compare equal
   const cache = await sql`
     select b.name, c.period_start, c.period_end, c.current_amount::text, c.usage_count::int, c.last_usage_at, c.reserved_amount::text
     from budget_status_cache c join budget_definitions b on b.id = c.budget_id order by b.name, c.period_start`
@@ -41,7 +41,7 @@ async function ledger (sql: Sql) {
     select b.name, h.threshold::text, o.channel from budget_notification_outbox o
     join budget_alert_history h on h.id = o.alert_id join budget_definitions b on b.id = h.budget_id order by 1, 2, 3`
   const records = await sql`select b.name, u.amount::text, u.currency, u.idempotency_key as key, u.metadata, u.occurred_at, cardinality(u.also_counts_toward)::int as also
-    from budget_usage_records u join budget_definitions b on b.id = u.budget_id order by b.name, u.idempotency_key nulls last, u.amount`
+    from budget_usage_records u join budget_definitions b on b.id = u.budget_id order by b.name, u.idempotency_key nulls last, u.amount, u.occurred_at, u.currency, u.metadata::text, 7`
   return { allocations: [...allocations], cache: [...cache], crossings: [...crossings], outbox: [...outbox], records: [...records] }
 }
 
