@@ -300,7 +300,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         charge.reason === 'unpriced-model' ? 'a served call could not be priced from its usage: charged at its estimate' : 'a call ended without usage: charged at its estimate')
     }
     const settled = metrics.settlementTimer()
-    const settling = integration.settleCall(state.reservationId, charge.cost, {
+    const settling = integration.endCall(state.reservationId, charge.cost, {
       source: 'gateway',
       metadata: {
         modelId: priced?.model ?? state.model,
@@ -319,11 +319,12 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         organizationId: state.caller.organization,
         ...(state.caller.tags === undefined ? {} : { tags: state.caller.tags })
       }
-    }).then((usageId) => {
+    }).then((ended) => {
       if (charge.cost !== null && toUnits(charge.cost) > toUnits(state.estimate)) {
         request.log.warn({ estimate: state.estimate, actual: charge.cost, requestId: state.requestId }, 'a call cost more than its estimate')
       }
-      if (charge.cost !== null && usageId === null) {
+      // Only a real expiry: a call with nothing to charge, or one recorded already, is no news.
+      if (ended.outcome === 'expired' && charge.cost !== null) {
         request.log.warn({ requestId: state.requestId }, 'the reservation had expired and was counted at its estimate before this settlement')
       }
     }, (error: unknown) => {

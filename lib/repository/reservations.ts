@@ -1,5 +1,6 @@
 // SQL for the gate: reserve on every applicable budget at once, settle, sweep; and the applicable budgets for a read.
 import type { Db } from './budgets.js'
+import { DatabaseUnavailableError } from '../errors.js'
 import type { Money } from '../money.js'
 import { normalizeMoney } from '../money.js'
 import type { AlertAction, BudgetAlert, NearLimitPolicy, ScopeType } from '../schemas.js'
@@ -125,6 +126,37 @@ export interface Settlement {
   metadata: Record<string, unknown>
 }
 
+/** What became of a call admitted from a lease, once its batch committed (budget_settle_leased, sql/016). */
+export interface LeasedOutcome {
+  /** Its usage record; null when none was written by this settlement. */
+  usageId: string | null
+  /** False: the lease had expired and been swept (counting the call at its estimate) before this settlement. */
+  leaseFound: boolean
+}
+
+// A deadlock or a serialization failure ends a gate statement without effect: it is run again, a few
+// times, after a short pause that grows. What still fails is the database not serving now (503).
+const CONFLICTS = new Set(['40P01', '40001'])
+const CONFLICT_RETRY_DELAYS_MS = [2, 10, 50]
+
+export function isConflict (error: unknown): boolean {
+  return CONFLICTS.has((error as { code?: string } | null)?.code ?? '')
+}
+
+/** Runs a gate statement, again on a deadlock or serialization failure; one that keeps failing so is DatabaseUnavailableError. */
+async function retryingConflicts<T> (statement: () => Promise<T>): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await statement()
+    } catch (error) {
+      if (!isConflict(error)) throw error
+      const delay = CONFLICT_RETRY_DELAYS_MS[attempt]
+      if (delay === undefined) throw new DatabaseUnavailableError({ cause: error })
+      await new Promise((resolve) => setTimeout(resolve, delay * (1 + Math.random())))
+    }
+  }
+}
+
 export function createReservationRepository (sql: Db) {
   const normalize = (row: ApplicableBudget): ApplicableBudget => ({
     ...row,
@@ -194,7 +226,7 @@ export function createReservationRepository (sql: Db) {
       const rows = calls.flatMap((call, index) => call.line.map((budget) => ({ call: index + 1, budget })))
       const needs = (test: (alert: BudgetAlert) => boolean) => calls.some((call) => call.line.some((budget) => budget.alerts.some(test)))
       // Arrays go over the wire as text (postgres.js serializes elements by the type it is told) and are cast in SQL.
-      const held = await sql<Array<HeldBudget & { callIndex: number, isCurrent: boolean, isReserved: boolean, definitionsVersion: string }>>`
+      const held = await retryingConflicts(async () => await sql<Array<HeldBudget & { callIndex: number, isCurrent: boolean, isReserved: boolean, definitionsVersion: string }>>`
         select call_index as "callIndex", budget_id as "budgetId", amount::text as amount, enforcement, current_amount::text as "currentAmount",
                reserved_amount::text as "reservedAmount", fits, is_current as "isCurrent", is_reserved as "isReserved",
                approved_through::text as "approvedThrough", projected_actions as "projectedActions",
@@ -206,7 +238,7 @@ export function createReservationRepository (sql: Db) {
           ${rows.map((row) => row.budget.periodStart.toISOString())}::text[]::timestamptz[],
           ${rows.map((row) => row.budget.periodEnd.toISOString())}::text[]::timestamptz[],
           ${rows.map((row) => String(row.budget.scopeMatched))}::text[]::boolean[], ${rows.map((row) => String(row.budget.scopeRank))}::text[]::integer[],
-          ${needs((alert) => alert.actions.includes('require-approval'))}, ${needs((alert) => alert.basis === 'projected')})`
+          ${needs((alert) => alert.actions.includes('require-approval'))}, ${needs((alert) => alert.basis === 'projected')})`)
       const holds: Hold[] = calls.map((call) => ({ current: call.line.length === 0, reserved: false, budgets: [], definitionsVersion: -1 }))
       for (const { callIndex, isCurrent, isReserved, definitionsVersion, ...budget } of held) {
         const hold = holds[callIndex - 1]!
@@ -227,7 +259,7 @@ export function createReservationRepository (sql: Db) {
       return holds
     },
 
-    /** Ends many reservations in one transaction (budget_settle_batch, sql/006). Returns the usage ids by reservation. */
+    /** Ends many reservations in one transaction (budget_settle_batch, sql/016). Returns the usage ids by reservation found (a reservation already ended is not in the map). */
     async settleBatch (settlements: Settlement[]): Promise<{ usageIds: Map<string, string | null>, definitionsVersion: number }> {
       const rows = await sql<Array<{ reservationId: string, usageId: string | null, definitionsVersion: string }>>`
         select reservation_id as "reservationId", usage_id as "usageId", definitions_version::text as "definitionsVersion"
@@ -243,13 +275,13 @@ export function createReservationRepository (sql: Db) {
      * under `least` or the line is out of date (budget_lease_take, sql/006).
      */
     async takeLease (leaseId: string, line: LineBudget[], currency: string, ttlMs: number, wanted: Money, least: Money) {
-      const rows = await sql<Array<{ granted: string, budgetId: string, amount: string, enforcement: 'hard' | 'soft', currentAmount: string, reservedAmount: string, definitionsVersion: string }>>`
+      const rows = await retryingConflicts(async () => await sql<Array<{ granted: string, budgetId: string, amount: string, enforcement: 'hard' | 'soft', currentAmount: string, reservedAmount: string, definitionsVersion: string }>>`
         select granted::text as granted, budget_id as "budgetId", amount::text as amount, enforcement,
                current_amount::text as "currentAmount", reserved_amount::text as "reservedAmount", definitions_version::text as "definitionsVersion"
         from budget_lease_take(${leaseId}, ${currency}, ${`${ttlMs} milliseconds`}::interval, ${wanted}::numeric, ${least}::numeric,
           ${line.map((b) => b.budgetId)}::text[]::uuid[], ${line.map((b) => b.periodStart.toISOString())}::text[]::timestamptz[],
           ${line.map((b) => b.periodEnd.toISOString())}::text[]::timestamptz[], ${line.map((b) => String(b.scopeMatched))}::text[]::boolean[],
-          ${line.map((b) => String(b.scopeRank))}::text[]::integer[])`
+          ${line.map((b) => String(b.scopeRank))}::text[]::integer[])`)
       if (rows.length === 0) return null
       return {
         granted: normalizeMoney(rows[0]!.granted),
@@ -267,38 +299,44 @@ export function createReservationRepository (sql: Db) {
       return renewed.count > 0
     },
 
-    /** Gives back `amount` of a lease (budget_lease_return, sql/006). */
-    async returnLease (leaseId: string, amount: Money): Promise<void> {
-      await sql`select budget_lease_return(${leaseId}, ${amount}::numeric)`
+    /**
+     * Gives back `amount` of a lease (budget_lease_return, sql/016). `final`: every call admitted from
+     * it has settled, so all it still holds goes back and the lease is gone.
+     */
+    async returnLease (leaseId: string, amount: Money, final = false): Promise<void> {
+      await retryingConflicts(async () => await sql`select budget_lease_return(${leaseId}, ${amount}::numeric, ${final})`)
     },
 
-    /** Settles calls admitted from leases, in one transaction (budget_settle_leased, sql/006). */
-    async settleLeased (settlements: LeasedSettlement[], ttlMs: number): Promise<number> {
-      const [row] = await sql<Array<{ version: string }>>`
-        select budget_settle_leased(${settlements.map((s) => s.leaseId)}::text[]::uuid[], ${settlements.map((s) => s.requestId)}::text[],
-                                    ${settlements.map((s) => s.actualCost)}::text[]::numeric[], ${settlements.map((s) => s.source)}::text[],
-                                    ${settlements.map((s) => s.description)}::text[], ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[],
-                                    ${settlements.map((s) => s.occurredAt.toISOString())}::text[]::timestamptz[], ${`${ttlMs} milliseconds`}::interval)::text as version`
-      return Number(row!.version)
+    /** Settles calls admitted from leases, in one transaction (budget_settle_leased, sql/016): each call's outcome, by request id. */
+    async settleLeased (settlements: LeasedSettlement[], ttlMs: number): Promise<{ outcomes: Map<string, LeasedOutcome>, definitionsVersion: number }> {
+      const rows = await sql<Array<{ requestId: string, usageId: string | null, leaseFound: boolean, version: string }>>`
+        select request_id as "requestId", usage_id as "usageId", lease_found as "leaseFound", definitions_version::text as version
+        from budget_settle_leased(${settlements.map((s) => s.leaseId)}::text[]::uuid[], ${settlements.map((s) => s.requestId)}::text[],
+                                  ${settlements.map((s) => s.actualCost)}::text[]::numeric[], ${settlements.map((s) => s.source)}::text[],
+                                  ${settlements.map((s) => s.description)}::text[], ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[],
+                                  ${settlements.map((s) => s.occurredAt.toISOString())}::text[]::timestamptz[], ${`${ttlMs} milliseconds`}::interval)`
+      return {
+        outcomes: new Map(rows.map((row) => [row.requestId, { usageId: row.usageId, leaseFound: row.leaseFound }])),
+        definitionsVersion: Number(rows[0]?.version ?? -1)
+      }
     },
 
     /** Takes allowance from the budgets' rate buckets (budget_rate_take, sql/008), in one statement. */
     async takeRate (asks: RateAsk[]): Promise<RateGrant[]> {
-      const rows = await sql<Array<{ budgetId: string, grantedRequests: number, grantedTokens: number, requestsPerMinute: number | null, tokensPerMinute: number | null, requestsLeft: number | null, tokensLeft: number | null }>>`
+      return await retryingConflicts(async () => await sql<Array<{ budgetId: string, grantedRequests: number, grantedTokens: number, requestsPerMinute: number | null, tokensPerMinute: number | null, requestsLeft: number | null, tokensLeft: number | null }>>`
         select budget_id as "budgetId", granted_requests::float8 as "grantedRequests", granted_tokens::float8 as "grantedTokens",
                requests_per_minute as "requestsPerMinute", tokens_per_minute::float8 as "tokensPerMinute",
                requests_left::float8 as "requestsLeft", tokens_left::float8 as "tokensLeft"
         from budget_rate_take(${asks.map((a) => a.budgetId)}::uuid[], ${asks.map((a) => String(a.needRequests))}::text[]::numeric[],
                               ${asks.map((a) => String(a.needTokens))}::text[]::numeric[], ${asks.map((a) => String(a.askRequests))}::text[]::numeric[],
-                              ${asks.map((a) => String(a.askTokens))}::text[]::numeric[])`
-      return rows
+                              ${asks.map((a) => String(a.askTokens))}::text[]::numeric[])`)
     },
 
     /** Gives rate allowance back to the buckets (budget_rate_give_back, sql/008); a negative amount takes more. */
     async giveBackRate (returns: Array<{ budgetId: string, requests: number, tokens: number }>): Promise<void> {
       if (returns.length === 0) return
-      await sql`select budget_rate_give_back(${returns.map((r) => r.budgetId)}::uuid[], ${returns.map((r) => String(r.requests))}::text[]::numeric[],
-                                             ${returns.map((r) => String(r.tokens))}::text[]::numeric[])`
+      await retryingConflicts(async () => await sql`select budget_rate_give_back(${returns.map((r) => r.budgetId)}::uuid[], ${returns.map((r) => String(r.requests))}::text[]::numeric[],
+                                             ${returns.map((r) => String(r.tokens))}::text[]::numeric[])`)
     },
 
     async sweepExpired (limit: number): Promise<number> {

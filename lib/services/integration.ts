@@ -9,7 +9,7 @@ import type { BudgetLines } from './budget-lines.js'
 import type { HoldQueue } from './holds.js'
 import type { Admission, Leases } from './leases.js'
 import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
-import type { SettlementQueue } from './settlements.js'
+import type { SettleOutcome, SettlementQueue } from './settlements.js'
 import type { ScopeType } from '../schemas.js'
 import { decide, standingsOf, standingsOfHold, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
 import type { BudgetStatusInfo } from './status-rules.js'
@@ -125,7 +125,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     }
   }
 
-  async function settleCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<string | null> {
+  /** Ends a call's hold or lease admission; resolves with what the settlement did (an expiry told apart from nothing to charge). */
+  async function endCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<SettleOutcome> {
     const actual = actualCost === null || toUnits(String(actualCost)) === 0n ? null : parsePositiveMoney(actualCost, 'actualCost')
     const values = { source: info.source ?? 'gateway', description: info.description ?? null, metadata: info.metadata ?? {} }
     const rated = rateAdmitted.get(reservationId)
@@ -139,6 +140,11 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       return await leases.end(leased.admission, actual, { requestId: leased.requestId, ...values })
     }
     return await settlements.settle({ reservationId, actualCost: actual, ...values })
+  }
+
+  async function settleCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<string | null> {
+    const ended = await endCall(reservationId, actualCost, info)
+    return ended.outcome === 'recorded' ? ended.usageId : null
   }
 
   // Calls admitted from a lease, by the id the caller settles them with.
@@ -236,8 +242,11 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       return { check, reservationId: result.reserved && check.canProceed ? reservationId : null }
     },
 
-    /** Ends a reservation: records the actual cost once (null when the provider did not charge) and releases the hold. */
+    /** Ends a reservation: records the actual cost once (null when the provider did not charge) and releases the hold. Resolves with the usage record's id (null: none recorded). */
     settleCall,
+
+    /** settleCall, resolving with what the settlement did: recorded, released, already recorded, or the reservation had expired and was swept. */
+    endCall,
 
     async releaseCall (reservationId: string): Promise<void> {
       await settleCall(reservationId, null)

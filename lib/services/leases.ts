@@ -5,12 +5,16 @@
 // of its estimate goes back to the slice. The escrow rule holds because the whole slice counts as
 // reserved in PostgreSQL until it is spent or given back: settled + held <= limit on every budget.
 // A lease is given back when idle, when its line changes or rolls over, and when the process closes.
+// A call may cost more than its estimate: it is charged in full, the slice goes below zero in memory
+// (the lease admits nothing more until a top-up covers it), and the lease row in PostgreSQL gives up
+// what it holds, at most. A retired lease's row stays until every call admitted from it has settled;
+// then the final return ends it (sql/016), so no settlement ever finds its lease gone early.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { fromUnits, toUnits, type Money } from '../money.js'
 import type { LineBudget, ReservationRepository } from '../repository/reservations.js'
 import type { BudgetStanding } from './decision.js'
-import type { SettlementQueue } from './settlements.js'
+import type { SettleOutcome, SettlementQueue } from './settlements.js'
 
 /** Calls on a line this close together make it hot enough to lease. */
 const HOT_WITHIN_MS = 100
@@ -19,14 +23,21 @@ const CALLS_PER_LEASE = 64n
 const FEWEST_CALLS = 16n
 /** A lease unused this long is given back. */
 const IDLE_MS = 2000
+/** A give-back that fails is tried again after these pauses; room not given back is swept as spend when the lease expires. */
+const RETURN_RETRY_DELAYS_MS = [20, 100, 500, 2000, 5000]
 
 interface Lease {
   id: string
   line: LineBudget[]
   validUntil: number
-  /** Units no admitted call can use any more: what new calls may take, or what is given back. */
+  /** Units no admitted call can use any more: what new calls may take, or what is given back. Below zero when calls cost more than their estimates. */
   available: bigint
-  inFlight: number
+  /** Calls admitted from it whose settlement has not committed yet: while there are any, its row must stay. */
+  unsettled: number
+  /** A settlement of one of its calls failed: the row is left to expire, and the sweeper counts what it holds. */
+  settlementFailed: boolean
+  /** The final return was sent: nothing more is given back. */
+  ended: boolean
   numbers: Map<string, Omit<BudgetStanding, 'budget' | 'fits'> & { amount: Money, enforcement: 'hard' | 'soft' }>
   returning: boolean
   taking: Promise<void> | null
@@ -46,23 +57,68 @@ export interface Admission {
 export function createLeases (reservations: ReservationRepository, settlements: SettlementQueue,
   options: { currency: string, ttlMs: number, observe: (definitionsVersion: number) => void }, log: FastifyBaseLogger) {
   const leases = new Map<string, Lease>()
+  /** Retired leases whose row is still there (calls to settle, or the final return on its way): kept alive like the others. */
+  const draining = new Set<Lease>()
   const lastCall = new Map<string, number>()
-  let returns: Promise<unknown> = Promise.resolve()
+  let returning = 0
 
+  async function sendReturn (lease: Lease, amount: Money, final: boolean): Promise<void> {
+    returning++
+    try {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await reservations.returnLease(lease.id, amount, final)
+          if (final) draining.delete(lease)
+          return
+        } catch (error) {
+          const delay = RETURN_RETRY_DELAYS_MS[attempt]
+          if (delay === undefined) {
+            // Given up: the row is no longer kept alive, so it expires and the sweeper counts what it holds
+            // as spent (an over-count, never an under-count).
+            draining.delete(lease)
+            log.error({ err: error, leaseId: lease.id, amount, final }, 'giving back a budget lease failed; it will be swept when it expires')
+            return
+          }
+          log.warn({ err: error, leaseId: lease.id, attempt: attempt + 1 }, 'giving back a budget lease failed; trying again')
+          await new Promise((resolve) => setTimeout(resolve, delay))
+        }
+      }
+    } finally {
+      returning--
+    }
+  }
+
+  /**
+   * Gives back what no admitted call can use. Once the lease is retired and every call it admitted has
+   * settled (and no top-up is landing), the return is final: all the row still holds goes back and it is gone.
+   */
   function giveBack (lease: Lease): void {
-    if (lease.available <= 0n) return
-    const amount = fromUnits(lease.available)
-    lease.available = 0n
-    returns = Promise.all([returns, reservations.returnLease(lease.id, amount).catch((error: unknown) => {
-      // The lease stays held until it expires; then it is counted as spent (an over-count, never an under-count).
-      log.error({ err: error, leaseId: lease.id }, 'giving back a budget lease failed')
-    })])
+    if (lease.ended) return
+    const settledAll = lease.returning && lease.unsettled === 0 && lease.taking === null
+    // A call whose settlement failed is charged by the sweeper, at its estimate, from what the row still holds.
+    if (settledAll && lease.settlementFailed) draining.delete(lease)
+    const final = settledAll && !lease.settlementFailed
+    if (!final && lease.available <= 0n) return
+    const amount = lease.available > 0n ? lease.available : 0n
+    lease.available -= amount
+    if (final) lease.ended = true
+    void sendReturn(lease, fromUnits(amount), final)
   }
 
   function retire (key: string, lease: Lease): void {
     if (leases.get(key) === lease) leases.delete(key)
+    if (!lease.returning && !lease.ended) draining.add(lease)
     lease.returning = true
     giveBack(lease)
+  }
+
+  /** One top-up at a time per lease; a retired lease gives back what landed once it is done. */
+  function topUp (lease: Lease, estimate: bigint): Promise<void> {
+    lease.taking = take(lease, estimate).finally(() => {
+      lease.taking = null
+      if (lease.returning) giveBack(lease)
+    })
+    return lease.taking
   }
 
   async function take (lease: Lease, estimate: bigint): Promise<void> {
@@ -83,11 +139,16 @@ export function createLeases (reservations: ReservationRepository, settlements: 
     const now = Date.now()
     for (const [key, lease] of leases) if (now - lease.lastUse > IDLE_MS || now >= lease.validUntil) retire(key, lease)
     for (const [key, at] of lastCall) if (now - at > IDLE_MS) lastCall.delete(key)
-    for (const [key, lease] of leases) {
+    for (const [key, lease] of [...leases, ...[...draining].map((lease) => [null, lease] as const)]) {
       if (now - lease.renewedAt < options.ttlMs / 3) continue
       lease.renewedAt = now
       reservations.renewLease(lease.id, options.ttlMs).then((alive) => {
-        if (!alive && lease.available > 0n) { lease.available = 0n; retire(key, lease) }
+        if (alive || lease.ended) return
+        // It expired and was swept (counted whole): it admits no more, and has nothing left to give back.
+        lease.available = 0n
+        lease.ended = true
+        draining.delete(lease)
+        if (key !== null) retire(key, lease)
       }, (error: unknown) => { log.warn({ err: error, leaseId: lease.id }, 'renewing a budget lease failed') })
     }
   }, Math.min(500, Math.max(50, Math.floor(options.ttlMs / 6))))
@@ -112,7 +173,7 @@ export function createLeases (reservations: ReservationRepository, settlements: 
       if (lease === undefined) {
         if (previous === undefined || now - previous > HOT_WITHIN_MS || line.length === 0) return null
         lease = {
-          id: randomUUID(), line, validUntil, available: 0n, inFlight: 0, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
+          id: randomUUID(), line, validUntil, available: 0n, unsettled: 0, settlementFailed: false, ended: false, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
           windowStart: Math.max(...line.map((budget) => budget.periodStart.getTime())),
           windowEnd: Math.min(...line.map((budget) => budget.periodEnd.getTime()))
         }
@@ -120,18 +181,16 @@ export function createLeases (reservations: ReservationRepository, settlements: 
       }
       if (lease.available < units) {
         // One top-up at a time per lease; calls that arrive meanwhile wait for it.
-        lease.taking ??= take(lease, units).finally(() => { lease!.taking = null })
-        await lease.taking
+        await (lease.taking ?? topUp(lease, units))
         if (lease.returning || lease.available < units) return null
       }
       lease.available -= units
-      lease.inFlight++
+      lease.unsettled++
       lease.lastUse = now
       // Top up before the slice runs dry, so calls do not wait for the statement that does it.
       if (lease.available < units * (CALLS_PER_LEASE / 4n) && lease.taking === null && !lease.returning) {
         const topping = lease
-        topping.taking = take(topping, units).catch((error: unknown) => { log.warn({ err: error, leaseId: topping.id }, 'topping up a budget lease failed') })
-          .finally(() => { topping.taking = null })
+        topUp(topping, units).catch((error: unknown) => { log.warn({ err: error, leaseId: topping.id }, 'topping up a budget lease failed') })
       }
       const standings: BudgetStanding[] = line.map((budget) => {
         const numbers = lease!.numbers.get(budget.budgetId)!
@@ -146,19 +205,33 @@ export function createLeases (reservations: ReservationRepository, settlements: 
       return { lease, estimate: units, admittedAt, standings }
     },
 
-    /** Ends an admitted call: charges `actualCost` (null: nothing was served) and frees the rest of its estimate. */
-    async end (admission: Admission, actualCost: Money | null, info: { requestId: string, source: string, description: string | null, metadata: Record<string, unknown> }): Promise<string | null> {
+    /**
+     * Ends an admitted call: charges `actualCost` in full (null: nothing was served) and frees what is
+     * left of its estimate (a call that cost more takes the difference from the slice). Resolves with
+     * what the settlement did.
+     */
+    async end (admission: Admission, actualCost: Money | null, info: { requestId: string, source: string, description: string | null, metadata: Record<string, unknown> }): Promise<SettleOutcome> {
       const { lease, estimate } = admission
       const charged = actualCost === null ? 0n : toUnits(actualCost)
-      lease.inFlight--
       lease.available += estimate - charged
-      if (lease.returning) giveBack(lease)
-      if (actualCost === null) return null
-      await settlements.settleLeased({
-        leaseId: lease.id, requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
-        source: info.source, description: info.description, metadata: info.metadata
-      })
-      return null
+      if (actualCost === null) {
+        lease.unsettled--
+        if (lease.returning) giveBack(lease)
+        return { outcome: 'released' }
+      }
+      if (lease.returning) giveBack(lease) // what this call left unused, now; the row stays for its charge
+      try {
+        return await settlements.settleLeased({
+          leaseId: lease.id, requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
+          source: info.source, description: info.description, metadata: info.metadata
+        })
+      } catch (error) {
+        lease.settlementFailed = true
+        throw error
+      } finally {
+        lease.unsettled--
+        if (lease.returning) giveBack(lease)
+      }
     },
 
     /** Stops admitting from every lease and gives back what no call can use (a budget changed). */
@@ -172,12 +245,13 @@ export function createLeases (reservations: ReservationRepository, settlements: 
      */
     async close (waitMs = 5000): Promise<void> {
       clearInterval(sweeper)
-      // A top-up still in flight lands after its lease is retired and gives its slice back then: wait for
-      // those first, then for every return (else a slice taken during close would be left held).
-      const landing = [...leases.values()].flatMap((lease) => lease.taking === null ? [] : [lease.taking])
+      // A top-up still in flight lands after its lease is retired and gives its slice back then; a lease
+      // with calls still settling ends when the last one has. Wait for all of it, for at most waitMs.
       for (const [key, lease] of leases) retire(key, lease)
-      const settled = Promise.allSettled(landing).then(async () => await returns)
-      await Promise.race([settled, new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
+      const deadline = Date.now() + waitMs
+      while ((draining.size > 0 || returning > 0) && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 10))
+      }
     }
   }
 }

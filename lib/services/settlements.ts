@@ -13,6 +13,17 @@ import type { FastifyBaseLogger } from 'fastify'
 import { isDatabaseUnavailable } from '../errors.js'
 import type { LeasedSettlement, ReservationRepository, Settlement } from '../repository/reservations.js'
 
+/** What a settlement did, so that its caller can tell an expiry from a call with nothing to charge. */
+export type SettleOutcome =
+  /** The call's cost was recorded, once. */
+  | { outcome: 'recorded', usageId: string }
+  /** Nothing to charge (nothing was served): the hold was given back. */
+  | { outcome: 'released' }
+  /** A record under the call's request id was there already (a settlement run twice): nothing more was charged. */
+  | { outcome: 'already-recorded' }
+  /** The reservation (or the call's lease) had expired and been swept, counting the call at its estimate, before this settlement. */
+  | { outcome: 'expired' }
+
 // Small enough that a batch holds the hot rows' locks only briefly (a lease top-up may wait for it).
 const MOST_IN_A_BATCH = 100
 // Lock timeouts, serialization failures and a database that is briefly away end a batch without
@@ -26,7 +37,7 @@ interface Queued {
   work: Work
   /** Settled in a batch of its own (its batch failed once). */
   alone?: boolean
-  resolve: (usageId: string | null) => void
+  resolve: (outcome: SettleOutcome) => void
   reject: (error: unknown) => void
 }
 
@@ -40,11 +51,23 @@ export function createSettlementQueue (reservations: ReservationRepository, opti
     if (own.length > 0) {
       const { usageIds, definitionsVersion } = await reservations.settleBatch(own.map((queued) => queued.work.settlement as Settlement))
       options.observe(definitionsVersion)
-      for (const queued of own) queued.resolve(usageIds.get((queued.work.settlement as Settlement).reservationId) ?? null)
+      for (const queued of own) {
+        const settlement = queued.work.settlement as Settlement
+        const usageId = usageIds.get(settlement.reservationId)
+        queued.resolve(usageId === undefined
+          ? { outcome: 'expired' }
+          : usageId !== null ? { outcome: 'recorded', usageId } : settlement.actualCost === null ? { outcome: 'released' } : { outcome: 'already-recorded' })
+      }
     }
     if (leased.length > 0) {
-      options.observe(await reservations.settleLeased(leased.map((queued) => queued.work.settlement as LeasedSettlement), options.ttlMs))
-      for (const queued of leased) queued.resolve(null)
+      const { outcomes, definitionsVersion } = await reservations.settleLeased(leased.map((queued) => queued.work.settlement as LeasedSettlement), options.ttlMs)
+      options.observe(definitionsVersion)
+      for (const queued of leased) {
+        const found = outcomes.get((queued.work.settlement as LeasedSettlement).requestId)
+        queued.resolve(found === undefined || !found.leaseFound
+          ? { outcome: 'expired' }
+          : found.usageId !== null ? { outcome: 'recorded', usageId: found.usageId } : { outcome: 'already-recorded' })
+      }
     }
   }
 
@@ -84,21 +107,21 @@ export function createSettlementQueue (reservations: ReservationRepository, opti
     })
   }
 
-  async function enqueue (work: Work): Promise<string | null> {
-    const done = new Promise<string | null>((resolve, reject) => { queue.push({ work, resolve, reject }) })
+  async function enqueue (work: Work): Promise<SettleOutcome> {
+    const done = new Promise<SettleOutcome>((resolve, reject) => { queue.push({ work, resolve, reject }) })
     kick()
     return await done
   }
 
   return {
-    /** Queues the end of a call's own hold; resolves with its usage record's id (null when nothing was recorded) once its batch commits. */
-    async settle (settlement: Settlement): Promise<string | null> {
+    /** Queues the end of a call's own hold; resolves with what it did once its batch commits. */
+    async settle (settlement: Settlement): Promise<SettleOutcome> {
       return await enqueue({ kind: 'reservation', settlement })
     },
 
-    /** Queues the charge of a call admitted from a lease; resolves once its batch commits. */
-    async settleLeased (settlement: LeasedSettlement): Promise<void> {
-      await enqueue({ kind: 'leased', settlement })
+    /** Queues the charge of a call admitted from a lease; resolves with what it did once its batch commits. */
+    async settleLeased (settlement: LeasedSettlement): Promise<SettleOutcome> {
+      return await enqueue({ kind: 'leased', settlement })
     },
 
     /**

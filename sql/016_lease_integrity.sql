@@ -1,0 +1,353 @@
+-- Lease and settlement integrity (issue 19: items 1, 17 and 18).
+--
+-- THE LOCK ORDER. Every statement that locks several reservation or window rows takes them in this
+-- order, and each function below says where it relies on it:
+--   1. reservation rows (budget_reservations), by (id, budget_id);
+--   2. window rows (budget_status_cache), by (budget_id, period_start).
+-- An unordered `for update` locks rows in whatever order its plan reads them (an index scan by key, a
+-- sequential scan by where the row's latest version lies), so two statements on the same lease could
+-- take its rows in opposite orders and deadlock: PostgreSQL then killed a lease's give-back, and its
+-- unused slice stayed held until it was swept as spend. budget_hold_batch (012) locks window rows only,
+-- by (budget_id, period_start); the usage trigger (012) and the batch collector (014) lock window rows
+-- only, by budget id and window; the rate-limit functions (008) lock bucket rows only, by budget id.
+--
+-- A LEASE ROW LIVES UNTIL ITS PROCESS ENDS IT. A settlement draws a lease down to nothing at most and
+-- never deletes it: calls admitted from the lease may still be running, and their settlements must find
+-- it. A charge above what the lease holds is recorded whole; the window's settled spend takes all of it
+-- and its reserved amount gives up what the lease held (the excess is an over-estimate, reported as such
+-- by the gate). The lease's process ends the row with a final return once every call it admitted has
+-- settled; a process that dies leaves it to expire and be swept, as before.
+
+-- Takes (or adds to) a lease (006), now in the lock order, and refusing a lease whose rows a window
+-- change carried to other windows than the line names (the line is out of date: nothing is taken).
+create or replace function budget_lease_take(
+  p_lease_id uuid, p_currency text, p_ttl interval, p_wanted numeric, p_least numeric,
+  p_budgets uuid[], p_starts timestamptz[], p_ends timestamptz[], p_matched boolean[], p_ranks integer[]
+) returns table (granted numeric, budget_id uuid, amount numeric, enforcement text, current_amount numeric, reserved_amount numeric,
+                 definitions_version bigint)
+language plpgsql set lock_timeout = '2s' as $$
+#variable_conflict use_column
+declare
+  windows integer;
+  room numeric;
+  slice numeric;
+begin
+  -- the lock order: the lease's rows by (id, budget_id), then the window rows by (budget_id, period_start)
+  perform 1 from budget_reservations r where r.id = p_lease_id order by r.id, r.budget_id for update;
+  if exists (select 1 from budget_reservations r where r.id = p_lease_id
+             and not exists (select 1 from unnest(p_budgets, p_starts) as x(b, s) where x.b = r.budget_id and x.s = r.period_start)) then
+    return; -- a window change moved the lease (budget_carry_reservations): its line is out of date
+  end if;
+  perform 1 from budget_status_cache c
+  join unnest(p_budgets, p_starts, p_ends) as x(b, s, e) on c.budget_id = x.b and c.period_start = x.s and c.period_end = x.e
+    and x.s <= now() and now() < x.e
+  order by c.budget_id, c.period_start for update of c;
+  get diagnostics windows = row_count;
+  if windows < coalesce(array_length(p_budgets, 1), 0) then return; end if; -- the line is out of date
+
+  select min(least(
+           case when d.enforcement = 'hard' then d.amount - c.current_amount - c.reserved_amount end,
+           (select min(case when coalesce(t.basis, 'current') = 'projected' then 0
+                            else t.threshold * d.amount / 100 - c.current_amount - c.reserved_amount end)
+            from jsonb_to_recordset(d.alerts) as t(threshold numeric, actions jsonb, basis text)
+            where exists (select 1 from jsonb_array_elements_text(t.actions) as action where action <> 'notify'))))
+  into room
+  from budget_status_cache c
+  join budget_definitions d on d.id = c.budget_id
+  join unnest(p_budgets, p_starts) as x(b, s) on c.budget_id = x.b and c.period_start = x.s;
+
+  slice := case when room is null then p_wanted else least(p_wanted, trunc(room / 8, 10)) end;
+  if slice < p_least then return; end if;
+
+  update budget_status_cache c set reserved_amount = c.reserved_amount + slice
+  from unnest(p_budgets, p_starts) as x(b, s) where c.budget_id = x.b and c.period_start = x.s;
+  insert into budget_reservations (id, budget_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at, lease)
+  select p_lease_id, x.b, x.s, slice, x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true
+  from unnest(p_budgets, p_starts, p_matched, p_ranks) as x(b, s, m, r)
+  on conflict (id, budget_id) do update set amount = budget_reservations.amount + excluded.amount, expires_at = excluded.expires_at;
+
+  return query
+    select slice, c.budget_id, d.amount, d.enforcement, c.current_amount, c.reserved_amount - slice, budget_definitions_version()
+    from budget_status_cache c
+    join budget_definitions d on d.id = c.budget_id
+    join unnest(p_budgets, p_starts) as x(b, s) on c.budget_id = x.b and c.period_start = x.s;
+end $$;
+
+-- Gives back part of a lease that no admitted call can still use (006), in the lock order. A return is
+-- final when every call admitted from the lease has settled: then all the lease still holds goes back
+-- and its rows are gone. Before that the rows stay, at 0 if need be, for the settlements to come.
+drop function budget_lease_return(uuid, numeric);
+create function budget_lease_return(p_lease_id uuid, p_amount numeric, p_final boolean default false) returns void
+language plpgsql set lock_timeout = '5s' as $$
+begin
+  -- the lock order: the lease's rows by (id, budget_id), then the window rows by (budget_id, period_start)
+  perform 1 from budget_reservations r where r.id = p_lease_id order by r.id, r.budget_id for update;
+  perform 1 from budget_status_cache c join budget_reservations r on r.budget_id = c.budget_id and r.period_start = c.period_start
+  where r.id = p_lease_id order by c.budget_id, c.period_start for update of c;
+  update budget_status_cache c
+  set reserved_amount = greatest(c.reserved_amount - case when p_final then r.amount else least(p_amount, r.amount) end, 0)
+  from budget_reservations r where r.id = p_lease_id and r.budget_id = c.budget_id and r.period_start = c.period_start;
+  if p_final then
+    delete from budget_reservations r where r.id = p_lease_id;
+  else
+    update budget_reservations r set amount = greatest(r.amount - p_amount, 0) where r.id = p_lease_id;
+  end if;
+end $$;
+
+-- Settlements of calls that held their own reservation (012), in the lock order, each allocation dated
+-- inside the window whose row it is charged to (a window change may have carried the reservation to
+-- the window of now, budget_carry_reservations below). Returns each reservation found with its usage
+-- record (null: nothing recorded); a reservation already ended (settled, or swept after expiry) is absent.
+create or replace function budget_settle_batch(p_ids uuid[], p_actuals numeric[], p_sources text[], p_descriptions text[], p_metadata jsonb[])
+returns table (reservation_id uuid, usage_id uuid, definitions_version bigint) language sql set lock_timeout = '5s' as $$
+  -- Asynchronous commit: the batch's locks go at commit, not once the WAL is on disk. A PostgreSQL
+  -- crash can lose the last batches whole; their reservations come back and are swept at their
+  -- estimate, so nothing goes uncounted. (set_config with is_local lasts to the end of the transaction.)
+  select set_config('synchronous_commit', 'off', true);
+  -- the lock order: reservation rows by (id, budget_id) first (a statement of its own, run to the end
+  -- before the next), then the window rows by (budget_id, period_start) (`locked` below)
+  select 1 from budget_reservations r where r.id = any (p_ids) order by r.id, r.budget_id for update;
+  with input as (
+    select * from unnest(p_ids, p_actuals, p_sources, p_descriptions, p_metadata) as i(reservation_id, actual, source, description, metadata)
+  ),
+  ended as (
+    delete from budget_reservations r using input i where r.id = i.reservation_id
+    returning r.id, r.budget_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, r.request_id, r.created_at, r.exchange_rate
+  ),
+  -- each row's window as its cache row has it: the allocation is dated inside it
+  windowed as (
+    select e.*, c.period_end,
+           greatest(e.period_start, least(e.created_at, c.period_end - interval '1 microsecond')) as dated_at
+    from ended e join budget_status_cache c on c.budget_id = e.budget_id and c.period_start = e.period_start
+  ),
+  calls as (
+    select e.id as reservation_id, gen_random_uuid() as usage_id, min(e.currency) as currency, min(e.request_id) as request_id,
+           coalesce((array_agg(e.dated_at order by e.scope_rank, e.budget_id) filter (where e.scope_matched))[1],
+                    (array_agg(e.dated_at order by e.scope_rank, e.budget_id))[1]) as reserved_at,
+           coalesce(array_agg(e.budget_id order by e.scope_rank, e.budget_id) filter (where e.scope_matched),
+                    array_agg(e.budget_id order by e.scope_rank, e.budget_id)) as held_by
+    from windowed e group by e.id
+  ),
+  recorded as (
+    insert into budget_usage_records as u (id, budget_id, amount, currency, source, description, metadata, idempotency_key,
+                                           also_counts_toward, occurred_at, allocated_by_settlement)
+    select c.usage_id, c.held_by[1], i.actual, c.currency, i.source, i.description,
+           coalesce(i.metadata, '{}'::jsonb) || jsonb_build_object('requestId', c.request_id), c.request_id, c.held_by[2:], c.reserved_at, true
+    from calls c join input i on i.reservation_id = c.reservation_id
+    where i.actual > 0
+    on conflict (budget_id, idempotency_key) do nothing
+    returning u.id, u.amount
+  ),
+  charged as (
+    select c.reservation_id, r.id as usage_id, r.amount from calls c join recorded r on r.id = c.usage_id
+  ),
+  -- each budget is charged in its own currency, at the rate its hold was taken at, rounded up
+  converted as (
+    select e.budget_id, e.period_start, e.amount as held, ch.usage_id, e.dated_at as occurred_at, e.exchange_rate,
+           budget_convert(ch.amount, e.exchange_rate) as amount
+    from windowed e left join charged ch on ch.reservation_id = e.id
+  ),
+  allocated as (
+    insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
+    select v.budget_id, v.usage_id, v.amount, v.occurred_at, v.exchange_rate from converted v where v.usage_id is not null
+  ),
+  deltas as (
+    select v.budget_id, v.period_start, sum(v.held) as released, coalesce(sum(v.amount), 0) as spent,
+           count(v.usage_id) as calls, max(v.occurred_at) filter (where v.usage_id is not null) as last_usage_at
+    from converted v
+    group by v.budget_id, v.period_start
+  ),
+  locked as (
+    select c.budget_id from budget_status_cache c join deltas d on d.budget_id = c.budget_id and d.period_start = c.period_start
+    order by c.budget_id, c.period_start for update of c
+  ),
+  moved as (
+    update budget_status_cache c
+    set reserved_amount = greatest(c.reserved_amount - d.released, 0), current_amount = c.current_amount + d.spent,
+        usage_count = c.usage_count + d.calls, last_usage_at = greatest(c.last_usage_at, d.last_usage_at),
+        updated_at = case when d.calls > 0 then now() else c.updated_at end
+    from deltas d
+    -- the scalar subquery runs first, once: every row is locked, in order, before any is written
+    where (select count(*) from locked) >= 0 and c.budget_id = d.budget_id and c.period_start = d.period_start
+  )
+  select c.reservation_id, ch.usage_id, budget_definitions_version() from calls c left join charged ch on ch.reservation_id = c.reservation_id;
+$$;
+
+-- Settles calls admitted from leases (009), in one transaction: every call whose lease is there is
+-- recorded once, whatever it cost, at its admission clamped into each budget's window as the lease's
+-- window row has it; its money moves from the lease (down to 0 at most) to the window's settled spend.
+-- The lease's rows stay (see the top of this file). Returns each call: its usage record (null: nothing
+-- recorded), and whether its lease was found (false: the lease expired and was swept, counting the call
+-- at its estimate, before this settlement).
+drop function budget_settle_leased(uuid[], text[], numeric[], text[], text[], jsonb[], timestamptz[], interval);
+create function budget_settle_leased(
+  p_lease_ids uuid[], p_request_ids text[], p_actuals numeric[], p_sources text[], p_descriptions text[],
+  p_metadata jsonb[], p_occurred_at timestamptz[], p_ttl interval
+) returns table (request_id text, usage_id uuid, lease_found boolean, definitions_version bigint)
+language sql set lock_timeout = '5s' as $$
+  select set_config('synchronous_commit', 'off', true);
+  -- the lock order: the leases' rows by (id, budget_id), then their window rows by (budget_id, period_start);
+  -- each a statement of its own, run to the end before the next
+  select 1 from budget_reservations r where r.id = any (p_lease_ids) order by r.id, r.budget_id for update;
+  select 1 from budget_status_cache c join budget_reservations r on r.budget_id = c.budget_id and r.period_start = c.period_start
+  where r.id = any (p_lease_ids) order by c.budget_id, c.period_start for update of c;
+  with input as (
+    select * from unnest(p_lease_ids, p_request_ids, p_actuals, p_sources, p_descriptions, p_metadata, p_occurred_at)
+      as i(lease_id, request_id, actual, source, description, metadata, occurred_at)
+    where i.actual > 0
+  ),
+  leases as (
+    select r.id, r.budget_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, c.period_end
+    from budget_reservations r join budget_status_cache c on c.budget_id = r.budget_id and c.period_start = r.period_start
+    where r.id in (select lease_id from input)
+  ),
+  calls as (
+    select i.lease_id, i.request_id, i.actual, i.source, i.description, i.metadata, gen_random_uuid() as usage_id, min(l.currency) as currency,
+           coalesce(array_agg(l.budget_id order by l.scope_rank, l.budget_id) filter (where l.scope_matched),
+                    array_agg(l.budget_id order by l.scope_rank, l.budget_id)) as scope_budgets,
+           coalesce((array_agg(greatest(l.period_start, least(i.occurred_at, l.period_end - interval '1 microsecond')) order by l.scope_rank, l.budget_id)
+                       filter (where l.scope_matched))[1],
+                    (array_agg(greatest(l.period_start, least(i.occurred_at, l.period_end - interval '1 microsecond')) order by l.scope_rank, l.budget_id))[1])
+             as occurred_at,
+           i.occurred_at as admitted_at
+    from input i join leases l on l.id = i.lease_id
+    group by i.lease_id, i.request_id, i.actual, i.source, i.description, i.metadata, i.occurred_at
+  ),
+  recorded as (
+    insert into budget_usage_records as u (id, budget_id, amount, currency, source, description, metadata, idempotency_key,
+                                           also_counts_toward, occurred_at, allocated_by_settlement)
+    select c.usage_id, c.scope_budgets[1], c.actual, c.currency, c.source, c.description,
+           c.metadata || jsonb_build_object('requestId', c.request_id), c.request_id, c.scope_budgets[2:], c.occurred_at, true
+    from calls c
+    on conflict (budget_id, idempotency_key) do nothing
+    returning u.id, u.amount
+  ),
+  charged as (
+    select c.lease_id, c.admitted_at, r.id as usage_id, r.amount from calls c join recorded r on r.id = c.usage_id
+  ),
+  -- each budget's allocation dated inside the window its lease row is charged to
+  allocations as (
+    select l.budget_id, l.period_start, l.amount as held, ch.lease_id, ch.usage_id, ch.amount,
+           greatest(l.period_start, least(ch.admitted_at, l.period_end - interval '1 microsecond')) as occurred_at
+    from charged ch join leases l on l.id = ch.lease_id
+  ),
+  allocated as (
+    insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at)
+    select a.budget_id, a.usage_id, a.amount, a.occurred_at from allocations a
+  ),
+  -- per lease row: what its calls cost; the row gives up what it holds, at most
+  spent as (
+    select a.lease_id, a.budget_id, a.period_start, min(a.held) as held, sum(a.amount) as total, count(*) as calls,
+           max(a.occurred_at) as last_usage_at
+    from allocations a group by a.lease_id, a.budget_id, a.period_start
+  ),
+  deltas as (
+    select s.budget_id, s.period_start, sum(s.total) as spent, sum(least(s.total, s.held)) as released,
+           sum(s.calls) as calls, max(s.last_usage_at) as last_usage_at
+    from spent s group by s.budget_id, s.period_start
+  ),
+  moved as (
+    update budget_status_cache c
+    set current_amount = c.current_amount + d.spent, reserved_amount = greatest(c.reserved_amount - d.released, 0),
+        usage_count = c.usage_count + d.calls, last_usage_at = greatest(c.last_usage_at, d.last_usage_at), updated_at = now()
+    from deltas d
+    where c.budget_id = d.budget_id and c.period_start = d.period_start
+  ),
+  -- No condition on the amount here (009): the update re-reads the locked row.
+  drawn as (
+    update budget_reservations r set amount = greatest(r.amount - s.total, 0), expires_at = now() + p_ttl
+    from spent s where r.id = s.lease_id and r.budget_id = s.budget_id
+  )
+  select i.request_id, ch.usage_id, c.lease_id is not null, budget_definitions_version()
+  from unnest(p_lease_ids, p_request_ids) as i(lease_id, request_id)
+  left join calls c on c.lease_id = i.lease_id and c.request_id = i.request_id
+  left join charged ch on ch.lease_id = c.lease_id and ch.usage_id = c.usage_id;
+$$;
+
+-- The sweeper (012), locking in the lock order (it skips what others hold, so it never waits on them).
+create or replace function budget_sweep_expired(p_limit integer) returns integer language plpgsql set lock_timeout = '5s' as $$
+declare
+  ids uuid[];
+  amounts numeric[];
+begin
+  select array_agg(x.id), array_agg(x.amount) into ids, amounts
+  from (
+    select r.id, max(coalesce(r.call_amount, r.amount)) as amount
+    from (select r.id, r.amount, r.call_amount from budget_reservations r where r.expires_at < now()
+          order by r.id, r.budget_id limit p_limit for update skip locked) r
+    group by r.id
+  ) x;
+  if ids is null then return 0; end if;
+  perform budget_settle_batch(ids, amounts, array_fill('expired-reservation'::text, array[array_length(ids, 1)]),
+    array_fill('The gateway did not settle this call before its reservation expired; counted at its estimate'::text, array[array_length(ids, 1)]),
+    array_fill(jsonb_build_object('outcome', 'unknown'), array[array_length(ids, 1)]));
+  return array_length(ids, 1);
+end $$;
+
+-- Giving rate allowance back queues on the same hot bucket rows as taking it (008): the same bound.
+alter function budget_rate_give_back(uuid[], numeric[], numeric[]) set lock_timeout = '2s';
+
+-- A change of a budget's window (its period, start or end date, recurrence, time zone, fiscal year or
+-- alignment) carries its live reservations to the windows of the new definition, in the change's own
+-- transaction. Each row goes to the window that holds the instant it will be charged at: a call's hold
+-- to the window of its reservation's instant (budget_settle_batch dates it there), a lease to the
+-- window of now (its calls are admitted now; budget_settle_leased dates them inside its window). A hold
+-- from before the new definition's first window goes to the window of now; a row with no window left
+-- (the budget ended) is given back. Each window row's reserved amount moves with its reservations; a
+-- window seen for the first time is summed from the allocations (refresh). Window rows the new
+-- definition does not have are then deleted: a window that overlaps a new one would never see the
+-- settlements dated inside it, and a line still naming it (a process that has not heard of the change)
+-- finds it gone and reloads, instead of holding on a window nobody counts.
+create function budget_carry_reservations() returns trigger language plpgsql as $$
+declare
+  moving record;
+  made timestamptz[] := '{}';
+begin
+  -- the lock order: the budget's reservation rows by (id, budget_id), then its window rows by period_start
+  perform 1 from budget_reservations r where r.budget_id = new.id order by r.id, r.budget_id for update;
+  perform 1 from budget_status_cache c where c.budget_id = new.id order by c.budget_id, c.period_start for update;
+
+  for moving in
+    select r.id, r.period_start as old_start, r.amount, old_row.period_end as old_end,
+           case when charged_at.period_start is not null then charged_at.period_start else at_now.period_start end as new_start,
+           case when charged_at.period_start is not null then charged_at.period_end else at_now.period_end end as new_end
+    from budget_reservations r
+    join budget_status_cache old_row on old_row.budget_id = r.budget_id and old_row.period_start = r.period_start
+    left join lateral budget_window(new, case when r.lease then now() else r.created_at end) charged_at on true
+    left join lateral budget_window(new, now()) at_now on true
+    where r.budget_id = new.id
+    order by r.id
+  loop
+    if moving.new_start is null then
+      update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - moving.amount, 0)
+      where c.budget_id = new.id and c.period_start = moving.old_start;
+      delete from budget_reservations r where r.id = moving.id and r.budget_id = new.id;
+      continue;
+    end if;
+    if not (moving.new_start = any (made)) then
+      perform refresh_budget_status_cache(new.id, moving.new_start, moving.new_end);
+      made := made || moving.new_start;
+    end if;
+    if moving.new_start <> moving.old_start then
+      update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - moving.amount, 0)
+      where c.budget_id = new.id and c.period_start = moving.old_start;
+      update budget_status_cache c set reserved_amount = c.reserved_amount + moving.amount
+      where c.budget_id = new.id and c.period_start = moving.new_start;
+      update budget_reservations r set period_start = moving.new_start where r.id = moving.id and r.budget_id = new.id;
+    end if;
+  end loop;
+
+  delete from budget_status_cache c
+  where c.budget_id = new.id and c.reserved_amount = 0
+    and not exists (select 1 from budget_window(new, c.period_start) w where w.period_start = c.period_start and w.period_end = c.period_end)
+    and not exists (select 1 from budget_reservations r where r.budget_id = c.budget_id and r.period_start = c.period_start);
+  return null;
+end $$;
+
+create trigger budget_definitions_window_changed after update of period, start_date, end_date, recurring, timezone,
+  fiscal_year_start_month, period_alignment on budget_definitions
+for each row when (old.period is distinct from new.period or old.start_date is distinct from new.start_date
+  or old.end_date is distinct from new.end_date or old.recurring is distinct from new.recurring
+  or old.timezone is distinct from new.timezone or old.fiscal_year_start_month is distinct from new.fiscal_year_start_month
+  or old.period_alignment is distinct from new.period_alignment)
+execute function budget_carry_reservations();
