@@ -3,8 +3,13 @@
 // held, and a budget's window changed under calls in flight.
 import postgres, { type Sql } from 'postgres'
 import t from 'tap'
-import { buildApp } from './fixtures/app.js'
-import { findViolations } from './fixtures/invariants.js'
+import { compareMoney } from '../lib/money.js'
+import { ADMIN_TOKEN, PREFIX, buildApp } from './fixtures/app.js'
+import { createTestDatabase } from './fixtures/database.js'
+import { startGatewayProcess, type GatewayProcess } from './fixtures/gateway-process.js'
+import { buildGateway } from './fixtures/gateway.js'
+import { findViolations, waitForSettled } from './fixtures/invariants.js'
+import { modeFromPrompt, modeMarker, startUpstream, type UpstreamMode } from './fixtures/upstream.js'
 
 const pause = async (ms: number) => await new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -45,8 +50,8 @@ t.test('a lease\'s give-back and a settlement of its calls, meeting on its rows,
   const session = async () => {
     const connection = await sql.reserve()
     t.teardown(() => { connection.release() })
-    const [{ pid }] = await connection<Array<{ pid: number }>>`select pg_backend_pid() as pid`
-    return { connection, pid }
+    const [row] = await connection<Array<{ pid: number }>>`select pg_backend_pid() as pid`
+    return { connection, pid: row!.pid }
   }
   const blocker = await session()
   const returning = await session()
@@ -69,4 +74,140 @@ t.test('a lease\'s give-back and a settlement of its calls, meeting on its rows,
   const [held] = await sql<Array<{ amount: string }>>`select min(amount)::text as amount from budget_reservations where id = ${lease}`
   t.equal(Number(held!.amount), 0.007, 'the lease gave back 0.001 and paid 0.002 on each budget')
   await app.close()
+})
+
+t.test('every gate function carries a lock timeout, so a queue on a hot row cannot hold a pooled connection for long', async (t) => {
+  const { sql } = await buildApp(t)
+  const gateFunctions = ['budget_hold_batch', 'budget_lease_take', 'budget_lease_return', 'budget_settle_batch', 'budget_settle_leased',
+    'budget_rate_take', 'budget_rate_give_back']
+  const rows = await sql<Array<{ name: string, config: string[] | null }>>`
+    select proname as name, proconfig as config from pg_proc where proname = any (${gateFunctions}::text[]) order by proname`
+  t.same(rows.map((row) => row.name).sort(), [...gateFunctions].sort(), 'each is there, once')
+  for (const row of rows) t.ok((row.config ?? []).some((setting) => /^lock_timeout=\d+s$/.test(setting)), `${row.name}: ${JSON.stringify(row.config)}`)
+})
+
+t.test('a call admitted from a lease logs no expiry; a reservation that really expired before its settlement still says so', async (t) => {
+  const leased = await buildGateway(t, { captureLogs: true })
+  await leased.createBudget({ scopeId: 'team-a', amount: '100' })
+  const statuses = await Promise.all(Array.from({ length: 30 }, async (_, i) => (await leased.call({ team: 'team-a' }, { messages: [{ role: 'user', content: `call ${i}` }] })).statusCode))
+  t.same([...new Set(statuses)], [200], 'every call served')
+  const [leases] = await leased.sql<Array<{ n: number }>>`select count(distinct id)::int as n from budget_reservations where lease`
+  t.ok(leases!.n > 0, 'the hot line took a lease')
+  await leased.app.close()
+  const [records] = await leased.sql<Array<{ n: number }>>`select count(*)::int as n from budget_usage_records`
+  t.equal(records!.n, 30, 'every call recorded')
+  t.same(leased.logs.filter((line) => /expired/.test(line.msg ?? '')).map((line) => line.msg), [], 'no expiry warning')
+
+  // One slow stream whose hold expires (TTL 300 ms) and is swept before the call ends.
+  const expiring = await buildGateway(t, { captureLogs: true, mockTokenDelayMs: 100, gate: { reservationTtlMs: 300, sweepIntervalMs: 50 } })
+  await expiring.createBudget({ scopeId: 'team-a', amount: '100' })
+  const response = await expiring.call({ team: 'team-a' }, { stream: true })
+  t.equal(response.statusCode, 200)
+  await expiring.app.close()
+  const [swept] = await expiring.sql<Array<{ source: string }>>`select source from budget_usage_records`
+  t.equal(swept?.source, 'expired-reservation', 'the sweeper counted it at its estimate')
+  t.equal(expiring.logs.filter((line) => line.msg === 'the reservation had expired and was counted at its estimate before this settlement').length, 1, 'and the gate said so')
+})
+
+t.test('over-billing upstreams through leases on two gateway processes: every served call is recorded exactly once, streamed and JSON', async (t) => {
+  const upstream = await startUpstream(t, { mode: modeFromPrompt('json'), chunkDelayMs: 1 })
+  const url = await createTestDatabase(t)
+  const sql = postgres(url, { onnotice: () => {} })
+  t.teardown(async () => await sql.end())
+  const processes: GatewayProcess[] = []
+  for (let i = 0; i < 2; i++) {
+    const gateway = await startGatewayProcess({ DATABASE_URL: url, ADMIN_TOKEN, UPSTREAM_URL: upstream.url })
+    processes.push(gateway)
+    t.teardown(async () => await gateway.stop())
+  }
+  const create = async (body: Record<string, unknown>) => (await (await fetch(`${processes[0]!.url}${PREFIX}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ currency: 'USD', period: 'monthly', startDate: '2024-01-01', ...body })
+  })).json() as { id: string }).id
+  const org = await create({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100' })
+  await create({ name: 'team', scopeType: 'team', scopeId: 'platform', amount: '50', parentId: org })
+
+  let leaseRowsSeen = 0
+  let loading = true
+  const watching = (async () => {
+    while (loading) {
+      const [row] = await sql<Array<{ n: number }>>`select count(*)::int as n from budget_reservations where lease`
+      leaseRowsSeen = Math.max(leaseRowsSeen, row!.n)
+      await pause(20)
+    }
+  })()
+  const modes: UpstreamMode[] = ['json-over-limit', 'sse-over-limit', 'json-pricier', 'sse-pricier']
+  const outcomes: Array<{ mode: UpstreamMode, served: boolean, status: number }> = []
+  for (let wave = 0; wave < 4; wave++) {
+    outcomes.push(...await Promise.all(Array.from({ length: 40 }, async (_, i) => {
+      const mode = modes[i % modes.length]!
+      const stream = mode.startsWith('sse')
+      const response = await fetch(`${processes[i % 2]!.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-relay-team-id': 'platform', 'x-relay-organization-id': 'acme' },
+        body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: `${modeMarker(mode)} call ${wave}-${i}` }], max_tokens: 40, stream })
+      })
+      const text = await response.text()
+      const served = response.status === 200 && (stream ? text.includes('data: [DONE]') : (JSON.parse(text) as { usage?: unknown }).usage !== undefined)
+      return { mode, served, status: response.status }
+    })))
+  }
+  loading = false
+  await watching
+  t.ok(leaseRowsSeen > 0, `calls were admitted from leases (${leaseRowsSeen} lease rows seen at most)`)
+  t.same(outcomes.filter((outcome) => !outcome.served), [], 'every call was served')
+  // Leases idle for 2 s are given back whole, their rows ended once their calls have settled.
+  await waitForSettled(sql, 30_000)
+
+  const records = await sql<Array<{ requestId: string, model: string, output: number }>>`
+    select metadata ->> 'requestId' as "requestId", metadata ->> 'modelId' as model, (metadata ->> 'outputTokens')::int as output
+    from budget_usage_records where source = 'gateway'`
+  t.equal(records.length, outcomes.filter((outcome) => outcome.served).length, 'usage records: exactly one per served call')
+  t.equal(new Set(records.map((record) => record.requestId)).size, records.length, 'no call recorded twice')
+  t.equal(records.filter((record) => record.output > 40).length, outcomes.filter((outcome) => outcome.mode.endsWith('over-limit')).length,
+    'each call billed past max_tokens was charged for all of it')
+  t.equal(records.filter((record) => record.model === 'gpt-4o').length, outcomes.filter((outcome) => outcome.mode.endsWith('pricier')).length,
+    'each call answered by gpt-4o was charged at gpt-4o')
+  const [others] = await sql<Array<{ n: number }>>`select count(*)::int as n from budget_usage_records where source <> 'gateway'`
+  t.equal(others!.n, 0, 'nothing was left to the sweeper')
+  t.same(await findViolations(sql), [], 'no hold left, every window equals its allocations, no hard budget over')
+})
+
+t.test('a hard monthly budget changed to daily with holds and a lease in flight: they carry over to the daily window, which stays within its limit', async (t) => {
+  const { app, sql, createBudget } = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const budget = await createBudget({ scopeId: 'team-a', amount: '0.003', period: 'monthly' })
+  const caller = { team: 'team-a' }
+  const integration = app.budgetIntegration
+  // Before the change: one call holding its own reservation, then five admitted from a lease (the line is hot).
+  const held = (await integration.reserveCall(caller, '0.0005')).reservationId!
+  const leased: string[] = []
+  for (let i = 0; i < 5; i++) leased.push((await integration.reserveCall(caller, '0.00001')).reservationId!)
+  t.ok(leased.every((id) => id !== null), 'five calls admitted')
+  const [before] = await sql<Array<{ leases: number, holds: number }>>`
+    select count(distinct id) filter (where lease)::int as leases, count(distinct id) filter (where not lease)::int as holds from budget_reservations`
+  t.same(before, { leases: 1, holds: 1 }, 'one lease and one call\'s own hold are live')
+
+  const changed = await app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { period: 'daily' } })
+  t.equal(changed.statusCode, 200)
+  await pause(150) // the line is no longer hot: the next calls hold one by one
+  // After it: calls take the daily window's room, as long as there is any.
+  const after: string[] = []
+  for (let i = 0; i < 10; i++) {
+    const reserved = await integration.reserveCall(caller, '0.0005')
+    if (reserved.reservationId !== null) after.push(reserved.reservationId)
+  }
+  // Then everything settles at its estimate.
+  await integration.settleCall(held, '0.0005')
+  for (const id of leased) await integration.settleCall(id, '0.00001')
+  for (const id of after) await integration.settleCall(id, '0.0005')
+  await app.close()
+
+  t.same(await findViolations(sql), [], 'no hold left, every window equals its allocations, no hard budget over')
+  const windows = await sql<Array<{ start: Date, end: Date, spent: string }>>`
+    select period_start as start, period_end as "end", current_amount::text as spent from budget_status_cache where budget_id = ${budget.id}`
+  t.equal(windows.length, 1, 'one window row: the monthly one is gone')
+  t.equal(windows[0]!.end.getTime() - windows[0]!.start.getTime(), 86_400_000, 'a daily window')
+  t.ok(compareMoney(windows[0]!.spent, '0.003') <= 0, `spent ${windows[0]!.spent} of 0.003`)
+  t.equal(after.length, 4, 'the calls after the change had the room the carried holds left: four of 0.0005')
 })
