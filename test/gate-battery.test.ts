@@ -760,6 +760,9 @@ t.test('a lease\'s return and the settlement of one of its calls, meeting at the
   await returning`commit`
   returning.release()
   await settling
+  const [drawn] = await sql<Array<{ amount: string }>>`select min(amount)::text as amount from budget_reservations where id = ${lease}`
+  t.equal(normalizeMoney(drawn!.amount), '0', 'the lease is drawn down to nothing, and stays for any call still to settle (sql/016)')
+  await sql`select budget_lease_return(${lease}, 0, true)` // its process's final return
   t.same(await findViolations(sql), [], 'the lease is gone and its window holds nothing')
   const [spent] = await sql<Array<{ current: string }>>`select current_amount::text as current from budget_status_cache`
   t.equal(normalizeMoney(spent!.current), '0.005', 'the call was charged once')

@@ -158,7 +158,8 @@ t.test('over-billing upstreams through leases on two gateway processes: every se
   t.ok(leaseRowsSeen > 0, `calls were admitted from leases (${leaseRowsSeen} lease rows seen at most)`)
   t.same(outcomes.filter((outcome) => !outcome.served), [], 'every call was served')
   // Leases idle for 2 s are given back whole, their rows ended once their calls have settled.
-  await waitForSettled(sql, 30_000)
+  const unsettled = await waitForSettled(sql, 30_000).then(() => null, (error: Error) => error.message)
+  t.equal(unsettled, null, 'every hold and lease ended')
 
   const records = await sql<Array<{ requestId: string, model: string, output: number }>>`
     select metadata ->> 'requestId' as "requestId", metadata ->> 'modelId' as model, (metadata ->> 'outputTokens')::int as output
