@@ -212,3 +212,22 @@ t.test('a hard monthly budget changed to daily with holds and a lease in flight:
   t.ok(compareMoney(windows[0]!.spent, '0.003') <= 0, `spent ${windows[0]!.spent} of 0.003`)
   t.equal(after.length, 4, 'the calls after the change had the room the carried holds left: four of 0.0005')
 })
+
+t.test('a hold that still meets deadlocks after its retries is answered 503 unavailable, never 500', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  await gateway.createBudget({ scopeId: 'team-a', amount: '100' })
+  // Every new reservation row meets a deadlock: PostgreSQL raising 40P01, as it does to the statement it kills.
+  await gateway.sql.unsafe(`
+    create function meet_deadlock() returns trigger language plpgsql as $$
+    begin
+      raise exception 'deadlock detected (test)' using errcode = '40P01';
+    end $$;
+    create trigger meet_deadlock before insert on budget_reservations for each row execute function meet_deadlock();`)
+  const answers = await Promise.all(Array.from({ length: 4 }, async () => {
+    const response = await gateway.call({ team: 'team-a' })
+    return `${response.statusCode} ${(response.json() as { error?: { code?: string } }).error?.code}`
+  }))
+  t.same([...new Set(answers)], ['503 budget_unavailable'], 'each call: 503 budget_unavailable')
+  await gateway.sql`drop trigger meet_deadlock on budget_reservations`
+  t.equal((await gateway.call({ team: 'team-a' })).statusCode, 200, 'and served once the deadlocks stop')
+})
