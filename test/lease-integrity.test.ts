@@ -231,3 +231,30 @@ t.test('a hold that still meets deadlocks after its retries is answered 503 unav
   await gateway.sql`drop trigger meet_deadlock on budget_reservations`
   t.equal((await gateway.call({ team: 'team-a' })).statusCode, 200, 'and served once the deadlocks stop')
 })
+
+t.test('any change of a budget\'s window carries its live holds and leases: a time zone, then a start date and alignment, then a custom period', async (t) => {
+  const { app, sql, createBudget } = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const budget = await createBudget({ scopeId: 'team-a', amount: '1', period: 'daily' })
+  const caller = { team: 'team-a' }
+  const integration = app.budgetIntegration
+  const changes = [
+    { timezone: 'Pacific/Kiritimati' },
+    { startDate: '2024-03-15T07:30:00Z', periodAlignment: 'calendar', period: 'weekly' },
+    { period: 'custom', startDate: '2024-01-01T00:00:00Z', endDate: '2024-01-04T05:00:00Z' }
+  ]
+  for (const change of changes) {
+    const inFlight: string[] = []
+    inFlight.push((await integration.reserveCall(caller, '0.001')).reservationId!) // a hold of its own
+    for (let i = 0; i < 3; i++) inFlight.push((await integration.reserveCall(caller, '0.0001')).reservationId!) // a lease (the line is hot)
+    const response = await app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: change })
+    t.equal(response.statusCode, 200, JSON.stringify(change))
+    const late = (await integration.reserveCall(caller, '0.001')).reservationId // on the new window
+    for (const id of [...inFlight, late]) if (id !== null) await integration.settleCall(id, '0.0001')
+    const [held] = await sql<Array<{ rows: number }>>`select count(*)::int as rows from budget_reservations where not lease`
+    t.equal(held!.rows, 0, 'every call settled')
+    t.same((await findViolations(sql)).filter((violation) => !violation.startsWith('reservation ')), [], 'every window row equals its reservations and allocations')
+    await pause(150)
+  }
+  await app.close()
+  t.same(await findViolations(sql), [], 'and nothing is left once the leases are given back')
+})
