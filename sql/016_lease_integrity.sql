@@ -308,7 +308,7 @@ begin
   perform 1 from budget_status_cache c where c.budget_id = new.id order by c.budget_id, c.period_start for update;
 
   for moving in
-    select r.id, r.period_start as old_start, r.amount, old_row.period_end as old_end,
+    select r.id, r.period_start as old_start, r.amount,
            case when charged_at.period_start is not null then charged_at.period_start else at_now.period_start end as new_start,
            case when charged_at.period_start is not null then charged_at.period_end else at_now.period_end end as new_end
     from budget_reservations r
