@@ -148,3 +148,46 @@ t.test('projected alerts compare the forecast; only budgets with one pay for it'
   const profiles = await sql`select budget_id from budget_forecast_profiles`
   t.same(profiles.map((row) => row.budget_id), [budget.id], 'the budget without a projected alert has no forecast profile: its updates never made one')
 })
+
+t.test('backdated usage refreshes the cached profile: the forecast after it is a fresh computation, and projected alerts fire on it', async (t) => {
+  const { app, sql, createBudget } = await buildGateway(t)
+  // Windows of 14 days in UTC, the current one from the day before yesterday; 10 a day at noon for the 30 days before today.
+  const { today } = await one(sql<Array<{ today: string }>>`select to_char(now() at time zone 'UTC', 'YYYY-MM-DD') as today`)
+  const day = (offset: number) => new Date(Date.parse(today) + offset * DAY)
+  const custom = { period: 'custom', timezone: 'UTC', startDate: day(-30).toISOString(), endDate: day(-16).toISOString(), recurring: true }
+  // Stale, the forecast stays at most 130 + 80 + 10 (the rest of today); fresh, yesterday's weekday comes back at day +6 at (40 + 80) / 4: at least 230.
+  const budget = await createBudget({ amount: '250', ...custom, alerts: [{ threshold: 90, basis: 'projected', actions: ['notify'] }] })
+  await recordSeries(app, budget.id, await localSeries(sql, 'UTC', day(-30).toISOString().slice(0, 10), 30, () => [['12:00', '10']]))
+  const window = await app.budgetTracker.getWindow(budget.id)
+  t.equal(window.periodStart.getTime(), day(-2).getTime(), 'the window began the day before yesterday')
+
+  const at = new Date()
+  const cached = async () => await forecast(sql, budget.id, window.periodStart, window.periodEnd, (await app.budgetTracker.getBudgetStatus(budget.id)).currentAmount, at)
+  const fresh = async () => {
+    // The same forecast from a profile summed now, in a transaction rolled back: the cached row stays as it was.
+    const rollback = new Error('rollback')
+    let value = ''
+    await sql.begin(async (tx) => {
+      await tx`delete from budget_forecast_profiles where budget_id = ${budget.id}`
+      const [row] = await tx<Array<{ v: string }>>`
+        select budget_forecast(${budget.id}, ${window.periodStart}::timestamptz, ${window.periodEnd}::timestamptz, c.current_amount, ${at}::timestamptz)::text as v
+        from budget_status_cache c where c.budget_id = ${budget.id} and c.period_start = ${window.periodStart}`
+      value = row!.v
+      throw rollback
+    }).catch((error: unknown) => { if (error !== rollback) throw error })
+    return value
+  }
+  const before = await cached()
+  t.equal(before, await fresh(), 'before: the cached profile is the fresh one')
+  t.equal((await sql`select count(*)::int as n from budget_forecast_profiles where budget_id = ${budget.id}`)[0]!.n, 1, 'a profile is cached')
+  t.same([...await sql`select 1 from budget_alert_history where budget_id = ${budget.id}`], [], 'no crossing yet')
+
+  // 80 more yesterday, recorded now.
+  await app.budgetTracker.recordUsage({ budgetId: budget.id, amount: '80', currency: 'USD', source: 'test', occurredAt: new Date(day(-1).getTime() + DAY / 2) })
+  const after = await cached()
+  t.equal(after, await fresh(), 'after backdated usage: the forecast read equals a fresh computation')
+  t.ok(compareMoney(after, '230') >= 0, `the fresh forecast counts yesterday's weekday again (${after})`)
+  const crossings = await sql`select basis, spent::text as spent from budget_alert_history where budget_id = ${budget.id}`
+  t.equal(crossings.length, 1, 'the projected alert fired on the backdated usage')
+  t.ok(compareMoney(crossings[0]!.spent as string, '225') >= 0, `at the fresh forecast (${crossings[0]?.spent as string})`)
+})
