@@ -4,6 +4,7 @@
 import type { Sql } from 'postgres'
 import t from 'tap'
 import { compareMoney, fromUnits, normalizeMoney, toUnits } from '../lib/money.js'
+import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { localSeries, recordSeries } from './fixtures/series.js'
 
@@ -190,4 +191,36 @@ t.test('backdated usage refreshes the cached profile: the forecast after it is a
   const crossings = await sql`select basis, spent::text as spent from budget_alert_history where budget_id = ${budget.id}`
   t.equal(crossings.length, 1, 'the projected alert fired on the backdated usage')
   t.ok(compareMoney(crossings[0]!.spent as string, '225') >= 0, `at the fresh forecast (${crossings[0]?.spent as string})`)
+})
+
+t.test('backdated records posted as a batch and one by one give the same projected crossings', async (t) => {
+  const { app, sql, createBudget } = await buildGateway(t)
+  const admin = { authorization: `Bearer ${ADMIN_TOKEN}` }
+  const { today } = await one(sql<Array<{ today: string }>>`select to_char(now() at time zone 'UTC', 'YYYY-MM-DD') as today`)
+  const day = (offset: number) => new Date(Date.parse(today) + offset * DAY)
+  const custom = { amount: '500', period: 'custom', timezone: 'UTC', startDate: day(-30).toISOString(), endDate: day(-16).toISOString(), recurring: true }
+  const single = await createBudget({ scopeId: 'single', ...custom })
+  const batched = await createBudget({ scopeId: 'batched', ...custom })
+  // History without a projected alert yet: no profile is summed while it is recorded.
+  const history = await localSeries(sql, 'UTC', day(-30).toISOString().slice(0, 10), 30, () => [['12:00', '10']])
+  for (const budget of [single, batched]) {
+    await recordSeries(app, budget.id, history)
+    const changed = await app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: admin, body: { alerts: [{ threshold: 50, basis: 'projected', actions: ['notify'] }] } })
+    t.equal(changed.statusCode, 200)
+  }
+  t.equal((await sql`select count(*)::int as n from budget_forecast_profiles`)[0]!.n, 0, 'no profile yet')
+
+  // Four records of 25 yesterday. Counted whole, yesterday's weekday comes back at day +6 at (40 + 100) / 4, and the
+  // forecast reaches 255 at least; with only the first of them in the profile, at most 246.25. The threshold: 250.
+  const yesterdayNoon = new Date(day(-1).getTime() + DAY / 2).toISOString()
+  const records = [1, 2, 3, 4].map((n) => ({ amount: '25', currency: 'USD', source: 'test', occurredAt: yesterdayNoon, metadata: { requestId: `late-${n}` } }))
+  for (const record of records) {
+    const response = await app.inject({ method: 'POST', url: `${PREFIX}/${single.id}/usage`, headers: admin, body: record })
+    t.equal(response.statusCode, 201)
+  }
+  const batch = await app.inject({ method: 'POST', url: `${PREFIX}/usage/batch`, headers: admin, body: { records: records.map((record) => ({ budgetId: batched.id, ...record })) } })
+  t.equal(batch.statusCode, 200, batch.body.slice(0, 200))
+  const crossings = async (id: string) => (await sql`select threshold::text as threshold, basis from budget_alert_history where budget_id = ${id}`).map((row) => `${row.threshold as string} ${row.basis as string}`)
+  t.same(await crossings(single.id), ['50 projected'], 'one by one: the projected alert fired')
+  t.same(await crossings(single.id), await crossings(batched.id), 'the batch crossed the same')
 })
