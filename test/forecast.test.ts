@@ -224,3 +224,38 @@ t.test('backdated records posted as a batch and one by one give the same project
   t.same(await crossings(single.id), ['50 projected'], 'one by one: the projected alert fired')
   t.same(await crossings(single.id), await crossings(batched.id), 'the batch crossed the same')
 })
+
+t.test('a profile summed while backdated usage is being stored, before it commits, is summed again once it has', async (t) => {
+  const { app, sql, createBudget } = await buildGateway(t)
+  const { today } = await one(sql<Array<{ today: string }>>`select to_char(now() at time zone 'UTC', 'YYYY-MM-DD') as today`)
+  const day = (offset: number) => new Date(Date.parse(today) + offset * DAY)
+  const budget = await createBudget({ amount: '1000', period: 'custom', timezone: 'UTC', startDate: day(-30).toISOString(), endDate: day(-16).toISOString(), recurring: true })
+  await recordSeries(app, budget.id, await localSeries(sql, 'UTC', day(-30).toISOString().slice(0, 10), 30, () => [['12:00', '10']]))
+  const window = { start: day(-2), end: day(12) }
+  const at = new Date()
+  const read = async (db: Sql) => (await db<Array<{ v: string }>>`
+    select budget_forecast(${budget.id}, ${window.start}::timestamptz, ${window.end}::timestamptz, c.current_amount, ${at}::timestamptz)::text as v
+    from budget_status_cache c where c.budget_id = ${budget.id} and c.period_start = ${window.start}`)[0]!.v
+  await sql`delete from budget_forecast_profiles`
+
+  // Session B stores 80 more yesterday and has not committed; session A sums (and keeps) the profile meanwhile.
+  const b = await sql.reserve()
+  t.teardown(() => { b.release() })
+  await b`begin`
+  await b`insert into budget_usage_records (budget_id, amount, currency, source, metadata, idempotency_key, occurred_at)
+          values (${budget.id}, 80, 'USD', 'test', '{}'::jsonb, 'late', ${new Date(day(-1).getTime() + DAY / 2)})`
+  const during = await read(sql)
+  t.equal((await sql`select count(*)::int as n from budget_forecast_profiles`)[0]!.n, 1, 'A kept the profile it summed without B\'s usage')
+  await b`commit`
+
+  const after = await read(sql)
+  const rollback = new Error('rollback')
+  let fresh = ''
+  await sql.begin(async (tx) => {
+    await tx`delete from budget_forecast_profiles`
+    fresh = await read(tx as unknown as Sql)
+    throw rollback
+  }).catch((error: unknown) => { if (error !== rollback) throw error })
+  t.not(after, during, 'the forecast moved once B committed')
+  t.equal(after, fresh, 'and is the fresh one: B\'s mark, invisible to the kept profile\'s snapshot, made it stale')
+})
