@@ -430,7 +430,7 @@ const BudgetCheck = Type.Object({
 
 export const BudgetConstraintCheck = Type.Object({
   canProceed: Type.Boolean(),
-  code: Nullable(StringEnum(['exchange_rate_missing', 'budget_blocked', 'approval_required', 'model_restricted', 'budget_exceeded', 'rate_limit_exceeded'] as const)),
+  code: Nullable(StringEnum(['exchange_rate_missing', 'estimate_out_of_range', 'budget_blocked', 'approval_required', 'model_restricted', 'budget_exceeded', 'rate_limit_exceeded'] as const)),
   reason: Type.String(),
   suggestedActions: Type.Array(Type.String()),
   estimatedCost: Money,
@@ -498,8 +498,8 @@ export type ActiveAlert = Static<typeof ActiveAlert>
 
 export const AuditEntry = Type.Object({
   id: Type.String({ description: 'Increases with each entry.' }),
-  budgetId: Uuid,
-  action: StringEnum(['create', 'update', 'delete', 'approve', 'acknowledge', 'refresh-cache'] as const),
+  budgetId: Nullable(Type.String({ format: 'uuid', description: 'Null for an exchange rate set (set-exchange-rate): before is the rate it replaced at the same instant, or null; after is the rate set.' })),
+  action: StringEnum(['create', 'update', 'delete', 'approve', 'acknowledge', 'refresh-cache', 'set-exchange-rate'] as const),
   changes: Type.Array(Type.String(), { description: 'For an update, the fields it changed (currency, parentId, amount, ...).' }),
   before: Type.Unknown({ description: 'The budget (or numbers) before the change; null for a create.' }),
   after: Type.Unknown({ description: 'The budget (or the approval, acknowledgement or refreshed numbers) after it; null for a delete.' }),
@@ -551,12 +551,22 @@ export const SetExchangeRateBody = Type.Object({
   effectiveFrom: Type.Optional(TimestampInput)
 }, { additionalProperties: false, examples: [{ rate: '0.92', effectiveFrom: '2024-01-01T00:00:00Z' }] })
 export const ExchangeRate = Type.Object({
+  id: Type.String({ description: 'Increases with each rate set.' }),
   from: Type.String(),
   to: Type.String(),
   rate: Type.String({ description: 'An exact decimal.' }),
   effectiveFrom: Timestamp,
   setBy: Nullable(Type.String()),
-  setAt: Timestamp
+  setAt: Timestamp,
+  replaced: Type.Boolean({ description: 'A later rate was set for the same pair and instant: this one is history, no longer in force.' })
 })
-export const ExchangeRateList = Type.Object({ rates: Type.Array(ExchangeRate) })
-export const ExchangeRateQuery = Type.Object({ from: Type.Optional(CurrencyCode), to: Type.Optional(CurrencyCode) }, { additionalProperties: false })
+export const ExchangeRateList = Type.Object({
+  rates: Type.Array(ExchangeRate),
+  nextCursor: Nullable(Type.String({ description: 'Pass as cursor for the next page; null on the last page.' }))
+})
+export const ExchangeRateQuery = Type.Object({
+  from: Type.Optional(CurrencyCode),
+  to: Type.Optional(CurrencyCode),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 100 })),
+  cursor: Type.Optional(Type.String({ maxLength: 40, description: 'nextCursor of the previous page.' }))
+}, { additionalProperties: false })

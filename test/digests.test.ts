@@ -183,3 +183,30 @@ t.test('the digest field: which budgets get one, its checks, its audit', async (
     { action: 'update', changes: ['digest'], before: { digest: null }, after: { digest: { every: 'daily', channels: ['ops', 'email'] } } }
   ], 'each change audited, before and after')
 })
+
+t.test('a time zone change never sends a day (or an ISO week) that was digested already', async (t) => {
+  const hook = await startHook(t)
+  const { app, sql, createBudget } = await buildGateway(t, { notifications: { channels: { hook: { type: 'webhook', url: hook.url } } } })
+  const daily = await createBudget({ name: 'Daily', scopeId: 'daily', timezone: 'UTC', startDate: '2026-05-01', digest: { every: 'daily', channels: ['hook'] } })
+  const weekly = await createBudget({ name: 'Weekly', scopeId: 'weekly', timezone: 'UTC', startDate: '2026-05-01', digest: { every: 'weekly', channels: ['hook'] } })
+  await app.budgetTracker.recordUsage({ budgetId: daily.id, amount: '3', currency: 'USD', source: 'test', occurredAt: new Date('2026-06-09T12:00:00Z') })
+  // Wednesday 10 June 2026, 15:00 UTC: the day ended last is Tuesday the 9th, the ISO week ended last the one from Monday 1 June,
+  // in UTC, in New York (11:00) and in Paris (17:00) alike: the same dates, other instants.
+  const at = new Date('2026-06-10T15:00:00Z')
+  t.equal(await app.budgetNotifications.produceDigests(at), 2, 'one daily and one weekly digest')
+  for (const timezone of ['America/New_York', 'Europe/Paris', 'UTC']) {
+    for (const budget of [daily, weekly]) {
+      const changed = await app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: admin, body: { timezone } })
+      t.equal(changed.statusCode, 200, `${timezone}: ${changed.body.slice(0, 200)}`)
+    }
+    t.equal(await app.budgetNotifications.produceDigests(at), 0, `after a change to ${timezone}, nothing more for the same day and week`)
+  }
+  const digests = await sql`select every, to_char(period_start at time zone timezone, 'YYYY-MM-DD') as first from budget_digests order by every`
+  t.same(digests.map((row) => [row.every, row.first]), [['daily', '2026-06-09'], ['weekly', '2026-06-01']])
+  for (let round = 0; round < 3; round++) await app.budgetNotifications.deliverDue()
+  t.equal(hook.received.length, 2, 'two webhooks: one per digest')
+
+  // The next day in Tokyo (00:30 on Thursday the 11th there) is a day not digested yet: it is sent.
+  await app.inject({ method: 'PUT', url: `${PREFIX}/${daily.id}`, headers: admin, body: { timezone: 'Asia/Tokyo' } })
+  t.equal(await app.budgetNotifications.produceDigests(new Date('2026-06-10T15:30:00Z')), 1, 'Wednesday the 10th, ended in Tokyo')
+})

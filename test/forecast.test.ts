@@ -4,6 +4,7 @@
 import type { Sql } from 'postgres'
 import t from 'tap'
 import { compareMoney, fromUnits, normalizeMoney, toUnits } from '../lib/money.js'
+import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { localSeries, recordSeries } from './fixtures/series.js'
 
@@ -147,4 +148,114 @@ t.test('projected alerts compare the forecast; only budgets with one pay for it'
   await app.budgetTracker.recordUsage({ budgetId: plain.id, amount: '3', currency: 'USD', source: 'test' })
   const profiles = await sql`select budget_id from budget_forecast_profiles`
   t.same(profiles.map((row) => row.budget_id), [budget.id], 'the budget without a projected alert has no forecast profile: its updates never made one')
+})
+
+t.test('backdated usage refreshes the cached profile: the forecast after it is a fresh computation, and projected alerts fire on it', async (t) => {
+  const { app, sql, createBudget } = await buildGateway(t)
+  // Windows of 14 days in UTC, the current one from the day before yesterday; 10 a day at noon for the 30 days before today.
+  const { today } = await one(sql<Array<{ today: string }>>`select to_char(now() at time zone 'UTC', 'YYYY-MM-DD') as today`)
+  const day = (offset: number) => new Date(Date.parse(today) + offset * DAY)
+  const custom = { period: 'custom', timezone: 'UTC', startDate: day(-30).toISOString(), endDate: day(-16).toISOString(), recurring: true }
+  // Stale, the forecast stays at most 130 + 80 + 10 (the rest of today); fresh, yesterday's weekday comes back at day +6 at (40 + 80) / 4: at least 230.
+  const budget = await createBudget({ amount: '250', ...custom, alerts: [{ threshold: 90, basis: 'projected', actions: ['notify'] }] })
+  await recordSeries(app, budget.id, await localSeries(sql, 'UTC', day(-30).toISOString().slice(0, 10), 30, () => [['12:00', '10']]))
+  const window = await app.budgetTracker.getWindow(budget.id)
+  t.equal(window.periodStart.getTime(), day(-2).getTime(), 'the window began the day before yesterday')
+
+  const at = new Date()
+  const cached = async () => await forecast(sql, budget.id, window.periodStart, window.periodEnd, (await app.budgetTracker.getBudgetStatus(budget.id)).currentAmount, at)
+  const fresh = async () => {
+    // The same forecast from a profile summed now, in a transaction rolled back: the cached row stays as it was.
+    const rollback = new Error('rollback')
+    let value = ''
+    await sql.begin(async (tx) => {
+      await tx`delete from budget_forecast_profiles where budget_id = ${budget.id}`
+      const [row] = await tx<Array<{ v: string }>>`
+        select budget_forecast(${budget.id}, ${window.periodStart}::timestamptz, ${window.periodEnd}::timestamptz, c.current_amount, ${at}::timestamptz)::text as v
+        from budget_status_cache c where c.budget_id = ${budget.id} and c.period_start = ${window.periodStart}`
+      value = row!.v
+      throw rollback
+    }).catch((error: unknown) => { if (error !== rollback) throw error })
+    return value
+  }
+  const before = await cached()
+  t.equal(before, await fresh(), 'before: the cached profile is the fresh one')
+  t.equal((await sql`select count(*)::int as n from budget_forecast_profiles where budget_id = ${budget.id}`)[0]!.n, 1, 'a profile is cached')
+  t.same([...await sql`select 1 from budget_alert_history where budget_id = ${budget.id}`], [], 'no crossing yet')
+
+  // 80 more yesterday, recorded now.
+  await app.budgetTracker.recordUsage({ budgetId: budget.id, amount: '80', currency: 'USD', source: 'test', occurredAt: new Date(day(-1).getTime() + DAY / 2) })
+  const after = await cached()
+  t.equal(after, await fresh(), 'after backdated usage: the forecast read equals a fresh computation')
+  t.ok(compareMoney(after, '230') >= 0, `the fresh forecast counts yesterday's weekday again (${after})`)
+  const crossings = await sql`select basis, spent::text as spent from budget_alert_history where budget_id = ${budget.id}`
+  t.equal(crossings.length, 1, 'the projected alert fired on the backdated usage')
+  t.ok(compareMoney(crossings[0]!.spent as string, '225') >= 0, `at the fresh forecast (${crossings[0]?.spent as string})`)
+})
+
+t.test('backdated records posted as a batch and one by one give the same projected crossings', async (t) => {
+  const { app, sql, createBudget } = await buildGateway(t)
+  const admin = { authorization: `Bearer ${ADMIN_TOKEN}` }
+  const { today } = await one(sql<Array<{ today: string }>>`select to_char(now() at time zone 'UTC', 'YYYY-MM-DD') as today`)
+  const day = (offset: number) => new Date(Date.parse(today) + offset * DAY)
+  const custom = { amount: '500', period: 'custom', timezone: 'UTC', startDate: day(-30).toISOString(), endDate: day(-16).toISOString(), recurring: true }
+  const single = await createBudget({ scopeId: 'single', ...custom })
+  const batched = await createBudget({ scopeId: 'batched', ...custom })
+  // History without a projected alert yet: no profile is summed while it is recorded.
+  const history = await localSeries(sql, 'UTC', day(-30).toISOString().slice(0, 10), 30, () => [['12:00', '10']])
+  for (const budget of [single, batched]) {
+    await recordSeries(app, budget.id, history)
+    const changed = await app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: admin, body: { alerts: [{ threshold: 50, basis: 'projected', actions: ['notify'] }] } })
+    t.equal(changed.statusCode, 200)
+  }
+  t.equal((await sql`select count(*)::int as n from budget_forecast_profiles`)[0]!.n, 0, 'no profile yet')
+
+  // Four records of 25 yesterday. Counted whole, yesterday's weekday comes back at day +6 at (40 + 100) / 4, and the
+  // forecast reaches 255 at least; with only the first of them in the profile, at most 246.25. The threshold: 250.
+  const yesterdayNoon = new Date(day(-1).getTime() + DAY / 2).toISOString()
+  const records = [1, 2, 3, 4].map((n) => ({ amount: '25', currency: 'USD', source: 'test', occurredAt: yesterdayNoon, metadata: { requestId: `late-${n}` } }))
+  for (const record of records) {
+    const response = await app.inject({ method: 'POST', url: `${PREFIX}/${single.id}/usage`, headers: admin, body: record })
+    t.equal(response.statusCode, 201)
+  }
+  const batch = await app.inject({ method: 'POST', url: `${PREFIX}/usage/batch`, headers: admin, body: { records: records.map((record) => ({ budgetId: batched.id, ...record })) } })
+  t.equal(batch.statusCode, 200, batch.body.slice(0, 200))
+  const crossings = async (id: string) => (await sql`select threshold::text as threshold, basis from budget_alert_history where budget_id = ${id}`).map((row) => `${row.threshold as string} ${row.basis as string}`)
+  t.same(await crossings(single.id), ['50 projected'], 'one by one: the projected alert fired')
+  t.same(await crossings(single.id), await crossings(batched.id), 'the batch crossed the same')
+})
+
+t.test('a profile summed while backdated usage is being stored, before it commits, is summed again once it has', async (t) => {
+  const { app, sql, createBudget } = await buildGateway(t)
+  const { today } = await one(sql<Array<{ today: string }>>`select to_char(now() at time zone 'UTC', 'YYYY-MM-DD') as today`)
+  const day = (offset: number) => new Date(Date.parse(today) + offset * DAY)
+  const budget = await createBudget({ amount: '1000', period: 'custom', timezone: 'UTC', startDate: day(-30).toISOString(), endDate: day(-16).toISOString(), recurring: true })
+  await recordSeries(app, budget.id, await localSeries(sql, 'UTC', day(-30).toISOString().slice(0, 10), 30, () => [['12:00', '10']]))
+  const window = { start: day(-2), end: day(12) }
+  const at = new Date()
+  const read = async (db: Sql) => (await db<Array<{ v: string }>>`
+    select budget_forecast(${budget.id}, ${window.start}::timestamptz, ${window.end}::timestamptz, c.current_amount, ${at}::timestamptz)::text as v
+    from budget_status_cache c where c.budget_id = ${budget.id} and c.period_start = ${window.start}`)[0]!.v
+  await sql`delete from budget_forecast_profiles`
+
+  // Session B stores 80 more yesterday and has not committed; session A sums (and keeps) the profile meanwhile.
+  const b = await sql.reserve()
+  t.teardown(() => { b.release() })
+  await b`begin`
+  await b`insert into budget_usage_records (budget_id, amount, currency, source, metadata, idempotency_key, occurred_at)
+          values (${budget.id}, 80, 'USD', 'test', '{}'::jsonb, 'late', ${new Date(day(-1).getTime() + DAY / 2)})`
+  const during = await read(sql)
+  t.equal((await sql`select count(*)::int as n from budget_forecast_profiles`)[0]!.n, 1, 'A kept the profile it summed without B\'s usage')
+  await b`commit`
+
+  const after = await read(sql)
+  const rollback = new Error('rollback')
+  let fresh = ''
+  await sql.begin(async (tx) => {
+    await tx`delete from budget_forecast_profiles`
+    fresh = await read(tx as unknown as Sql)
+    throw rollback
+  }).catch((error: unknown) => { if (error !== rollback) throw error })
+  t.not(after, during, 'the forecast moved once B committed')
+  t.equal(after, fresh, 'and is the fresh one: B\'s mark, invisible to the kept profile\'s snapshot, made it stale')
 })

@@ -277,7 +277,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
           return await sendOpenAIError(reply, 503, 'server_error', check.code, check.reason, null, { budget: { id: check.bindingBudgetId, currency: check.currency } })
         }
         return await sendOpenAIError(reply, 402, 'insufficient_quota', check.code!, check.reason, null, {
-          budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: check.currency ?? options.currency, estimatedCost: check.bindingEstimate ?? state.estimate },
+          budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: check.currency ?? options.currency, estimatedCost: check.code === 'estimate_out_of_range' ? null : check.bindingEstimate ?? state.estimate },
           ...(check.code === 'model_restricted' ? { allowedModels: refusing?.allowedModels ?? [] } : {})
         })
       }

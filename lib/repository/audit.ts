@@ -2,7 +2,7 @@
 // transaction), and read newest first, a page at a time (keyset on the entry's id).
 import type { Db } from './budgets.js'
 
-export type AuditAction = 'create' | 'update' | 'delete' | 'approve' | 'acknowledge' | 'refresh-cache'
+export type AuditAction = 'create' | 'update' | 'delete' | 'approve' | 'acknowledge' | 'refresh-cache' | 'set-exchange-rate'
 
 /** Who made a change and in which request: authorize's name, and Fastify's request id (null from the library). */
 export interface AuditContext {
@@ -12,7 +12,8 @@ export interface AuditContext {
 
 export interface AuditEntry {
   id: string
-  budgetId: string
+  /** Null for a change that is no budget's: an exchange rate set (set-exchange-rate). */
+  budgetId: string | null
   action: AuditAction
   changes: string[]
   before: unknown
@@ -31,7 +32,7 @@ export function createAuditRepository (sql: Db) {
   const json = (value: unknown) => value === undefined || value === null ? null : JSON.stringify(value)
 
   return {
-    async record (budgetId: string, action: AuditAction, context: AuditContext, entry: { changes?: string[], before?: unknown, after?: unknown } = {}): Promise<void> {
+    async record (budgetId: string | null, action: AuditAction, context: AuditContext, entry: { changes?: string[], before?: unknown, after?: unknown } = {}): Promise<void> {
       await sql`
         insert into budget_audit_log (budget_id, action, changes, before, after, actor, request_id)
         values (${budgetId}, ${action}, ${entry.changes ?? []}::text[], ${json(entry.before)}::text::jsonb, ${json(entry.after)}::text::jsonb,

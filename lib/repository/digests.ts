@@ -11,6 +11,10 @@ export interface DueDigest {
   channels: string[]
   periodStart: Date
   periodEnd: Date
+  /** The local date (YYYY-MM-DD) the period begins on: what makes a digest once, whatever the budget's zone becomes (sql/019). */
+  firstDay: string
+  /** The zone the period was found in. */
+  timezone: string
 }
 
 export interface TopSpender {
@@ -33,6 +37,7 @@ export interface DigestNumbers {
 
 export interface DigestValues extends DigestNumbers {
   budgetId: string
+  firstDay: string
   every: BudgetDigest['every']
   channels: string[]
   periodStart: Date
@@ -106,20 +111,21 @@ export function createDigestRepository (sql: Db) {
      * Live budgets with a digest whose latest ended digest period (the local day, or the ISO week from
      * Monday, before the one that holds `now`, in the budget's timezone) has no digest yet, and which
      * the budget was running in. Only the latest: a digest missed while no process ran is not sent late.
+     * A period is known by the local date it begins on: after a zone change, a date digested already is not due again.
      */
     async listDue (now: Date, limit: number): Promise<DueDigest[]> {
       return await sql<DueDigest[]>`
         select b.id as "budgetId", b.digest_every as every, b.digest_channels as channels,
-               p.period_start as "periodStart", p.period_end as "periodEnd"
+               p.period_start as "periodStart", p.period_end as "periodEnd", to_char(p.first_day, 'YYYY-MM-DD') as "firstDay", b.timezone
         from budget_definitions b
         cross join lateral (select budget_calendar_start(b.digest_every, ${now}::timestamptz at time zone b.timezone, 1) as local_end) e
+        cross join lateral (select e.local_end - case b.digest_every when 'daily' then interval '1 day' else interval '7 days' end as local_start) s
         cross join lateral (
-          select (e.local_end - case b.digest_every when 'daily' then interval '1 day' else interval '7 days' end) at time zone b.timezone as period_start,
-                 e.local_end at time zone b.timezone as period_end
+          select s.local_start at time zone b.timezone as period_start, e.local_end at time zone b.timezone as period_end, s.local_start::date as first_day
         ) p
         where b.digest_every is not null and b.deleted_at is null
           and p.period_end > b.start_date and (b.end_date is null or p.period_start < b.end_date)
-          and not exists (select 1 from budget_digests d where d.budget_id = b.id and d.every = b.digest_every and d.period_start = p.period_start)
+          and not exists (select 1 from budget_digests d where d.budget_id = b.id and d.every = b.digest_every and d.first_day = p.first_day)
         order by b.id
         limit ${limit}`
     },
@@ -153,18 +159,19 @@ export function createDigestRepository (sql: Db) {
 
     /**
      * The digest, and one notification per channel, in one statement; once per budget, frequency and
-     * period (the unique key: another process that made it first wins, and this one queues nothing).
+     * period's first local date (the unique key: another process that made it first wins, and this one
+     * queues nothing; so does a period of the same date in another zone).
      * Returns the digest's id, or null when it existed already.
      */
     async insertDigest (values: DigestValues): Promise<string | null> {
       const [row] = await sql<Array<{ id: string }>>`
         with inserted as (
-          insert into budget_digests (budget_id, every, period_start, period_end, timezone, spent, usage_count, window_start, window_end,
+          insert into budget_digests (budget_id, every, period_start, period_end, first_day, timezone, spent, usage_count, window_start, window_end,
                                       window_spent, limit_amount, percent_used, burn_rate, projected_total, top_models, top_users)
-          values (${values.budgetId}, ${values.every}, ${values.periodStart}, ${values.periodEnd}, ${values.timezone}, ${values.spent}, ${values.usageCount},
+          values (${values.budgetId}, ${values.every}, ${values.periodStart}, ${values.periodEnd}, ${values.firstDay}::date, ${values.timezone}, ${values.spent}, ${values.usageCount},
                   ${values.windowStart}, ${values.windowEnd}, ${values.windowSpent}, ${values.limit}, ${values.percentUsed}, ${values.burnRate},
                   ${values.projectedTotal}, ${JSON.stringify(values.topModels)}::text::jsonb, ${JSON.stringify(values.topUsers)}::text::jsonb)
-          on conflict (budget_id, every, period_start) do nothing
+          on conflict (budget_id, every, first_day) do nothing
           returning id
         ),
         queued as (

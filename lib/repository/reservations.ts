@@ -34,8 +34,10 @@ export interface ApplicableBudget {
   /** Whether the estimate the numbers were read for fits (budget_fits). */
   fits: boolean
   currency: string
-  /** The estimate in the budget's currency, rounded up (sql/012); null when no exchange rate is in force. */
+  /** The estimate in the budget's currency, rounded up (sql/012); null when no exchange rate is in force, or out of range. */
   estimate: Money | null
+  /** A rate is in force but the estimate cannot be held on the budget: past 10^18 (budget_hold_amount, sql/019). */
+  outOfRange: boolean
 }
 
 /** One budget of a caller's line, as the process caches it (budget_line in sql/006). */
@@ -86,8 +88,10 @@ export interface HeldBudget {
   fits: boolean
   approvedThrough: Money | null
   projectedActions: AlertAction[]
-  /** The estimate in the budget's currency as held, rounded up (sql/012); null when no exchange rate is in force. */
+  /** The estimate in the budget's currency as held, rounded up (sql/012); null when no exchange rate is in force, or out of range. */
   held: Money | null
+  /** A rate is in force but the estimate cannot be held on the budget: past 10^18 (sql/019). */
+  outOfRange: boolean
 }
 
 /** The end of a call admitted from a lease: charged `actualCost` at `occurredAt` (inside the lease's windows). */
@@ -182,16 +186,18 @@ export function createReservationRepository (sql: Db) {
              budget_approved_through(x.budget_id, x.period_start)::text as "approvedThrough",
              ${projectedActions(sql`x.budget_id`, sql`x.period_start`)},
              coalesce(budget_fits(b.enforcement, b.amount, n.current_amount, n.reserved_amount, converted.estimate), false) as fits,
-             b.currency, converted.estimate::text as estimate
+             b.currency, converted.estimate::text as estimate, converted.estimate is null and converted.rate is not null as "outOfRange"
       from ${source} x
       join budget_definitions b on b.id = x.budget_id
-      cross join lateral (select budget_convert(${estimate}::numeric, budget_exchange_rate(${currency}, b.currency, now())) as estimate) converted
       left join budget_status_cache c on c.budget_id = x.budget_id and c.period_start = x.period_start
       -- coalesce short-circuits: the sum runs only for a window that has no cache row yet, and once
       cross join lateral (
         select coalesce(c.current_amount, (select current_amount from calculate_budget_status(x.budget_id, x.period_start, x.period_end))) as current_amount,
                coalesce(c.reserved_amount, 0) as reserved_amount
       ) n
+      -- as a hold would convert it (sql/019): null without a rate, or past what the budget can hold
+      cross join lateral (select r.rate, budget_hold_amount(${estimate}::numeric, r.rate, n.current_amount, n.reserved_amount) as estimate
+                          from (select budget_exchange_rate(${currency}, b.currency, now()) as rate) r) converted
       order by x.scope_matched desc, x.scope_rank, x.budget_id`
     return rows.map(normalize)
   }
@@ -230,7 +236,7 @@ export function createReservationRepository (sql: Db) {
         select call_index as "callIndex", budget_id as "budgetId", amount::text as amount, enforcement, current_amount::text as "currentAmount",
                reserved_amount::text as "reservedAmount", fits, is_current as "isCurrent", is_reserved as "isReserved",
                approved_through::text as "approvedThrough", projected_actions as "projectedActions",
-               definitions_version::text as "definitionsVersion", held::text as held
+               definitions_version::text as "definitionsVersion", held::text as held, out_of_range as "outOfRange"
         from budget_hold_batch(
           ${calls.map((call) => call.reservationId)}::text[]::uuid[], ${calls.map((call) => call.amount)}::text[]::numeric[],
           ${calls.map((call) => call.requestId)}::text[], ${currency}, ${`${ttlMs} milliseconds`}::interval,

@@ -19,8 +19,10 @@ export interface BudgetStanding {
   fits: boolean
   /** The budget's currency, when known (a budget in another currency than the call's). */
   currency?: string
-  /** The estimate in the budget's currency, as SQL converted it (sql/012); null: no exchange rate is in force. Absent: the call's estimate. */
+  /** The estimate in the budget's currency, as SQL converted it (sql/012); null: no exchange rate is in force, or it is out of range. Absent: the call's estimate. */
   estimate?: Money | null
+  /** A rate is in force, but the estimate at it (or the window's total with it) is past what a budget can hold, 10^18 (sql/019). */
+  outOfRange?: boolean
   /** The budget's own near-limit policy (null or absent: the gate's). */
   nearLimit?: NearLimitPolicy | null
 }
@@ -35,7 +37,7 @@ export interface ModelPolicy {
   downgrades: Record<string, string>
 }
 
-export type RefusalCode = 'exchange_rate_missing' | 'budget_blocked' | 'approval_required' | 'model_restricted' | 'budget_exceeded' | 'rate_limit_exceeded'
+export type RefusalCode = 'exchange_rate_missing' | 'estimate_out_of_range' | 'budget_blocked' | 'approval_required' | 'model_restricted' | 'budget_exceeded' | 'rate_limit_exceeded'
 
 export interface BudgetCheck {
   budgetId: string
@@ -57,8 +59,10 @@ export interface BudgetCheck {
   allowedModels: string[] | null
   /** The budget's currency (null: the call's, not read). */
   currency: string | null
-  /** The estimate in the budget's currency; null when no exchange rate converts the call's currency into it. */
+  /** The estimate in the budget's currency; null when no exchange rate converts the call's currency into it, or out of range. */
   estimatedCost: Money | null
+  /** The estimate converted into the budget's currency cannot be held on it: past 10^18 (sql/019). */
+  outOfRange: boolean
   /** The budget's own near-limit policy (null: the gate's). */
   nearLimit: NearLimitPolicy | null
 }
@@ -94,9 +98,17 @@ const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => bool
   {
     // Never converted at 1: a budget the call's currency cannot be converted into refuses (sql/012).
     code: 'exchange_rate_missing',
-    refuses: (check) => check.estimatedCost === null,
+    refuses: (check) => check.estimatedCost === null && !check.outOfRange,
     reason: (check) => `No exchange rate into ${check.currency ?? 'its currency'} is in force for budget '${check.name}'`,
     suggestion: 'ask an admin to set the exchange rate (PUT {prefix}/exchange-rates/{from}/{to})'
+  },
+  {
+    // No budget can hold an amount of 10^18 or more (numeric(28, 10)): at an extreme rate, the call's worst
+    // case converts past it. Like a full budget, a 402 the caller can act on (a smaller call); never a 500.
+    code: 'estimate_out_of_range',
+    refuses: (check) => check.outOfRange,
+    reason: (check) => `The estimated cost converted into ${check.currency ?? 'its currency'} is past the largest amount budget '${check.name}' can hold (10^18)`,
+    suggestion: 'use a cheaper model or fewer tokens, or ask an admin to check the exchange rate'
   },
   {
     code: 'budget_blocked',
@@ -169,7 +181,8 @@ export function standingsOf (budgets: ApplicableBudget[]): BudgetStanding[] {
     projectedActions: budget.projectedActions,
     fits: budget.fits,
     currency: budget.currency,
-    estimate: budget.estimate
+    estimate: budget.estimate,
+    outOfRange: budget.outOfRange
   }))
 }
 
@@ -189,6 +202,7 @@ export function standingsOfHold (line: LineBudget[], hold: Hold): BudgetStanding
           fits: numbers.fits,
           currency: budget.currency,
           estimate: numbers.held,
+          outOfRange: numbers.outOfRange,
           nearLimit: budget.nearLimit
         }]
   })
@@ -218,6 +232,7 @@ export function checkBudget (standing: BudgetStanding, estimate: Money, policy?:
     allowedModels: policy === undefined || restricting.length === 0 ? null : restriction(restricting, policy),
     currency: standing.currency ?? null,
     estimatedCost: converted,
+    outOfRange: standing.outOfRange ?? false,
     nearLimit: standing.nearLimit ?? null
   }
 }
@@ -230,8 +245,8 @@ export function decide (standings: BudgetStanding[], estimate: Money, policy?: M
   for (const refusal of REFUSALS) {
     const refusing = checks.find(refusal.refuses)
     if (refusing === undefined) continue
-    // A full budget or a restricted model may still take the cheaper model auto-downgrade offers.
-    const mayDowngrade = downgradeTo !== null && (refusal.code === 'budget_exceeded' || refusal.code === 'model_restricted')
+    // A full budget, an estimate too large to hold or a restricted model may still take the cheaper model auto-downgrade offers.
+    const mayDowngrade = downgradeTo !== null && (refusal.code === 'budget_exceeded' || refusal.code === 'estimate_out_of_range' || refusal.code === 'model_restricted')
     return outcome(checks, refusing, estimate, activeActions, refusal.code, refusal.reason(refusing, estimate), [refusal.suggestion], mayDowngrade ? downgradeTo : null)
   }
   const tightest = checks.reduce<BudgetCheck | undefined>((least, check) => least === undefined || tighter(check, least) ? check : least, undefined)

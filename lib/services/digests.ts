@@ -26,7 +26,7 @@ export function createDigestScheduler ({ budgets, status, digests }: Pick<Reposi
         crossings: [], projectedTotal: numbers.projectedTotal
       })
       const id = await digests.insertDigest({
-        ...due, ...numbers, timezone: budget.timezone, windowStart: window.periodStart, windowEnd: window.periodEnd,
+        ...due, ...numbers, windowStart: window.periodStart, windowEnd: window.periodEnd,
         limit: budget.amount, percentUsed: standing.percentUsed, burnRate: standing.burnRate
       })
       if (id !== null) made++

@@ -1,6 +1,7 @@
 // Exchange rates as admins manage them: exact decimals, each pair's rate from an instant on. The
 // conversions themselves happen in SQL where money is counted (sql/012: rounded up, the rate stored).
 import { InvalidFieldError } from '../errors.js'
+import type { AuditContext } from '../repository/audit.js'
 import { canonicalDecimal, type ExchangeRate, type ExchangeRateRepository } from '../repository/exchange-rates.js'
 import { parseTimestamp } from '../timestamps.js'
 
@@ -36,16 +37,25 @@ function checkPair (from: string, to: string): void {
 
 export function createExchangeRates (rates: ExchangeRateRepository, now: () => Date) {
   return {
-    /** Sets one unit of `from` to be `rate` units of `to` from `effectiveFrom` (default now) on. */
-    async setRate (from: string, to: string, request: SetRateRequest, setBy: string): Promise<{ rate: ExchangeRate, created: boolean }> {
+    /** Sets one unit of `from` to be `rate` units of `to` from `effectiveFrom` (default now) on; audited as `context`'s change. */
+    async setRate (from: string, to: string, request: SetRateRequest, context: AuditContext): Promise<{ rate: ExchangeRate, created: boolean }> {
       checkPair(from, to)
       const rate = parseRate(request.rate)
       const effectiveFrom = request.effectiveFrom === undefined ? now() : parseTimestamp(request.effectiveFrom, 'effectiveFrom')
-      return await rates.setRate(from, to, rate, effectiveFrom, setBy)
+      return await rates.setRate(from, to, rate, effectiveFrom, context)
     },
 
-    async listRates (query: { from?: string, to?: string } = {}): Promise<ExchangeRate[]> {
-      return await rates.listRates(query)
+    /** A page of rates, by pair and newest first; the cursor is the last rate's id (rates are never deleted, so it always names one). */
+    async listRates (query: { from?: string, to?: string, limit?: number, cursor?: string } = {}): Promise<{ rates: ExchangeRate[], nextCursor: string | null }> {
+      const limit = query.limit ?? 100
+      if (!Number.isInteger(limit) || limit < 1 || limit > 500) throw new InvalidFieldError('limit', 'must be an integer from 1 to 500')
+      const cursor = query.cursor ?? null
+      if (cursor !== null && (!/^[1-9]\d{0,18}$/.test(cursor) || BigInt(cursor) > 2n ** 63n - 1n || !await rates.rateExists(cursor))) {
+        throw new InvalidFieldError('cursor', 'is not a cursor this API returned')
+      }
+      const found = await rates.listRates({ from: query.from, to: query.to }, cursor, limit + 1)
+      const shown = found.slice(0, limit)
+      return { rates: shown, nextCursor: found.length > limit ? shown[shown.length - 1]!.id : null }
     },
 
     /** The rate in force at `at` (default now); null when none is. */
