@@ -17,6 +17,8 @@ import { parseGatewayKeys, scopesFromKey, type GatewayKeys } from './gateway-key
 
 const port = Number(process.env.PORT ?? 3000)
 const host = process.env.HOST ?? '127.0.0.1'
+// How long a stop waits for the calls in flight before it cuts them: under Kubernetes' default 30 s.
+const stopGraceMs = process.env.STOP_GRACE_MS === undefined ? 20_000 : Number(process.env.STOP_GRACE_MS)
 const dataDir = process.env.BUDGETS_DATA_DIR ?? fileURLToPath(new URL('../.data/postgres', import.meta.url))
 
 // GATEWAY_KEYS='{"sk-alice": {"user": "alice", "team": "platform", "organization": "acme"}}': callers send
@@ -67,8 +69,19 @@ async function shutdown (signal: NodeJS.Signals): Promise<void> {
   let code = 0
   try {
     const closing = app.close()
+    // Also on a timer: a connection opened after the last response ended has no response to wait for.
+    const sweeping = setInterval(closeUnusedConnections, 100)
     closeUnusedConnections()
-    await closing
+    // A call still running after the grace (a stream a client keeps open) is cut, and the gate settles it
+    // as any cut call, before an orchestrator's SIGKILL would leave it and the leases held until they expire.
+    const cutting = setTimeout(() => {
+      app.log.warn({ answering, stopGraceMs }, 'the stop grace is over: cutting the calls still in flight')
+      app.server.closeAllConnections()
+    }, stopGraceMs)
+    await closing.finally(() => {
+      clearInterval(sweeping)
+      clearTimeout(cutting)
+    })
   } catch (error) {
     app.log.error({ err: error }, 'closing the gateway failed')
     code = 1

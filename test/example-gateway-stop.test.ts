@@ -30,6 +30,8 @@ interface Outcome {
   /** A 200 whose answer arrived whole: a JSON completion, or a stream up to its [DONE]. */
   served: boolean
   status: number | null
+  /** Why the call failed, when it did: TimeoutError is the client's own deadline. */
+  error?: string
 }
 
 /** One call; `served` only when the whole answer arrived. A call the closing gateway turns away is not served. */
@@ -49,8 +51,8 @@ async function send (url: string, call: number, stream: boolean): Promise<Outcom
     const text = await response.text()
     const whole = stream ? text.endsWith('data: [DONE]\n\n') : (JSON.parse(text) as { choices?: unknown }).choices !== undefined
     return { call, served: response.status === 200 && whole, status: response.status }
-  } catch {
-    return { call, served: false, status: null } // refused or cut: the connection is gone
+  } catch (error) {
+    return { call, served: false, status: null, error: (error as Error).name } // refused or cut: the connection is gone
   }
 }
 
@@ -149,3 +151,32 @@ for (const { signal, database } of RUNS) {
     t.same(await findViolations(sql), [], 'no reservation left (the lease was given back), caches equal records')
   })
 }
+
+t.test('a call still running when the stop grace ends is cut and charged its estimate; the gateway exits 0, nothing held', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'hang' })
+  const databaseUrl = await createTestDatabase(t)
+  const sql = postgres(databaseUrl, { onnotice: () => {} })
+  t.teardown(async () => await sql.end())
+  const gateway = await startGatewayProcess({ DATABASE_URL: databaseUrl, ADMIN_TOKEN, UPSTREAM_URL: upstream.url, STOP_GRACE_MS: '500' })
+  t.teardown(async () => await gateway.stop('SIGKILL')) // only if the test failed before the signal
+  await fetch(`${gateway.url}${PREFIX}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'platform', scopeType: 'team', scopeId: 'platform', amount: '10', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
+  })
+  const answer = send(gateway.url, 0, false) // the upstream never answers it
+  await upstream.waitForCalls(1)
+  const [held] = await sql<Array<{ amount: string }>>`select amount::text from budget_reservations`
+  const exited = once(gateway.child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+  gateway.child.kill('SIGTERM')
+  const [code, killedBy] = await exited
+  t.same({ code, killedBy }, { code: 0, killedBy: null }, 'exited 0 once the grace was over')
+  const outcome = await answer
+  t.ok(!outcome.served && outcome.error !== 'TimeoutError', `the gateway cut the call (${outcome.error ?? outcome.status}), before the client's 20 s deadline`)
+  t.ok(upstream.calls[0]!.aborted, 'and the upstream call cancelled')
+  const charged = await sql<Array<{ exact: boolean, amount: string, costBasis: string }>>`
+    select amount = ${held!.amount}::numeric as exact, amount::text, metadata->>'costBasis' as "costBasis" from budget_usage_records`
+  t.equal(charged.length, 1, 'charged once: cut while the upstream call was in flight, never free')
+  t.match(charged[0], { exact: true, costBasis: 'estimate' }, `at the estimate held, ${held!.amount}`)
+  t.same(await findViolations(sql), [], 'no reservation left')
+})
