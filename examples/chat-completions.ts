@@ -6,7 +6,6 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import Ajv from 'ajv'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { worstCaseTokens } from '../lib/services/estimate.js'
 import { mockCompletion, mockTokens, mockUsage, type ChatRequest } from './mock-provider.js'
 import { SseParser, type SseEvent } from './sse.js'
 
@@ -107,7 +106,7 @@ async function forwardToUpstream (request: FastifyRequest, reply: FastifyReply, 
     method: 'POST',
     signal: abort.signal,
     headers: { 'content-type': 'application/json', ...(options.upstreamApiKey === undefined ? {} : { authorization: `Bearer ${options.upstreamApiKey}` }) },
-    body: JSON.stringify(body.stream === true ? { ...body, stream_options: { include_usage: true } } : body)
+    body: JSON.stringify(body.stream === true ? { ...body, stream_options: { ...streamOptionsOf(body), include_usage: true } } : body)
   })
   if (body.stream !== true || !upstream.ok || upstream.body === null) {
     // JSON: the gate reads `usage` from the body itself.
@@ -135,27 +134,18 @@ async function forwardToUpstream (request: FastifyRequest, reply: FastifyReply, 
 }
 
 /**
- * Reports usage to the gate from the stream's events. An event with `usage` (the final chunk, asked for
- * with stream_options.include_usage) reports its tokens and its model as the upstream named it (maybe a
- * dated snapshot), with the prompt tokens read from the provider's cache (usage.prompt_tokens_details.cached_tokens,
- * priced at the cache-read rate; a count over the prompt is left out, the prompt then at the input rate); before it, each delta chunk counts as about one output token and the prompt counts as
- * the gate's own worst case for its text (its tokenizer's count for OpenAI models, else a byte a
- * token), so a cut stream is charged within the reservation.
+ * Reports usage to the gate from the stream's events: only the provider's own count, an event with
+ * `usage` (the final chunk, asked for with stream_options.include_usage), with its model as the
+ * upstream named it (maybe a dated snapshot) and the prompt tokens read from the provider's cache
+ * (usage.prompt_tokens_details.cached_tokens, priced at the cache-read rate; a count over the prompt is
+ * left out, the prompt then at the input rate). A stream that ends without one, complete or cut, reports
+ * nothing, and the gate charges its estimate: the chunks it passed on say nothing of how many tokens
+ * they held (one chunk can carry hundreds), nor of what the provider generated after a cut.
  */
 function streamAccounting (request: FastifyRequest, body: ChatRequest): (event: SseEvent) => void {
-  // Prices do not change a prompt's tokens; an image part counts 1 here, so the bound stays under any reservation.
-  const promptBound = worstCaseTokens({ messages: body.messages }, { input: '0', output: '0', maxOutputTokens: 1, maxImageTokens: 1 }, body.model).inputTokens
-  // Each delta chunk counts a token (the role's and the finish's too), never more than the request's
-  // output limit: the gate's reservation covers that many.
-  const requested = Math.max(body.max_tokens ?? 0, body.max_completion_tokens ?? 0)
-  const { n } = body as { n?: unknown }
-  const choices = Number.isInteger(n) ? n as number : 1
-  const outputBound = requested > 0 ? requested * choices : Number.POSITIVE_INFINITY
-  let produced = 0
-  let reported = false
   return (event) => {
     if (event.data === '[DONE]') return
-    let chunk: { model?: unknown, usage?: { prompt_tokens?: unknown, completion_tokens?: unknown, prompt_tokens_details?: { cached_tokens?: unknown } | null } | null, choices?: unknown }
+    let chunk: { model?: unknown, usage?: { prompt_tokens?: unknown, completion_tokens?: unknown, prompt_tokens_details?: { cached_tokens?: unknown } | null } | null }
     try {
       chunk = JSON.parse(event.data)
       if (typeof chunk !== 'object' || chunk === null || Array.isArray(chunk)) throw new TypeError('not a JSON object')
@@ -164,18 +154,19 @@ function streamAccounting (request: FastifyRequest, body: ChatRequest): (event: 
         'the upstream sent an event that is not a JSON object: passed to the client, not counted')
       return
     }
-    const model = typeof chunk.model === 'string' && chunk.model !== '' ? chunk.model : body.model
     const { prompt_tokens: inputTokens, completion_tokens: outputTokens } = chunk.usage ?? {}
-    if (Number.isInteger(inputTokens) && Number.isInteger(outputTokens)) {
-      reported = true
-      const cached = chunk.usage?.prompt_tokens_details?.cached_tokens
-      const cachedInputTokens = Number.isInteger(cached) && (cached as number) > 0 && (cached as number) <= (inputTokens as number) ? cached as number : undefined
-      request.budgetGate?.reportUsage({ model, inputTokens: inputTokens as number, outputTokens: outputTokens as number, ...(cachedInputTokens === undefined ? {} : { cachedInputTokens }) })
-    } else if (!reported && Array.isArray(chunk.choices)) {
-      produced = Math.min(produced + 1, outputBound)
-      request.budgetGate?.reportUsage({ model, inputTokens: promptBound, outputTokens: produced })
-    }
+    if (!Number.isSafeInteger(inputTokens) || !Number.isSafeInteger(outputTokens)) return
+    const model = typeof chunk.model === 'string' && chunk.model !== '' ? chunk.model : body.model
+    const cached = chunk.usage?.prompt_tokens_details?.cached_tokens
+    const cachedInputTokens = Number.isSafeInteger(cached) && (cached as number) > 0 && (cached as number) <= (inputTokens as number) ? cached as number : undefined
+    request.budgetGate?.reportUsage({ model, inputTokens: inputTokens as number, outputTokens: outputTokens as number, ...(cachedInputTokens === undefined ? {} : { cachedInputTokens }) })
   }
+}
+
+/** The client's own stream_options (kept: only include_usage is the gateway's), when they are an object. */
+function streamOptionsOf (body: ChatRequest): Record<string, unknown> {
+  const { stream_options: options } = body as { stream_options?: unknown }
+  return typeof options === 'object' && options !== null && !Array.isArray(options) ? options as Record<string, unknown> : {}
 }
 
 /** Resolves when the response can take more, or is gone. */

@@ -1,7 +1,10 @@
 // The example RelayCore gateway behind `npm start`: the budgets plugin, its admin API, and an
 // OpenAI-compatible POST /v1/chat/completions behind the budget gate, on PORT (default 3000).
 // With no DATABASE_URL it runs an embedded PostgreSQL whose data stays in .data/ across restarts.
+// SIGTERM, SIGINT or SIGHUP stop it gracefully: see shutdown() below.
 import { randomBytes } from 'node:crypto'
+import type { ServerResponse } from 'node:http'
+import { constants } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
@@ -9,11 +12,13 @@ import Fastify from 'fastify'
 import { Registry, collectDefaultMetrics } from 'prom-client'
 import budgets from '../lib/index.js'
 import { chatCompletions } from './chat-completions.js'
-import { startEmbeddedPostgres, type EmbeddedDatabase } from './embedded-postgres.js'
+import type { EmbeddedDatabase } from './embedded-postgres.js'
 import { parseGatewayKeys, scopesFromKey, type GatewayKeys } from './gateway-keys.js'
 
 const port = Number(process.env.PORT ?? 3000)
 const host = process.env.HOST ?? '127.0.0.1'
+// How long a stop waits for the calls in flight before it cuts them: under Kubernetes' default 30 s.
+const stopGraceMs = process.env.STOP_GRACE_MS === undefined ? 20_000 : Number(process.env.STOP_GRACE_MS)
 const dataDir = process.env.BUDGETS_DATA_DIR ?? fileURLToPath(new URL('../.data/postgres', import.meta.url))
 
 // GATEWAY_KEYS='{"sk-alice": {"user": "alice", "team": "platform", "organization": "acme"}}': callers send
@@ -28,16 +33,80 @@ if (process.env.GATEWAY_KEYS !== undefined) {
   }
 }
 
+/** The signals that stop the gateway gracefully (shutdown below). */
+const STOP_SIGNALS: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP']
+
 let embedded: EmbeddedDatabase | null = null
 let databaseUrl = process.env.DATABASE_URL
 if (databaseUrl === undefined || databaseUrl === '') {
-  embedded = await startEmbeddedPostgres({ dataDir, persistent: true })
+  // Imported only when used: the embedded-postgres package's exit hook would otherwise stop the process
+  // on SIGTERM before Fastify has drained. Here the gateway takes the stop signals over from it and
+  // stops the embedded server itself, after Fastify has closed.
+  const { startEmbeddedPostgres } = await import('./embedded-postgres.js')
+  embedded = await startEmbeddedPostgres({ dataDir, persistent: true, handledSignals: STOP_SIGNALS })
   databaseUrl = embedded.url
 }
 
 const adminToken = process.env.ADMIN_TOKEN ?? randomBytes(24).toString('base64url')
 
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
+
+/**
+ * A graceful stop: closing Fastify refuses new calls (503), waits for the calls in flight to end,
+ * settles them at their actual cost, and gives back the leases and rate allowances this process
+ * holds; only then does the embedded server (if any) stop, and the process exit 0. A second stop
+ * signal during the drain means "now" (an operator's second Ctrl-C): the process exits at once with
+ * 128 + the signal's number, and what it still holds expires and is counted as spent.
+ */
+let stopping = false
+async function shutdown (signal: NodeJS.Signals): Promise<void> {
+  if (stopping) {
+    await embedded?.stop()
+    process.exit(128 + (constants.signals[signal] ?? 0))
+  }
+  stopping = true
+  app.log.info({ signal }, 'shutting down: draining the calls in flight')
+  let code = 0
+  try {
+    const closing = app.close()
+    // Also on a timer: a connection opened after the last response ended has no response to wait for.
+    const sweeping = setInterval(closeUnusedConnections, 100)
+    closeUnusedConnections()
+    // A call still running after the grace (a stream a client keeps open) is cut, and the gate settles it
+    // as any cut call, before an orchestrator's SIGKILL would leave it and the leases held until they expire.
+    const cutting = setTimeout(() => {
+      app.log.warn({ answering, stopGraceMs }, 'the stop grace is over: cutting the calls still in flight')
+      app.server.closeAllConnections()
+    }, stopGraceMs)
+    await closing.finally(() => {
+      clearInterval(sweeping)
+      clearTimeout(cutting)
+    })
+  } catch (error) {
+    app.log.error({ err: error }, 'closing the gateway failed')
+    code = 1
+  }
+  await embedded?.stop()
+  process.exit(code)
+}
+for (const signal of STOP_SIGNALS) process.on(signal, () => { void shutdown(signal) })
+
+// Closing the server waits for every connection to end, and Node closes idle keep-alive connections
+// only once, when the close begins: one whose last response ends later, or one a client opened and
+// sent nothing on, would hold the stop for the keep-alive timeout (72 s). So while stopping, every
+// connection is closed as soon as no request is being answered.
+let answering = 0
+function closeUnusedConnections (): void {
+  if (stopping && answering === 0) app.server.closeAllConnections()
+}
+app.server.on('request', (_request, response: ServerResponse) => {
+  answering++
+  response.once('close', () => {
+    answering--
+    closeUnusedConnections()
+  })
+})
+
 // NOTIFY_CHANNELS="slack=https://hooks.slack.com/services/…,email=smtp://127.0.0.1:2525?from=budgets@example.com&to=ops@example.com":
 // channels by the names budgets use (a comma starts a new one only before `name=`, so an email
 // channel's recipients can be a comma-separated list): a webhook, or email over SMTP for smtp:// or smtps://.
@@ -91,15 +160,6 @@ const scraped = Registry.merge([processMetrics, app.budgetMetrics.registry])
 app.get('/metrics', { onRequest: app.budgetAdminGuard }, async (_request, reply) => {
   return await reply.type(scraped.contentType).send(await scraped.metrics())
 })
-
-async function shutdown (signal: string): Promise<void> {
-  app.log.info({ signal }, 'shutting down')
-  await app.close()
-  await embedded?.stop()
-  process.exit(0)
-}
-process.once('SIGINT', (signal) => { void shutdown(signal) })
-process.once('SIGTERM', (signal) => { void shutdown(signal) })
 
 const address = await app.listen({ port, host })
 process.stdout.write([

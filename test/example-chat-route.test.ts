@@ -8,12 +8,13 @@ import fc from 'fast-check'
 import Fastify from 'fastify'
 import OpenAI from 'openai'
 import t from 'tap'
-import budgets, { DEFAULT_PRICES, worstCaseTokens, type TokenUsage } from '../lib/index.js'
+import budgets, { DEFAULT_PRICES, type TokenUsage } from '../lib/index.js'
 import { chatCompletions } from '../examples/chat-completions.js'
 import { parseGatewayKeys } from '../examples/gateway-keys.js'
 import { SseParser, type SseEvent } from '../examples/sse.js'
 import { ADMIN_TOKEN } from './fixtures/app.js'
 import { createTestSql } from './fixtures/database.js'
+import { startUpstream } from './fixtures/upstream.js'
 
 interface TestContext {
   teardown: (fn: () => unknown) => void
@@ -80,7 +81,7 @@ async function gateway (t: TestContext, upstreamUrl: string) {
     }
   }
   const records = async () => await sql<Array<{ amount: string }>>`select amount::text from budget_usage_records`
-  return { app, address, logs, reported, budget, settled, records }
+  return { app, address, logs, reported, budget, settled, records, sql }
 }
 
 const MESSAGES = [{ role: 'user' as const, content: 'Hello there' }]
@@ -183,23 +184,51 @@ t.test('an event whose data is not JSON passes through to the client, is not cou
   t.same(logs.filter((line) => line.level >= 50), [], 'nothing at error')
 })
 
-t.test('an upstream that drops mid-stream: the client still gets an end, and the call is charged for what was produced', async (t) => {
+t.test('an upstream that drops mid-stream: the client still gets an end, and the call is charged its estimate', async (t) => {
   const upstream = await sseUpstream(t, [
     `data: ${chunk({ role: 'assistant', content: '' })}\n\n`,
     `data: ${chunk({ content: 'one' })}\n\n`,
     `data: ${chunk({ content: ' two' })}\n\n`,
     'data: {"id":"chatcmpl-up","obj' // half an event, then the connection drops
   ], { cut: true })
-  const { address, reported, settled, records } = await gateway(t, upstream)
+  const { address, reported, settled, sql } = await gateway(t, upstream)
   const { response, text } = await post(address, { model: 'gpt-4o-mini', messages: MESSAGES, max_tokens: 20, stream: true })
   t.equal(response.status, 200)
   t.ok(text.includes(' two'), 'what came before the drop')
   await settled()
-  // No usage chunk: each delta chunk a token, the prompt at the gate's own bound (its tokenizer's count for gpt-4o-mini).
-  const promptBound = worstCaseTokens({ messages: MESSAGES }, DEFAULT_PRICES['gpt-4o-mini']!, 'gpt-4o-mini').inputTokens
-  t.ok(promptBound < Buffer.byteLength(JSON.stringify(MESSAGES)), `${promptBound} tokens, fewer than the prompt's bytes`)
-  t.same(reported, [{ model: SNAPSHOT, inputTokens: promptBound, outputTokens: 3 }])
-  t.equal((await records()).length, 1, 'charged, not released as free')
+  // No usage chunk: what the provider billed is unknown (the chunks passed on do not say how many tokens they held).
+  t.same(reported, [null], 'no usage reported')
+  const charged = await sql<Array<{ atEstimate: boolean, metadata: Record<string, unknown> }>>`
+    select amount = (metadata->>'estimatedCost')::numeric as "atEstimate", metadata from budget_usage_records`
+  t.equal(charged.length, 1, 'charged once, not released as free')
+  t.match(charged[0]?.metadata, { costBasis: 'estimate', estimateReason: 'no-usage' })
+  t.ok(charged[0]?.atEstimate, 'at its estimate')
+})
+
+t.test('a complete stream without a usage chunk is charged its estimate, not a token a chunk; the upstream was asked for usage', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'sse-no-usage' })
+  const { address, reported, settled, sql } = await gateway(t, upstream.url)
+  // The answer waits until the call's hold has been read: that amount is the estimate.
+  const release = upstream.hold()
+  const sending = post(address, {
+    model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Tell me about budgets, gateways and tokens' }], max_tokens: 600, stream: true,
+    stream_options: { include_obfuscation: false }
+  })
+  await upstream.waitForCalls(1)
+  const [held] = await sql<Array<{ amount: string }>>`select amount::text from budget_reservations`
+  release()
+  const { response, text } = await sending
+  t.equal(response.status, 200)
+  t.ok(text.endsWith('data: [DONE]\n\n'), 'the stream ended normally')
+  t.ok(upstream.calls[0]!.chunksSent > 0 && upstream.calls[0]!.usage === null, `${upstream.calls[0]!.chunksSent} content chunks, no usage`)
+  t.same(upstream.calls[0]!.body.stream_options, { include_obfuscation: false, include_usage: true }, "usage asked for, the client's other stream options kept")
+  await settled()
+  t.same(reported, [null], 'no usage reported to the gate')
+  const charged = await sql<Array<{ exact: boolean, amount: string, metadata: Record<string, unknown> }>>`
+    select amount = ${held!.amount}::numeric as exact, amount::text, metadata from budget_usage_records`
+  t.equal(charged.length, 1, 'charged once')
+  t.match(charged[0]?.metadata, { costBasis: 'estimate', estimateReason: 'no-usage' }, 'labelled as the estimate')
+  t.ok(charged[0]?.exact, `charged ${charged[0]?.amount}, the estimate held ${held!.amount}`)
 })
 
 t.test("a client's error is invalid_request_error with a stable code, logged at info; a server error stays server_error at error", async (t) => {

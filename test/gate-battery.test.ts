@@ -390,7 +390,7 @@ t.test('a stream the upstream cuts off, or ends without usage, ends for the clie
   await checkInvariants(t, sql)
 })
 
-t.test('a client that leaves mid-stream is charged for the tokens reported so far, and the upstream call is cancelled', async (t) => {
+t.test('a client that leaves mid-stream, before the usage chunk, is charged its estimate, and the upstream call is cancelled', async (t) => {
   const upstream = await startUpstream(t, { mode: 'sse', chunkDelayMs: 30 })
   const { address, createBudget, sql } = await listening(t, { upstreamServer: upstream.url })
   await createBudget({ scopeType: 'team', scopeId: 'platform', amount: '1' })
@@ -401,12 +401,11 @@ t.test('a client that leaves mid-stream is charged for the tokens reported so fa
   t.equal(sent.status, 200)
   t.ok(sent.left && sent.contentChunks >= 3, 'the client left after three tokens')
   await waitForSettled(sql)
-  const [charge, ...more] = await chargesOf(sql, 'leaves')
-  t.equal(more.length, 0, 'charged once')
-  const produced = charge?.metadata.outputTokens as number
-  const full = 8 + Math.ceil(Buffer.byteLength('Tell me everything about budgets, gateways, tokens and the periods they run in') / 4)
-  t.ok(produced >= 3 && produced < full, `charged for ${produced} output tokens: those reported before the client left, not all ${full}`)
-  t.ok(money(charge?.amount ?? '0') > 0n && money(charge?.amount ?? '0') < money(estimate), `${charge?.amount} is less than the estimate ${estimate}`)
+  // The provider's usage never came: the chunks passed on do not say how many tokens they held, nor
+  // what the provider generated before it saw the hang-up. The estimate bounds both.
+  const charges = await chargesOf(sql, 'leaves')
+  t.same(charges.map((row) => row.amount), [estimate], `charged once, the estimate ${estimate}`)
+  t.match(charges[0]?.metadata, { costBasis: 'estimate', estimateReason: 'no-usage' }, 'metadata says so')
   t.ok(await eventually(() => call.aborted), 'the gateway hung up on the upstream too')
   await checkInvariants(t, sql)
 })
