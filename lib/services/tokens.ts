@@ -60,25 +60,27 @@ const ORDINARY = { disallowedSpecial: new Set<string>() }
 // are what the encoding's split pattern makes (a word, a run of punctuation or of spaces): one of more
 // than MAX_PIECE_BYTES counts a token a byte, which it can never exceed.
 const MAX_PIECE_BYTES = 192
-// The work of tokenizing, in units of about 0.3 us. Merging a piece the library has not cached is what
-// costs: a unit a byte (new ASCII words, the costliest ASCII) and NON_ASCII_WEIGHT more for each byte
-// past a character's first. A piece seen before in the same request is in the library's merge cache
-// (while the request has met fewer distinct pieces than the cache holds): it costs PIECE_WORK, what
-// splitting and looking it up take. Each call costs CALL_WORK (the library's own overhead, about 1.5
-// us, whatever the text: 20,000 short messages cost their calls, not their bytes), and walking a
-// message MESSAGE_WORK (messageTokens charges it).
+// The work of tokenizing, in units of about 0.1 us. Merging a piece the library has not cached is what
+// costs: NEW_BYTE_WEIGHT units a byte (new ASCII words, the costliest ASCII, about 0.4 us a byte) and
+// NON_ASCII_WEIGHT more for each byte past a character's first. A piece seen before in the same
+// request is in the library's merge cache (while the request has met fewer distinct pieces than the
+// cache holds): it costs PIECE_WORK, what splitting and looking it up take. Each call costs CALL_WORK
+// (the library's own overhead, about 1.5 us, whatever the text: 20,000 short messages cost their
+// calls, not their bytes), and walking a message MESSAGE_WORK (messageTokens charges it).
 const NON_ASCII_WEIGHT = 16
+const NEW_BYTE_WEIGHT = 4
 const PIECE_WORK = 1
-const CALL_WORK = 8
-export const MESSAGE_WORK = 4
+const CALL_WORK = 16
+export const MESSAGE_WORK = 8
 const SEEN_PIECES = MERGE_CACHE_SIZE / 2
-const workOf = (text: string, bytes: number): number => bytes + NON_ASCII_WEIGHT * (bytes - text.length)
+const workOf = (text: string, bytes: number): number => NEW_BYTE_WEIGHT * bytes + NON_ASCII_WEIGHT * (bytes - text.length)
 /**
  * The work tokenized per request: past it, the rest of a prompt counts a token a byte (a bound). About
- * 64 K characters of new English words (random letters: the costliest), 3,800 of new Chinese or
- * Japanese, 8,000 tokenizer calls, or 64 K pieces met before: a prompt of any size up to the body limit
- * blocks the event loop for some ms, never the 0.1 s to seconds that tokenizing all of it can take
- * (bench/estimate-stall.ts). Past the budget, text counts a token a byte (about 4 a token for English).
+ * 15 K characters of new English words (random letters: the costliest), 1,900 of new Chinese or
+ * Japanese, 4,000 tokenizer calls, or 64 K pieces met before (prose repeats its words): a prompt of any
+ * size up to the body limit blocks the event loop for some ms, never the 0.1 s to seconds that
+ * tokenizing all of it can take (bench/estimate-stall.ts). Past the budget, text counts a token a byte
+ * (about 4 a token for English); the corpus's median stays 1.02 (test/estimate-tightness.test.ts).
  */
 export const MAX_TOKENIZED_WORK = 65_536
 
