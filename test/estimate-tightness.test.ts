@@ -72,3 +72,27 @@ t.test('tools, tool calls and results: at least their best-known rendering, even
   ]
   for (const body of bodies) t.ok(estimate(body) >= actual(body), `${estimate(body)} >= ${actual(body)}`)
 })
+
+t.test('the work budget counts calls and messages, not only bytes: many short texts fall back to their bytes', async (t) => {
+  const count = tokenCounter('gpt-4o')!
+  const counts = Array.from({ length: 10_000 }, () => count('hello world'))
+  t.equal(counts[0], 2, 'tokenized while the budget lasts')
+  t.equal(counts.at(-1), Buffer.byteLength('hello world'), '10,000 calls of 11 bytes (110 KB, which a budget of bytes alone would tokenize) spend it: then bytes, a bound')
+})
+
+t.test('adversarial shapes up to the body limit: bounded work, still never under what OpenAI bills', async (t) => {
+  const tool = (i: number) => ({ type: 'function', function: { name: `tool_${i}`, description: `does thing ${i}`, parameters: { type: 'object', properties: { id: { type: 'string', enum: ['a', 'b', `c${i}`] }, n: { type: 'integer', enum: [1, 2, 3] } } } } })
+  const calls = Array.from({ length: 3000 }, (_, i) => ({ id: `call_${i}`, type: 'function', function: { name: 'lookup', arguments: JSON.stringify({ a: i, b: [1, 2, { c: 'x' }] }) } }))
+  const bodies: Array<[string, OracleBody]> = [
+    ['20,000 tiny named messages', { model: 'gpt-4o', messages: Array.from({ length: 20_000 }, (_, i) => ({ role: i % 2 === 0 ? 'user' : 'assistant', name: `u${i}`, content: `m${i}` })) }],
+    ['6,000 tools', { model: 'gpt-4o', messages: [{ role: 'user', content: 'pick' }], tools: Array.from({ length: 6000 }, (_, i) => tool(i)), tool_choice: 'required' }],
+    ['3,000 tool calls and their JSON results', { model: 'gpt-4o', messages: [{ role: 'user', content: 'go' }, { role: 'assistant', content: null, tool_calls: calls }, ...calls.map((call) => ({ role: 'tool', tool_call_id: call.id, content: JSON.stringify({ ok: 1, rows: [1, 2, 3], note: 'x' }) }))] }],
+    ['30,000 text parts', { model: 'gpt-4o', messages: [{ role: 'user', content: Array.from({ length: 30_000 }, (_, i) => ({ type: 'text', text: `p${i}` })) }] }],
+    ['new words, 600 KB', { model: 'gpt-4o', messages: [{ role: 'user', content: Array.from({ length: 60_000 }, (_, i) => `w${(i * 7919).toString(36)}q`).join(' ') }] }]
+  ]
+  for (const [name, body] of bodies) {
+    const counted = estimate(body)
+    const billed = actual(body)
+    t.ok(counted >= billed, `${name}: ${counted} >= ${billed} (${(counted / billed).toFixed(2)}x)`)
+  }
+})

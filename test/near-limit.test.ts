@@ -3,12 +3,13 @@
 // budget is still never overspent, also when many calls race for the last room and upstreams bill the
 // worst case or hang up.
 import { request as httpRequest } from 'node:http'
+import type { FastifyRequest } from 'fastify'
 import t from 'tap'
 import { PREFIX, ADMIN_TOKEN } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
 import { startUpstream } from './fixtures/upstream.js'
-import { createPriceBook, DEFAULT_PRICES, estimateChatCost } from '../lib/index.js'
+import { createPriceBook, DEFAULT_PRICES, estimateChatCost, type PriceBook } from '../lib/index.js'
 import { toUnits } from '../lib/money.js'
 
 const prices = createPriceBook(DEFAULT_PRICES)
@@ -125,5 +126,35 @@ t.test('at the boundary under concurrency: clamped calls race for the last room,
     const status = await gateway.status(id)
     t.ok(toUnits(status.currentAmount) <= toUnits(limit), `spent ${status.currentAmount} of ${limit}`)
   }
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('clamp counts the prompt once: the search prices other output limits from the first estimate', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'json-worst-case' })
+  let estimates = 0
+  const estimateCost = (request: FastifyRequest, book: PriceBook, model?: string) => { estimates++; return estimateChatCost(request.body, book, model) }
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0, estimateCost } })
+  const budget = await gateway.createBudget({ amount: '0.05', nearLimit: 'clamp' })
+  await spendTo(gateway.app, budget.id, '0.04')
+  const long = body({ messages: [{ role: 'user', content: 'Write a long story about '.repeat(200) }], max_tokens: 16_000 })
+  const response = await gateway.call({ team: 'team-a' }, long)
+  t.equal(response.statusCode, 200)
+  const clamped = Number(response.headers['x-budget-clamped-max-tokens'])
+  t.equal(estimates, 1, 'one estimate (the prompt counted once), however many limits the search tried')
+  const room = toUnits('0.01')
+  const at = (tokens: number) => toUnits(estimateChatCost({ ...long, max_tokens: tokens }, prices).amount)
+  t.ok(at(clamped) <= room && at(clamped + 1) > room, `still the largest max_tokens that fits: ${clamped}`)
+
+  // A custom estimate that cannot price other limits by itself: clamp asks it again, and still finds the largest.
+  let plain = 0
+  const withoutArithmetic = (request: FastifyRequest, book: PriceBook, model?: string) => { plain++; const { model: chosen, amount, tokens } = estimateChatCost(request.body, book, model); return { model: chosen, amount, tokens } }
+  const other = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0, estimateCost: withoutArithmetic } })
+  const second = await other.createBudget({ amount: '0.05', nearLimit: 'clamp' })
+  await spendTo(other.app, second.id, '0.04')
+  const again = await other.call({ team: 'team-a' }, long)
+  t.equal(Number(again.headers['x-budget-clamped-max-tokens']), clamped, 'the same clamp')
+  t.ok(plain > 1, `a custom estimate without atOutputLimit is asked per candidate (${plain} times)`)
+  await gateway.settled()
+  await other.settled()
   await checkInvariants(t, gateway.sql)
 })

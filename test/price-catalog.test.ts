@@ -1,12 +1,12 @@
 // The default price source, @pydantic/genai-prices' catalog: exact rates for dated snapshots and other
 // providers' models, the operator's table over it, cached input at its own rate, prices by the call's
 // instant, tiers, and a model neither knows refused at the gate.
-import { calcPrice } from '@pydantic/genai-prices'
+import { calcPrice, waitForUpdate } from '@pydantic/genai-prices'
 import Fastify from 'fastify'
 import t from 'tap'
 import { compareMoney, normalizeMoney } from '../lib/money.js'
-import { costFromUsage } from '../lib/services/estimate.js'
-import { UNBOUNDED_OUTPUT_TOKENS } from '../lib/services/price-catalog.js'
+import { costFromUsage, estimateChatCost } from '../lib/services/estimate.js'
+import { UNBOUNDED_OUTPUT_TOKENS, assessCatalogModel } from '../lib/services/price-catalog.js'
 import { DEFAULT_PRICES, checkPriceTable, costOf, createPriceBook, pricesAt } from '../lib/services/pricing.js'
 import { buildGateway } from './fixtures/gateway.js'
 
@@ -158,4 +158,88 @@ t.test('through the gateway: a model neither the table nor the catalog knows is 
   }
   t.equal((await call({ team: 'platform' }, { model: 'claude-3-5-sonnet-20241022' })).statusCode, 200, 'a catalog model the table does not name goes through')
   t.equal(upstreamCalls(), 1, 'only the priced call reached the provider')
+})
+
+t.test('search models bill a search on every call: refused by the catalog, and no override of their base model prices them', async (t) => {
+  for (const name of ['gpt-4o-search-preview', 'gpt-4o-search-preview-2025-03-11', 'gpt-4o-mini-search-preview', 'gpt-4o-mini-search-preview-2025-03-11']) {
+    t.equal(catalog.resolve(name), null, `${name}: not priced from the catalog`)
+    t.match(catalog.refusal?.(name), /web search/, `${name}: refused with the reason`)
+  }
+  // DEFAULT_PRICES names gpt-4o-mini, the catalog model gpt-4o-mini-search-preview is found under.
+  const table = createPriceBook(DEFAULT_PRICES)
+  t.equal(table.resolve('gpt-4o-mini-search-preview'), null, 'an entry for gpt-4o-mini does not price its search model')
+  t.equal(table.resolve('gpt-4o-mini-search-preview-2025-03-11'), null, 'nor its dated name')
+  t.match(table.resolve('gpt-4o-mini-2024-07-18'), { model: 'gpt-4o-mini' }, 'the entry still takes gpt-4o-mini\'s snapshots')
+  t.throws(() => estimateChatCost({ model: 'gpt-4o-mini-search-preview', messages: [{ role: 'user', content: 'news?' }] }, table),
+    { code: 'BUDGET_ERR_VALIDATION', gateCode: 'model_not_priced', field: 'model', message: /web search/ })
+
+  // An entry naming the search model exactly prices it, and must give the fee of each call.
+  const search = { input: '2.5', output: '10', maxOutputTokens: 16_384 }
+  t.match(checkPriceTable({ 'gpt-4o-search-preview': search }), /needs perRequest/, 'an entry without the fee is refused at registration')
+  t.match(checkPriceTable({ mine: { ...search, aliases: ['gpt-4o-mini-search-preview'] } }), /needs perRequest/, 'by alias too')
+  t.equal(checkPriceTable({ 'gpt-4o-search-preview': { ...search, perRequest: '0.035' } }), null)
+  const priced = createPriceBook({ 'gpt-4o-search-preview': { ...search, perRequest: '0.035' } })
+  const estimate = estimateChatCost({ model: 'gpt-4o-search-preview', messages: [{ role: 'user', content: 'news?' }], max_tokens: 100, n: 2 }, priced)
+  t.ok(compareMoney(estimate.amount, '0.07') > 0, `the estimate holds the fee for each choice: ${estimate.amount}`)
+  t.equal(costFromUsage({ model: 'gpt-4o-search-preview', inputTokens: 1_000_000, outputTokens: 0 }, priced), '2.535', 'a settled call pays its fee once')
+})
+
+t.test('through the gateway: a search model is refused, with DEFAULT_PRICES or the catalog alone', async (t) => {
+  for (const prices of [{}, DEFAULT_PRICES]) {
+    const { call, createBudget, upstreamCalls } = await buildGateway(t, { upstream: true, gate: { prices } })
+    await createBudget({ scopeType: 'team', scopeId: 'platform', amount: '0.01' })
+    for (const model of ['gpt-4o-search-preview', 'gpt-4o-mini-search-preview']) {
+      const response = await call({ team: 'platform' }, { model })
+      t.equal(response.statusCode, 400, `${model}, ${Object.keys(prices).length} table entries`)
+      t.match(response.json(), { error: { code: 'model_not_priced', param: 'model' } })
+    }
+    t.equal(upstreamCalls(), 0, 'nothing reached the provider')
+  }
+})
+
+t.test('every catalog model is priced with a rule that bounds its output, or refused with a reason', async (t) => {
+  const providers = (await waitForUpdate())!
+  let priced = 0
+  let refused = 0
+  for (const provider of providers) {
+    for (const model of provider.models) {
+      // Every set of rates the model has had or will have (a change on a date, an off-peak window).
+      const variants = Array.isArray(model.prices) ? model.prices.map((conditional) => conditional.prices) : [model.prices]
+      for (const rates of variants) {
+        const verdict = assessCatalogModel(provider.id, model.id, rates, model.context_window)
+        const name = `${provider.id}/${model.id}`
+        if (verdict.price === null) {
+          refused++
+          if (!(typeof verdict.refused === 'string' && verdict.refused.length > 10)) t.fail(`${name}: refused without a reason`)
+          continue
+        }
+        priced++
+        if (!(typeof verdict.outputBound === 'string' && verdict.outputBound.length > 10)) t.fail(`${name}: priced without an output rule`)
+        if (!(Number.isSafeInteger(verdict.price.maxOutputTokens) && verdict.price.maxOutputTokens > 0)) t.fail(`${name}: no output cap`)
+        if (checkPriceTable({ [model.id]: verdict.price }) !== null && !/needs perRequest|reasoningBeyondLimitTokens/.test(checkPriceTable({ [model.id]: verdict.price })!)) {
+          t.fail(`${name}: a price the table check refuses: ${checkPriceTable({ [model.id]: verdict.price })}`)
+        }
+      }
+    }
+  }
+  t.ok(priced > 100 && refused > 100, `${priced} prices with an output rule, ${refused} refusals with a reason`)
+  // The cases that made the rule: a chain of thought past max_tokens, and search on every call.
+  t.match(catalog.resolve('deepseek-reasoner')?.price, { reasoningBeyondLimitTokens: 32_768 })
+  t.equal(catalog.resolve('deepseek-chat')?.price.reasoningBeyondLimitTokens, undefined, 'deepseek-chat does not think')
+  t.match(catalog.refusal?.('grok-4-0709'), /not established/, 'a provider whose output rule is not checked: refused')
+})
+
+t.test('deepseek-reasoner: the estimate holds the chain of thought billed past max_tokens', async (t) => {
+  const body = { model: 'deepseek-reasoner', messages: [{ role: 'user', content: 'Prove it' }], max_tokens: 10 }
+  const { amount } = estimateChatCost(body, catalog)
+  // What the R1-era API billed for such a call: 10 tokens of answer and a 32K chain of thought.
+  const billed = costFromUsage({ model: 'deepseek-reasoner', inputTokens: 20, outputTokens: 10 + 32_000 }, catalog)!
+  t.ok(compareMoney(amount, billed) >= 0, `estimate ${amount} >= billed ${billed}`)
+  t.equal(checkPriceTable({ 'deepseek-reasoner': { input: '0.55', output: '2.19', maxOutputTokens: 8192 } }), "prices['deepseek-reasoner'].reasoningBeyondLimitTokens must be at least 32768: deepseek-reasoner bills reasoning past max_tokens")
+
+  const { call, createBudget, upstreamCalls } = await buildGateway(t, { upstream: true })
+  await createBudget({ scopeType: 'team', scopeId: 'platform', amount: '0.0001' })
+  const response = await call({ team: 'platform' }, { model: 'deepseek-reasoner', max_tokens: 10 })
+  t.equal(response.statusCode, 402, 'a $0.0001 hard budget cannot hold a call that may bill 32K tokens of reasoning')
+  t.equal(upstreamCalls(), 0)
 })

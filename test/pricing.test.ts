@@ -1,9 +1,11 @@
 // The price book and the worst-case estimate, without I/O: snapshot and alias names, the prototype
 // chain, and every part of a chat request that the estimate must bound.
+import Fastify from 'fastify'
 import t from 'tap'
 import { compareMoney } from '../lib/money.js'
 import { costFromUsage, estimateChatCost, worstCaseTokens } from '../lib/services/estimate.js'
 import { DEFAULT_PRICES, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
+import { buildGateway } from './fixtures/gateway.js'
 
 const book = createPriceBook({ ...DEFAULT_PRICES, 'claude-sonnet-4': { input: '3', output: '15', maxOutputTokens: 64_000, aliases: ['claude-sonnet-4-latest'] } })
 const mini = DEFAULT_PRICES['gpt-4o-mini']!
@@ -53,8 +55,9 @@ t.test('tools, functions and response_format schemas are prompt tokens; images c
   const base = bytes()
   const tools = [{ type: 'function', function: { name: 'lookup', description: 'Finds a customer', parameters: { type: 'object', properties: { id: { type: 'string' } } } } }]
   const schema = { type: 'json_schema', json_schema: { name: 'answer', schema: { type: 'object', properties: { text: { type: 'string' } } } } }
-  t.equal(bytes({ tools }), base + Buffer.byteLength(JSON.stringify(tools)))
-  t.equal(bytes({ functions: tools }), base + Buffer.byteLength(JSON.stringify(tools)))
+  // With tools, a Claude model also bills Anthropic's tool-use system prompt (injected-tokens.ts; at most 530).
+  t.equal(bytes({ tools }), base + Buffer.byteLength(JSON.stringify(tools)) + 530)
+  t.equal(bytes({ functions: tools }), base + Buffer.byteLength(JSON.stringify(tools)) + 530)
   t.equal(bytes({ response_format: schema }), base + Buffer.byteLength(JSON.stringify(schema)))
   const tokens = worstCaseTokens(chat(), mini).inputTokens
   for (const extra of [{ tools }, { functions: tools }, { response_format: schema }]) {
@@ -98,4 +101,41 @@ t.test('the n: 8 call that overspent a budget of 0.02 is estimated at eight answ
   // gpt-4o: 10 per 1M output tokens. The old estimate counted one answer, 0.01 plus the prompt.
   const { amount } = estimateChatCost(chat({ n: 8 }), book)
   t.equal(compareMoney(amount, '0.08'), 1, `estimate ${amount} covers the 0.08 that eight answers of 1000 tokens cost, and the prompt`)
+})
+
+t.test('Anthropic\'s tool-use system prompt is in the estimate, by model and tool_choice', async (t) => {
+  const tiny = [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }]
+  const claude = (extra: Record<string, unknown>) => worstCaseTokens({ model: 'claude-3-5-sonnet', messages: [{ role: 'user', content: 'hi' }], ...extra }, mini).inputTokens
+  const bare = claude({})
+  const tools = Buffer.byteLength(JSON.stringify(tiny))
+  // Anthropic's published counts: 346 (auto, none) and 313 (any, tool) for Claude 3.5 and 4 models.
+  t.ok(claude({ tools: tiny }) >= bare + tools + 346, `with a tool: ${claude({ tools: tiny })} >= ${bare} + ${tools} + 346`)
+  t.ok(claude({ tools: tiny, tool_choice: 'required' }) >= bare + tools + 313, 'tool_choice any: its own count')
+  const opus3 = (extra: Record<string, unknown>) => worstCaseTokens({ model: 'claude-3-opus-20240229', messages: [{ role: 'user', content: 'hi' }], tools: tiny, ...extra }, mini).inputTokens
+  t.equal(opus3({}) - opus3({ tool_choice: { type: 'function', function: { name: 'f' } } }), 530 - 281, 'Claude 3 Opus: 530 for auto, 281 for a named tool')
+  t.equal(claude({ tools: [] }), bare + 2, 'no tools, no tool prompt (the empty list\'s bytes only)')
+  const gpt = (extra: Record<string, unknown>) => worstCaseTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }], ...extra }, mini).inputTokens
+  t.ok(gpt({ tools: tiny }) - gpt({}) < 100, 'OpenAI models: their own tool rendering only')
+})
+
+t.test('through the gateway: a hard budget sized to the estimate of a Claude call with one tiny tool holds', async (t) => {
+  // An upstream that bills as Anthropic does: every byte of the text and tools a token at most, and the
+  // tool-use system prompt (346 tokens with tool_choice auto), and all of max_tokens.
+  const upstream = Fastify()
+  upstream.post('/v1/chat/completions', async (request) => {
+    const body = request.body as { model: string, messages: Array<{ content: string }>, tools?: unknown, max_tokens: number }
+    const prompt = 3 + body.messages.reduce((sum, message) => sum + 4 + Buffer.byteLength(message.content), 0) +
+      (body.tools === undefined ? 0 : Buffer.byteLength(JSON.stringify(body.tools)) + 346)
+    return { id: 'msg_1', object: 'chat.completion', created: 0, model: body.model, choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }], usage: { prompt_tokens: prompt, completion_tokens: body.max_tokens, total_tokens: prompt + body.max_tokens } }
+  })
+  const url = `${await upstream.listen({ port: 0, host: '127.0.0.1' })}/v1`
+  t.teardown(async () => await upstream.close())
+  const { call, createBudget, settled, status } = await buildGateway(t, { upstreamServer: url, gate: { sweepIntervalMs: 0 } })
+  const body = { model: 'claude-3-5-sonnet', messages: [{ role: 'user', content: 'Say hello' }], tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }], max_tokens: 20 }
+  const amount = estimateChatCost(body, createPriceBook({})).amount
+  const budget = await createBudget({ amount })
+  t.equal((await call({ team: 'team-a' }, body)).statusCode, 200)
+  await settled()
+  const { currentAmount } = await status(budget.id)
+  t.ok(compareMoney(currentAmount, amount) <= 0, `spent ${currentAmount} of a limit of ${amount}`)
 })

@@ -52,20 +52,28 @@ export function withOutputLimit (body: Record<string, unknown>, tokens: number):
   return { ...body, ...Object.fromEntries((named.length > 0 ? named : ['max_completion_tokens']).map((field) => [field, tokens])) }
 }
 
+/** The worst case of the call with its output limit set to a number of tokens. */
+export type CostAtOutputLimit = (tokens: number) => CostEstimate | Promise<CostEstimate>
+
+/**
+ * How to price the request at other output limits: the estimate's own arithmetic (the input counted
+ * once), or, for a custom estimate without it, the estimator asked again about a body that differs
+ * only in its output limit.
+ */
+export function costAtOutputLimit (request: FastifyRequest, estimate: CostEstimate, estimateAt: (request: FastifyRequest) => Promise<CostEstimate>): CostAtOutputLimit {
+  if (estimate.atOutputLimit !== undefined) return estimate.atOutputLimit
+  const body = request.body as Record<string, unknown>
+  return async (tokens) => await estimateAt(Object.create(request, { body: { value: withOutputLimit(body, tokens) } }) as FastifyRequest)
+}
+
 /**
  * The largest output limit from `floor` to `below - 1` whose worst case costs at most `room` (binary
  * search: the estimate grows with the limit), with its estimate; null when not even `floor` fits.
  */
 export async function largestAffordable (
-  request: FastifyRequest, estimateAt: (request: FastifyRequest) => Promise<CostEstimate>, floor: number, below: number, room: bigint
-): Promise<{ tokens: number, body: Record<string, unknown>, estimate: CostEstimate } | null> {
-  const body = request.body as Record<string, unknown>
-  const at = async (tokens: number) => {
-    const clamped = withOutputLimit(body, tokens)
-    // The estimator reads the request; this one differs only in its body.
-    const estimate = await estimateAt(Object.create(request, { body: { value: clamped } }) as FastifyRequest)
-    return { tokens, body: clamped, estimate }
-  }
+  costAt: CostAtOutputLimit, floor: number, below: number, room: bigint
+): Promise<{ tokens: number, estimate: CostEstimate } | null> {
+  const at = async (tokens: number) => ({ tokens, estimate: await costAt(tokens) })
   if (below <= floor) return null
   let best = await at(floor)
   if (toUnits(best.estimate.amount) > room) return null

@@ -16,7 +16,7 @@ import { pricesAt, type PriceBook, type TokenUsage } from '../services/pricing.j
 import { checkTags } from '../tags.js'
 import { SCOPE_HEADERS, TAGS_HEADER, type BudgetGateState, type GateOptions } from './gate-options.js'
 import { sendOpenAIError } from './openai-error.js'
-import { largestAffordable, mayClamp, requestedOutputTokens, roomFor } from './clamp.js'
+import { costAtOutputLimit, largestAffordable, mayClamp, requestedOutputTokens, roomFor, withOutputLimit } from './clamp.js'
 
 /** How often a clamped call measures the room again when other calls took it first. */
 const CLAMP_ATTEMPTS = 3
@@ -173,6 +173,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       return
     }
     const requestId = randomUUID()
+    // The estimate of the model the call will use (the cheaper one after auto-downgrade): clamp prices other output limits from it.
+    let current = estimate
     const state: BudgetGateState = {
       reservationId: null, requestId, caller, model: estimate.model, downgradedFrom: null, clampedMaxTokens: null, estimate: estimate.amount, check: null, usage: null,
       reportUsage: (usage) => { state.usage = usage }
@@ -218,23 +220,26 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
           state.downgradedFrom = estimate.model
           state.model = downgraded.model
           state.estimate = downgraded.amount
+          current = downgraded
           void reply.header('x-budget-downgraded-from', estimate.model)
         }
         // nearLimit 'clamp': a call whose worst case no longer fits goes ahead with fewer output tokens, the
         // most every budget can still afford, as long as the floor fits. The clamped worst case is what is
-        // held; a call that took the room meanwhile makes the next try measure again.
+        // held; a call that took the room meanwhile makes the next try measure again. The search is
+        // arithmetic on the estimate's input, counted once (never the prompt again per candidate).
+        const costAt = costAtOutputLimit(request, current, async (view) => await options.estimateCost(view, prices, state.model))
         for (let attempt = 1; attempt <= CLAMP_ATTEMPTS && mayClamp(state.check!, options.nearLimit); attempt++) {
           const room = roomFor(state.check!, state.estimate)
           const asked = requestedOutputTokens(request.body as Record<string, unknown>, prices.resolve(state.model)?.price.maxOutputTokens)
           if (room === null || asked === null) break
-          const clamped = await largestAffordable(request, async (view) => await options.estimateCost(view, prices, state.model), options.clampFloorTokens, asked, room)
+          const clamped = await largestAffordable(costAt, options.clampFloorTokens, asked, room)
           if (clamped === null) break
           const held = await integration.reserveCall(caller, clamped.estimate.amount, { requestId, model: clamped.estimate.model, tokens: clamped.estimate.tokens })
           rateLimited = held.rateLimited
           state.reservationId = held.reservationId
           state.check = held.check
           if (!held.check.canProceed) continue
-          request.body = clamped.body
+          request.body = withOutputLimit(request.body as Record<string, unknown>, clamped.tokens)
           state.estimate = clamped.estimate.amount
           state.clampedMaxTokens = clamped.tokens
           void reply.header('x-budget-clamped-max-tokens', String(clamped.tokens))

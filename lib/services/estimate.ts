@@ -2,8 +2,9 @@
 // its actual cost from the provider's usage after. The worst case is an upper bound on what the
 // upstream can bill; a request field that could make the bill larger than the bound is refused.
 import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../errors.js'
-import type { Money } from '../money.js'
+import { fromUnits, toUnits, type Money } from '../money.js'
 import { MAX_NESTING, deeperThan } from '../json-limits.js'
+import { injectedPromptTokens } from './injected-tokens.js'
 import { costOf, type ModelPrice, type PriceBook, type TokenUsage } from './pricing.js'
 import { chatPromptTokens, tokenCounter } from './tokens.js'
 
@@ -25,6 +26,12 @@ export interface CostEstimate {
   amount: Money
   /** The worst case's tokens, input and output: what a tokensPerMinute limit reserves (0 when a custom estimate leaves it out). */
   tokens?: number
+  /**
+   * The same call's worst case with its output limit (max_tokens / max_completion_tokens) set to
+   * `maxTokens`: arithmetic on the input counted once, so that clamp's search never counts the prompt
+   * again. A custom estimate may leave it out; clamp then estimates each candidate body anew.
+   */
+  atOutputLimit?: (maxTokens: number) => CostEstimate
 }
 
 // Fields that cannot make a call cost more than the bound below, or that the bound counts. Anything
@@ -43,16 +50,40 @@ const MAX_CHOICES = 128
 const TOKENS_PER_MESSAGE = 4
 const TOKENS_PER_REQUEST = 3
 
+/** What bounds a call's cost, measured once: its input tokens, its choices, and the output limit it asks for (0: none). */
+interface CallBound { inputTokens: number, choices: number, requested: number }
+
+/**
+ * The output tokens of a call asking for at most `requested` (0: the model's maximum) for each of
+ * `choices`, and whatever the provider bills past that limit (reasoningBeyondLimitTokens).
+ */
+function outputTokensFor (price: ModelPrice, requested: number, choices: number): number {
+  const capped = requested === 0 ? price.maxOutputTokens : Math.min(requested, price.maxOutputTokens)
+  return (capped + (price.reasoningBeyondLimitTokens ?? 0)) * choices
+}
+
+/** Tokens at the price, and the per-request fee for each choice. */
+function callCost (price: ModelPrice, inputTokens: number, outputTokens: number, choices: number): Money {
+  const tokens = costOf(price, inputTokens, outputTokens)
+  return price.perRequest === undefined ? tokens : fromUnits(toUnits(tokens) + toUnits(price.perRequest) * BigInt(choices))
+}
+
 /**
  * The worst case of an OpenAI-style chat call, in tokens. Input, for a model whose tokenizer is known
  * (OpenAI's, by `model`, the body's own by default): the prompt's tokens by that tokenizer and the chat
  * format's rule (tokens.ts). For any other model: every byte of the JSON-encoded messages (image parts
  * aside), tool and function definitions and response_format schema (byte-level BPE tokenizers never
  * make a token of less than a byte; the JSON's own quotes and keys outweigh the rendered forms) and the
- * chat format's tokens. Each image at the model's worst case. Output: all of the larger of max_tokens
- * and max_completion_tokens (or the model's maximum), for each of n choices.
+ * chat format's tokens. Each image at the model's worst case, and the prompt the provider adds
+ * (injected-tokens.ts). Output: all of the larger of max_tokens and max_completion_tokens (or the
+ * model's maximum), for each of n choices, and what the provider bills past it.
  */
 export function worstCaseTokens (body: ChatRequestShape, price: ModelPrice, model: unknown = body.model): { inputTokens: number, outputTokens: number } {
+  const { inputTokens, choices, requested } = boundCall(body, price, model)
+  return { inputTokens, outputTokens: outputTokensFor(price, requested, choices) }
+}
+
+function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): CallBound {
   for (const field of Object.keys(body)) {
     if (!BOUNDED_FIELDS.has(field)) throw new UnboundedFieldError(field, 'is not a field whose cost the budget gate can bound')
   }
@@ -70,7 +101,6 @@ export function worstCaseTokens (body: ChatRequestShape, price: ModelPrice, mode
     return value as number
   })
   const requested = Math.max(...limits)
-  const outputTokens = (requested === 0 ? price.maxOutputTokens : Math.min(requested, price.maxOutputTokens)) * (choices as number)
 
   if (!Array.isArray(body.messages)) throw new InvalidFieldError('messages', 'must be a list of messages')
   let images = 0
@@ -100,8 +130,8 @@ export function worstCaseTokens (body: ChatRequestShape, price: ModelPrice, mode
       definitions.reduce<number>((sum, part) => sum + Buffer.byteLength(JSON.stringify(part), 'utf8'), 0) +
       TOKENS_PER_MESSAGE * messages.length + TOKENS_PER_REQUEST
     : chatPromptTokens({ ...body, messages }, count)
-  const inputTokens = promptTokens + images * (price.maxImageTokens ?? 0)
-  return { inputTokens, outputTokens }
+  const inputTokens = promptTokens + images * (price.maxImageTokens ?? 0) + injectedPromptTokens(body, [model, body.model])
+  return { inputTokens, choices: choices as number, requested }
 }
 
 /** The gate's default estimate: the worst case of the call to `model` (the requested one unless auto-downgrade chose another). */
@@ -110,10 +140,17 @@ export function estimateChatCost (body: unknown, prices: PriceBook, model?: stri
   const chosen = model ?? (body as ChatRequestShape).model
   if (typeof chosen !== 'string' || chosen === '') throw new InvalidFieldError('model', 'must name a model')
   const priced = prices.resolve(chosen)
-  if (priced === null) throw new ModelNotPricedError('model', `has no price: ${chosen}`)
+  if (priced === null) {
+    const refused = prices.refusal?.(chosen) ?? null
+    throw new ModelNotPricedError('model', refused === null ? `has no price: ${chosen}` : `${chosen} is not priced: it ${refused}`)
+  }
   // The price table's name picks the tokenizer: an alias (an Azure deployment's name) is that model.
-  const { inputTokens, outputTokens } = worstCaseTokens(body as ChatRequestShape, priced.price, priced.model)
-  return { model: chosen, amount: costOf(priced.price, inputTokens, outputTokens), tokens: inputTokens + outputTokens }
+  const { inputTokens, choices, requested } = boundCall(body as ChatRequestShape, priced.price, priced.model)
+  const at = (limit: number): CostEstimate => {
+    const outputTokens = outputTokensFor(priced.price, limit, choices)
+    return { model: chosen, amount: callCost(priced.price, inputTokens, outputTokens, choices), tokens: inputTokens + outputTokens, atOutputLimit: at }
+  }
+  return at(requested)
 }
 
 const TOKENS = (value: number): boolean => Number.isSafeInteger(value) && value >= 0
@@ -127,5 +164,7 @@ export function costFromUsage (usage: TokenUsage, prices: PriceBook, at?: Date):
   const priced = prices.resolve(usage.model, at)
   const cached = usage.cachedInputTokens ?? 0
   if (priced === null || !TOKENS(usage.inputTokens) || !TOKENS(usage.outputTokens) || !TOKENS(cached) || cached > usage.inputTokens) return null
-  return costOf(priced.price, usage.inputTokens, usage.outputTokens, cached)
+  const tokens = costOf(priced.price, usage.inputTokens, usage.outputTokens, cached)
+  // A usage reports one call: its fee once (the estimate held one per choice).
+  return priced.price.perRequest === undefined ? tokens : fromUnits(toUnits(tokens) + toUnits(priced.price.perRequest))
 }

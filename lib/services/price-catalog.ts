@@ -4,11 +4,22 @@ import { calcPrice, type ModelPrice as CatalogPrice, type TieredPrices } from '@
 import { MONEY_SCALE, normalizeMoney, numberToDecimal, toUnits, type Money } from '../money.js'
 import type { ModelPrice, PriceTier } from './pricing.js'
 
-/** A model the catalog knows, under its name there; `price` is null when the catalog cannot price it exactly (see below). */
+/**
+ * A model the catalog knows, under its name there. `price` is null when the gate cannot bound what the
+ * provider bills for it; `refused` then says why, and `billedPerRequest` when the reason is a fee on
+ * every call (an operator's table that names the model must give that fee: pricing.ts).
+ */
 export interface CatalogEntry {
   model: string
   price: ModelPrice | null
+  refused?: string
+  billedPerRequest?: true
 }
+
+/** What the gate makes of one catalog model: priced, with the rule that bounds its output, or refused with a reason. */
+export type CatalogVerdict =
+  | { price: ModelPrice, outputBound: string }
+  | { price: null, refused: string, billedPerRequest?: true }
 
 /**
  * A reply is never longer than the context window it is written into; a model whose catalog entry
@@ -34,14 +45,53 @@ const KNOWN_LIMITS: Record<string, { maxOutputTokens: number, maxImageTokens?: n
   'claude-3-5-sonnet': { maxOutputTokens: 8192 },
   'claude-sonnet-4-0': { maxOutputTokens: 64_000 },
   'gemini-2.5-pro': { maxOutputTokens: 65_536 },
-  'gemini-2.5-flash': { maxOutputTokens: 65_536 }
+  'gemini-2.5-flash': { maxOutputTokens: 65_536 },
+  // DeepSeek's API: max_tokens up to 64K (V3.2); the catalog's window (64,000) is the R1 era's.
+  'deepseek-reasoner': { maxOutputTokens: 65_536 }
 }
+
+/**
+ * How each provider bills output against the request's max_tokens, as its documentation states: the
+ * rule that makes `min(max_tokens, maxOutputTokens)` (plus `reasoningBeyondLimitTokens` where a
+ * provider bills a chain of thought past the cap) a bound of the output billed. A provider not listed
+ * has not been checked: its models are refused, and an operator who knows its rule names them in the
+ * price table. test/price-catalog.test.ts goes through every catalog model and asserts a rule or a refusal.
+ */
+const OUTPUT_BOUNDS: Record<string, string> = {
+  openai: 'max_completion_tokens caps every completion token, reasoning tokens included (OpenAI reasoning guide); o-series models refuse max_tokens',
+  anthropic: 'max_tokens caps every output token; extended thinking\'s budget_tokens must be below max_tokens (Anthropic extended thinking)',
+  // Vertex AI's Claude models are Anthropic's, billed the same way.
+  google: 'max_tokens (maxOutputTokens) caps the response and the thinking tokens together (Gemini thinking guide)',
+  mistral: 'max_tokens caps the completion; Magistral\'s reasoning is part of it (thinking chunks of the same completion)',
+  deepseek: 'max_tokens caps deepseek-chat\'s answer; the thinking models bill a chain of thought past it: see REASONING_BEYOND_LIMIT'
+}
+
+/**
+ * Output the provider bills past max_tokens: DeepSeek's reasoner (R1) takes max_tokens as the final
+ * answer's limit and bills its chain of thought of up to 32K tokens on top (DeepSeek API docs,
+ * "Reasoning Model": "the CoT output can reach up to 32K tokens"). Every DeepSeek model but the
+ * non-thinking deepseek-chat gets the allowance: the V3.1+ names think by default.
+ */
+const REASONING_BEYOND_LIMIT: Record<string, (model: string) => number> = {
+  deepseek: (model) => model === 'deepseek-chat' ? 0 : 32_768
+}
+
+/**
+ * Models that bill a fee on every call whatever the request says: search models (gpt-4o-search-preview
+ * and its mini, whose catalog entry is plain gpt-4o-mini's) search the web on each call and bill the
+ * search per call; deep-research models run searches and tools of their own. Matched on the name asked
+ * for and on the catalog's model.
+ */
+const BILLED_PER_REQUEST = /search|deep-research/i
+
+/** Keys for outputs a model makes by its nature (an image model, a voice model) at rates of their own. */
+const OUTPUT_MODALITY_KEYS = ['output_audio_mtok', 'output_image_mtok', 'output_video_mtok']
 
 /** The catalog's keys that an OpenAI-style usage prices: input, output and cache-read tokens. */
 const TOKEN_KEYS = { input: 'input_mtok', output: 'output_mtok', cachedInput: 'cache_read_mtok' } as const
 /**
- * Keys a gated chat call cannot run up: parts and outputs the estimate refuses (audio, images out,
- * video, documents), tools it does not forward (web and file search), and cache writes (Anthropic's
+ * Keys a gated chat call cannot run up: parts the estimate refuses (audio, images, video, documents in),
+ * tools it does not forward (web and file search), and cache writes (Anthropic's
  * explicit cache_control; an OpenAI-style usage reports none). Any other key (a fee per request, a
  * separate rate for reasoning or citations, a key added later) could bill past the estimate: such a
  * model is not priced from the catalog, and the operator's table must name it.
@@ -70,7 +120,7 @@ export function catalogEntry (name: string, at: Date): CatalogEntry | null {
   } catch {
     return null
   }
-  const priced = found === null ? null : { model: found.model.id, price: exactPrice(name, found.model.id, found.model_price, found.model.context_window) }
+  const priced = found === null ? null : entryOf(assessCatalogModel(found.provider.id, found.model.id, found.model_price, found.model.context_window, name))
   // Conditional prices (a change on a date, an off-peak window) depend on the instant: resolved each time.
   if (found === null || !Array.isArray(found.model.prices)) {
     if (fixed.size >= CACHE_LIMIT) fixed.delete(fixed.keys().next().value!)
@@ -79,12 +129,34 @@ export function catalogEntry (name: string, at: Date): CatalogEntry | null {
   return priced
 }
 
-function exactPrice (name: string, id: string, rates: CatalogPrice, contextWindow: number | undefined): ModelPrice | null {
+function entryOf (verdict: CatalogVerdict & { model: string }): CatalogEntry {
+  return verdict.price !== null
+    ? { model: verdict.model, price: verdict.price }
+    : { model: verdict.model, price: null, refused: verdict.refused, ...(verdict.billedPerRequest === true ? { billedPerRequest: true as const } : {}) }
+}
+
+/**
+ * Whether the gate can price one catalog model (of `provider`, with the rates in force) so that its
+ * worst case bounds every way the provider bills it, and by which output rule; else why not. `asked`
+ * is the name a caller used, when it is not the catalog's (a search model found under its base model).
+ */
+export function assessCatalogModel (provider: string, id: string, rates: CatalogPrice, contextWindow: number | undefined, asked = id): CatalogVerdict & { model: string } {
+  const refuse = (refused: string, billedPerRequest = false) => ({ model: id, price: null, refused, ...(billedPerRequest ? { billedPerRequest: true as const } : {}) })
+  if (BILLED_PER_REQUEST.test(asked) || BILLED_PER_REQUEST.test(id)) return refuse('bills a web search (a fee per call) on every call, which the catalog gives no bounded rate for', true)
   for (const key of Object.keys(rates)) {
-    if (!Object.values(TOKEN_KEYS).includes(key as never) && !NOT_BILLED_KEYS.has(key) && rates[key] !== undefined) return null
+    if (rates[key] === undefined) continue
+    if (OUTPUT_MODALITY_KEYS.includes(key)) return refuse(`makes output billed at a rate of its own (${key}), which max_tokens at the output rate does not bound`)
+    if (!Object.values(TOKEN_KEYS).includes(key as never) && !NOT_BILLED_KEYS.has(key)) return refuse(`bills ${key}, which no token count bounds`)
   }
-  // Search models (gpt-4o-mini-search-preview) search on every call, billed per search.
-  if (/search/i.test(name) && rates.web_searches_kcount !== undefined) return null
+  const outputBound = Object.hasOwn(OUTPUT_BOUNDS, provider) ? OUTPUT_BOUNDS[provider]! : null
+  if (outputBound === null) return refuse(`how ${provider} bills output past max_tokens (reasoning) is not established: name the model in the price table to price it`)
+  const price = exactPrice(id, rates, contextWindow)
+  if (price === null) return refuse('has rates that cannot be stored exactly, or a cache read dearer than a fresh token')
+  const reasoning = Object.hasOwn(REASONING_BEYOND_LIMIT, provider) ? REASONING_BEYOND_LIMIT[provider]!(id) : 0
+  return { model: id, price: reasoning > 0 ? { ...price, reasoningBeyondLimitTokens: reasoning } : price, outputBound }
+}
+
+function exactPrice (id: string, rates: CatalogPrice, contextWindow: number | undefined): ModelPrice | null {
   const input = exactRate(rates[TOKEN_KEYS.input])
   const output = exactRate(rates[TOKEN_KEYS.output])
   const cachedInput = rates[TOKEN_KEYS.cachedInput] === undefined ? undefined : exactRate(rates[TOKEN_KEYS.cachedInput])

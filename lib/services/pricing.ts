@@ -19,6 +19,16 @@ export interface ModelPrice {
   maxImageTokens?: number
   /** Other names of this model that a provider may answer with (the catalog's own models need none: it knows their snapshots). */
   aliases?: string[]
+  /**
+   * Output tokens the provider bills past max_tokens, for each choice: a chain of thought that max_tokens
+   * does not cap (DeepSeek's reasoner: up to 32K). The worst case adds them to every choice's output.
+   */
+  reasoningBeyondLimitTokens?: number
+  /**
+   * A fee the provider bills on every call whatever its tokens, per choice (a search model's web search),
+   * in the table's currency. Without it a model billed per request (the catalog knows which) is refused.
+   */
+  perRequest?: Money
 }
 
 /** The rates of a call with more than `aboveInputTokens` input tokens (long-context pricing). */
@@ -80,6 +90,8 @@ export interface PriceBook {
    * name. Null when neither knows the model.
    */
   resolve: (model: string, at?: Date) => PricedModel | null
+  /** Why `model` has no price, when the catalog knows it but cannot bound what its provider bills (null otherwise). */
+  refusal?: (model: string, at?: Date) => string | null
   /** The operator's table, each model with its price. The catalog's hundreds of models are not listed: ask resolve. */
   models: () => PricedModel[]
 }
@@ -110,10 +122,16 @@ export function createPriceBook (table: PriceTable, { catalogPrices = true }: Pr
       const own = byName.get(model)
       if (own !== undefined) return own
       const listed = catalogEntry(model, at)
-      if (listed === null) return null
+      // A name the catalog refuses stays refused: the override of the model it is found under
+      // (gpt-4o-mini for gpt-4o-mini-search-preview) prices a call billed otherwise. Only an entry
+      // naming it exactly (or by alias) prices it, and that entry says how (perRequest, checkPriceTable).
+      if (listed === null || listed.refused !== undefined) return null
       const overridden = overrides.get(listed.model)
       if (overridden !== undefined) return overridden
       return catalogPrices && listed.price !== null ? { model: listed.model, price: listed.price } : null
+    },
+    refusal (model, at = new Date()) {
+      return byName.has(model) ? null : catalogEntry(model, at)?.refused ?? null
     },
     models: () => Object.keys(table).map((model) => byName.get(model)!)
   }
@@ -121,7 +139,7 @@ export function createPriceBook (table: PriceTable, { catalogPrices = true }: Pr
 
 /** The same book with its default instant fixed: every price a call needs, from its estimate to its settlement, at the rates in force when it was made. */
 export function pricesAt (book: PriceBook, instant: Date): PriceBook {
-  return { resolve: (model, at = instant) => book.resolve(model, at), models: book.models }
+  return { resolve: (model, at = instant) => book.resolve(model, at), refusal: (model, at = instant) => book.refusal?.(model, at) ?? null, models: book.models }
 }
 
 const PER_MILLION = 1_000_000n
@@ -187,6 +205,22 @@ export function checkPriceTable (prices: PriceTable): string | null {
     if (price.maxImageTokens !== undefined && !TOKEN_COUNT(price.maxImageTokens)) return `prices['${model}'].maxImageTokens must be a positive integer`
     if (price.aliases !== undefined && !(Array.isArray(price.aliases) && price.aliases.every((alias) => typeof alias === 'string' && alias !== ''))) {
       return `prices['${model}'].aliases must be a list of model names`
+    }
+    if (price.reasoningBeyondLimitTokens !== undefined && !(price.reasoningBeyondLimitTokens === 0 || TOKEN_COUNT(price.reasoningBeyondLimitTokens))) {
+      return `prices['${model}'].reasoningBeyondLimitTokens must be a non-negative integer`
+    }
+    if (price.perRequest !== undefined && !RATE(price.perRequest)) return `prices['${model}'].perRequest must be a decimal string such as "0.03"`
+    // An entry must bound what the catalog knows its model bills beyond tokens, or the table would
+    // price a call under its bill: a fee on every call, a chain of thought past max_tokens.
+    for (const name of [model, ...(Array.isArray(price.aliases) ? price.aliases : [])]) {
+      const listed = catalogEntry(name, new Date())
+      if (listed?.billedPerRequest === true && price.perRequest === undefined) {
+        return `prices['${model}'] needs perRequest: ${name} ${listed.refused ?? 'bills a fee on every call'}`
+      }
+      const reasoning = listed?.price?.reasoningBeyondLimitTokens ?? 0
+      if (reasoning > (price.reasoningBeyondLimitTokens ?? 0)) {
+        return `prices['${model}'].reasoningBeyondLimitTokens must be at least ${reasoning}: ${name} bills reasoning past max_tokens`
+      }
     }
   }
   return null

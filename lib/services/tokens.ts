@@ -57,26 +57,43 @@ export function preloadTokenizers (models: Iterable<string>): void {
 const ORDINARY = { disallowedSpecial: new Set<string>() }
 // The library's BPE merge is quadratic in a piece's bytes (32 KB of one letter takes 0.1 s, 128 KB 1.5 s)
 // and slow on multi-byte text (Chinese about 10 us a character against 0.1 us for English prose). Pieces
-// are what the encoding's split pattern makes (a word, a run of punctuation or of spaces; at most
-// 2 x LONG_RUN - 1 characters when no run is LONG_RUN long): one of more than MAX_PIECE_BYTES counts a
-// token a byte, which it can never exceed.
-const LONG_RUN = 32
-const HAS_LONG_RUN = new RegExp(`\\S{${LONG_RUN},}|\\s{${LONG_RUN},}|[\\r\\n/]{${LONG_RUN},}`)
+// are what the encoding's split pattern makes (a word, a run of punctuation or of spaces): one of more
+// than MAX_PIECE_BYTES counts a token a byte, which it can never exceed.
 const MAX_PIECE_BYTES = 192
-// The work of tokenizing: a unit a byte, and NON_ASCII_WEIGHT more for each byte past a character's first.
+// The work of tokenizing, in units of about 0.1 us. Merging a piece the library has not cached is what
+// costs: NEW_BYTE_WEIGHT units a byte (new ASCII words, the costliest ASCII, about 0.4 us a byte) and
+// NON_ASCII_WEIGHT more for each byte past a character's first. A piece seen before in the same
+// request is in the library's merge cache (while the request has met fewer distinct pieces than the
+// cache holds): it costs PIECE_WORK, what splitting and looking it up take. Each call costs CALL_WORK
+// (the library's own overhead, about 1.5 us, whatever the text: 20,000 short messages cost their
+// calls, not their bytes), and walking a message MESSAGE_WORK (messageTokens charges it).
 const NON_ASCII_WEIGHT = 16
-const workOf = (text: string, bytes: number): number => bytes + NON_ASCII_WEIGHT * (bytes - text.length)
+const NEW_BYTE_WEIGHT = 4
+const PIECE_WORK = 1
+const CALL_WORK = 16
+export const MESSAGE_WORK = 8
+const SEEN_PIECES = MERGE_CACHE_SIZE / 2
+const workOf = (text: string, bytes: number): number => NEW_BYTE_WEIGHT * bytes + NON_ASCII_WEIGHT * (bytes - text.length)
 /**
  * The work tokenized per request: past it, the rest of a prompt counts a token a byte (a bound). About
- * 190 K characters of English, 5,600 of Chinese or Japanese: a prompt of any size (1 MB and more) blocks
- * the event loop for at most some tens of ms (random letters and new Chinese text are the costliest;
- * prose takes a few ms), not the 0.1 s to seconds that tokenizing all of it can take. Smaller budgets
- * cost tightness: long Chinese prompts are common, and past the budget they count 3 tokens a character.
+ * 15 K characters of new English words (random letters: the costliest), 1,500 of new Chinese or
+ * Japanese, 4,000 tokenizer calls, or 64 K pieces met before (prose repeats its words): a prompt of any
+ * size up to the body limit blocks the event loop for some ms, never the 0.1 s to seconds that
+ * tokenizing all of it can take (bench/estimate-stall.ts). Past the budget, text counts a token a byte
+ * (about 4 a token for English); the corpus's median stays 1.02 (test/estimate-tightness.test.ts).
  */
-export const MAX_TOKENIZED_WORK = 196_608
+export const MAX_TOKENIZED_WORK = 65_536
 
-/** Counts the tokens of a string, a token a byte once the request's work is spent. */
-export type CountTokens = (text: string) => number
+/**
+ * Counts the tokens of a string, a token a byte once the request's work is spent. The work left is
+ * shared by everything one request counts: `charge` spends some on work that is not a call (walking a
+ * message, rendering JSON), `canAfford` tells whether some would still be tokenized.
+ */
+export interface CountTokens {
+  (text: string): number
+  charge: (work: number) => void
+  canAfford: (work: number) => boolean
+}
 
 /** A counter for one request to `model` (with its budget of MAX_TOKENIZED_WORK), or null when the model's tokenizer is unknown. */
 export function tokenCounter (model: string): CountTokens | null {
@@ -84,13 +101,11 @@ export function tokenCounter (model: string): CountTokens | null {
   if (name === null) return null
   const { countTokens } = encoding(name)
   const split = SPLIT_REGEX[name]
+  const seen = new Set<string>()
   let left = MAX_TOKENIZED_WORK
-  return (text) => {
-    const bytes = Buffer.byteLength(text, 'utf8')
-    if (bytes <= left && bytes === text.length && !HAS_LONG_RUN.test(text)) { // ASCII with short pieces: at once
-      left -= bytes
-      return countTokens(text, ORDINARY)
-    }
+  const count = (text: string): number => {
+    left -= CALL_WORK
+    if (left <= 0) { left = 0; return Buffer.byteLength(text, 'utf8') }
     // Piece by piece, by the library's own split pattern. The library merges each piece on its own, so a
     // stretch of whole pieces counts what it counts in place; a long piece, and everything past the
     // budget, count their bytes.
@@ -101,19 +116,26 @@ export function tokenCounter (model: string): CountTokens | null {
       const [piece] = match
       const at = match.index
       const pieceBytes = Buffer.byteLength(piece, 'utf8')
-      const work = workOf(piece, pieceBytes)
+      const long = pieceBytes > MAX_PIECE_BYTES
+      const known = !long && seen.has(piece)
+      const work = known || long ? PIECE_WORK : PIECE_WORK + workOf(piece, pieceBytes)
       if (work > left) {
         left = 0
         return tokens + stretch(at) + Buffer.byteLength(text.slice(at), 'utf8')
       }
       left -= work
-      if (pieceBytes > MAX_PIECE_BYTES) {
+      if (!known && !long && seen.size < SEEN_PIECES) seen.add(piece)
+      if (long) {
         tokens += stretch(at) + pieceBytes
         from = at + piece.length
       }
     }
     return tokens + stretch(text.length)
   }
+  return Object.assign(count, {
+    charge: (work: number) => { left = Math.max(0, left - work) },
+    canAfford: (work: number) => left >= work
+  })
 }
 
 // The chat format (OpenAI's documented rule, cookbook "How to count tokens with tiktoken"): each message
@@ -155,11 +177,24 @@ function rendered (value: unknown): string {
   return typeof value === 'string' || typeof value === 'number' ? `"${String(value)}"` : '""'
 }
 
+/**
+ * Past the work budget, what stands for the tokens of JSON (a message, tool definitions) that the rules
+ * here would count: JSON_BOUND_FACTOR tokens a byte of its JSON text. Each rule counts at most a token a
+ * byte of what it renders, and no rendering is more than 3 bytes a JSON byte: OpenAI's re-rendering of
+ * arguments quotes a one-digit number ("1" for 1) and breaks a line after `{` and `,`; the TypeScript
+ * namespace of definitions writes an enum's `,` as ` | `; a message's fixed tokens (3, a name's 1, a
+ * tool call's 4 and 24, a result's 8) are fewer than 3 a byte of the keys that carry them ("role":).
+ */
+const JSON_BOUND_FACTOR = 3
+
 /** A JSON text's tokens as sent or as OpenAI re-renders it, whichever is more. */
 function jsonTextTokens (text: unknown, count: CountTokens): number {
   if (typeof text !== 'string') return textOf(text, count)
+  if (!text.startsWith('{')) return count(text)
+  // Parsing and re-rendering cost time in proportion too: only within the budget, else the bound.
+  const bytes = Buffer.byteLength(text, 'utf8')
+  if (!count.canAfford(2 * bytes)) { count.charge(bytes); return JSON_BOUND_FACTOR * bytes }
   const sent = count(text)
-  if (!text.startsWith('{')) return sent
   try {
     const parsed: unknown = JSON.parse(text)
     return isObject(parsed) ? Math.max(sent, count(rendered(parsed))) : sent
@@ -189,15 +224,26 @@ function callTokens (call: unknown, count: CountTokens): number {
 
 function messageTokens (messages: unknown[], count: CountTokens): number {
   const callNames = new Map<string, string>()
+  let longestName = 0
   for (const message of messages) {
     const calls = isObject(message) ? message.tool_calls : undefined
     if (!Array.isArray(calls)) continue
     for (const call of calls) {
-      if (isObject(call) && typeof call.id === 'string' && isObject(call.function) && typeof call.function.name === 'string') callNames.set(call.id, call.function.name)
+      if (isObject(call) && typeof call.id === 'string' && isObject(call.function) && typeof call.function.name === 'string') {
+        callNames.set(call.id, call.function.name)
+        longestName = Math.max(longestName, Buffer.byteLength(call.function.name, 'utf8'))
+      }
     }
   }
   let tokens = TOKENS_PER_REPLY
-  for (const message of messages) {
+  for (const [index, message] of messages.entries()) {
+    count.charge(MESSAGE_WORK)
+    if (!count.canAfford(1)) {
+      // The budget is spent: the rest at the bound of their JSON, each perhaps answering the longest
+      // call name (a result counts the name of the call it answers, which its own JSON need not hold).
+      const rest = messages.slice(index)
+      return tokens + JSON_BOUND_FACTOR * bytesOf(rest) + rest.length * longestName
+    }
     if (!isObject(message)) { tokens += bytesOf(message); continue }
     const { role, content, name, tool_calls: toolCalls, function_call: functionCall, tool_call_id: toolCallId, refusal, ...rest } = message
     tokens += TOKENS_PER_MESSAGE + textOf(role, count) + contentTokens(content, count, toolCallId !== undefined) + textOf(refusal, count)
@@ -230,7 +276,14 @@ function asFunctionDefinitions (definitions: unknown[]): ChatCompletionFunctionD
 // heading and an allowance a tool.
 function definitionTokens (definitions: unknown, count: CountTokens): number {
   if (!Array.isArray(definitions)) return TOKENS_PER_DEFINITIONS + bytesOf(definitions)
-  const json = count(JSON.stringify(definitions))
+  const text = JSON.stringify(definitions)
+  const bytes = Buffer.byteLength(text, 'utf8')
+  // Rendering the namespace takes time in proportion too (15 to 70 ms for 1 MB): only within the budget.
+  if (!count.canAfford(2 * bytes)) {
+    count.charge(bytes)
+    return TOKENS_PER_DEFINITIONS + TOKENS_PER_TOOL * definitions.length + JSON_BOUND_FACTOR * bytes
+  }
+  const json = count(text)
   let namespace = 0
   try {
     namespace = count(formatFunctionDefinitions(asFunctionDefinitions(definitions)))

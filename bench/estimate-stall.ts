@@ -1,0 +1,118 @@
+// How long one request's estimate can hold the event loop (issue 19, item 8): adversarial bodies up to
+// Fastify's default body limit (1 MiB), each estimated the way the gate does it (estimateChatCost, and
+// under nearLimit 'clamp' the search for the largest affordable max_tokens), timed directly: the
+// estimate is synchronous, so its time is the loop's stall. Target: every body under 20 ms. The machine
+// may be shared: each body's figure is its CPU time (process.cpuUsage, user and system), the median of 5
+// runs, which is what it blocks an idle core for; the wall time of its slowest run is shown beside it.
+// Run: npx tsx bench/estimate-stall.ts
+import { costAtOutputLimit, largestAffordable } from '../lib/hooks/clamp.js'
+import { estimateChatCost, type CostEstimate } from '../lib/services/estimate.js'
+import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
+import { preloadTokenizers } from '../lib/services/tokens.js'
+import { toUnits } from '../lib/money.js'
+import type { FastifyRequest } from 'fastify'
+
+const BODY_LIMIT = 1_048_576
+const TARGET_MS = 20
+const book = createPriceBook({ ...DEFAULT_PRICES, 'claude-3-5-sonnet': { input: '3', output: '15', maxOutputTokens: 8192 } })
+preloadTokenizers(['gpt-4o', 'gpt-4'])
+
+/** Random lowercase "words" of 2 to 12 letters: each a new piece for the tokenizer, its costliest ASCII. */
+function randomWords (bytes: number, seed = 1): string {
+  let state = seed
+  const next = () => { state = (state * 1103515245 + 12345) % 2147483648; return state }
+  let text = ''
+  while (text.length < bytes) {
+    const length = 2 + (next() % 11)
+    for (let i = 0; i < length; i++) text += String.fromCharCode(97 + (next() % 26))
+    text += ' '
+  }
+  return text.slice(0, bytes)
+}
+
+/** Grows `make(count)` until its JSON is as large as fits under the body limit. */
+function fill (make: (count: number) => Record<string, unknown>): Record<string, unknown> {
+  let low = 1
+  let high = 1
+  while (JSON.stringify(make(high)).length < BODY_LIMIT) high *= 2
+  while (low < high - 1) {
+    const middle = Math.floor((low + high) / 2)
+    if (JSON.stringify(make(middle)).length <= BODY_LIMIT) low = middle; else high = middle
+  }
+  return make(low)
+}
+
+const nested = (depth: number): Record<string, unknown> => depth === 0 ? { type: 'string' } : { type: 'object', properties: { a: nested(depth - 1) } }
+const tool = (i: number) => ({ type: 'function', function: { name: `tool_${i}`, description: `does thing ${i}`, parameters: { type: 'object', properties: { id: { type: 'string', enum: ['a', 'b', `c${i}`] } } } } })
+const chinese = '预算网关令牌模型成本限制周期每个团队本月调用支出'
+
+const BODIES: Array<[string, (model: string) => Record<string, unknown>]> = [
+  ['one message of random words (1 MiB)', (model) => ({ model, messages: [{ role: 'user', content: randomWords(BODY_LIMIT - 100) }], max_tokens: 4000 })],
+  ['one message of Chinese (1 MiB)', (model) => fill((n) => ({ model, messages: [{ role: 'user', content: chinese.repeat(n) }], max_tokens: 4000 }))],
+  ['20,000 tiny named messages', (model) => ({ model, messages: Array.from({ length: 20_000 }, (_, i) => ({ role: i % 2 === 0 ? 'user' : 'assistant', name: `u${i}`, content: `m${i}` })), max_tokens: 100 })],
+  ['short messages to the limit', (model) => fill((n) => ({ model, messages: Array.from({ length: n }, (_, i) => ({ role: 'user', content: `${i}` })), max_tokens: 100 }))],
+  ['many tools', (model) => fill((n) => ({ model, messages: [{ role: 'user', content: 'pick' }], tools: Array.from({ length: n }, (_, i) => tool(i)), tool_choice: 'required', max_tokens: 100 }))],
+  ['tools nested 60 deep', (model) => fill((n) => ({ model, messages: [{ role: 'user', content: 'go' }], tools: Array.from({ length: n }, (_, i) => ({ type: 'function', function: { name: `t${i}`, parameters: nested(28) } })), max_tokens: 100 }))],
+  ['tool calls with JSON arguments', (model) => fill((n) => ({ model, messages: [{ role: 'user', content: 'go' }, { role: 'assistant', content: null, tool_calls: Array.from({ length: n }, (_, i) => ({ id: `c${i}`, type: 'function', function: { name: 'f', arguments: JSON.stringify({ a: i, b: [1, 2, { c: 'x' }] }) } })) }], max_tokens: 100 }))],
+  ['text parts', (model) => fill((n) => ({ model, messages: [{ role: 'user', content: Array.from({ length: n }, (_, i) => ({ type: 'text', text: `p${i}` })) }], max_tokens: 100 }))]
+]
+
+interface Stall { cpu: number, wall: number }
+const RUNS = 5
+
+/** CPU ms of a run (median of RUNS) and the wall ms of the slowest. */
+async function measure (run: () => unknown): Promise<Stall> {
+  const cpu: number[] = []
+  let wall = 0
+  for (let i = 0; i < RUNS; i++) {
+    const cpuStart = process.cpuUsage()
+    const started = process.hrtime.bigint()
+    await run()
+    wall = Math.max(wall, Number(process.hrtime.bigint() - started) / 1e6)
+    const used = process.cpuUsage(cpuStart)
+    cpu.push((used.user + used.system) / 1000)
+  }
+  return { cpu: cpu.sort((a, b) => a - b)[Math.floor(RUNS / 2)]!, wall }
+}
+
+/** The clamp search as the gate runs it: the estimate, then the largest max_tokens that fits a room of a tenth of it. */
+async function clampRun (body: Record<string, unknown>): Promise<void> {
+  const estimate = estimateChatCost(body, book)
+  const request = { body } as unknown as FastifyRequest
+  const costAt = costAtOutputLimit(request, estimate, async (view) => estimateChatCost(view.body, book) as CostEstimate)
+  await largestAffordable(costAt, 16, Number(body.max_tokens), toUnits(estimate.amount) / 10n)
+}
+
+const rows: string[] = []
+let slowest = 0
+for (const model of ['gpt-4o', 'claude-3-5-sonnet']) {
+  for (const [name, make] of BODIES) {
+    const body = make(model)
+    const bytes = JSON.stringify(body).length
+    let stall: Stall
+    try {
+      stall = await measure(() => estimateChatCost(body, book))
+    } catch (error) {
+      rows.push(`| ${model} | ${name} | ${(bytes / 1e6).toFixed(2)} MB | refused: ${(error as Error).message.slice(0, 60)} | |`)
+      continue
+    }
+    slowest = Math.max(slowest, stall.cpu)
+    rows.push(`| ${model} | ${name} | ${(bytes / 1e6).toFixed(2)} MB | ${stall.cpu.toFixed(1)} ms | ${stall.wall.toFixed(1)} ms |`)
+  }
+}
+const clampBody = { model: 'gpt-4o', messages: [{ role: 'user', content: randomWords(580_000) }], max_tokens: 16_000 }
+const clamp = await measure(async () => { await clampRun(clampBody) })
+slowest = Math.max(slowest, clamp.cpu)
+rows.push(`| gpt-4o | nearLimit clamp: estimate and search, 0.58 MB of random words | 0.58 MB | ${clamp.cpu.toFixed(1)} ms | ${clamp.wall.toFixed(1)} ms |`)
+
+process.stdout.write([
+  '',
+  `how long an estimate holds the event loop, per adversarial body: CPU time (median of ${RUNS} runs), and the slowest run's wall time`,
+  '',
+  '| model | body | size | CPU | wall, slowest |',
+  '|---|---|---|---|---|',
+  ...rows,
+  '',
+  `target: every body under ${TARGET_MS} ms of CPU -> ${slowest <= TARGET_MS ? 'met' : 'NOT met'} (slowest ${slowest.toFixed(1)} ms)`,
+  ''
+].join('\n'))
