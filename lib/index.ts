@@ -128,6 +128,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     await settlements.drain()
     await leases.close() // then give back what is left of the leases
     await rateLimits.close() // and of the rate-limit allowances
+    budgetLines.close() // no more version reads
     await budgetNotifications.stop()
     if (ownsClient) await sql.end({ timeout: 5 })
   })
