@@ -24,10 +24,12 @@ if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].sp
     notifications: { intervalMs: 0 }
   })
   // Counts the calls the gate admitted, so the benchmark can check the recorded spend against them.
+  // And when it admitted the last one, so a benchmark can tell when a change came into force (bench/admin-under-load.ts).
   let admitted = 0
-  app.post('/v1/chat/completions', async () => { admitted++; return ANSWER })
+  let lastAdmittedAt = 0
+  app.post('/v1/chat/completions', async () => { admitted++; lastAdmittedAt = Date.now(); return ANSWER })
   app.post('/ungated/v1/chat/completions', async () => ANSWER)
-  app.get('/bench/admitted', async () => ({ admitted }))
+  app.get('/bench/admitted', async () => ({ admitted, lastAdmittedAt }))
   const address = await app.listen({ port: 0, host: '127.0.0.1' })
   process.once('SIGTERM', () => { void app.close().then(() => process.exit(0)) })
   process.stdout.write(`listening ${address}\n`)

@@ -73,6 +73,8 @@ export const HasChildrenError = createError('BUDGET_ERR_HAS_CHILDREN', "Budget '
 // Faults
 export const DatabaseUnavailableError = createError('BUDGET_ERR_DATABASE_UNAVAILABLE', 'The budget database cannot be reached', 503)
 export const InternalError = createError('BUDGET_ERR_INTERNAL', 'Internal error', 500)
+/** An admin write cut at its bound (lib/database/bounded.ts): it was rolled back, nothing changed; it may be sent again. */
+export const AdminTimeoutError = createError('BUDGET_ERR_TIMEOUT', 'The request did not finish within %s ms and changed nothing; send it again', 503)
 
 // What says the database cannot serve now, as opposed to a bug or bad input: postgres.js's own
 // connection failures and the socket's; PostgreSQL's classes 08 (connection), 53 (insufficient

@@ -4,10 +4,12 @@ import fp from 'fastify-plugin'
 import type { FastifyPluginAsync } from 'fastify'
 import postgres, { type Sql } from 'postgres'
 import { migrate } from './database/migrate.js'
+import { boundedTransaction, withBoundedBegin } from './database/bounded.js'
 import { registerGate } from './hooks/gate.js'
 import type { BudgetGateState } from './hooks/gate-options.js'
 import { GATE_DEFAULTS, resolveOptions, type BudgetsOptions } from './options.js'
 import { adminGuard, adminRoutes } from './routes/admin.js'
+import type { RecordUsage } from './routes/usage.js'
 import { dashboardRoutes } from './routes/dashboard.js'
 import { createBudgetRegistry, type BudgetRegistry } from './services/registry.js'
 import { createBudgetAlerts, type BudgetAlerts } from './services/alerts.js'
@@ -50,7 +52,7 @@ declare module 'fastify' {
 }
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
-  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate, notifications, metrics: metricsOptions, dashboard } = resolveOptions(options)
+  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate, notifications, metrics: metricsOptions, dashboard, adminTimeoutMs } = resolveOptions(options)
 
   // Close only the client we open; a host's own client is the host's to end.
   const ownsClient = typeof database === 'string'
@@ -77,10 +79,16 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const modelName = (name: string) => prices.resolve(name)?.model ?? name
   // Other processes learn of a change from the definitions' version their next statement sees; this one at once.
   let forgetLines = () => {}
-  const budgetRegistry = createBudgetRegistry(sql, { modelName, onChange: () => { forgetLines() } })
-  const budgetTracker = createBudgetTracker(repositories, { statusCacheTtlMs, now: () => new Date(), modelName })
+  // Writes of the admin API run in bounded transactions, on a connection of their own (never queued behind
+  // the gate's statements), cut at adminTimeoutMs by PostgreSQL and rolled back (lib/database/bounded.ts).
+  const inBoundedTransaction = boundedTransaction(sql, adminTimeoutMs)
+  const budgetRegistry = createBudgetRegistry(withBoundedBegin(sql, adminTimeoutMs), { modelName, onChange: () => { forgetLines() } })
+  const trackerOptions = { statusCacheTtlMs, now: () => new Date(), modelName }
+  const budgetTracker = createBudgetTracker(repositories, trackerOptions)
+  const recordUsage: RecordUsage = async (request, recordOptions) =>
+    await inBoundedTransaction(async (tx) => await createBudgetTracker(createRepositories(tx), trackerOptions).record(request, recordOptions))
   // The bulk usage collector (POST /usage/batch): the tracker's rules, a batch stored in one transaction.
-  const usageCollector = createUsageCollector(sql, repositories, { now: () => new Date(), modelName })
+  const usageCollector = createUsageCollector(withBoundedBegin(sql, adminTimeoutMs), repositories, { now: () => new Date(), modelName })
   // The gate's machinery, built once: the reservation repository, the process's cache of budget lines
   // (forgotten when the definitions' version moves), the leases on hot lines, and the queues that take
   // holds and commit settlements in groups.
@@ -120,12 +128,17 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     await settlements.drain()
     await leases.close() // then give back what is left of the leases
     await rateLimits.close() // and of the rate-limit allowances
+    budgetLines.close() // no more version reads
     await budgetNotifications.stop()
     if (ownsClient) await sql.end({ timeout: 5 })
   })
 
+  // Setting a rate is one statement: it runs in a bounded transaction of its own, like every admin write.
+  const rates = createExchangeRates(repositories.exchangeRates, () => new Date())
+  const setRate: typeof rates.setRate = async (...args) =>
+    await inBoundedTransaction(async (tx) => await createExchangeRates(createRepositories(tx).exchangeRates, () => new Date()).setRate(...args))
   await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, collector: usageCollector, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit),
-    reports: createSpendReports(repositories.reports, () => new Date()), rates: createExchangeRates(repositories.exchangeRates, () => new Date()) })
+    reports: createSpendReports(repositories.reports, () => new Date()), rates: { ...rates, setRate }, recordUsage, timeoutMs: adminTimeoutMs })
   // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
   if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })
 }

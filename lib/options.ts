@@ -37,6 +37,8 @@ export interface BudgetsOptions {
   dashboard?: boolean
   /** Prometheus metrics (lib/services/metrics.ts): how many top-spending budgets get gauges besides those marked `metrics: true`. */
   metrics?: Partial<MetricsOptions>
+  /** The longest an admin request may take: past it a read answers 503, and a write is rolled back and answers 503 `BUDGET_ERR_TIMEOUT`. Default 10 s. */
+  adminTimeoutMs?: number
 }
 
 export interface ResolvedOptions {
@@ -49,6 +51,7 @@ export interface ResolvedOptions {
   notifications: NotificationOptions
   metrics: MetricsOptions
   dashboard: boolean
+  adminTimeoutMs: number
 }
 
 const NOTIFICATION_DEFAULTS: NotificationOptions = { channels: {}, intervalMs: 5000, maxAttempts: 8, backoffMs: 1000 }
@@ -71,10 +74,10 @@ export const GATE_DEFAULTS: GateOptions = {
   clampFloorTokens: 16
 }
 
-const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000, dashboard: true }
+const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000, dashboard: true, adminTimeoutMs: 10_000 }
 
 export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
-  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications, metrics, dashboard } = { ...DEFAULTS, ...options }
+  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications, metrics, dashboard, adminTimeoutMs } = { ...DEFAULTS, ...options }
   if (typeof database !== 'string' && typeof database !== 'function') {
     throw new OptionsError('database must be a postgres.js instance or a connection string')
   }
@@ -85,6 +88,7 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
   if (typeof migrate !== 'boolean') throw new OptionsError('migrate must be a boolean')
   if (typeof dashboard !== 'boolean') throw new OptionsError('dashboard must be a boolean')
   if (!Number.isInteger(statusCacheTtlMs) || statusCacheTtlMs < 0) throw new OptionsError('statusCacheTtlMs must be a whole number of milliseconds')
+  if (!Number.isInteger(adminTimeoutMs) || adminTimeoutMs < 1) throw new OptionsError('adminTimeoutMs must be a whole number of milliseconds, at least 1')
   if (authorize !== undefined && typeof authorize !== 'function') throw new OptionsError('authorize must be a function')
   if (adminToken !== undefined && (typeof adminToken !== 'string' || adminToken.length < 16)) {
     throw new OptionsError('adminToken must be a string of at least 16 characters')
@@ -97,6 +101,7 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
     prefix: prefix.replace(/\/$/, ''),
     migrate,
     statusCacheTtlMs,
+    adminTimeoutMs,
     authorize: authorize ?? bearerToken(adminToken!),
     gate: gate === undefined ? null : resolveGateOptions(gate),
     notifications: resolveNotificationOptions(notifications ?? {}),

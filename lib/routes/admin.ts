@@ -19,7 +19,7 @@ import { auditRoutes } from './audit.js'
 import { reportRoutes } from './reports.js'
 import { exchangeRateRoutes } from './exchange-rates.js'
 import type { ExchangeRates } from '../services/exchange-rates.js'
-import { usageRoutes } from './usage.js'
+import { usageRoutes, type RecordUsage } from './usage.js'
 import { compileValidator } from './validator.js'
 
 export interface AdminRoutesOptions {
@@ -32,6 +32,10 @@ export interface AdminRoutesOptions {
   audit: BudgetAudit
   reports: SpendReports
   rates: ExchangeRates
+  /** Records one usage in a bounded transaction (lib/database/bounded.ts): POST /:id/usage. */
+  recordUsage: RecordUsage
+  /** The longest an admin request may take (the plugin's adminTimeoutMs). */
+  timeoutMs: number
 }
 
 /**
@@ -49,15 +53,18 @@ export function adminGuard (authorize: Authorize) {
   }
 }
 
-/** The longest an admin request may take before it is answered 503 (Fastify's handlerTimeout). */
-export const ADMIN_TIMEOUT_MS = 10_000
-
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, recordUsage, timeoutMs }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
   // A database that neither answers nor refuses (connections that never open in an outage) must not
   // hold an admin request forever: past the bound Fastify answers, and the error handler makes it a 503.
-  app.addHook('onRoute', (route) => { route.handlerTimeout ??= ADMIN_TIMEOUT_MS })
+  // Fastify stops counting once a request's body is read, so writes carry the bound themselves, in
+  // PostgreSQL (lib/database/bounded.ts), and answer only once their transaction has ended: Fastify's
+  // timer is their backstop, at twice the bound, so it cannot answer 503 for a write that then commits.
+  app.addHook('onRoute', (route) => {
+    const reads = [route.method].flat().every((method) => method === 'GET' || method === 'HEAD')
+    route.handlerTimeout ??= reads ? timeoutMs : 2 * timeoutMs
+  })
   // A URL under the prefix that names no route gets the API's own error body, with a code.
   app.setNotFoundHandler(async (request) => { throw new RouteNotFoundError(request.method, request.url.split('?')[0]!) })
 
@@ -70,7 +77,7 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   })
 
   await app.register(budgetRoutes, { registry })
-  await app.register(usageRoutes, { tracker, collector })
+  await app.register(usageRoutes, { tracker, collector, recordUsage })
   await app.register(alertRoutes, { alerts })
   await app.register(metricsRoutes, { metrics })
   await app.register(auditRoutes, { audit })

@@ -12,7 +12,7 @@ const CODES = {
   // Fastify's own, for a body that is not JSON
   415: ['FST_ERR_CTP_INVALID_MEDIA_TYPE'],
   500: ['BUDGET_ERR_INTERNAL'],
-  503: ['BUDGET_ERR_DATABASE_UNAVAILABLE']
+  503: ['BUDGET_ERR_DATABASE_UNAVAILABLE', 'BUDGET_ERR_TIMEOUT']
 }
 
 type ErrorStatus = keyof typeof CODES

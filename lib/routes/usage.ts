@@ -10,16 +10,20 @@ import type { UsageCollector } from '../services/collector.js'
 import { usageBatchRoutes } from './usage-batch.js'
 import { auditContext, errorResponses } from './responses.js'
 
+/** The tracker's record, run in a bounded transaction of its own (lib/index.ts, lib/database/bounded.ts). */
+export type RecordUsage = BudgetTracker['record']
+
 export interface UsageRoutesOptions {
   tracker: BudgetTracker
   collector: UsageCollector
+  recordUsage: RecordUsage
 }
 
 const IdempotencyHeaders = Type.Object({
   'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'Takes the place of metadata.requestId as the idempotency key.' }))
 })
 
-export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async (app, { tracker, collector }) => {
+export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async (app, { tracker, collector, recordUsage }) => {
   await app.register(usageBatchRoutes, { collector })
 
   app.post('/:id/usage', {
@@ -37,7 +41,7 @@ export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async 
       }
     }
   }, async (request, reply) => {
-    const { record, replayed } = await tracker.record(
+    const { record, replayed } = await recordUsage(
       { ...request.body, budgetId: request.params.id },
       { idempotencyKey: request.headers['idempotency-key'] }
     )

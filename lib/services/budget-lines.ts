@@ -1,23 +1,31 @@
 // Budget lines in process: which budgets apply to a caller and their windows, loaded once per caller,
 // window and process (budget_line, sql/006) so no call walks the tree or computes a period in SQL.
 // A line is forgotten when its first window ends, after a minute (a budget that starts later), and
-// when any budget changed in any process: every statement of the gate reports the definitions'
-// version it saw (budget_definitions_version, sql/006), and a newer one than the lines were loaded at
-// forgets them all. No extra connection, nothing to listen for, and it works behind any pooler.
+// when any budget changed in any process: a change bumps the definitions' version in its own
+// transaction (budget_definitions_version, sql/006), and a newer version than the lines were loaded at
+// forgets them all, and with them the leases and rate allowances taken under them (lib/index.ts).
+// Every gate statement reports the version it saw, but a lease admits from memory and runs none, so the
+// version is also read on a timer while lines are in use, and no line is handed out unless a read of it
+// began at most VERSION_FRESH_MS before: a change committed in another process comes into force here
+// within that (plus whatever the caller does between its line and its admission). No extra connection,
+// nothing to listen for, and it works behind any pooler.
 import type { CallFilter, LineBudget, ReservationRepository } from '../repository/reservations.js'
 import { canonicalTags } from '../tags.js'
 
 const LONGEST_KEPT_MS = 60_000
 const MOST_LINES = 10_000
-const EMPTY_RECHECK_MS = 100
+/** While lines are in use, the definitions' version is read this often, so a call seldom waits for a read. */
+const VERSION_POLL_MS = 40
+/** A line is handed out only under a version read that began at most this long before it was asked for. */
+export const VERSION_FRESH_MS = 80
+/** The timer stops when no line was asked for this long; the next call then waits for a read of its own. */
+const POLL_IDLE_MS = 5000
 
 interface Cached {
   line: Promise<{ line: LineBudget[], definitionsVersion: number }>
   validUntil: number
   /** The count of changes heard when the load began: a load that a change overtook is not kept. */
   generation: number
-  /** When an empty line last asked whether the definitions changed. */
-  checkedAt: number
 }
 
 /** A caller's line as cached: the key it is kept under, and until when it holds. */
@@ -48,37 +56,62 @@ export function createBudgetLines (reservations: ReservationRepository, currency
     }
   }
 
-  /**
-   * A caller with no budget runs no statement that would report a change, so its empty line asks for
-   * the definitions' version itself, at most every EMPTY_RECHECK_MS: a new budget for it takes effect
-   * within that. True when the definitions changed since the line was loaded.
-   */
-  async function emptyLineChanged (cached: Cached, loadedAt: number, now: number): Promise<boolean> {
-    if (now - cached.checkedAt < EMPTY_RECHECK_MS) return false
-    cached.checkedAt = now
-    const seen = await reservations.definitionsVersion()
-    observe(seen)
-    return seen > loadedAt
+  // The version reads: when the newest one that answered began, the one in flight, and when a line was last asked for.
+  let checkedAt = 0
+  let reading: { startedAt: number, done: Promise<void> } | null = null
+  let lastAsked = 0
+  let poller: NodeJS.Timeout | null = null
+
+  function readVersion (): Promise<void> {
+    const startedAt = Date.now()
+    const done = reservations.definitionsVersion().then((seen) => {
+      observe(seen)
+      checkedAt = Math.max(checkedAt, startedAt)
+    }).finally(() => { if (reading?.done === done) reading = null })
+    reading = { startedAt, done }
+    return done
+  }
+
+  /** Resolves once a version read that began at most VERSION_FRESH_MS before `asked` has answered (and been observed). */
+  async function versionFresh (asked: number): Promise<void> {
+    if (asked - checkedAt <= VERSION_FRESH_MS) return
+    await (reading !== null && asked - reading.startedAt <= VERSION_FRESH_MS ? reading.done : readVersion())
+  }
+
+  /** Keeps reading the version while lines are asked for; stops (and lets the process exit) when they are not. */
+  function keepPolling (now: number): void {
+    lastAsked = now
+    if (poller !== null) return
+    poller = setInterval(() => {
+      if (Date.now() - lastAsked > POLL_IDLE_MS) { stopPolling(); return }
+      if (reading === null) readVersion().catch(() => {}) // a failed read is met by the next call's own
+    }, VERSION_POLL_MS)
+    poller.unref()
+  }
+
+  function stopPolling (): void {
+    if (poller !== null) clearInterval(poller)
+    poller = null
   }
 
   return {
     /** The call's line (its caller's, for its model and tags), from the process's cache when it is still good. */
     async lineOf (call: CallFilter): Promise<CachedLine> {
       const key = [...call.scopes.map((scope) => `${scope.type}\u0000${scope.id}`), call.model ?? '', canonicalTags(call.tags)].join('\u0001')
+      const asked = Date.now()
+      keepPolling(asked)
+      await versionFresh(asked) // a change it reveals forgets the lines (and the leases) before any is used
       const cached = lines.get(key)
       const now = Date.now()
       if (cached !== undefined && now < cached.validUntil) {
         const { line, definitionsVersion } = await cached.line
-        if (line.length > 0 || !await emptyLineChanged(cached, definitionsVersion, now)) {
-          return { key, line, validUntil: cached.validUntil, definitionsVersion }
-        }
+        return { key, line, validUntil: cached.validUntil, definitionsVersion }
       }
       if (lines.size >= MOST_LINES) lines.clear() // a crude bound: callers beyond it reload their line
       const entry: Cached = {
         line: reservations.loadLine(call, currency),
         validUntil: now + LONGEST_KEPT_MS,
-        generation,
-        checkedAt: now
+        generation
       }
       lines.set(key, entry)
       try {
@@ -103,7 +136,10 @@ export function createBudgetLines (reservations: ReservationRepository, currency
     },
 
     /** Takes note of the definitions' version a statement saw; a newer one than before forgets every line. */
-    observe
+    observe,
+
+    /** Stops reading the version (the plugin closes). */
+    close: stopPolling
   }
 }
 

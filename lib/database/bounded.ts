@@ -1,0 +1,91 @@
+// Admin writes in a transaction of their own: on a connection of their own, and cut at a bound by PostgreSQL.
+// Fastify's handlerTimeout stops counting once a request's body is read, so it never bounds a POST or a PUT;
+// and a statement sent on the shared pool is pipelined behind whatever a busy connection is running
+// (postgres.js), which under gate load is a hold, a lease or a settlement that may wait up to its own
+// lock_timeout on a hot row. So a bounded transaction first reserves a connection (it waits for one to
+// drain, never behind another's statements, and for at most the bound), then runs under `set local`
+// statement_timeout and lock_timeout: a statement or a lock wait past the bound is cancelled by PostgreSQL
+// and the transaction rolls back, and one that ends past its deadline is rolled back before it commits.
+// Either way nothing is changed, and the answer is AdminTimeoutError (a 503 with a stable code).
+import type { ReservedSql, Sql, TransactionSql } from 'postgres'
+import { AdminTimeoutError } from '../errors.js'
+
+/** PostgreSQL's answers to a statement or a lock wait cut by the bound: query_canceled, lock_not_available. */
+const CUT = new Set(['57014', '55P03'])
+
+export type BoundedTransaction = <T>(work: (tx: TransactionSql) => Promise<T>) => Promise<T>
+
+/** `sql.begin` made bounded: what runs inside it is cut at `timeoutMs` and answers AdminTimeoutError. */
+export function boundedTransaction (sql: Sql, timeoutMs: number): BoundedTransaction {
+  if (!Number.isInteger(timeoutMs) || timeoutMs < 1) throw new TypeError('timeoutMs must be a whole number of milliseconds, at least 1')
+  return async function inBoundedTransaction<T> (work: (tx: TransactionSql) => Promise<T>): Promise<T> {
+    const deadline = Date.now() + timeoutMs
+    const connection = await reserveWithin(sql, timeoutMs)
+    let open = false
+    try {
+      await connection.unsafe(`begin; set local statement_timeout = ${timeoutMs}; set local lock_timeout = ${timeoutMs}`)
+      open = true
+      const result = await work(withSavepoints(connection))
+      if (Date.now() > deadline) throw new AdminTimeoutError(timeoutMs)
+      await connection`commit`
+      open = false
+      return result
+    } catch (error) {
+      if (open) await connection`rollback`.catch(() => {})
+      throw CUT.has((error as { code?: unknown }).code as string) ? new AdminTimeoutError(timeoutMs, { cause: error }) : error
+    } finally {
+      connection.release()
+    }
+  }
+}
+
+/**
+ * A view of `sql` whose `begin` is bounded, for a service that opens its own transactions (the batch
+ * collector): its other statements go to the pool as before.
+ */
+export function withBoundedBegin (sql: Sql, timeoutMs: number): Sql {
+  const bounded = boundedTransaction(sql, timeoutMs)
+  return new Proxy(sql, {
+    get (target, property, receiver) {
+      if (property !== 'begin') return Reflect.get(target, property, receiver)
+      return async (...args: unknown[]) => await bounded(args[args.length - 1] as (tx: TransactionSql) => Promise<unknown>)
+    }
+  })
+}
+
+/** A connection of the pool for this transaction alone; past `timeoutMs` without one, AdminTimeoutError (a late one goes back). */
+async function reserveWithin (sql: Sql, timeoutMs: number): Promise<ReservedSql> {
+  let timer: NodeJS.Timeout | undefined
+  let late = false
+  const reserving = sql.reserve()
+  reserving.then((connection) => { if (late) connection.release() }, () => {})
+  try {
+    return await Promise.race([reserving, new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => { late = true; reject(new AdminTimeoutError(timeoutMs)) }, timeoutMs)
+    })])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** The reserved connection as a transaction's sql: `savepoint(fn)` as postgres.js's transactions have it. */
+function withSavepoints (connection: ReservedSql): TransactionSql {
+  let savepoints = 0
+  const tx = connection as unknown as TransactionSql
+  Object.assign(tx, {
+    async savepoint<T> (...args: [(sp: TransactionSql) => Promise<T>] | [string, (sp: TransactionSql) => Promise<T>]): Promise<T> {
+      const work = args[args.length - 1] as (sp: TransactionSql) => Promise<T>
+      const name = `s${savepoints++}`
+      await connection.unsafe(`savepoint ${name}`)
+      try {
+        const result = await work(tx)
+        await connection.unsafe(`release savepoint ${name}`)
+        return result
+      } catch (error) {
+        await connection.unsafe(`rollback to savepoint ${name}`)
+        throw error
+      }
+    }
+  })
+  return tx
+}
