@@ -123,8 +123,8 @@ t.test('scopes: the record goes on the budgets a gated call with those scopes, m
     ['refused', 'BUDGET_ERR_VALIDATION', 'scopes'], ['refused', 'BUDGET_ERR_VALIDATION', 'scopes.user']
   ])
   t.equal(answer.results[0]!.record!.budgetId, user.id, 'stored on the most specific scope\'s budget')
-  // two budgets on one scope: the gate's order (scope rank, then budget id) picks the one that takes the record
-  t.equal(answer.results[1]!.record!.budgetId, [team.id, summarize.id].sort()[0])
+  // two budgets on one scope: the filtered one the call matched (the narrower) takes the record, whatever the ids' order
+  t.equal(answer.results[1]!.record!.budgetId, summarize.id)
   const counted = (await ledger(sql)).allocations.map((row) => `${row.key} ${row.name} ${row.amount}`)
   t.same(counted.sort(), [
     's1 alice 1.0000000000', 's1 org 1.0000000000', 's1 project 1.0000000000', 's1 team 1.0000000000', 's1 team gpt-4o 1.0000000000',
@@ -275,4 +275,69 @@ t.test('a record that would take a total past numeric(28,10) is refused alone; t
   ])
   t.equal(await count(sql, 'budget_usage_records'), 2)
   t.equal((await admin({ method: 'GET', url: `${PREFIX}/${budget.id}/status` })).json().currentAmount, '999999999999999999')
+})
+
+t.test('records without a rate or past numeric(28,10) are refused alone, and the rest are counted in one pass (each cache row written once)', async (t) => {
+  const { admin, sql } = await buildApp(t)
+  const org = await createBudget(admin, { name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '999999999999999999', period: 'annual' })
+  const team = await createBudget(admin, { name: 'team', scopeType: 'team', scopeId: 'team-a', parentId: org.id, amount: '999999999999999999', period: 'annual' })
+  const euro = await createBudget(admin, { name: 'euro team', scopeType: 'team', scopeId: 'team-e', amount: '1000', currency: 'EUR', period: 'annual' })
+  t.equal((await admin({ method: 'PUT', url: `${PREFIX}/exchange-rates/USD/EUR`, body: { rate: '100', effectiveFrom: '2024-01-01T00:00:00Z' } })).statusCode, 201)
+  // Counts every write to the cache rows: the batch's, not the budget creations'.
+  await sql`create table cache_writes (budget_id uuid)`
+  await sql`create function count_cache_write() returns trigger language plpgsql as $$ begin insert into cache_writes values (new.budget_id); return null; end $$`
+  await sql`create trigger count_cache_write after update on budget_status_cache for each row execute function count_cache_write()`
+  const good = (i: number) => ({ budgetId: team.id, amount: '1', currency: 'USD', metadata: { requestId: `g${i}` } })
+  const records = [
+    ...Array.from({ length: 20 }, (_, i) => good(i)),
+    { budgetId: team.id, amount: '1', currency: 'GBP', metadata: { requestId: 'no-rate' } }, // no GBP rate at all
+    { budgetId: euro.id, amount: '2', currency: 'EUR', metadata: { requestId: 'euro' } },
+    { budgetId: euro.id, amount: '99999999999999999', currency: 'USD', metadata: { requestId: 'converted' } }, // x 100: past 10^18 in EUR
+    { budgetId: team.id, amount: '999999999999999990', currency: 'USD', metadata: { requestId: 'total' } }, // team and org past 10^18
+    ...Array.from({ length: 20 }, (_, i) => good(20 + i))
+  ]
+  const answer = await batch(admin, records)
+  const codes = answer.results.map((result) => result.status === 'refused' ? `${result.error!.code} ${result.error!.field}` : result.status)
+  t.same(codes.slice(20, 24), ['BUDGET_ERR_EXCHANGE_RATE_MISSING currency', 'created', 'BUDGET_ERR_VALIDATION amount', 'BUDGET_ERR_VALIDATION amount'])
+  t.same([answer.created, answer.refused], [41, 3])
+  t.equal(await count(sql, 'budget_usage_records'), 41, 'exactly the good records are stored')
+  const status = async (id: string) => (await admin({ method: 'GET', url: `${PREFIX}/${id}/status` })).json().currentAmount
+  t.same([await status(team.id), await status(euro.id), await status(org.id)], ['40', '2', '40'])
+  const writes = await sql`select budget_id, count(*)::int as n from cache_writes group by 1`
+  t.ok(writes.every((row) => row.n <= 2), `each cache row written at most once (plus an alert crossing), not once per record: ${JSON.stringify(writes.map((row) => row.n))}`)
+})
+
+t.test('a record given by scopes, retried after a budget was made under those scopes, is stored once', async (t) => {
+  const { admin, sql } = await buildApp(t)
+  const team = await createBudget(admin, { name: 'team', scopeType: 'team', scopeId: 'team-a', amount: '100', period: 'annual' })
+  const usage = { scopes: { user: 'alice', team: 'team-a' }, amount: '5', currency: 'USD', metadata: { requestId: 'call-1', modelId: 'gpt-4o-mini' } }
+  const first = await batch(admin, [usage])
+  t.equal(first.results[0]!.record!.budgetId, team.id, 'no user budget yet: the team takes it')
+  const user = await createBudget(admin, { name: 'alice', scopeType: 'user', scopeId: 'alice', parentId: team.id, amount: '50', period: 'annual' })
+  const retry = await batch(admin, [usage])
+  t.same(retry.results.map((result) => result.status), ['replayed'])
+  t.equal(retry.results[0]!.record!.id, first.results[0]!.record!.id, 'the retry answers the first record, where it was stored')
+  t.equal(await count(sql, 'budget_usage_records'), 1)
+  const status = async (id: string) => (await admin({ method: 'GET', url: `${PREFIX}/${id}/status` })).json().currentAmount
+  t.same([await status(team.id), await status(user.id)], ['5', '0'], 'the team counts 5 for one usage of 5')
+
+  // The same key with another request: a 409, whatever budget it names.
+  const other = await batch(admin, [{ ...usage, scopes: { user: 'alice' } }, { ...usage, budgetId: user.id, scopes: undefined }, { ...usage, description: 'changed' }])
+  t.same(other.results.map((result) => result.error?.code), Array(3).fill('BUDGET_ERR_IDEMPOTENCY_CONFLICT'))
+  const single = await admin({ method: 'POST', url: `${PREFIX}/${user.id}/usage`, body: { amount: '5', currency: 'USD', metadata: { requestId: 'call-1', modelId: 'gpt-4o-mini' } } })
+  t.equal(single.statusCode, 409, 'the single route: the key is held by a record on another budget')
+  t.equal(single.json().code, 'BUDGET_ERR_IDEMPOTENCY_CONFLICT')
+  t.equal(await count(sql, 'budget_usage_records'), 1)
+})
+
+t.test('the single route: a key names one record across budgets; a retry of the same request replays it', async (t) => {
+  const { admin, sql } = await buildApp(t)
+  const a = await createBudget(admin, { name: 'a', scopeId: 'team-a', period: 'annual' })
+  const b = await createBudget(admin, { name: 'b', scopeId: 'team-b', period: 'annual' })
+  const body = { amount: '5', currency: 'USD', description: 'one call', metadata: { requestId: 'k1' } }
+  t.equal((await admin({ method: 'POST', url: `${PREFIX}/${a.id}/usage`, body })).statusCode, 201)
+  t.equal((await admin({ method: 'POST', url: `${PREFIX}/${a.id}/usage`, body: { ...body, amount: '5.000' } })).statusCode, 200, 'the same request (the same amount written otherwise)')
+  t.equal((await admin({ method: 'POST', url: `${PREFIX}/${a.id}/usage`, body: { ...body, description: 'another' } })).statusCode, 409, 'the same key, another description')
+  t.equal((await admin({ method: 'POST', url: `${PREFIX}/${b.id}/usage`, body })).statusCode, 409, 'the same key on another budget')
+  t.equal(await count(sql, 'budget_usage_records'), 1)
 })
