@@ -250,6 +250,11 @@ begin
            row_number() over (partition by a.budget_id, a.period_start order by a.ord desc) = 1
     from batch_allocations a where a.period_start is not null
     window running as (partition by a.budget_id, a.period_start order by a.ord);
+    -- a window left with none of the batch's records: a row opened for it here goes again, as it would
+    -- with the statement that failed one at a time
+    delete from budget_status_cache c using batch_windows w
+    where not w.existed and c.budget_id = w.budget_id and c.period_start = w.period_start
+      and not exists (select 1 from batch_running r where r.budget_id = w.budget_id and r.period_start = w.period_start);
     delete from batch_windows w where not exists (select 1 from batch_running r where r.budget_id = w.budget_id and r.period_start = w.period_start);
   end if;
 

@@ -138,7 +138,8 @@ t.test('scopes: the record goes on the budgets a gated call with those scopes, m
 // ---------------------------------------------------------------------------------------------------
 // Equivalence: the same records one by one (POST /:id/usage) on one database, as one batch on another.
 
-interface Spec { budget: number, amount: string, key: number | null, model: string, daysAgo: number }
+// currency GBP has no rate (refused, RB001); an amount near 10^18 takes a total past numeric(28,10) (refused, 22003)
+interface Spec { budget: number, amount: string, key: number | null, model: string, daysAgo: number, currency?: string }
 
 async function world (admin: TestApp['admin'], tag: string) {
   const org = await createBudget(admin, {
@@ -157,7 +158,7 @@ async function world (admin: TestApp['admin'], tag: string) {
 function bodyOf (spec: Spec, budgets: string[], tag: string, now: number) {
   return {
     amount: spec.amount,
-    currency: 'USD',
+    currency: spec.currency ?? 'USD',
     source: 'equivalence',
     metadata: { modelId: spec.model, ...(spec.key === null ? {} : { requestId: `${tag}-${spec.key}` }) },
     // whole hours back, so the windows (daily, weekly, monthly) differ between records and some open in the batch
@@ -183,10 +184,14 @@ async function postBatch (bulk: TestApp, budgets: string[], specs: Spec[], tag: 
 
 const specArbitrary = fc.record({
   budget: fc.integer({ min: 0, max: 3 }),
-  amount: fc.oneof(fc.constantFrom('0.0000000001', '0.5', '1', '2.75', '7', '12.3456789012', '33'), fc.integer({ min: 1, max: 200000 }).map((cents) => (cents / 100).toFixed(2))),
+  amount: fc.oneof(
+    { weight: 10, arbitrary: fc.oneof(fc.constantFrom('0.0000000001', '0.5', '1', '2.75', '7', '12.3456789012', '33'), fc.integer({ min: 1, max: 200000 }).map((cents) => (cents / 100).toFixed(2))) },
+    { weight: 1, arbitrary: fc.constant('600000000000000000') }
+  ),
   key: fc.option(fc.integer({ min: 0, max: 12 }), { nil: null }),
   model: fc.constantFrom('gpt-4o', 'gpt-4o-mini', 'gpt-4.1'),
-  daysAgo: fc.constantFrom(0, 0, 0, 1, 3, 9)
+  daysAgo: fc.constantFrom(0, 0, 0, 1, 3, 9),
+  currency: fc.constantFrom<string>('USD', 'USD', 'USD', 'USD', 'USD', 'USD', 'GBP')
 })
 
 t.test('a batch stores, allocates, counts and alerts exactly as the same records posted one by one', async (t) => {
@@ -218,11 +223,19 @@ t.test('a batch stores, allocates, counts and alerts exactly as the same records
       t.same([y.currentAmount, y.status, y.alerts?.length], [x.currentAmount, x.status, x.alerts?.length], 'the same status')
     }
   }), { numRuns: Number(process.env.BATCH_RUNS ?? 12), examples: [[[
-    { budget: 1, amount: '5', key: 1, model: 'gpt-4o', daysAgo: 0 }, { budget: 1, amount: '5', key: 1, model: 'gpt-4o', daysAgo: 0 },
-    { budget: 2, amount: '11', key: 2, model: 'gpt-4o-mini', daysAgo: 0 }, { budget: 2, amount: '12', key: 2, model: 'gpt-4o-mini', daysAgo: 0 },
-    { budget: 3, amount: '13', key: null, model: 'gpt-4o', daysAgo: 1 }, { budget: 3, amount: '1', key: 3, model: 'gpt-4.1', daysAgo: 0 },
-    { budget: 0, amount: '100', key: 4, model: 'gpt-4.1', daysAgo: 9 }, { budget: 1, amount: '90', key: 5, model: 'gpt-4o', daysAgo: 3 }
-  ], false]] })
+    { budget: 1, amount: '5', key: 1, model: 'gpt-4o', daysAgo: 0, currency: 'USD' }, { budget: 1, amount: '5', key: 1, model: 'gpt-4o', daysAgo: 0, currency: 'USD' },
+    { budget: 2, amount: '11', key: 2, model: 'gpt-4o-mini', daysAgo: 0, currency: 'USD' }, { budget: 2, amount: '12', key: 2, model: 'gpt-4o-mini', daysAgo: 0, currency: 'USD' },
+    { budget: 3, amount: '13', key: null, model: 'gpt-4o', daysAgo: 1, currency: 'USD' }, { budget: 3, amount: '1', key: 3, model: 'gpt-4.1', daysAgo: 0, currency: 'USD' },
+    { budget: 0, amount: '100', key: 4, model: 'gpt-4.1', daysAgo: 9, currency: 'USD' }, { budget: 1, amount: '90', key: 5, model: 'gpt-4o', daysAgo: 3, currency: 'USD' }
+  ], false], [[
+    // bad records among good ones: no rate, then totals past numeric(28,10) (the third huge one overflows the org), and their keys retried
+    { budget: 2, amount: '3', key: 1, model: 'gpt-4o', daysAgo: 0, currency: 'USD' }, { budget: 2, amount: '4', key: 2, model: 'gpt-4o', daysAgo: 0, currency: 'GBP' },
+    { budget: 1, amount: '600000000000000000', key: 3, model: 'gpt-4.1', daysAgo: 0, currency: 'USD' }, { budget: 2, amount: '5', key: null, model: 'gpt-4o', daysAgo: 0, currency: 'USD' },
+    { budget: 3, amount: '600000000000000000', key: 4, model: 'gpt-4o', daysAgo: 0, currency: 'USD' }, { budget: 2, amount: '4', key: 2, model: 'gpt-4o', daysAgo: 0, currency: 'GBP' },
+    { budget: 0, amount: '600000000000000000', key: 5, model: 'gpt-4o', daysAgo: 0, currency: 'USD' }, { budget: 1, amount: '7', key: 6, model: 'gpt-4o', daysAgo: 0, currency: 'USD' },
+    { budget: 1, amount: '600000000000000000', key: 3, model: 'gpt-4.1', daysAgo: 0, currency: 'USD' },
+    { budget: 2, amount: '4', key: 2, model: 'gpt-4o', daysAgo: 0, currency: 'USD' }
+  ], true]] })
 })
 
 t.test('10,000 records are accepted in one request; 10,001 are a 400', async (t) => {

@@ -47,6 +47,9 @@ interface Read {
 const validateRecord = compileValidator({ schema: BatchUsageRecord, httpPart: 'body', method: 'POST', url: '/usage/batch' }) as
   ((value: unknown) => boolean) & { errors?: unknown[] | null }
 
+/** Rolls the batch's statement back, to run it again with the records it refused left out. */
+class RetryBatch extends Error {}
+
 export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRepositories, options: UsageRuleOptions) {
   /** The first check a record fails, as { code, message, field }; a fault that is no record's (a bug, the database) is thrown. */
   function refusal (error: unknown): NonNullable<BatchUsageResult['error']> {
@@ -135,50 +138,65 @@ export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRe
 
   /**
    * Stores the checked records in one transaction, the first under each key, in one statement (sql/018): a
-   * record it cannot store (no exchange rate, past numeric(28,10)) is refused there, alone. Then each record
-   * not stored is the replay of the one that holds its key (this batch's, or one stored before), or a conflict.
+   * record it cannot store (no exchange rate, past numeric(28,10)) is refused there, alone. A record under the
+   * key of one refused so is the same refusal if it is the same request. Another request under that key would
+   * have been tried in its place one at a time: then the statement is rolled back and run again with it (rare:
+   * a batch that reuses a key for another request after a refused one). Then each record not stored is the
+   * replay of the one that holds its key, or a conflict.
    */
   async function store (checked: Checked[], answer: (index: number, error: unknown) => void, done: (index: number, status: 'created' | 'replayed', record: UsageRecord) => void): Promise<void> {
     const keyOf = ({ values }: Checked) => values.idempotencyKey
     await sql.begin(async (tx) => {
       const batch = createUsageBatchRepository(tx)
-      const seen = new Set<string>()
-      const firsts = checked.filter((entry) => {
-        const key = keyOf(entry)
-        if (key === null) return true
-        if (seen.has(key)) return false
-        seen.add(key)
-        return true
-      })
-      const { stored: byOrder, faults } = await batch.insertUsageBatch(firsts.map((entry) => entry.values))
-      const stored = new Map<number, UsageRecord>() // by the record's index
-      for (const [order, record] of byOrder) stored.set(firsts[order]!.index, record)
-      const refused = new Set<number>()
-      for (const [order, { code, detail }] of faults) {
-        const entry = firsts[order]!
-        refused.add(entry.index)
-        answer(entry.index, recordFault(code, detail))
+      const refusals = new Map<number, Error>() // by the record's index
+      const refusedRequests = new Map<string, Error>() // by key and fingerprint
+      const requestOf = (entry: Checked) => `${keyOf(entry)!} ${entry.values.requestFingerprint}`
+      let stored = new Map<number, UsageRecord>() // by the record's index
+      for (let again = true; again;) {
+        // The first record under each key that is not a request refused before.
+        const seen = new Set<string>()
+        const firsts = checked.filter((entry) => {
+          const key = keyOf(entry)
+          if (key === null) return true
+          const refused = refusedRequests.get(requestOf(entry))
+          if (refused !== undefined) { refusals.set(entry.index, refused); return false }
+          if (seen.has(key)) return false
+          seen.add(key)
+          return true
+        })
+        await tx.savepoint(async (sp) => {
+          const { stored: byOrder, faults } = await createUsageBatchRepository(sp).insertUsageBatch(firsts.map((entry) => entry.values))
+          stored = new Map([...byOrder].map(([order, record]) => [firsts[order]!.index, record]))
+          for (const [order, { code, detail }] of faults) {
+            const entry = firsts[order]!
+            const error = recordFault(code, detail)!
+            refusals.set(entry.index, error)
+            if (keyOf(entry) !== null) refusedRequests.set(requestOf(entry), error)
+          }
+          // Another request under a refused one's key, later in the batch: it goes in the refused one's place.
+          again = checked.some((entry) => keyOf(entry) !== null && !refusals.has(entry.index) && !refusedRequests.has(requestOf(entry)) &&
+            firsts.some((first) => refusals.has(first.index) && keyOf(first) === keyOf(entry) && first.index < entry.index))
+          if (again) throw new RetryBatch()
+        }).catch((error: unknown) => { if (!(error instanceof RetryBatch)) throw error })
       }
 
-      // The record that holds each key (this batch's, or one stored before), for the records not stored.
+      // The record that holds each key: this batch's, or one stored before.
       const holders = new Map<string, KeyHolder>()
-      for (const entry of firsts) {
+      for (const entry of checked) {
         const record = stored.get(entry.index)
         if (record !== undefined && keyOf(entry) !== null) holders.set(keyOf(entry)!, { record, fingerprint: entry.values.requestFingerprint })
       }
-      const missing = firsts.filter((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refused.has(entry.index))
+      const missing = checked.filter((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refusals.has(entry.index) && !holders.has(keyOf(entry)!))
       const before = await batch.findKeyHolders(missing.map((entry) => ({ budgetId: entry.values.budgetId, idempotencyKey: entry.values.idempotencyKey! })))
       for (const [key, holder] of before) holders.set(key, holder)
 
       for (const entry of checked) {
         const created = stored.get(entry.index)
         if (created !== undefined) { done(entry.index, 'created', created); continue }
-        if (refused.has(entry.index)) continue
-        const first = holders.get(keyOf(entry)!)
-        // A key whose first record was refused in this batch (and stored nowhere): refused as the first was.
-        if (first === undefined) { answer(entry.index, new InvalidFieldError('metadata.requestId', 'was used by an earlier record of this batch that was refused')); continue }
+        const refused = refusals.get(entry.index)
+        if (refused !== undefined) { answer(entry.index, refused); continue }
         try {
-          done(entry.index, 'replayed', replayOf(first, entry.values.amount as Money, entry.values.currency, entry.values.idempotencyKey!, entry.values.requestFingerprint))
+          done(entry.index, 'replayed', replayOf(holders.get(keyOf(entry)!)!, entry.values.amount as Money, entry.values.currency, entry.values.idempotencyKey!, entry.values.requestFingerprint))
         } catch (error) {
           answer(entry.index, error)
         }
