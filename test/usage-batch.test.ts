@@ -1,7 +1,15 @@
+import { copyFile, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
 import fc from 'fast-check'
+import Fastify from 'fastify'
 import t from 'tap'
 import type { Sql } from 'postgres'
-import { PREFIX, budgetRequest, buildApp, snapshotTables, type TestApp } from './fixtures/app.js'
+import budgets from '../lib/index.js'
+import { migrate, readMigrations } from '../lib/database/migrate.js'
+import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp, snapshotTables, type TestApp } from './fixtures/app.js'
+import { createTestSql } from './fixtures/database.js'
 
 const BATCH = `${PREFIX}/usage/batch`
 
@@ -353,4 +361,32 @@ t.test('the single route: a key names one record across budgets; a retry of the 
   t.equal((await admin({ method: 'POST', url: `${PREFIX}/${a.id}/usage`, body: { ...body, description: 'another' } })).statusCode, 409, 'the same key, another description')
   t.equal((await admin({ method: 'POST', url: `${PREFIX}/${b.id}/usage`, body })).statusCode, 409, 'the same key on another budget')
   t.equal(await count(sql, 'budget_usage_records'), 1)
+})
+
+t.test('sql/018 on a database that stored a key twice: the first record holds it, the spend stays, and a retry replays the first', async (t) => {
+  const { sql } = await createTestSql(t)
+  const before = await mkdtemp(join(tmpdir(), 'migrations-'))
+  t.teardown(async () => await rm(before, { recursive: true }))
+  for (const migration of (await readMigrations()).filter((m) => m.version < 18)) {
+    await copyFile(new URL(`../sql/${migration.name}`, import.meta.url), join(before, migration.name))
+  }
+  await migrate(sql, pathToFileURL(`${before}/`))
+  const [team] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date)
+    values ('team', 'team', 'team-a', 100, 'USD', 'annual', '2024-01-01') returning id`
+  const [user] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, parent_id)
+    values ('alice', 'user', 'alice', 50, 'USD', 'annual', '2024-01-01', ${team!.id}) returning id`
+  // what the defect stored: one usage of 5 under one key, on the team and again on the user
+  await sql`insert into budget_usage_records (budget_id, amount, currency, idempotency_key, recorded_at) values (${team!.id}, 5, 'USD', 'call-1', now() - interval '1 minute')`
+  await sql`insert into budget_usage_records (budget_id, amount, currency, idempotency_key) values (${user!.id}, 5, 'USD', 'call-1')`
+
+  const app = Fastify({ logger: false })
+  await app.register(budgets, { database: sql, adminToken: ADMIN_TOKEN })
+  await app.ready() // applies sql/018
+  t.teardown(async () => await app.close())
+  const holders = await sql`select budget_id, request_fingerprint from budget_usage_records order by recorded_at`
+  t.same(holders.map((row) => [row.budget_id, row.request_fingerprint]), [[team!.id, 'legacy'], [user!.id, null]], 'the first holds the key; the later one stays, outside the index')
+  const retry = await app.inject({ method: 'POST', url: `${PREFIX}/usage/batch`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { records: [{ scopes: { user: 'alice', team: 'team-a' }, amount: '5', currency: 'USD', metadata: { requestId: 'call-1' } }] } })
+  t.same(retry.json().results.map((result: Result) => [result.status, result.record?.budgetId]), [['replayed', team!.id]])
+  const [{ n }] = await sql`select count(*)::int as n from budget_usage_records` as unknown as [{ n: number }]
+  t.equal(n, 2, 'nothing more stored')
 })
