@@ -390,3 +390,16 @@ t.test('sql/018 on a database that stored a key twice: the first record holds it
   const [{ n }] = await sql`select count(*)::int as n from budget_usage_records` as unknown as [{ n: number }]
   t.equal(n, 2, 'nothing more stored')
 })
+
+t.test('recordUsage with the scopes that chose its budget (what recordModelCall needs): a retry after a user budget was made replays the first', async (t) => {
+  const { app, admin, sql } = await buildApp(t)
+  const team = await createBudget(admin, { name: 'team', scopeType: 'team', scopeId: 'team-a', amount: '100', period: 'annual' })
+  const scopes = { user: 'alice', team: 'team-a' }
+  const usage = { amount: '5', currency: 'USD', source: 'gateway', metadata: { requestId: 'call-9' } }
+  const first = await app.budgetTracker.record({ ...usage, budgetId: team.id }, { scopes })
+  const user = await createBudget(admin, { name: 'alice', scopeType: 'user', scopeId: 'alice', parentId: team.id, amount: '50', period: 'annual' })
+  const retry = await app.budgetTracker.record({ ...usage, budgetId: user.id, alsoCountsToward: [team.id] }, { scopes })
+  t.same([retry.replayed, retry.record.id], [true, first.record.id])
+  await t.rejects(app.budgetTracker.record({ ...usage, budgetId: user.id }), { code: 'BUDGET_ERR_IDEMPOTENCY_CONFLICT' }, 'without the scopes it names another budget: a conflict, never a second record')
+  t.equal(await count(sql, 'budget_usage_records'), 1)
+})
