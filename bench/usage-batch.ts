@@ -33,12 +33,13 @@ const team = async (name: string) => await app.budgetRegistry.createBudget({
   name, scopeType: 'team', scopeId: name, parentId: org.id, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01',
   alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: [] }]
 })
+// A key names one record across budgets (sql/018): each run's keys carry its budget, so a warm-up's keys are not retried.
 const record = (loop: number, i: number, tag: string) => ({ amount: AMOUNT, currency: 'USD', source: 'bench', metadata: { requestId: `${tag}-${loop}-${i}`, modelId: 'gpt-4o-mini', userId: `user-${i % 50}` } })
 
 async function single (budgetId: string) {
   const url = `${address}/api/v1/budgets/${budgetId}/usage`
   return await throughput(SINGLE_CLIENTS, DURATION_MS, async (loop, i) => {
-    const response = await fetch(url, { method: 'POST', headers, body: JSON.stringify(record(loop, i, 'single')) })
+    const response = await fetch(url, { method: 'POST', headers, body: JSON.stringify(record(loop, i, `single-${budgetId}`)) })
     await response.arrayBuffer()
     return response.status === 201
   })
@@ -50,7 +51,7 @@ async function batches (budgetId: string, size: number) {
   let records = 0
   let created = 0
   const run = await throughput(BATCH_CLIENTS, DURATION_MS, async (loop, i) => {
-    const body = JSON.stringify({ records: Array.from({ length: size }, (_, k) => ({ budgetId, ...record(loop, i * size + k, `batch${size}`) })) })
+    const body = JSON.stringify({ records: Array.from({ length: size }, (_, k) => ({ budgetId, ...record(loop, i * size + k, `batch${size}-${budgetId}`) })) })
     const response = await fetch(`${address}/api/v1/budgets/usage/batch`, { method: 'POST', headers, body })
     const answer = await response.json() as { created?: number }
     if (response.status !== 200) {
