@@ -1,7 +1,15 @@
+import { copyFile, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
 import fc from 'fast-check'
+import Fastify from 'fastify'
 import t from 'tap'
 import type { Sql } from 'postgres'
-import { PREFIX, budgetRequest, buildApp, snapshotTables, type TestApp } from './fixtures/app.js'
+import budgets from '../lib/index.js'
+import { migrate, readMigrations } from '../lib/database/migrate.js'
+import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp, snapshotTables, type TestApp } from './fixtures/app.js'
+import { createTestSql } from './fixtures/database.js'
 
 const BATCH = `${PREFIX}/usage/batch`
 
@@ -123,8 +131,8 @@ t.test('scopes: the record goes on the budgets a gated call with those scopes, m
     ['refused', 'BUDGET_ERR_VALIDATION', 'scopes'], ['refused', 'BUDGET_ERR_VALIDATION', 'scopes.user']
   ])
   t.equal(answer.results[0]!.record!.budgetId, user.id, 'stored on the most specific scope\'s budget')
-  // two budgets on one scope: the gate's order (scope rank, then budget id) picks the one that takes the record
-  t.equal(answer.results[1]!.record!.budgetId, [team.id, summarize.id].sort()[0])
+  // two budgets on one scope: the filtered one the call matched (the narrower) takes the record, whatever the ids' order
+  t.equal(answer.results[1]!.record!.budgetId, summarize.id)
   const counted = (await ledger(sql)).allocations.map((row) => `${row.key} ${row.name} ${row.amount}`)
   t.same(counted.sort(), [
     's1 alice 1.0000000000', 's1 org 1.0000000000', 's1 project 1.0000000000', 's1 team 1.0000000000', 's1 team gpt-4o 1.0000000000',
@@ -138,7 +146,8 @@ t.test('scopes: the record goes on the budgets a gated call with those scopes, m
 // ---------------------------------------------------------------------------------------------------
 // Equivalence: the same records one by one (POST /:id/usage) on one database, as one batch on another.
 
-interface Spec { budget: number, amount: string, key: number | null, model: string, daysAgo: number }
+// currency GBP has no rate (refused, RB001); an amount near 10^18 takes a total past numeric(28,10) (refused, 22003)
+interface Spec { budget: number, amount: string, key: number | null, model: string, daysAgo: number, currency?: string }
 
 async function world (admin: TestApp['admin'], tag: string) {
   const org = await createBudget(admin, {
@@ -157,7 +166,7 @@ async function world (admin: TestApp['admin'], tag: string) {
 function bodyOf (spec: Spec, budgets: string[], tag: string, now: number) {
   return {
     amount: spec.amount,
-    currency: 'USD',
+    currency: spec.currency ?? 'USD',
     source: 'equivalence',
     metadata: { modelId: spec.model, ...(spec.key === null ? {} : { requestId: `${tag}-${spec.key}` }) },
     // whole hours back, so the windows (daily, weekly, monthly) differ between records and some open in the batch
@@ -183,10 +192,14 @@ async function postBatch (bulk: TestApp, budgets: string[], specs: Spec[], tag: 
 
 const specArbitrary = fc.record({
   budget: fc.integer({ min: 0, max: 3 }),
-  amount: fc.oneof(fc.constantFrom('0.0000000001', '0.5', '1', '2.75', '7', '12.3456789012', '33'), fc.integer({ min: 1, max: 200000 }).map((cents) => (cents / 100).toFixed(2))),
+  amount: fc.oneof(
+    { weight: 10, arbitrary: fc.oneof(fc.constantFrom('0.0000000001', '0.5', '1', '2.75', '7', '12.3456789012', '33'), fc.integer({ min: 1, max: 200000 }).map((cents) => (cents / 100).toFixed(2))) },
+    { weight: 1, arbitrary: fc.constant('600000000000000000') }
+  ),
   key: fc.option(fc.integer({ min: 0, max: 12 }), { nil: null }),
   model: fc.constantFrom('gpt-4o', 'gpt-4o-mini', 'gpt-4.1'),
-  daysAgo: fc.constantFrom(0, 0, 0, 1, 3, 9)
+  daysAgo: fc.constantFrom(0, 0, 0, 1, 3, 9),
+  currency: fc.constantFrom<string>('USD', 'USD', 'USD', 'USD', 'USD', 'USD', 'GBP')
 })
 
 t.test('a batch stores, allocates, counts and alerts exactly as the same records posted one by one', async (t) => {
@@ -218,11 +231,19 @@ t.test('a batch stores, allocates, counts and alerts exactly as the same records
       t.same([y.currentAmount, y.status, y.alerts?.length], [x.currentAmount, x.status, x.alerts?.length], 'the same status')
     }
   }), { numRuns: Number(process.env.BATCH_RUNS ?? 12), examples: [[[
-    { budget: 1, amount: '5', key: 1, model: 'gpt-4o', daysAgo: 0 }, { budget: 1, amount: '5', key: 1, model: 'gpt-4o', daysAgo: 0 },
-    { budget: 2, amount: '11', key: 2, model: 'gpt-4o-mini', daysAgo: 0 }, { budget: 2, amount: '12', key: 2, model: 'gpt-4o-mini', daysAgo: 0 },
-    { budget: 3, amount: '13', key: null, model: 'gpt-4o', daysAgo: 1 }, { budget: 3, amount: '1', key: 3, model: 'gpt-4.1', daysAgo: 0 },
-    { budget: 0, amount: '100', key: 4, model: 'gpt-4.1', daysAgo: 9 }, { budget: 1, amount: '90', key: 5, model: 'gpt-4o', daysAgo: 3 }
-  ], false]] })
+    { budget: 1, amount: '5', key: 1, model: 'gpt-4o', daysAgo: 0, currency: 'USD' }, { budget: 1, amount: '5', key: 1, model: 'gpt-4o', daysAgo: 0, currency: 'USD' },
+    { budget: 2, amount: '11', key: 2, model: 'gpt-4o-mini', daysAgo: 0, currency: 'USD' }, { budget: 2, amount: '12', key: 2, model: 'gpt-4o-mini', daysAgo: 0, currency: 'USD' },
+    { budget: 3, amount: '13', key: null, model: 'gpt-4o', daysAgo: 1, currency: 'USD' }, { budget: 3, amount: '1', key: 3, model: 'gpt-4.1', daysAgo: 0, currency: 'USD' },
+    { budget: 0, amount: '100', key: 4, model: 'gpt-4.1', daysAgo: 9, currency: 'USD' }, { budget: 1, amount: '90', key: 5, model: 'gpt-4o', daysAgo: 3, currency: 'USD' }
+  ], false], [[
+    // bad records among good ones: no rate, then totals past numeric(28,10) (the third huge one overflows the org), and their keys retried
+    { budget: 2, amount: '3', key: 1, model: 'gpt-4o', daysAgo: 0, currency: 'USD' }, { budget: 2, amount: '4', key: 2, model: 'gpt-4o', daysAgo: 0, currency: 'GBP' },
+    { budget: 1, amount: '600000000000000000', key: 3, model: 'gpt-4.1', daysAgo: 0, currency: 'USD' }, { budget: 2, amount: '5', key: null, model: 'gpt-4o', daysAgo: 0, currency: 'USD' },
+    { budget: 3, amount: '600000000000000000', key: 4, model: 'gpt-4o', daysAgo: 0, currency: 'USD' }, { budget: 2, amount: '4', key: 2, model: 'gpt-4o', daysAgo: 0, currency: 'GBP' },
+    { budget: 0, amount: '600000000000000000', key: 5, model: 'gpt-4o', daysAgo: 0, currency: 'USD' }, { budget: 1, amount: '7', key: 6, model: 'gpt-4o', daysAgo: 0, currency: 'USD' },
+    { budget: 1, amount: '600000000000000000', key: 3, model: 'gpt-4.1', daysAgo: 0, currency: 'USD' },
+    { budget: 2, amount: '4', key: 2, model: 'gpt-4o', daysAgo: 0, currency: 'USD' }
+  ], true]] })
 })
 
 t.test('10,000 records are accepted in one request; 10,001 are a 400', async (t) => {
@@ -275,4 +296,110 @@ t.test('a record that would take a total past numeric(28,10) is refused alone; t
   ])
   t.equal(await count(sql, 'budget_usage_records'), 2)
   t.equal((await admin({ method: 'GET', url: `${PREFIX}/${budget.id}/status` })).json().currentAmount, '999999999999999999')
+})
+
+t.test('records without a rate or past numeric(28,10) are refused alone, and the rest are counted in one pass (each cache row written once)', async (t) => {
+  const { admin, sql } = await buildApp(t)
+  const org = await createBudget(admin, { name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '999999999999999999', period: 'annual' })
+  const team = await createBudget(admin, { name: 'team', scopeType: 'team', scopeId: 'team-a', parentId: org.id, amount: '999999999999999999', period: 'annual' })
+  const euro = await createBudget(admin, { name: 'euro team', scopeType: 'team', scopeId: 'team-e', amount: '1000', currency: 'EUR', period: 'annual' })
+  t.equal((await admin({ method: 'PUT', url: `${PREFIX}/exchange-rates/USD/EUR`, body: { rate: '100', effectiveFrom: '2024-01-01T00:00:00Z' } })).statusCode, 201)
+  // Counts every write to the cache rows: the batch's, not the budget creations'.
+  await sql`create table cache_writes (budget_id uuid)`
+  await sql`create function count_cache_write() returns trigger language plpgsql as $$ begin insert into cache_writes values (new.budget_id); return null; end $$`
+  await sql`create trigger count_cache_write after update on budget_status_cache for each row execute function count_cache_write()`
+  const good = (i: number) => ({ budgetId: team.id, amount: '1', currency: 'USD', metadata: { requestId: `g${i}` } })
+  const records = [
+    ...Array.from({ length: 20 }, (_, i) => good(i)),
+    { budgetId: team.id, amount: '1', currency: 'GBP', metadata: { requestId: 'no-rate' } }, // no GBP rate at all
+    { budgetId: euro.id, amount: '2', currency: 'EUR', metadata: { requestId: 'euro' } },
+    { budgetId: euro.id, amount: '99999999999999999', currency: 'USD', metadata: { requestId: 'converted' } }, // x 100: past 10^18 in EUR
+    { budgetId: team.id, amount: '999999999999999990', currency: 'USD', metadata: { requestId: 'total' } }, // team and org past 10^18
+    ...Array.from({ length: 20 }, (_, i) => good(20 + i))
+  ]
+  const answer = await batch(admin, records)
+  const codes = answer.results.map((result) => result.status === 'refused' ? `${result.error!.code} ${result.error!.field}` : result.status)
+  t.same(codes.slice(20, 24), ['BUDGET_ERR_EXCHANGE_RATE_MISSING currency', 'created', 'BUDGET_ERR_VALIDATION amount', 'BUDGET_ERR_VALIDATION amount'])
+  t.same([answer.created, answer.refused], [41, 3])
+  t.equal(await count(sql, 'budget_usage_records'), 41, 'exactly the good records are stored')
+  const status = async (id: string) => (await admin({ method: 'GET', url: `${PREFIX}/${id}/status` })).json().currentAmount
+  t.same([await status(team.id), await status(euro.id), await status(org.id)], ['40', '2', '40'])
+  const writes = await sql`select budget_id, count(*)::int as n from cache_writes group by 1`
+  t.ok(writes.every((row) => row.n <= 2), `each cache row written at most once (plus an alert crossing), not once per record: ${JSON.stringify(writes.map((row) => row.n))}`)
+})
+
+t.test('a record given by scopes, retried after a budget was made under those scopes, is stored once', async (t) => {
+  const { admin, sql } = await buildApp(t)
+  const team = await createBudget(admin, { name: 'team', scopeType: 'team', scopeId: 'team-a', amount: '100', period: 'annual' })
+  const usage = { scopes: { user: 'alice', team: 'team-a' }, amount: '5', currency: 'USD', metadata: { requestId: 'call-1', modelId: 'gpt-4o-mini' } }
+  const first = await batch(admin, [usage])
+  t.equal(first.results[0]!.record!.budgetId, team.id, 'no user budget yet: the team takes it')
+  const user = await createBudget(admin, { name: 'alice', scopeType: 'user', scopeId: 'alice', parentId: team.id, amount: '50', period: 'annual' })
+  const retry = await batch(admin, [usage])
+  t.same(retry.results.map((result) => result.status), ['replayed'])
+  t.equal(retry.results[0]!.record!.id, first.results[0]!.record!.id, 'the retry answers the first record, where it was stored')
+  t.equal(await count(sql, 'budget_usage_records'), 1)
+  const status = async (id: string) => (await admin({ method: 'GET', url: `${PREFIX}/${id}/status` })).json().currentAmount
+  t.same([await status(team.id), await status(user.id)], ['5', '0'], 'the team counts 5 for one usage of 5')
+
+  // The same key with another request: a 409, whatever budget it names.
+  const other = await batch(admin, [{ ...usage, scopes: { user: 'alice' } }, { ...usage, budgetId: user.id, scopes: undefined }, { ...usage, description: 'changed' }])
+  t.same(other.results.map((result) => result.error?.code), Array(3).fill('BUDGET_ERR_IDEMPOTENCY_CONFLICT'))
+  const single = await admin({ method: 'POST', url: `${PREFIX}/${user.id}/usage`, body: { amount: '5', currency: 'USD', metadata: { requestId: 'call-1', modelId: 'gpt-4o-mini' } } })
+  t.equal(single.statusCode, 409, 'the single route: the key is held by a record on another budget')
+  t.equal(single.json().code, 'BUDGET_ERR_IDEMPOTENCY_CONFLICT')
+  t.equal(await count(sql, 'budget_usage_records'), 1)
+})
+
+t.test('the single route: a key names one record across budgets; a retry of the same request replays it', async (t) => {
+  const { admin, sql } = await buildApp(t)
+  const a = await createBudget(admin, { name: 'a', scopeId: 'team-a', period: 'annual' })
+  const b = await createBudget(admin, { name: 'b', scopeId: 'team-b', period: 'annual' })
+  const body = { amount: '5', currency: 'USD', description: 'one call', metadata: { requestId: 'k1' } }
+  t.equal((await admin({ method: 'POST', url: `${PREFIX}/${a.id}/usage`, body })).statusCode, 201)
+  t.equal((await admin({ method: 'POST', url: `${PREFIX}/${a.id}/usage`, body: { ...body, amount: '5.000' } })).statusCode, 200, 'the same request (the same amount written otherwise)')
+  t.equal((await admin({ method: 'POST', url: `${PREFIX}/${a.id}/usage`, body: { ...body, description: 'another' } })).statusCode, 409, 'the same key, another description')
+  t.equal((await admin({ method: 'POST', url: `${PREFIX}/${b.id}/usage`, body })).statusCode, 409, 'the same key on another budget')
+  t.equal(await count(sql, 'budget_usage_records'), 1)
+})
+
+t.test('sql/018 on a database that stored a key twice: the first record holds it, the spend stays, and a retry replays the first', async (t) => {
+  const { sql } = await createTestSql(t)
+  const before = await mkdtemp(join(tmpdir(), 'migrations-'))
+  t.teardown(async () => await rm(before, { recursive: true }))
+  for (const migration of (await readMigrations()).filter((m) => m.version < 18)) {
+    await copyFile(new URL(`../sql/${migration.name}`, import.meta.url), join(before, migration.name))
+  }
+  await migrate(sql, pathToFileURL(`${before}/`))
+  const [team] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date)
+    values ('team', 'team', 'team-a', 100, 'USD', 'annual', '2024-01-01') returning id`
+  const [user] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, parent_id)
+    values ('alice', 'user', 'alice', 50, 'USD', 'annual', '2024-01-01', ${team!.id}) returning id`
+  // what the defect stored: one usage of 5 under one key, on the team and again on the user
+  await sql`insert into budget_usage_records (budget_id, amount, currency, idempotency_key, recorded_at) values (${team!.id}, 5, 'USD', 'call-1', now() - interval '1 minute')`
+  await sql`insert into budget_usage_records (budget_id, amount, currency, idempotency_key) values (${user!.id}, 5, 'USD', 'call-1')`
+
+  const app = Fastify({ logger: false })
+  await app.register(budgets, { database: sql, adminToken: ADMIN_TOKEN })
+  await app.ready() // applies sql/018
+  t.teardown(async () => await app.close())
+  const holders = await sql`select budget_id, request_fingerprint from budget_usage_records order by recorded_at`
+  t.same(holders.map((row) => [row.budget_id, row.request_fingerprint]), [[team!.id, 'legacy'], [user!.id, null]], 'the first holds the key; the later one stays, outside the index')
+  const retry = await app.inject({ method: 'POST', url: `${PREFIX}/usage/batch`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { records: [{ scopes: { user: 'alice', team: 'team-a' }, amount: '5', currency: 'USD', metadata: { requestId: 'call-1' } }] } })
+  t.same(retry.json().results.map((result: Result) => [result.status, result.record?.budgetId]), [['replayed', team!.id]])
+  const [{ n }] = await sql`select count(*)::int as n from budget_usage_records` as unknown as [{ n: number }]
+  t.equal(n, 2, 'nothing more stored')
+})
+
+t.test('recordUsage with the scopes that chose its budget (what recordModelCall needs): a retry after a user budget was made replays the first', async (t) => {
+  const { app, admin, sql } = await buildApp(t)
+  const team = await createBudget(admin, { name: 'team', scopeType: 'team', scopeId: 'team-a', amount: '100', period: 'annual' })
+  const scopes = { user: 'alice', team: 'team-a' }
+  const usage = { amount: '5', currency: 'USD', source: 'gateway', metadata: { requestId: 'call-9' } }
+  const first = await app.budgetTracker.record({ ...usage, budgetId: team.id }, { scopes })
+  const user = await createBudget(admin, { name: 'alice', scopeType: 'user', scopeId: 'alice', parentId: team.id, amount: '50', period: 'annual' })
+  const retry = await app.budgetTracker.record({ ...usage, budgetId: user.id, alsoCountsToward: [team.id] }, { scopes })
+  t.same([retry.replayed, retry.record.id], [true, first.record.id])
+  await t.rejects(app.budgetTracker.record({ ...usage, budgetId: user.id }), { code: 'BUDGET_ERR_IDEMPOTENCY_CONFLICT' }, 'without the scopes it names another budget: a conflict, never a second record')
+  t.equal(await count(sql, 'budget_usage_records'), 1)
 })

@@ -1,7 +1,7 @@
 // SQL for usage in bulk: the budgets a caller's scopes reach, and a batch stored and counted at once (sql/014).
 import type { Db } from './budgets.js'
 import type { Scope } from './reservations.js'
-import { toUsageRecord, usageColumns, type UsageRecord, type UsageRow, type UsageValues } from './usage.js'
+import { toUsageRecord, usageColumns, type KeyHolder, type UsageRecord, type UsageRow, type UsageValues } from './usage.js'
 import { canonicalTags, type Tags } from '../tags.js'
 
 /** A call's scopes, model and tags, as budget_applicable (sql/007, sql/012) reads them. */
@@ -12,11 +12,20 @@ export interface ScopedCall {
   tags?: Tags
 }
 
+/** What the batch did with its records: those stored, by index, and those it refused (RB001 with detail 'FROM/TO', or 22003). */
+export interface BatchStored {
+  stored: Map<number, UsageRecord>
+  faults: Map<number, { code: string, detail: string | null }>
+}
+
 export function createUsageBatchRepository (sql: Db) {
   return {
     /**
-     * For each call, the budgets its scopes match now, in the order a gated call records on them
-     * (listApplicable's: the most specific scope first): the first takes the record, the others count it too.
+     * For each call, the budgets its scopes match now, the one that takes the record first; the others count
+     * it too. The rule (README, Recording in bulk): the most specific scope the call gives (user, project,
+     * team, organization: budget_applicable's scope_rank); among several budgets on that scope, one with
+     * filters (the call matched them: the narrower) before one without, then the one created first. The id
+     * only parts two created at the same instant.
      */
     async listScopeBudgets (calls: ScopedCall[]): Promise<string[][]> {
       if (calls.length === 0) return []
@@ -27,7 +36,9 @@ export function createUsageBatchRepository (sql: Db) {
       const rows = await sql<Array<{ ord: number, budgetIds: string[] }>>`
         select c.ord, array(
           select a.budget_id from budget_applicable(c.types, c.ids, c.currency, now(), c.model, c.tags) a
-          where a.scope_matched order by a.scope_rank, a.budget_id
+          join budget_definitions b on b.id = a.budget_id
+          where a.scope_matched
+          order by a.scope_rank, (b.filter_models is null and b.filter_tags is null), b.created_at, a.budget_id
         )::text[] as "budgetIds"
         from jsonb_to_recordset(${JSON.stringify(input)}::text::jsonb) as c(ord int, types text[], ids text[], currency text, model text, tags jsonb)`
       const found = new Array<string[]>(calls.length).fill([])
@@ -36,11 +47,11 @@ export function createUsageBatchRepository (sql: Db) {
     },
 
     /**
-     * Stores the records (no two with the same budget and key) in order, allocated and counted as the
-     * per-row trigger would one at a time. Returns the stored records by index; a record whose key was
-     * used before on its budget is left out (the caller reads the first one). Run it in a transaction.
+     * Stores the records (no two under one key) in order, allocated and counted as the per-row trigger would
+     * one at a time (sql/018). A record whose key was held before is neither stored nor refused (the caller
+     * reads the first one). Run it in a transaction.
      */
-    async insertUsageBatch (records: UsageValues[]): Promise<Map<number, UsageRecord>> {
+    async insertUsageBatch (records: UsageValues[]): Promise<BatchStored> {
       const input = records.map((values, index) => ({
         ord: index,
         budget_id: values.budgetId,
@@ -50,27 +61,34 @@ export function createUsageBatchRepository (sql: Db) {
         description: values.description,
         metadata: values.metadata,
         idempotency_key: values.idempotencyKey,
+        request_fingerprint: values.idempotencyKey === null ? null : values.requestFingerprint,
         occurred_at: values.occurredAt.toISOString(),
         also_counts_toward: values.alsoCountsToward ?? []
       }))
-      const stored = await sql<Array<{ ord: number, usageId: string }>>`
-        select b.ord, b.usage_id::text as "usageId" from budget_record_usage_batch(${JSON.stringify(input)}::text::jsonb) b`
+      const answered = await sql<Array<{ ord: number, usageId: string | null, fault: string | null, detail: string | null }>>`
+        select b.ord, b.usage_id::text as "usageId", b.fault, b.detail from budget_record_usage_batch(${JSON.stringify(input)}::text::jsonb) b`
+      const stored = answered.filter((row) => row.usageId !== null)
+      const faults = new Map(answered.filter((row) => row.fault !== null).map((row) => [row.ord, { code: row.fault!, detail: row.detail }]))
       // A statement does not see the rows a function it calls inserted: they are read by the next one.
       const rows = await sql<Array<UsageRow & { ord: number }>>`
         select s.ord::int as ord, ${usageColumns(sql)}
-        from unnest(${stored.map((row) => row.usageId)}::text[]::uuid[], ${stored.map((row) => row.ord)}::int[]) as s(id, ord)
+        from unnest(${stored.map((row) => row.usageId!)}::text[]::uuid[], ${stored.map((row) => row.ord)}::int[]) as s(id, ord)
         join budget_usage_records u on u.id = s.id`
-      return new Map(rows.map(({ ord, ...row }) => [ord, toUsageRecord(row)]))
+      return { stored: new Map(rows.map(({ ord, ...row }) => [ord, toUsageRecord(row)])), faults }
     },
 
-    /** The records stored under these budgets and keys, by `${budgetId} ${key}`. */
-    async findUsageByKeys (keys: Array<{ budgetId: string, idempotencyKey: string }>): Promise<Map<string, UsageRecord>> {
+    /** The records that hold these keys (findKeyHolder's rule, for many), by key. */
+    async findKeyHolders (keys: Array<{ budgetId: string, idempotencyKey: string }>): Promise<Map<string, KeyHolder>> {
       if (keys.length === 0) return new Map()
-      const rows = await sql<Array<UsageRow & { key: string }>>`
-        select k.idempotency_key as key, ${usageColumns(sql)}
+      const rows = await sql<Array<UsageRow & { key: string, fingerprint: string | null }>>`
+        select k.idempotency_key as key, ${usageColumns(sql)}, u.request_fingerprint as fingerprint
         from unnest(${keys.map((key) => key.budgetId)}::text[]::uuid[], ${keys.map((key) => key.idempotencyKey)}::text[]) as k(budget_id, idempotency_key)
-        join budget_usage_records u on u.budget_id = k.budget_id and u.idempotency_key = k.idempotency_key`
-      return new Map(rows.map(({ key, ...row }) => [`${row.budgetId} ${key}`, toUsageRecord(row)]))
+        cross join lateral (
+          select * from budget_usage_records r
+          where r.idempotency_key = k.idempotency_key and (r.request_fingerprint is not null or r.budget_id = k.budget_id)
+          order by r.request_fingerprint is null, r.recorded_at, r.id limit 1
+        ) u`
+      return new Map(rows.map(({ key, fingerprint, ...row }) => [key, { record: toUsageRecord(row), fingerprint }]))
     }
   }
 }

@@ -10,9 +10,17 @@ export interface UsageValues {
   description: string | null
   metadata: Record<string, unknown>
   idempotencyKey: string | null
+  /** What identifies the request under its key (lib/services/usage-rules.ts requestFingerprint). */
+  requestFingerprint: string
   occurredAt: Date
   /** Budgets the usage also counts toward, besides its own budget's line. */
   alsoCountsToward?: string[]
+}
+
+/** The record that holds a key, and the fingerprint of the request that made it ('legacy': stored before sql/018; null: a gated call's). */
+export interface KeyHolder {
+  record: UsageRecord
+  fingerprint: string | null
 }
 
 export interface UsageRecord {
@@ -71,15 +79,16 @@ export function createUsageRepository (sql: Db) {
     ${filter.tag === undefined ? sql`` : sql`and u.metadata -> 'tags' ->> ${filter.tag[0]} = ${filter.tag[1]}`}`
 
   return {
-    /** Inserts the record, or nothing when its idempotency key was used before on this budget (then null). */
+    /** Inserts the record, or nothing when its idempotency key was used before, on any budget (then null). */
     async insertUsage (values: UsageValues): Promise<UsageRecord | null> {
       const [row] = await sql<UsageRow[]>`
         insert into budget_usage_records as u
-          (budget_id, amount, currency, source, description, metadata, idempotency_key, occurred_at, also_counts_toward)
+          (budget_id, amount, currency, source, description, metadata, idempotency_key, request_fingerprint, occurred_at, also_counts_toward)
         values (${values.budgetId}, ${values.amount}, ${values.currency}, ${values.source}, ${values.description},
-                ${sql.json(values.metadata as Parameters<typeof sql.json>[0])}, ${values.idempotencyKey}, ${values.occurredAt},
+                ${sql.json(values.metadata as Parameters<typeof sql.json>[0])}, ${values.idempotencyKey},
+                ${values.idempotencyKey === null ? null : values.requestFingerprint}, ${values.occurredAt},
                 ${values.alsoCountsToward ?? []}::uuid[])
-        on conflict (budget_id, idempotency_key) do nothing
+        on conflict do nothing
         returning ${columns}`
       return row === undefined ? null : toUsageRecord(row)
     },
@@ -95,10 +104,18 @@ export function createUsageRepository (sql: Db) {
       return row!.found as boolean
     },
 
-    async findUsageByKey (budgetId: string, idempotencyKey: string): Promise<UsageRecord | null> {
-      const [row] = await sql<UsageRow[]>`
-        select ${columns} from budget_usage_records u where u.budget_id = ${budgetId} and u.idempotency_key = ${idempotencyKey}`
-      return row === undefined ? null : toUsageRecord(row)
+    /**
+     * The record that holds the key: the one the usage API stored under it, whatever its budget; failing
+     * that (a key also used by a gated call on this budget), the budget's own record under it.
+     */
+    async findKeyHolder (budgetId: string, idempotencyKey: string): Promise<KeyHolder | null> {
+      const [row] = await sql<Array<UsageRow & { fingerprint: string | null }>>`
+        select ${columns}, u.request_fingerprint as fingerprint from budget_usage_records u
+        where u.idempotency_key = ${idempotencyKey} and (u.request_fingerprint is not null or u.budget_id = ${budgetId})
+        order by u.request_fingerprint is null, u.recorded_at, u.id limit 1`
+      if (row === undefined) return null
+      const { fingerprint, ...record } = row
+      return { record: toUsageRecord(record), fingerprint }
     },
 
     /** One page, newest first, strictly after `after` in that order (a keyset: stable while records arrive). */

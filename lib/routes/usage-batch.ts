@@ -36,8 +36,8 @@ export const usageBatchRoutes: FastifyPluginAsyncTypebox<{ collector: UsageColle
       summary: 'Record usage in bulk',
       description: 'Records 1 to 10,000 usage records in one request, each with either budgetId or the caller\'s scopes (counted on the ' +
         'budgets a gated call with those scopes, model and tags would count on). Each record is checked as POST /{id}/usage checks it ' +
-        'and answered on its own, in input order: created, replayed (its metadata.requestId was used before on that budget, in this ' +
-        'batch or an earlier request, for the same amount) or refused with the error the single route would give. The records ' +
+        'and answered on its own, in input order: created, replayed (its metadata.requestId was used before, on whatever budget, in this ' +
+        'batch or an earlier request, for the same request) or refused with the error the single route would give. The records ' +
         'created are stored in one transaction, with the same allocations, status and alert crossings as posting them one by one ' +
         'in order; a database fault stores none of them (503). A body that is not an object of 1 to 10,000 records is a 400; ' +
         'one over 16 MiB is a 413.',

@@ -7,13 +7,13 @@ import type { Money } from '../money.js'
 import type { BudgetRepository } from '../repository/budgets.js'
 import type { StatusRepository } from '../repository/status.js'
 import { createUsageBatchRepository, type ScopedCall } from '../repository/usage-batch.js'
-import { createUsageRepository, type UsageRecord, type UsageValues } from '../repository/usage.js'
+import type { KeyHolder, UsageRecord, UsageValues } from '../repository/usage.js'
 import { toErrorBody } from '../routes/error-handler.js'
 import { compileValidator } from '../routes/validator.js'
 import { BatchUsageRecord, type BatchUsageResult, type BudgetDefinition, type ScopeType } from '../schemas.js'
 import type { Tags } from '../tags.js'
 import { checkScopeId, toScopes } from './integration.js'
-import { checkActive, checkMatches, hasFilters, readUsage, replayOf, storageError, type ReadUsage, type UsageRuleOptions } from './usage-rules.js'
+import { checkActive, checkMatches, hasFilters, readUsage, recordFault, replayOf, requestFingerprint, type ReadUsage, type UsageRuleOptions } from './usage-rules.js'
 
 export interface CollectorRepositories {
   budgets: BudgetRepository
@@ -38,6 +38,7 @@ interface Read {
   index: number
   record: BatchUsageRecord
   usage: ReadUsage
+  fingerprint: string
   /** The budget it names, or the ones its scopes reach (the first takes it). */
   budgetIds: string[] | null
   call: ScopedCall | null
@@ -46,9 +47,8 @@ interface Read {
 const validateRecord = compileValidator({ schema: BatchUsageRecord, httpPart: 'body', method: 'POST', url: '/usage/batch' }) as
   ((value: unknown) => boolean) & { errors?: unknown[] | null }
 
-// The storage errors that belong to one record (a missing exchange rate, a total past numeric(28,10)):
-// the batch is stored again a record at a time, so that only those records are refused.
-const RECORD_FAULTS = new Set(['RB001', '22003'])
+/** Rolls the batch's statement back, to run it again with the records it refused left out. */
+class RetryBatch extends Error {}
 
 export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRepositories, options: UsageRuleOptions) {
   /** The first check a record fails, as { code, message, field }; a fault that is no record's (a bug, the database) is thrown. */
@@ -65,11 +65,12 @@ export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRe
     const valid = record as BatchUsageRecord
     if ((valid.budgetId === undefined) === (valid.scopes === undefined)) throw new InvalidFieldError('budgetId', 'give either budgetId or scopes (not both)')
     const usage = readUsage(valid, undefined, clock)
-    if (valid.scopes === undefined) return { index, record: valid, usage, budgetIds: [valid.budgetId!], call: null }
+    const fingerprint = requestFingerprint(valid.scopes === undefined ? { budgetId: valid.budgetId! } : { scopes: valid.scopes as Record<string, string> }, valid, usage)
+    if (valid.scopes === undefined) return { index, record: valid, usage, fingerprint, budgetIds: [valid.budgetId!], call: null }
     for (const [type, id] of Object.entries(valid.scopes)) checkScopeId(id, `scopes.${type}`)
     const model = typeof usage.metadata.modelId === 'string' ? usage.metadata.modelId : null
     const tags = usage.metadata.tags as Tags | undefined
-    return { index, record: valid, usage, budgetIds: null, call: { scopes: toScopes(valid.scopes as Partial<Record<ScopeType, string>>), currency: valid.currency, model, ...(tags === undefined ? {} : { tags }) } }
+    return { index, record: valid, usage, fingerprint, budgetIds: null, call: { scopes: toScopes(valid.scopes as Partial<Record<ScopeType, string>>), currency: valid.currency, model, ...(tags === undefined ? {} : { tags }) } }
   }
 
   /** Resolves scopes to budgets, then checks each record on its budget: found, its filters matched, active when the spend happened. */
@@ -105,7 +106,7 @@ export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRe
     const windows = new Map((await status.findWindows(windowList)).map((window, i) => [windowKey(windowList[i]!.budgetId, windowList[i]!.at), window]))
 
     const checked: Checked[] = []
-    for (const { index, record, usage, budgetIds, call } of reads) {
+    for (const { index, record, usage, fingerprint, budgetIds, call } of reads) {
       try {
         const [budgetId, ...others] = budgetIds ?? []
         if (budgetId === undefined) throw new NoApplicableBudgetError(describe(call!))
@@ -123,6 +124,7 @@ export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRe
             description: record.description ?? null,
             metadata: usage.metadata,
             idempotencyKey: usage.idempotencyKey,
+            requestFingerprint: fingerprint,
             occurredAt: usage.occurredAt,
             alsoCountsToward: others
           }
@@ -135,62 +137,66 @@ export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRe
   }
 
   /**
-   * Stores the checked records in one transaction: the first of each budget and key in one statement
-   * (sql/014), or, when one of them is at fault, each in a savepoint of its own, as the single route
-   * would store them one after another. Then each record not stored is the replay of the one that was.
+   * Stores the checked records in one transaction, the first under each key, in one statement (sql/018): a
+   * record it cannot store (no exchange rate, past numeric(28,10)) is refused there, alone. A record under the
+   * key of one refused so is the same refusal if it is the same request. Another request under that key would
+   * have been tried in its place one at a time: then the statement is rolled back and run again with it (rare:
+   * a batch that reuses a key for another request after a refused one). Then each record not stored is the
+   * replay of the one that holds its key, or a conflict.
    */
   async function store (checked: Checked[], answer: (index: number, error: unknown) => void, done: (index: number, status: 'created' | 'replayed', record: UsageRecord) => void): Promise<void> {
-    const keyOf = ({ values }: Checked) => values.idempotencyKey === null ? null : `${values.budgetId} ${values.idempotencyKey}`
+    const keyOf = ({ values }: Checked) => values.idempotencyKey
     await sql.begin(async (tx) => {
       const batch = createUsageBatchRepository(tx)
-      const seen = new Set<string>()
-      const firsts = checked.filter((entry) => {
-        const key = keyOf(entry)
-        if (key === null) return true
-        if (seen.has(key)) return false
-        seen.add(key)
-        return true
-      })
-      const stored = new Map<number, UsageRecord>() // by the record's index
-      const refused = new Set<number>()
-      try {
-        const byOrder = await tx.savepoint(async (sp) => await createUsageBatchRepository(sp).insertUsageBatch(firsts.map((entry) => entry.values)))
-        for (const [order, record] of byOrder) stored.set(firsts[order]!.index, record)
-      } catch (error) {
-        if (!RECORD_FAULTS.has((error as { code?: string }).code ?? '')) throw error
-        stored.clear()
-        for (const entry of checked) {
-          try {
-            const record = await tx.savepoint(async (sp) => await createUsageRepository(sp).insertUsage(entry.values))
-            if (record !== null) stored.set(entry.index, record)
-          } catch (fault) {
-            const mapped = storageError(fault)
-            if (mapped === fault) throw fault
-            refused.add(entry.index)
-            answer(entry.index, mapped)
+      const refusals = new Map<number, Error>() // by the record's index
+      const refusedRequests = new Map<string, Error>() // by key and fingerprint
+      const requestOf = (entry: Checked) => `${keyOf(entry)!} ${entry.values.requestFingerprint}`
+      let stored = new Map<number, UsageRecord>() // by the record's index
+      for (let again = true; again;) {
+        // The first record under each key that is not a request refused before.
+        const seen = new Set<string>()
+        const firsts = checked.filter((entry) => {
+          const key = keyOf(entry)
+          if (key === null) return true
+          const refused = refusedRequests.get(requestOf(entry))
+          if (refused !== undefined) { refusals.set(entry.index, refused); return false }
+          if (seen.has(key)) return false
+          seen.add(key)
+          return true
+        })
+        await tx.savepoint(async (sp) => {
+          const { stored: byOrder, faults } = await createUsageBatchRepository(sp).insertUsageBatch(firsts.map((entry) => entry.values))
+          stored = new Map([...byOrder].map(([order, record]) => [firsts[order]!.index, record]))
+          for (const [order, { code, detail }] of faults) {
+            const entry = firsts[order]!
+            const error = recordFault(code, detail)!
+            refusals.set(entry.index, error)
+            if (keyOf(entry) !== null) refusedRequests.set(requestOf(entry), error)
           }
-        }
+          // Another request under a refused one's key, later in the batch: it goes in the refused one's place.
+          again = checked.some((entry) => keyOf(entry) !== null && !refusals.has(entry.index) && !refusedRequests.has(requestOf(entry)) &&
+            firsts.some((first) => refusals.has(first.index) && keyOf(first) === keyOf(entry) && first.index < entry.index))
+          if (again) throw new RetryBatch()
+        }).catch((error: unknown) => { if (!(error instanceof RetryBatch)) throw error })
       }
 
-      // The first record under each key (this batch's, or one stored before), for the records not stored.
-      const firstByKey = new Map<string, UsageRecord>()
+      // The record that holds each key: this batch's, or one stored before.
+      const holders = new Map<string, KeyHolder>()
       for (const entry of checked) {
         const record = stored.get(entry.index)
-        if (record !== undefined && keyOf(entry) !== null) firstByKey.set(keyOf(entry)!, record)
+        if (record !== undefined && keyOf(entry) !== null) holders.set(keyOf(entry)!, { record, fingerprint: entry.values.requestFingerprint })
       }
-      const missing = checked.filter((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refused.has(entry.index) && !firstByKey.has(keyOf(entry)!))
-      const before = await batch.findUsageByKeys(missing.map((entry) => ({ budgetId: entry.values.budgetId, idempotencyKey: entry.values.idempotencyKey! })))
-      for (const [key, record] of before) firstByKey.set(key, record)
+      const missing = checked.filter((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refusals.has(entry.index) && !holders.has(keyOf(entry)!))
+      const before = await batch.findKeyHolders(missing.map((entry) => ({ budgetId: entry.values.budgetId, idempotencyKey: entry.values.idempotencyKey! })))
+      for (const [key, holder] of before) holders.set(key, holder)
 
       for (const entry of checked) {
         const created = stored.get(entry.index)
         if (created !== undefined) { done(entry.index, 'created', created); continue }
-        if (refused.has(entry.index)) continue
-        const first = firstByKey.get(keyOf(entry)!)
-        // A key whose first record was refused in this batch (and stored nowhere): refused as the first was.
-        if (first === undefined) { answer(entry.index, new InvalidFieldError('metadata.requestId', 'was used by an earlier record of this batch that was refused')); continue }
+        const refused = refusals.get(entry.index)
+        if (refused !== undefined) { answer(entry.index, refused); continue }
         try {
-          done(entry.index, 'replayed', replayOf(first, entry.values.amount as Money, entry.values.currency, entry.values.idempotencyKey!))
+          done(entry.index, 'replayed', replayOf(holders.get(keyOf(entry)!)!, entry.values.amount as Money, entry.values.currency, entry.values.idempotencyKey!, entry.values.requestFingerprint))
         } catch (error) {
           answer(entry.index, error)
         }

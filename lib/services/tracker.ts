@@ -11,7 +11,7 @@ import type { Tags } from '../tags.js'
 import { parseTimestamp } from '../timestamps.js'
 import { decide, standingsOf, type BudgetConstraintCheck } from './decision.js'
 import { computeStatus, type BudgetStatusInfo } from './status-rules.js'
-import { checkActive, checkMatches, hasFilters, readUsage, replayOf, storageError } from './usage-rules.js'
+import { checkActive, checkMatches, hasFilters, readUsage, replayOf, requestFingerprint, storageError } from './usage-rules.js'
 
 export interface RecordUsageRequest {
   budgetId: string
@@ -41,6 +41,11 @@ export interface UsageMetadata {
 export interface RecordOptions {
   /** Overrides metadata.requestId as the key that makes a retry store nothing new. */
   idempotencyKey?: string
+  /**
+   * The caller's scopes, when budgetId is the budget they reach (recordModelCall): a retry is then the same
+   * request whichever budget the scopes reach by then, and replays the first record where it was stored.
+   */
+  scopes?: Record<string, string>
 }
 
 export interface UsageHistoryQuery {
@@ -102,9 +107,11 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
     return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now, crossings, projectedTotal })
   }
 
-  /** Records a usage once per idempotency key and budget; `replayed` tells a retry from the first call. */
+  /** Records a usage once per idempotency key, whatever budget took it; `replayed` tells a retry from the first call. */
   async function record (request: RecordUsageRequest, recordOptions: RecordOptions = {}): Promise<{ record: UsageRecord, replayed: boolean }> {
-    const { amount, metadata, occurredAt, idempotencyKey } = readUsage(request, recordOptions.idempotencyKey, options)
+    const read = readUsage(request, recordOptions.idempotencyKey, options)
+    const { amount, metadata, occurredAt, idempotencyKey } = read
+    const fingerprint = requestFingerprint(recordOptions.scopes === undefined ? { budgetId: request.budgetId } : { scopes: recordOptions.scopes }, request, read)
     const budget = await requireBudget(request.budgetId)
     if (hasFilters(budget)) {
       checkMatches(budget, await budgets.matchesCall(budget.id, typeof metadata.modelId === 'string' ? metadata.modelId : null, metadata.tags as Tags | undefined))
@@ -118,14 +125,15 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
       description: request.description ?? null,
       metadata,
       idempotencyKey,
+      requestFingerprint: fingerprint,
       occurredAt,
       alsoCountsToward: request.alsoCountsToward
     }
     const inserted = await usage.insertUsage(values).catch((error: unknown) => { throw storageError(error) })
     if (inserted !== null) return { record: inserted, replayed: false }
-    // The key was used before (perhaps by an identical request a moment ago, now committed).
-    const first = (await usage.findUsageByKey(budget.id, idempotencyKey!))!
-    return { record: replayOf(first, amount, request.currency, idempotencyKey!), replayed: true }
+    // The key was used before (perhaps by an identical request a moment ago, now committed), perhaps on another budget.
+    const first = (await usage.findKeyHolder(budget.id, idempotencyKey!))!
+    return { record: replayOf(first, amount, request.currency, idempotencyKey!, fingerprint), replayed: true }
   }
 
   /** The query's range, by default the budget's current window. */

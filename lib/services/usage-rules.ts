@@ -1,8 +1,9 @@
 // The rules a usage record meets before it is stored, one place for POST /:id/usage (tracker.record) and POST /usage/batch (collector).
+import { createHash } from 'node:crypto'
 import { BudgetNotActiveError, exchangeRateError, IdempotencyConflictError, InvalidFieldError } from '../errors.js'
 import { parsePositiveMoney, toUnits, type Money } from '../money.js'
 import type { BudgetWindow } from '../repository/status.js'
-import type { UsageRecord } from '../repository/usage.js'
+import type { KeyHolder, UsageRecord } from '../repository/usage.js'
 import type { BudgetDefinition } from '../schemas.js'
 import { checkTags } from '../tags.js'
 import { parseTimestamp } from '../timestamps.js'
@@ -64,19 +65,64 @@ export function checkActive (budget: BudgetDefinition, occurredAt: Date, window:
 
 /** A PostgreSQL error that storing one record raised, as the caller's mistake where it is one. */
 export function storageError (error: unknown): unknown {
-  // Usage in another currency is converted for each budget it counts toward (sql/012); without a rate it is refused.
-  if ((error as { code?: string }).code === 'RB001') return exchangeRateError(error)
-  // numeric_value_out_of_range: the amount fits its column, but a budget's total would not.
-  if ((error as { code?: string }).code === '22003') return new InvalidFieldError('amount', 'would take a budget\'s total past the largest amount that can be stored (10^18)')
-  return error
+  return recordFault((error as { code?: string }).code, (error as { detail?: string }).detail) ?? error
 }
 
-/** A record whose key was used before on its budget: the first one, if it is the same usage. */
-export function replayOf (first: UsageRecord, amount: Money, currency: string, idempotencyKey: string): UsageRecord {
-  if (toUnits(first.amount) !== toUnits(amount) || first.currency !== currency) {
-    throw new IdempotencyConflictError(idempotencyKey, `it recorded ${first.amount} ${first.currency}`)
+/**
+ * The refusal for a record that cannot be stored: no exchange rate (RB001, detail 'FROM/TO'), or an amount
+ * past numeric(28,10) (22003). The single route meets these as errors, the batch (sql/018) as answers.
+ */
+export function recordFault (code: string | null | undefined, detail: string | null | undefined): Error | null {
+  // Usage in another currency is converted for each budget it counts toward (sql/012); without a rate it is refused.
+  if (code === 'RB001') return exchangeRateError({ code, detail }) as Error
+  // numeric_value_out_of_range: the amount fits its column, but a converted amount or a budget's total would not.
+  if (code === '22003') return new InvalidFieldError('amount', 'would take a budget\'s total past the largest amount that can be stored (10^18)')
+  return null
+}
+
+/** Where a record was sent: a budget by id, or the caller's scopes (the budget they reach may change between two attempts). */
+export type UsageTarget = { budgetId: string } | { scopes: Record<string, string> }
+
+/**
+ * What identifies a request under its key (as Stripe compares a retry's parameters with the first's): where it
+ * was sent and everything it says, as the client wrote it, in a canonical form (the amount in canonical
+ * money, object keys in order; occurredAt only when given). The key itself is not part of it.
+ */
+export function requestFingerprint (target: UsageTarget, request: UsageInput, read: ReadUsage): string {
+  const given = [
+    'budgetId' in target ? ['budget', target.budgetId.toLowerCase()] : ['scopes', target.scopes],
+    read.amount, request.currency, request.source ?? null, request.description ?? null, request.metadata ?? {},
+    request.occurredAt === undefined ? null : read.occurredAt.toISOString()
+  ]
+  return createHash('sha256').update(canonicalJson(given)).digest('base64url')
+}
+
+/**
+ * A record whose key was used before: the first one, if this is the same request. A key names one record
+ * whatever budget took it; the same key with anything else different is a 409. A record stored before
+ * sql/018 has no fingerprint ('legacy'): its retry is compared as it was then, on amount and currency.
+ */
+export function replayOf (first: KeyHolder, amount: Money, currency: string, idempotencyKey: string, fingerprint: string): UsageRecord {
+  const { record } = first
+  if (first.fingerprint === null || first.fingerprint === LEGACY_FINGERPRINT) {
+    if (toUnits(record.amount) !== toUnits(amount) || record.currency !== currency) {
+      throw new IdempotencyConflictError(idempotencyKey, `it recorded ${record.amount} ${record.currency}`)
+    }
+  } else if (first.fingerprint !== fingerprint) {
+    throw new IdempotencyConflictError(idempotencyKey, `it recorded ${record.amount} ${record.currency} on budget ${record.budgetId} for a request with other parameters; a retry repeats the first request`)
   }
-  return first
+  return record
+}
+
+const LEGACY_FINGERPRINT = 'legacy'
+
+function canonicalJson (value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value).filter(([, v]) => v !== undefined).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`
+  }
+  return JSON.stringify(value) ?? 'null'
 }
 
 /** The record's model under its price-table name, so model filters match it as they match a gated call. */
