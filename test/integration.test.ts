@@ -46,6 +46,19 @@ t.test('recordModelCall: once per request id, counted toward every budget of the
   t.equal(await app.budgetIntegration.recordModelCall({ user: 'nobody' }, '1'), null, 'nothing applies, nothing recorded')
 })
 
+t.test('recordModelCall: a retry after a budget was created for a scope of the caller replays the first record', async (t) => {
+  const { app, createBudget, status } = await buildGateway(t)
+  const team = await createBudget({ name: 'platform', scopeType: 'team', scopeId: 'platform', amount: '10' })
+  const caller = { user: 'alice', team: 'platform' }
+  const first = await app.budgetIntegration.recordModelCall(caller, '5', { requestId: 'call-7', metadata: { modelId: 'gpt-4o' } })
+  t.equal(first!.budgetId, team.id, 'no user budget yet: the team takes it')
+  const alice = await createBudget({ name: 'alice', scopeType: 'user', scopeId: 'alice', amount: '10', parentId: team.id })
+  const again = await app.budgetIntegration.recordModelCall(caller, '5', { requestId: 'call-7', metadata: { modelId: 'gpt-4o' } })
+  t.equal(again!.id, first!.id, 'the same record, though the user budget would take a new one')
+  t.equal((await status(team.id)).currentAmount, '5', 'the team counts one usage of 5, not 10')
+  t.equal((await status(alice.id)).currentAmount, '0')
+})
+
 t.test('getCallerSummary: every budget that applies, with status, and the one that binds first', async (t) => {
   const { app, createBudget } = await buildGateway(t)
   const org = await createBudget({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '10' })

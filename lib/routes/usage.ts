@@ -29,7 +29,7 @@ export const usageRoutes: FastifyPluginAsyncTypebox<UsageRoutesOptions> = async 
   app.post('/:id/usage', {
     schema: {
       summary: 'Record usage',
-      description: 'Stores one usage record per idempotency key (metadata.requestId or the Idempotency-Key header) and budget: a retry answers 200 with the first record.',
+      description: 'Stores one usage record per idempotency key (metadata.requestId or the Idempotency-Key header), across budgets: the same request again answers 200 with the first record, another request under the key 409 BUDGET_ERR_IDEMPOTENCY_CONFLICT.',
       tags: ['usage'],
       params: BudgetIdParams,
       headers: IdempotencyHeaders,

@@ -270,7 +270,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
           ...(info.requestId === undefined ? {} : { requestId: info.requestId })
         },
         alsoCountsToward: others.map((budget) => budget.budgetId)
-      })
+      // A retry is the same request whichever budget the caller's scopes reach by then (a budget created since).
+      }, { scopes: Object.fromEntries(toScopes(caller).map((scope) => [scope.type, scope.id])) })
     },
 
     /** Every budget that applies to the caller (for calls to `model`, when given) with its status, and the one that binds first (least left). */
