@@ -218,7 +218,8 @@ t.test('backdated records posted as a batch and one by one give the same project
     const response = await app.inject({ method: 'POST', url: `${PREFIX}/${single.id}/usage`, headers: admin, body: record })
     t.equal(response.statusCode, 201)
   }
-  const batch = await app.inject({ method: 'POST', url: `${PREFIX}/usage/batch`, headers: admin, body: { records: records.map((record) => ({ budgetId: batched.id, ...record })) } })
+  // Keys of their own: a key names one record across budgets (sql/018).
+  const batch = await app.inject({ method: 'POST', url: `${PREFIX}/usage/batch`, headers: admin, body: { records: records.map((record, n) => ({ budgetId: batched.id, ...record, metadata: { requestId: `late-batch-${n + 1}` } })) } })
   t.equal(batch.statusCode, 200, batch.body.slice(0, 200))
   const crossings = async (id: string) => (await sql`select threshold::text as threshold, basis from budget_alert_history where budget_id = ${id}`).map((row) => `${row.threshold as string} ${row.basis as string}`)
   t.same(await crossings(single.id), ['50 projected'], 'one by one: the projected alert fired')
