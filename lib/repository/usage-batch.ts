@@ -1,7 +1,7 @@
 // SQL for usage in bulk: the budgets a caller's scopes reach, and a batch stored and counted at once (sql/014).
 import type { Db } from './budgets.js'
 import type { Scope } from './reservations.js'
-import { toUsageRecord, usageColumns, type KeyHolder, type UsageRecord, type UsageRow, type UsageValues } from './usage.js'
+import { findKeyHolders, toUsageRecord, usageColumns, type KeyHolder, type UsageRecord, type UsageRow, type UsageValues } from './usage.js'
 import { canonicalTags, type Tags } from '../tags.js'
 
 /** A call's scopes, model and tags, as budget_applicable (sql/007, sql/012) reads them. */
@@ -77,18 +77,9 @@ export function createUsageBatchRepository (sql: Db) {
       return { stored: new Map(rows.map(({ ord, ...row }) => [ord, toUsageRecord(row)])), faults }
     },
 
-    /** The records that hold these keys (findKeyHolder's rule, for many), by key. */
+    /** The records that hold these keys, by key. */
     async findKeyHolders (keys: Array<{ budgetId: string, idempotencyKey: string }>): Promise<Map<string, KeyHolder>> {
-      if (keys.length === 0) return new Map()
-      const rows = await sql<Array<UsageRow & { key: string, fingerprint: string | null }>>`
-        select k.idempotency_key as key, ${usageColumns(sql)}, u.request_fingerprint as fingerprint
-        from unnest(${keys.map((key) => key.budgetId)}::text[]::uuid[], ${keys.map((key) => key.idempotencyKey)}::text[]) as k(budget_id, idempotency_key)
-        cross join lateral (
-          select * from budget_usage_records r
-          where r.idempotency_key = k.idempotency_key and (r.request_fingerprint is not null or r.budget_id = k.budget_id)
-          order by r.request_fingerprint is null, r.recorded_at, r.id limit 1
-        ) u`
-      return new Map(rows.map(({ key, fingerprint, ...row }) => [key, { record: toUsageRecord(row), fingerprint }]))
+      return await findKeyHolders(sql, keys)
     }
   }
 }

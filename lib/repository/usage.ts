@@ -67,6 +67,23 @@ export function usageColumns (sql: Db) {
     u.occurred_at as "occurredAt", u.recorded_at as "recordedAt"`
 }
 
+/**
+ * The records that hold these idempotency keys, by key: a key names one record across budgets (sql/018);
+ * a record stored before that (no fingerprint) holds its key on its own budget only.
+ */
+export async function findKeyHolders (sql: Db, keys: Array<{ budgetId: string, idempotencyKey: string }>): Promise<Map<string, KeyHolder>> {
+  if (keys.length === 0) return new Map()
+  const rows = await sql<Array<UsageRow & { key: string, fingerprint: string | null }>>`
+    select k.idempotency_key as key, ${usageColumns(sql)}, u.request_fingerprint as fingerprint
+    from unnest(${keys.map((key) => key.budgetId)}::text[]::uuid[], ${keys.map((key) => key.idempotencyKey)}::text[]) as k(budget_id, idempotency_key)
+    cross join lateral (
+      select * from budget_usage_records r
+      where r.idempotency_key = k.idempotency_key and (r.request_fingerprint is not null or r.budget_id = k.budget_id)
+      order by r.request_fingerprint is null, r.recorded_at, r.id limit 1
+    ) u`
+  return new Map(rows.map(({ key, fingerprint, ...row }) => [key, { record: toUsageRecord(row), fingerprint }]))
+}
+
 export function createUsageRepository (sql: Db) {
   const columns = usageColumns(sql)
 
@@ -109,13 +126,7 @@ export function createUsageRepository (sql: Db) {
      * that (a key also used by a gated call on this budget), the budget's own record under it.
      */
     async findKeyHolder (budgetId: string, idempotencyKey: string): Promise<KeyHolder | null> {
-      const [row] = await sql<Array<UsageRow & { fingerprint: string | null }>>`
-        select ${columns}, u.request_fingerprint as fingerprint from budget_usage_records u
-        where u.idempotency_key = ${idempotencyKey} and (u.request_fingerprint is not null or u.budget_id = ${budgetId})
-        order by u.request_fingerprint is null, u.recorded_at, u.id limit 1`
-      if (row === undefined) return null
-      const { fingerprint, ...record } = row
-      return { record: toUsageRecord(record), fingerprint }
+      return (await findKeyHolders(sql, [{ budgetId, idempotencyKey }])).get(idempotencyKey) ?? null
     },
 
     /** One page, newest first, strictly after `after` in that order (a keyset: stable while records arrive). */
