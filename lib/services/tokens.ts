@@ -187,17 +187,20 @@ function rendered (value: unknown): string {
  */
 const JSON_BOUND_FACTOR = 3
 
+const OPENS_JSON = /^[ \t\n\r]*[{[]/
+
 /** A JSON text's tokens as sent or as OpenAI re-renders it, whichever is more. */
 function jsonTextTokens (text: unknown, count: CountTokens): number {
   if (typeof text !== 'string') return textOf(text, count)
-  if (!text.startsWith('{')) return count(text)
+  // JSON.parse, and the API's re-rendering, take an object or array after any JSON whitespace.
+  if (!OPENS_JSON.test(text)) return count(text)
   // Parsing and re-rendering cost time in proportion too: only within the budget, else the bound.
   const bytes = Buffer.byteLength(text, 'utf8')
   if (!count.canAfford(2 * bytes)) { count.charge(bytes); return JSON_BOUND_FACTOR * bytes }
   const sent = count(text)
   try {
     const parsed: unknown = JSON.parse(text)
-    return isObject(parsed) ? Math.max(sent, count(rendered(parsed))) : sent
+    return isObject(parsed) || Array.isArray(parsed) ? Math.max(sent, count(rendered(parsed))) : sent
   } catch {
     return sent // not JSON (or nested too deep to render): the API passes it as sent
   }
