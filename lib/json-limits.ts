@@ -36,6 +36,45 @@ export function deeperThan (value: unknown, most: number): boolean {
   return false
 }
 
+/**
+ * The path (dot-separated) of the first key named `key` anywhere in a parsed JSON value, or null; the
+ * same iterative walk, each node noting only its parent's index and its own key, so that a path is
+ * built only for the key found.
+ */
+export function pathOfKey (value: unknown, key: string): string | null {
+  const values: unknown[] = [value]
+  const at: number[] = [-1]
+  const parents: number[] = []
+  const keys: string[] = []
+  while (values.length > 0) {
+    const current = values.pop()
+    const self = at.pop()!
+    if (typeof current !== 'object' || current === null) continue
+    const visit = (child: unknown, name: string): string | null => {
+      if (name === key) return [...pathTo(self), name].join('.')
+      if (typeof child === 'object' && child !== null) { parents.push(self); keys.push(name); values.push(child); at.push(parents.length - 1) }
+      return null
+    }
+    if (Array.isArray(current)) {
+      for (let i = 0; i < current.length; i++) {
+        const child: unknown = current[i]
+        if (typeof child === 'object' && child !== null) { parents.push(self); keys.push(String(i)); values.push(child); at.push(parents.length - 1) }
+      }
+    } else {
+      for (const name in current) {
+        const found = visit((current as Record<string, unknown>)[name], name)
+        if (found !== null) return found
+      }
+    }
+  }
+  return null
+  function pathTo (node: number): string[] {
+    const path: string[] = []
+    for (let i = node; i >= 0; i = parents[i]!) path.unshift(keys[i]!)
+    return path
+  }
+}
+
 export function isStorableText (text: string): boolean {
   return !UNSTORABLE.test(text)
 }
