@@ -100,7 +100,8 @@ function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): 
     if (!Number.isInteger(value) || (value as number) < 1) throw new InvalidFieldError(field, 'must be a positive integer')
     return value as number
   })
-  const requested = Math.max(...limits)
+  // A provider that obeys max_tokens alone ignores max_completion_tokens: without max_tokens, uncapped.
+  const requested = price.outputLimitField === 'max_tokens' ? limits[0]! : Math.max(...limits)
 
   if (!Array.isArray(body.messages)) throw new InvalidFieldError('messages', 'must be a list of messages')
   let images = 0

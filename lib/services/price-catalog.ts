@@ -66,6 +66,9 @@ const OUTPUT_BOUNDS: Record<string, string> = {
   deepseek: 'max_tokens caps deepseek-chat\'s answer; the thinking models bill a chain of thought past it: see REASONING_BEYOND_LIMIT'
 }
 
+/** Providers whose APIs document max_tokens alone: max_completion_tokens is not what caps their output. */
+const MAX_TOKENS_ONLY = new Set(['deepseek', 'mistral'])
+
 /**
  * Output the provider bills past max_tokens: DeepSeek's reasoner (R1) takes max_tokens as the final
  * answer's limit and bills its chain of thought of up to 32K tokens on top (DeepSeek API docs,
@@ -161,11 +164,15 @@ export function assessCatalogModel (provider: string, id: string, rates: Catalog
     if (!Object.values(TOKEN_KEYS).includes(key as never) && !NOT_BILLED_KEYS.has(key)) return refuse(`bills ${key}, which no token count bounds`)
   }
   const outputBound = Object.hasOwn(OUTPUT_BOUNDS, provider) ? OUTPUT_BOUNDS[provider]! : null
-  if (outputBound === null) return refuse(`how ${provider} bills output past max_tokens (reasoning) is not established: name the model in the price table to price it`)
+  if (outputBound === null) return refuse(`is a ${provider} model, and how ${provider} bills output past max_tokens (reasoning) is not established: name the model in the price table to price it`)
   const price = exactPrice(id, rates, contextWindow, !EXPLICIT_CACHE_WRITES.has(provider))
   if (price === null) return refuse('has rates that cannot be stored exactly, or a cache read dearer than a fresh token')
   const reasoning = Object.hasOwn(REASONING_BEYOND_LIMIT, provider) ? REASONING_BEYOND_LIMIT[provider]!(id) : 0
-  return { model: id, price: reasoning > 0 ? { ...price, reasoningBeyondLimitTokens: reasoning } : price, outputBound }
+  return {
+    model: id,
+    price: { ...price, ...(reasoning > 0 ? { reasoningBeyondLimitTokens: reasoning } : {}), ...(MAX_TOKENS_ONLY.has(provider) ? { outputLimitField: 'max_tokens' as const } : {}) },
+    outputBound
+  }
 }
 
 function exactPrice (id: string, rates: CatalogPrice, contextWindow: number | undefined, writesAutomatically: boolean): ModelPrice | null {
