@@ -14,26 +14,36 @@ export const MAX_NESTING = 64
  * about. Two flat stacks and no per-node arrays: a 1 MB body of 20,000 messages is walked in a few ms.
  */
 export function deeperThan (value: unknown, most: number): boolean {
+  return walkForDepthOrKey(value, most, null) === 'deep'
+}
+
+/**
+ * One walk for both refusals of a request body: 'deep' when it nests more than `most` levels, 'key'
+ * when a key named `key` is anywhere in it (its path is then found by pathOfKey, on that rare path
+ * only), else null.
+ */
+export function walkForDepthOrKey (value: unknown, most: number, key: string | null): 'deep' | 'key' | null {
   const values: unknown[] = [value]
   const depths: number[] = [0]
   while (values.length > 0) {
     const current = values.pop()
     const depth = depths.pop()!
     if (typeof current !== 'object' || current === null) continue
-    if (depth >= most) return true
+    if (depth >= most) return 'deep'
     if (Array.isArray(current)) {
       for (let i = 0; i < current.length; i++) {
         const child: unknown = current[i]
         if (typeof child === 'object' && child !== null) { values.push(child); depths.push(depth + 1) }
       }
     } else {
-      for (const key in current) {
-        const child: unknown = (current as Record<string, unknown>)[key]
+      for (const name in current) {
+        if (name === key) return 'key'
+        const child: unknown = (current as Record<string, unknown>)[name]
         if (typeof child === 'object' && child !== null) { values.push(child); depths.push(depth + 1) }
       }
     }
   }
-  return false
+  return null
 }
 
 /**

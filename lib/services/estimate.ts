@@ -3,7 +3,7 @@
 // upstream can bill; a request field that could make the bill larger than the bound is refused.
 import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
-import { MAX_NESTING, deeperThan, pathOfKey } from '../json-limits.js'
+import { MAX_NESTING, pathOfKey, walkForDepthOrKey } from '../json-limits.js'
 import { injectedPromptTokens } from './injected-tokens.js'
 import { costOf, type ModelPrice, type PriceBook, type TokenUsage } from './pricing.js'
 import { chatPromptTokens, tokenCounter } from './tokens.js'
@@ -123,11 +123,11 @@ function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): 
     }
   })
   // Nested past what any schema needs, a body would overflow the stack of JSON.stringify below.
-  if (deeperThan(body, MAX_NESTING)) throw new InvalidFieldError('body', `is nested more than ${MAX_NESTING} levels deep`)
   // A cache write is billed above the input rate (Anthropic: 1.25x for 5 minutes, 2x for an hour), and
   // only a request's mark makes one: refused, so that no gated call writes (price-catalog.ts).
-  const cacheMark = pathOfKey(body, 'cache_control')
-  if (cacheMark !== null) throw new UnboundedFieldError(cacheMark, 'asks for a prompt-cache write, billed above the input rate that the budget gate reserves')
+  const found = walkForDepthOrKey(body, MAX_NESTING, 'cache_control')
+  if (found === 'deep') throw new InvalidFieldError('body', `is nested more than ${MAX_NESTING} levels deep`)
+  if (found === 'key') throw new UnboundedFieldError(pathOfKey(body, 'cache_control') ?? 'cache_control', 'asks for a prompt-cache write, billed above the input rate that the budget gate reserves')
   checkFunctionTools(body)
   const definitions = [body.tools, body.functions, body.response_format].filter((part) => part !== undefined && part !== null)
   const count = typeof model === 'string' ? tokenCounter(model) : null
