@@ -1,4 +1,4 @@
-// Reviewer rb: catalog models priced although their provider bills more than the estimate.
+// catalog models priced although their provider bills more than the estimate.
 import { calcPrice } from '@pydantic/genai-prices'
 import t from 'tap'
 import { estimateChatCost } from '../lib/services/estimate.js'
