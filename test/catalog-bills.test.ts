@@ -1,4 +1,4 @@
-// catalog models priced although their provider bills more than the estimate.
+// Catalog models whose provider may bill more than tokens at the input rate (cache writes, server tools): each bounded or refused.
 import { calcPrice } from '@pydantic/genai-prices'
 import t from 'tap'
 import { estimateChatCost } from '../lib/services/estimate.js'

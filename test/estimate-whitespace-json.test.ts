@@ -1,4 +1,4 @@
-// the estimate's prompt tokens must bound what OpenAI bills (the oracle,
+// The estimate's prompt tokens must bound what OpenAI bills (the oracle,
 // test/fixtures/openai-tokens.ts). A tool result whose JSON starts with whitespace is re-rendered by the
 // API (JSON.parse accepts leading whitespace) but counted as sent by tokens.ts (jsonTextTokens only
 // re-renders text that starts with '{'): the estimate is under the bill, and a hard budget is overspent.
