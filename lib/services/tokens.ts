@@ -81,7 +81,7 @@ const SEEN_PIECES = MERGE_CACHE_SIZE / 2
 const workOf = (text: string, bytes: number): number => NEW_BYTE_WEIGHT * bytes + NON_ASCII_WEIGHT * (bytes - text.length)
 /**
  * The work tokenized per request: past it, the rest of a prompt counts a token a byte (a bound). About
- * 30 K characters of new English words (random letters: the costliest), 3,000 of new Chinese or
+ * 20 K characters of new English words (random letters: the costliest), 3,000 of new Chinese or
  * Japanese, 8,000 tokenizer calls, or 11 K pieces met before (prose repeats its words): a prompt of any
  * size up to the body limit blocks the event loop for some ms, never the 0.1 s to seconds that
  * tokenizing all of it can take (bench/estimate-stall.ts). Past the budget, text counts a token a byte
