@@ -14,26 +14,75 @@ export const MAX_NESTING = 64
  * about. Two flat stacks and no per-node arrays: a 1 MB body of 20,000 messages is walked in a few ms.
  */
 export function deeperThan (value: unknown, most: number): boolean {
+  return walkForDepthOrKey(value, most, null) === 'deep'
+}
+
+/**
+ * One walk for both refusals of a request body: 'deep' when it nests more than `most` levels, 'key'
+ * when a key named `key` is anywhere in it (its path is then found by pathOfKey, on that rare path
+ * only), else null.
+ */
+export function walkForDepthOrKey (value: unknown, most: number, key: string | null): 'deep' | 'key' | null {
   const values: unknown[] = [value]
   const depths: number[] = [0]
   while (values.length > 0) {
     const current = values.pop()
     const depth = depths.pop()!
     if (typeof current !== 'object' || current === null) continue
-    if (depth >= most) return true
+    if (depth >= most) return 'deep'
     if (Array.isArray(current)) {
       for (let i = 0; i < current.length; i++) {
         const child: unknown = current[i]
         if (typeof child === 'object' && child !== null) { values.push(child); depths.push(depth + 1) }
       }
     } else {
-      for (const key in current) {
-        const child: unknown = (current as Record<string, unknown>)[key]
+      for (const name in current) {
+        if (name === key) return 'key'
+        const child: unknown = (current as Record<string, unknown>)[name]
         if (typeof child === 'object' && child !== null) { values.push(child); depths.push(depth + 1) }
       }
     }
   }
-  return false
+  return null
+}
+
+/**
+ * The path (dot-separated) of the first key named `key` anywhere in a parsed JSON value, or null; the
+ * same iterative walk, each node noting only its parent's index and its own key, so that a path is
+ * built only for the key found.
+ */
+export function pathOfKey (value: unknown, key: string): string | null {
+  const values: unknown[] = [value]
+  const at: number[] = [-1]
+  const parents: number[] = []
+  const keys: string[] = []
+  while (values.length > 0) {
+    const current = values.pop()
+    const self = at.pop()!
+    if (typeof current !== 'object' || current === null) continue
+    const visit = (child: unknown, name: string): string | null => {
+      if (name === key) return [...pathTo(self), name].join('.')
+      if (typeof child === 'object' && child !== null) { parents.push(self); keys.push(name); values.push(child); at.push(parents.length - 1) }
+      return null
+    }
+    if (Array.isArray(current)) {
+      for (let i = 0; i < current.length; i++) {
+        const child: unknown = current[i]
+        if (typeof child === 'object' && child !== null) { parents.push(self); keys.push(String(i)); values.push(child); at.push(parents.length - 1) }
+      }
+    } else {
+      for (const name in current) {
+        const found = visit((current as Record<string, unknown>)[name], name)
+        if (found !== null) return found
+      }
+    }
+  }
+  return null
+  function pathTo (node: number): string[] {
+    const path: string[] = []
+    for (let i = node; i >= 0; i = parents[i]!) path.unshift(keys[i]!)
+    return path
+  }
 }
 
 export function isStorableText (text: string): boolean {

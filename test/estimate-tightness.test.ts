@@ -1,9 +1,10 @@
 // The estimate's prompt tokens are an upper bound on what OpenAI bills, and a tight one: over a seeded
 // corpus of 1,200 varied requests, never under the actual count and at most 5% over at the median.
+import { createRequire } from 'node:module'
 import t from 'tap'
 import { worstCaseTokens } from '../lib/services/estimate.js'
 import type { ModelPrice } from '../lib/services/pricing.js'
-import { encodingFor, tokenCounter } from '../lib/services/tokens.js'
+import { MAX_TOKENIZED_WORK, encodingFor, tokenCounter } from '../lib/services/tokens.js'
 import { openAICounter, openAIPromptTokens, type OracleBody } from './fixtures/openai-tokens.js'
 import { tightness, tightnessRows } from './fixtures/tightness.js'
 
@@ -95,4 +96,35 @@ t.test('adversarial shapes up to the body limit: bounded work, still never under
     const billed = actual(body)
     t.ok(counted >= billed, `${name}: ${counted} >= ${billed} (${(counted / billed).toFixed(2)}x)`)
   }
+})
+
+t.test('the work budget prices a piece met again at what it costs: the reviewer\'s shapes hand the tokenizer a bounded share', async (t) => {
+  // Deterministic, not timed (bench/estimate-stall.ts times them): the characters the estimate hands the
+  // tokenizer library for a 1 MB body. A piece met before was charged 1 unit (0.1 us) while "a's" costs
+  // 1.2 us and a run of combining marks 3.9 us: the whole body went to the library, 100+ ms of it.
+  const library = createRequire(import.meta.url)('gpt-tokenizer/encoding/o200k_base') as { countTokens: (text: string, options: unknown) => number }
+  const original = library.countTokens
+  let handed = 0
+  library.countTokens = (text, options) => { handed += text.length; return original(text, options) }
+  t.teardown(() => { library.countTokens = original })
+  const shapes: Array<[string, string, number]> = [
+    // At least 12 units a piece of 3 characters ("a's" is one piece of the split pattern).
+    ["\"a's\" repeated", "a's".repeat(100_000), Math.ceil(MAX_TOKENIZED_WORK / 12 * 3)],
+    // A run of one letter and 50 combining marks, and its space: 12 + 50 units, 52 characters.
+    ['combining marks', ('a' + '\u0301'.repeat(50) + ' ').repeat(4_000), Math.ceil(MAX_TOKENIZED_WORK / 62 * 52)]
+  ]
+  for (const [name, content, most] of shapes) {
+    handed = 0
+    const body = { model: 'gpt-4o', messages: [{ role: 'user', content }] }
+    const counted = estimate(body)
+    t.ok(handed <= most, `${name} (${content.length} characters): ${handed} handed to the tokenizer <= ${most}`)
+    t.ok(counted >= actual(body), `${name}: still never under what OpenAI bills`)
+  }
+  handed = 0
+  const wide = { model: 'gpt-4o', messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object', properties: Object.fromEntries(Array.from({ length: 10_000 }, (_, i) => [`p${i}`, { type: 'string' }])) } } } }
+  const counted = estimate(wide)
+  // Its JSON (250 KB) is charged a unit a byte before a piece is counted, which spends the budget: the
+  // library gets none of it, and the schema counts a token a byte.
+  t.ok(handed <= MAX_TOKENIZED_WORK / 12 * 4, `response_format of 10,000 properties: ${handed} characters handed to the tokenizer`)
+  t.ok(counted >= actual(wide), 'and never under what OpenAI bills')
 })

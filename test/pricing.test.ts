@@ -5,6 +5,8 @@ import t from 'tap'
 import { compareMoney } from '../lib/money.js'
 import { costFromUsage, estimateChatCost, worstCaseTokens } from '../lib/services/estimate.js'
 import { DEFAULT_PRICES, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
+import { requestedOutputTokens, withOutputLimit } from '../lib/hooks/clamp.js'
+import { injectedPromptTokens } from '../lib/services/injected-tokens.js'
 import { buildGateway } from './fixtures/gateway.js'
 
 const book = createPriceBook({ ...DEFAULT_PRICES, 'claude-sonnet-4': { input: '3', output: '15', maxOutputTokens: 64_000, aliases: ['claude-sonnet-4-latest'] } })
@@ -86,11 +88,23 @@ t.test('what the estimate cannot bound is refused, naming the field', async (t) 
     ['max_tokens as text', chat({ max_tokens: '20' }), mini, 'max_tokens'],
     ['max_completion_tokens of 0', chat({ max_completion_tokens: 0 }), mini, 'max_completion_tokens'],
     ['messages that are not a list', chat({ messages: 'hello' }), mini, 'messages'],
-    ['a message that is not an object', chat({ messages: ['hello'] }), mini, 'messages.0']
+    ['a message that is not an object', chat({ messages: ['hello'] }), mini, 'messages.0'],
+    // Server-side tools run at the provider, billed per search and for their results as input.
+    ['Anthropic\'s web search tool', chat({ tools: [{ type: 'web_search_20250305', name: 'web_search', max_uses: 50 }] }), mini, 'tools.0.type'],
+    ['Gemini\'s Google Search grounding', chat({ tools: [{ type: 'function', function: { name: 'f' } }, { googleSearch: {} }] }), mini, 'tools.1.type'],
+    ['a typed entry among legacy functions', chat({ functions: [{ type: 'code_execution' }] }), mini, 'functions.0.type'],
+    // A cache write bills 1.25x to 2x the input rate: the mark is refused wherever it is.
+    ['cache_control on a part', chat({ messages: [{ role: 'user', content: [{ type: 'text', text: 'hi', cache_control: { type: 'ephemeral', ttl: '1h' } }] }] }), mini, 'messages.0.content.0.cache_control'],
+    ['cache_control on a tool', chat({ tools: [{ type: 'function', function: { name: 'f' }, cache_control: { type: 'ephemeral' } }] }), mini, 'tools.0.cache_control'],
+    ['cache_control at the top', chat({ cache_control: { type: 'ephemeral' } }), mini, 'cache_control']
   ]
   for (const [name, body, price, field] of cases) {
     t.throws(() => worstCaseTokens(body, price), { code: 'BUDGET_ERR_VALIDATION', field }, name)
   }
+  for (const body of [chat({ tools: [{ googleSearch: {} }] }), chat({ cache_control: { type: 'ephemeral' } })]) {
+    t.match((() => { try { worstCaseTokens(body, mini) } catch (error) { return error } })(), { gateCode: 'unbounded_field' }, 'a server tool and a cache mark are unbounded_field')
+  }
+  t.doesNotThrow(() => worstCaseTokens(chat({ functions: [{ name: 'f', parameters: { type: 'object', properties: {} } }] }), mini), 'legacy functions are still accepted')
   const unpriced = (() => { try { estimateChatCost(chat({ model: '__proto__' }), book) } catch (error) { return error } })()
   t.match(unpriced, { gateCode: 'model_not_priced', field: 'model' }, '__proto__ is a model without a price')
   t.throws(() => estimateChatCost(chat({ model: 'constructor' }), book), { code: 'BUDGET_ERR_VALIDATION', field: 'model' }, 'constructor has no price either')
@@ -113,6 +127,14 @@ t.test('Anthropic\'s tool-use system prompt is in the estimate, by model and too
   t.ok(claude({ tools: tiny, tool_choice: 'required' }) >= bare + tools + 313, 'tool_choice any: its own count')
   const opus3 = (extra: Record<string, unknown>) => worstCaseTokens({ model: 'claude-3-opus-20240229', messages: [{ role: 'user', content: 'hi' }], tools: tiny, ...extra }, mini).inputTokens
   t.equal(opus3({}) - opus3({ tool_choice: { type: 'function', function: { name: 'f' } } }), 530 - 281, 'Claude 3 Opus: 530 for auto, 281 for a named tool')
+  // Anthropic's own tool_choice objects: {type:'auto'} and {type:'none'} get the auto prompt (530 on Claude 3 Opus),
+  // {type:'any'} and {type:'tool'} the forced one; a shape of neither kind gets the larger.
+  for (const choice of [{ type: 'auto' }, { type: 'none' }, 'none', { type: 'something-new' }, { nonsense: true }]) {
+    t.equal(injectedPromptTokens({ tools: tiny, tool_choice: choice }, ['claude-3-opus-20240229']), 530, `${JSON.stringify(choice)}: the auto prompt (530), never the forced 281`)
+  }
+  for (const choice of [{ type: 'any' }, { type: 'tool', name: 'f' }, 'required', { type: 'function', function: { name: 'f' } }]) {
+    t.equal(injectedPromptTokens({ tools: tiny, tool_choice: choice }, ['claude-3-sonnet-20240229']), 235, `${JSON.stringify(choice)} on Claude 3 Sonnet: the forced prompt (235, not auto's 159)`)
+  }
   t.equal(claude({ tools: [] }), bare + 2, 'no tools, no tool prompt (the empty list\'s bytes only)')
   const gpt = (extra: Record<string, unknown>) => worstCaseTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }], ...extra }, mini).inputTokens
   t.ok(gpt({ tools: tiny }) - gpt({}) < 100, 'OpenAI models: their own tool rendering only')
@@ -138,4 +160,21 @@ t.test('through the gateway: a hard budget sized to the estimate of a Claude cal
   await settled()
   const { currentAmount } = await status(budget.id)
   t.ok(compareMoney(currentAmount, amount) <= 0, `spent ${currentAmount} of a limit of ${amount}`)
+})
+
+t.test('DeepSeek and Mistral obey max_tokens alone: max_completion_tokens does not cap them, and clamp writes max_tokens', async (t) => {
+  const catalog = createPriceBook({})
+  for (const model of ['deepseek-chat', 'mistral-large-latest']) {
+    const priced = catalog.resolve(model)
+    t.equal(priced?.price.outputLimitField, 'max_tokens', `${model}: the catalog says which field caps it`)
+    const body = { model, messages: [{ role: 'user', content: 'hi' }] }
+    const uncapped = worstCaseTokens(body, priced!.price).outputTokens
+    t.equal(worstCaseTokens({ ...body, max_completion_tokens: 10 }, priced!.price).outputTokens, uncapped, `${model}: only max_completion_tokens is estimated uncapped (${uncapped})`)
+    t.equal(worstCaseTokens({ ...body, max_tokens: 10, max_completion_tokens: 5000 }, priced!.price).outputTokens, 10 + (priced!.price.reasoningBeyondLimitTokens ?? 0), `${model}: max_tokens bounds it`)
+    t.equal(requestedOutputTokens({ max_completion_tokens: 10 }, priced!.price.maxOutputTokens, priced!.price.outputLimitField), priced!.price.maxOutputTokens, 'clamp reads the field obeyed')
+  }
+  t.same(withOutputLimit({ max_completion_tokens: 900 }, 50, 'max_tokens'), { max_completion_tokens: 50, max_tokens: 50 }, 'clamp writes max_tokens for such a model')
+  t.same(withOutputLimit({}, 50), { max_completion_tokens: 50 }, 'and max_completion_tokens for OpenAI\'s')
+  const refused = (() => { try { estimateChatCost({ model: 'grok-4', messages: [] }, catalog) } catch (error) { return (error as Error).message } })()
+  t.notMatch(String(refused), /it how/, `a provider not checked reads as a sentence: ${String(refused)}`)
 })

@@ -38,17 +38,20 @@ export function roomFor (check: BudgetConstraintCheck, estimate: string): bigint
 }
 
 /** The output tokens the request asks for at most: its max_tokens or max_completion_tokens, else the model's maximum. */
-export function requestedOutputTokens (body: Record<string, unknown>, modelMaximum: number | undefined): number | null {
-  const named = OUTPUT_LIMITS.map((field) => body[field]).filter((value): value is number => Number.isInteger(value) && (value as number) > 0)
+export function requestedOutputTokens (body: Record<string, unknown>, modelMaximum: number | undefined, obeyed?: 'max_tokens'): number | null {
+  const named = (obeyed === undefined ? OUTPUT_LIMITS : [obeyed]).map((field) => body[field]).filter((value): value is number => Number.isInteger(value) && (value as number) > 0)
   return named.length > 0 ? Math.max(...named) : modelMaximum ?? null
 }
 
 /**
  * The body with its output limit lowered to `tokens`: each of max_tokens and max_completion_tokens it
- * names, or max_completion_tokens (OpenAI's current name, which every chat model takes) when it names neither.
+ * names, or max_completion_tokens (OpenAI's current name, which every OpenAI chat model takes) when it
+ * names neither; and always the field the model's provider obeys when it takes one alone (`obeyed`:
+ * DeepSeek's and Mistral's max_tokens), which would otherwise leave the call uncapped there.
  */
-export function withOutputLimit (body: Record<string, unknown>, tokens: number): Record<string, unknown> {
-  const named = OUTPUT_LIMITS.filter((field) => body[field] !== undefined && body[field] !== null)
+export function withOutputLimit (body: Record<string, unknown>, tokens: number, obeyed?: 'max_tokens'): Record<string, unknown> {
+  const named: string[] = OUTPUT_LIMITS.filter((field) => body[field] !== undefined && body[field] !== null)
+  if (obeyed !== undefined && !named.includes(obeyed)) named.push(obeyed)
   return { ...body, ...Object.fromEntries((named.length > 0 ? named : ['max_completion_tokens']).map((field) => [field, tokens])) }
 }
 

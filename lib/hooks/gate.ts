@@ -230,7 +230,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         const costAt = costAtOutputLimit(request, current, async (view) => await options.estimateCost(view, prices, state.model))
         for (let attempt = 1; attempt <= CLAMP_ATTEMPTS && mayClamp(state.check!, options.nearLimit); attempt++) {
           const room = roomFor(state.check!, state.estimate)
-          const asked = requestedOutputTokens(request.body as Record<string, unknown>, prices.resolve(state.model)?.price.maxOutputTokens)
+          const price = prices.resolve(state.model)?.price
+          const asked = requestedOutputTokens(request.body as Record<string, unknown>, price?.maxOutputTokens, price?.outputLimitField)
           if (room === null || asked === null) break
           const clamped = await largestAffordable(costAt, options.clampFloorTokens, asked, room)
           if (clamped === null) break
@@ -239,7 +240,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
           state.reservationId = held.reservationId
           state.check = held.check
           if (!held.check.canProceed) continue
-          request.body = withOutputLimit(request.body as Record<string, unknown>, clamped.tokens)
+          request.body = withOutputLimit(request.body as Record<string, unknown>, clamped.tokens, price?.outputLimitField)
           state.estimate = clamped.estimate.amount
           state.clampedMaxTokens = clamped.tokens
           void reply.header('x-budget-clamped-max-tokens', String(clamped.tokens))

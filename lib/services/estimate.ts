@@ -3,7 +3,7 @@
 // upstream can bill; a request field that could make the bill larger than the bound is refused.
 import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
-import { MAX_NESTING, deeperThan } from '../json-limits.js'
+import { MAX_NESTING, pathOfKey, walkForDepthOrKey } from '../json-limits.js'
 import { injectedPromptTokens } from './injected-tokens.js'
 import { costOf, type ModelPrice, type PriceBook, type TokenUsage } from './pricing.js'
 import { chatPromptTokens, tokenCounter } from './tokens.js'
@@ -100,7 +100,8 @@ function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): 
     if (!Number.isInteger(value) || (value as number) < 1) throw new InvalidFieldError(field, 'must be a positive integer')
     return value as number
   })
-  const requested = Math.max(...limits)
+  // A provider that obeys max_tokens alone ignores max_completion_tokens: without max_tokens, uncapped.
+  const requested = price.outputLimitField === 'max_tokens' ? limits[0]! : Math.max(...limits)
 
   if (!Array.isArray(body.messages)) throw new InvalidFieldError('messages', 'must be a list of messages')
   let images = 0
@@ -122,7 +123,12 @@ function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): 
     }
   })
   // Nested past what any schema needs, a body would overflow the stack of JSON.stringify below.
-  if (deeperThan(body, MAX_NESTING)) throw new InvalidFieldError('body', `is nested more than ${MAX_NESTING} levels deep`)
+  // A cache write is billed above the input rate (Anthropic: 1.25x for 5 minutes, 2x for an hour), and
+  // only a request's mark makes one: refused, so that no gated call writes (price-catalog.ts).
+  const found = walkForDepthOrKey(body, MAX_NESTING, 'cache_control')
+  if (found === 'deep') throw new InvalidFieldError('body', `is nested more than ${MAX_NESTING} levels deep`)
+  if (found === 'key') throw new UnboundedFieldError(pathOfKey(body, 'cache_control') ?? 'cache_control', 'asks for a prompt-cache write, billed above the input rate that the budget gate reserves')
+  checkFunctionTools(body)
   const definitions = [body.tools, body.functions, body.response_format].filter((part) => part !== undefined && part !== null)
   const count = typeof model === 'string' ? tokenCounter(model) : null
   const promptTokens = count === null
@@ -132,6 +138,27 @@ function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): 
     : chatPromptTokens({ ...body, messages }, count)
   const inputTokens = promptTokens + images * (price.maxImageTokens ?? 0) + injectedPromptTokens(body, [model, body.model])
   return { inputTokens, choices: choices as number, requested }
+}
+
+/**
+ * Only function tools: the model asks, the caller runs them, and their definitions are counted as
+ * input. A server-side tool (Anthropic's web_search_20250305 or code execution, Gemini's googleSearch
+ * grounding, OpenAI's web_search) runs at the provider and bills fees and results the estimate cannot
+ * see. The legacy `functions` field holds function definitions only.
+ */
+function checkFunctionTools (body: ChatRequestShape): void {
+  for (const field of ['tools', 'functions'] as const) {
+    const definitions = body[field]
+    if (definitions === undefined || definitions === null) continue
+    if (!Array.isArray(definitions)) throw new InvalidFieldError(field, 'must be a list of function definitions')
+    for (const [index, definition] of definitions.entries()) {
+      if (typeof definition !== 'object' || definition === null || Array.isArray(definition)) throw new InvalidFieldError(`${field}.${index}`, 'must be an object')
+      const type = (definition as { type?: unknown }).type
+      if (field === 'tools' ? type !== 'function' : type !== undefined && type !== 'function') {
+        throw new UnboundedFieldError(`${field}.${index}.type`, `'${String(type)}' tools run at the provider, billed past what the budget gate can bound: only 'function' tools are accepted`)
+      }
+    }
+  }
 }
 
 /** The gate's default estimate: the worst case of the call to `model` (the requested one unless auto-downgrade chose another). */

@@ -21,10 +21,24 @@ const ANTHROPIC_TOOL_PROMPT: Array<[RegExp, Record<Choice, number>]> = [
 const ANTHROPIC_TOOL_PROMPT_MOST: Record<Choice, number> = { auto: 530, forced: 340 }
 const CLAUDE = /claude/i
 
-/** How a chat request's tool_choice (or function_call) maps to Anthropic's: "auto" and "none" share a prompt; "required" and a named tool are "any" and "tool". */
-function choiceOf (body: Record<string, unknown>): Choice {
+const AUTO_CHOICES = new Set(['auto', 'none'])
+const FORCED_CHOICES = new Set(['required', 'any', 'tool', 'function'])
+
+/**
+ * How a request's tool_choice (or function_call) maps to Anthropic's prompts: "auto" and "none" share
+ * one, "any" and a named tool ("required", {type:'tool'}, {type:'function'}) the other, whether given as
+ * a string (OpenAI's) or an object ({type:'auto'}, Anthropic's). A choice of neither shape gets both
+ * (the larger prompt is counted): never below what the provider adds.
+ */
+function choicesOf (body: Record<string, unknown>): Choice[] {
   const choice = body.tool_choice ?? body.function_call
-  return choice === undefined || choice === null || choice === 'auto' || choice === 'none' ? 'auto' : 'forced'
+  if (choice === undefined || choice === null) return ['auto']
+  const type = typeof choice === 'string' ? choice : typeof choice === 'object' && !Array.isArray(choice) ? (choice as { type?: unknown }).type : undefined
+  if (typeof type === 'string' && AUTO_CHOICES.has(type)) return ['auto']
+  if (typeof type === 'string' && FORCED_CHOICES.has(type)) return ['forced']
+  // OpenAI's legacy function_call names a function as { name }: forced.
+  if (typeof choice === 'object' && type === undefined && typeof (choice as { name?: unknown }).name === 'string') return ['forced']
+  return ['auto', 'forced']
 }
 
 const hasTools = (body: Record<string, unknown>): boolean =>
@@ -39,7 +53,7 @@ export function injectedPromptTokens (body: Record<string, unknown>, models: unk
   if (!hasTools(body)) return 0
   const names = models.filter((model): model is string => typeof model === 'string')
   if (!names.some((name) => CLAUDE.test(name))) return 0
-  const choice = choiceOf(body)
   const known = ANTHROPIC_TOOL_PROMPT.find(([pattern]) => names.some((name) => pattern.test(name)))
-  return (known?.[1] ?? ANTHROPIC_TOOL_PROMPT_MOST)[choice]
+  const prompts = known?.[1] ?? ANTHROPIC_TOOL_PROMPT_MOST
+  return Math.max(...choicesOf(body).map((choice) => prompts[choice]))
 }

@@ -66,6 +66,9 @@ const OUTPUT_BOUNDS: Record<string, string> = {
   deepseek: 'max_tokens caps deepseek-chat\'s answer; the thinking models bill a chain of thought past it: see REASONING_BEYOND_LIMIT'
 }
 
+/** Providers whose APIs document max_tokens alone: max_completion_tokens is not what caps their output. */
+const MAX_TOKENS_ONLY = new Set(['deepseek', 'mistral'])
+
 /**
  * Output the provider bills past max_tokens: DeepSeek's reasoner (R1) takes max_tokens as the final
  * answer's limit and bills its chain of thought of up to 32K tokens on top (DeepSeek API docs,
@@ -91,10 +94,10 @@ const OUTPUT_MODALITY_KEYS = ['output_audio_mtok', 'output_image_mtok', 'output_
 const TOKEN_KEYS = { input: 'input_mtok', output: 'output_mtok', cachedInput: 'cache_read_mtok' } as const
 /**
  * Keys a gated chat call cannot run up: parts the estimate refuses (audio, images, video, documents in),
- * tools it does not forward (web and file search), and cache writes (Anthropic's
- * explicit cache_control; an OpenAI-style usage reports none). Any other key (a fee per request, a
- * separate rate for reasoning or citations, a key added later) could bill past the estimate: such a
- * model is not priced from the catalog, and the operator's table must name it.
+ * tools it does not forward (web and file search, any tool but a function: estimate.ts), and cache
+ * writes where the provider writes only on request (EXPLICIT_CACHE_WRITES). Any other key (a fee per
+ * request, a separate rate for reasoning or citations, a key added later) could bill past the
+ * estimate: such a model is not priced from the catalog, and the operator's table must name it.
  */
 const NOT_BILLED_KEYS = new Set([
   'cache_write_mtok', 'cache_write_1h_mtok', 'web_searches_kcount', 'storage_searches_kcount',
@@ -102,6 +105,18 @@ const NOT_BILLED_KEYS = new Set([
   'input_image_mtok', 'cache_image_read_mtok', 'output_image_mtok', 'input_video_mtok', 'output_video_mtok',
   'input_document_kpages', 'input_annotated_document_kpages'
 ])
+
+/**
+ * Providers that write a prompt to their cache only when the request asks: Anthropic (and Claude on
+ * Vertex, the catalog's google entries with write rates) on a `cache_control` mark, Gemini on
+ * `cachedContent`; the gate refuses both fields (estimate.ts), so a gated call never writes. Any other
+ * provider that bills writes caches automatically (OpenAI: any call may write its whole prompt, and
+ * its usage does not say which prompt tokens were written): its uncached prompt tokens are priced at
+ * the higher of the input and cache-write rates, in the estimate and the settlement alike. That bounds
+ * the bill, and is over it by at most the write premium (1.25x input in the catalog) when nothing is written.
+ */
+const EXPLICIT_CACHE_WRITES = new Set(['anthropic', 'google'])
+const CACHE_WRITE_KEY = 'cache_write_mtok'
 
 /** Resolutions of names whose prices never change, kept; bounded, since names come from callers. */
 const CACHE_LIMIT = 1024
@@ -149,15 +164,22 @@ export function assessCatalogModel (provider: string, id: string, rates: Catalog
     if (!Object.values(TOKEN_KEYS).includes(key as never) && !NOT_BILLED_KEYS.has(key)) return refuse(`bills ${key}, which no token count bounds`)
   }
   const outputBound = Object.hasOwn(OUTPUT_BOUNDS, provider) ? OUTPUT_BOUNDS[provider]! : null
-  if (outputBound === null) return refuse(`how ${provider} bills output past max_tokens (reasoning) is not established: name the model in the price table to price it`)
-  const price = exactPrice(id, rates, contextWindow)
+  if (outputBound === null) return refuse(`is a ${provider} model, and how ${provider} bills output past max_tokens (reasoning) is not established: name the model in the price table to price it`)
+  const price = exactPrice(id, rates, contextWindow, !EXPLICIT_CACHE_WRITES.has(provider))
   if (price === null) return refuse('has rates that cannot be stored exactly, or a cache read dearer than a fresh token')
   const reasoning = Object.hasOwn(REASONING_BEYOND_LIMIT, provider) ? REASONING_BEYOND_LIMIT[provider]!(id) : 0
-  return { model: id, price: reasoning > 0 ? { ...price, reasoningBeyondLimitTokens: reasoning } : price, outputBound }
+  return {
+    model: id,
+    price: { ...price, ...(reasoning > 0 ? { reasoningBeyondLimitTokens: reasoning } : {}), ...(MAX_TOKENS_ONLY.has(provider) ? { outputLimitField: 'max_tokens' as const } : {}) },
+    outputBound
+  }
 }
 
-function exactPrice (id: string, rates: CatalogPrice, contextWindow: number | undefined): ModelPrice | null {
-  const input = exactRate(rates[TOKEN_KEYS.input])
+function exactPrice (id: string, rates: CatalogPrice, contextWindow: number | undefined, writesAutomatically: boolean): ModelPrice | null {
+  const write = writesAutomatically && rates[CACHE_WRITE_KEY] !== undefined ? exactRate(rates[CACHE_WRITE_KEY]) : undefined
+  if (write === null) return null
+  const fresh = exactRate(rates[TOKEN_KEYS.input])
+  const input = fresh === null || write === undefined ? fresh : higherRate(fresh, write)
   const output = exactRate(rates[TOKEN_KEYS.output])
   const cachedInput = rates[TOKEN_KEYS.cachedInput] === undefined ? undefined : exactRate(rates[TOKEN_KEYS.cachedInput])
   if (input === null || output === null || cachedInput === null) return null
@@ -224,6 +246,12 @@ function rateAbove (rate: ExactRate, start: number): Money {
   let inForce = rate.base
   for (const tier of rate.tiers) if (tier.start <= start) inForce = tier.rate
   return inForce
+}
+
+/** The higher of two rates at every input size: an uncached prompt token that may also be a cache write. */
+function higherRate (a: ExactRate, b: ExactRate): ExactRate {
+  const starts = [...new Set([...a.tiers, ...b.tiers].map((tier) => tier.start))].sort((x, y) => x - y)
+  return { base: higher(a.base, b.base), tiers: starts.map((start) => ({ start, rate: higher(rateAbove(a, start), rateAbove(b, start)) })) }
 }
 
 function higher (a: Money, b: Money): Money {

@@ -25,6 +25,12 @@ export interface ModelPrice {
    */
   reasoningBeyondLimitTokens?: number
   /**
+   * The one output-limit field the provider obeys, when it does not take both: DeepSeek and Mistral
+   * document only max_tokens, so a body that gives only max_completion_tokens is uncapped there. The
+   * estimate then reads that field alone, and clamp writes it.
+   */
+  outputLimitField?: 'max_tokens'
+  /**
    * A fee the provider bills on every call whatever its tokens, per choice (a search model's web search),
    * in the table's currency. Without it a model billed per request (the catalog knows which) is refused.
    */
@@ -209,6 +215,7 @@ export function checkPriceTable (prices: PriceTable): string | null {
     if (price.reasoningBeyondLimitTokens !== undefined && !(price.reasoningBeyondLimitTokens === 0 || TOKEN_COUNT(price.reasoningBeyondLimitTokens))) {
       return `prices['${model}'].reasoningBeyondLimitTokens must be a non-negative integer`
     }
+    if (price.outputLimitField !== undefined && price.outputLimitField !== 'max_tokens') return `prices['${model}'].outputLimitField must be 'max_tokens' when given`
     if (price.perRequest !== undefined && !RATE(price.perRequest)) return `prices['${model}'].perRequest must be a decimal string such as "0.03"`
     // An entry must bound what the catalog knows its model bills beyond tokens, or the table would
     // price a call under its bill: a fee on every call, a chain of thought past max_tokens.

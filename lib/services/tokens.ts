@@ -67,22 +67,27 @@ const MAX_PIECE_BYTES = 192
 // cache holds): it costs PIECE_WORK, what splitting and looking it up take. Each call costs CALL_WORK
 // (the library's own overhead, about 1.5 us, whatever the text: 20,000 short messages cost their
 // calls, not their bytes), and walking a message MESSAGE_WORK (messageTokens charges it).
+// Calibrated on this machine (issue 19 review rb) by the costliest shape of each unit: a piece met
+// before costs its split and lookup, up to 1.2 us for "a's" (prose: 0.2 us), and a run of combining marks
+// (one piece of 51 characters, 101 bytes) 3.9 us: PIECE_WORK, and SEEN_EXTRA_BYTE_WORK a byte past a
+// character's first, bound both.
 const NON_ASCII_WEIGHT = 16
 const NEW_BYTE_WEIGHT = 4
-const PIECE_WORK = 1
+const PIECE_WORK = 12
+const SEEN_EXTRA_BYTE_WORK = 1
 const CALL_WORK = 16
 export const MESSAGE_WORK = 8
 const SEEN_PIECES = MERGE_CACHE_SIZE / 2
 const workOf = (text: string, bytes: number): number => NEW_BYTE_WEIGHT * bytes + NON_ASCII_WEIGHT * (bytes - text.length)
 /**
  * The work tokenized per request: past it, the rest of a prompt counts a token a byte (a bound). About
- * 15 K characters of new English words (random letters: the costliest), 1,500 of new Chinese or
- * Japanese, 4,000 tokenizer calls, or 64 K pieces met before (prose repeats its words): a prompt of any
+ * 20 K characters of new English words (random letters: the costliest), 3,000 of new Chinese or
+ * Japanese, 8,000 tokenizer calls, or 11 K pieces met before (prose repeats its words): a prompt of any
  * size up to the body limit blocks the event loop for some ms, never the 0.1 s to seconds that
  * tokenizing all of it can take (bench/estimate-stall.ts). Past the budget, text counts a token a byte
  * (about 4 a token for English); the corpus's median stays 1.02 (test/estimate-tightness.test.ts).
  */
-export const MAX_TOKENIZED_WORK = 65_536
+export const MAX_TOKENIZED_WORK = 131_072
 
 /**
  * Counts the tokens of a string, a token a byte once the request's work is spent. The work left is
@@ -118,7 +123,7 @@ export function tokenCounter (model: string): CountTokens | null {
       const pieceBytes = Buffer.byteLength(piece, 'utf8')
       const long = pieceBytes > MAX_PIECE_BYTES
       const known = !long && seen.has(piece)
-      const work = known || long ? PIECE_WORK : PIECE_WORK + workOf(piece, pieceBytes)
+      const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (pieceBytes - piece.length) + (known || long ? 0 : workOf(piece, pieceBytes))
       if (work > left) {
         left = 0
         return tokens + stretch(at) + Buffer.byteLength(text.slice(at), 'utf8')
@@ -186,18 +191,24 @@ function rendered (value: unknown): string {
  * tool call's 4 and 24, a result's 8) are fewer than 3 a byte of the keys that carry them ("role":).
  */
 const JSON_BOUND_FACTOR = 3
+/** Work a byte of JSON serialized, parsed or re-rendered (about 0.01 to 0.05 us a byte: a unit is 0.1 us, so this rounds up). */
+const JSON_BYTE_WORK = 1
+
+const OPENS_JSON = /^[ \t\n\r]*[{[]/
 
 /** A JSON text's tokens as sent or as OpenAI re-renders it, whichever is more. */
 function jsonTextTokens (text: unknown, count: CountTokens): number {
   if (typeof text !== 'string') return textOf(text, count)
-  if (!text.startsWith('{')) return count(text)
+  // JSON.parse, and the API's re-rendering, take an object or array after any JSON whitespace.
+  if (!OPENS_JSON.test(text)) return count(text)
   // Parsing and re-rendering cost time in proportion too: only within the budget, else the bound.
   const bytes = Buffer.byteLength(text, 'utf8')
-  if (!count.canAfford(2 * bytes)) { count.charge(bytes); return JSON_BOUND_FACTOR * bytes }
+  if (!count.canAfford(2 * JSON_BYTE_WORK * bytes)) { count.charge(JSON_BYTE_WORK * bytes); return JSON_BOUND_FACTOR * bytes }
+  count.charge(2 * JSON_BYTE_WORK * bytes) // parsing, and re-rendering
   const sent = count(text)
   try {
     const parsed: unknown = JSON.parse(text)
-    return isObject(parsed) ? Math.max(sent, count(rendered(parsed))) : sent
+    return isObject(parsed) || Array.isArray(parsed) ? Math.max(sent, count(rendered(parsed))) : sent
   } catch {
     return sent // not JSON (or nested too deep to render): the API passes it as sent
   }
@@ -257,7 +268,11 @@ function messageTokens (messages: unknown[], count: CountTokens): number {
       const answered = typeof toolCallId === 'string' ? callNames.get(toolCallId) : undefined
       tokens += TOKENS_PER_TOOL_RESULT + (answered === undefined ? textOf(toolCallId, count) : count(answered))
     }
-    if (Object.keys(rest).length > 0) tokens += bytesOf(rest)
+    if (Object.keys(rest).length > 0) {
+      const restBytes = bytesOf(rest)
+      count.charge(JSON_BYTE_WORK * restBytes)
+      tokens += restBytes
+    }
   }
   return tokens
 }
@@ -278,11 +293,13 @@ function definitionTokens (definitions: unknown, count: CountTokens): number {
   if (!Array.isArray(definitions)) return TOKENS_PER_DEFINITIONS + bytesOf(definitions)
   const text = JSON.stringify(definitions)
   const bytes = Buffer.byteLength(text, 'utf8')
-  // Rendering the namespace takes time in proportion too (15 to 70 ms for 1 MB): only within the budget.
-  if (!count.canAfford(2 * bytes)) {
-    count.charge(bytes)
+  // Rendering the namespace takes time in proportion too (15 to 70 ms for 1 MB, 0.02 to 0.07 us a
+  // byte): only within the budget, charged per byte like any JSON walk.
+  if (!count.canAfford(2 * JSON_BYTE_WORK * bytes)) {
+    count.charge(JSON_BYTE_WORK * bytes)
     return TOKENS_PER_DEFINITIONS + TOKENS_PER_TOOL * definitions.length + JSON_BOUND_FACTOR * bytes
   }
+  count.charge(2 * JSON_BYTE_WORK * bytes)
   const json = count(text)
   let namespace = 0
   try {
@@ -291,6 +308,13 @@ function definitionTokens (definitions: unknown, count: CountTokens): number {
     // A schema the reconstruction cannot read (not JSON Schema's shape): the API refuses it, the JSON bounds it.
   }
   return TOKENS_PER_DEFINITIONS + TOKENS_PER_TOOL * definitions.length + Math.max(json, namespace)
+}
+
+/** A parsed value's JSON, counted: its serialization charged a unit a byte, and past the budget a token a byte. */
+function jsonTokens (value: unknown, count: CountTokens): number {
+  const text = JSON.stringify(value)
+  count.charge(JSON_BYTE_WORK * text.length)
+  return count(text)
 }
 
 const present = (value: unknown): boolean => value !== undefined && value !== null
@@ -304,7 +328,7 @@ const present = (value: unknown): boolean => value !== undefined && value !== nu
 export function chatPromptTokens (body: { messages: unknown[], [field: string]: unknown }, count: CountTokens): number {
   let tokens = messageTokens(body.messages, count)
   for (const definitions of [body.tools, body.functions]) if (present(definitions)) tokens += definitionTokens(definitions, count)
-  for (const choice of [body.tool_choice, body.function_call]) if (present(choice) && choice !== 'auto') tokens += TOKENS_PER_TOOL_CHOICE + count(JSON.stringify(choice))
-  if (present(body.response_format)) tokens += TOKENS_PER_RESPONSE_FORMAT + count(JSON.stringify(body.response_format))
+  for (const choice of [body.tool_choice, body.function_call]) if (present(choice) && choice !== 'auto') tokens += TOKENS_PER_TOOL_CHOICE + jsonTokens(choice, count)
+  if (present(body.response_format)) tokens += TOKENS_PER_RESPONSE_FORMAT + jsonTokens(body.response_format, count)
   return tokens
 }
