@@ -104,9 +104,12 @@ returns table (reservation_id uuid, usage_id uuid, definitions_version bigint) l
   -- crash can lose the last batches whole; their reservations come back and are swept at their
   -- estimate, so nothing goes uncounted. (set_config with is_local lasts to the end of the transaction.)
   select set_config('synchronous_commit', 'off', true);
-  -- the lock order: reservation rows by (id, budget_id) first (a statement of its own, run to the end
-  -- before the next), then the window rows by (budget_id, period_start) (`locked` below)
+  -- the lock order: reservation rows by (id, budget_id) first, then the window rows by (budget_id,
+  -- period_start); each a statement of its own, run to the end before the next (the charges below are
+  -- bounded by the spend the window rows hold, so it is read once they are locked)
   select 1 from budget_reservations r where r.id = any (p_ids) order by r.id, r.budget_id for update;
+  select 1 from budget_status_cache c join budget_reservations r on r.budget_id = c.budget_id and r.period_start = c.period_start
+  where r.id = any (p_ids) order by c.budget_id, c.period_start for update of c;
   with input as (
     select * from unnest(p_ids, p_actuals, p_sources, p_descriptions, p_metadata) as i(reservation_id, actual, source, description, metadata)
   ),
@@ -120,6 +123,26 @@ returns table (reservation_id uuid, usage_id uuid, definitions_version bigint) l
            greatest(e.period_start, least(e.created_at, c.period_end - interval '1 microsecond')) as dated_at
     from ended e join budget_status_cache c on c.budget_id = e.budget_id and c.period_start = e.period_start
   ),
+  -- What each budget is charged: the cost in its currency, at the rate its hold was taken at, rounded up
+  -- (budget_convert, 012), and no more than its window can still store (money is below 10^18): a soft
+  -- budget near 10^18, or a call billed far past its estimate, must not fail the statement, which
+  -- settles (or sweeps) other calls too. What a budget could not take is kept on the usage record
+  -- (metadata.unrecordedPastLimit, by budget). Calls of one window take what is left in id order.
+  priced as (
+    select x.id as call_id, x.budget_id, x.cost,
+           greatest(least(x.cost, 999999999999999999.9999999999 - x.current_amount
+                                  - coalesce(sum(x.cost) over (partition by x.budget_id, x.period_start order by x.id
+                                                               rows between unbounded preceding and 1 preceding), 0)), 0) as charged
+    from (select w.id, w.budget_id, w.period_start, c.current_amount,
+                 ceil(least(i.actual, 999999999999999999.9999999999) * w.exchange_rate * 10000000000) / 10000000000 as cost
+          from windowed w join input i on i.reservation_id = w.id
+          join budget_status_cache c on c.budget_id = w.budget_id and c.period_start = w.period_start
+          where i.actual > 0) x
+  ),
+  unrecorded as (
+    select p.call_id, jsonb_object_agg(p.budget_id::text, round(p.cost - p.charged, 10)::text) as by_budget
+    from priced p where p.cost > p.charged group by p.call_id
+  ),
   calls as (
     select e.id as reservation_id, gen_random_uuid() as usage_id, min(e.currency) as currency, min(e.request_id) as request_id,
            coalesce((array_agg(e.dated_at order by e.scope_rank, e.budget_id) filter (where e.scope_matched))[1],
@@ -131,9 +154,12 @@ returns table (reservation_id uuid, usage_id uuid, definitions_version bigint) l
   recorded as (
     insert into budget_usage_records as u (id, budget_id, amount, currency, source, description, metadata, idempotency_key,
                                            also_counts_toward, occurred_at, allocated_by_settlement)
-    select c.usage_id, c.held_by[1], i.actual, c.currency, i.source, i.description,
-           coalesce(i.metadata, '{}'::jsonb) || jsonb_build_object('requestId', c.request_id), c.request_id, c.held_by[2:], c.reserved_at, true
+    select c.usage_id, c.held_by[1], least(i.actual, 999999999999999999.9999999999), c.currency, i.source, i.description,
+           coalesce(i.metadata, '{}'::jsonb) || jsonb_build_object('requestId', c.request_id)
+             || case when u.by_budget is not null then jsonb_build_object('unrecordedPastLimit', u.by_budget) else '{}'::jsonb end,
+           c.request_id, c.held_by[2:], c.reserved_at, true
     from calls c join input i on i.reservation_id = c.reservation_id
+    left join unrecorded u on u.call_id = c.reservation_id
     where i.actual > 0
     on conflict (budget_id, idempotency_key) do nothing
     returning u.id, u.amount
@@ -141,11 +167,11 @@ returns table (reservation_id uuid, usage_id uuid, definitions_version bigint) l
   charged as (
     select c.reservation_id, r.id as usage_id, r.amount from calls c join recorded r on r.id = c.usage_id
   ),
-  -- each budget is charged in its own currency, at the rate its hold was taken at, rounded up
   converted as (
     select e.budget_id, e.period_start, e.amount as held, ch.usage_id, e.dated_at as occurred_at, e.exchange_rate,
-           budget_convert(ch.amount, e.exchange_rate) as amount
+           p.charged as amount
     from windowed e left join charged ch on ch.reservation_id = e.id
+    left join priced p on ch.usage_id is not null and p.call_id = e.id and p.budget_id = e.budget_id
   ),
   allocated as (
     insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
@@ -157,18 +183,13 @@ returns table (reservation_id uuid, usage_id uuid, definitions_version bigint) l
     from converted v
     group by v.budget_id, v.period_start
   ),
-  locked as (
-    select c.budget_id from budget_status_cache c join deltas d on d.budget_id = c.budget_id and d.period_start = c.period_start
-    order by c.budget_id, c.period_start for update of c
-  ),
   moved as (
     update budget_status_cache c
     set reserved_amount = greatest(c.reserved_amount - d.released, 0), current_amount = c.current_amount + d.spent,
         usage_count = c.usage_count + d.calls, last_usage_at = greatest(c.last_usage_at, d.last_usage_at),
         updated_at = case when d.calls > 0 then now() else c.updated_at end
     from deltas d
-    -- the scalar subquery runs first, once: every row is locked, in order, before any is written
-    where (select count(*) from locked) >= 0 and c.budget_id = d.budget_id and c.period_start = d.period_start
+    where c.budget_id = d.budget_id and c.period_start = d.period_start
   )
   select c.reservation_id, ch.usage_id, budget_definitions_version() from calls c left join charged ch on ch.reservation_id = c.reservation_id;
 $$;
@@ -197,7 +218,7 @@ language sql set lock_timeout = '5s' as $$
     where i.actual > 0
   ),
   leases as (
-    select r.id, r.budget_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, c.period_end
+    select r.id, r.budget_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, c.period_end, c.current_amount
     from budget_reservations r join budget_status_cache c on c.budget_id = r.budget_id and c.period_start = r.period_start
     where r.id in (select lease_id from input)
   ),
@@ -213,12 +234,30 @@ language sql set lock_timeout = '5s' as $$
     from input i join leases l on l.id = i.lease_id
     group by i.lease_id, i.request_id, i.actual, i.source, i.description, i.metadata, i.occurred_at
   ),
+  -- What each budget is charged: no more than its window can still store, as budget_settle_batch does
+  -- (an over-billed call on a soft budget near 10^18 must not fail the others' settlements); calls of
+  -- one window take what is left in the order they were admitted.
+  priced as (
+    select x.usage_id, x.budget_id, x.cost,
+           greatest(least(x.cost, 999999999999999999.9999999999 - x.current_amount
+                                  - coalesce(sum(x.cost) over (partition by x.budget_id, x.period_start order by x.admitted_at, x.request_id, x.usage_id
+                                                               rows between unbounded preceding and 1 preceding), 0)), 0) as charged
+    from (select c.usage_id, c.admitted_at, c.request_id, l.budget_id, l.period_start, l.current_amount,
+                 least(c.actual, 999999999999999999.9999999999) as cost
+          from calls c join leases l on l.id = c.lease_id) x
+  ),
+  unrecorded as (
+    select p.usage_id, jsonb_object_agg(p.budget_id::text, round(p.cost - p.charged, 10)::text) as by_budget
+    from priced p where p.cost > p.charged group by p.usage_id
+  ),
   recorded as (
     insert into budget_usage_records as u (id, budget_id, amount, currency, source, description, metadata, idempotency_key,
                                            also_counts_toward, occurred_at, allocated_by_settlement)
-    select c.usage_id, c.scope_budgets[1], c.actual, c.currency, c.source, c.description,
-           c.metadata || jsonb_build_object('requestId', c.request_id), c.request_id, c.scope_budgets[2:], c.occurred_at, true
-    from calls c
+    select c.usage_id, c.scope_budgets[1], least(c.actual, 999999999999999999.9999999999), c.currency, c.source, c.description,
+           c.metadata || jsonb_build_object('requestId', c.request_id)
+             || case when x.by_budget is not null then jsonb_build_object('unrecordedPastLimit', x.by_budget) else '{}'::jsonb end,
+           c.request_id, c.scope_budgets[2:], c.occurred_at, true
+    from calls c left join unrecorded x on x.usage_id = c.usage_id
     on conflict (budget_id, idempotency_key) do nothing
     returning u.id, u.amount
   ),
@@ -227,9 +266,10 @@ language sql set lock_timeout = '5s' as $$
   ),
   -- each budget's allocation dated inside the window its lease row is charged to
   allocations as (
-    select l.budget_id, l.period_start, l.amount as held, ch.lease_id, ch.usage_id, ch.amount,
+    select l.budget_id, l.period_start, l.amount as held, ch.lease_id, ch.usage_id, p.charged as amount,
            greatest(l.period_start, least(ch.admitted_at, l.period_end - interval '1 microsecond')) as occurred_at
     from charged ch join leases l on l.id = ch.lease_id
+    join priced p on p.usage_id = ch.usage_id and p.budget_id = l.budget_id
   ),
   allocated as (
     insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at)

@@ -40,12 +40,14 @@ referencing new table as added for each statement execute function budget_foreca
 -- are) and no backdated allocation came after it, else summed and kept (with the snapshot it was summed
 -- under), unless a later day's is kept already (a forecast as of a past instant). A kept profile is
 -- replaced only by one summed under a snapshot no older (by xmin), so the marks below the kept one's xmin,
--- visible to it and to any later sum, can go.
+-- visible to it and to any later sum, can go. Only the kept one's: when a later day's profile stays, a
+-- mark below this sum's xmin may be one that profile did not see, and it must stay to make it summed again.
 create or replace function budget_forecast_profile(p_budget_id uuid, p_timezone text, p_start_date timestamptz, p_day date,
   out days integer, out totals numeric[], out counts integer[])
 language plpgsql as $$
 declare
   summed_under pg_snapshot;
+  kept pg_snapshot;
 begin
   select p.days, p.totals, p.counts into days, totals, counts from budget_forecast_profiles p
   where p.budget_id = p_budget_id and p.local_day = p_day and p.timezone = p_timezone and p.start_date = p_start_date
@@ -63,11 +65,57 @@ begin
       days = excluded.days, totals = excluded.totals, counts = excluded.counts, snapshot = excluded.snapshot, computed_at = now()
   where p.local_day < excluded.local_day
      or (p.local_day = excluded.local_day and (p.snapshot is null or pg_snapshot_xmin(p.snapshot) <= pg_snapshot_xmin(excluded.snapshot)));
-  -- Marks every snapshot from now on sees; skip locked: another sum pruning the same ones may have them.
+  -- the profile kept now (this sum's, or a later day's that stayed, or another session's)
+  select p.snapshot into kept from budget_forecast_profiles p where p.budget_id = p_budget_id;
+  -- Marks the kept profile and every snapshot from now on see; skip locked: another sum pruning the same
+  -- ones may have them.
   delete from budget_forecast_backdated m
   where m.ctid = any (array(select x.ctid from budget_forecast_backdated x
-                            where x.budget_id = p_budget_id and x.xact < pg_snapshot_xmin(summed_under)
+                            where x.budget_id = p_budget_id
+                              and x.xact < least(pg_snapshot_xmin(summed_under), pg_snapshot_xmin(kept))
                             for update skip locked));
+end $$;
+
+-- 1b. Projected alerts past 10^18 (013) ------------------------------------------------------------------
+--
+-- A crossing records the measure that crossed in budget_alert_history.spent, money (numeric(28, 10): below
+-- 10^18). A forecast can pass that while the spend it projects from fits (a soft budget near 10^18, early in
+-- its window): the crossing is still a crossing, compared unbounded, and stored with its measure clamped to
+-- the largest amount money holds. Failing there would refuse usage that fits and every settlement on the
+-- budget. As 013's otherwise (no settings to restate).
+create or replace function budget_status_after_update() returns trigger language plpgsql as $$
+declare
+  budget record;
+  alert jsonb;
+  alert_basis text;
+  measured numeric;
+  forecast numeric;
+  crossing_id uuid;
+begin
+  select b.amount, b.alerts into budget from budget_definitions b where b.id = new.budget_id;
+  for alert in select value from jsonb_array_elements(budget.alerts) loop
+    alert_basis := coalesce(alert ->> 'basis', 'current');
+    measured := new.current_amount;
+    if alert_basis = 'projected' then
+      forecast := coalesce(forecast, budget_alert_measure(new.budget_id, new.current_amount, 'projected', new.period_start, new.period_end));
+      measured := forecast;
+    end if;
+    continue when measured * 100 < (alert ->> 'threshold')::numeric * budget.amount;
+
+    crossing_id := null;
+    insert into budget_alert_history (budget_id, period_start, threshold, basis, actions, spent, limit_amount)
+    values (new.budget_id, new.period_start, (alert ->> 'threshold')::numeric, alert_basis,
+            array(select jsonb_array_elements_text(alert -> 'actions')), least(round(measured, 10), 999999999999999999.9999999999),
+            budget.amount)
+    on conflict (budget_id, period_start, threshold, basis) do nothing
+    returning budget_alert_history.id into crossing_id;
+    if crossing_id is not null then
+      insert into budget_notification_outbox (alert_id, channel)
+      select crossing_id, channel from jsonb_array_elements_text(coalesce(alert -> 'notificationChannels', '[]'::jsonb)) as channel
+      on conflict (alert_id, channel) do nothing;
+    end if;
+  end loop;
+  return null;
 end $$;
 
 -- 2. Digests: once per local day (or ISO week) -------------------------------------------------------------

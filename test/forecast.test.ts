@@ -1,10 +1,10 @@
 // The seasonal forecast (sql/013, budget_forecast): spend per weekday in the budget's time zone over the
 // last four weeks, the rest of the window projected day by day, the linear rule when there is not enough
 // history. One implementation, read by the status's projectedTotal and by projected alerts.
-import type { Sql } from 'postgres'
+import postgres, { type Sql } from 'postgres'
 import t from 'tap'
 import { compareMoney, fromUnits, normalizeMoney, toUnits } from '../lib/money.js'
-import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
+import { ADMIN_TOKEN, PREFIX, buildApp } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { localSeries, recordSeries } from './fixtures/series.js'
 
@@ -259,4 +259,51 @@ t.test('a profile summed while backdated usage is being stored, before it commit
   }).catch((error: unknown) => { if (error !== rollback) throw error })
   t.not(after, during, 'the forecast moved once B committed')
   t.equal(after, fresh, 'and is the fresh one: B\'s mark, invisible to the kept profile\'s snapshot, made it stale')
+})
+
+t.test('a forecast as of a past instant keeps the marks today\'s kept profile has not seen: today\'s projection counts them', async (t) => {
+  const { app, admin, sql } = await buildApp(t)
+  const budget = (await admin({ method: 'POST', url: PREFIX, body: { name: 'f', scopeType: 'team', scopeId: 'team-f', amount: '100000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' } })).json() as { id: string }
+  const [{ today }] = await sql`select (now() at time zone 'UTC')::date::text as today` as unknown as [{ today: string }]
+  const [{ from }] = await sql`select ((now() at time zone 'UTC')::date - 28)::text as "from"` as unknown as [{ from: string }]
+  await recordSeries(app, budget.id, await localSeries(sql, 'UTC', from, 26, () => [['10:00', '1']]))
+  const status = async () => (await admin({ url: `${PREFIX}/${budget.id}/status` })).json() as { projectedTotal: string, currentAmount: string }
+  t.comment(`today ${today}; before: ${JSON.stringify(await status())}`)
+
+  // another session stores backdated usage (5 days ago: 1000) and has not committed yet
+  const [{ url }] = await sql`select current_database() as url` as unknown as [{ url: string }]
+  const other = postgres({ host: '127.0.0.1', port: 5432, user: 'postgres', database: url, onnotice: () => {} })
+  t.teardown(async () => await other.end())
+  const tx = await other.reserve()
+  await tx`begin`
+  await tx`insert into budget_usage_records (budget_id, amount, currency, occurred_at) values (${budget.id}, 1000, 'USD', now() - interval '5 days')`
+  // today's profile is summed now, without it (its snapshot does not see it)
+  const during = await status()
+  await tx`commit`
+  tx.release()
+  const afterCommit = await status()
+  t.comment(`during: ${JSON.stringify(during)}; after commit: ${JSON.stringify(afterCommit)}`)
+
+  // fresh: what today's projection is once the profile is summed again from scratch
+  const fresh = async () => { await sql`update budget_forecast_profiles set snapshot = null`; return await status() }
+
+  // second round: same, but a forecast as of yesterday noon runs between the commit and the next read
+  const tx2 = await other.reserve()
+  await tx2`begin`
+  await tx2`insert into budget_usage_records (budget_id, amount, currency, occurred_at) values (${budget.id}, 1000, 'USD', now() - interval '6 days')`
+  const during2 = await status()
+  await tx2`commit`
+  tx2.release()
+  const [{ pastOk }] = await sql`select (now() - interval '1 day') >= date_trunc('month', now()) as "pastOk"` as unknown as [{ pastOk: boolean }]
+  t.comment(`a past instant inside this month: ${String(pastOk)}`)
+  // as a late weekly digest would: the forecast as of a past instant (inside the window)
+  const w = await sql`select period_start, period_end from budget_status_cache where budget_id = ${budget.id} order by period_start desc limit 1`
+  await sql`select budget_forecast(${budget.id}, ${w[0]!.period_start}, ${w[0]!.period_end}, 0, greatest(now() - interval '1 day', ${w[0]!.period_start}::timestamptz + interval '1 hour'))`
+  const afterPast = await status()
+  const truth = await fresh()
+  t.comment(`during2: ${JSON.stringify(during2)}; after the past-instant forecast: ${JSON.stringify(afterPast)}; summed afresh: ${JSON.stringify(truth)}`)
+  // the projection moves with the clock (its linear part) between the two reads: compared to the cent
+  const cents = (money: string) => Number(money).toFixed(2)
+  t.equal(cents(afterPast.projectedTotal), cents(truth.projectedTotal), 'today\'s projection counts the backdated usage once it committed')
+  t.not(cents(afterPast.projectedTotal), cents(during2.projectedTotal), 'which it did not before')
 })
