@@ -5,7 +5,9 @@
 // Then one bad record (issue 19, item 10): a 10,000-record batch with one record that has no exchange rate,
 // timed beside the same batch all good, one after the other in one run, while a gateway process (a second
 // process, bench/gateway-server.ts) serves gated calls for a sibling team under the same organization:
-// how many of those were not answered 2xx during each batch. BENCH_ONLY=bad runs only this part.
+// how many of those were not answered 2xx during each batch; and 200 records under one key, each another
+// request without a rate (the review's chain: it re-ran the whole batch once per request under that key).
+// BENCH_ONLY=bad runs only this part.
 import Fastify from 'fastify'
 import budgets from '../lib/index.js'
 import { fromUnits, toUnits } from '../lib/money.js'
@@ -125,16 +127,27 @@ async function tenThousandOnce (budgetId: string, tag: string, badAt: number | n
     failures.push(`${tag}: ${response.status} ${JSON.stringify(answer).slice(0, 200)}`)
   }
 }
+// 9,800 good records, then 200 under one key, each another request (another amount), none with a rate.
+async function chainedOnce (budgetId: string, tag: string) {
+  const records = Array.from({ length: 10_000 }, (_, k) => k < 9_800
+    ? { budgetId, ...record(0, k, tag) }
+    : { budgetId, amount: String(k - 9_799), currency: 'GBP', metadata: { requestId: `${tag}-same-key` } })
+  const response = await fetch(`${address}/api/v1/budgets/usage/batch`, { method: 'POST', headers, body: JSON.stringify({ records }) })
+  const answer = await response.json() as { created?: number, refused?: number }
+  if (response.status !== 200 || answer.created !== 9_800 || answer.refused !== 200) failures.push(`${tag}: ${response.status} ${JSON.stringify(answer).slice(0, 200)}`)
+}
 await tenThousandOnce((await team('warm-bad')).id, 'warm-bad', 5_000)
 const good = await duringBatch(async () => await tenThousandOnce((await team('all-good')).id, 'all-good', null))
 const bad = await duringBatch(async () => await tenThousandOnce((await team('one-bad')).id, 'one-bad', 5_000))
+const chained = await duringBatch(async () => await chainedOnce((await team('chained')).id, 'chained'))
 gateway.child.kill('SIGTERM')
 rows.push(
   '',
   '| one 10,000-record batch | ms | ratio | gated calls on a sibling team meanwhile: 2xx | not 2xx |',
   '|---|---|---|---|---|',
   `| all good | ${fmt(good.ms, 0)} | 1.00 | ${good.ok} | ${good.other} |`,
-  `| one record without an exchange rate (record 5,000) | ${fmt(bad.ms, 0)} | ${fmt(bad.ms / good.ms, 2)} | ${bad.ok} | ${bad.other} |`
+  `| one record without an exchange rate (record 5,000) | ${fmt(bad.ms, 0)} | ${fmt(bad.ms / good.ms, 2)} | ${bad.ok} | ${bad.other} |`,
+  `| 200 records under one key, each another request without a rate | ${fmt(chained.ms, 0)} | ${fmt(chained.ms / good.ms, 2)} | ${chained.ok} | ${chained.other} |`
 )
 
 process.stdout.write([

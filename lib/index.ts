@@ -88,7 +88,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const recordUsage: RecordUsage = async (request, recordOptions) =>
     await inBoundedTransaction(async (tx) => await createBudgetTracker(createRepositories(tx), trackerOptions).record(request, recordOptions))
   // The bulk usage collector (POST /usage/batch): the tracker's rules, a batch stored in one transaction.
-  const usageCollector = createUsageCollector(withBoundedBegin(sql, adminTimeoutMs), repositories, { now: () => new Date(), modelName })
+  const usageCollector = createUsageCollector(withBoundedBegin(sql, adminTimeoutMs), { now: () => new Date(), modelName })
   // The gate's machinery, built once: the reservation repository, the process's cache of budget lines
   // (forgotten when the definitions' version moves), the leases on hot lines, and the queues that take
   // holds and commit settlements in groups.

@@ -69,9 +69,10 @@ $$;
 -- each record rewriting its ancestors' cache rows: quadratic, with the hot rows locked all along.
 --
 -- Now, in one pass, with the same outcome as the per-row trigger posting the records one at a time:
---   a. the records are inserted (a key held before stores nothing, as for a single record, where the key is
---      looked at before the rate); those without a rate, or whose converted amount overflows, are taken
---      out again and answered with the code the single route maps (RB001 with the pair, 22003);
+--   a. the records without a rate, or whose converted amount overflows, are refused (the code the single
+--      route maps: RB001 with the pair, 22003) and the others inserted, the first under each key taking it (a
+--      key held when a record comes stores nothing and refuses nothing, as for a single record, where the
+--      key is looked at before the rate);
 --   b. the allocations are made and inserted, and each window's running sums (per record, in order) are
 --      computed, all before any cache row is locked;
 --   c. then, last, the windows are locked in the gate's order (budget id, window start); only what needs
@@ -85,8 +86,9 @@ $$;
 --
 -- p_records: a JSON array of {ord, budget_id, amount, currency, source, description, metadata,
 -- idempotency_key, request_fingerprint, occurred_at, also_counts_toward}, checked by the caller
--- (lib/services/collector.ts), no two under one key. Returns every record: stored (usage_id), refused
--- (fault: RB001 with detail 'FROM/TO', or 22003), or neither (its key was held before: the caller reads it).
+-- (lib/services/collector.ts), in the order they came, several under one key if so. Returns every record:
+-- stored (usage_id), refused (fault: RB001 with detail 'FROM/TO', or 22003), or neither (its key was held
+-- when it came, before the batch or by an earlier record of it: the caller reads the holder).
 drop function budget_record_usage_batch(jsonb);
 create function budget_record_usage_batch(p_records jsonb)
 returns table (ord integer, usage_id uuid, fault text, detail text) language plpgsql as $$
@@ -115,17 +117,6 @@ begin
        description text, metadata jsonb, idempotency_key text, request_fingerprint text, occurred_at timestamptz,
        also_counts_toward uuid[]);
 
-  -- a. In key order, so two batches sharing keys wait for each other instead of deadlocking.
-  with inserted as (
-    insert into budget_usage_records as u (id, budget_id, amount, currency, source, description, metadata, idempotency_key,
-                                           request_fingerprint, occurred_at, also_counts_toward, recorded_at, allocated_by_settlement)
-    select b.id, b.budget_id, b.amount, b.currency, b.source, b.description, b.metadata, b.idempotency_key,
-           b.request_fingerprint, b.occurred_at, b.also_counts_toward, now(), true
-    from batch_usage b order by b.idempotency_key, b.ord
-    on conflict do nothing
-    returning u.id
-  )
-  update batch_usage b set stored = true from inserted i where i.id = b.id;
   analyze batch_usage; -- a temp table has no statistics else, and the plans below go wrong without them
 
   -- Where each shape counts (012's targets, with a null rate where none is in force), found once per shape.
@@ -133,21 +124,42 @@ begin
   with shapes as materialized (
     select distinct on (u.shape) u.shape, u.budget_id, u.also_counts_toward, u.metadata ->> 'modelId' as model, u.metadata -> 'tags' as tags,
            u.currency
-    from batch_usage u where u.stored order by u.shape
+    from batch_usage u order by u.shape
   )
   select s.shape, s.currency as from_currency, t.budget_id as id, t.currency as to_currency, t.exchange_rate as rate
   from shapes s
   cross join lateral budget_usage_reach(s.budget_id, s.also_counts_toward, s.model, s.tags, s.currency, now()) t;
   analyze batch_reach;
 
+  -- a. The records without a rate, or whose converted amount overflows, are refused before any is stored:
+  -- so a later record under one's key is tried in its place, as it would be one at a time.
   update batch_usage u set fault = 'RB001', detail = missing.pair
   from (select r.shape, min(r.from_currency || '/' || r.to_currency) as pair from batch_reach r where r.rate is null group by r.shape) missing
-  where u.stored and missing.shape = u.shape;
+  where missing.shape = u.shape;
   update batch_usage u set fault = '22003'
-  where u.stored and u.fault is null
+  where u.fault is null
     and exists (select 1 from batch_reach r where r.shape = u.shape and u.amount * r.rate > budget_money_max()); -- budget_convert rounds up to the same grid
-  delete from budget_usage_records r using batch_usage u where u.fault is not null and r.id = u.id;
-  update batch_usage u set stored = false where u.fault is not null;
+
+  -- The others, in key order, so two batches sharing keys wait for each other instead of deadlocking: the
+  -- first under each key takes it (the later ones are its replays or conflicts, read by the caller).
+  with inserted as (
+    insert into budget_usage_records as u (id, budget_id, amount, currency, source, description, metadata, idempotency_key,
+                                           request_fingerprint, occurred_at, also_counts_toward, recorded_at, allocated_by_settlement)
+    select b.id, b.budget_id, b.amount, b.currency, b.source, b.description, b.metadata, b.idempotency_key,
+           b.request_fingerprint, b.occurred_at, b.also_counts_toward, now(), true
+    from batch_usage b where b.fault is null order by b.idempotency_key, b.ord
+    on conflict do nothing
+    returning u.id
+  )
+  update batch_usage b set stored = true from inserted i where i.id = b.id;
+
+  -- A refused record whose key was already held when it came (before the batch, or by an earlier record of
+  -- it) is that record's replay or conflict instead: one at a time, the key is looked at before the rate.
+  update batch_usage u set fault = null, detail = null
+  where u.fault is not null and u.idempotency_key is not null
+    and exists (select 1 from budget_usage_records r
+                where r.idempotency_key = u.idempotency_key and r.request_fingerprint is not null
+                  and not exists (select 1 from batch_usage later where later.id = r.id and later.ord > u.ord));
 
   -- b. Each record's allocations, converted at its rate, in the window each counts in (each budget's window
   -- found once per instant); then inserted, before any cache row is locked.

@@ -6,12 +6,30 @@
 // drain, never behind another's statements, and for at most the bound), then runs under `set local`
 // statement_timeout and lock_timeout: a statement or a lock wait past the bound is cancelled by PostgreSQL
 // and the transaction rolls back, and one that ends past its deadline is rolled back before it commits.
-// Either way nothing is changed, and the answer is AdminTimeoutError (a 503 with a stable code).
+// Either way nothing is changed, and the answer is AdminTimeoutError (a 503 with a stable code). Work of
+// several statements calls withinBound(tx) between them: past the deadline it stops there, and else the
+// next statement may run only for what is left of the bound (each statement's timeout alone would let
+// ten statements run ten bounds).
 import type { ReservedSql, Sql, TransactionSql } from 'postgres'
 import { AdminTimeoutError } from '../errors.js'
 
 /** PostgreSQL's answers to a statement or a lock wait cut by the bound: query_canceled, lock_not_available. */
 const CUT = new Set(['57014', '55P03'])
+
+/** Each bounded transaction's deadline and bound, by the sql its work is given. */
+const deadlines = new WeakMap<object, { deadline: number, timeoutMs: number }>()
+
+/**
+ * Between two statements of a bounded transaction: past its deadline, AdminTimeoutError (the transaction
+ * rolls back); else the statements that follow are cut at the deadline. Outside one, nothing.
+ */
+export async function withinBound (tx: TransactionSql): Promise<void> {
+  const bound = deadlines.get(tx)
+  if (bound === undefined) return
+  const left = bound.deadline - Date.now()
+  if (left < 1) throw new AdminTimeoutError(bound.timeoutMs)
+  await tx.unsafe(`set local statement_timeout = ${left}; set local lock_timeout = ${left}`)
+}
 
 export type BoundedTransaction = <T>(work: (tx: TransactionSql) => Promise<T>) => Promise<T>
 
@@ -25,7 +43,9 @@ export function boundedTransaction (sql: Sql, timeoutMs: number): BoundedTransac
     try {
       await connection.unsafe(`begin; set local statement_timeout = ${timeoutMs}; set local lock_timeout = ${timeoutMs}`)
       open = true
-      const result = await work(withSavepoints(connection))
+      const tx = withSavepoints(connection)
+      deadlines.set(tx, { deadline, timeoutMs })
+      const result = await work(tx)
       if (Date.now() > deadline) throw new AdminTimeoutError(timeoutMs)
       await connection`commit`
       open = false
@@ -76,6 +96,7 @@ function withSavepoints (connection: ReservedSql): TransactionSql {
     async savepoint<T> (...args: [(sp: TransactionSql) => Promise<T>] | [string, (sp: TransactionSql) => Promise<T>]): Promise<T> {
       const work = args[args.length - 1] as (sp: TransactionSql) => Promise<T>
       const name = `s${savepoints++}`
+      await withinBound(tx)
       await connection.unsafe(`savepoint ${name}`)
       try {
         const result = await work(tx)

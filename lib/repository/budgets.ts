@@ -86,6 +86,15 @@ export function createBudgetRepository (sql: Db) {
       return row === undefined ? null : toBudget(row)
     },
 
+    /** findBudget for many ids in one statement: the budgets found, by id (an id not a uuid names none). */
+    async findBudgets (ids: string[]): Promise<Map<string, BudgetDefinition>> {
+      const wanted = ids.filter(isUuid)
+      if (wanted.length === 0) return new Map()
+      const rows = await sql<BudgetRow[]>`
+        select ${columns} from budget_definitions where id = any(${wanted}::text[]::uuid[]) and deleted_at is null`
+      return new Map(rows.map((row) => [row.id, toBudget(row)]))
+    },
+
     async insertBudget (values: BudgetValues, createdBy: string | null): Promise<BudgetDefinition> {
       const [row] = await sql<BudgetRow[]>`
         insert into budget_definitions

@@ -46,10 +46,23 @@ export function createUsageBatchRepository (sql: Db) {
       return found
     },
 
+    /** For each (budget, model, tags), does a call match the budget's filters? (budget_matches, sql/007), in one statement, in their order. */
+    async matchCalls (calls: Array<{ budgetId: string, model: string | null, tags: Tags | undefined }>): Promise<boolean[]> {
+      if (calls.length === 0) return []
+      const rows = await sql<Array<{ ord: number, matches: boolean }>>`
+        select c.ord::int as ord, budget_matches(b, c.model, c.tags) as matches
+        from unnest(${calls.map((call) => call.budgetId)}::text[]::uuid[], ${calls.map((call) => call.model)}::text[],
+                    ${calls.map((call) => call.tags === undefined ? null : JSON.stringify(call.tags))}::text[]::jsonb[]) with ordinality as c(budget_id, model, tags, ord)
+        join budget_definitions b on b.id = c.budget_id`
+      const matched = new Array<boolean>(calls.length).fill(false)
+      for (const row of rows) matched[row.ord - 1] = row.matches
+      return matched
+    },
+
     /**
-     * Stores the records (no two under one key) in order, allocated and counted as the per-row trigger would
-     * one at a time (sql/018). A record whose key was held before is neither stored nor refused (the caller
-     * reads the first one). Run it in a transaction.
+     * Stores the records in the order they came (several may share a key), allocated and counted as the per-row trigger would
+     * one at a time (sql/018). A record whose key was held when it came (before, or by an earlier record) is
+     * neither stored nor refused (the caller reads the holder). Run it in a transaction.
      */
     async insertUsageBatch (records: UsageValues[]): Promise<BatchStored> {
       const input = records.map((values, index) => ({

@@ -1,24 +1,20 @@
 // The bulk usage collector: up to 10,000 records in one request, each checked as POST /:id/usage checks
 // it (lib/services/usage-rules.ts) and answered on its own, the good ones stored in one transaction.
-import type { Sql } from 'postgres'
+import type { Sql, TransactionSql } from 'postgres'
+import { withinBound } from '../database/bounded.js'
 import { BudgetNotFoundError, InvalidFieldError, NoApplicableBudgetError } from '../errors.js'
 import { checkStorable } from '../json-limits.js'
 import type { Money } from '../money.js'
-import type { BudgetRepository } from '../repository/budgets.js'
-import type { StatusRepository } from '../repository/status.js'
+import { createBudgetRepository } from '../repository/budgets.js'
+import { createStatusRepository } from '../repository/status.js'
 import { createUsageBatchRepository, type ScopedCall } from '../repository/usage-batch.js'
 import type { KeyHolder, UsageRecord, UsageValues } from '../repository/usage.js'
 import { toErrorBody } from '../routes/error-handler.js'
 import { compileValidator } from '../routes/validator.js'
-import { BatchUsageRecord, type BatchUsageResult, type BudgetDefinition, type ScopeType } from '../schemas.js'
+import { BatchUsageRecord, type BatchUsageResult, type ScopeType } from '../schemas.js'
 import type { Tags } from '../tags.js'
 import { checkScopeId, toScopes } from './integration.js'
 import { checkActive, checkMatches, hasFilters, readUsage, recordFault, replayOf, requestFingerprint, type ReadUsage, type UsageRuleOptions } from './usage-rules.js'
-
-export interface CollectorRepositories {
-  budgets: BudgetRepository
-  status: StatusRepository
-}
 
 export interface BatchAnswer {
   results: BatchUsageResult[]
@@ -47,10 +43,26 @@ interface Read {
 const validateRecord = compileValidator({ schema: BatchUsageRecord, httpPart: 'body', method: 'POST', url: '/usage/batch' }) as
   ((value: unknown) => boolean) & { errors?: unknown[] | null }
 
-/** Rolls the batch's statement back, to run it again with the records it refused left out. */
+/**
+ * Records checked between two turns of the event loop. A batch's checks and answers are some 50 to 100 us of
+ * CPU per record, half a second to seconds for 10,000 on a busy host: run at once they would hold up every
+ * gated call of the process (whose database timeout then answers 503) until the batch is done.
+ */
+const RECORDS_PER_TURN = 250
+
+async function yieldEvery (count: number): Promise<void> {
+  if (count % RECORDS_PER_TURN === RECORDS_PER_TURN - 1) await new Promise((resolve) => setImmediate(resolve))
+}
+
+/** Rolls the batch's statement back, to run it again with the records it refused left out (a window past numeric(28,10) only). */
 class RetryBatch extends Error {}
 
-export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRepositories, options: UsageRuleOptions) {
+/**
+ * `sql`'s `begin` is bounded (lib/database/bounded.ts: withBoundedBegin): every statement of a batch, its
+ * checks as well as its store, runs in that one transaction, so a batch past the bound stores nothing and
+ * answers AdminTimeoutError, and asks nothing of the shared pool ahead of the gate.
+ */
+export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
   /** The first check a record fails, as { code, message, field }; a fault that is no record's (a bug, the database) is thrown. */
   function refusal (error: unknown): NonNullable<BatchUsageResult['error']> {
     const body = toErrorBody(error as Parameters<typeof toErrorBody>[0])
@@ -74,44 +86,50 @@ export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRe
   }
 
   /** Resolves scopes to budgets, then checks each record on its budget: found, its filters matched, active when the spend happened. */
-  async function check (reads: Read[], answer: (index: number, error: unknown) => void): Promise<Checked[]> {
+  async function check (tx: TransactionSql, reads: Read[], answer: (index: number, error: unknown) => void): Promise<Checked[]> {
+    const batch = createUsageBatchRepository(tx)
     // Scopes: one lookup per distinct call (scopes, currency, model, tags).
     const calls = new Map<string, ScopedCall>()
     const callKey = (call: ScopedCall) => JSON.stringify([call.scopes, call.currency, call.model, call.tags ?? null])
     for (const { call } of reads) if (call !== null) calls.set(callKey(call), call)
     const callList = [...calls.values()]
-    const reached = new Map((await createUsageBatchRepository(sql).listScopeBudgets(callList)).map((ids, i) => [callKey(callList[i]!), ids]))
+    await withinBound(tx)
+    const reached = new Map((await batch.listScopeBudgets(callList)).map((ids, i) => [callKey(callList[i]!), ids]))
     for (const entry of reads) {
       if (entry.call !== null) entry.budgetIds = reached.get(callKey(entry.call)) ?? []
     }
 
-    // Budgets, filters and windows, each asked once per distinct question.
-    const ids = [...new Set(reads.flatMap((entry) => entry.budgetIds?.slice(0, 1) ?? []))]
-    const found = new Map<string, BudgetDefinition | null>(await Promise.all(ids.map(async (id) => [id, await budgets.findBudget(id)] as const)))
+    // Budgets, filters and windows: each a statement over every distinct question (a batch may name 10,000 budgets).
+    await withinBound(tx)
+    const found = await createBudgetRepository(tx).findBudgets([...new Set(reads.flatMap((entry) => entry.budgetIds?.slice(0, 1) ?? []))])
     const matchKey = (budgetId: string, usage: ReadUsage) => JSON.stringify([budgetId, usage.metadata.modelId ?? null, usage.metadata.tags ?? null])
-    const matchQuestions = new Map<string, Promise<boolean>>()
+    const matchQuestions = new Map<string, { budgetId: string, model: string | null, tags: Tags | undefined }>()
     for (const { budgetIds, usage } of reads) {
-      const budget = budgetIds?.[0] === undefined ? null : found.get(budgetIds[0]) ?? null
-      if (budget === null || !hasFilters(budget) || matchQuestions.has(matchKey(budget.id, usage))) continue
-      matchQuestions.set(matchKey(budget.id, usage), budgets.matchesCall(budget.id, typeof usage.metadata.modelId === 'string' ? usage.metadata.modelId : null, usage.metadata.tags as Tags | undefined))
+      const budget = budgetIds?.[0] === undefined ? undefined : found.get(budgetIds[0])
+      if (budget === undefined || !hasFilters(budget)) continue
+      matchQuestions.set(matchKey(budget.id, usage), { budgetId: budget.id, model: typeof usage.metadata.modelId === 'string' ? usage.metadata.modelId : null, tags: usage.metadata.tags as Tags | undefined })
     }
-    const matched = new Map(await Promise.all([...matchQuestions].map(async ([key, question]) => [key, await question] as const)))
+    await withinBound(tx)
+    const answers = await batch.matchCalls([...matchQuestions.values()])
+    const matched = new Map([...matchQuestions.keys()].map((key, i) => [key, answers[i]!]))
     const windowKey = (budgetId: string, at: Date) => `${budgetId} ${at.getTime()}`
     const windowQuestions = new Map<string, { budgetId: string, at: Date }>()
     for (const { budgetIds, usage } of reads) {
       const budgetId = budgetIds?.[0]
-      if (budgetId !== undefined && found.get(budgetId) != null) windowQuestions.set(windowKey(budgetId, usage.occurredAt), { budgetId, at: usage.occurredAt })
+      if (budgetId !== undefined && found.has(budgetId)) windowQuestions.set(windowKey(budgetId, usage.occurredAt), { budgetId, at: usage.occurredAt })
     }
     const windowList = [...windowQuestions.values()]
-    const windows = new Map((await status.findWindows(windowList)).map((window, i) => [windowKey(windowList[i]!.budgetId, windowList[i]!.at), window]))
+    await withinBound(tx)
+    const windows = new Map((await createStatusRepository(tx).findWindows(windowList)).map((window, i) => [windowKey(windowList[i]!.budgetId, windowList[i]!.at), window]))
 
     const checked: Checked[] = []
-    for (const { index, record, usage, fingerprint, budgetIds, call } of reads) {
+    for (const [order, { index, record, usage, fingerprint, budgetIds, call }] of reads.entries()) {
+      await yieldEvery(order)
       try {
         const [budgetId, ...others] = budgetIds ?? []
         if (budgetId === undefined) throw new NoApplicableBudgetError(describe(call!))
-        const budget = found.get(budgetId) ?? null
-        if (budget === null) throw new BudgetNotFoundError(budgetId)
+        const budget = found.get(budgetId)
+        if (budget === undefined) throw new BudgetNotFoundError(budgetId)
         checkMatches(budget, !hasFilters(budget) || matched.get(matchKey(budget.id, usage)) === true)
         checkActive(budget, usage.occurredAt, windows.get(windowKey(budget.id, usage.occurredAt)) ?? null)
         checked.push({
@@ -137,71 +155,58 @@ export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRe
   }
 
   /**
-   * Stores the checked records in one transaction, the first under each key, in one statement (sql/018): a
-   * record it cannot store (no exchange rate, past numeric(28,10)) is refused there, alone. A record under the
-   * key of one refused so is the same refusal if it is the same request. Another request under that key would
-   * have been tried in its place one at a time: then the statement is rolled back and run again with it (rare:
-   * a batch that reuses a key for another request after a refused one). Then each record not stored is the
-   * replay of the one that holds its key, or a conflict.
+   * Stores the checked records in one statement (sql/018), all of them, in the order they came: a record it
+   * cannot store (no exchange rate, past numeric(28,10)) is refused there, and the next other request under
+   * its key is tried in its place, as posting them one at a time would. Only a record that would take a
+   * window past numeric(28,10) is found after the keys are taken: if it held a key that a later request
+   * would then have taken, the statement is rolled back and run again without it (rare: a window near
+   * numeric(28,10) and a key reused for another request; each run refuses one record more). Then each
+   * record not stored is the replay of the one that holds its key, or a conflict.
    */
-  async function store (checked: Checked[], answer: (index: number, error: unknown) => void, done: (index: number, status: 'created' | 'replayed', record: UsageRecord) => void): Promise<void> {
+  async function store (tx: TransactionSql, checked: Checked[], answer: (index: number, error: unknown) => void, done: (index: number, status: 'created' | 'replayed', record: UsageRecord) => void): Promise<void> {
     const keyOf = ({ values }: Checked) => values.idempotencyKey
-    await sql.begin(async (tx) => {
-      const batch = createUsageBatchRepository(tx)
-      const refusals = new Map<number, Error>() // by the record's index
-      const refusedRequests = new Map<string, Error>() // by key and fingerprint
-      const requestOf = (entry: Checked) => `${keyOf(entry)!} ${entry.values.requestFingerprint}`
-      let stored = new Map<number, UsageRecord>() // by the record's index
-      for (let again = true; again;) {
-        // The first record under each key that is not a request refused before.
-        const seen = new Set<string>()
-        const firsts = checked.filter((entry) => {
-          const key = keyOf(entry)
-          if (key === null) return true
-          const refused = refusedRequests.get(requestOf(entry))
-          if (refused !== undefined) { refusals.set(entry.index, refused); return false }
-          if (seen.has(key)) return false
-          seen.add(key)
-          return true
+    const refusals = new Map<number, Error>() // by the record's index
+    let stored = new Map<number, UsageRecord>() // by the record's index
+    for (let again = true; again;) {
+      const tried = checked.filter((entry) => !refusals.has(entry.index))
+      await tx.savepoint(async (sp) => {
+        const { stored: byOrder, faults } = await createUsageBatchRepository(sp).insertUsageBatch(tried.map((entry) => entry.values))
+        stored = new Map([...byOrder].map(([order, record]) => [tried[order]!.index, record]))
+        const refusedNow = [...faults].map(([order, { code, detail }]) => {
+          const entry = tried[order]!
+          refusals.set(entry.index, recordFault(code, detail)!)
+          return entry
         })
-        await tx.savepoint(async (sp) => {
-          const { stored: byOrder, faults } = await createUsageBatchRepository(sp).insertUsageBatch(firsts.map((entry) => entry.values))
-          stored = new Map([...byOrder].map(([order, record]) => [firsts[order]!.index, record]))
-          for (const [order, { code, detail }] of faults) {
-            const entry = firsts[order]!
-            const error = recordFault(code, detail)!
-            refusals.set(entry.index, error)
-            if (keyOf(entry) !== null) refusedRequests.set(requestOf(entry), error)
-          }
-          // Another request under a refused one's key, later in the batch: it goes in the refused one's place.
-          again = checked.some((entry) => keyOf(entry) !== null && !refusals.has(entry.index) && !refusedRequests.has(requestOf(entry)) &&
-            firsts.some((first) => refusals.has(first.index) && keyOf(first) === keyOf(entry) && first.index < entry.index))
-          if (again) throw new RetryBatch()
-        }).catch((error: unknown) => { if (!(error instanceof RetryBatch)) throw error })
-      }
+        const keysTaken = new Set(tried.filter((entry) => stored.has(entry.index)).map(keyOf))
+        again = tried.some((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refusals.has(entry.index) && !keysTaken.has(keyOf(entry)) &&
+          refusedNow.some((refused) => keyOf(refused) === keyOf(entry) && refused.index < entry.index))
+        if (again) throw new RetryBatch()
+      }).catch((error: unknown) => { if (!(error instanceof RetryBatch)) throw error })
+    }
 
-      // The record that holds each key: this batch's, or one stored before.
-      const holders = new Map<string, KeyHolder>()
-      for (const entry of checked) {
-        const record = stored.get(entry.index)
-        if (record !== undefined && keyOf(entry) !== null) holders.set(keyOf(entry)!, { record, fingerprint: entry.values.requestFingerprint })
-      }
-      const missing = checked.filter((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refusals.has(entry.index) && !holders.has(keyOf(entry)!))
-      const before = await batch.findKeyHolders(missing.map((entry) => ({ budgetId: entry.values.budgetId, idempotencyKey: entry.values.idempotencyKey! })))
-      for (const [key, holder] of before) holders.set(key, holder)
+    // The record that holds each key: this batch's, or one stored before.
+    const holders = new Map<string, KeyHolder>()
+    for (const entry of checked) {
+      const record = stored.get(entry.index)
+      if (record !== undefined && keyOf(entry) !== null) holders.set(keyOf(entry)!, { record, fingerprint: entry.values.requestFingerprint })
+    }
+    const missing = checked.filter((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refusals.has(entry.index) && !holders.has(keyOf(entry)!))
+    await withinBound(tx)
+    const before = await createUsageBatchRepository(tx).findKeyHolders(missing.map((entry) => ({ budgetId: entry.values.budgetId, idempotencyKey: entry.values.idempotencyKey! })))
+    for (const [key, holder] of before) holders.set(key, holder)
 
-      for (const entry of checked) {
-        const created = stored.get(entry.index)
-        if (created !== undefined) { done(entry.index, 'created', created); continue }
-        const refused = refusals.get(entry.index)
-        if (refused !== undefined) { answer(entry.index, refused); continue }
-        try {
-          done(entry.index, 'replayed', replayOf(holders.get(keyOf(entry)!)!, entry.values.amount as Money, entry.values.currency, entry.values.idempotencyKey!, entry.values.requestFingerprint))
-        } catch (error) {
-          answer(entry.index, error)
-        }
+    for (const [order, entry] of checked.entries()) {
+      await yieldEvery(order)
+      const created = stored.get(entry.index)
+      if (created !== undefined) { done(entry.index, 'created', created); continue }
+      const refused = refusals.get(entry.index)
+      if (refused !== undefined) { answer(entry.index, refused); continue }
+      try {
+        done(entry.index, 'replayed', replayOf(holders.get(keyOf(entry)!)!, entry.values.amount as Money, entry.values.currency, entry.values.idempotencyKey!, entry.values.requestFingerprint))
+      } catch (error) {
+        answer(entry.index, error)
       }
-    })
+    }
   }
 
   return {
@@ -213,15 +218,20 @@ export function createUsageCollector (sql: Sql, { budgets, status }: CollectorRe
       const results = new Array<BatchUsageResult | undefined>(records.length)
       const answer = (index: number, error: unknown) => { results[index] = { index, status: 'refused', error: refusal(error) } }
       const reads: Read[] = []
-      records.forEach((record, index) => {
+      for (const [index, record] of records.entries()) {
+        await yieldEvery(index)
         try {
           reads.push(read(index, record, clock))
         } catch (error) {
           answer(index, error)
         }
-      })
-      const checked = await check(reads, answer)
-      if (checked.length > 0) await store(checked, answer, (index, status, record) => { results[index] = { index, status, record } })
+      }
+      if (reads.length > 0) {
+        await sql.begin(async (tx) => {
+          const checked = await check(tx, reads, answer)
+          if (checked.length > 0) await store(tx, checked, answer, (index, status, record) => { results[index] = { index, status, record } })
+        })
+      }
       const answered = results as BatchUsageResult[]
       const count = (status: BatchUsageResult['status']) => answered.filter((result) => result.status === status).length
       return { results: answered, created: count('created'), replayed: count('replayed'), refused: count('refused') }

@@ -1,4 +1,4 @@
-// Review rc: admin writes behind a lock another session holds: 503 BUDGET_ERR_TIMEOUT within the bound, nothing stored.
+// Admin writes behind a lock another session holds: 503 BUDGET_ERR_TIMEOUT within the bound, nothing stored.
 import t from 'tap'
 import { PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
 

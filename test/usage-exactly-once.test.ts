@@ -1,4 +1,4 @@
-// Review rc: the same records sent at once by several clients through two processes, as single posts and in batches.
+// The same records sent at once by several clients through two processes, as single posts and in batches.
 import Fastify from 'fastify'
 import t from 'tap'
 import budgets from '../lib/index.js'

@@ -1,4 +1,4 @@
-// Review rc: hostile queries and bodies on the exchange-rate routes; extreme rates at the batch and the single route.
+// Hostile queries and bodies on the exchange-rate routes; extreme rates at the batch and the single route.
 import t from 'tap'
 import { PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
 
