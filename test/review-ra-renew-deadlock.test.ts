@@ -4,8 +4,9 @@
 // the reverse of (id, budget_id) when the lease's rows lie so in the heap (budget_lease_take inserts
 // them in the line's order). Against budget_settle_leased / budget_lease_return (ordered) it deadlocks:
 // the same setup as test/lease-integrity.test.ts's first test, with the renewal as one of the two.
-import type { Sql } from 'postgres'
+import postgres, { type Sql } from 'postgres'
 import t from 'tap'
+import { createReservationRepository } from '../lib/repository/reservations.js'
 import { buildApp } from './fixtures/app.js'
 
 const pause = async (ms: number) => await new Promise((resolve) => setTimeout(resolve, ms))
@@ -38,16 +39,20 @@ for (const other of ['settle', 'return'] as const) {
       return { connection, pid: row!.pid }
     }
     const blocker = await session()
-    const renewing = await session()
     const ordered = await session()
     // the renewal's plan reads the heap (as a bitmap heap scan or a seq scan does); the ordered statement's is the index
-    await renewing.connection`select set_config('enable_indexscan', 'off', false), set_config('enable_bitmapscan', 'off', false)`
+    const url = new URL(process.env.DATABASE_URL!)
+    url.pathname = `/${(await sql<Array<{ name: string }>>`select current_database() as name`)[0]!.name}`
+    const renewingClient = postgres(url.href, { max: 1, onnotice: () => {}, connection: { enable_indexscan: 'off', enable_bitmapscan: 'off' } })
+    t.teardown(async () => await renewingClient.end())
+    const [renewingRow] = await renewingClient<Array<{ pid: number }>>`select pg_backend_pid() as pid`
+    const renewing = { pid: renewingRow!.pid }
     await ordered.connection`select set_config('enable_seqscan', 'off', false), set_config('enable_bitmapscan', 'off', false)`
     await blocker.connection`begin`
     await blocker.connection`select 1 from budget_reservations where id = ${lease} and budget_id = ${middle} for update`
-    // exactly the statement of ReservationRepository.renewLease
-    const renew = renewing.connection`update budget_reservations set expires_at = now() + ${'900000 milliseconds'}::interval where id = ${lease}`
-      .execute().then(() => null, (error: { code?: string }) => error)
+    // ReservationRepository.renewLease, on a session of its own
+    const renew = createReservationRepository(renewingClient).renewLease(lease, 900_000)
+      .then(() => null, (error: { code?: string, cause?: { code?: string } }) => error.cause ?? error)
     await waitingForLock(sql, renewing.pid)
     const second = (other === 'settle'
       ? ordered.connection`select * from budget_settle_leased(array[${lease}]::uuid[], array['call-1'], array[0.002]::numeric[], array['gateway'], array[null]::text[],
