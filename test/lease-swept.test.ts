@@ -1,4 +1,4 @@
-// Review ra: a lease swept while its process still holds it in memory. One gateway loses its database
+// a lease swept while its process still holds it in memory. One gateway loses its database
 // (a network cut, here a TCP proxy) for longer than the reservation TTL while a lease is live; another
 // process's sweeper (here the test's own session, running the same budget_sweep_expired) counts the
 // lease at what it holds and deletes it. When the database is back, the process admits calls from the

@@ -1,7 +1,6 @@
-// Review ra: pg_terminate_backend on the gateway's connections mid-load crashes the process with an
-// unhandled promise rejection (CONNECTION_CLOSED / ECONNRESET from postgres.js). Seen in 4 of 4 runs of
-// review/ra-load.ts with FAULT=terminate (two example gateway processes): one process exits, its lease is
-// swept as spend. Here: the plugin in this process, calls streaming, every backend of the database
+// pg_terminate_backend on the gateway's connections mid-load crashed the process with an unhandled
+// promise rejection (CONNECTION_CLOSED / ECONNRESET from postgres.js's per-connection array-type read),
+// seen in 4 of 4 runs of a two-process load harness: one process exited, its lease was swept as spend. Here: the plugin in this process, calls streaming, every backend of the database
 // terminated every ~250 ms for 2.5 s; any unhandled rejection is caught and reported.
 import postgres from 'postgres'
 import t from 'tap'
