@@ -58,6 +58,19 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const ownsClient = typeof database === 'string'
   // Our own client's sessions run in UTC; the SQL never depends on the session's TimeZone anyway (sql/005).
   const sql: Sql = ownsClient ? postgres(database, { onnotice: () => {}, connection: { TimeZone: 'UTC' } }) : database
+  if (ownsClient) {
+    // postgres.js reads the array types on every new connection, and when that connection is cut (a
+    // terminated backend, a restart) the read's failure is an unhandled rejection (postgres.js #1192,
+    // #1205, #1223), which ends a process run with Node's defaults. The types are read once, here, into
+    // the client's shared serializers (arrays cannot be sent without them); later connections skip it.
+    try {
+      await sql`select 1`
+    } catch (error) {
+      await sql.end({ timeout: 1 })
+      throw error
+    }
+    sql.options.fetch_types = false
+  }
 
   if (applyMigrations) {
     try {

@@ -180,14 +180,23 @@ t.test('a hard monthly budget changed to daily with holds and a lease in flight:
   const budget = await createBudget({ scopeId: 'team-a', amount: '0.003', period: 'monthly' })
   const caller = { team: 'team-a' }
   const integration = app.budgetIntegration
-  // Before the change: one call holding its own reservation, then five admitted from a lease (the line is hot).
+  // Before the change: one call holding its own reservation, then small calls until five are admitted from
+  // a lease (the line is hot). Whether a call comes close enough to the last to be leased depends on the
+  // machine's load, so the calls that held their own reservation are counted from the rows, not assumed.
   const held = (await integration.reserveCall(caller, '0.0005')).reservationId!
   const leased: string[] = []
-  for (let i = 0; i < 5; i++) leased.push((await integration.reserveCall(caller, '0.00001')).reservationId!)
-  t.ok(leased.every((id) => id !== null), 'five calls admitted')
+  let fromLease = 0
+  while (fromLease < 5 && leased.length < 15) {
+    const id = (await integration.reserveCall(caller, '0.00001')).reservationId
+    t.not(id, null, 'a small call admitted')
+    leased.push(id!)
+    const [own] = await sql<Array<{ n: number }>>`select count(*)::int as n from budget_reservations where id = ${id}`
+    if (own!.n === 0) fromLease++
+  }
+  t.ok(fromLease > 0, `${fromLease} of ${leased.length} small calls admitted from a lease`)
   const [before] = await sql<Array<{ leases: number, holds: number }>>`
     select count(distinct id) filter (where lease)::int as leases, count(distinct id) filter (where not lease)::int as holds from budget_reservations`
-  t.same(before, { leases: 1, holds: 1 }, 'one lease and one call\'s own hold are live')
+  t.same(before, { leases: 1, holds: 1 + leased.length - fromLease }, 'one lease, and the holds of the calls that held their own')
 
   const changed = await app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { period: 'daily' } })
   t.equal(changed.statusCode, 200)
@@ -210,6 +219,8 @@ t.test('a hard monthly budget changed to daily with holds and a lease in flight:
   t.equal(windows.length, 1, 'one window row: the monthly one is gone')
   t.equal(windows[0]!.end.getTime() - windows[0]!.start.getTime(), 86_400_000, 'a daily window')
   t.ok(compareMoney(windows[0]!.spent, '0.003') <= 0, `spent ${windows[0]!.spent} of 0.003`)
+  // Carried over: 0.0005, the lease (at most a slice of 0.0003125, an eighth of the room) and at most 15 small
+  // calls of 0.00001 leave at least 0.0020375, and at most 0.00235: four calls of 0.0005, never five.
   t.equal(after.length, 4, 'the calls after the change had the room the carried holds left: four of 0.0005')
 })
 

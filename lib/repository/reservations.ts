@@ -142,6 +142,8 @@ export interface LeasedOutcome {
 // times, after a short pause that grows. What still fails is the database not serving now (503).
 const CONFLICTS = new Set(['40P01', '40001'])
 const CONFLICT_RETRY_DELAYS_MS = [2, 10, 50]
+/** A renewal waits for its lease's rows no longer than a take waits for them (budget_lease_take, sql/016). */
+const RENEW_LOCK_TIMEOUT_MS = 2000
 
 export function isConflict (error: unknown): boolean {
   return CONFLICTS.has((error as { code?: string } | null)?.code ?? '')
@@ -299,9 +301,23 @@ export function createReservationRepository (sql: Db) {
       }
     },
 
-    /** Keeps a lease alive while its process is; false when it is gone (it expired and was swept). */
+    /**
+     * Keeps a lease alive while its process is; false when it has no row (not taken yet, or expired and
+     * swept). Its rows are locked in the lock order of sql/016, (id, budget_id), before they are written:
+     * an update alone locks them in whatever order its plan reads them, and deadlocked against a
+     * settlement or a return of the same lease. The lock wait is bounded as take's is (a local setting,
+     * evaluated before any row is locked: every row the lock reads is joined to it), then retried as the
+     * other gate statements are.
+     */
     async renewLease (leaseId: string, ttlMs: number): Promise<boolean> {
-      const renewed = await sql`update budget_reservations set expires_at = now() + ${`${ttlMs} milliseconds`}::interval where id = ${leaseId}`
+      const renewed = await retryingConflicts(async () => await sql`
+        with bound as materialized (select set_config('lock_timeout', ${`${RENEW_LOCK_TIMEOUT_MS}ms`}, true)),
+        locked as materialized (
+          select r.id, r.budget_id from budget_reservations r cross join bound
+          where r.id = ${leaseId} order by r.id, r.budget_id for update of r
+        )
+        update budget_reservations r set expires_at = now() + ${`${ttlMs} milliseconds`}::interval
+        from locked l where r.id = l.id and r.budget_id = l.budget_id`)
       return renewed.count > 0
     },
 

@@ -36,8 +36,10 @@ interface Lease {
   unsettled: number
   /** A settlement of one of its calls failed: the row is left to expire, and the sweeper counts what it holds. */
   settlementFailed: boolean
-  /** The final return was sent: nothing more is given back. */
+  /** The final return was sent, or its rows were found swept: nothing more is given back from memory. */
   ended: boolean
+  /** A take with a grant has landed: its rows are in PostgreSQL (until the final return, or a sweep). */
+  landed: boolean
   numbers: Map<string, Omit<BudgetStanding, 'budget' | 'fits'> & { amount: Money, enforcement: 'hard' | 'soft' }>
   returning: boolean
   taking: Promise<void> | null
@@ -125,6 +127,14 @@ export function createLeases (reservations: ReservationRepository, settlements: 
     const granted = await reservations.takeLease(lease.id, lease.line, options.currency, options.ttlMs,
       fromUnits(estimate * CALLS_PER_LEASE), fromUnits(estimate * FEWEST_CALLS))
     if (granted === null) return
+    lease.landed = true
+    if (lease.ended) {
+      // Its rows were found swept (a renewal) while this take waited: what they hold now is this take's
+      // slice alone, which no call can use. The final return gives it all back and ends the rows again.
+      draining.add(lease)
+      void sendReturn(lease, '0', true)
+      return
+    }
     // The slice is the lease's before anything else happens: if the version says a budget changed (the
     // lease then goes with the old lines), or the lease was retired meanwhile, it is given back whole.
     lease.available += toUnits(granted.granted)
@@ -142,8 +152,11 @@ export function createLeases (reservations: ReservationRepository, settlements: 
     for (const [key, lease] of [...leases, ...[...draining].map((lease) => [null, lease] as const)]) {
       if (now - lease.renewedAt < options.ttlMs / 3) continue
       lease.renewedAt = now
+      // No row is "swept" only if a take had landed before the renewal was sent: a take in flight then
+      // (the first, waiting on a hot window row) has not written its rows yet, and only adds rows.
+      const hadRows = lease.landed
       reservations.renewLease(lease.id, options.ttlMs).then((alive) => {
-        if (alive || lease.ended) return
+        if (alive || lease.ended || !hadRows) return
         // It expired and was swept (counted whole): it admits no more, and has nothing left to give back.
         lease.available = 0n
         lease.ended = true
@@ -173,7 +186,7 @@ export function createLeases (reservations: ReservationRepository, settlements: 
       if (lease === undefined) {
         if (previous === undefined || now - previous > HOT_WITHIN_MS || line.length === 0) return null
         lease = {
-          id: randomUUID(), line, validUntil, available: 0n, unsettled: 0, settlementFailed: false, ended: false, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
+          id: randomUUID(), line, validUntil, available: 0n, unsettled: 0, settlementFailed: false, ended: false, landed: false, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
           windowStart: Math.max(...line.map((budget) => budget.periodStart.getTime())),
           windowEnd: Math.min(...line.map((budget) => budget.periodEnd.getTime()))
         }
