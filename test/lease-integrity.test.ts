@@ -1,7 +1,7 @@
 // Leases and settlements under the ways they broke (issue 19): statements locking a lease's rows in
 // opposite orders, a false expiry warning on every leased call, calls that cost more than their lease
 // held, and a budget's window changed under calls in flight.
-import postgres, { type Sql } from 'postgres'
+import postgres from 'postgres'
 import t from 'tap'
 import { compareMoney } from '../lib/money.js'
 import { ADMIN_TOKEN, PREFIX, buildApp } from './fixtures/app.js'
@@ -9,19 +9,10 @@ import { createTestDatabase } from './fixtures/database.js'
 import { startGatewayProcess, type GatewayProcess } from './fixtures/gateway-process.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { findViolations, waitForSettled } from './fixtures/invariants.js'
+import { pause, waitingForLock } from './fixtures/sessions.js'
 import { modeFromPrompt, modeMarker, startUpstream, type UpstreamMode } from './fixtures/upstream.js'
 
-const pause = async (ms: number) => await new Promise((resolve) => setTimeout(resolve, ms))
 
-/** Waits until the session `pid` waits for a lock (pg_stat_activity). */
-async function waitingForLock (sql: Sql, pid: number): Promise<void> {
-  for (let waited = 0; waited < 10_000; waited += 10) {
-    const [row] = await sql<Array<{ waiting: boolean }>>`select wait_event_type = 'Lock' as waiting from pg_stat_activity where pid = ${pid}`
-    if (row?.waiting === true) return
-    await pause(10)
-  }
-  throw new Error(`session ${pid} never waited for a lock`)
-}
 
 t.test('a lease\'s give-back and a settlement of its calls, meeting on its rows, never deadlock: every statement locks in one order', async (t) => {
   // Deterministic. A lease on three budgets; its rows lie in the heap in the reverse of their key order

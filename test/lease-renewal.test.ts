@@ -1,21 +1,12 @@
 // Keeping a lease alive: the renewal locks in the lock order of sql/016, and a renewal that meets a
 // lease not yet written (its first take still waiting) leaves it be.
-import postgres, { type Sql } from 'postgres'
+import postgres from 'postgres'
 import t from 'tap'
 import { createReservationRepository } from '../lib/repository/reservations.js'
 import { buildApp } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { findViolations } from './fixtures/invariants.js'
-
-const pause = async (ms: number) => await new Promise((resolve) => setTimeout(resolve, ms))
-async function waitingForLock (sql: Sql, pid: number): Promise<void> {
-  for (let waited = 0; waited < 10_000; waited += 10) {
-    const [row] = await sql<Array<{ waiting: boolean }>>`select wait_event_type = 'Lock' as waiting from pg_stat_activity where pid = ${pid}`
-    if (row?.waiting === true) return
-    await pause(10)
-  }
-  throw new Error(`session ${pid} never waited for a lock`)
-}
+import { pause, waitingForLock } from './fixtures/sessions.js'
 
 // A renewal that updated a lease's rows with a plain `update ... where id = $1` (as renewLease once did)
 // locked them outside the documented lock order of sql/016. A plan that reads the rows
