@@ -61,6 +61,12 @@ export interface BudgetGateState {
   usage: TokenUsage | null
   /** Tell the gate what the provider used; required for streamed responses, read from JSON bodies otherwise. */
   reportUsage: (usage: TokenUsage) => void
+  /**
+   * Feed the bytes of a streamed response as they go to the client (a route that writes the stream
+   * itself): the gate reads the provider's usage from the API's own events. A stream returned as the
+   * route's payload is read without this.
+   */
+  streamed: (chunk: Uint8Array | string) => void
 }
 
 export const SCOPE_HEADERS: Array<[ScopeType, string]> = [

@@ -177,7 +177,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     let current = estimate
     const state: BudgetGateState = {
       reservationId: null, requestId, caller, model: estimate.model, downgradedFrom: null, clampedMaxTokens: null, estimate: estimate.amount, check: null, usage: null,
-      reportUsage: (usage) => { state.usage = usage }
+      reportUsage: (usage) => { state.usage = usage },
+      streamed: () => { throw new Error('the gate does not read streams yet: report usage with reportUsage') }
     }
     request.budgetGate = state
 

@@ -79,6 +79,13 @@ export interface TokenUsage {
   outputTokens: number
   /** Of inputTokens, those read from the provider's prompt cache (OpenAI's usage.prompt_tokens_details.cached_tokens). */
   cachedInputTokens?: number
+  /**
+   * Of inputTokens, those written to the provider's prompt cache for 5 minutes (Anthropic's
+   * cache_creation_input_tokens, or cache_creation.ephemeral_5m_input_tokens), at the cache-write rate.
+   */
+  cacheWriteTokens?: number
+  /** Of inputTokens, those written to the cache for an hour (cache_creation.ephemeral_1h_input_tokens), at the 1-hour write rate. */
+  cacheWrite1hTokens?: number
 }
 
 /** A model's entry, under the name the price table gives it. */
