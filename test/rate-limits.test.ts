@@ -131,8 +131,9 @@ t.test('two gateway processes on one database share the limit', async (t) => {
 t.test('the official openai client sees the 429 and retries after retry-after', async (t) => {
   const gateway = await buildGateway(t)
   const address = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
-  // 120 a minute: one request comes back every 500 ms.
-  await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 120 } })
+  // 12 a minute: one request comes back every 5 s, so the calls below meet an empty bucket even on a
+  // loaded machine (at 120 a minute, a refill landed between the drain and the call), and the retry waits a few seconds.
+  await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 12 } })
   const statuses: number[] = []
   const retryAfterMs: number[] = []
   const openai = (maxRetries: number) => new OpenAI({
@@ -156,7 +157,7 @@ t.test('the official openai client sees the 429 and retries after retry-after', 
   t.equal(error.status, 429)
   t.equal(error.code, 'rate_limit_exceeded')
   t.equal(error.type, 'requests')
-  t.equal(error.headers.get('x-ratelimit-limit-requests'), '120')
+  t.equal(error.headers.get('x-ratelimit-limit-requests'), '12')
 
   statuses.length = 0
   retryAfterMs.length = 0
