@@ -8,6 +8,8 @@ import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../
 import { responsesApi, worstCaseTokens } from '../lib/apis/responses.js'
 import { compareMoney } from '../lib/money.js'
 import { DEFAULT_PRICES, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
+import { MAX_TOKENIZED_WORK } from '../lib/services/tokens.js'
+import { openAIPromptTokens } from './fixtures/openai-tokens.js'
 
 const ORDINARY = { disallowedSpecial: new Set<string>() }
 const tokens = (text: string): number => o200k(text, ORDINARY)
@@ -82,6 +84,40 @@ t.test('a realistic tool loop: above every token the model reads, and not wildly
   const estimate = responsesApi.estimate(body, book)
   t.equal(estimate.model, 'gpt-4o-mini')
   t.equal(estimate.tokens, inputTokens + outputTokens)
+})
+
+t.test('above what OpenAI bills for the same conversation in chat form (the chat oracle), plus the encrypted reasoning', async (t) => {
+  const { inputTokens } = worstCaseTokens(realisticBody(), mini)
+  const call = (id: string, city: string) => ({ id, type: 'function', function: { name: 'get_weather', arguments: JSON.stringify({ ...args, city }) } })
+  const chat = {
+    model: 'gpt-4o-mini',
+    messages: [
+      { role: 'developer', content: instructions },
+      { role: 'user', content: question },
+      { role: 'assistant', content: summary },
+      { role: 'assistant', content: null, tool_calls: [call('call_1', 'Paris'), call('call_2', 'Lyon')] },
+      { role: 'tool', tool_call_id: 'call_1', content: result },
+      { role: 'tool', tool_call_id: 'call_2', content: result },
+      { role: 'assistant', content: answer },
+      { role: 'user', content: 'Thanks. And tomorrow?' }
+    ],
+    tools: [{ type: 'function', function: { name: tool.name, description: tool.description, parameters: schema, strict: true } }],
+    response_format: { type: 'json_schema', json_schema: { name: 'forecast', schema, strict: true } }
+  }
+  const oracle = openAIPromptTokens(chat, 0)! + bytes(encrypted)
+  t.ok(inputTokens >= oracle, `${inputTokens} >= ${oracle}`)
+  t.ok(inputTokens <= 1.5 * oracle, `${inputTokens} within 1.5 times ${oracle}`)
+})
+
+t.test('past the tokenizer work budget, text counts a token a byte: still a bound', async (t) => {
+  let seed = 7
+  const letter = (): string => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return String.fromCharCode(97 + (seed % 26)) }
+  const words = Array.from({ length: 30_000 }, () => Array.from({ length: 6 }, letter).join('')).join(' ')
+  t.ok(bytes(words) * 4 > MAX_TOKENIZED_WORK, 'the text is past the work budget')
+  const body = { model: 'gpt-4o-mini', instructions: words.slice(0, 50_000), input: [{ role: 'user', content: words }, { type: 'function_call_output', call_id: 'c', output: words }] }
+  const { inputTokens } = worstCaseTokens(body, mini)
+  const floor = tokens(words.slice(0, 50_000)) + 2 * tokens(words)
+  t.ok(inputTokens >= floor, `${inputTokens} >= ${floor}`)
 })
 
 t.test('each part of the input adds to the bound', async (t) => {
