@@ -138,6 +138,10 @@ const refusedBodies: Array<[string, Record<string, unknown>, FieldError, string]
   ['a custom tool\'s unknown field', base({ tools: [{ name: 'f', input_schema: {}, allowed_callers: ['direct'] }] }), UnboundedFieldError, 'tools.0.allowed_callers'],
   ['citations on a search result', base({ messages: [{ role: 'user', content: [{ type: 'search_result', source: 's', title: 't', content: [{ type: 'text', text: 'x' }], citations: { enabled: true } }] }] }), UnboundedFieldError, 'messages.0.content.0.citations'],
   ['thinking of an unknown type', base({ thinking: { type: 'between_tools' } }), UnboundedFieldError, 'thinking.type'],
+  // Found by the property below: a type whose String() throws ({ toString: false }).
+  ['a thinking type that is no string', base({ thinking: { type: { toString: false } } }), UnboundedFieldError, 'thinking.type'],
+  ['a block type that is no string', base({ messages: [{ role: 'user', content: [{ type: { toString: false } }] }] }), UnboundedFieldError, 'messages.0.content.0.type'],
+  ['a tool type that is no string', base({ tools: [{ type: { toString: false }, name: 'f' }] }), UnboundedFieldError, 'tools.0.type'],
   ['no max_tokens', base({ max_tokens: undefined }), InvalidFieldError, 'max_tokens'],
   ['a priority tier by another name', base({ service_tier: 'priority' }), InvalidFieldError, 'service_tier'],
   ['messages not a list', base({ messages: 'hi' }), InvalidFieldError, 'messages'],
@@ -236,6 +240,11 @@ t.test('usage from a stream: message_start\'s input, the last message_delta\'s c
   t.equal(two.usage()?.outputTokens, 22, 'cumulative: the last delta\'s count, not a sum')
   two.event('message_delta', JSON.stringify({ type: 'message_delta', delta: {}, usage: { output_tokens: -3 } }))
   t.equal(two.usage(), null, 'a count that is no count: untrusted, the estimate is charged')
+
+  const proto = messagesApi.streamUsage('claude-test')
+  proto.event('message_start', '{"type":"message_start","message":{"usage":{"__proto__":{"input_tokens":5},"output_tokens":1}}}')
+  proto.event('message_delta', '{"type":"message_delta","usage":{"output_tokens":3}}')
+  t.equal(proto.usage(), null, 'a count under __proto__ is not an input count')
 
   const noStart = messagesApi.streamUsage('claude-test')
   noStart.event('message_delta', JSON.stringify({ type: 'message_delta', usage: { output_tokens: 5 } }))

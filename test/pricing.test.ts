@@ -214,4 +214,7 @@ t.test('a price table\'s write rates are decimal strings', async (t) => {
   t.equal(checkPriceTable({ m: { input: '3', output: '15', maxOutputTokens: 10, cacheWrite: '3.75', cacheWrite1h: '6' } }), null)
   t.match(checkPriceTable({ m: { input: '3', output: '15', maxOutputTokens: 10, cacheWrite: 3.75 as unknown as string } }), /cacheWrite must be a decimal string/)
   t.match(checkPriceTable({ m: { input: '3', output: '15', maxOutputTokens: 10, tiers: [{ aboveInputTokens: 5, input: '6', output: '20', cacheWrite1h: '-1' }] } }), /tiers\.0\.cacheWrite1h must be a decimal string/)
+  // A write rate that fell with more input would make the worst case's tier no bound of a smaller call's writes.
+  t.match(checkPriceTable({ m: { input: '3', output: '15', maxOutputTokens: 10, cacheWrite: '10', tiers: [{ aboveInputTokens: 5, input: '6', output: '20' }] } }), /tiers\.0 must not be cheaper/)
+  t.equal(checkPriceTable({ m: { input: '3', output: '15', maxOutputTokens: 10, cacheWrite: '3.75', tiers: [{ aboveInputTokens: 5, input: '6', output: '20' }] } }), null, 'the tier\'s own 5/4 of 6 is dearer')
 })

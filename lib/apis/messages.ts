@@ -80,6 +80,11 @@ function isObject (value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
+/** A caller's type field, quoted in a refusal; never its String(), which a value like { toString: false } makes throw. */
+function named (type: unknown): string {
+  return typeof type === 'string' ? `'${type.slice(0, 64)}'` : `a type of ${type === null ? 'null' : Array.isArray(type) ? 'array' : typeof type}`
+}
+
 function bytesOf (value: unknown): number {
   return Buffer.byteLength(JSON.stringify(value) ?? '', 'utf8')
 }
@@ -123,7 +128,7 @@ function boundMessages (body: Record<string, unknown>, price: ModelPrice): Messa
     if (typeof type !== 'string' || !allowed.has(type)) {
       throw new UnboundedFieldError(`${path}.type`, type === 'document'
         ? 'is a document, and Anthropic documents no token bound for one'
-        : `'${String(type)}' blocks cannot be bounded by the budget gate`)
+        : `${named(type)} blocks cannot be bounded by the budget gate`)
     }
     onlyFields(value, BLOCK_FIELDS[type]!, path)
     mark(value.cache_control, `${path}.cache_control`)
@@ -189,10 +194,10 @@ const TEXT_ONLY = new Set(['text'])
 function checkTool (tool: Record<string, unknown>, path: string): void {
   const type = tool.type
   if (type !== undefined && type !== null && type !== 'custom') {
-    const name = String(type)
+    const name = typeof type === 'string' ? type : ''
     throw new UnboundedFieldError(`${path}.type`, SERVER_TOOL.test(name)
-      ? `'${name}' is a server tool: its results become input tokens with no documented bound (max_uses bounds its fee, not its tokens)`
-      : `'${name}' is an Anthropic-defined tool, whose definition adds system-prompt tokens the budget gate does not bound: define it as a custom tool`)
+      ? `${named(type)} is a server tool: its results become input tokens with no documented bound (max_uses bounds its fee, not its tokens)`
+      : `${named(type)} is an Anthropic-defined tool, whose definition adds system-prompt tokens the budget gate does not bound: define it as a custom tool`)
   }
   onlyFields(tool, CUSTOM_TOOL_FIELDS, path)
   if (typeof tool.name !== 'string') throw new InvalidFieldError(`${path}.name`, 'must be a string')
@@ -204,7 +209,7 @@ function checkThinking (thinking: unknown, maxTokens: number): void {
   if (!isObject(thinking)) throw new InvalidFieldError('thinking', "must be { type: 'enabled', budget_tokens } or { type: 'adaptive' | 'disabled' }")
   if (thinking.type === 'disabled') return onlyFields(thinking, new Set(['type']), 'thinking')
   if (thinking.type === 'adaptive') return onlyFields(thinking, new Set(['type', 'display']), 'thinking')
-  if (thinking.type !== 'enabled') throw new UnboundedFieldError('thinking.type', `'${String(thinking.type)}' thinking cannot be bounded by the budget gate`)
+  if (thinking.type !== 'enabled') throw new UnboundedFieldError('thinking.type', `${named(thinking.type)} thinking cannot be bounded by the budget gate`)
   onlyFields(thinking, new Set(['type', 'budget_tokens', 'display']), 'thinking')
   const budget = thinking.budget_tokens
   if (!Number.isSafeInteger(budget) || (budget as number) < 1 || (budget as number) >= maxTokens) {
@@ -337,7 +342,8 @@ export function messagesUsageFromBody (payload: string, requestedModel: string):
  */
 export function messagesStreamUsage (requestedModel: string): StreamUsageReader {
   let model = requestedModel
-  const counts: Record<string, unknown> = {}
+  // No prototype: a count named __proto__ is a key like any other, never the object's prototype.
+  const counts: Record<string, unknown> = Object.create(null)
   let delta = false
   return {
     event (name, data) {

@@ -202,6 +202,12 @@ export interface BilledTokens {
 // Rates are kept in quarters of a unit, so that a write rate of 5/4 of the input rate is exact.
 const QUARTERS = 4n
 
+/** A cache-write rate in quarters of a unit: the rates' own, else Anthropic's multiple of their input rate (5/4 for 5 minutes, 2 for an hour). */
+function writeRateQuarters (rates: { input: Money, cacheWrite?: Money | undefined, cacheWrite1h?: Money | undefined }, ttl: '5m' | '1h'): bigint {
+  const own = ttl === '5m' ? rates.cacheWrite : rates.cacheWrite1h
+  return own === undefined ? toUnits(rates.input) * (ttl === '5m' ? 5n : 8n) : toUnits(own) * QUARTERS
+}
+
 /**
  * The cost of a call's tokens at a price, rounded up once to the last stored decimal (never under):
  * cache reads at the cache-read rate, 5-minute and 1-hour cache writes at their write rates (the
@@ -214,10 +220,9 @@ export function costOfTokens (price: ModelPrice, tokens: BilledTokens): Money {
   const writes = tokens.cacheWriteTokens ?? 0
   const writes1h = tokens.cacheWrite1hTokens ?? 0
   const input = toUnits(rates.input)
-  const quarterRate = (own: Money | undefined, quartersOfInput: bigint): bigint => own === undefined ? input * quartersOfInput : toUnits(own) * QUARTERS
   const scaled = QUARTERS * (BigInt(tokens.inputTokens - cached - writes - writes1h) * input +
     BigInt(cached) * toUnits(rates.cachedInput ?? rates.input) + BigInt(tokens.outputTokens) * toUnits(rates.output)) +
-    BigInt(writes) * quarterRate(rates.cacheWrite, 5n) + BigInt(writes1h) * quarterRate(rates.cacheWrite1h, 8n)
+    BigInt(writes) * writeRateQuarters(rates, '5m') + BigInt(writes1h) * writeRateQuarters(rates, '1h')
   const denominator = QUARTERS * PER_MILLION
   return fromUnits((scaled + denominator - 1n) / denominator)
 }
@@ -245,7 +250,7 @@ export function checkPriceTable (prices: PriceTable): string | null {
     if (problem !== null) return problem
     if (price.tiers !== undefined) {
       if (!Array.isArray(price.tiers)) return `prices['${model}'].tiers must be a list of { aboveInputTokens, input, output, cachedInput? }`
-      let previous: { aboveInputTokens: number, input: string, output: string } = { aboveInputTokens: 0, input: price.input, output: price.output }
+      let previous: PriceTier = { aboveInputTokens: 0, input: price.input, output: price.output, ...(price.cacheWrite === undefined ? {} : { cacheWrite: price.cacheWrite }), ...(price.cacheWrite1h === undefined ? {} : { cacheWrite1h: price.cacheWrite1h }) }
       for (const [index, tier] of price.tiers.entries()) {
         const at = `prices['${model}'].tiers.${index}`
         if (typeof tier !== 'object' || tier === null) return `${at} must be { aboveInputTokens, input, output, cachedInput? }`
@@ -253,7 +258,8 @@ export function checkPriceTable (prices: PriceTable): string | null {
         if (tierProblem !== null) return tierProblem
         if (!TOKEN_COUNT(tier.aboveInputTokens) || tier.aboveInputTokens <= previous.aboveInputTokens && index > 0) return `${at}.aboveInputTokens must be a positive integer, above the tier before`
         // Rates that fell with more input would make the worst-case input's cost no bound of a smaller call's.
-        if (toUnits(tier.input) < toUnits(previous.input) || toUnits(tier.output) < toUnits(previous.output)) return `${at} must not be cheaper than the rates before it`
+        if (toUnits(tier.input) < toUnits(previous.input) || toUnits(tier.output) < toUnits(previous.output) ||
+          writeRateQuarters(tier, '5m') < writeRateQuarters(previous, '5m') || writeRateQuarters(tier, '1h') < writeRateQuarters(previous, '1h')) return `${at} must not be cheaper than the rates before it`
         previous = tier
       }
     }
