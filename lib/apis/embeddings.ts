@@ -12,7 +12,7 @@
 //   leading space). Token arrays count exactly their length: they are the tokens billed.
 // - OpenAI's limits (2048 inputs, 8192 tokens an input, 300,000 a request) are refused with
 //   InvalidFieldError where the count is exact (token arrays; the number of inputs): OpenAI would answer
-//   400, billing nothing. A string's count here is a bound, not its count, so a long string is never
+//   400, billing nothing. The 2048 is of inputs in a list; one token array is bounded by the 8192 alone. A string's count here is a bound, not its count, so a long string is never
 //   refused for its length; the estimate just holds its bound, and the upstream judges it.
 // - null for an optional field (dimensions, encoding_format, user) is taken as the field left out.
 // - usage: prompt_tokens is the billed count; total_tokens, when it is a count too, must not be smaller
