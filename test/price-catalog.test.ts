@@ -89,7 +89,9 @@ t.test('a call is priced at the rates in force at its instant', async (t) => {
 t.test('tiered prices: the tier of all the call\'s input tokens, exactly; the estimate at the worst case\'s tier', async (t) => {
   const { model, price } = catalog.resolve('claude-sonnet-4-5')!
   t.equal(model, 'claude-sonnet-4-5')
-  t.same(price.tiers, [{ aboveInputTokens: 200_000, input: '6', output: '22.5', cachedInput: '0.6' }])
+  t.same(price.tiers, [{ aboveInputTokens: 200_000, input: '6', output: '22.5', cachedInput: '0.6', cacheWrite: '7.5', cacheWrite1h: '12' }])
+  t.equal(price.cacheWrite, '3.75', 'the catalog\'s 5-minute cache-write rate, for the calls that ask for writes')
+  t.equal(price.cacheWrite1h, '6', 'and its 1-hour rate')
   t.equal(costOf(price, 200_000, 1000), '0.615', 'at 200k input: 3 and 15 per 1M')
   t.equal(costOf(price, 200_001, 1000), '1.222506', 'above it, every token at 6 and 22.5')
   t.equal(costOf(price, 200_001, 0, 100_001), '0.6600006', 'cached tokens at the tier\'s cache rate')

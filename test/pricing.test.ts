@@ -4,7 +4,8 @@ import Fastify from 'fastify'
 import t from 'tap'
 import { compareMoney } from '../lib/money.js'
 import { costFromUsage, estimateChatCost, worstCaseTokens } from '../lib/services/estimate.js'
-import { DEFAULT_PRICES, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
+import { DEFAULT_PRICES, checkPriceTable, costOf, costOfTokens, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
+import fc from 'fast-check'
 import { requestedOutputTokens, withOutputLimit } from '../lib/hooks/clamp.js'
 import { injectedPromptTokens } from '../lib/services/injected-tokens.js'
 import { buildGateway } from './fixtures/gateway.js'
@@ -177,4 +178,43 @@ t.test('DeepSeek and Mistral obey max_tokens alone: max_completion_tokens does n
   t.same(withOutputLimit({}, 50), { max_completion_tokens: 50 }, 'and max_completion_tokens for OpenAI\'s')
   const refused = (() => { try { estimateChatCost({ model: 'grok-4', messages: [] }, catalog) } catch (error) { return (error as Error).message } })()
   t.notMatch(String(refused), /it how/, `a provider not checked reads as a sentence: ${String(refused)}`)
+})
+
+t.test('cache writes: the price\'s own write rates, else 5/4 and 2x the input rate, rounded up once (never under)', async (t) => {
+  const own: ModelPrice = { input: '3', output: '15', cachedInput: '0.3', cacheWrite: '3.75', cacheWrite1h: '6', maxOutputTokens: 64_000 }
+  t.equal(costOfTokens(own, { inputTokens: 1_000_000, outputTokens: 0, cacheWriteTokens: 1_000_000 }), '3.75')
+  t.equal(costOfTokens(own, { inputTokens: 1_000_000, outputTokens: 0, cacheWrite1hTokens: 1_000_000 }), '6')
+  t.equal(costOfTokens(own, { inputTokens: 4_000_000, outputTokens: 1_000_000, cachedInputTokens: 1_000_000, cacheWriteTokens: 1_000_000, cacheWrite1hTokens: 1_000_000 }), '28.05', 'each part at its rate: 3 + 0.3 + 3.75 + 6 + 15')
+  const derived: ModelPrice = { input: '3', output: '15', maxOutputTokens: 64_000 }
+  t.equal(costOfTokens(derived, { inputTokens: 2_000_000, outputTokens: 0, cacheWriteTokens: 1_000_000, cacheWrite1hTokens: 1_000_000 }), '9.75', 'no write rates: 5/4 of 3 and 2x 3')
+  // The smallest stored unit (1e-10) per 1M input tokens: 5/4 of it is not a stored rate; the cost is exact, then rounded up once.
+  const tiny: ModelPrice = { input: '0.0000000001', output: '0', maxOutputTokens: 1 }
+  t.equal(costOfTokens(tiny, { inputTokens: 1_000_000, outputTokens: 0, cacheWriteTokens: 1_000_000 }), '0.0000000002', '1.25 units: rounded up to 2, never down to 1')
+  t.equal(costOfTokens(tiny, { inputTokens: 4_000_000, outputTokens: 0, cacheWriteTokens: 4_000_000 }), '0.0000000005', '4M writes at 1.25 units per 1M: exactly 5')
+  const tiered: ModelPrice = { ...derived, tiers: [{ aboveInputTokens: 200_000, input: '6', output: '22.5', cacheWrite1h: '12.5' }] }
+  t.equal(costOfTokens(tiered, { inputTokens: 1_000_000, outputTokens: 0, cacheWriteTokens: 500_000, cacheWrite1hTokens: 500_000 }), String(7.5 / 2 + 12.5 / 2), 'the tier of all input: its own 1-hour rate, 5/4 of its input for 5 minutes')
+  fc.assert(fc.property(fc.nat(10_000_000), fc.nat(10_000_000), fc.nat(10_000_000), (input, output, cached) => {
+    const inputTokens = input + cached
+    return costOfTokens(own, { inputTokens, outputTokens: output, cachedInputTokens: cached }) === costOf(own, inputTokens, output, cached)
+  }), { numRuns: 300 })
+  t.pass('without writes, costOfTokens is costOf')
+})
+
+t.test('the actual cost of a usage prices its cache writes; parts that do not fit in the input have none', async (t) => {
+  const table = createPriceBook({ 'claude-test': { input: '3', output: '15', cachedInput: '0.3', maxOutputTokens: 64_000 } })
+  // Before cache writes were priced, these 2M input tokens cost 6 (all at the input rate).
+  t.equal(costFromUsage({ model: 'claude-test', inputTokens: 2_000_000, outputTokens: 0, cacheWriteTokens: 1_000_000, cacheWrite1hTokens: 1_000_000 }, table), '9.75')
+  t.equal(costFromUsage({ model: 'claude-test', inputTokens: 3_000_000, outputTokens: 0, cachedInputTokens: 1_000_000, cacheWriteTokens: 1_000_000 }, table), '7.05', '3 + 0.3 + 3.75')
+  t.equal(costFromUsage({ model: 'claude-test', inputTokens: 10, outputTokens: 0, cachedInputTokens: 5, cacheWriteTokens: 6 }, table), null, 'reads and writes above the input')
+  t.equal(costFromUsage({ model: 'claude-test', inputTokens: 10, outputTokens: 0, cacheWrite1hTokens: -1 }, table), null)
+  t.equal(costFromUsage({ model: 'claude-test', inputTokens: 10, outputTokens: 0, cacheWriteTokens: 1.5 }, table), null)
+})
+
+t.test('a price table\'s write rates are decimal strings', async (t) => {
+  t.equal(checkPriceTable({ m: { input: '3', output: '15', maxOutputTokens: 10, cacheWrite: '3.75', cacheWrite1h: '6' } }), null)
+  t.match(checkPriceTable({ m: { input: '3', output: '15', maxOutputTokens: 10, cacheWrite: 3.75 as unknown as string } }), /cacheWrite must be a decimal string/)
+  t.match(checkPriceTable({ m: { input: '3', output: '15', maxOutputTokens: 10, tiers: [{ aboveInputTokens: 5, input: '6', output: '20', cacheWrite1h: '-1' }] } }), /tiers\.0\.cacheWrite1h must be a decimal string/)
+  // A write rate that fell with more input would make the worst case's tier no bound of a smaller call's writes.
+  t.match(checkPriceTable({ m: { input: '3', output: '15', maxOutputTokens: 10, cacheWrite: '10', tiers: [{ aboveInputTokens: 5, input: '6', output: '20' }] } }), /tiers\.0 must not be cheaper/)
+  t.equal(checkPriceTable({ m: { input: '3', output: '15', maxOutputTokens: 10, cacheWrite: '3.75', tiers: [{ aboveInputTokens: 5, input: '6', output: '20' }] } }), null, 'the tier\'s own 5/4 of 6 is dearer')
 })

@@ -5,7 +5,7 @@ import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../
 import { fromUnits, toUnits, type Money } from '../money.js'
 import { MAX_NESTING, pathOfKey, walkForDepthOrKey } from '../json-limits.js'
 import { injectedPromptTokens } from './injected-tokens.js'
-import { costOf, type ModelPrice, type PriceBook, type TokenUsage } from './pricing.js'
+import { costOf, costOfTokens, type ModelPrice, type PriceBook, type TokenUsage } from './pricing.js'
 import { chatPromptTokens, tokenCounter } from './tokens.js'
 
 export interface ChatRequestShape {
@@ -185,13 +185,15 @@ const TOKENS = (value: number): boolean => Number.isSafeInteger(value) && value 
 /**
  * The actual cost from the provider's usage, at the price of the model it names (a dated snapshot finds
  * its base model) in force at `at` (default: the book's instant, now unless the gate fixed the call's),
- * cached input tokens at the cache-read rate; null when it cannot be priced.
+ * cached input tokens at the cache-read rate and cache writes at the write rates; null when it cannot be
+ * priced, or when its parts (reads and writes) are not counts that fit in its input.
  */
 export function costFromUsage (usage: TokenUsage, prices: PriceBook, at?: Date): Money | null {
   const priced = prices.resolve(usage.model, at)
-  const cached = usage.cachedInputTokens ?? 0
-  if (priced === null || !TOKENS(usage.inputTokens) || !TOKENS(usage.outputTokens) || !TOKENS(cached) || cached > usage.inputTokens) return null
-  const tokens = costOf(priced.price, usage.inputTokens, usage.outputTokens, cached)
+  const parts = [usage.cachedInputTokens ?? 0, usage.cacheWriteTokens ?? 0, usage.cacheWrite1hTokens ?? 0]
+  if (priced === null || !TOKENS(usage.inputTokens) || !TOKENS(usage.outputTokens) || !parts.every(TOKENS) ||
+    parts.reduce((sum, part) => sum + part, 0) > usage.inputTokens) return null
+  const tokens = costOfTokens(priced.price, usage)
   // A usage reports one call: its fee once (the estimate held one per choice).
   return priced.price.perRequest === undefined ? tokens : fromUnits(toUnits(tokens) + toUnits(priced.price.perRequest))
 }

@@ -109,7 +109,9 @@ const NOT_BILLED_KEYS = new Set([
 /**
  * Providers that write a prompt to their cache only when the request asks: Anthropic (and Claude on
  * Vertex, the catalog's google entries with write rates) on a `cache_control` mark, Gemini on
- * `cachedContent`; the gate refuses both fields (estimate.ts), so a gated call never writes. Any other
+ * `cachedContent`; chat completions refuses both fields (estimate.ts), so a gated chat call never
+ * writes, and the Messages API prices the writes it asks for at these providers' write rates
+ * (cacheWrite, cacheWrite1h: lib/apis/messages.ts). Any other
  * provider that bills writes caches automatically (OpenAI: any call may write its whole prompt, and
  * its usage does not say which prompt tokens were written): its uncached prompt tokens are priced at
  * the higher of the input and cache-write rates, in the estimate and the settlement alike. That bounds
@@ -117,6 +119,7 @@ const NOT_BILLED_KEYS = new Set([
  */
 const EXPLICIT_CACHE_WRITES = new Set(['anthropic', 'google'])
 const CACHE_WRITE_KEY = 'cache_write_mtok'
+const CACHE_WRITE_1H_KEY = 'cache_write_1h_mtok'
 
 /** Resolutions of names whose prices never change, kept; bounded, since names come from callers. */
 const CACHE_LIMIT = 1024
@@ -182,17 +185,27 @@ function exactPrice (id: string, rates: CatalogPrice, contextWindow: number | un
   const input = fresh === null || write === undefined ? fresh : higherRate(fresh, write)
   const output = exactRate(rates[TOKEN_KEYS.output])
   const cachedInput = rates[TOKEN_KEYS.cachedInput] === undefined ? undefined : exactRate(rates[TOKEN_KEYS.cachedInput])
-  if (input === null || output === null || cachedInput === null) return null
+  // Where writes happen only on request, their own rates, for the calls that ask (Anthropic's cache_control).
+  const cacheWrite = writesAutomatically || rates[CACHE_WRITE_KEY] === undefined ? undefined : exactRate(rates[CACHE_WRITE_KEY])
+  const cacheWrite1h = writesAutomatically || rates[CACHE_WRITE_1H_KEY] === undefined ? undefined : exactRate(rates[CACHE_WRITE_1H_KEY])
+  if (input === null || output === null || cachedInput === null || cacheWrite === null || cacheWrite1h === null) return null
 
   // Tiers: above a number of input tokens, the whole call at other rates. Each tier's rate is the
   // highest so far, so the cost grows with the input and an estimate from the worst-case input bounds
   // the bill (in the catalog the rates only rise; one that fell would be charged at the higher rate).
-  const starts = [...new Set([input, output, cachedInput].flatMap((rate) => rate?.tiers.map((tier) => tier.start) ?? []))].sort((a, b) => a - b)
-  let last = { input: input.base, output: output.base, cachedInput: cachedInput?.base }
+  const starts = [...new Set([input, output, cachedInput, cacheWrite, cacheWrite1h].flatMap((rate) => rate?.tiers.map((tier) => tier.start) ?? []))].sort((a, b) => a - b)
+  let last = { input: input.base, output: output.base, cachedInput: cachedInput?.base, cacheWrite: cacheWrite?.base, cacheWrite1h: cacheWrite1h?.base }
   const tiers: PriceTier[] = []
+  const rising = (previous: Money | undefined, rate: ExactRate | undefined, start: number): Money | undefined => rate === undefined ? undefined : higher(previous!, rateAbove(rate, start))
   for (const start of starts) {
-    const next = { input: higher(last.input, rateAbove(input, start)), output: higher(last.output, rateAbove(output, start)), cachedInput: cachedInput === undefined ? undefined : higher(last.cachedInput!, rateAbove(cachedInput, start)) }
-    tiers.push({ aboveInputTokens: start, input: next.input, output: next.output, ...(next.cachedInput === undefined ? {} : { cachedInput: next.cachedInput }) })
+    const next = {
+      input: higher(last.input, rateAbove(input, start)),
+      output: higher(last.output, rateAbove(output, start)),
+      cachedInput: rising(last.cachedInput, cachedInput, start),
+      cacheWrite: rising(last.cacheWrite, cacheWrite, start),
+      cacheWrite1h: rising(last.cacheWrite1h, cacheWrite1h, start)
+    }
+    tiers.push({ aboveInputTokens: start, input: next.input, output: next.output, ...optionalRates(next) })
     last = next
   }
   // A cache read dearer than a fresh token would make the estimate (every input token at the input rate) no bound.
@@ -207,7 +220,7 @@ function exactPrice (id: string, rates: CatalogPrice, contextWindow: number | un
   const price: ModelPrice = {
     input: input.base,
     output: output.base,
-    ...(cachedInput === undefined ? {} : { cachedInput: cachedInput.base }),
+    ...optionalRates({ cachedInput: cachedInput?.base, cacheWrite: cacheWrite?.base, cacheWrite1h: cacheWrite1h?.base }),
     ...(tiers.length === 0 ? {} : { tiers }),
     maxOutputTokens: known?.maxOutputTokens ?? window,
     ...(maxImageTokens === undefined ? {} : { maxImageTokens })
@@ -216,6 +229,15 @@ function exactPrice (id: string, rates: CatalogPrice, contextWindow: number | un
 }
 
 interface ExactRate { base: Money, tiers: Array<{ start: number, rate: Money }> }
+
+/** The rates a price may leave out, only those it has (an absent rate has a rule of its own: pricing.ts). */
+function optionalRates (rates: { cachedInput?: Money | undefined, cacheWrite?: Money | undefined, cacheWrite1h?: Money | undefined }): Pick<ModelPrice, 'cachedInput' | 'cacheWrite' | 'cacheWrite1h'> {
+  return {
+    ...(rates.cachedInput === undefined ? {} : { cachedInput: rates.cachedInput }),
+    ...(rates.cacheWrite === undefined ? {} : { cacheWrite: rates.cacheWrite }),
+    ...(rates.cacheWrite1h === undefined ? {} : { cacheWrite1h: rates.cacheWrite1h })
+  }
+}
 
 /** A catalog rate (a number as its data writes it, or tiers of them) as exact decimals; null when one cannot be stored exactly. */
 function exactRate (value: number | TieredPrices | undefined): ExactRate | null {

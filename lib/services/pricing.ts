@@ -11,6 +11,10 @@ export interface ModelPrice {
   output: Money
   /** Price per 1M cached input tokens (cache reads); without it, cached tokens cost the input price. */
   cachedInput?: Money
+  /** Price per 1M tokens written to the prompt cache for 5 minutes (Anthropic); without it, 5/4 of the input price (Anthropic's multiplier). */
+  cacheWrite?: Money
+  /** Price per 1M tokens written to the prompt cache for an hour (Anthropic); without it, twice the input price. */
+  cacheWrite1h?: Money
   /** Other rates for calls with more input tokens: the last tier whose aboveInputTokens the call's input exceeds prices all of its tokens. */
   tiers?: PriceTier[]
   /** The most output tokens the model gives when a call names no max_tokens. */
@@ -43,6 +47,8 @@ export interface PriceTier {
   input: Money
   output: Money
   cachedInput?: Money
+  cacheWrite?: Money
+  cacheWrite1h?: Money
 }
 
 export type PriceTable = Record<string, ModelPrice>
@@ -159,9 +165,14 @@ const PER_MILLION = 1_000_000n
 
 /** The rates of a call with this many input tokens: the price's own, or those of the last tier it is above. */
 export function ratesFor (price: ModelPrice, inputTokens: number): { input: Money, output: Money, cachedInput: Money } {
-  let rates: { input: Money, output: Money, cachedInput?: Money | undefined } = price
-  for (const tier of price.tiers ?? []) if (inputTokens > tier.aboveInputTokens) rates = tier
+  const rates = ratesInForce(price, inputTokens)
   return { input: rates.input, output: rates.output, cachedInput: rates.cachedInput ?? rates.input }
+}
+
+function ratesInForce (price: ModelPrice, inputTokens: number): PriceTier | ModelPrice {
+  let rates: PriceTier | ModelPrice = price
+  for (const tier of price.tiers ?? []) if (inputTokens > tier.aboveInputTokens) rates = tier
+  return rates
 }
 
 /** The highest output rate of a price, over its tiers: what "this model's output price" means for a cap. */
@@ -176,19 +187,56 @@ export function highestOutputRate (price: ModelPrice): Money {
  * costs more than a fresh token).
  */
 export function costOf (price: ModelPrice, inputTokens: number, outputTokens: number, cachedInputTokens = 0): Money {
-  const rates = ratesFor(price, inputTokens)
-  const scaled = BigInt(inputTokens - cachedInputTokens) * toUnits(rates.input) + BigInt(cachedInputTokens) * toUnits(rates.cachedInput) +
-    BigInt(outputTokens) * toUnits(rates.output)
-  return fromUnits((scaled + PER_MILLION - 1n) / PER_MILLION)
+  return costOfTokens(price, { inputTokens, outputTokens, cachedInputTokens })
+}
+
+/** A call's tokens by how they are billed; the cached and written ones are parts of inputTokens. */
+export interface BilledTokens {
+  inputTokens: number
+  outputTokens: number
+  cachedInputTokens?: number
+  cacheWriteTokens?: number
+  cacheWrite1hTokens?: number
+}
+
+// Rates are kept in quarters of a unit, so that a write rate of 5/4 of the input rate is exact.
+const QUARTERS = 4n
+
+/** A cache-write rate in quarters of a unit: the rates' own, else Anthropic's multiple of their input rate (5/4 for 5 minutes, 2 for an hour). */
+function writeRateQuarters (rates: { input: Money, cacheWrite?: Money | undefined, cacheWrite1h?: Money | undefined }, ttl: '5m' | '1h'): bigint {
+  const own = ttl === '5m' ? rates.cacheWrite : rates.cacheWrite1h
+  return own === undefined ? toUnits(rates.input) * (ttl === '5m' ? 5n : 8n) : toUnits(own) * QUARTERS
+}
+
+/**
+ * The cost of a call's tokens at a price, rounded up once to the last stored decimal (never under):
+ * cache reads at the cache-read rate, 5-minute and 1-hour cache writes at their write rates (the
+ * price's own, else Anthropic's multipliers of the input rate: 5/4 and 2, exact), the rest of the
+ * input at the input rate; the tier is chosen by all input tokens, as Anthropic's long-context rates are.
+ */
+export function costOfTokens (price: ModelPrice, tokens: BilledTokens): Money {
+  const rates = ratesInForce(price, tokens.inputTokens)
+  const cached = tokens.cachedInputTokens ?? 0
+  const writes = tokens.cacheWriteTokens ?? 0
+  const writes1h = tokens.cacheWrite1hTokens ?? 0
+  const input = toUnits(rates.input)
+  const scaled = QUARTERS * (BigInt(tokens.inputTokens - cached - writes - writes1h) * input +
+    BigInt(cached) * toUnits(rates.cachedInput ?? rates.input) + BigInt(tokens.outputTokens) * toUnits(rates.output)) +
+    BigInt(writes) * writeRateQuarters(rates, '5m') + BigInt(writes1h) * writeRateQuarters(rates, '1h')
+  const denominator = QUARTERS * PER_MILLION
+  return fromUnits((scaled + denominator - 1n) / denominator)
 }
 
 const TOKEN_COUNT = (value: unknown): boolean => Number.isInteger(value) && (value as number) > 0 && (value as number) <= 100_000_000
 const RATE = (value: unknown): boolean => typeof value === 'string' && /^\d+(\.\d+)?$/.test(value) && (value.split('.')[1]?.length ?? 0) <= MONEY_SCALE
 
 /** The problem with a set of rates, or null: decimal strings, and a cache read no dearer than a fresh token (the estimate prices every input token at the input rate). */
-function rateProblem (rates: { input: unknown, output: unknown, cachedInput?: unknown }, at: string): string | null {
+function rateProblem (rates: { input: unknown, output: unknown, cachedInput?: unknown, cacheWrite?: unknown, cacheWrite1h?: unknown }, at: string): string | null {
   for (const key of ['input', 'output'] as const) {
     if (!RATE(rates[key])) return `${at}.${key} must be a decimal string such as "2.5"`
+  }
+  for (const key of ['cacheWrite', 'cacheWrite1h'] as const) {
+    if (rates[key] !== undefined && !RATE(rates[key])) return `${at}.${key} must be a decimal string such as "3.75"`
   }
   if (rates.cachedInput === undefined) return null
   if (!RATE(rates.cachedInput)) return `${at}.cachedInput must be a decimal string such as "1.25"`
@@ -202,7 +250,7 @@ export function checkPriceTable (prices: PriceTable): string | null {
     if (problem !== null) return problem
     if (price.tiers !== undefined) {
       if (!Array.isArray(price.tiers)) return `prices['${model}'].tiers must be a list of { aboveInputTokens, input, output, cachedInput? }`
-      let previous: { aboveInputTokens: number, input: string, output: string } = { aboveInputTokens: 0, input: price.input, output: price.output }
+      let previous: PriceTier = { aboveInputTokens: 0, input: price.input, output: price.output, ...(price.cacheWrite === undefined ? {} : { cacheWrite: price.cacheWrite }), ...(price.cacheWrite1h === undefined ? {} : { cacheWrite1h: price.cacheWrite1h }) }
       for (const [index, tier] of price.tiers.entries()) {
         const at = `prices['${model}'].tiers.${index}`
         if (typeof tier !== 'object' || tier === null) return `${at} must be { aboveInputTokens, input, output, cachedInput? }`
@@ -210,7 +258,8 @@ export function checkPriceTable (prices: PriceTable): string | null {
         if (tierProblem !== null) return tierProblem
         if (!TOKEN_COUNT(tier.aboveInputTokens) || tier.aboveInputTokens <= previous.aboveInputTokens && index > 0) return `${at}.aboveInputTokens must be a positive integer, above the tier before`
         // Rates that fell with more input would make the worst-case input's cost no bound of a smaller call's.
-        if (toUnits(tier.input) < toUnits(previous.input) || toUnits(tier.output) < toUnits(previous.output)) return `${at} must not be cheaper than the rates before it`
+        if (toUnits(tier.input) < toUnits(previous.input) || toUnits(tier.output) < toUnits(previous.output) ||
+          writeRateQuarters(tier, '5m') < writeRateQuarters(previous, '5m') || writeRateQuarters(tier, '1h') < writeRateQuarters(previous, '1h')) return `${at} must not be cheaper than the rates before it`
         previous = tier
       }
     }
