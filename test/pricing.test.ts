@@ -5,7 +5,7 @@ import t from 'tap'
 import { compareMoney } from '../lib/money.js'
 import { costFromUsage, estimateChatCost, worstCaseTokens } from '../lib/services/estimate.js'
 import { DEFAULT_PRICES, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
-import { requestedOutputTokens, withOutputLimit } from '../lib/hooks/clamp.js'
+import { requestedOutputTokens, withOutputLimit } from '../lib/apis/chat.js'
 import { injectedPromptTokens } from '../lib/services/injected-tokens.js'
 import { buildGateway } from './fixtures/gateway.js'
 
