@@ -73,7 +73,7 @@ function gatedApi (route: RouteOptions, routes: GateRoute[]): ModelApi | null {
  * Feeds a response's event stream to its API's usage reader (WHATWG event-stream rules, bytes decoded
  * as UTF-8 across chunk boundaries): one decoder and one parser per response.
  */
-function streamFeeder (reader: StreamUsageReader, onUsage: (usage: TokenUsage) => void): (chunk: Uint8Array | string) => void {
+export function streamFeeder (reader: StreamUsageReader, onUsage: (usage: TokenUsage) => void): (chunk: Uint8Array | string) => void {
   const decoder = new TextDecoder()
   const parser = createParser({
     onEvent: (event) => {
