@@ -6,6 +6,7 @@ import postgres, { type Sql } from 'postgres'
 import { migrate } from './database/migrate.js'
 import { boundedTransaction, withBoundedBegin } from './database/bounded.js'
 import { registerGate } from './hooks/gate.js'
+import type { ApiName } from './apis/model-api.js'
 import type { BudgetGateState } from './hooks/gate-options.js'
 import { GATE_DEFAULTS, resolveOptions, type BudgetsOptions } from './options.js'
 import { adminGuard, adminRoutes } from './routes/admin.js'
@@ -42,6 +43,10 @@ declare module 'fastify' {
     budgetMetrics: BudgetMetrics
     /** An onRequest/preHandler hook with the admin API's authorization, for the host's own routes. */
     budgetAdminGuard: (request: FastifyRequest) => Promise<void>
+  }
+  interface FastifyContextConfig {
+    /** Gate this route: `true` infers its API from the path's end (/chat/completions, /responses, /messages, /embeddings); an API name names it. */
+    budgetGate?: boolean | ApiName
   }
   interface FastifyRequest {
     /** Who called the admin API, as the authorize option named them; null outside it. */
@@ -167,7 +172,9 @@ export type { BudgetIntegration, CallerScopes } from './services/integration.js'
 export type { BudgetAlerts, ApprovalRequest } from './services/alerts.js'
 export type { AlertEvent, DigestEvent, BudgetEvent, Notifier, NotificationOptions, ChannelConfig } from './services/notifications.js'
 export { webhookNotifier } from './services/notifications.js'
-export type { BudgetGateState, GateOptions } from './hooks/gate-options.js'
+export type { BudgetGateState, GateOptions, GateRoute } from './hooks/gate-options.js'
+export type { ApiName, ModelApi, Refusal, RefusalKind, StreamUsageReader, OutputLimit } from './apis/model-api.js'
+export { apiForUrl } from './apis/index.js'
 export type { CostEstimate } from './services/estimate.js'
 export { estimateChatCost, costFromUsage, worstCaseTokens } from './services/estimate.js'
 export type { BudgetConstraintCheck } from './services/decision.js'

@@ -2,9 +2,10 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyRequest } from 'fastify'
 import type { Sql } from 'postgres'
+import { isModelApiName, MODEL_APIS } from './apis/index.js'
 import { OptionsError } from './errors.js'
 import { scopesFromHeaders, type GateOptions } from './hooks/gate-options.js'
-import { costFromUsage, estimateChatCost } from './services/estimate.js'
+import { costFromUsage } from './services/estimate.js'
 import type { MetricsOptions } from './services/metrics.js'
 import { parseEmailChannel, type NotificationOptions } from './services/notifications.js'
 import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES } from './services/pricing.js'
@@ -59,7 +60,7 @@ const NOTIFICATION_DEFAULTS: NotificationOptions = { channels: {}, intervalMs: 5
 export const GATE_DEFAULTS: GateOptions = {
   routes: [],
   resolveScopes: scopesFromHeaders,
-  estimateCost: (request, prices, model) => estimateChatCost(request.body, prices, model),
+  // No estimateCost: each route's API estimates its own calls unless the operator gives one for all.
   actualCost: costFromUsage,
   // Your own prices over the catalog's (@pydantic/genai-prices), model by model; none: the catalog alone.
   prices: {},
@@ -143,10 +144,11 @@ function resolveNotificationOptions (options: Partial<NotificationOptions>): Not
 
 function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
   const gate = { ...GATE_DEFAULTS, ...options }
-  if (!Array.isArray(gate.routes) || !gate.routes.every((route) => typeof route === 'string')) throw new OptionsError('gate.routes must be a list of URLs')
-  for (const name of ['resolveScopes', 'estimateCost', 'actualCost'] as const) {
+  checkGateRoutes(gate.routes)
+  for (const name of ['resolveScopes', 'actualCost'] as const) {
     if (typeof gate[name] !== 'function') throw new OptionsError(`gate.${name} must be a function`)
   }
+  if (gate.estimateCost !== undefined && typeof gate.estimateCost !== 'function') throw new OptionsError('gate.estimateCost must be a function when given')
   const priceProblem = typeof gate.prices === 'object' && gate.prices !== null ? checkPriceTable(gate.prices) : 'gate.prices must be a price table'
   if (priceProblem !== null) throw new OptionsError(priceProblem)
   if (!Array.isArray(gate.cheapModels) || !gate.cheapModels.every((model) => typeof model === 'string')) throw new OptionsError('gate.cheapModels must be a list of model names')
@@ -163,6 +165,18 @@ function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
   if (gate.nearLimit !== 'refuse' && gate.nearLimit !== 'clamp') throw new OptionsError("gate.nearLimit must be 'refuse' or 'clamp'")
   if (!Number.isInteger(gate.clampFloorTokens) || gate.clampFloorTokens < 1) throw new OptionsError('gate.clampFloorTokens must be a positive whole number of tokens')
   return gate
+}
+
+/** Each route a URL (its API inferred from the path when the route is declared), or { url, api } naming an API the gate knows. */
+function checkGateRoutes (routes: unknown): void {
+  const shape = `gate.routes must be a list of URLs or { url, api } (api: ${Object.keys(MODEL_APIS).map((name) => `'${name}'`).join(', ')})`
+  if (!Array.isArray(routes)) throw new OptionsError(shape)
+  for (const [index, route] of routes.entries()) {
+    if (typeof route === 'string') continue
+    if (typeof route !== 'object' || route === null || typeof (route as { url?: unknown }).url !== 'string') throw new OptionsError(`${shape}; gate.routes[${index}] is neither`)
+    const { url, api } = route as { url: string, api?: unknown }
+    if (!isModelApiName(api)) throw new OptionsError(`${shape}; gate.routes[${index}] (${url}) names the API ${JSON.stringify(api) ?? 'undefined'}, which the gate does not know`)
+  }
 }
 
 function bearerToken (token: string): Authorize {

@@ -168,7 +168,7 @@ t.test('bad scope headers and bad bodies get a clear 400, and the provider is no
 t.test('a failed call releases its reservation and records nothing', async (t) => {
   let held: string | null = null
   const { app, createBudget, status, settled, sql } = await buildGateway(t, {
-    routes: (app) => app.post('/v1/failing', { config: { budgetGate: true } }, async (request) => {
+    routes: (app) => app.post('/v1/failing', { config: { budgetGate: 'chat' } }, async (request) => {
       held = request.budgetGate?.reservationId ?? null
       throw new Error('provider down')
     })

@@ -6,7 +6,7 @@ import { compareMoney } from '../lib/money.js'
 import { costFromUsage, estimateChatCost, worstCaseTokens } from '../lib/services/estimate.js'
 import { DEFAULT_PRICES, checkPriceTable, costOf, costOfTokens, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
 import fc from 'fast-check'
-import { requestedOutputTokens, withOutputLimit } from '../lib/hooks/clamp.js'
+import { requestedOutputTokens, withOutputLimit } from '../lib/apis/chat.js'
 import { injectedPromptTokens } from '../lib/services/injected-tokens.js'
 import { buildGateway } from './fixtures/gateway.js'
 

@@ -19,8 +19,8 @@ function miniCost (input: number, output: number): string {
 t.test('an upstream that answers with a dated snapshot name is charged at the base model\'s price, plain and streamed', async (t) => {
   const { app, createBudget, status, settled, sql } = await buildGateway(t, {
     routes: (app) => {
-      app.post('/v1/dated', { config: { budgetGate: true } }, async () => ({ model: SNAPSHOT, choices: [], usage: { prompt_tokens: 120, completion_tokens: 30 } }))
-      app.post('/v1/dated-stream', { config: { budgetGate: true } }, async (request, reply) => {
+      app.post('/v1/dated', { config: { budgetGate: 'chat' } }, async () => ({ model: SNAPSHOT, choices: [], usage: { prompt_tokens: 120, completion_tokens: 30 } }))
+      app.post('/v1/dated-stream', { config: { budgetGate: 'chat' } }, async (request, reply) => {
         reply.hijack()
         reply.raw.writeHead(200, { 'content-type': 'text/event-stream' })
         request.budgetGate!.reportUsage({ model: SNAPSHOT, inputTokens: 120, outputTokens: 30 })
@@ -46,8 +46,8 @@ t.test('an upstream that answers with a dated snapshot name is charged at the ba
 t.test('a served call that cannot be priced, or that brings no usage, is charged at its estimate', async (t) => {
   const { app, createBudget, settled, sql } = await buildGateway(t, {
     routes: (app) => {
-      app.post('/v1/odd-model', { config: { budgetGate: true } }, async () => ({ model: 'some-model-nobody-prices', usage: { prompt_tokens: 5, completion_tokens: 5 } }))
-      app.post('/v1/no-usage', { config: { budgetGate: true } }, async () => ({ model: 'gpt-4o-mini', choices: [] }))
+      app.post('/v1/odd-model', { config: { budgetGate: 'chat' } }, async () => ({ model: 'some-model-nobody-prices', usage: { prompt_tokens: 5, completion_tokens: 5 } }))
+      app.post('/v1/no-usage', { config: { budgetGate: 'chat' } }, async () => ({ model: 'gpt-4o-mini', choices: [] }))
     }
   })
   await createBudget({ scopeType: 'team', scopeId: 'platform', amount: '1' })
@@ -67,7 +67,7 @@ t.test('a served call that cannot be priced, or that brings no usage, is charged
 t.test('n: 8 with max_tokens: 1000 no longer fits a hard budget of 0.02: every choice is in the estimate', async (t) => {
   const { app, createBudget, status, settled } = await buildGateway(t, {
     // An upstream that bills n answers of max_tokens each, as OpenAI does.
-    routes: (app) => app.post('/v1/choices', { config: { budgetGate: true } }, async (request) => {
+    routes: (app) => app.post('/v1/choices', { config: { budgetGate: 'chat' } }, async (request) => {
       const body = request.body as { n?: number, max_tokens: number }
       return { model: 'gpt-4o', usage: { prompt_tokens: 10, completion_tokens: (body.n ?? 1) * body.max_tokens } }
     })

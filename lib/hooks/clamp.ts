@@ -1,13 +1,13 @@
 // Near the limit, answer instead of refusing (nearLimit 'clamp'): when a call's worst case no longer fits
-// a hard budget, find the largest max_tokens whose worst case fits every budget, and forward that. What
-// is reserved is the clamped worst case, so a hard budget still cannot be overspent.
+// a hard budget, find the largest output limit whose worst case fits every budget, and forward that. What
+// is reserved is the clamped worst case, so a hard budget still cannot be overspent. Which field holds
+// the limit is the API's (lib/apis: OutputLimit); this is the search alone.
 import type { FastifyRequest } from 'fastify'
+import { withOutputLimit } from '../apis/chat.js'
 import { toUnits } from '../money.js'
 import type { BudgetConstraintCheck } from '../services/decision.js'
 import type { CostEstimate } from '../services/estimate.js'
 import type { NearLimitPolicy } from '../schemas.js'
-
-const OUTPUT_LIMITS = ['max_tokens', 'max_completion_tokens'] as const
 
 /**
  * Whether the refusal may be answered with fewer output tokens: the call has no room (not a block, an
@@ -37,36 +37,19 @@ export function roomFor (check: BudgetConstraintCheck, estimate: string): bigint
   return room
 }
 
-/** The output tokens the request asks for at most: its max_tokens or max_completion_tokens, else the model's maximum. */
-export function requestedOutputTokens (body: Record<string, unknown>, modelMaximum: number | undefined, obeyed?: 'max_tokens'): number | null {
-  const named = (obeyed === undefined ? OUTPUT_LIMITS : [obeyed]).map((field) => body[field]).filter((value): value is number => Number.isInteger(value) && (value as number) > 0)
-  return named.length > 0 ? Math.max(...named) : modelMaximum ?? null
-}
-
-/**
- * The body with its output limit lowered to `tokens`: each of max_tokens and max_completion_tokens it
- * names, or max_completion_tokens (OpenAI's current name, which every OpenAI chat model takes) when it
- * names neither; and always the field the model's provider obeys when it takes one alone (`obeyed`:
- * DeepSeek's and Mistral's max_tokens), which would otherwise leave the call uncapped there.
- */
-export function withOutputLimit (body: Record<string, unknown>, tokens: number, obeyed?: 'max_tokens'): Record<string, unknown> {
-  const named: string[] = OUTPUT_LIMITS.filter((field) => body[field] !== undefined && body[field] !== null)
-  if (obeyed !== undefined && !named.includes(obeyed)) named.push(obeyed)
-  return { ...body, ...Object.fromEntries((named.length > 0 ? named : ['max_completion_tokens']).map((field) => [field, tokens])) }
-}
-
 /** The worst case of the call with its output limit set to a number of tokens. */
 export type CostAtOutputLimit = (tokens: number) => CostEstimate | Promise<CostEstimate>
 
 /**
  * How to price the request at other output limits: the estimate's own arithmetic (the input counted
  * once), or, for a custom estimate without it, the estimator asked again about a body that differs
- * only in its output limit.
+ * only in its output limit (`withLimit`: the API's own field; chat completions' by default).
  */
-export function costAtOutputLimit (request: FastifyRequest, estimate: CostEstimate, estimateAt: (request: FastifyRequest) => Promise<CostEstimate>): CostAtOutputLimit {
+export function costAtOutputLimit (request: FastifyRequest, estimate: CostEstimate, estimateAt: (request: FastifyRequest) => Promise<CostEstimate>,
+  withLimit: (body: Record<string, unknown>, tokens: number) => Record<string, unknown> = withOutputLimit): CostAtOutputLimit {
   if (estimate.atOutputLimit !== undefined) return estimate.atOutputLimit
   const body = request.body as Record<string, unknown>
-  return async (tokens) => await estimateAt(Object.create(request, { body: { value: withOutputLimit(body, tokens) } }) as FastifyRequest)
+  return async (tokens) => await estimateAt(Object.create(request, { body: { value: withLimit(body, tokens) } }) as FastifyRequest)
 }
 
 /**

@@ -1,5 +1,6 @@
 // The gate's options and the state it leaves on each gated request, and the default way of naming the caller.
 import type { FastifyRequest } from 'fastify'
+import type { ApiName } from '../apis/model-api.js'
 import type { Money } from '../money.js'
 import type { NearLimitPolicy, ScopeType } from '../schemas.js'
 import type { BudgetConstraintCheck } from '../services/decision.js'
@@ -8,17 +9,32 @@ import { checkScopeId, type CallerScopes } from '../services/integration.js'
 import type { PriceBook, PriceTable, TokenUsage } from '../services/pricing.js'
 import { parseTagHeader } from '../tags.js'
 
+/**
+ * A model-call route: its URL, the API it speaks inferred from the path's end (/chat/completions,
+ * /responses, /messages, /embeddings), or `{ url, api }` to name the API.
+ */
+export type GateRoute = string | { url: string, api: ApiName }
+
 export interface GateOptions {
-  /** URLs of the model-call routes. A route declared with `config: { budgetGate: true }` is gated too. */
-  routes: string[]
+  /**
+   * The model-call routes. A route declared with `config: { budgetGate: true }` (API inferred from its
+   * path) or `config: { budgetGate: 'chat' }` (API named) is gated too. A gated route whose API cannot be
+   * told fails registration: it never passes ungated.
+   */
+  routes: GateRoute[]
   /**
    * The caller's scopes. Default: the x-relay-user-id, x-relay-team-id, x-relay-project-id and
    * x-relay-organization-id headers, which any client can set: a production gateway derives them from
    * the caller's authenticated identity instead.
    */
   resolveScopes: (request: FastifyRequest) => CallerScopes | Promise<CallerScopes>
-  /** The worst-case cost of calling `model` (the requested one unless auto-downgrade chose another). Default: the price table, the prompt's size and max_tokens (lib/services/estimate.ts). */
-  estimateCost: (request: FastifyRequest, prices: PriceBook, model?: string) => CostEstimate | Promise<CostEstimate>
+  /**
+   * The worst-case cost of calling `model` (the requested one unless auto-downgrade chose another).
+   * Default: each route's API's own estimate (for chat completions, the price table, the prompt's size
+   * and max_tokens: lib/services/estimate.ts). When given, it replaces the API's estimate on every gated
+   * route, whatever API it speaks.
+   */
+  estimateCost?: (request: FastifyRequest, prices: PriceBook, model?: string) => CostEstimate | Promise<CostEstimate>
   /** The actual cost from the provider's usage; null when it cannot be priced (the call is then charged its estimate). Default: its tokens times the price table, at the rates in force when the call was made (`prices` is fixed to that instant). */
   actualCost: (usage: TokenUsage, prices: PriceBook) => Money | null
   /** Prices per 1M tokens, in `currency`, over the catalog's (USD only) model by model. Default `{}`: the catalog alone. */

@@ -1,12 +1,17 @@
 // The gate: a hook pair on every model-call route. preHandler (the body is parsed there, so the model
-// and max_tokens are known) resolves the caller, estimates the worst-case cost and reserves it on every
-// applicable budget, or refuses with 402. When the response closes, finished or cut off, the hold ends:
-// settled at the actual cost, at the estimate when a served call's cost is unknown, or released when
-// nothing was served. No hold outlives its request.
+// and its output limit are known) resolves the caller, estimates the worst-case cost and reserves it on
+// every applicable budget, or refuses with 402. When the response closes, finished or cut off, the hold
+// ends: settled at the actual cost, at the estimate when a served call's cost is unknown, or released
+// when nothing was served. No hold outlives its request. Every wire format (how to bound a request, read
+// its usage, word a refusal) is the route's model API's (lib/apis); the path here is the same for all.
 import { randomUUID } from 'node:crypto'
 import type { Socket } from 'node:net'
+import { pipeline, Readable, Transform } from 'node:stream'
+import { createParser } from 'eventsource-parser'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
-import { InvalidFieldError, isDatabaseUnavailable } from '../errors.js'
+import { apiForUrl, isModelApiName, MODEL_APIS } from '../apis/index.js'
+import type { ModelApi, Refusal, StreamUsageReader } from '../apis/model-api.js'
+import { InvalidFieldError, isDatabaseUnavailable, OptionsError } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
 import type { CostEstimate } from '../services/estimate.js'
 import type { BudgetMetrics } from '../services/metrics.js'
@@ -14,37 +19,11 @@ import type { RateRefusal } from '../services/rate-limits.js'
 import { checkScopeId, type BudgetIntegration, type CallerScopes } from '../services/integration.js'
 import { pricesAt, type PriceBook, type TokenUsage } from '../services/pricing.js'
 import { checkTags } from '../tags.js'
-import { SCOPE_HEADERS, TAGS_HEADER, type BudgetGateState, type GateOptions } from './gate-options.js'
-import { sendOpenAIError } from './openai-error.js'
-import { costAtOutputLimit, largestAffordable, mayClamp, requestedOutputTokens, roomFor, withOutputLimit } from './clamp.js'
+import { SCOPE_HEADERS, TAGS_HEADER, type BudgetGateState, type GateOptions, type GateRoute } from './gate-options.js'
+import { costAtOutputLimit, largestAffordable, mayClamp, roomFor } from './clamp.js'
 
 /** How often a clamped call measures the room again when other calls took it first. */
 const CLAMP_ATTEMPTS = 3
-
-/** Reads `usage` from an OpenAI-style JSON body, as the provider returned it. */
-function usageFromPayload (payload: unknown, fallbackModel: string): TokenUsage | null {
-  if (typeof payload !== 'string' || !payload.includes('"usage"')) return null
-  try {
-    const body = JSON.parse(payload) as { model?: unknown, usage?: OpenAIUsage }
-    const { prompt_tokens: inputTokens, completion_tokens: outputTokens } = body.usage ?? {}
-    if (!Number.isSafeInteger(inputTokens) || !Number.isSafeInteger(outputTokens)) return null
-    return { model: typeof body.model === 'string' ? body.model : fallbackModel, inputTokens: inputTokens as number, outputTokens: outputTokens as number, ...cachedTokensOf(body.usage!) }
-  } catch {
-    return null
-  }
-}
-
-interface OpenAIUsage { prompt_tokens?: unknown, completion_tokens?: unknown, prompt_tokens_details?: { cached_tokens?: unknown } | null }
-
-/**
- * The prompt tokens read from the provider's cache (`prompt_tokens_details.cached_tokens`, OpenAI's
- * shape, which OpenAI-compatible providers report too), priced at the cache-read rate. A count that is
- * no count, or more than the prompt, is left out: the whole prompt at the input rate, never under.
- */
-export function cachedTokensOf (usage: OpenAIUsage): { cachedInputTokens?: number } {
-  const cached = usage.prompt_tokens_details?.cached_tokens
-  return Number.isSafeInteger(cached) && (cached as number) > 0 && (cached as number) <= (usage.prompt_tokens as number) ? { cachedInputTokens: cached as number } : {}
-}
 
 /** A name an upstream sent, made storable: PostgreSQL text holds no NUL and no unpaired surrogate. */
 function storable (text: string): string {
@@ -55,6 +34,69 @@ function refusalCode (error: InvalidFieldError & { gateCode?: string }): string 
   if (error.gateCode !== undefined) return error.gateCode
   if (error.field === TAGS_HEADER) return 'invalid_tags'
   return error.field.startsWith('x-relay-') ? 'invalid_scope' : 'invalid_request'
+}
+
+/** A request the gate cannot bound or read: a 400 naming the field at fault. */
+function invalidRequest (error: InvalidFieldError, context = ''): Refusal {
+  return { status: 400, kind: 'invalid_request', code: refusalCode(error), message: `${context}${error.message}`, param: error.field, details: {} }
+}
+
+/** Every refusal of the gate: the status, and the body in the route's API's error shape. */
+function refuse (reply: FastifyReply, api: ModelApi, refusal: Refusal): FastifyReply {
+  return reply.code(refusal.status).send(api.errorBody(refusal))
+}
+
+/** The worst case of a call on one route: the operator's estimateCost when given, else the route's API's. */
+type EstimateAt = (request: FastifyRequest, prices: PriceBook, model?: string) => Promise<CostEstimate>
+
+/**
+ * The API a route speaks when the gate guards it: named by gate.routes ({ url, api }) or the route's
+ * config.budgetGate, else inferred from its path; null for a route the gate does not guard. A guarded
+ * route whose API cannot be told throws, and the registration fails: it never passes ungated.
+ */
+function gatedApi (route: RouteOptions, routes: GateRoute[]): ModelApi | null {
+  const marked = (route.config as { budgetGate?: unknown } | undefined)?.budgetGate
+  const listed = routes.find((entry) => (typeof entry === 'string' ? entry : entry.url) === route.url)
+  if (listed === undefined && (marked === undefined || marked === false)) return null
+  const where = `the gated route ${[route.method].flat().join(',')} ${route.url}`
+  const known = Object.keys(MODEL_APIS).map((name) => `'${name}'`).join(', ')
+  if (marked !== undefined && typeof marked !== 'boolean' && typeof marked !== 'string') throw new OptionsError(`${where}: config.budgetGate must be true or an API name (${known})`)
+  const named = typeof marked === 'string' ? marked : typeof listed === 'object' ? listed.api : apiForUrl(route.url)
+  if (named === null) {
+    throw new OptionsError(`${where}: its API cannot be told from its path; name it with gate.routes: [{ url: '${route.url}', api }] or config: { budgetGate: api } (api: ${known})`)
+  }
+  if (!isModelApiName(named)) throw new OptionsError(`${where} speaks ${JSON.stringify(named)}, an API the gate does not know (it knows ${known})`)
+  return MODEL_APIS[named]!
+}
+
+/**
+ * Feeds a response's event stream to its API's usage reader (WHATWG event-stream rules, bytes decoded
+ * as UTF-8 across chunk boundaries): one decoder and one parser per response.
+ */
+export function streamFeeder (reader: StreamUsageReader, onUsage: (usage: TokenUsage) => void): (chunk: Uint8Array | string) => void {
+  const decoder = new TextDecoder()
+  const parser = createParser({
+    onEvent: (event) => {
+      reader.event(event.event, event.data)
+      const usage = reader.usage()
+      if (usage !== null) onUsage(usage)
+    }
+  })
+  // A string after bytes first flushes what the decoder holds (an incomplete character: U+FFFD).
+  return (chunk) => { parser.feed(typeof chunk === 'string' ? decoder.decode() + chunk : decoder.decode(chunk, { stream: true })) }
+}
+
+/** The route's stream, byte for byte, with every chunk fed to the gate on its way to the client. */
+function readThrough (source: Readable, feed: (chunk: Uint8Array | string) => void): Readable {
+  const tap = new Transform({
+    transform (chunk: Uint8Array | string, _encoding, done) {
+      feed(chunk)
+      done(null, chunk)
+    }
+  })
+  // An error or a cut on either side destroys both: Fastify sees it on the tap, the route's stream is closed.
+  pipeline(source, tap, () => {})
+  return tap
 }
 
 /**
@@ -142,15 +184,148 @@ function watchConnection (request: FastifyRequest, reply: FastifyReply): Connect
   return { closed, gone: () => !reply.raw.writableFinished && (fired || socket?.destroyed === true || reply.raw.destroyed) }
 }
 
+/** One call through reserve(): what its passes read, and the hold they change. */
+interface GatedCall {
+  request: FastifyRequest
+  reply: FastifyReply
+  api: ModelApi
+  estimateAt: EstimateAt
+  prices: PriceBook
+  caller: CallerScopes
+  state: BudgetGateState
+  /** The estimate of the model the call will use (the cheaper one after auto-downgrade): clamp prices other output limits from it. */
+  current: CostEstimate
+  /** The last hold's rate-limit refusal, if any. */
+  rateLimited: RateRefusal | undefined
+}
+
+/**
+ * The request's `streamed()`: the response's events read by its API's reader, the state's usage
+ * following the reader's whenever it has one. A reader that fails stops being read, and the call is
+ * charged its estimate (never a partial count).
+ */
+function readStreamUsage (request: FastifyRequest, api: ModelApi, state: () => BudgetGateState): (chunk: Uint8Array | string) => void {
+  // Built at the first chunk, when the model the call uses (maybe the cheaper one) is settled.
+  let feed: ((chunk: Uint8Array | string) => void) | undefined
+  let failed = false
+  return (chunk) => {
+    if (failed) return
+    try {
+      feed ??= streamFeeder(api.streamUsage(state().model), (usage) => { state().usage = usage })
+      feed(chunk)
+    } catch (error) {
+      failed = true
+      state().usage = null
+      request.log.warn({ err: error, requestId: state().requestId }, 'reading a streamed response\'s usage failed: the call is charged its estimate')
+    }
+  }
+}
+
 export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, book: PriceBook,
   metrics: BudgetMetrics): { drain: (waitMs?: number) => Promise<void> } {
   const pending = new Set<Promise<unknown>>()
   // Admitted calls whose settlement has not committed, for the live-reservations gauge.
   const live = new WeakMap<BudgetGateState, () => void>()
   const watched = new WeakMap<FastifyRequest, ConnectionWatch>()
-  const gated = (route: RouteOptions) => options.routes.includes(route.url) || (route.config as { budgetGate?: boolean } | undefined)?.budgetGate === true
+  /** Holds `estimate` for the call (what it held before is the integration's to replace), and notes the decision. */
+  async function hold (call: GatedCall, estimate: CostEstimate): Promise<void> {
+    const held = await integration.reserveCall(call.caller, estimate.amount, { requestId: call.state.requestId, model: estimate.model, tokens: estimate.tokens })
+    call.rateLimited = held.rateLimited
+    call.state.reservationId = held.reservationId
+    call.state.check = held.check
+  }
 
-  async function reserve (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  /**
+   * auto-downgrade is in force: give back the first hold, estimate the cheaper model, hold that. False
+   * when the cheaper model cannot take the request (an image it has no bound for): answered with a 400.
+   */
+  async function downgrade (call: GatedCall, cheaper: string): Promise<boolean> {
+    const { state } = call
+    if (state.reservationId !== null) await integration.releaseCall(state.reservationId)
+    state.reservationId = null
+    let downgraded: CostEstimate
+    try {
+      downgraded = await call.estimateAt(call.request, call.prices, cheaper)
+    } catch (error) {
+      if (!(error instanceof InvalidFieldError)) throw error
+      metrics.decision('invalid', refusalCode(error))
+      await refuse(call.reply, call.api, invalidRequest(error, `auto-downgrade to ${cheaper}: `))
+      return false
+    }
+    await hold(call, downgraded)
+    state.downgradedFrom = call.current.model
+    state.model = downgraded.model
+    state.estimate = downgraded.amount
+    call.current = downgraded
+    void call.reply.header('x-budget-downgraded-from', state.downgradedFrom)
+    return true
+  }
+
+  /**
+   * nearLimit 'clamp': a call whose worst case no longer fits goes ahead with fewer output tokens, the
+   * most every budget can still afford, as long as the floor fits. The clamped worst case is what is
+   * held; a call that took the room meanwhile makes the next try measure again. The search is
+   * arithmetic on the estimate's input, counted once (never the prompt again per candidate). An API
+   * without an output cap, or a model without a price (no maximum to start from), is never clamped.
+   */
+  async function clamp (call: GatedCall): Promise<void> {
+    const { request, state, prices } = call
+    const limit = call.api.outputLimit
+    const price = prices.resolve(state.model)?.price
+    if (limit === null || price === undefined) return
+    const costAt = costAtOutputLimit(request, call.current, async (view) => await call.estimateAt(view, prices, state.model),
+      (body, tokens) => limit.withLimit(body, tokens, price))
+    for (let attempt = 1; attempt <= CLAMP_ATTEMPTS && mayClamp(state.check!, options.nearLimit); attempt++) {
+      const room = roomFor(state.check!, state.estimate)
+      const asked = limit.requested(request.body as Record<string, unknown>, price)
+      if (room === null || asked === null) return
+      const clamped = await largestAffordable(costAt, options.clampFloorTokens, asked, room)
+      if (clamped === null) return
+      await hold(call, clamped.estimate)
+      if (!state.check!.canProceed) continue
+      request.body = limit.withLimit(request.body as Record<string, unknown>, clamped.tokens, price)
+      state.estimate = clamped.estimate.amount
+      state.clampedMaxTokens = clamped.tokens
+      void call.reply.header('x-budget-clamped-max-tokens', String(clamped.tokens))
+    }
+  }
+
+  /** Says no to a call the budgets or the rate limits refuse, with the figures in the headers and the body; null when the call may go. */
+  function refusalOf (call: GatedCall): Refusal | null {
+    const { reply, state } = call
+    const check = state.check!
+    const limited = call.rateLimited
+    if (limited !== undefined) {
+      metrics.decision('rate_limited', 'rate_limit_exceeded')
+      void reply.headers(rateLimitHeaders(limited))
+      return {
+        status: 429, kind: limited.dimension === 'requests' ? 'rate_limit_requests' : 'rate_limit_tokens', code: 'rate_limit_exceeded', message: check.reason, param: null,
+        details: { budget: { id: limited.budgetId, requestsPerMinute: limited.requestsPerMinute, tokensPerMinute: limited.tokensPerMinute } }
+      }
+    }
+    if (check.bindingBudgetId !== null) {
+      // In the binding budget's currency, which need not be the gate's (sql/012).
+      const left = toUnits(check.remaining!) - (check.canProceed ? toUnits(check.bindingEstimate ?? state.estimate) : 0n)
+      void reply.headers({ 'x-budget-id': check.bindingBudgetId, 'x-budget-remaining': fromUnits(left > 0n ? left : 0n), 'x-budget-currency': check.currency ?? options.currency })
+    }
+    if (check.canProceed) return null
+    metrics.decision('refused', check.code!)
+    if (check.code === 'exchange_rate_missing') {
+      // The operator's configuration, not the caller's request nor its quota: a 503 that no retry will mend.
+      void reply.header('x-should-retry', 'false')
+      return { status: 503, kind: 'server_error', code: check.code, message: check.reason, param: null, details: { budget: { id: check.bindingBudgetId, currency: check.currency } } }
+    }
+    const refusing = check.budgets.find((budget) => budget.budgetId === check.bindingBudgetId)
+    return {
+      status: 402, kind: 'insufficient_quota', code: check.code!, message: check.reason, param: null,
+      details: {
+        budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: check.currency ?? options.currency, estimatedCost: check.code === 'estimate_out_of_range' ? null : check.bindingEstimate ?? state.estimate },
+        ...(check.code === 'model_restricted' ? { allowedModels: refusing?.allowedModels ?? [] } : {})
+      }
+    }
+  }
+
+  async function reserve (request: FastifyRequest, reply: FastifyReply, api: ModelApi, estimateAt: EstimateAt): Promise<void> {
     // The call is priced at the rates in force now, when it is made: its estimate, and its settlement however late.
     const prices = pricesAt(book, new Date())
     let caller: CallerScopes
@@ -159,11 +334,11 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       caller = await options.resolveScopes(request)
       for (const [type, header] of SCOPE_HEADERS) if (caller[type] !== undefined) checkScopeId(caller[type], header)
       if (caller.tags !== undefined) checkTags(caller.tags, TAGS_HEADER)
-      estimate = await options.estimateCost(request, prices)
+      estimate = await estimateAt(request, prices)
     } catch (error) {
       if (!(error instanceof InvalidFieldError)) throw error
       metrics.decision('invalid', refusalCode(error))
-      return await sendOpenAIError(reply, 400, 'invalid_request_error', refusalCode(error), error.message, error.field)
+      return await refuse(reply, api, invalidRequest(error))
     }
 
     const watch = watched.get(request)!
@@ -173,18 +348,16 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       return
     }
     const requestId = randomUUID()
-    // The estimate of the model the call will use (the cheaper one after auto-downgrade): clamp prices other output limits from it.
-    let current = estimate
     const state: BudgetGateState = {
       reservationId: null, requestId, caller, model: estimate.model, downgradedFrom: null, clampedMaxTokens: null, estimate: estimate.amount, check: null, usage: null,
       reportUsage: (usage) => { state.usage = usage },
-      streamed: () => { throw new Error('the gate does not read streams yet: report usage with reportUsage') }
+      streamed: readStreamUsage(request, api, () => state)
     }
     request.budgetGate = state
+    const call: GatedCall = { request, reply, api, estimateAt, prices, caller, state, current: estimate, rateLimited: undefined }
 
     // The hold ends once, when the connection is done with this response and this hook is done.
     let admitted = false
-    let rateLimited: RateRefusal | undefined
     let hookDone!: () => void
     const reserved = new Promise<void>((resolve) => { hookDone = resolve })
     // A request in flight is pending too: closing waits for it to end and settle (app.inject's requests
@@ -196,98 +369,28 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     const decided = metrics.reservationTimer()
     try {
       try {
-        const first = await integration.reserveCall(caller, estimate.amount, { requestId, model: estimate.model, tokens: estimate.tokens })
-        rateLimited = first.rateLimited
-        state.reservationId = first.reservationId
-        state.check = first.check
-        const cheaper = first.check.downgradeTo
-        if (cheaper !== null) {
-          // auto-downgrade is in force: give back the first hold, estimate the cheaper model, reserve that.
-          if (first.reservationId !== null) await integration.releaseCall(first.reservationId)
-          state.reservationId = null
-          let downgraded: CostEstimate
-          try {
-            downgraded = await options.estimateCost(request, prices, cheaper)
-          } catch (error) {
-            // The cheaper model cannot take this request (an image it has no bound for): say so as the gate does.
-            if (!(error instanceof InvalidFieldError)) throw error
-            metrics.decision('invalid', refusalCode(error))
-            return await sendOpenAIError(reply, 400, 'invalid_request_error', refusalCode(error), `auto-downgrade to ${cheaper}: ${error.message}`, error.field)
-          }
-          const second = await integration.reserveCall(caller, downgraded.amount, { requestId, model: downgraded.model, tokens: downgraded.tokens })
-          rateLimited = second.rateLimited
-          state.reservationId = second.reservationId
-          state.check = second.check
-          state.downgradedFrom = estimate.model
-          state.model = downgraded.model
-          state.estimate = downgraded.amount
-          current = downgraded
-          void reply.header('x-budget-downgraded-from', estimate.model)
-        }
-        // nearLimit 'clamp': a call whose worst case no longer fits goes ahead with fewer output tokens, the
-        // most every budget can still afford, as long as the floor fits. The clamped worst case is what is
-        // held; a call that took the room meanwhile makes the next try measure again. The search is
-        // arithmetic on the estimate's input, counted once (never the prompt again per candidate).
-        const costAt = costAtOutputLimit(request, current, async (view) => await options.estimateCost(view, prices, state.model))
-        for (let attempt = 1; attempt <= CLAMP_ATTEMPTS && mayClamp(state.check!, options.nearLimit); attempt++) {
-          const room = roomFor(state.check!, state.estimate)
-          const price = prices.resolve(state.model)?.price
-          const asked = requestedOutputTokens(request.body as Record<string, unknown>, price?.maxOutputTokens, price?.outputLimitField)
-          if (room === null || asked === null) break
-          const clamped = await largestAffordable(costAt, options.clampFloorTokens, asked, room)
-          if (clamped === null) break
-          const held = await integration.reserveCall(caller, clamped.estimate.amount, { requestId, model: clamped.estimate.model, tokens: clamped.estimate.tokens })
-          rateLimited = held.rateLimited
-          state.reservationId = held.reservationId
-          state.check = held.check
-          if (!held.check.canProceed) continue
-          request.body = withOutputLimit(request.body as Record<string, unknown>, clamped.tokens, price?.outputLimitField)
-          state.estimate = clamped.estimate.amount
-          state.clampedMaxTokens = clamped.tokens
-          void reply.header('x-budget-clamped-max-tokens', String(clamped.tokens))
-        }
+        await hold(call, estimate)
+        const cheaper = state.check!.downgradeTo
+        if (cheaper !== null && !await downgrade(call, cheaper)) return
+        await clamp(call)
       } catch (error) {
         if (!isDatabaseUnavailable(error)) throw error // a 500; the close releases whatever is held
         if (options.failureMode === 'closed') {
           metrics.decision('unavailable', 'budget_unavailable')
-          return await sendOpenAIError(reply, 503, 'service_unavailable', 'budget_unavailable', 'Budgets cannot be checked right now; try again shortly')
+          return await refuse(reply, api, { status: 503, kind: 'unavailable', code: 'budget_unavailable', message: 'Budgets cannot be checked right now; try again shortly', param: null, details: {} })
         }
         request.log.warn({ err: error, caller }, 'budget database unreachable: letting the call through unchecked (failureMode open)')
         metrics.decision('unchecked', 'budget_unavailable')
         return
       }
 
-      const check = state.check!
       if (watch.gone()) {
         // The client left while we reserved: nothing will be served. Skip the handler; the close releases the hold.
         reply.hijack()
         return
       }
-      if (rateLimited !== undefined) {
-        metrics.decision('rate_limited', 'rate_limit_exceeded')
-        void reply.headers(rateLimitHeaders(rateLimited))
-        return await sendOpenAIError(reply, 429, rateLimited.dimension, 'rate_limit_exceeded', check.reason, null, {
-          budget: { id: rateLimited.budgetId, requestsPerMinute: rateLimited.requestsPerMinute, tokensPerMinute: rateLimited.tokensPerMinute }
-        })
-      }
-      if (check.bindingBudgetId !== null) {
-        // In the binding budget's currency, which need not be the gate's (sql/012).
-        const left = toUnits(check.remaining!) - (check.canProceed ? toUnits(check.bindingEstimate ?? state.estimate) : 0n)
-        void reply.headers({ 'x-budget-id': check.bindingBudgetId, 'x-budget-remaining': fromUnits(left > 0n ? left : 0n), 'x-budget-currency': check.currency ?? options.currency })
-      }
-      if (!check.canProceed) {
-        const refusing = check.budgets.find((budget) => budget.budgetId === check.bindingBudgetId)
-        metrics.decision('refused', check.code!)
-        if (check.code === 'exchange_rate_missing') {
-          // The operator's configuration, not the caller's request nor its quota: a 503 that no retry will mend.
-          void reply.header('x-should-retry', 'false')
-          return await sendOpenAIError(reply, 503, 'server_error', check.code, check.reason, null, { budget: { id: check.bindingBudgetId, currency: check.currency } })
-        }
-        return await sendOpenAIError(reply, 402, 'insufficient_quota', check.code!, check.reason, null, {
-          budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: check.currency ?? options.currency, estimatedCost: check.code === 'estimate_out_of_range' ? null : check.bindingEstimate ?? state.estimate },
-          ...(check.code === 'model_restricted' ? { allowedModels: refusing?.allowedModels ?? [] } : {})
-        })
-      }
+      const refusal = refusalOf(call)
+      if (refusal !== null) return await refuse(reply, api, refusal)
       admitted = true // from here the handler runs, and the upstream may be called
       metrics.decision('allowed')
       if (state.reservationId !== null) live.set(state, metrics.admitted())
@@ -346,12 +449,20 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
   }
 
   fastify.addHook('onRoute', (route) => {
-    if (!gated(route)) return
+    const api = gatedApi(route, options.routes)
+    if (api === null) return
+    const custom = options.estimateCost
+    const estimateAt: EstimateAt = custom === undefined
+      ? async (request, prices, model) => api.estimate(request.body, prices, model)
+      : async (request, prices, model) => await custom(request, prices, model)
     route.onRequest = [async (request: FastifyRequest, reply: FastifyReply) => { watched.set(request, watchConnection(request, reply)) }, ...[route.onRequest ?? []].flat()]
-    route.preHandler = [...[route.preHandler ?? []].flat(), reserve]
+    route.preHandler = [...[route.preHandler ?? []].flat(), async (request: FastifyRequest, reply: FastifyReply) => { await reserve(request, reply, api, estimateAt) }]
     route.onSend = [...[route.onSend ?? []].flat(), async (request: FastifyRequest, _reply: FastifyReply, payload: unknown) => {
       const state = request.budgetGate
-      if (state !== null && state.usage === null) state.usage = usageFromPayload(payload, state.model)
+      if (state === null) return payload
+      // A stream the route returned: read as it goes to the client, unchanged.
+      if (payload instanceof Readable) return readThrough(payload, state.streamed)
+      if (state.usage === null && (typeof payload === 'string' || Buffer.isBuffer(payload))) state.usage = api.usageFromBody(payload.toString(), state.model)
       return payload
     }]
   })
