@@ -420,6 +420,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         inputTokens: usage?.inputTokens,
         outputTokens: usage?.outputTokens,
         ...(usage?.cachedInputTokens === undefined ? {} : { cachedInputTokens: usage.cachedInputTokens }),
+        ...(usage?.cacheWriteTokens === undefined ? {} : { cacheWriteTokens: usage.cacheWriteTokens }),
+        ...(usage?.cacheWrite1hTokens === undefined ? {} : { cacheWrite1hTokens: usage.cacheWrite1hTokens }),
         estimatedCost: state.estimate,
         costBasis: charge.basis,
         ...(charge.basis === 'estimate' ? { estimateReason: charge.reason } : {}),
