@@ -1,5 +1,7 @@
-// The example RelayCore gateway behind `npm start`: the budgets plugin, its admin API, and an
-// OpenAI-compatible POST /v1/chat/completions behind the budget gate, on PORT (default 3000).
+// The example RelayCore gateway behind `npm start`: the budgets plugin, its admin API, and four model
+// APIs behind the budget gate, on PORT (default 3000): OpenAI's chat completions, Responses and
+// embeddings, forwarded to UPSTREAM_URL (OpenAI-compatible, …/v1), and Anthropic's Messages, forwarded
+// to ANTHROPIC_UPSTREAM_URL (https://api.anthropic.com/v1) with ANTHROPIC_API_KEY. Unset: mock providers.
 // With no DATABASE_URL it runs an embedded PostgreSQL whose data stays in .data/ across restarts.
 // SIGTERM, SIGINT or SIGHUP stop it gracefully: see shutdown() below.
 import { randomBytes } from 'node:crypto'
@@ -8,9 +10,12 @@ import { constants } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
-import Fastify from 'fastify'
+import Fastify, { type FastifyRequest } from 'fastify'
 import { Registry, collectDefaultMetrics } from 'prom-client'
 import budgets from '../lib/index.js'
+import { embeddings } from './apis/embeddings.js'
+import { messages } from './apis/messages.js'
+import { responses } from './apis/responses.js'
 import { chatCompletions } from './chat-completions.js'
 import type { EmbeddedDatabase } from './embedded-postgres.js'
 import { parseGatewayKeys, scopesFromKey, type GatewayKeys } from './gateway-keys.js'
@@ -32,6 +37,14 @@ if (process.env.GATEWAY_KEYS !== undefined) {
     process.exit(1)
   }
 }
+
+/** The model routes, and who answers each: its upstream when one is set, else the mock provider. */
+const MODEL_ROUTES = [
+  { url: '/v1/chat/completions', upstream: process.env.UPSTREAM_URL },
+  { url: '/v1/responses', upstream: process.env.UPSTREAM_URL },
+  { url: '/v1/embeddings', upstream: process.env.UPSTREAM_URL },
+  { url: '/v1/messages', upstream: process.env.ANTHROPIC_UPSTREAM_URL }
+]
 
 /** The signals that stop the gateway gracefully (shutdown below). */
 const STOP_SIGNALS: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP']
@@ -129,7 +142,8 @@ await app.register(budgets, {
   database: databaseUrl,
   adminToken,
   gate: {
-    routes: ['/v1/chat/completions'],
+    // Each route's API (and so how the gate bounds it, reads its usage and refuses it) follows from its path.
+    routes: MODEL_ROUTES.map((route) => route.url),
     // With GATEWAY_KEYS, the key's scopes only; otherwise the default, which believes the caller's
     // x-relay-user-id, x-relay-team-id, x-relay-project-id and x-relay-organization-id headers.
     ...(gatewayKeys === null ? {} : { resolveScopes: (request) => scopesFromKey(gatewayKeys, request) }),
@@ -143,13 +157,17 @@ await app.register(budgets, {
     ...(process.env.NOTIFY_INTERVAL_MS === undefined ? {} : { intervalMs: Number(process.env.NOTIFY_INTERVAL_MS) })
   }
 })
-await app.register(chatCompletions, {
-  upstreamUrl: process.env.UPSTREAM_URL,
-  upstreamApiKey: process.env.UPSTREAM_API_KEY,
+const openAIUpstream = { upstreamUrl: process.env.UPSTREAM_URL, upstreamApiKey: process.env.UPSTREAM_API_KEY }
+const anthropicUpstream = { upstreamUrl: process.env.ANTHROPIC_UPSTREAM_URL, upstreamApiKey: process.env.ANTHROPIC_API_KEY }
+const routeOptions = {
   mockTokenDelayMs: process.env.MOCK_TOKEN_DELAY_MS === undefined ? undefined : Number(process.env.MOCK_TOKEN_DELAY_MS),
   // A missing or unknown key is refused with 401 before the body is read or any budget is touched.
-  ...(gatewayKeys === null ? {} : { authenticate: (request) => scopesFromKey(gatewayKeys, request) })
-})
+  ...(gatewayKeys === null ? {} : { authenticate: (request: FastifyRequest) => scopesFromKey(gatewayKeys, request) })
+}
+await app.register(chatCompletions, { ...openAIUpstream, ...routeOptions })
+await app.register(responses, { ...openAIUpstream, ...routeOptions })
+await app.register(embeddings, { ...openAIUpstream, authenticate: routeOptions.authenticate })
+await app.register(messages, { ...anthropicUpstream, ...routeOptions })
 app.get('/health', async () => ({ status: 'ok' }))
 
 // Prometheus at /metrics: the process's own metrics merged with the budgets plugin's registry, behind
@@ -169,7 +187,8 @@ process.stdout.write([
   `  admin API:   ${address}/api/v1/budgets   (documented at ${address}/docs)`,
   `  dashboard:   ${address}/api/v1/budgets/ui   (type the admin token)`,
   `  metrics:     ${address}/metrics   (Prometheus, behind the admin token)`,
-  `  model calls: ${address}/v1/chat/completions (${process.env.UPSTREAM_URL === undefined ? 'mock provider' : `upstream ${process.env.UPSTREAM_URL}`})`,
+  '  model calls:',
+  ...MODEL_ROUTES.map((route) => `    ${`${address}${route.url}`.padEnd(address.length + 22)} ${route.upstream === undefined ? 'mock provider' : `upstream ${route.upstream}`}`),
   gatewayKeys === null
     ? '  callers:     scopes from x-relay-* headers, trusted as sent (set GATEWAY_KEYS to require API keys)'
     : `  callers:     ${gatewayKeys.size} API key(s) from GATEWAY_KEYS; x-relay-* headers ignored`,

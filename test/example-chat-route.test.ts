@@ -1,17 +1,14 @@
 // The example chat completions route (examples/chat-completions.ts) in front of an upstream that speaks
 // SSE the way real ones do: comments, \r\n and \r line ends, `data:` without a space, multi-line data,
 // event and id fields, bytes split anywhere; and its error answers.
-import assert from 'node:assert/strict'
 import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import fc from 'fast-check'
 import Fastify from 'fastify'
 import OpenAI from 'openai'
 import t from 'tap'
 import budgets, { DEFAULT_PRICES, type TokenUsage } from '../lib/index.js'
 import { chatCompletions } from '../examples/chat-completions.js'
 import { parseGatewayKeys } from '../examples/gateway-keys.js'
-import { SseParser, type SseEvent } from '../examples/sse.js'
 import { ADMIN_TOKEN } from './fixtures/app.js'
 import { createTestSql } from './fixtures/database.js'
 import { startUpstream } from './fixtures/upstream.js'
@@ -93,43 +90,6 @@ async function post (address: string, body: unknown, headers: Record<string, str
   })
   return { response, text: await response.text() }
 }
-
-t.test('the SSE parser follows the event-stream rules, however the bytes are split', async (t) => {
-  const stream = '\uFEFF: keep-alive\r\n\r\n' +
-    'id: 7\r\nevent: delta\r\ndata:{"a":1}\r\n\r\n' +
-    'data: line one\ndata:  two leading spaces\ndata\n\n' +
-    ': comment\rdata: cr only\r\r' +
-    'event: no-data\n\n' +
-    'retry: 1500\nunknown: x\nid\ndata: é€😀\n\n' +
-    'data: [DONE]\n\n' +
-    'data: never dispatched'
-  const expected: SseEvent[] = [
-    { event: 'delta', data: '{"a":1}', id: '7' },
-    { event: 'message', data: 'line one\n two leading spaces\n', id: '7' },
-    { event: 'message', data: 'cr only', id: '7' },
-    { event: 'message', data: 'é€😀', id: '', retry: 1500 },
-    { event: 'message', data: '[DONE]', id: '' }
-  ]
-  const bytes = new TextEncoder().encode(stream)
-  const parse = (cuts: number[]) => {
-    const parser = new SseParser()
-    const events: SseEvent[] = []
-    let at = 0
-    for (const cut of [...new Set(cuts)].sort((a, b) => a - b)) {
-      events.push(...parser.push(bytes.subarray(at, cut)))
-      at = cut
-    }
-    events.push(...parser.push(bytes.subarray(at)), ...parser.end())
-    return events
-  }
-  t.same(parse([]), expected, 'in one piece')
-  t.same(parse(Array.from(bytes.keys())), expected, 'a byte at a time (\\r\\n and UTF-8 split between chunks)')
-  fc.assert(fc.property(fc.array(fc.integer({ min: 0, max: bytes.length }), { maxLength: 20 }), (cuts) => {
-    assert.deepStrictEqual(parse(cuts), expected)
-  }), { numRuns: 200 })
-  t.pass('split anywhere, 200 ways')
-  t.same(new SseParser().push(': only a comment\n\n: and another\r\n\r\n'), [], 'comments dispatch nothing')
-})
 
 t.test('a stream with keep-alive comments, \\r\\n, data: without a space and multi-line data ends for the openai client, and is charged from its final usage', async (t) => {
   const usageChunk = chunk(null, { usage: { prompt_tokens: 11, completion_tokens: 3, total_tokens: 14 } })
