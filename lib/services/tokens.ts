@@ -31,9 +31,13 @@ const require = createRequire(import.meta.url)
 const SPLIT = require('gpt-tokenizer/encodingParams/constants') as Record<'O200K_TOKEN_SPLIT_REGEX' | 'CL100K_TOKEN_SPLIT_REGEX', RegExp>
 const SPLIT_REGEX: Record<EncodingName, RegExp> = { o200k_base: SPLIT.O200K_TOKEN_SPLIT_REGEX, cl100k_base: SPLIT.CL100K_TOKEN_SPLIT_REGEX }
 const loaded = new Map<EncodingName, Encoding>()
-// The library caches the tokens of pieces it has merged (100,000 of them by default); pieces here are at
-// most MAX_PIECE_BYTES long, so this bounds the cache near 10 MB even when every piece is new.
-const MERGE_CACHE_SIZE = 10_000
+// The library caches the tokens of pieces it has merged (100,000 of them by default), in a Map it keeps
+// in LRU order by deleting and re-adding each piece it finds: once the Map holds thousands of pieces
+// (a process that has counted a few requests), each such hit costs 5 to 25 us in V8, a hundred times a
+// lookup, and a request repeating one short piece ("a's") held the loop 40 ms within its work budget
+// (issue 19, item 8). Off: each request remembers its own pieces (tokenCounter), and a piece new to the
+// request is merged, which its work charges.
+const MERGE_CACHE_SIZE = 0
 
 function encoding (name: EncodingName): Encoding {
   let loadedEncoding = loaded.get(name)
@@ -60,24 +64,24 @@ const ORDINARY = { disallowedSpecial: new Set<string>() }
 // are what the encoding's split pattern makes (a word, a run of punctuation or of spaces): one of more
 // than MAX_PIECE_BYTES counts a token a byte, which it can never exceed.
 const MAX_PIECE_BYTES = 192
-// The work of tokenizing, in units of about 0.1 us. Merging a piece the library has not cached is what
-// costs: NEW_BYTE_WEIGHT units a byte (new ASCII words, the costliest ASCII, about 0.4 us a byte) and
-// NON_ASCII_WEIGHT more for each byte past a character's first. A piece seen before in the same
-// request is in the library's merge cache (while the request has met fewer distinct pieces than the
-// cache holds): it costs PIECE_WORK, what splitting and looking it up take. Each call costs CALL_WORK
-// (the library's own overhead, about 1.5 us, whatever the text: 20,000 short messages cost their
-// calls, not their bytes), and walking a message MESSAGE_WORK (messageTokens charges it).
+// The work of tokenizing, in units of about 0.1 us. Merging a piece is what costs: NEW_BYTE_WEIGHT
+// units a byte (new ASCII words, the costliest ASCII, about 0.4 us a byte) and NON_ASCII_WEIGHT more
+// for each byte past a character's first, and NEW_PIECE_WORK for the library call that counts it (its
+// own overhead, about 0.6 us a piece). A piece met before in the same request is a lookup in the
+// request's own map: it costs PIECE_WORK, what splitting and looking it up take, whatever happened in
+// the process before. Each call of the counter costs CALL_WORK (20,000 short messages cost their calls,
+// not their bytes), and walking a message MESSAGE_WORK (messageTokens charges it).
 // Calibrated on this machine (issue 19 review rb) by the costliest shape of each unit: a piece met
-// before costs its split and lookup, up to 1.2 us for "a's" (prose: 0.2 us), and a run of combining marks
-// (one piece of 51 characters, 101 bytes) 3.9 us: PIECE_WORK, and SEEN_EXTRA_BYTE_WORK a byte past a
-// character's first, bound both.
+// before costs its split and lookup (prose: 0.2 us), and a run of combining marks (one piece of 51
+// characters, 101 bytes) 3.9 us: PIECE_WORK, and SEEN_EXTRA_BYTE_WORK a byte past a character's first,
+// bound both.
 const NON_ASCII_WEIGHT = 16
 const NEW_BYTE_WEIGHT = 4
 const PIECE_WORK = 12
+const NEW_PIECE_WORK = 8
 const SEEN_EXTRA_BYTE_WORK = 1
 const CALL_WORK = 16
 export const MESSAGE_WORK = 8
-const SEEN_PIECES = MERGE_CACHE_SIZE / 2
 const workOf = (text: string, bytes: number): number => NEW_BYTE_WEIGHT * bytes + NON_ASCII_WEIGHT * (bytes - text.length)
 /**
  * The work tokenized per request: past it, the rest of a prompt counts a token a byte (a bound). About
@@ -111,36 +115,37 @@ export function tokenCounter (model: string): CountTokens | null {
   if (name === null) return null
   const { countTokens } = encoding(name)
   const split = SPLIT_REGEX[name]
-  const seen = new Set<string>()
+  // Each distinct piece is counted once a request, by the library, and remembered here: a piece met
+  // again is a lookup in this map, never a call.
+  const pieces = new Map<string, number>()
   let left = MAX_TOKENIZED_WORK
   const count = (text: string): number => {
     left -= CALL_WORK
     if (left <= 0) { left = 0; return Buffer.byteLength(text, 'utf8') }
-    // Piece by piece, by the library's own split pattern. The library merges each piece on its own, so a
-    // stretch of whole pieces counts what it counts in place; a long piece, and everything past the
-    // budget, count their bytes.
+    // Piece by piece, by the library's own split pattern. The library merges each piece on its own, so
+    // a piece counts alone what it counts in place; a long piece, and everything past the budget, count
+    // their bytes.
     let tokens = 0
-    let from = 0
-    const stretch = (to: number) => (to > from ? countTokens(text.slice(from, to), ORDINARY) : 0)
     for (const match of text.matchAll(split)) {
       const [piece] = match
-      const at = match.index
       const pieceBytes = Buffer.byteLength(piece, 'utf8')
       const long = pieceBytes > MAX_PIECE_BYTES
-      const known = !long && seen.has(piece)
-      const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (pieceBytes - piece.length) + (known || long ? 0 : workOf(piece, pieceBytes))
+      const known = long ? undefined : pieces.get(piece)
+      const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (pieceBytes - piece.length) + (known !== undefined || long ? 0 : NEW_PIECE_WORK + workOf(piece, pieceBytes))
       if (work > left) {
         left = 0
-        return tokens + stretch(at) + Buffer.byteLength(text.slice(at), 'utf8')
+        return tokens + Buffer.byteLength(text.slice(match.index), 'utf8')
       }
       left -= work
-      if (!known && !long && seen.size < SEEN_PIECES) seen.add(piece)
-      if (long) {
-        tokens += stretch(at) + pieceBytes
-        from = at + piece.length
+      if (long) tokens += pieceBytes
+      else if (known !== undefined) tokens += known
+      else {
+        const counted = countTokens(piece, ORDINARY)
+        pieces.set(piece, counted)
+        tokens += counted
       }
     }
-    return tokens + stretch(text.length)
+    return tokens
   }
   return Object.assign(count, {
     charge: (work: number) => { left = Math.max(0, left - work) },
