@@ -47,6 +47,20 @@ export function walkForDepthOrKey (value: unknown, most: number, key: string | n
 }
 
 /**
+ * Where the JSON string that opens at `at` (a `"`) in a JSON text closes: the next `"` not escaped (not
+ * after an odd run of backslashes), found by indexOf, so that a long string costs a native search and
+ * not a loop over its characters. The text's length when it never closes.
+ */
+export function endOfString (text: string, at: number): number {
+  for (let end = text.indexOf('"', at + 1); end !== -1; end = text.indexOf('"', end + 1)) {
+    let backslashes = 0
+    while (text.charCodeAt(end - 1 - backslashes) === 92) backslashes++
+    if (backslashes % 2 === 0) return end
+  }
+  return text.length
+}
+
+/**
  * What a value's JSON text (JSON.stringify's) shows of both refusals: how deep its arrays and objects
  * nest (the value itself at 1, so that a field's text answers for the field nested at depth 1 in its
  * body), and whether a key named `key` is anywhere in it. One pass over characters: on a body of many
@@ -60,14 +74,8 @@ export function jsonTextShape (text: string, key: string | null): { depth: numbe
   let deepest = 0
   for (let i = 0; i < text.length; i++) {
     const code = text.charCodeAt(i)
-    if (code === 34) {
-      // a string: skip to its closing quote, over escapes
-      for (i++; i < text.length; i++) {
-        const inner = text.charCodeAt(i)
-        if (inner === 92) i++
-        else if (inner === 34) break
-      }
-    } else if (code === 123 || code === 91) {
+    if (code === 34) i = endOfString(text, i)
+    else if (code === 123 || code === 91) {
       if (++depth > deepest) deepest = depth
     } else if (code === 125 || code === 93) depth--
   }

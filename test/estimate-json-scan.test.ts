@@ -22,7 +22,7 @@ const walkDepth = (value: unknown): number => {
 t.test('the text scan answers as the walk does', async (t) => {
   const values: unknown[] = [
     {}, [], [[]], { a: [1, { b: 2 }] }, nest(5), nest(63), nest(64), [nest(10), nest(3)],
-    { s: '{{{[[[' }, { s: '"}]' }, { s: 'a\\' }, { s: '\\"{' }, { 'k{': { '"x': [] } },
+    { s: '{{{[[[' }, { s: '"}]' }, { s: 'a\\' }, { s: '\\"{' }, { s: '\\\\', t: '"{[', u: ['\\\\\\"]]'] }, { 'k{': { '"x': [] } },
     { cache_control: 1 }, { a: { cache_control: { type: 'ephemeral' } } }, [{ b: 1, cache_control: null }],
     { s: ',"cache_control":1' }, { s: '{"cache_control":{}}' }, { s: '\\",\\"cache_control\\":' }, { 'x,"cache_control":': 1 },
     { cache_controls: 1 }, { '"cache_control"': 1 }, { s: 'cache_control' }, ['cache_control', { cache_control_: 2 }]

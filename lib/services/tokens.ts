@@ -2,6 +2,7 @@
 // what OpenAI bills for a chat request's prompt, bounded in time. Models without a known tokenizer get
 // null, and the estimate keeps counting bytes for them.
 import { createRequire } from 'node:module'
+import { endOfString } from '../json-limits.js'
 import { formatFunctionDefinitions, type ChatCompletionFunctionDefinition } from 'gpt-tokenizer/functionCalling'
 
 export type EncodingName = 'o200k_base' | 'cl100k_base'
@@ -300,13 +301,8 @@ function restBytes (messages: unknown[], from: number, count: CountTokens): numb
   let depth = 0
   for (let i = 0; i < text.length; i++) {
     const code = text.charCodeAt(i)
-    if (code === 34) {
-      for (i++; i < text.length; i++) {
-        const inner = text.charCodeAt(i)
-        if (inner === 92) i++
-        else if (inner === 34) break
-      }
-    } else if (code === 123 || code === 91) depth++
+    if (code === 34) i = endOfString(text, i)
+    else if (code === 123 || code === 91) depth++
     else if (code === 125 || code === 93) depth--
     else if (code === 44 && depth === 1 && ++element === from) return 2 + Buffer.byteLength(text.slice(i + 1, text.length - 1), 'utf8')
   }
