@@ -36,9 +36,15 @@ const loaded = new Map<EncodingName, Encoding>()
 // in LRU order by deleting and re-adding each piece it finds: once the Map holds thousands of pieces
 // (a process that has counted a few requests), each such hit costs 5 to 25 us in V8, a hundred times a
 // lookup, and a request repeating one short piece ("a's") held the loop 40 ms within its work budget
-// (issue 19, item 8). Off: each request remembers its own pieces (tokenCounter), and a piece new to the
-// request is merged, which its work charges.
+// (issue 19, item 8). Off: the counter remembers pieces itself (tokenCounter), and a piece new to the
+// request is charged its merge.
 const MERGE_CACHE_SIZE = 0
+
+// The tokens of pieces counted in this process, by encoding: looked up only (Map.get, no reordering), and
+// emptied when full, so that a lookup stays cheap whatever was counted before; pieces are at most
+// MAX_PIECE_BYTES long, so this holds at most some MB.
+const PROCESS_PIECES = 20_000
+const pieceCounts = new Map<EncodingName, Map<string, number>>()
 
 function encoding (name: EncodingName): Encoding {
   let loadedEncoding = loaded.get(name)
@@ -46,8 +52,14 @@ function encoding (name: EncodingName): Encoding {
     loadedEncoding = require(`gpt-tokenizer/encoding/${name}`) as Encoding
     loadedEncoding.setMergeCacheSize(MERGE_CACHE_SIZE)
     loaded.set(name, loadedEncoding)
+    pieceCounts.set(name, new Map())
   }
   return loadedEncoding
+}
+
+/** Forgets the pieces counted so far in this process (benchmarks: the worst case, every piece new). */
+export function forgetCountedPieces (): void {
+  for (const counts of pieceCounts.values()) counts.clear()
 }
 
 /** Loads, once, the encodings of the models named (the price table's), so that no call pays for it. */
@@ -116,8 +128,11 @@ export function tokenCounter (model: string): CountTokens | null {
   if (name === null) return null
   const { countTokens } = encoding(name)
   const split = SPLIT_REGEX[name]
-  // Each distinct piece is counted once a request, by the library, and remembered here: a piece met
-  // again is a lookup in this map, never a call.
+  const counts = pieceCounts.get(name)!
+  // Each distinct piece is charged as new once a request, and remembered here: a piece met again is a
+  // lookup in this map, never a call. What a piece is charged depends on this request alone (the same
+  // request is estimated the same in any process); whether the library is called for a new piece
+  // depends on the process's map (a piece counted by an earlier request is not counted again).
   const pieces = new Map<string, number>()
   let left = MAX_TOKENIZED_WORK
   const count = (text: string): number => {
@@ -141,7 +156,12 @@ export function tokenCounter (model: string): CountTokens | null {
       if (long) tokens += pieceBytes
       else if (known !== undefined) tokens += known
       else {
-        const counted = countTokens(piece, ORDINARY)
+        let counted = counts.get(piece)
+        if (counted === undefined) {
+          counted = countTokens(piece, ORDINARY)
+          if (counts.size >= PROCESS_PIECES) counts.clear()
+          counts.set(piece, counted)
+        }
         pieces.set(piece, counted)
         tokens += counted
       }
