@@ -8,7 +8,7 @@
 import { costAtOutputLimit, largestAffordable } from '../lib/hooks/clamp.js'
 import { estimateChatCost, type CostEstimate } from '../lib/services/estimate.js'
 import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
-import { preloadTokenizers } from '../lib/services/tokens.js'
+import { forgetCountedPieces, preloadTokenizers } from '../lib/services/tokens.js'
 import { toUnits } from '../lib/money.js'
 import type { FastifyRequest } from 'fastify'
 
@@ -67,11 +67,16 @@ const BODIES: Array<[string, (model: string) => Record<string, unknown>]> = [
 interface Stall { cpu: number, wall: number }
 const RUNS = 5
 
-/** CPU ms of a run (median of RUNS) and the wall ms of the slowest. */
+/**
+ * CPU ms of a run (median of RUNS) and the wall ms of the slowest. Each run starts with no piece counted
+ * in the process (the tokenizer remembers pieces across requests): the worst case, a body whose pieces
+ * no earlier request had.
+ */
 async function measure (run: () => unknown): Promise<Stall> {
   const cpu: number[] = []
   let wall = 0
   for (let i = 0; i < RUNS; i++) {
+    forgetCountedPieces()
     const cpuStart = process.cpuUsage()
     const started = process.hrtime.bigint()
     await run()

@@ -3,7 +3,7 @@
 // upstream can bill; a request field that could make the bill larger than the bound is refused.
 import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
-import { MAX_NESTING, pathOfKey, walkForDepthOrKey } from '../json-limits.js'
+import { MAX_NESTING, jsonTextShape, pathOfKey, walkForDepthOrKey } from '../json-limits.js'
 import { injectedPromptTokens } from './injected-tokens.js'
 import { costOf, costOfTokens, type ModelPrice, type PriceBook, type TokenUsage } from './pricing.js'
 import { chatPromptTokens, tokenCounter } from './tokens.js'
@@ -105,7 +105,7 @@ function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): 
 
   if (!Array.isArray(body.messages)) throw new InvalidFieldError('messages', 'must be a list of messages')
   let images = 0
-  const messages = body.messages.map((message: unknown, index: number) => {
+  const mapped = body.messages.map((message: unknown, index: number) => {
     if (typeof message !== 'object' || message === null || Array.isArray(message)) throw new InvalidFieldError(`messages.${index}`, 'must be an object')
     const content = (message as { content?: unknown }).content
     if (!Array.isArray(content)) return message
@@ -122,22 +122,60 @@ function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): 
       })
     }
   })
+  // Without images the copy's JSON is the messages' own: the messages as sent, whose text is reused.
+  const messages = images === 0 ? body.messages : mapped
   // Nested past what any schema needs, a body would overflow the stack of JSON.stringify below.
   // A cache write is billed above the input rate (Anthropic: 1.25x for 5 minutes, 2x for an hour), and
   // only a request's mark makes one: refused, so that no gated call writes (price-catalog.ts).
-  const found = walkForDepthOrKey(body, MAX_NESTING, 'cache_control')
-  if (found === 'deep') throw new InvalidFieldError('body', `is nested more than ${MAX_NESTING} levels deep`)
-  if (found === 'key') throw new UnboundedFieldError(pathOfKey(body, 'cache_control') ?? 'cache_control', 'asks for a prompt-cache write, billed above the input rate that the budget gate reserves')
+  const texts = jsonTextsOf(body)
+  if (texts === null) {
+    // JSON.stringify refused the body (nested deeper than its stack, a cycle): the walk decides.
+    const found = walkForDepthOrKey(body, MAX_NESTING, 'cache_control')
+    if (found === 'deep') throw new InvalidFieldError('body', `is nested more than ${MAX_NESTING} levels deep`)
+    if (found === 'key') throw new UnboundedFieldError(pathOfKey(body, 'cache_control') ?? 'cache_control', CACHE_WRITE)
+  }
   checkFunctionTools(body)
   const definitions = [body.tools, body.functions, body.response_format].filter((part) => part !== undefined && part !== null)
+  const jsonOf = (value: unknown): string => texts?.get(value) ?? JSON.stringify(value)
   const count = typeof model === 'string' ? tokenCounter(model) : null
-  const promptTokens = count === null
-    ? Buffer.byteLength(JSON.stringify(messages), 'utf8') +
-      definitions.reduce<number>((sum, part) => sum + Buffer.byteLength(JSON.stringify(part), 'utf8'), 0) +
+  let promptTokens: number
+  if (count === null) {
+    promptTokens = Buffer.byteLength(jsonOf(messages), 'utf8') +
+      definitions.reduce<number>((sum, part) => sum + Buffer.byteLength(jsonOf(part), 'utf8'), 0) +
       TOKENS_PER_MESSAGE * messages.length + TOKENS_PER_REQUEST
-    : chatPromptTokens({ ...body, messages }, count)
+  } else {
+    if (texts !== null) count.knownJson = texts
+    promptTokens = chatPromptTokens({ ...body, messages }, count)
+  }
   const inputTokens = promptTokens + images * (price.maxImageTokens ?? 0) + injectedPromptTokens(body, [model, body.model])
   return { inputTokens, choices: choices as number, requested }
+}
+
+const CACHE_WRITE = 'asks for a prompt-cache write, billed above the input rate that the budget gate reserves'
+
+/**
+ * The JSON text of each object or array field of the body, serialized once (the estimate counts them,
+ * and they show both refusals: nesting past MAX_NESTING and a cache_control key, at any depth), or null
+ * when JSON.stringify refuses the body. Throws those refusals.
+ */
+function jsonTextsOf (body: ChatRequestShape): Map<unknown, string> | null {
+  const texts = new Map<unknown, string>()
+  for (const field of Object.keys(body)) {
+    const value = body[field]
+    if (typeof value !== 'object' || value === null) continue
+    let text: string
+    try {
+      text = JSON.stringify(value)
+    } catch {
+      return null
+    }
+    const shape = jsonTextShape(text, 'cache_control')
+    // The field's own object is at depth 1 in the body, as its text's outermost bracket.
+    if (shape.depth >= MAX_NESTING) throw new InvalidFieldError('body', `is nested more than ${MAX_NESTING} levels deep`)
+    if (shape.hasKey) throw new UnboundedFieldError(pathOfKey(body, 'cache_control') ?? 'cache_control', CACHE_WRITE)
+    texts.set(value, text)
+  }
+  return texts
 }
 
 /**

@@ -2,6 +2,7 @@
 // what OpenAI bills for a chat request's prompt, bounded in time. Models without a known tokenizer get
 // null, and the estimate keeps counting bytes for them.
 import { createRequire } from 'node:module'
+import { endOfString } from '../json-limits.js'
 import { formatFunctionDefinitions, type ChatCompletionFunctionDefinition } from 'gpt-tokenizer/functionCalling'
 
 export type EncodingName = 'o200k_base' | 'cl100k_base'
@@ -31,9 +32,19 @@ const require = createRequire(import.meta.url)
 const SPLIT = require('gpt-tokenizer/encodingParams/constants') as Record<'O200K_TOKEN_SPLIT_REGEX' | 'CL100K_TOKEN_SPLIT_REGEX', RegExp>
 const SPLIT_REGEX: Record<EncodingName, RegExp> = { o200k_base: SPLIT.O200K_TOKEN_SPLIT_REGEX, cl100k_base: SPLIT.CL100K_TOKEN_SPLIT_REGEX }
 const loaded = new Map<EncodingName, Encoding>()
-// The library caches the tokens of pieces it has merged (100,000 of them by default); pieces here are at
-// most MAX_PIECE_BYTES long, so this bounds the cache near 10 MB even when every piece is new.
-const MERGE_CACHE_SIZE = 10_000
+// The library caches the tokens of pieces it has merged (100,000 of them by default), in a Map it keeps
+// in LRU order by deleting and re-adding each piece it finds: once the Map holds thousands of pieces
+// (a process that has counted a few requests), each such hit costs 5 to 25 us in V8, a hundred times a
+// lookup, and a request repeating one short piece ("a's") held the loop 40 ms within its work budget
+// (issue 19, item 8). Off: the counter remembers pieces itself (tokenCounter), and a piece new to the
+// request is charged its merge.
+const MERGE_CACHE_SIZE = 0
+
+// The tokens of pieces counted in this process, by encoding: looked up only (Map.get, no reordering), and
+// emptied when full, so that a lookup stays cheap whatever was counted before; pieces are at most
+// MAX_PIECE_BYTES long, so this holds at most some MB.
+const PROCESS_PIECES = 20_000
+const pieceCounts = new Map<EncodingName, Map<string, number>>()
 
 function encoding (name: EncodingName): Encoding {
   let loadedEncoding = loaded.get(name)
@@ -41,8 +52,14 @@ function encoding (name: EncodingName): Encoding {
     loadedEncoding = require(`gpt-tokenizer/encoding/${name}`) as Encoding
     loadedEncoding.setMergeCacheSize(MERGE_CACHE_SIZE)
     loaded.set(name, loadedEncoding)
+    pieceCounts.set(name, new Map())
   }
   return loadedEncoding
+}
+
+/** Forgets the pieces counted so far in this process (benchmarks: the worst case, every piece new). */
+export function forgetCountedPieces (): void {
+  for (const counts of pieceCounts.values()) counts.clear()
 }
 
 /** Loads, once, the encodings of the models named (the price table's), so that no call pays for it. */
@@ -60,24 +77,24 @@ const ORDINARY = { disallowedSpecial: new Set<string>() }
 // are what the encoding's split pattern makes (a word, a run of punctuation or of spaces): one of more
 // than MAX_PIECE_BYTES counts a token a byte, which it can never exceed.
 const MAX_PIECE_BYTES = 192
-// The work of tokenizing, in units of about 0.1 us. Merging a piece the library has not cached is what
-// costs: NEW_BYTE_WEIGHT units a byte (new ASCII words, the costliest ASCII, about 0.4 us a byte) and
-// NON_ASCII_WEIGHT more for each byte past a character's first. A piece seen before in the same
-// request is in the library's merge cache (while the request has met fewer distinct pieces than the
-// cache holds): it costs PIECE_WORK, what splitting and looking it up take. Each call costs CALL_WORK
-// (the library's own overhead, about 1.5 us, whatever the text: 20,000 short messages cost their
-// calls, not their bytes), and walking a message MESSAGE_WORK (messageTokens charges it).
+// The work of tokenizing, in units of about 0.1 us. Merging a piece is what costs: NEW_BYTE_WEIGHT
+// units a byte (new ASCII words, the costliest ASCII, about 0.4 us a byte) and NON_ASCII_WEIGHT more
+// for each byte past a character's first, and NEW_PIECE_WORK for the library call that counts it (its
+// own overhead, about 0.6 us a piece). A piece met before in the same request is a lookup in the
+// request's own map: it costs PIECE_WORK, what splitting and looking it up take, whatever happened in
+// the process before. Each call of the counter costs CALL_WORK (20,000 short messages cost their calls,
+// not their bytes), and walking a message MESSAGE_WORK (messageTokens charges it).
 // Calibrated on this machine (issue 19 review rb) by the costliest shape of each unit: a piece met
-// before costs its split and lookup, up to 1.2 us for "a's" (prose: 0.2 us), and a run of combining marks
-// (one piece of 51 characters, 101 bytes) 3.9 us: PIECE_WORK, and SEEN_EXTRA_BYTE_WORK a byte past a
-// character's first, bound both.
+// before costs its split and lookup (prose: 0.2 us), and a run of combining marks (one piece of 51
+// characters, 101 bytes) 3.9 us: PIECE_WORK, and SEEN_EXTRA_BYTE_WORK a byte past a character's first,
+// bound both.
 const NON_ASCII_WEIGHT = 16
 const NEW_BYTE_WEIGHT = 4
 const PIECE_WORK = 12
+const NEW_PIECE_WORK = 8
 const SEEN_EXTRA_BYTE_WORK = 1
 const CALL_WORK = 16
 export const MESSAGE_WORK = 8
-const SEEN_PIECES = MERGE_CACHE_SIZE / 2
 const workOf = (text: string, bytes: number): number => NEW_BYTE_WEIGHT * bytes + NON_ASCII_WEIGHT * (bytes - text.length)
 /**
  * The work tokenized per request: past it, the rest of a prompt counts a token a byte (a bound). About
@@ -98,6 +115,11 @@ export interface CountTokens {
   (text: string): number
   charge: (work: number) => void
   canAfford: (work: number) => boolean
+  /**
+   * JSON texts already serialized for this request (the estimate's, by value): reused, never
+   * serialized again. Only values not changed since.
+   */
+  knownJson?: Map<unknown, string>
 }
 
 /** A counter for one request to `model` (with its budget of MAX_TOKENIZED_WORK), or null when the model's tokenizer is unknown. */
@@ -106,36 +128,45 @@ export function tokenCounter (model: string): CountTokens | null {
   if (name === null) return null
   const { countTokens } = encoding(name)
   const split = SPLIT_REGEX[name]
-  const seen = new Set<string>()
+  const counts = pieceCounts.get(name)!
+  // Each distinct piece is charged as new once a request, and remembered here: a piece met again is a
+  // lookup in this map, never a call. What a piece is charged depends on this request alone (the same
+  // request is estimated the same in any process); whether the library is called for a new piece
+  // depends on the process's map (a piece counted by an earlier request is not counted again).
+  const pieces = new Map<string, number>()
   let left = MAX_TOKENIZED_WORK
   const count = (text: string): number => {
     left -= CALL_WORK
     if (left <= 0) { left = 0; return Buffer.byteLength(text, 'utf8') }
-    // Piece by piece, by the library's own split pattern. The library merges each piece on its own, so a
-    // stretch of whole pieces counts what it counts in place; a long piece, and everything past the
-    // budget, count their bytes.
+    // Piece by piece, by the library's own split pattern. The library merges each piece on its own, so
+    // a piece counts alone what it counts in place; a long piece, and everything past the budget, count
+    // their bytes.
     let tokens = 0
-    let from = 0
-    const stretch = (to: number) => (to > from ? countTokens(text.slice(from, to), ORDINARY) : 0)
     for (const match of text.matchAll(split)) {
       const [piece] = match
-      const at = match.index
       const pieceBytes = Buffer.byteLength(piece, 'utf8')
       const long = pieceBytes > MAX_PIECE_BYTES
-      const known = !long && seen.has(piece)
-      const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (pieceBytes - piece.length) + (known || long ? 0 : workOf(piece, pieceBytes))
+      const known = long ? undefined : pieces.get(piece)
+      const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (pieceBytes - piece.length) + (known !== undefined || long ? 0 : NEW_PIECE_WORK + workOf(piece, pieceBytes))
       if (work > left) {
         left = 0
-        return tokens + stretch(at) + Buffer.byteLength(text.slice(at), 'utf8')
+        return tokens + Buffer.byteLength(text.slice(match.index), 'utf8')
       }
       left -= work
-      if (!known && !long && seen.size < SEEN_PIECES) seen.add(piece)
-      if (long) {
-        tokens += stretch(at) + pieceBytes
-        from = at + piece.length
+      if (long) tokens += pieceBytes
+      else if (known !== undefined) tokens += known
+      else {
+        let counted = counts.get(piece)
+        if (counted === undefined) {
+          counted = countTokens(piece, ORDINARY)
+          if (counts.size >= PROCESS_PIECES) counts.clear()
+          counts.set(piece, counted)
+        }
+        pieces.set(piece, counted)
+        tokens += counted
       }
     }
-    return tokens + stretch(text.length)
+    return tokens
   }
   return Object.assign(count, {
     charge: (work: number) => { left = Math.max(0, left - work) },
@@ -170,6 +201,7 @@ const TOKENS_PER_TOOL_CHOICE = 4
 // A response_format schema sits under `# Response Formats` / `## NAME`.
 const TOKENS_PER_RESPONSE_FORMAT = 12
 
+const jsonOf = (value: unknown, count: CountTokens): string => count.knownJson?.get(value) ?? JSON.stringify(value)
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
 const bytesOf = (value: unknown): number => Buffer.byteLength(JSON.stringify(value) ?? '', 'utf8')
 const textOf = (value: unknown, count: CountTokens): number => (typeof value === 'string' ? count(value) : value === undefined || value === null ? 0 : bytesOf(value))
@@ -252,8 +284,7 @@ function messageTokens (messages: unknown[], count: CountTokens): number {
     if (!count.canAfford(1)) {
       // The budget is spent: the rest at the bound of their JSON, each perhaps answering the longest
       // call name (a result counts the name of the call it answers, which its own JSON need not hold).
-      const rest = messages.slice(index)
-      return tokens + JSON_BOUND_FACTOR * bytesOf(rest) + rest.length * longestName
+      return tokens + JSON_BOUND_FACTOR * restBytes(messages, index, count) + (messages.length - index) * longestName
     }
     if (!isObject(message)) { tokens += bytesOf(message); continue }
     const { role, content, name, tool_calls: toolCalls, function_call: functionCall, tool_call_id: toolCallId, refusal, ...rest } = message
@@ -277,6 +308,27 @@ function messageTokens (messages: unknown[], count: CountTokens): number {
   return tokens
 }
 
+/**
+ * The bytes of JSON.stringify(messages.slice(from)), from the messages' JSON text when the estimate
+ * has it: its elements from the one at `from` (found by one pass over the text's characters, cheaper
+ * than serializing again), in brackets.
+ */
+function restBytes (messages: unknown[], from: number, count: CountTokens): number {
+  const text = count.knownJson?.get(messages)
+  if (text === undefined) return bytesOf(messages.slice(from))
+  if (from === 0) return Buffer.byteLength(text, 'utf8')
+  let element = 0
+  let depth = 0
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i)
+    if (code === 34) i = endOfString(text, i)
+    else if (code === 123 || code === 91) depth++
+    else if (code === 125 || code === 93) depth--
+    else if (code === 44 && depth === 1 && ++element === from) return 2 + Buffer.byteLength(text.slice(i + 1, text.length - 1), 'utf8')
+  }
+  return bytesOf(messages.slice(from))
+}
+
 function asFunctionDefinitions (definitions: unknown[]): ChatCompletionFunctionDefinition[] {
   return definitions.flatMap((definition) => {
     const fn = isObject(definition) && definition.type === 'function' && isObject(definition.function) ? definition.function : definition
@@ -291,7 +343,7 @@ function asFunctionDefinitions (definitions: unknown[]): ChatCompletionFunctionD
 // heading and an allowance a tool.
 function definitionTokens (definitions: unknown, count: CountTokens): number {
   if (!Array.isArray(definitions)) return TOKENS_PER_DEFINITIONS + bytesOf(definitions)
-  const text = JSON.stringify(definitions)
+  const text = jsonOf(definitions, count)
   const bytes = Buffer.byteLength(text, 'utf8')
   // Rendering the namespace takes time in proportion too (15 to 70 ms for 1 MB, 0.02 to 0.07 us a
   // byte): only within the budget, charged per byte like any JSON walk.
@@ -312,7 +364,7 @@ function definitionTokens (definitions: unknown, count: CountTokens): number {
 
 /** A parsed value's JSON, counted: its serialization charged a unit a byte, and past the budget a token a byte. */
 function jsonTokens (value: unknown, count: CountTokens): number {
-  const text = JSON.stringify(value)
+  const text = jsonOf(value, count)
   count.charge(JSON_BYTE_WORK * text.length)
   return count(text)
 }
