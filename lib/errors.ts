@@ -19,6 +19,11 @@ export class InvalidFieldError extends ValidationError {
 // @fastify/error's instanceof matches by code, so these say what they are in `gateCode`: the code of
 // the gate's OpenAI-style 400.
 /** A model the price table does not know under any of its names (the gate answers 400 model_not_priced). */
+/** A caller's value (a type field) quoted in a refusal; never its String(), which a value like { toString: false } makes throw. */
+export function quoted (value: unknown): string {
+  return typeof value === 'string' ? `'${value.slice(0, 64)}'` : `a value of type ${value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value}`
+}
+
 export class ModelNotPricedError extends InvalidFieldError {
   readonly gateCode = 'model_not_priced'
 }

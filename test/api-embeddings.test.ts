@@ -39,13 +39,14 @@ const PROSE = [
   'Lorem ipsum dolor sit amet, consectetur adipiscing elit. '.repeat(100)
 ]
 
-t.test('the catalog does not price OpenAI\'s embedding models; a price-table entry with output "0" does', async (t) => {
-  // genai-prices finds OpenAI models by name only if they start gpt-, o1/o3/o4 or are whisper-1, so a
-  // bare 'text-embedding-3-small' finds no provider; and its entry there has no output rate, which
-  // assessCatalogModel refuses ("rates that cannot be stored exactly").
-  const catalogOnly = createPriceBook(DEFAULT_PRICES)
-  t.equal(catalogOnly.resolve(small), null)
-  t.same(refusal(embed(), catalogOnly), { kind: 'model_not_priced', field: 'model' })
+t.test('the catalog prices OpenAI\'s embedding models (input only, output 0); a price-table entry with output "0" does too', async (t) => {
+  // genai-prices finds OpenAI models by name only if they start gpt-, o1/o3/o4 or are whisper-1: the
+  // catalog looks embedding models up under their provider, and gives them an output rate of 0.
+  const catalogOnly = createPriceBook({})
+  t.same(catalogOnly.resolve(small)?.price.input, '0.02')
+  t.same(catalogOnly.resolve(small)?.price.output, '0')
+  t.same(estimateEmbeddingCost({ model: small, input: Array.from({ length: 1000 }, (_, i) => i) }, catalogOnly), { model: small, amount: '0.00002', tokens: 1000 })
+  t.equal(catalogOnly.resolve('text-embedding-4-imaginary'), null, 'a name the catalog does not know stays unpriced')
   t.equal(checkPriceTable(EMBEDDING_PRICES), null, 'an embedding entry: input rate, output 0')
   t.same(book.resolve(small)?.price, EMBEDDING_PRICES[small])
   // 1000 tokens at $0.02 per 1M.
@@ -63,16 +64,26 @@ t.test('a per-request fee is added once; the model argument (a downgrade) prices
 })
 
 t.test('strings: never under OpenAI\'s count, by bytes for models without a known tokenizer', async (t) => {
-  t.equal(tokenCounter(small), null, 'tokens.ts does not know the embedding models\' encoding')
+  const other = 'mistral-embed'
+  t.equal(tokenCounter(other), null, 'a model whose tokenizer tokens.ts does not know')
   for (const text of PROSE) {
-    const bound = worstCaseEmbeddingTokens({ model: small, input: text })
+    const bound = worstCaseEmbeddingTokens({ model: other, input: text })
     t.ok(bound >= openAITokens(text), `${JSON.stringify(text.slice(0, 30))}: ${bound} >= ${openAITokens(text)}`)
     t.equal(bound, Buffer.byteLength(text, 'utf8') + 4, 'a token a byte, and the input\'s allowance')
   }
-  const all = worstCaseEmbeddingTokens({ model: small, input: PROSE })
+  const all = worstCaseEmbeddingTokens({ model: other, input: PROSE })
   t.ok(all >= PROSE.reduce((sum, text) => sum + openAITokens(text), 0))
   t.equal(all, PROSE.reduce((sum, text) => sum + Buffer.byteLength(text, 'utf8') + 4, 0))
-  t.equal(estimateEmbeddingCost({ model: small, input: PROSE }, book).tokens, all)
+})
+
+t.test('strings: OpenAI\'s embedding models count by cl100k_base, their own encoding', async (t) => {
+  t.not(tokenCounter(small), null)
+  for (const text of PROSE) {
+    const bound = worstCaseEmbeddingTokens({ model: small, input: text })
+    t.ok(bound >= openAITokens(text), `${JSON.stringify(text.slice(0, 30))}: ${bound} >= ${openAITokens(text)}`)
+    t.ok(bound <= openAITokens(text) + 4 || text.length > 1000, 'tight for short text')
+  }
+  t.equal(estimateEmbeddingCost({ model: small, input: PROSE[0] }, book).tokens, openAITokens(PROSE[0]!) + 4)
 })
 
 t.test('strings: by the tokenizer, for a model whose tokenizer tokens.ts knows (a table entry named for it)', async (t) => {

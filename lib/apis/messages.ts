@@ -20,7 +20,7 @@
 // - Usage: the cache-creation breakdown (ephemeral_5m/1h) prices the writes; without one, every written
 //   token is a 5-minute write (Anthropic answers with the breakdown wherever a 1-hour ttl exists). A
 //   total and a breakdown that disagree are reconciled upward, never down.
-import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../errors.js'
+import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError, quoted } from '../errors.js'
 import { MAX_NESTING, walkForDepthOrKey } from '../json-limits.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
 import type { CostEstimate } from '../services/estimate.js'
@@ -80,11 +80,6 @@ function isObject (value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
-/** A caller's type field, quoted in a refusal; never its String(), which a value like { toString: false } makes throw. */
-function named (type: unknown): string {
-  return typeof type === 'string' ? `'${type.slice(0, 64)}'` : `a type of ${type === null ? 'null' : Array.isArray(type) ? 'array' : typeof type}`
-}
-
 function bytesOf (value: unknown): number {
   return Buffer.byteLength(JSON.stringify(value) ?? '', 'utf8')
 }
@@ -128,7 +123,7 @@ function boundMessages (body: Record<string, unknown>, price: ModelPrice): Messa
     if (typeof type !== 'string' || !allowed.has(type)) {
       throw new UnboundedFieldError(`${path}.type`, type === 'document'
         ? 'is a document, and Anthropic documents no token bound for one'
-        : `${named(type)} blocks cannot be bounded by the budget gate`)
+        : `${quoted(type)} blocks cannot be bounded by the budget gate`)
     }
     onlyFields(value, BLOCK_FIELDS[type]!, path)
     mark(value.cache_control, `${path}.cache_control`)
@@ -196,8 +191,8 @@ function checkTool (tool: Record<string, unknown>, path: string): void {
   if (type !== undefined && type !== null && type !== 'custom') {
     const name = typeof type === 'string' ? type : ''
     throw new UnboundedFieldError(`${path}.type`, SERVER_TOOL.test(name)
-      ? `${named(type)} is a server tool: its results become input tokens with no documented bound (max_uses bounds its fee, not its tokens)`
-      : `${named(type)} is an Anthropic-defined tool, whose definition adds system-prompt tokens the budget gate does not bound: define it as a custom tool`)
+      ? `${quoted(type)} is a server tool: its results become input tokens with no documented bound (max_uses bounds its fee, not its tokens)`
+      : `${quoted(type)} is an Anthropic-defined tool, whose definition adds system-prompt tokens the budget gate does not bound: define it as a custom tool`)
   }
   onlyFields(tool, CUSTOM_TOOL_FIELDS, path)
   if (typeof tool.name !== 'string') throw new InvalidFieldError(`${path}.name`, 'must be a string')
@@ -209,7 +204,7 @@ function checkThinking (thinking: unknown, maxTokens: number): void {
   if (!isObject(thinking)) throw new InvalidFieldError('thinking', "must be { type: 'enabled', budget_tokens } or { type: 'adaptive' | 'disabled' }")
   if (thinking.type === 'disabled') return onlyFields(thinking, new Set(['type']), 'thinking')
   if (thinking.type === 'adaptive') return onlyFields(thinking, new Set(['type', 'display']), 'thinking')
-  if (thinking.type !== 'enabled') throw new UnboundedFieldError('thinking.type', `${named(thinking.type)} thinking cannot be bounded by the budget gate`)
+  if (thinking.type !== 'enabled') throw new UnboundedFieldError('thinking.type', `${quoted(thinking.type)} thinking cannot be bounded by the budget gate`)
   onlyFields(thinking, new Set(['type', 'budget_tokens', 'display']), 'thinking')
   const budget = thinking.budget_tokens
   if (!Number.isSafeInteger(budget) || (budget as number) < 1 || (budget as number) >= maxTokens) {

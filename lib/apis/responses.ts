@@ -14,7 +14,7 @@
 //   later) are refused as unbounded; a bounded field set to null is the same as absent.
 // - reasoning (effort, summary) is accepted: reasoning tokens, summaries included, are output tokens
 //   under max_output_tokens. include only adds to what the response shows, not to what is billed.
-import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../errors.js'
+import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError, quoted } from '../errors.js'
 import { MAX_NESTING, walkForDepthOrKey } from '../json-limits.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
 import type { CostEstimate } from '../services/estimate.js'
@@ -50,7 +50,6 @@ const TOKENS_PER_REPLY = 3
 const isObject = (value: unknown): value is Json => typeof value === 'object' && value !== null && !Array.isArray(value)
 const present = (value: unknown): boolean => value !== undefined && value !== null
 /** A value for a message: a string quoted, anything else by its kind (String() throws on an object whose toString is not a function). */
-const named = (value: unknown): string => (typeof value === 'string' ? `'${value}'` : value === null ? 'null' : Array.isArray(value) ? 'a list' : typeof value === 'object' ? 'an object' : `'${String(value)}'`)
 const bytesOf = (value: unknown): number => Buffer.byteLength(JSON.stringify(value) ?? '', 'utf8')
 
 /** What bounds a call: its input tokens and the output limit it asks for (0: none). */
@@ -104,7 +103,7 @@ function readPart (part: unknown, path: string, price: ModelPrice, read: ReadInp
     case 'input_file':
       throw new UnboundedFieldError(path, 'is a file, whose input tokens have no documented bound')
     default:
-      throw new UnboundedFieldError(`${path}.type`, `${named(part.type)} parts cannot be bounded by the budget gate`)
+      throw new UnboundedFieldError(`${path}.type`, `${quoted(part.type)} parts cannot be bounded by the budget gate`)
   }
 }
 
@@ -190,7 +189,7 @@ function readInput (body: Json, price: ModelPrice): ReadInput {
       case 'item_reference':
         throw new UnboundedFieldError(path, 'refers to a stored item, whose input the budget gate cannot see or bound')
       default:
-        throw new UnboundedFieldError(`${path}.type`, `${named(type)} items cannot be bounded by the budget gate`)
+        throw new UnboundedFieldError(`${path}.type`, `${quoted(type)} items cannot be bounded by the budget gate`)
     }
   }
   return read
@@ -210,7 +209,7 @@ function readTools (body: Json): Json[] | null {
     const path = `tools.${index}`
     if (!isObject(tool)) throw new InvalidFieldError(path, 'must be an object')
     if (tool.type !== 'function') {
-      throw new UnboundedFieldError(`${path}.type`, `${named(tool.type)} tools run at the provider, and their results are input of later steps with no documented bound (max_tool_calls does not bound them): only 'function' tools are accepted`)
+      throw new UnboundedFieldError(`${path}.type`, `${quoted(tool.type)} tools run at the provider, and their results are input of later steps with no documented bound (max_tool_calls does not bound them): only 'function' tools are accepted`)
     }
     checkFields(tool, ['type', 'name', 'description', 'parameters', 'strict'], path)
     const { type: _type, ...definition } = tool
@@ -231,7 +230,7 @@ function checkToolChoice (choice: unknown): void {
   }
   if (!isObject(choice)) throw new InvalidFieldError('tool_choice', 'must be a string or an object')
   if (typeof choice.type !== 'string' || !TOOL_CHOICE_TYPES.has(choice.type)) {
-    throw new UnboundedFieldError('tool_choice.type', `${named(choice.type)} names a tool that runs at the provider: only function tools are accepted`)
+    throw new UnboundedFieldError('tool_choice.type', `${quoted(choice.type)} names a tool that runs at the provider: only function tools are accepted`)
   }
 }
 

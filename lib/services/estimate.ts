@@ -1,7 +1,7 @@
 // The cost of an OpenAI-style chat call: its worst case before it leaves (what the gate reserves), and
 // its actual cost from the provider's usage after. The worst case is an upper bound on what the
 // upstream can bill; a request field that could make the bill larger than the bound is refused.
-import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../errors.js'
+import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError, quoted } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
 import { MAX_NESTING, jsonTextShape, pathOfKey, walkForDepthOrKey } from '../json-limits.js'
 import { injectedPromptTokens } from './injected-tokens.js'
@@ -115,7 +115,7 @@ function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): 
         const type = (part as { type?: unknown } | null)?.type
         if (type === 'text' || type === 'refusal') return part
         const field = `messages.${index}.content.${partIndex}`
-        if (type !== 'image_url') throw new UnboundedFieldError(`${field}.type`, `'${String(type)}' parts cannot be bounded by the budget gate`)
+        if (type !== 'image_url') throw new UnboundedFieldError(`${field}.type`, `${quoted(type)} parts cannot be bounded by the budget gate`)
         if (price.maxImageTokens === undefined) throw new UnboundedFieldError(field, 'is an image, and the price table gives this model no image bound')
         images++
         return { type } // counted below at the model's worst case, not by the bytes of its URL
@@ -193,7 +193,7 @@ function checkFunctionTools (body: ChatRequestShape): void {
       if (typeof definition !== 'object' || definition === null || Array.isArray(definition)) throw new InvalidFieldError(`${field}.${index}`, 'must be an object')
       const type = (definition as { type?: unknown }).type
       if (field === 'tools' ? type !== 'function' : type !== undefined && type !== 'function') {
-        throw new UnboundedFieldError(`${field}.${index}.type`, `'${String(type)}' tools run at the provider, billed past what the budget gate can bound: only 'function' tools are accepted`)
+        throw new UnboundedFieldError(`${field}.${index}.type`, `${quoted(type)} tools run at the provider, billed past what the budget gate can bound: only 'function' tools are accepted`)
       }
     }
   }

@@ -121,6 +121,9 @@ const EXPLICIT_CACHE_WRITES = new Set(['anthropic', 'google'])
 const CACHE_WRITE_KEY = 'cache_write_mtok'
 const CACHE_WRITE_1H_KEY = 'cache_write_1h_mtok'
 
+/** OpenAI's embedding models: input only, so the catalog gives them no output rate (their output costs 0). */
+const EMBEDDING_MODEL = /^text-embedding-(?:3-small|3-large|ada-002)(?:-|$)/
+
 /** Resolutions of names whose prices never change, kept; bounded, since names come from callers. */
 const CACHE_LIMIT = 1024
 const fixed = new Map<string, CatalogEntry | null>()
@@ -135,6 +138,9 @@ export function catalogEntry (name: string, at: Date): CatalogEntry | null {
   try {
     // Empty usage: only the model and the prices in force at `at` are read, never the library's float totals.
     found = calcPrice({}, name, { timestamp: at })
+    // The catalog finds OpenAI's models by name alone only when they start gpt-, o1, o3 or o4: its
+    // embedding models are looked up under their provider.
+    if (found === null && EMBEDDING_MODEL.test(name)) found = calcPrice({}, name, { providerId: 'openai', timestamp: at })
   } catch {
     return null
   }
@@ -183,7 +189,8 @@ function exactPrice (id: string, rates: CatalogPrice, contextWindow: number | un
   if (write === null) return null
   const fresh = exactRate(rates[TOKEN_KEYS.input])
   const input = fresh === null || write === undefined ? fresh : higherRate(fresh, write)
-  const output = exactRate(rates[TOKEN_KEYS.output])
+  // An embedding model bills input alone: the catalog lists no output rate, and its output costs nothing.
+  const output = rates[TOKEN_KEYS.output] === undefined && EMBEDDING_MODEL.test(id) ? exactRate(0) : exactRate(rates[TOKEN_KEYS.output])
   const cachedInput = rates[TOKEN_KEYS.cachedInput] === undefined ? undefined : exactRate(rates[TOKEN_KEYS.cachedInput])
   // Where writes happen only on request, their own rates, for the calls that ask (Anthropic's cache_control).
   const cacheWrite = writesAutomatically || rates[CACHE_WRITE_KEY] === undefined ? undefined : exactRate(rates[CACHE_WRITE_KEY])

@@ -11,7 +11,7 @@ export type EncodingName = 'o200k_base' | 'cl100k_base'
 // order: gpt-4o and gpt-4.1 would otherwise match cl100k's gpt-4.
 const ENCODINGS: Array<[RegExp, EncodingName]> = [
   [/^(?:gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5(?:\.\d+)?|o[134])(?:-|$)/, 'o200k_base'],
-  [/^(?:gpt-4|gpt-3\.5-turbo)(?:-|$)/, 'cl100k_base']
+  [/^(?:gpt-4|gpt-3\.5-turbo|text-embedding-(?:3-small|3-large|ada-002))(?:-|$)/, 'cl100k_base']
 ]
 
 /** The tokenizer OpenAI uses for `model`, or null when it is not one of OpenAI's chat models whose tokenizer is known. */
