@@ -16,10 +16,11 @@ const expected: Record<string, RegExp> = {
   define: /^Acme > Platform 2000$/,
   gate: /^200 0\.\d+ 402 budget_exceeded$/,
   status: /^12\.5 87\.5 12\.5 normal$/,
-  alerts: /^Budget 'Platform' crossed 50% \(60 of 100 USD\): notify$/
+  alerts: /^Budget 'Platform' crossed 50% \(60 of 100 USD\): notify$/,
+  apis: /^\/v1\/chat\/completions 200, \/v1\/responses 200, \/v1\/messages 200, \/v1\/embeddings 200 \| 402 billing_error$/
 }
 
-t.same(recipes.map((recipe) => recipe.name), Object.keys(expected), 'the README has the five recipes')
+t.same(recipes.map((recipe) => recipe.name), Object.keys(expected), 'the README has the six recipes')
 
 for (const { name, code } of recipes) {
   t.test(`the README recipe "${name}" runs`, async (t) => {
