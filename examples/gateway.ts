@@ -169,6 +169,7 @@ process.stdout.write([
   `  admin API:   ${address}/api/v1/budgets   (documented at ${address}/docs)`,
   `  dashboard:   ${address}/api/v1/budgets/ui   (type the admin token)`,
   `  metrics:     ${address}/metrics   (Prometheus, behind the admin token)`,
+  `  channels:    ${app.budgetNotifications.channels().map((channel) => `${channel.name} (${[channel.kind, channel.url ?? channel.smtpHost].filter(Boolean).join(' ')})`).join(', ') || 'none: budgets can name no notification channel (set NOTIFY_CHANNELS)'}`,
   `  model calls: ${address}/v1/chat/completions (${process.env.UPSTREAM_URL === undefined ? 'mock provider' : `upstream ${process.env.UPSTREAM_URL}`})`,
   gatewayKeys === null
     ? '  callers:     scopes from x-relay-* headers, trusted as sent (set GATEWAY_KEYS to require API keys)'
