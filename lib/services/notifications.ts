@@ -89,7 +89,7 @@ export function testEmail (event: TestEvent, dashboardUrl?: string): { subject: 
   }
 }
 
-/** A channel: resolves when delivered, throws when not (and the delivery is retried). `event.type` tells a crossing from a digest. */
+/** A channel: resolves when delivered, throws when not (and the delivery is retried). `event.type` tells a crossing, a digest and an operator's test (budget.test) apart. */
 export interface Notifier {
   deliver: (event: BudgetEvent) => Promise<void>
 }
