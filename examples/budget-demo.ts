@@ -10,7 +10,7 @@ import { startEmbeddedPostgres } from './embedded-postgres.js'
 const dataDir = await mkdtemp(join(tmpdir(), 'relaycore-budget-demo-'))
 const embedded = process.env.DATABASE_URL === undefined ? await startEmbeddedPostgres({ dataDir, persistent: false }) : null
 const app = Fastify()
-await app.register(budgets, { database: process.env.DATABASE_URL ?? embedded!.url, authorize: () => true })
+await app.register(budgets, { database: process.env.DATABASE_URL ?? embedded!.url, authorize: () => true, notifications: { channels: { email: { type: 'log' }, slack: { type: 'log' } } } })
 await app.ready()
 const { budgetRegistry, budgetTracker } = app
 const print = (title: string, value: unknown) => { process.stdout.write(`\n== ${title}\n${JSON.stringify(value, null, 2)}\n`) }

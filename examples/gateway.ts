@@ -123,9 +123,12 @@ app.server.on('request', (_request, response: ServerResponse) => {
 // NOTIFY_CHANNELS="slack=https://hooks.slack.com/services/…,email=smtp://127.0.0.1:2525?from=budgets@example.com&to=ops@example.com":
 // channels by the names budgets use (a comma starts a new one only before `name=`, so an email
 // channel's recipients can be a comma-separated list): a webhook, or email over SMTP for smtp:// or smtps://.
-const channels = Object.fromEntries((process.env.NOTIFY_CHANNELS ?? '').split(/,(?=\s*[\w-]+=)/).filter((entry) => entry.trim() !== '').map((entry) => {
+// `name=log` writes the notifications to the log. Unset, `email` and `slack` are log channels, so that
+// the quick start's budget (whose alerts name them) is accepted as written.
+const channels = Object.fromEntries((process.env.NOTIFY_CHANNELS ?? 'email=log,slack=log').split(/,(?=\s*[\w-]+=)/).filter((entry) => entry.trim() !== '').map((entry) => {
   const [name = '', url = ''] = entry.split(/=(.*)/s)
   const target = url.trim()
+  if (target === 'log') return [name.trim(), { type: 'log' as const }]
   return [name.trim(), /^smtps?:\/\//.test(target) ? { type: 'email' as const, url: target } : { type: 'webhook' as const, url: target }]
 }))
 // OpenAPI from the routes' own TypeBox schemas: JSON at /docs/json, a browsable UI at /docs.
@@ -187,6 +190,7 @@ process.stdout.write([
   `  admin API:   ${address}/api/v1/budgets   (documented at ${address}/docs)`,
   `  dashboard:   ${address}/api/v1/budgets/ui   (type the admin token)`,
   `  metrics:     ${address}/metrics   (Prometheus, behind the admin token)`,
+  `  channels:    ${app.budgetNotifications.channels().map((channel) => `${channel.name} (${[channel.kind, channel.url ?? channel.smtpHost].filter(Boolean).join(' ')})`).join(', ') || 'none: budgets can name no notification channel (set NOTIFY_CHANNELS)'}`,
   '  model calls:',
   ...MODEL_ROUTES.map((route) => `    ${`${address}${route.url}`.padEnd(address.length + 22)} ${route.upstream === undefined ? 'mock provider' : `upstream ${route.upstream}`}`),
   gatewayKeys === null

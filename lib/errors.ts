@@ -107,3 +107,14 @@ export class NoApplicableBudgetError extends createError('BUDGET_ERR_NO_APPLICAB
 
 // Alerts
 export const AlertNotFoundError = createError('BUDGET_ERR_ALERT_NOT_FOUND', "Alert '%s' not found on budget '%s'", 404)
+
+// Notification channels
+/** A budget names a channel the plugin's notifications.channels does not configure: its alerts would go nowhere. */
+export class UnknownChannelError extends createError('BUDGET_ERR_UNKNOWN_CHANNEL', "Invalid '%s': no notification channel '%s' is configured (configured: %s)", 400) {
+  readonly field: string
+  constructor (field: string, readonly channel: string, configured: string[]) {
+    super(field, channel, configured.length === 0 ? 'none' : configured.map((name) => `'${name}'`).join(', '))
+    this.field = field
+  }
+}
+export const ChannelNotFoundError = createError('BUDGET_ERR_CHANNEL_NOT_FOUND', "No notification channel '%s' is configured", 404)

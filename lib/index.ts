@@ -31,6 +31,7 @@ import { createBudgetMetrics, type BudgetMetrics } from './services/metrics.js'
 import { createBudgetAudit } from './services/audit.js'
 import { createSpendReports } from './services/reports.js'
 import { createExchangeRates } from './services/exchange-rates.js'
+import { createChannelTests } from './services/channels.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -100,7 +101,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   // Writes of the admin API run in bounded transactions, on a connection of their own (never queued behind
   // the gate's statements), cut at adminTimeoutMs by PostgreSQL and rolled back (lib/database/bounded.ts).
   const inBoundedTransaction = boundedTransaction(sql, adminTimeoutMs)
-  const budgetRegistry = createBudgetRegistry(withBoundedBegin(sql, adminTimeoutMs), { modelName, onChange: () => { forgetLines() } })
+  const budgetRegistry = createBudgetRegistry(withBoundedBegin(sql, adminTimeoutMs), { modelName, onChange: () => { forgetLines() }, channels: Object.keys(notifications.channels) })
   const trackerOptions = { statusCacheTtlMs, now: () => new Date(), modelName }
   const budgetTracker = createBudgetTracker(repositories, trackerOptions)
   const recordUsage: RecordUsage = async (request, recordOptions) =>
@@ -156,7 +157,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const setRate: typeof rates.setRate = async (...args) =>
     await inBoundedTransaction(async (tx) => await createExchangeRates(createRepositories(tx).exchangeRates, () => new Date()).setRate(...args))
   await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, collector: usageCollector, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit),
-    reports: createSpendReports(repositories.reports, () => new Date()), rates: { ...rates, setRate }, recordUsage, timeoutMs: adminTimeoutMs })
+    reports: createSpendReports(repositories.reports, () => new Date()), rates: { ...rates, setRate }, channels: createChannelTests(budgetNotifications, inBoundedTransaction, adminTimeoutMs), recordUsage, timeoutMs: adminTimeoutMs })
   // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
   if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })
 }

@@ -498,8 +498,8 @@ export type ActiveAlert = Static<typeof ActiveAlert>
 
 export const AuditEntry = Type.Object({
   id: Type.String({ description: 'Increases with each entry.' }),
-  budgetId: Nullable(Type.String({ format: 'uuid', description: 'Null for an exchange rate set (set-exchange-rate): before is the rate it replaced at the same instant, or null; after is the rate set.' })),
-  action: StringEnum(['create', 'update', 'delete', 'approve', 'acknowledge', 'refresh-cache', 'set-exchange-rate'] as const),
+  budgetId: Nullable(Type.String({ format: 'uuid', description: 'Null for an exchange rate set (set-exchange-rate): before is the rate it replaced at the same instant, or null; after is the rate set. Null for a channel tested (test-channel): after is the channel and the outcome.' })),
+  action: StringEnum(['create', 'update', 'delete', 'approve', 'acknowledge', 'refresh-cache', 'set-exchange-rate', 'test-channel'] as const),
   changes: Type.Array(Type.String(), { description: 'For an update, the fields it changed (currency, parentId, amount, ...).' }),
   before: Type.Unknown({ description: 'The budget (or numbers) before the change; null for a create.' }),
   after: Type.Unknown({ description: 'The budget (or the approval, acknowledgement or refreshed numbers) after it; null for a delete.' }),
@@ -569,4 +569,22 @@ export const ExchangeRateQuery = Type.Object({
   to: Type.Optional(CurrencyCode),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 100 })),
   cursor: Type.Optional(Type.String({ maxLength: 40, description: 'nextCursor of the previous page.' }))
+}, { additionalProperties: false })
+
+// Notification channels
+
+export const ChannelInfo = Type.Object({
+  name: Type.String({ description: 'The name budgets use in notificationChannels and digest.channels.' }),
+  kind: StringEnum(['webhook', 'email', 'log', 'custom'] as const, { description: 'custom: a notifier the host passed in (an object with deliver()).' }),
+  url: Type.Optional(Type.String({ description: 'webhook: the endpoint\'s scheme and host only (its path, query and credentials can hold the secret).' })),
+  timeoutMs: Type.Optional(Type.Integer({ description: 'webhook: how long a delivery waits for the endpoint.' })),
+  smtpHost: Type.Optional(Type.String({ description: 'email: the SMTP server\'s host and port, without its user and password.' })),
+  tls: Type.Optional(Type.Boolean({ description: 'email: TLS from the start (smtps://).' })),
+  recipients: Type.Optional(Type.Integer({ description: 'email: how many addresses each message goes to.' }))
+}, { additionalProperties: false })
+export const ChannelList = Type.Object({ channels: Type.Array(ChannelInfo) })
+export const ChannelParams = Type.Object({ name: Type.String({ minLength: 1, maxLength: 500, description: 'The channel\'s name, as in notifications.channels.' }) })
+export const ChannelTestResult = Type.Object({
+  delivered: Type.Boolean({ description: 'True once the channel accepted the test: a webhook answered 2xx, an SMTP server took the message.' }),
+  error: Type.Optional(Type.String({ description: 'When not delivered: why (the endpoint\'s status, a refusal, no answer within the channel\'s timeout).' }))
 }, { additionalProperties: false })

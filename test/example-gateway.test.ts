@@ -9,8 +9,12 @@ import { createTestDatabase } from './fixtures/database.js'
 import { startGatewayProcess, type GatewayProcess } from './fixtures/gateway-process.js'
 
 /** Starts `npm start`'s script the way a new user would: no DATABASE_URL, no ADMIN_TOKEN. */
+// Nothing listens at either: no usage is recorded, so nothing is sent.
+const SEED_CHANNELS = 'slack=http://127.0.0.1:9/services/T000/B000/hook-secret,email=smtp://mailer:smtp-secret@127.0.0.1:9?from=budgets@example.com&to=ops@example.com,cfo@example.com'
+
 async function startGateway (dataDir: string) {
-  return await startGatewayProcess({ BUDGETS_DATA_DIR: dataDir, DATABASE_URL: undefined, ADMIN_TOKEN: undefined })
+  // The seed's example names the channels email and slack: a budget may name only configured channels.
+  return await startGatewayProcess({ BUDGETS_DATA_DIR: dataDir, DATABASE_URL: undefined, ADMIN_TOKEN: undefined, NOTIFY_CHANNELS: SEED_CHANNELS })
 }
 
 t.test('npm start with no DATABASE_URL: embedded PostgreSQL, a printed token, and budgets that survive a restart', async (t) => {
@@ -19,6 +23,9 @@ t.test('npm start with no DATABASE_URL: embedded PostgreSQL, a printed token, an
 
   const first = await startGateway(dataDir)
   t.teardown(async () => await first.stop())
+  const channels = first.banner.find((line) => line.trimStart().startsWith('channels:'))
+  t.match(channels, /channels: +slack \(webhook http:\/\/127\.0\.0\.1:9\), email \(email 127\.0\.0\.1:9\)/, 'the banner lists the channels')
+  t.notMatch(channels, /secret|mailer|T000/, 'without their secrets')
   const body = seedBudgetRequest()
   const unauthorized = await fetch(`${first.url}${PREFIX}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
   t.equal(unauthorized.status, 401, 'the admin API wants the token')

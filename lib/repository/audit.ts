@@ -2,7 +2,7 @@
 // transaction), and read newest first, a page at a time (keyset on the entry's id).
 import type { Db } from './budgets.js'
 
-export type AuditAction = 'create' | 'update' | 'delete' | 'approve' | 'acknowledge' | 'refresh-cache' | 'set-exchange-rate'
+export type AuditAction = 'create' | 'update' | 'delete' | 'approve' | 'acknowledge' | 'refresh-cache' | 'set-exchange-rate' | 'test-channel'
 
 /** Who made a change and in which request: authorize's name, and Fastify's request id (null from the library). */
 export interface AuditContext {
@@ -12,7 +12,7 @@ export interface AuditContext {
 
 export interface AuditEntry {
   id: string
-  /** Null for a change that is no budget's: an exchange rate set (set-exchange-rate). */
+  /** Null for an action that is no budget's: an exchange rate set (set-exchange-rate), a channel tested (test-channel). */
   budgetId: string | null
   action: AuditAction
   changes: string[]

@@ -11,8 +11,10 @@ import type { SpendReports } from '../services/reports.js'
 import type { BudgetRegistry } from '../services/registry.js'
 import type { BudgetTracker } from '../services/tracker.js'
 import type { UsageCollector } from '../services/collector.js'
+import type { ChannelTests } from '../services/channels.js'
 import { alertRoutes } from './alerts.js'
 import { budgetRoutes } from './budgets.js'
+import { channelRoutes } from './channels.js'
 import { handleError } from './error-handler.js'
 import { metricsRoutes } from './metrics.js'
 import { auditRoutes } from './audit.js'
@@ -32,6 +34,8 @@ export interface AdminRoutesOptions {
   audit: BudgetAudit
   reports: SpendReports
   rates: ExchangeRates
+  /** The notification channels: GET /channels and POST /channels/:name/test. */
+  channels: ChannelTests
   /** Records one usage in a bounded transaction (lib/database/bounded.ts): POST /:id/usage. */
   recordUsage: RecordUsage
   /** The longest an admin request may take (the plugin's adminTimeoutMs). */
@@ -53,7 +57,7 @@ export function adminGuard (authorize: Authorize) {
   }
 }
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, recordUsage, timeoutMs }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
   // A database that neither answers nor refuses (connections that never open in an outage) must not
@@ -83,4 +87,5 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   await app.register(auditRoutes, { audit })
   await app.register(reportRoutes, { reports })
   await app.register(exchangeRateRoutes, { rates })
+  await app.register(channelRoutes, { channels })
 }

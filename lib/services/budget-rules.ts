@@ -1,5 +1,5 @@
 // The registry's rules for one budget and for a parent-child pair; pure, so every rule is tested without I/O.
-import { CurrencyMismatchError, ExceedsParentError, InvalidFieldError } from '../errors.js'
+import { CurrencyMismatchError, ExceedsParentError, InvalidFieldError, UnknownChannelError } from '../errors.js'
 import { compareMoney, numberToDecimal, parseMoney, parsePositiveMoney } from '../money.js'
 import type { BudgetValues } from '../repository/budgets.js'
 import { checkTags } from '../tags.js'
@@ -186,5 +186,22 @@ export function checkChildFitsParent (child: Described, parent: Described): void
   }
   if (periodLength(child) > periodLength(parent)) {
     throw new ExceedsParentError('period', `Budget '${child.name}' has a ${child.period} period, longer than its parent '${parent.name}' ${parent.period} period`)
+  }
+}
+
+/**
+ * Every channel the request names (its alerts' notificationChannels, its digest's channels) is one the
+ * plugin configures: a name with no channel would take the alert nowhere. Only what the request names
+ * is checked, so an update that leaves a stored budget's channels alone still applies to it.
+ */
+export function checkChannels (request: Pick<CreateBudgetRequest, 'alerts' | 'digest'>, configured: readonly string[]): void {
+  const known = new Set(configured)
+  const named: Array<[string, unknown]> = [
+    ...(Array.isArray(request.alerts) ? request.alerts : []).flatMap((alert, index) =>
+      (Array.isArray(alert?.notificationChannels) ? alert.notificationChannels : []).map((channel, at): [string, unknown] => [`alerts.${index}.notificationChannels.${at}`, channel])),
+    ...(Array.isArray(request.digest?.channels) ? request.digest.channels : []).map((channel, at): [string, unknown] => [`digest.channels.${at}`, channel])
+  ]
+  for (const [field, channel] of named) {
+    if (typeof channel === 'string' && !known.has(channel)) throw new UnknownChannelError(field, channel, [...known])
   }
 }

@@ -2,6 +2,7 @@
 // email over SMTP (nodemailer), or the log. The queue is budget_notification_outbox, written in the crossing's (or
 // the digest's) own transaction, so a crash loses nothing; retries back off exponentially; a delivery the endpoint
 // answered 2xx is never repeated. The same loop makes the digests that are due (lib/services/digests.ts).
+import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import nodemailer from 'nodemailer'
 import type { Sql } from 'postgres'
@@ -46,14 +47,49 @@ export interface DigestEvent {
   createdAt: string
 }
 
-export type BudgetEvent = AlertEvent | DigestEvent
-
-/** The id a receiver drops a repeat by: the crossing's or the digest's. */
-export function eventId (event: BudgetEvent): string {
-  return event.type === 'budget.digest' ? event.digestId : event.alertId
+/** A test an operator sent through one channel (POST {prefix}/channels/{name}/test): no budget crossed anything. */
+export interface TestEvent {
+  type: 'budget.test'
+  /** Slack incoming webhooks show this. */
+  text: string
+  testId: string
+  channel: string
+  sentAt: string
 }
 
-/** A channel: resolves when delivered, throws when not (and the delivery is retried). `event.type` tells a crossing from a digest. */
+export type BudgetEvent = AlertEvent | DigestEvent | TestEvent
+
+/** The id a receiver drops a repeat by: the crossing's, the digest's or the test's. */
+export function eventId (event: BudgetEvent): string {
+  return event.type === 'budget.digest' ? event.digestId : event.type === 'budget.test' ? event.testId : event.alertId
+}
+
+export function testEvent (channel: string, now = new Date()): TestEvent {
+  return {
+    type: 'budget.test',
+    text: `Test notification from RelayCore Budgets through channel '${channel}': no budget crossed anything.`,
+    testId: randomUUID(),
+    channel,
+    sentAt: now.toISOString()
+  }
+}
+
+/** A test's email: marked as a test in its subject. */
+export function testEmail (event: TestEvent, dashboardUrl?: string): { subject: string, text: string } {
+  return {
+    subject: `[test] RelayCore Budgets: channel '${event.channel}' works`,
+    text: [
+      event.text,
+      '',
+      `Sent at ${event.sentAt} by an operator's test (POST /channels/${event.channel}/test).`,
+      ...(dashboardUrl === undefined ? [] : ['', `Dashboard: ${dashboardUrl}`]),
+      '',
+      `Test ${event.testId}.`
+    ].join('\n')
+  }
+}
+
+/** A channel: resolves when delivered, throws when not (and the delivery is retried). `event.type` tells a crossing, a digest and an operator's test (budget.test) apart. */
 export interface Notifier {
   deliver: (event: BudgetEvent) => Promise<void>
 }
@@ -151,13 +187,16 @@ export function emailNotifier (url: string, dashboardUrl?: string): Notifier {
   return {
     async deliver (event) {
       // Accepted by the SMTP server (250) is delivered; X-Budget-Event-Id lets a mail rule drop a repeat.
-      const message = event.type === 'budget.digest' ? digestEmail(event, dashboardUrl) : alertEmail(event, dashboardUrl)
+      const message = event.type === 'budget.digest' ? digestEmail(event, dashboardUrl) : event.type === 'budget.test' ? testEmail(event, dashboardUrl) : alertEmail(event, dashboardUrl)
       await transport.sendMail({ from: channel.from, to: channel.to, ...message, headers: { 'X-Budget-Event-Id': eventId(event) } })
     }
   }
 }
 
-export function webhookNotifier (url: string, timeoutMs = 5000): Notifier {
+/** How long a webhook delivery waits for the endpoint unless the channel says. */
+const WEBHOOK_TIMEOUT_MS = 5000
+
+export function webhookNotifier (url: string, timeoutMs = WEBHOOK_TIMEOUT_MS): Notifier {
   return {
     async deliver (event) {
       const response = await fetch(url, {
@@ -176,10 +215,57 @@ export function logNotifier (log: FastifyBaseLogger): Notifier {
   return {
     deliver: async (event) => {
       if (event.type === 'budget.digest') log.info({ budgetDigest: event }, event.text)
+      else if (event.type === 'budget.test') log.info({ budgetTest: event }, event.text)
       else log.warn({ budgetAlert: event }, event.text)
     }
   }
 }
+
+/** A configured channel as GET {prefix}/channels shows it: what it is and where it goes, never a secret. */
+export interface ChannelInfo {
+  name: string
+  kind: 'webhook' | 'email' | 'log' | 'custom'
+  /** webhook: the endpoint's scheme and host (its path, query and credentials can hold the secret, and are left out). */
+  url?: string
+  /** webhook: how long a delivery waits for the endpoint. */
+  timeoutMs?: number
+  /** email: the SMTP server's host and port, without its user and password. */
+  smtpHost?: string
+  /** email: TLS from the start (smtps://). */
+  tls?: boolean
+  /** email: how many addresses each message goes to. */
+  recipients?: number
+}
+
+/** The non-secret facts of a channel: a URL's origin alone (no path, query or userinfo), an SMTP server's host, a count. */
+export function describeChannel (name: string, config: ChannelConfig): ChannelInfo {
+  if ('deliver' in config) return { name, kind: 'custom' }
+  if (config.type === 'log') return { name, kind: 'log' }
+  const url = parseUrl(config.url)
+  if (config.type === 'webhook') {
+    return { name, kind: 'webhook', url: url === null ? '(not a URL)' : `${url.protocol}//${url.host}`, timeoutMs: config.timeoutMs ?? WEBHOOK_TIMEOUT_MS }
+  }
+  return { name, kind: 'email', smtpHost: url?.host ?? '(not a URL)', tls: url?.protocol === 'smtps:', recipients: parseEmailChannel(config.url)?.to.length ?? 0 }
+}
+
+function parseUrl (text: string): URL | null {
+  try {
+    return new URL(text)
+  } catch {
+    return null
+  }
+}
+
+/** An error's message as an answer may show it: without the channel's URL (a fetch error can quote it, secrets and all). */
+function redactedMessage (error: unknown, config: ChannelConfig, info: ChannelInfo): string {
+  const message = error instanceof Error ? error.message : String(error)
+  const secret = 'url' in config && typeof config.url === 'string' && config.url !== '' ? config.url : null
+  const shown = secret === null ? message : message.replaceAll(secret, info.url ?? info.smtpHost ?? '(the channel\'s URL)')
+  return shown.length > 1000 ? `${shown.slice(0, 1000)}…` : shown
+}
+
+/** A test through a channel: delivered, or not and why. */
+export type TestOutcome = { delivered: true } | { delivered: false, error: string }
 
 function toEvent ({ alert, budget }: DueNotification): AlertEvent {
   const what = alert.basis === 'projected' ? 'is projected to reach' : 'crossed'
@@ -237,11 +323,36 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
   observe: (outcome: { delivered: number, failed: number }) => void = () => {},
   /** Makes the digests due at an instant (default now), returning how many; run before each delivery round of the loop. */
   produceDigests: (at?: Date) => Promise<number> = async () => 0) {
-  const fallback = logNotifier(log)
+  const logged = logNotifier(log)
   const notifiers = new Map<string, Notifier>(Object.entries(options.channels).map(([name, config]) => [name,
     'deliver' in config
       ? config
-      : config.type === 'webhook' ? webhookNotifier(config.url, config.timeoutMs) : config.type === 'email' ? emailNotifier(config.url, options.dashboardUrl) : fallback]))
+      : config.type === 'webhook' ? webhookNotifier(config.url, config.timeoutMs) : config.type === 'email' ? emailNotifier(config.url, options.dashboardUrl) : logged]))
+  const described = Object.entries(options.channels).map(([name, config]) => describeChannel(name, config))
+
+  /**
+   * Sends a test event through one channel now, waiting at most the channel's own timeout (a webhook's
+   * timeoutMs) and never longer than `boundMs`. Null for a name that is no channel. A send still running
+   * at the bound is answered as not delivered; its late outcome is dropped.
+   */
+  async function sendTest (name: string, boundMs: number): Promise<TestOutcome | null> {
+    const notifier = notifiers.get(name)
+    if (notifier === undefined) return null
+    const info = described.find((channel) => channel.name === name)!
+    const waitMs = Math.min(info.timeoutMs ?? boundMs, boundMs)
+    let timer: NodeJS.Timeout | undefined
+    const timedOut = new Promise<TestOutcome>((resolve) => {
+      timer = setTimeout(() => { resolve({ delivered: false, error: `no answer within ${waitMs} ms` }) }, waitMs)
+    })
+    const sent = Promise.resolve().then(async () => { await notifier.deliver(testEvent(name)) }).then(
+      (): TestOutcome => ({ delivered: true }),
+      (error: unknown): TestOutcome => ({ delivered: false, error: redactedMessage(error, options.channels[name]!, info) }))
+    try {
+      return await Promise.race([sent, timedOut])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
 
   /** Delivers what is due, one transaction a batch: claimed rows stay locked until their outcome is written. */
   async function deliverDue (limit = 20): Promise<{ delivered: number, failed: number }> {
@@ -255,8 +366,15 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
       for (const { outboxId, channel, attempts, event } of due) {
         const notifier = notifiers.get(channel)
         try {
-          await (notifier ?? fallback).deliver(event)
-          await alerts.markDelivered(outboxId, notifier === undefined ? `no channel '${channel}' is configured: written to the log` : null)
+          // A budget stored before channels were checked (or a channel since removed) names one this process
+          // lacks: that is no delivery. The row stays undelivered with the reason, retried as any failure
+          // (another process, or this one restarted, may have the channel), and failed once the attempts run out.
+          if (notifier === undefined) {
+            log.warn({ channel, eventId: eventId(event), eventType: event.type }, `a budget notification names channel '${channel}', which is not configured: not delivered`)
+            throw new Error(`no channel '${channel}' is configured`)
+          }
+          await notifier.deliver(event)
+          await alerts.markDelivered(outboxId, null)
           delivered++
         } catch (error) {
           const attempt = attempts + 1
@@ -275,6 +393,9 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
   let running: Promise<unknown> = Promise.resolve()
   return {
     deliverDue,
+    /** The configured channels, without their secrets, in the order the options name them. */
+    channels: (): ChannelInfo[] => described.map((channel) => ({ ...channel })),
+    sendTest,
     /** Makes the digests whose period ended before `at` (default now) that no process has made yet; the loop does this on its own. */
     produceDigests,
     start () {

@@ -6,7 +6,7 @@ import { createUsageRepository } from '../repository/usage.js'
 import { createAuditRepository, type AuditContext } from '../repository/audit.js'
 import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
-import { checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
+import { checkChannels, checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
 
 const DATE_ONLY = /^\d{4}-\d{2}-\d{2}$/
 
@@ -34,9 +34,11 @@ export interface RegistryOptions {
   modelName?: (name: string) => string
   /** Called once a change to the budgets has committed: this process's gate forgets what it derived from them at once. */
   onChange?: () => void
+  /** The notification channels configured, by name: a budget naming another is refused. Absent: names are not checked. */
+  channels?: readonly string[]
 }
 
-export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, onChange = () => {} }: RegistryOptions = {}) {
+export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, onChange = () => {}, channels }: RegistryOptions = {}) {
   const budgets = createBudgetRepository(sql)
 
   /** Every write takes the hierarchy lock first, so checks and write see one consistent tree. */
@@ -81,6 +83,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
       return await inHierarchyTransaction(async (repository, tx) => {
         const values = normalizeBudget(await readDatesInZone(repository, request, request.timezone ?? 'UTC') as CreateBudgetRequest)
         checkFilterModels(values.filters, modelName)
+        if (channels !== undefined) checkChannels(request, channels)
         await checkParent(repository, values, null)
         const budget = await repository.insertBudget(values, createdBy)
         await createAuditRepository(tx).record(budget.id, 'create', { actor: createdBy ?? LIBRARY.actor, requestId }, { after: budget })
@@ -102,6 +105,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
           : {}
         const values = normalizeBudget({ ...current, ...zoned, ...alignment } as CreateBudgetRequest)
         checkFilterModels(values.filters, modelName)
+        if (channels !== undefined) checkChannels(updates, channels)
         await checkParent(repository, values, id)
         for (const child of await repository.listChildren(id)) {
           checkChildFitsParent(normalizeBudget(child), values)
