@@ -61,9 +61,9 @@ export function percentReached (amount: Money, limit: Money, percent: number): b
  * The status rule, defined once: `blocked` while a block-all alert is in force, as the gate decides it
  * (a current alert whose threshold the spend has reached, or a projected crossing still active: its
  * actions are `projectedActions`), since then every call is refused whatever is left; else `exceeded`
- * at 100% or more of the amount; `critical` from the
- * highest alert threshold below 100 when the budget has two or more such thresholds (else 90, or
- * the single threshold if it is higher); `warning` from the lowest alert threshold below 100 (else 75).
+ * at 100% or more of the amount; `critical` from the highest alert threshold below 100 when the budget
+ * has two or more such thresholds (else 90, or the single threshold if it is higher); `warning` from
+ * the lowest alert threshold below 100 (else 75).
  */
 export function budgetHealth (spent: Money, limit: Money, alerts: BudgetAlert[], projectedActions: AlertAction[] = []): BudgetHealth {
   const blocking = alerts.some((alert) => (alert.basis ?? 'current') === 'current' && alert.actions.includes('block-all') &&
