@@ -377,7 +377,8 @@ export const UsageSummary = Type.Object({
   byTag: Type.Optional(Type.Array(Type.Object({ value: Nullable(Type.String({ description: 'The tagKey tag\'s value; null for usage without it.' })), ...UsageTotals })))
 })
 
-const Health = StringEnum(['normal', 'warning', 'critical', 'exceeded'] as const)
+// blocked: a block-all alert is in force, and the gate refuses every call (budget_blocked).
+const Health = StringEnum(['normal', 'warning', 'critical', 'exceeded', 'blocked'] as const)
 const Basis = StringEnum(['current', 'projected'] as const)
 
 export const ActiveAlert = Type.Object({

@@ -91,6 +91,22 @@ t.test('the status rule, from the budget\'s alert thresholds or the defaults', a
   t.equal(budgetHealth('999', '1000', [alert(100, 'block-all')]), 'critical', 'a 100% alert does not move warning or critical')
 })
 
+t.test('blocked: a block-all alert in force, as the gate decides it', async (t) => {
+  const ladder = [alert(50, 'notify'), alert(90, 'block-all')]
+  t.equal(budgetHealth('899.9999999999', '1000', ladder), 'warning', 'under the block-all threshold')
+  t.equal(budgetHealth('900', '1000', ladder), 'blocked', 'at it: blocked, not critical')
+  t.equal(budgetHealth('1000', '1000', ladder), 'blocked', 'and past 100%: blocked, not exceeded (every call is refused)')
+  t.equal(budgetHealth('1000', '1000', [alert(100, 'block-all')]), 'blocked', 'a 100% block-all reached')
+  const projected: BudgetAlert[] = [{ ...alert(95, 'block-all'), basis: 'projected' }]
+  t.equal(budgetHealth('200', '1000', projected), 'normal', 'a projected alert is not measured here: its crossing is')
+  t.equal(budgetHealth('200', '1000', projected, ['block-all']), 'blocked', 'an active projected block-all crossing')
+  t.equal(budgetHealth('200', '1000', projected, ['notify']), 'normal')
+  const crossing = { id: '00000000-0000-4000-8000-000000000001', threshold: 95, basis: 'projected' as const, actions: ['block-all' as const], crossedAt: '2024-04-01T00:00:00.000Z', acknowledged: false }
+  const now = new Date('2024-04-10T00:00:00Z')
+  const status = computeStatus({ budget: { ...budget, alerts: projected }, periodStart, periodEnd, state: 'active', currentAmount: '200', reservedAmount: '0', lastUpdated: now, now, crossings: [crossing], projectedTotal: '2000' })
+  t.equal(status.status, 'blocked', 'the status reads projected block-all from its active crossings')
+})
+
 t.test('percentReached compares exactly', async (t) => {
   t.ok(percentReached('333.33', '1000', 33.333))
   t.notOk(percentReached('333.32', '1000', 33.333))

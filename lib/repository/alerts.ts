@@ -99,6 +99,15 @@ export function createAlertRepository (sql: Db) {
       return rows.map(toAlert)
     },
 
+    /** The window's active crossings, newest first: those its budget's definition still reaches (a resolved one is history, sql/020). */
+    async listActiveAlerts (budgetId: string, periodStart: Date): Promise<AlertRecord[]> {
+      const rows = await sql<AlertRow[]>`
+        select ${alertColumns} from budget_alert_history h
+        where h.budget_id = ${budgetId} and h.period_start = ${periodStart} and h.resolved_at is null
+        order by h.crossed_at desc, h.threshold desc`
+      return rows.map(toAlert)
+    },
+
     /** The latest crossings of every live budget, newest first. */
     async listRecentAlerts (limit: number): Promise<AlertRecord[]> {
       const rows = await sql<AlertRow[]>`

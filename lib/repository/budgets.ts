@@ -132,6 +132,16 @@ export function createBudgetRepository (sql: Db) {
       return toBudget(row!)
     },
 
+    /**
+     * Re-evaluates the budget's alerts in its window of now against its definition as this transaction
+     * sees it (budget_alerts_follow_definition, sql/020): crossings that now hold are recorded and queued
+     * for notification once, active ones that no longer hold are resolved. Run it in the change's transaction.
+     */
+    async followDefinition (id: string): Promise<{ recorded: number, resolved: number }> {
+      const [row] = await sql<Array<{ recorded: number, resolved: number }>>`select recorded, resolved from budget_alerts_follow_definition(${id})`
+      return row!
+    },
+
     /** Archives the budgets: their rows and usage stay, every read stops seeing them. */
     async archiveBudgets (ids: string[]): Promise<number> {
       const result = await sql`update budget_definitions set deleted_at = now(), updated_at = now() where id in ${sql(ids)} and deleted_at is null`

@@ -172,10 +172,12 @@ export function createReservationRepository (sql: Db) {
     approvedThrough: row.approvedThrough === null ? null : normalizeMoney(row.approvedThrough),
     estimate: row.estimate === null ? null : normalizeMoney(row.estimate)
   })
-  // Projected alerts stay crossed for the rest of the period once recorded; current ones follow the numbers.
+  // Projected alerts stay crossed for the rest of the period once recorded (until a definition change
+  // resolves them, sql/020); current ones follow the numbers.
   const projectedActions = (budgetId: ReturnType<typeof sql>, periodStart: ReturnType<typeof sql>) => sql`
     array(select distinct action from budget_alert_history h, unnest(h.actions) as action
-          where h.budget_id = ${budgetId} and h.period_start = ${periodStart} and h.basis = 'projected') as "projectedActions"`
+          where h.budget_id = ${budgetId} and h.period_start = ${periodStart} and h.basis = 'projected'
+            and h.resolved_at is null) as "projectedActions"`
 
   // The numbers the decision needs, for budgets and windows from `source` (budget_id, scope_matched,
   // scope_rank, period_start, period_end).

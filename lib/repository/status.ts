@@ -33,6 +33,8 @@ export interface MetricBudget {
   reservedAmount: string
   remaining: string
   periodEnd: Date
+  /** An active crossing of the current window has block-all: the gate refuses every call (sql/020 keeps crossings following the definition). */
+  blocked: boolean
 }
 
 export function createStatusRepository (sql: Db) {
@@ -89,7 +91,7 @@ export function createStatusRepository (sql: Db) {
     async listMetricBudgets (top: number): Promise<MetricBudget[]> {
       return await sql<MetricBudget[]>`
         with current_rows as (
-          select c.budget_id, c.current_amount, c.reserved_amount, c.period_end
+          select c.budget_id, c.period_start, c.current_amount, c.reserved_amount, c.period_end
           from budget_status_cache c where c.period_start <= now() and now() < c.period_end
         ),
         chosen as (
@@ -101,7 +103,10 @@ export function createStatusRepository (sql: Db) {
         select b.id, b.name, b.scope_type as "scopeType", b.scope_id as "scopeId", b.currency, b.amount::text as amount,
                coalesce(r.current_amount, 0)::text as "currentAmount", coalesce(r.reserved_amount, 0)::text as "reservedAmount",
                (b.amount - coalesce(r.current_amount, 0) - coalesce(r.reserved_amount, 0))::text as remaining,
-               coalesce(r.period_end, w.period_end, now()) as "periodEnd"
+               coalesce(r.period_end, w.period_end, now()) as "periodEnd",
+               exists (select 1 from budget_alert_history h
+                       where h.budget_id = b.id and h.period_start = r.period_start and h.resolved_at is null
+                         and 'block-all' = any (h.actions)) as blocked
         from chosen ch join budget_definitions b on b.id = ch.id
         left join current_rows r on r.budget_id = b.id
         left join lateral budget_window(b, now()) w on r.budget_id is null

@@ -224,7 +224,7 @@ export function checkBudget (standing: BudgetStanding, estimate: Money, policy?:
     currentAmount,
     reservedAmount,
     remaining: fromUnits(available > 0n ? available : 0n),
-    status: budgetHealth(currentAmount, budget.amount, budget.alerts),
+    status: budgetHealth(currentAmount, budget.amount, budget.alerts, standing.projectedActions),
     activeActions,
     enforcement: budget.enforcement ?? 'hard',
     fits: standing.fits,

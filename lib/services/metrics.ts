@@ -49,7 +49,7 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
     registers: [registry]
   })
 
-  // One query a scrape: the first gauge collected (spend) reads the budgets, the four after it reuse that.
+  // One query a scrape: the first gauge collected (spend) reads the budgets, the five after it reuse that.
   let scrape: Promise<MetricBudget[]> | null = null
   const budgetsNow = async (fresh: boolean): Promise<MetricBudget[]> => {
     if (fresh || scrape === null) scrape = listBudgets(options.topBudgets)
@@ -75,6 +75,8 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
   budgetGauge('relaycore_budget_reserved', 'Held by calls in flight and leases, in the current window.', (budget) => Number(budget.reservedAmount))
   budgetGauge('relaycore_budget_limit', 'The budget\'s amount.', (budget) => Number(budget.amount))
   budgetGauge('relaycore_budget_remaining', 'Amount - spend - reserved, never below 0.', (budget) => Math.max(0, Number(budget.remaining)))
+  // The status's `blocked` state: 1 while a block-all alert is in force, so an alert rule can tell a block from a full budget.
+  budgetGauge('relaycore_budget_blocked', 'Whether a block-all alert is in force in the current window (1) or not (0).', (budget) => budget.blocked ? 1 : 0)
   budgetGauge('relaycore_budget_seconds_to_reset', 'Seconds until the current window ends.', (budget, now) => Math.max(0, (budget.periodEnd.getTime() - now) / 1000))
 
   return {

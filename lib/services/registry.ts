@@ -114,6 +114,8 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
           throw new CurrencyLockedError(id, current.currency)
         }
         const updated = await repository.updateBudget(id, values)
+        // The gate reads the new definition as soon as this commits: the alerts must say what it will do.
+        await repository.followDefinition(id)
         await createAuditRepository(tx).record(id, 'update', context, { changes: changedFields(current, updated), before: current, after: updated })
         return updated
       })

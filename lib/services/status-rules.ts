@@ -3,7 +3,7 @@
 // tested against hand-computed values.
 import { MONEY_SCALE, fromUnits, numberToDecimal, toUnits, type Money } from '../money.js'
 import type { BudgetState } from '../repository/status.js'
-import type { ActiveAlert, BudgetAlert, BudgetDefinition } from '../schemas.js'
+import type { ActiveAlert, AlertAction, BudgetAlert, BudgetDefinition } from '../schemas.js'
 
 const HOUR = 3_600_000
 const DAY = 86_400_000
@@ -15,7 +15,7 @@ export const DEFAULT_CRITICAL_PERCENT = 90
 /** Burn rate divides by the elapsed time, never by less than this, so a period's first second does not explode. */
 export const MINIMUM_ELAPSED_MS = HOUR
 
-export type BudgetHealth = 'normal' | 'warning' | 'critical' | 'exceeded'
+export type BudgetHealth = 'normal' | 'warning' | 'critical' | 'exceeded' | 'blocked'
 
 export interface StatusInput {
   budget: Pick<BudgetDefinition, 'id' | 'amount' | 'currency' | 'alerts' | 'startDate' | 'timezone'>
@@ -58,11 +58,17 @@ export function percentReached (amount: Money, limit: Money, percent: number): b
 }
 
 /**
- * The status rule, defined once: `exceeded` at 100% or more of the amount; `critical` from the
- * highest alert threshold below 100 when the budget has two or more such thresholds (else 90, or
- * the single threshold if it is higher); `warning` from the lowest alert threshold below 100 (else 75).
+ * The status rule, defined once: `blocked` while a block-all alert is in force, as the gate decides it
+ * (a current alert whose threshold the spend has reached, or a projected crossing still active: its
+ * actions are `projectedActions`), since then every call is refused whatever is left; else `exceeded`
+ * at 100% or more of the amount; `critical` from the highest alert threshold below 100 when the budget
+ * has two or more such thresholds (else 90, or the single threshold if it is higher); `warning` from
+ * the lowest alert threshold below 100 (else 75).
  */
-export function budgetHealth (spent: Money, limit: Money, alerts: BudgetAlert[]): BudgetHealth {
+export function budgetHealth (spent: Money, limit: Money, alerts: BudgetAlert[], projectedActions: AlertAction[] = []): BudgetHealth {
+  const blocking = alerts.some((alert) => (alert.basis ?? 'current') === 'current' && alert.actions.includes('block-all') &&
+    percentReached(spent, limit, alert.threshold))
+  if (blocking || projectedActions.includes('block-all')) return 'blocked'
   const below100 = alerts.map((alert) => alert.threshold).filter((threshold) => threshold < 100).sort((a, b) => a - b)
   const warningAt = below100[0] ?? DEFAULT_WARNING_PERCENT
   const criticalAt = below100.length >= 2 ? below100[below100.length - 1]! : Math.max(DEFAULT_CRITICAL_PERCENT, warningAt)
@@ -93,7 +99,8 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
     daysRemaining: Math.floor(Number(left) / DAY * 100) / 100,
     burnRate: state === 'scheduled' ? '0' : fromUnits(divideRounded(current * BigInt(DAY), elapsed)),
     projectedTotal: fromUnits(toUnits(input.projectedTotal)),
-    status: budgetHealth(currentAmount, budget.amount, budget.alerts),
+    status: budgetHealth(currentAmount, budget.amount, budget.alerts,
+      input.crossings.filter((crossing) => crossing.basis === 'projected').flatMap((crossing) => crossing.actions)),
     activeAlerts: input.crossings,
     lastUpdated: input.lastUpdated.toISOString(),
     reservedAmount: fromUnits(toUnits(reservedAmount)),

@@ -99,7 +99,7 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
   }
 
   async function toStatus ({ budget, window, row }: Awaited<ReturnType<typeof standing>>): Promise<BudgetStatusInfo> {
-    const crossings = (await alerts.listAlerts(budget.id, window.periodStart)).map((alert) => ({
+    const crossings = (await alerts.listActiveAlerts(budget.id, window.periodStart)).map((alert) => ({
       id: alert.id, threshold: alert.threshold, basis: alert.basis, actions: alert.actions, crossedAt: alert.crossedAt, acknowledged: alert.acknowledgedAt !== null
     }))
     const now = options.now()
