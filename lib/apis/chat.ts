@@ -6,6 +6,8 @@ import { estimateChatCost } from '../services/estimate.js'
 import type { TokenUsage } from '../services/pricing.js'
 import type { ModelApi, StreamUsageReader } from './model-api.js'
 import { openAIErrorBody } from './openai-error.js'
+import { atListPriceTier } from './service-tier.js'
+import { encodingFor } from '../services/tokens.js'
 
 const OUTPUT_LIMITS = ['max_tokens', 'max_completion_tokens'] as const
 
@@ -93,5 +95,7 @@ export const chatApi: ModelApi = {
   },
   usageFromBody: usageFromChatBody,
   streamUsage: chatStreamUsage,
-  errorBody: openAIErrorBody
+  errorBody: openAIErrorBody,
+  // Only to OpenAI's own models: an OpenAI-compatible provider may refuse a field it does not know.
+  forwarded: (body, model) => encodingFor(model) === null ? body : atListPriceTier(body)
 }

@@ -64,4 +64,9 @@ export interface ModelApi {
   streamUsage: (requestedModel: string) => StreamUsageReader
   /** The response body of a refusal, in the API's error shape (the gate sets the status and the x-budget-* headers). */
   errorBody: (refusal: Refusal) => unknown
+  /**
+   * The body an admitted call is forwarded with, when the estimate assumed something the provider
+   * would otherwise decide by the account's settings (OpenAI's service tier): that assumption named.
+   */
+  forwarded?: (body: Record<string, unknown>, model: string) => Record<string, unknown>
 }

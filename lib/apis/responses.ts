@@ -23,6 +23,7 @@ import { costOf, type ModelPrice, type PriceBook, type TokenUsage } from '../ser
 import { chatPromptTokens, tokenCounter } from '../services/tokens.js'
 import type { ModelApi, OutputLimit, StreamUsageReader } from './model-api.js'
 import { openAIErrorBody } from './openai-error.js'
+import { atListPriceTier } from './service-tier.js'
 
 type Json = Record<string, unknown>
 
@@ -376,5 +377,6 @@ export const responsesApi: ModelApi = {
   outputLimit,
   usageFromBody: (payload, requestedModel) => usageOf(parse(payload), requestedModel),
   streamUsage,
-  errorBody: openAIErrorBody
+  errorBody: openAIErrorBody,
+  forwarded: atListPriceTier
 }

@@ -391,6 +391,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       }
       const refusal = refusalOf(call)
       if (refusal !== null) return await refuse(reply, api, refusal)
+      if (api.forwarded !== undefined) request.body = api.forwarded(request.body as Record<string, unknown>, call.state.model)
       admitted = true // from here the handler runs, and the upstream may be called
       metrics.decision('allowed')
       if (state.reservationId !== null) live.set(state, metrics.admitted())
