@@ -182,7 +182,7 @@ t.test('a budget without room: every call is the client\'s APIError 402 (no subc
     t.equal(apiError.status, 402, label)
     t.equal(apiError.code, 'budget_exceeded', label)
     t.equal(apiError.type, 'insufficient_quota', label)
-    t.match(apiError.message, /^402 \S/, `${label}: the budget's reason in the message (${apiError.message})`)
+    t.match(apiError.message, /^402 Budget 'budget' has 0 left, less than the estimated cost \d+(\.\d+)? USD$/, `${label}: the budget's reason in the message (${apiError.message})`)
     const body = apiError.error as { budget: { id: string, remaining: string, currency: string, estimatedCost: string } }
     t.equal(body.budget.id, budget.id, `${label}: the error body names the budget`)
     t.equal(toUnits(body.budget.remaining), 0n, `${label}: and its remaining`)
