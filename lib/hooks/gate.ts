@@ -69,11 +69,18 @@ function gatedApi (route: RouteOptions, routes: GateRoute[]): ModelApi | null {
   return MODEL_APIS[named]!
 }
 
+/** A response's event stream, fed chunk by chunk; `finish` when it has ended. */
+export type StreamFeed = ((chunk: Uint8Array | string) => void) & { finish: () => void }
+
 /**
  * Feeds a response's event stream to its API's usage reader (WHATWG event-stream rules, bytes decoded
- * as UTF-8 across chunk boundaries): one decoder and one parser per response.
+ * as UTF-8 across chunk boundaries): one decoder and one parser per response. Text reaches the parser
+ * only once a line end has arrived: the parser searches all it holds at every feed, so a long line fed
+ * chunk by chunk (a Responses `response.completed` of megabytes, on one line) would cost the square of
+ * its length. At the end, a last event closed by a lone CR is dispatched (the parser holds a CR back in
+ * case a LF follows).
  */
-export function streamFeeder (reader: StreamUsageReader, onUsage: (usage: TokenUsage) => void): (chunk: Uint8Array | string) => void {
+export function streamFeeder (reader: StreamUsageReader, onUsage: (usage: TokenUsage) => void): StreamFeed {
   const decoder = new TextDecoder()
   const parser = createParser({
     onEvent: (event) => {
@@ -82,16 +89,39 @@ export function streamFeeder (reader: StreamUsageReader, onUsage: (usage: TokenU
       if (usage !== null) onUsage(usage)
     }
   })
+  let unended: string[] = [] // text since the last line end
+  let endsWithCR = false
+  const push = (text: string) => {
+    if (text === '') return
+    unended.push(text)
+    endsWithCR = text.endsWith('\r')
+    if (!/[\r\n]/.test(text)) return
+    parser.feed(unended.length === 1 ? text : unended.join(''))
+    unended = []
+  }
   // A string after bytes first flushes what the decoder holds (an incomplete character: U+FFFD).
-  return (chunk) => { parser.feed(typeof chunk === 'string' ? decoder.decode() + chunk : decoder.decode(chunk, { stream: true })) }
+  const feed = (chunk: Uint8Array | string) => { push(typeof chunk === 'string' ? decoder.decode() + chunk : decoder.decode(chunk, { stream: true })) }
+  let finished = false
+  return Object.assign(feed, {
+    finish: () => {
+      if (finished) return
+      finished = true
+      push(decoder.decode())
+      if (endsWithCR) parser.feed('\n')
+    }
+  })
 }
 
 /** The route's stream, byte for byte, with every chunk fed to the gate on its way to the client. */
-function readThrough (source: Readable, feed: (chunk: Uint8Array | string) => void): Readable {
+function readThrough (source: Readable, feed: StreamFeed): Readable {
   const tap = new Transform({
     transform (chunk: Uint8Array | string, _encoding, done) {
       feed(chunk)
       done(null, chunk)
+    },
+    flush (done) {
+      feed.finish()
+      done()
     }
   })
   // An error or a cut on either side destroys both: Fastify sees it on the tap, the route's stream is closed.
@@ -204,21 +234,24 @@ interface GatedCall {
  * following the reader's whenever it has one. A reader that fails stops being read, and the call is
  * charged its estimate (never a partial count).
  */
-function readStreamUsage (request: FastifyRequest, api: ModelApi, state: () => BudgetGateState): (chunk: Uint8Array | string) => void {
+function readStreamUsage (request: FastifyRequest, api: ModelApi, state: () => BudgetGateState): StreamFeed {
   // Built at the first chunk, when the model the call uses (maybe the cheaper one) is settled.
-  let feed: ((chunk: Uint8Array | string) => void) | undefined
+  let feed: StreamFeed | undefined
   let failed = false
-  return (chunk) => {
+  const guarded = (read: (feed: StreamFeed) => void) => {
     if (failed) return
     try {
-      feed ??= streamFeeder(api.streamUsage(state().model), (usage) => { state().usage = usage })
-      feed(chunk)
+      read(feed ??= streamFeeder(api.streamUsage(state().model), (usage) => { state().usage = usage }))
     } catch (error) {
       failed = true
       state().usage = null
       request.log.warn({ err: error, requestId: state().requestId }, 'reading a streamed response\'s usage failed: the call is charged its estimate')
     }
   }
+  return Object.assign((chunk: Uint8Array | string) => { guarded((feed) => { feed(chunk) }) }, {
+    // Only a stream that began: a response that streamed nothing has nothing to finish.
+    finish: () => { if (feed !== undefined) guarded((feed) => { feed.finish() }) }
+  })
 }
 
 export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, book: PriceBook,
@@ -348,10 +381,12 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       return
     }
     const requestId = randomUUID()
+    // A stream the route wrote itself (streamed()) is finished when the response closes, before its charge.
+    const streamed = readStreamUsage(request, api, () => state)
     const state: BudgetGateState = {
       reservationId: null, requestId, caller, model: estimate.model, downgradedFrom: null, clampedMaxTokens: null, estimate: estimate.amount, check: null, usage: null,
       reportUsage: (usage) => { state.usage = usage },
-      streamed: readStreamUsage(request, api, () => state)
+      streamed
     }
     request.budgetGate = state
     const call: GatedCall = { request, reply, api, estimateAt, prices, caller, state, current: estimate, rateLimited: undefined }
@@ -362,7 +397,10 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     const reserved = new Promise<void>((resolve) => { hookDone = resolve })
     // A request in flight is pending too: closing waits for it to end and settle (app.inject's requests
     // are not waited for by the server's close).
-    const ended = watch.closed.then(async () => await reserved).then(() => { end(request, reply, state, admitted, prices) })
+    const ended = watch.closed.then(async () => await reserved).then(() => {
+      streamed.finish()
+      end(request, reply, state, admitted, prices)
+    })
     pending.add(ended)
     void ended.finally(() => pending.delete(ended))
 
@@ -464,7 +502,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       const state = request.budgetGate
       if (state === null) return payload
       // A stream the route returned: read as it goes to the client, unchanged.
-      if (payload instanceof Readable) return readThrough(payload, state.streamed)
+      if (payload instanceof Readable) return readThrough(payload, state.streamed as StreamFeed) // the gate's own feed: routes see only its call
       if (state.usage === null && (typeof payload === 'string' || Buffer.isBuffer(payload))) state.usage = api.usageFromBody(payload.toString(), state.model)
       return payload
     }]
