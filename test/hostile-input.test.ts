@@ -864,7 +864,7 @@ const GATED_APIS: GatedApi[] = [
   {
     api: 'responses',
     url: '/v1/responses',
-    baseBody: { model: 'gpt-4o-mini', input: 'Say hello', max_output_tokens: 20 },
+    baseBody: { model: 'gpt-4o-mini', input: [{ role: 'user', content: [{ type: 'input_text', text: 'Say hello' }] }], max_output_tokens: 20 },
     paths: [
       'model', 'input', 'input.0', 'input.0.role', 'input.0.type', 'input.0.content', 'input.0.content.0', 'input.0.content.0.type', 'input.0.content.0.text',
       'input.0.content.0.image_url', 'input.0.content.0.detail', 'input.0.call_id', 'input.0.arguments', 'input.0.output', 'input.1', 'instructions',
