@@ -168,8 +168,8 @@ for (const api of ['responses', 'messages', 'embeddings'] as const) {
     const estimates = plans.map((plan) => estimateOf(api, plan.body))
     const total = estimates.reduce((sum, estimate) => sum + estimate, 0n)
     const platformTotal = plans.reduce((sum, plan, index) => plan.team === 'platform' ? sum + estimates[index]! : sum, 0n)
-    const org = await gateway.createBudget({ name: 'acme', scopeType: 'organization', scopeId: 'acme', amount: fromUnits(total * 35n / 100n), enforcement: 'hard' })
-    await gateway.createBudget({ name: 'platform', scopeType: 'team', scopeId: 'platform', amount: fromUnits(platformTotal * 30n / 100n), enforcement: 'hard', parentId: org.id })
+    const org = await gateway.createBudget({ name: 'acme', scopeType: 'organization', scopeId: 'acme', amount: fromUnits(total * 30n / 100n), enforcement: 'hard' })
+    await gateway.createBudget({ name: 'platform', scopeType: 'team', scopeId: 'platform', amount: fromUnits(platformTotal * 25n / 100n), enforcement: 'hard', parentId: org.id })
 
     const results: Sent[] = []
     let next = 0
