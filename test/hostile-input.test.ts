@@ -836,3 +836,181 @@ t.test('chat completions behind the gate: hostile input', async (t) => {
     })
   })
 })
+
+// ---------------------------------------------------------------------------------------------------
+// The other gated model routes: Responses, Messages and embeddings
+
+/** The error shape each API answers in: OpenAI's { error: { type, code, message, param } }, Anthropic's { type: 'error', error: { type, message } }. */
+function inApiShape (api: 'responses' | 'messages' | 'embeddings', body: unknown): boolean {
+  if (typeof body !== 'object' || body === null) return false
+  const error = (body as { error?: unknown }).error as { type?: unknown, code?: unknown, message?: unknown, param?: unknown } | undefined
+  if (typeof error !== 'object' || error === null || typeof error.type !== 'string' || error.type === '' || typeof error.message !== 'string') return false
+  if (api === 'messages') return (body as { type?: unknown }).type === 'error'
+  return typeof error.code === 'string' && error.code !== '' && (error.param === null || typeof error.param === 'string')
+}
+
+interface GatedApi {
+  api: 'responses' | 'messages' | 'embeddings'
+  url: string
+  baseBody: Record<string, unknown>
+  paths: string[]
+  values: unknown[]
+  examples: BodySpec[]
+}
+
+const NOT_A_STRING = { toString: false } // String() of it throws a TypeError: chat's estimate did, before errors.quoted
+
+const GATED_APIS: GatedApi[] = [
+  {
+    api: 'responses',
+    url: '/v1/responses',
+    baseBody: { model: 'gpt-4o-mini', input: [{ role: 'user', content: [{ type: 'input_text', text: 'Say hello' }] }], max_output_tokens: 20 },
+    paths: [
+      'model', 'input', 'input.0', 'input.0.role', 'input.0.type', 'input.0.content', 'input.0.content.0', 'input.0.content.0.type', 'input.0.content.0.text',
+      'input.0.content.0.image_url', 'input.0.content.0.detail', 'input.0.call_id', 'input.0.arguments', 'input.0.output', 'input.1', 'instructions',
+      'max_output_tokens', 'max_tool_calls', 'stream', 'stream_options', 'tools', 'tools.0', 'tools.0.type', 'tools.0.name', 'tools.0.parameters', 'tool_choice',
+      'tool_choice.type', 'text', 'text.format', 'text.format.type', 'text.format.schema', 'reasoning', 'reasoning.effort', 'service_tier', 'previous_response_id',
+      'conversation', 'background', 'include', 'metadata', 'store', 'user', '__proto__', 'constructor', 'unknownField'
+    ],
+    values: [
+      [{ role: 'user', content: [{ type: 'input_text', text: '\u0000' }] }], [{ type: 'function_call_output', call_id: 'x', output: 'x' }],
+      [{ type: 'input_image', image_url: 'data:,x', detail: 'original' }], [{ type: 'item_reference', id: 'x' }], [{ type: '\u0000' }], [{}], [null], ['x'],
+      [{ type: 'function', name: 'f', parameters: { type: 'object' } }], [{ type: 'web_search' }], { type: 'json_schema', name: 'x', schema: {} }
+    ],
+    examples: [
+      ...MODELS.map((model) => ({ replace: 'model', value: model })),
+      ...[0, -1, 1.5, '20', null, true, [], {}, 1e21, 1e300, 2 ** 53].map((value) => ({ replace: 'max_output_tokens', value })),
+      { replace: 'input.0.content.0.type', value: NOT_A_STRING }, { replace: 'input.0.type', value: NOT_A_STRING }, { replace: 'tools.0.type', value: NOT_A_STRING },
+      { replace: 'text.format.type', value: NOT_A_STRING }, { replace: 'tool_choice.type', value: NOT_A_STRING }, { replace: 'service_tier', value: NOT_A_STRING },
+      { replace: 'input', jsonText: '"\\ud800"' }, { replace: 'input', jsonText: DEEP_ARRAY }, { replace: 'previous_response_id', value: 'resp_1' },
+      { replace: '__proto__', value: { model: 'gpt-4o' } }
+    ]
+  },
+  {
+    api: 'messages',
+    url: '/v1/messages',
+    baseBody: { model: 'claude-sonnet-4-5', max_tokens: 20, messages: [{ role: 'user', content: 'Say hello' }] },
+    paths: [
+      'model', 'max_tokens', 'messages', 'messages.0', 'messages.0.role', 'messages.0.content', 'messages.0.content.0', 'messages.0.content.0.type',
+      'messages.0.content.0.text', 'messages.0.content.0.source', 'messages.0.content.0.cache_control', 'messages.0.content.0.cache_control.ttl', 'messages.1',
+      'system', 'system.0.type', 'system.0.text', 'tools', 'tools.0', 'tools.0.type', 'tools.0.name', 'tools.0.input_schema', 'tool_choice', 'tool_choice.type',
+      'thinking', 'thinking.type', 'thinking.budget_tokens', 'cache_control', 'cache_control.ttl', 'service_tier', 'speed', 'inference_geo', 'output_config',
+      'stream', 'metadata', 'stop_sequences', 'mcp_servers', 'container', '__proto__', 'constructor', 'unknownField'
+    ],
+    values: [
+      [{ type: 'text', text: '\u0000' }], [{ type: 'image', source: { type: 'base64', media_type: 'image/png', data: 'x' } }], [{ type: 'document' }],
+      [{ type: 'text', text: 'x', cache_control: { type: 'ephemeral', ttl: '24h' } }], [{ type: '\u0000' }], [{}], [null], ['x'],
+      [{ name: 'f', input_schema: { type: 'object' } }], [{ type: 'web_search_20250305', name: 'web_search' }], { type: 'enabled', budget_tokens: 1e9 }
+    ],
+    examples: [
+      ...MODELS.map((model) => ({ replace: 'model', value: model })),
+      ...[0, -1, 1.5, '20', null, true, [], {}, 1e21, 1e300, 2 ** 53].map((value) => ({ replace: 'max_tokens', value })),
+      { replace: 'messages.0.content.0.type', value: NOT_A_STRING }, { replace: 'system.0.type', value: NOT_A_STRING }, { replace: 'tools.0.type', value: NOT_A_STRING },
+      { replace: 'thinking.type', value: NOT_A_STRING }, { replace: 'tool_choice.type', value: NOT_A_STRING }, { replace: 'cache_control.ttl', value: NOT_A_STRING },
+      { replace: 'messages.0.content', jsonText: '"\\ud800"' }, { replace: 'messages.0.content', jsonText: DEEP_ARRAY }, { replace: 'mcp_servers', value: [] },
+      { replace: '__proto__', value: { model: 'claude-opus-4-1' } }
+    ]
+  },
+  {
+    api: 'embeddings',
+    url: '/v1/embeddings',
+    baseBody: { model: 'text-embedding-3-small', input: 'Say hello' },
+    paths: ['model', 'input', 'input.0', 'input.1', 'input.0.0', 'dimensions', 'encoding_format', 'user', '__proto__', 'constructor', 'unknownField'],
+    values: [[''], [[]], [[1, 2], 'x'], ['x', 1], [1.5], [-1], Array.from({ length: 2049 }, () => 'x'), 'x'.repeat(100000), [2 ** 53], [[null]]],
+    examples: [
+      ...MODELS.map((model) => ({ replace: 'model', value: model })),
+      ...[0, -1, 1.5, '20', null, true, [], {}, 1e21, 2 ** 53].map((value) => ({ replace: 'dimensions', value })),
+      { replace: 'encoding_format', value: NOT_A_STRING }, { replace: 'input', value: NOT_A_STRING }, { replace: 'input.0', value: NOT_A_STRING },
+      { replace: 'user', value: NOT_A_STRING }, { replace: 'input', jsonText: '"\\ud800"' }, { replace: 'input', jsonText: DEEP_ARRAY },
+      { replace: '__proto__', value: { model: 'text-embedding-3-large' } }
+    ]
+  }
+]
+
+t.test('Responses, Messages and embeddings behind the gate: hostile input', async (t) => {
+  const logs: string[] = []
+  const gateway = await buildGateway(t, {
+    routes: (app) => {
+      app.addHook('onError', async (_request, _reply, error) => {
+        logs.push(JSON.stringify({ msg: 'model call failed', err: { type: error.name, code: error.code, message: error.message, stack: error.stack } }))
+      })
+    }
+  })
+  const admin = async (method: 'GET' | 'POST', url: string) => await gateway.app.inject({ method, url, headers: AUTH })
+  const org = await gateway.createBudget({ name: 'acme', scopeType: 'organization', scopeId: 'acme', amount: '100000', period: 'annual' })
+  const team = await gateway.createBudget({
+    name: 'team a', scopeType: 'team', scopeId: 'team-a', parentId: org.id, amount: '1000',
+    alerts: [{ threshold: 50, actions: ['restrict-models'], allowedModels: ['gpt-4o-mini', 'claude-sonnet-4-5', 'text-embedding-3-small'] }]
+  })
+  const tiny = await gateway.createBudget({ name: 'tiny', scopeType: 'project', scopeId: 'tiny', amount: '0.000001' })
+  const user = await gateway.createBudget({ name: 'alice', scopeType: 'user', scopeId: 'alice', parentId: team.id, amount: '10', period: 'daily' })
+  await spendTo(gateway.app, team.id, '600')
+  const seeded = [org.id, team.id, tiny.id, user.id]
+  for (const id of seeded) if ((await admin('GET', `${PREFIX}/${id}/status`)).statusCode !== 200) throw new Error('setup: status')
+  const baseHeaders = { 'x-relay-team-id': 'team-a', 'x-relay-user-id': 'alice' }
+
+  let snapshot: unknown = null
+  async function apiProbe (gated: GatedApi, payload: string | Buffer, headers: Record<string, string>): Promise<void> {
+    const before = snapshot ?? await snapshotTables(gateway.sql)
+    snapshot = null
+    logs.length = 0
+    const response = await gateway.app.inject({
+      method: 'POST', url: gated.url, payload, headers: { 'content-type': 'application/json', ...(gated.api === 'messages' ? { 'anthropic-version': '2023-06-01' } : {}), ...headers }
+    })
+    answered.set(response.statusCode, (answered.get(response.statusCode) ?? 0) + 1)
+    const label = `POST ${gated.url} ${fc.stringify(headers)}`
+    if (response.statusCode >= 500) throw failure('(a) a 5xx', label, response, logs)
+    if (response.statusCode >= 400) {
+      let body: unknown
+      try {
+        body = response.json()
+      } catch {
+        throw failure('(b) a 4xx whose body is not JSON', label, response, logs)
+      }
+      if (!inApiShape(gated.api, body)) throw failure(`(b) a 4xx not in ${gated.api === 'messages' ? 'Anthropic' : 'OpenAI'}'s error shape`, label, response, logs)
+      await gateway.settled()
+      const after = await snapshotTables(gateway.sql)
+      if (!isDeepStrictEqual(before, after)) throw failure('(c) a 4xx that changed the tables', label, response, logs, changedTables(before, after))
+      snapshot = after
+    } else {
+      await gateway.settled()
+      for (const id of seeded) {
+        logs.length = 0
+        const status = await admin('GET', `${PREFIX}/${id}/status`)
+        if (status.statusCode !== 200) throw failure('(d) status unreadable after an accepted call', `GET ${PREFIX}/${id}/status`, status, logs, `after the accepted: ${label}: ${response.statusCode} ${response.body.slice(0, 300)}`)
+      }
+    }
+  }
+
+  for (const gated of GATED_APIS) {
+    const values = fc.oneof(
+      { arbitrary: hostileValue, weight: 4 },
+      { arbitrary: fc.constantFrom(...MODELS, 'gpt-4o-mini', 'claude-sonnet-4-5', 'claude-opus-4-1', 'text-embedding-3-small', 'text-embedding-3-large'), weight: 2 },
+      { arbitrary: fc.constantFrom<unknown>(0, -1, 1, 1.5, '20', null, true, [], {}, NOT_A_STRING, 2 ** 31, 2 ** 53, 1e21, 1e300, Number.MAX_SAFE_INTEGER), weight: 2 },
+      { arbitrary: fc.constantFrom<unknown>(...gated.values), weight: 2 }
+    )
+    await t.test(`${gated.api}: hostile bodies`, async (t) => {
+      await runProperty(t, `${gated.api} route: hostile bodies: (a) no 5xx, (b) coded 4xx in the API's error shape, (c) a 4xx writes nothing, (d) status still reads`,
+        bodyArbitrary(gated.paths, values), async (body) => { await apiProbe(gated, payloadOf(body, gated.baseBody), baseHeaders) },
+        { examples: gated.examples })
+    })
+    await t.test(`${gated.api}: hostile headers`, async (t) => {
+      const scopeValue = fc.oneof(headerText, fc.constantFrom('team-a', 'alice', 'acme', 'tiny', '__proto__', 'constructor', 'x'.repeat(200), 'x'.repeat(201)))
+      const headers = fc.record({
+        'x-relay-user-id': scopeValue,
+        'x-relay-team-id': scopeValue,
+        'x-relay-project-id': scopeValue,
+        'x-relay-organization-id': scopeValue,
+        'content-type': fc.oneof(fc.constantFrom(...CONTENT_TYPES), headerText)
+      }, { requiredKeys: [] })
+      await runProperty(t, `${gated.api} route: hostile x-relay-*-id and content-type headers: (a), (b), (c), (d)`, headers, async (headers) => {
+        await apiProbe(gated, JSON.stringify(gated.baseBody), headers)
+      }, {
+        examples: [
+          { 'x-relay-team-id': '' }, { 'x-relay-team-id': 'x'.repeat(201) }, { 'x-relay-team-id': '__proto__' }, { 'x-relay-user-id': '\u00ff' },
+          { 'x-relay-project-id': 'tiny' }, { 'content-type': 'text/plain' }, { 'content-type': 'application/json; charset=utf-16le' }
+        ]
+      })
+    })
+  }
+})
