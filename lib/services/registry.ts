@@ -24,6 +24,9 @@ export interface DeleteBudgetOptions {
 const LIBRARY: AuditContext = { actor: 'library', requestId: null }
 
 /** The fields whose values differ between two versions of a budget (updatedAt aside). */
+/** Fields whose change alone leaves every threshold crossing as it was. */
+const NOT_READ_BY_ALERTS = new Set<string>(['name', 'description', 'metadata', 'digest', 'rateLimits', 'nearLimit'])
+
 function changedFields (before: BudgetDefinition, after: BudgetDefinition): string[] {
   return (Object.keys(after) as Array<keyof BudgetDefinition>)
     .filter((field) => field !== 'updatedAt' && JSON.stringify(before[field]) !== JSON.stringify(after[field]))
@@ -114,9 +117,11 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
           throw new CurrencyLockedError(id, current.currency)
         }
         const updated = await repository.updateBudget(id, values)
+        const changes = changedFields(current, updated)
         // The gate reads the new definition as soon as this commits: the alerts must say what it will do.
-        await repository.followDefinition(id)
-        await createAuditRepository(tx).record(id, 'update', context, { changes: changedFields(current, updated), before: current, after: updated })
+        // A change no threshold reads (a description) takes no lock on the spend window.
+        if (changes.some((field) => !NOT_READ_BY_ALERTS.has(field))) await repository.followDefinition(id)
+        await createAuditRepository(tx).record(id, 'update', context, { changes, before: current, after: updated })
         return updated
       })
     },
