@@ -4,9 +4,8 @@
 //
 // Decisions where issue 20 is silent:
 // - Strings are counted by the model's tokenizer when tokens.ts knows it (tokenCounter), else a token a
-//   UTF-8 byte of the string. OpenAI's embedding models (text-embedding-3-*, ada-002: cl100k_base) are
-//   not among the models tokens.ts knows, and it has no counter by encoding name: they are counted by
-//   bytes too, a bound about 4x over for English text.
+//   UTF-8 byte of the string. OpenAI's embedding models (text-embedding-3-*, ada-002) count by their
+//   own encoding, cl100k_base.
 // - Each string input adds TOKENS_PER_INPUT: OpenAI adds no framing to an embedding input, but an
 //   OpenAI-compatible provider's tokenizer may add its own (BERT's [CLS] and [SEP], SentencePiece's
 //   leading space). Token arrays count exactly their length: they are the tokens billed.
