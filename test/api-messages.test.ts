@@ -13,13 +13,15 @@ import { costFromUsage } from '../lib/services/estimate.js'
 import { costOfTokens, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
 
 const claude: ModelPrice = { input: '3', output: '15', maxOutputTokens: 64_000 }
+// Claude models of versions before Opus 4.6 (4-5): their list prices wherever they run. US-only
+// inference's 11/10 on the later ones: messages-billing-extras.test.ts.
 const book = createPriceBook({
-  'claude-test': claude,
-  'claude-images': { ...claude, maxImageTokens: 1600 },
-  'claude-own-writes': { ...claude, cacheWrite: '4', cacheWrite1h: '7' }
+  'claude-test-4-5': claude,
+  'claude-images-4-5': { ...claude, maxImageTokens: 1600 },
+  'claude-own-writes-4-5': { ...claude, cacheWrite: '4', cacheWrite1h: '7' }
 })
 const estimate = (body: unknown, model?: string) => messagesApi.estimate(body, book, model)
-const base = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({ model: 'claude-test', max_tokens: 1000, messages: [{ role: 'user', content: 'Hello, Claude' }], ...extra })
+const base = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({ model: 'claude-test-4-5', max_tokens: 1000, messages: [{ role: 'user', content: 'Hello, Claude' }], ...extra })
 const bytes = (value: unknown): number => Buffer.byteLength(JSON.stringify(value), 'utf8')
 /** The estimate's input tokens: its tokens less the output it counts (max_tokens, capped by the model's maximum). */
 type FieldError = typeof InvalidFieldError | typeof UnboundedFieldError | typeof ModelNotPricedError
@@ -79,12 +81,12 @@ t.test('cache writes: every input token at the dearest write rate any mark asks 
   const text = (ttl?: string) => ({ role: 'user', content: [{ type: 'text', text: 'Hello, Claude', cache_control: ttl === undefined ? { type: 'ephemeral' } : { type: 'ephemeral', ttl } }] })
   const marked = (ttl?: string, extra: Record<string, unknown> = {}) => base({ messages: [text(ttl)], ...extra })
   const withMark = inputOf(marked())
-  const writes = (model = 'claude-test') => estimate({ ...marked(), model }).amount
+  const writes = (model = 'claude-test-4-5') => estimate({ ...marked(), model }).amount
   t.equal(writes(), costOfTokens(claude, { inputTokens: withMark, outputTokens: 1000, cacheWriteTokens: withMark }), 'a 5-minute mark (the default ttl): all input at 5/4 the input rate')
   t.equal(estimate(marked('1h')).amount, costOfTokens(claude, { inputTokens: inputOf(marked('1h')), outputTokens: 1000, cacheWrite1hTokens: inputOf(marked('1h')) }), 'a 1-hour mark: all input at twice the input rate')
   const both = base({ system: [{ type: 'text', text: 'S', cache_control: { type: 'ephemeral', ttl: '5m' } }], messages: [text('1h')] })
   t.equal(estimate(both).amount, costOfTokens(claude, { inputTokens: inputOf(both), outputTokens: 1000, cacheWrite1hTokens: inputOf(both) }), 'marks of both ttls: the dearer')
-  t.equal(writes('claude-own-writes'), costOfTokens({ ...claude, cacheWrite: '4' }, { inputTokens: withMark, outputTokens: 1000, cacheWriteTokens: withMark }), 'the price\'s own write rate')
+  t.equal(writes('claude-own-writes-4-5'), costOfTokens({ ...claude, cacheWrite: '4' }, { inputTokens: withMark, outputTokens: 1000, cacheWriteTokens: withMark }), 'the price\'s own write rate')
 
   for (const [where, body] of <Array<[string, Record<string, unknown>]>>[
     ['top-level', base({ cache_control: { type: 'ephemeral', ttl: '1h' } })],
@@ -109,11 +111,11 @@ t.test('cache writes: every input token at the dearest write rate any mark asks 
 
 t.test('images at the model\'s worst case where the price gives one; refused otherwise', async (t) => {
   const image = { type: 'image', source: { type: 'base64', media_type: 'image/png', data: 'A'.repeat(100_000) } }
-  const body = base({ model: 'claude-images', messages: [{ role: 'user', content: [image, { type: 'text', text: 'What is this?' }] }] })
-  const plain = base({ model: 'claude-images', messages: [{ role: 'user', content: [{ type: 'text', text: 'What is this?' }] }] })
+  const body = base({ model: 'claude-images-4-5', messages: [{ role: 'user', content: [image, { type: 'text', text: 'What is this?' }] }] })
+  const plain = base({ model: 'claude-images-4-5', messages: [{ role: 'user', content: [{ type: 'text', text: 'What is this?' }] }] })
   t.equal(inputOf(body), inputOf(plain) + 1600, 'an image: maxImageTokens, not the bytes of its data')
-  t.ok(throwsKind(() => estimate({ ...body, model: 'claude-test' }), UnboundedFieldError), 'no image bound: refused')
-  t.ok(throwsKind(() => estimate(base({ model: 'claude-images', messages: [{ role: 'user', content: [{ type: 'image', source: { type: 'pdf' } }] }] })), InvalidFieldError), 'an image source of no known type')
+  t.ok(throwsKind(() => estimate({ ...body, model: 'claude-test-4-5' }), UnboundedFieldError), 'no image bound: refused')
+  t.ok(throwsKind(() => estimate(base({ model: 'claude-images-4-5', messages: [{ role: 'user', content: [{ type: 'image', source: { type: 'pdf' } }] }] })), InvalidFieldError), 'an image source of no known type')
 })
 
 const refusedBodies: Array<[string, Record<string, unknown>, FieldError, string]> = [
@@ -122,7 +124,8 @@ const refusedBodies: Array<[string, Record<string, unknown>, FieldError, string]
   ['context_management', base({ context_management: { edits: [] } }), UnboundedFieldError, 'context_management'],
   ['an unknown field', base({ frobnicate: true }), UnboundedFieldError, 'frobnicate'],
   ['fast mode', base({ speed: 'fast' }), UnboundedFieldError, 'speed'],
-  ['US-only inference', base({ inference_geo: 'us' }), UnboundedFieldError, 'inference_geo'],
+  ['inference_geo on a model before Claude Opus 4.6 (Anthropic answers a 400; messages-billing-extras.test.ts has the newer ones)', base({ inference_geo: 'us' }), InvalidFieldError, 'inference_geo'],
+  ['a geography without a known price', base({ model: 'claude-opus-4-6', inference_geo: 'eu' }), UnboundedFieldError, 'inference_geo'],
   ['structured output', base({ output_config: { format: { type: 'json_schema', schema: {} } } }), UnboundedFieldError, 'output_config.format'],
   ['a document', base({ messages: [{ role: 'user', content: [{ type: 'document', source: { type: 'url', url: 'https://x/a.pdf' } }] }] }), UnboundedFieldError, 'messages.0.content.0.type'],
   ['a server tool\'s result block', base({ messages: [{ role: 'assistant', content: [{ type: 'web_search_tool_result', tool_use_id: 's', content: [] }] }] }), UnboundedFieldError, 'messages.0.content.0.type'],
@@ -176,15 +179,15 @@ t.test('accepted: both service tiers, custom tools, adaptive thinking, search re
 })
 
 t.test('usage from a JSON body: input is Anthropic\'s input_tokens plus cache reads and writes', async (t) => {
-  const body = (usage: Record<string, unknown>, extra: Record<string, unknown> = {}) => JSON.stringify({ id: 'msg_1', type: 'message', role: 'assistant', model: 'claude-test-20250101', content: [], usage, ...extra })
-  t.same(messagesApi.usageFromBody(body({ input_tokens: 12, output_tokens: 30 }), 'claude-test'), { model: 'claude-test-20250101', inputTokens: 12, outputTokens: 30 })
-  t.same(messagesApi.usageFromBody(body({ input_tokens: 12, output_tokens: 30, cache_read_input_tokens: 100, cache_creation_input_tokens: 50, cache_creation: { ephemeral_5m_input_tokens: 20, ephemeral_1h_input_tokens: 30 } }), 'claude-test'),
-    { model: 'claude-test-20250101', inputTokens: 162, outputTokens: 30, cachedInputTokens: 100, cacheWriteTokens: 20, cacheWrite1hTokens: 30 }, 'reads and the written breakdown')
+  const body = (usage: Record<string, unknown>, extra: Record<string, unknown> = {}) => JSON.stringify({ id: 'msg_1', type: 'message', role: 'assistant', model: 'claude-test-4-5-20250101', content: [], usage, ...extra })
+  t.same(messagesApi.usageFromBody(body({ input_tokens: 12, output_tokens: 30 }), 'claude-test-4-5'), { model: 'claude-test-4-5-20250101', inputTokens: 12, outputTokens: 30 })
+  t.same(messagesApi.usageFromBody(body({ input_tokens: 12, output_tokens: 30, cache_read_input_tokens: 100, cache_creation_input_tokens: 50, cache_creation: { ephemeral_5m_input_tokens: 20, ephemeral_1h_input_tokens: 30 } }), 'claude-test-4-5'),
+    { model: 'claude-test-4-5-20250101', inputTokens: 162, outputTokens: 30, cachedInputTokens: 100, cacheWriteTokens: 20, cacheWrite1hTokens: 30 }, 'reads and the written breakdown')
   t.same(messagesApi.usageFromBody(body({ input_tokens: 1, output_tokens: 2, cache_creation_input_tokens: 50, cache_read_input_tokens: null, cache_creation: null }), 'm'),
-    { model: 'claude-test-20250101', inputTokens: 51, outputTokens: 2, cacheWriteTokens: 50 }, 'no breakdown: 5-minute writes')
+    { model: 'claude-test-4-5-20250101', inputTokens: 51, outputTokens: 2, cacheWriteTokens: 50 }, 'no breakdown: 5-minute writes')
   t.same(messagesApi.usageFromBody(body({ input_tokens: 1, output_tokens: 2, cache_creation_input_tokens: 10, cache_creation: { ephemeral_5m_input_tokens: 0, ephemeral_1h_input_tokens: 40 } }), 'm')?.inputTokens, 41,
     'a breakdown above its total: the breakdown (reconciled upward)')
-  t.equal(messagesApi.usageFromBody(body({ input_tokens: 1, output_tokens: 2 }, { model: 7 }), 'claude-test')?.model, 'claude-test', 'no model named: the one asked for')
+  t.equal(messagesApi.usageFromBody(body({ input_tokens: 1, output_tokens: 2 }, { model: 7 }), 'claude-test-4-5')?.model, 'claude-test-4-5', 'no model named: the one asked for')
   for (const usage of [{ output_tokens: 2 }, { input_tokens: -1, output_tokens: 2 }, { input_tokens: 1, output_tokens: 2.5 }, { input_tokens: 1, output_tokens: 2, cache_read_input_tokens: -5 },
     { input_tokens: 1, output_tokens: 2, cache_creation_input_tokens: '9' }, { input_tokens: 1, output_tokens: 2, cache_creation: { ephemeral_1h_input_tokens: 1e300 } },
     { input_tokens: Number.MAX_SAFE_INTEGER, output_tokens: 2, cache_read_input_tokens: 10 }, { input_tokens: 1, output_tokens: 2, cache_creation: 'lots' }]) {
@@ -200,14 +203,14 @@ t.test('the cost of a usage: reads at the read rate, writes at the write rates',
   const usage = messagesApi.usageFromBody(JSON.stringify({ model: 'claude-sonnet-4-5', usage: { input_tokens: 1_000_000, output_tokens: 0, cache_read_input_tokens: 1_000_000, cache_creation_input_tokens: 2_000_000, cache_creation: { ephemeral_5m_input_tokens: 1_000_000, ephemeral_1h_input_tokens: 1_000_000 } } }), 'x')!
   // 4M input tokens in all: the long-context tier (6, 0.6 reads, 7.5 and 12 writes per 1M).
   t.equal(costFromUsage(usage, catalog), String(6 + 0.6 + 7.5 + 12), 'each part at its rate of the tier')
-  const small = messagesApi.usageFromBody(JSON.stringify({ model: 'claude-test', usage: { input_tokens: 0, output_tokens: 0, cache_creation: { ephemeral_5m_input_tokens: 1_000_000, ephemeral_1h_input_tokens: 1_000_000 } } }), 'x')!
+  const small = messagesApi.usageFromBody(JSON.stringify({ model: 'claude-test-4-5', usage: { input_tokens: 0, output_tokens: 0, cache_creation: { ephemeral_5m_input_tokens: 1_000_000, ephemeral_1h_input_tokens: 1_000_000 } } }), 'x')!
   t.equal(costFromUsage(small, book), '9.75', 'no write rates in the table: 5/4 and 2x of 3')
 })
 
 /** An event stream as Anthropic sends it, one [event, data] pair at a time. */
 function anthropicStream (final: Record<string, unknown>): Array<[string, string]> {
   return [
-    ['message_start', JSON.stringify({ type: 'message_start', message: { id: 'msg_1', type: 'message', role: 'assistant', model: 'claude-test-20250101', content: [], usage: { input_tokens: 25, output_tokens: 1, cache_creation_input_tokens: 0, cache_read_input_tokens: 400, cache_creation: { ephemeral_5m_input_tokens: 0, ephemeral_1h_input_tokens: 0 } } } })],
+    ['message_start', JSON.stringify({ type: 'message_start', message: { id: 'msg_1', type: 'message', role: 'assistant', model: 'claude-test-4-5-20250101', content: [], usage: { input_tokens: 25, output_tokens: 1, cache_creation_input_tokens: 0, cache_read_input_tokens: 400, cache_creation: { ephemeral_5m_input_tokens: 0, ephemeral_1h_input_tokens: 0 } } } })],
     ['content_block_start', JSON.stringify({ type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } })],
     ['ping', JSON.stringify({ type: 'ping' })],
     ['content_block_delta', JSON.stringify({ type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: 'Hello' } })],
@@ -219,34 +222,34 @@ function anthropicStream (final: Record<string, unknown>): Array<[string, string
 
 t.test('usage from a stream: message_start\'s input, the last message_delta\'s cumulative counts; none before a message_delta', async (t) => {
   const events = anthropicStream({ output_tokens: 15 })
-  const reader = messagesApi.streamUsage('claude-test')
+  const reader = messagesApi.streamUsage('claude-test-4-5')
   for (const [index, [name, data]] of events.entries()) {
     reader.event(name, data)
     if (index < 5) t.equal(reader.usage(), null, `after ${name}: none yet (message_start's output_tokens would undercharge)`)
   }
-  t.same(reader.usage(), { model: 'claude-test-20250101', inputTokens: 425, outputTokens: 15, cachedInputTokens: 400 })
+  t.same(reader.usage(), { model: 'claude-test-4-5-20250101', inputTokens: 425, outputTokens: 15, cachedInputTokens: 400 })
 
-  const cut = messagesApi.streamUsage('claude-test')
+  const cut = messagesApi.streamUsage('claude-test-4-5')
   for (const [name, data] of events.slice(0, 5)) cut.event(name, data)
   t.equal(cut.usage(), null, 'a stream cut before message_delta: null, the estimate is charged')
 
-  const updated = messagesApi.streamUsage('claude-test')
+  const updated = messagesApi.streamUsage('claude-test-4-5')
   for (const [, data] of anthropicStream({ output_tokens: 40, input_tokens: 30, cache_creation_input_tokens: 100, cache_read_input_tokens: null })) updated.event(undefined, data)
-  t.same(updated.usage(), { model: 'claude-test-20250101', inputTokens: 530, outputTokens: 40, cachedInputTokens: 400, cacheWriteTokens: 100 }, 'counts the delta gives replace message_start\'s (events named by their data alone)')
+  t.same(updated.usage(), { model: 'claude-test-4-5-20250101', inputTokens: 530, outputTokens: 40, cachedInputTokens: 400, cacheWriteTokens: 100 }, 'counts the delta gives replace message_start\'s (events named by their data alone)')
 
-  const two = messagesApi.streamUsage('claude-test')
+  const two = messagesApi.streamUsage('claude-test-4-5')
   for (const [name, data] of anthropicStream({ output_tokens: 10 })) two.event(name, data)
   two.event('message_delta', JSON.stringify({ type: 'message_delta', delta: {}, usage: { output_tokens: 22 } }))
   t.equal(two.usage()?.outputTokens, 22, 'cumulative: the last delta\'s count, not a sum')
   two.event('message_delta', JSON.stringify({ type: 'message_delta', delta: {}, usage: { output_tokens: -3 } }))
   t.equal(two.usage(), null, 'a count that is no count: untrusted, the estimate is charged')
 
-  const proto = messagesApi.streamUsage('claude-test')
+  const proto = messagesApi.streamUsage('claude-test-4-5')
   proto.event('message_start', '{"type":"message_start","message":{"usage":{"__proto__":{"input_tokens":5},"output_tokens":1}}}')
   proto.event('message_delta', '{"type":"message_delta","usage":{"output_tokens":3}}')
   t.equal(proto.usage(), null, 'a count under __proto__ is not an input count')
 
-  const noStart = messagesApi.streamUsage('claude-test')
+  const noStart = messagesApi.streamUsage('claude-test-4-5')
   noStart.event('message_delta', JSON.stringify({ type: 'message_delta', usage: { output_tokens: 5 } }))
   t.equal(noStart.usage(), null, 'a delta without any input count: no usage')
   for (const junk of ['', 'not json', '[]', 'null', '{"type":"message_delta","usage":7}']) noStart.event('message_delta', junk)
@@ -282,7 +285,7 @@ t.test('refusals in Anthropic\'s error shape, read by the official client as its
   const client = new Anthropic({ apiKey: 'test', baseURL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, maxRetries: 0 })
   for (const [sent, errorClass, type] of cases) {
     answer = sent
-    const error = await client.messages.create({ model: 'claude-test', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }).then(() => null, (caught: unknown) => caught)
+    const error = await client.messages.create({ model: 'claude-test-4-5', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }).then(() => null, (caught: unknown) => caught)
     t.ok(error instanceof errorClass, `${sent.status} ${sent.kind}: ${errorClass.name}`)
     const apiError = error as InstanceType<typeof Anthropic.APIError>
     t.equal(apiError.type, type, `its type: ${type}`)
@@ -331,7 +334,7 @@ t.test('any JSON value, anywhere, is refused with a field error or bounded, neve
     ],
     tools: [{ name: 'f', input_schema: { type: 'object' } }],
     thinking: { type: 'enabled', budget_tokens: 500 },
-    model: 'claude-images'
+    model: 'claude-images-4-5'
   })
   t.ok(tryEstimate(valid) && (() => { try { estimate(valid); return true } catch { return false } })(), 'the valid body is bounded')
   const paths: string[][] = []

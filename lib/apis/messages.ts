@@ -13,8 +13,23 @@
 // - service_tier 'auto' (the default) and 'standard_only' are both accepted: Anthropic's service-tiers
 //   page says priority capacity is drawn down at burndown rates that "reflect the relative pricing of
 //   each token type" (a prepaid commitment, no longer sold), never above the list prices bounded here.
-//   inference_geo (US-only inference bills 1.1x on Opus 4.6 and later) and speed 'fast' (a premium
-//   rate) are refused: the price table has neither rate.
+//   speed 'fast' (a premium rate) is refused: the price table has no such rate.
+// - inference_geo: US-only inference bills 11/10 of the list prices on Claude Opus 4.6 and every model
+//   released after it (Anthropic's pricing, "Data residency"; the data-residency page: inference_geo "is
+//   supported on Claude Opus 4.6 and all subsequent models", older ones answer it with a 400). Which
+//   models those are is read from the name (billsUsOnlyInference): a Claude name whose version, the
+//   first one- or two-digit number after "claude-" (claude-opus-4-6, claude-3-5-sonnet, claude-2.1),
+//   is 4.6 or more, or that has no such version (claude-mythos-preview): a later model is surcharged
+//   until it is named here, never undercharged. Names without "claude-" are no Claude model: no
+//   surcharge, and inference_geo is refused on them as on the older models. The estimate checks the
+//   name asked for and the price table's names for it (an operator's alias). On those models 'global'
+//   is reserved at list price, 'us' and no inference_geo at 11/10: without one the workspace's
+//   default_inference_geo decides, which the gate cannot see. Another geography is refused (its price
+//   is unknown). The settlement reads usage.inference_geo, where inference ran: 'global' at list price,
+//   anything else ('us', none, null, a value unknown) at 11/10. A usage that does not say is read as
+//   US because the usage reader sees only the response (one settlement path for every API): a request
+//   that said 'global' is then charged 10% over its bill, never under it; Anthropic's own responses
+//   always say where the models that take inference_geo ran.
 // - Clamp: withLimit lowers thinking.budget_tokens below the new max_tokens, as Anthropic requires;
 //   when that leaves less than Anthropic's minimum budget (1,024), it turns thinking off instead.
 // - Usage: the cache-creation breakdown (ephemeral_5m/1h) prices the writes; without one, every written
@@ -24,7 +39,7 @@ import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError, quoted } f
 import { MAX_NESTING, walkForDepthOrKey } from '../json-limits.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
 import type { CostEstimate } from '../services/estimate.js'
-import { costOfTokens, type ModelPrice, type PriceBook, type TokenUsage } from '../services/pricing.js'
+import { costOfTokens, type ModelPrice, type PriceBook, type PriceMultiplier, type PricedModel, type TokenUsage } from '../services/pricing.js'
 import type { ModelApi, OutputLimit, Refusal, RefusalKind, StreamUsageReader } from './model-api.js'
 
 /** Anthropic's framing of one message (role, turn markers): a few tokens; generous. */
@@ -67,6 +82,48 @@ const IMAGE_SOURCES = new Set(['base64', 'url', 'file'])
 const CUSTOM_TOOL_FIELDS = new Set(['type', 'name', 'description', 'input_schema', 'cache_control', 'strict', 'eager_input_streaming', 'input_examples'])
 const SERVER_TOOL = /^(web_search|web_fetch|code_execution|tool_search|mcp|browser)/
 const TTLS = new Set(['5m', '1h'])
+
+/** What US-only inference bills, as a multiple of the list prices. */
+export const US_ONLY_INFERENCE: PriceMultiplier = Object.freeze({ numerator: 11, denominator: 10 })
+/** The first Claude version that takes inference_geo, and bills US-only inference above list price. */
+const FIRST_GEO_VERSION = [4, 6] as const
+/** A Claude model's name: "claude-" at its start or after a provider's prefix (anthropic/, us.anthropic.). */
+const CLAUDE_NAME = /(?:^|[/.:])claude-(.*)$/i
+
+/**
+ * Whether a model bills US-only inference at 11/10 of its list prices: a Claude model from Opus 4.6
+ * on, or one whose name gives no version (the module's header has the rule and why).
+ */
+export function billsUsOnlyInference (model: string): boolean {
+  const rest = CLAUDE_NAME.exec(model)?.[1]
+  if (rest === undefined) return false
+  // The version: the first part of one or two digits (v1's too), and the next, if it is one, as the minor.
+  const parts = rest.split(/[-.@:_]/)
+  const at = parts.findIndex((part) => /^v?\d{1,2}$/i.test(part))
+  if (at === -1) return true
+  const major = Number(parts[at]!.replace(/^v/i, ''))
+  const minor = /^\d{1,2}$/.test(parts[at + 1] ?? '') ? Number(parts[at + 1]) : 0
+  return major > FIRST_GEO_VERSION[0] || (major === FIRST_GEO_VERSION[0] && minor >= FIRST_GEO_VERSION[1])
+}
+
+/**
+ * The multiple of the list prices a call is reserved at for where it runs (none: the list prices), by
+ * its inference_geo and the names it may be billed under.
+ */
+function inferenceGeoMultiplier (geo: unknown, names: string[]): PriceMultiplier | undefined {
+  const surcharged = names.some(billsUsOnlyInference)
+  if (geo === undefined || geo === null) return surcharged ? US_ONLY_INFERENCE : undefined
+  if (!surcharged) throw new InvalidFieldError('inference_geo', 'is taken only by Claude Opus 4.6 and later models (Anthropic refuses it on older ones)')
+  if (typeof geo !== 'string') throw new InvalidFieldError('inference_geo', "must be 'global' or 'us'")
+  if (geo === 'global') return undefined
+  if (geo === 'us') return US_ONLY_INFERENCE
+  throw new UnboundedFieldError('inference_geo', `${quoted(geo)} is a geography whose price the budget gate does not know: only 'global' or 'us'`)
+}
+
+/** The names a call to `chosen` may be billed under: its own, the price table's, and that entry's aliases. */
+function billedNames (chosen: string, priced: PricedModel): string[] {
+  return [chosen, priced.model, ...(priced.price.aliases ?? [])]
+}
 
 interface MessagesBound {
   inputTokens: number
@@ -219,9 +276,6 @@ function checkOptions (body: Record<string, unknown>): void {
   if (body.speed !== undefined && body.speed !== null && body.speed !== 'standard') {
     throw new UnboundedFieldError('speed', "asks for fast mode, billed at a premium the price table does not give: only 'standard'")
   }
-  if (body.inference_geo !== undefined && body.inference_geo !== null) {
-    throw new UnboundedFieldError('inference_geo', 'picks where inference runs, and US-only inference bills above the price table')
-  }
   if (body.output_config !== undefined) {
     if (!isObject(body.output_config)) throw new InvalidFieldError('output_config', 'must be an object')
     if (body.output_config.format !== undefined && body.output_config.format !== null) {
@@ -241,11 +295,12 @@ function outputTokensFor (price: ModelPrice, maxTokens: number): number {
   return Math.min(maxTokens, price.maxOutputTokens) + (price.reasoningBeyondLimitTokens ?? 0)
 }
 
-/** The dearest of the ways the input can be billed: fresh, or all written at each ttl a mark asks for. */
-function worstCost (price: ModelPrice, inputTokens: number, outputTokens: number, writes: Set<'5m' | '1h'>): Money {
-  let worst = toUnits(costOfTokens(price, { inputTokens, outputTokens }))
+/** The dearest of the ways the input can be billed: fresh, or all written at each ttl a mark asks for; each times the multiplier for where it runs. */
+function worstCost (price: ModelPrice, inputTokens: number, outputTokens: number, writes: Set<'5m' | '1h'>, priceMultiplier: PriceMultiplier | undefined): Money {
+  const billed = { inputTokens, outputTokens, ...(priceMultiplier === undefined ? {} : { priceMultiplier }) }
+  let worst = toUnits(costOfTokens(price, billed))
   for (const ttl of writes) {
-    const written = toUnits(costOfTokens(price, { inputTokens, outputTokens, ...(ttl === '1h' ? { cacheWrite1hTokens: inputTokens } : { cacheWriteTokens: inputTokens }) }))
+    const written = toUnits(costOfTokens(price, { ...billed, ...(ttl === '1h' ? { cacheWrite1hTokens: inputTokens } : { cacheWriteTokens: inputTokens }) }))
     if (written > worst) worst = written
   }
   return fromUnits(price.perRequest === undefined ? worst : worst + toUnits(price.perRequest))
@@ -261,9 +316,10 @@ export function estimateMessagesCost (body: unknown, prices: PriceBook, model?: 
     throw new ModelNotPricedError('model', refused === null ? `has no price: ${chosen}` : `${chosen} is not priced: it ${refused}`)
   }
   const { inputTokens, requested, writes } = boundMessages(body, priced.price)
+  const multiplier = inferenceGeoMultiplier(body.inference_geo, billedNames(chosen, priced))
   const at = (limit: number): CostEstimate => {
     const outputTokens = outputTokensFor(priced.price, limit)
-    return { model: chosen, amount: worstCost(priced.price, inputTokens, outputTokens, writes), tokens: inputTokens + outputTokens, atOutputLimit: at }
+    return { model: chosen, amount: worstCost(priced.price, inputTokens, outputTokens, writes, multiplier), tokens: inputTokens + outputTokens, atOutputLimit: at }
   }
   return at(requested)
 }
@@ -285,8 +341,10 @@ const TOKENS = (value: unknown): value is number => Number.isSafeInteger(value) 
 
 /**
  * TokenUsage from Anthropic's usage object. Anthropic's input_tokens leaves out cache reads and writes:
- * the gate's inputTokens is their sum. Null when a count is not a non-negative safe integer (a cache
- * count left out would be charged as nothing), or when input_tokens or output_tokens is missing.
+ * the gate's inputTokens is their sum. On a model that bills US-only inference, a usage whose
+ * inference_geo is not 'global' carries the 11/10 multiplier. Null when a count is not a non-negative
+ * safe integer (a cache count left out would be charged as nothing), or when input_tokens or
+ * output_tokens is missing.
  */
 export function usageOf (usage: Record<string, unknown>, model: string): TokenUsage | null {
   const part = (value: unknown): number | null => value === undefined || value === null ? 0 : TOKENS(value) ? value : null
@@ -310,7 +368,8 @@ export function usageOf (usage: Record<string, unknown>, model: string): TokenUs
     outputTokens: output,
     ...(reads > 0 ? { cachedInputTokens: reads } : {}),
     ...(cacheWriteTokens > 0 ? { cacheWriteTokens } : {}),
-    ...(writes1h > 0 ? { cacheWrite1hTokens: writes1h } : {})
+    ...(writes1h > 0 ? { cacheWrite1hTokens: writes1h } : {}),
+    ...(billsUsOnlyInference(model) && usage.inference_geo !== 'global' ? { priceMultiplier: US_ONLY_INFERENCE } : {})
   }
 }
 

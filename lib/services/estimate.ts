@@ -220,17 +220,25 @@ export function estimateChatCost (body: unknown, prices: PriceBook, model?: stri
 
 const TOKENS = (value: number): boolean => Number.isSafeInteger(value) && value >= 0
 
+/** A price multiplier's parts: positive safe integers (a zero, a fraction or a float has no exact cost). */
+const MULTIPLIER_PART = (value: unknown): boolean => Number.isSafeInteger(value) && (value as number) > 0
+
 /**
  * The actual cost from the provider's usage, at the price of the model it names (a dated snapshot finds
  * its base model) in force at `at` (default: the book's instant, now unless the gate fixed the call's),
- * cached input tokens at the cache-read rate and cache writes at the write rates; null when it cannot be
- * priced, or when its parts (reads and writes) are not counts that fit in its input.
+ * cached input tokens at the cache-read rate and cache writes at the write rates, the tokens' cost times
+ * the usage's price multiplier (US-only inference on Claude: 11/10); null when it cannot be priced, when
+ * its parts (reads and writes) are not counts that fit in its input, or its multiplier not a fraction
+ * of positive integers.
  */
 export function costFromUsage (usage: TokenUsage, prices: PriceBook, at?: Date): Money | null {
   const priced = prices.resolve(usage.model, at)
   const parts = [usage.cachedInputTokens ?? 0, usage.cacheWriteTokens ?? 0, usage.cacheWrite1hTokens ?? 0]
+  const multiplier = usage.priceMultiplier
   if (priced === null || !TOKENS(usage.inputTokens) || !TOKENS(usage.outputTokens) || !parts.every(TOKENS) ||
     parts.reduce((sum, part) => sum + part, 0) > usage.inputTokens) return null
+  // A usage a route reports itself (reportUsage) may carry anything: null included.
+  if (multiplier !== undefined && !(MULTIPLIER_PART(multiplier?.numerator) && MULTIPLIER_PART(multiplier?.denominator))) return null
   const tokens = costOfTokens(priced.price, usage)
   // A usage reports one call: its fee once (the estimate held one per choice).
   return priced.price.perRequest === undefined ? tokens : fromUnits(toUnits(tokens) + toUnits(priced.price.perRequest))

@@ -51,6 +51,24 @@ const KNOWN_LIMITS: Record<string, { maxOutputTokens: number, maxImageTokens?: n
 }
 
 /**
+ * Long-context rates the catalog leaves out, by provider and catalog model. Anthropic's 1M-token
+ * context beta (anthropic-beta: context-1m-2025-08-07, a header no estimate sees) billed a Claude
+ * Sonnet 4 request over 200K input tokens at these rates for all of its tokens (Anthropic's pricing,
+ * "Long context pricing": $6 input, $22.50 output per 1M, and the cache multipliers on them: reads
+ * $0.60, 5-minute writes $7.50, 1-hour writes $12), and Vertex AI billed its Claude Sonnet 4 the same.
+ * The catalog has the tier for Sonnet 4.5, and for Opus 4.6 and Sonnet 4.6 before 13 March 2026 (from
+ * then their 1M window bills at the base rates); not for Sonnet 4. Each rate is merged into the
+ * catalog's, never below it (exactPrice); a rate the catalog does not give keeps its own rule (a
+ * 1-hour write without one is twice the tier's input). Kept beyond the beta's life (August 2025 to 30
+ * April 2026): a Sonnet 4 request over 200K input tokens is refused outside it, and billed nothing.
+ */
+const SONNET_4_LONG_CONTEXT: PriceTier = { aboveInputTokens: 200_000, input: '6', output: '22.5', cachedInput: '0.6', cacheWrite: '7.5', cacheWrite1h: '12' }
+const LONG_CONTEXT_TIERS: Record<string, Record<string, PriceTier>> = {
+  anthropic: { 'claude-sonnet-4-0': SONNET_4_LONG_CONTEXT },
+  google: { 'claude-4-sonnet': SONNET_4_LONG_CONTEXT }
+}
+
+/**
  * How each provider bills output against the request's max_tokens, as its documentation states: the
  * rule that makes `min(max_tokens, maxOutputTokens)` (plus `reasoningBeyondLimitTokens` where a
  * provider bills a chain of thought past the cap) a bound of the output billed. A provider not listed
@@ -174,7 +192,8 @@ export function assessCatalogModel (provider: string, id: string, rates: Catalog
   }
   const outputBound = Object.hasOwn(OUTPUT_BOUNDS, provider) ? OUTPUT_BOUNDS[provider]! : null
   if (outputBound === null) return refuse(`is a ${provider} model, and how ${provider} bills output past max_tokens (reasoning) is not established: name the model in the price table to price it`)
-  const price = exactPrice(id, rates, contextWindow, !EXPLICIT_CACHE_WRITES.has(provider))
+  const longContext = Object.hasOwn(LONG_CONTEXT_TIERS, provider) && Object.hasOwn(LONG_CONTEXT_TIERS[provider]!, id) ? LONG_CONTEXT_TIERS[provider]![id] : undefined
+  const price = exactPrice(id, rates, contextWindow, !EXPLICIT_CACHE_WRITES.has(provider), longContext)
   if (price === null) return refuse('has rates that cannot be stored exactly, or a cache read dearer than a fresh token')
   const reasoning = Object.hasOwn(REASONING_BEYOND_LIMIT, provider) ? REASONING_BEYOND_LIMIT[provider]!(id) : 0
   return {
@@ -184,17 +203,25 @@ export function assessCatalogModel (provider: string, id: string, rates: Catalog
   }
 }
 
-function exactPrice (id: string, rates: CatalogPrice, contextWindow: number | undefined, writesAutomatically: boolean): ModelPrice | null {
+function exactPrice (id: string, rates: CatalogPrice, contextWindow: number | undefined, writesAutomatically: boolean, longContext?: PriceTier): ModelPrice | null {
   const write = writesAutomatically && rates[CACHE_WRITE_KEY] !== undefined ? exactRate(rates[CACHE_WRITE_KEY]) : undefined
   if (write === null) return null
   const fresh = exactRate(rates[TOKEN_KEYS.input])
-  const input = fresh === null || write === undefined ? fresh : higherRate(fresh, write)
+  const catalogInput = fresh === null || write === undefined ? fresh : higherRate(fresh, write)
   // An embedding model bills input alone: the catalog lists no output rate, and its output costs nothing.
-  const output = rates[TOKEN_KEYS.output] === undefined && EMBEDDING_MODEL.test(id) ? exactRate(0) : exactRate(rates[TOKEN_KEYS.output])
-  const cachedInput = rates[TOKEN_KEYS.cachedInput] === undefined ? undefined : exactRate(rates[TOKEN_KEYS.cachedInput])
+  const catalogOutput = rates[TOKEN_KEYS.output] === undefined && EMBEDDING_MODEL.test(id) ? exactRate(0) : exactRate(rates[TOKEN_KEYS.output])
+  const catalogCachedInput = rates[TOKEN_KEYS.cachedInput] === undefined ? undefined : exactRate(rates[TOKEN_KEYS.cachedInput])
   // Where writes happen only on request, their own rates, for the calls that ask (Anthropic's cache_control).
-  const cacheWrite = writesAutomatically || rates[CACHE_WRITE_KEY] === undefined ? undefined : exactRate(rates[CACHE_WRITE_KEY])
-  const cacheWrite1h = writesAutomatically || rates[CACHE_WRITE_1H_KEY] === undefined ? undefined : exactRate(rates[CACHE_WRITE_1H_KEY])
+  const catalogCacheWrite = writesAutomatically || rates[CACHE_WRITE_KEY] === undefined ? undefined : exactRate(rates[CACHE_WRITE_KEY])
+  const catalogCacheWrite1h = writesAutomatically || rates[CACHE_WRITE_1H_KEY] === undefined ? undefined : exactRate(rates[CACHE_WRITE_1H_KEY])
+  // The long-context tier the catalog leaves out (LONG_CONTEXT_TIERS), merged into each rate it has.
+  const withLongContext = <Rate extends ExactRate | null | undefined>(rate: Rate, tierRate: Money | undefined): Rate =>
+    rate === null || rate === undefined || longContext === undefined || tierRate === undefined ? rate : withTier(rate, longContext.aboveInputTokens, tierRate) as Rate
+  const input = withLongContext(catalogInput, longContext?.input)
+  const output = withLongContext(catalogOutput, longContext?.output)
+  const cachedInput = withLongContext(catalogCachedInput, longContext?.cachedInput)
+  const cacheWrite = withLongContext(catalogCacheWrite, longContext?.cacheWrite)
+  const cacheWrite1h = withLongContext(catalogCacheWrite1h, longContext?.cacheWrite1h)
   if (input === null || output === null || cachedInput === null || cacheWrite === null || cacheWrite1h === null) return null
 
   // Tiers: above a number of input tokens, the whole call at other rates. Each tier's rate is the
@@ -275,6 +302,12 @@ function rateAbove (rate: ExactRate, start: number): Money {
   let inForce = rate.base
   for (const tier of rate.tiers) if (tier.start <= start) inForce = tier.rate
   return inForce
+}
+
+/** A rate with another tier from `start` on, never below the rate the catalog has in force there. */
+function withTier (rate: ExactRate, start: number, tierRate: Money): ExactRate {
+  const tier = { start, rate: higher(rateAbove(rate, start), tierRate) }
+  return { base: rate.base, tiers: [...rate.tiers.filter((existing) => existing.start !== start), tier].sort((a, b) => a.start - b.start) }
 }
 
 /** The higher of two rates at every input size: an uncached prompt token that may also be a cache write. */

@@ -92,6 +92,17 @@ export interface TokenUsage {
   cacheWriteTokens?: number
   /** Of inputTokens, those written to the cache for an hour (cache_creation.ephemeral_1h_input_tokens), at the 1-hour write rate. */
   cacheWrite1hTokens?: number
+  /**
+   * The multiple of the model's rates the provider billed this call at (Anthropic's US-only inference:
+   * 11/10, lib/apis/messages.ts); without it, the rates themselves.
+   */
+  priceMultiplier?: PriceMultiplier
+}
+
+/** A multiple of every rate of a call, as a fraction of positive integers so that its cost stays exact. */
+export interface PriceMultiplier {
+  numerator: number
+  denominator: number
 }
 
 /** A model's entry, under the name the price table gives it. */
@@ -197,6 +208,8 @@ export interface BilledTokens {
   cachedInputTokens?: number
   cacheWriteTokens?: number
   cacheWrite1hTokens?: number
+  /** Every rate times this (positive safe integers; the caller checks them); without it, 1. */
+  priceMultiplier?: PriceMultiplier
 }
 
 // Rates are kept in quarters of a unit, so that a write rate of 5/4 of the input rate is exact.
@@ -212,7 +225,8 @@ function writeRateQuarters (rates: { input: Money, cacheWrite?: Money | undefine
  * The cost of a call's tokens at a price, rounded up once to the last stored decimal (never under):
  * cache reads at the cache-read rate, 5-minute and 1-hour cache writes at their write rates (the
  * price's own, else Anthropic's multipliers of the input rate: 5/4 and 2, exact), the rest of the
- * input at the input rate; the tier is chosen by all input tokens, as Anthropic's long-context rates are.
+ * input at the input rate; the tier is chosen by all input tokens, as Anthropic's long-context rates
+ * are; all of it times the price multiplier, if any, before the one rounding.
  */
 export function costOfTokens (price: ModelPrice, tokens: BilledTokens): Money {
   const rates = ratesInForce(price, tokens.inputTokens)
@@ -223,8 +237,10 @@ export function costOfTokens (price: ModelPrice, tokens: BilledTokens): Money {
   const scaled = QUARTERS * (BigInt(tokens.inputTokens - cached - writes - writes1h) * input +
     BigInt(cached) * toUnits(rates.cachedInput ?? rates.input) + BigInt(tokens.outputTokens) * toUnits(rates.output)) +
     BigInt(writes) * writeRateQuarters(rates, '5m') + BigInt(writes1h) * writeRateQuarters(rates, '1h')
-  const denominator = QUARTERS * PER_MILLION
-  return fromUnits((scaled + denominator - 1n) / denominator)
+  const multiplier = tokens.priceMultiplier
+  const numerator = scaled * BigInt(multiplier?.numerator ?? 1)
+  const denominator = QUARTERS * PER_MILLION * BigInt(multiplier?.denominator ?? 1)
+  return fromUnits((numerator + denominator - 1n) / denominator)
 }
 
 const TOKEN_COUNT = (value: unknown): boolean => Number.isInteger(value) && (value as number) > 0 && (value as number) <= 100_000_000
