@@ -461,6 +461,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         ...(usage?.cachedInputTokens === undefined ? {} : { cachedInputTokens: usage.cachedInputTokens }),
         ...(usage?.cacheWriteTokens === undefined ? {} : { cacheWriteTokens: usage.cacheWriteTokens }),
         ...(usage?.cacheWrite1hTokens === undefined ? {} : { cacheWrite1hTokens: usage.cacheWrite1hTokens }),
+        ...(usage?.priceMultiplier === undefined ? {} : { priceMultiplier: `${usage.priceMultiplier.numerator}/${usage.priceMultiplier.denominator}` }),
         estimatedCost: state.estimate,
         costBasis: charge.basis,
         ...(charge.basis === 'estimate' ? { estimateReason: charge.reason } : {}),
