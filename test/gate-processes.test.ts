@@ -88,6 +88,10 @@ t.test('a process killed mid-call: after the TTL its holds are swept and counted
   await waitFor(async () => toUnits(await held()) >= toUnits(estimate) * 5n, 10_000, 'five calls held')
   await doomed!.stop('SIGKILL')
   await Promise.all(streams)
+  // A statement the dead process sent just before it died (a lease's top-up) still runs to its commit in
+  // its backend: what it left held is known once no hold or lease statement is running any more.
+  await waitFor(async () => (await sql`select count(*)::int as n from pg_stat_activity
+    where state = 'active' and pid <> pg_backend_pid() and (query like '%budget_lease%' or query like '%budget_hold%')`)[0]!.n === 0, 10_000, 'the dead process\'s statements')
   const leftHeld = await held()
   t.ok(toUnits(leftHeld) >= toUnits(estimate) * 5n, `the dead process left ${leftHeld} held, at least the five calls' estimates`)
 
