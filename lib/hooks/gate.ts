@@ -94,8 +94,10 @@ export function streamFeeder (reader: StreamUsageReader, onUsage: (usage: TokenU
   const push = (text: string) => {
     if (text === '') return
     unended.push(text)
+    // The parser holds a CR it was fed last until it sees what follows it: then this text goes at once.
+    const heldCR = endsWithCR
     endsWithCR = text.endsWith('\r')
-    if (!/[\r\n]/.test(text)) return
+    if (!heldCR && !/[\r\n]/.test(text)) return
     parser.feed(unended.length === 1 ? text : unended.join(''))
     unended = []
   }
