@@ -17,9 +17,9 @@
 // - usage: prompt_tokens is the billed count; total_tokens, when it is a count too, must not be smaller
 //   (a part larger than its whole is not trusted: null), and when larger it is what is charged, since an
 //   embedding call's every token is input. A provider that reports only total_tokens is read by it.
-import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../errors.js'
+import { InvalidFieldError, UnboundedFieldError } from '../errors.js'
 import { fromUnits, toUnits } from '../money.js'
-import type { CostEstimate } from '../services/estimate.js'
+import { pricedCall, type CostEstimate } from '../services/estimate.js'
 import { costOf, type PriceBook, type TokenUsage } from '../services/pricing.js'
 import { tokenCounter } from '../services/tokens.js'
 import type { ModelApi, StreamUsageReader } from './model-api.js'
@@ -115,14 +115,7 @@ function stringTokens (inputs: string[], model: unknown): number {
 
 /** The gate's estimate of an embeddings call: its worst-case input tokens at the input rate, and the per-request fee. */
 export function estimateEmbeddingCost (body: unknown, prices: PriceBook, model?: string): CostEstimate {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new InvalidFieldError('body', 'must be a JSON object')
-  const chosen = model ?? (body as EmbeddingRequestShape).model
-  if (typeof chosen !== 'string' || chosen === '') throw new InvalidFieldError('model', 'must name a model')
-  const priced = prices.resolve(chosen)
-  if (priced === null) {
-    const refused = prices.refusal?.(chosen) ?? null
-    throw new ModelNotPricedError('model', refused === null ? `has no price: ${chosen}` : `${chosen} is not priced: it ${refused}`)
-  }
+  const { chosen, priced } = pricedCall(body, prices, model)
   // The price table's name picks the tokenizer: an alias (an Azure deployment's name) is that model.
   const inputTokens = worstCaseEmbeddingTokens(body as EmbeddingRequestShape, priced.model)
   const tokens = costOf(priced.price, inputTokens, 0)

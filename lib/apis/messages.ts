@@ -35,10 +35,10 @@
 // - Usage: the cache-creation breakdown (ephemeral_5m/1h) prices the writes; without one, every written
 //   token is a 5-minute write (Anthropic answers with the breakdown wherever a 1-hour ttl exists). A
 //   total and a breakdown that disagree are reconciled upward, never down.
-import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError, quoted } from '../errors.js'
+import { InvalidFieldError, UnboundedFieldError, quoted } from '../errors.js'
 import { MAX_NESTING, walkForDepthOrKey } from '../json-limits.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
-import type { CostEstimate } from '../services/estimate.js'
+import { pricedCall, type CostEstimate } from '../services/estimate.js'
 import { costOfTokens, type ModelPrice, type PriceBook, type PriceMultiplier, type PricedModel, type TokenUsage } from '../services/pricing.js'
 import type { ModelApi, OutputLimit, Refusal, RefusalKind, StreamUsageReader } from './model-api.js'
 
@@ -306,15 +306,8 @@ function worstCost (price: ModelPrice, inputTokens: number, outputTokens: number
   return fromUnits(price.perRequest === undefined ? worst : worst + toUnits(price.perRequest))
 }
 
-export function estimateMessagesCost (body: unknown, prices: PriceBook, model?: string): CostEstimate {
-  if (!isObject(body)) throw new InvalidFieldError('body', 'must be a JSON object')
-  const chosen = model ?? body.model
-  if (typeof chosen !== 'string' || chosen === '') throw new InvalidFieldError('model', 'must name a model')
-  const priced = prices.resolve(chosen)
-  if (priced === null) {
-    const refused = prices.refusal?.(chosen) ?? null
-    throw new ModelNotPricedError('model', refused === null ? `has no price: ${chosen}` : `${chosen} is not priced: it ${refused}`)
-  }
+export function estimateMessagesCost (input: unknown, prices: PriceBook, model?: string): CostEstimate {
+  const { request: body, chosen, priced } = pricedCall(input, prices, model)
   const { inputTokens, requested, writes } = boundMessages(body, priced.price)
   const multiplier = inferenceGeoMultiplier(body.inference_geo, billedNames(chosen, priced))
   const at = (limit: number): CostEstimate => {

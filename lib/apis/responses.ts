@@ -14,10 +14,10 @@
 //   later) are refused as unbounded; a bounded field set to null is the same as absent.
 // - reasoning (effort, summary) is accepted: reasoning tokens, summaries included, are output tokens
 //   under max_output_tokens. include only adds to what the response shows, not to what is billed.
-import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError, quoted } from '../errors.js'
+import { InvalidFieldError, UnboundedFieldError, quoted } from '../errors.js'
 import { MAX_NESTING, walkForDepthOrKey } from '../json-limits.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
-import type { CostEstimate } from '../services/estimate.js'
+import { pricedCall, type CostEstimate } from '../services/estimate.js'
 import { injectedPromptTokens } from '../services/injected-tokens.js'
 import { costOf, type ModelPrice, type PriceBook, type TokenUsage } from '../services/pricing.js'
 import { chatPromptTokens, tokenCounter } from '../services/tokens.js'
@@ -303,15 +303,8 @@ export function worstCaseTokens (body: Json, price: ModelPrice, model: unknown =
   return { inputTokens, outputTokens: outputTokensFor(price, requested) }
 }
 
-export function estimateResponsesCost (body: unknown, prices: PriceBook, model?: string): CostEstimate {
-  if (!isObject(body)) throw new InvalidFieldError('body', 'must be a JSON object')
-  const chosen = model ?? body.model
-  if (typeof chosen !== 'string' || chosen === '') throw new InvalidFieldError('model', 'must name a model')
-  const priced = prices.resolve(chosen)
-  if (priced === null) {
-    const refused = prices.refusal?.(chosen) ?? null
-    throw new ModelNotPricedError('model', refused === null ? `has no price: ${chosen}` : `${chosen} is not priced: it ${refused}`)
-  }
+export function estimateResponsesCost (input: unknown, prices: PriceBook, model?: string): CostEstimate {
+  const { request: body, chosen, priced } = pricedCall(input, prices, model)
   // The price table's name picks the tokenizer: an alias (an Azure deployment's name) is that model.
   const { inputTokens, requested } = boundCall(body, priced.price, priced.model)
   const at = (limit: number): CostEstimate => {

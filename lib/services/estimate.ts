@@ -5,7 +5,7 @@ import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError, quoted } f
 import { fromUnits, toUnits, type Money } from '../money.js'
 import { MAX_NESTING, jsonTextShape, pathOfKey, walkForDepthOrKey } from '../json-limits.js'
 import { injectedPromptTokens } from './injected-tokens.js'
-import { costOf, costOfTokens, type ModelPrice, type PriceBook, type TokenUsage } from './pricing.js'
+import { costOf, costOfTokens, type ModelPrice, type PriceBook, type PricedModel, type TokenUsage } from './pricing.js'
 import { chatPromptTokens, tokenCounter } from './tokens.js'
 
 export interface ChatRequestShape {
@@ -199,16 +199,26 @@ function checkFunctionTools (body: ChatRequestShape): void {
   }
 }
 
-/** The gate's default estimate: the worst case of the call to `model` (the requested one unless auto-downgrade chose another). */
-export function estimateChatCost (body: unknown, prices: PriceBook, model?: string): CostEstimate {
+/**
+ * What every API's estimate starts from: the body, which must be a JSON object; the model the call
+ * will use (`model`, else the body's own); and that model's price, or ModelNotPricedError saying why
+ * it has none.
+ */
+export function pricedCall (body: unknown, prices: PriceBook, model?: string): { request: Record<string, unknown>, chosen: string, priced: PricedModel } {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new InvalidFieldError('body', 'must be a JSON object')
-  const chosen = model ?? (body as ChatRequestShape).model
+  const chosen = model ?? (body as { model?: unknown }).model
   if (typeof chosen !== 'string' || chosen === '') throw new InvalidFieldError('model', 'must name a model')
   const priced = prices.resolve(chosen)
   if (priced === null) {
     const refused = prices.refusal?.(chosen) ?? null
     throw new ModelNotPricedError('model', refused === null ? `has no price: ${chosen}` : `${chosen} is not priced: it ${refused}`)
   }
+  return { request: body as Record<string, unknown>, chosen, priced }
+}
+
+/** The gate's default estimate: the worst case of the call to `model` (the requested one unless auto-downgrade chose another). */
+export function estimateChatCost (body: unknown, prices: PriceBook, model?: string): CostEstimate {
+  const { chosen, priced } = pricedCall(body, prices, model)
   // The price table's name picks the tokenizer: an alias (an Azure deployment's name) is that model.
   const { inputTokens, choices, requested } = boundCall(body as ChatRequestShape, priced.price, priced.model)
   const at = (limit: number): CostEstimate => {

@@ -78,25 +78,9 @@ export const DEFAULT_DOWNGRADES: Record<string, string> = {
   'gpt-4.1-mini': 'gpt-4.1-nano'
 }
 
-export interface TokenUsage {
+/** What the provider reported a call used: its tokens, and the model it names (maybe a dated snapshot). */
+export interface TokenUsage extends BilledTokens {
   model: string
-  /** Every input token, cached ones included (OpenAI's prompt_tokens). */
-  inputTokens: number
-  outputTokens: number
-  /** Of inputTokens, those read from the provider's prompt cache (OpenAI's usage.prompt_tokens_details.cached_tokens). */
-  cachedInputTokens?: number
-  /**
-   * Of inputTokens, those written to the provider's prompt cache for 5 minutes (Anthropic's
-   * cache_creation_input_tokens, or cache_creation.ephemeral_5m_input_tokens), at the cache-write rate.
-   */
-  cacheWriteTokens?: number
-  /** Of inputTokens, those written to the cache for an hour (cache_creation.ephemeral_1h_input_tokens), at the 1-hour write rate. */
-  cacheWrite1hTokens?: number
-  /**
-   * The multiple of the model's rates the provider billed this call at (Anthropic's US-only inference:
-   * 11/10, lib/apis/messages.ts); without it, the rates themselves.
-   */
-  priceMultiplier?: PriceMultiplier
 }
 
 /** A multiple of every rate of a call, as a fraction of positive integers so that its cost stays exact. */
@@ -203,12 +187,22 @@ export function costOf (price: ModelPrice, inputTokens: number, outputTokens: nu
 
 /** A call's tokens by how they are billed; the cached and written ones are parts of inputTokens. */
 export interface BilledTokens {
+  /** Every input token, cached ones included (OpenAI's prompt_tokens). */
   inputTokens: number
   outputTokens: number
+  /** Of inputTokens, those read from the provider's prompt cache (OpenAI's usage.prompt_tokens_details.cached_tokens). */
   cachedInputTokens?: number
+  /**
+   * Of inputTokens, those written to the provider's prompt cache for 5 minutes (Anthropic's
+   * cache_creation_input_tokens, or cache_creation.ephemeral_5m_input_tokens), at the cache-write rate.
+   */
   cacheWriteTokens?: number
+  /** Of inputTokens, those written to the cache for an hour (cache_creation.ephemeral_1h_input_tokens), at the 1-hour write rate. */
   cacheWrite1hTokens?: number
-  /** Every rate times this (positive safe integers; the caller checks them); without it, 1. */
+  /**
+   * The multiple of the model's rates the provider billed this call at (Anthropic's US-only inference:
+   * 11/10, lib/apis/messages.ts); without it, the rates themselves. Positive safe integers: the caller checks them.
+   */
   priceMultiplier?: PriceMultiplier
 }
 
