@@ -3,7 +3,11 @@
 // answers OpenAI's 429, which the official client reads and retries after retry-after.
 import OpenAI from 'openai'
 import t from 'tap'
+import Fastify from 'fastify'
+import type { LineBudget } from '../lib/repository/reservations.js'
+import { createReservationRepository } from '../lib/repository/reservations.js'
 import { estimateChatCost } from '../lib/services/estimate.js'
+import { createRateLimits, isRateRefusal, type RateAdmission } from '../lib/services/rate-limits.js'
 import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
@@ -93,6 +97,27 @@ t.test('tokens per minute: reserved at the estimate, corrected from the usage at
   t.equal(third.statusCode, 200, 'the tokens the first calls did not use went back')
   await gateway.settled()
   await checkInvariants(t, gateway.sql)
+})
+
+t.test('an allowance given back is in its bucket before this process takes from it again', async (t) => {
+  const { admin, sql } = await buildApp(t)
+  const created = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ rateLimits: { tokensPerMinute: 4500 } }) })
+  const budget = created.json()
+  const repository = createReservationRepository(sql)
+  // A give-back whose statement is slow to commit (a loaded database): the next take must not run before it.
+  const slow = { ...repository, giveBackRate: async (returns: Parameters<typeof repository.giveBackRate>[0]) => {
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    await repository.giveBackRate(returns)
+  } }
+  const rateLimits = createRateLimits(slow, Fastify().log)
+  t.teardown(async () => await rateLimits.close())
+  const line = [{ budgetId: budget.id, name: budget.name, requestsPerMinute: null, tokensPerMinute: 4500 }] as unknown as LineBudget[]
+  const first = await rateLimits.admit(line, 4000)
+  t.notOk(isRateRefusal(first), 'the first call takes 4,000 of 4,500 tokens')
+  rateLimits.end(first as RateAdmission, 10)
+  rateLimits.forgetAll() // the allowance (3,990 tokens) goes back, slowly
+  const second = await rateLimits.admit(line, 4000)
+  t.notOk(isRateRefusal(second), 'the second call finds the 3,990 tokens the first did not use')
 })
 
 t.test('a call refused for money gives its request back; a call the client leaves early gives it back too', async (t) => {

@@ -89,7 +89,9 @@ export function createRateLimits (reservations: ReservationRepository, log: Fast
         askTokens: needTokens + wanted.tokens * extraCalls
       }
     })
-    const taking = reservations.takeRate(asks).then((grants) => {
+    // An allowance given back a moment ago may not be in its bucket yet: take after it is, or a call
+    // is refused for tokens this process just returned.
+    const taking = returns.then(async () => await reservations.takeRate(asks)).then((grants) => {
       for (const grant of grants) {
         const allowance = allowanceOf(grant.budgetId)
         allowance.requests += grant.grantedRequests
