@@ -8,6 +8,7 @@ import t from 'tap'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
+import { toUnits } from '../lib/money.js'
 
 /** Debian's chromium (what .ci/run installs), another Chromium named by CHROMIUM_PATH, or Playwright's own download. */
 function chromiumPath (): string {
@@ -24,13 +25,19 @@ async function launch (t: { teardown: (fn: () => unknown) => void }): Promise<Br
   return browser
 }
 
-/** The page's errors (uncaught exceptions, console errors such as a blocked script) as they happen. */
+/** The page's errors (uncaught exceptions, console errors such as a blocked script, each with its URL) as they happen. */
 function pageErrors (page: Page): string[] {
   const errors: string[] = []
   page.on('pageerror', (error) => errors.push(error.message))
-  page.on('console', (message) => { if (message.type() === 'error') errors.push(message.text()) })
+  page.on('console', (message) => { if (message.type() === 'error') errors.push(`${message.text()} ${message.location().url}`) })
   return errors
 }
+
+/**
+ * Chromium's console line for the 404 of GET {prefix}/decisions?…, which a server without the decision log
+ * answers: the page expects it and shows nothing (see the test of that case below).
+ */
+const decisionLogMissing = (error: string) => /status of 404/.test(error) && /\/decisions\?/.test(error)
 
 t.test('the page in Chromium: token prompt, tree, spend after a gated call, burn-down, alerts, approvals, report and CSV', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
@@ -118,7 +125,7 @@ t.test('the page in Chromium: token prompt, tree, spend after a gated call, burn
   await page.click('#sign-out')
   t.ok(await page.isVisible('#sign-in'), 'forgetting the token signs out')
   t.equal(await page.evaluate('sessionStorage.length'), 0)
-  t.same(errors.filter((error) => !error.includes('401')), [], 'no script error and nothing blocked by the page\'s policy')
+  t.same(errors.filter((error) => !error.includes('401') && !decisionLogMissing(error)), [], 'no script error and nothing blocked by the page\'s policy')
 })
 
 t.test('the page\'s routes: a fixed set of files with a strict policy, outside the admin API and its document, and an option to turn it off', async (t) => {
@@ -236,5 +243,179 @@ t.test('the page under odd hosts: a root prefix, a host that ignores trailing sl
   await page.locator(`.budget-row[data-budget-id="${kept.id}"]`).click()
   await page.waitForSelector('#sign-in-error:has-text("refused")')
   t.equal(await page.evaluate('sessionStorage.length'), 0, 'a token revoked mid-session is forgotten')
-  t.same(errors.filter((error) => !error.includes('401')), [], 'no uncaught error')
+  t.same(errors.filter((error) => !error.includes('401') && !decisionLogMissing(error)), [], 'no uncaught error')
 })
+
+/**
+ * Every element that sticks out of its box sideways: out of the nearest ancestor that clips or scrolls (or
+ * of the viewport), or text wider than its own box. Inside a box that scrolls sideways (a wide table)
+ * nothing is lost, so that box is measured and not its content. Page code, as text: the tests have no DOM types.
+ */
+const HORIZONTAL_OVERFLOWS = `(() => {
+  const problems = []
+  const viewport = document.documentElement.clientWidth
+  const describe = (node) => node.tagName.toLowerCase() + (node.id === '' ? '' : '#' + node.id) +
+    (typeof node.className === 'string' && node.className.trim() !== '' ? '.' + node.className.trim().split(/\\s+/).join('.') : '') +
+    ' "' + (node.textContent ?? '').trim().slice(0, 40) + '"'
+  const scrolls = (node) => ['auto', 'scroll'].includes(getComputedStyle(node).overflowX)
+  if (document.documentElement.scrollWidth > viewport) problems.push('the page scrolls sideways: ' + document.documentElement.scrollWidth + ' > ' + viewport)
+  for (const node of document.body.querySelectorAll('*')) {
+    const box = node.getBoundingClientRect()
+    if (box.width === 0 && box.height === 0) continue // not rendered
+    let container = node.parentElement
+    while (container !== null && container !== document.body && getComputedStyle(container).overflowX === 'visible') container = container.parentElement
+    if (container !== null && container !== document.body && scrolls(container)) continue
+    const bounds = container === null || container === document.body ? { left: 0, right: viewport } : container.getBoundingClientRect()
+    if (box.left < bounds.left - 0.5 || box.right > bounds.right + 0.5) {
+      problems.push(describe(node) + ' spans ' + Math.round(box.left) + '..' + Math.round(box.right) + ' outside ' + Math.round(bounds.left) + '..' + Math.round(bounds.right))
+    }
+    const style = getComputedStyle(node)
+    if (style.display !== 'inline' && !['INPUT', 'SELECT', 'TEXTAREA'].includes(node.tagName) && !scrolls(node) && node.scrollWidth > node.clientWidth + 1) {
+      problems.push(describe(node) + ' holds ' + node.scrollWidth + 'px in ' + node.clientWidth + 'px')
+    }
+  }
+  return problems
+})()`
+
+t.test('the page at 390 px and at 1280 px: every digit of an amount, the projection clipped to the chart, the blocked badge, nothing cut off', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
+  const tiny = await gateway.createBudget({ name: 'Tiny spend', scopeId: 'tiny', amount: '10000' })
+  await spendTo(gateway.app, tiny.id, '0.0000108')
+  // A period that started two hours ago: one burst of spend, extrapolated over the month, projects far past the limit.
+  const startDate = new Date(Date.now() - 2 * 3_600_000).toISOString()
+  const burst = await gateway.createBudget({
+    name: 'Burst', scopeId: 'burst', amount: '0.8', startDate,
+    alerts: [{ threshold: 50, actions: ['notify'] }, { threshold: 80, actions: ['notify'] }]
+  })
+  await spendTo(gateway.app, burst.id, '0.3007836')
+  const blocked = await gateway.createBudget({ name: 'Blocked', scopeId: 'blocked', amount: '1', alerts: [{ threshold: 50, actions: ['block-all'] }] })
+  await spendTo(gateway.app, blocked.id, '0.6')
+  const burstStatus = await gateway.status(burst.id)
+  t.equal(burstStatus.currentAmount, '0.3007836')
+  t.ok(toUnits(burstStatus.projectedTotal) > toUnits('8'), `the projection is ten times the limit (${burstStatus.projectedTotal as string})`)
+  t.equal((await gateway.status(blocked.id)).status, 'blocked', 'the API calls the budget blocked')
+
+  const browser = await launch(t)
+  for (const width of [390, 1280]) {
+    const page = await (await browser.newContext({ viewport: { width, height: 844 } })).newPage()
+    const errors = pageErrors(page)
+    await page.route((url) => url.pathname === `${PREFIX}/decisions`, async (route) => await route.fulfill({ json: decisionsFixture(burst.id) }))
+    await page.goto(`${base}${PREFIX}/ui`)
+    await page.fill('#token', ADMIN_TOKEN)
+    await page.click('#sign-in button[type=submit]')
+    const row = (id: string) => page.locator(`.budget-row[data-budget-id="${id}"]`)
+    await row(blocked.id).waitFor()
+
+    t.equal(await row(tiny.id).locator('[data-field=spend]').textContent(), '0.0000108', `${width} px: spend of 0.0000108 reads 0.0000108, not 0`)
+    t.equal(await row(tiny.id).locator('[data-field=limit]').textContent(), '10000')
+    t.equal(await row(burst.id).locator('[data-field=spend]').textContent(), '0.3007836', `${width} px: every digit, not 0.3007`)
+    const badge = row(blocked.id).locator('.badge.blocked')
+    t.ok(await badge.isVisible(), `${width} px: the blocked budget has its own badge`)
+    t.equal(await badge.textContent(), 'blocked')
+
+    await row(blocked.id).click()
+    await page.waitForSelector(`#detail[data-budget-id="${blocked.id}"]`)
+    t.ok(await page.isVisible('#detail-figures .badge.blocked'), `${width} px: the budget's page shows the blocked badge`)
+
+    // The projection moves with the clock: the page must show the one it was sent, to the digit.
+    const statusSent = page.waitForResponse((response) => response.url().endsWith(`/${burst.id}/status`))
+    await row(burst.id).click()
+    const { projectedTotal } = await (await statusSent).json()
+    await page.waitForSelector(`#detail[data-budget-id="${burst.id}"]`)
+    t.equal(await page.locator('#detail-figures [data-field=spend]').textContent(), '0.3007836 USD')
+    await page.waitForSelector('#burn-down canvas')
+    t.same([await page.getAttribute('#burn-down', 'data-scale-bottom'), await page.getAttribute('#burn-down', 'data-scale-top')], ['0', '0.8'],
+      `${width} px: the chart's scale is the budget's, 0 to 0.8, not the projection's`)
+    t.equal(await page.getAttribute('#burn-down-projection', 'data-clipped'), 'true')
+    t.equal(await page.locator('#burn-down-projection [data-field=projected-total]').textContent(), `${projectedTotal} USD`, `${width} px: the clipped projection's value as text (${projectedTotal})`)
+    t.match(await page.locator('#burn-down-projection').innerText(), /Off this chart's scale/)
+
+    await page.locator(`#detail-decisions[data-budget-id="${burst.id}"]`).waitFor()
+    t.equal(await page.locator('#detail-decisions tbody tr').count(), 2, `${width} px: the budget's recent decisions`)
+    t.equal(await page.locator('#detail-decisions tbody tr').first().locator('[data-field=estimate]').textContent(), '0.0000108 USD')
+    t.match(await page.locator('#detail-decisions tbody tr').nth(1).innerText(), /gpt-4o → gpt-4o-mini/)
+
+    await page.selectOption('#report-form [name=preset]', 'this-month')
+    await page.click('#report-form button[type=submit]')
+    const reportRow = page.locator('#report-table tbody tr', { hasText: 'team:tiny' })
+    await reportRow.waitFor()
+    const month = new Date()
+    const from = new Date(Date.UTC(month.getUTCFullYear(), month.getUTCMonth(), 1)).toISOString().slice(0, 10)
+    const to = new Date(Date.UTC(month.getUTCFullYear(), month.getUTCMonth() + 1, 1)).toISOString().slice(0, 10)
+    t.equal(await page.inputValue('#report-form [name=from]'), from, 'this month starts on the 1st')
+    const report = (await gateway.app.inject({ url: `${PREFIX}/reports/spend?from=${from}&to=${to}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json()
+    const group = report.groups.find((candidate: { key: string }) => candidate.key === 'team:tiny')
+    t.equal(group.total, '0.0000108')
+    t.equal(await reportRow.locator('[data-field=total]').textContent(), group.total, `${width} px: the report shows one call's 0.0000108, not 0`)
+
+    t.same(await page.evaluate(HORIZONTAL_OVERFLOWS), [], `${width} px: nothing sticks out sideways`)
+    t.same(errors, [], 'no script error')
+    await page.context().close()
+  }
+})
+
+t.test('a server without GET {prefix}/decisions (404): the budget\'s page shows no decisions and no error', async (t) => {
+  const gateway = await buildGateway(t)
+  const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
+  const budget = await gateway.createBudget({ name: 'No log yet', scopeId: 'no-log', amount: '10' })
+  const browser = await launch(t)
+  const page = await (await browser.newContext()).newPage()
+  const errors = pageErrors(page)
+  // The 404 this plugin's admin API answers for a route it does not have, whatever the server in front has.
+  let asked = 0
+  await page.route((url) => url.pathname === `${PREFIX}/decisions`, async (route) => {
+    asked++
+    await route.fulfill({ status: 404, json: { statusCode: 404, code: 'BUDGET_ERR_ROUTE_NOT_FOUND', error: 'Not Found', message: `No route GET ${PREFIX}/decisions in the budgets API` } })
+  })
+  await page.goto(`${base}${PREFIX}/ui`)
+  await page.fill('#token', ADMIN_TOKEN)
+  await page.click('#sign-in button[type=submit]')
+  await page.locator(`.budget-row[data-budget-id="${budget.id}"]`).click()
+  await page.waitForSelector(`#detail[data-budget-id="${budget.id}"]`)
+  await page.waitForSelector('#burn-down canvas')
+  await page.waitForLoadState('networkidle')
+  t.equal(asked, 1, 'the page asked for the budget\'s decisions')
+  t.notOk(await page.isVisible('#detail-decisions'), 'no decisions block')
+  t.equal(await page.locator('#load-error').textContent(), '', 'no error shown')
+  t.ok(await page.isVisible('#detail'), 'the rest of the budget\'s page is there')
+  t.same(errors.filter((error) => !decisionLogMissing(error)), [], 'no script error (the browser\'s own line about the 404 aside)')
+})
+
+t.test('report presets: ISO weeks from Monday and calendar months, in UTC days, sent as from/to with `to` the day after the last', async (t) => {
+  // The page's own module, as the browser loads it (a plain ES module without the DOM).
+  const { presetDays, queryRange } = await import(new URL('../ui/report-periods.js', import.meta.url).href)
+  const at = (instant: string) => Object.fromEntries(['this-week', 'last-week', 'this-month', 'last-month'].map((preset) => [preset, presetDays(preset, new Date(instant))]))
+  t.same(at('2026-12-02T22:00:00Z'), {
+    'this-week': { first: '2026-11-30', last: '2026-12-06' },
+    'last-week': { first: '2026-11-23', last: '2026-11-29' },
+    'this-month': { first: '2026-12-01', last: '2026-12-31' },
+    'last-month': { first: '2026-11-01', last: '2026-11-30' }
+  }, 'a Wednesday')
+  t.same(at('2026-01-04T23:59:59Z'), {
+    'this-week': { first: '2025-12-29', last: '2026-01-04' },
+    'last-week': { first: '2025-12-22', last: '2025-12-28' },
+    'this-month': { first: '2026-01-01', last: '2026-01-31' },
+    'last-month': { first: '2025-12-01', last: '2025-12-31' }
+  }, 'a Sunday, the last day of its ISO week, across a year\'s end')
+  t.same(at('2024-03-04T00:00:00Z')['this-week'], { first: '2024-03-04', last: '2024-03-10' }, 'a Monday starts its own week')
+  t.same(at('2024-03-04T00:00:00Z')['last-month'], { first: '2024-02-01', last: '2024-02-29' }, 'a leap February')
+  t.same(at('2026-03-01T00:30:00+01:00')['this-month'], { first: '2026-02-01', last: '2026-02-28' }, 'UTC days: 00:30 in Paris on March 1st is still February')
+  t.throws(() => presetDays('next-week', new Date()), /not a preset/)
+  t.same(queryRange('2026-11-30', '2026-12-06'), { from: '2026-11-30', to: '2026-12-07' }, 'the last day is included: the API\'s `to` is exclusive')
+  t.same(queryRange('2024-02-01', '2024-02-29'), { from: '2024-02-01', to: '2024-03-01' })
+  t.same(queryRange('', '2025-12-31'), { to: '2026-01-01' })
+  t.same(queryRange('', ''), {})
+})
+
+/** GET {prefix}/decisions's answer, in its documented shape: a refusal of a tiny estimate and a downgrade. */
+function decisionsFixture (budgetId: string) {
+  const budget = { id: budgetId, name: 'Burst', limit: '0.8', current: '0.3007836', reserved: '0' }
+  return {
+    decisions: [
+      { id: 'd2', at: '2026-12-02T10:00:00.000Z', requestId: 'req-2', api: 'chat', outcome: 'refused', code: 'budget_exceeded', scopes: { organization: 'acme', team: 'burst', user: 'alice' }, model: 'gpt-4o-mini', estimate: '0.0000108', currency: 'USD', budget },
+      { id: 'd1', at: '2026-12-02T09:00:00.000Z', requestId: 'req-1', api: 'chat', outcome: 'downgraded', code: 'model_restricted', scopes: { team: 'burst' }, tags: { feature: 'search' }, model: 'gpt-4o-mini', requestedModel: 'gpt-4o', estimate: '0.0123', currency: 'USD', budget }
+    ],
+    nextCursor: null
+  }
+}

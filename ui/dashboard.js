@@ -1,7 +1,9 @@
 // The dashboard's script: sign in with the admin token (kept in this tab's sessionStorage), then read the
 // admin API of the prefix this page is served under and draw the budget tree, the selected budget's
-// burn-down, alerts and approvals, the recent alerts, and the spend report with its CSV download.
+// burn-down, alerts, approvals and recent decisions, the recent alerts, and the spend report with its CSV download.
+// Money is shown as the API sends it, every digit (money.js): a Number only ever places a point on the chart.
 import { coordinate, display, fromUnits, percentOf, toUnits } from './money.js'
+import { presetDays, queryRange } from './report-periods.js'
 
 const TOKEN_KEY = 'relaycore-budgets-token'
 // The admin API's prefix, written into the page by the server ('' when the API is at the root).
@@ -23,6 +25,14 @@ function el (tag, attributes = {}, ...children) {
 
 class Unauthorized extends Error {}
 
+/** Any other answer than 2xx or 401, with its status (a 404 may mean a route this server does not have yet). */
+class ApiError extends Error {
+  constructor (status, message) {
+    super(message)
+    this.status = status
+  }
+}
+
 /** GET {prefix}{path}; `path` starts with '/' or '?' (the list, at the prefix itself, or at '/' for an empty prefix). */
 async function api (path, { accept = 'application/json' } = {}) {
   const response = await fetch(`${API === '' && path.startsWith('?') ? '/' : API}${path}`, {
@@ -32,7 +42,7 @@ async function api (path, { accept = 'application/json' } = {}) {
   if (response.status === 401) throw new Unauthorized('the token was refused')
   if (!response.ok) {
     const body = await response.json().catch(() => ({}))
-    throw new Error(`${response.status} ${body.code ?? ''} ${body.message ?? response.statusText}`.trim())
+    throw new ApiError(response.status, `${response.status} ${body.code ?? ''} ${body.message ?? response.statusText}`.trim())
   }
   return accept === 'application/json' ? await response.json() : await response.blob()
 }
@@ -172,7 +182,7 @@ async function select (id) {
   $('#detail').hidden = false
   $('#detail').dataset.budgetId = id
   $('#detail-name').textContent = `${budget.name} (${budget.scopeType}:${budget.scopeId})`
-  // Amounts are shown to 4 decimals; the exact figure is the title.
+  // Amounts are shown with every digit (the title holds the same figure, for a copy without the currency).
   const figure = (label, shown, field, exact = shown) => [el('dt', {}, label), el('dd', { 'data-field': field, title: exact }, shown)]
   const money = (label, amount, field, suffix = ` ${status.currency}`) => figure(label, `${display(amount)}${suffix}`, field, amount)
   $('#detail-figures').replaceChildren(
@@ -183,13 +193,50 @@ async function select (id) {
     ...money('Burn rate', status.burnRate, 'burn-rate', ` ${status.currency} / day`),
     ...money('Projected', status.projectedTotal, 'projected'),
     ...figure('Period', `${status.periodStart.slice(0, 16)} → ${status.periodEnd.slice(0, 16)} UTC`, 'period'),
-    ...figure('Status', status.status, 'status'))
+    el('dt', {}, 'Status'), el('dd', {}, el('span', { class: `badge ${status.status}`, 'data-field': 'status' }, status.status)))
   drawBurnDown(budget, status, summary)
   $('#detail-alerts').replaceChildren(...feed(alerts.alerts, (alert) =>
     `${alert.crossedAt.slice(0, 16)} · ${alert.threshold}% crossed (${display(alert.spent)} of ${display(alert.limit)})` +
     ` · ${alert.actions.join(', ')}${alert.acknowledgedBy ? ` · acknowledged by ${alert.acknowledgedBy}` : ''}`))
   $('#detail-approvals').replaceChildren(...feed(approvals.approvals, (approval) =>
     `${approval.createdAt.slice(0, 16)} · ${display(approval.amount)} by ${approval.approvedBy} until ${approval.expiresAt.slice(0, 16)}`))
+  await showDecisions(id)
+}
+
+/**
+ * The budget's recent refusals, clamps and downgrades, from {prefix}/decisions. A server without that route
+ * answers 404: the block stays hidden, and no error is shown (the rest of the page does not depend on it).
+ */
+async function showDecisions (id) {
+  const block = $('#detail-decisions')
+  if (block.dataset.budgetId !== id) block.hidden = true // another budget's rows are not this one's
+  let page
+  try {
+    page = await api(`/decisions?budgetId=${encodeURIComponent(id)}&limit=20`)
+  } catch (error) {
+    if (state.selected !== id) return
+    block.hidden = true
+    if (error instanceof ApiError && error.status === 404) return
+    return failed(error)
+  }
+  if (state.selected !== id) return
+  const scopes = (decision) => Object.entries(decision.scopes ?? {}).map(([type, scope]) => `${type}:${scope}`).join(' ')
+  const model = (decision) => decision.requestedModel && decision.requestedModel !== decision.model ? `${decision.requestedModel} → ${decision.model}` : decision.model
+  const binding = ({ budget }) => budget === null || budget === undefined
+    ? '–'
+    : `${budget.name}: ${display(budget.current)} + ${display(budget.reserved)} reserved of ${display(budget.limit)}`
+  block.querySelector('tbody').replaceChildren(...(page.decisions.length === 0
+    ? [el('tr', {}, el('td', { colspan: 7, class: 'empty' }, 'None'))]
+    : page.decisions.map((decision) => el('tr', { 'data-decision-id': decision.id },
+      el('td', {}, decision.at.slice(0, 19)),
+      el('td', {}, el('span', { class: `badge ${decision.outcome}` }, decision.outcome)),
+      el('td', {}, decision.code),
+      el('td', {}, scopes(decision)),
+      el('td', {}, model(decision)),
+      el('td', { class: 'number', 'data-field': 'estimate' }, `${display(decision.estimate)} ${decision.currency}`),
+      el('td', {}, binding(decision))))))
+  block.dataset.budgetId = id
+  block.hidden = false
 }
 
 function feed (items, line) {
@@ -201,6 +248,11 @@ let chart = null
 /**
  * Remaining budget over the period: limit minus the spend accumulated day by day (exact, in units), the
  * projection from now to the period's end, and a line where each alert threshold fires.
+ *
+ * The y scale is the limit down to zero (or to the lowest remaining or alert line below it), never the
+ * projection's: a burst extrapolated over the month (13.905 projected on a 0.8 budget) would otherwise set the
+ * scale, flatten the remaining line at 0 and pack the alert lines together. A projection past the scale stops
+ * at its edge, and the text under the chart gives its value.
  */
 function drawBurnDown (budget, status, summary) {
   const limit = toUnits(status.limit)
@@ -218,30 +270,80 @@ function drawBurnDown (budget, status, summary) {
     const dayEnd = midnight + 86_400
     if (dayEnd < now) points.push([dayEnd, limit - spent])
   }
-  points.push([now, limit - toUnits(status.currentAmount)])
+  const left = limit - toUnits(status.currentAmount)
+  points.push([now, left])
   const projectedEnd = limit - toUnits(status.projectedTotal)
-  const xs = [...new Set([...points.map(([x]) => x), end])].sort((a, b) => a - b)
-  const actual = xs.map((x) => { const point = points.find(([px]) => px === x); return point ? coordinate(point[1]) : null })
-  const projection = xs.map((x) => x === now ? coordinate(points[points.length - 1][1]) : x === end ? coordinate(projectedEnd) : null)
-  const thresholds = budget.alerts.map((alert) => ({ label: `${alert.threshold}% alert`, y: coordinate(limit - percentOf(limit, alert.threshold)) }))
+  const thresholds = budget.alerts.map((alert) => {
+    const remaining = limit - percentOf(limit, alert.threshold)
+    return { label: `${alert.threshold}% alert`, units: remaining, exact: fromUnits(remaining) }
+  })
+
+  // The scale, in units: from the limit (or the highest point) down to 0 or below it to the lowest line drawn.
+  const top = [limit, ...points.map(([, units]) => units)].reduce((a, b) => (b > a ? b : a))
+  const bottom = [0n, ...points.map(([, units]) => units), ...thresholds.map(({ units }) => units)].reduce((a, b) => (b < a ? b : a))
+  const span = coordinate(top - bottom) || 1
+  const range = [coordinate(bottom) - span * 0.04, coordinate(top) + span * 0.04]
+
+  // The projection, a straight line from now to the period's end, cut where it leaves the scale.
+  let projectionEnd = [end, projectedEnd]
+  const clipped = projectedEnd < bottom || projectedEnd > top
+  if (clipped && end > now) {
+    const edge = projectedEnd < bottom ? bottom : top
+    const share = coordinate(left - edge) / coordinate(left - projectedEnd)
+    projectionEnd = [now + (end - now) * share, edge]
+  }
+
+  const xs = [...new Set([...points.map(([x]) => x), projectionEnd[0], end])].sort((a, b) => a - b)
+  const exactAt = (pairs) => xs.map((x) => { const point = pairs.find(([px]) => px === x); return point ? fromUnits(point[1]) : null })
+  const actualExact = exactAt(points)
+  const projectionExact = xs.map((x) => x === now ? fromUnits(left) : x === projectionEnd[0] ? fromUnits(projectionEnd[1]) : null)
+  const toY = (exact) => exact === null ? null : coordinate(toUnits(exact))
+  // The legend shows the exact figure of the point under the cursor, never the chart's float.
+  const exactValue = (values) => (_chart, _raw, _series, index) => index === null || values[index] === null ? '--' : display(values[index])
   const series = [
     {},
-    { label: 'Remaining', stroke: '#2f7d4f', width: 2, spanGaps: true },
-    { label: `Projected (${display(fromUnits(projectedEnd))} left at period end)`, stroke: '#2f7d4f', dash: [6, 4], spanGaps: true },
-    ...thresholds.map(({ label }) => ({ label, stroke: '#b3261e', dash: [2, 3], width: 1 }))
+    { label: 'Remaining', stroke: '#2f7d4f', width: 2, spanGaps: true, value: exactValue(actualExact) },
+    { label: 'Projected', stroke: '#2f7d4f', dash: [6, 4], spanGaps: true, value: exactValue(projectionExact) },
+    ...thresholds.map(({ label, exact }) => ({ label, stroke: '#b3261e', dash: [2, 3], width: 1, value: () => display(exact) }))
   ]
-  const data = [xs, actual, projection, ...thresholds.map(({ y }) => xs.map(() => y))]
+  const data = [xs, actualExact.map(toY), projectionExact.map(toY), ...thresholds.map(({ units }) => xs.map(() => coordinate(units)))]
   const target = $('#burn-down')
   chart?.destroy()
   target.replaceChildren()
+  // The scale's exact bounds before padding, for a reader of the page's markup (and its test).
+  target.dataset.scaleBottom = fromUnits(bottom)
+  target.dataset.scaleTop = fromUnits(top)
   chart = new window.uPlot({
-    width: Math.max(360, target.clientWidth || 520),
+    width: chartWidth(),
     height: 240,
     series,
-    scales: { x: { time: true, range: [start, end] } },
-    axes: [{}, { label: status.currency, size: 70 }]
+    scales: { x: { time: true, range: [start, end] }, y: { range } },
+    axes: [{}, { label: status.currency, size: 60 }]
   }, data, target)
+
+  const note = $('#burn-down-projection')
+  note.dataset.clipped = String(clipped)
+  note.replaceChildren(
+    'Projected at the period\'s end: ',
+    el('span', { 'data-field': 'projected-total' }, `${display(status.projectedTotal)} ${status.currency}`),
+    ' spent, ',
+    el('span', { 'data-field': 'projected-left' }, `${display(fromUnits(projectedEnd))} ${status.currency}`),
+    ' left.',
+    clipped ? ` Off this chart's scale: the dashed line stops at its edge${projectedEnd < 0n && left > 0n ? `, where this pace runs out ${runsOut(now, end, left, projectedEnd)}` : ''}.` : '')
 }
+
+/** When the straight projection from now reaches zero left (for reading only: minutes, UTC). */
+function runsOut (now, end, left, projectedEnd) {
+  const at = now + (end - now) * coordinate(left) / coordinate(left - projectedEnd)
+  return `around ${new Date(at * 1000).toISOString().slice(0, 16).replace('T', ' ')} UTC`
+}
+
+/** The chart as wide as its box (a phone's too), and no narrower than the axes need. */
+function chartWidth () {
+  return Math.max(240, $('#burn-down').clientWidth || 520)
+}
+
+window.addEventListener('resize', () => chart?.setSize({ width: chartWidth(), height: 240 }))
 
 // Recent alerts across budgets
 
@@ -253,13 +355,27 @@ async function loadRecentAlerts () {
 
 // The spend report
 
+/**
+ * The report's query. The form shows days, both included; a preset fills them in (UTC days, ISO weeks) and
+ * the page sends them as from/to, which every version of the API takes. Once the API's own `preset=` is
+ * everywhere, a preset can be sent as `preset=<value>` here instead of its days.
+ */
 function reportQuery () {
+  fillPresetDays() // a page left open past midnight on a Sunday reads this week's days, not last week's
   const form = new FormData($('#report-form'))
-  const query = new URLSearchParams()
-  for (const name of ['from', 'to']) if (form.get(name)) query.set(name, form.get(name))
+  const query = new URLSearchParams(queryRange(form.get('from'), form.get('to')))
   query.set('groupBy', form.get('groupBy'))
   if (form.get('groupBy') === 'tag') query.set('tagKey', form.get('tagKey'))
   return `/reports/spend?${query}`
+}
+
+/** The chosen preset's days, as of now, into the form's From and To. */
+function fillPresetDays () {
+  const preset = $('#report-form [name=preset]').value
+  if (preset === '') return
+  const { first, last } = presetDays(preset)
+  $('#report-form [name=from]').value = first
+  $('#report-form [name=to]').value = last
 }
 
 async function runReport () {
@@ -267,7 +383,7 @@ async function runReport () {
   try {
     const report = await api(reportQuery())
     $('#report-table tbody').replaceChildren(...report.groups.map((group) => el('tr', {},
-      el('td', {}, group.key ?? '(none)'), el('td', {}, group.currency), el('td', { class: 'number', title: group.total }, display(group.total)),
+      el('td', {}, group.key ?? '(none)'), el('td', {}, group.currency), el('td', { class: 'number', 'data-field': 'total', title: group.total }, display(group.total)),
       el('td', { class: 'number' }, group.calls), el('td', { class: 'number' }, group.inputTokens), el('td', { class: 'number' }, group.outputTokens))))
   } catch (error) {
     failed(error, '#report-error')
@@ -302,5 +418,8 @@ $('#sign-in').addEventListener('submit', (event) => {
 $('#sign-out').addEventListener('click', () => signedOut())
 $('#refresh').addEventListener('click', () => { void start() })
 $('#report-form').addEventListener('submit', (event) => { event.preventDefault(); void runReport() })
+// A preset fills in its days; a day typed by hand makes the range a custom one.
+$('#report-form [name=preset]').addEventListener('change', fillPresetDays)
+for (const name of ['from', 'to']) $(`#report-form [name=${name}]`).addEventListener('input', () => { $('#report-form [name=preset]').value = '' })
 $('#report-csv').addEventListener('click', () => { void downloadCsv() })
 if (sessionStorage.getItem(TOKEN_KEY) !== null) void start()

@@ -29,10 +29,15 @@ export function coordinate (units) {
   return Number(units) / Number(SCALE)
 }
 
-/** An amount for reading: at most 4 decimals (rounded toward zero), the full figure in the title. */
+/**
+ * An amount for reading: every digit the API sent, as text. Spend of 0.0000108 reads 0.0000108, never 0, and
+ * 0.3007836 never 0.3007. String work only (no Number, which would round past 15-17 digits): leading zeros of
+ * the whole part and trailing zeros of the fraction go, and -0 reads as 0. Anything else is shown as sent.
+ */
 export function display (text) {
-  const [whole, fraction = ''] = text.split('.')
-  const shown = fraction.slice(0, 4).replace(/0+$/, '')
-  // -0.00003 reads as 0, not -0
-  return shown === '' ? (whole === '-0' ? '0' : whole) : `${whole}.${shown}`
+  const match = /^(-?)0*(\d+?)(?:\.(\d*?)0*)?$/.exec(text)
+  if (match === null) return text
+  const [, sign, whole, fraction = ''] = match
+  const shown = fraction === '' ? whole : `${whole}.${fraction}`
+  return /^[0.]+$/.test(shown) ? shown : `${sign}${shown}`
 }
