@@ -223,18 +223,17 @@ async function showDecisions (id) {
   const scopes = (decision) => Object.entries(decision.scopes ?? {}).map(([type, scope]) => `${type}:${scope}`).join(' ')
   const model = (decision) => decision.requestedModel && decision.requestedModel !== decision.model ? `${decision.requestedModel} → ${decision.model}` : decision.model
   const binding = ({ budget }) => budget === null || budget === undefined
-    ? '–'
-    : `${budget.name}: ${display(budget.current)} + ${display(budget.reserved)} reserved of ${display(budget.limit)}`
+    ? ['–']
+    : [budget.name, el('small', { class: 'code' }, `${display(budget.current)} + ${display(budget.reserved)} reserved of ${display(budget.limit)}`)]
   block.querySelector('tbody').replaceChildren(...(page.decisions.length === 0
-    ? [el('tr', {}, el('td', { colspan: 7, class: 'empty' }, 'None'))]
+    ? [el('tr', {}, el('td', { colspan: 6, class: 'empty' }, 'None'))]
     : page.decisions.map((decision) => el('tr', { 'data-decision-id': decision.id },
-      el('td', {}, decision.at.slice(0, 19)),
-      el('td', {}, el('span', { class: `badge ${decision.outcome}` }, decision.outcome)),
-      el('td', {}, decision.code),
+      el('td', { class: 'nowrap' }, decision.at.slice(0, 19).replace('T', ' ')),
+      el('td', {}, el('span', { class: `badge ${decision.outcome}`, 'data-field': 'outcome' }, decision.outcome), el('small', { class: 'code' }, decision.code)),
       el('td', {}, scopes(decision)),
-      el('td', {}, model(decision)),
-      el('td', { class: 'number', 'data-field': 'estimate' }, `${display(decision.estimate)} ${decision.currency}`),
-      el('td', {}, binding(decision))))))
+      el('td', { class: 'nowrap' }, model(decision)),
+      el('td', { class: 'number nowrap', 'data-field': 'estimate' }, `${display(decision.estimate)} ${decision.currency}`),
+      el('td', { class: 'binding' }, binding(decision))))))
   block.dataset.budgetId = id
   block.hidden = false
 }
@@ -327,8 +326,8 @@ function drawBurnDown (budget, status, summary) {
     'Projected at the period\'s end: ',
     el('span', { 'data-field': 'projected-total' }, `${display(status.projectedTotal)} ${status.currency}`),
     ' spent, ',
-    el('span', { 'data-field': 'projected-left' }, `${display(fromUnits(projectedEnd))} ${status.currency}`),
-    ' left.',
+    el('span', { 'data-field': 'projected-left' }, `${display(fromUnits(projectedEnd < 0n ? -projectedEnd : projectedEnd))} ${status.currency}`),
+    projectedEnd < 0n ? ' over the limit.' : ' left.',
     clipped ? ` Off this chart's scale: the dashed line stops at its edge${projectedEnd < 0n && left > 0n ? `, where this pace runs out ${runsOut(now, end, left, projectedEnd)}` : ''}.` : '')
 }
 
