@@ -136,7 +136,7 @@ t.test('the page\'s routes: a fixed set of files with a strict policy, outside t
   t.match(page.headers['content-security-policy'], /script-src 'self'/)
   t.match(page.headers['content-security-policy'], /frame-ancestors 'none'/)
   t.equal(page.headers['x-content-type-options'], 'nosniff')
-  for (const file of ['dashboard.js', 'money.js', 'dashboard.css', 'uPlot.iife.min.js', 'uPlot.min.css']) {
+  for (const file of ['dashboard.js', 'money.js', 'report-periods.js', 'dashboard.css', 'uPlot.iife.min.js', 'uPlot.min.css']) {
     t.equal((await gateway.app.inject({ url: `${PREFIX}/ui/${file}` })).statusCode, 200, file)
   }
   for (const path of ['nope.js', '..%2F..%2Fpackage.json', '%2e%2e%2fsql', 'index.html%00']) {
@@ -336,6 +336,8 @@ t.test('the page at 390 px and at 1280 px: every digit of an amount, the project
     t.equal(await page.locator('#detail-decisions tbody tr').first().locator('[data-field=estimate]').textContent(), '0.0000108 USD')
     t.match(await page.locator('#detail-decisions tbody tr').nth(1).innerText(), /gpt-4o → gpt-4o-mini/)
 
+    t.same(await page.locator('#report-form [name=groupBy] option').evaluateAll((options) => options.map((option) => (option as unknown as { value: string }).value)),
+      ['scope', 'organization', 'team', 'user', 'project', 'model', 'day', 'tag'], 'the report groups by each scope type too')
     await page.selectOption('#report-form [name=preset]', 'this-month')
     await page.click('#report-form button[type=submit]')
     const reportRow = page.locator('#report-table tbody tr', { hasText: 'team:tiny' })
