@@ -104,3 +104,8 @@ t.test('every link between the pages reaches a page, and a heading on it when it
     }
   }
 })
+
+t.test('the README links every page of docs/, so a reader can find each from it', async (t) => {
+  const readme = pages.find(({ path }) => path === 'README.md')!.text
+  for (const { path } of pages.filter(({ path }) => path.startsWith('docs/'))) t.ok(readme.includes(`](${path})`), `README.md links ${path}`)
+})
