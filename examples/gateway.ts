@@ -2,9 +2,9 @@
 // APIs behind the budget gate, on PORT (default 3000): OpenAI's chat completions, Responses and
 // embeddings, forwarded to UPSTREAM_URL (OpenAI-compatible, …/v1), and Anthropic's Messages, forwarded
 // to ANTHROPIC_UPSTREAM_URL (https://api.anthropic.com/v1) with ANTHROPIC_API_KEY. Unset: mock providers.
-// With no DATABASE_URL it runs an embedded PostgreSQL whose data stays in .data/ across restarts.
+// With no DATABASE_URL it runs an embedded PostgreSQL whose data stays in .data/ across restarts, and with
+// no ADMIN_TOKEN either, its admin token is kept there too (.data/postgres/admin-token).
 // SIGTERM, SIGINT or SIGHUP stop it gracefully: see shutdown() below.
-import { randomBytes } from 'node:crypto'
 import type { ServerResponse } from 'node:http'
 import { constants } from 'node:os'
 import { fileURLToPath } from 'node:url'
@@ -13,6 +13,7 @@ import swaggerUi from '@fastify/swagger-ui'
 import Fastify, { type FastifyRequest } from 'fastify'
 import { Registry, collectDefaultMetrics } from 'prom-client'
 import budgets from '../lib/index.js'
+import { keptAdminToken, randomAdminToken } from './admin-token.js'
 import { embeddings } from './apis/embeddings.js'
 import { messages } from './apis/messages.js'
 import { responses } from './apis/responses.js'
@@ -60,7 +61,28 @@ if (databaseUrl === undefined || databaseUrl === '') {
   databaseUrl = embedded.url
 }
 
-const adminToken = process.env.ADMIN_TOKEN ?? randomBytes(24).toString('base64url')
+// ADMIN_TOKEN wins. Unset, with the embedded PostgreSQL: the token kept in its data directory (made at the
+// first start), so the dashboard and scrapers survive a restart as the data does. Unset, with DATABASE_URL:
+// the gateway owns no directory to keep it in, so a fresh random token is printed at every start.
+let adminToken: string
+let adminTokenNote: string
+if (process.env.ADMIN_TOKEN !== undefined && process.env.ADMIN_TOKEN !== '') {
+  adminToken = process.env.ADMIN_TOKEN
+  adminTokenNote = 'from ADMIN_TOKEN'
+} else if (embedded !== null) {
+  try {
+    const kept = await keptAdminToken(dataDir)
+    adminToken = kept.token
+    adminTokenNote = `${adminToken}   (${kept.created ? 'made now and kept' : 'kept'} in ${kept.file}; set ADMIN_TOKEN to choose your own)`
+  } catch (error) {
+    process.stderr.write(`The gateway cannot start: ${(error as Error).message}\n`)
+    await embedded.stop()
+    process.exit(1)
+  }
+} else {
+  adminToken = randomAdminToken()
+  adminTokenNote = `${adminToken}   (new at every start with DATABASE_URL; set ADMIN_TOKEN to keep one)`
+}
 
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
 
@@ -196,6 +218,6 @@ process.stdout.write([
   gatewayKeys === null
     ? '  callers:     scopes from x-relay-* headers, trusted as sent (set GATEWAY_KEYS to require API keys)'
     : `  callers:     ${gatewayKeys.size} API key(s) from GATEWAY_KEYS; x-relay-* headers ignored`,
-  process.env.ADMIN_TOKEN === undefined ? `  admin token: ${adminToken}   (set ADMIN_TOKEN to choose your own)` : '  admin token: from ADMIN_TOKEN',
+  `  admin token: ${adminTokenNote}`,
   ''
 ].join('\n') + '\n')

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -40,7 +40,11 @@ t.test('npm start with no DATABASE_URL: embedded PostgreSQL, a printed token, an
 
   const second = await startGateway(dataDir)
   t.teardown(async () => await second.stop())
-  t.not(second.token, first.token, 'a fresh token each start when ADMIN_TOKEN is unset')
+  t.equal(second.token, first.token, 'the token made at the first start is kept in the data directory and used again')
+  const tokenFile = join(dataDir, 'admin-token')
+  t.equal((await readFile(tokenFile, 'utf8')).trim(), first.token, 'in its admin-token file')
+  t.equal((await stat(tokenFile)).mode & 0o777, 0o600, 'readable by its owner only')
+  t.ok(second.banner.some((line) => line.includes(`kept in ${tokenFile}`)), 'the banner says where it is')
   const read = await fetch(`${second.url}${PREFIX}/${budget.id}`, { headers: { authorization: `Bearer ${second.token}` } })
   t.equal(read.status, 200, 'the budget survived the restart')
   t.same(await read.json(), budget)
@@ -51,6 +55,15 @@ t.test('npm start with no DATABASE_URL: embedded PostgreSQL, a printed token, an
   t.match(document, { openapi: '3.1.0', paths: { '/api/v1/budgets': { post: { summary: 'Create a budget' } }, '/v1/chat/completions': { post: {} } } })
   t.notOk('/api/v1/budgets/' in document.paths, 'the create route is documented without a trailing slash, and only so')
   t.equal((await fetch(`${second.url}/docs/static/index.html`)).status, 200, 'and the browsable UI')
+  await second.stop()
+
+  const chosen = 'an-admin-token-of-my-own-0123456789'
+  const third = await startGatewayProcess({ BUDGETS_DATA_DIR: dataDir, DATABASE_URL: undefined, ADMIN_TOKEN: chosen, NOTIFY_CHANNELS: SEED_CHANNELS })
+  t.teardown(async () => await third.stop())
+  t.ok(third.banner.some((line) => /admin token: from ADMIN_TOKEN$/.test(line)), 'ADMIN_TOKEN set wins over the kept one')
+  t.equal((await fetch(`${third.url}${PREFIX}/${budget.id}`, { headers: { authorization: `Bearer ${chosen}` } })).status, 200, 'the token chosen opens the admin API')
+  t.equal((await fetch(`${third.url}${PREFIX}/${budget.id}`, { headers: { authorization: `Bearer ${first.token}` } })).status, 401, 'and the kept one does not')
+  t.equal((await readFile(tokenFile, 'utf8')).trim(), first.token, 'the kept token stays for a start without ADMIN_TOKEN')
 })
 
 const ADMIN = 'gateway-test-admin-token-0123456789'
