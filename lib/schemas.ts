@@ -625,10 +625,10 @@ export const GateDecision = Type.Object({
   budget: Nullable(Type.Object({
     id: Type.String({ format: 'uuid' }),
     name: Type.String(),
-    limit: Money,
-    current: Type.String({ description: 'Settled spend in the budget\'s window when the gate decided.' }),
-    reserved: Type.String({ description: 'Held by calls in flight (and leases) when the gate decided.' })
-  }, { description: 'The binding budget as the gate read it (the one that refused, or whose rate limit refused); null when none binds.' }))
+    limit: Nullable(Type.String({ description: 'The budget\'s amount when the gate decided, an exact decimal in the budget\'s currency; null for a rate-limit refusal (a rate limit refuses before any money is read).' })),
+    current: Nullable(Type.String({ description: 'Settled spend in the budget\'s window when the gate decided; null for a rate-limit refusal.' })),
+    reserved: Nullable(Type.String({ description: 'Held by calls in flight (and leases) when the gate decided; null for a rate-limit refusal.' }))
+  }, { description: 'The binding budget as the gate read it: the one that refused, clamped or downgraded, or whose rate limit refused; null when none binds.' }))
 })
 export const DecisionPage = Type.Object({
   decisions: Type.Array(GateDecision),

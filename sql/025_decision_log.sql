@@ -22,13 +22,14 @@ create table budget_decision_log (
   requested_model text,
   estimate        numeric(28, 10) not null,
   currency        text not null,
-  -- The binding budget as read at decision time; all null when none binds.
+  -- The binding budget as read at decision time; all null when none binds. A rate limit refuses before
+  -- any money is read: its budget is named, its numbers are null.
   budget_id       uuid,
   budget_name     text,
   budget_limit    numeric(28, 10),
   budget_current  numeric(28, 10),
   budget_reserved numeric(28, 10),
-  check ((budget_id is null) = (budget_limit is null))
+  check ((budget_id is null) = (budget_name is null) and (budget_id is not null or budget_limit is null))
 );
 
 -- Newest first, and the retention sweep (oldest first by at).

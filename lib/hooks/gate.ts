@@ -392,7 +392,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       ...(tags === undefined ? {} : { tags }),
       model: state.model,
       ...(state.downgradedFrom === null ? {} : { requestedModel: state.downgradedFrom }),
-      ...bindingOf(on.check, budgetId, on.estimate, options.currency)
+      ...bindingOf(on.check, budgetId, on.estimate, options.currency, outcome === 'refused' ? call.rateLimited : undefined)
     }
     if (outcome === 'refused') {
       call.request.log.info({ requestId: state.requestId, code, caller: scopes, tags, model: state.model, estimate: decision.estimate, currency: decision.currency, budget: decision.budget },
@@ -473,7 +473,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       const refusal = refusalOf(call)
       if (refusal !== null) {
         const check = state.check!
-        noteDecision(call, 'refused', refusal.code, { check, estimate: state.estimate }, call.rateLimited?.budgetId ?? check.bindingBudgetId)
+        noteDecision(call, 'refused', refusal.code, { check, estimate: state.estimate }, check.bindingBudgetId)
         return await refuse(reply, api, refusal)
       }
       if (call.clampedOn !== undefined) noteDecision(call, 'clamped', call.clampedOn.check.code ?? 'budget_exceeded', call.clampedOn, call.clampedOn.check.bindingBudgetId)

@@ -7,12 +7,13 @@ import type { Tags } from '../tags.js'
 export type DecisionOutcome = 'refused' | 'clamped' | 'downgraded'
 export type DecisionApi = 'chat' | 'responses' | 'messages' | 'embeddings'
 
+/** The binding budget as the gate read it; a rate limit refuses before any money is read: its numbers are null. */
 export interface BindingBudget {
   id: string
   name: string
-  limit: string
-  current: string
-  reserved: string
+  limit: string | null
+  current: string | null
+  reserved: string | null
 }
 
 /** One decision as the gate noted it. */
@@ -92,7 +93,7 @@ function stored (row: DecisionRow): StoredDecision {
     currency: row.currency,
     budget: row.budgetId === null
       ? null
-      : { id: row.budgetId, name: row.budgetName!, limit: row.budgetLimit!, current: row.budgetCurrent!, reserved: row.budgetReserved! }
+      : { id: row.budgetId, name: row.budgetName!, limit: row.budgetLimit, current: row.budgetCurrent, reserved: row.budgetReserved }
   }
 }
 
@@ -112,7 +113,7 @@ export function createDecisionRepository (sql: Db) {
           ${column((d) => d.outcome)}::text[], ${column((d) => d.code)}::text[],
           ${column((d) => d.scopes.organization ?? null)}::text[], ${column((d) => d.scopes.team ?? null)}::text[],
           ${column((d) => d.scopes.user ?? null)}::text[], ${column((d) => d.scopes.project ?? null)}::text[],
-          ${column((d) => d.tags === undefined ? null : JSON.stringify(d.tags))}::jsonb[],
+          ${column((d) => d.tags === undefined ? null : JSON.stringify(d.tags))}::text[]::jsonb[],
           ${column((d) => d.model)}::text[], ${column((d) => d.requestedModel ?? null)}::text[],
           ${column((d) => d.estimate)}::numeric[], ${column((d) => d.currency)}::text[],
           ${column((d) => d.budget?.id ?? null)}::uuid[], ${column((d) => d.budget?.name ?? null)}::text[],

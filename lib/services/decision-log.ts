@@ -203,7 +203,9 @@ export function createDecisionLog (repository: DecisionRepository, options: Deci
 export type DecisionLog = ReturnType<typeof createDecisionLog>
 
 /** What a decision was about, in one currency: the estimate and the binding budget's numbers as the check read them. */
-export function bindingOf (check: BudgetConstraintCheck, budgetId: string | null, callEstimate: string, callCurrency: string): Pick<Decision, 'budget' | 'estimate' | 'currency'> {
+export function bindingOf (check: BudgetConstraintCheck, budgetId: string | null, callEstimate: string, callCurrency: string, rateLimitedBy?: { budgetId: string, name: string }): Pick<Decision, 'budget' | 'estimate' | 'currency'> {
+  // A rate limit refuses before any budget's money is read: the budget is named, without numbers it never read.
+  if (rateLimitedBy !== undefined) return { budget: { id: rateLimitedBy.budgetId, name: rateLimitedBy.name, limit: null, current: null, reserved: null }, estimate: callEstimate, currency: callCurrency }
   const binding = budgetId === null ? undefined : check.budgets.find((budget) => budget.budgetId === budgetId)
   if (binding === undefined) return { budget: null, estimate: callEstimate, currency: callCurrency }
   const budget = { id: binding.budgetId, name: binding.name, limit: binding.limit, current: binding.currentAmount, reserved: binding.reservedAmount }
