@@ -21,7 +21,9 @@ if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].sp
     database: process.env.DATABASE_URL!,
     adminToken: BENCH_ADMIN_TOKEN,
     gate: { routes: ['/v1/chat/completions'], sweepIntervalMs: 0 },
-    notifications: { intervalMs: 0 }
+    notifications: { intervalMs: 0 },
+    // BENCH_DECISIONS=off: the gate without its decision log, to measure what the log costs (bench/gate.ts).
+    decisions: { enabled: process.env.BENCH_DECISIONS !== 'off' }
   })
   // Counts the calls the gate admitted, so the benchmark can check the recorded spend against them.
   // And when it admitted the last one, so a benchmark can tell when a change came into force (bench/admin-under-load.ts).

@@ -215,6 +215,13 @@ t.test('hostile queries on GET /decisions: no 5xx, a coded 4xx, nothing changed'
   t.equal((await gateway.call({ team: 'team-a' })).statusCode, 402)
   await gateway.app.budgetDecisions.flush()
   const before = await snapshotTables(gateway.sql)
+  const logged = async () => (await gateway.sql`select count(*)::int as n from budget_decision_log`)[0]!.n as number
+  const decided = await logged()
+  t.equal(decided, 1, 'the refusal is logged')
+  // A request the gate cannot read is refused as invalid (400): no decision.
+  t.equal((await gateway.call({ team: 'team-a' }, { max_tokens: 'many' })).statusCode, 400)
+  await gateway.app.budgetDecisions.flush()
+  t.equal(await logged(), decided, 'a 400 is no decision')
   const value = fc.oneof(
     fc.string({ maxLength: 40 }), fc.constantFrom('', '0', '-1', '1001', '1e3', 'NaN', '\u0000', '\ud800', '2024-02-30', '9999-12-31T23:59:59+14:00', budget.id, budget.id.toUpperCase(),
       'refused', 'team', '__proto__', Buffer.from('99999999999999999.1').toString('base64url'), Buffer.from('1.9223372036854775808').toString('base64url')),
@@ -228,5 +235,7 @@ t.test('hostile queries on GET /decisions: no 5xx, a coded 4xx, nothing changed'
     if (response.statusCode >= 500) throw new Error(`${response.statusCode} for ${query}: ${response.body}`)
     if (response.statusCode !== 200 && typeof response.json().code !== 'string') throw new Error(`no code for ${query}: ${response.body}`)
   }), { numRuns: Number(process.env.HOSTILE_RUNS ?? 200) })
+  await gateway.app.budgetDecisions.flush()
   t.same(await snapshotTables(gateway.sql), before, 'nothing changed')
+  t.equal(await logged(), decided, 'and nothing was logged')
 })
