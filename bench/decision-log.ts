@@ -19,7 +19,7 @@ async function rate (url: string, team: string, connections: number, seconds: nu
   return { perSecond: result.requests.total / seconds, ok: result['2xx'], refused: result.non2xx }
 }
 
-export async function decisionLogRows (databaseUrl: string, sql: Sql, connections: number, seconds: number, rounds = 2): Promise<{ rows: string[], summary: string }> {
+export async function decisionLogRows (databaseUrl: string, sql: Sql, connections: number, seconds: number, rounds = Number(process.env.BENCH_ROUNDS ?? 4)): Promise<{ rows: string[], summary: string }> {
   const on = await startBenchGateway(databaseUrl)
   const off = await startBenchGateway(databaseUrl, { BENCH_DECISIONS: 'off' })
   const admin = async (body: unknown) => {
@@ -40,10 +40,15 @@ export async function decisionLogRows (databaseUrl: string, sql: Sql, connection
     let offTotal = 0
     let onTotal = 0
     for (let round = 0; round < rounds; round++) {
-      offTotal += (await rate(off.url, team, connections, seconds)).perSecond
-      const logged = await rate(on.url, team, connections, seconds)
-      onTotal += logged.perSecond
-      if (team === 'log-refused') refusalsLogged += logged.refused
+      // Off first in even rounds, on first in odd ones: neither always runs on the other's heels.
+      for (const gateway of round % 2 === 0 ? [off, on] : [on, off]) {
+        const measured = await rate(gateway.url, team, connections, seconds)
+        if (gateway === off) offTotal += measured.perSecond
+        else {
+          onTotal += measured.perSecond
+          if (team === 'log-refused') refusalsLogged += measured.refused
+        }
+      }
     }
     const ratio = onTotal / offTotal
     ratios.push(ratio)
