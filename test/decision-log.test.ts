@@ -4,12 +4,15 @@
 // log is written off the response path, so the tests flush it (app.budgetDecisions.flush) before reading.
 import { request as httpRequest } from 'node:http'
 import fc from 'fast-check'
+import postgres from 'postgres'
+import { Registry } from 'prom-client'
 import t from 'tap'
 import { ADMIN_TOKEN, PREFIX, snapshotTables } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
 import { checkInvariants, waitForSettled } from './fixtures/invariants.js'
 import { modeMarker, startUpstream, UPSTREAM_MODES } from './fixtures/upstream.js'
-import type { Decision } from '../lib/repository/decisions.js'
+import { createDecisionRepository, type Decision } from '../lib/repository/decisions.js'
+import { createDecisionLog, DECISION_LOG_DEFAULTS } from '../lib/services/decision-log.js'
 
 const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
 type Gateway = Awaited<ReturnType<typeof buildGateway>>
@@ -238,4 +241,31 @@ t.test('hostile queries on GET /decisions: no 5xx, a coded 4xx, nothing changed'
   await gateway.app.budgetDecisions.flush()
   t.same(await snapshotTables(gateway.sql), before, 'nothing changed')
   t.equal(await logged(), decided, 'and nothing was logged')
+})
+
+t.test('closing the plugin writes what waits', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  await gateway.createBudget({ amount: '0.000001' })
+  t.equal((await gateway.call({ team: 'team-a' })).statusCode, 402)
+  await gateway.app.close()
+  const [row] = await gateway.sql<Array<{ n: number }>>`select count(*)::int as n from budget_decision_log`
+  t.equal(row!.n, 1, 'the refusal was written at close')
+})
+
+t.test('with the database away, the buffer stays bounded: what does not fit is dropped and counted, never waited for', async (t) => {
+  const away = postgres('postgres://postgres@127.0.0.1:1/none', { connect_timeout: 1, max: 1, onnotice: () => {} })
+  t.teardown(async () => await away.end({ timeout: 1 }))
+  const registry = new Registry()
+  const warnings: unknown[] = []
+  const log = createDecisionLog(createDecisionRepository(away), { ...DECISION_LOG_DEFAULTS, maxBuffered: 5, batchSize: 5 },
+    { warn: (...args: unknown[]) => warnings.push(args), error: () => {} } as never, registry)
+  const decision = (i: number): Decision => ({ at: new Date(), requestId: `r${i}`, api: 'chat', outcome: 'refused', code: 'budget_blocked', scopes: {}, model: 'm', estimate: '1', currency: 'USD', budget: null })
+  const dropped = async () => (await registry.getSingleMetric('relaycore_budget_decision_log_dropped_total')!.get()).values[0]!.value
+  for (let i = 0; i < 8; i++) log.note(decision(i)) // returns at once: no I/O
+  t.equal(await dropped(), 3, 'past maxBuffered, each new decision is dropped and counted')
+  await log.flush()
+  t.ok(warnings.length > 0, 'the failed write is logged')
+  t.equal(await dropped(), 3, 'a failed batch goes back to the buffer while there is room')
+  await log.close()
+  t.equal(await dropped(), 8, 'closing with the database away counts what could not be written')
 })

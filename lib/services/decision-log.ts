@@ -173,9 +173,11 @@ export function createDecisionLog (repository: DecisionRepository, options: Deci
     },
 
     start (): void {
-      if (!options.enabled) return
-      flushTimer = setInterval(() => { if (buffer.length > 0) void flush() }, options.flushIntervalMs)
-      flushTimer.unref()
+      if (options.enabled) {
+        flushTimer = setInterval(() => { if (buffer.length > 0) void flush() }, options.flushIntervalMs)
+        flushTimer.unref()
+      }
+      // Swept also when disabled: what was stored before keeps its retention.
       const sweepNow = () => {
         sweeping = sweep().catch((error: unknown) => { log.error({ err: error }, 'sweeping the decision log failed') })
       }
