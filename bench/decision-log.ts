@@ -39,21 +39,24 @@ export async function decisionLogRows (databaseUrl: string, sql: Sql, connection
     for (const gateway of [off, on]) await rate(gateway.url, team, connections, 2) // warm up both
     let offTotal = 0
     let onTotal = 0
+    const roundRatios: number[] = []
     for (let round = 0; round < rounds; round++) {
       // Off first in even rounds, on first in odd ones: neither always runs on the other's heels.
+      const measured = new Map<typeof on, number>()
       for (const gateway of round % 2 === 0 ? [off, on] : [on, off]) {
-        const measured = await rate(gateway.url, team, connections, seconds)
-        if (gateway === off) offTotal += measured.perSecond
-        else {
-          onTotal += measured.perSecond
-          if (team === 'log-refused') refusalsLogged += measured.refused
-        }
+        const run = await rate(gateway.url, team, connections, seconds)
+        measured.set(gateway, run.perSecond)
+        if (gateway === on && team === 'log-refused') refusalsLogged += run.refused
       }
+      offTotal += measured.get(off)!
+      onTotal += measured.get(on)!
+      roundRatios.push(measured.get(on)! / measured.get(off)!)
     }
     const ratio = onTotal / offTotal
     ratios.push(ratio)
+    const spread = `rounds ${fmt(Math.min(...roundRatios))} to ${fmt(Math.max(...roundRatios))}`
     rows.push(`| ${label}, ${connections} connections: log off | ${fmt(offTotal / rounds, 0)} calls/s | 1.00 |`)
-    rows.push(`| the same with the decision log on | ${fmt(onTotal / rounds, 0)} calls/s | ${fmt(ratio)} of log off |`)
+    rows.push(`| the same with the decision log on | ${fmt(onTotal / rounds, 0)} calls/s | ${fmt(ratio)} of log off (${spread}) |`)
   }
   const metrics = await (await fetch(`${on.url}${PREFIX}/metrics`, { headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}` } })).text()
   const dropped = Number(/^relaycore_budget_decision_log_dropped_total (\S+)$/m.exec(metrics)?.[1] ?? 'NaN')
