@@ -14,9 +14,14 @@ import { fmt, startBenchGateway } from './harness.js'
 const PREFIX = '/api/v1/budgets'
 const BODY = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 })
 
-async function rate (url: string, team: string, connections: number, seconds: number): Promise<{ perSecond: number, ok: number, refused: number }> {
+const cpuMicros = async (url: string) => ((await (await fetch(`${url}/bench/cpu`)).json()) as { micros: number }).micros
+
+async function rate (url: string, team: string, connections: number, seconds: number): Promise<{ perSecond: number, ok: number, refused: number, cpuPerCall: number }> {
+  const cpuBefore = await cpuMicros(url)
   const result = await autocannon({ url: `${url}/v1/chat/completions`, connections, duration: seconds, method: 'POST', headers: { 'content-type': 'application/json', 'x-relay-team-id': team }, body: BODY })
-  return { perSecond: result.requests.total / seconds, ok: result['2xx'], refused: result.non2xx }
+  // Includes the batches the logging gateway writes during the run (its flushes run on the same process).
+  const cpuPerCall = (await cpuMicros(url) - cpuBefore) / result.requests.total
+  return { perSecond: result.requests.total / seconds, ok: result['2xx'], refused: result.non2xx, cpuPerCall }
 }
 
 export async function decisionLogRows (databaseUrl: string, sql: Sql, connections: number, seconds: number, rounds = Number(process.env.BENCH_ROUNDS ?? 4)): Promise<{ rows: string[], summary: string }> {
@@ -40,12 +45,14 @@ export async function decisionLogRows (databaseUrl: string, sql: Sql, connection
     let offTotal = 0
     let onTotal = 0
     const roundRatios: number[] = []
+    const cpu = { off: 0, on: 0 }
     for (let round = 0; round < rounds; round++) {
       // Off first in even rounds, on first in odd ones: neither always runs on the other's heels.
       const measured = new Map<typeof on, number>()
       for (const gateway of round % 2 === 0 ? [off, on] : [on, off]) {
         const run = await rate(gateway.url, team, connections, seconds)
         measured.set(gateway, run.perSecond)
+        cpu[gateway === on ? 'on' : 'off'] += run.cpuPerCall / rounds
         if (gateway === on && team === 'log-refused') refusalsLogged += run.refused
       }
       offTotal += measured.get(off)!
@@ -57,6 +64,7 @@ export async function decisionLogRows (databaseUrl: string, sql: Sql, connection
     const spread = `rounds ${fmt(Math.min(...roundRatios))} to ${fmt(Math.max(...roundRatios))}`
     rows.push(`| ${label}, ${connections} connections: log off | ${fmt(offTotal / rounds, 0)} calls/s | 1.00 |`)
     rows.push(`| the same with the decision log on | ${fmt(onTotal / rounds, 0)} calls/s | ${fmt(ratio)} of log off (${spread}) |`)
+    rows.push(`| gateway CPU per call on this line: log off / on | ${fmt(cpu.off, 0)} / ${fmt(cpu.on, 0)} µs | ${fmt(cpu.on / cpu.off)} |`)
   }
   const metrics = await (await fetch(`${on.url}${PREFIX}/metrics`, { headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}` } })).text()
   const dropped = Number(/^relaycore_budget_decision_log_dropped_total (\S+)$/m.exec(metrics)?.[1] ?? 'NaN')

@@ -32,6 +32,8 @@ if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].sp
   app.post('/v1/chat/completions', async () => { admitted++; lastAdmittedAt = Date.now(); return ANSWER })
   app.post('/ungated/v1/chat/completions', async () => ANSWER)
   app.get('/bench/admitted', async () => ({ admitted, lastAdmittedAt }))
+  // The process's CPU time so far (user + system, microseconds): CPU per call, which load elsewhere on the machine disturbs less than throughput.
+  app.get('/bench/cpu', async () => { const { user, system } = process.cpuUsage(); return { micros: user + system } })
   const address = await app.listen({ port: 0, host: '127.0.0.1' })
   process.once('SIGTERM', () => { void app.close().then(() => process.exit(0)) })
   process.stdout.write(`listening ${address}\n`)
