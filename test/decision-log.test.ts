@@ -13,6 +13,7 @@ import { checkInvariants, waitForSettled } from './fixtures/invariants.js'
 import { modeMarker, startUpstream, UPSTREAM_MODES } from './fixtures/upstream.js'
 import { createDecisionRepository, type Decision } from '../lib/repository/decisions.js'
 import { createDecisionLog, DECISION_LOG_DEFAULTS } from '../lib/services/decision-log.js'
+import { resolveOptions } from '../lib/options.js'
 
 const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
 type Gateway = Awaited<ReturnType<typeof buildGateway>>
@@ -268,4 +269,14 @@ t.test('with the database away, the buffer stays bounded: what does not fit is d
   t.equal(await dropped(), 3, 'a failed batch goes back to the buffer while there is room')
   await log.close()
   t.equal(await dropped(), 8, 'closing with the database away counts what could not be written')
+})
+
+t.test('the decisions option is checked at registration', async (t) => {
+  const base = { database: 'postgres://127.0.0.1/none', adminToken: ADMIN_TOKEN }
+  t.same(resolveOptions(base).decisions, DECISION_LOG_DEFAULTS, 'on, kept 30 days, by default')
+  t.equal(DECISION_LOG_DEFAULTS.retentionDays, 30)
+  t.same(resolveOptions({ ...base, decisions: { retentionDays: 7, enabled: false } }).decisions, { ...DECISION_LOG_DEFAULTS, retentionDays: 7, enabled: false })
+  for (const decisions of [{ retentionDays: 0 }, { retentionDays: 1.5 }, { enabled: 'yes' }, { batchSize: 20_000 }, { flushIntervalMs: 0 }, 'on']) {
+    t.throws(() => resolveOptions({ ...base, decisions: decisions as never }), { code: 'BUDGET_ERR_OPTIONS' }, JSON.stringify(decisions))
+  }
 })
