@@ -8,7 +8,9 @@
 // - the same hot line while Prometheus scrapes GET {prefix}/metrics ten times a second (issue 12: a
 //   scrape reads the status cache, and must not lower the gate's throughput measurably);
 // - two gateway processes on one database, 8 connections each, against one process with 16;
-// - afterwards, exactness: recorded spend equals admitted calls x their cost on both budgets.
+// - afterwards, exactness: recorded spend equals admitted calls x their cost on both budgets;
+// - the decision log's cost (bench/decision-log.ts): log off against on, for an admitting and a refusing
+//   line (issue 21: at least 0.95x). BENCH_ONLY=decisions runs only this part.
 import { once } from 'node:events'
 import autocannon from 'autocannon'
 import postgres from 'postgres'
@@ -18,6 +20,7 @@ import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
 import { ANSWER, BENCH_ADMIN_TOKEN } from './gateway-server.js'
 import { estimateCostRows } from './estimate-cost.js'
 import { benchDatabase, fmt, startBenchGateway } from './harness.js'
+import { decisionLogRows } from './decision-log.js'
 
 // The estimate's own cost, alone, before any load runs (BENCH_ONLY=estimate prints just this).
 const estimateRows = estimateCostRows()
@@ -39,6 +42,14 @@ const CALL = {
 const database = await benchDatabase()
 process.stdout.write(`gate benchmark on PostgreSQL from ${database.source}, ${SECONDS} s a run\n`)
 const sql = postgres(database.url, { max: HOT, onnotice: () => {} })
+
+if (process.env.BENCH_ONLY === 'decisions') {
+  const decisions = await decisionLogRows(database.url, sql, HOT, SECONDS)
+  process.stdout.write(['', '| what | figure | ratio |', '|---|---|---|', ...decisions.rows, '', decisions.summary, ''].join('\n'))
+  await sql.end()
+  await database.close()
+  process.exit(0)
+}
 
 
 async function load (url: string, connections: number, path: string, seconds = SECONDS) {
@@ -123,6 +134,8 @@ const spent = await sql<Array<{ id: string, total: string, calls: number }>>`
 const expected = fromUnits(toUnits(COST) * BigInt(admitted))
 const exact = spent.length === 2 && spent.every((row) => toUnits(row.total) === toUnits(expected)) && held!.n === 0
 
+const decisions = await decisionLogRows(database.url, sql, HOT, SECONDS)
+
 const ratio = (value: number) => fmt(value)
 process.stdout.write([
   '',
@@ -138,8 +151,10 @@ process.stdout.write([
   `| gated, ${HOT} connections, the same line with request and token rate limits | ${fmt(rateLimitedHot.perSecond, 0)} calls/s, p99 ${rateLimitedHot.p99} ms | ${ratio(rateLimitedHot.perSecond / gatedHot.perSecond)} of the same line without |`,
   `| gated, ${HOT} connections, the same line while /metrics is scraped every 100 ms (${scrapes} scrapes) | ${fmt(scrapedHot.perSecond, 0)} calls/s, p99 ${scrapedHot.p99} ms | ${ratio(scrapedHot.perSecond / gatedHot.perSecond)} of the same line unscraped |`,
   `| two gateway processes, ${HOT / 2} connections each | ${fmt(twoProcesses, 0)} calls/s | ${ratio(twoProcesses / gatedHot.perSecond)} of one process |`,
+  ...decisions.rows,
   ...estimateRows,
   '',
+  decisions.summary,
   `admitted ${admitted}, not 200: ${refused}; reservations left: ${held!.n}; recorded on each budget: ${spent.map((row) => `${row.total} in ${row.calls} calls`).join(', ')}; expected ${expected}: ${exact ? 'exact' : 'NOT exact'}`,
   `targets: gate per call <= 1.3x the floor -> ${gateMs / floorPairMs <= 1.3 ? 'met' : 'NOT met'}; hot budget >= 2x the floor's pairs/s -> ${gatedHot.perSecond / floorHot >= 2 ? 'met' : 'NOT met'}; p99 < 20 ms -> ${gatedHot.p99 < 20 ? 'met' : 'NOT met'}; two processes >= 1.6x one -> ${twoProcesses / gatedHot.perSecond >= 1.6 ? 'met' : 'NOT met'}; rate-limited >= 0.8x without -> ${rateLimitedHot.perSecond / gatedHot.perSecond >= 0.8 ? 'met' : 'NOT met'}`,
   ''

@@ -21,7 +21,9 @@ if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].sp
     database: process.env.DATABASE_URL!,
     adminToken: BENCH_ADMIN_TOKEN,
     gate: { routes: ['/v1/chat/completions'], sweepIntervalMs: 0 },
-    notifications: { intervalMs: 0 }
+    notifications: { intervalMs: 0 },
+    // BENCH_DECISIONS=off: the gate without its decision log, to measure what the log costs (bench/gate.ts).
+    decisions: { enabled: process.env.BENCH_DECISIONS !== 'off' }
   })
   // Counts the calls the gate admitted, so the benchmark can check the recorded spend against them.
   // And when it admitted the last one, so a benchmark can tell when a change came into force (bench/admin-under-load.ts).
@@ -30,6 +32,8 @@ if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].sp
   app.post('/v1/chat/completions', async () => { admitted++; lastAdmittedAt = Date.now(); return ANSWER })
   app.post('/ungated/v1/chat/completions', async () => ANSWER)
   app.get('/bench/admitted', async () => ({ admitted, lastAdmittedAt }))
+  // The process's CPU time so far (user + system, microseconds): CPU per call, which load elsewhere on the machine disturbs less than throughput.
+  app.get('/bench/cpu', async () => { const { user, system } = process.cpuUsage(); return { micros: user + system } })
   const address = await app.listen({ port: 0, host: '127.0.0.1' })
   process.once('SIGTERM', () => { void app.close().then(() => process.exit(0)) })
   process.stdout.write(`listening ${address}\n`)

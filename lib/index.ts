@@ -32,6 +32,8 @@ import { createBudgetAudit } from './services/audit.js'
 import { createSpendReports } from './services/reports.js'
 import { createExchangeRates } from './services/exchange-rates.js'
 import { createChannelTests } from './services/channels.js'
+import { createDecisionLog, type DecisionLog } from './services/decision-log.js'
+import { createDecisionRepository } from './repository/decisions.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -42,6 +44,8 @@ declare module 'fastify' {
     budgetNotifications: NotificationDeliverer
     /** Prometheus metrics in a registry of the plugin's own: merge `registry` into yours, or scrape GET {prefix}/metrics. */
     budgetMetrics: BudgetMetrics
+    /** The gate's decision log: flush() writes what waits (it is written in batches), sweep() deletes past the retention. */
+    budgetDecisions: DecisionLog
     /** An onRequest/preHandler hook with the admin API's authorization, for the host's own routes. */
     budgetAdminGuard: (request: FastifyRequest) => Promise<void>
   }
@@ -58,7 +62,7 @@ declare module 'fastify' {
 }
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
-  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate, notifications, metrics: metricsOptions, dashboard, adminTimeoutMs } = resolveOptions(options)
+  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate, notifications, metrics: metricsOptions, dashboard, adminTimeoutMs, decisions } = resolveOptions(options)
 
   // Close only the client we open; a host's own client is the host's to end.
   const ownsClient = typeof database === 'string'
@@ -140,10 +144,14 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   fastify.decorateRequest('budgetActor', null)
   fastify.decorateRequest('budgetGate', null)
 
-  const gateHooks = gate === null ? null : registerGate(fastify, gate, budgetIntegration, prices, budgetMetrics)
-  fastify.addHook('onReady', async () => { budgetNotifications.start() })
+  // The gate's refusals, clamps and downgrades, noted in memory and written in batches (sql/025).
+  const decisionLog = createDecisionLog(createDecisionRepository(sql), decisions, fastify.log, budgetMetrics.registry)
+  fastify.decorate('budgetDecisions', decisionLog)
+  const gateHooks = gate === null ? null : registerGate(fastify, gate, budgetIntegration, prices, budgetMetrics, decisions.enabled ? decisionLog : null)
+  fastify.addHook('onReady', async () => { budgetNotifications.start(); decisionLog.start() })
   fastify.addHook('onClose', async () => {
     await gateHooks?.drain() // settle what the gate admitted before the client ends
+    await decisionLog.close() // write the decisions noted so far
     await settlements.drain()
     await leases.close() // then give back what is left of the leases
     await rateLimits.close() // and of the rate-limit allowances
@@ -157,7 +165,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const setRate: typeof rates.setRate = async (...args) =>
     await inBoundedTransaction(async (tx) => await createExchangeRates(createRepositories(tx).exchangeRates, () => new Date()).setRate(...args))
   await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, collector: usageCollector, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit),
-    reports: createSpendReports(repositories.reports, () => new Date()), rates: { ...rates, setRate }, channels: createChannelTests(budgetNotifications, inBoundedTransaction, adminTimeoutMs), recordUsage, timeoutMs: adminTimeoutMs })
+    reports: createSpendReports(repositories.reports, () => new Date()), rates: { ...rates, setRate }, channels: createChannelTests(budgetNotifications, inBoundedTransaction, adminTimeoutMs), recordUsage, timeoutMs: adminTimeoutMs, decisions: decisionLog })
   // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
   if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })
 }

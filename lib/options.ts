@@ -7,6 +7,7 @@ import { OptionsError } from './errors.js'
 import { scopesFromHeaders, type GateOptions } from './hooks/gate-options.js'
 import { costFromUsage } from './services/estimate.js'
 import type { MetricsOptions } from './services/metrics.js'
+import { DECISION_LOG_DEFAULTS, type DecisionLogOptions } from './services/decision-log.js'
 import { parseEmailChannel, type NotificationOptions } from './services/notifications.js'
 import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES } from './services/pricing.js'
 
@@ -40,6 +41,8 @@ export interface BudgetsOptions {
   metrics?: Partial<MetricsOptions>
   /** The longest an admin request may take: past it a read answers 503, and a write is rolled back and answers 503 `BUDGET_ERR_TIMEOUT`. Default 10 s. */
   adminTimeoutMs?: number
+  /** The decision log (GET {prefix}/decisions): each refusal, clamp and downgrade of the gate. Default on, kept 30 days. */
+  decisions?: Partial<DecisionLogOptions>
 }
 
 export interface ResolvedOptions {
@@ -53,6 +56,7 @@ export interface ResolvedOptions {
   metrics: MetricsOptions
   dashboard: boolean
   adminTimeoutMs: number
+  decisions: DecisionLogOptions
 }
 
 const NOTIFICATION_DEFAULTS: NotificationOptions = { channels: {}, intervalMs: 5000, maxAttempts: 8, backoffMs: 1000 }
@@ -78,7 +82,7 @@ export const GATE_DEFAULTS: GateOptions = {
 const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000, dashboard: true, adminTimeoutMs: 10_000 }
 
 export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
-  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications, metrics, dashboard, adminTimeoutMs } = { ...DEFAULTS, ...options }
+  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications, metrics, dashboard, adminTimeoutMs, decisions } = { ...DEFAULTS, ...options }
   if (typeof database !== 'string' && typeof database !== 'function') {
     throw new OptionsError('database must be a postgres.js instance or a connection string')
   }
@@ -107,8 +111,23 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
     gate: gate === undefined ? null : resolveGateOptions(gate),
     notifications: resolveNotificationOptions(notifications ?? {}),
     metrics: resolveMetricsOptions(metrics ?? {}),
-    dashboard
+    dashboard,
+    decisions: resolveDecisionLogOptions(decisions ?? {})
   }
+}
+
+function resolveDecisionLogOptions (options: Partial<DecisionLogOptions>): DecisionLogOptions {
+  if (typeof options !== 'object' || options === null) throw new OptionsError('decisions must be an object such as { enabled: true, retentionDays: 30 }')
+  const decisions = { ...DECISION_LOG_DEFAULTS, ...options }
+  if (typeof decisions.enabled !== 'boolean') throw new OptionsError('decisions.enabled must be a boolean')
+  if (!Number.isInteger(decisions.retentionDays) || decisions.retentionDays < 1 || decisions.retentionDays > 3650) {
+    throw new OptionsError('decisions.retentionDays must be a whole number of days from 1 to 3650')
+  }
+  for (const name of ['maxBuffered', 'batchSize', 'flushIntervalMs', 'sweepIntervalMs'] as const) {
+    if (!Number.isInteger(decisions[name]) || decisions[name] < 1) throw new OptionsError(`decisions.${name} must be a positive whole number`)
+  }
+  if (decisions.batchSize > decisions.maxBuffered) throw new OptionsError('decisions.batchSize must be at most decisions.maxBuffered')
+  return decisions
 }
 
 function resolveMetricsOptions (options: Partial<MetricsOptions>): MetricsOptions {

@@ -589,3 +589,49 @@ export const ChannelTestResult = Type.Object({
   delivered: Type.Boolean({ description: 'True once the channel accepted the test: a webhook answered 2xx, an SMTP server took the message.' }),
   error: Type.Optional(Type.String({ description: 'When not delivered: why (the endpoint\'s status, a refusal, no answer within the channel\'s timeout).' }))
 }, { additionalProperties: false })
+
+// The decision log (sql/025): the gate's refusals, clamps and downgrades
+
+export const DECISION_OUTCOMES = ['refused', 'clamped', 'downgraded'] as const
+export const DecisionQuery = Type.Object({
+  budgetId: Type.Optional(Type.String({ maxLength: 64, description: 'Decisions whose binding budget is this one.' })),
+  code: Type.Optional(Type.String({ maxLength: 64, description: 'A refusal code (budget_exceeded, rate_limit_exceeded, ...); for a clamp the code it avoided; for a downgrade that refused nothing, auto_downgrade.' })),
+  outcome: Type.Optional(StringEnum(DECISION_OUTCOMES)),
+  scopeType: Type.Optional(ScopeType),
+  scopeId: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'With scopeType: decisions on calls whose caller had this id at that scope.' })),
+  from: Type.Optional(TimestampInput),
+  to: Type.Optional(TimestampInput),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+  cursor: Type.Optional(Type.String({ maxLength: 100, description: 'nextCursor of the previous page.' }))
+}, { additionalProperties: false })
+export const GateDecision = Type.Object({
+  id: Type.String(),
+  at: Timestamp,
+  requestId: Type.String({ description: 'The gate\'s request id (also the reservation\'s and the usage record\'s).' }),
+  api: StringEnum(['chat', 'responses', 'messages', 'embeddings'] as const),
+  outcome: StringEnum(DECISION_OUTCOMES),
+  code: Type.String(),
+  scopes: Type.Object({
+    organization: Type.Optional(Type.String()),
+    team: Type.Optional(Type.String()),
+    user: Type.Optional(Type.String()),
+    project: Type.Optional(Type.String())
+  }, { description: 'The caller, as the gate resolved it.' }),
+  tags: Type.Optional(Type.Record(Type.String(), Type.String())),
+  model: Type.String({ description: 'The model the decision was about (after a downgrade, the cheaper one).' }),
+  requestedModel: Type.Optional(Type.String({ description: 'The model asked for, when auto-downgrade swapped it.' })),
+  estimate: Type.String({ description: 'The worst-case cost the decision was about, an exact decimal: in the binding budget\'s currency when the call\'s converts into it, else the call\'s.' }),
+  currency: Type.String(),
+  budget: Nullable(Type.Object({
+    id: Type.String({ format: 'uuid' }),
+    name: Type.String(),
+    limit: Nullable(Type.String({ description: 'The budget\'s amount when the gate decided, an exact decimal in the budget\'s currency; null for a rate-limit refusal (a rate limit refuses before any money is read).' })),
+    current: Nullable(Type.String({ description: 'Settled spend in the budget\'s window when the gate decided; null for a rate-limit refusal.' })),
+    reserved: Nullable(Type.String({ description: 'Held by calls in flight (and leases) when the gate decided; null for a rate-limit refusal.' }))
+  }, { description: 'The binding budget as the gate read it: the one that refused, clamped or downgraded, or whose rate limit refused; null when none binds.' }))
+})
+export const DecisionPage = Type.Object({
+  decisions: Type.Array(GateDecision),
+  nextCursor: Nullable(Type.String({ description: 'Pass as cursor for the next (older) page; null on the last page.' }))
+})
+export type DecisionQuery = Static<typeof DecisionQuery>

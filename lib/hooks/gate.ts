@@ -14,6 +14,9 @@ import type { ModelApi, Refusal, StreamUsageReader } from '../apis/model-api.js'
 import { InvalidFieldError, isDatabaseUnavailable, OptionsError } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
 import type { CostEstimate } from '../services/estimate.js'
+import type { BudgetConstraintCheck } from '../services/decision.js'
+import { bindingOf } from '../services/decision-log.js'
+import type { Decision, DecisionOutcome } from '../repository/decisions.js'
 import type { BudgetMetrics } from '../services/metrics.js'
 import type { RateRefusal } from '../services/rate-limits.js'
 import { checkScopeId, type BudgetIntegration, type CallerScopes } from '../services/integration.js'
@@ -229,6 +232,9 @@ interface GatedCall {
   current: CostEstimate
   /** The last hold's rate-limit refusal, if any. */
   rateLimited: RateRefusal | undefined
+  /** The check a downgrade or a clamp answered, with the estimate it was about: what the decision log keeps for it. */
+  downgradedOn?: { check: BudgetConstraintCheck, estimate: string }
+  clampedOn?: { check: BudgetConstraintCheck, estimate: string }
 }
 
 /**
@@ -256,8 +262,13 @@ function readStreamUsage (request: FastifyRequest, api: ModelApi, state: () => B
   })
 }
 
+/** Where the gate notes its refusals, clamps and downgrades (lib/services/decision-log.ts): in memory, never awaited. */
+export interface DecisionNotes {
+  note: (decision: Decision) => void
+}
+
 export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, book: PriceBook,
-  metrics: BudgetMetrics): { drain: (waitMs?: number) => Promise<void> } {
+  metrics: BudgetMetrics, decisions: DecisionNotes | null = null): { drain: (waitMs?: number) => Promise<void> } {
   const pending = new Set<Promise<unknown>>()
   // Admitted calls whose settlement has not committed, for the live-reservations gauge.
   const live = new WeakMap<BudgetGateState, () => void>()
@@ -276,6 +287,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
    */
   async function downgrade (call: GatedCall, cheaper: string): Promise<boolean> {
     const { state } = call
+    call.downgradedOn = { check: state.check!, estimate: state.estimate }
     if (state.reservationId !== null) await integration.releaseCall(state.reservationId)
     state.reservationId = null
     let downgraded: CostEstimate
@@ -316,8 +328,10 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       if (room === null || asked === null) return
       const clamped = await largestAffordable(costAt, options.clampFloorTokens, asked, room)
       if (clamped === null) return
+      const answered = { check: state.check!, estimate: state.estimate }
       await hold(call, clamped.estimate)
       if (!state.check!.canProceed) continue
+      call.clampedOn = answered
       request.body = limit.withLimit(request.body as Record<string, unknown>, clamped.tokens, price)
       state.estimate = clamped.estimate.amount
       state.clampedMaxTokens = clamped.tokens
@@ -358,6 +372,33 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         ...(check.code === 'model_restricted' ? { allowedModels: refusing?.allowedModels ?? [] } : {})
       }
     }
+  }
+
+  /**
+   * Notes a refusal, clamp or downgrade for the decision log (in memory: written in batches off this
+   * path), and logs a refusal at info with its code, caller and binding budget. A call both downgraded
+   * and clamped or refused is one decision, its last, with the model it asked for.
+   */
+  function noteDecision (call: GatedCall, outcome: DecisionOutcome, code: string, on: { check: BudgetConstraintCheck, estimate: string }, budgetId: string | null): void {
+    const { state, caller } = call
+    const { tags, ...scopes } = caller
+    const decision: Decision = {
+      at: new Date(),
+      requestId: state.requestId,
+      api: call.api.name,
+      outcome,
+      code,
+      scopes,
+      ...(tags === undefined ? {} : { tags }),
+      model: state.model,
+      ...(state.downgradedFrom === null ? {} : { requestedModel: state.downgradedFrom }),
+      ...bindingOf(on.check, budgetId, on.estimate, options.currency, outcome === 'refused' ? call.rateLimited : undefined)
+    }
+    if (outcome === 'refused') {
+      call.request.log.info({ requestId: state.requestId, code, caller: scopes, tags, model: state.model, estimate: decision.estimate, currency: decision.currency, budget: decision.budget },
+        'the gate refused a call')
+    }
+    decisions?.note(decision)
   }
 
   async function reserve (request: FastifyRequest, reply: FastifyReply, api: ModelApi, estimateAt: EstimateAt): Promise<void> {
@@ -430,7 +471,18 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         return
       }
       const refusal = refusalOf(call)
-      if (refusal !== null) return await refuse(reply, api, refusal)
+      if (refusal !== null) {
+        const check = state.check!
+        noteDecision(call, 'refused', refusal.code, { check, estimate: state.estimate }, check.bindingBudgetId)
+        return await refuse(reply, api, refusal)
+      }
+      if (call.clampedOn !== undefined) noteDecision(call, 'clamped', call.clampedOn.check.code ?? 'budget_exceeded', call.clampedOn, call.clampedOn.check.bindingBudgetId)
+      else if (call.downgradedOn !== undefined) {
+        // A call that fitted was downgraded by the budget whose auto-downgrade alert is in force; one that did not, by the one that refused it.
+        const { check } = call.downgradedOn
+        const by = check.code === null ? check.budgets.find((budget) => budget.activeActions.includes('auto-downgrade'))?.budgetId ?? check.bindingBudgetId : check.bindingBudgetId
+        noteDecision(call, 'downgraded', check.code ?? 'auto_downgrade', call.downgradedOn, by)
+      }
       if (api.forwarded !== undefined) request.body = api.forwarded(request.body as Record<string, unknown>, call.state.model)
       admitted = true // from here the handler runs, and the upstream may be called
       metrics.decision('allowed')

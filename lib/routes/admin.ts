@@ -12,9 +12,11 @@ import type { BudgetRegistry } from '../services/registry.js'
 import type { BudgetTracker } from '../services/tracker.js'
 import type { UsageCollector } from '../services/collector.js'
 import type { ChannelTests } from '../services/channels.js'
+import type { DecisionLog } from '../services/decision-log.js'
 import { alertRoutes } from './alerts.js'
 import { budgetRoutes } from './budgets.js'
 import { channelRoutes } from './channels.js'
+import { decisionRoutes } from './decisions.js'
 import { handleError } from './error-handler.js'
 import { metricsRoutes } from './metrics.js'
 import { auditRoutes } from './audit.js'
@@ -40,6 +42,8 @@ export interface AdminRoutesOptions {
   recordUsage: RecordUsage
   /** The longest an admin request may take (the plugin's adminTimeoutMs). */
   timeoutMs: number
+  /** The gate's decision log: GET /decisions. */
+  decisions?: DecisionLog
 }
 
 /**
@@ -57,7 +61,7 @@ export function adminGuard (authorize: Authorize) {
   }
 }
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs, decisions }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
   // A database that neither answers nor refuses (connections that never open in an outage) must not
@@ -88,4 +92,5 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   await app.register(reportRoutes, { reports })
   await app.register(exchangeRateRoutes, { rates })
   await app.register(channelRoutes, { channels })
+  if (decisions !== undefined) await app.register(decisionRoutes, { decisions })
 }
