@@ -4,7 +4,7 @@ import type { FastifyRequest } from 'fastify'
 import type { Sql } from 'postgres'
 import { isModelApiName, MODEL_APIS } from './apis/index.js'
 import { OptionsError } from './errors.js'
-import { scopesFromHeaders, type GateOptions } from './hooks/gate-options.js'
+import { checkUnbudgetedPolicy, scopesFromHeaders, type GateOptions } from './hooks/gate-options.js'
 import { costFromUsage } from './services/estimate.js'
 import type { MetricsOptions } from './services/metrics.js'
 import { parseEmailChannel, type NotificationOptions } from './services/notifications.js'
@@ -72,7 +72,8 @@ export const GATE_DEFAULTS: GateOptions = {
   reservationTtlMs: 15 * 60_000,
   sweepIntervalMs: 60_000,
   nearLimit: 'refuse',
-  clampFloorTokens: 16
+  clampFloorTokens: 16,
+  unbudgeted: 'allow'
 }
 
 const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000, dashboard: true, adminTimeoutMs: 10_000 }
@@ -164,6 +165,7 @@ function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
   if (!Number.isInteger(gate.sweepIntervalMs) || gate.sweepIntervalMs < 0) throw new OptionsError('gate.sweepIntervalMs must be a whole number of milliseconds (0: no sweeper)')
   if (gate.nearLimit !== 'refuse' && gate.nearLimit !== 'clamp') throw new OptionsError("gate.nearLimit must be 'refuse' or 'clamp'")
   if (!Number.isInteger(gate.clampFloorTokens) || gate.clampFloorTokens < 1) throw new OptionsError('gate.clampFloorTokens must be a positive whole number of tokens')
+  checkUnbudgetedPolicy(gate.unbudgeted)
   return gate
 }
 
