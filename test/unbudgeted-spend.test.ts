@@ -156,6 +156,37 @@ t.test('streams, a client that leaves mid-stream, and upstreams that fail or sen
   await checkInvariants(t, gateway.sql)
 })
 
+t.test('chat completions: a stream, and a client that leaves mid-stream, are recorded', async (t) => {
+  const gateway = await buildGateway(t, { mockTokenDelayMs: 20 })
+  const address = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
+  const stream = async (team: string, leaveAfterBytes?: number) => {
+    const abort = new AbortController()
+    const response = await fetch(`${address}/v1/chat/completions`, {
+      method: 'POST', signal: abort.signal, headers: { 'content-type': 'application/json', 'x-relay-team-id': team },
+      body: JSON.stringify({ ...BODIES.chat.body, max_tokens: 60, stream: true })
+    })
+    const reader = response.body!.getReader()
+    let read = 0
+    for (;;) {
+      const { value, done } = await reader.read()
+      if (done) break
+      read += value.length
+      if (leaveAfterBytes !== undefined && read >= leaveAfterBytes) { abort.abort(); break }
+    }
+    return response.status
+  }
+  t.equal(await stream('streamed'), 200)
+  t.equal(await stream('left', 1), 200)
+  const rows = await recorded(gateway.sql, 2)
+  const byTeam = new Map(rows.map((row) => [row.metadata.teamId as string, row]))
+  t.equal(byTeam.get('streamed')?.metadata.costBasis, 'usage', 'the whole stream: its usage')
+  const left = byTeam.get('left')
+  t.ok(left !== undefined, 'the call whose client left is recorded')
+  t.ok(left !== undefined && toUnits(left.amount) > 0n && toUnits(left.amount) <= toUnits(left.metadata.estimatedCost as string), 'charged, within its estimate')
+  t.ok(toUnits(left!.amount) < toUnits(byTeam.get('streamed')!.amount) || left!.metadata.costBasis === 'estimate', 'charged what was produced, or its estimate')
+  await checkInvariants(t, gateway.sql)
+})
+
 t.test('a record sent again is stored once', async (t) => {
   const gateway = await buildGateway(t)
   const integration = gateway.app.budgetIntegration
