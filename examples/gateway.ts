@@ -174,7 +174,9 @@ await app.register(budgets, {
     ...(gatewayKeys === null ? {} : { resolveScopes: (request) => scopesFromKey(gatewayKeys, request) }),
     failureMode: process.env.GATE_FAILURE_MODE === 'open' ? 'open' : 'closed',
     ...(process.env.RESERVATION_TTL_MS === undefined ? {} : { reservationTtlMs: Number(process.env.RESERVATION_TTL_MS) }),
-    ...(process.env.SWEEP_INTERVAL_MS === undefined ? {} : { sweepIntervalMs: Number(process.env.SWEEP_INTERVAL_MS) })
+    ...(process.env.SWEEP_INTERVAL_MS === undefined ? {} : { sweepIntervalMs: Number(process.env.SWEEP_INTERVAL_MS) }),
+    // Callers no budget covers: served and recorded ('allow', the default) or refused with 402 (docs/ledger.md).
+    ...(process.env.GATE_UNBUDGETED === undefined ? {} : { unbudgeted: process.env.GATE_UNBUDGETED as 'allow' | 'refuse' })
   },
   notifications: {
     channels,

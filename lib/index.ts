@@ -118,7 +118,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const { reservations } = repositories
   const budgetLines = createBudgetLines(reservations, currency)
   const holds = createHoldQueue(reservations, { currency, ttlMs: reservationTtlMs })
-  const settlements = createSettlementQueue(reservations, { ttlMs: reservationTtlMs, observe: budgetLines.observe }, fastify.log)
+  const settlements = createSettlementQueue(reservations, { ttlMs: reservationTtlMs, observe: budgetLines.observe, recordUnbudgeted: repositories.usage.insertUnbudgeted }, fastify.log)
   const leases = createLeases(reservations, settlements, { currency, ttlMs: reservationTtlMs, observe: budgetLines.observe }, fastify.log)
   budgetLines.onForget(leases.forgetAll) // a changed budget ends the leases taken under the old one
   forgetLines = budgetLines.forget
@@ -131,7 +131,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   fastify.decorate('budgetTracker', budgetTracker)
   const budgetAlerts = createBudgetAlerts(repositories.alerts, budgetTracker, () => new Date())
   // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
-  const budgetMetrics = createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions)
+  const budgetMetrics = createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions, currency)
   // Digests are made by the deliverer's loop, before each round of deliveries, and delivered by it.
   const digests = createDigestScheduler(repositories, () => new Date())
   const budgetNotifications = createNotificationDeliverer(sql, notifications, fastify.log, budgetMetrics.notified, digests.produceDue)

@@ -4,7 +4,7 @@ import type { FastifyRequest } from 'fastify'
 import type { Sql } from 'postgres'
 import { isModelApiName, MODEL_APIS } from './apis/index.js'
 import { OptionsError } from './errors.js'
-import { scopesFromHeaders, type GateOptions } from './hooks/gate-options.js'
+import { checkUnbudgetedPolicy, scopesFromHeaders, type GateOptions } from './hooks/gate-options.js'
 import { costFromUsage } from './services/estimate.js'
 import type { MetricsOptions } from './services/metrics.js'
 import { DECISION_LOG_DEFAULTS, type DecisionLogOptions } from './services/decision-log.js'
@@ -76,7 +76,8 @@ export const GATE_DEFAULTS: GateOptions = {
   reservationTtlMs: 15 * 60_000,
   sweepIntervalMs: 60_000,
   nearLimit: 'refuse',
-  clampFloorTokens: 16
+  clampFloorTokens: 16,
+  unbudgeted: 'allow'
 }
 
 const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000, dashboard: true, adminTimeoutMs: 10_000 }
@@ -183,6 +184,7 @@ function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
   if (!Number.isInteger(gate.sweepIntervalMs) || gate.sweepIntervalMs < 0) throw new OptionsError('gate.sweepIntervalMs must be a whole number of milliseconds (0: no sweeper)')
   if (gate.nearLimit !== 'refuse' && gate.nearLimit !== 'clamp') throw new OptionsError("gate.nearLimit must be 'refuse' or 'clamp'")
   if (!Number.isInteger(gate.clampFloorTokens) || gate.clampFloorTokens < 1) throw new OptionsError('gate.clampFloorTokens must be a positive whole number of tokens')
+  checkUnbudgetedPolicy(gate.unbudgeted)
   return gate
 }
 

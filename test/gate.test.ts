@@ -132,9 +132,10 @@ t.test('no budget applies: the call goes through unreserved', async (t) => {
     t.equal(response.headers['x-budget-id'], undefined, 'no budget was consulted')
   }
   const [row] = await sql`
-    select (select count(*)::int from budget_usage_records) as records,
+    select (select count(*)::int from budget_usage_records where budget_id is not null) as records,
            (select count(*)::int from budget_status_cache where budget_id = ${other.id} and reserved_amount <> 0) as held`
-  t.same(row, { records: 0, held: 0 }, 'nothing recorded, nothing held')
+  // The calls are recorded without a budget (the spend ledger: test/unbudgeted-spend.test.ts).
+  t.same(row, { records: 0, held: 0 }, 'nothing recorded under a budget, nothing held')
 })
 
 t.test('bad scope headers and bad bodies get a clear 400, and the provider is not called', async (t) => {

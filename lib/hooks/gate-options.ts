@@ -7,6 +7,7 @@ import type { BudgetConstraintCheck } from '../services/decision.js'
 import type { CostEstimate } from '../services/estimate.js'
 import { checkScopeId, type CallerScopes } from '../services/integration.js'
 import type { PriceBook, PriceTable, TokenUsage } from '../services/pricing.js'
+import { OptionsError } from '../errors.js'
 import { parseTagHeader } from '../tags.js'
 
 /**
@@ -58,6 +59,20 @@ export interface GateOptions {
   nearLimit: NearLimitPolicy
   /** Under `clamp`, the fewest output tokens worth forwarding: below this the call is refused. Default 16. */
   clampFloorTokens: number
+  /**
+   * A caller no budget covers (no budget for its scopes, a mistyped scope, no scopes at all): `allow`
+   * serves the call and records its spend as an unbudgeted usage record (docs/ledger.md); `refuse`
+   * answers 402 `no_applicable_budget` and calls nothing. Default `allow`.
+   */
+  unbudgeted: UnbudgetedPolicy
+}
+
+export type UnbudgetedPolicy = 'allow' | 'refuse'
+
+/** gate.unbudgeted's check at registration: a bad value fails app.ready() with a coded error. */
+export function checkUnbudgetedPolicy (value: unknown): UnbudgetedPolicy {
+  if (value !== 'allow' && value !== 'refuse') throw new OptionsError(`gate.unbudgeted must be 'allow' or 'refuse' (got ${JSON.stringify(value) ?? String(value)})`)
+  return value
 }
 
 /** What the gate decided for a request, for the route handler and the settlement. */

@@ -13,14 +13,15 @@ import { apiForUrl, isModelApiName, MODEL_APIS } from '../apis/index.js'
 import type { ModelApi, Refusal, StreamUsageReader } from '../apis/model-api.js'
 import { InvalidFieldError, isDatabaseUnavailable, OptionsError } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
-import type { CostEstimate } from '../services/estimate.js'
 import type { BudgetConstraintCheck } from '../services/decision.js'
+import type { CostEstimate } from '../services/estimate.js'
 import { bindingOf } from '../services/decision-log.js'
 import type { Decision, DecisionOutcome } from '../repository/decisions.js'
 import type { BudgetMetrics } from '../services/metrics.js'
 import type { RateRefusal } from '../services/rate-limits.js'
 import { checkScopeId, type BudgetIntegration, type CallerScopes } from '../services/integration.js'
 import { pricesAt, type PriceBook, type TokenUsage } from '../services/pricing.js'
+import type { UsageMetadata } from '../services/tracker.js'
 import { checkTags } from '../tags.js'
 import { SCOPE_HEADERS, TAGS_HEADER, type BudgetGateState, type GateOptions, type GateRoute } from './gate-options.js'
 import { costAtOutputLimit, largestAffordable, mayClamp, roomFor } from './clamp.js'
@@ -186,6 +187,36 @@ function chargeFor (admitted: boolean, usage: TokenUsage | null, statusCode: num
   }
   if (statusCode >= 400) return { cost: null, basis: 'released', reason: 'not-served' }
   return { cost: estimate, basis: 'estimate', reason: 'no-usage' }
+}
+
+/** A call that no budget covers: it may proceed, and the decision met no budget at all (none for its scopes, or no scopes). */
+function uncovered (check: BudgetConstraintCheck | null): boolean {
+  return check !== null && check.canProceed && check.budgets.length === 0 && check.bindingBudgetId === null
+}
+
+/** The metadata of a gated call's usage record, budgeted or not: what it called, what it used, what it was charged by, and who called. */
+function usageMetadata (state: BudgetGateState, usage: TokenUsage | null, pricedModel: string | undefined, charge: Charge): UsageMetadata {
+  const modelId = pricedModel ?? state.model
+  return {
+    modelId,
+    ...(usage !== null && usage.model !== modelId ? { upstreamModel: storable(usage.model) } : {}),
+    ...(state.downgradedFrom === null ? {} : { requestedModel: state.downgradedFrom }),
+    ...(state.clampedMaxTokens === null ? {} : { clampedMaxTokens: state.clampedMaxTokens }),
+    inputTokens: usage?.inputTokens,
+    outputTokens: usage?.outputTokens,
+    ...(usage?.cachedInputTokens === undefined ? {} : { cachedInputTokens: usage.cachedInputTokens }),
+    ...(usage?.cacheWriteTokens === undefined ? {} : { cacheWriteTokens: usage.cacheWriteTokens }),
+    ...(usage?.cacheWrite1hTokens === undefined ? {} : { cacheWrite1hTokens: usage.cacheWrite1hTokens }),
+    ...(usage?.priceMultiplier === undefined ? {} : { priceMultiplier: `${usage.priceMultiplier.numerator}/${usage.priceMultiplier.denominator}` }),
+    estimatedCost: state.estimate,
+    costBasis: charge.basis,
+    ...(charge.basis === 'estimate' ? { estimateReason: charge.reason } : {}),
+    userId: state.caller.user,
+    teamId: state.caller.team,
+    projectId: state.caller.project,
+    organizationId: state.caller.organization,
+    ...(state.caller.tags === undefined ? {} : { tags: state.caller.tags })
+  }
 }
 
 /** Adds the gate to every model-call route declared after it; returns what waits for in-flight settlements. */
@@ -401,6 +432,22 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     decisions?.note(decision)
   }
 
+  /** gate.unbudgeted 'refuse': a caller no budget covers gets 402 no_applicable_budget, with nothing held; null otherwise. */
+  function unbudgetedRefusal (call: GatedCall): Refusal | null {
+    if (options.unbudgeted !== 'refuse' || !uncovered(call.state.check)) return null
+    const scopes = Object.fromEntries(SCOPE_HEADERS.flatMap(([type]) => call.caller[type] === undefined ? [] : [[type, call.caller[type]]]))
+    const named = Object.entries(scopes).map(([type, id]) => `${type} '${String(id)}'`).join(', ')
+    metrics.decision('refused', 'no_applicable_budget')
+    return {
+      status: 402,
+      kind: 'insufficient_quota',
+      code: 'no_applicable_budget',
+      message: `No budget covers this caller (${named === '' ? 'no scopes given' : named}), and this gateway refuses calls without a budget`,
+      param: null,
+      details: { scopes }
+    }
+  }
+
   async function reserve (request: FastifyRequest, reply: FastifyReply, api: ModelApi, estimateAt: EstimateAt): Promise<void> {
     // The call is priced at the rates in force now, when it is made: its estimate, and its settlement however late.
     const prices = pricesAt(book, new Date())
@@ -436,13 +483,14 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
 
     // The hold ends once, when the connection is done with this response and this hook is done.
     let admitted = false
+    let admittedAt: Date | null = null
     let hookDone!: () => void
     const reserved = new Promise<void>((resolve) => { hookDone = resolve })
     // A request in flight is pending too: closing waits for it to end and settle (app.inject's requests
     // are not waited for by the server's close).
     const ended = watch.closed.then(async () => await reserved).then(() => {
       streamed.finish()
-      end(request, reply, state, admitted, prices)
+      end(request, reply, state, admitted, prices, admittedAt)
     })
     pending.add(ended)
     void ended.finally(() => pending.delete(ended))
@@ -470,7 +518,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         reply.hijack()
         return
       }
-      const refusal = refusalOf(call)
+      const refusal = refusalOf(call) ?? unbudgetedRefusal(call)
       if (refusal !== null) {
         const check = state.check!
         noteDecision(call, 'refused', refusal.code, { check, estimate: state.estimate }, check.bindingBudgetId)
@@ -485,6 +533,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       }
       if (api.forwarded !== undefined) request.body = api.forwarded(request.body as Record<string, unknown>, call.state.model)
       admitted = true // from here the handler runs, and the upstream may be called
+      admittedAt = new Date()
       metrics.decision('allowed')
       if (state.reservationId !== null) live.set(state, metrics.admitted())
     } finally {
@@ -493,8 +542,31 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     }
   }
 
-  function end (request: FastifyRequest, reply: FastifyReply, state: BudgetGateState, admitted: boolean, prices: PriceBook): void {
-    if (state.reservationId === null) return
+  /**
+   * A served call no budget covered leaves a usage record without a budget (the spend ledger,
+   * docs/ledger.md), priced as any other and committed with the settlements' batches, off the response
+   * path. A fault is the queue's to retry; what fails past that is logged, never the caller's.
+   */
+  function recordUnbudgeted (request: FastifyRequest, state: BudgetGateState, charge: Charge, metadata: UsageMetadata, admittedAt: Date): void {
+    const cost = charge.cost
+    if (cost === null || toUnits(cost) === 0n) return // nothing was served, or nothing to charge
+    const basis = charge.basis === 'usage' ? 'usage' : 'estimate'
+    const settled = metrics.settlementTimer()
+    const recording = integration.recordUnbudgetedCall(cost, { requestId: state.requestId, occurredAt: admittedAt, source: 'gateway', metadata }).then((ended) => {
+      if (ended.outcome === 'recorded') metrics.unbudgeted(cost, basis)
+      if (toUnits(cost) > toUnits(state.estimate)) request.log.warn({ estimate: state.estimate, actual: cost, requestId: state.requestId }, 'a call cost more than its estimate')
+    }, (error: unknown) => {
+      request.log.error({ err: error, requestId: state.requestId, caller: state.caller, cost }, 'recording an unbudgeted call failed: its spend is not in the ledger')
+    }).finally(() => {
+      settled()
+      pending.delete(recording)
+    })
+    pending.add(recording)
+  }
+
+  function end (request: FastifyRequest, reply: FastifyReply, state: BudgetGateState, admitted: boolean, prices: PriceBook, admittedAt: Date | null): void {
+    // No hold: nothing to end, unless the call was served to a caller no budget covers (its spend is still recorded).
+    if (state.reservationId === null && !(admitted && uncovered(state.check))) return
     const usage = state.usage
     const charge = chargeFor(admitted, usage, reply.raw.statusCode, state.estimate, (used) => options.actualCost(used, prices))
     const priced = usage === null ? null : prices.resolve(usage.model)
@@ -502,30 +574,13 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       request.log.warn({ requestId: state.requestId, reason: charge.reason, upstreamModel: usage?.model, estimate: state.estimate },
         charge.reason === 'unpriced-model' ? 'a served call could not be priced from its usage: charged at its estimate' : 'a call ended without usage: charged at its estimate')
     }
+    const metadata = usageMetadata(state, usage, priced?.model, charge)
+    if (state.reservationId === null) {
+      recordUnbudgeted(request, state, charge, metadata, admittedAt!)
+      return
+    }
     const settled = metrics.settlementTimer()
-    const settling = integration.endCall(state.reservationId, charge.cost, {
-      source: 'gateway',
-      metadata: {
-        modelId: priced?.model ?? state.model,
-        ...(usage !== null && usage.model !== (priced?.model ?? state.model) ? { upstreamModel: storable(usage.model) } : {}),
-        ...(state.downgradedFrom === null ? {} : { requestedModel: state.downgradedFrom }),
-        ...(state.clampedMaxTokens === null ? {} : { clampedMaxTokens: state.clampedMaxTokens }),
-        inputTokens: usage?.inputTokens,
-        outputTokens: usage?.outputTokens,
-        ...(usage?.cachedInputTokens === undefined ? {} : { cachedInputTokens: usage.cachedInputTokens }),
-        ...(usage?.cacheWriteTokens === undefined ? {} : { cacheWriteTokens: usage.cacheWriteTokens }),
-        ...(usage?.cacheWrite1hTokens === undefined ? {} : { cacheWrite1hTokens: usage.cacheWrite1hTokens }),
-        ...(usage?.priceMultiplier === undefined ? {} : { priceMultiplier: `${usage.priceMultiplier.numerator}/${usage.priceMultiplier.denominator}` }),
-        estimatedCost: state.estimate,
-        costBasis: charge.basis,
-        ...(charge.basis === 'estimate' ? { estimateReason: charge.reason } : {}),
-        userId: state.caller.user,
-        teamId: state.caller.team,
-        projectId: state.caller.project,
-        organizationId: state.caller.organization,
-        ...(state.caller.tags === undefined ? {} : { tags: state.caller.tags })
-      }
-    }).then((ended) => {
+    const settling = integration.endCall(state.reservationId, charge.cost, { source: 'gateway', metadata }).then((ended) => {
       if (charge.cost !== null && toUnits(charge.cost) > toUnits(state.estimate)) {
         request.log.warn({ estimate: state.estimate, actual: charge.cost, requestId: state.requestId }, 'a call cost more than its estimate')
       }

@@ -17,6 +17,17 @@ export interface UsageValues {
   alsoCountsToward?: string[]
 }
 
+/** A served call no budget covered (sql/022): stored with no budget, once per request id. */
+export interface UnbudgetedValues {
+  requestId: string
+  amount: Money
+  currency: string
+  source: string
+  description: string | null
+  metadata: Record<string, unknown>
+  occurredAt: Date
+}
+
 /** The record that holds a key, and the fingerprint of the request that made it ('legacy': stored before sql/018; null: a gated call's). */
 export interface KeyHolder {
   record: UsageRecord
@@ -108,6 +119,26 @@ export function createUsageRepository (sql: Db) {
         on conflict do nothing
         returning ${columns}`
       return row === undefined ? null : toUsageRecord(row)
+    },
+
+    /**
+     * Stores served calls that no budget covered, in one statement: budget_id null, keyed by the call's
+     * request id, so a record sent again is stored once (sql/022's partial unique index). No allocation:
+     * such a record counts toward no budget, then or later. Resolves with each stored record's id by request
+     * id; a request id missing from it was stored before.
+     */
+    async insertUnbudgeted (records: UnbudgetedValues[]): Promise<Map<string, string>> {
+      if (records.length === 0) return new Map()
+      const rows = await sql<Array<{ requestId: string, id: string }>>`
+        insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, idempotency_key, occurred_at)
+        select null, r.amount, r.currency, r.source, r.description, r.metadata, r.request_id, r.occurred_at
+        from unnest(${records.map((r) => r.amount)}::text[]::numeric[], ${records.map((r) => r.currency)}::text[], ${records.map((r) => r.source)}::text[],
+                    ${records.map((r) => r.description)}::text[], ${records.map((r) => JSON.stringify(r.metadata))}::text[]::jsonb[],
+                    ${records.map((r) => r.requestId)}::text[], ${records.map((r) => r.occurredAt.toISOString())}::text[]::timestamptz[])
+          as r(amount, currency, source, description, metadata, request_id, occurred_at)
+        on conflict (idempotency_key) where budget_id is null and idempotency_key is not null do nothing
+        returning idempotency_key as "requestId", id`
+      return new Map(rows.map((row) => [row.requestId, row.id]))
     },
 
     /**

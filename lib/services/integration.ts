@@ -248,6 +248,24 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     /** settleCall, resolving with what the settlement did: recorded, released, already recorded, or the reservation had expired and was swept. */
     endCall,
 
+    /**
+     * Records a served call that no budget covered (no hold was taken): a usage record without a budget,
+     * in the gate's currency, keyed by the call's request id so that a record sent again is stored once.
+     * It counts toward no budget, now or later (a budget created since counts from its own start). Queued
+     * with the settlements and committed in their batches: resolves once its batch commits.
+     */
+    async recordUnbudgetedCall (cost: Money, { requestId, occurredAt = new Date(), ...info }: SettleInfo & { requestId: string, occurredAt?: Date }): Promise<SettleOutcome> {
+      return await settlements.recordUnbudgeted({
+        requestId,
+        amount: parsePositiveMoney(cost, 'cost'),
+        currency: options.currency,
+        source: info.source ?? 'gateway',
+        description: info.description ?? null,
+        metadata: { ...info.metadata, requestId },
+        occurredAt
+      })
+    },
+
     async releaseCall (reservationId: string): Promise<void> {
       await settleCall(reservationId, null)
     },

@@ -5,7 +5,11 @@
 // `metrics: true` and the top `topBudgets` by spend in their current window, never one series a caller.
 // Gauge values are floats, as Prometheus keeps them: for watching, never for money arithmetic.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { fromUnits, toUnits, type Money } from '../money.js'
 import type { MetricBudget } from '../repository/status.js'
+
+/** What an unbudgeted call was charged by: its usage, or its estimate (no usage came, or its model has no price). */
+export type CostBasis = 'usage' | 'estimate'
 
 export interface MetricsOptions {
   /** How many budgets, besides those marked `metrics: true`, get gauges: the top spenders now. Default 10. */
@@ -15,7 +19,7 @@ export interface MetricsOptions {
 /** What a gated call came to: let through (allowed, or unchecked in open mode) or not, and why. */
 export type GateOutcome = 'allowed' | 'unchecked' | 'refused' | 'rate_limited' | 'invalid' | 'unavailable'
 
-export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promise<MetricBudget[]>, options: MetricsOptions) {
+export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promise<MetricBudget[]>, options: MetricsOptions, currency = 'USD') {
   const registry = new Registry()
   const decisions = new Counter({
     name: 'relaycore_budget_gate_decisions_total',
@@ -47,6 +51,26 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
     help: 'Alert notifications by outcome of the delivery attempt.',
     labelNames: ['outcome'] as const,
     registers: [registry]
+  })
+
+  // Served calls no budget covered (the spend ledger's budget-less records), counted once recorded.
+  const unbudgetedCalls = new Counter({
+    name: 'relaycore_budget_unbudgeted_calls_total',
+    help: 'Served calls that no budget covered, recorded in the spend ledger without a budget, by what they were charged by.',
+    labelNames: ['cost_basis'] as const,
+    registers: [registry]
+  })
+  // Their cost is summed exactly, in units (lib/money.ts), and made a float only when scraped.
+  let unbudgetedUnits = 0n
+  new Counter({ // kept by `registry`, which calls its collect() at each scrape
+    name: 'relaycore_budget_unbudgeted_cost_total',
+    help: 'The cost of served calls that no budget covered, in the gate\'s currency.',
+    labelNames: ['currency'] as const,
+    registers: [registry],
+    collect () {
+      this.reset()
+      this.inc({ currency }, Number(fromUnits(unbudgetedUnits)))
+    }
   })
 
   // One query a scrape: the first gauge collected (spend) reads the budgets, the five after it reuse that.
@@ -84,6 +108,11 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
     /** Counts a gated call's outcome; `code` is the refusal's (budget_exceeded, invalid_scope, …), '' when allowed. */
     decision (outcome: GateOutcome, code = ''): void {
       decisions.inc({ outcome, code })
+    },
+    /** A served call that no budget covered, once its record is stored: counted, and its cost added exactly. */
+    unbudgeted (cost: Money, basis: CostBasis): void {
+      unbudgetedCalls.inc({ cost_basis: basis })
+      unbudgetedUnits += toUnits(cost)
     },
     /** Starts timing a reservation; call the result when it is decided. */
     reservationTimer: () => reservationSeconds.startTimer(),

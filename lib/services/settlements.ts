@@ -9,9 +9,14 @@
 // only): a batch's locks go as soon as it commits, not after the WAL reaches disk. A PostgreSQL crash can then lose the last moments of settlements, whole
 // (each batch is one transaction); their holds come back with the database and are swept and counted
 // at their estimate. Nothing goes uncounted. Holds keep synchronous commits: a lost hold would be.
+//
+// A served call that no budget covered has no hold: its usage record (budget_id null, sql/022) goes in
+// the same batches, as a third statement. Nothing stands for it until that commits, so a batch that
+// fails past its retries loses those records, and says so at error level.
 import type { FastifyBaseLogger } from 'fastify'
 import { isDatabaseUnavailable } from '../errors.js'
 import type { LeasedSettlement, ReservationRepository, Settlement } from '../repository/reservations.js'
+import type { UnbudgetedValues } from '../repository/usage.js'
 
 /** What a settlement did, so that its caller can tell an expiry from a call with nothing to charge. */
 export type SettleOutcome =
@@ -31,7 +36,10 @@ const MOST_IN_A_BATCH = 100
 const RETRYABLE = new Set(['40P01', '40001', '55P03'])
 const RETRY_DELAYS_MS = [5, 20, 100, 500, 2000]
 
-type Work = { kind: 'reservation', settlement: Settlement } | { kind: 'leased', settlement: LeasedSettlement }
+type Work = { kind: 'reservation', settlement: Settlement } | { kind: 'leased', settlement: LeasedSettlement } | { kind: 'unbudgeted', settlement: UnbudgetedValues }
+
+/** Stores unbudgeted calls' records in one statement; their ids by request id (one missing: stored before). */
+export type RecordUnbudgeted = (records: UnbudgetedValues[]) => Promise<Map<string, string>>
 
 interface Queued {
   work: Work
@@ -41,13 +49,15 @@ interface Queued {
   reject: (error: unknown) => void
 }
 
-export function createSettlementQueue (reservations: ReservationRepository, options: { ttlMs: number, observe: (definitionsVersion: number) => void }, log: FastifyBaseLogger) {
+export function createSettlementQueue (reservations: ReservationRepository,
+  options: { ttlMs: number, observe: (definitionsVersion: number) => void, recordUnbudgeted: RecordUnbudgeted }, log: FastifyBaseLogger) {
   let queue: Queued[] = []
   let running: Promise<void> | null = null
-  /** Commits one batch: both kinds, each one statement. */
+  /** Commits one batch: each kind one statement. */
   async function commit (batch: Queued[]): Promise<void> {
     const own = batch.filter((queued) => queued.work.kind === 'reservation')
     const leased = batch.filter((queued) => queued.work.kind === 'leased')
+    const unbudgeted = batch.filter((queued) => queued.work.kind === 'unbudgeted')
     if (own.length > 0) {
       const { usageIds, definitionsVersion } = await reservations.settleBatch(own.map((queued) => queued.work.settlement as Settlement))
       options.observe(definitionsVersion)
@@ -69,6 +79,16 @@ export function createSettlementQueue (reservations: ReservationRepository, opti
           : found.usageId !== null ? { outcome: 'recorded', usageId: found.usageId } : { outcome: 'already-recorded' })
       }
     }
+    if (unbudgeted.length > 0) {
+      const stored = await options.recordUnbudgeted(unbudgeted.map((queued) => queued.work.settlement as UnbudgetedValues))
+      for (const queued of unbudgeted) {
+        // The first of two under one request id takes the record; the other is its replay.
+        const { requestId } = queued.work.settlement as UnbudgetedValues
+        const usageId = stored.get(requestId)
+        stored.delete(requestId)
+        queued.resolve(usageId === undefined ? { outcome: 'already-recorded' } : { outcome: 'recorded', usageId })
+      }
+    }
   }
 
   async function run (): Promise<void> {
@@ -87,8 +107,9 @@ export function createSettlementQueue (reservations: ReservationRepository, opti
               queue = [...batch.map((queued) => ({ ...queued, alone: true })), ...queue]
               break
             }
-            // The hold stays until its TTL; the sweeper then counts it at its estimate.
-            log.error({ err: error, settlement: batch[0]?.work.settlement }, 'settling a gated call failed')
+            // The hold stays until its TTL; the sweeper then counts it at its estimate. An unbudgeted call has none: its record is lost.
+            log.error({ err: error, settlement: batch[0]?.work.settlement },
+              batch[0]?.work.kind === 'unbudgeted' ? 'recording an unbudgeted call failed: its spend is not in the ledger' : 'settling a gated call failed')
             for (const queued of batch) queued.reject(error)
             break
           }
@@ -122,6 +143,11 @@ export function createSettlementQueue (reservations: ReservationRepository, opti
     /** Queues the charge of a call admitted from a lease; resolves with what it did once its batch commits. */
     async settleLeased (settlement: LeasedSettlement): Promise<SettleOutcome> {
       return await enqueue({ kind: 'leased', settlement })
+    },
+
+    /** Queues the usage record of a served call that no budget covered; resolves once its batch commits. */
+    async recordUnbudgeted (record: UnbudgetedValues): Promise<SettleOutcome> {
+      return await enqueue({ kind: 'unbudgeted', settlement: record })
     },
 
     /**
