@@ -20,7 +20,7 @@ import { estimateCostRows } from './estimate-cost.js'
 import { benchDatabase, fmt, startBenchGateway } from './harness.js'
 
 // The estimate's own cost, alone, before any load runs (BENCH_ONLY=estimate prints just this).
-const estimateRows = estimateCostRows()
+const estimateRows = await estimateCostRows()
 if (process.env.BENCH_ONLY === 'estimate') {
   process.stdout.write(['', '| what | figure | ratio |', '|---|---|---|', ...estimateRows, ''].join('\n'))
   process.exit(0)

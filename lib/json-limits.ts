@@ -3,6 +3,7 @@
 // (JSON.stringify in the driver); such input is refused with a 400 that names the field, never left to
 // fail as a 500.
 import { InvalidFieldError } from './errors.js'
+import { slices as newSlices, type Slices } from './loop-slices.js'
 
 // With the u flag a surrogate range matches only a surrogate that is not half of a pair.
 const UNSTORABLE = /[\0\ud800-\udfff]/u
@@ -46,6 +47,9 @@ export function walkForDepthOrKey (value: unknown, most: number, key: string | n
   return null
 }
 
+/** How many characters a scan over a JSON text goes before it asks whether its slice is spent. */
+export const SCAN_STRIDE = 65_536
+
 /**
  * Where the JSON string that opens at `at` (a `"`) in a JSON text closes: the next `"` not escaped (not
  * after an odd run of backslashes), found by indexOf, so that a long string costs a native search and
@@ -67,17 +71,22 @@ export function endOfString (text: string, at: number): number {
  * small objects (a wide response_format, 35,000 keys) it takes a tenth of walking the parsed value with
  * for-in, and the text is what the estimate serializes anyway. A key is a string that follows `{` or
  * `,` and precedes `:`; inside a string JSON.stringify writes every `"` as `\"`, so `,"key":` cannot be
- * string content.
+ * string content. In `slices` (loop-slices.ts): the loop gets a turn between them.
  */
-export function jsonTextShape (text: string, key: string | null): { depth: number, hasKey: boolean } {
+export async function jsonTextShape (text: string, key: string | null, slices: Slices = newSlices()): Promise<{ depth: number, hasKey: boolean }> {
   let depth = 0
   let deepest = 0
-  for (let i = 0; i < text.length; i++) {
+  for (let i = 0, next = SCAN_STRIDE; i < text.length; i++) {
     const code = text.charCodeAt(i)
     if (code === 34) i = endOfString(text, i)
     else if (code === 123 || code === 91) {
       if (++depth > deepest) deepest = depth
     } else if (code === 125 || code === 93) depth--
+    // A text up to the body limit takes some ms to scan: the loop gets a turn when the slice is spent.
+    if (i >= next) {
+      next = i + SCAN_STRIDE
+      if (slices.due()) await slices.pause()
+    }
   }
   const hasKey = key !== null && (text.includes(`{${JSON.stringify(key)}:`) || text.includes(`,${JSON.stringify(key)}:`))
   return { depth: deepest, hasKey }
