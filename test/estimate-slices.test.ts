@@ -3,6 +3,7 @@
 // is that other work ran before the estimate finished, and that the counts are equal however the work
 // is split (bench/estimate-stall.ts measures the stretches).
 import t from 'tap'
+import { jsonTextInSlices } from '../lib/json-limits.js'
 import { slices } from '../lib/loop-slices.js'
 import { estimateChatCost } from '../lib/services/estimate.js'
 import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
@@ -66,4 +67,22 @@ t.test('the count split into the smallest slices equals the count never split', 
   t.equal(split, unsplit, `${split} tokens either way`)
   t.ok(finest.yields > 1_000, `split: ${finest.yields} turns of the loop`)
   t.equal(whole.yields, 0, 'never split: no turn')
+})
+
+t.test('a field written in slices is JSON.stringify\'s text', async (t) => {
+  const values: unknown[] = [
+    { a: [1, 'x', null, true, { b: [[], {}, [{ c: 'é"\\\n' }]] }], d: undefined, e: () => 1, f: [undefined, () => 1, Symbol('s')] },
+    [{ toJSON: () => 'own' }, new Date(0), { x: { toJSON: 'not a function' } }, Object.assign(Object.create(null), { n: { m: 1 } })],
+    JSON.parse('{"__proto__":{"x":[1]},"k":[{"y":{}}]}'), [1, 2, 3], {}, [], 'text', 5, null,
+    { properties: Object.fromEntries(Array.from({ length: 5_000 }, (_, i) => [`p${i}`, { type: 'string', enum: [i, `${i}`] }])) },
+    // eslint-disable-next-line no-sparse-arrays
+    [1, , [2, , { a: [3] }]]
+  ]
+  for (const value of values) {
+    const finest = slices({ ms: 0, work: 1 })
+    t.equal(await jsonTextInSlices(value, finest), JSON.stringify(value), JSON.stringify(value)?.slice(0, 60))
+  }
+  const cycle: Record<string, unknown> = { a: { b: 1 } }
+  ;(cycle.a as Record<string, unknown>).self = cycle
+  await t.rejects(jsonTextInSlices(cycle, slices()), 'a cycle throws, as JSON.stringify does')
 })

@@ -3,7 +3,7 @@
 // upstream can bill; a request field that could make the bill larger than the bound is refused.
 import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError, quoted } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
-import { MAX_NESTING, jsonTextShape, pathOfKey, walkForDepthOrKey } from '../json-limits.js'
+import { MAX_NESTING, jsonTextInSlices, jsonTextShape, pathOfKey, walkForDepthOrKey } from '../json-limits.js'
 import { injectedPromptTokens } from './injected-tokens.js'
 import { costOf, costOfTokens, type ModelPrice, type PriceBook, type PricedModel, type TokenUsage } from './pricing.js'
 import { chatPromptTokens, tokenCounter } from './tokens.js'
@@ -168,7 +168,7 @@ async function jsonTextsOf (body: ChatRequestShape, slices: Slices): Promise<Map
     if (typeof value !== 'object' || value === null) continue
     let text: string
     try {
-      text = JSON.stringify(value)
+      text = (await jsonTextInSlices(value, slices))!
     } catch {
       return null
     }
