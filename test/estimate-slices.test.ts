@@ -75,7 +75,6 @@ t.test('a field written in slices is JSON.stringify\'s text', async (t) => {
     [{ toJSON: () => 'own' }, new Date(0), { x: { toJSON: 'not a function' } }, Object.assign(Object.create(null), { n: { m: 1 } })],
     JSON.parse('{"__proto__":{"x":[1]},"k":[{"y":{}}]}'), [1, 2, 3], {}, [], 'text', 5, null,
     { properties: Object.fromEntries(Array.from({ length: 5_000 }, (_, i) => [`p${i}`, { type: 'string', enum: [i, `${i}`] }])) },
-    // eslint-disable-next-line no-sparse-arrays
     [1, , [2, , { a: [3] }]]
   ]
   for (const value of values) {

@@ -220,7 +220,11 @@ export function pricedCall (body: unknown, prices: PriceBook, model?: string): {
   return { request: body as Record<string, unknown>, chosen, priced }
 }
 
-/** The gate's default estimate: the worst case of the call to `model` (the requested one unless auto-downgrade chose another). */
+/**
+ * The gate's default estimate: the worst case of the call to `model` (the requested one unless
+ * auto-downgrade chose another). Asynchronous: its work runs in slices that give the event loop a turn
+ * (loop-slices.ts); refusals are rejections.
+ */
 export async function estimateChatCost (body: unknown, prices: PriceBook, model?: string): Promise<CostEstimate> {
   const { chosen, priced } = pricedCall(body, prices, model)
   // The price table's name picks the tokenizer: an alias (an Azure deployment's name) is that model.

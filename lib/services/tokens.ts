@@ -112,8 +112,9 @@ const workOf = (text: string, bytes: number): number => NEW_BYTE_WEIGHT * bytes 
  * The work tokenized per request: past it, the rest of a prompt counts a token a byte (a bound). About
  * 20 K characters of new English words (random letters: the costliest), 3,000 of new Chinese or
  * Japanese, 8,000 tokenizer calls, or 11 K pieces met before (prose repeats its words): a prompt of any
- * size up to the body limit blocks the event loop for some ms, never the 0.1 s to seconds that
- * tokenizing all of it can take (bench/estimate-stall.ts). Past the budget, text counts a token a byte
+ * size up to the body limit costs some ms in all, never the 0.1 s to seconds that tokenizing all of it
+ * can take, spent in slices that give the event loop a turn between them (loop-slices.ts,
+ * bench/estimate-stall.ts). Past the budget, text counts a token a byte
  * (about 4 a token for English); the corpus's median stays 1.02 (test/estimate-tightness.test.ts).
  */
 export const MAX_TOKENIZED_WORK = 131_072
