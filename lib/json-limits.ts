@@ -70,18 +70,20 @@ function isFlat (value: Record<string, unknown> | unknown[]): boolean {
  * JSON.stringify(value), the same text, written child by child so that the loop gets a turn between
  * children when `slices` is spent: one field of a body up to the body limit (a response_format of
  * 35,000 properties) takes 10 ms and more in one native call. A flat array or object (no object among
- * its children), and anything that is not a plain one, is written by JSON.stringify at once. Throws
- * what JSON.stringify throws, or a RangeError for a value nested deeper than the stack (a cycle too).
+ * its children), and anything that is not a plain one, is written by JSON.stringify at once; so is
+ * whatever lies deeper than MAX_NESTING (the estimate refuses it), so that a cycle or a value nested
+ * deeper than the stack throws what JSON.stringify throws (a turn of the loop would otherwise reset the
+ * stack, and a cycle be written for ever).
  */
-export async function jsonTextInSlices (value: unknown, slices: Slices): Promise<string | undefined> {
-  if (!isPlainContainer(value) || isFlat(value)) return JSON.stringify(value)
+export async function jsonTextInSlices (value: unknown, slices: Slices, depth = 1): Promise<string | undefined> {
+  if (depth > MAX_NESTING || !isPlainContainer(value) || isFlat(value)) return JSON.stringify(value)
   const parts: string[] = []
   const array = Array.isArray(value)
   // An array's elements by index (a hole is written null), an object's own keys in their order: JSON.stringify's.
   const keys = array ? Array.from({ length: value.length }, (_, index) => String(index)) : Object.keys(value)
   for (const key of keys) {
     const child = (value as Record<string, unknown>)[key]
-    const text = isPlainContainer(child) && !isFlat(child) ? await jsonTextInSlices(child, slices) : JSON.stringify(child)
+    const text = isPlainContainer(child) && !isFlat(child) ? await jsonTextInSlices(child, slices, depth + 1) : JSON.stringify(child)
     if (array) parts.push(text ?? 'null')
     else if (text !== undefined) parts.push(`${JSON.stringify(key)}:${text}`)
     if (slices.due()) await slices.pause()

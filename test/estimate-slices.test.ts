@@ -83,5 +83,5 @@ t.test('a field written in slices is JSON.stringify\'s text', async (t) => {
   }
   const cycle: Record<string, unknown> = { a: { b: 1 } }
   ;(cycle.a as Record<string, unknown>).self = cycle
-  await t.rejects(jsonTextInSlices(cycle, slices()), 'a cycle throws, as JSON.stringify does')
+  await t.rejects(jsonTextInSlices(cycle, slices({ ms: 0, work: 1 })), TypeError, 'a cycle throws, as JSON.stringify does, however often the loop had a turn')
 })
