@@ -21,31 +21,32 @@ const PROMPTS: Array<[string, Record<string, unknown>]> = [
 ]
 
 /** Microseconds a call, over 300 ms of calls after 200 ms of warm-up (the JIT's). */
-function perCall (body: Record<string, unknown>): number {
-  const run = (ms: number) => {
+async function perCall (body: Record<string, unknown>): Promise<number> {
+  const run = async (ms: number): Promise<number> => {
     const deadline = process.hrtime.bigint() + BigInt(ms * 1e6)
     const started = process.hrtime.bigint()
     let calls = 0
-    while (process.hrtime.bigint() < deadline) { for (let i = 0; i < 20; i++) estimateChatCost(body, book); calls += 20 }
+    while (process.hrtime.bigint() < deadline) { for (let i = 0; i < 20; i++) (await estimateChatCost(body, book)); calls += 20 }
     return Number(process.hrtime.bigint() - started) / 1e3 / calls
   }
-  run(200)
-  return run(300)
+  await run(200)
+  return await run(300)
 }
 
 /** Rows for the gate benchmark's table: us per estimate with the tokenizer and with the byte count. */
-export function estimateCostRows (): string[] {
+export async function estimateCostRows (): Promise<string[]> {
   const started = process.hrtime.bigint()
-  estimateChatCost({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'load' }] }, book)
+  await (estimateChatCost({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'load' }] }, book))
   const loadMs = Number(process.hrtime.bigint() - started) / 1e6
-  const rows = PROMPTS.map(([name, body]) => {
-    const tokens = perCall({ ...body, model: 'gpt-4o-mini' })
-    const bytes = perCall({ ...body, model: BYTES_MODEL })
-    return `| estimate per call, ${name}: tokenizer / byte count | ${fmt(tokens, 1)} us / ${fmt(bytes, 1)} us | ${fmt(tokens / bytes)}x |`
-  })
+  const rows: string[] = []
+  for (const [name, body] of PROMPTS) {
+    const tokens = await perCall({ ...body, model: 'gpt-4o-mini' })
+    const bytes = await perCall({ ...body, model: BYTES_MODEL })
+    rows.push(`| estimate per call, ${name}: tokenizer / byte count | ${fmt(tokens, 1)} us / ${fmt(bytes, 1)} us | ${fmt(tokens / bytes)}x |`)
+  }
   // The corpus's requests in turn (mixed languages, tools, long prompts): the merge cache helps less.
   const started2 = process.hrtime.bigint()
-  for (const body of corpus) estimateChatCost(body, book)
+  for (const body of corpus) (await estimateChatCost(body, book))
   const corpusUs = Number(process.hrtime.bigint() - started2) / 1e3 / corpus.length
   return [
     `| tokenizer load (o200k_base), once a process | ${fmt(loadMs, 0)} ms | |`,

@@ -7,7 +7,7 @@
 import { fmt } from './harness.js'
 import { apiTightness, embeddingsRows, messagesRows, responsesRows, summary, tightness, tightnessRows, type Row, type Summary } from '../test/fixtures/tightness.js'
 
-const rows = tightnessRows()
+const rows = await tightnessRows()
 const line = (name: string, part: Row[], withImages = false) => {
   const { estimate, bytes } = tightness(part, withImages)
   return `| ${name} (${part.length}) | ${fmt(estimate.median, 3)} | ${fmt(estimate.max, 3)} | ${fmt(estimate.min, 3)} | ${fmt(bytes.median, 2)} | ${fmt(bytes.max, 2)} | ${fmt(bytes.min, 2)} |`
@@ -35,10 +35,10 @@ process.stdout.write(`targets: median <= 1.05 -> ${estimate.median <= 1.05 ? 'me
 const perApi = (api: string, count: number, actual: string, ratios: Summary) =>
   `| ${api} (${count}) | ${actual} | ${fmt(ratios.median, 3)} | ${fmt(ratios.p90, 3)} | ${fmt(ratios.max, 3)} | ${fmt(ratios.min, 3)} |`
 const chatRatios = summary(rows.map((row) => (row.estimate - row.images) / (row.actual - row.images)))
-const responses = responsesRows()
-const embeddings = embeddingsRows()
-const messages = messagesRows()
-const messagesCl100k = messagesRows(undefined, 'gpt-4')
+const responses = await responsesRows()
+const embeddings = await embeddingsRows()
+const messages = await messagesRows()
+const messagesCl100k = await messagesRows(undefined, 'gpt-4')
 const apis: Array<[string, number, string, Summary, boolean]> = [
   ['chat', rows.length, 'OpenAI\'s tokenizer by the chat rule (the oracle)', chatRatios, true],
   ['Responses', responses.length, 'the chat oracle on the same conversation (proxy: Responses\' framing is not published)', apiTightness(responses), true],

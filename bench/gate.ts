@@ -23,7 +23,7 @@ import { benchDatabase, fmt, startBenchGateway } from './harness.js'
 import { decisionLogRows } from './decision-log.js'
 
 // The estimate's own cost, alone, before any load runs (BENCH_ONLY=estimate prints just this).
-const estimateRows = estimateCostRows()
+const estimateRows = await estimateCostRows()
 if (process.env.BENCH_ONLY === 'estimate') {
   process.stdout.write(['', '| what | figure | ratio |', '|---|---|---|', ...estimateRows, ''].join('\n'))
   process.exit(0)

@@ -2,7 +2,7 @@
 // reply and usage. Prompt tokens are counted as OpenAI counts them (the model's tokenizer, the one the
 // gate loaded, and the chat format's 3 tokens a message and 3 for the reply; about four bytes a token
 // for other models), completion tokens follow from max_tokens.
-import { tokenCounter } from '../lib/services/tokens.js'
+import { encodingFor, providerTokens } from '../lib/services/tokens.js'
 
 export interface ChatMessage {
   role: string
@@ -33,8 +33,8 @@ function messageText (message: ChatMessage): string {
 /** Usage as a provider would report it: the prompt's tokens; as many output tokens as asked, at most 8 + the prompt's. */
 export function mockUsage (request: ChatRequest): ChatUsage {
   // As a provider reports it: four bytes a token would exceed the gate's estimate of a long English prompt.
-  const count = tokenCounter(request.model)
-  const promptTokens = count === null
+  const count = (text: string): number => providerTokens(request.model, text)!
+  const promptTokens = encodingFor(request.model) === null
     ? Math.max(1, Math.ceil(Buffer.byteLength(request.messages.map(messageText).join('\n'), 'utf8') / 4))
     : 3 + request.messages.reduce((sum, message) => sum + 3 + count(message.role) + count(messageText(message)), 0)
   const limit = request.max_completion_tokens ?? request.max_tokens ?? 256

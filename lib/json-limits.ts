@@ -3,6 +3,7 @@
 // (JSON.stringify in the driver); such input is refused with a 400 that names the field, never left to
 // fail as a 500.
 import { InvalidFieldError } from './errors.js'
+import { slices as newSlices, type Slices } from './loop-slices.js'
 
 // With the u flag a surrogate range matches only a surrogate that is not half of a pair.
 const UNSTORABLE = /[\0\ud800-\udfff]/u
@@ -46,6 +47,50 @@ export function walkForDepthOrKey (value: unknown, most: number, key: string | n
   return null
 }
 
+/** How many characters a scan over a JSON text goes before it asks whether its slice is spent. */
+export const SCAN_STRIDE = 65_536
+
+/** A plain array or object, which JSON.stringify writes from its own keys (no toJSON, no class of its own). */
+function isPlainContainer (value: unknown): value is Record<string, unknown> | unknown[] {
+  if (typeof value !== 'object' || value === null || typeof (value as { toJSON?: unknown }).toJSON === 'function') return false
+  const prototype = Object.getPrototypeOf(value)
+  return Array.isArray(value) ? prototype === Array.prototype : prototype === Object.prototype || prototype === null
+}
+
+/** Whether JSON.stringify writes `value` at once without going deeper: no child is an object. */
+function isFlat (value: Record<string, unknown> | unknown[]): boolean {
+  for (const key in value) {
+    const child = (value as Record<string, unknown>)[key]
+    if (typeof child === 'object' && child !== null) return false
+  }
+  return true
+}
+
+/**
+ * JSON.stringify(value), the same text, written child by child so that the loop gets a turn between
+ * children when `slices` is spent: one field of a body up to the body limit (a response_format of
+ * 35,000 properties) takes 10 ms and more in one native call. A flat array or object (no object among
+ * its children), and anything that is not a plain one, is written by JSON.stringify at once; so is
+ * whatever lies deeper than MAX_NESTING (the estimate refuses it), so that a cycle or a value nested
+ * deeper than the stack throws what JSON.stringify throws (a turn of the loop would otherwise reset the
+ * stack, and a cycle be written for ever).
+ */
+export async function jsonTextInSlices (value: unknown, slices: Slices, depth = 1): Promise<string | undefined> {
+  if (depth > MAX_NESTING || !isPlainContainer(value) || isFlat(value)) return JSON.stringify(value)
+  const parts: string[] = []
+  const array = Array.isArray(value)
+  // An array's elements by index (a hole is written null), an object's own keys in their order: JSON.stringify's.
+  const keys = array ? Array.from({ length: value.length }, (_, index) => String(index)) : Object.keys(value)
+  for (const key of keys) {
+    const child = (value as Record<string, unknown>)[key]
+    const text = isPlainContainer(child) && !isFlat(child) ? await jsonTextInSlices(child, slices, depth + 1) : JSON.stringify(child)
+    if (array) parts.push(text ?? 'null')
+    else if (text !== undefined) parts.push(`${JSON.stringify(key)}:${text}`)
+    if (slices.due()) await slices.pause()
+  }
+  return array ? `[${parts.join(',')}]` : `{${parts.join(',')}}`
+}
+
 /**
  * Where the JSON string that opens at `at` (a `"`) in a JSON text closes: the next `"` not escaped (not
  * after an odd run of backslashes), found by indexOf, so that a long string costs a native search and
@@ -67,17 +112,22 @@ export function endOfString (text: string, at: number): number {
  * small objects (a wide response_format, 35,000 keys) it takes a tenth of walking the parsed value with
  * for-in, and the text is what the estimate serializes anyway. A key is a string that follows `{` or
  * `,` and precedes `:`; inside a string JSON.stringify writes every `"` as `\"`, so `,"key":` cannot be
- * string content.
+ * string content. In `slices` (loop-slices.ts): the loop gets a turn between them.
  */
-export function jsonTextShape (text: string, key: string | null): { depth: number, hasKey: boolean } {
+export async function jsonTextShape (text: string, key: string | null, slices: Slices = newSlices()): Promise<{ depth: number, hasKey: boolean }> {
   let depth = 0
   let deepest = 0
-  for (let i = 0; i < text.length; i++) {
+  for (let i = 0, next = SCAN_STRIDE; i < text.length; i++) {
     const code = text.charCodeAt(i)
     if (code === 34) i = endOfString(text, i)
     else if (code === 123 || code === 91) {
       if (++depth > deepest) deepest = depth
     } else if (code === 125 || code === 93) depth--
+    // A text up to the body limit takes some ms to scan: the loop gets a turn when the slice is spent.
+    if (i >= next) {
+      next = i + SCAN_STRIDE
+      if (slices.due()) await slices.pause()
+    }
   }
   const hasKey = key !== null && (text.includes(`{${JSON.stringify(key)}:`) || text.includes(`,${JSON.stringify(key)}:`))
   return { depth: deepest, hasKey }

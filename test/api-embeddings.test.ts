@@ -45,18 +45,18 @@ t.test('the catalog prices OpenAI\'s embedding models (input only, output 0); a 
   const catalogOnly = createPriceBook({})
   t.same(catalogOnly.resolve(small)?.price.input, '0.02')
   t.same(catalogOnly.resolve(small)?.price.output, '0')
-  t.same(estimateEmbeddingCost({ model: small, input: Array.from({ length: 1000 }, (_, i) => i) }, catalogOnly), { model: small, amount: '0.00002', tokens: 1000 })
+  t.same((await estimateEmbeddingCost({ model: small, input: Array.from({ length: 1000 }, (_, i) => i) }, catalogOnly)), { model: small, amount: '0.00002', tokens: 1000 })
   t.equal(catalogOnly.resolve('text-embedding-4-imaginary'), null, 'a name the catalog does not know stays unpriced')
   t.equal(checkPriceTable(EMBEDDING_PRICES), null, 'an embedding entry: input rate, output 0')
   t.same(book.resolve(small)?.price, EMBEDDING_PRICES[small])
   // 1000 tokens at $0.02 per 1M.
-  t.same(estimateEmbeddingCost({ model: small, input: Array.from({ length: 1000 }, (_, i) => i) }, book), { model: small, amount: '0.00002', tokens: 1000 })
-  t.same(estimateEmbeddingCost({ model: 'text-embedding-3-large', input: [[1, 2, 3], [4]] }, book), { model: 'text-embedding-3-large', amount: '0.00000052', tokens: 4 })
+  t.same((await estimateEmbeddingCost({ model: small, input: Array.from({ length: 1000 }, (_, i) => i) }, book)), { model: small, amount: '0.00002', tokens: 1000 })
+  t.same((await estimateEmbeddingCost({ model: 'text-embedding-3-large', input: [[1, 2, 3], [4]] }, book)), { model: 'text-embedding-3-large', amount: '0.00000052', tokens: 4 })
 })
 
 t.test('a per-request fee is added once; the model argument (a downgrade) prices the call', async (t) => {
-  t.same(estimateEmbeddingCost({ model: 'fee-embed', input: [1, 2] }, book), { model: 'fee-embed', amount: '0.001002', tokens: 2 })
-  const downgraded = estimateEmbeddingCost({ model: 'text-embedding-3-large', input: [[1, 2, 3], [4]] }, book, small)
+  t.same((await estimateEmbeddingCost({ model: 'fee-embed', input: [1, 2] }, book)), { model: 'fee-embed', amount: '0.001002', tokens: 2 })
+  const downgraded = (await estimateEmbeddingCost({ model: 'text-embedding-3-large', input: [[1, 2, 3], [4]] }, book, small))
   t.same(downgraded, { model: small, amount: '0.00000008', tokens: 4 })
   t.equal(embeddingsApi.estimate, estimateEmbeddingCost)
   t.equal(embeddingsApi.outputLimit, null, 'nothing to clamp')
@@ -67,11 +67,11 @@ t.test('strings: never under OpenAI\'s count, by bytes for models without a know
   const other = 'mistral-embed'
   t.equal(tokenCounter(other), null, 'a model whose tokenizer tokens.ts does not know')
   for (const text of PROSE) {
-    const bound = worstCaseEmbeddingTokens({ model: other, input: text })
+    const bound = (await worstCaseEmbeddingTokens({ model: other, input: text }))
     t.ok(bound >= openAITokens(text), `${JSON.stringify(text.slice(0, 30))}: ${bound} >= ${openAITokens(text)}`)
     t.equal(bound, Buffer.byteLength(text, 'utf8') + 4, 'a token a byte, and the input\'s allowance')
   }
-  const all = worstCaseEmbeddingTokens({ model: other, input: PROSE })
+  const all = (await worstCaseEmbeddingTokens({ model: other, input: PROSE }))
   t.ok(all >= PROSE.reduce((sum, text) => sum + openAITokens(text), 0))
   t.equal(all, PROSE.reduce((sum, text) => sum + Buffer.byteLength(text, 'utf8') + 4, 0))
 })
@@ -79,17 +79,17 @@ t.test('strings: never under OpenAI\'s count, by bytes for models without a know
 t.test('strings: OpenAI\'s embedding models count by cl100k_base, their own encoding', async (t) => {
   t.not(tokenCounter(small), null)
   for (const text of PROSE) {
-    const bound = worstCaseEmbeddingTokens({ model: small, input: text })
+    const bound = (await worstCaseEmbeddingTokens({ model: small, input: text }))
     t.ok(bound >= openAITokens(text), `${JSON.stringify(text.slice(0, 30))}: ${bound} >= ${openAITokens(text)}`)
     t.ok(bound <= openAITokens(text) + 4 || text.length > 1000, 'tight for short text')
   }
-  t.equal(estimateEmbeddingCost({ model: small, input: PROSE[0] }, book).tokens, openAITokens(PROSE[0]!) + 4)
+  t.equal((await estimateEmbeddingCost({ model: small, input: PROSE[0] }, book)).tokens, openAITokens(PROSE[0]!) + 4)
 })
 
 t.test('strings: by the tokenizer, for a model whose tokenizer tokens.ts knows (a table entry named for it)', async (t) => {
   // gpt-4 is cl100k_base in tokens.ts: the same encoding as the embedding models, so the oracle applies.
   for (const text of PROSE) {
-    const bound = worstCaseEmbeddingTokens({ model: 'gpt-4', input: text })
+    const bound = (await worstCaseEmbeddingTokens({ model: 'gpt-4', input: text }))
     t.ok(bound >= openAITokens(text), `${JSON.stringify(text.slice(0, 30))}: ${bound} >= ${openAITokens(text)}`)
     t.ok(bound <= openAITokens(text) + 4 || text.length > 1000, 'tight for short text')
     // A piece of more than 192 bytes (5000 x's) counts its bytes in tokens.ts, by design.
@@ -97,16 +97,16 @@ t.test('strings: by the tokenizer, for a model whose tokenizer tokens.ts knows (
   }
   // The price table's name picks the tokenizer, as for chat.
   const pricedAsGpt4 = createPriceBook({ 'gpt-4': { input: '30', output: '60', maxOutputTokens: 8192 } })
-  t.equal(estimateEmbeddingCost({ model: 'gpt-4', input: PROSE[0] }, pricedAsGpt4).tokens, openAITokens(PROSE[0]!) + 4)
+  t.equal((await estimateEmbeddingCost({ model: 'gpt-4', input: PROSE[0] }, pricedAsGpt4)).tokens, openAITokens(PROSE[0]!) + 4)
 })
 
 t.test('token arrays count exactly their length', async (t) => {
-  t.equal(worstCaseEmbeddingTokens({ model: small, input: [0, 1, 2, 100_000] }), 4)
-  t.equal(worstCaseEmbeddingTokens({ model: small, input: [[1], [2, 3], [4, 5, 6]] }), 6)
-  t.equal(worstCaseEmbeddingTokens({ model: small, input: Array.from({ length: MAX_TOKENS_PER_INPUT }, () => 7) }), MAX_TOKENS_PER_INPUT)
+  t.equal((await worstCaseEmbeddingTokens({ model: small, input: [0, 1, 2, 100_000] })), 4)
+  t.equal((await worstCaseEmbeddingTokens({ model: small, input: [[1], [2, 3], [4, 5, 6]] })), 6)
+  t.equal((await worstCaseEmbeddingTokens({ model: small, input: Array.from({ length: MAX_TOKENS_PER_INPUT }, () => 7) })), MAX_TOKENS_PER_INPUT)
   // 36 inputs of 8192 tokens: 294,912, within the request's 300,000.
-  t.equal(worstCaseEmbeddingTokens({ model: small, input: Array.from({ length: 36 }, () => new Array(MAX_TOKENS_PER_INPUT).fill(1)) }), 36 * MAX_TOKENS_PER_INPUT)
-  t.equal(worstCaseEmbeddingTokens({ model: small, input: Array.from({ length: MAX_INPUTS }, () => [1]) }), MAX_INPUTS)
+  t.equal((await worstCaseEmbeddingTokens({ model: small, input: Array.from({ length: 36 }, () => new Array(MAX_TOKENS_PER_INPUT).fill(1)) })), 36 * MAX_TOKENS_PER_INPUT)
+  t.equal((await worstCaseEmbeddingTokens({ model: small, input: Array.from({ length: MAX_INPUTS }, () => [1]) })), MAX_INPUTS)
 })
 
 t.test('optional fields are accepted, null as absent', async (t) => {
@@ -114,14 +114,14 @@ t.test('optional fields are accepted, null as absent', async (t) => {
     { dimensions: 256 }, { dimensions: null }, { encoding_format: 'float' }, { encoding_format: 'base64' }, { encoding_format: null },
     { user: 'user-1' }, { user: null }, { dimensions: 1024, encoding_format: 'base64', user: '' }
   ]) {
-    t.equal(worstCaseEmbeddingTokens(embed(extra)), worstCaseEmbeddingTokens(embed()), JSON.stringify(extra))
+    t.equal((await worstCaseEmbeddingTokens(embed(extra))), (await worstCaseEmbeddingTokens(embed())), JSON.stringify(extra))
   }
 })
 
 /** The error a body is refused with: its class, code and field. */
-function refusal (body: unknown, prices = book, model?: string): { kind: string, field: string } | null {
+async function refusal (body: unknown, prices = book, model?: string): Promise<{ kind: string, field: string } | null> {
   try {
-    estimateEmbeddingCost(body, prices, model)
+    (await estimateEmbeddingCost(body, prices, model))
     return null
   } catch (error) {
     // @fastify/error's instanceof matches by code, which the three share: gateCode tells them apart.
@@ -132,9 +132,9 @@ function refusal (body: unknown, prices = book, model?: string): { kind: string,
 
 t.test('every field the estimate cannot bound is refused as unbounded_field', async (t) => {
   for (const field of ['stream', 'max_tokens', 'n', 'priority', 'service_tier', 'input_type', 'truncate', '__proto__', 'constructor', 'Input']) {
-    t.same(refusal(JSON.parse(JSON.stringify({ ...embed(), [field]: 1 }))), { kind: 'unbounded_field', field }, field)
+    t.same(await refusal(JSON.parse(JSON.stringify({ ...embed(), [field]: 1 }))), { kind: 'unbounded_field', field }, field)
   }
-  t.same(refusal(JSON.parse('{"model":"text-embedding-3-small","input":"a","__proto__":{"x":1}}')), { kind: 'unbounded_field', field: '__proto__' })
+  t.same(await refusal(JSON.parse('{"model":"text-embedding-3-small","input":"a","__proto__":{"x":1}}')), { kind: 'unbounded_field', field: '__proto__' })
 })
 
 t.test('malformed and over-limit inputs are refused as invalid (OpenAI would answer 400), naming the field', async (t) => {
@@ -160,16 +160,16 @@ t.test('malformed and over-limit inputs are refused as invalid (OpenAI would ans
     [embed({ user: 5 }), 'user'], [embed({ user: { id: 1 } }), 'user']
   ]
   for (const [body, field] of cases) {
-    t.same(refusal(body), { kind: 'invalid', field }, JSON.stringify(body).slice(0, 80))
+    t.same(await refusal(body), { kind: 'invalid', field }, JSON.stringify(body).slice(0, 80))
   }
   t.ok(MAX_TOKENS_PER_REQUEST < 37 * MAX_TOKENS_PER_INPUT, 'the request limit case is past it')
 })
 
 t.test('an unknown model, or one the catalog refuses, is model_not_priced with the catalog\'s reason', async (t) => {
-  t.same(refusal(embed({ model: 'no-such-embedder' })), { kind: 'model_not_priced', field: 'model' })
-  t.same(refusal(embed({ model: '__proto__' })), { kind: 'model_not_priced', field: 'model' })
+  t.same(await refusal(embed({ model: 'no-such-embedder' })), { kind: 'model_not_priced', field: 'model' })
+  t.same(await refusal(embed({ model: '__proto__' })), { kind: 'model_not_priced', field: 'model' })
   try {
-    estimateEmbeddingCost(embed({ model: 'voyage-3' }), book)
+    (await estimateEmbeddingCost(embed({ model: 'voyage-3' }), book))
     t.fail('voyage-3 is not priced')
   } catch (error) {
     t.match((error as Error).message, /voyage-3 is not priced: it is a voyageai model/)
@@ -226,9 +226,9 @@ t.test('refusals in OpenAI\'s error shape', async (t) => {
 })
 
 /** Refused only with the estimate's own errors, never anything else. */
-function throwsOnlyOwnErrors (body: unknown, model?: string): boolean {
+async function throwsOnlyOwnErrors (body: unknown, model?: string): Promise<boolean> {
   try {
-    const estimate = estimateEmbeddingCost(body, book, model)
+    const estimate = (await estimateEmbeddingCost(body, book, model))
     return typeof estimate.amount === 'string' && Number.isSafeInteger(estimate.tokens)
   } catch (error) {
     return error instanceof InvalidFieldError
@@ -236,33 +236,33 @@ function throwsOnlyOwnErrors (body: unknown, model?: string): boolean {
 }
 
 t.test('fast-check: any JSON value, and any mutation of a valid body, is estimated or refused with the estimate\'s errors', async () => {
-  fc.assert(fc.property(fc.anything(), (body) => throwsOnlyOwnErrors(body)), { numRuns: 2000 })
-  fc.assert(fc.property(fc.anything(), fc.option(fc.string()), (body, model) => throwsOnlyOwnErrors(body, model ?? undefined)), { numRuns: 500 })
+  await fc.assert(fc.asyncProperty(fc.anything(), async (body) => await throwsOnlyOwnErrors(body)), { numRuns: 2000 })
+  await fc.assert(fc.asyncProperty(fc.anything(), fc.option(fc.string()), async (body, model) => await throwsOnlyOwnErrors(body, model ?? undefined)), { numRuns: 500 })
   const valid = fc.record({
     model: fc.constantFrom(small, 'text-embedding-3-large', 'gpt-4', 'fee-embed'),
     input: fc.oneof(fc.string({ minLength: 1 }), fc.array(fc.string({ minLength: 1 }), { minLength: 1, maxLength: 5 }), fc.array(fc.nat(), { minLength: 1, maxLength: 20 }), fc.array(fc.array(fc.nat(), { minLength: 1, maxLength: 5 }), { minLength: 1, maxLength: 5 })),
     dimensions: fc.option(fc.integer({ min: 1, max: 3072 }), { nil: undefined }),
     encoding_format: fc.option(fc.constantFrom('float', 'base64'), { nil: undefined })
   }, { requiredKeys: ['model', 'input'] })
-  fc.assert(fc.property(valid, (body) => {
-    const estimate = estimateEmbeddingCost(body, book)
+  await fc.assert(fc.asyncProperty(valid, async (body) => {
+    const estimate = (await estimateEmbeddingCost(body, book))
     return estimate.model === body.model && (estimate.tokens ?? 0) > 0
   }), { numRuns: 500 })
   const fields = ['model', 'input', 'dimensions', 'encoding_format', 'user', 'stream', 'extra']
-  fc.assert(fc.property(valid, fc.constantFrom(...fields), fc.anything(), (body, field, value) => throwsOnlyOwnErrors({ ...body, [field]: value })), { numRuns: 2000 })
-  fc.assert(fc.property(valid, fc.nat(), fc.anything(), (body, at, value) => {
+  await fc.assert(fc.asyncProperty(valid, fc.constantFrom(...fields), fc.anything(), async (body, field, value) => await throwsOnlyOwnErrors({ ...body, [field]: value })), { numRuns: 2000 })
+  await fc.assert(fc.asyncProperty(valid, fc.nat(), fc.anything(), async (body, at, value) => {
     if (!Array.isArray(body.input)) return true
     const input: unknown[] = [...body.input]
     input[at % input.length] = value
-    return throwsOnlyOwnErrors({ ...body, input })
+    return await throwsOnlyOwnErrors({ ...body, input })
   }), { numRuns: 1000 })
 })
 
 t.test('fast-check: the bound is never under OpenAI\'s count, for any text, by bytes and by the tokenizer', async () => {
   const text = fc.oneof(fc.string({ minLength: 1, unit: 'grapheme' }), fc.string({ minLength: 1, unit: 'binary' }), fc.string({ minLength: 1 }))
-  fc.assert(fc.property(fc.array(text, { minLength: 1, maxLength: 8 }), (inputs) => {
+  await fc.assert(fc.asyncProperty(fc.array(text, { minLength: 1, maxLength: 8 }), async (inputs) => {
     const actual = inputs.reduce((sum, input) => sum + openAITokens(input), 0)
-    return worstCaseEmbeddingTokens({ model: small, input: inputs }) >= actual && worstCaseEmbeddingTokens({ model: 'gpt-4', input: inputs }) >= actual
+    return (await worstCaseEmbeddingTokens({ model: small, input: inputs })) >= actual && (await worstCaseEmbeddingTokens({ model: 'gpt-4', input: inputs })) >= actual
   }), { numRuns: 1000 })
 })
 

@@ -221,19 +221,19 @@ t.test('nearLimit clamp: the upstream gets a lower max_tokens, and a thinking bu
   const body: Anthropic.MessageCreateParamsNonStreaming = {
     model: MODEL, max_tokens: 16_000, thinking: { type: 'enabled', budget_tokens: 12_000 }, messages: [{ role: 'user', content: 'Write a long story' }]
   }
-  const fits = (sent: Record<string, unknown>, room: string) => toUnits(messagesApi.estimate(sent, catalog).amount) <= toUnits(room)
+  const fits = async (sent: Record<string, unknown>, room: string): Promise<boolean> => toUnits((await messagesApi.estimate(sent, catalog)).amount) <= toUnits(room)
 
   for (const [spent, room, thinkingStays] of [['0.95', '0.05', true], ['0.985', '0.015', false]] as const) {
     await spendTo(app, budget.id, spent)
-    t.notOk(fits({ ...body }, room), `${room} left: the call as asked does not fit`)
+    t.notOk(await fits({ ...body }, room), `${room} left: the call as asked does not fit`)
     const { data: message, response } = await anthropic.messages.create(body).withResponse()
     t.equal(message.type, 'message', 'answered, not refused')
     const clamped = Number(response.headers.get('x-budget-clamped-max-tokens'))
     t.ok(clamped >= 16 && clamped < 16_000, `x-budget-clamped-max-tokens: ${clamped}`)
     const sent = upstream.bodies.at(-1)!
     t.equal(sent.max_tokens, clamped, 'the upstream was asked for the clamped max_tokens')
-    t.ok(fits(sent, room), 'the body sent upstream fits the room')
-    t.notOk(fits({ ...sent, max_tokens: clamped + 1, ...(thinkingStays ? {} : { thinking: { type: 'disabled' } }) }, room), 'one token more would not: the largest that fits')
+    t.ok(await fits(sent, room), 'the body sent upstream fits the room')
+    t.notOk(await fits({ ...sent, max_tokens: clamped + 1, ...(thinkingStays ? {} : { thinking: { type: 'disabled' } }) }, room), 'one token more would not: the largest that fits')
     const thinking = sent.thinking as { type: string, budget_tokens?: number }
     if (thinkingStays) {
       t.equal(thinking.type, 'enabled', `${clamped} tokens leave room to think`)
@@ -242,7 +242,7 @@ t.test('nearLimit clamp: the upstream gets a lower max_tokens, and a thinking bu
       t.ok(clamped <= 1024, `${clamped} tokens: no room for Anthropic's smallest thinking budget`)
       t.same(thinking, { type: 'disabled' }, 'thinking turned off')
     }
-    t.doesNotThrow(() => messagesApi.estimate(sent, catalog), 'a body the Messages API takes')
+    await t.resolves(async () => (await messagesApi.estimate(sent, catalog)), 'a body the Messages API takes')
     await settled()
   }
   const charged = await records(sql)
@@ -297,7 +297,7 @@ t.test('a client that leaves a stream before message_delta is charged its estima
   t.equal(more.length, 0, 'one record')
   t.equal(record!.metadata.costBasis, 'estimate', 'no final usage: charged its estimate')
   t.equal(record!.amount, normalizeMoney(record!.metadata.estimatedCost), 'the amount is the estimate')
-  t.equal(record!.amount, messagesApi.estimate(body, catalog).amount, 'the request\'s worst case at the catalog\'s rates')
+  t.equal(record!.amount, (await messagesApi.estimate(body, catalog)).amount, 'the request\'s worst case at the catalog\'s rates')
   t.equal((await status(budget.id)).currentAmount, record!.amount)
   t.equal(await held(sql), 0, 'nothing held')
   await checkInvariants(t, sql)
@@ -337,7 +337,7 @@ t.test('an upstream billing the most a request allows: the charge never exceeds 
 
   // 20 at once against room for eight and a half estimates.
   const body = bodies[1]!
-  const estimate = toUnits(messagesApi.estimate(body, catalog).amount)
+  const estimate = toUnits((await messagesApi.estimate(body, catalog)).amount)
   const limit = fromUnits(estimate * 17n / 2n)
   const budget = await createBudget({ scopeType: 'team', scopeId: 'platform', amount: limit, enforcement: 'hard' })
   const results = await Promise.all(Array.from({ length: 20 }, async (_, index) => {

@@ -9,7 +9,7 @@ import t from 'tap'
 import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../lib/errors.js'
 import { MIN_THINKING_BUDGET, TOKENS_PER_MESSAGE, TOKENS_PER_REQUEST, TOOL_USE_SYSTEM_PROMPT_TOKENS, messagesApi } from '../lib/apis/messages.js'
 import type { Refusal } from '../lib/apis/model-api.js'
-import { costFromUsage } from '../lib/services/estimate.js'
+import { costFromUsage, type CostEstimate } from '../lib/services/estimate.js'
 import { costOfTokens, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
 
 const claude: ModelPrice = { input: '3', output: '15', maxOutputTokens: 64_000 }
@@ -20,21 +20,21 @@ const book = createPriceBook({
   'claude-images-4-5': { ...claude, maxImageTokens: 1600 },
   'claude-own-writes-4-5': { ...claude, cacheWrite: '4', cacheWrite1h: '7' }
 })
-const estimate = (body: unknown, model?: string) => messagesApi.estimate(body, book, model)
+const estimate = async (body: unknown, model?: string): Promise<CostEstimate> => await messagesApi.estimate(body, book, model)
 const base = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({ model: 'claude-test-4-5', max_tokens: 1000, messages: [{ role: 'user', content: 'Hello, Claude' }], ...extra })
 const bytes = (value: unknown): number => Buffer.byteLength(JSON.stringify(value), 'utf8')
 /** The estimate's input tokens: its tokens less the output it counts (max_tokens, capped by the model's maximum). */
 type FieldError = typeof InvalidFieldError | typeof UnboundedFieldError | typeof ModelNotPricedError
 /** Whether `run` throws that kind of field error (tap's throws compares shapes, not classes). */
-const throwsKind = (run: () => unknown, kind: FieldError): boolean => {
+const throwsKind = async (run: () => Promise<unknown>, kind: FieldError): Promise<boolean> => {
   try {
-    run()
+    await run()
     return false
   } catch (error) {
     return error instanceof kind
   }
 }
-const inputOf = (body: Record<string, unknown>): number => estimate(body).tokens! - Math.min(body.max_tokens as number, 64_000)
+const inputOf = async (body: Record<string, unknown>): Promise<number> => (await estimate(body)).tokens! - Math.min(body.max_tokens as number, 64_000)
 
 t.test('the input is every byte of system, messages and tools, with the framing and the tool-use prompt', async (t) => {
   const system = [{ type: 'text', text: 'You are terse.' }]
@@ -51,42 +51,42 @@ t.test('the input is every byte of system, messages and tools, with the framing 
     3 * TOKENS_PER_MESSAGE + bytes(messages[0]!.content) + bytes(parts[0]) + bytes(parts[1]) +
     bytes({ type: 'tool_result', tool_use_id: 'toolu_1' }) + bytes(result.content[0]) +
     bytes(tools[0]) + TOOL_USE_SYSTEM_PROMPT_TOKENS + bytes({ type: 'auto' })
-  t.equal(inputOf(body), expected, 'the sum, part by part')
+  t.equal((await inputOf(body)), expected, 'the sum, part by part')
   t.ok(TOOL_USE_SYSTEM_PROMPT_TOKENS >= 530, 'the tool-use prompt is above the largest Anthropic publishes (530, Claude 3 Opus)')
-  t.equal(inputOf(base({ tools: [] })), inputOf(base()), 'no tools, no tool-use prompt')
-  t.equal(inputOf(base({ system: 'Be brief.' })), inputOf(base()) + bytes('Be brief.'), 'a string system prompt: its bytes')
+  t.equal((await inputOf(base({ tools: [] }))), (await inputOf(base())), 'no tools, no tool-use prompt')
+  t.equal((await inputOf(base({ system: 'Be brief.' }))), (await inputOf(base())) + bytes('Be brief.'), 'a string system prompt: its bytes')
   // 12 UTF-8 bytes of four CJK characters: a byte-level tokenizer never makes fewer tokens than... bytes/4 at best; we count all 12.
-  t.ok(inputOf(base({ messages: [{ role: 'user', content: '日本語で' }] })) >= 12, 'multi-byte text counts its UTF-8 bytes')
-  const amount = estimate(body).amount
+  t.ok((await inputOf(base({ messages: [{ role: 'user', content: '日本語で' }] }))) >= 12, 'multi-byte text counts its UTF-8 bytes')
+  const amount = (await estimate(body)).amount
   t.equal(amount, costOfTokens(claude, { inputTokens: expected, outputTokens: 1000 }), 'the amount: that input and max_tokens, at the model\'s rates')
 })
 
 t.test('output: max_tokens (thinking included), capped by the model\'s maximum; 0 pre-warms the cache and has none', async (t) => {
-  t.equal(estimate(base({ max_tokens: 500 })).tokens! - inputOf(base()), 500)
-  t.equal(estimate(base({ max_tokens: 1_000_000 })).tokens! - inputOf(base()), 64_000, 'above the model\'s maximum: its maximum')
-  t.equal(estimate(base({ max_tokens: 0 })).tokens, inputOf(base()), 'max_tokens 0: no output')
-  t.equal(estimate(base({ max_tokens: 4000, thinking: { type: 'enabled', budget_tokens: 2000 } })).tokens! - inputOf(base()), 4000, 'the thinking budget is within max_tokens')
-  const at = estimate(base({ max_tokens: 4000 })).atOutputLimit!
-  t.same(at(100), estimate(base({ max_tokens: 100 })), 'atOutputLimit: the same call at another max_tokens, input counted once')
+  t.equal((await estimate(base({ max_tokens: 500 }))).tokens! - (await inputOf(base())), 500)
+  t.equal((await estimate(base({ max_tokens: 1_000_000 }))).tokens! - (await inputOf(base())), 64_000, 'above the model\'s maximum: its maximum')
+  t.equal((await estimate(base({ max_tokens: 0 }))).tokens, (await inputOf(base())), 'max_tokens 0: no output')
+  t.equal((await estimate(base({ max_tokens: 4000, thinking: { type: 'enabled', budget_tokens: 2000 } }))).tokens! - (await inputOf(base())), 4000, 'the thinking budget is within max_tokens')
+  const at = (await estimate(base({ max_tokens: 4000 }))).atOutputLimit!
+  t.same(at(100), (await estimate(base({ max_tokens: 100 }))), 'atOutputLimit: the same call at another max_tokens, input counted once')
   for (const body of [base({ max_tokens: undefined }), base({ max_tokens: -1 }), base({ max_tokens: 1.5 }), base({ max_tokens: '100' })]) {
-    t.ok(throwsKind(() => estimate(body), InvalidFieldError), `max_tokens ${JSON.stringify(body.max_tokens)}: refused`)
+    t.ok(await throwsKind(async () => (await estimate(body)), InvalidFieldError), `max_tokens ${JSON.stringify(body.max_tokens)}: refused`)
   }
-  t.ok(throwsKind(() => estimate(base({ thinking: { type: 'enabled', budget_tokens: 1000 } })), InvalidFieldError), 'a budget not below max_tokens')
+  t.ok(await throwsKind(async () => (await estimate(base({ thinking: { type: 'enabled', budget_tokens: 1000 } }))), InvalidFieldError), 'a budget not below max_tokens')
 })
 
 t.test('cache writes: every input token at the dearest write rate any mark asks for; no mark, the input rate', async (t) => {
-  const input = inputOf(base())
+  const input = (await inputOf(base()))
   const at = (tokens: Partial<Parameters<typeof costOfTokens>[1]>, price = claude) => costOfTokens(price, { inputTokens: input, outputTokens: 1000, ...tokens })
-  t.equal(estimate(base()).amount, at({}), 'no mark: no write')
+  t.equal((await estimate(base())).amount, at({}), 'no mark: no write')
   const text = (ttl?: string) => ({ role: 'user', content: [{ type: 'text', text: 'Hello, Claude', cache_control: ttl === undefined ? { type: 'ephemeral' } : { type: 'ephemeral', ttl } }] })
   const marked = (ttl?: string, extra: Record<string, unknown> = {}) => base({ messages: [text(ttl)], ...extra })
-  const withMark = inputOf(marked())
-  const writes = (model = 'claude-test-4-5') => estimate({ ...marked(), model }).amount
-  t.equal(writes(), costOfTokens(claude, { inputTokens: withMark, outputTokens: 1000, cacheWriteTokens: withMark }), 'a 5-minute mark (the default ttl): all input at 5/4 the input rate')
-  t.equal(estimate(marked('1h')).amount, costOfTokens(claude, { inputTokens: inputOf(marked('1h')), outputTokens: 1000, cacheWrite1hTokens: inputOf(marked('1h')) }), 'a 1-hour mark: all input at twice the input rate')
+  const withMark = (await inputOf(marked()))
+  const writes = async (model = 'claude-test-4-5'): Promise<string> => (await estimate({ ...marked(), model })).amount
+  t.equal((await writes()), costOfTokens(claude, { inputTokens: withMark, outputTokens: 1000, cacheWriteTokens: withMark }), 'a 5-minute mark (the default ttl): all input at 5/4 the input rate')
+  t.equal((await estimate(marked('1h'))).amount, costOfTokens(claude, { inputTokens: (await inputOf(marked('1h'))), outputTokens: 1000, cacheWrite1hTokens: (await inputOf(marked('1h'))) }), 'a 1-hour mark: all input at twice the input rate')
   const both = base({ system: [{ type: 'text', text: 'S', cache_control: { type: 'ephemeral', ttl: '5m' } }], messages: [text('1h')] })
-  t.equal(estimate(both).amount, costOfTokens(claude, { inputTokens: inputOf(both), outputTokens: 1000, cacheWrite1hTokens: inputOf(both) }), 'marks of both ttls: the dearer')
-  t.equal(writes('claude-own-writes-4-5'), costOfTokens({ ...claude, cacheWrite: '4' }, { inputTokens: withMark, outputTokens: 1000, cacheWriteTokens: withMark }), 'the price\'s own write rate')
+  t.equal((await estimate(both)).amount, costOfTokens(claude, { inputTokens: (await inputOf(both)), outputTokens: 1000, cacheWrite1hTokens: (await inputOf(both)) }), 'marks of both ttls: the dearer')
+  t.equal((await writes('claude-own-writes-4-5')), costOfTokens({ ...claude, cacheWrite: '4' }, { inputTokens: withMark, outputTokens: 1000, cacheWriteTokens: withMark }), 'the price\'s own write rate')
 
   for (const [where, body] of <Array<[string, Record<string, unknown>]>>[
     ['top-level', base({ cache_control: { type: 'ephemeral', ttl: '1h' } })],
@@ -95,17 +95,17 @@ t.test('cache writes: every input token at the dearest write rate any mark asks 
     ['on a tool result', base({ messages: [{ role: 'user', content: [{ type: 'tool_result', tool_use_id: 't', content: 'x', cache_control: { type: 'ephemeral', ttl: '1h' } }] }] })],
     ['inside a tool result', base({ messages: [{ role: 'user', content: [{ type: 'tool_result', tool_use_id: 't', content: [{ type: 'text', text: 'x', cache_control: { type: 'ephemeral', ttl: '1h' } }] }] }] })]
   ]) {
-    const tokens = inputOf(body)
-    t.equal(estimate(body).amount, costOfTokens(claude, { inputTokens: tokens, outputTokens: 1000, cacheWrite1hTokens: tokens }), `a 1-hour mark ${where}`)
+    const tokens = (await inputOf(body))
+    t.equal((await estimate(body)).amount, costOfTokens(claude, { inputTokens: tokens, outputTokens: 1000, cacheWrite1hTokens: tokens }), `a 1-hour mark ${where}`)
   }
   // The catalog's own rates for a Claude model: 3.75 and 6 per 1M for claude-sonnet-4-5 (its input is 3).
   const catalog = createPriceBook({})
-  const sonnet = messagesApi.estimate(base({ model: 'claude-sonnet-4-5', max_tokens: 0, cache_control: { type: 'ephemeral', ttl: '1h' } }), catalog)
-  const sonnetPlain = messagesApi.estimate(base({ model: 'claude-sonnet-4-5', max_tokens: 0 }), catalog)
+  const sonnet = (await messagesApi.estimate(base({ model: 'claude-sonnet-4-5', max_tokens: 0, cache_control: { type: 'ephemeral', ttl: '1h' } }), catalog))
+  const sonnetPlain = (await messagesApi.estimate(base({ model: 'claude-sonnet-4-5', max_tokens: 0 }), catalog))
   t.equal(sonnet.tokens, sonnetPlain.tokens, 'a top-level mark adds no input of its own')
   t.equal(sonnet.amount, costOfTokens({ input: '3', output: '15', maxOutputTokens: 1 }, { inputTokens: sonnet.tokens!, outputTokens: 0, cacheWrite1hTokens: sonnet.tokens! }), 'the catalog\'s 1-hour rate (6 = 2x 3)')
   for (const mark of [{ type: 'persistent' }, { type: 'ephemeral', ttl: '24h' }, 'ephemeral', { type: 'ephemeral', scope: 'org' }]) {
-    t.ok(throwsKind(() => estimate(base({ cache_control: mark })), InvalidFieldError), `cache_control ${JSON.stringify(mark)}: refused`)
+    t.ok(await throwsKind(async () => (await estimate(base({ cache_control: mark }))), InvalidFieldError), `cache_control ${JSON.stringify(mark)}: refused`)
   }
 })
 
@@ -113,9 +113,9 @@ t.test('images at the model\'s worst case where the price gives one; refused oth
   const image = { type: 'image', source: { type: 'base64', media_type: 'image/png', data: 'A'.repeat(100_000) } }
   const body = base({ model: 'claude-images-4-5', messages: [{ role: 'user', content: [image, { type: 'text', text: 'What is this?' }] }] })
   const plain = base({ model: 'claude-images-4-5', messages: [{ role: 'user', content: [{ type: 'text', text: 'What is this?' }] }] })
-  t.equal(inputOf(body), inputOf(plain) + 1600, 'an image: maxImageTokens, not the bytes of its data')
-  t.ok(throwsKind(() => estimate({ ...body, model: 'claude-test-4-5' }), UnboundedFieldError), 'no image bound: refused')
-  t.ok(throwsKind(() => estimate(base({ model: 'claude-images-4-5', messages: [{ role: 'user', content: [{ type: 'image', source: { type: 'pdf' } }] }] })), InvalidFieldError), 'an image source of no known type')
+  t.equal((await inputOf(body)), (await inputOf(plain)) + 1600, 'an image: maxImageTokens, not the bytes of its data')
+  t.ok(await throwsKind(async () => (await estimate({ ...body, model: 'claude-test-4-5' })), UnboundedFieldError), 'no image bound: refused')
+  t.ok(await throwsKind(async () => (await estimate(base({ model: 'claude-images-4-5', messages: [{ role: 'user', content: [{ type: 'image', source: { type: 'pdf' } }] }] }))), InvalidFieldError), 'an image source of no known type')
 })
 
 const refusedBodies: Array<[string, Record<string, unknown>, FieldError, string]> = [
@@ -156,7 +156,7 @@ const refusedBodies: Array<[string, Record<string, unknown>, FieldError, string]
 t.test('what the estimate cannot bound is refused, naming the field', async (t) => {
   for (const [what, body, kind, field] of refusedBodies) {
     try {
-      estimate(JSON.parse(JSON.stringify(body)))
+      (await estimate(JSON.parse(JSON.stringify(body))))
       t.fail(`${what}: not refused`)
     } catch (error) {
       t.ok(error instanceof kind, `${what}: ${kind.name}`)
@@ -174,7 +174,7 @@ t.test('accepted: both service tiers, custom tools, adaptive thinking, search re
     base({ messages: [{ role: 'assistant', content: [{ type: 'redacted_thinking', data: 'ZW5jcnlwdGVk' }] }] }),
     base({ metadata: { user_id: 'u' }, stop_sequences: ['\n'], stream: true, temperature: 0.5, top_k: 5, top_p: 0.9 })
   ]) {
-    t.doesNotThrow(() => estimate(body), JSON.stringify(body).slice(0, 120))
+    await t.resolves(async () => await estimate(body), JSON.stringify(body).slice(0, 120))
   }
 })
 
@@ -305,25 +305,25 @@ t.test('clamp: max_tokens is the cap; a thinking budget is lowered below it, or 
   t.same(limit.withLimit(thinking, 5000, claude), { ...thinking, max_tokens: 5000, thinking: { type: 'enabled', budget_tokens: 4999, display: 'summarized' } }, 'lowered below the new cap')
   t.same(limit.withLimit(thinking, MIN_THINKING_BUDGET, claude).thinking, { type: 'disabled' }, 'under the minimum budget: thinking off')
   // Every clamped body is one the estimate takes (a valid request at Anthropic), at what the clamp asked for.
-  fc.assert(fc.property(fc.integer({ min: 0, max: 10_000 }), (tokens) => {
+  await fc.assert(fc.asyncProperty(fc.integer({ min: 0, max: 10_000 }), async (tokens) => {
     const clamped = limit.withLimit(thinking, tokens, claude)
-    const clampedEstimate = estimate(clamped)
-    return clamped.max_tokens === tokens && clampedEstimate.amount === estimate(thinking).atOutputLimit!(tokens).amount
+    const clampedEstimate = (await estimate(clamped))
+    return clamped.max_tokens === tokens && clampedEstimate.amount === (await estimate(thinking)).atOutputLimit!(tokens).amount
   }))
 })
 
 t.test('any JSON value, anywhere, is refused with a field error or bounded, never thrown otherwise', async (t) => {
   const allowed = (error: unknown) => error instanceof InvalidFieldError || error instanceof UnboundedFieldError || error instanceof ModelNotPricedError
-  const tryEstimate = (body: unknown): boolean => {
+  const tryEstimate = async (body: unknown): Promise<boolean> => {
     try {
-      const result = estimate(body)
+      const result = (await estimate(body))
       return typeof result.amount === 'string' && Number.isSafeInteger(result.tokens)
     } catch (error) {
       return allowed(error)
     }
   }
-  fc.assert(fc.property(fc.anything(), tryEstimate), { numRuns: 2000 })
-  fc.assert(fc.property(fc.jsonValue(), tryEstimate), { numRuns: 1000 })
+  await fc.assert(fc.asyncProperty(fc.anything(), tryEstimate), { numRuns: 2000 })
+  await fc.assert(fc.asyncProperty(fc.jsonValue(), tryEstimate), { numRuns: 1000 })
   // Mutations of a valid body: any field, any block field, replaced by any JSON value.
   const valid = base({
     system: [{ type: 'text', text: 'S', cache_control: { type: 'ephemeral' } }],
@@ -336,19 +336,19 @@ t.test('any JSON value, anywhere, is refused with a field error or bounded, neve
     thinking: { type: 'enabled', budget_tokens: 500 },
     model: 'claude-images-4-5'
   })
-  t.ok(tryEstimate(valid) && (() => { try { estimate(valid); return true } catch { return false } })(), 'the valid body is bounded')
+  t.ok(await tryEstimate(valid) && await (async () => { try { await estimate(valid); return true } catch { return false } })(), 'the valid body is bounded')
   const paths: string[][] = []
   const collect = (value: unknown, path: string[]): void => {
     paths.push(path)
     if (typeof value === 'object' && value !== null) for (const [key, child] of Object.entries(value)) collect(child, [...path, key])
   }
   collect(valid, [])
-  fc.assert(fc.property(fc.constantFrom(...paths.slice(1)), fc.jsonValue(), (path, replacement) => {
+  await fc.assert(fc.asyncProperty(fc.constantFrom(...paths.slice(1)), fc.jsonValue(), async (path, replacement) => {
     const mutated = structuredClone(valid) as Record<string, unknown>
     let node = mutated as Record<string, unknown>
     for (const key of path.slice(0, -1)) node = node[key] as Record<string, unknown>
     node[path[path.length - 1]!] = replacement
-    return tryEstimate(mutated)
+    return await tryEstimate(mutated)
   }), { numRuns: 3000 })
 })
 

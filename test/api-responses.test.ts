@@ -75,19 +75,19 @@ const texts = [instructions, question, summary, 'get_weather', JSON.stringify(ar
 
 t.test('a realistic tool loop: above every token the model reads, and not wildly above', async (t) => {
   const body = realisticBody()
-  const { inputTokens, outputTokens } = worstCaseTokens(body, mini)
+  const { inputTokens, outputTokens } = (await worstCaseTokens(body, mini))
   // Each of 9 items (instructions included) framed by at least 3 tokens, as chat's messages are.
   const floor = texts.reduce((sum, text) => sum + tokens(text), 0) + bytes(encrypted) + 9 * 3
   t.ok(inputTokens >= floor, `${inputTokens} >= ${floor}`)
   t.ok(inputTokens <= 2 * floor, `${inputTokens} is within twice the text's own count (${floor})`)
   t.equal(outputTokens, 800)
-  const estimate = responsesApi.estimate(body, book)
+  const estimate = (await responsesApi.estimate(body, book))
   t.equal(estimate.model, 'gpt-4o-mini')
   t.equal(estimate.tokens, inputTokens + outputTokens)
 })
 
 t.test('above what OpenAI bills for the same conversation in chat form (the chat oracle), plus the encrypted reasoning', async (t) => {
-  const { inputTokens } = worstCaseTokens(realisticBody(), mini)
+  const { inputTokens } = (await worstCaseTokens(realisticBody(), mini))
   const call = (id: string, city: string) => ({ id, type: 'function', function: { name: 'get_weather', arguments: JSON.stringify({ ...args, city }) } })
   const chat = {
     model: 'gpt-4o-mini',
@@ -115,56 +115,56 @@ t.test('past the tokenizer work budget, text counts a token a byte: still a boun
   const words = Array.from({ length: 30_000 }, () => Array.from({ length: 6 }, letter).join('')).join(' ')
   t.ok(bytes(words) * 4 > MAX_TOKENIZED_WORK, 'the text is past the work budget')
   const body = { model: 'gpt-4o-mini', instructions: words.slice(0, 50_000), input: [{ role: 'user', content: words }, { type: 'function_call_output', call_id: 'c', output: words }] }
-  const { inputTokens } = worstCaseTokens(body, mini)
+  const { inputTokens } = (await worstCaseTokens(body, mini))
   const floor = tokens(words.slice(0, 50_000)) + 2 * tokens(words)
   t.ok(inputTokens >= floor, `${inputTokens} >= ${floor}`)
 })
 
 t.test('each part of the input adds to the bound', async (t) => {
-  const base = worstCaseTokens(realisticBody(), mini).inputTokens
-  const longer = (change: (body: Body) => void): number => {
+  const base = (await worstCaseTokens(realisticBody(), mini)).inputTokens
+  const longer = async (change: (body: Body) => void): Promise<number> => {
     const body = realisticBody()
     change(body)
-    return worstCaseTokens(body, mini).inputTokens
+    return (await worstCaseTokens(body, mini)).inputTokens
   }
   const extra = ' and one more sentence that the model reads as input.'.repeat(20)
   // Less a few tokens where the added text merges with what it joins (in a tool, both of its renderings).
   const atLeast = tokens(extra) - 4
   const items = (body: Body): Body[] => body.input as Body[]
-  t.ok(longer((body) => { body.instructions = instructions + extra }) >= base + atLeast, 'instructions')
-  t.ok(longer((body) => { items(body)[0]!.content = question + extra }) >= base + atLeast, 'a message')
-  t.ok(longer((body) => { (items(body)[1]!.summary as Body[])[0]!.text = summary + extra }) >= base + atLeast, 'a reasoning summary')
-  t.ok(longer((body) => { items(body)[1]!.content = [{ type: 'reasoning_text', text: extra }] }) >= base + atLeast, 'reasoning text')
-  t.equal(longer((body) => { items(body)[1]!.encrypted_content = encrypted + 'x'.repeat(1000) }), base + 1000, 'encrypted reasoning, a token a byte')
-  t.ok(longer((body) => { items(body)[2]!.arguments = JSON.stringify({ ...args, note: extra }) }) >= base + atLeast, 'function-call arguments')
-  t.ok(longer((body) => { items(body)[4]!.output = JSON.stringify({ ...JSON.parse(result) as Body, note: extra }) }) >= base + atLeast, 'a function-call output')
-  t.ok(longer((body) => { ((items(body)[6]!.content as Body[])[0]!).text = answer + extra }) >= base + atLeast, 'an output_text part')
-  const tooled = longer((body) => { (body.tools as Body[])[0]!.description = 'The forecast' + extra })
+  t.ok(await longer((body) => { body.instructions = instructions + extra }) >= base + atLeast, 'instructions')
+  t.ok(await longer((body) => { items(body)[0]!.content = question + extra }) >= base + atLeast, 'a message')
+  t.ok(await longer((body) => { (items(body)[1]!.summary as Body[])[0]!.text = summary + extra }) >= base + atLeast, 'a reasoning summary')
+  t.ok(await longer((body) => { items(body)[1]!.content = [{ type: 'reasoning_text', text: extra }] }) >= base + atLeast, 'reasoning text')
+  t.equal(await longer((body) => { items(body)[1]!.encrypted_content = encrypted + 'x'.repeat(1000) }), base + 1000, 'encrypted reasoning, a token a byte')
+  t.ok(await longer((body) => { items(body)[2]!.arguments = JSON.stringify({ ...args, note: extra }) }) >= base + atLeast, 'function-call arguments')
+  t.ok(await longer((body) => { items(body)[4]!.output = JSON.stringify({ ...JSON.parse(result) as Body, note: extra }) }) >= base + atLeast, 'a function-call output')
+  t.ok(await longer((body) => { ((items(body)[6]!.content as Body[])[0]!).text = answer + extra }) >= base + atLeast, 'an output_text part')
+  const tooled = await longer((body) => { (body.tools as Body[])[0]!.description = 'The forecast' + extra })
   t.ok(tooled >= base + atLeast, `a function tool: ${tooled} >= ${base} + ${atLeast}`)
-  t.ok(longer((body) => { ((body.text as Body).format as Body).description = extra }) >= base + atLeast, 'the text format')
-  t.ok(longer((body) => { body.tool_choice = { type: 'function', name: 'get_weather' } }) > base, 'a forced tool choice')
-  t.ok(longer((body) => { items(body).push({ role: 'user', content: '' }) }) >= base + 4, 'an empty message still has its framing')
+  t.ok(await longer((body) => { ((body.text as Body).format as Body).description = extra }) >= base + atLeast, 'the text format')
+  t.ok(await longer((body) => { body.tool_choice = { type: 'function', name: 'get_weather' } }) > base, 'a forced tool choice')
+  t.ok(await longer((body) => { items(body).push({ role: 'user', content: '' }) }) >= base + 4, 'an empty message still has its framing')
 })
 
 t.test('a model whose tokenizer is unknown: every byte of the text, JSON-encoded', async (t) => {
   const body = realisticBody('my-local-model')
-  const { inputTokens, outputTokens } = worstCaseTokens(body, custom)
+  const { inputTokens, outputTokens } = (await worstCaseTokens(body, custom))
   const floor = texts.reduce((sum, text) => sum + bytes(JSON.stringify(text)), 0) + bytes(encrypted)
   t.ok(inputTokens >= floor, `${inputTokens} >= ${floor}`)
   t.equal(outputTokens, 800)
   // Multi-byte text counts its bytes, not its characters.
   const cjk = '東京の天気はどうですか'.repeat(50)
-  const plain = worstCaseTokens({ model: 'my-local-model', input: cjk }, custom).inputTokens
+  const plain = (await worstCaseTokens({ model: 'my-local-model', input: cjk }, custom)).inputTokens
   t.ok(plain >= bytes(cjk), `${plain} >= ${bytes(cjk)} bytes`)
-  t.equal(responsesApi.estimate(body, book).model, 'my-local-model')
+  t.equal((await responsesApi.estimate(body, book)).model, 'my-local-model')
 })
 
 t.test('a string input, and none', async (t) => {
   const text = 'Write a haiku about budgets.'
-  const { inputTokens, outputTokens } = worstCaseTokens({ model: 'gpt-4o-mini', input: text }, mini)
+  const { inputTokens, outputTokens } = (await worstCaseTokens({ model: 'gpt-4o-mini', input: text }, mini))
   t.ok(inputTokens >= tokens(text) + 3)
   t.equal(outputTokens, mini.maxOutputTokens, 'no cap: the model maximum')
-  const empty = worstCaseTokens({ model: 'gpt-4o-mini', instructions: null, input: null }, mini)
+  const empty = (await worstCaseTokens({ model: 'gpt-4o-mini', instructions: null, input: null }, mini))
   t.ok(empty.inputTokens > 0)
 })
 
@@ -172,26 +172,26 @@ t.test('images: each at the model worst case, refused without one, and at origin
   const image = (detail: string): Body => ({ type: 'input_image', detail, image_url: 'data:image/png;base64,' + 'A'.repeat(50_000) })
   const one = { model: 'gpt-4.1-nano', input: [{ role: 'user', content: [{ type: 'input_text', text: 'What is this?' }, image('high')] }] }
   const two = { model: 'gpt-4.1-nano', input: [{ role: 'user', content: [{ type: 'input_text', text: 'What is this?' }, image('high'), image('low')] }] }
-  const a = worstCaseTokens(one, nano).inputTokens
-  const b = worstCaseTokens(two, nano).inputTokens
+  const a = (await worstCaseTokens(one, nano)).inputTokens
+  const b = (await worstCaseTokens(two, nano)).inputTokens
   t.ok(a >= nano.maxImageTokens!, 'an image counts its worst case')
   t.ok(a < nano.maxImageTokens! + 100, 'not the bytes of its URL')
   t.ok(b - a >= nano.maxImageTokens!, 'each image counts')
   const output = { model: 'gpt-4.1-nano', input: [{ type: 'function_call_output', call_id: 'c', output: [image('auto')] }] }
-  t.ok(worstCaseTokens(output, nano).inputTokens >= nano.maxImageTokens!, 'an image in a function-call output too')
-  t.match(thrownBy(() => worstCaseTokens({ ...one, model: 'my-local-model' }, custom)), { gateCode: 'unbounded_field', field: 'input.0.content.1' }, 'no image bound: refused')
-  t.match(thrownBy(() => worstCaseTokens({ model: 'gpt-4.1-nano', input: [{ role: 'user', content: [image('original')] }] }, nano)), { gateCode: 'unbounded_field', field: 'input.0.content.0.detail' }, 'original detail: refused')
+  t.ok((await worstCaseTokens(output, nano)).inputTokens >= nano.maxImageTokens!, 'an image in a function-call output too')
+  t.match(await thrownBy(async () => (await worstCaseTokens({ ...one, model: 'my-local-model' }, custom))), { gateCode: 'unbounded_field', field: 'input.0.content.1' }, 'no image bound: refused')
+  t.match(await thrownBy(async () => (await worstCaseTokens({ model: 'gpt-4.1-nano', input: [{ role: 'user', content: [image('original')] }] }, nano))), { gateCode: 'unbounded_field', field: 'input.0.content.0.detail' }, 'original detail: refused')
 })
 
 t.test('output: max_output_tokens, the model maximum, the clamp', async (t) => {
   const body = { model: 'gpt-4o-mini', input: 'hi', max_output_tokens: 100 }
-  const estimate = responsesApi.estimate(body, book)
-  const uncapped = responsesApi.estimate({ model: 'gpt-4o-mini', input: 'hi' }, book)
+  const estimate = (await responsesApi.estimate(body, book))
+  const uncapped = (await responsesApi.estimate({ model: 'gpt-4o-mini', input: 'hi' }, book))
   t.equal(compareMoney(uncapped.amount, estimate.amount), 1, 'no cap costs more')
   const at = estimate.atOutputLimit!(mini.maxOutputTokens)
   t.same(at.amount, uncapped.amount, 'atOutputLimit at the maximum is the uncapped call')
   t.equal(estimate.atOutputLimit!(100).amount, estimate.amount)
-  t.equal(worstCaseTokens({ ...body, max_output_tokens: 10_000_000 }, mini).outputTokens, mini.maxOutputTokens, 'above the maximum: the maximum')
+  t.equal((await worstCaseTokens({ ...body, max_output_tokens: 10_000_000 }, mini)).outputTokens, mini.maxOutputTokens, 'above the maximum: the maximum')
   const limit = responsesApi.outputLimit!
   t.equal(limit.requested(body, mini), 100)
   t.equal(limit.requested({ model: 'gpt-4o-mini' }, mini), mini.maxOutputTokens)
@@ -200,11 +200,11 @@ t.test('output: max_output_tokens, the model maximum, the clamp', async (t) => {
   const lowered = limit.withLimit(body, 40, mini)
   t.equal(lowered.max_output_tokens, 40)
   t.equal(body.max_output_tokens, 100, 'the body itself is left as it was')
-  t.same(responsesApi.estimate(lowered, book).amount, estimate.atOutputLimit!(40).amount, 'a clamped body costs what atOutputLimit said')
+  t.same((await responsesApi.estimate(lowered, book)).amount, estimate.atOutputLimit!(40).amount, 'a clamped body costs what atOutputLimit said')
   const beyond: ModelPrice = { ...custom, reasoningBeyondLimitTokens: 500, perRequest: '0.01' }
-  t.equal(worstCaseTokens({ model: 'x', input: 'hi', max_output_tokens: 100 }, beyond).outputTokens, 600, 'what the provider bills past the cap')
+  t.equal((await worstCaseTokens({ model: 'x', input: 'hi', max_output_tokens: 100 }, beyond)).outputTokens, 600, 'what the provider bills past the cap')
   const fee = createPriceBook({ fee: beyond }, { catalogPrices: false })
-  const withFee = responsesApi.estimate({ model: 'fee', input: 'hi', max_output_tokens: 100 }, fee)
+  const withFee = (await responsesApi.estimate({ model: 'fee', input: 'hi', max_output_tokens: 100 }, fee))
   t.equal(compareMoney(withFee.amount, '0.01'), 1, 'the per-request fee is held')
 })
 
@@ -235,15 +235,15 @@ t.test('every field the bound cannot cover is refused, naming it', async (t) => 
     ['a hosted tool choice', { ...base, tool_choice: { type: 'web_search_preview' } }, 'tool_choice.type']
   ]
   for (const [what, body, field] of refused) {
-    t.match(thrownBy(() => responsesApi.estimate(body, book)), { field, gateCode: 'unbounded_field' }, what)
+    t.match(await thrownBy(async () => (await responsesApi.estimate(body, book))), { field, gateCode: 'unbounded_field' }, what)
   }
   for (const type of ['web_search', 'web_search_preview', 'web_search_2025_08_26', 'file_search', 'code_interpreter', 'image_generation', 'computer_use_preview', 'computer', 'mcp', 'local_shell', 'shell', 'custom', 'apply_patch', 'namespace', 'tool_search']) {
-    t.match(thrownBy(() => responsesApi.estimate({ ...base, tools: [tool, { type }], max_tool_calls: 1 }, book)), { field: 'tools.1.type', gateCode: 'unbounded_field', message: /results are input of later steps/ }, `${type} tools`)
+    t.match(await thrownBy(async () => (await responsesApi.estimate({ ...base, tools: [tool, { type }], max_tool_calls: 1 }, book))), { field: 'tools.1.type', gateCode: 'unbounded_field', message: /results are input of later steps/ }, `${type} tools`)
   }
-  t.match((thrownBy(() => responsesApi.estimate({ ...base, previous_response_id: 'r' }, book)) as Error).message, /cannot see/)
+  t.match((await thrownBy(async () => (await responsesApi.estimate({ ...base, previous_response_id: 'r' }, book))) as Error).message, /cannot see/)
   // Absent, null and false are the same as not asking.
   for (const body of [{ ...base, previous_response_id: null }, { ...base, conversation: null }, { ...base, prompt: null }, { ...base, background: false }, { ...base, service_tier: 'auto' }, { ...base, service_tier: 'default' }, { ...base, service_tier: null }]) {
-    t.doesNotThrow(() => responsesApi.estimate(body, book), JSON.stringify(body))
+    await t.resolves(async () => (await responsesApi.estimate(body, book)), JSON.stringify(body))
   }
 })
 
@@ -268,12 +268,12 @@ t.test('malformed fields are 400s that name the field; an unpriced model is mode
     [{ ...base, input: [{ role: 'user', content: JSON.parse('['.repeat(100) + ']'.repeat(100)) as unknown }] }, 'body']
   ]
   for (const [body, field] of invalid) {
-    const thrown = thrownBy(() => responsesApi.estimate(body, book))
+    const thrown = await thrownBy(async () => (await responsesApi.estimate(body, book)))
     t.ok(thrown instanceof InvalidFieldError && !('gateCode' in thrown) && thrown.field === field, `${field}: ${JSON.stringify(body)?.slice(0, 80)}`)
   }
-  t.throws(() => responsesApi.estimate({ model: 'gpt-9', input: 'hi' }, book), { gateCode: 'model_not_priced', message: /gpt-9/ })
+  await t.rejects(async () => (await responsesApi.estimate({ model: 'gpt-9', input: 'hi' }, book)), { gateCode: 'model_not_priced', message: /gpt-9/ })
   // The model the gate chose (auto-downgrade) is the one priced.
-  t.equal(responsesApi.estimate({ model: 'gpt-9', input: 'hi' }, book, 'gpt-4o-mini').model, 'gpt-4o-mini')
+  t.equal((await responsesApi.estimate({ model: 'gpt-9', input: 'hi' }, book, 'gpt-4o-mini')).model, 'gpt-4o-mini')
 })
 
 const responseBody = (usage: unknown, model: unknown = 'gpt-4o-mini-2024-07-18'): Body => ({
@@ -345,9 +345,9 @@ t.test('errors in OpenAI error shape', async (t) => {
   t.equal(responsesApi.name, 'responses')
 })
 
-function thrownBy (run: () => unknown): unknown {
+async function thrownBy (run: () => Promise<unknown>): Promise<unknown> {
   try {
-    run()
+    await run()
   } catch (error) {
     return error
   }
@@ -356,9 +356,9 @@ function thrownBy (run: () => unknown): unknown {
 
 const fieldErrors = (error: unknown): boolean => error instanceof InvalidFieldError || error instanceof UnboundedFieldError || error instanceof ModelNotPricedError
 
-function estimateOrFieldError (body: unknown, model?: string): void {
+async function estimateOrFieldError (body: unknown, model?: string): Promise<void> {
   try {
-    const estimate = responsesApi.estimate(body, book, model)
+    const estimate = (await responsesApi.estimate(body, book, model))
     if (!(estimate.tokens! >= 0) || compareMoney(estimate.amount, '0') < 0) throw new Error(`a bad estimate: ${JSON.stringify(estimate)}`)
   } catch (error) {
     if (!fieldErrors(error)) throw error
@@ -366,30 +366,30 @@ function estimateOrFieldError (body: unknown, model?: string): void {
 }
 
 t.test('any JSON value as the body, or in any field of a valid one, is an estimate or a field error', async (t) => {
-  fc.assert(fc.property(fc.anything(), (body) => { estimateOrFieldError(body) }), { numRuns: 2000 })
+  await fc.assert(fc.asyncProperty(fc.anything(), async (body) => { await estimateOrFieldError(body) }), { numRuns: 2000 })
   const fields = Object.keys(realisticBody())
-  fc.assert(fc.property(fc.constantFrom(...fields, 'previous_response_id', 'prompt', 'conversation', 'background', 'other'), fc.anything(), fc.constantFrom('gpt-4o-mini', 'my-local-model', 'gpt-4.1-nano'), (field, value, model) => {
-    estimateOrFieldError({ ...realisticBody(model), [field]: value })
+  await fc.assert(fc.asyncProperty(fc.constantFrom(...fields, 'previous_response_id', 'prompt', 'conversation', 'background', 'other'), fc.anything(), fc.constantFrom('gpt-4o-mini', 'my-local-model', 'gpt-4.1-nano'), async (field, value, model) => {
+    await estimateOrFieldError({ ...realisticBody(model), [field]: value })
   }), { numRuns: 2000 })
   // Inside the input items and their parts.
-  fc.assert(fc.property(fc.nat(7), fc.string({ maxLength: 20 }), fc.anything(), (index, key, value) => {
+  await fc.assert(fc.asyncProperty(fc.nat(7), fc.string({ maxLength: 20 }), fc.anything(), async (index, key, value) => {
     const body = realisticBody()
     const item = (body.input as Body[])[index]!
     item[['type', 'role', 'content', 'call_id', 'name', 'arguments', 'output', 'summary', 'encrypted_content'][key.length % 9]!] = value
-    estimateOrFieldError(body)
+    await estimateOrFieldError(body)
     item[key] = value
-    estimateOrFieldError(body)
+    await estimateOrFieldError(body)
   }), { numRuns: 2000 })
   t.pass('6,000 bodies: each an estimate or a field error')
 })
 
 t.test('the bound holds for random text: never below the tokenizer count of the text alone', async (t) => {
-  fc.assert(fc.property(fc.array(fc.string({ unit: 'grapheme', maxLength: 200 }), { minLength: 1, maxLength: 6 }), (parts) => {
+  await fc.assert(fc.asyncProperty(fc.array(fc.string({ unit: 'grapheme', maxLength: 200 }), { minLength: 1, maxLength: 6 }), async (parts) => {
     const body = { model: 'gpt-4o-mini', input: parts.map((text, index) => index % 2 === 0 ? { role: 'user', content: text } : { type: 'function_call_output', call_id: 'c', output: text }) }
-    const { inputTokens } = worstCaseTokens(body, mini)
+    const { inputTokens } = (await worstCaseTokens(body, mini))
     const floor = parts.reduce((sum, text) => sum + tokens(text) + 3, 0)
     if (inputTokens < floor) throw new Error(`${inputTokens} < ${floor}`)
-    const local = worstCaseTokens({ ...body, model: 'my-local-model' }, custom).inputTokens
+    const local = (await worstCaseTokens({ ...body, model: 'my-local-model' }, custom)).inputTokens
     const byteFloor = parts.reduce((sum, text) => sum + bytes(text), 0)
     if (local < byteFloor) throw new Error(`${local} < ${byteFloor} bytes`)
   }), { numRuns: 500 })

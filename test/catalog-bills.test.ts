@@ -16,8 +16,8 @@ t.test('OpenAI models whose prompt-cache writes bill 1.25x the input rate: the e
   for (const model of ['gpt-5.6-luna', 'gpt-5.6-sol', 'gpt-5.6-terra', 'gpt-6-astra', 'gpt-6-luna', 'gpt-6-sol']) {
     const body = { model, messages: [{ role: 'user', content: prose }], max_tokens: 1 }
     let estimate: string
-    try { estimate = estimateChatCost(body, catalog).amount } catch (error) { t.pass(`${model} refused: ${(error as Error).message}`); continue }
-    const inputTokens = (estimateChatCost(body, catalog).tokens ?? 0) - 1
+    try { estimate = (await estimateChatCost(body, catalog)).amount } catch (error) { t.pass(`${model} refused: ${(error as Error).message}`); continue }
+    const inputTokens = ((await estimateChatCost(body, catalog)).tokens ?? 0) - 1
     // What the provider bills when the prompt is written to its cache, by the catalog's own arithmetic.
     const billed = calcPrice({ input_tokens: inputTokens, cache_write_tokens: inputTokens, output_tokens: 1 }, model)!.total_price
     // The library's total is a float: compared at the money scale (10 decimals), where its noise ends.

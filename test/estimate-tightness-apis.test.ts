@@ -13,7 +13,7 @@ const corpus = chatCorpus()
 const under = (rows: ApiRow[]) => rows.filter((row) => row.estimate < row.actual).map((row) => ({ body: JSON.stringify(row.body).slice(0, 200), estimate: row.estimate, actual: row.actual }))
 
 t.test('Responses: the corpus as instructions and input items, never estimated under the chat oracle\'s count', async (t) => {
-  const rows = responsesRows(corpus)
+  const rows = await responsesRows(corpus)
   t.equal(rows.length, corpus.length, `${rows.length} requests`)
   // The corpus carries every kind of input the brief names, or the figure would say nothing of them.
   const kinds = (row: ApiRow) => new Set([
@@ -31,7 +31,7 @@ t.test('Responses: the corpus as instructions and input items, never estimated u
 })
 
 t.test('embeddings: the corpus\'s texts, never estimated under their cl100k_base tokens', async (t) => {
-  const rows = embeddingsRows(corpus)
+  const rows = await embeddingsRows(corpus)
   t.equal(rows.length, corpus.length, `${rows.length} requests`)
   t.ok(rows.filter((row) => Array.isArray(row.body.input)).length >= 500, 'lists of strings as well as single strings')
   t.same(under(rows), [], 'no request is estimated under its actual input tokens')
@@ -39,11 +39,11 @@ t.test('embeddings: the corpus\'s texts, never estimated under their cl100k_base
   t.ok(ratios.min >= 1, `minimum estimated/actual ${ratios.min.toFixed(3)} >= 1 (median ${ratios.median.toFixed(3)}, p90 ${ratios.p90.toFixed(3)})`)
   // The actual is the tokenizer's own count, not the estimate's counter under another name.
   const sample = { model: 'text-embedding-3-small', input: ['Hello, world!', '预算网关限制每个团队本月模型调用的支出。'] }
-  t.ok(worstCaseEmbeddingTokens(sample) >= cl100k(sample.input[0]!).length + cl100k(sample.input[1]!).length, 'a hand-checked request too')
+  t.ok((await worstCaseEmbeddingTokens(sample)) >= cl100k(sample.input[0]!).length + cl100k(sample.input[1]!).length, 'a hand-checked request too')
 })
 
 t.test('Messages: every conversation accepted, and at least OpenAI\'s count of it (necessary, not sufficient: Claude\'s tokenizer is not available offline)', async (t) => {
-  const rows = messagesRows(corpus)
+  const rows = await messagesRows(corpus)
   t.equal(rows.length, corpus.length, `${rows.length} requests`)
   t.same(under(rows), [], 'no request is estimated under the o200k_base count of its conversation')
   t.comment(`median ${apiTightness(rows).median.toFixed(3)} against the proxy: the byte bound's looseness, overstated by how many fewer tokens o200k_base makes than Claude's tokenizer`)

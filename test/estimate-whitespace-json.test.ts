@@ -26,7 +26,7 @@ const body = (lead: string) => ({
 t.test('tool results with leading whitespace: the estimate is at least the oracle', async (t) => {
   for (const lead of ['', ' ', '\n', '\t', '\r\n']) {
     const b = body(lead)
-    const estimate = worstCaseTokens(b, price, b.model).inputTokens
+    const estimate = (await worstCaseTokens(b, price, b.model)).inputTokens
     const oracle = openAIPromptTokens(b, price.maxImageTokens!)!
     t.ok(estimate >= oracle, `lead ${JSON.stringify(lead)}: estimate ${estimate} >= oracle ${oracle}`)
   }
@@ -36,7 +36,7 @@ t.test('through a real gateway: a hard budget sized to the estimate is overspent
   const upstream = await startUpstream(t, { mode: 'json-worst-case' })
   const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
   const b = body('\n')
-  const { amount } = estimateChatCost(b, createPriceBook(DEFAULT_PRICES))
+  const { amount } = (await estimateChatCost(b, createPriceBook(DEFAULT_PRICES)))
   const budget = await gateway.createBudget({ amount })
   const response = await gateway.call({ team: 'team-a' }, b)
   t.equal(response.statusCode, 200)
@@ -49,7 +49,7 @@ t.test('tool call arguments with a leading space: the estimate is at least the o
   const args = JSON.stringify(Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`key_${i}`, -i])))
   for (const lead of ['', ' ', '\n']) {
     const b = { model: 'gpt-4o-mini', max_tokens: 1, messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'f', arguments: lead + args } }] }] }
-    const estimate = worstCaseTokens(b, price, b.model).inputTokens
+    const estimate = (await worstCaseTokens(b, price, b.model)).inputTokens
     const oracle = openAIPromptTokens(b, price.maxImageTokens!)!
     t.ok(estimate >= oracle, `lead ${JSON.stringify(lead)}: estimate ${estimate} >= oracle ${oracle}`)
   }

@@ -13,7 +13,7 @@ import { ANTHROPIC_VERSION, messages, planMessage, type MessagesRequest } from '
 import { mockWords, PromptCache } from '../examples/apis/common.js'
 import { planResponse, responses, type ResponsesRequest } from '../examples/apis/responses.js'
 import { countTokens as cl100kTokens } from 'gpt-tokenizer/encoding/cl100k_base'
-import { tokenCounter } from '../lib/services/tokens.js'
+import { providerTokens } from '../lib/services/tokens.js'
 
 interface TestContext {
   teardown: (fn: () => unknown) => void
@@ -36,7 +36,7 @@ async function serve (t: TestContext, upstreams: Upstreams = {}, setup?: (app: F
 const openai = (address: string) => new OpenAI({ baseURL: `${address}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 8000 })
 const anthropic = (address: string) => new Anthropic({ baseURL: address, apiKey: 'unused', maxRetries: 0, timeout: 8000 })
 
-const count = (text: string) => tokenCounter('gpt-4o-mini')!(text)
+const count = (text: string) => providerTokens('gpt-4o-mini', text)!
 /** 'Hello there' sent as the input string: a user message, as OpenAI counts it. */
 const HELLO_TOKENS = 3 + 3 + count('user') + count('Hello there')
 /** The text of a response's message items, as the client's output_text joins it. */

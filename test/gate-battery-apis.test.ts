@@ -116,8 +116,8 @@ function bodyFor (api: ApiName, project: string, mode: ApiUpstreamMode, random: 
   }
 }
 
-function estimateOf (api: ApiName, body: Record<string, unknown>): bigint {
-  const estimate = api === 'embeddings' ? estimateEmbeddingCost(body, PRICES) : api === 'responses' ? estimateResponsesCost(body, PRICES) : estimateMessagesCost(body, PRICES)
+async function estimateOf (api: ApiName, body: Record<string, unknown>): Promise<bigint> {
+  const estimate = api === 'embeddings' ? (await estimateEmbeddingCost(body, PRICES)) : api === 'responses' ? (await estimateResponsesCost(body, PRICES)) : (await estimateMessagesCost(body, PRICES))
   return toUnits(estimate.amount)
 }
 
@@ -165,7 +165,7 @@ for (const api of ['responses', 'messages', 'embeddings'] as const) {
     t.teardown(() => { gateway.app.server.closeAllConnections() })
 
     // Hard budgets a fraction of what the calls could cost at worst: the worst-case calls exhaust them.
-    const estimates = plans.map((plan) => estimateOf(api, plan.body))
+    const estimates = await Promise.all(plans.map(async (plan) => await estimateOf(api, plan.body)))
     const total = estimates.reduce((sum, estimate) => sum + estimate, 0n)
     const platformTotal = plans.reduce((sum, plan, index) => plan.team === 'platform' ? sum + estimates[index]! : sum, 0n)
     const org = await gateway.createBudget({ name: 'acme', scopeType: 'organization', scopeId: 'acme', amount: fromUnits(total * 30n / 100n), enforcement: 'hard' })

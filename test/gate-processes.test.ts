@@ -11,7 +11,7 @@ import { worstCaseTokens } from '../lib/services/estimate.js'
 
 const ADMIN_TOKEN = 'processes-admin-token-0123456789'
 const chat = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Summarise the quarterly report' }], max_tokens: 200 }
-const estimate = (() => { const { inputTokens, outputTokens } = worstCaseTokens(chat, DEFAULT_PRICES['gpt-4o-mini']!); return costOf(DEFAULT_PRICES['gpt-4o-mini']!, inputTokens, outputTokens) })()
+const estimate = await (async () => { const { inputTokens, outputTokens } = await worstCaseTokens(chat, DEFAULT_PRICES['gpt-4o-mini']!); return costOf(DEFAULT_PRICES['gpt-4o-mini']!, inputTokens, outputTokens) })()
 
 async function gateways (t: Parameters<typeof createTestDatabase>[0], count: number, env: NodeJS.ProcessEnv = {}) {
   const url = await createTestDatabase(t)

@@ -20,9 +20,9 @@ const answer = (usage: Record<string, unknown>, model = 'claude-opus-4-6') =>
   JSON.stringify({ id: 'msg_1', type: 'message', role: 'assistant', model, content: [{ type: 'text', text: 'Hello' }], stop_reason: 'max_tokens', usage: { input_tokens: 20, output_tokens: 1000, cache_creation_input_tokens: 0, cache_read_input_tokens: 0, service_tier: 'standard', ...usage } })
 const settle = (payload: string, model = 'claude-opus-4-6') => toUnits(costFromUsage(messagesApi.usageFromBody(payload, model)!, book)!)
 /** Whether `run` throws that kind of field error (tap's throws compares shapes, not classes). */
-const throwsKind = (run: () => unknown, kind: typeof InvalidFieldError): boolean => {
+const throwsKind = async (run: () => Promise<unknown>, kind: typeof InvalidFieldError): Promise<boolean> => {
   try {
-    run()
+    await run()
     return false
   } catch (error) {
     return error instanceof kind
@@ -34,7 +34,7 @@ t.test('a Messages call on Claude Opus 4.6 without inference_geo, run US-only by
   // default_inference_geo is used." The response's usage.inference_geo says where inference ran;
   // US-only inference bills 1.1x on Claude Opus 4.6 and later.
   const body = ask()
-  const estimate = messagesApi.estimate(body, book)
+  const estimate = (await messagesApi.estimate(body, book))
   const usage = messagesApi.usageFromBody(answer({ inference_geo: 'us' }), 'claude-opus-4-6')
   const charged = usage === null ? toUnits(estimate.amount) : toUnits(costFromUsage(usage, book)!)
   // claude-opus-4-6 lists $5 / $25; US-only: 1.1x each.
@@ -46,22 +46,22 @@ t.test('a Messages call on Claude Opus 4.6 without inference_geo, run US-only by
 
 t.test('inference_geo on a model that bills US-only inference: "global" at list price, "us" and none at 11/10 of it, exact and rounded up', async (t) => {
   const price = book.resolve('claude-opus-4-6')!.price
-  const listed = messagesApi.estimate(ask({ inference_geo: 'global' }), book)
+  const listed = (await messagesApi.estimate(ask({ inference_geo: 'global' }), book))
   const tokens = { inputTokens: listed.tokens! - 1000, outputTokens: 1000 }
   t.equal(listed.amount, costOfTokens(price, tokens), '"global": the list price')
   const surcharged = costOfTokens(price, { ...tokens, priceMultiplier: { numerator: 11, denominator: 10 } })
   t.equal(toUnits(surcharged), (toUnits(listed.amount) * 11n + 9n) / 10n, '11/10 of the list price')
-  t.equal(messagesApi.estimate(ask({ inference_geo: 'us' }), book).amount, surcharged, '"us"')
-  t.equal(messagesApi.estimate(ask(), book).amount, surcharged, 'none: the workspace default may be US-only')
-  t.equal(messagesApi.estimate(ask({ inference_geo: null }), book).amount, surcharged, 'null is none')
-  t.equal(messagesApi.estimate(ask({ inference_geo: 'us' }), book).atOutputLimit!(1000).amount, surcharged, 'clamp\'s estimates keep it')
+  t.equal((await messagesApi.estimate(ask({ inference_geo: 'us' }), book)).amount, surcharged, '"us"')
+  t.equal((await messagesApi.estimate(ask(), book)).amount, surcharged, 'none: the workspace default may be US-only')
+  t.equal((await messagesApi.estimate(ask({ inference_geo: null }), book)).amount, surcharged, 'null is none')
+  t.equal((await messagesApi.estimate(ask({ inference_geo: 'us' }), book)).atOutputLimit!(1000).amount, surcharged, 'clamp\'s estimates keep it')
   // Rounded up once, from the exact product: 1 input token at $5.5 per 1M is 0.0000055 USD.
   t.equal(costOfTokens({ input: '5', output: '25', maxOutputTokens: 10 }, { inputTokens: 1, outputTokens: 0, priceMultiplier: { numerator: 11, denominator: 10 } }), '0.0000055')
   t.equal(costOfTokens({ input: '0.0000001', output: '25', maxOutputTokens: 10 }, { inputTokens: 1, outputTokens: 0, priceMultiplier: { numerator: 11, denominator: 10 } }), '0.0000000001', 'a fraction of a unit is a unit')
 
-  t.ok(throwsKind(() => messagesApi.estimate(ask({ inference_geo: 'eu' }), book), UnboundedFieldError), 'a geography without a known price')
-  t.ok(throwsKind(() => messagesApi.estimate(ask({ inference_geo: 1 }), book), InvalidFieldError), 'a number')
-  t.ok(throwsKind(() => messagesApi.estimate(ask({ inference_geo: { toString: false } }), book), InvalidFieldError), 'an object')
+  t.ok(await throwsKind(async () => (await messagesApi.estimate(ask({ inference_geo: 'eu' }), book)), UnboundedFieldError), 'a geography without a known price')
+  t.ok(await throwsKind(async () => (await messagesApi.estimate(ask({ inference_geo: 1 }), book)), InvalidFieldError), 'a number')
+  t.ok(await throwsKind(async () => (await messagesApi.estimate(ask({ inference_geo: { toString: false } }), book)), InvalidFieldError), 'an object')
 })
 
 t.test('the settlement reads where inference ran: "global" at list price; "us", none or anything else at 11/10', async (t) => {
@@ -101,15 +101,15 @@ t.test('the models that bill US-only inference: Claude Opus 4.6, every Claude mo
     t.notOk(billsUsOnlyInference(model), model)
   }
   // Older models: Anthropic refuses inference_geo (a 400) and bills list price wherever they ran.
-  t.ok(throwsKind(() => messagesApi.estimate(ask({ model: 'claude-sonnet-4-5', inference_geo: 'us' }), book), InvalidFieldError), 'inference_geo refused on Sonnet 4.5')
-  t.ok(throwsKind(() => messagesApi.estimate(ask({ model: 'claude-sonnet-4-5', inference_geo: 'global' }), book), InvalidFieldError), '"global" too')
-  t.ok(throwsKind(() => messagesApi.estimate(ask({ model: 'gpt-4o', inference_geo: 'us' }), book), InvalidFieldError), 'and on a model that is no Claude')
-  const old = messagesApi.estimate(ask({ model: 'claude-sonnet-4-5' }), book)
+  t.ok(await throwsKind(async () => (await messagesApi.estimate(ask({ model: 'claude-sonnet-4-5', inference_geo: 'us' }), book)), InvalidFieldError), 'inference_geo refused on Sonnet 4.5')
+  t.ok(await throwsKind(async () => (await messagesApi.estimate(ask({ model: 'claude-sonnet-4-5', inference_geo: 'global' }), book)), InvalidFieldError), '"global" too')
+  t.ok(await throwsKind(async () => (await messagesApi.estimate(ask({ model: 'gpt-4o', inference_geo: 'us' }), book)), InvalidFieldError), 'and on a model that is no Claude')
+  const old = (await messagesApi.estimate(ask({ model: 'claude-sonnet-4-5' }), book))
   t.equal(old.amount, costOfTokens(book.resolve('claude-sonnet-4-5')!.price, { inputTokens: old.tokens! - 1000, outputTokens: 1000 }), 'no surcharge reserved')
   t.equal(settle(answer({ inference_geo: 'us' }, 'claude-sonnet-4-5'), 'claude-sonnet-4-5'), billUnits('3', 20) + billUnits('15', 1000), 'nor charged')
   // An operator's own entry for a newer model, called by a name of its own, is surcharged by its alias.
   const own = createPriceBook({ opus: { input: '5', output: '25', maxOutputTokens: 128_000, aliases: ['claude-opus-4-7'] } })
-  const aliased = messagesApi.estimate(ask({ model: 'opus' }), own)
+  const aliased = (await messagesApi.estimate(ask({ model: 'opus' }), own))
   t.equal(aliased.amount, costOfTokens(own.resolve('opus')!.price, { inputTokens: aliased.tokens! - 1000, outputTokens: 1000, priceMultiplier: { numerator: 11, denominator: 10 } }))
 })
 
@@ -123,7 +123,7 @@ t.test('Claude Sonnet 4 past 200K input tokens (the 1M context beta, anthropic-b
   t.same(price.tiers, book.resolve('claude-sonnet-4-5')!.price.tiers, 'the same as Sonnet 4.5\'s, which the catalog gives')
   const text = 'x '.repeat(150_000) // 300,000 bytes
   const body = { model: 'claude-sonnet-4-20250514', max_tokens: 64_000, messages: [{ role: 'user', content: text }] }
-  const estimate = messagesApi.estimate(body, book)
+  const estimate = (await messagesApi.estimate(body, book))
   // A bill within the estimate's own premise (no more input tokens than bytes): 250,000 input tokens.
   const usage = { model: 'claude-sonnet-4-20250514', inputTokens: 250_000, outputTokens: 64_000 }
   const longContextBill = billUnits('6', 250_000) + billUnits('22.5', 64_000)

@@ -14,7 +14,7 @@ import { toUnits } from '../lib/money.js'
 
 const prices = createPriceBook(DEFAULT_PRICES)
 const body = (extra: Record<string, unknown> = {}) => ({ model: 'gpt-4o', messages: [{ role: 'user', content: 'Write a long story' }], max_tokens: 4000, ...extra })
-const cost = (extra: Record<string, unknown>) => toUnits(estimateChatCost(body(extra), prices).amount)
+const cost = async (extra: Record<string, unknown>): Promise<bigint> => toUnits((await estimateChatCost(body(extra), prices)).amount)
 
 t.test('a clamp budget answers with the most max_tokens it can afford, forwards it, says so and records it', async (t) => {
   const upstream = await startUpstream(t, { mode: 'json-worst-case' })
@@ -28,8 +28,8 @@ t.test('a clamp budget answers with the most max_tokens it can afford, forwards 
   t.ok(clamped >= 16 && clamped < 4000, `clamped to ${clamped}`)
   t.equal(upstream.calls[0]!.body.max_tokens, clamped, 'the upstream was asked for the clamped max_tokens')
   const room = toUnits('0.001')
-  t.ok(cost({ max_tokens: clamped }) <= room, 'its worst case fits')
-  t.ok(cost({ max_tokens: clamped + 1 }) > room, 'one token more would not: the largest that fits')
+  t.ok((await cost({ max_tokens: clamped })) <= room, 'its worst case fits')
+  t.ok((await cost({ max_tokens: clamped + 1 })) > room, 'one token more would not: the largest that fits')
   await gateway.settled()
   const status = await gateway.status(budget.id)
   t.ok(toUnits(status.currentAmount) <= toUnits('0.01'), `billed the worst case, still within the limit (${status.currentAmount})`)
@@ -84,7 +84,7 @@ t.test('every budget without room must clamp; budgets with room constrain the cl
   const response = await gateway.call({ team: 'team-a', organization: 'acme' }, body())
   t.equal(response.statusCode, 200)
   const clamped = Number(response.headers['x-budget-clamped-max-tokens'])
-  t.ok(cost({ max_tokens: clamped }) <= toUnits('0.0008') && cost({ max_tokens: clamped + 1 }) > toUnits('0.0008'), 'clamped to the tighter budget, the organization')
+  t.ok((await cost({ max_tokens: clamped })) <= toUnits('0.0008') && (await cost({ max_tokens: clamped + 1 })) > toUnits('0.0008'), 'clamped to the tighter budget, the organization')
   t.ok(team.id !== organization.id)
   await gateway.settled()
   await checkInvariants(t, gateway.sql)
@@ -132,7 +132,7 @@ t.test('at the boundary under concurrency: clamped calls race for the last room,
 t.test('clamp counts the prompt once: the search prices other output limits from the first estimate', async (t) => {
   const upstream = await startUpstream(t, { mode: 'json-worst-case' })
   let estimates = 0
-  const estimateCost = (request: FastifyRequest, book: PriceBook, model?: string) => { estimates++; return estimateChatCost(request.body, book, model) }
+  const estimateCost = async (request: FastifyRequest, book: PriceBook, model?: string) => { estimates++; return await estimateChatCost(request.body, book, model) }
   const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0, estimateCost } })
   const budget = await gateway.createBudget({ amount: '0.05', nearLimit: 'clamp' })
   await spendTo(gateway.app, budget.id, '0.04')
@@ -142,12 +142,12 @@ t.test('clamp counts the prompt once: the search prices other output limits from
   const clamped = Number(response.headers['x-budget-clamped-max-tokens'])
   t.equal(estimates, 1, 'one estimate (the prompt counted once), however many limits the search tried')
   const room = toUnits('0.01')
-  const at = (tokens: number) => toUnits(estimateChatCost({ ...long, max_tokens: tokens }, prices).amount)
-  t.ok(at(clamped) <= room && at(clamped + 1) > room, `still the largest max_tokens that fits: ${clamped}`)
+  const at = async (tokens: number): Promise<bigint> => toUnits((await estimateChatCost({ ...long, max_tokens: tokens }, prices)).amount)
+  t.ok((await at(clamped)) <= room && (await at(clamped + 1)) > room, `still the largest max_tokens that fits: ${clamped}`)
 
   // A custom estimate that cannot price other limits by itself: clamp asks it again, and still finds the largest.
   let plain = 0
-  const withoutArithmetic = (request: FastifyRequest, book: PriceBook, model?: string) => { plain++; const { model: chosen, amount, tokens } = estimateChatCost(request.body, book, model); return { model: chosen, amount, tokens } }
+  const withoutArithmetic = async (request: FastifyRequest, book: PriceBook, model?: string) => { plain++; const { model: chosen, amount, tokens } = (await estimateChatCost(request.body, book, model)); return { model: chosen, amount, tokens } }
   const other = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0, estimateCost: withoutArithmetic } })
   const second = await other.createBudget({ amount: '0.05', nearLimit: 'clamp' })
   await spendTo(other.app, second.id, '0.04')

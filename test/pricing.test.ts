@@ -41,33 +41,33 @@ t.test('the actual cost of a dated snapshot is its base model\'s; an unknown mod
 const chat = (extra: Record<string, unknown> = {}) => ({ model: 'gpt-4o', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 1000, ...extra })
 
 t.test('the worst case covers every choice, both output limits, and the model\'s maximum when none is given', async (t) => {
-  const one = worstCaseTokens(chat(), mini)
+  const one = (await worstCaseTokens(chat(), mini))
   t.equal(one.outputTokens, 1000)
-  t.equal(worstCaseTokens(chat({ n: 8 }), mini).outputTokens, 8000, 'n: 8 is eight answers')
-  t.equal(worstCaseTokens(chat({ n: 8 }), mini).inputTokens, one.inputTokens, 'and one prompt')
-  t.equal(worstCaseTokens(chat({ max_tokens: undefined, max_completion_tokens: 300 }), mini).outputTokens, 300)
-  t.equal(worstCaseTokens(chat({ max_tokens: 200, max_completion_tokens: 700 }), mini).outputTokens, 700, 'both given: the larger')
-  t.equal(worstCaseTokens(chat({ max_tokens: 10_000_000 }), mini).outputTokens, mini.maxOutputTokens, 'capped at what the model gives')
-  t.equal(worstCaseTokens(chat({ max_tokens: undefined }), mini).outputTokens, mini.maxOutputTokens)
-  t.equal(worstCaseTokens(chat({ n: null }), mini).outputTokens, 1000)
+  t.equal((await worstCaseTokens(chat({ n: 8 }), mini)).outputTokens, 8000, 'n: 8 is eight answers')
+  t.equal((await worstCaseTokens(chat({ n: 8 }), mini)).inputTokens, one.inputTokens, 'and one prompt')
+  t.equal((await worstCaseTokens(chat({ max_tokens: undefined, max_completion_tokens: 300 }), mini)).outputTokens, 300)
+  t.equal((await worstCaseTokens(chat({ max_tokens: 200, max_completion_tokens: 700 }), mini)).outputTokens, 700, 'both given: the larger')
+  t.equal((await worstCaseTokens(chat({ max_tokens: 10_000_000 }), mini)).outputTokens, mini.maxOutputTokens, 'capped at what the model gives')
+  t.equal((await worstCaseTokens(chat({ max_tokens: undefined }), mini)).outputTokens, mini.maxOutputTokens)
+  t.equal((await worstCaseTokens(chat({ n: null }), mini)).outputTokens, 1000)
 })
 
 t.test('tools, functions and response_format schemas are prompt tokens; images cost their worst case, not their URL', async (t) => {
   // A model without a known tokenizer counts bytes; an OpenAI model its tokens (test/estimate-tightness.test.ts).
-  const bytes = (extra: Record<string, unknown> = {}) => worstCaseTokens(chat(extra), mini, 'claude-sonnet-4').inputTokens
-  const base = bytes()
+  const bytes = async (extra: Record<string, unknown> = {}): Promise<number> => (await worstCaseTokens(chat(extra), mini, 'claude-sonnet-4')).inputTokens
+  const base = (await bytes())
   const tools = [{ type: 'function', function: { name: 'lookup', description: 'Finds a customer', parameters: { type: 'object', properties: { id: { type: 'string' } } } } }]
   const schema = { type: 'json_schema', json_schema: { name: 'answer', schema: { type: 'object', properties: { text: { type: 'string' } } } } }
   // With tools, a Claude model also bills Anthropic's tool-use system prompt (injected-tokens.ts; at most 530).
-  t.equal(bytes({ tools }), base + Buffer.byteLength(JSON.stringify(tools)) + 530)
-  t.equal(bytes({ functions: tools }), base + Buffer.byteLength(JSON.stringify(tools)) + 530)
-  t.equal(bytes({ response_format: schema }), base + Buffer.byteLength(JSON.stringify(schema)))
-  const tokens = worstCaseTokens(chat(), mini).inputTokens
+  t.equal((await bytes({ tools })), base + Buffer.byteLength(JSON.stringify(tools)) + 530)
+  t.equal((await bytes({ functions: tools })), base + Buffer.byteLength(JSON.stringify(tools)) + 530)
+  t.equal((await bytes({ response_format: schema })), base + Buffer.byteLength(JSON.stringify(schema)))
+  const tokens = (await worstCaseTokens(chat(), mini)).inputTokens
   for (const extra of [{ tools }, { functions: tools }, { response_format: schema }]) {
-    t.ok(worstCaseTokens(chat(extra), mini).inputTokens > tokens + 20, `${Object.keys(extra)[0]} counted in tokens too`)
+    t.ok((await worstCaseTokens(chat(extra), mini)).inputTokens > tokens + 20, `${Object.keys(extra)[0]} counted in tokens too`)
   }
   const image = { type: 'image_url', image_url: { url: `data:image/png;base64,${'A'.repeat(100_000)}`, detail: 'high' } }
-  const withImages = worstCaseTokens(chat({ messages: [{ role: 'user', content: [{ type: 'text', text: 'Hello' }, image, image] }] }), mini).inputTokens
+  const withImages = (await worstCaseTokens(chat({ messages: [{ role: 'user', content: [{ type: 'text', text: 'Hello' }, image, image] }] }), mini)).inputTokens
   t.ok(withImages >= 2 * mini.maxImageTokens!, 'two images at the model\'s worst case each')
   t.ok(withImages < 2 * mini.maxImageTokens! + 200, 'and not the 100 KB of each URL')
 })
@@ -100,34 +100,34 @@ t.test('what the estimate cannot bound is refused, naming the field', async (t) 
     ['cache_control at the top', chat({ cache_control: { type: 'ephemeral' } }), mini, 'cache_control']
   ]
   for (const [name, body, price, field] of cases) {
-    t.throws(() => worstCaseTokens(body, price), { code: 'BUDGET_ERR_VALIDATION', field }, name)
+    await t.rejects(async () => (await worstCaseTokens(body, price)), { code: 'BUDGET_ERR_VALIDATION', field }, name)
   }
   for (const body of [chat({ tools: [{ googleSearch: {} }] }), chat({ cache_control: { type: 'ephemeral' } })]) {
-    t.match((() => { try { worstCaseTokens(body, mini) } catch (error) { return error } })(), { gateCode: 'unbounded_field' }, 'a server tool and a cache mark are unbounded_field')
+    t.match(await (async () => { try { await worstCaseTokens(body, mini) } catch (error) { return error } })(), { gateCode: 'unbounded_field' }, 'a server tool and a cache mark are unbounded_field')
   }
-  t.doesNotThrow(() => worstCaseTokens(chat({ functions: [{ name: 'f', parameters: { type: 'object', properties: {} } }] }), mini), 'legacy functions are still accepted')
-  const unpriced = (() => { try { estimateChatCost(chat({ model: '__proto__' }), book) } catch (error) { return error } })()
+  await t.resolves(async () => (await worstCaseTokens(chat({ functions: [{ name: 'f', parameters: { type: 'object', properties: {} } }] }), mini)), 'legacy functions are still accepted')
+  const unpriced = await (async () => { try { (await estimateChatCost(chat({ model: '__proto__' }), book)) } catch (error) { return error } })()
   t.match(unpriced, { gateCode: 'model_not_priced', field: 'model' }, '__proto__ is a model without a price')
-  t.throws(() => estimateChatCost(chat({ model: 'constructor' }), book), { code: 'BUDGET_ERR_VALIDATION', field: 'model' }, 'constructor has no price either')
-  t.throws(() => estimateChatCost('not an object', book), { code: 'BUDGET_ERR_VALIDATION', field: 'body' }, 'a body that is not an object')
+  await t.rejects(async () => (await estimateChatCost(chat({ model: 'constructor' }), book)), { code: 'BUDGET_ERR_VALIDATION', field: 'model' }, 'constructor has no price either')
+  await t.rejects(async () => (await estimateChatCost('not an object', book)), { code: 'BUDGET_ERR_VALIDATION', field: 'body' }, 'a body that is not an object')
 })
 
 t.test('the n: 8 call that overspent a budget of 0.02 is estimated at eight answers', async (t) => {
   // gpt-4o: 10 per 1M output tokens. The old estimate counted one answer, 0.01 plus the prompt.
-  const { amount } = estimateChatCost(chat({ n: 8 }), book)
+  const { amount } = (await estimateChatCost(chat({ n: 8 }), book))
   t.equal(compareMoney(amount, '0.08'), 1, `estimate ${amount} covers the 0.08 that eight answers of 1000 tokens cost, and the prompt`)
 })
 
 t.test('Anthropic\'s tool-use system prompt is in the estimate, by model and tool_choice', async (t) => {
   const tiny = [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }]
-  const claude = (extra: Record<string, unknown>) => worstCaseTokens({ model: 'claude-3-5-sonnet', messages: [{ role: 'user', content: 'hi' }], ...extra }, mini).inputTokens
-  const bare = claude({})
+  const claude = async (extra: Record<string, unknown>): Promise<number> => (await worstCaseTokens({ model: 'claude-3-5-sonnet', messages: [{ role: 'user', content: 'hi' }], ...extra }, mini)).inputTokens
+  const bare = (await claude({}))
   const tools = Buffer.byteLength(JSON.stringify(tiny))
   // Anthropic's published counts: 346 (auto, none) and 313 (any, tool) for Claude 3.5 and 4 models.
-  t.ok(claude({ tools: tiny }) >= bare + tools + 346, `with a tool: ${claude({ tools: tiny })} >= ${bare} + ${tools} + 346`)
-  t.ok(claude({ tools: tiny, tool_choice: 'required' }) >= bare + tools + 313, 'tool_choice any: its own count')
-  const opus3 = (extra: Record<string, unknown>) => worstCaseTokens({ model: 'claude-3-opus-20240229', messages: [{ role: 'user', content: 'hi' }], tools: tiny, ...extra }, mini).inputTokens
-  t.equal(opus3({}) - opus3({ tool_choice: { type: 'function', function: { name: 'f' } } }), 530 - 281, 'Claude 3 Opus: 530 for auto, 281 for a named tool')
+  t.ok((await claude({ tools: tiny })) >= bare + tools + 346, `with a tool: ${(await claude({ tools: tiny }))} >= ${bare} + ${tools} + 346`)
+  t.ok((await claude({ tools: tiny, tool_choice: 'required' })) >= bare + tools + 313, 'tool_choice any: its own count')
+  const opus3 = async (extra: Record<string, unknown>): Promise<number> => (await worstCaseTokens({ model: 'claude-3-opus-20240229', messages: [{ role: 'user', content: 'hi' }], tools: tiny, ...extra }, mini)).inputTokens
+  t.equal((await opus3({})) - (await opus3({ tool_choice: { type: 'function', function: { name: 'f' } } })), 530 - 281, 'Claude 3 Opus: 530 for auto, 281 for a named tool')
   // Anthropic's own tool_choice objects: {type:'auto'} and {type:'none'} get the auto prompt (530 on Claude 3 Opus),
   // {type:'any'} and {type:'tool'} the forced one; a shape of neither kind gets the larger.
   for (const choice of [{ type: 'auto' }, { type: 'none' }, 'none', { type: 'something-new' }, { nonsense: true }]) {
@@ -136,9 +136,9 @@ t.test('Anthropic\'s tool-use system prompt is in the estimate, by model and too
   for (const choice of [{ type: 'any' }, { type: 'tool', name: 'f' }, 'required', { type: 'function', function: { name: 'f' } }]) {
     t.equal(injectedPromptTokens({ tools: tiny, tool_choice: choice }, ['claude-3-sonnet-20240229']), 235, `${JSON.stringify(choice)} on Claude 3 Sonnet: the forced prompt (235, not auto's 159)`)
   }
-  t.equal(claude({ tools: [] }), bare + 2, 'no tools, no tool prompt (the empty list\'s bytes only)')
-  const gpt = (extra: Record<string, unknown>) => worstCaseTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }], ...extra }, mini).inputTokens
-  t.ok(gpt({ tools: tiny }) - gpt({}) < 100, 'OpenAI models: their own tool rendering only')
+  t.equal((await claude({ tools: [] })), bare + 2, 'no tools, no tool prompt (the empty list\'s bytes only)')
+  const gpt = async (extra: Record<string, unknown>): Promise<number> => (await worstCaseTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }], ...extra }, mini)).inputTokens
+  t.ok((await gpt({ tools: tiny })) - (await gpt({})) < 100, 'OpenAI models: their own tool rendering only')
 })
 
 t.test('through the gateway: a hard budget sized to the estimate of a Claude call with one tiny tool holds', async (t) => {
@@ -155,7 +155,7 @@ t.test('through the gateway: a hard budget sized to the estimate of a Claude cal
   t.teardown(async () => await upstream.close())
   const { call, createBudget, settled, status } = await buildGateway(t, { upstreamServer: url, gate: { sweepIntervalMs: 0 } })
   const body = { model: 'claude-3-5-sonnet', messages: [{ role: 'user', content: 'Say hello' }], tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }], max_tokens: 20 }
-  const amount = estimateChatCost(body, createPriceBook({})).amount
+  const amount = (await estimateChatCost(body, createPriceBook({}))).amount
   const budget = await createBudget({ amount })
   t.equal((await call({ team: 'team-a' }, body)).statusCode, 200)
   await settled()
@@ -169,14 +169,14 @@ t.test('DeepSeek and Mistral obey max_tokens alone: max_completion_tokens does n
     const priced = catalog.resolve(model)
     t.equal(priced?.price.outputLimitField, 'max_tokens', `${model}: the catalog says which field caps it`)
     const body = { model, messages: [{ role: 'user', content: 'hi' }] }
-    const uncapped = worstCaseTokens(body, priced!.price).outputTokens
-    t.equal(worstCaseTokens({ ...body, max_completion_tokens: 10 }, priced!.price).outputTokens, uncapped, `${model}: only max_completion_tokens is estimated uncapped (${uncapped})`)
-    t.equal(worstCaseTokens({ ...body, max_tokens: 10, max_completion_tokens: 5000 }, priced!.price).outputTokens, 10 + (priced!.price.reasoningBeyondLimitTokens ?? 0), `${model}: max_tokens bounds it`)
+    const uncapped = (await worstCaseTokens(body, priced!.price)).outputTokens
+    t.equal((await worstCaseTokens({ ...body, max_completion_tokens: 10 }, priced!.price)).outputTokens, uncapped, `${model}: only max_completion_tokens is estimated uncapped (${uncapped})`)
+    t.equal((await worstCaseTokens({ ...body, max_tokens: 10, max_completion_tokens: 5000 }, priced!.price)).outputTokens, 10 + (priced!.price.reasoningBeyondLimitTokens ?? 0), `${model}: max_tokens bounds it`)
     t.equal(requestedOutputTokens({ max_completion_tokens: 10 }, priced!.price.maxOutputTokens, priced!.price.outputLimitField), priced!.price.maxOutputTokens, 'clamp reads the field obeyed')
   }
   t.same(withOutputLimit({ max_completion_tokens: 900 }, 50, 'max_tokens'), { max_completion_tokens: 50, max_tokens: 50 }, 'clamp writes max_tokens for such a model')
   t.same(withOutputLimit({}, 50), { max_completion_tokens: 50 }, 'and max_completion_tokens for OpenAI\'s')
-  const refused = (() => { try { estimateChatCost({ model: 'grok-4', messages: [] }, catalog) } catch (error) { return (error as Error).message } })()
+  const refused = await (async () => { try { (await estimateChatCost({ model: 'grok-4', messages: [] }, catalog)) } catch (error) { return (error as Error).message } })()
   t.notMatch(String(refused), /it how/, `a provider not checked reads as a sentence: ${String(refused)}`)
 })
 

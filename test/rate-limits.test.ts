@@ -246,7 +246,7 @@ t.test('battery: misbehaving upstreams and clients that leave take from a rate l
 
 t.test('tokens per minute hold with an estimate that leaves tokens out: counted from the usage, and made good before the next call', async (t) => {
   const gateway = await buildGateway(t, {
-    gate: { estimateCost: (request, prices, model) => { const { model: chosen, amount } = estimateChatCost(request.body, prices, model); return { model: chosen, amount } } }
+    gate: { estimateCost: async (request, prices, model) => { const { model: chosen, amount } = (await estimateChatCost(request.body, prices, model)); return { model: chosen, amount } } }
   })
   await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 100 } })
   const started = Date.now()

@@ -5,12 +5,11 @@
 import type { ServerResponse } from 'node:http'
 import Ajv from 'ajv'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { tokenCounter } from '../../lib/services/tokens.js'
+import { providerTokens } from '../../lib/services/tokens.js'
 
 /** The tokens of `text` as the model's tokenizer counts them (the one the gate loaded); about four bytes a token for other models. */
 export function countTokens (model: string, text: string): number {
-  const count = tokenCounter(model)
-  return count === null ? Math.ceil(Buffer.byteLength(text, 'utf8') / 4) : count(text)
+  return providerTokens(model, text) ?? Math.ceil(Buffer.byteLength(text, 'utf8') / 4)
 }
 
 const WORDS = ['budget', 'gateway', 'token', 'model', 'relay', 'cost', 'limit', 'period']

@@ -77,10 +77,10 @@ function checkOptionalFields (body: EmbeddingRequestShape): void {
  * OpenAI refuses (empty, malformed, past its limits where the count is exact) and UnboundedFieldError
  * for a field it does not know.
  */
-export function worstCaseEmbeddingTokens (body: EmbeddingRequestShape, model: unknown = body.model): number {
+export async function worstCaseEmbeddingTokens (body: EmbeddingRequestShape, model: unknown = body.model): Promise<number> {
   checkOptionalFields(body)
   const { input } = body
-  if (typeof input === 'string') return stringTokens([input], model)
+  if (typeof input === 'string') return await stringTokens([input], model)
   if (!Array.isArray(input)) throw new InvalidFieldError('input', 'must be a string, a list of strings, a token array or a list of token arrays')
   if (input.length === 0) throw new InvalidFieldError('input', 'must not be empty')
   // One token array: the API reads a list of numbers as the tokens of one input.
@@ -90,7 +90,7 @@ export function worstCaseEmbeddingTokens (body: EmbeddingRequestShape, model: un
     for (let index = 0; index < input.length; index++) {
       if (typeof input[index] !== 'string') throw new InvalidFieldError(`input.${index}`, 'must be a string, as input.0 is')
     }
-    return stringTokens(input as string[], model)
+    return await stringTokens(input as string[], model)
   }
   let tokens = 0
   for (let index = 0; index < input.length; index++) {
@@ -102,22 +102,22 @@ export function worstCaseEmbeddingTokens (body: EmbeddingRequestShape, model: un
   return tokens
 }
 
-function stringTokens (inputs: string[], model: unknown): number {
+async function stringTokens (inputs: string[], model: unknown): Promise<number> {
   const count = typeof model === 'string' ? tokenCounter(model) : null
   let tokens = 0
   for (let index = 0; index < inputs.length; index++) {
     const text = inputs[index]!
     if (text === '') throw new InvalidFieldError(inputs.length === 1 ? 'input' : `input.${index}`, 'must not be an empty string')
-    tokens += (count === null ? Buffer.byteLength(text, 'utf8') : count(text)) + TOKENS_PER_INPUT
+    tokens += (count === null ? Buffer.byteLength(text, 'utf8') : await count(text)) + TOKENS_PER_INPUT
   }
   return tokens
 }
 
 /** The gate's estimate of an embeddings call: its worst-case input tokens at the input rate, and the per-request fee. */
-export function estimateEmbeddingCost (body: unknown, prices: PriceBook, model?: string): CostEstimate {
+export async function estimateEmbeddingCost (body: unknown, prices: PriceBook, model?: string): Promise<CostEstimate> {
   const { chosen, priced } = pricedCall(body, prices, model)
   // The price table's name picks the tokenizer: an alias (an Azure deployment's name) is that model.
-  const inputTokens = worstCaseEmbeddingTokens(body as EmbeddingRequestShape, priced.model)
+  const inputTokens = await worstCaseEmbeddingTokens(body as EmbeddingRequestShape, priced.model)
   const tokens = costOf(priced.price, inputTokens, 0)
   const amount = priced.price.perRequest === undefined ? tokens : fromUnits(toUnits(tokens) + toUnits(priced.price.perRequest))
   return { model: chosen, amount, tokens: inputTokens }

@@ -306,7 +306,7 @@ function worstCost (price: ModelPrice, inputTokens: number, outputTokens: number
   return fromUnits(price.perRequest === undefined ? worst : worst + toUnits(price.perRequest))
 }
 
-export function estimateMessagesCost (input: unknown, prices: PriceBook, model?: string): CostEstimate {
+export async function estimateMessagesCost (input: unknown, prices: PriceBook, model?: string): Promise<CostEstimate> {
   const { request: body, chosen, priced } = pricedCall(input, prices, model)
   const { inputTokens, requested, writes } = boundMessages(body, priced.price)
   const multiplier = inferenceGeoMultiplier(body.inference_geo, billedNames(chosen, priced))

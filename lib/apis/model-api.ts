@@ -53,9 +53,10 @@ export interface ModelApi {
    * The worst case of the call to `model` (the requested one unless auto-downgrade chose another): a
    * true upper bound on what the provider can bill, with `atOutputLimit` when the API has an output
    * cap. Throws InvalidFieldError, UnboundedFieldError or ModelNotPricedError (lib/errors.ts) for what
-   * it cannot bound; the gate answers those with a 400.
+   * it cannot bound (as a rejected promise); the gate answers those with a 400. Asynchronous: work that
+   * grows with the body runs in slices that give the event loop a turn (lib/loop-slices.ts).
    */
-  estimate: (body: unknown, prices: PriceBook, model?: string) => CostEstimate
+  estimate: (body: unknown, prices: PriceBook, model?: string) => Promise<CostEstimate>
   /** Null for an API without an output cap (embeddings): clamp never applies there. */
   outputLimit: OutputLimit | null
   /** The usage in a JSON response body, as the provider returned it; null when there is none. */

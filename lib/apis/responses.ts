@@ -242,7 +242,7 @@ function positiveInteger (body: Json, field: string): number {
   return value as number
 }
 
-function boundCall (body: Json, price: ModelPrice, model: unknown): CallBound {
+async function boundCall (body: Json, price: ModelPrice, model: unknown): Promise<CallBound> {
   for (const field of Object.keys(body)) {
     const unseen = UNSEEN_INPUT[field]
     if (unseen !== undefined) {
@@ -273,7 +273,7 @@ function boundCall (body: Json, price: ModelPrice, model: unknown): CallBound {
       TOKENS_PER_MESSAGE * read.messages.length + TOKENS_PER_REPLY
   } else {
     // The text config's format (a JSON schema) is counted as chat's response_format is: its JSON under a heading.
-    promptTokens = chatPromptTokens({ messages: read.messages, tools: tools ?? undefined, tool_choice: body.tool_choice ?? undefined, response_format: text }, count)
+    promptTokens = await chatPromptTokens({ messages: read.messages, tools: tools ?? undefined, tool_choice: body.tool_choice ?? undefined, response_format: text }, count)
   }
   const inputTokens = promptTokens + read.encryptedBytes + TOKENS_PER_ITEM * read.items + TOKENS_PER_REQUEST +
     read.images * (price.maxImageTokens ?? 0) + injectedPromptTokens({ tools: tools ?? undefined, tool_choice: body.tool_choice }, [model, body.model])
@@ -298,15 +298,15 @@ function callCost (price: ModelPrice, inputTokens: number, outputTokens: number)
  * of encrypted reasoning, and generous framing per item. Output: max_output_tokens (reasoning included)
  * or the model's maximum, and what the provider bills past it.
  */
-export function worstCaseTokens (body: Json, price: ModelPrice, model: unknown = body.model): { inputTokens: number, outputTokens: number } {
-  const { inputTokens, requested } = boundCall(body, price, model)
+export async function worstCaseTokens (body: Json, price: ModelPrice, model: unknown = body.model): Promise<{ inputTokens: number, outputTokens: number }> {
+  const { inputTokens, requested } = await boundCall(body, price, model)
   return { inputTokens, outputTokens: outputTokensFor(price, requested) }
 }
 
-export function estimateResponsesCost (input: unknown, prices: PriceBook, model?: string): CostEstimate {
+export async function estimateResponsesCost (input: unknown, prices: PriceBook, model?: string): Promise<CostEstimate> {
   const { request: body, chosen, priced } = pricedCall(input, prices, model)
   // The price table's name picks the tokenizer: an alias (an Azure deployment's name) is that model.
-  const { inputTokens, requested } = boundCall(body, priced.price, priced.model)
+  const { inputTokens, requested } = await boundCall(body, priced.price, priced.model)
   const at = (limit: number): CostEstimate => {
     const outputTokens = outputTokensFor(priced.price, limit)
     return { model: chosen, amount: callCost(priced.price, inputTokens, outputTokens), tokens: inputTokens + outputTokens, atOutputLimit: at }

@@ -3,10 +3,11 @@
 // upstream can bill; a request field that could make the bill larger than the bound is refused.
 import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError, quoted } from '../errors.js'
 import { fromUnits, toUnits, type Money } from '../money.js'
-import { MAX_NESTING, jsonTextShape, pathOfKey, walkForDepthOrKey } from '../json-limits.js'
+import { MAX_NESTING, jsonTextInSlices, jsonTextShape, pathOfKey, walkForDepthOrKey } from '../json-limits.js'
 import { injectedPromptTokens } from './injected-tokens.js'
 import { costOf, costOfTokens, type ModelPrice, type PriceBook, type PricedModel, type TokenUsage } from './pricing.js'
 import { chatPromptTokens, tokenCounter } from './tokens.js'
+import { slices as newSlices, type Slices } from '../loop-slices.js'
 
 export interface ChatRequestShape {
   model?: unknown
@@ -78,12 +79,12 @@ function callCost (price: ModelPrice, inputTokens: number, outputTokens: number,
  * (injected-tokens.ts). Output: all of the larger of max_tokens and max_completion_tokens (or the
  * model's maximum), for each of n choices, and what the provider bills past it.
  */
-export function worstCaseTokens (body: ChatRequestShape, price: ModelPrice, model: unknown = body.model): { inputTokens: number, outputTokens: number } {
-  const { inputTokens, choices, requested } = boundCall(body, price, model)
+export async function worstCaseTokens (body: ChatRequestShape, price: ModelPrice, model: unknown = body.model): Promise<{ inputTokens: number, outputTokens: number }> {
+  const { inputTokens, choices, requested } = await boundCall(body, price, model)
   return { inputTokens, outputTokens: outputTokensFor(price, requested, choices) }
 }
 
-function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): CallBound {
+async function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): Promise<CallBound> {
   for (const field of Object.keys(body)) {
     if (!BOUNDED_FIELDS.has(field)) throw new UnboundedFieldError(field, 'is not a field whose cost the budget gate can bound')
   }
@@ -127,7 +128,9 @@ function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): 
   // Nested past what any schema needs, a body would overflow the stack of JSON.stringify below.
   // A cache write is billed above the input rate (Anthropic: 1.25x for 5 minutes, 2x for an hour), and
   // only a request's mark makes one: refused, so that no gated call writes (price-catalog.ts).
-  const texts = jsonTextsOf(body)
+  // The whole estimate's work in one request's slices: serializing, scanning and tokenizing give the loop a turn between them.
+  const slices = newSlices()
+  const texts = await jsonTextsOf(body, slices)
   if (texts === null) {
     // JSON.stringify refused the body (nested deeper than its stack, a cycle): the walk decides.
     const found = walkForDepthOrKey(body, MAX_NESTING, 'cache_control')
@@ -137,7 +140,7 @@ function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): 
   checkFunctionTools(body)
   const definitions = [body.tools, body.functions, body.response_format].filter((part) => part !== undefined && part !== null)
   const jsonOf = (value: unknown): string => texts?.get(value) ?? JSON.stringify(value)
-  const count = typeof model === 'string' ? tokenCounter(model) : null
+  const count = typeof model === 'string' ? tokenCounter(model, slices) : null
   let promptTokens: number
   if (count === null) {
     promptTokens = Buffer.byteLength(jsonOf(messages), 'utf8') +
@@ -145,7 +148,7 @@ function boundCall (body: ChatRequestShape, price: ModelPrice, model: unknown): 
       TOKENS_PER_MESSAGE * messages.length + TOKENS_PER_REQUEST
   } else {
     if (texts !== null) count.knownJson = texts
-    promptTokens = chatPromptTokens({ ...body, messages }, count)
+    promptTokens = await chatPromptTokens({ ...body, messages }, count)
   }
   const inputTokens = promptTokens + images * (price.maxImageTokens ?? 0) + injectedPromptTokens(body, [model, body.model])
   return { inputTokens, choices: choices as number, requested }
@@ -158,18 +161,19 @@ const CACHE_WRITE = 'asks for a prompt-cache write, billed above the input rate 
  * and they show both refusals: nesting past MAX_NESTING and a cache_control key, at any depth), or null
  * when JSON.stringify refuses the body. Throws those refusals.
  */
-function jsonTextsOf (body: ChatRequestShape): Map<unknown, string> | null {
+async function jsonTextsOf (body: ChatRequestShape, slices: Slices): Promise<Map<unknown, string> | null> {
   const texts = new Map<unknown, string>()
   for (const field of Object.keys(body)) {
     const value = body[field]
     if (typeof value !== 'object' || value === null) continue
     let text: string
     try {
-      text = JSON.stringify(value)
+      text = (await jsonTextInSlices(value, slices))!
     } catch {
       return null
     }
-    const shape = jsonTextShape(text, 'cache_control')
+    if (slices.due()) await slices.pause()
+    const shape = await jsonTextShape(text, 'cache_control', slices)
     // The field's own object is at depth 1 in the body, as its text's outermost bracket.
     if (shape.depth >= MAX_NESTING) throw new InvalidFieldError('body', `is nested more than ${MAX_NESTING} levels deep`)
     if (shape.hasKey) throw new UnboundedFieldError(pathOfKey(body, 'cache_control') ?? 'cache_control', CACHE_WRITE)
@@ -216,11 +220,15 @@ export function pricedCall (body: unknown, prices: PriceBook, model?: string): {
   return { request: body as Record<string, unknown>, chosen, priced }
 }
 
-/** The gate's default estimate: the worst case of the call to `model` (the requested one unless auto-downgrade chose another). */
-export function estimateChatCost (body: unknown, prices: PriceBook, model?: string): CostEstimate {
+/**
+ * The gate's default estimate: the worst case of the call to `model` (the requested one unless
+ * auto-downgrade chose another). Asynchronous: its work runs in slices that give the event loop a turn
+ * (loop-slices.ts); refusals are rejections.
+ */
+export async function estimateChatCost (body: unknown, prices: PriceBook, model?: string): Promise<CostEstimate> {
   const { chosen, priced } = pricedCall(body, prices, model)
   // The price table's name picks the tokenizer: an alias (an Azure deployment's name) is that model.
-  const { inputTokens, choices, requested } = boundCall(body as ChatRequestShape, priced.price, priced.model)
+  const { inputTokens, choices, requested } = await boundCall(body as ChatRequestShape, priced.price, priced.model)
   const at = (limit: number): CostEstimate => {
     const outputTokens = outputTokensFor(priced.price, limit, choices)
     return { model: chosen, amount: callCost(priced.price, inputTokens, outputTokens, choices), tokens: inputTokens + outputTokens, atOutputLimit: at }

@@ -2,7 +2,8 @@
 // what OpenAI bills for a chat request's prompt, bounded in time. Models without a known tokenizer get
 // null, and the estimate keeps counting bytes for them.
 import { createRequire } from 'node:module'
-import { endOfString } from '../json-limits.js'
+import { SCAN_STRIDE, endOfString } from '../json-limits.js'
+import { slices as newSlices, type Slices } from '../loop-slices.js'
 import { formatFunctionDefinitions, type ChatCompletionFunctionDefinition } from 'gpt-tokenizer/functionCalling'
 
 export type EncodingName = 'o200k_base' | 'cl100k_base'
@@ -72,6 +73,17 @@ export function preloadTokenizers (models: Iterable<string>): void {
 
 // Special-token text in a prompt ("<|endoftext|>") is ordinary text to the API: counted as such, never a throw.
 const ORDINARY = { disallowedSpecial: new Set<string>() }
+
+/**
+ * The tokens of `text` by `model`'s tokenizer, all of it at once (no work budget, no slices): what the
+ * provider bills for it; null when the tokenizer is unknown. For mock upstreams and tests only: it can
+ * hold the loop for seconds on a large or adversarial text, so a request's estimate counts with
+ * tokenCounter.
+ */
+export function providerTokens (model: string, text: string): number | null {
+  const name = encodingFor(model)
+  return name === null ? null : encoding(name).countTokens(text, ORDINARY)
+}
 // The library's BPE merge is quadratic in a piece's bytes (32 KB of one letter takes 0.1 s, 128 KB 1.5 s)
 // and slow on multi-byte text (Chinese about 10 us a character against 0.1 us for English prose). Pieces
 // are what the encoding's split pattern makes (a word, a run of punctuation or of spaces): one of more
@@ -100,8 +112,9 @@ const workOf = (text: string, bytes: number): number => NEW_BYTE_WEIGHT * bytes 
  * The work tokenized per request: past it, the rest of a prompt counts a token a byte (a bound). About
  * 20 K characters of new English words (random letters: the costliest), 3,000 of new Chinese or
  * Japanese, 8,000 tokenizer calls, or 11 K pieces met before (prose repeats its words): a prompt of any
- * size up to the body limit blocks the event loop for some ms, never the 0.1 s to seconds that
- * tokenizing all of it can take (bench/estimate-stall.ts). Past the budget, text counts a token a byte
+ * size up to the body limit costs some ms in all, never the 0.1 s to seconds that tokenizing all of it
+ * can take, spent in slices that give the event loop a turn between them (loop-slices.ts,
+ * bench/estimate-stall.ts). Past the budget, text counts a token a byte
  * (about 4 a token for English); the corpus's median stays 1.02 (test/estimate-tightness.test.ts).
  */
 export const MAX_TOKENIZED_WORK = 131_072
@@ -112,9 +125,11 @@ export const MAX_TOKENIZED_WORK = 131_072
  * message, rendering JSON), `canAfford` tells whether some would still be tokenized.
  */
 export interface CountTokens {
-  (text: string): number
+  (text: string): Promise<number>
   charge: (work: number) => void
   canAfford: (work: number) => boolean
+  /** The request's slices (loop-slices.ts): the counter spends its work there and yields within a text. */
+  slices: Slices
   /**
    * JSON texts already serialized for this request (the estimate's, by value): reused, never
    * serialized again. Only values not changed since.
@@ -122,8 +137,12 @@ export interface CountTokens {
   knownJson?: Map<unknown, string>
 }
 
-/** A counter for one request to `model` (with its budget of MAX_TOKENIZED_WORK), or null when the model's tokenizer is unknown. */
-export function tokenCounter (model: string): CountTokens | null {
+/**
+ * A counter for one request to `model` (with its budget of MAX_TOKENIZED_WORK), or null when the model's
+ * tokenizer is unknown. Its work is spent in `slices` (the request's, shared with the rest of its
+ * estimate): a text is counted in slices, the loop given a turn between them.
+ */
+export function tokenCounter (model: string, slices: Slices = newSlices()): CountTokens | null {
   const name = encodingFor(model)
   if (name === null) return null
   const { countTokens } = encoding(name)
@@ -135,8 +154,9 @@ export function tokenCounter (model: string): CountTokens | null {
   // depends on the process's map (a piece counted by an earlier request is not counted again).
   const pieces = new Map<string, number>()
   let left = MAX_TOKENIZED_WORK
-  const count = (text: string): number => {
+  const count = async (text: string): Promise<number> => {
     left -= CALL_WORK
+    slices.spend(CALL_WORK)
     if (left <= 0) { left = 0; return Buffer.byteLength(text, 'utf8') }
     // Piece by piece, by the library's own split pattern. The library merges each piece on its own, so
     // a piece counts alone what it counts in place; a long piece, and everything past the budget, count
@@ -153,6 +173,7 @@ export function tokenCounter (model: string): CountTokens | null {
         return tokens + Buffer.byteLength(text.slice(match.index), 'utf8')
       }
       left -= work
+      slices.spend(work)
       if (long) tokens += pieceBytes
       else if (known !== undefined) tokens += known
       else {
@@ -165,12 +186,16 @@ export function tokenCounter (model: string): CountTokens | null {
         pieces.set(piece, counted)
         tokens += counted
       }
+      // The split goes on from `lastIndex` of the iterator's own copy of the pattern: a turn of the loop
+      // between two pieces changes nothing in it.
+      if (slices.due()) await slices.pause()
     }
     return tokens
   }
   return Object.assign(count, {
-    charge: (work: number) => { left = Math.max(0, left - work) },
-    canAfford: (work: number) => left >= work
+    charge: (work: number) => { left = Math.max(0, left - work); slices.spend(work) },
+    canAfford: (work: number) => left >= work,
+    slices
   })
 }
 
@@ -204,7 +229,7 @@ const TOKENS_PER_RESPONSE_FORMAT = 12
 const jsonOf = (value: unknown, count: CountTokens): string => count.knownJson?.get(value) ?? JSON.stringify(value)
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
 const bytesOf = (value: unknown): number => Buffer.byteLength(JSON.stringify(value) ?? '', 'utf8')
-const textOf = (value: unknown, count: CountTokens): number => (typeof value === 'string' ? count(value) : value === undefined || value === null ? 0 : bytesOf(value))
+const textOf = async (value: unknown, count: CountTokens): Promise<number> => (typeof value === 'string' ? await count(value) : value === undefined || value === null ? 0 : bytesOf(value))
 
 // How OpenAI re-renders a JSON object in a tool call or result (forestwanglin/openai-java, fitted to the
 // API): one top-level key a line, strings and numbers quoted, nested objects the same way.
@@ -229,43 +254,46 @@ const JSON_BYTE_WORK = 1
 const OPENS_JSON = /^[ \t\n\r]*[{[]/
 
 /** A JSON text's tokens as sent or as OpenAI re-renders it, whichever is more. */
-function jsonTextTokens (text: unknown, count: CountTokens): number {
-  if (typeof text !== 'string') return textOf(text, count)
+async function jsonTextTokens (text: unknown, count: CountTokens): Promise<number> {
+  if (typeof text !== 'string') return await textOf(text, count)
   // JSON.parse, and the API's re-rendering, take an object or array after any JSON whitespace.
-  if (!OPENS_JSON.test(text)) return count(text)
+  if (!OPENS_JSON.test(text)) return await count(text)
   // Parsing and re-rendering cost time in proportion too: only within the budget, else the bound.
   const bytes = Buffer.byteLength(text, 'utf8')
   if (!count.canAfford(2 * JSON_BYTE_WORK * bytes)) { count.charge(JSON_BYTE_WORK * bytes); return JSON_BOUND_FACTOR * bytes }
   count.charge(2 * JSON_BYTE_WORK * bytes) // parsing, and re-rendering
-  const sent = count(text)
+  const sent = await count(text)
+  let again: string
   try {
     const parsed: unknown = JSON.parse(text)
-    return isObject(parsed) || Array.isArray(parsed) ? Math.max(sent, count(rendered(parsed))) : sent
+    if (!isObject(parsed) && !Array.isArray(parsed)) return sent
+    again = rendered(parsed)
   } catch {
     return sent // not JSON (or nested too deep to render): the API passes it as sent
   }
+  return Math.max(sent, await count(again))
 }
 
-function contentTokens (content: unknown, count: CountTokens, json: boolean): number {
-  if (!Array.isArray(content)) return json ? jsonTextTokens(content, count) : textOf(content, count)
+async function contentTokens (content: unknown, count: CountTokens, json: boolean): Promise<number> {
+  if (!Array.isArray(content)) return json ? await jsonTextTokens(content, count) : await textOf(content, count)
   let tokens = TOKENS_PER_EXTRA_PART * Math.max(0, content.length - 1)
   for (const part of content) {
     if (!isObject(part)) { tokens += bytesOf(part); continue }
     const { type, text, refusal, ...rest } = part
     if (type === 'image_url') continue // counted by the caller at the model's worst case
-    tokens += textOf(type === 'refusal' ? refusal : text, count) + (Object.keys(rest).length === 0 ? 0 : bytesOf(rest))
+    tokens += await textOf(type === 'refusal' ? refusal : text, count) + (Object.keys(rest).length === 0 ? 0 : bytesOf(rest))
     if (type === 'refusal' && text !== undefined) tokens += bytesOf(text)
   }
   return tokens
 }
 
-function callTokens (call: unknown, count: CountTokens): number {
+async function callTokens (call: unknown, count: CountTokens): Promise<number> {
   const fn = isObject(call) && isObject(call.function) ? call.function : isObject(call) ? call : null
   if (fn === null || typeof fn.name !== 'string' || (fn.arguments !== undefined && typeof fn.arguments !== 'string')) return bytesOf(call)
-  return TOKENS_PER_TOOL_CALL + 2 * count(fn.name) + jsonTextTokens(fn.arguments, count)
+  return TOKENS_PER_TOOL_CALL + 2 * await count(fn.name) + await jsonTextTokens(fn.arguments, count)
 }
 
-function messageTokens (messages: unknown[], count: CountTokens): number {
+async function messageTokens (messages: unknown[], count: CountTokens): Promise<number> {
   const callNames = new Map<string, string>()
   let longestName = 0
   for (const message of messages) {
@@ -281,23 +309,24 @@ function messageTokens (messages: unknown[], count: CountTokens): number {
   let tokens = TOKENS_PER_REPLY
   for (const [index, message] of messages.entries()) {
     count.charge(MESSAGE_WORK)
+    if (count.slices.due()) await count.slices.pause()
     if (!count.canAfford(1)) {
       // The budget is spent: the rest at the bound of their JSON, each perhaps answering the longest
       // call name (a result counts the name of the call it answers, which its own JSON need not hold).
-      return tokens + JSON_BOUND_FACTOR * restBytes(messages, index, count) + (messages.length - index) * longestName
+      return tokens + JSON_BOUND_FACTOR * await restBytes(messages, index, count) + (messages.length - index) * longestName
     }
     if (!isObject(message)) { tokens += bytesOf(message); continue }
     const { role, content, name, tool_calls: toolCalls, function_call: functionCall, tool_call_id: toolCallId, refusal, ...rest } = message
-    tokens += TOKENS_PER_MESSAGE + textOf(role, count) + contentTokens(content, count, toolCallId !== undefined) + textOf(refusal, count)
-    if (name !== undefined) tokens += TOKENS_PER_NAME + textOf(name, count)
+    tokens += TOKENS_PER_MESSAGE + await textOf(role, count) + await contentTokens(content, count, toolCallId !== undefined) + await textOf(refusal, count)
+    if (name !== undefined) tokens += TOKENS_PER_NAME + await textOf(name, count)
     if (Array.isArray(toolCalls)) {
-      for (const call of toolCalls) tokens += callTokens(call, count)
+      for (const call of toolCalls) tokens += await callTokens(call, count)
       if (toolCalls.length > 1) tokens += TOKENS_PER_PARALLEL_CALLS
     } else if (toolCalls !== undefined && toolCalls !== null) tokens += bytesOf(toolCalls)
-    if (functionCall !== undefined && functionCall !== null) tokens += callTokens(functionCall, count)
+    if (functionCall !== undefined && functionCall !== null) tokens += await callTokens(functionCall, count)
     if (toolCallId !== undefined) {
       const answered = typeof toolCallId === 'string' ? callNames.get(toolCallId) : undefined
-      tokens += TOKENS_PER_TOOL_RESULT + (answered === undefined ? textOf(toolCallId, count) : count(answered))
+      tokens += TOKENS_PER_TOOL_RESULT + (answered === undefined ? await textOf(toolCallId, count) : await count(answered))
     }
     if (Object.keys(rest).length > 0) {
       const restBytes = bytesOf(rest)
@@ -313,18 +342,22 @@ function messageTokens (messages: unknown[], count: CountTokens): number {
  * has it: its elements from the one at `from` (found by one pass over the text's characters, cheaper
  * than serializing again), in brackets.
  */
-function restBytes (messages: unknown[], from: number, count: CountTokens): number {
+async function restBytes (messages: unknown[], from: number, count: CountTokens): Promise<number> {
   const text = count.knownJson?.get(messages)
   if (text === undefined) return bytesOf(messages.slice(from))
   if (from === 0) return Buffer.byteLength(text, 'utf8')
   let element = 0
   let depth = 0
-  for (let i = 0; i < text.length; i++) {
+  for (let i = 0, next = SCAN_STRIDE; i < text.length; i++) {
     const code = text.charCodeAt(i)
     if (code === 34) i = endOfString(text, i)
     else if (code === 123 || code === 91) depth++
     else if (code === 125 || code === 93) depth--
     else if (code === 44 && depth === 1 && ++element === from) return 2 + Buffer.byteLength(text.slice(i + 1, text.length - 1), 'utf8')
+    if (i >= next) {
+      next = i + SCAN_STRIDE
+      if (count.slices.due()) await count.slices.pause()
+    }
   }
   return bytesOf(messages.slice(from))
 }
@@ -341,7 +374,7 @@ function asFunctionDefinitions (definitions: unknown[]): ChatCompletionFunctionD
 // (nested descriptions, keywords it does not know), which the real format may keep; their JSON keeps
 // all of it, but writes enums more briefly. The bound is the larger of the two, plus the section's
 // heading and an allowance a tool.
-function definitionTokens (definitions: unknown, count: CountTokens): number {
+async function definitionTokens (definitions: unknown, count: CountTokens): Promise<number> {
   if (!Array.isArray(definitions)) return TOKENS_PER_DEFINITIONS + bytesOf(definitions)
   const text = jsonOf(definitions, count)
   const bytes = Buffer.byteLength(text, 'utf8')
@@ -352,21 +385,23 @@ function definitionTokens (definitions: unknown, count: CountTokens): number {
     return TOKENS_PER_DEFINITIONS + TOKENS_PER_TOOL * definitions.length + JSON_BOUND_FACTOR * bytes
   }
   count.charge(2 * JSON_BYTE_WORK * bytes)
-  const json = count(text)
+  const json = await count(text)
   let namespace = 0
+  let formatted: string | null = null
   try {
-    namespace = count(formatFunctionDefinitions(asFunctionDefinitions(definitions)))
+    formatted = formatFunctionDefinitions(asFunctionDefinitions(definitions))
   } catch {
     // A schema the reconstruction cannot read (not JSON Schema's shape): the API refuses it, the JSON bounds it.
   }
+  if (formatted !== null) namespace = await count(formatted)
   return TOKENS_PER_DEFINITIONS + TOKENS_PER_TOOL * definitions.length + Math.max(json, namespace)
 }
 
 /** A parsed value's JSON, counted: its serialization charged a unit a byte, and past the budget a token a byte. */
-function jsonTokens (value: unknown, count: CountTokens): number {
+async function jsonTokens (value: unknown, count: CountTokens): Promise<number> {
   const text = jsonOf(value, count)
   count.charge(JSON_BYTE_WORK * text.length)
-  return count(text)
+  return await count(text)
 }
 
 const present = (value: unknown): boolean => value !== undefined && value !== null
@@ -377,10 +412,10 @@ const present = (value: unknown): boolean => value !== undefined && value !== nu
  * function_call, and the response_format (its schema is rendered as JSON under a heading). Fields the
  * rule does not know count a token a byte of their JSON.
  */
-export function chatPromptTokens (body: { messages: unknown[], [field: string]: unknown }, count: CountTokens): number {
-  let tokens = messageTokens(body.messages, count)
-  for (const definitions of [body.tools, body.functions]) if (present(definitions)) tokens += definitionTokens(definitions, count)
-  for (const choice of [body.tool_choice, body.function_call]) if (present(choice) && choice !== 'auto') tokens += TOKENS_PER_TOOL_CHOICE + jsonTokens(choice, count)
-  if (present(body.response_format)) tokens += TOKENS_PER_RESPONSE_FORMAT + jsonTokens(body.response_format, count)
+export async function chatPromptTokens (body: { messages: unknown[], [field: string]: unknown }, count: CountTokens): Promise<number> {
+  let tokens = await messageTokens(body.messages, count)
+  for (const definitions of [body.tools, body.functions]) if (present(definitions)) tokens += await definitionTokens(definitions, count)
+  for (const choice of [body.tool_choice, body.function_call]) if (present(choice) && choice !== 'auto') tokens += TOKENS_PER_TOOL_CHOICE + await jsonTokens(choice, count)
+  if (present(body.response_format)) tokens += TOKENS_PER_RESPONSE_FORMAT + await jsonTokens(body.response_format, count)
   return tokens
 }
