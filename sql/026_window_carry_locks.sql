@@ -11,12 +11,12 @@
 --
 -- Now, once the window rows are locked, no hold can add a reservation on them (a hold takes them first),
 -- so the reservations that exist then are all there will be until the change commits. Those committed
--- after the first lock are locked without waiting (NOWAIT). One that cannot be (a settlement or a lease
--- statement has it and waits for the window rows this transaction holds) ends the change with 40001:
--- the change has done nothing yet that the gate can see, its transaction rolls back, and the registry
--- runs it again (lib/services/registry.ts), by when that settlement has gone through. Waiting for that
--- row instead is the deadlock above. The loop carries exactly the rows locked, never a row read later.
--- Everything else is as in 016.
+-- after the first lock are locked without waiting (NOWAIT): waiting for one is the deadlock above. When
+-- one cannot be (a settlement or a lease statement has it and waits for the window rows), the change
+-- lets go of the window rows (a subtransaction rolled back), pauses a few milliseconds while that
+-- statement goes through, and locks them again, up to 10 times; then it ends with 40001, having changed
+-- nothing the gate can see, and the registry runs it again (lib/services/registry.ts). The loop carries
+-- exactly the rows locked, never a row read later. Everything else is as in 016.
 create or replace function budget_carry_reservations() returns trigger language plpgsql as $$
 declare
   moving record;
@@ -26,15 +26,23 @@ declare
 begin
   -- the lock order (016): the budget's reservation rows by (id, budget_id), then its window rows by period_start
   locked := array(select r.id from budget_reservations r where r.budget_id = new.id order by r.id, r.budget_id for update);
-  perform 1 from budget_status_cache c where c.budget_id = new.id order by c.budget_id, c.period_start for update;
-  -- reservations committed by holds that held the window rows while the first statement ran
-  begin
-    newcomers := array(select r.id from budget_reservations r where r.budget_id = new.id and r.id <> all (locked)
-                       order by r.id, r.budget_id for update nowait);
-  exception when lock_not_available then
-    raise exception 'budget % changed its window while a settlement held one of its new reservations', new.id
-      using errcode = '40001', hint = 'Run the change again: the settlement it met goes through first.';
-  end;
+  for attempt in 1 .. 10 loop
+    begin
+      perform 1 from budget_status_cache c where c.budget_id = new.id order by c.budget_id, c.period_start for update;
+      -- reservations committed by holds that held the window rows while the first statement ran
+      newcomers := array(select r.id from budget_reservations r where r.budget_id = new.id and r.id <> all (locked)
+                         order by r.id, r.budget_id for update nowait);
+      exit;
+    exception when lock_not_available then
+      -- Rolling back this block lets go of the window rows it locked (row locks taken after a savepoint go
+      -- with it), so the settlement that has the new reservation and waits for them goes through; then again.
+      if attempt = 10 then
+        raise exception 'budget % changed its window while settlements kept holding its new reservations', new.id
+          using errcode = '40001', hint = 'Run the change again: the settlements it met go through first.';
+      end if;
+      perform pg_sleep(0.002 * attempt);
+    end;
+  end loop;
   locked := locked || newcomers;
 
   for moving in

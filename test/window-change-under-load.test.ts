@@ -196,3 +196,22 @@ t.test('a line whose budgets change windows three times during one call\'s admis
     where c.budget_id = ${b.id} and c.period_start = w.period_start`
   t.equal(charged!.spent, '0.0030000000', 'B\'s window under its last definition holds the call\'s 0.002 and the warm-up\'s 0.001, both today')
 })
+
+t.test('a change that still meets deadlocks after its retries is answered 503 with a stable code, and changes nothing', async (t) => {
+  const { app, sql, createBudget } = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const budget = await createBudget({ scopeId: 'team-a', amount: '1', period: 'monthly' })
+  // Every change of a window meets a deadlock: PostgreSQL raising 40P01, as it does to the statement it kills.
+  await sql.unsafe(`
+    create function meet_deadlock() returns trigger language plpgsql as $$
+    begin
+      raise exception 'deadlock detected (test)' using errcode = '40P01';
+    end $$;
+    create trigger meet_deadlock after update of period on budget_definitions for each row execute function meet_deadlock();`)
+  const answer = await app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: admin, body: { period: 'daily', name: 'renamed' } })
+  t.equal(answer.statusCode, 503, 'answered 503, not 500')
+  t.equal(answer.json().code, 'BUDGET_ERR_DATABASE_UNAVAILABLE', 'with the unavailable code')
+  const [row] = await sql<Array<{ period: string, name: string }>>`select period, name from budget_definitions where id = ${budget.id}`
+  t.same(row, { period: 'monthly', name: 'budget' }, 'the budget unchanged')
+  await sql`drop trigger meet_deadlock on budget_definitions`
+  t.equal((await app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: admin, body: { period: 'daily' } })).statusCode, 200, 'and changed once the deadlocks stop')
+})
