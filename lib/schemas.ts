@@ -460,6 +460,7 @@ export const AlertRecord = Type.Object({
   spent: Type.String({ description: 'The spend (or projection) that crossed.' }),
   limit: Money,
   crossedAt: Timestamp,
+  resolvedAt: Nullable(Type.String({ format: 'date-time', description: 'When a change of the budget\'s definition stopped its numbers reaching this crossing (ISO 8601, UTC); null while it is active (in activeAlerts).' })),
   acknowledgedBy: Nullable(Type.String()),
   acknowledgedAt: Nullable(Timestamp),
   deliveries: Type.Array(Type.Object({

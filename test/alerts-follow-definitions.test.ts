@@ -92,6 +92,35 @@ t.test('lowering, raising and changing thresholds: the gate and activeAlerts agr
   ], 'each crossing recorded and queued once, each that no longer held resolved')
 })
 
+t.test('GET {prefix}/:id/alerts says when a crossing was resolved: set once a raise leaves it behind, null while active', async (t) => {
+  const gateway = await setup(t)
+  const { app, createBudget, change, active } = gateway
+  const team = await createBudget({ scopeType: 'team', scopeId: 'platform', amount: '0.5', alerts: halfAndBlock })
+  await spendTo(app, team.id, '0.6')
+  type Listed = { threshold: number, actions: string[], crossedAt: string, resolvedAt: string | null }
+  const listed = async (): Promise<Listed[]> => {
+    const response = await app.inject({ url: `${PREFIX}/${team.id}/alerts`, headers: admin })
+    t.equal(response.statusCode, 200)
+    return (response.json().alerts as Listed[]).sort((a, b) => a.threshold - b.threshold)
+  }
+  const crossed = await listed()
+  t.same(crossed.map((alert) => [alert.threshold, alert.resolvedAt]), [[50, null], [100, null]], 'both crossings listed, neither resolved')
+
+  const before = Date.now()
+  t.equal((await change(team.id, { amount: '1' })).statusCode, 200) // 60%: the 100% crossing no longer holds
+  const after = await listed()
+  t.equal(after[0]!.resolvedAt, null, '50% still holds at 60%: not resolved')
+  const resolvedAt = after[1]!.resolvedAt
+  t.type(resolvedAt, 'string', '100% no longer holds: resolvedAt set')
+  t.ok(Date.parse(resolvedAt!) >= before - 1000 && Date.parse(resolvedAt!) >= Date.parse(after[1]!.crossedAt), `resolved at the change (${String(resolvedAt)}), after it was crossed`)
+  t.same(await active(team.id), ['50 current notify'], 'and the resolved crossing is not in activeAlerts')
+
+  // Lowered again: a new crossing of 100%, active; the resolved one stays in the history as it was.
+  t.equal((await change(team.id, { amount: '0.5' })).statusCode, 200)
+  const again = (await listed()).filter((alert) => alert.threshold === 100)
+  t.same(again.map((alert) => alert.resolvedAt).sort(), [resolvedAt, null].sort(), 'the old crossing keeps its resolvedAt, the new one has none')
+})
+
 t.test('a projected block-all stops refusing once a change resolves it', async (t) => {
   const gateway = await setup(t)
   const { app, createBudget, change, active } = gateway

@@ -21,6 +21,8 @@ export interface AlertRecord {
   spent: Money
   limit: Money
   crossedAt: string
+  /** When the budget's definition stopped reaching this crossing (sql/020); null while it is active. */
+  resolvedAt: string | null
   acknowledgedBy: string | null
   acknowledgedAt: string | null
   deliveries: AlertDelivery[]
@@ -56,6 +58,7 @@ interface AlertRow {
   spent: string
   limit_amount: string
   crossed_at: Date
+  resolved_at: Date | null
   acknowledged_by: string | null
   acknowledged_at: Date | null
   deliveries: Array<{ channel: string, status: AlertDelivery['status'], attempts: number, delivered_at: string | null, last_error: string | null }>
@@ -72,6 +75,7 @@ function toAlert (row: AlertRow): AlertRecord {
     spent: normalizeMoney(row.spent),
     limit: normalizeMoney(row.limit_amount),
     crossedAt: row.crossed_at.toISOString(),
+    resolvedAt: row.resolved_at?.toISOString() ?? null,
     acknowledgedBy: row.acknowledged_by,
     acknowledgedAt: row.acknowledged_at?.toISOString() ?? null,
     deliveries: row.deliveries.map((d) => ({
@@ -83,7 +87,7 @@ function toAlert (row: AlertRow): AlertRecord {
 export function createAlertRepository (sql: Db) {
   const alertColumns = sql`
     h.id, h.budget_id, h.period_start, h.threshold::text as threshold, h.basis, h.actions, h.spent::text as spent,
-    h.limit_amount::text as limit_amount, h.crossed_at, h.acknowledged_by, h.acknowledged_at,
+    h.limit_amount::text as limit_amount, h.crossed_at, h.resolved_at, h.acknowledged_by, h.acknowledged_at,
     coalesce((select json_agg(json_build_object('channel', o.channel, 'status', o.status, 'attempts', o.attempts,
               'delivered_at', o.delivered_at, 'last_error', o.last_error) order by o.channel)
               from budget_notification_outbox o where o.alert_id = h.id), '[]') as deliveries`

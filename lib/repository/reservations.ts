@@ -150,7 +150,7 @@ export function isConflict (error: unknown): boolean {
 }
 
 /** Runs a gate statement, again on a deadlock or serialization failure; one that keeps failing so is DatabaseUnavailableError. */
-async function retryingConflicts<T> (statement: () => Promise<T>): Promise<T> {
+export async function retryingConflicts<T> (statement: () => Promise<T>): Promise<T> {
   for (let attempt = 0; ; attempt++) {
     try {
       return await statement()

@@ -20,6 +20,12 @@ export type CallerScopes = Partial<Record<ScopeType, string>> & { tags?: Tags }
 
 /** The most specific scope first: usage is recorded on the first matched scope's budget. */
 const SCOPE_ORDER: ScopeType[] = ['user', 'project', 'team', 'organization']
+/**
+ * How many times a call's line is loaded and held on at most, when each hold finds the line changed
+ * under it (a window changed, a budget created or changed): a few changes landing during one admission
+ * are admitted on the line as it ends up; a line that changes under every try is refused 503.
+ */
+const LINE_TRIES = 8
 
 export interface IntegrationOptions {
   /** The currency of estimates and costs; budgets in other currencies do not apply. */
@@ -155,9 +161,10 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   /**
    * Admits the call from its line's lease when the line is hot and has room, else holds `estimate`
    * on the line for this call alone. A line found out of date (a window rolled over, a budget
-   * changed) is reloaded once.
+   * changed) is reloaded and tried again, up to LINE_TRIES times and while before `deadline`: budgets
+   * on one line changing one after the other are definitions changing, not a database fault.
    */
-  async function admitOrHold (call: CallFilter, estimate: Money, requestId: string, tokens: number): Promise<Admitted> {
+  async function admitOrHold (call: CallFilter, estimate: Money, requestId: string, tokens: number, deadline: number): Promise<Admitted> {
     const nothingHeld = { current: true, reserved: false, budgets: [], definitionsVersion: -1 }
     for (let attempt = 1; ; attempt++) {
       // A fresh id each try: the hold of a try found stale is still being given back under its own.
@@ -176,8 +183,9 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         // A hold on a line older than the definitions it met (a budget created, changed or filtered since
         // this process loaded the line) is given back and taken again on the line as it is now.
         const stale = hold.current && hold.definitionsVersion > definitionsVersion
-        if (stale && hold.reserved && attempt < 2) void settleCall(reservationId, null).catch(() => {})
-        if ((hold.current && !stale) || attempt >= 2) return { reservationId, line, admission: null, hold, rate }
+        const again = attempt < LINE_TRIES && Date.now() < deadline
+        if (stale && hold.reserved && again) void settleCall(reservationId, null).catch(() => {})
+        if ((hold.current && !stale) || !again) return { reservationId, line, admission: null, hold, rate }
       } catch (error) {
         rateLimits.end(rate, null)
         throw error
@@ -205,7 +213,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       const policy = model === undefined ? undefined : { ...options.models, model }
       if (call.scopes.length === 0) return { check: decide([], estimate, policy), reservationId: null }
       const { reservationId, line, admission, hold: result, rate } = await withDeadline(
-        admitOrHold(call, estimate, requestId, tokens),
+        admitOrHold(call, estimate, requestId, tokens, Date.now() + options.timeoutMs),
         // Answered too late for the caller, who was refused: give back what it took.
         async (late) => {
           if (!isRateRefusal(late.rate)) rateLimits.end(late.rate, null)
@@ -226,7 +234,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         await leases.end(admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
         return { check, reservationId: null }
       }
-      if (!result.current) { rateLimits.end(rate, null); throw new DatabaseUnavailableError() } // the line changed under two tries in a row
+      if (!result.current) { rateLimits.end(rate, null); throw new DatabaseUnavailableError() } // the line changed under every try
       const check = decide(standingsOfHold(line, result), estimate, policy)
       if (line.length === 0) return { check, reservationId: null } // no budget applies to this caller
       if (result.reserved && check.canProceed) rateAdmitted.set(reservationId, { rate, tokens })

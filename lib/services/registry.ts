@@ -4,6 +4,7 @@ import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCy
 import { createBudgetRepository, isUuid, type BudgetRepository, type BudgetValues } from '../repository/budgets.js'
 import { createUsageRepository } from '../repository/usage.js'
 import { createAuditRepository, type AuditContext } from '../repository/audit.js'
+import { retryingConflicts } from '../repository/reservations.js'
 import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
 import { checkChannels, checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
@@ -44,13 +45,18 @@ export interface RegistryOptions {
 export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, onChange = () => {}, channels }: RegistryOptions = {}) {
   const budgets = createBudgetRepository(sql)
 
-  /** Every write takes the hierarchy lock first, so checks and write see one consistent tree. */
+  /**
+   * Every write takes the hierarchy lock first, so checks and write see one consistent tree. A write that
+   * meets the gate on a budget's rows can end in a deadlock or a serialization failure (a window change
+   * whose carry-over finds a new reservation held by its settlement, sql/026): nothing of it committed,
+   * so it runs again from the start, a few times; one that keeps failing is 503 unavailable, never a 500.
+   */
   async function inHierarchyTransaction<T> (work: (repository: BudgetRepository, tx: TransactionSql) => Promise<T>): Promise<T> {
-    const result = await sql.begin(async (tx) => {
+    const result = await retryingConflicts(async () => await sql.begin(async (tx) => {
       const repository = createBudgetRepository(tx)
       await repository.lockHierarchy()
       return await work(repository, tx)
-    }) as T
+    }) as T)
     onChange()
     return result
   }

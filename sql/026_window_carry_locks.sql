@@ -1,0 +1,83 @@
+-- A window change's carry-over locks only rows it can take without waiting on the gate (issue 21, item 4;
+-- builds on 016's budget_carry_reservations, issue 19 item 18).
+--
+-- 016's trigger locked the budget's reservation rows, then its window rows, then updated every reservation
+-- row its loop found. A hold that committed between the two lock statements (budget_hold_batch locks the
+-- window rows, inserts its reservations and commits, and the trigger's window lock waits for it) left a
+-- reservation the trigger had not locked; its settlement then locked that reservation and waited for the
+-- window rows the trigger held, while the trigger's loop waited for the reservation: PostgreSQL killed one
+-- of them as 40P01, and when it was the change, the admin's PUT answered 500 (seen under gated load on a
+-- parent and its child, about 4 runs in 11).
+--
+-- Now, once the window rows are locked, no hold can add a reservation on them (a hold takes them first),
+-- so the reservations that exist then are all there will be until the change commits. Those committed
+-- after the first lock are locked without waiting (NOWAIT): waiting for one is the deadlock above. When
+-- one cannot be (a settlement or a lease statement has it and waits for the window rows), the change
+-- lets go of the window rows (a subtransaction rolled back), pauses a few milliseconds while that
+-- statement goes through, and locks them again, up to 10 times; then it ends with 40001, having changed
+-- nothing the gate can see, and the registry runs it again (lib/services/registry.ts). The loop carries
+-- exactly the rows locked, never a row read later. Everything else is as in 016.
+create or replace function budget_carry_reservations() returns trigger language plpgsql as $$
+declare
+  moving record;
+  made timestamptz[] := '{}';
+  locked uuid[];
+  newcomers uuid[];
+begin
+  -- the lock order (016): the budget's reservation rows by (id, budget_id), then its window rows by period_start
+  locked := array(select r.id from budget_reservations r where r.budget_id = new.id order by r.id, r.budget_id for update);
+  for attempt in 1 .. 10 loop
+    begin
+      perform 1 from budget_status_cache c where c.budget_id = new.id order by c.budget_id, c.period_start for update;
+      -- reservations committed by holds that held the window rows while the first statement ran
+      newcomers := array(select r.id from budget_reservations r where r.budget_id = new.id and r.id <> all (locked)
+                         order by r.id, r.budget_id for update nowait);
+      exit;
+    exception when lock_not_available then
+      -- Rolling back this block lets go of the window rows it locked (row locks taken after a savepoint go
+      -- with it), so the settlement that has the new reservation and waits for them goes through; then again.
+      if attempt = 10 then
+        raise exception 'budget % changed its window while settlements kept holding its new reservations', new.id
+          using errcode = '40001', hint = 'Run the change again: the settlements it met go through first.';
+      end if;
+      perform pg_sleep(0.002 * attempt);
+    end;
+  end loop;
+  locked := locked || newcomers;
+
+  for moving in
+    select r.id, r.period_start as old_start, r.amount,
+           case when charged_at.period_start is not null then charged_at.period_start else at_now.period_start end as new_start,
+           case when charged_at.period_start is not null then charged_at.period_end else at_now.period_end end as new_end
+    from budget_reservations r
+    join budget_status_cache old_row on old_row.budget_id = r.budget_id and old_row.period_start = r.period_start
+    left join lateral budget_window(new, case when r.lease then now() else r.created_at end) charged_at on true
+    left join lateral budget_window(new, now()) at_now on true
+    where r.budget_id = new.id and r.id = any (locked)
+    order by r.id
+  loop
+    if moving.new_start is null then
+      update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - moving.amount, 0)
+      where c.budget_id = new.id and c.period_start = moving.old_start;
+      delete from budget_reservations r where r.id = moving.id and r.budget_id = new.id;
+      continue;
+    end if;
+    if not (moving.new_start = any (made)) then
+      perform refresh_budget_status_cache(new.id, moving.new_start, moving.new_end);
+      made := made || moving.new_start;
+    end if;
+    if moving.new_start <> moving.old_start then
+      update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - moving.amount, 0)
+      where c.budget_id = new.id and c.period_start = moving.old_start;
+      update budget_status_cache c set reserved_amount = c.reserved_amount + moving.amount
+      where c.budget_id = new.id and c.period_start = moving.new_start;
+      update budget_reservations r set period_start = moving.new_start where r.id = moving.id and r.budget_id = new.id;
+    end if;
+  end loop;
+
+  delete from budget_status_cache c
+  where c.budget_id = new.id and c.reserved_amount = 0
+    and not exists (select 1 from budget_window(new, c.period_start) w where w.period_start = c.period_start and w.period_end = c.period_end)
+    and not exists (select 1 from budget_reservations r where r.budget_id = c.budget_id and r.period_start = c.period_start);
+  return null;
+end $$;
