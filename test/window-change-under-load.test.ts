@@ -31,6 +31,9 @@ async function blockedBy (sql: Sql, pid: number, giveUp = () => false): Promise<
   throw new Error(`no session waited for session ${pid}`)
 }
 
+/** budget_hold_batch's lock_timeout (sql/016). */
+const HOLD_LOCK_BOUND_MS = 2000
+
 t.test('a hold committed between the carry-over\'s two lock statements, then settled while the change runs: the PUT is answered 200, nothing deadlocks', async (t) => {
   // Deterministic: sessions holding rows the change and the settlement need put each statement where the
   // reviewer's runs found them. L holds the first hold's reservation row, so the change (T) takes its
@@ -96,7 +99,12 @@ t.test('a parent and its child change periods over and over while streams and ca
   const count = (answer: string) => { answers.set(answer, (answers.get(answer) ?? 0) + 1) }
   const worker = async (scopes: Record<string, string>, stream: boolean) => {
     for (let i = 0; running; i++) {
+      const started = Date.now()
       const response = await call(scopes, { stream, messages: [{ role: 'user', content: `call ${i}` }] })
+      // A hold that waited out its lock bound (2 s, sql/016) on a loaded machine is a 503 by design: the
+      // database did not answer in time. The refusal this test guards against came at once, from a line
+      // that changed under the call's tries, so only a 503 that came quickly counts against it.
+      if (response.statusCode === 503 && Date.now() - started >= HOLD_LOCK_BOUND_MS) { count('call 503 after the lock bound'); continue }
       count(`call ${response.statusCode}${response.statusCode === 200 ? '' : ` ${response.body.slice(0, 120)}`}`)
     }
   }
@@ -117,7 +125,7 @@ t.test('a parent and its child change periods over and over while streams and ca
   running = false
   await Promise.all(workers)
 
-  t.same([...answers.keys()].filter((answer) => !answer.endsWith(' 200')).sort(), [], 'every PUT and every call answered 200')
+  t.same([...answers.keys()].filter((answer) => !answer.endsWith(' 200') && answer !== 'call 503 after the lock bound').sort(), [], 'every PUT and every call answered 200 (or a call 503 only after waiting out the lock bound)')
   t.equal(answers.get('put 200'), rounds * 2, `${rounds * 2} PUTs answered 200`)
   t.ok((answers.get('call 200') ?? 0) > rounds, `${answers.get('call 200') ?? 0} calls served`)
   await waitForSettled(sql)
