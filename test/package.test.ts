@@ -21,6 +21,7 @@ t.test('npm pack ships the build and the migrations, and a fresh Fastify app can
   t.ok(paths.includes('dist/index.js') && paths.includes('dist/index.d.ts'), 'the build, with declarations')
   t.ok(paths.includes('sql/001_budget_definitions.sql'), 'the migrations')
   t.ok(paths.includes('ui/index.html') && paths.includes('ui/dashboard.js'), 'the dashboard page')
+  t.ok(paths.includes('docs/options.md') && paths.includes('docs/glossary.md'), 'the pages the README links to')
   t.same(paths.filter((path) => /^(test|examples|bench|lib)\//.test(path)), [], 'no tests, examples, benchmarks or sources')
 
   const app = join(work, 'app')
