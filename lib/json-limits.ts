@@ -67,6 +67,17 @@ function isFlat (value: Record<string, unknown> | unknown[]): boolean {
 }
 
 /**
+ * JSON.stringify's text of `child` as the value of `key` in its holder: a toJSON method is called with
+ * its key, as JSON.stringify calls it (standing alone it would get ""), so it is written inside a
+ * holder of its own and the holder's text is cut off.
+ */
+function childText (key: string, child: unknown): string | undefined {
+  if (typeof child !== 'object' || child === null || typeof (child as { toJSON?: unknown }).toJSON !== 'function') return JSON.stringify(child)
+  const held = JSON.stringify({ [key]: child })
+  return held === '{}' ? undefined : held.slice(JSON.stringify(key).length + 2, -1)
+}
+
+/**
  * JSON.stringify(value), the same text, written child by child so that the loop gets a turn between
  * children when `slices` is spent: one field of a body up to the body limit (a response_format of
  * 35,000 properties) takes 10 ms and more in one native call. A flat array or object (no object among
@@ -83,7 +94,7 @@ export async function jsonTextInSlices (value: unknown, slices: Slices, depth = 
   const keys = array ? Array.from({ length: value.length }, (_, index) => String(index)) : Object.keys(value)
   for (const key of keys) {
     const child = (value as Record<string, unknown>)[key]
-    const text = isPlainContainer(child) && !isFlat(child) ? await jsonTextInSlices(child, slices, depth + 1) : JSON.stringify(child)
+    const text = isPlainContainer(child) && !isFlat(child) ? await jsonTextInSlices(child, slices, depth + 1) : childText(key, child)
     if (array) parts.push(text ?? 'null')
     else if (text !== undefined) parts.push(`${JSON.stringify(key)}:${text}`)
     if (slices.due()) await slices.pause()
