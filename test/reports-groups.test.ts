@@ -110,7 +110,8 @@ t.test('where the equality ends, as docs/reports.md says: a filtered team budget
 t.test('sorted by total, top-N with others per currency, in JSON and CSV', async (t) => {
   const { admin, sql } = await buildApp(t)
   const rows: Array<[string, string, string]> = [
-    ['a', '0.1', 'USD'], ['b', '3', 'USD'], ['b', '0.0000000001', 'USD'], ['c', '2', 'USD'], ['d', '2', 'USD'], ['e', '0.5', 'EUR'], ['f', '7', 'EUR']
+    ['a', '0.1', 'USD'], ['b', '3', 'USD'], ['b', '0.0000000001', 'USD'], ['c', '2', 'USD'], ['d', '2', 'USD'], ['e', '0.5', 'EUR'], ['f', '7', 'EUR'],
+    ['h', '10', 'GBP'], ['i', '9', 'GBP'] // as text, '10' would sort after '9'
   ]
   for (const [team, amount, currency] of rows) await unbudgeted(sql, amount, '2024-03-01T12:00:00Z', { teamId: team, modelId: 'm' }, currency)
   await unbudgeted(sql, '1', '2024-03-01T12:00:00Z', { modelId: 'm' }) // a caller without a team
@@ -119,28 +120,29 @@ t.test('sorted by total, top-N with others per currency, in JSON and CSV', async
   const all = await report('')
   t.equal(all.sort, 'total', 'total is the default')
   t.same(all.groups.map((g: Group) => [g.key, g.currency, g.total]), [
-    ['f', 'EUR', '7'], ['b', 'USD', '3.0000000001'], ['c', 'USD', '2'], ['d', 'USD', '2'], [null, 'USD', '1'], ['e', 'EUR', '0.5'], ['a', 'USD', '0.1']
+    ['h', 'GBP', '10'], ['i', 'GBP', '9'], ['f', 'EUR', '7'], ['b', 'USD', '3.0000000001'], ['c', 'USD', '2'], ['d', 'USD', '2'], [null, 'USD', '1'], ['e', 'EUR', '0.5'], ['a', 'USD', '0.1']
   ], 'largest first; ties by key')
   t.same([all.truncated, all.others, all.limit], [false, [], null])
 
   const top = await report('limit=3')
-  t.same(top.groups.map((g: Group) => g.key), ['f', 'b', 'c'])
+  t.same(top.groups.map((g: Group) => g.key), ['h', 'i', 'f'])
   t.equal(top.truncated, true)
   t.same(top.others, [
     { currency: 'EUR', total: '0.5', calls: 1, inputTokens: '0', outputTokens: '0', groups: 1 },
-    { currency: 'USD', total: '3.1', calls: 3, inputTokens: '0', outputTokens: '0', groups: 3 }
+    { currency: 'USD', total: '8.1000000001', calls: 6, inputTokens: '0', outputTokens: '0', groups: 5 }
   ], 'what the limit cut, summed per currency: nothing lost')
-  t.same((await report('limit=7')).truncated, false, 'a limit that cuts nothing says so')
+  t.same((await report('limit=9')).truncated, false, 'a limit that cuts nothing says so')
+  t.same((await report('limit=8')).others, [{ currency: 'USD', total: '0.1', calls: 1, inputTokens: '0', outputTokens: '0', groups: 1 }])
   t.same((await report('sort=key&limit=2')).groups.map((g: Group) => g.key), ['a', 'b'])
 
   const csv = async (query: string) => await admin({ url: `${PREFIX}/reports/spend?from=2024-03-01&to=2024-03-02&groupBy=team&${query}`, headers: { accept: 'text/csv' } })
   const cut = await csv('limit=2')
   t.equal(cut.headers['x-report-truncated'], 'true')
   t.equal(cut.headers['x-report-from'], '2024-03-01T00:00:00.000Z')
-  t.same(cut.body.split('\r\n'), ['team,currency,total,calls,inputTokens,outputTokens', 'f,EUR,7,1,0,0', 'b,USD,3.0000000001,2,0,0', ''])
+  t.same(cut.body.split('\r\n'), ['team,currency,total,calls,inputTokens,outputTokens', 'h,GBP,10,1,0,0', 'i,GBP,9,1,0,0', ''])
   const whole = await csv('sort=key')
   t.equal(whole.headers['x-report-truncated'], 'false')
-  t.equal(whole.body.split('\r\n').length, 9, 'a header, 7 groups, the end')
+  t.equal(whole.body.split('\r\n').length, 11, 'a header, 9 groups, the end')
   const empty = await csv('currency=JPY&limit=1')
   t.same([empty.headers['x-report-truncated'], empty.body], ['false', 'team,currency,total,calls,inputTokens,outputTokens\r\n'])
 })
@@ -225,4 +227,20 @@ t.test('hostile values for the new parameters: never a 5xx, a coded 4xx, nothing
     if (response.statusCode >= 400 && !/^(BUDGET|FST)_ERR_/.test(String(response.json().code))) throw new Error(`${query}: no code: ${response.body}`)
   }), { numRuns: Number(process.env.HOSTILE_RUNS ?? 150) })
   t.same(await snapshotTables(sql), before, 'nothing changed')
+})
+
+t.test('limit=1000 over 1001 groups: the CSV says it cut one, before its body', async (t) => {
+  const { admin, sql } = await buildApp(t)
+  await sql`
+    insert into budget_usage_records (budget_id, amount, currency, source, metadata, idempotency_key, occurred_at, allocated_by_settlement)
+    select null, i * 0.001, 'USD', 'gate', jsonb_build_object('modelId', 'model-' || i), 'many-' || i, '2024-03-01T00:00:00Z', false
+    from generate_series(1, 1001) as i`
+  const url = `${PREFIX}/reports/spend?from=2024-03-01&to=2024-03-02&groupBy=model&limit=1000`
+  const csv = await admin({ url, headers: { accept: 'text/csv' } })
+  t.equal(csv.headers['x-report-truncated'], 'true')
+  t.equal(csv.body.split('\r\n').length, 1002, 'a header, 1000 groups, the end')
+  t.match(csv.body.split('\r\n')[1], /^model-1001,USD,1.001,1,/, 'the largest first')
+  const json = (await admin({ url })).json()
+  t.same(json.others, [{ currency: 'USD', total: '0.001', calls: 1, inputTokens: '0', outputTokens: '0', groups: 1 }], 'the smallest was cut')
+  t.equal((await admin({ url: url.replace('limit=1000', 'limit=1000&currency=EUR'), headers: { accept: 'text/csv' } })).headers['x-report-truncated'], 'false')
 })

@@ -35,12 +35,12 @@ export interface SpendRow {
   outputTokens: string
 }
 
-/** A line of the report as read: a group, or (after every group) the groups past the limit in one currency. */
+/** A line of the report as read: a group, or (after every group) the groups past the limit in one currency, and how many. */
 export type SpendLine =
-  | { other: false, row: SpendRow, groups: number }
+  | { other: false, row: SpendRow }
   | { other: true, row: Omit<SpendRow, 'key'>, groups: number }
 
-interface RawLine extends SpendRow { other: boolean, groups: number }
+interface RawLine extends SpendRow { other: boolean, groups: number | null }
 
 export function createReportRepository (sql: Db) {
   const tokens = (field: string) => sql`
@@ -60,13 +60,9 @@ export function createReportRepository (sql: Db) {
       day: sql`to_char(u.occurred_at at time zone ${filter.timeZone}, 'YYYY-MM-DD')`,
       tag: sql`u.metadata -> 'tags' ->> ${filter.tagKey ?? ''}`
     }[filter.groupBy]
+    // on g (the groups), never on the output columns: those are text, and '10' sorts before '9'
     const order = filter.sort === 'total' ? sql`g.total desc, g.key nulls last, g.currency` : sql`g.key nulls last, g.currency`
-    const kept = filter.limit === undefined ? sql`true` : sql`place <= ${filter.limit}`
-    const cut = filter.limit === undefined ? sql`false` : sql`place > ${filter.limit}`
-    // One pass over the records (the CTE is computed once); the groups kept come first, in order, then one
-    // line per currency for the groups past the limit. `groups` on a kept line counts every group.
-    return sql<RawLine[]>`
-      with grouped as (
+    const grouped = sql`
         select ${key} as key, u.currency, sum(u.amount) as total, count(*) as calls,
                ${tokens('inputTokens')} as input_tokens, ${tokens('outputTokens')} as output_tokens
         from budget_usage_records u
@@ -77,27 +73,34 @@ export function createReportRepository (sql: Db) {
             ? sql``
             : sql`and exists (select 1 from budget_usage_allocations a join budget_definitions s on s.id = a.budget_id
                               where a.usage_id = u.id and s.scope_type = ${filter.scope.type} and s.scope_id = ${filter.scope.id})`}
-        group by 1, 2
-      ), ranked as (
-        select g.*, row_number() over (order by ${order}) as place, count(*) over () as group_count from grouped g
-      )
-      select false as other, key, currency, total::text as total, calls::int as calls,
-             input_tokens::text as "inputTokens", output_tokens::text as "outputTokens", place, group_count::int as groups
-      from ranked where ${kept}
+        group by 1, 2`
+    const columns = sql`key, currency, total::text as total, calls::int as calls,
+             input_tokens::text as "inputTokens", output_tokens::text as "outputTokens"`
+    if (filter.limit === undefined) return sql<RawLine[]>`select false as other, ${columns} from (${grouped}) g order by ${order}`
+    // Top N: the N first groups (a top-N sort, not a sort of every group), then one line per currency
+    // summing the groups left out, found by an anti-join on (key, currency), the group's identity.
+    return sql<RawLine[]>`
+      with grouped as (${grouped}),
+      kept as (select g.*, row_number() over (order by ${order}) as place from (select * from grouped g order by ${order} limit ${filter.limit}) g)
+      select false as other, ${columns}, null::int as groups, place from kept
       union all
-      select true, null, currency, sum(total)::text, sum(calls)::int, sum(input_tokens)::text, sum(output_tokens)::text,
-             null, count(*)::int
-      from ranked where ${cut} group by currency
+      select true, null, currency, sum(total)::text, sum(calls)::int, sum(input_tokens)::text, sum(output_tokens)::text, count(*)::int, null
+      from grouped g
+      where not exists (select 1 from kept k where k.key is not distinct from g.key and k.currency = g.currency)
+      group by currency
       order by other, place, currency`
   }
 
   return {
-    /** Every line of the report, a page of `batch` lines at a time. */
+    /**
+     * Every line of the report, a page at a time: `batch` lines, and at least limit + 1, so the first page
+     * says whether the limit cut groups (an `other` line follows the last group kept).
+     */
     async * spendLines (filter: SpendFilter, batch = 1000): AsyncIterable<SpendLine[]> {
-      for await (const rows of query(filter).cursor(batch)) {
-        yield rows.map(({ other, groups, key, currency, total, calls, inputTokens, outputTokens }): SpendLine => {
+      for await (const rows of query(filter).cursor(Math.max(batch, (filter.limit ?? 0) + 1))) {
+        yield rows.map(({ other, key, currency, total, calls, inputTokens, outputTokens, groups }): SpendLine => {
           const row = { currency, total: normalizeMoney(total), calls, inputTokens, outputTokens }
-          return other ? { other, row, groups } : { other, row: { key, ...row }, groups }
+          return other ? { other, row, groups: groups! } : { other, row: { key, ...row } }
         })
       }
     },

@@ -43,10 +43,9 @@ function csvField (value: string | number | null): string {
   return /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text
 }
 
-/** Whether the first lines read say that the limit left groups out (every kept line counts all groups). */
-function cutBy (filter: SpendFilter, first: SpendLine[] | undefined): boolean {
-  const line = first?.[0]
-  return line !== undefined && (line.other || (filter.limit !== undefined && line.groups > filter.limit))
+/** Whether the limit left groups out, from the first page (it holds the limit's groups and the line after them). */
+function cutIn (first: SpendLine[] | undefined): boolean {
+  return first?.some((line) => line.other) ?? false
 }
 
 /**
@@ -147,7 +146,7 @@ export function createSpendReports (reports: ReportRepository, now: () => Date, 
           await pages.return?.() // a client that went away closes the cursor
         }
       }
-      return { truncated: cutBy(filter, first.done === true ? undefined : first.value), lines: lines() }
+      return { truncated: cutIn(first.done === true ? undefined : first.value), lines: lines() }
     }
   }
 }
