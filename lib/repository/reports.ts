@@ -77,17 +77,21 @@ export function createReportRepository (sql: Db) {
     const columns = sql`key, currency, total::text as total, calls::int as calls,
              input_tokens::text as "inputTokens", output_tokens::text as "outputTokens"`
     if (filter.limit === undefined) return sql<RawLine[]>`select false as other, ${columns} from (${grouped}) g order by ${order}`
-    // Top N: the N first groups (a top-N sort, not a sort of every group), then one line per currency
-    // summing the groups left out, found by an anti-join on (key, currency), the group's identity.
+    // Top N: the N first groups (a top-N sort, not a sort of every group), then one line per currency for
+    // the groups left out: that currency's sums over every group less its sums over the groups kept, exact
+    // (numeric). A subtraction, not an anti-join: no group is compared with another.
+    const sums = sql`sum(total) as total, sum(calls) as calls, sum(input_tokens) as input_tokens, sum(output_tokens) as output_tokens, count(*) as groups`
     return sql<RawLine[]>`
       with grouped as (${grouped}),
       kept as (select g.*, row_number() over (order by ${order}) as place from (select * from grouped g order by ${order} limit ${filter.limit}) g)
       select false as other, ${columns}, null::int as groups, place from kept
       union all
-      select true, null, currency, sum(total)::text, sum(calls)::int, sum(input_tokens)::text, sum(output_tokens)::text, count(*)::int, null
-      from grouped g
-      where not exists (select 1 from kept k where k.key is not distinct from g.key and k.currency = g.currency)
-      group by currency
+      select true, null, a.currency, (a.total - coalesce(k.total, 0))::text, (a.calls - coalesce(k.calls, 0))::int,
+             (a.input_tokens - coalesce(k.input_tokens, 0))::text, (a.output_tokens - coalesce(k.output_tokens, 0))::text,
+             (a.groups - coalesce(k.groups, 0))::int, null
+      from (select currency, ${sums} from grouped group by currency) a
+      left join (select currency, ${sums} from kept group by currency) k using (currency)
+      where a.groups > coalesce(k.groups, 0)
       order by other, place, currency`
   }
 
