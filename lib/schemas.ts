@@ -560,6 +560,7 @@ export const SpendReport = Type.Object({
     groups: Type.Integer({ description: 'How many groups in this currency were left out.' })
   }), { description: 'Per currency, the groups past limit, summed; empty when none were left out.' })
 })
+export type SpendReport = Static<typeof SpendReport>
 
 // Exchange rates (sql/012)
 

@@ -3,7 +3,7 @@
 // as JSON or as CSV streamed row by row. Amounts stay exact decimal text. docs/reports.md is the reference.
 import { InvalidFieldError } from '../errors.js'
 import type { ReportRepository, SpendFilter, SpendGroupBy, SpendLine, SpendPreset, SpendRow, SpendSort } from '../repository/reports.js'
-import { SCOPE_TYPES, type ScopeType } from '../schemas.js'
+import { SCOPE_TYPES, type ScopeType, type SpendReport } from '../schemas.js'
 import { parseTimestamp } from '../timestamps.js'
 
 export interface SpendReportQuery {
@@ -18,18 +18,6 @@ export interface SpendReportQuery {
   currency?: string
   sort?: SpendSort
   limit?: number
-}
-
-export interface SpendReport {
-  from: string
-  to: string
-  timeZone: string
-  groupBy: SpendGroupBy
-  sort: SpendSort
-  limit: number | null
-  groups: SpendRow[]
-  truncated: boolean
-  others: Array<Omit<SpendRow, 'key'> & { groups: number }>
 }
 
 const DAY = 86_400_000
@@ -102,7 +90,7 @@ export function createSpendReports (reports: ReportRepository, now: () => Date, 
   return {
     filterOf,
 
-    /** The report as one JSON document (its size is the number of groups, at most limit + currencies). */
+    /** The report as one JSON document (its size is the number of groups, or limit and a line per currency). */
     async spendReport (query: SpendReportQuery): Promise<SpendReport> {
       const filter = await filterOf(query)
       const groups: SpendRow[] = []
