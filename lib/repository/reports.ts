@@ -35,12 +35,12 @@ export interface SpendRow {
   outputTokens: string
 }
 
-/** A line of the report as read: a group, or (after every group) the groups past the limit in one currency, and how many. */
-export type SpendLine =
-  | { other: false, row: SpendRow }
-  | { other: true, row: Omit<SpendRow, 'key'>, groups: number }
-
-interface RawLine extends SpendRow { other: boolean, groups: number | null }
+/**
+ * A line of the report as read: a group (other false), or, after every group, the groups past the limit
+ * in one currency (other true, key null, groups: how many). One flat object per line, as PostgreSQL
+ * sends it: a million-group CSV makes no second object per row.
+ */
+export interface SpendLine extends SpendRow { other: boolean, groups: number | null }
 
 export function createReportRepository (sql: Db) {
   const tokens = (field: string) => sql`
@@ -76,12 +76,12 @@ export function createReportRepository (sql: Db) {
         group by 1, 2`
     const columns = sql`key, currency, total::text as total, calls::int as calls,
              input_tokens::text as "inputTokens", output_tokens::text as "outputTokens"`
-    if (filter.limit === undefined) return sql<RawLine[]>`select false as other, ${columns} from (${grouped}) g order by ${order}`
+    if (filter.limit === undefined) return sql<SpendLine[]>`select false as other, ${columns}, null::int as groups from (${grouped}) g order by ${order}`
     // Top N: the N first groups (a top-N sort, not a sort of every group), then one line per currency for
     // the groups left out: that currency's sums over every group less its sums over the groups kept, exact
     // (numeric). A subtraction, not an anti-join: no group is compared with another.
     const sums = sql`sum(total) as total, sum(calls) as calls, sum(input_tokens) as input_tokens, sum(output_tokens) as output_tokens, count(*) as groups`
-    return sql<RawLine[]>`
+    return sql<SpendLine[]>`
       with grouped as (${grouped}),
       kept as (select g.*, row_number() over (order by ${order}) as place from (select * from grouped g order by ${order} limit ${filter.limit}) g)
       select false as other, ${columns}, null::int as groups, place from kept
@@ -102,10 +102,8 @@ export function createReportRepository (sql: Db) {
      */
     async * spendLines (filter: SpendFilter, batch = 1000): AsyncIterable<SpendLine[]> {
       for await (const rows of query(filter).cursor(Math.max(batch, (filter.limit ?? 0) + 1))) {
-        yield rows.map(({ other, key, currency, total, calls, inputTokens, outputTokens, groups }): SpendLine => {
-          const row = { currency, total: normalizeMoney(total), calls, inputTokens, outputTokens }
-          return other ? { other, row, groups: groups! } : { other, row: { key, ...row } }
-        })
+        for (const line of rows) line.total = normalizeMoney(line.total)
+        yield rows
       }
     },
 

@@ -96,9 +96,9 @@ export function createSpendReports (reports: ReportRepository, now: () => Date, 
       const groups: SpendRow[] = []
       const others: SpendReport['others'] = []
       for await (const lines of reports.spendLines(filter)) {
-        for (const line of lines) {
-          if (line.other) others.push({ ...line.row, groups: line.groups })
-          else groups.push(line.row)
+        for (const { other, key, groups: count, currency, total, calls, inputTokens, outputTokens } of lines) {
+          if (other) others.push({ currency, total, calls, inputTokens, outputTokens, groups: count! })
+          else groups.push({ key, currency, total, calls, inputTokens, outputTokens })
         }
       }
       return {
@@ -123,7 +123,7 @@ export function createSpendReports (reports: ReportRepository, now: () => Date, 
       const pages = reports.spendLines(filter)[Symbol.asyncIterator]()
       const first = await pages.next()
       const head = `${[filter.groupBy === 'tag' ? `tag:${filter.tagKey!}` : filter.groupBy, ...COLUMNS.slice(1)].map(csvField).join(',')}\r\n`
-      const page = (lines: SpendLine[]) => lines.flatMap((line) => line.other ? [] : [`${COLUMNS.map((column) => csvField(line.row[column])).join(',')}\r\n`]).join('')
+      const page = (lines: SpendLine[]) => lines.filter((line) => !line.other).map((line) => `${COLUMNS.map((column) => csvField(line[column])).join(',')}\r\n`).join('')
       async function * lines (): AsyncIterable<string> {
         try {
           yield head
