@@ -165,7 +165,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const setRate: typeof rates.setRate = async (...args) =>
     await inBoundedTransaction(async (tx) => await createExchangeRates(createRepositories(tx).exchangeRates, () => new Date()).setRate(...args))
   await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, collector: usageCollector, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit),
-    reports: createSpendReports(repositories.reports, () => new Date()), rates: { ...rates, setRate }, channels: createChannelTests(budgetNotifications, inBoundedTransaction, adminTimeoutMs), recordUsage, timeoutMs: adminTimeoutMs, decisions: decisionLog })
+    reports: createSpendReports(repositories.reports, () => new Date(), repositories.budgets.listTimeZones), rates: { ...rates, setRate }, channels: createChannelTests(budgetNotifications, inBoundedTransaction, adminTimeoutMs), recordUsage, timeoutMs: adminTimeoutMs, decisions: decisionLog })
   // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
   if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })
 }

@@ -521,28 +521,47 @@ export type AuditQuery = Static<typeof AuditQuery>
 
 // Spend reports
 
+export const SPEND_GROUP_BYS = ['scope', 'organization', 'team', 'user', 'project', 'model', 'day', 'tag'] as const
+export const SPEND_SORTS = ['total', 'key'] as const
+export const SPEND_PRESETS = ['this-week', 'last-week', 'this-month', 'last-month'] as const
 export const SpendReportQuery = Type.Object({
   from: Type.Optional(TimestampInput),
   to: Type.Optional(TimestampInput),
-  groupBy: Type.Optional(StringEnum(['scope', 'model', 'day', 'tag'] as const, { description: 'scope (the budget the usage was recorded on), model, UTC day, or a tag\'s value (with tagKey). Default scope.' })),
+  preset: Type.Optional(StringEnum(SPEND_PRESETS, { description: 'The window instead of from/to (not with them): the ISO week (Monday to Monday) or the calendar month that holds now, or the one before, from local midnight in timeZone. The response echoes the resolved from/to.' })),
+  timeZone: Type.Optional(Type.String({ minLength: 1, maxLength: 64, examples: ['Europe/Paris'], description: 'An IANA time zone (PostgreSQL\'s names) for preset and for groupBy=day. Default UTC. An unknown zone is a 400 naming timeZone.' })),
+  groupBy: Type.Optional(StringEnum(SPEND_GROUP_BYS, { description: 'scope: the budget the usage was recorded on (null: usage no budget covered). organization, team, user, project: the caller\'s scope of that type, read from the record itself whatever budget it was recorded on, budgeted or not (null: callers without one). model; day (in timeZone); tag (a tag\'s value, with tagKey). Default scope.' })),
   tagKey: Type.Optional(Type.String({ pattern: TAG_KEY_PATTERN, examples: ['feature'] })),
   scopeType: Type.Optional(ScopeType),
   scopeId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
-  currency: Type.Optional(Type.String({ pattern: '^[A-Z]{3}$' }))
+  currency: Type.Optional(Type.String({ pattern: '^[A-Z]{3}$' })),
+  sort: Type.Optional(StringEnum(SPEND_SORTS, { description: 'total: largest total first (ties by key, then currency); key: by group, then currency. Default total.' })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'At most this many groups (rows), in sort order; the rest are summed per currency in others, and truncated is true.' }))
 }, { additionalProperties: false })
+const SpendTotals = {
+  currency: Type.String(),
+  total: Money,
+  calls: Type.Integer(),
+  inputTokens: Type.String({ description: 'Summed from the records\' metadata.inputTokens.' }),
+  outputTokens: Type.String()
+}
 export const SpendReport = Type.Object({
   from: Timestamp,
   to: Timestamp,
-  groupBy: StringEnum(['scope', 'model', 'day', 'tag'] as const),
+  timeZone: Type.String(),
+  groupBy: StringEnum(SPEND_GROUP_BYS),
+  sort: StringEnum(SPEND_SORTS),
+  limit: Nullable(Type.Integer()),
   groups: Type.Array(Type.Object({
-    key: Nullable(Type.String({ description: 'The group: scopeType:scopeId, a model, a YYYY-MM-DD day or a tag value; null for usage without one.' })),
-    currency: Type.String(),
-    total: Money,
-    calls: Type.Integer(),
-    inputTokens: Type.String({ description: 'Summed from the records\' metadata.inputTokens.' }),
-    outputTokens: Type.String()
-  }))
+    key: Nullable(Type.String({ description: 'The group: scopeType:scopeId (groupBy=scope), a scope id, a model, a YYYY-MM-DD day or a tag value; null for usage without one (for scope: usage no budget covered).' })),
+    ...SpendTotals
+  })),
+  truncated: Type.Boolean({ description: 'True when limit left groups out; others then sums them.' }),
+  others: Type.Array(Type.Object({
+    ...SpendTotals,
+    groups: Type.Integer({ description: 'How many groups in this currency were left out.' })
+  }), { description: 'Per currency, the groups past limit, summed; empty when none were left out.' })
 })
+export type SpendReport = Static<typeof SpendReport>
 
 // Exchange rates (sql/012)
 

@@ -24,9 +24,9 @@ async function world (t: Parameters<typeof buildApp>[0]) {
 
 const range = 'from=2024-03-01&to=2024-04-01'
 
-t.test('JSON: per scope, model, day and tag, each currency apart, exact', async (t) => {
+t.test('JSON: per scope, model, day and tag, each currency apart, exact (sort=key: the order before sort existed)', async (t) => {
   const { admin } = await world(t)
-  const report = async (query: string) => (await admin({ method: 'GET', url: `${PREFIX}/reports/spend?${range}&${query}` })).json()
+  const report = async (query: string) => (await admin({ method: 'GET', url: `${PREFIX}/reports/spend?${range}&sort=key&${query}` })).json()
   t.same((await report('groupBy=scope')).groups, [
     { key: 'organization:acme', currency: 'USD', total: '0.3', calls: 1, inputTokens: '300', outputTokens: '30' },
     { key: 'team:paris', currency: 'EUR', total: '0.4', calls: 1, inputTokens: '0', outputTokens: '0' },

@@ -17,18 +17,22 @@ export const reportRoutes: FastifyPluginAsyncTypebox<ReportRoutesOptions> = asyn
     handlerTimeout: REPORT_TIMEOUT_MS,
     schema: {
       summary: 'Spend report',
-      description: 'Totals, call counts and tokens per group (scope, model, UTC day or a tag\'s value) and currency over from..to (default: the last 30 days), optionally only the usage that counted toward one scope\'s budgets, or in one currency. JSON; with Accept: text/csv, CSV streamed row by row.',
+      description: 'Totals, call counts and tokens per group (the budget a call was recorded on, the caller\'s organization, team, user or project, model, day or a tag\'s value) and currency, over from..to (default: the last 30 days) or a preset week or month in timeZone, every served call included whether or not a budget covered it. Sorted by total (largest first) or by key; limit keeps the top N and sums the rest in others. Optionally only the usage that counted toward one scope\'s budgets, or in one currency. JSON; with Accept: text/csv, CSV streamed row by row (the groups only; header x-report-truncated says whether limit cut any). docs/reports.md: the rule that makes a team\'s total equal its budget\'s status.',
       tags: ['reports'],
       querystring: SpendReportQuery,
       response: { 200: SpendReport, ...errorResponses({ 400: [] }) }
     }
   }, async (request, reply) => {
     if (!/\btext\/csv\b/.test(request.headers.accept ?? '')) return await reports.spendReport(request.query)
-    const filter = reports.filterOf(request.query) // a bad query is a 400 before the stream starts
+    const filter = await reports.filterOf(request.query) // a bad query is a 400 before the stream starts
+    const { truncated, lines } = await reports.spendCsv(filter)
     return await reply
       .type('text/csv; charset=utf-8')
       .header('content-disposition', `attachment; filename="spend-by-${filter.groupBy}.csv"`)
+      .header('x-report-truncated', String(truncated))
+      .header('x-report-from', filter.from.toISOString())
+      .header('x-report-to', filter.to.toISOString())
       // a stream goes out as it is (the 200 schema describes the JSON form; it serializes no stream)
-      .send(Readable.from(reports.spendCsv(filter)) as never)
+      .send(Readable.from(lines) as never)
   })
 }
