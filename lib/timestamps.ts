@@ -34,3 +34,21 @@ function withinRange (instant: Date, field: string, text: string): Date {
   if (time < EARLIEST || time > LATEST) throw new InvalidFieldError(field, `is outside 1970-01-01 to 9999-12-31 UTC: ${text}`)
   return instant
 }
+
+/**
+ * A bound over instants kept to the millisecond (a Date's precision): the first whole millisecond at or
+ * after the instant written, so that digits past the millisecond move the bound up, never down. Both
+ * `at >= from` and `at < to` then select what the written bound selects.
+ */
+export function parseMillisecondBound (value: unknown, field: string): Date {
+  const instant = parseTimestamp(value, field)
+  const fraction = typeof value === 'string' ? /\.\d{3}(\d+)/.exec(value)?.[1] : undefined
+  return fraction !== undefined && /[1-9]/.test(fraction) ? withinRange(new Date(instant.getTime() + 1), field, String(value)) : instant
+}
+
+/** The instant written, in nanoseconds since 1970: for comparing two written bounds at their own precision. */
+export function nanosecondsOf (value: unknown, field: string): bigint {
+  const instant = parseTimestamp(value, field)
+  const fraction = typeof value === 'string' ? /\.\d{3}(\d{1,6})/.exec(value)?.[1] : undefined
+  return BigInt(instant.getTime()) * 1_000_000n + BigInt((fraction ?? '').padEnd(6, '0'))
+}

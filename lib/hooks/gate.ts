@@ -421,8 +421,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       code,
       scopes,
       ...(tags === undefined ? {} : { tags }),
-      model: state.model,
-      ...(state.downgradedFrom === null ? {} : { requestedModel: state.downgradedFrom }),
+      model: storable(state.model),
+      ...(state.downgradedFrom === null ? {} : { requestedModel: storable(state.downgradedFrom) }),
       ...bindingOf(on.check, budgetId, on.estimate, options.currency, outcome === 'refused' ? call.rateLimited : undefined)
     }
     if (outcome === 'refused') {

@@ -1,6 +1,6 @@
 // SQL for the decision log (sql/025): a batch of decisions in one multi-row insert, a filtered page
 // newest first (keyset on (at, id)), and the retention sweep in bounded batches.
-import type { Db } from './budgets.js'
+import type { Sql, TransactionSql } from 'postgres'
 import type { ScopeType } from '../schemas.js'
 import type { Tags } from '../tags.js'
 
@@ -97,7 +97,21 @@ function stored (row: DecisionRow): StoredDecision {
   }
 }
 
-export function createDecisionRepository (sql: Db) {
+/**
+ * The most one statement of the log may wait or run. The log is written and swept in the background,
+ * and closing the plugin waits for it: a locked table or a database that stops answering must cost
+ * the log a batch, never hold the plugin's close (and the settlements and leases closed after it).
+ */
+const LOG_STATEMENT_BOUND_MS = 5000
+
+export function createDecisionRepository (sql: Sql) {
+  async function bounded<T> (work: (tx: TransactionSql) => Promise<T>): Promise<T> {
+    return await sql.begin(async (tx) => {
+      await tx.unsafe(`set local statement_timeout = ${LOG_STATEMENT_BOUND_MS}; set local lock_timeout = ${LOG_STATEMENT_BOUND_MS}`)
+      return await work(tx)
+    }) as T
+  }
+
   // numeric's text trimmed of trailing zeros: the API's money form (exact, no exponent).
   const money = (column: string) => sql.unsafe(`trim_scale(${column})::text`)
   return {
@@ -105,7 +119,7 @@ export function createDecisionRepository (sql: Db) {
     async insert (decisions: Decision[]): Promise<void> {
       if (decisions.length === 0) return
       const column = <T>(pick: (decision: Decision) => T) => decisions.map(pick)
-      await sql`
+      await bounded(async (sql) => await sql`
         insert into budget_decision_log (at, request_id, api, outcome, code, organization_id, team_id, user_id, project_id, tags,
           model, requested_model, estimate, currency, budget_id, budget_name, budget_limit, budget_current, budget_reserved)
         select * from unnest(
@@ -118,7 +132,7 @@ export function createDecisionRepository (sql: Db) {
           ${column((d) => d.estimate)}::numeric[], ${column((d) => d.currency)}::text[],
           ${column((d) => d.budget?.id ?? null)}::uuid[], ${column((d) => d.budget?.name ?? null)}::text[],
           ${column((d) => d.budget?.limit ?? null)}::numeric[], ${column((d) => d.budget?.current ?? null)}::numeric[],
-          ${column((d) => d.budget?.reserved ?? null)}::numeric[])`
+          ${column((d) => d.budget?.reserved ?? null)}::numeric[])`)
     },
 
     /** Newest first: (at, id) descending, strictly below `after` when given. */
@@ -145,9 +159,9 @@ export function createDecisionRepository (sql: Db) {
 
     /** Deletes up to `batch` decisions older than `before`; how many it deleted. */
     async deleteOlderThan (before: Date, batch: number): Promise<number> {
-      const deleted = await sql`
+      const deleted = await bounded(async (sql) => await sql`
         delete from budget_decision_log where id in (
-          select id from budget_decision_log where at < ${before.toISOString()}::timestamptz order by at limit ${batch})`
+          select id from budget_decision_log where at < ${before.toISOString()}::timestamptz order by at limit ${batch})`)
       return deleted.count
     }
   }

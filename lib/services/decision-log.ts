@@ -11,7 +11,7 @@ import { isUuid } from '../repository/budgets.js'
 import type { Decision, DecisionFilter, DecisionOutcome, DecisionRepository, StoredDecision } from '../repository/decisions.js'
 import { SCOPE_TYPES, type ScopeType } from '../schemas.js'
 import type { BudgetConstraintCheck } from './decision.js'
-import { parseTimestamp } from '../timestamps.js'
+import { nanosecondsOf, parseMillisecondBound } from '../timestamps.js'
 
 export interface DecisionLogOptions {
   /** Store decisions at all. Default true. */
@@ -83,9 +83,9 @@ export function decisionFilter (query: DecisionPageQuery): DecisionFilter {
     throw new InvalidFieldError(query.scopeType === undefined ? 'scopeType' : 'scopeId', 'scopeType and scopeId go together')
   }
   if (query.scopeType !== undefined && !SCOPE_TYPES.includes(query.scopeType)) throw new InvalidFieldError('scopeType', `must be one of ${SCOPE_TYPES.join(', ')}`)
-  const from = query.from === undefined ? undefined : parseTimestamp(query.from, 'from')
-  const to = query.to === undefined ? undefined : parseTimestamp(query.to, 'to')
-  if (from !== undefined && to !== undefined && to <= from) throw new InvalidFieldError('to', 'must be after from')
+  const from = query.from === undefined ? undefined : parseMillisecondBound(query.from, 'from')
+  const to = query.to === undefined ? undefined : parseMillisecondBound(query.to, 'to')
+  if (from !== undefined && to !== undefined && nanosecondsOf(query.to, 'to') <= nanosecondsOf(query.from, 'from')) throw new InvalidFieldError('to', 'must be after from')
   return {
     limit,
     ...(query.budgetId === undefined ? {} : { budgetId: query.budgetId.toLowerCase() }),
@@ -96,6 +96,12 @@ export function decisionFilter (query: DecisionPageQuery): DecisionFilter {
     ...(to === undefined ? {} : { to }),
     ...(query.cursor === undefined ? {} : { after: decodeCursor(query.cursor) })
   }
+}
+
+/** PostgreSQL's data exceptions (SQLSTATE class 22): the statement will fail whenever it is retried. */
+function isDataError (error: unknown): boolean {
+  const code = (error as { code?: unknown }).code
+  return typeof code === 'string' && code.startsWith('22')
 }
 
 export function createDecisionLog (repository: DecisionRepository, options: DecisionLogOptions, log: FastifyBaseLogger, registry: Registry, now: () => Date = () => new Date()) {
@@ -120,11 +126,29 @@ export function createDecisionLog (repository: DecisionRepository, options: Deci
         await repository.insert(batch)
         written.inc(batch.length)
       } catch (error) {
+        if (isDataError(error)) {
+          // A decision PostgreSQL refuses (class 22: a value it cannot store) would fail every later
+          // flush with its batch: the batch's decisions are written one by one, and a refused one dropped.
+          await writeOneByOne(batch)
+          continue
+        }
         const kept = Math.max(0, Math.min(batch.length, options.maxBuffered - buffer.length))
         if (kept < batch.length) dropped.inc(batch.length - kept)
         buffer = [...batch.slice(0, kept), ...buffer]
         log.warn({ err: error, waiting: buffer.length }, 'writing the decision log failed: its batch waits for the next flush')
         return
+      }
+    }
+  }
+
+  async function writeOneByOne (batch: Decision[]): Promise<void> {
+    for (const decision of batch) {
+      try {
+        await repository.insert([decision])
+        written.inc()
+      } catch (error) {
+        dropped.inc()
+        log.error({ err: error, requestId: decision.requestId }, 'a decision could not be stored: dropped')
       }
     }
   }
