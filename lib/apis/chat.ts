@@ -45,12 +45,14 @@ export function cachedTokensOf (usage: OpenAIUsage): { cachedInputTokens?: numbe
  * The usage of a parsed completion or chunk, with its model as the upstream named it (maybe a dated
  * snapshot) else the requested one; null when it carries no whole count.
  */
+const isTokenCount = (value: unknown): boolean => Number.isSafeInteger(value) && (value as number) >= 0
+
 function usageOf (parsed: unknown, fallbackModel: string): TokenUsage | null {
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return null
   const { model, usage } = parsed as { model?: unknown, usage?: OpenAIUsage | null }
   if (typeof usage !== 'object' || usage === null) return null
   const { prompt_tokens: inputTokens, completion_tokens: outputTokens } = usage
-  if (!Number.isSafeInteger(inputTokens) || !Number.isSafeInteger(outputTokens)) return null
+  if (!isTokenCount(inputTokens) || !isTokenCount(outputTokens)) return null
   return { model: typeof model === 'string' && model !== '' ? model : fallbackModel, inputTokens: inputTokens as number, outputTokens: outputTokens as number, ...cachedTokensOf(usage) }
 }
 

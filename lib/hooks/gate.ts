@@ -209,6 +209,7 @@ function usageMetadata (state: BudgetGateState, usage: TokenUsage | null, priced
     ...(usage?.cacheWrite1hTokens === undefined ? {} : { cacheWrite1hTokens: usage.cacheWrite1hTokens }),
     ...(usage?.priceMultiplier === undefined ? {} : { priceMultiplier: `${usage.priceMultiplier.numerator}/${usage.priceMultiplier.denominator}` }),
     estimatedCost: state.estimate,
+    ...(state.check === null ? { unchecked: true } : {}),
     costBasis: charge.basis,
     ...(charge.basis === 'estimate' ? { estimateReason: charge.reason } : {}),
     userId: state.caller.user,
@@ -331,6 +332,13 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       return false
     }
     await hold(call, downgraded)
+    if (uncovered(state.check)) {
+      // No budget of the caller's takes the cheaper model (their filters name the one asked for): a
+      // downgrade would take the call out of the budgets that asked for it. Hold the model asked for.
+      call.downgradedOn = undefined
+      await hold(call, call.current)
+      return true
+    }
     state.downgradedFrom = call.current.model
     state.model = downgraded.model
     state.estimate = downgraded.amount
@@ -510,6 +518,9 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         }
         request.log.warn({ err: error, caller }, 'budget database unreachable: letting the call through unchecked (failureMode open)')
         metrics.decision('unchecked', 'budget_unavailable')
+        // Served unchecked, and still seen: its spend goes to the ledger without a budget, marked unchecked.
+        admitted = true
+        admittedAt = new Date()
         return
       }
 
@@ -565,8 +576,9 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
   }
 
   function end (request: FastifyRequest, reply: FastifyReply, state: BudgetGateState, admitted: boolean, prices: PriceBook, admittedAt: Date | null): void {
-    // No hold: nothing to end, unless the call was served to a caller no budget covers (its spend is still recorded).
-    if (state.reservationId === null && !(admitted && uncovered(state.check))) return
+    // No hold: nothing to end, unless the call was served to a caller no budget covers, or unchecked
+    // (failureMode open with the database away): its spend is still recorded, without a budget.
+    if (state.reservationId === null && !(admitted && (state.check === null || uncovered(state.check)))) return
     const usage = state.usage
     const charge = chargeFor(admitted, usage, reply.raw.statusCode, state.estimate, (used) => options.actualCost(used, prices))
     const priced = usage === null ? null : prices.resolve(usage.model)
