@@ -21,11 +21,13 @@ export type CallerScopes = Partial<Record<ScopeType, string>> & { tags?: Tags }
 /** The most specific scope first: usage is recorded on the first matched scope's budget. */
 const SCOPE_ORDER: ScopeType[] = ['user', 'project', 'team', 'organization']
 /**
- * How many times a call's line is loaded and held on at most, when each hold finds the line changed
- * under it (a window changed, a budget created or changed): a few changes landing during one admission
- * are admitted on the line as it ends up; a line that changes under every try is refused 503.
+ * A call's line found changed under its hold (a window changed, a budget created or changed) is loaded
+ * and held on again for as long as the gate's deadline allows: changes landing during one admission
+ * are admitted on the line as it ends up, and only a line that changes under every try until the
+ * deadline is refused 503. After the first tries, a pause that grows to LINE_PAUSE_MS between tries
+ * lets a burst of admin changes finish instead of meeting each of them.
  */
-const LINE_TRIES = 8
+const LINE_PAUSE_MS = 50
 
 export interface IntegrationOptions {
   /** The currency of estimates and costs; budgets in other currencies do not apply. */
@@ -161,7 +163,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   /**
    * Admits the call from its line's lease when the line is hot and has room, else holds `estimate`
    * on the line for this call alone. A line found out of date (a window rolled over, a budget
-   * changed) is reloaded and tried again, up to LINE_TRIES times and while before `deadline`: budgets
+   * changed) is reloaded and tried again while before `deadline`: budgets
    * on one line changing one after the other are definitions changing, not a database fault.
    */
   async function admitOrHold (call: CallFilter, estimate: Money, requestId: string, tokens: number, deadline: number): Promise<Admitted> {
@@ -183,7 +185,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         // A hold on a line older than the definitions it met (a budget created, changed or filtered since
         // this process loaded the line) is given back and taken again on the line as it is now.
         const stale = hold.current && hold.definitionsVersion > definitionsVersion
-        const again = attempt < LINE_TRIES && Date.now() < deadline
+        const again = Date.now() < deadline
         if (stale && hold.reserved && again) void settleCall(reservationId, null).catch(() => {})
         if ((hold.current && !stale) || !again) return { reservationId, line, admission: null, hold, rate }
       } catch (error) {
@@ -192,6 +194,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       }
       rateLimits.end(rate, null) // the line was out of date: its allowance goes back, the line reloads
       lines.forget()
+      if (attempt > 2) await new Promise((resolve) => setTimeout(resolve, Math.min(LINE_PAUSE_MS, 5 * attempt, Math.max(0, deadline - Date.now()))))
     }
   }
 
