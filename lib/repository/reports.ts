@@ -114,9 +114,11 @@ export function createReportRepository (sql: Db) {
     async presetWindow (preset: SpendPreset, timeZone: string, now: Date): Promise<{ from: Date, to: Date }> {
       const period = preset.endsWith('week') ? 'weekly' : 'monthly'
       const step = preset.startsWith('last') ? -1 : 0
+      // A local midnight that a clock change repeats is its first occurrence (PostgreSQL takes the
+      // later): read from the hour before, which no change at midnight makes ambiguous, plus the hour.
       const [row] = await sql<Array<{ from: Date, to: Date }>>`
-        select budget_window_step(${period}, c.start, ${step}) at time zone ${timeZone} as "from",
-               budget_window_step(${period}, c.start, ${step + 1}) at time zone ${timeZone} as "to"
+        select (budget_window_step(${period}, c.start, ${step}) - interval '1 hour') at time zone ${timeZone} + interval '1 hour' as "from",
+               (budget_window_step(${period}, c.start, ${step + 1}) - interval '1 hour') at time zone ${timeZone} + interval '1 hour' as "to"
         from (select budget_calendar_start(${period}, ${now}::timestamptz at time zone ${timeZone}, 1) as start) c`
       return row!
     }
