@@ -1,8 +1,8 @@
 // The estimate's cost per call (issue 14): the model's tokenizer against the byte count it replaced, on
 // realistic prompts, measured alone (nothing else runs). Printed by bench/gate.ts; alone with
 // BENCH_ONLY=estimate npx tsx bench/gate.ts.
-import { estimateChatCost } from '../lib/services/estimate.js'
-import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
+import { estimateChatCost } from '../lib/pricing/estimate.js'
+import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
 import { chatCorpus } from '../test/fixtures/chat-corpus.js'
 import { fmt } from './harness.js'
 

@@ -1,7 +1,7 @@
 // How long one request's estimate holds the event loop (issue 19, item 8): adversarial bodies up to
 // Fastify's default body limit (1 MiB), each estimated the way the gate does it (estimateChatCost, and
 // under nearLimit 'clamp' the search for the largest affordable max_tokens). The estimate is
-// asynchronous and gives the loop a turn between slices of its work (lib/loop-slices.ts), so what
+// asynchronous and gives the loop a turn between slices of its work (lib/kernel/loop-slices.ts), so what
 // matters is the longest continuous stretch the loop is held while it runs, not its total: a probe
 // re-schedules itself with setImmediate for as long as the estimate runs, and the longest gap between
 // two of its turns (from the call to the first turn, and from the last turn to the estimate's end) is
@@ -10,11 +10,11 @@
 // body's longest stretch under 20 ms of CPU. Per body: the median of 5 runs' longest stretches, the
 // slowest run's, the estimate's total CPU (median) and how many turns the loop got during it.
 // Run: npx tsx bench/estimate-stall.ts
-import { costAtOutputLimit, largestAffordable } from '../lib/hooks/clamp.js'
-import { estimateChatCost } from '../lib/services/estimate.js'
-import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
-import { forgetCountedPieces, preloadTokenizers } from '../lib/services/tokens.js'
-import { toUnits } from '../lib/money.js'
+import { costAtOutputLimit, largestAffordable } from '../lib/http/gate/clamp.js'
+import { estimateChatCost } from '../lib/pricing/estimate.js'
+import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
+import { forgetCountedPieces, preloadTokenizers } from '../lib/pricing/tokens.js'
+import { toUnits } from '../lib/kernel/money.js'
 import { performance } from 'node:perf_hooks'
 import type { FastifyRequest } from 'fastify'
 

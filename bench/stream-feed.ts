@@ -2,9 +2,9 @@
 // Responses `response.completed` of 8 MiB on one line (a generated image, base64), arriving in 16 KiB
 // chunks, against the same bytes in short lines. CPU time of the synchronous feed, per chunk and in all.
 // Run: npx tsx bench/stream-feed.ts
-import { chatApi } from '../lib/apis/chat.js'
-import { responsesApi } from '../lib/apis/responses.js'
-import { streamFeeder } from '../lib/hooks/gate.js'
+import { chatApi } from '../lib/model-apis/chat.js'
+import { responsesApi } from '../lib/model-apis/responses.js'
+import { streamFeeder } from '../lib/http/gate/gate-hooks.js'
 
 const SIZE = 8 * 1024 * 1024
 const CHUNK = 16_384

@@ -10,7 +10,7 @@
 // BENCH_ONLY=bad runs only this part.
 import Fastify from 'fastify'
 import budgets from '../lib/index.js'
-import { fromUnits, toUnits } from '../lib/money.js'
+import { fromUnits, toUnits } from '../lib/kernel/money.js'
 import { BENCH_ADMIN_TOKEN } from './gateway-server.js'
 import { benchDatabase, fmt, startBenchGateway, throughput, timed } from './harness.js'
 

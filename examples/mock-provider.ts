@@ -2,7 +2,7 @@
 // reply and usage. Prompt tokens are counted as OpenAI counts them (the model's tokenizer, the one the
 // gate loaded, and the chat format's 3 tokens a message and 3 for the reply; about four bytes a token
 // for other models), completion tokens follow from max_tokens.
-import { encodingFor, providerTokens } from '../lib/services/tokens.js'
+import { encodingFor, providerTokens } from '../lib/pricing/tokens.js'
 
 export interface ChatMessage {
   role: string

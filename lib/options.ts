@@ -2,14 +2,14 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyRequest } from 'fastify'
 import type { Sql } from 'postgres'
-import { isModelApiName, MODEL_APIS } from './apis/index.js'
-import { OptionsError } from './errors.js'
-import { checkUnbudgetedPolicy, scopesFromHeaders, type GateOptions } from './hooks/gate-options.js'
-import { costFromUsage } from './services/estimate.js'
-import type { MetricsOptions } from './services/metrics.js'
-import { DECISION_LOG_DEFAULTS, type DecisionLogOptions } from './services/decision-log.js'
-import { parseEmailChannel, type NotificationOptions } from './services/notifications.js'
-import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES } from './services/pricing.js'
+import { isModelApiName, MODEL_APIS } from './model-apis/index.js'
+import { OptionsError } from './kernel/errors.js'
+import { checkUnbudgetedPolicy, scopesFromHeaders, type GateOptions } from './http/gate/gate-options.js'
+import { costFromUsage } from './pricing/estimate.js'
+import type { MetricsOptions } from './metrics/metrics.js'
+import { DECISION_LOG_DEFAULTS, type DecisionLogOptions } from './gate/decision-log.js'
+import { parseEmailChannel, type NotificationOptions } from './alerts/notifications.js'
+import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES } from './pricing/pricing.js'
 
 /**
  * Decides whether a request may use the admin API. Return `true` to allow, or a non-empty string
@@ -31,13 +31,13 @@ export interface BudgetsOptions {
   authorize?: Authorize
   /** A status cache row older than this is recomputed from the usage rows when read. Default 5 minutes. */
   statusCacheTtlMs?: number
-  /** The gate on model-call routes; leave out to gate nothing. Every field has a default (lib/hooks/gate.ts). */
+  /** The gate on model-call routes; leave out to gate nothing. Every field has a default (lib/http/gate/gate-hooks.ts). */
   gate?: Partial<GateOptions>
   /** Where alert crossings are delivered: channels by the names budgets use in notificationChannels. */
   notifications?: Partial<NotificationOptions>
   /** Serve the dashboard page at {prefix}/ui (its data comes from the admin API, with the token typed into it). Default true. */
   dashboard?: boolean
-  /** Prometheus metrics (lib/services/metrics.ts): how many top-spending budgets get gauges besides those marked `metrics: true`. */
+  /** Prometheus metrics (lib/metrics/metrics.ts): how many top-spending budgets get gauges besides those marked `metrics: true`. */
   metrics?: Partial<MetricsOptions>
   /** The longest an admin request may take: past it a read answers 503, and a write is rolled back and answers 503 `BUDGET_ERR_TIMEOUT`. Default 10 s. */
   adminTimeoutMs?: number

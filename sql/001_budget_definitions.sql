@@ -1,5 +1,5 @@
 -- Budget definitions: one row per budget, in a tree through parent_id.
--- Money is numeric(28, 10): exact, 18 digits before the point and 10 after (lib/money.ts).
+-- Money is numeric(28, 10): exact, 18 digits before the point and 10 after (lib/kernel/money.ts).
 create table budget_definitions (
   id          uuid primary key default gen_random_uuid(),
   name        text not null check (length(name) between 1 and 200),

@@ -34,7 +34,7 @@ create index budget_notification_outbox_due on budget_notification_outbox (next_
 
 -- Whenever a window's spend grows, record each alert threshold it has reached and not recorded yet.
 -- A projected alert compares the projection (spend + spend per elapsed time x time left, elapsed
--- floored at one hour: the rule of lib/services/status-rules.ts) instead of the spend. The cache row
+-- floored at one hour: the rule of lib/usage/status-rules.ts) instead of the spend. The cache row
 -- is locked by the statement that grew it, and the unique key settles any race: one row per crossing.
 create function budget_status_after_update() returns trigger language plpgsql as $$
 declare

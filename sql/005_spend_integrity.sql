@@ -3,7 +3,7 @@
 -- that held them, are budget_settle_batch in 006, which replaces the per-call reserve and settle of 003.)
 
 -- The deepest a budget tree may be, counted in budgets from a root to a leaf. The registry refuses a
--- create or a move past it (lib/services/registry.ts), so every walk below reaches every budget.
+-- create or a move past it (lib/budgets/registry.ts), so every walk below reaches every budget.
 create function budget_max_depth() returns integer language sql immutable parallel safe as $$ select 16 $$;
 
 -- The period window, as in 002, now computed on UTC wall-clock timestamps only. `timestamptz +

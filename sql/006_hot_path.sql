@@ -2,7 +2,7 @@
 -- statement, settlements committed in batches, and a status refresh that sums outside the row lock.
 
 -- Settlements write their usage, allocations and window rows themselves, set-based, once per batch
--- (lib/repository/reservations.ts); the per-row usage trigger is for the other ways usage arrives.
+-- (lib/gate/reservation-repository.ts); the per-row usage trigger is for the other ways usage arrives.
 alter table budget_usage_records add column allocated_by_settlement boolean not null default false;
 drop trigger budget_usage_records_status on budget_usage_records;
 create trigger budget_usage_records_status after insert on budget_usage_records
@@ -32,7 +32,7 @@ create function budget_definitions_version() returns bigint language sql stable 
 $$;
 
 -- Whether spending p_amount fits a budget now: the one place this rule lives (the hold, check
--- constraints and the caller summary read it; lib/services/decision.ts reads their answer). A soft
+-- constraints and the caller summary read it; lib/gate/decision.ts reads their answer). A soft
 -- budget always takes it; a hard one while settled + reserved + amount stays within its limit.
 create function budget_fits(p_enforcement text, p_limit numeric, p_current numeric, p_reserved numeric, p_amount numeric)
 returns boolean language sql immutable parallel safe as $$

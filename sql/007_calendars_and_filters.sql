@@ -173,7 +173,7 @@ end $$;
 
 -- Usage recorded outside the gate (002's trigger, now through budget_window) counts toward the budgets of its line that its model
 -- (metadata.modelId) and tags (metadata.tags) match. (The recorder refuses a record that the budget it
--- is recorded on does not match, lib/services/tracker.ts; settlements allocate to the budgets that held.)
+-- is recorded on does not match, lib/usage/tracker.ts; settlements allocate to the budgets that held.)
 create or replace function budget_usage_after_insert() returns trigger language plpgsql as $$
 declare
   budget record;

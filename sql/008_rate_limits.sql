@@ -2,7 +2,7 @@
 -- gateway process. A bucket holds up to a minute's allowance and refills continuously at the per-minute
 -- rate, so a budget allows its requestsPerMinute and tokensPerMinute over any minute and a burst of at
 -- most one minute's worth. Processes take allowance from it (one call's worth, or a slice on a hot
--- budget, lib/services/rate-limits.ts) and give back what they did not use; what a process holds counts
+-- budget, lib/gate/rate-limits.ts) and give back what they did not use; what a process holds counts
 -- as used, so the limits hold however many processes share the database.
 alter table budget_definitions
   add column rate_requests_per_minute integer check (rate_requests_per_minute > 0),

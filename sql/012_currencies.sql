@@ -34,7 +34,7 @@ language sql immutable parallel safe as $$
   select (ceil(p_amount * p_rate * 10000000000) / 10000000000)::numeric(28, 10)
 $$;
 
--- The rate, or an error that names the pair (SQLSTATE RB001, detail 'FROM/TO'; lib/errors.ts maps it to a 400).
+-- The rate, or an error that names the pair (SQLSTATE RB001, detail 'FROM/TO'; lib/kernel/errors.ts maps it to a 400).
 create function budget_require_rate(p_from text, p_to text, p_at timestamptz) returns numeric
 language plpgsql stable as $$
 declare

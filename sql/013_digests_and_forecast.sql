@@ -18,7 +18,7 @@ $$;
 -- The linear rule (the seed's): spend + spend per elapsed time x time left, the elapsed time counted from
 -- the later of the window's start and the budget's, floored at one hour; nothing left to project outside
 -- [that start, the window's end). Exact: money in units of 10^-10, one division rounded half up, as the
--- status computed it in TypeScript before (lib/services/status-rules.ts keeps the burn rate).
+-- status computed it in TypeScript before (lib/usage/status-rules.ts keeps the burn rate).
 create function budget_linear_forecast(p_current numeric, p_start timestamptz, p_end timestamptz, p_at timestamptz)
 returns numeric language sql immutable parallel safe as $$
   select case

@@ -12,7 +12,7 @@
 -- like a settlement, the statement that stores them allocates them itself.
 
 -- p_records: a JSON array of {ord, budget_id, amount, currency, source, description, metadata,
--- idempotency_key, occurred_at, also_counts_toward}, checked by the caller (lib/services/collector.ts)
+-- idempotency_key, occurred_at, also_counts_toward}, checked by the caller (lib/usage/collector.ts)
 -- and free of repeated (budget_id, idempotency_key). Returns the stored ones; a record whose key was
 -- used before on its budget is not stored (the caller reads the first one).
 create function budget_record_usage_batch(p_records jsonb)

@@ -7,7 +7,7 @@
 -- per-budget key (002) stored it again. The key is now the record's, across budgets, for every record the
 -- usage API stores (POST /:id/usage, POST /usage/batch, recordUsage, recordModelCall). Such a record keeps
 -- the fingerprint of the request that made it, so a retry can be told from another request under the same
--- key (lib/services/usage-rules.ts). A gated call's record (sql/006, 009, 012: keyed by its reservation,
+-- key (lib/usage/usage-rules.ts). A gated call's record (sql/006, 009, 012: keyed by its reservation,
 -- settled once) carries none and stays outside the index: the gate's settlement functions still arbitrate
 -- on (budget_id, idempotency_key).
 alter table budget_usage_records add column request_fingerprint text;
@@ -86,7 +86,7 @@ $$;
 --
 -- p_records: a JSON array of {ord, budget_id, amount, currency, source, description, metadata,
 -- idempotency_key, request_fingerprint, occurred_at, also_counts_toward}, checked by the caller
--- (lib/services/collector.ts), in the order they came, several under one key if so. Returns every record:
+-- (lib/usage/collector.ts), in the order they came, several under one key if so. Returns every record:
 -- stored (usage_id), refused (fault: RB001 with detail 'FROM/TO', or 22003), or neither (its key was held
 -- when it came, before the batch or by an earlier record of it: the caller reads the holder).
 drop function budget_record_usage_batch(jsonb);

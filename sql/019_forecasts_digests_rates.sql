@@ -139,7 +139,7 @@ alter table budget_digests add constraint budget_digests_once_per_date unique (b
 --
 -- Money is numeric(28, 10): below 10^18. A gated call's estimate converted at an extreme rate can be past
 -- that, or can take a window's reserved amount past it (a soft budget admits any amount). Either way the
--- call cannot be held on that budget: a refusal of that call (estimate_out_of_range, lib/services/decision.ts),
+-- call cannot be held on that budget: a refusal of that call (estimate_out_of_range, lib/gate/decision.ts),
 -- never an error of the statement, which holds a batch of other calls too.
 
 -- The estimate converted at p_rate as a hold on a window with p_current spent and p_reserved held: null when
@@ -257,7 +257,7 @@ alter function budget_hold_batch(uuid[], numeric[], text[], text, interval, inte
 -- Setting a pair's rate again for the same instant adds a row: the replaced one stays, and the rate in
 -- force at an instant is the one set last (the highest id) among those with the latest effective_from at
 -- or before it. Allocations and holds store the rate they were converted at, so nothing recorded changes.
--- Writers of one pair are serialized (lib/repository/exchange-rates.ts), so ids follow commit order.
+-- Writers of one pair are serialized (lib/currencies/exchange-rate-repository.ts), so ids follow commit order.
 alter table budget_exchange_rates add column id bigint generated always as identity;
 alter table budget_exchange_rates drop constraint budget_exchange_rates_pkey;
 alter table budget_exchange_rates add primary key (id);

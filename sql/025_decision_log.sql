@@ -1,6 +1,6 @@
 -- The decision log: each refusal, clamp and downgrade the gate made, with what it read when it decided
 -- (the binding budget's limit, settled and reserved spend at that instant), so a refusal can be
--- explained afterwards. Written in batches off the response path (lib/services/decision-log.ts), read
+-- explained afterwards. Written in batches off the response path (lib/gate/decision-log.ts), read
 -- newest first a page at a time (keyset on (at, id)), and deleted past the operator's retention.
 -- Nothing references it: a deleted budget's decisions keep its id and name.
 create table budget_decision_log (

@@ -15,7 +15,7 @@
 -- one cannot be (a settlement or a lease statement has it and waits for the window rows), the change
 -- lets go of the window rows (a subtransaction rolled back), pauses a few milliseconds while that
 -- statement goes through, and locks them again, up to 10 times; then it ends with 40001, having changed
--- nothing the gate can see, and the registry runs it again (lib/services/registry.ts). The loop carries
+-- nothing the gate can see, and the registry runs it again (lib/budgets/registry.ts). The loop carries
 -- exactly the rows locked, never a row read later. Everything else is as in 016.
 create or replace function budget_carry_reservations() returns trigger language plpgsql as $$
 declare

@@ -1,4 +1,4 @@
-// Admin writes under their bound (lib/database/bounded.ts): Fastify's handlerTimeout stops once a body is
+// Admin writes under their bound (lib/kernel/database/bounded.ts): Fastify's handlerTimeout stops once a body is
 // read, so a POST or a PUT behind a lock must be cut by the plugin itself, and change nothing.
 import Fastify from 'fastify'
 import postgres from 'postgres'

@@ -158,7 +158,7 @@ t.test('holds: two gateway processes: a change made through one is what the othe
     const amount = round % 2 === 0 ? '0.2' : '1'
     const put = await fetch(`${a!.url}${PREFIX}/${id}`, { method: 'PUT', headers: auth, body: JSON.stringify({ amount }) })
     t.equal(put.status, 200)
-    await new Promise((resolve) => setTimeout(resolve, 250)) // past VERSION_FRESH_MS (80 ms, lib/services/budget-lines.ts)
+    await new Promise((resolve) => setTimeout(resolve, 250)) // past VERSION_FRESH_MS (80 ms, lib/gate/budget-lines.ts)
     const answer = await callB(); await answer.text()
     const status = await (await fetch(`${b!.url}${PREFIX}/${id}/status`, { headers: auth })).json() as { activeAlerts: Array<{ actions: string[] }> }
     const blocked = status.activeAlerts.some((x) => x.actions.includes('block-all'))

@@ -2,7 +2,7 @@
 import Fastify from 'fastify'
 import OpenAI from 'openai'
 import t from 'tap'
-import { compareMoney } from '../lib/money.js'
+import { compareMoney } from '../lib/kernel/money.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
 

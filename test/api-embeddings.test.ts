@@ -6,10 +6,10 @@ import t from 'tap'
 import { countTokens as cl100k } from 'gpt-tokenizer/encoding/cl100k_base'
 import {
   MAX_INPUTS, MAX_TOKENS_PER_INPUT, MAX_TOKENS_PER_REQUEST, embeddingsApi, estimateEmbeddingCost, worstCaseEmbeddingTokens
-} from '../lib/apis/embeddings.js'
-import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../lib/errors.js'
-import { checkPriceTable, createPriceBook, DEFAULT_PRICES, type PriceTable } from '../lib/services/pricing.js'
-import { tokenCounter } from '../lib/services/tokens.js'
+} from '../lib/model-apis/embeddings.js'
+import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../lib/kernel/errors.js'
+import { checkPriceTable, createPriceBook, DEFAULT_PRICES, type PriceTable } from '../lib/pricing/pricing.js'
+import { tokenCounter } from '../lib/pricing/tokens.js'
 
 const ORDINARY = { disallowedSpecial: new Set<string>() }
 /** What OpenAI bills for an embedding input: its cl100k_base tokens, and nothing added (OpenAI's cookbook). */

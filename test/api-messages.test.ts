@@ -1,4 +1,4 @@
-// Anthropic's Messages API module (lib/apis/messages.ts), without I/O: the worst case of a call and
+// Anthropic's Messages API module (lib/model-apis/messages.ts), without I/O: the worst case of a call and
 // every field it refuses, cache writes at their rates, usage from a body and from a stream fed event by
 // event, the error shape the official client reads, and clamp's output cap.
 import { createServer } from 'node:http'
@@ -6,11 +6,11 @@ import type { AddressInfo } from 'node:net'
 import Anthropic from '@anthropic-ai/sdk'
 import fc from 'fast-check'
 import t from 'tap'
-import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../lib/errors.js'
-import { MIN_THINKING_BUDGET, TOKENS_PER_MESSAGE, TOKENS_PER_REQUEST, TOOL_USE_SYSTEM_PROMPT_TOKENS, messagesApi } from '../lib/apis/messages.js'
-import type { Refusal } from '../lib/apis/model-api.js'
-import { costFromUsage, type CostEstimate } from '../lib/services/estimate.js'
-import { costOfTokens, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
+import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../lib/kernel/errors.js'
+import { MIN_THINKING_BUDGET, TOKENS_PER_MESSAGE, TOKENS_PER_REQUEST, TOOL_USE_SYSTEM_PROMPT_TOKENS, messagesApi } from '../lib/model-apis/messages.js'
+import type { Refusal } from '../lib/model-apis/model-api.js'
+import { costFromUsage, type CostEstimate } from '../lib/pricing/estimate.js'
+import { costOfTokens, createPriceBook, type ModelPrice } from '../lib/pricing/pricing.js'
 
 const claude: ModelPrice = { input: '3', output: '15', maxOutputTokens: 64_000 }
 // Claude models of versions before Opus 4.6 (4-5): their list prices wherever they run. US-only

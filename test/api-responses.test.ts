@@ -4,11 +4,11 @@
 import fc from 'fast-check'
 import t from 'tap'
 import { countTokens as o200k } from 'gpt-tokenizer/encoding/o200k_base'
-import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../lib/errors.js'
-import { responsesApi, worstCaseTokens } from '../lib/apis/responses.js'
-import { compareMoney } from '../lib/money.js'
-import { DEFAULT_PRICES, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
-import { MAX_TOKENIZED_WORK } from '../lib/services/tokens.js'
+import { InvalidFieldError, ModelNotPricedError, UnboundedFieldError } from '../lib/kernel/errors.js'
+import { responsesApi, worstCaseTokens } from '../lib/model-apis/responses.js'
+import { compareMoney } from '../lib/kernel/money.js'
+import { DEFAULT_PRICES, createPriceBook, type ModelPrice } from '../lib/pricing/pricing.js'
+import { MAX_TOKENIZED_WORK } from '../lib/pricing/tokens.js'
 import { openAIPromptTokens } from './fixtures/openai-tokens.js'
 
 const ORDINARY = { disallowedSpecial: new Set<string>() }

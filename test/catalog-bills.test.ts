@@ -1,9 +1,9 @@
 // Catalog models whose provider may bill more than tokens at the input rate (cache writes, server tools): each bounded or refused.
 import { calcPrice } from '@pydantic/genai-prices'
 import t from 'tap'
-import { estimateChatCost } from '../lib/services/estimate.js'
-import { createPriceBook } from '../lib/services/pricing.js'
-import { toUnits } from '../lib/money.js'
+import { estimateChatCost } from '../lib/pricing/estimate.js'
+import { createPriceBook } from '../lib/pricing/pricing.js'
+import { toUnits } from '../lib/kernel/money.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { startUpstream } from './fixtures/upstream.js'
 

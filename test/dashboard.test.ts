@@ -8,7 +8,7 @@ import t from 'tap'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
-import { toUnits } from '../lib/money.js'
+import { toUnits } from '../lib/kernel/money.js'
 
 /** Debian's chromium (what .ci/run installs), another Chromium named by CHROMIUM_PATH, or Playwright's own download. */
 function chromiumPath (): string {

@@ -1,7 +1,7 @@
 // Adversarial review of the decision log (issue 21 item 3).
 import postgres from 'postgres'
 import t from 'tap'
-import { toUnits, fromUnits } from '../lib/money.js'
+import { toUnits, fromUnits } from '../lib/kernel/money.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'

@@ -11,8 +11,8 @@ import { ADMIN_TOKEN, PREFIX, snapshotTables } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
 import { checkInvariants, waitForSettled } from './fixtures/invariants.js'
 import { modeMarker, startUpstream, UPSTREAM_MODES } from './fixtures/upstream.js'
-import { createDecisionRepository, type Decision } from '../lib/repository/decisions.js'
-import { createDecisionLog, DECISION_LOG_DEFAULTS } from '../lib/services/decision-log.js'
+import { createDecisionRepository, type Decision } from '../lib/gate/decision-repository.js'
+import { createDecisionLog, DECISION_LOG_DEFAULTS } from '../lib/gate/decision-log.js'
 import { resolveOptions } from '../lib/options.js'
 
 const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }

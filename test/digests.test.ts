@@ -1,11 +1,11 @@
-// Scheduled digests (sql/013, lib/services/digests.ts): one per budget and day or week in the budget's
+// Scheduled digests (sql/013, lib/alerts/digests.ts): one per budget and day or week in the budget's
 // time zone, made once across processes, with the period's spend, the window's burn rate and forecast, and
 // the top models and callers, delivered through the notification outbox with its retries.
 import Fastify from 'fastify'
 import t from 'tap'
 import budgets, { type BudgetEvent, type DigestEvent } from '../lib/index.js'
-import { fromUnits, toUnits } from '../lib/money.js'
-import { digestEmail } from '../lib/services/notifications.js'
+import { fromUnits, toUnits } from '../lib/kernel/money.js'
+import { digestEmail } from '../lib/alerts/notifications.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { localSeries, recordSeries } from './fixtures/series.js'

@@ -1,7 +1,7 @@
 // Which failures are outages (the gate answers them by its failure mode, the admin API with 503) and
 // which are bugs or bad input.
 import t from 'tap'
-import { isDatabaseUnavailable } from '../lib/errors.js'
+import { isDatabaseUnavailable } from '../lib/kernel/errors.js'
 
 t.test('connection failures, resource exhaustion, shutdowns, a read-only server and a database closed to connections are outages', async (t) => {
   for (const code of ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED',

@@ -3,10 +3,10 @@
 // longest on bodies of many small objects). The text's answers must be the walk's, key for key, on
 // shapes meant to fool a text scan: keys spelled inside strings, escapes, brackets inside strings.
 import t from 'tap'
-import { MAX_NESTING, jsonTextShape, walkForDepthOrKey } from '../lib/json-limits.js'
-import { estimateChatCost } from '../lib/services/estimate.js'
-import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
-import { chatPromptTokens, tokenCounter } from '../lib/services/tokens.js'
+import { MAX_NESTING, jsonTextShape, walkForDepthOrKey } from '../lib/kernel/json-limits.js'
+import { estimateChatCost } from '../lib/pricing/estimate.js'
+import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
+import { chatPromptTokens, tokenCounter } from '../lib/pricing/tokens.js'
 
 const nest = (depth: number, leaf: unknown = 'x'): unknown => {
   let value = leaf

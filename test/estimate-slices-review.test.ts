@@ -1,14 +1,14 @@
-// Attacks on the sliced (asynchronous) estimate: lib/loop-slices.ts, lib/services/tokens.ts,
-// lib/json-limits.ts (jsonTextInSlices, jsonTextShape), lib/services/estimate.ts, lib/apis/*.ts
+// Attacks on the sliced (asynchronous) estimate: lib/kernel/loop-slices.ts, lib/pricing/tokens.ts,
+// lib/kernel/json-limits.ts (jsonTextInSlices, jsonTextShape), lib/pricing/estimate.ts, lib/apis/*.ts
 // estimate(), the gate's estimateAt. Interleaved estimates give what each gives alone; clients that
 // leave mid-estimate leave nothing held.
 import type { FastifyInstance } from 'fastify'
 import fc from 'fast-check'
 import t from 'tap'
-import { jsonTextInSlices } from '../lib/json-limits.js'
-import { slices } from '../lib/loop-slices.js'
-import { forgetCountedPieces } from '../lib/services/tokens.js'
-import { toUnits } from '../lib/money.js'
+import { jsonTextInSlices } from '../lib/kernel/json-limits.js'
+import { slices } from '../lib/kernel/loop-slices.js'
+import { forgetCountedPieces } from '../lib/pricing/tokens.js'
+import { toUnits } from '../lib/kernel/money.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants, waitForSettled } from './fixtures/invariants.js'
 

@@ -3,11 +3,11 @@
 // is that other work ran before the estimate finished, and that the counts are equal however the work
 // is split (bench/estimate-stall.ts measures the stretches).
 import t from 'tap'
-import { jsonTextInSlices } from '../lib/json-limits.js'
-import { slices } from '../lib/loop-slices.js'
-import { estimateChatCost } from '../lib/services/estimate.js'
-import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
-import { chatPromptTokens, forgetCountedPieces, tokenCounter } from '../lib/services/tokens.js'
+import { jsonTextInSlices } from '../lib/kernel/json-limits.js'
+import { slices } from '../lib/kernel/loop-slices.js'
+import { estimateChatCost } from '../lib/pricing/estimate.js'
+import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
+import { chatPromptTokens, forgetCountedPieces, tokenCounter } from '../lib/pricing/tokens.js'
 
 const book = createPriceBook(DEFAULT_PRICES)
 

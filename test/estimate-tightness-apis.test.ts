@@ -5,7 +5,7 @@
 // exact count offline (Claude's tokenizer is not published): only a necessary check is made there.
 import t from 'tap'
 import { encode as cl100k } from 'gpt-tokenizer/encoding/cl100k_base'
-import { worstCaseEmbeddingTokens } from '../lib/apis/embeddings.js'
+import { worstCaseEmbeddingTokens } from '../lib/model-apis/embeddings.js'
 import { chatCorpus } from './fixtures/chat-corpus.js'
 import { apiTightness, embeddingsRows, messagesRows, responsesRows, type ApiRow } from './fixtures/tightness.js'
 

@@ -2,9 +2,9 @@
 // corpus of 1,200 varied requests, never under the actual count and at most 5% over at the median.
 import { createRequire } from 'node:module'
 import t from 'tap'
-import { worstCaseTokens } from '../lib/services/estimate.js'
-import type { ModelPrice } from '../lib/services/pricing.js'
-import { MAX_TOKENIZED_WORK, encodingFor, tokenCounter } from '../lib/services/tokens.js'
+import { worstCaseTokens } from '../lib/pricing/estimate.js'
+import type { ModelPrice } from '../lib/pricing/pricing.js'
+import { MAX_TOKENIZED_WORK, encodingFor, tokenCounter } from '../lib/pricing/tokens.js'
 import { openAICounter, openAIPromptTokens, type OracleBody } from './fixtures/openai-tokens.js'
 import { tightness, tightnessRows } from './fixtures/tightness.js'
 

@@ -3,9 +3,9 @@
 // API (JSON.parse accepts leading whitespace) but counted as sent by tokens.ts (jsonTextTokens only
 // re-renders text that starts with '{'): the estimate is under the bill, and a hard budget is overspent.
 import t from 'tap'
-import { worstCaseTokens, estimateChatCost } from '../lib/services/estimate.js'
-import { DEFAULT_PRICES, createPriceBook } from '../lib/services/pricing.js'
-import { toUnits } from '../lib/money.js'
+import { worstCaseTokens, estimateChatCost } from '../lib/pricing/estimate.js'
+import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
+import { toUnits } from '../lib/kernel/money.js'
 import { openAIPromptTokens } from './fixtures/openai-tokens.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { startUpstream } from './fixtures/upstream.js'

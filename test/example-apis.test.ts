@@ -13,7 +13,7 @@ import { ANTHROPIC_VERSION, messages, planMessage, type MessagesRequest } from '
 import { mockWords, PromptCache } from '../examples/apis/common.js'
 import { planResponse, responses, type ResponsesRequest } from '../examples/apis/responses.js'
 import { countTokens as cl100kTokens } from 'gpt-tokenizer/encoding/cl100k_base'
-import { providerTokens } from '../lib/services/tokens.js'
+import { providerTokens } from '../lib/pricing/tokens.js'
 
 interface TestContext {
   teardown: (fn: () => unknown) => void

@@ -3,7 +3,7 @@
 // history. One implementation, read by the status's projectedTotal and by projected alerts.
 import postgres, { type Sql } from 'postgres'
 import t from 'tap'
-import { compareMoney, fromUnits, normalizeMoney, toUnits } from '../lib/money.js'
+import { compareMoney, fromUnits, normalizeMoney, toUnits } from '../lib/kernel/money.js'
 import { ADMIN_TOKEN, PREFIX, buildApp } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { localSeries, recordSeries } from './fixtures/series.js'

@@ -6,11 +6,11 @@
 // record is over its estimate, errors cost nothing, and a worst-case call is charged exactly its usage.
 import type { Sql } from 'postgres'
 import t from 'tap'
-import { estimateEmbeddingCost } from '../lib/apis/embeddings.js'
-import { estimateMessagesCost } from '../lib/apis/messages.js'
-import { estimateResponsesCost } from '../lib/apis/responses.js'
-import { fromUnits, normalizeMoney, toUnits } from '../lib/money.js'
-import { costOfTokens, createPriceBook, DEFAULT_PRICES } from '../lib/services/pricing.js'
+import { estimateEmbeddingCost } from '../lib/model-apis/embeddings.js'
+import { estimateMessagesCost } from '../lib/model-apis/messages.js'
+import { estimateResponsesCost } from '../lib/model-apis/responses.js'
+import { fromUnits, normalizeMoney, toUnits } from '../lib/kernel/money.js'
+import { costOfTokens, createPriceBook, DEFAULT_PRICES } from '../lib/pricing/pricing.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants, waitForSettled } from './fixtures/invariants.js'
 import {

@@ -5,7 +5,7 @@
 import postgres, { type Sql } from 'postgres'
 import t from 'tap'
 import type { FastifyRequest } from 'fastify'
-import { fromUnits, normalizeMoney, toUnits } from '../lib/money.js'
+import { fromUnits, normalizeMoney, toUnits } from '../lib/kernel/money.js'
 import { buildGateway, spendTo, type GatewayOptions } from './fixtures/gateway.js'
 import { checkInvariants, findViolations, waitForSettled } from './fixtures/invariants.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
@@ -13,7 +13,7 @@ import { modeFromPrompt, modeMarker, startUpstream, type Upstream, type Upstream
 
 type TestContext = Parameters<typeof buildGateway>[0]
 
-// The gate's default list prices per 1M tokens (lib/services/pricing.ts); a dated snapshot costs what its model costs.
+// The gate's default list prices per 1M tokens (lib/pricing/pricing.ts); a dated snapshot costs what its model costs.
 const PRICES: Record<string, { input: string, output: string }> = {
   'gpt-4o': { input: '2.5', output: '10' },
   'gpt-4o-mini': { input: '0.15', output: '0.6' }

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import postgres from 'postgres'
 import t from 'tap'
-import { compareMoney } from '../lib/money.js'
+import { compareMoney } from '../lib/kernel/money.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { serverUrl } from './fixtures/database.js'
 import { buildGateway } from './fixtures/gateway.js'

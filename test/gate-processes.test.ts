@@ -5,9 +5,9 @@ import t from 'tap'
 import { PREFIX } from './fixtures/app.js'
 import { createTestDatabase } from './fixtures/database.js'
 import { startGatewayProcess, type GatewayProcess } from './fixtures/gateway-process.js'
-import { compareMoney, fromUnits, normalizeMoney, toUnits } from '../lib/money.js'
-import { costOf, DEFAULT_PRICES } from '../lib/services/pricing.js'
-import { worstCaseTokens } from '../lib/services/estimate.js'
+import { compareMoney, fromUnits, normalizeMoney, toUnits } from '../lib/kernel/money.js'
+import { costOf, DEFAULT_PRICES } from '../lib/pricing/pricing.js'
+import { worstCaseTokens } from '../lib/pricing/estimate.js'
 
 const ADMIN_TOKEN = 'processes-admin-token-0123456789'
 const chat = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Summarise the quarterly report' }], max_tokens: 200 }

@@ -3,10 +3,10 @@
 // holds the event loop is measured by bench/stream-feed.ts, not here.
 import { Readable } from 'node:stream'
 import t from 'tap'
-import { streamFeeder } from '../lib/hooks/gate.js'
-import { chatApi } from '../lib/apis/chat.js'
-import { responsesApi } from '../lib/apis/responses.js'
-import { compareMoney, fromUnits } from '../lib/money.js'
+import { streamFeeder } from '../lib/http/gate/gate-hooks.js'
+import { chatApi } from '../lib/model-apis/chat.js'
+import { responsesApi } from '../lib/model-apis/responses.js'
+import { compareMoney, fromUnits } from '../lib/kernel/money.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { findViolations } from './fixtures/invariants.js'
 

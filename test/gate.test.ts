@@ -1,5 +1,5 @@
 import t from 'tap'
-import { compareMoney, fromUnits, toUnits } from '../lib/money.js'
+import { compareMoney, fromUnits, toUnits } from '../lib/kernel/money.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
 
 t.test('a call within budget goes through, carries the binding budget\'s remaining amount, and settles its actual cost', async (t) => {

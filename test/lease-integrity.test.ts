@@ -3,7 +3,7 @@
 // held, and a budget's window changed under calls in flight.
 import postgres from 'postgres'
 import t from 'tap'
-import { compareMoney } from '../lib/money.js'
+import { compareMoney } from '../lib/kernel/money.js'
 import { ADMIN_TOKEN, PREFIX, buildApp } from './fixtures/app.js'
 import { createTestDatabase } from './fixtures/database.js'
 import { startGatewayProcess, type GatewayProcess } from './fixtures/gateway-process.js'

@@ -2,7 +2,7 @@
 // lease not yet written (its first take still waiting) leaves it be.
 import postgres from 'postgres'
 import t from 'tap'
-import { createReservationRepository } from '../lib/repository/reservations.js'
+import { createReservationRepository } from '../lib/gate/reservation-repository.js'
 import { buildApp } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { findViolations } from './fixtures/invariants.js'

@@ -4,12 +4,12 @@
 // long-context rates on Claude Sonnet 4 (past 200K input tokens), which the catalog leaves out.
 import t from 'tap'
 import { findProvider } from '@pydantic/genai-prices'
-import { InvalidFieldError, UnboundedFieldError } from '../lib/errors.js'
-import { billsUsOnlyInference, messagesApi } from '../lib/apis/messages.js'
-import { fromUnits, toUnits } from '../lib/money.js'
-import { costFromUsage } from '../lib/services/estimate.js'
-import { assessCatalogModel } from '../lib/services/price-catalog.js'
-import { costOfTokens, createPriceBook, DEFAULT_PRICES } from '../lib/services/pricing.js'
+import { InvalidFieldError, UnboundedFieldError } from '../lib/kernel/errors.js'
+import { billsUsOnlyInference, messagesApi } from '../lib/model-apis/messages.js'
+import { fromUnits, toUnits } from '../lib/kernel/money.js'
+import { costFromUsage } from '../lib/pricing/estimate.js'
+import { assessCatalogModel } from '../lib/pricing/price-catalog.js'
+import { costOfTokens, createPriceBook, DEFAULT_PRICES } from '../lib/pricing/pricing.js'
 
 // The gate's default book: the operator's table over the catalog.
 const book = createPriceBook(DEFAULT_PRICES)

@@ -3,7 +3,7 @@ import { once } from 'node:events'
 import { createInterface } from 'node:readline'
 import postgres from 'postgres'
 import t from 'tap'
-import { migrate, readMigrations } from '../lib/database/migrate.js'
+import { migrate, readMigrations } from '../lib/kernel/database/migrate.js'
 import { createTestDatabase, createTestSql } from './fixtures/database.js'
 
 t.test('two processes migrating one database at once both come up, and each migration runs once', async (t) => {

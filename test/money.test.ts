@@ -1,5 +1,5 @@
 import t from 'tap'
-import { compareMoney, fromUnits, normalizeMoney, parseMoney, parsePositiveMoney, toUnits } from '../lib/money.js'
+import { compareMoney, fromUnits, normalizeMoney, parseMoney, parsePositiveMoney, toUnits } from '../lib/kernel/money.js'
 
 t.test('reads decimal strings and JSON numbers into canonical decimals', async (t) => {
   const cases: Array<[unknown, string]> = [

@@ -10,7 +10,7 @@ import { buildGateway, spendTo } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
 import { startUpstream } from './fixtures/upstream.js'
 import { createPriceBook, DEFAULT_PRICES, estimateChatCost, type PriceBook } from '../lib/index.js'
-import { toUnits } from '../lib/money.js'
+import { toUnits } from '../lib/kernel/money.js'
 
 const prices = createPriceBook(DEFAULT_PRICES)
 const body = (extra: Record<string, unknown> = {}) => ({ model: 'gpt-4o', messages: [{ role: 'user', content: 'Write a long story' }], max_tokens: 4000, ...extra })

@@ -1,7 +1,7 @@
 // budget_period_window (sql/007) is the one place periods are computed; it is immutable SQL, so these
 // tests call it on PostgreSQL itself: every period kind, leap years, month ends, millisecond edges.
 import t from 'tap'
-import { migrate } from '../lib/database/migrate.js'
+import { migrate } from '../lib/kernel/database/migrate.js'
 import { createTestSql } from './fixtures/database.js'
 
 interface Window { start: string, end: string }

@@ -4,10 +4,10 @@
 import { calcPrice, waitForUpdate } from '@pydantic/genai-prices'
 import Fastify from 'fastify'
 import t from 'tap'
-import { compareMoney, normalizeMoney } from '../lib/money.js'
-import { costFromUsage, estimateChatCost } from '../lib/services/estimate.js'
-import { UNBOUNDED_OUTPUT_TOKENS, assessCatalogModel } from '../lib/services/price-catalog.js'
-import { DEFAULT_PRICES, checkPriceTable, costOf, createPriceBook, pricesAt } from '../lib/services/pricing.js'
+import { compareMoney, normalizeMoney } from '../lib/kernel/money.js'
+import { costFromUsage, estimateChatCost } from '../lib/pricing/estimate.js'
+import { UNBOUNDED_OUTPUT_TOKENS, assessCatalogModel } from '../lib/pricing/price-catalog.js'
+import { DEFAULT_PRICES, checkPriceTable, costOf, createPriceBook, pricesAt } from '../lib/pricing/pricing.js'
 import { buildGateway } from './fixtures/gateway.js'
 
 const catalog = createPriceBook({})

@@ -2,12 +2,12 @@
 // chain, and every part of a chat request that the estimate must bound.
 import Fastify from 'fastify'
 import t from 'tap'
-import { compareMoney } from '../lib/money.js'
-import { costFromUsage, estimateChatCost, worstCaseTokens } from '../lib/services/estimate.js'
-import { DEFAULT_PRICES, checkPriceTable, costOf, costOfTokens, createPriceBook, type ModelPrice } from '../lib/services/pricing.js'
+import { compareMoney } from '../lib/kernel/money.js'
+import { costFromUsage, estimateChatCost, worstCaseTokens } from '../lib/pricing/estimate.js'
+import { DEFAULT_PRICES, checkPriceTable, costOf, costOfTokens, createPriceBook, type ModelPrice } from '../lib/pricing/pricing.js'
 import fc from 'fast-check'
-import { requestedOutputTokens, withOutputLimit } from '../lib/apis/chat.js'
-import { injectedPromptTokens } from '../lib/services/injected-tokens.js'
+import { requestedOutputTokens, withOutputLimit } from '../lib/model-apis/chat.js'
+import { injectedPromptTokens } from '../lib/pricing/injected-tokens.js'
 import { buildGateway } from './fixtures/gateway.js'
 
 const book = createPriceBook({ ...DEFAULT_PRICES, 'claude-sonnet-4': { input: '3', output: '15', maxOutputTokens: 64_000, aliases: ['claude-sonnet-4-latest'] } })

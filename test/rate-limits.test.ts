@@ -1,13 +1,13 @@
 // Request and token rate limits beside money: token buckets in PostgreSQL shared by every gateway
-// process (sql/008), allowance held in process (lib/services/rate-limits.ts). Over a limit the gate
+// process (sql/008), allowance held in process (lib/gate/rate-limits.ts). Over a limit the gate
 // answers OpenAI's 429, which the official client reads and retries after retry-after.
 import OpenAI from 'openai'
 import t from 'tap'
 import Fastify from 'fastify'
-import type { LineBudget } from '../lib/repository/reservations.js'
-import { createReservationRepository } from '../lib/repository/reservations.js'
-import { estimateChatCost } from '../lib/services/estimate.js'
-import { createRateLimits, isRateRefusal, type RateAdmission } from '../lib/services/rate-limits.js'
+import type { LineBudget } from '../lib/gate/reservation-repository.js'
+import { createReservationRepository } from '../lib/gate/reservation-repository.js'
+import { estimateChatCost } from '../lib/pricing/estimate.js'
+import { createRateLimits, isRateRefusal, type RateAdmission } from '../lib/gate/rate-limits.js'
 import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net'
 import fc from 'fast-check'
 import postgres from 'postgres'
 import t from 'tap'
-import { fromUnits, toUnits } from '../lib/money.js'
+import { fromUnits, toUnits } from '../lib/kernel/money.js'
 import { ADMIN_TOKEN, PREFIX, buildApp, snapshotTables } from './fixtures/app.js'
 
 const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
@@ -233,7 +233,7 @@ t.test('holds: team total vs status when the team\'s caller also has a user budg
 
 t.test('preset=this-month holds now when local midnight on the 1st is repeated by a daylight-saving change (America/Havana, 2026-11-01 04:00-05:00Z)', async (t) => {
   const { sql } = await buildApp(t)
-  const { createReportRepository } = await import('../lib/repository/reports.js')
+  const { createReportRepository } = await import('../lib/reports/report-repository.js')
   const repo = createReportRepository(sql as never)
   const zones = ['UTC', 'Europe/Paris', 'America/New_York', 'America/Havana', 'America/Santiago', 'Asia/Beirut', 'America/Asuncion', 'Australia/Lord_Howe', 'Pacific/Chatham', 'Asia/Kathmandu', 'Pacific/Kiritimati', 'Pacific/Apia', 'America/Scoresbysund']
   const bad: string[] = []

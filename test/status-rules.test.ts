@@ -1,7 +1,7 @@
 import t from 'tap'
-import { decide } from '../lib/services/decision.js'
-import { budgetHealth, computeStatus, percentReached } from '../lib/services/status-rules.js'
-import type { BudgetAlert } from '../lib/schemas.js'
+import { decide } from '../lib/gate/decision.js'
+import { budgetHealth, computeStatus, percentReached } from '../lib/usage/status-rules.js'
+import type { BudgetAlert } from '../lib/kernel/schemas.js'
 
 const alert = (threshold: number, ...actions: BudgetAlert['actions']): BudgetAlert => ({ threshold, actions, notificationChannels: [] })
 const budget = { id: 'b1', name: 'team', amount: '1000', currency: 'USD', startDate: '2024-01-01T00:00:00.000Z', timezone: 'UTC', alerts: [alert(50, 'notify'), alert(80, 'restrict-models'), alert(95, 'require-approval')] }

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { parseTimestamp } from '../lib/timestamps.js'
+import { parseTimestamp } from '../lib/kernel/timestamps.js'
 
 t.test('reads dates as midnight UTC and date-times with their zone', async (t) => {
   t.equal(parseTimestamp('2024-01-01', 'startDate').toISOString(), '2024-01-01T00:00:00.000Z')

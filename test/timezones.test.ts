@@ -11,7 +11,7 @@
 // TZ_RUNS and TZ_SEED change the number of random batches and fast-check's seed (a failure prints both).
 import fc from 'fast-check'
 import t from 'tap'
-import { migrate } from '../lib/database/migrate.js'
+import { migrate } from '../lib/kernel/database/migrate.js'
 import { createTestSql } from './fixtures/database.js'
 
 type Period = 'daily' | 'weekly' | 'monthly' | 'quarterly' | 'annual'

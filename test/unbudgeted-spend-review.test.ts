@@ -1,7 +1,7 @@
 // Attacks on the spend ledger (calls no budget covers): every served call recorded once, whatever the upstream, the client or the database did.
 import type { Sql } from 'postgres'
 import t from 'tap'
-import { toUnits, fromUnits } from '../lib/money.js'
+import { toUnits, fromUnits } from '../lib/kernel/money.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants, waitForSettled } from './fixtures/invariants.js'

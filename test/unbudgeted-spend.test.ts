@@ -5,7 +5,7 @@
 // count the calls and their cost. Real PostgreSQL; after each, the escrow invariants still hold.
 import type { Sql } from 'postgres'
 import t from 'tap'
-import { normalizeMoney, toUnits, fromUnits } from '../lib/money.js'
+import { normalizeMoney, toUnits, fromUnits } from '../lib/kernel/money.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants, waitForSettled } from './fixtures/invariants.js'

@@ -4,8 +4,8 @@
 // in a few statements, not one each on the shared pool ahead of the gate.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { boundedTransaction, withinBound } from '../lib/database/bounded.js'
-import { AdminTimeoutError } from '../lib/errors.js'
+import { boundedTransaction, withinBound } from '../lib/kernel/database/bounded.js'
+import { AdminTimeoutError } from '../lib/kernel/errors.js'
 import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 

@@ -7,7 +7,7 @@ import Fastify from 'fastify'
 import t from 'tap'
 import type { Sql } from 'postgres'
 import budgets from '../lib/index.js'
-import { migrate, readMigrations } from '../lib/database/migrate.js'
+import { migrate, readMigrations } from '../lib/kernel/database/migrate.js'
 import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp, snapshotTables, type TestApp } from './fixtures/app.js'
 import { createTestSql } from './fixtures/database.js'
 

@@ -1,6 +1,6 @@
 import t from 'tap'
-import { createBudgetTracker } from '../lib/services/tracker.js'
-import { createRepositories } from '../lib/repository/index.js'
+import { createBudgetTracker } from '../lib/usage/tracker.js'
+import { createRepositories } from '../lib/repositories.js'
 import { PREFIX, budgetRequest, buildApp, seedBudgetRequest } from './fixtures/app.js'
 
 type Admin = Awaited<ReturnType<typeof buildApp>>['admin']

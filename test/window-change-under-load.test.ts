@@ -2,7 +2,7 @@
 // the carry-over (budget_carry_reservations, sql/016 then sql/026) met a hold that committed between its
 // two lock statements, and that hold's settlement, in a deadlock; PostgreSQL killed the change, and the
 // admin's PUT answered 500. Now the carry-over locks the rows it moves without waiting on the gate, and a
-// change that meets a settlement runs again (lib/services/registry.ts): every PUT is answered 200.
+// change that meets a settlement runs again (lib/budgets/registry.ts): every PUT is answered 200.
 import type { ReservedSql, Sql } from 'postgres'
 import t, { type Test } from 'tap'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'

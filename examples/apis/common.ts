@@ -5,7 +5,7 @@
 import type { ServerResponse } from 'node:http'
 import Ajv from 'ajv'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { providerTokens } from '../../lib/services/tokens.js'
+import { providerTokens } from '../../lib/pricing/tokens.js'
 
 /** The tokens of `text` as the model's tokenizer counts them (the one the gate loaded); about four bytes a token for other models. */
 export function countTokens (model: string, text: string): number {

@@ -1,0 +1,221 @@
+// SQL for alert history, acknowledgements, approvals and the notification outbox.
+import type { Db } from '../budgets/budget-repository.js'
+import { normalizeMoney, type Money } from '../kernel/money.js'
+import type { AlertAction } from '../kernel/schemas.js'
+
+export interface AlertDelivery {
+  channel: string
+  status: 'pending' | 'delivered' | 'failed'
+  attempts: number
+  deliveredAt: string | null
+  lastError: string | null
+}
+
+export interface AlertRecord {
+  id: string
+  budgetId: string
+  periodStart: string
+  threshold: number
+  basis: 'current' | 'projected'
+  actions: AlertAction[]
+  spent: Money
+  limit: Money
+  crossedAt: string
+  /** When the budget's definition stopped reaching this crossing (sql/020); null while it is active. */
+  resolvedAt: string | null
+  acknowledgedBy: string | null
+  acknowledgedAt: string | null
+  deliveries: AlertDelivery[]
+}
+
+export interface Approval {
+  id: string
+  budgetId: string
+  periodStart: string
+  amount: Money
+  spentAtApproval: Money
+  approvedBy: string
+  reason: string | null
+  createdAt: string
+  expiresAt: string
+}
+
+export interface DueNotification {
+  outboxId: string
+  channel: string
+  attempts: number
+  alert: AlertRecord
+  budget: { id: string, name: string, currency: string, scopeType: string, scopeId: string }
+}
+
+interface AlertRow {
+  id: string
+  budget_id: string
+  period_start: Date
+  threshold: string
+  basis: 'current' | 'projected'
+  actions: AlertAction[]
+  spent: string
+  limit_amount: string
+  crossed_at: Date
+  resolved_at: Date | null
+  acknowledged_by: string | null
+  acknowledged_at: Date | null
+  deliveries: Array<{ channel: string, status: AlertDelivery['status'], attempts: number, delivered_at: string | null, last_error: string | null }>
+}
+
+function toAlert (row: AlertRow): AlertRecord {
+  return {
+    id: row.id,
+    budgetId: row.budget_id,
+    periodStart: row.period_start.toISOString(),
+    threshold: Number(row.threshold),
+    basis: row.basis,
+    actions: row.actions,
+    spent: normalizeMoney(row.spent),
+    limit: normalizeMoney(row.limit_amount),
+    crossedAt: row.crossed_at.toISOString(),
+    resolvedAt: row.resolved_at?.toISOString() ?? null,
+    acknowledgedBy: row.acknowledged_by,
+    acknowledgedAt: row.acknowledged_at?.toISOString() ?? null,
+    deliveries: row.deliveries.map((d) => ({
+      channel: d.channel, status: d.status, attempts: d.attempts, deliveredAt: d.delivered_at === null ? null : new Date(d.delivered_at).toISOString(), lastError: d.last_error
+    }))
+  }
+}
+
+export function createAlertRepository (sql: Db) {
+  const alertColumns = sql`
+    h.id, h.budget_id, h.period_start, h.threshold::text as threshold, h.basis, h.actions, h.spent::text as spent,
+    h.limit_amount::text as limit_amount, h.crossed_at, h.resolved_at, h.acknowledged_by, h.acknowledged_at,
+    coalesce((select json_agg(json_build_object('channel', o.channel, 'status', o.status, 'attempts', o.attempts,
+              'delivered_at', o.delivered_at, 'last_error', o.last_error) order by o.channel)
+              from budget_notification_outbox o where o.alert_id = h.id), '[]') as deliveries`
+
+  return {
+    /** Crossings of a budget, newest first; of one window when `periodStart` is given. */
+    async listAlerts (budgetId: string, periodStart?: Date): Promise<AlertRecord[]> {
+      const rows = await sql<AlertRow[]>`
+        select ${alertColumns} from budget_alert_history h
+        where h.budget_id = ${budgetId} ${periodStart === undefined ? sql`` : sql`and h.period_start = ${periodStart}`}
+        order by h.crossed_at desc, h.threshold desc
+        limit 500`
+      return rows.map(toAlert)
+    },
+
+    /** The window's active crossings, newest first: those its budget's definition still reaches (a resolved one is history, sql/020). */
+    async listActiveAlerts (budgetId: string, periodStart: Date): Promise<AlertRecord[]> {
+      const rows = await sql<AlertRow[]>`
+        select ${alertColumns} from budget_alert_history h
+        where h.budget_id = ${budgetId} and h.period_start = ${periodStart} and h.resolved_at is null
+        order by h.crossed_at desc, h.threshold desc`
+      return rows.map(toAlert)
+    },
+
+    /** The latest crossings of every live budget, newest first. */
+    async listRecentAlerts (limit: number): Promise<AlertRecord[]> {
+      const rows = await sql<AlertRow[]>`
+        select ${alertColumns} from budget_alert_history h
+        where exists (select 1 from budget_definitions b where b.id = h.budget_id and b.deleted_at is null)
+        order by h.crossed_at desc, h.threshold desc, h.id
+        limit ${limit}`
+      return rows.map(toAlert)
+    },
+
+    /** Acknowledges the crossing; the first acknowledgement stands and is the one the audit log records (same statement). */
+    async acknowledge (budgetId: string, alertId: string, who: string, requestId: string | null = null): Promise<AlertRecord | null> {
+      const [row] = await sql<AlertRow[]>`
+        with prior as (
+          select acknowledged_at is null as first from budget_alert_history where id = ${alertId} and budget_id = ${budgetId}
+        ),
+        acknowledged as (
+          update budget_alert_history set acknowledged_by = coalesce(acknowledged_by, ${who}), acknowledged_at = coalesce(acknowledged_at, now())
+          where id = ${alertId} and budget_id = ${budgetId}
+          returning *
+        ),
+        audited as (
+          insert into budget_audit_log (budget_id, action, after, actor, request_id)
+          select a.budget_id, 'acknowledge', jsonb_build_object('alertId', a.id, 'threshold', a.threshold, 'periodStart', a.period_start), ${who}, ${requestId}
+          from acknowledged a cross join prior where prior.first
+        )
+        select ${alertColumns} from acknowledged h`
+      return row === undefined ? null : toAlert(row)
+    },
+
+    /** Records the approval, and its audit entry in the same statement. */
+    async insertApproval (values: Omit<Approval, 'id' | 'createdAt' | 'periodStart' | 'expiresAt'> & { periodStart: Date, expiresAt: Date }, requestId: string | null = null): Promise<Approval> {
+      const [row] = await sql<Approval[]>`
+        with inserted as (
+          insert into budget_approvals (budget_id, period_start, amount, spent_at_approval, approved_by, reason, expires_at)
+          values (${values.budgetId}, ${values.periodStart}, ${values.amount}, ${values.spentAtApproval}, ${values.approvedBy}, ${values.reason}, ${values.expiresAt})
+          returning *
+        ),
+        audited as (
+          insert into budget_audit_log (budget_id, action, after, actor, request_id)
+          select i.budget_id, 'approve', jsonb_build_object('approvalId', i.id, 'amount', i.amount::text, 'periodStart', i.period_start,
+                                                              'expiresAt', i.expires_at, 'reason', i.reason), i.approved_by, ${requestId}
+          from inserted i
+        )
+        select id, budget_id as "budgetId", period_start as "periodStart", amount::text as amount, spent_at_approval::text as "spentAtApproval",
+               approved_by as "approvedBy", reason, created_at as "createdAt", expires_at as "expiresAt"
+        from inserted`
+      return toApproval(row!)
+    },
+
+    async listApprovals (budgetId: string): Promise<Approval[]> {
+      const rows = await sql<Approval[]>`
+        select id, budget_id as "budgetId", period_start as "periodStart", amount::text as amount, spent_at_approval::text as "spentAtApproval",
+               approved_by as "approvedBy", reason, created_at as "createdAt", expires_at as "expiresAt"
+        from budget_approvals where budget_id = ${budgetId} order by created_at desc limit 500`
+      return rows.map(toApproval)
+    },
+
+    /** Due deliveries of crossings, locked for this transaction (SKIP LOCKED: another process takes the others). Digests' are claimDueDigests (lib/alerts/digest-repository.ts). */
+    async claimDueNotifications (limit: number): Promise<DueNotification[]> {
+      const rows = await sql<Array<AlertRow & { outbox_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
+        with due as (
+          select o.id, o.alert_id, o.channel, o.attempts from budget_notification_outbox o
+          where o.status = 'pending' and o.next_attempt_at <= now() and o.alert_id is not null
+          order by o.next_attempt_at
+          limit ${limit}
+          for update skip locked
+        )
+        select due.id as outbox_id, due.channel, due.attempts, ${alertColumns},
+               b.name as budget_name, b.currency, b.scope_type, b.scope_id
+        from due join budget_alert_history h on h.id = due.alert_id join budget_definitions b on b.id = h.budget_id`
+      return rows.map((row) => ({
+        outboxId: row.outbox_id,
+        channel: row.channel,
+        attempts: row.attempts,
+        alert: toAlert(row),
+        budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
+      }))
+    },
+
+    async markDelivered (outboxId: string, note: string | null): Promise<void> {
+      await sql`update budget_notification_outbox set status = 'delivered', attempts = attempts + 1, delivered_at = now(), last_error = ${note} where id = ${outboxId}`
+    },
+
+    async markAttemptFailed (outboxId: string, error: string, retryInMs: number | null): Promise<void> {
+      await sql`
+        update budget_notification_outbox
+        set attempts = attempts + 1, last_error = ${error},
+            status = ${retryInMs === null ? 'failed' : 'pending'},
+            next_attempt_at = now() + ${`${retryInMs ?? 0} milliseconds`}::interval
+        where id = ${outboxId}`
+    }
+  }
+}
+
+function toApproval (row: Approval): Approval {
+  return {
+    ...row,
+    amount: normalizeMoney(row.amount),
+    spentAtApproval: normalizeMoney(row.spentAtApproval),
+    periodStart: new Date(row.periodStart).toISOString(),
+    createdAt: new Date(row.createdAt).toISOString(),
+    expiresAt: new Date(row.expiresAt).toISOString()
+  }
+}
+
+export type AlertRepository = ReturnType<typeof createAlertRepository>

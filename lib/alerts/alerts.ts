@@ -1,0 +1,69 @@
+// Alerts as operators see them: each threshold crossing (recorded once by the database), its
+// deliveries, acknowledgements, and the approvals that lift require-approval.
+import { AlertNotFoundError, BudgetNotActiveError, InvalidFieldError } from '../kernel/errors.js'
+import { fromUnits, parsePositiveMoney, toUnits } from '../kernel/money.js'
+import type { AlertRecord, AlertRepository, Approval } from './alert-repository.js'
+import { isUuid } from '../budgets/budget-repository.js'
+import { parseTimestamp } from '../kernel/timestamps.js'
+import type { BudgetTracker } from '../usage/tracker.js'
+
+export interface ApprovalRequest {
+  /** How much more may be spent past the point of approval. */
+  amount: string | number
+  /** Until when; default: one hour from now. Never past the current period. */
+  expiresAt?: string | Date
+  reason?: string
+}
+
+const HOUR = 3_600_000
+
+export function createBudgetAlerts (alerts: AlertRepository, tracker: BudgetTracker, now: () => Date) {
+
+  return {
+    /** Every crossing of the budget, newest first, with its deliveries. */
+    async listAlerts (budgetId: string): Promise<AlertRecord[]> {
+      await tracker.getBudgetStatus(budgetId) // 404 for an unknown budget
+      return await alerts.listAlerts(budgetId)
+    },
+
+    /** The latest crossings across budgets, for a feed or a dashboard. */
+    async listRecentAlerts (limit = 50): Promise<AlertRecord[]> {
+      return await alerts.listRecentAlerts(limit)
+    },
+
+    async acknowledgeAlert (budgetId: string, alertId: string, who: string, requestId: string | null = null): Promise<AlertRecord> {
+      const acknowledged = isUuid(budgetId) && isUuid(alertId) ? await alerts.acknowledge(budgetId, alertId, who, requestId) : null
+      if (acknowledged === null) throw new AlertNotFoundError(alertId, budgetId)
+      return acknowledged
+    },
+
+    /** Lets calls past require-approval for `amount` more spend until `expiresAt`, recorded with who approved. */
+    async approve (budgetId: string, request: ApprovalRequest, who: string, requestId: string | null = null): Promise<Approval> {
+      // Every check on the request first: a refused approval reads nothing that could refresh a cache row.
+      const amount = parsePositiveMoney(request.amount, 'amount')
+      const expiresAt = request.expiresAt === undefined ? new Date(now().getTime() + HOUR) : parseTimestamp(request.expiresAt, 'expiresAt')
+      if (expiresAt <= now()) throw new InvalidFieldError('expiresAt', 'must be in the future')
+      // An approval lifts require-approval in the current window; a budget with none has nothing to approve.
+      const window = await tracker.getWindow(budgetId)
+      if (window.state !== 'active') throw new BudgetNotActiveError(budgetId, now().toISOString(), window.state)
+      const status = await tracker.getBudgetStatus(budgetId)
+      const periodEnd = new Date(status.periodEnd)
+      return await alerts.insertApproval({
+        budgetId,
+        periodStart: new Date(status.periodStart),
+        amount,
+        spentAtApproval: fromUnits(toUnits(status.currentAmount) + toUnits(status.reservedAmount)),
+        approvedBy: who,
+        reason: request.reason ?? null,
+        expiresAt: expiresAt < periodEnd ? expiresAt : periodEnd
+      }, requestId)
+    },
+
+    async listApprovals (budgetId: string): Promise<Approval[]> {
+      await tracker.getBudgetStatus(budgetId)
+      return await alerts.listApprovals(budgetId)
+    }
+  }
+}
+
+export type BudgetAlerts = ReturnType<typeof createBudgetAlerts>

@@ -1,0 +1,419 @@
+// Delivers each queued crossing and digest to its channels: a webhook (JSON with a Slack-compatible `text`), an
+// email over SMTP (nodemailer), or the log. The queue is budget_notification_outbox, written in the crossing's (or
+// the digest's) own transaction, so a crash loses nothing; retries back off exponentially; a delivery the endpoint
+// answered 2xx is never repeated. The same loop makes the digests that are due (lib/alerts/digests.ts).
+import { randomUUID } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
+import nodemailer from 'nodemailer'
+import type { Sql } from 'postgres'
+import { createAlertRepository, type DueNotification } from './alert-repository.js'
+import { createDigestRepository, type DueDigestNotification, type TopSpender } from './digest-repository.js'
+
+export interface AlertEvent {
+  type: 'budget.threshold_crossed'
+  /** Slack incoming webhooks show this. */
+  text: string
+  alertId: string
+  budget: DueNotification['budget']
+  threshold: number
+  basis: 'current' | 'projected'
+  actions: string[]
+  spent: string
+  limit: string
+  periodStart: string
+  crossedAt: string
+}
+
+/** A scheduled digest: a day's or week's spend, the budget's window so far, its forecast, the top models and callers. */
+export interface DigestEvent {
+  type: 'budget.digest'
+  /** Slack incoming webhooks show this. */
+  text: string
+  digestId: string
+  budget: DueDigestNotification['budget']
+  every: 'daily' | 'weekly'
+  /** The digest period, as UTC instants, and as its first and last local days in `timezone`. */
+  periodStart: string
+  periodEnd: string
+  timezone: string
+  firstDay: string
+  lastDay: string
+  spent: string
+  usageCount: number
+  /** The budget's window that the digest period ends in, as of the digest period's end. */
+  window: { periodStart: string, periodEnd: string, spent: string, limit: string, percentUsed: number, burnRate: string, projectedTotal: string }
+  topModels: Array<{ modelId: string | null, total: string, count: number }>
+  topUsers: Array<{ userId: string | null, total: string, count: number }>
+  createdAt: string
+}
+
+/** A test an operator sent through one channel (POST {prefix}/channels/{name}/test): no budget crossed anything. */
+export interface TestEvent {
+  type: 'budget.test'
+  /** Slack incoming webhooks show this. */
+  text: string
+  testId: string
+  channel: string
+  sentAt: string
+}
+
+export type BudgetEvent = AlertEvent | DigestEvent | TestEvent
+
+/** The id a receiver drops a repeat by: the crossing's, the digest's or the test's. */
+export function eventId (event: BudgetEvent): string {
+  return event.type === 'budget.digest' ? event.digestId : event.type === 'budget.test' ? event.testId : event.alertId
+}
+
+export function testEvent (channel: string, now = new Date()): TestEvent {
+  return {
+    type: 'budget.test',
+    text: `Test notification from RelayCore Budgets through channel '${channel}': no budget crossed anything.`,
+    testId: randomUUID(),
+    channel,
+    sentAt: now.toISOString()
+  }
+}
+
+/** A test's email: marked as a test in its subject. */
+export function testEmail (event: TestEvent, dashboardUrl?: string): { subject: string, text: string } {
+  return {
+    subject: `[test] RelayCore Budgets: channel '${event.channel}' works`,
+    text: [
+      event.text,
+      '',
+      `Sent at ${event.sentAt} by an operator's test (POST /channels/${event.channel}/test).`,
+      ...(dashboardUrl === undefined ? [] : ['', `Dashboard: ${dashboardUrl}`]),
+      '',
+      `Test ${event.testId}.`
+    ].join('\n')
+  }
+}
+
+/** A channel: resolves when delivered, throws when not (and the delivery is retried). `event.type` tells a crossing, a digest and an operator's test (budget.test) apart. */
+export interface Notifier {
+  deliver: (event: BudgetEvent) => Promise<void>
+}
+
+/**
+ * A channel by type. `email`: an SMTP URL with the sender and the recipients in its query,
+ * smtp://user:pass@host:587?from=budgets@example.com&to=ops@example.com,cfo@example.com (smtps:// for TLS from the start).
+ */
+export type ChannelConfig = { type: 'webhook', url: string, timeoutMs?: number } | { type: 'email', url: string } | { type: 'log' } | Notifier
+
+export interface NotificationOptions {
+  channels: Record<string, ChannelConfig>
+  /** How often each process delivers what is due; 0: only when deliverDue is called. */
+  intervalMs: number
+  maxAttempts: number
+  /** The first retry's delay; each later one doubles it. */
+  backoffMs: number
+  /** Where the budgets' dashboard page is, when known: emails link to it. */
+  dashboardUrl?: string
+}
+
+/** An email channel's SMTP URL, split into where to connect and who sends to whom; null when it is not one. */
+export function parseEmailChannel (url: string): { transport: string, from: string, to: string[] } | null {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    return null
+  }
+  if (parsed.protocol !== 'smtp:' && parsed.protocol !== 'smtps:') return null
+  const from = parsed.searchParams.get('from') ?? ''
+  const to = (parsed.searchParams.get('to') ?? '').split(',').map((address) => address.trim()).filter(Boolean)
+  const address = /^[^\s@<>,]+@[^\s@<>,]+$/
+  if (!address.test(from) || to.length === 0 || !to.every((recipient) => address.test(recipient))) return null
+  parsed.searchParams.delete('from')
+  parsed.searchParams.delete('to')
+  return { transport: parsed.toString(), from, to }
+}
+
+/** An email a crossing sends: a subject and a plain-text body that say which budget crossed what. */
+export function alertEmail (event: AlertEvent, dashboardUrl?: string): { subject: string, text: string } {
+  const { budget } = event
+  const crossed = event.basis === 'projected' ? 'is projected to cross' : 'crossed'
+  return {
+    subject: `Budget '${budget.name}' ${crossed} ${event.threshold}%: ${event.spent} of ${event.limit} ${budget.currency}`,
+    text: [
+      `Budget '${budget.name}' (${budget.scopeType} ${budget.scopeId}) ${crossed} its ${event.threshold}% alert threshold.`,
+      '',
+      `Spent: ${event.spent} of ${event.limit} ${budget.currency} in the period from ${event.periodStart}.`,
+      `Actions now in force: ${event.actions.join(', ')}.`,
+      `Crossed at: ${event.crossedAt}.`,
+      ...(dashboardUrl === undefined ? [] : ['', `Dashboard: ${dashboardUrl}`]),
+      '',
+      `Budget id ${budget.id}, alert ${event.alertId}.`
+    ].join('\n')
+  }
+}
+
+/** What a digest period is called: its day, or its first and last days. */
+function digestPeriod (event: DigestEvent): string {
+  return event.every === 'daily' ? event.firstDay : `${event.firstDay} to ${event.lastDay}`
+}
+
+function spenders (label: string, rows: Array<{ key: string | null, total: string, count: number }>, currency: string): string[] {
+  if (rows.length === 0) return [`${label}: none.`]
+  return [`${label}:`, ...rows.map((row) => `  ${row.key ?? '(none given)'}: ${row.total} ${currency} (${row.count} ${row.count === 1 ? 'call' : 'calls'})`)]
+}
+
+/** An email a digest sends: the period's spend in the subject; the window, burn rate, forecast and top spenders in the body. */
+export function digestEmail (event: DigestEvent, dashboardUrl?: string): { subject: string, text: string } {
+  const { budget, window } = event
+  return {
+    subject: `Budget '${budget.name}' ${event.every} digest, ${digestPeriod(event)}: ${event.spent} ${budget.currency} spent`,
+    text: [
+      `Budget '${budget.name}' (${budget.scopeType} ${budget.scopeId}), ${event.every} digest for ${digestPeriod(event)} (${event.timezone}).`,
+      '',
+      `Spent: ${event.spent} ${budget.currency} in ${event.usageCount} ${event.usageCount === 1 ? 'call' : 'calls'}.`,
+      `Budget period from ${window.periodStart} to ${window.periodEnd}: ${window.spent} of ${window.limit} ${budget.currency} spent (${window.percentUsed}%).`,
+      `Burn rate: ${window.burnRate} ${budget.currency} a day.`,
+      `Projected by the end of the budget period: ${window.projectedTotal} ${budget.currency}.`,
+      '',
+      ...spenders('Top models', event.topModels.map((row) => ({ ...row, key: row.modelId })), budget.currency),
+      ...spenders('Top callers', event.topUsers.map((row) => ({ ...row, key: row.userId })), budget.currency),
+      ...(dashboardUrl === undefined ? [] : ['', `Dashboard: ${dashboardUrl}`]),
+      '',
+      `Budget id ${budget.id}, digest ${event.digestId}.`
+    ].join('\n')
+  }
+}
+
+export function emailNotifier (url: string, dashboardUrl?: string): Notifier {
+  const channel = parseEmailChannel(url)
+  if (channel === null) throw new Error('an email channel needs smtp:// or smtps:// with from= and to= addresses')
+  const transport = nodemailer.createTransport(channel.transport)
+  return {
+    async deliver (event) {
+      // Accepted by the SMTP server (250) is delivered; X-Budget-Event-Id lets a mail rule drop a repeat.
+      const message = event.type === 'budget.digest' ? digestEmail(event, dashboardUrl) : event.type === 'budget.test' ? testEmail(event, dashboardUrl) : alertEmail(event, dashboardUrl)
+      await transport.sendMail({ from: channel.from, to: channel.to, ...message, headers: { 'X-Budget-Event-Id': eventId(event) } })
+    }
+  }
+}
+
+/** How long a webhook delivery waits for the endpoint unless the channel says. */
+const WEBHOOK_TIMEOUT_MS = 5000
+
+export function webhookNotifier (url: string, timeoutMs = WEBHOOK_TIMEOUT_MS): Notifier {
+  return {
+    async deliver (event) {
+      const response = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-budget-event-id': eventId(event) },
+        body: JSON.stringify(event),
+        signal: AbortSignal.timeout(timeoutMs)
+      })
+      await response.arrayBuffer()
+      if (!response.ok) throw new Error(`webhook answered ${response.status}`)
+    }
+  }
+}
+
+export function logNotifier (log: FastifyBaseLogger): Notifier {
+  return {
+    deliver: async (event) => {
+      if (event.type === 'budget.digest') log.info({ budgetDigest: event }, event.text)
+      else if (event.type === 'budget.test') log.info({ budgetTest: event }, event.text)
+      else log.warn({ budgetAlert: event }, event.text)
+    }
+  }
+}
+
+/** A configured channel as GET {prefix}/channels shows it: what it is and where it goes, never a secret. */
+export interface ChannelInfo {
+  name: string
+  kind: 'webhook' | 'email' | 'log' | 'custom'
+  /** webhook: the endpoint's scheme and host (its path, query and credentials can hold the secret, and are left out). */
+  url?: string
+  /** webhook: how long a delivery waits for the endpoint. */
+  timeoutMs?: number
+  /** email: the SMTP server's host and port, without its user and password. */
+  smtpHost?: string
+  /** email: TLS from the start (smtps://). */
+  tls?: boolean
+  /** email: how many addresses each message goes to. */
+  recipients?: number
+}
+
+/** The non-secret facts of a channel: a URL's origin alone (no path, query or userinfo), an SMTP server's host, a count. */
+export function describeChannel (name: string, config: ChannelConfig): ChannelInfo {
+  if ('deliver' in config) return { name, kind: 'custom' }
+  if (config.type === 'log') return { name, kind: 'log' }
+  const url = parseUrl(config.url)
+  if (config.type === 'webhook') {
+    return { name, kind: 'webhook', url: url === null ? '(not a URL)' : `${url.protocol}//${url.host}`, timeoutMs: config.timeoutMs ?? WEBHOOK_TIMEOUT_MS }
+  }
+  return { name, kind: 'email', smtpHost: url?.host ?? '(not a URL)', tls: url?.protocol === 'smtps:', recipients: parseEmailChannel(config.url)?.to.length ?? 0 }
+}
+
+function parseUrl (text: string): URL | null {
+  try {
+    return new URL(text)
+  } catch {
+    return null
+  }
+}
+
+/** An error's message as an answer may show it: without the channel's URL (a fetch error can quote it, secrets and all). */
+function redactedMessage (error: unknown, config: ChannelConfig, info: ChannelInfo): string {
+  const message = error instanceof Error ? error.message : String(error)
+  const secret = 'url' in config && typeof config.url === 'string' && config.url !== '' ? config.url : null
+  const shown = secret === null ? message : message.replaceAll(secret, info.url ?? info.smtpHost ?? '(the channel\'s URL)')
+  return shown.length > 1000 ? `${shown.slice(0, 1000)}…` : shown
+}
+
+/** A test through a channel: delivered, or not and why. */
+export type TestOutcome = { delivered: true } | { delivered: false, error: string }
+
+function toEvent ({ alert, budget }: DueNotification): AlertEvent {
+  const what = alert.basis === 'projected' ? 'is projected to reach' : 'crossed'
+  return {
+    type: 'budget.threshold_crossed',
+    text: `Budget '${budget.name}' ${what} ${alert.threshold}% (${alert.spent} of ${alert.limit} ${budget.currency}): ${alert.actions.join(', ')}`,
+    alertId: alert.id,
+    budget,
+    threshold: alert.threshold,
+    basis: alert.basis,
+    actions: alert.actions,
+    spent: alert.spent,
+    limit: alert.limit,
+    periodStart: alert.periodStart,
+    crossedAt: alert.crossedAt
+  }
+}
+
+function toDigestEvent ({ digest, budget }: DueDigestNotification): DigestEvent {
+  const event: DigestEvent = {
+    type: 'budget.digest',
+    text: '',
+    digestId: digest.id,
+    budget,
+    every: digest.every,
+    periodStart: digest.periodStart,
+    periodEnd: digest.periodEnd,
+    timezone: digest.timezone,
+    firstDay: digest.firstDay,
+    lastDay: digest.lastDay,
+    spent: digest.spent,
+    usageCount: digest.usageCount,
+    window: {
+      periodStart: digest.windowStart,
+      periodEnd: digest.windowEnd,
+      spent: digest.windowSpent,
+      limit: digest.limit,
+      percentUsed: digest.percentUsed,
+      burnRate: digest.burnRate,
+      projectedTotal: digest.projectedTotal
+    },
+    topModels: digest.topModels.map(({ key, total, count }: TopSpender) => ({ modelId: key, total, count })),
+    topUsers: digest.topUsers.map(({ key, total, count }: TopSpender) => ({ userId: key, total, count })),
+    createdAt: digest.createdAt
+  }
+  const top = (rows: TopSpender[]) => rows.length === 0 ? 'none' : rows.map((row) => `${row.key ?? '(none given)'} ${row.total}`).join(', ')
+  event.text = `Budget '${budget.name}' ${digest.every} digest, ${digestPeriod(event)}: ${digest.spent} ${budget.currency} spent. ` +
+    `Period so far ${digest.windowSpent} of ${digest.limit} ${budget.currency} (${digest.percentUsed}%), ` +
+    `burn rate ${digest.burnRate} a day, projected ${digest.projectedTotal} by ${digest.windowEnd}. ` +
+    `Top models: ${top(digest.topModels)}. Top callers: ${top(digest.topUsers)}.`
+  return event
+}
+
+export function createNotificationDeliverer (sql: Sql, options: NotificationOptions, log: FastifyBaseLogger,
+  observe: (outcome: { delivered: number, failed: number }) => void = () => {},
+  /** Makes the digests due at an instant (default now), returning how many; run before each delivery round of the loop. */
+  produceDigests: (at?: Date) => Promise<number> = async () => 0) {
+  const logged = logNotifier(log)
+  const notifiers = new Map<string, Notifier>(Object.entries(options.channels).map(([name, config]) => [name,
+    'deliver' in config
+      ? config
+      : config.type === 'webhook' ? webhookNotifier(config.url, config.timeoutMs) : config.type === 'email' ? emailNotifier(config.url, options.dashboardUrl) : logged]))
+  const described = Object.entries(options.channels).map(([name, config]) => describeChannel(name, config))
+
+  /**
+   * Sends a test event through one channel now, waiting at most the channel's own timeout (a webhook's
+   * timeoutMs) and never longer than `boundMs`. Null for a name that is no channel. A send still running
+   * at the bound is answered as not delivered; its late outcome is dropped.
+   */
+  async function sendTest (name: string, boundMs: number): Promise<TestOutcome | null> {
+    const notifier = notifiers.get(name)
+    if (notifier === undefined) return null
+    const info = described.find((channel) => channel.name === name)!
+    const waitMs = Math.min(info.timeoutMs ?? boundMs, boundMs)
+    let timer: NodeJS.Timeout | undefined
+    const timedOut = new Promise<TestOutcome>((resolve) => {
+      timer = setTimeout(() => { resolve({ delivered: false, error: `no answer within ${waitMs} ms` }) }, waitMs)
+    })
+    const sent = Promise.resolve().then(async () => { await notifier.deliver(testEvent(name)) }).then(
+      (): TestOutcome => ({ delivered: true }),
+      (error: unknown): TestOutcome => ({ delivered: false, error: redactedMessage(error, options.channels[name]!, info) }))
+    try {
+      return await Promise.race([sent, timedOut])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  /** Delivers what is due, one transaction a batch: claimed rows stay locked until their outcome is written. */
+  async function deliverDue (limit = 20): Promise<{ delivered: number, failed: number }> {
+    const outcome = await sql.begin(async (tx) => {
+      const alerts = createAlertRepository(tx)
+      const crossings = await alerts.claimDueNotifications(limit)
+      const digests = crossings.length < limit ? await createDigestRepository(tx).claimDueDigests(limit - crossings.length) : []
+      let delivered = 0
+      let failed = 0
+      const due = [...crossings.map((crossing) => ({ ...crossing, event: toEvent(crossing) })), ...digests.map((digest) => ({ ...digest, event: toDigestEvent(digest) }))]
+      for (const { outboxId, channel, attempts, event } of due) {
+        const notifier = notifiers.get(channel)
+        try {
+          // A budget stored before channels were checked (or a channel since removed) names one this process
+          // lacks: that is no delivery. The row stays undelivered with the reason, retried as any failure
+          // (another process, or this one restarted, may have the channel), and failed once the attempts run out.
+          if (notifier === undefined) {
+            log.warn({ channel, eventId: eventId(event), eventType: event.type }, `a budget notification names channel '${channel}', which is not configured: not delivered`)
+            throw new Error(`no channel '${channel}' is configured`)
+          }
+          await notifier.deliver(event)
+          await alerts.markDelivered(outboxId, null)
+          delivered++
+        } catch (error) {
+          const attempt = attempts + 1
+          const retryInMs = attempt >= options.maxAttempts ? null : options.backoffMs * 2 ** (attempt - 1)
+          await alerts.markAttemptFailed(outboxId, (error as Error).message, retryInMs)
+          failed++
+        }
+      }
+      return { delivered, failed }
+    }) as { delivered: number, failed: number }
+    observe(outcome) // once the outcomes are committed
+    return outcome
+  }
+
+  let timer: NodeJS.Timeout | undefined
+  let running: Promise<unknown> = Promise.resolve()
+  return {
+    deliverDue,
+    /** The configured channels, without their secrets, in the order the options name them. */
+    channels: (): ChannelInfo[] => described.map((channel) => ({ ...channel })),
+    sendTest,
+    /** Makes the digests whose period ended before `at` (default now) that no process has made yet; the loop does this on its own. */
+    produceDigests,
+    start () {
+      if (options.intervalMs <= 0) return
+      timer = setInterval(() => {
+        running = (async () => {
+          // A failure to make digests must not hold up the crossings' deliveries.
+          await produceDigests().catch((error: unknown) => { log.error({ err: error }, 'making budget digests failed') })
+          await deliverDue()
+        })().catch((error: unknown) => { log.error({ err: error }, 'delivering budget notifications failed') })
+      }, options.intervalMs)
+      timer.unref()
+    },
+    async stop () {
+      clearInterval(timer)
+      await running
+    }
+  }
+}
+
+export type NotificationDeliverer = ReturnType<typeof createNotificationDeliverer>

@@ -1,0 +1,60 @@
+// SQL for the audit log: entries written with the change they record (hand it the change's
+// transaction), and read newest first, a page at a time (keyset on the entry's id).
+import type { Db } from '../budgets/budget-repository.js'
+
+export type AuditAction = 'create' | 'update' | 'delete' | 'approve' | 'acknowledge' | 'refresh-cache' | 'set-exchange-rate' | 'test-channel'
+
+/** Who made a change and in which request: authorize's name, and Fastify's request id (null from the library). */
+export interface AuditContext {
+  actor: string
+  requestId: string | null
+}
+
+export interface AuditEntry {
+  id: string
+  /** Null for an action that is no budget's: an exchange rate set (set-exchange-rate), a channel tested (test-channel). */
+  budgetId: string | null
+  action: AuditAction
+  changes: string[]
+  before: unknown
+  after: unknown
+  actor: string
+  requestId: string | null
+  at: string
+}
+
+interface AuditRow extends Omit<AuditEntry, 'at'> {
+  at: Date
+}
+
+export function createAuditRepository (sql: Db) {
+  const columns = sql`id::text as id, budget_id as "budgetId", action, changes, before, after, actor, request_id as "requestId", at`
+  const json = (value: unknown) => value === undefined || value === null ? null : JSON.stringify(value)
+
+  return {
+    async record (budgetId: string | null, action: AuditAction, context: AuditContext, entry: { changes?: string[], before?: unknown, after?: unknown } = {}): Promise<void> {
+      await sql`
+        insert into budget_audit_log (budget_id, action, changes, before, after, actor, request_id)
+        values (${budgetId}, ${action}, ${entry.changes ?? []}::text[], ${json(entry.before)}::text::jsonb, ${json(entry.after)}::text::jsonb,
+                ${context.actor}, ${context.requestId})`
+    },
+
+    /** Newest first, after the entry `before` (exclusive) when given; one budget's, or every budget's. */
+    async list (budgetId: string | null, before: bigint | null, limit: number): Promise<AuditEntry[]> {
+      const rows = await sql<AuditRow[]>`
+        select ${columns} from budget_audit_log
+        where ${budgetId === null ? sql`true` : sql`budget_id = ${budgetId}`}
+          and ${before === null ? sql`true` : sql`id < ${before.toString()}::bigint`}
+        order by budget_audit_log.id desc limit ${limit}`
+      return rows.map((row) => ({ ...row, at: row.at.toISOString() }))
+    },
+
+    /** Does the budget exist, deleted or not? (A deleted budget's history stays readable.) */
+    async budgetEverExisted (budgetId: string): Promise<boolean> {
+      const [row] = await sql<Array<{ found: boolean }>>`select exists (select 1 from budget_definitions where id = ${budgetId}) as found`
+      return row!.found
+    }
+  }
+}
+
+export type AuditRepository = ReturnType<typeof createAuditRepository>

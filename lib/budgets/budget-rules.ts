@@ -1,0 +1,207 @@
+// The registry's rules for one budget and for a parent-child pair; pure, so every rule is tested without I/O.
+import { CurrencyMismatchError, ExceedsParentError, InvalidFieldError, UnknownChannelError } from '../kernel/errors.js'
+import { compareMoney, numberToDecimal, parseMoney, parsePositiveMoney } from '../kernel/money.js'
+import type { BudgetValues } from './budget-repository.js'
+import { checkTags } from '../kernel/tags.js'
+import { isStorableText } from '../kernel/json-limits.js'
+import { DIGEST_FREQUENCIES, NEAR_LIMIT_POLICIES, type NearLimitPolicy, type BudgetAlert, type BudgetDigest, type BudgetFilters, type CreateBudgetRequest, type Period, type RateLimits } from '../kernel/schemas.js'
+import { parseTimestamp } from '../kernel/timestamps.js'
+
+const DAY = 86_400_000
+/** The longest a period of each kind can be; a custom period is as long as its dates say. */
+const LONGEST_PERIOD: Record<Exclude<Period, 'custom'>, number> = {
+  daily: DAY,
+  weekly: 7 * DAY,
+  monthly: 31 * DAY,
+  quarterly: 92 * DAY,
+  annual: 366 * DAY
+}
+
+/** Checks a whole budget (as created, or as it would be after an update) and puts it in canonical form. */
+export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
+  const startDate = parseTimestamp(input.startDate, 'startDate')
+  const endDate = input.endDate == null ? null : parseTimestamp(input.endDate, 'endDate')
+  if (input.period === 'custom' && endDate === null) throw new InvalidFieldError('endDate', "is required when period is 'custom'")
+  if (endDate !== null && endDate <= startDate) throw new InvalidFieldError('endDate', 'must be after startDate')
+  if (!/^[A-Z]{3}$/.test(input.currency)) throw new InvalidFieldError('currency', 'must be an ISO 4217 code such as USD')
+  const calendar = normalizeCalendar(input)
+  if (input.metrics !== undefined && typeof input.metrics !== 'boolean') throw new InvalidFieldError('metrics', 'must be true or false')
+  return {
+    name: requireText(input.name, 'name'),
+    description: input.description ?? null,
+    scopeType: input.scopeType,
+    scopeId: input.scopeId,
+    parentId: input.parentId ?? null,
+    amount: parsePositiveMoney(input.amount, 'amount'),
+    currency: input.currency,
+    period: input.period,
+    startDate,
+    endDate,
+    recurring: input.recurring ?? true,
+    ...calendar,
+    filters: normalizeFilters(input.filters ?? {}),
+    rateLimits: normalizeRateLimits(input.rateLimits ?? {}),
+    metrics: input.metrics ?? false,
+    alerts: normalizeAlerts(input.alerts ?? []),
+    enforcement: input.enforcement ?? 'hard',
+    digest: normalizeDigest(input.digest ?? null),
+    nearLimit: normalizeNearLimit(input.nearLimit ?? null)
+  }
+}
+
+function normalizeNearLimit (policy: unknown): NearLimitPolicy | null {
+  if (policy === null) return null
+  if (!(NEAR_LIMIT_POLICIES as readonly unknown[]).includes(policy)) throw new InvalidFieldError('nearLimit', "must be 'refuse', 'clamp' or null")
+  return policy as NearLimitPolicy
+}
+
+/** A digest as stored: null for none, else its frequency and its channels, each once. The API's schema says the same. */
+function normalizeDigest (digest: BudgetDigest | null): BudgetDigest | null {
+  if (digest === null) return null
+  if (typeof digest !== 'object' || Array.isArray(digest)) throw new InvalidFieldError('digest', "must be null or { every: 'daily' | 'weekly', channels: [...] }")
+  const unknown = Object.keys(digest).find((key) => key !== 'every' && key !== 'channels')
+  if (unknown !== undefined) throw new InvalidFieldError(`digest.${unknown}`, 'is not a digest field')
+  if (!(DIGEST_FREQUENCIES as readonly unknown[]).includes(digest.every)) throw new InvalidFieldError('digest.every', "must be 'daily' or 'weekly'")
+  const { channels } = digest
+  if (!Array.isArray(channels) || channels.length === 0 || channels.length > 20 ||
+      channels.some((channel) => typeof channel !== 'string' || channel.length === 0 || channel.length > 500 || !isStorableText(channel))) {
+    throw new InvalidFieldError('digest.channels', 'must be 1 to 20 channel names of 1 to 500 characters')
+  }
+  if (new Set(channels).size !== channels.length) throw new InvalidFieldError('digest.channels', 'must not name a channel twice')
+  return { every: digest.every, channels: [...channels] }
+}
+
+/**
+ * The budget's calendar. A budget that names its zone or fiscal year wants calendar windows unless it
+ * says otherwise; one that names neither keeps the seed's windows, stepped from its startDate. A custom
+ * period is a length of time, never aligned to a calendar. (Whether PostgreSQL knows the zone is the
+ * registry's check: it is PostgreSQL that computes the windows.)
+ */
+function normalizeCalendar (input: CreateBudgetRequest): Pick<BudgetValues, 'timezone' | 'fiscalYearStartMonth' | 'periodAlignment'> {
+  const named = input.timezone !== undefined || input.fiscalYearStartMonth !== undefined
+  const periodAlignment = input.periodAlignment ?? (named && input.period !== 'custom' ? 'calendar' : 'start')
+  const fiscalYearStartMonth = input.fiscalYearStartMonth ?? 1
+  if (typeof input.timezone === 'string' && input.timezone.trim() === '') throw new InvalidFieldError('timezone', 'must be an IANA time zone name such as America/New_York')
+  if (!Number.isInteger(fiscalYearStartMonth) || fiscalYearStartMonth < 1 || fiscalYearStartMonth > 12) {
+    throw new InvalidFieldError('fiscalYearStartMonth', 'must be a month from 1 to 12')
+  }
+  if (input.period === 'custom' && periodAlignment === 'calendar') {
+    throw new InvalidFieldError('periodAlignment', "must be 'start' for a custom period: it is a length of time, not a calendar window")
+  }
+  if (periodAlignment === 'start' && fiscalYearStartMonth !== 1) {
+    throw new InvalidFieldError('fiscalYearStartMonth', "applies to calendar windows: set periodAlignment to 'calendar' (windows stepped from startDate follow startDate)")
+  }
+  return { timezone: input.timezone ?? 'UTC', fiscalYearStartMonth, periodAlignment }
+}
+
+/**
+ * Filters as stored: absent rather than empty. The API's schema checks their shape; the library's
+ * callers get the same checks here.
+ */
+function normalizeFilters (filters: BudgetFilters): BudgetFilters {
+  const { models, tags } = filters
+  if (models !== undefined && (!Array.isArray(models) || models.length === 0 || models.length > 50 ||
+      models.some((model) => typeof model !== 'string' || !/^[^*]{1,200}\*?$/.test(model)))) {
+    throw new InvalidFieldError('filters.models', "must be 1 to 50 model names, each exact or a prefix ending in '*'")
+  }
+  if (tags !== undefined) checkTags(tags, 'filters.tags')
+  return {
+    ...(models === undefined ? {} : { models: [...new Set(models)] }),
+    ...(tags === undefined || Object.keys(tags).length === 0 ? {} : { tags: { ...tags } })
+  }
+}
+
+/** Whole, positive, within the columns (the API's schema says the same; the library's callers meet it here). */
+function normalizeRateLimits (limits: RateLimits): RateLimits {
+  const check = (value: unknown, field: string, most: number) => {
+    if (value !== undefined && (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > most)) {
+      throw new InvalidFieldError(`rateLimits.${field}`, `must be a whole number from 1 to ${most}`)
+    }
+  }
+  check(limits.requestsPerMinute, 'requestsPerMinute', 1_000_000_000)
+  check(limits.tokensPerMinute, 'tokensPerMinute', 1_000_000_000_000)
+  return {
+    ...(limits.requestsPerMinute === undefined ? {} : { requestsPerMinute: limits.requestsPerMinute }),
+    ...(limits.tokensPerMinute === undefined ? {} : { tokensPerMinute: limits.tokensPerMinute })
+  }
+}
+
+/**
+ * Calls match model filters by the price-table name of the model called, so a filter naming a dated
+ * snapshot or an alias ('gpt-4o-2024-08-06') could never match: it is refused, naming the name to use.
+ */
+export function checkFilterModels (filters: BudgetFilters, modelName: (name: string) => string): void {
+  for (const pattern of filters.models ?? []) {
+    const name = pattern.endsWith('*') ? pattern : modelName(pattern)
+    if (name !== pattern) {
+      throw new InvalidFieldError('filters.models', `names '${pattern}', which calls are counted as: '${name}' (the price table's name); filter on '${name}'`)
+    }
+  }
+}
+
+/** A name is text once its spaces are trimmed: "   " is no name. */
+function requireText (value: string, field: string): string {
+  const text = value.trim()
+  if (text === '') throw new InvalidFieldError(field, 'must not be empty or only spaces')
+  return text
+}
+
+/** Alerts sorted by threshold, one alert per threshold and basis. */
+function normalizeAlerts (alerts: BudgetAlert[]): BudgetAlert[] {
+  alerts.forEach((alert, index) => {
+    // A percent with more than 4 decimals (1e-7) is a typo, not a threshold anyone means.
+    if (!/^\d+(\.\d{1,4})?$/.test(numberToDecimal(alert.threshold)) || alert.threshold < 0.0001) {
+      throw new InvalidFieldError(`alerts.${index}.threshold`, 'must be a percent from 0.0001 to 1000 with at most 4 decimal places')
+    }
+  })
+  const sorted = alerts
+    .map((alert) => ({ ...alert, notificationChannels: alert.notificationChannels ?? [] }))
+    .sort((a, b) => a.threshold - b.threshold)
+  const seen = new Set<string>()
+  sorted.forEach((alert) => {
+    const key = `${alert.threshold}/${alert.basis ?? 'current'}`
+    if (seen.has(key)) throw new InvalidFieldError('alerts', `has two ${alert.basis ?? 'current'} alerts at threshold ${alert.threshold}`)
+    seen.add(key)
+    if (alert.maxPricePerMillion !== undefined) parseMoney(alert.maxPricePerMillion, 'alerts.maxPricePerMillion')
+  })
+  return sorted
+}
+
+export function periodLength (budget: Pick<BudgetValues, 'period' | 'startDate' | 'endDate'>): number {
+  return budget.period === 'custom' ? budget.endDate!.getTime() - budget.startDate.getTime() : LONGEST_PERIOD[budget.period]
+}
+
+type Described = Pick<BudgetValues, 'name' | 'amount' | 'currency' | 'period' | 'startDate' | 'endDate'>
+
+/**
+ * A child lives inside its parent: same currency, an amount no larger, a period no longer.
+ * Children may together promise more than the parent holds; the gate enforces the parent anyway.
+ */
+export function checkChildFitsParent (child: Described, parent: Described): void {
+  if (child.currency !== parent.currency) {
+    throw new CurrencyMismatchError(`Budget '${child.name}' is in ${child.currency} but its parent '${parent.name}' is in ${parent.currency}`)
+  }
+  if (compareMoney(child.amount, parent.amount) > 0) {
+    throw new ExceedsParentError('amount', `Budget '${child.name}' amount ${child.amount} exceeds its parent '${parent.name}' amount ${parent.amount}`)
+  }
+  if (periodLength(child) > periodLength(parent)) {
+    throw new ExceedsParentError('period', `Budget '${child.name}' has a ${child.period} period, longer than its parent '${parent.name}' ${parent.period} period`)
+  }
+}
+
+/**
+ * Every channel the request names (its alerts' notificationChannels, its digest's channels) is one the
+ * plugin configures: a name with no channel would take the alert nowhere. Only what the request names
+ * is checked, so an update that leaves a stored budget's channels alone still applies to it.
+ */
+export function checkChannels (request: Pick<CreateBudgetRequest, 'alerts' | 'digest'>, configured: readonly string[]): void {
+  const known = new Set(configured)
+  const named: Array<[string, unknown]> = [
+    ...(Array.isArray(request.alerts) ? request.alerts : []).flatMap((alert, index) =>
+      (Array.isArray(alert?.notificationChannels) ? alert.notificationChannels : []).map((channel, at): [string, unknown] => [`alerts.${index}.notificationChannels.${at}`, channel])),
+    ...(Array.isArray(request.digest?.channels) ? request.digest.channels : []).map((channel, at): [string, unknown] => [`digest.channels.${at}`, channel])
+  ]
+  for (const [field, channel] of named) {
+    if (typeof channel === 'string' && !known.has(channel)) throw new UnknownChannelError(field, channel, [...known])
+  }
+}

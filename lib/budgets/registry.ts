@@ -1,0 +1,204 @@
+// The Budget Registry: creates, reads, changes and deletes budgets, keeping the hierarchy sound.
+import type { Sql, TransactionSql } from 'postgres'
+import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, InvalidFieldError, ParentNotFoundError } from '../kernel/errors.js'
+import { createBudgetRepository, isUuid, type BudgetRepository, type BudgetValues } from './budget-repository.js'
+import { createUsageRepository } from '../usage/usage-repository.js'
+import { createAuditRepository, type AuditContext } from '../audit/audit-repository.js'
+import { retryingConflicts } from '../gate/reservation-repository.js'
+import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../kernel/schemas.js'
+import { parseTimestamp } from '../kernel/timestamps.js'
+import { checkChannels, checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
+
+const DATE_ONLY = /^\d{4}-\d{2}-\d{2}$/
+
+/** A budget to create, as the library takes it: dates as ISO strings or Date objects. */
+export type CreateBudgetInput = Omit<CreateBudgetRequest, 'startDate' | 'endDate'> & { startDate: string | Date, endDate?: string | Date | null }
+/** The fields to change. */
+export type UpdateBudgetInput = Omit<UpdateBudgetRequest, 'startDate' | 'endDate'> & { startDate?: string | Date, endDate?: string | Date | null }
+
+export interface DeleteBudgetOptions {
+  /** Also delete every descendant; without it a budget with children is refused. */
+  cascade?: boolean
+}
+
+/** Who makes a change, for the audit log: from the library, the actor `library` unless named. */
+const LIBRARY: AuditContext = { actor: 'library', requestId: null }
+
+/** The fields whose values differ between two versions of a budget (updatedAt aside). */
+/** Fields whose change alone leaves every threshold crossing as it was. */
+const NOT_READ_BY_ALERTS = new Set<string>(['name', 'description', 'metadata', 'digest', 'rateLimits', 'nearLimit'])
+
+function changedFields (before: BudgetDefinition, after: BudgetDefinition): string[] {
+  return (Object.keys(after) as Array<keyof BudgetDefinition>)
+    .filter((field) => field !== 'updatedAt' && JSON.stringify(before[field]) !== JSON.stringify(after[field]))
+}
+
+export interface RegistryOptions {
+  /** A model's price-table name (a dated snapshot as its base model): what model filters are matched on. */
+  modelName?: (name: string) => string
+  /** Called once a change to the budgets has committed: this process's gate forgets what it derived from them at once. */
+  onChange?: () => void
+  /** The notification channels configured, by name: a budget naming another is refused. Absent: names are not checked. */
+  channels?: readonly string[]
+}
+
+export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, onChange = () => {}, channels }: RegistryOptions = {}) {
+  const budgets = createBudgetRepository(sql)
+
+  /**
+   * Every write takes the hierarchy lock first, so checks and write see one consistent tree. A write that
+   * meets the gate on a budget's rows can end in a deadlock or a serialization failure (a window change
+   * whose carry-over finds a new reservation held by its settlement, sql/026): nothing of it committed,
+   * so it runs again from the start, a few times; one that keeps failing is 503 unavailable, never a 500.
+   */
+  async function inHierarchyTransaction<T> (work: (repository: BudgetRepository, tx: TransactionSql) => Promise<T>): Promise<T> {
+    const result = await retryingConflicts(async () => await sql.begin(async (tx) => {
+      const repository = createBudgetRepository(tx)
+      await repository.lockHierarchy()
+      return await work(repository, tx)
+    }) as T)
+    onChange()
+    return result
+  }
+
+  // PostgreSQL's zone names, read once: it is PostgreSQL that computes every window in them.
+  let timeZones: Promise<Set<string>> | undefined
+
+  /**
+   * The zone must be one PostgreSQL knows, and a date without a time is midnight in it (so a monthly
+   * budget in America/New_York from 2026-01-01 starts at that city's midnight, not at UTC's).
+   */
+  async function readDatesInZone<T extends { startDate?: string | Date, endDate?: string | Date | null }> (
+    repository: BudgetRepository, input: T, timezone: string
+  ): Promise<T> {
+    timeZones ??= repository.listTimeZones().then((names) => new Set(names))
+    const known = await timeZones.catch((error: unknown) => { timeZones = undefined; throw error })
+    if (!known.has(timezone)) throw new InvalidFieldError('timezone', `is not a time zone PostgreSQL knows: '${timezone}' (an IANA name such as America/New_York)`)
+    const fields = (['startDate', 'endDate'] as const).filter((field) => typeof input[field] === 'string' && DATE_ONLY.test(input[field]))
+    if (timezone === 'UTC' || fields.length === 0) return input
+    for (const field of fields) parseTimestamp(input[field], field) // a day that exists, before PostgreSQL reads it
+    const instants = await repository.localMidnights(fields.map((field) => input[field] as string), timezone)
+    return { ...input, ...Object.fromEntries(fields.map((field, index) => [field, instants[index]])) }
+  }
+
+  async function getBudget (id: string): Promise<BudgetDefinition> {
+    const budget = await budgets.findBudget(id)
+    if (budget === null) throw new BudgetNotFoundError(id)
+    return budget
+  }
+
+  return {
+    async createBudget (request: CreateBudgetInput, createdBy: string | null = null, requestId: string | null = null): Promise<BudgetDefinition> {
+      return await inHierarchyTransaction(async (repository, tx) => {
+        const values = normalizeBudget(await readDatesInZone(repository, request, request.timezone ?? 'UTC') as CreateBudgetRequest)
+        checkFilterModels(values.filters, modelName)
+        if (channels !== undefined) checkChannels(request, channels)
+        await checkParent(repository, values, null)
+        const budget = await repository.insertBudget(values, createdBy)
+        await createAuditRepository(tx).record(budget.id, 'create', { actor: createdBy ?? LIBRARY.actor, requestId }, { after: budget })
+        return budget
+      })
+    },
+
+    getBudget,
+
+    /** Applies a partial update; the budget as it would become must pass every create rule. */
+    async updateBudget (id: string, updates: UpdateBudgetInput, context: AuditContext = LIBRARY): Promise<BudgetDefinition> {
+      return await inHierarchyTransaction(async (repository, tx) => {
+        const current = await repository.findBudget(id)
+        if (current === null) throw new BudgetNotFoundError(id)
+        const zoned = await readDatesInZone(repository, updates, updates.timezone ?? current.timezone)
+        // A budget that becomes custom is a length of time: it leaves the calendar unless told otherwise.
+        const alignment = updates.period === 'custom' && updates.periodAlignment === undefined
+          ? { periodAlignment: 'start' as const, fiscalYearStartMonth: updates.fiscalYearStartMonth ?? 1 }
+          : {}
+        const values = normalizeBudget({ ...current, ...zoned, ...alignment } as CreateBudgetRequest)
+        checkFilterModels(values.filters, modelName)
+        if (channels !== undefined) checkChannels(updates, channels)
+        await checkParent(repository, values, id)
+        for (const child of await repository.listChildren(id)) {
+          checkChildFitsParent(normalizeBudget(child), values)
+        }
+        if (values.currency !== current.currency && await createUsageRepository(tx).hasSpend(id)) {
+          throw new CurrencyLockedError(id, current.currency)
+        }
+        const updated = await repository.updateBudget(id, values)
+        const changes = changedFields(current, updated)
+        // The gate reads the new definition as soon as this commits: the alerts must say what it will do.
+        // A change no threshold reads (a description) takes no lock on the spend window.
+        if (changes.some((field) => !NOT_READ_BY_ALERTS.has(field))) await repository.followDefinition(id)
+        await createAuditRepository(tx).record(id, 'update', context, { changes, before: current, after: updated })
+        return updated
+      })
+    },
+
+    async deleteBudget (id: string, { cascade = false }: DeleteBudgetOptions = {}, context: AuditContext = LIBRARY): Promise<void> {
+      await inHierarchyTransaction(async (repository, tx) => {
+        const budget = await repository.findBudget(id)
+        if (budget === null) throw new BudgetNotFoundError(id)
+        const descendants = await repository.listDescendants([id])
+        if (descendants.length > 0 && !cascade) {
+          throw new HasChildrenError(id, descendants.filter((d) => d.parentId === id).length)
+        }
+        await repository.archiveBudgets([id, ...descendants.map((d) => d.id)])
+        const audit = createAuditRepository(tx)
+        for (const archived of [budget, ...descendants]) {
+          await audit.record(archived.id, 'delete', context, { before: archived, ...(archived.id === id ? {} : { changes: [`cascade from ${id}`] }) })
+        }
+      })
+    },
+
+    /** Every live budget, a page at a time in id order; the cursor is the last budget's id. */
+    async listBudgets (query: { limit?: number, cursor?: string } = {}): Promise<{ budgets: BudgetDefinition[], nextCursor: string | null }> {
+      const limit = query.limit ?? 100
+      if (!Number.isInteger(limit) || limit < 1 || limit > 500) throw new InvalidFieldError('limit', 'must be an integer from 1 to 500')
+      if (query.cursor !== undefined && !isUuid(query.cursor)) throw new InvalidFieldError('cursor', 'is not a cursor this API returned')
+      const found = await budgets.listBudgets(query.cursor ?? null, limit + 1)
+      const shown = found.slice(0, limit)
+      return { budgets: shown, nextCursor: found.length > limit ? shown[shown.length - 1]!.id : null }
+    },
+
+    async getBudgetsByScope (scopeType: ScopeType, scopeId: string): Promise<BudgetDefinition[]> {
+      return await budgets.listScopeBudgets(scopeType, scopeId)
+    },
+
+    /** The scope's budgets with all their ancestors and descendants, as trees from the topmost ancestors down. */
+    async getHierarchy (scopeType: ScopeType, scopeId: string): Promise<BudgetHierarchy> {
+      const own = await budgets.listScopeBudgets(scopeType, scopeId)
+      const ids = own.map((budget) => budget.id)
+      const [ancestors, descendants] = await Promise.all([budgets.listAncestors(ids), budgets.listDescendants(ids)])
+      return { scopeType, scopeId, roots: buildTrees([...ancestors, ...own, ...descendants]) }
+    }
+  }
+}
+
+export type BudgetRegistry = ReturnType<typeof createBudgetRegistry>
+
+/**
+ * The parent must exist, must not be the budget or one of its descendants, must keep the tree within
+ * its maximum depth, and must have room for the child.
+ */
+async function checkParent (repository: BudgetRepository, values: BudgetValues, id: string | null): Promise<void> {
+  if (values.parentId === null) return
+  const parent = await repository.findBudget(values.parentId)
+  if (parent === null) throw new ParentNotFoundError(values.parentId)
+  if (id !== null) {
+    const lineage = [parent, ...await repository.listAncestors([parent.id])]
+    if (lineage.some((budget) => budget.id === id)) throw new HierarchyCycleError(id, parent.id)
+  }
+  const { depth, maxDepth } = await repository.depthUnder(parent.id, id)
+  if (depth > maxDepth) throw new HierarchyTooDeepError(depth, maxDepth)
+  checkChildFitsParent(values, normalizeBudget(parent))
+}
+
+function buildTrees (budgets: BudgetDefinition[]): BudgetTreeNode[] {
+  const nodes = new Map<string, BudgetTreeNode>()
+  for (const budget of budgets) nodes.set(budget.id, { ...budget, children: [] })
+  const roots: BudgetTreeNode[] = []
+  for (const node of nodes.values()) {
+    const parent = node.parentId === null ? undefined : nodes.get(node.parentId)
+    if (parent === undefined) roots.push(node)
+    else parent.children.push(node)
+  }
+  return roots
+}

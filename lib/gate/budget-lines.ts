@@ -1,0 +1,146 @@
+// Budget lines in process: which budgets apply to a caller and their windows, loaded once per caller,
+// window and process (budget_line, sql/006) so no call walks the tree or computes a period in SQL.
+// A line is forgotten when its first window ends, after a minute (a budget that starts later), and
+// when any budget changed in any process: a change bumps the definitions' version in its own
+// transaction (budget_definitions_version, sql/006), and a newer version than the lines were loaded at
+// forgets them all, and with them the leases and rate allowances taken under them (lib/index.ts).
+// Every gate statement reports the version it saw, but a lease admits from memory and runs none, so the
+// version is also read on a timer while lines are in use, and no line is handed out unless a read of it
+// began at most VERSION_FRESH_MS before: a change committed in another process comes into force here
+// within that (plus whatever the caller does between its line and its admission). No extra connection,
+// nothing to listen for, and it works behind any pooler.
+import type { CallFilter, LineBudget, ReservationRepository } from './reservation-repository.js'
+import { canonicalTags } from '../kernel/tags.js'
+
+const LONGEST_KEPT_MS = 60_000
+const MOST_LINES = 10_000
+/** While lines are in use, the definitions' version is read this often, so a call seldom waits for a read. */
+const VERSION_POLL_MS = 40
+/** A line is handed out only under a version read that began at most this long before it was asked for. */
+export const VERSION_FRESH_MS = 80
+/** The timer stops when no line was asked for this long; the next call then waits for a read of its own. */
+const POLL_IDLE_MS = 5000
+
+interface Cached {
+  line: Promise<{ line: LineBudget[], definitionsVersion: number }>
+  validUntil: number
+  /** The count of changes heard when the load began: a load that a change overtook is not kept. */
+  generation: number
+}
+
+/** A caller's line as cached: the key it is kept under, and until when it holds. */
+export interface CachedLine {
+  key: string
+  line: LineBudget[]
+  validUntil: number
+  /** The definitions' version the line was loaded under: a statement that sees a newer one knows it is stale. */
+  definitionsVersion: number
+}
+
+export function createBudgetLines (reservations: ReservationRepository, currency: string) {
+  const lines = new Map<string, Cached>()
+  const forgotten: Array<() => void> = []
+  let generation = 0
+  /** The newest definitions' version seen: lines loaded under an older one are forgotten. */
+  let version = -1
+  const forget = () => {
+    generation++
+    lines.clear()
+    for (const listener of forgotten) listener()
+  }
+  const observe = (seen: number) => {
+    if (seen > version) {
+      const first = version === -1
+      version = seen
+      if (!first) forget()
+    }
+  }
+
+  // The version reads: when the newest one that answered began, the one in flight, and when a line was last asked for.
+  let checkedAt = 0
+  let reading: { startedAt: number, done: Promise<void> } | null = null
+  let lastAsked = 0
+  let poller: NodeJS.Timeout | null = null
+
+  function readVersion (): Promise<void> {
+    const startedAt = Date.now()
+    const done = reservations.definitionsVersion().then((seen) => {
+      observe(seen)
+      checkedAt = Math.max(checkedAt, startedAt)
+    }).finally(() => { if (reading?.done === done) reading = null })
+    reading = { startedAt, done }
+    return done
+  }
+
+  /** Resolves once a version read that began at most VERSION_FRESH_MS before `asked` has answered (and been observed). */
+  async function versionFresh (asked: number): Promise<void> {
+    if (asked - checkedAt <= VERSION_FRESH_MS) return
+    await (reading !== null && asked - reading.startedAt <= VERSION_FRESH_MS ? reading.done : readVersion())
+  }
+
+  /** Keeps reading the version while lines are asked for; stops (and lets the process exit) when they are not. */
+  function keepPolling (now: number): void {
+    lastAsked = now
+    if (poller !== null) return
+    poller = setInterval(() => {
+      if (Date.now() - lastAsked > POLL_IDLE_MS) { stopPolling(); return }
+      if (reading === null) readVersion().catch(() => {}) // a failed read is met by the next call's own
+    }, VERSION_POLL_MS)
+    poller.unref()
+  }
+
+  function stopPolling (): void {
+    if (poller !== null) clearInterval(poller)
+    poller = null
+  }
+
+  return {
+    /** The call's line (its caller's, for its model and tags), from the process's cache when it is still good. */
+    async lineOf (call: CallFilter): Promise<CachedLine> {
+      const key = [...call.scopes.map((scope) => `${scope.type}\u0000${scope.id}`), call.model ?? '', canonicalTags(call.tags)].join('\u0001')
+      const asked = Date.now()
+      keepPolling(asked)
+      await versionFresh(asked) // a change it reveals forgets the lines (and the leases) before any is used
+      const cached = lines.get(key)
+      const now = Date.now()
+      if (cached !== undefined && now < cached.validUntil) {
+        const { line, definitionsVersion } = await cached.line
+        return { key, line, validUntil: cached.validUntil, definitionsVersion }
+      }
+      if (lines.size >= MOST_LINES) lines.clear() // a crude bound: callers beyond it reload their line
+      const entry: Cached = {
+        line: reservations.loadLine(call, currency),
+        validUntil: now + LONGEST_KEPT_MS,
+        generation
+      }
+      lines.set(key, entry)
+      try {
+        const { line, definitionsVersion } = await entry.line
+        observe(definitionsVersion)
+        for (const budget of line) entry.validUntil = Math.min(entry.validUntil, budget.periodEnd.getTime())
+        // A load that a change overtook (seen here or by another statement) is used once, not kept.
+        if ((entry.generation !== generation || definitionsVersion < version) && lines.get(key) === entry) lines.delete(key)
+        return { key, line, validUntil: entry.validUntil, definitionsVersion }
+      } catch (error) {
+        lines.delete(key)
+        throw error
+      }
+    },
+
+    /** Forgets every line (a budget changed, or the line's windows were found out of date). */
+    forget,
+
+    /** Calls `listener` whenever the lines are forgotten (what was derived from them must go too). */
+    onForget (listener: () => void): void {
+      forgotten.push(listener)
+    },
+
+    /** Takes note of the definitions' version a statement saw; a newer one than before forgets every line. */
+    observe,
+
+    /** Stops reading the version (the plugin closes). */
+    close: stopPolling
+  }
+}
+
+export type BudgetLines = ReturnType<typeof createBudgetLines>

@@ -1,0 +1,290 @@
+// The one decision on whether spending an estimate may go ahead, given every budget that applies and
+// the model asked for. Pure: the constraint check, the integration service and the gate all call it
+// with numbers read from the database.
+import { fromUnits, toUnits, type Money } from '../kernel/money.js'
+import type { ApplicableBudget, Hold, LineBudget } from './reservation-repository.js'
+import type { AlertAction, BudgetAlert, BudgetDefinition, NearLimitPolicy } from '../kernel/schemas.js'
+import { highestOutputRate, type PriceBook } from '../pricing/pricing.js'
+import { budgetHealth, percentReached, type BudgetHealth } from '../usage/status-rules.js'
+
+export interface BudgetStanding {
+  budget: Pick<BudgetDefinition, 'id' | 'name' | 'amount' | 'alerts'> & { enforcement?: 'hard' | 'soft' }
+  currentAmount: Money
+  reservedAmount: Money
+  /** How far an admin's approval lets spend go this period (lifts require-approval up to there). */
+  approvedThrough?: Money | null
+  /** Actions of projected-basis alerts crossed this period (from the alert history). */
+  projectedActions?: AlertAction[]
+  /** Whether the estimate fits, as SQL decided it (budget_fits, sql/006): the one place that rule lives. */
+  fits: boolean
+  /** The budget's currency, when known (a budget in another currency than the call's). */
+  currency?: string
+  /** The estimate in the budget's currency, as SQL converted it (sql/012); null: no exchange rate is in force, or it is out of range. Absent: the call's estimate. */
+  estimate?: Money | null
+  /** A rate is in force, but the estimate at it (or the window's total with it) is past what a budget can hold, 10^18 (sql/019). */
+  outOfRange?: boolean
+  /** The budget's own near-limit policy (null or absent: the gate's). */
+  nearLimit?: NearLimitPolicy | null
+}
+
+/** What the gate knows about the call: the model, and how restrict-models and auto-downgrade treat it. */
+export interface ModelPolicy {
+  model: string
+  prices: PriceBook
+  /** Allowed while restrict-models is in force, unless the alert lists its own allowedModels. */
+  cheapModels: string[]
+  /** The cheaper model auto-downgrade switches each model to. */
+  downgrades: Record<string, string>
+}
+
+export type RefusalCode = 'exchange_rate_missing' | 'estimate_out_of_range' | 'budget_blocked' | 'approval_required' | 'model_restricted' | 'budget_exceeded' | 'rate_limit_exceeded'
+
+export interface BudgetCheck {
+  budgetId: string
+  name: string
+  limit: Money
+  currentAmount: Money
+  reservedAmount: Money
+  /** What is left after settled and reserved spend, before this estimate (never below 0). */
+  remaining: Money
+  status: BudgetHealth
+  /** Actions of the alerts whose threshold the spend has reached this period. */
+  activeActions: AlertAction[]
+  /** A soft budget only alerts: it never refuses for want of room. */
+  enforcement: 'hard' | 'soft'
+  fits: boolean
+  /** An approval in force covers this estimate, lifting require-approval. */
+  approved: boolean
+  /** restrict-models is in force and the call's model is not allowed: the models that are. */
+  allowedModels: string[] | null
+  /** The budget's currency (null: the call's, not read). */
+  currency: string | null
+  /** The estimate in the budget's currency; null when no exchange rate converts the call's currency into it, or out of range. */
+  estimatedCost: Money | null
+  /** The estimate converted into the budget's currency cannot be held on it: past 10^18 (sql/019). */
+  outOfRange: boolean
+  /** The budget's own near-limit policy (null: the gate's). */
+  nearLimit: NearLimitPolicy | null
+}
+
+export interface BudgetConstraintCheck {
+  canProceed: boolean
+  /** Why not, in a word a client can branch on; null when the call may proceed. */
+  code: RefusalCode | null
+  reason: string
+  suggestedActions: string[]
+  estimatedCost: Money
+  /** The budget that decided: the one that refused, else the one with the least left after this call. */
+  bindingBudgetId: string | null
+  limit: Money | null
+  currentAmount: Money | null
+  reservedAmount: Money | null
+  remaining: Money | null
+  /** The binding budget's currency: its limit, spend and remaining are in it (null: the call's). */
+  currency: string | null
+  /** The estimate in the binding budget's currency. */
+  bindingEstimate: Money | null
+  status: BudgetHealth | null
+  /** Every alert action in force on any of the budgets. */
+  activeActions: AlertAction[]
+  /** auto-downgrade is in force and the model has a cheaper one: call that instead (after a new estimate). */
+  downgradeTo: string | null
+  budgets: BudgetCheck[]
+}
+
+// The strictest first: block-all, then require-approval (unless approved), then restrict-models,
+// then no room. auto-downgrade and notify never refuse.
+const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => boolean, reason: (check: BudgetCheck, estimate: Money) => string, suggestion: string }> = [
+  {
+    // Never converted at 1: a budget the call's currency cannot be converted into refuses (sql/012).
+    code: 'exchange_rate_missing',
+    refuses: (check) => check.estimatedCost === null && !check.outOfRange,
+    reason: (check) => `No exchange rate into ${check.currency ?? 'its currency'} is in force for budget '${check.name}'`,
+    suggestion: 'ask an admin to set the exchange rate (PUT {prefix}/exchange-rates/{from}/{to})'
+  },
+  {
+    // No budget can hold an amount of 10^18 or more (numeric(28, 10)): at an extreme rate, the call's worst
+    // case converts past it. Like a full budget, a 402 the caller can act on (a smaller call); never a 500.
+    code: 'estimate_out_of_range',
+    refuses: (check) => check.outOfRange,
+    reason: (check) => `The estimated cost converted into ${check.currency ?? 'its currency'} is past the largest amount budget '${check.name}' can hold (10^18)`,
+    suggestion: 'use a cheaper model or fewer tokens, or ask an admin to check the exchange rate'
+  },
+  {
+    code: 'budget_blocked',
+    refuses: (check) => check.activeActions.includes('block-all'),
+    reason: (check) => `Budget '${check.name}' blocks all calls for the rest of its period`,
+    suggestion: 'ask an admin to raise or reset the budget, or wait for the next period'
+  },
+  {
+    code: 'approval_required',
+    refuses: (check) => check.activeActions.includes('require-approval') && !check.approved,
+    reason: (check) => `Budget '${check.name}' requires an admin's approval for further calls`,
+    suggestion: 'ask an admin to approve further spend on this budget'
+  },
+  {
+    code: 'model_restricted',
+    refuses: (check) => check.allowedModels !== null,
+    reason: (check) => `Budget '${check.name}' allows only these models now: ${check.allowedModels!.join(', ')}`,
+    suggestion: 'call one of the allowed models'
+  },
+  {
+    code: 'budget_exceeded',
+    refuses: (check) => !check.fits && check.enforcement === 'hard',
+    reason: (check, estimate) => `Budget '${check.name}' has ${check.remaining} left, less than the estimated cost ${check.estimatedCost ?? estimate}${check.currency === null ? '' : ` ${check.currency}`}`,
+    suggestion: 'use a cheaper model or fewer tokens, or ask an admin to raise the budget'
+  }
+]
+
+/** The model's name in the price table: a dated snapshot or an alias is treated as the model it names. */
+function pricedName (policy: ModelPolicy): string {
+  return policy.prices.resolve(policy.model)?.model ?? policy.model
+}
+
+/** The cheaper model for the requested one (own keys only: a model called `constructor` has none). */
+function downgradeOf (policy: ModelPolicy): string | undefined {
+  for (const model of [policy.model, pricedName(policy)]) {
+    if (Object.hasOwn(policy.downgrades, model)) return policy.downgrades[model]
+  }
+  return undefined
+}
+
+/**
+ * The models restrict-models allows for these alerts, or null when `model` is one of them. A price cap
+ * allows any model whose own output price (its highest tier's) is at most the cap, the requested one
+ * included; the list a refusal names holds the listed models and the operator's table's models under a
+ * cap (the catalog's hundreds of models are not listed).
+ */
+function restriction (alerts: BudgetAlert[], policy: ModelPolicy): string[] | null {
+  const allowed = new Set<string>()
+  const requested = policy.prices.resolve(policy.model)
+  let underCap = false
+  for (const alert of alerts) {
+    for (const model of alert.allowedModels ?? policy.cheapModels) allowed.add(model)
+    if (alert.maxPricePerMillion === undefined) continue
+    const cap = toUnits(alert.maxPricePerMillion)
+    if (requested !== null && toUnits(highestOutputRate(requested.price)) <= cap) underCap = true
+    for (const { model, price } of policy.prices.models()) {
+      if (toUnits(highestOutputRate(price)) <= cap) allowed.add(model)
+    }
+  }
+  return underCap || allowed.has(policy.model) || allowed.has(pricedName(policy)) ? null : [...allowed].sort()
+}
+
+/** The decision's view of budgets as the reservation repository reads them. */
+export function standingsOf (budgets: ApplicableBudget[]): BudgetStanding[] {
+  return budgets.map((budget) => ({
+    budget: { id: budget.budgetId, name: budget.name, amount: budget.amount, alerts: budget.alerts, enforcement: budget.enforcement },
+    currentAmount: budget.currentAmount,
+    reservedAmount: budget.reservedAmount,
+    approvedThrough: budget.approvedThrough,
+    projectedActions: budget.projectedActions,
+    fits: budget.fits,
+    currency: budget.currency,
+    estimate: budget.estimate,
+    outOfRange: budget.outOfRange
+  }))
+}
+
+/** The decision's view of a hold: the line's budgets (names, alerts and currencies from the process's cache) with the numbers read under its lock. */
+export function standingsOfHold (line: LineBudget[], hold: Hold): BudgetStanding[] {
+  const held = new Map(hold.budgets.map((budget) => [budget.budgetId, budget]))
+  return line.flatMap((budget) => {
+    const numbers = held.get(budget.budgetId)
+    return numbers === undefined
+      ? []
+      : [{
+          budget: { id: budget.budgetId, name: budget.name, amount: numbers.amount, alerts: budget.alerts, enforcement: numbers.enforcement },
+          currentAmount: numbers.currentAmount,
+          reservedAmount: numbers.reservedAmount,
+          approvedThrough: numbers.approvedThrough,
+          projectedActions: numbers.projectedActions,
+          fits: numbers.fits,
+          currency: budget.currency,
+          estimate: numbers.held,
+          outOfRange: numbers.outOfRange,
+          nearLimit: budget.nearLimit
+        }]
+  })
+}
+
+export function checkBudget (standing: BudgetStanding, estimate: Money, policy?: ModelPolicy): BudgetCheck {
+  const { budget, currentAmount, reservedAmount } = standing
+  const committed = toUnits(currentAmount) + toUnits(reservedAmount)
+  const available = toUnits(budget.amount) - committed
+  const crossed = budget.alerts.filter((alert) => (alert.basis ?? 'current') === 'current' && percentReached(currentAmount, budget.amount, alert.threshold))
+  const activeActions = [...new Set([...crossed.flatMap((alert) => alert.actions), ...standing.projectedActions ?? []])]
+  const restricting = crossed.filter((alert) => alert.actions.includes('restrict-models'))
+  const approvedThrough = standing.approvedThrough ?? null
+  const converted = standing.estimate === undefined ? estimate : standing.estimate
+  return {
+    budgetId: budget.id,
+    name: budget.name,
+    limit: budget.amount,
+    currentAmount,
+    reservedAmount,
+    remaining: fromUnits(available > 0n ? available : 0n),
+    status: budgetHealth(currentAmount, budget.amount, budget.alerts, standing.projectedActions),
+    activeActions,
+    enforcement: budget.enforcement ?? 'hard',
+    fits: standing.fits,
+    approved: approvedThrough !== null && converted !== null && committed + toUnits(converted) <= toUnits(approvedThrough),
+    allowedModels: policy === undefined || restricting.length === 0 ? null : restriction(restricting, policy),
+    currency: standing.currency ?? null,
+    estimatedCost: converted,
+    outOfRange: standing.outOfRange ?? false,
+    nearLimit: standing.nearLimit ?? null
+  }
+}
+
+export function decide (standings: BudgetStanding[], estimate: Money, policy?: ModelPolicy): BudgetConstraintCheck {
+  const checks = standings.map((standing) => checkBudget(standing, estimate, policy))
+  const activeActions = [...new Set(checks.flatMap((check) => check.activeActions))]
+  const cheaper = policy === undefined ? undefined : downgradeOf(policy)
+  const downgradeTo = activeActions.includes('auto-downgrade') && cheaper !== undefined && cheaper !== policy?.model ? cheaper : null
+  for (const refusal of REFUSALS) {
+    const refusing = checks.find(refusal.refuses)
+    if (refusing === undefined) continue
+    // A full budget, an estimate too large to hold or a restricted model may still take the cheaper model auto-downgrade offers.
+    const mayDowngrade = downgradeTo !== null && (refusal.code === 'budget_exceeded' || refusal.code === 'estimate_out_of_range' || refusal.code === 'model_restricted')
+    return outcome(checks, refusing, estimate, activeActions, refusal.code, refusal.reason(refusing, estimate), [refusal.suggestion], mayDowngrade ? downgradeTo : null)
+  }
+  const tightest = checks.reduce<BudgetCheck | undefined>((least, check) => least === undefined || tighter(check, least) ? check : least, undefined)
+  const suggestions = activeActions.includes('auto-downgrade') || activeActions.includes('restrict-models')
+    ? ['prefer a cheaper model: a budget is past a threshold that restricts or downgrades models']
+    : []
+  return outcome(checks, tightest, estimate, activeActions, null, checks.length === 0 ? 'No budget applies' : 'Within every applicable budget', suggestions, downgradeTo)
+}
+
+/**
+ * Whether `a` has less room than `b` for this call. In one currency, the smaller remaining; across
+ * currencies, the fewer such calls left (remaining / estimate, compared exactly by cross-multiplying).
+ */
+function tighter (a: BudgetCheck, b: BudgetCheck): boolean {
+  const estimateA = toUnits(a.estimatedCost ?? '0')
+  const estimateB = toUnits(b.estimatedCost ?? '0')
+  if (a.currency === b.currency || estimateA === 0n || estimateB === 0n) return toUnits(a.remaining) < toUnits(b.remaining)
+  return toUnits(a.remaining) * estimateB < toUnits(b.remaining) * estimateA
+}
+
+function outcome (checks: BudgetCheck[], binding: BudgetCheck | undefined, estimate: Money, activeActions: AlertAction[],
+  code: RefusalCode | null, reason: string, suggestedActions: string[], downgradeTo: string | null): BudgetConstraintCheck {
+  return {
+    canProceed: code === null,
+    code,
+    reason,
+    suggestedActions,
+    estimatedCost: estimate,
+    bindingBudgetId: binding?.budgetId ?? null,
+    limit: binding?.limit ?? null,
+    currentAmount: binding?.currentAmount ?? null,
+    reservedAmount: binding?.reservedAmount ?? null,
+    remaining: binding?.remaining ?? null,
+    currency: binding?.currency ?? null,
+    bindingEstimate: binding === undefined ? null : binding.estimatedCost,
+    status: binding?.status ?? null,
+    activeActions,
+    downgradeTo,
+    budgets: checks
+  }
+}

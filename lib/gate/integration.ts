@@ -1,0 +1,335 @@
+// The Budget Integration service: budgets for a model call's caller. The gate's hooks and gateway code
+// outside them use it alike, so there is one decision (decide) and one way to reserve and settle.
+import { randomUUID } from 'node:crypto'
+import { DatabaseUnavailableError, InvalidFieldError } from '../kernel/errors.js'
+import { parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
+import type { CallFilter, Hold, LineBudget, ReservationRepository, Scope } from './reservation-repository.js'
+import type { Tags } from '../kernel/tags.js'
+import type { BudgetLines } from './budget-lines.js'
+import type { HoldQueue } from './holds.js'
+import type { Admission, Leases } from './leases.js'
+import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
+import type { SettleOutcome, SettlementQueue } from './settlements.js'
+import type { ScopeType } from '../kernel/schemas.js'
+import { decide, standingsOf, standingsOfHold, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
+import type { BudgetStatusInfo } from '../usage/status-rules.js'
+import type { BudgetTracker, UsageMetadata } from '../usage/tracker.js'
+
+/** Who is calling: any subset of the four scopes, each an id in your system, and the call's tags (x-relay-tags). */
+export type CallerScopes = Partial<Record<ScopeType, string>> & { tags?: Tags }
+
+/** The most specific scope first: usage is recorded on the first matched scope's budget. */
+const SCOPE_ORDER: ScopeType[] = ['user', 'project', 'team', 'organization']
+/**
+ * A call's line found changed under its hold (a window changed, a budget created or changed) is loaded
+ * and held on again for as long as the gate's deadline allows: changes landing during one admission
+ * are admitted on the line as it ends up, and only a line that changes under every try until the
+ * deadline is refused 503. After the first tries, a pause that grows to LINE_PAUSE_MS between tries
+ * lets a burst of admin changes finish instead of meeting each of them.
+ */
+const LINE_PAUSE_MS = 50
+
+export interface IntegrationOptions {
+  /** The currency of estimates and costs; budgets in other currencies do not apply. */
+  currency: string
+  /** Prices, cheap models and downgrades: how restrict-models and auto-downgrade treat a model. */
+  models: Omit<ModelPolicy, 'model'>
+  reservationTtlMs: number
+  /** The longest the gate waits for PostgreSQL before answering by its failure mode. */
+  timeoutMs: number
+}
+
+export interface Reservation {
+  check: BudgetConstraintCheck
+  /** Null when nothing was reserved: refused, or no budget applies. */
+  reservationId: string | null
+  /** The rate limit that refused the call (check.code 'rate_limit_exceeded'), with the numbers of OpenAI's 429. */
+  rateLimited?: RateRefusal
+}
+
+export interface SettleInfo {
+  source?: string
+  description?: string
+  metadata?: UsageMetadata
+}
+
+interface Admitted {
+  /** The id the call's hold (if any) was taken under. */
+  reservationId: string
+  line: LineBudget[]
+  admission: Admission | null
+  hold: Hold
+  rate: RateAdmission | RateRefusal
+}
+
+/** The tokens a settled call used, from its usage metadata; null when it does not say. */
+function usedTokens (metadata: Record<string, unknown>): number | null {
+  const { inputTokens, outputTokens } = metadata
+  return typeof inputTokens === 'number' && typeof outputTokens === 'number' ? inputTokens + outputTokens : null
+}
+
+/** The decision for a call a rate limit refused: no money was looked at. */
+function rateLimitedCheck (refusal: RateRefusal, estimate: Money): BudgetConstraintCheck {
+  const per = refusal.dimension === 'requests' ? `${refusal.requestsPerMinute ?? 0} requests` : `${refusal.tokensPerMinute ?? 0} tokens`
+  return {
+    canProceed: false,
+    code: 'rate_limit_exceeded',
+    reason: refusal.tooLarge
+      ? `Request too large for budget '${refusal.name}' on tokens per minute: limit ${per} a minute; the call's worst case needs more. Lower max_tokens or the prompt.`
+      : `Rate limit reached for budget '${refusal.name}' on ${refusal.dimension} per minute: limit ${per} a minute. Please try again in ${refusal.retryAfterMs}ms.`,
+    suggestedActions: [refusal.tooLarge ? 'Lower max_tokens or shorten the prompt' : `Retry after ${refusal.retryAfterMs} ms`],
+    estimatedCost: estimate,
+    bindingBudgetId: refusal.budgetId,
+    limit: null,
+    currentAmount: null,
+    reservedAmount: null,
+    remaining: null,
+    currency: null,
+    bindingEstimate: null,
+    status: null,
+    activeActions: [],
+    downgradeTo: null,
+    budgets: []
+  }
+}
+
+export function toScopes (caller: CallerScopes): Scope[] {
+  return SCOPE_ORDER.filter((type) => caller[type] !== undefined).map((type) => ({ type, id: caller[type]! }))
+}
+
+/** The parts the integration works with, each built once by the plugin (lib/index.ts). */
+export interface GateMachinery {
+  reservations: ReservationRepository
+  lines: BudgetLines
+  leases: Leases
+  holds: HoldQueue
+  settlements: SettlementQueue
+  rateLimits: RateLimits
+}
+
+export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits }: GateMachinery, tracker: BudgetTracker, options: IntegrationOptions) {
+  /** The call as filtered budgets see it: the model by its price-table name (a dated snapshot matches as its base model). */
+  function callOf (caller: CallerScopes, model: string | undefined): CallFilter {
+    const name = model === undefined ? null : options.models.prices.resolve(model)?.model ?? model
+    return { scopes: toScopes(caller), model: name, ...(caller.tags === undefined ? {} : { tags: caller.tags }) }
+  }
+
+  /** Waits at most timeoutMs; a late answer is handed to `late` (to undo what it did). */
+  async function withDeadline<T> (work: Promise<T>, late: (result: T) => unknown = () => {}): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    let timedOut = false
+    const deadline = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => { timedOut = true; reject(new DatabaseUnavailableError()) }, options.timeoutMs)
+    })
+    work.then((result) => { if (timedOut) void late(result) }, () => {})
+    try {
+      return await Promise.race([work, deadline])
+    } catch (error) {
+      const code = (error as { code?: string }).code
+      if (code === '55P03') throw new DatabaseUnavailableError({ cause: error }) // a queue on a hot budget: answer now
+      throw error
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  /** Ends a call's hold or lease admission; resolves with what the settlement did (an expiry told apart from nothing to charge). */
+  async function endCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<SettleOutcome> {
+    const actual = actualCost === null || toUnits(String(actualCost)) === 0n ? null : parsePositiveMoney(actualCost, 'actualCost')
+    const values = { source: info.source ?? 'gateway', description: info.description ?? null, metadata: info.metadata ?? {} }
+    const rated = rateAdmitted.get(reservationId)
+    if (rated !== undefined) {
+      rateAdmitted.delete(reservationId)
+      rateLimits.end(rated.rate, actual === null ? null : usedTokens(values.metadata) ?? rated.tokens)
+    }
+    const leased = admitted.get(reservationId)
+    if (leased !== undefined) {
+      admitted.delete(reservationId)
+      return await leases.end(leased.admission, actual, { requestId: leased.requestId, ...values })
+    }
+    return await settlements.settle({ reservationId, actualCost: actual, ...values })
+  }
+
+  async function settleCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<string | null> {
+    const ended = await endCall(reservationId, actualCost, info)
+    return ended.outcome === 'recorded' ? ended.usageId : null
+  }
+
+  // Calls admitted from a lease, by the id the caller settles them with.
+  const admitted = new Map<string, { admission: Admission, requestId: string }>()
+  // What reserved calls took from rate limits, and the tokens they reserved, by the same id.
+  const rateAdmitted = new Map<string, { rate: RateAdmission, tokens: number }>()
+
+  /**
+   * Admits the call from its line's lease when the line is hot and has room, else holds `estimate`
+   * on the line for this call alone. A line found out of date (a window rolled over, a budget
+   * changed) is reloaded and tried again while before `deadline`: budgets
+   * on one line changing one after the other are definitions changing, not a database fault.
+   */
+  async function admitOrHold (call: CallFilter, estimate: Money, requestId: string, tokens: number, deadline: number): Promise<Admitted> {
+    const nothingHeld = { current: true, reserved: false, budgets: [], definitionsVersion: -1 }
+    for (let attempt = 1; ; attempt++) {
+      // A fresh id each try: the hold of a try found stale is still being given back under its own.
+      const reservationId = randomUUID()
+      const { key, line, validUntil, definitionsVersion } = await lines.lineOf(call)
+      if (line.length === 0) return { reservationId, line, admission: null, hold: nothingHeld, rate: { taken: [] } }
+      // Rate limits first: a call over one takes no money at all.
+      const rate = await rateLimits.admit(line, tokens)
+      if (isRateRefusal(rate)) return { reservationId, line, admission: null, hold: nothingHeld, rate }
+      try {
+        // A line with a budget in another currency is held call by call (each hold converts at the rate in force).
+        const admission = line.every((budget) => budget.currency === options.currency) ? await leases.admit(key, line, validUntil, estimate) : null
+        if (admission !== null) return { reservationId, line, admission, hold: { current: true, reserved: true, budgets: [], definitionsVersion: -1 }, rate }
+        const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
+        lines.observe(hold.definitionsVersion)
+        // A hold on a line older than the definitions it met (a budget created, changed or filtered since
+        // this process loaded the line) is given back and taken again on the line as it is now.
+        const stale = hold.current && hold.definitionsVersion > definitionsVersion
+        const again = Date.now() < deadline
+        if (stale && hold.reserved && again) void settleCall(reservationId, null).catch(() => {})
+        if ((hold.current && !stale) || !again) return { reservationId, line, admission: null, hold, rate }
+      } catch (error) {
+        rateLimits.end(rate, null)
+        throw error
+      }
+      rateLimits.end(rate, null) // the line was out of date: its allowance goes back, the line reloads
+      lines.forget()
+      if (attempt > 2) await new Promise((resolve) => setTimeout(resolve, Math.min(LINE_PAUSE_MS, 5 * attempt, Math.max(0, deadline - Date.now()))))
+    }
+  }
+
+  return {
+    /** Would a call of `estimatedCost` (to `model`, when given) go ahead for this caller now? Reads only; reserves nothing. */
+    async checkCaller (caller: CallerScopes, estimatedCost: Money | number, model?: string): Promise<BudgetConstraintCheck> {
+      const estimate = parsePositiveMoney(estimatedCost, 'estimatedCost')
+      const call = callOf(caller, model)
+      const budgets = call.scopes.length === 0 ? [] : standingsOf(await reservations.listApplicable(call, options.currency, estimate))
+      return decide(budgets, estimate, model === undefined ? undefined : { ...options.models, model })
+    },
+
+    /**
+     * Reserves `estimate` on every budget that applies to the caller, atomically, in one round trip,
+     * or refuses and reserves nothing. Throws DatabaseUnavailableError past timeoutMs.
+     */
+    async reserveCall (caller: CallerScopes, estimate: Money, { requestId = randomUUID(), model, tokens = 0 }: { requestId?: string, model?: string, tokens?: number } = {}): Promise<Reservation> {
+      const call = callOf(caller, model)
+      const policy = model === undefined ? undefined : { ...options.models, model }
+      if (call.scopes.length === 0) return { check: decide([], estimate, policy), reservationId: null }
+      const { reservationId, line, admission, hold: result, rate } = await withDeadline(
+        admitOrHold(call, estimate, requestId, tokens, Date.now() + options.timeoutMs),
+        // Answered too late for the caller, who was refused: give back what it took.
+        async (late) => {
+          if (!isRateRefusal(late.rate)) rateLimits.end(late.rate, null)
+          if (late.admission !== null) await leases.end(late.admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
+          else if (late.hold.reserved) await settleCall(late.reservationId, null).catch(() => {})
+        }
+      )
+      if (isRateRefusal(rate)) return { check: rateLimitedCheck(rate, estimate), reservationId: null, rateLimited: rate }
+      if (admission !== null) {
+        const check = decide(admission.standings, estimate, policy)
+        if (check.canProceed) {
+          admitted.set(reservationId, { admission, requestId })
+          rateAdmitted.set(reservationId, { rate, tokens })
+          return { check, reservationId }
+        }
+        // A lease never spans an action's threshold, so this does not happen; refuse as a hold would.
+        rateLimits.end(rate, null)
+        await leases.end(admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
+        return { check, reservationId: null }
+      }
+      if (!result.current) { rateLimits.end(rate, null); throw new DatabaseUnavailableError() } // the line changed under every try
+      const check = decide(standingsOfHold(line, result), estimate, policy)
+      if (line.length === 0) return { check, reservationId: null } // no budget applies to this caller
+      if (result.reserved && check.canProceed) rateAdmitted.set(reservationId, { rate, tokens })
+      else rateLimits.end(rate, null)
+      if (result.reserved && !check.canProceed) {
+        // Room enough, but an alert action (block-all, require-approval, restrict-models) refuses: undo the reservation.
+        await settleCall(reservationId, null)
+      }
+      if (!result.reserved && check.canProceed) {
+        // Cannot happen: decide() reads the fits that the hold decided. Refuse rather than overspend.
+        return { check: { ...check, canProceed: false, code: 'budget_exceeded', reason: 'A budget has no room for the estimated cost' }, reservationId: null }
+      }
+      return { check, reservationId: result.reserved && check.canProceed ? reservationId : null }
+    },
+
+    /** Ends a reservation: records the actual cost once (null when the provider did not charge) and releases the hold. Resolves with the usage record's id (null: none recorded). */
+    settleCall,
+
+    /** settleCall, resolving with what the settlement did: recorded, released, already recorded, or the reservation had expired and was swept. */
+    endCall,
+
+    /**
+     * Records a served call that no budget covered (no hold was taken): a usage record without a budget,
+     * in the gate's currency, keyed by the call's request id so that a record sent again is stored once.
+     * It counts toward no budget, now or later (a budget created since counts from its own start). Queued
+     * with the settlements and committed in their batches: resolves once its batch commits.
+     */
+    async recordUnbudgetedCall (cost: Money, { requestId, occurredAt = new Date(), ...info }: SettleInfo & { requestId: string, occurredAt?: Date }): Promise<SettleOutcome> {
+      return await settlements.recordUnbudgeted({
+        requestId,
+        amount: parsePositiveMoney(cost, 'cost'),
+        currency: options.currency,
+        source: info.source ?? 'gateway',
+        description: info.description ?? null,
+        metadata: { ...info.metadata, requestId },
+        occurredAt
+      })
+    },
+
+    async releaseCall (reservationId: string): Promise<void> {
+      await settleCall(reservationId, null)
+    },
+
+    /** Records a model call's cost without a reservation: once, counting toward every budget that applies to the caller. */
+    async recordModelCall (caller: CallerScopes, cost: Money | number, info: SettleInfo & { requestId?: string } = {}) {
+      const model = typeof info.metadata?.modelId === 'string' ? info.metadata.modelId : undefined
+      const applicable = (await reservations.listApplicable(callOf(caller, model), options.currency)).filter((budget) => budget.scopeMatched)
+      const [primary, ...others] = applicable
+      if (primary === undefined) return null
+      return await tracker.recordUsage({
+        budgetId: primary.budgetId,
+        amount: cost,
+        currency: options.currency,
+        source: info.source ?? 'gateway',
+        description: info.description,
+        metadata: {
+          ...info.metadata,
+          ...(caller.tags === undefined ? {} : { tags: caller.tags }),
+          ...(info.requestId === undefined ? {} : { requestId: info.requestId })
+        },
+        alsoCountsToward: others.map((budget) => budget.budgetId)
+      // A retry is the same request whichever budget the caller's scopes reach by then (a budget created since).
+      }, { scopes: Object.fromEntries(toScopes(caller).map((scope) => [scope.type, scope.id])) })
+    },
+
+    /** Every budget that applies to the caller (for calls to `model`, when given) with its status, and the one that binds first (least left). */
+    async getCallerSummary (caller: CallerScopes, model?: string): Promise<{ budgets: Array<BudgetStatusInfo & { name: string, scopeMatched: boolean }>, bindingBudgetId: string | null }> {
+      const applicable = await reservations.listApplicable(callOf(caller, model), options.currency)
+      const budgets = await Promise.all(applicable.map(async (budget) => ({
+        ...await tracker.getBudgetStatus(budget.budgetId), name: budget.name, scopeMatched: budget.scopeMatched
+      })))
+      // Least left: in one currency the smaller amount; across currencies the smaller share of its limit.
+      const lessLeft = (a: BudgetStatusInfo, b: BudgetStatusInfo) => a.currency === b.currency
+        ? toUnits(a.remaining) < toUnits(b.remaining)
+        : toUnits(a.remaining) * toUnits(b.limit) < toUnits(b.remaining) * toUnits(a.limit)
+      const binding = budgets.reduce<typeof budgets[number] | undefined>((least, budget) => least === undefined || lessLeft(budget, least) ? budget : least, undefined)
+      return { budgets, bindingBudgetId: binding?.budgetId ?? null }
+    },
+
+    /** Settles reservations whose process died: each counts as spent at its estimate (see sql/003). */
+    async sweepExpiredReservations (limit = 100): Promise<number> {
+      return await reservations.sweepExpired(limit)
+    }
+  }
+}
+
+export type BudgetIntegration = ReturnType<typeof createBudgetIntegration>
+
+/** Scope ids from a request must be short printable text; anything else is the caller's mistake. */
+export function checkScopeId (value: unknown, field: string): string {
+  if (typeof value !== 'string' || value.length === 0 || value.length > 200 || !/^[\x21-\x7e]+$/.test(value)) {
+    throw new InvalidFieldError(field, 'must be 1 to 200 printable characters without spaces')
+  }
+  return value
+}

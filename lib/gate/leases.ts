@@ -1,0 +1,272 @@
+// Leases on hot lines: when calls on one line come close together, this process holds a slice of the
+// line's room as one reservation (budget_lease_take, sql/006) and admits calls from it in memory, with
+// no round trip. Each admitted call's estimate comes out of the slice; when the call ends, its actual
+// cost goes to the settlement queue (moved from the lease to settled spend, in batches) and the rest
+// of its estimate goes back to the slice. The escrow rule holds because the whole slice counts as
+// reserved in PostgreSQL until it is spent or given back: settled + held <= limit on every budget.
+// A lease is given back when idle, when its line changes or rolls over, and when the process closes.
+// A call may cost more than its estimate: it is charged in full, the slice goes below zero in memory
+// (the lease admits nothing more until a top-up covers it), and the lease row in PostgreSQL gives up
+// what it holds, at most. A retired lease's row stays until every call admitted from it has settled;
+// then the final return ends it (sql/016), so no settlement ever finds its lease gone early.
+import { randomUUID } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
+import { fromUnits, toUnits, type Money } from '../kernel/money.js'
+import type { LineBudget, ReservationRepository } from './reservation-repository.js'
+import type { BudgetStanding } from './decision.js'
+import type { SettleOutcome, SettlementQueue } from './settlements.js'
+
+/** Calls on a line this close together make it hot enough to lease. */
+const HOT_WITHIN_MS = 100
+/** A lease asks for room for this many calls at the current estimate, and takes none for fewer than FEWEST_CALLS: near a limit, calls hold one by one. */
+const CALLS_PER_LEASE = 64n
+const FEWEST_CALLS = 16n
+/** A lease unused this long is given back. */
+const IDLE_MS = 2000
+/** A give-back that fails is tried again after these pauses; room not given back is swept as spend when the lease expires. */
+const RETURN_RETRY_DELAYS_MS = [20, 100, 500, 2000, 5000]
+
+interface Lease {
+  id: string
+  line: LineBudget[]
+  validUntil: number
+  /** Units no admitted call can use any more: what new calls may take, or what is given back. Below zero when calls cost more than their estimates. */
+  available: bigint
+  /** Calls admitted from it whose settlement has not committed yet: while there are any, its row must stay. */
+  unsettled: number
+  /** A settlement of one of its calls failed: the row is left to expire, and the sweeper counts what it holds. */
+  settlementFailed: boolean
+  /** The final return was sent, or its rows were found swept: nothing more is given back from memory. */
+  ended: boolean
+  /** A take with a grant has landed: its rows are in PostgreSQL (until the final return, or a sweep). */
+  landed: boolean
+  numbers: Map<string, Omit<BudgetStanding, 'budget' | 'fits'> & { amount: Money, enforcement: 'hard' | 'soft' }>
+  returning: boolean
+  taking: Promise<void> | null
+  lastUse: number
+  renewedAt: number
+  windowStart: number
+  windowEnd: number
+}
+
+export interface Admission {
+  lease: Lease
+  estimate: bigint
+  admittedAt: Date
+  standings: BudgetStanding[]
+}
+
+export function createLeases (reservations: ReservationRepository, settlements: SettlementQueue,
+  options: { currency: string, ttlMs: number, observe: (definitionsVersion: number) => void }, log: FastifyBaseLogger) {
+  const leases = new Map<string, Lease>()
+  /** Retired leases whose row is still there (calls to settle, or the final return on its way): kept alive like the others. */
+  const draining = new Set<Lease>()
+  const lastCall = new Map<string, number>()
+  let returning = 0
+
+  async function sendReturn (lease: Lease, amount: Money, final: boolean): Promise<void> {
+    returning++
+    try {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await reservations.returnLease(lease.id, amount, final)
+          if (final) draining.delete(lease)
+          return
+        } catch (error) {
+          const delay = RETURN_RETRY_DELAYS_MS[attempt]
+          if (delay === undefined) {
+            // Given up: the row is no longer kept alive, so it expires and the sweeper counts what it holds
+            // as spent (an over-count, never an under-count).
+            draining.delete(lease)
+            log.error({ err: error, leaseId: lease.id, amount, final }, 'giving back a budget lease failed; it will be swept when it expires')
+            return
+          }
+          log.warn({ err: error, leaseId: lease.id, attempt: attempt + 1 }, 'giving back a budget lease failed; trying again')
+          await new Promise((resolve) => setTimeout(resolve, delay))
+        }
+      }
+    } finally {
+      returning--
+    }
+  }
+
+  /**
+   * Gives back what no admitted call can use. Once the lease is retired and every call it admitted has
+   * settled (and no top-up is landing), the return is final: all the row still holds goes back and it is gone.
+   */
+  function giveBack (lease: Lease): void {
+    if (lease.ended) return
+    const settledAll = lease.returning && lease.unsettled === 0 && lease.taking === null
+    // A call whose settlement failed is charged by the sweeper, at its estimate, from what the row still holds.
+    if (settledAll && lease.settlementFailed) draining.delete(lease)
+    const final = settledAll && !lease.settlementFailed
+    if (!final && lease.available <= 0n) return
+    const amount = lease.available > 0n ? lease.available : 0n
+    lease.available -= amount
+    if (final) lease.ended = true
+    void sendReturn(lease, fromUnits(amount), final)
+  }
+
+  function retire (key: string, lease: Lease): void {
+    if (leases.get(key) === lease) leases.delete(key)
+    if (!lease.returning && !lease.ended) draining.add(lease)
+    lease.returning = true
+    giveBack(lease)
+  }
+
+  /** One top-up at a time per lease; a retired lease gives back what landed once it is done. */
+  function topUp (lease: Lease, estimate: bigint): Promise<void> {
+    lease.taking = take(lease, estimate).finally(() => {
+      lease.taking = null
+      if (lease.returning) giveBack(lease)
+    })
+    return lease.taking
+  }
+
+  async function take (lease: Lease, estimate: bigint): Promise<void> {
+    const granted = await reservations.takeLease(lease.id, lease.line, options.currency, options.ttlMs,
+      fromUnits(estimate * CALLS_PER_LEASE), fromUnits(estimate * FEWEST_CALLS))
+    if (granted === null) return
+    lease.landed = true
+    if (lease.ended) {
+      // Its rows were found swept (a renewal) while this take waited: what they hold now is this take's
+      // slice alone, which no call can use. The final return gives it all back and ends the rows again.
+      draining.add(lease)
+      void sendReturn(lease, '0', true)
+      return
+    }
+    // The slice is the lease's before anything else happens: if the version says a budget changed (the
+    // lease then goes with the old lines), or the lease was retired meanwhile, it is given back whole.
+    lease.available += toUnits(granted.granted)
+    lease.numbers = new Map(granted.budgets.map((budget) => [budget.budgetId, budget]))
+    options.observe(granted.definitionsVersion)
+    if (lease.returning) giveBack(lease)
+  }
+
+  // Idle and out-of-date leases are given back; the others are kept alive well within their TTL, so a
+  // living process never has a lease swept from under it (one that was, after all, admits no more).
+  const sweeper = setInterval(() => {
+    const now = Date.now()
+    for (const [key, lease] of leases) if (now - lease.lastUse > IDLE_MS || now >= lease.validUntil) retire(key, lease)
+    for (const [key, at] of lastCall) if (now - at > IDLE_MS) lastCall.delete(key)
+    for (const [key, lease] of [...leases, ...[...draining].map((lease) => [null, lease] as const)]) {
+      if (now - lease.renewedAt < options.ttlMs / 3) continue
+      lease.renewedAt = now
+      // No row is "swept" only if a take had landed before the renewal was sent: a take in flight then
+      // (the first, waiting on a hot window row) has not written its rows yet, and only adds rows.
+      const hadRows = lease.landed
+      reservations.renewLease(lease.id, options.ttlMs).then((alive) => {
+        if (alive || lease.ended || !hadRows) return
+        // It expired and was swept (counted whole): it admits no more, and has nothing left to give back.
+        lease.available = 0n
+        lease.ended = true
+        draining.delete(lease)
+        if (key !== null) retire(key, lease)
+      }, (error: unknown) => { log.warn({ err: error, leaseId: lease.id }, 'renewing a budget lease failed') })
+    }
+  }, Math.min(500, Math.max(50, Math.floor(options.ttlMs / 6))))
+  sweeper.unref()
+
+  return {
+    /**
+     * Admits a call from the line's lease, taking or topping up the lease when the line is hot. Null
+     * when it cannot (a cold line, a line near its limit or an alert action, an out-of-date line): the
+     * caller then holds call by call.
+     */
+    async admit (key: string, line: LineBudget[], validUntil: number, estimate: Money): Promise<Admission | null> {
+      const now = Date.now()
+      const previous = lastCall.get(key)
+      lastCall.set(key, now)
+      const units = toUnits(estimate)
+      let lease = leases.get(key)
+      if (lease !== undefined && (lease.line !== line || now >= lease.validUntil)) {
+        retire(key, lease) // the line was reloaded (a change, a rollover): its lease belongs to the old one
+        lease = undefined
+      }
+      if (lease === undefined) {
+        if (previous === undefined || now - previous > HOT_WITHIN_MS || line.length === 0) return null
+        lease = {
+          id: randomUUID(), line, validUntil, available: 0n, unsettled: 0, settlementFailed: false, ended: false, landed: false, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
+          windowStart: Math.max(...line.map((budget) => budget.periodStart.getTime())),
+          windowEnd: Math.min(...line.map((budget) => budget.periodEnd.getTime()))
+        }
+        leases.set(key, lease)
+      }
+      if (lease.available < units) {
+        // One top-up at a time per lease; calls that arrive meanwhile wait for it.
+        await (lease.taking ?? topUp(lease, units))
+        if (lease.returning || lease.available < units) return null
+      }
+      lease.available -= units
+      lease.unsettled++
+      lease.lastUse = now
+      // Top up before the slice runs dry, so calls do not wait for the statement that does it.
+      if (lease.available < units * (CALLS_PER_LEASE / 4n) && lease.taking === null && !lease.returning) {
+        const topping = lease
+        topUp(topping, units).catch((error: unknown) => { log.warn({ err: error, leaseId: topping.id }, 'topping up a budget lease failed') })
+      }
+      const standings: BudgetStanding[] = line.map((budget) => {
+        const numbers = lease!.numbers.get(budget.budgetId)!
+        return {
+          budget: { id: budget.budgetId, name: budget.name, amount: numbers.amount, alerts: budget.alerts, enforcement: numbers.enforcement },
+          currentAmount: numbers.currentAmount,
+          reservedAmount: numbers.reservedAmount,
+          fits: true
+        }
+      })
+      const admittedAt = new Date(Math.min(Math.max(now, lease.windowStart), lease.windowEnd - 1))
+      return { lease, estimate: units, admittedAt, standings }
+    },
+
+    /**
+     * Ends an admitted call: charges `actualCost` in full (null: nothing was served) and frees what is
+     * left of its estimate (a call that cost more takes the difference from the slice). Resolves with
+     * what the settlement did.
+     */
+    async end (admission: Admission, actualCost: Money | null, info: { requestId: string, source: string, description: string | null, metadata: Record<string, unknown> }): Promise<SettleOutcome> {
+      const { lease, estimate } = admission
+      const charged = actualCost === null ? 0n : toUnits(actualCost)
+      lease.available += estimate - charged
+      if (actualCost === null) {
+        lease.unsettled--
+        if (lease.returning) giveBack(lease)
+        return { outcome: 'released' }
+      }
+      if (lease.returning) giveBack(lease) // what this call left unused, now; the row stays for its charge
+      try {
+        return await settlements.settleLeased({
+          leaseId: lease.id, requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
+          source: info.source, description: info.description, metadata: info.metadata
+        })
+      } catch (error) {
+        lease.settlementFailed = true
+        throw error
+      } finally {
+        lease.unsettled--
+        if (lease.returning) giveBack(lease)
+      }
+    },
+
+    /** Stops admitting from every lease and gives back what no call can use (a budget changed). */
+    forgetAll (): void {
+      for (const [key, lease] of leases) retire(key, lease)
+    },
+
+    /**
+     * Gives everything back and waits for the returns to commit, for at most `waitMs`: with the
+     * database away, a lease not given back expires and is counted as spent (never under-counted).
+     */
+    async close (waitMs = 5000): Promise<void> {
+      clearInterval(sweeper)
+      // A top-up still in flight lands after its lease is retired and gives its slice back then; a lease
+      // with calls still settling ends when the last one has. Wait for all of it, for at most waitMs.
+      for (const [key, lease] of leases) retire(key, lease)
+      const deadline = Date.now() + waitMs
+      while ((draining.size > 0 || returning > 0) && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 10))
+      }
+    }
+  }
+}
+
+export type Leases = ReturnType<typeof createLeases>

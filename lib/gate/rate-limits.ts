@@ -1,0 +1,227 @@
+// Request and token rate limits beside money. Each rate-limited budget has a token bucket in PostgreSQL
+// (budget_rate_take, sql/008) that every gateway process shares. A call needs one request and its
+// worst-case tokens from every rate-limited budget of its line. This process keeps an allowance per
+// budget, taken from the bucket: exactly the call's need when calls are rare, a slice (up to 64 calls'
+// worth, at most an eighth of what the bucket holds) when they come within 100 ms of each other, so on
+// a hot budget calls are admitted in memory, with no round trip. Whatever a process holds counts as used
+// in the bucket, so the limits hold across processes; what it does not use goes back when idle for 2 s
+// and when the process closes. When a call ends, the tokens it did not use go back to the allowance.
+import type { FastifyBaseLogger } from 'fastify'
+import type { LineBudget, RateAsk, RateGrant, ReservationRepository } from './reservation-repository.js'
+
+const HOT_WITHIN_MS = 100
+const CALLS_PER_SLICE = 64
+/** A hot allowance below this many calls' worth is topped up in the background. */
+const LOW_WATER = 16
+const IDLE_MS = 2000
+
+interface Allowance {
+  requests: number
+  tokens: number
+  lastUse: number
+  /** The bucket as the last statement left it: the 429's numbers. */
+  seen: RateGrant | null
+  /** One statement at a time per budget; calls that need it meanwhile wait for it. */
+  taking: Promise<void> | null
+}
+
+/** What an admitted call took from each rate-limited budget of its line (empty when none limits it). */
+export interface RateAdmission {
+  taken: Array<{ budgetId: string, requests: number, tokens: number, limitsTokens: boolean }>
+}
+
+/** Which budget's limit refused, and the numbers OpenAI's 429 headers carry. */
+export interface RateRefusal {
+  budgetId: string
+  name: string
+  /** The dimension that ran out first. */
+  dimension: 'requests' | 'tokens'
+  requestsPerMinute: number | null
+  requestsLeft: number | null
+  tokensPerMinute: number | null
+  tokensLeft: number | null
+  /** When the call's need will be back in the bucket. */
+  retryAfterMs: number
+  /** When each dimension's bucket will be full again. */
+  requestsResetMs: number | null
+  tokensResetMs: number | null
+  /** The call needs more tokens than the budget allows in a minute: no wait makes it fit, and retrying is pointless. */
+  tooLarge: boolean
+}
+
+const limits = (budget: LineBudget) => budget.requestsPerMinute !== null || budget.tokensPerMinute !== null
+
+export function createRateLimits (reservations: ReservationRepository, log: FastifyBaseLogger) {
+  const allowances = new Map<string, Allowance>()
+  let returns: Promise<unknown> = Promise.resolve()
+
+  const allowanceOf = (budgetId: string): Allowance => {
+    let allowance = allowances.get(budgetId)
+    if (allowance === undefined) {
+      allowance = { requests: 0, tokens: 0, lastUse: 0, seen: null, taking: null }
+      allowances.set(budgetId, allowance)
+    }
+    return allowance
+  }
+
+  const need = (budget: LineBudget, tokens: number) => ({
+    requests: budget.requestsPerMinute === null ? 0 : 1,
+    tokens: budget.tokensPerMinute === null ? 0 : tokens
+  })
+  const covers = (allowance: Allowance, wanted: { requests: number, tokens: number }) =>
+    allowance.requests >= wanted.requests && allowance.tokens >= wanted.tokens
+
+  /** One statement for the line's budgets whose allowance is short: their need, or a slice when hot. */
+  async function topUp (short: LineBudget[], tokens: number, now: number): Promise<void> {
+    const asks: RateAsk[] = short.map((budget) => {
+      const allowance = allowanceOf(budget.budgetId)
+      const wanted = need(budget, tokens)
+      const extraCalls = now - allowance.lastUse <= HOT_WITHIN_MS ? CALLS_PER_SLICE - 1 : 0
+      // The need is the shortfall: what the allowance lacks for this call (more when a call overdrew it;
+      // 0 for a top-up in the background, which takes whatever the bucket can spare up to the slice).
+      const needRequests = Math.max(0, wanted.requests - allowance.requests)
+      const needTokens = Math.max(0, wanted.tokens - allowance.tokens)
+      return {
+        budgetId: budget.budgetId,
+        needRequests,
+        needTokens,
+        askRequests: needRequests + wanted.requests * extraCalls,
+        askTokens: needTokens + wanted.tokens * extraCalls
+      }
+    })
+    // An allowance given back a moment ago may not be in its bucket yet: take after it is, or a call
+    // is refused for tokens this process just returned.
+    const taking = returns.then(async () => await reservations.takeRate(asks)).then((grants) => {
+      for (const grant of grants) {
+        const allowance = allowanceOf(grant.budgetId)
+        allowance.requests += grant.grantedRequests
+        allowance.tokens += grant.grantedTokens
+        allowance.seen = grant
+      }
+    })
+    for (const budget of short) allowanceOf(budget.budgetId).taking = taking
+    try {
+      await taking
+    } finally {
+      for (const budget of short) if (allowanceOf(budget.budgetId).taking === taking) allowanceOf(budget.budgetId).taking = null
+    }
+  }
+
+  function refusal (budget: LineBudget, tokens: number): RateRefusal {
+    const seen = allowanceOf(budget.budgetId).seen
+    const requestsLeft = seen?.requestsLeft ?? null
+    const tokensLeft = seen?.tokensLeft ?? null
+    const wanted = need(budget, tokens)
+    // ms until `amount` more is in a bucket that refills `perMinute` a minute
+    const wait = (amount: number, perMinute: number | null) => perMinute === null || amount <= 0 ? 0 : Math.ceil(amount * 60_000 / perMinute)
+    const requestsShort = requestsLeft === null ? 0 : wanted.requests - requestsLeft
+    const tokensShort = tokensLeft === null ? 0 : wanted.tokens - tokensLeft
+    const tooLarge = budget.tokensPerMinute !== null && wanted.tokens > budget.tokensPerMinute
+    return {
+      tooLarge,
+      budgetId: budget.budgetId,
+      name: budget.name,
+      dimension: !tooLarge && budget.requestsPerMinute !== null && (requestsShort > 0 || budget.tokensPerMinute === null) ? 'requests' : 'tokens',
+      requestsPerMinute: budget.requestsPerMinute,
+      requestsLeft: requestsLeft === null ? null : Math.max(0, Math.floor(requestsLeft)),
+      tokensPerMinute: budget.tokensPerMinute,
+      tokensLeft: tokensLeft === null ? null : Math.max(0, Math.floor(tokensLeft)),
+      // at least a millisecond: a refused call is never told to come back at once
+      retryAfterMs: Math.max(1, wait(requestsShort, budget.requestsPerMinute), wait(tokensShort, budget.tokensPerMinute)),
+      requestsResetMs: budget.requestsPerMinute === null ? null : wait(budget.requestsPerMinute - (requestsLeft ?? 0), budget.requestsPerMinute),
+      tokensResetMs: budget.tokensPerMinute === null ? null : wait(budget.tokensPerMinute - (tokensLeft ?? 0), budget.tokensPerMinute)
+    }
+  }
+
+  // Allowances idle for IDLE_MS go back to their buckets, in one statement.
+  const sweeper = setInterval(() => { giveBackIdle(Date.now() - IDLE_MS) }, 500)
+  sweeper.unref()
+
+  function giveBackIdle (idleSince: number): void {
+    const back: Array<{ budgetId: string, requests: number, tokens: number }> = []
+    for (const [budgetId, allowance] of allowances) {
+      if (allowance.lastUse > idleSince || allowance.taking !== null) continue
+      if (allowance.requests !== 0 || allowance.tokens !== 0) back.push({ budgetId, requests: allowance.requests, tokens: allowance.tokens })
+      allowances.delete(budgetId)
+    }
+    if (back.length === 0) return
+    returns = Promise.all([returns, reservations.giveBackRate(back).catch((error: unknown) => {
+      // The allowance is lost to the bucket until it refills (within a minute): fewer calls, never more.
+      log.warn({ err: error }, 'giving back rate-limit allowance failed')
+    })])
+  }
+
+  return {
+    /**
+     * Takes one request and `tokens` from every rate-limited budget of the line, or nothing: then the
+     * budget whose limit refused, with the numbers of OpenAI's 429.
+     */
+    async admit (line: LineBudget[], tokens: number): Promise<RateAdmission | RateRefusal> {
+      const limited = line.filter(limits)
+      if (limited.length === 0) return { taken: [] }
+      const now = Date.now()
+      // Waiting for another call's statement on a budget costs no try; at most two statements of our own.
+      for (let ownTakes = 0, rounds = 0; ; rounds++) {
+        const short = limited.filter((budget) => !covers(allowanceOf(budget.budgetId), need(budget, tokens)))
+        if (short.length === 0) break
+        const pending = short.map((budget) => allowanceOf(budget.budgetId).taking).filter((taking) => taking !== null)
+        if (pending.length > 0 && rounds < 50) {
+          await Promise.all(pending).catch(() => {})
+          continue
+        }
+        if (ownTakes >= 2) return refusal(short[0]!, tokens)
+        ownTakes++
+        await topUp(short, tokens, now)
+      }
+      const low: LineBudget[] = []
+      const taken = limited.map((budget) => {
+        const allowance = allowanceOf(budget.budgetId)
+        const wanted = need(budget, tokens)
+        const hot = now - allowance.lastUse <= HOT_WITHIN_MS
+        allowance.requests -= wanted.requests
+        allowance.tokens -= wanted.tokens
+        allowance.lastUse = now
+        // On a hot budget, top up before the allowance runs dry, so calls do not wait for the statement.
+        if (hot && allowance.taking === null && !covers(allowance, { requests: wanted.requests * LOW_WATER, tokens: wanted.tokens * LOW_WATER })) low.push(budget)
+        return { budgetId: budget.budgetId, ...wanted, limitsTokens: budget.tokensPerMinute !== null }
+      })
+      if (low.length > 0) {
+        topUp(low, tokens, now).catch((error: unknown) => { log.warn({ err: error }, 'topping up a rate-limit allowance failed') })
+      }
+      return { taken }
+    },
+
+    /**
+     * Ends an admitted call: `usedTokens` is what it used (null: it was not served, so its request and
+     * tokens come back). The difference from what it took goes back to the allowance.
+     */
+    end (admission: RateAdmission, usedTokens: number | null): void {
+      for (const taken of admission.taken) {
+        const allowance = allowanceOf(taken.budgetId)
+        if (usedTokens === null) allowance.requests += taken.requests
+        // what it reserved less what it used: an overdrawn allowance (a call that reserved no tokens, with
+        // an estimate that leaves them out) is made good from the bucket before the next call is admitted
+        if (taken.limitsTokens) allowance.tokens += taken.tokens - (usedTokens ?? 0)
+      }
+    },
+
+    /** Gives every allowance back (a budget changed: its limits may have): later calls take under the new ones. */
+    forgetAll (): void {
+      for (const allowance of allowances.values()) allowance.lastUse = 0
+      giveBackIdle(Number.POSITIVE_INFINITY)
+    },
+
+    /** Gives every allowance back and waits for it to commit, for at most `waitMs`. */
+    async close (waitMs = 5000): Promise<void> {
+      clearInterval(sweeper)
+      giveBackIdle(Number.POSITIVE_INFINITY)
+      await Promise.race([returns, new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
+    }
+  }
+}
+
+export type RateLimits = ReturnType<typeof createRateLimits>
+
+export function isRateRefusal (result: RateAdmission | RateRefusal): result is RateRefusal {
+  return 'retryAfterMs' in result
+}

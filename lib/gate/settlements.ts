@@ -1,0 +1,166 @@
+// Settlements off the caller's path, committed in groups: the gate hands each ended call to this queue
+// and answers at once; whatever gathers while one batch commits goes in the next, as one statement for
+// calls that held their own reservation (settleBatch) and one for calls admitted from leases
+// (settleLeased). Until its batch commits, a call's reservation
+// (or its lease) is the record of it: a process that dies with settlements queued leaves holds that
+// the sweeper counts at their estimate, as for any call whose outcome is unknown.
+//
+// Batches commit with synchronous_commit off (set inside their SQL functions, for their transaction
+// only): a batch's locks go as soon as it commits, not after the WAL reaches disk. A PostgreSQL crash can then lose the last moments of settlements, whole
+// (each batch is one transaction); their holds come back with the database and are swept and counted
+// at their estimate. Nothing goes uncounted. Holds keep synchronous commits: a lost hold would be.
+//
+// A served call that no budget covered has no hold: its usage record (budget_id null, sql/022) goes in
+// the same batches, as a third statement. Nothing stands for it until that commits, so a batch that
+// fails past its retries loses those records, and says so at error level.
+import type { FastifyBaseLogger } from 'fastify'
+import { isDatabaseUnavailable } from '../kernel/errors.js'
+import type { LeasedSettlement, ReservationRepository, Settlement } from './reservation-repository.js'
+import type { UnbudgetedValues } from '../usage/usage-repository.js'
+
+/** What a settlement did, so that its caller can tell an expiry from a call with nothing to charge. */
+export type SettleOutcome =
+  /** The call's cost was recorded, once. */
+  | { outcome: 'recorded', usageId: string }
+  /** Nothing to charge (nothing was served): the hold was given back. */
+  | { outcome: 'released' }
+  /** A record under the call's request id was there already (a settlement run twice): nothing more was charged. */
+  | { outcome: 'already-recorded' }
+  /** The reservation (or the call's lease) had expired and been swept, counting the call at its estimate, before this settlement. */
+  | { outcome: 'expired' }
+
+// Small enough that a batch holds the hot rows' locks only briefly (a lease top-up may wait for it).
+const MOST_IN_A_BATCH = 100
+// Lock timeouts, serialization failures and a database that is briefly away end a batch without
+// effect; it is safe to run again.
+const RETRYABLE = new Set(['40P01', '40001', '55P03'])
+const RETRY_DELAYS_MS = [5, 20, 100, 500, 2000]
+
+type Work = { kind: 'reservation', settlement: Settlement } | { kind: 'leased', settlement: LeasedSettlement } | { kind: 'unbudgeted', settlement: UnbudgetedValues }
+
+/** Stores unbudgeted calls' records in one statement; their ids by request id (one missing: stored before). */
+export type RecordUnbudgeted = (records: UnbudgetedValues[]) => Promise<Map<string, string>>
+
+interface Queued {
+  work: Work
+  /** Settled in a batch of its own (its batch failed once). */
+  alone?: boolean
+  resolve: (outcome: SettleOutcome) => void
+  reject: (error: unknown) => void
+}
+
+export function createSettlementQueue (reservations: ReservationRepository,
+  options: { ttlMs: number, observe: (definitionsVersion: number) => void, recordUnbudgeted: RecordUnbudgeted }, log: FastifyBaseLogger) {
+  let queue: Queued[] = []
+  let running: Promise<void> | null = null
+  /** Commits one batch: each kind one statement. */
+  async function commit (batch: Queued[]): Promise<void> {
+    const own = batch.filter((queued) => queued.work.kind === 'reservation')
+    const leased = batch.filter((queued) => queued.work.kind === 'leased')
+    const unbudgeted = batch.filter((queued) => queued.work.kind === 'unbudgeted')
+    if (own.length > 0) {
+      const { usageIds, definitionsVersion } = await reservations.settleBatch(own.map((queued) => queued.work.settlement as Settlement))
+      options.observe(definitionsVersion)
+      for (const queued of own) {
+        const settlement = queued.work.settlement as Settlement
+        const usageId = usageIds.get(settlement.reservationId)
+        queued.resolve(usageId === undefined
+          ? { outcome: 'expired' }
+          : usageId !== null ? { outcome: 'recorded', usageId } : settlement.actualCost === null ? { outcome: 'released' } : { outcome: 'already-recorded' })
+      }
+    }
+    if (leased.length > 0) {
+      const { outcomes, definitionsVersion } = await reservations.settleLeased(leased.map((queued) => queued.work.settlement as LeasedSettlement), options.ttlMs)
+      options.observe(definitionsVersion)
+      for (const queued of leased) {
+        const found = outcomes.get((queued.work.settlement as LeasedSettlement).requestId)
+        queued.resolve(found === undefined || !found.leaseFound
+          ? { outcome: 'expired' }
+          : found.usageId !== null ? { outcome: 'recorded', usageId: found.usageId } : { outcome: 'already-recorded' })
+      }
+    }
+    if (unbudgeted.length > 0) {
+      const stored = await options.recordUnbudgeted(unbudgeted.map((queued) => queued.work.settlement as UnbudgetedValues))
+      for (const queued of unbudgeted) {
+        // The first of two under one request id takes the record; the other is its replay.
+        const { requestId } = queued.work.settlement as UnbudgetedValues
+        const usageId = stored.get(requestId)
+        stored.delete(requestId)
+        queued.resolve(usageId === undefined ? { outcome: 'already-recorded' } : { outcome: 'recorded', usageId })
+      }
+    }
+  }
+
+  async function run (): Promise<void> {
+    while (queue.length > 0) {
+      const batch = queue[0]?.alone === true ? queue.slice(0, 1) : queue.slice(0, MOST_IN_A_BATCH)
+      queue = queue.slice(batch.length)
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await commit(batch)
+          break
+        } catch (error) {
+          const delay = RETRY_DELAYS_MS[attempt]
+          if (delay === undefined || !(RETRYABLE.has((error as { code?: string }).code ?? '') || isDatabaseUnavailable(error))) {
+            if (batch.length > 1) {
+              // One settlement may have failed the batch: settle each alone, so the others still commit.
+              queue = [...batch.map((queued) => ({ ...queued, alone: true })), ...queue]
+              break
+            }
+            // The hold stays until its TTL; the sweeper then counts it at its estimate. An unbudgeted call has none: its record is lost.
+            log.error({ err: error, settlement: batch[0]?.work.settlement },
+              batch[0]?.work.kind === 'unbudgeted' ? 'recording an unbudgeted call failed: its spend is not in the ledger' : 'settling a gated call failed')
+            for (const queued of batch) queued.reject(error)
+            break
+          }
+          await new Promise((resolve) => setTimeout(resolve, delay))
+        }
+      }
+    }
+  }
+
+  // One batch runner at a time; one that ends with work queued behind it starts the next.
+  function kick (): void {
+    if (running !== null) return
+    running = run().finally(() => {
+      running = null
+      if (queue.length > 0) kick()
+    })
+  }
+
+  async function enqueue (work: Work): Promise<SettleOutcome> {
+    const done = new Promise<SettleOutcome>((resolve, reject) => { queue.push({ work, resolve, reject }) })
+    kick()
+    return await done
+  }
+
+  return {
+    /** Queues the end of a call's own hold; resolves with what it did once its batch commits. */
+    async settle (settlement: Settlement): Promise<SettleOutcome> {
+      return await enqueue({ kind: 'reservation', settlement })
+    },
+
+    /** Queues the charge of a call admitted from a lease; resolves with what it did once its batch commits. */
+    async settleLeased (settlement: LeasedSettlement): Promise<SettleOutcome> {
+      return await enqueue({ kind: 'leased', settlement })
+    },
+
+    /** Queues the usage record of a served call that no budget covered; resolves once its batch commits. */
+    async recordUnbudgeted (record: UnbudgetedValues): Promise<SettleOutcome> {
+      return await enqueue({ kind: 'unbudgeted', settlement: record })
+    },
+
+    /**
+     * Waits until everything queued so far has committed or failed, for at most `waitMs`: with the
+     * database away, what is left stays held and the sweeper counts it at its estimate.
+     */
+    async drain (waitMs = 10_000): Promise<void> {
+      const deadline = Date.now() + waitMs
+      while (running !== null && Date.now() < deadline) {
+        await Promise.race([running, new Promise((resolve) => setTimeout(resolve, deadline - Date.now()).unref())])
+      }
+    }
+  }
+}
+
+export type SettlementQueue = ReturnType<typeof createSettlementQueue>

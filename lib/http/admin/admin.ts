@@ -1,0 +1,96 @@
+// The admin API's scope: strict validation, coded errors and authorization for every route inside it.
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { RouteNotFoundError, UnauthorizedError } from '../../kernel/errors.js'
+import { checkStorable, isStorableText } from '../../kernel/json-limits.js'
+import type { Authorize } from '../../options.js'
+import type { FastifyRequest } from 'fastify'
+import type { BudgetAlerts } from '../../alerts/alerts.js'
+import type { BudgetMetrics } from '../../metrics/metrics.js'
+import type { BudgetAudit } from '../../audit/audit.js'
+import type { SpendReports } from '../../reports/reports.js'
+import type { BudgetRegistry } from '../../budgets/registry.js'
+import type { BudgetTracker } from '../../usage/tracker.js'
+import type { UsageCollector } from '../../usage/collector.js'
+import type { ChannelTests } from '../../alerts/channels.js'
+import type { DecisionLog } from '../../gate/decision-log.js'
+import { alertRoutes } from './alerts.js'
+import { budgetRoutes } from './budgets.js'
+import { channelRoutes } from './channels.js'
+import { decisionRoutes } from './decisions.js'
+import { handleError } from '../error-handler.js'
+import { metricsRoutes } from './metrics.js'
+import { auditRoutes } from './audit.js'
+import { reportRoutes } from './reports.js'
+import { exchangeRateRoutes } from './exchange-rates.js'
+import type { ExchangeRates } from '../../currencies/exchange-rates.js'
+import { usageRoutes, type RecordUsage } from './usage.js'
+import { compileValidator } from '../validator.js'
+
+export interface AdminRoutesOptions {
+  authorize: Authorize
+  registry: BudgetRegistry
+  tracker: BudgetTracker
+  collector: UsageCollector
+  alerts: BudgetAlerts
+  metrics: BudgetMetrics
+  audit: BudgetAudit
+  reports: SpendReports
+  rates: ExchangeRates
+  /** The notification channels: GET /channels and POST /channels/:name/test. */
+  channels: ChannelTests
+  /** Records one usage in a bounded transaction (lib/kernel/database/bounded.ts): POST /:id/usage. */
+  recordUsage: RecordUsage
+  /** The longest an admin request may take (the plugin's adminTimeoutMs). */
+  timeoutMs: number
+  /** The gate's decision log: GET /decisions. */
+  decisions?: DecisionLog
+}
+
+/**
+ * The admin API's authorization as a hook. Fails closed: only `true` or an actor's name allows;
+ * undefined, null, 0, '' or an object refuses, and so does an authorize that throws.
+ */
+export function adminGuard (authorize: Authorize) {
+  return async (request: FastifyRequest): Promise<void> => {
+    const verdict: unknown = await Promise.resolve().then(async () => await authorize(request)).catch((error: unknown) => {
+      request.log.warn({ err: error }, 'the authorize option threw: refusing the admin request')
+      return false
+    })
+    if (verdict !== true && !(typeof verdict === 'string' && isStorableText(verdict) && verdict.trim() !== '')) throw new UnauthorizedError()
+    request.budgetActor = verdict === true ? 'admin' : verdict
+  }
+}
+
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs, decisions }) => {
+  app.setValidatorCompiler(compileValidator)
+  app.setErrorHandler(handleError)
+  // A database that neither answers nor refuses (connections that never open in an outage) must not
+  // hold an admin request forever: past the bound Fastify answers, and the error handler makes it a 503.
+  // Fastify stops counting once a request's body is read, so writes carry the bound themselves, in
+  // PostgreSQL (lib/kernel/database/bounded.ts), and answer only once their transaction has ended: Fastify's
+  // timer is their backstop, at twice the bound, so it cannot answer 503 for a write that then commits.
+  app.addHook('onRoute', (route) => {
+    const reads = [route.method].flat().every((method) => method === 'GET' || method === 'HEAD')
+    route.handlerTimeout ??= reads ? timeoutMs : 2 * timeoutMs
+  })
+  // A URL under the prefix that names no route gets the API's own error body, with a code.
+  app.setNotFoundHandler(async (request) => { throw new RouteNotFoundError(request.method, request.url.split('?')[0]!) })
+
+  app.addHook('onRequest', adminGuard(authorize))
+  // Text PostgreSQL cannot store is the caller's mistake, named before any route sees it.
+  app.addHook('preValidation', async (request) => {
+    // A batch checks each record on its own (lib/usage/collector.ts): one bad record must not refuse the others.
+    const body = request.routeOptions.config.checksEachRecord === true ? undefined : request.body
+    for (const part of [request.params, request.query, body]) checkStorable(part, '')
+  })
+
+  await app.register(budgetRoutes, { registry })
+  await app.register(usageRoutes, { tracker, collector, recordUsage })
+  await app.register(alertRoutes, { alerts })
+  await app.register(metricsRoutes, { metrics })
+  await app.register(auditRoutes, { audit })
+  await app.register(reportRoutes, { reports })
+  await app.register(exchangeRateRoutes, { rates })
+  await app.register(channelRoutes, { channels })
+  if (decisions !== undefined) await app.register(decisionRoutes, { decisions })
+}

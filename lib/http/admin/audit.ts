@@ -1,0 +1,32 @@
+// Admin routes for the audit log: read only (no route edits or deletes an entry; the database refuses to).
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { AuditPage, AuditQuery, BudgetIdParams } from '../../kernel/schemas.js'
+import { errorResponses } from './responses.js'
+import type { BudgetAudit } from '../../audit/audit.js'
+
+export interface AuditRoutesOptions {
+  audit: BudgetAudit
+}
+
+export const auditRoutes: FastifyPluginAsyncTypebox<AuditRoutesOptions> = async (app, { audit }) => {
+  app.get('/audit', {
+    schema: {
+      summary: 'The audit feed',
+      description: 'Every change to every budget, newest first, a page at a time: create, update (before and after), delete, approval, acknowledgement, cache refresh, with the actor, the time and the request id.',
+      tags: ['audit'],
+      querystring: AuditQuery,
+      response: { 200: AuditPage, ...errorResponses({ 400: [] }) }
+    }
+  }, async (request) => await audit.auditFeed(request.query))
+
+  app.get('/:id/audit', {
+    schema: {
+      summary: 'A budget\'s audit log',
+      description: 'Every change to the budget, newest first, a page at a time; a deleted budget\'s log stays readable.',
+      tags: ['audit'],
+      params: BudgetIdParams,
+      querystring: AuditQuery,
+      response: { 200: AuditPage, ...errorResponses({ 400: [], 404: [] }) }
+    }
+  }, async (request) => await audit.budgetAudit(request.params.id, request.query))
+}

@@ -1,0 +1,653 @@
+// The gate: a hook pair on every model-call route. preHandler (the body is parsed there, so the model
+// and its output limit are known) resolves the caller, estimates the worst-case cost and reserves it on
+// every applicable budget, or refuses with 402. When the response closes, finished or cut off, the hold
+// ends: settled at the actual cost, at the estimate when a served call's cost is unknown, or released
+// when nothing was served. No hold outlives its request. Every wire format (how to bound a request, read
+// its usage, word a refusal) is the route's model API's (lib/apis); the path here is the same for all.
+import { randomUUID } from 'node:crypto'
+import type { Socket } from 'node:net'
+import { pipeline, Readable, Transform } from 'node:stream'
+import { createParser } from 'eventsource-parser'
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import { apiForUrl, isModelApiName, MODEL_APIS } from '../../model-apis/index.js'
+import type { ModelApi, Refusal, StreamUsageReader } from '../../model-apis/model-api.js'
+import { InvalidFieldError, isDatabaseUnavailable, OptionsError } from '../../kernel/errors.js'
+import { fromUnits, toUnits, type Money } from '../../kernel/money.js'
+import type { BudgetConstraintCheck } from '../../gate/decision.js'
+import type { CostEstimate } from '../../pricing/estimate.js'
+import { bindingOf } from '../../gate/decision-log.js'
+import type { Decision, DecisionOutcome } from '../../gate/decision-repository.js'
+import type { BudgetMetrics } from '../../metrics/metrics.js'
+import type { RateRefusal } from '../../gate/rate-limits.js'
+import { checkScopeId, type BudgetIntegration, type CallerScopes } from '../../gate/integration.js'
+import { pricesAt, type PriceBook, type TokenUsage } from '../../pricing/pricing.js'
+import type { UsageMetadata } from '../../usage/tracker.js'
+import { checkTags } from '../../kernel/tags.js'
+import { SCOPE_HEADERS, TAGS_HEADER, type BudgetGateState, type GateOptions, type GateRoute } from './gate-options.js'
+import { costAtOutputLimit, largestAffordable, mayClamp, roomFor } from './clamp.js'
+
+/** How often a clamped call measures the room again when other calls took it first. */
+const CLAMP_ATTEMPTS = 3
+
+/** A name an upstream sent, made storable: PostgreSQL text holds no NUL and no unpaired surrogate. */
+function storable (text: string): string {
+  return text.replace(/\0/g, '').replace(/[\ud800-\udfff]/gu, '\ufffd').slice(0, 200)
+}
+
+function refusalCode (error: InvalidFieldError & { gateCode?: string }): string {
+  if (error.gateCode !== undefined) return error.gateCode
+  if (error.field === TAGS_HEADER) return 'invalid_tags'
+  return error.field.startsWith('x-relay-') ? 'invalid_scope' : 'invalid_request'
+}
+
+/** A request the gate cannot bound or read: a 400 naming the field at fault. */
+function invalidRequest (error: InvalidFieldError, context = ''): Refusal {
+  return { status: 400, kind: 'invalid_request', code: refusalCode(error), message: `${context}${error.message}`, param: error.field, details: {} }
+}
+
+/** Every refusal of the gate: the status, and the body in the route's API's error shape. */
+function refuse (reply: FastifyReply, api: ModelApi, refusal: Refusal): FastifyReply {
+  return reply.code(refusal.status).send(api.errorBody(refusal))
+}
+
+/** The worst case of a call on one route: the operator's estimateCost when given, else the route's API's. */
+type EstimateAt = (request: FastifyRequest, prices: PriceBook, model?: string) => Promise<CostEstimate>
+
+/**
+ * The API a route speaks when the gate guards it: named by gate.routes ({ url, api }) or the route's
+ * config.budgetGate, else inferred from its path; null for a route the gate does not guard. A guarded
+ * route whose API cannot be told throws, and the registration fails: it never passes ungated.
+ */
+function gatedApi (route: RouteOptions, routes: GateRoute[]): ModelApi | null {
+  const marked = (route.config as { budgetGate?: unknown } | undefined)?.budgetGate
+  const listed = routes.find((entry) => (typeof entry === 'string' ? entry : entry.url) === route.url)
+  if (listed === undefined && (marked === undefined || marked === false)) return null
+  const where = `the gated route ${[route.method].flat().join(',')} ${route.url}`
+  const known = Object.keys(MODEL_APIS).map((name) => `'${name}'`).join(', ')
+  if (marked !== undefined && typeof marked !== 'boolean' && typeof marked !== 'string') throw new OptionsError(`${where}: config.budgetGate must be true or an API name (${known})`)
+  const named = typeof marked === 'string' ? marked : typeof listed === 'object' ? listed.api : apiForUrl(route.url)
+  if (named === null) {
+    throw new OptionsError(`${where}: its API cannot be told from its path; name it with gate.routes: [{ url: '${route.url}', api }] or config: { budgetGate: api } (api: ${known})`)
+  }
+  if (!isModelApiName(named)) throw new OptionsError(`${where} speaks ${JSON.stringify(named)}, an API the gate does not know (it knows ${known})`)
+  return MODEL_APIS[named]!
+}
+
+/** A response's event stream, fed chunk by chunk; `finish` when it has ended. */
+export type StreamFeed = ((chunk: Uint8Array | string) => void) & { finish: () => void }
+
+/**
+ * Feeds a response's event stream to its API's usage reader (WHATWG event-stream rules, bytes decoded
+ * as UTF-8 across chunk boundaries): one decoder and one parser per response. Text reaches the parser
+ * only once a line end has arrived: the parser searches all it holds at every feed, so a long line fed
+ * chunk by chunk (a Responses `response.completed` of megabytes, on one line) would cost the square of
+ * its length. At the end, a last event closed by a lone CR is dispatched (the parser holds a CR back in
+ * case a LF follows).
+ */
+export function streamFeeder (reader: StreamUsageReader, onUsage: (usage: TokenUsage) => void): StreamFeed {
+  const decoder = new TextDecoder()
+  const parser = createParser({
+    onEvent: (event) => {
+      reader.event(event.event, event.data)
+      const usage = reader.usage()
+      if (usage !== null) onUsage(usage)
+    }
+  })
+  let unended: string[] = [] // text since the last line end
+  let endsWithCR = false
+  const push = (text: string) => {
+    if (text === '') return
+    unended.push(text)
+    // The parser holds a CR it was fed last until it sees what follows it: then this text goes at once.
+    const heldCR = endsWithCR
+    endsWithCR = text.endsWith('\r')
+    if (!heldCR && !/[\r\n]/.test(text)) return
+    parser.feed(unended.length === 1 ? text : unended.join(''))
+    unended = []
+  }
+  // A string after bytes first flushes what the decoder holds (an incomplete character: U+FFFD).
+  const feed = (chunk: Uint8Array | string) => { push(typeof chunk === 'string' ? decoder.decode() + chunk : decoder.decode(chunk, { stream: true })) }
+  let finished = false
+  return Object.assign(feed, {
+    finish: () => {
+      if (finished) return
+      finished = true
+      push(decoder.decode())
+      if (endsWithCR) parser.feed('\n')
+    }
+  })
+}
+
+/** The route's stream, byte for byte, with every chunk fed to the gate on its way to the client. */
+function readThrough (source: Readable, feed: StreamFeed): Readable {
+  const tap = new Transform({
+    transform (chunk: Uint8Array | string, _encoding, done) {
+      feed(chunk)
+      done(null, chunk)
+    },
+    flush (done) {
+      feed.finish()
+      done()
+    }
+  })
+  // An error or a cut on either side destroys both: Fastify sees it on the tap, the route's stream is closed.
+  pipeline(source, tap, () => {})
+  return tap
+}
+
+/**
+ * OpenAI's rate-limit headers for a 429: each limited dimension's limit, what is left, and when it is
+ * full again (OpenAI's duration form, 1s or 6m0s), and retry-after when the call's need is back (in
+ * seconds, and in milliseconds as retry-after-ms, which OpenAI's clients read first); for a call too
+ * large ever to fit, x-should-retry: false instead.
+ */
+export function rateLimitHeaders (refusal: RateRefusal): Record<string, string> {
+  // A call too large for the limit never fits: say so (OpenAI's clients read x-should-retry) rather than name a wait.
+  const headers: Record<string, string> = refusal.tooLarge
+    ? { 'x-should-retry': 'false' }
+    : { 'retry-after': String(Math.ceil(refusal.retryAfterMs / 1000)), 'retry-after-ms': String(refusal.retryAfterMs) }
+  const dimensions = [
+    ['requests', refusal.requestsPerMinute, refusal.requestsLeft, refusal.requestsResetMs],
+    ['tokens', refusal.tokensPerMinute, refusal.tokensLeft, refusal.tokensResetMs]
+  ] as const
+  for (const [name, limit, left, resetMs] of dimensions) {
+    if (limit === null) continue
+    headers[`x-ratelimit-limit-${name}`] = String(limit)
+    headers[`x-ratelimit-remaining-${name}`] = String(left ?? 0)
+    headers[`x-ratelimit-reset-${name}`] = openAIDuration(resetMs ?? 0)
+  }
+  return headers
+}
+
+/** 20ms, 1s, 6m0s: the form of OpenAI's x-ratelimit-reset-* headers. */
+function openAIDuration (ms: number): string {
+  if (ms < 1000) return `${Math.ceil(ms)}ms`
+  const seconds = Math.ceil(ms / 1000)
+  return seconds < 60 ? `${seconds}s` : `${Math.floor(seconds / 60)}m${seconds % 60}s`
+}
+
+/** What a call is charged when its hold ends, and why. */
+interface Charge {
+  cost: Money | null
+  basis: 'usage' | 'estimate' | 'released'
+  reason?: 'not-served' | 'no-usage' | 'unpriced-model'
+}
+
+/**
+ * The one rule for ending a hold. Not admitted (refused, failed, or the client left before the handler
+ * ran): released. Usage reported: its cost, or the estimate when its model has no price. No usage: an
+ * error response released (nothing was served), anything else charged at the estimate (served, or
+ * cut off while the upstream call was in flight: never free).
+ */
+function chargeFor (admitted: boolean, usage: TokenUsage | null, statusCode: number, estimate: Money, actualCost: (usage: TokenUsage) => Money | null): Charge {
+  if (!admitted) return { cost: null, basis: 'released', reason: 'not-served' }
+  if (usage !== null) {
+    const actual = actualCost(usage)
+    return actual === null ? { cost: estimate, basis: 'estimate', reason: 'unpriced-model' } : { cost: actual, basis: 'usage' }
+  }
+  if (statusCode >= 400) return { cost: null, basis: 'released', reason: 'not-served' }
+  return { cost: estimate, basis: 'estimate', reason: 'no-usage' }
+}
+
+/** A call that no budget covers: it may proceed, and the decision met no budget at all (none for its scopes, or no scopes). */
+function uncovered (check: BudgetConstraintCheck | null): boolean {
+  return check !== null && check.canProceed && check.budgets.length === 0 && check.bindingBudgetId === null
+}
+
+/** The metadata of a gated call's usage record, budgeted or not: what it called, what it used, what it was charged by, and who called. */
+function usageMetadata (state: BudgetGateState, usage: TokenUsage | null, pricedModel: string | undefined, charge: Charge): UsageMetadata {
+  const modelId = pricedModel ?? state.model
+  return {
+    modelId,
+    ...(usage !== null && usage.model !== modelId ? { upstreamModel: storable(usage.model) } : {}),
+    ...(state.downgradedFrom === null ? {} : { requestedModel: state.downgradedFrom }),
+    ...(state.clampedMaxTokens === null ? {} : { clampedMaxTokens: state.clampedMaxTokens }),
+    inputTokens: usage?.inputTokens,
+    outputTokens: usage?.outputTokens,
+    ...(usage?.cachedInputTokens === undefined ? {} : { cachedInputTokens: usage.cachedInputTokens }),
+    ...(usage?.cacheWriteTokens === undefined ? {} : { cacheWriteTokens: usage.cacheWriteTokens }),
+    ...(usage?.cacheWrite1hTokens === undefined ? {} : { cacheWrite1hTokens: usage.cacheWrite1hTokens }),
+    ...(usage?.priceMultiplier === undefined ? {} : { priceMultiplier: `${usage.priceMultiplier.numerator}/${usage.priceMultiplier.denominator}` }),
+    estimatedCost: state.estimate,
+    ...(state.check === null ? { unchecked: true } : {}),
+    costBasis: charge.basis,
+    ...(charge.basis === 'estimate' ? { estimateReason: charge.reason } : {}),
+    userId: state.caller.user,
+    teamId: state.caller.team,
+    projectId: state.caller.project,
+    organizationId: state.caller.organization,
+    ...(state.caller.tags === undefined ? {} : { tags: state.caller.tags })
+  }
+}
+
+/** Adds the gate to every model-call route declared after it; returns what waits for in-flight settlements. */
+/** What the gate knows of a request's connection, from its first hook on. */
+interface ConnectionWatch {
+  /** Resolves when the response has closed (finished or cut off) or its socket has. */
+  closed: Promise<void>
+  /** The client is gone and the response did not finish. */
+  gone: () => boolean
+}
+
+/**
+ * Watches the response and its socket from onRequest, before anything is awaited: a client that
+ * leaves while the body arrives, its scopes are resolved or its hold is taken is seen, also when
+ * its request was pipelined behind another and its response never got a 'close' of its own.
+ */
+function watchConnection (request: FastifyRequest, reply: FastifyReply): ConnectionWatch {
+  const socket = request.raw.socket as Socket | null | undefined
+  let fired = false
+  let done!: () => void
+  const closed = new Promise<void>((resolve) => { done = resolve })
+  const onClose = () => {
+    if (fired) return
+    fired = true
+    socket?.off('close', onClose)
+    done()
+  }
+  reply.raw.once('close', onClose)
+  socket?.once('close', onClose)
+  if (socket?.destroyed === true || reply.raw.destroyed) onClose()
+  return { closed, gone: () => !reply.raw.writableFinished && (fired || socket?.destroyed === true || reply.raw.destroyed) }
+}
+
+/** One call through reserve(): what its passes read, and the hold they change. */
+interface GatedCall {
+  request: FastifyRequest
+  reply: FastifyReply
+  api: ModelApi
+  estimateAt: EstimateAt
+  prices: PriceBook
+  caller: CallerScopes
+  state: BudgetGateState
+  /** The estimate of the model the call will use (the cheaper one after auto-downgrade): clamp prices other output limits from it. */
+  current: CostEstimate
+  /** The last hold's rate-limit refusal, if any. */
+  rateLimited: RateRefusal | undefined
+  /** The check a downgrade or a clamp answered, with the estimate it was about: what the decision log keeps for it. */
+  downgradedOn?: { check: BudgetConstraintCheck, estimate: string }
+  clampedOn?: { check: BudgetConstraintCheck, estimate: string }
+}
+
+/**
+ * The request's `streamed()`: the response's events read by its API's reader, the state's usage
+ * following the reader's whenever it has one. A reader that fails stops being read, and the call is
+ * charged its estimate (never a partial count).
+ */
+function readStreamUsage (request: FastifyRequest, api: ModelApi, state: () => BudgetGateState): StreamFeed {
+  // Built at the first chunk, when the model the call uses (maybe the cheaper one) is settled.
+  let feed: StreamFeed | undefined
+  let failed = false
+  const guarded = (read: (feed: StreamFeed) => void) => {
+    if (failed) return
+    try {
+      read(feed ??= streamFeeder(api.streamUsage(state().model), (usage) => { state().usage = usage }))
+    } catch (error) {
+      failed = true
+      state().usage = null
+      request.log.warn({ err: error, requestId: state().requestId }, 'reading a streamed response\'s usage failed: the call is charged its estimate')
+    }
+  }
+  return Object.assign((chunk: Uint8Array | string) => { guarded((feed) => { feed(chunk) }) }, {
+    // Only a stream that began: a response that streamed nothing has nothing to finish.
+    finish: () => { if (feed !== undefined) guarded((feed) => { feed.finish() }) }
+  })
+}
+
+/** Where the gate notes its refusals, clamps and downgrades (lib/gate/decision-log.ts): in memory, never awaited. */
+export interface DecisionNotes {
+  note: (decision: Decision) => void
+}
+
+export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, book: PriceBook,
+  metrics: BudgetMetrics, decisions: DecisionNotes | null = null): { drain: (waitMs?: number) => Promise<void> } {
+  const pending = new Set<Promise<unknown>>()
+  // Admitted calls whose settlement has not committed, for the live-reservations gauge.
+  const live = new WeakMap<BudgetGateState, () => void>()
+  const watched = new WeakMap<FastifyRequest, ConnectionWatch>()
+  /** Holds `estimate` for the call (what it held before is the integration's to replace), and notes the decision. */
+  async function hold (call: GatedCall, estimate: CostEstimate): Promise<void> {
+    const held = await integration.reserveCall(call.caller, estimate.amount, { requestId: call.state.requestId, model: estimate.model, tokens: estimate.tokens })
+    call.rateLimited = held.rateLimited
+    call.state.reservationId = held.reservationId
+    call.state.check = held.check
+  }
+
+  /**
+   * auto-downgrade is in force: give back the first hold, estimate the cheaper model, hold that. False
+   * when the cheaper model cannot take the request (an image it has no bound for): answered with a 400.
+   */
+  async function downgrade (call: GatedCall, cheaper: string): Promise<boolean> {
+    const { state } = call
+    call.downgradedOn = { check: state.check!, estimate: state.estimate }
+    if (state.reservationId !== null) await integration.releaseCall(state.reservationId)
+    state.reservationId = null
+    let downgraded: CostEstimate
+    try {
+      downgraded = await call.estimateAt(call.request, call.prices, cheaper)
+    } catch (error) {
+      if (!(error instanceof InvalidFieldError)) throw error
+      metrics.decision('invalid', refusalCode(error))
+      await refuse(call.reply, call.api, invalidRequest(error, `auto-downgrade to ${cheaper}: `))
+      return false
+    }
+    await hold(call, downgraded)
+    if (uncovered(state.check)) {
+      // No budget of the caller's takes the cheaper model (their filters name the one asked for): a
+      // downgrade would take the call out of the budgets that asked for it. Hold the model asked for.
+      call.downgradedOn = undefined
+      await hold(call, call.current)
+      return true
+    }
+    state.downgradedFrom = call.current.model
+    state.model = downgraded.model
+    state.estimate = downgraded.amount
+    call.current = downgraded
+    void call.reply.header('x-budget-downgraded-from', state.downgradedFrom)
+    return true
+  }
+
+  /**
+   * nearLimit 'clamp': a call whose worst case no longer fits goes ahead with fewer output tokens, the
+   * most every budget can still afford, as long as the floor fits. The clamped worst case is what is
+   * held; a call that took the room meanwhile makes the next try measure again. The search is
+   * arithmetic on the estimate's input, counted once (never the prompt again per candidate). An API
+   * without an output cap, or a model without a price (no maximum to start from), is never clamped.
+   */
+  async function clamp (call: GatedCall): Promise<void> {
+    const { request, state, prices } = call
+    const limit = call.api.outputLimit
+    const price = prices.resolve(state.model)?.price
+    if (limit === null || price === undefined) return
+    const costAt = costAtOutputLimit(request, call.current, async (view) => await call.estimateAt(view, prices, state.model),
+      (body, tokens) => limit.withLimit(body, tokens, price))
+    for (let attempt = 1; attempt <= CLAMP_ATTEMPTS && mayClamp(state.check!, options.nearLimit); attempt++) {
+      const room = roomFor(state.check!, state.estimate)
+      const asked = limit.requested(request.body as Record<string, unknown>, price)
+      if (room === null || asked === null) return
+      const clamped = await largestAffordable(costAt, options.clampFloorTokens, asked, room)
+      if (clamped === null) return
+      const answered = { check: state.check!, estimate: state.estimate }
+      await hold(call, clamped.estimate)
+      if (!state.check!.canProceed) continue
+      call.clampedOn = answered
+      request.body = limit.withLimit(request.body as Record<string, unknown>, clamped.tokens, price)
+      state.estimate = clamped.estimate.amount
+      state.clampedMaxTokens = clamped.tokens
+      void call.reply.header('x-budget-clamped-max-tokens', String(clamped.tokens))
+    }
+  }
+
+  /** Says no to a call the budgets or the rate limits refuse, with the figures in the headers and the body; null when the call may go. */
+  function refusalOf (call: GatedCall): Refusal | null {
+    const { reply, state } = call
+    const check = state.check!
+    const limited = call.rateLimited
+    if (limited !== undefined) {
+      metrics.decision('rate_limited', 'rate_limit_exceeded')
+      void reply.headers(rateLimitHeaders(limited))
+      return {
+        status: 429, kind: limited.dimension === 'requests' ? 'rate_limit_requests' : 'rate_limit_tokens', code: 'rate_limit_exceeded', message: check.reason, param: null,
+        details: { budget: { id: limited.budgetId, requestsPerMinute: limited.requestsPerMinute, tokensPerMinute: limited.tokensPerMinute } }
+      }
+    }
+    if (check.bindingBudgetId !== null) {
+      // In the binding budget's currency, which need not be the gate's (sql/012).
+      const left = toUnits(check.remaining!) - (check.canProceed ? toUnits(check.bindingEstimate ?? state.estimate) : 0n)
+      void reply.headers({ 'x-budget-id': check.bindingBudgetId, 'x-budget-remaining': fromUnits(left > 0n ? left : 0n), 'x-budget-currency': check.currency ?? options.currency })
+    }
+    if (check.canProceed) return null
+    metrics.decision('refused', check.code!)
+    if (check.code === 'exchange_rate_missing') {
+      // The operator's configuration, not the caller's request nor its quota: a 503 that no retry will mend.
+      void reply.header('x-should-retry', 'false')
+      return { status: 503, kind: 'server_error', code: check.code, message: check.reason, param: null, details: { budget: { id: check.bindingBudgetId, currency: check.currency } } }
+    }
+    const refusing = check.budgets.find((budget) => budget.budgetId === check.bindingBudgetId)
+    return {
+      status: 402, kind: 'insufficient_quota', code: check.code!, message: check.reason, param: null,
+      details: {
+        budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: check.currency ?? options.currency, estimatedCost: check.code === 'estimate_out_of_range' ? null : check.bindingEstimate ?? state.estimate },
+        ...(check.code === 'model_restricted' ? { allowedModels: refusing?.allowedModels ?? [] } : {})
+      }
+    }
+  }
+
+  /**
+   * Notes a refusal, clamp or downgrade for the decision log (in memory: written in batches off this
+   * path), and logs a refusal at info with its code, caller and binding budget. A call both downgraded
+   * and clamped or refused is one decision, its last, with the model it asked for.
+   */
+  function noteDecision (call: GatedCall, outcome: DecisionOutcome, code: string, on: { check: BudgetConstraintCheck, estimate: string }, budgetId: string | null): void {
+    const { state, caller } = call
+    const { tags, ...scopes } = caller
+    const decision: Decision = {
+      at: new Date(),
+      requestId: state.requestId,
+      api: call.api.name,
+      outcome,
+      code,
+      scopes,
+      ...(tags === undefined ? {} : { tags }),
+      model: storable(state.model),
+      ...(state.downgradedFrom === null ? {} : { requestedModel: storable(state.downgradedFrom) }),
+      ...bindingOf(on.check, budgetId, on.estimate, options.currency, outcome === 'refused' ? call.rateLimited : undefined)
+    }
+    if (outcome === 'refused') {
+      call.request.log.info({ requestId: state.requestId, code, caller: scopes, tags, model: state.model, estimate: decision.estimate, currency: decision.currency, budget: decision.budget },
+        'the gate refused a call')
+    }
+    decisions?.note(decision)
+  }
+
+  /** gate.unbudgeted 'refuse': a caller no budget covers gets 402 no_applicable_budget, with nothing held; null otherwise. */
+  function unbudgetedRefusal (call: GatedCall): Refusal | null {
+    if (options.unbudgeted !== 'refuse' || !uncovered(call.state.check)) return null
+    const scopes = Object.fromEntries(SCOPE_HEADERS.flatMap(([type]) => call.caller[type] === undefined ? [] : [[type, call.caller[type]]]))
+    const named = Object.entries(scopes).map(([type, id]) => `${type} '${String(id)}'`).join(', ')
+    metrics.decision('refused', 'no_applicable_budget')
+    return {
+      status: 402,
+      kind: 'insufficient_quota',
+      code: 'no_applicable_budget',
+      message: `No budget covers this caller (${named === '' ? 'no scopes given' : named}), and this gateway refuses calls without a budget`,
+      param: null,
+      details: { scopes }
+    }
+  }
+
+  async function reserve (request: FastifyRequest, reply: FastifyReply, api: ModelApi, estimateAt: EstimateAt): Promise<void> {
+    // The call is priced at the rates in force now, when it is made: its estimate, and its settlement however late.
+    const prices = pricesAt(book, new Date())
+    let caller: CallerScopes
+    let estimate: CostEstimate
+    try {
+      caller = await options.resolveScopes(request)
+      for (const [type, header] of SCOPE_HEADERS) if (caller[type] !== undefined) checkScopeId(caller[type], header)
+      if (caller.tags !== undefined) checkTags(caller.tags, TAGS_HEADER)
+      estimate = await estimateAt(request, prices)
+    } catch (error) {
+      if (!(error instanceof InvalidFieldError)) throw error
+      metrics.decision('invalid', refusalCode(error))
+      return await refuse(reply, api, invalidRequest(error))
+    }
+
+    const watch = watched.get(request)!
+    if (watch.gone()) {
+      // The client left before any budget work (while the body arrived, or its scopes were resolved): nothing to hold.
+      reply.hijack()
+      return
+    }
+    const requestId = randomUUID()
+    // A stream the route wrote itself (streamed()) is finished when the response closes, before its charge.
+    const streamed = readStreamUsage(request, api, () => state)
+    const state: BudgetGateState = {
+      reservationId: null, requestId, caller, model: estimate.model, downgradedFrom: null, clampedMaxTokens: null, estimate: estimate.amount, check: null, usage: null,
+      reportUsage: (usage) => { state.usage = usage },
+      streamed
+    }
+    request.budgetGate = state
+    const call: GatedCall = { request, reply, api, estimateAt, prices, caller, state, current: estimate, rateLimited: undefined }
+
+    // The hold ends once, when the connection is done with this response and this hook is done.
+    let admitted = false
+    let admittedAt: Date | null = null
+    let hookDone!: () => void
+    const reserved = new Promise<void>((resolve) => { hookDone = resolve })
+    // A request in flight is pending too: closing waits for it to end and settle (app.inject's requests
+    // are not waited for by the server's close).
+    const ended = watch.closed.then(async () => await reserved).then(() => {
+      streamed.finish()
+      end(request, reply, state, admitted, prices, admittedAt)
+    })
+    pending.add(ended)
+    void ended.finally(() => pending.delete(ended))
+
+    const decided = metrics.reservationTimer()
+    try {
+      try {
+        await hold(call, estimate)
+        const cheaper = state.check!.downgradeTo
+        if (cheaper !== null && !await downgrade(call, cheaper)) return
+        await clamp(call)
+      } catch (error) {
+        if (!isDatabaseUnavailable(error)) throw error // a 500; the close releases whatever is held
+        if (options.failureMode === 'closed') {
+          metrics.decision('unavailable', 'budget_unavailable')
+          return await refuse(reply, api, { status: 503, kind: 'unavailable', code: 'budget_unavailable', message: 'Budgets cannot be checked right now; try again shortly', param: null, details: {} })
+        }
+        request.log.warn({ err: error, caller }, 'budget database unreachable: letting the call through unchecked (failureMode open)')
+        metrics.decision('unchecked', 'budget_unavailable')
+        // Served unchecked, and still seen: its spend goes to the ledger without a budget, marked unchecked.
+        admitted = true
+        admittedAt = new Date()
+        return
+      }
+
+      if (watch.gone()) {
+        // The client left while we reserved: nothing will be served. Skip the handler; the close releases the hold.
+        reply.hijack()
+        return
+      }
+      const refusal = refusalOf(call) ?? unbudgetedRefusal(call)
+      if (refusal !== null) {
+        const check = state.check!
+        noteDecision(call, 'refused', refusal.code, { check, estimate: state.estimate }, check.bindingBudgetId)
+        return await refuse(reply, api, refusal)
+      }
+      if (call.clampedOn !== undefined) noteDecision(call, 'clamped', call.clampedOn.check.code ?? 'budget_exceeded', call.clampedOn, call.clampedOn.check.bindingBudgetId)
+      else if (call.downgradedOn !== undefined) {
+        // A call that fitted was downgraded by the budget whose auto-downgrade alert is in force; one that did not, by the one that refused it.
+        const { check } = call.downgradedOn
+        const by = check.code === null ? check.budgets.find((budget) => budget.activeActions.includes('auto-downgrade'))?.budgetId ?? check.bindingBudgetId : check.bindingBudgetId
+        noteDecision(call, 'downgraded', check.code ?? 'auto_downgrade', call.downgradedOn, by)
+      }
+      if (api.forwarded !== undefined) request.body = api.forwarded(request.body as Record<string, unknown>, call.state.model)
+      admitted = true // from here the handler runs, and the upstream may be called
+      admittedAt = new Date()
+      metrics.decision('allowed')
+      if (state.reservationId !== null) live.set(state, metrics.admitted())
+    } finally {
+      decided()
+      hookDone()
+    }
+  }
+
+  /**
+   * A served call no budget covered leaves a usage record without a budget (the spend ledger,
+   * docs/ledger.md), priced as any other and committed with the settlements' batches, off the response
+   * path. A fault is the queue's to retry; what fails past that is logged, never the caller's.
+   */
+  function recordUnbudgeted (request: FastifyRequest, state: BudgetGateState, charge: Charge, metadata: UsageMetadata, admittedAt: Date): void {
+    const cost = charge.cost
+    if (cost === null || toUnits(cost) === 0n) return // nothing was served, or nothing to charge
+    const basis = charge.basis === 'usage' ? 'usage' : 'estimate'
+    const settled = metrics.settlementTimer()
+    const recording = integration.recordUnbudgetedCall(cost, { requestId: state.requestId, occurredAt: admittedAt, source: 'gateway', metadata }).then((ended) => {
+      if (ended.outcome === 'recorded') metrics.unbudgeted(cost, basis)
+      if (toUnits(cost) > toUnits(state.estimate)) request.log.warn({ estimate: state.estimate, actual: cost, requestId: state.requestId }, 'a call cost more than its estimate')
+    }, (error: unknown) => {
+      request.log.error({ err: error, requestId: state.requestId, caller: state.caller, cost }, 'recording an unbudgeted call failed: its spend is not in the ledger')
+    }).finally(() => {
+      settled()
+      pending.delete(recording)
+    })
+    pending.add(recording)
+  }
+
+  function end (request: FastifyRequest, reply: FastifyReply, state: BudgetGateState, admitted: boolean, prices: PriceBook, admittedAt: Date | null): void {
+    // No hold: nothing to end, unless the call was served to a caller no budget covers, or unchecked
+    // (failureMode open with the database away): its spend is still recorded, without a budget.
+    if (state.reservationId === null && !(admitted && (state.check === null || uncovered(state.check)))) return
+    const usage = state.usage
+    const charge = chargeFor(admitted, usage, reply.raw.statusCode, state.estimate, (used) => options.actualCost(used, prices))
+    const priced = usage === null ? null : prices.resolve(usage.model)
+    if (charge.basis === 'estimate') {
+      request.log.warn({ requestId: state.requestId, reason: charge.reason, upstreamModel: usage?.model, estimate: state.estimate },
+        charge.reason === 'unpriced-model' ? 'a served call could not be priced from its usage: charged at its estimate' : 'a call ended without usage: charged at its estimate')
+    }
+    const metadata = usageMetadata(state, usage, priced?.model, charge)
+    if (state.reservationId === null) {
+      recordUnbudgeted(request, state, charge, metadata, admittedAt!)
+      return
+    }
+    const settled = metrics.settlementTimer()
+    const settling = integration.endCall(state.reservationId, charge.cost, { source: 'gateway', metadata }).then((ended) => {
+      if (charge.cost !== null && toUnits(charge.cost) > toUnits(state.estimate)) {
+        request.log.warn({ estimate: state.estimate, actual: charge.cost, requestId: state.requestId }, 'a call cost more than its estimate')
+      }
+      // Only a real expiry: a call with nothing to charge, or one recorded already, is no news.
+      if (ended.outcome === 'expired' && charge.cost !== null) {
+        request.log.warn({ requestId: state.requestId }, 'the reservation had expired and was counted at its estimate before this settlement')
+      }
+    }, (error: unknown) => {
+      // The reservation stays until its TTL; the sweeper then counts it at its estimate.
+      request.log.error({ err: error, requestId: state.requestId }, 'settling a gated call failed')
+    }).finally(() => {
+      settled()
+      live.get(state)?.()
+      pending.delete(settling)
+    })
+    pending.add(settling)
+  }
+
+  fastify.addHook('onRoute', (route) => {
+    const api = gatedApi(route, options.routes)
+    if (api === null) return
+    const custom = options.estimateCost
+    const estimateAt: EstimateAt = custom === undefined
+      ? async (request, prices, model) => api.estimate(request.body, prices, model)
+      : async (request, prices, model) => await custom(request, prices, model)
+    route.onRequest = [async (request: FastifyRequest, reply: FastifyReply) => { watched.set(request, watchConnection(request, reply)) }, ...[route.onRequest ?? []].flat()]
+    route.preHandler = [...[route.preHandler ?? []].flat(), async (request: FastifyRequest, reply: FastifyReply) => { await reserve(request, reply, api, estimateAt) }]
+    route.onSend = [...[route.onSend ?? []].flat(), async (request: FastifyRequest, _reply: FastifyReply, payload: unknown) => {
+      const state = request.budgetGate
+      if (state === null) return payload
+      // A stream the route returned: read as it goes to the client, unchanged.
+      if (payload instanceof Readable) return readThrough(payload, state.streamed as StreamFeed) // the gate's own feed: routes see only its call
+      if (state.usage === null && (typeof payload === 'string' || Buffer.isBuffer(payload))) state.usage = api.usageFromBody(payload.toString(), state.model)
+      return payload
+    }]
+  })
+
+  let sweeper: NodeJS.Timeout | undefined
+  fastify.addHook('onReady', async () => {
+    if (options.sweepIntervalMs <= 0) return
+    sweeper = setInterval(() => {
+      integration.sweepExpiredReservations().then((swept) => { metrics.sweeperRan(swept) },
+        (error: unknown) => { fastify.log.error({ err: error }, 'sweeping expired budget reservations failed') })
+    }, options.sweepIntervalMs)
+    sweeper.unref()
+  })
+  return {
+    // Waits for the requests in flight and the settlements of what the gate admitted, for at most
+    // `waitMs` in all (a client may keep a stream open; the database may be away).
+    drain: async (waitMs = 10_000) => {
+      clearInterval(sweeper)
+      const deadline = Date.now() + waitMs
+      while (pending.size > 0 && Date.now() < deadline) {
+        await Promise.race([Promise.allSettled([...pending]), new Promise((resolve) => setTimeout(resolve, deadline - Date.now()).unref())])
+      }
+    }
+  }
+}

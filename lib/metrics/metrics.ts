@@ -1,0 +1,138 @@
+// Prometheus metrics, in a registry of the plugin's own (a host merges it into its own with
+// Registry.merge, or serves it alone: the admin API's GET {prefix}/metrics). The gate's counters and
+// histograms are kept in process as calls happen; the budgets' gauges are read when scraped, from the
+// status cache in one query, never by summing usage. Their cardinality is bounded: the budgets marked
+// `metrics: true` and the top `topBudgets` by spend in their current window, never one series a caller.
+// Gauge values are floats, as Prometheus keeps them: for watching, never for money arithmetic.
+import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { fromUnits, toUnits, type Money } from '../kernel/money.js'
+import type { MetricBudget } from '../usage/status-repository.js'
+
+/** What an unbudgeted call was charged by: its usage, or its estimate (no usage came, or its model has no price). */
+export type CostBasis = 'usage' | 'estimate'
+
+export interface MetricsOptions {
+  /** How many budgets, besides those marked `metrics: true`, get gauges: the top spenders now. Default 10. */
+  topBudgets: number
+}
+
+/** What a gated call came to: let through (allowed, or unchecked in open mode) or not, and why. */
+export type GateOutcome = 'allowed' | 'unchecked' | 'refused' | 'rate_limited' | 'invalid' | 'unavailable'
+
+export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promise<MetricBudget[]>, options: MetricsOptions, currency = 'USD') {
+  const registry = new Registry()
+  const decisions = new Counter({
+    name: 'relaycore_budget_gate_decisions_total',
+    help: 'Gated calls by outcome and by the code of a refusal.',
+    labelNames: ['outcome', 'code'] as const,
+    registers: [registry]
+  })
+  const reservationSeconds = new Histogram({
+    name: 'relaycore_budget_gate_reservation_seconds',
+    help: 'Time from a gated call\'s arrival at the gate to its decision (rate limits, lease or hold).',
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry]
+  })
+  const settlementSeconds = new Histogram({
+    name: 'relaycore_budget_gate_settlement_seconds',
+    help: 'Time from a call\'s end to its settlement committing (group commit included).',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+    registers: [registry]
+  })
+  const liveReservations = new Gauge({
+    name: 'relaycore_budget_gate_live_reservations',
+    help: 'Calls this process admitted whose settlement has not committed yet.',
+    registers: [registry]
+  })
+  const sweeperRuns = new Counter({ name: 'relaycore_budget_sweeper_runs_total', help: 'Runs of the expired-reservation sweeper.', registers: [registry] })
+  const swept = new Counter({ name: 'relaycore_budget_sweeper_swept_total', help: 'Expired reservations swept and counted as spent.', registers: [registry] })
+  const notifications = new Counter({
+    name: 'relaycore_budget_notifications_total',
+    help: 'Alert notifications by outcome of the delivery attempt.',
+    labelNames: ['outcome'] as const,
+    registers: [registry]
+  })
+
+  // Served calls no budget covered (the spend ledger's budget-less records), counted once recorded.
+  const unbudgetedCalls = new Counter({
+    name: 'relaycore_budget_unbudgeted_calls_total',
+    help: 'Served calls that no budget covered, recorded in the spend ledger without a budget, by what they were charged by.',
+    labelNames: ['cost_basis'] as const,
+    registers: [registry]
+  })
+  // Their cost is summed exactly, in units (lib/kernel/money.ts), and made a float only when scraped.
+  let unbudgetedUnits = 0n
+  new Counter({ // kept by `registry`, which calls its collect() at each scrape
+    name: 'relaycore_budget_unbudgeted_cost_total',
+    help: 'The cost of served calls that no budget covered, in the gate\'s currency.',
+    labelNames: ['currency'] as const,
+    registers: [registry],
+    collect () {
+      this.reset()
+      this.inc({ currency }, Number(fromUnits(unbudgetedUnits)))
+    }
+  })
+
+  // One query a scrape: the first gauge collected (spend) reads the budgets, the five after it reuse that.
+  let scrape: Promise<MetricBudget[]> | null = null
+  const budgetsNow = async (fresh: boolean): Promise<MetricBudget[]> => {
+    if (fresh || scrape === null) scrape = listBudgets(options.topBudgets)
+    const current = scrape
+    return await current.catch((error: unknown) => { if (scrape === current) scrape = null; throw error })
+  }
+  const labelNames = ['budget_id', 'budget_name', 'scope_type', 'scope_id', 'currency'] as const
+  const budgetGauge = (name: string, help: string, value: (budget: MetricBudget, now: number) => number, fresh = false) => new Gauge({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    async collect () {
+      const budgets = await budgetsNow(fresh)
+      const now = Date.now()
+      this.reset() // a budget that left the top N leaves the scrape
+      for (const budget of budgets) {
+        this.set({ budget_id: budget.id, budget_name: budget.name, scope_type: budget.scopeType, scope_id: budget.scopeId, currency: budget.currency }, value(budget, now))
+      }
+    }
+  })
+  budgetGauge('relaycore_budget_spend', 'Settled spend in the budget\'s current window.', (budget) => Number(budget.currentAmount), true)
+  budgetGauge('relaycore_budget_reserved', 'Held by calls in flight and leases, in the current window.', (budget) => Number(budget.reservedAmount))
+  budgetGauge('relaycore_budget_limit', 'The budget\'s amount.', (budget) => Number(budget.amount))
+  budgetGauge('relaycore_budget_remaining', 'Amount - spend - reserved, never below 0.', (budget) => Math.max(0, Number(budget.remaining)))
+  // The status's `blocked` state: 1 while a block-all alert is in force, so an alert rule can tell a block from a full budget.
+  budgetGauge('relaycore_budget_blocked', 'Whether a block-all alert is in force in the current window (1) or not (0).', (budget) => budget.blocked ? 1 : 0)
+  budgetGauge('relaycore_budget_seconds_to_reset', 'Seconds until the current window ends.', (budget, now) => Math.max(0, (budget.periodEnd.getTime() - now) / 1000))
+
+  return {
+    registry,
+    /** Counts a gated call's outcome; `code` is the refusal's (budget_exceeded, invalid_scope, …), '' when allowed. */
+    decision (outcome: GateOutcome, code = ''): void {
+      decisions.inc({ outcome, code })
+    },
+    /** A served call that no budget covered, once its record is stored: counted, and its cost added exactly. */
+    unbudgeted (cost: Money, basis: CostBasis): void {
+      unbudgetedCalls.inc({ cost_basis: basis })
+      unbudgetedUnits += toUnits(cost)
+    },
+    /** Starts timing a reservation; call the result when it is decided. */
+    reservationTimer: () => reservationSeconds.startTimer(),
+    /** A call admitted with a reservation: live until its settlement commits (`settled`). */
+    admitted (): () => void {
+      liveReservations.inc()
+      let done = false
+      return () => { if (!done) { done = true; liveReservations.dec() } }
+    },
+    /** Times a settlement from the call's end to its commit. */
+    settlementTimer: () => settlementSeconds.startTimer(),
+    sweeperRan (count: number): void {
+      sweeperRuns.inc()
+      swept.inc(count)
+    },
+    notified ({ delivered, failed }: { delivered: number, failed: number }): void {
+      if (delivered > 0) notifications.inc({ outcome: 'delivered' }, delivered)
+      if (failed > 0) notifications.inc({ outcome: 'failed' }, failed)
+    }
+  }
+}
+
+export type BudgetMetrics = ReturnType<typeof createBudgetMetrics>

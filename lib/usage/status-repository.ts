@@ -1,0 +1,156 @@
+// SQL for a budget's period window and its status cache row.
+import { normalizeMoney } from '../kernel/money.js'
+import type { AuditContext } from '../audit/audit-repository.js'
+import type { Db } from '../budgets/budget-repository.js'
+
+export type BudgetState = 'scheduled' | 'active' | 'ended'
+
+export interface BudgetWindow {
+  periodStart: Date
+  periodEnd: Date
+  state: BudgetState
+}
+
+export interface StatusCacheRow {
+  periodEnd: Date
+  currentAmount: string
+  reservedAmount: string
+  usageCount: number
+  lastUsageAt: Date | null
+  refreshedAt: Date
+  updatedAt: Date
+}
+
+/** A budget's numbers now, for the metrics' gauges. */
+export interface MetricBudget {
+  id: string
+  name: string
+  scopeType: string
+  scopeId: string
+  currency: string
+  amount: string
+  currentAmount: string
+  reservedAmount: string
+  remaining: string
+  periodEnd: Date
+  /** An active crossing of the current window has block-all: the gate refuses every call (sql/020 keeps crossings following the definition). */
+  blocked: boolean
+}
+
+export function createStatusRepository (sql: Db) {
+  const cacheColumns = sql`
+    period_end as "periodEnd", current_amount::text as "currentAmount", reserved_amount::text as "reservedAmount", usage_count::int as "usageCount",
+    last_usage_at as "lastUsageAt", refreshed_at as "refreshedAt", updated_at as "updatedAt"`
+
+  // The window of budget row `b` at the instant `at`, and its state (see findWindow): columns, and the join that makes `w`.
+  const windowColumns = (at: ReturnType<typeof sql>) => sql`
+    w.period_start as "periodStart", w.period_end as "periodEnd",
+    case when ${at} < b.start_date then 'scheduled' when w.ordinal = 0 then 'active' else 'ended' end as state`
+  const windowJoin = (at: ReturnType<typeof sql>) => sql`
+    cross join lateral (
+      select 0 as ordinal, * from budget_window(b, greatest(${at}, b.start_date))
+      union all
+      select 1, * from budget_window(b, b.end_date - interval '1 microsecond')
+      union all
+      select 2, * from budget_window(b, b.start_date)
+      order by ordinal
+      limit 1
+    ) w`
+
+  return {
+    /**
+     * The window a budget's status speaks of at `at`: the current one while active, the first one
+     * before it starts, the last one after it ends. budget_period_window (sql/007) is the one
+     * place periods are computed.
+     */
+    async findWindow (budgetId: string, at: Date): Promise<BudgetWindow | null> {
+      const [row] = await sql<BudgetWindow[]>`
+        select ${windowColumns(sql`${at}::timestamptz`)}
+        from budget_definitions b ${windowJoin(sql`${at}::timestamptz`)}
+        where b.id = ${budgetId}`
+      return row ?? null
+    },
+
+    /** findWindow for many budgets and instants in one statement, in their order; null for a budget not found. */
+    async findWindows (pairs: Array<{ budgetId: string, at: Date }>): Promise<Array<BudgetWindow | null>> {
+      if (pairs.length === 0) return []
+      const rows = await sql<Array<BudgetWindow & { ord: number }>>`
+        select p.ord::int as ord, ${windowColumns(sql`p.at`)}
+        from unnest(${pairs.map((pair) => pair.budgetId)}::text[]::uuid[], ${pairs.map((pair) => pair.at.toISOString())}::text[]::timestamptz[])
+          with ordinality as p(budget_id, at, ord)
+        join budget_definitions b on b.id = p.budget_id ${windowJoin(sql`p.at`)}`
+      const windows = new Array<BudgetWindow | null>(pairs.length).fill(null)
+      for (const { ord, ...window } of rows) windows[ord - 1] = window
+      return windows
+    },
+
+    /**
+     * The budgets marked `metrics: true` and the `top` spenders, with their current window's numbers,
+     * from the status cache only (a window without a row yet has spent nothing through the cache: 0).
+     */
+    async listMetricBudgets (top: number): Promise<MetricBudget[]> {
+      return await sql<MetricBudget[]>`
+        with current_rows as (
+          select c.budget_id, c.period_start, c.current_amount, c.reserved_amount, c.period_end
+          from budget_status_cache c where c.period_start <= now() and now() < c.period_end
+        ),
+        chosen as (
+          (select b.id from budget_definitions b where b.metrics and b.deleted_at is null)
+          union
+          (select r.budget_id from current_rows r join budget_definitions b on b.id = r.budget_id and b.deleted_at is null
+           order by r.current_amount desc, r.budget_id limit ${top})
+        )
+        select b.id, b.name, b.scope_type as "scopeType", b.scope_id as "scopeId", b.currency, b.amount::text as amount,
+               coalesce(r.current_amount, 0)::text as "currentAmount", coalesce(r.reserved_amount, 0)::text as "reservedAmount",
+               (b.amount - coalesce(r.current_amount, 0) - coalesce(r.reserved_amount, 0))::text as remaining,
+               coalesce(r.period_end, w.period_end, now()) as "periodEnd",
+               exists (select 1 from budget_alert_history h
+                       where h.budget_id = b.id and h.period_start = r.period_start and h.resolved_at is null
+                         and 'block-all' = any (h.actions)) as blocked
+        from chosen ch join budget_definitions b on b.id = ch.id
+        left join current_rows r on r.budget_id = b.id
+        left join lateral budget_window(b, now()) w on r.budget_id is null
+        order by b.id`
+    },
+
+    async findCacheRow (budgetId: string, periodStart: Date): Promise<StatusCacheRow | null> {
+      const [row] = await sql<StatusCacheRow[]>`
+        select ${cacheColumns} from budget_status_cache where budget_id = ${budgetId} and period_start = ${periodStart}`
+      return row === undefined ? null : canonical(row)
+    },
+
+    /** Recomputes the window's row from the usage rows (refresh_budget_status_cache in sql/002). */
+    async refreshCacheRow (budgetId: string, window: BudgetWindow): Promise<StatusCacheRow> {
+      const [row] = await sql<StatusCacheRow[]>`
+        select ${cacheColumns} from refresh_budget_status_cache(${budgetId}, ${window.periodStart}, ${window.periodEnd})`
+      return canonical(row!)
+    },
+
+    /** A refresh someone asked for: the same, with its audit entry (the row before and after) in the same statement. */
+    async refreshCacheRowAudited (budgetId: string, window: BudgetWindow, audit: AuditContext): Promise<StatusCacheRow> {
+      const [row] = await sql<StatusCacheRow[]>`
+        with before as (
+          select jsonb_build_object('currentAmount', c.current_amount::text, 'usageCount', c.usage_count) as numbers
+          from budget_status_cache c where c.budget_id = ${budgetId} and c.period_start = ${window.periodStart}
+        ),
+        refreshed as (
+          select * from refresh_budget_status_cache(${budgetId}, ${window.periodStart}, ${window.periodEnd})
+        ),
+        audited as (
+          insert into budget_audit_log (budget_id, action, before, after, actor, request_id)
+          select ${budgetId}, 'refresh-cache', (select numbers from before),
+                 jsonb_build_object('periodStart', r.period_start, 'currentAmount', r.current_amount::text, 'usageCount', r.usage_count),
+                 ${audit.actor}, ${audit.requestId}
+          from refreshed r
+        )
+        select ${cacheColumns} from refreshed`
+      return canonical(row!)
+    }
+  }
+}
+
+function canonical (row: StatusCacheRow): StatusCacheRow {
+  return { ...row, currentAmount: normalizeMoney(row.currentAmount), reservedAmount: normalizeMoney(row.reservedAmount) }
+}
+
+export type StatusRepository = ReturnType<typeof createStatusRepository>

@@ -1,0 +1,196 @@
+// SQL for budget_usage_records: recording (the status trigger does the roll-up), history pages and summaries.
+import type { Db } from '../budgets/budget-repository.js'
+import { normalizeMoney, type Money } from '../kernel/money.js'
+
+export interface UsageValues {
+  budgetId: string
+  amount: Money
+  currency: string
+  source: string | null
+  description: string | null
+  metadata: Record<string, unknown>
+  idempotencyKey: string | null
+  /** What identifies the request under its key (lib/usage/usage-rules.ts requestFingerprint). */
+  requestFingerprint: string
+  occurredAt: Date
+  /** Budgets the usage also counts toward, besides its own budget's line. */
+  alsoCountsToward?: string[]
+}
+
+/** A served call no budget covered (sql/022): stored with no budget, once per request id. */
+export interface UnbudgetedValues {
+  requestId: string
+  amount: Money
+  currency: string
+  source: string
+  description: string | null
+  metadata: Record<string, unknown>
+  occurredAt: Date
+}
+
+/** The record that holds a key, and the fingerprint of the request that made it ('legacy': stored before sql/018; null: a gated call's). */
+export interface KeyHolder {
+  record: UsageRecord
+  fingerprint: string | null
+}
+
+export interface UsageRecord {
+  id: string
+  budgetId: string
+  amount: Money
+  currency: string
+  source: string | null
+  description: string | null
+  metadata: Record<string, unknown>
+  occurredAt: string
+  recordedAt: string
+}
+
+export interface UsageRow extends Omit<UsageRecord, 'occurredAt' | 'recordedAt'> {
+  occurredAt: Date
+  recordedAt: Date
+}
+
+export interface UsageFilter {
+  from: Date
+  to: Date
+  modelId?: string
+  userId?: string
+  /** Only usage carrying this tag: [key, value]. */
+  tag?: [string, string]
+}
+
+export interface UsagePageKey {
+  occurredAt: Date
+  id: string
+}
+
+export interface UsageGroupTotal {
+  key: string | null
+  total: Money
+  count: number
+}
+
+/** A usage record's columns (of `u`), as toUsageRecord reads them. */
+export function usageColumns (sql: Db) {
+  return sql`
+    u.id, u.budget_id as "budgetId", u.amount::text as amount, u.currency, u.source, u.description, u.metadata,
+    u.occurred_at as "occurredAt", u.recorded_at as "recordedAt"`
+}
+
+/**
+ * The records that hold these idempotency keys, by key: a key names one record across budgets (sql/018);
+ * a record stored before that (no fingerprint) holds its key on its own budget only.
+ */
+export async function findKeyHolders (sql: Db, keys: Array<{ budgetId: string, idempotencyKey: string }>): Promise<Map<string, KeyHolder>> {
+  if (keys.length === 0) return new Map()
+  const rows = await sql<Array<UsageRow & { key: string, fingerprint: string | null }>>`
+    select k.idempotency_key as key, ${usageColumns(sql)}, u.request_fingerprint as fingerprint
+    from unnest(${keys.map((key) => key.budgetId)}::text[]::uuid[], ${keys.map((key) => key.idempotencyKey)}::text[]) as k(budget_id, idempotency_key)
+    cross join lateral (
+      select * from budget_usage_records r
+      where r.idempotency_key = k.idempotency_key and (r.request_fingerprint is not null or r.budget_id = k.budget_id)
+      order by r.request_fingerprint is null, r.recorded_at, r.id limit 1
+    ) u`
+  return new Map(rows.map(({ key, fingerprint, ...row }) => [key, { record: toUsageRecord(row), fingerprint }]))
+}
+
+export function createUsageRepository (sql: Db) {
+  const columns = usageColumns(sql)
+
+  // The usage that counts toward a budget (its own and its descendants'), through its allocations.
+  const countingToward = (budgetId: string, filter: UsageFilter) => sql`
+    budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id
+    where a.budget_id = ${budgetId} and a.occurred_at >= ${filter.from} and a.occurred_at < ${filter.to}
+    ${filter.modelId === undefined ? sql`` : sql`and u.model_id = ${filter.modelId}`}
+    ${filter.userId === undefined ? sql`` : sql`and u.user_id = ${filter.userId}`}
+    ${filter.tag === undefined ? sql`` : sql`and u.metadata -> 'tags' ->> ${filter.tag[0]} = ${filter.tag[1]}`}`
+
+  return {
+    /** Inserts the record, or nothing when its idempotency key was used before, on any budget (then null). */
+    async insertUsage (values: UsageValues): Promise<UsageRecord | null> {
+      const [row] = await sql<UsageRow[]>`
+        insert into budget_usage_records as u
+          (budget_id, amount, currency, source, description, metadata, idempotency_key, request_fingerprint, occurred_at, also_counts_toward)
+        values (${values.budgetId}, ${values.amount}, ${values.currency}, ${values.source}, ${values.description},
+                ${sql.json(values.metadata as Parameters<typeof sql.json>[0])}, ${values.idempotencyKey},
+                ${values.idempotencyKey === null ? null : values.requestFingerprint}, ${values.occurredAt},
+                ${values.alsoCountsToward ?? []}::uuid[])
+        on conflict do nothing
+        returning ${columns}`
+      return row === undefined ? null : toUsageRecord(row)
+    },
+
+    /**
+     * Stores served calls that no budget covered, in one statement: budget_id null, keyed by the call's
+     * request id, so a record sent again is stored once (sql/022's partial unique index). No allocation:
+     * such a record counts toward no budget, then or later. Resolves with each stored record's id by request
+     * id; a request id missing from it was stored before.
+     */
+    async insertUnbudgeted (records: UnbudgetedValues[]): Promise<Map<string, string>> {
+      if (records.length === 0) return new Map()
+      const rows = await sql<Array<{ requestId: string, id: string }>>`
+        insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, idempotency_key, occurred_at)
+        select null, r.amount, r.currency, r.source, r.description, r.metadata, r.request_id, r.occurred_at
+        from unnest(${records.map((r) => r.amount)}::text[]::numeric[], ${records.map((r) => r.currency)}::text[], ${records.map((r) => r.source)}::text[],
+                    ${records.map((r) => r.description)}::text[], ${records.map((r) => JSON.stringify(r.metadata))}::text[]::jsonb[],
+                    ${records.map((r) => r.requestId)}::text[], ${records.map((r) => r.occurredAt.toISOString())}::text[]::timestamptz[])
+          as r(amount, currency, source, description, metadata, request_id, occurred_at)
+        on conflict (idempotency_key) where budget_id is null and idempotency_key is not null do nothing
+        returning idempotency_key as "requestId", id`
+      return new Map(rows.map((row) => [row.requestId, row.id]))
+    },
+
+    /**
+     * Has any money been counted toward the budget, or is any held on it? Its own usage, a
+     * descendant's, a gated call's through its allocations, or a live reservation: all are in its currency.
+     */
+    async hasSpend (budgetId: string): Promise<boolean> {
+      const [row] = await sql`
+        select exists (select 1 from budget_usage_allocations where budget_id = ${budgetId})
+            or exists (select 1 from budget_reservations where budget_id = ${budgetId}) as found`
+      return row!.found as boolean
+    },
+
+    /**
+     * The record that holds the key: the one the usage API stored under it, whatever its budget; failing
+     * that (a key also used by a gated call on this budget), the budget's own record under it.
+     */
+    async findKeyHolder (budgetId: string, idempotencyKey: string): Promise<KeyHolder | null> {
+      return (await findKeyHolders(sql, [{ budgetId, idempotencyKey }])).get(idempotencyKey) ?? null
+    },
+
+    /** One page, newest first, strictly after `after` in that order (a keyset: stable while records arrive). */
+    async listUsage (budgetId: string, filter: UsageFilter, after: UsagePageKey | null, limit: number): Promise<UsageRecord[]> {
+      const rows = await sql<UsageRow[]>`
+        select ${columns} from ${countingToward(budgetId, filter)}
+        ${after === null ? sql`` : sql`and (a.occurred_at, a.usage_id) < (${after.occurredAt}, ${after.id})`}
+        order by a.occurred_at desc, a.usage_id desc
+        limit ${limit}`
+      return rows.map(toUsageRecord)
+    },
+
+    async summarizeUsage (budgetId: string, filter: UsageFilter, tagKey?: string) {
+      const group = async (key: ReturnType<typeof sql>) => {
+        const rows = await sql<Array<{ key: string | null, total: string, count: number }>>`
+          select ${key} as key, sum(a.amount)::text as total, count(*)::int as count
+          from ${countingToward(budgetId, filter)}
+          group by 1 order by 1 nulls last`
+        return rows.map((row): UsageGroupTotal => ({ key: row.key, total: normalizeMoney(row.total), count: row.count }))
+      }
+      const [byModel, byUser, byDay, byTag] = await Promise.all([
+        group(sql`u.model_id`),
+        group(sql`u.user_id`),
+        group(sql`to_char(a.occurred_at at time zone 'UTC', 'YYYY-MM-DD')`),
+        tagKey === undefined ? undefined : group(sql`u.metadata -> 'tags' ->> ${tagKey}`)
+      ])
+      return { byModel, byUser, byDay, byTag }
+    }
+  }
+}
+
+export type UsageRepository = ReturnType<typeof createUsageRepository>
+
+export function toUsageRecord (row: UsageRow): UsageRecord {
+  return { ...row, amount: normalizeMoney(row.amount), occurredAt: row.occurredAt.toISOString(), recordedAt: row.recordedAt.toISOString() }
+}
