@@ -14,10 +14,10 @@ import type { RecordUsage } from './http/admin/usage.js'
 import { dashboardRoutes } from './http/dashboard.js'
 import { createBudgetRegistry, type BudgetRegistry } from './budgets/registry.js'
 import { createBudgetAlerts, type BudgetAlerts } from './alerts/alerts.js'
-import { createBudgetIntegration, type BudgetIntegration } from './gate/integration.js'
+import { createBudgetIntegration, type BudgetIntegration, type BudgetTracker } from './gate/integration.js'
 import { createNotificationDeliverer, type NotificationDeliverer } from './alerts/notifications.js'
 import { createDigestScheduler } from './alerts/digests.js'
-import { createBudgetTracker, type BudgetTracker } from './usage/tracker.js'
+import { createBudgetTracker } from './usage/tracker.js'
 import { createUsageCollector } from './usage/collector.js'
 import { createPriceBook } from './pricing/pricing.js'
 import { preloadTokenizers } from './pricing/tokens.js'
@@ -107,7 +107,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const inBoundedTransaction = boundedTransaction(sql, adminTimeoutMs)
   const budgetRegistry = createBudgetRegistry(withBoundedBegin(sql, adminTimeoutMs), { modelName, onChange: () => { forgetLines() }, channels: Object.keys(notifications.channels) })
   const trackerOptions = { statusCacheTtlMs, now: () => new Date(), modelName }
-  const budgetTracker = createBudgetTracker(repositories, trackerOptions)
+  const usageTracker = createBudgetTracker(repositories, trackerOptions)
   const recordUsage: RecordUsage = async (request, recordOptions) =>
     await inBoundedTransaction(async (tx) => await createBudgetTracker(createRepositories(tx), trackerOptions).record(request, recordOptions))
   // The bulk usage collector (POST /usage/batch): the tracker's rules, a batch stored in one transaction.
@@ -124,10 +124,12 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   forgetLines = budgetLines.forget
   const rateLimits = createRateLimits(reservations, fastify.log) // request and token buckets, allowance held in process
   budgetLines.onForget(rateLimits.forgetAll) // and the allowance taken under the old definitions
-  const budgetIntegration = createBudgetIntegration({ reservations, lines: budgetLines, leases, holds, settlements, rateLimits }, budgetTracker, {
+  const budgetIntegration = createBudgetIntegration({ reservations, lines: budgetLines, leases, holds, settlements, rateLimits, findBudget: repositories.budgets.findBudget }, usageTracker, {
     currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades }
   })
   fastify.decorate('budgetRegistry', budgetRegistry)
+  // The tracker the instance shows: the ledger's, with the gate's check on one budget.
+  const budgetTracker: BudgetTracker = { ...usageTracker, checkBudgetConstraints: budgetIntegration.checkBudgetConstraints }
   fastify.decorate('budgetTracker', budgetTracker)
   const budgetAlerts = createBudgetAlerts(repositories.alerts, budgetTracker, () => new Date())
   // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
@@ -173,11 +175,13 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 export default fp(budgets, { fastify: '5.x', name: '@relaycore/budgets' })
 export { budgets }
 export * from './kernel/errors.js'
-export type { Authorize, BudgetsOptions } from './options.js'
+export type { BudgetsOptions } from './options.js'
+export type { Authorize } from './http/admin/admin.js'
 export type { BudgetRegistry, CreateBudgetInput as CreateBudgetRequest, UpdateBudgetInput as UpdateBudgetRequest, DeleteBudgetOptions } from './budgets/registry.js'
 export type { UsageRecord } from './usage/usage-repository.js'
-export type { BudgetTracker, RecordUsageRequest, UsageMetadata } from './usage/tracker.js'
-export type { BudgetIntegration, CallerScopes } from './gate/integration.js'
+export type { RecordUsageRequest, UsageMetadata } from './usage/tracker.js'
+export type { BudgetIntegration, BudgetTracker } from './gate/integration.js'
+export type { CallerScopes } from './kernel/scopes.js'
 export type { BudgetAlerts, ApprovalRequest } from './alerts/alerts.js'
 export type { AlertEvent, DigestEvent, BudgetEvent, Notifier, NotificationOptions, ChannelConfig } from './alerts/notifications.js'
 export { webhookNotifier } from './alerts/notifications.js'

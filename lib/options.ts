@@ -1,6 +1,5 @@
 // The plugin's options: defaults, and a check at registration so a bad option fails app.ready(), not a request.
 import { createHash, timingSafeEqual } from 'node:crypto'
-import type { FastifyRequest } from 'fastify'
 import type { Sql } from 'postgres'
 import { isModelApiName, MODEL_APIS } from './model-apis/index.js'
 import { OptionsError } from './kernel/errors.js'
@@ -10,13 +9,7 @@ import type { MetricsOptions } from './metrics/metrics.js'
 import { DECISION_LOG_DEFAULTS, type DecisionLogOptions } from './gate/decision-log.js'
 import { parseEmailChannel, type NotificationOptions } from './alerts/notifications.js'
 import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES } from './pricing/pricing.js'
-
-/**
- * Decides whether a request may use the admin API. Return `true` to allow, or a non-empty string
- * naming the caller, which is recorded as the actor (a budget's createdBy). Anything else refuses (401):
- * access fails closed, so `undefined` from a forgotten return is a refusal, not a pass.
- */
-export type Authorize = (request: FastifyRequest) => boolean | string | Promise<boolean | string>
+import type { Authorize } from './http/admin/admin.js'
 
 export interface BudgetsOptions {
   /** A postgres.js instance (left open on close) or a connection string (the plugin opens and closes its own client). */

@@ -1,7 +1,6 @@
 // Every repository, built once on one postgres.js client (the composition root in lib/index.ts hands
 // them to the services). A service that needs a transaction builds the ones it uses on the
 // transaction's sql, with the same functions.
-import type { Db } from './budgets/budget-repository.js'
 import { createAlertRepository } from './alerts/alert-repository.js'
 import { createAuditRepository } from './audit/audit-repository.js'
 import { createDigestRepository } from './alerts/digest-repository.js'
@@ -12,6 +11,7 @@ import { createBudgetRepository } from './budgets/budget-repository.js'
 import { createReservationRepository } from './gate/reservation-repository.js'
 import { createStatusRepository } from './usage/status-repository.js'
 import { createUsageRepository } from './usage/usage-repository.js'
+import type { Db } from './kernel/database/db.js'
 
 export function createRepositories (sql: Db) {
   return {

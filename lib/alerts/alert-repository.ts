@@ -1,7 +1,7 @@
 // SQL for alert history, acknowledgements, approvals and the notification outbox.
-import type { Db } from '../budgets/budget-repository.js'
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import type { AlertAction } from '../kernel/schemas.js'
+import type { Db } from '../kernel/database/db.js'
 
 export interface AlertDelivery {
   channel: string
@@ -100,15 +100,6 @@ export function createAlertRepository (sql: Db) {
         where h.budget_id = ${budgetId} ${periodStart === undefined ? sql`` : sql`and h.period_start = ${periodStart}`}
         order by h.crossed_at desc, h.threshold desc
         limit 500`
-      return rows.map(toAlert)
-    },
-
-    /** The window's active crossings, newest first: those its budget's definition still reaches (a resolved one is history, sql/020). */
-    async listActiveAlerts (budgetId: string, periodStart: Date): Promise<AlertRecord[]> {
-      const rows = await sql<AlertRow[]>`
-        select ${alertColumns} from budget_alert_history h
-        where h.budget_id = ${budgetId} and h.period_start = ${periodStart} and h.resolved_at is null
-        order by h.crossed_at desc, h.threshold desc`
       return rows.map(toAlert)
     },
 

@@ -3,9 +3,9 @@
 import { AlertNotFoundError, BudgetNotActiveError, InvalidFieldError } from '../kernel/errors.js'
 import { fromUnits, parsePositiveMoney, toUnits } from '../kernel/money.js'
 import type { AlertRecord, AlertRepository, Approval } from './alert-repository.js'
-import { isUuid } from '../budgets/budget-repository.js'
 import { parseTimestamp } from '../kernel/timestamps.js'
-import type { BudgetTracker } from '../usage/tracker.js'
+import type { UsageTracker } from '../usage/index.js'
+import { isUuid } from '../kernel/database/db.js'
 
 export interface ApprovalRequest {
   /** How much more may be spent past the point of approval. */
@@ -17,7 +17,7 @@ export interface ApprovalRequest {
 
 const HOUR = 3_600_000
 
-export function createBudgetAlerts (alerts: AlertRepository, tracker: BudgetTracker, now: () => Date) {
+export function createBudgetAlerts (alerts: AlertRepository, tracker: UsageTracker, now: () => Date) {
 
   return {
     /** Every crossing of the budget, newest first, with its deliveries. */

@@ -2,7 +2,7 @@
 // one, audited (test-channel) once its outcome is known.
 import type { BoundedTransaction } from '../kernel/database/bounded.js'
 import { ChannelNotFoundError } from '../kernel/errors.js'
-import { createAuditRepository, type AuditContext } from '../audit/audit-repository.js'
+import { createAuditRepository, type AuditContext } from '../audit/index.js'
 import type { ChannelInfo, NotificationDeliverer, TestOutcome } from './notifications.js'
 
 export function createChannelTests (notifications: Pick<NotificationDeliverer, 'channels' | 'sendTest'>, inBoundedTransaction: BoundedTransaction, boundMs: number) {

@@ -2,7 +2,7 @@
 // notifications (one statement), and the outbox rows of digests that are due for delivery.
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import type { BudgetDigest } from '../kernel/schemas.js'
-import type { Db } from '../budgets/budget-repository.js'
+import type { Db } from '../kernel/database/db.js'
 
 /** A budget whose latest ended digest period has no digest yet. */
 export interface DueDigest {

@@ -1,13 +1,15 @@
 // Scheduled digests: when a budget's digest period (a local day or week) ends, one digest with that
 // period's spend, the budget's burn rate and forecast, and its top models and callers, made once across
 // processes and queued for its channels in the same statement (delivered by lib/alerts/notifications.ts).
-import type { Repositories } from '../repositories.js'
-import { computeStatus } from '../usage/status-rules.js'
+import type { BudgetRepository } from '../budgets/index.js'
+import type { StatusRepository } from '../usage/index.js'
+import type { DigestRepository } from './digest-repository.js'
+import { computeStatus } from '../usage/index.js'
 
 /** How many models and callers a digest names. */
 export const DIGEST_TOP = 5
 
-export function createDigestScheduler ({ budgets, status, digests }: Pick<Repositories, 'budgets' | 'status' | 'digests'>, now: () => Date) {
+export function createDigestScheduler ({ budgets, status, digests }: { budgets: BudgetRepository, status: StatusRepository, digests: DigestRepository }, now: () => Date) {
   /**
    * Makes the digests whose period ended before `at` (default now) and that no process has made yet.
    * Two processes may both compute one; the unique key keeps the first, and only it queues notifications.

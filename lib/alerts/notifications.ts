@@ -3,7 +3,7 @@
 // the digest's) own transaction, so a crash loses nothing; retries back off exponentially; a delivery the endpoint
 // answered 2xx is never repeated. The same loop makes the digests that are due (lib/alerts/digests.ts).
 import { randomUUID } from 'node:crypto'
-import type { FastifyBaseLogger } from 'fastify'
+import type { Logger } from '../kernel/logger.js'
 import nodemailer from 'nodemailer'
 import type { Sql } from 'postgres'
 import { createAlertRepository, type DueNotification } from './alert-repository.js'
@@ -211,7 +211,7 @@ export function webhookNotifier (url: string, timeoutMs = WEBHOOK_TIMEOUT_MS): N
   }
 }
 
-export function logNotifier (log: FastifyBaseLogger): Notifier {
+export function logNotifier (log: Logger): Notifier {
   return {
     deliver: async (event) => {
       if (event.type === 'budget.digest') log.info({ budgetDigest: event }, event.text)
@@ -319,7 +319,7 @@ function toDigestEvent ({ digest, budget }: DueDigestNotification): DigestEvent 
   return event
 }
 
-export function createNotificationDeliverer (sql: Sql, options: NotificationOptions, log: FastifyBaseLogger,
+export function createNotificationDeliverer (sql: Sql, options: NotificationOptions, log: Logger,
   observe: (outcome: { delivered: number, failed: number }) => void = () => {},
   /** Makes the digests due at an instant (default now), returning how many; run before each delivery round of the loop. */
   produceDigests: (at?: Date) => Promise<number> = async () => 0) {

@@ -1,6 +1,6 @@
+import type { Db } from '../kernel/database/db.js'
 // SQL for the audit log: entries written with the change they record (hand it the change's
 // transaction), and read newest first, a page at a time (keyset on the entry's id).
-import type { Db } from '../budgets/budget-repository.js'
 
 export type AuditAction = 'create' | 'update' | 'delete' | 'approve' | 'acknowledge' | 'refresh-cache' | 'set-exchange-rate' | 'test-channel'
 

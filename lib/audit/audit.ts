@@ -2,7 +2,7 @@
 // budget's, newest first, a page at a time. Entries are written by the changes themselves.
 import { BudgetNotFoundError, InvalidFieldError } from '../kernel/errors.js'
 import type { AuditEntry, AuditRepository } from './audit-repository.js'
-import { isUuid } from '../budgets/budget-repository.js'
+import { isUuid } from '../kernel/database/db.js'
 
 export interface AuditPageQuery {
   limit?: number

@@ -1,9 +1,8 @@
 // SQL for budget_definitions: one statement per function; hand it a transaction's sql to run inside one.
-import type { Sql, TransactionSql } from 'postgres'
+import { isUuid, type Db } from '../kernel/database/db.js'
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import type { BudgetAlert, BudgetDefinition, BudgetDigest, NearLimitPolicy, BudgetFilters, Period, PeriodAlignment, RateLimits, ScopeType } from '../kernel/schemas.js'
 
-export type Db = Sql | TransactionSql
 
 /** A budget as the registry writes it: validated, canonical, dates parsed. */
 export interface BudgetValues {
@@ -61,12 +60,6 @@ interface BudgetRow {
   updated_at: Date
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
-
-/** Ids reach us from URLs; one that is not a uuid names no budget, and must not reach PostgreSQL as one. */
-export function isUuid (value: string): boolean {
-  return UUID.test(value)
-}
 
 export function createBudgetRepository (sql: Db) {
   // amount::text keeps money exact even when the host's postgres.js instance parses numeric to float.
@@ -80,6 +73,17 @@ export function createBudgetRepository (sql: Db) {
     ${filters.models ?? null}::text[], ${filters.tags === undefined ? null : JSON.stringify(filters.tags)}::text::jsonb`
 
   return {
+    /**
+     * Has any money been counted toward the budget, or is any held on it? Its own usage, a
+     * descendant's, a gated call's through its allocations, or a live reservation: all are in its currency.
+     */
+    async hasSpend (budgetId: string): Promise<boolean> {
+      const [row] = await sql`
+        select exists (select 1 from budget_usage_allocations where budget_id = ${budgetId})
+            or exists (select 1 from budget_reservations where budget_id = ${budgetId}) as found`
+      return row!.found as boolean
+    },
+
     async findBudget (id: string): Promise<BudgetDefinition | null> {
       if (!isUuid(id)) return null
       const [row] = await sql<BudgetRow[]>`select ${columns} from budget_definitions where id = ${id} and deleted_at is null`

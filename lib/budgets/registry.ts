@@ -1,13 +1,12 @@
 // The Budget Registry: creates, reads, changes and deletes budgets, keeping the hierarchy sound.
 import type { Sql, TransactionSql } from 'postgres'
 import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, InvalidFieldError, ParentNotFoundError } from '../kernel/errors.js'
-import { createBudgetRepository, isUuid, type BudgetRepository, type BudgetValues } from './budget-repository.js'
-import { createUsageRepository } from '../usage/usage-repository.js'
-import { createAuditRepository, type AuditContext } from '../audit/audit-repository.js'
-import { retryingConflicts } from '../gate/reservation-repository.js'
+import { createBudgetRepository, type BudgetRepository, type BudgetValues } from './budget-repository.js'
+import { createAuditRepository, type AuditContext } from '../audit/index.js'
 import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../kernel/schemas.js'
 import { parseTimestamp } from '../kernel/timestamps.js'
 import { checkChannels, checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
+import { isUuid, retryingConflicts } from '../kernel/database/db.js'
 
 const DATE_ONLY = /^\d{4}-\d{2}-\d{2}$/
 
@@ -119,7 +118,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
         for (const child of await repository.listChildren(id)) {
           checkChildFitsParent(normalizeBudget(child), values)
         }
-        if (values.currency !== current.currency && await createUsageRepository(tx).hasSpend(id)) {
+        if (values.currency !== current.currency && await repository.hasSpend(id)) {
           throw new CurrencyLockedError(id, current.currency)
         }
         const updated = await repository.updateBudget(id, values)

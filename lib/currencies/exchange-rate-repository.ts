@@ -1,8 +1,8 @@
 // SQL for budget_exchange_rates (sql/012, sql/019): the rates admins set, each from an instant on, kept as a
 // history (a rate set again for the same instant adds a row), each set audited in its own transaction.
 import type { TransactionSql } from 'postgres'
-import { createAuditRepository, type AuditContext } from '../audit/audit-repository.js'
-import type { Db } from '../budgets/budget-repository.js'
+import { createAuditRepository, type AuditContext } from '../audit/index.js'
+import type { Db } from '../kernel/database/db.js'
 
 export interface ExchangeRate {
   id: string

@@ -1,7 +1,7 @@
 // Exchange rates as admins manage them: exact decimals, each pair's rate from an instant on. The
 // conversions themselves happen in SQL where money is counted (sql/012: rounded up, the rate stored).
 import { InvalidFieldError } from '../kernel/errors.js'
-import type { AuditContext } from '../audit/audit-repository.js'
+import type { AuditContext } from '../audit/index.js'
 import { canonicalDecimal, type ExchangeRate, type ExchangeRateRepository } from './exchange-rate-repository.js'
 import { parseTimestamp } from '../kernel/timestamps.js'
 

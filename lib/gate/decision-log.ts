@@ -4,14 +4,14 @@
 // database is away or slower than the refusals), a new decision is dropped and counted
 // (relaycore_budget_decision_log_dropped_total), never waited for, so the log can neither block nor
 // fail a call. A batch whose insert fails goes back to the buffer's front while there is room.
-import type { FastifyBaseLogger } from 'fastify'
+import type { Logger } from '../kernel/logger.js'
 import { Counter, type Registry } from 'prom-client'
 import { InvalidFieldError } from '../kernel/errors.js'
-import { isUuid } from '../budgets/budget-repository.js'
 import type { Decision, DecisionFilter, DecisionOutcome, DecisionRepository, StoredDecision } from './decision-repository.js'
 import { SCOPE_TYPES, type ScopeType } from '../kernel/schemas.js'
 import type { BudgetConstraintCheck } from './decision.js'
 import { nanosecondsOf, parseMillisecondBound } from '../kernel/timestamps.js'
+import { isUuid } from '../kernel/database/db.js'
 
 export interface DecisionLogOptions {
   /** Store decisions at all. Default true. */
@@ -104,7 +104,7 @@ function isDataError (error: unknown): boolean {
   return typeof code === 'string' && code.startsWith('22')
 }
 
-export function createDecisionLog (repository: DecisionRepository, options: DecisionLogOptions, log: FastifyBaseLogger, registry: Registry, now: () => Date = () => new Date()) {
+export function createDecisionLog (repository: DecisionRepository, options: DecisionLogOptions, log: Logger, registry: Registry, now: () => Date = () => new Date()) {
   const dropped = new Counter({
     name: 'relaycore_budget_decision_log_dropped_total',
     help: 'Gate decisions (refusals, clamps, downgrades) not stored: the buffer was full, or the plugin closed with the database away.',

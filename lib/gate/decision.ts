@@ -4,8 +4,8 @@
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
 import type { ApplicableBudget, Hold, LineBudget } from './reservation-repository.js'
 import type { AlertAction, BudgetAlert, BudgetDefinition, NearLimitPolicy } from '../kernel/schemas.js'
-import { highestOutputRate, type PriceBook } from '../pricing/pricing.js'
-import { budgetHealth, percentReached, type BudgetHealth } from '../usage/status-rules.js'
+import { highestOutputRate, type PriceBook } from '../pricing/index.js'
+import { budgetHealth, percentReached, type BudgetHealth } from '../usage/index.js'
 
 export interface BudgetStanding {
   budget: Pick<BudgetDefinition, 'id' | 'name' | 'amount' | 'alerts'> & { enforcement?: 'hard' | 'soft' }

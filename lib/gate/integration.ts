@@ -1,25 +1,20 @@
 // The Budget Integration service: budgets for a model call's caller. The gate's hooks and gateway code
 // outside them use it alike, so there is one decision (decide) and one way to reserve and settle.
 import { randomUUID } from 'node:crypto'
-import { DatabaseUnavailableError, InvalidFieldError } from '../kernel/errors.js'
+import { BudgetNotFoundError, DatabaseUnavailableError } from '../kernel/errors.js'
+import type { BudgetDefinition } from '../kernel/schemas.js'
 import { parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
-import type { CallFilter, Hold, LineBudget, ReservationRepository, Scope } from './reservation-repository.js'
-import type { Tags } from '../kernel/tags.js'
+import type { CallFilter, Hold, LineBudget, ReservationRepository } from './reservation-repository.js'
 import type { BudgetLines } from './budget-lines.js'
 import type { HoldQueue } from './holds.js'
 import type { Admission, Leases } from './leases.js'
 import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
 import type { SettleOutcome, SettlementQueue } from './settlements.js'
-import type { ScopeType } from '../kernel/schemas.js'
 import { decide, standingsOf, standingsOfHold, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
-import type { BudgetStatusInfo } from '../usage/status-rules.js'
-import type { BudgetTracker, UsageMetadata } from '../usage/tracker.js'
+import type { BudgetStatusInfo } from '../usage/index.js'
+import type { UsageTracker, UsageMetadata } from '../usage/index.js'
+import { toScopes, type CallerScopes } from '../kernel/scopes.js'
 
-/** Who is calling: any subset of the four scopes, each an id in your system, and the call's tags (x-relay-tags). */
-export type CallerScopes = Partial<Record<ScopeType, string>> & { tags?: Tags }
-
-/** The most specific scope first: usage is recorded on the first matched scope's budget. */
-const SCOPE_ORDER: ScopeType[] = ['user', 'project', 'team', 'organization']
 /**
  * A call's line found changed under its hold (a window changed, a budget created or changed) is loaded
  * and held on again for as long as the gate's deadline allows: changes landing during one admission
@@ -93,10 +88,6 @@ function rateLimitedCheck (refusal: RateRefusal, estimate: Money): BudgetConstra
   }
 }
 
-export function toScopes (caller: CallerScopes): Scope[] {
-  return SCOPE_ORDER.filter((type) => caller[type] !== undefined).map((type) => ({ type, id: caller[type]! }))
-}
-
 /** The parts the integration works with, each built once by the plugin (lib/index.ts). */
 export interface GateMachinery {
   reservations: ReservationRepository
@@ -105,9 +96,11 @@ export interface GateMachinery {
   holds: HoldQueue
   settlements: SettlementQueue
   rateLimits: RateLimits
+  /** A live budget by id, null for any other id (the budgets' own store). */
+  findBudget: (id: string) => Promise<BudgetDefinition | null>
 }
 
-export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits }: GateMachinery, tracker: BudgetTracker, options: IntegrationOptions) {
+export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits, findBudget }: GateMachinery, tracker: UsageTracker, options: IntegrationOptions) {
   /** The call as filtered budgets see it: the model by its price-table name (a dated snapshot matches as its base model). */
   function callOf (caller: CallerScopes, model: string | undefined): CallFilter {
     const name = model === undefined ? null : options.models.prices.resolve(model)?.model ?? model
@@ -199,6 +192,18 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   }
 
   return {
+    /**
+     * Would spending `estimatedCost` on this budget go ahead? Checks the budget and every ancestor with
+     * a period now, on the same numbers the gate decides on (approvals and projected alerts included);
+     * reserves nothing. (The instance's budgetTracker answers it too, as the design card has it.)
+     */
+    async checkBudgetConstraints (budgetId: string, estimatedCost: string | number): Promise<BudgetConstraintCheck> {
+      const estimate: Money = parsePositiveMoney(estimatedCost, 'estimatedCost')
+      const budget = await findBudget(budgetId)
+      if (budget === null) throw new BudgetNotFoundError(budgetId)
+      return decide(standingsOf(await reservations.listLineage(budget.id, budget.currency, estimate)), estimate)
+    },
+
     /** Would a call of `estimatedCost` (to `model`, when given) go ahead for this caller now? Reads only; reserves nothing. */
     async checkCaller (caller: CallerScopes, estimatedCost: Money | number, model?: string): Promise<BudgetConstraintCheck> {
       const estimate = parsePositiveMoney(estimatedCost, 'estimatedCost')
@@ -326,10 +331,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
 
 export type BudgetIntegration = ReturnType<typeof createBudgetIntegration>
 
-/** Scope ids from a request must be short printable text; anything else is the caller's mistake. */
-export function checkScopeId (value: unknown, field: string): string {
-  if (typeof value !== 'string' || value.length === 0 || value.length > 200 || !/^[\x21-\x7e]+$/.test(value)) {
-    throw new InvalidFieldError(field, 'must be 1 to 200 printable characters without spaces')
-  }
-  return value
-}
+/**
+ * The instance's budgetTracker, as the design card names it: the usage ledger's records and reads, and the
+ * gate's check on one budget (checkBudgetConstraints), which decides as the gate does and so lives here.
+ */
+export type BudgetTracker = UsageTracker & Pick<BudgetIntegration, 'checkBudgetConstraints'>

@@ -10,7 +10,7 @@
 // what it holds, at most. A retired lease's row stays until every call admitted from it has settled;
 // then the final return ends it (sql/016), so no settlement ever finds its lease gone early.
 import { randomUUID } from 'node:crypto'
-import type { FastifyBaseLogger } from 'fastify'
+import type { Logger } from '../kernel/logger.js'
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
 import type { LineBudget, ReservationRepository } from './reservation-repository.js'
 import type { BudgetStanding } from './decision.js'
@@ -57,7 +57,7 @@ export interface Admission {
 }
 
 export function createLeases (reservations: ReservationRepository, settlements: SettlementQueue,
-  options: { currency: string, ttlMs: number, observe: (definitionsVersion: number) => void }, log: FastifyBaseLogger) {
+  options: { currency: string, ttlMs: number, observe: (definitionsVersion: number) => void }, log: Logger) {
   const leases = new Map<string, Lease>()
   /** Retired leases whose row is still there (calls to settle, or the final return on its way): kept alive like the others. */
   const draining = new Set<Lease>()

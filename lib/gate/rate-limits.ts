@@ -6,7 +6,7 @@
 // a hot budget calls are admitted in memory, with no round trip. Whatever a process holds counts as used
 // in the bucket, so the limits hold across processes; what it does not use goes back when idle for 2 s
 // and when the process closes. When a call ends, the tokens it did not use go back to the allowance.
-import type { FastifyBaseLogger } from 'fastify'
+import type { Logger } from '../kernel/logger.js'
 import type { LineBudget, RateAsk, RateGrant, ReservationRepository } from './reservation-repository.js'
 
 const HOT_WITHIN_MS = 100
@@ -51,7 +51,7 @@ export interface RateRefusal {
 
 const limits = (budget: LineBudget) => budget.requestsPerMinute !== null || budget.tokensPerMinute !== null
 
-export function createRateLimits (reservations: ReservationRepository, log: FastifyBaseLogger) {
+export function createRateLimits (reservations: ReservationRepository, log: Logger) {
   const allowances = new Map<string, Allowance>()
   let returns: Promise<unknown> = Promise.resolve()
 

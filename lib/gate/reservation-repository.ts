@@ -1,15 +1,10 @@
 // SQL for the gate: reserve on every applicable budget at once, settle, sweep; and the applicable budgets for a read.
-import type { Db } from '../budgets/budget-repository.js'
-import { DatabaseUnavailableError } from '../kernel/errors.js'
 import type { Money } from '../kernel/money.js'
 import { normalizeMoney } from '../kernel/money.js'
-import type { AlertAction, BudgetAlert, NearLimitPolicy, ScopeType } from '../kernel/schemas.js'
+import type { AlertAction, BudgetAlert, NearLimitPolicy } from '../kernel/schemas.js'
+import type { Scope } from '../kernel/scopes.js'
 import { canonicalTags, type Tags } from '../kernel/tags.js'
-
-export interface Scope {
-  type: ScopeType
-  id: string
-}
+import { retryingConflicts, type Db } from '../kernel/database/db.js'
 
 /** A call as budgets see it: who calls, which model (after downgrade and snapshot resolution), which tags. */
 export interface CallFilter {
@@ -138,30 +133,8 @@ export interface LeasedOutcome {
   leaseFound: boolean
 }
 
-// A deadlock or a serialization failure ends a gate statement without effect: it is run again, a few
-// times, after a short pause that grows. What still fails is the database not serving now (503).
-const CONFLICTS = new Set(['40P01', '40001'])
-const CONFLICT_RETRY_DELAYS_MS = [2, 10, 50]
 /** A renewal waits for its lease's rows no longer than a take waits for them (budget_lease_take, sql/016). */
 const RENEW_LOCK_TIMEOUT_MS = 2000
-
-export function isConflict (error: unknown): boolean {
-  return CONFLICTS.has((error as { code?: string } | null)?.code ?? '')
-}
-
-/** Runs a gate statement, again on a deadlock or serialization failure; one that keeps failing so is DatabaseUnavailableError. */
-export async function retryingConflicts<T> (statement: () => Promise<T>): Promise<T> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return await statement()
-    } catch (error) {
-      if (!isConflict(error)) throw error
-      const delay = CONFLICT_RETRY_DELAYS_MS[attempt]
-      if (delay === undefined) throw new DatabaseUnavailableError({ cause: error })
-      await new Promise((resolve) => setTimeout(resolve, delay * (1 + Math.random())))
-    }
-  }
-}
 
 export function createReservationRepository (sql: Db) {
   const normalize = (row: ApplicableBudget): ApplicableBudget => ({

@@ -13,10 +13,10 @@
 // A served call that no budget covered has no hold: its usage record (budget_id null, sql/022) goes in
 // the same batches, as a third statement. Nothing stands for it until that commits, so a batch that
 // fails past its retries loses those records, and says so at error level.
-import type { FastifyBaseLogger } from 'fastify'
+import type { Logger } from '../kernel/logger.js'
 import { isDatabaseUnavailable } from '../kernel/errors.js'
 import type { LeasedSettlement, ReservationRepository, Settlement } from './reservation-repository.js'
-import type { UnbudgetedValues } from '../usage/usage-repository.js'
+import type { UnbudgetedValues } from '../usage/index.js'
 
 /** What a settlement did, so that its caller can tell an expiry from a call with nothing to charge. */
 export type SettleOutcome =
@@ -50,7 +50,7 @@ interface Queued {
 }
 
 export function createSettlementQueue (reservations: ReservationRepository,
-  options: { ttlMs: number, observe: (definitionsVersion: number) => void, recordUnbudgeted: RecordUnbudgeted }, log: FastifyBaseLogger) {
+  options: { ttlMs: number, observe: (definitionsVersion: number) => void, recordUnbudgeted: RecordUnbudgeted }, log: Logger) {
   let queue: Queued[] = []
   let running: Promise<void> | null = null
   /** Commits one batch: each kind one statement. */

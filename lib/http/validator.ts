@@ -1,20 +1,6 @@
-// The admin routes' validators. Fastify's default Ajv coerces body types ("12" becomes 12, "true" becomes true)
-// and drops unknown fields; for budgets a wrong type or a misspelt field must be a 400 that names it.
-import Ajv, { type Options } from 'ajv'
-import addFormats from 'ajv-formats'
+// The admin routes' validator compiler: the kernel's validators (lib/kernel/validator.ts), by the request's part.
 import type { FastifySchemaCompiler } from 'fastify'
+import { compileSchema } from '../kernel/validator.js'
 
-function createAjv (options: Options) {
-  const ajv = new Ajv.default({ useDefaults: true, removeAdditional: false, allErrors: false, allowUnionTypes: true, ...options })
-  addFormats.default(ajv)
-  return ajv
-}
-
-const bodyAjv = createAjv({ coerceTypes: false })
-// Path and query strings are text by nature: coercing "50" to 50 there is the point.
-const urlAjv = createAjv({ coerceTypes: 'array' })
-
-export const compileValidator: FastifySchemaCompiler<any> = ({ schema, httpPart }) => {
-  const validate = (httpPart === 'body' ? bodyAjv : urlAjv).compile(schema as object)
-  return validate as ReturnType<FastifySchemaCompiler<any>>
-}
+export const compileValidator: FastifySchemaCompiler<any> = ({ schema, httpPart }) =>
+  compileSchema(schema as object, httpPart === 'body' ? 'body' : 'url') as ReturnType<FastifySchemaCompiler<any>>

@@ -6,7 +6,7 @@
 // Gauge values are floats, as Prometheus keeps them: for watching, never for money arithmetic.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
-import type { MetricBudget } from '../usage/status-repository.js'
+import type { MetricBudget } from '../usage/index.js'
 
 /** What an unbudgeted call was charged by: its usage, or its estimate (no usage came, or its model has no price). */
 export type CostBasis = 'usage' | 'estimate'

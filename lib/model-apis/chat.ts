@@ -2,12 +2,12 @@
 // max_tokens / max_completion_tokens (lib/pricing/estimate.ts), usage read from the body's `usage` or
 // from the stream's `chat.completion.chunk` that carries one (stream_options.include_usage), refusals
 // in OpenAI's error shape.
-import { estimateChatCost } from '../pricing/estimate.js'
-import type { TokenUsage } from '../pricing/pricing.js'
+import { estimateChatCost } from '../pricing/index.js'
+import type { TokenUsage } from '../pricing/index.js'
 import type { ModelApi, StreamUsageReader } from './model-api.js'
 import { openAIErrorBody } from './openai-error.js'
 import { atListPriceTier } from './service-tier.js'
-import { encodingFor } from '../pricing/tokens.js'
+import { encodingFor } from '../pricing/index.js'
 
 const OUTPUT_LIMITS = ['max_tokens', 'max_completion_tokens'] as const
 

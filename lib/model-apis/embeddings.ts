@@ -19,9 +19,9 @@
 //   embedding call's every token is input. A provider that reports only total_tokens is read by it.
 import { InvalidFieldError, UnboundedFieldError } from '../kernel/errors.js'
 import { fromUnits, toUnits } from '../kernel/money.js'
-import { pricedCall, type CostEstimate } from '../pricing/estimate.js'
-import { costOf, type PriceBook, type TokenUsage } from '../pricing/pricing.js'
-import { tokenCounter } from '../pricing/tokens.js'
+import { pricedCall, type CostEstimate } from '../pricing/index.js'
+import { costOf, type PriceBook, type TokenUsage } from '../pricing/index.js'
+import { tokenCounter } from '../pricing/index.js'
 import type { ModelApi, StreamUsageReader } from './model-api.js'
 import { openAIErrorBody } from './openai-error.js'
 

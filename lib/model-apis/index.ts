@@ -34,3 +34,5 @@ export function apiForUrl (url: string): ApiName | null {
 export function isModelApiName (name: unknown): name is ApiName {
   return typeof name === 'string' && Object.hasOwn(MODEL_APIS, name)
 }
+export { withOutputLimit } from './chat.js'
+export type { Refusal, StreamUsageReader } from './model-api.js'

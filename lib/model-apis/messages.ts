@@ -38,8 +38,8 @@
 import { InvalidFieldError, UnboundedFieldError, quoted } from '../kernel/errors.js'
 import { MAX_NESTING, walkForDepthOrKey } from '../kernel/json-limits.js'
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
-import { pricedCall, type CostEstimate } from '../pricing/estimate.js'
-import { costOfTokens, type ModelPrice, type PriceBook, type PriceMultiplier, type PricedModel, type TokenUsage } from '../pricing/pricing.js'
+import { pricedCall, type CostEstimate } from '../pricing/index.js'
+import { costOfTokens, type ModelPrice, type PriceBook, type PriceMultiplier, type PricedModel, type TokenUsage } from '../pricing/index.js'
 import type { ModelApi, OutputLimit, Refusal, RefusalKind, StreamUsageReader } from './model-api.js'
 
 /** Anthropic's framing of one message (role, turn markers): a few tokens; generous. */

@@ -2,8 +2,8 @@
 // embeddings) to guard its calls: how to bound a request, how to read usage from a JSON body or from
 // the API's own event stream, and how to say no in the API's own error shape. The gate runs the same
 // hold, settle, lease, clamp and rate-limit path for every API; nothing else in it knows a wire format.
-import type { CostEstimate } from '../pricing/estimate.js'
-import type { ModelPrice, PriceBook, TokenUsage } from '../pricing/pricing.js'
+import type { CostEstimate } from '../pricing/index.js'
+import type { ModelPrice, PriceBook, TokenUsage } from '../pricing/index.js'
 
 export type ApiName = 'chat' | 'responses' | 'messages' | 'embeddings'
 

@@ -2,7 +2,7 @@
 // inside the package; its only remote path (updatePrices) is never called here, so pricing does no I/O.
 import { calcPrice, type ModelPrice as CatalogPrice, type TieredPrices } from '@pydantic/genai-prices'
 import { MONEY_SCALE, normalizeMoney, numberToDecimal, toUnits, type Money } from '../kernel/money.js'
-import type { ModelPrice, PriceTier } from './pricing.js'
+import type { ModelPrice, PriceTier } from './model-price.js'
 
 /**
  * A model the catalog knows, under its name there. `price` is null when the gate cannot bound what the

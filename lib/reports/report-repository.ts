@@ -3,7 +3,7 @@
 // time (a cursor), so a report over millions of records streams in memory that does not grow with its result.
 import { normalizeMoney } from '../kernel/money.js'
 import type { SPEND_GROUP_BYS, SPEND_PRESETS, SPEND_SORTS } from '../kernel/schemas.js'
-import type { Db } from '../budgets/budget-repository.js'
+import type { Db } from '../kernel/database/db.js'
 
 export type SpendGroupBy = typeof SPEND_GROUP_BYS[number]
 export type SpendSort = typeof SPEND_SORTS[number]

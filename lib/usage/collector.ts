@@ -5,16 +5,16 @@ import { withinBound } from '../kernel/database/bounded.js'
 import { BudgetNotFoundError, InvalidFieldError, NoApplicableBudgetError } from '../kernel/errors.js'
 import { checkStorable } from '../kernel/json-limits.js'
 import type { Money } from '../kernel/money.js'
-import { createBudgetRepository } from '../budgets/budget-repository.js'
+import { createBudgetRepository } from '../budgets/index.js'
 import { createStatusRepository } from './status-repository.js'
 import { createUsageBatchRepository, type ScopedCall } from './usage-batch-repository.js'
 import type { KeyHolder, UsageRecord, UsageValues } from './usage-repository.js'
-import { toErrorBody } from '../http/error-handler.js'
-import { compileValidator } from '../http/validator.js'
+import { toErrorBody } from '../kernel/error-body.js'
+import { compileSchema } from '../kernel/validator.js'
 import { BatchUsageRecord, type BatchUsageResult, type ScopeType } from '../kernel/schemas.js'
 import type { Tags } from '../kernel/tags.js'
-import { checkScopeId, toScopes } from '../gate/integration.js'
 import { checkActive, checkMatches, hasFilters, readUsage, recordFault, replayOf, requestFingerprint, type ReadUsage, type UsageRuleOptions } from './usage-rules.js'
+import { checkScopeId, toScopes } from '../kernel/scopes.js'
 
 export interface BatchAnswer {
   results: BatchUsageResult[]
@@ -40,8 +40,7 @@ interface Read {
   call: ScopedCall | null
 }
 
-const validateRecord = compileValidator({ schema: BatchUsageRecord, httpPart: 'body', method: 'POST', url: '/usage/batch' }) as
-  ((value: unknown) => boolean) & { errors?: unknown[] | null }
+const validateRecord = compileSchema(BatchUsageRecord, 'body')
 
 /**
  * Records checked between two turns of the event loop. A batch's checks and answers are some 50 to 100 us of

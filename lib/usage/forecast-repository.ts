@@ -1,7 +1,7 @@
 // SQL for the spend forecast: budget_forecast() (sql/013), the one projection that status, projected
 // alerts and digests all read.
 import { normalizeMoney, type Money } from '../kernel/money.js'
-import type { Db } from '../budgets/budget-repository.js'
+import type { Db } from '../kernel/database/db.js'
 
 export function createForecastRepository (sql: Db) {
   return {

@@ -1,7 +1,8 @@
 // SQL for a budget's period window and its status cache row.
 import { normalizeMoney } from '../kernel/money.js'
-import type { AuditContext } from '../audit/audit-repository.js'
-import type { Db } from '../budgets/budget-repository.js'
+import type { AuditContext } from '../audit/index.js'
+import type { Db } from '../kernel/database/db.js'
+import type { ActiveAlert } from '../kernel/schemas.js'
 
 export type BudgetState = 'scheduled' | 'active' | 'ended'
 
@@ -58,6 +59,16 @@ export function createStatusRepository (sql: Db) {
     ) w`
 
   return {
+    /** The window's active crossings, newest first: those its budget's definition still reaches (a resolved one is history, sql/020). */
+    async listActiveCrossings (budgetId: string, periodStart: Date): Promise<ActiveAlert[]> {
+      const rows = await sql<Array<{ id: string, threshold: string, basis: ActiveAlert['basis'], actions: ActiveAlert['actions'], crossedAt: Date, acknowledged: boolean }>>`
+        select h.id, h.threshold::text as threshold, h.basis, h.actions, h.crossed_at as "crossedAt", h.acknowledged_at is not null as acknowledged
+        from budget_alert_history h
+        where h.budget_id = ${budgetId} and h.period_start = ${periodStart} and h.resolved_at is null
+        order by h.crossed_at desc, h.threshold desc`
+      return rows.map((row) => ({ ...row, threshold: Number(row.threshold), crossedAt: row.crossedAt.toISOString() }))
+    },
+
     /**
      * The window a budget's status speaks of at `at`: the current one while active, the first one
      * before it starts, the last one after it ends. budget_period_window (sql/007) is the one

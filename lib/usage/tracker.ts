@@ -1,17 +1,17 @@
 // The Budget Tracker: records usage exactly once, and reads live status, history and summaries.
 import { BudgetNotFoundError, InvalidFieldError } from '../kernel/errors.js'
-import { fromUnits, parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
-import { isUuid } from '../budgets/budget-repository.js'
-import type { Repositories } from '../repositories.js'
-import type { AuditContext } from '../audit/audit-repository.js'
-import type { BudgetWindow, StatusCacheRow } from './status-repository.js'
-import type { UsageFilter, UsagePageKey, UsageRecord } from './usage-repository.js'
+import { fromUnits, toUnits } from '../kernel/money.js'
+import type { BudgetRepository } from '../budgets/index.js'
+import type { AuditContext } from '../audit/index.js'
+import type { BudgetWindow, StatusCacheRow, StatusRepository } from './status-repository.js'
+import type { ForecastRepository } from './forecast-repository.js'
+import type { UsageFilter, UsagePageKey, UsageRecord, UsageRepository } from './usage-repository.js'
 import type { BudgetDefinition } from '../kernel/schemas.js'
 import type { Tags } from '../kernel/tags.js'
 import { parseTimestamp } from '../kernel/timestamps.js'
-import { decide, standingsOf, type BudgetConstraintCheck } from '../gate/decision.js'
 import { computeStatus, type BudgetStatusInfo } from './status-rules.js'
 import { checkActive, checkMatches, hasFilters, readUsage, replayOf, requestFingerprint, storageError } from './usage-rules.js'
+import { isUuid } from '../kernel/database/db.js'
 
 export interface RecordUsageRequest {
   budgetId: string
@@ -72,7 +72,15 @@ export interface TrackerOptions {
   modelName?: (name: string) => string
 }
 
-export function createBudgetTracker ({ budgets, status, usage, alerts, reservations, forecasts }: Repositories, options: TrackerOptions) {
+/** The stores the tracker reads and writes: the budgets', and the ledger's own. */
+export interface TrackerRepositories {
+  budgets: BudgetRepository
+  usage: UsageRepository
+  status: StatusRepository
+  forecasts: ForecastRepository
+}
+
+export function createBudgetTracker ({ budgets, status, usage, forecasts }: TrackerRepositories, options: TrackerOptions) {
 
   async function requireBudget (budgetId: string): Promise<BudgetDefinition> {
     const budget = await budgets.findBudget(budgetId)
@@ -99,9 +107,7 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
   }
 
   async function toStatus ({ budget, window, row }: Awaited<ReturnType<typeof standing>>): Promise<BudgetStatusInfo> {
-    const crossings = (await alerts.listActiveAlerts(budget.id, window.periodStart)).map((alert) => ({
-      id: alert.id, threshold: alert.threshold, basis: alert.basis, actions: alert.actions, crossedAt: alert.crossedAt, acknowledged: alert.acknowledgedAt !== null
-    }))
+    const crossings = await status.listActiveCrossings(budget.id, window.periodStart)
     const now = options.now()
     const projectedTotal = await forecasts.projectedTotal(budget.id, window, row.currentAmount, now)
     return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now, crossings, projectedTotal })
@@ -200,22 +206,11 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
         byDay: byDay.map(({ key, ...totals }) => ({ day: key!, ...totals })),
         ...(byTag === undefined ? {} : { byTag: byTag.map(({ key, ...totals }) => ({ value: key, ...totals })) })
       }
-    },
-
-    /**
-     * Would spending `estimatedCost` on this budget go ahead? Checks the budget and every ancestor with
-     * a period now, on the same numbers the gate decides on (approvals and projected alerts included);
-     * reserves nothing.
-     */
-    async checkBudgetConstraints (budgetId: string, estimatedCost: string | number): Promise<BudgetConstraintCheck> {
-      const estimate: Money = parsePositiveMoney(estimatedCost, 'estimatedCost')
-      const budget = await requireBudget(budgetId)
-      return decide(standingsOf(await reservations.listLineage(budget.id, budget.currency, estimate)), estimate)
     }
   }
 }
 
-export type BudgetTracker = ReturnType<typeof createBudgetTracker>
+export type UsageTracker = ReturnType<typeof createBudgetTracker>
 
 // A cursor is the last record's position in the page order; opaque to clients.
 function encodeCursor (record: UsageRecord): string {

@@ -1,8 +1,8 @@
 // SQL for usage in bulk: the budgets a caller's scopes reach, and a batch stored and counted at once (sql/014).
-import type { Db } from '../budgets/budget-repository.js'
-import type { Scope } from '../gate/reservation-repository.js'
 import { findKeyHolders, toUsageRecord, usageColumns, type KeyHolder, type UsageRecord, type UsageRow, type UsageValues } from './usage-repository.js'
 import { canonicalTags, type Tags } from '../kernel/tags.js'
+import type { Db } from '../kernel/database/db.js'
+import type { Scope } from '../kernel/scopes.js'
 
 /** A call's scopes, model and tags, as budget_applicable (sql/007, sql/012) reads them. */
 export interface ScopedCall {

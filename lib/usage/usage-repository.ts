@@ -1,6 +1,6 @@
 // SQL for budget_usage_records: recording (the status trigger does the roll-up), history pages and summaries.
-import type { Db } from '../budgets/budget-repository.js'
 import { normalizeMoney, type Money } from '../kernel/money.js'
+import type { Db } from '../kernel/database/db.js'
 
 export interface UsageValues {
   budgetId: string
@@ -139,17 +139,6 @@ export function createUsageRepository (sql: Db) {
         on conflict (idempotency_key) where budget_id is null and idempotency_key is not null do nothing
         returning idempotency_key as "requestId", id`
       return new Map(rows.map((row) => [row.requestId, row.id]))
-    },
-
-    /**
-     * Has any money been counted toward the budget, or is any held on it? Its own usage, a
-     * descendant's, a gated call's through its allocations, or a live reservation: all are in its currency.
-     */
-    async hasSpend (budgetId: string): Promise<boolean> {
-      const [row] = await sql`
-        select exists (select 1 from budget_usage_allocations where budget_id = ${budgetId})
-            or exists (select 1 from budget_reservations where budget_id = ${budgetId}) as found`
-      return row!.found as boolean
     },
 
     /**

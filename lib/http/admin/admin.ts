@@ -2,17 +2,16 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { RouteNotFoundError, UnauthorizedError } from '../../kernel/errors.js'
 import { checkStorable, isStorableText } from '../../kernel/json-limits.js'
-import type { Authorize } from '../../options.js'
 import type { FastifyRequest } from 'fastify'
-import type { BudgetAlerts } from '../../alerts/alerts.js'
-import type { BudgetMetrics } from '../../metrics/metrics.js'
-import type { BudgetAudit } from '../../audit/audit.js'
-import type { SpendReports } from '../../reports/reports.js'
-import type { BudgetRegistry } from '../../budgets/registry.js'
-import type { BudgetTracker } from '../../usage/tracker.js'
-import type { UsageCollector } from '../../usage/collector.js'
-import type { ChannelTests } from '../../alerts/channels.js'
-import type { DecisionLog } from '../../gate/decision-log.js'
+import type { BudgetAlerts } from '../../alerts/index.js'
+import type { BudgetMetrics } from '../../metrics/index.js'
+import type { BudgetAudit } from '../../audit/index.js'
+import type { SpendReports } from '../../reports/index.js'
+import type { BudgetRegistry } from '../../budgets/index.js'
+import type { BudgetTracker } from '../../gate/index.js'
+import type { UsageCollector } from '../../usage/index.js'
+import type { ChannelTests } from '../../alerts/index.js'
+import type { DecisionLog } from '../../gate/index.js'
 import { alertRoutes } from './alerts.js'
 import { budgetRoutes } from './budgets.js'
 import { channelRoutes } from './channels.js'
@@ -22,9 +21,16 @@ import { metricsRoutes } from './metrics.js'
 import { auditRoutes } from './audit.js'
 import { reportRoutes } from './reports.js'
 import { exchangeRateRoutes } from './exchange-rates.js'
-import type { ExchangeRates } from '../../currencies/exchange-rates.js'
+import type { ExchangeRates } from '../../currencies/index.js'
 import { usageRoutes, type RecordUsage } from './usage.js'
 import { compileValidator } from '../validator.js'
+
+/**
+ * Decides whether a request may use the admin API. Return `true` to allow, or a non-empty string
+ * naming the caller, which is recorded as the actor (a budget's createdBy). Anything else refuses (401):
+ * access fails closed, so `undefined` from a forgotten return is a refusal, not a pass.
+ */
+export type Authorize = (request: FastifyRequest) => boolean | string | Promise<boolean | string>
 
 export interface AdminRoutesOptions {
   authorize: Authorize

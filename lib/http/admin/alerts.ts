@@ -2,7 +2,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { AlertList, AlertParams, AlertRecord, Approval, ApprovalList, ApprovalRequest, BudgetIdParams, RecentAlertsQuery } from '../../kernel/schemas.js'
 import { errorResponses } from './responses.js'
-import type { BudgetAlerts } from '../../alerts/alerts.js'
+import type { BudgetAlerts } from '../../alerts/index.js'
 
 export interface AlertRoutesOptions {
   alerts: BudgetAlerts

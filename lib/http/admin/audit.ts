@@ -2,7 +2,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { AuditPage, AuditQuery, BudgetIdParams } from '../../kernel/schemas.js'
 import { errorResponses } from './responses.js'
-import type { BudgetAudit } from '../../audit/audit.js'
+import type { BudgetAudit } from '../../audit/index.js'
 
 export interface AuditRoutesOptions {
   audit: BudgetAudit

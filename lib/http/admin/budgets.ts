@@ -4,7 +4,7 @@ import {
   BudgetDefinition, BudgetHierarchy, BudgetIdParams, BudgetList, BudgetListQuery, BudgetPage, CreateBudgetRequest,
   DeleteBudgetQuery, ScopeParams, UpdateBudgetRequest
 } from '../../kernel/schemas.js'
-import type { BudgetRegistry } from '../../budgets/registry.js'
+import type { BudgetRegistry } from '../../budgets/index.js'
 import { Type } from '@sinclair/typebox'
 import { auditContext, errorResponses } from './responses.js'
 

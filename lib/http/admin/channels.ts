@@ -1,7 +1,7 @@
 // Admin routes for the notification channels: which are configured (no secrets), and a test through one.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ChannelList, ChannelParams, ChannelTestResult } from '../../kernel/schemas.js'
-import type { ChannelTests } from '../../alerts/channels.js'
+import type { ChannelTests } from '../../alerts/index.js'
 import { auditContext, errorResponses } from './responses.js'
 
 export interface ChannelRoutesOptions {

@@ -2,7 +2,7 @@
 // by binding budget, code, outcome, caller and time, a keyset page at a time.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { DecisionPage, DecisionQuery } from '../../kernel/schemas.js'
-import type { DecisionLog } from '../../gate/decision-log.js'
+import type { DecisionLog } from '../../gate/index.js'
 import { errorResponses } from './responses.js'
 
 export interface DecisionRoutesOptions {

@@ -1,7 +1,7 @@
 // Admin routes for exchange rates: set a pair's rate from an instant on, and list them.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ExchangeRate, ExchangeRateList, ExchangeRateParams, ExchangeRateQuery, SetExchangeRateBody } from '../../kernel/schemas.js'
-import type { ExchangeRates } from '../../currencies/exchange-rates.js'
+import type { ExchangeRates } from '../../currencies/index.js'
 import { auditContext, errorResponses } from './responses.js'
 
 export interface ExchangeRateRoutesOptions {

@@ -2,7 +2,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { errorResponses } from './responses.js'
-import type { BudgetMetrics } from '../../metrics/metrics.js'
+import type { BudgetMetrics } from '../../metrics/index.js'
 
 export interface MetricsRoutesOptions {
   metrics: BudgetMetrics

@@ -3,7 +3,7 @@ import { Readable } from 'node:stream'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { SpendReport, SpendReportQuery } from '../../kernel/schemas.js'
 import { errorResponses } from './responses.js'
-import type { SpendReports } from '../../reports/reports.js'
+import type { SpendReports } from '../../reports/index.js'
 
 export interface ReportRoutesOptions {
   reports: SpendReports

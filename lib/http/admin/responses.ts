@@ -1,7 +1,7 @@
 // Documented error responses: each route lists the statuses it can send and the codes behind each,
 // so the OpenAPI document tells a client every error it must handle.
 import type { FastifyRequest } from 'fastify'
-import type { AuditContext } from '../../audit/audit-repository.js'
+import type { AuditContext } from '../../audit/index.js'
 import { ErrorResponse } from '../../kernel/schemas.js'
 
 const CODES = {

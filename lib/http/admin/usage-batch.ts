@@ -2,7 +2,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifySchemaCompiler } from 'fastify'
 import { RecordUsageBatchBody, UsageBatchResponse } from '../../kernel/schemas.js'
-import type { UsageCollector } from '../../usage/collector.js'
+import type { UsageCollector } from '../../usage/index.js'
 import { errorResponses } from './responses.js'
 import { compileValidator } from '../validator.js'
 

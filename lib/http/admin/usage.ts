@@ -5,8 +5,8 @@ import {
   BudgetConstraintCheck, BudgetIdParams, BudgetStatusInfo, CheckConstraintsBody, RecordUsageBody,
   UsageHistoryQuery, UsagePage, UsageRecord, UsageSummary, UsageSummaryQuery
 } from '../../kernel/schemas.js'
-import type { BudgetTracker } from '../../usage/tracker.js'
-import type { UsageCollector } from '../../usage/collector.js'
+import type { BudgetTracker } from '../../gate/index.js'
+import type { UsageCollector } from '../../usage/index.js'
 import { usageBatchRoutes } from './usage-batch.js'
 import { auditContext, errorResponses } from './responses.js'
 

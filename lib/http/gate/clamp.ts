@@ -3,10 +3,10 @@
 // is reserved is the clamped worst case, so a hard budget still cannot be overspent. Which field holds
 // the limit is the API's (lib/apis: OutputLimit); this is the search alone.
 import type { FastifyRequest } from 'fastify'
-import { withOutputLimit } from '../../model-apis/chat.js'
+import { withOutputLimit } from '../../model-apis/index.js'
 import { toUnits } from '../../kernel/money.js'
-import type { BudgetConstraintCheck } from '../../gate/decision.js'
-import type { CostEstimate } from '../../pricing/estimate.js'
+import type { BudgetConstraintCheck } from '../../gate/index.js'
+import type { CostEstimate } from '../../pricing/index.js'
 import type { NearLimitPolicy } from '../../kernel/schemas.js'
 
 /**

@@ -1,14 +1,14 @@
 // The gate's options and the state it leaves on each gated request, and the default way of naming the caller.
 import type { FastifyRequest } from 'fastify'
-import type { ApiName } from '../../model-apis/model-api.js'
+import type { ApiName } from '../../model-apis/index.js'
 import type { Money } from '../../kernel/money.js'
 import type { NearLimitPolicy, ScopeType } from '../../kernel/schemas.js'
-import type { BudgetConstraintCheck } from '../../gate/decision.js'
-import type { CostEstimate } from '../../pricing/estimate.js'
-import { checkScopeId, type CallerScopes } from '../../gate/integration.js'
-import type { PriceBook, PriceTable, TokenUsage } from '../../pricing/pricing.js'
+import type { BudgetConstraintCheck } from '../../gate/index.js'
+import type { CostEstimate } from '../../pricing/index.js'
+import type { PriceBook, PriceTable, TokenUsage } from '../../pricing/index.js'
 import { OptionsError } from '../../kernel/errors.js'
 import { parseTagHeader } from '../../kernel/tags.js'
+import { checkScopeId, type CallerScopes } from '../../kernel/scopes.js'
 
 /**
  * A model-call route: its URL, the API it speaks inferred from the path's end (/chat/completions,

@@ -1,0 +1,2 @@
+// Prometheus metrics: the gate's counters and the budgets' gauges.
+export type { BudgetMetrics } from './metrics.js'
