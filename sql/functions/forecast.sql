@@ -109,7 +109,7 @@ declare
   next_start timestamptz;
   last_start timestamptz;
   profile record;
-  extra numeric := 0;
+  extra numeric := 0::numeric;
   full_days integer;
 begin
   select d.timezone, d.start_date into b from budget_definitions d where d.id = p_budget_id;

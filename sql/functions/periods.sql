@@ -62,7 +62,7 @@ begin
     -- A custom period is exactly as long as its dates say, in microseconds.
     anchor := p_start at time zone 'UTC';
     step_us := (extract(epoch from (p_end - p_start)) * 1000000)::bigint;
-    n := floor((extract(epoch from (p_at - p_start)) * 1000000) / step_us);
+    n := floor((extract(epoch from (p_at - p_start)) * 1000000) / step_us)::bigint;
     period_start := (anchor + (step_us * n)::double precision * interval '1 microsecond') at time zone 'UTC';
     period_end := (anchor + (step_us * (n + 1))::double precision * interval '1 microsecond') at time zone 'UTC';
   else
@@ -71,12 +71,12 @@ begin
     if p_alignment = 'calendar' then anchor := budget_calendar_start(p_period, anchor, p_fiscal_month); end if;
     -- n from the wall clock; a gap or overlap can put it one off, the loop below corrects that
     if p_period in ('daily', 'weekly') then
-      n := floor(extract(epoch from instant - anchor) / (case p_period when 'daily' then 86400 else 604800 end));
+      n := floor(extract(epoch from instant - anchor) / (case p_period when 'daily' then 86400 else 604800 end))::bigint;
     else
       months := case p_period when 'monthly' then 1 when 'quarterly' then 3 when 'annual' then 12 end;
-      n := (extract(year from instant) - extract(year from anchor)) * 12 + extract(month from instant) - extract(month from anchor);
+      n := ((extract(year from instant) - extract(year from anchor)) * 12 + extract(month from instant) - extract(month from anchor))::bigint;
       if anchor + make_interval(months => n::integer) > instant then n := n - 1; end if;
-      n := floor(n::numeric / months);
+      n := floor(n::numeric / months)::bigint;
     end if;
     n := greatest(n, 0);
     for attempt in 1..3 loop

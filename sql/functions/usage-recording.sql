@@ -113,8 +113,10 @@ declare
   sums numeric[];
   record_row record;
   fits boolean;
-  refused uuid[] := '{}';
+  refused uuid[] := '{}'::uuid[];
 begin
+  -- Each PRAGMA:TABLE below tells plpgsql_check (test/plpgsql-check.test.ts) the columns of a temp table this
+  -- function makes, which it cannot see otherwise; run, it selects a constant and does nothing.
   drop table if exists pg_temp.batch_usage, pg_temp.batch_reach, pg_temp.batch_allocations, pg_temp.batch_running,
                        pg_temp.batch_windows, pg_temp.batch_steps;
 
@@ -128,6 +130,9 @@ begin
   from jsonb_to_recordset(p_records) as r(ord integer, budget_id uuid, amount numeric(28, 10), currency text, source text,
        description text, metadata jsonb, idempotency_key text, request_fingerprint text, occurred_at timestamptz,
        also_counts_toward uuid[]);
+  perform 'PRAGMA:TABLE: batch_usage (ord integer, id uuid, budget_id uuid, amount numeric(28, 10), currency text, source text, '
+    'description text, metadata jsonb, idempotency_key text, request_fingerprint text, occurred_at timestamptz, also_counts_toward uuid[], '
+    'shape text, stored boolean, fault text, detail text)';
 
   analyze batch_usage; -- a temp table has no statistics else, and the plans below go wrong without them
 
@@ -141,6 +146,7 @@ begin
   select s.shape, s.currency as from_currency, t.budget_id as id, t.currency as to_currency, t.exchange_rate as rate
   from shapes s
   cross join lateral budget_usage_reach(s.budget_id, s.also_counts_toward, s.model, s.tags, s.currency, now()) t;
+  perform 'PRAGMA:TABLE: batch_reach (shape text, from_currency text, id uuid, to_currency text, rate numeric)';
   analyze batch_reach;
 
   -- a. The records without a rate, or whose converted amount overflows, are refused before any is stored:
@@ -188,6 +194,8 @@ begin
   join batch_reach r on r.shape = u.shape
   join windowed w on w.id = r.id and w.occurred_at = u.occurred_at
   where u.stored;
+  perform 'PRAGMA:TABLE: batch_allocations (ord integer, budget_id uuid, usage_id uuid, amount numeric, occurred_at timestamptz, rate numeric, '
+    'period_start timestamptz, period_end timestamptz)';
   analyze batch_allocations;
   insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
   select a.budget_id, a.usage_id, a.amount, a.occurred_at, a.rate from batch_allocations a;
@@ -195,6 +203,8 @@ begin
   -- What the batch adds to each window after each of its records.
   create temp table batch_running (budget_id uuid, period_start timestamptz, ord integer, added numeric, calls bigint,
                                    last_at timestamptz, last boolean) on commit drop;
+  perform 'PRAGMA:TABLE: batch_running (budget_id uuid, period_start timestamptz, ord integer, added numeric, calls bigint, '
+    'last_at timestamptz, last boolean)';
   create index on batch_running (budget_id, period_start, ord);
   insert into batch_running
   select a.budget_id, a.period_start, a.ord, sum(a.amount) over running, count(*) over running, max(a.occurred_at) over running,
@@ -209,6 +219,8 @@ begin
          null::timestamptz as row_start, null::timestamptz as row_end
   from batch_allocations a where a.period_start is not null
   group by a.budget_id, a.period_start;
+  perform 'PRAGMA:TABLE: batch_windows (budget_id uuid, period_start timestamptz, period_end timestamptz, total numeric, calls bigint, '
+    'existed boolean, base_amount numeric, base_calls bigint, base_last_at timestamptz, row_start timestamptz, row_end timestamptz)';
 
   -- c. The windows, locked last, in the gate's order: a window without a row gets one (locked as it is
   -- inserted), the others are locked. One order for every writer, so concurrent batches, single records and
@@ -244,6 +256,7 @@ begin
     create temp table batch_risky on commit drop as
     select row_number() over (order by w.budget_id, w.period_start)::integer as slot, w.budget_id, w.period_start, w.base_amount
     from batch_windows w where w.base_amount + w.total > budget_money_max();
+    perform 'PRAGMA:TABLE: batch_risky (slot integer, budget_id uuid, period_start timestamptz, base_amount numeric)';
     select array_agg(k.base_amount order by k.slot) into sums from batch_risky k;
     for record_row in
       select a.usage_id, array_agg(k.slot) as slots, array_agg(a.amount) as amounts
@@ -321,6 +334,8 @@ begin
   from batch_running r
   join batch_windows w on w.budget_id = r.budget_id and w.period_start = r.period_start
   where r.last or exists (select 1 from crossings x where x.budget_id = r.budget_id and x.period_start = r.period_start and x.ord = r.ord);
+  perform 'PRAGMA:TABLE: batch_steps (budget_id uuid, period_start timestamptz, spent numeric, calls bigint, last_usage_at timestamptz, '
+    'step integer)';
 
   select coalesce(max(s.step), 0) into steps from batch_steps s;
   for step_number in 1 .. steps loop

@@ -29,7 +29,7 @@
 create or replace function budget_carry_reservations() returns trigger language plpgsql as $$
 declare
   moving record;
-  made timestamptz[] := '{}';
+  made timestamptz[] := '{}'::timestamptz[];
   locked uuid[];
   newcomers uuid[];
 begin
