@@ -20,7 +20,7 @@ t.test('a lease\'s give-back and a settlement of its calls, meeting on its rows,
   // sequential scan meets them in the heap's order, one that reads the primary key in key order: the
   // planner settings below pick each plan, as table statistics and row versions do in production. A
   // third session holds the middle row, so each statement takes its first row and waits for the second;
-  // then it lets go. Locked without an order (sql/006, sql/009), one statement holds the first row in
+  // then it lets go. Locked without an order (as the lease functions once were), one statement holds the first row in
   // key order and wants the middle one, the other holds the middle one and wants the first: 40P01.
   const { app, sql, admin } = await buildApp(t)
   const ids: string[] = []

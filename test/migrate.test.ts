@@ -87,7 +87,7 @@ t.test('a repeatable file that fails, or defines a body that does not hold, roll
   }
 })
 
-t.test('a repeatable file runs again when its text changes, and only then; a file gone leaves its record', async (t) => {
+t.test('a repeatable file runs again when its text changes, and only then; a file gone goes from the records', async (t) => {
   const { sql } = await createTestSql(t)
   const first = await sqlDirectory(t, { migrations: { '001_counted.sql': TABLE }, functions: { 'counted.sql': COUNT, 'other.sql': 'create or replace function other() returns int language sql immutable as $$ select 1 $$;\n' } })
   t.same(await migrate(sql, first), { versions: [1], repeatables: ['counted.sql', 'other.sql'] })

@@ -161,7 +161,7 @@ async function applyRepeatables (tx: TransactionSql, repeatables: Repeatable[]):
   const checksums = new Map((await tx<Array<{ name: string, checksum: string }>>`select name, checksum from budget_schema_repeatables`)
     .map((row) => [row.name, row.checksum]))
   const pending = repeatables.filter((file) => checksums.get(file.name) !== file.checksum)
-  // A file no longer in sql/functions/ leaves its row: what it defined is dropped by the file that replaces it.
+  // A file gone from sql/functions/ goes from the records; what it defined stays until a file drops it.
   await tx`delete from budget_schema_repeatables where name <> all (${repeatables.map((file) => file.name)})`
   if (pending.length === 0) return []
 
