@@ -10,7 +10,7 @@ language sql immutable parallel safe as $$
        + case when ((p_dow - extract(isodow from p_first)::integer) % 7 + 7) % 7 < greatest(p_days, 0) % 7 then 1 else 0 end
 $$;
 
--- The linear rule (the seed's): spend + spend per elapsed time x time left, the elapsed time counted from
+-- The linear rule: spend + spend per elapsed time x time left, the elapsed time counted from
 -- the later of the window's start and the budget's, floored at one hour; nothing left to project outside
 -- [that start, the window's end). Exact: money in units of 10^-10, one division rounded half up, as the
 -- status computed it in TypeScript before (lib/services/status-rules.ts keeps the burn rate).
