@@ -21,7 +21,7 @@ export interface AlertRecord {
   spent: Money
   limit: Money
   crossedAt: string
-  /** When the budget's definition stopped reaching this crossing (sql/functions/alerts.sql); null while it is active. */
+  /** When the budget's definition stopped reaching this crossing (sql/020); null while it is active. */
   resolvedAt: string | null
   acknowledgedBy: string | null
   acknowledgedAt: string | null
@@ -103,7 +103,7 @@ export function createAlertRepository (sql: Db) {
       return rows.map(toAlert)
     },
 
-    /** The window's active crossings, newest first: those its budget's definition still reaches (a resolved one is history, sql/functions/alerts.sql). */
+    /** The window's active crossings, newest first: those its budget's definition still reaches (a resolved one is history, sql/020). */
     async listActiveAlerts (budgetId: string, periodStart: Date): Promise<AlertRecord[]> {
       const rows = await sql<AlertRow[]>`
         select ${alertColumns} from budget_alert_history h
