@@ -1,7 +1,7 @@
 // A status refresh during gated load (issue 10): with BENCH_REFRESH_ROWS usage rows (10 million by
 // default) counted toward one hot team and its organization, the gated p99 at 16 connections with and
 // without forced refresh-cache calls running all along, and any refusals. The target: no refusal, and
-// at most 50 ms added to the p99 (a refresh sums outside the row lock, sql/006).
+// at most 50 ms added to the p99 (a refresh sums outside the row lock, refresh_budget_status_cache).
 import { once } from 'node:events'
 import autocannon from 'autocannon'
 import postgres from 'postgres'

@@ -35,7 +35,7 @@ const team = async (name: string) => await app.budgetRegistry.createBudget({
   name, scopeType: 'team', scopeId: name, parentId: org.id, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01',
   alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: [] }]
 })
-// A key names one record across budgets (sql/018): each run's keys carry its budget, so a warm-up's keys are not retried.
+// A key names one record across budgets: each run's keys carry its budget, so a warm-up's keys are not retried.
 const record = (loop: number, i: number, tag: string) => ({ amount: AMOUNT, currency: 'USD', source: 'bench', metadata: { requestId: `${tag}-${loop}-${i}`, modelId: 'gpt-4o-mini', userId: `user-${i % 50}` } })
 
 async function single (budgetId: string) {

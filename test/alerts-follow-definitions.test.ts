@@ -1,5 +1,5 @@
 // Alerts follow a budget's definition (issue 21, item 4): a change of its amount or alerts re-evaluates
-// its thresholds at once (sql/020), so the gate's answer and the status's activeAlerts agree after every
+// its thresholds at once (budget_alerts_follow_definition), so the gate's answer and the status's activeAlerts agree after every
 // change, a crossing is queued for notification once, and a crossing that no longer holds stops being
 // active while its row stays in the history.
 import t, { type Test } from 'tap'

@@ -1,4 +1,4 @@
-// Several currencies (sql/012): exchange rates that admins set, usage and gated calls counted toward
+// Several currencies (sql/functions/money.sql, exchange-rates.sql): exchange rates that admins set, usage and gated calls counted toward
 // every applicable budget in its own currency at the rate in force (rounded up, the rate stored with
 // the allocation), and a missing rate that refuses, naming the pair, instead of converting at 1.
 import t from 'tap'
@@ -27,7 +27,7 @@ t.test('exchange rates: set, replaced at the same instant, listed newest first; 
   t.equal((await setRate(gateway, 'EUR', 'USD', { rate: '1.087000000000000001' })).statusCode, 201, '18 decimals kept exactly')
   const list = (await gateway.app.inject({ url: `${PREFIX}/exchange-rates`, headers: auth })).json()
   t.same(list.rates.map((rate: { from: string, to: string, rate: string }) => `${rate.from}/${rate.to} ${rate.rate}`), ['EUR/USD 1.087000000000000001', 'USD/EUR 0.95', 'USD/EUR 0.93', 'USD/EUR 0.92'],
-    'the replaced rate stays listed (sql/019)')
+    'the replaced rate stays listed')
   t.equal((await gateway.app.inject({ url: `${PREFIX}/exchange-rates?from=EUR`, headers: auth })).json().rates.length, 1)
 
   const before = await snapshotTables(gateway.sql)

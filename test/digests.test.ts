@@ -1,4 +1,4 @@
-// Scheduled digests (sql/013, lib/alerts/digests.ts): one per budget and day or week in the budget's
+// Scheduled digests (lib/alerts/digests.ts): one per budget and day or week in the budget's
 // time zone, made once across processes, with the period's spend, the window's burn rate and forecast, and
 // the top models and callers, delivered through the notification outbox with its retries.
 import Fastify from 'fastify'

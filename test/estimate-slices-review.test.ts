@@ -1,5 +1,5 @@
 // Attacks on the sliced (asynchronous) estimate: lib/kernel/loop-slices.ts, lib/pricing/tokens.ts,
-// lib/kernel/json-limits.ts (jsonTextInSlices, jsonTextShape), lib/pricing/estimate.ts, lib/apis/*.ts
+// lib/kernel/json-limits.ts (jsonTextInSlices, jsonTextShape), lib/pricing/estimate.ts, lib/model-apis/*.ts
 // estimate(), the gate's estimateAt. Interleaved estimates give what each gives alone; clients that
 // leave mid-estimate leave nothing held.
 import type { FastifyInstance } from 'fastify'

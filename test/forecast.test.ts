@@ -1,4 +1,4 @@
-// The seasonal forecast (sql/013, budget_forecast): spend per weekday in the budget's time zone over the
+// The seasonal forecast (budget_forecast, sql/functions/forecast.sql): spend per weekday in the budget's time zone over the
 // last four weeks, the rest of the window projected day by day, the linear rule when there is not enough
 // history. One implementation, read by the status's projectedTotal and by projected alerts.
 import postgres, { type Sql } from 'postgres'
@@ -208,7 +208,7 @@ t.test('backdated records posted as a batch and one by one give the same project
     const changed = await app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: admin, body: { alerts: [{ threshold: 50, basis: 'projected', actions: ['notify'] }] } })
     t.equal(changed.statusCode, 200)
   }
-  // The change evaluated the new projected alert at once (sql/020): each budget's profile is summed now, under 50%.
+  // The change evaluated the new projected alert at once (budget_alerts_follow_definition): each budget's profile is summed now, under 50%.
   t.equal((await sql`select count(*)::int as n from budget_forecast_profiles`)[0]!.n, 2, 'a profile each, summed by the change')
   t.same([...await sql`select 1 from budget_alert_history`], [], 'no crossing yet')
 
@@ -220,7 +220,7 @@ t.test('backdated records posted as a batch and one by one give the same project
     const response = await app.inject({ method: 'POST', url: `${PREFIX}/${single.id}/usage`, headers: admin, body: record })
     t.equal(response.statusCode, 201)
   }
-  // Keys of their own: a key names one record across budgets (sql/018).
+  // Keys of their own: a key names one record across budgets.
   const batch = await app.inject({ method: 'POST', url: `${PREFIX}/usage/batch`, headers: admin, body: { records: records.map((record, n) => ({ budgetId: batched.id, ...record, metadata: { requestId: `late-batch-${n + 1}` } })) } })
   t.equal(batch.statusCode, 200, batch.body.slice(0, 200))
   const crossings = async (id: string) => (await sql`select threshold::text as threshold, basis from budget_alert_history where budget_id = ${id}`).map((row) => `${row.threshold as string} ${row.basis as string}`)

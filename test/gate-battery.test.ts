@@ -737,7 +737,7 @@ t.test('a lease top-up that meets a budget change gives its whole slice back: no
 t.test('a lease\'s return and the settlement of one of its calls, meeting at the lease\'s lock, leave the lease and its window agreeing', async (t) => {
   // Deterministic: the return holds the lease's lock while the settlement starts (its snapshot is taken
   // then) and waits; once the return commits, the settlement must draw the lease down from what is
-  // left, not from what its snapshot saw (sql/009).
+  // left, not from what its snapshot saw (budget_settle_leased).
   const gateway = await buildGateway(t)
   const { sql } = gateway
   await gateway.createBudget({ amount: '100', scopeId: 'team-a' })
@@ -760,7 +760,7 @@ t.test('a lease\'s return and the settlement of one of its calls, meeting at the
   returning.release()
   await settling
   const [drawn] = await sql<Array<{ amount: string }>>`select min(amount)::text as amount from budget_reservations where id = ${lease}`
-  t.equal(normalizeMoney(drawn!.amount), '0', 'the lease is drawn down to nothing, and stays for any call still to settle (sql/016)')
+  t.equal(normalizeMoney(drawn!.amount), '0', 'the lease is drawn down to nothing, and stays for any call still to settle (sql/functions/leases.sql)')
   await sql`select budget_lease_return(${lease}, 0, true)` // its process's final return
   t.same(await findViolations(sql), [], 'the lease is gone and its window holds nothing')
   const [spent] = await sql<Array<{ current: string }>>`select current_amount::text as current from budget_status_cache`

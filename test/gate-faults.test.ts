@@ -65,7 +65,7 @@ t.test('concurrent calls on overlapping budgets never deadlock, and never oversp
   }
   const codes = new Set(responses.map((r) => r.statusCode))
   // A deadlock would surface as a 500 (SQLSTATE 40P01); a 503 is budget_reserve's 2 s lock_timeout
-  // (sql/003) on a queue for one window row, not a deadlock.
+  // (sql/functions/holds.sql) on a queue for one window row, not a deadlock.
   t.ok([...codes].every((code) => code === 200 || code === 402 || code === 503), `only 200, 402 or 503 (${[...codes].join(', ')}): no deadlock, no 500`)
   // Each reservation holds the window rows for one short statement, so even forty queued on the
   // organization's row clear in well under 2 s; a few may miss it on a 2-core machine shared with the

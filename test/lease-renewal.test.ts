@@ -1,4 +1,4 @@
-// Keeping a lease alive: the renewal locks in the lock order of sql/016, and a renewal that meets a
+// Keeping a lease alive: the renewal locks in the lock order of sql/functions/settlements.sql, and a renewal that meets a
 // lease not yet written (its first take still waiting) leaves it be.
 import postgres from 'postgres'
 import t from 'tap'
@@ -9,7 +9,7 @@ import { findViolations } from './fixtures/invariants.js'
 import { pause, waitingForLock } from './fixtures/sessions.js'
 
 // A renewal that updated a lease's rows with a plain `update ... where id = $1` (as renewLease once did)
-// locked them outside the documented lock order of sql/016. A plan that reads the rows
+// locked them outside the documented lock order (settlements.sql). A plan that reads the rows
 // in heap order (seq scan, or a bitmap heap scan, which visits pages in physical order) locks them in
 // the reverse of (id, budget_id) when the lease's rows lie so in the heap (budget_lease_take inserts
 // them in the line's order). Against budget_settle_leased / budget_lease_return (ordered) it deadlocks:

@@ -1,12 +1,37 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { createInterface } from 'node:readline'
+import { pathToFileURL } from 'node:url'
 import postgres from 'postgres'
 import t from 'tap'
-import { migrate, readMigrations } from '../lib/kernel/database/migrate.js'
+import { migrate, readMigrations, readRepeatables, type MigrationRun } from '../lib/kernel/database/migrate.js'
 import { createTestDatabase, createTestSql } from './fixtures/database.js'
 
-t.test('two processes migrating one database at once both come up, and each migration runs once', async (t) => {
+interface Teardown { teardown: (fn: () => unknown) => void }
+
+/** An sql/ directory of its own: migrations/ and functions/ holding the given files. */
+async function sqlDirectory (t: Teardown, files: { migrations: Record<string, string>, functions: Record<string, string> }): Promise<URL> {
+  const root = await mkdtemp(join(tmpdir(), 'budgets-sql-'))
+  t.teardown(async () => await rm(root, { recursive: true }))
+  for (const kind of ['migrations', 'functions'] as const) {
+    await mkdir(join(root, kind))
+    for (const [name, text] of Object.entries(files[kind])) await writeFile(join(root, kind, name), text)
+  }
+  return pathToFileURL(`${root}/`)
+}
+
+/** A file's statements without their comments and function bodies. */
+function statements (text: string): string {
+  return text.replace(/\$\$[\s\S]*?\$\$/g, '$$$$').replace(/--.*$/gm, '')
+}
+
+const TABLE = 'create table counted (id int primary key);\n'
+const COUNT = 'create or replace function counted_rows() returns bigint language sql stable as $$ select count(*) from counted $$;\n'
+
+t.test('two processes migrating one database at once both come up, and each file runs once', async (t) => {
   const url = await createTestDatabase(t)
   const script = new URL('./fixtures/migrate-process.ts', import.meta.url).pathname
   const processes = [1, 2].map(() => spawn(process.execPath, ['--import', 'tsx', script, url], { stdio: ['pipe', 'pipe', 'inherit'] }))
@@ -16,30 +41,95 @@ t.test('two processes migrating one database at once both come up, and each migr
   })
   t.same(await Promise.all(outputs.map(async (output) => await output.next())), ['ready', 'ready'])
   for (const child of processes) child.stdin.write('go\n')
-  const applied = await Promise.all(outputs.map(async (output) => JSON.parse(await output.next()) as number[]))
+  const runs = await Promise.all(outputs.map(async (output) => JSON.parse(await output.next()) as MigrationRun))
   const exitCodes = await Promise.all(processes.map(async (child) => child.exitCode ?? (await once(child, 'exit'))[0]))
   t.same(exitCodes, [0, 0], 'both processes came up')
   const versions = (await readMigrations()).map((m) => m.version)
-  t.same([...applied[0]!, ...applied[1]!].sort((a, b) => a - b), versions, 'between them they applied every migration exactly once')
+  const repeatables = (await readRepeatables()).map((file) => file.name)
+  t.same(runs.flatMap((run) => run.versions).sort((a, b) => a - b), versions, 'between them they applied every migration exactly once')
+  t.same(runs.flatMap((run) => run.repeatables).sort(), repeatables, 'and every repeatable file exactly once')
 
   const sql = postgres(url, { max: 1 })
   t.teardown(async () => await sql.end())
-  const rows = await sql`select version from budget_schema_migrations order by version`
-  t.same(rows.map((row) => row.version), versions, 'and recorded each once')
+  t.same((await sql`select version from budget_schema_migrations order by version`).map((row) => row.version), versions, 'and recorded each once')
+  t.same((await sql`select name from budget_schema_repeatables order by name`).map((row) => row.name), repeatables)
 })
 
 t.test('a second run applies nothing', async (t) => {
   const { sql } = await createTestSql(t)
-  t.same(await migrate(sql), (await readMigrations()).map((m) => m.version))
-  t.same(await migrate(sql), [])
+  t.same(await migrate(sql), { versions: (await readMigrations()).map((m) => m.version), repeatables: (await readRepeatables()).map((file) => file.name) })
+  t.same(await migrate(sql), { versions: [], repeatables: [] })
 })
 
 t.test('a failing migration rolls back whole and says which one failed', async (t) => {
   const { sql } = await createTestSql(t)
-  await t.rejects(migrate(sql, new URL('./fixtures/broken-migrations/', import.meta.url)), {
-    code: 'BUDGET_ERR_MIGRATION',
-    message: /002_broken\.sql.*no_such_table/
+  const directory = await sqlDirectory(t, {
+    migrations: { '001_counted.sql': TABLE, '002_broken.sql': '-- fails halfway: the table it creates must not survive\ncreate table half_done (id int);\nselect * from no_such_table;\n' },
+    functions: { 'counted.sql': COUNT }
   })
-  const [row] = await sql`select to_regclass('budget_definitions') as definitions, to_regclass('half_done') as half, to_regclass('budget_schema_migrations') as log`
-  t.same(row, { definitions: null, half: null, log: null }, 'nothing of the run is left')
+  await t.rejects(migrate(sql, directory), { code: 'BUDGET_ERR_MIGRATION', message: /migrations\/002_broken\.sql.*no_such_table/ })
+  const [row] = await sql`select to_regclass('counted') as counted, to_regclass('half_done') as half, to_regclass('budget_schema_migrations') as log`
+  t.same(row, { counted: null, half: null, log: null }, 'nothing of the run is left')
+})
+
+t.test('a repeatable file that fails, or defines a body that does not hold, rolls back the whole run and is named', async (t) => {
+  const { sql } = await createTestSql(t)
+  const cases = {
+    'a statement that fails': ['create or replace function broken() returns int language sql as $$ select 1 $$;\nselect * from no_such_table;\n', /functions\/b-broken\.sql.*no_such_table/],
+    'a SQL body on a missing table': ['create or replace function broken() returns bigint language sql as $$ select count(*) from no_such_table $$;\n', /functions\/b-broken\.sql.*broken\(\).*no_such_table/],
+    'a PL/pgSQL body that does not parse': ['create or replace function broken() returns int language plpgsql as $$ begin retrun 1; end $$;\n', /functions\/b-broken\.sql.*broken\(\).*syntax error/]
+  } as const
+  for (const [what, [text, message]] of Object.entries(cases)) {
+    const directory = await sqlDirectory(t, { migrations: { '001_counted.sql': TABLE }, functions: { 'a-counted.sql': COUNT, 'b-broken.sql': text } })
+    await t.rejects(migrate(sql, directory), { code: 'BUDGET_ERR_MIGRATION', message }, what)
+    const [row] = await sql`select to_regclass('counted') as counted, to_regprocedure('counted_rows()') as fn, to_regclass('budget_schema_repeatables') as log`
+    t.same(row, { counted: null, fn: null, log: null }, `${what}: nothing of the run is left`)
+  }
+})
+
+t.test('a repeatable file runs again when its text changes, and only then; a file gone goes from the records', async (t) => {
+  const { sql } = await createTestSql(t)
+  const first = await sqlDirectory(t, { migrations: { '001_counted.sql': TABLE }, functions: { 'counted.sql': COUNT, 'other.sql': 'create or replace function other() returns int language sql immutable as $$ select 1 $$;\n' } })
+  t.same(await migrate(sql, first), { versions: [1], repeatables: ['counted.sql', 'other.sql'] })
+  t.same(await migrate(sql, first), { versions: [], repeatables: [] })
+
+  // A settings change, and a signature change: the file drops the old signature itself (docs/data-model.md).
+  const second = await sqlDirectory(t, {
+    migrations: { '001_counted.sql': TABLE },
+    functions: {
+      'counted.sql': 'drop function if exists counted_rows();\n' +
+        "create or replace function counted_rows(p_at_least int) returns bigint language sql stable set lock_timeout = '2s' as $$ select greatest(count(*), p_at_least) from counted $$;\n"
+    }
+  })
+  t.same(await migrate(sql, second), { versions: [], repeatables: ['counted.sql'] }, 'only the changed file runs')
+  const functions = await sql`select p.oid::regprocedure::text as signature, p.proconfig as config from pg_proc p where p.proname in ('counted_rows', 'other') order by 1`
+  t.same(functions, [{ signature: 'counted_rows(integer)', config: ['lock_timeout=2s'] }, { signature: 'other()', config: null }],
+    'the new definition runs, with its setting; the old signature is gone; a function whose file is gone stays until a file drops it')
+  t.same((await sql`select name from budget_schema_repeatables`).map((row) => row.name), ['counted.sql'], 'the records list the files there are')
+})
+
+t.test('sql/: each function is defined by one file, once; migrations define none; every function of a migrated database has its file', async (t) => {
+  const repeatables = await readRepeatables()
+  const definitions = repeatables.flatMap((file) => file.functions.map((name) => `${name} in ${file.name}`))
+  const names = repeatables.flatMap((file) => file.functions)
+  t.same(names.filter((name, i) => names.indexOf(name) !== i), [], `no function defined twice: ${definitions.length} definitions`)
+  const triggers = repeatables.flatMap((file) => [...file.text.matchAll(/\bcreate\s+or\s+replace\s+trigger\s+(\w+)/gi)].map((match) => match[1]))
+  t.same(triggers.filter((name, i) => triggers.indexOf(name) !== i), [], 'no trigger defined twice')
+  for (const file of repeatables) {
+    t.same([...statements(file.text).matchAll(/\bcreate\s+(?!or\s+replace\b)\w+/gi)].map((match) => match[0]), [],
+      `${file.name}: every create is a create or replace, so the file can run again`)
+  }
+  for (const migration of await readMigrations()) {
+    t.same([...statements(migration.text).matchAll(/\bcreate\s+(?:or\s+replace\s+)?(?:function|procedure|trigger|view)\b/gi)].map((match) => match[0]), [],
+      `${migration.name}: no function, trigger or view (they belong in sql/functions/)`)
+  }
+
+  const { sql } = await createTestSql(t)
+  await migrate(sql)
+  const inDatabase = (await sql`
+    select p.proname as name from pg_proc p where p.pronamespace = 'public'::regnamespace order by 1`).map((row) => row.name as string)
+  t.same(inDatabase, [...names].sort(), 'the migrated database has exactly the functions the files define')
+  const triggersInDatabase = (await sql`
+    select tgname from pg_trigger where not tgisinternal and tgrelid::regclass::text like 'budget\\_%' order by 1`).map((row) => row.tgname as string)
+  t.same(triggersInDatabase, [...triggers].sort(), 'and exactly their triggers')
 })

@@ -10,7 +10,7 @@ import { createTestDatabase } from './fixtures/database.js'
 const run = promisify(execFile)
 const root = new URL('..', import.meta.url).pathname
 
-t.test('npm pack ships the build and the migrations, and a fresh Fastify app can register it', async (t) => {
+t.test('npm pack ships the build and the schema, and a fresh Fastify app can register it', async (t) => {
   const work = await mkdtemp(join(tmpdir(), 'relaycore-package-'))
   t.teardown(async () => await rm(work, { recursive: true, force: true }))
 
@@ -19,7 +19,7 @@ t.test('npm pack ships the build and the migrations, and a fresh Fastify app can
   const [{ filename, files }] = JSON.parse(packed) as [{ filename: string, files: Array<{ path: string }> }]
   const paths = files.map((file) => file.path)
   t.ok(paths.includes('dist/index.js') && paths.includes('dist/index.d.ts'), 'the build, with declarations')
-  t.ok(paths.includes('sql/001_budget_definitions.sql'), 'the migrations')
+  t.ok(paths.includes('sql/migrations/001_baseline.sql') && paths.includes('sql/functions/settlements.sql'), 'the migrations and the function files')
   t.ok(paths.includes('ui/index.html') && paths.includes('ui/dashboard.js'), 'the dashboard page')
   t.ok(paths.includes('docs/options.md') && paths.includes('docs/glossary.md'), 'the pages the README links to')
   t.same(paths.filter((path) => /^(test|examples|bench|lib)\//.test(path)), [], 'no tests, examples, benchmarks or sources')

@@ -1,4 +1,4 @@
-// budget_period_window (sql/007) is the one place periods are computed; it is immutable SQL, so these
+// budget_period_window (sql/functions/periods.sql) is the one place periods are computed; it is immutable SQL, so these
 // tests call it on PostgreSQL itself: every period kind, leap years, month ends, millisecond edges.
 import t from 'tap'
 import { migrate } from '../lib/kernel/database/migrate.js'

@@ -1,5 +1,5 @@
 // Request and token rate limits beside money: token buckets in PostgreSQL shared by every gateway
-// process (sql/008), allowance held in process (lib/gate/rate-limits.ts). Over a limit the gate
+// process (sql/functions/rate-limits.sql), allowance held in process (lib/gate/rate-limits.ts). Over a limit the gate
 // answers OpenAI's 429, which the official client reads and retries after retry-after.
 import OpenAI from 'openai'
 import t from 'tap'

@@ -11,7 +11,7 @@ const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
 
 interface Group { key: string | null, currency: string, total: string, calls: number }
 
-/** A usage record no budget covered, written as the gate writes one (sql/022): the caller's scopes in its metadata. */
+/** A usage record no budget covered, written as the gate writes one (budget_id null): the caller's scopes in its metadata. */
 async function unbudgeted (sql: Awaited<ReturnType<typeof buildApp>>['sql'], amount: string, occurredAt: string, caller: Record<string, unknown>, currency = 'USD') {
   await sql`
     insert into budget_usage_records (budget_id, amount, currency, source, metadata, idempotency_key, occurred_at, allocated_by_settlement)

@@ -1,4 +1,4 @@
-// Budgets on their own calendars (sql/007): time zones, daylight saving, calendar alignment and fiscal
+// Budgets on their own calendars (sql/functions/periods.sql): time zones, daylight saving, calendar alignment and fiscal
 // years. budget_period_window is checked on PostgreSQL itself against an independent oracle written here
 // in JavaScript: wall-clock arithmetic on plain { y, mo, d, h, mi, s, ms } values, and conversions between
 // wall clocks and instants through Intl.DateTimeFormat (ICU's copy of the IANA database, not PostgreSQL's).
@@ -123,7 +123,7 @@ function toInstant (zone: string, w: Wall): number {
   return real.length === 0 ? local - before : Math.max(...real)
 }
 
-/** The budget's window at c.at, by the contract in sql/007, or null if it has none. */
+/** The budget's window at c.at, by the contract in sql/functions/periods.sql, or null if it has none. */
 function oracleWindow (c: Case): Win | null {
   if (c.at < c.start) return null
   const startWall = toWall(c.zone, c.start)

@@ -1,15 +1,11 @@
-import { copyFile, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { pathToFileURL } from 'node:url'
 import fc from 'fast-check'
 import Fastify from 'fastify'
 import t from 'tap'
 import type { Sql } from 'postgres'
 import budgets from '../lib/index.js'
-import { migrate, readMigrations } from '../lib/kernel/database/migrate.js'
 import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp, snapshotTables, type TestApp } from './fixtures/app.js'
 import { createTestSql } from './fixtures/database.js'
+import { migrateFolded } from './fixtures/folded-migrations.js'
 
 const BATCH = `${PREFIX}/usage/batch`
 
@@ -365,14 +361,11 @@ t.test('the single route: a key names one record across budgets; a retry of the 
   t.equal(await count(sql, 'budget_usage_records'), 1)
 })
 
-t.test('sql/018 on a database that stored a key twice: the first record holds it, the spend stays, and a retry replays the first', async (t) => {
+// A database an earlier version migrated to 017, where the defect stored a key twice; then migrated on by that
+// version (018 gives the key to the first record), then by this one (test/migrate-upgrade.test.ts).
+t.test('018 (folded into the baseline) on a database that stored a key twice: the first record holds it, the spend stays, and a retry replays the first', async (t) => {
   const { sql } = await createTestSql(t)
-  const before = await mkdtemp(join(tmpdir(), 'migrations-'))
-  t.teardown(async () => await rm(before, { recursive: true }))
-  for (const migration of (await readMigrations()).filter((m) => m.version < 18)) {
-    await copyFile(new URL(`../sql/${migration.name}`, import.meta.url), join(before, migration.name))
-  }
-  await migrate(sql, pathToFileURL(`${before}/`))
+  await migrateFolded(sql, { to: 17 })
   const [team] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date)
     values ('team', 'team', 'team-a', 100, 'USD', 'annual', '2024-01-01') returning id`
   const [user] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, parent_id)
@@ -380,10 +373,11 @@ t.test('sql/018 on a database that stored a key twice: the first record holds it
   // what the defect stored: one usage of 5 under one key, on the team and again on the user
   await sql`insert into budget_usage_records (budget_id, amount, currency, idempotency_key, recorded_at) values (${team!.id}, 5, 'USD', 'call-1', now() - interval '1 minute')`
   await sql`insert into budget_usage_records (budget_id, amount, currency, idempotency_key) values (${user!.id}, 5, 'USD', 'call-1')`
+  await migrateFolded(sql, { from: 18 }) // 018 to 026, as that version's gateway would have on its next start
 
   const app = Fastify({ logger: false })
   await app.register(budgets, { database: sql, adminToken: ADMIN_TOKEN })
-  await app.ready() // applies sql/018
+  await app.ready() // recognises the folded migrations: records the baseline, applies sql/functions/
   t.teardown(async () => await app.close())
   const holders = await sql`select budget_id, request_fingerprint from budget_usage_records order by recorded_at`
   t.same(holders.map((row) => [row.budget_id, row.request_fingerprint]), [[team!.id, 'legacy'], [user!.id, null]], 'the first holds the key; the later one stays, outside the index')

@@ -1,5 +1,5 @@
 // A budget's window changed while the gate holds and settles on it (issue 21 item 4, review finding 1):
-// the carry-over (budget_carry_reservations, sql/016 then sql/026) met a hold that committed between its
+// the carry-over (budget_carry_reservations, sql/functions/window-changes.sql) met a hold that committed between its
 // two lock statements, and that hold's settlement, in a deadlock; PostgreSQL killed the change, and the
 // admin's PUT answered 500. Now the carry-over locks the rows it moves without waiting on the gate, and a
 // change that meets a settlement runs again (lib/budgets/registry.ts): every PUT is answered 200.
@@ -31,7 +31,7 @@ async function blockedBy (sql: Sql, pid: number, giveUp = () => false): Promise<
   throw new Error(`no session waited for session ${pid}`)
 }
 
-/** budget_hold_batch's lock_timeout (sql/016). */
+/** budget_hold_batch's lock_timeout (sql/functions/holds.sql). */
 const HOLD_LOCK_BOUND_MS = 2000
 
 t.test('a hold committed between the carry-over\'s two lock statements, then settled while the change runs: the PUT is answered 200, nothing deadlocks', async (t) => {
@@ -101,7 +101,7 @@ t.test('a parent and its child change periods over and over while streams and ca
     for (let i = 0; running; i++) {
       const started = Date.now()
       const response = await call(scopes, { stream, messages: [{ role: 'user', content: `call ${i}` }] })
-      // A hold that waited out its lock bound (2 s, sql/016) on a loaded machine is a 503 by design: the
+      // A hold that waited out its lock bound (2 s, holds.sql) on a loaded machine is a 503 by design: the
       // database did not answer in time. The refusal this test guards against came at once, from a line
       // that changed under the call's tries, so only a 503 that came quickly counts against it.
       if (response.statusCode === 503 && Date.now() - started >= HOLD_LOCK_BOUND_MS) { count('call 503 after the lock bound'); continue }

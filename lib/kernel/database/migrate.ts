@@ -1,10 +1,35 @@
-// Applies the forward-only migrations in sql/ once, even when several gateway processes start together.
+// Brings a database to the schema of sql/, once, even when several gateway processes start together.
+// Two kinds of file (docs/data-model.md says how to write each):
+// - sql/migrations/NNN_name.sql, versioned: tables, columns, indexes, constraints and data. Each runs
+//   once, in version order, recorded in budget_schema_migrations.
+// - sql/functions/name.sql, repeatable: functions, trigger functions and triggers, written to run again
+//   (create or replace). A file runs whenever its text changed (or is new), after the migrations,
+//   recorded with its checksum in budget_schema_repeatables, as Flyway's repeatable migrations do: the
+//   running definition of a function is always the one file that defines it.
+import { createHash } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
-import type { Sql } from 'postgres'
+import type { Sql, TransactionSql } from 'postgres'
 import { MigrationError } from '../errors.js'
 
-const MIGRATIONS_DIR = new URL('../../../sql/', import.meta.url)
+const SQL_DIR = new URL('../../../sql/', import.meta.url)
 const MIGRATION_FILE = /^(\d+)_[\w-]+\.sql$/
+const REPEATABLE_FILE = /^[\w-]+\.sql$/
+const DEFINED_FUNCTION = /\bcreate\s+or\s+replace\s+function\s+([a-z_][a-z0-9_]*)/gi
+
+/**
+ * The 24 migrations the baseline (sql/migrations/001_baseline.sql) folds, as sql/ held them at commit
+ * e31f161. A database they brought to the last one has the baseline's schema: the baseline is recorded
+ * as applied, not run, and the repeatable files then replace its functions.
+ */
+const FOLDED_MIGRATIONS = [
+  '001_budget_definitions.sql', '002_usage_and_status.sql', '003_gate_reservations.sql', '004_alerts.sql',
+  '005_spend_integrity.sql', '006_hot_path.sql', '007_calendars_and_filters.sql', '008_rate_limits.sql',
+  '009_settle_leased_race.sql', '010_metrics.sql', '011_audit_log.sql', '012_currencies.sql',
+  '013_digests_and_forecast.sql', '014_usage_batch.sql', '015_near_limit.sql', '016_lease_integrity.sql',
+  '018_usage_keys_and_batch_checks.sql', '019_forecasts_digests_rates.sql', '020_alerts_follow_definitions.sql',
+  '021_channel_tests_audited.sql', '022_spend_ledger.sql', '024_report_indexes.sql', '025_decision_log.sql',
+  '026_window_carry_locks.sql'
+]
 
 export interface Migration {
   version: number
@@ -12,46 +37,163 @@ export interface Migration {
   text: string
 }
 
-export async function readMigrations (directory: URL = MIGRATIONS_DIR): Promise<Migration[]> {
-  const names = (await readdir(directory)).filter((name) => MIGRATION_FILE.test(name))
+export interface Repeatable {
+  name: string
+  text: string
+  /** sha256 of the text, hex. */
+  checksum: string
+  /** The functions it defines (create or replace function), by name. */
+  functions: string[]
+}
+
+/** What one migrate() applied: the versions of the migrations it ran, and the names of the repeatable files. */
+export interface MigrationRun {
+  versions: number[]
+  repeatables: string[]
+}
+
+/** The versioned migrations under `directory`/migrations/, in version order. */
+export async function readMigrations (directory: URL = SQL_DIR): Promise<Migration[]> {
+  const folder = new URL('migrations/', directory)
+  const names = (await readdir(folder)).filter((name) => MIGRATION_FILE.test(name))
   const migrations = await Promise.all(names.map(async (name) => ({
     version: Number(MIGRATION_FILE.exec(name)?.[1]),
     name,
-    text: await readFile(new URL(name, directory), 'utf8')
+    text: await readFile(new URL(name, folder), 'utf8')
   })))
   return migrations.sort((a, b) => a.version - b.version)
 }
 
+/** The repeatable files under `directory`/functions/, in name order (the order they run in). */
+export async function readRepeatables (directory: URL = SQL_DIR): Promise<Repeatable[]> {
+  const folder = new URL('functions/', directory)
+  const names = (await readdir(folder)).filter((name) => REPEATABLE_FILE.test(name)).sort()
+  return await Promise.all(names.map(async (name) => {
+    const text = await readFile(new URL(name, folder), 'utf8')
+    return {
+      name,
+      text,
+      checksum: createHash('sha256').update(text).digest('hex'),
+      functions: [...text.matchAll(DEFINED_FUNCTION)].map((match) => match[1]!.toLowerCase())
+    }
+  }))
+}
+
 /**
- * Runs every migration not applied yet, in one transaction that holds an advisory lock: a second
- * process waits for the first, then finds everything applied. A failing migration rolls back whole.
- * Returns the versions this call applied.
+ * Runs every migration not applied yet, then every repeatable file whose text changed, in one
+ * transaction that holds an advisory lock: a second process waits for the first, then finds everything
+ * applied. A failing file rolls back the whole run, and the error names it.
  */
-export async function migrate (sql: Sql, directory: URL = MIGRATIONS_DIR): Promise<number[]> {
-  const migrations = await readMigrations(directory)
+export async function migrate (sql: Sql, directory: URL = SQL_DIR): Promise<MigrationRun> {
+  const [migrations, repeatables] = await Promise.all([readMigrations(directory), readRepeatables(directory)])
   return await sql.begin(async (tx) => {
     await tx`select pg_advisory_xact_lock(hashtextextended('relaycore-budgets:migrate', 0))`
-    const [{ exists } = { exists: false }] = await tx<{ exists: boolean }[]>`select to_regclass('budget_schema_migrations') is not null as exists`
-    if (!exists) {
-      await tx`
-        create table budget_schema_migrations (
-          version    integer primary key,
-          name       text not null,
-          applied_at timestamptz not null default now()
-        )`
-    }
-    const applied = new Set((await tx<{ version: number }[]>`select version from budget_schema_migrations`).map((row) => row.version))
-    const appliedNow: number[] = []
-    for (const migration of migrations) {
-      if (applied.has(migration.version)) continue
-      try {
-        await tx.unsafe(migration.text)
-      } catch (error) {
-        throw new MigrationError(migration.name, (error as Error).message, { cause: error })
-      }
-      await tx`insert into budget_schema_migrations (version, name) values (${migration.version}, ${migration.name})`
-      appliedNow.push(migration.version)
-    }
-    return appliedNow
+    const versions = await applyMigrations(tx, migrations)
+    const applied = await applyRepeatables(tx, repeatables)
+    return { versions, repeatables: applied }
   })
+}
+
+async function tableExists (tx: TransactionSql, name: string): Promise<boolean> {
+  const [row] = await tx<Array<{ exists: boolean }>>`select to_regclass(${name}) is not null as exists`
+  return row!.exists
+}
+
+async function applyMigrations (tx: TransactionSql, migrations: Migration[]): Promise<number[]> {
+  if (!await tableExists(tx, 'budget_schema_migrations')) {
+    await tx`
+      create table budget_schema_migrations (
+        version    integer primary key,
+        name       text not null,
+        applied_at timestamptz not null default now()
+      )`
+  }
+  await recordFoldedAsBaseline(tx, migrations[0])
+  const applied = new Set((await tx<Array<{ version: number }>>`select version from budget_schema_migrations`).map((row) => row.version))
+  const appliedNow: number[] = []
+  for (const migration of migrations) {
+    if (applied.has(migration.version)) continue
+    try {
+      await tx.unsafe(migration.text)
+    } catch (error) {
+      throw new MigrationError(`migrations/${migration.name}`, (error as Error).message, { cause: error })
+    }
+    await tx`insert into budget_schema_migrations (version, name) values (${migration.version}, ${migration.name})`
+    appliedNow.push(migration.version)
+  }
+  return appliedNow
+}
+
+/**
+ * A database the folded migrations brought to their last one is recorded as at the baseline (its
+ * schema is the baseline's, and its functions are replaced by the repeatable files next). One they
+ * brought part of the way is refused: the baseline cannot take it the rest of the way.
+ */
+async function recordFoldedAsBaseline (tx: TransactionSql, baseline: Migration | undefined): Promise<void> {
+  const recorded = (await tx<Array<{ name: string }>>`select name from budget_schema_migrations order by version`).map((row) => row.name)
+  const folded = recorded.filter((name) => FOLDED_MIGRATIONS.includes(name))
+  if (folded.length === 0 || baseline === undefined) return
+  if (folded.length < FOLDED_MIGRATIONS.length || recorded.length > folded.length) {
+    const missing = FOLDED_MIGRATIONS.filter((name) => !recorded.includes(name))
+    throw new MigrationError(`migrations/${baseline.name}`,
+      `the database was migrated by an earlier @relaycore/budgets, up to ${folded.at(-1)!}: ${folded.length} of the ${FOLDED_MIGRATIONS.length} ` +
+      `migrations this baseline folds (missing ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ` and ${missing.length - 3} more` : ''}). ` +
+      'Migrate it with the sql/ of that package at commit e31f161 first (it applies the rest), then with this one; or start from an empty database')
+  }
+  await tx`delete from budget_schema_migrations where name = any (${FOLDED_MIGRATIONS})`
+  await tx`insert into budget_schema_migrations (version, name) values (${baseline.version}, ${baseline.name})`
+}
+
+/**
+ * Runs each repeatable file that is new or whose text changed, in name order, with function bodies
+ * unchecked (as pg_dump restores them: a function may call one a later file defines); then checks the
+ * body of every function the files define, so a broken body fails the run here, not at its first call.
+ */
+async function applyRepeatables (tx: TransactionSql, repeatables: Repeatable[]): Promise<string[]> {
+  if (!await tableExists(tx, 'budget_schema_repeatables')) {
+    await tx`
+      create table budget_schema_repeatables (
+        name       text primary key,
+        checksum   text not null,
+        applied_at timestamptz not null default now()
+      )`
+  }
+  const checksums = new Map((await tx<Array<{ name: string, checksum: string }>>`select name, checksum from budget_schema_repeatables`)
+    .map((row) => [row.name, row.checksum]))
+  const pending = repeatables.filter((file) => checksums.get(file.name) !== file.checksum)
+  // A file gone from sql/functions/ goes from the records; what it defined stays until a file drops it.
+  await tx`delete from budget_schema_repeatables where name <> all (${repeatables.map((file) => file.name)})`
+  if (pending.length === 0) return []
+
+  await tx`set local check_function_bodies = off`
+  for (const file of pending) {
+    try {
+      await tx.unsafe(file.text)
+    } catch (error) {
+      throw new MigrationError(`functions/${file.name}`, (error as Error).message, { cause: error })
+    }
+    await tx`
+      insert into budget_schema_repeatables (name, checksum) values (${file.name}, ${file.checksum})
+      on conflict (name) do update set checksum = excluded.checksum, applied_at = now()`
+  }
+  await tx`set local check_function_bodies = on`
+  await checkFunctionBodies(tx, repeatables)
+  return pending.map((file) => file.name)
+}
+
+/** Runs each function's language validator (PL/pgSQL: its syntax; SQL: its statements against the schema). */
+async function checkFunctionBodies (tx: TransactionSql, repeatables: Repeatable[]): Promise<void> {
+  const fileOf = new Map(repeatables.flatMap((file) => file.functions.map((name) => [name, file.name] as const)))
+  const functions = await tx<Array<{ name: string, signature: string, validator: string }>>`
+    select p.proname as name, p.oid::regprocedure::text as signature, l.lanvalidator::regproc::text as validator
+    from pg_proc p join pg_language l on l.oid = p.prolang
+    where p.proname = any (${[...fileOf.keys()]}) and pg_function_is_visible(p.oid) and l.lanname in ('sql', 'plpgsql')
+    order by p.proname`
+  for (const fn of functions) {
+    try {
+      await tx.unsafe(`select ${fn.validator}($1::regprocedure)`, [fn.signature])
+    } catch (error) {
+      throw new MigrationError(`functions/${fileOf.get(fn.name)!}`, `${fn.signature}: ${(error as Error).message}`, { cause: error })
+    }
+  }
 }

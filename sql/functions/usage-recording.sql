@@ -1,46 +1,14 @@
--- Issue 19, items 10 and 12: a usage record's key holds whatever budget takes the record, and a batch
--- refuses the records that cannot be stored (no exchange rate, an amount past numeric(28,10)) before it
--- counts the rest, in one pass.
+-- Recording usage outside the gate: one record at a time through a per-row trigger, or a batch
+-- (POST /usage/batch) through one function with the same outcome. (The gate's settlements record their
+-- own, settlements.sql.) Both lock window rows only, by (budget_id, period_start): the lock order,
+-- settlements.sql.
 
--- 1. One record per key (item 12). A record given by scopes lands on whichever budget its scopes reach
--- when it arrives; a retry after a budget was created under those scopes reached another one, and the
--- per-budget key (002) stored it again. The key is now the record's, across budgets, for every record the
--- usage API stores (POST /:id/usage, POST /usage/batch, recordUsage, recordModelCall). Such a record keeps
--- the fingerprint of the request that made it, so a retry can be told from another request under the same
--- key (lib/usage/usage-rules.ts). A gated call's record (sql/006, 009, 012: keyed by its reservation,
--- settled once) carries none and stays outside the index: the gate's settlement functions still arbitrate
--- on (budget_id, idempotency_key).
-alter table budget_usage_records add column request_fingerprint text;
-
--- Records stored before this migration: the first under each key (by recorded_at, then id) holds it, and
--- a retry of it is compared as before (amount and currency; 'legacy'). Any later record under the same key
--- (what this defect stored twice) keeps counting as it did: a migration does not rewrite spend. Find them:
---   select idempotency_key, count(*) from budget_usage_records where idempotency_key is not null
---   group by 1 having count(*) > 1;
-update budget_usage_records u set request_fingerprint = 'legacy'
-from (
-  select distinct on (r.idempotency_key) r.id from budget_usage_records r
-  where r.idempotency_key is not null order by r.idempotency_key, r.recorded_at, r.id
-) holder
-where u.id = holder.id;
-
-do $$
-declare
-  duplicates bigint;
-begin
-  select count(*) into duplicates from budget_usage_records
-  where idempotency_key is not null and request_fingerprint is null;
-  if duplicates > 0 then
-    raise notice '% usage record(s) repeat a key already held by an earlier record (see sql/018 to list them)', duplicates;
-  end if;
-end $$;
-
-create unique index budget_usage_records_key on budget_usage_records (idempotency_key) where request_fingerprint is not null;
-
--- 2. Where usage counts, and at what rate, without raising (item 10): the batch finds every record that
--- has no rate before it stores any. budget_usage_targets (012) keeps its contract (an error naming the
--- pair) for the per-row trigger, read from here, so both ask one place.
-create function budget_usage_reach(p_budget_id uuid, p_also uuid[], p_model text, p_tags jsonb, p_currency text, p_at timestamptz)
+-- Where usage counts, and at what rate: the lineage of its budget and of each of its other budgets, those
+-- whose filters its model and tags match, each once, with the rate from its currency into theirs in force
+-- at p_at (null where none is). Without raising, so the batch finds every record that has no rate before it
+-- stores any; budget_usage_targets below keeps the per-row trigger's contract (an error naming the pair),
+-- read from here, so both ask one place.
+create or replace function budget_usage_reach(p_budget_id uuid, p_also uuid[], p_model text, p_tags jsonb, p_currency text, p_at timestamptz)
 returns table (budget_id uuid, currency text, exchange_rate numeric) language sql stable as $$
   select matched.id, matched.currency, budget_exchange_rate(p_currency, matched.currency, p_at)
   from (
@@ -52,45 +20,89 @@ returns table (budget_id uuid, currency text, exchange_rate numeric) language sq
   ) matched
 $$;
 
--- As 012 defined it (no settings to restate: it had none).
+-- budget_usage_reach, with an error naming the pair where no rate is in force (budget_require_rate).
 create or replace function budget_usage_targets(p_budget_id uuid, p_also uuid[], p_model text, p_tags jsonb, p_currency text, p_at timestamptz)
 returns table (budget_id uuid, exchange_rate numeric) language sql stable as $$
   select r.budget_id, coalesce(r.exchange_rate, budget_require_rate(p_currency, r.currency, p_at))
   from budget_usage_reach(p_budget_id, p_also, p_model, p_tags, p_currency, p_at) r
 $$;
 
--- The largest amount a money column (numeric(28, 10)) holds.
-create function budget_money_max() returns numeric language sql immutable parallel safe as $$
-  select 999999999999999999.9999999999::numeric
-$$;
+-- On every usage insert (not a settlement's or a batch's, which allocate their own; not an unbudgeted
+-- record, which has no line): allocate it to each budget it counts toward (budget_usage_targets), converted
+-- into each budget's currency at the rate in force when it is recorded, and add the converted amount to
+-- each one's window row. Rows are visited in budget id order, the lock order, so concurrent recorders and
+-- the gate queue instead of deadlocking. A window row that does not exist yet is created by a refresh
+-- (which already includes the new allocation). The recorder refuses a record that the budget it is
+-- recorded on does not match (lib/usage/tracker.ts).
+create or replace function budget_usage_after_insert() returns trigger language plpgsql as $$
+declare
+  budget record;
+  created boolean;
+begin
+  insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
+  select t.budget_id, new.id, budget_convert(new.amount, t.exchange_rate), new.occurred_at, t.exchange_rate
+  from budget_usage_targets(new.budget_id, new.also_counts_toward, new.metadata ->> 'modelId', new.metadata -> 'tags', new.currency, new.recorded_at) t;
 
--- 3. The batch (014's, rebuilt; it had no settings to restate). Item 10: one record without a rate, or past
--- numeric(28,10), failed 014's statement, and the collector stored the batch again a record at a time,
--- each record rewriting its ancestors' cache rows: quadratic, with the hot rows locked all along.
+  for budget in
+    select b.id, w.period_start, w.period_end, a.amount
+    from budget_usage_allocations a
+    join budget_definitions b on b.id = a.budget_id
+    cross join lateral budget_window(b, new.occurred_at) w
+    where a.usage_id = new.id
+    order by b.id
+  loop
+    created := null;
+    insert into budget_status_cache (budget_id, period_start, period_end)
+    values (budget.id, budget.period_start, budget.period_end)
+    on conflict (budget_id, period_start) do nothing
+    returning true into created;
+    if created then
+      perform refresh_budget_status_cache(budget.id, budget.period_start, budget.period_end);
+    else
+      update budget_status_cache c
+      set current_amount = c.current_amount + budget.amount, usage_count = c.usage_count + 1,
+          last_usage_at = greatest(c.last_usage_at, new.occurred_at), updated_at = now()
+      where c.budget_id = budget.id and c.period_start = budget.period_start;
+    end if;
+  end loop;
+  return null;
+end $$;
+create or replace trigger budget_usage_records_status after insert on budget_usage_records
+for each row when (not new.allocated_by_settlement and new.budget_id is not null) execute function budget_usage_after_insert();
+
+-- Usage in bulk: a batch's records stored by one statement and counted by a few set-based ones, with the
+-- same outcome as the per-row trigger above posting them one at a time, in order: the same allocations,
+-- the same status cache rows, the same alert crossings, the same refusals.
 --
--- Now, in one pass, with the same outcome as the per-row trigger posting the records one at a time:
+-- Why not the trigger: it updates a budget's cache row once per record, and a row updated n times in one
+-- transaction costs O(n) per update (each new version waits on the chain of the ones before it), so a
+-- batch of thousands spent a millisecond a record. And one record without a rate, or past
+-- numeric(28,10), must not fail the statement, or the collector would store the batch again a record at
+-- a time, each record rewriting its ancestors' cache rows: quadratic, with the hot rows locked all along.
+--
+-- In one pass:
 --   a. the records without a rate, or whose converted amount overflows, are refused (the code the single
 --      route maps: RB001 with the pair, 22003) and the others inserted, the first under each key taking it (a
 --      key held when a record comes stores nothing and refuses nothing, as for a single record, where the
 --      key is looked at before the rate);
 --   b. the allocations are made and inserted, and each window's running sums (per record, in order) are
 --      computed, all before any cache row is locked;
---   c. then, last, the windows are locked in the gate's order (budget id, window start); only what needs
+--   c. then, last, the windows are locked in the lock order (budget id, window start); only what needs
 --      their values runs under the locks: a record that would take a window past numeric(28,10) is taken
 --      out (found in order, as one at a time would find it), and each row is written once, plus once for
---      each record at which an alert threshold is first reached (the alert trigger, 013, sees the spend of
---      that record, as it would one record at a time).
+--      each record at which an alert threshold is first reached (the alert trigger, alerts.sql, sees the
+--      spend of that record, as it would one record at a time).
 -- A window the batch opens is made here at the spend it had before the batch (its allocations from
 -- elsewhere), then grows by the batch's records like any other: the same value and crossings as the
--- trigger's refresh at its first record.
+-- trigger's refresh at its first record. The rows are inserted with allocated_by_settlement, which keeps
+-- the per-row trigger off.
 --
 -- p_records: a JSON array of {ord, budget_id, amount, currency, source, description, metadata,
 -- idempotency_key, request_fingerprint, occurred_at, also_counts_toward}, checked by the caller
 -- (lib/usage/collector.ts), in the order they came, several under one key if so. Returns every record:
 -- stored (usage_id), refused (fault: RB001 with detail 'FROM/TO', or 22003), or neither (its key was held
 -- when it came, before the batch or by an earlier record of it: the caller reads the holder).
-drop function budget_record_usage_batch(jsonb);
-create function budget_record_usage_batch(p_records jsonb)
+create or replace function budget_record_usage_batch(p_records jsonb)
 returns table (ord integer, usage_id uuid, fault text, detail text) language plpgsql as $$
 #variable_conflict use_column
 declare
@@ -101,8 +113,10 @@ declare
   sums numeric[];
   record_row record;
   fits boolean;
-  refused uuid[] := '{}';
+  refused uuid[] := '{}'::uuid[];
 begin
+  -- Each PRAGMA:TABLE below tells plpgsql_check (test/plpgsql-check.test.ts) the columns of a temp table this
+  -- function makes, which it cannot see otherwise; run, it selects a constant and does nothing.
   drop table if exists pg_temp.batch_usage, pg_temp.batch_reach, pg_temp.batch_allocations, pg_temp.batch_running,
                        pg_temp.batch_windows, pg_temp.batch_steps;
 
@@ -116,10 +130,13 @@ begin
   from jsonb_to_recordset(p_records) as r(ord integer, budget_id uuid, amount numeric(28, 10), currency text, source text,
        description text, metadata jsonb, idempotency_key text, request_fingerprint text, occurred_at timestamptz,
        also_counts_toward uuid[]);
+  perform 'PRAGMA:TABLE: batch_usage (ord integer, id uuid, budget_id uuid, amount numeric(28, 10), currency text, source text, '
+    'description text, metadata jsonb, idempotency_key text, request_fingerprint text, occurred_at timestamptz, also_counts_toward uuid[], '
+    'shape text, stored boolean, fault text, detail text)';
 
   analyze batch_usage; -- a temp table has no statistics else, and the plans below go wrong without them
 
-  -- Where each shape counts (012's targets, with a null rate where none is in force), found once per shape.
+  -- Where each shape counts (budget_usage_reach: a null rate where none is in force), found once per shape.
   create temp table batch_reach on commit drop as
   with shapes as materialized (
     select distinct on (u.shape) u.shape, u.budget_id, u.also_counts_toward, u.metadata ->> 'modelId' as model, u.metadata -> 'tags' as tags,
@@ -129,6 +146,7 @@ begin
   select s.shape, s.currency as from_currency, t.budget_id as id, t.currency as to_currency, t.exchange_rate as rate
   from shapes s
   cross join lateral budget_usage_reach(s.budget_id, s.also_counts_toward, s.model, s.tags, s.currency, now()) t;
+  perform 'PRAGMA:TABLE: batch_reach (shape text, from_currency text, id uuid, to_currency text, rate numeric)';
   analyze batch_reach;
 
   -- a. The records without a rate, or whose converted amount overflows, are refused before any is stored:
@@ -176,6 +194,8 @@ begin
   join batch_reach r on r.shape = u.shape
   join windowed w on w.id = r.id and w.occurred_at = u.occurred_at
   where u.stored;
+  perform 'PRAGMA:TABLE: batch_allocations (ord integer, budget_id uuid, usage_id uuid, amount numeric, occurred_at timestamptz, rate numeric, '
+    'period_start timestamptz, period_end timestamptz)';
   analyze batch_allocations;
   insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
   select a.budget_id, a.usage_id, a.amount, a.occurred_at, a.rate from batch_allocations a;
@@ -183,6 +203,8 @@ begin
   -- What the batch adds to each window after each of its records.
   create temp table batch_running (budget_id uuid, period_start timestamptz, ord integer, added numeric, calls bigint,
                                    last_at timestamptz, last boolean) on commit drop;
+  perform 'PRAGMA:TABLE: batch_running (budget_id uuid, period_start timestamptz, ord integer, added numeric, calls bigint, '
+    'last_at timestamptz, last boolean)';
   create index on batch_running (budget_id, period_start, ord);
   insert into batch_running
   select a.budget_id, a.period_start, a.ord, sum(a.amount) over running, count(*) over running, max(a.occurred_at) over running,
@@ -197,6 +219,8 @@ begin
          null::timestamptz as row_start, null::timestamptz as row_end
   from batch_allocations a where a.period_start is not null
   group by a.budget_id, a.period_start;
+  perform 'PRAGMA:TABLE: batch_windows (budget_id uuid, period_start timestamptz, period_end timestamptz, total numeric, calls bigint, '
+    'existed boolean, base_amount numeric, base_calls bigint, base_last_at timestamptz, row_start timestamptz, row_end timestamptz)';
 
   -- c. The windows, locked last, in the gate's order: a window without a row gets one (locked as it is
   -- inserted), the others are locked. One order for every writer, so concurrent batches, single records and
@@ -232,6 +256,7 @@ begin
     create temp table batch_risky on commit drop as
     select row_number() over (order by w.budget_id, w.period_start)::integer as slot, w.budget_id, w.period_start, w.base_amount
     from batch_windows w where w.base_amount + w.total > budget_money_max();
+    perform 'PRAGMA:TABLE: batch_risky (slot integer, budget_id uuid, period_start timestamptz, base_amount numeric)';
     select array_agg(k.base_amount order by k.slot) into sums from batch_risky k;
     for record_row in
       select a.usage_id, array_agg(k.slot) as slots, array_agg(a.amount) as amounts
@@ -278,7 +303,7 @@ begin
 
   -- The steps to write: each record at which an alert threshold is first reached (in ascending order), and
   -- the last. Spend only grows record by record, so a threshold on spend is first reached at the first record
-  -- whose running sum gets there; a projected one is measured per record (013's measure, as the trigger does).
+  -- whose running sum gets there; a projected one is measured per record (budget_alert_measure, as the trigger does).
   create temp table batch_steps on commit drop as
   with thresholds as (
     select w.budget_id, w.period_start, w.base_amount, w.row_start, w.row_end, b.amount as limit_amount,
@@ -309,6 +334,8 @@ begin
   from batch_running r
   join batch_windows w on w.budget_id = r.budget_id and w.period_start = r.period_start
   where r.last or exists (select 1 from crossings x where x.budget_id = r.budget_id and x.period_start = r.period_start and x.ord = r.ord);
+  perform 'PRAGMA:TABLE: batch_steps (budget_id uuid, period_start timestamptz, spent numeric, calls bigint, last_usage_at timestamptz, '
+    'step integer)';
 
   select coalesce(max(s.step), 0) into steps from batch_steps s;
   for step_number in 1 .. steps loop

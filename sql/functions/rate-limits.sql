@@ -1,24 +1,16 @@
--- Request and token rate limits beside money: a token bucket per rate-limited budget, shared by every
--- gateway process. A bucket holds up to a minute's allowance and refills continuously at the per-minute
--- rate, so a budget allows its requestsPerMinute and tokensPerMinute over any minute and a burst of at
--- most one minute's worth. Processes take allowance from it (one call's worth, or a slice on a hot
--- budget, lib/gate/rate-limits.ts) and give back what they did not use; what a process holds counts
--- as used, so the limits hold however many processes share the database.
-alter table budget_definitions
-  add column rate_requests_per_minute integer check (rate_requests_per_minute > 0),
-  add column rate_tokens_per_minute bigint check (rate_tokens_per_minute > 0);
-
-create table budget_rate_buckets (
-  budget_id   uuid primary key references budget_definitions (id),
-  requests    numeric not null,
-  tokens      numeric not null,
-  refilled_at timestamptz not null
-);
+-- Request and token rate limits beside money: a token bucket per rate-limited budget (budget_rate_buckets),
+-- shared by every gateway process. A bucket holds up to a minute's allowance and refills continuously at the
+-- per-minute rate, so a budget allows its requestsPerMinute and tokensPerMinute over any minute and a burst
+-- of at most one minute's worth. Processes take allowance from it (one call's worth, or a slice on a hot
+-- budget, lib/gate/rate-limits.ts) and give back what they did not use; what a process holds counts as
+-- used, so the limits hold however many processes share the database. Bucket rows are locked in budget id
+-- order, and a queue on one hot bucket cannot hold a pooled connection for more than 2 s (lock_timeout),
+-- for a give-back as for a take.
 
 -- What a bucket holds at p_at: refilled for the time since it was last written, never past a minute's
 -- worth; null for a dimension the budget does not limit. clock_timestamp(), not now(): a statement that
 -- waited for another's lock must not refill from an instant before that other's write.
-create function budget_rate_level(p_requests numeric, p_tokens numeric, p_refilled_at timestamptz,
+create or replace function budget_rate_level(p_requests numeric, p_tokens numeric, p_refilled_at timestamptz,
                                   p_rpm integer, p_tpm bigint, p_at timestamptz,
                                   out requests numeric, out tokens numeric)
 language sql immutable parallel safe as $$
@@ -30,11 +22,11 @@ $$;
 -- at least the call's need (p_need_*) on every dimension it limits, it grants the need or, up to p_ask_*,
 -- an eighth of what it holds (so near the limit allowance goes one call at a time); else it grants
 -- nothing. Returns, per budget, what was granted and what is left, for the decision and the 429's headers.
-create function budget_rate_take(p_budget_ids uuid[], p_need_requests numeric[], p_need_tokens numeric[],
+create or replace function budget_rate_take(p_budget_ids uuid[], p_need_requests numeric[], p_need_tokens numeric[],
                                  p_ask_requests numeric[], p_ask_tokens numeric[])
 returns table (budget_id uuid, granted_requests numeric, granted_tokens numeric,
                requests_per_minute integer, tokens_per_minute bigint, requests_left numeric, tokens_left numeric)
-language plpgsql as $$
+language plpgsql set lock_timeout = '2s' as $$
 declare
   r record;
   level record;
@@ -74,8 +66,8 @@ end $$;
 
 -- Gives allowance back (what a process took and did not use), never past a minute's worth. A negative
 -- amount takes more: a call that used more tokens than it reserved.
-create function budget_rate_give_back(p_budget_ids uuid[], p_requests numeric[], p_tokens numeric[])
-returns void language plpgsql as $$
+create or replace function budget_rate_give_back(p_budget_ids uuid[], p_requests numeric[], p_tokens numeric[])
+returns void language plpgsql set lock_timeout = '2s' as $$
 declare
   r record;
   level record;
@@ -94,35 +86,4 @@ begin
         refilled_at = clock_timestamp()
     where k.budget_id = r.id;
   end loop;
-end $$;
-
--- As holds (006): a queue on one hot bucket cannot hold a pooled connection for long.
-alter function budget_rate_take(uuid[], numeric[], numeric[], numeric[], numeric[]) set lock_timeout = '2s';
-
--- A call's line (007), now with its budgets' rate limits.
-drop function budget_line(text[], text[], text, text, jsonb);
-create function budget_line(p_scope_types text[], p_scope_ids text[], p_currency text, p_model text, p_tags jsonb)
-returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, scope_rank integer,
-               period_start timestamptz, period_end timestamptz, definitions_version bigint,
-               rate_requests_per_minute integer, rate_tokens_per_minute bigint)
-language plpgsql as $$
-declare
-  window_row record;
-begin
-  for window_row in
-    select a.budget_id, a.period_start, a.period_end from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
-    -- a window seen for the first time, or one whose row was made for another window that began at the
-    -- same instant (the budget's period changed since): recompute it from the allocations
-    where not exists (select 1 from budget_status_cache c where c.budget_id = a.budget_id and c.period_start = a.period_start
-                      and c.period_end = a.period_end)
-    order by a.budget_id
-  loop
-    perform refresh_budget_status_cache(window_row.budget_id, window_row.period_start, window_row.period_end);
-  end loop;
-  return query
-    select a.budget_id, b.name, b.alerts, a.scope_matched, a.scope_rank, a.period_start, a.period_end, budget_definitions_version(),
-           b.rate_requests_per_minute, b.rate_tokens_per_minute
-    from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
-    join budget_definitions b on b.id = a.budget_id
-    order by a.scope_matched desc, a.scope_rank, a.budget_id;
 end $$;

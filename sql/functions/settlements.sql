@@ -1,103 +1,31 @@
--- Lease and settlement integrity (issue 19: items 1, 17 and 18).
+-- Settlements: a gated call's hold (or a lease's slice) becomes recorded spend, in batches.
 --
 -- THE LOCK ORDER. Every statement that locks several reservation or window rows takes them in this
--- order, and each function below says where it relies on it:
+-- order, and each function relies on it:
 --   1. reservation rows (budget_reservations), by (id, budget_id);
 --   2. window rows (budget_status_cache), by (budget_id, period_start).
 -- An unordered `for update` locks rows in whatever order its plan reads them (an index scan by key, a
 -- sequential scan by where the row's latest version lies), so two statements on the same lease could
 -- take its rows in opposite orders and deadlock: PostgreSQL then killed a lease's give-back, and its
--- unused slice stayed held until it was swept as spend. budget_hold_batch (012) locks window rows only,
--- by (budget_id, period_start); the usage trigger (012) and the batch collector (014) lock window rows
--- only, by budget id and window; the rate-limit functions (008) lock bucket rows only, by budget id.
+-- unused slice stayed held until it was swept as spend. The settlements below, the leases
+-- (leases.sql), the sweeper (sweeper.sql) and a window change (window-changes.sql) take both kinds;
+-- budget_hold_batch (holds.sql), the usage trigger and the batch collector (usage-recording.sql) and
+-- budget_alerts_follow_definition (alerts.sql) lock window rows only, by (budget_id, period_start); the
+-- rate-limit functions (rate-limits.sql) lock bucket rows only, by budget id.
 --
--- A LEASE ROW LIVES UNTIL ITS PROCESS ENDS IT. A settlement draws a lease down to nothing at most and
--- never deletes it: calls admitted from the lease may still be running, and their settlements must find
--- it. A charge above what the lease holds is recorded whole; the window's settled spend takes all of it
--- and its reserved amount gives up what the lease held (the excess is an over-estimate, reported as such
--- by the gate). The lease's process ends the row with a final return once every call it admitted has
--- settled; a process that dies leaves it to expire and be swept, as before.
+-- Both settlements commit asynchronously, and wait for their locks no longer than 5 s (lock_timeout):
+-- the settlement queue (lib/gate/settlements.ts) retries a batch that timed out.
 
--- Takes (or adds to) a lease (006), now in the lock order, and refusing a lease whose rows a window
--- change carried to other windows than the line names (the line is out of date: nothing is taken).
-create or replace function budget_lease_take(
-  p_lease_id uuid, p_currency text, p_ttl interval, p_wanted numeric, p_least numeric,
-  p_budgets uuid[], p_starts timestamptz[], p_ends timestamptz[], p_matched boolean[], p_ranks integer[]
-) returns table (granted numeric, budget_id uuid, amount numeric, enforcement text, current_amount numeric, reserved_amount numeric,
-                 definitions_version bigint)
-language plpgsql set lock_timeout = '2s' as $$
-#variable_conflict use_column
-declare
-  windows integer;
-  room numeric;
-  slice numeric;
-begin
-  -- the lock order: the lease's rows by (id, budget_id), then the window rows by (budget_id, period_start)
-  perform 1 from budget_reservations r where r.id = p_lease_id order by r.id, r.budget_id for update;
-  if exists (select 1 from budget_reservations r where r.id = p_lease_id
-             and not exists (select 1 from unnest(p_budgets, p_starts) as x(b, s) where x.b = r.budget_id and x.s = r.period_start)) then
-    return; -- a window change moved the lease (budget_carry_reservations): its line is out of date
-  end if;
-  perform 1 from budget_status_cache c
-  join unnest(p_budgets, p_starts, p_ends) as x(b, s, e) on c.budget_id = x.b and c.period_start = x.s and c.period_end = x.e
-    and x.s <= now() and now() < x.e
-  order by c.budget_id, c.period_start for update of c;
-  get diagnostics windows = row_count;
-  if windows < coalesce(array_length(p_budgets, 1), 0) then return; end if; -- the line is out of date
-
-  select min(least(
-           case when d.enforcement = 'hard' then d.amount - c.current_amount - c.reserved_amount end,
-           (select min(case when coalesce(t.basis, 'current') = 'projected' then 0
-                            else t.threshold * d.amount / 100 - c.current_amount - c.reserved_amount end)
-            from jsonb_to_recordset(d.alerts) as t(threshold numeric, actions jsonb, basis text)
-            where exists (select 1 from jsonb_array_elements_text(t.actions) as action where action <> 'notify'))))
-  into room
-  from budget_status_cache c
-  join budget_definitions d on d.id = c.budget_id
-  join unnest(p_budgets, p_starts) as x(b, s) on c.budget_id = x.b and c.period_start = x.s;
-
-  slice := case when room is null then p_wanted else least(p_wanted, trunc(room / 8, 10)) end;
-  if slice < p_least then return; end if;
-
-  update budget_status_cache c set reserved_amount = c.reserved_amount + slice
-  from unnest(p_budgets, p_starts) as x(b, s) where c.budget_id = x.b and c.period_start = x.s;
-  insert into budget_reservations (id, budget_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at, lease)
-  select p_lease_id, x.b, x.s, slice, x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true
-  from unnest(p_budgets, p_starts, p_matched, p_ranks) as x(b, s, m, r)
-  on conflict (id, budget_id) do update set amount = budget_reservations.amount + excluded.amount, expires_at = excluded.expires_at;
-
-  return query
-    select slice, c.budget_id, d.amount, d.enforcement, c.current_amount, c.reserved_amount - slice, budget_definitions_version()
-    from budget_status_cache c
-    join budget_definitions d on d.id = c.budget_id
-    join unnest(p_budgets, p_starts) as x(b, s) on c.budget_id = x.b and c.period_start = x.s;
-end $$;
-
--- Gives back part of a lease that no admitted call can still use (006), in the lock order. A return is
--- final when every call admitted from the lease has settled: then all the lease still holds goes back
--- and its rows are gone. Before that the rows stay, at 0 if need be, for the settlements to come.
-drop function budget_lease_return(uuid, numeric);
-create function budget_lease_return(p_lease_id uuid, p_amount numeric, p_final boolean default false) returns void
-language plpgsql set lock_timeout = '5s' as $$
-begin
-  -- the lock order: the lease's rows by (id, budget_id), then the window rows by (budget_id, period_start)
-  perform 1 from budget_reservations r where r.id = p_lease_id order by r.id, r.budget_id for update;
-  perform 1 from budget_status_cache c join budget_reservations r on r.budget_id = c.budget_id and r.period_start = c.period_start
-  where r.id = p_lease_id order by c.budget_id, c.period_start for update of c;
-  update budget_status_cache c
-  set reserved_amount = greatest(c.reserved_amount - case when p_final then r.amount else least(p_amount, r.amount) end, 0)
-  from budget_reservations r where r.id = p_lease_id and r.budget_id = c.budget_id and r.period_start = c.period_start;
-  if p_final then
-    delete from budget_reservations r where r.id = p_lease_id;
-  else
-    update budget_reservations r set amount = greatest(r.amount - p_amount, 0) where r.id = p_lease_id;
-  end if;
-end $$;
-
--- Settlements of calls that held their own reservation (012), in the lock order, each allocation dated
--- inside the window whose row it is charged to (a window change may have carried the reservation to
--- the window of now, budget_carry_reservations below). Returns each reservation found with its usage
--- record (null: nothing recorded); a reservation already ended (settled, or swept after expiry) is absent.
+-- Ends reservations in one transaction (group commit: the settlement queue sends what gathered while the
+-- previous batch committed, and the sweeper sends what expired). A charged call is recorded once, on the
+-- most specific budget that held it (a scope's own budget, else the nearest ancestor that held it), and
+-- allocated to exactly the budgets that held it: a budget moved under another parent mid-call cannot
+-- charge the new parent what the old one held. Each budget is charged in its currency at its hold's
+-- rate, rounded up. Each allocation is dated at the reservation's instant, inside the window whose row
+-- it is charged to (a window change may have carried the reservation to the window of now,
+-- window-changes.sql). Each window row's money moves from reserved to settled. Returns each reservation
+-- found with its usage record (null: nothing recorded); a reservation already ended (settled, or swept
+-- after expiry) is absent.
 create or replace function budget_settle_batch(p_ids uuid[], p_actuals numeric[], p_sources text[], p_descriptions text[], p_metadata jsonb[])
 returns table (reservation_id uuid, usage_id uuid, definitions_version bigint) language sql set lock_timeout = '5s' as $$
   -- Asynchronous commit: the batch's locks go at commit, not once the WAL is on disk. A PostgreSQL
@@ -124,7 +52,7 @@ returns table (reservation_id uuid, usage_id uuid, definitions_version bigint) l
     from ended e join budget_status_cache c on c.budget_id = e.budget_id and c.period_start = e.period_start
   ),
   -- What each budget is charged: the cost in its currency, at the rate its hold was taken at, rounded up
-  -- (budget_convert, 012), and no more than its window can still store (money is below 10^18): a soft
+  -- (as budget_convert does), and no more than its window can still store (money is below 10^18): a soft
   -- budget near 10^18, or a call billed far past its estimate, must not fail the statement, which
   -- settles (or sweeps) other calls too. What a budget could not take is kept on the usage record
   -- (metadata.unrecordedPastLimit, by budget). Calls of one window take what is left in id order.
@@ -194,14 +122,14 @@ returns table (reservation_id uuid, usage_id uuid, definitions_version bigint) l
   select c.reservation_id, ch.usage_id, budget_definitions_version() from calls c left join charged ch on ch.reservation_id = c.reservation_id;
 $$;
 
--- Settles calls admitted from leases (009), in one transaction: every call whose lease is there is
--- recorded once, whatever it cost, at its admission clamped into each budget's window as the lease's
--- window row has it; its money moves from the lease (down to 0 at most) to the window's settled spend.
--- The lease's rows stay (see the top of this file). Returns each call: its usage record (null: nothing
--- recorded), and whether its lease was found (false: the lease expired and was swept, counting the call
--- at its estimate, before this settlement).
-drop function budget_settle_leased(uuid[], text[], numeric[], text[], text[], jsonb[], timestamptz[], interval);
-create function budget_settle_leased(
+-- Settles calls admitted from leases, in one transaction: every call whose lease is there is recorded
+-- once, whatever it cost, at its admission clamped into each budget's window as the lease's window row
+-- has it, on the most specific budget of the lease and allocated to every budget of the lease; its money
+-- moves from the lease (down to 0 at most) to the window's settled spend. The lease's rows stay
+-- (leases.sql). Returns each call: its usage record (null: nothing recorded), and whether its lease was
+-- found (false: the lease expired and was swept, counting the call at its estimate, before this
+-- settlement). Leases are taken only on lines in the gate's currency, so no call here is converted.
+create or replace function budget_settle_leased(
   p_lease_ids uuid[], p_request_ids text[], p_actuals numeric[], p_sources text[], p_descriptions text[],
   p_metadata jsonb[], p_occurred_at timestamptz[], p_ttl interval
 ) returns table (request_id text, usage_id uuid, lease_found boolean, definitions_version bigint)
@@ -293,7 +221,9 @@ language sql set lock_timeout = '5s' as $$
     from deltas d
     where c.budget_id = d.budget_id and c.period_start = d.period_start
   ),
-  -- No condition on the amount here (009): the update re-reads the locked row.
+  -- No condition on the amount here: such a condition is read from the statement's snapshot, so a lease
+  -- that a concurrent return drew down while this statement waited for its lock would not be drawn (while
+  -- its window row was). The update re-reads the locked row.
   drawn as (
     update budget_reservations r set amount = greatest(r.amount - s.total, 0), expires_at = now() + p_ttl
     from spent s where r.id = s.lease_id and r.budget_id = s.budget_id
@@ -303,91 +233,3 @@ language sql set lock_timeout = '5s' as $$
   left join calls c on c.lease_id = i.lease_id and c.request_id = i.request_id
   left join charged ch on ch.lease_id = c.lease_id and ch.usage_id = c.usage_id;
 $$;
-
--- The sweeper (012), locking in the lock order (it skips what others hold, so it never waits on them).
-create or replace function budget_sweep_expired(p_limit integer) returns integer language plpgsql set lock_timeout = '5s' as $$
-declare
-  ids uuid[];
-  amounts numeric[];
-begin
-  select array_agg(x.id), array_agg(x.amount) into ids, amounts
-  from (
-    select r.id, max(coalesce(r.call_amount, r.amount)) as amount
-    from (select r.id, r.amount, r.call_amount from budget_reservations r where r.expires_at < now()
-          order by r.id, r.budget_id limit p_limit for update skip locked) r
-    group by r.id
-  ) x;
-  if ids is null then return 0; end if;
-  perform budget_settle_batch(ids, amounts, array_fill('expired-reservation'::text, array[array_length(ids, 1)]),
-    array_fill('The gateway did not settle this call before its reservation expired; counted at its estimate'::text, array[array_length(ids, 1)]),
-    array_fill(jsonb_build_object('outcome', 'unknown'), array[array_length(ids, 1)]));
-  return array_length(ids, 1);
-end $$;
-
--- Giving rate allowance back queues on the same hot bucket rows as taking it (008): the same bound.
-alter function budget_rate_give_back(uuid[], numeric[], numeric[]) set lock_timeout = '2s';
-
--- A change of a budget's window (its period, start or end date, recurrence, time zone, fiscal year or
--- alignment) carries its live reservations to the windows of the new definition, in the change's own
--- transaction. Each row goes to the window that holds the instant it will be charged at: a call's hold
--- to the window of its reservation's instant (budget_settle_batch dates it there), a lease to the
--- window of now (its calls are admitted now; budget_settle_leased dates them inside its window). A hold
--- from before the new definition's first window goes to the window of now; a row with no window left
--- (the budget ended) is given back. Each window row's reserved amount moves with its reservations; a
--- window seen for the first time is summed from the allocations (refresh). Window rows the new
--- definition does not have are then deleted: a window that overlaps a new one would never see the
--- settlements dated inside it, and a line still naming it (a process that has not heard of the change)
--- finds it gone and reloads, instead of holding on a window nobody counts.
-create function budget_carry_reservations() returns trigger language plpgsql as $$
-declare
-  moving record;
-  made timestamptz[] := '{}';
-begin
-  -- the lock order: the budget's reservation rows by (id, budget_id), then its window rows by period_start
-  perform 1 from budget_reservations r where r.budget_id = new.id order by r.id, r.budget_id for update;
-  perform 1 from budget_status_cache c where c.budget_id = new.id order by c.budget_id, c.period_start for update;
-
-  for moving in
-    select r.id, r.period_start as old_start, r.amount,
-           case when charged_at.period_start is not null then charged_at.period_start else at_now.period_start end as new_start,
-           case when charged_at.period_start is not null then charged_at.period_end else at_now.period_end end as new_end
-    from budget_reservations r
-    join budget_status_cache old_row on old_row.budget_id = r.budget_id and old_row.period_start = r.period_start
-    left join lateral budget_window(new, case when r.lease then now() else r.created_at end) charged_at on true
-    left join lateral budget_window(new, now()) at_now on true
-    where r.budget_id = new.id
-    order by r.id
-  loop
-    if moving.new_start is null then
-      update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - moving.amount, 0)
-      where c.budget_id = new.id and c.period_start = moving.old_start;
-      delete from budget_reservations r where r.id = moving.id and r.budget_id = new.id;
-      continue;
-    end if;
-    if not (moving.new_start = any (made)) then
-      perform refresh_budget_status_cache(new.id, moving.new_start, moving.new_end);
-      made := made || moving.new_start;
-    end if;
-    if moving.new_start <> moving.old_start then
-      update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - moving.amount, 0)
-      where c.budget_id = new.id and c.period_start = moving.old_start;
-      update budget_status_cache c set reserved_amount = c.reserved_amount + moving.amount
-      where c.budget_id = new.id and c.period_start = moving.new_start;
-      update budget_reservations r set period_start = moving.new_start where r.id = moving.id and r.budget_id = new.id;
-    end if;
-  end loop;
-
-  delete from budget_status_cache c
-  where c.budget_id = new.id and c.reserved_amount = 0
-    and not exists (select 1 from budget_window(new, c.period_start) w where w.period_start = c.period_start and w.period_end = c.period_end)
-    and not exists (select 1 from budget_reservations r where r.budget_id = c.budget_id and r.period_start = c.period_start);
-  return null;
-end $$;
-
-create trigger budget_definitions_window_changed after update of period, start_date, end_date, recurring, timezone,
-  fiscal_year_start_month, period_alignment on budget_definitions
-for each row when (old.period is distinct from new.period or old.start_date is distinct from new.start_date
-  or old.end_date is distinct from new.end_date or old.recurring is distinct from new.recurring
-  or old.timezone is distinct from new.timezone or old.fiscal_year_start_month is distinct from new.fiscal_year_start_month
-  or old.period_alignment is distinct from new.period_alignment)
-execute function budget_carry_reservations();

@@ -1,30 +1,39 @@
--- A window change's carry-over locks only rows it can take without waiting on the gate (issue 21, item 4;
--- builds on 016's budget_carry_reservations, issue 19 item 18).
+-- A change of a budget's window (its period, start or end date, recurrence, time zone, fiscal year or
+-- alignment) carries its live reservations to the windows of the new definition, in the change's own
+-- transaction. Each row goes to the window that holds the instant it will be charged at: a call's hold
+-- to the window of its reservation's instant (budget_settle_batch dates it there), a lease to the
+-- window of now (its calls are admitted now; budget_settle_leased dates them inside its window). A hold
+-- from before the new definition's first window goes to the window of now; a row with no window left
+-- (the budget ended) is given back. Each window row's reserved amount moves with its reservations; a
+-- window seen for the first time is summed from the allocations (refresh). Window rows the new
+-- definition does not have are then deleted: a window that overlaps a new one would never see the
+-- settlements dated inside it, and a line still naming it (a process that has not heard of the change)
+-- finds it gone and reloads, instead of holding on a window nobody counts.
+
+-- The carry-over locks only rows it can take without waiting on the gate. It locks the budget's
+-- reservation rows, then its window rows (the lock order, settlements.sql). A hold that commits between
+-- the two (budget_hold_batch locks the window rows, inserts its reservations and commits, and the
+-- window lock waits for it) leaves a reservation the first statement did not lock. Waiting for it is a
+-- deadlock: its settlement locks it and waits for the window rows this trigger holds. (An earlier
+-- version did wait: PostgreSQL killed one of them as 40P01, and when it was the change, the admin's PUT
+-- answered 500, seen under gated load on a parent and its child about 4 runs in 11.)
 --
--- 016's trigger locked the budget's reservation rows, then its window rows, then updated every reservation
--- row its loop found. A hold that committed between the two lock statements (budget_hold_batch locks the
--- window rows, inserts its reservations and commits, and the trigger's window lock waits for it) left a
--- reservation the trigger had not locked; its settlement then locked that reservation and waited for the
--- window rows the trigger held, while the trigger's loop waited for the reservation: PostgreSQL killed one
--- of them as 40P01, and when it was the change, the admin's PUT answered 500 (seen under gated load on a
--- parent and its child, about 4 runs in 11).
---
--- Now, once the window rows are locked, no hold can add a reservation on them (a hold takes them first),
--- so the reservations that exist then are all there will be until the change commits. Those committed
--- after the first lock are locked without waiting (NOWAIT): waiting for one is the deadlock above. When
--- one cannot be (a settlement or a lease statement has it and waits for the window rows), the change
--- lets go of the window rows (a subtransaction rolled back), pauses a few milliseconds while that
--- statement goes through, and locks them again, up to 10 times; then it ends with 40001, having changed
--- nothing the gate can see, and the registry runs it again (lib/budgets/registry.ts). The loop carries
--- exactly the rows locked, never a row read later. Everything else is as in 016.
+-- Once the window rows are locked no hold can add a reservation on them (a hold takes them first), so
+-- the reservations that exist then are all there will be until the change commits. Those committed
+-- after the first lock are locked without waiting (NOWAIT). When one cannot be (a settlement or a lease
+-- statement has it and waits for the window rows), the change lets go of the window rows (a
+-- subtransaction rolled back), pauses a few milliseconds while that statement goes through, and locks
+-- them again, up to 10 times; then it ends with 40001, having changed nothing the gate can see, and the
+-- registry runs it again (lib/budgets/registry.ts). The loop carries exactly the rows locked, never a
+-- row read later.
 create or replace function budget_carry_reservations() returns trigger language plpgsql as $$
 declare
   moving record;
-  made timestamptz[] := '{}';
+  made timestamptz[] := '{}'::timestamptz[];
   locked uuid[];
   newcomers uuid[];
 begin
-  -- the lock order (016): the budget's reservation rows by (id, budget_id), then its window rows by period_start
+  -- the lock order: the budget's reservation rows by (id, budget_id), then its window rows by period_start
   locked := array(select r.id from budget_reservations r where r.budget_id = new.id order by r.id, r.budget_id for update);
   for attempt in 1 .. 10 loop
     begin
@@ -81,3 +90,11 @@ begin
     and not exists (select 1 from budget_reservations r where r.budget_id = c.budget_id and r.period_start = c.period_start);
   return null;
 end $$;
+
+create or replace trigger budget_definitions_window_changed after update of period, start_date, end_date, recurring, timezone,
+  fiscal_year_start_month, period_alignment on budget_definitions
+for each row when (old.period is distinct from new.period or old.start_date is distinct from new.start_date
+  or old.end_date is distinct from new.end_date or old.recurring is distinct from new.recurring
+  or old.timezone is distinct from new.timezone or old.fiscal_year_start_month is distinct from new.fiscal_year_start_month
+  or old.period_alignment is distinct from new.period_alignment)
+execute function budget_carry_reservations();

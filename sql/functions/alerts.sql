@@ -1,0 +1,121 @@
+-- Alerts: each threshold crossing recorded once while it holds (budget_alert_history), across every
+-- gateway process, with its notifications queued in the same transaction; the crossing rule is written
+-- once (budget_alerts_reached, budget_record_crossings), and both the spend trigger and a definition
+-- change call it.
+
+-- What an alert compares with its threshold: the spend, or for a projected alert the forecast
+-- (forecast.sql). The crossing rule below and the batch collector (usage-recording.sql) both measure
+-- through it, so they cannot disagree.
+create or replace function budget_alert_measure(p_budget_id uuid, p_current numeric, p_basis text, p_period_start timestamptz, p_period_end timestamptz)
+returns numeric language sql volatile as $$
+  select case when p_basis = 'projected' then budget_forecast(p_budget_id, p_period_start, p_period_end, p_current, now()) else p_current end
+$$;
+
+-- Each of the budget's alerts that its spend p_current in the window reaches: a current alert compares the
+-- spend, a projected one the forecast (budget_alert_measure; computed once however many projected alerts
+-- there are, so only a budget that has one pays for it). The measure is compared unbounded and returned as
+-- it is (budget_record_crossings clamps it where stored).
+create or replace function budget_alerts_reached(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz, p_current numeric)
+returns table (threshold numeric, basis text, actions text[], channels text[], measured numeric, limit_amount numeric)
+language plpgsql volatile as $$
+declare
+  budget record;
+  alert jsonb;
+  forecast numeric;
+begin
+  select b.amount, b.alerts into budget from budget_definitions b where b.id = p_budget_id;
+  for alert in select value from jsonb_array_elements(budget.alerts) loop
+    basis := coalesce(alert ->> 'basis', 'current');
+    measured := p_current;
+    if basis = 'projected' then
+      forecast := coalesce(forecast, budget_alert_measure(p_budget_id, p_current, 'projected', p_period_start, p_period_end));
+      measured := forecast;
+    end if;
+    threshold := (alert ->> 'threshold')::numeric;
+    continue when measured * 100 < threshold * budget.amount;
+    actions := array(select jsonb_array_elements_text(alert -> 'actions'));
+    channels := array(select jsonb_array_elements_text(coalesce(alert -> 'notificationChannels', '[]'::jsonb)));
+    limit_amount := budget.amount;
+    return next;
+  end loop;
+end $$;
+
+-- Records each alert reached (above) that has no active crossing in the window, with its notifications,
+-- and returns how many it recorded. The active-crossing key settles any race: one active row per crossing.
+-- A forecast can pass 10^18 while the spend it projects from fits (a soft budget near 10^18, early in its
+-- window): the crossing is still a crossing, and is stored with its measure clamped to the largest amount
+-- money holds; failing there would refuse usage that fits and every settlement on the budget.
+create or replace function budget_record_crossings(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz, p_current numeric)
+returns integer language plpgsql as $$
+declare
+  reached record;
+  crossing_id uuid;
+  recorded integer := 0;
+begin
+  for reached in select * from budget_alerts_reached(p_budget_id, p_period_start, p_period_end, p_current) loop
+    crossing_id := null;
+    insert into budget_alert_history (budget_id, period_start, threshold, basis, actions, spent, limit_amount)
+    values (p_budget_id, p_period_start, reached.threshold, reached.basis, reached.actions,
+            least(round(reached.measured, 10), 999999999999999999.9999999999), reached.limit_amount)
+    on conflict (budget_id, period_start, threshold, basis) where resolved_at is null do nothing
+    returning budget_alert_history.id into crossing_id;
+    if crossing_id is not null then
+      recorded := recorded + 1;
+      insert into budget_notification_outbox (alert_id, channel)
+      select crossing_id, channel from unnest(reached.channels) as channel
+      on conflict (alert_id, channel) do nothing;
+    end if;
+  end loop;
+  return recorded;
+end $$;
+
+-- Whenever a window's spend grows: the rule above. The window row is locked by the statement that grew it.
+create or replace function budget_status_after_update() returns trigger language plpgsql as $$
+begin
+  perform budget_record_crossings(new.budget_id, new.period_start, new.period_end, new.current_amount);
+  return null;
+end $$;
+create or replace trigger budget_status_cache_alerts after update of current_amount on budget_status_cache
+for each row when (new.current_amount > old.current_amount) execute function budget_status_after_update();
+
+-- Re-evaluates the budget's alerts in its window of now, after a change of its definition and in the same
+-- transaction: each active crossing that the definition no longer reaches (its threshold and basis gone, its
+-- actions changed, or its measure now below the threshold times the amount) is resolved; each alert reached
+-- and not active is recorded and queued for notification. Running it again changes nothing. A window with
+-- no cache row yet is made (refresh_budget_status_cache: its first spend runs the trigger above).
+-- Windows other than now's are history and stay as they are.
+--
+-- The lock order (settlements.sql): only the budget's window row, by (budget_id, period_start), as the usage trigger
+-- and the batch collector take it. A settlement or usage record that grows the window waits for the change
+-- to commit, then its trigger reads the new definition; one that committed first is in current_amount here.
+create or replace function budget_alerts_follow_definition(p_budget_id uuid) returns table (recorded integer, resolved integer)
+language plpgsql as $$
+declare
+  budget budget_definitions;
+  now_window record;
+  cached record;
+begin
+  recorded := 0;
+  resolved := 0;
+  select * into budget from budget_definitions b where b.id = p_budget_id and b.deleted_at is null;
+  if not found then return next; return; end if;
+  select * into now_window from budget_window(budget, now());
+  if now_window.period_start is null then return next; return; end if; -- not started, or ended: no window of now
+
+  select c.period_start, c.period_end, c.current_amount into cached from budget_status_cache c
+  where c.budget_id = p_budget_id and c.period_start = now_window.period_start for update;
+  if not found then
+    select c.period_start, c.period_end, c.current_amount into cached
+    from refresh_budget_status_cache(p_budget_id, now_window.period_start, now_window.period_end) c;
+  end if;
+
+  update budget_alert_history h set resolved_at = now()
+  where h.budget_id = p_budget_id and h.period_start = cached.period_start and h.resolved_at is null
+    and not exists (
+      select 1 from budget_alerts_reached(p_budget_id, cached.period_start, cached.period_end, cached.current_amount) r
+      where r.threshold = h.threshold and r.basis = h.basis
+        and array(select unnest(r.actions) order by 1) = array(select unnest(h.actions) order by 1));
+  get diagnostics resolved = row_count;
+  recorded := budget_record_crossings(p_budget_id, cached.period_start, cached.period_end, cached.current_amount);
+  return next;
+end $$;

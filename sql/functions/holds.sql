@@ -1,0 +1,140 @@
+-- Holds: a gated call's estimate held on every budget of its line, or on none, until it settles. The
+-- lock order: settlements.sql.
+
+-- Whether spending p_amount fits a budget now: the one place this rule lives (the hold, check
+-- constraints and the caller summary read it; lib/gate/decision.ts reads their answer). A soft
+-- budget always takes it; a hard one while settled + reserved + amount stays within its limit.
+create or replace function budget_fits(p_enforcement text, p_limit numeric, p_current numeric, p_reserved numeric, p_amount numeric)
+returns boolean language sql immutable parallel safe as $$
+  select p_enforcement = 'soft' or p_current + p_reserved + p_amount <= p_limit
+$$;
+
+-- How far approvals let a budget's spend go in a window now (null: no approval in force).
+create or replace function budget_approved_through(p_budget_id uuid, p_period_start timestamptz)
+returns numeric language sql stable as $$
+  select max(a.spent_at_approval + a.amount) from budget_approvals a
+  where a.budget_id = p_budget_id and a.period_start = p_period_start and a.expires_at > now()
+$$;
+
+-- The estimate converted at p_rate as a hold on a window with p_current spent and p_reserved held: null when
+-- there is no rate, or when the amount or the window's total with it would be past what money can hold.
+create or replace function budget_hold_amount(p_amount numeric, p_rate numeric, p_current numeric, p_reserved numeric) returns numeric
+language sql immutable parallel safe as $$
+  select case when ceil(p_amount * p_rate * 10000000000) < 10000000000000000000000000000
+               and p_current + p_reserved + ceil(p_amount * p_rate * 10000000000) / 10000000000 < 1000000000000000000
+         then budget_convert(p_amount, p_rate) end
+$$;
+
+-- Holds for a batch of calls in one statement (group commit): the calls that arrived together while the
+-- previous batch was in PostgreSQL. Their window rows are locked once, by (budget_id, period_start), and
+-- the calls are admitted one after another in arrival order, each on all of its budgets or none
+-- (budget_fits against what the calls before it took). Then one update per window row and one insert of
+-- every admitted call's reservation rows. A call whose windows are not current (a rollover, a cache row
+-- gone) holds nothing and is told so, to reload its line. Rows (p_row_*) name each call's budgets by the
+-- call's position (1-based) in p_reservation_ids.
+--
+-- Each budget's share is converted into its currency at the rate in force now, rounded up: a budget with
+-- no rate in force holds nothing (its rows say so: held and exchange_rate null), and neither does one on
+-- which the converted estimate cannot be held (past 10^18: out_of_range, a refusal of that call,
+-- estimate_out_of_range in lib/gate/decision.ts, never an error of the statement, which holds a batch
+-- of other calls too). The projected actions are those of the window's active projected crossings (a
+-- projected crossing stays crossed for the rest of its period, until the definition resolves it).
+--
+-- A hot budget's queue must not hold a pooled connection for long: a hold that cannot get its locks within
+-- 2 s fails (SQLSTATE 55P03) and the gate answers by its failure mode.
+create or replace function budget_hold_batch(
+  p_reservation_ids uuid[], p_amounts numeric[], p_request_ids text[], p_currency text, p_ttl interval,
+  p_row_calls integer[], p_row_budgets uuid[], p_row_starts timestamptz[], p_row_ends timestamptz[],
+  p_row_matched boolean[], p_row_ranks integer[], p_need_approvals boolean, p_need_projected boolean
+) returns table (call_index integer, budget_id uuid, amount numeric, enforcement text, current_amount numeric,
+                 reserved_amount numeric, fits boolean, is_current boolean, is_reserved boolean,
+                 approved_through numeric, projected_actions text[], definitions_version bigint,
+                 held numeric, exchange_rate numeric, out_of_range boolean)
+language plpgsql set lock_timeout = '2s' as $$
+#variable_conflict use_column
+declare
+  keys uuid[]; starts timestamptz[]; limits numeric[]; enforcements text[]; currents numeric[]; reserveds numeric[]; added numeric[];
+  rates numeric[]; row_held numeric[]; row_out_of_range boolean[];
+  row_window integer[];
+  call_current boolean[]; call_reserved boolean[]; call_fits boolean;
+  row_reserved_before numeric[]; row_fits boolean[];
+  calls integer := coalesce(array_length(p_reservation_ids, 1), 0);
+  rows_count integer := coalesce(array_length(p_row_calls, 1), 0);
+  w integer;
+begin
+  perform 1 from budget_status_cache c
+  join (select distinct r.b, r.s, r.e from unnest(p_row_budgets, p_row_starts, p_row_ends) as r(b, s, e) where r.s <= now() and now() < r.e) x
+    on c.budget_id = x.b and c.period_start = x.s and c.period_end = x.e
+  order by c.budget_id, c.period_start
+  for update of c;
+
+  select array_agg(c.budget_id order by c.budget_id, c.period_start), array_agg(c.period_start order by c.budget_id, c.period_start),
+         array_agg(d.amount order by c.budget_id, c.period_start), array_agg(d.enforcement order by c.budget_id, c.period_start),
+         array_agg(c.current_amount order by c.budget_id, c.period_start), array_agg(c.reserved_amount order by c.budget_id, c.period_start),
+         -- each window's rate from the calls' currency into its budget's, in force now (null: none is)
+         array_agg(budget_exchange_rate(p_currency, d.currency, now()) order by c.budget_id, c.period_start)
+  into keys, starts, limits, enforcements, currents, reserveds, rates
+  from budget_status_cache c
+  join budget_definitions d on d.id = c.budget_id
+  join (select distinct r.b, r.s, r.e from unnest(p_row_budgets, p_row_starts, p_row_ends) as r(b, s, e) where r.s <= now() and now() < r.e) x
+    on c.budget_id = x.b and c.period_start = x.s and c.period_end = x.e;
+  keys := coalesce(keys, '{}'); added := array_fill(0::numeric, array[coalesce(array_length(keys, 1), 0)]);
+
+  -- Which locked window each row names (null: its window is not current or has no row).
+  row_window := array_fill(null::integer, array[rows_count]);
+  for ri in 1 .. rows_count loop
+    for ki in 1 .. coalesce(array_length(keys, 1), 0) loop
+      if keys[ki] = p_row_budgets[ri] and starts[ki] = p_row_starts[ri] then row_window[ri] := ki; end if;
+    end loop;
+  end loop;
+
+  call_current := array_fill(true, array[calls]);
+  call_reserved := array_fill(false, array[calls]);
+  row_reserved_before := array_fill(null::numeric, array[rows_count]);
+  row_fits := array_fill(false, array[rows_count]);
+  row_held := array_fill(null::numeric, array[rows_count]);
+  row_out_of_range := array_fill(false, array[rows_count]);
+  for ci in 1 .. calls loop
+    call_fits := true;
+    for ri in 1 .. rows_count loop
+      continue when p_row_calls[ri] <> ci;
+      w := row_window[ri];
+      if w is null then call_current[ci] := false; continue; end if;
+      row_reserved_before[ri] := reserveds[w] + added[w];
+      -- the estimate in the budget's currency, rounded up; a budget without a rate in force, or on which it
+      -- cannot be held (past 10^18), holds nothing
+      row_held[ri] := budget_hold_amount(p_amounts[ci], rates[w], currents[w], reserveds[w] + added[w]);
+      row_out_of_range[ri] := row_held[ri] is null and rates[w] is not null;
+      row_fits[ri] := row_held[ri] is not null and budget_fits(enforcements[w], limits[w], currents[w], reserveds[w] + added[w], row_held[ri]);
+      call_fits := call_fits and row_fits[ri];
+    end loop;
+    if call_fits and call_current[ci] then
+      call_reserved[ci] := true;
+      for ri in 1 .. rows_count loop
+        if p_row_calls[ri] = ci then added[row_window[ri]] := added[row_window[ri]] + row_held[ri]; end if;
+      end loop;
+    end if;
+  end loop;
+
+  update budget_status_cache c set reserved_amount = c.reserved_amount + a.added
+  from unnest(keys, starts, added) as a(b, s, added)
+  where a.added > 0 and c.budget_id = a.b and c.period_start = a.s;
+
+  insert into budget_reservations (id, budget_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at,
+                                   call_amount, exchange_rate)
+  select p_reservation_ids[r.call], r.b, r.s, r.held, r.matched, r.rank, p_currency, p_request_ids[r.call], now() + p_ttl,
+         p_amounts[r.call], rates[r.w]
+  from unnest(p_row_calls, p_row_budgets, p_row_starts, p_row_matched, p_row_ranks, row_held, row_window) as r(call, b, s, matched, rank, held, w)
+  where call_reserved[r.call];
+
+  return query
+    select r.call, r.b, limits[r.w], enforcements[r.w], currents[r.w], r.before, r.fits, call_current[r.call], call_reserved[r.call],
+           case when p_need_approvals then budget_approved_through(r.b, r.s) end,
+           case when p_need_projected then array(select distinct action from budget_alert_history h, unnest(h.actions) as action
+                                                 where h.budget_id = r.b and h.period_start = r.s and h.basis = 'projected'
+                                                   and h.resolved_at is null) else '{}'::text[] end,
+           budget_definitions_version(), r.held, rates[r.w], r.out_of_range
+    from unnest(p_row_calls, p_row_budgets, p_row_starts, row_window, row_reserved_before, row_fits, row_held, row_out_of_range)
+      as r(call, b, s, w, before, fits, held, out_of_range)
+    where r.w is not null;
+end $$;

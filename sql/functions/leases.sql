@@ -1,0 +1,93 @@
+-- Leases: a process that calls on a hot line holds a slice of the line's room as one reservation (a row
+-- per budget, like any call's) and admits calls from it in memory; their settlements move money from the
+-- lease to settled spend in batches (settlements.sql). The escrow rule holds because the slice counts as
+-- reserved until it is spent or returned. A slice is at most an eighth of the room left on the line's
+-- tightest budget, so slices shrink as budgets fill and the last part is held call by call; and never
+-- reaches a threshold whose alert does more than notify, so no such action can come into force inside a
+-- lease. A lease whose process dies expires like any reservation and is counted as spent, unused part
+-- and all (sweeper.sql): a crash over-counts by at most a slice, never under-counts.
+--
+-- A LEASE ROW LIVES UNTIL ITS PROCESS ENDS IT. A settlement draws a lease down to nothing at most and
+-- never deletes it: calls admitted from the lease may still be running, and their settlements must find
+-- it. A charge above what the lease holds is recorded whole; the window's settled spend takes all of it
+-- and its reserved amount gives up what the lease held (the excess is an over-estimate, reported as such
+-- by the gate). The lease's process ends the row with a final return once every call it admitted has
+-- settled; a process that dies leaves it to expire and be swept.
+--
+-- Both functions take the lease's rows, then its window rows, in the lock order (settlements.sql), and
+-- wait for them no longer than their lock_timeout.
+
+-- Takes (or adds to) a lease on a line's windows; refuses (takes nothing) when the line is out of date: a
+-- window not current, or the lease's rows carried by a window change to other windows than the line names.
+create or replace function budget_lease_take(
+  p_lease_id uuid, p_currency text, p_ttl interval, p_wanted numeric, p_least numeric,
+  p_budgets uuid[], p_starts timestamptz[], p_ends timestamptz[], p_matched boolean[], p_ranks integer[]
+) returns table (granted numeric, budget_id uuid, amount numeric, enforcement text, current_amount numeric, reserved_amount numeric,
+                 definitions_version bigint)
+language plpgsql set lock_timeout = '2s' as $$
+#variable_conflict use_column
+declare
+  windows integer;
+  room numeric;
+  slice numeric;
+begin
+  -- the lock order: the lease's rows by (id, budget_id), then the window rows by (budget_id, period_start)
+  perform 1 from budget_reservations r where r.id = p_lease_id order by r.id, r.budget_id for update;
+  if exists (select 1 from budget_reservations r where r.id = p_lease_id
+             and not exists (select 1 from unnest(p_budgets, p_starts) as x(b, s) where x.b = r.budget_id and x.s = r.period_start)) then
+    return; -- a window change moved the lease (budget_carry_reservations): its line is out of date
+  end if;
+  perform 1 from budget_status_cache c
+  join unnest(p_budgets, p_starts, p_ends) as x(b, s, e) on c.budget_id = x.b and c.period_start = x.s and c.period_end = x.e
+    and x.s <= now() and now() < x.e
+  order by c.budget_id, c.period_start for update of c;
+  get diagnostics windows = row_count;
+  if windows < coalesce(array_length(p_budgets, 1), 0) then return; end if; -- the line is out of date
+
+  select min(least(
+           case when d.enforcement = 'hard' then d.amount - c.current_amount - c.reserved_amount end,
+           (select min(case when coalesce(t.basis, 'current') = 'projected' then 0
+                            else t.threshold * d.amount / 100 - c.current_amount - c.reserved_amount end)
+            from jsonb_to_recordset(d.alerts) as t(threshold numeric, actions jsonb, basis text)
+            where exists (select 1 from jsonb_array_elements_text(t.actions) as action where action <> 'notify'))))
+  into room
+  from budget_status_cache c
+  join budget_definitions d on d.id = c.budget_id
+  join unnest(p_budgets, p_starts) as x(b, s) on c.budget_id = x.b and c.period_start = x.s;
+
+  slice := case when room is null then p_wanted else least(p_wanted, trunc(room / 8, 10)) end;
+  if slice < p_least then return; end if;
+
+  update budget_status_cache c set reserved_amount = c.reserved_amount + slice
+  from unnest(p_budgets, p_starts) as x(b, s) where c.budget_id = x.b and c.period_start = x.s;
+  insert into budget_reservations (id, budget_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at, lease)
+  select p_lease_id, x.b, x.s, slice, x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true
+  from unnest(p_budgets, p_starts, p_matched, p_ranks) as x(b, s, m, r)
+  on conflict (id, budget_id) do update set amount = budget_reservations.amount + excluded.amount, expires_at = excluded.expires_at;
+
+  return query
+    select slice, c.budget_id, d.amount, d.enforcement, c.current_amount, c.reserved_amount - slice, budget_definitions_version()
+    from budget_status_cache c
+    join budget_definitions d on d.id = c.budget_id
+    join unnest(p_budgets, p_starts) as x(b, s) on c.budget_id = x.b and c.period_start = x.s;
+end $$;
+
+-- Gives back part of a lease that no admitted call can still use. A return is final when every call
+-- admitted from the lease has settled: then all the lease still holds goes back and its rows are gone.
+-- Before that the rows stay, at 0 if need be, for the settlements to come.
+create or replace function budget_lease_return(p_lease_id uuid, p_amount numeric, p_final boolean default false) returns void
+language plpgsql set lock_timeout = '5s' as $$
+begin
+  -- the lock order: the lease's rows by (id, budget_id), then the window rows by (budget_id, period_start)
+  perform 1 from budget_reservations r where r.id = p_lease_id order by r.id, r.budget_id for update;
+  perform 1 from budget_status_cache c join budget_reservations r on r.budget_id = c.budget_id and r.period_start = c.period_start
+  where r.id = p_lease_id order by c.budget_id, c.period_start for update of c;
+  update budget_status_cache c
+  set reserved_amount = greatest(c.reserved_amount - case when p_final then r.amount else least(p_amount, r.amount) end, 0)
+  from budget_reservations r where r.id = p_lease_id and r.budget_id = c.budget_id and r.period_start = c.period_start;
+  if p_final then
+    delete from budget_reservations r where r.id = p_lease_id;
+  else
+    update budget_reservations r set amount = greatest(r.amount - p_amount, 0) where r.id = p_lease_id;
+  end if;
+end $$;

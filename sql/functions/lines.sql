@@ -1,0 +1,51 @@
+-- A caller's line: the budgets that apply to a call, resolved once per caller, window and process.
+
+-- The budgets that apply to a call: the live budgets of each (scope type, scope id) and all their
+-- ancestors, each once, that have a period window at p_at and whose filters the call matches (a filtered
+-- budget that does not match is left out; its ancestors still apply, each on its own filters). scope_rank
+-- orders them: by the position of the scope they came from (callers list the most specific scope first),
+-- then by distance from it, so a budget matched directly comes before the same budget reached as an
+-- ancestor. Every budget applies whatever its currency: p_currency is not read (it stays in the
+-- signature); what a budget in another currency holds is converted where it is held.
+create or replace function budget_applicable(p_scope_types text[], p_scope_ids text[], p_currency text, p_at timestamptz, p_model text, p_tags jsonb)
+returns table (budget_id uuid, scope_matched boolean, scope_rank integer, period_start timestamptz, period_end timestamptz)
+language sql stable as $$
+  select l.id, bool_or(l.depth = 1), min(s.rank * 100 + l.depth)::integer, w.period_start, w.period_end
+  from unnest(p_scope_types, p_scope_ids) with ordinality as s(scope_type, scope_id, rank)
+  join budget_definitions m on m.scope_type = s.scope_type and m.scope_id = s.scope_id and m.deleted_at is null
+  cross join lateral budget_lineage(m.id) l
+  join budget_definitions b on b.id = l.id and b.deleted_at is null
+  cross join lateral budget_window(b, p_at) w
+  where budget_matches(b, p_model, p_tags)
+  group by l.id, w.period_start, w.period_end
+$$;
+
+-- The budget line of a caller, for the process's cache: every budget that applies (budget_applicable),
+-- with what the gate needs to decide (its rate limits, its currency: the gate leases only lines in its own
+-- currency; its near-limit policy, null: the gate's), each window's cache row made sure of, and the
+-- definitions' version it was read at. Runs once per caller, window and process, not per call. A window
+-- seen for the first time, or one whose row was made for another window that began at the same instant
+-- (the budget's period changed since), is recomputed from the allocations.
+create or replace function budget_line(p_scope_types text[], p_scope_ids text[], p_currency text, p_model text, p_tags jsonb)
+returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, scope_rank integer,
+               period_start timestamptz, period_end timestamptz, definitions_version bigint,
+               rate_requests_per_minute integer, rate_tokens_per_minute bigint, currency text, near_limit text)
+language plpgsql as $$
+declare
+  window_row record;
+begin
+  for window_row in
+    select a.budget_id, a.period_start, a.period_end from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
+    where not exists (select 1 from budget_status_cache c where c.budget_id = a.budget_id and c.period_start = a.period_start
+                      and c.period_end = a.period_end)
+    order by a.budget_id
+  loop
+    perform refresh_budget_status_cache(window_row.budget_id, window_row.period_start, window_row.period_end);
+  end loop;
+  return query
+    select a.budget_id, b.name, b.alerts, a.scope_matched, a.scope_rank, a.period_start, a.period_end, budget_definitions_version(),
+           b.rate_requests_per_minute, b.rate_tokens_per_minute, b.currency, b.near_limit
+    from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
+    join budget_definitions b on b.id = a.budget_id
+    order by a.scope_matched desc, a.scope_rank, a.budget_id;
+end $$;

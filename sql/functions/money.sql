@@ -1,0 +1,14 @@
+-- Money in SQL: numeric(28, 10), exact (lib/kernel/money.ts is the TypeScript side).
+
+-- The largest amount a money column (numeric(28, 10)) holds.
+create or replace function budget_money_max() returns numeric language sql immutable parallel safe as $$
+  select 999999999999999999.9999999999::numeric
+$$;
+
+-- An amount at a rate, rounded up to the money scale; null without a rate. The rule everywhere money
+-- crosses currencies: an amount in currency A counts toward a budget in B as amount x rate(A -> B),
+-- rounded UP, so a conversion can never let a hard budget spend more than its limit.
+create or replace function budget_convert(p_amount numeric, p_rate numeric) returns numeric
+language sql immutable parallel safe as $$
+  select (ceil(p_amount * p_rate * 10000000000) / 10000000000)::numeric(28, 10)
+$$;

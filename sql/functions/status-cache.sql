@@ -1,0 +1,36 @@
+-- The status cache (budget_status_cache): a window's spend summed from the allocations, and a refresh
+-- that puts a row right without stalling the gate.
+
+-- Spend counted toward a budget in a window, summed from the allocations themselves.
+create or replace function calculate_budget_status(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz)
+returns table (current_amount numeric, usage_count bigint, last_usage_at timestamptz)
+language sql stable as $$
+  select coalesce(sum(a.amount), 0), count(*), max(a.occurred_at)
+  from budget_usage_allocations a
+  where a.budget_id = p_budget_id and a.occurred_at >= p_period_start and a.occurred_at < p_period_end
+$$;
+
+-- A refresh that never stalls the gate. The sum runs outside any lock: in one statement, so under one
+-- snapshot, it reads the window's allocations and the cache row as that snapshot sees them; their
+-- difference is the row's drift. Increments committed after the snapshot are in neither side (their
+-- writers add them to the row themselves), so adding the drift under a brief row lock is exact.
+create or replace function refresh_budget_status_cache(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz)
+returns setof budget_status_cache language plpgsql as $$
+declare
+  drift record;
+begin
+  insert into budget_status_cache (budget_id, period_start, period_end)
+  values (p_budget_id, p_period_start, p_period_end)
+  on conflict (budget_id, period_start) do nothing;
+  select s.current_amount - c.current_amount as amount, s.usage_count - c.usage_count as calls, s.last_usage_at
+  into drift
+  from budget_status_cache c cross join calculate_budget_status(p_budget_id, p_period_start, p_period_end) s
+  where c.budget_id = p_budget_id and c.period_start = p_period_start;
+  return query
+    update budget_status_cache c
+    set current_amount = c.current_amount + drift.amount, usage_count = c.usage_count + drift.calls,
+        last_usage_at = greatest(c.last_usage_at, drift.last_usage_at),
+        period_end = p_period_end, refreshed_at = now(), updated_at = now()
+    where c.budget_id = p_budget_id and c.period_start = p_period_start
+    returning c.*;
+end $$;

@@ -1,0 +1,35 @@
+-- The budget tree: how deep it may be, and the one walk in each direction.
+
+-- The deepest a budget tree may be, counted in budgets from a root to a leaf. The registry refuses a
+-- create or a move past it (lib/budgets/registry.ts), so every walk below reaches every budget.
+create or replace function budget_max_depth() returns integer language sql immutable parallel safe as $$ select 16 $$;
+
+-- Upward: the budget and every ancestor, nearest first (depth 1 is the budget itself). The one walk
+-- toward the root: the gate, the usage trigger, the registry's ancestors and its cycle check use it.
+create or replace function budget_lineage(p_budget_id uuid)
+returns table (id uuid, depth integer, period text, start_date timestamptz, end_date timestamptz, recurring boolean)
+language sql stable rows 5 as $$
+  with recursive lineage as (
+    select b.id, b.parent_id, 1 as depth from budget_definitions b where b.id = p_budget_id
+    union all
+    select p.id, p.parent_id, l.depth + 1 from lineage l join budget_definitions p on p.id = l.parent_id
+    where l.depth < budget_max_depth()
+  )
+  select b.id, l.depth, b.period, b.start_date, b.end_date, b.recurring
+  from lineage l join budget_definitions b on b.id = l.id
+  order by l.depth
+$$;
+
+-- Downward: every live descendant of the given budgets, with its distance (1: a child). The one walk
+-- toward the leaves: the hierarchy view, cascading deletes and the depth check use it.
+create or replace function budget_subtree(p_budget_ids uuid[])
+returns table (id uuid, depth integer)
+language sql stable as $$
+  with recursive subtree as (
+    select b.id, 1 as depth from budget_definitions b where b.parent_id = any (p_budget_ids) and b.deleted_at is null
+    union all
+    select b.id, s.depth + 1 from subtree s join budget_definitions b on b.parent_id = s.id
+    where b.deleted_at is null and s.depth < budget_max_depth()
+  )
+  select s.id, min(s.depth) from subtree s group by s.id
+$$;
