@@ -66,7 +66,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 
   // Close only the client we open; a host's own client is the host's to end.
   const ownsClient = typeof database === 'string'
-  // Our own client's sessions run in UTC; the SQL never depends on the session's TimeZone anyway (sql/005).
+  // Our own client's sessions run in UTC; the SQL never depends on the session's TimeZone anyway (sql/functions/periods.sql).
   const sql: Sql = ownsClient ? postgres(database, { onnotice: () => {}, connection: { TimeZone: 'UTC' } }) : database
   if (ownsClient) {
     // postgres.js reads the array types on every new connection, and when that connection is cut (a
@@ -146,7 +146,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   fastify.decorateRequest('budgetActor', null)
   fastify.decorateRequest('budgetGate', null)
 
-  // The gate's refusals, clamps and downgrades, noted in memory and written in batches (sql/025).
+  // The gate's refusals, clamps and downgrades, noted in memory and written in batches (budget_decision_log).
   const decisionLog = createDecisionLog(createDecisionRepository(sql), decisions, fastify.log, budgetMetrics.registry)
   fastify.decorate('budgetDecisions', decisionLog)
   const gateHooks = gate === null ? null : registerGate(fastify, gate, budgetIntegration, prices, budgetMetrics, decisions.enabled ? decisionLog : null)

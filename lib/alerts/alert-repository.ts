@@ -21,7 +21,7 @@ export interface AlertRecord {
   spent: Money
   limit: Money
   crossedAt: string
-  /** When the budget's definition stopped reaching this crossing (sql/020); null while it is active. */
+  /** When the budget's definition stopped reaching this crossing (sql/functions/alerts.sql); null while it is active. */
   resolvedAt: string | null
   acknowledgedBy: string | null
   acknowledgedAt: string | null

@@ -11,7 +11,7 @@ export interface DueDigest {
   channels: string[]
   periodStart: Date
   periodEnd: Date
-  /** The local date (YYYY-MM-DD) the period begins on: what makes a digest once, whatever the budget's zone becomes (sql/019). */
+  /** The local date (YYYY-MM-DD) the period begins on: what makes a digest once, whatever the budget's zone becomes (budget_digests.first_day). */
   firstDay: string
   /** The zone the period was found in. */
   timezone: string
@@ -130,7 +130,7 @@ export function createDigestRepository (sql: Db) {
         limit ${limit}`
     },
 
-    /** The digest period's numbers, as of its end, in one statement: the forecast is budget_forecast (sql/013). */
+    /** The digest period's numbers, as of its end, in one statement: the forecast is budget_forecast (sql/functions/forecast.sql). */
     async periodNumbers (budgetId: string, period: { periodStart: Date, periodEnd: Date }, window: { periodStart: Date, periodEnd: Date }, most: number): Promise<DigestNumbers> {
       const [row] = await sql<Array<{ spent: string, usageCount: number, windowSpent: string, projectedTotal: string, topModels: TopSpender[], topUsers: TopSpender[] }>>`
         with period as (

@@ -138,7 +138,7 @@ export function createBudgetRepository (sql: Db) {
 
     /**
      * Re-evaluates the budget's alerts in its window of now against its definition as this transaction
-     * sees it (budget_alerts_follow_definition, sql/020): crossings that now hold are recorded and queued
+     * sees it (budget_alerts_follow_definition, sql/functions/alerts.sql): crossings that now hold are recorded and queued
      * for notification once, active ones that no longer hold are resolved. Run it in the change's transaction.
      */
     async followDefinition (id: string): Promise<{ recorded: number, resolved: number }> {
@@ -211,7 +211,7 @@ export function createBudgetRepository (sql: Db) {
       return rows.map(toBudget)
     },
 
-    /** Do a call to `model` carrying `tags` match the budget's filters? (budget_matches, sql/007: the one place they are read.) */
+    /** Do a call to `model` carrying `tags` match the budget's filters? (budget_matches, sql/functions/definitions.sql: the one place they are read.) */
     async matchesCall (id: string, model: string | null, tags: Record<string, string> | undefined): Promise<boolean> {
       const [row] = await sql<Array<{ matches: boolean }>>`
         select budget_matches(b, ${model}, ${tags === undefined ? null : JSON.stringify(tags)}::text::jsonb) as matches from budget_definitions b where b.id = ${id}`

@@ -47,7 +47,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
   /**
    * Every write takes the hierarchy lock first, so checks and write see one consistent tree. A write that
    * meets the gate on a budget's rows can end in a deadlock or a serialization failure (a window change
-   * whose carry-over finds a new reservation held by its settlement, sql/026): nothing of it committed,
+   * whose carry-over finds a new reservation held by its settlement, sql/functions/window-changes.sql): nothing of it committed,
    * so it runs again from the start, a few times; one that keeps failing is 503 unavailable, never a 500.
    */
   async function inHierarchyTransaction<T> (work: (repository: BudgetRepository, tx: TransactionSql) => Promise<T>): Promise<T> {

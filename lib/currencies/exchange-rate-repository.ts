@@ -1,4 +1,4 @@
-// SQL for budget_exchange_rates (sql/012, sql/019): the rates admins set, each from an instant on, kept as a
+// SQL for budget_exchange_rates (sql/functions/exchange-rates.sql): the rates admins set, each from an instant on, kept as a
 // history (a rate set again for the same instant adds a row), each set audited in its own transaction.
 import type { TransactionSql } from 'postgres'
 import { createAuditRepository, type AuditContext } from '../audit/index.js'

@@ -1,5 +1,5 @@
 // Exchange rates as admins manage them: exact decimals, each pair's rate from an instant on. The
-// conversions themselves happen in SQL where money is counted (sql/012: rounded up, the rate stored).
+// conversions themselves happen in SQL where money is counted (budget_convert: rounded up, the rate stored).
 import { InvalidFieldError } from '../kernel/errors.js'
 import type { AuditContext } from '../audit/index.js'
 import { canonicalDecimal, type ExchangeRate, type ExchangeRateRepository } from './exchange-rate-repository.js'

@@ -1,8 +1,8 @@
 // Budget lines in process: which budgets apply to a caller and their windows, loaded once per caller,
-// window and process (budget_line, sql/006) so no call walks the tree or computes a period in SQL.
+// window and process (budget_line, sql/functions/lines.sql) so no call walks the tree or computes a period in SQL.
 // A line is forgotten when its first window ends, after a minute (a budget that starts later), and
 // when any budget changed in any process: a change bumps the definitions' version in its own
-// transaction (budget_definitions_version, sql/006), and a newer version than the lines were loaded at
+// transaction (budget_definitions_version, sql/functions/definitions.sql), and a newer version than the lines were loaded at
 // forgets them all, and with them the leases and rate allowances taken under them (lib/index.ts).
 // Every gate statement reports the version it saw, but a lease admits from memory and runs none, so the
 // version is also read on a timer while lines are in use, and no line is handed out unless a read of it

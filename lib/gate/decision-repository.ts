@@ -1,4 +1,4 @@
-// SQL for the decision log (sql/025): a batch of decisions in one multi-row insert, a filtered page
+// SQL for the decision log (budget_decision_log): a batch of decisions in one multi-row insert, a filtered page
 // newest first (keyset on (at, id)), and the retention sweep in bounded batches.
 import type { Sql, TransactionSql } from 'postgres'
 import type { ScopeType } from '../kernel/schemas.js'

@@ -15,13 +15,13 @@ export interface BudgetStanding {
   approvedThrough?: Money | null
   /** Actions of projected-basis alerts crossed this period (from the alert history). */
   projectedActions?: AlertAction[]
-  /** Whether the estimate fits, as SQL decided it (budget_fits, sql/006): the one place that rule lives. */
+  /** Whether the estimate fits, as SQL decided it (budget_fits, sql/functions/holds.sql): the one place that rule lives. */
   fits: boolean
   /** The budget's currency, when known (a budget in another currency than the call's). */
   currency?: string
-  /** The estimate in the budget's currency, as SQL converted it (sql/012); null: no exchange rate is in force, or it is out of range. Absent: the call's estimate. */
+  /** The estimate in the budget's currency, as SQL converted it (budget_convert); null: no exchange rate is in force, or it is out of range. Absent: the call's estimate. */
   estimate?: Money | null
-  /** A rate is in force, but the estimate at it (or the window's total with it) is past what a budget can hold, 10^18 (sql/019). */
+  /** A rate is in force, but the estimate at it (or the window's total with it) is past what a budget can hold, 10^18 (budget_hold_amount). */
   outOfRange?: boolean
   /** The budget's own near-limit policy (null or absent: the gate's). */
   nearLimit?: NearLimitPolicy | null
@@ -61,7 +61,7 @@ export interface BudgetCheck {
   currency: string | null
   /** The estimate in the budget's currency; null when no exchange rate converts the call's currency into it, or out of range. */
   estimatedCost: Money | null
-  /** The estimate converted into the budget's currency cannot be held on it: past 10^18 (sql/019). */
+  /** The estimate converted into the budget's currency cannot be held on it: past 10^18 (budget_hold_amount). */
   outOfRange: boolean
   /** The budget's own near-limit policy (null: the gate's). */
   nearLimit: NearLimitPolicy | null
@@ -96,7 +96,7 @@ export interface BudgetConstraintCheck {
 // then no room. auto-downgrade and notify never refuse.
 const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => boolean, reason: (check: BudgetCheck, estimate: Money) => string, suggestion: string }> = [
   {
-    // Never converted at 1: a budget the call's currency cannot be converted into refuses (sql/012).
+    // Never converted at 1: a budget the call's currency cannot be converted into refuses (budget_require_rate).
     code: 'exchange_rate_missing',
     refuses: (check) => check.estimatedCost === null && !check.outOfRange,
     reason: (check) => `No exchange rate into ${check.currency ?? 'its currency'} is in force for budget '${check.name}'`,

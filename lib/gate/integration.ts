@@ -322,7 +322,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       return { budgets, bindingBudgetId: binding?.budgetId ?? null }
     },
 
-    /** Settles reservations whose process died: each counts as spent at its estimate (see sql/003). */
+    /** Settles reservations whose process died: each counts as spent at its estimate (see sql/functions/sweeper.sql). */
     async sweepExpiredReservations (limit = 100): Promise<number> {
       return await reservations.sweepExpired(limit)
     }

@@ -1,5 +1,5 @@
 // Leases on hot lines: when calls on one line come close together, this process holds a slice of the
-// line's room as one reservation (budget_lease_take, sql/006) and admits calls from it in memory, with
+// line's room as one reservation (budget_lease_take, sql/functions/leases.sql) and admits calls from it in memory, with
 // no round trip. Each admitted call's estimate comes out of the slice; when the call ends, its actual
 // cost goes to the settlement queue (moved from the lease to settled spend, in batches) and the rest
 // of its estimate goes back to the slice. The escrow rule holds because the whole slice counts as
@@ -8,7 +8,7 @@
 // A call may cost more than its estimate: it is charged in full, the slice goes below zero in memory
 // (the lease admits nothing more until a top-up covers it), and the lease row in PostgreSQL gives up
 // what it holds, at most. A retired lease's row stays until every call admitted from it has settled;
-// then the final return ends it (sql/016), so no settlement ever finds its lease gone early.
+// then the final return ends it (sql/functions/leases.sql), so no settlement ever finds its lease gone early.
 import { randomUUID } from 'node:crypto'
 import type { Logger } from '../kernel/logger.js'
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'

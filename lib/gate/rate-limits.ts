@@ -1,5 +1,5 @@
 // Request and token rate limits beside money. Each rate-limited budget has a token bucket in PostgreSQL
-// (budget_rate_take, sql/008) that every gateway process shares. A call needs one request and its
+// (budget_rate_take, sql/functions/rate-limits.sql) that every gateway process shares. A call needs one request and its
 // worst-case tokens from every rate-limited budget of its line. This process keeps an allowance per
 // budget, taken from the bucket: exactly the call's need when calls are rare, a slice (up to 64 calls'
 // worth, at most an eighth of what the bucket holds) when they come within 100 ms of each other, so on

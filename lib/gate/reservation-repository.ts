@@ -29,13 +29,13 @@ export interface ApplicableBudget {
   /** Whether the estimate the numbers were read for fits (budget_fits). */
   fits: boolean
   currency: string
-  /** The estimate in the budget's currency, rounded up (sql/012); null when no exchange rate is in force, or out of range. */
+  /** The estimate in the budget's currency, rounded up (budget_convert); null when no exchange rate is in force, or out of range. */
   estimate: Money | null
-  /** A rate is in force but the estimate cannot be held on the budget: past 10^18 (budget_hold_amount, sql/019). */
+  /** A rate is in force but the estimate cannot be held on the budget: past 10^18 (budget_hold_amount, sql/functions/holds.sql). */
   outOfRange: boolean
 }
 
-/** One budget of a caller's line, as the process caches it (budget_line in sql/006). */
+/** One budget of a caller's line, as the process caches it (budget_line in sql/functions/lines.sql). */
 export interface LineBudget {
   budgetId: string
   name: string
@@ -83,9 +83,9 @@ export interface HeldBudget {
   fits: boolean
   approvedThrough: Money | null
   projectedActions: AlertAction[]
-  /** The estimate in the budget's currency as held, rounded up (sql/012); null when no exchange rate is in force, or out of range. */
+  /** The estimate in the budget's currency as held, rounded up (budget_convert); null when no exchange rate is in force, or out of range. */
   held: Money | null
-  /** A rate is in force but the estimate cannot be held on the budget: past 10^18 (sql/019). */
+  /** A rate is in force but the estimate cannot be held on the budget: past 10^18 (budget_hold_amount). */
   outOfRange: boolean
 }
 
@@ -125,7 +125,7 @@ export interface Settlement {
   metadata: Record<string, unknown>
 }
 
-/** What became of a call admitted from a lease, once its batch committed (budget_settle_leased, sql/016). */
+/** What became of a call admitted from a lease, once its batch committed (budget_settle_leased, sql/functions/settlements.sql). */
 export interface LeasedOutcome {
   /** Its usage record; null when none was written by this settlement. */
   usageId: string | null
@@ -133,7 +133,7 @@ export interface LeasedOutcome {
   leaseFound: boolean
 }
 
-/** A renewal waits for its lease's rows no longer than a take waits for them (budget_lease_take, sql/016). */
+/** A renewal waits for its lease's rows no longer than a take waits for them (budget_lease_take, sql/functions/leases.sql). */
 const RENEW_LOCK_TIMEOUT_MS = 2000
 
 export function createReservationRepository (sql: Db) {
@@ -146,7 +146,7 @@ export function createReservationRepository (sql: Db) {
     estimate: row.estimate === null ? null : normalizeMoney(row.estimate)
   })
   // Projected alerts stay crossed for the rest of the period once recorded (until a definition change
-  // resolves them, sql/020); current ones follow the numbers.
+  // resolves them, sql/functions/alerts.sql); current ones follow the numbers.
   const projectedActions = (budgetId: ReturnType<typeof sql>, periodStart: ReturnType<typeof sql>) => sql`
     array(select distinct action from budget_alert_history h, unnest(h.actions) as action
           where h.budget_id = ${budgetId} and h.period_start = ${periodStart} and h.basis = 'projected'
@@ -154,7 +154,7 @@ export function createReservationRepository (sql: Db) {
 
   // The numbers the decision needs, for budgets and windows from `source` (budget_id, scope_matched,
   // scope_rank, period_start, period_end).
-  // `estimate` is in `currency`; each budget reads it converted into its own (sql/012), rounded up.
+  // `estimate` is in `currency`; each budget reads it converted into its own (budget_convert), rounded up.
   const readStandings = async (source: ReturnType<typeof sql>, estimate: Money, currency: string): Promise<ApplicableBudget[]> => {
     const rows = await sql<ApplicableBudget[]>`
       select x.budget_id as "budgetId", b.name, b.amount::text as amount, b.enforcement, b.alerts, x.scope_matched as "scopeMatched",
@@ -172,21 +172,21 @@ export function createReservationRepository (sql: Db) {
         select coalesce(c.current_amount, (select current_amount from calculate_budget_status(x.budget_id, x.period_start, x.period_end))) as current_amount,
                coalesce(c.reserved_amount, 0) as reserved_amount
       ) n
-      -- as a hold would convert it (sql/019): null without a rate, or past what the budget can hold
+      -- as a hold would convert it (budget_hold_amount): null without a rate, or past what the budget can hold
       cross join lateral (select r.rate, budget_hold_amount(${estimate}::numeric, r.rate, n.current_amount, n.reserved_amount) as estimate
                           from (select budget_exchange_rate(${currency}, b.currency, now()) as rate) r) converted
       order by x.scope_matched desc, x.scope_rank, x.budget_id`
     return rows.map(normalize)
   }
 
-  /** The budget definitions' version now (budget_definitions_version, sql/006). */
+  /** The budget definitions' version now (budget_definitions_version, sql/functions/definitions.sql). */
   const definitionsVersion = async (): Promise<number> => {
     const [row] = await sql<Array<{ version: string }>>`select budget_definitions_version()::text as version`
     return Number(row!.version)
   }
 
   return {
-    /** The caller's budget line now, its windows' cache rows made sure of (budget_line, sql/006). */
+    /** The caller's budget line now, its windows' cache rows made sure of (budget_line, sql/functions/lines.sql). */
     async loadLine (call: CallFilter, currency: string): Promise<{ line: LineBudget[], definitionsVersion: number }> {
       const { scopes } = call
       const rows = await sql<Array<LineBudget & { definitionsVersion: string }>>`
@@ -202,7 +202,7 @@ export function createReservationRepository (sql: Db) {
     definitionsVersion,
 
     /**
-     * Holds for a batch of calls in one statement (budget_hold_batch, sql/006): each call's estimate
+     * Holds for a batch of calls in one statement (budget_hold_batch, sql/functions/holds.sql): each call's estimate
      * on every budget of its line, or on none, admitted in the order given. Returns each call's hold.
      */
     async holdBatch (calls: HoldRequest[], currency: string, ttlMs: number): Promise<Hold[]> {
@@ -242,7 +242,7 @@ export function createReservationRepository (sql: Db) {
       return holds
     },
 
-    /** Ends many reservations in one transaction (budget_settle_batch, sql/016). Returns the usage ids by reservation found (a reservation already ended is not in the map). */
+    /** Ends many reservations in one transaction (budget_settle_batch, sql/functions/settlements.sql). Returns the usage ids by reservation found (a reservation already ended is not in the map). */
     async settleBatch (settlements: Settlement[]): Promise<{ usageIds: Map<string, string | null>, definitionsVersion: number }> {
       const rows = await sql<Array<{ reservationId: string, usageId: string | null, definitionsVersion: string }>>`
         select reservation_id as "reservationId", usage_id as "usageId", definitions_version::text as "definitionsVersion"
@@ -255,7 +255,7 @@ export function createReservationRepository (sql: Db) {
     /**
      * Takes (or adds to) a lease on the line: up to `wanted` on every budget, at most a quarter of the
      * tightest room, never past a threshold whose alert does more than notify; nothing when that is
-     * under `least` or the line is out of date (budget_lease_take, sql/006).
+     * under `least` or the line is out of date (budget_lease_take, sql/functions/leases.sql).
      */
     async takeLease (leaseId: string, line: LineBudget[], currency: string, ttlMs: number, wanted: Money, least: Money) {
       const rows = await retryingConflicts(async () => await sql<Array<{ granted: string, budgetId: string, amount: string, enforcement: 'hard' | 'soft', currentAmount: string, reservedAmount: string, definitionsVersion: string }>>`
@@ -278,7 +278,7 @@ export function createReservationRepository (sql: Db) {
 
     /**
      * Keeps a lease alive while its process is; false when it has no row (not taken yet, or expired and
-     * swept). Its rows are locked in the lock order of sql/016, (id, budget_id), before they are written:
+     * swept). Its rows are locked in the lock order of sql/functions/settlements.sql, (id, budget_id), before they are written:
      * an update alone locks them in whatever order its plan reads them, and deadlocked against a
      * settlement or a return of the same lease. The lock wait is bounded as take's is (a local setting,
      * evaluated before any row is locked: every row the lock reads is joined to it), then retried as the
@@ -297,14 +297,14 @@ export function createReservationRepository (sql: Db) {
     },
 
     /**
-     * Gives back `amount` of a lease (budget_lease_return, sql/016). `final`: every call admitted from
+     * Gives back `amount` of a lease (budget_lease_return, sql/functions/leases.sql). `final`: every call admitted from
      * it has settled, so all it still holds goes back and the lease is gone.
      */
     async returnLease (leaseId: string, amount: Money, final = false): Promise<void> {
       await retryingConflicts(async () => await sql`select budget_lease_return(${leaseId}, ${amount}::numeric, ${final})`)
     },
 
-    /** Settles calls admitted from leases, in one transaction (budget_settle_leased, sql/016): each call's outcome, by request id. */
+    /** Settles calls admitted from leases, in one transaction (budget_settle_leased, sql/functions/settlements.sql): each call's outcome, by request id. */
     async settleLeased (settlements: LeasedSettlement[], ttlMs: number): Promise<{ outcomes: Map<string, LeasedOutcome>, definitionsVersion: number }> {
       const rows = await sql<Array<{ requestId: string, usageId: string | null, leaseFound: boolean, version: string }>>`
         select request_id as "requestId", usage_id as "usageId", lease_found as "leaseFound", definitions_version::text as version
@@ -318,7 +318,7 @@ export function createReservationRepository (sql: Db) {
       }
     },
 
-    /** Takes allowance from the budgets' rate buckets (budget_rate_take, sql/008), in one statement. */
+    /** Takes allowance from the budgets' rate buckets (budget_rate_take, sql/functions/rate-limits.sql), in one statement. */
     async takeRate (asks: RateAsk[]): Promise<RateGrant[]> {
       return await retryingConflicts(async () => await sql<Array<{ budgetId: string, grantedRequests: number, grantedTokens: number, requestsPerMinute: number | null, tokensPerMinute: number | null, requestsLeft: number | null, tokensLeft: number | null }>>`
         select budget_id as "budgetId", granted_requests::float8 as "grantedRequests", granted_tokens::float8 as "grantedTokens",
@@ -329,7 +329,7 @@ export function createReservationRepository (sql: Db) {
                               ${asks.map((a) => String(a.askTokens))}::text[]::numeric[])`)
     },
 
-    /** Gives rate allowance back to the buckets (budget_rate_give_back, sql/008); a negative amount takes more. */
+    /** Gives rate allowance back to the buckets (budget_rate_give_back, sql/functions/rate-limits.sql); a negative amount takes more. */
     async giveBackRate (returns: Array<{ budgetId: string, requests: number, tokens: number }>): Promise<void> {
       if (returns.length === 0) return
       await retryingConflicts(async () => await sql`select budget_rate_give_back(${returns.map((r) => r.budgetId)}::uuid[], ${returns.map((r) => String(r.requests))}::text[]::numeric[],

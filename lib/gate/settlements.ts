@@ -10,7 +10,7 @@
 // (each batch is one transaction); their holds come back with the database and are swept and counted
 // at their estimate. Nothing goes uncounted. Holds keep synchronous commits: a lost hold would be.
 //
-// A served call that no budget covered has no hold: its usage record (budget_id null, sql/022) goes in
+// A served call that no budget covered has no hold: its usage record (budget_id null) goes in
 // the same batches, as a third statement. Nothing stands for it until that commits, so a batch that
 // fails past its retries loses those records, and says so at error level.
 import type { Logger } from '../kernel/logger.js'

@@ -23,7 +23,7 @@ export interface ErrorBody {
 
 export function toErrorBody (error: CodedError): ErrorBody {
   if (error.validation !== undefined) return validationErrorBody(error)
-  // A conversion with no rate in force, wherever it was met (sql/012): a 400 that names the pair.
+  // A conversion with no rate in force, wherever it was met (budget_require_rate): a 400 that names the pair.
   if (error.code === 'RB001') return toErrorBody(exchangeRateError(error) as CodedError)
   if (error.code !== 'BUDGET_ERR_DATABASE_UNAVAILABLE' && (isDatabaseUnavailable(error) || error.code === 'FST_ERR_HANDLER_TIMEOUT')) {
     return toErrorBody(new DatabaseUnavailableError())

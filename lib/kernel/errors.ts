@@ -43,7 +43,7 @@ export class ParentNotFoundError extends createError('BUDGET_ERR_PARENT_NOT_FOUN
 export class CurrencyMismatchError extends createError('BUDGET_ERR_CURRENCY_MISMATCH', '%s', 400) {
   readonly field = 'currency'
 }
-/** No exchange rate in force converts one currency into the other (sql/012 raises RB001 with the pair as detail). */
+/** No exchange rate in force converts one currency into the other (budget_require_rate raises RB001 with the pair as detail). */
 export class ExchangeRateMissingError extends createError('BUDGET_ERR_EXCHANGE_RATE_MISSING', 'No exchange rate from %s to %s is in force (%s): an admin sets one with PUT {prefix}/exchange-rates/{from}/{to}', 400) {
   readonly field = 'currency'
   constructor (readonly from: string, readonly to: string) {

@@ -563,7 +563,7 @@ export const SpendReport = Type.Object({
 })
 export type SpendReport = Static<typeof SpendReport>
 
-// Exchange rates (sql/012)
+// Exchange rates (budget_exchange_rates)
 
 const CurrencyCode = Type.String({ pattern: '^[A-Z]{3}$', description: 'ISO 4217 code, upper case.' })
 export const ExchangeRateParams = Type.Object({ from: CurrencyCode, to: CurrencyCode })
@@ -610,7 +610,7 @@ export const ChannelTestResult = Type.Object({
   error: Type.Optional(Type.String({ description: 'When not delivered: why (the endpoint\'s status, a refusal, no answer within the channel\'s timeout).' }))
 }, { additionalProperties: false })
 
-// The decision log (sql/025): the gate's refusals, clamps and downgrades
+// The decision log (budget_decision_log): the gate's refusals, clamps and downgrades
 
 export const DECISION_OUTCOMES = ['refused', 'clamped', 'downgraded'] as const
 export const DecisionQuery = Type.Object({

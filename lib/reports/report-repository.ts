@@ -47,7 +47,7 @@ export function createReportRepository (sql: Db) {
     coalesce(sum(case when jsonb_typeof(u.metadata -> ${field}) = 'number' then (u.metadata ->> ${field})::numeric end), 0)`
 
   const query = (filter: SpendFilter) => {
-    // Every grouping but scope reads the record alone: the caller's scopes are the record's own (sql/022),
+    // Every grouping but scope reads the record alone: the caller's scopes are the record's own,
     // whatever budget it was recorded on; a record no budget covered is a record like any other.
     const key = {
       // the budget the usage was recorded on; null for a call that no budget covered

@@ -154,7 +154,7 @@ export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
   }
 
   /**
-   * Stores the checked records in one statement (sql/018), all of them, in the order they came: a record it
+   * Stores the checked records in one statement (budget_record_usage_batch), all of them, in the order they came: a record it
    * cannot store (no exchange rate, past numeric(28,10)) is refused there, and the next other request under
    * its key is tried in its place, as posting them one at a time would. Only a record that would take a
    * window past numeric(28,10) is found after the keys are taken: if it held a key that a later request

@@ -1,4 +1,4 @@
-// SQL for the spend forecast: budget_forecast() (sql/013), the one projection that status, projected
+// SQL for the spend forecast: budget_forecast() (sql/functions/forecast.sql), the one projection that status, projected
 // alerts and digests all read.
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import type { Db } from '../kernel/database/db.js'

@@ -34,7 +34,7 @@ export interface MetricBudget {
   reservedAmount: string
   remaining: string
   periodEnd: Date
-  /** An active crossing of the current window has block-all: the gate refuses every call (sql/020 keeps crossings following the definition). */
+  /** An active crossing of the current window has block-all: the gate refuses every call (sql/functions/alerts.sql keeps crossings following the definition). */
   blocked: boolean
 }
 
@@ -71,7 +71,7 @@ export function createStatusRepository (sql: Db) {
 
     /**
      * The window a budget's status speaks of at `at`: the current one while active, the first one
-     * before it starts, the last one after it ends. budget_period_window (sql/007) is the one
+     * before it starts, the last one after it ends. budget_period_window (sql/functions/periods.sql) is the one
      * place periods are computed.
      */
     async findWindow (budgetId: string, at: Date): Promise<BudgetWindow | null> {
@@ -130,7 +130,7 @@ export function createStatusRepository (sql: Db) {
       return row === undefined ? null : canonical(row)
     },
 
-    /** Recomputes the window's row from the usage rows (refresh_budget_status_cache in sql/002). */
+    /** Recomputes the window's row from the usage rows (refresh_budget_status_cache in sql/functions/status-cache.sql). */
     async refreshCacheRow (budgetId: string, window: BudgetWindow): Promise<StatusCacheRow> {
       const [row] = await sql<StatusCacheRow[]>`
         select ${cacheColumns} from refresh_budget_status_cache(${budgetId}, ${window.periodStart}, ${window.periodEnd})`

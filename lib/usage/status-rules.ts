@@ -1,5 +1,5 @@
 // How a budget's numbers become its status: percent used, remaining, burn rate, and the status rule (the
-// projection is SQL's forecast, sql/013, taken as it is). Pure and exact (bigint money), so every rule is
+// projection is SQL's forecast, sql/functions/forecast.sql, taken as it is). Pure and exact (bigint money), so every rule is
 // tested against hand-computed values.
 import { MONEY_SCALE, fromUnits, numberToDecimal, toUnits, type Money } from '../kernel/money.js'
 import type { BudgetState } from './status-repository.js'
@@ -28,7 +28,7 @@ export interface StatusInput {
   now: Date
   /** Thresholds crossed in this window, from the alert history. */
   crossings: ActiveAlert[]
-  /** The spend forecast for the window's end: budget_forecast() in SQL (sql/013), the one projection rule. */
+  /** The spend forecast for the window's end: budget_forecast() in SQL (sql/functions/forecast.sql), the one projection rule. */
   projectedTotal: Money
 }
 

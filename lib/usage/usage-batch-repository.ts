@@ -1,10 +1,10 @@
-// SQL for usage in bulk: the budgets a caller's scopes reach, and a batch stored and counted at once (sql/014).
+// SQL for usage in bulk: the budgets a caller's scopes reach, and a batch stored and counted at once (budget_record_usage_batch, sql/functions/usage-recording.sql).
 import { findKeyHolders, toUsageRecord, usageColumns, type KeyHolder, type UsageRecord, type UsageRow, type UsageValues } from './usage-repository.js'
 import { canonicalTags, type Tags } from '../kernel/tags.js'
 import type { Db } from '../kernel/database/db.js'
 import type { Scope } from '../kernel/scopes.js'
 
-/** A call's scopes, model and tags, as budget_applicable (sql/007, sql/012) reads them. */
+/** A call's scopes, model and tags, as budget_applicable (sql/functions/lines.sql) reads them. */
 export interface ScopedCall {
   scopes: Scope[]
   currency: string
@@ -46,7 +46,7 @@ export function createUsageBatchRepository (sql: Db) {
       return found
     },
 
-    /** For each (budget, model, tags), does a call match the budget's filters? (budget_matches, sql/007), in one statement, in their order. */
+    /** For each (budget, model, tags), does a call match the budget's filters? (budget_matches, sql/functions/definitions.sql), in one statement, in their order. */
     async matchCalls (calls: Array<{ budgetId: string, model: string | null, tags: Tags | undefined }>): Promise<boolean[]> {
       if (calls.length === 0) return []
       const rows = await sql<Array<{ ord: number, matches: boolean }>>`
@@ -61,7 +61,7 @@ export function createUsageBatchRepository (sql: Db) {
 
     /**
      * Stores the records in the order they came (several may share a key), allocated and counted as the per-row trigger would
-     * one at a time (sql/018). A record whose key was held when it came (before, or by an earlier record) is
+     * one at a time (budget_record_usage_batch). A record whose key was held when it came (before, or by an earlier record) is
      * neither stored nor refused (the caller reads the holder). Run it in a transaction.
      */
     async insertUsageBatch (records: UsageValues[]): Promise<BatchStored> {

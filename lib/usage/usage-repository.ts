@@ -17,7 +17,7 @@ export interface UsageValues {
   alsoCountsToward?: string[]
 }
 
-/** A served call no budget covered (sql/022): stored with no budget, once per request id. */
+/** A served call no budget covered: stored with no budget, once per request id. */
 export interface UnbudgetedValues {
   requestId: string
   amount: Money
@@ -28,7 +28,7 @@ export interface UnbudgetedValues {
   occurredAt: Date
 }
 
-/** The record that holds a key, and the fingerprint of the request that made it ('legacy': stored before sql/018; null: a gated call's). */
+/** The record that holds a key, and the fingerprint of the request that made it ('legacy': stored before keys were the record's; null: a gated call's). */
 export interface KeyHolder {
   record: UsageRecord
   fingerprint: string | null
@@ -79,7 +79,7 @@ export function usageColumns (sql: Db) {
 }
 
 /**
- * The records that hold these idempotency keys, by key: a key names one record across budgets (sql/018);
+ * The records that hold these idempotency keys, by key: a key names one record across budgets;
  * a record stored before that (no fingerprint) holds its key on its own budget only.
  */
 export async function findKeyHolders (sql: Db, keys: Array<{ budgetId: string, idempotencyKey: string }>): Promise<Map<string, KeyHolder>> {
@@ -123,7 +123,7 @@ export function createUsageRepository (sql: Db) {
 
     /**
      * Stores served calls that no budget covered, in one statement: budget_id null, keyed by the call's
-     * request id, so a record sent again is stored once (sql/022's partial unique index). No allocation:
+     * request id, so a record sent again is stored once (budget_usage_records_unbudgeted_key). No allocation:
      * such a record counts toward no budget, then or later. Resolves with each stored record's id by request
      * id; a request id missing from it was stored before.
      */

@@ -49,7 +49,7 @@ export function hasFilters (budget: BudgetDefinition): boolean {
   return budget.filters.models !== undefined || budget.filters.tags !== undefined
 }
 
-/** A record counts only toward budgets whose filters it matches (budget_matches, sql/007, decides `matches`). */
+/** A record counts only toward budgets whose filters it matches (budget_matches, sql/functions/definitions.sql, decides `matches`). */
 export function checkMatches (budget: BudgetDefinition, matches: boolean): void {
   if (!matches) {
     throw new InvalidFieldError('metadata', `does not match the filters of budget '${budget.name}' (${JSON.stringify(budget.filters)}): usage counts only toward budgets whose filters it matches`)
@@ -70,10 +70,10 @@ export function storageError (error: unknown): unknown {
 
 /**
  * The refusal for a record that cannot be stored: no exchange rate (RB001, detail 'FROM/TO'), or an amount
- * past numeric(28,10) (22003). The single route meets these as errors, the batch (sql/018) as answers.
+ * past numeric(28,10) (22003). The single route meets these as errors, the batch (budget_record_usage_batch) as answers.
  */
 export function recordFault (code: string | null | undefined, detail: string | null | undefined): Error | null {
-  // Usage in another currency is converted for each budget it counts toward (sql/012); without a rate it is refused.
+  // Usage in another currency is converted for each budget it counts toward (budget_convert); without a rate it is refused.
   if (code === 'RB001') return exchangeRateError({ code, detail }) as Error
   // numeric_value_out_of_range: the amount fits its column, but a converted amount or a budget's total would not.
   if (code === '22003') return new InvalidFieldError('amount', 'would take a budget\'s total past the largest amount that can be stored (10^18)')
@@ -100,7 +100,7 @@ export function requestFingerprint (target: UsageTarget, request: UsageInput, re
 /**
  * A record whose key was used before: the first one, if this is the same request. A key names one record
  * whatever budget took it; the same key with anything else different is a 409. A record stored before
- * sql/018 has no fingerprint ('legacy'): its retry is compared as it was then, on amount and currency.
+ * keys were the record's has no fingerprint ('legacy'): its retry is compared as it was then, on amount and currency.
  */
 export function replayOf (first: KeyHolder, amount: Money, currency: string, idempotencyKey: string, fingerprint: string): UsageRecord {
   const { record } = first

@@ -393,7 +393,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       }
     }
     if (check.bindingBudgetId !== null) {
-      // In the binding budget's currency, which need not be the gate's (sql/012).
+      // In the binding budget's currency, which need not be the gate's (sql/functions/holds.sql).
       const left = toUnits(check.remaining!) - (check.canProceed ? toUnits(check.bindingEstimate ?? state.estimate) : 0n)
       void reply.headers({ 'x-budget-id': check.bindingBudgetId, 'x-budget-remaining': fromUnits(left > 0n ? left : 0n), 'x-budget-currency': check.currency ?? options.currency })
     }
