@@ -59,7 +59,7 @@ export function createStatusRepository (sql: Db) {
     ) w`
 
   return {
-    /** The window's active crossings, newest first: those its budget's definition still reaches (a resolved one is history, sql/020). */
+    /** The window's active crossings, newest first: those its budget's definition still reaches (a resolved one is history, sql/functions/alerts.sql). */
     async listActiveCrossings (budgetId: string, periodStart: Date): Promise<ActiveAlert[]> {
       const rows = await sql<Array<{ id: string, threshold: string, basis: ActiveAlert['basis'], actions: ActiveAlert['actions'], crossedAt: Date, acknowledged: boolean }>>`
         select h.id, h.threshold::text as threshold, h.basis, h.actions, h.crossed_at as "crossedAt", h.acknowledged_at is not null as acknowledged
