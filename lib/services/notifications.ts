@@ -268,8 +268,10 @@ function redactedMessage (error: unknown, config: ChannelConfig, info: ChannelIn
   return shown.length > 1000 ? `${shown.slice(0, 1000)}…` : shown
 }
 
-/** A test through a channel: delivered, or not and why. */
-export type TestOutcome = { delivered: true } | { delivered: false, error: string }
+/** A send through a channel: delivered, or not and why. */
+export type DeliveryOutcome = { delivered: true } | { delivered: false, error: string }
+/** A test through a channel (POST {prefix}/channels/{name}/test): delivered, or not and why. */
+export type TestOutcome = DeliveryOutcome
 
 function toEvent ({ alert, budget }: DueNotification): AlertEvent {
   const what = alert.basis === 'projected' ? 'is projected to reach' : 'crossed'
@@ -346,14 +348,14 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
   const digests = createDigestRepository(sql)
 
   /** Sends `event` through a channel, waiting at most `waitMs`; a send still running then is not delivered, and its late outcome is dropped. */
-  async function deliverWithin (name: string, notifier: Notifier, event: BudgetEvent, waitMs: number): Promise<TestOutcome> {
+  async function deliverWithin (name: string, notifier: Notifier, event: BudgetEvent, waitMs: number): Promise<DeliveryOutcome> {
     let timer: NodeJS.Timeout | undefined
-    const timedOut = new Promise<TestOutcome>((resolve) => {
+    const timedOut = new Promise<DeliveryOutcome>((resolve) => {
       timer = setTimeout(() => { resolve({ delivered: false, error: `no answer within ${waitMs} ms` }) }, waitMs)
     })
     const sent = Promise.resolve().then(async () => { await notifier.deliver(event) }).then(
-      (): TestOutcome => ({ delivered: true }),
-      (error: unknown): TestOutcome => ({ delivered: false, error: redactedMessage(error, options.channels[name]!, described.find((channel) => channel.name === name)!) }))
+      (): DeliveryOutcome => ({ delivered: true }),
+      (error: unknown): DeliveryOutcome => ({ delivered: false, error: redactedMessage(error, options.channels[name]!, described.find((channel) => channel.name === name)!) }))
     try {
       return await Promise.race([sent, timedOut])
     } finally {
@@ -384,7 +386,7 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
   async function deliverClaimed (claim: OutboxClaim & { event: BudgetEvent }): Promise<boolean> {
     const { channel, attempts, event } = claim
     const notifier = notifiers.get(channel)
-    let outcome: TestOutcome
+    let outcome: DeliveryOutcome
     if (notifier === undefined) {
       // A budget stored before channels were checked (or a channel since removed) names one this process
       // lacks: that is no delivery. The row stays undelivered with the reason, retried as any failure
@@ -405,18 +407,21 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
     return outcome.delivered
   }
 
+  /** Set by stop: a round in flight finishes the delivery it has claimed and claims no more. */
+  let stopping = false
+
   /**
    * Delivers up to `limit` due notifications, one after another: each claimed in a statement of its own
    * (committed at once), then sent with no transaction open and no connection held, then its outcome
-   * recorded in another short statement. A row is tried at most once a round, however short its backoff.
-   * Resolves with how many were delivered and how many failed.
+   * recorded in another short statement. A row is tried at most once a round, however short its backoff,
+   * and none is claimed once the deliverer stops. Resolves with how many were delivered and how many failed.
    */
   async function deliverDue (limit = 20): Promise<{ delivered: number, failed: number }> {
     let delivered = 0
     let failed = 0
     const tried: string[] = []
     try {
-      while (tried.length < limit) {
+      while (tried.length < limit && !stopping) {
         const claim = await claimNext(tried)
         if (claim === null) break
         tried.push(claim.outboxId)
@@ -459,11 +464,13 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
     start () {
       if (options.intervalMs <= 0 || looping) return
       looping = true
+      stopping = false
       scheduleRound()
     },
-    /** Schedules no more rounds, and waits for the one running (bounded by its deliveries' timeouts). */
+    /** Schedules no more rounds, and waits for the one running to finish the delivery it holds (bounded by that channel's timeout). */
     async stop () {
       looping = false
+      stopping = true
       clearTimeout(timer)
       await running
     }
