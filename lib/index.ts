@@ -104,19 +104,19 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   let forgetLines = () => {}
   // Writes of the admin API run in bounded transactions, on a connection of their own (never queued behind
   // the gate's statements), cut at adminTimeoutMs by PostgreSQL and rolled back (lib/kernel/database/bounded.ts).
-  const inBoundedTransaction = boundedTransaction(sql, adminTimeoutMs)
-  const budgetRegistry = createBudgetRegistry(withBoundedBegin(sql, adminTimeoutMs), { modelName, onChange: () => { forgetLines() }, channels: Object.keys(notifications.channels) })
+  const inBoundedTransaction = boundedTransaction(sql, adminTimeoutMs, fastify.log)
+  const budgetRegistry = createBudgetRegistry(withBoundedBegin(sql, adminTimeoutMs, fastify.log), { modelName, onChange: () => { forgetLines() }, channels: Object.keys(notifications.channels) })
   const trackerOptions = { statusCacheTtlMs, now: () => new Date(), modelName }
   const usageTracker = createBudgetTracker(repositories, trackerOptions)
   const recordUsage: RecordUsage = async (request, recordOptions) =>
     await inBoundedTransaction(async (tx) => await createBudgetTracker(createRepositories(tx), trackerOptions).record(request, recordOptions))
   // The bulk usage collector (POST /usage/batch): the tracker's rules, a batch stored in one transaction.
-  const usageCollector = createUsageCollector(withBoundedBegin(sql, adminTimeoutMs), { now: () => new Date(), modelName })
+  const usageCollector = createUsageCollector(withBoundedBegin(sql, adminTimeoutMs, fastify.log), { now: () => new Date(), modelName })
   // The gate's machinery, built once: the reservation repository, the process's cache of budget lines
   // (forgotten when the definitions' version moves), the leases on hot lines, and the queues that take
   // holds and commit settlements in groups.
   const { reservations } = repositories
-  const budgetLines = createBudgetLines(reservations, currency)
+  const budgetLines = createBudgetLines(reservations, currency, fastify.log)
   const holds = createHoldQueue(reservations, { currency, ttlMs: reservationTtlMs })
   const settlements = createSettlementQueue(reservations, { ttlMs: reservationTtlMs, observe: budgetLines.observe, recordUnbudgeted: repositories.usage.insertUnbudgeted }, fastify.log)
   const leases = createLeases(reservations, settlements, { currency, ttlMs: reservationTtlMs, observe: budgetLines.observe }, fastify.log)
@@ -126,7 +126,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   budgetLines.onForget(rateLimits.forgetAll) // and the allowance taken under the old definitions
   const budgetIntegration = createBudgetIntegration({ reservations, lines: budgetLines, leases, holds, settlements, rateLimits, findBudget: repositories.budgets.findBudget }, usageTracker, {
     currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades }
-  })
+  }, fastify.log)
   fastify.decorate('budgetRegistry', budgetRegistry)
   // The tracker the instance shows: the ledger's, with the gate's check on one budget.
   const budgetTracker: BudgetTracker = { ...usageTracker, checkBudgetConstraints: budgetIntegration.checkBudgetConstraints }

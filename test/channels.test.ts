@@ -92,7 +92,7 @@ t.test('a budget that names an unconfigured channel is refused with 400, naming 
 t.test('a stored budget that names a channel no longer configured still reads, updates and is never counted delivered', async (t) => {
   const hook = await startHook(t)
   // A budget stored when 'email' was a channel (or before channels were checked): the row names it.
-  const { app, sql } = await buildGateway(t, { notifications: { channels: { slack: { type: 'webhook', url: hook.url } }, backoffMs: 0, maxAttempts: 2 }, captureLogs: true })
+  const { app, sql, logs } = await buildGateway(t, { notifications: { channels: { slack: { type: 'webhook', url: hook.url } }, backoffMs: 0, maxAttempts: 2 }, captureLogs: true })
   const created = (await app.inject({ method: 'POST', url: PREFIX, headers: auth, body: budget({ alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['slack'] }] }) })).json()
   await sql`update budget_definitions set alerts = jsonb_set(alerts, '{0,notificationChannels}', '["slack", "email"]') where id = ${created.id as string}`
 
@@ -115,6 +115,10 @@ t.test('a stored budget that names a channel no longer configured still reads, u
     { channel: 'email', status: 'failed', deliveredAt: null, lastError: "no channel 'email' is configured" },
     { channel: 'slack', status: 'delivered' }
   ], 'and the API shows it so')
+  t.match(logs.filter((line) => line.channel === 'email'), [
+    { level: 40, msg: "a budget notification names channel 'email', which is not configured: not delivered", eventId: alerts.alerts[0].id },
+    { level: 40, msg: "a budget notification names channel 'email', which is not configured: not delivered" }
+  ], 'each attempt warned in the log, naming the channel and the event')
 })
 
 t.test('GET /channels lists each channel, its kind and where it goes, never a secret', async (t) => {

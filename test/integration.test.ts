@@ -25,11 +25,35 @@ t.test('reserveCall and settleCall: hold, then record the actual cost once', asy
   t.equal((await status(team.id)).reservedAmount, '0.4')
   const refused = await app.budgetIntegration.reserveCall({ team: 'platform' }, '0.7')
   t.match(refused, { reservationId: null, check: { canProceed: false, remaining: '0.6' } })
-  const usageId = await app.budgetIntegration.settleCall(reservationId!, '0.25', { metadata: { modelId: 'gpt-4o' } })
-  t.ok(usageId)
+  const settled = await app.budgetIntegration.settleCall(reservationId!, '0.25', { metadata: { modelId: 'gpt-4o' } })
+  t.match(settled, { outcome: 'recorded', usageId: /^[0-9a-f-]{36}$/ })
   t.match(await status(team.id), { currentAmount: '0.25', reservedAmount: '0' })
-  t.equal(await app.budgetIntegration.settleCall(reservationId!, '0.25'), null, 'a second settle of the same call changes nothing')
+  t.same(await app.budgetIntegration.settleCall(reservationId!, '0.25'), { outcome: 'not-found' }, 'a second settle of the same call changes nothing, and says it found no hold')
   t.match(await status(team.id), { currentAmount: '0.25', reservedAmount: '0' })
+})
+
+t.test('settleCall and releaseCall say which case each was: recorded, released, already recorded, not found', async (t) => {
+  const { app, createBudget, sql, status } = await buildGateway(t)
+  const team = await createBudget({ scopeType: 'team', scopeId: 'platform', amount: '1' })
+  const integration = app.budgetIntegration
+  const served = await integration.reserveCall({ team: 'platform' }, '0.1', { requestId: 'request-1' })
+  const retried = await integration.reserveCall({ team: 'platform' }, '0.1', { requestId: 'request-1' })
+  const unserved = await integration.reserveCall({ team: 'platform' }, '0.1')
+  const free = await integration.reserveCall({ team: 'platform' }, '0.1')
+  const swept = await integration.reserveCall({ team: 'platform' }, '0.1')
+  const recorded = await integration.settleCall(served.reservationId!, '0.05')
+  t.equal(recorded.outcome, 'recorded', 'a cost: recorded')
+  const [record] = await sql`select amount::text as amount from budget_usage_records where id = ${recorded.outcome === 'recorded' ? recorded.usageId : null}`
+  t.equal(record?.amount, '0.0500000000', 'under the usage id it names')
+  t.same(await integration.settleCall(retried.reservationId!, '0.05'), { outcome: 'already-recorded' }, 'another hold of the same request: already recorded, nothing more charged')
+  t.same(await integration.releaseCall(unserved.reservationId!), { outcome: 'released' }, 'nothing served: released')
+  t.same(await integration.settleCall(free.reservationId!, '0'), { outcome: 'released' }, 'a cost of 0 is nothing to charge: released')
+  t.same(await integration.settleCall(served.reservationId!, '0.05'), { outcome: 'not-found' }, 'the same reservation again: no hold found')
+  // The process "died": the hold outlived its TTL and the sweeper counted it at its estimate.
+  await sql`update budget_reservations set expires_at = now() - interval '1 second' where id = ${swept.reservationId!}`
+  t.equal(await integration.sweepExpiredReservations(), 1)
+  t.same(await integration.settleCall(swept.reservationId!, '0.05'), { outcome: 'not-found' }, 'settled after the sweep: no hold found, nothing recorded twice')
+  t.match(await status(team.id), { currentAmount: '0.15', reservedAmount: '0' }, 'the served call and the swept estimate, once each')
 })
 
 t.test('recordModelCall: once per request id, counted toward every budget of the caller', async (t) => {

@@ -3,6 +3,7 @@
 // transaction, cut at the bound between statements as well as within one; 10,000 distinct budgets are asked
 // in a few statements, not one each on the shared pool ahead of the gate.
 import { randomUUID } from 'node:crypto'
+import Fastify from 'fastify'
 import t from 'tap'
 import { boundedTransaction, withinBound } from '../lib/kernel/database/bounded.js'
 import { AdminTimeoutError } from '../lib/kernel/errors.js'
@@ -49,7 +50,7 @@ t.test('with the default bound, 5,000 good records and 1,000 refused under one k
 t.test('a bounded transaction stops at its deadline between statements, each statement cut at what is left', async (t) => {
   const { sql } = await buildApp(t)
   await sql`create table bound_probe (n int)`
-  const bounded = boundedTransaction(sql, 500)
+  const bounded = boundedTransaction(sql, 500, Fastify().log)
   let completed = 0
   const error = await bounded(async (tx) => {
     for (let n = 0; n < 3; n++) {

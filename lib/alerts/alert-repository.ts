@@ -40,12 +40,41 @@ export interface Approval {
   expiresAt: string
 }
 
-export interface DueNotification {
+/** An outbox row this process has claimed: the claim's id, which its outcome must name (sql/migrations/002_outbox_claims.sql). */
+export interface OutboxClaim {
   outboxId: string
+  claimId: string
   channel: string
+  /** Attempts whose outcome was recorded before this one. */
   attempts: number
+}
+
+export interface DueNotification extends OutboxClaim {
   alert: AlertRecord
   budget: { id: string, name: string, currency: string, scopeType: string, scopeId: string }
+}
+
+/**
+ * The claim of one due outbox row of a kind (a crossing's or a digest's), as a `claimed` CTE returning it:
+ * the next due row that no other statement is claiming (SKIP LOCKED), but those in `tried`, its next
+ * attempt pushed to the claim's deadline and a new claim id. The statement commits at once: no lock
+ * outlives it. A process that dies while it delivers leaves the row due again at the deadline (sql/migrations/002_outbox_claims.sql).
+ */
+export function claimOutboxRow (sql: Db, kind: 'alert' | 'digest', claimMs: number, tried: string[]) {
+  const event = kind === 'alert' ? sql`d.alert_id` : sql`d.digest_id`
+  return sql`
+    claimed as (
+      update budget_notification_outbox o
+      set claim_id = gen_random_uuid(), next_attempt_at = now() + ${`${claimMs} milliseconds`}::interval
+      where o.id = (
+        select d.id from budget_notification_outbox d
+        where d.status = 'pending' and d.next_attempt_at <= now() and ${event} is not null and d.id <> all(${tried}::uuid[])
+        order by d.next_attempt_at
+        limit 1
+        for update skip locked
+      )
+      returning o.id, o.alert_id, o.digest_id, o.channel, o.attempts, o.claim_id
+    )`
 }
 
 interface AlertRow {
@@ -161,39 +190,49 @@ export function createAlertRepository (sql: Db) {
       return rows.map(toApproval)
     },
 
-    /** Due deliveries of crossings, locked for this transaction (SKIP LOCKED: another process takes the others). Digests' are claimDueDigests (lib/alerts/digest-repository.ts). */
-    async claimDueNotifications (limit: number): Promise<DueNotification[]> {
-      const rows = await sql<Array<AlertRow & { outbox_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
-        with due as (
-          select o.id, o.alert_id, o.channel, o.attempts from budget_notification_outbox o
-          where o.status = 'pending' and o.next_attempt_at <= now() and o.alert_id is not null
-          order by o.next_attempt_at
-          limit ${limit}
-          for update skip locked
-        )
-        select due.id as outbox_id, due.channel, due.attempts, ${alertColumns},
+    /**
+     * Claims the next due delivery of a crossing until `claimMs` from now, but none of the rows in `tried`
+     * (those a round has tried already), or null when none is due. Digests' are claimDueDigest (lib/alerts/digest-repository.ts).
+     */
+    async claimDueNotification (claimMs: number, tried: string[] = []): Promise<DueNotification | null> {
+      const [row] = await sql<Array<AlertRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
+        with ${claimOutboxRow(sql, 'alert', claimMs, tried)}
+        select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts, ${alertColumns},
                b.name as budget_name, b.currency, b.scope_type, b.scope_id
-        from due join budget_alert_history h on h.id = due.alert_id join budget_definitions b on b.id = h.budget_id`
-      return rows.map((row) => ({
-        outboxId: row.outbox_id,
-        channel: row.channel,
-        attempts: row.attempts,
-        alert: toAlert(row),
-        budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
-      }))
+        from claimed join budget_alert_history h on h.id = claimed.alert_id join budget_definitions b on b.id = h.budget_id`
+      return row === undefined
+        ? null
+        : {
+            outboxId: row.outbox_id,
+            claimId: row.claim_id,
+            channel: row.channel,
+            attempts: row.attempts,
+            alert: toAlert(row),
+            budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
+          }
     },
 
-    async markDelivered (outboxId: string, note: string | null): Promise<void> {
-      await sql`update budget_notification_outbox set status = 'delivered', attempts = attempts + 1, delivered_at = now(), last_error = ${note} where id = ${outboxId}`
-    },
-
-    async markAttemptFailed (outboxId: string, error: string, retryInMs: number | null): Promise<void> {
-      await sql`
+    /**
+     * Records a claimed delivery as done. False when the claim is no longer the row's (it outlived its
+     * deadline and another process claimed the row): then nothing is written.
+     */
+    async markDelivered ({ outboxId, claimId }: OutboxClaim): Promise<boolean> {
+      const updated = await sql`
         update budget_notification_outbox
-        set attempts = attempts + 1, last_error = ${error},
+        set status = 'delivered', attempts = attempts + 1, delivered_at = now(), last_error = null, claim_id = null
+        where id = ${outboxId} and claim_id = ${claimId} and status = 'pending'`
+      return updated.count > 0
+    },
+
+    /** Records a claimed delivery's failure: tried again `retryInMs` from now, or failed for good (null). False as markDelivered. */
+    async markAttemptFailed ({ outboxId, claimId }: OutboxClaim, error: string, retryInMs: number | null): Promise<boolean> {
+      const updated = await sql`
+        update budget_notification_outbox
+        set attempts = attempts + 1, last_error = ${error}, claim_id = null,
             status = ${retryInMs === null ? 'failed' : 'pending'},
             next_attempt_at = now() + ${`${retryInMs ?? 0} milliseconds`}::interval
-        where id = ${outboxId}`
+        where id = ${outboxId} and claim_id = ${claimId} and status = 'pending'`
+      return updated.count > 0
     }
   }
 }

@@ -3,6 +3,7 @@
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import type { BudgetDigest } from '../kernel/schemas.js'
 import type { Db } from '../kernel/database/db.js'
+import { claimOutboxRow, type OutboxClaim } from './alert-repository.js'
 
 /** A budget whose latest ended digest period has no digest yet. */
 export interface DueDigest {
@@ -62,10 +63,7 @@ export interface DigestRecord extends Omit<DigestValues, 'channels' | 'periodSta
   createdAt: string
 }
 
-export interface DueDigestNotification {
-  outboxId: string
-  channel: string
-  attempts: number
+export interface DueDigestNotification extends OutboxClaim {
   digest: DigestRecord
   budget: { id: string, name: string, currency: string, scopeType: string, scopeId: string }
 }
@@ -182,17 +180,11 @@ export function createDigestRepository (sql: Db) {
       return row?.id ?? null
     },
 
-    /** Due deliveries of digests, locked for this transaction (SKIP LOCKED: another process takes the others). */
-    async claimDueDigests (limit: number): Promise<DueDigestNotification[]> {
-      const rows = await sql<Array<DigestRow & { outbox_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
-        with due as (
-          select o.id, o.digest_id, o.channel, o.attempts from budget_notification_outbox o
-          where o.status = 'pending' and o.next_attempt_at <= now() and o.digest_id is not null
-          order by o.next_attempt_at
-          limit ${limit}
-          for update skip locked
-        )
-        select due.id as outbox_id, due.channel, due.attempts,
+    /** Claims the next due delivery of a digest until `claimMs` from now, but none in `tried` (claimOutboxRow, repository/alerts.ts); null when none is due. */
+    async claimDueDigest (claimMs: number, tried: string[] = []): Promise<DueDigestNotification | null> {
+      const [row] = await sql<Array<DigestRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
+        with ${claimOutboxRow(sql, 'digest', claimMs, tried)}
+        select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts,
                d.id, d.budget_id, d.every, d.period_start, d.period_end, d.timezone,
                to_char(d.period_start at time zone d.timezone, 'YYYY-MM-DD') as first_day,
                to_char((d.period_end at time zone d.timezone) - interval '1 day', 'YYYY-MM-DD') as last_day,
@@ -200,14 +192,17 @@ export function createDigestRepository (sql: Db) {
                d.limit_amount::text as limit_amount, d.percent_used::text as percent_used, d.burn_rate::text as burn_rate,
                d.projected_total::text as projected_total, d.top_models, d.top_users, d.created_at,
                b.name as budget_name, b.currency, b.scope_type, b.scope_id
-        from due join budget_digests d on d.id = due.digest_id join budget_definitions b on b.id = d.budget_id`
-      return rows.map((row) => ({
-        outboxId: row.outbox_id,
-        channel: row.channel,
-        attempts: row.attempts,
-        digest: toDigest(row),
-        budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
-      }))
+        from claimed join budget_digests d on d.id = claimed.digest_id join budget_definitions b on b.id = d.budget_id`
+      return row === undefined
+        ? null
+        : {
+            outboxId: row.outbox_id,
+            claimId: row.claim_id,
+            channel: row.channel,
+            attempts: row.attempts,
+            digest: toDigest(row),
+            budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
+          }
     }
   }
 }

@@ -1,12 +1,16 @@
 // Delivers each queued crossing and digest to its channels: a webhook (JSON with a Slack-compatible `text`), an
 // email over SMTP (nodemailer), or the log. The queue is budget_notification_outbox, written in the crossing's (or
-// the digest's) own transaction, so a crash loses nothing; retries back off exponentially; a delivery the endpoint
-// answered 2xx is never repeated. The same loop makes the digests that are due (lib/alerts/digests.ts).
+// the digest's) own transaction, so a crash loses nothing. A row is claimed in a short statement of its own, sent
+// with no transaction open, and its outcome recorded under the claim (sql/migrations/002_outbox_claims.sql); retries back off exponentially; a
+// delivery whose 2xx was recorded is never repeated, and one whose process died before that is sent again once its
+// claim runs out (at least once: the event id lets a receiver drop the repeat). The same loop, one round at a time,
+// makes the digests that are due (lib/alerts/digests.ts).
 import { randomUUID } from 'node:crypto'
 import type { Logger } from '../kernel/logger.js'
 import nodemailer from 'nodemailer'
 import type { Sql } from 'postgres'
-import { createAlertRepository, type DueNotification } from './alert-repository.js'
+import { bestEffort } from '../kernel/best-effort.js'
+import { createAlertRepository, type DueNotification, type OutboxClaim } from './alert-repository.js'
 import { createDigestRepository, type DueDigestNotification, type TopSpender } from './digest-repository.js'
 
 export interface AlertEvent {
@@ -264,8 +268,10 @@ function redactedMessage (error: unknown, config: ChannelConfig, info: ChannelIn
   return shown.length > 1000 ? `${shown.slice(0, 1000)}…` : shown
 }
 
-/** A test through a channel: delivered, or not and why. */
-export type TestOutcome = { delivered: true } | { delivered: false, error: string }
+/** A send through a channel: delivered, or not and why. */
+export type DeliveryOutcome = { delivered: true } | { delivered: false, error: string }
+/** A test through a channel (POST {prefix}/channels/{name}/test): delivered, or not and why. */
+export type TestOutcome = DeliveryOutcome
 
 function toEvent ({ alert, budget }: DueNotification): AlertEvent {
   const what = alert.basis === 'projected' ? 'is projected to reach' : 'crossed'
@@ -319,6 +325,11 @@ function toDigestEvent ({ digest, budget }: DueDigestNotification): DigestEvent 
   return event
 }
 
+/** How long a delivery through a channel without a timeout of its own (email, a custom notifier) may take; then it counts as failed. */
+const DELIVERY_TIMEOUT_MS = 30_000
+/** A claim lasts this much longer than its delivery may take: the outcome's statement, a busy event loop. */
+const CLAIM_SLACK_MS = 30_000
+
 export function createNotificationDeliverer (sql: Sql, options: NotificationOptions, log: Logger,
   observe: (outcome: { delivered: number, failed: number }) => void = () => {},
   /** Makes the digests due at an instant (default now), returning how many; run before each delivery round of the loop. */
@@ -329,6 +340,28 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
       ? config
       : config.type === 'webhook' ? webhookNotifier(config.url, config.timeoutMs) : config.type === 'email' ? emailNotifier(config.url, options.dashboardUrl) : logged]))
   const described = Object.entries(options.channels).map(([name, config]) => describeChannel(name, config))
+  /** The longest one delivery through a channel waits: a webhook's own timeout, else DELIVERY_TIMEOUT_MS. */
+  const deliveryBound = (name: string) => described.find((channel) => channel.name === name)?.timeoutMs ?? DELIVERY_TIMEOUT_MS
+  // A claim outlasts the slowest channel's delivery: a living process records its outcome before anyone may claim the row again.
+  const claimMs = Math.max(DELIVERY_TIMEOUT_MS, ...described.map((channel) => deliveryBound(channel.name))) + CLAIM_SLACK_MS
+  const alerts = createAlertRepository(sql)
+  const digests = createDigestRepository(sql)
+
+  /** Sends `event` through a channel, waiting at most `waitMs`; a send still running then is not delivered, and its late outcome is dropped. */
+  async function deliverWithin (name: string, notifier: Notifier, event: BudgetEvent, waitMs: number): Promise<DeliveryOutcome> {
+    let timer: NodeJS.Timeout | undefined
+    const timedOut = new Promise<DeliveryOutcome>((resolve) => {
+      timer = setTimeout(() => { resolve({ delivered: false, error: `no answer within ${waitMs} ms` }) }, waitMs)
+    })
+    const sent = Promise.resolve().then(async () => { await notifier.deliver(event) }).then(
+      (): DeliveryOutcome => ({ delivered: true }),
+      (error: unknown): DeliveryOutcome => ({ delivered: false, error: redactedMessage(error, options.channels[name]!, described.find((channel) => channel.name === name)!) }))
+    try {
+      return await Promise.race([sent, timedOut])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
 
   /**
    * Sends a test event through one channel now, waiting at most the channel's own timeout (a webhook's
@@ -338,59 +371,89 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
   async function sendTest (name: string, boundMs: number): Promise<TestOutcome | null> {
     const notifier = notifiers.get(name)
     if (notifier === undefined) return null
-    const info = described.find((channel) => channel.name === name)!
-    const waitMs = Math.min(info.timeoutMs ?? boundMs, boundMs)
-    let timer: NodeJS.Timeout | undefined
-    const timedOut = new Promise<TestOutcome>((resolve) => {
-      timer = setTimeout(() => { resolve({ delivered: false, error: `no answer within ${waitMs} ms` }) }, waitMs)
-    })
-    const sent = Promise.resolve().then(async () => { await notifier.deliver(testEvent(name)) }).then(
-      (): TestOutcome => ({ delivered: true }),
-      (error: unknown): TestOutcome => ({ delivered: false, error: redactedMessage(error, options.channels[name]!, info) }))
-    try {
-      return await Promise.race([sent, timedOut])
-    } finally {
-      clearTimeout(timer)
+    return await deliverWithin(name, notifier, testEvent(name), Math.min(deliveryBound(name), boundMs))
+  }
+
+  /** The next due delivery, but none in `tried`, that this process now holds the claim of, a crossing's before a digest's; null when none is due. */
+  async function claimNext (tried: string[]): Promise<(OutboxClaim & { event: BudgetEvent }) | null> {
+    const crossing = await alerts.claimDueNotification(claimMs, tried)
+    if (crossing !== null) return { ...crossing, event: toEvent(crossing) }
+    const digest = await digests.claimDueDigest(claimMs, tried)
+    return digest === null ? null : { ...digest, event: toDigestEvent(digest) }
+  }
+
+  /** Delivers one claimed row, with no transaction open, and records the outcome under its claim. True when it was delivered. */
+  async function deliverClaimed (claim: OutboxClaim & { event: BudgetEvent }): Promise<boolean> {
+    const { channel, attempts, event } = claim
+    const notifier = notifiers.get(channel)
+    let outcome: DeliveryOutcome
+    if (notifier === undefined) {
+      // A budget stored before channels were checked (or a channel since removed) names one this process
+      // lacks: that is no delivery. The row stays undelivered with the reason, retried as any failure
+      // (another process, or this one restarted, may have the channel), and failed once the attempts run out.
+      log.warn({ channel, eventId: eventId(event), eventType: event.type }, `a budget notification names channel '${channel}', which is not configured: not delivered`)
+      outcome = { delivered: false, error: `no channel '${channel}' is configured` }
+    } else {
+      outcome = await deliverWithin(channel, notifier, event, deliveryBound(channel))
     }
+    const attempt = attempts + 1
+    const retryInMs = attempt >= options.maxAttempts ? null : options.backoffMs * 2 ** (attempt - 1)
+    // The outcome is recorded only under this claim. When that fails (or the claim had run out and another
+    // process holds the row), the row comes due again at the claim's deadline: sent again, at least once.
+    await bestEffort(log, async () => {
+      const mine = outcome.delivered ? await alerts.markDelivered(claim) : await alerts.markAttemptFailed(claim, outcome.error, retryInMs)
+      if (!mine) log.warn({ outboxId: claim.outboxId, channel, eventId: eventId(event) }, 'a notification\'s claim ran out before its outcome was recorded: another process has it now')
+    }, 'recording a notification\'s delivery failed: it will be sent again after its claim runs out', { outboxId: claim.outboxId, channel, eventId: eventId(event), delivered: outcome.delivered })
+    return outcome.delivered
   }
 
-  /** Delivers what is due, one transaction a batch: claimed rows stay locked until their outcome is written. */
+  /** Set by stop: a round in flight finishes the delivery it has claimed and claims no more. */
+  let stopping = false
+
+  /**
+   * Delivers up to `limit` due notifications, one after another: each claimed in a statement of its own
+   * (committed at once), then sent with no transaction open and no connection held, then its outcome
+   * recorded in another short statement. A row is tried at most once a round, however short its backoff,
+   * and none is claimed once the deliverer stops. Resolves with how many were delivered and how many failed.
+   */
   async function deliverDue (limit = 20): Promise<{ delivered: number, failed: number }> {
-    const outcome = await sql.begin(async (tx) => {
-      const alerts = createAlertRepository(tx)
-      const crossings = await alerts.claimDueNotifications(limit)
-      const digests = crossings.length < limit ? await createDigestRepository(tx).claimDueDigests(limit - crossings.length) : []
-      let delivered = 0
-      let failed = 0
-      const due = [...crossings.map((crossing) => ({ ...crossing, event: toEvent(crossing) })), ...digests.map((digest) => ({ ...digest, event: toDigestEvent(digest) }))]
-      for (const { outboxId, channel, attempts, event } of due) {
-        const notifier = notifiers.get(channel)
-        try {
-          // A budget stored before channels were checked (or a channel since removed) names one this process
-          // lacks: that is no delivery. The row stays undelivered with the reason, retried as any failure
-          // (another process, or this one restarted, may have the channel), and failed once the attempts run out.
-          if (notifier === undefined) {
-            log.warn({ channel, eventId: eventId(event), eventType: event.type }, `a budget notification names channel '${channel}', which is not configured: not delivered`)
-            throw new Error(`no channel '${channel}' is configured`)
-          }
-          await notifier.deliver(event)
-          await alerts.markDelivered(outboxId, null)
-          delivered++
-        } catch (error) {
-          const attempt = attempts + 1
-          const retryInMs = attempt >= options.maxAttempts ? null : options.backoffMs * 2 ** (attempt - 1)
-          await alerts.markAttemptFailed(outboxId, (error as Error).message, retryInMs)
-          failed++
-        }
+    let delivered = 0
+    let failed = 0
+    const tried: string[] = []
+    try {
+      while (tried.length < limit && !stopping) {
+        const claim = await claimNext(tried)
+        if (claim === null) break
+        tried.push(claim.outboxId)
+        if (await deliverClaimed(claim)) delivered++
+        else failed++
       }
-      return { delivered, failed }
-    }) as { delivered: number, failed: number }
-    observe(outcome) // once the outcomes are committed
-    return outcome
+    } finally {
+      observe({ delivered, failed }) // the outcomes recorded so far, even when a claim then failed
+    }
+    return { delivered, failed }
   }
 
+  // One round at a time: the next is scheduled when the current one has ended, never on a fixed beat
+  // (setInterval started a round while the last was still sending).
   let timer: NodeJS.Timeout | undefined
-  let running: Promise<unknown> = Promise.resolve()
+  let running: Promise<void> = Promise.resolve()
+  let looping = false
+
+  async function round (): Promise<void> {
+    // A failure to make digests must not hold up the crossings' deliveries; what failed stays due for the next round.
+    await bestEffort(log, async () => await produceDigests(), 'making budget digests failed', {}, 'error')
+    await bestEffort(log, async () => await deliverDue(), 'delivering budget notifications failed: what is due stays due for the next round', {}, 'error')
+  }
+
+  function scheduleRound (): void {
+    if (!looping) return
+    timer = setTimeout(() => {
+      running = round().finally(scheduleRound)
+    }, options.intervalMs)
+    timer.unref()
+  }
+
   return {
     deliverDue,
     /** The configured channels, without their secrets, in the order the options name them. */
@@ -399,18 +462,16 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
     /** Makes the digests whose period ended before `at` (default now) that no process has made yet; the loop does this on its own. */
     produceDigests,
     start () {
-      if (options.intervalMs <= 0) return
-      timer = setInterval(() => {
-        running = (async () => {
-          // A failure to make digests must not hold up the crossings' deliveries.
-          await produceDigests().catch((error: unknown) => { log.error({ err: error }, 'making budget digests failed') })
-          await deliverDue()
-        })().catch((error: unknown) => { log.error({ err: error }, 'delivering budget notifications failed') })
-      }, options.intervalMs)
-      timer.unref()
+      if (options.intervalMs <= 0 || looping) return
+      looping = true
+      stopping = false
+      scheduleRound()
     },
+    /** Schedules no more rounds, and waits for the one running to finish the delivery it holds (bounded by that channel's timeout). */
     async stop () {
-      clearInterval(timer)
+      looping = false
+      stopping = true
+      clearTimeout(timer)
       await running
     }
   }

@@ -9,6 +9,8 @@
 // began at most VERSION_FRESH_MS before: a change committed in another process comes into force here
 // within that (plus whatever the caller does between its line and its admission). No extra connection,
 // nothing to listen for, and it works behind any pooler.
+import type { Logger } from '../kernel/logger.js'
+import { bestEffort } from '../kernel/best-effort.js'
 import type { CallFilter, LineBudget, ReservationRepository } from './reservation-repository.js'
 import { canonicalTags } from '../kernel/tags.js'
 
@@ -37,7 +39,7 @@ export interface CachedLine {
   definitionsVersion: number
 }
 
-export function createBudgetLines (reservations: ReservationRepository, currency: string) {
+export function createBudgetLines (reservations: ReservationRepository, currency: string, log: Logger) {
   const lines = new Map<string, Cached>()
   const forgotten: Array<() => void> = []
   let generation = 0
@@ -84,7 +86,9 @@ export function createBudgetLines (reservations: ReservationRepository, currency
     if (poller !== null) return
     poller = setInterval(() => {
       if (Date.now() - lastAsked > POLL_IDLE_MS) { stopPolling(); return }
-      if (reading === null) readVersion().catch(() => {}) // a failed read is met by the next call's own
+      // A failed read loses nothing: the next call waits for a read of its own (and sees its failure). At
+      // debug level, since with the database away it fails every VERSION_POLL_MS.
+      if (reading === null) void bestEffort(log, readVersion, 'reading the budget definitions\' version in the background failed', {}, 'debug')
     }, VERSION_POLL_MS)
     poller.unref()
   }

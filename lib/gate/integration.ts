@@ -1,6 +1,8 @@
 // The Budget Integration service: budgets for a model call's caller. The gate's hooks and gateway code
 // outside them use it alike, so there is one decision (decide) and one way to reserve and settle.
 import { randomUUID } from 'node:crypto'
+import { bestEffort } from '../kernel/best-effort.js'
+import type { Logger } from '../kernel/logger.js'
 import { BudgetNotFoundError, DatabaseUnavailableError } from '../kernel/errors.js'
 import type { BudgetDefinition } from '../kernel/schemas.js'
 import { parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
@@ -9,7 +11,7 @@ import type { BudgetLines } from './budget-lines.js'
 import type { HoldQueue } from './holds.js'
 import type { Admission, Leases } from './leases.js'
 import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
-import type { SettleOutcome, SettlementQueue } from './settlements.js'
+import { sweptBeforeSettling, type SettleOutcome, type SettlementQueue } from './settlements.js'
 import { decide, standingsOf, standingsOfHold, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
 import type { BudgetStatusInfo } from '../usage/index.js'
 import type { UsageTracker, UsageMetadata } from '../usage/index.js'
@@ -100,7 +102,8 @@ export interface GateMachinery {
   findBudget: (id: string) => Promise<BudgetDefinition | null>
 }
 
-export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits, findBudget }: GateMachinery, tracker: UsageTracker, options: IntegrationOptions) {
+export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits, findBudget }: GateMachinery, tracker: UsageTracker, options: IntegrationOptions,
+  log: Logger) {
   /** The call as filtered budgets see it: the model by its price-table name (a dated snapshot matches as its base model). */
   function callOf (caller: CallerScopes, model: string | undefined): CallFilter {
     const name = model === undefined ? null : options.models.prices.resolve(model)?.model ?? model
@@ -114,7 +117,12 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     const deadline = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(() => { timedOut = true; reject(new DatabaseUnavailableError()) }, options.timeoutMs)
     })
-    work.then((result) => { if (timedOut) void late(result) }, () => {})
+    work.then((result) => {
+      if (timedOut) void bestEffort(log, async () => await late(result), 'undoing an admission answered after the gate\'s deadline failed')
+    }, (error: unknown) => {
+      // Before the deadline the race throws it. After, the caller had its 503 and the admission took nothing (it gives back what it took when it fails).
+      if (timedOut) log.debug({ err: error }, 'an admission failed after the gate\'s deadline had answered the call')
+    })
     try {
       return await Promise.race([work, deadline])
     } catch (error) {
@@ -126,8 +134,13 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     }
   }
 
-  /** Ends a call's hold or lease admission; resolves with what the settlement did (an expiry told apart from nothing to charge). */
-  async function endCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<SettleOutcome> {
+  /**
+   * Ends a call's hold or lease admission: records `actualCost` once (null or 0: nothing to charge) and
+   * releases the hold. Resolves with what the settlement did, each case by name: recorded (with the usage
+   * record's id), released, already recorded (another reservation of the request recorded it), expired (its
+   * lease was swept), or not found (no hold under this id: swept, or settled before).
+   */
+  async function settleCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<SettleOutcome> {
     const actual = actualCost === null || toUnits(String(actualCost)) === 0n ? null : parsePositiveMoney(actualCost, 'actualCost')
     const values = { source: info.source ?? 'gateway', description: info.description ?? null, metadata: info.metadata ?? {} }
     const rated = rateAdmitted.get(reservationId)
@@ -143,9 +156,21 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     return await settlements.settle({ reservationId, actualCost: actual, ...values })
   }
 
-  async function settleCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<string | null> {
-    const ended = await endCall(reservationId, actualCost, info)
-    return ended.outcome === 'recorded' ? ended.usageId : null
+  /**
+   * Gives back a hold that no call will use. Throws when the settlement fails: the hold then stays
+   * until its TTL, and the sweeper counts it as spent at its estimate.
+   */
+  async function releaseHold (reservationId: string, budgetIds: string[], why: string): Promise<SettleOutcome> {
+    const released = await settleCall(reservationId, null)
+    // Swept before it was given back: counted as spent, for a call that was never served.
+    if (sweptBeforeSettling(released)) log.warn({ reservationId, budgetIds }, `a hold given back (${why}) had expired and was counted as spent at its estimate`)
+    return released
+  }
+
+  /** releaseHold when nobody waits for it: a failure is logged (warn) with the hold's ids, since it will be billed. */
+  async function giveBackHold (reservationId: string, budgetIds: string[], why: string): Promise<void> {
+    await bestEffort(log, async () => await releaseHold(reservationId, budgetIds, why),
+      `giving back a hold (${why}) failed: it stays until it expires, and is then counted as spent at its estimate`, { reservationId, budgetIds })
   }
 
   // Calls admitted from a lease, by the id the caller settles them with.
@@ -179,7 +204,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         // this process loaded the line) is given back and taken again on the line as it is now.
         const stale = hold.current && hold.definitionsVersion > definitionsVersion
         const again = Date.now() < deadline
-        if (stale && hold.reserved && again) void settleCall(reservationId, null).catch(() => {})
+        if (stale && hold.reserved && again) void giveBackHold(reservationId, line.map((budget) => budget.budgetId), 'its line was out of date')
         if ((hold.current && !stale) || !again) return { reservationId, line, admission: null, hold, rate }
       } catch (error) {
         rateLimits.end(rate, null)
@@ -226,7 +251,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         async (late) => {
           if (!isRateRefusal(late.rate)) rateLimits.end(late.rate, null)
           if (late.admission !== null) await leases.end(late.admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
-          else if (late.hold.reserved) await settleCall(late.reservationId, null).catch(() => {})
+          else if (late.hold.reserved) await giveBackHold(late.reservationId, late.line.map((budget) => budget.budgetId), 'answered after the gate\'s deadline')
         }
       )
       if (isRateRefusal(rate)) return { check: rateLimitedCheck(rate, estimate), reservationId: null, rateLimited: rate }
@@ -249,7 +274,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       else rateLimits.end(rate, null)
       if (result.reserved && !check.canProceed) {
         // Room enough, but an alert action (block-all, require-approval, restrict-models) refuses: undo the reservation.
-        await settleCall(reservationId, null)
+        await releaseHold(reservationId, line.map((budget) => budget.budgetId), 'an alert action refused the call')
       }
       if (!result.reserved && check.canProceed) {
         // Cannot happen: decide() reads the fits that the hold decided. Refuse rather than overspend.
@@ -258,11 +283,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       return { check, reservationId: result.reserved && check.canProceed ? reservationId : null }
     },
 
-    /** Ends a reservation: records the actual cost once (null when the provider did not charge) and releases the hold. Resolves with the usage record's id (null: none recorded). */
+    /** Ends a reservation: records the actual cost once (null when the provider did not charge) and releases the hold. Resolves with which of the four cases it was (SettleOutcome). */
     settleCall,
-
-    /** settleCall, resolving with what the settlement did: recorded, released, already recorded, or the reservation had expired and was swept. */
-    endCall,
 
     /**
      * Records a served call that no budget covered (no hold was taken): a usage record without a budget,
@@ -282,8 +304,9 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       })
     },
 
-    async releaseCall (reservationId: string): Promise<void> {
-      await settleCall(reservationId, null)
+    /** Ends a reservation with nothing to charge: 'released', or 'not-found' when there was no hold (swept, and counted at its estimate; or settled before). */
+    async releaseCall (reservationId: string): Promise<SettleOutcome> {
+      return await settleCall(reservationId, null)
     },
 
     /** Records a model call's cost without a reservation: once, counting toward every budget that applies to the caller. */

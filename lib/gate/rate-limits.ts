@@ -7,6 +7,7 @@
 // in the bucket, so the limits hold across processes; what it does not use goes back when idle for 2 s
 // and when the process closes. When a call ends, the tokens it did not use go back to the allowance.
 import type { Logger } from '../kernel/logger.js'
+import { bestEffort } from '../kernel/best-effort.js'
 import type { LineBudget, RateAsk, RateGrant, ReservationRepository } from './reservation-repository.js'
 
 const HOT_WITHIN_MS = 100
@@ -145,10 +146,10 @@ export function createRateLimits (reservations: ReservationRepository, log: Logg
       allowances.delete(budgetId)
     }
     if (back.length === 0) return
-    returns = Promise.all([returns, reservations.giveBackRate(back).catch((error: unknown) => {
-      // The allowance is lost to the bucket until it refills (within a minute): fewer calls, never more.
-      log.warn({ err: error }, 'giving back rate-limit allowance failed')
-    })])
+    // A failed give-back (after the repository's own retries) loses the allowance to the bucket until it
+    // refills, within a minute: fewer calls, never more.
+    returns = Promise.all([returns, bestEffort(log, async () => { await reservations.giveBackRate(back) },
+      'giving back rate-limit allowance failed: those budgets admit fewer calls until their buckets refill, within a minute', { budgetIds: back.map((b) => b.budgetId), allowance: back })])
   }
 
   return {
@@ -166,7 +167,8 @@ export function createRateLimits (reservations: ReservationRepository, log: Logg
         if (short.length === 0) break
         const pending = short.map((budget) => allowanceOf(budget.budgetId).taking).filter((taking) => taking !== null)
         if (pending.length > 0 && rounds < 50) {
-          await Promise.all(pending).catch(() => {})
+          // Whatever they did: a failed statement is reported by the call that made it, and the loop looks again.
+          await Promise.allSettled(pending)
           continue
         }
         if (ownTakes >= 2) return refusal(short[0]!, tokens)
@@ -186,7 +188,8 @@ export function createRateLimits (reservations: ReservationRepository, log: Logg
         return { budgetId: budget.budgetId, ...wanted, limitsTokens: budget.tokensPerMinute !== null }
       })
       if (low.length > 0) {
-        topUp(low, tokens, now).catch((error: unknown) => { log.warn({ err: error }, 'topping up a rate-limit allowance failed') })
+        void bestEffort(log, async () => { await topUp(low, tokens, now) },
+          'topping up a rate-limit allowance in the background failed: the next call takes its own', { budgetIds: low.map((budget) => budget.budgetId) })
       }
       return { taken }
     },

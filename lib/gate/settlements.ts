@@ -18,16 +18,40 @@ import { isDatabaseUnavailable } from '../kernel/errors.js'
 import type { LeasedSettlement, ReservationRepository, Settlement } from './reservation-repository.js'
 import type { UnbudgetedValues } from '../usage/index.js'
 
-/** What a settlement did, so that its caller can tell an expiry from a call with nothing to charge. */
+/**
+ * What a settlement did, each case by name (never a null that could mean several), so that its caller
+ * can tell an expiry from a call with nothing to charge or a settlement run twice.
+ */
 export type SettleOutcome =
   /** The call's cost was recorded, once. */
   | { outcome: 'recorded', usageId: string }
   /** Nothing to charge (nothing was served): the hold was given back. */
   | { outcome: 'released' }
-  /** A record under the call's request id was there already (a settlement run twice): nothing more was charged. */
+  /** A record under the call's request id was there already (another reservation of the same request): nothing more was charged. */
   | { outcome: 'already-recorded' }
-  /** The reservation (or the call's lease) had expired and been swept, counting the call at its estimate, before this settlement. */
+  /** The call's lease had expired and been swept, counting the call at its estimate, before this settlement. */
   | { outcome: 'expired' }
+  /**
+   * No hold under this reservation id: it had expired and been swept (counted at its estimate), or it was
+   * settled before (a settleCall run twice). PostgreSQL keeps no trace that tells the two apart once the
+   * row is gone; a caller that settles each reservation once, as the gate does, knows it expired.
+   */
+  | { outcome: 'not-found' }
+
+/**
+ * Whether the sweeper counted the call at its estimate before this settlement, for a caller that settles
+ * each reservation once (the gate, a give-back): then no hold under its id means it expired.
+ */
+export function sweptBeforeSettling (settled: SettleOutcome): boolean {
+  return settled.outcome === 'expired' || settled.outcome === 'not-found'
+}
+
+/** What budget_settle_batch said of one reservation: its row's usage record (null: none written), or no row at all. */
+function heldOutcome (usageId: string | null | undefined, charged: boolean): SettleOutcome {
+  if (usageId === undefined) return { outcome: 'not-found' }
+  if (usageId !== null) return { outcome: 'recorded', usageId }
+  return charged ? { outcome: 'already-recorded' } : { outcome: 'released' }
+}
 
 // Small enough that a batch holds the hot rows' locks only briefly (a lease top-up may wait for it).
 const MOST_IN_A_BATCH = 100
@@ -63,10 +87,7 @@ export function createSettlementQueue (reservations: ReservationRepository,
       options.observe(definitionsVersion)
       for (const queued of own) {
         const settlement = queued.work.settlement as Settlement
-        const usageId = usageIds.get(settlement.reservationId)
-        queued.resolve(usageId === undefined
-          ? { outcome: 'expired' }
-          : usageId !== null ? { outcome: 'recorded', usageId } : settlement.actualCost === null ? { outcome: 'released' } : { outcome: 'already-recorded' })
+        queued.resolve(heldOutcome(usageIds.get(settlement.reservationId), settlement.actualCost !== null))
       }
     }
     if (leased.length > 0) {

@@ -19,6 +19,7 @@ import { bindingOf } from '../../gate/index.js'
 import type { Decision, DecisionOutcome } from '../../gate/index.js'
 import type { BudgetMetrics } from '../../metrics/index.js'
 import type { RateRefusal } from '../../gate/index.js'
+import { sweptBeforeSettling } from '../../gate/index.js'
 import { type BudgetIntegration } from '../../gate/index.js'
 import { pricesAt, type PriceBook, type TokenUsage } from '../../pricing/index.js'
 import type { UsageMetadata } from '../../usage/index.js'
@@ -321,7 +322,11 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
   async function downgrade (call: GatedCall, cheaper: string): Promise<boolean> {
     const { state } = call
     call.downgradedOn = { check: state.check!, estimate: state.estimate }
-    if (state.reservationId !== null) await integration.releaseCall(state.reservationId)
+    if (state.reservationId !== null) {
+      const released = await integration.releaseCall(state.reservationId)
+      // Swept before the downgrade gave it back: counted as spent for a call that was not served on it.
+      if (sweptBeforeSettling(released)) call.request.log.warn({ requestId: state.requestId }, 'the reservation given back for a downgrade had expired and was counted at its estimate')
+    }
     state.reservationId = null
     let downgraded: CostEstimate
     try {
@@ -593,12 +598,12 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       return
     }
     const settled = metrics.settlementTimer()
-    const settling = integration.endCall(state.reservationId, charge.cost, { source: 'gateway', metadata }).then((ended) => {
+    const settling = integration.settleCall(state.reservationId, charge.cost, { source: 'gateway', metadata }).then((ended) => {
       if (charge.cost !== null && toUnits(charge.cost) > toUnits(state.estimate)) {
         request.log.warn({ estimate: state.estimate, actual: charge.cost, requestId: state.requestId }, 'a call cost more than its estimate')
       }
       // Only a real expiry: a call with nothing to charge, or one recorded already, is no news.
-      if (ended.outcome === 'expired' && charge.cost !== null) {
+      if (sweptBeforeSettling(ended) && charge.cost !== null) {
         request.log.warn({ requestId: state.requestId }, 'the reservation had expired and was counted at its estimate before this settlement')
       }
     }, (error: unknown) => {

@@ -11,6 +11,7 @@
 // next statement may run only for what is left of the bound (each statement's timeout alone would let
 // ten statements run ten bounds).
 import type { ReservedSql, Sql, TransactionSql } from 'postgres'
+import { bestEffort, type BestEffortLog } from '../best-effort.js'
 import { AdminTimeoutError } from '../errors.js'
 
 /** PostgreSQL's answers to a statement or a lock wait cut by the bound: query_canceled, lock_not_available. */
@@ -34,7 +35,7 @@ export async function withinBound (tx: TransactionSql): Promise<void> {
 export type BoundedTransaction = <T>(work: (tx: TransactionSql) => Promise<T>) => Promise<T>
 
 /** `sql.begin` made bounded: what runs inside it is cut at `timeoutMs` and answers AdminTimeoutError. */
-export function boundedTransaction (sql: Sql, timeoutMs: number): BoundedTransaction {
+export function boundedTransaction (sql: Sql, timeoutMs: number, log: BestEffortLog): BoundedTransaction {
   if (!Number.isInteger(timeoutMs) || timeoutMs < 1) throw new TypeError('timeoutMs must be a whole number of milliseconds, at least 1')
   return async function inBoundedTransaction<T> (work: (tx: TransactionSql) => Promise<T>): Promise<T> {
     const deadline = Date.now() + timeoutMs
@@ -51,7 +52,8 @@ export function boundedTransaction (sql: Sql, timeoutMs: number): BoundedTransac
       open = false
       return result
     } catch (error) {
-      if (open) await connection`rollback`.catch(() => {})
+      // The work's own error is the answer; a rollback that fails too (a connection cut) is only logged.
+      if (open) await bestEffort(log, async () => await connection`rollback`, 'rolling back an admin transaction failed', { cause: (error as Error).message })
       throw CUT.has((error as { code?: unknown }).code as string) ? new AdminTimeoutError(timeoutMs, { cause: error }) : error
     } finally {
       connection.release()
@@ -63,8 +65,8 @@ export function boundedTransaction (sql: Sql, timeoutMs: number): BoundedTransac
  * A view of `sql` whose `begin` is bounded, for a service that opens its own transactions (the batch
  * collector): its other statements go to the pool as before.
  */
-export function withBoundedBegin (sql: Sql, timeoutMs: number): Sql {
-  const bounded = boundedTransaction(sql, timeoutMs)
+export function withBoundedBegin (sql: Sql, timeoutMs: number, log: BestEffortLog): Sql {
+  const bounded = boundedTransaction(sql, timeoutMs, log)
   return new Proxy(sql, {
     get (target, property, receiver) {
       if (property !== 'begin') return Reflect.get(target, property, receiver)
@@ -78,6 +80,7 @@ async function reserveWithin (sql: Sql, timeoutMs: number): Promise<ReservedSql>
   let timer: NodeJS.Timeout | undefined
   let late = false
   const reserving = sql.reserve()
+  // A failure before the deadline is the race's to throw; after it the caller has its AdminTimeoutError and nothing was reserved.
   reserving.then((connection) => { if (late) connection.release() }, () => {})
   try {
     return await Promise.race([reserving, new Promise<never>((_resolve, reject) => {

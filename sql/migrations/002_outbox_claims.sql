@@ -1,0 +1,11 @@
+-- The outbox is delivered with no transaction open (lib/alerts/notifications.ts): a process claims one
+-- due row in a statement of its own, which commits at once; delivers it (a webhook, an email) holding no
+-- connection and no lock; then records the outcome in a second short statement. Before, the claim held
+-- its row locks and a pooled connection across every send of its batch.
+--
+-- A claim pushes the row's next_attempt_at to the claim's deadline (longer than a delivery may take) and
+-- gives it a new claim_id. The outcome is written only where claim_id is still that claim's: a process
+-- that dies while delivering leaves the row to come due again at the deadline, when another process (or
+-- this one, restarted) claims it anew, and the dead claim can write nothing afterwards. Delivery stays
+-- at least once, with the event id for a receiver to drop a repeat (docs/alerts.md).
+alter table budget_notification_outbox add column claim_id uuid;
