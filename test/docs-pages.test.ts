@@ -36,7 +36,7 @@ t.test('no internal references: the pages speak to a reader of the repository', 
  * that is an object of options: gate, notifications, metrics), as dotted names. No list kept by hand.
  */
 function acceptedOptions (): string[] {
-  const file = fileURLToPath(new URL('../lib/options.js', import.meta.url))
+  const file = fileURLToPath(new URL('../lib/options.ts', import.meta.url))
   const libFolder = fileURLToPath(new URL('../lib/', import.meta.url))
   const program = ts.createProgram([file], { strict: true, module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, target: ts.ScriptTarget.ES2022 })
   const checker = program.getTypeChecker()
