@@ -38,6 +38,8 @@ export interface ApplicableBudget {
   estimate: Money | null
   /** A rate is in force but the estimate cannot be held on the budget: past 10^18 (budget_hold_amount, sql/019). */
   outOfRange: boolean
+  /** What the gate does when a call no longer fits (null: the gate's nearLimit option). */
+  nearLimit: NearLimitPolicy | null
 }
 
 /** One budget of a caller's line, as the process caches it (budget_line in sql/006). */
@@ -190,7 +192,8 @@ export function createReservationRepository (sql: Db) {
              budget_approved_through(x.budget_id, x.period_start)::text as "approvedThrough",
              ${projectedActions(sql`x.budget_id`, sql`x.period_start`)},
              coalesce(budget_fits(b.enforcement, b.amount, n.current_amount, n.reserved_amount, converted.estimate), false) as fits,
-             b.currency, converted.estimate::text as estimate, converted.estimate is null and converted.rate is not null as "outOfRange"
+             b.currency, converted.estimate::text as estimate, converted.estimate is null and converted.rate is not null as "outOfRange",
+             b.near_limit as "nearLimit"
       from ${source} x
       join budget_definitions b on b.id = x.budget_id
       left join budget_status_cache c on c.budget_id = x.budget_id and c.period_start = x.period_start

@@ -182,7 +182,8 @@ export function standingsOf (budgets: ApplicableBudget[]): BudgetStanding[] {
     fits: budget.fits,
     currency: budget.currency,
     estimate: budget.estimate,
-    outOfRange: budget.outOfRange
+    outOfRange: budget.outOfRange,
+    nearLimit: budget.nearLimit
   }))
 }
 
