@@ -1,6 +1,6 @@
 import t from 'tap'
 import { decide } from '../lib/services/decision.js'
-import { budgetHealth, computeStatus, percentReached } from '../lib/services/status-rules.js'
+import { budgetHealth, computeStatus, percentReached, remainingUnits } from '../lib/services/status-rules.js'
 import type { BudgetAlert } from '../lib/schemas.js'
 
 const alert = (threshold: number, ...actions: BudgetAlert['actions']): BudgetAlert => ({ threshold, actions, notificationChannels: [] })
@@ -133,4 +133,11 @@ t.test('the decision: strictest refusal wins, and the binding budget is named', 
   t.match(advice, { canProceed: true, activeActions: ['auto-downgrade', 'notify'] })
   t.match(advice.suggestedActions, [/cheaper model/])
   t.match(decide([], '1'), { canProceed: true, bindingBudgetId: null, reason: 'No budget applies' })
+})
+
+t.test('remaining: amount - spend - reserved, never below 0 (the one rule the status, the decision and the gauge read)', async (t) => {
+  t.equal(remainingUnits(100n, 30n, 20n), 50n)
+  t.equal(remainingUnits(100n, 60n, 40n), 0n, 'exactly full')
+  t.equal(remainingUnits(100n, 155n, 0n), 0n, 'spent past the amount: 0, not -55')
+  t.equal(remainingUnits(100n, 90n, 20n), 0n, 'reserved past the amount')
 })

@@ -5,7 +5,7 @@ import { fromUnits, toUnits, type Money } from '../money.js'
 import type { ApplicableBudget, Hold, LineBudget } from '../repository/reservations.js'
 import type { AlertAction, BudgetAlert, BudgetDefinition, NearLimitPolicy } from '../schemas.js'
 import { highestOutputRate, type PriceBook } from './pricing.js'
-import { budgetHealth, percentReached, type BudgetHealth } from './status-rules.js'
+import { budgetHealth, percentReached, remainingUnits, type BudgetHealth } from './status-rules.js'
 
 export interface BudgetStanding {
   budget: Pick<BudgetDefinition, 'id' | 'name' | 'amount' | 'alerts'> & { enforcement?: 'hard' | 'soft' }
@@ -211,8 +211,9 @@ export function standingsOfHold (line: LineBudget[], hold: Hold): BudgetStanding
 
 export function checkBudget (standing: BudgetStanding, estimate: Money, policy?: ModelPolicy): BudgetCheck {
   const { budget, currentAmount, reservedAmount } = standing
-  const committed = toUnits(currentAmount) + toUnits(reservedAmount)
-  const available = toUnits(budget.amount) - committed
+  const current = toUnits(currentAmount)
+  const reserved = toUnits(reservedAmount)
+  const committed = current + reserved
   const crossed = budget.alerts.filter((alert) => (alert.basis ?? 'current') === 'current' && percentReached(currentAmount, budget.amount, alert.threshold))
   const activeActions = [...new Set([...crossed.flatMap((alert) => alert.actions), ...standing.projectedActions ?? []])]
   const restricting = crossed.filter((alert) => alert.actions.includes('restrict-models'))
@@ -224,7 +225,7 @@ export function checkBudget (standing: BudgetStanding, estimate: Money, policy?:
     limit: budget.amount,
     currentAmount,
     reservedAmount,
-    remaining: fromUnits(available > 0n ? available : 0n),
+    remaining: fromUnits(remainingUnits(toUnits(budget.amount), current, reserved)),
     status: budgetHealth(currentAmount, budget.amount, budget.alerts, standing.projectedActions),
     activeActions,
     enforcement: budget.enforcement ?? 'hard',

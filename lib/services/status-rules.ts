@@ -52,6 +52,15 @@ export interface BudgetStatusInfo {
   state: BudgetState
 }
 
+/**
+ * What is left of a budget after its settled and reserved spend, never below 0: the one remaining rule,
+ * in units (lib/money.ts). The status, the decision and the metrics' gauge all read it; SQL returns the raw numbers.
+ */
+export function remainingUnits (limit: bigint, current: bigint, reserved: bigint): bigint {
+  const left = limit - current - reserved
+  return left > 0n ? left : 0n
+}
+
 /** True when `amount` is at least `percent`% of `limit`, compared exactly. */
 export function percentReached (amount: Money, limit: Money, percent: number): boolean {
   return toUnits(amount) * 100n * SCALE >= toUnits(numberToDecimal(percent)) * toUnits(limit)
@@ -88,14 +97,13 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
   const at = Math.min(Math.max(now.getTime(), start), end)
   const elapsed = BigInt(Math.max(at - start, MINIMUM_ELAPSED_MS))
   const left = state === 'active' ? BigInt(end - at) : 0n
-  const available = limit - current - toUnits(reservedAmount)
   return {
     budgetId: budget.id,
     currentAmount: fromUnits(current),
     limit: fromUnits(limit),
     currency: budget.currency,
     percentUsed: Number((current * 10000n) / limit) / 100,
-    remaining: fromUnits(available > 0n ? available : 0n),
+    remaining: fromUnits(remainingUnits(limit, current, toUnits(reservedAmount))),
     daysRemaining: Math.floor(Number(left) / DAY * 100) / 100,
     burnRate: state === 'scheduled' ? '0' : fromUnits(divideRounded(current * BigInt(DAY), elapsed)),
     projectedTotal: fromUnits(toUnits(input.projectedTotal)),
