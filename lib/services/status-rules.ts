@@ -1,19 +1,16 @@
-// How a budget's numbers become its status: percent used, remaining, burn rate, and the status rule (the
-// projection is SQL's forecast, sql/013, taken as it is). Pure and exact (bigint money), so every rule is
-// tested against hand-computed values.
+// How a budget's numbers become its status: percent used, remaining, and the status rule (the projection
+// and the burn rate are SQL's, sql/013 and sql/027, taken as they are: projected alerts need them under a
+// lock). Pure and exact (bigint money), so every rule is tested against hand-computed values.
 import { MONEY_SCALE, fromUnits, numberToDecimal, toUnits, type Money } from '../money.js'
 import type { BudgetState } from '../repository/status.js'
 import type { ActiveAlert, AlertAction, BudgetAlert, BudgetDefinition } from '../schemas.js'
 
-const HOUR = 3_600_000
 const DAY = 86_400_000
 const SCALE = 10n ** BigInt(MONEY_SCALE)
 
 /** Status thresholds when a budget's alerts do not give them (percent of the amount). */
 export const DEFAULT_WARNING_PERCENT = 75
 export const DEFAULT_CRITICAL_PERCENT = 90
-/** Burn rate divides by the elapsed time, never by less than this, so a period's first second does not explode. */
-export const MINIMUM_ELAPSED_MS = HOUR
 
 export type BudgetHealth = 'normal' | 'warning' | 'critical' | 'exceeded' | 'blocked'
 
@@ -30,6 +27,8 @@ export interface StatusInput {
   crossings: ActiveAlert[]
   /** The spend forecast for the window's end: budget_forecast() in SQL (sql/013), the one projection rule. */
   projectedTotal: Money
+  /** Spend per day over the window's elapsed part: budget_burn_rate() in SQL (sql/027), whose floor the forecast shares. */
+  burnRate: Money
 }
 
 export interface BudgetStatusInfo {
@@ -91,11 +90,10 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
   const { budget, periodStart, periodEnd, state, currentAmount, reservedAmount, now } = input
   const current = toUnits(currentAmount)
   const limit = toUnits(budget.amount)
-  // A calendar window can begin before the budget does; spend accrues from whichever is later.
+  // A calendar window can begin before the budget does: the time left counts from whichever is later.
   const start = Math.max(periodStart.getTime(), Date.parse(budget.startDate))
   const end = periodEnd.getTime()
   const at = Math.min(Math.max(now.getTime(), start), end)
-  const elapsed = BigInt(Math.max(at - start, MINIMUM_ELAPSED_MS))
   const left = state === 'active' ? BigInt(end - at) : 0n
   return {
     budgetId: budget.id,
@@ -105,7 +103,7 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
     percentUsed: Number((current * 10000n) / limit) / 100,
     remaining: fromUnits(remainingUnits(limit, current, toUnits(reservedAmount))),
     daysRemaining: Math.floor(Number(left) / DAY * 100) / 100,
-    burnRate: state === 'scheduled' ? '0' : fromUnits(divideRounded(current * BigInt(DAY), elapsed)),
+    burnRate: fromUnits(toUnits(input.burnRate)),
     projectedTotal: fromUnits(toUnits(input.projectedTotal)),
     status: budgetHealth(currentAmount, budget.amount, budget.alerts,
       input.crossings.filter((crossing) => crossing.basis === 'projected').flatMap((crossing) => crossing.actions)),
@@ -117,9 +115,4 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
     timezone: budget.timezone,
     state
   }
-}
-
-/** Division rounded half up, for non-negative amounts. */
-function divideRounded (dividend: bigint, divisor: bigint): bigint {
-  return (dividend * 2n + divisor) / (divisor * 2n)
 }

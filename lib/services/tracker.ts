@@ -103,8 +103,8 @@ export function createBudgetTracker ({ budgets, status, usage, alerts, reservati
       id: alert.id, threshold: alert.threshold, basis: alert.basis, actions: alert.actions, crossedAt: alert.crossedAt, acknowledged: alert.acknowledgedAt !== null
     }))
     const now = options.now()
-    const projectedTotal = await forecasts.projectedTotal(budget.id, window, row.currentAmount, now)
-    return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now, crossings, projectedTotal })
+    const { projectedTotal, burnRate } = await forecasts.projection(budget.id, window, row.currentAmount, now)
+    return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now, crossings, projectedTotal, burnRate })
   }
 
   /** Records a usage once per idempotency key, whatever budget took it; `replayed` tells a retry from the first call. */
