@@ -38,3 +38,41 @@ returns numeric language sql stable parallel safe as $$
   cross join lateral (select budget_burn_elapsed_us(s.start_at, least(p_at, p_period_end)) as elapsed_us) e
   where d.id = p_budget_id
 $$;
+
+-- 2. The threshold crossing -------------------------------------------------------------------------------
+--
+-- Whether an alert at p_threshold percent is reached by p_measured (the spend, or for a projected alert the
+-- forecast) against the budget's amount: the crossing rule, once, compared exactly. Crossings are recorded
+-- under the window's lock (budget_alerts_reached below; the batch collector's steps, 018, are to call it too
+-- when folded). TypeScript mirrors it once, for the gate's decision on the numbers it reads under the hold's
+-- lock (percentReached, lib/services/status-rules.ts); test/alerts.test.ts holds the two to the same answers.
+create function budget_alert_reached(p_measured numeric, p_threshold numeric, p_amount numeric) returns boolean
+language sql immutable parallel safe as $$
+  select p_measured * 100 >= p_threshold * p_amount
+$$;
+
+-- 020's budget_alerts_reached, its comparison from the function above (otherwise as 020 wrote it).
+create or replace function budget_alerts_reached(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz, p_current numeric)
+returns table (threshold numeric, basis text, actions text[], channels text[], measured numeric, limit_amount numeric)
+language plpgsql volatile as $$
+declare
+  budget record;
+  alert jsonb;
+  forecast numeric;
+begin
+  select b.amount, b.alerts into budget from budget_definitions b where b.id = p_budget_id;
+  for alert in select value from jsonb_array_elements(budget.alerts) loop
+    basis := coalesce(alert ->> 'basis', 'current');
+    measured := p_current;
+    if basis = 'projected' then
+      forecast := coalesce(forecast, budget_alert_measure(p_budget_id, p_current, 'projected', p_period_start, p_period_end));
+      measured := forecast;
+    end if;
+    threshold := (alert ->> 'threshold')::numeric;
+    continue when not budget_alert_reached(measured, threshold, budget.amount);
+    actions := array(select jsonb_array_elements_text(alert -> 'actions'));
+    channels := array(select jsonb_array_elements_text(coalesce(alert -> 'notificationChannels', '[]'::jsonb)));
+    limit_amount := budget.amount;
+    return next;
+  end loop;
+end $$;

@@ -73,10 +73,14 @@ t.test('the status rule, from the budget\'s alert thresholds or the defaults', a
 
 t.test('blocked: a block-all alert in force, as the gate decides it', async (t) => {
   const ladder = [alert(50, 'notify'), alert(90, 'block-all')]
-  t.equal(budgetHealth('899.9999999999', '1000', ladder), 'warning', 'under the block-all threshold')
-  t.equal(budgetHealth('900', '1000', ladder), 'blocked', 'at it: blocked, not critical')
-  t.equal(budgetHealth('1000', '1000', ladder), 'blocked', 'and past 100%: blocked, not exceeded (every call is refused)')
-  t.equal(budgetHealth('1000', '1000', [alert(100, 'block-all')]), 'blocked', 'a 100% block-all reached')
+  // The gate finds the crossings on the numbers it holds under the lock, and its status says what it decided.
+  const decided = (spent: string, alerts = ladder) => decide([{ budget: { ...budget, alerts }, currentAmount: spent, reservedAmount: '0', fits: true }], '1').budgets[0]!.status
+  t.equal(decided('899.9999999999'), 'warning', 'under the block-all threshold')
+  t.equal(decided('900'), 'blocked', 'at it: blocked, not critical')
+  t.equal(decided('1000'), 'blocked', 'and past 100%: blocked, not exceeded (every call is refused)')
+  t.equal(decided('1000', [alert(100, 'block-all')]), 'blocked', 'a 100% block-all reached')
+  t.equal(budgetHealth('900', '1000', ladder), 'critical', 'the status rule measures no crossing itself: the actions in force say what blocks')
+  t.equal(budgetHealth('900', '1000', ladder, ['notify', 'block-all']), 'blocked')
   const projected: BudgetAlert[] = [{ ...alert(95, 'block-all'), basis: 'projected' }]
   t.equal(budgetHealth('200', '1000', projected), 'normal', 'a projected alert is not measured here: its crossing is')
   t.equal(budgetHealth('200', '1000', projected, ['block-all']), 'blocked', 'an active projected block-all crossing')
@@ -85,6 +89,9 @@ t.test('blocked: a block-all alert in force, as the gate decides it', async (t) 
   const now = new Date('2024-04-10T00:00:00Z')
   const status = computeStatus({ budget: { ...budget, alerts: projected }, periodStart, periodEnd, state: 'active', currentAmount: '200', reservedAmount: '0', lastUpdated: now, now, crossings: [crossing], projectedTotal: '2000', burnRate: '22.2222222222' })
   t.equal(status.status, 'blocked', 'the status reads projected block-all from its active crossings')
+  const current = { ...crossing, threshold: 90, basis: 'current' as const }
+  const spent = computeStatus({ budget: { ...budget, alerts: ladder }, periodStart, periodEnd, state: 'active', currentAmount: '900', reservedAmount: '0', lastUpdated: now, now, crossings: [current], projectedTotal: '2000', burnRate: '100' })
+  t.equal(spent.status, 'blocked', 'and a block-all crossing on the spend from the same place: SQL recorded it under the lock')
 })
 
 t.test('percentReached compares exactly', async (t) => {

@@ -5,7 +5,7 @@ import { fromUnits, toUnits, type Money } from '../money.js'
 import type { ApplicableBudget, Hold, LineBudget } from '../repository/reservations.js'
 import type { AlertAction, BudgetAlert, BudgetDefinition, NearLimitPolicy } from '../schemas.js'
 import { highestOutputRate, type PriceBook } from './pricing.js'
-import { budgetHealth, percentReached, remainingUnits, type BudgetHealth } from './status-rules.js'
+import { budgetHealth, currentAlertsReached, remainingUnits, type BudgetHealth } from './status-rules.js'
 
 export interface BudgetStanding {
   budget: Pick<BudgetDefinition, 'id' | 'name' | 'amount' | 'alerts'> & { enforcement?: 'hard' | 'soft' }
@@ -214,7 +214,7 @@ export function checkBudget (standing: BudgetStanding, estimate: Money, policy?:
   const current = toUnits(currentAmount)
   const reserved = toUnits(reservedAmount)
   const committed = current + reserved
-  const crossed = budget.alerts.filter((alert) => (alert.basis ?? 'current') === 'current' && percentReached(currentAmount, budget.amount, alert.threshold))
+  const crossed = currentAlertsReached(budget.alerts, currentAmount, budget.amount)
   const activeActions = [...new Set([...crossed.flatMap((alert) => alert.actions), ...standing.projectedActions ?? []])]
   const restricting = crossed.filter((alert) => alert.actions.includes('restrict-models'))
   const approvedThrough = standing.approvedThrough ?? null
@@ -226,7 +226,7 @@ export function checkBudget (standing: BudgetStanding, estimate: Money, policy?:
     currentAmount,
     reservedAmount,
     remaining: fromUnits(remainingUnits(toUnits(budget.amount), current, reserved)),
-    status: budgetHealth(currentAmount, budget.amount, budget.alerts, standing.projectedActions),
+    status: budgetHealth(currentAmount, budget.amount, budget.alerts, activeActions),
     activeActions,
     enforcement: budget.enforcement ?? 'hard',
     fits: standing.fits,

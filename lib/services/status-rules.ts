@@ -23,7 +23,7 @@ export interface StatusInput {
   reservedAmount: Money
   lastUpdated: Date
   now: Date
-  /** Thresholds crossed in this window, from the alert history. */
+  /** Thresholds crossed in this window and in force, from the alert history. */
   crossings: ActiveAlert[]
   /** The spend forecast for the window's end: budget_forecast() in SQL (sql/013), the one projection rule. */
   projectedTotal: Money
@@ -60,23 +60,32 @@ export function remainingUnits (limit: bigint, current: bigint, reserved: bigint
   return left > 0n ? left : 0n
 }
 
-/** True when `amount` is at least `percent`% of `limit`, compared exactly. */
+/**
+ * True when `amount` is at least `percent`% of `limit`, compared exactly. As an alert's threshold this is
+ * the crossing rule, whose owner is SQL (budget_alert_reached, sql/027: crossings are recorded under the
+ * window's lock); this is its one mirror, for the gate's decision on the numbers a hold reads under its lock
+ * (reading the recorded crossings instead would cost every call a lookup). test/alerts.test.ts holds the two
+ * to the same answers.
+ */
 export function percentReached (amount: Money, limit: Money, percent: number): boolean {
   return toUnits(amount) * 100n * SCALE >= toUnits(numberToDecimal(percent)) * toUnits(limit)
 }
 
+/** The alerts on the spend (basis `current`) that `spent` reaches; projected ones are read from their recorded crossings. */
+export function currentAlertsReached (alerts: BudgetAlert[], spent: Money, limit: Money): BudgetAlert[] {
+  return alerts.filter((alert) => (alert.basis ?? 'current') === 'current' && percentReached(spent, limit, alert.threshold))
+}
+
 /**
- * The status rule, defined once: `blocked` while a block-all alert is in force, as the gate decides it
- * (a current alert whose threshold the spend has reached, or a projected crossing still active: its
- * actions are `projectedActions`), since then every call is refused whatever is left; else `exceeded`
- * at 100% or more of the amount; `critical` from the highest alert threshold below 100 when the budget
- * has two or more such thresholds (else 90, or the single threshold if it is higher); `warning` from
- * the lowest alert threshold below 100 (else 75).
+ * The status rule, defined once: `blocked` while a block-all alert is in force (`actionsInForce`: the
+ * actions of the crossings in force, which the status reads from the recorded crossings and the decision
+ * finds on the numbers under its hold's lock), since then every call is refused whatever is left; else
+ * `exceeded` at 100% or more of the amount; `critical` from the highest alert threshold below 100 when
+ * the budget has two or more such thresholds (else 90, or the single threshold if it is higher);
+ * `warning` from the lowest alert threshold below 100 (else 75).
  */
-export function budgetHealth (spent: Money, limit: Money, alerts: BudgetAlert[], projectedActions: AlertAction[] = []): BudgetHealth {
-  const blocking = alerts.some((alert) => (alert.basis ?? 'current') === 'current' && alert.actions.includes('block-all') &&
-    percentReached(spent, limit, alert.threshold))
-  if (blocking || projectedActions.includes('block-all')) return 'blocked'
+export function budgetHealth (spent: Money, limit: Money, alerts: BudgetAlert[], actionsInForce: readonly AlertAction[] = []): BudgetHealth {
+  if (actionsInForce.includes('block-all')) return 'blocked'
   const below100 = alerts.map((alert) => alert.threshold).filter((threshold) => threshold < 100).sort((a, b) => a - b)
   const warningAt = below100[0] ?? DEFAULT_WARNING_PERCENT
   const criticalAt = below100.length >= 2 ? below100[below100.length - 1]! : Math.max(DEFAULT_CRITICAL_PERCENT, warningAt)
@@ -105,8 +114,8 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
     daysRemaining: Math.floor(Number(left) / DAY * 100) / 100,
     burnRate: fromUnits(toUnits(input.burnRate)),
     projectedTotal: fromUnits(toUnits(input.projectedTotal)),
-    status: budgetHealth(currentAmount, budget.amount, budget.alerts,
-      input.crossings.filter((crossing) => crossing.basis === 'projected').flatMap((crossing) => crossing.actions)),
+    // The crossings in force are SQL's answer (recorded under the window's lock): what blocks, on either basis.
+    status: budgetHealth(currentAmount, budget.amount, budget.alerts, input.crossings.flatMap((crossing) => crossing.actions)),
     activeAlerts: input.crossings,
     lastUpdated: input.lastUpdated.toISOString(),
     reservedAmount: fromUnits(toUnits(reservedAmount)),
