@@ -1,14 +1,7 @@
 // The admin routes' validators. Fastify's default Ajv coerces body types ("12" becomes 12, "true" becomes true)
 // and drops unknown fields; for budgets a wrong type or a misspelt field must be a 400 that names it.
-import Ajv, { type Options } from 'ajv'
-import addFormats from 'ajv-formats'
 import type { FastifySchemaCompiler } from 'fastify'
-
-function createAjv (options: Options) {
-  const ajv = new Ajv.default({ useDefaults: true, removeAdditional: false, allErrors: false, allowUnionTypes: true, ...options })
-  addFormats.default(ajv)
-  return ajv
-}
+import { createAjv } from '../schema-check.js'
 
 const bodyAjv = createAjv({ coerceTypes: false })
 // Path and query strings are text by nature: coercing "50" to 50 there is the point.

@@ -5,11 +5,15 @@ import { createBudgetRepository, isUuid, type BudgetRepository, type BudgetValue
 import { createUsageRepository } from '../repository/usage.js'
 import { createAuditRepository, type AuditContext } from '../repository/audit.js'
 import { retryingConflicts } from '../repository/reservations.js'
-import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../schemas.js'
+import { CreateBudgetRequest, UpdateBudgetRequest, type BudgetDefinition, type BudgetHierarchy, type BudgetTreeNode, type ScopeType } from '../schemas.js'
+import { shapeCheck } from '../schema-check.js'
 import { parseTimestamp } from '../timestamps.js'
 import { checkChannels, checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
 
 const DATE_ONLY = /^\d{4}-\d{2}-\d{2}$/
+// The API's schemas own a request's shape, for the library's callers as for the routes (lib/schema-check.ts).
+const checkCreateShape = shapeCheck(CreateBudgetRequest)
+const checkUpdateShape = shapeCheck(UpdateBudgetRequest)
 
 /** A budget to create, as the library takes it: dates as ISO strings or Date objects. */
 export type CreateBudgetInput = Omit<CreateBudgetRequest, 'startDate' | 'endDate'> & { startDate: string | Date, endDate?: string | Date | null }
@@ -89,6 +93,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
 
   return {
     async createBudget (request: CreateBudgetInput, createdBy: string | null = null, requestId: string | null = null): Promise<BudgetDefinition> {
+      checkCreateShape(request)
       return await inHierarchyTransaction(async (repository, tx) => {
         const values = normalizeBudget(await readDatesInZone(repository, request, request.timezone ?? 'UTC') as CreateBudgetRequest)
         checkFilterModels(values.filters, modelName)
@@ -104,6 +109,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
 
     /** Applies a partial update; the budget as it would become must pass every create rule. */
     async updateBudget (id: string, updates: UpdateBudgetInput, context: AuditContext = LIBRARY): Promise<BudgetDefinition> {
+      checkUpdateShape(updates)
       return await inHierarchyTransaction(async (repository, tx) => {
         const current = await repository.findBudget(id)
         if (current === null) throw new BudgetNotFoundError(id)
