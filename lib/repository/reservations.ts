@@ -216,7 +216,10 @@ export function createReservationRepository (sql: Db) {
   }
 
   return {
-    /** The caller's budget line now, its windows' cache rows made sure of (budget_line, sql/006). */
+    /**
+     * The caller's budget line now, its windows' cache rows made sure of (budget_line, sql/015). Every budget
+     * applies whatever its currency: budget_applicable ignores the currency it is given since sql/012.
+     */
     async loadLine (call: CallFilter, currency: string): Promise<{ line: LineBudget[], definitionsVersion: number }> {
       const { scopes } = call
       const rows = await sql<Array<LineBudget & { definitionsVersion: string }>>`
@@ -283,9 +286,9 @@ export function createReservationRepository (sql: Db) {
     },
 
     /**
-     * Takes (or adds to) a lease on the line: up to `wanted` on every budget, at most a quarter of the
+     * Takes (or adds to) a lease on the line: up to `wanted` on every budget, at most an eighth of the
      * tightest room, never past a threshold whose alert does more than notify; nothing when that is
-     * under `least` or the line is out of date (budget_lease_take, sql/006).
+     * under `least` or the line is out of date (budget_lease_take, sql/016).
      */
     async takeLease (leaseId: string, line: LineBudget[], currency: string, ttlMs: number, wanted: Money, least: Money) {
       const rows = await retryingConflicts(async () => await sql<Array<{ granted: string, budgetId: string, amount: string, enforcement: 'hard' | 'soft', currentAmount: string, reservedAmount: string, definitionsVersion: string }>>`
@@ -371,7 +374,10 @@ export function createReservationRepository (sql: Db) {
       return row?.swept ?? 0
     },
 
-    /** The budgets that apply to the scopes, with their current numbers; reads only, locks nothing. */
+    /**
+     * The budgets that apply to the scopes, whatever their currency, with their current numbers and `estimate`
+     * (in `currency`) converted into each one's; reads only, locks nothing.
+     */
     async listApplicable ({ scopes, model, tags }: CallFilter, currency: string, estimate: Money = '0'): Promise<ApplicableBudget[]> {
       return await readStandings(sql`
         budget_applicable(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, now(), ${model}, ${canonicalTags(tags)}::text::jsonb)`, estimate, currency)

@@ -7,6 +7,7 @@ import { canonicalTags, type Tags } from '../tags.js'
 /** A call's scopes, model and tags, as budget_applicable (sql/007, sql/012) reads them. */
 export interface ScopedCall {
   scopes: Scope[]
+  /** Passed on, and ignored: since sql/012 a budget applies whatever its currency. */
   currency: string
   model: string | null
   tags?: Tags

@@ -30,7 +30,7 @@ const SCOPE_ORDER: ScopeType[] = ['user', 'project', 'team', 'organization']
 const LINE_PAUSE_MS = 50
 
 export interface IntegrationOptions {
-  /** The currency of estimates and costs; budgets in other currencies do not apply. */
+  /** The currency of estimates and costs; a budget in another currency applies too, converted at the rate in force (sql/012). */
   currency: string
   /** Prices, cheap models and downgrades: how restrict-models and auto-downgrade treat a model. */
   models: Omit<ModelPolicy, 'model'>
