@@ -2,7 +2,8 @@
 import Fastify from 'fastify'
 import OpenAI from 'openai'
 import t from 'tap'
-import { compareMoney } from '../lib/kernel/money.js'
+import { compareMoney, fromUnits, toUnits } from '../lib/kernel/money.js'
+import { percentReached } from '../lib/usage/status-rules.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
 
@@ -183,4 +184,36 @@ t.test('auto-downgrade seen through the openai client returns the cheaper model'
   t.equal(data.model, 'gpt-4o-mini')
   t.equal(response.headers.get('x-budget-downgraded-from'), 'gpt-4o')
   await settled()
+})
+
+t.test('the threshold crossing is SQL\'s rule (budget_alert_reached) and the gate\'s one mirror of it gives the same answers at the boundaries', async (t) => {
+  const { app, sql, createBudget, call } = await buildGateway(t)
+  // Measures a unit of 10^-10 either side of (and at) threshold x amount / 100, for thresholds and amounts of every shape.
+  const cases: Array<[string, number, string]> = []
+  for (const [threshold, amount] of [[33.3333, '3'], [50, '1'], [0.0001, '0.0000000001'], [999.9999, '123456789.0123456789'], [75, '999999999999999999'], [12.5, '0.0000000008'], [100, '7.0000000003']] as Array<[number, string]>) {
+    const point = toUnits(amount) * toUnits(String(threshold)) / 10n ** 12n // threshold x amount / 100, rounded down to a unit
+    for (const measured of [point - 1n, point, point + 1n]) if (measured >= 0n) cases.push([fromUnits(measured), threshold, amount])
+  }
+  const rows = await sql<Array<{ reached: boolean }>>`
+    select budget_alert_reached(c.m, c.t, c.a) as reached
+    from unnest(${cases.map((c) => c[0])}::text[]::numeric[], ${cases.map((c) => String(c[1]))}::text[]::numeric[], ${cases.map((c) => c[2])}::text[]::numeric[])
+      with ordinality as c(m, t, a, ord) order by c.ord`
+  t.same(cases.map(([measured, threshold, amount]) => percentReached(measured, amount, threshold)), rows.map((row) => row.reached), `${cases.length} boundary cases agree`)
+
+  // Through the product: 33.3333% of 3 is 0.999999. A unit under it, nothing crossed anywhere; at it, everywhere.
+  const team = await createBudget({ scopeType: 'team', scopeId: 'thirds', amount: '3', alerts: [{ threshold: 33.3333, actions: ['block-all'], notificationChannels: ['ops'] }] })
+  const views = async () => {
+    const status = await app.budgetTracker.getBudgetStatus(team.id)
+    const check = await app.budgetTracker.checkBudgetConstraints(team.id, '0.0000000001')
+    const [row] = await sql`select count(*)::int as n from budget_alert_history where budget_id = ${team.id} and resolved_at is null`
+    // The gate's own path (a hold, decided on the numbers read under its lock), given back at once: it spends nothing.
+    const held = await app.budgetIntegration.reserveCall({ team: 'thirds' }, '0.0000000001')
+    if (held.reservationId !== null) await app.budgetIntegration.releaseCall(held.reservationId)
+    return { recorded: row!.n as number, status: status.status, check: check.code, gate: held.check.code }
+  }
+  await spendTo(app, team.id, '0.9999989999')
+  t.same(await views(), { recorded: 0, status: 'normal', check: null, gate: null }, 'a unit under the threshold')
+  await spendTo(app, team.id, '0.999999')
+  t.same(await views(), { recorded: 1, status: 'blocked', check: 'budget_blocked', gate: 'budget_blocked' }, 'at it')
+  t.equal((await call({ team: 'thirds' })).statusCode, 402, 'and the gate refuses a call')
 })

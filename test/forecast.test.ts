@@ -309,3 +309,27 @@ t.test('a forecast as of a past instant keeps the marks today\'s kept profile ha
   t.equal(cents(afterPast.projectedTotal), cents(truth.projectedTotal), 'today\'s projection counts the backdated usage once it committed')
   t.not(cents(afterPast.projectedTotal), cents(during2.projectedTotal), 'which it did not before')
 })
+
+t.test('the burn rate is SQL\'s (budget_burn_rate, sql/functions/forecast.sql): the status\'s hand-computed values, the floor it shares with the linear rule', async (t) => {
+  const { app, sql, createBudget } = await buildGateway(t)
+  const burn = async (id: string, current: string, at: string, start = '2024-04-01T00:00:00Z', end = '2024-05-01T00:00:00Z') => normalizeMoney(
+    (await sql<Array<{ v: string }>>`select budget_burn_rate(${id}, ${start}::timestamptz, ${end}::timestamptz, ${current}::numeric, ${at}::timestamptz)::text as v`)[0]!.v)
+  const april = await createBudget({ amount: '1000', startDate: '2024-04-01' }) // April: a 30-day window
+  t.equal(await burn(april.id, '250', '2024-04-11T00:00:00Z'), '25', '250 over 10 days')
+  t.equal(await burn(april.id, '100', '2024-04-04T00:00:00Z'), '33.3333333333', '100 over 3 days, rounded half up at 10 places')
+  t.equal(await burn(april.id, '0.0001', '2024-04-02T00:00:00Z'), '0.0001')
+  t.equal(await burn(april.id, '300', '2024-06-01T00:00:00Z'), '10', 'an ended window: over the whole 30 days')
+  t.equal(await burn(april.id, '0', '2024-03-01T00:00:00Z'), '0', 'before the budget starts')
+  const late = await createBudget({ scopeId: 'late', amount: '1000', startDate: '2024-04-21', timezone: 'UTC', period: 'monthly' })
+  t.equal(await burn(late.id, '100', '2024-04-26T00:00:00Z'), '20', 'a calendar window that began before the budget: over the 5 days since the budget began')
+  for (const at of ['2024-04-01T00:00:00Z', '2024-04-01T00:00:00.001Z', '2024-04-01T00:00:01Z']) {
+    t.equal(await burn(april.id, '2', at), '48', `${at}: 2 spent over the one-hour minimum is 48 a day`)
+  }
+  // The linear rule divides by the same floored time: 1 s in, 2 spent, 30 days - 1 s left: 2 + 2 x 2591999 / 3600.
+  t.equal(await linear(sql, '2', '2024-04-01T00:00:00Z', '2024-05-01T00:00:00Z', '2024-04-01T00:00:01Z'), '1441.9994444444')
+
+  // The status reads it: a budget that began 10 minutes ago has spent 2 over the one-hour floor.
+  const fresh = await createBudget({ scopeId: 'fresh', amount: '1000', period: 'daily', startDate: new Date(Date.now() - 600_000).toISOString() })
+  await app.budgetTracker.recordUsage({ budgetId: fresh.id, amount: '2', currency: 'USD', source: 'test' })
+  t.equal((await app.budgetTracker.getBudgetStatus(fresh.id)).burnRate, '48')
+})

@@ -56,3 +56,31 @@ t.test('model names that live on Object.prototype are unknown models at the gate
   const [row] = await sql<Array<{ held: number }>>`select count(*)::int as held from budget_reservations`
   t.equal(row!.held, 0, 'and nothing is held')
 })
+
+t.test('a budget the route refuses, the library refuses too, with the same code and field, and stores nothing (issue 22: one owner for shape)', async (t) => {
+  const { app, admin, sql } = await buildApp(t)
+  const existing = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeId: 'existing' }) })).json()
+  const before = await snapshotTables(sql)
+  const answer = (error: { code?: string, field?: string }) => ({ code: error.code, field: error.field })
+  const creates: Array<[string, Record<string, unknown>]> = [
+    ['a threshold past 1000%', { alerts: [{ threshold: 2000, actions: ['notify'] }] }],
+    ['an alert action that is none of the five', { alerts: [{ threshold: 50, actions: ['email'] }] }],
+    ['a name of 201 characters', { name: 'x'.repeat(201) }],
+    ['a scope type that is not one', { scopeType: 'planet' }],
+    ['a model filter of 201 characters', { filters: { models: [`${'x'.repeat(200)}*`] } }],
+    ['a field the API does not know', { colour: 'red' }],
+    ['a NUL in a channel of a digest', { digest: { every: 'daily', channels: ['ops\u0000'] } }]
+  ]
+  for (const [name, fields] of creates) {
+    const route = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeId: 'lib', ...fields }) })
+    t.equal(route.statusCode, 400, `${name}: the route answers 400`)
+    const library = await app.budgetRegistry.createBudget(budgetRequest({ scopeId: 'lib', ...fields }) as never).then(() => 'stored', answer)
+    t.same(library, answer(route.json()), `${name}: the library answers as the route`)
+  }
+  for (const [name, fields] of [['no field at all', {}], ['a period that is not one', { period: 'hourly' }]] as Array<[string, Record<string, unknown>]>) {
+    const route = await admin({ method: 'PUT', url: `${PREFIX}/${existing.id as string}`, body: fields })
+    t.equal(route.statusCode, 400, `update, ${name}: the route answers 400`)
+    t.same(await app.budgetRegistry.updateBudget(existing.id, fields as never).then(() => 'stored', answer), answer(route.json()), `update, ${name}: the library answers as the route`)
+  }
+  t.same(await snapshotTables(sql), before, 'nothing changed')
+})

@@ -1,5 +1,6 @@
 // budgetIntegration on the instance: the same decisions as the gate, for gateway code outside its hooks.
 import t from 'tap'
+import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 
 t.test('checkCaller reads the same decision the gate makes, and reserves nothing', async (t) => {
@@ -103,4 +104,23 @@ t.test('sweepExpiredReservations counts an expired reservation as spent at its e
   const [record] = await sql`select source, metadata from budget_usage_records`
   t.match(record, { source: 'expired-reservation', metadata: { outcome: 'unknown' } })
   t.equal(await app.budgetIntegration.sweepExpiredReservations(), 0, 'swept once')
+})
+
+t.test('the binding budget is one rule: getCallerSummary, checkCaller and the gate\'s x-budget-id name the same one across currencies', async (t) => {
+  const gateway = await buildGateway(t)
+  const { app } = gateway
+  const auth = { authorization: `Bearer ${ADMIN_TOKEN}` }
+  t.equal((await app.inject({ method: 'PUT', url: `${PREFIX}/exchange-rates/USD/EUR`, headers: auth, body: { rate: '0.9', effectiveFrom: '2024-01-01' } })).statusCode, 201)
+  // 50 USD left of 100 (half its limit); 100 EUR left of 1000 (a tenth), which is 111 USD: the dollar budget has less room for any call.
+  const dollars = await gateway.createBudget({ name: 'dollars', amount: '100' })
+  const euros = await gateway.createBudget({ name: 'euros', scopeType: 'project', scopeId: 'apollo', amount: '1000', currency: 'EUR' })
+  await app.budgetTracker.recordUsage({ budgetId: dollars.id, amount: '50', currency: 'USD', source: 'test' })
+  await app.budgetTracker.recordUsage({ budgetId: euros.id, amount: '900', currency: 'EUR', source: 'test' })
+  const caller = { team: 'team-a', project: 'apollo' }
+
+  const called = await gateway.call(caller)
+  t.equal(called.statusCode, 200)
+  t.equal(called.headers['x-budget-id'], dollars.id, 'the gate names the dollar budget')
+  t.equal((await app.budgetIntegration.checkCaller(caller, '0.01')).bindingBudgetId, dollars.id, 'checkCaller too')
+  t.equal((await app.budgetIntegration.getCallerSummary(caller)).bindingBudgetId, dollars.id, 'and the summary (it named the euro budget: the smaller share of its limit)')
 })

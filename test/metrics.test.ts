@@ -112,3 +112,15 @@ t.test('the example gateway serves /metrics: its process\'s metrics and the budg
   t.match(text, /process_cpu_user_seconds_total/, 'the process\'s own metrics')
   t.match(text, /relaycore_budget_gate_live_reservations/, 'and the plugin\'s, merged')
 })
+
+t.test('the remaining gauge is the status\'s remaining, never below 0, for a budget spent past its amount (issue 22)', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const over = await gateway.createBudget({ name: 'over', scopeId: 'over', amount: '10', enforcement: 'soft', metrics: true })
+  await gateway.app.budgetTracker.recordUsage({ budgetId: over.id, amount: '15.5', currency: 'USD', source: 'test' })
+  const status = await gateway.status(over.id)
+  t.equal(status.remaining, '0', 'the API says 0')
+  const samples = await scrape(gateway)
+  const remaining = series(samples, 'relaycore_budget_remaining').find((key) => key.includes(`budget_id="${over.id}"`))!
+  t.equal(samples.get(remaining), 0, 'the gauge says 0 too, not -5.5')
+  t.equal(samples.get(remaining.replace('relaycore_budget_remaining', 'relaycore_budget_spend')), 15.5)
+})

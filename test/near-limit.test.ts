@@ -158,3 +158,21 @@ t.test('clamp counts the prompt once: the search prices other output limits from
   await other.settled()
   await checkInvariants(t, gateway.sql)
 })
+
+t.test('the check paths report each budget\'s own nearLimit, as the gate reads it (issue 22: they said null)', async (t) => {
+  const gateway = await buildGateway(t)
+  const org = await gateway.createBudget({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '10', nearLimit: 'refuse' })
+  const team = await gateway.createBudget({ name: 'team', amount: '1', nearLimit: 'clamp', parentId: org.id })
+  await gateway.createBudget({ name: 'project', scopeType: 'project', scopeId: 'apollo', amount: '1' })
+  const byName = (budgets: Array<{ name: string, nearLimit: unknown }>) => Object.fromEntries(budgets.map((budget) => [budget.name, budget.nearLimit]))
+
+  const caller = await gateway.app.budgetIntegration.checkCaller({ team: 'team-a', project: 'apollo' }, '0.01')
+  t.same(byName(caller.budgets), { team: 'clamp', org: 'refuse', project: null }, 'checkCaller')
+
+  const checked = await gateway.app.inject({
+    method: 'POST', url: `${PREFIX}/${team.id}/check-constraints`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { estimatedCost: '0.01' }
+  })
+  t.equal(checked.statusCode, 200)
+  t.same(byName(checked.json().budgets), { team: 'clamp', org: 'refuse' }, 'POST check-constraints')
+  t.same(byName((await gateway.app.budgetTracker.checkBudgetConstraints(team.id, '0.01')).budgets), { team: 'clamp', org: 'refuse' }, 'checkBudgetConstraints')
+})

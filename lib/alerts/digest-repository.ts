@@ -32,6 +32,8 @@ export interface DigestNumbers {
   /** Spend in the budget's window (the one the digest period ends in) up to the digest period's end. */
   windowSpent: Money
   projectedTotal: Money
+  /** The window's burn rate as of the period's end (budget_burn_rate, sql/functions/forecast.sql). */
+  burnRate: Money
   topModels: TopSpender[]
   topUsers: TopSpender[]
 }
@@ -48,7 +50,6 @@ export interface DigestValues extends DigestNumbers {
   windowEnd: Date
   limit: Money
   percentUsed: number
-  burnRate: Money
 }
 
 export interface DigestRecord extends Omit<DigestValues, 'channels' | 'periodStart' | 'periodEnd' | 'windowStart' | 'windowEnd'> {
@@ -128,9 +129,9 @@ export function createDigestRepository (sql: Db) {
         limit ${limit}`
     },
 
-    /** The digest period's numbers, as of its end, in one statement: the forecast is budget_forecast (sql/functions/forecast.sql). */
+    /** The digest period's numbers, as of its end, in one statement: the forecast is budget_forecast, the burn rate budget_burn_rate (sql/functions/forecast.sql). */
     async periodNumbers (budgetId: string, period: { periodStart: Date, periodEnd: Date }, window: { periodStart: Date, periodEnd: Date }, most: number): Promise<DigestNumbers> {
-      const [row] = await sql<Array<{ spent: string, usageCount: number, windowSpent: string, projectedTotal: string, topModels: TopSpender[], topUsers: TopSpender[] }>>`
+      const [row] = await sql<Array<{ spent: string, usageCount: number, windowSpent: string, projectedTotal: string, burnRate: string, topModels: TopSpender[], topUsers: TopSpender[] }>>`
         with period as (
           select coalesce(sum(a.amount), 0) as spent, count(*)::int as usage_count from budget_usage_allocations a
           where a.budget_id = ${budgetId} and a.occurred_at >= ${period.periodStart} and a.occurred_at < ${period.periodEnd}
@@ -141,6 +142,7 @@ export function createDigestRepository (sql: Db) {
         )
         select p.spent::text as spent, p.usage_count as "usageCount", w.spent::text as "windowSpent",
                budget_forecast(${budgetId}, ${window.periodStart}, ${window.periodEnd}, w.spent, ${period.periodEnd})::text as "projectedTotal",
+               budget_burn_rate(${budgetId}, ${window.periodStart}, ${window.periodEnd}, w.spent, ${period.periodEnd})::text as "burnRate",
                (${top(sql`u.model_id`, budgetId, period.periodStart, period.periodEnd, most)}) as "topModels",
                (${top(sql`u.user_id`, budgetId, period.periodStart, period.periodEnd, most)}) as "topUsers"
         from period p cross join window_spend w`
@@ -150,6 +152,7 @@ export function createDigestRepository (sql: Db) {
         usageCount: numbers.usageCount,
         windowSpent: normalizeMoney(numbers.windowSpent),
         projectedTotal: normalizeMoney(numbers.projectedTotal),
+        burnRate: normalizeMoney(numbers.burnRate),
         topModels: canonicalTop(numbers.topModels),
         topUsers: canonicalTop(numbers.topUsers)
       }

@@ -22,14 +22,14 @@ export function createDigestScheduler ({ budgets, status, digests }: { budgets: 
       const window = await status.findWindow(due.budgetId, new Date(due.periodEnd.getTime() - 1))
       if (budget === null || window === null) continue // archived since it was listed
       const numbers = await digests.periodNumbers(budget.id, due, window, DIGEST_TOP)
-      // The status rule, as of the period's end: burn rate and percent used of the window's spend so far.
+      // The status rule, as of the period's end: percent used of the window's spend so far (the burn rate is SQL's, in `numbers`).
       const standing = computeStatus({
         budget, ...window, currentAmount: numbers.windowSpent, reservedAmount: '0', lastUpdated: due.periodEnd, now: due.periodEnd,
-        crossings: [], projectedTotal: numbers.projectedTotal
+        crossings: [], projectedTotal: numbers.projectedTotal, burnRate: numbers.burnRate
       })
       const id = await digests.insertDigest({
         ...due, ...numbers, windowStart: window.periodStart, windowEnd: window.periodEnd,
-        limit: budget.amount, percentUsed: standing.percentUsed, burnRate: standing.burnRate
+        limit: budget.amount, percentUsed: standing.percentUsed
       })
       if (id !== null) made++
     }

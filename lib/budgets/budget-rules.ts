@@ -1,10 +1,11 @@
 // The registry's rules for one budget and for a parent-child pair; pure, so every rule is tested without I/O.
+// A request's shape (types, enums, lengths, patterns, ranges) is the API schema's, checked at both doors
+// (lib/kernel/validator.ts); here are the rules a schema cannot say: between fields, exact money, thresholds,
+// blank text. The CHECK constraints on budget_definitions mirror both, as the last line (docs/design-decisions.md).
 import { CurrencyMismatchError, ExceedsParentError, InvalidFieldError, UnknownChannelError } from '../kernel/errors.js'
 import { compareMoney, numberToDecimal, parseMoney, parsePositiveMoney } from '../kernel/money.js'
 import type { BudgetValues } from './budget-repository.js'
-import { checkTags } from '../kernel/tags.js'
-import { isStorableText } from '../kernel/json-limits.js'
-import { DIGEST_FREQUENCIES, NEAR_LIMIT_POLICIES, type NearLimitPolicy, type BudgetAlert, type BudgetDigest, type BudgetFilters, type CreateBudgetRequest, type Period, type RateLimits } from '../kernel/schemas.js'
+import type { BudgetAlert, BudgetDigest, BudgetFilters, CreateBudgetRequest, Period, RateLimits } from '../kernel/schemas.js'
 import { parseTimestamp } from '../kernel/timestamps.js'
 
 const DAY = 86_400_000
@@ -17,15 +18,13 @@ const LONGEST_PERIOD: Record<Exclude<Period, 'custom'>, number> = {
   annual: 366 * DAY
 }
 
-/** Checks a whole budget (as created, or as it would be after an update) and puts it in canonical form. */
+/** Checks a whole budget (as created, or as it would be after an update) and puts it in canonical form. Its shape was checked already. */
 export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
   const startDate = parseTimestamp(input.startDate, 'startDate')
   const endDate = input.endDate == null ? null : parseTimestamp(input.endDate, 'endDate')
   if (input.period === 'custom' && endDate === null) throw new InvalidFieldError('endDate', "is required when period is 'custom'")
   if (endDate !== null && endDate <= startDate) throw new InvalidFieldError('endDate', 'must be after startDate')
-  if (!/^[A-Z]{3}$/.test(input.currency)) throw new InvalidFieldError('currency', 'must be an ISO 4217 code such as USD')
   const calendar = normalizeCalendar(input)
-  if (input.metrics !== undefined && typeof input.metrics !== 'boolean') throw new InvalidFieldError('metrics', 'must be true or false')
   return {
     name: requireText(input.name, 'name'),
     description: input.description ?? null,
@@ -45,30 +44,13 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
     alerts: normalizeAlerts(input.alerts ?? []),
     enforcement: input.enforcement ?? 'hard',
     digest: normalizeDigest(input.digest ?? null),
-    nearLimit: normalizeNearLimit(input.nearLimit ?? null)
+    nearLimit: input.nearLimit ?? null
   }
 }
 
-function normalizeNearLimit (policy: unknown): NearLimitPolicy | null {
-  if (policy === null) return null
-  if (!(NEAR_LIMIT_POLICIES as readonly unknown[]).includes(policy)) throw new InvalidFieldError('nearLimit', "must be 'refuse', 'clamp' or null")
-  return policy as NearLimitPolicy
-}
-
-/** A digest as stored: null for none, else its frequency and its channels, each once. The API's schema says the same. */
+/** A digest as stored: null for none, else its frequency and its channels (the schema made them 1 to 20, each once). */
 function normalizeDigest (digest: BudgetDigest | null): BudgetDigest | null {
-  if (digest === null) return null
-  if (typeof digest !== 'object' || Array.isArray(digest)) throw new InvalidFieldError('digest', "must be null or { every: 'daily' | 'weekly', channels: [...] }")
-  const unknown = Object.keys(digest).find((key) => key !== 'every' && key !== 'channels')
-  if (unknown !== undefined) throw new InvalidFieldError(`digest.${unknown}`, 'is not a digest field')
-  if (!(DIGEST_FREQUENCIES as readonly unknown[]).includes(digest.every)) throw new InvalidFieldError('digest.every', "must be 'daily' or 'weekly'")
-  const { channels } = digest
-  if (!Array.isArray(channels) || channels.length === 0 || channels.length > 20 ||
-      channels.some((channel) => typeof channel !== 'string' || channel.length === 0 || channel.length > 500 || !isStorableText(channel))) {
-    throw new InvalidFieldError('digest.channels', 'must be 1 to 20 channel names of 1 to 500 characters')
-  }
-  if (new Set(channels).size !== channels.length) throw new InvalidFieldError('digest.channels', 'must not name a channel twice')
-  return { every: digest.every, channels: [...channels] }
+  return digest === null ? null : { every: digest.every, channels: [...digest.channels] }
 }
 
 /**
@@ -82,9 +64,6 @@ function normalizeCalendar (input: CreateBudgetRequest): Pick<BudgetValues, 'tim
   const periodAlignment = input.periodAlignment ?? (named && input.period !== 'custom' ? 'calendar' : 'start')
   const fiscalYearStartMonth = input.fiscalYearStartMonth ?? 1
   if (typeof input.timezone === 'string' && input.timezone.trim() === '') throw new InvalidFieldError('timezone', 'must be an IANA time zone name such as America/New_York')
-  if (!Number.isInteger(fiscalYearStartMonth) || fiscalYearStartMonth < 1 || fiscalYearStartMonth > 12) {
-    throw new InvalidFieldError('fiscalYearStartMonth', 'must be a month from 1 to 12')
-  }
   if (input.period === 'custom' && periodAlignment === 'calendar') {
     throw new InvalidFieldError('periodAlignment', "must be 'start' for a custom period: it is a length of time, not a calendar window")
   }
@@ -94,32 +73,17 @@ function normalizeCalendar (input: CreateBudgetRequest): Pick<BudgetValues, 'tim
   return { timezone: input.timezone ?? 'UTC', fiscalYearStartMonth, periodAlignment }
 }
 
-/**
- * Filters as stored: absent rather than empty. The API's schema checks their shape; the library's
- * callers get the same checks here.
- */
+/** Filters as stored: absent rather than empty (the schema checked their shape). */
 function normalizeFilters (filters: BudgetFilters): BudgetFilters {
   const { models, tags } = filters
-  if (models !== undefined && (!Array.isArray(models) || models.length === 0 || models.length > 50 ||
-      models.some((model) => typeof model !== 'string' || !/^[^*]{1,200}\*?$/.test(model)))) {
-    throw new InvalidFieldError('filters.models', "must be 1 to 50 model names, each exact or a prefix ending in '*'")
-  }
-  if (tags !== undefined) checkTags(tags, 'filters.tags')
   return {
-    ...(models === undefined ? {} : { models: [...new Set(models)] }),
+    ...(models === undefined ? {} : { models: [...models] }),
     ...(tags === undefined || Object.keys(tags).length === 0 ? {} : { tags: { ...tags } })
   }
 }
 
-/** Whole, positive, within the columns (the API's schema says the same; the library's callers meet it here). */
+/** Rate limits as stored: only those given (the schema made them whole numbers within the columns). */
 function normalizeRateLimits (limits: RateLimits): RateLimits {
-  const check = (value: unknown, field: string, most: number) => {
-    if (value !== undefined && (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > most)) {
-      throw new InvalidFieldError(`rateLimits.${field}`, `must be a whole number from 1 to ${most}`)
-    }
-  }
-  check(limits.requestsPerMinute, 'requestsPerMinute', 1_000_000_000)
-  check(limits.tokensPerMinute, 'tokensPerMinute', 1_000_000_000_000)
   return {
     ...(limits.requestsPerMinute === undefined ? {} : { requestsPerMinute: limits.requestsPerMinute }),
     ...(limits.tokensPerMinute === undefined ? {} : { tokensPerMinute: limits.tokensPerMinute })

@@ -3,12 +3,16 @@ import type { Sql, TransactionSql } from 'postgres'
 import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, InvalidFieldError, ParentNotFoundError } from '../kernel/errors.js'
 import { createBudgetRepository, type BudgetRepository, type BudgetValues } from './budget-repository.js'
 import { createAuditRepository, type AuditContext } from '../audit/index.js'
-import type { BudgetDefinition, BudgetHierarchy, BudgetTreeNode, CreateBudgetRequest, ScopeType, UpdateBudgetRequest } from '../kernel/schemas.js'
+import { CreateBudgetRequest, UpdateBudgetRequest, type BudgetDefinition, type BudgetHierarchy, type BudgetTreeNode, type ScopeType } from '../kernel/schemas.js'
+import { shapeCheck } from '../kernel/validator.js'
 import { parseTimestamp } from '../kernel/timestamps.js'
 import { checkChannels, checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
 import { isUuid, retryingConflicts } from '../kernel/database/db.js'
 
 const DATE_ONLY = /^\d{4}-\d{2}-\d{2}$/
+// The API's schemas own a request's shape, for the library's callers as for the routes (lib/kernel/validator.ts).
+const checkCreateShape = shapeCheck(CreateBudgetRequest)
+const checkUpdateShape = shapeCheck(UpdateBudgetRequest)
 
 /** A budget to create, as the library takes it: dates as ISO strings or Date objects. */
 export type CreateBudgetInput = Omit<CreateBudgetRequest, 'startDate' | 'endDate'> & { startDate: string | Date, endDate?: string | Date | null }
@@ -88,6 +92,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
 
   return {
     async createBudget (request: CreateBudgetInput, createdBy: string | null = null, requestId: string | null = null): Promise<BudgetDefinition> {
+      checkCreateShape(request)
       return await inHierarchyTransaction(async (repository, tx) => {
         const values = normalizeBudget(await readDatesInZone(repository, request, request.timezone ?? 'UTC') as CreateBudgetRequest)
         checkFilterModels(values.filters, modelName)
@@ -103,6 +108,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
 
     /** Applies a partial update; the budget as it would become must pass every create rule. */
     async updateBudget (id: string, updates: UpdateBudgetInput, context: AuditContext = LIBRARY): Promise<BudgetDefinition> {
+      checkUpdateShape(updates)
       return await inHierarchyTransaction(async (repository, tx) => {
         const current = await repository.findBudget(id)
         if (current === null) throw new BudgetNotFoundError(id)

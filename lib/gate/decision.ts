@@ -5,7 +5,7 @@ import { fromUnits, toUnits, type Money } from '../kernel/money.js'
 import type { ApplicableBudget, Hold, LineBudget } from './reservation-repository.js'
 import type { AlertAction, BudgetAlert, BudgetDefinition, NearLimitPolicy } from '../kernel/schemas.js'
 import { highestOutputRate, type PriceBook } from '../pricing/index.js'
-import { budgetHealth, percentReached, type BudgetHealth } from '../usage/index.js'
+import { budgetHealth, currentAlertsReached, remainingUnits, type BudgetHealth } from '../usage/index.js'
 
 export interface BudgetStanding {
   budget: Pick<BudgetDefinition, 'id' | 'name' | 'amount' | 'alerts'> & { enforcement?: 'hard' | 'soft' }
@@ -182,7 +182,8 @@ export function standingsOf (budgets: ApplicableBudget[]): BudgetStanding[] {
     fits: budget.fits,
     currency: budget.currency,
     estimate: budget.estimate,
-    outOfRange: budget.outOfRange
+    outOfRange: budget.outOfRange,
+    nearLimit: budget.nearLimit
   }))
 }
 
@@ -210,9 +211,10 @@ export function standingsOfHold (line: LineBudget[], hold: Hold): BudgetStanding
 
 export function checkBudget (standing: BudgetStanding, estimate: Money, policy?: ModelPolicy): BudgetCheck {
   const { budget, currentAmount, reservedAmount } = standing
-  const committed = toUnits(currentAmount) + toUnits(reservedAmount)
-  const available = toUnits(budget.amount) - committed
-  const crossed = budget.alerts.filter((alert) => (alert.basis ?? 'current') === 'current' && percentReached(currentAmount, budget.amount, alert.threshold))
+  const current = toUnits(currentAmount)
+  const reserved = toUnits(reservedAmount)
+  const committed = current + reserved
+  const crossed = currentAlertsReached(budget.alerts, currentAmount, budget.amount)
   const activeActions = [...new Set([...crossed.flatMap((alert) => alert.actions), ...standing.projectedActions ?? []])]
   const restricting = crossed.filter((alert) => alert.actions.includes('restrict-models'))
   const approvedThrough = standing.approvedThrough ?? null
@@ -223,8 +225,8 @@ export function checkBudget (standing: BudgetStanding, estimate: Money, policy?:
     limit: budget.amount,
     currentAmount,
     reservedAmount,
-    remaining: fromUnits(available > 0n ? available : 0n),
-    status: budgetHealth(currentAmount, budget.amount, budget.alerts, standing.projectedActions),
+    remaining: fromUnits(remainingUnits(toUnits(budget.amount), current, reserved)),
+    status: budgetHealth(currentAmount, budget.amount, budget.alerts, activeActions),
     activeActions,
     enforcement: budget.enforcement ?? 'hard',
     fits: standing.fits,
@@ -249,18 +251,37 @@ export function decide (standings: BudgetStanding[], estimate: Money, policy?: M
     const mayDowngrade = downgradeTo !== null && (refusal.code === 'budget_exceeded' || refusal.code === 'estimate_out_of_range' || refusal.code === 'model_restricted')
     return outcome(checks, refusing, estimate, activeActions, refusal.code, refusal.reason(refusing, estimate), [refusal.suggestion], mayDowngrade ? downgradeTo : null)
   }
-  const tightest = checks.reduce<BudgetCheck | undefined>((least, check) => least === undefined || tighter(check, least) ? check : least, undefined)
+  const binding = bindingBudget(checks)
   const suggestions = activeActions.includes('auto-downgrade') || activeActions.includes('restrict-models')
     ? ['prefer a cheaper model: a budget is past a threshold that restricts or downgrades models']
     : []
-  return outcome(checks, tightest, estimate, activeActions, null, checks.length === 0 ? 'No budget applies' : 'Within every applicable budget', suggestions, downgradeTo)
+  return outcome(checks, binding, estimate, activeActions, null, checks.length === 0 ? 'No budget applies' : 'Within every applicable budget', suggestions, downgradeTo)
+}
+
+/** What the binding rule reads of a budget: what is left, its currency, and the call's estimate in that currency. */
+export interface RoomForCall {
+  remaining: Money
+  /** Null: the call's own currency. */
+  currency: string | null
+  /** The call's estimate in the budget's currency (null: no rate converts it). */
+  estimatedCost: Money | null
 }
 
 /**
- * Whether `a` has less room than `b` for this call. In one currency, the smaller remaining; across
- * currencies, the fewer such calls left (remaining / estimate, compared exactly by cross-multiplying).
+ * The binding budget, defined once: the one with the least room for the call, the first of equals. In one
+ * currency, the smaller remaining; across currencies, the fewer such calls left (remaining / estimate,
+ * compared exactly by cross-multiplying), which is the smaller remaining counted in the call's currency.
+ * Without an estimate in a budget's currency, the smaller remaining. decide() names it in x-budget-id when
+ * nothing refuses; getCallerSummary names it too (docs/design-decisions.md).
  */
-function tighter (a: BudgetCheck, b: BudgetCheck): boolean {
+export function bindingBudget<T extends RoomForCall> (budgets: readonly T[]): T | undefined {
+  let binding: T | undefined
+  for (const budget of budgets) if (binding === undefined || tighter(budget, binding)) binding = budget
+  return binding
+}
+
+/** Whether `a` has less room than `b` for the call (bindingBudget's rule). */
+function tighter (a: RoomForCall, b: RoomForCall): boolean {
   const estimateA = toUnits(a.estimatedCost ?? '0')
   const estimateB = toUnits(b.estimatedCost ?? '0')
   if (a.currency === b.currency || estimateA === 0n || estimateB === 0n) return toUnits(a.remaining) < toUnits(b.remaining)

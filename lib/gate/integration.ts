@@ -12,7 +12,7 @@ import type { HoldQueue } from './holds.js'
 import type { Admission, Leases } from './leases.js'
 import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
 import { sweptBeforeSettling, type SettleOutcome, type SettlementQueue } from './settlements.js'
-import { decide, standingsOf, standingsOfHold, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
+import { bindingBudget, decide, standingsOf, standingsOfHold, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
 import type { BudgetStatusInfo } from '../usage/index.js'
 import type { UsageTracker, UsageMetadata } from '../usage/index.js'
 import { toScopes, type CallerScopes } from '../kernel/scopes.js'
@@ -27,7 +27,7 @@ import { toScopes, type CallerScopes } from '../kernel/scopes.js'
 const LINE_PAUSE_MS = 50
 
 export interface IntegrationOptions {
-  /** The currency of estimates and costs; budgets in other currencies do not apply. */
+  /** The currency of estimates and costs; a budget in another currency applies too, converted at the rate in force (budget_convert). */
   currency: string
   /** Prices, cheap models and downgrades: how restrict-models and auto-downgrade treat a model. */
   models: Omit<ModelPolicy, 'model'>
@@ -331,17 +331,19 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       }, { scopes: Object.fromEntries(toScopes(caller).map((scope) => [scope.type, scope.id])) })
     },
 
-    /** Every budget that applies to the caller (for calls to `model`, when given) with its status, and the one that binds first (least left). */
+    /**
+     * Every budget that applies to the caller (for calls to `model`, when given) with its status, and the one
+     * that binds first: the gate's binding budget (bindingBudget), which x-budget-id names for a call it admits.
+     */
     async getCallerSummary (caller: CallerScopes, model?: string): Promise<{ budgets: Array<BudgetStatusInfo & { name: string, scopeMatched: boolean }>, bindingBudgetId: string | null }> {
-      const applicable = await reservations.listApplicable(callOf(caller, model), options.currency)
+      // No call is named: the rule is read for one unit of the gate's currency, converted as a call's estimate
+      // is. Across currencies it compares remaining / estimate, so any estimate orders budgets alike, up to
+      // the conversion's rounding up at 10 decimals.
+      const applicable = await reservations.listApplicable(callOf(caller, model), options.currency, '1')
       const budgets = await Promise.all(applicable.map(async (budget) => ({
         ...await tracker.getBudgetStatus(budget.budgetId), name: budget.name, scopeMatched: budget.scopeMatched
       })))
-      // Least left: in one currency the smaller amount; across currencies the smaller share of its limit.
-      const lessLeft = (a: BudgetStatusInfo, b: BudgetStatusInfo) => a.currency === b.currency
-        ? toUnits(a.remaining) < toUnits(b.remaining)
-        : toUnits(a.remaining) * toUnits(b.limit) < toUnits(b.remaining) * toUnits(a.limit)
-      const binding = budgets.reduce<typeof budgets[number] | undefined>((least, budget) => least === undefined || lessLeft(budget, least) ? budget : least, undefined)
+      const binding = bindingBudget(budgets.map((budget, index) => ({ budgetId: budget.budgetId, remaining: budget.remaining, currency: budget.currency, estimatedCost: applicable[index]!.estimate })))
       return { budgets, bindingBudgetId: binding?.budgetId ?? null }
     },
 

@@ -33,6 +33,8 @@ export interface ApplicableBudget {
   estimate: Money | null
   /** A rate is in force but the estimate cannot be held on the budget: past 10^18 (budget_hold_amount, sql/functions/holds.sql). */
   outOfRange: boolean
+  /** What the gate does when a call no longer fits (null: the gate's nearLimit option). */
+  nearLimit: NearLimitPolicy | null
 }
 
 /** One budget of a caller's line, as the process caches it (budget_line in sql/functions/lines.sql). */
@@ -163,7 +165,8 @@ export function createReservationRepository (sql: Db) {
              budget_approved_through(x.budget_id, x.period_start)::text as "approvedThrough",
              ${projectedActions(sql`x.budget_id`, sql`x.period_start`)},
              coalesce(budget_fits(b.enforcement, b.amount, n.current_amount, n.reserved_amount, converted.estimate), false) as fits,
-             b.currency, converted.estimate::text as estimate, converted.estimate is null and converted.rate is not null as "outOfRange"
+             b.currency, converted.estimate::text as estimate, converted.estimate is null and converted.rate is not null as "outOfRange",
+             b.near_limit as "nearLimit"
       from ${source} x
       join budget_definitions b on b.id = x.budget_id
       left join budget_status_cache c on c.budget_id = x.budget_id and c.period_start = x.period_start
@@ -186,7 +189,10 @@ export function createReservationRepository (sql: Db) {
   }
 
   return {
-    /** The caller's budget line now, its windows' cache rows made sure of (budget_line, sql/functions/lines.sql). */
+    /**
+     * The caller's budget line now, its windows' cache rows made sure of (budget_line, sql/functions/lines.sql). Every
+     * budget applies whatever its currency: budget_applicable ignores the currency it is given.
+     */
     async loadLine (call: CallFilter, currency: string): Promise<{ line: LineBudget[], definitionsVersion: number }> {
       const { scopes } = call
       const rows = await sql<Array<LineBudget & { definitionsVersion: string }>>`
@@ -253,7 +259,7 @@ export function createReservationRepository (sql: Db) {
     },
 
     /**
-     * Takes (or adds to) a lease on the line: up to `wanted` on every budget, at most a quarter of the
+     * Takes (or adds to) a lease on the line: up to `wanted` on every budget, at most an eighth of the
      * tightest room, never past a threshold whose alert does more than notify; nothing when that is
      * under `least` or the line is out of date (budget_lease_take, sql/functions/leases.sql).
      */
@@ -341,7 +347,10 @@ export function createReservationRepository (sql: Db) {
       return row?.swept ?? 0
     },
 
-    /** The budgets that apply to the scopes, with their current numbers; reads only, locks nothing. */
+    /**
+     * The budgets that apply to the scopes, whatever their currency, with their current numbers and `estimate`
+     * (in `currency`) converted into each one's; reads only, locks nothing.
+     */
     async listApplicable ({ scopes, model, tags }: CallFilter, currency: string, estimate: Money = '0'): Promise<ApplicableBudget[]> {
       return await readStandings(sql`
         budget_applicable(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, now(), ${model}, ${canonicalTags(tags)}::text::jsonb)`, estimate, currency)

@@ -2,6 +2,7 @@
 // fault. The admin routes answer with it, and the bulk collector answers each refused record with it.
 import { STATUS_CODES } from 'node:http'
 import { DatabaseUnavailableError, exchangeRateError, InternalError, InvalidFieldError, isDatabaseUnavailable } from './errors.js'
+import { fieldAtFault } from './validator.js'
 
 /** What is read off a thrown error: the project's coded errors, PostgreSQL's and Fastify's alike. */
 export interface CodedError {
@@ -44,17 +45,9 @@ export function toErrorBody (error: CodedError): ErrorBody {
   }
 }
 
-/** Ajv reports a path such as `/alerts/0/threshold`; the API names the field `alerts.0.threshold`. */
+/** A schema's refusal (fieldAtFault names the field as the library's callers see it too). */
 function validationErrorBody (error: CodedError): ErrorBody {
-  const [first] = error.validation!
-  const params = (first?.params ?? {}) as Record<string, unknown>
-  const path = (first?.instancePath ?? '').split('/').filter(Boolean)
-  const leaf = params.missingProperty ?? params.additionalProperty
-  if (typeof leaf === 'string') path.push(leaf)
-  const field = path.join('.') || (error.validationContext ?? 'request')
-  let reason = first?.message ?? 'is invalid'
-  if (params.additionalProperty !== undefined) reason = 'is not a known field'
-  if (Array.isArray(params.allowedValues)) reason += `: ${params.allowedValues.join(', ')}`
+  const { field, reason } = fieldAtFault(error.validation![0], error.validationContext ?? 'request')
   return {
     statusCode: 400,
     code: 'BUDGET_ERR_VALIDATION',

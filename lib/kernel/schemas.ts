@@ -426,7 +426,8 @@ const BudgetCheck = Type.Object({
   approved: Type.Boolean({ description: 'An approval in force covers this estimate.' }),
   allowedModels: Nullable(Type.Array(Type.String(), { description: 'restrict-models is in force and the model is not allowed: the allowed ones.' })),
   currency: Nullable(Type.String({ description: 'The budget\'s currency: limit, spend and remaining are in it.' })),
-  estimatedCost: Nullable(Type.String({ description: 'The estimate in the budget\'s currency, converted at the rate in force and rounded up; null when no exchange rate is in force.' }))
+  estimatedCost: Nullable(Type.String({ description: 'The estimate in the budget\'s currency, converted at the rate in force and rounded up; null when no exchange rate is in force.' })),
+  nearLimit: Nullable(StringEnum(NEAR_LIMIT_POLICIES, { description: 'The budget\'s own nearLimit policy; null: the gate\'s.' }))
 })
 
 export const BudgetConstraintCheck = Type.Object({

@@ -6,7 +6,7 @@
 // Gauge values are floats, as Prometheus keeps them: for watching, never for money arithmetic.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
-import type { MetricBudget } from '../usage/index.js'
+import { remainingUnits, type MetricBudget } from '../usage/index.js'
 
 /** What an unbudgeted call was charged by: its usage, or its estimate (no usage came, or its model has no price). */
 export type CostBasis = 'usage' | 'estimate'
@@ -98,7 +98,8 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
   budgetGauge('relaycore_budget_spend', 'Settled spend in the budget\'s current window.', (budget) => Number(budget.currentAmount), true)
   budgetGauge('relaycore_budget_reserved', 'Held by calls in flight and leases, in the current window.', (budget) => Number(budget.reservedAmount))
   budgetGauge('relaycore_budget_limit', 'The budget\'s amount.', (budget) => Number(budget.amount))
-  budgetGauge('relaycore_budget_remaining', 'Amount - spend - reserved, never below 0.', (budget) => Math.max(0, Number(budget.remaining)))
+  budgetGauge('relaycore_budget_remaining', 'Amount - spend - reserved, never below 0.',
+    (budget) => Number(fromUnits(remainingUnits(toUnits(budget.amount), toUnits(budget.currentAmount), toUnits(budget.reservedAmount)))))
   // The status's `blocked` state: 1 while a block-all alert is in force, so an alert rule can tell a block from a full budget.
   budgetGauge('relaycore_budget_blocked', 'Whether a block-all alert is in force in the current window (1) or not (0).', (budget) => budget.blocked ? 1 : 0)
   budgetGauge('relaycore_budget_seconds_to_reset', 'Seconds until the current window ends.', (budget, now) => Math.max(0, (budget.periodEnd.getTime() - now) / 1000))

@@ -2,7 +2,7 @@
 // live status they sum to (spend, burn rate, forecast, health). What other parts of the plugin may use of it:
 export type { UsageCollector } from './collector.js'
 export type { MetricBudget, StatusRepository } from './status-repository.js'
-export { budgetHealth, computeStatus, percentReached } from './status-rules.js'
+export { budgetHealth, computeStatus, currentAlertsReached, remainingUnits } from './status-rules.js'
 export type { BudgetHealth, BudgetStatusInfo } from './status-rules.js'
 export type { UsageMetadata, UsageTracker } from './tracker.js'
 export type { UnbudgetedValues } from './usage-repository.js'

@@ -22,7 +22,7 @@ export interface StatusCacheRow {
   updatedAt: Date
 }
 
-/** A budget's numbers now, for the metrics' gauges. */
+/** A budget's numbers now, for the metrics' gauges (raw: what is left is remainingUnits', lib/usage/status-rules.ts). */
 export interface MetricBudget {
   id: string
   name: string
@@ -32,7 +32,6 @@ export interface MetricBudget {
   amount: string
   currentAmount: string
   reservedAmount: string
-  remaining: string
   periodEnd: Date
   /** An active crossing of the current window has block-all: the gate refuses every call (sql/functions/alerts.sql keeps crossings following the definition). */
   blocked: boolean
@@ -113,7 +112,6 @@ export function createStatusRepository (sql: Db) {
         )
         select b.id, b.name, b.scope_type as "scopeType", b.scope_id as "scopeId", b.currency, b.amount::text as amount,
                coalesce(r.current_amount, 0)::text as "currentAmount", coalesce(r.reserved_amount, 0)::text as "reservedAmount",
-               (b.amount - coalesce(r.current_amount, 0) - coalesce(r.reserved_amount, 0))::text as remaining,
                coalesce(r.period_end, w.period_end, now()) as "periodEnd",
                exists (select 1 from budget_alert_history h
                        where h.budget_id = b.id and h.period_start = r.period_start and h.resolved_at is null

@@ -1,19 +1,16 @@
-// How a budget's numbers become its status: percent used, remaining, burn rate, and the status rule (the
-// projection is SQL's forecast, sql/functions/forecast.sql, taken as it is). Pure and exact (bigint money), so every rule is
-// tested against hand-computed values.
+// How a budget's numbers become its status: percent used, remaining, and the status rule (the projection
+// and the burn rate are SQL's, sql/functions/forecast.sql, taken as they are: projected alerts need them under a
+// lock). Pure and exact (bigint money), so every rule is tested against hand-computed values.
 import { MONEY_SCALE, fromUnits, numberToDecimal, toUnits, type Money } from '../kernel/money.js'
 import type { BudgetState } from './status-repository.js'
 import type { ActiveAlert, AlertAction, BudgetAlert, BudgetDefinition } from '../kernel/schemas.js'
 
-const HOUR = 3_600_000
 const DAY = 86_400_000
 const SCALE = 10n ** BigInt(MONEY_SCALE)
 
 /** Status thresholds when a budget's alerts do not give them (percent of the amount). */
 export const DEFAULT_WARNING_PERCENT = 75
 export const DEFAULT_CRITICAL_PERCENT = 90
-/** Burn rate divides by the elapsed time, never by less than this, so a period's first second does not explode. */
-export const MINIMUM_ELAPSED_MS = HOUR
 
 export type BudgetHealth = 'normal' | 'warning' | 'critical' | 'exceeded' | 'blocked'
 
@@ -26,10 +23,12 @@ export interface StatusInput {
   reservedAmount: Money
   lastUpdated: Date
   now: Date
-  /** Thresholds crossed in this window, from the alert history. */
+  /** Thresholds crossed in this window and in force, from the alert history. */
   crossings: ActiveAlert[]
   /** The spend forecast for the window's end: budget_forecast() in SQL (sql/functions/forecast.sql), the one projection rule. */
   projectedTotal: Money
+  /** Spend per day over the window's elapsed part: budget_burn_rate() in SQL (sql/functions/forecast.sql), whose floor the forecast shares. */
+  burnRate: Money
 }
 
 export interface BudgetStatusInfo {
@@ -52,23 +51,41 @@ export interface BudgetStatusInfo {
   state: BudgetState
 }
 
-/** True when `amount` is at least `percent`% of `limit`, compared exactly. */
+/**
+ * What is left of a budget after its settled and reserved spend, never below 0: the one remaining rule,
+ * in units (lib/kernel/money.ts). The status, the decision and the metrics' gauge all read it; SQL returns the raw numbers.
+ */
+export function remainingUnits (limit: bigint, current: bigint, reserved: bigint): bigint {
+  const left = limit - current - reserved
+  return left > 0n ? left : 0n
+}
+
+/**
+ * True when `amount` is at least `percent`% of `limit`, compared exactly. As an alert's threshold this is
+ * the crossing rule, whose owner is SQL (budget_alert_reached, sql/functions/alerts.sql: crossings are recorded under the
+ * window's lock); this is its one mirror, for the gate's decision on the numbers a hold reads under its lock
+ * (reading the recorded crossings instead would cost every call a lookup). test/alerts.test.ts holds the two
+ * to the same answers.
+ */
 export function percentReached (amount: Money, limit: Money, percent: number): boolean {
   return toUnits(amount) * 100n * SCALE >= toUnits(numberToDecimal(percent)) * toUnits(limit)
 }
 
+/** The alerts on the spend (basis `current`) that `spent` reaches; projected ones are read from their recorded crossings. */
+export function currentAlertsReached (alerts: BudgetAlert[], spent: Money, limit: Money): BudgetAlert[] {
+  return alerts.filter((alert) => (alert.basis ?? 'current') === 'current' && percentReached(spent, limit, alert.threshold))
+}
+
 /**
- * The status rule, defined once: `blocked` while a block-all alert is in force, as the gate decides it
- * (a current alert whose threshold the spend has reached, or a projected crossing still active: its
- * actions are `projectedActions`), since then every call is refused whatever is left; else `exceeded`
- * at 100% or more of the amount; `critical` from the highest alert threshold below 100 when the budget
- * has two or more such thresholds (else 90, or the single threshold if it is higher); `warning` from
- * the lowest alert threshold below 100 (else 75).
+ * The status rule, defined once: `blocked` while a block-all alert is in force (`actionsInForce`: the
+ * actions of the crossings in force, which the status reads from the recorded crossings and the decision
+ * finds on the numbers under its hold's lock), since then every call is refused whatever is left; else
+ * `exceeded` at 100% or more of the amount; `critical` from the highest alert threshold below 100 when
+ * the budget has two or more such thresholds (else 90, or the single threshold if it is higher);
+ * `warning` from the lowest alert threshold below 100 (else 75).
  */
-export function budgetHealth (spent: Money, limit: Money, alerts: BudgetAlert[], projectedActions: AlertAction[] = []): BudgetHealth {
-  const blocking = alerts.some((alert) => (alert.basis ?? 'current') === 'current' && alert.actions.includes('block-all') &&
-    percentReached(spent, limit, alert.threshold))
-  if (blocking || projectedActions.includes('block-all')) return 'blocked'
+export function budgetHealth (spent: Money, limit: Money, alerts: BudgetAlert[], actionsInForce: readonly AlertAction[] = []): BudgetHealth {
+  if (actionsInForce.includes('block-all')) return 'blocked'
   const below100 = alerts.map((alert) => alert.threshold).filter((threshold) => threshold < 100).sort((a, b) => a - b)
   const warningAt = below100[0] ?? DEFAULT_WARNING_PERCENT
   const criticalAt = below100.length >= 2 ? below100[below100.length - 1]! : Math.max(DEFAULT_CRITICAL_PERCENT, warningAt)
@@ -82,25 +99,23 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
   const { budget, periodStart, periodEnd, state, currentAmount, reservedAmount, now } = input
   const current = toUnits(currentAmount)
   const limit = toUnits(budget.amount)
-  // A calendar window can begin before the budget does; spend accrues from whichever is later.
+  // A calendar window can begin before the budget does: the time left counts from whichever is later.
   const start = Math.max(periodStart.getTime(), Date.parse(budget.startDate))
   const end = periodEnd.getTime()
   const at = Math.min(Math.max(now.getTime(), start), end)
-  const elapsed = BigInt(Math.max(at - start, MINIMUM_ELAPSED_MS))
   const left = state === 'active' ? BigInt(end - at) : 0n
-  const available = limit - current - toUnits(reservedAmount)
   return {
     budgetId: budget.id,
     currentAmount: fromUnits(current),
     limit: fromUnits(limit),
     currency: budget.currency,
     percentUsed: Number((current * 10000n) / limit) / 100,
-    remaining: fromUnits(available > 0n ? available : 0n),
+    remaining: fromUnits(remainingUnits(limit, current, toUnits(reservedAmount))),
     daysRemaining: Math.floor(Number(left) / DAY * 100) / 100,
-    burnRate: state === 'scheduled' ? '0' : fromUnits(divideRounded(current * BigInt(DAY), elapsed)),
+    burnRate: fromUnits(toUnits(input.burnRate)),
     projectedTotal: fromUnits(toUnits(input.projectedTotal)),
-    status: budgetHealth(currentAmount, budget.amount, budget.alerts,
-      input.crossings.filter((crossing) => crossing.basis === 'projected').flatMap((crossing) => crossing.actions)),
+    // The crossings in force are SQL's answer (recorded under the window's lock): what blocks, on either basis.
+    status: budgetHealth(currentAmount, budget.amount, budget.alerts, input.crossings.flatMap((crossing) => crossing.actions)),
     activeAlerts: input.crossings,
     lastUpdated: input.lastUpdated.toISOString(),
     reservedAmount: fromUnits(toUnits(reservedAmount)),
@@ -109,9 +124,4 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
     timezone: budget.timezone,
     state
   }
-}
-
-/** Division rounded half up, for non-negative amounts. */
-function divideRounded (dividend: bigint, divisor: bigint): bigint {
-  return (dividend * 2n + divisor) / (divisor * 2n)
 }

@@ -109,8 +109,8 @@ export function createBudgetTracker ({ budgets, status, usage, forecasts }: Trac
   async function toStatus ({ budget, window, row }: Awaited<ReturnType<typeof standing>>): Promise<BudgetStatusInfo> {
     const crossings = await status.listActiveCrossings(budget.id, window.periodStart)
     const now = options.now()
-    const projectedTotal = await forecasts.projectedTotal(budget.id, window, row.currentAmount, now)
-    return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now, crossings, projectedTotal })
+    const { projectedTotal, burnRate } = await forecasts.projection(budget.id, window, row.currentAmount, now)
+    return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now, crossings, projectedTotal, burnRate })
   }
 
   /** Records a usage once per idempotency key, whatever budget took it; `replayed` tells a retry from the first call. */

@@ -7,6 +7,7 @@ import type { Scope } from '../kernel/scopes.js'
 /** A call's scopes, model and tags, as budget_applicable (sql/functions/lines.sql) reads them. */
 export interface ScopedCall {
   scopes: Scope[]
+  /** Passed on, and ignored: a budget applies whatever its currency. */
   currency: string
   model: string | null
   tags?: Tags

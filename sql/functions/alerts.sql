@@ -11,6 +11,15 @@ returns numeric language sql volatile as $$
   select case when p_basis = 'projected' then budget_forecast(p_budget_id, p_period_start, p_period_end, p_current, now()) else p_current end
 $$;
 
+-- Whether an alert at p_threshold percent is reached by p_measured (the spend, or for a projected alert the
+-- forecast) against the budget's amount: the crossing rule, once, compared exactly. Crossings are recorded
+-- under the window's lock (budget_alerts_reached below, and the batch collector's steps in usage-recording.sql). TypeScript mirrors it once, for the gate's decision on the numbers it reads under the hold's
+-- lock (percentReached, lib/usage/status-rules.ts); test/alerts.test.ts holds the two to the same answers.
+create or replace function budget_alert_reached(p_measured numeric, p_threshold numeric, p_amount numeric) returns boolean
+language sql immutable parallel safe as $$
+  select p_measured * 100 >= p_threshold * p_amount
+$$;
+
 -- Each of the budget's alerts that its spend p_current in the window reaches: a current alert compares the
 -- spend, a projected one the forecast (budget_alert_measure; computed once however many projected alerts
 -- there are, so only a budget that has one pays for it). The measure is compared unbounded and returned as
@@ -32,7 +41,7 @@ begin
       measured := forecast;
     end if;
     threshold := (alert ->> 'threshold')::numeric;
-    continue when measured * 100 < threshold * budget.amount;
+    continue when not budget_alert_reached(measured, threshold, budget.amount);
     actions := array(select jsonb_array_elements_text(alert -> 'actions'));
     channels := array(select jsonb_array_elements_text(coalesce(alert -> 'notificationChannels', '[]'::jsonb)));
     limit_amount := budget.amount;

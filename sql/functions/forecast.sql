@@ -10,10 +10,18 @@ language sql immutable parallel safe as $$
        + case when ((p_dow - extract(isodow from p_first)::integer) % 7 + 7) % 7 < greatest(p_days, 0) % 7 then 1 else 0 end
 $$;
 
+-- The time a window's spend is spread over: from the later of its start and the budget's (p_start) to p_at,
+-- in microseconds, never less than one hour, so a window's first second does not divide by nothing. The one
+-- place the floor lives: the linear forecast (projected alerts measure it under the window's lock) and the
+-- burn rate (the status's, the digests') both divide by it.
+create or replace function budget_burn_elapsed_us(p_start timestamptz, p_at timestamptz) returns numeric
+language sql immutable parallel safe as $$
+  select greatest(extract(epoch from p_at - p_start) * 1000000, 3600000000)
+$$;
+
 -- The linear rule: spend + spend per elapsed time x time left, the elapsed time counted from
--- the later of the window's start and the budget's, floored at one hour; nothing left to project outside
--- [that start, the window's end). Exact: money in units of 10^-10, one division rounded half up, as the
--- status computed it in TypeScript before (lib/usage/status-rules.ts keeps the burn rate).
+-- the later of the window's start and the budget's (budget_burn_elapsed_us); nothing left to project outside
+-- [that start, the window's end). Exact: money in units of 10^-10, one division rounded half up.
 create or replace function budget_linear_forecast(p_current numeric, p_start timestamptz, p_end timestamptz, p_at timestamptz)
 returns numeric language sql immutable parallel safe as $$
   select case
@@ -22,7 +30,21 @@ returns numeric language sql immutable parallel safe as $$
   end
   from (select round(p_current * 10000000000) as units,
                extract(epoch from p_end - p_at) * 1000000 as left_us,
-               greatest(extract(epoch from p_at - p_start) * 1000000, 3600000000) as elapsed_us) x
+               budget_burn_elapsed_us(p_start, p_at) as elapsed_us) x
+$$;
+
+-- The burn rate: p_current spent in the window [p_period_start, p_period_end), per day over its elapsed part
+-- (from the later of the window's start and the budget's startDate, up to p_at or the window's end),
+-- rounded half up to 10 decimals; 0 before the budget starts. The arguments are budget_forecast's, so a
+-- status or a digest reads both in one statement.
+create or replace function budget_burn_rate(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz, p_current numeric, p_at timestamptz)
+returns numeric language sql stable parallel safe as $$
+  select case when p_at < s.start_at then 0
+              else div(round(p_current * 10000000000) * 86400000000 * 2 + e.elapsed_us, e.elapsed_us * 2) * 0.0000000001 end
+  from budget_definitions d
+  cross join lateral (select greatest(p_period_start, d.start_date) as start_at) s
+  cross join lateral (select budget_burn_elapsed_us(s.start_at, least(p_at, p_period_end)) as elapsed_us) e
+  where d.id = p_budget_id
 $$;
 
 -- A budget's spend on each ISO weekday (totals[1] Monday .. totals[7] Sunday) over the whole local days
