@@ -2,8 +2,6 @@
 // the services it decorates the instance with, and the admin routes.
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync } from 'fastify'
-import postgres, { type Sql } from 'postgres'
-import { migrate } from './kernel/database/migrate.js'
 import { boundedTransaction, withBoundedBegin } from './kernel/database/bounded.js'
 import { registerGate } from './http/gate/gate-hooks.js'
 import type { ApiName } from './model-apis/model-api.js'
@@ -14,7 +12,10 @@ import type { RecordUsage } from './http/admin/usage.js'
 import { dashboardRoutes } from './http/dashboard.js'
 import { createBudgetRegistry, type BudgetRegistry } from './budgets/registry.js'
 import { createBudgetAlerts, type BudgetAlerts } from './alerts/alerts.js'
-import { createBudgetIntegration, type BudgetIntegration, type BudgetTracker } from './gate/integration.js'
+import type { BudgetIntegration, BudgetTracker } from './gate/integration.js'
+import { createGate } from './gate/gate.js'
+import { createDefinitionsVersion } from './gate/definitions-version.js'
+import { openDatabase } from './kernel/database/client.js'
 import { createNotificationDeliverer, type NotificationDeliverer } from './alerts/notifications.js'
 import { createDigestScheduler } from './alerts/digests.js'
 import { createBudgetTracker } from './usage/tracker.js'
@@ -22,11 +23,6 @@ import { createUsageCollector } from './usage/collector.js'
 import { createPriceBook } from './pricing/pricing.js'
 import { preloadTokenizers } from './pricing/tokens.js'
 import { createRepositories } from './repositories.js'
-import { createBudgetLines } from './gate/budget-lines.js'
-import { createSettlementQueue } from './gate/settlements.js'
-import { createHoldQueue } from './gate/holds.js'
-import { createLeases } from './gate/leases.js'
-import { createRateLimits } from './gate/rate-limits.js'
 import { createBudgetMetrics, type BudgetMetrics } from './metrics/metrics.js'
 import { createBudgetAudit } from './audit/audit.js'
 import { createSpendReports } from './reports/reports.js'
@@ -63,33 +59,8 @@ declare module 'fastify' {
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
   const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate, notifications, metrics: metricsOptions, dashboard, adminTimeoutMs, decisions } = resolveOptions(options)
-
-  // Close only the client we open; a host's own client is the host's to end.
-  const ownsClient = typeof database === 'string'
-  // Our own client's sessions run in UTC; the SQL never depends on the session's TimeZone anyway (sql/functions/periods.sql).
-  const sql: Sql = ownsClient ? postgres(database, { onnotice: () => {}, connection: { TimeZone: 'UTC' } }) : database
-  if (ownsClient) {
-    // postgres.js reads the array types on every new connection, and when that connection is cut (a
-    // terminated backend, a restart) the read's failure is an unhandled rejection (postgres.js #1192,
-    // #1205, #1223), which ends a process run with Node's defaults. The types are read once, here, into
-    // the client's shared serializers (arrays cannot be sent without them); later connections skip it.
-    try {
-      await sql`select 1`
-    } catch (error) {
-      await sql.end({ timeout: 1 })
-      throw error
-    }
-    sql.options.fetch_types = false
-  }
-
-  if (applyMigrations) {
-    try {
-      await migrate(sql)
-    } catch (error) {
-      if (ownsClient) await sql.end({ timeout: 1 })
-      throw error
-    }
-  }
+  const client = await openDatabase(database, { migrate: applyMigrations })
+  const { sql } = client
 
   // The composition root: every repository once, and the services built on them.
   const repositories = createRepositories(sql)
@@ -100,36 +71,24 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   if (gate !== null) preloadTokenizers([...prices.models().map(({ model }) => model), ...(currency === 'USD' ? ['gpt-4o', 'gpt-4'] : [])])
   // Models go by their price-table name everywhere budgets match them (a dated snapshot as its base model).
   const modelName = (name: string) => prices.resolve(name)?.model ?? name
-  // Other processes learn of a change from the definitions' version their next statement sees; this one at once.
-  let forgetLines = () => {}
+  // What the gate derives from budget definitions is forgotten when they move: at once for a change made
+  // here, at the next statement for one made in another process (lib/gate/definitions-version.ts).
+  const versions = createDefinitionsVersion()
   // Writes of the admin API run in bounded transactions, on a connection of their own (never queued behind
   // the gate's statements), cut at adminTimeoutMs by PostgreSQL and rolled back (lib/kernel/database/bounded.ts).
   const inBoundedTransaction = boundedTransaction(sql, adminTimeoutMs, fastify.log)
-  const budgetRegistry = createBudgetRegistry(withBoundedBegin(sql, adminTimeoutMs, fastify.log), { modelName, onChange: () => { forgetLines() }, channels: Object.keys(notifications.channels) })
+  const budgetRegistry = createBudgetRegistry(withBoundedBegin(sql, adminTimeoutMs, fastify.log), { modelName, onChange: versions.forget, channels: Object.keys(notifications.channels) })
   const trackerOptions = { statusCacheTtlMs, now: () => new Date(), modelName }
   const usageTracker = createBudgetTracker(repositories, trackerOptions)
   const recordUsage: RecordUsage = async (request, recordOptions) =>
     await inBoundedTransaction(async (tx) => await createBudgetTracker(createRepositories(tx), trackerOptions).record(request, recordOptions))
   // The bulk usage collector (POST /usage/batch): the tracker's rules, a batch stored in one transaction.
   const usageCollector = createUsageCollector(withBoundedBegin(sql, adminTimeoutMs, fastify.log), { now: () => new Date(), modelName })
-  // The gate's machinery, built once: the reservation repository, the process's cache of budget lines
-  // (forgotten when the definitions' version moves), the leases on hot lines, and the queues that take
-  // holds and commit settlements in groups.
-  const { reservations } = repositories
-  const budgetLines = createBudgetLines(reservations, currency, fastify.log)
-  const holds = createHoldQueue(reservations, { currency, ttlMs: reservationTtlMs })
-  const settlements = createSettlementQueue(reservations, { ttlMs: reservationTtlMs, observe: budgetLines.observe, recordUnbudgeted: repositories.usage.insertUnbudgeted }, fastify.log)
-  const leases = createLeases(reservations, settlements, { currency, ttlMs: reservationTtlMs, observe: budgetLines.observe }, fastify.log)
-  budgetLines.onForget(leases.forgetAll) // a changed budget ends the leases taken under the old one
-  forgetLines = budgetLines.forget
-  const rateLimits = createRateLimits(reservations, fastify.log) // request and token buckets, allowance held in process
-  budgetLines.onForget(rateLimits.forgetAll) // and the allowance taken under the old definitions
-  const budgetIntegration = createBudgetIntegration({ reservations, lines: budgetLines, leases, holds, settlements, rateLimits, findBudget: repositories.budgets.findBudget }, usageTracker, {
-    currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades }
-  }, fastify.log)
+  // The gate's machinery (lines, leases, holds, settlements, rate limits) and the Budget Integration on it.
+  const gateParts = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted },
+    usageTracker, versions, { currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades } }, fastify.log)
+  const { integration: budgetIntegration, tracker: budgetTracker } = gateParts
   fastify.decorate('budgetRegistry', budgetRegistry)
-  // The tracker the instance shows: the ledger's, with the gate's check on one budget.
-  const budgetTracker: BudgetTracker = { ...usageTracker, checkBudgetConstraints: budgetIntegration.checkBudgetConstraints }
   fastify.decorate('budgetTracker', budgetTracker)
   const budgetAlerts = createBudgetAlerts(repositories.alerts, budgetTracker, () => new Date())
   // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
@@ -154,12 +113,9 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   fastify.addHook('onClose', async () => {
     await gateHooks?.drain() // settle what the gate admitted before the client ends
     await decisionLog.close() // write the decisions noted so far
-    await settlements.drain()
-    await leases.close() // then give back what is left of the leases
-    await rateLimits.close() // and of the rate-limit allowances
-    budgetLines.close() // no more version reads
+    await gateParts.stop() // settle, then give back what is left of leases and rate allowances
     await budgetNotifications.stop()
-    if (ownsClient) await sql.end({ timeout: 5 })
+    await client.close()
   })
 
   // Setting a rate is one statement: it runs in a bounded transaction of its own, like every admin write.

@@ -3,7 +3,7 @@
 // A line is forgotten when its first window ends, after a minute (a budget that starts later), and
 // when any budget changed in any process: a change bumps the definitions' version in its own
 // transaction (budget_definitions_version, sql/functions/definitions.sql), and a newer version than the lines were loaded at
-// forgets them all, and with them the leases and rate allowances taken under them (lib/index.ts).
+// forgets them all, and with them the leases and rate allowances taken under them (lib/gate/definitions-version.ts).
 // Every gate statement reports the version it saw, but a lease admits from memory and runs none, so the
 // version is also read on a timer while lines are in use, and no line is handed out unless a read of it
 // began at most VERSION_FRESH_MS before: a change committed in another process comes into force here
@@ -13,6 +13,7 @@ import type { Logger } from '../kernel/logger.js'
 import { bestEffort } from '../kernel/best-effort.js'
 import type { CallFilter, LineBudget, ReservationRepository } from './reservation-repository.js'
 import { canonicalTags } from '../kernel/tags.js'
+import type { DefinitionsVersion } from './definitions-version.js'
 
 const LONGEST_KEPT_MS = 60_000
 const MOST_LINES = 10_000
@@ -39,24 +40,9 @@ export interface CachedLine {
   definitionsVersion: number
 }
 
-export function createBudgetLines (reservations: ReservationRepository, currency: string, log: Logger) {
+export function createBudgetLines (reservations: ReservationRepository, versions: DefinitionsVersion, currency: string, log: Logger) {
   const lines = new Map<string, Cached>()
-  const forgotten: Array<() => void> = []
-  let generation = 0
-  /** The newest definitions' version seen: lines loaded under an older one are forgotten. */
-  let version = -1
-  const forget = () => {
-    generation++
-    lines.clear()
-    for (const listener of forgotten) listener()
-  }
-  const observe = (seen: number) => {
-    if (seen > version) {
-      const first = version === -1
-      version = seen
-      if (!first) forget()
-    }
-  }
+  versions.onForget(() => { lines.clear() })
 
   // The version reads: when the newest one that answered began, the one in flight, and when a line was last asked for.
   let checkedAt = 0
@@ -67,7 +53,7 @@ export function createBudgetLines (reservations: ReservationRepository, currency
   function readVersion (): Promise<void> {
     const startedAt = Date.now()
     const done = reservations.definitionsVersion().then((seen) => {
-      observe(seen)
+      versions.observe(seen)
       checkedAt = Math.max(checkedAt, startedAt)
     }).finally(() => { if (reading?.done === done) reading = null })
     reading = { startedAt, done }
@@ -115,32 +101,21 @@ export function createBudgetLines (reservations: ReservationRepository, currency
       const entry: Cached = {
         line: reservations.loadLine(call, currency),
         validUntil: now + LONGEST_KEPT_MS,
-        generation
+        generation: versions.generation
       }
       lines.set(key, entry)
       try {
         const { line, definitionsVersion } = await entry.line
-        observe(definitionsVersion)
+        versions.observe(definitionsVersion)
         for (const budget of line) entry.validUntil = Math.min(entry.validUntil, budget.periodEnd.getTime())
         // A load that a change overtook (seen here or by another statement) is used once, not kept.
-        if ((entry.generation !== generation || definitionsVersion < version) && lines.get(key) === entry) lines.delete(key)
+        if ((entry.generation !== versions.generation || definitionsVersion < versions.seen) && lines.get(key) === entry) lines.delete(key)
         return { key, line, validUntil: entry.validUntil, definitionsVersion }
       } catch (error) {
         lines.delete(key)
         throw error
       }
     },
-
-    /** Forgets every line (a budget changed, or the line's windows were found out of date). */
-    forget,
-
-    /** Calls `listener` whenever the lines are forgotten (what was derived from them must go too). */
-    onForget (listener: () => void): void {
-      forgotten.push(listener)
-    },
-
-    /** Takes note of the definitions' version a statement saw; a newer one than before forgets every line. */
-    observe,
 
     /** Stops reading the version (the plugin closes). */
     close: stopPolling

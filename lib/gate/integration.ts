@@ -8,6 +8,7 @@ import type { BudgetDefinition } from '../kernel/schemas.js'
 import { parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
 import type { CallFilter, Hold, LineBudget, ReservationRepository } from './reservation-repository.js'
 import type { BudgetLines } from './budget-lines.js'
+import type { DefinitionsVersion } from './definitions-version.js'
 import type { HoldQueue } from './holds.js'
 import type { Admission, Leases } from './leases.js'
 import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
@@ -98,11 +99,13 @@ export interface GateMachinery {
   holds: HoldQueue
   settlements: SettlementQueue
   rateLimits: RateLimits
+  /** The definitions as this process knows them: what a statement saw, and what to forget when they move. */
+  versions: DefinitionsVersion
   /** A live budget by id, null for any other id (the budgets' own store). */
   findBudget: (id: string) => Promise<BudgetDefinition | null>
 }
 
-export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits, findBudget }: GateMachinery, tracker: UsageTracker, options: IntegrationOptions,
+export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget }: GateMachinery, tracker: UsageTracker, options: IntegrationOptions,
   log: Logger) {
   /** The call as filtered budgets see it: the model by its price-table name (a dated snapshot matches as its base model). */
   function callOf (caller: CallerScopes, model: string | undefined): CallFilter {
@@ -199,7 +202,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         const admission = line.every((budget) => budget.currency === options.currency) ? await leases.admit(key, line, validUntil, estimate) : null
         if (admission !== null) return { reservationId, line, admission, hold: { current: true, reserved: true, budgets: [], definitionsVersion: -1 }, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
-        lines.observe(hold.definitionsVersion)
+        versions.observe(hold.definitionsVersion)
         // A hold on a line older than the definitions it met (a budget created, changed or filtered since
         // this process loaded the line) is given back and taken again on the line as it is now.
         const stale = hold.current && hold.definitionsVersion > definitionsVersion
@@ -211,7 +214,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         throw error
       }
       rateLimits.end(rate, null) // the line was out of date: its allowance goes back, the line reloads
-      lines.forget()
+      versions.forget() // the lines, and the leases and allowances taken under them
       if (attempt > 2) await new Promise((resolve) => setTimeout(resolve, Math.min(LINE_PAUSE_MS, 5 * attempt, Math.max(0, deadline - Date.now()))))
     }
   }

@@ -145,27 +145,32 @@ export function createLeases (reservations: ReservationRepository, settlements: 
 
   // Idle and out-of-date leases are given back; the others are kept alive well within their TTL, so a
   // living process never has a lease swept from under it (one that was, after all, admits no more).
-  const sweeper = setInterval(() => {
-    const now = Date.now()
-    for (const [key, lease] of leases) if (now - lease.lastUse > IDLE_MS || now >= lease.validUntil) retire(key, lease)
-    for (const [key, at] of lastCall) if (now - at > IDLE_MS) lastCall.delete(key)
-    for (const [key, lease] of [...leases, ...[...draining].map((lease) => [null, lease] as const)]) {
-      if (now - lease.renewedAt < options.ttlMs / 3) continue
-      lease.renewedAt = now
-      // No row is "swept" only if a take had landed before the renewal was sent: a take in flight then
-      // (the first, waiting on a hot window row) has not written its rows yet, and only adds rows.
-      const hadRows = lease.landed
-      reservations.renewLease(lease.id, options.ttlMs).then((alive) => {
-        if (alive || lease.ended || !hadRows) return
-        // It expired and was swept (counted whole): it admits no more, and has nothing left to give back.
-        lease.available = 0n
-        lease.ended = true
-        draining.delete(lease)
-        if (key !== null) retire(key, lease)
-      }, (error: unknown) => { log.warn({ err: error, leaseId: lease.id }, 'renewing a budget lease failed') })
-    }
-  }, Math.min(500, Math.max(50, Math.floor(options.ttlMs / 6))))
-  sweeper.unref()
+  let sweeper: NodeJS.Timeout | null = null
+  /** The sweeper runs from the first use on, never for a plugin whose gate takes nothing. */
+  function startSweeping (): void {
+    if (sweeper !== null) return
+    sweeper = setInterval(() => {
+      const now = Date.now()
+      for (const [key, lease] of leases) if (now - lease.lastUse > IDLE_MS || now >= lease.validUntil) retire(key, lease)
+      for (const [key, at] of lastCall) if (now - at > IDLE_MS) lastCall.delete(key)
+      for (const [key, lease] of [...leases, ...[...draining].map((lease) => [null, lease] as const)]) {
+        if (now - lease.renewedAt < options.ttlMs / 3) continue
+        lease.renewedAt = now
+        // No row is "swept" only if a take had landed before the renewal was sent: a take in flight then
+        // (the first, waiting on a hot window row) has not written its rows yet, and only adds rows.
+        const hadRows = lease.landed
+        reservations.renewLease(lease.id, options.ttlMs).then((alive) => {
+          if (alive || lease.ended || !hadRows) return
+          // It expired and was swept (counted whole): it admits no more, and has nothing left to give back.
+          lease.available = 0n
+          lease.ended = true
+          draining.delete(lease)
+          if (key !== null) retire(key, lease)
+        }, (error: unknown) => { log.warn({ err: error, leaseId: lease.id }, 'renewing a budget lease failed') })
+      }
+    }, Math.min(500, Math.max(50, Math.floor(options.ttlMs / 6))))
+    sweeper.unref()
+  }
 
   return {
     /**
@@ -174,6 +179,7 @@ export function createLeases (reservations: ReservationRepository, settlements: 
      * caller then holds call by call.
      */
     async admit (key: string, line: LineBudget[], validUntil: number, estimate: Money): Promise<Admission | null> {
+      startSweeping()
       const now = Date.now()
       const previous = lastCall.get(key)
       lastCall.set(key, now)
@@ -257,7 +263,7 @@ export function createLeases (reservations: ReservationRepository, settlements: 
      * database away, a lease not given back expires and is counted as spent (never under-counted).
      */
     async close (waitMs = 5000): Promise<void> {
-      clearInterval(sweeper)
+      if (sweeper !== null) clearInterval(sweeper)
       // A top-up still in flight lands after its lease is retired and gives its slice back then; a lease
       // with calls still settling ends when the last one has. Wait for all of it, for at most waitMs.
       for (const [key, lease] of leases) retire(key, lease)

@@ -59,6 +59,7 @@ export function createRateLimits (reservations: ReservationRepository, log: Logg
   const allowanceOf = (budgetId: string): Allowance => {
     let allowance = allowances.get(budgetId)
     if (allowance === undefined) {
+      startSweeping()
       allowance = { requests: 0, tokens: 0, lastUse: 0, seen: null, taking: null }
       allowances.set(budgetId, allowance)
     }
@@ -135,8 +136,13 @@ export function createRateLimits (reservations: ReservationRepository, log: Logg
   }
 
   // Allowances idle for IDLE_MS go back to their buckets, in one statement.
-  const sweeper = setInterval(() => { giveBackIdle(Date.now() - IDLE_MS) }, 500)
-  sweeper.unref()
+  let sweeper: NodeJS.Timeout | null = null
+  /** The sweeper runs from the first use on, never for a plugin whose gate takes nothing. */
+  function startSweeping (): void {
+    if (sweeper !== null) return
+    sweeper = setInterval(() => { giveBackIdle(Date.now() - IDLE_MS) }, 500)
+    sweeper.unref()
+  }
 
   function giveBackIdle (idleSince: number): void {
     const back: Array<{ budgetId: string, requests: number, tokens: number }> = []
@@ -216,7 +222,7 @@ export function createRateLimits (reservations: ReservationRepository, log: Logg
 
     /** Gives every allowance back and waits for it to commit, for at most `waitMs`. */
     async close (waitMs = 5000): Promise<void> {
-      clearInterval(sweeper)
+      if (sweeper !== null) clearInterval(sweeper)
       giveBackIdle(Number.POSITIVE_INFINITY)
       await Promise.race([returns, new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
     }

@@ -1,0 +1,46 @@
+// The gate's machinery, built once per plugin: the process's cache of budget lines, the leases on hot
+// lines, the queues that take holds and commit settlements in groups, the rate-limit allowances, and the
+// Budget Integration on top of them. What is derived from the definitions is forgotten when they move
+// (lib/gate/definitions-version.ts), and stop() gives back what the process still holds.
+import type { Logger } from '../kernel/logger.js'
+import type { BudgetDefinition } from '../kernel/schemas.js'
+import type { UsageTracker } from '../usage/index.js'
+import { createBudgetLines } from './budget-lines.js'
+import type { DefinitionsVersion } from './definitions-version.js'
+import { createHoldQueue } from './holds.js'
+import { createBudgetIntegration, type BudgetTracker, type IntegrationOptions } from './integration.js'
+import { createLeases } from './leases.js'
+import { createRateLimits } from './rate-limits.js'
+import type { ReservationRepository } from './reservation-repository.js'
+import { createSettlementQueue, type RecordUnbudgeted } from './settlements.js'
+
+export interface GateStores {
+  reservations: ReservationRepository
+  findBudget: (id: string) => Promise<BudgetDefinition | null>
+  recordUnbudgeted: RecordUnbudgeted
+}
+
+export function createGate (stores: GateStores, usageTracker: UsageTracker, versions: DefinitionsVersion, options: IntegrationOptions, log: Logger) {
+  const { reservations } = stores
+  const lines = createBudgetLines(reservations, versions, options.currency, log)
+  const holds = createHoldQueue(reservations, { currency: options.currency, ttlMs: options.reservationTtlMs })
+  const settlements = createSettlementQueue(reservations, { ttlMs: options.reservationTtlMs, observe: versions.observe, recordUnbudgeted: stores.recordUnbudgeted }, log)
+  const leases = createLeases(reservations, settlements, { currency: options.currency, ttlMs: options.reservationTtlMs, observe: versions.observe }, log)
+  versions.onForget(leases.forgetAll) // a changed budget ends the leases taken under the old one
+  const rateLimits = createRateLimits(reservations, log) // request and token buckets, allowance held in process
+  versions.onForget(rateLimits.forgetAll) // and the allowance taken under the old definitions
+  const integration = createBudgetIntegration({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget: stores.findBudget }, usageTracker, options, log)
+  // The tracker the instance shows: the ledger's, with the gate's check on one budget.
+  const tracker: BudgetTracker = { ...usageTracker, checkBudgetConstraints: integration.checkBudgetConstraints }
+  return {
+    integration,
+    tracker,
+    /** Settles what is queued, then gives back what is left of the leases and rate allowances. */
+    async stop (): Promise<void> {
+      await settlements.drain()
+      await leases.close()
+      await rateLimits.close()
+      lines.close() // no more version reads
+    }
+  }
+}
