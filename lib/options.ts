@@ -52,6 +52,9 @@ export interface ResolvedOptions {
   decisions: DecisionLogOptions
 }
 
+/** The longest delay setTimeout keeps (2^31 - 1 ms, about 24.8 days); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
 const NOTIFICATION_DEFAULTS: NotificationOptions = { channels: {}, intervalMs: 5000, maxAttempts: 8, backoffMs: 1000 }
 
 export const GATE_DEFAULTS: GateOptions = {
@@ -143,6 +146,11 @@ function resolveNotificationOptions (options: Partial<NotificationOptions>): Not
           (channel.type === 'email' && typeof channel.url === 'string' && parseEmailChannel(channel.url) !== null))
     if (!valid) {
       throw new OptionsError(`notifications.channels.${name} must be { type: 'webhook', url }, { type: 'email', url: 'smtp://host:port?from=…&to=…' }, { type: 'log' } or a notifier with deliver()`)
+    }
+    // Infinity or NaN (Number() of an unset variable) would make every claim's deadline an invalid interval.
+    const timeoutMs = 'deliver' in channel || channel.type !== 'webhook' ? undefined : channel.timeoutMs
+    if (timeoutMs !== undefined && (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > MAX_TIMER_MS)) {
+      throw new OptionsError(`notifications.channels.${name}.timeoutMs must be a whole number of milliseconds from 1 to ${MAX_TIMER_MS}`)
     }
   }
   for (const name of ['intervalMs', 'backoffMs'] as const) {

@@ -330,6 +330,14 @@ const DELIVERY_TIMEOUT_MS = 30_000
 /** A claim lasts this much longer than its delivery may take: the outcome's statement, a busy event loop. */
 const CLAIM_SLACK_MS = 30_000
 
+/** The longest a failed delivery waits for its next attempt, however many attempts came before. */
+export const MAX_RETRY_DELAY_MS = 24 * 60 * 60_000
+
+/** The delay before the attempt after `attempt` (1 for the first): backoffMs doubling, capped (2 ** 1024 is Infinity, no interval). */
+export function retryDelay (backoffMs: number, attempt: number): number {
+  return Math.min(backoffMs * 2 ** Math.min(attempt - 1, 64), MAX_RETRY_DELAY_MS)
+}
+
 export function createNotificationDeliverer (sql: Sql, options: NotificationOptions, log: Logger,
   observe: (outcome: { delivered: number, failed: number }) => void = () => {},
   /** Makes the digests due at an instant (default now), returning how many; run before each delivery round of the loop. */
@@ -397,7 +405,7 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
       outcome = await deliverWithin(channel, notifier, event, deliveryBound(channel))
     }
     const attempt = attempts + 1
-    const retryInMs = attempt >= options.maxAttempts ? null : options.backoffMs * 2 ** (attempt - 1)
+    const retryInMs = attempt >= options.maxAttempts ? null : retryDelay(options.backoffMs, attempt)
     // The outcome is recorded only under this claim. When that fails (or the claim had run out and another
     // process holds the row), the row comes due again at the claim's deadline: sent again, at least once.
     await bestEffort(log, async () => {
