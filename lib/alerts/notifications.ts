@@ -10,6 +10,7 @@ import type { Logger } from '../kernel/logger.js'
 import nodemailer from 'nodemailer'
 import type { Sql } from 'postgres'
 import { bestEffort } from '../kernel/best-effort.js'
+import { storableText } from '../kernel/json-limits.js'
 import { createAlertRepository, type DueNotification, type OutboxClaim } from './alert-repository.js'
 import { createDigestRepository, type DueDigestNotification, type TopSpender } from './digest-repository.js'
 
@@ -260,12 +261,17 @@ function parseUrl (text: string): URL | null {
   }
 }
 
-/** An error's message as an answer may show it: without the channel's URL (a fetch error can quote it, secrets and all). */
+/**
+ * An error's message as an answer may show it and last_error may store it: without the channel's URL (a
+ * fetch error can quote it, secrets and all), and without a NUL or an unpaired surrogate (an SMTP reply
+ * can carry one; text cannot store it, and the outcome would never be recorded).
+ */
 function redactedMessage (error: unknown, config: ChannelConfig, info: ChannelInfo): string {
   const message = error instanceof Error ? error.message : String(error)
   const secret = 'url' in config && typeof config.url === 'string' && config.url !== '' ? config.url : null
   const shown = secret === null ? message : message.replaceAll(secret, info.url ?? info.smtpHost ?? '(the channel\'s URL)')
-  return shown.length > 1000 ? `${shown.slice(0, 1000)}…` : shown
+  // Cut first: the cut can halve a surrogate pair.
+  return storableText(shown.length > 1000 ? `${shown.slice(0, 1000)}…` : shown)
 }
 
 /** A send through a channel: delivered, or not and why. */
