@@ -11,7 +11,7 @@ import nodemailer from 'nodemailer'
 import type { Sql } from 'postgres'
 import { bestEffort } from '../kernel/best-effort.js'
 import { storableText } from '../kernel/json-limits.js'
-import { createAlertRepository, type DueNotification, type OutboxClaim } from './alert-repository.js'
+import { createAlertRepository, type ClaimChannels, type DueNotification, type OutboxClaim } from './alert-repository.js'
 import { createDigestRepository, type DueDigestNotification, type TopSpender } from './digest-repository.js'
 
 export interface AlertEvent {
@@ -112,6 +112,11 @@ export interface NotificationOptions {
   maxAttempts: number
   /** The first retry's delay; each later one doubles it. */
   backoffMs: number
+  /**
+   * How long a due delivery through a channel this process does not configure is left to a process that
+   * has it (a rolling deploy adding a channel); then this process records the attempt as failed, with the reason.
+   */
+  unconfiguredChannelGraceMs: number
   /** Where the budgets' dashboard page is, when known: emails link to it. */
   dashboardUrl?: string
 }
@@ -360,6 +365,8 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
   const claimMs = Math.max(DELIVERY_TIMEOUT_MS, ...described.map((channel) => deliveryBound(channel.name))) + CLAIM_SLACK_MS
   const alerts = createAlertRepository(sql)
   const digests = createDigestRepository(sql)
+  // Another process's channel is left to that process; this one records it failed only once no process took it for the grace.
+  const claimable: ClaimChannels = { configured: [...notifiers.keys()], graceMs: options.unconfiguredChannelGraceMs }
 
   /** Sends `event` through a channel, waiting at most `waitMs`; a send still running then is not delivered, and its late outcome is dropped. */
   async function deliverWithin (name: string, notifier: Notifier, event: BudgetEvent, waitMs: number): Promise<DeliveryOutcome> {
@@ -390,9 +397,9 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
 
   /** The next due delivery, but none in `tried`, that this process now holds the claim of, a crossing's before a digest's; null when none is due. */
   async function claimNext (tried: string[]): Promise<(OutboxClaim & { event: BudgetEvent }) | null> {
-    const crossing = await alerts.claimDueNotification(claimMs, tried)
+    const crossing = await alerts.claimDueNotification(claimMs, tried, claimable)
     if (crossing !== null) return { ...crossing, event: toEvent(crossing) }
-    const digest = await digests.claimDueDigest(claimMs, tried)
+    const digest = await digests.claimDueDigest(claimMs, tried, claimable)
     return digest === null ? null : { ...digest, event: toDigestEvent(digest) }
   }
 
@@ -403,8 +410,9 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
     let outcome: DeliveryOutcome
     if (notifier === undefined) {
       // A budget stored before channels were checked (or a channel since removed) names one this process
-      // lacks: that is no delivery. The row stays undelivered with the reason, retried as any failure
-      // (another process, or this one restarted, may have the channel), and failed once the attempts run out.
+      // lacks, and no process that has it took the row for unconfiguredChannelGraceMs: that is no delivery.
+      // The row stays undelivered with the reason, retried as any failure (a process with the channel may
+      // yet come), and failed once the attempts run out.
       log.warn({ channel, eventId: eventId(event), eventType: event.type }, `a budget notification names channel '${channel}', which is not configured: not delivered`)
       outcome = { delivered: false, error: `no channel '${channel}' is configured` }
     } else {
