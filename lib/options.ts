@@ -52,7 +52,10 @@ export interface ResolvedOptions {
   decisions: DecisionLogOptions
 }
 
-const NOTIFICATION_DEFAULTS: NotificationOptions = { channels: {}, intervalMs: 5000, maxAttempts: 8, backoffMs: 1000 }
+/** The longest delay setTimeout keeps (2^31 - 1 ms, about 24.8 days); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+const NOTIFICATION_DEFAULTS: NotificationOptions = { channels: {}, intervalMs: 5000, maxAttempts: 8, backoffMs: 1000, unconfiguredChannelGraceMs: 15 * 60_000 }
 
 export const GATE_DEFAULTS: GateOptions = {
   routes: [],
@@ -144,9 +147,16 @@ function resolveNotificationOptions (options: Partial<NotificationOptions>): Not
     if (!valid) {
       throw new OptionsError(`notifications.channels.${name} must be { type: 'webhook', url }, { type: 'email', url: 'smtp://host:port?from=…&to=…' }, { type: 'log' } or a notifier with deliver()`)
     }
+    // Infinity or NaN (Number() of an unset variable) would make every claim's deadline an invalid interval.
+    const timeoutMs = 'deliver' in channel || channel.type !== 'webhook' ? undefined : channel.timeoutMs
+    if (timeoutMs !== undefined && (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > MAX_TIMER_MS)) {
+      throw new OptionsError(`notifications.channels.${name}.timeoutMs must be a whole number of milliseconds from 1 to ${MAX_TIMER_MS}`)
+    }
   }
-  for (const name of ['intervalMs', 'backoffMs'] as const) {
-    if (!Number.isInteger(notifications[name]) || notifications[name] < 0) throw new OptionsError(`notifications.${name} must be a whole number of milliseconds`)
+  for (const name of ['intervalMs', 'backoffMs', 'unconfiguredChannelGraceMs'] as const) {
+    if (!Number.isInteger(notifications[name]) || notifications[name] < 0 || notifications[name] > MAX_TIMER_MS) {
+      throw new OptionsError(`notifications.${name} must be a whole number of milliseconds from 0 to ${MAX_TIMER_MS}`)
+    }
   }
   if (!Number.isInteger(notifications.maxAttempts) || notifications.maxAttempts < 1) throw new OptionsError('notifications.maxAttempts must be at least 1')
   if (notifications.dashboardUrl !== undefined && (typeof notifications.dashboardUrl !== 'string' || !/^https?:\/\//.test(notifications.dashboardUrl))) {

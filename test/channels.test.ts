@@ -91,8 +91,9 @@ t.test('a budget that names an unconfigured channel is refused with 400, naming 
 
 t.test('a stored budget that names a channel no longer configured still reads, updates and is never counted delivered', async (t) => {
   const hook = await startHook(t)
-  // A budget stored when 'email' was a channel (or before channels were checked): the row names it.
-  const { app, sql, logs } = await buildGateway(t, { notifications: { channels: { slack: { type: 'webhook', url: hook.url } }, backoffMs: 0, maxAttempts: 2 }, captureLogs: true })
+  // A budget stored when 'email' was a channel (or before channels were checked): the row names it. No
+  // process has 'email', and this one does not wait for one that has it (unconfiguredChannelGraceMs 0).
+  const { app, sql, logs } = await buildGateway(t, { notifications: { channels: { slack: { type: 'webhook', url: hook.url } }, backoffMs: 0, maxAttempts: 2, unconfiguredChannelGraceMs: 0 }, captureLogs: true })
   const created = (await app.inject({ method: 'POST', url: PREFIX, headers: auth, body: budget({ alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['slack'] }] }) })).json()
   await sql`update budget_definitions set alerts = jsonb_set(alerts, '{0,notificationChannels}', '["slack", "email"]') where id = ${created.id as string}`
 

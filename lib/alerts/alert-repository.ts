@@ -55,20 +55,35 @@ export interface DueNotification extends OutboxClaim {
 }
 
 /**
- * The claim of one due outbox row of a kind (a crossing's or a digest's), as a `claimed` CTE returning it:
- * the next due row that no other statement is claiming (SKIP LOCKED), but those in `tried`, its next
- * attempt pushed to the claim's deadline and a new claim id. The statement commits at once: no lock
- * outlives it. A process that dies while it delivers leaves the row due again at the deadline (sql/migrations/002_outbox_claims.sql).
+ * Which rows a process claims: those of the channels it configures as soon as they are due, and those of
+ * any other channel only once they have been due for `graceMs` (no process that has the channel took them:
+ * then this one records the attempt as failed, with the reason). Without it, a process lacking a channel
+ * (a rolling deploy adding it) would use up the attempts of the processes that have it.
  */
-export function claimOutboxRow (sql: Db, kind: 'alert' | 'digest', claimMs: number, tried: string[]) {
+export interface ClaimChannels {
+  configured: string[]
+  graceMs: number
+}
+
+/**
+ * The claim of one due outbox row of a kind (a crossing's or a digest's), as a `claimed` CTE returning it:
+ * the next due row (of `channels`, when given) that no other statement is claiming (SKIP LOCKED), but those
+ * in `tried`, its next attempt pushed to the claim's deadline and a new claim id. The statement commits at
+ * once: no lock outlives it. A process that dies while it delivers leaves the row due again at the deadline
+ * (sql/migrations/002_outbox_claims.sql).
+ */
+export function claimOutboxRow (sql: Db, kind: 'alert' | 'digest', claimMs: number, tried: string[], channels?: ClaimChannels) {
   const event = kind === 'alert' ? sql`d.alert_id` : sql`d.digest_id`
+  const claimable = channels === undefined
+    ? sql``
+    : sql`and (d.channel = any(${channels.configured}::text[]) or d.next_attempt_at <= now() - ${`${channels.graceMs} milliseconds`}::interval)`
   return sql`
     claimed as (
       update budget_notification_outbox o
       set claim_id = gen_random_uuid(), next_attempt_at = now() + ${`${claimMs} milliseconds`}::interval
       where o.id = (
         select d.id from budget_notification_outbox d
-        where d.status = 'pending' and d.next_attempt_at <= now() and ${event} is not null and d.id <> all(${tried}::uuid[])
+        where d.status = 'pending' and d.next_attempt_at <= now() ${claimable} and ${event} is not null and d.id <> all(${tried}::uuid[])
         order by d.next_attempt_at
         limit 1
         for update skip locked
@@ -191,12 +206,12 @@ export function createAlertRepository (sql: Db) {
     },
 
     /**
-     * Claims the next due delivery of a crossing until `claimMs` from now, but none of the rows in `tried`
-     * (those a round has tried already), or null when none is due. Digests' are claimDueDigest (lib/alerts/digest-repository.ts).
+     * Claims the next due delivery of a crossing (of `channels`, when given) until `claimMs` from now, but none
+     * of the rows in `tried` (those a round has tried already), or null when none is due. Digests' are claimDueDigest (lib/alerts/digest-repository.ts).
      */
-    async claimDueNotification (claimMs: number, tried: string[] = []): Promise<DueNotification | null> {
+    async claimDueNotification (claimMs: number, tried: string[] = [], channels?: ClaimChannels): Promise<DueNotification | null> {
       const [row] = await sql<Array<AlertRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
-        with ${claimOutboxRow(sql, 'alert', claimMs, tried)}
+        with ${claimOutboxRow(sql, 'alert', claimMs, tried, channels)}
         select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts, ${alertColumns},
                b.name as budget_name, b.currency, b.scope_type, b.scope_id
         from claimed join budget_alert_history h on h.id = claimed.alert_id join budget_definitions b on b.id = h.budget_id`

@@ -3,7 +3,7 @@
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import type { BudgetDigest } from '../kernel/schemas.js'
 import type { Db } from '../kernel/database/db.js'
-import { claimOutboxRow, type OutboxClaim } from './alert-repository.js'
+import { claimOutboxRow, type ClaimChannels, type OutboxClaim } from './alert-repository.js'
 
 /** A budget whose latest ended digest period has no digest yet. */
 export interface DueDigest {
@@ -183,10 +183,10 @@ export function createDigestRepository (sql: Db) {
       return row?.id ?? null
     },
 
-    /** Claims the next due delivery of a digest until `claimMs` from now, but none in `tried` (claimOutboxRow, repository/alerts.ts); null when none is due. */
-    async claimDueDigest (claimMs: number, tried: string[] = []): Promise<DueDigestNotification | null> {
+    /** Claims the next due delivery of a digest (of `channels`, when given) until `claimMs` from now, but none in `tried` (claimOutboxRow, repository/alerts.ts); null when none is due. */
+    async claimDueDigest (claimMs: number, tried: string[] = [], channels?: ClaimChannels): Promise<DueDigestNotification | null> {
       const [row] = await sql<Array<DigestRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
-        with ${claimOutboxRow(sql, 'digest', claimMs, tried)}
+        with ${claimOutboxRow(sql, 'digest', claimMs, tried, channels)}
         select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts,
                d.id, d.budget_id, d.every, d.period_start, d.period_end, d.timezone,
                to_char(d.period_start at time zone d.timezone, 'YYYY-MM-DD') as first_day,

@@ -10,8 +10,10 @@ import type { Logger } from '../kernel/logger.js'
 import nodemailer from 'nodemailer'
 import type { Sql } from 'postgres'
 import { bestEffort } from '../kernel/best-effort.js'
-import { createAlertRepository, type DueNotification, type OutboxClaim } from './alert-repository.js'
-import { createDigestRepository, type DueDigestNotification, type TopSpender } from './digest-repository.js'
+import { storableText } from '../kernel/json-limits.js'
+import { isDatabaseUnavailable } from '../kernel/errors.js'
+import { createAlertRepository, type AlertRepository, type ClaimChannels, type DueNotification, type OutboxClaim } from './alert-repository.js'
+import { createDigestRepository, type DigestRepository, type DueDigestNotification, type TopSpender } from './digest-repository.js'
 
 export interface AlertEvent {
   type: 'budget.threshold_crossed'
@@ -111,6 +113,11 @@ export interface NotificationOptions {
   maxAttempts: number
   /** The first retry's delay; each later one doubles it. */
   backoffMs: number
+  /**
+   * How long a due delivery through a channel this process does not configure is left to a process that
+   * has it (a rolling deploy adding a channel); then this process records the attempt as failed, with the reason.
+   */
+  unconfiguredChannelGraceMs: number
   /** Where the budgets' dashboard page is, when known: emails link to it. */
   dashboardUrl?: string
 }
@@ -260,12 +267,17 @@ function parseUrl (text: string): URL | null {
   }
 }
 
-/** An error's message as an answer may show it: without the channel's URL (a fetch error can quote it, secrets and all). */
+/**
+ * An error's message as an answer may show it and last_error may store it: without the channel's URL (a
+ * fetch error can quote it, secrets and all), and without a NUL or an unpaired surrogate (an SMTP reply
+ * can carry one; text cannot store it, and the outcome would never be recorded).
+ */
 function redactedMessage (error: unknown, config: ChannelConfig, info: ChannelInfo): string {
   const message = error instanceof Error ? error.message : String(error)
   const secret = 'url' in config && typeof config.url === 'string' && config.url !== '' ? config.url : null
   const shown = secret === null ? message : message.replaceAll(secret, info.url ?? info.smtpHost ?? '(the channel\'s URL)')
-  return shown.length > 1000 ? `${shown.slice(0, 1000)}…` : shown
+  // Cut first: the cut can halve a surrogate pair.
+  return storableText(shown.length > 1000 ? `${shown.slice(0, 1000)}…` : shown)
 }
 
 /** A send through a channel: delivered, or not and why. */
@@ -329,6 +341,23 @@ function toDigestEvent ({ digest, budget }: DueDigestNotification): DigestEvent 
 const DELIVERY_TIMEOUT_MS = 30_000
 /** A claim lasts this much longer than its delivery may take: the outcome's statement, a busy event loop. */
 const CLAIM_SLACK_MS = 30_000
+/**
+ * The most one statement of the loop (a claim, an outcome) may run or wait for a lock: a locked table or a
+ * hung server costs a round, never holds the loop (and close) for ever.
+ */
+const LOOP_STATEMENT_BOUND_MS = 5000
+/** How long an outcome's record is tried again when the database is away (a failover, a terminated connection): a 2xx lost is a repeat. */
+const RECORD_RETRY_DELAYS_MS = [50, 200, 500, 1000, 2000]
+/** The most close (stop) waits for the round in flight, like every other step of close; the rest is sent again after its claim runs out. */
+const STOP_BOUND_MS = 10_000
+
+/** The longest a failed delivery waits for its next attempt, however many attempts came before. */
+export const MAX_RETRY_DELAY_MS = 24 * 60 * 60_000
+
+/** The delay before the attempt after `attempt` (1 for the first): backoffMs doubling, capped (2 ** 1024 is Infinity, no interval). */
+export function retryDelay (backoffMs: number, attempt: number): number {
+  return Math.min(backoffMs * 2 ** Math.min(attempt - 1, 64), MAX_RETRY_DELAY_MS)
+}
 
 export function createNotificationDeliverer (sql: Sql, options: NotificationOptions, log: Logger,
   observe: (outcome: { delivered: number, failed: number }) => void = () => {},
@@ -344,8 +373,15 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
   const deliveryBound = (name: string) => described.find((channel) => channel.name === name)?.timeoutMs ?? DELIVERY_TIMEOUT_MS
   // A claim outlasts the slowest channel's delivery: a living process records its outcome before anyone may claim the row again.
   const claimMs = Math.max(DELIVERY_TIMEOUT_MS, ...described.map((channel) => deliveryBound(channel.name))) + CLAIM_SLACK_MS
-  const alerts = createAlertRepository(sql)
-  const digests = createDigestRepository(sql)
+  /** One statement of the loop in a transaction of its own, cut by PostgreSQL at LOOP_STATEMENT_BOUND_MS. */
+  async function bounded<T> (work: (repositories: { alerts: AlertRepository, digests: DigestRepository }) => Promise<T>): Promise<T> {
+    return await sql.begin(async (tx) => {
+      await tx.unsafe(`set local statement_timeout = ${LOOP_STATEMENT_BOUND_MS}; set local lock_timeout = ${LOOP_STATEMENT_BOUND_MS}`)
+      return await work({ alerts: createAlertRepository(tx), digests: createDigestRepository(tx) })
+    }) as T
+  }
+  // Another process's channel is left to that process; this one records it failed only once no process took it for the grace.
+  const claimable: ClaimChannels = { configured: [...notifiers.keys()], graceMs: options.unconfiguredChannelGraceMs }
 
   /** Sends `event` through a channel, waiting at most `waitMs`; a send still running then is not delivered, and its late outcome is dropped. */
   async function deliverWithin (name: string, notifier: Notifier, event: BudgetEvent, waitMs: number): Promise<DeliveryOutcome> {
@@ -376,10 +412,26 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
 
   /** The next due delivery, but none in `tried`, that this process now holds the claim of, a crossing's before a digest's; null when none is due. */
   async function claimNext (tried: string[]): Promise<(OutboxClaim & { event: BudgetEvent }) | null> {
-    const crossing = await alerts.claimDueNotification(claimMs, tried)
+    const crossing = await bounded(async ({ alerts }) => await alerts.claimDueNotification(claimMs, tried, claimable))
     if (crossing !== null) return { ...crossing, event: toEvent(crossing) }
-    const digest = await digests.claimDueDigest(claimMs, tried)
+    const digest = await bounded(async ({ digests }) => await digests.claimDueDigest(claimMs, tried, claimable))
     return digest === null ? null : { ...digest, event: toDigestEvent(digest) }
+  }
+
+  /**
+   * Records an outcome, tried again for a few seconds while the database is away: a connection terminated
+   * between an endpoint's 2xx and its record would otherwise send the event again once the claim runs out.
+   */
+  async function recordOutcome (write: Parameters<typeof bounded<boolean>>[0]): Promise<boolean> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await bounded(write)
+      } catch (error) {
+        const delay = RECORD_RETRY_DELAYS_MS[attempt]
+        if (delay === undefined || !isDatabaseUnavailable(error)) throw error
+        await new Promise((resolve) => setTimeout(resolve, delay))
+      }
+    }
   }
 
   /** Delivers one claimed row, with no transaction open, and records the outcome under its claim. True when it was delivered. */
@@ -389,19 +441,20 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
     let outcome: DeliveryOutcome
     if (notifier === undefined) {
       // A budget stored before channels were checked (or a channel since removed) names one this process
-      // lacks: that is no delivery. The row stays undelivered with the reason, retried as any failure
-      // (another process, or this one restarted, may have the channel), and failed once the attempts run out.
+      // lacks, and no process that has it took the row for unconfiguredChannelGraceMs: that is no delivery.
+      // The row stays undelivered with the reason, retried as any failure (a process with the channel may
+      // yet come), and failed once the attempts run out.
       log.warn({ channel, eventId: eventId(event), eventType: event.type }, `a budget notification names channel '${channel}', which is not configured: not delivered`)
       outcome = { delivered: false, error: `no channel '${channel}' is configured` }
     } else {
       outcome = await deliverWithin(channel, notifier, event, deliveryBound(channel))
     }
     const attempt = attempts + 1
-    const retryInMs = attempt >= options.maxAttempts ? null : options.backoffMs * 2 ** (attempt - 1)
+    const retryInMs = attempt >= options.maxAttempts ? null : retryDelay(options.backoffMs, attempt)
     // The outcome is recorded only under this claim. When that fails (or the claim had run out and another
     // process holds the row), the row comes due again at the claim's deadline: sent again, at least once.
     await bestEffort(log, async () => {
-      const mine = outcome.delivered ? await alerts.markDelivered(claim) : await alerts.markAttemptFailed(claim, outcome.error, retryInMs)
+      const mine = await recordOutcome(async ({ alerts }) => outcome.delivered ? await alerts.markDelivered(claim) : await alerts.markAttemptFailed(claim, outcome.error, retryInMs))
       if (!mine) log.warn({ outboxId: claim.outboxId, channel, eventId: eventId(event) }, 'a notification\'s claim ran out before its outcome was recorded: another process has it now')
     }, 'recording a notification\'s delivery failed: it will be sent again after its claim runs out', { outboxId: claim.outboxId, channel, eventId: eventId(event), delivered: outcome.delivered })
     return outcome.delivered
@@ -467,12 +520,19 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
       stopping = false
       scheduleRound()
     },
-    /** Schedules no more rounds, and waits for the one running to finish the delivery it holds (bounded by that channel's timeout). */
+    /**
+     * Schedules no more rounds, and waits for the one running to finish the delivery it holds, for at most
+     * STOP_BOUND_MS (a database that does not answer must not hold close for ever): a delivery whose
+     * outcome is not recorded by then is sent again once its claim runs out.
+     */
     async stop () {
       looping = false
       stopping = true
       clearTimeout(timer)
-      await running
+      let bound: NodeJS.Timeout | undefined
+      const ended = await Promise.race([running.then(() => true), new Promise<false>((resolve) => { bound = setTimeout(() => { resolve(false) }, STOP_BOUND_MS) })])
+      clearTimeout(bound)
+      if (!ended) log.warn({ waitedMs: STOP_BOUND_MS }, 'closing without the notification round in flight: a delivery it had not recorded is sent again after its claim runs out')
     }
   }
 }

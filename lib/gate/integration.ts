@@ -2,6 +2,7 @@
 // outside them use it alike, so there is one decision (decide) and one way to reserve and settle.
 import { randomUUID } from 'node:crypto'
 import { bestEffort } from '../kernel/best-effort.js'
+import { isUuid } from '../kernel/database/db.js'
 import type { Logger } from '../kernel/logger.js'
 import { BudgetNotFoundError, DatabaseUnavailableError } from '../kernel/errors.js'
 import type { BudgetDefinition } from '../kernel/schemas.js'
@@ -156,6 +157,9 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       admitted.delete(reservationId)
       return await leases.end(leased.admission, actual, { requestId: leased.requestId, ...values })
     }
+    // No hold was ever made under an id that is no UUID (a typo, '' from a missing field): as PostgreSQL's
+    // 22P02 it would fail the batch it joined and be logged as a failed settlement, for nothing held.
+    if (typeof reservationId !== 'string' || !isUuid(reservationId)) return { outcome: 'not-found' }
     return await settlements.settle({ reservationId, actualCost: actual, ...values })
   }
 

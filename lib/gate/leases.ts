@@ -143,6 +143,36 @@ export function createLeases (reservations: ReservationRepository, settlements: 
     if (lease.returning) giveBack(lease)
   }
 
+  /**
+   * Ends a call that was not served: its estimate goes back to the slice, 'released'; or, when the lease
+   * had expired and been swept (counting the call at its estimate), 'expired', as a settlement says. Only
+   * PostgreSQL knows of a sweep the renewals have not found yet (the process was cut off past the TTL), so
+   * it is asked; this is the path of failed calls, not of served ones. Unable to ask, the call is released.
+   */
+  async function release ({ lease, estimate }: Admission): Promise<SettleOutcome> {
+    try {
+      const swept = lease.ended || !await reservations.leaseHeld(lease.id).catch((error: unknown) => {
+        log.warn({ err: error, leaseId: lease.id }, 'checking a budget lease failed: its released call is given back to it')
+        return true
+      })
+      if (swept) {
+        // As the renewal that finds it swept: it admits no more, and has nothing left to give back.
+        if (!lease.ended) {
+          lease.available = 0n
+          lease.ended = true
+          draining.delete(lease)
+          for (const [key, held] of leases) if (held === lease) retire(key, lease)
+        }
+        return { outcome: 'expired' }
+      }
+      lease.available += estimate
+      return { outcome: 'released' }
+    } finally {
+      lease.unsettled--
+      if (lease.returning) giveBack(lease)
+    }
+  }
+
   // Idle and out-of-date leases are given back; the others are kept alive well within their TTL, so a
   // living process never has a lease swept from under it (one that was, after all, admits no more).
   let sweeper: NodeJS.Timeout | null = null
@@ -231,13 +261,9 @@ export function createLeases (reservations: ReservationRepository, settlements: 
      */
     async end (admission: Admission, actualCost: Money | null, info: { requestId: string, source: string, description: string | null, metadata: Record<string, unknown> }): Promise<SettleOutcome> {
       const { lease, estimate } = admission
-      const charged = actualCost === null ? 0n : toUnits(actualCost)
+      if (actualCost === null) return await release(admission)
+      const charged = toUnits(actualCost)
       lease.available += estimate - charged
-      if (actualCost === null) {
-        lease.unsettled--
-        if (lease.returning) giveBack(lease)
-        return { outcome: 'released' }
-      }
       if (lease.returning) giveBack(lease) // what this call left unused, now; the row stays for its charge
       try {
         return await settlements.settleLeased({

@@ -306,6 +306,12 @@ export function createReservationRepository (sql: Db) {
      * Gives back `amount` of a lease (budget_lease_return, sql/functions/leases.sql). `final`: every call admitted from
      * it has settled, so all it still holds goes back and the lease is gone.
      */
+    /** Whether the lease's rows are still there: false once they expired and were swept (counted as spent). */
+    async leaseHeld (leaseId: string): Promise<boolean> {
+      const [row] = await sql<Array<{ held: boolean }>>`select exists (select 1 from budget_reservations where id = ${leaseId} and lease) as held`
+      return row?.held === true
+    },
+
     async returnLease (leaseId: string, amount: Money, final = false): Promise<void> {
       await retryingConflicts(async () => await sql`select budget_lease_return(${leaseId}, ${amount}::numeric, ${final})`)
     },

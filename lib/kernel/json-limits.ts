@@ -7,6 +7,7 @@ import { slices as newSlices, type Slices } from './loop-slices.js'
 
 // With the u flag a surrogate range matches only a surrogate that is not half of a pair.
 const UNSTORABLE = /[\0\ud800-\udfff]/u
+const UNSTORABLE_ALL = /[\0\ud800-\udfff]/gu
 /** Deeper than any budget field, metadata or chat request (tool schemas included) that anyone sends. */
 export const MAX_NESTING = 64
 
@@ -185,6 +186,11 @@ export function pathOfKey (value: unknown, key: string): string | null {
 
 export function isStorableText (text: string): boolean {
   return !UNSTORABLE.test(text)
+}
+
+/** `text` with each NUL and unpaired surrogate replaced by U+FFFD: for text the plugin stores but did not get from a caller (an upstream's error). */
+export function storableText (text: string): string {
+  return text.replace(UNSTORABLE_ALL, '\ufffd')
 }
 
 /**

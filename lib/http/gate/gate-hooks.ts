@@ -602,9 +602,13 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       if (charge.cost !== null && toUnits(charge.cost) > toUnits(state.estimate)) {
         request.log.warn({ estimate: state.estimate, actual: charge.cost, requestId: state.requestId }, 'a call cost more than its estimate')
       }
-      // Only a real expiry: a call with nothing to charge, or one recorded already, is no news.
-      if (sweptBeforeSettling(ended) && charge.cost !== null) {
-        request.log.warn({ requestId: state.requestId }, 'the reservation had expired and was counted at its estimate before this settlement')
+      // The gate settles each reservation once, so no hold means it expired: the call was counted at its
+      // estimate, served or not (an unserved one is billed for nothing, which an operator must hear of too).
+      if (sweptBeforeSettling(ended)) {
+        request.log.warn({ requestId: state.requestId, served: charge.cost !== null, estimate: state.estimate },
+          charge.cost === null
+            ? 'the reservation of a call that was not served had expired and was counted at its estimate before it was released'
+            : 'the reservation had expired and was counted at its estimate before this settlement')
       }
     }, (error: unknown) => {
       // The reservation stays until its TTL; the sweeper then counts it at its estimate.
