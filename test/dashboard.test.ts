@@ -1,26 +1,22 @@
 // The dashboard page in a real headless Chromium: the token prompt (kept in the tab only), the budget
 // tree with the spend the API reports after a gated call, the burn-down with its thresholds, the
 // alerts and approvals, the spend report and its CSV download; and the page's routes without a browser.
-import { existsSync, readFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
+import { findChromium } from './fixtures/programs.js'
 import { toUnits } from '../lib/kernel/money.js'
 
-/** Debian's chromium (what .ci/run installs), another Chromium named by CHROMIUM_PATH, or Playwright's own download. */
-function chromiumPath (): string {
-  const candidates = [process.env.CHROMIUM_PATH, '/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome', chromium.executablePath()]
-  const found = candidates.find((path) => path !== undefined && path !== '' && existsSync(path))
-  if (found === undefined) throw new Error('no Chromium found: install Debian\'s chromium package (apt-get install chromium) or set CHROMIUM_PATH')
-  return found
-}
-
 async function launch (t: { teardown: (fn: () => unknown) => void }): Promise<Browser> {
+  const executablePath = findChromium()
+  // npm test says so before any test runs (test/fixtures/preflight.ts); this is for tap run by hand.
+  if (executablePath === undefined) throw new Error('no Chromium: apt-get install chromium, or set CHROMIUM_PATH, or npx playwright-core install chromium')
   // --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-  const browser = await chromium.launch({ executablePath: chromiumPath(), args: ['--no-sandbox'] })
+  const browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] })
   t.teardown(async () => await browser.close())
   return browser
 }
