@@ -48,6 +48,8 @@ t.test('which field is lowered; refused below the floor; refuse is the default; 
   t.equal(completion.statusCode, 200)
   t.equal(upstream.calls.at(-1)!.body.max_completion_tokens, Number(completion.headers['x-budget-clamped-max-tokens']))
   t.equal(upstream.calls.at(-1)!.body.max_tokens, undefined, 'only the field the request named')
+  // The first call's hold is released by its settlement, which runs after the reply.
+  await gateway.settled()
   const neither = await gateway.call({ team: 'team-a' }, body({ max_tokens: undefined }))
   t.equal(neither.statusCode, 200, 'no limit named: the model\'s maximum is clamped')
   t.equal(upstream.calls.at(-1)!.body.max_completion_tokens, Number(neither.headers['x-budget-clamped-max-tokens']), 'set as max_completion_tokens')
