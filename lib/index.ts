@@ -1,35 +1,28 @@
-// @relaycore/budgets: the Fastify plugin. Its whole shape is here: options, database, migrations,
-// the services it decorates the instance with, and the admin routes.
+// @relaycore/budgets: the Fastify plugin. Its whole shape is here: the options, then the parts it is made
+// of, each built once from the parts before it (a part hands out an api, and may start and stop), the
+// decorators and the routes. Parts start in the order listed below once the server is ready, and stop in
+// the reverse order when it closes.
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync } from 'fastify'
-import { boundedTransaction, withBoundedBegin } from './kernel/database/bounded.js'
-import { registerGate } from './http/gate/gate-hooks.js'
-import type { ApiName } from './model-apis/model-api.js'
-import type { BudgetGateState } from './http/gate/gate-options.js'
-import { GATE_DEFAULTS, resolveOptions, type BudgetsOptions } from './options.js'
-import { adminGuard, adminRoutes } from './http/admin/admin.js'
-import type { RecordUsage } from './http/admin/usage.js'
-import { dashboardRoutes } from './http/dashboard.js'
-import { createBudgetRegistry, type BudgetRegistry } from './budgets/registry.js'
-import { createBudgetAlerts, type BudgetAlerts } from './alerts/alerts.js'
-import type { BudgetIntegration, BudgetTracker } from './gate/integration.js'
-import { createGate } from './gate/gate.js'
-import { createDefinitionsVersion } from './gate/definitions-version.js'
+import { resolveOptions, GATE_DEFAULTS, type BudgetsOptions } from './options.js'
 import { openDatabase } from './kernel/database/client.js'
-import { createNotificationDeliverer, type NotificationDeliverer } from './alerts/notifications.js'
-import { createDigestScheduler } from './alerts/digests.js'
-import { createBudgetTracker } from './usage/tracker.js'
-import { createUsageCollector } from './usage/collector.js'
-import { createPriceBook } from './pricing/pricing.js'
-import { preloadTokenizers } from './pricing/tokens.js'
+import { lifecycleOf, partOf } from './kernel/part.js'
 import { createRepositories } from './repositories.js'
+import { createPricing } from './pricing/index.js'
+import { createBudgets, type BudgetRegistry } from './budgets/index.js'
+import { createUsage } from './usage/index.js'
+import { createDecisions, createDefinitionsVersion, createGate, type BudgetIntegration, type BudgetTracker, type DecisionLog } from './gate/index.js'
+import { createAlerts, type BudgetAlerts } from './alerts/index.js'
+import type { NotificationDeliverer } from './alerts/notifications.js'
+import { createCurrencies } from './currencies/index.js'
 import { createBudgetMetrics, type BudgetMetrics } from './metrics/metrics.js'
 import { createBudgetAudit } from './audit/audit.js'
 import { createSpendReports } from './reports/reports.js'
-import { createExchangeRates } from './currencies/exchange-rates.js'
-import { createChannelTests } from './alerts/channels.js'
-import { createDecisionLog, type DecisionLog } from './gate/decision-log.js'
-import { createDecisionRepository } from './gate/decision-repository.js'
+import { registerGate } from './http/gate/gate-hooks.js'
+import type { BudgetGateState } from './http/gate/gate-options.js'
+import { adminGuard, adminRoutes } from './http/admin/admin.js'
+import { dashboardRoutes } from './http/dashboard.js'
+import type { ApiName } from './model-apis/model-api.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -58,72 +51,57 @@ declare module 'fastify' {
 }
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
-  const { database, prefix, migrate: applyMigrations, authorize, statusCacheTtlMs, gate, notifications, metrics: metricsOptions, dashboard, adminTimeoutMs, decisions } = resolveOptions(options)
-  const client = await openDatabase(database, { migrate: applyMigrations })
-  const { sql } = client
+  const { database: databaseOption, prefix, migrate, authorize, statusCacheTtlMs, gate: gateOptions, notifications, metrics: metricsOptions, dashboard, adminTimeoutMs, decisions: decisionOptions } = resolveOptions(options)
+  const { currency, reservationTtlMs, timeoutMs, cheapModels, downgrades, prices: priceTable } = gateOptions ?? GATE_DEFAULTS
+  const log = fastify.log
+  const now = () => new Date()
 
-  // The composition root: every repository once, and the services built on them.
+  // The parts. Admin writes run in transactions bounded at adminTimeoutMs, on connections of their own (never
+  // queued behind the gate's statements), cut by PostgreSQL and rolled back (lib/kernel/database/bounded.ts).
+  const database = await openDatabase(databaseOption, { migrate }) // the schema is brought up to date first
+  const sql = database.api
   const repositories = createRepositories(sql)
-  const { currency, reservationTtlMs, timeoutMs, cheapModels, downgrades } = gate ?? GATE_DEFAULTS
-  // The catalog's prices are USD list prices: in another currency only the operator's table prices calls.
-  const prices = createPriceBook((gate ?? GATE_DEFAULTS).prices, { catalogPrices: currency === 'USD' })
-  // The estimate's tokenizers load here, once, not on a call (0.1 to 0.4 s each); the catalog knows models of both.
-  if (gate !== null) preloadTokenizers([...prices.models().map(({ model }) => model), ...(currency === 'USD' ? ['gpt-4o', 'gpt-4'] : [])])
-  // Models go by their price-table name everywhere budgets match them (a dated snapshot as its base model).
-  const modelName = (name: string) => prices.resolve(name)?.model ?? name
+  const pricing = createPricing(priceTable, currency, gateOptions !== null)
+  const { prices, modelName } = pricing.api
   // What the gate derives from budget definitions is forgotten when they move: at once for a change made
   // here, at the next statement for one made in another process (lib/gate/definitions-version.ts).
   const versions = createDefinitionsVersion()
-  // Writes of the admin API run in bounded transactions, on a connection of their own (never queued behind
-  // the gate's statements), cut at adminTimeoutMs by PostgreSQL and rolled back (lib/kernel/database/bounded.ts).
-  const inBoundedTransaction = boundedTransaction(sql, adminTimeoutMs, fastify.log)
-  const budgetRegistry = createBudgetRegistry(withBoundedBegin(sql, adminTimeoutMs, fastify.log), { modelName, onChange: versions.forget, channels: Object.keys(notifications.channels) })
-  const trackerOptions = { statusCacheTtlMs, now: () => new Date(), modelName }
-  const usageTracker = createBudgetTracker(repositories, trackerOptions)
-  const recordUsage: RecordUsage = async (request, recordOptions) =>
-    await inBoundedTransaction(async (tx) => await createBudgetTracker(createRepositories(tx), trackerOptions).record(request, recordOptions))
-  // The bulk usage collector (POST /usage/batch): the tracker's rules, a batch stored in one transaction.
-  const usageCollector = createUsageCollector(withBoundedBegin(sql, adminTimeoutMs, fastify.log), { now: () => new Date(), modelName })
-  // The gate's machinery (lines, leases, holds, settlements, rate limits) and the Budget Integration on it.
-  const gateParts = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted },
-    usageTracker, versions, { currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades } }, fastify.log)
-  const { integration: budgetIntegration, tracker: budgetTracker } = gateParts
-  fastify.decorate('budgetRegistry', budgetRegistry)
-  fastify.decorate('budgetTracker', budgetTracker)
-  const budgetAlerts = createBudgetAlerts(repositories.alerts, budgetTracker, () => new Date())
+  const registry = createBudgets(sql, adminTimeoutMs, log, { modelName, onChange: versions.forget, channels: Object.keys(notifications.channels) })
+  const usage = createUsage(sql, adminTimeoutMs, log, { statusCacheTtlMs, now, modelName })
+  // Lines, leases, holds, settlements, rate limits, and the admission API on them.
+  const gate = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted },
+    usage.api.tracker, versions, { currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades } }, log)
   // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
-  const budgetMetrics = createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions, currency)
-  // Digests are made by the deliverer's loop, before each round of deliveries, and delivered by it.
-  const digests = createDigestScheduler(repositories, () => new Date())
-  const budgetNotifications = createNotificationDeliverer(sql, notifications, fastify.log, budgetMetrics.notified, digests.produceDue)
-  fastify.decorate('budgetIntegration', budgetIntegration)
-  fastify.decorate('budgetAlerts', budgetAlerts)
-  fastify.decorate('budgetNotifications', budgetNotifications)
-  fastify.decorate('budgetMetrics', budgetMetrics)
+  const metrics = partOf(createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions, currency))
+  const alerts = createAlerts(sql, repositories, gate.api.tracker, { notifications, notified: metrics.api.notified, adminTimeoutMs, now }, log)
+  const decisions = createDecisions(sql, decisionOptions, log, metrics.api.registry)
+  const currencies = createCurrencies(sql, adminTimeoutMs, log, now)
+  const reports = partOf(createSpendReports(repositories.reports, now, repositories.budgets.listTimeZones))
+  const audit = partOf(createBudgetAudit(repositories.audit))
+
+  fastify.decorate('budgetRegistry', registry.api)
+  fastify.decorate('budgetTracker', gate.api.tracker)
+  fastify.decorate('budgetIntegration', gate.api.integration)
+  fastify.decorate('budgetAlerts', alerts.api.alerts)
+  fastify.decorate('budgetNotifications', alerts.api.notifications)
+  fastify.decorate('budgetMetrics', metrics.api)
+  fastify.decorate('budgetDecisions', decisions.api)
   // The admin API's check, for the host's own routes that show money (a /metrics of its own, say).
   fastify.decorate('budgetAdminGuard', adminGuard(authorize))
   fastify.decorateRequest('budgetActor', null)
   fastify.decorateRequest('budgetGate', null)
 
-  // The gate's refusals, clamps and downgrades, noted in memory and written in batches (budget_decision_log).
-  const decisionLog = createDecisionLog(createDecisionRepository(sql), decisions, fastify.log, budgetMetrics.registry)
-  fastify.decorate('budgetDecisions', decisionLog)
-  const gateHooks = gate === null ? null : registerGate(fastify, gate, budgetIntegration, prices, budgetMetrics, decisions.enabled ? decisionLog : null)
-  fastify.addHook('onReady', async () => { budgetNotifications.start(); decisionLog.start() })
-  fastify.addHook('onClose', async () => {
-    await gateHooks?.drain() // settle what the gate admitted before the client ends
-    await decisionLog.close() // write the decisions noted so far
-    await gateParts.stop() // settle, then give back what is left of leases and rate allowances
-    await budgetNotifications.stop()
-    await client.close()
-  })
+  // The gate's hooks on the host's model routes; they drain the calls in flight first when the server closes.
+  const gateHooks = gateOptions === null ? partOf(null) : registerGate(fastify, gateOptions, gate.api.integration, prices, metrics.api, decisionOptions.enabled ? decisions.api : null)
+  const lifecycle = lifecycleOf([database, pricing, registry, usage, gate, metrics, alerts, decisions, currencies, reports, audit, gateHooks], log)
+  fastify.addHook('onReady', async () => { lifecycle.start() })
+  fastify.addHook('onClose', async () => { await lifecycle.stop() })
 
-  // Setting a rate is one statement: it runs in a bounded transaction of its own, like every admin write.
-  const rates = createExchangeRates(repositories.exchangeRates, () => new Date())
-  const setRate: typeof rates.setRate = async (...args) =>
-    await inBoundedTransaction(async (tx) => await createExchangeRates(createRepositories(tx).exchangeRates, () => new Date()).setRate(...args))
-  await fastify.register(adminRoutes, { prefix, authorize, registry: budgetRegistry, tracker: budgetTracker, collector: usageCollector, alerts: budgetAlerts, metrics: budgetMetrics, audit: createBudgetAudit(repositories.audit),
-    reports: createSpendReports(repositories.reports, () => new Date(), repositories.budgets.listTimeZones), rates: { ...rates, setRate }, channels: createChannelTests(budgetNotifications, inBoundedTransaction, adminTimeoutMs), recordUsage, timeoutMs: adminTimeoutMs, decisions: decisionLog })
+  await fastify.register(adminRoutes, {
+    prefix, authorize, registry: registry.api, tracker: gate.api.tracker, collector: usage.api.collector, recordUsage: usage.api.recordUsage,
+    alerts: alerts.api.alerts, channels: alerts.api.channels, metrics: metrics.api, audit: audit.api, reports: reports.api, rates: currencies.api,
+    decisions: decisions.api, timeoutMs: adminTimeoutMs
+  })
   // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
   if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })
 }

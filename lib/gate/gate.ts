@@ -3,12 +3,13 @@
 // Budget Integration on top of them. What is derived from the definitions is forgotten when they move
 // (lib/gate/definitions-version.ts), and stop() gives back what the process still holds.
 import type { Logger } from '../kernel/logger.js'
+import type { Part } from '../kernel/part.js'
 import type { BudgetDefinition } from '../kernel/schemas.js'
 import type { UsageTracker } from '../usage/index.js'
 import { createBudgetLines } from './budget-lines.js'
 import type { DefinitionsVersion } from './definitions-version.js'
 import { createHoldQueue } from './holds.js'
-import { createBudgetIntegration, type BudgetTracker, type IntegrationOptions } from './integration.js'
+import { createBudgetIntegration, type BudgetIntegration, type BudgetTracker, type IntegrationOptions } from './integration.js'
 import { createLeases } from './leases.js'
 import { createRateLimits } from './rate-limits.js'
 import type { ReservationRepository } from './reservation-repository.js'
@@ -20,7 +21,14 @@ export interface GateStores {
   recordUnbudgeted: RecordUnbudgeted
 }
 
-export function createGate (stores: GateStores, usageTracker: UsageTracker, versions: DefinitionsVersion, options: IntegrationOptions, log: Logger) {
+export interface Gate {
+  /** The admission API: check, reserve, settle, release (lib/gate/integration.ts). */
+  integration: BudgetIntegration
+  /** The tracker the instance shows: the ledger's, with the gate's check on one budget. */
+  tracker: BudgetTracker
+}
+
+export function createGate (stores: GateStores, usageTracker: UsageTracker, versions: DefinitionsVersion, options: IntegrationOptions, log: Logger): Part<Gate> {
   const { reservations } = stores
   const lines = createBudgetLines(reservations, versions, options.currency, log)
   const holds = createHoldQueue(reservations, { currency: options.currency, ttlMs: options.reservationTtlMs })
@@ -30,11 +38,9 @@ export function createGate (stores: GateStores, usageTracker: UsageTracker, vers
   const rateLimits = createRateLimits(reservations, log) // request and token buckets, allowance held in process
   versions.onForget(rateLimits.forgetAll) // and the allowance taken under the old definitions
   const integration = createBudgetIntegration({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget: stores.findBudget }, usageTracker, options, log)
-  // The tracker the instance shows: the ledger's, with the gate's check on one budget.
   const tracker: BudgetTracker = { ...usageTracker, checkBudgetConstraints: integration.checkBudgetConstraints }
   return {
-    integration,
-    tracker,
+    api: { integration, tracker },
     /** Settles what is queued, then gives back what is left of the leases and rate allowances. */
     async stop (): Promise<void> {
       await settlements.drain()

@@ -27,6 +27,7 @@ import { checkTags } from '../../kernel/tags.js'
 import { SCOPE_HEADERS, TAGS_HEADER, type BudgetGateState, type GateOptions, type GateRoute } from './gate-options.js'
 import { costAtOutputLimit, largestAffordable, mayClamp, roomFor } from './clamp.js'
 import { checkScopeId, type CallerScopes } from '../../kernel/scopes.js'
+import type { Part } from '../../kernel/part.js'
 
 /** How often a clamped call measures the room again when other calls took it first. */
 const CLAMP_ATTEMPTS = 3
@@ -302,7 +303,7 @@ export interface DecisionNotes {
 }
 
 export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, book: PriceBook,
-  metrics: BudgetMetrics, decisions: DecisionNotes | null = null): { drain: (waitMs?: number) => Promise<void> } {
+  metrics: BudgetMetrics, decisions: DecisionNotes | null = null): Part<null> {
   const pending = new Set<Promise<unknown>>()
   // Admitted calls whose settlement has not committed, for the live-reservations gauge.
   const live = new WeakMap<BudgetGateState, () => void>()
@@ -641,20 +642,22 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
   })
 
   let sweeper: NodeJS.Timeout | undefined
-  fastify.addHook('onReady', async () => {
-    if (options.sweepIntervalMs <= 0) return
-    sweeper = setInterval(() => {
-      integration.sweepExpiredReservations().then((swept) => { metrics.sweeperRan(swept) },
-        (error: unknown) => { fastify.log.error({ err: error }, 'sweeping expired budget reservations failed') })
-    }, options.sweepIntervalMs)
-    sweeper.unref()
-  })
   return {
+    api: null,
+    /** The sweeper of expired holds, every sweepIntervalMs (0: none). */
+    start: () => {
+      if (options.sweepIntervalMs <= 0) return
+      sweeper = setInterval(() => {
+        integration.sweepExpiredReservations().then((swept) => { metrics.sweeperRan(swept) },
+          (error: unknown) => { fastify.log.error({ err: error }, 'sweeping expired budget reservations failed') })
+      }, options.sweepIntervalMs)
+      sweeper.unref()
+    },
     // Waits for the requests in flight and the settlements of what the gate admitted, for at most
-    // `waitMs` in all (a client may keep a stream open; the database may be away).
-    drain: async (waitMs = 10_000) => {
+    // 10 s in all (a client may keep a stream open; the database may be away).
+    stop: async () => {
       clearInterval(sweeper)
-      const deadline = Date.now() + waitMs
+      const deadline = Date.now() + 10_000
       while (pending.size > 0 && Date.now() < deadline) {
         await Promise.race([Promise.allSettled([...pending]), new Promise((resolve) => setTimeout(resolve, deadline - Date.now()).unref())])
       }

@@ -1,15 +1,11 @@
 // The plugin's database client: the host's, or one the plugin opens (and then ends), with the schema
 // brought up to date before anything else runs.
 import postgres, { type Sql } from 'postgres'
+import type { Part } from '../part.js'
 import { migrate } from './migrate.js'
 
-export interface DatabaseClient {
-  sql: Sql
-  /** Ends the client if the plugin opened it; a host's own client is the host's to end. */
-  close: () => Promise<void>
-}
-
-export async function openDatabase (database: Sql | string, options: { migrate: boolean }): Promise<DatabaseClient> {
+/** The client, and stop(): it ends the client if the plugin opened it; a host's own client is the host's to end. */
+export async function openDatabase (database: Sql | string, options: { migrate: boolean }): Promise<Part<Sql>> {
   const ownsClient = typeof database === 'string'
   // Our own client's sessions run in UTC; the SQL never depends on the session's TimeZone anyway (sql/functions/periods.sql).
   const sql: Sql = ownsClient ? postgres(database, { onnotice: () => {}, connection: { TimeZone: 'UTC' } }) : database
@@ -28,5 +24,5 @@ export async function openDatabase (database: Sql | string, options: { migrate: 
     await close(1)
     throw error
   }
-  return { sql, close: async () => { await close(5) } }
+  return { api: sql, stop: async () => { await close(5) } }
 }
