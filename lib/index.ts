@@ -51,8 +51,8 @@ declare module 'fastify' {
 }
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
-  const { database: databaseOption, prefix, migrate, authorize, statusCacheTtlMs, gate: gateOptions, notifications, metrics: metricsOptions, dashboard, adminTimeoutMs, decisions: decisionOptions } = resolveOptions(options)
-  const { currency, reservationTtlMs, timeoutMs, cheapModels, downgrades, prices: priceTable } = gateOptions ?? GATE_DEFAULTS
+  const { database: databaseOption, prefix, migrate, authorize, statusCacheTtlMs, gate: gateOptions, notifications, metrics: metricsOptions, dashboard, adminTimeoutMs, decisions: decisionOptions, prices: priceBook } = resolveOptions(options)
+  const { currency, reservationTtlMs, timeoutMs, cheapModels, downgrades } = gateOptions ?? GATE_DEFAULTS
   const log = fastify.log
   const now = () => new Date()
 
@@ -61,7 +61,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   const database = await openDatabase(databaseOption, { migrate }) // the schema is brought up to date first
   const sql = database.api
   const repositories = createRepositories(sql)
-  const pricing = createPricing(priceTable, currency, gateOptions !== null)
+  const pricing = createPricing(priceBook, currency, gateOptions !== null)
   const { prices, modelName } = pricing.api
   // What the gate derives from budget definitions is forgotten when they move: at once for a change made
   // here, at the next statement for one made in another process (lib/gate/definitions-version.ts).

@@ -8,7 +8,7 @@ import { costFromUsage } from './pricing/estimate.js'
 import type { MetricsOptions } from './metrics/metrics.js'
 import { DECISION_LOG_DEFAULTS, type DecisionLogOptions } from './gate/decision-log.js'
 import { parseEmailChannel, type NotificationOptions } from './alerts/notifications.js'
-import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES } from './pricing/pricing.js'
+import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES, type PriceBook } from './pricing/pricing.js'
 import type { Authorize } from './http/admin/admin.js'
 
 export interface BudgetsOptions {
@@ -45,6 +45,8 @@ export interface ResolvedOptions {
   authorize: Authorize
   statusCacheTtlMs: number
   gate: GateOptions | null
+  /** The one price book, built while the gate's options were checked (the defaults' without a gate). */
+  prices: PriceBook
   notifications: NotificationOptions
   metrics: MetricsOptions
   dashboard: boolean
@@ -105,7 +107,7 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
     statusCacheTtlMs,
     adminTimeoutMs,
     authorize: authorize ?? bearerToken(adminToken!),
-    gate: gate === undefined ? null : resolveGateOptions(gate),
+    ...(gate === undefined ? { gate: null, prices: priceBookOf(GATE_DEFAULTS) } : resolveGateOptions(gate)),
     notifications: resolveNotificationOptions(notifications ?? {}),
     metrics: resolveMetricsOptions(metrics ?? {}),
     dashboard,
@@ -165,7 +167,12 @@ function resolveNotificationOptions (options: Partial<NotificationOptions>): Not
   return notifications
 }
 
-function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
+/** The catalog's prices are USD list prices: in another currency only the operator's table prices calls. */
+function priceBookOf (gate: GateOptions): PriceBook {
+  return createPriceBook(gate.prices, { catalogPrices: gate.currency === 'USD' })
+}
+
+function resolveGateOptions (options: Partial<GateOptions>): { gate: GateOptions, prices: PriceBook } {
   const gate = { ...GATE_DEFAULTS, ...options }
   checkGateRoutes(gate.routes)
   for (const name of ['resolveScopes', 'actualCost'] as const) {
@@ -175,7 +182,7 @@ function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
   const priceProblem = typeof gate.prices === 'object' && gate.prices !== null ? checkPriceTable(gate.prices) : 'gate.prices must be a price table'
   if (priceProblem !== null) throw new OptionsError(priceProblem)
   if (!Array.isArray(gate.cheapModels) || !gate.cheapModels.every((model) => typeof model === 'string')) throw new OptionsError('gate.cheapModels must be a list of model names')
-  const book = createPriceBook(gate.prices, { catalogPrices: gate.currency === 'USD' })
+  const book = priceBookOf(gate)
   if (typeof gate.downgrades !== 'object' || gate.downgrades === null || !Object.values(gate.downgrades).every((model) => typeof model === 'string' && book.resolve(model) !== null)) {
     throw new OptionsError(`gate.downgrades must map models to cheaper models that have prices${gate.currency === 'USD' ? '' : ' (the catalog prices in USD only: in another currency, gate.prices must name them)'}`)
   }
@@ -188,7 +195,7 @@ function resolveGateOptions (options: Partial<GateOptions>): GateOptions {
   if (gate.nearLimit !== 'refuse' && gate.nearLimit !== 'clamp') throw new OptionsError("gate.nearLimit must be 'refuse' or 'clamp'")
   if (!Number.isInteger(gate.clampFloorTokens) || gate.clampFloorTokens < 1) throw new OptionsError('gate.clampFloorTokens must be a positive whole number of tokens')
   checkUnbudgetedPolicy(gate.unbudgeted)
-  return gate
+  return { gate, prices: book }
 }
 
 /** Each route a URL (its API inferred from the path when the route is declared), or { url, api } naming an API the gate knows. */

@@ -1,7 +1,7 @@
 // Pricing: the price book (the maintained catalog or the operator's table), the tokenizers and the
 // worst-case estimate of a call.
 import type { Part } from '../kernel/part.js'
-import { createPriceBook, type PriceBook, type PriceTable } from './pricing.js'
+import type { PriceBook } from './pricing.js'
 import { preloadTokenizers } from './tokens.js'
 
 export { estimateChatCost, pricedCall } from './estimate.js'
@@ -18,12 +18,10 @@ export interface Pricing {
 }
 
 /**
- * The price book calls are priced with. The catalog's prices are USD list prices: in another currency only
- * the operator's `table` prices calls. With `preload`, the estimate's tokenizers load here, once, not on a
- * call (0.1 to 0.4 s each); the catalog knows models of both.
+ * The price book calls are priced with (built while the options were checked, lib/options.ts). With `preload`,
+ * the estimate's tokenizers load here, once, not on a call (0.1 to 0.4 s each); the catalog knows models of both.
  */
-export function createPricing (table: PriceTable, currency: string, preload: boolean): Part<Pricing> {
-  const prices = createPriceBook(table, { catalogPrices: currency === 'USD' })
+export function createPricing (prices: PriceBook, currency: string, preload: boolean): Part<Pricing> {
   if (preload) preloadTokenizers([...prices.models().map(({ model }) => model), ...(currency === 'USD' ? ['gpt-4o', 'gpt-4'] : [])])
   return { api: { prices, modelName: (name) => prices.resolve(name)?.model ?? name } }
 }
