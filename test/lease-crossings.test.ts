@@ -1,0 +1,80 @@
+// A crossing whose alert does more than notify is in force for a hot line's lease too, however the spend
+// that crossed it was recorded (review finding: a lease admitted calls after a block-all crossing recorded
+// through the admin API). It bumps the definitions' version at commit (sql/functions/alerts.sql), so every
+// process forgets its leases within the version's freshness bound, as for a definition change.
+import t, { type Test } from 'tap'
+import Fastify from 'fastify'
+import budgets from '../lib/index.js'
+import { VERSION_FRESH_MS } from '../lib/gate/budget-lines.js'
+import { buildGateway } from './fixtures/gateway.js'
+import { checkInvariants } from './fixtures/invariants.js'
+
+
+const pastTheFreshnessBound = async () => await new Promise((resolve) => setTimeout(resolve, VERSION_FRESH_MS * 3))
+const version = async (sql: Awaited<ReturnType<typeof buildGateway>>['sql']) => Number((await sql`select version from budget_definitions_version`)[0]!.version)
+
+async function hotLine (t: Test, gateway: Awaited<ReturnType<typeof buildGateway>>, caller: Record<string, string>): Promise<void> {
+  const leaseHeld = async () => (await gateway.sql`select count(*)::int as n from budget_reservations where lease`)[0]!.n > 0
+  for (let i = 0; i < 40 && !await leaseHeld(); i++) t.equal((await gateway.call(caller)).statusCode, 200, 'calls go through below the threshold')
+  t.ok(await leaseHeld(), 'the line holds a lease (the premise: the next call would be admitted from it)')
+}
+
+t.test('a block-all crossing recorded through the admin API refuses the hot line\'s next call within the freshness bound', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100', alerts: [{ threshold: 50, actions: ['block-all'] }] })
+  const caller = { team: 'platform' }
+  await hotLine(t, gateway, caller)
+  const before = await version(gateway.sql)
+  await gateway.app.budgetTracker.recordUsage({ budgetId: team.id, amount: '60', currency: 'USD', source: 'test' })
+  t.ok(await version(gateway.sql) > before, 'the crossing bumped the definitions\' version')
+  await pastTheFreshnessBound()
+  const response = await gateway.call(caller)
+  t.equal(response.statusCode, 402, 'the next call is refused')
+  t.equal(response.json().error?.code, 'budget_blocked')
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('spend recorded by another process: its crossing ends this process\'s lease too', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100', alerts: [{ threshold: 50, actions: ['restrict-models'], allowedModels: ['gpt-4o'] }] })
+  const caller = { team: 'platform' }
+  await hotLine(t, gateway, caller)
+  const other = Fastify()
+  await other.register(budgets, { database: gateway.url, adminToken: 'another-process-token' })
+  await other.ready()
+  t.teardown(async () => await other.close())
+  await other.budgetTracker.recordUsage({ budgetId: team.id, amount: '51', currency: 'USD', source: 'other-process' })
+  await pastTheFreshnessBound()
+  const response = await gateway.call(caller) // gpt-4o-mini, not among the allowed models now
+  t.equal(response.statusCode, 402, 'refused: restrict-models is in force')
+  t.equal(response.json().error?.code, 'model_restricted')
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('a crossing that only notifies leaves the version (and every lease) alone', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100', alerts: [{ threshold: 10, actions: ['notify'] }] })
+  const before = await version(gateway.sql)
+  await gateway.app.budgetTracker.recordUsage({ budgetId: team.id, amount: '20', currency: 'USD', source: 'test' })
+  const [crossing] = await gateway.sql`select threshold from budget_alert_history where budget_id = ${team.id}`
+  t.ok(crossing, 'the crossing is recorded')
+  t.equal(await version(gateway.sql), before, 'no bump')
+})
+
+t.test('the version moves only when the change commits: a rolled-back crossing or definition change bumps nothing', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100', alerts: [{ threshold: 50, actions: ['block-all'] }] })
+  const before = await version(gateway.sql)
+  await gateway.sql.begin(async (tx) => {
+    await tx`update budget_definitions set name = 'renamed' where id = ${team.id}`
+    await tx`insert into budget_alert_history (budget_id, period_start, threshold, basis, actions, spent, limit_amount)
+             values (${team.id}, now(), 50, 'current', array['block-all'], 60, 100)`
+    t.equal(Number((await tx`select version from budget_definitions_version`)[0]!.version), before, 'not inside the transaction either: the bump waits for the commit')
+    throw new Error('roll back')
+  }).catch((error: Error) => { t.equal(error.message, 'roll back') })
+  t.equal(await version(gateway.sql), before, 'nothing bumped')
+  await gateway.sql`update budget_definitions set name = 'renamed' where id = ${team.id}`
+  t.equal(await version(gateway.sql), before + 1, 'a committed change bumps it once')
+})
