@@ -4,7 +4,7 @@
 // Run: npx tsx bench/stream-feed.ts
 import { chatApi } from '../lib/model-apis/chat.js'
 import { responsesApi } from '../lib/model-apis/responses.js'
-import { streamFeeder } from '../lib/http/gate/gate-hooks.js'
+import { streamFeeder } from '../lib/http/gate/stream-usage.js'
 
 const SIZE = 8 * 1024 * 1024
 const CHUNK = 16_384

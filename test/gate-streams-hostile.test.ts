@@ -3,7 +3,7 @@
 // holds the event loop is measured by bench/stream-feed.ts, not here.
 import { Readable } from 'node:stream'
 import t from 'tap'
-import { streamFeeder } from '../lib/http/gate/gate-hooks.js'
+import { streamFeeder } from '../lib/http/gate/stream-usage.js'
 import { chatApi } from '../lib/model-apis/chat.js'
 import { responsesApi } from '../lib/model-apis/responses.js'
 import { compareMoney, fromUnits } from '../lib/kernel/money.js'

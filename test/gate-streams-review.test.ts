@@ -2,7 +2,7 @@
 // finish, the OpenAI service-tier pin through clamp and streams, a lying upstream, and two processes.
 import { Readable } from 'node:stream'
 import t from 'tap'
-import { streamFeeder } from '../lib/http/gate/gate-hooks.js'
+import { streamFeeder } from '../lib/http/gate/stream-usage.js'
 import { chatApi } from '../lib/model-apis/chat.js'
 import { responsesApi } from '../lib/model-apis/responses.js'
 import type { TokenUsage } from '../lib/pricing/pricing.js'

@@ -3,16 +3,16 @@
 // every applicable budget, or refuses with 402. When the response closes, finished or cut off, the hold
 // ends: settled at the actual cost, at the estimate when a served call's cost is unknown, or released
 // when nothing was served. No hold outlives its request. Every wire format (how to bound a request, read
-// its usage, word a refusal) is the route's model API's (lib/apis); the path here is the same for all.
+// its usage, word a refusal) is the route's model API's (lib/model-apis); the path here is the same for all.
+// Beside it: what a call is charged (charge.ts), a stream's usage read on its way (stream-usage.ts), when a
+// client is gone (connection-watch.ts), OpenAI's 429 headers (rate-limit-headers.ts), nearLimit's clamp (clamp.ts).
 import { randomUUID } from 'node:crypto'
-import type { Socket } from 'node:net'
-import { pipeline, Readable, Transform } from 'node:stream'
-import { createParser } from 'eventsource-parser'
+import { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import { apiForUrl, isModelApiName, MODEL_APIS } from '../../model-apis/index.js'
-import type { ModelApi, Refusal, StreamUsageReader } from '../../model-apis/index.js'
+import type { ModelApi, Refusal } from '../../model-apis/index.js'
 import { InvalidFieldError, isDatabaseUnavailable, OptionsError } from '../../kernel/errors.js'
-import { fromUnits, toUnits, type Money } from '../../kernel/money.js'
+import { fromUnits, toUnits } from '../../kernel/money.js'
 import type { BudgetConstraintCheck } from '../../gate/index.js'
 import type { CostEstimate } from '../../pricing/index.js'
 import { bindingOf } from '../../gate/index.js'
@@ -21,21 +21,20 @@ import type { BudgetMetrics } from '../../metrics/index.js'
 import type { RateRefusal } from '../../gate/index.js'
 import { sweptBeforeSettling } from '../../gate/index.js'
 import { type BudgetIntegration } from '../../gate/index.js'
-import { pricesAt, type PriceBook, type TokenUsage } from '../../pricing/index.js'
+import { pricesAt, type PriceBook } from '../../pricing/index.js'
 import type { UsageMetadata } from '../../usage/index.js'
 import { checkTags } from '../../kernel/tags.js'
 import { SCOPE_HEADERS, TAGS_HEADER, type BudgetGateState, type GateOptions, type GateRoute } from './gate-options.js'
 import { costAtOutputLimit, largestAffordable, mayClamp, roomFor } from './clamp.js'
 import { checkScopeId, type CallerScopes } from '../../kernel/scopes.js'
 import type { Part } from '../../kernel/part.js'
+import { chargeFor, storable, usageMetadata, type Charge } from './charge.js'
+import { watchConnection, type ConnectionWatch } from './connection-watch.js'
+import { rateLimitHeaders } from './rate-limit-headers.js'
+import { readStreamUsage, readThrough, type StreamFeed } from './stream-usage.js'
 
 /** How often a clamped call measures the room again when other calls took it first. */
 const CLAMP_ATTEMPTS = 3
-
-/** A name an upstream sent, made storable: PostgreSQL text holds no NUL and no unpaired surrogate. */
-function storable (text: string): string {
-  return text.replace(/\0/g, '').replace(/[\ud800-\udfff]/gu, '\ufffd').slice(0, 200)
-}
 
 function refusalCode (error: InvalidFieldError & { gateCode?: string }): string {
   if (error.gateCode !== undefined) return error.gateCode
@@ -76,182 +75,9 @@ function gatedApi (route: RouteOptions, routes: GateRoute[]): ModelApi | null {
   return MODEL_APIS[named]!
 }
 
-/** A response's event stream, fed chunk by chunk; `finish` when it has ended. */
-export type StreamFeed = ((chunk: Uint8Array | string) => void) & { finish: () => void }
-
-/**
- * Feeds a response's event stream to its API's usage reader (WHATWG event-stream rules, bytes decoded
- * as UTF-8 across chunk boundaries): one decoder and one parser per response. Text reaches the parser
- * only once a line end has arrived: the parser searches all it holds at every feed, so a long line fed
- * chunk by chunk (a Responses `response.completed` of megabytes, on one line) would cost the square of
- * its length. At the end, a last event closed by a lone CR is dispatched (the parser holds a CR back in
- * case a LF follows).
- */
-export function streamFeeder (reader: StreamUsageReader, onUsage: (usage: TokenUsage) => void): StreamFeed {
-  const decoder = new TextDecoder()
-  const parser = createParser({
-    onEvent: (event) => {
-      reader.event(event.event, event.data)
-      const usage = reader.usage()
-      if (usage !== null) onUsage(usage)
-    }
-  })
-  let unended: string[] = [] // text since the last line end
-  let endsWithCR = false
-  const push = (text: string) => {
-    if (text === '') return
-    unended.push(text)
-    // The parser holds a CR it was fed last until it sees what follows it: then this text goes at once.
-    const heldCR = endsWithCR
-    endsWithCR = text.endsWith('\r')
-    if (!heldCR && !/[\r\n]/.test(text)) return
-    parser.feed(unended.length === 1 ? text : unended.join(''))
-    unended = []
-  }
-  // A string after bytes first flushes what the decoder holds (an incomplete character: U+FFFD).
-  const feed = (chunk: Uint8Array | string) => { push(typeof chunk === 'string' ? decoder.decode() + chunk : decoder.decode(chunk, { stream: true })) }
-  let finished = false
-  return Object.assign(feed, {
-    finish: () => {
-      if (finished) return
-      finished = true
-      push(decoder.decode())
-      if (endsWithCR) parser.feed('\n')
-    }
-  })
-}
-
-/** The route's stream, byte for byte, with every chunk fed to the gate on its way to the client. */
-function readThrough (source: Readable, feed: StreamFeed): Readable {
-  const tap = new Transform({
-    transform (chunk: Uint8Array | string, _encoding, done) {
-      feed(chunk)
-      done(null, chunk)
-    },
-    flush (done) {
-      feed.finish()
-      done()
-    }
-  })
-  // An error or a cut on either side destroys both: Fastify sees it on the tap, the route's stream is closed.
-  pipeline(source, tap, () => {})
-  return tap
-}
-
-/**
- * OpenAI's rate-limit headers for a 429: each limited dimension's limit, what is left, and when it is
- * full again (OpenAI's duration form, 1s or 6m0s), and retry-after when the call's need is back (in
- * seconds, and in milliseconds as retry-after-ms, which OpenAI's clients read first); for a call too
- * large ever to fit, x-should-retry: false instead.
- */
-export function rateLimitHeaders (refusal: RateRefusal): Record<string, string> {
-  // A call too large for the limit never fits: say so (OpenAI's clients read x-should-retry) rather than name a wait.
-  const headers: Record<string, string> = refusal.tooLarge
-    ? { 'x-should-retry': 'false' }
-    : { 'retry-after': String(Math.ceil(refusal.retryAfterMs / 1000)), 'retry-after-ms': String(refusal.retryAfterMs) }
-  const dimensions = [
-    ['requests', refusal.requestsPerMinute, refusal.requestsLeft, refusal.requestsResetMs],
-    ['tokens', refusal.tokensPerMinute, refusal.tokensLeft, refusal.tokensResetMs]
-  ] as const
-  for (const [name, limit, left, resetMs] of dimensions) {
-    if (limit === null) continue
-    headers[`x-ratelimit-limit-${name}`] = String(limit)
-    headers[`x-ratelimit-remaining-${name}`] = String(left ?? 0)
-    headers[`x-ratelimit-reset-${name}`] = openAIDuration(resetMs ?? 0)
-  }
-  return headers
-}
-
-/** 20ms, 1s, 6m0s: the form of OpenAI's x-ratelimit-reset-* headers. */
-function openAIDuration (ms: number): string {
-  if (ms < 1000) return `${Math.ceil(ms)}ms`
-  const seconds = Math.ceil(ms / 1000)
-  return seconds < 60 ? `${seconds}s` : `${Math.floor(seconds / 60)}m${seconds % 60}s`
-}
-
-/** What a call is charged when its hold ends, and why. */
-interface Charge {
-  cost: Money | null
-  basis: 'usage' | 'estimate' | 'released'
-  reason?: 'not-served' | 'no-usage' | 'unpriced-model'
-}
-
-/**
- * The one rule for ending a hold. Not admitted (refused, failed, or the client left before the handler
- * ran): released. Usage reported: its cost, or the estimate when its model has no price. No usage: an
- * error response released (nothing was served), anything else charged at the estimate (served, or
- * cut off while the upstream call was in flight: never free).
- */
-function chargeFor (admitted: boolean, usage: TokenUsage | null, statusCode: number, estimate: Money, actualCost: (usage: TokenUsage) => Money | null): Charge {
-  if (!admitted) return { cost: null, basis: 'released', reason: 'not-served' }
-  if (usage !== null) {
-    const actual = actualCost(usage)
-    return actual === null ? { cost: estimate, basis: 'estimate', reason: 'unpriced-model' } : { cost: actual, basis: 'usage' }
-  }
-  if (statusCode >= 400) return { cost: null, basis: 'released', reason: 'not-served' }
-  return { cost: estimate, basis: 'estimate', reason: 'no-usage' }
-}
-
 /** A call that no budget covers: it may proceed, and the decision met no budget at all (none for its scopes, or no scopes). */
 function uncovered (check: BudgetConstraintCheck | null): boolean {
   return check !== null && check.canProceed && check.budgets.length === 0 && check.bindingBudgetId === null
-}
-
-/** The metadata of a gated call's usage record, budgeted or not: what it called, what it used, what it was charged by, and who called. */
-function usageMetadata (state: BudgetGateState, usage: TokenUsage | null, pricedModel: string | undefined, charge: Charge): UsageMetadata {
-  const modelId = pricedModel ?? state.model
-  return {
-    modelId,
-    ...(usage !== null && usage.model !== modelId ? { upstreamModel: storable(usage.model) } : {}),
-    ...(state.downgradedFrom === null ? {} : { requestedModel: state.downgradedFrom }),
-    ...(state.clampedMaxTokens === null ? {} : { clampedMaxTokens: state.clampedMaxTokens }),
-    inputTokens: usage?.inputTokens,
-    outputTokens: usage?.outputTokens,
-    ...(usage?.cachedInputTokens === undefined ? {} : { cachedInputTokens: usage.cachedInputTokens }),
-    ...(usage?.cacheWriteTokens === undefined ? {} : { cacheWriteTokens: usage.cacheWriteTokens }),
-    ...(usage?.cacheWrite1hTokens === undefined ? {} : { cacheWrite1hTokens: usage.cacheWrite1hTokens }),
-    ...(usage?.priceMultiplier === undefined ? {} : { priceMultiplier: `${usage.priceMultiplier.numerator}/${usage.priceMultiplier.denominator}` }),
-    estimatedCost: state.estimate,
-    ...(state.check === null ? { unchecked: true } : {}),
-    costBasis: charge.basis,
-    ...(charge.basis === 'estimate' ? { estimateReason: charge.reason } : {}),
-    userId: state.caller.user,
-    teamId: state.caller.team,
-    projectId: state.caller.project,
-    organizationId: state.caller.organization,
-    ...(state.caller.tags === undefined ? {} : { tags: state.caller.tags })
-  }
-}
-
-/** Adds the gate to every model-call route declared after it; returns what waits for in-flight settlements. */
-/** What the gate knows of a request's connection, from its first hook on. */
-interface ConnectionWatch {
-  /** Resolves when the response has closed (finished or cut off) or its socket has. */
-  closed: Promise<void>
-  /** The client is gone and the response did not finish. */
-  gone: () => boolean
-}
-
-/**
- * Watches the response and its socket from onRequest, before anything is awaited: a client that
- * leaves while the body arrives, its scopes are resolved or its hold is taken is seen, also when
- * its request was pipelined behind another and its response never got a 'close' of its own.
- */
-function watchConnection (request: FastifyRequest, reply: FastifyReply): ConnectionWatch {
-  const socket = request.raw.socket as Socket | null | undefined
-  let fired = false
-  let done!: () => void
-  const closed = new Promise<void>((resolve) => { done = resolve })
-  const onClose = () => {
-    if (fired) return
-    fired = true
-    socket?.off('close', onClose)
-    done()
-  }
-  reply.raw.once('close', onClose)
-  socket?.once('close', onClose)
-  if (socket?.destroyed === true || reply.raw.destroyed) onClose()
-  return { closed, gone: () => !reply.raw.writableFinished && (fired || socket?.destroyed === true || reply.raw.destroyed) }
 }
 
 /** One call through reserve(): what its passes read, and the hold they change. */
@@ -270,31 +96,6 @@ interface GatedCall {
   /** The check a downgrade or a clamp answered, with the estimate it was about: what the decision log keeps for it. */
   downgradedOn?: { check: BudgetConstraintCheck, estimate: string }
   clampedOn?: { check: BudgetConstraintCheck, estimate: string }
-}
-
-/**
- * The request's `streamed()`: the response's events read by its API's reader, the state's usage
- * following the reader's whenever it has one. A reader that fails stops being read, and the call is
- * charged its estimate (never a partial count).
- */
-function readStreamUsage (request: FastifyRequest, api: ModelApi, state: () => BudgetGateState): StreamFeed {
-  // Built at the first chunk, when the model the call uses (maybe the cheaper one) is settled.
-  let feed: StreamFeed | undefined
-  let failed = false
-  const guarded = (read: (feed: StreamFeed) => void) => {
-    if (failed) return
-    try {
-      read(feed ??= streamFeeder(api.streamUsage(state().model), (usage) => { state().usage = usage }))
-    } catch (error) {
-      failed = true
-      state().usage = null
-      request.log.warn({ err: error, requestId: state().requestId }, 'reading a streamed response\'s usage failed: the call is charged its estimate')
-    }
-  }
-  return Object.assign((chunk: Uint8Array | string) => { guarded((feed) => { feed(chunk) }) }, {
-    // Only a stream that began: a response that streamed nothing has nothing to finish.
-    finish: () => { if (feed !== undefined) guarded((feed) => { feed.finish() }) }
-  })
 }
 
 /** Where the gate notes its refusals, clamps and downgrades (lib/gate/decision-log.ts): in memory, never awaited. */

@@ -1,0 +1,33 @@
+// When a gated request's client is gone: its response and its socket watched from the first hook on.
+import type { Socket } from 'node:net'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+
+/** What the gate knows of a request's connection, from its first hook on. */
+export interface ConnectionWatch {
+  /** Resolves when the response has closed (finished or cut off) or its socket has. */
+  closed: Promise<void>
+  /** The client is gone and the response did not finish. */
+  gone: () => boolean
+}
+
+/**
+ * Watches the response and its socket from onRequest, before anything is awaited: a client that
+ * leaves while the body arrives, its scopes are resolved or its hold is taken is seen, also when
+ * its request was pipelined behind another and its response never got a 'close' of its own.
+ */
+export function watchConnection (request: FastifyRequest, reply: FastifyReply): ConnectionWatch {
+  const socket = request.raw.socket as Socket | null | undefined
+  let fired = false
+  let done!: () => void
+  const closed = new Promise<void>((resolve) => { done = resolve })
+  const onClose = () => {
+    if (fired) return
+    fired = true
+    socket?.off('close', onClose)
+    done()
+  }
+  reply.raw.once('close', onClose)
+  socket?.once('close', onClose)
+  if (socket?.destroyed === true || reply.raw.destroyed) onClose()
+  return { closed, gone: () => !reply.raw.writableFinished && (fired || socket?.destroyed === true || reply.raw.destroyed) }
+}
