@@ -1,6 +1,7 @@
 // The rules a usage record meets before it is stored (lib/usage/usage-rules.ts), without a database: what is
 // read from a request, when a budget refuses it, which PostgreSQL faults are the caller's, and when a retry
 // is the same request. test/usage.test.ts and test/usage-exactly-once.test.ts drive the same rules through the API.
+import { createHash } from 'node:crypto'
 import t from 'tap'
 import { checkActive, checkMatches, hasFilters, readUsage, recordFault, replayOf, requestFingerprint, storageError, type UsageInput } from '../lib/usage/usage-rules.js'
 import type { BudgetDefinition } from '../lib/kernel/schemas.js'
@@ -40,7 +41,7 @@ t.test('the model is stored under its price-table name, the name given kept besi
   t.same(read({ modelId: 'gpt-4o-2024-08-06', upstreamModel: 'azure/gpt-4o' }), { modelId: 'gpt-4o', upstreamModel: 'azure/gpt-4o' }, 'an upstream model given is kept')
   const plain = { modelId: 'gpt-4o' }
   t.equal(read(plain), plain, 'a price-table name: the metadata as given')
-  t.same(read({ modelId: 7 }), { modelId: 7 }, 'a modelId that is no string is not renamed')
+  t.same(read({ modelId: 7 }, (name) => `priced-${name}`), { modelId: 7 }, 'a modelId that is no string is not renamed')
   t.same(readUsage({ amount: '1', currency: 'USD', metadata: { modelId: 'gpt-4o-2024-08-06' } }, undefined, options).metadata, { modelId: 'gpt-4o-2024-08-06' }, 'no price table: as given')
 })
 
@@ -102,12 +103,29 @@ t.test('a request\'s fingerprint: what it says, in canonical form, not how it is
   }
   t.equal(fingerprint({ ...base, occurredAt: '2024-04-01T02:00:00+02:00' }), fingerprint({ ...base, occurredAt: '2024-04-01T00:00:00Z' }), 'a time as the instant it names')
   t.equal(fingerprint({ ...base, metadata: {} }), fingerprint({ ...base, metadata: undefined }), 'no metadata is empty metadata')
+  const later = { now: () => new Date(now.getTime() + 60_000) }
+  t.equal(requestFingerprint({ budgetId: 'b1' }, base, readUsage(base, undefined, later)), same, 'the time a request without one is read at is not part of it')
   t.equal(fingerprint({ ...base, metadata: { x: [undefined] } }), fingerprint({ ...base, metadata: { x: [null] } }), 'undefined in a list is null, as in JSON')
   t.not(fingerprint({ ...base, metadata: { x: '[1,2]' } }), fingerprint({ ...base, metadata: { x: [1, 2] } }), 'a string is not the list it spells')
   t.not(fingerprint({ ...base, metadata: { x: { y: 1 } } }), fingerprint({ ...base, metadata: { x: 'y:1' } }))
   t.not(fingerprint({ ...base, metadata: { x: null } }), fingerprint({ ...base, metadata: {} }), 'a key given as null is given')
   t.not(fingerprint({ ...base, metadata: { b: 1, a: 2 } }), fingerprint({ ...base, metadata: { a: 1, b: 2 } }), 'the values stay with their keys')
   t.not(fingerprint({ ...base, metadata: { ab: 1 } }), fingerprint({ ...base, metadata: { a: 1, b: 1 } }))
+})
+
+t.test('a fingerprint is stored with its record: the same request gives the same one from release to release', async (t) => {
+  // A retry after an upgrade must still match its first attempt, so these are pinned: a change to the canonical
+  // form (its labels, key order, separators, the budget id's case, which fields count) shows here first.
+  const request: UsageInput = { amount: '1.50', currency: 'USD', source: 'gw', metadata: { b: [1, 2], a: { y: null, x: 'z' } }, occurredAt: '2024-04-01T00:00:00Z' }
+  const read = readUsage(request, undefined, options)
+  const sha256 = (canonical: string): string => createHash('sha256').update(canonical).digest('base64url')
+  t.equal(requestFingerprint({ budgetId: 'B1' }, request, read),
+    sha256('[["budget","b1"],"1.5","USD","gw",null,{"a":{"x":"z","y":null},"b":[1,2]},"2024-04-01T00:00:00.000Z"]'))
+  t.equal(requestFingerprint({ scopes: { team: 'eng', org: 'acme' } }, request, read),
+    sha256('[["scopes",{"org":"acme","team":"eng"}],"1.5","USD","gw",null,{"a":{"x":"z","y":null},"b":[1,2]},"2024-04-01T00:00:00.000Z"]'))
+  const minimal: UsageInput = { amount: 2, currency: 'EUR' }
+  t.equal(requestFingerprint({ budgetId: 'b1' }, minimal, readUsage(minimal, undefined, options)), sha256('[["budget","b1"],"2","EUR",null,null,{},null]'))
+  t.equal(requestFingerprint({ budgetId: 'b1' }, minimal, readUsage(minimal, undefined, options)), 'BSczSgHvxxlr00xphK_YW4LglOicxqWPSD_ausu0zjk', 'and its digest, as stored')
 })
 
 t.test('a retry under the same key: the first record, or a 409', async (t) => {
