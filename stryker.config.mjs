@@ -1,9 +1,12 @@
 // `npm run mutation` (docs/mutation.md): StrykerJS mutates the pure rule modules and runs their pure test files
 // (test/fixtures/rule-tests.ts) once per mutant. A mutant that no test notices is a rule no test pins down.
+// Stryker builds its sandbox's instrumented code (every mutant in it, switched on one at a time by an environment
+// variable) into one bundle first: a start of the bundle costs a third of the CPU of a start under tsx.
 /** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
 export default {
   testRunner: 'command',
-  commandRunner: { command: 'node --import tsx test/fixtures/rule-tests.ts' },
+  buildCommand: 'esbuild test/fixtures/rule-tests.ts --bundle --platform=node --format=esm --packages=external --log-level=warning --outfile=.mutation/rule-tests.mjs',
+  commandRunner: { command: 'node .mutation/rule-tests.mjs' },
   mutate: [
     'lib/kernel/money.ts',
     'lib/usage/status-rules.ts',
