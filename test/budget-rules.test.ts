@@ -3,7 +3,7 @@
 // must fit its parent. test/hierarchy.test.ts and test/budget-routes.test.ts drive the same rules through the API.
 import t, { type Test } from 'tap'
 import { checkChannels, checkChildFitsParent, checkFilterModels, normalizeBudget, periodLength } from '../lib/budgets/budget-rules.js'
-import type { CreateBudgetRequest } from '../lib/kernel/schemas.js'
+import type { BudgetAlert, CreateBudgetRequest } from '../lib/kernel/schemas.js'
 
 const DAY = 86_400_000
 const minimal: CreateBudgetRequest = { name: 'team', scopeType: 'team', scopeId: 'eng', amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01' }
@@ -49,7 +49,7 @@ t.test('what is given is kept', async (t) => {
     fiscalYearStartMonth: 4,
     metrics: true,
     enforcement: 'soft',
-    digest: { every: 'week', channels: ['ops'] },
+    digest: { every: 'weekly', channels: ['ops'] },
     nearLimit: 'clamp',
     filters: { models: ['gpt-4o*'], tags: { team: 'eng' } },
     rateLimits: { requestsPerMinute: 60, tokensPerMinute: 1000 }
@@ -66,7 +66,7 @@ t.test('what is given is kept', async (t) => {
     enforcement: 'soft',
     nearLimit: 'clamp'
   })
-  t.same(values.digest, { every: 'week', channels: ['ops'] })
+  t.same(values.digest, { every: 'weekly', channels: ['ops'] })
   t.same(values.filters, { models: ['gpt-4o*'], tags: { team: 'eng' } })
   t.same(values.rateLimits, { requestsPerMinute: 60, tokensPerMinute: 1000 })
 })
@@ -75,12 +75,12 @@ t.test('filters and rate limits keep only what was given, copied', async (t) => 
   const models = ['gpt-4o']
   const tags = { team: 'eng' }
   const channels = ['ops']
-  const values = normalizeBudget({ ...minimal, filters: { models, tags }, digest: { every: 'day', channels } })
+  const values = normalizeBudget({ ...minimal, filters: { models, tags }, digest: { every: 'daily', channels } })
   models.push('later')
   tags.team = 'later'
   channels.push('later')
   t.same(values.filters, { models: ['gpt-4o'], tags: { team: 'eng' } }, 'a later change to the request does not reach the stored values')
-  t.same(values.digest, { every: 'day', channels: ['ops'] })
+  t.same(values.digest, { every: 'daily', channels: ['ops'] })
   t.same(normalizeBudget({ ...minimal, filters: { tags: {} } }).filters, {}, 'no tags is no tag filter')
   t.same(normalizeBudget({ ...minimal, filters: { models: [] } }).filters, { models: [] }, 'an empty model list is kept: it matches no model')
   // Compared by their keys: a limit that is not given is no key at all, not a key whose value is undefined.
@@ -127,24 +127,24 @@ t.test('alerts: sorted, one per threshold and basis, thresholds with at most 4 d
     ...minimal,
     alerts: [
       { threshold: 90, actions: ['notify'], notificationChannels: ['ops'] },
-      { threshold: 50, actions: ['notify'] },
-      { threshold: 90, actions: ['block-all'], basis: 'projected' },
-      { threshold: 0.0001, actions: ['notify'], maxPricePerMillion: '2.5' }
+      { threshold: 50, actions: ['notify'] } as BudgetAlert, // no channels, as a library caller may leave them out
+      { threshold: 90, actions: ['block-all'], basis: 'projected', notificationChannels: [] },
+      { threshold: 0.0001, actions: ['notify'], maxPricePerMillion: '2.5', notificationChannels: [] }
     ]
   }).alerts
   t.same(alerts.map((alert) => [alert.threshold, alert.basis ?? 'current']), [[0.0001, 'current'], [50, 'current'], [90, 'current'], [90, 'projected']], 'by threshold; a current and a projected alert may share one')
   t.same(alerts[1]!.notificationChannels, [], 'no channels: an empty list')
   t.same(alerts[2]!.notificationChannels, ['ops'])
-  t.equal(normalizeBudget({ ...minimal, alerts: [{ threshold: 12.3456, actions: ['notify'] }] }).alerts[0]!.threshold, 12.3456, 'four decimals')
-  t.equal(normalizeBudget({ ...minimal, alerts: [{ threshold: 1000, actions: ['notify'] }] }).alerts[0]!.threshold, 1000)
-  refuses(t, { alerts: [{ threshold: 50, actions: ['notify'] }, { threshold: 12.34567, actions: ['notify'] }] }, 'alerts.1.threshold', /at most 4 decimal places/, 'five decimals, named by its index')
-  refuses(t, { alerts: [{ threshold: 0.00001, actions: ['notify'] }] }, 'alerts.0.threshold', /from 0.0001 to 1000/, 'below 0.0001')
-  refuses(t, { alerts: [{ threshold: 0, actions: ['notify'] }] }, 'alerts.0.threshold', /from 0.0001 to 1000/, 'zero')
-  refuses(t, { alerts: [{ threshold: 1e-7, actions: ['notify'] }] }, 'alerts.0.threshold', /from 0.0001/, 'an exponent\'s tiny threshold')
-  refuses(t, { alerts: [{ threshold: 80, actions: ['notify'] }, { threshold: 80, actions: ['block-all'] }] }, 'alerts', /has two current alerts at threshold 80/, 'two current alerts at 80')
-  refuses(t, { alerts: [{ threshold: 80, actions: ['notify'], basis: 'projected' }, { threshold: 80, actions: ['block-all'], basis: 'projected' }] }, 'alerts', /has two projected alerts at threshold 80/, 'two projected alerts at 80')
-  refuses(t, { alerts: [{ threshold: 80, actions: ['notify'] }, { threshold: 80, actions: ['block-all'], basis: 'current' }] }, 'alerts', /has two current alerts at threshold 80/, 'no basis is the current basis')
-  refuses(t, { alerts: [{ threshold: 80, actions: ['restrict-models'], maxPricePerMillion: '1e3' }] }, 'alerts.maxPricePerMillion', /plain decimal/, 'a price cap that is no decimal')
+  t.equal(normalizeBudget({ ...minimal, alerts: [{ threshold: 12.3456, actions: ['notify'], notificationChannels: [] }] }).alerts[0]!.threshold, 12.3456, 'four decimals')
+  t.equal(normalizeBudget({ ...minimal, alerts: [{ threshold: 1000, actions: ['notify'], notificationChannels: [] }] }).alerts[0]!.threshold, 1000)
+  refuses(t, { alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: [] }, { threshold: 12.34567, actions: ['notify'], notificationChannels: [] }] }, 'alerts.1.threshold', /at most 4 decimal places/, 'five decimals, named by its index')
+  refuses(t, { alerts: [{ threshold: 0.00001, actions: ['notify'], notificationChannels: [] }] }, 'alerts.0.threshold', /from 0.0001 to 1000/, 'below 0.0001')
+  refuses(t, { alerts: [{ threshold: 0, actions: ['notify'], notificationChannels: [] }] }, 'alerts.0.threshold', /from 0.0001 to 1000/, 'zero')
+  refuses(t, { alerts: [{ threshold: 1e-7, actions: ['notify'], notificationChannels: [] }] }, 'alerts.0.threshold', /from 0.0001/, 'an exponent\'s tiny threshold')
+  refuses(t, { alerts: [{ threshold: 80, actions: ['notify'], notificationChannels: [] }, { threshold: 80, actions: ['block-all'], notificationChannels: [] }] }, 'alerts', /has two current alerts at threshold 80/, 'two current alerts at 80')
+  refuses(t, { alerts: [{ threshold: 80, actions: ['notify'], basis: 'projected', notificationChannels: [] }, { threshold: 80, actions: ['block-all'], basis: 'projected', notificationChannels: [] }] }, 'alerts', /has two projected alerts at threshold 80/, 'two projected alerts at 80')
+  refuses(t, { alerts: [{ threshold: 80, actions: ['notify'], notificationChannels: [] }, { threshold: 80, actions: ['block-all'], basis: 'current', notificationChannels: [] }] }, 'alerts', /has two current alerts at threshold 80/, 'no basis is the current basis')
+  refuses(t, { alerts: [{ threshold: 80, actions: ['restrict-models'], maxPricePerMillion: '1e3', notificationChannels: [] }] }, 'alerts.maxPricePerMillion', /plain decimal/, 'a price cap that is no decimal')
 })
 
 t.test('a period\'s length: the longest each kind can be, a custom one as its dates say', async (t) => {
@@ -168,7 +168,7 @@ t.test('a child fits its parent: same currency, no larger amount, no longer peri
   t.throws(() => { checkChildFitsParent({ ...child, period: 'quarterly' }, parent) }, { code: 'BUDGET_ERR_EXCEEDS_PARENT', field: 'period', message: "Budget 'team' has a quarterly period, longer than its parent 'org' monthly period" })
   const custom = { ...parent, period: 'custom' as const, endDate: new Date('2024-01-08T00:00:00Z') }
   t.doesNotThrow(() => { checkChildFitsParent({ ...child, period: 'weekly' }, custom) }, 'a week in a custom week')
-  t.throws(() => { checkChildFitsParent({ ...custom, name: 'team', endDate: new Date('2024-01-08T00:00:00.001Z') }, custom) }, { field: 'period' }, 'a millisecond longer')
+  t.throws(() => { checkChildFitsParent({ ...custom, name: 'team', endDate: new Date('2024-01-08T00:00:00.001Z') }, custom) }, { code: 'BUDGET_ERR_EXCEEDS_PARENT', field: 'period' }, 'a millisecond longer')
 })
 
 t.test('model filters name the price table\'s names', async (t) => {
@@ -183,13 +183,13 @@ t.test('model filters name the price table\'s names', async (t) => {
 
 t.test('every channel a request names is configured', async (t) => {
   const configured = ['ops', 'email']
-  t.doesNotThrow(() => { checkChannels({ alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['ops', 'email'] }], digest: { every: 'day', channels: ['email'] } }, configured) })
+  t.doesNotThrow(() => { checkChannels({ alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['ops', 'email'] }], digest: { every: 'daily', channels: ['email'] } }, configured) })
   t.doesNotThrow(() => { checkChannels({}, []) }, 'naming none needs none')
-  t.doesNotThrow(() => { checkChannels({ alerts: [{ threshold: 50, actions: ['notify'] }], digest: null }, []) }, 'an alert without channels, no digest')
+  t.doesNotThrow(() => { checkChannels({ alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: [] }], digest: null }, []) }, 'an alert without channels, no digest')
   t.throws(() => { checkChannels({ alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['ops'] }, { threshold: 60, actions: ['notify'], notificationChannels: ['ops', 'pager'] }] }, configured) },
     { code: 'BUDGET_ERR_UNKNOWN_CHANNEL', field: 'alerts.1.notificationChannels.1', channel: 'pager', message: /no notification channel 'pager' is configured \(configured: 'ops', 'email'\)/ })
-  t.throws(() => { checkChannels({ digest: { every: 'week', channels: ['ops', 'slack'] } }, configured) }, { field: 'digest.channels.1', channel: 'slack' })
-  t.throws(() => { checkChannels({ digest: { every: 'week', channels: ['slack'] } }, []) }, { message: /\(configured: none\)/ })
+  t.throws(() => { checkChannels({ digest: { every: 'weekly', channels: ['ops', 'slack'] } }, configured) }, { code: 'BUDGET_ERR_UNKNOWN_CHANNEL', field: 'digest.channels.1', channel: 'slack' })
+  t.throws(() => { checkChannels({ digest: { every: 'weekly', channels: ['slack'] } }, []) }, { code: 'BUDGET_ERR_UNKNOWN_CHANNEL', message: /\(configured: none\)/ })
   // A request whose shape is wrong is the schema's to refuse; this check neither throws a TypeError nor guesses.
   const malformed = { alerts: [null, { notificationChannels: 'ops' }, { notificationChannels: [7] }], digest: { channels: 'ops' } } as unknown as CreateBudgetRequest
   t.doesNotThrow(() => { checkChannels(malformed, []) })

@@ -30,8 +30,8 @@ t.test('a clock up to five minutes ahead is not the future', async (t) => {
 
 t.test('tags in the metadata are checked', async (t) => {
   t.same(readUsage({ amount: '1', currency: 'USD', metadata: { tags: { team: 'eng' } } }, undefined, options).metadata, { tags: { team: 'eng' } })
-  t.throws(() => readUsage({ amount: '1', currency: 'USD', metadata: { tags: 'team=eng' } }, undefined, options), { field: 'metadata.tags' })
-  t.throws(() => readUsage({ amount: '1', currency: 'USD', metadata: { tags: { 'bad key': 'x' } } }, undefined, options), { field: 'metadata.tags' })
+  t.throws(() => readUsage({ amount: '1', currency: 'USD', metadata: { tags: 'team=eng' } }, undefined, options), { code: 'BUDGET_ERR_VALIDATION', field: 'metadata.tags' })
+  t.throws(() => readUsage({ amount: '1', currency: 'USD', metadata: { tags: { 'bad key': 'x' } } }, undefined, options), { code: 'BUDGET_ERR_VALIDATION', field: 'metadata.tags' })
 })
 
 t.test('the model is stored under its price-table name, the name given kept beside it', async (t) => {
