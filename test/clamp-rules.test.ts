@@ -42,6 +42,7 @@ t.test('the room: each hard budget\'s remaining in the call\'s currency, the lea
   t.equal(roomFor(check([budget({ remaining: '3', estimatedCost: '0' })]), '5'), 30_000_000_000n, 'an estimate of 0 there: the remaining as it is')
   t.equal(roomFor(check([budget({ remaining: '3' }), budget({ estimatedCost: null })]), '1'), null, 'a hard budget whose conversion is unknown: no room can be said')
   t.equal(roomFor(check([budget({ remaining: '0' })]), '1'), 0n)
+  t.equal(roomFor(check([budget({ remaining: '2' }), budget({ remaining: '2' })]), '1'), 20_000_000_000n, 'equal rooms')
 })
 
 const estimateOf = (amount: string): CostEstimate => ({ model: 'm', amount })
@@ -83,6 +84,11 @@ t.test('the largest output limit that fits: a binary search over [floor, below)'
   for (let room = 11; room <= 40; room++) {
     t.equal((await largestAffordable(costAt, 1, 31, BigInt(room)))?.tokens, Math.min(room - 10, 30), `room ${room}`)
   }
+  const atLeast16 = (tokens: number): CostEstimate => {
+    if (tokens < 16) throw new Error(`asked about ${tokens} tokens, below the floor`)
+    return costAt(tokens)
+  }
+  for (const below of [17, 18, 40]) t.equal((await largestAffordable(atLeast16, 16, below, units(100)))?.tokens, below - 1, `never a limit below the floor (up to ${below})`)
   const awaited = async (tokens: number): Promise<CostEstimate> => costAt(tokens)
   t.equal((await largestAffordable(awaited, 1, 100, units(50)))?.tokens, 50, 'an estimator that answers later')
 })

@@ -119,6 +119,11 @@ t.test('restrict-models: the listed models, the cheap ones, or those under a pri
   t.match(restricting({ maxPricePerMillion: '14.9999999999' }, policy('big')), { code: 'model_restricted' }, 'a unit more than the cap')
   t.match(restricting({ maxPricePerMillion: '19.9999999999', allowedModels: ['x'] }, policy('tiered')), { budgets: [{ allowedModels: ['big', 'small', 'x'] }] }, 'a model is priced at its highest tier')
   t.match(restricting({ maxPricePerMillion: '20' }, policy('tiered')), { canProceed: true })
+  t.match(restricting({ maxPricePerMillion: '0.6', allowedModels: ['x'] }, policy('big')), { budgets: [{ allowedModels: ['small', 'x'] }] }, 'a model priced at the cap is under it')
+  // A model the operator's table does not list (the catalog's): allowed when its own price is under the cap.
+  const withCatalog = { ...prices, resolve: (model: string) => model === 'catalog' ? { model, price: { input: '0.1', output: '0.5', maxOutputTokens: 1000 } } : prices.resolve(model) }
+  t.match(restricting({ maxPricePerMillion: '0.5', allowedModels: ['x'] }, policy('catalog', { prices: withCatalog })), { canProceed: true }, 'a catalog model at the cap')
+  t.match(restricting({ maxPricePerMillion: '0.4999999999', allowedModels: ['x'] }, policy('catalog', { prices: withCatalog })), { code: 'model_restricted', budgets: [{ allowedModels: ['x'] }] }, 'and a unit over it')
   t.match(restricting({ maxPricePerMillion: '100' }, policy('unknown')), { budgets: [{ allowedModels: ['big', 'small', 'tiered'] }] }, 'a model with no price is under no cap')
   t.match(decideOn([{ id: 'team', current: '50', alerts: [alert(50, ['restrict-models'])] }], '1'), { canProceed: true, budgets: [{ allowedModels: null }] }, 'no model named (a check without a policy): nothing to restrict')
 })
@@ -128,7 +133,7 @@ t.test('auto-downgrade: the cheaper model, when a budget is past its threshold',
   t.match(decideOn([downgrading], '1', policy('big')), { canProceed: true, downgradeTo: 'small' })
   t.match(decideOn([downgrading], '1', policy('big-snapshot')), { downgradeTo: 'small' }, 'a model under its price-table name')
   t.match(decideOn([downgrading], '1', policy('big-snapshot', { downgrades: { 'big-snapshot': 'tiered', big: 'small' } })), { downgradeTo: 'tiered' }, 'the name as called first')
-  t.match(decideOn([downgrading], '1', policy('small')), { downgradeTo: null }, 'no cheaper model')
+  t.equal(decideOn([downgrading], '1', policy('small')).downgradeTo, null, 'no cheaper model')
   t.match(decideOn([downgrading], '1', policy('big', { downgrades: { big: 'big' } })), { downgradeTo: null }, 'the same model is no downgrade')
   t.match(decideOn([downgrading], '1', policy('constructor')), { downgradeTo: null }, 'own keys only')
   t.match(decideOn([downgrading], '1'), { downgradeTo: null }, 'no policy')

@@ -51,6 +51,7 @@ t.test('each refusal says why', async (t) => {
   t.equal(refusal('1234567890123456789'), "Invalid 'amount': has more than 18 digits before the decimal point")
   t.equal(refusal(0.1 + 0.2), "Invalid 'amount': has more than 15 significant digits; send it as a decimal string")
   t.equal(refusal(1e21), "Invalid 'amount': has more than 18 digits before the decimal point", 'a number past 1e21 is written with an exponent, and read whole')
+  t.equal(refusal(1.2345678901e-7), "Invalid 'amount': has more than 10 decimal places", 'zeros after the point are places, not significant digits')
   t.equal(refusal(-0.5), 'accepted', 'parseMoney itself takes any sign')
 })
 
@@ -59,7 +60,7 @@ t.test('the edges of a plain decimal', async (t) => {
     [123456789012.345, '123456789012.345'], // 15 significant digits: the most a JSON number keeps
     [-1e-7, '-0.0000001'],
     ['1.00000000000000', '1'], // trailing zeros are no decimal places
-    ['000000000000000000001', '1'], // nor are leading zeros digits
+    ['000000000000000000001', '1'], ['0012.5', '12.5'], // nor are leading zeros digits
     ['12.34', '12.34'], ['-0', '0'], ['10', '10'], ['0.5', '0.5']
   ]
   for (const [input, expected] of cases) t.equal(parseMoney(input, 'amount'), expected, `${String(input)} -> ${expected}`)
