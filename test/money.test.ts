@@ -1,5 +1,5 @@
 import t from 'tap'
-import { compareMoney, fromUnits, normalizeMoney, parseMoney, parsePositiveMoney, toUnits } from '../lib/kernel/money.js'
+import { compareMoney, fromUnits, normalizeMoney, numberToDecimal, parseMoney, parsePositiveMoney, toUnits } from '../lib/kernel/money.js'
 
 t.test('reads decimal strings and JSON numbers into canonical decimals', async (t) => {
   const cases: Array<[unknown, string]> = [
@@ -40,4 +40,56 @@ t.test('units round-trip and add up exactly', async (t) => {
   t.equal(compareMoney('10', '9.9999999999'), 1)
   t.equal(compareMoney('0.1', '0.10'), 0)
   t.equal(compareMoney('-1', '0'), -1)
+})
+
+t.test('each refusal says why', async (t) => {
+  const refusal = (input: unknown): string => { try { parseMoney(input, 'amount'); return 'accepted' } catch (error) { return (error as Error).message } }
+  t.equal(refusal(NaN), "Invalid 'amount': must be a finite number")
+  t.equal(refusal(true), "Invalid 'amount': must be a decimal string or a number")
+  t.equal(refusal('1e5'), "Invalid 'amount': must be a plain decimal such as \"25.50\"")
+  t.equal(refusal('0.00000000001'), "Invalid 'amount': has more than 10 decimal places")
+  t.equal(refusal('1234567890123456789'), "Invalid 'amount': has more than 18 digits before the decimal point")
+  t.equal(refusal(0.1 + 0.2), "Invalid 'amount': has more than 15 significant digits; send it as a decimal string")
+  t.equal(refusal(1e21), "Invalid 'amount': has more than 18 digits before the decimal point", 'a number past 1e21 is written with an exponent, and read whole')
+  t.equal(refusal(1.2345678901e-7), "Invalid 'amount': has more than 10 decimal places", 'zeros after the point are places, not significant digits')
+  t.equal(refusal(-0.5), 'accepted', 'parseMoney itself takes any sign')
+})
+
+t.test('the edges of a plain decimal', async (t) => {
+  const cases: Array<[unknown, string]> = [
+    [123456789012.345, '123456789012.345'], // 15 significant digits: the most a JSON number keeps
+    [-1e-7, '-0.0000001'],
+    ['1.00000000000000', '1'], // trailing zeros are no decimal places
+    ['000000000000000000001', '1'], ['0012.5', '12.5'], // nor are leading zeros digits
+    ['12.34', '12.34'], ['-0', '0'], ['10', '10'], ['0.5', '0.5']
+  ]
+  for (const [input, expected] of cases) t.equal(parseMoney(input, 'amount'), expected, `${String(input)} -> ${expected}`)
+  for (const input of ['.5', '5.', 'x1', '1x', '1 2', '+1', '--1', '1.-2']) {
+    t.throws(() => parseMoney(input, 'amount'), { code: 'BUDGET_ERR_VALIDATION', message: /plain decimal/ }, `refuses ${input}`)
+  }
+})
+
+t.test('units, both ways', async (t) => {
+  const cases: Array<[string, bigint]> = [
+    ['0', 0n], ['1', 10_000_000_000n], ['1.5', 15_000_000_000n], ['0.0000000001', 1n], ['-0.5', -5_000_000_000n],
+    ['-12', -120_000_000_000n], ['123456789012345678.9999999999', 1_234_567_890_123_456_789_999_999_999n]
+  ]
+  for (const [decimal, units] of cases) {
+    t.equal(toUnits(decimal), units, `${decimal} is ${units} units`)
+    t.equal(fromUnits(units), decimal, `${units} units are ${decimal}`)
+  }
+  t.equal(toUnits('2.50000000009'), 25_000_000_000n, 'digits past the tenth place are dropped (what is stored or parsed has none)')
+  t.equal(fromUnits(-1n), '-0.0000000001')
+  t.equal(fromUnits(10_000_000_010n), '1.000000001', 'zeros inside the fraction are kept')
+  t.equal(compareMoney('2', '10'), -1, 'compared as numbers, not as text')
+  t.equal(compareMoney('-0.0000000001', '0'), -1)
+  t.equal(compareMoney('1', '1.0000000000'), 0)
+})
+
+t.test('a number as the decimal it is, exponents expanded', async (t) => {
+  const cases: Array<[number, string]> = [
+    [25.5, '25.5'], [1e-7, '0.0000001'], [1.25e-7, '0.000000125'], [-2.5e-8, '-0.000000025'], [1e21, '1000000000000000000000'],
+    [1.5e22, '15000000000000000000000'], [-1e21, '-1000000000000000000000'], [0.000001, '0.000001'], [12, '12']
+  ]
+  for (const [value, expected] of cases) t.equal(numberToDecimal(value), expected, `${String(value)} -> ${expected}`)
 })

@@ -128,3 +128,15 @@ t.test('remaining: amount - spend - reserved, never below 0 (the one rule the st
   t.equal(remainingUnits(100n, 155n, 0n), 0n, 'spent past the amount: 0, not -55')
   t.equal(remainingUnits(100n, 90n, 20n), 0n, 'reserved past the amount')
 })
+
+t.test('the status rule reads thresholds in any order, and two of them make warning and critical', async (t) => {
+  t.equal(budgetHealth('600', '1000', [alert(80, 'notify'), alert(50, 'notify')]), 'warning', 'the lowest threshold, wherever it is listed')
+  t.equal(budgetHealth('850', '1000', [alert(80, 'notify'), alert(50, 'notify')]), 'critical', 'two thresholds: critical at the higher, 80, not the default 90')
+  t.equal(budgetHealth('790', '1000', [alert(80, 'notify'), alert(10, 'notify'), alert(50, 'notify')]), 'warning')
+})
+
+t.test('time left counts from the budget\'s start when its first window began before it', async (t) => {
+  // A calendar window from April 1; the budget starts on April 11; it is April 5.
+  const status = computeStatus({ budget: { ...budget, startDate: '2024-04-11T00:00:00.000Z' }, periodStart, periodEnd, state: 'active', currentAmount: '0', reservedAmount: '0', lastUpdated: periodStart, now: new Date('2024-04-05T00:00:00Z'), crossings: [], projectedTotal: '0', burnRate: '0' })
+  t.equal(status.daysRemaining, 20, 'April 11 to May 1')
+})
