@@ -6,6 +6,7 @@ import t from 'tap'
 import fc from 'fast-check'
 import { buildApp, budgetRequest, snapshotTables } from './fixtures/app.js'
 import type { CreateBudgetInput, UpdateBudgetInput } from '../lib/budgets/registry.js'
+import type { AuditContext } from '../lib/audit/index.js'
 import type { BudgetDefinition } from '../lib/kernel/schemas.js'
 
 type Outcome = { threw: false, value: unknown } | { threw: true, code: unknown, statusCode: unknown, field: unknown, text: string }
@@ -210,4 +211,34 @@ t.test('library getBudget, updateBudget, deleteBudget and listBudgets refuse wha
   t.match(await outcomeOf(async () => await registry.getBudgetsByScope('team', 'x'.repeat(201))),
     { threw: true, statusCode: 400, code: 'BUDGET_ERR_VALIDATION', field: 'id' }, 'getBudgetsByScope: a scope id over 200 characters is refused as ScopeParams says')
   t.match(await outcomeOf(async () => await registry.getBudget('nope')), { threw: true, statusCode: 404, code: 'BUDGET_ERR_NOT_FOUND' }, 'an id that is no uuid is still not found (404), as at the route')
+})
+
+t.test('library writes refuse who makes the change when PostgreSQL could not store it (actor, requestId, createdBy), changing nothing', async (t) => {
+  const { app, sql } = await buildApp(t, QUIET)
+  const registry = app.budgetRegistry
+  const budget = await registry.createBudget(budgetRequest() as CreateBudgetInput)
+  const refusals: Array<{ label: string, work: () => Promise<unknown>, field: string }> = [
+    { label: 'updateBudget, an actor with a NUL', work: async () => await registry.updateBudget(budget.id, { description: 'x' }, { actor: 'a\u0000b', requestId: null }), field: 'actor' },
+    { label: 'updateBudget, no actor', work: async () => await registry.updateBudget(budget.id, { description: 'x' }, { requestId: 'r1' } as unknown as AuditContext), field: 'actor' },
+    { label: 'updateBudget, a request id with an unpaired surrogate', work: async () => await registry.updateBudget(budget.id, { description: 'x' }, { actor: 'ops', requestId: '\ud800' }), field: 'requestId' },
+    { label: 'updateBudget, a context that is null', work: async () => await registry.updateBudget(budget.id, { description: 'x' }, null as unknown as AuditContext), field: 'context' },
+    { label: 'deleteBudget, an actor that is a number', work: async () => await registry.deleteBudget(budget.id, {}, { actor: 7, requestId: null } as unknown as AuditContext), field: 'actor' },
+    { label: 'createBudget, a createdBy with a NUL', work: async () => await registry.createBudget(budgetRequest({ scopeId: 'other' }) as CreateBudgetInput, 'a\u0000b'), field: 'createdBy' },
+    { label: 'createBudget, a request id that is a number', work: async () => await registry.createBudget(budgetRequest({ scopeId: 'other' }) as CreateBudgetInput, 'ops', 42 as unknown as string), field: 'requestId' }
+  ]
+  for (const { label, work, field } of refusals) {
+    const before = await snapshotTables(sql)
+    t.match(await outcomeOf(work), { threw: true, statusCode: 400, code: 'BUDGET_ERR_VALIDATION', field }, `${label}: refused naming ${field}`)
+    t.same(await snapshotTables(sql), before, `${label}: nothing changed`)
+  }
+  // A request id left out is none, as the type's null; createdBy is recorded as given.
+  await registry.updateBudget(budget.id, { description: 'x' }, { actor: 'ops' } as AuditContext)
+  const created = await registry.createBudget(budgetRequest({ scopeId: 'other' }) as CreateBudgetInput, 'alice', 'req-7')
+  t.equal(created.createdBy, 'alice', 'createdBy is recorded')
+  const log = await sql<Array<{ budgetId: string, action: string, actor: string, requestId: string | null }>>`
+    select budget_id as "budgetId", action, actor, request_id as "requestId" from budget_audit_log where action in ('update', 'create') order by id`
+  t.same(log.slice(-2), [
+    { budgetId: budget.id, action: 'update', actor: 'ops', requestId: null },
+    { budgetId: created.id, action: 'create', actor: 'alice', requestId: 'req-7' }
+  ], 'the audit log names who, and no request id where none was given')
 })

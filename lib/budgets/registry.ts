@@ -5,6 +5,7 @@ import { createBudgetRepository, type BudgetRepository, type BudgetValues } from
 import { createAuditRepository, type AuditContext } from '../audit/index.js'
 import { BudgetIdParams, BudgetListQuery, CreateBudgetRequest, DeleteBudgetQuery, ScopeParams, UpdateBudgetRequest, type BudgetDefinition, type BudgetHierarchy, type BudgetTreeNode, type ScopeType } from '../kernel/schemas.js'
 import { shapeCheck } from '../kernel/validator.js'
+import { checkStorable } from '../kernel/json-limits.js'
 import { parseTimestamp } from '../kernel/timestamps.js'
 import { checkChannels, checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
 import { isUuid, retryingConflicts } from '../kernel/database/db.js'
@@ -33,6 +34,24 @@ export interface DeleteBudgetOptions {
 
 /** Who makes a change, for the audit log: from the library, the actor `library` unless named. */
 const LIBRARY: AuditContext = { actor: 'library', requestId: null }
+
+/**
+ * Who makes a change is written with it (the audit log's actor and request id, a new budget's createdBy), so it
+ * must be text PostgreSQL can store: checked before the transaction, a library caller's bad value is a 400 that
+ * names it and changes nothing, never a driver error (undefined) or PostgreSQL's 22021 (a NUL). A request id
+ * left out is none, as the type's null.
+ */
+function checkWho (context: AuditContext): AuditContext {
+  if (typeof context !== 'object' || context === null) throw new InvalidFieldError('context', 'must be an object { actor, requestId }')
+  const { actor, requestId = null } = context
+  return { actor: checkText(actor, 'actor'), requestId: requestId === null ? null : checkText(requestId, 'requestId') }
+}
+
+function checkText (value: unknown, field: string): string {
+  if (typeof value !== 'string') throw new InvalidFieldError(field, 'must be a string')
+  checkStorable(value, field)
+  return value
+}
 
 /** The fields whose values differ between two versions of a budget (updatedAt aside). */
 /** Fields whose change alone leaves every threshold crossing as it was. */
@@ -101,13 +120,14 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
   return {
     async createBudget (request: CreateBudgetInput, createdBy: string | null = null, requestId: string | null = null): Promise<BudgetDefinition> {
       const checked = checkCreateShape(request)
+      const who = checkWho({ actor: createdBy === null ? LIBRARY.actor : checkText(createdBy, 'createdBy'), requestId })
       return await inHierarchyTransaction(async (repository, tx) => {
         const values = normalizeBudget(await readDatesInZone(repository, checked, checked.timezone ?? 'UTC'))
         checkFilterModels(values.filters, modelName)
         if (channels !== undefined) checkChannels(checked, channels)
         await checkParent(repository, values, null)
         const budget = await repository.insertBudget(values, createdBy)
-        await createAuditRepository(tx).record(budget.id, 'create', { actor: createdBy ?? LIBRARY.actor, requestId }, { after: budget })
+        await createAuditRepository(tx).record(budget.id, 'create', who, { after: budget })
         return budget
       })
     },
@@ -119,6 +139,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
       checkIdParams({ id })
       // The patch holds only the fields given: one set to undefined is not in it, so the stored value stays.
       const patch = checkUpdateShape(updates)
+      const who = checkWho(context)
       return await inHierarchyTransaction(async (repository, tx) => {
         const current = await repository.findBudget(id)
         if (current === null) throw new BudgetNotFoundError(id)
@@ -142,7 +163,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
         // The gate reads the new definition as soon as this commits: the alerts must say what it will do.
         // A change no threshold reads (a description) takes no lock on the spend window.
         if (changes.some((field) => !NOT_READ_BY_ALERTS.has(field))) await repository.followDefinition(id)
-        await createAuditRepository(tx).record(id, 'update', context, { changes, before: current, after: updated })
+        await createAuditRepository(tx).record(id, 'update', who, { changes, before: current, after: updated })
         return updated
       })
     },
@@ -151,6 +172,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
       checkIdParams({ id })
       // As the route's query: cascade a boolean (a string 'false' is refused, not read as true), false unless given.
       const { cascade } = checkDeleteQuery(options)
+      const who = checkWho(context)
       await inHierarchyTransaction(async (repository, tx) => {
         const budget = await repository.findBudget(id)
         if (budget === null) throw new BudgetNotFoundError(id)
@@ -161,7 +183,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
         await repository.archiveBudgets([id, ...descendants.map((d) => d.id)])
         const audit = createAuditRepository(tx)
         for (const archived of [budget, ...descendants]) {
-          await audit.record(archived.id, 'delete', context, { before: archived, ...(archived.id === id ? {} : { changes: [`cascade from ${id}`] }) })
+          await audit.record(archived.id, 'delete', who, { before: archived, ...(archived.id === id ? {} : { changes: [`cascade from ${id}`] }) })
         }
       })
     },
