@@ -3,16 +3,24 @@ import type { Sql, TransactionSql } from 'postgres'
 import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, InvalidFieldError, ParentNotFoundError } from '../kernel/errors.js'
 import { createBudgetRepository, type BudgetRepository, type BudgetValues } from './budget-repository.js'
 import { createAuditRepository, type AuditContext } from '../audit/index.js'
-import { CreateBudgetRequest, UpdateBudgetRequest, type BudgetDefinition, type BudgetHierarchy, type BudgetTreeNode, type ScopeType } from '../kernel/schemas.js'
+import { BudgetIdParams, BudgetListQuery, CreateBudgetRequest, DeleteBudgetQuery, ScopeParams, UpdateBudgetRequest, type BudgetDefinition, type BudgetHierarchy, type BudgetTreeNode, type ScopeType } from '../kernel/schemas.js'
 import { shapeCheck } from '../kernel/validator.js'
+import { checkStorable } from '../kernel/json-limits.js'
 import { parseTimestamp } from '../kernel/timestamps.js'
 import { checkChannels, checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
 import { isUuid, retryingConflicts } from '../kernel/database/db.js'
 
 const DATE_ONLY = /^\d{4}-\d{2}-\d{2}$/
-// The API's schemas own a request's shape, for the library's callers as for the routes (lib/kernel/validator.ts).
+// The API's schemas own a request's shape, for the library's callers as for the routes (lib/kernel/validator.ts):
+// each method checks its arguments with its route's schemas, path and query as well as body, and goes on with
+// what the check returns (a field set to undefined is a field left out, as in a JSON body), never with the
+// raw argument. Fields are named as the route names them.
 const checkCreateShape = shapeCheck(CreateBudgetRequest)
 const checkUpdateShape = shapeCheck(UpdateBudgetRequest)
+const checkIdParams = shapeCheck(BudgetIdParams)
+const checkScopeParams = shapeCheck(ScopeParams)
+const checkListQuery = shapeCheck(BudgetListQuery)
+const checkDeleteQuery = shapeCheck(DeleteBudgetQuery)
 
 /** A budget to create, as the library takes it: dates as ISO strings or Date objects. */
 export type CreateBudgetInput = Omit<CreateBudgetRequest, 'startDate' | 'endDate'> & { startDate: string | Date, endDate?: string | Date | null }
@@ -26,6 +34,24 @@ export interface DeleteBudgetOptions {
 
 /** Who makes a change, for the audit log: from the library, the actor `library` unless named. */
 const LIBRARY: AuditContext = { actor: 'library', requestId: null }
+
+/**
+ * Who makes a change is written with it (the audit log's actor and request id, a new budget's createdBy), so it
+ * must be text PostgreSQL can store: checked before the transaction, a library caller's bad value is a 400 that
+ * names it and changes nothing, never a driver error (undefined) or PostgreSQL's 22021 (a NUL). A request id
+ * left out is none, as the type's null.
+ */
+function checkWho (context: AuditContext): AuditContext {
+  if (typeof context !== 'object' || context === null) throw new InvalidFieldError('context', 'must be an object { actor, requestId }')
+  const { actor, requestId = null } = context
+  return { actor: checkText(actor, 'actor'), requestId: requestId === null ? null : checkText(requestId, 'requestId') }
+}
+
+function checkText (value: unknown, field: string): string {
+  if (typeof value !== 'string') throw new InvalidFieldError(field, 'must be a string')
+  checkStorable(value, field)
+  return value
+}
 
 /** The fields whose values differ between two versions of a budget (updatedAt aside). */
 /** Fields whose change alone leaves every threshold crossing as it was. */
@@ -85,6 +111,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
   }
 
   async function getBudget (id: string): Promise<BudgetDefinition> {
+    checkIdParams({ id })
     const budget = await budgets.findBudget(id)
     if (budget === null) throw new BudgetNotFoundError(id)
     return budget
@@ -92,14 +119,15 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
 
   return {
     async createBudget (request: CreateBudgetInput, createdBy: string | null = null, requestId: string | null = null): Promise<BudgetDefinition> {
-      checkCreateShape(request)
+      const checked = checkCreateShape(request)
+      const who = checkWho({ actor: createdBy === null ? LIBRARY.actor : checkText(createdBy, 'createdBy'), requestId })
       return await inHierarchyTransaction(async (repository, tx) => {
-        const values = normalizeBudget(await readDatesInZone(repository, request, request.timezone ?? 'UTC') as CreateBudgetRequest)
+        const values = normalizeBudget(await readDatesInZone(repository, checked, checked.timezone ?? 'UTC'))
         checkFilterModels(values.filters, modelName)
-        if (channels !== undefined) checkChannels(request, channels)
+        if (channels !== undefined) checkChannels(checked, channels)
         await checkParent(repository, values, null)
         const budget = await repository.insertBudget(values, createdBy)
-        await createAuditRepository(tx).record(budget.id, 'create', { actor: createdBy ?? LIBRARY.actor, requestId }, { after: budget })
+        await createAuditRepository(tx).record(budget.id, 'create', who, { after: budget })
         return budget
       })
     },
@@ -108,18 +136,21 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
 
     /** Applies a partial update; the budget as it would become must pass every create rule. */
     async updateBudget (id: string, updates: UpdateBudgetInput, context: AuditContext = LIBRARY): Promise<BudgetDefinition> {
-      checkUpdateShape(updates)
+      checkIdParams({ id })
+      // The patch holds only the fields given: one set to undefined is not in it, so the stored value stays.
+      const patch = checkUpdateShape(updates)
+      const who = checkWho(context)
       return await inHierarchyTransaction(async (repository, tx) => {
         const current = await repository.findBudget(id)
         if (current === null) throw new BudgetNotFoundError(id)
-        const zoned = await readDatesInZone(repository, updates, updates.timezone ?? current.timezone)
+        const zoned = await readDatesInZone(repository, patch, patch.timezone ?? current.timezone)
         // A budget that becomes custom is a length of time: it leaves the calendar unless told otherwise.
-        const alignment = updates.period === 'custom' && updates.periodAlignment === undefined
-          ? { periodAlignment: 'start' as const, fiscalYearStartMonth: updates.fiscalYearStartMonth ?? 1 }
+        const alignment = patch.period === 'custom' && patch.periodAlignment === undefined
+          ? { periodAlignment: 'start' as const, fiscalYearStartMonth: patch.fiscalYearStartMonth ?? 1 }
           : {}
         const values = normalizeBudget({ ...current, ...zoned, ...alignment } as CreateBudgetRequest)
         checkFilterModels(values.filters, modelName)
-        if (channels !== undefined) checkChannels(updates, channels)
+        if (channels !== undefined) checkChannels(patch, channels)
         await checkParent(repository, values, id)
         for (const child of await repository.listChildren(id)) {
           checkChildFitsParent(normalizeBudget(child), values)
@@ -132,12 +163,16 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
         // The gate reads the new definition as soon as this commits: the alerts must say what it will do.
         // A change no threshold reads (a description) takes no lock on the spend window.
         if (changes.some((field) => !NOT_READ_BY_ALERTS.has(field))) await repository.followDefinition(id)
-        await createAuditRepository(tx).record(id, 'update', context, { changes, before: current, after: updated })
+        await createAuditRepository(tx).record(id, 'update', who, { changes, before: current, after: updated })
         return updated
       })
     },
 
-    async deleteBudget (id: string, { cascade = false }: DeleteBudgetOptions = {}, context: AuditContext = LIBRARY): Promise<void> {
+    async deleteBudget (id: string, options: DeleteBudgetOptions = {}, context: AuditContext = LIBRARY): Promise<void> {
+      checkIdParams({ id })
+      // As the route's query: cascade a boolean (a string 'false' is refused, not read as true), false unless given.
+      const { cascade } = checkDeleteQuery(options)
+      const who = checkWho(context)
       await inHierarchyTransaction(async (repository, tx) => {
         const budget = await repository.findBudget(id)
         if (budget === null) throw new BudgetNotFoundError(id)
@@ -148,27 +183,28 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
         await repository.archiveBudgets([id, ...descendants.map((d) => d.id)])
         const audit = createAuditRepository(tx)
         for (const archived of [budget, ...descendants]) {
-          await audit.record(archived.id, 'delete', context, { before: archived, ...(archived.id === id ? {} : { changes: [`cascade from ${id}`] }) })
+          await audit.record(archived.id, 'delete', who, { before: archived, ...(archived.id === id ? {} : { changes: [`cascade from ${id}`] }) })
         }
       })
     },
 
     /** Every live budget, a page at a time in id order; the cursor is the last budget's id. */
     async listBudgets (query: { limit?: number, cursor?: string } = {}): Promise<{ budgets: BudgetDefinition[], nextCursor: string | null }> {
-      const limit = query.limit ?? 100
-      if (!Number.isInteger(limit) || limit < 1 || limit > 500) throw new InvalidFieldError('limit', 'must be an integer from 1 to 500')
-      if (query.cursor !== undefined && !isUuid(query.cursor)) throw new InvalidFieldError('cursor', 'is not a cursor this API returned')
-      const found = await budgets.listBudgets(query.cursor ?? null, limit + 1)
+      const { limit = 100, cursor } = checkListQuery(query)
+      if (cursor !== undefined && !isUuid(cursor)) throw new InvalidFieldError('cursor', 'is not a cursor this API returned')
+      const found = await budgets.listBudgets(cursor ?? null, limit + 1)
       const shown = found.slice(0, limit)
       return { budgets: shown, nextCursor: found.length > limit ? shown[shown.length - 1]!.id : null }
     },
 
     async getBudgetsByScope (scopeType: ScopeType, scopeId: string): Promise<BudgetDefinition[]> {
+      checkScopeParams({ type: scopeType, id: scopeId })
       return await budgets.listScopeBudgets(scopeType, scopeId)
     },
 
     /** The scope's budgets with all their ancestors and descendants, as trees from the topmost ancestors down. */
     async getHierarchy (scopeType: ScopeType, scopeId: string): Promise<BudgetHierarchy> {
+      checkScopeParams({ type: scopeType, id: scopeId })
       const own = await budgets.listScopeBudgets(scopeType, scopeId)
       const ids = own.map((budget) => budget.id)
       const [ancestors, descendants] = await Promise.all([budgets.listAncestors(ids), budgets.listDescendants(ids)])

@@ -4,7 +4,7 @@
 // exact money, thresholds) are budget-rules' (lib/budgets/budget-rules.ts).
 import Ajv, { type Options, type ValidateFunction } from 'ajv'
 import addFormats from 'ajv-formats'
-import type { TSchema } from '@sinclair/typebox'
+import type { Static, TSchema } from '@sinclair/typebox'
 import { InvalidFieldError } from './errors.js'
 import { checkStorable } from './json-limits.js'
 
@@ -47,10 +47,13 @@ export function compileSchema (schema: object, part: 'body' | 'url'): ValidateFu
 
 /**
  * A check of values against `schema`, as a route checks its body: text PostgreSQL cannot store first (the
- * routes' preValidation hook), then the schema. Throws InvalidFieldError naming the field. The value is not
- * changed (defaults are filled in on a copy).
+ * routes' preValidation hook), then the schema. Throws InvalidFieldError naming the field. Returns what it
+ * checked, a copy: the value as a JSON body (a Date as its ISO string, a field set to undefined left out, the
+ * schema's defaults filled in, as a route's body is). The caller goes on with that copy, never the value it
+ * was given, so what is applied is what was checked: `{ ...stored, ...given }` with a field set to undefined
+ * would put back the undefined the check left out, and defaults would then fill it in over the stored value.
  */
-export function shapeCheck (schema: TSchema): (value: unknown) => void {
+export function shapeCheck<S extends TSchema> (schema: S): (value: unknown) => Static<S> {
   const validate = strict.compile(schema)
   return (value) => {
     checkStorable(value, '')
@@ -60,6 +63,7 @@ export function shapeCheck (schema: TSchema): (value: unknown) => void {
       const { field, reason } = fieldAtFault(validate.errors?.[0], 'body')
       throw new InvalidFieldError(field, reason)
     }
+    return copy as Static<S>
   }
 }
 
