@@ -1,7 +1,7 @@
 // Holds in groups: calls that arrive while a batch of holds is in PostgreSQL wait for the next one, and
 // each batch is one statement (budget_hold_batch) that takes the hot rows' locks once for all of them.
 // A call alone is a batch of one; under load, a hot budget's row is written once per batch, not per call.
-import type { Hold, HoldRequest, ReservationRepository } from './reservation-repository.js'
+import type { Hold, HoldRepository, HoldRequest } from './hold-repository.js'
 
 const MOST_IN_A_BATCH = 200
 
@@ -11,7 +11,7 @@ interface Queued {
   reject: (error: unknown) => void
 }
 
-export function createHoldQueue (reservations: ReservationRepository, options: { currency: string, ttlMs: number }) {
+export function createHoldQueue (reservations: HoldRepository, options: { currency: string, ttlMs: number }) {
   let queue: Queued[] = []
   let running = false
 

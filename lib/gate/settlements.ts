@@ -15,7 +15,7 @@
 // fails past its retries loses those records, and says so at error level.
 import type { Logger } from '../kernel/logger.js'
 import { isDatabaseUnavailable } from '../kernel/errors.js'
-import type { LeasedSettlement, ReservationRepository, Settlement } from './reservation-repository.js'
+import type { LeasedSettlement, Settlement, SettlementRepository } from './settlement-repository.js'
 import type { UnbudgetedValues } from '../usage/index.js'
 
 /**
@@ -73,7 +73,7 @@ interface Queued {
   reject: (error: unknown) => void
 }
 
-export function createSettlementQueue (reservations: ReservationRepository,
+export function createSettlementQueue (reservations: SettlementRepository,
   options: { ttlMs: number, observe: (definitionsVersion: number) => void, recordUnbudgeted: RecordUnbudgeted }, log: Logger) {
   let queue: Queued[] = []
   let running: Promise<void> | null = null
