@@ -4,7 +4,8 @@
 import Fastify from 'fastify'
 import t from 'tap'
 import { bestEffort } from '../lib/kernel/best-effort.js'
-import { createReservationRepository, type LineBudget } from '../lib/gate/reservation-repository.js'
+import type { BudgetTerms } from '../lib/gate/budget-terms.js'
+import { createRateRepository } from '../lib/gate/rate-repository.js'
 import { createRateLimits, isRateRefusal } from '../lib/gate/rate-limits.js'
 import { budgetRequest, buildApp, PREFIX } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
@@ -69,8 +70,8 @@ t.test('a rate-limit allowance whose give-back fails is logged with the budgets 
   const { admin, sql } = await buildApp(t)
   const budget = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ rateLimits: { requestsPerMinute: 600 } }) })).json()
   const { log, lines } = capturedLog()
-  const rateLimits = createRateLimits(createReservationRepository(sql), log)
-  const line = [{ budgetId: budget.id, name: budget.name, requestsPerMinute: 600, tokensPerMinute: null }] as unknown as LineBudget[]
+  const rateLimits = createRateLimits(createRateRepository(sql), log)
+  const line = [{ budgetId: budget.id, name: budget.name, requestsPerMinute: 600, tokensPerMinute: null }] as unknown as BudgetTerms[]
   const admitted = await rateLimits.admit(line, 0)
   if (isRateRefusal(admitted)) throw new Error('refused')
   rateLimits.end(admitted, null) // not served: its request is this process's allowance now, to give back

@@ -2,7 +2,7 @@
 // lease not yet written (its first take still waiting) leaves it be.
 import postgres from 'postgres'
 import t from 'tap'
-import { createReservationRepository } from '../lib/gate/reservation-repository.js'
+import { createLeaseRepository } from '../lib/gate/lease-repository.js'
 import { buildApp } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { findViolations } from './fixtures/invariants.js'
@@ -45,8 +45,8 @@ for (const other of ['settle', 'return'] as const) {
     await ordered.connection`select set_config('enable_seqscan', 'off', false), set_config('enable_bitmapscan', 'off', false)`
     await blocker.connection`begin`
     await blocker.connection`select 1 from budget_reservations where id = ${lease} and budget_id = ${middle} for update`
-    // ReservationRepository.renewLease, on a session of its own
-    const renew = createReservationRepository(renewingClient).renewLease(lease, 900_000)
+    // the lease repository's renewLease, on a session of its own
+    const renew = createLeaseRepository(renewingClient).renewLease(lease, 900_000)
       .then(() => null, (error: { code?: string, cause?: { code?: string } }) => error.cause ?? error)
     await waitingForLock(sql, renewing.pid)
     const second = (other === 'settle'

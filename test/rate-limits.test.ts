@@ -4,8 +4,8 @@
 import OpenAI from 'openai'
 import t from 'tap'
 import Fastify from 'fastify'
-import type { LineBudget } from '../lib/gate/reservation-repository.js'
-import { createReservationRepository } from '../lib/gate/reservation-repository.js'
+import type { BudgetTerms } from '../lib/gate/budget-terms.js'
+import { createRateRepository } from '../lib/gate/rate-repository.js'
 import { estimateChatCost } from '../lib/pricing/estimate.js'
 import { createRateLimits, isRateRefusal, type RateAdmission } from '../lib/gate/rate-limits.js'
 import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
@@ -103,7 +103,7 @@ t.test('an allowance given back is in its bucket before this process takes from 
   const { admin, sql } = await buildApp(t)
   const created = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ rateLimits: { tokensPerMinute: 4500 } }) })
   const budget = created.json()
-  const repository = createReservationRepository(sql)
+  const repository = createRateRepository(sql)
   // A give-back whose statement is slow to commit (a loaded database): the next take must not run before it.
   const slow = { ...repository, giveBackRate: async (returns: Parameters<typeof repository.giveBackRate>[0]) => {
     await new Promise((resolve) => setTimeout(resolve, 300))
@@ -111,7 +111,7 @@ t.test('an allowance given back is in its bucket before this process takes from 
   } }
   const rateLimits = createRateLimits(slow, Fastify().log)
   t.teardown(async () => await rateLimits.close())
-  const line = [{ budgetId: budget.id, name: budget.name, requestsPerMinute: null, tokensPerMinute: 4500 }] as unknown as LineBudget[]
+  const line = [{ budgetId: budget.id, name: budget.name, requestsPerMinute: null, tokensPerMinute: 4500 }] as unknown as BudgetTerms[]
   const first = await rateLimits.admit(line, 4000)
   t.notOk(isRateRefusal(first), 'the first call takes 4,000 of 4,500 tokens')
   rateLimits.end(first as RateAdmission, 10)

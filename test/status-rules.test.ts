@@ -1,5 +1,6 @@
 import t from 'tap'
 import { decide } from '../lib/gate/decision.js'
+import type { BudgetNumbers, BudgetTerms } from '../lib/gate/budget-terms.js'
 import { budgetHealth, computeStatus, percentReached, remainingUnits } from '../lib/usage/status-rules.js'
 import type { BudgetAlert } from '../lib/kernel/schemas.js'
 
@@ -7,6 +8,17 @@ const alert = (threshold: number, ...actions: BudgetAlert['actions']): BudgetAle
 const budget = { id: 'b1', name: 'team', amount: '1000', currency: 'USD', startDate: '2024-01-01T00:00:00.000Z', timezone: 'UTC', alerts: [alert(50, 'notify'), alert(80, 'restrict-models'), alert(95, 'require-approval')] }
 const periodStart = new Date('2024-04-01T00:00:00Z')
 const periodEnd = new Date('2024-05-01T00:00:00Z') // 30 days
+
+/** A budget as decide() reads it: its terms (as a line caches them) and the numbers SQL measured for the call's estimate. */
+function measured (id: string, { amount = '1000', alerts = [] as BudgetAlert[], current, reserved = '0', fits = true, enforcement = 'hard' as 'hard' | 'soft', estimate }:
+  { amount?: string, alerts?: BudgetAlert[], current: string, reserved?: string, fits?: boolean, enforcement?: 'hard' | 'soft', estimate: string }): { terms: BudgetTerms, numbers: BudgetNumbers } {
+  return {
+    terms: { budgetId: id, name: id, alerts, currency: 'USD', nearLimit: null, scopeMatched: true, scopeRank: 0, periodStart, periodEnd, requestsPerMinute: null, tokensPerMinute: null },
+    numbers: { budgetId: id, amount, enforcement, currentAmount: current, reservedAmount: reserved, approvedThrough: null, projectedActions: [], fits, estimate, outOfRange: false }
+  }
+}
+const decideOn = (budgets: Array<{ terms: BudgetTerms, numbers: BudgetNumbers }>, estimate: string) =>
+  decide(budgets.map((b) => b.terms), budgets.map((b) => b.numbers), estimate)
 
 t.test('status fields against hand-computed values', async (t) => {
   // 10 days into a 30-day period, 250 spent, 40 reserved.
@@ -74,7 +86,7 @@ t.test('the status rule, from the budget\'s alert thresholds or the defaults', a
 t.test('blocked: a block-all alert in force, as the gate decides it', async (t) => {
   const ladder = [alert(50, 'notify'), alert(90, 'block-all')]
   // The gate finds the crossings on the numbers it holds under the lock, and its status says what it decided.
-  const decided = (spent: string, alerts = ladder) => decide([{ budget: { ...budget, alerts }, currentAmount: spent, reservedAmount: '0', fits: true }], '1').budgets[0]!.status
+  const decided = (spent: string, alerts = ladder) => decideOn([measured('b1', { alerts, current: spent, estimate: '1' })], '1').budgets[0]!.status
   t.equal(decided('899.9999999999'), 'warning', 'under the block-all threshold')
   t.equal(decided('900'), 'blocked', 'at it: blocked, not critical')
   t.equal(decided('1000'), 'blocked', 'and past 100%: blocked, not exceeded (every call is refused)')
@@ -102,24 +114,38 @@ t.test('percentReached compares exactly', async (t) => {
 
 t.test('the decision: strictest refusal wins, and the binding budget is named', async (t) => {
   // Whether an estimate fits is SQL's to say (budget_fits); the decision reads it.
-  const team = { budget: { ...budget, id: 'team', name: 'team', alerts: [] }, currentAmount: '900', reservedAmount: '50', fits: true }
-  const org = { budget: { ...budget, id: 'org', name: 'org', amount: '10000', alerts: [] }, currentAmount: '1000', reservedAmount: '0', fits: true }
-  const fits = decide([team, org], '50')
+  const team = (estimate: string, more: Partial<Parameters<typeof measured>[1]> = {}) => measured('team', { current: '900', reserved: '50', estimate, ...more })
+  const org = (estimate: string, more: Partial<Parameters<typeof measured>[1]> = {}) => measured('org', { amount: '10000', current: '1000', estimate, ...more })
+  const fits = decideOn([team('50'), org('50')], '50')
   t.match(fits, { canProceed: true, code: null, bindingBudgetId: 'team', remaining: '50', limit: '1000', currentAmount: '900', reservedAmount: '50' })
-  const tooMuch = decide([{ ...team, fits: false }, org], '50.0000000001')
+  const tooMuch = decideOn([team('50.0000000001', { fits: false }), org('50.0000000001')], '50.0000000001')
   t.match(tooMuch, { canProceed: false, code: 'budget_exceeded', bindingBudgetId: 'team', reason: /team.*50 left/ })
   t.same(tooMuch.budgets.map((b) => b.fits), [false, true])
-  t.match(decide([{ ...team, fits: false, budget: { ...team.budget, enforcement: 'soft' as const } }, org], '60'), { canProceed: true }, 'a soft budget that does not fit only alerts')
+  t.match(decideOn([team('60', { fits: false, enforcement: 'soft' }), org('60')], '60'), { canProceed: true }, 'a soft budget that does not fit only alerts')
 
-  const orgBlocked = { ...org, fits: false, budget: { ...org.budget, alerts: [alert(10, 'block-all')] } }
-  t.match(decide([team, orgBlocked], '500'), { canProceed: false, code: 'budget_blocked', bindingBudgetId: 'org' }, 'block-all outranks an exceeded limit')
-  const approval = { ...team, budget: { ...team.budget, alerts: [alert(80, 'require-approval')] } }
-  t.match(decide([approval, org], '1'), { canProceed: false, code: 'approval_required', bindingBudgetId: 'team' })
-  const downgrading = { ...team, budget: { ...team.budget, alerts: [alert(50, 'auto-downgrade', 'notify')] } }
-  const advice = decide([downgrading], '1')
+  const orgBlocked = org('500', { fits: false, alerts: [alert(10, 'block-all')] })
+  t.match(decideOn([team('500'), orgBlocked], '500'), { canProceed: false, code: 'budget_blocked', bindingBudgetId: 'org' }, 'block-all outranks an exceeded limit')
+  t.match(decideOn([team('1', { alerts: [alert(80, 'require-approval')] }), org('1')], '1'), { canProceed: false, code: 'approval_required', bindingBudgetId: 'team' })
+  const advice = decideOn([team('1', { alerts: [alert(50, 'auto-downgrade', 'notify')] })], '1')
   t.match(advice, { canProceed: true, activeActions: ['auto-downgrade', 'notify'] })
   t.match(advice.suggestedActions, [/cheaper model/])
-  t.match(decide([], '1'), { canProceed: true, bindingBudgetId: null, reason: 'No budget applies' })
+  t.match(decide([], [], '1'), { canProceed: true, bindingBudgetId: null, reason: 'No budget applies' })
+})
+
+t.test('the decision reads each budget\'s terms beside its own numbers: by budget id, in the line\'s order', async (t) => {
+  const team = measured('team', { current: '900', reserved: '50', estimate: '60', fits: false })
+  const org = measured('org', { amount: '10000', current: '1000', estimate: '60' })
+  // The numbers in another order than the line: each budget still reads its own.
+  const check = decide([team.terms, org.terms], [org.numbers, team.numbers], '60')
+  t.same(check.budgets.map((b) => [b.budgetId, b.limit, b.currentAmount, b.fits]), [['team', '1000', '900', false], ['org', '10000', '1000', true]])
+  t.match(check, { canProceed: false, code: 'budget_exceeded', bindingBudgetId: 'team' })
+  // A budget of the line whose window had no row under the hold has no numbers: it is left out, not decided on made-up ones.
+  const without = decide([team.terms, org.terms], [org.numbers], '60')
+  t.same(without.budgets.map((b) => b.budgetId), ['org'])
+  t.match(without, { canProceed: true, bindingBudgetId: 'org' })
+  // Terms give the name, alerts, currency and near-limit policy; the numbers give the limit and enforcement the fit was measured against.
+  const changed = decide([{ ...team.terms, name: 'renamed', nearLimit: 'clamp', currency: 'EUR' }], [{ ...team.numbers, amount: '2000', enforcement: 'soft' }], '60')
+  t.match(changed.budgets[0], { name: 'renamed', nearLimit: 'clamp', currency: 'EUR', limit: '2000', enforcement: 'soft', remaining: '1050', estimatedCost: '60' })
 })
 
 t.test('remaining: amount - spend - reserved, never below 0 (the one rule the status, the decision and the gauge read)', async (t) => {

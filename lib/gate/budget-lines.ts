@@ -11,7 +11,8 @@
 // nothing to listen for, and it works behind any pooler.
 import type { Logger } from '../kernel/logger.js'
 import { bestEffort } from '../kernel/best-effort.js'
-import type { CallFilter, LineBudget, ReservationRepository } from './reservation-repository.js'
+import type { BudgetTerms } from './budget-terms.js'
+import type { CallFilter, LineRepository } from './line-repository.js'
 import { canonicalTags } from '../kernel/tags.js'
 import type { DefinitionsVersion } from './definitions-version.js'
 
@@ -25,7 +26,7 @@ export const VERSION_FRESH_MS = 80
 const POLL_IDLE_MS = 5000
 
 interface Cached {
-  line: Promise<{ line: LineBudget[], definitionsVersion: number }>
+  line: Promise<{ line: BudgetTerms[], definitionsVersion: number }>
   validUntil: number
   /** The count of changes heard when the load began: a load that a change overtook is not kept. */
   generation: number
@@ -34,13 +35,13 @@ interface Cached {
 /** A caller's line as cached: the key it is kept under, and until when it holds. */
 export interface CachedLine {
   key: string
-  line: LineBudget[]
+  line: BudgetTerms[]
   validUntil: number
   /** The definitions' version the line was loaded under: a statement that sees a newer one knows it is stale. */
   definitionsVersion: number
 }
 
-export function createBudgetLines (reservations: ReservationRepository, versions: DefinitionsVersion, currency: string, log: Logger) {
+export function createBudgetLines (reservations: LineRepository, versions: DefinitionsVersion, currency: string, log: Logger) {
   const lines = new Map<string, Cached>()
   versions.onForget(() => { lines.clear() })
 

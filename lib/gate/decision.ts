@@ -2,30 +2,10 @@
 // the model asked for. Pure: the constraint check, the integration service and the gate all call it
 // with numbers read from the database.
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
-import type { ApplicableBudget, Hold, LineBudget } from './reservation-repository.js'
-import type { AlertAction, BudgetAlert, BudgetDefinition, NearLimitPolicy } from '../kernel/schemas.js'
+import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
+import type { AlertAction, BudgetAlert, NearLimitPolicy } from '../kernel/schemas.js'
 import { highestOutputRate, type PriceBook } from '../pricing/index.js'
 import { budgetHealth, currentAlertsReached, remainingUnits, type BudgetHealth } from '../usage/index.js'
-
-export interface BudgetStanding {
-  budget: Pick<BudgetDefinition, 'id' | 'name' | 'amount' | 'alerts'> & { enforcement?: 'hard' | 'soft' }
-  currentAmount: Money
-  reservedAmount: Money
-  /** How far an admin's approval lets spend go this period (lifts require-approval up to there). */
-  approvedThrough?: Money | null
-  /** Actions of projected-basis alerts crossed this period (from the alert history). */
-  projectedActions?: AlertAction[]
-  /** Whether the estimate fits, as SQL decided it (budget_fits, sql/functions/holds.sql): the one place that rule lives. */
-  fits: boolean
-  /** The budget's currency, when known (a budget in another currency than the call's). */
-  currency?: string
-  /** The estimate in the budget's currency, as SQL converted it (budget_convert); null: no exchange rate is in force, or it is out of range. Absent: the call's estimate. */
-  estimate?: Money | null
-  /** A rate is in force, but the estimate at it (or the window's total with it) is past what a budget can hold, 10^18 (budget_hold_amount). */
-  outOfRange?: boolean
-  /** The budget's own near-limit policy (null or absent: the gate's). */
-  nearLimit?: NearLimitPolicy | null
-}
 
 /** What the gate knows about the call: the model, and how restrict-models and auto-downgrade treat it. */
 export interface ModelPolicy {
@@ -171,76 +151,48 @@ function restriction (alerts: BudgetAlert[], policy: ModelPolicy): string[] | nu
   return underCap || allowed.has(policy.model) || allowed.has(pricedName(policy)) ? null : [...allowed].sort()
 }
 
-/** The decision's view of budgets as the reservation repository reads them. */
-export function standingsOf (budgets: ApplicableBudget[]): BudgetStanding[] {
-  return budgets.map((budget) => ({
-    budget: { id: budget.budgetId, name: budget.name, amount: budget.amount, alerts: budget.alerts, enforcement: budget.enforcement },
-    currentAmount: budget.currentAmount,
-    reservedAmount: budget.reservedAmount,
-    approvedThrough: budget.approvedThrough,
-    projectedActions: budget.projectedActions,
-    fits: budget.fits,
-    currency: budget.currency,
-    estimate: budget.estimate,
-    outOfRange: budget.outOfRange,
-    nearLimit: budget.nearLimit
-  }))
-}
-
-/** The decision's view of a hold: the line's budgets (names, alerts and currencies from the process's cache) with the numbers read under its lock. */
-export function standingsOfHold (line: LineBudget[], hold: Hold): BudgetStanding[] {
-  const held = new Map(hold.budgets.map((budget) => [budget.budgetId, budget]))
-  return line.flatMap((budget) => {
-    const numbers = held.get(budget.budgetId)
-    return numbers === undefined
-      ? []
-      : [{
-          budget: { id: budget.budgetId, name: budget.name, amount: numbers.amount, alerts: budget.alerts, enforcement: numbers.enforcement },
-          currentAmount: numbers.currentAmount,
-          reservedAmount: numbers.reservedAmount,
-          approvedThrough: numbers.approvedThrough,
-          projectedActions: numbers.projectedActions,
-          fits: numbers.fits,
-          currency: budget.currency,
-          estimate: numbers.held,
-          outOfRange: numbers.outOfRange,
-          nearLimit: budget.nearLimit
-        }]
-  })
-}
-
-export function checkBudget (standing: BudgetStanding, estimate: Money, policy?: ModelPolicy): BudgetCheck {
-  const { budget, currentAmount, reservedAmount } = standing
+/** One budget's answer: its terms (from the line) read beside the numbers SQL measured for the estimate. */
+export function checkBudget (terms: BudgetTerms, numbers: BudgetNumbers, policy?: ModelPolicy): BudgetCheck {
+  const { amount, currentAmount, reservedAmount } = numbers
   const current = toUnits(currentAmount)
   const reserved = toUnits(reservedAmount)
   const committed = current + reserved
-  const crossed = currentAlertsReached(budget.alerts, currentAmount, budget.amount)
-  const activeActions = [...new Set([...crossed.flatMap((alert) => alert.actions), ...standing.projectedActions ?? []])]
+  const crossed = currentAlertsReached(terms.alerts, currentAmount, amount)
+  const activeActions = [...new Set([...crossed.flatMap((alert) => alert.actions), ...numbers.projectedActions])]
   const restricting = crossed.filter((alert) => alert.actions.includes('restrict-models'))
-  const approvedThrough = standing.approvedThrough ?? null
-  const converted = standing.estimate === undefined ? estimate : standing.estimate
+  const converted = numbers.estimate
   return {
-    budgetId: budget.id,
-    name: budget.name,
-    limit: budget.amount,
+    budgetId: terms.budgetId,
+    name: terms.name,
+    limit: amount,
     currentAmount,
     reservedAmount,
-    remaining: fromUnits(remainingUnits(toUnits(budget.amount), current, reserved)),
-    status: budgetHealth(currentAmount, budget.amount, budget.alerts, activeActions),
+    remaining: fromUnits(remainingUnits(toUnits(amount), current, reserved)),
+    status: budgetHealth(currentAmount, amount, terms.alerts, activeActions),
     activeActions,
-    enforcement: budget.enforcement ?? 'hard',
-    fits: standing.fits,
-    approved: approvedThrough !== null && converted !== null && committed + toUnits(converted) <= toUnits(approvedThrough),
+    enforcement: numbers.enforcement,
+    fits: numbers.fits,
+    approved: numbers.approvedThrough !== null && converted !== null && committed + toUnits(converted) <= toUnits(numbers.approvedThrough),
     allowedModels: policy === undefined || restricting.length === 0 ? null : restriction(restricting, policy),
-    currency: standing.currency ?? null,
+    currency: terms.currency,
     estimatedCost: converted,
-    outOfRange: standing.outOfRange ?? false,
-    nearLimit: standing.nearLimit ?? null
+    outOfRange: numbers.outOfRange,
+    nearLimit: terms.nearLimit
   }
 }
 
-export function decide (standings: BudgetStanding[], estimate: Money, policy?: ModelPolicy): BudgetConstraintCheck {
-  const checks = standings.map((standing) => checkBudget(standing, estimate, policy))
+/**
+ * The decision on a call of `estimate` (in the call's currency) over a line's budgets: each budget's terms
+ * beside the numbers SQL measured for it (by budget id), in the line's order. A budget without numbers (its
+ * window had no row under the hold) is not part of the answer.
+ */
+export function decide (terms: readonly BudgetTerms[], numbers: readonly BudgetNumbers[], estimate: Money, policy?: ModelPolicy): BudgetConstraintCheck {
+  const measured = new Map(numbers.map((budget) => [budget.budgetId, budget]))
+  const checks: BudgetCheck[] = []
+  for (const budget of terms) {
+    const its = measured.get(budget.budgetId)
+    if (its !== undefined) checks.push(checkBudget(budget, its, policy))
+  }
   const activeActions = [...new Set(checks.flatMap((check) => check.activeActions))]
   const cheaper = policy === undefined ? undefined : downgradeOf(policy)
   const downgradeTo = activeActions.includes('auto-downgrade') && cheaper !== undefined && cheaper !== policy?.model ? cheaper : null

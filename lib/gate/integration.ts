@@ -7,14 +7,18 @@ import type { Logger } from '../kernel/logger.js'
 import { BudgetNotFoundError, DatabaseUnavailableError } from '../kernel/errors.js'
 import type { BudgetDefinition } from '../kernel/schemas.js'
 import { parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
-import type { CallFilter, Hold, LineBudget, ReservationRepository } from './reservation-repository.js'
+import type { BudgetTerms } from './budget-terms.js'
+import type { Hold } from './hold-repository.js'
+import type { CallFilter } from './line-repository.js'
+import type { StandingRepository } from './standing-repository.js'
+import type { SweeperRepository } from './sweeper-repository.js'
 import type { BudgetLines } from './budget-lines.js'
 import type { DefinitionsVersion } from './definitions-version.js'
 import type { HoldQueue } from './holds.js'
 import type { Admission, Leases } from './leases.js'
 import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
 import { sweptBeforeSettling, type SettleOutcome, type SettlementQueue } from './settlements.js'
-import { bindingBudget, decide, standingsOf, standingsOfHold, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
+import { bindingBudget, decide, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
 import type { BudgetStatusInfo } from '../usage/index.js'
 import type { UsageTracker, UsageMetadata } from '../usage/index.js'
 import { toScopes, type CallerScopes } from '../kernel/scopes.js'
@@ -55,7 +59,7 @@ export interface SettleInfo {
 interface Admitted {
   /** The id the call's hold (if any) was taken under. */
   reservationId: string
-  line: LineBudget[]
+  line: BudgetTerms[]
   admission: Admission | null
   hold: Hold
   rate: RateAdmission | RateRefusal
@@ -94,7 +98,8 @@ function rateLimitedCheck (refusal: RateRefusal, estimate: Money): BudgetConstra
 
 /** The parts the integration works with, each built once by the plugin (lib/index.ts). */
 export interface GateMachinery {
-  reservations: ReservationRepository
+  /** The reads that hold nothing (the checks, the summary) and the sweeper. */
+  reservations: StandingRepository & SweeperRepository
   lines: BudgetLines
   leases: Leases
   holds: HoldQueue
@@ -192,7 +197,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
    * on one line changing one after the other are definitions changing, not a database fault.
    */
   async function admitOrHold (call: CallFilter, estimate: Money, requestId: string, tokens: number, deadline: number): Promise<Admitted> {
-    const nothingHeld = { current: true, reserved: false, budgets: [], definitionsVersion: -1 }
+    const nothingHeld: Hold = { current: true, reserved: false, numbers: [], definitionsVersion: -1 }
     for (let attempt = 1; ; attempt++) {
       // A fresh id each try: the hold of a try found stale is still being given back under its own.
       const reservationId = randomUUID()
@@ -204,7 +209,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       try {
         // A line with a budget in another currency is held call by call (each hold converts at the rate in force).
         const admission = line.every((budget) => budget.currency === options.currency) ? await leases.admit(key, line, validUntil, estimate) : null
-        if (admission !== null) return { reservationId, line, admission, hold: { current: true, reserved: true, budgets: [], definitionsVersion: -1 }, rate }
+        if (admission !== null) return { reservationId, line, admission, hold: { current: true, reserved: true, numbers: [], definitionsVersion: -1 }, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
         versions.observe(hold.definitionsVersion)
         // A hold on a line older than the definitions it met (a budget created, changed or filtered since
@@ -233,15 +238,16 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       const estimate: Money = parsePositiveMoney(estimatedCost, 'estimatedCost')
       const budget = await findBudget(budgetId)
       if (budget === null) throw new BudgetNotFoundError(budgetId)
-      return decide(standingsOf(await reservations.listLineage(budget.id, budget.currency, estimate)), estimate)
+      const { terms, numbers } = await reservations.listLineage(budget.id, budget.currency, estimate)
+      return decide(terms, numbers, estimate)
     },
 
     /** Would a call of `estimatedCost` (to `model`, when given) go ahead for this caller now? Reads only; reserves nothing. */
     async checkCaller (caller: CallerScopes, estimatedCost: Money | number, model?: string): Promise<BudgetConstraintCheck> {
       const estimate = parsePositiveMoney(estimatedCost, 'estimatedCost')
       const call = callOf(caller, model)
-      const budgets = call.scopes.length === 0 ? [] : standingsOf(await reservations.listApplicable(call, options.currency, estimate))
-      return decide(budgets, estimate, model === undefined ? undefined : { ...options.models, model })
+      const { terms, numbers } = call.scopes.length === 0 ? { terms: [], numbers: [] } : await reservations.listApplicable(call, options.currency, estimate)
+      return decide(terms, numbers, estimate, model === undefined ? undefined : { ...options.models, model })
     },
 
     /**
@@ -251,7 +257,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     async reserveCall (caller: CallerScopes, estimate: Money, { requestId = randomUUID(), model, tokens = 0 }: { requestId?: string, model?: string, tokens?: number } = {}): Promise<Reservation> {
       const call = callOf(caller, model)
       const policy = model === undefined ? undefined : { ...options.models, model }
-      if (call.scopes.length === 0) return { check: decide([], estimate, policy), reservationId: null }
+      if (call.scopes.length === 0) return { check: decide([], [], estimate, policy), reservationId: null }
       const { reservationId, line, admission, hold: result, rate } = await withDeadline(
         admitOrHold(call, estimate, requestId, tokens, Date.now() + options.timeoutMs),
         // Answered too late for the caller, who was refused: give back what it took.
@@ -263,7 +269,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       )
       if (isRateRefusal(rate)) return { check: rateLimitedCheck(rate, estimate), reservationId: null, rateLimited: rate }
       if (admission !== null) {
-        const check = decide(admission.standings, estimate, policy)
+        const check = decide(line, admission.numbers, estimate, policy)
         if (check.canProceed) {
           admitted.set(reservationId, { admission, requestId })
           rateAdmitted.set(reservationId, { rate, tokens })
@@ -275,7 +281,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         return { check, reservationId: null }
       }
       if (!result.current) { rateLimits.end(rate, null); throw new DatabaseUnavailableError() } // the line changed under every try
-      const check = decide(standingsOfHold(line, result), estimate, policy)
+      const check = decide(line, result.numbers, estimate, policy)
       if (line.length === 0) return { check, reservationId: null } // no budget applies to this caller
       if (result.reserved && check.canProceed) rateAdmitted.set(reservationId, { rate, tokens })
       else rateLimits.end(rate, null)
@@ -319,7 +325,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     /** Records a model call's cost without a reservation: once, counting toward every budget that applies to the caller. */
     async recordModelCall (caller: CallerScopes, cost: Money | number, info: SettleInfo & { requestId?: string } = {}) {
       const model = typeof info.metadata?.modelId === 'string' ? info.metadata.modelId : undefined
-      const applicable = (await reservations.listApplicable(callOf(caller, model), options.currency)).filter((budget) => budget.scopeMatched)
+      const applicable = (await reservations.listApplicable(callOf(caller, model), options.currency)).terms.filter((budget) => budget.scopeMatched)
       const [primary, ...others] = applicable
       if (primary === undefined) return null
       return await tracker.recordUsage({
@@ -346,11 +352,12 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       // No call is named: the rule is read for one unit of the gate's currency, converted as a call's estimate
       // is. Across currencies it compares remaining / estimate, so any estimate orders budgets alike, up to
       // the conversion's rounding up at 10 decimals.
-      const applicable = await reservations.listApplicable(callOf(caller, model), options.currency, '1')
-      const budgets = await Promise.all(applicable.map(async (budget) => ({
+      const { terms, numbers } = await reservations.listApplicable(callOf(caller, model), options.currency, '1')
+      const budgets = await Promise.all(terms.map(async (budget) => ({
         ...await tracker.getBudgetStatus(budget.budgetId), name: budget.name, scopeMatched: budget.scopeMatched
       })))
-      const binding = bindingBudget(budgets.map((budget, index) => ({ budgetId: budget.budgetId, remaining: budget.remaining, currency: budget.currency, estimatedCost: applicable[index]!.estimate })))
+      // numbers[index] was read with terms[index], in one row (lib/gate/standing-repository.ts).
+      const binding = bindingBudget(budgets.map((budget, index) => ({ budgetId: budget.budgetId, remaining: budget.remaining, currency: budget.currency, estimatedCost: numbers[index]!.estimate })))
       return { budgets, bindingBudgetId: binding?.budgetId ?? null }
     },
 

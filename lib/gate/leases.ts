@@ -12,8 +12,8 @@
 import { randomUUID } from 'node:crypto'
 import type { Logger } from '../kernel/logger.js'
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
-import type { LineBudget, ReservationRepository } from './reservation-repository.js'
-import type { BudgetStanding } from './decision.js'
+import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
+import type { LeaseNumbers, LeaseRepository } from './lease-repository.js'
 import type { SettleOutcome, SettlementQueue } from './settlements.js'
 
 /** Calls on a line this close together make it hot enough to lease. */
@@ -28,7 +28,7 @@ const RETURN_RETRY_DELAYS_MS = [20, 100, 500, 2000, 5000]
 
 interface Lease {
   id: string
-  line: LineBudget[]
+  line: BudgetTerms[]
   validUntil: number
   /** Units no admitted call can use any more: what new calls may take, or what is given back. Below zero when calls cost more than their estimates. */
   available: bigint
@@ -40,7 +40,8 @@ interface Lease {
   ended: boolean
   /** A take with a grant has landed: its rows are in PostgreSQL (until the final return, or a sweep). */
   landed: boolean
-  numbers: Map<string, Omit<BudgetStanding, 'budget' | 'fits'> & { amount: Money, enforcement: 'hard' | 'soft' }>
+  /** Each budget's numbers as the last take measured them under its lock. */
+  numbers: Map<string, LeaseNumbers>
   returning: boolean
   taking: Promise<void> | null
   lastUse: number
@@ -53,10 +54,11 @@ export interface Admission {
   lease: Lease
   estimate: bigint
   admittedAt: Date
-  standings: BudgetStanding[]
+  /** The numbers the call was admitted on: the take's, with the call's estimate, which fits (the slice holds it). */
+  numbers: BudgetNumbers[]
 }
 
-export function createLeases (reservations: ReservationRepository, settlements: SettlementQueue,
+export function createLeases (reservations: LeaseRepository, settlements: SettlementQueue,
   options: { currency: string, ttlMs: number, observe: (definitionsVersion: number) => void }, log: Logger) {
   const leases = new Map<string, Lease>()
   /** Retired leases whose row is still there (calls to settle, or the final return on its way): kept alive like the others. */
@@ -208,7 +210,7 @@ export function createLeases (reservations: ReservationRepository, settlements: 
      * when it cannot (a cold line, a line near its limit or an alert action, an out-of-date line): the
      * caller then holds call by call.
      */
-    async admit (key: string, line: LineBudget[], validUntil: number, estimate: Money): Promise<Admission | null> {
+    async admit (key: string, line: BudgetTerms[], validUntil: number, estimate: Money): Promise<Admission | null> {
       startSweeping()
       const now = Date.now()
       const previous = lastCall.get(key)
@@ -241,17 +243,14 @@ export function createLeases (reservations: ReservationRepository, settlements: 
         const topping = lease
         topUp(topping, units).catch((error: unknown) => { log.warn({ err: error, leaseId: topping.id }, 'topping up a budget lease failed') })
       }
-      const standings: BudgetStanding[] = line.map((budget) => {
-        const numbers = lease!.numbers.get(budget.budgetId)!
-        return {
-          budget: { id: budget.budgetId, name: budget.name, amount: numbers.amount, alerts: budget.alerts, enforcement: numbers.enforcement },
-          currentAmount: numbers.currentAmount,
-          reservedAmount: numbers.reservedAmount,
-          fits: true
-        }
-      })
+      // A lease is taken only on a line in the gate's currency (so the estimate is the call's own) and never
+      // reaches a threshold whose alert does more than notify (sql/functions/leases.sql): the take reads no
+      // approval and no projected crossing, and the call fits, since the slice already holds it.
+      const numbers: BudgetNumbers[] = line.map((budget) => ({
+        ...lease!.numbers.get(budget.budgetId)!, approvedThrough: null, projectedActions: [], fits: true, estimate, outOfRange: false
+      }))
       const admittedAt = new Date(Math.min(Math.max(now, lease.windowStart), lease.windowEnd - 1))
-      return { lease, estimate: units, admittedAt, standings }
+      return { lease, estimate: units, admittedAt, numbers }
     },
 
     /**

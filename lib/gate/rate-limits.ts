@@ -8,7 +8,8 @@
 // and when the process closes. When a call ends, the tokens it did not use go back to the allowance.
 import type { Logger } from '../kernel/logger.js'
 import { bestEffort } from '../kernel/best-effort.js'
-import type { LineBudget, RateAsk, RateGrant, ReservationRepository } from './reservation-repository.js'
+import type { BudgetTerms } from './budget-terms.js'
+import type { RateAsk, RateGrant, RateRepository } from './rate-repository.js'
 
 const HOT_WITHIN_MS = 100
 const CALLS_PER_SLICE = 64
@@ -50,9 +51,9 @@ export interface RateRefusal {
   tooLarge: boolean
 }
 
-const limits = (budget: LineBudget) => budget.requestsPerMinute !== null || budget.tokensPerMinute !== null
+const limits = (budget: BudgetTerms) => budget.requestsPerMinute !== null || budget.tokensPerMinute !== null
 
-export function createRateLimits (reservations: ReservationRepository, log: Logger) {
+export function createRateLimits (reservations: RateRepository, log: Logger) {
   const allowances = new Map<string, Allowance>()
   let returns: Promise<unknown> = Promise.resolve()
 
@@ -66,7 +67,7 @@ export function createRateLimits (reservations: ReservationRepository, log: Logg
     return allowance
   }
 
-  const need = (budget: LineBudget, tokens: number) => ({
+  const need = (budget: BudgetTerms, tokens: number) => ({
     requests: budget.requestsPerMinute === null ? 0 : 1,
     tokens: budget.tokensPerMinute === null ? 0 : tokens
   })
@@ -74,7 +75,7 @@ export function createRateLimits (reservations: ReservationRepository, log: Logg
     allowance.requests >= wanted.requests && allowance.tokens >= wanted.tokens
 
   /** One statement for the line's budgets whose allowance is short: their need, or a slice when hot. */
-  async function topUp (short: LineBudget[], tokens: number, now: number): Promise<void> {
+  async function topUp (short: BudgetTerms[], tokens: number, now: number): Promise<void> {
     const asks: RateAsk[] = short.map((budget) => {
       const allowance = allowanceOf(budget.budgetId)
       const wanted = need(budget, tokens)
@@ -109,7 +110,7 @@ export function createRateLimits (reservations: ReservationRepository, log: Logg
     }
   }
 
-  function refusal (budget: LineBudget, tokens: number): RateRefusal {
+  function refusal (budget: BudgetTerms, tokens: number): RateRefusal {
     const seen = allowanceOf(budget.budgetId).seen
     const requestsLeft = seen?.requestsLeft ?? null
     const tokensLeft = seen?.tokensLeft ?? null
@@ -163,7 +164,7 @@ export function createRateLimits (reservations: ReservationRepository, log: Logg
      * Takes one request and `tokens` from every rate-limited budget of the line, or nothing: then the
      * budget whose limit refused, with the numbers of OpenAI's 429.
      */
-    async admit (line: LineBudget[], tokens: number): Promise<RateAdmission | RateRefusal> {
+    async admit (line: BudgetTerms[], tokens: number): Promise<RateAdmission | RateRefusal> {
       const limited = line.filter(limits)
       if (limited.length === 0) return { taken: [] }
       const now = Date.now()
@@ -181,7 +182,7 @@ export function createRateLimits (reservations: ReservationRepository, log: Logg
         ownTakes++
         await topUp(short, tokens, now)
       }
-      const low: LineBudget[] = []
+      const low: BudgetTerms[] = []
       const taken = limited.map((budget) => {
         const allowance = allowanceOf(budget.budgetId)
         const wanted = need(budget, tokens)

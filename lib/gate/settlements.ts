@@ -15,7 +15,8 @@
 // fails past its retries loses those records, and says so at error level.
 import type { Logger } from '../kernel/logger.js'
 import { isDatabaseUnavailable } from '../kernel/errors.js'
-import type { LeasedSettlement, ReservationRepository, Settlement } from './reservation-repository.js'
+import { createGroupCommit, type Pending } from './group-commit.js'
+import type { LeasedSettlement, Settlement, SettlementRepository } from './settlement-repository.js'
 import type { UnbudgetedValues } from '../usage/index.js'
 
 /**
@@ -65,46 +66,38 @@ type Work = { kind: 'reservation', settlement: Settlement } | { kind: 'leased', 
 /** Stores unbudgeted calls' records in one statement; their ids by request id (one missing: stored before). */
 export type RecordUnbudgeted = (records: UnbudgetedValues[]) => Promise<Map<string, string>>
 
-interface Queued {
-  work: Work
-  /** Settled in a batch of its own (its batch failed once). */
-  alone?: boolean
-  resolve: (outcome: SettleOutcome) => void
-  reject: (error: unknown) => void
-}
+type Queued = Pending<Work, SettleOutcome>
 
-export function createSettlementQueue (reservations: ReservationRepository,
+export function createSettlementQueue (reservations: SettlementRepository,
   options: { ttlMs: number, observe: (definitionsVersion: number) => void, recordUnbudgeted: RecordUnbudgeted }, log: Logger) {
-  let queue: Queued[] = []
-  let running: Promise<void> | null = null
   /** Commits one batch: each kind one statement. */
   async function commit (batch: Queued[]): Promise<void> {
-    const own = batch.filter((queued) => queued.work.kind === 'reservation')
-    const leased = batch.filter((queued) => queued.work.kind === 'leased')
-    const unbudgeted = batch.filter((queued) => queued.work.kind === 'unbudgeted')
+    const own = batch.filter((queued) => queued.item.kind === 'reservation')
+    const leased = batch.filter((queued) => queued.item.kind === 'leased')
+    const unbudgeted = batch.filter((queued) => queued.item.kind === 'unbudgeted')
     if (own.length > 0) {
-      const { usageIds, definitionsVersion } = await reservations.settleBatch(own.map((queued) => queued.work.settlement as Settlement))
+      const { usageIds, definitionsVersion } = await reservations.settleBatch(own.map((queued) => queued.item.settlement as Settlement))
       options.observe(definitionsVersion)
       for (const queued of own) {
-        const settlement = queued.work.settlement as Settlement
+        const settlement = queued.item.settlement as Settlement
         queued.resolve(heldOutcome(usageIds.get(settlement.reservationId), settlement.actualCost !== null))
       }
     }
     if (leased.length > 0) {
-      const { outcomes, definitionsVersion } = await reservations.settleLeased(leased.map((queued) => queued.work.settlement as LeasedSettlement), options.ttlMs)
+      const { outcomes, definitionsVersion } = await reservations.settleLeased(leased.map((queued) => queued.item.settlement as LeasedSettlement), options.ttlMs)
       options.observe(definitionsVersion)
       for (const queued of leased) {
-        const found = outcomes.get((queued.work.settlement as LeasedSettlement).requestId)
+        const found = outcomes.get((queued.item.settlement as LeasedSettlement).requestId)
         queued.resolve(found === undefined || !found.leaseFound
           ? { outcome: 'expired' }
           : found.usageId !== null ? { outcome: 'recorded', usageId: found.usageId } : { outcome: 'already-recorded' })
       }
     }
     if (unbudgeted.length > 0) {
-      const stored = await options.recordUnbudgeted(unbudgeted.map((queued) => queued.work.settlement as UnbudgetedValues))
+      const stored = await options.recordUnbudgeted(unbudgeted.map((queued) => queued.item.settlement as UnbudgetedValues))
       for (const queued of unbudgeted) {
         // The first of two under one request id takes the record; the other is its replay.
-        const { requestId } = queued.work.settlement as UnbudgetedValues
+        const { requestId } = queued.item.settlement as UnbudgetedValues
         const usageId = stored.get(requestId)
         stored.delete(requestId)
         queued.resolve(usageId === undefined ? { outcome: 'already-recorded' } : { outcome: 'recorded', usageId })
@@ -112,48 +105,33 @@ export function createSettlementQueue (reservations: ReservationRepository,
     }
   }
 
-  async function run (): Promise<void> {
-    while (queue.length > 0) {
-      const batch = queue[0]?.alone === true ? queue.slice(0, 1) : queue.slice(0, MOST_IN_A_BATCH)
-      queue = queue.slice(batch.length)
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await commit(batch)
-          break
-        } catch (error) {
-          const delay = RETRY_DELAYS_MS[attempt]
-          if (delay === undefined || !(RETRYABLE.has((error as { code?: string }).code ?? '') || isDatabaseUnavailable(error))) {
-            if (batch.length > 1) {
-              // One settlement may have failed the batch: settle each alone, so the others still commit.
-              queue = [...batch.map((queued) => ({ ...queued, alone: true })), ...queue]
-              break
-            }
-            // The hold stays until its TTL; the sweeper then counts it at its estimate. An unbudgeted call has none: its record is lost.
-            log.error({ err: error, settlement: batch[0]?.work.settlement },
-              batch[0]?.work.kind === 'unbudgeted' ? 'recording an unbudgeted call failed: its spend is not in the ledger' : 'settling a gated call failed')
-            for (const queued of batch) queued.reject(error)
-            break
+  /** Commits a batch, trying again on a failure that leaves no effect; past that, each of its items alone. */
+  async function commitRetrying (batch: Queued[], again: (items: Queued[]) => void): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await commit(batch)
+        return
+      } catch (error) {
+        const delay = RETRY_DELAYS_MS[attempt]
+        if (delay === undefined || !(RETRYABLE.has((error as { code?: string }).code ?? '') || isDatabaseUnavailable(error))) {
+          if (batch.length > 1) {
+            // One settlement may have failed the batch: settle each alone, so the others still commit.
+            again(batch)
+            return
           }
-          await new Promise((resolve) => setTimeout(resolve, delay))
+          // The hold stays until its TTL; the sweeper then counts it at its estimate. An unbudgeted call has none: its record is lost.
+          log.error({ err: error, settlement: batch[0]?.item.settlement },
+            batch[0]?.item.kind === 'unbudgeted' ? 'recording an unbudgeted call failed: its spend is not in the ledger' : 'settling a gated call failed')
+          for (const queued of batch) queued.reject(error)
+          return
         }
+        await new Promise((resolve) => setTimeout(resolve, delay))
       }
     }
   }
 
-  // One batch runner at a time; one that ends with work queued behind it starts the next.
-  function kick (): void {
-    if (running !== null) return
-    running = run().finally(() => {
-      running = null
-      if (queue.length > 0) kick()
-    })
-  }
-
-  async function enqueue (work: Work): Promise<SettleOutcome> {
-    const done = new Promise<SettleOutcome>((resolve, reject) => { queue.push({ work, resolve, reject }) })
-    kick()
-    return await done
-  }
+  const queue = createGroupCommit<Work, SettleOutcome>(MOST_IN_A_BATCH, commitRetrying)
+  const enqueue = queue.submit
 
   return {
     /** Queues the end of a call's own hold; resolves with what it did once its batch commits. */
@@ -177,7 +155,7 @@ export function createSettlementQueue (reservations: ReservationRepository,
      */
     async drain (waitMs = 10_000): Promise<void> {
       const deadline = Date.now() + waitMs
-      while (running !== null && Date.now() < deadline) {
+      for (let running = queue.running(); running !== null && Date.now() < deadline; running = queue.running()) {
         await Promise.race([running, new Promise((resolve) => setTimeout(resolve, deadline - Date.now()).unref())])
       }
     }

@@ -1,0 +1,51 @@
+// A budget as the gate sees it, in two halves that are never mapped into each other: its terms (what its
+// definition says, as budget_line returns it and the process caches it in a caller's line) and its numbers
+// (what SQL measured of its window for one estimate: under the lock for a hold or a lease, in one read for a
+// check). decide() reads a line's terms beside the numbers measured for it.
+import type { Money } from '../kernel/money.js'
+import type { AlertAction, BudgetAlert, NearLimitPolicy } from '../kernel/schemas.js'
+
+/** One budget of a caller's line: its definition and the window it applies in now (budget_line, sql/functions/lines.sql). */
+export interface BudgetTerms {
+  budgetId: string
+  name: string
+  alerts: BudgetAlert[]
+  /** The budget's currency: a line with one other than the gate's is held call by call, never leased. */
+  currency: string
+  /** What the gate does when a call no longer fits (null: the gate's nearLimit option). */
+  nearLimit: NearLimitPolicy | null
+  /** The budget is the caller's own (its scope matched), not an ancestor's. */
+  scopeMatched: boolean
+  scopeRank: number
+  periodStart: Date
+  periodEnd: Date
+  /** Null where the budget does not limit the rate. */
+  requestsPerMinute: number | null
+  tokensPerMinute: number | null
+}
+
+/**
+ * What SQL measured of one budget's window for one estimate. The limit and the enforcement are read in the
+ * same statement as the spend, not taken from the cached terms: the fit was measured against them, and a
+ * definition changed since the line was cached counts as it is now (budget_line returns neither).
+ */
+export interface BudgetNumbers {
+  budgetId: string
+  amount: Money
+  enforcement: 'hard' | 'soft'
+  currentAmount: Money
+  reservedAmount: Money
+  /** How far an admin's approval lets spend go this period (lifts require-approval up to there); null: none. */
+  approvedThrough: Money | null
+  /** Actions of projected-basis alerts crossed this period (from the alert history). */
+  projectedActions: AlertAction[]
+  /** Whether the estimate fits, as SQL decided it (budget_fits, sql/functions/holds.sql): the one place that rule lives. */
+  fits: boolean
+  /**
+   * The estimate in the budget's currency as held, rounded up (budget_hold_amount); null when no exchange rate
+   * is in force, or it is out of range.
+   */
+  estimate: Money | null
+  /** A rate is in force but the estimate cannot be held on the budget: past 10^18 (budget_hold_amount, sql/functions/holds.sql). */
+  outOfRange: boolean
+}

@@ -1,0 +1,60 @@
+// SQL for settlements: the ends of held calls and of calls admitted from leases, each kind one statement per batch.
+import type { Db } from '../kernel/database/db.js'
+import type { Money } from '../kernel/money.js'
+
+export interface Settlement {
+  reservationId: string
+  actualCost: Money | null
+  source: string
+  description: string | null
+  metadata: Record<string, unknown>
+}
+
+/** The end of a call admitted from a lease: charged `actualCost` at `occurredAt` (inside the lease's windows). */
+export interface LeasedSettlement {
+  leaseId: string
+  requestId: string
+  actualCost: Money
+  occurredAt: Date
+  source: string
+  description: string | null
+  metadata: Record<string, unknown>
+}
+
+/** What became of a call admitted from a lease, once its batch committed (budget_settle_leased, sql/functions/settlements.sql). */
+export interface LeasedOutcome {
+  /** Its usage record; null when none was written by this settlement. */
+  usageId: string | null
+  /** False: the lease had expired and been swept (counting the call at its estimate) before this settlement. */
+  leaseFound: boolean
+}
+
+export function createSettlementRepository (sql: Db) {
+  return {
+    /** Ends many reservations in one transaction (budget_settle_batch, sql/functions/settlements.sql). Returns the usage ids by reservation found (a reservation already ended is not in the map). */
+    async settleBatch (settlements: Settlement[]): Promise<{ usageIds: Map<string, string | null>, definitionsVersion: number }> {
+      const rows = await sql<Array<{ reservationId: string, usageId: string | null, definitionsVersion: string }>>`
+        select reservation_id as "reservationId", usage_id as "usageId", definitions_version::text as "definitionsVersion"
+        from budget_settle_batch(${settlements.map((s) => s.reservationId)}::text[]::uuid[], ${settlements.map((s) => s.actualCost)}::text[]::numeric[],
+                                 ${settlements.map((s) => s.source)}::text[], ${settlements.map((s) => s.description)}::text[],
+                                 ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[])`
+      return { usageIds: new Map(rows.map((row) => [row.reservationId, row.usageId])), definitionsVersion: Number(rows[0]?.definitionsVersion ?? -1) }
+    },
+
+    /** Settles calls admitted from leases, in one transaction (budget_settle_leased, sql/functions/settlements.sql): each call's outcome, by request id. */
+    async settleLeased (settlements: LeasedSettlement[], ttlMs: number): Promise<{ outcomes: Map<string, LeasedOutcome>, definitionsVersion: number }> {
+      const rows = await sql<Array<{ requestId: string, usageId: string | null, leaseFound: boolean, version: string }>>`
+        select request_id as "requestId", usage_id as "usageId", lease_found as "leaseFound", definitions_version::text as version
+        from budget_settle_leased(${settlements.map((s) => s.leaseId)}::text[]::uuid[], ${settlements.map((s) => s.requestId)}::text[],
+                                  ${settlements.map((s) => s.actualCost)}::text[]::numeric[], ${settlements.map((s) => s.source)}::text[],
+                                  ${settlements.map((s) => s.description)}::text[], ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[],
+                                  ${settlements.map((s) => s.occurredAt.toISOString())}::text[]::timestamptz[], ${`${ttlMs} milliseconds`}::interval)`
+      return {
+        outcomes: new Map(rows.map((row) => [row.requestId, { usageId: row.usageId, leaseFound: row.leaseFound }])),
+        definitionsVersion: Number(rows[0]?.version ?? -1)
+      }
+    }
+  }
+}
+
+export type SettlementRepository = ReturnType<typeof createSettlementRepository>
