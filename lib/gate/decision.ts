@@ -37,8 +37,8 @@ export interface BudgetCheck {
   approved: boolean
   /** restrict-models is in force and the call's model is not allowed: the models that are. */
   allowedModels: string[] | null
-  /** The budget's currency (null: the call's, not read). */
-  currency: string | null
+  /** The budget's currency. */
+  currency: string
   /** The estimate in the budget's currency; null when no exchange rate converts the call's currency into it, or out of range. */
   estimatedCost: Money | null
   /** The estimate converted into the budget's currency cannot be held on it: past 10^18 (budget_hold_amount). */
@@ -79,7 +79,7 @@ const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => bool
     // Never converted at 1: a budget the call's currency cannot be converted into refuses (budget_require_rate).
     code: 'exchange_rate_missing',
     refuses: (check) => check.estimatedCost === null && !check.outOfRange,
-    reason: (check) => `No exchange rate into ${check.currency ?? 'its currency'} is in force for budget '${check.name}'`,
+    reason: (check) => `No exchange rate into ${check.currency} is in force for budget '${check.name}'`,
     suggestion: 'ask an admin to set the exchange rate (PUT {prefix}/exchange-rates/{from}/{to})'
   },
   {
@@ -87,7 +87,7 @@ const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => bool
     // case converts past it. Like a full budget, a 402 the caller can act on (a smaller call); never a 500.
     code: 'estimate_out_of_range',
     refuses: (check) => check.outOfRange,
-    reason: (check) => `The estimated cost converted into ${check.currency ?? 'its currency'} is past the largest amount budget '${check.name}' can hold (10^18)`,
+    reason: (check) => `The estimated cost converted into ${check.currency} is past the largest amount budget '${check.name}' can hold (10^18)`,
     suggestion: 'use a cheaper model or fewer tokens, or ask an admin to check the exchange rate'
   },
   {
@@ -111,7 +111,7 @@ const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => bool
   {
     code: 'budget_exceeded',
     refuses: (check) => !check.fits && check.enforcement === 'hard',
-    reason: (check, estimate) => `Budget '${check.name}' has ${check.remaining} left, less than the estimated cost ${check.estimatedCost ?? estimate}${check.currency === null ? '' : ` ${check.currency}`}`,
+    reason: (check, estimate) => `Budget '${check.name}' has ${check.remaining} left, less than the estimated cost ${check.estimatedCost ?? estimate} ${check.currency}`,
     suggestion: 'use a cheaper model or fewer tokens, or ask an admin to raise the budget'
   }
 ]
