@@ -158,6 +158,13 @@ export function createDecisionLog (repository: DecisionRepository, options: Deci
     return flushing
   }
 
+  /** One sweep at a time: a sweep asked for while the timer's runs waits for it, so each counts only its own deletions. */
+  function sweepInTurn (): Promise<number> {
+    const run = sweeping.then(sweep, sweep)
+    sweeping = run.catch(() => {})
+    return run
+  }
+
   /** Deletes decisions past the retention, a bounded batch per statement; how many it deleted. */
   async function sweep (): Promise<number> {
     const before = new Date(now().getTime() - options.retentionDays * DAY_MS)
@@ -186,7 +193,7 @@ export function createDecisionLog (repository: DecisionRepository, options: Deci
 
     /** Writes every decision noted so far (tests, and close). */
     flush,
-    sweep,
+    sweep: sweepInTurn,
 
     /** A page of decisions, newest first, with the cursor of the next. */
     async page (query: DecisionPageQuery): Promise<{ decisions: StoredDecision[], nextCursor: string | null }> {
@@ -203,7 +210,7 @@ export function createDecisionLog (repository: DecisionRepository, options: Deci
       }
       // Swept also when disabled: what was stored before keeps its retention.
       const sweepNow = () => {
-        sweeping = sweep().catch((error: unknown) => { log.error({ err: error }, 'sweeping the decision log failed') })
+        sweepInTurn().catch((error: unknown) => { log.error({ err: error }, 'sweeping the decision log failed') })
       }
       sweepTimer = setInterval(sweepNow, options.sweepIntervalMs)
       sweepTimer.unref()
