@@ -59,51 +59,57 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
   // The parts. Admin writes run in transactions bounded at adminTimeoutMs, on connections of their own (never
   // queued behind the gate's statements), cut by PostgreSQL and rolled back (lib/kernel/database/bounded.ts).
   const database = await openDatabase(databaseOption, { migrate }) // the schema is brought up to date first
-  const sql = database.api
-  const repositories = createRepositories(sql)
-  const pricing = createPricing(priceBook, currency, gateOptions !== null)
-  const { prices, modelName } = pricing.api
-  // What the gate derives from budget definitions is forgotten when they move: at once for a change made
-  // here, at the next statement for one made in another process (lib/gate/definitions-version.ts).
-  const versions = createDefinitionsVersion()
-  const registry = createBudgets(sql, adminTimeoutMs, log, { modelName, onChange: versions.forget, channels: Object.keys(notifications.channels) })
-  const usage = createUsage(sql, adminTimeoutMs, log, { statusCacheTtlMs, now, modelName })
-  // Lines, leases, holds, settlements, rate limits, and the admission API on them.
-  const gate = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted },
-    usage.api.tracker, versions, { currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades } }, log)
-  // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
-  const metrics = partOf(createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions, currency))
-  const alerts = createAlerts(sql, repositories, gate.api.tracker, { notifications, notified: metrics.api.notified, adminTimeoutMs, now }, log)
-  const decisions = createDecisions(sql, decisionOptions, log, metrics.api.registry)
-  const currencies = createCurrencies(sql, adminTimeoutMs, log, now)
-  const reports = partOf(createSpendReports(repositories.reports, now, repositories.budgets.listTimeZones))
-  const audit = partOf(createBudgetAudit(repositories.audit))
+  // A registration that fails from here on (a decoration already present, say) ends the client it opened.
+  try {
+    const sql = database.api
+    const repositories = createRepositories(sql)
+    const pricing = createPricing(priceBook, currency, gateOptions !== null)
+    const { prices, modelName } = pricing.api
+    // What the gate derives from budget definitions is forgotten when they move: at once for a change made
+    // here, at the next statement for one made in another process (lib/gate/definitions-version.ts).
+    const versions = createDefinitionsVersion()
+    const registry = createBudgets(sql, adminTimeoutMs, log, { modelName, onChange: versions.forget, channels: Object.keys(notifications.channels) })
+    const usage = createUsage(sql, adminTimeoutMs, log, { statusCacheTtlMs, now, modelName })
+    // Lines, leases, holds, settlements, rate limits, and the admission API on them.
+    const gate = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted },
+      usage.api.tracker, versions, { currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades } }, log)
+    // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
+    const metrics = partOf(createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions, currency))
+    const alerts = createAlerts(sql, repositories, gate.api.tracker, { notifications, notified: metrics.api.notified, adminTimeoutMs, now }, log)
+    const decisions = createDecisions(sql, decisionOptions, log, metrics.api.registry)
+    const currencies = createCurrencies(sql, adminTimeoutMs, log, now)
+    const reports = partOf(createSpendReports(repositories.reports, now, repositories.budgets.listTimeZones))
+    const audit = partOf(createBudgetAudit(repositories.audit))
 
-  fastify.decorate('budgetRegistry', registry.api)
-  fastify.decorate('budgetTracker', gate.api.tracker)
-  fastify.decorate('budgetIntegration', gate.api.integration)
-  fastify.decorate('budgetAlerts', alerts.api.alerts)
-  fastify.decorate('budgetNotifications', alerts.api.notifications)
-  fastify.decorate('budgetMetrics', metrics.api)
-  fastify.decorate('budgetDecisions', decisions.api)
-  // The admin API's check, for the host's own routes that show money (a /metrics of its own, say).
-  fastify.decorate('budgetAdminGuard', adminGuard(authorize))
-  fastify.decorateRequest('budgetActor', null)
-  fastify.decorateRequest('budgetGate', null)
+    fastify.decorate('budgetRegistry', registry.api)
+    fastify.decorate('budgetTracker', gate.api.tracker)
+    fastify.decorate('budgetIntegration', gate.api.integration)
+    fastify.decorate('budgetAlerts', alerts.api.alerts)
+    fastify.decorate('budgetNotifications', alerts.api.notifications)
+    fastify.decorate('budgetMetrics', metrics.api)
+    fastify.decorate('budgetDecisions', decisions.api)
+    // The admin API's check, for the host's own routes that show money (a /metrics of its own, say).
+    fastify.decorate('budgetAdminGuard', adminGuard(authorize))
+    fastify.decorateRequest('budgetActor', null)
+    fastify.decorateRequest('budgetGate', null)
 
-  // The gate's hooks on the host's model routes; they drain the calls in flight first when the server closes.
-  const gateHooks = gateOptions === null ? partOf(null) : registerGate(fastify, gateOptions, gate.api.integration, prices, metrics.api, decisionOptions.enabled ? decisions.api : null)
-  const lifecycle = lifecycleOf([database, pricing, registry, usage, gate, metrics, alerts, decisions, currencies, reports, audit, gateHooks], log)
-  fastify.addHook('onReady', async () => { lifecycle.start() })
-  fastify.addHook('onClose', async () => { await lifecycle.stop() })
+    // The gate's hooks on the host's model routes; they drain the calls in flight first when the server closes.
+    const gateHooks = gateOptions === null ? partOf(null) : registerGate(fastify, gateOptions, gate.api.integration, prices, metrics.api, decisionOptions.enabled ? decisions.api : null)
+    const lifecycle = lifecycleOf([database, pricing, registry, usage, gate, metrics, alerts, decisions, currencies, reports, audit, gateHooks], log)
+    fastify.addHook('onReady', async () => { lifecycle.start() })
+    fastify.addHook('onClose', async () => { await lifecycle.stop() })
 
-  await fastify.register(adminRoutes, {
-    prefix, authorize, registry: registry.api, tracker: gate.api.tracker, collector: usage.api.collector, recordUsage: usage.api.recordUsage,
-    alerts: alerts.api.alerts, channels: alerts.api.channels, metrics: metrics.api, audit: audit.api, reports: reports.api, rates: currencies.api,
-    decisions: decisions.api, timeoutMs: adminTimeoutMs
-  })
-  // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
-  if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })
+    await fastify.register(adminRoutes, {
+      prefix, authorize, registry: registry.api, tracker: gate.api.tracker, collector: usage.api.collector, recordUsage: usage.api.recordUsage,
+      alerts: alerts.api.alerts, channels: alerts.api.channels, metrics: metrics.api, audit: audit.api, reports: reports.api, rates: currencies.api,
+      decisions: decisions.api, timeoutMs: adminTimeoutMs
+    })
+    // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
+    if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })
+  } catch (error) {
+    await database.stop?.()
+    throw error
+  }
 }
 
 export default fp(budgets, { fastify: '5.x', name: '@relaycore/budgets' })

@@ -4,7 +4,8 @@ import { randomUUID } from 'node:crypto'
 import { bestEffort } from '../kernel/best-effort.js'
 import { isUuid } from '../kernel/database/db.js'
 import type { Logger } from '../kernel/logger.js'
-import { BudgetNotFoundError, DatabaseUnavailableError } from '../kernel/errors.js'
+import { BudgetNotFoundError, DatabaseUnavailableError, InvalidFieldError } from '../kernel/errors.js'
+import { isStorableText } from '../kernel/json-limits.js'
 import type { BudgetDefinition } from '../kernel/schemas.js'
 import { parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
 import type { BudgetTerms } from './budget-terms.js'
@@ -31,6 +32,17 @@ import { toScopes, type CallerScopes } from '../kernel/scopes.js'
  * lets a burst of admin changes finish instead of meeting each of them.
  */
 const LINE_PAUSE_MS = 50
+
+/**
+ * A request id a library caller gives is stored with its hold, its usage record and its lease's calls:
+ * refused before any budget work when PostgreSQL could not store it (a NUL failed a whole hold batch with
+ * 22021, and a leased call's settlement after it was served), as the admin API refuses it (1 to 200 characters).
+ */
+function checkRequestId (requestId: unknown): string {
+  if (typeof requestId !== 'string' || requestId.length < 1 || requestId.length > 200) throw new InvalidFieldError('requestId', 'must be a string of 1 to 200 characters')
+  if (!isStorableText(requestId)) throw new InvalidFieldError('requestId', 'contains a NUL character or an unpaired surrogate, which cannot be stored')
+  return requestId
+}
 
 export interface IntegrationOptions {
   /** The currency of estimates and costs; a budget in another currency applies too, converted at the rate in force (budget_convert). */
@@ -255,6 +267,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
      * or refuses and reserves nothing. Throws DatabaseUnavailableError past timeoutMs.
      */
     async reserveCall (caller: CallerScopes, estimate: Money, { requestId = randomUUID(), model, tokens = 0 }: { requestId?: string, model?: string, tokens?: number } = {}): Promise<Reservation> {
+      checkRequestId(requestId)
       const call = callOf(caller, model)
       const policy = model === undefined ? undefined : { ...options.models, model }
       if (call.scopes.length === 0) return { check: decide([], [], estimate, policy), reservationId: null }
@@ -306,6 +319,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
      * with the settlements and committed in their batches: resolves once its batch commits.
      */
     async recordUnbudgetedCall (cost: Money, { requestId, occurredAt = new Date(), ...info }: SettleInfo & { requestId: string, occurredAt?: Date }): Promise<SettleOutcome> {
+      checkRequestId(requestId)
       return await settlements.recordUnbudgeted({
         requestId,
         amount: parsePositiveMoney(cost, 'cost'),
