@@ -113,11 +113,17 @@ t.test('sql/: each function is defined by one file, once; migrations define none
   const definitions = repeatables.flatMap((file) => file.functions.map((name) => `${name} in ${file.name}`))
   const names = repeatables.flatMap((file) => file.functions)
   t.same(names.filter((name, i) => names.indexOf(name) !== i), [], `no function defined twice: ${definitions.length} definitions`)
-  const triggers = repeatables.flatMap((file) => [...file.text.matchAll(/\bcreate\s+or\s+replace\s+trigger\s+(\w+)/gi)].map((match) => match[1]))
+  const triggers = repeatables.flatMap((file) => [...file.text.matchAll(/\bcreate\s+(?:or\s+replace\s+|constraint\s+)trigger\s+(\w+)/gi)].map((match) => match[1]))
   t.same(triggers.filter((name, i) => triggers.indexOf(name) !== i), [], 'no trigger defined twice')
   for (const file of repeatables) {
-    t.same([...statements(file.text).matchAll(/\bcreate\s+(?!or\s+replace\b)\w+/gi)].map((match) => match[0]), [],
+    const text = statements(file.text)
+    t.same([...text.matchAll(/\bcreate\s+(?!or\s+replace\b)(?!constraint\s+trigger\b)\w+/gi)].map((match) => match[0]), [],
       `${file.name}: every create is a create or replace, so the file can run again`)
+    // A constraint trigger cannot be replaced: the file drops it first, on its table, so it can run again too.
+    for (const [, name, table] of text.matchAll(/\bcreate\s+constraint\s+trigger\s+(\w+)\s+after\s+[\w\s]+?\s+on\s+(\w+)/gi)) {
+      t.ok(new RegExp(`drop\\s+trigger\\s+if\\s+exists\\s+${name!}\\s+on\\s+${table!}\\s*;\\s*create\\s+constraint\\s+trigger\\s+${name!}\\b`, 'i').test(text),
+        `${file.name}: the constraint trigger ${name!} is dropped right before it is created`)
+    }
   }
   for (const migration of await readMigrations()) {
     t.same([...statements(migration.text).matchAll(/\bcreate\s+(?:or\s+replace\s+)?(?:function|procedure|trigger|view)\b/gi)].map((match) => match[0]), [],
