@@ -19,6 +19,16 @@ async function hotLine (t: Test, gateway: Awaited<ReturnType<typeof buildGateway
   t.ok(await leaseHeld(), 'the line holds a lease (the premise: the next call would be admitted from it)')
 }
 
+/** Past the freshness bound, the line's next call is refused with `code`; the invariants hold after. */
+async function nextCallRefused (t: Test, gateway: Awaited<ReturnType<typeof buildGateway>>, caller: Record<string, string>, code: string, label: string): Promise<void> {
+  await pastTheFreshnessBound()
+  const response = await gateway.call(caller)
+  t.equal(response.statusCode, 402, label)
+  t.equal(response.json().error?.code, code)
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+}
+
 t.test('a block-all crossing recorded through the admin API refuses the hot line\'s next call within the freshness bound', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100', alerts: [{ threshold: 50, actions: ['block-all'] }] })
@@ -27,12 +37,7 @@ t.test('a block-all crossing recorded through the admin API refuses the hot line
   const before = await version(gateway.sql)
   await gateway.app.budgetTracker.recordUsage({ budgetId: team.id, amount: '60', currency: 'USD', source: 'test' })
   t.ok(await version(gateway.sql) > before, 'the crossing bumped the definitions\' version')
-  await pastTheFreshnessBound()
-  const response = await gateway.call(caller)
-  t.equal(response.statusCode, 402, 'the next call is refused')
-  t.equal(response.json().error?.code, 'budget_blocked')
-  await gateway.settled()
-  await checkInvariants(t, gateway.sql)
+  await nextCallRefused(t, gateway, caller, 'budget_blocked', 'the next call is refused')
 })
 
 t.test('spend recorded by another process: its crossing ends this process\'s lease too', async (t) => {
@@ -45,12 +50,8 @@ t.test('spend recorded by another process: its crossing ends this process\'s lea
   await other.ready()
   t.teardown(async () => await other.close())
   await other.budgetTracker.recordUsage({ budgetId: team.id, amount: '51', currency: 'USD', source: 'other-process' })
-  await pastTheFreshnessBound()
-  const response = await gateway.call(caller) // gpt-4o-mini, not among the allowed models now
-  t.equal(response.statusCode, 402, 'refused: restrict-models is in force')
-  t.equal(response.json().error?.code, 'model_restricted')
-  await gateway.settled()
-  await checkInvariants(t, gateway.sql)
+  // gpt-4o-mini, the fixture's model, is not among the allowed models now
+  await nextCallRefused(t, gateway, caller, 'model_restricted', 'refused: restrict-models is in force')
 })
 
 t.test('a crossing that only notifies leaves the version (and every lease) alone', async (t) => {

@@ -5,7 +5,7 @@ import { createBudgetRepository, type BudgetRepository, type BudgetValues } from
 import { createAuditRepository, type AuditContext } from '../audit/index.js'
 import { BudgetIdParams, BudgetListQuery, CreateBudgetRequest, DeleteBudgetQuery, ScopeParams, UpdateBudgetRequest, type BudgetDefinition, type BudgetHierarchy, type BudgetTreeNode, type ScopeType } from '../kernel/schemas.js'
 import { shapeCheck } from '../kernel/validator.js'
-import { checkStorable } from '../kernel/json-limits.js'
+import { checkStorableString } from '../kernel/json-limits.js'
 import { parseTimestamp } from '../kernel/timestamps.js'
 import { checkChannels, checkChildFitsParent, checkFilterModels, normalizeBudget } from './budget-rules.js'
 import { isUuid, retryingConflicts } from '../kernel/database/db.js'
@@ -44,13 +44,7 @@ const LIBRARY: AuditContext = { actor: 'library', requestId: null }
 function checkWho (context: AuditContext): AuditContext {
   if (typeof context !== 'object' || context === null) throw new InvalidFieldError('context', 'must be an object { actor, requestId }')
   const { actor, requestId = null } = context
-  return { actor: checkText(actor, 'actor'), requestId: requestId === null ? null : checkText(requestId, 'requestId') }
-}
-
-function checkText (value: unknown, field: string): string {
-  if (typeof value !== 'string') throw new InvalidFieldError(field, 'must be a string')
-  checkStorable(value, field)
-  return value
+  return { actor: checkStorableString(actor, 'actor'), requestId: requestId === null ? null : checkStorableString(requestId, 'requestId') }
 }
 
 /** The fields whose values differ between two versions of a budget (updatedAt aside). */
@@ -120,7 +114,8 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
   return {
     async createBudget (request: CreateBudgetInput, createdBy: string | null = null, requestId: string | null = null): Promise<BudgetDefinition> {
       const checked = checkCreateShape(request)
-      const who = checkWho({ actor: createdBy === null ? LIBRARY.actor : checkText(createdBy, 'createdBy'), requestId })
+      if (createdBy !== null) checkStorableString(createdBy, 'createdBy')
+      const who = checkWho({ actor: createdBy ?? LIBRARY.actor, requestId })
       return await inHierarchyTransaction(async (repository, tx) => {
         const values = normalizeBudget(await readDatesInZone(repository, checked, checked.timezone ?? 'UTC'))
         checkFilterModels(values.filters, modelName)

@@ -2,7 +2,7 @@
 // definition says, as budget_line returns it and the process caches it in a caller's line) and its numbers
 // (what SQL measured of its window for one estimate: under the lock for a hold or a lease, in one read for a
 // check). decide() reads a line's terms beside the numbers measured for it.
-import type { Money } from '../kernel/money.js'
+import { normalizeMoney, type Money } from '../kernel/money.js'
 import type { AlertAction, BudgetAlert, NearLimitPolicy } from '../kernel/schemas.js'
 
 /** One budget of a caller's line: its definition and the window it applies in now (budget_line, sql/functions/lines.sql). */
@@ -48,4 +48,20 @@ export interface BudgetNumbers {
   estimate: Money | null
   /** A rate is in force but the estimate cannot be held on the budget: past 10^18 (budget_hold_amount, sql/functions/holds.sql). */
   outOfRange: boolean
+}
+
+/** A budget's numbers as a statement returns them (its money as PostgreSQL's text), in canonical decimals. */
+export function numbersFrom (row: BudgetNumbers): BudgetNumbers {
+  return {
+    budgetId: row.budgetId,
+    amount: normalizeMoney(row.amount),
+    enforcement: row.enforcement,
+    currentAmount: normalizeMoney(row.currentAmount),
+    reservedAmount: normalizeMoney(row.reservedAmount),
+    approvedThrough: row.approvedThrough === null ? null : normalizeMoney(row.approvedThrough),
+    projectedActions: row.projectedActions,
+    fits: row.fits,
+    estimate: row.estimate === null ? null : normalizeMoney(row.estimate),
+    outOfRange: row.outOfRange
+  }
 }

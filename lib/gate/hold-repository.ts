@@ -1,8 +1,8 @@
 // SQL for holds: a batch of calls' estimates held on every budget of each call's line, in one statement.
-import { normalizeMoney, type Money } from '../kernel/money.js'
-import type { AlertAction, BudgetAlert } from '../kernel/schemas.js'
+import type { Money } from '../kernel/money.js'
+import type { BudgetAlert } from '../kernel/schemas.js'
 import { retryingConflicts, type Db } from '../kernel/database/db.js'
-import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
+import { numbersFrom, type BudgetNumbers, type BudgetTerms } from './budget-terms.js'
 
 /** A call to hold for: its estimate on every budget of its line. */
 export interface HoldRequest {
@@ -22,21 +22,12 @@ export interface Hold {
   definitionsVersion: number
 }
 
-interface HeldRow {
+/** One budget of one call in the batch: its numbers under the hold's lock (`estimate`: the amount held), and the call's state. */
+interface HeldRow extends BudgetNumbers {
   callIndex: number
-  budgetId: string
-  amount: Money
-  enforcement: 'hard' | 'soft'
-  currentAmount: Money
-  reservedAmount: Money
-  fits: boolean
   isCurrent: boolean
   isReserved: boolean
-  approvedThrough: Money | null
-  projectedActions: AlertAction[]
   definitionsVersion: string
-  held: Money | null
-  outOfRange: boolean
 }
 
 export function createHoldRepository (sql: Db) {
@@ -53,7 +44,7 @@ export function createHoldRepository (sql: Db) {
         select call_index as "callIndex", budget_id as "budgetId", amount::text as amount, enforcement, current_amount::text as "currentAmount",
                reserved_amount::text as "reservedAmount", fits, is_current as "isCurrent", is_reserved as "isReserved",
                approved_through::text as "approvedThrough", projected_actions as "projectedActions",
-               definitions_version::text as "definitionsVersion", held::text as held, out_of_range as "outOfRange"
+               definitions_version::text as "definitionsVersion", held::text as estimate, out_of_range as "outOfRange"
         from budget_hold_batch(
           ${calls.map((call) => call.reservationId)}::text[]::uuid[], ${calls.map((call) => call.amount)}::text[]::numeric[],
           ${calls.map((call) => call.requestId)}::text[], ${currency}, ${`${ttlMs} milliseconds`}::interval,
@@ -68,18 +59,7 @@ export function createHoldRepository (sql: Db) {
         hold.definitionsVersion = Number(row.definitionsVersion)
         hold.current = row.isCurrent
         hold.reserved = row.isReserved
-        hold.numbers.push({
-          budgetId: row.budgetId,
-          amount: normalizeMoney(row.amount),
-          enforcement: row.enforcement,
-          currentAmount: normalizeMoney(row.currentAmount),
-          reservedAmount: normalizeMoney(row.reservedAmount),
-          approvedThrough: row.approvedThrough === null ? null : normalizeMoney(row.approvedThrough),
-          projectedActions: row.projectedActions,
-          fits: row.fits,
-          estimate: row.held === null ? null : normalizeMoney(row.held),
-          outOfRange: row.outOfRange
-        })
+        hold.numbers.push(numbersFrom(row))
       }
       // A call none of whose windows was found holds nothing and must reload its line.
       calls.forEach((call, index) => { if (holds[index]!.numbers.length < call.line.length) holds[index]!.current = false })

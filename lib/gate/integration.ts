@@ -4,8 +4,8 @@ import { randomUUID } from 'node:crypto'
 import { bestEffort } from '../kernel/best-effort.js'
 import { isUuid } from '../kernel/database/db.js'
 import type { Logger } from '../kernel/logger.js'
-import { BudgetNotFoundError, DatabaseUnavailableError, InvalidFieldError } from '../kernel/errors.js'
-import { isStorableText } from '../kernel/json-limits.js'
+import { BudgetNotFoundError, DatabaseUnavailableError } from '../kernel/errors.js'
+import { checkStorableString } from '../kernel/json-limits.js'
 import type { BudgetDefinition } from '../kernel/schemas.js'
 import { parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
 import type { BudgetTerms } from './budget-terms.js'
@@ -38,11 +38,7 @@ const LINE_PAUSE_MS = 50
  * refused before any budget work when PostgreSQL could not store it (a NUL failed a whole hold batch with
  * 22021, and a leased call's settlement after it was served), as the admin API refuses it (1 to 200 characters).
  */
-function checkRequestId (requestId: unknown): string {
-  if (typeof requestId !== 'string' || requestId.length < 1 || requestId.length > 200) throw new InvalidFieldError('requestId', 'must be a string of 1 to 200 characters')
-  if (!isStorableText(requestId)) throw new InvalidFieldError('requestId', 'contains a NUL character or an unpaired surrogate, which cannot be stored')
-  return requestId
-}
+const checkRequestId = (requestId: unknown): string => checkStorableString(requestId, 'requestId', { min: 1, max: 200 })
 
 export interface IntegrationOptions {
   /** The currency of estimates and costs; a budget in another currency applies too, converted at the rate in force (budget_convert). */

@@ -1,10 +1,9 @@
 // SQL for reads that hold nothing: the budgets that apply to a caller or above a budget, each one's terms and its
 // numbers for an estimate, as a hold would measure them (checkCaller, checkBudgetConstraints, the caller's summary).
-import { normalizeMoney, type Money } from '../kernel/money.js'
-import type { AlertAction, BudgetAlert, NearLimitPolicy } from '../kernel/schemas.js'
+import type { Money } from '../kernel/money.js'
 import { canonicalTags } from '../kernel/tags.js'
 import type { Db } from '../kernel/database/db.js'
-import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
+import { numbersFrom, type BudgetNumbers, type BudgetTerms } from './budget-terms.js'
 import type { CallFilter } from './line-repository.js'
 
 /** Budgets read together: their terms, and the numbers measured for each (by budget id, in the same order). */
@@ -13,28 +12,8 @@ export interface Standings {
   numbers: BudgetNumbers[]
 }
 
-interface StandingRow {
-  budgetId: string
-  name: string
-  alerts: BudgetAlert[]
-  currency: string
-  nearLimit: NearLimitPolicy | null
-  scopeMatched: boolean
-  scopeRank: number
-  periodStart: Date
-  periodEnd: Date
-  requestsPerMinute: number | null
-  tokensPerMinute: number | null
-  amount: string
-  enforcement: 'hard' | 'soft'
-  currentAmount: string
-  reservedAmount: string
-  approvedThrough: string | null
-  projectedActions: AlertAction[]
-  fits: boolean
-  estimate: string | null
-  outOfRange: boolean
-}
+/** One statement reads both halves of a budget. */
+type StandingRow = BudgetTerms & BudgetNumbers
 
 export function createStandingRepository (sql: Db) {
   // Projected alerts stay crossed for the rest of the period once recorded (until a definition change
@@ -77,18 +56,7 @@ export function createStandingRepository (sql: Db) {
         scopeMatched: row.scopeMatched, scopeRank: row.scopeRank, periodStart: row.periodStart, periodEnd: row.periodEnd,
         requestsPerMinute: row.requestsPerMinute, tokensPerMinute: row.tokensPerMinute
       })),
-      numbers: rows.map((row) => ({
-        budgetId: row.budgetId,
-        amount: normalizeMoney(row.amount),
-        enforcement: row.enforcement,
-        currentAmount: normalizeMoney(row.currentAmount),
-        reservedAmount: normalizeMoney(row.reservedAmount),
-        approvedThrough: row.approvedThrough === null ? null : normalizeMoney(row.approvedThrough),
-        projectedActions: row.projectedActions,
-        fits: row.fits,
-        estimate: row.estimate === null ? null : normalizeMoney(row.estimate),
-        outOfRange: row.outOfRange
-      }))
+      numbers: rows.map(numbersFrom)
     }
   }
 

@@ -194,6 +194,17 @@ export function storableText (text: string): string {
 }
 
 /**
+ * A string a library caller gives that the plugin stores as it is (an actor, a request id): refused with a 400
+ * naming `field` unless it is a string, within `length` characters when given, that PostgreSQL can store.
+ */
+export function checkStorableString (value: unknown, field: string, length?: { min: number, max: number }): string {
+  if (typeof value !== 'string') throw new InvalidFieldError(field, length === undefined ? 'must be a string' : `must be a string of ${length.min} to ${length.max} characters`)
+  if (length !== undefined && (value.length < length.min || value.length > length.max)) throw new InvalidFieldError(field, `must be a string of ${length.min} to ${length.max} characters`)
+  checkStorable(value, field)
+  return value
+}
+
+/**
  * Walks a parsed request part (keys and values) and throws for the first string that cannot be stored.
  * Iterative: a body nested thousands deep is the schema's to refuse, not a reason to overflow the stack.
  */
