@@ -14,6 +14,7 @@ import { createLeases } from './leases.js'
 import { createRateLimits } from './rate-limits.js'
 import type { ReservationRepository } from './reservation-repository.js'
 import { createSettlementQueue, type RecordUnbudgeted } from './settlements.js'
+import { createWindowLedger } from './window-ledger.js'
 
 export interface GateStores {
   reservations: ReservationRepository
@@ -31,13 +32,14 @@ export interface Gate {
 export function createGate (stores: GateStores, usageTracker: UsageTracker, versions: DefinitionsVersion, options: IntegrationOptions, log: Logger): Part<Gate> {
   const { reservations } = stores
   const lines = createBudgetLines(reservations, versions, options.currency, log)
-  const holds = createHoldQueue(reservations, { currency: options.currency, ttlMs: options.reservationTtlMs })
+  const ledger = createWindowLedger() // each window's money as this process knows it, for leased admissions
+  const holds = createHoldQueue(reservations, ledger, { currency: options.currency, ttlMs: options.reservationTtlMs })
   const settlements = createSettlementQueue(reservations, { ttlMs: options.reservationTtlMs, observe: versions.observe, recordUnbudgeted: stores.recordUnbudgeted }, log)
-  const leases = createLeases(reservations, settlements, { currency: options.currency, ttlMs: options.reservationTtlMs, observe: versions.observe }, log)
+  const leases = createLeases(reservations, settlements, ledger, { currency: options.currency, ttlMs: options.reservationTtlMs, observe: versions.observe }, log)
   versions.onForget(leases.forgetAll) // a changed budget ends the leases taken under the old one
   const rateLimits = createRateLimits(reservations, log) // request and token buckets, allowance held in process
   versions.onForget(rateLimits.forgetAll) // and the allowance taken under the old definitions
-  const integration = createBudgetIntegration({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget: stores.findBudget }, usageTracker, options, log)
+  const integration = createBudgetIntegration({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget: stores.findBudget, ledger }, usageTracker, options, log)
   const tracker: BudgetTracker = { ...usageTracker, checkBudgetConstraints: integration.checkBudgetConstraints }
   return {
     api: { integration, tracker },
