@@ -2,6 +2,7 @@
 // lines, the queues that take holds and commit settlements in groups, the rate-limit allowances, and the
 // Budget Integration on top of them. What is derived from the definitions is forgotten when they move
 // (lib/gate/definitions-version.ts), and stop() gives back what the process still holds.
+import { bestEffort } from '../kernel/best-effort.js'
 import type { Logger } from '../kernel/logger.js'
 import type { Part } from '../kernel/part.js'
 import type { BudgetDefinition } from '../kernel/schemas.js'
@@ -33,8 +34,14 @@ export function createGate (stores: GateStores, usageTracker: UsageTracker, vers
   const { reservations } = stores
   const lines = createBudgetLines(reservations, versions, options.currency, log)
   const ledger = createWindowLedger() // each window's money as this process knows it, for leased admissions
-  const holds = createHoldQueue(reservations, ledger, { currency: options.currency, ttlMs: options.reservationTtlMs })
   const settlements = createSettlementQueue(reservations, { ttlMs: options.reservationTtlMs, observe: versions.observe, recordUnbudgeted: stores.recordUnbudgeted }, log)
+  // Holds whose batch met a connection error go back through the settlement queue, which retries a database that is away.
+  const giveBack = async (reservationIds: string[]): Promise<void> => {
+    await bestEffort(log, async () => await Promise.all(reservationIds.map(async (reservationId) =>
+      await settlements.settle({ reservationId, actualCost: null, source: 'gateway', description: null, metadata: {} }))),
+    'giving back holds after a connection error failed: any that PostgreSQL committed stay until they expire, and are then counted as spent at their estimate', { reservationIds })
+  }
+  const holds = createHoldQueue(reservations, ledger, { currency: options.currency, ttlMs: options.reservationTtlMs, giveBack }, log)
   const leases = createLeases(reservations, settlements, ledger, { currency: options.currency, ttlMs: options.reservationTtlMs, observe: versions.observe }, log)
   versions.onForget(leases.forgetAll) // a changed budget ends the leases taken under the old one
   const rateLimits = createRateLimits(reservations, log) // request and token buckets, allowance held in process

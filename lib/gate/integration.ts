@@ -197,7 +197,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     if (typeof reservationId !== 'string' || !isUuid(reservationId)) return { outcome: 'not-found' }
     const made = holdsMade.get(reservationId)
     holdsMade.delete(reservationId)
-    const settled = await settlements.settle({ reservationId, actualCost: actual, ...values })
+    const origin = made === undefined ? {} : { origin: { requestId: made.requestId, budgetIds: made.budgetIds } }
+    const settled = await settlements.settle({ reservationId, ...origin, actualCost: actual, ...values })
     if (made !== undefined && !sweptBeforeSettling(settled)) {
       // As budget_settle_batch moved it: the cost to each budget's settled spend (no conversion in the gate's currency), its hold given back.
       const spent = settled.outcome === 'recorded' && actual !== null ? toUnits(actual) : 0n
@@ -228,7 +229,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   // What reserved calls took from rate limits, and the tokens they reserved, by the same id.
   const rateAdmitted = new Map<string, { rate: RateAdmission, tokens: number }>()
   // Holds taken, by reservation id, until they settle: what each held on the budgets the ledger keeps.
-  const holdsMade = new Map<string, { requestId: string, held: HeldShare[] }>()
+  const holdsMade = new Map<string, { requestId: string, budgetIds: string[], held: HeldShare[] }>()
 
   /**
    * Admits the call from its line's lease when the line is hot and has room, else holds `estimate`
@@ -252,7 +253,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         if (admission !== null) return { reservationId, line, admission, hold: { current: true, reserved: true, numbers: [], definitionsVersion: -1 }, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
         versions.observe(hold.definitionsVersion)
-        if (hold.reserved) holdsMade.set(reservationId, { requestId, held: heldShares(line, hold, options.currency) })
+        if (hold.reserved) holdsMade.set(reservationId, { requestId, budgetIds: line.map((budget) => budget.budgetId), held: heldShares(line, hold, options.currency) })
         // A hold on a line older than the definitions it met (a budget created, changed or filtered since
         // this process loaded the line) is given back and taken again on the line as it is now.
         const stale = hold.current && hold.definitionsVersion > definitionsVersion

@@ -292,7 +292,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       if (lease.returning) giveBack(lease) // what this call left unused, now; the row stays for its charge
       try {
         const settled = await settlements.settleLeased({
-          leaseId: lease.id, requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
+          leaseId: lease.id, budgetIds: lease.line.map((budget) => budget.budgetId), requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
           source: info.source, description: info.description, metadata: info.metadata
         })
         if (settled.outcome === 'recorded') {
