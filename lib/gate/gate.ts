@@ -17,6 +17,9 @@ import type { ReservationRepository } from './reservation-repository.js'
 import { createSettlementQueue, type RecordUnbudgeted } from './settlements.js'
 import { createWindowLedger } from './window-ledger.js'
 
+/** Pauses between rounds of giving back holds whose batch met a connection error (each round retries for seconds itself). */
+const GIVE_BACK_PAUSES_MS = [1000, 5000]
+
 export interface GateStores {
   reservations: ReservationRepository
   findBudget: (id: string) => Promise<BudgetDefinition | null>
@@ -35,11 +38,19 @@ export function createGate (stores: GateStores, usageTracker: UsageTracker, vers
   const lines = createBudgetLines(reservations, versions, options.currency, log)
   const ledger = createWindowLedger() // each window's money as this process knows it, for leased admissions
   const settlements = createSettlementQueue(reservations, { ttlMs: options.reservationTtlMs, observe: versions.observe, recordUnbudgeted: stores.recordUnbudgeted }, log)
-  // Holds whose batch met a connection error go back through the settlement queue, which retries a database that is away.
+  // Holds whose batch met a connection error go back through the settlement queue, which retries a database
+  // that is away for a few seconds; past that, again after longer pauses, and only then is the failure logged.
   const giveBack = async (reservationIds: string[]): Promise<void> => {
-    await bestEffort(log, async () => await Promise.all(reservationIds.map(async (reservationId) =>
-      await settlements.settle({ reservationId, actualCost: null, source: 'gateway', description: null, metadata: {} }))),
-    'giving back holds after a connection error failed: any that PostgreSQL committed stay until they expire, and are then counted as spent at their estimate', { reservationIds })
+    for (let round = 0; ; round++) {
+      const last = round >= GIVE_BACK_PAUSES_MS.length
+      const given = await bestEffort(log, async () => await Promise.all(reservationIds.map(async (reservationId) =>
+        await settlements.settle({ reservationId, actualCost: null, source: 'gateway', description: null, metadata: {} }))),
+      last
+        ? 'giving back holds after a connection error failed: any that PostgreSQL committed stay until they expire, and are then counted as spent at their estimate'
+        : 'giving back holds after a connection error failed; trying again', { reservationIds }, last ? 'warn' : 'debug')
+      if (given || last) return
+      await new Promise((resolve) => setTimeout(resolve, GIVE_BACK_PAUSES_MS[round]))
+    }
   }
   const holds = createHoldQueue(reservations, ledger, { currency: options.currency, ttlMs: options.reservationTtlMs, giveBack }, log)
   const leases = createLeases(reservations, settlements, ledger, { currency: options.currency, ttlMs: options.reservationTtlMs, observe: versions.observe }, log)
