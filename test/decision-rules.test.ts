@@ -172,6 +172,17 @@ t.test('the line\'s terms read beside the numbers SQL measured, by budget id', a
   })
 })
 
+t.test('numbers pair with terms by budget id, in the line\'s order or not, with budgets missing', async (t) => {
+  const line = ['a', 'b', 'c', 'd'].map((id) => termsOf({ id }))
+  const measured = (id: string, current: string) => numbersOf({ id, current }, '1')
+  const read = (numbers: BudgetNumbers[]) => decide(line, numbers, '1').budgets.map((check) => `${check.budgetId}:${check.currentAmount}`)
+  t.same(read([measured('a', '1'), measured('b', '2'), measured('c', '3'), measured('d', '4')]), ['a:1', 'b:2', 'c:3', 'd:4'], 'in order')
+  t.same(read([measured('d', '4'), measured('b', '2'), measured('a', '1'), measured('c', '3')]), ['a:1', 'b:2', 'c:3', 'd:4'], 'out of order: each still its own, in the line\'s order')
+  t.same(read([measured('a', '1'), measured('c', '3'), measured('d', '4')]), ['a:1', 'c:3', 'd:4'], 'a budget without numbers is left out, and the rest still pair')
+  t.same(read([measured('c', '3'), measured('a', '1')]), ['a:1', 'c:3'], 'out of order and missing')
+  t.same(read([measured('x', '9'), measured('b', '2')]), ['b:2'], 'numbers of a budget not on the line are not read')
+})
+
 t.test('the binding budget: the least room for the call', async (t) => {
   const room = (id: string, remaining: string, currency: string | null = null, estimatedCost: string | null = '1') => ({ id, remaining, currency, estimatedCost })
   t.equal(bindingBudget([]), undefined)

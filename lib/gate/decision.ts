@@ -187,10 +187,15 @@ export function checkBudget (terms: BudgetTerms, numbers: BudgetNumbers, policy?
  * window had no row under the hold) is not part of the answer.
  */
 export function decide (terms: readonly BudgetTerms[], numbers: readonly BudgetNumbers[], estimate: Money, policy?: ModelPolicy): BudgetConstraintCheck {
-  const measured = new Map(numbers.map((budget) => [budget.budgetId, budget]))
   const checks: BudgetCheck[] = []
+  // Every source gives the numbers in the line's order (a hold's rows, a lease's line, a standing read's
+  // rows), less any budget without numbers: so they pair by position, checked by id, with no Map built per
+  // call on the hot path. Numbers out of that order are still found, by a search.
+  let next = 0
   for (const budget of terms) {
-    const its = measured.get(budget.budgetId)
+    let its = numbers[next]
+    if (its?.budgetId === budget.budgetId) next++
+    else its = numbers.find((measured) => measured.budgetId === budget.budgetId)
     if (its !== undefined) checks.push(checkBudget(budget, its, policy))
   }
   const activeActions = [...new Set(checks.flatMap((check) => check.activeActions))]

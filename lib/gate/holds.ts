@@ -2,16 +2,49 @@
 // each batch is one statement (budget_hold_batch) that takes the hot rows' locks once for all of them.
 // A call alone is a batch of one; under load, a hot budget's row is written once per batch, not per call
 // (lib/gate/group-commit.ts).
+import { isDatabaseUnavailable } from '../kernel/errors.js'
+import type { Logger } from '../kernel/logger.js'
+import { fromUnits, toUnits } from '../kernel/money.js'
 import { createGroupCommit } from './group-commit.js'
 import type { Hold, HoldRepository, HoldRequest } from './hold-repository.js'
+import type { WindowLedger } from './window-ledger.js'
 
 const MOST_IN_A_BATCH = 200
 
-export function createHoldQueue (reservations: HoldRepository, options: { currency: string, ttlMs: number }) {
+export function createHoldQueue (reservations: HoldRepository, ledger: WindowLedger,
+  options: { currency: string, ttlMs: number, giveBack: (reservationIds: string[]) => Promise<void> }, log: Logger) {
+  /** What the batch measured of each window in the gate's currency, as it left it: the last call on a window took the rest's holds into account. */
+  function measure (calls: HoldRequest[], holds: Hold[]): void {
+    calls.forEach((call, index) => {
+      const hold = holds[index]!
+      for (const numbers of hold.numbers) {
+        const budget = call.line.find((terms) => terms.budgetId === numbers.budgetId)
+        if (budget === undefined || budget.currency !== options.currency) continue
+        const held = hold.reserved && numbers.estimate !== null ? toUnits(numbers.estimate) : 0n
+        ledger.measured(budget.budgetId, budget.periodStart, numbers.currentAmount, fromUnits(toUnits(numbers.reservedAmount) + held))
+      }
+    })
+  }
+
   // The batch's statement holds for all of its calls or fails whole: then nothing was held for any of them
   // (group-commit rejects each with its error).
   const queue = createGroupCommit<HoldRequest, Hold>(MOST_IN_A_BATCH, async (batch) => {
-    const holds = await reservations.holdBatch(batch.map((pending) => pending.item), options.currency, options.ttlMs)
+    const calls = batch.map((pending) => pending.item)
+    let holds: Hold[]
+    try {
+      holds = await reservations.holdBatch(calls, options.currency, options.ttlMs)
+    } catch (error) {
+      // A connection cut (the backend ended, a proxy dropping the reply) may come after PostgreSQL committed
+      // the holds, which would then stay until their TTL and be swept as spent, for callers who were refused.
+      // Their ids were made here, so they are given back by id: one that is not there gives back nothing.
+      if (isDatabaseUnavailable(error)) {
+        const reservationIds = calls.map((call) => call.reservationId)
+        log.warn({ err: error, reservationIds }, 'a hold batch met a connection error: its holds, if PostgreSQL committed them, are given back')
+        void options.giveBack(reservationIds)
+      }
+      throw error
+    }
+    measure(calls, holds)
     batch.forEach((pending, index) => { pending.resolve(holds[index]!) })
   })
 

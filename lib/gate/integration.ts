@@ -21,6 +21,7 @@ import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } 
 import { sweptBeforeSettling, type SettleOutcome, type SettlementQueue } from './settlements.js'
 import { bindingBudget, decide, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
 import type { BudgetStatusInfo } from '../usage/index.js'
+import type { WindowLedger } from './window-ledger.js'
 import type { UsageTracker, UsageMetadata } from '../usage/index.js'
 import { toScopes, type CallerScopes } from '../kernel/scopes.js'
 
@@ -79,6 +80,18 @@ function usedTokens (metadata: Record<string, unknown>): number | null {
   return typeof inputTokens === 'number' && typeof outputTokens === 'number' ? inputTokens + outputTokens : null
 }
 
+/** What a hold took on each budget of its line in `currency` (the ones the window ledger keeps). */
+function heldShares (line: BudgetTerms[], hold: Hold, currency: string): HeldShare[] {
+  const shares: HeldShare[] = []
+  for (const numbers of hold.numbers) {
+    const budget = line.find((terms) => terms.budgetId === numbers.budgetId)
+    if (budget !== undefined && budget.currency === currency && numbers.estimate !== null) {
+      shares.push({ budgetId: budget.budgetId, periodStart: budget.periodStart, units: toUnits(numbers.estimate) })
+    }
+  }
+  return shares
+}
+
 /** The decision for a call a rate limit refused: no money was looked at. */
 function rateLimitedCheck (refusal: RateRefusal, estimate: Money): BudgetConstraintCheck {
   const per = refusal.dimension === 'requests' ? `${refusal.requestsPerMinute ?? 0} requests` : `${refusal.tokensPerMinute ?? 0} tokens`
@@ -117,9 +130,18 @@ export interface GateMachinery {
   versions: DefinitionsVersion
   /** A live budget by id, null for any other id (the budgets' own store). */
   findBudget: (id: string) => Promise<BudgetDefinition | null>
+  /** Each window's money as this process knows it: what a leased admission reports. */
+  ledger: WindowLedger
 }
 
-export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget }: GateMachinery, tracker: UsageTracker, options: IntegrationOptions,
+/** What a hold took on one budget in the gate's currency: given back (and the cost charged) when it settles. */
+interface HeldShare {
+  budgetId: string
+  periodStart: Date
+  units: bigint
+}
+
+export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget, ledger }: GateMachinery, tracker: UsageTracker, options: IntegrationOptions,
   log: Logger) {
   /** The call as filtered budgets see it: the model by its price-table name (a dated snapshot matches as its base model). */
   function callOf (caller: CallerScopes, model: string | undefined): CallFilter {
@@ -173,7 +195,16 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     // No hold was ever made under an id that is no UUID (a typo, '' from a missing field): as PostgreSQL's
     // 22P02 it would fail the batch it joined and be logged as a failed settlement, for nothing held.
     if (typeof reservationId !== 'string' || !isUuid(reservationId)) return { outcome: 'not-found' }
-    return await settlements.settle({ reservationId, actualCost: actual, ...values })
+    const made = holdsMade.get(reservationId)
+    holdsMade.delete(reservationId)
+    const origin = made === undefined ? {} : { origin: { requestId: made.requestId, budgetIds: made.budgetIds } }
+    const settled = await settlements.settle({ reservationId, ...origin, actualCost: actual, ...values })
+    if (made !== undefined && !sweptBeforeSettling(settled)) {
+      // As budget_settle_batch moved it: the cost to each budget's settled spend (no conversion in the gate's currency), its hold given back.
+      const spent = settled.outcome === 'recorded' && actual !== null ? toUnits(actual) : 0n
+      for (const share of made.held) ledger.moved(share.budgetId, share.periodStart, spent, share.units)
+    }
+    return settled
   }
 
   /**
@@ -197,6 +228,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   const admitted = new Map<string, { admission: Admission, requestId: string }>()
   // What reserved calls took from rate limits, and the tokens they reserved, by the same id.
   const rateAdmitted = new Map<string, { rate: RateAdmission, tokens: number }>()
+  // Holds taken, by reservation id, until they settle: what each held on the budgets the ledger keeps.
+  const holdsMade = new Map<string, { requestId: string, budgetIds: string[], held: HeldShare[] }>()
 
   /**
    * Admits the call from its line's lease when the line is hot and has room, else holds `estimate`
@@ -220,6 +253,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         if (admission !== null) return { reservationId, line, admission, hold: { current: true, reserved: true, numbers: [], definitionsVersion: -1 }, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
         versions.observe(hold.definitionsVersion)
+        if (hold.reserved) holdsMade.set(reservationId, { requestId, budgetIds: line.map((budget) => budget.budgetId), held: heldShares(line, hold, options.currency) })
         // A hold on a line older than the definitions it met (a budget created, changed or filtered since
         // this process loaded the line) is given back and taken again on the line as it is now.
         const stale = hold.current && hold.definitionsVersion > definitionsVersion

@@ -15,6 +15,7 @@ import { fromUnits, toUnits, type Money } from '../kernel/money.js'
 import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
 import type { LeaseNumbers, LeaseRepository } from './lease-repository.js'
 import type { SettleOutcome, SettlementQueue } from './settlements.js'
+import type { WindowLedger } from './window-ledger.js'
 
 /** Calls on a line this close together make it hot enough to lease. */
 const HOT_WITHIN_MS = 100
@@ -42,6 +43,8 @@ interface Lease {
   landed: boolean
   /** Each budget's numbers as the last take measured them under its lock. */
   numbers: Map<string, LeaseNumbers>
+  /** Units its rows hold in PostgreSQL as far as this process knows: what its takes granted, less what settlements drew and returns gave back. */
+  held: bigint
   returning: boolean
   taking: Promise<void> | null
   lastUse: number
@@ -54,11 +57,14 @@ export interface Admission {
   lease: Lease
   estimate: bigint
   admittedAt: Date
-  /** The numbers the call was admitted on: the take's, with the call's estimate, which fits (the slice holds it). */
+  /**
+   * The numbers the call was admitted on: each window's spend and reservations as this process knows them now
+   * (the whole slice still reserved, as PostgreSQL has it), with the call's estimate, which fits (the slice holds it).
+   */
   numbers: BudgetNumbers[]
 }
 
-export function createLeases (reservations: LeaseRepository, settlements: SettlementQueue,
+export function createLeases (reservations: LeaseRepository, settlements: SettlementQueue, ledger: WindowLedger,
   options: { currency: string, ttlMs: number, observe: (definitionsVersion: number) => void }, log: Logger) {
   const leases = new Map<string, Lease>()
   /** Retired leases whose row is still there (calls to settle, or the final return on its way): kept alive like the others. */
@@ -72,6 +78,11 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       for (let attempt = 0; ; attempt++) {
         try {
           await reservations.returnLease(lease.id, amount, final)
+          // What the rows gave back, as budget_lease_return does: all they held when final, else at most that.
+          const units = toUnits(amount)
+          const released = final || units > lease.held ? lease.held : units
+          lease.held -= released
+          moveWindows(lease, 0n, released)
           if (final) draining.delete(lease)
           return
         } catch (error) {
@@ -90,6 +101,11 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
     } finally {
       returning--
     }
+  }
+
+  /** A statement of this lease committed: every window of its line moved alike (one currency, no conversion). */
+  function moveWindows (lease: Lease, spent: bigint, released: bigint): void {
+    for (const budget of lease.line) ledger.moved(budget.budgetId, budget.periodStart, spent, released)
   }
 
   /**
@@ -139,8 +155,15 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
     }
     // The slice is the lease's before anything else happens: if the version says a budget changed (the
     // lease then goes with the old lines), or the lease was retired meanwhile, it is given back whole.
-    lease.available += toUnits(granted.granted)
+    const slice = toUnits(granted.granted)
+    lease.available += slice
+    lease.held += slice
     lease.numbers = new Map(granted.budgets.map((budget) => [budget.budgetId, budget]))
+    // The take reports each window's reservations without this slice; the window holds it now.
+    for (const budget of lease.line) {
+      const measured = lease.numbers.get(budget.budgetId)
+      if (measured !== undefined) ledger.measured(budget.budgetId, budget.periodStart, measured.currentAmount, fromUnits(toUnits(measured.reservedAmount) + slice))
+    }
     options.observe(granted.definitionsVersion)
     if (lease.returning) giveBack(lease)
   }
@@ -224,7 +247,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       if (lease === undefined) {
         if (previous === undefined || now - previous > HOT_WITHIN_MS || line.length === 0) return null
         lease = {
-          id: randomUUID(), line, validUntil, available: 0n, unsettled: 0, settlementFailed: false, ended: false, landed: false, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
+          id: randomUUID(), line, validUntil, available: 0n, held: 0n, unsettled: 0, settlementFailed: false, ended: false, landed: false, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
           windowStart: Math.max(...line.map((budget) => budget.periodStart.getTime())),
           windowEnd: Math.min(...line.map((budget) => budget.periodEnd.getTime()))
         }
@@ -245,9 +268,12 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       }
       // A lease is taken only on a line in the gate's currency (so the estimate is the call's own) and never
       // reaches a threshold whose alert does more than notify (sql/functions/leases.sql): the take reads no
-      // approval and no projected crossing, and the call fits, since the slice already holds it.
+      // approval and no projected crossing, and the call fits, since the slice already holds it. The spend
+      // and reservations are the freshest this process knows (window-ledger.ts), the take's otherwise: the
+      // whole slice counts as reserved, as it does in PostgreSQL, so the call reports what a hold would
+      // (what is left before its estimate), and the same binding budget as a read of the windows now.
       const numbers: BudgetNumbers[] = line.map((budget) => ({
-        ...lease!.numbers.get(budget.budgetId)!, approvedThrough: null, projectedActions: [], fits: true, estimate, outOfRange: false
+        ...lease!.numbers.get(budget.budgetId)!, ...ledger.numbersOf(budget.budgetId, budget.periodStart), approvedThrough: null, projectedActions: [], fits: true, estimate, outOfRange: false
       }))
       const admittedAt = new Date(Math.min(Math.max(now, lease.windowStart), lease.windowEnd - 1))
       return { lease, estimate: units, admittedAt, numbers }
@@ -265,10 +291,17 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       lease.available += estimate - charged
       if (lease.returning) giveBack(lease) // what this call left unused, now; the row stays for its charge
       try {
-        return await settlements.settleLeased({
-          leaseId: lease.id, requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
+        const settled = await settlements.settleLeased({
+          leaseId: lease.id, budgetIds: lease.line.map((budget) => budget.budgetId), requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
           source: info.source, description: info.description, metadata: info.metadata
         })
+        if (settled.outcome === 'recorded') {
+          // As budget_settle_leased moves it: all of the cost to settled spend, out of what the rows hold (to 0 at most).
+          const released = charged > lease.held ? lease.held : charged
+          lease.held -= released
+          moveWindows(lease, charged, released)
+        }
+        return settled
       } catch (error) {
         lease.settlementFailed = true
         throw error

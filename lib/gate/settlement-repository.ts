@@ -4,15 +4,25 @@ import type { Money } from '../kernel/money.js'
 
 export interface Settlement {
   reservationId: string
+  /** The call's request id and its line's budgets, when known: where its usage record is looked for after a connection cut. */
+  origin?: RecordOrigin
   actualCost: Money | null
   source: string
   description: string | null
   metadata: Record<string, unknown>
 }
 
+/** Where a settlement's usage record is: keyed by the call's request id, on one of the budgets that held it. */
+export interface RecordOrigin {
+  requestId: string
+  budgetIds: string[]
+}
+
 /** The end of a call admitted from a lease: charged `actualCost` at `occurredAt` (inside the lease's windows). */
 export interface LeasedSettlement {
   leaseId: string
+  /** The lease's budgets: where the call's usage record is looked for after a connection cut. */
+  budgetIds: string[]
   requestId: string
   actualCost: Money
   occurredAt: Date
@@ -31,6 +41,19 @@ export interface LeasedOutcome {
 
 export function createSettlementRepository (sql: Db) {
   return {
+    /**
+     * The usage record a settlement wrote for a request on one of these budgets (settlements record one per
+     * request id: idempotency_key, on the budget that held it), and whether it is the sweeper's (the call's
+     * hold expired and was counted at its estimate); null when there is none.
+     */
+    async findSettledRecord ({ requestId, budgetIds }: RecordOrigin): Promise<{ usageId: string, swept: boolean } | null> {
+      const [row] = await sql<Array<{ usageId: string, swept: boolean }>>`
+        select id as "usageId", source = 'expired-reservation' as swept from budget_usage_records
+        where idempotency_key = ${requestId} and budget_id = any (${budgetIds}::text[]::uuid[])
+        order by recorded_at, id limit 1`
+      return row ?? null
+    },
+
     /** Ends many reservations in one transaction (budget_settle_batch, sql/functions/settlements.sql). Returns the usage ids by reservation found (a reservation already ended is not in the map). */
     async settleBatch (settlements: Settlement[]): Promise<{ usageIds: Map<string, string | null>, definitionsVersion: number }> {
       const rows = await sql<Array<{ reservationId: string, usageId: string | null, definitionsVersion: string }>>`

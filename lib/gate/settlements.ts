@@ -16,7 +16,7 @@
 import type { Logger } from '../kernel/logger.js'
 import { isDatabaseUnavailable } from '../kernel/errors.js'
 import { createGroupCommit, type Pending } from './group-commit.js'
-import type { LeasedSettlement, Settlement, SettlementRepository } from './settlement-repository.js'
+import type { LeasedSettlement, RecordOrigin, Settlement, SettlementRepository } from './settlement-repository.js'
 import type { UnbudgetedValues } from '../usage/index.js'
 
 /**
@@ -61,7 +61,8 @@ const MOST_IN_A_BATCH = 100
 const RETRYABLE = new Set(['40P01', '40001', '55P03'])
 const RETRY_DELAYS_MS = [5, 20, 100, 500, 2000]
 
-type Work = { kind: 'reservation', settlement: Settlement } | { kind: 'leased', settlement: LeasedSettlement } | { kind: 'unbudgeted', settlement: UnbudgetedValues }
+/** `cut`: an attempt that held it met a connection error, after which PostgreSQL may have committed it. */
+type Work = ({ kind: 'reservation', settlement: Settlement } | { kind: 'leased', settlement: LeasedSettlement } | { kind: 'unbudgeted', settlement: UnbudgetedValues }) & { cut?: boolean }
 
 /** Stores unbudgeted calls' records in one statement; their ids by request id (one missing: stored before). */
 export type RecordUnbudgeted = (records: UnbudgetedValues[]) => Promise<Map<string, string>>
@@ -70,6 +71,18 @@ type Queued = Pending<Work, SettleOutcome>
 
 export function createSettlementQueue (reservations: SettlementRepository,
   options: { ttlMs: number, observe: (definitionsVersion: number) => void, recordUnbudgeted: RecordUnbudgeted }, log: Logger) {
+  /**
+   * What a settlement sent again after a connection cut did, when the statement found nothing left to do: the
+   * first attempt may have committed (the cut came after), so its usage record is looked for by request id.
+   * A record of the sweeper's means the hold expired first (counted at its estimate): not found, as before.
+   */
+  async function afterCut (origin: RecordOrigin, charged: boolean, otherwise: SettleOutcome): Promise<SettleOutcome> {
+    const found = await reservations.findSettledRecord(origin)
+    if (found?.swept === true) return otherwise
+    if (charged) return found === null ? otherwise : { outcome: 'recorded', usageId: found.usageId }
+    return { outcome: 'released' } // nothing to charge, and no sweep: the first attempt gave the hold back
+  }
+
   /** Commits one batch: each kind one statement. */
   async function commit (batch: Queued[]): Promise<void> {
     const own = batch.filter((queued) => queued.item.kind === 'reservation')
@@ -78,20 +91,33 @@ export function createSettlementQueue (reservations: SettlementRepository,
     if (own.length > 0) {
       const { usageIds, definitionsVersion } = await reservations.settleBatch(own.map((queued) => queued.item.settlement as Settlement))
       options.observe(definitionsVersion)
+      const outcomes: SettleOutcome[] = []
       for (const queued of own) {
         const settlement = queued.item.settlement as Settlement
-        queued.resolve(heldOutcome(usageIds.get(settlement.reservationId), settlement.actualCost !== null))
+        const charged = settlement.actualCost !== null
+        const outcome = heldOutcome(usageIds.get(settlement.reservationId), charged)
+        outcomes.push(outcome.outcome === 'not-found' && queued.item.cut === true && settlement.origin !== undefined
+          ? await afterCut(settlement.origin, charged, outcome)
+          : outcome)
       }
+      own.forEach((queued, index) => { queued.resolve(outcomes[index]!) })
     }
     if (leased.length > 0) {
       const { outcomes, definitionsVersion } = await reservations.settleLeased(leased.map((queued) => queued.item.settlement as LeasedSettlement), options.ttlMs)
       options.observe(definitionsVersion)
+      const answers: SettleOutcome[] = []
       for (const queued of leased) {
-        const found = outcomes.get((queued.item.settlement as LeasedSettlement).requestId)
-        queued.resolve(found === undefined || !found.leaseFound
+        const settlement = queued.item.settlement as LeasedSettlement
+        const found = outcomes.get(settlement.requestId)
+        const answer: SettleOutcome = found === undefined || !found.leaseFound
           ? { outcome: 'expired' }
-          : found.usageId !== null ? { outcome: 'recorded', usageId: found.usageId } : { outcome: 'already-recorded' })
+          : found.usageId !== null ? { outcome: 'recorded', usageId: found.usageId } : { outcome: 'already-recorded' }
+        // Sent again after a cut, the call's own record from the first attempt reads as another's.
+        answers.push(answer.outcome === 'already-recorded' && queued.item.cut === true
+          ? await afterCut({ requestId: settlement.requestId, budgetIds: settlement.budgetIds }, true, answer)
+          : answer)
       }
+      leased.forEach((queued, index) => { queued.resolve(answers[index]!) })
     }
     if (unbudgeted.length > 0) {
       const stored = await options.recordUnbudgeted(unbudgeted.map((queued) => queued.item.settlement as UnbudgetedValues))
@@ -112,6 +138,8 @@ export function createSettlementQueue (reservations: SettlementRepository,
         await commit(batch)
         return
       } catch (error) {
+        // A connection error may come after the batch committed: a retry that finds its work done then looks for what it did.
+        if (isDatabaseUnavailable(error)) for (const queued of batch) queued.item.cut = true
         const delay = RETRY_DELAYS_MS[attempt]
         if (delay === undefined || !(RETRYABLE.has((error as { code?: string }).code ?? '') || isDatabaseUnavailable(error))) {
           if (batch.length > 1) {
