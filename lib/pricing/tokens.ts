@@ -4,6 +4,7 @@
 import { createRequire } from 'node:module'
 import { SCAN_STRIDE, endOfString } from '../kernel/json-limits.js'
 import { slices as newSlices, type Slices } from '../kernel/loop-slices.js'
+import { WINDOW, regionEndWithin, segmentEnd } from './split-windows.js'
 import { formatFunctionDefinitions, type ChatCompletionFunctionDefinition } from 'gpt-tokenizer/functionCalling'
 
 export type EncodingName = 'o200k_base' | 'cl100k_base'
@@ -140,9 +141,10 @@ export interface CountTokens {
 /**
  * A counter for one request to `model` (with its budget of MAX_TOKENIZED_WORK), or null when the model's
  * tokenizer is unknown. Its work is spent in `slices` (the request's, shared with the rest of its
- * estimate): a text is counted in slices, the loop given a turn between them.
+ * estimate): a text is counted in slices, the loop given a turn between them. `window`: the longest
+ * segment split in one match (split-windows.ts; tests make it small).
  */
-export function tokenCounter (model: string, slices: Slices = newSlices()): CountTokens | null {
+export function tokenCounter (model: string, slices: Slices = newSlices(), window: number = WINDOW): CountTokens | null {
   const name = encodingFor(model)
   if (name === null) return null
   const { countTokens } = encoding(name)
@@ -160,35 +162,56 @@ export function tokenCounter (model: string, slices: Slices = newSlices()): Coun
     if (left <= 0) { left = 0; return Buffer.byteLength(text, 'utf8') }
     // Piece by piece, by the library's own split pattern. The library merges each piece on its own, so
     // a piece counts alone what it counts in place; a long piece, and everything past the budget, count
-    // their bytes.
+    // their bytes. The pattern runs on segments of at most a window (split-windows.ts): one match of it
+    // is never longer, and the pieces are the whole text's.
     let tokens = 0
-    for (const match of text.matchAll(split)) {
-      const [piece] = match
-      const pieceBytes = Buffer.byteLength(piece, 'utf8')
-      const long = pieceBytes > MAX_PIECE_BYTES
-      const known = long ? undefined : pieces.get(piece)
-      const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (pieceBytes - piece.length) + (known !== undefined || long ? 0 : NEW_PIECE_WORK + workOf(piece, pieceBytes))
-      if (work > left) {
-        left = 0
-        return tokens + Buffer.byteLength(text.slice(match.index), 'utf8')
-      }
-      left -= work
-      slices.spend(work)
-      if (long) tokens += pieceBytes
-      else if (known !== undefined) tokens += known
-      else {
-        let counted = counts.get(piece)
-        if (counted === undefined) {
-          counted = countTokens(piece, ORDINARY)
-          if (counts.size >= PROCESS_PIECES) counts.clear()
-          counts.set(piece, counted)
+    for (let start = 0; start < text.length;) {
+      let end = segmentEnd(text, start, window)
+      if (end === null) {
+        // A region: no cut within a window, one long piece (or, for runs of digits, pieces whose tokens
+        // its bytes bound), charged as a long piece. Its end is found a window at a time.
+        for (let from = start + window; end === null; from += window) {
+          end = regionEndWithin(text, from, window)
+          if (slices.due()) await slices.pause()
         }
-        pieces.set(piece, counted)
-        tokens += counted
+        const region = text.slice(start, end)
+        const bytes = Buffer.byteLength(region, 'utf8')
+        const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (bytes - region.length)
+        if (work > left) { left = 0; return tokens + Buffer.byteLength(text.slice(start), 'utf8') }
+        left -= work
+        slices.spend(work)
+        tokens += bytes
+      } else {
+        for (const match of text.slice(start, end).matchAll(split)) {
+          const [piece] = match
+          const pieceBytes = Buffer.byteLength(piece, 'utf8')
+          const long = pieceBytes > MAX_PIECE_BYTES
+          const known = long ? undefined : pieces.get(piece)
+          const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (pieceBytes - piece.length) + (known !== undefined || long ? 0 : NEW_PIECE_WORK + workOf(piece, pieceBytes))
+          if (work > left) {
+            left = 0
+            return tokens + Buffer.byteLength(text.slice(start + match.index), 'utf8')
+          }
+          left -= work
+          slices.spend(work)
+          if (long) tokens += pieceBytes
+          else if (known !== undefined) tokens += known
+          else {
+            let counted = counts.get(piece)
+            if (counted === undefined) {
+              counted = countTokens(piece, ORDINARY)
+              if (counts.size >= PROCESS_PIECES) counts.clear()
+              counts.set(piece, counted)
+            }
+            pieces.set(piece, counted)
+            tokens += counted
+          }
+          // The split goes on from `lastIndex` of the iterator's own copy of the pattern: a turn of the loop
+          // between two pieces changes nothing in it.
+          if (slices.due()) await slices.pause()
+        }
       }
-      // The split goes on from `lastIndex` of the iterator's own copy of the pattern: a turn of the loop
-      // between two pieces changes nothing in it.
-      if (slices.due()) await slices.pause()
+      start = end
     }
     return tokens
   }
