@@ -159,7 +159,13 @@ export function tokenCounter (model: string, slices: Slices = newSlices(), windo
   const count = async (text: string): Promise<number> => {
     left -= CALL_WORK
     slices.spend(CALL_WORK)
-    if (left <= 0) { left = 0; return Buffer.byteLength(text, 'utf8') }
+    if (left <= 0) {
+      // Past the budget a call is cheap, but a body can make tens of thousands of them (one per tool call
+      // or content part): the loop gets its turn here too, not only between pieces.
+      left = 0
+      if (slices.due()) await slices.pause()
+      return Buffer.byteLength(text, 'utf8')
+    }
     // Piece by piece, by the library's own split pattern. The library merges each piece on its own, so
     // a piece counts alone what it counts in place; a long piece, and everything past the budget, count
     // their bytes. The pattern runs on segments of at most a window (split-windows.ts): one match of it
@@ -301,6 +307,7 @@ async function contentTokens (content: unknown, count: CountTokens, json: boolea
   if (!Array.isArray(content)) return json ? await jsonTextTokens(content, count) : await textOf(content, count)
   let tokens = TOKENS_PER_EXTRA_PART * Math.max(0, content.length - 1)
   for (const part of content) {
+    if (count.slices.due()) await count.slices.pause()
     if (!isObject(part)) { tokens += bytesOf(part); continue }
     const { type, text, refusal, ...rest } = part
     if (type === 'image_url') continue // counted by the caller at the model's worst case
@@ -323,6 +330,7 @@ async function messageTokens (messages: unknown[], count: CountTokens): Promise<
     const calls = isObject(message) ? message.tool_calls : undefined
     if (!Array.isArray(calls)) continue
     for (const call of calls) {
+      if (count.slices.due()) await count.slices.pause()
       if (isObject(call) && typeof call.id === 'string' && isObject(call.function) && typeof call.function.name === 'string') {
         callNames.set(call.id, call.function.name)
         longestName = Math.max(longestName, Buffer.byteLength(call.function.name, 'utf8'))
@@ -343,7 +351,10 @@ async function messageTokens (messages: unknown[], count: CountTokens): Promise<
     tokens += TOKENS_PER_MESSAGE + await textOf(role, count) + await contentTokens(content, count, toolCallId !== undefined) + await textOf(refusal, count)
     if (name !== undefined) tokens += TOKENS_PER_NAME + await textOf(name, count)
     if (Array.isArray(toolCalls)) {
-      for (const call of toolCalls) tokens += await callTokens(call, count)
+      for (const call of toolCalls) {
+        if (count.slices.due()) await count.slices.pause()
+        tokens += await callTokens(call, count)
+      }
       if (toolCalls.length > 1) tokens += TOKENS_PER_PARALLEL_CALLS
     } else if (toolCalls !== undefined && toolCalls !== null) tokens += bytesOf(toolCalls)
     if (functionCall !== undefined && functionCall !== null) tokens += await callTokens(functionCall, count)
