@@ -39,3 +39,24 @@ t.test('tool calls past the budget: the loop gets turns through them', async (t)
   t.ok(yields >= 35, `${yields} yields`)
   t.ok(turns >= 35, `${turns} turns of the loop`)
 })
+
+t.test('a large object in a body is enumerated at most once a turn of the loop', async (t) => {
+  // Enumerating 35,000 keys takes some ms: the serializer once checked a large child's flatness twice
+  // and took its keys a third time, all in one stretch (the wide response_format's longest).
+  const { jsonTextInSlices } = await import('../lib/kernel/json-limits.js')
+  let turn = 0
+  let running = true
+  const probe = () => { if (running) { turn++; setImmediate(probe) } }
+  setImmediate(probe)
+  const enumeratedIn: number[] = []
+  const properties = new Proxy(Object.fromEntries(Array.from({ length: 2_000 }, (_, i) => [`p${i}`, { type: 'string' }])), {
+    ownKeys: (target) => { enumeratedIn.push(turn); return Reflect.ownKeys(target) }
+  })
+  const value = { type: 'json_schema', json_schema: { schema: { type: 'object', properties } } }
+  const text = await jsonTextInSlices(value, slices({ ms: 0, work: 0 }))
+  running = false
+  t.equal(text, JSON.stringify(value), 'the same text')
+  const beforeStringify = enumeratedIn.slice(0, -1) // the last is JSON.stringify of the check above
+  t.ok(beforeStringify.length >= 1, `enumerated in turns ${beforeStringify.join(', ')}`)
+  t.equal(new Set(beforeStringify).size, beforeStringify.length, 'never twice in one turn')
+})
