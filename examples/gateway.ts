@@ -12,7 +12,7 @@ import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import Fastify, { type FastifyRequest } from 'fastify'
 import { Registry, collectDefaultMetrics } from 'prom-client'
-import budgets from '../lib/index.js'
+import budgets, { budgetJsonParser } from '../lib/index.js'
 import { keptAdminToken, randomAdminToken } from './admin-token.js'
 import { embeddings } from './apis/embeddings.js'
 import { messages } from './apis/messages.js'
@@ -85,6 +85,9 @@ if (process.env.ADMIN_TOKEN !== undefined && process.env.ADMIN_TOKEN !== '') {
 }
 
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
+// JSON bodies parsed in slices (Fastify's own parser holds the event loop 30 ms on a 1 MiB body of many
+// keys, before the gate runs): the same values and the same 400s as the default, for every route here.
+app.addContentTypeParser('application/json', { parseAs: 'string' }, budgetJsonParser)
 
 /**
  * A graceful stop: closing Fastify refuses new calls (503), waits for the calls in flight to end,

@@ -58,13 +58,29 @@ function isPlainContainer (value: unknown): value is Record<string, unknown> | u
   return Array.isArray(value) ? prototype === Array.prototype : prototype === Object.prototype || prototype === null
 }
 
-/** Whether JSON.stringify writes `value` at once without going deeper: no child is an object. */
-function isFlat (value: Record<string, unknown> | unknown[]): boolean {
-  for (const key in value) {
-    const child = (value as Record<string, unknown>)[key]
-    if (typeof child === 'object' && child !== null) return false
+/**
+ * The most children of an array or object that JSON.stringify writes at once when none of them is an
+ * object: a larger one is written child by child too (a flat object of 35,000 keys takes 10 ms at once).
+ */
+const FLAT_CHILDREN = 64
+
+/**
+ * JSON.stringify(value) when it has at most FLAT_CHILDREN children and none is an object, else null. It
+ * stops at the first child past that, but a large object's keys are enumerated first all the same (a
+ * for-in on 35,000 keys takes some ms): called on children, never twice on the same value.
+ */
+function flatText (value: Record<string, unknown> | unknown[]): string | null {
+  if (Array.isArray(value)) {
+    if (value.length > FLAT_CHILDREN) return null
+    for (const child of value) if (typeof child === 'object' && child !== null) return null
+    return JSON.stringify(value)
   }
-  return true
+  let children = 0
+  for (const key in value) {
+    const child = value[key]
+    if (++children > FLAT_CHILDREN || (typeof child === 'object' && child !== null)) return null
+  }
+  return JSON.stringify(value)
 }
 
 /**
@@ -81,21 +97,28 @@ function childText (key: string, child: unknown): string | undefined {
 /**
  * JSON.stringify(value), the same text, written child by child so that the loop gets a turn between
  * children when `slices` is spent: one field of a body up to the body limit (a response_format of
- * 35,000 properties) takes 10 ms and more in one native call. A flat array or object (no object among
- * its children), and anything that is not a plain one, is written by JSON.stringify at once; so is
- * whatever lies deeper than MAX_NESTING (the estimate refuses it), so that a cycle or a value nested
- * deeper than the stack throws what JSON.stringify throws (a turn of the loop would otherwise reset the
- * stack, and a cycle be written for ever).
+ * 35,000 properties) takes 10 ms and more in one native call. A small flat array or object (at most
+ * FLAT_CHILDREN children, no object among them), and anything that is not a plain one, is written by
+ * JSON.stringify at once; so is whatever lies deeper than MAX_NESTING (the estimate refuses it), so
+ * that a cycle or a value nested deeper than the stack throws what JSON.stringify throws (a turn of the
+ * loop would otherwise reset the stack, and a cycle be written for ever).
  */
 export async function jsonTextInSlices (value: unknown, slices: Slices, depth = 1): Promise<string | undefined> {
-  if (depth > MAX_NESTING || !isPlainContainer(value) || isFlat(value)) return JSON.stringify(value)
+  if (depth > MAX_NESTING || !isPlainContainer(value)) return JSON.stringify(value)
   const parts: string[] = []
   const array = Array.isArray(value)
   // An array's elements by index (a hole is written null), an object's own keys in their order: JSON.stringify's.
+  // The keys are enumerated once (a large object's take some ms), and nothing enumerates them again.
   const keys = array ? Array.from({ length: value.length }, (_, index) => String(index)) : Object.keys(value)
+  if (keys.length <= FLAT_CHILDREN && keys.every((key) => { const child = (value as Record<string, unknown>)[key]; return typeof child !== 'object' || child === null })) return JSON.stringify(value)
   for (const key of keys) {
     const child = (value as Record<string, unknown>)[key]
-    const text = isPlainContainer(child) && !isFlat(child) ? await jsonTextInSlices(child, slices, depth + 1) : childText(key, child)
+    let text = isPlainContainer(child) ? flatText(child) : childText(key, child)
+    if (text === null) {
+      // Not flat: written child by child, after a turn if flatText's look at it spent the slice.
+      if (slices.due()) await slices.pause()
+      text = await jsonTextInSlices(child, slices, depth + 1)
+    }
     if (array) parts.push(text ?? 'null')
     else if (text !== undefined) parts.push(`${JSON.stringify(key)}:${text}`)
     if (slices.due()) await slices.pause()

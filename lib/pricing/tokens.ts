@@ -4,6 +4,7 @@
 import { createRequire } from 'node:module'
 import { SCAN_STRIDE, endOfString } from '../kernel/json-limits.js'
 import { slices as newSlices, type Slices } from '../kernel/loop-slices.js'
+import { WINDOW, regionEndWithin, segmentEnd } from './split-windows.js'
 import { formatFunctionDefinitions, type ChatCompletionFunctionDefinition } from 'gpt-tokenizer/functionCalling'
 
 export type EncodingName = 'o200k_base' | 'cl100k_base'
@@ -140,9 +141,10 @@ export interface CountTokens {
 /**
  * A counter for one request to `model` (with its budget of MAX_TOKENIZED_WORK), or null when the model's
  * tokenizer is unknown. Its work is spent in `slices` (the request's, shared with the rest of its
- * estimate): a text is counted in slices, the loop given a turn between them.
+ * estimate): a text is counted in slices, the loop given a turn between them. `window`: the longest
+ * segment split in one match (split-windows.ts; tests make it small).
  */
-export function tokenCounter (model: string, slices: Slices = newSlices()): CountTokens | null {
+export function tokenCounter (model: string, slices: Slices = newSlices(), window: number = WINDOW): CountTokens | null {
   const name = encodingFor(model)
   if (name === null) return null
   const { countTokens } = encoding(name)
@@ -157,38 +159,65 @@ export function tokenCounter (model: string, slices: Slices = newSlices()): Coun
   const count = async (text: string): Promise<number> => {
     left -= CALL_WORK
     slices.spend(CALL_WORK)
-    if (left <= 0) { left = 0; return Buffer.byteLength(text, 'utf8') }
+    if (left <= 0) {
+      // Past the budget a call is cheap, but a body can make tens of thousands of them (one per tool call
+      // or content part): the loop gets its turn here too, not only between pieces.
+      left = 0
+      if (slices.due()) await slices.pause()
+      return Buffer.byteLength(text, 'utf8')
+    }
     // Piece by piece, by the library's own split pattern. The library merges each piece on its own, so
     // a piece counts alone what it counts in place; a long piece, and everything past the budget, count
-    // their bytes.
+    // their bytes. The pattern runs on segments of at most a window (split-windows.ts): one match of it
+    // is never longer, and the pieces are the whole text's.
     let tokens = 0
-    for (const match of text.matchAll(split)) {
-      const [piece] = match
-      const pieceBytes = Buffer.byteLength(piece, 'utf8')
-      const long = pieceBytes > MAX_PIECE_BYTES
-      const known = long ? undefined : pieces.get(piece)
-      const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (pieceBytes - piece.length) + (known !== undefined || long ? 0 : NEW_PIECE_WORK + workOf(piece, pieceBytes))
-      if (work > left) {
-        left = 0
-        return tokens + Buffer.byteLength(text.slice(match.index), 'utf8')
-      }
-      left -= work
-      slices.spend(work)
-      if (long) tokens += pieceBytes
-      else if (known !== undefined) tokens += known
-      else {
-        let counted = counts.get(piece)
-        if (counted === undefined) {
-          counted = countTokens(piece, ORDINARY)
-          if (counts.size >= PROCESS_PIECES) counts.clear()
-          counts.set(piece, counted)
+    for (let start = 0; start < text.length;) {
+      let end = segmentEnd(text, start, window)
+      if (end === null) {
+        // A region: no cut within a window, one long piece (or, for runs of digits, pieces whose tokens
+        // its bytes bound), charged as a long piece. Its end is found a window at a time.
+        for (let from = start + window; end === null; from += window) {
+          end = regionEndWithin(text, from, window)
+          if (slices.due()) await slices.pause()
         }
-        pieces.set(piece, counted)
-        tokens += counted
+        const region = text.slice(start, end)
+        const bytes = Buffer.byteLength(region, 'utf8')
+        const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (bytes - region.length)
+        if (work > left) { left = 0; return tokens + Buffer.byteLength(text.slice(start), 'utf8') }
+        left -= work
+        slices.spend(work)
+        tokens += bytes
+      } else {
+        for (const match of text.slice(start, end).matchAll(split)) {
+          const [piece] = match
+          const pieceBytes = Buffer.byteLength(piece, 'utf8')
+          const long = pieceBytes > MAX_PIECE_BYTES
+          const known = long ? undefined : pieces.get(piece)
+          const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (pieceBytes - piece.length) + (known !== undefined || long ? 0 : NEW_PIECE_WORK + workOf(piece, pieceBytes))
+          if (work > left) {
+            left = 0
+            return tokens + Buffer.byteLength(text.slice(start + match.index), 'utf8')
+          }
+          left -= work
+          slices.spend(work)
+          if (long) tokens += pieceBytes
+          else if (known !== undefined) tokens += known
+          else {
+            let counted = counts.get(piece)
+            if (counted === undefined) {
+              counted = countTokens(piece, ORDINARY)
+              if (counts.size >= PROCESS_PIECES) counts.clear()
+              counts.set(piece, counted)
+            }
+            pieces.set(piece, counted)
+            tokens += counted
+          }
+          // The split goes on from `lastIndex` of the iterator's own copy of the pattern: a turn of the loop
+          // between two pieces changes nothing in it.
+          if (slices.due()) await slices.pause()
+        }
       }
-      // The split goes on from `lastIndex` of the iterator's own copy of the pattern: a turn of the loop
-      // between two pieces changes nothing in it.
-      if (slices.due()) await slices.pause()
+      start = end
     }
     return tokens
   }
@@ -278,6 +307,7 @@ async function contentTokens (content: unknown, count: CountTokens, json: boolea
   if (!Array.isArray(content)) return json ? await jsonTextTokens(content, count) : await textOf(content, count)
   let tokens = TOKENS_PER_EXTRA_PART * Math.max(0, content.length - 1)
   for (const part of content) {
+    if (count.slices.due()) await count.slices.pause()
     if (!isObject(part)) { tokens += bytesOf(part); continue }
     const { type, text, refusal, ...rest } = part
     if (type === 'image_url') continue // counted by the caller at the model's worst case
@@ -300,6 +330,7 @@ async function messageTokens (messages: unknown[], count: CountTokens): Promise<
     const calls = isObject(message) ? message.tool_calls : undefined
     if (!Array.isArray(calls)) continue
     for (const call of calls) {
+      if (count.slices.due()) await count.slices.pause()
       if (isObject(call) && typeof call.id === 'string' && isObject(call.function) && typeof call.function.name === 'string') {
         callNames.set(call.id, call.function.name)
         longestName = Math.max(longestName, Buffer.byteLength(call.function.name, 'utf8'))
@@ -320,7 +351,10 @@ async function messageTokens (messages: unknown[], count: CountTokens): Promise<
     tokens += TOKENS_PER_MESSAGE + await textOf(role, count) + await contentTokens(content, count, toolCallId !== undefined) + await textOf(refusal, count)
     if (name !== undefined) tokens += TOKENS_PER_NAME + await textOf(name, count)
     if (Array.isArray(toolCalls)) {
-      for (const call of toolCalls) tokens += await callTokens(call, count)
+      for (const call of toolCalls) {
+        if (count.slices.due()) await count.slices.pause()
+        tokens += await callTokens(call, count)
+      }
       if (toolCalls.length > 1) tokens += TOKENS_PER_PARALLEL_CALLS
     } else if (toolCalls !== undefined && toolCalls !== null) tokens += bytesOf(toolCalls)
     if (functionCall !== undefined && functionCall !== null) tokens += await callTokens(functionCall, count)
