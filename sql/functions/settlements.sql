@@ -51,6 +51,8 @@ declare
   -- every reservation found, and its usage record (null: nothing recorded)
   found_ids uuid[];
   found_usages uuid[];
+  -- what a window could not store, by usage record and budget
+  unrecorded jsonb;
 begin
   -- Asynchronous commit: the batch's locks go at commit, not once the WAL is on disk. A PostgreSQL
   -- crash can lose the last batches whole; their reservations come back and are swept at their
@@ -60,8 +62,6 @@ begin
   -- period_start); each a statement of its own, run to the end before the next (what is charged is
   -- bounded by the spend the window rows hold, so it is read once they are locked)
   perform 1 from budget_reservations r where r.id = any (p_ids) order by r.id, r.budget_id for update;
-  perform 1 from budget_status_cache c join budget_reservations r on r.budget_id = c.budget_id and r.period_start = c.period_start
-  where r.id = any (p_ids) order by c.budget_id, c.period_start for update of c;
 
   with input as (
     select * from unnest(p_ids, p_actuals, p_sources, p_descriptions, p_metadata) as i(reservation_id, actual, source, description, metadata)
@@ -117,40 +117,18 @@ begin
          (select array_agg(ch.usage_id order by c.reservation_id) from calls c left join charged ch on ch.reservation_id = c.reservation_id)
   into s_ords, s_usages, s_budgets, s_amounts, s_rates, s_at, s_starts, s_ends, r_budgets, r_starts, r_held, found_ids, found_usages;
 
-  perform budget_settle_record(s_ords, s_usages, s_budgets, s_amounts, s_rates, s_at, s_starts, s_ends);
-
-  -- release what was held
-  update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - r.held, 0)
-  from unnest(r_budgets, r_starts, r_held) as r(budget_id, period_start, held)
-  where c.budget_id = r.budget_id and c.period_start = r.period_start;
+  -- The spend and the release of what was held, each window row written once (budget_record_spend); what a
+  -- window could not store is kept on the usage record.
+  select jsonb_object_agg(x.usage_id::text, x.by_budget) into unrecorded
+  from (select s.usage_id, jsonb_object_agg(s.budget_id::text, round(s.cost - s.charged, 10)::text) as by_budget
+        from budget_record_spend(s_ords, s_usages, s_budgets, s_amounts, s_rates, s_at, s_starts, s_ends, true, r_budgets, r_starts, r_held) s
+        where s.cost > s.charged group by s.usage_id) x;
+  if unrecorded is not null then
+    update budget_usage_records u set metadata = u.metadata || jsonb_build_object('unrecordedPastLimit', unrecorded -> u.id::text)
+    where u.id in (select k::uuid from jsonb_object_keys(unrecorded) k);
+  end if;
 
   return query select f.id, f.usage_id, budget_definitions_version() from unnest(found_ids, found_usages) as f(id, usage_id);
-end $$;
-
--- A settlement's spend: budget_record_spend (spend.sql), charging what each window can still store; what a
--- budget could not take is kept on the usage record (metadata.unrecordedPastLimit, by budget). Returns what
--- each (usage, budget) was charged, for a lease's draw-down.
-create or replace function budget_settle_record(
-  p_ords bigint[], p_usage_ids uuid[], p_budget_ids uuid[], p_amounts numeric[], p_rates numeric[],
-  p_occurred_at timestamptz[], p_period_starts timestamptz[], p_period_ends timestamptz[]
-) returns table (usage_id uuid, budget_id uuid, charged numeric)
-language plpgsql as $$
-#variable_conflict use_column
-declare
-  s_usages uuid[];
-  s_budgets uuid[];
-  s_costs numeric[];
-  s_charged numeric[];
-begin
-  select array_agg(s.usage_id), array_agg(s.budget_id), array_agg(s.cost), array_agg(s.charged)
-  into s_usages, s_budgets, s_costs, s_charged
-  from budget_record_spend(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, p_period_starts, p_period_ends, true) s;
-  update budget_usage_records u set metadata = u.metadata || jsonb_build_object('unrecordedPastLimit', x.by_budget)
-  from (select s.usage_id, jsonb_object_agg(s.budget_id::text, round(s.cost - s.charged, 10)::text) as by_budget
-        from unnest(s_usages, s_budgets, s_costs, s_charged) as s(usage_id, budget_id, cost, charged)
-        where s.cost > s.charged group by s.usage_id) x
-  where u.id = x.usage_id;
-  return query select s.usage_id, s.budget_id, s.charged from unnest(s_usages, s_budgets, s_charged) as s(usage_id, budget_id, charged);
 end $$;
 
 -- Settles calls admitted from leases, in one transaction: every call whose lease is there is recorded
@@ -178,18 +156,28 @@ declare
   s_starts timestamptz[];
   s_ends timestamptz[];
   s_leases uuid[];
-  s_usages_by_lease uuid[];
-  s_budgets_by_lease uuid[];
+  -- what each window row releases, reckoned from the calls' costs (what is charged, unless a window is full)
+  r_budgets uuid[];
+  r_starts timestamptz[];
+  r_released numeric[];
+  -- per lease row: what it held, and what its calls cost
+  k_leases uuid[];
+  k_budgets uuid[];
+  k_starts timestamptz[];
+  k_held numeric[];
+  k_cost numeric[];
+  short_usages uuid[];
+  short_budgets uuid[];
+  short_costs numeric[];
+  short_charged numeric[];
   found_leases uuid[];
   found_requests text[];
   found_usages uuid[];
 begin
   perform set_config('synchronous_commit', 'off', true);
-  -- the lock order: the leases' rows by (id, budget_id), then their window rows by (budget_id, period_start);
-  -- each a statement of its own, run to the end before the next
+  -- the lock order: the leases' rows by (id, budget_id) here, then their window rows by (budget_id,
+  -- period_start) in budget_record_spend
   perform 1 from budget_reservations r where r.id = any (p_lease_ids) order by r.id, r.budget_id for update;
-  perform 1 from budget_status_cache c join budget_reservations r on r.budget_id = c.budget_id and r.period_start = c.period_start
-  where r.id = any (p_lease_ids) order by c.budget_id, c.period_start for update of c;
 
   with input as (
     select * from unnest(p_lease_ids, p_request_ids, p_actuals, p_sources, p_descriptions, p_metadata, p_occurred_at)
@@ -197,7 +185,7 @@ begin
     where i.actual > 0
   ),
   leases as (
-    select r.id, r.budget_id, r.period_start, r.scope_matched, r.scope_rank, r.currency, r.exchange_rate, c.period_end
+    select r.id, r.budget_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, r.exchange_rate, c.period_end
     from budget_reservations r join budget_status_cache c on c.budget_id = r.budget_id and c.period_start = r.period_start
     where r.id in (select lease_id from input)
   ),
@@ -232,47 +220,71 @@ begin
     select dense_rank() over (order by ch.admitted_at, ch.request_id, ch.usage_id) as ord, ch.usage_id, l.budget_id, ch.amount, l.exchange_rate,
            ch.admitted_at, l.period_start, l.period_end, ch.lease_id
     from charged ch join leases l on l.id = ch.lease_id
+  ),
+  -- per lease row: what it holds and what its calls cost
+  drawing as (
+    select s.lease_id, s.budget_id, s.period_start, min(l.amount) as held, sum(budget_convert_unbounded(s.amount, s.exchange_rate)) as cost
+    from spend s join leases l on l.id = s.lease_id and l.budget_id = s.budget_id
+    group by s.lease_id, s.budget_id, s.period_start
+  ),
+  -- per window row: what its lease rows give up, each what its calls cost and what it holds at most
+  released as (
+    select x.budget_id, x.period_start, sum(least(x.cost, x.held)) as amount from drawing x group by x.budget_id, x.period_start
   )
   select (select array_agg(x.ord order by x.ord, x.budget_id) from spend x), (select array_agg(x.usage_id order by x.ord, x.budget_id) from spend x),
          (select array_agg(x.budget_id order by x.ord, x.budget_id) from spend x), (select array_agg(x.amount order by x.ord, x.budget_id) from spend x),
          (select array_agg(x.exchange_rate order by x.ord, x.budget_id) from spend x), (select array_agg(x.admitted_at order by x.ord, x.budget_id) from spend x),
          (select array_agg(x.period_start order by x.ord, x.budget_id) from spend x), (select array_agg(x.period_end order by x.ord, x.budget_id) from spend x),
          (select array_agg(x.lease_id order by x.ord, x.budget_id) from spend x),
+         (select array_agg(x.budget_id) from released x), (select array_agg(x.period_start) from released x), (select array_agg(x.amount) from released x),
+         (select array_agg(x.lease_id) from drawing x), (select array_agg(x.budget_id) from drawing x), (select array_agg(x.period_start) from drawing x),
+         (select array_agg(x.held) from drawing x), (select array_agg(x.cost) from drawing x),
          (select array_agg(c.lease_id order by c.usage_id) from calls c), (select array_agg(c.request_id order by c.usage_id) from calls c),
          (select array_agg(ch.usage_id order by c.usage_id) from calls c left join charged ch on ch.usage_id = c.usage_id)
-  into s_ords, s_usages, s_budgets, s_amounts, s_rates, s_at, s_starts, s_ends, s_leases, found_leases, found_requests, found_usages;
-  s_usages_by_lease := s_usages;
-  s_budgets_by_lease := s_budgets;
+  into s_ords, s_usages, s_budgets, s_amounts, s_rates, s_at, s_starts, s_ends, s_leases, r_budgets, r_starts, r_released,
+       k_leases, k_budgets, k_starts, k_held, k_cost, found_leases, found_requests, found_usages;
 
-  -- (a statement of its own: the statements below update rows it wrote)
-  select array_agg(s.charged order by s.usage_id, s.budget_id), array_agg(s.usage_id order by s.usage_id, s.budget_id),
-         array_agg(s.budget_id order by s.usage_id, s.budget_id)
-  into s_amounts, s_usages, s_budgets
-  from budget_settle_record(s_ords, s_usages, s_budgets, s_amounts, s_rates, s_at, s_starts, s_ends) s;
-
-  with charges as (
-    select c.usage_id, c.budget_id, c.charged, l.lease_id
-    from unnest(s_usages, s_budgets, s_amounts) as c(usage_id, budget_id, charged)
-    join unnest(s_usages_by_lease, s_budgets_by_lease, s_leases) as l(usage_id, budget_id, lease_id) on l.usage_id = c.usage_id and l.budget_id = c.budget_id
+  -- The spend and the release, each window row written once (budget_record_spend); then, this function's own
+  -- part, each lease row drawn down by what its calls were charged. No condition on the amount there: such
+  -- a condition is read from the statement's snapshot, so a lease that a concurrent return drew down while
+  -- this function waited for its lock would not be drawn (while its window row was). The update re-reads the
+  -- locked row.
+  with recorded as materialized (
+    select s.usage_id, s.budget_id, s.cost, s.charged
+    from budget_record_spend(s_ords, s_usages, s_budgets, s_amounts, s_rates, s_at, s_starts, s_ends, true, r_budgets, r_starts, r_released) s
   ),
-  -- per lease row: what its calls cost; the row gives up what it holds, at most
   spent as (
-    select c.lease_id, c.budget_id, sum(c.charged) as total from charges c group by c.lease_id, c.budget_id
+    select l.lease_id, l.budget_id, sum(r.charged) as total
+    from recorded r join unnest(s_usages, s_budgets, s_leases) as l(usage_id, budget_id, lease_id) on l.usage_id = r.usage_id and l.budget_id = r.budget_id
+    group by l.lease_id, l.budget_id
   ),
-  released as (
-    select r.budget_id, r.period_start, sum(least(s.total, r.amount)) as amount
-    from spent s join budget_reservations r on r.id = s.lease_id and r.budget_id = s.budget_id
-    group by r.budget_id, r.period_start
-  ),
-  moved as (
-    update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - r.amount, 0)
-    from released r where c.budget_id = r.budget_id and c.period_start = r.period_start
+  drawn as (
+    update budget_reservations r set amount = greatest(r.amount - s.total, 0), expires_at = now() + p_ttl
+    from spent s where r.id = s.lease_id and r.budget_id = s.budget_id
   )
-  -- No condition on the amount here: such a condition is read from the statement's snapshot, so a lease
-  -- that a concurrent return drew down while this statement waited for its lock would not be drawn (while
-  -- its window row was). The update re-reads the locked row.
-  update budget_reservations r set amount = greatest(r.amount - s.total, 0), expires_at = now() + p_ttl
-  from spent s where r.id = s.lease_id and r.budget_id = s.budget_id;
+  select array_agg(r.usage_id), array_agg(r.budget_id), array_agg(r.cost), array_agg(r.charged)
+  into short_usages, short_budgets, short_costs, short_charged
+  from recorded r where r.cost > r.charged;
+
+  -- Rare: a window that could not store all of it (money is below 10^18). What it did not take is kept on the
+  -- usage record, and its lease rows gave up only what was charged: the release reckoned from the costs is
+  -- given back in part.
+  if short_usages is not null then
+    update budget_usage_records u set metadata = u.metadata || jsonb_build_object('unrecordedPastLimit', x.by_budget)
+    from (select s.usage_id, jsonb_object_agg(s.budget_id::text, round(s.cost - s.charged, 10)::text) as by_budget
+          from unnest(short_usages, short_budgets, short_costs, short_charged) as s(usage_id, budget_id, cost, charged)
+          group by s.usage_id) x
+    where u.id = x.usage_id;
+    update budget_status_cache c set reserved_amount = c.reserved_amount + x.back
+    from (select k.budget_id, k.period_start, sum(least(k.cost, k.held) - least(coalesce(ch.total, 0), k.held)) as back
+          from unnest(k_leases, k_budgets, k_starts, k_held, k_cost) as k(lease_id, budget_id, period_start, held, cost)
+          left join (select l.lease_id, l.budget_id, sum(a.amount) as total
+                     from unnest(s_usages, s_budgets, s_leases) as l(usage_id, budget_id, lease_id)
+                     join budget_usage_allocations a on a.usage_id = l.usage_id and a.budget_id = l.budget_id
+                     group by l.lease_id, l.budget_id) ch on ch.lease_id = k.lease_id and ch.budget_id = k.budget_id
+          group by k.budget_id, k.period_start) x
+    where c.budget_id = x.budget_id and c.period_start = x.period_start and x.back > 0;
+  end if;
 
   return query
     select i.request_id, f.usage_id, f.lease_id is not null, budget_definitions_version()

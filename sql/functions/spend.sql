@@ -1,7 +1,8 @@
 -- Recording spend: the one owner of "allocations, then window-row deltas, then alert crossings, in the
 -- lock order". The usage trigger and the batch collector (usage-recording.sql) and both settlements
--- (settlements.sql) store their usage records, then hand the records' allocations here; a settlement then
--- adds only the release of what was held (reserved_amount down), which is not spend.
+-- (settlements.sql) store their usage records, then hand the records' allocations here; a settlement also
+-- hands what its window rows release (reserved_amount down), which is not spend but is written in the same
+-- update of the row, so a settled window row is written once.
 --
 -- budget_record_spend takes one row per (usage record, budget) as parallel arrays:
 --   p_ords          the order the records count in (one value per record; several records of one window
@@ -18,33 +19,50 @@
 --   p_clamp         what a window that cannot store the spend (money is below 10^18) does: true (the
 --                   settlements, which must not fail for other calls' sake) charges what is left, the
 --                   calls of a window in p_ords order; false (usage recorded on request) refuses the
---                   record whole, in order, as one-at-a-time recording would have refused it.
+--                   record whole, in order, as one-at-a-time recording would have refused it;
+--   p_release_budgets, p_release_starts, p_released
+--                   what each named window row gives up of its reserved amount (down to 0 at most), with
+--                   the spend: a settlement's holds. Null for usage recorded on request.
 -- Returns each row: its cost in the budget's currency and what was charged (null: its record was refused,
 -- and nothing of it is stored here; the caller takes the record out or raises).
 --
--- In one pass, with nothing under a window lock that need not be:
+-- The window rows are locked here, in the lock order (budget_id, period_start; settlements.sql), every one
+-- named (spend and release) by one ordered statement when they all exist, as they always do for a settlement
+-- (its hold made them). Then, in the common case, ONE statement does the rest: the allocations inserted and
+-- each window row updated once (spend up, reserved down). It checks, in the same statement, that the one
+-- write is what recording the records one at a time would leave: every window row there, nothing past the
+-- money range, no threshold on spend first reached before the window's last record, and no projected alert
+-- on the window (its forecast is measured record by record, each seeing the allocations before it only),
+-- unless that crossing is active already, when recording it again would do nothing. Otherwise the statement
+-- writes nothing and the step-wise path below runs, the rare one:
 --   1. each allocation's window (found once per budget and instant) and cost; under !p_clamp a record
 --      whose cost alone is past the money range is refused;
---   2. the allocations inserted, before any window row is locked;
---   3. the window rows locked in the lock order (budget_id, period_start; settlements.sql), one at a
---      time so the order holds across rows that exist and rows made here. A window without a row gets
---      one, starting at its spend from elsewhere (its allocations less this call's own, which are already
---      inserted: a row made here never counts them twice). This replaces the trigger's old refresh, with
---      the same value;
+--   2. the allocations inserted, before any window row is locked; those of a budget with a projected
+--      alert later, record by record (5), so each record's forecast sees the records before it only, as
+--      one at a time;
+--   3. the window rows locked in the lock order, one at a time so the order holds across rows that exist
+--      and rows made here. A window without a row gets one, starting at its spend from elsewhere (its
+--      allocations other than this call's: a row made here never counts them twice, nor a record refused
+--      below). This replaces the trigger's old refresh, with the same value;
 --   4. only where a window would pass the money range: the records clamped or refused, in order;
 --   5. each window row written once per step: at each record where one of its alert thresholds is first
 --      reached (budget_alert_reached; the alert trigger, alerts.sql, then sees the spend at that
 --      record, as it would one record at a time) and at its last. A row written here gets
---      updated_at = now(); a row this call charged nothing to is not written.
+--      updated_at = now(); a row this call charged nothing to is not written for spend. Then the release.
 -- Several records on one window are summed per row (window functions over p_ords), never one update per
 -- record: a row updated n times in one transaction costs O(n) per update.
 create or replace function budget_record_spend(
   p_ords bigint[], p_usage_ids uuid[], p_budget_ids uuid[], p_amounts numeric[], p_rates numeric[],
-  p_occurred_at timestamptz[], p_period_starts timestamptz[], p_period_ends timestamptz[], p_clamp boolean
+  p_occurred_at timestamptz[], p_period_starts timestamptz[], p_period_ends timestamptz[], p_clamp boolean,
+  p_release_budgets uuid[] default null, p_release_starts timestamptz[] default null, p_released numeric[] default null
 ) returns table (usage_id uuid, budget_id uuid, cost numeric, charged numeric)
 language plpgsql as $$
 #variable_conflict use_column
 declare
+  starts timestamptz[] := p_period_starts;
+  ends timestamptz[] := p_period_ends;
+  missing boolean := false;
+  written bigint;
   -- one element per allocation, in (ord, budget_id) order
   a_ord bigint[];
   a_usage uuid[];
@@ -67,38 +85,120 @@ declare
   created boolean;
   at_risk boolean;
   refused uuid[] := '{}'::uuid[];
+  walked text[];
   sums numeric[];
   record_row record;
   fits boolean;
   slot integer;
-  crossing record;
+  walk record;
   running_row record;
+  pending numeric[];
+  measured numeric;
   step_ords bigint[] := '{}'::bigint[];
   step_budgets uuid[] := '{}'::uuid[];
   step_starts timestamptz[] := '{}'::timestamptz[];
   steps integer;
   step_numbers integer[];
 begin
-  if coalesce(cardinality(p_usage_ids), 0) = 0 then return; end if;
+  if coalesce(cardinality(p_usage_ids), 0) = 0 and coalesce(cardinality(p_released), 0) = 0 then return; end if;
 
+  -- Each allocation's window: named by the caller, or found here (once per budget and instant).
+  if coalesce(cardinality(starts), 0) = 0 then
+    with found as materialized (
+      select x.budget_id, x.occurred_at, w.period_start, w.period_end
+      from (select distinct i.budget_id, i.occurred_at from unnest(p_budget_ids, p_occurred_at) as i(budget_id, occurred_at)) x
+      join budget_definitions d on d.id = x.budget_id
+      left join lateral budget_window(d, x.occurred_at) w on true
+    )
+    select array_agg(f.period_start order by i.n), array_agg(f.period_end order by i.n) into starts, ends
+    from unnest(p_budget_ids, p_occurred_at) with ordinality as i(budget_id, occurred_at, n)
+    left join found f on f.budget_id = i.budget_id and f.occurred_at = i.occurred_at;
+    -- a window with no row yet is made in the lock order by the step-wise path (3); nothing is locked before it
+    select exists (select 1 from unnest(p_budget_ids, starts) as i(budget_id, period_start)
+                   where i.period_start is not null
+                     and not exists (select 1 from budget_status_cache c where c.budget_id = i.budget_id and c.period_start = i.period_start))
+    into missing;
+  end if;
+
+  if not missing then
+    -- the lock order: every window row named, spend and release, by (budget_id, period_start)
+    perform 1 from budget_status_cache c
+    join (select i.budget_id, i.period_start from unnest(p_budget_ids, starts) as i(budget_id, period_start)
+          union
+          select r.budget_id, r.period_start from unnest(p_release_budgets, p_release_starts) as r(budget_id, period_start)) k
+      on c.budget_id = k.budget_id and c.period_start = k.period_start
+    order by c.budget_id, c.period_start
+    for update of c;
+
+    -- The common case, in one statement: see the top of this file for what `simple` checks.
+    return query
+    with a as (
+      select i.ord, i.usage_id, i.budget_id, i.rate, i.period_start,
+             case when i.period_start is null then i.occurred_at
+                  else greatest(i.period_start, least(i.occurred_at, i.period_end - interval '1 microsecond')) end as occurred_at,
+             budget_convert_unbounded(i.amount, i.rate) as cost
+      from unnest(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, starts, ends)
+        as i(ord, usage_id, budget_id, amount, rate, occurred_at, period_start, period_end)
+      where i.usage_id is not null
+    ),
+    spent as (
+      select a.budget_id, a.period_start, sum(a.cost) as total, count(*) as calls, max(a.occurred_at) as last_at,
+             (array_agg(a.cost order by a.ord desc))[1] as last_cost
+      from a where a.period_start is not null group by a.budget_id, a.period_start
+    ),
+    released as (
+      select r.budget_id, r.period_start, sum(r.amount) as amount
+      from unnest(p_release_budgets, p_release_starts, p_released) as r(budget_id, period_start, amount)
+      group by r.budget_id, r.period_start
+    ),
+    windows as (
+      select coalesce(s.budget_id, r.budget_id) as budget_id, coalesce(s.period_start, r.period_start) as period_start,
+             coalesce(s.total, 0) as total, coalesce(s.calls, 0) as calls, s.last_at, s.last_cost, r.amount as released
+      from spent s full join released r on r.budget_id = s.budget_id and r.period_start = s.period_start
+    ),
+    simple as (
+      select coalesce((select max(a.cost) from a), 0) <= budget_money_max()
+         and coalesce(bool_and(
+               w.calls = 0
+               or (c.budget_id is not null and c.current_amount + w.total <= budget_money_max()
+                   and not exists (
+                     select 1 from jsonb_array_elements(d.alerts) alert
+                     where (alert ->> 'basis' = 'projected'
+                            or (w.calls > 1 and budget_alert_reached(c.current_amount + w.total - w.last_cost, (alert ->> 'threshold')::numeric, d.amount)))
+                       and not exists (select 1 from budget_alert_history h
+                                       where h.budget_id = w.budget_id and h.period_start = w.period_start and h.resolved_at is null
+                                         and h.threshold = (alert ->> 'threshold')::numeric
+                                         and h.basis = coalesce(alert ->> 'basis', 'current'))))), true) as ok
+      from windows w
+      left join budget_status_cache c on c.budget_id = w.budget_id and c.period_start = w.period_start
+      left join budget_definitions d on d.id = w.budget_id
+    ),
+    allocated as (
+      insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
+      select a.budget_id, a.usage_id, a.cost, a.occurred_at, a.rate from a where (select s.ok from simple s)
+    ),
+    moved as (
+      update budget_status_cache c
+      set current_amount = c.current_amount + w.total, usage_count = c.usage_count + w.calls,
+          last_usage_at = greatest(c.last_usage_at, w.last_at),
+          reserved_amount = case when w.released is null then c.reserved_amount else greatest(c.reserved_amount - w.released, 0) end,
+          updated_at = case when w.calls > 0 then now() else c.updated_at end
+      from windows w
+      where c.budget_id = w.budget_id and c.period_start = w.period_start and (select s.ok from simple s)
+    )
+    select a.usage_id, a.budget_id, a.cost, a.cost from a where (select s.ok from simple s);
+    get diagnostics written = row_count;
+    if written > 0 or coalesce(cardinality(p_usage_ids), 0) = 0 then return; end if;
+  end if;
+
+  ---- The step-wise path (the top of this file, 1 to 5).
   -- 1. Windows and costs.
-  with input as (
-    select i.* from unnest(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at,
-                           coalesce(p_period_starts, '{}'::timestamptz[]), coalesce(p_period_ends, '{}'::timestamptz[]))
+  with resolved as (
+    select i.ord, i.usage_id, i.budget_id, i.rate, i.occurred_at, i.period_start, i.period_end,
+           budget_convert_unbounded(i.amount, i.rate) as cost
+    from unnest(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, starts, ends)
       as i(ord, usage_id, budget_id, amount, rate, occurred_at, period_start, period_end)
     where i.usage_id is not null
-  ),
-  found as materialized (
-    select x.budget_id, x.occurred_at, w.period_start, w.period_end
-    from (select distinct i.budget_id, i.occurred_at from input i where i.period_start is null) x
-    join budget_definitions d on d.id = x.budget_id
-    left join lateral budget_window(d, x.occurred_at) w on true
-  ),
-  resolved as (
-    select i.ord, i.usage_id, i.budget_id, i.rate, i.occurred_at,
-           coalesce(i.period_start, f.period_start) as period_start, coalesce(i.period_end, f.period_end) as period_end,
-           budget_convert_unbounded(i.amount, i.rate) as cost
-    from input i left join found f on i.period_start is null and f.budget_id = i.budget_id and f.occurred_at = i.occurred_at
   ),
   -- !p_clamp: a record with a cost past the money range is refused whole (nothing could store it)
   overflowing as (
@@ -115,11 +215,22 @@ begin
   into a_ord, a_usage, a_budget, a_rate, a_at, a_start, a_end, a_cost, a_charged
   from resolved r left join overflowing o on o.usage_id = r.usage_id;
 
-  -- 2. The allocations, before any window row is locked.
+  -- The windows whose records are measured one by one (5): a projected alert without an active crossing.
+  select coalesce(array_agg(distinct w.budget_id::text || '|' || w.period_start::text), '{}') into walked
+  from unnest(a_budget, a_start) as w(budget_id, period_start)
+  join budget_definitions d on d.id = w.budget_id
+  where w.period_start is not null
+    and exists (select 1 from jsonb_array_elements(d.alerts) alert
+                where alert ->> 'basis' = 'projected'
+                  and not exists (select 1 from budget_alert_history h
+                                  where h.budget_id = w.budget_id and h.period_start = w.period_start and h.resolved_at is null
+                                    and h.threshold = (alert ->> 'threshold')::numeric and h.basis = 'projected'));
+
+  -- 2. The allocations, before any window row is locked (a walked window's in 5).
   insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
   select a.budget_id, a.usage_id, a.charged, a.occurred_at, a.rate
-  from unnest(a_budget, a_usage, a_charged, a_at, a_rate) as a(budget_id, usage_id, charged, occurred_at, rate)
-  where a.charged is not null;
+  from unnest(a_budget, a_usage, a_charged, a_at, a_rate, a_start) as a(budget_id, usage_id, charged, occurred_at, rate, period_start)
+  where a.charged is not null and (a.period_start is null or not (a.budget_id::text || '|' || a.period_start::text = any (walked)));
 
   -- 3. The windows, in the lock order.
   select array_agg(w.budget_id order by w.budget_id, w.period_start), array_agg(w.period_start order by w.budget_id, w.period_start),
@@ -144,20 +255,24 @@ begin
   end loop;
 
   -- Each window's spend before this call, and what this call adds to it: a row that was there has it; a
-  -- row made here, its allocations from elsewhere (the sum less this call's own).
-  select array_agg(coalesce(case when w.created then s.current_amount - coalesce(own.total, 0) else c.current_amount end, 0) order by w.n),
-         array_agg(coalesce(case when w.created then s.usage_count - coalesce(own.calls, 0) else c.usage_count end, 0) order by w.n),
+  -- row made here, the window's allocations other than this call's (whichever of them are stored yet).
+  select array_agg(coalesce(case when w.created then s.current_amount else c.current_amount end, 0) order by w.n),
+         array_agg(coalesce(case when w.created then s.usage_count else c.usage_count end, 0) order by w.n),
          array_agg(case when w.created then s.last_usage_at else c.last_usage_at end order by w.n),
          array_agg(coalesce(own.total, 0) order by w.n)
   into w_base, w_calls, w_last, w_total
   from unnest(w_budget, w_start, w_end, w_created) with ordinality as w(budget_id, period_start, period_end, created, n)
   left join budget_status_cache c on not w.created and c.budget_id = w.budget_id and c.period_start = w.period_start
-  left join (select a.budget_id, a.period_start, sum(a.charged) as total, count(*) as calls
+  left join (select a.budget_id, a.period_start, sum(a.charged) as total
              from unnest(a_budget, a_start, a_charged) as a(budget_id, period_start, charged)
              where a.period_start is not null and a.charged is not null
              group by a.budget_id, a.period_start) own on own.budget_id = w.budget_id and own.period_start = w.period_start
-  left join lateral calculate_budget_status(w.budget_id, w.period_start, w.period_end) s on w.created;
-
+  left join lateral (
+    select sum(x.amount) as current_amount, count(*) as usage_count, max(x.occurred_at) as last_usage_at
+    from budget_usage_allocations x
+    where x.budget_id = w.budget_id and x.occurred_at >= w.period_start and x.occurred_at < w.period_end
+      and not exists (select 1 from unnest(a_usage) as mine(id) where mine.id = x.usage_id)
+  ) s on w.created;
   -- 4. A window this call would take past the money range (no real one does).
   select coalesce(bool_or(w.base + w.total > budget_money_max()), false) into at_risk
   from unnest(w_base, w_total) as w(base, total);
@@ -217,9 +332,7 @@ begin
 
   -- 5. The steps: per window, each record at which an alert threshold is first reached, and the last. Spend
   -- only grows record by record, so a threshold on spend is first reached at the first record whose running
-  -- sum gets there; a projected one is measured per record (budget_alert_measure, as the trigger does),
-  -- walking the window's records in order and stopping at the first that reaches it.
-  -- (a threshold on spend, for every window at once)
+  -- sum gets there (for every window at once).
   select coalesce(array_agg(x.ord), '{}'), coalesce(array_agg(x.budget_id), '{}'), coalesce(array_agg(x.period_start), '{}')
   into step_ords, step_budgets, step_starts
   from (
@@ -236,36 +349,56 @@ begin
     where budget_alert_reached(t.base + r.added, t.threshold, t.limit_amount)
     group by t.budget_id, t.period_start, t.threshold
   ) x;
-  -- (a projected threshold, measured record by record until one reaches it)
-  for crossing in
-    select w.budget_id, w.period_start, w.period_end, w.base, (alert ->> 'threshold')::numeric as threshold, d.amount as limit_amount
-    from unnest(w_budget, w_start, w_end, w_base) as w(budget_id, period_start, period_end, base)
+
+  -- A walked window (a projected alert not crossed yet): its records one by one, as one at a time would
+  -- record them. Each record's allocation is stored, then its forecast measured (budget_alert_measure, as
+  -- the trigger does), so a forecast sees this call's records up to it and none after; the row is written at
+  -- each step (a threshold on spend first reached, a projected one first reached, the last record).
+  for walk in
+    select w.budget_id, w.period_start, w.period_end, w.base, w.calls, w.last, d.amount as limit_amount,
+           array(select (alert ->> 'threshold')::numeric from jsonb_array_elements(d.alerts) alert where alert ->> 'basis' = 'projected') as thresholds
+    from unnest(w_budget, w_start, w_end, w_base, w_calls, w_last) with ordinality as w(budget_id, period_start, period_end, base, calls, last, n)
     join budget_definitions d on d.id = w.budget_id
-    cross join lateral jsonb_array_elements(d.alerts) alert
-    where alert ->> 'basis' = 'projected'
+    where w.budget_id::text || '|' || w.period_start::text = any (walked)
+    order by w.n
   loop
+    pending := walk.thresholds;
     for running_row in
-      select r.ord, sum(r.charged) over (order by r.ord) as added
-      from unnest(a_budget, a_start, a_ord, a_charged) as r(budget_id, period_start, ord, charged)
-      where r.budget_id = crossing.budget_id and r.period_start = crossing.period_start and r.charged is not null
+      select r.ord, r.usage_id, r.charged, r.occurred_at, r.rate, sum(r.charged) over o as added, count(*) over o as calls,
+             max(r.occurred_at) over o as last_at, r.ord = max(r.ord) over () as last
+      from unnest(a_budget, a_start, a_ord, a_usage, a_charged, a_at, a_rate) as r(budget_id, period_start, ord, usage_id, charged, occurred_at, rate)
+      where r.budget_id = walk.budget_id and r.period_start = walk.period_start and r.charged is not null
+      window o as (order by r.ord)
       order by r.ord
     loop
-      if budget_alert_reached(budget_alert_measure(crossing.budget_id, crossing.base + running_row.added, 'projected',
-                                                   crossing.period_start, crossing.period_end),
-                              crossing.threshold, crossing.limit_amount) then
-        step_ords := step_ords || running_row.ord;
-        step_budgets := step_budgets || crossing.budget_id;
-        step_starts := step_starts || crossing.period_start;
-        exit;
+      insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
+      values (walk.budget_id, running_row.usage_id, running_row.charged, running_row.occurred_at, running_row.rate);
+      measured := null;
+      if cardinality(pending) > 0 then
+        measured := budget_alert_measure(walk.budget_id, walk.base + running_row.added, 'projected', walk.period_start, walk.period_end);
+      end if;
+      if running_row.last
+         or exists (select 1 from unnest(pending) as t(threshold) where budget_alert_reached(measured, t.threshold, walk.limit_amount))
+         or exists (select 1 from unnest(step_budgets, step_starts, step_ords) as x(budget_id, period_start, ord)
+                    where x.budget_id = walk.budget_id and x.period_start = walk.period_start and x.ord = running_row.ord) then
+        update budget_status_cache c
+        set current_amount = walk.base + running_row.added, usage_count = walk.calls + running_row.calls,
+            last_usage_at = greatest(walk.last, running_row.last_at), updated_at = now()
+        where c.budget_id = walk.budget_id and c.period_start = walk.period_start;
+      end if;
+      if measured is not null then
+        pending := array(select t from unnest(pending) as t where not budget_alert_reached(measured, t, walk.limit_amount));
       end if;
     end loop;
   end loop;
 
+  -- The other windows' steps, each row written once per step.
   with running as (
     select r.budget_id, r.period_start, r.ord, sum(r.charged) over w as added, count(*) over w as calls, max(r.occurred_at) over w as last_at,
            row_number() over (partition by r.budget_id, r.period_start order by r.ord desc) = 1 as last
     from unnest(a_budget, a_start, a_ord, a_charged, a_at) as r(budget_id, period_start, ord, charged, occurred_at)
     where r.period_start is not null and r.charged is not null
+      and not (r.budget_id::text || '|' || r.period_start::text = any (walked))
     window w as (partition by r.budget_id, r.period_start order by r.ord)
   ),
   stepped as (
@@ -288,6 +421,13 @@ begin
     from unnest(step_numbers, step_budgets, step_starts, w_base, w_calls, w_last) as s(step, budget_id, period_start, spent, calls, last_usage_at)
     where s.step = step_number and c.budget_id = s.budget_id and c.period_start = s.period_start;
   end loop;
+
+  -- A settlement's release, after its spend (the rows are locked: all of them exist, and were locked first).
+  update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - r.amount, 0)
+  from (select r.budget_id, r.period_start, sum(r.amount) as amount
+        from unnest(p_release_budgets, p_release_starts, p_released) as r(budget_id, period_start, amount)
+        group by r.budget_id, r.period_start) r
+  where c.budget_id = r.budget_id and c.period_start = r.period_start;
 
   return query
     select a.usage_id, a.budget_id, a.cost, a.charged
