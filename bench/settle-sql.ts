@@ -19,11 +19,11 @@ const sql = postgres(database.url, { max: 1, onnotice: () => {} })
 await migrate(sql)
 
 // The line: organization > team > user, in USD, with windows of now made by a refresh (as the gate's line load does).
-const alerts = JSON.stringify([{ threshold: 80, actions: ["notify"], notificationChannels: [] }])
+const alerts = JSON.stringify([{ threshold: 80, actions: ['notify'], notificationChannels: [] }])
 const line: Array<{ id: string, start: Date, end: Date, rank: number }> = []
 let parent: string | null = null
 for (const [rank, scope] of (['user', 'team', 'organization'] as const).map((s, i) => [i, s] as const).reverse()) {
-  const [budget] = await sql<Array<{ id: string }>>`
+  const [budget]: Array<{ id: string }> = await sql<Array<{ id: string }>>`
     insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, enforcement, alerts, parent_id)
     values (${`bench-${scope}`}, ${scope}, ${`bench-${scope}`}, 1000000000, 'USD', 'monthly', '2024-01-01', 'soft', ${alerts}::text::jsonb, ${parent})
     returning id`

@@ -3,6 +3,7 @@
 // allocations, window rows, updated_at rule and alert crossings for the same spend, and check that no other
 // function writes allocations or spend.
 import t from 'tap'
+import { randomUUID } from 'node:crypto'
 import type { Sql } from 'postgres'
 import { PREFIX, budgetRequest, buildApp, type TestApp } from './fixtures/app.js'
 
@@ -240,4 +241,51 @@ t.test('only budget_record_spend writes allocations and adds spend to a window r
   t.same(writesSpend, ['budget_record_spend', 'refresh_budget_status_cache'], 'one function adds spend; the refresh only repairs drift')
   t.ok(bodies.some((f) => f.name === 'budget_record_spend' && /budget_alert_reached/.test(f.body)), 'the crossing rule is read from budget_alert_reached')
   t.notOk(bodies.some((f) => /\*\s*100\s*>=/.test(f.body) && f.name !== 'budget_alert_reached'), 'and compared nowhere else inline')
+})
+
+t.test('a threshold reached before the call: written once when its crossing is active, at the first record when it is not', async (t) => {
+  // budget_record_spend writes a window row once for several records unless one at a time would record a
+  // crossing at an earlier record. A threshold the window has reached already is reached again at the first
+  // record: nothing is recorded there while its crossing is active, and it is recorded there when it is not
+  // (here, resolved by hand). Each path, the batch and a settlement, against one at a time (the trigger).
+  const { admin, sql } = await buildApp(t)
+  const alerts = [{ threshold: 50, actions: ['notify'] }]
+  const budgetOf = async (name: string) => await createBudget(admin, { name, scopeId: `team-${name}`, amount: '100', alerts })
+  const [{ at }] = await sql`select now() - interval '5 seconds' as at` as unknown as [{ at: Date }]
+  const paths = { trigger: await budgetOf('trigger'), batch: await budgetOf('batch'), settled: await budgetOf('settled') }
+  const record = (budget: string, amount: string) => sql`insert into budget_usage_records (budget_id, amount, currency, occurred_at) values (${budget}, ${amount}, 'USD', ${at})`
+  for (const budget of Object.values(paths)) await record(budget, '60')
+  const crossings = async (budget: string) => (await sql`select spent::text, resolved_at is null as active from budget_alert_history where budget_id = ${budget} order by spent`)
+    .map((row) => [row.spent, row.active])
+  const twice = async () => {
+    await record(paths.trigger, '5')
+    await record(paths.trigger, '7')
+    await sql`select * from budget_record_usage_batch(${sql.json(['5', '7'].map((amount, i) => ({
+      ord: i, budget_id: paths.batch, amount, currency: 'USD', source: null, description: null, metadata: {},
+      idempotency_key: null, request_fingerprint: null, occurred_at: at.toISOString(), also_counts_toward: []
+    })))}::jsonb)`
+    const w = await windowOf(sql, paths.settled, at)
+    await sql`update budget_status_cache set reserved_amount = reserved_amount + 12 where budget_id = ${paths.settled} and period_start = ${w.start}`
+    const ids = [randomUUID(), randomUUID()].sort()
+    for (const [i, id] of ids.entries()) {
+      await sql`insert into budget_reservations (id, budget_id, period_start, amount, scope_matched, scope_rank, currency, request_id, created_at, expires_at, call_amount, exchange_rate)
+                values (${id}, ${paths.settled}, ${w.start}, ${i === 0 ? '5' : '7'}, true, 0, 'USD', ${`call-${id}`}, ${at}, now() + interval '1 hour', 1, 1)`
+    }
+    await sql`select * from budget_settle_batch(${ids}::uuid[], ${['5', '7']}::numeric[], ${['test', 'test']}::text[], ${[null, null]}::text[], ${['{}', '{}']}::text[]::jsonb[])`
+  }
+
+  await twice() // the crossing at 60 is active: nothing recorded again
+  const first = await crossings(paths.trigger)
+  t.same(first, [['60.0000000000', true]], 'control: the crossing at 60 only')
+  t.same(await crossings(paths.batch), first, 'batch: the same')
+  t.same(await crossings(paths.settled), first, 'settlement: the same')
+
+  await sql`update budget_alert_history set resolved_at = now() where resolved_at is null`
+  await twice() // reached and not active: recorded at the first record, 72 + 5
+  const second = await crossings(paths.trigger)
+  t.same(second, [['60.0000000000', false], ['77.0000000000', true]], 'control: recorded again at the first record')
+  t.same(await crossings(paths.batch), second, 'batch: the same, at the first record and not at the last')
+  t.same(await crossings(paths.settled), second, 'settlement: the same')
+  const rows = await sql`select current_amount::text, usage_count::int, reserved_amount::text from budget_status_cache where budget_id in (${paths.batch}, ${paths.settled}, ${paths.trigger})`
+  t.same(rows.map((row) => [row.current_amount, row.usage_count, row.reserved_amount]), Array(3).fill(['84.0000000000', 5, '0.0000000000']), 'the rows agree')
 })

@@ -10,8 +10,8 @@
 -- unused slice stayed held until it was swept as spend. The settlements below, the leases
 -- (leases.sql), the sweeper (sweeper.sql) and a window change (window-changes.sql) take both kinds;
 -- budget_hold_batch (holds.sql), budget_record_spend (spend.sql: the usage trigger and the batch collector,
--- usage-recording.sql, record through it, and so do the settlements here, their rows already locked) and
--- budget_alerts_follow_definition (alerts.sql) lock window rows only, by (budget_id, period_start); the
+-- usage-recording.sql, record through it, and so do the settlements here: it takes their window rows, after
+-- their reservation rows) and budget_alerts_follow_definition (alerts.sql) lock window rows only, by (budget_id, period_start); the
 -- rate-limit functions (rate-limits.sql) lock bucket rows only, by budget id.
 --
 -- Both settlements commit asynchronously, and wait for their locks no longer than 5 s (lock_timeout):
@@ -27,7 +27,8 @@
 -- window could not store (money is below 10^18: a soft budget near 10^18, or a call billed far past its
 -- estimate, must not fail the statement, which settles or sweeps other calls too) is kept on the usage
 -- record (metadata.unrecordedPastLimit, by budget), calls of one window taking what is left in id order.
--- Then, this function's own part: each window row gives up what its reservations held. Returns each
+-- This function's own part: each window row gives up what its reservations held, handed to
+-- budget_record_spend so the row is written once with the spend. Returns each
 -- reservation found with its usage record (null: nothing recorded); a reservation already ended (settled,
 -- or swept after expiry) is absent.
 create or replace function budget_settle_batch(p_ids uuid[], p_actuals numeric[], p_sources text[], p_descriptions text[], p_metadata jsonb[])
@@ -58,9 +59,8 @@ begin
   -- crash can lose the last batches whole; their reservations come back and are swept at their
   -- estimate, so nothing goes uncounted. (set_config with is_local lasts to the end of the transaction.)
   perform set_config('synchronous_commit', 'off', true);
-  -- the lock order: reservation rows by (id, budget_id) first, then the window rows by (budget_id,
-  -- period_start); each a statement of its own, run to the end before the next (what is charged is
-  -- bounded by the spend the window rows hold, so it is read once they are locked)
+  -- the lock order: reservation rows by (id, budget_id) here, then the window rows by (budget_id,
+  -- period_start) in budget_record_spend, which reads what a window can still store once they are locked
   perform 1 from budget_reservations r where r.id = any (p_ids) order by r.id, r.budget_id for update;
 
   with input as (
@@ -135,8 +135,9 @@ end $$;
 -- once, whatever it cost, at its admission clamped into each budget's window as the lease's window row
 -- has it, on the most specific budget of the lease and allocated to every budget of the lease, converted at
 -- each lease row's rate (budget_record_spend, spend.sql, as budget_settle_batch; calls of one window take
--- what is left in the order they were admitted). Then, this function's own part: each lease row gives up
--- what its calls cost (down to 0 at most), and its window row's reserved amount with it. The lease's rows
+-- what is left in the order they were admitted). This function's own part: each lease row gives up what
+-- its calls cost (down to 0 at most), and its window row's reserved amount with it (handed to
+-- budget_record_spend, so the row is written once with the spend). The lease's rows
 -- stay (leases.sql). Returns each call: its usage record (null: nothing recorded), and whether its lease
 -- was found (false: the lease expired and was swept, counting the call at its estimate, before this
 -- settlement).

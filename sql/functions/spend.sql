@@ -62,6 +62,7 @@ declare
   starts timestamptz[] := p_period_starts;
   ends timestamptz[] := p_period_ends;
   missing boolean := false;
+  allocations integer;
   written bigint;
   -- one element per allocation, in (ord, budget_id) order
   a_ord bigint[];
@@ -101,6 +102,7 @@ declare
   step_numbers integer[];
 begin
   if coalesce(cardinality(p_usage_ids), 0) = 0 and coalesce(cardinality(p_released), 0) = 0 then return; end if;
+  allocations := coalesce(cardinality(array_remove(p_usage_ids, null)), 0);
 
   -- Each allocation's window: named by the caller, or found here (once per budget and instant).
   if coalesce(cardinality(starts), 0) = 0 then
@@ -188,7 +190,7 @@ begin
     )
     select a.usage_id, a.budget_id, a.cost, a.cost from a where (select s.ok from simple s);
     get diagnostics written = row_count;
-    if written > 0 or coalesce(cardinality(p_usage_ids), 0) = 0 then return; end if;
+    if written > 0 or allocations = 0 then return; end if;
   end if;
 
   ---- The step-wise path (the top of this file, 1 to 5).
@@ -373,6 +375,12 @@ begin
     loop
       insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
       values (walk.budget_id, running_row.usage_id, running_row.charged, running_row.occurred_at, running_row.rate);
+      -- A backdated allocation (marked by its trigger, forecast.sql) changes the budget's weekday profile. The kept
+      -- profile cannot tell this transaction's marks made after it was summed from those before (the
+      -- transaction sees its own), so it is dropped and the next forecast sums it again.
+      if exists (select 1 from budget_forecast_backdated m where m.budget_id = walk.budget_id and m.xact = pg_current_xact_id()) then
+        delete from budget_forecast_profiles p where p.budget_id = walk.budget_id;
+      end if;
       measured := null;
       if cardinality(pending) > 0 then
         measured := budget_alert_measure(walk.budget_id, walk.base + running_row.added, 'projected', walk.period_start, walk.period_end);
