@@ -1,6 +1,6 @@
 // Adversarial review of branch spendowner: recording spend has one SQL owner, budget_record_spend
-// (sql/functions/spend.sql). Each subtest reproduces one defect found in it and fails while the defect is
-// there; each also runs the path that gets it right (the usage trigger, one record at a time) as its control,
+// (sql/functions/spend.sql). Each subtest reproduces one defect found in it (both since fixed; the comments
+// below describe the code as the review found it) and fails while the defect is there; each also runs the path that gets it right (the usage trigger, one record at a time) as its control,
 // so the expectation is the code's own and not a guess.
 import t from 'tap'
 import type { Sql } from 'postgres'
