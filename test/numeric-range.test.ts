@@ -105,6 +105,38 @@ t.test('an over-billed leased call past 10^18 settles, and so do the others in i
   t.same(await findViolations(gw.sql), [])
 })
 
+t.test('leased calls past 10^18: each lease row gives up what its calls were charged, and its window the same', async (t) => {
+  // Two leases on a soft budget 4 below 10^18: A holds 2, B holds 1.5. A's call (admitted first) is billed 10
+  // and takes all the window can still store (3.9999999999); B's, billed 1, is charged nothing. A lease row
+  // gives up what its calls were charged, at most what it holds: A all of its 2, B nothing. So the window's
+  // reserved amount goes from 3.5 to 1.5 (not to 0.5, as it would by what the calls cost).
+  const gw = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const near = await gw.createBudget({ name: 'near', scopeId: 'team-near', amount: '999999999999999999', enforcement: 'soft' })
+  const r = await gw.app.inject({ method: 'POST', url: `${PREFIX}/${near.id}/usage`, headers: admin, body: { amount: '999999999999999996', currency: 'USD' } })
+  t.equal(r.statusCode, 201, r.body)
+  const leases = { a: randomUUID(), b: randomUUID() }
+  for (const [lease, wanted] of [[leases.a, 2], [leases.b, 1.5]] as const) {
+    const granted = await gw.sql`
+      select l.granted::text from budget_status_cache c,
+      lateral budget_lease_take(${lease}, 'USD', '1 minute', ${wanted}, 0.1, array[c.budget_id], array[c.period_start], array[c.period_end], array[true], array[0]) l
+      where c.budget_id = ${near.id} and c.period_start <= now() and now() < c.period_end limit 1`
+    t.equal(Number(granted[0]?.granted), wanted, 'a lease is taken')
+  }
+  await gw.sql`select * from budget_settle_leased(array[${leases.a}::uuid, ${leases.b}::uuid], array['near-a', 'near-b'], array[10, 1]::numeric[],
+    array['gateway', 'gateway'], array[null, null]::text[], array['{}', '{}']::jsonb[], array[now() - interval '1 second', now()], '1 minute')`
+  const [cache] = await gw.sql`select current_amount::text as spent, reserved_amount::text as reserved from budget_status_cache where budget_id = ${near.id}`
+  t.same([cache!.spent, cache!.reserved], [LARGEST, '1.5000000000'], 'the window stores what it can, and gives up what the lease rows gave up')
+  const rows = await gw.sql`select id, amount::text from budget_reservations where id in (${leases.a}, ${leases.b})`
+  t.same(Object.fromEntries(rows.map((row) => [row.id, row.amount])), { [leases.a]: '0.0000000000', [leases.b]: '1.5000000000' },
+    'lease A is drawn down to 0, lease B not at all')
+  const records = await gw.sql`select metadata->>'requestId' as request, metadata->'unrecordedPastLimit' as unrecorded from budget_usage_records
+                               where source = 'gateway' order by 1`
+  t.same(records.map((row) => [row.request, row.unrecorded]),
+    [['near-a', { [near.id]: '6.0000000001' }], ['near-b', { [near.id]: '1.0000000000' }]], 'what the window could not store is kept on each record')
+  for (const lease of Object.values(leases)) await gw.sql`select budget_lease_return(${lease}, 0, true)`
+  t.same(await findViolations(gw.sql), [], 'the invariants hold once the leases are returned')
+})
+
 t.test('usage whose forecast passes 10^18, on the single route, the batch and the gate', async (t) => {
   const alerts = [{ threshold: 80, basis: 'projected', actions: ['notify'] }]
   const gw = await buildGateway(t, { captureLogs: true, gate: { sweepIntervalMs: 0 } })

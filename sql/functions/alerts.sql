@@ -4,7 +4,7 @@
 -- change call it.
 
 -- What an alert compares with its threshold: the spend, or for a projected alert the forecast
--- (forecast.sql). The crossing rule below and the batch collector (usage-recording.sql) both measure
+-- (forecast.sql). The crossing rule below and the steps of budget_record_spend (spend.sql) both measure
 -- through it, so they cannot disagree.
 create or replace function budget_alert_measure(p_budget_id uuid, p_current numeric, p_basis text, p_period_start timestamptz, p_period_end timestamptz)
 returns numeric language sql volatile as $$
@@ -13,7 +13,8 @@ $$;
 
 -- Whether an alert at p_threshold percent is reached by p_measured (the spend, or for a projected alert the
 -- forecast) against the budget's amount: the crossing rule, once, compared exactly. Crossings are recorded
--- under the window's lock (budget_alerts_reached below, and the batch collector's steps in usage-recording.sql). TypeScript mirrors it once, for the gate's decision on the numbers it reads under the hold's
+-- under the window's lock (budget_alerts_reached below, and budget_record_spend's steps in spend.sql, which
+-- every way of recording spend goes through). TypeScript mirrors it once, for the gate's decision on the numbers it reads under the hold's
 -- lock (percentReached, lib/usage/status-rules.ts); test/alerts.test.ts holds the two to the same answers.
 create or replace function budget_alert_reached(p_measured numeric, p_threshold numeric, p_amount numeric) returns boolean
 language sql immutable parallel safe as $$
@@ -111,8 +112,8 @@ for each row when (new.current_amount > old.current_amount) execute function bud
 -- no cache row yet is made (refresh_budget_status_cache: its first spend runs the trigger above).
 -- Windows other than now's are history and stay as they are.
 --
--- The lock order (settlements.sql): only the budget's window row, by (budget_id, period_start), as the usage trigger
--- and the batch collector take it. A settlement or usage record that grows the window waits for the change
+-- The lock order (settlements.sql): only the budget's window row, by (budget_id, period_start), as
+-- budget_record_spend (spend.sql) takes it. A settlement or usage record that grows the window waits for the change
 -- to commit, then its trigger reads the new definition; one that committed first is in current_amount here.
 create or replace function budget_alerts_follow_definition(p_budget_id uuid) returns table (recorded integer, resolved integer)
 language plpgsql as $$

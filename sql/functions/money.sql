@@ -10,5 +10,12 @@ $$;
 -- rounded UP, so a conversion can never let a hard budget spend more than its limit.
 create or replace function budget_convert(p_amount numeric, p_rate numeric) returns numeric
 language sql immutable parallel safe as $$
-  select (ceil(p_amount * p_rate * 10000000000) / 10000000000)::numeric(28, 10)
+  select budget_convert_unbounded(p_amount, p_rate)::numeric(28, 10)
+$$;
+
+-- The same, past the money range too (not cast): recording spend (spend.sql) refuses or clamps an amount
+-- that no money column can hold instead of failing on it.
+create or replace function budget_convert_unbounded(p_amount numeric, p_rate numeric) returns numeric
+language sql immutable parallel safe as $$
+  select ceil(p_amount * p_rate * 10000000000) / 10000000000
 $$;

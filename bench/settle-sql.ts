@@ -1,0 +1,88 @@
+// Settlements alone, in direct SQL: what one batch costs PostgreSQL, without a gateway in front. A hot line of
+// three budgets (user under team under organization, each with a notify alert it never reaches) whose window
+// rows exist, as a gated call's always do. Each round holds a batch of calls (budget_hold_batch) and then
+// settles it (budget_settle_batch), and takes a lease (budget_lease_take) and settles a batch of calls from it
+// (budget_settle_leased); only the settlements are timed. Prints the median milliseconds per batch of
+// BENCH_ROUNDS rounds (after a few unmeasured ones) for batches of 1, 16 and 64. Run it on two branches back to
+// back to compare them: the figures are this machine's.
+import { randomUUID } from 'node:crypto'
+import postgres from 'postgres'
+import { migrate } from '../lib/kernel/database/migrate.js'
+import { benchDatabase, fmt, median, timed } from './harness.js'
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 40)
+const WARMUP = 5
+const SIZES = [1, 16, 64]
+
+const database = await benchDatabase()
+const sql = postgres(database.url, { max: 1, onnotice: () => {} })
+await migrate(sql)
+
+// The line: organization > team > user, in USD, with windows of now made by a refresh (as the gate's line load does).
+const alerts = JSON.stringify([{ threshold: 80, actions: ['notify'], notificationChannels: [] }])
+const line: Array<{ id: string, start: Date, end: Date, rank: number }> = []
+let parent: string | null = null
+for (const [rank, scope] of (['user', 'team', 'organization'] as const).map((s, i) => [i, s] as const).reverse()) {
+  const [budget]: Array<{ id: string }> = await sql<Array<{ id: string }>>`
+    insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, enforcement, alerts, parent_id)
+    values (${`bench-${scope}`}, ${scope}, ${`bench-${scope}`}, 1000000000, 'USD', 'monthly', '2024-01-01', 'soft', ${alerts}::text::jsonb, ${parent})
+    returning id`
+  const [window] = await sql<Array<{ start: Date, end: Date }>>`
+    select w.period_start as start, w.period_end as end from budget_definitions d cross join lateral budget_window(d, now()) w where d.id = ${budget!.id}`
+  await sql`select refresh_budget_status_cache(${budget!.id}, ${window!.start}, ${window!.end})`
+  line.unshift({ id: budget!.id, start: window!.start, end: window!.end, rank })
+  parent = budget!.id
+}
+
+const texts = (values: unknown[]) => values.map(String)
+
+async function holdAndSettle (size: number): Promise<number> {
+  const ids = Array.from({ length: size }, () => randomUUID())
+  const rows = ids.flatMap((_, call) => line.map((budget) => ({ call: call + 1, budget })))
+  await sql`select count(*) from budget_hold_batch(${ids}::text[]::uuid[], ${texts(ids.map(() => '0.01'))}::text[]::numeric[],
+    ${ids.map((id) => `req-${id}`)}::text[], 'USD', '60 seconds'::interval,
+    ${texts(rows.map((r) => r.call))}::text[]::integer[], ${rows.map((r) => r.budget.id)}::text[]::uuid[],
+    ${rows.map((r) => r.budget.start.toISOString())}::text[]::timestamptz[], ${rows.map((r) => r.budget.end.toISOString())}::text[]::timestamptz[],
+    ${texts(rows.map((r) => r.budget.rank === 0))}::text[]::boolean[], ${texts(rows.map((r) => r.budget.rank))}::text[]::integer[], false, false)`
+  return await timed(async () => await sql`select count(*) from budget_settle_batch(${ids}::text[]::uuid[],
+    ${texts(ids.map(() => '0.0083'))}::text[]::numeric[], ${ids.map(() => 'bench')}::text[], ${ids.map(() => null)}::text[],
+    ${ids.map(() => '{"modelId":"gpt-4o-mini"}')}::text[]::jsonb[])`)
+}
+
+async function leaseAndSettle (size: number): Promise<number> {
+  const lease = randomUUID()
+  const [taken] = await sql`select count(*)::int as n from budget_lease_take(${lease}, 'USD', '60 seconds'::interval, 10, 0.0001,
+    ${line.map((b) => b.id)}::text[]::uuid[], ${line.map((b) => b.start.toISOString())}::text[]::timestamptz[],
+    ${line.map((b) => b.end.toISOString())}::text[]::timestamptz[], ${texts(line.map((b) => b.rank === 0))}::text[]::boolean[],
+    ${texts(line.map((b) => b.rank))}::text[]::integer[])`
+  if (taken!.n !== line.length) throw new Error('no lease taken')
+  const requests = Array.from({ length: size }, () => randomUUID())
+  const now = new Date().toISOString()
+  const ms = await timed(async () => await sql`select count(*) from budget_settle_leased(${requests.map(() => lease)}::text[]::uuid[],
+    ${requests}::text[], ${texts(requests.map(() => '0.0083'))}::text[]::numeric[], ${requests.map(() => 'bench')}::text[],
+    ${requests.map(() => null)}::text[], ${requests.map(() => '{"modelId":"gpt-4o-mini"}')}::text[]::jsonb[],
+    ${requests.map(() => now)}::text[]::timestamptz[], '60 seconds'::interval)`)
+  await sql`select budget_lease_return(${lease}, 0, true)`
+  return ms
+}
+
+const out: string[] = ['', `settlements in direct SQL, median ms per batch of ${ROUNDS} rounds (line of ${line.length} budgets, windows existing)`, '',
+  '| batch | budget_settle_batch ms | budget_settle_leased ms |', '|---|---|---|']
+for (const size of SIZES) {
+  const held: number[] = []
+  const leased: number[] = []
+  for (let round = 0; round < WARMUP + ROUNDS; round++) {
+    const h = await holdAndSettle(size)
+    const l = await leaseAndSettle(size)
+    if (round >= WARMUP) { held.push(h); leased.push(l) }
+  }
+  out.push(`| ${size} | ${fmt(median(held), 3)} | ${fmt(median(leased), 3)} |`)
+}
+
+// exactness: every call settled at 0.0083 on each budget
+const [check] = await sql`select count(distinct c.current_amount)::int as distinct_amounts, min(c.current_amount)::text as spent, min(c.reserved_amount)::text as reserved
+                          from budget_status_cache c where c.budget_id = any (${line.map((b) => b.id)}::uuid[])`
+out.push('', `window rows: ${check!.distinct_amounts} distinct spend (${check!.spent}), reserved ${check!.reserved}`, '')
+process.stdout.write(out.join('\n'))
+await sql.end()
+await database.close()

@@ -1,0 +1,443 @@
+-- Recording spend: the one owner of "allocations, then window-row deltas, then alert crossings, in the
+-- lock order". The usage trigger and the batch collector (usage-recording.sql) and both settlements
+-- (settlements.sql) store their usage records, then hand the records' allocations here; a settlement also
+-- hands what its window rows release (reserved_amount down), which is not spend but is written in the same
+-- update of the row, so a settled window row is written once.
+--
+-- budget_record_spend takes one row per (usage record, budget) as parallel arrays:
+--   p_ords          the order the records count in (one value per record; several records of one window
+--                   take their steps, and under p_clamp what is left, in this order);
+--   p_usage_ids, p_budget_ids;
+--   p_amounts       the record's amount in its own currency, and p_rates the rate into the budget's
+--                   (budget_convert's rule: rounded up to the money scale);
+--   p_occurred_at   when the spend happened;
+--   p_period_starts, p_period_ends
+--                   the window row it is charged to (a settlement's hold names it); empty (or null) to
+--                   find the budget's window at p_occurred_at (budget_window). Each allocation is dated
+--                   inside its window, as the settlements have always dated a hold carried to another
+--                   window (window-changes.sql).
+--   p_clamp         what a window that cannot store the spend (money is below 10^18) does: true (the
+--                   settlements, which must not fail for other calls' sake) charges what is left, the
+--                   calls of a window in p_ords order; false (usage recorded on request) refuses the
+--                   record whole, in order, as one-at-a-time recording would have refused it;
+--   p_release_budgets, p_release_starts, p_released
+--                   what each named window row gives up of its reserved amount (down to 0 at most), with
+--                   the spend: a settlement's holds. Null for usage recorded on request.
+-- Returns each row: its cost in the budget's currency and what was charged (null: its record was refused,
+-- and nothing of it is stored here; the caller takes the record out or raises).
+--
+-- The window rows are locked here, in the lock order (budget_id, period_start; settlements.sql), every one
+-- named (spend and release) by one ordered statement when they all exist, as they always do for a settlement
+-- (its hold made them). Then, in the common case, ONE statement does the rest: the allocations inserted and
+-- each window row updated once (spend up, reserved down). It checks, in the same statement, that the one
+-- write is what recording the records one at a time would leave: every window row there, nothing past the
+-- money range, no threshold on spend first reached before the window's last record, and no projected alert
+-- on the window (its forecast is measured record by record, each seeing the allocations before it only),
+-- unless that crossing is active already, when recording it again would do nothing. Otherwise the statement
+-- writes nothing and the step-wise path below runs, the rare one:
+--   1. each allocation's window (found once per budget and instant) and cost; under !p_clamp a record
+--      whose cost alone is past the money range is refused;
+--   2. the allocations inserted, before any window row is locked; those of a budget with a projected
+--      alert later, record by record (5), so each record's forecast sees the records before it only, as
+--      one at a time;
+--   3. the window rows locked in the lock order, one at a time so the order holds across rows that exist
+--      and rows made here. A window without a row gets one, starting at its spend from elsewhere (its
+--      allocations other than this call's: a row made here never counts them twice, nor a record refused
+--      below). This replaces the trigger's old refresh, with the same value;
+--   4. only where a window would pass the money range: the records clamped or refused, in order;
+--   5. each window row written once per step: at each record where one of its alert thresholds is first
+--      reached (budget_alert_reached; the alert trigger, alerts.sql, then sees the spend at that
+--      record, as it would one record at a time) and at its last. A row written here gets
+--      updated_at = now(); a row this call charged nothing to is not written for spend. Then the release.
+-- Several records on one window are summed per row (window functions over p_ords), never one update per
+-- record: a row updated n times in one transaction costs O(n) per update.
+create or replace function budget_record_spend(
+  p_ords bigint[], p_usage_ids uuid[], p_budget_ids uuid[], p_amounts numeric[], p_rates numeric[],
+  p_occurred_at timestamptz[], p_period_starts timestamptz[], p_period_ends timestamptz[], p_clamp boolean,
+  p_release_budgets uuid[] default null, p_release_starts timestamptz[] default null, p_released numeric[] default null
+) returns table (usage_id uuid, budget_id uuid, cost numeric, charged numeric)
+language plpgsql as $$
+#variable_conflict use_column
+declare
+  starts timestamptz[] := p_period_starts;
+  ends timestamptz[] := p_period_ends;
+  missing boolean := false;
+  allocations integer;
+  written bigint;
+  -- one element per allocation, in (ord, budget_id) order
+  a_ord bigint[];
+  a_usage uuid[];
+  a_budget uuid[];
+  a_rate numeric[];
+  a_at timestamptz[];
+  a_start timestamptz[];
+  a_end timestamptz[];
+  a_cost numeric[];
+  a_charged numeric[];
+  -- one element per window, in the lock order
+  w_budget uuid[];
+  w_start timestamptz[];
+  w_end timestamptz[];
+  w_created boolean[];
+  w_base numeric[];
+  w_calls bigint[];
+  w_last timestamptz[];
+  w_total numeric[];
+  created boolean;
+  at_risk boolean;
+  refused uuid[] := '{}'::uuid[];
+  walked text[];
+  sums numeric[];
+  record_row record;
+  fits boolean;
+  slot integer;
+  walk record;
+  running_row record;
+  pending numeric[];
+  measured numeric;
+  step_ords bigint[] := '{}'::bigint[];
+  step_budgets uuid[] := '{}'::uuid[];
+  step_starts timestamptz[] := '{}'::timestamptz[];
+  steps integer;
+  step_numbers integer[];
+begin
+  if coalesce(cardinality(p_usage_ids), 0) = 0 and coalesce(cardinality(p_released), 0) = 0 then return; end if;
+  allocations := coalesce(cardinality(array_remove(p_usage_ids, null)), 0);
+
+  -- Each allocation's window: named by the caller, or found here (once per budget and instant).
+  if coalesce(cardinality(starts), 0) = 0 then
+    with found as materialized (
+      select x.budget_id, x.occurred_at, w.period_start, w.period_end
+      from (select distinct i.budget_id, i.occurred_at from unnest(p_budget_ids, p_occurred_at) as i(budget_id, occurred_at)) x
+      join budget_definitions d on d.id = x.budget_id
+      left join lateral budget_window(d, x.occurred_at) w on true
+    )
+    select array_agg(f.period_start order by i.n), array_agg(f.period_end order by i.n) into starts, ends
+    from unnest(p_budget_ids, p_occurred_at) with ordinality as i(budget_id, occurred_at, n)
+    left join found f on f.budget_id = i.budget_id and f.occurred_at = i.occurred_at;
+    -- a window with no row yet is made in the lock order by the step-wise path (3); nothing is locked before it
+    select exists (select 1 from unnest(p_budget_ids, starts) as i(budget_id, period_start)
+                   where i.period_start is not null
+                     and not exists (select 1 from budget_status_cache c where c.budget_id = i.budget_id and c.period_start = i.period_start))
+    into missing;
+  end if;
+
+  if not missing then
+    -- the lock order: every window row named, spend and release, by (budget_id, period_start)
+    perform 1 from budget_status_cache c
+    join (select i.budget_id, i.period_start from unnest(p_budget_ids, starts) as i(budget_id, period_start)
+          union
+          select r.budget_id, r.period_start from unnest(p_release_budgets, p_release_starts) as r(budget_id, period_start)) k
+      on c.budget_id = k.budget_id and c.period_start = k.period_start
+    order by c.budget_id, c.period_start
+    for update of c;
+
+    -- The common case, in one statement: see the top of this file for what `simple` checks.
+    return query
+    with a as (
+      select i.ord, i.usage_id, i.budget_id, i.rate, i.period_start,
+             case when i.period_start is null then i.occurred_at
+                  else greatest(i.period_start, least(i.occurred_at, i.period_end - interval '1 microsecond')) end as occurred_at,
+             budget_convert_unbounded(i.amount, i.rate) as cost
+      from unnest(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, starts, ends)
+        as i(ord, usage_id, budget_id, amount, rate, occurred_at, period_start, period_end)
+      where i.usage_id is not null
+    ),
+    spent as (
+      select a.budget_id, a.period_start, sum(a.cost) as total, count(*) as calls, max(a.occurred_at) as last_at,
+             (array_agg(a.cost order by a.ord desc))[1] as last_cost
+      from a where a.period_start is not null group by a.budget_id, a.period_start
+    ),
+    released as (
+      select r.budget_id, r.period_start, sum(r.amount) as amount
+      from unnest(p_release_budgets, p_release_starts, p_released) as r(budget_id, period_start, amount)
+      group by r.budget_id, r.period_start
+    ),
+    windows as (
+      select coalesce(s.budget_id, r.budget_id) as budget_id, coalesce(s.period_start, r.period_start) as period_start,
+             coalesce(s.total, 0) as total, coalesce(s.calls, 0) as calls, s.last_at, s.last_cost, r.amount as released
+      from spent s full join released r on r.budget_id = s.budget_id and r.period_start = s.period_start
+    ),
+    simple as (
+      select coalesce((select max(a.cost) from a), 0) <= budget_money_max()
+         and coalesce(bool_and(
+               w.calls = 0
+               or (c.budget_id is not null and c.current_amount + w.total <= budget_money_max()
+                   and not exists (
+                     select 1 from jsonb_array_elements(d.alerts) alert
+                     where (alert ->> 'basis' = 'projected'
+                            or (w.calls > 1 and budget_alert_reached(c.current_amount + w.total - w.last_cost, (alert ->> 'threshold')::numeric, d.amount)))
+                       and not exists (select 1 from budget_alert_history h
+                                       where h.budget_id = w.budget_id and h.period_start = w.period_start and h.resolved_at is null
+                                         and h.threshold = (alert ->> 'threshold')::numeric
+                                         and h.basis = coalesce(alert ->> 'basis', 'current'))))), true) as ok
+      from windows w
+      left join budget_status_cache c on c.budget_id = w.budget_id and c.period_start = w.period_start
+      left join budget_definitions d on d.id = w.budget_id
+    ),
+    allocated as (
+      insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
+      select a.budget_id, a.usage_id, a.cost, a.occurred_at, a.rate from a where (select s.ok from simple s)
+    ),
+    moved as (
+      update budget_status_cache c
+      set current_amount = c.current_amount + w.total, usage_count = c.usage_count + w.calls,
+          last_usage_at = greatest(c.last_usage_at, w.last_at),
+          reserved_amount = case when w.released is null then c.reserved_amount else greatest(c.reserved_amount - w.released, 0) end,
+          updated_at = case when w.calls > 0 then now() else c.updated_at end
+      from windows w
+      where c.budget_id = w.budget_id and c.period_start = w.period_start and (select s.ok from simple s)
+    )
+    select a.usage_id, a.budget_id, a.cost, a.cost from a where (select s.ok from simple s);
+    get diagnostics written = row_count;
+    if written > 0 or allocations = 0 then return; end if;
+  end if;
+
+  ---- The step-wise path (the top of this file, 1 to 5).
+  -- 1. Windows and costs.
+  with resolved as (
+    select i.ord, i.usage_id, i.budget_id, i.rate, i.occurred_at, i.period_start, i.period_end,
+           budget_convert_unbounded(i.amount, i.rate) as cost
+    from unnest(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, starts, ends)
+      as i(ord, usage_id, budget_id, amount, rate, occurred_at, period_start, period_end)
+    where i.usage_id is not null
+  ),
+  -- !p_clamp: a record with a cost past the money range is refused whole (nothing could store it)
+  overflowing as (
+    select distinct r.usage_id from resolved r where not p_clamp and r.cost > budget_money_max()
+  )
+  select array_agg(r.ord order by r.ord, r.budget_id), array_agg(r.usage_id order by r.ord, r.budget_id),
+         array_agg(r.budget_id order by r.ord, r.budget_id), array_agg(r.rate order by r.ord, r.budget_id),
+         array_agg(case when r.period_start is null then r.occurred_at
+                        else greatest(r.period_start, least(r.occurred_at, r.period_end - interval '1 microsecond')) end
+                   order by r.ord, r.budget_id),
+         array_agg(r.period_start order by r.ord, r.budget_id), array_agg(r.period_end order by r.ord, r.budget_id),
+         array_agg(r.cost order by r.ord, r.budget_id),
+         array_agg(case when o.usage_id is not null then null else least(r.cost, budget_money_max()) end order by r.ord, r.budget_id)
+  into a_ord, a_usage, a_budget, a_rate, a_at, a_start, a_end, a_cost, a_charged
+  from resolved r left join overflowing o on o.usage_id = r.usage_id;
+
+  -- The windows whose records are measured one by one (5): a projected alert without an active crossing.
+  select coalesce(array_agg(distinct w.budget_id::text || '|' || w.period_start::text), '{}') into walked
+  from unnest(a_budget, a_start) as w(budget_id, period_start)
+  join budget_definitions d on d.id = w.budget_id
+  where w.period_start is not null
+    and exists (select 1 from jsonb_array_elements(d.alerts) alert
+                where alert ->> 'basis' = 'projected'
+                  and not exists (select 1 from budget_alert_history h
+                                  where h.budget_id = w.budget_id and h.period_start = w.period_start and h.resolved_at is null
+                                    and h.threshold = (alert ->> 'threshold')::numeric and h.basis = 'projected'));
+
+  -- 2. The allocations, before any window row is locked (a walked window's in 5).
+  insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
+  select a.budget_id, a.usage_id, a.charged, a.occurred_at, a.rate
+  from unnest(a_budget, a_usage, a_charged, a_at, a_rate, a_start) as a(budget_id, usage_id, charged, occurred_at, rate, period_start)
+  where a.charged is not null and (a.period_start is null or not (a.budget_id::text || '|' || a.period_start::text = any (walked)));
+
+  -- 3. The windows, in the lock order.
+  select array_agg(w.budget_id order by w.budget_id, w.period_start), array_agg(w.period_start order by w.budget_id, w.period_start),
+         array_agg(w.period_end order by w.budget_id, w.period_start)
+  into w_budget, w_start, w_end
+  from (select a.budget_id, a.period_start, min(a.period_end) as period_end
+        from unnest(a_budget, a_start, a_end, a_charged) as a(budget_id, period_start, period_end, charged)
+        where a.period_start is not null and a.charged is not null
+        group by a.budget_id, a.period_start) w;
+  w_created := array_fill(false, array[coalesce(cardinality(w_budget), 0)]);
+  for i in 1 .. coalesce(cardinality(w_budget), 0) loop
+    created := null;
+    insert into budget_status_cache (budget_id, period_start, period_end)
+    values (w_budget[i], w_start[i], w_end[i])
+    on conflict (budget_id, period_start) do nothing
+    returning true into created;
+    if created then
+      w_created[i] := true;
+    else
+      perform 1 from budget_status_cache c where c.budget_id = w_budget[i] and c.period_start = w_start[i] for update;
+    end if;
+  end loop;
+
+  -- Each window's spend before this call, and what this call adds to it: a row that was there has it; a
+  -- row made here, the window's allocations other than this call's (whichever of them are stored yet).
+  select array_agg(coalesce(case when w.created then s.current_amount else c.current_amount end, 0) order by w.n),
+         array_agg(coalesce(case when w.created then s.usage_count else c.usage_count end, 0) order by w.n),
+         array_agg(case when w.created then s.last_usage_at else c.last_usage_at end order by w.n),
+         array_agg(coalesce(own.total, 0) order by w.n)
+  into w_base, w_calls, w_last, w_total
+  from unnest(w_budget, w_start, w_end, w_created) with ordinality as w(budget_id, period_start, period_end, created, n)
+  left join budget_status_cache c on not w.created and c.budget_id = w.budget_id and c.period_start = w.period_start
+  left join (select a.budget_id, a.period_start, sum(a.charged) as total
+             from unnest(a_budget, a_start, a_charged) as a(budget_id, period_start, charged)
+             where a.period_start is not null and a.charged is not null
+             group by a.budget_id, a.period_start) own on own.budget_id = w.budget_id and own.period_start = w.period_start
+  left join lateral (
+    select sum(x.amount) as current_amount, count(*) as usage_count, max(x.occurred_at) as last_usage_at
+    from budget_usage_allocations x
+    where x.budget_id = w.budget_id and x.occurred_at >= w.period_start and x.occurred_at < w.period_end
+      and not exists (select 1 from unnest(a_usage) as mine(id) where mine.id = x.usage_id)
+  ) s on w.created;
+  -- 4. A window this call would take past the money range (no real one does).
+  select coalesce(bool_or(w.base + w.total > budget_money_max()), false) into at_risk
+  from unnest(w_base, w_total) as w(base, total);
+  if at_risk then
+    if p_clamp then
+      -- what each charge can still take: the window's room less the costs before it, in p_ords order
+      select array_agg(x.charged order by x.n) into a_charged
+      from (
+        select a.n, case when a.charged is null or a.period_start is null then a.charged
+                         else greatest(least(a.cost, budget_money_max() - w.base
+                                                     - coalesce(sum(a.cost) over (partition by a.budget_id, a.period_start order by a.ord
+                                                                                  rows between unbounded preceding and 1 preceding), 0)), 0) end as charged
+        from unnest(a_budget, a_start, a_ord, a_cost, a_charged) with ordinality as a(budget_id, period_start, ord, cost, charged, n)
+        left join unnest(w_budget, w_start, w_base) as w(budget_id, period_start, base) on w.budget_id = a.budget_id and w.period_start = a.period_start
+      ) x;
+      update budget_usage_allocations t set amount = a.charged
+      from unnest(a_budget, a_usage, a_charged) as a(budget_id, usage_id, charged)
+      where t.budget_id = a.budget_id and t.usage_id = a.usage_id and t.amount <> a.charged;
+    else
+      -- one record at a time, in order, over the windows at risk only: a record that would take one of
+      -- them past is refused, and adds to none
+      sums := w_base;
+      for record_row in
+        select a.usage_id, array_agg(w.n::integer) as slots, array_agg(a.charged) as amounts
+        from unnest(a_budget, a_start, a_usage, a_ord, a_charged) as a(budget_id, period_start, usage_id, ord, charged)
+        join unnest(w_budget, w_start, w_base, w_total) with ordinality as w(budget_id, period_start, base, total, n)
+          on w.budget_id = a.budget_id and w.period_start = a.period_start and w.base + w.total > budget_money_max()
+        where a.charged is not null
+        group by a.usage_id, a.ord order by a.ord
+      loop
+        fits := true;
+        for i in 1 .. cardinality(record_row.slots) loop
+          slot := record_row.slots[i];
+          if sums[slot] + record_row.amounts[i] > budget_money_max() then fits := false; exit; end if;
+        end loop;
+        if fits then
+          for i in 1 .. cardinality(record_row.slots) loop
+            slot := record_row.slots[i];
+            sums[slot] := sums[slot] + record_row.amounts[i];
+          end loop;
+        else
+          refused := refused || record_row.usage_id;
+        end if;
+      end loop;
+      delete from budget_usage_allocations t using unnest(a_budget, a_usage) as a(budget_id, usage_id)
+      where a.usage_id = any (refused) and t.budget_id = a.budget_id and t.usage_id = a.usage_id;
+      select array_agg(case when a.usage_id = any (refused) then null else a.charged end order by a.n) into a_charged
+      from unnest(a_usage, a_charged) with ordinality as a(usage_id, charged, n);
+      -- a window left with none of this call's records: a row made for it here goes again
+      delete from budget_status_cache c
+      using unnest(w_budget, w_start, w_created) as w(budget_id, period_start, created)
+      where w.created and c.budget_id = w.budget_id and c.period_start = w.period_start
+        and not exists (select 1 from unnest(a_budget, a_start, a_charged) as a(budget_id, period_start, charged)
+                        where a.budget_id = w.budget_id and a.period_start = w.period_start and a.charged is not null);
+    end if;
+  end if;
+
+  -- 5. The steps: per window, each record at which an alert threshold is first reached, and the last. Spend
+  -- only grows record by record, so a threshold on spend is first reached at the first record whose running
+  -- sum gets there (for every window at once).
+  select coalesce(array_agg(x.ord), '{}'), coalesce(array_agg(x.budget_id), '{}'), coalesce(array_agg(x.period_start), '{}')
+  into step_ords, step_budgets, step_starts
+  from (
+    select t.budget_id, t.period_start, min(r.ord) as ord
+    from (select w.budget_id, w.period_start, w.base, (alert ->> 'threshold')::numeric as threshold, d.amount as limit_amount
+          from unnest(w_budget, w_start, w_base) as w(budget_id, period_start, base)
+          join budget_definitions d on d.id = w.budget_id
+          cross join lateral jsonb_array_elements(d.alerts) alert
+          where coalesce(alert ->> 'basis', 'current') = 'current') t
+    join (select r.budget_id, r.period_start, r.ord, sum(r.charged) over (partition by r.budget_id, r.period_start order by r.ord) as added
+          from unnest(a_budget, a_start, a_ord, a_charged) as r(budget_id, period_start, ord, charged)
+          where r.period_start is not null and r.charged is not null) r
+      on r.budget_id = t.budget_id and r.period_start = t.period_start
+    where budget_alert_reached(t.base + r.added, t.threshold, t.limit_amount)
+    group by t.budget_id, t.period_start, t.threshold
+  ) x;
+
+  -- A walked window (a projected alert not crossed yet): its records one by one, as one at a time would
+  -- record them. Each record's allocation is stored, then its forecast measured (budget_alert_measure, as
+  -- the trigger does), so a forecast sees this call's records up to it and none after; the row is written at
+  -- each step (a threshold on spend first reached, a projected one first reached, the last record).
+  for walk in
+    select w.budget_id, w.period_start, w.period_end, w.base, w.calls, w.last, d.amount as limit_amount,
+           array(select (alert ->> 'threshold')::numeric from jsonb_array_elements(d.alerts) alert where alert ->> 'basis' = 'projected') as thresholds
+    from unnest(w_budget, w_start, w_end, w_base, w_calls, w_last) with ordinality as w(budget_id, period_start, period_end, base, calls, last, n)
+    join budget_definitions d on d.id = w.budget_id
+    where w.budget_id::text || '|' || w.period_start::text = any (walked)
+    order by w.n
+  loop
+    pending := walk.thresholds;
+    for running_row in
+      select r.ord, r.usage_id, r.charged, r.occurred_at, r.rate, sum(r.charged) over o as added, count(*) over o as calls,
+             max(r.occurred_at) over o as last_at, r.ord = max(r.ord) over () as last
+      from unnest(a_budget, a_start, a_ord, a_usage, a_charged, a_at, a_rate) as r(budget_id, period_start, ord, usage_id, charged, occurred_at, rate)
+      where r.budget_id = walk.budget_id and r.period_start = walk.period_start and r.charged is not null
+      window o as (order by r.ord)
+      order by r.ord
+    loop
+      insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
+      values (walk.budget_id, running_row.usage_id, running_row.charged, running_row.occurred_at, running_row.rate);
+      -- A backdated allocation (marked by its trigger, forecast.sql) changes the budget's weekday profile. The kept
+      -- profile cannot tell this transaction's marks made after it was summed from those before (the
+      -- transaction sees its own), so it is dropped and the next forecast sums it again.
+      if exists (select 1 from budget_forecast_backdated m where m.budget_id = walk.budget_id and m.xact = pg_current_xact_id()) then
+        delete from budget_forecast_profiles p where p.budget_id = walk.budget_id;
+      end if;
+      measured := null;
+      if cardinality(pending) > 0 then
+        measured := budget_alert_measure(walk.budget_id, walk.base + running_row.added, 'projected', walk.period_start, walk.period_end);
+      end if;
+      if running_row.last
+         or exists (select 1 from unnest(pending) as t(threshold) where budget_alert_reached(measured, t.threshold, walk.limit_amount))
+         or exists (select 1 from unnest(step_budgets, step_starts, step_ords) as x(budget_id, period_start, ord)
+                    where x.budget_id = walk.budget_id and x.period_start = walk.period_start and x.ord = running_row.ord) then
+        update budget_status_cache c
+        set current_amount = walk.base + running_row.added, usage_count = walk.calls + running_row.calls,
+            last_usage_at = greatest(walk.last, running_row.last_at), updated_at = now()
+        where c.budget_id = walk.budget_id and c.period_start = walk.period_start;
+      end if;
+      if measured is not null then
+        pending := array(select t from unnest(pending) as t where not budget_alert_reached(measured, t, walk.limit_amount));
+      end if;
+    end loop;
+  end loop;
+
+  -- The other windows' steps, each row written once per step.
+  with running as (
+    select r.budget_id, r.period_start, r.ord, sum(r.charged) over w as added, count(*) over w as calls, max(r.occurred_at) over w as last_at,
+           row_number() over (partition by r.budget_id, r.period_start order by r.ord desc) = 1 as last
+    from unnest(a_budget, a_start, a_ord, a_charged, a_at) as r(budget_id, period_start, ord, charged, occurred_at)
+    where r.period_start is not null and r.charged is not null
+      and not (r.budget_id::text || '|' || r.period_start::text = any (walked))
+    window w as (partition by r.budget_id, r.period_start order by r.ord)
+  ),
+  stepped as (
+    select r.budget_id, r.period_start, w.base + r.added as spent, w.calls + r.calls as calls, greatest(w.last, r.last_at) as last_usage_at,
+           row_number() over (partition by r.budget_id, r.period_start order by r.ord)::integer as step
+    from running r
+    join unnest(w_budget, w_start, w_base, w_calls, w_last) as w(budget_id, period_start, base, calls, last)
+      on w.budget_id = r.budget_id and w.period_start = r.period_start
+    where r.last or exists (select 1 from unnest(step_budgets, step_starts, step_ords) as x(budget_id, period_start, ord)
+                            where x.budget_id = r.budget_id and x.period_start = r.period_start and x.ord = r.ord)
+  )
+  select array_agg(s.step), array_agg(s.budget_id), array_agg(s.period_start), array_agg(s.spent), array_agg(s.calls), array_agg(s.last_usage_at)
+  into step_numbers, step_budgets, step_starts, w_base, w_calls, w_last
+  from stepped s;
+
+  select coalesce(max(s), 0) into steps from unnest(step_numbers) as s;
+  for step_number in 1 .. steps loop
+    update budget_status_cache c
+    set current_amount = s.spent, usage_count = s.calls, last_usage_at = s.last_usage_at, updated_at = now()
+    from unnest(step_numbers, step_budgets, step_starts, w_base, w_calls, w_last) as s(step, budget_id, period_start, spent, calls, last_usage_at)
+    where s.step = step_number and c.budget_id = s.budget_id and c.period_start = s.period_start;
+  end loop;
+
+  -- A settlement's release, after its spend (the rows are locked: all of them exist, and were locked first).
+  update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - r.amount, 0)
+  from (select r.budget_id, r.period_start, sum(r.amount) as amount
+        from unnest(p_release_budgets, p_release_starts, p_released) as r(budget_id, period_start, amount)
+        group by r.budget_id, r.period_start) r
+  where c.budget_id = r.budget_id and c.period_start = r.period_start;
+
+  return query
+    select a.usage_id, a.budget_id, a.cost, a.charged
+    from unnest(a_usage, a_budget, a_cost, a_charged) as a(usage_id, budget_id, cost, charged);
+end $$;
