@@ -148,6 +148,8 @@ export async function parseJsonInSlices (text: string, slices: Slices = newSlice
         parent.afterMember = true
       }
       at = skipSpace(text, at + 1)
+      // Closing half a million nested levels is a loop of its own: it gets its turns too.
+      if (slices.due()) await slices.pause()
       continue
     }
     if (current.afterMember) {
