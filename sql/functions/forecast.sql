@@ -78,6 +78,16 @@ end $$;
 -- replaced only by one summed under a snapshot no older (by xmin), so the marks below the kept one's xmin,
 -- visible to it and to any later sum, can go. Only the kept one's: when a later day's profile stays, a
 -- mark below this sum's xmin may be one that profile did not see, and it must stay to make it summed again.
+-- Who may write a budget's kept profile row (budget_forecast_profiles): the transaction holding this key's
+-- advisory lock, taken only by pg_try_advisory_xact_lock, never waited for. A recording of spend takes
+-- several budgets' profiles while it holds their window rows, in an order that follows its records (a
+-- walked window first, then the others), so two recordings could wait for each other's profile rows;
+-- a writer that cannot have the key at once leaves the row as it is (a forecast still returns its sum,
+-- only not kept), so no profile row is ever waited for. (A collision of two budgets' keys only skips a
+-- keep.)
+create or replace function budget_forecast_profile_key(p_budget_id uuid) returns bigint
+language sql immutable parallel safe as $$ select hashtextextended('budget_forecast_profiles:' || p_budget_id::text, 0) $$;
+
 create or replace function budget_forecast_profile(p_budget_id uuid, p_timezone text, p_start_date timestamptz, p_day date,
   out days integer, out totals numeric[], out counts integer[])
 language plpgsql as $$
@@ -94,6 +104,8 @@ begin
   -- One statement: the sum and the snapshot it read under are the same one.
   select w.days, w.totals, w.counts, pg_current_snapshot() into days, totals, counts, summed_under
   from budget_weekday_profile(p_budget_id, p_timezone, p_start_date, p_day) w;
+  -- kept only by the transaction that can have the profile's key at once (budget_forecast_profile_key)
+  if not pg_try_advisory_xact_lock(budget_forecast_profile_key(p_budget_id)) then return; end if;
   insert into budget_forecast_profiles as p (budget_id, local_day, timezone, start_date, days, totals, counts, snapshot)
   values (p_budget_id, p_day, p_timezone, p_start_date, days, totals, counts, summed_under)
   on conflict (budget_id) do update

@@ -377,8 +377,12 @@ begin
       values (walk.budget_id, running_row.usage_id, running_row.charged, running_row.occurred_at, running_row.rate);
       -- A backdated allocation (marked by its trigger, forecast.sql) changes the budget's weekday profile. The kept
       -- profile cannot tell this transaction's marks made after it was summed from those before (the
-      -- transaction sees its own), so it is dropped and the next forecast sums it again.
-      if exists (select 1 from budget_forecast_backdated m where m.budget_id = walk.budget_id and m.xact = pg_current_xact_id()) then
+      -- transaction sees its own), so it is dropped and the next forecast sums it again. Only under the
+      -- profile's key (budget_forecast_profile_key, forecast.sql), never waited for: when another transaction
+      -- has it, no profile was kept by this one, and the kept one is stale to it anyway (it sees this
+      -- transaction in progress, and its marks with it).
+      if exists (select 1 from budget_forecast_backdated m where m.budget_id = walk.budget_id and m.xact = pg_current_xact_id())
+         and pg_try_advisory_xact_lock(budget_forecast_profile_key(walk.budget_id)) then
         delete from budget_forecast_profiles p where p.budget_id = walk.budget_id;
       end if;
       measured := null;
