@@ -74,7 +74,7 @@ t.test('a batch held up past its bound answers BUDGET_ERR_TIMEOUT, stores nothin
   await blocker`begin`
   await blocker`lock table budget_definitions in access exclusive mode`
   const response = await admin({ method: 'POST', url: BATCH, body: { records: [{ budgetId: budget.id, amount: '1', currency: 'USD', metadata: { requestId: 'x' } }] } })
-  const [running] = await sql`select count(*)::int as n from pg_stat_activity where query like '%budget_definitions%' and state = 'active' and pid <> pg_backend_pid() and pid <> ${(await blocker`select pg_backend_pid() as pid`)[0]!.pid as number}`
+  const [running] = await sql`select count(*)::int as n from pg_stat_activity where datname = current_database() and query like '%budget_definitions%' and state = 'active' and pid <> pg_backend_pid() and pid <> ${(await blocker`select pg_backend_pid() as pid`)[0]!.pid as number}`
   await blocker`rollback`
   t.equal(response.statusCode, 503)
   t.equal((response.json() as { code: string }).code, 'BUDGET_ERR_TIMEOUT')

@@ -12,7 +12,8 @@
 // ten statements run ten bounds).
 import type { ReservedSql, Sql, TransactionSql } from 'postgres'
 import { bestEffort, type BestEffortLog } from '../best-effort.js'
-import { AdminTimeoutError } from '../errors.js'
+import { AdminTimeoutError, DatabaseUnavailableError } from '../errors.js'
+import { CONFLICT_RETRY_DELAYS_MS, isConflict } from './db.js'
 
 /** PostgreSQL's answers to a statement or a lock wait cut by the bound: query_canceled, lock_not_available. */
 const CUT = new Set(['57014', '55P03'])
@@ -37,12 +38,28 @@ export type BoundedTransaction = <T>(work: (tx: TransactionSql) => Promise<T>) =
 /** `sql.begin` made bounded: what runs inside it is cut at `timeoutMs` and answers AdminTimeoutError. */
 export function boundedTransaction (sql: Sql, timeoutMs: number, log: BestEffortLog): BoundedTransaction {
   if (!Number.isInteger(timeoutMs) || timeoutMs < 1) throw new TypeError('timeoutMs must be a whole number of milliseconds, at least 1')
+  // A deadlock or a serialization failure rolled the work back with no effect: it runs again, as a gate
+  // statement would (retryingConflicts), within the same deadline; one that keeps failing so is 503.
   return async function inBoundedTransaction<T> (work: (tx: TransactionSql) => Promise<T>): Promise<T> {
     const deadline = Date.now() + timeoutMs
-    const connection = await reserveWithin(sql, timeoutMs)
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await once(work, deadline)
+      } catch (error) {
+        if (!isConflict(error)) throw error
+        const delay = CONFLICT_RETRY_DELAYS_MS[attempt]
+        if (delay === undefined || Date.now() + delay >= deadline) throw new DatabaseUnavailableError({ cause: error })
+        await new Promise((resolve) => setTimeout(resolve, delay * (1 + Math.random())))
+      }
+    }
+  }
+
+  async function once<T> (work: (tx: TransactionSql) => Promise<T>, deadline: number): Promise<T> {
+    const left = Math.max(1, deadline - Date.now()) // all of the bound, or what a run again has left of it
+    const connection = await reserveWithin(sql, left)
     let open = false
     try {
-      await connection.unsafe(`begin; set local statement_timeout = ${timeoutMs}; set local lock_timeout = ${timeoutMs}`)
+      await connection.unsafe(`begin; set local statement_timeout = ${left}; set local lock_timeout = ${left}`)
       open = true
       const tx = withSavepoints(connection)
       deadlines.set(tx, { deadline, timeoutMs })

@@ -15,7 +15,7 @@ export function isUuid (value: string): boolean {
 // A deadlock or a serialization failure ends a gate statement without effect: it is run again, a few
 // times, after a short pause that grows. What still fails is the database not serving now (503).
 const CONFLICTS = new Set(['40P01', '40001'])
-const CONFLICT_RETRY_DELAYS_MS = [2, 10, 50]
+export const CONFLICT_RETRY_DELAYS_MS = [2, 10, 50]
 
 export function isConflict (error: unknown): boolean {
   return CONFLICTS.has((error as { code?: string } | null)?.code ?? '')
