@@ -1,5 +1,8 @@
 // Review R-gate (acc58ed): reproductions of defects in the gate's cut-connection recovery and window ledger.
-// Each test fails on the code under review for the reason its name gives.
+// Each test failed on the code under review for the reason its name gives; they now guard the fixes: lease
+// give-backs numbered (applied once), hold batches given back by id in rounds (and the plugin's own client
+// checking for a client gone), leased calls decided on their take (the window ledger only reports), and
+// usage ids made by the process (a settlement or an unbudgeted record sent again finds its own).
 import { connect, createServer, type Socket } from 'node:net'
 import t from 'tap'
 import { isDatabaseUnavailable } from '../lib/kernel/errors.js'
@@ -60,11 +63,17 @@ async function startProxy (target: URL) {
   }
 }
 
-async function proxiedGateway (t: { teardown: (fn: () => unknown) => void }, gate: Record<string, unknown> = {}) {
+async function proxiedGateway (t: { teardown: (fn: () => unknown) => void }, gate: Record<string, unknown> = {}, query: Record<string, string> = {}) {
   const proxy = await startProxy(new URL(process.env.DATABASE_URL!))
   t.teardown(proxy.close)
   const gateway = await buildGateway(t, {
-    gatewayDatabase: async (url) => { const proxied = new URL(url); proxied.hostname = '127.0.0.1'; proxied.port = String(proxy.port); return proxied.toString() },
+    gatewayDatabase: async (url) => {
+      const proxied = new URL(url)
+      proxied.hostname = '127.0.0.1'
+      proxied.port = String(proxy.port)
+      for (const [name, value] of Object.entries(query)) proxied.searchParams.set(name, value) // postgres.js sends these as session settings
+      return proxied.toString()
+    },
     gate: { sweepIntervalMs: 0, reservationTtlMs: 60_000, ...gate }
   })
   return { ...gateway, proxy }
@@ -72,36 +81,40 @@ async function proxiedGateway (t: { teardown: (fn: () => unknown) => void }, gat
 
 const sleep = async (ms: number) => await new Promise((resolve) => setTimeout(resolve, ms))
 
-t.test('a hold whose connection is cut while it waits for its lock commits after its give-back ran: a refused call\'s hold is left, and swept as spent', async (t) => {
-  const { app, sql, proxy, createBudget } = await proxiedGateway(t, { reservationTtlMs: 4000 })
-  const budget = await createBudget({ name: 'team', amount: '100' })
-  await app.budgetTracker.recordUsage({ budgetId: budget.id, amount: '1', currency: 'USD', source: 'test' }) // the window's row exists
-  // Another session holds the window row: the hold waits for it (within its 2 s lock_timeout).
-  const locker = await sql.reserve()
-  await locker`begin`
-  await locker`select 1 from budget_status_cache where budget_id = ${budget.id} for update`
-  proxy.arm('budget_hold_batch', { kind: 'mark' })
-  const reserving = app.budgetIntegration.reserveCall({ team: 'team-a' }, '2', { requestId: 'cut-while-waiting' }).then(() => null, (error: unknown) => error)
-  for (let i = 0; i < 100; i++) {
-    const [row] = await sql<Array<{ n: number }>>`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%budget_hold_batch%'`
-    if (row!.n > 0) break
-    await sleep(10)
-  }
-  proxy.cutMarked() // the client sees its connection gone; the backend still waits for the lock
-  const refused = await reserving
-  t.ok(isDatabaseUnavailable(refused), 'the caller is refused: the database is unavailable (a 503 at the gate)')
-  await sleep(400) // the give-back by id runs now: it finds no hold (the backend has not committed it)
-  await locker`commit`
-  locker.release()
-  await sleep(500) // the backend gets its lock and commits the hold of the refused call
-  const left = await sql<Array<{ id: string }>>`select id from budget_reservations where request_id = 'cut-while-waiting'`
-  t.equal(left.length, 0, `no hold is left for the refused call (found ${left.length})`)
-  await sleep(4000) // past its TTL
-  await app.budgetIntegration.sweepExpiredReservations()
-  const status = await app.budgetTracker.getBudgetStatus(budget.id)
-  t.equal(Number(status.currentAmount), 1, `the refused call is not charged: only the 1 recorded before (spent ${status.currentAmount})`)
-  t.same(await findViolations(sql), [], 'the escrow invariants hold')
-})
+// Twice: with the plugin's own client as it is (its backend sees the client gone, client_connection_check_interval),
+// and as a client without that check (a host's): then only the give-back rounds after the cut find the hold.
+for (const [how, query] of [['', {}], [' (a client without client_connection_check_interval)', { client_connection_check_interval: '0' }]] as const) {
+  t.test(`a hold whose connection is cut while it waits for its lock commits after its give-back ran: a refused call's hold is left, and swept as spent${how}`, async (t) => {
+    const { app, sql, proxy, createBudget } = await proxiedGateway(t, { reservationTtlMs: 4000 }, query)
+    const budget = await createBudget({ name: 'team', amount: '100' })
+    await app.budgetTracker.recordUsage({ budgetId: budget.id, amount: '1', currency: 'USD', source: 'test' }) // the window's row exists
+    // Another session holds the window row: the hold waits for it (within its 2 s lock_timeout).
+    const locker = await sql.reserve()
+    await locker`begin`
+    await locker`select 1 from budget_status_cache where budget_id = ${budget.id} for update`
+    proxy.arm('budget_hold_batch', { kind: 'mark' })
+    const reserving = app.budgetIntegration.reserveCall({ team: 'team-a' }, '2', { requestId: 'cut-while-waiting' }).then(() => null, (error: unknown) => error)
+    for (let i = 0; i < 100; i++) {
+      const [row] = await sql<Array<{ n: number }>>`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%budget_hold_batch%'`
+      if (row!.n > 0) break
+      await sleep(10)
+    }
+    proxy.cutMarked() // the client sees its connection gone; the backend still waits for the lock
+    const refused = await reserving
+    t.ok(isDatabaseUnavailable(refused), 'the caller is refused: the database is unavailable (a 503 at the gate)')
+    await sleep(400) // the give-back by id runs now: it finds no hold (the backend has not committed it)
+    await locker`commit`
+    locker.release()
+    await sleep(500) // the backend gets its lock and commits the hold of the refused call
+    const left = await sql<Array<{ id: string }>>`select id from budget_reservations where request_id = 'cut-while-waiting'`
+    t.equal(left.length, 0, `no hold is left for the refused call (found ${left.length})`)
+    await sleep(4000) // past its TTL
+    await app.budgetIntegration.sweepExpiredReservations()
+    const status = await app.budgetTracker.getBudgetStatus(budget.id)
+    t.equal(Number(status.currentAmount), 1, `the refused call is not charged: only the 1 recorded before (spent ${status.currentAmount})`)
+    t.same(await findViolations(sql), [], 'the escrow invariants hold')
+  })
+}
 
 t.test('a lease give-back whose reply is cut is sent again and gives back twice: the leased calls still running lose their cover, and a hard budget goes over its limit', async (t) => {
   const { app, sql, proxy, createBudget } = await proxiedGateway(t)
