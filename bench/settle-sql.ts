@@ -62,7 +62,7 @@ async function leaseAndSettle (size: number): Promise<number> {
     ${requests}::text[], ${texts(requests.map(() => '0.0083'))}::text[]::numeric[], ${requests.map(() => 'bench')}::text[],
     ${requests.map(() => null)}::text[], ${requests.map(() => '{"modelId":"gpt-4o-mini"}')}::text[]::jsonb[],
     ${requests.map(() => now)}::text[]::timestamptz[], '60 seconds'::interval)`)
-  await sql`select budget_lease_return(${lease}, 0, true)`
+  await sql`select budget_lease_return(${lease}, 0, true, 1)`
   return ms
 }
 

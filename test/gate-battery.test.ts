@@ -748,7 +748,7 @@ t.test('a lease\'s return and the settlement of one of its calls, meeting at the
                                             array[${line!.start}]::timestamptz[], array[${line!.end}]::timestamptz[], array[true], array[1])`
   const returning = await sql.reserve()
   await returning`begin`
-  await returning`select budget_lease_return(${lease}, 0.005)`
+  await returning`select budget_lease_return(${lease}, 0.005, false, 1)`
   const settling = sql`select budget_settle_leased(array[${lease}]::uuid[], array['call-1'], array[0.005]::numeric[], array['gateway'], array[null]::text[],
                                                    array['{}'::jsonb], array[now()], interval '1 minute')`.execute()
   for (let waited = 0; waited < 5000; waited += 20) {
@@ -761,7 +761,7 @@ t.test('a lease\'s return and the settlement of one of its calls, meeting at the
   await settling
   const [drawn] = await sql<Array<{ amount: string }>>`select min(amount)::text as amount from budget_reservations where id = ${lease}`
   t.equal(normalizeMoney(drawn!.amount), '0', 'the lease is drawn down to nothing, and stays for any call still to settle (sql/functions/leases.sql)')
-  await sql`select budget_lease_return(${lease}, 0, true)` // its process's final return
+  await sql`select budget_lease_return(${lease}, 0, true, 2)` // its process's final return
   t.same(await findViolations(sql), [], 'the lease is gone and its window holds nothing')
   const [spent] = await sql<Array<{ current: string }>>`select current_amount::text as current from budget_status_cache`
   t.equal(normalizeMoney(spent!.current), '0.005', 'the call was charged once')

@@ -52,7 +52,7 @@ t.test('a lease\'s give-back and a settlement of its calls, meeting on its rows,
 
   await blocker.connection`begin`
   await blocker.connection`select 1 from budget_reservations where id = ${lease} and budget_id = ${middle} for update`
-  const giveBack = returning.connection`select budget_lease_return(${lease}, 0.001)`.execute().then(() => null, (error: { code?: string }) => error)
+  const giveBack = returning.connection`select budget_lease_return(${lease}, 0.001, false, 1)`.execute().then(() => null, (error: { code?: string }) => error)
   await waitingForLock(sql, returning.pid)
   const settle = settling.connection`
     select * from budget_settle_leased(array[${lease}]::uuid[], array['call-1'], array[0.002]::numeric[], array['gateway'], array[null]::text[],

@@ -52,7 +52,7 @@ for (const other of ['settle', 'return'] as const) {
     const second = (other === 'settle'
       ? ordered.connection`select * from budget_settle_leased(array[${lease}]::uuid[], array['call-1'], array[0.002]::numeric[], array['gateway'], array[null]::text[],
                                          array['{}'::jsonb], array[now()], interval '1 minute')`
-      : ordered.connection`select budget_lease_return(${lease}, 0.001)`).execute().then(() => null, (error: { code?: string }) => error)
+      : ordered.connection`select budget_lease_return(${lease}, 0.001, false, 1)`).execute().then(() => null, (error: { code?: string }) => error)
     await waitingForLock(sql, ordered.pid)
     await blocker.connection`commit`
     const failures = (await Promise.all([renew, second])).filter((error) => error !== null)

@@ -101,7 +101,7 @@ t.test('an over-billed leased call past 10^18 settles, and so do the others in i
                                where source = 'gateway' and budget_id = ${near.id} order by amount`
   t.same(records.map((row) => [row.amount, row.unrecorded]),
     [['1.5000000000', null], ['2.0000000000', { [near.id]: '1.5000000001' }]], 'what it could not store is kept on the record that passed it')
-  for (const lease of [nearLease, otherLease]) await gw.sql`select budget_lease_return(${lease}, 0, true)`
+  for (const lease of [nearLease, otherLease]) await gw.sql`select budget_lease_return(${lease}, 0, true, 1)`
   t.same(await findViolations(gw.sql), [])
 })
 
@@ -133,7 +133,7 @@ t.test('leased calls past 10^18: each lease row gives up what its calls were cha
                                where source = 'gateway' order by 1`
   t.same(records.map((row) => [row.request, row.unrecorded]),
     [['near-a', { [near.id]: '6.0000000001' }], ['near-b', { [near.id]: '1.0000000000' }]], 'what the window could not store is kept on each record')
-  for (const lease of Object.values(leases)) await gw.sql`select budget_lease_return(${lease}, 0, true)`
+  for (const lease of Object.values(leases)) await gw.sql`select budget_lease_return(${lease}, 0, true, 1)`
   t.same(await findViolations(gw.sql), [], 'the invariants hold once the leases are returned')
 })
 

@@ -2,7 +2,6 @@
 // lines, the queues that take holds and commit settlements in groups, the rate-limit allowances, and the
 // Budget Integration on top of them. What is derived from the definitions is forgotten when they move
 // (lib/gate/definitions-version.ts), and stop() gives back what the process still holds.
-import { bestEffort } from '../kernel/best-effort.js'
 import type { Logger } from '../kernel/logger.js'
 import type { Part } from '../kernel/part.js'
 import type { BudgetDefinition } from '../kernel/schemas.js'
@@ -17,8 +16,15 @@ import type { ReservationRepository } from './reservation-repository.js'
 import { createSettlementQueue, type RecordUnbudgeted } from './settlements.js'
 import { createWindowLedger } from './window-ledger.js'
 
-/** Pauses between rounds of giving back holds whose batch met a connection error (each round retries for seconds itself). */
-const GIVE_BACK_PAUSES_MS = [1000, 5000]
+/**
+ * When holds whose batch met a connection error are given back, in ms after the error. The batch may still
+ * be running in PostgreSQL (the cut reached the client, not the backend): waiting for a window's lock (2 s
+ * lock_timeout per lock, budget_hold_batch; no statement_timeout on the gate's statements), it commits its
+ * holds after the first round found none. So every round runs, past one that found nothing, until each hold
+ * was given back; each round retries a database that is away for seconds itself (the settlement queue).
+ * What commits after the last round is swept when it expires (counted at its estimate).
+ */
+const GIVE_BACK_AT_MS = [0, 500, 2500, 6000, 15_000]
 
 export interface GateStores {
   reservations: ReservationRepository
@@ -37,19 +43,27 @@ export function createGate (stores: GateStores, usageTracker: UsageTracker, vers
   const { reservations } = stores
   const lines = createBudgetLines(reservations, versions, options.currency, log)
   const ledger = createWindowLedger() // each window's money as this process knows it, for leased admissions
-  const settlements = createSettlementQueue(reservations, { ttlMs: options.reservationTtlMs, observe: versions.observe, recordUnbudgeted: stores.recordUnbudgeted }, log)
-  // Holds whose batch met a connection error go back through the settlement queue, which retries a database
-  // that is away for a few seconds; past that, again after longer pauses, and only then is the failure logged.
+  const settlements = createSettlementQueue(reservations, { ttlMs: options.reservationTtlMs, observe: versions.observe, recordUnbudgeted: stores.recordUnbudgeted, stamp: ledger.stamp }, log)
+  let stopped = false
+  // Holds whose batch met a connection error go back through the settlement queue, by id, in rounds
+  // (GIVE_BACK_AT_MS) until each was released. The pauses keep no process alive (unref), and a stopped gate
+  // sends no more rounds: what is left is swept when it expires.
   const giveBack = async (reservationIds: string[]): Promise<void> => {
-    for (let round = 0; ; round++) {
-      const last = round >= GIVE_BACK_PAUSES_MS.length
-      const given = await bestEffort(log, async () => await Promise.all(reservationIds.map(async (reservationId) =>
-        await settlements.settle({ reservationId, actualCost: null, source: 'gateway', description: null, metadata: {} }))),
-      last
-        ? 'giving back holds after a connection error failed: any that PostgreSQL committed stay until they expire, and are then counted as spent at their estimate'
-        : 'giving back holds after a connection error failed; trying again', { reservationIds }, last ? 'warn' : 'debug')
-      if (given || last) return
-      await new Promise((resolve) => setTimeout(resolve, GIVE_BACK_PAUSES_MS[round]))
+    let left = reservationIds
+    const start = Date.now()
+    for (let round = 0; round < GIVE_BACK_AT_MS.length && left.length > 0; round++) {
+      const pause = start + GIVE_BACK_AT_MS[round]! - Date.now()
+      if (pause > 0) await new Promise((resolve) => setTimeout(resolve, pause).unref())
+      if (stopped) return
+      const last = round === GIVE_BACK_AT_MS.length - 1
+      const outcomes = await Promise.all(left.map(async (reservationId) => await settlements.settle({ reservationId, actualCost: null, source: 'gateway', description: null, metadata: {} })
+        .then((settled) => settled.outcome, (error: unknown) => {
+          log[last ? 'warn' : 'debug']({ err: error, reservationId }, last
+            ? 'giving back a hold after a connection error failed: if PostgreSQL committed it, it stays until it expires, and is then counted as spent at its estimate'
+            : 'giving back a hold after a connection error failed; trying again')
+          return 'failed'
+        })))
+      left = left.filter((_id, index) => outcomes[index] !== 'released')
     }
   }
   const holds = createHoldQueue(reservations, ledger, { currency: options.currency, ttlMs: options.reservationTtlMs, giveBack }, log)
@@ -63,6 +77,7 @@ export function createGate (stores: GateStores, usageTracker: UsageTracker, vers
     api: { integration, tracker },
     /** Settles what is queued, then gives back what is left of the leases and rate allowances. */
     async stop (): Promise<void> {
+      stopped = true // no more give-back rounds (they wait for nothing here)
       await settlements.drain()
       await leases.close()
       await rateLimits.close()

@@ -14,14 +14,14 @@ const MOST_IN_A_BATCH = 200
 export function createHoldQueue (reservations: HoldRepository, ledger: WindowLedger,
   options: { currency: string, ttlMs: number, giveBack: (reservationIds: string[]) => Promise<void> }, log: Logger) {
   /** What the batch measured of each window in the gate's currency, as it left it: the last call on a window took the rest's holds into account. */
-  function measure (calls: HoldRequest[], holds: Hold[]): void {
+  function measure (calls: HoldRequest[], holds: Hold[], sentAt: number): void {
     calls.forEach((call, index) => {
       const hold = holds[index]!
       for (const numbers of hold.numbers) {
         const budget = call.line.find((terms) => terms.budgetId === numbers.budgetId)
         if (budget === undefined || budget.currency !== options.currency) continue
         const held = hold.reserved && numbers.estimate !== null ? toUnits(numbers.estimate) : 0n
-        ledger.measured(budget.budgetId, budget.periodStart, numbers.currentAmount, fromUnits(toUnits(numbers.reservedAmount) + held))
+        ledger.measured(budget.budgetId, budget.periodStart, numbers.currentAmount, fromUnits(toUnits(numbers.reservedAmount) + held), sentAt)
       }
     })
   }
@@ -31,6 +31,7 @@ export function createHoldQueue (reservations: HoldRepository, ledger: WindowLed
   const queue = createGroupCommit<HoldRequest, Hold>(MOST_IN_A_BATCH, async (batch) => {
     const calls = batch.map((pending) => pending.item)
     let holds: Hold[]
+    const sentAt = ledger.stamp()
     try {
       holds = await reservations.holdBatch(calls, options.currency, options.ttlMs)
     } catch (error) {
@@ -44,7 +45,7 @@ export function createHoldQueue (reservations: HoldRepository, ledger: WindowLed
       }
       throw error
     }
-    measure(calls, holds)
+    measure(calls, holds, sentAt)
     batch.forEach((pending, index) => { pending.resolve(holds[index]!) })
   })
 

@@ -19,6 +19,7 @@ import type { HoldQueue } from './holds.js'
 import type { Admission, Leases } from './leases.js'
 import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
 import { sweptBeforeSettling, type SettleOutcome, type SettlementQueue } from './settlements.js'
+import type { Settlement } from './settlement-repository.js'
 import { bindingBudget, decide, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
 import type { BudgetStatusInfo } from '../usage/index.js'
 import type { WindowLedger } from './window-ledger.js'
@@ -90,6 +91,22 @@ function heldShares (line: BudgetTerms[], hold: Hold, currency: string): HeldSha
     }
   }
   return shares
+}
+
+/**
+ * A leased call's check. It is DECIDED on the lease's take (admission.decidedOn): the lease never spans a
+ * threshold whose alert does more than notify, and its slice holds the call. The window ledger's numbers
+ * (admission.numbers: fresher, but counted by this process alone, window-ledger.ts) only feed what the check
+ * reports: remaining, the binding budget, its spend and reservations. Where they would refuse the call or
+ * bring an action into force that the take did not, they are not reported, and the take's decision is.
+ */
+function leasedCheck (line: BudgetTerms[], admission: Admission, estimate: Money, policy: ModelPolicy | undefined): BudgetConstraintCheck {
+  const decided = decide(line, admission.decidedOn, estimate, policy)
+  if (!decided.canProceed) return decided
+  const reported = decide(line, admission.numbers, estimate, policy)
+  const sameActions = reported.activeActions.length === decided.activeActions.length && reported.activeActions.every((action) => decided.activeActions.includes(action))
+  if (!reported.canProceed || !sameActions || reported.downgradeTo !== decided.downgradeTo) return decided
+  return reported
 }
 
 /** The decision for a call a rate limit refused: no money was looked at. */
@@ -198,11 +215,12 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     const made = holdsMade.get(reservationId)
     holdsMade.delete(reservationId)
     const origin = made === undefined ? {} : { origin: { requestId: made.requestId, budgetIds: made.budgetIds } }
-    const settled = await settlements.settle({ reservationId, ...origin, actualCost: actual, ...values })
+    const settlement: Settlement = { reservationId, ...origin, actualCost: actual, ...values }
+    const settled = await settlements.settle(settlement)
     if (made !== undefined && !sweptBeforeSettling(settled)) {
       // As budget_settle_batch moved it: the cost to each budget's settled spend (no conversion in the gate's currency), its hold given back.
       const spent = settled.outcome === 'recorded' && actual !== null ? toUnits(actual) : 0n
-      for (const share of made.held) ledger.moved(share.budgetId, share.periodStart, spent, share.units)
+      for (const share of made.held) ledger.moved(share.budgetId, share.periodStart, spent, share.units, settlement.sentAt ?? 0)
     }
     return settled
   }
@@ -227,9 +245,28 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   // Calls admitted from a lease, by the id the caller settles them with.
   const admitted = new Map<string, { admission: Admission, requestId: string }>()
   // What reserved calls took from rate limits, and the tokens they reserved, by the same id.
-  const rateAdmitted = new Map<string, { rate: RateAdmission, tokens: number }>()
+  const rateAdmitted = new Map<string, { rate: RateAdmission, tokens: number, at: number }>()
   // Holds taken, by reservation id, until they settle: what each held on the budgets the ledger keeps.
-  const holdsMade = new Map<string, { requestId: string, budgetIds: string[], held: HeldShare[] }>()
+  const holdsMade = new Map<string, { requestId: string, budgetIds: string[], held: HeldShare[], at: number }>()
+  let prunedAt = Date.now()
+
+  /**
+   * Forgets the entries of calls a library caller never settled, once their hold may have expired and been
+   * swept (older than the reservation TTL): both maps would otherwise grow for as long as the process lives.
+   * Run from reserveCall at most twice per TTL; the maps are in insertion order, so it stops at the first
+   * young entry. A call settled later still settles (without the cut lookup by request id, the ledger move,
+   * or its rate allowance given back early: the allowance's minute has long passed).
+   */
+  function pruneUnsettled (now: number): void {
+    if (now - prunedAt < options.reservationTtlMs / 2) return
+    prunedAt = now
+    for (const map of [holdsMade, rateAdmitted]) {
+      for (const [id, entry] of map) {
+        if (now - entry.at <= options.reservationTtlMs) break
+        map.delete(id)
+      }
+    }
+  }
 
   /**
    * Admits the call from its line's lease when the line is hot and has room, else holds `estimate`
@@ -253,7 +290,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         if (admission !== null) return { reservationId, line, admission, hold: { current: true, reserved: true, numbers: [], definitionsVersion: -1 }, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
         versions.observe(hold.definitionsVersion)
-        if (hold.reserved) holdsMade.set(reservationId, { requestId, budgetIds: line.map((budget) => budget.budgetId), held: heldShares(line, hold, options.currency) })
+        if (hold.reserved) holdsMade.set(reservationId, { requestId, budgetIds: line.map((budget) => budget.budgetId), held: heldShares(line, hold, options.currency), at: Date.now() })
         // A hold on a line older than the definitions it met (a budget created, changed or filtered since
         // this process loaded the line) is given back and taken again on the line as it is now.
         const stale = hold.current && hold.definitionsVersion > definitionsVersion
@@ -298,6 +335,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
      */
     async reserveCall (caller: CallerScopes, estimate: Money, { requestId = randomUUID(), model, tokens = 0 }: { requestId?: string, model?: string, tokens?: number } = {}): Promise<Reservation> {
       checkRequestId(requestId)
+      pruneUnsettled(Date.now())
       const call = callOf(caller, model)
       const policy = model === undefined ? undefined : { ...options.models, model }
       if (call.scopes.length === 0) return { check: decide([], [], estimate, policy), reservationId: null }
@@ -312,10 +350,10 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       )
       if (isRateRefusal(rate)) return { check: rateLimitedCheck(rate, estimate), reservationId: null, rateLimited: rate }
       if (admission !== null) {
-        const check = decide(line, admission.numbers, estimate, policy)
+        const check = leasedCheck(line, admission, estimate, policy)
         if (check.canProceed) {
           admitted.set(reservationId, { admission, requestId })
-          rateAdmitted.set(reservationId, { rate, tokens })
+          rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
           return { check, reservationId }
         }
         // A lease never spans an action's threshold, so this does not happen; refuse as a hold would.
@@ -326,7 +364,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       if (!result.current) { rateLimits.end(rate, null); throw new DatabaseUnavailableError() } // the line changed under every try
       const check = decide(line, result.numbers, estimate, policy)
       if (line.length === 0) return { check, reservationId: null } // no budget applies to this caller
-      if (result.reserved && check.canProceed) rateAdmitted.set(reservationId, { rate, tokens })
+      if (result.reserved && check.canProceed) rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
       else rateLimits.end(rate, null)
       if (result.reserved && !check.canProceed) {
         // Room enough, but an alert action (block-all, require-approval, restrict-models) refuses: undo the reservation.
@@ -351,6 +389,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     async recordUnbudgetedCall (cost: Money, { requestId, occurredAt = new Date(), ...info }: SettleInfo & { requestId: string, occurredAt?: Date }): Promise<SettleOutcome> {
       checkRequestId(requestId)
       return await settlements.recordUnbudgeted({
+        id: randomUUID(), // its record's: sent again after a connection cut, the batch finds it by this id
         requestId,
         amount: parsePositiveMoney(cost, 'cost'),
         currency: options.currency,

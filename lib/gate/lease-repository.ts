@@ -63,10 +63,11 @@ export function createLeaseRepository (sql: Db) {
 
     /**
      * Gives back `amount` of a lease (budget_lease_return, sql/functions/leases.sql). `final`: every call admitted from
-     * it has settled, so all it still holds goes back and the lease is gone.
+     * it has settled, so all it still holds goes back and the lease is gone. `number`: the lease's return number
+     * (1, 2, ...): sent again after a lost reply, a return already applied is not applied twice.
      */
-    async returnLease (leaseId: string, amount: Money, final = false): Promise<void> {
-      await retryingConflicts(async () => await sql`select budget_lease_return(${leaseId}, ${amount}::numeric, ${final})`)
+    async returnLease (leaseId: string, amount: Money, final: boolean, number: number): Promise<void> {
+      await retryingConflicts(async () => await sql`select budget_lease_return(${leaseId}, ${amount}::numeric, ${final}, ${number}::integer)`)
     }
   }
 }

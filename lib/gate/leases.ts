@@ -14,6 +14,7 @@ import type { Logger } from '../kernel/logger.js'
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
 import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
 import type { LeaseNumbers, LeaseRepository } from './lease-repository.js'
+import type { LeasedSettlement } from './settlement-repository.js'
 import type { SettleOutcome, SettlementQueue } from './settlements.js'
 import type { WindowLedger } from './window-ledger.js'
 
@@ -45,6 +46,10 @@ interface Lease {
   numbers: Map<string, LeaseNumbers>
   /** Units its rows hold in PostgreSQL as far as this process knows: what its takes granted, less what settlements drew and returns gave back. */
   held: bigint
+  /** Return numbers given so far (budget_lease_return applies each number once: a retry sends the same one). */
+  returnsNumbered: number
+  /** The returns of this lease, one after the other: each is sent once the one before has committed or been given up. */
+  returns: Promise<void>
   returning: boolean
   taking: Promise<void> | null
   lastUse: number
@@ -58,8 +63,14 @@ export interface Admission {
   estimate: bigint
   admittedAt: Date
   /**
-   * The numbers the call was admitted on: each window's spend and reservations as this process knows them now
-   * (the whole slice still reserved, as PostgreSQL has it), with the call's estimate, which fits (the slice holds it).
+   * The numbers the call is decided on: each window's as the lease's last take measured them under its lock,
+   * with the call's estimate, which fits (the slice holds it). The take never spans a threshold whose alert
+   * does more than notify, so no action the call could meet comes into force inside the lease.
+   */
+  decidedOn: BudgetNumbers[]
+  /**
+   * The numbers the call reports: each window's spend and reservations as this process knows them now
+   * (window-ledger.ts; the whole slice still reserved, as PostgreSQL has it), the take's where it knows none.
    */
   numbers: BudgetNumbers[]
 }
@@ -72,40 +83,47 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
   const lastCall = new Map<string, number>()
   let returning = 0
 
-  async function sendReturn (lease: Lease, amount: Money, final: boolean): Promise<void> {
+  /**
+   * Queues a give-back of the lease under its next return number. A lease's returns go one at a time, in
+   * number order, so a retry (the same number: applied once, sql/functions/leases.sql) is never overtaken.
+   */
+  function queueReturn (lease: Lease, amount: Money, final: boolean): void {
+    const number = ++lease.returnsNumbered
     returning++
-    try {
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await reservations.returnLease(lease.id, amount, final)
-          // What the rows gave back, as budget_lease_return does: all they held when final, else at most that.
-          const units = toUnits(amount)
-          const released = final || units > lease.held ? lease.held : units
-          lease.held -= released
-          moveWindows(lease, 0n, released)
-          if (final) draining.delete(lease)
+    lease.returns = lease.returns.then(async () => { await sendReturn(lease, amount, final, number) }).finally(() => { returning-- })
+  }
+
+  /** Sends one give-back, again after a failure (a reply cut after it committed: the same number, so it is not applied twice). Never rejects. */
+  async function sendReturn (lease: Lease, amount: Money, final: boolean, number: number): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const sentAt = ledger.stamp()
+        await reservations.returnLease(lease.id, amount, final, number)
+        // What the rows gave back, as budget_lease_return does: all they held when final, else at most that.
+        const units = toUnits(amount)
+        const released = final || units > lease.held ? lease.held : units
+        lease.held -= released
+        moveWindows(lease, 0n, released, sentAt)
+        if (final) draining.delete(lease)
+        return
+      } catch (error) {
+        const delay = RETURN_RETRY_DELAYS_MS[attempt]
+        if (delay === undefined) {
+          // Given up: the row is no longer kept alive, so it expires and the sweeper counts what it holds
+          // as spent (an over-count, never an under-count).
+          draining.delete(lease)
+          log.error({ err: error, leaseId: lease.id, amount, final }, 'giving back a budget lease failed; it will be swept when it expires')
           return
-        } catch (error) {
-          const delay = RETURN_RETRY_DELAYS_MS[attempt]
-          if (delay === undefined) {
-            // Given up: the row is no longer kept alive, so it expires and the sweeper counts what it holds
-            // as spent (an over-count, never an under-count).
-            draining.delete(lease)
-            log.error({ err: error, leaseId: lease.id, amount, final }, 'giving back a budget lease failed; it will be swept when it expires')
-            return
-          }
-          log.warn({ err: error, leaseId: lease.id, attempt: attempt + 1 }, 'giving back a budget lease failed; trying again')
-          await new Promise((resolve) => setTimeout(resolve, delay))
         }
+        log.warn({ err: error, leaseId: lease.id, attempt: attempt + 1 }, 'giving back a budget lease failed; trying again')
+        await new Promise((resolve) => setTimeout(resolve, delay))
       }
-    } finally {
-      returning--
     }
   }
 
   /** A statement of this lease committed: every window of its line moved alike (one currency, no conversion). */
-  function moveWindows (lease: Lease, spent: bigint, released: bigint): void {
-    for (const budget of lease.line) ledger.moved(budget.budgetId, budget.periodStart, spent, released)
+  function moveWindows (lease: Lease, spent: bigint, released: bigint, sentAt: number): void {
+    for (const budget of lease.line) ledger.moved(budget.budgetId, budget.periodStart, spent, released, sentAt)
   }
 
   /**
@@ -122,7 +140,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
     const amount = lease.available > 0n ? lease.available : 0n
     lease.available -= amount
     if (final) lease.ended = true
-    void sendReturn(lease, fromUnits(amount), final)
+    queueReturn(lease, fromUnits(amount), final)
   }
 
   function retire (key: string, lease: Lease): void {
@@ -142,6 +160,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
   }
 
   async function take (lease: Lease, estimate: bigint): Promise<void> {
+    const sentAt = ledger.stamp()
     const granted = await reservations.takeLease(lease.id, lease.line, options.currency, options.ttlMs,
       fromUnits(estimate * CALLS_PER_LEASE), fromUnits(estimate * FEWEST_CALLS))
     if (granted === null) return
@@ -150,7 +169,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       // Its rows were found swept (a renewal) while this take waited: what they hold now is this take's
       // slice alone, which no call can use. The final return gives it all back and ends the rows again.
       draining.add(lease)
-      void sendReturn(lease, '0', true)
+      queueReturn(lease, '0', true)
       return
     }
     // The slice is the lease's before anything else happens: if the version says a budget changed (the
@@ -162,7 +181,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
     // The take reports each window's reservations without this slice; the window holds it now.
     for (const budget of lease.line) {
       const measured = lease.numbers.get(budget.budgetId)
-      if (measured !== undefined) ledger.measured(budget.budgetId, budget.periodStart, measured.currentAmount, fromUnits(toUnits(measured.reservedAmount) + slice))
+      if (measured !== undefined) ledger.measured(budget.budgetId, budget.periodStart, measured.currentAmount, fromUnits(toUnits(measured.reservedAmount) + slice), sentAt)
     }
     options.observe(granted.definitionsVersion)
     if (lease.returning) giveBack(lease)
@@ -247,7 +266,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       if (lease === undefined) {
         if (previous === undefined || now - previous > HOT_WITHIN_MS || line.length === 0) return null
         lease = {
-          id: randomUUID(), line, validUntil, available: 0n, held: 0n, unsettled: 0, settlementFailed: false, ended: false, landed: false, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
+          id: randomUUID(), line, validUntil, available: 0n, held: 0n, returnsNumbered: 0, returns: Promise.resolve(), unsettled: 0, settlementFailed: false, ended: false, landed: false, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
           windowStart: Math.max(...line.map((budget) => budget.periodStart.getTime())),
           windowEnd: Math.min(...line.map((budget) => budget.periodEnd.getTime()))
         }
@@ -268,15 +287,16 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       }
       // A lease is taken only on a line in the gate's currency (so the estimate is the call's own) and never
       // reaches a threshold whose alert does more than notify (sql/functions/leases.sql): the take reads no
-      // approval and no projected crossing, and the call fits, since the slice already holds it. The spend
-      // and reservations are the freshest this process knows (window-ledger.ts), the take's otherwise: the
-      // whole slice counts as reserved, as it does in PostgreSQL, so the call reports what a hold would
-      // (what is left before its estimate), and the same binding budget as a read of the windows now.
-      const numbers: BudgetNumbers[] = line.map((budget) => ({
-        ...lease!.numbers.get(budget.budgetId)!, ...ledger.numbersOf(budget.budgetId, budget.periodStart), approvedThrough: null, projectedActions: [], fits: true, estimate, outOfRange: false
+      // approval and no projected crossing, and the call fits, since the slice already holds it. It is
+      // decided on the take's numbers. It reports the freshest this process knows (window-ledger.ts), the
+      // take's otherwise: the whole slice counts as reserved, as it does in PostgreSQL, so the call reports
+      // what a hold would (what is left before its estimate), and the same binding budget as a read of the windows now.
+      const decidedOn: BudgetNumbers[] = line.map((budget) => ({
+        ...lease!.numbers.get(budget.budgetId)!, approvedThrough: null, projectedActions: [], fits: true, estimate, outOfRange: false
       }))
+      const numbers: BudgetNumbers[] = decidedOn.map((taken, index) => ({ ...taken, ...ledger.numbersOf(taken.budgetId, line[index]!.periodStart) }))
       const admittedAt = new Date(Math.min(Math.max(now, lease.windowStart), lease.windowEnd - 1))
-      return { lease, estimate: units, admittedAt, numbers }
+      return { lease, estimate: units, admittedAt, decidedOn, numbers }
     },
 
     /**
@@ -291,15 +311,16 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       lease.available += estimate - charged
       if (lease.returning) giveBack(lease) // what this call left unused, now; the row stays for its charge
       try {
-        const settled = await settlements.settleLeased({
+        const settlement: LeasedSettlement = {
           leaseId: lease.id, budgetIds: lease.line.map((budget) => budget.budgetId), requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
           source: info.source, description: info.description, metadata: info.metadata
-        })
+        }
+        const settled = await settlements.settleLeased(settlement)
         if (settled.outcome === 'recorded') {
           // As budget_settle_leased moves it: all of the cost to settled spend, out of what the rows hold (to 0 at most).
           const released = charged > lease.held ? lease.held : charged
           lease.held -= released
-          moveWindows(lease, charged, released)
+          moveWindows(lease, charged, released, settlement.sentAt ?? 0)
         }
         return settled
       } catch (error) {

@@ -10,6 +10,10 @@ export interface Settlement {
   source: string
   description: string | null
   metadata: Record<string, unknown>
+  /** The id its usage record gets: made once by the queue, and sent again with the settlement after a connection cut. */
+  usageId?: string
+  /** The window ledger's stamp when its statement was last sent (set by the queue; window-ledger.ts). */
+  sentAt?: number
 }
 
 /** Where a settlement's usage record is: keyed by the call's request id, on one of the budgets that held it. */
@@ -29,6 +33,10 @@ export interface LeasedSettlement {
   source: string
   description: string | null
   metadata: Record<string, unknown>
+  /** The id its usage record gets: made once by the queue, and sent again with the settlement after a connection cut. */
+  usageId?: string
+  /** The window ledger's stamp when its statement was last sent (set by the queue; window-ledger.ts). */
+  sentAt?: number
 }
 
 /** What became of a call admitted from a lease, once its batch committed (budget_settle_leased, sql/functions/settlements.sql). */
@@ -42,15 +50,16 @@ export interface LeasedOutcome {
 export function createSettlementRepository (sql: Db) {
   return {
     /**
-     * The usage record a settlement wrote for a request on one of these budgets (settlements record one per
-     * request id: idempotency_key, on the budget that held it), and whether it is the sweeper's (the call's
-     * hold expired and was counted at its estimate); null when there is none.
+     * After a connection cut: the usage record with the settlement's own id (`own`: its first attempt
+     * committed), else the one a settlement wrote for the request on one of these budgets (settlements record
+     * one per request id: idempotency_key, on the budget that held it), and whether it is the sweeper's (the
+     * call's hold expired and was counted at its estimate); null when there is none.
      */
-    async findSettledRecord ({ requestId, budgetIds }: RecordOrigin): Promise<{ usageId: string, swept: boolean } | null> {
-      const [row] = await sql<Array<{ usageId: string, swept: boolean }>>`
-        select id as "usageId", source = 'expired-reservation' as swept from budget_usage_records
-        where idempotency_key = ${requestId} and budget_id = any (${budgetIds}::text[]::uuid[])
-        order by recorded_at, id limit 1`
+    async findSettledRecord ({ requestId, budgetIds }: RecordOrigin, usageId: string): Promise<{ usageId: string, own: boolean, swept: boolean } | null> {
+      const [row] = await sql<Array<{ usageId: string, own: boolean, swept: boolean }>>`
+        select id as "usageId", id = ${usageId}::uuid as own, source = 'expired-reservation' as swept from budget_usage_records
+        where id = ${usageId}::uuid or (idempotency_key = ${requestId} and budget_id = any (${budgetIds}::text[]::uuid[]))
+        order by id = ${usageId}::uuid desc, recorded_at, id limit 1`
       return row ?? null
     },
 
@@ -60,7 +69,7 @@ export function createSettlementRepository (sql: Db) {
         select reservation_id as "reservationId", usage_id as "usageId", definitions_version::text as "definitionsVersion"
         from budget_settle_batch(${settlements.map((s) => s.reservationId)}::text[]::uuid[], ${settlements.map((s) => s.actualCost)}::text[]::numeric[],
                                  ${settlements.map((s) => s.source)}::text[], ${settlements.map((s) => s.description)}::text[],
-                                 ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[])`
+                                 ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[], ${settlements.map((s) => s.usageId ?? null)}::text[]::uuid[])`
       return { usageIds: new Map(rows.map((row) => [row.reservationId, row.usageId])), definitionsVersion: Number(rows[0]?.definitionsVersion ?? -1) }
     },
 
@@ -71,7 +80,8 @@ export function createSettlementRepository (sql: Db) {
         from budget_settle_leased(${settlements.map((s) => s.leaseId)}::text[]::uuid[], ${settlements.map((s) => s.requestId)}::text[],
                                   ${settlements.map((s) => s.actualCost)}::text[]::numeric[], ${settlements.map((s) => s.source)}::text[],
                                   ${settlements.map((s) => s.description)}::text[], ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[],
-                                  ${settlements.map((s) => s.occurredAt.toISOString())}::text[]::timestamptz[], ${`${ttlMs} milliseconds`}::interval)`
+                                  ${settlements.map((s) => s.occurredAt.toISOString())}::text[]::timestamptz[], ${`${ttlMs} milliseconds`}::interval,
+                                  ${settlements.map((s) => s.usageId ?? null)}::text[]::uuid[])`
       return {
         outcomes: new Map(rows.map((row) => [row.requestId, { usageId: row.usageId, leaseFound: row.leaseFound }])),
         definitionsVersion: Number(rows[0]?.version ?? -1)

@@ -13,6 +13,7 @@
 // A served call that no budget covered has no hold: its usage record (budget_id null) goes in
 // the same batches, as a third statement. Nothing stands for it until that commits, so a batch that
 // fails past its retries loses those records, and says so at error level.
+import { randomUUID } from 'node:crypto'
 import type { Logger } from '../kernel/logger.js'
 import { isDatabaseUnavailable } from '../kernel/errors.js'
 import { createGroupCommit, type Pending } from './group-commit.js'
@@ -64,23 +65,32 @@ const RETRY_DELAYS_MS = [5, 20, 100, 500, 2000]
 /** `cut`: an attempt that held it met a connection error, after which PostgreSQL may have committed it. */
 type Work = ({ kind: 'reservation', settlement: Settlement } | { kind: 'leased', settlement: LeasedSettlement } | { kind: 'unbudgeted', settlement: UnbudgetedValues }) & { cut?: boolean }
 
-/** Stores unbudgeted calls' records in one statement; their ids by request id (one missing: stored before). */
-export type RecordUnbudgeted = (records: UnbudgetedValues[]) => Promise<Map<string, string>>
+/** Stores unbudgeted calls' records in one statement, under the ids made for them; the ids of those that are theirs (one missing: another record holds its request id). */
+export type RecordUnbudgeted = (records: UnbudgetedValues[], options: { afterCut: boolean }) => Promise<Set<string>>
 
 type Queued = Pending<Work, SettleOutcome>
 
 export function createSettlementQueue (reservations: SettlementRepository,
-  options: { ttlMs: number, observe: (definitionsVersion: number) => void, recordUnbudgeted: RecordUnbudgeted }, log: Logger) {
+  options: { ttlMs: number, observe: (definitionsVersion: number) => void, recordUnbudgeted: RecordUnbudgeted, stamp: () => number }, log: Logger) {
   /**
    * What a settlement sent again after a connection cut did, when the statement found nothing left to do: the
-   * first attempt may have committed (the cut came after), so its usage record is looked for by request id.
-   * A record of the sweeper's means the hold expired first (counted at its estimate): not found, as before.
+   * first attempt may have committed (the cut came after). Its usage record has the id the queue made for it:
+   * found, the call was recorded by that attempt. A record under the request id with another id is another
+   * reservation's of the same request (already recorded), or the sweeper's (the hold expired first, counted
+   * at its estimate: `otherwise`, as without the cut).
    */
-  async function afterCut (origin: RecordOrigin, charged: boolean, otherwise: SettleOutcome): Promise<SettleOutcome> {
-    const found = await reservations.findSettledRecord(origin)
+  async function afterCut (origin: RecordOrigin, usageId: string, charged: boolean, otherwise: SettleOutcome): Promise<SettleOutcome> {
+    const found = await reservations.findSettledRecord(origin, usageId)
+    if (found?.own === true) return { outcome: 'recorded', usageId }
     if (found?.swept === true) return otherwise
-    if (charged) return found === null ? otherwise : { outcome: 'recorded', usageId: found.usageId }
+    if (charged) return found === null ? otherwise : { outcome: 'already-recorded' }
     return { outcome: 'released' } // nothing to charge, and no sweep: the first attempt gave the hold back
+  }
+
+  /** Stamps the items' statement as sent now (window-ledger.ts): a settlement moves the ledger only past the measurements sent before it. */
+  function stampSent (items: Queued[]): void {
+    const sentAt = options.stamp()
+    for (const queued of items) (queued.item.settlement as Settlement | LeasedSettlement).sentAt = sentAt
   }
 
   /** Commits one batch: each kind one statement. */
@@ -89,6 +99,7 @@ export function createSettlementQueue (reservations: SettlementRepository,
     const leased = batch.filter((queued) => queued.item.kind === 'leased')
     const unbudgeted = batch.filter((queued) => queued.item.kind === 'unbudgeted')
     if (own.length > 0) {
+      stampSent(own)
       const { usageIds, definitionsVersion } = await reservations.settleBatch(own.map((queued) => queued.item.settlement as Settlement))
       options.observe(definitionsVersion)
       const outcomes: SettleOutcome[] = []
@@ -97,12 +108,13 @@ export function createSettlementQueue (reservations: SettlementRepository,
         const charged = settlement.actualCost !== null
         const outcome = heldOutcome(usageIds.get(settlement.reservationId), charged)
         outcomes.push(outcome.outcome === 'not-found' && queued.item.cut === true && settlement.origin !== undefined
-          ? await afterCut(settlement.origin, charged, outcome)
+          ? await afterCut(settlement.origin, settlement.usageId!, charged, outcome)
           : outcome)
       }
       own.forEach((queued, index) => { queued.resolve(outcomes[index]!) })
     }
     if (leased.length > 0) {
+      stampSent(leased)
       const { outcomes, definitionsVersion } = await reservations.settleLeased(leased.map((queued) => queued.item.settlement as LeasedSettlement), options.ttlMs)
       options.observe(definitionsVersion)
       const answers: SettleOutcome[] = []
@@ -112,21 +124,21 @@ export function createSettlementQueue (reservations: SettlementRepository,
         const answer: SettleOutcome = found === undefined || !found.leaseFound
           ? { outcome: 'expired' }
           : found.usageId !== null ? { outcome: 'recorded', usageId: found.usageId } : { outcome: 'already-recorded' }
-        // Sent again after a cut, the call's own record from the first attempt reads as another's.
+        // Sent again after a cut, the call's own record from the first attempt reads as another's: its id tells.
         answers.push(answer.outcome === 'already-recorded' && queued.item.cut === true
-          ? await afterCut({ requestId: settlement.requestId, budgetIds: settlement.budgetIds }, true, answer)
+          ? await afterCut({ requestId: settlement.requestId, budgetIds: settlement.budgetIds }, settlement.usageId!, true, answer)
           : answer)
       }
       leased.forEach((queued, index) => { queued.resolve(answers[index]!) })
     }
     if (unbudgeted.length > 0) {
-      const stored = await options.recordUnbudgeted(unbudgeted.map((queued) => queued.item.settlement as UnbudgetedValues))
+      const stored = await options.recordUnbudgeted(unbudgeted.map((queued) => queued.item.settlement as UnbudgetedValues),
+        { afterCut: unbudgeted.some((queued) => queued.item.cut === true) })
       for (const queued of unbudgeted) {
-        // The first of two under one request id takes the record; the other is its replay.
-        const { requestId } = queued.item.settlement as UnbudgetedValues
-        const usageId = stored.get(requestId)
-        stored.delete(requestId)
-        queued.resolve(usageId === undefined ? { outcome: 'already-recorded' } : { outcome: 'recorded', usageId })
+        // The first of two under one request id takes the record; the other is its replay. A record sent again
+        // after a cut finds its own (by the id made for it, insertUnbudgeted) and is recorded, not a replay.
+        const { id } = queued.item.settlement as UnbudgetedValues
+        queued.resolve(stored.has(id) ? { outcome: 'recorded', usageId: id } : { outcome: 'already-recorded' })
       }
     }
   }
@@ -164,11 +176,13 @@ export function createSettlementQueue (reservations: SettlementRepository,
   return {
     /** Queues the end of a call's own hold; resolves with what it did once its batch commits. */
     async settle (settlement: Settlement): Promise<SettleOutcome> {
+      settlement.usageId ??= randomUUID()
       return await enqueue({ kind: 'reservation', settlement })
     },
 
     /** Queues the charge of a call admitted from a lease; resolves with what it did once its batch commits. */
     async settleLeased (settlement: LeasedSettlement): Promise<SettleOutcome> {
+      settlement.usageId ??= randomUUID()
       return await enqueue({ kind: 'leased', settlement })
     },
 

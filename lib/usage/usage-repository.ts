@@ -19,6 +19,8 @@ export interface UsageValues {
 
 /** A served call no budget covered: stored with no budget, once per request id. */
 export interface UnbudgetedValues {
+  /** The record's id, made by the caller: sent again after a connection cut, it finds its own record by it. */
+  id: string
   requestId: string
   amount: Money
   currency: string
@@ -122,23 +124,30 @@ export function createUsageRepository (sql: Db) {
     },
 
     /**
-     * Stores served calls that no budget covered, in one statement: budget_id null, keyed by the call's
-     * request id, so a record sent again is stored once (budget_usage_records_unbudgeted_key). No allocation:
-     * such a record counts toward no budget, then or later. Resolves with each stored record's id by request
-     * id; a request id missing from it was stored before.
+     * Stores served calls that no budget covered, in one statement: budget_id null, under the ids the caller
+     * made, keyed by the call's request id, so a record sent again is stored once
+     * (budget_usage_records_unbudgeted_key). No allocation: such a record counts toward no budget, then or
+     * later. Resolves with the ids of the records that are these calls'. `afterCut`: an earlier attempt's reply
+     * was cut, and it may have committed; a record it stored is found by its id (a second statement). A record
+     * missing from the answer lost its request id to another record (a replay).
      */
-    async insertUnbudgeted (records: UnbudgetedValues[]): Promise<Map<string, string>> {
-      if (records.length === 0) return new Map()
-      const rows = await sql<Array<{ requestId: string, id: string }>>`
-        insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, idempotency_key, occurred_at)
-        select null, r.amount, r.currency, r.source, r.description, r.metadata, r.request_id, r.occurred_at
-        from unnest(${records.map((r) => r.amount)}::text[]::numeric[], ${records.map((r) => r.currency)}::text[], ${records.map((r) => r.source)}::text[],
-                    ${records.map((r) => r.description)}::text[], ${records.map((r) => JSON.stringify(r.metadata))}::text[]::jsonb[],
+    async insertUnbudgeted (records: UnbudgetedValues[], { afterCut = false }: { afterCut?: boolean } = {}): Promise<Set<string>> {
+      if (records.length === 0) return new Set()
+      const rows = await sql<Array<{ id: string }>>`
+        insert into budget_usage_records (id, budget_id, amount, currency, source, description, metadata, idempotency_key, occurred_at)
+        select r.id, null, r.amount, r.currency, r.source, r.description, r.metadata, r.request_id, r.occurred_at
+        from unnest(${records.map((r) => r.id)}::text[]::uuid[], ${records.map((r) => r.amount)}::text[]::numeric[], ${records.map((r) => r.currency)}::text[],
+                    ${records.map((r) => r.source)}::text[], ${records.map((r) => r.description)}::text[], ${records.map((r) => JSON.stringify(r.metadata))}::text[]::jsonb[],
                     ${records.map((r) => r.requestId)}::text[], ${records.map((r) => r.occurredAt.toISOString())}::text[]::timestamptz[])
-          as r(amount, currency, source, description, metadata, request_id, occurred_at)
+          as r(id, amount, currency, source, description, metadata, request_id, occurred_at)
         on conflict (idempotency_key) where budget_id is null and idempotency_key is not null do nothing
-        returning idempotency_key as "requestId", id`
-      return new Map(rows.map((row) => [row.requestId, row.id]))
+        returning id`
+      const stored = new Set(rows.map((row) => row.id))
+      const unanswered = records.filter((record) => !stored.has(record.id)).map((record) => record.id)
+      if (afterCut && unanswered.length > 0) {
+        for (const row of await sql<Array<{ id: string }>>`select id from budget_usage_records where id = any (${unanswered}::text[]::uuid[])`) stored.add(row.id)
+      }
+      return stored
     },
 
     /**

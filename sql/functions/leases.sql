@@ -75,11 +75,21 @@ end $$;
 -- Gives back part of a lease that no admitted call can still use. A return is final when every call
 -- admitted from the lease has settled: then all the lease still holds goes back and its rows are gone.
 -- Before that the rows stay, at 0 if need be, for the settlements to come.
-create or replace function budget_lease_return(p_lease_id uuid, p_amount numeric, p_final boolean default false) returns void
+--
+-- A give-back is applied once. Its process numbers each lease's returns (p_return, counted up from 1) and
+-- sends a retry with the same number: a row whose returns_applied is p_return or more has had it (the
+-- first try committed and only its reply was lost) and is left alone. A process sends one return of a
+-- lease at a time (lib/gate/leases.ts); should a lower number still arrive after a higher one (an attempt
+-- given up on that commits late), it is ignored: its room stays held until the final return, the safe
+-- direction. A final return deletes the rows: sent again, it finds none and does nothing.
+create or replace function budget_lease_return(p_lease_id uuid, p_amount numeric, p_final boolean, p_return integer) returns void
 language plpgsql set lock_timeout = '5s' as $$
 begin
   -- the lock order: the lease's rows by (id, budget_id), then the window rows by (budget_id, period_start)
   perform 1 from budget_reservations r where r.id = p_lease_id order by r.id, r.budget_id for update;
+  if not p_final and not exists (select 1 from budget_reservations r where r.id = p_lease_id and r.returns_applied < p_return) then
+    return; -- applied before (or no rows)
+  end if;
   perform 1 from budget_status_cache c join budget_reservations r on r.budget_id = c.budget_id and r.period_start = c.period_start
   where r.id = p_lease_id order by c.budget_id, c.period_start for update of c;
   update budget_status_cache c
@@ -88,6 +98,6 @@ begin
   if p_final then
     delete from budget_reservations r where r.id = p_lease_id;
   else
-    update budget_reservations r set amount = greatest(r.amount - p_amount, 0) where r.id = p_lease_id;
+    update budget_reservations r set amount = greatest(r.amount - p_amount, 0), returns_applied = p_return where r.id = p_lease_id;
   end if;
 end $$;

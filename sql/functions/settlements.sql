@@ -31,7 +31,11 @@
 -- budget_record_spend so the row is written once with the spend. Returns each
 -- reservation found with its usage record (null: nothing recorded); a reservation already ended (settled,
 -- or swept after expiry) is absent.
-create or replace function budget_settle_batch(p_ids uuid[], p_actuals numeric[], p_sources text[], p_descriptions text[], p_metadata jsonb[])
+-- p_usage_ids: each call's usage record id, made by the process so that a settlement sent again after its
+-- reply was cut can tell its own record from another's under the same request id (lib/gate/settlements.ts);
+-- null (the sweeper's) or a null element: made here.
+create or replace function budget_settle_batch(p_ids uuid[], p_actuals numeric[], p_sources text[], p_descriptions text[], p_metadata jsonb[],
+                                               p_usage_ids uuid[] default null)
 returns table (reservation_id uuid, usage_id uuid, definitions_version bigint)
 language plpgsql set lock_timeout = '5s' as $$
 #variable_conflict use_column
@@ -64,7 +68,7 @@ begin
   perform 1 from budget_reservations r where r.id = any (p_ids) order by r.id, r.budget_id for update;
 
   with input as (
-    select * from unnest(p_ids, p_actuals, p_sources, p_descriptions, p_metadata) as i(reservation_id, actual, source, description, metadata)
+    select * from unnest(p_ids, p_actuals, p_sources, p_descriptions, p_metadata, p_usage_ids) as i(reservation_id, actual, source, description, metadata, usage_id)
   ),
   ended as (
     delete from budget_reservations r using input i where r.id = i.reservation_id
@@ -77,7 +81,9 @@ begin
     from ended e join budget_status_cache c on c.budget_id = e.budget_id and c.period_start = e.period_start
   ),
   calls as (
-    select e.id as reservation_id, gen_random_uuid() as usage_id, min(e.currency) as currency, min(e.request_id) as request_id,
+    select e.id as reservation_id,
+           coalesce((select i.usage_id from input i where i.reservation_id = e.id and i.usage_id is not null limit 1), gen_random_uuid()) as usage_id,
+           min(e.currency) as currency, min(e.request_id) as request_id,
            coalesce((array_agg(e.dated_at order by e.scope_rank, e.budget_id) filter (where e.scope_matched))[1],
                     (array_agg(e.dated_at order by e.scope_rank, e.budget_id))[1]) as reserved_at,
            coalesce(array_agg(e.budget_id order by e.scope_rank, e.budget_id) filter (where e.scope_matched),
@@ -140,10 +146,10 @@ end $$;
 -- budget_record_spend, so the row is written once with the spend). The lease's rows
 -- stay (leases.sql). Returns each call: its usage record (null: nothing recorded), and whether its lease
 -- was found (false: the lease expired and was swept, counting the call at its estimate, before this
--- settlement).
+-- settlement). p_usage_ids: each call's usage record id, as for budget_settle_batch.
 create or replace function budget_settle_leased(
   p_lease_ids uuid[], p_request_ids text[], p_actuals numeric[], p_sources text[], p_descriptions text[],
-  p_metadata jsonb[], p_occurred_at timestamptz[], p_ttl interval
+  p_metadata jsonb[], p_occurred_at timestamptz[], p_ttl interval, p_usage_ids uuid[] default null
 ) returns table (request_id text, usage_id uuid, lease_found boolean, definitions_version bigint)
 language plpgsql set lock_timeout = '5s' as $$
 #variable_conflict use_column
@@ -181,8 +187,8 @@ begin
   perform 1 from budget_reservations r where r.id = any (p_lease_ids) order by r.id, r.budget_id for update;
 
   with input as (
-    select * from unnest(p_lease_ids, p_request_ids, p_actuals, p_sources, p_descriptions, p_metadata, p_occurred_at)
-      as i(lease_id, request_id, actual, source, description, metadata, occurred_at)
+    select * from unnest(p_lease_ids, p_request_ids, p_actuals, p_sources, p_descriptions, p_metadata, p_occurred_at, p_usage_ids)
+      as i(lease_id, request_id, actual, source, description, metadata, occurred_at, usage_id)
     where i.actual > 0
   ),
   leases as (
@@ -191,7 +197,7 @@ begin
     where r.id in (select lease_id from input)
   ),
   calls as (
-    select i.lease_id, i.request_id, i.actual, i.source, i.description, i.metadata, gen_random_uuid() as usage_id, min(l.currency) as currency,
+    select i.lease_id, i.request_id, i.actual, i.source, i.description, i.metadata, coalesce(i.usage_id, gen_random_uuid()) as usage_id, min(l.currency) as currency,
            coalesce(array_agg(l.budget_id order by l.scope_rank, l.budget_id) filter (where l.scope_matched),
                     array_agg(l.budget_id order by l.scope_rank, l.budget_id)) as scope_budgets,
            coalesce((array_agg(greatest(l.period_start, least(i.occurred_at, l.period_end - interval '1 microsecond')) order by l.scope_rank, l.budget_id)
@@ -200,7 +206,7 @@ begin
              as occurred_at,
            i.occurred_at as admitted_at
     from input i join leases l on l.id = i.lease_id
-    group by i.lease_id, i.request_id, i.actual, i.source, i.description, i.metadata, i.occurred_at
+    group by i.lease_id, i.request_id, i.actual, i.source, i.description, i.metadata, i.occurred_at, i.usage_id
   ),
   recorded as (
     insert into budget_usage_records as u (id, budget_id, amount, currency, source, description, metadata, idempotency_key,

@@ -4,19 +4,38 @@ import postgres, { type Sql } from 'postgres'
 import type { Part } from '../part.js'
 import { migrate } from './migrate.js'
 
+/** How often a backend checks that its client is still there while a statement runs (client_connection_check_interval). */
+const CLIENT_CHECK_INTERVAL = '500ms'
+
+/** A client of the plugin's own: sessions in UTC, and (`checks`) checking for a client gone while a statement runs. */
+function ownClient (url: string, checks: boolean): Sql {
+  return postgres(url, { onnotice: () => {}, connection: { TimeZone: 'UTC', ...(checks ? { client_connection_check_interval: CLIENT_CHECK_INTERVAL } : {}) } })
+}
+
 /** The client, and stop(): it ends the client if the plugin opened it; a host's own client is the host's to end. */
 export async function openDatabase (database: Sql | string, options: { migrate: boolean }): Promise<Part<Sql>> {
-  const ownsClient = typeof database === 'string'
   // Our own client's sessions run in UTC; the SQL never depends on the session's TimeZone anyway (sql/functions/periods.sql).
-  const sql: Sql = ownsClient ? postgres(database, { onnotice: () => {}, connection: { TimeZone: 'UTC' } }) : database
-  const close = async (timeout: number) => { if (ownsClient) await sql.end({ timeout }) }
+  // A backend whose client has gone (a cut connection) checks for it every CLIENT_CHECK_INTERVAL while a
+  // statement runs, and stops: a hold batch still waiting for a window's lock then never commits holds for
+  // callers that were refused. The setting is PostgreSQL 14's (per session): an older server refuses it at
+  // connection (42704), and the client is opened again without it. A host's own client is the host's to
+  // configure; the gate gives such holds back by id in any case (lib/gate/gate.ts).
+  let sql: Sql = typeof database === 'string' ? ownClient(database, true) : database
+  const close = async (timeout: number) => { if (typeof database === 'string') await sql.end({ timeout }) }
   try {
-    if (ownsClient) {
+    if (typeof database === 'string') {
       // postgres.js reads the array types on every new connection, and when that connection is cut (a
       // terminated backend, a restart) the read's failure is an unhandled rejection (postgres.js #1192,
       // #1205, #1223), which ends a process run with Node's defaults. The types are read once, here, into
       // the client's shared serializers (arrays cannot be sent without them); later connections skip it.
-      await sql`select 1`
+      try {
+        await sql`select 1`
+      } catch (error) {
+        if ((error as { code?: string }).code !== '42704') throw error
+        await sql.end({ timeout: 1 })
+        sql = ownClient(database, false)
+        await sql`select 1`
+      }
       sql.options.fetch_types = false
     }
     if (options.migrate) await migrate(sql)
