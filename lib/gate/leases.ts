@@ -17,14 +17,11 @@ import type { LeaseNumbers, LeaseRepository } from './lease-repository.js'
 import type { LeasedSettlement } from './settlement-repository.js'
 import type { SettleOutcome, SettlementQueue } from './settlements.js'
 import type { WindowLedger } from './window-ledger.js'
+import { IDLE_MS, LOW_WATER_CALLS, SLICE_CALLS, idleTimer, isHot } from './hot-slices.js'
 
-/** Calls on a line this close together make it hot enough to lease. */
-const HOT_WITHIN_MS = 100
-/** A lease asks for room for this many calls at the current estimate, and takes none for fewer than FEWEST_CALLS: near a limit, calls hold one by one. */
-const CALLS_PER_LEASE = 64n
-const FEWEST_CALLS = 16n
-/** A lease unused this long is given back. */
-const IDLE_MS = 2000
+/** A lease asks for room for this many calls at the current estimate, and takes none for fewer than FEWEST_CALLS: near a limit, calls hold one by one (hot-slices.ts). */
+const CALLS_PER_LEASE = BigInt(SLICE_CALLS)
+const FEWEST_CALLS = BigInt(LOW_WATER_CALLS)
 /** A give-back that fails is tried again after these pauses; room not given back is swept as spend when the lease expires. */
 const RETURN_RETRY_DELAYS_MS = [20, 100, 500, 2000, 5000]
 
@@ -219,32 +216,26 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
 
   // Idle and out-of-date leases are given back; the others are kept alive well within their TTL, so a
   // living process never has a lease swept from under it (one that was, after all, admits no more).
-  let sweeper: NodeJS.Timeout | null = null
-  /** The sweeper runs from the first use on, never for a plugin whose gate takes nothing. */
-  function startSweeping (): void {
-    if (sweeper !== null) return
-    sweeper = setInterval(() => {
-      const now = Date.now()
-      for (const [key, lease] of leases) if (now - lease.lastUse > IDLE_MS || now >= lease.validUntil) retire(key, lease)
-      for (const [key, at] of lastCall) if (now - at > IDLE_MS) lastCall.delete(key)
-      for (const [key, lease] of [...leases, ...[...draining].map((lease) => [null, lease] as const)]) {
-        if (now - lease.renewedAt < options.ttlMs / 3) continue
-        lease.renewedAt = now
-        // No row is "swept" only if a take had landed before the renewal was sent: a take in flight then
-        // (the first, waiting on a hot window row) has not written its rows yet, and only adds rows.
-        const hadRows = lease.landed
-        reservations.renewLease(lease.id, options.ttlMs).then((alive) => {
-          if (alive || lease.ended || !hadRows) return
-          // It expired and was swept (counted whole): it admits no more, and has nothing left to give back.
-          lease.available = 0n
-          lease.ended = true
-          draining.delete(lease)
-          if (key !== null) retire(key, lease)
-        }, (error: unknown) => { log.warn({ err: error, leaseId: lease.id }, 'renewing a budget lease failed') })
-      }
-    }, Math.min(500, Math.max(50, Math.floor(options.ttlMs / 6))))
-    sweeper.unref()
-  }
+  const sweeper = idleTimer(() => {
+    const now = Date.now()
+    for (const [key, lease] of leases) if (now - lease.lastUse > IDLE_MS || now >= lease.validUntil) retire(key, lease)
+    for (const [key, at] of lastCall) if (now - at > IDLE_MS) lastCall.delete(key)
+    for (const [key, lease] of [...leases, ...[...draining].map((lease) => [null, lease] as const)]) {
+      if (now - lease.renewedAt < options.ttlMs / 3) continue
+      lease.renewedAt = now
+      // No row is "swept" only if a take had landed before the renewal was sent: a take in flight then
+      // (the first, waiting on a hot window row) has not written its rows yet, and only adds rows.
+      const hadRows = lease.landed
+      reservations.renewLease(lease.id, options.ttlMs).then((alive) => {
+        if (alive || lease.ended || !hadRows) return
+        // It expired and was swept (counted whole): it admits no more, and has nothing left to give back.
+        lease.available = 0n
+        lease.ended = true
+        draining.delete(lease)
+        if (key !== null) retire(key, lease)
+      }, (error: unknown) => { log.warn({ err: error, leaseId: lease.id }, 'renewing a budget lease failed') })
+    }
+  }, Math.min(500, Math.max(50, Math.floor(options.ttlMs / 6))))
 
   return {
     /**
@@ -253,7 +244,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
      * caller then holds call by call.
      */
     async admit (key: string, line: BudgetTerms[], validUntil: number, estimate: Money): Promise<Admission | null> {
-      startSweeping()
+      sweeper.start()
       const now = Date.now()
       const previous = lastCall.get(key)
       lastCall.set(key, now)
@@ -264,7 +255,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
         lease = undefined
       }
       if (lease === undefined) {
-        if (previous === undefined || now - previous > HOT_WITHIN_MS || line.length === 0) return null
+        if (!isHot(previous, now) || line.length === 0) return null
         lease = {
           id: randomUUID(), line, validUntil, available: 0n, held: 0n, returnsNumbered: 0, returns: Promise.resolve(), unsettled: 0, settlementFailed: false, ended: false, landed: false, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
           windowStart: Math.max(...line.map((budget) => budget.periodStart.getTime())),
@@ -281,7 +272,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       lease.unsettled++
       lease.lastUse = now
       // Top up before the slice runs dry, so calls do not wait for the statement that does it.
-      if (lease.available < units * (CALLS_PER_LEASE / 4n) && lease.taking === null && !lease.returning) {
+      if (lease.available < units * FEWEST_CALLS && lease.taking === null && !lease.returning) {
         const topping = lease
         topUp(topping, units).catch((error: unknown) => { log.warn({ err: error, leaseId: topping.id }, 'topping up a budget lease failed') })
       }
@@ -342,7 +333,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
      * database away, a lease not given back expires and is counted as spent (never under-counted).
      */
     async close (waitMs = 5000): Promise<void> {
-      if (sweeper !== null) clearInterval(sweeper)
+      sweeper.stop()
       // A top-up still in flight lands after its lease is retired and gives its slice back then; a lease
       // with calls still settling ends when the last one has. Wait for all of it, for at most waitMs.
       for (const [key, lease] of leases) retire(key, lease)

@@ -10,12 +10,8 @@ import type { Logger } from '../kernel/logger.js'
 import { bestEffort } from '../kernel/best-effort.js'
 import type { BudgetTerms } from './budget-terms.js'
 import type { RateAsk, RateGrant, RateRepository } from './rate-repository.js'
+import { IDLE_MS, LOW_WATER_CALLS, SLICE_CALLS, idleTimer, isHot } from './hot-slices.js'
 
-const HOT_WITHIN_MS = 100
-const CALLS_PER_SLICE = 64
-/** A hot allowance below this many calls' worth is topped up in the background. */
-const LOW_WATER = 16
-const IDLE_MS = 2000
 
 interface Allowance {
   requests: number
@@ -60,7 +56,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
   const allowanceOf = (budgetId: string): Allowance => {
     let allowance = allowances.get(budgetId)
     if (allowance === undefined) {
-      startSweeping()
+      sweeper.start()
       allowance = { requests: 0, tokens: 0, lastUse: 0, seen: null, taking: null }
       allowances.set(budgetId, allowance)
     }
@@ -79,7 +75,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
     const asks: RateAsk[] = short.map((budget) => {
       const allowance = allowanceOf(budget.budgetId)
       const wanted = need(budget, tokens)
-      const extraCalls = now - allowance.lastUse <= HOT_WITHIN_MS ? CALLS_PER_SLICE - 1 : 0
+      const extraCalls = isHot(allowance.lastUse, now) ? SLICE_CALLS - 1 : 0
       // The need is the shortfall: what the allowance lacks for this call (more when a call overdrew it;
       // 0 for a top-up in the background, which takes whatever the bucket can spare up to the slice).
       const needRequests = Math.max(0, wanted.requests - allowance.requests)
@@ -137,13 +133,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
   }
 
   // Allowances idle for IDLE_MS go back to their buckets, in one statement.
-  let sweeper: NodeJS.Timeout | null = null
-  /** The sweeper runs from the first use on, never for a plugin whose gate takes nothing. */
-  function startSweeping (): void {
-    if (sweeper !== null) return
-    sweeper = setInterval(() => { giveBackIdle(Date.now() - IDLE_MS) }, 500)
-    sweeper.unref()
-  }
+  const sweeper = idleTimer(() => { giveBackIdle(Date.now() - IDLE_MS) }, 500)
 
   function giveBackIdle (idleSince: number): void {
     const back: Array<{ budgetId: string, requests: number, tokens: number }> = []
@@ -186,12 +176,12 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       const taken = limited.map((budget) => {
         const allowance = allowanceOf(budget.budgetId)
         const wanted = need(budget, tokens)
-        const hot = now - allowance.lastUse <= HOT_WITHIN_MS
+        const hot = isHot(allowance.lastUse, now)
         allowance.requests -= wanted.requests
         allowance.tokens -= wanted.tokens
         allowance.lastUse = now
         // On a hot budget, top up before the allowance runs dry, so calls do not wait for the statement.
-        if (hot && allowance.taking === null && !covers(allowance, { requests: wanted.requests * LOW_WATER, tokens: wanted.tokens * LOW_WATER })) low.push(budget)
+        if (hot && allowance.taking === null && !covers(allowance, { requests: wanted.requests * LOW_WATER_CALLS, tokens: wanted.tokens * LOW_WATER_CALLS })) low.push(budget)
         return { budgetId: budget.budgetId, ...wanted, limitsTokens: budget.tokensPerMinute !== null }
       })
       if (low.length > 0) {
@@ -223,7 +213,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
 
     /** Gives every allowance back and waits for it to commit, for at most `waitMs`. */
     async close (waitMs = 5000): Promise<void> {
-      if (sweeper !== null) clearInterval(sweeper)
+      sweeper.stop()
       giveBackIdle(Number.POSITIVE_INFINITY)
       await Promise.race([returns, new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
     }
