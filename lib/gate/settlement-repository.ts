@@ -55,7 +55,9 @@ export function createSettlementRepository (sql: Db) {
      * one per request id: idempotency_key, on the budget that held it), and whether it is the sweeper's (the
      * call's hold expired and was counted at its estimate); null when there is none.
      */
-    async findSettledRecord ({ requestId, budgetIds }: RecordOrigin, usageId: string): Promise<{ usageId: string, own: boolean, swept: boolean } | null> {
+    async findSettledRecord (origin: RecordOrigin | undefined, usageId: string): Promise<{ usageId: string, own: boolean, swept: boolean } | null> {
+      // Without its origin (a hold another process made) only the call's own record, by its id, can be told.
+      const { requestId, budgetIds } = origin ?? { requestId: null, budgetIds: [] }
       const [row] = await sql<Array<{ usageId: string, own: boolean, swept: boolean }>>`
         select id as "usageId", id = ${usageId}::uuid as own, source = 'expired-reservation' as swept from budget_usage_records
         where id = ${usageId}::uuid or (idempotency_key = ${requestId} and budget_id = any (${budgetIds}::text[]::uuid[]))

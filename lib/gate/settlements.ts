@@ -79,10 +79,11 @@ export function createSettlementQueue (reservations: SettlementRepository,
    * reservation's of the same request (already recorded), or the sweeper's (the hold expired first, counted
    * at its estimate: `otherwise`, as without the cut).
    */
-  async function afterCut (origin: RecordOrigin, usageId: string, charged: boolean, otherwise: SettleOutcome): Promise<SettleOutcome> {
+  async function afterCut (origin: RecordOrigin | undefined, usageId: string, charged: boolean, otherwise: SettleOutcome): Promise<SettleOutcome> {
     const found = await reservations.findSettledRecord(origin, usageId)
     if (found?.own === true) return { outcome: 'recorded', usageId }
-    if (found?.swept === true) return otherwise
+    // without the origin (a hold made by another process), nothing else can be told: as without the cut
+    if (found?.swept === true || origin === undefined) return otherwise
     if (charged) return found === null ? otherwise : { outcome: 'already-recorded' }
     return { outcome: 'released' } // nothing to charge, and no sweep: the first attempt gave the hold back
   }
@@ -107,8 +108,8 @@ export function createSettlementQueue (reservations: SettlementRepository,
         const settlement = queued.item.settlement as Settlement
         const charged = settlement.actualCost !== null
         const outcome = heldOutcome(usageIds.get(settlement.reservationId), charged)
-        outcomes.push(outcome.outcome === 'not-found' && queued.item.cut === true && settlement.origin !== undefined
-          ? await afterCut(settlement.origin, settlement.usageId!, charged, outcome)
+        outcomes.push(outcome.outcome === 'not-found' && queued.item.cut === true && settlement.usageId !== undefined
+          ? await afterCut(settlement.origin, settlement.usageId, charged, outcome)
           : outcome)
       }
       own.forEach((queued, index) => { queued.resolve(outcomes[index]!) })
@@ -124,8 +125,9 @@ export function createSettlementQueue (reservations: SettlementRepository,
         const answer: SettleOutcome = found === undefined || !found.leaseFound
           ? { outcome: 'expired' }
           : found.usageId !== null ? { outcome: 'recorded', usageId: found.usageId } : { outcome: 'already-recorded' }
-        // Sent again after a cut, the call's own record from the first attempt reads as another's: its id tells.
-        answers.push(answer.outcome === 'already-recorded' && queued.item.cut === true
+        // Sent again after a cut, the call's own record from the first attempt reads as another's, or as an
+        // expired lease's when the lease was swept meanwhile: its id tells.
+        answers.push(answer.outcome !== 'recorded' && queued.item.cut === true
           ? await afterCut({ requestId: settlement.requestId, budgetIds: settlement.budgetIds }, settlement.usageId!, true, answer)
           : answer)
       }

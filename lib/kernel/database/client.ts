@@ -12,13 +12,17 @@ function ownClient (url: string, checks: boolean): Sql {
   return postgres(url, { onnotice: () => {}, connection: { TimeZone: 'UTC', ...(checks ? { client_connection_check_interval: CLIENT_CHECK_INTERVAL } : {}) } })
 }
 
+/** A server's refusals of client_connection_check_interval: unknown before PostgreSQL 14, unsupported where it cannot check. */
+const CHECK_REFUSED = new Set(['42704', '22023'])
+
 /** The client, and stop(): it ends the client if the plugin opened it; a host's own client is the host's to end. */
 export async function openDatabase (database: Sql | string, options: { migrate: boolean }): Promise<Part<Sql>> {
   // Our own client's sessions run in UTC; the SQL never depends on the session's TimeZone anyway (sql/functions/periods.sql).
   // A backend whose client has gone (a cut connection) checks for it every CLIENT_CHECK_INTERVAL while a
   // statement runs, and stops: a hold batch still waiting for a window's lock then never commits holds for
   // callers that were refused. The setting is PostgreSQL 14's (per session): an older server refuses it at
-  // connection (42704), and the client is opened again without it. A host's own client is the host's to
+  // connection (42704), as does a server on a platform that cannot tell a closed client (22023: not
+  // Linux), and the client is opened again without it. A host's own client is the host's to
   // configure; the gate gives such holds back by id in any case (lib/gate/gate.ts).
   let sql: Sql = typeof database === 'string' ? ownClient(database, true) : database
   const close = async (timeout: number) => { if (typeof database === 'string') await sql.end({ timeout }) }
@@ -31,7 +35,7 @@ export async function openDatabase (database: Sql | string, options: { migrate: 
       try {
         await sql`select 1`
       } catch (error) {
-        if ((error as { code?: string }).code !== '42704') throw error
+        if (!CHECK_REFUSED.has((error as { code?: string }).code ?? '')) throw error
         await sql.end({ timeout: 1 })
         sql = ownClient(database, false)
         await sql`select 1`
