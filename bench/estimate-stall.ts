@@ -73,7 +73,7 @@ const BODIES: Array<[string, (model: string) => Record<string, unknown>]> = [
   ['tool results with JSON after a newline', (model) => fill((n) => ({ model, messages: [{ role: 'user', content: 'go' }, ...Array.from({ length: n }, (_, i) => ({ role: 'tool', tool_call_id: `c${i}`, content: '\n' + JSON.stringify({ a: i, b: [1, 2, { c: 'x' }] }) }))], max_tokens: 10 }))]
 ]
 
-interface Stall { stretchCpu: number, stretchWall: number, worstCpu: number, totalCpu: number, turns: number }
+interface Stall { stretchCpu: number, stretchWall: number, worstCpu: number, worstWall: number, totalCpu: number, turns: number }
 const RUNS = 5
 const cpuNow = (): number => { const used = process.cpuUsage(); return (used.user + used.system) / 1000 }
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
@@ -128,6 +128,7 @@ async function measure (work: () => Promise<unknown>): Promise<Stall> {
     stretchCpu: median(runs.map((run) => run.cpu)),
     stretchWall: median(runs.map((run) => run.wall)),
     worstCpu: Math.max(...runs.map((run) => run.cpu)),
+    worstWall: Math.max(...runs.map((run) => run.wall)),
     totalCpu: median(runs.map((run) => run.total)),
     turns: median(runs.map((run) => run.turns))
   }
@@ -159,6 +160,9 @@ const row = (model: string, name: string, bytes: number, stall: Stall, parse: st
 const rows: string[] = []
 let slowest = 0
 let slowestWorst = 0
+/** The slowest single run's stretch in wall time: how long the loop itself was held (CPU counts GC threads too). */
+let slowestWorstWall = 0
+let slowestSlicedWorstWall = 0
 let slowestParse = 0
 let slowestSliced = 0
 let slowestSlicedWorst = 0
@@ -174,6 +178,7 @@ for (const model of ['gpt-4o', 'claude-3-5-sonnet']) {
     const sliced = await measure(async () => await parseJsonInSlices(text))
     slowestSliced = Math.max(slowestSliced, sliced.stretchCpu)
     slowestSlicedWorst = Math.max(slowestSlicedWorst, sliced.worstCpu)
+    slowestSlicedWorstWall = Math.max(slowestSlicedWorstWall, sliced.worstWall)
     const slicedCell = `${ms(sliced.stretchCpu)} (${ms(sliced.worstCpu)})`
     let stall: Stall
     try {
@@ -184,6 +189,7 @@ for (const model of ['gpt-4o', 'claude-3-5-sonnet']) {
     }
     slowest = Math.max(slowest, stall.stretchCpu)
     slowestWorst = Math.max(slowestWorst, stall.worstCpu)
+    slowestWorstWall = Math.max(slowestWorstWall, stall.worstWall)
     rows.push(row(model, name, bytes, stall, ms(parse), slicedCell))
   }
 }
@@ -191,6 +197,7 @@ const clampBody = { model: 'gpt-4o', messages: [{ role: 'user', content: randomW
 const clamp = await measure(async () => { await clampRun(clampBody) })
 slowest = Math.max(slowest, clamp.stretchCpu)
 slowestWorst = Math.max(slowestWorst, clamp.worstCpu)
+slowestWorstWall = Math.max(slowestWorstWall, clamp.worstWall)
 rows.push(row('gpt-4o', 'nearLimit clamp: estimate and search, 0.58 MB of random words', 580_000, clamp, '', ''))
 
 // The parse floor: the largest body of the costliest shape to parse (an object of many short keys, as
@@ -212,8 +219,8 @@ process.stdout.write([
   '|---|---|---|---|---|---|---|---|---|---|',
   ...rows,
   '',
-  `target: every estimate's longest stretch under ${TARGET_MS} ms of CPU -> ${slowest <= TARGET_MS ? 'met' : 'NOT met'} (slowest ${slowest.toFixed(1)} ms at the median, ${slowestWorst.toFixed(1)} ms in any run)`,
+  `target: every estimate's longest stretch under ${TARGET_MS} ms of CPU -> ${slowest <= TARGET_MS ? 'met' : 'NOT met'} (slowest ${slowest.toFixed(1)} ms at the median, ${slowestWorst.toFixed(1)} ms in any run; in wall time, ${slowestWorstWall.toFixed(1)} ms in any run)`,
   `JSON.parse of the same bodies (Fastify's default parser, before the gate, one stretch that cannot be sliced): slowest ${slowestParse.toFixed(1)} ms -> ${slowestParse <= TARGET_MS ? 'under' : 'OVER'} ${TARGET_MS} ms; a bodyLimit of ${parseLimit} bytes keeps the costliest parse (many keys) under ${TARGET_MS} ms`,
-  `the parser that yields (budgetJsonParser) on the same bodies: longest stretch ${slowestSliced.toFixed(1)} ms at the median, ${slowestSlicedWorst.toFixed(1)} ms in any run -> ${slowestSliced <= TARGET_MS ? 'under' : 'OVER'} ${TARGET_MS} ms`,
+  `the parser that yields (budgetJsonParser) on the same bodies: longest stretch ${slowestSliced.toFixed(1)} ms at the median, ${slowestSlicedWorst.toFixed(1)} ms in any run (wall time: ${slowestSlicedWorstWall.toFixed(1)} ms) -> ${slowestSliced <= TARGET_MS ? 'under' : 'OVER'} ${TARGET_MS} ms`,
   ''
 ].join('\n'))
