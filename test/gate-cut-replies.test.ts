@@ -3,63 +3,15 @@
 // stayed until its TTL and was then swept as spent at its estimate, for a caller refused 503; a settlement
 // cut so was sent again, found its reservation gone, and answered 'not-found' (or a leased one
 // 'already-recorded') for a call it had recorded.
-import { connect, createServer, type Socket } from 'node:net'
 import t from 'tap'
 import { isDatabaseUnavailable } from '../lib/kernel/errors.js'
-import { buildGateway } from './fixtures/gateway.js'
+import { buildGateway, proxiedGateway } from './fixtures/gateway.js'
 import { findViolations } from './fixtures/invariants.js'
 
-/**
- * A TCP proxy to PostgreSQL that, once armed with a statement's text, forwards the first message that holds
- * it and then drops the connection when the statement's result arrives: it has run and committed (PostgreSQL
- * flushes an implicit transaction's result with ReadyForQuery, after its commit), and the client sees the
- * connection closed.
- * The text is on the wire where postgres.js prepares the statement on a connection: its first use there.
- */
-async function startCuttingProxy (target: URL) {
-  let armed: string | null = null
-  let cuts = 0
-  const sockets = new Set<Socket>()
-  const server = createServer((client) => {
-    const upstream = connect(Number(target.port || 5432), target.hostname)
-    let cutOnReply = false
-    for (const socket of [client, upstream]) {
-      sockets.add(socket)
-      socket.on('close', () => sockets.delete(socket))
-      socket.on('error', () => { client.destroy(); upstream.destroy() })
-    }
-    client.on('data', (chunk: Buffer) => {
-      if (armed !== null && chunk.includes(armed)) { armed = null; cutOnReply = true }
-      upstream.write(chunk)
-    })
-    upstream.on('data', (chunk: Buffer) => {
-      // postgres.js first asks PostgreSQL to describe a statement it prepares: that reply goes through, and
-      // the one cut is the statement's own, which ends with its CommandComplete (SELECT n) once it has committed.
-      if (!cutOnReply || !chunk.includes('SELECT ')) { client.write(chunk); return }
-      cuts++
-      client.destroy()
-      upstream.destroy()
-    })
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  return {
-    port: (server.address() as { port: number }).port,
-    arm: (text: string) => { armed = text },
-    cuts: () => cuts,
-    close: async () => { for (const socket of sockets) socket.destroy(); await new Promise((resolve) => server.close(resolve)) }
-  }
-}
-
 async function cutGateway (t: { teardown: (fn: () => unknown) => void }) {
-  const target = new URL(process.env.DATABASE_URL!)
-  const proxy = await startCuttingProxy(target)
-  t.teardown(proxy.close)
-  const gateway = await buildGateway(t, {
-    gatewayDatabase: async (url) => { const proxied = new URL(url); proxied.hostname = '127.0.0.1'; proxied.port = String(proxy.port); return proxied.toString() },
-    gate: { sweepIntervalMs: 0, reservationTtlMs: 60_000 }
-  })
+  const gateway = await proxiedGateway(t)
   const budget = await gateway.createBudget({ name: 'team', amount: '100' })
-  return { ...gateway, proxy, budget }
+  return { ...gateway, budget }
 }
 
 const reservationsLeft = async (sql: Awaited<ReturnType<typeof buildGateway>>['sql'], waitMs = 5000) => {

@@ -3,81 +3,10 @@
 // give-backs numbered (applied once), hold batches given back by id in rounds (and the plugin's own client
 // checking for a client gone), leased calls decided on their take (the window ledger only reports), and
 // usage ids made by the process (a settlement or an unbudgeted record sent again finds its own).
-import { connect, createServer, type Socket } from 'node:net'
 import t from 'tap'
 import { isDatabaseUnavailable } from '../lib/kernel/errors.js'
-import { buildGateway } from './fixtures/gateway.js'
+import { proxiedGateway } from './fixtures/gateway.js'
 import { findViolations } from './fixtures/invariants.js'
-
-type Mode = { kind: 'cut-reply', on?: string } | { kind: 'mark' } | { kind: 'delay-reply', ms: number }
-
-/**
- * A TCP proxy to PostgreSQL. Armed with a statement's text (on the wire at its first use on a connection), it
- * then, on that connection: 'cut-reply' drops the connection when the statement's result arrives (it has
- * committed); 'mark' keeps the connection for cutMarked() (the test cuts it while the statement still runs);
- * 'delay-reply' holds every reply of that connection back for `ms` (the statement committed, the client hears later).
- */
-async function startProxy (target: URL) {
-  let armed: { text: string, mode: Mode } | null = null
-  let cuts = 0
-  let marked: (() => void) | null = null
-  const sockets = new Set<Socket>()
-  const server = createServer((client) => {
-    const upstream = connect(Number(target.port || 5432), target.hostname)
-    let mode: Mode | null = null
-    for (const socket of [client, upstream]) {
-      sockets.add(socket)
-      socket.on('close', () => sockets.delete(socket))
-      socket.on('error', () => { client.destroy(); upstream.destroy() })
-    }
-    client.on('data', (chunk: Buffer) => {
-      if (armed !== null && chunk.includes(armed.text)) {
-        mode = armed.mode
-        armed = null
-        if (mode.kind === 'mark') marked = () => { cuts++; client.destroy(); upstream.end() }
-      }
-      upstream.write(chunk)
-    })
-    upstream.on('data', (chunk: Buffer) => {
-      if (mode?.kind === 'cut-reply' && chunk.includes(mode.on ?? 'SELECT ')) {
-        cuts++
-        client.destroy()
-        upstream.destroy()
-        return
-      }
-      if (mode?.kind === 'delay-reply') {
-        const ms = mode.ms
-        setTimeout(() => { if (!client.destroyed) client.write(chunk) }, ms)
-        return
-      }
-      client.write(chunk)
-    })
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  return {
-    port: (server.address() as { port: number }).port,
-    arm: (text: string, mode: Mode) => { armed = { text, mode } },
-    cutMarked: () => { marked?.(); marked = null },
-    cuts: () => cuts,
-    close: async () => { for (const socket of sockets) socket.destroy(); await new Promise((resolve) => server.close(resolve)) }
-  }
-}
-
-async function proxiedGateway (t: { teardown: (fn: () => unknown) => void }, gate: Record<string, unknown> = {}, query: Record<string, string> = {}) {
-  const proxy = await startProxy(new URL(process.env.DATABASE_URL!))
-  t.teardown(proxy.close)
-  const gateway = await buildGateway(t, {
-    gatewayDatabase: async (url) => {
-      const proxied = new URL(url)
-      proxied.hostname = '127.0.0.1'
-      proxied.port = String(proxy.port)
-      for (const [name, value] of Object.entries(query)) proxied.searchParams.set(name, value) // postgres.js sends these as session settings
-      return proxied.toString()
-    },
-    gate: { sweepIntervalMs: 0, reservationTtlMs: 60_000, ...gate }
-  })
-  return { ...gateway, proxy }
-}
 
 const sleep = async (ms: number) => await new Promise((resolve) => setTimeout(resolve, ms))
 

@@ -2,75 +2,12 @@
 // record by the id the queue made for it; two cases did not look (a leased call whose lease was swept before
 // the retry answered expired; a hold another process made answered not-found). Both seen failing on
 // af66223; the queue now looks in both (lib/gate/settlements.ts).
-import { connect, createServer, type Socket } from 'node:net'
 import Fastify from 'fastify'
 import t from 'tap'
 import budgets from '../lib/index.js'
-import { buildGateway } from './fixtures/gateway.js'
+import { proxiedGateway } from './fixtures/gateway.js'
 import { findViolations } from './fixtures/invariants.js'
 
-/**
- * A TCP proxy to PostgreSQL. arm(text): the connection that sends `text` has its reply dropped (the
- * statement committed) and is cut; then, until resume(), new connections wait (nothing is forwarded).
- */
-async function startProxy (target: URL) {
-  let armed: string | null = null
-  let paused = false
-  let cuts = 0
-  const waiting: Array<() => void> = []
-  const sockets = new Set<Socket>()
-  const server = createServer((client) => {
-    const start = () => {
-      const upstream = connect(Number(target.port || 5432), target.hostname)
-      let cutting = false
-      for (const socket of [client, upstream]) {
-        sockets.add(socket)
-        socket.on('close', () => sockets.delete(socket))
-        socket.on('error', () => { client.destroy(); upstream.destroy() })
-      }
-      client.on('data', (chunk: Buffer) => {
-        if (armed !== null && chunk.includes(armed)) { cutting = true; armed = null }
-        upstream.write(chunk)
-      })
-      upstream.on('data', (chunk: Buffer) => {
-        if (cutting && chunk.includes('SELECT ')) {
-          cuts++
-          paused = true
-          client.destroy()
-          upstream.destroy()
-          return
-        }
-        client.write(chunk)
-      })
-    }
-    client.pause()
-    if (paused) waiting.push(() => { client.resume(); start() })
-    else { client.resume(); start() }
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  return {
-    port: (server.address() as { port: number }).port,
-    arm: (text: string) => { armed = text },
-    resume: () => { paused = false; for (const go of waiting.splice(0)) go() },
-    cuts: () => cuts,
-    close: async () => { for (const socket of sockets) socket.destroy(); await new Promise((resolve) => server.close(resolve)) }
-  }
-}
-
-async function proxiedGateway (t: { teardown: (fn: () => unknown) => void }, gate: Record<string, unknown> = {}) {
-  const proxy = await startProxy(new URL(process.env.DATABASE_URL!))
-  t.teardown(proxy.close)
-  const gateway = await buildGateway(t, {
-    gatewayDatabase: async (url) => {
-      const proxied = new URL(url)
-      proxied.hostname = '127.0.0.1'
-      proxied.port = String(proxy.port)
-      return proxied.toString()
-    },
-    gate: { sweepIntervalMs: 0, reservationTtlMs: 60_000, ...gate }
-  })
-  return { ...gateway, proxy }
-}
 
 const sleep = async (ms: number) => await new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -83,7 +20,7 @@ t.test('a leased settlement cut after its commit, its lease swept before the ret
   const second = await integration.reserveCall(caller, '0.01')
   t.ok(first.check.canProceed && second.check.canProceed)
   t.equal((await sql`select count(*)::int as n from budget_reservations where lease`)[0]!.n, 1, 'the second call came from a lease')
-  proxy.arm('budget_settle_leased')
+  proxy.arm('budget_settle_leased', { kind: 'cut-reply', holdNewConnections: true })
   const settling = integration.settleCall(second.reservationId!, '0.02', { metadata: { mark: 'leased-cut' } })
   for (let i = 0; i < 200 && proxy.cuts() === 0; i++) await sleep(10)
   t.equal(proxy.cuts(), 1, 'the leased settlement committed and its reply was cut')
@@ -111,7 +48,7 @@ t.test('a hold made by another process, its settlement cut after its commit: the
   t.teardown(async () => await other.close())
   const reserved = await other.budgetIntegration.reserveCall({ team: 'team-a' }, '1', { requestId: 'reserved-elsewhere' })
   t.ok(reserved.check.canProceed && reserved.reservationId !== null, 'the other process holds the call')
-  proxy.arm(reserved.reservationId!)
+  proxy.arm(reserved.reservationId!, { kind: 'cut-reply', holdNewConnections: true })
   const settling = app.budgetIntegration.settleCall(reserved.reservationId!, '0.5')
   for (let i = 0; i < 200 && proxy.cuts() === 0; i++) await sleep(10)
   t.equal(proxy.cuts(), 1, 'the settlement committed and its reply was cut')
