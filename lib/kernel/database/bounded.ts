@@ -12,8 +12,8 @@
 // ten statements run ten bounds).
 import type { ReservedSql, Sql, TransactionSql } from 'postgres'
 import { bestEffort, type BestEffortLog } from '../best-effort.js'
-import { AdminTimeoutError, DatabaseUnavailableError } from '../errors.js'
-import { CONFLICT_RETRY_DELAYS_MS, isConflict } from './db.js'
+import { AdminTimeoutError } from '../errors.js'
+import { retryingConflicts } from './db.js'
 
 /** PostgreSQL's answers to a statement or a lock wait cut by the bound: query_canceled, lock_not_available. */
 const CUT = new Set(['57014', '55P03'])
@@ -42,16 +42,7 @@ export function boundedTransaction (sql: Sql, timeoutMs: number, log: BestEffort
   // statement would (retryingConflicts), within the same deadline; one that keeps failing so is 503.
   return async function inBoundedTransaction<T> (work: (tx: TransactionSql) => Promise<T>): Promise<T> {
     const deadline = Date.now() + timeoutMs
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await once(work, deadline)
-      } catch (error) {
-        if (!isConflict(error)) throw error
-        const delay = CONFLICT_RETRY_DELAYS_MS[attempt]
-        if (delay === undefined || Date.now() + delay >= deadline) throw new DatabaseUnavailableError({ cause: error })
-        await new Promise((resolve) => setTimeout(resolve, delay * (1 + Math.random())))
-      }
-    }
+    return await retryingConflicts(async () => await once(work, deadline), deadline)
   }
 
   async function once<T> (work: (tx: TransactionSql) => Promise<T>, deadline: number): Promise<T> {

@@ -15,21 +15,24 @@ export function isUuid (value: string): boolean {
 // A deadlock or a serialization failure ends a gate statement without effect: it is run again, a few
 // times, after a short pause that grows. What still fails is the database not serving now (503).
 const CONFLICTS = new Set(['40P01', '40001'])
-export const CONFLICT_RETRY_DELAYS_MS = [2, 10, 50]
+const CONFLICT_RETRY_DELAYS_MS = [2, 10, 50]
 
 export function isConflict (error: unknown): boolean {
   return CONFLICTS.has((error as { code?: string } | null)?.code ?? '')
 }
 
-/** Runs a gate statement, again on a deadlock or serialization failure; one that keeps failing so is DatabaseUnavailableError. */
-export async function retryingConflicts<T> (statement: () => Promise<T>): Promise<T> {
+/**
+ * Runs a gate statement, again on a deadlock or serialization failure; one that keeps failing so, or whose
+ * next try would start past `deadline` (an admin transaction's bound), is DatabaseUnavailableError.
+ */
+export async function retryingConflicts<T> (statement: () => Promise<T>, deadline = Number.POSITIVE_INFINITY): Promise<T> {
   for (let attempt = 0; ; attempt++) {
     try {
       return await statement()
     } catch (error) {
       if (!isConflict(error)) throw error
       const delay = CONFLICT_RETRY_DELAYS_MS[attempt]
-      if (delay === undefined) throw new DatabaseUnavailableError({ cause: error })
+      if (delay === undefined || Date.now() + delay >= deadline) throw new DatabaseUnavailableError({ cause: error })
       await new Promise((resolve) => setTimeout(resolve, delay * (1 + Math.random())))
     }
   }
