@@ -11,24 +11,41 @@ import type { WindowLedger } from './window-ledger.js'
 
 const MOST_IN_A_BATCH = 200
 
+/** What a hold took on one budget in the gate's currency (the ones the window ledger keeps): given back, and the cost charged, when it settles. */
+export interface HeldShare {
+  budgetId: string
+  periodStart: Date
+  units: bigint
+}
+
+/** A hold, with what it took on each budget the window ledger keeps. */
+export type HeldHold = Hold & { held: HeldShare[] }
+
 export function createHoldQueue (reservations: HoldRepository, ledger: WindowLedger,
   options: { currency: string, ttlMs: number, giveBack: (reservationIds: string[]) => Promise<void> }, log: Logger) {
-  /** What the batch measured of each window in the gate's currency, as it left it: the last call on a window took the rest's holds into account. */
-  function measure (calls: HoldRequest[], holds: Hold[], sentAt: number): void {
-    calls.forEach((call, index) => {
+  /**
+   * What the batch measured of each window in the gate's currency, as it left it (the last call on a window
+   * took the rest's holds into account), given to the ledger; and what each hold took on those windows, which
+   * its settlement moves there again (integration.ts).
+   */
+  function measure (calls: HoldRequest[], holds: Hold[], sentAt: number): HeldHold[] {
+    return calls.map((call, index) => {
       const hold = holds[index]!
+      const held: HeldShare[] = []
       for (const numbers of hold.numbers) {
         const budget = call.line.find((terms) => terms.budgetId === numbers.budgetId)
         if (budget === undefined || budget.currency !== options.currency) continue
-        const held = hold.reserved && numbers.estimate !== null ? toUnits(numbers.estimate) : 0n
-        ledger.measured(budget.budgetId, budget.periodStart, numbers.currentAmount, fromUnits(toUnits(numbers.reservedAmount) + held), sentAt)
+        const units = hold.reserved && numbers.estimate !== null ? toUnits(numbers.estimate) : 0n
+        ledger.measured(budget.budgetId, budget.periodStart, numbers.currentAmount, fromUnits(toUnits(numbers.reservedAmount) + units), sentAt)
+        if (hold.reserved && numbers.estimate !== null) held.push({ budgetId: budget.budgetId, periodStart: budget.periodStart, units })
       }
+      return { ...hold, held }
     })
   }
 
   // The batch's statement holds for all of its calls or fails whole: then nothing was held for any of them
   // (group-commit rejects each with its error).
-  const queue = createGroupCommit<HoldRequest, Hold>(MOST_IN_A_BATCH, async (batch) => {
+  const queue = createGroupCommit<HoldRequest, HeldHold>(MOST_IN_A_BATCH, async (batch) => {
     const calls = batch.map((pending) => pending.item)
     let holds: Hold[]
     const sentAt = ledger.stamp()
@@ -45,13 +62,13 @@ export function createHoldQueue (reservations: HoldRepository, ledger: WindowLed
       }
       throw error
     }
-    measure(calls, holds, sentAt)
-    batch.forEach((pending, index) => { pending.resolve(holds[index]!) })
+    const held = measure(calls, holds, sentAt)
+    batch.forEach((pending, index) => { pending.resolve(held[index]!) })
   })
 
   return {
     /** Holds the call's estimate on its line, with the calls that arrive alongside it. */
-    async hold (request: HoldRequest): Promise<Hold> {
+    async hold (request: HoldRequest): Promise<HeldHold> {
       return await queue.submit(request)
     }
   }

@@ -15,7 +15,7 @@ import type { StandingRepository } from './standing-repository.js'
 import type { SweeperRepository } from './sweeper-repository.js'
 import type { BudgetLines } from './budget-lines.js'
 import type { DefinitionsVersion } from './definitions-version.js'
-import type { HoldQueue } from './holds.js'
+import type { HeldShare, HoldQueue } from './holds.js'
 import type { Admission, Leases } from './leases.js'
 import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
 import { sweptBeforeSettling, type SettleOutcome, type SettlementQueue } from './settlements.js'
@@ -81,18 +81,6 @@ function usedTokens (metadata: Record<string, unknown>): number | null {
   return typeof inputTokens === 'number' && typeof outputTokens === 'number' ? inputTokens + outputTokens : null
 }
 
-/** What a hold took on each budget of its line in `currency` (the ones the window ledger keeps). */
-function heldShares (line: BudgetTerms[], hold: Hold, currency: string): HeldShare[] {
-  const shares: HeldShare[] = []
-  for (const numbers of hold.numbers) {
-    const budget = line.find((terms) => terms.budgetId === numbers.budgetId)
-    if (budget !== undefined && budget.currency === currency && numbers.estimate !== null) {
-      shares.push({ budgetId: budget.budgetId, periodStart: budget.periodStart, units: toUnits(numbers.estimate) })
-    }
-  }
-  return shares
-}
-
 /**
  * A leased call's check. It is DECIDED on the lease's take (admission.decidedOn): the lease never spans a
  * threshold whose alert does more than notify, and its slice holds the call. The window ledger's numbers
@@ -149,13 +137,6 @@ export interface GateMachinery {
   findBudget: (id: string) => Promise<BudgetDefinition | null>
   /** Each window's money as this process knows it: what a leased admission reports. */
   ledger: WindowLedger
-}
-
-/** What a hold took on one budget in the gate's currency: given back (and the cost charged) when it settles. */
-interface HeldShare {
-  budgetId: string
-  periodStart: Date
-  units: bigint
 }
 
 export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget, ledger }: GateMachinery, tracker: UsageTracker, options: IntegrationOptions,
@@ -290,7 +271,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         if (admission !== null) return { reservationId, line, admission, hold: { current: true, reserved: true, numbers: [], definitionsVersion: -1 }, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
         versions.observe(hold.definitionsVersion)
-        if (hold.reserved) holdsMade.set(reservationId, { requestId, budgetIds: line.map((budget) => budget.budgetId), held: heldShares(line, hold, options.currency), at: Date.now() })
+        if (hold.reserved) holdsMade.set(reservationId, { requestId, budgetIds: line.map((budget) => budget.budgetId), held: hold.held, at: Date.now() })
         // A hold on a line older than the definitions it met (a budget created, changed or filtered since
         // this process loaded the line) is given back and taken again on the line as it is now.
         const stale = hold.current && hold.definitionsVersion > definitionsVersion
