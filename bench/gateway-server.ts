@@ -1,6 +1,7 @@
 // A minimal gateway for the gate benchmark, run as a process of its own: the plugin, one gated route,
 // and the same route ungated, both answering a fixed provider reply (so every admitted call costs the
 // same, and the recorded spend can be checked exactly). Prints "listening <address>" when ready.
+import { Session } from 'node:inspector/promises'
 import Fastify from 'fastify'
 import budgets from '../lib/index.js'
 
@@ -34,6 +35,12 @@ if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].sp
   app.get('/bench/admitted', async () => ({ admitted, lastAdmittedAt }))
   // The process's CPU time so far (user + system, microseconds): CPU per call, which load elsewhere on the machine disturbs less than throughput.
   app.get('/bench/cpu', async () => { const { user, system } = process.cpuUsage(); return { micros: user + system } })
+  // A CPU profile of what runs between start and stop (bench/gate-profile.ts): the inspector in this process, so loading the modules is not in it.
+  const profiler = new Session()
+  profiler.connect()
+  await profiler.post('Profiler.enable')
+  app.post('/bench/profile/start', async () => { await profiler.post('Profiler.start'); return { started: true } })
+  app.post('/bench/profile/stop', async () => (await profiler.post('Profiler.stop')).profile)
   const address = await app.listen({ port: 0, host: '127.0.0.1' })
   process.once('SIGTERM', () => { void app.close().then(() => process.exit(0)) })
   process.stdout.write(`listening ${address}\n`)

@@ -51,10 +51,10 @@ export async function throughput (concurrency: number, durationMs: number, worke
 
 export const fmt = (value: number, digits = 2) => value.toFixed(digits)
 
-/** Starts bench/gateway-server.ts on the database as a process of its own; resolves with its address. */
-export async function startBenchGateway (databaseUrl: string, env: Record<string, string> = {}): Promise<{ url: string, child: ChildProcess }> {
+/** Starts bench/gateway-server.ts on the database as a process of its own (node run with `nodeArgs` first); resolves with its address. */
+export async function startBenchGateway (databaseUrl: string, env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<{ url: string, child: ChildProcess }> {
   const script = new URL('./gateway-server.ts', import.meta.url).pathname
-  const child = spawn(process.execPath, ['--import', 'tsx', script], { env: { ...process.env, ...env, DATABASE_URL: databaseUrl }, stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', script], { env: { ...process.env, ...env, DATABASE_URL: databaseUrl }, stdio: ['ignore', 'pipe', 'inherit'] })
   for await (const line of createInterface({ input: child.stdout! })) {
     const url = /^listening (\S+)/.exec(line)?.[1]
     if (url !== undefined) { child.stdout!.resume(); return { url, child } }
