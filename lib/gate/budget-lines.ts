@@ -27,6 +27,8 @@ const POLL_IDLE_MS = 5000
 
 interface Cached {
   line: Promise<{ line: BudgetTerms[], definitionsVersion: number }>
+  /** The line once its load has answered: what lineNow hands out without waiting. */
+  loaded?: { line: BudgetTerms[], definitionsVersion: number }
   validUntil: number
   /** The count of changes heard when the load began: a load that a change overtook is not kept. */
   generation: number
@@ -39,6 +41,13 @@ export interface CachedLine {
   validUntil: number
   /** The definitions' version the line was loaded under: a statement that sees a newer one knows it is stale. */
   definitionsVersion: number
+}
+
+/** The cache's key for a call's line: its scopes, its model and its tags. */
+function keyOf (call: CallFilter): string {
+  let key = ''
+  for (const scope of call.scopes) key += `${scope.type}\u0000${scope.id}\u0001`
+  return `${key}${call.model ?? ''}\u0001${canonicalTags(call.tags)}`
 }
 
 export function createBudgetLines (reservations: LineRepository, versions: DefinitionsVersion, currency: string, log: Logger) {
@@ -86,9 +95,23 @@ export function createBudgetLines (reservations: LineRepository, versions: Defin
   }
 
   return {
+    /**
+     * lineOf when nothing needs waiting for: the call's line is cached, loaded and good, and the version was
+     * read fresh enough. Null otherwise (lineOf then reads or loads what is needed).
+     */
+    lineNow (call: CallFilter): CachedLine | null {
+      const asked = Date.now()
+      if (asked - checkedAt > VERSION_FRESH_MS) return null
+      const key = keyOf(call)
+      const cached = lines.get(key)
+      if (cached?.loaded === undefined || asked >= cached.validUntil) return null
+      keepPolling(asked)
+      return { key, line: cached.loaded.line, validUntil: cached.validUntil, definitionsVersion: cached.loaded.definitionsVersion }
+    },
+
     /** The call's line (its caller's, for its model and tags), from the process's cache when it is still good. */
     async lineOf (call: CallFilter): Promise<CachedLine> {
-      const key = [...call.scopes.map((scope) => `${scope.type}\u0000${scope.id}`), call.model ?? '', canonicalTags(call.tags)].join('\u0001')
+      const key = keyOf(call)
       const asked = Date.now()
       keepPolling(asked)
       await versionFresh(asked) // a change it reveals forgets the lines (and the leases) before any is used
@@ -111,6 +134,7 @@ export function createBudgetLines (reservations: LineRepository, versions: Defin
         for (const budget of line) entry.validUntil = Math.min(entry.validUntil, budget.periodEnd.getTime())
         // A load that a change overtook (seen here or by another statement) is used once, not kept.
         if ((entry.generation !== versions.generation || definitionsVersion < versions.seen) && lines.get(key) === entry) lines.delete(key)
+        else entry.loaded = { line, definitionsVersion }
         return { key, line, validUntil: entry.validUntil, definitionsVersion }
       } catch (error) {
         lines.delete(key)

@@ -8,7 +8,7 @@ import { BudgetNotFoundError, DatabaseUnavailableError } from '../kernel/errors.
 import { checkStorableString } from '../kernel/json-limits.js'
 import type { BudgetDefinition } from '../kernel/schemas.js'
 import { parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
-import type { BudgetTerms } from './budget-terms.js'
+import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
 import type { Hold } from './hold-repository.js'
 import type { CallFilter } from './line-repository.js'
 import type { StandingRepository } from './standing-repository.js'
@@ -16,7 +16,7 @@ import type { SweeperRepository } from './sweeper-repository.js'
 import type { BudgetLines } from './budget-lines.js'
 import type { DefinitionsVersion } from './definitions-version.js'
 import type { HeldShare, HoldQueue } from './holds.js'
-import type { Admission, Leases } from './leases.js'
+import { decidedOn, type Admission, type Leases } from './leases.js'
 import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
 import { sweptBeforeSettling, type SettleOutcome, type SettlementQueue } from './settlements.js'
 import type { Settlement } from './settlement-repository.js'
@@ -81,21 +81,38 @@ function usedTokens (metadata: Record<string, unknown>): number | null {
   return typeof inputTokens === 'number' && typeof outputTokens === 'number' ? inputTokens + outputTokens : null
 }
 
+/** What a lease's take decides for calls to one model: the same for every estimate, since the take fits the call whatever it is (Admission.take). */
+interface TakeDecision { canProceed: boolean, activeActions: readonly string[], downgradeTo: string | null }
+
 /**
- * A leased call's check. It is DECIDED on the lease's take (admission.decidedOn): the lease never spans a
- * threshold whose alert does more than notify, and its slice holds the call. The window ledger's numbers
+ * A leased call's check. It is DECIDED on the lease's take (decidedOn): the lease never spans a threshold
+ * whose alert does more than notify, and its slice holds the call. The window ledger's numbers
  * (admission.numbers: fresher, but counted by this process alone, window-ledger.ts) only feed what the check
  * reports: remaining, the binding budget, its spend and reservations. Where they would refuse the call or
  * bring an action into force that the take did not, they are not reported, and the take's decision is.
+ * The take's decision does not depend on the estimate (every number but the estimate is the take's, and
+ * the call fits), so it is made once per take and model (`decisions`), and a call runs one decide().
  */
-function leasedCheck (line: BudgetTerms[], admission: Admission, estimate: Money, policy: ModelPolicy | undefined): BudgetConstraintCheck {
-  const decided = decide(line, admission.decidedOn, estimate, policy)
-  if (!decided.canProceed) return decided
-  const reported = decide(line, admission.numbers, estimate, policy)
-  const sameActions = reported.activeActions.length === decided.activeActions.length && reported.activeActions.every((action) => decided.activeActions.includes(action))
-  if (!reported.canProceed || !sameActions || reported.downgradeTo !== decided.downgradeTo) return decided
-  return reported
+function leasedCheck (line: BudgetTerms[], admission: Admission, estimate: Money, policy: ModelPolicy | undefined,
+  decisions: WeakMap<readonly BudgetNumbers[], Map<string, TakeDecision>>): BudgetConstraintCheck {
+  let byModel = decisions.get(admission.take)
+  if (byModel === undefined) decisions.set(admission.take, byModel = new Map())
+  const model = policy === undefined ? '' : `:${policy.model}`
+  let taken = byModel.get(model)
+  if (taken === undefined) {
+    const { canProceed, activeActions, downgradeTo } = decide(line, decidedOn(admission), estimate, policy)
+    byModel.set(model, taken = { canProceed, activeActions, downgradeTo })
+  }
+  if (taken.canProceed) {
+    const reported = decide(line, admission.numbers, estimate, policy)
+    const sameActions = reported.activeActions.length === taken.activeActions.length && reported.activeActions.every((action) => taken.activeActions.includes(action))
+    if (reported.canProceed && sameActions && reported.downgradeTo === taken.downgradeTo) return reported
+  }
+  return decide(line, decidedOn(admission), estimate, policy)
 }
+
+/** What stands for a hold when a lease admitted the call (one object for all of them, never changed). */
+const LEASED: Hold = { current: true, reserved: true, numbers: [], definitionsVersion: -1 }
 
 /** The decision for a call a rate limit refused: no money was looked at. */
 function rateLimitedCheck (refusal: RateRefusal, estimate: Money): BudgetConstraintCheck {
@@ -268,7 +285,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       try {
         // A line with a budget in another currency is held call by call (each hold converts at the rate in force).
         const admission = line.every((budget) => budget.currency === options.currency) ? await leases.admit(key, line, validUntil, estimate) : null
-        if (admission !== null) return { reservationId, line, admission, hold: { current: true, reserved: true, numbers: [], definitionsVersion: -1 }, rate }
+        if (admission !== null) return { reservationId, line, admission, hold: LEASED, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
         versions.observe(hold.definitionsVersion)
         if (hold.reserved) holdsMade.set(reservationId, { requestId, budgetIds: line.map((budget) => budget.budgetId), held: hold.held, at: Date.now() })
@@ -287,6 +304,27 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       if (attempt > 2) await new Promise((resolve) => setTimeout(resolve, Math.min(LINE_PAUSE_MS, 5 * attempt, Math.max(0, deadline - Date.now()))))
     }
   }
+
+  /**
+   * admitOrHold when the call can be admitted now from its line's lease: the line cached and current, every
+   * rate allowance covering the call, the lease holding room for it. Null when anything would need a
+   * statement or a wait: admitOrHold then does it all (and what this took, it gives back first).
+   */
+  function admitNow (call: CallFilter, estimate: Money, tokens: number): Admitted | null {
+    const cached = lines.lineNow(call)
+    if (cached === null || cached.line.length === 0 || !cached.line.every((budget) => budget.currency === options.currency)) return null
+    const rate = rateLimits.admitNow(cached.line, tokens)
+    if (rate === null) return null
+    const admission = leases.admitNow(cached.key, cached.line, estimate)
+    if (admission === null) {
+      rateLimits.end(rate, null)
+      return null
+    }
+    return { reservationId: randomUUID(), line: cached.line, admission, hold: LEASED, rate }
+  }
+
+  // The decisions of lease takes, by take and model (leasedCheck).
+  const takeDecisions = new WeakMap<readonly BudgetNumbers[], Map<string, TakeDecision>>()
 
   return {
     /**
@@ -320,7 +358,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       const call = callOf(caller, model)
       const policy = model === undefined ? undefined : { ...options.models, model }
       if (call.scopes.length === 0) return { check: decide([], [], estimate, policy), reservationId: null }
-      const { reservationId, line, admission, hold: result, rate } = await withDeadline(
+      // A hot line with room is admitted here, in memory, with nothing to wait for (and so no deadline).
+      const { reservationId, line, admission, hold: result, rate } = admitNow(call, estimate, tokens) ?? await withDeadline(
         admitOrHold(call, estimate, requestId, tokens, Date.now() + options.timeoutMs),
         // Answered too late for the caller, who was refused: give back what it took.
         async (late) => {
@@ -331,10 +370,10 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       )
       if (isRateRefusal(rate)) return { check: rateLimitedCheck(rate, estimate), reservationId: null, rateLimited: rate }
       if (admission !== null) {
-        const check = leasedCheck(line, admission, estimate, policy)
+        const check = leasedCheck(line, admission, estimate, policy, takeDecisions)
         if (check.canProceed) {
           admitted.set(reservationId, { admission, requestId })
-          rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
+          if (rate.taken.length > 0) rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
           return { check, reservationId }
         }
         // A lease never spans an action's threshold, so this does not happen; refuse as a hold would.
@@ -345,7 +384,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       if (!result.current) { rateLimits.end(rate, null); throw new DatabaseUnavailableError() } // the line changed under every try
       const check = decide(line, result.numbers, estimate, policy)
       if (line.length === 0) return { check, reservationId: null } // no budget applies to this caller
-      if (result.reserved && check.canProceed) rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
+      if (result.reserved && check.canProceed && rate.taken.length > 0) rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
       else rateLimits.end(rate, null)
       if (result.reserved && !check.canProceed) {
         // Room enough, but an alert action (block-all, require-approval, restrict-models) refuses: undo the reservation.

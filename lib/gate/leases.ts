@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto'
 import type { Logger } from '../kernel/logger.js'
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
 import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
-import type { LeaseNumbers, LeaseRepository } from './lease-repository.js'
+import type { LeaseRepository } from './lease-repository.js'
 import type { LeasedSettlement } from './settlement-repository.js'
 import type { SettleOutcome, SettlementQueue } from './settlements.js'
 import type { WindowLedger } from './window-ledger.js'
@@ -39,8 +39,11 @@ interface Lease {
   ended: boolean
   /** A take with a grant has landed: its rows are in PostgreSQL (until the final return, or a sweep). */
   landed: boolean
-  /** Each budget's numbers as the last take measured them under its lock. */
-  numbers: Map<string, LeaseNumbers>
+  /**
+   * Each budget's numbers as the last take measured them under its lock, in the line's order, as a call is
+   * decided on them (no approval, no projected crossing, a fit: see Admission.take). A new array each take.
+   */
+  taken: BudgetNumbers[]
   /** Units its rows hold in PostgreSQL as far as this process knows: what its takes granted, less what settlements drew and returns gave back. */
   held: bigint
   /** Return numbers given so far (budget_lease_return applies each number once: a retry sends the same one). */
@@ -60,16 +63,23 @@ export interface Admission {
   estimate: bigint
   admittedAt: Date
   /**
-   * The numbers the call is decided on: each window's as the lease's last take measured them under its lock,
-   * with the call's estimate, which fits (the slice holds it). The take never spans a threshold whose alert
-   * does more than notify, so no action the call could meet comes into force inside the lease.
+   * The numbers the call is decided on (decidedOn, with its estimate): each window's as the lease's last take
+   * measured them under its lock, and a fit (the slice holds the call). The take never spans a threshold whose
+   * alert does more than notify, so no action the call could meet comes into force inside the lease. The same
+   * array for every call of one take, so a decision on it can be kept per take (lib/gate/integration.ts).
    */
-  decidedOn: BudgetNumbers[]
+  take: readonly BudgetNumbers[]
   /**
    * The numbers the call reports: each window's spend and reservations as this process knows them now
    * (window-ledger.ts; the whole slice still reserved, as PostgreSQL has it), the take's where it knows none.
    */
   numbers: BudgetNumbers[]
+}
+
+/** The numbers a leased call is decided on: its lease's take, with the call's estimate. */
+export function decidedOn (admission: Admission): BudgetNumbers[] {
+  const estimate = fromUnits(admission.estimate)
+  return admission.take.map((taken) => ({ ...taken, estimate }))
 }
 
 export function createLeases (reservations: LeaseRepository, settlements: SettlementQueue, ledger: WindowLedger,
@@ -174,11 +184,12 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
     const slice = toUnits(granted.granted)
     lease.available += slice
     lease.held += slice
-    lease.numbers = new Map(granted.budgets.map((budget) => [budget.budgetId, budget]))
+    const measured = new Map(granted.budgets.map((budget) => [budget.budgetId, budget]))
+    lease.taken = lease.line.map((budget) => ({ ...measured.get(budget.budgetId)!, approvedThrough: null, projectedActions: [], fits: true, estimate: null, outOfRange: false }))
     // The take reports each window's reservations without this slice; the window holds it now.
     for (const budget of lease.line) {
-      const measured = lease.numbers.get(budget.budgetId)
-      if (measured !== undefined) ledger.measured(budget.budgetId, budget.periodStart, measured.currentAmount, fromUnits(toUnits(measured.reservedAmount) + slice), sentAt)
+      const numbers = measured.get(budget.budgetId)
+      if (numbers !== undefined) ledger.measured(budget.budgetId, budget.periodStart, numbers.currentAmount, fromUnits(toUnits(numbers.reservedAmount) + slice), sentAt)
     }
     options.observe(granted.definitionsVersion)
     if (lease.returning) giveBack(lease)
@@ -237,6 +248,32 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
     }
   }, Math.min(500, Math.max(50, Math.floor(options.ttlMs / 6))))
 
+  /** Takes the call's estimate out of the lease's slice, which holds it; tops the slice up before it runs dry. */
+  function admitFrom (lease: Lease, estimate: Money, units: bigint, now: number): Admission {
+    lease.available -= units
+    lease.unsettled++
+    lease.lastUse = now
+    // Top up before the slice runs dry, so calls do not wait for the statement that does it.
+    if (lease.available < units * FEWEST_CALLS && lease.taking === null && !lease.returning) {
+      topUp(lease, units).catch((error: unknown) => { log.warn({ err: error, leaseId: lease.id }, 'topping up a budget lease failed') })
+    }
+    // A lease is taken only on a line in the gate's currency (so the estimate is the call's own) and never
+    // reaches a threshold whose alert does more than notify (sql/functions/leases.sql): the take reads no
+    // approval and no projected crossing, and the call fits, since the slice already holds it. It is
+    // decided on the take's numbers. It reports the freshest this process knows (window-ledger.ts), the
+    // take's otherwise: the whole slice counts as reserved, as it does in PostgreSQL, so the call reports
+    // what a hold would (what is left before its estimate), and the same binding budget as a read of the windows now.
+    const take = lease.taken
+    const numbers: BudgetNumbers[] = new Array(take.length)
+    for (let index = 0; index < take.length; index++) {
+      const taken = take[index]!
+      const known = ledger.numbersOf(taken.budgetId, lease.line[index]!.periodStart)
+      numbers[index] = known === undefined ? { ...taken, estimate } : { ...taken, estimate, currentAmount: known.currentAmount, reservedAmount: known.reservedAmount }
+    }
+    const admittedAt = new Date(Math.min(Math.max(now, lease.windowStart), lease.windowEnd - 1))
+    return { lease, estimate: units, admittedAt, take, numbers }
+  }
+
   return {
     /**
      * Admits a call from the line's lease, taking or topping up the lease when the line is hot. Null
@@ -257,7 +294,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       if (lease === undefined) {
         if (!isHot(previous, now) || line.length === 0) return null
         lease = {
-          id: randomUUID(), line, validUntil, available: 0n, held: 0n, returnsNumbered: 0, returns: Promise.resolve(), unsettled: 0, settlementFailed: false, ended: false, landed: false, numbers: new Map(), returning: false, taking: null, lastUse: now, renewedAt: now,
+          id: randomUUID(), line, validUntil, available: 0n, held: 0n, returnsNumbered: 0, returns: Promise.resolve(), unsettled: 0, settlementFailed: false, ended: false, landed: false, taken: [], returning: false, taking: null, lastUse: now, renewedAt: now,
           windowStart: Math.max(...line.map((budget) => budget.periodStart.getTime())),
           windowEnd: Math.min(...line.map((budget) => budget.periodEnd.getTime()))
         }
@@ -268,28 +305,22 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
         await (lease.taking ?? topUp(lease, units))
         if (lease.returning || lease.available < units) return null
       }
-      lease.available -= units
-      lease.unsettled++
-      lease.lastUse = now
-      // Top up before the slice runs dry, so calls do not wait for the statement that does it.
-      if (lease.available < units * FEWEST_CALLS && lease.taking === null && !lease.returning) {
-        const topping = lease
-        topUp(topping, units).catch((error: unknown) => { log.warn({ err: error, leaseId: topping.id }, 'topping up a budget lease failed') })
-      }
-      // A lease is taken only on a line in the gate's currency (so the estimate is the call's own) and never
-      // reaches a threshold whose alert does more than notify (sql/functions/leases.sql): the take reads no
-      // approval and no projected crossing, and the call fits, since the slice already holds it. It is
-      // decided on the take's numbers. It reports the freshest this process knows (window-ledger.ts), the
-      // take's otherwise: the whole slice counts as reserved, as it does in PostgreSQL, so the call reports
-      // what a hold would (what is left before its estimate), and the same binding budget as a read of the windows now.
-      const decidedOn: BudgetNumbers[] = line.map((budget) => ({
-        ...lease!.numbers.get(budget.budgetId)!, approvedThrough: null, projectedActions: [], fits: true, estimate, outOfRange: false
-      }))
-      const numbers: BudgetNumbers[] = decidedOn.map((taken, index) => ({ ...taken, ...ledger.numbersOf(taken.budgetId, line[index]!.periodStart) }))
-      const admittedAt = new Date(Math.min(Math.max(now, lease.windowStart), lease.windowEnd - 1))
-      return { lease, estimate: units, admittedAt, decidedOn, numbers }
+      return admitFrom(lease, estimate, units, now)
     },
 
+    /**
+     * admit() when nothing needs waiting for: the line's lease is current and has room for the call now.
+     * Null otherwise (admit() then decides, and may take or top up the lease).
+     */
+    admitNow (key: string, line: BudgetTerms[], estimate: Money): Admission | null {
+      const lease = leases.get(key)
+      const now = Date.now()
+      if (lease === undefined || lease.line !== line || now >= lease.validUntil) return null
+      const units = toUnits(estimate)
+      if (lease.available < units) return null
+      lastCall.set(key, now)
+      return admitFrom(lease, estimate, units, now)
+    },
     /**
      * Ends an admitted call: charges `actualCost` in full (null: nothing was served) and frees what is
      * left of its estimate (a call that cost more takes the difference from the slice). Resolves with

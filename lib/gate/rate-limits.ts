@@ -47,6 +47,9 @@ export interface RateRefusal {
   tooLarge: boolean
 }
 
+/** What a call on a line that no budget rate-limits takes: nothing (one object for all of them, never changed). */
+const NOTHING_TAKEN: RateAdmission = { taken: [] }
+
 const limits = (budget: BudgetTerms) => budget.requestsPerMinute !== null || budget.tokensPerMinute !== null
 
 export function createRateLimits (reservations: RateRepository, log: Logger) {
@@ -149,6 +152,27 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       'giving back rate-limit allowance failed: those budgets admit fewer calls until their buckets refill, within a minute', { budgetIds: back.map((b) => b.budgetId), allowance: back })])
   }
 
+  /** Takes the call's need from every limiting budget's allowance, which covers it; tops up the hot ones before they run dry. */
+  function takeCovered (limited: BudgetTerms[], tokens: number, now: number): RateAdmission {
+    const low: BudgetTerms[] = []
+    const taken = limited.map((budget) => {
+      const allowance = allowanceOf(budget.budgetId)
+      const wanted = need(budget, tokens)
+      const hot = isHot(allowance.lastUse, now)
+      allowance.requests -= wanted.requests
+      allowance.tokens -= wanted.tokens
+      allowance.lastUse = now
+      // On a hot budget, top up before the allowance runs dry, so calls do not wait for the statement.
+      if (hot && allowance.taking === null && !covers(allowance, { requests: wanted.requests * LOW_WATER_CALLS, tokens: wanted.tokens * LOW_WATER_CALLS })) low.push(budget)
+      return { budgetId: budget.budgetId, ...wanted, limitsTokens: budget.tokensPerMinute !== null }
+    })
+    if (low.length > 0) {
+      void bestEffort(log, async () => { await topUp(low, tokens, now) },
+        'topping up a rate-limit allowance in the background failed: the next call takes its own', { budgetIds: low.map((budget) => budget.budgetId) })
+    }
+    return { taken }
+  }
+
   return {
     /**
      * Takes one request and `tokens` from every rate-limited budget of the line, or nothing: then the
@@ -156,7 +180,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
      */
     async admit (line: BudgetTerms[], tokens: number): Promise<RateAdmission | RateRefusal> {
       const limited = line.filter(limits)
-      if (limited.length === 0) return { taken: [] }
+      if (limited.length === 0) return NOTHING_TAKEN
       const now = Date.now()
       // Waiting for another call's statement on a budget costs no try; at most two statements of our own.
       for (let ownTakes = 0, rounds = 0; ; rounds++) {
@@ -172,24 +196,23 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
         ownTakes++
         await topUp(short, tokens, now)
       }
-      const low: BudgetTerms[] = []
-      const taken = limited.map((budget) => {
-        const allowance = allowanceOf(budget.budgetId)
-        const wanted = need(budget, tokens)
-        const hot = isHot(allowance.lastUse, now)
-        allowance.requests -= wanted.requests
-        allowance.tokens -= wanted.tokens
-        allowance.lastUse = now
-        // On a hot budget, top up before the allowance runs dry, so calls do not wait for the statement.
-        if (hot && allowance.taking === null && !covers(allowance, { requests: wanted.requests * LOW_WATER_CALLS, tokens: wanted.tokens * LOW_WATER_CALLS })) low.push(budget)
-        return { budgetId: budget.budgetId, ...wanted, limitsTokens: budget.tokensPerMinute !== null }
-      })
-      if (low.length > 0) {
-        void bestEffort(log, async () => { await topUp(low, tokens, now) },
-          'topping up a rate-limit allowance in the background failed: the next call takes its own', { budgetIds: low.map((budget) => budget.budgetId) })
-      }
-      return { taken }
+      return takeCovered(limited, tokens, now)
     },
+
+    /**
+     * admit() when nothing needs waiting for: no budget of the line limits the rate, or every allowance
+     * covers the call now. Null otherwise (admit() then takes from the buckets, or refuses).
+     */
+    admitNow (line: BudgetTerms[], tokens: number): RateAdmission | null {
+      if (!line.some(limits)) return NOTHING_TAKEN
+      const limited = line.filter(limits)
+      for (const budget of limited) {
+        const allowance = allowances.get(budget.budgetId)
+        if (allowance === undefined || !covers(allowance, need(budget, tokens))) return null
+      }
+      return takeCovered(limited, tokens, Date.now())
+    },
+
 
     /**
      * Ends an admitted call: `usedTokens` is what it used (null: it was not served, so its request and

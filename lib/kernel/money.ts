@@ -48,12 +48,38 @@ export function parsePositiveMoney (value: unknown, field: string): Money {
   return money
 }
 
+// 10^(MONEY_SCALE - digits): what a fraction of `digits` digits is multiplied by to make units.
+const FRACTION_SCALE = Array.from({ length: MONEY_SCALE + 1 }, (_, digits) => 10 ** (MONEY_SCALE - digits))
+// Digits a double holds exactly as an integer (2^53 has 16).
+const EXACT_DIGITS = 15
+
 /** The amount in units of 10^-MONEY_SCALE. Input must be a plain decimal (as stored or parsed). */
 export function toUnits (decimal: string): bigint {
-  const negative = decimal.startsWith('-')
-  const [integer = '0', fraction = ''] = (negative ? decimal.slice(1) : decimal).split('.')
-  const units = BigInt(integer) * SCALE_FACTOR + BigInt((fraction + '0'.repeat(MONEY_SCALE)).slice(0, MONEY_SCALE))
+  const negative = decimal.charCodeAt(0) === 45 // '-'
+  const start = negative ? 1 : 0
+  const point = decimal.indexOf('.', start)
+  const integerEnd = point === -1 ? decimal.length : point
+  const fractionEnd = point === -1 ? point : Math.min(decimal.length, point + 1 + MONEY_SCALE)
+  let units: bigint
+  // The gate reads amounts on every call: short ones of digits only are read through doubles, exact at these
+  // lengths (an integer of at most 15 digits, a fraction of at most 10 times a power of ten below 10^10).
+  if (integerEnd - start <= EXACT_DIGITS && digitsOnly(decimal, start, integerEnd) && (point === -1 || digitsOnly(decimal, point + 1, decimal.length))) {
+    const integer = integerEnd === start ? 0 : Number(decimal.slice(start, integerEnd))
+    const fraction = point === -1 || fractionEnd === point + 1 ? 0 : Number(decimal.slice(point + 1, fractionEnd)) * FRACTION_SCALE[fractionEnd - point - 1]!
+    units = BigInt(integer) * SCALE_FACTOR + BigInt(fraction)
+  } else {
+    const [integer = '0', fraction = ''] = (negative ? decimal.slice(1) : decimal).split('.')
+    units = BigInt(integer) * SCALE_FACTOR + BigInt((fraction + '0'.repeat(MONEY_SCALE)).slice(0, MONEY_SCALE))
+  }
   return negative ? -units : units
+}
+
+function digitsOnly (text: string, from: number, to: number): boolean {
+  for (let index = from; index < to; index++) {
+    const code = text.charCodeAt(index)
+    if (code < 48 || code > 57) return false
+  }
+  return true
 }
 
 export function fromUnits (units: bigint): Money {

@@ -4,6 +4,9 @@
 // status cache in one query, never by summing usage. Their cardinality is bounded: the budgets marked
 // `metrics: true` and the top `topBudgets` by spend in their current window, never one series a caller.
 // Gauge values are floats, as Prometheus keeps them: for watching, never for money arithmetic.
+// The gate's own series are kept in plain numbers and a buffer of timings as calls happen, and handed
+// to prom-client when scraped (its collect()): a call pays an array write, not a label lookup and a
+// bucket search per observation.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
 import { remainingUnits, type MetricBudget } from '../usage/index.js'
@@ -21,28 +24,32 @@ export type GateOutcome = 'allowed' | 'unchecked' | 'refused' | 'rate_limited' |
 
 export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promise<MetricBudget[]>, options: MetricsOptions, currency = 'USD') {
   const registry = new Registry()
-  const decisions = new Counter({
+  // Decisions by outcome and code, counted since the last scrape.
+  const decided = new Map<string, { outcome: GateOutcome, code: string, count: number }>()
+  new Counter({
     name: 'relaycore_budget_gate_decisions_total',
     help: 'Gated calls by outcome and by the code of a refusal.',
     labelNames: ['outcome', 'code'] as const,
-    registers: [registry]
+    registers: [registry],
+    collect () {
+      for (const entry of decided.values()) {
+        if (entry.count > 0) this.inc({ outcome: entry.outcome, code: entry.code }, entry.count)
+        entry.count = 0
+      }
+    }
   })
-  const reservationSeconds = new Histogram({
-    name: 'relaycore_budget_gate_reservation_seconds',
-    help: 'Time from a gated call\'s arrival at the gate to its decision (rate limits, lease or hold).',
-    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
-    registers: [registry]
-  })
-  const settlementSeconds = new Histogram({
-    name: 'relaycore_budget_gate_settlement_seconds',
-    help: 'Time from a call\'s end to its settlement committing (group commit included).',
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
-    registers: [registry]
-  })
-  const liveReservations = new Gauge({
+  const reservationSeconds = timings(registry, 'relaycore_budget_gate_reservation_seconds',
+    'Time from a gated call\'s arrival at the gate to its decision (rate limits, lease or hold).',
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5])
+  const settlementSeconds = timings(registry, 'relaycore_budget_gate_settlement_seconds',
+    'Time from a call\'s end to its settlement committing (group commit included).',
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10])
+  let live = 0
+  new Gauge({
     name: 'relaycore_budget_gate_live_reservations',
     help: 'Calls this process admitted whose settlement has not committed yet.',
-    registers: [registry]
+    registers: [registry],
+    collect () { this.set(live) }
   })
   const sweeperRuns = new Counter({ name: 'relaycore_budget_sweeper_runs_total', help: 'Runs of the expired-reservation sweeper.', registers: [registry] })
   const swept = new Counter({ name: 'relaycore_budget_sweeper_swept_total', help: 'Expired reservations swept and counted as spent.', registers: [registry] })
@@ -108,7 +115,10 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
     registry,
     /** Counts a gated call's outcome; `code` is the refusal's (budget_exceeded, invalid_scope, …), '' when allowed. */
     decision (outcome: GateOutcome, code = ''): void {
-      decisions.inc({ outcome, code })
+      const key = `${outcome} ${code}`
+      const entry = decided.get(key)
+      if (entry !== undefined) entry.count++
+      else decided.set(key, { outcome, code, count: 1 })
     },
     /** A served call that no budget covered, once its record is stored: counted, and its cost added exactly. */
     unbudgeted (cost: Money, basis: CostBasis): void {
@@ -116,15 +126,15 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
       unbudgetedUnits += toUnits(cost)
     },
     /** Starts timing a reservation; call the result when it is decided. */
-    reservationTimer: () => reservationSeconds.startTimer(),
+    reservationTimer: reservationSeconds.startTimer,
     /** A call admitted with a reservation: live until its settlement commits (`settled`). */
     admitted (): () => void {
-      liveReservations.inc()
+      live++
       let done = false
-      return () => { if (!done) { done = true; liveReservations.dec() } }
+      return () => { if (!done) { done = true; live-- } }
     },
     /** Times a settlement from the call's end to its commit. */
-    settlementTimer: () => settlementSeconds.startTimer(),
+    settlementTimer: settlementSeconds.startTimer,
     sweeperRan (count: number): void {
       sweeperRuns.inc()
       swept.inc(count)
@@ -137,3 +147,37 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
 }
 
 export type BudgetMetrics = ReturnType<typeof createBudgetMetrics>
+
+/** Timings kept between two scrapes; past it they are handed to the histogram at once. */
+const MOST_TIMINGS_KEPT = 65_536
+
+/**
+ * A histogram whose observations wait in a buffer until a scrape hands them to prom-client. Past
+ * MOST_TIMINGS_KEPT (no scrape for a long while) the oldest are folded in at once, so memory stays bounded.
+ */
+function timings (registry: Registry, name: string, help: string, buckets: number[]) {
+  const kept = new Float64Array(MOST_TIMINGS_KEPT)
+  let count = 0
+  const histogram: Histogram = new Histogram({
+    name,
+    help,
+    buckets,
+    registers: [registry],
+    collect () { flush() }
+  })
+  function flush (): void {
+    for (let index = 0; index < count; index++) histogram.observe(kept[index]!)
+    count = 0
+  }
+  function observe (seconds: number): void {
+    if (count === MOST_TIMINGS_KEPT) flush()
+    kept[count++] = seconds
+  }
+  return {
+    /** Starts timing; the function it returns observes the seconds since. */
+    startTimer (): () => void {
+      const start = performance.now()
+      return () => { observe((performance.now() - start) / 1000) }
+    }
+  }
+}

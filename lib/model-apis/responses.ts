@@ -369,6 +369,7 @@ export const responsesApi: ModelApi = {
   estimate: estimateResponsesCost,
   outputLimit,
   usageFromBody: (payload, requestedModel) => usageOf(parse(payload), requestedModel),
+  usageFromObject: usageOf,
   streamUsage,
   errorBody: openAIErrorBody,
   forwarded: atListPriceTier

@@ -68,7 +68,22 @@ export function remainingUnits (limit: bigint, current: bigint, reserved: bigint
  * to the same answers.
  */
 export function percentReached (amount: Money, limit: Money, percent: number): boolean {
-  return toUnits(amount) * 100n * SCALE >= toUnits(numberToDecimal(percent)) * toUnits(limit)
+  return toUnits(amount) * 100n * SCALE >= percentUnits(percent) * toUnits(limit)
+}
+
+// A budget's thresholds are few and read on every gated call: each is made units once.
+const PERCENT_UNITS = new Map<number, bigint>()
+const MOST_PERCENTS_KEPT = 1024
+
+/** `percent` in units, exactly (1e-7 as 0.0000001). */
+function percentUnits (percent: number): bigint {
+  let units = PERCENT_UNITS.get(percent)
+  if (units === undefined) {
+    units = toUnits(numberToDecimal(percent))
+    if (PERCENT_UNITS.size >= MOST_PERCENTS_KEPT) PERCENT_UNITS.clear()
+    PERCENT_UNITS.set(percent, units)
+  }
+  return units
 }
 
 /** The alerts on the spend (basis `current`) that `spent` reaches; projected ones are read from their recorded crossings. */
@@ -86,13 +101,26 @@ export function currentAlertsReached (alerts: BudgetAlert[], spent: Money, limit
  */
 export function budgetHealth (spent: Money, limit: Money, alerts: BudgetAlert[], actionsInForce: readonly AlertAction[] = []): BudgetHealth {
   if (actionsInForce.includes('block-all')) return 'blocked'
-  const below100 = alerts.map((alert) => alert.threshold).filter((threshold) => threshold < 100).sort((a, b) => a - b)
-  const warningAt = below100[0] ?? DEFAULT_WARNING_PERCENT
-  const criticalAt = below100.length >= 2 ? below100[below100.length - 1]! : Math.max(DEFAULT_CRITICAL_PERCENT, warningAt)
+  const { warningAt, criticalAt } = healthThresholds(alerts)
   if (percentReached(spent, limit, 100)) return 'exceeded'
   if (percentReached(spent, limit, criticalAt)) return 'critical'
   if (percentReached(spent, limit, warningAt)) return 'warning'
   return 'normal'
+}
+
+// A line's alerts are the same array on every call (the cached line's): their thresholds are sorted once.
+const THRESHOLDS = new WeakMap<BudgetAlert[], { warningAt: number, criticalAt: number }>()
+
+/** Where a budget with these alerts turns `warning` and `critical` (budgetHealth's rule). */
+function healthThresholds (alerts: BudgetAlert[]): { warningAt: number, criticalAt: number } {
+  let thresholds = THRESHOLDS.get(alerts)
+  if (thresholds === undefined) {
+    const below100 = alerts.map((alert) => alert.threshold).filter((threshold) => threshold < 100).sort((a, b) => a - b)
+    const warningAt = below100[0] ?? DEFAULT_WARNING_PERCENT
+    thresholds = { warningAt, criticalAt: below100.length >= 2 ? below100[below100.length - 1]! : Math.max(DEFAULT_CRITICAL_PERCENT, warningAt) }
+    THRESHOLDS.set(alerts, thresholds)
+  }
+  return thresholds
 }
 
 export function computeStatus (input: StatusInput): BudgetStatusInfo {

@@ -27,30 +27,32 @@ export function chargeFor (admitted: boolean, usage: TokenUsage | null, statusCo
   return { cost: estimate, basis: 'estimate', reason: 'no-usage' }
 }
 
-/** The metadata of a gated call's usage record, budgeted or not: what it called, what it used, what it was charged by, and who called. */
+/**
+ * The metadata of a gated call's usage record, budgeted or not: what it called, what it used, what it was
+ * charged by, and who called. Built field by field (made for every call: no spread of a temporary object).
+ */
 export function usageMetadata (state: BudgetGateState, usage: TokenUsage | null, pricedModel: string | undefined, charge: Charge): UsageMetadata {
   const modelId = pricedModel ?? state.model
-  return {
-    modelId,
-    ...(usage !== null && usage.model !== modelId ? { upstreamModel: storable(usage.model) } : {}),
-    ...(state.downgradedFrom === null ? {} : { requestedModel: state.downgradedFrom }),
-    ...(state.clampedMaxTokens === null ? {} : { clampedMaxTokens: state.clampedMaxTokens }),
-    inputTokens: usage?.inputTokens,
-    outputTokens: usage?.outputTokens,
-    ...(usage?.cachedInputTokens === undefined ? {} : { cachedInputTokens: usage.cachedInputTokens }),
-    ...(usage?.cacheWriteTokens === undefined ? {} : { cacheWriteTokens: usage.cacheWriteTokens }),
-    ...(usage?.cacheWrite1hTokens === undefined ? {} : { cacheWrite1hTokens: usage.cacheWrite1hTokens }),
-    ...(usage?.priceMultiplier === undefined ? {} : { priceMultiplier: `${usage.priceMultiplier.numerator}/${usage.priceMultiplier.denominator}` }),
-    estimatedCost: state.estimate,
-    ...(state.check === null ? { unchecked: true } : {}),
-    costBasis: charge.basis,
-    ...(charge.basis === 'estimate' ? { estimateReason: charge.reason } : {}),
-    userId: state.caller.user,
-    teamId: state.caller.team,
-    projectId: state.caller.project,
-    organizationId: state.caller.organization,
-    ...(state.caller.tags === undefined ? {} : { tags: state.caller.tags })
-  }
+  const metadata: UsageMetadata = { modelId }
+  if (usage !== null && usage.model !== modelId) metadata.upstreamModel = storable(usage.model)
+  if (state.downgradedFrom !== null) metadata.requestedModel = state.downgradedFrom
+  if (state.clampedMaxTokens !== null) metadata.clampedMaxTokens = state.clampedMaxTokens
+  metadata.inputTokens = usage?.inputTokens
+  metadata.outputTokens = usage?.outputTokens
+  if (usage?.cachedInputTokens !== undefined) metadata.cachedInputTokens = usage.cachedInputTokens
+  if (usage?.cacheWriteTokens !== undefined) metadata.cacheWriteTokens = usage.cacheWriteTokens
+  if (usage?.cacheWrite1hTokens !== undefined) metadata.cacheWrite1hTokens = usage.cacheWrite1hTokens
+  if (usage?.priceMultiplier !== undefined) metadata.priceMultiplier = `${usage.priceMultiplier.numerator}/${usage.priceMultiplier.denominator}`
+  metadata.estimatedCost = state.estimate
+  if (state.check === null) metadata.unchecked = true
+  metadata.costBasis = charge.basis
+  if (charge.basis === 'estimate') metadata.estimateReason = charge.reason
+  metadata.userId = state.caller.user
+  metadata.teamId = state.caller.team
+  metadata.projectId = state.caller.project
+  metadata.organizationId = state.caller.organization
+  if (state.caller.tags !== undefined) metadata.tags = state.caller.tags
+  return metadata
 }
 
 /** A name an upstream sent, made storable: PostgreSQL text holds no NUL and no unpaired surrogate. */

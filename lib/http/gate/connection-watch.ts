@@ -4,8 +4,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 
 /** What the gate knows of a request's connection, from its first hook on. */
 export interface ConnectionWatch {
-  /** Resolves when the response has closed (finished or cut off) or its socket has. */
-  closed: Promise<void>
+  /** Calls `then` once when the response has closed (finished or cut off) or its socket has: at once if it already has. */
+  onClosed: (then: () => void) => void
   /** The client is gone and the response did not finish. */
   gone: () => boolean
 }
@@ -14,20 +14,26 @@ export interface ConnectionWatch {
  * Watches the response and its socket from onRequest, before anything is awaited: a client that
  * leaves while the body arrives, its scopes are resolved or its hold is taken is seen, also when
  * its request was pipelined behind another and its response never got a 'close' of its own.
+ * A callback, not a promise: one less allocation and turn on every gated call.
  */
 export function watchConnection (request: FastifyRequest, reply: FastifyReply): ConnectionWatch {
   const socket = request.raw.socket as Socket | null | undefined
   let fired = false
-  let done!: () => void
-  const closed = new Promise<void>((resolve) => { done = resolve })
+  let then: (() => void) | null = null
   const onClose = () => {
     if (fired) return
     fired = true
     socket?.off('close', onClose)
-    done()
+    then?.()
   }
   reply.raw.once('close', onClose)
   socket?.once('close', onClose)
   if (socket?.destroyed === true || reply.raw.destroyed) onClose()
-  return { closed, gone: () => !reply.raw.writableFinished && (fired || socket?.destroyed === true || reply.raw.destroyed) }
+  return {
+    onClosed: (callback) => {
+      if (fired) callback()
+      else then = callback
+    },
+    gone: () => !reply.raw.writableFinished && (fired || socket?.destroyed === true || reply.raw.destroyed)
+  }
 }

@@ -105,7 +105,9 @@ export interface DecisionNotes {
 
 export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, book: PriceBook,
   metrics: BudgetMetrics, decisions: DecisionNotes | null = null): Part<null> {
+  // Settlements and records on their way to PostgreSQL, and requests the gate is guarding: what closing waits for.
   const pending = new Set<Promise<unknown>>()
+  let inFlight = 0
   // Admitted calls whose settlement has not committed, for the live-reservations gauge.
   const live = new WeakMap<BudgetGateState, () => void>()
   const watched = new WeakMap<FastifyRequest, ConnectionWatch>()
@@ -297,19 +299,24 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     request.budgetGate = state
     const call: GatedCall = { request, reply, api, estimateAt, prices, caller, state, current: estimate, rateLimited: undefined }
 
-    // The hold ends once, when the connection is done with this response and this hook is done.
+    // The hold ends once, when the connection is done with this response and this hook is done: the
+    // second of the two to happen ends it. A request in flight is counted: closing waits for it to end
+    // and settle (app.inject's requests are not waited for by the server's close).
     let admitted = false
     let admittedAt: Date | null = null
-    let hookDone!: () => void
-    const reserved = new Promise<void>((resolve) => { hookDone = resolve })
-    // A request in flight is pending too: closing waits for it to end and settle (app.inject's requests
-    // are not waited for by the server's close).
-    const ended = watch.closed.then(async () => await reserved).then(() => {
-      streamed.finish()
-      end(request, reply, state, admitted, prices, admittedAt)
-    })
-    pending.add(ended)
-    void ended.finally(() => pending.delete(ended))
+    let waitingFor = 2
+    const endOnce = (): void => {
+      if (--waitingFor > 0) return
+      inFlight--
+      try {
+        streamed.finish()
+        end(request, reply, state, admitted, prices, admittedAt)
+      } catch (error) {
+        request.log.error({ err: error, requestId }, 'ending a gated call failed: its hold stays until it expires, and is then counted at its estimate')
+      }
+    }
+    inFlight++
+    watch.onClosed(endOnce)
 
     const decided = metrics.reservationTimer()
     try {
@@ -357,7 +364,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       if (state.reservationId !== null) live.set(state, metrics.admitted())
     } finally {
       decided()
-      hookDone()
+      endOnce()
     }
   }
 
@@ -430,15 +437,22 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     const estimateAt: EstimateAt = custom === undefined
       ? async (request, prices, model) => api.estimate(request.body, prices, model)
       : async (request, prices, model) => await custom(request, prices, model)
-    route.onRequest = [async (request: FastifyRequest, reply: FastifyReply) => { watched.set(request, watchConnection(request, reply)) }, ...[route.onRequest ?? []].flat()]
+    // Hooks in Fastify's callback style where nothing is awaited: no promise made per call.
+    route.onRequest = [(request: FastifyRequest, reply: FastifyReply, done: () => void) => { watched.set(request, watchConnection(request, reply)); done() }, ...[route.onRequest ?? []].flat()]
     route.preHandler = [...[route.preHandler ?? []].flat(), async (request: FastifyRequest, reply: FastifyReply) => { await reserve(request, reply, api, estimateAt) }]
-    route.onSend = [...[route.onSend ?? []].flat(), async (request: FastifyRequest, _reply: FastifyReply, payload: unknown) => {
+    // The usage of a body the route returned as an object, read from it before it is serialized (then
+    // not parsed again from the text). One with its own toJSON is read from the text it becomes.
+    route.preSerialization = [...[route.preSerialization ?? []].flat(), (request: FastifyRequest, _reply: FastifyReply, payload: unknown, done: (error: null, payload: unknown) => void) => {
       const state = request.budgetGate
-      if (state === null) return payload
+      if (state !== null && state.usage === null && typeof (payload as { toJSON?: unknown }).toJSON !== 'function') state.usage = api.usageFromObject(payload, state.model)
+      done(null, payload)
+    }]
+    route.onSend = [...[route.onSend ?? []].flat(), (request: FastifyRequest, _reply: FastifyReply, payload: unknown, done: (error: null, payload: unknown) => void) => {
+      const state = request.budgetGate
       // A stream the route returned: read as it goes to the client, unchanged.
-      if (payload instanceof Readable) return readThrough(payload, state.streamed as StreamFeed) // the gate's own feed: routes see only its call
-      if (state.usage === null && (typeof payload === 'string' || Buffer.isBuffer(payload))) state.usage = api.usageFromBody(payload.toString(), state.model)
-      return payload
+      if (state !== null && payload instanceof Readable) { done(null, readThrough(payload, state.streamed as StreamFeed)); return } // the gate's own feed: routes see only its call
+      if (state !== null && state.usage === null && (typeof payload === 'string' || Buffer.isBuffer(payload))) state.usage = api.usageFromBody(payload.toString(), state.model)
+      done(null, payload)
     }]
   })
 
@@ -459,8 +473,10 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     stop: async () => {
       clearInterval(sweeper)
       const deadline = Date.now() + 10_000
-      while (pending.size > 0 && Date.now() < deadline) {
-        await Promise.race([Promise.allSettled([...pending]), new Promise((resolve) => setTimeout(resolve, deadline - Date.now()).unref())])
+      while ((pending.size > 0 || inFlight > 0) && Date.now() < deadline) {
+        // A request in flight is not a promise: looked at again every 10 ms while there are any.
+        const wait = inFlight > 0 ? Math.min(10, deadline - Date.now()) : deadline - Date.now()
+        await Promise.race([Promise.allSettled([...pending]), new Promise((resolve) => setTimeout(resolve, wait).unref())])
       }
     }
   }
