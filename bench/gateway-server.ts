@@ -34,6 +34,8 @@ if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].sp
   app.post('/ungated/v1/chat/completions', async () => ANSWER)
   app.get('/bench/admitted', async () => ({ admitted, lastAdmittedAt }))
   // The process's CPU time so far (user + system, microseconds): CPU per call, which load elsewhere on the machine disturbs less than throughput.
+  // The heap after a full collection (run with --expose-gc), to tell what the process keeps from what it throws away.
+  app.get('/bench/heap', async () => { (globalThis as { gc?: () => void }).gc?.(); return process.memoryUsage() })
   app.get('/bench/cpu', async () => { const { user, system } = process.cpuUsage(); return { micros: user + system } })
   // A CPU profile of what runs between start and stop (bench/gate-profile.ts): the inspector in this process, so loading the modules is not in it.
   const profiler = new Session()
@@ -41,6 +43,13 @@ if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].sp
   await profiler.post('Profiler.enable')
   app.post('/bench/profile/start', async () => { await profiler.post('Profiler.start'); return { started: true } })
   app.post('/bench/profile/stop', async () => (await profiler.post('Profiler.stop')).profile)
+  // What is allocated, by where (sampled): `promoted` keeps what lived through young collections and died in a full one.
+  app.post('/bench/allocations/start', async (request) => {
+    const promoted = (request.body as { promoted?: boolean } | null)?.promoted === true
+    await profiler.post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: !promoted })
+    return { started: true }
+  })
+  app.post('/bench/allocations/stop', async () => (await profiler.post('HeapProfiler.stopSampling')).profile)
   const address = await app.listen({ port: 0, host: '127.0.0.1' })
   process.once('SIGTERM', () => { void app.close().then(() => process.exit(0)) })
   process.stdout.write(`listening ${address}\n`)

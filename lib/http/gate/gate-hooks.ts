@@ -75,6 +75,9 @@ function gatedApi (route: RouteOptions, routes: GateRoute[]): ModelApi | null {
   return MODEL_APIS[named]!
 }
 
+const CONNECTION_WATCH = Symbol('relaycore.budgetConnectionWatch')
+type WatchedRequest = FastifyRequest & { [CONNECTION_WATCH]: ConnectionWatch | null }
+
 /** A call that no budget covers: it may proceed, and the decision met no budget at all (none for its scopes, or no scopes). */
 function uncovered (check: BudgetConstraintCheck | null): boolean {
   return check !== null && check.canProceed && check.budgets.length === 0 && check.bindingBudgetId === null
@@ -108,9 +111,9 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
   // Settlements and records on their way to PostgreSQL, and requests the gate is guarding: what closing waits for.
   const pending = new Set<Promise<unknown>>()
   let inFlight = 0
-  // Admitted calls whose settlement has not committed, for the live-reservations gauge.
-  const live = new WeakMap<BudgetGateState, () => void>()
-  const watched = new WeakMap<FastifyRequest, ConnectionWatch>()
+  // Each gated request's connection watch, from onRequest to its preHandler: a decoration, not a WeakMap, whose
+  // entries V8 keeps through young-generation collections and so promotes every call's objects with them.
+  fastify.decorateRequest(CONNECTION_WATCH, null)
   /** Holds `estimate` for the call (what it held before is the integration's to replace), and notes the decision. */
   async function hold (call: GatedCall, estimate: CostEstimate): Promise<void> {
     const held = await integration.reserveCall(call.caller, estimate.amount, { requestId: call.state.requestId, model: estimate.model, tokens: estimate.tokens })
@@ -282,7 +285,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       return await refuse(reply, api, invalidRequest(error))
     }
 
-    const watch = watched.get(request)!
+    const watch = (request as WatchedRequest)[CONNECTION_WATCH]!
     if (watch.gone()) {
       // The client left before any budget work (while the body arrived, or its scopes were resolved): nothing to hold.
       reply.hijack()
@@ -304,13 +307,14 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     // and settle (app.inject's requests are not waited for by the server's close).
     let admitted = false
     let admittedAt: Date | null = null
+    let liveDone: (() => void) | undefined
     let waitingFor = 2
     const endOnce = (): void => {
       if (--waitingFor > 0) return
       inFlight--
       try {
         streamed.finish()
-        end(request, reply, state, admitted, prices, admittedAt)
+        end(request, reply, state, admitted, prices, admittedAt, liveDone)
       } catch (error) {
         request.log.error({ err: error, requestId }, 'ending a gated call failed: its hold stays until it expires, and is then counted at its estimate')
       }
@@ -361,7 +365,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       admitted = true // from here the handler runs, and the upstream may be called
       admittedAt = new Date()
       metrics.decision('allowed')
-      if (state.reservationId !== null) live.set(state, metrics.admitted())
+      // Live for the live-reservations gauge until its settlement commits.
+      if (state.reservationId !== null) liveDone = metrics.admitted()
     } finally {
       decided()
       endOnce()
@@ -390,7 +395,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     pending.add(recording)
   }
 
-  function end (request: FastifyRequest, reply: FastifyReply, state: BudgetGateState, admitted: boolean, prices: PriceBook, admittedAt: Date | null): void {
+  function end (request: FastifyRequest, reply: FastifyReply, state: BudgetGateState, admitted: boolean, prices: PriceBook, admittedAt: Date | null, liveDone: (() => void) | undefined): void {
     // No hold: nothing to end, unless the call was served to a caller no budget covers, or unchecked
     // (failureMode open with the database away): its spend is still recorded, without a budget.
     if (state.reservationId === null && !(admitted && (state.check === null || uncovered(state.check)))) return
@@ -406,25 +411,35 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       recordUnbudgeted(request, state, charge, metadata, admittedAt!)
       return
     }
+    settleInBackground(request.log, state.reservationId, state.requestId, state.estimate, charge.cost, metadata, liveDone)
+  }
+
+  /**
+   * Settles an ended call off the response path. Its closures keep only what they log with: a request and
+   * its reply kept alive until the batch commits would outlive young-generation collections, and every
+   * call's objects would be promoted and collected the slow way.
+   */
+  function settleInBackground (log: FastifyRequest['log'], reservationId: string, requestId: string, estimate: string, cost: string | null,
+    metadata: UsageMetadata, liveDone: (() => void) | undefined): void {
     const settled = metrics.settlementTimer()
-    const settling = integration.settleCall(state.reservationId, charge.cost, { source: 'gateway', metadata }).then((ended) => {
-      if (charge.cost !== null && toUnits(charge.cost) > toUnits(state.estimate)) {
-        request.log.warn({ estimate: state.estimate, actual: charge.cost, requestId: state.requestId }, 'a call cost more than its estimate')
+    const settling = integration.settleCall(reservationId, cost, { source: 'gateway', metadata }).then((ended) => {
+      if (cost !== null && toUnits(cost) > toUnits(estimate)) {
+        log.warn({ estimate, actual: cost, requestId }, 'a call cost more than its estimate')
       }
       // The gate settles each reservation once, so no hold means it expired: the call was counted at its
       // estimate, served or not (an unserved one is billed for nothing, which an operator must hear of too).
       if (sweptBeforeSettling(ended)) {
-        request.log.warn({ requestId: state.requestId, served: charge.cost !== null, estimate: state.estimate },
-          charge.cost === null
+        log.warn({ requestId, served: cost !== null, estimate },
+          cost === null
             ? 'the reservation of a call that was not served had expired and was counted at its estimate before it was released'
             : 'the reservation had expired and was counted at its estimate before this settlement')
       }
     }, (error: unknown) => {
       // The reservation stays until its TTL; the sweeper then counts it at its estimate.
-      request.log.error({ err: error, requestId: state.requestId }, 'settling a gated call failed')
+      log.error({ err: error, requestId }, 'settling a gated call failed')
     }).finally(() => {
       settled()
-      live.get(state)?.()
+      liveDone?.()
       pending.delete(settling)
     })
     pending.add(settling)
@@ -438,7 +453,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       ? async (request, prices, model) => api.estimate(request.body, prices, model)
       : async (request, prices, model) => await custom(request, prices, model)
     // Hooks in Fastify's callback style where nothing is awaited: no promise made per call.
-    route.onRequest = [(request: FastifyRequest, reply: FastifyReply, done: () => void) => { watched.set(request, watchConnection(request, reply)); done() }, ...[route.onRequest ?? []].flat()]
+    route.onRequest = [(request: FastifyRequest, reply: FastifyReply, done: () => void) => { (request as WatchedRequest)[CONNECTION_WATCH] = watchConnection(request, reply); done() }, ...[route.onRequest ?? []].flat()]
     route.preHandler = [...[route.preHandler ?? []].flat(), async (request: FastifyRequest, reply: FastifyReply) => { await reserve(request, reply, api, estimateAt) }]
     // The usage of a body the route returned as an object, read from it before it is serialized (then
     // not parsed again from the text). One with its own toJSON is read from the text it becomes.
