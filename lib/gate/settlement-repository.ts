@@ -47,6 +47,14 @@ export interface LeasedOutcome {
   leaseFound: boolean
 }
 
+/**
+ * A jsonb[] argument from a batch's objects: sent as one JSON text and split in order by PostgreSQL. A
+ * text[] of JSON texts would have every quote in every object escaped for the array literal, per call.
+ */
+function jsonbArray (sql: Db, values: Array<Record<string, unknown>>) {
+  return sql`array(select element.value from jsonb_array_elements(${JSON.stringify(values)}::text::jsonb) with ordinality as element(value, position) order by element.position)`
+}
+
 export function createSettlementRepository (sql: Db) {
   return {
     /**
@@ -71,7 +79,7 @@ export function createSettlementRepository (sql: Db) {
         select reservation_id as "reservationId", usage_id as "usageId", definitions_version::text as "definitionsVersion"
         from budget_settle_batch(${settlements.map((s) => s.reservationId)}::text[]::uuid[], ${settlements.map((s) => s.actualCost)}::text[]::numeric[],
                                  ${settlements.map((s) => s.source)}::text[], ${settlements.map((s) => s.description)}::text[],
-                                 ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[], ${settlements.map((s) => s.usageId ?? null)}::text[]::uuid[])`
+                                 ${jsonbArray(sql, settlements.map((s) => s.metadata))}, ${settlements.map((s) => s.usageId ?? null)}::text[]::uuid[])`
       return { usageIds: new Map(rows.map((row) => [row.reservationId, row.usageId])), definitionsVersion: Number(rows[0]?.definitionsVersion ?? -1) }
     },
 
@@ -81,7 +89,7 @@ export function createSettlementRepository (sql: Db) {
         select request_id as "requestId", usage_id as "usageId", lease_found as "leaseFound", definitions_version::text as version
         from budget_settle_leased(${settlements.map((s) => s.leaseId)}::text[]::uuid[], ${settlements.map((s) => s.requestId)}::text[],
                                   ${settlements.map((s) => s.actualCost)}::text[]::numeric[], ${settlements.map((s) => s.source)}::text[],
-                                  ${settlements.map((s) => s.description)}::text[], ${settlements.map((s) => JSON.stringify(s.metadata))}::text[]::jsonb[],
+                                  ${settlements.map((s) => s.description)}::text[], ${jsonbArray(sql, settlements.map((s) => s.metadata))},
                                   ${settlements.map((s) => s.occurredAt.toISOString())}::text[]::timestamptz[], ${`${ttlMs} milliseconds`}::interval,
                                   ${settlements.map((s) => s.usageId ?? null)}::text[]::uuid[])`
       return {
