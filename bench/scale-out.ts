@@ -7,7 +7,7 @@
 // exact spend. PostgreSQL's CPU per call is set against the floor's: two single-row UPDATEs on one row at
 // 16 connections (as bench/gate.ts measures it), measured alone first. Each setting runs on a fresh
 // database with its own organization 'acme' and team 'hot', so its exactness check stands alone.
-// SCALE_RATE sets the total rate (1500 calls/s), BENCH_SECONDS each load's length (10 s).
+// SCALE_RATE sets the total rate (1000 calls/s), BENCH_SECONDS each load's length (10 s).
 import { once } from 'node:events'
 import autocannon from 'autocannon'
 import postgres, { type Sql } from 'postgres'
@@ -20,13 +20,19 @@ import { benchDatabase, fmt, startBenchGateway } from './harness.js'
 import { serverCpuMeter, type ServerCpu } from './pg-cpu.js'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
-const RATE = Number(process.env.SCALE_RATE ?? 1500)
+// Well below saturation for four processes too: at 1500 calls/s, four gateways, autocannon and PostgreSQL
+// filled this 2-core machine and served about 70% of the offered calls.
+const RATE = Number(process.env.SCALE_RATE ?? 1000)
 const CONNECTIONS = 16
 const PROCESS_COUNTS = [1, 2, 4]
 const WARM_UP_SECONDS = 3
 // A PostgreSQL 15 backend that goes idle less than a second after its last report holds its counts for up to
-// 10 s (PGSTAT_IDLE_INTERVAL) before it reports them: read after this, every transaction is in.
-const STATS_SETTLE_MS = 11_000
+// 10 s (PGSTAT_IDLE_INTERVAL) before it reports them; a backend that exits reports at once.
+const IDLE_REPORT_MS = 11_000
+// A gateway keeps reading the budget definitions' version (every 40 ms) for 5 s after its last call: after the
+// warm-up, those reads end and then their counts are reported, before the measure begins.
+const AFTER_WARM_UP_MS = 5_000 + IDLE_REPORT_MS
+const EXITED_REPORT_MS = 1_000
 const PREFIX = '/api/v1/budgets'
 const COST = costFromUsage({ model: ANSWER.model, inputTokens: ANSWER.usage.prompt_tokens, outputTokens: ANSWER.usage.completion_tokens }, createPriceBook(DEFAULT_PRICES))!
 const CALL = {
@@ -49,8 +55,8 @@ if (typeof meter === 'string') process.stdout.write(`${meter}\n`)
 const sleep = async (ms: number) => await new Promise((resolve) => setTimeout(resolve, ms))
 
 /** The database's transactions and its gate functions' calls and time so far, once every backend has reported. */
-async function databaseStats (reader: Sql) {
-  await sleep(STATS_SETTLE_MS)
+async function databaseStats (reader: Sql, waitMs: number) {
+  await sleep(waitMs)
   const [row] = await reader<Array<{ transactions: string, functions: Record<string, [number, number]> | null }>>`
     select (select xact_commit + xact_rollback from pg_stat_database where datname = current_database())::text as transactions,
       (select json_object_agg(funcname, json_build_array(calls, total_time)) from pg_stat_user_functions) as functions`
@@ -60,15 +66,16 @@ async function databaseStats (reader: Sql) {
 }
 
 /**
- * Runs `work` between two reads of the database's stats and the server's CPU, both taken once the
- * backends have reported. The reader's own statement before the work is one transaction of the delta: left out.
+ * Runs `work` between two reads of the database's stats, the first once the backends have reported
+ * (`waitBefore`), the second `waitAfter` after the work; the server's CPU over the work alone. The reader's
+ * own statement before the work is one transaction of the delta: left out.
  */
-async function measured<T> (reader: Sql, work: () => Promise<T>) {
-  const before = await databaseStats(reader)
+async function measured<T> (reader: Sql, waitBefore: number, work: () => Promise<T>, waitAfter: number) {
+  const before = await databaseStats(reader, waitBefore)
   const measure = typeof meter === 'string' ? null : await meter.start()
   const result = await work()
-  const after = await databaseStats(reader)
   const cpu: ServerCpu | null = measure === null ? null : await measure.stop()
+  const after = await databaseStats(reader, waitAfter)
   return {
     result,
     transactions: after.transactions - before.transactions - 1,
@@ -79,6 +86,32 @@ async function measured<T> (reader: Sql, work: () => Promise<T>) {
     /** The benchmark's share of the server's CPU: the whole server less other databases' backends. */
     pgMicros: cpu === null ? null : cpu.server - cpu.otherDatabases
   }
+}
+
+/**
+ * Samples the setting's backends every 100 ms while `work` runs (from the floor's database, so the samples
+ * are not transactions of the setting's): how many were running a statement, and how many of those waited
+ * for a lock (a row another process's transaction held). Contention on the hot rows shows here first.
+ */
+async function lockWaits<T> (database: string, work: () => Promise<T>) {
+  let samples = 0
+  let active = 0
+  let waiting = 0
+  let sampling = Promise.resolve()
+  const timer = setInterval(() => {
+    sampling = sampling.then(async () => {
+      const [row] = await sql<Array<{ active: number, waiting: number }>>`
+        select count(*) filter (where state = 'active')::int as active, count(*) filter (where state = 'active' and wait_event_type = 'Lock')::int as waiting
+        from pg_stat_activity where datname = ${database}`
+      samples++
+      active += row!.active
+      waiting += row!.waiting
+    })
+  }, 100)
+  const result = await work()
+  clearInterval(timer)
+  await sampling
+  return { result, activePerSample: active / samples, waitingPerSample: waiting / samples }
 }
 
 /** Two single-row UPDATEs on one row, on `connections` loops for `seconds`: pairs done and their rate. */
@@ -100,7 +133,7 @@ async function floorPairs (connections: number, seconds: number): Promise<{ pair
 await sql`create table bench_counter (id int primary key, n bigint not null)`
 await sql`insert into bench_counter values (1, 0)`
 await floorPairs(CONNECTIONS, 2) // warm up
-const floor = await measured(sql, async () => await floorPairs(CONNECTIONS, SECONDS))
+const floor = await measured(sql, IDLE_REPORT_MS, async () => await floorPairs(CONNECTIONS, SECONDS), IDLE_REPORT_MS)
 const floorPairMicros = floor.pgMicros === null ? null : floor.pgMicros / floor.result.pairs
 const floorUpdatesPerSecond = 2 * floor.result.perSecond
 
@@ -126,18 +159,27 @@ async function setting (processes: number) {
   await load(WARM_UP_SECONDS)
   const reader = postgres(url, { max: 1, onnotice: () => {} })
   await reader`select 1` // its connection's first statements (postgres.js reads the array types) before the measure
-  const admittedBefore = await read<{ admitted: number }>('/bench/admitted')
-  const cpuBefore = await read<{ micros: number }>('/bench/cpu')
-  const run = await measured(reader, async () => await load(SECONDS))
-  // Read after the stats wait, so settlements that ended after the load are in the gateways' CPU as in PostgreSQL's.
-  const cpuAfter = await read<{ micros: number }>('/bench/cpu')
-  const admittedAfter = await read<{ admitted: number }>('/bench/admitted')
-  const admitted = admittedAfter.reduce((sum, { admitted }, i) => sum + admitted - admittedBefore[i]!.admitted, 0)
-  const gatewayMicros = cpuAfter.reduce((sum, { micros }, i) => sum + micros - cpuBefore[i]!.micros, 0)
+  // The measure ends when the gateways have stopped (SIGTERM: closing drains the settlements and gives the
+  // leases back, as an idle process would): their backends exit and report their counts at once.
+  const run = await measured(reader, AFTER_WARM_UP_MS, async () => {
+    const admittedBefore = await read<{ admitted: number }>('/bench/admitted')
+    const cpuBefore = await read<{ micros: number }>('/bench/cpu')
+    const { result: results, activePerSample, waitingPerSample } = await lockWaits(databaseName(url), async () => await load(SECONDS))
+    const cpuAfter = await read<{ micros: number }>('/bench/cpu')
+    const admittedAfter = await read<{ admitted: number }>('/bench/admitted')
+    for (const gateway of gateways) { gateway.child.kill('SIGTERM'); await once(gateway.child, 'exit') }
+    return {
+      results,
+      activePerSample,
+      waitingPerSample,
+      admitted: admittedAfter.reduce((sum, { admitted }, i) => sum + admitted - admittedBefore[i]!.admitted, 0),
+      admittedInAll: admittedAfter.reduce((sum, { admitted }) => sum + admitted, 0),
+      gatewayMicros: cpuAfter.reduce((sum, { micros }, i) => sum + micros - cpuBefore[i]!.micros, 0)
+    }
+  }, EXITED_REPORT_MS)
+  const { results, admitted, admittedInAll, gatewayMicros, activePerSample, waitingPerSample } = run.result
 
   // Exactness: every call the gateways admitted (warm-up included) recorded once at its cost on both budgets, no hold left.
-  const admittedInAll = admittedAfter.reduce((sum, { admitted }) => sum + admitted, 0)
-  for (const gateway of gateways) { gateway.child.kill('SIGTERM'); await once(gateway.child, 'exit') } // closing drains the settlements
   const [held] = await reader<Array<{ n: number }>>`select count(*)::int as n from budget_reservations`
   const spent = await reader<Array<{ id: string, total: string }>>`
     select c.budget_id as id, sum(c.current_amount)::text as total
@@ -146,7 +188,6 @@ async function setting (processes: number) {
   const expected = fromUnits(toUnits(COST) * BigInt(admittedInAll))
   const exact = spent.length === 2 && spent.every((row) => toUnits(row.total) === toUnits(expected)) && held!.n === 0
 
-  const results = run.result
   return {
     processes,
     served: results.reduce((sum, result) => sum + result['2xx'], 0),
@@ -167,6 +208,8 @@ async function setting (processes: number) {
     // What the transactions were, per admitted call: settlement batches, lease takes and returns, and the rest (holds, line loads, the decision log).
     transactionsBy: { settlements: run.settlements / admitted, leases: run.leaseWrites / admitted, other: (run.transactions - run.settlements - run.leaseWrites) / admitted },
     admittedInAll,
+    activePerSample,
+    waitingPerSample,
     spent: spent.map((row) => row.total),
     expected,
     held: held!.n,
@@ -206,6 +249,7 @@ process.stdout.write([
     `${fmt(s.settlementBatchesPerProcessPerSecond, 1)} (${fmt(s.callsPerSettlement, 1)}, ${fmt(s.settlementMsEach, 2)}) | ${s.exact ? 'exact' : 'NOT exact'} |`),
   '',
   ...settings.map((s) => `${s.processes} process(es): admitted ${s.admittedInAll} in all (${s.admitted} measured); recorded ${s.spent.join(' and ')}, expected ${s.expected} on each; reservations left ${s.held}; ` +
+    `backends running a statement ${fmt(s.activePerSample, 2)} on average, waiting for a lock ${fmt(s.waitingPerSample, 3)}; ` +
     `hot row writes ${fmt(s.rowWritesPerProcessPerSecond, 1)}/s per process (settlement batches, lease takes and returns); ` +
     `transactions per call ${fmt(s.transactionsPerCall, 4)} = settlements ${fmt(s.transactionsBy.settlements, 4)} + leases ${fmt(s.transactionsBy.leases, 4)} + other ${fmt(s.transactionsBy.other, 4)}` +
     (s.serverMicros === null ? '' : `; PG CPU ${fmt(s.serverMicros / 1e3, 0)} ms for the whole server, of which other databases' backends ${fmt(s.otherDatabasesMicros! / 1e3, 0)} ms (left out)`)),
