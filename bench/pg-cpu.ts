@@ -1,24 +1,27 @@
 // PostgreSQL's CPU time while a benchmark runs, read from /proc (the server must run on this machine: a
 // DATABASE_URL on 127.0.0.1, or the embedded fallback). The server's CPU is the postmaster's own
 // utime+stime+cutime+cstime plus utime+stime of its live children: a backend that exits is reaped by the
-// postmaster and its time moves to the postmaster's cutime/cstime, so it still counts. The same samples also
-// follow each backend by the database in its process title, so that what other databases' backends spent in
-// the window (another test run on a shared server) can be set apart from what the benchmark cost.
+// postmaster and its time moves to the postmaster's cutime/cstime, so it still counts. On a server that other
+// work shares (another test run), that figure holds the other work too, and its short-lived backends cannot be
+// told apart once reaped: so the same samples also follow, process by process, the benchmark's own backends
+// (by the database in their process title) and the server's background processes (WAL writer, checkpointer,
+// autovacuum of the benchmark's databases), which is what the benchmark cost.
 import { execFileSync } from 'node:child_process'
 import { readFile, readdir } from 'node:fs/promises'
 import type { Sql } from 'postgres'
 
 const TICKS_PER_SECOND = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim())
 const MICROS_PER_TICK = 1e6 / TICKS_PER_SECOND
-// Often enough that a backend of another database that exits between two samples loses little of its time.
+// Often enough that a process that exits between two samples loses little of its time (the benchmark's
+// backends live as long as their gateway's pool).
 const SAMPLE_MS = 200
 
 /** What the server spent over a measure, in microseconds of CPU. */
 export interface ServerCpu {
   /** The whole server: every backend and background process, those that exited included. */
   server: number
-  /** Client backends and autovacuum workers of databases other than the benchmark's (last sample of an exiting one). */
-  otherDatabases: number
+  /** The benchmark's databases' backends and the background processes, followed one by one (one that exits: to its last sample). */
+  benchmark: number
 }
 
 export interface ServerCpuMeter {
@@ -81,46 +84,46 @@ export async function serverCpuMeter (sql: Sql, ours: (database: string) => bool
   }
   if ((await ticks(postmasterPid)) === null) return `PostgreSQL's postmaster (pid ${postmasterPid}) is not a process on this machine: its CPU is not measured`
 
-  /** The server's ticks now, and each live process of another database's ticks. */
-  async function sample (): Promise<{ server: number, others: Map<number, number> }> {
+  /** The server's ticks now, and the ticks of each live process that works for the benchmark (the postmaster's own under its pid). */
+  async function sample (): Promise<{ server: number, benchmark: Map<number, number> }> {
     const postmaster = await ticks(postmasterPid)
     let server = postmaster?.withReaped ?? 0
-    const others = new Map<number, number>()
+    const benchmark = new Map<number, number>([[postmasterPid, postmaster?.own ?? 0]])
     for (const pid of await childrenOf(postmasterPid)) {
       const child = await ticks(pid)
       if (child === null) continue
       server += child.own
       const database = await databaseOf(pid)
-      if (database !== null && !ours(database)) others.set(pid, child.own)
+      if (database === null || ours(database)) benchmark.set(pid, child.own)
     }
-    return { server, others }
+    return { server, benchmark }
   }
 
   return {
     postmasterPid,
     async start () {
       const first = await sample()
-      // Other databases' processes: ticks when first seen (0 for one born during the measure) and when last seen.
+      // The benchmark's processes: ticks when first seen (0 for one born during the measure) and when last seen.
       const seen = new Map<number, { from: number, to: number }>()
-      for (const [pid, value] of first.others) seen.set(pid, { from: value, to: value })
-      const note = (others: Map<number, number>) => {
-        for (const [pid, value] of others) {
+      for (const [pid, value] of first.benchmark) seen.set(pid, { from: value, to: value })
+      const note = (processes: Map<number, number>) => {
+        for (const [pid, value] of processes) {
           const known = seen.get(pid)
           if (known === undefined) seen.set(pid, { from: 0, to: value })
           else known.to = value
         }
       }
       let sampling = Promise.resolve()
-      const timer = setInterval(() => { sampling = sampling.then(async () => note((await sample()).others)) }, SAMPLE_MS)
+      const timer = setInterval(() => { sampling = sampling.then(async () => note((await sample()).benchmark)) }, SAMPLE_MS)
       return {
         async stop () {
           clearInterval(timer)
           await sampling
           const last = await sample()
-          note(last.others)
-          let otherTicks = 0
-          for (const { from, to } of seen.values()) otherTicks += to - from
-          return { server: (last.server - first.server) * MICROS_PER_TICK, otherDatabases: otherTicks * MICROS_PER_TICK }
+          note(last.benchmark)
+          let benchmarkTicks = 0
+          for (const { from, to } of seen.values()) benchmarkTicks += to - from
+          return { server: (last.server - first.server) * MICROS_PER_TICK, benchmark: benchmarkTicks * MICROS_PER_TICK }
         }
       }
     }
