@@ -7,8 +7,10 @@
 // Every gate statement reports the version it saw, but a lease admits from memory and runs none, so the
 // version is also read on a timer while lines are in use, and no line is handed out unless a read of it
 // began at most VERSION_FRESH_MS before: a change committed in another process comes into force here
-// within that (plus whatever the caller does between its line and its admission). No extra connection,
-// nothing to listen for, and it works behind any pooler.
+// within that (plus whatever the caller does between its line and its admission). A gate statement that
+// reports the version (a settlement batch, a lease take) counts as a read from when it was sent, so a
+// process under load seldom reads it on its own. No extra connection, nothing to listen for, and it
+// works behind any pooler.
 import type { Logger } from '../kernel/logger.js'
 import { bestEffort } from '../kernel/best-effort.js'
 import type { BudgetTerms } from './budget-terms.js'
@@ -70,9 +72,12 @@ export function createBudgetLines (reservations: LineRepository, versions: Defin
     return done
   }
 
+  /** When the newest read of the version began: a read of its own, or a gate statement that reported it (settlements, lease takes). */
+  const readAt = (): number => Math.max(checkedAt, versions.reportedAt)
+
   /** Resolves once a version read that began at most VERSION_FRESH_MS before `asked` has answered (and been observed). */
   async function versionFresh (asked: number): Promise<void> {
-    if (asked - checkedAt <= VERSION_FRESH_MS) return
+    if (asked - readAt() <= VERSION_FRESH_MS) return
     await (reading !== null && asked - reading.startedAt <= VERSION_FRESH_MS ? reading.done : readVersion())
   }
 
@@ -81,7 +86,10 @@ export function createBudgetLines (reservations: LineRepository, versions: Defin
     lastAsked = now
     if (poller !== null) return
     poller = setInterval(() => {
-      if (Date.now() - lastAsked > POLL_IDLE_MS) { stopPolling(); return }
+      const now = Date.now()
+      if (now - lastAsked > POLL_IDLE_MS) { stopPolling(); return }
+      // Under load the settlements report the version often enough: no read of its own is needed then.
+      if (now - readAt() < VERSION_POLL_MS) return
       // A failed read loses nothing: the next call waits for a read of its own (and sees its failure). At
       // debug level, since with the database away it fails every VERSION_POLL_MS.
       if (reading === null) void bestEffort(log, readVersion, 'reading the budget definitions\' version in the background failed', {}, 'debug')
@@ -101,7 +109,7 @@ export function createBudgetLines (reservations: LineRepository, versions: Defin
      */
     lineNow (call: CallFilter): CachedLine | null {
       const asked = Date.now()
-      if (asked - checkedAt > VERSION_FRESH_MS) return null
+      if (asked - readAt() > VERSION_FRESH_MS) return null
       const key = keyOf(call)
       const cached = lines.get(key)
       if (cached?.loaded === undefined || asked >= cached.validUntil) return null

@@ -83,7 +83,7 @@ export function decidedOn (admission: Admission): BudgetNumbers[] {
 }
 
 export function createLeases (reservations: LeaseRepository, settlements: SettlementQueue, ledger: WindowLedger,
-  options: { currency: string, ttlMs: number, observe: (definitionsVersion: number) => void }, log: Logger) {
+  options: { currency: string, ttlMs: number, observe: (definitionsVersion: number, sentAt: number) => void }, log: Logger) {
   const leases = new Map<string, Lease>()
   /** Retired leases whose row is still there (calls to settle, or the final return on its way): kept alive like the others. */
   const draining = new Set<Lease>()
@@ -168,6 +168,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
 
   async function take (lease: Lease, estimate: bigint): Promise<void> {
     const sentAt = ledger.stamp()
+    const sentAtMs = Date.now()
     const granted = await reservations.takeLease(lease.id, lease.line, options.currency, options.ttlMs,
       fromUnits(estimate * CALLS_PER_LEASE), fromUnits(estimate * FEWEST_CALLS))
     if (granted === null) return
@@ -191,7 +192,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       const numbers = measured.get(budget.budgetId)
       if (numbers !== undefined) ledger.measured(budget.budgetId, budget.periodStart, numbers.currentAmount, fromUnits(toUnits(numbers.reservedAmount) + slice), sentAt)
     }
-    options.observe(granted.definitionsVersion)
+    options.observe(granted.definitionsVersion, sentAtMs)
     if (lease.returning) giveBack(lease)
   }
 
