@@ -135,7 +135,7 @@ function downgradeOf (policy: ModelPolicy): string | undefined {
  * included; the list a refusal names holds the listed models and the operator's table's models under a
  * cap (the catalog's hundreds of models are not listed).
  */
-function restriction (alerts: BudgetAlert[], policy: ModelPolicy): string[] | null {
+function restriction (alerts: readonly BudgetAlert[], policy: ModelPolicy): string[] | null {
   const allowed = new Set<string>()
   const requested = policy.prices.resolve(policy.model)
   let underCap = false
@@ -151,15 +151,18 @@ function restriction (alerts: BudgetAlert[], policy: ModelPolicy): string[] | nu
   return underCap || allowed.has(policy.model) || allowed.has(pricedName(policy)) ? null : [...allowed].sort()
 }
 
+const NONE: readonly BudgetAlert[] = Object.freeze([])
+
 /** One budget's answer: its terms (from the line) read beside the numbers SQL measured for the estimate. */
 export function checkBudget (terms: BudgetTerms, numbers: BudgetNumbers, policy?: ModelPolicy): BudgetCheck {
   const { amount, currentAmount, reservedAmount } = numbers
   const current = toUnits(currentAmount)
   const reserved = toUnits(reservedAmount)
   const committed = current + reserved
-  const crossed = currentAlertsReached(terms.alerts, currentAmount, amount)
-  const activeActions = [...new Set([...crossed.flatMap((alert) => alert.actions), ...numbers.projectedActions])]
-  const restricting = crossed.filter((alert) => alert.actions.includes('restrict-models'))
+  // A budget without alerts (most of them) has no action in force: nothing to gather.
+  const crossed = terms.alerts.length === 0 ? NONE : currentAlertsReached(terms.alerts, currentAmount, amount)
+  const activeActions = crossed.length === 0 && numbers.projectedActions.length === 0 ? [] : [...new Set([...crossed.flatMap((alert) => alert.actions), ...numbers.projectedActions])]
+  const restricting = crossed.length === 0 ? NONE : crossed.filter((alert) => alert.actions.includes('restrict-models'))
   const converted = numbers.estimate
   return {
     budgetId: terms.budgetId,
@@ -198,7 +201,7 @@ export function decide (terms: readonly BudgetTerms[], numbers: readonly BudgetN
     else its = numbers.find((measured) => measured.budgetId === budget.budgetId)
     if (its !== undefined) checks.push(checkBudget(budget, its, policy))
   }
-  const activeActions = [...new Set(checks.flatMap((check) => check.activeActions))]
+  const activeActions = checks.every((check) => check.activeActions.length === 0) ? [] : [...new Set(checks.flatMap((check) => check.activeActions))]
   const cheaper = policy === undefined ? undefined : downgradeOf(policy)
   const downgradeTo = activeActions.includes('auto-downgrade') && cheaper !== undefined && cheaper !== policy?.model ? cheaper : null
   for (const refusal of REFUSALS) {

@@ -57,10 +57,10 @@ function heldOutcome (usageId: string | null | undefined, charged: boolean): Set
 
 // Small enough that a batch holds the hot rows' locks only briefly (a lease top-up may wait for it).
 const MOST_IN_A_BATCH = 100
-// At most 20 batches a second that are not full, per process: under load the statements per second stay
+// At most 10 batches a second that are not full, per process: under load the statements per second stay
 // flat as calls are spread over more processes (group-commit.ts). A settlement waits at most this much
 // longer; its hold or lease slice counts the call meanwhile, so nothing is overspent by the wait.
-const GATHER_MS = 50
+const GATHER_MS = 100
 // Lock timeouts, serialization failures and a database that is briefly away end a batch without
 // effect; it is safe to run again.
 const RETRYABLE = new Set(['40P01', '40001', '55P03'])

@@ -28,21 +28,28 @@ export interface Slices {
 const nextTurn = async (): Promise<void> => { await new Promise<void>((resolve) => setImmediate(resolve)) }
 
 /** A request's slices, of SLICE_MS and SLICE_WORK unless told (tests split finer or not at all). */
-export function slices (limits: { ms: number, work: number } = { ms: SLICE_MS, work: SLICE_WORK }): Slices {
-  let started = performance.now()
-  let work = 0
-  let yields = 0
-  const due = (): boolean => work >= limits.work || performance.now() - started >= limits.ms
-  return {
-    spend: (spent) => { work += spent },
-    due,
-    pause: async () => {
-      if (!due()) return
-      yields++
-      await nextTurn()
-      started = performance.now()
-      work = 0
-    },
-    get yields () { return yields }
+export function slices (limits: { ms: number, work: number } = DEFAULT_LIMITS): Slices {
+  return new RequestSlices(limits)
+}
+
+const DEFAULT_LIMITS = { ms: SLICE_MS, work: SLICE_WORK }
+
+// A class, not an object of closures: every gated call makes one, and its methods are shared.
+class RequestSlices implements Slices {
+  private started = performance.now()
+  private work = 0
+  yields = 0
+  constructor (private readonly limits: { ms: number, work: number }) {}
+
+  spend (spent: number): void { this.work += spent }
+
+  due (): boolean { return this.work >= this.limits.work || performance.now() - this.started >= this.limits.ms }
+
+  async pause (): Promise<void> {
+    if (!this.due()) return
+    this.yields++
+    await nextTurn()
+    this.started = performance.now()
+    this.work = 0
   }
 }
