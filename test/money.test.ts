@@ -1,4 +1,5 @@
 import t from 'tap'
+import fc from 'fast-check'
 import { compareMoney, fromUnits, normalizeMoney, numberToDecimal, parseMoney, parsePositiveMoney, toUnits } from '../lib/kernel/money.js'
 
 t.test('reads decimal strings and JSON numbers into canonical decimals', async (t) => {
@@ -92,4 +93,24 @@ t.test('a number as the decimal it is, exponents expanded', async (t) => {
     [1.5e22, '15000000000000000000000'], [-1e21, '-1000000000000000000000'], [0.000001, '0.000001'], [12, '12']
   ]
   for (const [value, expected] of cases) t.equal(numberToDecimal(value), expected, `${String(value)} -> ${expected}`)
+})
+
+// toUnits reads short amounts through doubles (exact at those lengths) and the rest through BigInt of the
+// digits: both paths must agree with plain digit arithmetic on every plain decimal, at every length.
+t.test('toUnits agrees with the digits on any plain decimal, short or long, and fromUnits undoes it', async (t) => {
+  const SCALE = 10n ** 10n
+  const reference = (decimal: string): bigint => {
+    const negative = decimal.startsWith('-')
+    const [integer = '', fraction = ''] = (negative ? decimal.slice(1) : decimal).split('.')
+    const units = BigInt(integer === '' ? '0' : integer) * SCALE + BigInt((fraction + '0000000000').slice(0, 10))
+    return negative ? -units : units
+  }
+  const digits = (min: number, max: number) => fc.array(fc.constantFrom(...'0123456789'), { minLength: min, maxLength: max }).map((chars) => chars.join(''))
+  const decimal = fc.tuple(fc.boolean(), digits(1, 19), fc.option(digits(0, 12), { nil: undefined }))
+    .map(([negative, integer, fraction]) => `${negative ? '-' : ''}${integer}${fraction === undefined ? '' : `.${fraction}`}`)
+  fc.assert(fc.property(decimal, (text) => toUnits(text) === reference(text)), { numRuns: 20_000 })
+  fc.assert(fc.property(fc.bigInt({ min: -(10n ** 28n), max: 10n ** 28n }), (units) => toUnits(fromUnits(units)) === units), { numRuns: 20_000 })
+  // The edges of the double path: 2^53 units and the 15-digit integer part.
+  for (const text of ['900719.9254740991', '900719.9254740992', '900720', '999999999999999', '1000000000000000', '999999999999999.9999999999', '0.0000000001', '-900719.9254740993'])
+    t.equal(toUnits(text), reference(text), text)
 })

@@ -28,6 +28,8 @@ const RETURN_RETRY_DELAYS_MS = [20, 100, 500, 2000, 5000]
 interface Lease {
   id: string
   line: BudgetTerms[]
+  /** The line's budget ids, for every settlement of its calls. */
+  budgetIds: string[]
   validUntil: number
   /** Units no admitted call can use any more: what new calls may take, or what is given back. Below zero when calls cost more than their estimates. */
   available: bigint
@@ -295,7 +297,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       if (lease === undefined) {
         if (!isHot(previous, now) || line.length === 0) return null
         lease = {
-          id: randomUUID(), line, validUntil, available: 0n, held: 0n, returnsNumbered: 0, returns: Promise.resolve(), unsettled: 0, settlementFailed: false, ended: false, landed: false, taken: [], returning: false, taking: null, lastUse: now, renewedAt: now,
+          id: randomUUID(), line, budgetIds: line.map((budget) => budget.budgetId), validUntil, available: 0n, held: 0n, returnsNumbered: 0, returns: Promise.resolve(), unsettled: 0, settlementFailed: false, ended: false, landed: false, taken: [], returning: false, taking: null, lastUse: now, renewedAt: now,
           windowStart: Math.max(...line.map((budget) => budget.periodStart.getTime())),
           windowEnd: Math.min(...line.map((budget) => budget.periodEnd.getTime()))
         }
@@ -335,7 +337,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       if (lease.returning) giveBack(lease) // what this call left unused, now; the row stays for its charge
       try {
         const settlement: LeasedSettlement = {
-          leaseId: lease.id, budgetIds: lease.line.map((budget) => budget.budgetId), requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
+          leaseId: lease.id, budgetIds: lease.budgetIds, requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
           source: info.source, description: info.description, metadata: info.metadata
         }
         const settled = await settlements.settleLeased(settlement)

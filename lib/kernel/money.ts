@@ -4,6 +4,7 @@ import { InvalidFieldError } from './errors.js'
 /** Digits kept after the decimal point; matches the `numeric(28, 10)` money columns. */
 export const MONEY_SCALE = 10
 const SCALE_FACTOR = 10n ** BigInt(MONEY_SCALE)
+const UNITS_PER_ONE = 10 ** MONEY_SCALE
 const MAX_INTEGER_DIGITS = 28 - MONEY_SCALE
 // A JSON number survives the trip through a double only up to 15 significant digits.
 const MAX_NUMBER_DIGITS = 15
@@ -66,7 +67,9 @@ export function toUnits (decimal: string): bigint {
   if (integerEnd - start <= EXACT_DIGITS && digitsOnly(decimal, start, integerEnd) && (point === -1 || digitsOnly(decimal, point + 1, decimal.length))) {
     const integer = integerEnd === start ? 0 : Number(decimal.slice(start, integerEnd))
     const fraction = point === -1 || fractionEnd === point + 1 ? 0 : Number(decimal.slice(point + 1, fractionEnd)) * FRACTION_SCALE[fractionEnd - point - 1]!
-    units = BigInt(integer) * SCALE_FACTOR + BigInt(fraction)
+    const total = integer * UNITS_PER_ONE + fraction
+    // Up to 2^53 the units themselves are exact as a double: one BigInt made, not three.
+    units = total <= Number.MAX_SAFE_INTEGER ? BigInt(total) : BigInt(integer) * SCALE_FACTOR + BigInt(fraction)
   } else {
     const [integer = '0', fraction = ''] = (negative ? decimal.slice(1) : decimal).split('.')
     units = BigInt(integer) * SCALE_FACTOR + BigInt((fraction + '0'.repeat(MONEY_SCALE)).slice(0, MONEY_SCALE))

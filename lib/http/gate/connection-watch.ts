@@ -10,6 +10,22 @@ export interface ConnectionWatch {
   gone: () => boolean
 }
 
+// A keep-alive socket carries many requests: it gets one 'close' listener, which tells the watches of its
+// requests still open, instead of a listener added and removed per request (each a copy of its listener list).
+const WATCHES = Symbol('relaycore.budgetSocketWatches')
+type WatchedSocket = Socket & { [WATCHES]?: Set<() => void> }
+
+function watchesOf (socket: WatchedSocket): Set<() => void> {
+  let watches = socket[WATCHES]
+  if (watches === undefined) {
+    const all = new Set<() => void>()
+    watches = all
+    socket[WATCHES] = all
+    socket.once('close', () => { for (const onClose of all) onClose() })
+  }
+  return watches
+}
+
 /**
  * Watches the response and its socket from onRequest, before anything is awaited: a client that
  * leaves while the body arrives, its scopes are resolved or its hold is taken is seen, also when
@@ -17,17 +33,19 @@ export interface ConnectionWatch {
  * A callback, not a promise: one less allocation and turn on every gated call.
  */
 export function watchConnection (request: FastifyRequest, reply: FastifyReply): ConnectionWatch {
-  const socket = request.raw.socket as Socket | null | undefined
+  const socket = request.raw.socket as WatchedSocket | null | undefined
+  const watches = socket === null || socket === undefined ? null : watchesOf(socket)
   let fired = false
   let then: (() => void) | null = null
-  const onClose = () => {
+  const onClose = (): void => {
     if (fired) return
     fired = true
-    socket?.off('close', onClose)
+    watches?.delete(onClose)
+    reply.raw.off('close', onClose)
     then?.()
   }
-  reply.raw.once('close', onClose)
-  socket?.once('close', onClose)
+  reply.raw.on('close', onClose)
+  watches?.add(onClose)
   if (socket?.destroyed === true || reply.raw.destroyed) onClose()
   return {
     onClosed: (callback) => {
