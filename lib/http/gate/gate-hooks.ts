@@ -328,7 +328,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         await hold(call, estimate)
         const cheaper = state.check!.downgradeTo
         if (cheaper !== null && !await downgrade(call, cheaper)) return
-        await clamp(call)
+        if (mayClamp(state.check!, options.nearLimit)) await clamp(call) // an admitted call (most of them) never clamps
       } catch (error) {
         if (!isDatabaseUnavailable(error)) throw error // a 500; the close releases whatever is held
         if (options.failureMode === 'closed') {
