@@ -34,8 +34,6 @@ if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].sp
   app.post('/ungated/v1/chat/completions', async () => ANSWER)
   app.get('/bench/admitted', async () => ({ admitted, lastAdmittedAt }))
   // The process's CPU time so far (user + system, microseconds): CPU per call, which load elsewhere on the machine disturbs less than throughput.
-  // The heap after a full collection (run with --expose-gc), to tell what the process keeps from what it throws away.
-  app.get('/bench/heap', async () => { (globalThis as { gc?: () => void }).gc?.(); return process.memoryUsage() })
   app.get('/bench/cpu', async () => { const { user, system } = process.cpuUsage(); return { micros: user + system } })
   // A CPU profile of what runs between start and stop (bench/gate-profile.ts): the inspector in this process, so loading the modules is not in it.
   const profiler = new Session()
