@@ -96,7 +96,6 @@ export const chatApi: ModelApi = {
     withLimit: (body, tokens, price) => withOutputLimit(body, tokens, price.outputLimitField)
   },
   usageFromBody: usageFromChatBody,
-  usageFromObject: usageOf,
   streamUsage: chatStreamUsage,
   errorBody: openAIErrorBody,
   // Only to OpenAI's own models: an OpenAI-compatible provider may refuse a field it does not know.

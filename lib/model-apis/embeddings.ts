@@ -134,11 +134,6 @@ export function embeddingUsageFromBody (payload: string, requestedModel: string)
   } catch {
     return null
   }
-  return embeddingUsageOf(body, requestedModel)
-}
-
-/** The usage of a parsed embeddings response body. */
-function embeddingUsageOf (body: unknown, requestedModel: string): TokenUsage | null {
   if (typeof body !== 'object' || body === null) return null
   const { model, usage } = body as { model?: unknown, usage?: unknown }
   if (typeof usage !== 'object' || usage === null) return null
@@ -165,7 +160,6 @@ export const embeddingsApi: ModelApi = {
   estimate: estimateEmbeddingCost,
   outputLimit: null,
   usageFromBody: embeddingUsageFromBody,
-  usageFromObject: embeddingUsageOf,
   streamUsage: noStreamUsage,
   errorBody: openAIErrorBody
 }

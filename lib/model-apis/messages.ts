@@ -377,11 +377,7 @@ function parse (text: string): unknown {
 const modelOr = (named: unknown, requestedModel: string): string => typeof named === 'string' && named !== '' ? named : requestedModel
 
 export function messagesUsageFromBody (payload: string, requestedModel: string): TokenUsage | null {
-  return messagesUsageOf(parse(payload), requestedModel)
-}
-
-/** The usage of a parsed Messages response body. */
-function messagesUsageOf (body: unknown, requestedModel: string): TokenUsage | null {
+  const body = parse(payload)
   if (!isObject(body) || !isObject(body.usage)) return null
   return usageOf(body.usage, modelOr(body.model, requestedModel))
 }
@@ -449,7 +445,6 @@ export const messagesApi: ModelApi = {
   estimate: estimateMessagesCost,
   outputLimit: messagesOutputLimit,
   usageFromBody: messagesUsageFromBody,
-  usageFromObject: messagesUsageOf,
   streamUsage: messagesStreamUsage,
   errorBody: messagesErrorBody
 }

@@ -61,8 +61,6 @@ export interface ModelApi {
   outputLimit: OutputLimit | null
   /** The usage in a JSON response body, as the provider returned it; null when there is none. */
   usageFromBody: (payload: string, requestedModel: string) => TokenUsage | null
-  /** The same, read from the body a route returned as an object, before it was serialized (usageFromBody parses the text into this). */
-  usageFromObject: (body: unknown, requestedModel: string) => TokenUsage | null
   /** A reader for one streamed response. */
   streamUsage: (requestedModel: string) => StreamUsageReader
   /** The response body of a refusal, in the API's error shape (the gate sets the status and the x-budget-* headers). */

@@ -369,7 +369,6 @@ export const responsesApi: ModelApi = {
   estimate: estimateResponsesCost,
   outputLimit,
   usageFromBody: (payload, requestedModel) => usageOf(parse(payload), requestedModel),
-  usageFromObject: usageOf,
   streamUsage,
   errorBody: openAIErrorBody,
   forwarded: atListPriceTier

@@ -4,7 +4,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 
 /** What the gate knows of a request's connection, from its first hook on. */
 export interface ConnectionWatch {
-  /** Calls `then` once when the response has closed (finished or cut off) or its socket has: at once if it already has. */
+  /** Calls `then` once when the response has closed (finished or cut off) or its socket has: at once if it already has. Callbacks run in the order given. */
   onClosed: (then: () => void) => void
   /** The client is gone and the response did not finish. */
   gone: () => boolean
@@ -36,13 +36,13 @@ export function watchConnection (request: FastifyRequest, reply: FastifyReply): 
   const socket = request.raw.socket as WatchedSocket | null | undefined
   const watches = socket === null || socket === undefined ? null : watchesOf(socket)
   let fired = false
-  let then: (() => void) | null = null
+  const thens: Array<() => void> = []
   const onClose = (): void => {
     if (fired) return
     fired = true
     watches?.delete(onClose)
     reply.raw.off('close', onClose)
-    then?.()
+    for (const then of thens) then()
   }
   reply.raw.on('close', onClose)
   watches?.add(onClose)
@@ -50,7 +50,7 @@ export function watchConnection (request: FastifyRequest, reply: FastifyReply): 
   return {
     onClosed: (callback) => {
       if (fired) callback()
-      else then = callback
+      else thens.push(callback)
     },
     gone: () => !reply.raw.writableFinished && (fired || socket?.destroyed === true || reply.raw.destroyed)
   }

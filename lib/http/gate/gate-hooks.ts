@@ -76,7 +76,9 @@ function gatedApi (route: RouteOptions, routes: GateRoute[]): ModelApi | null {
 }
 
 const CONNECTION_WATCH = Symbol('relaycore.budgetConnectionWatch')
-type WatchedRequest = FastifyRequest & { [CONNECTION_WATCH]: ConnectionWatch | null }
+/** A gated request's connection watch, and whether its preHandler guards it (then the hold's end is what ends it). */
+interface Watched { watch: ConnectionWatch, guarded: boolean }
+type WatchedRequest = FastifyRequest & { [CONNECTION_WATCH]: Watched | null }
 
 /** A call that no budget covers: it may proceed, and the decision met no budget at all (none for its scopes, or no scopes). */
 function uncovered (check: BudgetConstraintCheck | null): boolean {
@@ -285,7 +287,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       return await refuse(reply, api, invalidRequest(error))
     }
 
-    const watch = (request as WatchedRequest)[CONNECTION_WATCH]!
+    const watched = (request as WatchedRequest)[CONNECTION_WATCH]!
+    const watch = watched.watch
     if (watch.gone()) {
       // The client left before any budget work (while the body arrived, or its scopes were resolved): nothing to hold.
       reply.hijack()
@@ -303,23 +306,24 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     const call: GatedCall = { request, reply, api, estimateAt, prices, caller, state, current: estimate, rateLimited: undefined }
 
     // The hold ends once, when the connection is done with this response and this hook is done: the
-    // second of the two to happen ends it. A request in flight is counted: closing waits for it to end
-    // and settle (app.inject's requests are not waited for by the server's close).
+    // second of the two to happen ends it. The request stays counted in flight until then, and its
+    // settlement is pending from then: closing waits for both (app.inject's requests are not waited for
+    // by the server's close).
     let admitted = false
     let admittedAt: Date | null = null
     let liveDone: (() => void) | undefined
     let waitingFor = 2
     const endOnce = (): void => {
       if (--waitingFor > 0) return
-      inFlight--
       try {
         streamed.finish()
         end(request, reply, state, admitted, prices, admittedAt, liveDone)
       } catch (error) {
         request.log.error({ err: error, requestId }, 'ending a gated call failed: its hold stays until it expires, and is then counted at its estimate')
       }
+      inFlight--
     }
-    inFlight++
+    watched.guarded = true
     watch.onClosed(endOnce)
 
     const decided = metrics.reservationTimer()
@@ -453,15 +457,17 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       ? async (request, prices, model) => api.estimate(request.body, prices, model)
       : async (request, prices, model) => await custom(request, prices, model)
     // Hooks in Fastify's callback style where nothing is awaited: no promise made per call.
-    route.onRequest = [(request: FastifyRequest, reply: FastifyReply, done: () => void) => { (request as WatchedRequest)[CONNECTION_WATCH] = watchConnection(request, reply); done() }, ...[route.onRequest ?? []].flat()]
+    route.onRequest = [(request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+      const watched: Watched = { watch: watchConnection(request, reply), guarded: false }
+      ;(request as WatchedRequest)[CONNECTION_WATCH] = watched
+      // In flight from here: closing waits for it. Once its preHandler guards it, the hold's end ends it.
+      inFlight++
+      watched.watch.onClosed(() => { if (!watched.guarded) inFlight-- })
+      done()
+    }, ...[route.onRequest ?? []].flat()]
     route.preHandler = [...[route.preHandler ?? []].flat(), async (request: FastifyRequest, reply: FastifyReply) => { await reserve(request, reply, api, estimateAt) }]
-    // The usage of a body the route returned as an object, read from it before it is serialized (then
-    // not parsed again from the text). One with its own toJSON is read from the text it becomes.
-    route.preSerialization = [...[route.preSerialization ?? []].flat(), (request: FastifyRequest, _reply: FastifyReply, payload: unknown, done: (error: null, payload: unknown) => void) => {
-      const state = request.budgetGate
-      if (state !== null && state.usage === null && typeof (payload as { toJSON?: unknown }).toJSON !== 'function') state.usage = api.usageFromObject(payload, state.model)
-      done(null, payload)
-    }]
+    // The usage is read from the text the client gets (after the route's serializer and its own onSend
+    // hooks), not from the object the route returned: a toJSON or a serializer may make them differ.
     route.onSend = [...[route.onSend ?? []].flat(), (request: FastifyRequest, _reply: FastifyReply, payload: unknown, done: (error: null, payload: unknown) => void) => {
       const state = request.budgetGate
       // A stream the route returned: read as it goes to the client, unchanged.
@@ -489,9 +495,10 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       clearInterval(sweeper)
       const deadline = Date.now() + 10_000
       while ((pending.size > 0 || inFlight > 0) && Date.now() < deadline) {
-        // A request in flight is not a promise: looked at again every 10 ms while there are any.
-        const wait = inFlight > 0 ? Math.min(10, deadline - Date.now()) : deadline - Date.now()
-        await Promise.race([Promise.allSettled([...pending]), new Promise((resolve) => setTimeout(resolve, wait).unref())])
+        // A request in flight is not a promise: looked at again every 10 ms (a timer, so that its handler and
+        // its I/O run meanwhile) while there are any.
+        const pause = new Promise((resolve) => setTimeout(resolve, inFlight > 0 ? Math.min(10, deadline - Date.now()) : deadline - Date.now()).unref())
+        await (inFlight > 0 || pending.size === 0 ? pause : Promise.race([Promise.allSettled([...pending]), pause]))
       }
     }
   }
