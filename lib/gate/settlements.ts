@@ -1,5 +1,6 @@
 // Settlements off the caller's path, committed in groups: the gate hands each ended call to this queue
-// and answers at once; whatever gathers while one batch commits goes in the next, as one statement for
+// and answers at once; whatever gathers while one batch commits (and, for a batch that is not full, until
+// GATHER_MS after the last one started) goes in the next, as one statement for
 // calls that held their own reservation (settleBatch) and one for calls admitted from leases
 // (settleLeased). Until its batch commits, a call's reservation
 // (or its lease) is the record of it: a process that dies with settlements queued leaves holds that
