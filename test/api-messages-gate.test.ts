@@ -35,7 +35,7 @@ interface UsageRow {
 }
 
 async function records (sql: Sql): Promise<UsageRow[]> {
-  const rows = await sql<UsageRow[]>`select amount::text as amount, metadata from budget_usage_records where source = 'gateway' order by recorded_at, id`
+  const rows = await sql<UsageRow[]>`select amount::text as amount, metadata from budget_usage_records where source = 'gateway' order by occurred_at, id`
   return rows.map((row) => ({ ...row, amount: normalizeMoney(row.amount) }))
 }
 

@@ -46,7 +46,7 @@ function recordReader (gateway: Gateway) {
   const seen = new Set<string>()
   return async (): Promise<UsageRecord[]> => {
     await gateway.settled()
-    const rows = await gateway.sql<UsageRecord[]>`select id::text as id, amount::text as amount, metadata from budget_usage_records where source = 'gateway' order by recorded_at, id`
+    const rows = await gateway.sql<UsageRecord[]>`select id::text as id, amount::text as amount, metadata from budget_usage_records where source = 'gateway' order by occurred_at, id`
     const fresh = rows.filter((row) => !seen.has(row.id))
     for (const row of fresh) seen.add(row.id)
     return fresh

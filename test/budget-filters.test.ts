@@ -64,7 +64,7 @@ t.test('the gate counts a call only toward the budgets whose filters it matches,
   const counted = await sql<Array<{ budget: string, model: string, tags: unknown }>>`
     select b.name as budget, u.metadata ->> 'modelId' as model, u.metadata -> 'tags' as tags
     from budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id join budget_definitions b on b.id = a.budget_id
-    order by b.name, u.recorded_at`
+    order by b.name, u.occurred_at`
   t.same(counted.map((row) => [row.budget, row.model]), [
     ['everything', 'gpt-4o-mini'], ['everything', 'gpt-4o'], ['everything', 'gpt-4o-mini'],
     ['gpt-4o daily', 'gpt-4o'],

@@ -124,7 +124,7 @@ async function estimateOf (api: ApiName, body: Record<string, unknown>): Promise
 interface UsageRow { amount: string, metadata: Record<string, unknown> }
 
 async function usageRows (sql: Sql): Promise<UsageRow[]> {
-  const rows = await sql<UsageRow[]>`select amount::text as amount, metadata from budget_usage_records order by recorded_at, id`
+  const rows = await sql<UsageRow[]>`select amount::text as amount, metadata from budget_usage_records order by occurred_at, id`
   return rows.map((row) => ({ ...row, amount: normalizeMoney(row.amount) }))
 }
 

@@ -119,7 +119,7 @@ interface UsageRow {
 async function usageRows (sql: Sql): Promise<UsageRow[]> {
   const rows = await sql<UsageRow[]>`
     select amount::text as amount, source, metadata, occurred_at as "occurredAt", budget_id as "budgetId"
-    from budget_usage_records order by recorded_at, id`
+    from budget_usage_records order by occurred_at, id`
   return rows.map((row) => ({ ...row, amount: normalizeMoney(row.amount) }))
 }
 

@@ -34,7 +34,7 @@ t.test('an upstream that answers with a dated snapshot name is charged at the ba
     t.equal(response.statusCode, 200, url)
   }
   await settled()
-  const records = await sql`select amount::text as amount, metadata from budget_usage_records order by recorded_at`
+  const records = await sql`select amount::text as amount, metadata from budget_usage_records order by occurred_at`
   t.equal(records.length, 2, 'both calls were recorded: neither was free')
   for (const record of records) {
     t.equal(compareMoney(record.amount as string, miniCost(120, 30)), 0, 'at gpt-4o-mini\'s price for the tokens used')
@@ -56,7 +56,7 @@ t.test('a served call that cannot be priced, or that brings no usage, is charged
     t.equal(response.statusCode, 200)
   }
   await settled()
-  const records = await sql`select amount::text as amount, metadata from budget_usage_records order by recorded_at`
+  const records = await sql`select amount::text as amount, metadata from budget_usage_records order by occurred_at`
   t.equal(records.length, 2)
   t.match(records[0]!.metadata, { costBasis: 'estimate', estimateReason: 'unpriced-model', upstreamModel: 'some-model-nobody-prices' })
   t.match(records[1]!.metadata, { costBasis: 'estimate', estimateReason: 'no-usage' })
