@@ -1,9 +1,6 @@
 // Group commit, the one loop behind the hold queue and the settlement queue: work that arrives while a batch
 // is in PostgreSQL waits for the next batch, and each batch is one call of `commit`. A lone item is a batch of
 // one; under load a batch takes up to `most` items, so a hot row is written once per batch, not per item.
-// With `gatherMs`, a batch that is not full starts no sooner than gatherMs after the one before started:
-// a process sends at most 1000 / gatherMs such statements a second whatever its load, so processes added
-// to spread the same calls do not multiply the statements (a lone item after a quiet spell goes at once).
 
 /** An item waiting for its batch, and how to answer its submitter. */
 export interface Pending<T, R> {
@@ -19,19 +16,14 @@ export interface Pending<T, R> {
  * rejected with that error. It may hand items to `again`, which puts them first in the queue, each to be
  * committed alone (a batch that one item failed, so that the others still commit).
  */
-export function createGroupCommit<T, R> (most: number, commit: (batch: Array<Pending<T, R>>, again: (items: Array<Pending<T, R>>) => void) => Promise<void>,
-  { gatherMs = 0 }: { gatherMs?: number } = {}) {
+export function createGroupCommit<T, R> (most: number, commit: (batch: Array<Pending<T, R>>, again: (items: Array<Pending<T, R>>) => void) => Promise<void>) {
   let queue: Array<Pending<T, R>> = []
   let running: Promise<void> | null = null
-  let lastStart = 0
 
   const again = (items: Array<Pending<T, R>>): void => { queue = [...items.map((pending) => ({ ...pending, alone: true })), ...queue] }
 
   async function run (): Promise<void> {
     while (queue.length > 0) {
-      const wait = lastStart + gatherMs - Date.now()
-      if (wait > 0 && queue.length < most && queue[0]?.alone !== true) await new Promise((resolve) => setTimeout(resolve, wait))
-      lastStart = Date.now()
       const batch = queue[0]?.alone === true ? queue.slice(0, 1) : queue.slice(0, most)
       queue = queue.slice(batch.length)
       try {

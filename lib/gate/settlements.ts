@@ -1,6 +1,5 @@
 // Settlements off the caller's path, committed in groups: the gate hands each ended call to this queue
-// and answers at once; whatever gathers while one batch commits (and, for a batch that is not full, until
-// GATHER_MS after the last one started) goes in the next, as one statement for
+// and answers at once; whatever gathers while one batch commits goes in the next, as one statement for
 // calls that held their own reservation (settleBatch) and one for calls admitted from leases
 // (settleLeased). Until its batch commits, a call's reservation
 // (or its lease) is the record of it: a process that dies with settlements queued leaves holds that
@@ -58,10 +57,6 @@ function heldOutcome (usageId: string | null | undefined, charged: boolean): Set
 
 // Small enough that a batch holds the hot rows' locks only briefly (a lease top-up may wait for it).
 const MOST_IN_A_BATCH = 100
-// At most 10 batches a second that are not full, per process: under load the statements per second stay
-// flat as calls are spread over more processes (group-commit.ts). A settlement waits at most this much
-// longer; its hold or lease slice counts the call meanwhile, so nothing is overspent by the wait.
-const GATHER_MS = 100
 // Lock timeouts, serialization failures and a database that is briefly away end a batch without
 // effect; it is safe to run again.
 const RETRYABLE = new Set(['40P01', '40001', '55P03'])
@@ -179,7 +174,7 @@ export function createSettlementQueue (reservations: SettlementRepository,
     }
   }
 
-  const queue = createGroupCommit<Work, SettleOutcome>(MOST_IN_A_BATCH, commitRetrying, { gatherMs: GATHER_MS })
+  const queue = createGroupCommit<Work, SettleOutcome>(MOST_IN_A_BATCH, commitRetrying)
   const enqueue = queue.submit
 
   return {
