@@ -22,7 +22,7 @@ import { costFromUsage } from '../lib/pricing/estimate.js'
 import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
 import { ANSWER, BENCH_ADMIN_TOKEN } from './gateway-server.js'
 import { estimateCostRows } from './estimate-cost.js'
-import { benchDatabase, fmt, startBenchGateway } from './harness.js'
+import { benchDatabase, floorPairs, fmt, startBenchGateway } from './harness.js'
 import { decisionLogRows } from './decision-log.js'
 
 // The estimate's own cost, alone, before any load runs (BENCH_ONLY=estimate prints just this).
@@ -67,20 +67,8 @@ async function load (url: string, connections: number, path: string, seconds = S
   return { perSecond: result.requests.total / seconds, ok: result['2xx'], other: result.non2xx + result.errors + result.timeouts, p99: result.latency.p99, cpuPerCall }
 }
 
-/** Runs `pair` (two UPDATEs) on `connections` loops for `seconds`; pairs per second. */
-async function floorRate (connections: number, seconds: number): Promise<number> {
-  const deadline = Date.now() + seconds * 1000
-  let pairs = 0
-  const start = process.hrtime.bigint()
-  await Promise.all(Array.from({ length: connections }, async () => {
-    while (Date.now() < deadline) {
-      await sql`update bench_counter set n = n + 1 where id = 1`
-      await sql`update bench_counter set n = n + 1 where id = 1`
-      pairs++
-    }
-  }))
-  return pairs / (Number(process.hrtime.bigint() - start) / 1e9)
-}
+/** The floor's pairs per second on `connections` loops for `seconds` (harness.ts floorPairs). */
+const floorRate = async (connections: number, seconds: number): Promise<number> => (await floorPairs(sql, connections, seconds)).perSecond
 
 // The floor, alone: nothing else runs against the database while it is measured.
 await sql`create table bench_counter (id int primary key, n bigint not null)`

@@ -1,5 +1,6 @@
 // What the benchmarks share: a fresh database on a real PostgreSQL, a gateway process, timing, and a tidy exit.
 import { spawn, type ChildProcess } from 'node:child_process'
+import type { Sql } from 'postgres'
 import { createInterface } from 'node:readline'
 import { createTestDatabase } from '../test/fixtures/database.js'
 import { provideDatabaseServer } from '../test/fixtures/database-server.js'
@@ -60,4 +61,22 @@ export async function startBenchGateway (databaseUrl: string, env: Record<string
     if (url !== undefined) { child.stdout!.resume(); return { url, child } }
   }
   throw new Error('the gateway did not start')
+}
+
+/**
+ * The floor: two single-row UPDATEs on bench_counter's row 1, on `connections` loops for `seconds`: the pairs
+ * done and their rate. What a gated call is set against (bench/gate.ts, bench/scale-out.ts).
+ */
+export async function floorPairs (sql: Sql, connections: number, seconds: number): Promise<{ pairs: number, perSecond: number }> {
+  const deadline = Date.now() + seconds * 1000
+  let pairs = 0
+  const start = process.hrtime.bigint()
+  await Promise.all(Array.from({ length: connections }, async () => {
+    while (Date.now() < deadline) {
+      await sql`update bench_counter set n = n + 1 where id = 1`
+      await sql`update bench_counter set n = n + 1 where id = 1`
+      pairs++
+    }
+  }))
+  return { pairs, perSecond: pairs / (Number(process.hrtime.bigint() - start) / 1e9) }
 }

@@ -16,7 +16,7 @@ import { costFromUsage } from '../lib/pricing/estimate.js'
 import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
 import { createTestDatabase } from '../test/fixtures/database.js'
 import { ANSWER, BENCH_ADMIN_TOKEN } from './gateway-server.js'
-import { benchDatabase, fmt, startBenchGateway } from './harness.js'
+import { benchDatabase, floorPairs, fmt, startBenchGateway } from './harness.js'
 import { serverCpuMeter, type ServerCpu } from './pg-cpu.js'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
@@ -114,26 +114,11 @@ async function lockWaits<T> (database: string, work: () => Promise<T>) {
   return { result, activePerSample: active / samples, waitingPerSample: waiting / samples }
 }
 
-/** Two single-row UPDATEs on one row, on `connections` loops for `seconds`: pairs done and their rate. */
-async function floorPairs (connections: number, seconds: number): Promise<{ pairs: number, perSecond: number }> {
-  const deadline = Date.now() + seconds * 1000
-  let pairs = 0
-  const start = process.hrtime.bigint()
-  await Promise.all(Array.from({ length: connections }, async () => {
-    while (Date.now() < deadline) {
-      await sql`update bench_counter set n = n + 1 where id = 1`
-      await sql`update bench_counter set n = n + 1 where id = 1`
-      pairs++
-    }
-  }))
-  return { pairs, perSecond: pairs / (Number(process.hrtime.bigint() - start) / 1e9) }
-}
-
 // The floor, alone: nothing else of this benchmark runs against the server while it is measured.
 await sql`create table bench_counter (id int primary key, n bigint not null)`
 await sql`insert into bench_counter values (1, 0)`
-await floorPairs(CONNECTIONS, 2) // warm up
-const floor = await measured(sql, IDLE_REPORT_MS, async () => await floorPairs(CONNECTIONS, SECONDS), IDLE_REPORT_MS)
+await floorPairs(sql, CONNECTIONS, 2) // warm up
+const floor = await measured(sql, IDLE_REPORT_MS, async () => await floorPairs(sql, CONNECTIONS, SECONDS), IDLE_REPORT_MS)
 const floorPairMicros = floor.pgMicros === null ? null : floor.pgMicros / floor.result.pairs
 const floorUpdatesPerSecond = 2 * floor.result.perSecond
 

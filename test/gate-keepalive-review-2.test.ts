@@ -8,6 +8,25 @@ const BODY = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', c
 const STREAM_BODY = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], max_tokens: 200, stream: true, stream_options: { include_usage: true } })
 const request = (body: string): string => `POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-relay-team-id: platform\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
 
+/** A raw keep-alive connection to `address`: what it has received, and `answered` to send requests one at a time, each waited for (its 200). */
+function keepAlive (address: string) {
+  const socket = net.connect(Number(new URL(address).port), '127.0.0.1')
+  const received = { text: '' }
+  socket.on('data', (chunk) => { received.text += chunk.toString() })
+  const until = async (seen: () => boolean): Promise<void> => { while (!seen()) await new Promise((resolve) => setTimeout(resolve, 2)) }
+  return {
+    socket,
+    received,
+    until,
+    async answered (count: number): Promise<void> {
+      for (let i = 0; i < count; i++) {
+        socket.write(request(BODY))
+        await until(() => (received.text.match(/HTTP\/1\.1 200/g) ?? []).length >= i + 1)
+      }
+    }
+  }
+}
+
 t.test('100 gated requests on one keep-alive socket leave one close listener and an empty watch set', async (t) => {
   const seen: Array<{ listeners: number, watches: number }> = []
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 }, routes: (app) => { app.addHook('onResponse', async (req) => {
@@ -19,17 +38,12 @@ t.test('100 gated requests on one keep-alive socket leave one close listener and
   const { app, sql, createBudget } = gateway
   await createBudget({ scopeType: 'team', scopeId: 'platform', amount: '100' })
   const address = await app.listen({ port: 0, host: '127.0.0.1' })
-  const socket = net.connect(Number(new URL(address).port), '127.0.0.1')
-  let text = ''
-  socket.on('data', (chunk) => { text += chunk.toString() })
-  for (let i = 0; i < 100; i++) {
-    socket.write(request(BODY))
-    while ((text.match(/HTTP\/1\.1 200/g) ?? []).length < i + 1) await new Promise((resolve) => setTimeout(resolve, 2))
-  }
+  const client = keepAlive(address)
+  await client.answered(100)
   t.equal(seen.length, 100)
   t.equal(new Set(seen.map((s) => s.listeners)).size, 1, `the socket's close listeners stay flat: ${seen[0]!.listeners} .. ${seen[99]!.listeners}`)
   t.ok(seen.every((s) => s.watches <= 1), `the watch set holds at most the current request (max ${Math.max(...seen.map((s) => s.watches))})`)
-  socket.end()
+  client.socket.end()
   await app.close()
   const [records] = await sql`select count(*)::int as n from budget_usage_records`
   t.equal(records!.n, 100, 'every call recorded once')
@@ -60,16 +74,11 @@ t.test('a client that leaves in the middle of its 3rd streamed request on a keep
   const { app, sql, createBudget } = gateway
   await createBudget({ scopeType: 'team', scopeId: 'platform', amount: '100' })
   const address = await app.listen({ port: 0, host: '127.0.0.1' })
-  const socket = net.connect(Number(new URL(address).port), '127.0.0.1')
-  let text = ''
-  socket.on('data', (chunk) => { text += chunk.toString() })
-  for (let i = 0; i < 2; i++) {
-    socket.write(request(BODY))
-    while ((text.match(/HTTP\/1\.1 200/g) ?? []).length < i + 1) await new Promise((resolve) => setTimeout(resolve, 2))
-  }
-  socket.write(request(STREAM_BODY))
-  while ((text.match(/data: /g) ?? []).length < 3) await new Promise((resolve) => setTimeout(resolve, 2))
-  socket.destroy()
+  const client = keepAlive(address)
+  await client.answered(2)
+  client.socket.write(request(STREAM_BODY))
+  await client.until(() => (client.received.text.match(/data: /g) ?? []).length >= 3)
+  client.socket.destroy()
   await new Promise((resolve) => setTimeout(resolve, 300))
   const [held] = await sql`select count(*)::int as n from budget_reservations where request_id not like 'lease:%'`
   t.equal(held!.n, 0, 'no hold of a call left before close')
