@@ -279,6 +279,43 @@ t.test('a limit lowered in this process applies to the very next call, even on a
   await checkInvariants(t, gateway.sql)
 })
 
+t.test('a top-up in flight when the limit is lowered brings nothing of the old limit back: its grant goes to the bucket', async (t) => {
+  const gateway = await buildGateway(t)
+  const budget = await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 60000 } })
+  for (let wave = 0; wave < 5; wave++) await Promise.all(Array.from({ length: 10 }, async () => await chat(gateway))) // hot: a slice held in process
+  // Another session holds the bucket's row: the next top-up waits on it, taking under the old limit.
+  let unlock = () => {}
+  const locked = new Promise<void>((resolve) => { unlock = resolve })
+  let holding = () => {}
+  const held = new Promise<void>((resolve) => { holding = resolve })
+  const holder = gateway.sql.begin(async (tx) => {
+    await tx`select 1 from budget_rate_buckets where budget_id = ${budget.id} for update`
+    holding()
+    await locked
+  })
+  await held
+  const waitingTakes = async () => Number((await gateway.sql`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%budget_rate_take%'`)[0]!.n)
+  let calls = 0
+  while (await waitingTakes() === 0 && calls < 200) { t.equal((await chat(gateway)).statusCode, 200); calls++ }
+  t.equal(await waitingTakes(), 1, `a top-up waits on the bucket after ${calls} calls`)
+  const lowered = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { rateLimits: { requestsPerMinute: 2 } } })
+  t.equal(lowered.statusCode, 200)
+  const started = Date.now()
+  const answers: number[] = []
+  // What the process held when the limit changed is given back, though a top-up is in flight...
+  for (let call = 0; call < 5; call++) answers.push((await chat(gateway)).statusCode)
+  unlock()
+  await holder
+  // ...and what that top-up took under the old limit goes back to the bucket, not to the process.
+  while (await waitingTakes() > 0) await new Promise((resolve) => setTimeout(resolve, 1))
+  for (let call = 0; call < 15; call++) answers.push((await chat(gateway)).statusCode)
+  const refill = (Date.now() - started) / 60_000 * 2
+  const admitted = answers.filter((status) => status === 200).length
+  t.ok(admitted <= 2 + Math.ceil(refill), `${admitted} of 20 admitted after the limit became 2 a minute`)
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
+
 t.test('a call whose worst case is more tokens than the budget allows in a minute is told not to retry', async (t) => {
   const gateway = await buildGateway(t)
   const address = await gateway.app.listen({ port: 0, host: '127.0.0.1' })

@@ -17,7 +17,7 @@ import type { BudgetLines } from './budget-lines.js'
 import type { DefinitionsVersion } from './definitions-version.js'
 import type { HeldShare, HoldQueue } from './holds.js'
 import { decidedOn, type Admission, type Leases } from './leases.js'
-import { isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
+import { NOTHING_TAKEN, isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
 import { sweptBeforeSettling, type SettleOutcome, type SettlementQueue } from './settlements.js'
 import type { Settlement } from './settlement-repository.js'
 import { bindingBudget, decide, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
@@ -278,7 +278,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       // A fresh id each try: the hold of a try found stale is still being given back under its own.
       const reservationId = randomUUID()
       const { key, line, validUntil, definitionsVersion } = await lines.lineOf(call)
-      if (line.length === 0) return { reservationId, line, admission: null, hold: nothingHeld, rate: { taken: [] } }
+      if (line.length === 0) return { reservationId, line, admission: null, hold: nothingHeld, rate: NOTHING_TAKEN }
       // Rate limits first: a call over one takes no money at all.
       const rate = await rateLimits.admit(line, tokens)
       if (isRateRefusal(rate)) return { reservationId, line, admission: null, hold: nothingHeld, rate }

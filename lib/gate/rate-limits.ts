@@ -6,6 +6,9 @@
 // a hot budget calls are admitted in memory, with no round trip. Whatever a process holds counts as used
 // in the bucket, so the limits hold across processes; what it does not use goes back when idle for 2 s
 // and when the process closes. When a call ends, the tokens it did not use go back to the allowance.
+// A changed budget ends every allowance at once (forgetAll): what was held, what a statement in flight
+// then grants and what calls admitted before the change give back all go to the buckets, so not one
+// call is admitted in memory under a limit that no longer holds.
 import type { Logger } from '../kernel/logger.js'
 import { bestEffort } from '../kernel/best-effort.js'
 import type { BudgetTerms } from './budget-terms.js'
@@ -26,6 +29,8 @@ interface Allowance {
 /** What an admitted call took from each rate-limited budget of its line (empty when none limits it). */
 export interface RateAdmission {
   taken: Array<{ budgetId: string, requests: number, tokens: number, limitsTokens: boolean }>
+  /** The allowances' era it was admitted in (forgetAll starts a new one). */
+  era: number
 }
 
 /** Which budget's limit refused, and the numbers OpenAI's 429 headers carry. */
@@ -48,13 +53,15 @@ export interface RateRefusal {
 }
 
 /** What a call on a line that no budget rate-limits takes: nothing (one object for all of them, never changed). */
-const NOTHING_TAKEN: RateAdmission = { taken: [] }
+export const NOTHING_TAKEN: RateAdmission = { taken: [], era: -1 }
 
 const limits = (budget: BudgetTerms) => budget.requestsPerMinute !== null || budget.tokensPerMinute !== null
 
 export function createRateLimits (reservations: RateRepository, log: Logger) {
   const allowances = new Map<string, Allowance>()
   let returns: Promise<unknown> = Promise.resolve()
+  /** Counts forgetAll(): allowance taken or admitted in an earlier era goes back to the buckets. */
+  let era = 0
 
   const allowanceOf = (budgetId: string): Allowance => {
     let allowance = allowances.get(budgetId)
@@ -93,7 +100,10 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
     })
     // An allowance given back a moment ago may not be in its bucket yet: take after it is, or a call
     // is refused for tokens this process just returned.
+    const takenIn = era
     const taking = returns.then(async () => await reservations.takeRate(asks)).then((grants) => {
+      // Granted under definitions that have changed since: the bucket gets it back, no call uses it.
+      if (takenIn !== era) return giveBack(grants.map((grant) => ({ budgetId: grant.budgetId, requests: grant.grantedRequests, tokens: grant.grantedTokens })))
       for (const grant of grants) {
         const allowance = allowanceOf(grant.budgetId)
         allowance.requests += grant.grantedRequests
@@ -105,7 +115,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
     try {
       await taking
     } finally {
-      for (const budget of short) if (allowanceOf(budget.budgetId).taking === taking) allowanceOf(budget.budgetId).taking = null
+      for (const budget of short) if (allowances.get(budget.budgetId)?.taking === taking) allowances.get(budget.budgetId)!.taking = null
     }
   }
 
@@ -138,13 +148,19 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
   // Allowances idle for IDLE_MS go back to their buckets, in one statement.
   const sweeper = idleTimer(() => { giveBackIdle(Date.now() - IDLE_MS) }, 500)
 
-  function giveBackIdle (idleSince: number): void {
+  /** Ends the allowances idle since `idleSince` (all of them: every one, even with a statement in flight, which then gives its grant back). */
+  function giveBackIdle (idleSince: number, all = false): void {
     const back: Array<{ budgetId: string, requests: number, tokens: number }> = []
     for (const [budgetId, allowance] of allowances) {
-      if (allowance.lastUse > idleSince || allowance.taking !== null) continue
+      if (!all && (allowance.lastUse > idleSince || allowance.taking !== null)) continue
       if (allowance.requests !== 0 || allowance.tokens !== 0) back.push({ budgetId, requests: allowance.requests, tokens: allowance.tokens })
       allowances.delete(budgetId)
     }
+    giveBack(back)
+  }
+
+  function giveBack (back: Array<{ budgetId: string, requests: number, tokens: number }>): void {
+    back = back.filter((b) => b.requests !== 0 || b.tokens !== 0)
     if (back.length === 0) return
     // A failed give-back (after the repository's own retries) loses the allowance to the bucket until it
     // refills, within a minute: fewer calls, never more.
@@ -170,7 +186,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       void bestEffort(log, async () => { await topUp(low, tokens, now) },
         'topping up a rate-limit allowance in the background failed: the next call takes its own', { budgetIds: low.map((budget) => budget.budgetId) })
     }
-    return { taken }
+    return { taken, era }
   }
 
   return {
@@ -219,6 +235,15 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
      * tokens come back). The difference from what it took goes back to the allowance.
      */
     end (admission: RateAdmission, usedTokens: number | null): void {
+      if (admission.era !== era) {
+        // Admitted under definitions that have changed since: the difference settles with the bucket.
+        giveBack(admission.taken.map((taken) => ({
+          budgetId: taken.budgetId,
+          requests: usedTokens === null ? taken.requests : 0,
+          tokens: taken.limitsTokens ? taken.tokens - (usedTokens ?? 0) : 0
+        })))
+        return
+      }
       for (const taken of admission.taken) {
         const allowance = allowanceOf(taken.budgetId)
         if (usedTokens === null) allowance.requests += taken.requests
@@ -230,15 +255,18 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
 
     /** Gives every allowance back (a budget changed: its limits may have): later calls take under the new ones. */
     forgetAll (): void {
-      for (const allowance of allowances.values()) allowance.lastUse = 0
-      giveBackIdle(Number.POSITIVE_INFINITY)
+      era++
+      giveBackIdle(Number.POSITIVE_INFINITY, true)
     },
 
     /** Gives every allowance back and waits for it to commit, for at most `waitMs`. */
     async close (waitMs = 5000): Promise<void> {
       sweeper.stop()
-      giveBackIdle(Number.POSITIVE_INFINITY)
-      await Promise.race([returns, new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
+      // A statement in flight gives its grant back when it lands: wait for it, then for every return.
+      const landing = Promise.allSettled([...allowances.values()].map((allowance) => allowance.taking))
+      era++
+      giveBackIdle(Number.POSITIVE_INFINITY, true)
+      await Promise.race([landing.then(async () => await returns), new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
     }
   }
 }
