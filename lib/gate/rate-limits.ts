@@ -11,6 +11,7 @@
 // call is admitted in memory under a limit that no longer holds.
 import type { Logger } from '../kernel/logger.js'
 import { bestEffort } from '../kernel/best-effort.js'
+import { DatabaseUnavailableError } from '../kernel/errors.js'
 import type { BudgetTerms } from './budget-terms.js'
 import type { RateAsk, RateGrant, RateRepository } from './rate-repository.js'
 import { IDLE_MS, LOW_WATER_CALLS, SLICE_CALLS, idleTimer, isHot } from './hot-slices.js'
@@ -23,7 +24,7 @@ interface Allowance {
   /** The bucket as the last statement left it: the 429's numbers. */
   seen: RateGrant | null
   /** One statement at a time per budget; calls that need it meanwhile wait for it. */
-  taking: Promise<void> | null
+  taking: Promise<unknown> | null
 }
 
 /** What an admitted call took from each rate-limited budget of its line (empty when none limits it). */
@@ -62,6 +63,10 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
   let returns: Promise<unknown> = Promise.resolve()
   /** Counts forgetAll(): allowance taken or admitted in an earlier era goes back to the buckets. */
   let era = 0
+  /** Statements taking allowance, in flight: close() waits for them (their allowance may be gone by then). */
+  const takes = new Set<Promise<boolean>>()
+  /** close() was called: nothing more is taken (the gate is stopping, its pool about to end). */
+  let closed = false
 
   const allowanceOf = (budgetId: string): Allowance => {
     let allowance = allowances.get(budgetId)
@@ -80,8 +85,11 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
   const covers = (allowance: Allowance, wanted: { requests: number, tokens: number }) =>
     allowance.requests >= wanted.requests && allowance.tokens >= wanted.tokens
 
-  /** One statement for the line's budgets whose allowance is short: their need, or a slice when hot. */
-  async function topUp (short: BudgetTerms[], tokens: number, now: number): Promise<void> {
+  /**
+   * One statement for the line's budgets whose allowance is short: their need, or a slice when hot. False
+   * when the definitions changed while it was in flight: what it was granted went back to the buckets.
+   */
+  async function topUp (short: BudgetTerms[], tokens: number, now: number): Promise<boolean> {
     const asks: RateAsk[] = short.map((budget) => {
       const allowance = allowanceOf(budget.budgetId)
       const wanted = need(budget, tokens)
@@ -102,19 +110,25 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
     // is refused for tokens this process just returned.
     const takenIn = era
     const taking = returns.then(async () => await reservations.takeRate(asks)).then((grants) => {
-      // Granted under definitions that have changed since: the bucket gets it back, no call uses it.
-      if (takenIn !== era) return giveBack(grants.map((grant) => ({ budgetId: grant.budgetId, requests: grant.grantedRequests, tokens: grant.grantedTokens })))
+      if (takenIn !== era) {
+        // Granted under definitions that have changed since: the bucket gets it back, no call uses it.
+        giveBack(grants.map((grant) => ({ budgetId: grant.budgetId, requests: grant.grantedRequests, tokens: grant.grantedTokens })))
+        return false
+      }
       for (const grant of grants) {
         const allowance = allowanceOf(grant.budgetId)
         allowance.requests += grant.grantedRequests
         allowance.tokens += grant.grantedTokens
         allowance.seen = grant
       }
+      return true
     })
+    takes.add(taking)
     for (const budget of short) allowanceOf(budget.budgetId).taking = taking
     try {
-      await taking
+      return await taking
     } finally {
+      takes.delete(taking)
       for (const budget of short) if (allowances.get(budget.budgetId)?.taking === taking) allowances.get(budget.budgetId)!.taking = null
     }
   }
@@ -198,7 +212,8 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       const limited = line.filter(limits)
       if (limited.length === 0) return NOTHING_TAKEN
       const now = Date.now()
-      // Waiting for another call's statement on a budget costs no try; at most two statements of our own.
+      // Waiting for another call's statement on a budget costs no try, nor does a statement of ours whose
+      // grant went back because the definitions changed meanwhile; at most two statements of our own that count.
       for (let ownTakes = 0, rounds = 0; ; rounds++) {
         const short = limited.filter((budget) => !covers(allowanceOf(budget.budgetId), need(budget, tokens)))
         if (short.length === 0) break
@@ -208,9 +223,9 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
           await Promise.allSettled(pending)
           continue
         }
-        if (ownTakes >= 2) return refusal(short[0]!, tokens)
-        ownTakes++
-        await topUp(short, tokens, now)
+        if (ownTakes >= 2 || rounds >= 50) return refusal(short[0]!, tokens)
+        if (closed) throw new DatabaseUnavailableError()
+        if (await topUp(short, tokens, now)) ownTakes++
       }
       return takeCovered(limited, tokens, now)
     },
@@ -261,9 +276,10 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
 
     /** Gives every allowance back and waits for it to commit, for at most `waitMs`. */
     async close (waitMs = 5000): Promise<void> {
+      closed = true
       sweeper.stop()
       // A statement in flight gives its grant back when it lands: wait for it, then for every return.
-      const landing = Promise.allSettled([...allowances.values()].map((allowance) => allowance.taking))
+      const landing = Promise.allSettled([...takes])
       era++
       giveBackIdle(Number.POSITIVE_INFINITY, true)
       await Promise.race([landing.then(async () => await returns), new Promise((resolve) => setTimeout(resolve, waitMs).unref())])
