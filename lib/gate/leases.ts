@@ -17,15 +17,14 @@ import type { LeaseRepository } from './lease-repository.js'
 import type { LeasedSettlement } from './settlement-repository.js'
 import type { SettleOutcome, SettlementQueue } from './settlements.js'
 import type { WindowLedger } from './window-ledger.js'
-import { IDLE_MS, LOW_WATER_CALLS, SLICE_CALLS, idleTimer, isHot } from './hot-slices.js'
+import { IDLE_MS, LOW_WATER_CALLS, idleTimer, isHot, lowWaterCalls, sliceCalls, type SlicePace } from './hot-slices.js'
 
-/** A lease asks for room for this many calls at the current estimate, and takes none for fewer than FEWEST_CALLS: near a limit, calls hold one by one (hot-slices.ts). */
-const CALLS_PER_LEASE = BigInt(SLICE_CALLS)
+/** A lease takes no slice for fewer calls than this at the current estimate: near a limit, calls hold one by one (hot-slices.ts). */
 const FEWEST_CALLS = BigInt(LOW_WATER_CALLS)
 /** A give-back that fails is tried again after these pauses; room not given back is swept as spend when the lease expires. */
 const RETURN_RETRY_DELAYS_MS = [20, 100, 500, 2000, 5000]
 
-interface Lease {
+interface Lease extends SlicePace {
   id: string
   line: BudgetTerms[]
   /** The line's budget ids, for every settlement of its calls. */
@@ -54,6 +53,8 @@ interface Lease {
   returns: Promise<void>
   returning: boolean
   taking: Promise<void> | null
+  /** Below this many calls' worth its slice is topped up (a quarter of what the last take asked for). */
+  lowWater: bigint
   lastUse: number
   renewedAt: number
   windowStart: number
@@ -171,8 +172,12 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
   async function take (lease: Lease, estimate: bigint): Promise<void> {
     const sentAt = ledger.stamp()
     const sentAtMs = Date.now()
+    const calls = sliceCalls(lease, sentAtMs)
+    lease.callsSinceTake = 0
+    lease.tookAt = sentAtMs
+    lease.lowWater = BigInt(lowWaterCalls(calls))
     const granted = await reservations.takeLease(lease.id, lease.line, options.currency, options.ttlMs,
-      fromUnits(estimate * CALLS_PER_LEASE), fromUnits(estimate * FEWEST_CALLS))
+      fromUnits(estimate * BigInt(calls)), fromUnits(estimate * FEWEST_CALLS))
     if (granted === null) return
     lease.landed = true
     if (lease.ended) {
@@ -255,9 +260,10 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
   function admitFrom (lease: Lease, estimate: Money, units: bigint, now: number): Admission {
     lease.available -= units
     lease.unsettled++
+    lease.callsSinceTake++
     lease.lastUse = now
     // Top up before the slice runs dry, so calls do not wait for the statement that does it.
-    if (lease.available < units * FEWEST_CALLS && lease.taking === null && !lease.returning) {
+    if (lease.available < units * lease.lowWater && lease.taking === null && !lease.returning) {
       topUp(lease, units).catch((error: unknown) => { log.warn({ err: error, leaseId: lease.id }, 'topping up a budget lease failed') })
     }
     // A lease is taken only on a line in the gate's currency (so the estimate is the call's own) and never
@@ -297,7 +303,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       if (lease === undefined) {
         if (!isHot(previous, now) || line.length === 0) return null
         lease = {
-          id: randomUUID(), line, budgetIds: line.map((budget) => budget.budgetId), validUntil, available: 0n, held: 0n, returnsNumbered: 0, returns: Promise.resolve(), unsettled: 0, settlementFailed: false, ended: false, landed: false, taken: [], returning: false, taking: null, lastUse: now, renewedAt: now,
+          id: randomUUID(), line, budgetIds: line.map((budget) => budget.budgetId), validUntil, available: 0n, held: 0n, returnsNumbered: 0, returns: Promise.resolve(), unsettled: 0, settlementFailed: false, ended: false, landed: false, taken: [], returning: false, taking: null, lowWater: FEWEST_CALLS, callsSinceTake: 0, tookAt: now, lastUse: now, renewedAt: now,
           windowStart: Math.max(...line.map((budget) => budget.periodStart.getTime())),
           windowEnd: Math.min(...line.map((budget) => budget.periodEnd.getTime()))
         }

@@ -14,10 +14,10 @@ import { bestEffort } from '../kernel/best-effort.js'
 import { DatabaseUnavailableError } from '../kernel/errors.js'
 import type { BudgetTerms } from './budget-terms.js'
 import type { RateAsk, RateGrant, RateRepository } from './rate-repository.js'
-import { IDLE_MS, LOW_WATER_CALLS, SLICE_CALLS, idleTimer, isHot } from './hot-slices.js'
+import { IDLE_MS, LOW_WATER_CALLS, idleTimer, isHot, lowWaterCalls, sliceCalls, type SlicePace } from './hot-slices.js'
 
 
-interface Allowance {
+interface Allowance extends SlicePace {
   requests: number
   tokens: number
   lastUse: number
@@ -25,6 +25,8 @@ interface Allowance {
   seen: RateGrant | null
   /** One statement at a time per budget; calls that need it meanwhile wait for it. */
   taking: Promise<unknown> | null
+  /** Below this many calls' worth it is topped up (a quarter of what the last take asked for). */
+  lowWater: number
 }
 
 /** What an admitted call took from each rate-limited budget of its line (empty when none limits it). */
@@ -72,7 +74,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
     let allowance = allowances.get(budgetId)
     if (allowance === undefined) {
       sweeper.start()
-      allowance = { requests: 0, tokens: 0, lastUse: 0, seen: null, taking: null }
+      allowance = { requests: 0, tokens: 0, lastUse: 0, seen: null, taking: null, lowWater: LOW_WATER_CALLS, callsSinceTake: 0, tookAt: Date.now() }
       allowances.set(budgetId, allowance)
     }
     return allowance
@@ -93,7 +95,11 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
     const asks: RateAsk[] = short.map((budget) => {
       const allowance = allowanceOf(budget.budgetId)
       const wanted = need(budget, tokens)
-      const extraCalls = isHot(allowance.lastUse, now) ? SLICE_CALLS - 1 : 0
+      const calls = isHot(allowance.lastUse, now) ? sliceCalls(allowance, now) : 1
+      const extraCalls = calls - 1
+      allowance.callsSinceTake = 0
+      allowance.tookAt = now
+      allowance.lowWater = lowWaterCalls(calls)
       // The need is the shortfall: what the allowance lacks for this call (more when a call overdrew it;
       // 0 for a top-up in the background, which takes whatever the bucket can spare up to the slice).
       const needRequests = Math.max(0, wanted.requests - allowance.requests)
@@ -192,8 +198,9 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       allowance.requests -= wanted.requests
       allowance.tokens -= wanted.tokens
       allowance.lastUse = now
+      allowance.callsSinceTake++
       // On a hot budget, top up before the allowance runs dry, so calls do not wait for the statement.
-      if (hot && allowance.taking === null && !covers(allowance, { requests: wanted.requests * LOW_WATER_CALLS, tokens: wanted.tokens * LOW_WATER_CALLS })) low.push(budget)
+      if (hot && allowance.taking === null && !covers(allowance, { requests: wanted.requests * allowance.lowWater, tokens: wanted.tokens * allowance.lowWater })) low.push(budget)
       return { budgetId: budget.budgetId, ...wanted, limitsTokens: budget.tokensPerMinute !== null }
     })
     if (low.length > 0) {
