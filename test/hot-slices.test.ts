@@ -1,23 +1,32 @@
 // How large a slice of a shared limit a process takes (lib/gate/hot-slices.ts): at least 64 calls' worth,
-// more when calls come fast (what 200 ms of them would use), never past 4096; topped up at a quarter.
+// more when calls come fast (what 200 ms of them would use, at most twice the last take), never past 4096;
+// topped up at a quarter, and trimmed to its pace's need when a trickle keeps a burst's slice alive.
 // A lease sized for 64 calls ran dry under 16 connections while its top-up waited on a busy window row,
 // and a quarter of the calls then held one by one, each a statement of its own.
 import t from 'tap'
 import fc from 'fast-check'
-import { LOW_WATER_CALLS, MOST_SLICE_CALLS, SLICE_CALLS, SLICE_MS, lowWaterCalls, sliceCalls } from '../lib/gate/hot-slices.js'
+import { LOW_WATER_CALLS, MOST_SLICE_CALLS, SLICE_CALLS, SLICE_MS, TRIM_AFTER_MS, lowWaterCalls, sliceCalls, trimmedCalls } from '../lib/gate/hot-slices.js'
 import { buildGateway } from './fixtures/gateway.js'
 
-t.test('a slice is sized from the pace of its calls, within its bounds', async (t) => {
-  t.equal(sliceCalls({ callsSinceTake: 0, tookAt: 0 }, 1000), SLICE_CALLS, 'no calls seen: the least slice')
-  t.equal(sliceCalls({ callsSinceTake: 10, tookAt: 0 }, 1000), SLICE_CALLS, '10 calls a second: the least slice')
-  t.equal(sliceCalls({ callsSinceTake: 300, tookAt: 0 }, 100), 300 * SLICE_MS / 100, '3 calls a millisecond: 200 ms of them')
-  t.equal(sliceCalls({ callsSinceTake: 50, tookAt: 1000 }, 1000), Math.ceil(50 * SLICE_MS / 20), 'a burst at one instant counts as 20 ms of calls')
-  t.equal(sliceCalls({ callsSinceTake: 1e6, tookAt: 0 }, 1), MOST_SLICE_CALLS, 'never past the most')
-  fc.assert(fc.property(fc.nat(1e7), fc.nat(1e6), fc.nat(1e6), (calls, tookAt, elapsed) => {
-    const slice = sliceCalls({ callsSinceTake: calls, tookAt }, tookAt + elapsed)
+t.test('a slice is sized from the pace of its calls, within its bounds, and trimmed to it when a trickle follows a burst', async (t) => {
+  const pace = (callsSinceTake: number, tookAt: number, lastAsk = MOST_SLICE_CALLS) => ({ callsSinceTake, tookAt, lastAsk })
+  t.equal(sliceCalls(pace(0, 0), 1000), SLICE_CALLS, 'no calls seen: the least slice')
+  t.equal(sliceCalls(pace(10, 0), 1000), SLICE_CALLS, '10 calls a second: the least slice')
+  t.equal(sliceCalls(pace(300, 0), 100), 300 * SLICE_MS / 100, '3 calls a millisecond: 200 ms of them')
+  t.equal(sliceCalls(pace(50, 1000), 1000), Math.ceil(50 * SLICE_MS / 20), 'calls at one instant count as 20 ms of them')
+  t.equal(sliceCalls(pace(1e6, 0), 1), MOST_SLICE_CALLS, 'never past the most')
+  t.equal(sliceCalls(pace(1000, 0, 0), 1), SLICE_CALLS, 'a first take asks for the least slice, whatever came at once')
+  t.equal(sliceCalls(pace(1000, 0, 64), 1), 128, 'and each take at most twice the last: a burst is not a pace until it lasts')
+  t.equal(trimmedCalls(pace(1000, 0), 5000, TRIM_AFTER_MS - 1), null, 'a slice is not trimmed within a second of its take')
+  t.equal(trimmedCalls(pace(1003, 0), 4000, 3000), Math.ceil(1003 * SLICE_MS / 3000), 'a burst then a trickle: 3 s after the take, 200 ms of its pace')
+  t.equal(trimmedCalls(pace(1003, 0), 130, 3000), null, 'a slice within twice its need is kept whole')
+  fc.assert(fc.property(fc.nat(1e7), fc.nat(1e6), fc.nat(1e6), fc.nat(MOST_SLICE_CALLS), fc.nat(1e5), (calls, tookAt, elapsed, lastAsk, held) => {
+    const slice = sliceCalls(pace(calls, tookAt, lastAsk), tookAt + elapsed)
     const low = lowWaterCalls(slice)
-    return Number.isInteger(slice) && slice >= SLICE_CALLS && slice <= MOST_SLICE_CALLS && low >= LOW_WATER_CALLS && low < slice &&
-      sliceCalls({ callsSinceTake: calls + 1, tookAt }, tookAt + elapsed) >= slice
+    const trimmed = trimmedCalls(pace(calls, tookAt, lastAsk), held, tookAt + elapsed)
+    return Number.isInteger(slice) && slice >= SLICE_CALLS && slice <= MOST_SLICE_CALLS && slice <= Math.max(SLICE_CALLS, 2 * lastAsk) &&
+      low >= LOW_WATER_CALLS && low < slice && sliceCalls(pace(calls + 1, tookAt, lastAsk), tookAt + elapsed) >= slice &&
+      (trimmed === null || (trimmed >= SLICE_CALLS && trimmed * 2 < held))
   }))
 })
 

@@ -17,22 +17,45 @@ export const SLICE_MS = 200
 /** ...up to this many calls' worth. The database caps every slice as well: an eighth of a line's room, or of a bucket. */
 export const MOST_SLICE_CALLS = 4096
 
+/** A slice still holds more than twice what its pace needs, a second or more after its last take: the rest goes back. */
+export const TRIM_AFTER_MS = 1000
+
 /** How fast a slice's calls came: counted since its last take was sent. */
 export interface SlicePace {
   callsSinceTake: number
   /** Date.now() when the last take was sent (or the slice was made). */
   tookAt: number
+  /** The calls' worth the last take asked for (0: none yet). */
+  lastAsk: number
+}
+
+/** The calls SLICE_MS would bring at the pace seen since the last take (at least SLICE_CALLS). */
+function callsAtPace (pace: SlicePace, now: number): number {
+  // Over at least 20 ms: calls that came at one instant are not a pace
+  const elapsed = Math.max(20, now - pace.tookAt)
+  return Math.max(SLICE_CALLS, Math.ceil(pace.callsSinceTake * SLICE_MS / elapsed))
 }
 
 /**
  * How many calls' worth a take asks for: SLICE_CALLS, or what SLICE_MS of calls at the pace seen since the
- * last take would use, up to MOST_SLICE_CALLS. A slice sized for 64 calls lasts 20 ms at 3,000 calls a
+ * last take would use, up to MOST_SLICE_CALLS, and at most twice what the last take asked for (a burst of
+ * concurrent calls is not a pace until it lasts). A slice sized for 64 calls lasts 20 ms at 3,000 calls a
  * second, less than a take waiting on a busy window row; calls would find it dry and hold one by one.
  */
 export function sliceCalls (pace: SlicePace, now: number): number {
-  // At least 20 ms of calls: a burst of concurrent calls is not a pace
-  const elapsed = Math.max(20, now - pace.tookAt)
-  return Math.min(MOST_SLICE_CALLS, Math.max(SLICE_CALLS, Math.ceil(pace.callsSinceTake * SLICE_MS / elapsed)))
+  return Math.min(MOST_SLICE_CALLS, Math.max(SLICE_CALLS, 2 * pace.lastAsk), callsAtPace(pace, now))
+}
+
+/**
+ * How many calls' worth a held slice should keep, or null to keep it whole: once its last take is
+ * TRIM_AFTER_MS old, a slice holding more than twice what its pace needs keeps that need, and gives back
+ * the rest. A burst sized it; a trickle that keeps it from the idle give-back must not keep it all from
+ * the other processes.
+ */
+export function trimmedCalls (pace: SlicePace, heldCalls: number, now: number): number | null {
+  if (now - pace.tookAt < TRIM_AFTER_MS) return null
+  const needed = callsAtPace(pace, now)
+  return heldCalls > 2 * needed ? needed : null
 }
 
 /** Below this many calls' worth a slice that asked for `slice` calls is topped up: a quarter of it, at least LOW_WATER_CALLS. */

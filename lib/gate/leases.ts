@@ -17,7 +17,7 @@ import type { LeaseRepository } from './lease-repository.js'
 import type { LeasedSettlement } from './settlement-repository.js'
 import type { SettleOutcome, SettlementQueue } from './settlements.js'
 import type { WindowLedger } from './window-ledger.js'
-import { IDLE_MS, LOW_WATER_CALLS, idleTimer, isHot, lowWaterCalls, sliceCalls, type SlicePace } from './hot-slices.js'
+import { IDLE_MS, LOW_WATER_CALLS, idleTimer, isHot, lowWaterCalls, sliceCalls, trimmedCalls, type SlicePace } from './hot-slices.js'
 
 /** A lease takes no slice for fewer calls than this at the current estimate: near a limit, calls hold one by one (hot-slices.ts). */
 const FEWEST_CALLS = BigInt(LOW_WATER_CALLS)
@@ -55,6 +55,8 @@ interface Lease extends SlicePace {
   taking: Promise<void> | null
   /** Below this many calls' worth its slice is topped up (a quarter of what the last take asked for). */
   lowWater: bigint
+  /** The last admitted call's estimate: what a call's worth is when the slice is trimmed. */
+  lastUnits: bigint
   lastUse: number
   renewedAt: number
   windowStart: number
@@ -153,6 +155,16 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
     queueReturn(lease, fromUnits(amount), final)
   }
 
+  /** Gives back what a live lease holds past its pace's need (hot-slices.ts trimmedCalls): its calls keep admitting from the rest. */
+  function trim (lease: Lease, now: number): void {
+    if (lease.returning || lease.ended || lease.taking !== null || lease.lastUnits <= 0n || lease.available <= 0n) return
+    const kept = trimmedCalls(lease, Number(lease.available / lease.lastUnits), now)
+    if (kept === null) return
+    const amount = lease.available - lease.lastUnits * BigInt(kept)
+    lease.available -= amount
+    queueReturn(lease, fromUnits(amount), false)
+  }
+
   function retire (key: string, lease: Lease): void {
     if (leases.get(key) === lease) leases.delete(key)
     if (!lease.returning && !lease.ended) draining.add(lease)
@@ -175,6 +187,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
     const calls = sliceCalls(lease, sentAtMs)
     lease.callsSinceTake = 0
     lease.tookAt = sentAtMs
+    lease.lastAsk = calls
     lease.lowWater = BigInt(lowWaterCalls(calls))
     const granted = await reservations.takeLease(lease.id, lease.line, options.currency, options.ttlMs,
       fromUnits(estimate * BigInt(calls)), fromUnits(estimate * FEWEST_CALLS))
@@ -237,7 +250,10 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
   // living process never has a lease swept from under it (one that was, after all, admits no more).
   const sweeper = idleTimer(() => {
     const now = Date.now()
-    for (const [key, lease] of leases) if (now - lease.lastUse > IDLE_MS || now >= lease.validUntil) retire(key, lease)
+    for (const [key, lease] of leases) {
+      if (now - lease.lastUse > IDLE_MS || now >= lease.validUntil) retire(key, lease)
+      else trim(lease, now)
+    }
     for (const [key, at] of lastCall) if (now - at > IDLE_MS) lastCall.delete(key)
     for (const [key, lease] of [...leases, ...[...draining].map((lease) => [null, lease] as const)]) {
       if (now - lease.renewedAt < options.ttlMs / 3) continue
@@ -261,6 +277,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
     lease.available -= units
     lease.unsettled++
     lease.callsSinceTake++
+    lease.lastUnits = units
     lease.lastUse = now
     // Top up before the slice runs dry, so calls do not wait for the statement that does it.
     if (lease.available < units * lease.lowWater && lease.taking === null && !lease.returning) {
@@ -303,7 +320,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       if (lease === undefined) {
         if (!isHot(previous, now) || line.length === 0) return null
         lease = {
-          id: randomUUID(), line, budgetIds: line.map((budget) => budget.budgetId), validUntil, available: 0n, held: 0n, returnsNumbered: 0, returns: Promise.resolve(), unsettled: 0, settlementFailed: false, ended: false, landed: false, taken: [], returning: false, taking: null, lowWater: FEWEST_CALLS, callsSinceTake: 0, tookAt: now, lastUse: now, renewedAt: now,
+          id: randomUUID(), line, budgetIds: line.map((budget) => budget.budgetId), validUntil, available: 0n, held: 0n, returnsNumbered: 0, returns: Promise.resolve(), unsettled: 0, settlementFailed: false, ended: false, landed: false, taken: [], returning: false, taking: null, lowWater: FEWEST_CALLS, lastUnits: 0n, callsSinceTake: 0, tookAt: now, lastAsk: 0, lastUse: now, renewedAt: now,
           windowStart: Math.max(...line.map((budget) => budget.periodStart.getTime())),
           windowEnd: Math.min(...line.map((budget) => budget.periodEnd.getTime()))
         }

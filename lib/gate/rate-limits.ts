@@ -14,7 +14,7 @@ import { bestEffort } from '../kernel/best-effort.js'
 import { DatabaseUnavailableError } from '../kernel/errors.js'
 import type { BudgetTerms } from './budget-terms.js'
 import type { RateAsk, RateGrant, RateRepository } from './rate-repository.js'
-import { IDLE_MS, LOW_WATER_CALLS, idleTimer, isHot, lowWaterCalls, sliceCalls, type SlicePace } from './hot-slices.js'
+import { IDLE_MS, LOW_WATER_CALLS, idleTimer, isHot, lowWaterCalls, sliceCalls, trimmedCalls, type SlicePace } from './hot-slices.js'
 
 
 interface Allowance extends SlicePace {
@@ -27,6 +27,8 @@ interface Allowance extends SlicePace {
   taking: Promise<unknown> | null
   /** Below this many calls' worth it is topped up (a quarter of what the last take asked for). */
   lowWater: number
+  /** The tokens the last admitted call took: what a call's worth of tokens is when the allowance is trimmed. */
+  lastTokens: number
 }
 
 /** What an admitted call took from each rate-limited budget of its line (empty when none limits it). */
@@ -74,7 +76,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
     let allowance = allowances.get(budgetId)
     if (allowance === undefined) {
       sweeper.start()
-      allowance = { requests: 0, tokens: 0, lastUse: 0, seen: null, taking: null, lowWater: LOW_WATER_CALLS, callsSinceTake: 0, tookAt: Date.now() }
+      allowance = { requests: 0, tokens: 0, lastUse: 0, seen: null, taking: null, lowWater: LOW_WATER_CALLS, lastTokens: 0, callsSinceTake: 0, tookAt: Date.now(), lastAsk: 0 }
       allowances.set(budgetId, allowance)
     }
     return allowance
@@ -99,6 +101,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       const extraCalls = calls - 1
       allowance.callsSinceTake = 0
       allowance.tookAt = now
+      allowance.lastAsk = calls
       allowance.lowWater = lowWaterCalls(calls)
       // The need is the shortfall: what the allowance lacks for this call (more when a call overdrew it;
       // 0 for a top-up in the background, which takes whatever the bucket can spare up to the slice).
@@ -166,7 +169,28 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
   }
 
   // Allowances idle for IDLE_MS go back to their buckets, in one statement.
-  const sweeper = idleTimer(() => { giveBackIdle(Date.now() - IDLE_MS) }, 500)
+  const sweeper = idleTimer(() => {
+    const now = Date.now()
+    giveBackIdle(now - IDLE_MS)
+    trim(now)
+  }, 500)
+
+  /** Gives back what live allowances hold past their pace's need (hot-slices.ts trimmedCalls), in one statement. */
+  function trim (now: number): void {
+    const back: Array<{ budgetId: string, requests: number, tokens: number }> = []
+    for (const [budgetId, allowance] of allowances) {
+      if (allowance.taking !== null) continue
+      const tokenCalls = allowance.lastTokens > 0 ? Math.floor(allowance.tokens / allowance.lastTokens) : 0
+      const kept = trimmedCalls(allowance, Math.max(Math.floor(allowance.requests), tokenCalls), now)
+      if (kept === null) continue
+      const requests = Math.max(0, allowance.requests - kept)
+      const tokens = allowance.lastTokens > 0 ? Math.max(0, allowance.tokens - allowance.lastTokens * kept) : 0
+      allowance.requests -= requests
+      allowance.tokens -= tokens
+      back.push({ budgetId, requests, tokens })
+    }
+    giveBack(back)
+  }
 
   /** Ends the allowances idle since `idleSince` (all of them: every one, even with a statement in flight, which then gives its grant back). */
   function giveBackIdle (idleSince: number, all = false): void {
@@ -199,6 +223,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       allowance.tokens -= wanted.tokens
       allowance.lastUse = now
       allowance.callsSinceTake++
+      allowance.lastTokens = wanted.tokens
       // On a hot budget, top up before the allowance runs dry, so calls do not wait for the statement.
       if (hot && allowance.taking === null && !covers(allowance, { requests: wanted.requests * allowance.lowWater, tokens: wanted.tokens * allowance.lowWater })) low.push(budget)
       return { budgetId: budget.budgetId, ...wanted, limitsTokens: budget.tokensPerMinute !== null }
