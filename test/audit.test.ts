@@ -11,10 +11,12 @@ t.test('each kind of change is recorded once, with who, when, which request, and
   const started = Date.now()
   const parent = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeType: 'organization', scopeId: 'acme', amount: '5000' }) })).json()
   const other = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeType: 'organization', scopeId: 'other', amount: '5000', currency: 'EUR' }) })).json()
-  const budget = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ amount: '100', alerts: [{ threshold: 50, actions: ['require-approval'] }] }) })).json()
+  // A move stays in its tree (a budget's root is fixed): the budget moves from other to a sibling under it.
+  const middle = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeId: 'middle', amount: '1000', currency: 'EUR', parentId: other.id }) })).json()
+  const budget = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ amount: '100', currency: 'EUR', parentId: other.id, alerts: [{ threshold: 50, actions: ['require-approval'] }] }) })).json()
   t.equal((await admin({ method: 'PUT', url: `${PREFIX}/${budget.id}`, body: { amount: '120.5' } })).statusCode, 200)
-  t.equal((await admin({ method: 'PUT', url: `${PREFIX}/${budget.id}`, body: { currency: 'EUR' } })).statusCode, 200, 'a currency change: no spend yet')
-  t.equal((await admin({ method: 'PUT', url: `${PREFIX}/${budget.id}`, body: { parentId: other.id } })).statusCode, 200, 'a parent change')
+  t.equal((await admin({ method: 'PUT', url: `${PREFIX}/${budget.id}`, body: { period: 'weekly' } })).statusCode, 200, 'a period change')
+  t.equal((await admin({ method: 'PUT', url: `${PREFIX}/${budget.id}`, body: { parentId: middle.id } })).statusCode, 200, 'a parent change')
   await app.budgetTracker.recordUsage({ budgetId: budget.id, amount: '70', currency: 'EUR', source: 'test' })
   const [alert] = (await admin({ method: 'GET', url: `${PREFIX}/${budget.id}/alerts` })).json().alerts
   t.equal((await admin({ method: 'POST', url: `${PREFIX}/${budget.id}/alerts/${alert.id}/acknowledge` })).statusCode, 200)
@@ -31,15 +33,15 @@ t.test('each kind of change is recorded once, with who, when, which request, and
     t.match(entry.requestId, /^req-/, 'the request id')
     t.ok(Date.parse(entry.at) >= started - 1000 && Date.parse(entry.at) <= Date.now() + 1000, 'the time')
   }
-  const [deleted, refreshed, approved, acknowledged, moved, recurrency, amount, created] = log.entries
+  const [deleted, refreshed, approved, acknowledged, moved, reperiod, amount, created] = log.entries
   t.match(created, { before: null, after: { id: budget.id, amount: '100' } })
   t.match(amount, { changes: ['amount'], before: { amount: '100' }, after: { amount: '120.5' } })
-  t.match(recurrency, { changes: ['currency'], before: { currency: 'USD' }, after: { currency: 'EUR' } })
-  t.match(moved, { changes: ['parentId'], before: { parentId: null }, after: { parentId: other.id } })
+  t.match(reperiod, { changes: ['period'], before: { period: 'monthly' }, after: { period: 'weekly' } })
+  t.match(moved, { changes: ['parentId'], before: { parentId: other.id, rootId: other.id }, after: { parentId: middle.id, rootId: other.id } })
   t.match(acknowledged, { after: { alertId: alert.id, threshold: 50 } })
   t.match(approved, { after: { amount: '10', reason: 'release week' } })
   t.match(refreshed, { before: { currentAmount: '70.0000000000' }, after: { currentAmount: '70.0000000000', usageCount: 1 } })
-  t.match(deleted, { changes: [`cascade from ${other.id}`], before: { id: budget.id }, after: null }, 'deleted with its parent')
+  t.match(deleted, { changes: [`cascade from ${other.id}`], before: { id: budget.id }, after: null }, 'deleted with its tree')
   t.same((await admin({ method: 'GET', url: `${PREFIX}/${budget.id}/audit` })).statusCode, 200, 'a deleted budget\'s log stays readable')
   t.ok(parent.id)
 })

@@ -74,18 +74,26 @@ t.test('no cycles: a budget cannot become its own ancestor', async (t) => {
   t.same(await snapshotTables(sql), before)
   const moved = await update(leaf.id, { parentId: root.id })
   t.equal(moved.statusCode, 200, 'moving up the tree is fine')
-  t.equal((await update(leaf.id, { parentId: null })).json().parentId, null, 'and so is leaving it')
+  t.equal(moved.json().rootId, root.id, 'and keeps its root')
+  const beforeLeaving = await snapshotTables(sql)
+  const left = await update(leaf.id, { parentId: null })
+  t.equal(left.statusCode, 409, 'leaving the tree would change its root: refused')
+  t.match(left.json(), { code: 'BUDGET_ERR_MOVE_ACROSS_TREES', field: 'parentId' })
+  t.same(await snapshotTables(sql), beforeLeaving, 'and changed nothing')
 })
 
 t.test('two concurrent moves that together would make a cycle: one wins, one is refused', async (t) => {
   const { createOk, update, sql } = await setup(t)
   for (let round = 0; round < 5; round++) {
-    const a = await createOk({ name: `a${round}` })
-    const b = await createOk({ name: `b${round}` })
+    // Siblings under one root: each may move under the other (a move stays in its tree), not both.
+    const root = await createOk({ name: `root${round}`, amount: '1000' })
+    const a = await createOk({ name: `a${round}`, parentId: root.id, amount: '100' })
+    const b = await createOk({ name: `b${round}`, parentId: root.id, amount: '100' })
     const results = await Promise.all([update(a.id, { parentId: b.id }), update(b.id, { parentId: a.id })])
     t.same(results.map((r) => r.statusCode).sort(), [200, 409], `round ${round}`)
+    t.equal(results.find((r) => r.statusCode === 409)!.json().code, 'BUDGET_ERR_HIERARCHY_CYCLE')
     const rows = await sql`select id, parent_id from budget_definitions where id in ${sql([a.id, b.id])}`
-    t.equal(rows.filter((row) => row.parent_id !== null).length, 1, 'exactly one of them has a parent')
+    t.equal(rows.filter((row) => row.parent_id === root.id).length, 1, 'exactly one of them is still under the root')
   }
 })
 
@@ -148,13 +156,14 @@ t.test('one maximum depth (16), enforced on create and on move, and every walk r
   t.equal(cycle.json().code, 'BUDGET_ERR_HIERARCHY_CYCLE')
   t.same(await snapshotTables(sql), before, 'neither refusal changed anything')
 
-  const pair = await createOk({ name: 'pair', scopeId: 'pair', amount: '10' })
+  // A two-level subtree in the same tree (a move stays in its tree), under the root.
+  const pair = await createOk({ name: 'pair', scopeId: 'pair', parentId: root.id, amount: '10' })
   await createOk({ name: 'pair-child', scopeId: 'pair-child', parentId: pair.id, amount: '10' })
   const movedTooDeep = await update(pair.id, { parentId: chain[maxDepth - 2]!.id })
   t.equal(movedTooDeep.statusCode, 400, 'moving a two-level subtree under level 15 would make 17 levels')
   t.equal(movedTooDeep.json().code, 'BUDGET_ERR_HIERARCHY_TOO_DEEP')
   t.equal((await update(pair.id, { parentId: chain[maxDepth - 3]!.id })).statusCode, 200, 'under level 14 it fits: 16 levels')
-  t.equal((await update(pair.id, { parentId: null })).statusCode, 200)
+  t.equal((await update(pair.id, { parentId: root.id })).statusCode, 200)
 
   // Usage on the leaf counts toward all 16 budgets of its line.
   const record = await admin({ method: 'POST', url: `${PREFIX}/${leaf.id}/usage`, body: { amount: '1.5', currency: 'USD' } })
@@ -171,7 +180,7 @@ t.test('one maximum depth (16), enforced on create and on move, and every walk r
   const deleted = await admin({ method: 'DELETE', url: `${PREFIX}/${root.id}?cascade=true` })
   t.equal(deleted.statusCode, 204)
   const [{ archived }] = (await sql<Array<{ archived: number }>>`select count(*)::int as archived from budget_definitions where deleted_at is not null`) as unknown as [{ archived: number }]
-  t.equal(archived, maxDepth, 'a cascading delete archives every level')
+  t.equal(archived, maxDepth + 2, 'a cascading delete archives every level, and the pair under the root')
 })
 
 t.test('the currency lock counts spend that came through allocations and live holds, not only a budget\'s own records', async (t) => {

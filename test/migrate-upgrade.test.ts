@@ -29,6 +29,8 @@ t.test('a database the folded migrations made reaches the schema of a new one, a
   const [budget] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date)
     values ('team', 'team', 'team-a', 100, 'USD', 'annual', '2024-01-01') returning id`
   await sql`insert into budget_usage_records (budget_id, amount, currency, idempotency_key) values (${budget!.id}, 2, 'USD', 'before')`
+  const [user] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, parent_id)
+    values ('user', 'user', 'alice', 10, 'USD', 'monthly', '2024-01-01', ${budget!.id}) returning id`
 
   const repeatables = (await readRepeatables()).map((file) => file.name)
   // The migrations written after the baseline (002 on) run as on any database at the baseline.
@@ -39,6 +41,8 @@ t.test('a database the folded migrations made reaches the schema of a new one, a
   t.same((await sql`select name from budget_schema_repeatables order by name`).map((row) => row.name), repeatables)
   t.equal(await schema(url), await schema(fresh.url), 'pg_dump --schema-only prints the same schema as for a new database')
   t.same(await migrate(sql), { versions: [], repeatables: [] }, 'and a second run applies nothing')
+  t.same(await sql`select id, root_id from budget_definitions order by name`, [{ id: budget!.id, root_id: budget!.id }, { id: user!.id, root_id: budget!.id }],
+    'each budget carries its tree\'s root: a root its own id, a child its parent\'s')
 
   // the usage trigger the files define counts on top of what the earlier one counted
   await sql`insert into budget_usage_records (budget_id, amount, currency, idempotency_key) values (${budget!.id}, 3, 'USD', 'after')`

@@ -36,8 +36,9 @@ function changedTables (before: unknown, after: unknown): string[] {
 
 /** A budget as two calls should agree on it: without what tells two budgets apart (id, times). */
 function definitionOf (budget: unknown): unknown {
-  const { id, createdAt, updatedAt, ...rest } = budget as BudgetDefinition
-  return rest
+  const { id, createdAt, updatedAt, rootId, ...rest } = budget as BudgetDefinition
+  // A root's rootId is its own id, which differs between twins: compared as what it names.
+  return { ...rest, rootId: rootId === id ? 'itself' : rootId }
 }
 
 /** How one call ended, as the other call's twin must end too. */

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { createBudgetTracker } from '../lib/usage/tracker.js'
 import { createRepositories } from '../lib/repositories.js'
-import { PREFIX, budgetRequest, buildApp, seedBudgetRequest } from './fixtures/app.js'
+import { PREFIX, budgetRequest, buildApp, seedBudgetRequest, snapshotTables } from './fixtures/app.js'
 
 type Admin = Awaited<ReturnType<typeof buildApp>>['admin']
 
@@ -324,10 +324,12 @@ t.test('check-constraints: the decision and the numbers behind it, for the budge
   }
 })
 
-t.test('spend stays counted where it was counted when a budget moves; then its currency is fixed', async (t) => {
-  const { admin } = await buildApp(t)
-  const a = await createBudget(admin, { scopeType: 'organization', scopeId: 'a', period: 'annual' })
-  const b = await createBudget(admin, { scopeType: 'organization', scopeId: 'b', period: 'annual' })
+t.test('spend stays counted where it was counted when a budget moves within its tree; a move out of the tree is refused', async (t) => {
+  const { admin, sql } = await buildApp(t)
+  const org = await createBudget(admin, { scopeType: 'organization', scopeId: 'org', period: 'annual' })
+  const a = await createBudget(admin, { scopeType: 'team', scopeId: 'a', period: 'annual', parentId: org.id })
+  const b = await createBudget(admin, { scopeType: 'team', scopeId: 'b', period: 'annual', parentId: org.id })
+  const other = await createBudget(admin, { scopeType: 'organization', scopeId: 'other', period: 'annual' })
   const team = await createBudget(admin, { period: 'monthly', amount: '100', parentId: a.id })
   await admin({ method: 'POST', url: `${PREFIX}/${team.id}/usage`, body: usage({ amount: '7' }) })
   const current = async (id: string) => (await admin({ method: 'GET', url: `${PREFIX}/${id}/status` })).json().currentAmount
@@ -336,9 +338,14 @@ t.test('spend stays counted where it was counted when a budget moves; then its c
   await admin({ method: 'POST', url: `${PREFIX}/${team.id}/usage`, body: usage({ amount: '2' }) })
   t.equal(await current(a.id), '7', 'the former parent keeps what was spent under it')
   t.equal(await current(b.id), '2', 'the new parent counts what is spent from now on')
+  t.equal(await current(org.id), '9', 'the root counts both')
   t.equal(await current(team.id), '9')
   t.equal((await admin({ method: 'POST', url: `${PREFIX}/${a.id}/refresh-cache` })).json().currentAmount, '7', 'and a recompute agrees')
-  const recurrency = await admin({ method: 'PUT', url: `${PREFIX}/${team.id}`, body: { currency: 'EUR', parentId: null } })
-  t.equal(recurrency.statusCode, 409)
-  t.equal(recurrency.json().code, 'BUDGET_ERR_CURRENCY_LOCKED')
+  const before = await snapshotTables(sql)
+  for (const parentId of [other.id, null]) {
+    const moved = await admin({ method: 'PUT', url: `${PREFIX}/${team.id}`, body: { currency: 'EUR', parentId } })
+    t.equal(moved.statusCode, 409, `under ${parentId === null ? 'no parent' : 'another tree'}: refused`)
+    t.match(moved.json(), { code: 'BUDGET_ERR_MOVE_ACROSS_TREES', field: 'parentId' })
+  }
+  t.same(await snapshotTables(sql), before, 'and nothing changed')
 })

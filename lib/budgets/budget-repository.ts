@@ -36,6 +36,7 @@ interface BudgetRow {
   scope_type: ScopeType
   scope_id: string
   parent_id: string | null
+  root_id: string
   amount: string
   currency: string
   period: Period
@@ -64,7 +65,7 @@ interface BudgetRow {
 export function createBudgetRepository (sql: Db) {
   // amount::text keeps money exact even when the host's postgres.js instance parses numeric to float.
   const columns = sql`
-    id, name, description, scope_type, scope_id, parent_id, amount::text as amount, currency, period,
+    id, name, description, scope_type, scope_id, parent_id, root_id, amount::text as amount, currency, period,
     start_date, end_date, recurring, timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags,
     rate_requests_per_minute, rate_tokens_per_minute::text as rate_tokens_per_minute, metrics, alerts, enforcement, digest_every, digest_channels, near_limit, created_by, created_at, updated_at`
 
@@ -257,6 +258,7 @@ function toBudget (row: BudgetRow): BudgetDefinition {
     scopeType: row.scope_type,
     scopeId: row.scope_id,
     parentId: row.parent_id,
+    rootId: row.root_id,
     amount: normalizeMoney(row.amount),
     currency: row.currency,
     period: row.period,

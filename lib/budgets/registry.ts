@@ -1,6 +1,6 @@
 // The Budget Registry: creates, reads, changes and deletes budgets, keeping the hierarchy sound.
 import type { Sql, TransactionSql } from 'postgres'
-import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, InvalidFieldError, ParentNotFoundError } from '../kernel/errors.js'
+import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, InvalidFieldError, MoveAcrossTreesError, ParentNotFoundError } from '../kernel/errors.js'
 import { createBudgetRepository, type BudgetRepository, type BudgetValues } from './budget-repository.js'
 import { createAuditRepository, type AuditContext } from '../audit/index.js'
 import { BudgetIdParams, BudgetListQuery, CreateBudgetRequest, DeleteBudgetQuery, ScopeParams, UpdateBudgetRequest, type BudgetDefinition, type BudgetHierarchy, type BudgetTreeNode, type ScopeType } from '../kernel/schemas.js'
@@ -146,7 +146,7 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
         const values = normalizeBudget({ ...current, ...zoned, ...alignment } as CreateBudgetRequest)
         checkFilterModels(values.filters, modelName)
         if (channels !== undefined) checkChannels(patch, channels)
-        await checkParent(repository, values, id)
+        await checkParent(repository, values, current)
         for (const child of await repository.listChildren(id)) {
           checkChildFitsParent(normalizeBudget(child), values)
         }
@@ -211,18 +211,25 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
 export type BudgetRegistry = ReturnType<typeof createBudgetRegistry>
 
 /**
- * The parent must exist, must not be the budget or one of its descendants, must keep the tree within
- * its maximum depth, and must have room for the child.
+ * The parent must exist, must keep a moved budget in its tree (its root never changes), must not be the
+ * budget or one of its descendants, must keep the tree within its maximum depth, and must have room for
+ * the child. `current`: the budget as stored, for an update; null for a create.
  */
-async function checkParent (repository: BudgetRepository, values: BudgetValues, id: string | null): Promise<void> {
-  if (values.parentId === null) return
+async function checkParent (repository: BudgetRepository, values: BudgetValues, current: BudgetDefinition | null): Promise<void> {
+  if (values.parentId === null) {
+    if (current !== null && current.rootId !== current.id) throw new MoveAcrossTreesError(current.id, current.rootId, 'would become a root of its own')
+    return
+  }
   const parent = await repository.findBudget(values.parentId)
   if (parent === null) throw new ParentNotFoundError(values.parentId)
-  if (id !== null) {
-    const lineage = [parent, ...await repository.listAncestors([parent.id])]
-    if (lineage.some((budget) => budget.id === id)) throw new HierarchyCycleError(id, parent.id)
+  if (current !== null && parent.rootId !== current.rootId) {
+    throw new MoveAcrossTreesError(current.id, current.rootId, `its new parent '${parent.id}' is in the tree of '${parent.rootId}'`)
   }
-  const { depth, maxDepth } = await repository.depthUnder(parent.id, id)
+  if (current !== null) {
+    const lineage = [parent, ...await repository.listAncestors([parent.id])]
+    if (lineage.some((budget) => budget.id === current.id)) throw new HierarchyCycleError(current.id, parent.id)
+  }
+  const { depth, maxDepth } = await repository.depthUnder(parent.id, current?.id ?? null)
   if (depth > maxDepth) throw new HierarchyTooDeepError(depth, maxDepth)
   checkChildFitsParent(values, normalizeBudget(parent))
 }

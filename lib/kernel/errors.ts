@@ -73,6 +73,14 @@ export class CurrencyLockedError extends createError('BUDGET_ERR_CURRENCY_LOCKED
 export class HierarchyTooDeepError extends createError('BUDGET_ERR_HIERARCHY_TOO_DEEP', "Invalid 'parentId': the budget tree would be %s budgets deep, more than the maximum of %s", 400) {
   readonly field = 'parentId'
 }
+/**
+ * A move that would change the root of the budget's tree: under a parent in another tree, a root under
+ * another tree, a child made a root. A budget stays in the tree it was created in (its root_id is the
+ * key the tables are to be distributed by); to move one, create it anew in the other tree and archive it.
+ */
+export class MoveAcrossTreesError extends createError('BUDGET_ERR_MOVE_ACROSS_TREES', "Invalid 'parentId': budget '%s' is in the tree of '%s' and %s; a budget stays in the tree it was created in (create it anew there and archive this one)", 409) {
+  readonly field = 'parentId'
+}
 export const HasChildrenError = createError('BUDGET_ERR_HAS_CHILDREN', "Budget '%s' has %s child budget(s); delete them first or pass cascade=true", 409)
 
 // Faults

@@ -166,6 +166,7 @@ export const BudgetDefinition = Type.Object({
   scopeType: ScopeType,
   scopeId: Type.String(),
   parentId: Nullable(Uuid),
+  rootId: Type.String({ ...Uuid, description: 'The root of the budget\'s tree (its own id for a root); read-only, fixed when the budget is created.' }),
   amount: Money,
   currency: Type.String(),
   period: Period,

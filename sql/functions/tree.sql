@@ -1,4 +1,4 @@
--- The budget tree: how deep it may be, and the one walk in each direction.
+-- The budget tree: how deep it may be, the one walk in each direction, and each budget's root.
 
 -- The deepest a budget tree may be, counted in budgets from a root to a leaf. The registry refuses a
 -- create or a move past it (lib/budgets/registry.ts), so every walk below reaches every budget.
@@ -33,3 +33,25 @@ language sql stable as $$
   )
   select s.id, min(s.depth) from subtree s group by s.id
 $$;
+
+-- A new budget's root (budget_definitions.root_id): its own id when it has no parent, else its parent's
+-- root. The one place the rule is written: every insert goes through it, the registry's and any other.
+-- A root never changes afterwards (the tables are to be distributed by it, docs/scaling.md): the
+-- registry refuses a move that would change it (409 BUDGET_ERR_MOVE_ACROSS_TREES), and the table's
+-- constraints (sql/migrations/004_budget_roots.sql) refuse such an update from anywhere else. A parent
+-- that does not exist is a foreign key violation here, as the parent_id key would say at the statement's end.
+create or replace function budget_definitions_root() returns trigger language plpgsql as $$
+begin
+  if new.parent_id is null then
+    new.root_id := new.id;
+  else
+    select p.root_id into new.root_id from budget_definitions p where p.id = new.parent_id;
+    if not found then
+      raise exception 'budget % names parent %, which does not exist', new.id, new.parent_id
+        using errcode = 'foreign_key_violation';
+    end if;
+  end if;
+  return new;
+end $$;
+create or replace trigger budget_definitions_root before insert on budget_definitions
+for each row execute function budget_definitions_root();

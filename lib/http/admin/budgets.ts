@@ -52,13 +52,13 @@ export const budgetRoutes: FastifyPluginAsyncTypebox<BudgetRoutesOptions> = asyn
   app.put('/:id', {
     schema: {
       summary: 'Update a budget (the fields given)',
-      description: 'Changes the fields given; the budget as it would become must pass every create rule, and still hold its children.',
+      description: 'Changes the fields given; the budget as it would become must pass every create rule, and still hold its children. A new parentId must be in the budget\'s own tree: a move that would change its root (rootId) is refused, 409 BUDGET_ERR_MOVE_ACROSS_TREES.',
       tags: ['budgets'],
       params: BudgetIdParams,
       body: UpdateBudgetRequest,
       response: {
         200: BudgetDefinition,
-        ...errorResponses({ 400: ['BUDGET_ERR_PARENT_NOT_FOUND', 'BUDGET_ERR_CURRENCY_MISMATCH', 'BUDGET_ERR_EXCEEDS_PARENT'], 404: [], 409: ['BUDGET_ERR_HIERARCHY_CYCLE', 'BUDGET_ERR_CURRENCY_LOCKED'] })
+        ...errorResponses({ 400: ['BUDGET_ERR_PARENT_NOT_FOUND', 'BUDGET_ERR_CURRENCY_MISMATCH', 'BUDGET_ERR_EXCEEDS_PARENT'], 404: [], 409: ['BUDGET_ERR_HIERARCHY_CYCLE', 'BUDGET_ERR_MOVE_ACROSS_TREES', 'BUDGET_ERR_CURRENCY_LOCKED'] })
       }
     }
   }, async (request) => await registry.updateBudget(request.params.id, request.body, auditContext(request)))
