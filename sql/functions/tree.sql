@@ -39,10 +39,14 @@ $$;
 -- A root never changes afterwards (the tables are to be distributed by it, docs/scaling.md): the
 -- registry refuses a move that would change it (409 BUDGET_ERR_MOVE_ACROSS_TREES), and the table's
 -- constraints (sql/migrations/004_budget_roots.sql) refuse such an update from anywhere else. A parent
--- that does not exist is a foreign key violation here, as the parent_id key would say at the statement's end.
+-- not there yet is a foreign key violation here: a row is looked up when it is inserted, so one statement
+-- that lists a child before its parent is refused, though the parent_id key alone would take it. A row
+-- that names its root (a restore, whose rows come in any order) keeps it: the constraints check it.
 create or replace function budget_definitions_root() returns trigger language plpgsql as $$
 begin
-  if new.parent_id is null then
+  if new.root_id is not null then
+    return new;
+  elsif new.parent_id is null then
     new.root_id := new.id;
   else
     select p.root_id into new.root_id from budget_definitions p where p.id = new.parent_id;

@@ -11,6 +11,14 @@
 -- which the registry never writes) is named in the error, and nothing changes.
 alter table budget_definitions add column if not exists root_id uuid;
 
+-- A live budget under an archived parent (older or hand-written data: the registry refuses to archive a
+-- budget with live children) becomes a root, with its subtree: every update checks its parent, which no
+-- longer exists for the API, and making it a root afterwards would be a move across trees. An archived
+-- budget counts toward no call, so the live budget's calls are counted as before; its usage stays its own.
+update budget_definitions b set parent_id = null
+where b.root_id is null and b.deleted_at is null and b.parent_id is not null
+  and exists (select 1 from budget_definitions p where p.id = b.parent_id and p.deleted_at is not null);
+
 with recursive tree as (
   select b.id, b.id as root_id from budget_definitions b where b.parent_id is null
   union all
