@@ -1,10 +1,6 @@
 // Budget roots attacked (root_id, the trigger budget_definitions_root, 004_budget_roots.sql, the registry's
 // BUDGET_ERR_MOVE_ACROSS_TREES): hostile input, concurrent moves from two app instances, old databases with
 // odd data (a live budget under an archived root becomes a root), rows that name their roots, concurrent start-ups.
-import { cp, mkdir, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { pathToFileURL } from 'node:url'
 import Fastify from 'fastify'
 import postgres from 'postgres'
 import t from 'tap'
@@ -13,21 +9,9 @@ import { migrate } from '../lib/kernel/database/migrate.js'
 import { ADMIN_TOKEN, PREFIX, TEST_CHANNELS, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
 import { createTestSql } from './fixtures/database.js'
 import { checkInvariants } from './fixtures/invariants.js'
+import { misrooted, sqlBeforeRoots } from './fixtures/budget-roots.js'
 
 const QUIET = { notifications: { intervalMs: 0 } }
-type Sql = Parameters<typeof snapshotTables>[0]
-
-async function misrooted (sql: Sql): Promise<unknown[]> {
-  return [...await sql`
-    with recursive up as (
-      select b.id as start, b.id, b.parent_id, 0 as n from budget_definitions b
-      union all
-      select u.start, p.id, p.parent_id, u.n + 1 from up u join budget_definitions p on p.id = u.parent_id where u.n < 100
-    )
-    select b.id, b.root_id, (select u.id from up u where u.start = b.id and u.parent_id is null) as walked
-    from budget_definitions b
-    where b.root_id is distinct from (select u.id from up u where u.start = b.id and u.parent_id is null)`]
-}
 
 t.test('hostile rootId and parentId on POST and PUT: each a stable 4xx that changes nothing, never a 5xx', async (t) => {
   const { admin, sql, app } = await buildApp(t, QUIET)
@@ -112,18 +96,6 @@ t.test('concurrent moves and creates from two app instances on one database: no 
   t.same(await misrooted(first.sql), [], 'every root_id is its walk\'s root, and no cycle')
   await checkInvariants(t, first.sql)
 })
-
-/** sql/ as it was before roots. */
-async function sqlBeforeRoots (t: { teardown: (fn: () => unknown) => void }): Promise<URL> {
-  const directory = await mkdtemp(join(tmpdir(), 'review-root-sql-'))
-  t.teardown(async () => await rm(directory, { recursive: true, force: true }))
-  await mkdir(join(directory, 'migrations'))
-  await mkdir(join(directory, 'functions'))
-  for (const name of ['001_baseline.sql', '002_outbox_claims.sql', '003_lease_returns.sql']) {
-    await cp(new URL(`../sql/migrations/${name}`, import.meta.url), join(directory, 'migrations', name))
-  }
-  return pathToFileURL(`${directory}/`)
-}
 
 t.test('an old database with a live budget under an archived root: the migration makes it a root, so it can still be edited', async (t) => {
   const { sql } = await createTestSql(t)

@@ -2,30 +2,16 @@
 // it is created, kept by every move within its tree; a move that would change it is refused (409
 // BUDGET_ERR_MOVE_ACROSS_TREES naming parentId) and changes nothing. The database's constraints hold the
 // same rule against any other writer, and the migration fills the column on an existing database.
-import { cp, mkdtemp, mkdir, readFile, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { pathToFileURL } from 'node:url'
+import { readFile } from 'node:fs/promises'
 import fc from 'fast-check'
 import t from 'tap'
 import { migrate } from '../lib/kernel/database/migrate.js'
 import type { CreateBudgetInput } from '../lib/budgets/registry.js'
 import { PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
 import { createTestSql } from './fixtures/database.js'
+import { misrooted, sqlBeforeRoots, walkedRoots } from './fixtures/budget-roots.js'
 
 const QUIET = { notifications: { intervalMs: 0 } }
-
-/** Every budget's root as found by walking parent_id up, beside the root_id it carries. */
-async function walkedRoots (sql: Parameters<typeof snapshotTables>[0]): Promise<Array<{ id: string, root_id: string, walked: string | null }>> {
-  return await sql<Array<{ id: string, root_id: string, walked: string | null }>>`
-    with recursive up as (
-      select b.id as start, b.id, b.parent_id from budget_definitions b
-      union all
-      select u.start, p.id, p.parent_id from up u join budget_definitions p on p.id = u.parent_id
-    )
-    select b.id, b.root_id, (select u.id from up u where u.start = b.id and u.parent_id is null) as walked
-    from budget_definitions b order by b.id`
-}
 
 t.test('a budget without a parent is its own root; a child takes its parent\'s root; rootId is read-only', async (t) => {
   const { admin, sql } = await buildApp(t, QUIET)
@@ -43,7 +29,7 @@ t.test('a budget without a parent is its own root; a child takes its parent\'s r
   t.same((await admin({ method: 'GET', url: `${PREFIX}/${user.id}` })).json().rootId, org.id, 'read back')
   const tree = (await admin({ method: 'GET', url: `${PREFIX}/hierarchy/user/alice` })).json()
   t.equal(tree.roots[0].rootId, org.id, 'in the hierarchy view too')
-  t.same((await walkedRoots(sql)).filter((row) => row.root_id !== row.walked), [], 'the column agrees with the walk')
+  t.same(await misrooted(sql), [], 'the column agrees with the walk')
 
   const before = await snapshotTables(sql)
   for (const body of [{ rootId: team.id }, { rootId: org.id, name: 'x' }]) {
@@ -73,7 +59,7 @@ t.test('moves within a tree keep the root of the moved subtree; moves across tre
   t.equal(moved.json().rootId, org.id)
   t.equal((await move(leaf.id, org.id)).json().rootId, org.id, 'a leaf moved up to the root')
   t.equal((await move(leaf.id, a.id)).json().rootId, org.id, 'and down again')
-  t.same((await walkedRoots(sql)).filter((row) => row.root_id !== row.walked), [])
+  t.same(await misrooted(sql), [])
 
   const before = await snapshotTables(sql)
   const refused: Array<[string, string, string | null]> = [
@@ -160,18 +146,6 @@ t.test('property: after random trees and random moves, every budget\'s root_id i
   t.ok((outcomes.get('ok') ?? 0) > 0 && (outcomes.get('BUDGET_ERR_MOVE_ACROSS_TREES') ?? 0) > 0 && (outcomes.get('BUDGET_ERR_HIERARCHY_CYCLE') ?? 0) > 0,
     `moves made and refused both ways: ${JSON.stringify(Object.fromEntries(outcomes))}`)
 })
-
-/** sql/ as it was before roots: the migrations before 004, and no function files. */
-async function sqlBeforeRoots (t: { teardown: (fn: () => unknown) => void }): Promise<URL> {
-  const directory = await mkdtemp(join(tmpdir(), 'budgets-sql-'))
-  t.teardown(async () => await rm(directory, { recursive: true, force: true }))
-  await mkdir(join(directory, 'migrations'))
-  await mkdir(join(directory, 'functions'))
-  for (const name of ['001_baseline.sql', '002_outbox_claims.sql', '003_lease_returns.sql']) {
-    await cp(new URL(`../sql/migrations/${name}`, import.meta.url), join(directory, 'migrations', name))
-  }
-  return pathToFileURL(`${directory}/`)
-}
 
 t.test('the migration fills root_id in place on a database with trees, archived budgets too, and runs again harmlessly', async (t) => {
   const { sql } = await createTestSql(t, { max: 1 })
