@@ -222,10 +222,8 @@ async function checkParent (repository: BudgetRepository, values: BudgetValues, 
   }
   const parent = await repository.findBudget(values.parentId)
   if (parent === null) throw new ParentNotFoundError(values.parentId)
-  if (current !== null && parent.rootId !== current.rootId) {
-    throw new MoveAcrossTreesError(current.id, current.rootId, `its new parent '${parent.id}' is in the tree of '${parent.rootId}'`)
-  }
   if (current !== null) {
+    if (parent.rootId !== current.rootId) throw new MoveAcrossTreesError(current.id, current.rootId, `its new parent '${parent.id}' is in the tree of '${parent.rootId}'`)
     const lineage = [parent, ...await repository.listAncestors([parent.id])]
     if (lineage.some((budget) => budget.id === current.id)) throw new HierarchyCycleError(current.id, parent.id)
   }

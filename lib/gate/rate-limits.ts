@@ -197,12 +197,13 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
     const back: Array<{ budgetId: string, requests: number, tokens: number }> = []
     for (const [budgetId, allowance] of allowances) {
       if (!all && (allowance.lastUse > idleSince || allowance.taking !== null)) continue
-      if (allowance.requests !== 0 || allowance.tokens !== 0) back.push({ budgetId, requests: allowance.requests, tokens: allowance.tokens })
+      back.push({ budgetId, requests: allowance.requests, tokens: allowance.tokens })
       allowances.delete(budgetId)
     }
     giveBack(back)
   }
 
+  /** Gives allowance back to the buckets (what is not 0 of it), after the returns before it. */
   function giveBack (back: Array<{ budgetId: string, requests: number, tokens: number }>): void {
     back = back.filter((b) => b.requests !== 0 || b.tokens !== 0)
     if (back.length === 0) return
