@@ -134,7 +134,7 @@ t.test('GATEWAY_KEYS: the key names the caller; no key is 401; forged x-relay-* 
   t.equal(await spent(forged.id), '0', 'not to the team named in the forged header')
 
   // A key's maxCallCost is the operator's cap on one call for it: a caller's larger x-budget-max-cost does not raise it.
-  for (const headers of [{ authorization: 'Bearer sk-carol' }, { authorization: 'Bearer sk-carol', 'x-budget-max-cost': '1' }]) {
+  for (const headers of [{ authorization: 'Bearer sk-carol' }, { authorization: 'Bearer sk-carol', 'x-budget-max-cost': '1' }] as Array<Record<string, string>>) {
     const capped = await chat(headers)
     t.equal(capped.status, 402, 'over the key\'s cap')
     t.match(capped.body, { error: { code: 'call_cost_cap_exceeded', cap: { source: 'operator', amount: '0.000001', currency: 'USD' } } })
