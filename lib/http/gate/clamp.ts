@@ -28,8 +28,9 @@ export function mayClamp (check: BudgetConstraintCheck, gateDefault: NearLimitPo
  * them clamps (mayClamp's rule for the budgets that would refuse it: a caller's cap is no budget's, so the
  * budgets that can refuse, the hard ones, say).
  */
-export function mayClampToCallerCap (check: BudgetConstraintCheck, gateDefault: NearLimitPolicy): boolean {
+export function mayClampToCallerCap (check: BudgetConstraintCheck | null, gateDefault: NearLimitPolicy): boolean {
   if (gateDefault === 'clamp') return true
+  if (check === null) return false // the budgets could not be read: the gate's default alone
   const hard = check.budgets.filter((budget) => budget.enforcement === 'hard')
   return hard.length > 0 && hard.every((budget) => (budget.nearLimit ?? gateDefault) === 'clamp')
 }

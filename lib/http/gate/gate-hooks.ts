@@ -215,7 +215,12 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
   async function clampToCallerCap (call: GatedCall): Promise<boolean> {
     const { request, state, prices } = call
     const cap = call.cap!
-    const check = await integration.checkCaller(call.caller, state.estimate, state.model)
+    // With the database away in failureMode 'open' the call goes on unchecked, but still within the caller's
+    // cap: without the budgets' word, the gate's nearLimit alone decides whether to clamp.
+    const check = await integration.checkCaller(call.caller, state.estimate, state.model).catch((error: unknown) => {
+      if (options.failureMode === 'open' && isDatabaseUnavailable(error)) return null
+      throw error
+    })
     state.check = check // its binding budget names the x-budget-* headers of a refusal
     const limit = call.api.outputLimit
     const price = prices.resolve(state.model)?.price
@@ -225,14 +230,14 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         (body, tokens) => limit!.withLimit(body, tokens, price!))
       const clamped = await largestAffordable(costAt, options.clampFloorTokens, asked, cap.units)
       if (clamped !== null) {
-        call.clampedOn = { check, estimate: state.estimate, byCallerCap: true }
+        if (check !== null) call.clampedOn = { check, estimate: state.estimate, byCallerCap: true }
         clampTo(call, clamped.tokens, clamped.estimate)
         call.current = clamped.estimate
         return true
       }
     }
     const refusal = callerCapRefusal(call)
-    noteDecision(call, 'refused', refusal.code, { check, estimate: state.estimate }, null)
+    if (check !== null) noteDecision(call, 'refused', refusal.code, { check, estimate: state.estimate }, null)
     await refuse(call.reply, call.api, refusal)
     return false
   }
