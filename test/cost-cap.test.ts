@@ -7,6 +7,7 @@ import t from 'tap'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway, spendTo, type GatewayOptions } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
+import { startTcpProxy, throughProxy } from './fixtures/tcp-proxy.js'
 import { startUpstream } from './fixtures/upstream.js'
 import { createPriceBook, DEFAULT_PRICES, estimateChatCost } from '../lib/index.js'
 import { toUnits } from '../lib/kernel/money.js'
@@ -294,4 +295,25 @@ t.test('the official openai client: a capped call is clamped (the upstream gets 
   t.equal(upstream.calls.length, 1, 'the refused call never reached the upstream')
   await gateway.settled()
   await checkInvariants(t, gateway.sql)
+})
+
+t.test('failureMode open with the database away: the call goes unchecked, still within the caller\'s cap (clamped under the gate\'s clamp, else refused)', async (t) => {
+  const target = new URL(process.env.DATABASE_URL!)
+  for (const nearLimit of ['clamp', 'refuse'] as const) {
+    const proxy = await startTcpProxy(target.hostname, Number(target.port || 5432))
+    t.teardown(async () => await proxy.cut())
+    const gateway = await buildGateway(t, { gatewayDatabase: async (url) => throughProxy(url, proxy), gate: { failureMode: 'open', timeoutMs: 500, sweepIntervalMs: 0, nearLimit } })
+    await gateway.createBudget({ amount: '100' })
+    await proxy.cut()
+    const response = await gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a', 'x-budget-max-cost': '0.01' }, body: big() })
+    if (nearLimit === 'clamp') {
+      t.equal(response.statusCode, 200, 'clamp: served unchecked')
+      const tokens = Number(response.headers['x-budget-clamped-max-tokens'])
+      t.ok((await cost({ max_tokens: tokens })) <= toUnits('0.01'), `clamped to ${tokens}, within the cap`)
+    } else {
+      t.equal(response.statusCode, 402, 'refuse: refused')
+      t.equal(response.json().error.code, 'call_cost_cap_exceeded')
+    }
+    await proxy.restore()
+  }
 })
