@@ -54,9 +54,10 @@ t.test('maxCallCost on a budget: set on create, returned, changed, cleared with 
   t.equal((await read()).maxCallCost, null, 'nothing stored by the refused updates')
   const created = await gateway.app.inject({ method: 'POST', url: PREFIX, headers: AUTH, body: { name: 'x', scopeType: 'team', scopeId: 'team-c', amount: '1', currency: 'USD', period: 'monthly', startDate: '2024-01-01', maxCallCost: '0' } })
   t.equal(created.statusCode, 400, 'a create with a cap of 0 is refused')
-  const audit = (await gateway.app.inject({ url: `${PREFIX}/${budget.id}/audit`, headers: AUTH })).json()
-  const changes = (audit.entries ?? audit.events ?? audit.audit ?? []) as Array<{ changes?: Record<string, unknown>, after?: Record<string, unknown>, changedFields?: string[] }>
-  t.ok(JSON.stringify(changes).includes('maxCallCost'), 'the audit log records the cap\'s changes')
+  const { entries } = (await gateway.app.inject({ url: `${PREFIX}/${budget.id}/audit`, headers: AUTH })).json() as { entries: Array<{ action: string, changes: string[], before: { maxCallCost?: unknown } | null, after: { maxCallCost?: unknown } | null }> }
+  const capChanges = entries.filter((entry) => entry.action === 'update' && entry.changes.includes('maxCallCost')).map((entry) => [entry.before?.maxCallCost, entry.after?.maxCallCost])
+  t.same(capChanges, [['0.25', null], ['0.5', '0.25']], 'the audit log records each change of the cap, before and after (newest first)')
+  t.match(entries.at(-1), { action: 'create', after: { maxCallCost: '0.5' } })
   await t.rejects(gateway.sql`update budget_definitions set max_call_cost = 0 where id = ${budget.id}`, { code: '23514' }, 'the CHECK refuses a cap of 0 in the table too')
 })
 
