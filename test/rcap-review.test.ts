@@ -72,3 +72,97 @@ t.test('upgrade path: an old (main) instance keeps serving while the branch migr
   await new Promise((resolve) => setTimeout(resolve, 300))
   void sql
 })
+
+t.test('one hot hard budget, 240 calls at once: budget cap, header caps, streams with and without usage, cut streams, clients leaving; every charge within its caps, invariants hold', async (t) => {
+  const { startUpstream, modeMarker } = await import('./fixtures/upstream.js')
+  const upstream = await startUpstream(t, { mode: (b: any) => (JSON.stringify(b.messages).match(/\[upstream:([a-z0-9-]+)\]/)?.[1] ?? 'json-worst-case') as any, chunkDelayMs: 2 })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0, nearLimit: 'clamp' } })
+  const org = await gateway.createBudget({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '0.6', maxCallCost: '0.012' })
+  await gateway.createBudget({ name: 'team-x', scopeId: 'team-x', amount: '5' })
+  await gateway.createBudget({ name: 'team-y', scopeId: 'team-y', amount: '5', enforcement: 'soft', maxCallCost: '0.006', nearLimit: 'refuse' })
+  const address = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
+  const modes = ['json-worst-case', 'sse', 'sse-no-usage', 'sse-cut', 'json-no-usage', 'json']
+  const results = await Promise.all(Array.from({ length: 240 }, async (_, i) => {
+    const team = ['team-x', 'team-y', 'team-z'][i % 3]!
+    const mode = modes[i % modes.length]!
+    const stream = mode.startsWith('sse')
+    const headers: Record<string, string> = { 'content-type': 'application/json', 'x-relay-team-id': team, 'x-relay-organization-id': 'acme' }
+    if (team === 'team-x') headers['x-budget-max-cost'] = '0.004'
+    const controller = new AbortController()
+    const b = { model: 'gpt-4o', messages: [{ role: 'user', content: `Write a long story ${modeMarker(mode as any)}` }], max_tokens: 100 + (i % 9) * 300, ...(stream ? { stream: true, stream_options: { include_usage: true } } : {}) }
+    if (i % 11 === 0) setTimeout(() => controller.abort(), 5 + (i % 4) * 5)
+    try {
+      const response = await fetch(`${address}/v1/chat/completions`, { method: 'POST', headers, body: JSON.stringify(b), signal: controller.signal })
+      await response.arrayBuffer()
+      return response.status
+    } catch { return -1 }
+  }))
+  const count = (status: number) => results.filter((s) => s === status).length
+  t.comment(`200: ${count(200)}, 402: ${count(402)}, aborted: ${count(-1)}, other: ${results.filter((s) => ![200, 402, -1].includes(s)).join(',')}`)
+  t.ok(results.every((s) => [200, 402, -1].includes(s)), 'no 4xx/5xx other than 402')
+  await gateway.settled()
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  await gateway.settled()
+  const over = await gateway.sql`
+    select metadata->>'teamId' as team, amount::text, metadata->>'costBasis' as basis, metadata->>'estimatedCost' as estimate
+    from budget_usage_records
+    where amount > case metadata->>'teamId' when 'team-x' then 0.004 when 'team-y' then 0.006 else 0.012 end`
+  t.same(over, [], 'no usage record charged past a cap that applied to its call')
+  t.ok(toUnits((await gateway.status(org.id)).currentAmount) <= toUnits('0.6'), 'org within its limit')
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('the boundary: a cap exactly equal to the estimate admits (hold and lease paths), one unit under refuses; EUR at a rate that rounds', async (t) => {
+  const { fromUnits } = await import('../lib/kernel/money.js')
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const exact = await cost(1000)
+  const budget = await gateway.createBudget({ amount: '100', maxCallCost: fromUnits(exact) })
+  const chat = async (headers: Record<string, string>, max: number) => await gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a', ...headers }, body: body(max) })
+  const results: Array<[string, number]> = []
+  for (let i = 0; i < 8; i++) results.push([`budget cap = estimate #${i}`, (await chat({}, 1000)).statusCode])
+  for (let i = 0; i < 4; i++) results.push([`header = estimate #${i}`, (await chat({ 'x-budget-max-cost': fromUnits(exact) }, 1000)).statusCode])
+  for (let i = 0; i < 4; i++) results.push([`header = estimate - 1 unit #${i}`, (await chat({ 'x-budget-max-cost': fromUnits(exact - 1n) }, 1000)).statusCode])
+  await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: AUTH, body: { maxCallCost: fromUnits(exact - 1n) } })
+  for (let i = 0; i < 4; i++) results.push([`budget cap = estimate - 1 unit #${i}`, (await chat({}, 1000)).statusCode])
+  t.same(results.map(([, s]) => s), [...Array(12).fill(200), ...Array(8).fill(402)], JSON.stringify(results))
+  // EUR: a rate with many decimals, cap exactly the converted (rounded-up) estimate
+  await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/exchange-rates/USD/EUR`, headers: AUTH, body: { rate: '0.9234567891' } })
+  const eur = await gateway.createBudget({ scopeId: 'team-e', currency: 'EUR', amount: '100' })
+  const probe = await gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-e', 'x-budget-max-cost': '0.0000000001' }, body: body(1000) })
+  const converted = probe.json().error?.cap?.estimatedCost
+  const refusedCheck = await gateway.app.inject({ url: `${PREFIX}/${eur.id}/status`, headers: AUTH })
+  void refusedCheck
+  // the EUR estimate as the hold converts it: ceil(exact * rate) in units
+  const rate = toUnits('0.9234567891')
+  const inEur = (exact * rate + 10n ** 10n - 1n) / 10n ** 10n
+  await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${eur.id}`, headers: AUTH, body: { maxCallCost: fromUnits(inEur) } })
+  const atCap = await gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-e' }, body: body(1000) })
+  t.equal(atCap.statusCode, 200, `EUR cap ${fromUnits(inEur)} = the converted estimate: admitted (${atCap.body.slice(0, 200)}) ${converted}`)
+  await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${eur.id}`, headers: AUTH, body: { maxCallCost: fromUnits(inEur - 1n) } })
+  const under = await gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-e' }, body: body(1000) })
+  t.equal(under.statusCode, 402, 'one unit under: refused')
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('the example gateway as a process: GATEWAY_KEYS caps, a header may lower but not raise; bad key caps stop the start', async (t) => {
+  const { startGatewayProcess } = await import('./fixtures/gateway-process.js')
+  const { createTestDatabase } = await import('./fixtures/database.js')
+  const url = await createTestDatabase(t)
+  const keys = { 'sk-capped': { team: 'team-a', maxCallCost: '0.001' }, 'sk-free': { team: 'team-a' }, 'sk-num': { team: 'team-a', maxCallCost: 0.5 } }
+  const gateway = await startGatewayProcess({ DATABASE_URL: url, ADMIN_TOKEN: 'rcap-admin-token-0123456789abcdef', GATEWAY_KEYS: JSON.stringify(keys) })
+  t.teardown(async () => await gateway.stop())
+  await fetch(`${gateway.url}${PREFIX}`, { method: 'POST', headers: { authorization: 'Bearer rcap-admin-token-0123456789abcdef', 'content-type': 'application/json' }, body: JSON.stringify({ name: 'b', scopeType: 'team', scopeId: 'team-a', amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01' }) })
+  const call = async (key: string, headers: Record<string, string> = {}, max = 4000) => {
+    const response = await fetch(`${gateway.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...headers }, body: JSON.stringify(body(max)) })
+    return { status: response.status, json: await response.json() as any }
+  }
+  const raised = await call('sk-capped', { 'x-budget-max-cost': '5' })
+  t.equal(raised.status, 402, 'a header cannot raise the key\'s cap')
+  t.equal(raised.json.error?.cap?.source, 'operator')
+  t.equal((await call('sk-free', { 'x-budget-max-cost': '0.001' })).status, 402, 'the header alone caps')
+  t.equal((await call('sk-num')).status, 200, 'a JSON number cap 0.5 lets a 0.04 call through')
+  t.equal((await call('sk-num', { 'x-budget-max-cost': 'abc' })).status, 400)
+  const bad = await startGatewayProcess({ DATABASE_URL: url, ADMIN_TOKEN: 'rcap-admin-token-0123456789abcdef', GATEWAY_KEYS: JSON.stringify({ 'sk-x': { team: 'a', maxCallCost: '0' } }) }).then((p) => { void p.stop(); return null }, (e: Error) => e.message)
+  t.match(bad, /maxCallCost/, 'a key cap of 0 stops the start, naming maxCallCost')
+})
