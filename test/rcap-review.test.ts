@@ -166,3 +166,57 @@ t.test('the example gateway as a process: GATEWAY_KEYS caps, a header may lower 
   const bad = await startGatewayProcess({ DATABASE_URL: url, ADMIN_TOKEN: 'rcap-admin-token-0123456789abcdef', GATEWAY_KEYS: JSON.stringify({ 'sk-x': { team: 'a', maxCallCost: '0' } }) }).then((p) => { void p.stop(); return null }, (e: Error) => e.message)
   t.match(bad, /maxCallCost/, 'a key cap of 0 stops the start, naming maxCallCost')
 })
+
+t.test('upgrade under load: an old (main) instance holding call by call while the branch\'s migration drops and recreates budget_hold_batch / budget_line', async (t) => {
+  const { default: Fastify } = await import('fastify')
+  const { default: oldBudgets } = await import('/work/main/lib/index.ts' as string)
+  const { chatCompletions: oldChat } = await import('/work/main/examples/chat-completions.ts' as string)
+  const { default: newBudgets } = await import('../lib/index.js')
+  const { createTestSql } = await import('./fixtures/database.js')
+  const { url } = await createTestSql(t)
+  const start = async (plugin: any, chatRoutes: any) => {
+    const app = Fastify()
+    await app.register(plugin, { database: url, adminToken: ADMIN_TOKEN, gate: { routes: ['/v1/chat/completions'], sweepIntervalMs: 0 }, notifications: { intervalMs: 0 } })
+    await app.register(chatRoutes, { mockTokenDelayMs: 0 })
+    await app.ready()
+    t.teardown(async () => await app.close())
+    return app
+  }
+  const old = await start(oldBudgets, oldChat)
+  await old.inject({ method: 'PUT', url: `${PREFIX}/exchange-rates/USD/EUR`, headers: AUTH, body: { rate: '0.9' } })
+  // EUR: never leased, every call is a hold (budget_hold_batch); many callers: many line loads (budget_line)
+  await old.inject({ method: 'POST', url: PREFIX, headers: AUTH, body: { name: 'b', scopeType: 'organization', scopeId: 'acme', amount: '1000', currency: 'EUR', period: 'monthly', startDate: '2024-01-01' } })
+  let stop = false
+  const statuses = new Map<number, number>()
+  const bodies: string[] = []
+  const hammer = async (w: number) => {
+    let i = 0
+    while (!stop) {
+      const response = await old.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-organization-id': 'acme', 'x-relay-user-id': `u${w}-${i++ % 50}` }, body: body(20) })
+      statuses.set(response.statusCode, (statuses.get(response.statusCode) ?? 0) + 1)
+      if (response.statusCode !== 200 && bodies.length < 3) bodies.push(response.body.slice(0, 300))
+    }
+  }
+  const workers = Array.from({ length: 8 }, async (_, w) => await hammer(w))
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  await start(newBudgets, (await import('../examples/chat-completions.js')).chatCompletions)
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  stop = true
+  await Promise.all(workers)
+  t.same([...statuses.keys()], [200], `the old instance's statuses through the migration: ${JSON.stringify([...statuses])} ${bodies.join(' | ')}`)
+})
+
+t.test('the charge, not only the worst case: an upstream that bills past max_tokens or answers a pricier model is charged past the cap', async (t) => {
+  const { startUpstream } = await import('./fixtures/upstream.js')
+  for (const mode of ['json-over-limit', 'json-pricier'] as const) {
+    const upstream = await startUpstream(t, { mode })
+    const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+    const budget = await gateway.createBudget({ amount: '100', maxCallCost: '0.002' })
+    const model = mode === 'json-pricier' ? 'gpt-4o-mini' : 'gpt-4o'
+    const response = await gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a', 'x-budget-max-cost': '0.002' }, body: { ...body(150), model } })
+    t.equal(response.statusCode, 200, `${mode}: admitted within the caps`)
+    await gateway.settled()
+    const spent = (await gateway.status(budget.id)).currentAmount
+    t.ok(toUnits(spent) <= toUnits('0.002'), `${mode}: charged ${spent}, the budget's cap and the caller's are 0.002`)
+  }
+})
