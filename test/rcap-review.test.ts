@@ -220,3 +220,44 @@ t.test('the charge, not only the worst case: an upstream that bills past max_tok
     t.ok(toUnits(spent) <= toUnits('0.002'), `${mode}: charged ${spent}, the budget's cap and the caller's are 0.002`)
   }
 })
+
+t.test('a rate-limited line: calls refused by a cap (the budget\'s or the caller\'s) take no request from the minute\'s allowance', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  await gateway.createBudget({ amount: '100', maxCallCost: '0.01', rateLimits: { requestsPerMinute: 4, tokensPerMinute: 100000 } })
+  const chat = async (headers: Record<string, string>, max: number) => (await gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a', ...headers }, body: body(max) })).statusCode
+  const refused = []
+  for (let i = 0; i < 3; i++) refused.push(await chat({}, 4000)) // over the budget's cap
+  for (let i = 0; i < 3; i++) refused.push(await chat({ 'x-budget-max-cost': '0.0001' }, 200)) // over the caller's
+  t.same(refused, [402, 402, 402, 402, 402, 402])
+  const served = []
+  for (let i = 0; i < 4; i++) served.push(await chat({}, 20))
+  t.same(served, [200, 200, 200, 200], 'the four requests of the minute are all still there')
+  t.equal(await chat({}, 20), 429, 'the fifth is over the rate')
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('gate.timeoutMs bounds every call: one over the caller\'s cap waits for an unbounded read (checkCaller) when the database is slow', async (t) => {
+  const { proxiedGateway } = await import('./fixtures/gateway.js')
+  for (const failureMode of ['closed', 'open'] as const) {
+    const gateway = await proxiedGateway(t, { timeoutMs: 300, failureMode })
+    await gateway.createBudget({ amount: '100' })
+    await gateway.createBudget({ scopeId: 'team-c', amount: '100' })
+    const chat = async (headers: Record<string, string>) => {
+      const started = Date.now()
+      const response = await gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a', ...headers }, body: body(4000) })
+      return { status: response.statusCode, ms: Date.now() - started }
+    }
+    t.equal((await chat({})).status, 200, 'warm')
+    // the hold is slow: answered by the failure mode within timeoutMs
+    gateway.proxy.arm('budget_hold_batch', { kind: 'delay-reply', ms: 4000 })
+    const held = await chat({ 'x-relay-team-id': 'team-c' })
+    t.ok(held.ms < 1500, `${failureMode}: a slow hold is answered in ${held.ms} ms (${held.status})`)
+    await new Promise((resolve) => setTimeout(resolve, 4200))
+    // the read a call over the caller's cap makes first is slow
+    gateway.proxy.arm('budget_within_cap(converted.estimate', { kind: 'delay-reply', ms: 4000 })
+    const capped = await chat({ 'x-budget-max-cost': '0.01' })
+    t.ok(capped.ms < 1500, `${failureMode}: a call over the caller's cap, its read slow, is answered in ${capped.ms} ms (${capped.status}); timeoutMs is 300`)
+    await new Promise((resolve) => setTimeout(resolve, 4200))
+  }
+})
