@@ -261,3 +261,19 @@ t.test('gate.timeoutMs bounds every call: one over the caller\'s cap waits for a
     await new Promise((resolve) => setTimeout(resolve, 4200))
   }
 })
+
+t.test('one instance: a PUT lowering the cap, then at once a call over it on the hot leased line', async (t) => {
+  const a = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const budget = await a.createBudget({ amount: '100', maxCallCost: '1' })
+  const chat = async (max: number) => await a.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a' }, body: body(max) })
+  let over = 0
+  for (let round = 0; round < 20; round++) {
+    await a.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: AUTH, body: { maxCallCost: '1' } })
+    for (let i = 0; i < 6; i++) await chat(20)
+    await a.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: AUTH, body: { maxCallCost: '0.005' } })
+    if ((await chat(2000)).statusCode === 200) over++
+  }
+  t.equal(over, 0, `calls over the new cap admitted right after the PUT: ${over}/20`)
+  await a.settled()
+  await checkInvariants(t, a.sql)
+})
