@@ -1,4 +1,5 @@
-// Adversarial review of the per-call cost cap (branch cap).
+// The per-call cost cap under pressure: caps lowered while lines are hot, concurrency, the boundary, the example
+// gateway, upgrades from the version before, upstreams that bill past the output limit, rate limits, a slow database.
 import t from 'tap'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
@@ -11,7 +12,7 @@ const prices = createPriceBook(DEFAULT_PRICES)
 const body = (max: number) => ({ model: 'gpt-4o', messages: [{ role: 'user', content: 'Write a long story' }], max_tokens: max })
 const cost = async (max: number): Promise<bigint> => toUnits((await estimateChatCost(body(max), prices)).amount)
 
-t.test('two instances: instance A lowers a budget\'s cap; instance B, on a hot leased line, still admits a call over the new cap after the PUT returned', async (t) => {
+t.test('a budget\'s cap lowered on one instance binds another instance\'s hot leased line as soon as the PUT answers', async (t) => {
   const a = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const b = await buildGateway(t, { gate: { sweepIntervalMs: 0 }, gatewayDatabase: async () => a.url })
   const budget = await a.createBudget({ amount: '100', maxCallCost: '1' })
@@ -40,7 +41,7 @@ t.test('two instances: instance A lowers a budget\'s cap; instance B, on a hot l
   await checkInvariants(t, a.sql)
 })
 
-t.test('upgrade path: an old (main) instance keeps serving while the branch migrates; then an old instance restarting (rolling deploy, rollback) cannot migrate the database back', async (t) => {
+t.test('upgrade path: an instance of the version before keeps serving while this version migrates, and can restart afterwards', async (t) => {
   const { default: Fastify } = await import('fastify')
   const { default: oldBudgets } = await import('/work/main/lib/index.ts' as string)
   const { chatCompletions: oldChat } = await import('/work/main/examples/chat-completions.ts' as string)
@@ -73,7 +74,7 @@ t.test('upgrade path: an old (main) instance keeps serving while the branch migr
   void sql
 })
 
-t.test('one hot hard budget, 240 calls at once: budget cap, header caps, streams with and without usage, cut streams, clients leaving; every charge within its caps, invariants hold', async (t) => {
+t.test('240 calls at once on one hot hard budget (budget and header caps, streams with and without usage, cut streams, clients leaving): no charge past a cap of its call, invariants hold', async (t) => {
   const { startUpstream, modeMarker } = await import('./fixtures/upstream.js')
   const upstream = await startUpstream(t, { mode: (b: any) => (JSON.stringify(b.messages).match(/\[upstream:([a-z0-9-]+)\]/)?.[1] ?? 'json-worst-case') as any, chunkDelayMs: 2 })
   const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0, nearLimit: 'clamp' } })
@@ -112,7 +113,7 @@ t.test('one hot hard budget, 240 calls at once: budget cap, header caps, streams
   await checkInvariants(t, gateway.sql)
 })
 
-t.test('the boundary: a cap exactly equal to the estimate admits (hold and lease paths), one unit under refuses; EUR at a rate that rounds', async (t) => {
+t.test('a cap equal to the estimate admits (hold and lease paths) and one unit under refuses, in USD and in EUR at a rate that rounds', async (t) => {
   const { fromUnits } = await import('../lib/kernel/money.js')
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const exact = await cost(1000)
@@ -145,7 +146,7 @@ t.test('the boundary: a cap exactly equal to the estimate admits (hold and lease
   await checkInvariants(t, gateway.sql)
 })
 
-t.test('the example gateway as a process: GATEWAY_KEYS caps, a header may lower but not raise; bad key caps stop the start', async (t) => {
+t.test('the example gateway process: a GATEWAY_KEYS cap binds, a header lowers it but cannot raise it, a bad key cap stops the start', async (t) => {
   const { startGatewayProcess } = await import('./fixtures/gateway-process.js')
   const { createTestDatabase } = await import('./fixtures/database.js')
   const url = await createTestDatabase(t)
@@ -167,7 +168,7 @@ t.test('the example gateway as a process: GATEWAY_KEYS caps, a header may lower 
   t.match(bad, /maxCallCost/, 'a key cap of 0 stops the start, naming maxCallCost')
 })
 
-t.test('upgrade under load: an old (main) instance holding call by call while the branch\'s migration drops and recreates budget_hold_batch / budget_line', async (t) => {
+t.test('an instance of the version before, holding call by call, serves every call while this version\'s migration drops and recreates budget_hold_batch and budget_line', async (t) => {
   const { default: Fastify } = await import('fastify')
   const { default: oldBudgets } = await import('/work/main/lib/index.ts' as string)
   const { chatCompletions: oldChat } = await import('/work/main/examples/chat-completions.ts' as string)
@@ -221,7 +222,7 @@ t.test('the charge, not only the worst case: an upstream that bills past max_tok
   }
 })
 
-t.test('a rate-limited line: calls refused by a cap (the budget\'s or the caller\'s) take no request from the minute\'s allowance', async (t) => {
+t.test('calls refused by a cap (the budget\'s or the caller\'s) take no request from a rate-limited line\'s minute allowance', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   await gateway.createBudget({ amount: '100', maxCallCost: '0.01', rateLimits: { requestsPerMinute: 4, tokensPerMinute: 100000 } })
   const chat = async (headers: Record<string, string>, max: number) => (await gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a', ...headers }, body: body(max) })).statusCode
@@ -237,7 +238,7 @@ t.test('a rate-limited line: calls refused by a cap (the budget\'s or the caller
   await checkInvariants(t, gateway.sql)
 })
 
-t.test('gate.timeoutMs bounds every call: one over the caller\'s cap waits for an unbounded read (checkCaller) when the database is slow', async (t) => {
+t.test('gate.timeoutMs bounds the budget read of a call over the caller\'s cap as it bounds a hold, in failureMode closed and open', async (t) => {
   const { proxiedGateway } = await import('./fixtures/gateway.js')
   for (const failureMode of ['closed', 'open'] as const) {
     const gateway = await proxiedGateway(t, { timeoutMs: 300, failureMode })
@@ -262,7 +263,7 @@ t.test('gate.timeoutMs bounds every call: one over the caller\'s cap waits for a
   }
 })
 
-t.test('one instance: a PUT lowering the cap, then at once a call over it on the hot leased line', async (t) => {
+t.test('a budget\'s cap lowered on an instance binds its own hot leased line as soon as the PUT answers', async (t) => {
   const a = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const budget = await a.createBudget({ amount: '100', maxCallCost: '1' })
   const chat = async (max: number) => await a.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a' }, body: body(max) })
