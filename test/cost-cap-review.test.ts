@@ -41,7 +41,7 @@ t.test('a budget\'s cap lowered on one instance binds another instance\'s hot le
   await checkInvariants(t, a.sql)
 })
 
-t.test('upgrade path: an instance of the version before keeps serving while this version migrates, and can restart afterwards', async (t) => {
+t.test('upgrade path: an instance of the version before keeps serving while this version migrates; restarted afterwards, it is refused with a MigrationError and changes nothing', async (t) => {
   const { default: Fastify } = await import('fastify')
   const { default: oldBudgets } = await import('/work/main/lib/index.ts' as string)
   const { chatCompletions: oldChat } = await import('/work/main/examples/chat-completions.ts' as string)
@@ -66,12 +66,15 @@ t.test('upgrade path: an instance of the version before keeps serving while this
   const statuses = []
   for (let i = 0; i < 5; i++) statuses.push(await oldChatCall())
   t.same(statuses, [200, 200, 200, 200, 200], 'the running old instance keeps serving after the branch migrated')
-  // An old instance (re)starting now migrates with main's sql/: create or replace function with the old result type.
+  // An instance of the version before (re)starting now migrates with its sql/, which predates the rule that leaves a
+  // newer database alone: its holds.sql cannot change budget_hold_batch's result type back, and the whole run rolls back.
+  const functions = async () => await sql`select p.oid::regprocedure::text as signature, pg_get_function_result(p.oid) as result from pg_proc p where p.proname in ('budget_hold_batch', 'budget_line') order by 1`
+  const before = await functions()
   const restart = await start(oldBudgets, oldChat).then(() => null, (error: Error) => error)
-  t.equal(restart, null, `an old instance restarting after the upgrade: ${restart?.message ?? 'started'}`)
+  t.match(restart, { code: 'BUDGET_ERR_MIGRATION', message: /functions\/holds\.sql.*cannot change return type/ }, 'an instance of the version before, restarting after the upgrade, is refused with a MigrationError')
+  t.same(await functions(), before, 'and leaves this version\'s functions as they were')
   t.equal((await fresh.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a' }, body: body(20) })).statusCode, 200, 'the new instance still serves')
   await new Promise((resolve) => setTimeout(resolve, 300))
-  void sql
 })
 
 t.test('240 calls at once on one hot hard budget (budget and header caps, streams with and without usage, cut streams, clients leaving): no charge past a cap of its call, invariants hold', async (t) => {
