@@ -250,7 +250,7 @@ t.test('gate.timeoutMs bounds the budget read of a call over the caller\'s cap a
     const chat = async (headers: Record<string, string>) => {
       const started = Date.now()
       const response = await gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a', ...headers }, body: body(4000) })
-      return { status: response.statusCode, ms: Date.now() - started }
+      return { status: response.statusCode, code: response.json().error?.code as string | undefined, ms: Date.now() - started }
     }
     t.equal((await chat({})).status, 200, 'warm')
     // the hold is slow: answered by the failure mode within timeoutMs
@@ -262,6 +262,8 @@ t.test('gate.timeoutMs bounds the budget read of a call over the caller\'s cap a
     gateway.proxy.arm('budget_within_cap(converted.estimate', { kind: 'delay-reply', ms: 4000 })
     const capped = await chat({ 'x-budget-max-cost': '0.01' })
     t.ok(capped.ms < 1500, `${failureMode}: a call over the caller's cap, its read slow, is answered in ${capped.ms} ms (${capped.status}); timeoutMs is 300`)
+    // as a slow hold is: closed refuses 503; open decides without the budgets (the gate's nearLimit, refuse: 402)
+    t.same([capped.status, capped.code], failureMode === 'closed' ? [503, 'budget_unavailable'] : [402, 'call_cost_cap_exceeded'], `${failureMode}: answered by the failure mode`)
     await new Promise((resolve) => setTimeout(resolve, 4200))
   }
 })

@@ -341,11 +341,15 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       return decide(terms, numbers, estimate)
     },
 
-    /** Would a call of `estimatedCost` (to `model`, when given) go ahead for this caller now? Reads only; reserves nothing. */
+    /**
+     * Would a call of `estimatedCost` (to `model`, when given) go ahead for this caller now? Reads only; reserves
+     * nothing. Throws DatabaseUnavailableError past timeoutMs, as reserveCall does: the gate reads it for a call
+     * over the caller's cap, and that call waits no longer than one that holds.
+     */
     async checkCaller (caller: CallerScopes, estimatedCost: Money | number, model?: string): Promise<BudgetConstraintCheck> {
       const estimate = parsePositiveMoney(estimatedCost, 'estimatedCost')
       const call = callOf(caller, model)
-      const { terms, numbers } = call.scopes.length === 0 ? { terms: [], numbers: [] } : await reservations.listApplicable(call, options.currency, estimate)
+      const { terms, numbers } = call.scopes.length === 0 ? { terms: [], numbers: [] } : await withDeadline(reservations.listApplicable(call, options.currency, estimate))
       return decide(terms, numbers, estimate, model === undefined ? undefined : { ...options.models, model })
     },
 

@@ -215,8 +215,9 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
   async function clampToCallerCap (call: GatedCall): Promise<boolean> {
     const { request, state, prices } = call
     const cap = call.cap!
-    // With the database away in failureMode 'open' the call goes on unchecked, but still within the caller's
-    // cap: without the budgets' word, the gate's nearLimit alone decides whether to clamp.
+    // The read waits at most gate.timeoutMs, as a hold does. With the database away (or slower than that) in
+    // failureMode 'open' the call goes on unchecked, but still within the caller's cap: without the budgets'
+    // word, the gate's nearLimit alone decides whether to clamp. In 'closed' the error is the call's 503.
     const check = await integration.checkCaller(call.caller, state.estimate, state.model).catch((error: unknown) => {
       if (options.failureMode === 'open' && isDatabaseUnavailable(error)) return null
       throw error
