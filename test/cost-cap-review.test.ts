@@ -4,7 +4,7 @@ import t from 'tap'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
-import { createPriceBook, DEFAULT_PRICES, estimateChatCost } from '../lib/index.js'
+import { costFromUsage, createPriceBook, DEFAULT_PRICES, estimateChatCost } from '../lib/index.js'
 import { toUnits } from '../lib/kernel/money.js'
 
 const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
@@ -210,7 +210,7 @@ t.test('an instance of the version before, holding call by call, serves every ca
   t.same([...statuses.keys()], [200], `the old instance's statuses through the migration: ${JSON.stringify([...statuses])} ${bodies.join(' | ')}`)
 })
 
-t.test('the charge, not only the worst case: an upstream that bills past max_tokens or answers a pricier model is charged past the cap', async (t) => {
+t.test('the charge is the usage the upstream reports: past the caps when it bills past max_tokens, at the answered model\'s rates when it answers a pricier one', async (t) => {
   const { startUpstream } = await import('./fixtures/upstream.js')
   for (const mode of ['json-over-limit', 'json-pricier'] as const) {
     const upstream = await startUpstream(t, { mode })
@@ -221,7 +221,11 @@ t.test('the charge, not only the worst case: an upstream that bills past max_tok
     t.equal(response.statusCode, 200, `${mode}: admitted within the caps`)
     await gateway.settled()
     const spent = (await gateway.status(budget.id)).currentAmount
-    t.ok(toUnits(spent) <= toUnits('0.002'), `${mode}: charged ${spent}, the budget's cap and the caller's are 0.002`)
+    // The provider's bill: the usage it reported, at the rates of the model it named.
+    const [{ usage, answeredModel }] = upstream.calls as [typeof upstream.calls[number]]
+    const billed = costFromUsage({ model: answeredModel, inputTokens: usage!.prompt_tokens, outputTokens: usage!.completion_tokens }, prices)!
+    t.equal(toUnits(spent), toUnits(billed), `${mode}: charged ${spent}, the reported usage's cost ${billed}`)
+    if (mode === 'json-over-limit') t.ok(toUnits(spent) > toUnits('0.002'), `${mode}: past the caps of 0.002, as the upstream billed past the output limit it was sent`)
   }
 })
 
