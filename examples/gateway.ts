@@ -19,7 +19,7 @@ import { messages } from './apis/messages.js'
 import { responses } from './apis/responses.js'
 import { chatCompletions } from './chat-completions.js'
 import type { EmbeddedDatabase } from './embedded-postgres.js'
-import { parseGatewayKeys, scopesFromKey, type GatewayKeys } from './gateway-keys.js'
+import { maxCallCostOfKey, parseGatewayKeys, scopesFromKey, type GatewayKeys } from './gateway-keys.js'
 
 const port = Number(process.env.PORT ?? 3000)
 const host = process.env.HOST ?? '127.0.0.1'
@@ -174,7 +174,8 @@ await app.register(budgets, {
     routes: MODEL_ROUTES.map((route) => route.url),
     // With GATEWAY_KEYS, the key's scopes only; otherwise the default, which believes the caller's
     // x-relay-user-id, x-relay-team-id, x-relay-project-id and x-relay-organization-id headers.
-    ...(gatewayKeys === null ? {} : { resolveScopes: (request) => scopesFromKey(gatewayKeys, request) }),
+    // A key's maxCallCost is the operator's cap on one call for it; the caller's x-budget-max-cost may only lower it.
+    ...(gatewayKeys === null ? {} : { resolveScopes: (request) => scopesFromKey(gatewayKeys, request), maxCallCost: (request) => maxCallCostOfKey(gatewayKeys, request) }),
     failureMode: process.env.GATE_FAILURE_MODE === 'open' ? 'open' : 'closed',
     ...(process.env.RESERVATION_TTL_MS === undefined ? {} : { reservationTtlMs: Number(process.env.RESERVATION_TTL_MS) }),
     ...(process.env.SWEEP_INTERVAL_MS === undefined ? {} : { sweepIntervalMs: Number(process.env.SWEEP_INTERVAL_MS) }),

@@ -58,7 +58,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 
   // The parts. Admin writes run in transactions bounded at adminTimeoutMs, on connections of their own (never
   // queued behind the gate's statements), cut by PostgreSQL and rolled back (lib/kernel/database/bounded.ts).
-  const database = await openDatabase(databaseOption, { migrate }) // the schema is brought up to date first
+  const database = await openDatabase(databaseOption, { migrate, log }) // the schema is brought up to date first
   // A registration that fails from here on (a decoration already present, say) ends the client it opened.
   try {
     const sql = database.api

@@ -179,6 +179,7 @@ function resolveGateOptions (options: Partial<GateOptions>): { gate: GateOptions
     if (typeof gate[name] !== 'function') throw new OptionsError(`gate.${name} must be a function`)
   }
   if (gate.estimateCost !== undefined && typeof gate.estimateCost !== 'function') throw new OptionsError('gate.estimateCost must be a function when given')
+  if (gate.maxCallCost !== undefined && typeof gate.maxCallCost !== 'function') throw new OptionsError('gate.maxCallCost must be a function of the request when given')
   const priceProblem = typeof gate.prices === 'object' && gate.prices !== null ? checkPriceTable(gate.prices) : 'gate.prices must be a price table'
   if (priceProblem !== null) throw new OptionsError(priceProblem)
   if (!Array.isArray(gate.cheapModels) || !gate.cheapModels.every((model) => typeof model === 'string')) throw new OptionsError('gate.cheapModels must be a list of model names')

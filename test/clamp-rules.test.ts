@@ -4,13 +4,13 @@
 import type { FastifyRequest } from 'fastify'
 import t from 'tap'
 import type { BudgetCheck, BudgetConstraintCheck } from '../lib/gate/decision.js'
-import { costAtOutputLimit, largestAffordable, mayClamp, roomFor } from '../lib/http/gate/clamp.js'
+import { costAtOutputLimit, largestAffordable, mayClamp, mayClampToCallerCap, roomFor } from '../lib/http/gate/clamp.js'
 import { fromUnits } from '../lib/kernel/money.js'
 import type { CostEstimate } from '../lib/pricing/estimate.js'
 
 /** A decision as clamp reads it: whether it refused and why, and each budget's room (the other fields are not clamp's). */
-type Room = Pick<BudgetCheck, 'fits' | 'enforcement' | 'nearLimit' | 'remaining' | 'estimatedCost'>
-const budget = (room: Partial<Room>): Room => ({ fits: true, enforcement: 'hard', nearLimit: null, remaining: '10', estimatedCost: '1', ...room })
+type Room = Pick<BudgetCheck, 'fits' | 'enforcement' | 'nearLimit' | 'remaining' | 'estimatedCost' | 'maxCallCost' | 'overCap'>
+const budget = (room: Partial<Room>): Room => ({ fits: true, enforcement: 'hard', nearLimit: null, remaining: '10', estimatedCost: '1', maxCallCost: null, overCap: false, ...room })
 const check = (budgets: Room[], refusal: Partial<BudgetConstraintCheck> = { canProceed: false, code: 'budget_exceeded' }): BudgetConstraintCheck =>
   ({ canProceed: true, code: null, ...refusal, budgets }) as unknown as BudgetConstraintCheck
 
@@ -43,6 +43,25 @@ t.test('the room: each hard budget\'s remaining in the call\'s currency, the lea
   t.equal(roomFor(check([budget({ remaining: '3' }), budget({ estimatedCost: null })]), '1'), null, 'a hard budget whose conversion is unknown: no room can be said')
   t.equal(roomFor(check([budget({ remaining: '0' })]), '1'), 0n)
   t.equal(roomFor(check([budget({ remaining: '2' }), budget({ remaining: '2' })]), '1'), 20_000_000_000n, 'equal rooms')
+})
+
+t.test('caps on one call: a budget\'s cap clamps by its own policy, bounds the room in its currency; the caller\'s cap clamps by the gate\'s or its hard budgets\'', async (t) => {
+  const capped = (more: Partial<Room> = {}) => budget({ fits: false, overCap: true, maxCallCost: '0.5', ...more })
+  const overCap = { canProceed: false, code: 'call_cost_cap_exceeded' as const }
+  t.equal(mayClamp(check([capped()], overCap), 'clamp'), true, 'the gate\'s default')
+  t.equal(mayClamp(check([capped()], overCap), 'refuse'), false)
+  t.equal(mayClamp(check([capped({ nearLimit: 'clamp' })], overCap), 'refuse'), true, 'the budget\'s own policy')
+  t.equal(mayClamp(check([capped({ enforcement: 'soft', nearLimit: 'refuse' })], overCap), 'clamp'), false, 'a soft budget\'s cap votes too')
+  t.equal(mayClamp(check([capped({ nearLimit: 'clamp' }), budget({ fits: false, nearLimit: 'refuse' })], overCap), 'clamp'), false, 'and so does a full hard budget beside it')
+  t.equal(roomFor(check([budget({ remaining: '10', maxCallCost: '0.5' })]), '1'), 5_000_000_000n, 'the cap bounds the room')
+  t.equal(roomFor(check([budget({ remaining: '0.2', maxCallCost: '0.5' })]), '1'), 2_000_000_000n, 'the room bounds it when less')
+  t.equal(roomFor(check([budget({ enforcement: 'soft', remaining: '0', maxCallCost: '0.5' })]), '1'), 5_000_000_000n, 'a soft budget\'s cap, not its room')
+  t.equal(roomFor(check([budget({ maxCallCost: '1', estimatedCost: '4' })]), '2'), 5_000_000_000n, 'in the budget\'s currency, scaled back: 1 there is 0.5 here')
+  t.equal(mayClampToCallerCap(check([budget({})], { canProceed: true, code: null }), 'clamp'), true, 'the gate\'s clamp')
+  t.equal(mayClampToCallerCap(check([budget({})], { canProceed: true, code: null }), 'refuse'), false, 'a hard budget that follows the gate\'s refuse')
+  t.equal(mayClampToCallerCap(check([budget({ nearLimit: 'clamp' }), budget({ enforcement: 'soft' })], { canProceed: true, code: null }), 'refuse'), true, 'every hard budget clamps')
+  t.equal(mayClampToCallerCap(check([budget({ enforcement: 'soft', nearLimit: 'clamp' })], { canProceed: true, code: null }), 'refuse'), false, 'no hard budget: the gate\'s refuse')
+  t.equal(mayClampToCallerCap(null, 'refuse'), false, 'budgets unread: the gate\'s default')
 })
 
 const estimateOf = (amount: string): CostEstimate => ({ model: 'm', amount })

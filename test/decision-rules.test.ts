@@ -23,10 +23,12 @@ interface Numbers {
   /** The estimate in the budget's currency (null: no rate; absent: the call's). */
   estimate?: string | null
   outOfRange?: boolean
+  /** The budget's cap on one call; the numbers then say whether the estimate is over it, as budget_within_cap does. */
+  maxCallCost?: string
 }
 
 const termsOf = (b: Numbers): BudgetTerms => ({
-  budgetId: b.id, name: b.id, alerts: b.alerts ?? [], currency: b.currency ?? 'USD', nearLimit: null, scopeMatched: true, scopeRank: 0,
+  budgetId: b.id, name: b.id, alerts: b.alerts ?? [], currency: b.currency ?? 'USD', nearLimit: null, maxCallCost: b.maxCallCost ?? null, scopeMatched: true, scopeRank: 0,
   periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null
 })
 const numbersOf = (b: Numbers, estimate: string): BudgetNumbers => ({
@@ -39,7 +41,8 @@ const numbersOf = (b: Numbers, estimate: string): BudgetNumbers => ({
   approvedThrough: b.approvedThrough ?? null,
   projectedActions: b.projectedActions ?? [],
   estimate: b.estimate === undefined ? estimate : b.estimate,
-  outOfRange: b.outOfRange ?? false
+  outOfRange: b.outOfRange ?? false,
+  overCap: b.maxCallCost !== undefined && Number(b.estimate ?? estimate) > Number(b.maxCallCost)
 })
 const decideOn = (budgets: Numbers[], estimate: string, policy?: ModelPolicy) =>
   decide(budgets.map(termsOf), budgets.map((b) => numbersOf(b, estimate)), estimate, policy)
@@ -59,6 +62,7 @@ t.test('the strictest refusal wins, whichever budget holds it', async (t) => {
     ['budget_blocked', { id: 'blocked', current: '50', alerts: [alert(50, ['block-all'])] }],
     ['approval_required', { id: 'approval', current: '50', alerts: [alert(50, ['require-approval'])] }],
     ['model_restricted', { id: 'restricted', current: '50', alerts: [alert(50, ['restrict-models'])] }],
+    ['call_cost_cap_exceeded', { id: 'capped', maxCallCost: '0.5', fits: false }],
     ['budget_exceeded', { id: 'full', fits: false }]
   ]
   for (let first = 0; first < ladder.length; first++) {
@@ -154,18 +158,18 @@ t.test('auto-downgrade: the cheaper model, when a budget is past its threshold',
 
 t.test('the line\'s terms read beside the numbers SQL measured, by budget id', async (t) => {
   const terms: BudgetTerms[] = [
-    { budgetId: 'team', name: 'Team', alerts: [alert(50, ['notify'])], scopeMatched: true, scopeRank: 0, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'EUR', nearLimit: 'clamp' },
-    { budgetId: 'gone', name: 'Gone', alerts: [], scopeMatched: true, scopeRank: 1, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'USD', nearLimit: null }
+    { budgetId: 'team', name: 'Team', alerts: [alert(50, ['notify'])], scopeMatched: true, scopeRank: 0, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'EUR', nearLimit: 'clamp', maxCallCost: null },
+    { budgetId: 'gone', name: 'Gone', alerts: [], scopeMatched: true, scopeRank: 1, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'USD', nearLimit: null, maxCallCost: null }
   ]
   const numbers: BudgetNumbers[] = [
-    { budgetId: 'team', amount: '100', enforcement: 'soft', currentAmount: '60', reservedAmount: '5', fits: false, approvedThrough: '90', projectedActions: ['restrict-models'], estimate: '2', outOfRange: false }
+    { budgetId: 'team', amount: '100', enforcement: 'soft', currentAmount: '60', reservedAmount: '5', fits: false, approvedThrough: '90', projectedActions: ['restrict-models'], estimate: '2', outOfRange: false, overCap: false }
   ]
   t.match(decide(terms, numbers, '3').budgets, [{
     budgetId: 'team', name: 'Team', limit: '100', currentAmount: '60', reservedAmount: '5', remaining: '35', enforcement: 'soft', fits: false,
     approved: true, activeActions: ['notify', 'restrict-models'], currency: 'EUR', estimatedCost: '2', outOfRange: false, nearLimit: 'clamp'
   }], 'the names, alerts, currency and policy from the terms; the amounts, fit and approval from the numbers')
   t.equal(decide(terms, numbers, '3').budgets.length, 1, 'a budget without numbers (its window had no row) is left out')
-  const held: BudgetNumbers = { budgetId: 'team', amount: '100', enforcement: 'hard', currentAmount: '60', reservedAmount: '5', fits: true, approvedThrough: null, projectedActions: ['block-all'], estimate: null, outOfRange: true }
+  const held: BudgetNumbers = { budgetId: 'team', amount: '100', enforcement: 'hard', currentAmount: '60', reservedAmount: '5', fits: true, approvedThrough: null, projectedActions: ['block-all'], estimate: null, outOfRange: true, overCap: false }
   t.match(decide(terms, [held], '3'), {
     code: 'estimate_out_of_range',
     budgets: [{ budgetId: 'team', name: 'Team', limit: '100', enforcement: 'hard', fits: true, approved: false, activeActions: ['notify', 'block-all'], currency: 'EUR', estimatedCost: null, outOfRange: true, nearLimit: 'clamp' }]

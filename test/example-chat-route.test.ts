@@ -215,6 +215,9 @@ t.test('GATEWAY_KEYS: what parses, and what is refused with a message that names
   const keys = parseGatewayKeys('{"sk-alice": {"user": "alice", "team": "platform", "organization": "acme"}, "sk-bob": {"team": "data"}}')
   t.equal(keys.size, 2)
   t.notOk([...keys.keys()].some((key) => key.includes('sk-')), 'held as digests, not as the keys')
+  const capped = parseGatewayKeys('{"sk-carol": {"team": "platform", "maxCallCost": "0.50"}}')
+  t.same([...capped.values()], [{ scopes: { team: 'platform' }, maxCallCost: '0.5' }], 'a key may carry the operator\'s cap on one call')
+  t.same([...keys.values()].map((key) => key.maxCallCost), [null, null], 'none when it does not')
   for (const [value, message] of [
     ['not json', /not JSON/],
     [' ', /set but empty/],
@@ -226,7 +229,10 @@ t.test('GATEWAY_KEYS: what parses, and what is refused with a message that names
     ['{"sk-alice": {"tean": "platform"}}', /unknown scope 'tean'/],
     ['{"sk-alice": {"team": 5}}', /scope 'team' must be a string/],
     ['{"sk-alice": {"team": "has space"}}', /scope 'team' must be a string/],
-    ['{"sk alice": {"team": "platform"}}', /key #1 must be printable/]
+    ['{"sk alice": {"team": "platform"}}', /key #1 must be printable/],
+    ['{"sk-alice": {"team": "platform", "maxCallCost": "0"}}', /maxCallCost must be a decimal above zero/],
+    ['{"sk-alice": {"team": "platform", "maxCallCost": "1e3"}}', /maxCallCost must be a decimal above zero/],
+    ['{"sk-alice": {"maxCallCost": "0.5"}}', /names no scope/]
   ] as const) {
     t.throws(() => parseGatewayKeys(value), { message }, value)
   }

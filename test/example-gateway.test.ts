@@ -109,7 +109,7 @@ t.test('GATEWAY_KEYS: the key names the caller; no key is 401; forged x-relay-* 
     DATABASE_URL: await createTestDatabase(t),
     ADMIN_TOKEN: ADMIN,
     MOCK_TOKEN_DELAY_MS: '1',
-    GATEWAY_KEYS: JSON.stringify({ 'sk-alice': { user: 'alice', team: 'platform', organization: 'acme' } })
+    GATEWAY_KEYS: JSON.stringify({ 'sk-alice': { user: 'alice', team: 'platform', organization: 'acme' }, 'sk-carol': { team: 'platform', maxCallCost: '0.000001' } })
   })
   t.teardown(async () => await gateway.stop())
   const { createTeamBudget, spent, spend, spentBeyond, chat } = client(gateway)
@@ -132,6 +132,14 @@ t.test('GATEWAY_KEYS: the key names the caller; no key is 401; forged x-relay-* 
   t.equal(allowed.headers.get('x-budget-id'), platform.id, "the key's team budget binds")
   t.not(await spentBeyond(platform.id, '0'), '0', "charged to the key's budget")
   t.equal(await spent(forged.id), '0', 'not to the team named in the forged header')
+
+  // A key's maxCallCost is the operator's cap on one call for it: a caller's larger x-budget-max-cost does not raise it.
+  for (const headers of [{ authorization: 'Bearer sk-carol' }, { authorization: 'Bearer sk-carol', 'x-budget-max-cost': '1' }] as Array<Record<string, string>>) {
+    const capped = await chat(headers)
+    t.equal(capped.status, 402, 'over the key\'s cap')
+    t.match(capped.body, { error: { code: 'call_cost_cap_exceeded', cap: { source: 'operator', amount: '0.000001', currency: 'USD' } } })
+  }
+  t.match((await chat({ authorization: 'Bearer sk-alice', 'x-budget-max-cost': '0.000001' })).body, { error: { code: 'call_cost_cap_exceeded', cap: { source: 'header' } } }, 'a key without a cap: the caller\'s header')
 
   await spend(platform.id, '1') // the key's team budget is now spent
   const refused = await chat({ authorization: 'Bearer sk-alice', 'x-relay-team-id': 'forged' })

@@ -22,6 +22,9 @@ import { buildGateway, spendTo } from './fixtures/gateway.js'
 import { declaredRoutes, fillPath, type AdminRoute } from './fixtures/routes.js'
 
 const RUNS = Number(process.env.HOSTILE_RUNS ?? 60)
+/** x-budget-max-cost values that are near a rule's edge: zero, signs, exponents, spaces, two values, too many digits, the tiniest cap. */
+const MAX_COSTS = ['0', '0.0', '-1', '+1', '1e-3', '1E2', ' 0.5', '0.5 ', '0.5, 0.6', '0x10', '.5', '5.', 'NaN', 'Infinity', '1'.repeat(19), '1'.repeat(18),
+  '0.00000000001', '0.0000000001', '0.5', '1000', '\u0661']
 const SEED = process.env.HOSTILE_SEED === undefined ? undefined : Number(process.env.HOSTILE_SEED)
 /** After a failure, fast-check shrinks; past this many more requests it keeps the smallest failure found so far. */
 const SHRINK_BUDGET = 120
@@ -549,6 +552,11 @@ function bodyExamples (route: AdminRoute): BodySpec[] {
       { replace: 'metadata', value: JSON.parse('{"__proto__":{"requestId":"x"},"constructor":"toString"}') })
   }
   if (has('parentId')) examples.push({ replace: 'parentId', value: '-'.repeat(36) })
+  if (has('maxCallCost')) {
+    for (const cap of ['0', '-0.5', 0, -1, '1e-3', ' 0.5', '0.00000000001', '1000000000000000000', '999999999999999999.9999999999', 1e-11, 1e300, '0.5\u0000']) {
+      examples.push({ replace: 'maxCallCost', value: cap })
+    }
+  }
   if (has('timezone')) {
     for (const zone of ['america/new_york', '+05:00', 'EST5EDT,M3.2.0,M11.1.0', 'Mars/Olympus_Mons', '../../../etc/passwd', 'UTC\u0000', 'Asia/Tokyo']) {
       examples.push({ replace: 'timezone', value: zone })
@@ -822,7 +830,10 @@ t.test('chat completions behind the gate: hostile input', async (t) => {
       'x-relay-team-id': scopeValue,
       'x-relay-project-id': scopeValue,
       'x-relay-organization-id': scopeValue,
-      'content-type': fc.oneof(fc.constantFrom(...CONTENT_TYPES), headerText)
+      'content-type': fc.oneof(fc.constantFrom(...CONTENT_TYPES), headerText),
+      // The caller's cap on one call: malformed is 400 invalid_max_cost, too small a 402; neither holds anything.
+      'x-budget-max-cost': fc.oneof(headerText, fc.constantFrom(...MAX_COSTS),
+        fc.tuple(fc.bigInt({ min: 0n, max: 10n ** 20n }), fc.bigInt({ min: 0n, max: 10n ** 12n })).map(([whole, fraction]) => `${whole}.${fraction}`))
     }, { requiredKeys: [] })
     await runProperty(t, 'chat route: hostile x-relay-*-id and content-type headers: (a), (b), (c), (d)', chatHeaders, async (headers) => {
       await chatProbe(JSON.stringify(baseBody), headers)
@@ -831,7 +842,8 @@ t.test('chat completions behind the gate: hostile input', async (t) => {
       examples: [
         { 'x-relay-team-id': '' }, { 'x-relay-team-id': 'x'.repeat(201) }, { 'x-relay-team-id': '__proto__' }, { 'x-relay-user-id': '\u00ff' },
         { 'x-relay-project-id': 'tiny' }, { 'x-relay-organization-id': 'acme', 'x-relay-team-id': 'team-a', 'x-relay-user-id': 'alice', 'x-relay-project-id': 'tiny' },
-        { 'content-type': 'text/plain' }, { 'content-type': 'application/json; charset=utf-16le' }
+        { 'content-type': 'text/plain' }, { 'content-type': 'application/json; charset=utf-16le' },
+        ...MAX_COSTS.map((cap) => ({ 'x-relay-team-id': 'team-a', 'x-relay-user-id': 'alice', 'x-budget-max-cost': cap }))
       ]
     })
   })

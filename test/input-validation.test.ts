@@ -1,9 +1,12 @@
 // Each input that once answered 500 (or was accepted and broke later reads) now answers a 4xx that
 // names the problem, and changes nothing. test/hostile-input.test.ts throws generated input at every
 // route; these are the cases that were observed, one by one.
+import fc from 'fast-check'
 import t from 'tap'
-import { PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
+import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
+import { isDeepStrictEqual } from 'node:util'
 import { buildGateway } from './fixtures/gateway.js'
+import { checkInvariants } from './fixtures/invariants.js'
 
 const cursor = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
 
@@ -69,7 +72,11 @@ t.test('a budget the route refuses, the library refuses too, with the same code 
     ['a scope type that is not one', { scopeType: 'planet' }],
     ['a model filter of 201 characters', { filters: { models: [`${'x'.repeat(200)}*`] } }],
     ['a field the API does not know', { colour: 'red' }],
-    ['a NUL in a channel of a digest', { digest: { every: 'daily', channels: ['ops\u0000'] } }]
+    ['a NUL in a channel of a digest', { digest: { every: 'daily', channels: ['ops\u0000'] } }],
+    ['a cap on one call of 0', { maxCallCost: '0' }],
+    ['a cap on one call with an exponent', { maxCallCost: '1e-3' }],
+    ['a cap on one call past 10 decimals', { maxCallCost: '0.00000000001' }],
+    ['a cap on one call that is an object', { maxCallCost: {} }]
   ]
   for (const [name, fields] of creates) {
     const route = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ scopeId: 'lib', ...fields }) })
@@ -83,4 +90,42 @@ t.test('a budget the route refuses, the library refuses too, with the same code 
     t.same(await app.budgetRegistry.updateBudget(existing.id, fields as never).then(() => 'stored', answer), answer(route.json()), `update, ${name}: the library answers as the route`)
   }
   t.same(await snapshotTables(sql), before, 'nothing changed')
+})
+
+t.test('x-budget-max-cost and maxCallCost meet generated input: no 5xx; a 4xx holds and stores nothing; what is accepted is exactly a plain decimal above 0', async (t) => {
+  const gateway = await buildGateway(t)
+  const budget = await gateway.createBudget({ scopeType: 'team', scopeId: 'platform', amount: '100' })
+  const plain = /^\d{1,18}(\.\d{1,10})?$/
+  const capText = fc.oneof(fc.string({ maxLength: 30 }), fc.stringMatching(/^[-+ ]?\d{0,20}(\.\d{0,12})?([eE][-+]?\d{1,3})?[ ,]?$/),
+    fc.constantFrom('0', '0.0', '-0', '1e2', '0.5, 0.5', '\t0.5', '0.0000000001', '0.00000000001', '1'.repeat(18), '1'.repeat(19)))
+  await fc.assert(fc.asyncProperty(capText, async (cap) => {
+    const before = await snapshotTables(gateway.sql)
+    const response = await gateway.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'platform', 'x-budget-max-cost': cap }, body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 20 } })
+      .catch((error: Error) => ({ statusCode: 0, error }))
+    if ('error' in response) return // a header Node itself cannot send (a control character): never reaches the gate
+    if (response.statusCode >= 500) throw new Error(`${JSON.stringify(cap)}: ${response.statusCode} ${response.body}`)
+    const valid = plain.test(cap) && /[1-9]/.test(cap)
+    if (!valid) {
+      if (response.statusCode !== 400 || response.json().error.code !== 'invalid_max_cost') throw new Error(`${JSON.stringify(cap)}: ${response.statusCode} ${response.body}`)
+    } else if (response.statusCode !== 200 && response.json().error.code !== 'call_cost_cap_exceeded') throw new Error(`${JSON.stringify(cap)}: ${response.statusCode} ${response.body}`)
+    await gateway.settled()
+    if (response.statusCode >= 400 && !isDeepStrictEqual(await snapshotTables(gateway.sql), before)) throw new Error(`${JSON.stringify(cap)}: a ${response.statusCode} changed the tables`)
+  }), { numRuns: 150 })
+  t.pass('the header: 150 generated values')
+
+  const capValue = fc.oneof(capText, fc.double(), fc.integer(), fc.constantFrom(null, true, [], {}))
+  await fc.assert(fc.asyncProperty(capValue, async (cap) => {
+    const before = await snapshotTables(gateway.sql)
+    const response = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { maxCallCost: cap } })
+    if (response.statusCode >= 500) throw new Error(`${JSON.stringify(cap)}: ${response.statusCode} ${response.body}`)
+    if (response.statusCode >= 400) {
+      if (response.json().field !== 'maxCallCost') throw new Error(`${JSON.stringify(cap)}: ${response.body}`)
+      if (!isDeepStrictEqual(await snapshotTables(gateway.sql), before)) throw new Error(`${JSON.stringify(cap)}: a ${response.statusCode} changed the tables`)
+      return
+    }
+    const stored = response.json().maxCallCost as string | null
+    if (cap === null ? stored !== null : stored === null || !/^\d+(\.\d+)?$/.test(stored) || !/[1-9]/.test(stored)) throw new Error(`${JSON.stringify(cap)}: stored ${JSON.stringify(stored)}`)
+  }), { numRuns: 150 })
+  t.pass('the budget field: 150 generated values')
+  await checkInvariants(t, gateway.sql)
 })

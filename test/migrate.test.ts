@@ -7,8 +7,12 @@ import { createInterface } from 'node:readline'
 import { pathToFileURL } from 'node:url'
 import postgres from 'postgres'
 import t from 'tap'
+import { toUnits } from '../lib/kernel/money.js'
 import { migrate, readMigrations, readRepeatables, type MigrationRun } from '../lib/kernel/database/migrate.js'
+import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { createTestDatabase, createTestSql } from './fixtures/database.js'
+import { buildGateway } from './fixtures/gateway.js'
+import { checkInvariants } from './fixtures/invariants.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -138,4 +142,68 @@ t.test('sql/: each function is defined by one file, once; migrations define none
   const triggersInDatabase = (await sql`
     select tgname from pg_trigger where not tgisinternal and tgrelid::regclass::text like 'budget\\_%' order by 1`).map((row) => row.tgname as string)
   t.same(triggersInDatabase, [...triggers].sort(), 'and exactly their triggers')
+})
+
+/**
+ * What a newer version of the package would leave in a database after migrating it: a migration past this
+ * sql/'s last, and budget_hold_batch and budget_line with a result column more (as this version added over_cap
+ * and max_call_cost to the version before), their files recorded under checksums this sql/ does not have.
+ */
+async function migrateAsNewerVersion (url: string): Promise<{ codeVersion: number, databaseVersion: number }> {
+  const sql = postgres(url, { max: 1, onnotice: () => {} })
+  try {
+    await migrate(sql)
+    const codeVersion = (await readMigrations()).at(-1)!.version
+    const files = new Map((await readRepeatables()).map((file) => [file.name, file.text]))
+    const newer = (name: string, replacements: Array<[string, string]>) => replacements.reduce((text, [from, to]) => {
+      if (!text.includes(from)) throw new Error(`${name} no longer has ${from}: update this test's newer version of it`)
+      return text.replace(from, to)
+    }, files.get(name)!)
+    await sql.begin(async (tx) => {
+      await tx`insert into budget_schema_migrations (version, name) values (${codeVersion + 1}, ${`${codeVersion + 1}_newer.sql`})`
+      await tx.unsafe(newer('holds.sql', [['over_cap boolean)', 'over_cap boolean, newer_column text)'], ['r.out_of_range, r.over_cap\n', "r.out_of_range, r.over_cap, 'newer'::text\n"]]))
+      await tx.unsafe(newer('lines.sql', [['max_call_cost numeric)', 'max_call_cost numeric, newer_column text)'], ['b.near_limit, b.max_call_cost\n', "b.near_limit, b.max_call_cost, 'newer'::text\n"]]))
+      await tx`update budget_schema_repeatables set checksum = 'newer' where name in ('holds.sql', 'lines.sql')`
+    })
+    return { codeVersion, databaseVersion: codeVersion + 1 }
+  } finally {
+    await sql.end()
+  }
+}
+
+t.test('on a database a newer version migrated, an instance applies nothing, warns once, and its gate holds and settles on the newer functions', async (t) => {
+  let versions = { codeVersion: 0, databaseVersion: 0 }
+  const gateway = await buildGateway(t, {
+    captureLogs: true,
+    gate: { sweepIntervalMs: 0 },
+    gatewayDatabase: async (url) => { versions = await migrateAsNewerVersion(url); return url }
+  })
+  const { sql } = gateway
+  const results = async () => await sql`
+    select p.proname as name, pg_get_function_result(p.oid) like '%newer_column text%' as newer
+    from pg_proc p where p.proname in ('budget_hold_batch', 'budget_line') order by 1`
+  t.same(await results(), [{ name: 'budget_hold_batch', newer: true }, { name: 'budget_line', newer: true }], 'the newer functions are the ones in the database')
+  t.same((await sql`select name, checksum from budget_schema_repeatables where name in ('holds.sql', 'lines.sql') order by name`).map((row) => row.checksum),
+    ['newer', 'newer'], 'no file was applied over them')
+  t.same((await sql`select max(version) as version from budget_schema_migrations`)[0]!.version, versions.databaseVersion)
+  const warnings = gateway.logs.filter((line) => /newer version of @relaycore\/budgets/.test(line.msg ?? ''))
+  t.equal(warnings.length, 1, 'one warning')
+  t.match(warnings[0], { level: 40, databaseVersion: versions.databaseVersion, codeVersion: versions.codeVersion, msg: new RegExp(`migration ${versions.databaseVersion}\\b.*last is ${versions.codeVersion}\\b`) },
+    'naming both versions')
+  t.same(await migrate(sql), { versions: [], repeatables: [], databaseAhead: versions }, 'migrate() says why it applied nothing')
+  t.same(await results(), [{ name: 'budget_hold_batch', newer: true }, { name: 'budget_line', newer: true }], 'and leaves them')
+
+  // The gate reads the newer functions' columns by name: a hold on the lease path (USD) and a hold per call (EUR, never leased).
+  await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/exchange-rates/USD/EUR`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { rate: '0.9' } })
+  const usd = await gateway.createBudget({ amount: '10' })
+  const eur = await gateway.createBudget({ scopeId: 'team-e', currency: 'EUR', amount: '10', maxCallCost: '0.001' })
+  for (let i = 0; i < 3; i++) t.equal((await gateway.call({ team: 'team-a' })).statusCode, 200, `USD call ${i}`)
+  for (let i = 0; i < 3; i++) t.equal((await gateway.call({ team: 'team-e' })).statusCode, 200, `EUR call ${i}`)
+  t.equal((await gateway.call({ team: 'team-e' }, { max_tokens: 4000 })).statusCode, 402, 'a call over the EUR budget\'s cap is refused by the newer hold')
+  await gateway.settled()
+  for (const budget of [usd, eur]) {
+    const status = await gateway.status(budget.id)
+    t.ok(toUnits(status.currentAmount) > 0n && toUnits(status.reservedAmount) === 0n, `${status.currency}: settled ${status.currentAmount as string}, nothing reserved`)
+  }
+  await checkInvariants(t, sql)
 })

@@ -13,8 +13,8 @@ const periodEnd = new Date('2024-05-01T00:00:00Z') // 30 days
 function measured (id: string, { amount = '1000', alerts = [] as BudgetAlert[], current, reserved = '0', fits = true, enforcement = 'hard' as 'hard' | 'soft', estimate }:
   { amount?: string, alerts?: BudgetAlert[], current: string, reserved?: string, fits?: boolean, enforcement?: 'hard' | 'soft', estimate: string }): { terms: BudgetTerms, numbers: BudgetNumbers } {
   return {
-    terms: { budgetId: id, name: id, alerts, currency: 'USD', nearLimit: null, scopeMatched: true, scopeRank: 0, periodStart, periodEnd, requestsPerMinute: null, tokensPerMinute: null },
-    numbers: { budgetId: id, amount, enforcement, currentAmount: current, reservedAmount: reserved, approvedThrough: null, projectedActions: [], fits, estimate, outOfRange: false }
+    terms: { budgetId: id, name: id, alerts, currency: 'USD', nearLimit: null, maxCallCost: null, scopeMatched: true, scopeRank: 0, periodStart, periodEnd, requestsPerMinute: null, tokensPerMinute: null },
+    numbers: { budgetId: id, amount, enforcement, currentAmount: current, reservedAmount: reserved, approvedThrough: null, projectedActions: [], fits, estimate, outOfRange: false, overCap: false }
   }
 }
 const decideOn = (budgets: Array<{ terms: BudgetTerms, numbers: BudgetNumbers }>, estimate: string) =>

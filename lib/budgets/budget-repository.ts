@@ -27,6 +27,7 @@ export interface BudgetValues {
   enforcement: 'hard' | 'soft'
   digest: BudgetDigest | null
   nearLimit: NearLimitPolicy | null
+  maxCallCost: Money | null
 }
 
 interface BudgetRow {
@@ -56,6 +57,7 @@ interface BudgetRow {
   digest_every: BudgetDigest['every'] | null
   digest_channels: string[] | null
   near_limit: NearLimitPolicy | null
+  max_call_cost: string | null
   created_by: string | null
   created_at: Date
   updated_at: Date
@@ -67,7 +69,7 @@ export function createBudgetRepository (sql: Db) {
   const columns = sql`
     id, name, description, scope_type, scope_id, parent_id, root_id, amount::text as amount, currency, period,
     start_date, end_date, recurring, timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags,
-    rate_requests_per_minute, rate_tokens_per_minute::text as rate_tokens_per_minute, metrics, alerts, enforcement, digest_every, digest_channels, near_limit, created_by, created_at, updated_at`
+    rate_requests_per_minute, rate_tokens_per_minute::text as rate_tokens_per_minute, metrics, alerts, enforcement, digest_every, digest_channels, near_limit, max_call_cost::text as max_call_cost, created_by, created_at, updated_at`
 
   // A filter that is not there is null in its column (a budget without filters matches every call).
   const filterColumns = (filters: BudgetFilters) => sql`
@@ -105,14 +107,14 @@ export function createBudgetRepository (sql: Db) {
         insert into budget_definitions
           (name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring,
            timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags, rate_requests_per_minute, rate_tokens_per_minute,
-           metrics, alerts, enforcement, digest_every, digest_channels, near_limit, created_by)
+           metrics, alerts, enforcement, digest_every, digest_channels, near_limit, max_call_cost, created_by)
         values
           (${values.name}, ${values.description}, ${values.scopeType}, ${values.scopeId}, ${values.parentId}, ${values.amount},
            ${values.currency}, ${values.period}, ${values.startDate}, ${values.endDate}, ${values.recurring},
            ${values.timezone}, ${values.fiscalYearStartMonth}, ${values.periodAlignment}, ${filterColumns(values.filters)},
            ${values.rateLimits.requestsPerMinute ?? null}, ${values.rateLimits.tokensPerMinute ?? null}, ${values.metrics},
            ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, ${values.enforcement},
-           ${values.digest?.every ?? null}, ${values.digest?.channels ?? null}::text[], ${values.nearLimit}, ${createdBy})
+           ${values.digest?.every ?? null}, ${values.digest?.channels ?? null}::text[], ${values.nearLimit}, ${values.maxCallCost}, ${createdBy})
         returning ${columns}`
       return toBudget(row!)
     },
@@ -130,7 +132,7 @@ export function createBudgetRepository (sql: Db) {
           metrics = ${values.metrics},
           alerts = ${sql.json(values.alerts as unknown as Parameters<typeof sql.json>[0])}, enforcement = ${values.enforcement},
           digest_every = ${values.digest?.every ?? null}, digest_channels = ${values.digest?.channels ?? null}::text[],
-          near_limit = ${values.nearLimit},
+          near_limit = ${values.nearLimit}, max_call_cost = ${values.maxCallCost},
           updated_at = now()
         where id = ${id} and deleted_at is null
         returning ${columns}`
@@ -281,6 +283,7 @@ function toBudget (row: BudgetRow): BudgetDefinition {
     enforcement: row.enforcement,
     digest: row.digest_every === null ? null : { every: row.digest_every, channels: row.digest_channels ?? [] },
     nearLimit: row.near_limit,
+    maxCallCost: row.max_call_cost === null ? null : normalizeMoney(row.max_call_cost),
     createdBy: row.created_by,
     createdAt: row.created_at.toISOString(),
     updatedAt: row.updated_at.toISOString()

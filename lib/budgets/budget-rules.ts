@@ -44,7 +44,9 @@ export function normalizeBudget (input: CreateBudgetRequest): BudgetValues {
     alerts: normalizeAlerts(input.alerts ?? []),
     enforcement: input.enforcement ?? 'hard',
     digest: normalizeDigest(input.digest ?? null),
-    nearLimit: input.nearLimit ?? null
+    nearLimit: input.nearLimit ?? null,
+    // The same precision rules as amount: an exact decimal in the budget's currency, above zero.
+    maxCallCost: input.maxCallCost == null ? null : parsePositiveMoney(input.maxCallCost, 'maxCallCost')
   }
 }
 

@@ -49,7 +49,7 @@ function checkWho (context: AuditContext): AuditContext {
 
 /** The fields whose values differ between two versions of a budget (updatedAt aside). */
 /** Fields whose change alone leaves every threshold crossing as it was. */
-const NOT_READ_BY_ALERTS = new Set<string>(['name', 'description', 'metadata', 'digest', 'rateLimits', 'nearLimit'])
+const NOT_READ_BY_ALERTS = new Set<string>(['name', 'description', 'metadata', 'digest', 'rateLimits', 'nearLimit', 'maxCallCost'])
 
 function changedFields (before: BudgetDefinition, after: BudgetDefinition): string[] {
   return (Object.keys(after) as Array<keyof BudgetDefinition>)

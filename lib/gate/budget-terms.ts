@@ -2,7 +2,7 @@
 // definition says, as budget_line returns it and the process caches it in a caller's line) and its numbers
 // (what SQL measured of its window for one estimate: under the lock for a hold or a lease, in one read for a
 // check). decide() reads a line's terms beside the numbers measured for it.
-import { normalizeMoney, type Money } from '../kernel/money.js'
+import { normalizeMoney, toUnits, type Money } from '../kernel/money.js'
 import type { AlertAction, BudgetAlert, NearLimitPolicy } from '../kernel/schemas.js'
 
 /** One budget of a caller's line: its definition and the window it applies in now (budget_line, sql/functions/lines.sql). */
@@ -14,6 +14,12 @@ export interface BudgetTerms {
   currency: string
   /** What the gate does when a call no longer fits (null: the gate's nearLimit option). */
   nearLimit: NearLimitPolicy | null
+  /**
+   * The most one call may cost, in the budget's currency (null: no cap). budget_within_cap decides (in the
+   * hold); the line carries it so that a call over it never admits from a lease (withinCaps) and the clamp
+   * knows how far to lower it.
+   */
+  maxCallCost: Money | null
   /** The budget is the caller's own (its scope matched), not an ancestor's. */
   scopeMatched: boolean
   scopeRank: number
@@ -48,6 +54,8 @@ export interface BudgetNumbers {
   estimate: Money | null
   /** A rate is in force but the estimate cannot be held on the budget: past 10^18 (budget_hold_amount, sql/functions/holds.sql). */
   outOfRange: boolean
+  /** The estimate is more than the budget's cap on one call (budget_within_cap): it does not fit, whatever the room. */
+  overCap: boolean
 }
 
 /** A budget's numbers as a statement returns them (its money as PostgreSQL's text), in canonical decimals. */
@@ -62,6 +70,23 @@ export function numbersFrom (row: BudgetNumbers): BudgetNumbers {
     projectedActions: row.projectedActions,
     fits: row.fits,
     estimate: row.estimate === null ? null : normalizeMoney(row.estimate),
-    outOfRange: row.outOfRange
+    outOfRange: row.outOfRange,
+    overCap: row.overCap
   }
+}
+
+/**
+ * Whether `estimate` (in the gate's currency) is within every cap on one call of a line in that currency. Not
+ * the decision (budget_within_cap is, in the hold): a line's lease admits in memory only calls within every
+ * cap, and sends the others to a hold, which refuses them there. A line in the gate's currency converts at 1,
+ * so both read the same amounts.
+ */
+export function withinCaps (line: readonly BudgetTerms[], estimate: Money): boolean {
+  let units: bigint | undefined
+  for (const budget of line) {
+    if (budget.maxCallCost === null) continue
+    units ??= toUnits(estimate)
+    if (units > toUnits(budget.maxCallCost)) return false
+  }
+  return true
 }

@@ -17,7 +17,7 @@ export interface ModelPolicy {
   downgrades: Record<string, string>
 }
 
-export type RefusalCode = 'exchange_rate_missing' | 'estimate_out_of_range' | 'budget_blocked' | 'approval_required' | 'model_restricted' | 'budget_exceeded' | 'rate_limit_exceeded'
+export type RefusalCode = 'exchange_rate_missing' | 'estimate_out_of_range' | 'budget_blocked' | 'approval_required' | 'model_restricted' | 'call_cost_cap_exceeded' | 'budget_exceeded' | 'rate_limit_exceeded'
 
 export interface BudgetCheck {
   budgetId: string
@@ -45,6 +45,10 @@ export interface BudgetCheck {
   outOfRange: boolean
   /** The budget's own near-limit policy (null: the gate's). */
   nearLimit: NearLimitPolicy | null
+  /** The budget's cap on one call, in its currency (null: none). */
+  maxCallCost: Money | null
+  /** The estimate in the budget's currency is over that cap: the call does not fit it, whatever its room or enforcement. */
+  overCap: boolean
 }
 
 export interface BudgetConstraintCheck {
@@ -107,6 +111,13 @@ const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => bool
     refuses: (check) => check.allowedModels !== null,
     reason: (check) => `Budget '${check.name}' allows only these models now: ${check.allowedModels!.join(', ')}`,
     suggestion: 'call one of the allowed models'
+  },
+  {
+    // A cap on one call is its own rule, not the limit: it refuses on a soft budget too, and with room left.
+    code: 'call_cost_cap_exceeded',
+    refuses: (check) => check.overCap,
+    reason: (check, estimate) => `Budget '${check.name}' allows at most ${check.maxCallCost} ${check.currency} for one call, less than the estimated cost ${check.estimatedCost ?? estimate} ${check.currency}`,
+    suggestion: 'ask for fewer output tokens (max_tokens), use a cheaper model or a shorter prompt'
   },
   {
     code: 'budget_exceeded',
@@ -180,7 +191,9 @@ export function checkBudget (terms: BudgetTerms, numbers: BudgetNumbers, policy?
     currency: terms.currency,
     estimatedCost: converted,
     outOfRange: numbers.outOfRange,
-    nearLimit: terms.nearLimit
+    nearLimit: terms.nearLimit,
+    maxCallCost: terms.maxCallCost,
+    overCap: numbers.overCap
   }
 }
 
@@ -208,7 +221,7 @@ export function decide (terms: readonly BudgetTerms[], numbers: readonly BudgetN
     const refusing = checks.find(refusal.refuses)
     if (refusing === undefined) continue
     // A full budget, an estimate too large to hold or a restricted model may still take the cheaper model auto-downgrade offers.
-    const mayDowngrade = downgradeTo !== null && (refusal.code === 'budget_exceeded' || refusal.code === 'estimate_out_of_range' || refusal.code === 'model_restricted')
+    const mayDowngrade = downgradeTo !== null && (refusal.code === 'budget_exceeded' || refusal.code === 'call_cost_cap_exceeded' || refusal.code === 'estimate_out_of_range' || refusal.code === 'model_restricted')
     return outcome(checks, refusing, estimate, activeActions, refusal.code, refusal.reason(refusing, estimate), [refusal.suggestion], mayDowngrade ? downgradeTo : null)
   }
   const binding = bindingBudget(checks)

@@ -8,7 +8,7 @@ import { BudgetNotFoundError, DatabaseUnavailableError } from '../kernel/errors.
 import { checkStorableString } from '../kernel/json-limits.js'
 import type { BudgetDefinition } from '../kernel/schemas.js'
 import { parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
-import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
+import { withinCaps, type BudgetNumbers, type BudgetTerms } from './budget-terms.js'
 import type { Hold } from './hold-repository.js'
 import type { CallFilter } from './line-repository.js'
 import type { StandingRepository } from './standing-repository.js'
@@ -283,8 +283,9 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       const rate = await rateLimits.admit(line, tokens)
       if (isRateRefusal(rate)) return { reservationId, line, admission: null, hold: nothingHeld, rate }
       try {
-        // A line with a budget in another currency is held call by call (each hold converts at the rate in force).
-        const admission = line.every((budget) => budget.currency === options.currency) ? await leases.admit(key, line, validUntil, estimate) : null
+        // A line with a budget in another currency is held call by call (each hold converts at the rate in force);
+        // a call over a budget's cap on one call too, so that the hold refuses it (budget_within_cap).
+        const admission = line.every((budget) => budget.currency === options.currency) && withinCaps(line, estimate) ? await leases.admit(key, line, validUntil, estimate) : null
         if (admission !== null) return { reservationId, line, admission, hold: LEASED, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
         versions.observe(hold.definitionsVersion)
@@ -312,7 +313,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
    */
   function admitNow (call: CallFilter, estimate: Money, tokens: number): Admitted | null {
     const cached = lines.lineNow(call)
-    if (cached === null || cached.line.length === 0 || !cached.line.every((budget) => budget.currency === options.currency)) return null
+    if (cached === null || cached.line.length === 0 || !cached.line.every((budget) => budget.currency === options.currency) || !withinCaps(cached.line, estimate)) return null
     const rate = rateLimits.admitNow(cached.line, tokens)
     if (rate === null) return null
     const admission = leases.admitNow(cached.key, cached.line, estimate)
@@ -340,11 +341,15 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       return decide(terms, numbers, estimate)
     },
 
-    /** Would a call of `estimatedCost` (to `model`, when given) go ahead for this caller now? Reads only; reserves nothing. */
+    /**
+     * Would a call of `estimatedCost` (to `model`, when given) go ahead for this caller now? Reads only; reserves
+     * nothing. Throws DatabaseUnavailableError past timeoutMs, as reserveCall does: the gate reads it for a call
+     * over the caller's cap, and that call waits no longer than one that holds.
+     */
     async checkCaller (caller: CallerScopes, estimatedCost: Money | number, model?: string): Promise<BudgetConstraintCheck> {
       const estimate = parsePositiveMoney(estimatedCost, 'estimatedCost')
       const call = callOf(caller, model)
-      const { terms, numbers } = call.scopes.length === 0 ? { terms: [], numbers: [] } : await reservations.listApplicable(call, options.currency, estimate)
+      const { terms, numbers } = call.scopes.length === 0 ? { terms: [], numbers: [] } : await withDeadline(reservations.listApplicable(call, options.currency, estimate))
       return decide(terms, numbers, estimate, model === undefined ? undefined : { ...options.models, model })
     },
 

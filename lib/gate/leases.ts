@@ -206,7 +206,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
     lease.available += slice
     lease.held += slice
     const measured = new Map(granted.budgets.map((budget) => [budget.budgetId, budget]))
-    lease.taken = lease.line.map((budget) => ({ ...measured.get(budget.budgetId)!, approvedThrough: null, projectedActions: [], fits: true, estimate: null, outOfRange: false }))
+    lease.taken = lease.line.map((budget) => ({ ...measured.get(budget.budgetId)!, approvedThrough: null, projectedActions: [], fits: true, estimate: null, outOfRange: false, overCap: false }))
     // The take reports each window's reservations without this slice; the window holds it now.
     for (const budget of lease.line) {
       const numbers = measured.get(budget.budgetId)

@@ -2,6 +2,7 @@
 import type { Db } from '../kernel/database/db.js'
 import type { Scope } from '../kernel/scopes.js'
 import { canonicalTags, type Tags } from '../kernel/tags.js'
+import { normalizeMoney } from '../kernel/money.js'
 import type { BudgetTerms } from './budget-terms.js'
 
 /** A call as budgets see it: who calls, which model (after downgrade and snapshot resolution), which tags. */
@@ -28,11 +29,15 @@ export function createLineRepository (sql: Db) {
       const rows = await sql<Array<BudgetTerms & { definitionsVersion: string }>>`
         select budget_id as "budgetId", name, alerts, scope_matched as "scopeMatched", scope_rank as "scopeRank",
                period_start as "periodStart", period_end as "periodEnd", definitions_version::text as "definitionsVersion",
-               rate_requests_per_minute as "requestsPerMinute", rate_tokens_per_minute::float8 as "tokensPerMinute", currency, near_limit as "nearLimit"
+               rate_requests_per_minute as "requestsPerMinute", rate_tokens_per_minute::float8 as "tokensPerMinute", currency, near_limit as "nearLimit",
+               max_call_cost::text as "maxCallCost"
         from budget_line(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, ${call.model}, ${canonicalTags(call.tags)}::text::jsonb)`
       // A caller with no budget still learns the version: its empty line is as cacheable as any.
       const version = rows[0]?.definitionsVersion ?? await definitionsVersion()
-      return { line: rows.map(({ definitionsVersion: _version, ...budget }) => budget), definitionsVersion: Number(version) }
+      return {
+        line: rows.map(({ definitionsVersion: _version, ...budget }) => ({ ...budget, maxCallCost: budget.maxCallCost === null ? null : normalizeMoney(budget.maxCallCost) })),
+        definitionsVersion: Number(version)
+      }
     },
 
     definitionsVersion

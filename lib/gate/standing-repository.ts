@@ -1,6 +1,6 @@
 // SQL for reads that hold nothing: the budgets that apply to a caller or above a budget, each one's terms and its
 // numbers for an estimate, as a hold would measure them (checkCaller, checkBudgetConstraints, the caller's summary).
-import type { Money } from '../kernel/money.js'
+import { normalizeMoney, type Money } from '../kernel/money.js'
 import { canonicalTags } from '../kernel/tags.js'
 import type { Db } from '../kernel/database/db.js'
 import { numbersFrom, type BudgetNumbers, type BudgetTerms } from './budget-terms.js'
@@ -28,14 +28,16 @@ export function createStandingRepository (sql: Db) {
   // `estimate` is in `currency`; each budget reads it converted into its own (budget_convert), rounded up.
   const readStandings = async (source: ReturnType<typeof sql>, estimate: Money, currency: string): Promise<Standings> => {
     const rows = await sql<StandingRow[]>`
-      select x.budget_id as "budgetId", b.name, b.alerts, b.currency, b.near_limit as "nearLimit",
+      select x.budget_id as "budgetId", b.name, b.alerts, b.currency, b.near_limit as "nearLimit", b.max_call_cost::text as "maxCallCost",
              x.scope_matched as "scopeMatched", x.scope_rank as "scopeRank", x.period_start as "periodStart", x.period_end as "periodEnd",
              b.rate_requests_per_minute as "requestsPerMinute", b.rate_tokens_per_minute::float8 as "tokensPerMinute",
              b.amount::text as amount, b.enforcement,
              n.current_amount::text as "currentAmount", n.reserved_amount::text as "reservedAmount",
              budget_approved_through(x.budget_id, x.period_start)::text as "approvedThrough",
              ${projectedActions(sql`x.budget_id`, sql`x.period_start`)},
-             coalesce(budget_fits(b.enforcement, b.amount, n.current_amount, n.reserved_amount, converted.estimate), false) as fits,
+             coalesce(budget_fits(b.enforcement, b.amount, n.current_amount, n.reserved_amount, converted.estimate)
+                      and budget_within_cap(converted.estimate, b.max_call_cost), false) as fits,
+             coalesce(not budget_within_cap(converted.estimate, b.max_call_cost), false) as "overCap",
              converted.estimate::text as estimate, converted.estimate is null and converted.rate is not null as "outOfRange"
       from ${source} x
       join budget_definitions b on b.id = x.budget_id
@@ -53,7 +55,7 @@ export function createStandingRepository (sql: Db) {
     return {
       terms: rows.map((row) => ({
         budgetId: row.budgetId, name: row.name, alerts: row.alerts, currency: row.currency, nearLimit: row.nearLimit,
-        scopeMatched: row.scopeMatched, scopeRank: row.scopeRank, periodStart: row.periodStart, periodEnd: row.periodEnd,
+        maxCallCost: row.maxCallCost === null ? null : normalizeMoney(row.maxCallCost), scopeMatched: row.scopeMatched, scopeRank: row.scopeRank, periodStart: row.periodStart, periodEnd: row.periodEnd,
         requestsPerMinute: row.requestsPerMinute, tokensPerMinute: row.tokensPerMinute
       })),
       numbers: rows.map(numbersFrom)

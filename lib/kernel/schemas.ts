@@ -107,7 +107,12 @@ const budgetFields = {
   digest: Nullable(BudgetDigest),
   nearLimit: Nullable(StringEnum(NEAR_LIMIT_POLICIES, {
     description: "When a call's worst case no longer fits this hard budget: 'refuse' it, or 'clamp' its max_tokens to what the budget can still afford (refused only below the gate's floor). Null (default): the gate's nearLimit option."
-  }))
+  })),
+  maxCallCost: Type.Unsafe<string | number | null>({
+    type: ['string', 'number', 'null'],
+    description: "The most one call may cost, in the budget's currency (a decimal > 0, as amount): a call whose worst case is more is clamped under nearLimit 'clamp', else refused (402 call_cost_cap_exceeded), whatever the budget's room or enforcement. Null (default): no cap.",
+    examples: ['0.50']
+  })
 }
 
 export const CreateBudgetRequest = Type.Object({
@@ -125,7 +130,8 @@ export const CreateBudgetRequest = Type.Object({
   alerts: Type.Optional(budgetFields.alerts),
   enforcement: Type.Optional(budgetFields.enforcement),
   digest: Type.Optional(budgetFields.digest),
-  nearLimit: Type.Optional(budgetFields.nearLimit)
+  nearLimit: Type.Optional(budgetFields.nearLimit),
+  maxCallCost: Type.Optional(budgetFields.maxCallCost)
 }, {
   additionalProperties: false,
   examples: [{
@@ -183,6 +189,7 @@ export const BudgetDefinition = Type.Object({
   enforcement: StringEnum(['hard', 'soft'] as const),
   digest: Nullable(BudgetDigest),
   nearLimit: Nullable(StringEnum(NEAR_LIMIT_POLICIES)),
+  maxCallCost: Nullable(Type.String({ description: "The most one call may cost, in the budget's currency; null: no cap." })),
   createdBy: Nullable(Type.String()),
   createdAt: Timestamp,
   updatedAt: Timestamp
@@ -428,12 +435,14 @@ const BudgetCheck = Type.Object({
   allowedModels: Nullable(Type.Array(Type.String(), { description: 'restrict-models is in force and the model is not allowed: the allowed ones.' })),
   currency: Nullable(Type.String({ description: 'The budget\'s currency: limit, spend and remaining are in it.' })),
   estimatedCost: Nullable(Type.String({ description: 'The estimate in the budget\'s currency, converted at the rate in force and rounded up; null when no exchange rate is in force.' })),
-  nearLimit: Nullable(StringEnum(NEAR_LIMIT_POLICIES, { description: 'The budget\'s own nearLimit policy; null: the gate\'s.' }))
+  nearLimit: Nullable(StringEnum(NEAR_LIMIT_POLICIES, { description: 'The budget\'s own nearLimit policy; null: the gate\'s.' })),
+  maxCallCost: Nullable(Type.String({ description: 'The budget\'s cap on the cost of one call, in its currency; null: none.' })),
+  overCap: Type.Boolean({ description: 'The estimate in the budget\'s currency is over its maxCallCost: the call does not fit it.' })
 })
 
 export const BudgetConstraintCheck = Type.Object({
   canProceed: Type.Boolean(),
-  code: Nullable(StringEnum(['exchange_rate_missing', 'estimate_out_of_range', 'budget_blocked', 'approval_required', 'model_restricted', 'budget_exceeded', 'rate_limit_exceeded'] as const)),
+  code: Nullable(StringEnum(['exchange_rate_missing', 'estimate_out_of_range', 'budget_blocked', 'approval_required', 'model_restricted', 'call_cost_cap_exceeded', 'budget_exceeded', 'rate_limit_exceeded'] as const)),
   reason: Type.String(),
   suggestedActions: Type.Array(Type.String()),
   estimatedCost: Money,

@@ -9,6 +9,14 @@ returns boolean language sql immutable parallel safe as $$
   select p_enforcement = 'soft' or p_current + p_reserved + p_amount <= p_limit
 $$;
 
+-- Whether a call whose worst case is p_held (in the budget's currency, as held) is within the budget's cap on
+-- the cost of one call (maxCallCost; null: no cap): the one place this rule lives. Apart from the room: a soft
+-- budget's cap refuses too. (The gate routes a call over a cap past its leases to a hold, which reads this.)
+create or replace function budget_within_cap(p_held numeric, p_cap numeric)
+returns boolean language sql immutable parallel safe as $$
+  select p_cap is null or p_held <= p_cap
+$$;
+
 -- How far approvals let a budget's spend go in a window now (null: no approval in force).
 create or replace function budget_approved_through(p_budget_id uuid, p_period_start timestamptz)
 returns numeric language sql stable as $$
@@ -28,7 +36,8 @@ $$;
 -- Holds for a batch of calls in one statement (group commit): the calls that arrived together while the
 -- previous batch was in PostgreSQL. Their window rows are locked once, by (budget_id, period_start), and
 -- the calls are admitted one after another in arrival order, each on all of its budgets or none
--- (budget_fits against what the calls before it took). Then one update per window row and one insert of
+-- (budget_fits against what the calls before it took, and budget_within_cap: a call over a budget's
+-- cap does not fit it, over_cap). Then one update per window row and one insert of
 -- every admitted call's reservation rows. A call whose windows are not current (a rollover, a cache row
 -- gone) holds nothing and is told so, to reload its line. Rows (p_row_*) name each call's budgets by the
 -- call's position (1-based) in p_reservation_ids.
@@ -42,6 +51,8 @@ $$;
 --
 -- A hot budget's queue must not hold a pooled connection for long: a hold that cannot get its locks within
 -- 2 s fails (SQLSTATE 55P03) and the gate answers by its failure mode.
+-- Its result's columns changed (over_cap): a function's row type cannot be replaced, only dropped and made again.
+drop function if exists budget_hold_batch(uuid[], numeric[], text[], text, interval, integer[], uuid[], timestamptz[], timestamptz[], boolean[], integer[], boolean, boolean);
 create or replace function budget_hold_batch(
   p_reservation_ids uuid[], p_amounts numeric[], p_request_ids text[], p_currency text, p_ttl interval,
   p_row_calls integer[], p_row_budgets uuid[], p_row_starts timestamptz[], p_row_ends timestamptz[],
@@ -49,12 +60,12 @@ create or replace function budget_hold_batch(
 ) returns table (call_index integer, budget_id uuid, amount numeric, enforcement text, current_amount numeric,
                  reserved_amount numeric, fits boolean, is_current boolean, is_reserved boolean,
                  approved_through numeric, projected_actions text[], definitions_version bigint,
-                 held numeric, exchange_rate numeric, out_of_range boolean)
+                 held numeric, exchange_rate numeric, out_of_range boolean, over_cap boolean)
 language plpgsql set lock_timeout = '2s' as $$
 #variable_conflict use_column
 declare
   keys uuid[]; starts timestamptz[]; limits numeric[]; enforcements text[]; currents numeric[]; reserveds numeric[]; added numeric[];
-  rates numeric[]; row_held numeric[]; row_out_of_range boolean[];
+  rates numeric[]; caps numeric[]; row_held numeric[]; row_out_of_range boolean[]; row_over_cap boolean[];
   row_window integer[];
   call_current boolean[]; call_reserved boolean[]; call_fits boolean;
   row_reserved_before numeric[]; row_fits boolean[];
@@ -72,8 +83,10 @@ begin
          array_agg(d.amount order by c.budget_id, c.period_start), array_agg(d.enforcement order by c.budget_id, c.period_start),
          array_agg(c.current_amount order by c.budget_id, c.period_start), array_agg(c.reserved_amount order by c.budget_id, c.period_start),
          -- each window's rate from the calls' currency into its budget's, in force now (null: none is)
-         array_agg(budget_exchange_rate(p_currency, d.currency, now()) order by c.budget_id, c.period_start)
-  into keys, starts, limits, enforcements, currents, reserveds, rates
+         array_agg(budget_exchange_rate(p_currency, d.currency, now()) order by c.budget_id, c.period_start),
+         -- each budget's cap on one call, read with its limit under the lock
+         array_agg(d.max_call_cost order by c.budget_id, c.period_start)
+  into keys, starts, limits, enforcements, currents, reserveds, rates, caps
   from budget_status_cache c
   join budget_definitions d on d.id = c.budget_id
   join (select distinct r.b, r.s, r.e from unnest(p_row_budgets, p_row_starts, p_row_ends) as r(b, s, e) where r.s <= now() and now() < r.e) x
@@ -94,6 +107,7 @@ begin
   row_fits := array_fill(false, array[rows_count]);
   row_held := array_fill(null::numeric, array[rows_count]);
   row_out_of_range := array_fill(false, array[rows_count]);
+  row_over_cap := array_fill(false, array[rows_count]);
   for ci in 1 .. calls loop
     call_fits := true;
     for ri in 1 .. rows_count loop
@@ -105,7 +119,9 @@ begin
       -- cannot be held (past 10^18), holds nothing
       row_held[ri] := budget_hold_amount(p_amounts[ci], rates[w], currents[w], reserveds[w] + added[w]);
       row_out_of_range[ri] := row_held[ri] is null and rates[w] is not null;
-      row_fits[ri] := row_held[ri] is not null and budget_fits(enforcements[w], limits[w], currents[w], reserveds[w] + added[w], row_held[ri]);
+      row_over_cap[ri] := row_held[ri] is not null and not budget_within_cap(row_held[ri], caps[w]);
+      row_fits[ri] := row_held[ri] is not null and not row_over_cap[ri]
+                      and budget_fits(enforcements[w], limits[w], currents[w], reserveds[w] + added[w], row_held[ri]);
       call_fits := call_fits and row_fits[ri];
     end loop;
     if call_fits and call_current[ci] then
@@ -133,8 +149,8 @@ begin
            case when p_need_projected then array(select distinct action from budget_alert_history h, unnest(h.actions) as action
                                                  where h.budget_id = r.b and h.period_start = r.s and h.basis = 'projected'
                                                    and h.resolved_at is null) else '{}'::text[] end,
-           budget_definitions_version(), r.held, rates[r.w], r.out_of_range
-    from unnest(p_row_calls, p_row_budgets, p_row_starts, row_window, row_reserved_before, row_fits, row_held, row_out_of_range)
-      as r(call, b, s, w, before, fits, held, out_of_range)
+           budget_definitions_version(), r.held, rates[r.w], r.out_of_range, r.over_cap
+    from unnest(p_row_calls, p_row_budgets, p_row_starts, row_window, row_reserved_before, row_fits, row_held, row_out_of_range, row_over_cap)
+      as r(call, b, s, w, before, fits, held, out_of_range, over_cap)
     where r.w is not null;
 end $$;

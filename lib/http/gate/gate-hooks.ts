@@ -5,7 +5,8 @@
 // when nothing was served. No hold outlives its request. Every wire format (how to bound a request, read
 // its usage, word a refusal) is the route's model API's (lib/model-apis); the path here is the same for all.
 // Beside it: what a call is charged (charge.ts), a stream's usage read on its way (stream-usage.ts), when a
-// client is gone (connection-watch.ts), OpenAI's 429 headers (rate-limit-headers.ts), nearLimit's clamp (clamp.ts).
+// client is gone (connection-watch.ts), OpenAI's 429 headers (rate-limit-headers.ts), nearLimit's clamp (clamp.ts),
+// the caller's cap on one call (call-cost-cap.ts).
 import { randomUUID } from 'node:crypto'
 import { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
@@ -25,7 +26,8 @@ import { pricesAt, type PriceBook } from '../../pricing/index.js'
 import type { UsageMetadata } from '../../usage/index.js'
 import { checkTags } from '../../kernel/tags.js'
 import { SCOPE_HEADERS, TAGS_HEADER, type BudgetGateState, type GateOptions, type GateRoute } from './gate-options.js'
-import { costAtOutputLimit, largestAffordable, mayClamp, roomFor } from './clamp.js'
+import { costAtOutputLimit, largestAffordable, mayClamp, mayClampToCallerCap, roomFor } from './clamp.js'
+import { callerCap, MAX_COST_HEADER, type CallerCap } from './call-cost-cap.js'
 import { checkScopeId, type CallerScopes } from '../../kernel/scopes.js'
 import type { Part } from '../../kernel/part.js'
 import { chargeFor, storable, usageMetadata, type Charge } from './charge.js'
@@ -98,9 +100,11 @@ interface GatedCall {
   current: CostEstimate
   /** The last hold's rate-limit refusal, if any. */
   rateLimited: RateRefusal | undefined
+  /** The caller's cap on this call (x-budget-max-cost, or the operator's), in the gate's currency; null: none. */
+  cap: CallerCap | null
   /** The check a downgrade or a clamp answered, with the estimate it was about: what the decision log keeps for it. */
   downgradedOn?: { check: BudgetConstraintCheck, estimate: string }
-  clampedOn?: { check: BudgetConstraintCheck, estimate: string }
+  clampedOn?: { check: BudgetConstraintCheck, estimate: string, byCallerCap?: true }
 }
 
 /** Where the gate notes its refusals, clamps and downgrades (lib/gate/decision-log.ts): in memory, never awaited. */
@@ -177,7 +181,9 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     const costAt = costAtOutputLimit(request, call.current, async (view) => await call.estimateAt(view, prices, state.model),
       (body, tokens) => limit.withLimit(body, tokens, price))
     for (let attempt = 1; attempt <= CLAMP_ATTEMPTS && mayClamp(state.check!, options.nearLimit); attempt++) {
-      const room = roomFor(state.check!, state.estimate)
+      const budgetsRoom = roomFor(state.check!, state.estimate)
+      // Every budget's room and cap, and the caller's cap: the least of them.
+      const room = budgetsRoom !== null && call.cap !== null && call.cap.units < budgetsRoom ? call.cap.units : budgetsRoom
       const asked = limit.requested(request.body as Record<string, unknown>, price)
       if (room === null || asked === null) return
       const clamped = await largestAffordable(costAt, options.clampFloorTokens, asked, room)
@@ -186,10 +192,74 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       await hold(call, clamped.estimate)
       if (!state.check!.canProceed) continue
       call.clampedOn = answered
-      request.body = limit.withLimit(request.body as Record<string, unknown>, clamped.tokens, price)
-      state.estimate = clamped.estimate.amount
-      state.clampedMaxTokens = clamped.tokens
-      void call.reply.header('x-budget-clamped-max-tokens', String(clamped.tokens))
+      clampTo(call, clamped.tokens, clamped.estimate)
+    }
+  }
+
+  /** Forwards the call with `tokens` as its output limit, and `estimate` (its worst case at that limit) as what it may cost. */
+  function clampTo (call: GatedCall, tokens: number, estimate: CostEstimate): void {
+    const { request, state } = call
+    const price = call.prices.resolve(state.model)!.price
+    request.body = call.api.outputLimit!.withLimit(request.body as Record<string, unknown>, tokens, price)
+    state.estimate = estimate.amount
+    state.clampedMaxTokens = tokens
+    void call.reply.header('x-budget-clamped-max-tokens', String(tokens))
+  }
+
+  /**
+   * A call whose worst case is over the caller's cap, before any hold: clamped to the cap when the rule allows
+   * (mayClampToCallerCap, on a read of the caller's budgets that holds nothing) and the floor fits under it,
+   * else refused with 402 call_cost_cap_exceeded. True when the call goes on (clamped), false once refused.
+   * The clamped worst case is then held as any other; a budget's room or cap may clamp it further.
+   */
+  async function clampToCallerCap (call: GatedCall): Promise<boolean> {
+    const { request, state, prices } = call
+    const cap = call.cap!
+    // The read waits at most gate.timeoutMs, as a hold does. With the database away (or slower than that) in
+    // failureMode 'open' the call goes on unchecked, but still within the caller's cap: without the budgets'
+    // word, the gate's nearLimit alone decides whether to clamp. In 'closed' the error is the call's 503.
+    const check = await integration.checkCaller(call.caller, state.estimate, state.model).catch((error: unknown) => {
+      if (options.failureMode === 'open' && isDatabaseUnavailable(error)) return null
+      throw error
+    })
+    state.check = check // its binding budget names the x-budget-* headers of a refusal
+    const limit = call.api.outputLimit
+    const price = prices.resolve(state.model)?.price
+    const asked = limit === null || price === undefined ? null : limit.requested(request.body as Record<string, unknown>, price)
+    if (asked !== null && mayClampToCallerCap(check, options.nearLimit)) {
+      const costAt = costAtOutputLimit(request, call.current, async (view) => await call.estimateAt(view, prices, state.model),
+        (body, tokens) => limit!.withLimit(body, tokens, price!))
+      const clamped = await largestAffordable(costAt, options.clampFloorTokens, asked, cap.units)
+      if (clamped !== null) {
+        if (check !== null) call.clampedOn = { check, estimate: state.estimate, byCallerCap: true }
+        clampTo(call, clamped.tokens, clamped.estimate)
+        call.current = clamped.estimate
+        return true
+      }
+    }
+    const refusal = callerCapRefusal(call)
+    if (check !== null) noteDecision(call, 'refused', refusal.code, { check, estimate: state.estimate }, null)
+    await refuse(call.reply, call.api, refusal)
+    return false
+  }
+
+  /** 402 call_cost_cap_exceeded for a call over the caller's cap, naming the cap, whose it is and the estimate; the x-budget-* headers as any refusal's. */
+  function callerCapRefusal (call: GatedCall): Refusal {
+    const { state, reply } = call
+    const cap = call.cap!
+    const check = state.check
+    metrics.decision('refused', 'call_cost_cap_exceeded')
+    if (check !== null && check.bindingBudgetId !== null) {
+      void reply.headers({ 'x-budget-id': check.bindingBudgetId, 'x-budget-remaining': check.remaining!, 'x-budget-currency': check.currency ?? options.currency })
+    }
+    const whose = cap.source === 'header' ? MAX_COST_HEADER : 'the operator\'s cap for this caller'
+    return {
+      status: 402,
+      kind: 'insufficient_quota',
+      code: 'call_cost_cap_exceeded',
+      message: `The call's estimated cost ${state.estimate} ${options.currency} is more than ${whose} allows for one call: ${cap.amount} ${options.currency}`,
+      param: cap.source === 'header' ? MAX_COST_HEADER : null,
+      details: { cap: { source: cap.source, budgetId: null, amount: cap.amount, currency: options.currency, estimatedCost: state.estimate } }
     }
   }
 
@@ -223,7 +293,10 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       status: 402, kind: 'insufficient_quota', code: check.code!, message: check.reason, param: null,
       details: {
         budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: check.currency ?? options.currency, estimatedCost: check.code === 'estimate_out_of_range' ? null : check.bindingEstimate ?? state.estimate },
-        ...(check.code === 'model_restricted' ? { allowedModels: refusing?.allowedModels ?? [] } : {})
+        ...(check.code === 'model_restricted' ? { allowedModels: refusing?.allowedModels ?? [] } : {}),
+        ...(check.code === 'call_cost_cap_exceeded' && refusing !== undefined
+          ? { cap: { source: 'budget', budgetId: refusing.budgetId, amount: refusing.maxCallCost, currency: refusing.currency, estimatedCost: refusing.estimatedCost } }
+          : {})
       }
     }
   }
@@ -276,10 +349,12 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     const prices = pricesAt(book, new Date())
     let caller: CallerScopes
     let estimate: CostEstimate
+    let cap: CallerCap | null
     try {
       caller = await options.resolveScopes(request)
       for (const [type, header] of SCOPE_HEADERS) if (caller[type] !== undefined) checkScopeId(caller[type], header)
       if (caller.tags !== undefined) checkTags(caller.tags, TAGS_HEADER)
+      cap = await callerCap(request, options.maxCallCost)
       estimate = await estimateAt(request, prices)
     } catch (error) {
       if (!(error instanceof InvalidFieldError)) throw error
@@ -303,7 +378,7 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       streamed
     }
     request.budgetGate = state
-    const call: GatedCall = { request, reply, api, estimateAt, prices, caller, state, current: estimate, rateLimited: undefined }
+    const call: GatedCall = { request, reply, api, estimateAt, prices, caller, state, current: estimate, rateLimited: undefined, cap }
 
     // The hold ends once, when the connection is done with this response and this hook is done: the
     // second of the two to happen ends it. The request stays counted in flight until then, and its
@@ -329,7 +404,9 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     const decided = metrics.reservationTimer()
     try {
       try {
-        await hold(call, estimate)
+        // Over the caller's cap: clamped to it before anything is held, or refused with nothing held.
+        if (cap !== null && toUnits(estimate.amount) > cap.units && !await clampToCallerCap(call)) return
+        await hold(call, call.current)
         const cheaper = state.check!.downgradeTo
         if (cheaper !== null && !await downgrade(call, cheaper)) return
         if (mayClamp(state.check!, options.nearLimit)) await clamp(call) // an admitted call (most of them) never clamps
@@ -352,13 +429,16 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
         reply.hijack()
         return
       }
-      const refusal = refusalOf(call) ?? unbudgetedRefusal(call)
+      // A cheaper model auto-downgrade chose may still cost more than the caller's cap: refused (the close gives back its hold).
+      const overCap = state.check!.canProceed && cap !== null && toUnits(state.estimate) > cap.units
+      const refusal = overCap ? callerCapRefusal(call) : refusalOf(call) ?? unbudgetedRefusal(call)
       if (refusal !== null) {
         const check = state.check!
-        noteDecision(call, 'refused', refusal.code, { check, estimate: state.estimate }, check.bindingBudgetId)
+        noteDecision(call, 'refused', refusal.code, { check, estimate: state.estimate }, overCap ? null : check.bindingBudgetId)
         return await refuse(reply, api, refusal)
       }
-      if (call.clampedOn !== undefined) noteDecision(call, 'clamped', call.clampedOn.check.code ?? 'budget_exceeded', call.clampedOn, call.clampedOn.check.bindingBudgetId)
+      if (call.clampedOn?.byCallerCap === true) noteDecision(call, 'clamped', 'call_cost_cap_exceeded', call.clampedOn, null)
+      else if (call.clampedOn !== undefined) noteDecision(call, 'clamped', call.clampedOn.check.code ?? 'budget_exceeded', call.clampedOn, call.clampedOn.check.bindingBudgetId)
       else if (call.downgradedOn !== undefined) {
         // A call that fitted was downgraded by the budget whose auto-downgrade alert is in force; one that did not, by the one that refused it.
         const { check } = call.downgradedOn

@@ -9,6 +9,7 @@ import type { PriceBook, PriceTable, TokenUsage } from '../../pricing/index.js'
 import { OptionsError } from '../../kernel/errors.js'
 import { parseTagHeader } from '../../kernel/tags.js'
 import { checkScopeId, type CallerScopes } from '../../kernel/scopes.js'
+import type { OperatorCap } from './call-cost-cap.js'
 
 /**
  * A model-call route: its URL, the API it speaks inferred from the path's end (/chat/completions,
@@ -59,6 +60,12 @@ export interface GateOptions {
   nearLimit: NearLimitPolicy
   /** Under `clamp`, the fewest output tokens worth forwarding: below this the call is refused. Default 16. */
   clampFloorTokens: number
+  /**
+   * The operator's cap on the cost of one call for this request's caller (its key, its scope), in `currency`;
+   * null or undefined for none. A caller's x-budget-max-cost header may lower it, never raise it. A call whose
+   * worst case is over the cap is clamped or refused with 402 call_cost_cap_exceeded (docs/gate.md).
+   */
+  maxCallCost?: OperatorCap
   /**
    * A caller no budget covers (no budget for its scopes, a mistyped scope, no scopes at all): `allow`
    * serves the call and records its spend as an unbudgeted usage record (docs/ledger.md); `refuse`

@@ -1,6 +1,7 @@
 // The plugin's database client: the host's, or one the plugin opens (and then ends), with the schema
 // brought up to date before anything else runs.
 import postgres, { type Sql } from 'postgres'
+import type { Logger } from '../logger.js'
 import type { Part } from '../part.js'
 import { migrate } from './migrate.js'
 
@@ -16,7 +17,7 @@ function ownClient (url: string, checks: boolean): Sql {
 const CHECK_REFUSED = new Set(['42704', '22023'])
 
 /** The client, and stop(): it ends the client if the plugin opened it; a host's own client is the host's to end. */
-export async function openDatabase (database: Sql | string, options: { migrate: boolean }): Promise<Part<Sql>> {
+export async function openDatabase (database: Sql | string, options: { migrate: boolean, log: Logger }): Promise<Part<Sql>> {
   // Our own client's sessions run in UTC; the SQL never depends on the session's TimeZone anyway (sql/functions/periods.sql).
   // A backend whose client has gone (a cut connection) checks for it every CLIENT_CHECK_INTERVAL while a
   // statement runs, and stops: a hold batch still waiting for a window's lock then never commits holds for
@@ -42,7 +43,14 @@ export async function openDatabase (database: Sql | string, options: { migrate: 
       }
       sql.options.fetch_types = false
     }
-    if (options.migrate) await migrate(sql)
+    if (options.migrate) {
+      const { databaseAhead } = await migrate(sql)
+      // An older instance during a rollout (or a rollback): it runs on the newer functions, and says so once.
+      if (databaseAhead !== undefined) {
+        options.log.warn(databaseAhead, `the database was migrated by a newer version of @relaycore/budgets (its migration ${databaseAhead.databaseVersion}; ` +
+          `this version's last is ${databaseAhead.codeVersion}): nothing was migrated, and this instance runs on the newer version's functions`)
+      }
+    }
   } catch (error) {
     await close(1)
     throw error

@@ -6,6 +6,8 @@
 //   (create or replace). A file runs whenever its text changed (or is new), after the migrations,
 //   recorded with its checksum in budget_schema_repeatables, as Flyway's repeatable migrations do: the
 //   running definition of a function is always the one file that defines it.
+// A database a newer version of the package migrated (it records a migration this sql/ does not have) is
+// left as it is: this older code applies nothing, so it never puts its older functions over the newer ones.
 import { createHash } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import type { Sql, TransactionSql } from 'postgres'
@@ -50,6 +52,17 @@ export interface Repeatable {
 export interface MigrationRun {
   versions: number[]
   repeatables: string[]
+  /**
+   * Present when a newer version of the package migrated the database (it records a migration past the last
+   * of this sql/): nothing was applied, and the database's functions are the newer version's.
+   */
+  databaseAhead?: DatabaseAhead
+}
+
+/** The highest migration the database records, and the highest this sql/ has. */
+export interface DatabaseAhead {
+  databaseVersion: number
+  codeVersion: number
 }
 
 /** The versioned migrations under `directory`/migrations/, in version order. */
@@ -83,11 +96,20 @@ export async function readRepeatables (directory: URL = SQL_DIR): Promise<Repeat
  * Runs every migration not applied yet, then every repeatable file whose text changed, in one
  * transaction that holds an advisory lock: a second process waits for the first, then finds everything
  * applied. A failing file rolls back the whole run, and the error names it.
+ *
+ * On a database a newer version migrated, it runs nothing and says so (`databaseAhead`): its repeatable
+ * files differ from the recorded ones because they are older, and running them would replace the newer
+ * functions (or fail where a result type changed). The newer functions keep their argument lists and
+ * their result columns (docs/data-model.md), so this code runs on them.
  */
 export async function migrate (sql: Sql, directory: URL = SQL_DIR): Promise<MigrationRun> {
   const [migrations, repeatables] = await Promise.all([readMigrations(directory), readRepeatables(directory)])
   return await sql.begin(async (tx) => {
     await tx`select pg_advisory_xact_lock(hashtextextended('relaycore-budgets:migrate', 0))`
+    await createMigrationsTable(tx)
+    await recordFoldedAsBaseline(tx, migrations[0])
+    const databaseAhead = await newerDatabase(tx, migrations)
+    if (databaseAhead !== null) return { versions: [], repeatables: [], databaseAhead }
     const versions = await applyMigrations(tx, migrations)
     const applied = await applyRepeatables(tx, repeatables)
     return { versions, repeatables: applied }
@@ -99,16 +121,25 @@ async function tableExists (tx: TransactionSql, name: string): Promise<boolean> 
   return row!.exists
 }
 
+async function createMigrationsTable (tx: TransactionSql): Promise<void> {
+  if (await tableExists(tx, 'budget_schema_migrations')) return
+  await tx`
+    create table budget_schema_migrations (
+      version    integer primary key,
+      name       text not null,
+      applied_at timestamptz not null default now()
+    )`
+}
+
+/** The versions, when the database records a migration past the last one `migrations` has; else null. */
+async function newerDatabase (tx: TransactionSql, migrations: Migration[]): Promise<DatabaseAhead | null> {
+  const [row] = await tx<Array<{ version: number | null }>>`select max(version) as version from budget_schema_migrations`
+  const codeVersion = migrations.at(-1)?.version ?? 0
+  const databaseVersion = row?.version ?? null
+  return databaseVersion !== null && databaseVersion > codeVersion ? { databaseVersion, codeVersion } : null
+}
+
 async function applyMigrations (tx: TransactionSql, migrations: Migration[]): Promise<number[]> {
-  if (!await tableExists(tx, 'budget_schema_migrations')) {
-    await tx`
-      create table budget_schema_migrations (
-        version    integer primary key,
-        name       text not null,
-        applied_at timestamptz not null default now()
-      )`
-  }
-  await recordFoldedAsBaseline(tx, migrations[0])
   const applied = new Set((await tx<Array<{ version: number }>>`select version from budget_schema_migrations`).map((row) => row.version))
   const appliedNow: number[] = []
   for (const migration of migrations) {
