@@ -126,3 +126,13 @@ export class UnknownChannelError extends createError('BUDGET_ERR_UNKNOWN_CHANNEL
   }
 }
 export const ChannelNotFoundError = createError('BUDGET_ERR_CHANNEL_NOT_FOUND', "No notification channel '%s' is configured", 404)
+
+// Provider cost reports
+/** A CSV import that is not the documented format: the line (1 is the header) and what is wrong; nothing of the file is stored. */
+export class CostCsvInvalidError extends createError('BUDGET_ERR_COST_CSV_INVALID', 'Invalid cost CSV, line %s: %s', 400) {
+  readonly field: string
+  constructor (line: number, reason: string) {
+    super(line, reason)
+    this.field = `line ${line}`
+  }
+}

@@ -1,0 +1,64 @@
+// Admin routes for the providers' cost reports: import a CSV, list the stored buckets, run the collectors now.
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { InvalidFieldError } from '../../kernel/errors.js'
+import { ProviderCostCollectResult, ProviderCostImportBody, ProviderCostImportResult, ProviderCostList, ProviderCostQuery } from '../../kernel/schemas.js'
+import type { ProviderCosts } from '../../provider-costs/index.js'
+import { auditContext, errorResponses } from './responses.js'
+
+/** A cost CSV of 20,000 lines of long names is about 3 MiB; past 4 MiB a file is split. */
+export const COST_CSV_BODY_LIMIT = 4 * 1024 * 1024
+/** A run may wait on a provider's retry-after several times (each at most providerCosts.retry.maxRetryAfterMs). */
+const COLLECT_TIMEOUT_MS = 15 * 60_000
+
+const utf8 = new TextDecoder('utf-8', { fatal: true })
+
+export const providerCostRoutes: FastifyPluginAsyncTypebox<{ costs: ProviderCosts }> = async (app, { costs }) => {
+  // A CSV is read as bytes and decoded strictly: a file that is not UTF-8 is refused, not read with U+FFFD in it.
+  app.addContentTypeParser('text/csv', { parseAs: 'buffer', bodyLimit: COST_CSV_BODY_LIMIT }, (_request, body, done) => {
+    try {
+      done(null, utf8.decode(body as Buffer))
+    } catch {
+      done(new InvalidFieldError('body', 'is not UTF-8 text'), undefined)
+    }
+  })
+
+  app.post('/provider-costs/import', {
+    bodyLimit: COST_CSV_BODY_LIMIT,
+    schema: {
+      summary: 'Import provider costs from CSV',
+      description: 'Stores the buckets of a cost CSV (Content-Type: text/csv; docs/provider-costs.md) for providers without a collector. The whole file in one ' +
+        'transaction, or nothing: the first line that is wrong is a 400 BUDGET_ERR_COST_CSV_INVALID naming it. Importing the same file again changes nothing; ' +
+        'a bucket imported again with another amount is replaced, and the audit log keeps the old amount (correct-provider-cost).',
+      tags: ['provider-costs'],
+      consumes: ['text/csv'],
+      body: ProviderCostImportBody,
+      response: {
+        200: ProviderCostImportResult,
+        ...errorResponses({ 400: ['BUDGET_ERR_COST_CSV_INVALID'] }),
+        413: { ...errorResponses({ 400: [] })[400], description: 'Error codes: FST_ERR_CTP_BODY_TOO_LARGE' }
+      }
+    }
+  }, async (request) => await costs.importCsv(request.body, auditContext(request)))
+
+  app.get('/provider-costs', {
+    schema: {
+      summary: 'List provider costs',
+      description: 'The stored cost buckets by day, then as stored, a page at a time (`limit`, `cursor`); `provider`, `source`, `from` and `to` (days, inclusive) narrow them.',
+      tags: ['provider-costs'],
+      querystring: ProviderCostQuery,
+      response: { 200: ProviderCostList, ...errorResponses({ 400: [] }) }
+    }
+  }, async (request) => await costs.list(request.query))
+
+  app.post('/provider-costs/collect', {
+    handlerTimeout: COLLECT_TIMEOUT_MS,
+    schema: {
+      summary: 'Collect provider costs now',
+      description: 'Runs every configured collector (providerCosts.openai, providerCosts.anthropic) now, or joins the run under way, and answers what each stored. ' +
+        'A provider that fails (past the retries of a 429 or a 5xx, or a malformed page) is a collector with status failed: the pages before it stay stored, ' +
+        'and the next run resumes at the page that failed.',
+      tags: ['provider-costs'],
+      response: { 200: ProviderCostCollectResult, ...errorResponses({}) }
+    }
+  }, async () => await costs.collect())
+}
