@@ -153,7 +153,8 @@ function resolveProviderCostsOptions (options: ProviderCostsOptions): ProviderCo
   if (typeof retry !== 'object' || retry === null) throw new OptionsError('providerCosts.retry must be an object')
   for (const [key, value] of Object.entries(retry)) {
     if (!['serverErrorRetries', 'rateLimitRetries', 'backoffMs', 'maxRetryAfterMs', 'timeoutMs'].includes(key)) throw new OptionsError(`providerCosts.retry.${key} is not an option`)
-    if (!Number.isInteger(value) || (value as number) < 0 || (value as number) > MAX_TIMER_MS) throw new OptionsError(`providerCosts.retry.${key} must be a whole number from 0 to ${MAX_TIMER_MS}`)
+    const least = key === 'timeoutMs' ? 1 : 0
+    if (!Number.isInteger(value) || (value as number) < least || (value as number) > MAX_TIMER_MS) throw new OptionsError(`providerCosts.retry.${key} must be a whole number from ${least} to ${MAX_TIMER_MS}`)
   }
   return options
 }

@@ -104,7 +104,9 @@ const MALFORMED: Array<[string, string | Buffer, number?]> = [
   ['a bad line after good ones (all or nothing)', `${HEADER}\n${Array.from({ length: 50 }, (_, index) => `2024-01-01,x,a${index},1,USD`).join('\n')}\n2024-01-01,x,b,oops,USD\n`],
   ['more than 20,000 lines', `${HEADER}\n${Array.from({ length: 20_001 }, (_, index) => `2024-01-01,x,a${index},1,USD`).join('\n')}\n`],
   ['more than 4 MiB', `${HEADER}\n${'2024-01-01,x,a,1,USD\n'.repeat(210_000)}`, 413],
-  ['JSON instead of CSV', JSON.stringify({ date: '2024-01-01' })]
+  ['JSON instead of CSV', JSON.stringify({ date: '2024-01-01' }), 415],
+  ['a JSON string of CSV', JSON.stringify(`${HEADER}\n2024-01-01,x,a,1,USD\n`), 415],
+  ['plain text', `${HEADER}\n2024-01-01,x,a,1,USD\n`, 415]
 ]
 
 t.test('a malformed file is a 4xx with a stable code, and stores nothing', async (t) => {
@@ -112,9 +114,9 @@ t.test('a malformed file is a 4xx with a stable code, and stores nothing', async
   t.equal((await importCsv(app, `${HEADER}\n2024-01-01,keep,a,1,USD\n`)).statusCode, 200)
   const before = await snapshotTables(app.sql)
   for (const [name, body, status] of MALFORMED) {
-    const response = await importCsv(app, body, name.startsWith('JSON') ? 'application/json' : 'text/csv')
+    const response = await importCsv(app, body, name.startsWith('JSON') || name.startsWith('a JSON') ? 'application/json' : name === 'plain text' ? 'text/plain' : 'text/csv')
     t.equal(response.statusCode, status ?? 400, `${name}: ${response.body.slice(0, 200)}`)
-    t.match(response.json().code, status === 413 ? 'FST_ERR_CTP_BODY_TOO_LARGE' : /^BUDGET_ERR_(COST_CSV_INVALID|VALIDATION)$/, name)
+    t.match(response.json().code, status === 413 ? 'FST_ERR_CTP_BODY_TOO_LARGE' : status === 415 ? 'FST_ERR_CTP_INVALID_MEDIA_TYPE' : /^BUDGET_ERR_(COST_CSV_INVALID|VALIDATION)$/, name)
   }
   t.match((await importCsv(app, `${HEADER}\n2024-01-01,x,a,1,USD\n2024-01-01,x,a,2,USD\n`)).json(), { code: 'BUDGET_ERR_COST_CSV_INVALID', field: 'line 3', message: /line 2/ }, 'the line at fault, and the line it repeats')
   t.same(await snapshotTables(app.sql), before, 'nothing stored, nothing changed')

@@ -208,6 +208,16 @@ t.test('OpenAI: a run that fails stores nothing of the failed page, and the next
 
   ;[outcome] = await collect(app)
   t.match(outcome, { status: 'completed', pages: 3, unchanged: 3 }, 'a new run reads its window from the first page')
+
+  // A page token the provider refuses (expired): that run fails, and the next one starts the window again.
+  server.faults.push({ status: 200, body: server.pages.get('')! }, { status: 400, body: '{"error":{"message":"invalid page"}}' })
+  ;[outcome] = await collect(app)
+  t.match(outcome, { status: 'failed', pages: 1, error: /400/ })
+  t.match(await cursorOf(app.sql, 'openai'), { nextPage: null, lastError: /400/ })
+  const asked = server.requests.length
+  ;[outcome] = await collect(app)
+  t.match(outcome, { status: 'completed', pages: 3, unchanged: 3 })
+  t.equal(server.requests[asked]!.url.searchParams.get('page'), null, 'from the first page')
 })
 
 t.test('Anthropic: pages through the cost report, cents read as exact dollars, corrections audited', async (t) => {

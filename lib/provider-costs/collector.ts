@@ -4,7 +4,7 @@
 import type { Logger } from '../kernel/logger.js'
 import { bestEffort } from '../kernel/best-effort.js'
 import type { ProviderCostRepository, StoreCounts } from './cost-repository.js'
-import { fetchReport, type FetchPolicy } from './fetch-report.js'
+import { fetchReport, ReportFetchError, type FetchPolicy } from './fetch-report.js'
 import type { ReportClient, ReportWindow } from './report-page.js'
 
 export interface CollectorSchedule {
@@ -76,7 +76,14 @@ export async function collectOnce (client: ReportClient, repository: ProviderCos
     outcome.status = 'failed'
     outcome.error = (error as Error).message
     options.log.warn({ ...outcome, err: error }, 'provider cost collection failed; the next run resumes at the page that failed')
-    await bestEffort(options.log, async () => { await repository.recordFailure(source, account, outcome.error!) }, 'recording a cost collection failure failed', { source, account })
+    await bestEffort(options.log, async () => {
+      // A page token the provider refuses (a 4xx other than 429: expired, say) would be asked again forever:
+      // the next run starts its window anew instead, which stores nothing twice.
+      if (error instanceof ReportFetchError && error.status >= 400 && error.status < 500 && error.status !== 429 && page !== null) {
+        await repository.startWindow(source, account, window)
+      }
+      await repository.recordFailure(source, account, outcome.error!)
+    }, 'recording a cost collection failure failed', { source, account })
   }
   return outcome
 }

@@ -13,32 +13,35 @@ const COLLECT_TIMEOUT_MS = 15 * 60_000
 const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 export const providerCostRoutes: FastifyPluginAsyncTypebox<{ costs: ProviderCosts }> = async (app, { costs }) => {
-  // A CSV is read as bytes and decoded strictly: a file that is not UTF-8 is refused, not read with U+FFFD in it.
-  app.addContentTypeParser('text/csv', { parseAs: 'buffer', bodyLimit: COST_CSV_BODY_LIMIT }, (_request, body, done) => {
-    try {
-      done(null, utf8.decode(body as Buffer))
-    } catch {
-      done(new InvalidFieldError('body', 'is not UTF-8 text'), undefined)
-    }
-  })
-
-  app.post('/provider-costs/import', {
-    bodyLimit: COST_CSV_BODY_LIMIT,
-    schema: {
-      summary: 'Import provider costs from CSV',
-      description: 'Stores the buckets of a cost CSV (Content-Type: text/csv; docs/provider-costs.md) for providers without a collector. The whole file in one ' +
-        'transaction, or nothing: the first line that is wrong is a 400 BUDGET_ERR_COST_CSV_INVALID naming it. Importing the same file again changes nothing; ' +
-        'a bucket imported again with another amount is replaced, and the audit log keeps the old amount (correct-provider-cost).',
-      tags: ['provider-costs'],
-      consumes: ['text/csv'],
-      body: ProviderCostImportBody,
-      response: {
-        200: ProviderCostImportResult,
-        ...errorResponses({ 400: ['BUDGET_ERR_COST_CSV_INVALID'] }),
-        413: { ...errorResponses({ 400: [] })[400], description: 'Error codes: FST_ERR_CTP_BODY_TOO_LARGE' }
+  // The import takes CSV and nothing else: in a scope of its own, without the JSON parser, any other type is a 415.
+  await app.register(async (csv: typeof app) => {
+    csv.removeAllContentTypeParsers()
+    // Read as bytes and decoded strictly: a file that is not UTF-8 is refused, not read with U+FFFD in it.
+    csv.addContentTypeParser('text/csv', { parseAs: 'buffer', bodyLimit: COST_CSV_BODY_LIMIT }, (_request, body, done) => {
+      try {
+        done(null, utf8.decode(body as Buffer))
+      } catch {
+        done(new InvalidFieldError('body', 'is not UTF-8 text'), undefined)
       }
-    }
-  }, async (request) => await costs.importCsv(request.body, auditContext(request)))
+    })
+    csv.post('/provider-costs/import', {
+      bodyLimit: COST_CSV_BODY_LIMIT,
+      schema: {
+        summary: 'Import provider costs from CSV',
+        description: 'Stores the buckets of a cost CSV (Content-Type: text/csv; docs/provider-costs.md) for providers without a collector. The whole file in one ' +
+          'transaction, or nothing: the first line that is wrong is a 400 BUDGET_ERR_COST_CSV_INVALID naming it. Importing the same file again changes nothing; ' +
+          'a bucket imported again with another amount is replaced, and the audit log keeps the old amount (correct-provider-cost).',
+        tags: ['provider-costs'],
+        consumes: ['text/csv'],
+        body: ProviderCostImportBody,
+        response: {
+          200: ProviderCostImportResult,
+          ...errorResponses({ 400: ['BUDGET_ERR_COST_CSV_INVALID'] }),
+          413: { ...errorResponses({ 400: [] })[400], description: 'Error codes: FST_ERR_CTP_BODY_TOO_LARGE' }
+        }
+      }
+    }, async (request) => await costs.importCsv(request.body, auditContext(request)))
+  })
 
   app.get('/provider-costs', {
     schema: {
