@@ -3,6 +3,7 @@
 // than half-read: RFC 4180 quoting, ISO dates that exist, plain decimals kept exact, each bucket once.
 import { CostCsvInvalidError } from '../kernel/errors.js'
 import { exactDecimal } from '../kernel/exact-json.js'
+import { slices as newSlices, type Slices } from '../kernel/loop-slices.js'
 import { AMOUNT_DIGITS, bucketKey, CURRENCY, dimensionProblem, PROVIDER_NAME, type CostBucket } from './cost-bucket.js'
 
 export const CSV_COLUMNS = ['date', 'provider', 'account', 'project', 'model', 'line_item', 'amount', 'currency'] as const
@@ -13,9 +14,9 @@ const MAX_FIELD_LENGTH = 512
 const DATE = /^(\d{4})-(\d{2})-(\d{2})$/
 const PLAIN_DECIMAL = /^-?\d+(\.\d+)?$/
 
-/** The file's lines as fields, with the line number each starts on: RFC 4180 (quotes doubled inside quotes, CRLF or LF). */
-function records (text: string): Array<{ line: number, fields: string[] }> {
-  const rows: Array<{ line: number, fields: string[] }> = []
+/** The file's lines as fields, one at a time, with the line number each starts on: RFC 4180 (quotes doubled inside quotes, CRLF or LF). */
+function * records (text: string): Generator<{ line: number, fields: string[] }> {
+  let rows = 0
   let at = text.charCodeAt(0) === 0xFEFF ? 1 : 0
   let line = 1
   while (at < text.length) {
@@ -56,11 +57,10 @@ function records (text: string): Array<{ line: number, fields: string[] }> {
     }
     if (text[at] === '\r') at++
     if (text[at] === '\n') at++
-    rows.push({ line: start, fields })
+    if (++rows > MAX_CSV_ROWS + 1) throw new CostCsvInvalidError(start, `more than ${MAX_CSV_ROWS} data lines; split the file`)
+    yield { line: start, fields }
     line++
-    if (rows.length > MAX_CSV_ROWS + 1) throw new CostCsvInvalidError(line, `more than ${MAX_CSV_ROWS} data lines; split the file`)
   }
-  return rows
 }
 
 function isoDate (text: string): string | null {
@@ -71,46 +71,58 @@ function isoDate (text: string): string | null {
   return year >= 1970 && at.getUTCFullYear() === year && at.getUTCMonth() === month - 1 && at.getUTCDate() === day ? text : null
 }
 
-/** Reads a cost CSV into buckets (source csv); throws CostCsvInvalidError for the first line that is wrong. */
-export function readCostCsv (text: string): CostBucket[] {
-  const rows = records(text)
-  const header = rows.shift()
-  if (header === undefined) throw new CostCsvInvalidError(1, `the file is empty: it needs a header line such as ${REQUIRED.join(',')}`)
-  const columns = header.fields.map((name) => name.trim())
+/**
+ * Reads a cost CSV into buckets (source csv); throws CostCsvInvalidError for the first line that is wrong.
+ * A file of 20,000 lines takes some 200 ms to read: it is read in slices, giving the loop a turn between them.
+ */
+export async function readCostCsv (text: string, slices: Slices = newSlices()): Promise<CostBucket[]> {
+  const lines = records(text)
+  const header = lines.next()
+  if (header.done === true) throw new CostCsvInvalidError(1, `the file is empty: it needs a header line such as ${REQUIRED.join(',')}`)
+  const columns = header.value.fields.map((name) => name.trim())
   for (const name of columns) {
     if (!(CSV_COLUMNS as readonly string[]).includes(name)) throw new CostCsvInvalidError(1, `unknown column '${name.slice(0, 64)}' (columns: ${CSV_COLUMNS.join(', ')})`)
   }
   if (new Set(columns).size !== columns.length) throw new CostCsvInvalidError(1, 'a column is named twice')
   for (const name of REQUIRED) if (!columns.includes(name)) throw new CostCsvInvalidError(1, `the column '${name}' is missing`)
-  if (rows.length === 0) throw new CostCsvInvalidError(2, 'no data lines after the header')
 
   const seen = new Map<string, number>()
-  return rows.map(({ line, fields }) => {
-    if (fields.length !== columns.length) throw new CostCsvInvalidError(line, `${fields.length} fields where the header names ${columns.length}`)
-    const value = (name: typeof CSV_COLUMNS[number]): string => {
-      const index = columns.indexOf(name)
-      return index === -1 ? '' : fields[index]!
-    }
-    const date = isoDate(value('date')) ?? (() => { throw new CostCsvInvalidError(line, 'date must be a day that exists, as YYYY-MM-DD') })()
-    const provider = value('provider')
-    if (!PROVIDER_NAME.test(provider)) throw new CostCsvInvalidError(line, 'provider must be 1 to 64 of a-z, 0-9, ".", "_" and "-", starting with a letter or digit')
-    const amountText = value('amount')
-    const amount = PLAIN_DECIMAL.test(amountText) ? exactDecimal(amountText, AMOUNT_DIGITS) : null
-    if (amount === null) throw new CostCsvInvalidError(line, `amount must be a plain decimal such as 12.3456 (no exponent, no thousands separator, at most ${AMOUNT_DIGITS} digits either side of the point)`)
-    const currency = value('currency')
-    if (!CURRENCY.test(currency)) throw new CostCsvInvalidError(line, 'currency must be an ISO 4217 code in upper case, such as USD')
-    const account = value('account')
-    if (account === '') throw new CostCsvInvalidError(line, 'account must not be empty')
-    const dimensions = { account, project: value('project'), model: value('model'), lineItem: value('line_item') }
-    for (const [name, text] of Object.entries(dimensions) as Array<[keyof typeof dimensions, string]>) {
-      const problem = dimensionProblem(name, text)
-      if (problem !== null) throw new CostCsvInvalidError(line, `${name === 'lineItem' ? 'line_item' : name} ${problem}`)
-    }
-    const bucket: CostBucket = { source: 'csv', provider, date, ...dimensions, costType: '', tokenType: '', serviceTier: '', contextWindow: '', currency, amount }
-    const key = bucketKey(bucket)
-    const earlier = seen.get(key)
-    if (earlier !== undefined) throw new CostCsvInvalidError(line, `the same bucket as line ${earlier} (date, provider, account, project, model, line_item and currency)`)
-    seen.set(key, line)
-    return bucket
-  })
+  const buckets: CostBucket[] = []
+  for (const { line, fields } of lines) {
+    buckets.push(readLine(line, fields, columns, seen))
+    slices.spend(fields.length * 64)
+    if (slices.due()) await slices.pause()
+  }
+  if (buckets.length === 0) throw new CostCsvInvalidError(2, 'no data lines after the header')
+  return buckets
+}
+
+/** One data line as a bucket; `seen` holds the keys of the lines before it, to refuse a bucket given twice. */
+function readLine (line: number, fields: string[], columns: string[], seen: Map<string, number>): CostBucket {
+  if (fields.length !== columns.length) throw new CostCsvInvalidError(line, `${fields.length} fields where the header names ${columns.length}`)
+  const value = (name: typeof CSV_COLUMNS[number]): string => {
+    const index = columns.indexOf(name)
+    return index === -1 ? '' : fields[index]!
+  }
+  const date = isoDate(value('date')) ?? (() => { throw new CostCsvInvalidError(line, 'date must be a day that exists, as YYYY-MM-DD') })()
+  const provider = value('provider')
+  if (!PROVIDER_NAME.test(provider)) throw new CostCsvInvalidError(line, 'provider must be 1 to 64 of a-z, 0-9, ".", "_" and "-", starting with a letter or digit')
+  const amountText = value('amount')
+  const amount = PLAIN_DECIMAL.test(amountText) ? exactDecimal(amountText, AMOUNT_DIGITS) : null
+  if (amount === null) throw new CostCsvInvalidError(line, `amount must be a plain decimal such as 12.3456 (no exponent, no thousands separator, at most ${AMOUNT_DIGITS} digits either side of the point)`)
+  const currency = value('currency')
+  if (!CURRENCY.test(currency)) throw new CostCsvInvalidError(line, 'currency must be an ISO 4217 code in upper case, such as USD')
+  const account = value('account')
+  if (account === '') throw new CostCsvInvalidError(line, 'account must not be empty')
+  const dimensions = { account, project: value('project'), model: value('model'), lineItem: value('line_item') }
+  for (const [name, text] of Object.entries(dimensions) as Array<[keyof typeof dimensions, string]>) {
+    const problem = dimensionProblem(name, text)
+    if (problem !== null) throw new CostCsvInvalidError(line, `${name === 'lineItem' ? 'line_item' : name} ${problem}`)
+  }
+  const bucket: CostBucket = { source: 'csv', provider, date, ...dimensions, costType: '', tokenType: '', serviceTier: '', contextWindow: '', currency, amount }
+  const key = bucketKey(bucket)
+  const earlier = seen.get(key)
+  if (earlier !== undefined) throw new CostCsvInvalidError(line, `the same bucket as line ${earlier} (date, provider, account, project, model, line_item and currency)`)
+  seen.set(key, line)
+  return bucket
 }

@@ -22,7 +22,7 @@ export function createProviderCostService (repository: ProviderCostRepository, i
   return {
     /** Stores a cost CSV whole, in one transaction, or nothing of it (a 400 naming the line). */
     async importCsv (text: string, context: AuditContext): Promise<StoreCounts & { rows: number }> {
-      const buckets = readCostCsv(text)
+      const buckets = await readCostCsv(text)
       const counts = await inTransaction(async (tx) => await tx.storeBuckets(buckets, context))
       return { rows: buckets.length, ...counts }
     },
