@@ -1,4 +1,5 @@
-// Adversarial review of the provider cost collectors and the CSV import (branch costs).
+// The provider cost collectors and the CSV import against hostile providers and hostile files: redirects, unbounded
+// bodies, page tokens that repeat, CSV built to hold the event loop, and the loop's longest stretch on a valid import.
 import t from 'tap'
 import { createServer, type IncomingHttpHeaders } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -19,7 +20,7 @@ async function listen (t: { teardown: (fn: () => unknown) => void }, handler: Pa
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 }
 
-t.test('a 302 from the provider to another host carries the Anthropic admin key there', async (t) => {
+t.test('a redirect from the provider is not followed: the Anthropic admin key never reaches another host', async (t) => {
   const seen: IncomingHttpHeaders[] = []
   const evil = await listen(t, (request, response) => {
     seen.push(request.headers)
@@ -37,7 +38,7 @@ t.test('a 302 from the provider to another host carries the Anthropic admin key 
   t.equal(seen[0]?.['x-api-key'], undefined, 'the admin key must not reach another host')
 })
 
-t.test('a page sent chunked (no content-length) is read whole before maxPageBytes is checked', async (t) => {
+t.test('a chunked page (no content-length) is read only up to maxPageBytes, then the body is cancelled', async (t) => {
   const CHUNK = Buffer.alloc(1024 * 1024, 0x20)
   const total = 200 // MiB
   let written = 0
@@ -64,7 +65,7 @@ t.test('a page sent chunked (no content-length) is read whole before maxPageByte
   t.ok(written < 16, `a 1 MiB limit should stop reading after about 1 MiB; the server got to write ${written} MiB`)
 })
 
-t.test('held: GET provider-costs with from=0000-01-01 (year 0, which PostgreSQL refuses) is a 400', async (t) => {
+t.test('GET provider-costs with a day of year 0 (which PostgreSQL refuses) is a 400, not a 500', async (t) => {
   const app = await buildApp(t)
   for (const query of ['from=0000-01-01', 'to=0000-12-31']) {
     const response = await app.admin({ url: `${PREFIX}/provider-costs?${query}` })
@@ -72,7 +73,7 @@ t.test('held: GET provider-costs with from=0000-01-01 (year 0, which PostgreSQL 
   }
 })
 
-t.test('a provider repeating the same next_page forever: the collector never completes a window, run after run', async (t) => {
+t.test('a next_page token that repeats fails its page at once, so no run asks the provider for it over and over', async (t) => {
   const server = await startCostReportServer(t)
   server.pages.set('', openAiPage([{ day: '2026-01-01', results: [{ project: 'p', lineItem: 'x', value: '1' }] }], 'loop'))
   server.pages.set('loop', openAiPage([{ day: '2026-01-02', results: [{ project: 'p', lineItem: 'x', value: '1' }] }], 'loop'))
@@ -89,7 +90,7 @@ t.test('a provider repeating the same next_page forever: the collector never com
     'a token that repeats itself should end the window (or be detected), not hold the collector on it forever')
 })
 
-t.test('one CSV line of 1.9M empty fields holds the event loop', async (t) => {
+t.test('a CSV line of 1.9M empty fields is refused while it is scanned, the event loop held under 20 ms', async (t) => {
   const app = await buildApp(t)
   const header = 'date,provider,account,amount,currency\n'
   const body = header + ','.repeat(4 * 1024 * 1024 - header.length - 10) + '\n'
@@ -110,7 +111,7 @@ t.test('one CSV line of 1.9M empty fields holds the event loop', async (t) => {
   t.ok(worst < 20, `the loop was held ${worst.toFixed(1)} ms (house target 20 ms)`)
 })
 
-t.test('one quoted CSV field of 2M doubled quotes holds the event loop', async (t) => {
+t.test('a quoted CSV field of 2M doubled quotes is refused while it is scanned, the event loop held under 20 ms', async (t) => {
   const app = await buildApp(t)
   const header = 'date,provider,account,amount,currency\n'
   const body = header + '"' + '""'.repeat(2 * 1024 * 1024 - 40) + '"\n'
@@ -131,7 +132,7 @@ t.test('one quoted CSV field of 2M doubled quotes holds the event loop', async (
   t.ok(worst < 20, `the loop was held ${worst.toFixed(1)} ms (house target 20 ms)`)
 })
 
-t.test('a good 20,000-line import: the loop is held at most 20 ms', async (t) => {
+t.test('a valid 20,000-line CSV import holds the event loop under 20 ms at a stretch', async (t) => {
   const app = await buildApp(t)
   const lines = Array.from({ length: 20_000 }, (_, index) => `2024-07-01,mistral,acme,project-${index},model-${'m'.repeat(60)},line-${'l'.repeat(30)},${index}.123456789,USD`)
   const body = `date,provider,account,project,model,line_item,amount,currency\n${lines.join('\n')}\n`
@@ -155,7 +156,7 @@ t.test('a good 20,000-line import: the loop is held at most 20 ms', async (t) =>
   t.ok(worst < 20, `the loop was held ${worst.toFixed(1)} ms (house target 20 ms)`)
 })
 
-t.test('held: three collectors on one database at once, a hung provider, a dripping body, retry-after of 10^9 s or a far HTTP date', async (t) => {
+t.test('three collectors on one database store each page once; a hung provider, a dripping body and a far retry-after end the request', async (t) => {
   const server = await startCostReportServer(t)
   server.pages.set('', openAiPage([{ day: '2026-01-01', results: [{ project: 'p', lineItem: 'x', value: '1.5' }] }], 'p2'))
   server.pages.set('p2', openAiPage([{ day: '2026-01-02', results: [{ project: 'p', lineItem: 'x', value: '-0.0000000000000000000000000000000000000001' }] }], null))
@@ -185,7 +186,7 @@ t.test('held: three collectors on one database at once, a hung provider, a dripp
   }
 })
 
-t.test('held: Anthropic cents with 40 decimals, 40 integer digits and credits are shifted exactly; 41 digits refused', async (t) => {
+t.test('Anthropic amounts in cents (40 decimals, 40 integer digits, credits) are shifted exactly; 41 digits are refused', async (t) => {
   const { anthropicCostsClient } = await import('../lib/provider-costs/anthropic-costs.js')
   const client = anthropicCostsClient({ adminKey: 'k' })
   const page = (amount: string) => anthropicPage([{ day: '2026-01-01', results: [{ workspace: null, description: 'd', amount }] }], null)
