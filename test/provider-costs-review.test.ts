@@ -34,8 +34,10 @@ t.test('a redirect from the provider is not followed: the Anthropic admin key ne
   const app = await buildApp(t, { providerCosts: { anthropic: { adminKey: 'sk-ant-admin-SECRET', baseUrl: provider, intervalMs: 0 }, retry: RETRY } })
   const response = await app.admin({ method: 'POST', url: `${PREFIX}/provider-costs/collect` })
   t.equal(response.statusCode, 200)
-  t.equal(seen.length, 1, 'the redirect was followed to another origin')
+  t.equal(seen.length, 0, 'the redirect is not followed to another origin')
   t.equal(seen[0]?.['x-api-key'], undefined, 'the admin key must not reach another host')
+  t.match(response.json(), { collectors: [{ source: 'anthropic', status: 'failed', error: /302: the provider redirects to http:\/\/localhost:\d+; a redirect is not followed/ }] },
+    'the run fails, naming the redirect and where it pointed')
 })
 
 t.test('a chunked page (no content-length) is read only up to maxPageBytes, then the body is cancelled', async (t) => {
@@ -63,6 +65,25 @@ t.test('a chunked page (no content-length) is read only up to maxPageBytes, then
   clearInterval(probe)
   t.comment(`server wrote ${written} MiB, finished ${String(finished)}, rss grew ${Math.round((peak - heapBefore) / 1048576)} MiB`)
   t.ok(written < 16, `a 1 MiB limit should stop reading after about 1 MiB; the server got to write ${written} MiB`)
+})
+
+t.test('an error page sent chunked is read only to a small bound for its message, then the body is cancelled', async (t) => {
+  const CHUNK = Buffer.alloc(1024 * 1024, 0x61)
+  let written = 0
+  const url = await listen(t, (_request, response) => {
+    response.writeHead(403, { 'content-type': 'text/plain' })
+    const pump = () => {
+      while (written < 200) {
+        written++
+        if (!response.write(CHUNK)) { response.once('drain', pump); return }
+      }
+      response.end()
+    }
+    pump()
+  })
+  const policy = { ...FETCH_DEFAULTS, serverErrorRetries: 0, timeoutMs: 60_000 }
+  await t.rejects(fetchReport({ url, headers: {} }, policy, new AbortController().signal), { status: 403, message: /^403: a{300}$/ })
+  t.ok(written < 16, `an error body is read to a few KiB; the server got to write ${written} MiB`)
 })
 
 t.test('GET provider-costs with a day of year 0 (which PostgreSQL refuses) is a 400, not a 500', async (t) => {
