@@ -107,8 +107,25 @@ t.test('a next_page token that repeats fails its page at once, so no run asks th
   t.comment(outcomes.map((o) => `${o.status} pages=${o.pages} ${o.error ?? ''}`).join('\n'))
   t.comment(`requests to the provider: ${server.requests.length}, of which for page=loop: ${server.requests.filter((r) => r.url.searchParams.get('page') === 'loop').length}`)
   const [cursor] = await app.sql`select next_page, completed_through from budget_provider_cost_cursors`
-  t.ok(outcomes.some((o) => o.status === 'completed') || cursor!.completed_through !== null,
+  const detected = outcomes.every((o) => o.status === 'failed' && o.pages === 1 && /malformed: next_page repeats the token 'loop'/.test(o.error ?? ''))
+  t.ok(outcomes.some((o) => o.status === 'completed') || cursor!.completed_through !== null || detected,
     'a token that repeats itself should end the window (or be detected), not hold the collector on it forever')
+  t.equal(server.requests.filter((r) => r.url.searchParams.get('page') === 'loop').length, 4, 'each run asks for the repeated token once')
+  t.equal(cursor!.next_page, null, 'the next run starts the window anew, not at the repeated token')
+  t.equal((await app.sql`select count(*)::int as n from budget_provider_costs`)[0]!.n, 1, 'nothing of the page that repeats its token is stored')
+})
+
+t.test('a next_page token that leads back to an earlier page of the run fails that page too', async (t) => {
+  const server = await startCostReportServer(t)
+  const day = (d: string) => [{ day: d, results: [{ project: 'p', lineItem: 'x', value: '1' }] }]
+  server.pages.set('', openAiPage(day('2026-01-01'), 'a'))
+  server.pages.set('a', openAiPage(day('2026-01-02'), 'b'))
+  server.pages.set('b', openAiPage(day('2026-01-03'), 'a'))
+  const app = await buildApp(t)
+  const options = { schedule: { lookbackDays: 3, maxCatchUpDays: 90, maxPagesPerRun: 50 }, fetch: { ...FETCH_DEFAULTS, ...RETRY }, now: () => new Date(), signal: new AbortController().signal, log: silent }
+  const outcome = await collectOnce(openAiCostsClient({ adminKey: 'sk-admin-x', baseUrl: server.url }), createProviderCostRepository(app.sql), options)
+  t.match(outcome, { status: 'failed', pages: 2, error: /next_page repeats the token 'a'/ })
+  t.equal(server.requests.length, 3, 'the pages of the first, a and b, once each')
 })
 
 t.test('a CSV line of 1.9M empty fields is refused while it is scanned, the event loop held under 20 ms', async (t) => {

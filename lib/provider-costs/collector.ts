@@ -5,14 +5,17 @@ import type { Logger } from '../kernel/logger.js'
 import { bestEffort } from '../kernel/best-effort.js'
 import type { ProviderCostRepository, StoreCounts } from './cost-repository.js'
 import { fetchReport, ReportFetchError, type FetchPolicy } from './fetch-report.js'
-import type { ReportClient, ReportWindow } from './report-page.js'
+import { RepeatedPageTokenError, type ReportClient, type ReportWindow } from './report-page.js'
 
 export interface CollectorSchedule {
   /** Days before today read again each run, so that a bucket the provider corrects is seen. */
   lookbackDays: number
   /** After a long stop, how far back a run reaches to fill the gap since the last complete run. */
   maxCatchUpDays: number
-  /** A run reads at most this many pages (a provider that keeps saying has_more is not followed forever). */
+  /**
+   * A run reads at most this many pages (a provider that keeps saying has_more is not followed forever). A
+   * window of daily buckets is at most maxCatchUpDays + 1 days: at 31 a page, 3 pages.
+   */
   maxPagesPerRun: number
 }
 
@@ -59,11 +62,15 @@ export async function collectOnce (client: ReportClient, repository: ProviderCos
   const outcome: CollectOutcome = {
     source, account, status: 'completed', pages: 0, inserted: 0, corrected: 0, unchanged: 0, from: window.start.toISOString().slice(0, 10), to: window.end.toISOString().slice(0, 10)
   }
+  // The tokens this run asked for: a page that names one of them as next_page is refused, not followed.
+  const asked = new Set<string>()
   try {
     do {
       if (outcome.pages >= options.schedule.maxPagesPerRun) throw new Error(`more than ${options.schedule.maxPagesPerRun} pages in one run; the next run goes on from here`)
+      if (page !== null) asked.add(page)
       const text = await fetchReport(client.request(window, page), options.fetch, options.signal)
       const read = client.readPage(text)
+      if (read.nextPage !== null && asked.has(read.nextPage)) throw new RepeatedPageTokenError(source, read.nextPage)
       const counts = await repository.storePage(source, account, window, page, read.buckets, read.nextPage, { actor: `collector:${source}`, requestId: null })
       outcome.pages++
       outcome.inserted += counts.inserted
@@ -77,9 +84,10 @@ export async function collectOnce (client: ReportClient, repository: ProviderCos
     outcome.error = (error as Error).message
     options.log.warn({ ...outcome, err: error }, 'provider cost collection failed; the next run resumes at the page that failed')
     await bestEffort(options.log, async () => {
-      // A page token the provider refuses (a 4xx other than 429: expired, say) would be asked again forever:
-      // the next run starts its window anew instead, which stores nothing twice.
-      if (error instanceof ReportFetchError && error.status >= 400 && error.status < 500 && error.status !== 429 && page !== null) {
+      // A page token the provider refuses (a 4xx other than 429: expired, say), or one that leads back to itself,
+      // would be asked again forever: the next run starts its window anew instead, which stores nothing twice.
+      const refusedToken = error instanceof ReportFetchError && error.status >= 400 && error.status < 500 && error.status !== 429
+      if ((refusedToken || error instanceof RepeatedPageTokenError) && page !== null) {
         await repository.startWindow(source, account, window)
       }
       await repository.recordFailure(source, account, outcome.error!)

@@ -39,7 +39,9 @@ export interface ProviderCostsOptions {
   retry?: Partial<Pick<FetchPolicy, 'serverErrorRetries' | 'rateLimitRetries' | 'backoffMs' | 'maxRetryAfterMs' | 'timeoutMs'>>
 }
 
-export const COLLECTOR_DEFAULTS = { intervalMs: 6 * 3_600_000, lookbackDays: 3, maxCatchUpDays: 90, maxPagesPerRun: 10_000 }
+// maxPagesPerRun: a window of up to 91 days is 3 pages of 31 days; 100 leaves room for a provider that pages
+// more finely, and bounds the requests of one that never stops saying has_more.
+export const COLLECTOR_DEFAULTS = { intervalMs: 6 * 3_600_000, lookbackDays: 3, maxCatchUpDays: 90, maxPagesPerRun: 100 }
 
 export function createProviderCosts (sql: Sql, options: ProviderCostsOptions, adminTimeoutMs: number, log: Logger, now: () => Date): Part<ProviderCosts> {
   const repository = createProviderCostRepository(sql)

@@ -21,6 +21,17 @@ export class MalformedReportError extends Error {
   }
 }
 
+/**
+ * A page whose next_page is a token this run asked for already: followed, it would be asked for again and
+ * again, and a run resuming at it would do the same. The collector's next run starts the window anew.
+ */
+export class RepeatedPageTokenError extends MalformedReportError {
+  constructor (source: CostSource, token: string) {
+    super(source, `next_page repeats the token '${token.slice(0, 64)}' this run already asked for`)
+    this.name = 'RepeatedPageTokenError'
+  }
+}
+
 /** One provider's report, as the collector reads it a page at a time. */
 export interface ReportClient {
   source: Exclude<CostSource, 'csv'>
