@@ -14,21 +14,37 @@ const MAX_FIELD_LENGTH = 512
 const DATE = /^(\d{4})-(\d{2})-(\d{2})$/
 const PLAIN_DECIMAL = /^-?\d+(\.\d+)?$/
 
-/** The file's lines as fields, one at a time, with the line number each starts on: RFC 4180 (quotes doubled inside quotes, CRLF or LF). */
-function * records (text: string): Generator<{ line: number, fields: string[] }> {
+/** The most fields a line may have: CSV_COLUMNS on the header line, then as many as the header names. */
+interface FieldLimit { fields: number }
+
+// An unquoted field's characters, at most one past the limit: the scan stops there, not at the end of the file.
+const UNQUOTED = new RegExp(`[^,\\r\\n"]{0,${MAX_FIELD_LENGTH + 1}}`, 'y')
+
+/**
+ * The file's lines as fields, one at a time, with the line number each starts on: RFC 4180 (quotes doubled
+ * inside quotes, CRLF or LF). A field's length and a line's field count are checked as they are scanned, so
+ * that no line is longer than some 4 KiB of scanning (8 fields of 512 characters): a line of millions of
+ * commas, or a field of millions of doubled quotes, is refused at its 9th field or 513th character, without
+ * holding the event loop over the rest of it.
+ */
+function * records (text: string, limit: FieldLimit): Generator<{ line: number, fields: string[] }> {
   let rows = 0
   let at = text.charCodeAt(0) === 0xFEFF ? 1 : 0
   let line = 1
+  const tooLong = (): never => { throw new CostCsvInvalidError(line, `a field is longer than ${MAX_FIELD_LENGTH} characters`) }
   while (at < text.length) {
     const start = line
     const fields: string[] = []
     for (;;) {
+      if (fields.length === limit.fields) {
+        throw new CostCsvInvalidError(start, rows === 0 ? `more than ${limit.fields} columns (columns: ${CSV_COLUMNS.join(', ')})` : `more than ${limit.fields} fields where the header names ${limit.fields}`)
+      }
       let field = ''
       if (text[at] === '"') {
         at++
         for (;;) {
-          if (at >= text.length) throw new CostCsvInvalidError(start, 'a quoted field is not closed')
           const quote = text.indexOf('"', at)
+          if (field.length + (quote === -1 ? text.length : quote) - at > MAX_FIELD_LENGTH) tooLong()
           if (quote === -1) throw new CostCsvInvalidError(start, 'a quoted field is not closed')
           const chunk = text.slice(at, quote)
           line += chunk.split('\n').length - 1
@@ -37,20 +53,18 @@ function * records (text: string): Generator<{ line: number, fields: string[] }>
           if (text[at] === '"') { field += '"'; at++; continue }
           break
         }
+        if (field.length > MAX_FIELD_LENGTH) tooLong()
         if (at < text.length && text[at] !== ',' && text[at] !== '\n' && !(text[at] === '\r' && text[at + 1] === '\n')) {
           throw new CostCsvInvalidError(line, 'text follows a closing quote')
         }
       } else {
-        const end = /[,\r\n"]/g
-        end.lastIndex = at
-        const found = end.exec(text)
-        const stop = found === null ? text.length : found.index
-        field = text.slice(at, stop)
-        at = stop
+        UNQUOTED.lastIndex = at
+        field = UNQUOTED.exec(text)![0]
+        if (field.length > MAX_FIELD_LENGTH) tooLong()
+        at += field.length
         if (text[at] === '"') throw new CostCsvInvalidError(line, 'a quote inside an unquoted field (quote the whole field, doubling the quote)')
         if (text[at] === '\r' && text[at + 1] !== '\n') throw new CostCsvInvalidError(line, 'a carriage return outside a quoted field')
       }
-      if (field.length > MAX_FIELD_LENGTH) throw new CostCsvInvalidError(line, `a field is longer than ${MAX_FIELD_LENGTH} characters`)
       fields.push(field)
       if (text[at] === ',') { at++; continue }
       break
@@ -76,7 +90,8 @@ function isoDate (text: string): string | null {
  * A file of 20,000 lines takes some 200 ms to read: it is read in slices, giving the loop a turn between them.
  */
 export async function readCostCsv (text: string, slices: Slices = newSlices()): Promise<CostBucket[]> {
-  const lines = records(text)
+  const limit: FieldLimit = { fields: CSV_COLUMNS.length }
+  const lines = records(text, limit)
   const header = lines.next()
   if (header.done === true) throw new CostCsvInvalidError(1, `the file is empty: it needs a header line such as ${REQUIRED.join(',')}`)
   const columns = header.value.fields.map((name) => name.trim())
@@ -85,6 +100,7 @@ export async function readCostCsv (text: string, slices: Slices = newSlices()): 
   }
   if (new Set(columns).size !== columns.length) throw new CostCsvInvalidError(1, 'a column is named twice')
   for (const name of REQUIRED) if (!columns.includes(name)) throw new CostCsvInvalidError(1, `the column '${name}' is missing`)
+  limit.fields = columns.length
 
   const seen = new Map<string, number>()
   const buckets: CostBucket[] = []
