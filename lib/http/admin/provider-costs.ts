@@ -1,6 +1,7 @@
 // Admin routes for the providers' cost reports: import a CSV, list the stored buckets, run the collectors now.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { InvalidFieldError } from '../../kernel/errors.js'
+import { decodeUtf8InSlices } from '../../kernel/utf8-decode.js'
 import { ProviderCostCollectResult, ProviderCostImportBody, ProviderCostImportResult, ProviderCostList, ProviderCostQuery } from '../../kernel/schemas.js'
 import type { ProviderCosts } from '../../provider-costs/index.js'
 import { auditContext, errorResponses } from './responses.js'
@@ -10,22 +11,25 @@ export const COST_CSV_BODY_LIMIT = 4 * 1024 * 1024
 /** A run may wait on a provider's retry-after several times (each at most providerCosts.retry.maxRetryAfterMs). */
 const COLLECT_TIMEOUT_MS = 15 * 60_000
 
-const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 export const providerCostRoutes: FastifyPluginAsyncTypebox<{ costs: ProviderCosts }> = async (app, { costs }) => {
   // The import takes CSV and nothing else: in a scope of its own, without the JSON parser, any other type is a 415.
   await app.register(async (csv: typeof app) => {
     csv.removeAllContentTypeParsers()
     // Read as bytes and decoded strictly: a file that is not UTF-8 is refused, not read with U+FFFD in it.
-    csv.addContentTypeParser('text/csv', { parseAs: 'buffer', bodyLimit: COST_CSV_BODY_LIMIT }, (_request, body, done) => {
+    // Decoded in slices: 4 MiB in one call held the event loop some 18 ms.
+    csv.addContentTypeParser('text/csv', { parseAs: 'buffer', bodyLimit: COST_CSV_BODY_LIMIT }, async (_request: unknown, body: Buffer) => {
       try {
-        done(null, utf8.decode(body as Buffer))
+        return await decodeUtf8InSlices(body)
       } catch {
-        done(new InvalidFieldError('body', 'is not UTF-8 text'), undefined)
+        throw new InvalidFieldError('body', 'is not UTF-8 text')
       }
     })
     csv.post('/provider-costs/import', {
       bodyLimit: COST_CSV_BODY_LIMIT,
+      // The reader checks each field it stores (a dimension for NUL and unpaired surrogates, the rest against
+      // ASCII patterns): the admin scope's walk of the whole 4 MiB text held the event loop some 10 ms more.
+      config: { checksEachRecord: true },
       schema: {
         summary: 'Import provider costs from CSV',
         description: 'Stores the buckets of a cost CSV (Content-Type: text/csv; docs/provider-costs.md) for providers without a collector. The whole file in one ' +
