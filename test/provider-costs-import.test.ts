@@ -102,8 +102,8 @@ const MALFORMED: Array<[string, string | Buffer, number?]> = [
   ['a NUL character', `${HEADER}\n2024-01-01,x,a\u0000b,1,USD\n`],
   ['bytes that are not UTF-8', Buffer.concat([Buffer.from(`${HEADER}\n2024-01-01,x,`), Buffer.from([0xff, 0xfe]), Buffer.from(',1,USD\n')])],
   ['a bad line after good ones (all or nothing)', `${HEADER}\n${Array.from({ length: 50 }, (_, index) => `2024-01-01,x,a${index},1,USD`).join('\n')}\n2024-01-01,x,b,oops,USD\n`],
-  ['more than 20,000 lines', `${HEADER}\n${Array.from({ length: 20_001 }, (_, index) => `2024-01-01,x,a${index},1,USD`).join('\n')}\n`],
-  ['more than 4 MiB', `${HEADER}\n${'2024-01-01,x,a,1,USD\n'.repeat(210_000)}`, 413],
+  ['more than 10,000 lines', `${HEADER}\n${Array.from({ length: 10_001 }, (_, index) => `2024-01-01,x,a${index},1,USD`).join('\n')}\n`],
+  ['more than 1 MiB', `${HEADER}\n${'2024-01-01,x,a,1,USD\n'.repeat(52_000)}`, 413],
   ['JSON instead of CSV', JSON.stringify({ date: '2024-01-01' }), 415],
   ['a JSON string of CSV', JSON.stringify(`${HEADER}\n2024-01-01,x,a,1,USD\n`), 415],
   ['plain text', `${HEADER}\n2024-01-01,x,a,1,USD\n`, 415]
@@ -119,6 +119,10 @@ t.test('a malformed file is a 4xx with a stable code, and stores nothing', async
     t.match(response.json().code, status === 413 ? 'FST_ERR_CTP_BODY_TOO_LARGE' : status === 415 ? 'FST_ERR_CTP_INVALID_MEDIA_TYPE' : /^BUDGET_ERR_(COST_CSV_INVALID|VALIDATION)$/, name)
   }
   t.match((await importCsv(app, `${HEADER}\n2024-01-01,x,a,1,USD\n2024-01-01,x,a,2,USD\n`)).json(), { code: 'BUDGET_ERR_COST_CSV_INVALID', field: 'line 3', message: /line 2/ }, 'the line at fault, and the line it repeats')
+  const tooMany = (await importCsv(app, MALFORMED.find(([name]) => name === 'more than 10,000 lines')![1])).json()
+  t.match(tooMany, { code: 'BUDGET_ERR_COST_CSV_INVALID', field: 'line 10002', message: /more than 10,000 data lines; split the file: each part is imported on its own, and importing a part again changes nothing/ })
+  const tooLarge = (await importCsv(app, MALFORMED.find(([name]) => name === 'more than 1 MiB')![1])).json()
+  t.match(tooLarge, { code: 'FST_ERR_CTP_BODY_TOO_LARGE', statusCode: 413, message: /larger than 1 MiB: split the file into parts of at most 10,000 lines and 1 MiB; each part is imported on its own/ })
   t.same(await snapshotTables(app.sql), before, 'nothing stored, nothing changed')
 })
 

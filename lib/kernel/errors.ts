@@ -136,3 +136,8 @@ export class CostCsvInvalidError extends createError('BUDGET_ERR_COST_CSV_INVALI
     this.field = `line ${line}`
   }
 }
+/**
+ * A cost CSV over the import's body limit: Fastify's own code, kept so that clients match it as before, with
+ * a message that says what to do (a file of parts, each imported on its own).
+ */
+export const CostCsvTooLargeError = createError('FST_ERR_CTP_BODY_TOO_LARGE', 'The cost CSV is larger than %s: split the file into parts of at most %s; each part is imported on its own, and importing a part again changes nothing', 413)

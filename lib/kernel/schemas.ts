@@ -698,7 +698,7 @@ const StoreCounts = {
   unchanged: Type.Integer({ description: 'Buckets stored before with the same amount: nothing changed.' })
 }
 export const ProviderCostImportBody = Type.String({
-  description: 'A CSV file (text/csv): a header line naming the columns date, provider, account, amount, currency (required) and project, model, line_item (optional), in any order, then one bucket per line, such as "date,provider,account,amount,currency\\n2024-06-01,mistral,acme,12.3456,EUR". At most 20,000 lines and 4 MiB.'
+  description: 'A CSV file (text/csv): a header line naming the columns date, provider, account, amount, currency (required) and project, model, line_item (optional), in any order, then one bucket per line, such as "date,provider,account,amount,currency\\n2024-06-01,mistral,acme,12.3456,EUR". At most 10,000 lines and 1 MiB: split a larger file (each part is imported on its own, and importing a part again changes nothing).'
 })
 export const ProviderCostImportResult = Type.Object({ rows: Type.Integer({ description: 'Data lines read.' }), ...StoreCounts })
 export const ProviderCostCollectResult = Type.Object({

@@ -8,11 +8,19 @@ import { AMOUNT_DIGITS, bucketKey, CURRENCY, dimensionProblem, PROVIDER_NAME, ty
 
 export const CSV_COLUMNS = ['date', 'provider', 'account', 'project', 'model', 'line_item', 'amount', 'currency'] as const
 const REQUIRED: ReadonlyArray<typeof CSV_COLUMNS[number]> = ['date', 'provider', 'account', 'amount', 'currency']
-/** The most data lines one import stores (one transaction). */
-export const MAX_CSV_ROWS = 20_000
+/**
+ * The most data lines one import stores (one transaction). With the route's 1 MiB body limit this keeps a
+ * whole request's longest stretch of the event loop near its 20 ms target (bench/cost-import-stall.ts); a
+ * larger export is split, and each part is imported (and can be imported again) on its own.
+ */
+export const MAX_CSV_ROWS = 10_000
+/** The work (lib/kernel/loop-slices.ts units) a field counts: a slice is SLICE_WORK / (fields × FIELD_WORK) lines. */
+export const FIELD_WORK = 64
 const MAX_FIELD_LENGTH = 512
+const SPLIT_THE_FILE = 'split the file: each part is imported on its own, and importing a part again changes nothing'
 const DATE = /^(\d{4})-(\d{2})-(\d{2})$/
 const PLAIN_DECIMAL = /^-?\d+(\.\d+)?$/
+const QUOTE = 0x22
 
 /** The most fields a line may have: CSV_COLUMNS on the header line, then as many as the header names. */
 interface FieldLimit { fields: number }
@@ -20,48 +28,63 @@ interface FieldLimit { fields: number }
 // An unquoted field's characters, at most one past the limit: the scan stops there, not at the end of the file.
 const UNQUOTED = new RegExp(`[^,\\r\\n"]{0,${MAX_FIELD_LENGTH + 1}}`, 'y')
 
+const ordinal = (n: number): string => `${n}${n % 10 === 1 && n % 100 !== 11 ? 'st' : n % 10 === 2 && n % 100 !== 12 ? 'nd' : n % 10 === 3 && n % 100 !== 13 ? 'rd' : 'th'}`
+
 /**
  * The file's lines as fields, one at a time, with the line number each starts on: RFC 4180 (quotes doubled
  * inside quotes, CRLF or LF). A field's length and a line's field count are checked as they are scanned, so
  * that no line is longer than some 4 KiB of scanning (8 fields of 512 characters): a line of millions of
  * commas, or a field of millions of doubled quotes, is refused at its 9th field or 513th character, without
- * holding the event loop over the rest of it.
+ * holding the event loop over the rest of it. The refusal says how far into the line the scan got.
  */
 function * records (text: string, limit: FieldLimit): Generator<{ line: number, fields: string[] }> {
   let rows = 0
   let at = text.charCodeAt(0) === 0xFEFF ? 1 : 0
   let line = 1
-  const tooLong = (): never => { throw new CostCsvInvalidError(line, `a field is longer than ${MAX_FIELD_LENGTH} characters`) }
   while (at < text.length) {
     const start = line
+    const lineStart = at
     const fields: string[] = []
+    // `at` is the scan's cursor: the refusal names the character of the line it stopped at.
+    const tooLong = (): never => {
+      throw new CostCsvInvalidError(line, `field ${fields.length + 1} is longer than ${MAX_FIELD_LENGTH} characters (refused at its ${ordinal(MAX_FIELD_LENGTH + 1)} character, character ${at - lineStart} of the line)`)
+    }
     for (;;) {
       if (fields.length === limit.fields) {
-        throw new CostCsvInvalidError(start, rows === 0 ? `more than ${limit.fields} columns (columns: ${CSV_COLUMNS.join(', ')})` : `more than ${limit.fields} fields where the header names ${limit.fields}`)
+        const where = `refused at the ${ordinal(limit.fields + 1)}, which starts at character ${at - lineStart + 1} of the line`
+        throw new CostCsvInvalidError(start, rows === 0 ? `more than ${limit.fields} columns (${where}; columns: ${CSV_COLUMNS.join(', ')})` : `more than ${limit.fields} fields where the header names ${limit.fields} (${where})`)
       }
       let field = ''
       if (text[at] === '"') {
         at++
         for (;;) {
-          const quote = text.indexOf('"', at)
-          if (field.length + (quote === -1 ? text.length : quote) - at > MAX_FIELD_LENGTH) tooLong()
-          if (quote === -1) throw new CostCsvInvalidError(start, 'a quoted field is not closed')
-          const chunk = text.slice(at, quote)
+          // Up to the next quote, but never past the field's 513th character (indexOf would run to the quote, however far).
+          const stop = Math.min(text.length, at + MAX_FIELD_LENGTH + 1 - field.length)
+          let end = at
+          while (end < stop && text.charCodeAt(end) !== QUOTE) end++
+          const chunk = text.slice(at, end)
           line += chunk.split('\n').length - 1
           field += chunk
-          at = quote + 1
-          if (text[at] === '"') { field += '"'; at++; continue }
+          at = end
+          if (field.length > MAX_FIELD_LENGTH) tooLong()
+          if (at === text.length) throw new CostCsvInvalidError(start, 'a quoted field is not closed')
+          at++
+          if (text[at] === '"') {
+            field += '"'
+            at++
+            if (field.length > MAX_FIELD_LENGTH) tooLong()
+            continue
+          }
           break
         }
-        if (field.length > MAX_FIELD_LENGTH) tooLong()
         if (at < text.length && text[at] !== ',' && text[at] !== '\n' && !(text[at] === '\r' && text[at + 1] === '\n')) {
           throw new CostCsvInvalidError(line, 'text follows a closing quote')
         }
       } else {
         UNQUOTED.lastIndex = at
         field = UNQUOTED.exec(text)![0]
-        if (field.length > MAX_FIELD_LENGTH) tooLong()
         at += field.length
+        if (field.length > MAX_FIELD_LENGTH) tooLong()
         if (text[at] === '"') throw new CostCsvInvalidError(line, 'a quote inside an unquoted field (quote the whole field, doubling the quote)')
         if (text[at] === '\r' && text[at + 1] !== '\n') throw new CostCsvInvalidError(line, 'a carriage return outside a quoted field')
       }
@@ -71,7 +94,7 @@ function * records (text: string, limit: FieldLimit): Generator<{ line: number, 
     }
     if (text[at] === '\r') at++
     if (text[at] === '\n') at++
-    if (++rows > MAX_CSV_ROWS + 1) throw new CostCsvInvalidError(start, `more than ${MAX_CSV_ROWS} data lines; split the file`)
+    if (++rows > MAX_CSV_ROWS + 1) throw new CostCsvInvalidError(start, `more than ${MAX_CSV_ROWS.toLocaleString('en-US')} data lines; ${SPLIT_THE_FILE}`)
     yield { line: start, fields }
     line++
   }
@@ -87,7 +110,7 @@ function isoDate (text: string): string | null {
 
 /**
  * Reads a cost CSV into buckets (source csv); throws CostCsvInvalidError for the first line that is wrong.
- * A file of 20,000 lines takes some 200 ms to read: it is read in slices, giving the loop a turn between them.
+ * A file of 10,000 lines takes some 100 ms to read: it is read in slices, giving the loop a turn between them.
  */
 export async function readCostCsv (text: string, slices: Slices = newSlices()): Promise<CostBucket[]> {
   const limit: FieldLimit = { fields: CSV_COLUMNS.length }
@@ -106,7 +129,7 @@ export async function readCostCsv (text: string, slices: Slices = newSlices()): 
   const buckets: CostBucket[] = []
   for (const { line, fields } of lines) {
     buckets.push(readLine(line, fields, columns, seen))
-    slices.spend(fields.length * 64)
+    slices.spend(fields.length * FIELD_WORK)
     if (slices.due()) await slices.pause()
   }
   if (buckets.length === 0) throw new CostCsvInvalidError(2, 'no data lines after the header')

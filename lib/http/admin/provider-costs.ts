@@ -1,13 +1,19 @@
 // Admin routes for the providers' cost reports: import a CSV, list the stored buckets, run the collectors now.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { InvalidFieldError } from '../../kernel/errors.js'
+import type { FastifyError } from 'fastify'
+import { CostCsvTooLargeError, InvalidFieldError } from '../../kernel/errors.js'
 import { decodeUtf8InSlices } from '../../kernel/utf8-decode.js'
 import { ProviderCostCollectResult, ProviderCostImportBody, ProviderCostImportResult, ProviderCostList, ProviderCostQuery } from '../../kernel/schemas.js'
-import type { ProviderCosts } from '../../provider-costs/index.js'
+import { MAX_CSV_ROWS, type ProviderCosts } from '../../provider-costs/index.js'
+import { handleError } from '../error-handler.js'
 import { auditContext, errorResponses } from './responses.js'
 
-/** A cost CSV of 20,000 lines of long names is about 3 MiB; past 4 MiB a file is split. */
-export const COST_CSV_BODY_LIMIT = 4 * 1024 * 1024
+/**
+ * A cost CSV of 10,000 lines (MAX_CSV_ROWS) of some 100 bytes. Fastify reads a body into one Buffer, and
+ * light work on every byte in one stretch (the concatenation, the string) held the loop some 10 ms at 4 MiB:
+ * at 1 MiB a whole import stays near the 20 ms target (bench/cost-import-stall.ts). A larger file is split.
+ */
+export const COST_CSV_BODY_LIMIT = 1024 * 1024
 /** A run may wait on a provider's retry-after several times (each at most providerCosts.retry.maxRetryAfterMs). */
 const COLLECT_TIMEOUT_MS = 15 * 60_000
 
@@ -16,8 +22,13 @@ export const providerCostRoutes: FastifyPluginAsyncTypebox<{ costs: ProviderCost
   // The import takes CSV and nothing else: in a scope of its own, without the JSON parser, any other type is a 415.
   await app.register(async (csv: typeof app) => {
     csv.removeAllContentTypeParsers()
+    // Fastify's 413, with its code kept, saying what to do with a file too large.
+    csv.setErrorHandler(function (error: FastifyError, request, reply) {
+      const tooLarge = error.code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? new CostCsvTooLargeError('1 MiB', `${MAX_CSV_ROWS.toLocaleString('en-US')} lines and 1 MiB`) : error
+      return handleError.call(this, tooLarge, request, reply)
+    })
     // Read as bytes and decoded strictly: a file that is not UTF-8 is refused, not read with U+FFFD in it.
-    // Decoded in slices: 4 MiB in one call held the event loop some 18 ms.
+    // Decoded in slices: 4 MiB in one call held the event loop some 18 ms (1 MiB is 2 slices).
     csv.addContentTypeParser('text/csv', { parseAs: 'buffer', bodyLimit: COST_CSV_BODY_LIMIT }, async (_request: unknown, body: Buffer) => {
       try {
         return await decodeUtf8InSlices(body)
@@ -28,7 +39,7 @@ export const providerCostRoutes: FastifyPluginAsyncTypebox<{ costs: ProviderCost
     csv.post('/provider-costs/import', {
       bodyLimit: COST_CSV_BODY_LIMIT,
       // The reader checks each field it stores (a dimension for NUL and unpaired surrogates, the rest against
-      // ASCII patterns): the admin scope's walk of the whole 4 MiB text held the event loop some 10 ms more.
+      // ASCII patterns): the admin scope's walk of a whole 4 MiB text held the event loop some 10 ms more.
       config: { checksEachRecord: true },
       schema: {
         summary: 'Import provider costs from CSV',
