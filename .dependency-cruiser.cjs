@@ -14,7 +14,8 @@ const below = {
   gate: ['audit', 'budgets', 'usage', 'pricing'],
   alerts: ['audit', 'budgets', 'usage'],
   metrics: ['usage'],
-  http: ['audit', 'budgets', 'usage', 'pricing', 'model-apis', 'currencies', 'reports', 'gate', 'alerts', 'metrics']
+  'provider-costs': ['audit'],
+  http: ['audit', 'budgets', 'usage', 'pricing', 'model-apis', 'currencies', 'reports', 'gate', 'alerts', 'metrics', 'provider-costs']
 }
 const entry = (domains) => domains.map((domain) => `^lib/${domain}/index\\.ts$`)
 

@@ -166,6 +166,15 @@ await app.register(swagger, {
   }
 })
 await app.register(swaggerUi, { routePrefix: '/docs' })
+/** A cost report collector from PROVIDER_ADMIN_KEY, with PROVIDER_COSTS_URL (a local server) and PROVIDER_COSTS_INTERVAL_MS when set. */
+function costCollector (provider: 'OPENAI' | 'ANTHROPIC') {
+  const adminKey = process.env[`${provider}_ADMIN_KEY`]
+  if (adminKey === undefined || adminKey === '') return undefined
+  const baseUrl = process.env[`${provider}_COSTS_URL`]
+  const intervalMs = process.env[`${provider}_COSTS_INTERVAL_MS`]
+  return { adminKey, ...(baseUrl === undefined ? {} : { baseUrl }), ...(intervalMs === undefined ? {} : { intervalMs: Number(intervalMs) }) }
+}
+
 await app.register(budgets, {
   database: databaseUrl,
   adminToken,
@@ -186,6 +195,11 @@ await app.register(budgets, {
     channels,
     ...(process.env.DASHBOARD_URL === undefined ? {} : { dashboardUrl: process.env.DASHBOARD_URL }),
     ...(process.env.NOTIFY_INTERVAL_MS === undefined ? {} : { intervalMs: Number(process.env.NOTIFY_INTERVAL_MS) })
+  },
+  // The providers' own cost reports (docs/provider-costs.md): collected when their admin keys are set.
+  providerCosts: {
+    ...(costCollector('OPENAI') === undefined ? {} : { openai: costCollector('OPENAI') }),
+    ...(costCollector('ANTHROPIC') === undefined ? {} : { anthropic: costCollector('ANTHROPIC') })
   }
 })
 const openAIUpstream = { upstreamUrl: process.env.UPSTREAM_URL, upstreamApiKey: process.env.UPSTREAM_API_KEY }

@@ -10,6 +10,7 @@ import { DECISION_LOG_DEFAULTS, type DecisionLogOptions } from './gate/decision-
 import { parseEmailChannel, type NotificationOptions } from './alerts/notifications.js'
 import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES, type PriceBook } from './pricing/pricing.js'
 import type { Authorize } from './http/admin/admin.js'
+import type { CostCollectorOptions, ProviderCostsOptions } from './provider-costs/index.js'
 
 export interface BudgetsOptions {
   /** A postgres.js instance (left open on close) or a connection string (the plugin opens and closes its own client). */
@@ -36,6 +37,8 @@ export interface BudgetsOptions {
   adminTimeoutMs?: number
   /** The decision log (GET {prefix}/decisions): each refusal, clamp and downgrade of the gate. Default on, kept 30 days. */
   decisions?: Partial<DecisionLogOptions>
+  /** The providers' own cost reports, collected on a schedule (docs/provider-costs.md): an admin key per provider. None by default. */
+  providerCosts?: ProviderCostsOptions
 }
 
 export interface ResolvedOptions {
@@ -52,6 +55,7 @@ export interface ResolvedOptions {
   dashboard: boolean
   adminTimeoutMs: number
   decisions: DecisionLogOptions
+  providerCosts: ProviderCostsOptions
 }
 
 /** The longest delay setTimeout keeps (2^31 - 1 ms, about 24.8 days); a longer one fires at once. */
@@ -81,7 +85,7 @@ export const GATE_DEFAULTS: GateOptions = {
 const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000, dashboard: true, adminTimeoutMs: 10_000 }
 
 export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
-  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications, metrics, dashboard, adminTimeoutMs, decisions } = { ...DEFAULTS, ...options }
+  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications, metrics, dashboard, adminTimeoutMs, decisions, providerCosts } = { ...DEFAULTS, ...options }
   if (typeof database !== 'string' && typeof database !== 'function') {
     throw new OptionsError('database must be a postgres.js instance or a connection string')
   }
@@ -111,8 +115,48 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
     notifications: resolveNotificationOptions(notifications ?? {}),
     metrics: resolveMetricsOptions(metrics ?? {}),
     dashboard,
-    decisions: resolveDecisionLogOptions(decisions ?? {})
+    decisions: resolveDecisionLogOptions(decisions ?? {}),
+    providerCosts: resolveProviderCostsOptions(providerCosts ?? {})
   }
+}
+
+function resolveProviderCostsOptions (options: ProviderCostsOptions): ProviderCostsOptions {
+  if (typeof options !== 'object' || options === null) throw new OptionsError('providerCosts must be an object such as { openai: { adminKey } }')
+  for (const key of Object.keys(options)) {
+    if (!['openai', 'anthropic', 'retry'].includes(key)) throw new OptionsError(`providerCosts.${key} is not an option (openai, anthropic, retry)`)
+  }
+  for (const name of ['openai', 'anthropic'] as const) {
+    const collector: CostCollectorOptions | undefined = options[name]
+    if (collector === undefined) continue
+    const at = `providerCosts.${name}`
+    if (typeof collector !== 'object' || collector === null) throw new OptionsError(`${at} must be an object such as { adminKey }`)
+    for (const key of Object.keys(collector)) {
+      if (!['adminKey', 'organization', 'baseUrl', 'intervalMs', 'lookbackDays'].includes(key)) throw new OptionsError(`${at}.${key} is not an option (adminKey, organization, baseUrl, intervalMs, lookbackDays)`)
+    }
+    if (typeof collector.adminKey !== 'string' || collector.adminKey.trim() === '' || !/^[\x21-\x7e]+$/.test(collector.adminKey)) {
+      throw new OptionsError(`${at}.adminKey must be the provider's admin key (printable ASCII, no spaces)`)
+    }
+    if (collector.organization !== undefined && (typeof collector.organization !== 'string' || !/^[\x21-\x7e]{1,256}$/.test(collector.organization))) {
+      throw new OptionsError(`${at}.organization must be 1 to 256 printable ASCII characters`)
+    }
+    if (collector.baseUrl !== undefined && (typeof collector.baseUrl !== 'string' || !URL.canParse(collector.baseUrl) || !/^https?:$/.test(new URL(collector.baseUrl).protocol))) {
+      throw new OptionsError(`${at}.baseUrl must be an http(s) URL`)
+    }
+    if (collector.intervalMs !== undefined && (!Number.isInteger(collector.intervalMs) || collector.intervalMs < 0 || collector.intervalMs > MAX_TIMER_MS)) {
+      throw new OptionsError(`${at}.intervalMs must be a whole number of milliseconds from 0 (only when asked) to ${MAX_TIMER_MS}`)
+    }
+    if (collector.lookbackDays !== undefined && (!Number.isInteger(collector.lookbackDays) || collector.lookbackDays < 0 || collector.lookbackDays > 90)) {
+      throw new OptionsError(`${at}.lookbackDays must be a whole number of days from 0 to 90`)
+    }
+  }
+  const retry = options.retry ?? {}
+  if (typeof retry !== 'object' || retry === null) throw new OptionsError('providerCosts.retry must be an object')
+  for (const [key, value] of Object.entries(retry)) {
+    if (!['serverErrorRetries', 'rateLimitRetries', 'backoffMs', 'maxRetryAfterMs', 'timeoutMs'].includes(key)) throw new OptionsError(`providerCosts.retry.${key} is not an option`)
+    const least = key === 'timeoutMs' ? 1 : 0
+    if (!Number.isInteger(value) || (value as number) < least || (value as number) > MAX_TIMER_MS) throw new OptionsError(`providerCosts.retry.${key} must be a whole number from ${least} to ${MAX_TIMER_MS}`)
+  }
+  return options
 }
 
 function resolveDecisionLogOptions (options: Partial<DecisionLogOptions>): DecisionLogOptions {

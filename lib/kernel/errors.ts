@@ -126,3 +126,18 @@ export class UnknownChannelError extends createError('BUDGET_ERR_UNKNOWN_CHANNEL
   }
 }
 export const ChannelNotFoundError = createError('BUDGET_ERR_CHANNEL_NOT_FOUND', "No notification channel '%s' is configured", 404)
+
+// Provider cost reports
+/** A CSV import that is not the documented format: the line (1 is the header) and what is wrong; nothing of the file is stored. */
+export class CostCsvInvalidError extends createError('BUDGET_ERR_COST_CSV_INVALID', 'Invalid cost CSV, line %s: %s', 400) {
+  readonly field: string
+  constructor (line: number, reason: string) {
+    super(line, reason)
+    this.field = `line ${line}`
+  }
+}
+/**
+ * A cost CSV over the import's body limit: Fastify's own code, kept so that clients match it as before, with
+ * a message that says what to do (a file of parts, each imported on its own).
+ */
+export const CostCsvTooLargeError = createError('FST_ERR_CTP_BODY_TOO_LARGE', 'The cost CSV is larger than %s: split the file into parts of at most %s; each part is imported on its own, and importing a part again changes nothing', 413)

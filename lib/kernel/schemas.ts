@@ -511,8 +511,8 @@ export type ActiveAlert = Static<typeof ActiveAlert>
 
 export const AuditEntry = Type.Object({
   id: Type.String({ description: 'Increases with each entry.' }),
-  budgetId: Nullable(Type.String({ format: 'uuid', description: 'Null for an exchange rate set (set-exchange-rate): before is the rate it replaced at the same instant, or null; after is the rate set. Null for a channel tested (test-channel): after is the channel and the outcome.' })),
-  action: StringEnum(['create', 'update', 'delete', 'approve', 'acknowledge', 'refresh-cache', 'set-exchange-rate', 'test-channel'] as const),
+  budgetId: Nullable(Type.String({ format: 'uuid', description: 'Null for an exchange rate set (set-exchange-rate): before is the rate it replaced at the same instant, or null; after is the rate set. Null for a channel tested (test-channel): after is the channel and the outcome. Null for a provider\'s cost bucket corrected (correct-provider-cost): before and after are the bucket with its old and new amount.' })),
+  action: StringEnum(['create', 'update', 'delete', 'approve', 'acknowledge', 'refresh-cache', 'set-exchange-rate', 'test-channel', 'correct-provider-cost'] as const),
   changes: Type.Array(Type.String(), { description: 'For an update, the fields it changed (currency, parentId, amount, ...).' }),
   before: Type.Unknown({ description: 'The budget (or numbers) before the change; null for a create.' }),
   after: Type.Unknown({ description: 'The budget (or the approval, acknowledgement or refreshed numbers) after it; null for a delete.' }),
@@ -666,3 +666,59 @@ export const DecisionPage = Type.Object({
   nextCursor: Nullable(Type.String({ description: 'Pass as cursor for the next (older) page; null on the last page.' }))
 })
 export type DecisionQuery = Static<typeof DecisionQuery>
+
+// Provider costs (budget_provider_costs)
+
+const COST_SOURCES = ['openai', 'anthropic', 'csv'] as const
+const Day = Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}$', description: 'A UTC day, YYYY-MM-DD.' })
+export const ProviderCost = Type.Object({
+  id: Type.String({ description: 'Increases with each bucket stored (a correction keeps the id).' }),
+  source: StringEnum(COST_SOURCES, { description: 'Who reported it: a collector, or a CSV import.' }),
+  provider: Type.String(),
+  account: Type.String({ description: 'The organization the report is of.' }),
+  date: Day,
+  project: Type.String({ description: 'OpenAI project_id, Anthropic workspace_id (\'\' for the default workspace), the CSV\'s project; \'\' when none.' }),
+  lineItem: Type.String({ description: 'OpenAI line_item, Anthropic description, the CSV\'s line_item; \'\' when none.' }),
+  model: Type.String(),
+  costType: Type.String({ description: 'Anthropic cost_type (tokens, web_search, code_execution); \'\' elsewhere.' }),
+  tokenType: Type.String({ description: 'Anthropic token_type; \'\' elsewhere.' }),
+  serviceTier: Type.String({ description: 'Anthropic service_tier; \'\' elsewhere.' }),
+  contextWindow: Type.String({ description: 'Anthropic context_window; \'\' elsewhere.' }),
+  currency: Type.String(),
+  amount: Type.String({ description: 'An exact decimal in the currency\'s major unit (dollars, not cents), as the report gave it.' }),
+  collectedAt: Timestamp,
+  correctedAt: Nullable(Timestamp)
+})
+export const ProviderCostList = Type.Object({
+  costs: Type.Array(ProviderCost),
+  nextCursor: Nullable(Type.String({ description: 'Pass as cursor for the next page; null on the last page.' }))
+})
+export const ProviderCostQuery = Type.Object({
+  provider: Type.Optional(Type.String({ maxLength: 64 })),
+  source: Type.Optional(StringEnum(COST_SOURCES)),
+  from: Type.Optional(Type.String({ maxLength: 10, description: 'The first day, YYYY-MM-DD (inclusive).' })),
+  to: Type.Optional(Type.String({ maxLength: 10, description: 'The last day, YYYY-MM-DD (inclusive).' })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+  cursor: Type.Optional(Type.String({ maxLength: 40, description: 'nextCursor of the previous page.' }))
+}, { additionalProperties: false })
+const StoreCounts = {
+  inserted: Type.Integer({ description: 'Buckets not stored before.' }),
+  corrected: Type.Integer({ description: 'Buckets stored before with another amount: replaced, the old amount in the audit log (correct-provider-cost).' }),
+  unchanged: Type.Integer({ description: 'Buckets stored before with the same amount: nothing changed.' })
+}
+export const ProviderCostImportBody = Type.String({
+  description: 'A CSV file (text/csv): a header line naming the columns date, provider, account, amount, currency (required) and project, model, line_item (optional), in any order, then one bucket per line, such as "date,provider,account,amount,currency\\n2024-06-01,mistral,acme,12.3456,EUR". At most 10,000 lines and 1 MiB: split a larger file (each part is imported on its own, and importing a part again changes nothing).'
+})
+export const ProviderCostImportResult = Type.Object({ rows: Type.Integer({ description: 'Data lines read.' }), ...StoreCounts })
+export const ProviderCostCollectResult = Type.Object({
+  collectors: Type.Array(Type.Object({
+    source: Type.String(),
+    account: Type.String(),
+    status: StringEnum(['completed', 'failed'] as const, { description: 'failed: the run stopped at a page (its reason in error); what it stored before stays, and the next run resumes at that page.' }),
+    pages: Type.Integer({ description: 'Pages stored by this run.' }),
+    from: Day,
+    to: Type.String({ description: 'The day after the last day read (exclusive).' }),
+    error: Type.Optional(Type.String()),
+    ...StoreCounts
+  }), { description: 'One per configured collector; empty when none is configured.' })
+})

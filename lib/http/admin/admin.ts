@@ -23,6 +23,8 @@ import { reportRoutes } from './reports.js'
 import { exchangeRateRoutes } from './exchange-rates.js'
 import type { ExchangeRates } from '../../currencies/index.js'
 import { usageRoutes, type RecordUsage } from './usage.js'
+import { providerCostRoutes } from './provider-costs.js'
+import type { ProviderCosts } from '../../provider-costs/index.js'
 import { compileValidator } from '../validator.js'
 
 /**
@@ -50,6 +52,8 @@ export interface AdminRoutesOptions {
   timeoutMs: number
   /** The gate's decision log: GET /decisions. */
   decisions?: DecisionLog
+  /** The providers' cost reports: POST /provider-costs/import, GET /provider-costs, POST /provider-costs/collect. */
+  providerCosts: ProviderCosts
 }
 
 /**
@@ -67,7 +71,7 @@ export function adminGuard (authorize: Authorize) {
   }
 }
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs, decisions }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs, decisions, providerCosts }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
   // A database that neither answers nor refuses (connections that never open in an outage) must not
@@ -98,5 +102,6 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   await app.register(reportRoutes, { reports })
   await app.register(exchangeRateRoutes, { rates })
   await app.register(channelRoutes, { channels })
+  await app.register(providerCostRoutes, { costs: providerCosts })
   if (decisions !== undefined) await app.register(decisionRoutes, { decisions })
 }
