@@ -1,7 +1,7 @@
 // Work on one request that grows with its body (the estimate: serializing, scanning and tokenizing up to
 // the body limit) runs in slices, and between two slices the event loop runs whatever else is waiting
 // (other requests' I/O, timers, a health check): one request holds the loop for about a slice however
-// large its body, never for the whole of its work (issue 19, item 8). The total work stays what the work
+// large its body, never for the whole of its work (the house target: 20 ms). The total work stays what the work
 // budget allows (tokens.ts MAX_TOKENIZED_WORK); slicing only spreads it over turns of the loop.
 import { performance } from 'node:perf_hooks'
 

@@ -2,7 +2,7 @@
 // tokens at the input rate (an embedding call has no output, so no output cap and nothing to clamp),
 // its usage is the JSON body's `usage`, and it answers refusals in OpenAI's error shape.
 //
-// Decisions where issue 20 is silent:
+// Decisions where the design was left open:
 // - Strings are counted by the model's tokenizer when tokens.ts knows it (tokenCounter), else a token a
 //   UTF-8 byte of the string. OpenAI's embedding models (text-embedding-3-*, ada-002) count by their
 //   own encoding, cl100k_base.

@@ -1,7 +1,7 @@
 // Anthropic's Messages API (POST /v1/messages) for the gate: the worst case of a call, its usage from a
 // JSON body or from the API's event stream, and refusals in Anthropic's error shape.
 //
-// Decisions where issue 20 is silent:
+// Decisions where the design was left open:
 // - Input is counted in UTF-8 bytes of the JSON of system, each message's content and tools (Claude's
 //   tokenizer is not published; no BPE token is shorter than a byte, and the JSON's keys and quotes
 //   outweigh Anthropic's own framing), plus TOKENS_PER_MESSAGE and TOKENS_PER_REQUEST, and, when tools

@@ -38,7 +38,7 @@ const loaded = new Map<EncodingName, Encoding>()
 // in LRU order by deleting and re-adding each piece it finds: once the Map holds thousands of pieces
 // (a process that has counted a few requests), each such hit costs 5 to 25 us in V8, a hundred times a
 // lookup, and a request repeating one short piece ("a's") held the loop 40 ms within its work budget
-// (issue 19, item 8). Off: the counter remembers pieces itself (tokenCounter), and a piece new to the
+// (no request may hold the loop past 20 ms). Off: the counter remembers pieces itself (tokenCounter), and a piece new to the
 // request is charged its merge.
 const MERGE_CACHE_SIZE = 0
 
@@ -97,7 +97,7 @@ const MAX_PIECE_BYTES = 192
 // request's own map: it costs PIECE_WORK, what splitting and looking it up take, whatever happened in
 // the process before. Each call of the counter costs CALL_WORK (20,000 short messages cost their calls,
 // not their bytes), and walking a message MESSAGE_WORK (messageTokens charges it).
-// Calibrated on this machine (issue 19 review rb) by the costliest shape of each unit: a piece met
+// Calibrated on this machine (in a review of the work budget) by the costliest shape of each unit: a piece met
 // before costs its split and lookup (prose: 0.2 us), and a run of combining marks (one piece of 51
 // characters, 101 bytes) 3.9 us: PIECE_WORK, and SEEN_EXTRA_BYTE_WORK a byte past a character's first,
 // bound both.

@@ -110,7 +110,7 @@ function isoDate (text: string): string | null {
 
 /**
  * Reads a cost CSV into buckets (source csv); throws CostCsvInvalidError for the first line that is wrong.
- * A file of 10,000 lines takes some 100 ms to read: it is read in slices, giving the loop a turn between them.
+ * It is read in slices, giving the loop a turn between them (bench/cost-import-stall.ts measures the longest stretch).
  */
 export async function readCostCsv (text: string, slices: Slices = newSlices()): Promise<CostBucket[]> {
   const limit: FieldLimit = { fields: CSV_COLUMNS.length }
