@@ -4,6 +4,7 @@ import t from 'tap'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
+import { versionBefore } from './fixtures/version-before.js'
 import { costFromUsage, createPriceBook, DEFAULT_PRICES, estimateChatCost } from '../lib/index.js'
 import { toUnits } from '../lib/kernel/money.js'
 
@@ -43,8 +44,7 @@ t.test('a budget\'s cap lowered on one instance binds another instance\'s hot le
 
 t.test('upgrade path: an instance of the version before keeps serving while this version migrates; restarted afterwards, it is refused with a MigrationError and changes nothing', async (t) => {
   const { default: Fastify } = await import('fastify')
-  const { default: oldBudgets } = await import('/work/main/lib/index.ts' as string)
-  const { chatCompletions: oldChat } = await import('/work/main/examples/chat-completions.ts' as string)
+  const { budgets: oldBudgets, chatCompletions: oldChat } = await versionBefore()
   const { default: newBudgets } = await import('../lib/index.js')
   const { createTestSql } = await import('./fixtures/database.js')
   const { sql, url } = await createTestSql(t)
@@ -173,8 +173,7 @@ t.test('the example gateway process: a GATEWAY_KEYS cap binds, a header lowers i
 
 t.test('an instance of the version before, holding call by call, serves every call while this version\'s migration drops and recreates budget_hold_batch and budget_line', async (t) => {
   const { default: Fastify } = await import('fastify')
-  const { default: oldBudgets } = await import('/work/main/lib/index.ts' as string)
-  const { chatCompletions: oldChat } = await import('/work/main/examples/chat-completions.ts' as string)
+  const { budgets: oldBudgets, chatCompletions: oldChat } = await versionBefore()
   const { default: newBudgets } = await import('../lib/index.js')
   const { createTestSql } = await import('./fixtures/database.js')
   const { url } = await createTestSql(t)
