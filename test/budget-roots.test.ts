@@ -162,7 +162,7 @@ t.test('the migration fills root_id in place on a database with trees, archived 
   const deep = [parent]
   for (let level = 1; level < 16; level++) deep.push(parent = await insert(`deep-${level}`, parent))
 
-  t.same((await migrate(sql)).versions, [4], 'the roots migration runs')
+  t.same((await migrate(sql)).versions.filter((version) => version <= 4), [4], 'the roots migration runs (and the later ones after it)')
   const roots = new Map((await sql`select id, root_id from budget_definitions`).map((row) => [row.id as string, row.root_id as string]))
   t.same([team, user, gone, org].map((id) => roots.get(id)), [org, org, org, org], 'a tree, an archived budget in it')
   t.equal(roots.get(lone), lone, 'a lone root')

@@ -33,7 +33,8 @@ t.test('a minimal budget gets every default, in canonical form', async (t) => {
     alerts: [],
     enforcement: 'hard',
     digest: null,
-    nearLimit: null
+    nearLimit: null,
+    maxCallCost: null
   })
 })
 
