@@ -11,12 +11,12 @@
 // Run: DATABASE_URL=postgres://... npx tsx bench/cost-import-stall.ts
 import Fastify from 'fastify'
 import postgres from 'postgres'
-import { performance } from 'node:perf_hooks'
 import { loadavg } from 'node:os'
 import budgets from '../lib/index.js'
 import { COST_CSV_BODY_LIMIT } from '../lib/http/admin/provider-costs.js'
 import { MAX_CSV_ROWS } from '../lib/provider-costs/csv-costs.js'
 import { benchDatabase, median } from './harness.js'
+import { probed } from './loop-probe.js'
 
 const TARGET_MS = 20
 const RUNS = 5
@@ -38,40 +38,6 @@ const BODIES: Array<{ name: string, status: number, make: (run: number) => strin
   { name: `a valid file of ${MAX_CSV_ROWS.toLocaleString('en-US')} lines`, status: 200, make: validFile }
 ]
 
-const cpuNow = (): number => { const used = process.cpuUsage(); return (used.user + used.system) / 1000 }
-
-/** One request under the probe: its longest stretch between two turns of the loop (wall and CPU ms), its CPU, the turns. */
-async function probed (work: () => Promise<unknown>): Promise<{ wall: number, cpu: number, total: number, turns: number }> {
-  let running = true
-  let turns = 0
-  let lastCpu = cpuNow()
-  let lastWall = performance.now()
-  let cpu = 0
-  let wall = 0
-  const mark = () => {
-    const nowCpu = cpuNow()
-    const nowWall = performance.now()
-    cpu = Math.max(cpu, nowCpu - lastCpu)
-    wall = Math.max(wall, nowWall - lastWall)
-    lastCpu = nowCpu
-    lastWall = nowWall
-  }
-  const probe = () => {
-    if (!running) return
-    mark()
-    turns++
-    setImmediate(probe)
-  }
-  const startCpu = lastCpu
-  setImmediate(probe)
-  try {
-    await work()
-  } finally {
-    mark()
-    running = false
-  }
-  return { wall, cpu, total: cpuNow() - startCpu, turns }
-}
 
 const database = await benchDatabase()
 const sql = postgres(database.url, { max: 10, onnotice: () => {} })

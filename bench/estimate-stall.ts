@@ -18,7 +18,7 @@ import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
 import { forgetCountedPieces, preloadTokenizers } from '../lib/pricing/tokens.js'
 import { toUnits } from '../lib/kernel/money.js'
 import { parseJsonInSlices } from '../lib/kernel/json-parse.js'
-import { performance } from 'node:perf_hooks'
+import { cpuNow, probed } from './loop-probe.js'
 import type { FastifyRequest } from 'fastify'
 
 const BODY_LIMIT = 1_048_576
@@ -75,44 +75,7 @@ const BODIES: Array<[string, (model: string) => Record<string, unknown>]> = [
 
 interface Stall { stretchCpu: number, stretchWall: number, worstCpu: number, worstWall: number, totalCpu: number, turns: number }
 const RUNS = 5
-const cpuNow = (): number => { const used = process.cpuUsage(); return (used.user + used.system) / 1000 }
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
-
-/**
- * One run of `work` under the probe: the longest stretch between two turns of the loop, in CPU ms and
- * in wall ms, the whole run's CPU ms, and the turns the loop got.
- */
-async function probed (work: () => Promise<unknown>): Promise<{ cpu: number, wall: number, total: number, turns: number }> {
-  let running = true
-  let turns = 0
-  let lastCpu = cpuNow()
-  let lastWall = performance.now()
-  let cpu = 0
-  let wall = 0
-  const mark = () => {
-    const nowCpu = cpuNow()
-    const nowWall = performance.now()
-    cpu = Math.max(cpu, nowCpu - lastCpu)
-    wall = Math.max(wall, nowWall - lastWall)
-    lastCpu = nowCpu
-    lastWall = nowWall
-  }
-  const probe = () => {
-    if (!running) return
-    mark()
-    turns++
-    setImmediate(probe)
-  }
-  const startCpu = lastCpu
-  setImmediate(probe)
-  try {
-    await work()
-  } finally {
-    mark()
-    running = false
-  }
-  return { cpu, wall, total: cpuNow() - startCpu, turns }
-}
 
 /**
  * RUNS runs of `work`, each with no piece counted in the process before (the tokenizer remembers pieces
