@@ -13,6 +13,17 @@ const prices = createPriceBook(DEFAULT_PRICES)
 const body = (max: number) => ({ model: 'gpt-4o', messages: [{ role: 'user', content: 'Write a long story' }], max_tokens: max })
 const cost = async (max: number): Promise<bigint> => toUnits((await estimateChatCost(body(max), prices)).amount)
 
+/** A gateway of one version (this one's plugin, or the version before's) on the database at `url`, closed after the test. */
+async function startVersion (t: { teardown: (fn: () => unknown) => void }, url: string, plugin: any, chatRoutes: any) {
+  const { default: Fastify } = await import('fastify')
+  const app = Fastify()
+  await app.register(plugin, { database: url, adminToken: ADMIN_TOKEN, gate: { routes: ['/v1/chat/completions'], sweepIntervalMs: 0 }, notifications: { intervalMs: 0 } })
+  await app.register(chatRoutes, { mockTokenDelayMs: 0 })
+  await app.ready()
+  t.teardown(async () => await app.close())
+  return app
+}
+
 t.test('a budget\'s cap lowered on one instance binds another instance\'s hot leased line as soon as the PUT answers', async (t) => {
   const a = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const b = await buildGateway(t, { gate: { sweepIntervalMs: 0 }, gatewayDatabase: async () => a.url })
@@ -43,19 +54,11 @@ t.test('a budget\'s cap lowered on one instance binds another instance\'s hot le
 })
 
 t.test('upgrade path: an instance of the version before keeps serving while this version migrates; restarted afterwards, it is refused with a MigrationError and changes nothing', async (t) => {
-  const { default: Fastify } = await import('fastify')
   const { budgets: oldBudgets, chatCompletions: oldChat } = await versionBefore()
   const { default: newBudgets } = await import('../lib/index.js')
   const { createTestSql } = await import('./fixtures/database.js')
   const { sql, url } = await createTestSql(t)
-  const start = async (plugin: any, chatRoutes: any) => {
-    const app = Fastify()
-    await app.register(plugin, { database: url, adminToken: ADMIN_TOKEN, gate: { routes: ['/v1/chat/completions'], sweepIntervalMs: 0 }, notifications: { intervalMs: 0 } })
-    await app.register(chatRoutes, { mockTokenDelayMs: 0 })
-    await app.ready()
-    t.teardown(async () => await app.close())
-    return app
-  }
+  const start = async (plugin: any, chatRoutes: any) => await startVersion(t, url, plugin, chatRoutes)
   const old = await start(oldBudgets, oldChat)
   const created = await old.inject({ method: 'POST', url: PREFIX, headers: AUTH, body: { name: 'b', scopeType: 'team', scopeId: 'team-a', amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01', enforcement: 'soft' } })
   t.equal(created.statusCode, 201)
@@ -172,19 +175,11 @@ t.test('the example gateway process: a GATEWAY_KEYS cap binds, a header lowers i
 })
 
 t.test('an instance of the version before, holding call by call, serves every call while this version\'s migration drops and recreates budget_hold_batch and budget_line', async (t) => {
-  const { default: Fastify } = await import('fastify')
   const { budgets: oldBudgets, chatCompletions: oldChat } = await versionBefore()
   const { default: newBudgets } = await import('../lib/index.js')
   const { createTestSql } = await import('./fixtures/database.js')
   const { url } = await createTestSql(t)
-  const start = async (plugin: any, chatRoutes: any) => {
-    const app = Fastify()
-    await app.register(plugin, { database: url, adminToken: ADMIN_TOKEN, gate: { routes: ['/v1/chat/completions'], sweepIntervalMs: 0 }, notifications: { intervalMs: 0 } })
-    await app.register(chatRoutes, { mockTokenDelayMs: 0 })
-    await app.ready()
-    t.teardown(async () => await app.close())
-    return app
-  }
+  const start = async (plugin: any, chatRoutes: any) => await startVersion(t, url, plugin, chatRoutes)
   const old = await start(oldBudgets, oldChat)
   await old.inject({ method: 'PUT', url: `${PREFIX}/exchange-rates/USD/EUR`, headers: AUTH, body: { rate: '0.9' } })
   // EUR: never leased, every call is a hold (budget_hold_batch); many callers: many line loads (budget_line)
