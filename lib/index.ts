@@ -19,6 +19,7 @@ import { createBudgetMetrics, type BudgetMetrics } from './metrics/metrics.js'
 import { createBudgetAudit } from './audit/audit.js'
 import { createSpendReports } from './reports/reports.js'
 import { createProviderCosts } from './provider-costs/index.js'
+import { createReconciliation } from './reconciliation/index.js'
 import { registerGate } from './http/gate/gate-hooks.js'
 import type { BudgetGateState } from './http/gate/gate-options.js'
 import { adminGuard, adminRoutes } from './http/admin/admin.js'
@@ -52,7 +53,7 @@ declare module 'fastify' {
 }
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
-  const { database: databaseOption, prefix, migrate, authorize, statusCacheTtlMs, gate: gateOptions, notifications, metrics: metricsOptions, dashboard, adminTimeoutMs, decisions: decisionOptions, prices: priceBook, providerCosts: providerCostOptions } = resolveOptions(options)
+  const { database: databaseOption, prefix, migrate, authorize, statusCacheTtlMs, gate: gateOptions, notifications, metrics: metricsOptions, dashboard, adminTimeoutMs, decisions: decisionOptions, prices: priceBook, providerCosts: providerCostOptions, reconciliation: reconciliationOptions } = resolveOptions(options)
   const { currency, reservationTtlMs, timeoutMs, cheapModels, downgrades } = gateOptions ?? GATE_DEFAULTS
   const log = fastify.log
   const now = () => new Date()
@@ -81,8 +82,11 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     const currencies = createCurrencies(sql, adminTimeoutMs, log, now)
     const reports = partOf(createSpendReports(repositories.reports, now, repositories.budgets.listTimeZones))
     const audit = partOf(createBudgetAudit(repositories.audit))
-    // The providers' own cost reports, collected on the operator's schedule; a corrected bucket is audited.
-    const providerCosts = createProviderCosts(sql, providerCostOptions, adminTimeoutMs, log, now)
+    // The provider's bill beside the gate's spend: mappings, the report, drift alerts, true-ups.
+    const reconciliation = createReconciliation(sql, reconciliationOptions, adminTimeoutMs, log, now)
+    // The providers' own cost reports, collected on the operator's schedule; a corrected bucket is audited, and
+    // each collection is followed by the drift check.
+    const providerCosts = createProviderCosts(sql, providerCostOptions, adminTimeoutMs, log, now, reconciliation.api.afterCollection)
 
     fastify.decorate('budgetRegistry', registry.api)
     fastify.decorate('budgetTracker', gate.api.tracker)
@@ -98,14 +102,14 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 
     // The gate's hooks on the host's model routes; they drain the calls in flight first when the server closes.
     const gateHooks = gateOptions === null ? partOf(null) : registerGate(fastify, gateOptions, gate.api.integration, prices, metrics.api, decisionOptions.enabled ? decisions.api : null)
-    const lifecycle = lifecycleOf([database, pricing, registry, usage, gate, metrics, alerts, decisions, currencies, reports, audit, providerCosts, gateHooks], log)
+    const lifecycle = lifecycleOf([database, pricing, registry, usage, gate, metrics, alerts, decisions, currencies, reports, audit, reconciliation, providerCosts, gateHooks], log)
     fastify.addHook('onReady', async () => { lifecycle.start() })
     fastify.addHook('onClose', async () => { await lifecycle.stop() })
 
     await fastify.register(adminRoutes, {
       prefix, authorize, registry: registry.api, tracker: gate.api.tracker, collector: usage.api.collector, recordUsage: usage.api.recordUsage,
       alerts: alerts.api.alerts, channels: alerts.api.channels, metrics: metrics.api, audit: audit.api, reports: reports.api, rates: currencies.api,
-      decisions: decisions.api, providerCosts: providerCosts.api, timeoutMs: adminTimeoutMs
+      decisions: decisions.api, providerCosts: providerCosts.api, reconciliation: reconciliation.api, timeoutMs: adminTimeoutMs
     })
     // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
     if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })

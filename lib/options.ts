@@ -11,6 +11,7 @@ import { parseEmailChannel, type NotificationOptions } from './alerts/notificati
 import { checkPriceTable, createPriceBook, DEFAULT_CHEAP_MODELS, DEFAULT_DOWNGRADES, type PriceBook } from './pricing/pricing.js'
 import type { Authorize } from './http/admin/admin.js'
 import type { CostCollectorOptions, ProviderCostsOptions } from './provider-costs/index.js'
+import { RECONCILIATION_DEFAULTS, type ReconciliationOptions } from './reconciliation/index.js'
 
 export interface BudgetsOptions {
   /** A postgres.js instance (left open on close) or a connection string (the plugin opens and closes its own client). */
@@ -39,6 +40,8 @@ export interface BudgetsOptions {
   decisions?: Partial<DecisionLogOptions>
   /** The providers' own cost reports, collected on a schedule (docs/provider-costs.md): an admin key per provider. None by default. */
   providerCosts?: ProviderCostsOptions
+  /** Reconciliation with the provider's bill (docs/provider-costs.md#reconciliation): `tolerance`, the fraction of the recorded spend past which a day's difference is a drift (default 0.05). */
+  reconciliation?: { tolerance?: string | number }
 }
 
 export interface ResolvedOptions {
@@ -56,6 +59,7 @@ export interface ResolvedOptions {
   adminTimeoutMs: number
   decisions: DecisionLogOptions
   providerCosts: ProviderCostsOptions
+  reconciliation: ReconciliationOptions
 }
 
 /** The longest delay setTimeout keeps (2^31 - 1 ms, about 24.8 days); a longer one fires at once. */
@@ -85,7 +89,7 @@ export const GATE_DEFAULTS: GateOptions = {
 const DEFAULTS = { prefix: '/api/v1/budgets', migrate: true, statusCacheTtlMs: 5 * 60_000, dashboard: true, adminTimeoutMs: 10_000 }
 
 export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
-  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications, metrics, dashboard, adminTimeoutMs, decisions, providerCosts } = { ...DEFAULTS, ...options }
+  const { database, prefix, migrate, adminToken, authorize, statusCacheTtlMs, gate, notifications, metrics, dashboard, adminTimeoutMs, decisions, providerCosts, reconciliation } = { ...DEFAULTS, ...options }
   if (typeof database !== 'string' && typeof database !== 'function') {
     throw new OptionsError('database must be a postgres.js instance or a connection string')
   }
@@ -116,8 +120,21 @@ export function resolveOptions (options: BudgetsOptions): ResolvedOptions {
     metrics: resolveMetricsOptions(metrics ?? {}),
     dashboard,
     decisions: resolveDecisionLogOptions(decisions ?? {}),
-    providerCosts: resolveProviderCostsOptions(providerCosts ?? {})
+    providerCosts: resolveProviderCostsOptions(providerCosts ?? {}),
+    reconciliation: resolveReconciliationOptions(reconciliation ?? {})
   }
+}
+
+/** The tolerance as an exact decimal string from 0 to 1 (a number is read by its shortest text, 0.05 as '0.05'). */
+function resolveReconciliationOptions (options: { tolerance?: string | number }): ReconciliationOptions {
+  if (typeof options !== 'object' || options === null) throw new OptionsError('reconciliation must be an object such as { tolerance: 0.05 }')
+  for (const key of Object.keys(options)) if (key !== 'tolerance') throw new OptionsError(`reconciliation.${key} is not an option (tolerance)`)
+  const tolerance = options.tolerance === undefined ? RECONCILIATION_DEFAULTS.tolerance : String(options.tolerance)
+  if ((typeof options.tolerance !== 'undefined' && typeof options.tolerance !== 'string' && typeof options.tolerance !== 'number') ||
+      !/^(0(\.\d{1,12})?|1(\.0{1,12})?)$/.test(tolerance)) {
+    throw new OptionsError('reconciliation.tolerance must be a decimal from 0 to 1 with at most 12 places, such as 0.05')
+  }
+  return { tolerance }
 }
 
 function resolveProviderCostsOptions (options: ProviderCostsOptions): ProviderCostsOptions {

@@ -2,7 +2,8 @@ import type { Db } from '../kernel/database/db.js'
 // SQL for the audit log: entries written with the change they record (hand it the change's
 // transaction), and read newest first, a page at a time (keyset on the entry's id).
 
-export type AuditAction = 'create' | 'update' | 'delete' | 'approve' | 'acknowledge' | 'refresh-cache' | 'set-exchange-rate' | 'test-channel' | 'correct-provider-cost'
+export type AuditAction = 'create' | 'update' | 'delete' | 'approve' | 'acknowledge' | 'refresh-cache' | 'set-exchange-rate' | 'test-channel' | 'correct-provider-cost' |
+  'create-cost-mapping' | 'update-cost-mapping' | 'delete-cost-mapping' | 'true-up'
 
 /** Who made a change and in which request: authorize's name, and Fastify's request id (null from the library). */
 export interface AuditContext {

@@ -141,3 +141,11 @@ export class CostCsvInvalidError extends createError('BUDGET_ERR_COST_CSV_INVALI
  * a message that says what to do (a file of parts, each imported on its own).
  */
 export const CostCsvTooLargeError = createError('FST_ERR_CTP_BODY_TOO_LARGE', 'The cost CSV is larger than %s: split the file into parts of at most %s; each part is imported on its own, and importing a part again changes nothing', 413)
+
+// Reconciliation with the provider's bill
+export const CostMappingNotFoundError = createError('BUDGET_ERR_COST_MAPPING_NOT_FOUND', "Cost mapping '%s' not found", 404)
+/** A dimension mapped already, or a budget mapped to another provider (one provider per budget). */
+export const CostMappingConflictError = createError('BUDGET_ERR_COST_MAPPING_CONFLICT', '%s', 409)
+/** A true-up on a budget whose mapping does not allow it, or whose model or tag filters the invoice cannot follow. */
+export const TrueUpRefusedError = createError('BUDGET_ERR_TRUE_UP_REFUSED', '%s', 409)
+export const CostReportMissingError = createError('BUDGET_ERR_COST_REPORT_MISSING', "No %s cost report for %s is stored", 404)

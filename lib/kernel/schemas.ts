@@ -512,7 +512,8 @@ export type ActiveAlert = Static<typeof ActiveAlert>
 export const AuditEntry = Type.Object({
   id: Type.String({ description: 'Increases with each entry.' }),
   budgetId: Nullable(Type.String({ format: 'uuid', description: 'Null for an exchange rate set (set-exchange-rate): before is the rate it replaced at the same instant, or null; after is the rate set. Null for a channel tested (test-channel): after is the channel and the outcome. Null for a provider\'s cost bucket corrected (correct-provider-cost): before and after are the bucket with its old and new amount.' })),
-  action: StringEnum(['create', 'update', 'delete', 'approve', 'acknowledge', 'refresh-cache', 'set-exchange-rate', 'test-channel', 'correct-provider-cost'] as const),
+  action: StringEnum(['create', 'update', 'delete', 'approve', 'acknowledge', 'refresh-cache', 'set-exchange-rate', 'test-channel', 'correct-provider-cost',
+    'create-cost-mapping', 'update-cost-mapping', 'delete-cost-mapping', 'true-up'] as const),
   changes: Type.Array(Type.String(), { description: 'For an update, the fields it changed (currency, parentId, amount, ...).' }),
   before: Type.Unknown({ description: 'The budget (or numbers) before the change; null for a create.' }),
   after: Type.Unknown({ description: 'The budget (or the approval, acknowledgement or refreshed numbers) after it; null for a delete.' }),
@@ -721,4 +722,61 @@ export const ProviderCostCollectResult = Type.Object({
     error: Type.Optional(Type.String()),
     ...StoreCounts
   }), { description: 'One per configured collector; empty when none is configured.' })
+})
+
+// Reconciliation with the provider's bill (lib/reconciliation/)
+const MAPPING_KINDS = ['project', 'workspace', 'account'] as const
+const ProviderName = Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$', description: 'The provider as the cost reports name it: openai, anthropic, or a CSV\'s provider.' })
+const mappingFields = {
+  provider: ProviderName,
+  kind: StringEnum(MAPPING_KINDS, { description: 'project: an OpenAI project id (or a CSV\'s project); workspace: an Anthropic workspace id (\'\' for the default workspace); account: every bucket of an account.' }),
+  value: Type.String({ maxLength: 256, description: 'The project id, workspace id or account.' }),
+  budgetId: Type.String({ format: 'uuid', description: 'The budget the provider\'s amounts are compared with; a budget is mapped to one provider.' }),
+  trueUp: Type.Boolean({ description: 'Whether POST /reconciliation/true-up may write the difference into the budget. Default false.' })
+}
+export const CostMappingBody = Type.Object({ ...mappingFields, trueUp: Type.Optional(mappingFields.trueUp) }, { additionalProperties: false })
+export const CostMappingUpdate = Type.Object({
+  value: Type.Optional(mappingFields.value),
+  budgetId: Type.Optional(mappingFields.budgetId),
+  trueUp: Type.Optional(mappingFields.trueUp)
+}, { additionalProperties: false, minProperties: 1 })
+export const CostMapping = Type.Object({ id: Type.String({ pattern: '^[1-9]\\d{0,18}$' }), ...mappingFields, createdAt: Timestamp, updatedAt: Timestamp })
+export const CostMappingList = Type.Object({ mappings: Type.Array(CostMapping) })
+export const CostMappingParams = Type.Object({ id: Type.String({ pattern: '^[1-9]\\d{0,18}$', maxLength: 19 }) }, { additionalProperties: false })
+export const ReconciliationQuery = Type.Object({
+  from: Type.String({ maxLength: 10, description: 'The first UTC day, YYYY-MM-DD (inclusive).' }),
+  to: Type.String({ maxLength: 10, description: 'The last UTC day, YYYY-MM-DD (inclusive); at most 366 days after from.' }),
+  provider: Type.Optional(Type.String({ maxLength: 64 })),
+  budgetId: Type.Optional(Type.String({ format: 'uuid' })),
+  format: Type.Optional(StringEnum(['json', 'csv'] as const, { description: 'csv: the same lines as text/csv (as Accept: text/csv does).' }))
+}, { additionalProperties: false })
+export const ReconciliationLine = Type.Object({
+  day: Day,
+  provider: Type.String(),
+  budgetId: Uuid,
+  budgetName: Type.String(),
+  currency: CurrencyCode,
+  trueUp: Type.Boolean(),
+  providerAmount: Nullable(Type.String({ description: 'The provider\'s amount in the budget\'s currency (rate at noon UTC of the day); null when a rate is missing (missingRate).' })),
+  recordedAmount: Money,
+  correction: Nullable(Type.String({ description: 'What a true-up wrote for the day; null: none.' })),
+  difference: Nullable(Type.String({ description: 'providerAmount - recordedAmount.' })),
+  ratio: Nullable(Type.String({ description: 'difference / recordedAmount, 6 decimal places; null when nothing was recorded.' })),
+  drift: Type.Boolean({ description: 'Whether the difference is past the tolerance (reconciliation.tolerance).' }),
+  missingRate: Nullable(Type.String({ description: 'The currency without a rate into the budget\'s at noon of the day.' }))
+})
+export const ReconciliationReport = Type.Object({ tolerance: Type.String(), lines: Type.Array(ReconciliationLine) })
+export const TrueUpBody = Type.Object({
+  provider: ProviderName,
+  day: Type.String({ maxLength: 10, description: 'A UTC day before today, YYYY-MM-DD.' }),
+  budgetId: Type.String({ format: 'uuid' })
+}, { additionalProperties: false })
+export const TrueUpResult = Type.Object({
+  status: StringEnum(['created', 'adjusted', 'unchanged'] as const),
+  usageId: Nullable(Uuid),
+  amount: Type.String({ description: 'The correction now, in the budget\'s currency.' }),
+  previous: Nullable(Type.String({ description: 'The correction before (adjusted, unchanged).' }))
+})
+export const DriftEvaluation = Type.Object({
+  drifts: Type.Array(Type.Object({ id: Uuid, provider: Type.String(), day: Day, budgetId: Uuid }), { description: 'The drifts alerted now; one alerted before is not again.' })
 })

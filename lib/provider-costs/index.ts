@@ -43,7 +43,9 @@ export interface ProviderCostsOptions {
 // more finely, and bounds the requests of one that never stops saying has_more.
 export const COLLECTOR_DEFAULTS = { intervalMs: 6 * 3_600_000, lookbackDays: 3, maxCatchUpDays: 90, maxPagesPerRun: 100 }
 
-export function createProviderCosts (sql: Sql, options: ProviderCostsOptions, adminTimeoutMs: number, log: Logger, now: () => Date): Part<ProviderCosts> {
+/** afterCollection: run after each collector's run (the drift check of lib/reconciliation/, handed in by the plugin's root). */
+export function createProviderCosts (sql: Sql, options: ProviderCostsOptions, adminTimeoutMs: number, log: Logger, now: () => Date,
+  afterCollection: () => Promise<void> = async () => {}): Part<ProviderCosts> {
   const repository = createProviderCostRepository(sql)
   const inBoundedTransaction = boundedTransaction(sql, adminTimeoutMs, log)
   const fetchPolicy: FetchPolicy = { ...FETCH_DEFAULTS, ...options.retry }
@@ -54,7 +56,11 @@ export function createProviderCosts (sql: Sql, options: ProviderCostsOptions, ad
     const schedule: CollectorSchedule = { ...COLLECTOR_DEFAULTS, lookbackDays: collector.lookbackDays ?? COLLECTOR_DEFAULTS.lookbackDays }
     return {
       intervalMs: collector.intervalMs ?? COLLECTOR_DEFAULTS.intervalMs,
-      run: async (signal: AbortSignal) => await collectOnce(client, repository, { schedule, fetch: fetchPolicy, now, signal, log })
+      run: async (signal: AbortSignal) => {
+        const outcome = await collectOnce(client, repository, { schedule, fetch: fetchPolicy, now, signal, log })
+        await afterCollection()
+        return outcome
+      }
     }
   }), log)
   const service = createProviderCostService(repository,

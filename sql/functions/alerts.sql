@@ -97,8 +97,11 @@ create constraint trigger budget_gate_action_crossed after insert on budget_aler
 deferrable initially deferred for each row execute function budget_gate_action_crossed();
 
 -- Whenever a window's spend grows: the rule above. The window row is locked by the statement that grew it.
+-- A true-up's correction (reconciliation.sql) counts in its own day's window, which may have ended: an
+-- ended window's alerts stay as they were then, rather than fire now, out of order.
 create or replace function budget_status_after_update() returns trigger language plpgsql as $$
 begin
+  if new.period_end <= now() and current_setting('relaycore_budgets.correcting', true) = 'on' then return null; end if;
   perform budget_record_crossings(new.budget_id, new.period_start, new.period_end, new.current_amount);
   return null;
 end $$;

@@ -26,6 +26,8 @@ import { usageRoutes, type RecordUsage } from './usage.js'
 import { providerCostRoutes } from './provider-costs.js'
 import type { ProviderCosts } from '../../provider-costs/index.js'
 import { compileValidator } from '../validator.js'
+import { reconciliationRoutes } from './reconciliation.js'
+import type { Reconciliation } from '../../reconciliation/index.js'
 
 /**
  * Decides whether a request may use the admin API. Return `true` to allow, or a non-empty string
@@ -54,6 +56,8 @@ export interface AdminRoutesOptions {
   decisions?: DecisionLog
   /** The providers' cost reports: POST /provider-costs/import, GET /provider-costs, POST /provider-costs/collect. */
   providerCosts: ProviderCosts
+  /** Reconciliation with the provider's bill: the mappings, GET /reconciliation, POST /reconciliation/evaluate and /true-up. */
+  reconciliation: Reconciliation
 }
 
 /**
@@ -71,7 +75,7 @@ export function adminGuard (authorize: Authorize) {
   }
 }
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs, decisions, providerCosts }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs, decisions, providerCosts, reconciliation }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
   // A database that neither answers nor refuses (connections that never open in an outage) must not
@@ -103,5 +107,6 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   await app.register(exchangeRateRoutes, { rates })
   await app.register(channelRoutes, { channels })
   await app.register(providerCostRoutes, { costs: providerCosts })
+  await app.register(reconciliationRoutes, { reconciliation })
   if (decisions !== undefined) await app.register(decisionRoutes, { decisions })
 }

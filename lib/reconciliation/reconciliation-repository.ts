@@ -1,0 +1,146 @@
+// SQL for reconciliation (sql/migrations/007_reconciliation.sql, sql/functions/reconciliation.sql): the
+// mappings, with their audit entries in the same statement; the report, the drift check and the true-up are
+// the functions', read here.
+import type { AuditContext } from '../audit/index.js'
+import type { Db } from '../kernel/database/db.js'
+
+export type MappingKind = 'project' | 'workspace' | 'account'
+
+export interface CostMapping {
+  id: string
+  provider: string
+  kind: MappingKind
+  value: string
+  budgetId: string
+  trueUp: boolean
+  createdAt: string
+  updatedAt: string
+}
+
+export interface ReportLine {
+  day: string
+  provider: string
+  budgetId: string
+  budgetName: string
+  currency: string
+  trueUp: boolean
+  filtered: boolean
+  providerAmount: string | null
+  recordedAmount: string
+  correction: string | null
+  difference: string | null
+  ratio: string | null
+  missingRate: string | null
+}
+
+export interface TrueUpOutcome {
+  status: 'created' | 'adjusted' | 'unchanged' | 'no-report'
+  usageId: string | null
+  amount: string | null
+  previous: string | null
+}
+
+interface MappingRow extends Omit<CostMapping, 'createdAt' | 'updatedAt'> { createdAt: Date, updatedAt: Date }
+const toMapping = (row: MappingRow): CostMapping => ({ ...row, createdAt: row.createdAt.toISOString(), updatedAt: row.updatedAt.toISOString() })
+const json = (value: unknown) => JSON.stringify(value)
+
+export function createReconciliationRepository (sql: Db) {
+  const columns = sql`id::text as id, provider, kind, value, budget_id as "budgetId", true_up as "trueUp", created_at as "createdAt", updated_at as "updatedAt"`
+  const audited = (mapping: MappingRow) => ({ id: mapping.id, provider: mapping.provider, kind: mapping.kind, value: mapping.value, budgetId: mapping.budgetId, trueUp: mapping.trueUp })
+
+  return {
+    async listMappings (): Promise<CostMapping[]> {
+      return (await sql<MappingRow[]>`select ${columns} from budget_recon_mappings order by provider, kind, value, id`).map(toMapping)
+    },
+
+    async findMapping (id: string, lock = false): Promise<CostMapping | null> {
+      const [row] = await sql<MappingRow[]>`select ${columns} from budget_recon_mappings where id = ${id}::bigint ${lock ? sql`for update` : sql``}`
+      return row === undefined ? null : toMapping(row)
+    },
+
+    /** Serializes mapping changes, so that "one provider per budget" and "a dimension once" hold across concurrent writers. */
+    async lockMappings (): Promise<void> {
+      await sql`select pg_advisory_xact_lock(hashtextextended('relaycore-budgets:cost-mappings', 0))`
+    },
+
+    /** The providers other than `provider` the budget is mapped to (by mappings other than `except`). */
+    async otherProviders (budgetId: string, provider: string, except: string | null): Promise<string[]> {
+      const rows = await sql<Array<{ provider: string }>>`
+        select distinct provider from budget_recon_mappings
+        where budget_id = ${budgetId} and provider <> ${provider} ${except === null ? sql`` : sql`and id <> ${except}::bigint`} order by provider`
+      return rows.map((row) => row.provider)
+    },
+
+    async dimensionTaken (provider: string, kind: MappingKind, value: string, except: string | null): Promise<boolean> {
+      const [row] = await sql<Array<{ found: boolean }>>`
+        select exists (select 1 from budget_recon_mappings where provider = ${provider} and kind = ${kind} and value = ${value}
+                       ${except === null ? sql`` : sql`and id <> ${except}::bigint`}) as found`
+      return row!.found
+    },
+
+    async insertMapping (mapping: { provider: string, kind: MappingKind, value: string, budgetId: string, trueUp: boolean }, context: AuditContext): Promise<CostMapping> {
+      const [row] = await sql<MappingRow[]>`
+        insert into budget_recon_mappings (provider, kind, value, budget_id, true_up)
+        values (${mapping.provider}, ${mapping.kind}, ${mapping.value}, ${mapping.budgetId}, ${mapping.trueUp})
+        returning ${columns}`
+      await sql`insert into budget_audit_log (budget_id, action, after, actor, request_id)
+                values (${row!.budgetId}, 'create-cost-mapping', ${json(audited(row!))}::text::jsonb, ${context.actor}, ${context.requestId})`
+      return toMapping(row!)
+    },
+
+    async updateMapping (before: CostMapping, changes: { value?: string, budgetId?: string, trueUp?: boolean }, context: AuditContext): Promise<CostMapping> {
+      const [row] = await sql<MappingRow[]>`
+        update budget_recon_mappings set value = ${changes.value ?? before.value}, budget_id = ${changes.budgetId ?? before.budgetId},
+          true_up = ${changes.trueUp ?? before.trueUp}, updated_at = clock_timestamp()
+        where id = ${before.id}::bigint
+        returning ${columns}`
+      const changed = (['value', 'budgetId', 'trueUp'] as const).filter((field) => changes[field] !== undefined && changes[field] !== before[field])
+      await sql`insert into budget_audit_log (budget_id, action, changes, before, after, actor, request_id)
+                values (${row!.budgetId}, 'update-cost-mapping', ${changed}::text[], ${json(audited({ ...before, createdAt: new Date(), updatedAt: new Date() }))}::text::jsonb,
+                        ${json(audited(row!))}::text::jsonb, ${context.actor}, ${context.requestId})`
+      return toMapping(row!)
+    },
+
+    async deleteMapping (before: CostMapping, context: AuditContext): Promise<void> {
+      await sql`delete from budget_recon_mappings where id = ${before.id}::bigint`
+      await sql`insert into budget_audit_log (budget_id, action, before, actor, request_id)
+                values (${before.budgetId}, 'delete-cost-mapping', ${json(audited({ ...before, createdAt: new Date(), updatedAt: new Date() }))}::text::jsonb,
+                        ${context.actor}, ${context.requestId})`
+    },
+
+    async budgetExists (budgetId: string): Promise<boolean> {
+      const [row] = await sql<Array<{ found: boolean }>>`select exists (select 1 from budget_definitions where id = ${budgetId} and deleted_at is null) as found`
+      return row!.found
+    },
+
+    async report (from: string, to: string, provider: string | null, budgetId: string | null): Promise<ReportLine[]> {
+      const rows = await sql<Array<Omit<ReportLine, 'day'> & { day: string }>>`
+        select day::text as day, provider, budget_id as "budgetId", budget_name as "budgetName", currency, true_up as "trueUp", filtered,
+               provider_amount::text as "providerAmount", recorded_amount::text as "recordedAmount", correction::text as correction,
+               difference::text as difference, ratio::text as ratio, missing_rate as "missingRate"
+        from budget_recon_report(${from}::date, ${to}::date, ${provider}, ${budgetId}::uuid)`
+      return rows
+    },
+
+    /** Records the drifts past `tolerance` from `from` to the day before `today`, each once, with their notifications. */
+    async evaluate (tolerance: string, from: string, today: string): Promise<Array<{ id: string, provider: string, day: string, budgetId: string }>> {
+      return await sql<Array<{ id: string, provider: string, day: string, budgetId: string }>>`
+        select drift_id as id, provider, day::text as day, budget_id as "budgetId" from budget_recon_evaluate(${tolerance}::numeric, ${from}::date, ${today}::date)`
+    },
+
+    /** The true-up of one line, and its audit entry when it wrote something. */
+    async trueUp (provider: string, day: string, budgetId: string, context: AuditContext): Promise<TrueUpOutcome> {
+      const [row] = await sql<Array<{ status: TrueUpOutcome['status'], usageId: string | null, amount: string | null, previous: string | null }>>`
+        select status, usage_id as "usageId", amount::text as amount, previous::text as previous from budget_recon_true_up(${provider}, ${day}::date, ${budgetId}::uuid)`
+      if (row!.status === 'created' || row!.status === 'adjusted') {
+        await sql`insert into budget_audit_log (budget_id, action, changes, before, after, actor, request_id)
+                  values (${budgetId}, 'true-up', ${row!.status === 'adjusted' ? ['amount'] : []}::text[],
+                          ${row!.previous === null ? null : json({ provider, day, amount: row!.previous })}::text::jsonb,
+                          ${json({ provider, day, amount: row!.amount, usageId: row!.usageId })}::text::jsonb, ${context.actor}, ${context.requestId})`
+      }
+      return row!
+    }
+  }
+}
+
+export type ReconciliationRepository = ReturnType<typeof createReconciliationRepository>

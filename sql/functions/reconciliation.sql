@@ -1,0 +1,202 @@
+-- Reconciliation with the provider's bill (the tables: sql/migrations/007_reconciliation.sql): the provider's
+-- amount for a mapped budget and UTC day beside the spend the gate recorded for it, the drift alerted once,
+-- and the true-up that writes the difference into the budget as one correction.
+
+-- One line per mapped (provider, budget) and UTC day on which the provider's report has buckets, from p_from
+-- to p_to (inclusive), optionally one provider's or one budget's:
+--   provider_amount  the mapped buckets of that day, in the budget's currency at the rate in force at noon UTC
+--                    of the day (budget_exchange_rate), rounded up to the money scale as every conversion is
+--                    (budget_convert's rule); null when a rate is missing, and missing_rate names the currency;
+--   recorded_amount  what counts toward the budget from usage that occurred that UTC day, corrections left out;
+--   correction       what a true-up wrote for the day (null: none);
+--   difference       provider_amount - recorded_amount: the correction a true-up writes;
+--   ratio            difference / recorded_amount to 6 decimal places, rounded half away from zero (null when
+--                    nothing was recorded).
+-- Which report is trusted: a provider's collector over a CSV for the same provider and day (a CSV is for
+-- providers without one). A bucket that two mappings of one budget both match counts once.
+create or replace function budget_recon_report(p_from date, p_to date, p_provider text, p_budget_id uuid)
+returns table (day date, provider text, budget_id uuid, budget_name text, currency text, true_up boolean, filtered boolean,
+               provider_amount numeric, recorded_amount numeric, correction numeric, difference numeric, ratio numeric, missing_rate text)
+language sql stable as $$
+  with preferred as (
+    select c.provider, c.bucket_date, min(case when c.source = 'csv' then 1 else 0 end) as rank
+    from budget_provider_costs c
+    where c.bucket_date between p_from and p_to and (p_provider is null or c.provider = p_provider)
+    group by c.provider, c.bucket_date
+  ),
+  scopes as (
+    select m.provider, m.budget_id, bool_or(m.true_up) as true_up
+    from budget_recon_mappings m
+    where (p_provider is null or m.provider = p_provider) and (p_budget_id is null or m.budget_id = p_budget_id)
+    group by m.provider, m.budget_id
+  ),
+  billed as (
+    select distinct m.budget_id, c.id, c.provider, c.bucket_date, c.currency, c.amount
+    from budget_recon_mappings m
+    join budget_provider_costs c on c.provider = m.provider and (case m.kind when 'account' then c.account else c.project end) = m.value
+    join preferred p on p.provider = c.provider and p.bucket_date = c.bucket_date and (case when c.source = 'csv' then 1 else 0 end) = p.rank
+    where (p_budget_id is null or m.budget_id = p_budget_id)
+  ),
+  lines as (
+    select p.bucket_date as day, s.provider, s.budget_id, b.name as budget_name, b.currency, s.true_up,
+           (b.filter_models is not null or b.filter_tags is not null) as filtered,
+           (p.bucket_date::timestamp at time zone 'UTC') as day_start,
+           billed.total, billed.missing
+    from scopes s
+    join preferred p on p.provider = s.provider
+    join budget_definitions b on b.id = s.budget_id and b.deleted_at is null
+    cross join lateral (
+      select round(budget_convert_unbounded(coalesce(sum(x.amount * budget_exchange_rate(x.currency, b.currency, (p.bucket_date::timestamp + interval '12 hours') at time zone 'UTC')), 0), 1), 10) as total,
+             min(x.currency) filter (where budget_exchange_rate(x.currency, b.currency, (p.bucket_date::timestamp + interval '12 hours') at time zone 'UTC') is null) as missing
+      from billed x where x.budget_id = s.budget_id and x.provider = s.provider and x.bucket_date = p.bucket_date
+    ) billed
+  )
+  select l.day, l.provider, l.budget_id, l.budget_name, l.currency, l.true_up, l.filtered,
+         case when l.missing is null then l.total end,
+         recorded.amount,
+         corrected.amount,
+         case when l.missing is null then round(l.total - recorded.amount, 10) end,
+         case when l.missing is null and recorded.amount <> 0 then round((l.total - recorded.amount) / recorded.amount, 6) end,
+         l.missing
+  from lines l
+  cross join lateral (
+    select coalesce(sum(a.amount), 0) as amount
+    from budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id
+    where a.budget_id = l.budget_id and a.occurred_at >= l.day_start and a.occurred_at < l.day_start + interval '1 day' and not u.correction
+  ) recorded
+  left join lateral (
+    select c.amount from budget_recon_corrections c where c.provider = l.provider and c.day = l.day and c.budget_id = l.budget_id
+  ) corrected on true
+  order by l.day, l.provider, l.budget_name, l.budget_id
+$$;
+
+-- Whether a line drifts past the tolerance (a fraction: 0.05 is 5%): |difference| > tolerance x recorded,
+-- compared exactly; anything billed on a day the gate recorded nothing drifts.
+create or replace function budget_recon_drifts_past(p_difference numeric, p_recorded numeric, p_tolerance numeric) returns boolean
+language sql immutable parallel safe as $$
+  select p_difference is not null and p_difference <> 0 and (p_recorded = 0 or abs(p_difference) > p_tolerance * p_recorded)
+$$;
+
+-- Records each drift past p_tolerance on the days from p_from to the day before p_today (today's buckets are
+-- not final), once per provider, day and budget, with its notifications for the channels the budget's alerts
+-- name, in the same statement; returns the drifts recorded now (none that was recorded before).
+create or replace function budget_recon_evaluate(p_tolerance numeric, p_from date, p_today date)
+returns table (drift_id uuid, provider text, day date, budget_id uuid)
+language plpgsql as $$
+#variable_conflict use_column
+begin
+  return query
+  with drifting as (
+    select r.* from budget_recon_report(p_from, p_today - 1, null, null) r
+    where budget_recon_drifts_past(r.difference, r.recorded_amount, p_tolerance)
+  ),
+  recorded as (
+    insert into budget_recon_drifts as d (provider, day, budget_id, currency, provider_amount, recorded_amount, difference, ratio, tolerance)
+    select r.provider, r.day, r.budget_id, r.currency, r.provider_amount, r.recorded_amount, r.difference, r.ratio, p_tolerance
+    from drifting r order by r.provider, r.day, r.budget_id
+    on conflict (provider, day, budget_id) do nothing
+    returning d.id, d.provider, d.day, d.budget_id
+  ),
+  queued as (
+    insert into budget_notification_outbox (drift_id, channel)
+    select distinct r.id, channel.name
+    from recorded r
+    join budget_definitions b on b.id = r.budget_id
+    cross join lateral jsonb_array_elements(b.alerts) alert
+    cross join lateral jsonb_array_elements_text(coalesce(alert -> 'notificationChannels', '[]'::jsonb)) as channel(name)
+    on conflict (drift_id, channel) do nothing
+  )
+  select r.id, r.provider, r.day, r.budget_id from recorded r;
+end $$;
+
+-- Writes the invoice's difference for one provider, UTC day and budget as ONE correction usage record at
+-- noon UTC of the day (marked correction, never a hold), or adjusts the one written before in place: the
+-- record's amount, its allocations (at the rates they were converted at) and their windows' spend move by the
+-- change. So a true-up run twice stores once, and a corrected bucket moves the correction. The correction
+-- counts in its own day's window, and may take a hard budget past its limit (it is the invoice). An ended
+-- window's alerts stay as they were: the alert trigger (alerts.sql) skips an ended window while this runs.
+-- Status: 'created', 'adjusted', 'unchanged' (the correction was already the difference, or there is none
+-- to write), or 'no-report' (the provider's report has no buckets that day). Errors: RB001 naming the pair
+-- when a rate is missing; 22003 when the correction would take a window past numeric(28,10).
+create or replace function budget_recon_true_up(p_provider text, p_day date, p_budget_id uuid)
+returns table (status text, usage_id uuid, amount numeric, previous numeric)
+language plpgsql as $$
+#variable_conflict use_column
+declare
+  line record;
+  existing record;
+  budget budget_definitions;
+  at timestamptz := (p_day::timestamp + interval '12 hours') at time zone 'UTC';
+  budgets uuid[];
+  rates numeric[];
+  refused boolean;
+  new_usage uuid;
+begin
+  -- Two true-ups of one line wait for each other: the second sees the first's correction.
+  perform pg_advisory_xact_lock(hashtextextended('relaycore-budgets:true-up:' || p_provider || ':' || p_day::text || ':' || p_budget_id::text, 0));
+  select * into line from budget_recon_report(p_day, p_day, p_provider, p_budget_id) r;
+  if not found then
+    return query select 'no-report'::text, null::uuid, null::numeric, null::numeric;
+    return;
+  end if;
+  if line.missing_rate is not null then
+    raise exception 'no exchange rate from % to % in force at %', line.missing_rate, line.currency, at
+      using errcode = 'RB001', detail = line.missing_rate || '/' || line.currency;
+  end if;
+  select * into budget from budget_definitions b where b.id = p_budget_id;
+  select c.id, c.usage_id, c.amount into existing from budget_recon_corrections c
+  where c.provider = p_provider and c.day = p_day and c.budget_id = p_budget_id for update;
+
+  perform set_config('relaycore_budgets.correcting', 'on', true);
+  if existing.id is null then
+    if line.difference = 0 then
+      perform set_config('relaycore_budgets.correcting', 'off', true);
+      return query select 'unchanged'::text, null::uuid, 0::numeric, null::numeric;
+      return;
+    end if;
+    insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, occurred_at, allocated_by_settlement, correction)
+    values (p_budget_id, line.difference, budget.currency, 'reconciliation', 'true-up to the ' || p_provider || ' bill of ' || p_day::text,
+            jsonb_build_object('provider', p_provider, 'day', p_day::text, 'correction', true), at, true, true)
+    returning id into new_usage;
+    select array_agg(t.budget_id), array_agg(t.exchange_rate) into budgets, rates
+    from budget_usage_targets(p_budget_id, '{}', null, null, budget.currency, at) t;
+    select bool_or(s.charged is null) into refused
+    from budget_record_spend(array_fill(1::bigint, array[cardinality(budgets)]), array_fill(new_usage, array[cardinality(budgets)]), budgets,
+                             array_fill(line.difference, array[cardinality(budgets)]), rates,
+                             array_fill(at, array[cardinality(budgets)]), '{}', '{}', false) s;
+    if refused then
+      raise exception using errcode = 'numeric_value_out_of_range', message = 'numeric field overflow',
+        detail = 'the correction would take an amount counted toward a budget past numeric(28,10)';
+    end if;
+    insert into budget_recon_corrections (provider, day, budget_id, usage_id, amount)
+    values (p_provider, p_day, p_budget_id, new_usage, line.difference);
+    perform set_config('relaycore_budgets.correcting', 'off', true);
+    return query select 'created'::text, new_usage, line.difference, null::numeric;
+    return;
+  end if;
+
+  if existing.amount = line.difference then
+    perform set_config('relaycore_budgets.correcting', 'off', true);
+    return query select 'unchanged'::text, existing.usage_id, existing.amount, existing.amount;
+    return;
+  end if;
+  -- The windows the correction counts in, locked in the lock order (settlements.sql) before any is written.
+  perform 1 from budget_status_cache c
+  join budget_usage_allocations a on a.budget_id = c.budget_id and a.occurred_at >= c.period_start and a.occurred_at < c.period_end
+  where a.usage_id = existing.usage_id
+  order by c.budget_id, c.period_start
+  for update of c;
+  update budget_usage_records u set amount = line.difference where u.id = existing.usage_id;
+  with moved as (
+    update budget_usage_allocations a set amount = budget_convert(line.difference, a.exchange_rate)
+    from budget_usage_allocations old
+    where a.usage_id = existing.usage_id and old.usage_id = a.usage_id and old.budget_id = a.budget_id
+    returning a.budget_id, a.occurred_at, a.amount - old.amount as change
+  )
+  update budget_status_cache c set current_amount = c.current_amount + m.change, updated_at = now()
+  from moved m
+  where c.budget_id = m.budget_id and m.occurred_at >= c.period_start and m.occurred_at < c.period_end;
+  update budget_recon_corrections c set amount = line.difference, updated_at = clock_timestamp() where c.id = existing.id;
+  perform set_config('relaycore_budgets.correcting', 'off', true);
+  return query select 'adjusted'::text, existing.usage_id, line.difference, existing.amount;
+end $$;
