@@ -734,12 +734,14 @@ const mappingFields = {
   budgetId: Type.String({ format: 'uuid', description: 'The budget the provider\'s amounts are compared with; a budget is mapped to one provider.' }),
   trueUp: Type.Boolean({ description: 'Whether POST /reconciliation/true-up may write the difference into the budget. Default false.' })
 }
-export const CostMappingBody = Type.Object({ ...mappingFields, trueUp: Type.Optional(mappingFields.trueUp) }, { additionalProperties: false })
+export const CostMappingBody = Type.Object({ ...mappingFields, trueUp: Type.Optional(mappingFields.trueUp) }, {
+  additionalProperties: false, examples: [{ provider: 'openai', kind: 'project', value: 'proj_abc123', budgetId: '0b6e3f4e-8a62-4d8e-9a39-5d3f0f6f2c11', trueUp: true }]
+})
 export const CostMappingUpdate = Type.Object({
   value: Type.Optional(mappingFields.value),
   budgetId: Type.Optional(mappingFields.budgetId),
   trueUp: Type.Optional(mappingFields.trueUp)
-}, { additionalProperties: false, minProperties: 1 })
+}, { additionalProperties: false, minProperties: 1, examples: [{ trueUp: false }] })
 export const CostMapping = Type.Object({ id: Type.String({ pattern: '^[1-9]\\d{0,18}$' }), ...mappingFields, createdAt: Timestamp, updatedAt: Timestamp })
 export const CostMappingList = Type.Object({ mappings: Type.Array(CostMapping) })
 export const CostMappingParams = Type.Object({ id: Type.String({ pattern: '^[1-9]\\d{0,18}$', maxLength: 19 }) }, { additionalProperties: false })
@@ -770,7 +772,7 @@ export const TrueUpBody = Type.Object({
   provider: ProviderName,
   day: Type.String({ maxLength: 10, description: 'A UTC day before today, YYYY-MM-DD.' }),
   budgetId: Type.String({ format: 'uuid' })
-}, { additionalProperties: false })
+}, { additionalProperties: false, examples: [{ provider: 'openai', day: '2026-01-15', budgetId: '0b6e3f4e-8a62-4d8e-9a39-5d3f0f6f2c11' }] })
 export const TrueUpResult = Type.Object({
   status: StringEnum(['created', 'adjusted', 'unchanged'] as const),
   usageId: Nullable(Uuid),
