@@ -746,8 +746,8 @@ export const CostMapping = Type.Object({ id: Type.String({ pattern: '^[1-9]\\d{0
 export const CostMappingList = Type.Object({ mappings: Type.Array(CostMapping) })
 export const CostMappingParams = Type.Object({ id: Type.String({ pattern: '^[1-9]\\d{0,18}$', maxLength: 19 }) }, { additionalProperties: false })
 export const ReconciliationQuery = Type.Object({
-  from: Type.String({ maxLength: 10, description: 'The first UTC day, YYYY-MM-DD (inclusive).' }),
-  to: Type.String({ maxLength: 10, description: 'The last UTC day, YYYY-MM-DD (inclusive); at most 366 days after from.' }),
+  from: Type.Optional(Type.String({ maxLength: 10, description: 'The first UTC day, YYYY-MM-DD (inclusive). Default: 30 days before to.' })),
+  to: Type.Optional(Type.String({ maxLength: 10, description: 'The last UTC day, YYYY-MM-DD (inclusive); at most 366 days after from. Default: today (UTC).' })),
   provider: Type.Optional(Type.String({ maxLength: 64 })),
   budgetId: Type.Optional(Type.String({ format: 'uuid' })),
   format: Type.Optional(StringEnum(['json', 'csv'] as const, { description: 'csv: the same lines as text/csv (as Accept: text/csv does).' }))

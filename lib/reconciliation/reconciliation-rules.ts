@@ -6,26 +6,28 @@ import type { ReportLine } from './reconciliation-repository.js'
 
 const DAY = /^\d{4}-\d{2}-\d{2}$/
 const DAY_MS = 86_400_000
+export const utcDay = (at: Date): string => at.toISOString().slice(0, 10)
+export const daysBefore = (day: string, days: number): string => utcDay(new Date(Date.parse(`${day}T00:00:00Z`) - days * DAY_MS))
 /** The longest report one request reads: a year and a day. */
 export const MAX_REPORT_DAYS = 366
 
+/** A UTC day as YYYY-MM-DD that exists, from year 1 (PostgreSQL's dates have no year 0). */
 export function readDay (field: string, text: string): string {
-  if (!DAY.test(text) || Number.isNaN(Date.parse(`${text}T00:00:00Z`)) || !new Date(`${text}T00:00:00Z`).toISOString().startsWith(text)) {
+  if (!DAY.test(text) || text.startsWith('0000') || Number.isNaN(Date.parse(`${text}T00:00:00Z`)) || !new Date(`${text}T00:00:00Z`).toISOString().startsWith(text)) {
     throw new InvalidFieldError(field, 'must be a day as YYYY-MM-DD')
   }
   return text
 }
 
-export function readRange (from: string, to: string): { from: string, to: string } {
-  readDay('from', from)
-  readDay('to', to)
+/** The report's days: to defaults to today, from to 30 days before to. */
+export function readRange (query: { from?: string, to?: string }, today: string): { from: string, to: string } {
+  const to = query.to === undefined ? today : readDay('to', query.to)
+  const from = query.from === undefined ? daysBefore(to, 30) : readDay('from', query.from)
   if (from > to) throw new InvalidFieldError('to', 'must not be before from')
   if ((Date.parse(`${to}T00:00:00Z`) - Date.parse(`${from}T00:00:00Z`)) / DAY_MS > MAX_REPORT_DAYS) throw new InvalidFieldError('to', `must be at most ${MAX_REPORT_DAYS} days after from`)
   return { from, to }
 }
 
-export const utcDay = (at: Date): string => at.toISOString().slice(0, 10)
-export const daysBefore = (day: string, days: number): string => utcDay(new Date(Date.parse(`${day}T00:00:00Z`) - days * DAY_MS))
 
 /** A decimal string as [sign, digits scaled to `scale` places]: exact, for comparing decimals PostgreSQL returned. */
 function scaled (text: string, scale: number): bigint {

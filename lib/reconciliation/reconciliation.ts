@@ -5,7 +5,7 @@ import { BudgetNotFoundError, CostMappingConflictError, CostMappingNotFoundError
 import type { CostMapping, MappingKind, ReconciliationRepository, ReportLine, TrueUpOutcome } from './reconciliation-repository.js'
 import { daysBefore, driftsPast, readDay, readRange, reportCsv, utcDay } from './reconciliation-rules.js'
 
-export interface ReportQuery { from: string, to: string, provider?: string, budgetId?: string }
+export interface ReportQuery { from?: string, to?: string, provider?: string, budgetId?: string }
 export type ReportLineWithDrift = Omit<ReportLine, 'filtered'> & { drift: boolean }
 
 /** How far back the drift check looks each time: the collectors read a few days again, a CSV may be late. */
@@ -24,7 +24,7 @@ export function createReconciliationService (repository: ReconciliationRepositor
   }
 
   async function report (query: ReportQuery): Promise<{ tolerance: string, lines: ReportLineWithDrift[] }> {
-    const { from, to } = readRange(query.from, query.to)
+    const { from, to } = readRange(query, utcDay(now()))
     const lines = await repository.report(from, to, query.provider ?? null, query.budgetId ?? null)
     return { tolerance, lines: lines.map(({ filtered: _, ...line }) => ({ ...line, drift: driftsPast(line, tolerance) })) }
   }
