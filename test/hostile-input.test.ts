@@ -29,6 +29,8 @@ const SEED = process.env.HOSTILE_SEED === undefined ? undefined : Number(process
 /** After a failure, fast-check shrinks; past this many more requests it keeps the smallest failure found so far. */
 const SHRINK_BUDGET = 120
 const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
+/** The day the seeded cost bucket is of: a true-up takes only a day before today. */
+const YESTERDAY = new Date(Date.now() - 86_400_000).toISOString().slice(0, 10)
 
 // ---------------------------------------------------------------------------------------------------
 // Hostile values
@@ -261,6 +263,8 @@ interface World {
   org: { id: string }
   team: { id: string, scopeId: string }
   alertId: string
+  /** The team's cost mapping (openai project `${tag}-proj`, trueUp), and a bucket of it yesterday, so a true-up can be accepted. */
+  mappingId: string
   /** Budgets created by accepted requests: their status must read too. */
   created: string[]
 }
@@ -298,12 +302,22 @@ async function seedWorld (harness: Harness): Promise<World> {
   const alerts = (await expectStatus(harness, 'GET', `${PREFIX}/${team.id}/alerts`, undefined, [200])).json<{ alerts: Array<{ id: string }> }>().alerts
   if (alerts[0] === undefined) throw new Error('setup: the seeded usage crossed no alert')
   await expectStatus(harness, 'GET', `${PREFIX}/${org.id}/status`, undefined, [200])
-  return { tag, org, team: { id: team.id, scopeId: `${tag}-team` }, alertId: alerts[0].id, created: [] }
+  const mapping = (await expectStatus(harness, 'POST', `${PREFIX}/provider-costs/mappings`, { provider: 'openai', kind: 'project', value: `${tag}-proj`, budgetId: team.id, trueUp: true }, [201])).json<{ id: string }>()
+  const imported = await harness.app.inject({ method: 'POST', url: `${PREFIX}/provider-costs/import`, headers: { ...AUTH, 'content-type': 'text/csv' },
+    payload: `date,provider,account,project,amount,currency\n${YESTERDAY},openai,acme,${tag}-proj,12.5,USD\n` })
+  if (imported.statusCode !== 200) throw new Error(`setup: the cost import answered ${imported.statusCode}: ${imported.body}`)
+  return { tag, org, team: { id: team.id, scopeId: `${tag}-team` }, alertId: alerts[0].id, mappingId: mapping.id, created: [] }
 }
 
-/** The path parameters that reach the seeded world: DELETE aims at a fresh leaf budget, so it can succeed every run. */
+let mappings = 0
+/** The path parameters that reach the seeded world: DELETE aims at a fresh leaf budget (or cost mapping), so it can succeed every run. */
 async function targetParams (harness: Harness, route: AdminRoute, world: World): Promise<Record<string, string>> {
   if (route.params.includes('type')) return { type: 'team', id: encodeURIComponent(world.team.scopeId) }
+  if (route.url.startsWith(`${PREFIX}/provider-costs/mappings/`)) {
+    if (route.method !== 'DELETE') return { id: world.mappingId }
+    const victim = await expectStatus(harness, 'POST', `${PREFIX}/provider-costs/mappings`, { provider: 'openai', kind: 'project', value: `${world.tag}-victim-${++mappings}`, budgetId: world.team.id }, [201])
+    return { id: victim.json<{ id: string }>().id }
+  }
   if (route.method !== 'DELETE') return { id: world.team.id, alertId: world.alertId }
   const victim = await expectStatus(harness, 'POST', PREFIX, {
     name: `${world.tag} victim`, scopeType: 'user', scopeId: `${world.tag}-victim`, parentId: world.team.id, amount: '1', currency: 'USD', period: 'daily', startDate: '2024-01-01'
@@ -510,6 +524,9 @@ function validBody (route: AdminRoute, world: World): unknown {
   const path = route.url.slice(PREFIX.length)
   const example = structuredClone((route.schema.body as { examples?: unknown[] } | undefined)?.examples?.[0] ?? {}) as Record<string, unknown>
   if (route.method === 'POST' && path === '') return { ...example, scopeId: world.team.scopeId, parentId: world.org.id }
+  if (route.method === 'POST' && path === '/provider-costs/mappings') return { ...example, value: `${world.tag}-new-${++mappings}`, budgetId: world.team.id }
+  if (route.method === 'PUT' && path.startsWith('/provider-costs/mappings/')) return { trueUp: true }
+  if (path === '/reconciliation/true-up') return { provider: 'openai', day: YESTERDAY, budgetId: world.team.id }
   if (route.method === 'PUT') return { ...example, alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['email'] }] }
   if (path.endsWith('/usage')) {
     const { requestId: _requestId, ...metadata } = (example.metadata ?? {}) as Record<string, unknown>
