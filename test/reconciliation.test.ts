@@ -3,7 +3,8 @@
 // scope, the true-up exact and idempotent, a correction in an ended period that fires no alert, and the drift
 // check after a collection from a local server that speaks OpenAI's Costs API.
 import t from 'tap'
-import { buildApp, PREFIX, type TestApp } from './fixtures/app.js'
+import { buildApp, PREFIX, TEST_CHANNELS, type TestApp } from './fixtures/app.js'
+import type { BudgetEvent, DriftEvent } from '../lib/index.js'
 import { openAiPage, startCostReportServer } from './fixtures/cost-report-server.js'
 
 const DAY_MS = 86_400_000
@@ -126,7 +127,8 @@ t.test('a missing rate is named, never guessed', async (t) => {
 })
 
 t.test('the drift alert fires once per day and scope, through the budget\'s channels', async (t) => {
-  const app = await buildApp(t)
+  const delivered: BudgetEvent[] = []
+  const app = await buildApp(t, { notifications: { intervalMs: 0, channels: { ...TEST_CHANNELS, ops: { deliver: async (event) => { delivered.push(event) } } } } })
   const team = await budget(app)
   await ok(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'project', value: 'proj_a', budgetId: team }, 201)
   await spend(app, team, '10', TWO_DAYS_AGO, 'a')
@@ -144,6 +146,12 @@ t.test('the drift alert fires once per day and scope, through the budget\'s chan
   const outbox = await app.sql`select o.channel, d.day::text as day, d.difference::text as difference, d.ratio::text as ratio
                                from budget_notification_outbox o join budget_recon_drifts d on d.id = o.drift_id`
   t.same(outbox.map((row) => ({ ...row })), [{ channel: 'ops', day: YESTERDAY, difference: '0.5000000001', ratio: '0.050000' }], 'one notification for the one channel')
+  for (let round = 0; round < 3; round++) await app.app.budgetNotifications.deliverDue()
+  t.equal(delivered.length, 1, 'delivered once')
+  t.same(pick(delivered as DriftEvent[], ['type', 'provider', 'day', 'providerAmount', 'recordedAmount', 'difference', 'ratio', 'tolerance']), [{
+    type: 'budget.provider_drift', provider: 'mistral', day: YESTERDAY, providerAmount: '10.5000000001', recordedAmount: '10.0000000000', difference: '0.5000000001', ratio: '0.050000', tolerance: '0.05'
+  }])
+  t.equal((delivered[0] as DriftEvent).budget.id, team)
 })
 
 t.test('true-up: one correction at noon UTC, exact; the same twice stores once; a corrected bucket adjusts it', async (t) => {

@@ -72,8 +72,8 @@ export interface ClaimChannels {
  * once: no lock outlives it. A process that dies while it delivers leaves the row due again at the deadline
  * (sql/migrations/002_outbox_claims.sql).
  */
-export function claimOutboxRow (sql: Db, kind: 'alert' | 'digest', claimMs: number, tried: string[], channels?: ClaimChannels) {
-  const event = kind === 'alert' ? sql`d.alert_id` : sql`d.digest_id`
+export function claimOutboxRow (sql: Db, kind: 'alert' | 'digest' | 'drift', claimMs: number, tried: string[], channels?: ClaimChannels) {
+  const event = kind === 'alert' ? sql`d.alert_id` : kind === 'digest' ? sql`d.digest_id` : sql`d.drift_id`
   const claimable = channels === undefined
     ? sql``
     : sql`and (d.channel = any(${channels.configured}::text[]) or d.next_attempt_at <= now() - ${`${channels.graceMs} milliseconds`}::interval)`
@@ -88,8 +88,16 @@ export function claimOutboxRow (sql: Db, kind: 'alert' | 'digest', claimMs: numb
         limit 1
         for update skip locked
       )
-      returning o.id, o.alert_id, o.digest_id, o.channel, o.attempts, o.claim_id
+      returning o.id, o.alert_id, o.digest_id, o.drift_id, o.channel, o.attempts, o.claim_id
     )`
+}
+
+interface DriftRow { id: string, provider: string, day: string, provider_amount: string, recorded_amount: string, difference: string, ratio: string | null, tolerance: string, alerted_at: Date }
+
+/** A drift's delivery, claimed: the drift (the provider's amount beside the gate's for one UTC day) and its budget. */
+export interface DueDriftNotification extends OutboxClaim {
+  drift: { id: string, provider: string, day: string, providerAmount: string, recordedAmount: string, difference: string, ratio: string | null, tolerance: string, alertedAt: string }
+  budget: DueNotification['budget']
 }
 
 interface AlertRow {
@@ -223,6 +231,30 @@ export function createAlertRepository (sql: Db) {
             channel: row.channel,
             attempts: row.attempts,
             alert: toAlert(row),
+            budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
+          }
+    },
+
+    /**
+     * Claims the next due delivery of a drift from the provider's bill (sql/functions/reconciliation.sql), as
+     * claimDueNotification does a crossing's; null when none is due.
+     */
+    async claimDueDrift (claimMs: number, tried: string[] = [], channels?: ClaimChannels): Promise<DueDriftNotification | null> {
+      const [row] = await sql<Array<DriftRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_id: string, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
+        with ${claimOutboxRow(sql, 'drift', claimMs, tried, channels)}
+        select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts,
+               r.id, r.provider, r.day::text as day, r.provider_amount::text as provider_amount, r.recorded_amount::text as recorded_amount,
+               r.difference::text as difference, r.ratio::text as ratio, r.tolerance::text as tolerance, r.alerted_at,
+               b.id as budget_id, b.name as budget_name, b.currency, b.scope_type, b.scope_id
+        from claimed join budget_recon_drifts r on r.id = claimed.drift_id join budget_definitions b on b.id = r.budget_id`
+      return row === undefined
+        ? null
+        : {
+            outboxId: row.outbox_id,
+            claimId: row.claim_id,
+            channel: row.channel,
+            attempts: row.attempts,
+            drift: { id: row.id, provider: row.provider, day: row.day, providerAmount: row.provider_amount, recordedAmount: row.recorded_amount, difference: row.difference, ratio: row.ratio, tolerance: row.tolerance, alertedAt: row.alerted_at.toISOString() },
             budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
           }
     },

@@ -12,7 +12,7 @@ import type { Sql } from 'postgres'
 import { bestEffort } from '../kernel/best-effort.js'
 import { storableText } from '../kernel/json-limits.js'
 import { isDatabaseUnavailable } from '../kernel/errors.js'
-import { createAlertRepository, type AlertRepository, type ClaimChannels, type DueNotification, type OutboxClaim } from './alert-repository.js'
+import { createAlertRepository, type AlertRepository, type ClaimChannels, type DueDriftNotification, type DueNotification, type OutboxClaim } from './alert-repository.js'
 import { createDigestRepository, type DigestRepository, type DueDigestNotification, type TopSpender } from './digest-repository.js'
 
 export interface AlertEvent {
@@ -63,11 +63,65 @@ export interface TestEvent {
   sentAt: string
 }
 
-export type BudgetEvent = AlertEvent | DigestEvent | TestEvent
+/**
+ * The provider's bill drifted from the gate's spend past the tolerance for one UTC day (docs/provider-costs.md#reconciliation):
+ * sent once per provider, day and budget, through the channels the budget's alerts name.
+ */
+export interface DriftEvent {
+  type: 'budget.provider_drift'
+  /** Slack incoming webhooks show this. */
+  text: string
+  driftId: string
+  budget: DueDriftNotification['budget']
+  provider: string
+  day: string
+  /** In the budget's currency: the provider's amount, the gate's, their difference and its ratio to the gate's (null when it recorded nothing). */
+  providerAmount: string
+  recordedAmount: string
+  difference: string
+  ratio: string | null
+  tolerance: string
+  alertedAt: string
+}
 
-/** The id a receiver drops a repeat by: the crossing's, the digest's or the test's. */
+export type BudgetEvent = AlertEvent | DigestEvent | TestEvent | DriftEvent
+
+/** The id a receiver drops a repeat by: the crossing's, the digest's, the test's or the drift's. */
 export function eventId (event: BudgetEvent): string {
-  return event.type === 'budget.digest' ? event.digestId : event.type === 'budget.test' ? event.testId : event.alertId
+  return event.type === 'budget.digest' ? event.digestId : event.type === 'budget.test' ? event.testId : event.type === 'budget.provider_drift' ? event.driftId : event.alertId
+}
+
+/** A drift's email: which budget, which day, both amounts. */
+export function driftEmail (event: DriftEvent, dashboardUrl?: string): { subject: string, text: string } {
+  const { budget } = event
+  return {
+    subject: `Budget '${budget.name}': the ${event.provider} bill of ${event.day} differs by ${event.difference} ${budget.currency}`,
+    text: [
+      event.text,
+      '',
+      `${event.provider} billed ${event.providerAmount} ${budget.currency}; the gate recorded ${event.recordedAmount} ${budget.currency} (ratio ${event.ratio ?? 'n/a'}, tolerance ${event.tolerance}).`,
+      ...(dashboardUrl === undefined ? [] : ['', `Dashboard: ${dashboardUrl}`]),
+      '',
+      `Budget id ${budget.id}, drift ${event.driftId}.`
+    ].join('\n')
+  }
+}
+
+function toDriftEvent ({ drift, budget }: DueDriftNotification): DriftEvent {
+  return {
+    type: 'budget.provider_drift',
+    text: `Budget '${budget.name}': ${drift.provider} billed ${drift.providerAmount} ${budget.currency} on ${drift.day}, the gate recorded ${drift.recordedAmount} (difference ${drift.difference}).`,
+    driftId: drift.id,
+    budget,
+    provider: drift.provider,
+    day: drift.day,
+    providerAmount: drift.providerAmount,
+    recordedAmount: drift.recordedAmount,
+    difference: drift.difference,
+    ratio: drift.ratio,
+    tolerance: drift.tolerance,
+    alertedAt: drift.alertedAt
+  }
 }
 
 export function testEvent (channel: string, now = new Date()): TestEvent {
@@ -198,7 +252,8 @@ export function emailNotifier (url: string, dashboardUrl?: string): Notifier {
   return {
     async deliver (event) {
       // Accepted by the SMTP server (250) is delivered; X-Budget-Event-Id lets a mail rule drop a repeat.
-      const message = event.type === 'budget.digest' ? digestEmail(event, dashboardUrl) : event.type === 'budget.test' ? testEmail(event, dashboardUrl) : alertEmail(event, dashboardUrl)
+      const message = event.type === 'budget.digest' ? digestEmail(event, dashboardUrl) : event.type === 'budget.test' ? testEmail(event, dashboardUrl)
+        : event.type === 'budget.provider_drift' ? driftEmail(event, dashboardUrl) : alertEmail(event, dashboardUrl)
       await transport.sendMail({ from: channel.from, to: channel.to, ...message, headers: { 'X-Budget-Event-Id': eventId(event) } })
     }
   }
@@ -227,6 +282,7 @@ export function logNotifier (log: Logger): Notifier {
     deliver: async (event) => {
       if (event.type === 'budget.digest') log.info({ budgetDigest: event }, event.text)
       else if (event.type === 'budget.test') log.info({ budgetTest: event }, event.text)
+      else if (event.type === 'budget.provider_drift') log.warn({ budgetDrift: event }, event.text)
       else log.warn({ budgetAlert: event }, event.text)
     }
   }
@@ -410,12 +466,14 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
     return await deliverWithin(name, notifier, testEvent(name), Math.min(deliveryBound(name), boundMs))
   }
 
-  /** The next due delivery, but none in `tried`, that this process now holds the claim of, a crossing's before a digest's; null when none is due. */
+  /** The next due delivery, but none in `tried`, that this process now holds the claim of, a crossing's before a digest's before a drift's; null when none is due. */
   async function claimNext (tried: string[]): Promise<(OutboxClaim & { event: BudgetEvent }) | null> {
     const crossing = await bounded(async ({ alerts }) => await alerts.claimDueNotification(claimMs, tried, claimable))
     if (crossing !== null) return { ...crossing, event: toEvent(crossing) }
     const digest = await bounded(async ({ digests }) => await digests.claimDueDigest(claimMs, tried, claimable))
-    return digest === null ? null : { ...digest, event: toDigestEvent(digest) }
+    if (digest !== null) return { ...digest, event: toDigestEvent(digest) }
+    const drift = await bounded(async ({ alerts }) => await alerts.claimDueDrift(claimMs, tried, claimable))
+    return drift === null ? null : { ...drift, event: toDriftEvent(drift) }
   }
 
   /**
