@@ -132,7 +132,7 @@ t.test('the page\'s routes: a fixed set of files with a strict policy, outside t
   t.match(page.headers['content-security-policy'], /script-src 'self'/)
   t.match(page.headers['content-security-policy'], /frame-ancestors 'none'/)
   t.equal(page.headers['x-content-type-options'], 'nosniff')
-  for (const file of ['dashboard.js', 'money.js', 'report-periods.js', 'dashboard.css', 'uPlot.iife.min.js', 'uPlot.min.css']) {
+  for (const file of ['dashboard.js', 'money.js', 'report-periods.js', 'reconciliation.js', 'dashboard.css', 'uPlot.iife.min.js', 'uPlot.min.css']) {
     t.equal((await gateway.app.inject({ url: `${PREFIX}/ui/${file}` })).statusCode, 200, file)
   }
   for (const path of ['nope.js', '..%2F..%2Fpackage.json', '%2e%2e%2fsql', 'index.html%00']) {

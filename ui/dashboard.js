@@ -4,6 +4,7 @@
 // Money is shown as the API sends it, every digit (money.js): a Number only ever places a point on the chart.
 import { coordinate, display, fromUnits, percentOf, toUnits } from './money.js'
 import { presetDays, queryRange } from './report-periods.js'
+import { reconciliationQuery, reconciliationRows } from './reconciliation.js'
 
 const TOKEN_KEY = 'relaycore-budgets-token'
 // The admin API's prefix, written into the page by the server ('' when the API is at the root).
@@ -79,6 +80,7 @@ async function start () {
     await loadBudgets()
     signedIn()
     await loadRecentAlerts()
+    await runReconciliation()
   } catch (error) {
     failed(error)
   }
@@ -404,6 +406,20 @@ async function downloadCsv () {
   }
 }
 
+// The provider's bill beside the recorded spend (reconciliation.js)
+
+async function runReconciliation () {
+  $('#reconciliation-error').textContent = ''
+  try {
+    const form = new FormData($('#reconciliation-form'))
+    const report = await api(reconciliationQuery(form.get('from') ?? '', form.get('to') ?? ''))
+    $('#reconciliation-tolerance').textContent = report.tolerance
+    $('#reconciliation-table tbody').replaceChildren(...reconciliationRows(el, report.lines))
+  } catch (error) {
+    failed(error, '#reconciliation-error')
+  }
+}
+
 // Wiring
 
 $('#sign-in').addEventListener('submit', (event) => {
@@ -421,4 +437,5 @@ $('#report-form').addEventListener('submit', (event) => { event.preventDefault()
 $('#report-form [name=preset]').addEventListener('change', fillPresetDays)
 for (const name of ['from', 'to']) $(`#report-form [name=${name}]`).addEventListener('input', () => { $('#report-form [name=preset]').value = '' })
 $('#report-csv').addEventListener('click', () => { void downloadCsv() })
+$('#reconciliation-form').addEventListener('submit', (event) => { event.preventDefault(); void runReconciliation() })
 if (sessionStorage.getItem(TOKEN_KEY) !== null) void start()
