@@ -243,3 +243,12 @@ t.test('the drift check runs after each collection', async (t) => {
   const drifts = await app.sql`select provider, day::text as day, provider_amount::text as billed, recorded_amount::text as recorded, ratio::text as ratio, tolerance::text as tolerance from budget_recon_drifts`
   t.same(drifts.map((row) => ({ ...row })), [{ provider: 'openai', day: YESTERDAY, billed: '7.2500000000', recorded: '5.0000000000', ratio: '0.450000', tolerance: '0.1' }])
 })
+
+t.test('the tolerance option: a decimal from 0 to 1, checked at registration', async (t) => {
+  for (const tolerance of ['-0.1', '1.5', 'abc', '0.1234567890123', '', 0.1 + 0.2, Number.NaN, true]) {
+    await t.rejects(buildApp(t, { reconciliation: { tolerance: tolerance as never } }), { code: 'BUDGET_ERR_OPTIONS' }, String(tolerance))
+  }
+  await t.rejects(buildApp(t, { reconciliation: { window: 3 } as never }), { code: 'BUDGET_ERR_OPTIONS' }, 'an unknown key')
+  const app = await buildApp(t, { reconciliation: { tolerance: '0' } })
+  t.equal((await report(app)).tolerance, '0', 'a tolerance of 0 is accepted: any difference drifts')
+})
