@@ -192,6 +192,13 @@ begin
     from budget_usage_allocations old
     where a.usage_id = existing.usage_id and old.usage_id = a.usage_id and old.budget_id = a.budget_id
     returning a.budget_id, a.occurred_at, a.amount - old.amount as change
+  ),
+  -- A moved allocation is one the kept weekday profiles summed (forecast.sql): marked, as an insert dated in
+  -- the past is (budget_forecast_mark_backdated), so a profile that did not see this change is summed again.
+  marked as (
+    insert into budget_forecast_backdated (budget_id, xact)
+    select distinct m.budget_id, pg_current_xact_id() from moved m
+    on conflict do nothing
   )
   update budget_status_cache c set current_amount = c.current_amount + m.change, updated_at = now()
   from moved m
