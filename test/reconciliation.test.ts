@@ -188,6 +188,10 @@ t.test('true-up: one correction at noon UTC, exact; the same twice stores once; 
   t.same(await trueUp(), { status: 'adjusted', usageId: created.usageId, amount: '-0.5000000000', previous: '15.0000000000' })
   t.equal(await status(), '9.5', 'a provider that billed less corrects down')
   t.equal((await records()).length, 1, 'still one record, adjusted in place')
+  const listed = await ok<{ records?: Array<{ amount: string, source: string }>, usage?: Array<{ amount: string, source: string }> }>(app, 'GET', `/${team}/usage`)
+  t.same((listed.records ?? listed.usage ?? []).filter((record) => record.source === 'reconciliation').map((record) => record.amount), ['-0.5'], 'the usage list shows the negative correction')
+  const spendReport = await app.admin({ method: 'GET', url: `${PREFIX}/reports/spend?from=${YESTERDAY}T00:00:00Z&to=${TODAY}T00:00:00Z&groupBy=scope` })
+  t.equal(spendReport.statusCode, 200, 'and the spend report reads it')
   const [allocation] = await app.sql`select sum(a.amount)::text as total from budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id where u.correction`
   t.equal(allocation!.total, '-0.5000000000')
   const audit = await app.sql`select changes, before, after from budget_audit_log where action = 'true-up' order by id`
