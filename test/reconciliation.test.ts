@@ -5,6 +5,7 @@
 import t from 'tap'
 import { buildApp, PREFIX, TEST_CHANNELS, type TestApp } from './fixtures/app.js'
 import type { BudgetEvent, DriftEvent } from '../lib/index.js'
+import { checkInvariants } from './fixtures/invariants.js'
 import { openAiPage, startCostReportServer } from './fixtures/cost-report-server.js'
 
 const DAY_MS = 86_400_000
@@ -192,6 +193,7 @@ t.test('true-up: one correction at noon UTC, exact; the same twice stores once; 
   t.same((listed.records ?? listed.usage ?? []).filter((record) => record.source === 'reconciliation').map((record) => record.amount), ['-0.5'], 'the usage list shows the negative correction')
   const spendReport = await app.admin({ method: 'GET', url: `${PREFIX}/reports/spend?from=${YESTERDAY}T00:00:00Z&to=${TODAY}T00:00:00Z&groupBy=scope` })
   t.equal(spendReport.statusCode, 200, 'and the spend report reads it')
+  await checkInvariants(t, app.sql, 'the windows\' spend is still the sum of their allocations after each adjustment')
   const [allocation] = await app.sql`select sum(a.amount)::text as total from budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id where u.correction`
   t.equal(allocation!.total, '-0.5000000000')
   const audit = await app.sql`select changes, before, after from budget_audit_log where action = 'true-up' order by id`
