@@ -13,6 +13,9 @@ function Nullable<T extends TSchema> (schema: T) {
 
 export const SCOPE_TYPES = ['organization', 'team', 'user', 'project'] as const
 /** What the gate does when a call's worst case no longer fits a hard budget (the gate's nearLimit option, or the budget's own). */
+/** 'hard' refuses what would exceed the budget, 'soft' only alerts, 'shadow' records what hard would have done (docs/budgets.md#shadow-budgets). */
+export const ENFORCEMENTS = ['hard', 'soft', 'shadow'] as const
+export type Enforcement = typeof ENFORCEMENTS[number]
 export const NEAR_LIMIT_POLICIES = ['refuse', 'clamp'] as const
 export const PERIODS = ['daily', 'weekly', 'monthly', 'quarterly', 'annual', 'custom'] as const
 export const PERIOD_ALIGNMENTS = ['start', 'calendar'] as const
@@ -103,7 +106,7 @@ const budgetFields = {
   rateLimits: RateLimits,
   metrics: Type.Boolean({ description: 'Always export this budget\'s Prometheus gauges (default false: only while among the top spenders).' }),
   alerts: Type.Array(BudgetAlert, { maxItems: 20 }),
-  enforcement: StringEnum(['hard', 'soft'] as const, { description: 'A hard budget refuses calls that would exceed it; a soft one only alerts.' }),
+  enforcement: StringEnum(ENFORCEMENTS, { description: "A hard budget refuses calls that would exceed it; a soft one only alerts; a shadow one never refuses, clamps or downgrades, and records each call a hard one would have (x-budget-shadow, metadata.shadow, its status's shadow)." }),
   digest: Nullable(BudgetDigest),
   nearLimit: Nullable(StringEnum(NEAR_LIMIT_POLICIES, {
     description: "When a call's worst case no longer fits this hard budget: 'refuse' it, or 'clamp' its max_tokens to what the budget can still afford (refused only below the gate's floor). Null (default): the gate's nearLimit option."
@@ -186,7 +189,7 @@ export const BudgetDefinition = Type.Object({
   rateLimits: RateLimits,
   metrics: Type.Boolean(),
   alerts: Type.Array(BudgetAlert),
-  enforcement: StringEnum(['hard', 'soft'] as const),
+  enforcement: StringEnum(ENFORCEMENTS),
   digest: Nullable(BudgetDigest),
   nearLimit: Nullable(StringEnum(NEAR_LIMIT_POLICIES)),
   maxCallCost: Nullable(Type.String({ description: "The most one call may cost, in the budget's currency; null: no cap." })),
@@ -429,7 +432,7 @@ const BudgetCheck = Type.Object({
   remaining: Money,
   status: Health,
   activeActions: Type.Array(AlertAction),
-  enforcement: StringEnum(['hard', 'soft'] as const),
+  enforcement: StringEnum(ENFORCEMENTS),
   fits: Type.Boolean(),
   approved: Type.Boolean({ description: 'An approval in force covers this estimate.' }),
   allowedModels: Nullable(Type.Array(Type.String(), { description: 'restrict-models is in force and the model is not allowed: the allowed ones.' })),
