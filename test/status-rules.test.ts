@@ -5,7 +5,7 @@ import { budgetHealth, computeStatus, percentReached, remainingUnits } from '../
 import type { BudgetAlert } from '../lib/kernel/schemas.js'
 
 const alert = (threshold: number, ...actions: BudgetAlert['actions']): BudgetAlert => ({ threshold, actions, notificationChannels: [] })
-const budget = { id: 'b1', name: 'team', amount: '1000', currency: 'USD', startDate: '2024-01-01T00:00:00.000Z', timezone: 'UTC', alerts: [alert(50, 'notify'), alert(80, 'restrict-models'), alert(95, 'require-approval')] }
+const budget = { id: 'b1', name: 'team', amount: '1000', currency: 'USD', startDate: '2024-01-01T00:00:00.000Z', timezone: 'UTC', enforcement: 'hard' as const, alerts: [alert(50, 'notify'), alert(80, 'restrict-models'), alert(95, 'require-approval')] }
 const periodStart = new Date('2024-04-01T00:00:00Z')
 const periodEnd = new Date('2024-05-01T00:00:00Z') // 30 days
 
@@ -43,7 +43,8 @@ t.test('status fields against hand-computed values', async (t) => {
     periodStart: '2024-04-01T00:00:00.000Z',
     periodEnd: '2024-05-01T00:00:00.000Z',
     timezone: 'UTC',
-    state: 'active'
+    state: 'active',
+    enforcement: 'hard'
   })
 })
 

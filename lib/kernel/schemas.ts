@@ -401,6 +401,18 @@ export const ActiveAlert = Type.Object({
   acknowledged: Type.Boolean()
 }, { description: 'A threshold crossed in this period (from the alert history).' })
 
+/** A shadow budget's as-if ledger this window: what a hard twin would have spent, and what it would have done. */
+export const ShadowStatus = Type.Object({
+  asIfCurrentAmount: Type.String({ description: 'What the budget would have spent were it hard: currentAmount less excludedAmount.' }),
+  excludedAmount: Type.String({ description: 'The real spend of the calls a hard budget would have refused.' }),
+  counts: Type.Array(Type.Object({
+    code: Type.String({ description: 'The refusal code a hard budget would have answered with (auto_downgrade: it would have sent the call to a cheaper model).' }),
+    outcome: StringEnum(['refused', 'clamped', 'downgraded'] as const),
+    calls: Type.Integer()
+  }), { description: 'Calls the budget would have refused, clamped or downgraded, by code and outcome.' })
+})
+export type ShadowStatus = Static<typeof ShadowStatus>
+
 export const BudgetStatusInfo = Type.Object({
   budgetId: Uuid,
   currentAmount: Money,
@@ -418,7 +430,9 @@ export const BudgetStatusInfo = Type.Object({
   periodStart: Timestamp,
   periodEnd: Timestamp,
   timezone: Type.String({ description: 'The zone whose calendar the window follows; periodStart and periodEnd are its bounds as UTC instants.' }),
-  state: StringEnum(['scheduled', 'active', 'ended'] as const)
+  state: StringEnum(['scheduled', 'active', 'ended'] as const),
+  enforcement: StringEnum(ENFORCEMENTS),
+  shadow: Type.Optional(ShadowStatus)
 })
 
 export const CheckConstraintsBody = Type.Object({ estimatedCost: MoneyInput }, { additionalProperties: false, examples: [{ estimatedCost: '12.50' }] })
