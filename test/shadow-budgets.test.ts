@@ -7,6 +7,7 @@ import { buildGateway, spendTo } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
 import { startUpstream } from './fixtures/upstream.js'
 import { toUnits } from '../lib/kernel/money.js'
+import { alertEmail, type AlertEvent } from '../lib/alerts/notifications.js'
 
 const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
 
@@ -150,4 +151,37 @@ t.test('switching a shadow budget to hard is one update, audited; the enforcemen
     t.equal(refused.statusCode, 400, `enforcement ${JSON.stringify(enforcement)} is refused`)
   }
   t.equal((await gateway.status(budget.id)).enforcement, 'hard', 'and changed nothing')
+})
+
+t.test('a shadow budget\'s crossings are marked shadow in the history, the webhook event, the email; nothing is in force', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'json' })
+  const delivered: AlertEvent[] = []
+  const gateway = await buildGateway(t, {
+    upstreamServer: upstream.url,
+    gate: { sweepIntervalMs: 0 },
+    notifications: { channels: { hook: { deliver: async (event) => { if (event.type === 'budget.threshold_crossed') delivered.push(event) } } } }
+  })
+  const budget = await gateway.createBudget({ amount: '0.01', enforcement: 'shadow', alerts: [{ threshold: 50, actions: ['notify', 'block-all'], notificationChannels: ['hook'] }] })
+  const hard = await gateway.createBudget({ scopeId: 'team-b', amount: '0.01', alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['hook'] }] })
+  await spendTo(gateway.app, budget.id, '0.006')
+  await spendTo(gateway.app, hard.id, '0.006')
+  await gateway.app.budgetNotifications.deliverDue()
+
+  const alerts = (await gateway.app.inject({ url: `${PREFIX}/${budget.id}/alerts`, headers: AUTH })).json().alerts
+  t.match(alerts, [{ threshold: 50, shadow: true }], 'the history marks the crossing shadow')
+  t.match((await gateway.app.inject({ url: `${PREFIX}/${hard.id}/alerts`, headers: AUTH })).json().alerts, [{ threshold: 50, shadow: false }], 'a hard budget\'s is not')
+  const event = delivered.find((each) => each.budget.id === budget.id)
+  t.equal(event?.shadow, true, 'the webhook event says shadow')
+  t.match(event?.text, /^\[shadow\] /)
+  t.equal(delivered.find((each) => each.budget.id === hard.id)?.shadow, false)
+  const email = alertEmail(event!)
+  t.match(email.subject, /^\[shadow\] Budget /, 'the email\'s subject says shadow')
+  t.match(email.text, /nothing is in force/)
+
+  // block-all crossed on the shadow budget: nothing is blocked, the call is named as one a hard budget would block.
+  const answer = await gateway.call({ team: 'team-a' }, { model: 'gpt-4o-mini', max_tokens: 10 })
+  t.equal(answer.statusCode, 200)
+  t.equal(answer.headers['x-budget-shadow'], `${budget.id};code=budget_blocked;outcome=refused`)
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
 })

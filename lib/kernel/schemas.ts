@@ -491,6 +491,7 @@ export const AlertRecord = Type.Object({
   resolvedAt: Nullable(Type.String({ format: 'date-time', description: 'When a change of the budget\'s definition stopped its numbers reaching this crossing (ISO 8601, UTC); null while it is active (in activeAlerts).' })),
   acknowledgedBy: Nullable(Type.String()),
   acknowledgedAt: Nullable(Timestamp),
+  shadow: Type.Boolean({ description: "A shadow budget's crossing: notify only, its actions are what a hard budget would have done." }),
   deliveries: Type.Array(Type.Object({
     channel: Type.String(),
     status: StringEnum(['pending', 'delivered', 'failed'] as const),
