@@ -1,6 +1,7 @@
 // Shadow budgets: evaluated on every call as a hard budget would be, never refusing, clamping, downgrading
 // or holding room, and recording what the hard one would have done. The twin test drives the same traffic
 // through a gateway with a hard budget and through another with its shadow twin, call by call.
+import type { Sql } from 'postgres'
 import t from 'tap'
 import { PREFIX, ADMIN_TOKEN } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
@@ -72,7 +73,18 @@ t.test('the twin test: what the hard budget refused, its shadow twin counted wit
   await checkInvariants(t, hard.sql)
   await checkInvariants(t, shadow.sql)
   t.same(await shadow.sql`select id from budget_reservations`, [], 'no live hold left')
+  await checkShadowLedger(t, shadow.sql)
 })
+
+/** The as-if ledger's own rules: it never excludes more than was spent, and only shadow budgets mark holds or exclude spend. */
+async function checkShadowLedger (t: { same: (found: unknown, wanted: unknown, message: string) => unknown }, sql: Sql): Promise<void> {
+  t.same(await sql`select s.budget_id from budget_shadow_windows s join budget_status_cache c using (budget_id, period_start)
+                   where s.excluded_amount > c.current_amount`, [], 'no window excludes more than it spent')
+  t.same(await sql`select r.id from budget_reservations r join budget_definitions d on d.id = r.budget_id
+                   where r.as_if_excluded and d.enforcement <> 'shadow'`, [], 'only a shadow budget\'s holds are marked')
+  t.same(await sql`select s.budget_id from budget_shadow_windows s join budget_definitions d on d.id = s.budget_id
+                   where d.enforcement <> 'shadow' and s.excluded_amount > 0`, [], 'only a shadow budget excludes spend')
+}
 
 t.test('a shadow verdict is named on the response, kept on the usage record, counted in the metrics and the status', async (t) => {
   const upstream = await startUpstream(t, { mode: 'json' })
@@ -99,6 +111,7 @@ t.test('a shadow verdict is named on the response, kept on the usage record, cou
   t.equal(toUnits(status.shadow.asIfCurrentAmount), toUnits(status.currentAmount) - toUnits(status.shadow.excludedAmount), 'as-if spend = spend less what it would have refused')
   t.ok(toUnits(status.shadow.excludedAmount) > 0n, 'the refused call\'s real cost is excluded')
   await checkInvariants(t, gateway.sql)
+  await checkShadowLedger(t, gateway.sql)
 })
 
 t.test('a shadow budget whose hard twin would clamp counts a clamp, and never clamps', async (t) => {
@@ -114,6 +127,7 @@ t.test('a shadow budget whose hard twin would clamp counts a clamp, and never cl
   const [window] = await gateway.sql`select coalesce((select excluded_amount from budget_shadow_windows where budget_id = ${budget.id}), 0)::text as excluded`
   t.equal(toUnits(window!.excluded), 0n, 'a clamped call stays in the as-if ledger at its real cost (the limit the docs state)')
   await checkInvariants(t, gateway.sql)
+  await checkShadowLedger(t, gateway.sql)
 })
 
 t.test('a shadow budget holds no room: a hard budget beside it decides alone, and no lease is taken on its line', async (t) => {
@@ -131,6 +145,7 @@ t.test('a shadow budget holds no room: a hard budget beside it decides alone, an
   const counts = await gateway.sql`select calls::int from budget_shadow_counts where budget_id = ${shadow.id}`
   t.same(counts.map((row) => row.calls), [5], 'each call counted by the shadow budget')
   await checkInvariants(t, gateway.sql)
+  await checkShadowLedger(t, gateway.sql)
 })
 
 t.test('switching a shadow budget to hard is one update, audited; the enforcement takes only the three values', async (t) => {
@@ -184,4 +199,5 @@ t.test('a shadow budget\'s crossings are marked shadow in the history, the webho
   t.equal(answer.headers['x-budget-shadow'], `${budget.id};code=budget_blocked;outcome=refused`)
   await gateway.settled()
   await checkInvariants(t, gateway.sql)
+  await checkShadowLedger(t, gateway.sql)
 })
