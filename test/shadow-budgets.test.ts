@@ -192,6 +192,7 @@ t.test('a shadow budget\'s crossings are marked shadow in the history, the webho
   const email = alertEmail(event!)
   t.match(email.subject, /^\[shadow\] Budget /, 'the email\'s subject says shadow')
   t.match(email.text, /nothing is in force/)
+  t.not((await gateway.status(budget.id)).status, 'blocked', 'its status is not blocked: nothing is in force')
 
   // block-all crossed on the shadow budget: nothing is blocked, the call is named as one a hard budget would block.
   const answer = await gateway.call({ team: 'team-a' }, { model: 'gpt-4o-mini', max_tokens: 10 })

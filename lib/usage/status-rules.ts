@@ -146,7 +146,8 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
     burnRate: fromUnits(toUnits(input.burnRate)),
     projectedTotal: fromUnits(toUnits(input.projectedTotal)),
     // The crossings in force are SQL's answer (recorded under the window's lock): what blocks, on either basis.
-    status: budgetHealth(currentAmount, budget.amount, budget.alerts, input.crossings.flatMap((crossing) => crossing.actions)),
+    // A shadow budget's crossings put nothing in force: it is never blocked.
+    status: budgetHealth(currentAmount, budget.amount, budget.alerts, budget.enforcement === 'shadow' ? [] : input.crossings.flatMap((crossing) => crossing.actions)),
     activeAlerts: input.crossings,
     lastUpdated: input.lastUpdated.toISOString(),
     reservedAmount: fromUnits(toUnits(reservedAmount)),
