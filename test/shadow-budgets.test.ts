@@ -202,3 +202,25 @@ t.test('a shadow budget\'s crossings are marked shadow in the history, the webho
   await checkInvariants(t, gateway.sql)
   await checkShadowLedger(t, gateway.sql)
 })
+
+t.test('a hold a shadow budget would have refused, left to expire, is swept into its excluded spend at its estimate', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const budget = await gateway.createBudget({ amount: '1', enforcement: 'shadow' })
+  const integration = gateway.app.budgetIntegration
+  const fits = await integration.reserveCall({ team: 'team-a' }, '0.6')
+  t.same(fits.check.shadow, [], 'the first call fits')
+  const over = await integration.reserveCall({ team: 'team-a' }, '0.5')
+  t.ok(over.reservationId !== null, 'held: a shadow budget refuses nothing')
+  t.match(over.check.shadow, [{ budgetId: budget.id, code: 'budget_exceeded', outcome: 'refused' }], 'a hard twin would have: 0.6 held, 0.5 more is past 1')
+  const marked = await gateway.sql`select id::text, as_if_excluded from budget_reservations order by amount desc`
+  t.same(marked.map((row) => row.as_if_excluded), [false, true], 'the hold it would have refused is marked')
+  await integration.settleCall(fits.reservationId!, '0.6')
+  await gateway.sql`update budget_reservations set expires_at = now() - interval '1 second'`
+  t.equal(await integration.sweepExpiredReservations(), 1)
+  const [window] = await gateway.sql`select c.current_amount::text as current, s.excluded_amount::text as excluded
+    from budget_status_cache c join budget_shadow_windows s using (budget_id, period_start) where c.budget_id = ${budget.id}`
+  t.same(window, { current: '1.1000000000', excluded: '0.5000000000' }, 'spent 1.1 for real; the as-if ledger 0.6')
+  t.match((await gateway.status(budget.id)).shadow, { asIfCurrentAmount: '0.6', excludedAmount: '0.5' })
+  await checkInvariants(t, gateway.sql)
+  await checkShadowLedger(t, gateway.sql)
+})
