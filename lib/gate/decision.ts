@@ -99,8 +99,6 @@ export interface ShadowVerdict {
   clampable: boolean
   /** auto-downgrade would have sent the call to this model instead. */
   downgradeTo: string | null
-  /** Whether the hold decided it (room, cap): the hold marked it already. An action's refusal is marked after. */
-  decidedByHold: boolean
   limit: Money
   currentAmount: Money
   reservedAmount: Money
@@ -280,7 +278,6 @@ function shadowVerdicts (checks: BudgetCheck[], estimate: Money, policy?: ModelP
       reason: alone.canProceed ? `Budget '${check.name}' would have sent the call to ${alone.downgradeTo!}` : alone.reason,
       clampable: code === 'budget_exceeded' || code === 'call_cost_cap_exceeded',
       downgradeTo: alone.downgradeTo,
-      decidedByHold: code === 'budget_exceeded' || code === 'call_cost_cap_exceeded',
       limit: check.limit,
       currentAmount: check.currentAmount,
       reservedAmount: check.reservedAmount,
