@@ -54,7 +54,7 @@ declare module 'fastify' {
 
 const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => {
   const { database: databaseOption, prefix, migrate, authorize, statusCacheTtlMs, gate: gateOptions, notifications, metrics: metricsOptions, dashboard, adminTimeoutMs, decisions: decisionOptions, prices: priceBook, providerCosts: providerCostOptions, reconciliation: reconciliationOptions } = resolveOptions(options)
-  const { currency, reservationTtlMs, timeoutMs, cheapModels, downgrades } = gateOptions ?? GATE_DEFAULTS
+  const { currency, reservationTtlMs, timeoutMs, cheapModels, downgrades, nearLimit } = gateOptions ?? GATE_DEFAULTS
   const log = fastify.log
   const now = () => new Date()
 
@@ -74,7 +74,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     const usage = createUsage(sql, adminTimeoutMs, log, { statusCacheTtlMs, now, modelName })
     // Lines, leases, holds, settlements, rate limits, and the admission API on them.
     const gate = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted },
-      usage.api.tracker, versions, { currency, reservationTtlMs, timeoutMs, models: { prices, cheapModels, downgrades } }, log)
+      usage.api.tracker, versions, { currency, reservationTtlMs, timeoutMs, nearLimit, models: { prices, cheapModels, downgrades } }, log)
     // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
     const metrics = partOf(createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions, currency))
     const alerts = createAlerts(sql, repositories, gate.api.tracker, { notifications, notified: metrics.api.notified, adminTimeoutMs, now }, log)

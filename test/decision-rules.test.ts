@@ -13,7 +13,9 @@ interface Numbers {
   id: string
   amount?: string
   alerts?: BudgetAlert[]
-  enforcement?: 'hard' | 'soft'
+  enforcement?: 'hard' | 'soft' | 'shadow'
+  /** A shadow budget's verdict on room and cap, as the hold decides it on its as-if ledger. */
+  shadowFits?: boolean
   current?: string
   reserved?: string
   fits?: boolean
@@ -29,7 +31,7 @@ interface Numbers {
 
 const termsOf = (b: Numbers): BudgetTerms => ({
   budgetId: b.id, name: b.id, alerts: b.alerts ?? [], currency: b.currency ?? 'USD', nearLimit: null, maxCallCost: b.maxCallCost ?? null, scopeMatched: true, scopeRank: 0,
-  periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null
+  periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, enforcement: b.enforcement ?? 'hard'
 })
 const numbersOf = (b: Numbers, estimate: string): BudgetNumbers => ({
   budgetId: b.id,
@@ -42,7 +44,8 @@ const numbersOf = (b: Numbers, estimate: string): BudgetNumbers => ({
   projectedActions: b.projectedActions ?? [],
   estimate: b.estimate === undefined ? estimate : b.estimate,
   outOfRange: b.outOfRange ?? false,
-  overCap: b.maxCallCost !== undefined && Number(b.estimate ?? estimate) > Number(b.maxCallCost)
+  overCap: b.maxCallCost !== undefined && Number(b.estimate ?? estimate) > Number(b.maxCallCost),
+  shadowFits: b.enforcement === 'shadow' ? b.shadowFits ?? true : null
 })
 const decideOn = (budgets: Numbers[], estimate: string, policy?: ModelPolicy) =>
   decide(budgets.map(termsOf), budgets.map((b) => numbersOf(b, estimate)), estimate, policy)
@@ -158,8 +161,8 @@ t.test('auto-downgrade: the cheaper model, when a budget is past its threshold',
 
 t.test('the line\'s terms read beside the numbers SQL measured, by budget id', async (t) => {
   const terms: BudgetTerms[] = [
-    { budgetId: 'team', name: 'Team', alerts: [alert(50, ['notify'])], scopeMatched: true, scopeRank: 0, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'EUR', nearLimit: 'clamp', maxCallCost: null },
-    { budgetId: 'gone', name: 'Gone', alerts: [], scopeMatched: true, scopeRank: 1, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'USD', nearLimit: null, maxCallCost: null }
+    { budgetId: 'team', name: 'Team', alerts: [alert(50, ['notify'])], scopeMatched: true, scopeRank: 0, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'EUR', nearLimit: 'clamp', maxCallCost: null, enforcement: 'hard' },
+    { budgetId: 'gone', name: 'Gone', alerts: [], scopeMatched: true, scopeRank: 1, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'USD', nearLimit: null, maxCallCost: null, enforcement: 'hard' }
   ]
   const numbers: BudgetNumbers[] = [
     { budgetId: 'team', amount: '100', enforcement: 'soft', currentAmount: '60', reservedAmount: '5', fits: false, approvedThrough: '90', projectedActions: ['restrict-models'], estimate: '2', outOfRange: false, overCap: false }
@@ -202,4 +205,26 @@ t.test('the binding budget: the least room for the call', async (t) => {
   t.match(decided, { bindingBudgetId: 'team', limit: '100', currentAmount: '90', reservedAmount: '2', remaining: '8', currency: 'USD', bindingEstimate: '1', status: 'critical', estimatedCost: '1' }, 'decide names it, with its numbers')
   t.match(decideOn([{ id: 'eur', currency: 'EUR', estimate: '0.9', current: '99' }], '1'), { bindingBudgetId: 'eur', currency: 'EUR', bindingEstimate: '0.9', remaining: '1' })
   t.match(decideOn([], '1'), { canProceed: true, reason: 'No budget applies', bindingBudgetId: null, limit: null, currentAmount: null, reservedAmount: null, remaining: null, currency: null, bindingEstimate: null, status: null, budgets: [] })
+})
+
+t.test('a shadow budget never decides: it is judged alone as a hard one, and only its verdict says what that would have done', async (t) => {
+  const full = decideOn([{ id: 'shadow', enforcement: 'shadow', shadowFits: false, current: '99.5' }], '1')
+  t.match(full, { canProceed: true, code: null, bindingBudgetId: null, budgets: [] }, 'let through, and not the binding budget')
+  t.match(full.shadow, [{ budgetId: 'shadow', code: 'budget_exceeded', outcome: 'refused', clampable: true, remaining: '0.5', limit: '100' }])
+
+  const beside = decideOn([{ id: 'hard', current: '10' }, { id: 'shadow', enforcement: 'shadow', current: '60', alerts: [alert(50, ['block-all'])] }], '1')
+  t.match(beside, { canProceed: true, bindingBudgetId: 'hard', activeActions: [] }, 'its actions are not in force')
+  t.match(beside.shadow, [{ budgetId: 'shadow', code: 'budget_blocked', outcome: 'refused', clampable: false }])
+
+  const downgrading = decideOn([{ id: 'shadow', enforcement: 'shadow', current: '60', alerts: [alert(50, ['auto-downgrade'])] }], '1', policy('big'))
+  t.equal(downgrading.downgradeTo, null, 'never downgrades')
+  t.match(downgrading.shadow, [{ code: 'auto_downgrade', outcome: 'downgraded', downgradeTo: 'small' }])
+
+  const capped = decideOn([{ id: 'shadow', enforcement: 'shadow', maxCallCost: '0.5', shadowFits: false }], '1')
+  t.match(capped, { canProceed: true, code: null })
+  t.match(capped.shadow, [{ code: 'call_cost_cap_exceeded', outcome: 'refused' }], 'over its cap: counted, not refused')
+
+  t.same(decideOn([{ id: 'shadow', enforcement: 'shadow', current: '1' }], '1').shadow, [], 'a call a hard twin would take: no verdict')
+  t.match(decideOn([{ id: 'shadow', enforcement: 'shadow', currency: 'EUR', estimate: null }], '1'), { canProceed: false, code: 'exchange_rate_missing' },
+    'without a rate into its currency it refuses, as a soft budget does: it could not record the spend')
 })

@@ -569,6 +569,12 @@ function bodyExamples (route: AdminRoute): BodySpec[] {
       { replace: 'metadata', value: JSON.parse('{"__proto__":{"requestId":"x"},"constructor":"toString"}') })
   }
   if (has('parentId')) examples.push({ replace: 'parentId', value: '-'.repeat(36) })
+  if (has('enforcement')) {
+    // the enum's newest value at its edges: case, spaces, NUL, a prefix, a list
+    for (const enforcement of ['Shadow', 'SHADOW', ' shadow', 'shadow\u0000', 'shado', 'shadows', ['shadow'], { shadow: true }]) {
+      examples.push({ replace: 'enforcement', value: enforcement })
+    }
+  }
   if (has('maxCallCost')) {
     for (const cap of ['0', '-0.5', 0, -1, '1e-3', ' 0.5', '0.00000000001', '1000000000000000000', '999999999999999999.9999999999', 1e-11, 1e300, '0.5\u0000']) {
       examples.push({ replace: 'maxCallCost', value: cap })

@@ -146,8 +146,8 @@ t.test('sql/: each function is defined by one file, once; migrations define none
 
 /**
  * What a newer version of the package would leave in a database after migrating it: a migration past this
- * sql/'s last, and budget_hold_batch and budget_line with a result column more (as this version added over_cap
- * and max_call_cost to the version before), their files recorded under checksums this sql/ does not have.
+ * sql/'s last, and budget_hold_batch and budget_line with a result column more (as this version added shadow_fits
+ * and enforcement to the version before), their files recorded under checksums this sql/ does not have.
  */
 async function migrateAsNewerVersion (url: string): Promise<{ codeVersion: number, databaseVersion: number }> {
   const sql = postgres(url, { max: 1, onnotice: () => {} })
@@ -161,8 +161,8 @@ async function migrateAsNewerVersion (url: string): Promise<{ codeVersion: numbe
     }, files.get(name)!)
     await sql.begin(async (tx) => {
       await tx`insert into budget_schema_migrations (version, name) values (${codeVersion + 1}, ${`${codeVersion + 1}_newer.sql`})`
-      await tx.unsafe(newer('holds.sql', [['over_cap boolean)', 'over_cap boolean, newer_column text)'], ['r.out_of_range, r.over_cap\n', "r.out_of_range, r.over_cap, 'newer'::text\n"]]))
-      await tx.unsafe(newer('lines.sql', [['max_call_cost numeric)', 'max_call_cost numeric, newer_column text)'], ['b.near_limit, b.max_call_cost\n', "b.near_limit, b.max_call_cost, 'newer'::text\n"]]))
+      await tx.unsafe(newer('holds.sql', [['shadow_fits boolean)', 'shadow_fits boolean, newer_column text)'], ['r.over_cap, r.shadow_fits\n', "r.over_cap, r.shadow_fits, 'newer'::text\n"]]))
+      await tx.unsafe(newer('lines.sql', [['enforcement text)', 'enforcement text, newer_column text)'], ['b.max_call_cost, b.enforcement\n', "b.max_call_cost, b.enforcement, 'newer'::text\n"]]))
       await tx`update budget_schema_repeatables set checksum = 'newer' where name in ('holds.sql', 'lines.sql')`
     })
     return { codeVersion, databaseVersion: codeVersion + 1 }

@@ -5,7 +5,7 @@ import { budgetHealth, computeStatus, percentReached, remainingUnits } from '../
 import type { BudgetAlert } from '../lib/kernel/schemas.js'
 
 const alert = (threshold: number, ...actions: BudgetAlert['actions']): BudgetAlert => ({ threshold, actions, notificationChannels: [] })
-const budget = { id: 'b1', name: 'team', amount: '1000', currency: 'USD', startDate: '2024-01-01T00:00:00.000Z', timezone: 'UTC', alerts: [alert(50, 'notify'), alert(80, 'restrict-models'), alert(95, 'require-approval')] }
+const budget = { id: 'b1', name: 'team', amount: '1000', currency: 'USD', startDate: '2024-01-01T00:00:00.000Z', timezone: 'UTC', enforcement: 'hard' as const, alerts: [alert(50, 'notify'), alert(80, 'restrict-models'), alert(95, 'require-approval')] }
 const periodStart = new Date('2024-04-01T00:00:00Z')
 const periodEnd = new Date('2024-05-01T00:00:00Z') // 30 days
 
@@ -13,7 +13,7 @@ const periodEnd = new Date('2024-05-01T00:00:00Z') // 30 days
 function measured (id: string, { amount = '1000', alerts = [] as BudgetAlert[], current, reserved = '0', fits = true, enforcement = 'hard' as 'hard' | 'soft', estimate }:
   { amount?: string, alerts?: BudgetAlert[], current: string, reserved?: string, fits?: boolean, enforcement?: 'hard' | 'soft', estimate: string }): { terms: BudgetTerms, numbers: BudgetNumbers } {
   return {
-    terms: { budgetId: id, name: id, alerts, currency: 'USD', nearLimit: null, maxCallCost: null, scopeMatched: true, scopeRank: 0, periodStart, periodEnd, requestsPerMinute: null, tokensPerMinute: null },
+    terms: { budgetId: id, name: id, alerts, currency: 'USD', nearLimit: null, maxCallCost: null, scopeMatched: true, scopeRank: 0, periodStart, periodEnd, requestsPerMinute: null, tokensPerMinute: null, enforcement },
     numbers: { budgetId: id, amount, enforcement, currentAmount: current, reservedAmount: reserved, approvedThrough: null, projectedActions: [], fits, estimate, outOfRange: false, overCap: false }
   }
 }
@@ -43,7 +43,8 @@ t.test('status fields against hand-computed values', async (t) => {
     periodStart: '2024-04-01T00:00:00.000Z',
     periodEnd: '2024-05-01T00:00:00.000Z',
     timezone: 'UTC',
-    state: 'active'
+    state: 'active',
+    enforcement: 'hard'
   })
 })
 

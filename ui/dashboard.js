@@ -194,11 +194,16 @@ async function select (id) {
     ...money('Remaining', status.remaining, 'remaining'),
     ...money('Burn rate', status.burnRate, 'burn-rate', ` ${status.currency} / day`),
     ...money('Projected', status.projectedTotal, 'projected'),
+    // A shadow budget: what a hard one would have spent, and the calls it would have refused, clamped or downgraded.
+    ...(status.shadow === undefined ? [] : [
+      ...money('As-if spend (shadow)', status.shadow.asIfCurrentAmount, 'shadow-as-if'),
+      ...figure('Shadow verdicts', status.shadow.counts.map((count) => `${count.code} ${count.outcome}: ${count.calls}`).join(', ') || 'none', 'shadow-counts')
+    ]),
     ...figure('Period', `${status.periodStart.slice(0, 16)} → ${status.periodEnd.slice(0, 16)} UTC`, 'period'),
     el('dt', {}, 'Status'), el('dd', {}, el('span', { class: `badge ${status.status}`, 'data-field': 'status' }, status.status)))
   drawBurnDown(budget, status, summary)
   $('#detail-alerts').replaceChildren(...feed(alerts.alerts, (alert) =>
-    `${alert.crossedAt.slice(0, 16)} · ${alert.threshold}% crossed (${display(alert.spent)} of ${display(alert.limit)})` +
+    `${alert.shadow ? '[shadow] ' : ''}${alert.crossedAt.slice(0, 16)} · ${alert.threshold}% crossed (${display(alert.spent)} of ${display(alert.limit)})` +
     ` · ${alert.actions.join(', ')}${alert.acknowledgedBy ? ` · acknowledged by ${alert.acknowledgedBy}` : ''}`))
   $('#detail-approvals').replaceChildren(...feed(approvals.approvals, (approval) =>
     `${approval.createdAt.slice(0, 16)} · ${display(approval.amount)} by ${approval.approvedBy} until ${approval.expiresAt.slice(0, 16)}`))

@@ -25,6 +25,8 @@ export interface AlertRecord {
   resolvedAt: string | null
   acknowledgedBy: string | null
   acknowledgedAt: string | null
+  /** A shadow budget's crossing: notify only. */
+  shadow: boolean
   deliveries: AlertDelivery[]
 }
 
@@ -113,6 +115,7 @@ interface AlertRow {
   resolved_at: Date | null
   acknowledged_by: string | null
   acknowledged_at: Date | null
+  shadow: boolean
   deliveries: Array<{ channel: string, status: AlertDelivery['status'], attempts: number, delivered_at: string | null, last_error: string | null }>
 }
 
@@ -130,6 +133,7 @@ function toAlert (row: AlertRow): AlertRecord {
     resolvedAt: row.resolved_at?.toISOString() ?? null,
     acknowledgedBy: row.acknowledged_by,
     acknowledgedAt: row.acknowledged_at?.toISOString() ?? null,
+    shadow: row.shadow,
     deliveries: row.deliveries.map((d) => ({
       channel: d.channel, status: d.status, attempts: d.attempts, deliveredAt: d.delivered_at === null ? null : new Date(d.delivered_at).toISOString(), lastError: d.last_error
     }))
@@ -139,7 +143,7 @@ function toAlert (row: AlertRow): AlertRecord {
 export function createAlertRepository (sql: Db) {
   const alertColumns = sql`
     h.id, h.budget_id, h.period_start, h.threshold::text as threshold, h.basis, h.actions, h.spent::text as spent,
-    h.limit_amount::text as limit_amount, h.crossed_at, h.resolved_at, h.acknowledged_by, h.acknowledged_at,
+    h.limit_amount::text as limit_amount, h.crossed_at, h.resolved_at, h.acknowledged_by, h.acknowledged_at, h.shadow,
     coalesce((select json_agg(json_build_object('channel', o.channel, 'status', o.status, 'attempts', o.attempts,
               'delivered_at', o.delivered_at, 'last_error', o.last_error) order by o.channel)
               from budget_notification_outbox o where o.alert_id = h.id), '[]') as deliveries`

@@ -28,6 +28,8 @@ export interface AlertEvent {
   limit: string
   periodStart: string
   crossedAt: string
+  /** A shadow budget's crossing: notify only (its actions are what a hard budget would have done). */
+  shadow: boolean
 }
 
 /** A scheduled digest: a day's or week's spend, the budget's window so far, its forecast, the top models and callers. */
@@ -199,12 +201,14 @@ export function alertEmail (event: AlertEvent, dashboardUrl?: string): { subject
   const { budget } = event
   const crossed = event.basis === 'projected' ? 'is projected to cross' : 'crossed'
   return {
-    subject: `Budget '${budget.name}' ${crossed} ${event.threshold}%: ${event.spent} of ${event.limit} ${budget.currency}`,
+    subject: `${event.shadow ? '[shadow] ' : ''}Budget '${budget.name}' ${crossed} ${event.threshold}%: ${event.spent} of ${event.limit} ${budget.currency}`,
     text: [
       `Budget '${budget.name}' (${budget.scopeType} ${budget.scopeId}) ${crossed} its ${event.threshold}% alert threshold.`,
       '',
       `Spent: ${event.spent} of ${event.limit} ${budget.currency} in the period from ${event.periodStart}.`,
-      `Actions now in force: ${event.actions.join(', ')}.`,
+      event.shadow
+        ? `A shadow budget: nothing is in force; a hard budget would now do: ${event.actions.join(', ')}.`
+        : `Actions now in force: ${event.actions.join(', ')}.`,
       `Crossed at: ${event.crossedAt}.`,
       ...(dashboardUrl === undefined ? [] : ['', `Dashboard: ${dashboardUrl}`]),
       '',
@@ -345,7 +349,7 @@ function toEvent ({ alert, budget }: DueNotification): AlertEvent {
   const what = alert.basis === 'projected' ? 'is projected to reach' : 'crossed'
   return {
     type: 'budget.threshold_crossed',
-    text: `Budget '${budget.name}' ${what} ${alert.threshold}% (${alert.spent} of ${alert.limit} ${budget.currency}): ${alert.actions.join(', ')}`,
+    text: `${alert.shadow ? '[shadow] ' : ''}Budget '${budget.name}' ${what} ${alert.threshold}% (${alert.spent} of ${alert.limit} ${budget.currency}): ${alert.actions.join(', ')}`,
     alertId: alert.id,
     budget,
     threshold: alert.threshold,
@@ -354,7 +358,8 @@ function toEvent ({ alert, budget }: DueNotification): AlertEvent {
     spent: alert.spent,
     limit: alert.limit,
     periodStart: alert.periodStart,
-    crossedAt: alert.crossedAt
+    crossedAt: alert.crossedAt,
+    shadow: alert.shadow
   }
 }
 

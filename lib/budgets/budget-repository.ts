@@ -1,7 +1,7 @@
 // SQL for budget_definitions: one statement per function; hand it a transaction's sql to run inside one.
 import { isUuid, type Db } from '../kernel/database/db.js'
 import { normalizeMoney, type Money } from '../kernel/money.js'
-import type { BudgetAlert, BudgetDefinition, BudgetDigest, NearLimitPolicy, BudgetFilters, Period, PeriodAlignment, RateLimits, ScopeType } from '../kernel/schemas.js'
+import type { BudgetAlert, BudgetDefinition, BudgetDigest, Enforcement, NearLimitPolicy, BudgetFilters, Period, PeriodAlignment, RateLimits, ScopeType } from '../kernel/schemas.js'
 
 
 /** A budget as the registry writes it: validated, canonical, dates parsed. */
@@ -24,7 +24,7 @@ export interface BudgetValues {
   rateLimits: RateLimits
   metrics: boolean
   alerts: BudgetAlert[]
-  enforcement: 'hard' | 'soft'
+  enforcement: Enforcement
   digest: BudgetDigest | null
   nearLimit: NearLimitPolicy | null
   maxCallCost: Money | null
@@ -53,7 +53,7 @@ interface BudgetRow {
   rate_tokens_per_minute: string | null
   metrics: boolean
   alerts: BudgetAlert[]
-  enforcement: 'hard' | 'soft'
+  enforcement: Enforcement
   digest_every: BudgetDigest['every'] | null
   digest_channels: string[] | null
   near_limit: NearLimitPolicy | null

@@ -3,7 +3,7 @@
 // (what SQL measured of its window for one estimate: under the lock for a hold or a lease, in one read for a
 // check). decide() reads a line's terms beside the numbers measured for it.
 import { normalizeMoney, toUnits, type Money } from '../kernel/money.js'
-import type { AlertAction, BudgetAlert, NearLimitPolicy } from '../kernel/schemas.js'
+import type { AlertAction, BudgetAlert, Enforcement, NearLimitPolicy } from '../kernel/schemas.js'
 
 /** One budget of a caller's line: its definition and the window it applies in now (budget_line, sql/functions/lines.sql). */
 export interface BudgetTerms {
@@ -20,6 +20,8 @@ export interface BudgetTerms {
    * knows how far to lower it.
    */
   maxCallCost: Money | null
+  /** A shadow budget ('shadow') keeps its line off the leases: only a hold reads its as-if ledger. */
+  enforcement: Enforcement
   /** The budget is the caller's own (its scope matched), not an ancestor's. */
   scopeMatched: boolean
   scopeRank: number
@@ -38,7 +40,8 @@ export interface BudgetTerms {
 export interface BudgetNumbers {
   budgetId: string
   amount: Money
-  enforcement: 'hard' | 'soft'
+  enforcement: Enforcement
+  /** A shadow budget's are its as-if ledger's (budget_hold_batch): what a hard twin would have spent and held. */
   currentAmount: Money
   reservedAmount: Money
   /** How far an admin's approval lets spend go this period (lifts require-approval up to there); null: none. */
@@ -56,6 +59,11 @@ export interface BudgetNumbers {
   outOfRange: boolean
   /** The estimate is more than the budget's cap on one call (budget_within_cap): it does not fit, whatever the room. */
   overCap: boolean
+  /**
+   * A shadow budget's verdict on room and cap, as a hard twin's hold would have decided it on the as-if ledger
+   * (budget_hold_batch); null on other budgets, and where no hold measured it (a lease, a read).
+   */
+  shadowFits?: boolean | null
 }
 
 /** A budget's numbers as a statement returns them (its money as PostgreSQL's text), in canonical decimals. */
@@ -71,7 +79,8 @@ export function numbersFrom (row: BudgetNumbers): BudgetNumbers {
     fits: row.fits,
     estimate: row.estimate === null ? null : normalizeMoney(row.estimate),
     outOfRange: row.outOfRange,
-    overCap: row.overCap
+    overCap: row.overCap,
+    shadowFits: row.shadowFits ?? null
   }
 }
 
@@ -89,4 +98,13 @@ export function withinCaps (line: readonly BudgetTerms[], estimate: Money): bool
     if (units > toUnits(budget.maxCallCost)) return false
   }
   return true
+}
+
+/**
+ * Whether calls on a line may be admitted from a lease: every budget in the gate's currency (a line with
+ * another is held call by call, each hold converting at the rate in force), and none a shadow budget (only a
+ * hold judges one, on its as-if ledger, and marks the holds it would have refused).
+ */
+export function leasable (line: readonly BudgetTerms[], currency: string): boolean {
+  return line.every((budget) => budget.currency === currency && budget.enforcement !== 'shadow')
 }

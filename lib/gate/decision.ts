@@ -3,7 +3,7 @@
 // with numbers read from the database.
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
 import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
-import type { AlertAction, BudgetAlert, NearLimitPolicy } from '../kernel/schemas.js'
+import type { AlertAction, BudgetAlert, Enforcement, NearLimitPolicy } from '../kernel/schemas.js'
 import { highestOutputRate, type PriceBook } from '../pricing/index.js'
 import { budgetHealth, currentAlertsReached, remainingUnits, type BudgetHealth } from '../usage/index.js'
 
@@ -30,8 +30,8 @@ export interface BudgetCheck {
   status: BudgetHealth
   /** Actions of the alerts whose threshold the spend has reached this period. */
   activeActions: AlertAction[]
-  /** A soft budget only alerts: it never refuses for want of room. */
-  enforcement: 'hard' | 'soft'
+  /** A soft budget only alerts: it never refuses for want of room. A shadow one never decides (decide() judges it apart). */
+  enforcement: Enforcement
   fits: boolean
   /** An approval in force covers this estimate, lifting require-approval. */
   approved: boolean
@@ -73,7 +73,46 @@ export interface BudgetConstraintCheck {
   activeActions: AlertAction[]
   /** auto-downgrade is in force and the model has a cheaper one: call that instead (after a new estimate). */
   downgradeTo: string | null
+  /** Every budget that decided (a shadow budget never does: it is in `shadow`). */
   budgets: BudgetCheck[]
+  /** What each shadow budget of the line, were it hard, would have done to the call (none: it would have let it be). */
+  shadow: ShadowVerdict[]
+}
+
+/** What a shadow budget would have done: refuse, clamp (nearLimit 'clamp') or downgrade (auto-downgrade). */
+export type ShadowOutcome = 'refused' | 'clamped' | 'downgraded'
+
+/**
+ * A shadow budget's verdict on a call: the code its hard twin would have refused it with (auto_downgrade: it
+ * would have let it through on the cheaper model), and the binding figures it was judged on (its as-if ledger).
+ */
+export interface ShadowVerdict {
+  budgetId: string
+  code: RefusalCode | 'auto_downgrade'
+  /**
+   * What the hard twin would have done (shadowOutcome): decide() answers with the budget's own nearLimit (none:
+   * refuse); the gate's reserveCall again with its nearLimit option.
+   */
+  outcome: ShadowOutcome
+  reason: string
+  /** A refusal the budget's nearLimit 'clamp' (or the gate's) would answer with fewer output tokens. */
+  clampable: boolean
+  /** auto-downgrade would have sent the call to this model instead. */
+  downgradeTo: string | null
+  limit: Money
+  currentAmount: Money
+  reservedAmount: Money
+  remaining: Money
+  estimatedCost: Money | null
+  currency: string
+  nearLimit: NearLimitPolicy | null
+}
+
+/** The outcome a shadow verdict counts as, given the gate's nearLimit (a budget's own comes first). */
+export function shadowOutcome (verdict: ShadowVerdict, gateNearLimit: NearLimitPolicy): ShadowOutcome {
+  if (verdict.downgradeTo !== null) return 'downgraded'
+  if (verdict.clampable && (verdict.nearLimit ?? gateNearLimit) === 'clamp') return 'clamped'
+  return 'refused'
 }
 
 // The strictest first: block-all, then require-approval (unless approved), then restrict-models,
@@ -204,6 +243,7 @@ export function checkBudget (terms: BudgetTerms, numbers: BudgetNumbers, policy?
  */
 export function decide (terms: readonly BudgetTerms[], numbers: readonly BudgetNumbers[], estimate: Money, policy?: ModelPolicy): BudgetConstraintCheck {
   const checks: BudgetCheck[] = []
+  let shadowChecks: BudgetCheck[] | null = null
   // Every source gives the numbers in the line's order (a hold's rows, a lease's line, a standing read's
   // rows), less any budget without numbers: so they pair by position, checked by id, with no Map built per
   // call on the hot path. Numbers out of that order are still found, by a search.
@@ -212,8 +252,47 @@ export function decide (terms: readonly BudgetTerms[], numbers: readonly BudgetN
     let its = numbers[next]
     if (its?.budgetId === budget.budgetId) next++
     else its = numbers.find((measured) => measured.budgetId === budget.budgetId)
-    if (its !== undefined) checks.push(checkBudget(budget, its, policy))
+    if (its === undefined) continue
+    if (its.enforcement !== 'shadow') { checks.push(checkBudget(budget, its, policy)); continue }
+    // A shadow budget without a rate, or past what it can hold, cannot record the call: that it refuses (as a soft one does).
+    const check = checkBudget(budget, its, policy)
+    if (check.estimatedCost === null) checks.push(check)
+    else (shadowChecks ??= []).push({ ...check, enforcement: 'hard', fits: its.shadowFits ?? check.fits })
   }
+  const shadow = shadowChecks === null ? [] : shadowVerdicts(shadowChecks, estimate, policy)
+  const decided = decideChecks(checks, estimate, policy)
+  return shadow.length === 0 ? decided : { ...decided, shadow }
+}
+
+/** Each shadow budget judged alone as a hard budget on its as-if numbers: the verdicts of those that would not have let the call be. */
+function shadowVerdicts (checks: BudgetCheck[], estimate: Money, policy?: ModelPolicy): ShadowVerdict[] {
+  const verdicts: ShadowVerdict[] = []
+  for (const check of checks) {
+    const alone = decideChecks([check], estimate, policy)
+    if (alone.canProceed && alone.downgradeTo === null) continue
+    const code = alone.code ?? 'auto_downgrade'
+    const verdict: ShadowVerdict = {
+      budgetId: check.budgetId,
+      code,
+      outcome: 'refused',
+      reason: alone.canProceed ? `Budget '${check.name}' would have sent the call to ${alone.downgradeTo!}` : alone.reason,
+      clampable: code === 'budget_exceeded' || code === 'call_cost_cap_exceeded',
+      downgradeTo: alone.downgradeTo,
+      limit: check.limit,
+      currentAmount: check.currentAmount,
+      reservedAmount: check.reservedAmount,
+      remaining: check.remaining,
+      estimatedCost: check.estimatedCost,
+      currency: check.currency,
+      nearLimit: check.nearLimit
+    }
+    verdicts.push({ ...verdict, outcome: shadowOutcome(verdict, 'refuse') })
+  }
+  return verdicts
+}
+
+/** The decision over the budgets that decide (every one but the shadow budgets). */
+function decideChecks (checks: BudgetCheck[], estimate: Money, policy?: ModelPolicy): BudgetConstraintCheck {
   const activeActions = checks.every((check) => check.activeActions.length === 0) ? [] : [...new Set(checks.flatMap((check) => check.activeActions))]
   const cheaper = policy === undefined ? undefined : downgradeOf(policy)
   const downgradeTo = activeActions.includes('auto-downgrade') && cheaper !== undefined && cheaper !== policy?.model ? cheaper : null
@@ -279,6 +358,7 @@ function outcome (checks: BudgetCheck[], binding: BudgetCheck | undefined, estim
     status: binding?.status ?? null,
     activeActions,
     downgradeTo,
-    budgets: checks
+    budgets: checks,
+    shadow: []
   }
 }

@@ -44,7 +44,8 @@ export function createHoldRepository (sql: Db) {
         select call_index as "callIndex", budget_id as "budgetId", amount::text as amount, enforcement, current_amount::text as "currentAmount",
                reserved_amount::text as "reservedAmount", fits, is_current as "isCurrent", is_reserved as "isReserved",
                approved_through::text as "approvedThrough", projected_actions as "projectedActions",
-               definitions_version::text as "definitionsVersion", held::text as estimate, out_of_range as "outOfRange", over_cap as "overCap"
+               definitions_version::text as "definitionsVersion", held::text as estimate, out_of_range as "outOfRange", over_cap as "overCap",
+               shadow_fits as "shadowFits"
         from budget_hold_batch(
           ${calls.map((call) => call.reservationId)}::text[]::uuid[], ${calls.map((call) => call.amount)}::text[]::numeric[],
           ${calls.map((call) => call.requestId)}::text[], ${currency}, ${`${ttlMs} milliseconds`}::interval,

@@ -34,7 +34,8 @@ export function createHoldQueue (reservations: HoldRepository, ledger: WindowLed
       const held: HeldShare[] = []
       for (const numbers of hold.numbers) {
         const budget = call.line.find((terms) => terms.budgetId === numbers.budgetId)
-        if (budget === undefined || budget.currency !== options.currency) continue
+        // a shadow budget's numbers are its as-if ledger's, and no lease reads it
+        if (budget === undefined || budget.currency !== options.currency || budget.enforcement === 'shadow') continue
         const units = hold.reserved && numbers.estimate !== null ? toUnits(numbers.estimate) : 0n
         ledger.measured(budget.budgetId, budget.periodStart, numbers.currentAmount, fromUnits(toUnits(numbers.reservedAmount) + units), sentAt)
         if (hold.reserved && numbers.estimate !== null) held.push({ budgetId: budget.budgetId, periodStart: budget.periodStart, units })

@@ -6,13 +6,14 @@ import { isUuid } from '../kernel/database/db.js'
 import type { Logger } from '../kernel/logger.js'
 import { BudgetNotFoundError, DatabaseUnavailableError } from '../kernel/errors.js'
 import { checkStorableString } from '../kernel/json-limits.js'
-import type { BudgetDefinition } from '../kernel/schemas.js'
+import type { BudgetDefinition, NearLimitPolicy } from '../kernel/schemas.js'
 import { parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
-import { withinCaps, type BudgetNumbers, type BudgetTerms } from './budget-terms.js'
+import { leasable, withinCaps, type BudgetNumbers, type BudgetTerms } from './budget-terms.js'
 import type { Hold } from './hold-repository.js'
 import type { CallFilter } from './line-repository.js'
 import type { StandingRepository } from './standing-repository.js'
 import type { SweeperRepository } from './sweeper-repository.js'
+import type { ShadowRepository } from './shadow-repository.js'
 import type { BudgetLines } from './budget-lines.js'
 import type { DefinitionsVersion } from './definitions-version.js'
 import type { HeldShare, HoldQueue } from './holds.js'
@@ -20,7 +21,7 @@ import { decidedOn, type Admission, type Leases } from './leases.js'
 import { NOTHING_TAKEN, isRateRefusal, type RateAdmission, type RateLimits, type RateRefusal } from './rate-limits.js'
 import { sweptBeforeSettling, type SettleOutcome, type SettlementQueue } from './settlements.js'
 import type { Settlement } from './settlement-repository.js'
-import { bindingBudget, decide, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
+import { bindingBudget, decide, shadowOutcome, type BudgetConstraintCheck, type ModelPolicy } from './decision.js'
 import type { BudgetStatusInfo } from '../usage/index.js'
 import type { WindowLedger } from './window-ledger.js'
 import type { UsageTracker, UsageMetadata } from '../usage/index.js'
@@ -50,6 +51,8 @@ export interface IntegrationOptions {
   reservationTtlMs: number
   /** The longest the gate waits for PostgreSQL before answering by its failure mode. */
   timeoutMs: number
+  /** The gate's nearLimit: whether a shadow budget without its own would have clamped a call it had no room for. */
+  nearLimit: NearLimitPolicy
 }
 
 export interface Reservation {
@@ -135,14 +138,15 @@ function rateLimitedCheck (refusal: RateRefusal, estimate: Money): BudgetConstra
     status: null,
     activeActions: [],
     downgradeTo: null,
-    budgets: []
+    budgets: [],
+    shadow: []
   }
 }
 
 /** The parts the integration works with, each built once by the plugin (lib/index.ts). */
 export interface GateMachinery {
   /** The reads that hold nothing (the checks, the summary) and the sweeper. */
-  reservations: StandingRepository & SweeperRepository
+  reservations: StandingRepository & SweeperRepository & ShadowRepository
   lines: BudgetLines
   leases: Leases
   holds: HoldQueue
@@ -285,7 +289,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       try {
         // A line with a budget in another currency is held call by call (each hold converts at the rate in force);
         // a call over a budget's cap on one call too, so that the hold refuses it (budget_within_cap).
-        const admission = line.every((budget) => budget.currency === options.currency) && withinCaps(line, estimate) ? await leases.admit(key, line, validUntil, estimate) : null
+        // A line with a shadow budget too: only a hold judges it on its as-if ledger.
+        const admission = leasable(line, options.currency) && withinCaps(line, estimate) ? await leases.admit(key, line, validUntil, estimate) : null
         if (admission !== null) return { reservationId, line, admission, hold: LEASED, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
         versions.observe(hold.definitionsVersion)
@@ -313,7 +318,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
    */
   function admitNow (call: CallFilter, estimate: Money, tokens: number): Admitted | null {
     const cached = lines.lineNow(call)
-    if (cached === null || cached.line.length === 0 || !cached.line.every((budget) => budget.currency === options.currency) || !withinCaps(cached.line, estimate)) return null
+    if (cached === null || cached.line.length === 0 || !leasable(cached.line, options.currency) || !withinCaps(cached.line, estimate)) return null
     const rate = rateLimits.admitNow(cached.line, tokens)
     if (rate === null) return null
     const admission = leases.admitNow(cached.key, cached.line, estimate)
@@ -322,6 +327,15 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       return null
     }
     return { reservationId: randomUUID(), line: cached.line, admission, hold: LEASED, rate }
+  }
+
+  /** Counts a call's shadow verdicts and marks its holds (shadow-repository.ts); a failure is logged, never the call's. */
+  async function noteShadow (reservationId: string | null, line: BudgetTerms[], check: BudgetConstraintCheck): Promise<void> {
+    const notes = check.shadow.map((verdict) => ({
+      budgetId: verdict.budgetId, periodStart: line.find((budget) => budget.budgetId === verdict.budgetId)!.periodStart,
+      code: verdict.code, outcome: verdict.outcome, excluded: verdict.outcome === 'refused'
+    }))
+    await bestEffort(log, async () => { await reservations.noteShadow(reservationId, notes) }, 'recording a shadow budget\'s verdict failed: it is not counted', { reservationId })
   }
 
   // The decisions of lease takes, by take and model (leasedCheck).
@@ -387,7 +401,9 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         return { check, reservationId: null }
       }
       if (!result.current) { rateLimits.end(rate, null); throw new DatabaseUnavailableError() } // the line changed under every try
-      const check = decide(line, result.numbers, estimate, policy)
+      const decided = decide(line, result.numbers, estimate, policy)
+      // A shadow budget without a nearLimit of its own would have clamped as the gate does.
+      const check = decided.shadow.length === 0 ? decided : { ...decided, shadow: decided.shadow.map((verdict) => ({ ...verdict, outcome: shadowOutcome(verdict, options.nearLimit) })) }
       if (line.length === 0) return { check, reservationId: null } // no budget applies to this caller
       if (result.reserved && check.canProceed && rate.taken.length > 0) rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
       else rateLimits.end(rate, null)
@@ -395,6 +411,9 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         // Room enough, but an alert action (block-all, require-approval, restrict-models) refuses: undo the reservation.
         await releaseHold(reservationId, line.map((budget) => budget.budgetId), 'an alert action refused the call')
       }
+      // What the shadow budgets would have done, counted (and the hold left out of their as-if ledgers) before
+      // the call goes on: a call the next hold meets is already out of them.
+      if (check.shadow.length > 0) await noteShadow(result.reserved && check.canProceed ? reservationId : null, line, check)
       if (!result.reserved && check.canProceed) {
         // Cannot happen: decide() reads the fits that the hold decided. Refuse rather than overspend.
         return { check: { ...check, canProceed: false, code: 'budget_exceeded', reason: 'A budget has no room for the estimated cost' }, reservationId: null }

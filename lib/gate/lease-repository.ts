@@ -2,6 +2,7 @@
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import { retryingConflicts, type Db } from '../kernel/database/db.js'
 import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
+import type { Enforcement } from '../kernel/schemas.js'
 
 /** What a take measured of each budget under its lock: the numbers a lease admits calls on (each call fits: the slice is held). */
 export type LeaseNumbers = Pick<BudgetNumbers, 'budgetId' | 'amount' | 'enforcement' | 'currentAmount' | 'reservedAmount'>
@@ -17,7 +18,7 @@ export function createLeaseRepository (sql: Db) {
      * under `least` or the line is out of date (budget_lease_take, sql/functions/leases.sql).
      */
     async takeLease (leaseId: string, line: BudgetTerms[], currency: string, ttlMs: number, wanted: Money, least: Money): Promise<{ granted: Money, definitionsVersion: number, budgets: LeaseNumbers[] } | null> {
-      const rows = await retryingConflicts(async () => await sql<Array<{ granted: string, budgetId: string, amount: string, enforcement: 'hard' | 'soft', currentAmount: string, reservedAmount: string, definitionsVersion: string }>>`
+      const rows = await retryingConflicts(async () => await sql<Array<{ granted: string, budgetId: string, amount: string, enforcement: Enforcement, currentAmount: string, reservedAmount: string, definitionsVersion: string }>>`
         select granted::text as granted, budget_id as "budgetId", amount::text as amount, enforcement,
                current_amount::text as "currentAmount", reserved_amount::text as "reservedAmount", definitions_version::text as "definitionsVersion"
         from budget_lease_take(${leaseId}, ${currency}, ${`${ttlMs} milliseconds`}::interval, ${wanted}::numeric, ${least}::numeric,

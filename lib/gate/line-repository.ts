@@ -30,7 +30,7 @@ export function createLineRepository (sql: Db) {
         select budget_id as "budgetId", name, alerts, scope_matched as "scopeMatched", scope_rank as "scopeRank",
                period_start as "periodStart", period_end as "periodEnd", definitions_version::text as "definitionsVersion",
                rate_requests_per_minute as "requestsPerMinute", rate_tokens_per_minute::float8 as "tokensPerMinute", currency, near_limit as "nearLimit",
-               max_call_cost::text as "maxCallCost"
+               max_call_cost::text as "maxCallCost", enforcement
         from budget_line(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, ${call.model}, ${canonicalTags(call.tags)}::text::jsonb)`
       // A caller with no budget still learns the version: its empty line is as cacheable as any.
       const version = rows[0]?.definitionsVersion ?? await definitionsVersion()

@@ -6,6 +6,7 @@ import { createLeaseRepository } from './lease-repository.js'
 import { createLineRepository } from './line-repository.js'
 import { createRateRepository } from './rate-repository.js'
 import { createSettlementRepository } from './settlement-repository.js'
+import { createShadowRepository } from './shadow-repository.js'
 import { createStandingRepository } from './standing-repository.js'
 import { createSweeperRepository } from './sweeper-repository.js'
 
@@ -17,7 +18,8 @@ export function createReservationRepository (sql: Db) {
     ...createLeaseRepository(sql), // leases: take, renew, check, return
     ...createRateRepository(sql), // rate buckets: take, give back
     ...createSweeperRepository(sql), // the sweeper: budget_sweep_expired
-    ...createStandingRepository(sql) // reads that hold nothing: the checks and the caller's summary
+    ...createStandingRepository(sql), // reads that hold nothing: the checks and the caller's summary
+    ...createShadowRepository(sql) // shadow budgets: verdicts counted, holds marked
   }
 }
 

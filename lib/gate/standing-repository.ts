@@ -56,7 +56,7 @@ export function createStandingRepository (sql: Db) {
       terms: rows.map((row) => ({
         budgetId: row.budgetId, name: row.name, alerts: row.alerts, currency: row.currency, nearLimit: row.nearLimit,
         maxCallCost: row.maxCallCost === null ? null : normalizeMoney(row.maxCallCost), scopeMatched: row.scopeMatched, scopeRank: row.scopeRank, periodStart: row.periodStart, periodEnd: row.periodEnd,
-        requestsPerMinute: row.requestsPerMinute, tokensPerMinute: row.tokensPerMinute
+        requestsPerMinute: row.requestsPerMinute, tokensPerMinute: row.tokensPerMinute, enforcement: row.enforcement
       })),
       numbers: rows.map(numbersFrom)
     }

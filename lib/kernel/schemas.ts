@@ -13,6 +13,9 @@ function Nullable<T extends TSchema> (schema: T) {
 
 export const SCOPE_TYPES = ['organization', 'team', 'user', 'project'] as const
 /** What the gate does when a call's worst case no longer fits a hard budget (the gate's nearLimit option, or the budget's own). */
+/** 'hard' refuses what would exceed the budget, 'soft' only alerts, 'shadow' records what hard would have done (docs/budgets.md#shadow-budgets). */
+export const ENFORCEMENTS = ['hard', 'soft', 'shadow'] as const
+export type Enforcement = typeof ENFORCEMENTS[number]
 export const NEAR_LIMIT_POLICIES = ['refuse', 'clamp'] as const
 export const PERIODS = ['daily', 'weekly', 'monthly', 'quarterly', 'annual', 'custom'] as const
 export const PERIOD_ALIGNMENTS = ['start', 'calendar'] as const
@@ -103,7 +106,7 @@ const budgetFields = {
   rateLimits: RateLimits,
   metrics: Type.Boolean({ description: 'Always export this budget\'s Prometheus gauges (default false: only while among the top spenders).' }),
   alerts: Type.Array(BudgetAlert, { maxItems: 20 }),
-  enforcement: StringEnum(['hard', 'soft'] as const, { description: 'A hard budget refuses calls that would exceed it; a soft one only alerts.' }),
+  enforcement: StringEnum(ENFORCEMENTS, { description: "A hard budget refuses calls that would exceed it; a soft one only alerts; a shadow one never refuses, clamps or downgrades, and records each call a hard one would have (x-budget-shadow, metadata.shadow, its status's shadow)." }),
   digest: Nullable(BudgetDigest),
   nearLimit: Nullable(StringEnum(NEAR_LIMIT_POLICIES, {
     description: "When a call's worst case no longer fits this hard budget: 'refuse' it, or 'clamp' its max_tokens to what the budget can still afford (refused only below the gate's floor). Null (default): the gate's nearLimit option."
@@ -186,7 +189,7 @@ export const BudgetDefinition = Type.Object({
   rateLimits: RateLimits,
   metrics: Type.Boolean(),
   alerts: Type.Array(BudgetAlert),
-  enforcement: StringEnum(['hard', 'soft'] as const),
+  enforcement: StringEnum(ENFORCEMENTS),
   digest: Nullable(BudgetDigest),
   nearLimit: Nullable(StringEnum(NEAR_LIMIT_POLICIES)),
   maxCallCost: Nullable(Type.String({ description: "The most one call may cost, in the budget's currency; null: no cap." })),
@@ -398,6 +401,18 @@ export const ActiveAlert = Type.Object({
   acknowledged: Type.Boolean()
 }, { description: 'A threshold crossed in this period (from the alert history).' })
 
+/** A shadow budget's as-if ledger this window: what a hard twin would have spent, and what it would have done. */
+export const ShadowStatus = Type.Object({
+  asIfCurrentAmount: Type.String({ description: 'What the budget would have spent were it hard: currentAmount less excludedAmount.' }),
+  excludedAmount: Type.String({ description: 'The real spend of the calls a hard budget would have refused.' }),
+  counts: Type.Array(Type.Object({
+    code: Type.String({ description: 'The refusal code a hard budget would have answered with (auto_downgrade: it would have sent the call to a cheaper model).' }),
+    outcome: StringEnum(['refused', 'clamped', 'downgraded'] as const),
+    calls: Type.Integer()
+  }), { description: 'Calls the budget would have refused, clamped or downgraded, by code and outcome.' })
+})
+export type ShadowStatus = Static<typeof ShadowStatus>
+
 export const BudgetStatusInfo = Type.Object({
   budgetId: Uuid,
   currentAmount: Money,
@@ -415,7 +430,9 @@ export const BudgetStatusInfo = Type.Object({
   periodStart: Timestamp,
   periodEnd: Timestamp,
   timezone: Type.String({ description: 'The zone whose calendar the window follows; periodStart and periodEnd are its bounds as UTC instants.' }),
-  state: StringEnum(['scheduled', 'active', 'ended'] as const)
+  state: StringEnum(['scheduled', 'active', 'ended'] as const),
+  enforcement: StringEnum(ENFORCEMENTS),
+  shadow: Type.Optional(ShadowStatus)
 })
 
 export const CheckConstraintsBody = Type.Object({ estimatedCost: MoneyInput }, { additionalProperties: false, examples: [{ estimatedCost: '12.50' }] })
@@ -429,7 +446,7 @@ const BudgetCheck = Type.Object({
   remaining: Money,
   status: Health,
   activeActions: Type.Array(AlertAction),
-  enforcement: StringEnum(['hard', 'soft'] as const),
+  enforcement: StringEnum(ENFORCEMENTS),
   fits: Type.Boolean(),
   approved: Type.Boolean({ description: 'An approval in force covers this estimate.' }),
   allowedModels: Nullable(Type.Array(Type.String(), { description: 'restrict-models is in force and the model is not allowed: the allowed ones.' })),
@@ -474,6 +491,7 @@ export const AlertRecord = Type.Object({
   resolvedAt: Nullable(Type.String({ format: 'date-time', description: 'When a change of the budget\'s definition stopped its numbers reaching this crossing (ISO 8601, UTC); null while it is active (in activeAlerts).' })),
   acknowledgedBy: Nullable(Type.String()),
   acknowledgedAt: Nullable(Timestamp),
+  shadow: Type.Boolean({ description: "A shadow budget's crossing: notify only, its actions are what a hard budget would have done." }),
   deliveries: Type.Array(Type.Object({
     channel: Type.String(),
     status: StringEnum(['pending', 'delivered', 'failed'] as const),

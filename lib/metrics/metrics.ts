@@ -107,6 +107,12 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
   budgetGauge('relaycore_budget_limit', 'The budget\'s amount.', (budget) => Number(budget.amount))
   budgetGauge('relaycore_budget_remaining', 'Amount - spend - reserved, never below 0.',
     (budget) => Number(fromUnits(remainingUnits(toUnits(budget.amount), toUnits(budget.currentAmount), toUnits(budget.reservedAmount)))))
+  const shadowDecisions = new Counter({
+    name: 'relaycore_budget_shadow_decisions_total',
+    help: 'Calls a shadow budget would have refused, clamped or downgraded, by the code and the outcome of its hard twin.',
+    labelNames: ['code', 'outcome'] as const,
+    registers: [registry]
+  })
   // The status's `blocked` state: 1 while a block-all alert is in force, so an alert rule can tell a block from a full budget.
   budgetGauge('relaycore_budget_blocked', 'Whether a block-all alert is in force in the current window (1) or not (0).', (budget) => budget.blocked ? 1 : 0)
   budgetGauge('relaycore_budget_seconds_to_reset', 'Seconds until the current window ends.', (budget, now) => Math.max(0, (budget.periodEnd.getTime() - now) / 1000))
@@ -119,6 +125,10 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
       const entry = decided.get(key)
       if (entry !== undefined) entry.count++
       else decided.set(key, { outcome, code, count: 1 })
+    },
+    /** A shadow budget's verdict on a call (what its hard twin would have done: refused, clamped, downgraded). */
+    shadowDecision (code: string, outcome: string): void {
+      shadowDecisions.inc({ code, outcome })
     },
     /** A served call that no budget covered, once its record is stored: counted, and its cost added exactly. */
     unbudgeted (cost: Money, basis: CostBasis): void {

@@ -1,8 +1,8 @@
 // SQL for a budget's period window and its status cache row.
-import { normalizeMoney } from '../kernel/money.js'
+import { fromUnits, normalizeMoney, toUnits, type Money } from '../kernel/money.js'
 import type { AuditContext } from '../audit/index.js'
 import type { Db } from '../kernel/database/db.js'
-import type { ActiveAlert } from '../kernel/schemas.js'
+import type { ActiveAlert, ShadowStatus } from '../kernel/schemas.js'
 
 export type BudgetState = 'scheduled' | 'active' | 'ended'
 
@@ -58,6 +58,14 @@ export function createStatusRepository (sql: Db) {
     ) w`
 
   return {
+    /** A shadow budget's as-if ledger in a window (budget_shadow_status, sql/functions/shadow.sql), less the spend given. */
+    async readShadow (budgetId: string, periodStart: Date, currentAmount: Money): Promise<ShadowStatus> {
+      const [row] = await sql<Array<{ excluded: string, counts: Array<{ code: string, outcome: 'refused' | 'clamped' | 'downgraded', calls: number }> }>>`
+        select excluded_amount::text as excluded, counts from budget_shadow_status(${budgetId}, ${periodStart})`
+      const excluded = normalizeMoney(row!.excluded)
+      return { asIfCurrentAmount: fromUnits(toUnits(currentAmount) - toUnits(excluded)), excludedAmount: excluded, counts: row!.counts }
+    },
+
     /** The window's active crossings, newest first: those its budget's definition still reaches (a resolved one is history, sql/functions/alerts.sql). */
     async listActiveCrossings (budgetId: string, periodStart: Date): Promise<ActiveAlert[]> {
       const rows = await sql<Array<{ id: string, threshold: string, basis: ActiveAlert['basis'], actions: ActiveAlert['actions'], crossedAt: Date, acknowledged: boolean }>>`

@@ -3,7 +3,7 @@
 // lock). Pure and exact (bigint money), so every rule is tested against hand-computed values.
 import { MONEY_SCALE, fromUnits, numberToDecimal, toUnits, type Money } from '../kernel/money.js'
 import type { BudgetState } from './status-repository.js'
-import type { ActiveAlert, AlertAction, BudgetAlert, BudgetDefinition } from '../kernel/schemas.js'
+import type { ActiveAlert, AlertAction, BudgetAlert, BudgetDefinition, Enforcement, ShadowStatus } from '../kernel/schemas.js'
 
 const DAY = 86_400_000
 const SCALE = 10n ** BigInt(MONEY_SCALE)
@@ -15,7 +15,7 @@ export const DEFAULT_CRITICAL_PERCENT = 90
 export type BudgetHealth = 'normal' | 'warning' | 'critical' | 'exceeded' | 'blocked'
 
 export interface StatusInput {
-  budget: Pick<BudgetDefinition, 'id' | 'amount' | 'currency' | 'alerts' | 'startDate' | 'timezone'>
+  budget: Pick<BudgetDefinition, 'id' | 'amount' | 'currency' | 'alerts' | 'startDate' | 'timezone' | 'enforcement'>
   periodStart: Date
   periodEnd: Date
   state: BudgetState
@@ -49,6 +49,9 @@ export interface BudgetStatusInfo {
   periodEnd: string
   timezone: string
   state: BudgetState
+  enforcement: Enforcement
+  /** A shadow budget's as-if ledger (its status's only). */
+  shadow?: ShadowStatus
 }
 
 /**
@@ -143,13 +146,15 @@ export function computeStatus (input: StatusInput): BudgetStatusInfo {
     burnRate: fromUnits(toUnits(input.burnRate)),
     projectedTotal: fromUnits(toUnits(input.projectedTotal)),
     // The crossings in force are SQL's answer (recorded under the window's lock): what blocks, on either basis.
-    status: budgetHealth(currentAmount, budget.amount, budget.alerts, input.crossings.flatMap((crossing) => crossing.actions)),
+    // A shadow budget's crossings put nothing in force: it is never blocked.
+    status: budgetHealth(currentAmount, budget.amount, budget.alerts, budget.enforcement === 'shadow' ? [] : input.crossings.flatMap((crossing) => crossing.actions)),
     activeAlerts: input.crossings,
     lastUpdated: input.lastUpdated.toISOString(),
     reservedAmount: fromUnits(toUnits(reservedAmount)),
     periodStart: periodStart.toISOString(),
     periodEnd: periodEnd.toISOString(),
     timezone: budget.timezone,
-    state
+    state,
+    enforcement: budget.enforcement
   }
 }

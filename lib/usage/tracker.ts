@@ -110,7 +110,9 @@ export function createBudgetTracker ({ budgets, status, usage, forecasts }: Trac
     const crossings = await status.listActiveCrossings(budget.id, window.periodStart)
     const now = options.now()
     const { projectedTotal, burnRate } = await forecasts.projection(budget.id, window, row.currentAmount, now)
-    return computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now, crossings, projectedTotal, burnRate })
+    const computed = computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now, crossings, projectedTotal, burnRate })
+    if (budget.enforcement !== 'shadow') return computed
+    return { ...computed, shadow: await status.readShadow(budget.id, window.periodStart, computed.currentAmount) }
   }
 
   /** Records a usage once per idempotency key, whatever budget took it; `replayed` tells a retry from the first call. */

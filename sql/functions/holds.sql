@@ -2,11 +2,12 @@
 -- lock order: settlements.sql.
 
 -- Whether spending p_amount fits a budget now: the one place this rule lives (the hold, check
--- constraints and the caller summary read it; lib/gate/decision.ts reads their answer). A soft
--- budget always takes it; a hard one while settled + reserved + amount stays within its limit.
+-- constraints and the caller summary read it; lib/gate/decision.ts reads their answer). A soft or shadow
+-- budget always takes it; a hard one while settled + reserved + amount stays within its limit. (A shadow
+-- budget's own verdict is this rule read as 'hard' on its as-if ledger: budget_hold_batch.)
 create or replace function budget_fits(p_enforcement text, p_limit numeric, p_current numeric, p_reserved numeric, p_amount numeric)
 returns boolean language sql immutable parallel safe as $$
-  select p_enforcement = 'soft' or p_current + p_reserved + p_amount <= p_limit
+  select p_enforcement in ('soft', 'shadow') or p_current + p_reserved + p_amount <= p_limit
 $$;
 
 -- Whether a call whose worst case is p_held (in the budget's currency, as held) is within the budget's cap on
@@ -51,7 +52,15 @@ $$;
 --
 -- A hot budget's queue must not hold a pooled connection for long: a hold that cannot get its locks within
 -- 2 s fails (SQLSTATE 55P03) and the gate answers by its failure mode.
--- Its result's columns changed (over_cap): a function's row type cannot be replaced, only dropped and made again.
+--
+-- A shadow budget (enforcement 'shadow') takes every call it can hold, and is judged beside it as a hard
+-- one would be, on its as-if ledger (migration 008): spend less excluded_amount, held less its holds marked
+-- as_if_excluded, and the same fit and cap rules (budget_fits read as 'hard', budget_within_cap). Its rows
+-- report that ledger (current_amount, reserved_amount), its cap (over_cap) and the verdict (shadow_fits;
+-- null on other budgets), so that lib/gate/decision.ts judges it as a hard budget; a hold it would have
+-- refused is marked as_if_excluded here, under the same lock, so the next call sees the as-if ledger of a
+-- hard twin. Its excluded_amount is read after the window rows are locked (the lock order: 008).
+-- Its result's columns changed (shadow_fits): a function's row type cannot be replaced, only dropped and made again.
 drop function if exists budget_hold_batch(uuid[], numeric[], text[], text, interval, integer[], uuid[], timestamptz[], timestamptz[], boolean[], integer[], boolean, boolean);
 create or replace function budget_hold_batch(
   p_reservation_ids uuid[], p_amounts numeric[], p_request_ids text[], p_currency text, p_ttl interval,
@@ -60,7 +69,7 @@ create or replace function budget_hold_batch(
 ) returns table (call_index integer, budget_id uuid, amount numeric, enforcement text, current_amount numeric,
                  reserved_amount numeric, fits boolean, is_current boolean, is_reserved boolean,
                  approved_through numeric, projected_actions text[], definitions_version bigint,
-                 held numeric, exchange_rate numeric, out_of_range boolean, over_cap boolean)
+                 held numeric, exchange_rate numeric, out_of_range boolean, over_cap boolean, shadow_fits boolean)
 language plpgsql set lock_timeout = '2s' as $$
 #variable_conflict use_column
 declare
@@ -69,6 +78,9 @@ declare
   row_window integer[];
   call_current boolean[]; call_reserved boolean[]; call_fits boolean;
   row_reserved_before numeric[]; row_fits boolean[];
+  -- shadow windows: whether each is one, its as-if spend and held amount, what admitted calls added to the
+  -- latter, and each row's verdict
+  shadows boolean[]; asif_currents numeric[]; asif_reserveds numeric[]; asif_added numeric[]; row_shadow_fits boolean[];
   calls integer := coalesce(array_length(p_reservation_ids, 1), 0);
   rows_count integer := coalesce(array_length(p_row_calls, 1), 0);
   w integer;
@@ -92,6 +104,17 @@ begin
   join (select distinct r.b, r.s, r.e from unnest(p_row_budgets, p_row_starts, p_row_ends) as r(b, s, e) where r.s <= now() and now() < r.e) x
     on c.budget_id = x.b and c.period_start = x.s and c.period_end = x.e;
   keys := coalesce(keys, '{}'); added := array_fill(0::numeric, array[coalesce(array_length(keys, 1), 0)]);
+  asif_added := added;
+  shadows := array_fill(false, array[coalesce(array_length(keys, 1), 0)]);
+  asif_currents := currents; asif_reserveds := reserveds;
+  for ki in 1 .. coalesce(array_length(keys, 1), 0) loop
+    continue when enforcements[ki] <> 'shadow';
+    shadows[ki] := true;
+    asif_currents[ki] := currents[ki] - coalesce((select s.excluded_amount from budget_shadow_windows s
+                                                   where s.budget_id = keys[ki] and s.period_start = starts[ki]), 0);
+    asif_reserveds[ki] := reserveds[ki] - coalesce((select sum(r.amount) from budget_reservations r
+                                                     where r.budget_id = keys[ki] and r.period_start = starts[ki] and r.as_if_excluded), 0);
+  end loop;
 
   -- Which locked window each row names (null: its window is not current or has no row).
   row_window := array_fill(null::integer, array[rows_count]);
@@ -108,6 +131,7 @@ begin
   row_held := array_fill(null::numeric, array[rows_count]);
   row_out_of_range := array_fill(false, array[rows_count]);
   row_over_cap := array_fill(false, array[rows_count]);
+  row_shadow_fits := array_fill(null::boolean, array[rows_count]);
   for ci in 1 .. calls loop
     call_fits := true;
     for ri in 1 .. rows_count loop
@@ -120,14 +144,25 @@ begin
       row_held[ri] := budget_hold_amount(p_amounts[ci], rates[w], currents[w], reserveds[w] + added[w]);
       row_out_of_range[ri] := row_held[ri] is null and rates[w] is not null;
       row_over_cap[ri] := row_held[ri] is not null and not budget_within_cap(row_held[ri], caps[w]);
-      row_fits[ri] := row_held[ri] is not null and not row_over_cap[ri]
-                      and budget_fits(enforcements[w], limits[w], currents[w], reserveds[w] + added[w], row_held[ri]);
+      if shadows[w] then
+        -- never refuses for its cap or its room: judged as a hard budget on its as-if ledger instead
+        row_shadow_fits[ri] := row_held[ri] is not null and not row_over_cap[ri]
+                               and budget_fits('hard', limits[w], asif_currents[w], asif_reserveds[w] + asif_added[w], row_held[ri]);
+        row_reserved_before[ri] := asif_reserveds[w] + asif_added[w];
+        row_fits[ri] := row_held[ri] is not null;
+      else
+        row_fits[ri] := row_held[ri] is not null and not row_over_cap[ri]
+                        and budget_fits(enforcements[w], limits[w], currents[w], reserveds[w] + added[w], row_held[ri]);
+      end if;
       call_fits := call_fits and row_fits[ri];
     end loop;
     if call_fits and call_current[ci] then
       call_reserved[ci] := true;
       for ri in 1 .. rows_count loop
-        if p_row_calls[ri] = ci then added[row_window[ri]] := added[row_window[ri]] + row_held[ri]; end if;
+        if p_row_calls[ri] = ci then
+          added[row_window[ri]] := added[row_window[ri]] + row_held[ri];
+          if row_shadow_fits[ri] then asif_added[row_window[ri]] := asif_added[row_window[ri]] + row_held[ri]; end if;
+        end if;
       end loop;
     end if;
   end loop;
@@ -137,20 +172,22 @@ begin
   where a.added > 0 and c.budget_id = a.b and c.period_start = a.s;
 
   insert into budget_reservations (id, budget_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at,
-                                   call_amount, exchange_rate)
+                                   call_amount, exchange_rate, as_if_excluded)
   select p_reservation_ids[r.call], r.b, r.s, r.held, r.matched, r.rank, p_currency, p_request_ids[r.call], now() + p_ttl,
-         p_amounts[r.call], rates[r.w]
-  from unnest(p_row_calls, p_row_budgets, p_row_starts, p_row_matched, p_row_ranks, row_held, row_window) as r(call, b, s, matched, rank, held, w)
+         p_amounts[r.call], rates[r.w], coalesce(not r.shadow_fits, false)
+  from unnest(p_row_calls, p_row_budgets, p_row_starts, p_row_matched, p_row_ranks, row_held, row_window, row_shadow_fits)
+    as r(call, b, s, matched, rank, held, w, shadow_fits)
   where call_reserved[r.call];
 
   return query
-    select r.call, r.b, limits[r.w], enforcements[r.w], currents[r.w], r.before, r.fits, call_current[r.call], call_reserved[r.call],
+    select r.call, r.b, limits[r.w], enforcements[r.w], asif_currents[r.w], r.before, r.fits, call_current[r.call], call_reserved[r.call],
            case when p_need_approvals then budget_approved_through(r.b, r.s) end,
            case when p_need_projected then array(select distinct action from budget_alert_history h, unnest(h.actions) as action
                                                  where h.budget_id = r.b and h.period_start = r.s and h.basis = 'projected'
                                                    and h.resolved_at is null) else '{}'::text[] end,
-           budget_definitions_version(), r.held, rates[r.w], r.out_of_range, r.over_cap
-    from unnest(p_row_calls, p_row_budgets, p_row_starts, row_window, row_reserved_before, row_fits, row_held, row_out_of_range, row_over_cap)
-      as r(call, b, s, w, before, fits, held, out_of_range, over_cap)
+           budget_definitions_version(), r.held, rates[r.w], r.out_of_range, r.over_cap, r.shadow_fits
+    from unnest(p_row_calls, p_row_budgets, p_row_starts, row_window, row_reserved_before, row_fits, row_held, row_out_of_range, row_over_cap,
+                row_shadow_fits)
+      as r(call, b, s, w, before, fits, held, out_of_range, over_cap, shadow_fits)
     where r.w is not null;
 end $$;

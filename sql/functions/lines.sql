@@ -27,12 +27,15 @@ $$;
 -- definitions' version it was read at. Runs once per caller, window and process, not per call. A window
 -- seen for the first time, or one whose row was made for another window that began at the same instant
 -- (the budget's period changed since), is recomputed from the allocations.
--- Its result's columns changed (max_call_cost): a function's row type cannot be replaced, only dropped and made again.
+-- Its enforcement too: a line with a shadow budget is held call by call, never leased (a shadow budget is
+-- judged on its as-if ledger, which only a hold reads).
+-- Its result's columns changed (enforcement): a function's row type cannot be replaced, only dropped and made again.
 drop function if exists budget_line(text[], text[], text, text, jsonb);
 create or replace function budget_line(p_scope_types text[], p_scope_ids text[], p_currency text, p_model text, p_tags jsonb)
 returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, scope_rank integer,
                period_start timestamptz, period_end timestamptz, definitions_version bigint,
-               rate_requests_per_minute integer, rate_tokens_per_minute bigint, currency text, near_limit text, max_call_cost numeric)
+               rate_requests_per_minute integer, rate_tokens_per_minute bigint, currency text, near_limit text, max_call_cost numeric,
+               enforcement text)
 language plpgsql as $$
 declare
   window_row record;
@@ -47,7 +50,7 @@ begin
   end loop;
   return query
     select a.budget_id, b.name, b.alerts, a.scope_matched, a.scope_rank, a.period_start, a.period_end, budget_definitions_version(),
-           b.rate_requests_per_minute, b.rate_tokens_per_minute, b.currency, b.near_limit, b.max_call_cost
+           b.rate_requests_per_minute, b.rate_tokens_per_minute, b.currency, b.near_limit, b.max_call_cost, b.enforcement
     from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
     join budget_definitions b on b.id = a.budget_id
     order by a.scope_matched desc, a.scope_rank, a.budget_id;

@@ -58,6 +58,10 @@ declare
   found_usages uuid[];
   -- what a window could not store, by usage record and budget
   unrecorded jsonb;
+  -- the charged rows of holds a shadow budget would have refused (as_if_excluded): usage record, budget, window
+  x_usages uuid[];
+  x_budgets uuid[];
+  x_starts timestamptz[];
 begin
   -- Asynchronous commit: the batch's locks go at commit, not once the WAL is on disk. A PostgreSQL
   -- crash can lose the last batches whole; their reservations come back and are swept at their
@@ -72,7 +76,8 @@ begin
   ),
   ended as (
     delete from budget_reservations r using input i where r.id = i.reservation_id
-    returning r.id, r.budget_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, r.request_id, r.created_at, r.exchange_rate
+    returning r.id, r.budget_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, r.request_id, r.created_at, r.exchange_rate,
+              r.as_if_excluded
   ),
   -- each row's window as its cache row has it: the allocation is dated inside it
   windowed as (
@@ -120,8 +125,12 @@ begin
          (select array_agg(x.period_start order by x.budget_id, x.period_start) from released x),
          (select array_agg(x.held order by x.budget_id, x.period_start) from released x),
          (select array_agg(c.reservation_id order by c.reservation_id) from calls c),
-         (select array_agg(ch.usage_id order by c.reservation_id) from calls c left join charged ch on ch.reservation_id = c.reservation_id)
-  into s_ords, s_usages, s_budgets, s_amounts, s_rates, s_at, s_starts, s_ends, r_budgets, r_starts, r_held, found_ids, found_usages;
+         (select array_agg(ch.usage_id order by c.reservation_id) from calls c left join charged ch on ch.reservation_id = c.reservation_id),
+         (select array_agg(ch.usage_id order by w.budget_id, w.period_start) from windowed w join charged ch on ch.reservation_id = w.id where w.as_if_excluded),
+         (select array_agg(w.budget_id order by w.budget_id, w.period_start) from windowed w join charged ch on ch.reservation_id = w.id where w.as_if_excluded),
+         (select array_agg(w.period_start order by w.budget_id, w.period_start) from windowed w join charged ch on ch.reservation_id = w.id where w.as_if_excluded)
+  into s_ords, s_usages, s_budgets, s_amounts, s_rates, s_at, s_starts, s_ends, r_budgets, r_starts, r_held, found_ids, found_usages,
+       x_usages, x_budgets, x_starts;
 
   -- The spend and the release of what was held, each window row written once (budget_record_spend); what a
   -- window could not store is kept on the usage record.
@@ -132,6 +141,18 @@ begin
   if unrecorded is not null then
     update budget_usage_records u set metadata = u.metadata || jsonb_build_object('unrecordedPastLimit', unrecorded -> u.id::text)
     where u.id in (select k::uuid from jsonb_object_keys(unrecorded) k);
+  end if;
+
+  -- A shadow budget's as-if ledger leaves out what it would have refused: the allocations just recorded for
+  -- those holds go to its excluded_amount (its window rows are locked by budget_record_spend: the lock order, 008).
+  if x_usages is not null then
+    insert into budget_shadow_windows as s (budget_id, period_start, excluded_amount)
+    select x.b, x.s, sum(a.amount)
+    from unnest(x_usages, x_budgets, x_starts) as x(u, b, s)
+    join budget_usage_allocations a on a.usage_id = x.u and a.budget_id = x.b
+    group by x.b, x.s
+    order by x.b, x.s
+    on conflict (budget_id, period_start) do update set excluded_amount = s.excluded_amount + excluded.excluded_amount;
   end if;
 
   return query select f.id, f.usage_id, budget_definitions_version() from unnest(found_ids, found_usages) as f(id, usage_id);

@@ -3,6 +3,7 @@ import type { Money } from '../../kernel/money.js'
 import type { TokenUsage } from '../../pricing/index.js'
 import type { UsageMetadata } from '../../usage/index.js'
 import type { BudgetGateState } from './gate-options.js'
+import { shadowMetadata } from './shadow.js'
 
 /** What a call is charged when its hold ends, and why. */
 export interface Charge {
@@ -52,6 +53,7 @@ export function usageMetadata (state: BudgetGateState, usage: TokenUsage | null,
   metadata.projectId = state.caller.project
   metadata.organizationId = state.caller.organization
   if (state.caller.tags !== undefined) metadata.tags = state.caller.tags
+  if (state.check !== null && state.check.shadow.length > 0) metadata.shadow = shadowMetadata(state.check.shadow)
   return metadata
 }
 

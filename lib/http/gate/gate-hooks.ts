@@ -31,6 +31,7 @@ import { callerCap, MAX_COST_HEADER, type CallerCap } from './call-cost-cap.js'
 import { checkScopeId, type CallerScopes } from '../../kernel/scopes.js'
 import type { Part } from '../../kernel/part.js'
 import { chargeFor, storable, usageMetadata, type Charge } from './charge.js'
+import { SHADOW_HEADER, shadowHeader } from './shadow.js'
 import { watchConnection, type ConnectionWatch } from './connection-watch.js'
 import { rateLimitHeaders } from './rate-limit-headers.js'
 import { readStreamUsage, readThrough, type StreamFeed } from './stream-usage.js'
@@ -126,6 +127,11 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     call.rateLimited = held.rateLimited
     call.state.reservationId = held.reservationId
     call.state.check = held.check
+    // What the shadow budgets would have done to this hold: counted, and named to the caller (the last hold's word stands).
+    const shadow = held.check.shadow
+    for (const verdict of shadow) metrics.shadowDecision(verdict.code, verdict.outcome)
+    if (shadow.length > 0) void call.reply.header(SHADOW_HEADER, shadowHeader(shadow))
+    else if (call.reply.hasHeader(SHADOW_HEADER)) void call.reply.removeHeader(SHADOW_HEADER)
   }
 
   /**

@@ -1,0 +1,35 @@
+-- Shadow budgets' own ledger (migration 008): what each would have done, counted, and the holds it would
+-- have refused for an alert action marked. Its fit on room and cap is decided in budget_hold_batch (holds.sql).
+
+-- Records a call's shadow verdicts, one element per shadow budget that would have refused, clamped or
+-- downgraded it: a count per (window, code, outcome), and whether the call's hold on that budget is left out
+-- of its as-if ledger (as_if_excluded: p_excludes). The hold marks what it refuses on room or cap; this
+-- marks a refusal for an alert action (block-all, require-approval, restrict-models), and unmarks a call a
+-- clamp or a downgrade would have answered (its as-if spend is then its real one: docs/budgets.md). Locks the
+-- call's reservation rows (by budget id), then the count rows (by budget, window, code, outcome).
+create or replace function budget_shadow_note(p_reservation_id uuid, p_budget_ids uuid[], p_period_starts timestamptz[],
+                                              p_codes text[], p_outcomes text[], p_excludes boolean[])
+returns void language plpgsql set lock_timeout = '2s' as $$
+begin
+  perform 1 from budget_reservations r where r.id = p_reservation_id and r.budget_id = any (p_budget_ids) order by r.budget_id for update;
+  update budget_reservations r set as_if_excluded = x.e
+  from unnest(p_budget_ids, p_excludes) as x(b, e)
+  where r.id = p_reservation_id and r.budget_id = x.b and r.as_if_excluded <> x.e;
+
+  insert into budget_shadow_counts as c (budget_id, period_start, code, outcome, calls)
+  select x.b, x.s, x.c, x.o, count(*)
+  from unnest(p_budget_ids, p_period_starts, p_codes, p_outcomes) as x(b, s, c, o)
+  group by x.b, x.s, x.c, x.o
+  order by x.b, x.s, x.c, x.o
+  on conflict (budget_id, period_start, code, outcome) do update set calls = c.calls + excluded.calls;
+end $$;
+
+-- A shadow window's as-if figures, for its status: the spend a hard twin would have had (the real spend
+-- less what it would have refused), the real spend it would have refused, and its counts by code and outcome.
+create or replace function budget_shadow_status(p_budget_id uuid, p_period_start timestamptz)
+returns table (excluded_amount numeric, counts jsonb)
+language sql stable as $$
+  select coalesce((select s.excluded_amount from budget_shadow_windows s where s.budget_id = p_budget_id and s.period_start = p_period_start), 0),
+         coalesce((select jsonb_agg(jsonb_build_object('code', c.code, 'outcome', c.outcome, 'calls', c.calls) order by c.code, c.outcome)
+                   from budget_shadow_counts c where c.budget_id = p_budget_id and c.period_start = p_period_start), '[]'::jsonb)
+$$;
