@@ -15,7 +15,8 @@ const below = {
   alerts: ['audit', 'budgets', 'usage'],
   metrics: ['usage'],
   'provider-costs': ['audit'],
-  http: ['audit', 'budgets', 'usage', 'pricing', 'model-apis', 'currencies', 'reports', 'gate', 'alerts', 'metrics', 'provider-costs']
+  simulate: ['audit', 'budgets'],
+  http: ['audit', 'budgets', 'usage', 'pricing', 'model-apis', 'currencies', 'reports', 'gate', 'alerts', 'metrics', 'provider-costs', 'simulate']
 }
 const entry = (domains) => domains.map((domain) => `^lib/${domain}/index\\.ts$`)
 

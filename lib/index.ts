@@ -19,6 +19,7 @@ import { createBudgetMetrics, type BudgetMetrics } from './metrics/metrics.js'
 import { createBudgetAudit } from './audit/audit.js'
 import { createSpendReports } from './reports/reports.js'
 import { createProviderCosts } from './provider-costs/index.js'
+import { createSimulate } from './simulate/index.js'
 import { registerGate } from './http/gate/gate-hooks.js'
 import type { BudgetGateState } from './http/gate/gate-options.js'
 import { adminGuard, adminRoutes } from './http/admin/admin.js'
@@ -83,6 +84,9 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     const audit = partOf(createBudgetAudit(repositories.audit))
     // The providers' own cost reports, collected on the operator's schedule; a corrected bucket is audited.
     const providerCosts = createProviderCosts(sql, providerCostOptions, adminTimeoutMs, log, now)
+    // What-if replay: a proposal applied by the registry's rules in a transaction always rolled back, and the
+    // recorded usage of a past range replayed through the gate's and the alerts' SQL rules.
+    const simulate = createSimulate(sql, { currency, cheapModels, downgrades, registry: { modelName, channels: Object.keys(notifications.channels) } })
 
     fastify.decorate('budgetRegistry', registry.api)
     fastify.decorate('budgetTracker', gate.api.tracker)
@@ -98,14 +102,14 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 
     // The gate's hooks on the host's model routes; they drain the calls in flight first when the server closes.
     const gateHooks = gateOptions === null ? partOf(null) : registerGate(fastify, gateOptions, gate.api.integration, prices, metrics.api, decisionOptions.enabled ? decisions.api : null)
-    const lifecycle = lifecycleOf([database, pricing, registry, usage, gate, metrics, alerts, decisions, currencies, reports, audit, providerCosts, gateHooks], log)
+    const lifecycle = lifecycleOf([database, pricing, registry, usage, gate, metrics, alerts, decisions, currencies, reports, audit, providerCosts, simulate, gateHooks], log)
     fastify.addHook('onReady', async () => { lifecycle.start() })
     fastify.addHook('onClose', async () => { await lifecycle.stop() })
 
     await fastify.register(adminRoutes, {
       prefix, authorize, registry: registry.api, tracker: gate.api.tracker, collector: usage.api.collector, recordUsage: usage.api.recordUsage,
       alerts: alerts.api.alerts, channels: alerts.api.channels, metrics: metrics.api, audit: audit.api, reports: reports.api, rates: currencies.api,
-      decisions: decisions.api, providerCosts: providerCosts.api, timeoutMs: adminTimeoutMs
+      decisions: decisions.api, providerCosts: providerCosts.api, simulator: simulate.api, timeoutMs: adminTimeoutMs
     })
     // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
     if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })

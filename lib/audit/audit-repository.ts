@@ -2,7 +2,7 @@ import type { Db } from '../kernel/database/db.js'
 // SQL for the audit log: entries written with the change they record (hand it the change's
 // transaction), and read newest first, a page at a time (keyset on the entry's id).
 
-export type AuditAction = 'create' | 'update' | 'delete' | 'approve' | 'acknowledge' | 'refresh-cache' | 'set-exchange-rate' | 'test-channel' | 'correct-provider-cost'
+export type AuditAction = 'create' | 'update' | 'delete' | 'approve' | 'acknowledge' | 'refresh-cache' | 'set-exchange-rate' | 'test-channel' | 'correct-provider-cost' | 'simulate'
 
 /** Who made a change and in which request: authorize's name, and Fastify's request id (null from the library). */
 export interface AuditContext {
@@ -12,7 +12,7 @@ export interface AuditContext {
 
 export interface AuditEntry {
   id: string
-  /** Null for an action that is no budget's: an exchange rate set (set-exchange-rate), a channel tested (test-channel), a provider's cost bucket corrected (correct-provider-cost). */
+  /** Null for an action that is no budget's: an exchange rate set (set-exchange-rate), a channel tested (test-channel), a provider's cost bucket corrected (correct-provider-cost), a what-if replay run (simulate). */
   budgetId: string | null
   action: AuditAction
   changes: string[]

@@ -199,10 +199,10 @@ begin
 
   return jsonb_build_object(
     'events', events, 'unknowns', unknowns, 'windowIndex', w_index, 'refusalIndex', r_index,
-    'windows', coalesce((select jsonb_agg(jsonb_build_object('b', b, 's', s, 'e', en, 'spent', sp, 'calls', ca, 'actions', ac, 'crossed', cr) order by o)
+    'windows', coalesce((select jsonb_agg(jsonb_build_object('b', b, 's', s, 'e', en, 'spent', sp::text, 'calls', ca, 'actions', ac, 'crossed', cr) order by o)
                          from unnest(w_budget, w_start, w_end, w_spent, w_calls, w_actions, w_crossed) with ordinality as t(b, s, en, sp, ca, ac, cr, o)), '[]'),
-    'crossings', coalesce((select jsonb_agg(jsonb_build_object('w', cw, 'b', w_budget[cw], 's', w_start[cw], 'threshold', th, 'at', ca, 'spent', sp) order by o)
+    'crossings', coalesce((select jsonb_agg(jsonb_build_object('w', cw, 'b', w_budget[cw], 's', w_start[cw], 'threshold', th::text, 'at', ca, 'spent', sp::text) order by o)
                            from unnest(c_window, c_threshold, c_at, c_spent) with ordinality as t(cw, th, ca, sp, o)), '[]'),
-    'refusals', coalesce((select jsonb_agg(jsonb_build_object('b', b, 'outcome', ou, 'code', co, 'count', cn, 'cost', cs, 'first', fi, 'avoided', av) order by o)
+    'refusals', coalesce((select jsonb_agg(jsonb_build_object('b', b, 'outcome', ou, 'code', co, 'count', cn, 'cost', cs::text, 'first', fi, 'avoided', av::text) order by o)
                           from unnest(r_budget, r_outcome, r_code, r_count, r_cost, r_first, r_avoided) with ordinality as t(b, ou, co, cn, cs, fi, av, o)), '[]'));
 end $$;

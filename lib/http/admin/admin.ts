@@ -24,6 +24,8 @@ import { exchangeRateRoutes } from './exchange-rates.js'
 import type { ExchangeRates } from '../../currencies/index.js'
 import { usageRoutes, type RecordUsage } from './usage.js'
 import { providerCostRoutes } from './provider-costs.js'
+import { simulateRoutes } from './simulate.js'
+import type { Simulator } from '../../simulate/index.js'
 import type { ProviderCosts } from '../../provider-costs/index.js'
 import { compileValidator } from '../validator.js'
 
@@ -54,6 +56,8 @@ export interface AdminRoutesOptions {
   decisions?: DecisionLog
   /** The providers' cost reports: POST /provider-costs/import, GET /provider-costs, POST /provider-costs/collect. */
   providerCosts: ProviderCosts
+  /** The what-if replay: POST /simulate. */
+  simulator: Simulator
 }
 
 /**
@@ -71,7 +75,7 @@ export function adminGuard (authorize: Authorize) {
   }
 }
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs, decisions, providerCosts }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs, decisions, providerCosts, simulator }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
   // A database that neither answers nor refuses (connections that never open in an outage) must not
@@ -103,5 +107,6 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   await app.register(exchangeRateRoutes, { rates })
   await app.register(channelRoutes, { channels })
   await app.register(providerCostRoutes, { costs: providerCosts })
+  await app.register(simulateRoutes, { simulator })
   if (decisions !== undefined) await app.register(decisionRoutes, { decisions })
 }
