@@ -55,7 +55,7 @@ t.test('the OpenAPI document is valid and every admin route documents itself ful
 
   const admin = Object.entries(document.paths).filter(([path]) => path.startsWith('/api/v1/budgets'))
   const operations = admin.flatMap(([path, methods]) => Object.entries(methods).map(([method, operation]) => ({ path, method, operation })))
-  t.equal(operations.length, 31, 'every admin route is in the document') // 31: the provider costs' import, list and collect
+  t.equal(operations.length, 32, 'every admin route is in the document') // 32: the provider costs' import, list and collect, and the what-if replay
   t.same(operations.flatMap(({ path, method, operation }) => problems(path, method, operation)), [], 'and documents itself fully')
 
   t.equal(document.paths['/api/v1/budgets/'], undefined, 'no trailing-slash twin of the create route')

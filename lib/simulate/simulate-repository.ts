@@ -32,8 +32,8 @@ export function createSimulateRepository () {
     /** One slice replayed; aborting `signal` cancels the statement (PostgreSQL's cancel request: SQLSTATE 57014). */
     async slice (connection: ReservedSql, state: ReplayState, input: SliceInput, signal?: AbortSignal): Promise<ReplayState> {
       const query = connection<Array<{ state: string }>>`
-        select budget_simulate_slice(${JSON.stringify(state)}::jsonb, ${input.from}, ${input.to}, ${input.rangeFrom},
-                                     ${input.currency}, ${[...input.cheapModels]}::text[], ${JSON.stringify(input.downgrades)}::jsonb)::text as state`
+        select budget_simulate_slice(${JSON.stringify(state)}::text::jsonb, ${input.from}, ${input.to}, ${input.rangeFrom},
+                                     ${input.currency}, ${[...input.cheapModels]}::text[], ${JSON.stringify(input.downgrades)}::text::jsonb)::text as state`
       const cancel = () => { void query.cancel() }
       signal?.addEventListener('abort', cancel, { once: true })
       try {

@@ -62,12 +62,14 @@ const UNKNOWNS: Record<string, string> = {
   refusedInRealityAdmitted: 'A call that was refused in reality and would have gone ahead is counted at its estimate: it never ran, so its real cost is unknown.',
   approvals: 'Approvals are not replayed: a budget past a require-approval threshold refuses every call after it.',
   restrictModels: 'restrict-models allows only the gate\'s cheapModels in the replay; an alert\'s own allowedModels and maxPricePerMillion are not read.',
-  projectedAlerts: 'Projected alerts are not replayed: their crossings depend on forecasts made at the time.'
+  projectedAlerts: 'Projected alerts are not replayed: their crossings depend on forecasts made at the time.',
+  recordedThroughApi: 'Usage recorded through the API (not gated) counts toward the budgets it was recorded on, never toward a proposed new budget, and refuses nothing.'
 }
 // Always true of a replay, whatever the range holds.
 const ALWAYS = [
   'Calls are replayed one at a time: a call in flight beside another held room in reality (reserved), which the replay does not.',
-  'nearLimit clamps are not replayed: a call that would not fit is counted as refused, not clamped.'
+  'nearLimit clamps are not replayed: a call that would not fit is counted as refused, not clamped.',
+  'Rate limits are not replayed: a call a rate limit refused is left out.'
 ]
 
 export function createSimulator (sql: Sql, options: SimulateOptions) {

@@ -33,7 +33,7 @@ declare
   events bigint := coalesce((p_state ->> 'events')::bigint, 0);
   -- the line cache: a caller's budgets by (scopes, model, tags), until the first of their windows ends
   line_cache jsonb := '{}'::jsonb;
-  line_key text; line_entry jsonb; line_windows integer[]; line_rates numeric[]; line_until timestamptz;
+  line_key text; line_entry jsonb; line_windows integer[]; line_rates numeric[]; line_amounts numeric[]; line_until timestamptz;
   e record; a record; definition record; w integer; i integer; held numeric; rate numeric; code text; refusing integer;
   downgrade text; outcome text; helds numeric[]; key text; actions text; alert jsonb; threshold numeric;
 begin
@@ -67,22 +67,36 @@ begin
     union all
     select d.at, 1, d.id::text, null::numeric, d.currency, d.estimate, d.organization_id, d.team_id, d.user_id, d.project_id, coalesce(d.requested_model, d.model), d.tags
     from budget_decision_log d
-    where d.at >= p_from and d.at < p_to and d.outcome = 'refused'
+    -- a rate limit's refusal is not replayed (rate limits are not): the call is left out
+    where d.at >= p_from and d.at < p_to and d.outcome = 'refused' and d.code <> 'rate_limit_exceeded'
+    union all
+    -- usage recorded through the API (not gated): it counts toward the budgets it was recorded on, and refuses nothing
+    select u.occurred_at, 2, u.id::text, u.amount, u.currency, null, null, null, null, null, null, null
+    from budget_usage_records u
+    where u.occurred_at >= p_from and u.occurred_at < p_to and not (u.metadata ? 'estimatedCost')
     order by 1, 2, 3
   loop
     events := events + 1;
     -- the line, from the cache while its windows last
     line_key := concat_ws(chr(31), e.organization_id, e.team_id, e.user_id, e.project_id, e.model, e.tags::text, e.currency);
     line_entry := line_cache -> line_key;
-    if line_entry is null or (line_entry ->> 'until')::timestamptz <= e.at then
-      line_windows := '{}'; line_rates := '{}'; line_until := 'infinity';
+    if e.kind = 2 or line_entry is null or (line_entry ->> 'until')::timestamptz <= e.at then
+      line_windows := '{}'; line_rates := '{}'; line_amounts := '{}'; line_until := 'infinity';
       for a in
-        select l.budget_id, l.period_start, l.period_end from budget_applicable(
+        select x.budget_id, x.period_start, x.period_end, x.allocated from (
+        select l.budget_id, l.period_start, l.period_end, null::numeric as allocated, l.scope_matched, l.scope_rank from budget_applicable(
           array_remove(array[case when e.user_id is not null then 'user' end, case when e.project_id is not null then 'project' end,
                              case when e.team_id is not null then 'team' end, case when e.organization_id is not null then 'organization' end], null),
           array_remove(array[e.user_id, e.project_id, e.team_id, e.organization_id], null),
           e.currency, e.at, e.model, e.tags) l
-        order by l.scope_matched desc, l.scope_rank, l.budget_id
+        where e.kind <> 2
+        union all
+        select al.budget_id, w.period_start, w.period_end, al.amount, true, 0
+        from budget_usage_allocations al
+        join budget_definitions d on d.id = al.budget_id and d.deleted_at is null
+        cross join lateral budget_window(d, e.at) w
+        where e.kind = 2 and al.usage_id = e.id::uuid) x
+        order by x.scope_matched desc, x.scope_rank, x.budget_id
       loop
         key := a.budget_id::text || '|' || a.period_start::text;
         w := (w_index ->> key)::integer;
@@ -109,16 +123,24 @@ begin
           end loop;
         end if;
         line_windows := line_windows || w;
+        line_amounts := line_amounts || a.allocated;
         line_rates := line_rates || budget_exchange_rate(e.currency, w_currency[w], e.at);
         line_until := least(line_until, a.period_end);
       end loop;
-      line_entry := jsonb_build_object('w', line_windows, 'r', line_rates, 'until', line_until);
-      line_cache := line_cache || jsonb_build_object(line_key, line_entry);
+      if e.kind <> 2 then
+        line_entry := jsonb_build_object('w', line_windows, 'r', line_rates, 'until', line_until);
+        line_cache := line_cache || jsonb_build_object(line_key, line_entry);
+      else
+        unknowns := jsonb_set(unknowns, '{recordedThroughApi}', 'true');
+      end if;
     else
       line_windows := array(select jsonb_array_elements_text(line_entry -> 'w')::integer);
       line_rates := array(select case when v = 'null' then null else v::numeric end from jsonb_array_elements_text(line_entry -> 'r') v);
     end if;
 
+    outcome := null;
+    -- usage recorded through the API was never the gate's to decide: only gated calls and refusals are
+    if e.kind <> 2 then
     -- the estimate held on each budget, as the hold converts it
     helds := '{}';
     for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
@@ -129,16 +151,16 @@ begin
     -- the refusals, strictest first, each the first budget of the line it applies to (decide())
     code := null; refusing := null;
     for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      if line_rates[i] is null then code := 'exchange_rate_missing'; refusing := i; exit; end if; end loop;
+      if line_rates[i] is null and w_enforcement[line_windows[i]] <> 'shadow' then code := 'exchange_rate_missing'; refusing := i; exit; end if; end loop;
     if code is null then for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      if helds[i] is null then code := 'estimate_out_of_range'; refusing := i; exit; end if; end loop; end if;
+      if helds[i] is null and w_enforcement[line_windows[i]] <> 'shadow' then code := 'estimate_out_of_range'; refusing := i; exit; end if; end loop; end if;
     if code is null then for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      if w_actions[line_windows[i]] like '% block-all %' then code := 'budget_blocked'; refusing := i; exit; end if; end loop; end if;
+      if w_actions[line_windows[i]] like '% block-all %' and w_enforcement[line_windows[i]] <> 'shadow' then code := 'budget_blocked'; refusing := i; exit; end if; end loop; end if;
     if code is null then for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      if w_actions[line_windows[i]] like '% require-approval %' then code := 'approval_required'; refusing := i;
+      if w_actions[line_windows[i]] like '% require-approval %' and w_enforcement[line_windows[i]] <> 'shadow' then code := 'approval_required'; refusing := i;
         unknowns := jsonb_set(unknowns, '{approvals}', 'true'); exit; end if; end loop; end if;
     if code is null then for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      if w_actions[line_windows[i]] like '% restrict-models %' and not (e.model = any(p_cheap_models)) then
+      if w_actions[line_windows[i]] like '% restrict-models %' and w_enforcement[line_windows[i]] <> 'shadow' and not (e.model = any(p_cheap_models)) then
         code := 'model_restricted'; refusing := i; unknowns := jsonb_set(unknowns, '{restrictModels}', 'true'); exit; end if; end loop; end if;
     if code is null then for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
       if w_enforcement[line_windows[i]] in ('hard', 'soft') and not budget_within_cap(helds[i], w_cap[line_windows[i]]) then
@@ -178,12 +200,14 @@ begin
       if outcome = 'refused' then r_avoided[i] := r_avoided[i] + coalesce(e.amount, 0); end if;
     end if;
 
+    end if;
+
     continue when outcome = 'refused';
     -- a call refused in reality that would have gone ahead: its real cost is unknown, counted at its estimate
     if e.kind = 1 then unknowns := jsonb_set(unknowns, '{refusedInRealityAdmitted}', 'true'); end if;
     for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
       w := line_windows[i];
-      w_spent[w] := w_spent[w] + budget_convert(coalesce(e.amount, e.estimate), line_rates[i]);
+      w_spent[w] := w_spent[w] + case when e.kind = 2 then line_amounts[i] else budget_convert(coalesce(e.amount, e.estimate), line_rates[i]) end;
       w_calls[w] := w_calls[w] + 1;
       for alert in select value from jsonb_array_elements(w_alerts[w]) loop
         threshold := (alert ->> 'threshold')::numeric;
