@@ -735,7 +735,7 @@ export const SimulateRequest = Type.Object({
       changes: UpdateBudgetRequest
     }, { additionalProperties: false }), { maxItems: 50, description: 'Changes to existing budgets: amounts, periods, thresholds, actions, filters, parents, enforcement.' }))
   }, { additionalProperties: false, description: 'The change to try: applied by the same rules as POST and PATCH /budgets, in a transaction that is always rolled back. Absent: the budgets as they are.' }))
-}, { additionalProperties: false })
+}, { additionalProperties: false, examples: [{ from: '2024-06-01', to: '2024-07-01', proposal: { update: [{ id: '3f0c2a4e-8d1b-4c6e-9a57-2b1d0e6f4a10', changes: { amount: '500' } }] } }] })
 export type SimulateRequest = Static<typeof SimulateRequest>
 const SimulatedOutcome = Type.Object({
   code: Type.String({ description: 'The refusal code decide() would answer (budget_exceeded, budget_blocked, ...); auto_downgrade for a downgrade that refused nothing.' }),
