@@ -22,7 +22,6 @@ export interface SliceInput {
   to: Date
   /** The start of the whole range: a window that began before it starts from the spend recorded before it. */
   rangeFrom: Date
-  currency: string
   cheapModels: readonly string[]
   downgrades: Readonly<Record<string, string>>
 }
@@ -33,7 +32,7 @@ export function createSimulateRepository () {
     async slice (connection: ReservedSql, state: ReplayState, input: SliceInput, signal?: AbortSignal): Promise<ReplayState> {
       const query = connection<Array<{ state: string }>>`
         select budget_simulate_slice(${JSON.stringify(state)}::text::jsonb, ${input.from}, ${input.to}, ${input.rangeFrom},
-                                     ${input.currency}, ${[...input.cheapModels]}::text[], ${JSON.stringify(input.downgrades)}::text::jsonb)::text as state`
+                                     ${[...input.cheapModels]}::text[], ${JSON.stringify(input.downgrades)}::text::jsonb)::text as state`
       const cancel = () => { void query.cancel() }
       signal?.addEventListener('abort', cancel, { once: true })
       try {

@@ -32,8 +32,6 @@ export interface SimulateProgress {
 }
 
 export interface SimulateOptions {
-  /** The gate's currency: the recorded calls' estimates are in it. */
-  currency: string
   /** Models restrict-models allows (the gate's cheapModels). */
   cheapModels: readonly string[]
   /** The cheaper model auto-downgrade switches each model to (the gate's downgrades). */
@@ -110,7 +108,7 @@ export function createSimulator (sql: Sql, options: SimulateOptions) {
             const left = deadline - Date.now()
             if (left < 1) throw new AdminTimeoutError(SIMULATE_STATEMENT_TIMEOUT_MS)
             await connection.unsafe(`set local statement_timeout = ${left}`)
-            state = await replay.slice(connection, state, { from: sliceFrom, to: sliceTo, rangeFrom: from, currency: options.currency, cheapModels: options.cheapModels, downgrades: options.downgrades }, run.signal)
+            state = await replay.slice(connection, state, { from: sliceFrom, to: sliceTo, rangeFrom: from, cheapModels: options.cheapModels, downgrades: options.downgrades }, run.signal)
             run.onProgress?.({ type: 'progress', slice, slices: SLICES, events: state.events ?? 0, through: sliceTo.toISOString() })
           }
           const names = await replay.budgetNames(connection, (state.windows ?? []).map((window) => window.b))

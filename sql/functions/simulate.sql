@@ -17,7 +17,7 @@
 -- each alert the new spend reaches (budget_alert_reached) is a crossing at that instant, whose actions are
 -- in force for the rest of the window.
 create or replace function budget_simulate_slice(p_state jsonb, p_from timestamptz, p_to timestamptz, p_range_from timestamptz,
-                                                 p_currency text, p_cheap_models text[], p_downgrades jsonb)
+                                                 p_cheap_models text[], p_downgrades jsonb)
 returns jsonb language plpgsql stable as $$
 declare
   -- windows: one per (budget, period start) met so far
@@ -34,8 +34,8 @@ declare
   -- the line cache: a caller's budgets by (scopes, model, tags), until the first of their windows ends
   line_cache jsonb := '{}'::jsonb;
   line_key text; line_entry jsonb; line_windows integer[]; line_rates numeric[]; line_amounts numeric[]; line_until timestamptz;
-  e record; a record; definition record; w integer; i integer; held numeric; rate numeric; code text; refusing integer;
-  downgrade text; outcome text; helds numeric[]; key text; actions text; alert jsonb; threshold numeric;
+  e record; a record; definition record; w integer; i integer; code text; refusing integer;
+  downgrade text; outcome text; helds numeric[]; key text; alert jsonb; threshold numeric;
 begin
   select coalesce(array_agg((x ->> 'b')::uuid order by o), '{}'), coalesce(array_agg((x ->> 's')::timestamptz order by o), '{}'),
          coalesce(array_agg((x ->> 'e')::timestamptz order by o), '{}'), coalesce(array_agg((x ->> 'spent')::numeric order by o), '{}'),

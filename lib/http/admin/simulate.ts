@@ -23,7 +23,7 @@ export const simulateRoutes: FastifyPluginAsyncTypebox<SimulateRoutesOptions> = 
       description: 'Replays the recorded calls (and the gate\'s refusals) of a past range, in time order, through the gate\'s and the alerts\' rules, against the budgets as they are or as a proposal would make them (new budgets, changed amounts, periods, thresholds, actions, filters, parents). Answers per budget: spend per period, threshold crossings, the calls it would have refused or downgraded (count, cost, first instant) and the spend that would not have happened, with what the replay cannot know. Changes nothing: the proposal is applied in a transaction that is rolled back; the request itself is audited (simulate). With Accept: application/x-ndjson, progress lines ({"type":"progress"}) and then the result line; hanging up cancels the replay. Bounded at 60 s.',
       tags: ['simulate'],
       body: SimulateRequest,
-      response: { 200: SimulateResult, ...errorResponses({ 400: [], 404: [], 409: [] }) }
+      response: { 200: SimulateResult, ...errorResponses({ 400: ['BUDGET_ERR_PARENT_NOT_FOUND', 'BUDGET_ERR_CURRENCY_MISMATCH', 'BUDGET_ERR_EXCEEDS_PARENT'], 404: [], 409: ['BUDGET_ERR_HIERARCHY_CYCLE', 'BUDGET_ERR_MOVE_ACROSS_TREES', 'BUDGET_ERR_CURRENCY_LOCKED'] }) }
     }
   }, async (request, reply) => {
     const aborting = new AbortController()
