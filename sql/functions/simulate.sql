@@ -31,9 +31,12 @@ declare
   r_budget uuid[]; r_outcome text[]; r_code text[]; r_count bigint[]; r_cost numeric[]; r_first timestamptz[]; r_avoided numeric[];
   unknowns jsonb := coalesce(p_state -> 'unknowns', '{}'::jsonb);
   events bigint := coalesce((p_state ->> 'events')::bigint, 0);
-  -- the line cache: a caller's budgets by (scopes, model, tags), until the first of their windows ends
-  line_cache jsonb := '{}'::jsonb;
-  line_key text; line_entry jsonb; line_windows integer[]; line_rates numeric[]; line_amounts numeric[]; line_until timestamptz;
+  -- each window's alerts, flattened: wa_first[w] .. wa_first[w] + wa_count[w] - 1
+  wa_first integer[]; wa_count integer[]; wa_threshold numeric[] := '{}'::numeric[]; wa_basis text[] := '{}'::text[]; wa_actions text[] := '{}'::text[]; wa_crossed boolean[] := '{}'::boolean[];
+  -- the line cache, by caller (a dense number per scopes, model, tags and currency in the slice): its windows and
+  -- rates, flattened (lc_first[caller], lc_len[caller]), until the first of its windows ends or a rate changes
+  lc_until timestamptz[]; lc_first integer[]; lc_len integer[]; l_windows integer[] := '{}'::integer[]; l_rates numeric[] := '{}'::numeric[];
+  line_windows integer[]; line_rates numeric[]; line_amounts numeric[]; line_until timestamptz;
   e record; a record; definition record; w integer; i integer; code text; refusing integer;
   downgrade text; outcome text; helds numeric[]; key text; alert jsonb; threshold numeric;
 begin
@@ -48,6 +51,16 @@ begin
          coalesce(array_agg(d.alerts order by o), '{}')
   into w_enforcement, w_amount, w_currency, w_cap, w_alerts
   from unnest(w_budget) with ordinality as t(b, o) join budget_definitions d on d.id = t.b;
+  for w in 1 .. coalesce(array_length(w_budget, 1), 0) loop
+    wa_first[w] := coalesce(array_length(wa_threshold, 1), 0) + 1; wa_count[w] := 0;
+    for alert in select value from jsonb_array_elements(w_alerts[w]) loop
+      threshold := (alert ->> 'threshold')::numeric;
+      wa_threshold := wa_threshold || threshold; wa_basis := wa_basis || coalesce(alert ->> 'basis', 'current');
+      wa_actions := wa_actions || (' ' || coalesce((select string_agg(x, ' ') from jsonb_array_elements_text(alert -> 'actions') x), '') || ' ');
+      wa_crossed := wa_crossed || (w_crossed[w] like '% ' || threshold::text || ' %');
+      wa_count[w] := wa_count[w] + 1;
+    end loop;
+  end loop;
   select coalesce(array_agg((x ->> 'w')::integer order by o), '{}'), coalesce(array_agg((x ->> 'threshold')::numeric order by o), '{}'),
          coalesce(array_agg((x ->> 'at')::timestamptz order by o), '{}'), coalesce(array_agg((x ->> 'spent')::numeric order by o), '{}')
   into c_window, c_threshold, c_at, c_spent
@@ -60,6 +73,8 @@ begin
   from jsonb_array_elements(coalesce(p_state -> 'refusals', '[]'::jsonb)) with ordinality as t(x, o);
 
   for e in
+    select ev.*, dense_rank() over (order by ev.organization_id, ev.team_id, ev.user_id, ev.project_id, ev.model, ev.tags::text, ev.currency)::integer as caller
+    from (
     select u.occurred_at as at, 0 as kind, u.id::text as id, u.amount, u.currency, (u.metadata ->> 'estimatedCost')::numeric as estimate,
            u.organization_id, u.team_id, u.user_id, u.project_id, u.model_id as model, u.metadata -> 'tags' as tags
     from budget_usage_records u
@@ -74,13 +89,12 @@ begin
     select u.occurred_at, 2, u.id::text, u.amount, u.currency, null, null, null, null, null, null, null
     from budget_usage_records u
     where u.occurred_at >= p_from and u.occurred_at < p_to and not (u.metadata ? 'estimatedCost')
-    order by 1, 2, 3
+    ) ev
+    order by ev.at, ev.kind, ev.id
   loop
     events := events + 1;
     -- the line, from the cache while its windows last
-    line_key := concat_ws(chr(31), e.organization_id, e.team_id, e.user_id, e.project_id, e.model, e.tags::text, e.currency);
-    line_entry := line_cache -> line_key;
-    if e.kind = 2 or line_entry is null or (line_entry ->> 'until')::timestamptz <= e.at then
+    if e.kind = 2 or lc_until[e.caller] is null or lc_until[e.caller] <= e.at then
       line_windows := '{}'; line_rates := '{}'; line_amounts := '{}'; line_until := 'infinity';
       for a in
         select x.budget_id, x.period_start, x.period_end, x.allocated from (
@@ -109,6 +123,7 @@ begin
           from budget_definitions d where d.id = a.budget_id;
           w_enforcement[w] := definition.enforcement; w_amount[w] := definition.amount; w_currency[w] := definition.currency;
           w_cap[w] := definition.max_call_cost; w_alerts[w] := definition.alerts;
+          wa_first[w] := coalesce(array_length(wa_threshold, 1), 0) + 1; wa_count[w] := 0;
           -- a window that began before the range starts from the spend recorded toward the budget before it
           w_spent[w] := (select coalesce(sum(al.amount), 0) from budget_usage_allocations al
                          where al.budget_id = a.budget_id and al.occurred_at >= a.period_start and al.occurred_at < greatest(a.period_start, p_range_from));
@@ -116,9 +131,13 @@ begin
           -- the alerts that spend already reached were crossed before the range
           for alert in select value from jsonb_array_elements(w_alerts[w]) loop
             threshold := (alert ->> 'threshold')::numeric;
-            if coalesce(alert ->> 'basis', 'current') = 'current' and budget_alert_reached(w_spent[w], threshold, w_amount[w]) then
+            wa_threshold := wa_threshold || threshold; wa_basis := wa_basis || coalesce(alert ->> 'basis', 'current');
+            wa_actions := wa_actions || (' ' || coalesce((select string_agg(x, ' ') from jsonb_array_elements_text(alert -> 'actions') x), '') || ' ');
+            wa_crossed := wa_crossed || (coalesce(alert ->> 'basis', 'current') = 'current' and budget_alert_reached(w_spent[w], threshold, w_amount[w]));
+            wa_count[w] := wa_count[w] + 1;
+            if wa_crossed[wa_first[w] + wa_count[w] - 1] then
               w_crossed[w] := w_crossed[w] || ' ' || threshold::text || ' ';
-              w_actions[w] := w_actions[w] || ' ' || coalesce((select string_agg(x, ' ') from jsonb_array_elements_text(alert -> 'actions') x), '') || ' ';
+              w_actions[w] := w_actions[w] || wa_actions[wa_first[w] + wa_count[w] - 1];
             end if;
           end loop;
         end if;
@@ -128,14 +147,18 @@ begin
         line_until := least(line_until, a.period_end);
       end loop;
       if e.kind <> 2 then
-        line_entry := jsonb_build_object('w', line_windows, 'r', line_rates, 'until', line_until);
-        line_cache := line_cache || jsonb_build_object(line_key, line_entry);
+        -- a rate that takes effect later ends the cached line there
+        line_until := least(line_until, (select min(r.effective_from) from budget_exchange_rates r where r.effective_from > e.at));
+        lc_first[e.caller] := coalesce(array_length(l_windows, 1), 0) + 1;
+        lc_len[e.caller] := coalesce(array_length(line_windows, 1), 0);
+        lc_until[e.caller] := line_until;
+        l_windows := l_windows || line_windows; l_rates := l_rates || line_rates;
       else
         unknowns := jsonb_set(unknowns, '{recordedThroughApi}', 'true');
       end if;
     else
-      line_windows := array(select jsonb_array_elements_text(line_entry -> 'w')::integer);
-      line_rates := array(select case when v = 'null' then null else v::numeric end from jsonb_array_elements_text(line_entry -> 'r') v);
+      line_windows := l_windows[lc_first[e.caller] : lc_first[e.caller] + lc_len[e.caller] - 1];
+      line_rates := l_rates[lc_first[e.caller] : lc_first[e.caller] + lc_len[e.caller] - 1];
     end if;
 
     outcome := null;
@@ -209,14 +232,14 @@ begin
       w := line_windows[i];
       w_spent[w] := w_spent[w] + case when e.kind = 2 then line_amounts[i] else budget_convert(coalesce(e.amount, e.estimate), line_rates[i]) end;
       w_calls[w] := w_calls[w] + 1;
-      for alert in select value from jsonb_array_elements(w_alerts[w]) loop
-        threshold := (alert ->> 'threshold')::numeric;
-        continue when w_crossed[w] like '% ' || threshold::text || ' %';
-        if coalesce(alert ->> 'basis', 'current') <> 'current' then unknowns := jsonb_set(unknowns, '{projectedAlerts}', 'true'); continue; end if;
-        continue when not budget_alert_reached(w_spent[w], threshold, w_amount[w]);
-        w_crossed[w] := w_crossed[w] || ' ' || threshold::text || ' ';
-        w_actions[w] := w_actions[w] || ' ' || coalesce((select string_agg(x, ' ') from jsonb_array_elements_text(alert -> 'actions') x), '') || ' ';
-        c_window := c_window || w; c_threshold := c_threshold || threshold; c_at := c_at || e.at; c_spent := c_spent || w_spent[w];
+      for j in wa_first[w] .. wa_first[w] + wa_count[w] - 1 loop
+        continue when wa_crossed[j];
+        if wa_basis[j] <> 'current' then unknowns := jsonb_set(unknowns, '{projectedAlerts}', 'true'); continue; end if;
+        continue when not budget_alert_reached(w_spent[w], wa_threshold[j], w_amount[w]);
+        wa_crossed[j] := true;
+        w_crossed[w] := w_crossed[w] || ' ' || wa_threshold[j]::text || ' ';
+        w_actions[w] := w_actions[w] || wa_actions[j];
+        c_window := c_window || w; c_threshold := c_threshold || wa_threshold[j]; c_at := c_at || e.at; c_spent := c_spent || w_spent[w];
       end loop;
     end loop;
   end loop;
