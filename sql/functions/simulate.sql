@@ -38,7 +38,7 @@ declare
   lc_until timestamptz[]; lc_first integer[]; lc_len integer[]; l_windows integer[] := '{}'::integer[]; l_rates numeric[] := '{}'::numeric[];
   line_windows integer[]; line_rates numeric[]; line_amounts numeric[]; line_until timestamptz;
   e record; a record; definition record; w integer; i integer; code text; refusing integer;
-  downgrade text; outcome text; helds numeric[]; key text; alert jsonb; threshold numeric;
+  downgrade text; outcome text; held numeric; rank integer; best integer; key text; alert jsonb; threshold numeric;
 begin
   select coalesce(array_agg((x ->> 'b')::uuid order by o), '{}'), coalesce(array_agg((x ->> 's')::timestamptz order by o), '{}'),
          coalesce(array_agg((x ->> 'e')::timestamptz order by o), '{}'), coalesce(array_agg((x ->> 'spent')::numeric order by o), '{}'),
@@ -164,34 +164,33 @@ begin
     outcome := null;
     -- usage recorded through the API was never the gate's to decide: only gated calls and refusals are
     if e.kind <> 2 then
-    -- the estimate held on each budget, as the hold converts it
-    helds := '{}';
+    -- the refusals, strictest first, each the first budget of the line it applies to (decide()): each budget's
+    -- strictest refusal (1 exchange_rate_missing, 2 estimate_out_of_range, 3 budget_blocked, 4 approval_required,
+    -- 5 model_restricted, 6 call_cost_cap_exceeded, 7 budget_exceeded), the line's strictest, its first budget
+    code := null; refusing := null; best := 8;
     for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
       w := line_windows[i];
-      helds[i] := case when line_rates[i] is null then null else budget_hold_amount(e.estimate, line_rates[i], w_spent[w], 0) end;
+      continue when w_enforcement[w] = 'shadow';
+      -- the estimate held on the budget, as the hold converts it
+      held := case when line_rates[i] is null then null else budget_hold_amount(e.estimate, line_rates[i], w_spent[w], 0) end;
+      rank := case
+        when line_rates[i] is null then 1
+        when held is null then 2
+        when w_actions[w] = '' then 8
+        when w_actions[w] like '% block-all %' then 3
+        when w_actions[w] like '% require-approval %' then 4
+        when w_actions[w] like '% restrict-models %' and not (e.model = any(p_cheap_models)) then 5
+        else 8 end;
+      if rank = 8 and not budget_within_cap(held, w_cap[w]) then rank := 6; end if;
+      if rank = 8 and w_enforcement[w] = 'hard' and not budget_fits(w_enforcement[w], w_amount[w], w_spent[w], 0, held) then rank := 7; end if;
+      if rank < best then best := rank; refusing := i; end if;
     end loop;
-
-    -- the refusals, strictest first, each the first budget of the line it applies to (decide())
-    code := null; refusing := null;
-    for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      if line_rates[i] is null and w_enforcement[line_windows[i]] <> 'shadow' then code := 'exchange_rate_missing'; refusing := i; exit; end if; end loop;
-    if code is null then for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      if helds[i] is null and w_enforcement[line_windows[i]] <> 'shadow' then code := 'estimate_out_of_range'; refusing := i; exit; end if; end loop; end if;
-    if code is null then for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      if w_actions[line_windows[i]] like '% block-all %' and w_enforcement[line_windows[i]] <> 'shadow' then code := 'budget_blocked'; refusing := i; exit; end if; end loop; end if;
-    if code is null then for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      if w_actions[line_windows[i]] like '% require-approval %' and w_enforcement[line_windows[i]] <> 'shadow' then code := 'approval_required'; refusing := i;
-        unknowns := jsonb_set(unknowns, '{approvals}', 'true'); exit; end if; end loop; end if;
-    if code is null then for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      if w_actions[line_windows[i]] like '% restrict-models %' and w_enforcement[line_windows[i]] <> 'shadow' and not (e.model = any(p_cheap_models)) then
-        code := 'model_restricted'; refusing := i; unknowns := jsonb_set(unknowns, '{restrictModels}', 'true'); exit; end if; end loop; end if;
-    if code is null then for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      if w_enforcement[line_windows[i]] in ('hard', 'soft') and not budget_within_cap(helds[i], w_cap[line_windows[i]]) then
-        code := 'call_cost_cap_exceeded'; refusing := i; exit; end if; end loop; end if;
-    if code is null then for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      w := line_windows[i];
-      if w_enforcement[w] = 'hard' and not budget_fits(w_enforcement[w], w_amount[w], w_spent[w], 0, helds[i]) then
-        code := 'budget_exceeded'; refusing := i; exit; end if; end loop; end if;
+    if best < 8 then
+      code := (array['exchange_rate_missing', 'estimate_out_of_range', 'budget_blocked', 'approval_required', 'model_restricted',
+                     'call_cost_cap_exceeded', 'budget_exceeded'])[best];
+      if best = 4 then unknowns := jsonb_set(unknowns, '{approvals}', 'true'); end if;
+      if best = 5 then unknowns := jsonb_set(unknowns, '{restrictModels}', 'true'); end if;
+    end if;
 
     -- auto-downgrade: the cheaper model takes the call (a refusal for room, a cap, a range or a model), as decide() does
     downgrade := null;
