@@ -68,6 +68,44 @@ t.test('a replay of a recorded period against the budgets in force: exactly the 
   t.same(replayed!.downgraded, [])
 })
 
+t.test('a tree replayed: each refusal on the budget that really bound it, each crossing on its budget', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const org = await gateway.createBudget({ name: 'org', scopeType: 'organization', scopeId: 'org-1', amount: '0.005', alerts: [{ threshold: 60, actions: ['notify'] }] })
+  const teams = [
+    await gateway.createBudget({ name: 'team a', scopeId: 'team-a', parentId: org.id, amount: '0.003', alerts: [{ threshold: 50, actions: ['notify'] }] }),
+    await gateway.createBudget({ name: 'team b', scopeId: 'team-b', parentId: org.id, amount: '0.004' })
+  ]
+  const from = new Date(Date.now() - 1000)
+  const answers: number[] = []
+  for (let call = 0; call < 48; call++) {
+    const response = await gateway.call({ organization: 'org-1', team: call % 2 === 0 ? 'team-a' : 'team-b' }, { model: 'gpt-4o', max_tokens: call % 5 === 4 ? 300 : 20 })
+    answers.push(response.statusCode)
+    await gateway.settled()
+  }
+  await gateway.app.budgetDecisions.flush()
+  const to = new Date(Date.now() + 1000)
+  const decisions = await gateway.sql<Array<{ budget: string, code: string, count: number, first: Date }>>`
+    select budget_id::text as budget, code, count(*)::int as count, min(at) as first from budget_decision_log
+    where outcome = 'refused' group by budget_id, code order by budget_id, code`
+  t.ok(new Set(decisions.map((row) => row.budget)).size >= 2, `refusals bound by more than one budget of the tree (${JSON.stringify(decisions.map((row) => row.budget))})`)
+  const crossings = await gateway.sql<Array<{ budget: string, threshold: string, spent: string }>>`
+    select budget_id::text as budget, threshold::text, spent::text from budget_alert_history where basis = 'current' order by budget_id, threshold`
+  t.ok(crossings.length >= 2, 'thresholds were crossed in reality')
+
+  const result = await simulate(gateway, { from: from.toISOString(), to: to.toISOString() })
+  t.equal(result.events, answers.length)
+  const ids = [org.id, ...teams.map((team) => team.id)]
+  t.same(result.budgets.map((budget) => budget.budgetId).sort(), [...ids].sort(), 'the replay met the three budgets')
+  const replayedRefusals = result.budgets.flatMap((budget) => budget.refused.map((outcome: any) => ({ budget: budget.budgetId, code: outcome.code, count: outcome.count, first: outcome.firstAt })))
+    .sort((a, b) => `${a.budget}|${a.code}`.localeCompare(`${b.budget}|${b.code}`))
+  t.same(replayedRefusals, decisions.map((row) => ({ budget: row.budget, code: row.code, count: row.count, first: row.first.toISOString() })),
+    'the same refusals on the same binding budgets')
+  const replayedCrossings = result.budgets.flatMap((budget) => budget.crossings.map((crossing: any) => ({ budget: budget.budgetId, threshold: crossing.threshold, spent: crossing.spent })))
+    .sort((a, b) => `${a.budget}|${a.threshold}`.localeCompare(`${b.budget}|${b.threshold}`))
+  t.same(replayedCrossings, crossings.map((row) => ({ budget: row.budget, threshold: String(Number(row.threshold)), spent: String(Number(row.spent)) })),
+    'the same crossings on the same budgets')
+})
+
 t.test('a proposal of half the amount refuses more, earlier, and names the spend that would not have happened', async (t) => {
   const { gateway, budget, from, to } = await recordPeriod(t)
   const asIs = await simulate(gateway, { from: from.toISOString(), to: to.toISOString() })
