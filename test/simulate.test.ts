@@ -216,5 +216,9 @@ t.test('bad input is a 400 and changes nothing', async (t) => {
     const response = await gateway.app.inject({ method: 'POST', url: `${PREFIX}/simulate`, headers: AUTH, body })
     t.ok(response.statusCode >= 400 && response.statusCode < 500, `${JSON.stringify(body)}: ${response.statusCode}`)
   }
+  // streamed: a bad request is still a 4xx with the API's error body, before any line
+  const streamed = await gateway.app.inject({ method: 'POST', url: `${PREFIX}/simulate`, headers: { ...AUTH, accept: 'application/x-ndjson' }, body: { from: '2024-01-02', to: '2024-01-01' } })
+  t.equal(streamed.statusCode, 400)
+  t.match(streamed.json(), { code: 'BUDGET_ERR_VALIDATION', field: 'to' })
   t.same(await snapshotTables(gateway.sql), before)
 })
