@@ -16,7 +16,8 @@ const below = {
   metrics: ['usage'],
   'provider-costs': ['audit'],
   reconciliation: ['audit'],
-  http: ['audit', 'budgets', 'usage', 'pricing', 'model-apis', 'currencies', 'reports', 'gate', 'alerts', 'metrics', 'provider-costs', 'reconciliation']
+  simulate: ['audit', 'budgets'],
+  http: ['audit', 'budgets', 'usage', 'pricing', 'model-apis', 'currencies', 'reports', 'gate', 'alerts', 'metrics', 'provider-costs', 'reconciliation', 'simulate']
 }
 const entry = (domains) => domains.map((domain) => `^lib/${domain}/index\\.ts$`)
 

@@ -20,6 +20,7 @@ import { createBudgetAudit } from './audit/audit.js'
 import { createSpendReports } from './reports/reports.js'
 import { createProviderCosts } from './provider-costs/index.js'
 import { createReconciliation } from './reconciliation/index.js'
+import { createSimulate } from './simulate/index.js'
 import { registerGate } from './http/gate/gate-hooks.js'
 import type { BudgetGateState } from './http/gate/gate-options.js'
 import { adminGuard, adminRoutes } from './http/admin/admin.js'
@@ -87,6 +88,9 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     // The providers' own cost reports, collected on the operator's schedule; a corrected bucket is audited, and
     // each collection is followed by the drift check.
     const providerCosts = createProviderCosts(sql, providerCostOptions, adminTimeoutMs, log, now, reconciliation.api.afterCollection)
+    // What-if replay: a proposal applied by the registry's rules in a transaction always rolled back, and the
+    // recorded usage of a past range replayed through the gate's and the alerts' SQL rules.
+    const simulate = createSimulate(sql, { cheapModels, downgrades, registry: { modelName, channels: Object.keys(notifications.channels) } })
 
     fastify.decorate('budgetRegistry', registry.api)
     fastify.decorate('budgetTracker', gate.api.tracker)
@@ -102,14 +106,14 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
 
     // The gate's hooks on the host's model routes; they drain the calls in flight first when the server closes.
     const gateHooks = gateOptions === null ? partOf(null) : registerGate(fastify, gateOptions, gate.api.integration, prices, metrics.api, decisionOptions.enabled ? decisions.api : null)
-    const lifecycle = lifecycleOf([database, pricing, registry, usage, gate, metrics, alerts, decisions, currencies, reports, audit, reconciliation, providerCosts, gateHooks], log)
+    const lifecycle = lifecycleOf([database, pricing, registry, usage, gate, metrics, alerts, decisions, currencies, reports, audit, reconciliation, providerCosts, simulate, gateHooks], log)
     fastify.addHook('onReady', async () => { lifecycle.start() })
     fastify.addHook('onClose', async () => { await lifecycle.stop() })
 
     await fastify.register(adminRoutes, {
       prefix, authorize, registry: registry.api, tracker: gate.api.tracker, collector: usage.api.collector, recordUsage: usage.api.recordUsage,
       alerts: alerts.api.alerts, channels: alerts.api.channels, metrics: metrics.api, audit: audit.api, reports: reports.api, rates: currencies.api,
-      decisions: decisions.api, providerCosts: providerCosts.api, reconciliation: reconciliation.api, timeoutMs: adminTimeoutMs
+      decisions: decisions.api, providerCosts: providerCosts.api, reconciliation: reconciliation.api, simulator: simulate.api, timeoutMs: adminTimeoutMs
     })
     // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
     if (dashboard) await fastify.register(dashboardRoutes, { prefix, apiPrefix: prefix })

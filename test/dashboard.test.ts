@@ -124,6 +124,44 @@ t.test('the page in Chromium: token prompt, tree, spend after a gated call, burn
   t.same(errors.filter((error) => !error.includes('401') && !decisionLogMissing(error)), [], 'no script error and nothing blocked by the page\'s policy')
 })
 
+t.test('the what-if form on a budget\'s page: "what if this had been 0.002 over the last 30 days?" shows the replay\'s refusals', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
+  const team = await gateway.createBudget({ name: 'What-if team', scopeId: 'team-a', amount: '0.004' })
+  for (let call = 0; call < 16; call++) {
+    t.equal((await gateway.call({ team: 'team-a' }, { model: 'gpt-4o' })).statusCode, 200)
+    await gateway.settled()
+  }
+  const browser = await launch(t)
+  const page = await browser.newPage()
+  const errors = pageErrors(page)
+  await page.goto(`${base}${PREFIX}/ui`)
+  await page.fill('#token', ADMIN_TOKEN)
+  await page.click('#sign-in button[type=submit]')
+  const row = page.locator(`.budget-row[data-budget-id="${team.id}"]`)
+  await row.waitFor()
+  await row.click()
+  await page.waitForSelector('#what-if-form')
+  t.equal(await page.inputValue('#what-if-amount'), '0.004', 'the form starts from the budget\'s amount')
+  await page.fill('#what-if-amount', '0.002')
+  await page.click('#what-if-form button[type=submit]')
+  await page.waitForSelector('#what-if-result[data-state=done]')
+  const shown = Number(await page.getAttribute('#what-if-result', 'data-refused'))
+  const to = new Date()
+  const answer = await gateway.app.inject({
+    method: 'POST', url: `${PREFIX}/simulate`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    body: { from: new Date(to.getTime() - 30 * 86_400_000).toISOString(), to: to.toISOString(), proposal: { update: [{ id: team.id, changes: { amount: '0.002' } }] } }
+  })
+  const refused = (answer.json().budgets[0].refused as Array<{ count: number }>).reduce((sum, outcome) => sum + outcome.count, 0)
+  t.ok(refused > 0, `the replay refuses calls at half the amount (${refused})`)
+  t.equal(shown, refused, 'the page shows the replay\'s refusals')
+  t.match(await page.textContent('#what-if-result [data-field=what-if-refused]'), `${refused} calls refused`)
+  t.match(await page.textContent('#what-if-result [data-field=what-if-avoided]'), /USD of spend that would not have happened/)
+  const [amount] = await gateway.sql<Array<{ amount: string }>>`select amount::text from budget_definitions where id = ${team.id}`
+  t.equal(Number(amount!.amount), 0.004, 'the budget is as it was')
+  t.same(errors, [], 'no page error')
+})
+
 t.test('the page\'s routes: a fixed set of files with a strict policy, outside the admin API and its document, and an option to turn it off', async (t) => {
   const gateway = await buildGateway(t)
   const page = await gateway.app.inject({ url: `${PREFIX}/ui/` })
@@ -132,7 +170,7 @@ t.test('the page\'s routes: a fixed set of files with a strict policy, outside t
   t.match(page.headers['content-security-policy'], /script-src 'self'/)
   t.match(page.headers['content-security-policy'], /frame-ancestors 'none'/)
   t.equal(page.headers['x-content-type-options'], 'nosniff')
-  for (const file of ['dashboard.js', 'money.js', 'report-periods.js', 'reconciliation.js', 'dashboard.css', 'uPlot.iife.min.js', 'uPlot.min.css']) {
+  for (const file of ['dashboard.js', 'money.js', 'report-periods.js', 'reconciliation.js', 'what-if.js', 'dashboard.css', 'uPlot.iife.min.js', 'uPlot.min.css']) {
     t.equal((await gateway.app.inject({ url: `${PREFIX}/ui/${file}` })).statusCode, 200, file)
   }
   for (const path of ['nope.js', '..%2F..%2Fpackage.json', '%2e%2e%2fsql', 'index.html%00']) {

@@ -533,6 +533,10 @@ function validBody (route: AdminRoute, world: World): unknown {
     return { ...example, metadata }
   }
   if (path.endsWith('/approvals')) return { amount: '50', reason: 'hostile battery' }
+  // a replay whose proposal changes a seeded budget and adds one under it (the replay rolls both back)
+  if (path === '/simulate') {
+    return { ...example, proposal: { update: [{ id: world.team.id, changes: { amount: '500' } }], create: [{ name: 'proposed', scopeType: 'user', scopeId: 'u-1', parentId: world.team.id, amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01' }] } }
+  }
   return example
 }
 

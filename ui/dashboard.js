@@ -5,12 +5,15 @@
 import { coordinate, display, fromUnits, percentOf, toUnits } from './money.js'
 import { presetDays, queryRange } from './report-periods.js'
 import { reconciliationQuery, reconciliationRows } from './reconciliation.js'
+import { whatIf } from './what-if.js'
 
 const TOKEN_KEY = 'relaycore-budgets-token'
 // The admin API's prefix, written into the page by the server ('' when the API is at the root).
 const API = document.querySelector('meta[name=relaycore-budgets-api]').content
 
 const $ = (selector) => document.querySelector(selector)
+// The what-if form on the selected budget's page (what-if.js).
+const whatIfForm = whatIf({ api: API, token: () => sessionStorage.getItem(TOKEN_KEY) ?? '', $ })
 
 /** An element with attributes and children; text goes in as text, never as HTML. */
 function el (tag, attributes = {}, ...children) {
@@ -202,6 +205,7 @@ async function select (id) {
     ...figure('Period', `${status.periodStart.slice(0, 16)} → ${status.periodEnd.slice(0, 16)} UTC`, 'period'),
     el('dt', {}, 'Status'), el('dd', {}, el('span', { class: `badge ${status.status}`, 'data-field': 'status' }, status.status)))
   drawBurnDown(budget, status, summary)
+  whatIfForm.show({ id, currency: status.currency }, status.limit)
   $('#detail-alerts').replaceChildren(...feed(alerts.alerts, (alert) =>
     `${alert.shadow ? '[shadow] ' : ''}${alert.crossedAt.slice(0, 16)} · ${alert.threshold}% crossed (${display(alert.spent)} of ${display(alert.limit)})` +
     ` · ${alert.actions.join(', ')}${alert.acknowledgedBy ? ` · acknowledged by ${alert.acknowledgedBy}` : ''}`))

@@ -3,7 +3,7 @@ import type { Db } from '../kernel/database/db.js'
 // transaction), and read newest first, a page at a time (keyset on the entry's id).
 
 export type AuditAction = 'create' | 'update' | 'delete' | 'approve' | 'acknowledge' | 'refresh-cache' | 'set-exchange-rate' | 'test-channel' | 'correct-provider-cost' |
-  'create-cost-mapping' | 'update-cost-mapping' | 'delete-cost-mapping' | 'true-up'
+  'create-cost-mapping' | 'update-cost-mapping' | 'delete-cost-mapping' | 'true-up' | 'simulate'
 
 /** Who made a change and in which request: authorize's name, and Fastify's request id (null from the library). */
 export interface AuditContext {
@@ -13,7 +13,7 @@ export interface AuditContext {
 
 export interface AuditEntry {
   id: string
-  /** Null for an action that is no budget's: an exchange rate set (set-exchange-rate), a channel tested (test-channel), a provider's cost bucket corrected (correct-provider-cost). */
+  /** Null for an action that is no budget's: an exchange rate set (set-exchange-rate), a channel tested (test-channel), a provider's cost bucket corrected (correct-provider-cost), a what-if replay run (simulate). */
   budgetId: string | null
   action: AuditAction
   changes: string[]

@@ -14,3 +14,6 @@ export type { BudgetRegistry } from './registry.js'
 export function createBudgets (sql: Sql, adminTimeoutMs: number, log: Logger, options: RegistryOptions): Part<BudgetRegistry> {
   return { api: createBudgetRegistry(withBoundedBegin(sql, adminTimeoutMs, log), options) }
 }
+// The registry on a handle of the caller's: the what-if replay applies a proposal by these rules in a transaction it rolls back.
+export { createBudgetRegistry } from './registry.js'
+export type { RegistryOptions } from './registry.js'

@@ -29,6 +29,7 @@ function loadAssets (): Map<string, Asset> {
     own('money.js', 'text/javascript; charset=utf-8'),
     own('report-periods.js', 'text/javascript; charset=utf-8'),
     own('reconciliation.js', 'text/javascript; charset=utf-8'),
+    own('what-if.js', 'text/javascript; charset=utf-8'),
     own('dashboard.css', 'text/css; charset=utf-8'),
     chart('uPlot.iife.min.js', 'text/javascript; charset=utf-8'),
     chart('uPlot.min.css', 'text/css; charset=utf-8')

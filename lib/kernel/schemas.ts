@@ -529,9 +529,9 @@ export type ActiveAlert = Static<typeof ActiveAlert>
 
 export const AuditEntry = Type.Object({
   id: Type.String({ description: 'Increases with each entry.' }),
-  budgetId: Nullable(Type.String({ format: 'uuid', description: 'Null for an exchange rate set (set-exchange-rate): before is the rate it replaced at the same instant, or null; after is the rate set. Null for a channel tested (test-channel): after is the channel and the outcome. Null for a provider\'s cost bucket corrected (correct-provider-cost): before and after are the bucket with its old and new amount.' })),
+  budgetId: Nullable(Type.String({ format: 'uuid', description: 'Null for an exchange rate set (set-exchange-rate): before is the rate it replaced at the same instant, or null; after is the rate set. Null for a channel tested (test-channel): after is the channel and the outcome. Null for a provider\'s cost bucket corrected (correct-provider-cost): before and after are the bucket with its old and new amount. Null for a what-if replay (simulate): after is the range and the proposal.' })),
   action: StringEnum(['create', 'update', 'delete', 'approve', 'acknowledge', 'refresh-cache', 'set-exchange-rate', 'test-channel', 'correct-provider-cost',
-    'create-cost-mapping', 'update-cost-mapping', 'delete-cost-mapping', 'true-up'] as const),
+    'create-cost-mapping', 'update-cost-mapping', 'delete-cost-mapping', 'true-up', 'simulate'] as const),
   changes: Type.Array(Type.String(), { description: 'For an update, the fields it changed (currency, parentId, amount, ...).' }),
   before: Type.Unknown({ description: 'The budget (or numbers) before the change; null for a create.' }),
   after: Type.Unknown({ description: 'The budget (or the approval, acknowledgement or refreshed numbers) after it; null for a delete.' }),
@@ -800,3 +800,43 @@ export const TrueUpResult = Type.Object({
 export const DriftEvaluation = Type.Object({
   drifts: Type.Array(Type.Object({ id: Uuid, provider: Type.String(), day: Day, budgetId: Uuid }), { description: 'The drifts alerted now; one alerted before is not again.' })
 })
+
+// What-if replay (POST /simulate): a proposal replayed over the recorded calls of a past range
+
+export const SimulateRequest = Type.Object({
+  from: TimestampInput,
+  to: TimestampInput,
+  proposal: Type.Optional(Type.Object({
+    create: Type.Optional(Type.Array(CreateBudgetRequest, { maxItems: 50, description: 'New budgets, created in this order (a later one may name an earlier existing budget as parent).' })),
+    update: Type.Optional(Type.Array(Type.Object({
+      id: Type.String({ maxLength: 64, description: 'The budget to change.' }),
+      changes: UpdateBudgetRequest
+    }, { additionalProperties: false }), { maxItems: 50, description: 'Changes to existing budgets: amounts, periods, thresholds, actions, filters, parents, enforcement.' }))
+  }, { additionalProperties: false, description: 'The change to try: applied by the same rules as POST and PATCH /budgets, in a transaction that is always rolled back. Absent: the budgets as they are.' }))
+}, { additionalProperties: false, examples: [{ from: '2024-06-01', to: '2024-07-01', proposal: { update: [{ id: '3f0c2a4e-8d1b-4c6e-9a57-2b1d0e6f4a10', changes: { amount: '500' } }] } }] })
+export type SimulateRequest = Static<typeof SimulateRequest>
+const SimulatedOutcome = Type.Object({
+  code: Type.String({ description: 'The refusal code decide() would answer (budget_exceeded, budget_blocked, ...); auto_downgrade for a downgrade that refused nothing.' }),
+  count: Type.Integer(),
+  cost: Money,
+  firstAt: Timestamp
+})
+export const SimulateResult = Type.Object({
+  type: Type.Literal('result'),
+  from: Timestamp,
+  to: Timestamp,
+  events: Type.Integer({ description: 'Recorded calls and refusals replayed.' }),
+  budgets: Type.Array(Type.Object({
+    budgetId: Uuid,
+    name: Type.String(),
+    proposed: Type.Boolean({ description: 'Created or changed by the proposal.' }),
+    currency: Type.String(),
+    periods: Type.Array(Type.Object({ periodStart: Timestamp, periodEnd: Timestamp, spent: Money, calls: Type.Integer() })),
+    crossings: Type.Array(Type.Object({ periodStart: Timestamp, threshold: Type.String(), at: Timestamp, spent: Money })),
+    refused: Type.Array(SimulatedOutcome, { description: 'Calls this budget would have refused (it was the binding budget).' }),
+    downgraded: Type.Array(SimulatedOutcome),
+    avoidedSpend: Money
+  })),
+  unknowns: Type.Array(Type.String(), { description: 'What the replay cannot know, in words.' })
+})
+export type SimulateResult = Static<typeof SimulateResult>

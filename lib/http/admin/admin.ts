@@ -24,6 +24,8 @@ import { exchangeRateRoutes } from './exchange-rates.js'
 import type { ExchangeRates } from '../../currencies/index.js'
 import { usageRoutes, type RecordUsage } from './usage.js'
 import { providerCostRoutes } from './provider-costs.js'
+import { simulateRoutes } from './simulate.js'
+import type { Simulator } from '../../simulate/index.js'
 import type { ProviderCosts } from '../../provider-costs/index.js'
 import { compileValidator } from '../validator.js'
 import { reconciliationRoutes } from './reconciliation.js'
@@ -58,6 +60,8 @@ export interface AdminRoutesOptions {
   providerCosts: ProviderCosts
   /** Reconciliation with the provider's bill: the mappings, GET /reconciliation, POST /reconciliation/evaluate and /true-up. */
   reconciliation: Reconciliation
+  /** The what-if replay: POST /simulate. */
+  simulator: Simulator
 }
 
 /**
@@ -75,7 +79,7 @@ export function adminGuard (authorize: Authorize) {
   }
 }
 
-export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs, decisions, providerCosts, reconciliation }) => {
+export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async (app, { authorize, registry, tracker, collector, alerts, metrics, audit, reports, rates, channels, recordUsage, timeoutMs, decisions, providerCosts, reconciliation, simulator }) => {
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler(handleError)
   // A database that neither answers nor refuses (connections that never open in an outage) must not
@@ -108,5 +112,6 @@ export const adminRoutes: FastifyPluginAsyncTypebox<AdminRoutesOptions> = async 
   await app.register(channelRoutes, { channels })
   await app.register(providerCostRoutes, { costs: providerCosts })
   await app.register(reconciliationRoutes, { reconciliation })
+  await app.register(simulateRoutes, { simulator })
   if (decisions !== undefined) await app.register(decisionRoutes, { decisions })
 }

@@ -1,0 +1,55 @@
+// SQL of the what-if replay: one slice of the range through budget_simulate_slice (sql/functions/simulate.sql),
+// the replay's state carried in and out as JSON, and the names of the budgets it met. Every statement runs on
+// the replay's own connection, inside its transaction (the proposal is visible there, and nowhere else).
+import type { ReservedSql } from 'postgres'
+
+/**
+ * The replay's state between slices, as budget_simulate_slice returns it. Amounts are exact decimal strings
+ * (the function writes them as text, so no JSON number rounds them).
+ */
+export interface ReplayState {
+  events?: number
+  unknowns?: Record<string, boolean>
+  windowIndex?: Record<string, number>
+  refusalIndex?: Record<string, number>
+  windows?: Array<{ b: string, s: string, e: string, spent: string, calls: number, actions: string, crossed: string }>
+  crossings?: Array<{ w: number, b: string, s: string, threshold: string, at: string, spent: string }>
+  refusals?: Array<{ b: string, outcome: 'refused' | 'downgraded', code: string, count: number, cost: string, first: string, avoided: string }>
+}
+
+export interface SliceInput {
+  from: Date
+  to: Date
+  /** The start of the whole range: a window that began before it starts from the spend recorded before it. */
+  rangeFrom: Date
+  cheapModels: readonly string[]
+  downgrades: Readonly<Record<string, string>>
+}
+
+export function createSimulateRepository () {
+  return {
+    /** One slice replayed; aborting `signal` cancels the statement (PostgreSQL's cancel request: SQLSTATE 57014). */
+    async slice (connection: ReservedSql, state: ReplayState, input: SliceInput, signal?: AbortSignal): Promise<ReplayState> {
+      const query = connection<Array<{ state: string }>>`
+        select budget_simulate_slice(${JSON.stringify(state)}::text::jsonb, ${input.from}, ${input.to}, ${input.rangeFrom},
+                                     ${[...input.cheapModels]}::text[], ${JSON.stringify(input.downgrades)}::text::jsonb)::text as state`
+      const cancel = () => { void query.cancel() }
+      signal?.addEventListener('abort', cancel, { once: true })
+      try {
+        if (signal?.aborted === true) cancel()
+        const [row] = await query
+        return JSON.parse(row!.state) as ReplayState
+      } finally {
+        signal?.removeEventListener('abort', cancel)
+      }
+    },
+
+    /** The name and currency of each budget, as the transaction sees them (a proposed budget included). */
+    async budgetNames (connection: ReservedSql, ids: string[]): Promise<Map<string, { name: string, currency: string }>> {
+      if (ids.length === 0) return new Map()
+      const rows = await connection<Array<{ id: string, name: string, currency: string }>>`
+        select id, name, currency from budget_definitions where id = any(${[...new Set(ids)]}::uuid[])`
+      return new Map(rows.map((row) => [row.id, { name: row.name, currency: row.currency }]))
+    }
+  }
+}

@@ -1,0 +1,187 @@
+// What-if replay: a proposed change to the budgets, tried on the recorded calls of a past range. The proposal
+// goes through the registry's own createBudget/updateBudget, inside a transaction that is always rolled
+// back (READ ONLY when there is no proposal), so a proposal is held to the same rules as a real change and
+// leaves nothing behind; the replay itself is sql/functions/simulate.sql, which calls the gate's and the
+// alerts' SQL rules, a slice of the range at a time so the caller hears progress and can cancel.
+import type { ReservedSql, Sql, TransactionSql } from 'postgres'
+import { AdminTimeoutError, InvalidFieldError } from '../kernel/errors.js'
+import { fromUnits, toUnits, type Money } from '../kernel/money.js'
+import { parseTimestamp } from '../kernel/timestamps.js'
+import { shapeCheck } from '../kernel/validator.js'
+import { SimulateRequest, type SimulateResult } from '../kernel/schemas.js'
+import { createAuditRepository, type AuditContext } from '../audit/index.js'
+import { createBudgetRegistry, type RegistryOptions } from '../budgets/index.js'
+import { createSimulateRepository, type ReplayState } from './simulate-repository.js'
+
+const checkRequestShape = shapeCheck(SimulateRequest)
+
+/** Past this, PostgreSQL cancels the replay (the transaction rolls back and nothing was changed anyway). */
+export const SIMULATE_STATEMENT_TIMEOUT_MS = 60_000
+/** The range is replayed in this many slices of equal time, a progress report after each. */
+const SLICES = 20
+
+export interface SimulateProgress {
+  type: 'progress'
+  /** Slices of the range replayed so far, of `slices`. */
+  slice: number
+  slices: number
+  /** Recorded calls and refusals replayed so far. */
+  events: number
+  /** The instant replayed up to. */
+  through: string
+}
+
+export interface SimulateOptions {
+  /** Models restrict-models allows (the gate's cheapModels). */
+  cheapModels: readonly string[]
+  /** The cheaper model auto-downgrade switches each model to (the gate's downgrades). */
+  downgrades: Readonly<Record<string, string>>
+  /** The registry's checks for a proposal: model names, channels. */
+  registry: Pick<RegistryOptions, 'modelName' | 'channels'>
+}
+
+export interface SimulateRun {
+  onProgress?: (progress: SimulateProgress) => void
+  /** Aborted: the running statement is cancelled, the transaction rolled back, and the run throws. */
+  signal?: AbortSignal
+}
+
+export class SimulationCancelledError extends Error {
+  constructor () {
+    super('The simulation was cancelled')
+    this.name = 'SimulationCancelledError'
+  }
+}
+
+// What the replay cannot know, said in the answer whenever it applies.
+const UNKNOWNS: Record<string, string> = {
+  spendBeforeRange: 'A period that began before `from` starts from the spend recorded toward the budget before `from`, not from a replay of it.',
+  downgradedCost: 'A call auto-downgrade would have sent to a cheaper model is counted at its recorded cost on the model it really used: its cost on the cheaper model is unknown.',
+  refusedInRealityAdmitted: 'A call that was refused in reality and would have gone ahead is counted at its estimate: it never ran, so its real cost is unknown.',
+  approvals: 'Approvals are not replayed: a budget past a require-approval threshold refuses every call after it.',
+  restrictModels: 'restrict-models allows only the gate\'s cheapModels in the replay; an alert\'s own allowedModels and maxPricePerMillion are not read.',
+  projectedAlerts: 'Projected alerts are not replayed: their crossings depend on forecasts made at the time.',
+  recordedThroughApi: 'Usage recorded through the API (not gated) counts toward the budgets it was recorded on, never toward a proposed new budget, and refuses nothing.'
+}
+// Always true of a replay, whatever the range holds.
+const ALWAYS = [
+  'Calls are replayed one at a time: a call in flight beside another held room in reality (reserved), which the replay does not.',
+  'nearLimit clamps are not replayed: a call that would not fit is counted as refused, not clamped.',
+  'Rate limits are not replayed: a call a rate limit refused is left out.'
+]
+
+export function createSimulator (sql: Sql, options: SimulateOptions) {
+  const replay = createSimulateRepository()
+  const audit = createAuditRepository(sql)
+
+  return {
+    /** Replays the range under the proposal: the answer per budget. Changes nothing but one audit entry (simulate). */
+    async simulate (request: SimulateRequest, who: AuditContext, run: SimulateRun = {}): Promise<SimulateResult> {
+      const checked = checkRequestShape(request)
+      const from = parseTimestamp(checked.from, 'from')
+      const to = parseTimestamp(checked.to, 'to')
+      if (to.getTime() <= from.getTime()) throw new InvalidFieldError('to', 'must be after from')
+      const writes = (checked.proposal?.create?.length ?? 0) + (checked.proposal?.update?.length ?? 0) > 0
+      if (run.signal?.aborted === true) throw new SimulationCancelledError()
+
+      const result = await replayRange(checked.proposal ?? {}, writes, from, to, run)
+      // the one trace a simulation leaves: who asked what, after it ran (a refused request leaves none)
+      await audit.record(null, 'simulate', who, { after: { from: result.from, to: result.to, proposal: checked.proposal ?? null } })
+      return result
+    }
+  }
+
+  async function replayRange (proposal: NonNullable<SimulateRequest['proposal']>, writes: boolean, from: Date, to: Date, run: SimulateRun): Promise<SimulateResult> {
+      const connection = await sql.reserve()
+      try {
+        await connection.unsafe(`begin${writes ? '' : ' read only'}; set local statement_timeout = ${SIMULATE_STATEMENT_TIMEOUT_MS}`)
+        try {
+          const proposed = writes ? await applyProposal(connection, proposal) : new Set<string>()
+          let state: ReplayState = {}
+          const span = to.getTime() - from.getTime()
+          const deadline = Date.now() + SIMULATE_STATEMENT_TIMEOUT_MS
+          for (let slice = 1; slice <= SLICES; slice++) {
+            const sliceFrom = new Date(from.getTime() + Math.floor(span * (slice - 1) / SLICES))
+            const sliceTo = slice === SLICES ? to : new Date(from.getTime() + Math.floor(span * slice / SLICES))
+            if (sliceTo.getTime() <= sliceFrom.getTime()) continue
+            // the bound is the whole replay's: each slice may run only for what is left of it
+            const left = deadline - Date.now()
+            if (left < 1) throw new AdminTimeoutError(SIMULATE_STATEMENT_TIMEOUT_MS)
+            await connection.unsafe(`set local statement_timeout = ${left}`)
+            state = await replay.slice(connection, state, { from: sliceFrom, to: sliceTo, rangeFrom: from, cheapModels: options.cheapModels, downgrades: options.downgrades }, run.signal)
+            run.onProgress?.({ type: 'progress', slice, slices: SLICES, events: state.events ?? 0, through: sliceTo.toISOString() })
+          }
+          const names = await replay.budgetNames(connection, (state.windows ?? []).map((window) => window.b))
+          return answer(state, names, proposed, from, to)
+        } finally {
+          await connection.unsafe('rollback').catch(() => {})
+        }
+      } catch (error) {
+        if (run.signal?.aborted === true) throw new SimulationCancelledError()
+        if ((error as { code?: unknown }).code === '57014') throw new AdminTimeoutError(SIMULATE_STATEMENT_TIMEOUT_MS, { cause: error })
+        throw error
+      } finally {
+        connection.release()
+      }
+  }
+
+  /** The proposal, through the registry's own rules, on the replay's connection (its transactions become that one). */
+  async function applyProposal (connection: ReservedSql, proposal: NonNullable<SimulateRequest['proposal']>): Promise<Set<string>> {
+    const onConnection = new Proxy(connection, {
+      get (target, property, receiver) {
+        if (property !== 'begin') return Reflect.get(target, property, receiver)
+        return async (...args: unknown[]) => await (args[args.length - 1] as (tx: TransactionSql) => Promise<unknown>)(connection as unknown as TransactionSql)
+      }
+    }) as unknown as Sql
+    const registry = createBudgetRegistry(onConnection, { ...options.registry })
+    const proposed = new Set<string>()
+    for (const budget of proposal.create ?? []) {
+      proposed.add((await registry.createBudget(budget, 'simulate')).id)
+    }
+    for (const change of proposal.update ?? []) {
+      proposed.add((await registry.updateBudget(change.id, change.changes, { actor: 'simulate', requestId: null })).id)
+    }
+    return proposed
+  }
+}
+
+function money (decimal: string | number): Money {
+  return fromUnits(toUnits(String(decimal)))
+}
+
+function iso (instant: string): string {
+  return new Date(instant).toISOString()
+}
+
+function answer (state: ReplayState, names: Map<string, { name: string, currency: string }>, proposed: Set<string>, from: Date, to: Date): SimulateResult {
+  const budgets = new Map<string, SimulateResult['budgets'][number]>()
+  const budgetOf = (id: string) => {
+    let budget = budgets.get(id)
+    if (budget === undefined) {
+      budget = { budgetId: id, name: names.get(id)?.name ?? id, proposed: proposed.has(id), currency: names.get(id)?.currency ?? '', periods: [], crossings: [], refused: [], downgraded: [], avoidedSpend: '0' }
+      budgets.set(id, budget)
+    }
+    return budget
+  }
+  for (const window of state.windows ?? []) {
+    budgetOf(window.b).periods.push({ periodStart: iso(window.s), periodEnd: iso(window.e), spent: money(window.spent), calls: Number(window.calls) })
+  }
+  for (const crossing of state.crossings ?? []) {
+    budgetOf(crossing.b).crossings.push({ periodStart: iso(crossing.s), threshold: String(crossing.threshold), at: iso(crossing.at), spent: money(crossing.spent) })
+  }
+  for (const refusal of state.refusals ?? []) {
+    const budget = budgetOf(refusal.b)
+    const outcome = { code: refusal.code, count: Number(refusal.count), cost: money(refusal.cost), firstAt: iso(refusal.first) }
+    if (refusal.outcome === 'refused') {
+      budget.refused.push(outcome)
+      budget.avoidedSpend = fromUnits(toUnits(budget.avoidedSpend) + toUnits(String(refusal.avoided)))
+    } else {
+      budget.downgraded.push(outcome)
+    }
+  }
+  for (const budget of budgets.values()) budget.periods.sort((a, b) => a.periodStart.localeCompare(b.periodStart))
+  const unknowns = [...ALWAYS, ...Object.keys(state.unknowns ?? {}).filter((key) => UNKNOWNS[key] !== undefined).map((key) => UNKNOWNS[key]!)]
+  return { type: 'result', from: from.toISOString(), to: to.toISOString(), events: state.events ?? 0, budgets: [...budgets.values()], unknowns }
+}
+
+export type Simulator = ReturnType<typeof createSimulator>

@@ -1,0 +1,254 @@
+-- What-if replay (lib/simulate/): the recorded calls of a past range replayed, in time order, through the
+-- rules the gate and the alerts use, against the budgets defined in the calling transaction (which holds an
+-- operator's proposal, and is always rolled back). Nothing here writes: it reads the definitions, the
+-- recorded usage and the decision log, and returns its state.
+--
+-- One call replays one slice of the range and carries the replay's state in and out as jsonb, so a long
+-- range is replayed slice by slice and the caller can report progress between slices (and cancel).
+--
+-- The events: every gated call's usage record (metadata.estimatedCost is its estimate, amount its real cost)
+-- and every refusal of the decision log (a call that never ran: its estimate, and no real cost). For each,
+-- the budgets that apply at its instant (budget_applicable, as the gate's line), each window's replayed
+-- spend, the estimate converted as a hold would (budget_exchange_rate, budget_hold_amount), and the refusals
+-- in decide()'s order (lib/gate/decision.ts): exchange_rate_missing, estimate_out_of_range, budget_blocked,
+-- approval_required, model_restricted, call_cost_cap_exceeded, budget_exceeded (budget_fits, with nothing
+-- reserved: the replay is one call at a time). Only a hard budget refuses for want of room; a shadow budget
+-- never refuses. A call that goes ahead adds its real cost (budget_convert) to each window of its line, and
+-- each alert the new spend reaches (budget_alert_reached) is a crossing at that instant, whose actions are
+-- in force for the rest of the window.
+create or replace function budget_simulate_slice(p_state jsonb, p_from timestamptz, p_to timestamptz, p_range_from timestamptz,
+                                                 p_cheap_models text[], p_downgrades jsonb)
+returns jsonb language plpgsql stable as $$
+declare
+  -- windows: one per (budget, period start) met so far
+  w_index jsonb := coalesce(p_state -> 'windowIndex', '{}'::jsonb);
+  w_budget uuid[]; w_start timestamptz[]; w_end timestamptz[]; w_spent numeric[]; w_calls bigint[]; w_actions text[];
+  w_crossed text[]; w_enforcement text[]; w_amount numeric[]; w_currency text[]; w_cap numeric[]; w_alerts jsonb[];
+  -- crossings, in the order they happened
+  c_window integer[]; c_threshold numeric[]; c_at timestamptz[]; c_spent numeric[];
+  -- refusals, clamps and downgrades by (budget, outcome, code)
+  r_index jsonb := coalesce(p_state -> 'refusalIndex', '{}'::jsonb);
+  r_budget uuid[]; r_outcome text[]; r_code text[]; r_count bigint[]; r_cost numeric[]; r_first timestamptz[]; r_avoided numeric[];
+  unknowns jsonb := coalesce(p_state -> 'unknowns', '{}'::jsonb);
+  events bigint := coalesce((p_state ->> 'events')::bigint, 0);
+  -- each window's alerts, flattened: wa_first[w] .. wa_first[w] + wa_count[w] - 1
+  wa_first integer[]; wa_count integer[]; wa_threshold numeric[] := '{}'::numeric[]; wa_basis text[] := '{}'::text[]; wa_actions text[] := '{}'::text[]; wa_crossed boolean[] := '{}'::boolean[];
+  -- the line cache, by caller (a dense number per scopes, model, tags and currency in the slice): its windows and
+  -- rates, flattened (lc_first[caller], lc_len[caller]), until the first of its windows ends or a rate changes
+  lc_until timestamptz[]; lc_first integer[]; lc_len integer[]; l_windows integer[] := '{}'::integer[]; l_rates numeric[] := '{}'::numeric[];
+  line_windows integer[]; line_rates numeric[]; line_amounts numeric[]; line_until timestamptz;
+  e record; a record; definition record; w integer; i integer; code text; refusing integer;
+  downgrade text; outcome text; held numeric; rank integer; best integer; key text; alert jsonb; threshold numeric;
+begin
+  select coalesce(array_agg((x ->> 'b')::uuid order by o), '{}'), coalesce(array_agg((x ->> 's')::timestamptz order by o), '{}'),
+         coalesce(array_agg((x ->> 'e')::timestamptz order by o), '{}'), coalesce(array_agg((x ->> 'spent')::numeric order by o), '{}'),
+         coalesce(array_agg((x ->> 'calls')::bigint order by o), '{}'), coalesce(array_agg(x ->> 'actions' order by o), '{}'),
+         coalesce(array_agg(x ->> 'crossed' order by o), '{}')
+  into w_budget, w_start, w_end, w_spent, w_calls, w_actions, w_crossed
+  from jsonb_array_elements(coalesce(p_state -> 'windows', '[]'::jsonb)) with ordinality as t(x, o);
+  select coalesce(array_agg(d.enforcement order by o), '{}'), coalesce(array_agg(d.amount order by o), '{}'),
+         coalesce(array_agg(d.currency order by o), '{}'), coalesce(array_agg(d.max_call_cost order by o), '{}'),
+         coalesce(array_agg(d.alerts order by o), '{}')
+  into w_enforcement, w_amount, w_currency, w_cap, w_alerts
+  from unnest(w_budget) with ordinality as t(b, o) join budget_definitions d on d.id = t.b;
+  for w in 1 .. coalesce(array_length(w_budget, 1), 0) loop
+    wa_first[w] := coalesce(array_length(wa_threshold, 1), 0) + 1; wa_count[w] := 0;
+    for alert in select value from jsonb_array_elements(w_alerts[w]) loop
+      threshold := (alert ->> 'threshold')::numeric;
+      wa_threshold := wa_threshold || threshold; wa_basis := wa_basis || coalesce(alert ->> 'basis', 'current');
+      wa_actions := wa_actions || (' ' || coalesce((select string_agg(x, ' ') from jsonb_array_elements_text(alert -> 'actions') x), '') || ' ');
+      wa_crossed := wa_crossed || (w_crossed[w] like '% ' || threshold::text || ' %');
+      wa_count[w] := wa_count[w] + 1;
+    end loop;
+  end loop;
+  select coalesce(array_agg((x ->> 'w')::integer order by o), '{}'), coalesce(array_agg((x ->> 'threshold')::numeric order by o), '{}'),
+         coalesce(array_agg((x ->> 'at')::timestamptz order by o), '{}'), coalesce(array_agg((x ->> 'spent')::numeric order by o), '{}')
+  into c_window, c_threshold, c_at, c_spent
+  from jsonb_array_elements(coalesce(p_state -> 'crossings', '[]'::jsonb)) with ordinality as t(x, o);
+  select coalesce(array_agg((x ->> 'b')::uuid order by o), '{}'), coalesce(array_agg(x ->> 'outcome' order by o), '{}'),
+         coalesce(array_agg(x ->> 'code' order by o), '{}'), coalesce(array_agg((x ->> 'count')::bigint order by o), '{}'),
+         coalesce(array_agg((x ->> 'cost')::numeric order by o), '{}'), coalesce(array_agg((x ->> 'first')::timestamptz order by o), '{}'),
+         coalesce(array_agg((x ->> 'avoided')::numeric order by o), '{}')
+  into r_budget, r_outcome, r_code, r_count, r_cost, r_first, r_avoided
+  from jsonb_array_elements(coalesce(p_state -> 'refusals', '[]'::jsonb)) with ordinality as t(x, o);
+
+  for e in
+    select ev.*, dense_rank() over (order by ev.organization_id, ev.team_id, ev.user_id, ev.project_id, ev.model, ev.tags::text, ev.currency)::integer as caller
+    from (
+    select u.occurred_at as at, 0 as kind, u.id::text as id, u.amount, u.currency, (u.metadata ->> 'estimatedCost')::numeric as estimate,
+           u.organization_id, u.team_id, u.user_id, u.project_id, u.model_id as model, u.metadata -> 'tags' as tags
+    from budget_usage_records u
+    where u.occurred_at >= p_from and u.occurred_at < p_to and u.metadata ? 'estimatedCost'
+    union all
+    select d.at, 1, d.id::text, null::numeric, d.currency, d.estimate, d.organization_id, d.team_id, d.user_id, d.project_id, coalesce(d.requested_model, d.model), d.tags
+    from budget_decision_log d
+    -- a rate limit's refusal is not replayed (rate limits are not): the call is left out
+    where d.at >= p_from and d.at < p_to and d.outcome = 'refused' and d.code <> 'rate_limit_exceeded'
+    union all
+    -- usage recorded through the API (not gated): it counts toward the budgets it was recorded on, and refuses nothing
+    select u.occurred_at, 2, u.id::text, u.amount, u.currency, null, null, null, null, null, null, null
+    from budget_usage_records u
+    where u.occurred_at >= p_from and u.occurred_at < p_to and not (u.metadata ? 'estimatedCost')
+    ) ev
+    order by ev.at, ev.kind, ev.id
+  loop
+    events := events + 1;
+    -- the line, from the cache while its windows last
+    if e.kind = 2 or lc_until[e.caller] is null or lc_until[e.caller] <= e.at then
+      line_windows := '{}'; line_rates := '{}'; line_amounts := '{}'; line_until := 'infinity';
+      for a in
+        select x.budget_id, x.period_start, x.period_end, x.allocated from (
+        select l.budget_id, l.period_start, l.period_end, null::numeric as allocated, l.scope_matched, l.scope_rank from budget_applicable(
+          array_remove(array[case when e.user_id is not null then 'user' end, case when e.project_id is not null then 'project' end,
+                             case when e.team_id is not null then 'team' end, case when e.organization_id is not null then 'organization' end], null),
+          array_remove(array[e.user_id, e.project_id, e.team_id, e.organization_id], null),
+          e.currency, e.at, e.model, e.tags) l
+        where e.kind <> 2
+        union all
+        select al.budget_id, w.period_start, w.period_end, al.amount, true, 0
+        from budget_usage_allocations al
+        join budget_definitions d on d.id = al.budget_id and d.deleted_at is null
+        cross join lateral budget_window(d, e.at) w
+        where e.kind = 2 and al.usage_id = e.id::uuid) x
+        order by x.scope_matched desc, x.scope_rank, x.budget_id
+      loop
+        key := a.budget_id::text || '|' || a.period_start::text;
+        w := (w_index ->> key)::integer;
+        if w is null then
+          w := coalesce(array_length(w_budget, 1), 0) + 1;
+          w_index := w_index || jsonb_build_object(key, w);
+          w_budget[w] := a.budget_id; w_start[w] := a.period_start; w_end[w] := a.period_end; w_calls[w] := 0;
+          w_actions[w] := ''; w_crossed[w] := '';
+          select d.enforcement, d.amount, d.currency, d.max_call_cost, d.alerts into definition
+          from budget_definitions d where d.id = a.budget_id;
+          w_enforcement[w] := definition.enforcement; w_amount[w] := definition.amount; w_currency[w] := definition.currency;
+          w_cap[w] := definition.max_call_cost; w_alerts[w] := definition.alerts;
+          wa_first[w] := coalesce(array_length(wa_threshold, 1), 0) + 1; wa_count[w] := 0;
+          -- a window that began before the range starts from the spend recorded toward the budget before it
+          w_spent[w] := (select coalesce(sum(al.amount), 0) from budget_usage_allocations al
+                         where al.budget_id = a.budget_id and al.occurred_at >= a.period_start and al.occurred_at < greatest(a.period_start, p_range_from));
+          if w_spent[w] > 0 then unknowns := jsonb_set(unknowns, '{spendBeforeRange}', 'true'); end if;
+          -- the alerts that spend already reached were crossed before the range
+          for alert in select value from jsonb_array_elements(w_alerts[w]) loop
+            threshold := (alert ->> 'threshold')::numeric;
+            wa_threshold := wa_threshold || threshold; wa_basis := wa_basis || coalesce(alert ->> 'basis', 'current');
+            wa_actions := wa_actions || (' ' || coalesce((select string_agg(x, ' ') from jsonb_array_elements_text(alert -> 'actions') x), '') || ' ');
+            wa_crossed := wa_crossed || (coalesce(alert ->> 'basis', 'current') = 'current' and budget_alert_reached(w_spent[w], threshold, w_amount[w]));
+            wa_count[w] := wa_count[w] + 1;
+            if wa_crossed[wa_first[w] + wa_count[w] - 1] then
+              w_crossed[w] := w_crossed[w] || ' ' || threshold::text || ' ';
+              w_actions[w] := w_actions[w] || wa_actions[wa_first[w] + wa_count[w] - 1];
+            end if;
+          end loop;
+        end if;
+        line_windows := line_windows || w;
+        line_amounts := line_amounts || a.allocated;
+        line_rates := line_rates || budget_exchange_rate(e.currency, w_currency[w], e.at);
+        line_until := least(line_until, a.period_end);
+      end loop;
+      if e.kind <> 2 then
+        -- a rate that takes effect later ends the cached line there
+        line_until := least(line_until, (select min(r.effective_from) from budget_exchange_rates r where r.effective_from > e.at));
+        lc_first[e.caller] := coalesce(array_length(l_windows, 1), 0) + 1;
+        lc_len[e.caller] := coalesce(array_length(line_windows, 1), 0);
+        lc_until[e.caller] := line_until;
+        l_windows := l_windows || line_windows; l_rates := l_rates || line_rates;
+      else
+        unknowns := jsonb_set(unknowns, '{recordedThroughApi}', 'true');
+      end if;
+    else
+      line_windows := l_windows[lc_first[e.caller] : lc_first[e.caller] + lc_len[e.caller] - 1];
+      line_rates := l_rates[lc_first[e.caller] : lc_first[e.caller] + lc_len[e.caller] - 1];
+    end if;
+
+    outcome := null;
+    -- usage recorded through the API was never the gate's to decide: only gated calls and refusals are
+    if e.kind <> 2 then
+    -- the refusals, strictest first, each the first budget of the line it applies to (decide()): each budget's
+    -- strictest refusal (1 exchange_rate_missing, 2 estimate_out_of_range, 3 budget_blocked, 4 approval_required,
+    -- 5 model_restricted, 6 call_cost_cap_exceeded, 7 budget_exceeded), the line's strictest, its first budget
+    code := null; refusing := null; best := 8;
+    for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
+      w := line_windows[i];
+      continue when w_enforcement[w] = 'shadow';
+      -- the estimate held on the budget, as the hold converts it
+      held := case when line_rates[i] is null then null else budget_hold_amount(e.estimate, line_rates[i], w_spent[w], 0) end;
+      rank := case
+        when line_rates[i] is null then 1
+        when held is null then 2
+        when w_actions[w] = '' then 8
+        when w_actions[w] like '% block-all %' then 3
+        when w_actions[w] like '% require-approval %' then 4
+        when w_actions[w] like '% restrict-models %' and not (e.model = any(p_cheap_models)) then 5
+        else 8 end;
+      if rank = 8 and not budget_within_cap(held, w_cap[w]) then rank := 6; end if;
+      if rank = 8 and w_enforcement[w] = 'hard' and not budget_fits(w_enforcement[w], w_amount[w], w_spent[w], 0, held) then rank := 7; end if;
+      if rank < best then best := rank; refusing := i; end if;
+    end loop;
+    if best < 8 then
+      code := (array['exchange_rate_missing', 'estimate_out_of_range', 'budget_blocked', 'approval_required', 'model_restricted',
+                     'call_cost_cap_exceeded', 'budget_exceeded'])[best];
+      if best = 4 then unknowns := jsonb_set(unknowns, '{approvals}', 'true'); end if;
+      if best = 5 then unknowns := jsonb_set(unknowns, '{restrictModels}', 'true'); end if;
+    end if;
+
+    -- auto-downgrade: the cheaper model takes the call (a refusal for room, a cap, a range or a model), as decide() does
+    downgrade := null;
+    if p_downgrades ? e.model then
+      for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
+        if w_actions[line_windows[i]] like '% auto-downgrade %' then downgrade := p_downgrades ->> e.model; exit; end if;
+      end loop;
+      if downgrade = e.model then downgrade := null; end if;
+    end if;
+    outcome := case when code is null and downgrade is null then null
+                    when code is not null and (downgrade is null or code not in ('budget_exceeded', 'call_cost_cap_exceeded', 'estimate_out_of_range', 'model_restricted')) then 'refused'
+                    else 'downgraded' end;
+    if outcome = 'downgraded' then
+      unknowns := jsonb_set(unknowns, '{downgradedCost}', 'true');
+      if refusing is null then refusing := 1; code := 'auto_downgrade'; end if;
+    end if;
+
+    if outcome is not null then
+      key := w_budget[line_windows[refusing]]::text || '|' || outcome || '|' || code;
+      i := (r_index ->> key)::integer;
+      if i is null then
+        i := coalesce(array_length(r_budget, 1), 0) + 1;
+        r_index := r_index || jsonb_build_object(key, i);
+        r_budget[i] := w_budget[line_windows[refusing]]; r_outcome[i] := outcome; r_code[i] := code;
+        r_count[i] := 0; r_cost[i] := 0; r_first[i] := e.at; r_avoided[i] := 0;
+      end if;
+      r_count[i] := r_count[i] + 1;
+      r_cost[i] := r_cost[i] + e.estimate;
+      if outcome = 'refused' then r_avoided[i] := r_avoided[i] + coalesce(e.amount, 0); end if;
+    end if;
+
+    end if;
+
+    continue when outcome = 'refused';
+    -- a call refused in reality that would have gone ahead: its real cost is unknown, counted at its estimate
+    if e.kind = 1 then unknowns := jsonb_set(unknowns, '{refusedInRealityAdmitted}', 'true'); end if;
+    for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
+      w := line_windows[i];
+      w_spent[w] := w_spent[w] + case when e.kind = 2 then line_amounts[i] else budget_convert(coalesce(e.amount, e.estimate), line_rates[i]) end;
+      w_calls[w] := w_calls[w] + 1;
+      for j in wa_first[w] .. wa_first[w] + wa_count[w] - 1 loop
+        continue when wa_crossed[j];
+        if wa_basis[j] <> 'current' then unknowns := jsonb_set(unknowns, '{projectedAlerts}', 'true'); continue; end if;
+        continue when not budget_alert_reached(w_spent[w], wa_threshold[j], w_amount[w]);
+        wa_crossed[j] := true;
+        w_crossed[w] := w_crossed[w] || ' ' || wa_threshold[j]::text || ' ';
+        w_actions[w] := w_actions[w] || wa_actions[j];
+        c_window := c_window || w; c_threshold := c_threshold || wa_threshold[j]; c_at := c_at || e.at; c_spent := c_spent || w_spent[w];
+      end loop;
+    end loop;
+  end loop;
+
+  return jsonb_build_object(
+    'events', events, 'unknowns', unknowns, 'windowIndex', w_index, 'refusalIndex', r_index,
+    'windows', coalesce((select jsonb_agg(jsonb_build_object('b', b, 's', s, 'e', en, 'spent', sp::text, 'calls', ca, 'actions', ac, 'crossed', cr) order by o)
+                         from unnest(w_budget, w_start, w_end, w_spent, w_calls, w_actions, w_crossed) with ordinality as t(b, s, en, sp, ca, ac, cr, o)), '[]'),
+    'crossings', coalesce((select jsonb_agg(jsonb_build_object('w', cw, 'b', w_budget[cw], 's', w_start[cw], 'threshold', th::text, 'at', ca, 'spent', sp::text) order by o)
+                           from unnest(c_window, c_threshold, c_at, c_spent) with ordinality as t(cw, th, ca, sp, o)), '[]'),
+    'refusals', coalesce((select jsonb_agg(jsonb_build_object('b', b, 'outcome', ou, 'code', co, 'count', cn, 'cost', cs::text, 'first', fi, 'avoided', av::text) order by o)
+                          from unnest(r_budget, r_outcome, r_code, r_count, r_cost, r_first, r_avoided) with ordinality as t(b, ou, co, cn, cs, fi, av, o)), '[]'));
+end $$;
