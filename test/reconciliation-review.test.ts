@@ -64,3 +64,22 @@ t.test('CSV: a budget name a spreadsheet runs as a formula, beginning with - and
   const fields = csv.body.split('\r\n')[1]!.split(',')
   t.equal(fields[3], `'${name}`, 'the name is prefixed with \' as one beginning with = is')
 })
+
+t.test('drift check: one budget\'s bill past numeric(28,10) does not stop every other budget\'s drift alert', async (t) => {
+  const app = await buildApp(t)
+  const alerts = [{ threshold: 50, actions: ['notify'], notificationChannels: ['ops'] }]
+  const small = await budget(app, { alerts })
+  const huge = await budget(app, { name: 'Huge', scopeId: 'team-b', alerts })
+  await ok(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'project', value: 'proj_a', budgetId: small }, 201)
+  await ok(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'project', value: 'proj_b', budgetId: huge }, 201)
+  // Each bucket fits numeric(28,10) (the import takes both); their sum for one budget and day does not.
+  await importCsv(app, [
+    `${YESTERDAY},mistral,acme,proj_a,10,USD`,
+    `${YESTERDAY},mistral,acme,proj_b,999999999999999999,USD`,
+    `${YESTERDAY},mistral,other,proj_b,999999999999999999,USD`
+  ])
+  const response = await app.admin({ method: 'POST', url: `${PREFIX}/reconciliation/evaluate` })
+  t.equal(response.statusCode, 200, `the drift check answers (a body-less POST is no bad request): ${response.body}`)
+  const drifts = await app.sql<Array<{ budgetId: string }>>`select budget_id as "budgetId" from budget_recon_drifts`
+  t.ok(drifts.some((drift) => drift.budgetId === small), 'the small budget\'s 10 USD drift is alerted')
+})
