@@ -83,3 +83,9 @@ t.test('drift check: one budget\'s bill past numeric(28,10) does not stop every 
   const drifts = await app.sql<Array<{ budgetId: string }>>`select budget_id as "budgetId" from budget_recon_drifts`
   t.ok(drifts.some((drift) => drift.budgetId === small), 'the small budget\'s 10 USD drift is alerted')
 })
+
+t.test('report: a valid to in year 1 with from left to its default is answered, not refused as an unstorable request', async (t) => {
+  const app = await buildApp(t)
+  const response = await app.admin({ method: 'GET', url: `${PREFIX}/reconciliation?to=0001-01-15` })
+  t.equal(response.statusCode, 200, `from defaults to a day PostgreSQL can store: ${response.body}`)
+})
