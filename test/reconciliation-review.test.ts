@@ -89,3 +89,18 @@ t.test('report: a valid to in year 1 with from left to its default is answered, 
   const response = await app.admin({ method: 'GET', url: `${PREFIX}/reconciliation?to=0001-01-15` })
   t.equal(response.statusCode, 200, `from defaults to a day PostgreSQL can store: ${response.body}`)
 })
+
+t.test('true-up: a day on which the mapped dimension has no bucket (a mistyped mapping value) is a 404, and nothing changes', async (t) => {
+  const app = await buildApp(t)
+  const team = await budget(app)
+  // The provider reported the day, but for proj_a; the mapping names proj_typo.
+  await ok(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'project', value: 'proj_typo', budgetId: team, trueUp: true }, 201)
+  await ok(app, 'POST', `/${team}/usage`, { amount: '8', currency: 'USD', occurredAt: `${YESTERDAY}T00:00:00Z`, metadata: { requestId: 'a' } }, 201)
+  await importCsv(app, [`${YESTERDAY},mistral,acme,proj_a,10,USD`])
+  const response = await app.admin({ method: 'POST', url: `${PREFIX}/reconciliation/true-up`, body: { provider: 'mistral', day: YESTERDAY, budgetId: team } })
+  t.equal(response.statusCode, 404, response.body)
+  t.equal(response.json().code, 'BUDGET_ERR_COST_REPORT_MISSING')
+  t.equal(await counted(app, team, YESTERDAY), '8.0000000000', 'the day\'s recorded spend is not wiped out')
+  const [corrections] = await app.sql<Array<{ n: number }>>`select count(*)::int as n from budget_recon_corrections`
+  t.equal(corrections!.n, 0, 'no correction is stored')
+})

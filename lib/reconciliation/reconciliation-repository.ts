@@ -34,7 +34,7 @@ export interface ReportLine {
 }
 
 export interface TrueUpOutcome {
-  status: 'created' | 'adjusted' | 'unchanged' | 'no-report'
+  status: 'created' | 'adjusted' | 'unchanged' | 'no-report' | 'no-bucket'
   usageId: string | null
   amount: string | null
   previous: string | null

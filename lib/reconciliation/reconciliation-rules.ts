@@ -19,10 +19,15 @@ export function readDay (field: string, text: string): string {
   return text
 }
 
-/** The report's days: to defaults to today, from to 30 days before to. */
+/** The first day PostgreSQL stores and readDay accepts: a default from is never earlier. */
+const FIRST_DAY = '0001-01-01'
+
+/** The report's days: to defaults to today, from to 30 days before to (and never before 0001-01-01). */
 export function readRange (query: { from?: string, to?: string }, today: string): { from: string, to: string } {
   const to = query.to === undefined ? today : readDay('to', query.to)
-  const from = query.from === undefined ? daysBefore(to, 30) : readDay('from', query.from)
+  const defaultFrom = daysBefore(to, 30)
+  // A day before year 1 prints as year 0000 or '-000001-…': either sorts before FIRST_DAY.
+  const from = query.from === undefined ? (defaultFrom < FIRST_DAY ? FIRST_DAY : defaultFrom) : readDay('from', query.from)
   if (from > to) throw new InvalidFieldError('to', 'must not be before from')
   if ((Date.parse(`${to}T00:00:00Z`) - Date.parse(`${from}T00:00:00Z`)) / DAY_MS > MAX_REPORT_DAYS) throw new InvalidFieldError('to', `must be at most ${MAX_REPORT_DAYS} days after from`)
   return { from, to }
@@ -54,7 +59,8 @@ export const REPORT_CSV_COLUMNS = ['day', 'provider', 'budget_id', 'budget_name'
 
 /** RFC 4180: a field with a comma, quote or line break is quoted; a field a spreadsheet would run as a formula is prefixed with '. */
 function csvField (value: string): string {
-  const safe = /^[=+\-@\t\r]/.test(value) && !/^-?\d/.test(value) ? `'${value}` : value
+  // Only a whole plain decimal (a negative amount) keeps its -: '-1+1+cmd|…' is a formula.
+  const safe = /^[=+\-@\t\r]/.test(value) && !/^-?\d+(\.\d+)?$/.test(value) ? `'${value}` : value
   return /[",\r\n]/.test(safe) ? `"${safe.replaceAll('"', '""')}"` : safe
 }
 

@@ -86,7 +86,8 @@ export function createReconciliationService (repository: ReconciliationRepositor
         if (line === undefined) throw new CostReportMissingError(body.provider, day)
         if (line.filtered) throw new TrueUpRefusedError(`budget '${body.budgetId}' has model or tag filters, which the provider's bill cannot follow: it is not trued up`)
         const outcome = await tx.trueUp(body.provider, day, body.budgetId, context)
-        if (outcome.status === 'no-report') throw new CostReportMissingError(body.provider, day)
+        // No bucket of the mapped dimension that day (a mistyped mapping value, say): an amount of 0 is no bill.
+        if (outcome.status === 'no-report' || outcome.status === 'no-bucket') throw new CostReportMissingError(body.provider, day)
         return { ...outcome, status: outcome.status, amount: outcome.amount ?? '0' }
       })
     }

@@ -7,7 +7,10 @@
 --   provider_amount  the mapped buckets of that day, in the budget's currency at the rate in force at noon UTC
 --                    of the day (budget_exchange_rate), rounded up to the money scale as every conversion is
 --                    (budget_convert's rule); null when a rate is missing, and missing_rate names the currency;
---   recorded_amount  what counts toward the budget from usage that occurred that UTC day, corrections left out;
+--   recorded_amount  what counts toward the budget from usage that occurred that UTC day, the budget's own
+--                    corrections left out (they are what a true-up moves); a correction written for another
+--                    budget (a descendant's, passed up to this one) counts, as the usage it corrects does, so a
+--                    parent trued up after its child does not write the child's difference a second time;
 --   correction       what a true-up wrote for the day (null: none);
 --   difference       provider_amount - recorded_amount: the correction a true-up writes;
 --   ratio            difference / recorded_amount to 6 decimal places, rounded half away from zero (null when
@@ -62,7 +65,8 @@ language sql stable as $$
   cross join lateral (
     select coalesce(sum(a.amount), 0) as amount
     from budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id
-    where a.budget_id = l.budget_id and a.occurred_at >= l.day_start and a.occurred_at < l.day_start + interval '1 day' and not u.correction
+    where a.budget_id = l.budget_id and a.occurred_at >= l.day_start and a.occurred_at < l.day_start + interval '1 day'
+      and not (u.correction and exists (select 1 from budget_recon_corrections own where own.usage_id = u.id and own.budget_id = l.budget_id))
   ) recorded
   left join lateral (
     select c.amount from budget_recon_corrections c where c.provider = l.provider and c.day = l.day and c.budget_id = l.budget_id
@@ -89,6 +93,9 @@ begin
   with drifting as (
     select r.* from budget_recon_report(p_from, p_today - 1, null, null) r
     where budget_recon_drifts_past(r.difference, r.recorded_amount, p_tolerance)
+      -- A line whose amounts do not fit budget_recon_drifts' numeric(28,10) (a bill past 10^18) is left out
+      -- here, so it cannot stop every other budget's drift from being recorded; the report still shows it.
+      and abs(r.provider_amount) < 1e18 and abs(r.recorded_amount) < 1e18 and abs(r.difference) < 1e18
   ),
   recorded as (
     insert into budget_recon_drifts as d (provider, day, budget_id, currency, provider_amount, recorded_amount, difference, ratio, tolerance)
@@ -116,7 +123,8 @@ end $$;
 -- counts in its own day's window, and may take a hard budget past its limit (it is the invoice). An ended
 -- window's alerts stay as they were: the alert trigger (alerts.sql) skips an ended window while this runs.
 -- Status: 'created', 'adjusted', 'unchanged' (the correction was already the difference, or there is none
--- to write), or 'no-report' (the provider's report has no buckets that day). Errors: RB001 naming the pair
+-- to write), 'no-report' (the provider's report has no buckets that day), or 'no-bucket' (it has, but none
+-- of the mapped dimension's). Errors: RB001 naming the pair
 -- when a rate is missing; 22003 when the correction would take a window past numeric(28,10).
 create or replace function budget_recon_true_up(p_provider text, p_day date, p_budget_id uuid)
 returns table (status text, usage_id uuid, amount numeric, previous numeric)
@@ -137,6 +145,20 @@ begin
   select * into line from budget_recon_report(p_day, p_day, p_provider, p_budget_id) r;
   if not found then
     return query select 'no-report'::text, null::uuid, null::numeric, null::numeric;
+    return;
+  end if;
+  -- The provider reported the day, but none of its buckets is the mapped dimension's (a mistyped mapping
+  -- value, say): its amount of 0 is no bill, and a true-up to it would wipe out the day's recorded spend.
+  -- The buckets read are the report's: the collector's over a CSV's for the day (budget_recon_report).
+  if not exists (
+    select 1 from budget_recon_mappings m
+    join budget_provider_costs c on c.provider = m.provider and c.bucket_date = p_day
+      and (case m.kind when 'account' then c.account else c.project end) = m.value
+    where m.provider = p_provider and m.budget_id = p_budget_id
+      and (case when c.source = 'csv' then 1 else 0 end) = (
+        select min(case when o.source = 'csv' then 1 else 0 end) from budget_provider_costs o where o.provider = p_provider and o.bucket_date = p_day)
+  ) then
+    return query select 'no-bucket'::text, null::uuid, null::numeric, null::numeric;
     return;
   end if;
   if line.missing_rate is not null then
