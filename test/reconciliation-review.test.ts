@@ -82,6 +82,10 @@ t.test('drift check: one budget\'s bill past numeric(28,10) does not stop every 
   t.equal(response.statusCode, 200, `the drift check answers (a body-less POST is no bad request): ${response.body}`)
   const drifts = await app.sql<Array<{ budgetId: string }>>`select budget_id as "budgetId" from budget_recon_drifts`
   t.ok(drifts.some((drift) => drift.budgetId === small), 'the small budget\'s 10 USD drift is alerted')
+  const report = await app.admin({ method: 'GET', url: `${PREFIX}/reconciliation?from=${YESTERDAY}&to=${YESTERDAY}` })
+  t.equal(report.statusCode, 200, `the report answers with the oversized line in it: ${report.body}`)
+  const csv = await app.admin({ method: 'GET', url: `${PREFIX}/reconciliation?from=${YESTERDAY}&to=${YESTERDAY}&format=csv` })
+  t.equal(csv.statusCode, 200, 'so does its CSV')
 })
 
 t.test('report: a valid to in year 1 with from left to its default is answered, not refused as an unstorable request', async (t) => {
