@@ -108,3 +108,23 @@ t.test('true-up: a day on which the mapped dimension has no bucket (a mistyped m
   const [corrections] = await app.sql<Array<{ n: number }>>`select count(*)::int as n from budget_recon_corrections`
   t.equal(corrections!.n, 0, 'no correction is stored')
 })
+
+t.test('a parent trued up before its child counts the child\'s correction until its own true-up is run again', async (t) => {
+  const app = await buildApp(t)
+  const org = await budget(app, { name: 'Org', scopeType: 'organization', scopeId: 'acme' })
+  const team = await budget(app, { parentId: org })
+  await ok(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'account', value: 'acme', budgetId: org, trueUp: true }, 201)
+  await ok(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'project', value: 'proj_a', budgetId: team, trueUp: true }, 201)
+  await ok(app, 'POST', `/${team}/usage`, { amount: '8', currency: 'USD', occurredAt: `${YESTERDAY}T00:00:00Z`, metadata: { requestId: 'a' } }, 201)
+  await importCsv(app, [`${YESTERDAY},mistral,acme,proj_a,10,USD`])
+
+  await ok(app, 'POST', '/reconciliation/true-up', { provider: 'mistral', day: YESTERDAY, budgetId: org })
+  await ok(app, 'POST', '/reconciliation/true-up', { provider: 'mistral', day: YESTERDAY, budgetId: team })
+  t.equal(await counted(app, org, YESTERDAY), '12.0000000000', 'the org has its own correction and the team\'s')
+  const { lines } = await ok<{ lines: Array<{ correction: string | null, difference: string | null }> }>(app, 'GET', `/reconciliation?from=${YESTERDAY}&to=${YESTERDAY}&budgetId=${org}`)
+  t.same(lines.map((line) => [line.correction, line.difference]), [['2.0000000000', '0.0000000000']], 'its line shows a correction other than its difference')
+  const again = await ok<{ status: string, amount: string }>(app, 'POST', '/reconciliation/true-up', { provider: 'mistral', day: YESTERDAY, budgetId: org })
+  t.same([again.status, again.amount], ['adjusted', '0.0000000000'])
+  t.equal(await counted(app, org, YESTERDAY), '10.0000000000', 'trued up again, the org counts the invoice once')
+  t.equal(await counted(app, team, YESTERDAY), '10.0000000000')
+})
