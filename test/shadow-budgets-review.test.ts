@@ -69,3 +69,57 @@ t.test('one call clamped by a hard sibling is counted once by a shadow budget th
   t.same(counts.map((row) => row.calls).reduce((a: number, b: number) => a + b, 0), 1, `one call, one verdict counted: ${JSON.stringify(counts)}`)
   await checkInvariants(t, gateway.sql)
 })
+
+t.test('a hard budget switched to shadow while a process holds a lease on it: calls its hard twin would refuse are served and counted', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'json' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url })
+  const budget = await gateway.createBudget({ amount: '0.02' })
+  for (let i = 0; i < 8; i++) t.equal((await gateway.call({ team: 'team-a' })).statusCode, 200)
+  const leases = async () => (await gateway.sql`select count(distinct id)::int as count from budget_reservations where lease`)[0]!.count as number
+  t.ok(await leases() > 0, 'the line is hot: a lease holds a slice of it')
+  const put = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: AUTH, body: { enforcement: 'shadow', amount: '0.00001' } })
+  t.equal(put.statusCode, 200, put.body)
+  const answer = await gateway.call({ team: 'team-a' })
+  t.equal(answer.statusCode, 200, 'a shadow budget never refuses')
+  t.equal(answer.headers['x-budget-shadow'], `${budget.id};code=budget_exceeded;outcome=refused`, 'the call its hard twin would refuse is named')
+  await gateway.settled()
+  const counts = await gateway.sql`select calls::int from budget_shadow_counts where budget_id = ${budget.id}`
+  t.same(counts.map((row) => row.calls), [1], 'and counted')
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('a marked hold on an upstream 500 or a cut stream: released or settled once, excluded spend equal to what it cost', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'error-500' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+  const budget = await gateway.createBudget({ amount: '0.001', enforcement: 'shadow' })
+  const failed = await gateway.call({ team: 'team-a' }, { model: 'gpt-4o', max_tokens: 4000 })
+  t.ok(failed.statusCode >= 500, 'the upstream failed')
+  await gateway.settled()
+  upstream.setMode('sse-cut')
+  const cut = await gateway.call({ team: 'team-a' }, { model: 'gpt-4o', max_tokens: 4000, stream: true })
+  t.equal(cut.statusCode, 200)
+  await gateway.settled()
+  const [row] = await gateway.sql`select c.current_amount::text as current, coalesce(s.excluded_amount, 0)::text as excluded
+    from budget_status_cache c left join budget_shadow_windows s using (budget_id, period_start) where c.budget_id = ${budget.id}`
+  t.equal(row!.excluded, row!.current, 'both calls would have been refused: all of the real spend is excluded, once')
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('under concurrent calls, a shadow budget\'s as-if spend stays within its limit, as its hard twin\'s would', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'json-worst-case' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+  const budget = await gateway.createBudget({ amount: '0.002', enforcement: 'shadow' })
+  const answers = await Promise.all(Array.from({ length: 40 }, async () => await gateway.call({ team: 'team-a' }, { model: 'gpt-4o', max_tokens: 40 })))
+  t.ok(answers.every((answer) => answer.statusCode === 200), 'all served')
+  const named = answers.filter((answer) => answer.headers['x-budget-shadow'] !== undefined).length
+  t.ok(named > 0 && named < 40, `some would have been refused (${named})`)
+  await gateway.settled()
+  const [row] = await gateway.sql`select (c.current_amount - coalesce(s.excluded_amount, 0))::text as asif, d.amount::text as limit,
+    c.current_amount - coalesce(s.excluded_amount, 0) <= d.amount as within
+    from budget_status_cache c join budget_definitions d on d.id = c.budget_id
+    left join budget_shadow_windows s using (budget_id, period_start) where c.budget_id = ${budget.id}`
+  t.ok(row!.within, `as-if spend ${row!.asif} within ${row!.limit}`)
+  const [counted] = await gateway.sql`select coalesce(sum(calls), 0)::int as n from budget_shadow_counts where budget_id = ${budget.id}`
+  t.equal(counted!.n, named, 'each named call counted once')
+  await checkInvariants(t, gateway.sql)
+})
