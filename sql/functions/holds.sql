@@ -56,7 +56,8 @@ $$;
 -- A shadow budget (enforcement 'shadow') never refuses. One on which the estimate cannot be held (no rate,
 -- out of range) holds nothing (no reservation row: the settlement records none of the call's spend on it),
 -- its verdict is shadow_fits false, and the call's other budgets decide. One that can takes every call, and
--- is judged beside it as a hard one would be, on its as-if ledger (migration 008): spend less excluded_amount, held less its holds marked
+-- is judged beside it as a hard one would be, on its as-if ledger (migration 008): spend less
+-- excluded_amount, held less its holds marked
 -- as_if_excluded, and the same fit and cap rules (budget_fits read as 'hard', budget_within_cap). Its rows
 -- report that ledger (current_amount, reserved_amount), its cap (over_cap) and the verdict (shadow_fits;
 -- null on other budgets), so that lib/gate/decision.ts judges it as a hard budget; a hold it would have
