@@ -225,6 +225,10 @@ t.test('a shadow budget never decides: it is judged alone as a hard one, and onl
   t.match(capped.shadow, [{ code: 'call_cost_cap_exceeded', outcome: 'refused' }], 'over its cap: counted, not refused')
 
   t.same(decideOn([{ id: 'shadow', enforcement: 'shadow', current: '1' }], '1').shadow, [], 'a call a hard twin would take: no verdict')
-  t.match(decideOn([{ id: 'shadow', enforcement: 'shadow', currency: 'EUR', estimate: null }], '1'), { canProceed: false, code: 'exchange_rate_missing' },
-    'without a rate into its currency it refuses, as a soft budget does: it could not record the spend')
+  const unrated = decideOn([{ id: 'hard', current: '10' }, { id: 'shadow', enforcement: 'shadow', currency: 'EUR', estimate: null }], '1')
+  t.match(unrated, { canProceed: true, code: null, bindingBudgetId: 'hard' }, 'without a rate into its currency it does not refuse: the other budgets decide')
+  t.match(unrated.shadow, [{ budgetId: 'shadow', code: 'exchange_rate_missing', outcome: 'refused', clampable: false }], 'and its verdict is counted')
+  const outOfRange = decideOn([{ id: 'shadow', enforcement: 'shadow', currency: 'EUR', estimate: null, outOfRange: true }], '1')
+  t.match(outOfRange, { canProceed: true, code: null, budgets: [] }, 'past what it can hold: not refused either')
+  t.match(outOfRange.shadow, [{ budgetId: 'shadow', code: 'estimate_out_of_range', outcome: 'refused' }])
 })

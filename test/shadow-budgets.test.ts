@@ -148,6 +148,35 @@ t.test('a shadow budget holds no room: a hard budget beside it decides alone, an
   await checkShadowLedger(t, gateway.sql)
 })
 
+t.test('a shadow budget that cannot convert the estimate holds nothing, records none of its spend, and never refuses', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'json' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+  const shadow = await gateway.createBudget({ amount: '1000', currency: 'EUR', enforcement: 'shadow' })
+  // Its line's only budget: no rate into EUR, nothing decides, and the call is recorded as one no budget covers.
+  const alone = await gateway.call({ team: 'team-a' }, { model: 'gpt-4o-mini', max_tokens: 20 })
+  t.equal(alone.statusCode, 200, alone.body)
+  t.equal(alone.headers['x-budget-shadow'], `${shadow.id};code=exchange_rate_missing;outcome=refused`)
+  // No hold to wait for: its record commits after the response, in the settlements' next batch.
+  const unbudgeted = async () => (await gateway.sql`select count(*)::int as n from budget_usage_records where budget_id is null`)[0]!.n as number
+  for (const deadline = Date.now() + 10_000; await unbudgeted() === 0 && Date.now() < deadline;) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.equal(await unbudgeted(), 1, 'its spend is recorded, without a budget')
+  // Beside a hard budget, past what it can hold at an extreme rate: the hard budget decides and takes the spend.
+  const rate = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/exchange-rates/USD/EUR`, headers: AUTH, body: { rate: '999999999999999999', effectiveFrom: '2024-01-01' } })
+  t.equal(rate.statusCode, 201, rate.body)
+  const hard = await gateway.createBudget({ scopeType: 'organization', scopeId: 'org-a', amount: '1000' })
+  // about 2 USD at worst: past 10^18 EUR at that rate
+  const beside = await gateway.call({ team: 'team-a', organization: 'org-a' }, { model: 'gpt-4.1', max_tokens: 32_768, n: 8 })
+  t.equal(beside.statusCode, 200, beside.body)
+  t.equal(beside.headers['x-budget-shadow'], `${shadow.id};code=estimate_out_of_range;outcome=refused`)
+  await gateway.settled()
+  t.not((await gateway.status(hard.id)).currentAmount, '0', 'the hard budget was charged')
+  t.equal((await gateway.status(shadow.id)).currentAmount, '0', 'the shadow budget took none of either call')
+  const counts = await gateway.sql`select code, outcome, calls::int from budget_shadow_counts where budget_id = ${shadow.id} order by code`
+  t.same(counts.map((row) => [row.code, row.outcome, row.calls]), [['estimate_out_of_range', 'refused', 1], ['exchange_rate_missing', 'refused', 1]], 'each verdict counted')
+  await checkInvariants(t, gateway.sql)
+  await checkShadowLedger(t, gateway.sql)
+})
+
 t.test('switching a shadow budget to hard is one update, audited; the enforcement takes only the three values', async (t) => {
   const gateway = await buildGateway(t)
   const budget = await gateway.createBudget({ amount: '0.001', enforcement: 'shadow' })

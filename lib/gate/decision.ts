@@ -254,10 +254,12 @@ export function decide (terms: readonly BudgetTerms[], numbers: readonly BudgetN
     else its = numbers.find((measured) => measured.budgetId === budget.budgetId)
     if (its === undefined) continue
     if (its.enforcement !== 'shadow') { checks.push(checkBudget(budget, its, policy)); continue }
-    // A shadow budget without a rate, or past what it can hold, cannot record the call: that it refuses (as a soft one does).
+    // A shadow budget never refuses. One without a rate, or past what it can hold, holds nothing and records
+    // none of the call: its hard twin's verdict (exchange_rate_missing, estimate_out_of_range) is counted, and
+    // the other budgets decide.
     const check = checkBudget(budget, its, policy)
-    if (check.estimatedCost === null) checks.push(check)
-    else (shadowChecks ??= []).push({ ...check, enforcement: 'hard', fits: its.shadowFits ?? check.fits })
+    shadowChecks ??= []
+    shadowChecks.push({ ...check, enforcement: 'hard', fits: check.estimatedCost !== null && (its.shadowFits ?? check.fits) })
   }
   const shadow = shadowChecks === null ? [] : shadowVerdicts(shadowChecks, estimate, policy)
   const decided = decideChecks(checks, estimate, policy)

@@ -405,6 +405,14 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       // A shadow budget without a nearLimit of its own would have clamped as the gate does.
       const check = decided.shadow.length === 0 ? decided : { ...decided, shadow: decided.shadow.map((verdict) => ({ ...verdict, outcome: shadowOutcome(verdict, options.nearLimit) })) }
       if (line.length === 0) return { check, reservationId: null } // no budget applies to this caller
+      if (result.reserved && check.canProceed && result.numbers.every((measured) => measured.estimate === null)) {
+        // Nothing held: the line's only budgets are shadow ones that cannot convert the estimate (a shadow budget
+        // never refuses, and takes no spend it cannot convert). No hold to settle: the call is recorded as one
+        // no budget covers, and keeps the rate allowance it took as a served call does.
+        holdsMade.delete(reservationId)
+        await noteShadow(null, line, check)
+        return { check, reservationId: null }
+      }
       if (result.reserved && check.canProceed && rate.taken.length > 0) rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
       else rateLimits.end(rate, null)
       if (result.reserved && !check.canProceed) {

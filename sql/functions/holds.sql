@@ -53,8 +53,11 @@ $$;
 -- A hot budget's queue must not hold a pooled connection for long: a hold that cannot get its locks within
 -- 2 s fails (SQLSTATE 55P03) and the gate answers by its failure mode.
 --
--- A shadow budget (enforcement 'shadow') takes every call it can hold, and is judged beside it as a hard
--- one would be, on its as-if ledger (migration 008): spend less excluded_amount, held less its holds marked
+-- A shadow budget (enforcement 'shadow') never refuses. One on which the estimate cannot be held (no rate,
+-- out of range) holds nothing (no reservation row: the settlement records none of the call's spend on it),
+-- its verdict is shadow_fits false, and the call's other budgets decide. One that can takes every call, and
+-- is judged beside it as a hard one would be, on its as-if ledger (migration 008): spend less
+-- excluded_amount, held less its holds marked
 -- as_if_excluded, and the same fit and cap rules (budget_fits read as 'hard', budget_within_cap). Its rows
 -- report that ledger (current_amount, reserved_amount), its cap (over_cap) and the verdict (shadow_fits;
 -- null on other budgets), so that lib/gate/decision.ts judges it as a hard budget; a hold it would have
@@ -149,7 +152,9 @@ begin
         row_shadow_fits[ri] := row_held[ri] is not null and not row_over_cap[ri]
                                and budget_fits('hard', limits[w], asif_currents[w], asif_reserveds[w] + asif_added[w], row_held[ri]);
         row_reserved_before[ri] := asif_reserveds[w] + asif_added[w];
-        row_fits[ri] := row_held[ri] is not null;
+        -- never refuses, not even when it cannot convert the estimate: it then holds nothing and the other
+        -- budgets decide (its verdict: exchange_rate_missing or estimate_out_of_range)
+        row_fits[ri] := true;
       else
         row_fits[ri] := row_held[ri] is not null and not row_over_cap[ri]
                         and budget_fits(enforcements[w], limits[w], currents[w], reserveds[w] + added[w], row_held[ri]);
@@ -159,7 +164,7 @@ begin
     if call_fits and call_current[ci] then
       call_reserved[ci] := true;
       for ri in 1 .. rows_count loop
-        if p_row_calls[ri] = ci then
+        if p_row_calls[ri] = ci and row_held[ri] is not null then
           added[row_window[ri]] := added[row_window[ri]] + row_held[ri];
           if row_shadow_fits[ri] then asif_added[row_window[ri]] := asif_added[row_window[ri]] + row_held[ri]; end if;
         end if;
@@ -177,7 +182,7 @@ begin
          p_amounts[r.call], rates[r.w], coalesce(not r.shadow_fits, false)
   from unnest(p_row_calls, p_row_budgets, p_row_starts, p_row_matched, p_row_ranks, row_held, row_window, row_shadow_fits)
     as r(call, b, s, matched, rank, held, w, shadow_fits)
-  where call_reserved[r.call];
+  where call_reserved[r.call] and r.held is not null;
 
   return query
     select r.call, r.b, limits[r.w], enforcements[r.w], asif_currents[r.w], r.before, r.fits, call_current[r.call], call_reserved[r.call],

@@ -145,11 +145,15 @@ begin
 
   -- A shadow budget's as-if ledger leaves out what it would have refused: the allocations just recorded for
   -- those holds go to its excluded_amount (its window rows are locked by budget_record_spend: the lock order, 008).
+  -- Only while the budget is still shadow: one switched away from it excludes nothing (its change also unmarks
+  -- its live holds, budget_definitions_left_shadow in shadow.sql; this covers a switch that commits while
+  -- this settlement runs, after it read its holds).
   if x_usages is not null then
     insert into budget_shadow_windows as s (budget_id, period_start, excluded_amount)
     select x.b, x.s, sum(a.amount)
     from unnest(x_usages, x_budgets, x_starts) as x(u, b, s)
     join budget_usage_allocations a on a.usage_id = x.u and a.budget_id = x.b
+    join budget_definitions d on d.id = x.b and d.enforcement = 'shadow'
     group by x.b, x.s
     order by x.b, x.s
     on conflict (budget_id, period_start) do update set excluded_amount = s.excluded_amount + excluded.excluded_amount;

@@ -33,3 +33,17 @@ language sql stable as $$
          coalesce((select jsonb_agg(jsonb_build_object('code', c.code, 'outcome', c.outcome, 'calls', c.calls) order by c.code, c.outcome)
                    from budget_shadow_counts c where c.budget_id = p_budget_id and c.period_start = p_period_start), '[]'::jsonb)
 $$;
+
+-- A budget that stops being shadow keeps no as-if ledger: its live holds stop being marked as_if_excluded in
+-- the change's own transaction, so that a hold in flight settles as spend the budget counts (the settlement
+-- adds to excluded_amount only a marked hold of a budget still shadow). The reservation rows are locked by
+-- (id, budget_id), the lock order (settlements.sql): a settlement that locked them first has ended them,
+-- one that waits for them reads them unmarked.
+create or replace function budget_definitions_left_shadow() returns trigger language plpgsql as $$
+begin
+  perform 1 from budget_reservations r where r.budget_id = new.id and r.as_if_excluded order by r.id, r.budget_id for update;
+  update budget_reservations r set as_if_excluded = false where r.budget_id = new.id and r.as_if_excluded;
+  return null;
+end $$;
+create or replace trigger budget_definitions_left_shadow after update of enforcement on budget_definitions
+for each row when (old.enforcement = 'shadow' and new.enforcement <> 'shadow') execute function budget_definitions_left_shadow();
