@@ -40,6 +40,12 @@ declare
   -- the call's line in the flattened arrays: l_windows[lb + 1 .. lb + ln] (a line that is not cached is written
   -- past l_end, and the next one overwrites it), so the per-call path reads it where it is instead of copying it
   l_amounts numeric[] := '{}'::numeric[]; l_end integer := 0; lb integer; ln integer;
+  -- the last verdict by caller (m_best, m_refusing) for the estimate m_estimate, taken at spent_version: the
+  -- count of calls that changed a window's spend (and so its actions) so far. Between two such calls the
+  -- windows, their actions and the caller's line are as they were, and the rules are immutable functions of
+  -- them, so the same caller with the same estimate gets the same verdict without evaluating them again
+  -- (a run of refusals, where nothing goes ahead, replays at the cost of the lookup).
+  spent_version bigint := 0; m_version bigint[]; m_estimate numeric[]; m_best integer[]; m_refusing integer[];
   e record; a record; definition record; w integer; i integer; code text; refusing integer;
   downgrade text; outcome text; held numeric; rank integer; best integer; key text; alert jsonb; threshold numeric;
 begin
@@ -160,6 +166,7 @@ begin
         lc_len[e.caller] := ln;
         lc_until[e.caller] := line_until;
         l_end := lb + ln;
+        m_version[e.caller] := null;
       else
         unknowns := jsonb_set(unknowns, '{recordedThroughApi}', 'true');
       end if;
@@ -174,6 +181,9 @@ begin
     -- strictest refusal (1 exchange_rate_missing, 2 estimate_out_of_range, 3 budget_blocked, 4 approval_required,
     -- 5 model_restricted, 6 call_cost_cap_exceeded, 7 budget_exceeded), the line's strictest, its first budget
     code := null; refusing := null; best := 8;
+    if m_version[e.caller] = spent_version and m_estimate[e.caller] = e.estimate then
+      best := m_best[e.caller]; refusing := m_refusing[e.caller];
+    else
     for i in 1 .. ln loop
       w := l_windows[lb + i];
       continue when w_enforcement[w] = 'shadow';
@@ -191,6 +201,8 @@ begin
       if rank = 8 and w_enforcement[w] = 'hard' and not budget_fits(w_enforcement[w], w_amount[w], w_spent[w], 0, held) then rank := 7; end if;
       if rank < best then best := rank; refusing := i; end if;
     end loop;
+    m_version[e.caller] := spent_version; m_estimate[e.caller] := e.estimate; m_best[e.caller] := best; m_refusing[e.caller] := refusing;
+    end if;
     if best < 8 then
       code := (array['exchange_rate_missing', 'estimate_out_of_range', 'budget_blocked', 'approval_required', 'model_restricted',
                      'call_cost_cap_exceeded', 'budget_exceeded'])[best];
@@ -233,6 +245,7 @@ begin
     continue when outcome = 'refused';
     -- a call refused in reality that would have gone ahead: its real cost is unknown, counted at its estimate
     if e.kind = 1 then unknowns := jsonb_set(unknowns, '{refusedInRealityAdmitted}', 'true'); end if;
+    spent_version := spent_version + 1;
     for i in 1 .. ln loop
       w := l_windows[lb + i];
       w_spent[w] := w_spent[w] + case when e.kind = 2 then l_amounts[lb + i] else budget_convert(coalesce(e.amount, e.estimate), l_rates[lb + i]) end;
