@@ -45,7 +45,7 @@ declare
   -- windows, their actions and the caller's line are as they were, and the rules are immutable functions of
   -- them, so the same caller with the same estimate gets the same verdict without evaluating them again
   -- (a run of refusals, where nothing goes ahead, replays at the cost of the lookup).
-  spent_version bigint := 0; m_version bigint[]; m_estimate numeric[]; m_best integer[]; m_refusing integer[];
+  spent_version bigint := 0::bigint; m_version bigint[]; m_estimate numeric[]; m_best integer[]; m_refusing integer[];
   e record; a record; definition record; w integer; i integer; code text; refusing integer;
   downgrade text; outcome text; held numeric; rank integer; best integer; key text; alert jsonb; threshold numeric;
 begin
