@@ -84,3 +84,40 @@ t.test('the replayed spend is exactly the SQL sum of what was recorded', async (
   const spent = response.json().budgets[0].periods[0].spent as string
   t.equal(spent, sum!.total.replace(/0+$/, '').replace(/\.$/, ''), `exact: ${spent} vs ${sum!.total}`)
 })
+
+t.test('a client that hangs up while its proposal waits for the hierarchy lock leaves nothing running', async (t) => {
+  const { request: httpRequest } = await import('node:http')
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const budget = await gateway.createBudget({ name: 'team a', amount: '1000' })
+  t.equal((await gateway.call({ team: 'team-a' })).statusCode, 200)
+  await gateway.settled()
+  await gateway.sql`
+    insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, idempotency_key, also_counts_toward, occurred_at, recorded_at, allocated_by_settlement)
+    select u.budget_id, u.amount, u.currency, u.source, u.description, u.metadata, gen_random_uuid()::text, u.also_counts_toward,
+           now() - interval '50 minutes' + (g * interval '10 milliseconds'), now(), true
+    from budget_usage_records u, generate_series(1, 200000) g`
+  const address = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
+  const body = { from: new Date(Date.now() - 3_600_000).toISOString(), to: new Date(Date.now() + 1000).toISOString(), proposal: { update: [{ id: budget.id, changes: { amount: '999' } }] } }
+  const first = gateway.app.inject({ method: 'POST', url: `${PREFIX}/simulate`, headers: AUTH, body })
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  // a second proposal waits for the first's hierarchy lock; its client hangs up meanwhile
+  await new Promise<void>((resolve) => {
+    const request = httpRequest(`${address}${PREFIX}/simulate`, { method: 'POST', headers: { ...AUTH, 'content-type': 'application/json' } }, () => {})
+    request.once('error', () => resolve())
+    request.end(JSON.stringify(body))
+    setTimeout(() => { request.destroy(); resolve() }, 300)
+  })
+  const firstResponse = await first
+  t.equal(firstResponse.statusCode, 200)
+  // the first is done; the hung-up second must not go on to replay the whole range for nobody
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  const [row] = await gateway.sql<Array<{ n: number }>>`
+    select count(*)::int as n from pg_stat_activity where query like '%budget_simulate_slice%' and state = 'active' and pid <> pg_backend_pid()`
+  t.equal(row!.n, 0, 'no replay statement runs for a client that hung up')
+  // let it end before the teardown
+  for (let i = 0; i < 100; i++) {
+    const [left] = await gateway.sql<Array<{ n: number }>>`select count(*)::int as n from pg_stat_activity where query like '%budget_simulate_slice%' and state = 'active' and pid <> pg_backend_pid()`
+    if (left!.n === 0) break
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+})
