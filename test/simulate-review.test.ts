@@ -28,11 +28,54 @@ t.test('a replay with a proposal does not stall the live gate on the budget it c
   const gateStarted = Date.now()
   const live = await gateway.call({ team: 'team-a' })
   const gateMs = Date.now() - gateStarted
+  // while the replay still runs: nobody waits on a lock it holds
+  const [blocked] = await gateway.sql<Array<{ n: number, running: number }>>`
+    select count(*) filter (where cardinality(pg_blocking_pids(pid)) > 0)::int as n,
+           count(*) filter (where query like '%budget_simulate_slice%' and xact_start is not null)::int as running
+    from pg_stat_activity where pid <> pg_backend_pid()`
   const response = await simulation
   t.equal(response.statusCode, 200, response.body)
   t.equal(live.statusCode, 200)
   t.ok(simulationMs > 1000, `the replay ran long enough to matter (${simulationMs} ms)`)
   t.ok(gateMs < 500, `a live call on the budget answered at once while the replay ran (${gateMs} ms; the replay took ${simulationMs} ms)`)
+  t.equal(blocked!.running, 1, 'the replay was still running when the locks were looked at')
+  t.equal(blocked!.n, 0, 'no backend waited on a lock (pg_blocking_pids) while the replay ran')
+})
+
+t.test('a replay whose proposal changes a period takes no lock the gate needs, and still replays the new period', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const budget = await gateway.createBudget({ name: 'team a', amount: '1000', period: 'monthly', alerts: [{ threshold: 50, actions: ['notify'] }] })
+  t.equal((await gateway.call({ team: 'team-a' })).statusCode, 200)
+  await gateway.settled()
+  await gateway.sql`
+    insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, idempotency_key, also_counts_toward, occurred_at, recorded_at, allocated_by_settlement)
+    select u.budget_id, u.amount, u.currency, u.source, u.description, u.metadata, gen_random_uuid()::text, u.also_counts_toward,
+           now() - interval '50 minutes' + (g * interval '10 milliseconds'), now(), true
+    from budget_usage_records u, generate_series(1, 200000) g`
+  const from = new Date(Date.now() - 3_600_000).toISOString()
+  const to = new Date(Date.now() + 1000).toISOString()
+  const simulation = gateway.app.inject({ method: 'POST', url: `${PREFIX}/simulate`, headers: AUTH, body: { from, to, proposal: { update: [{ id: budget.id, changes: { period: 'daily' } }] } } })
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  const gateStarted = Date.now()
+  const live = await gateway.call({ team: 'team-a' })
+  const gateMs = Date.now() - gateStarted
+  const [blocked] = await gateway.sql<Array<{ n: number, running: number }>>`
+    select count(*) filter (where cardinality(pg_blocking_pids(pid)) > 0)::int as n,
+           count(*) filter (where query like '%budget_simulate_slice%' and xact_start is not null)::int as running
+    from pg_stat_activity where pid <> pg_backend_pid()`
+  const response = await simulation
+  t.equal(response.statusCode, 200, response.body)
+  t.equal(live.statusCode, 200)
+  t.equal(blocked!.running, 1, 'the replay was still running when the locks were looked at')
+  t.equal(blocked!.n, 0, 'no backend waited on a lock (pg_blocking_pids) while the replay ran')
+  t.ok(gateMs < 500, `a live call answered at once (${gateMs} ms)`)
+  // the proposal was applied: the replayed windows are the daily ones
+  const periods = response.json().budgets[0].periods as Array<{ periodStart: string, periodEnd: string }>
+  t.ok(periods.length > 0)
+  for (const period of periods) t.equal(new Date(period.periodEnd).getTime() - new Date(period.periodStart).getTime(), 86_400_000, 'a daily window')
+  // nothing of the proposal is left
+  const [after] = await gateway.sql<Array<{ period: string }>>`select period from budget_definitions where id = ${budget.id}`
+  t.equal(after!.period, 'monthly')
 })
 
 t.test('hostile ranges and proposals: never a 5xx, a 4xx with a code changes nothing', async (t) => {
