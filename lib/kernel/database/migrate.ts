@@ -110,6 +110,7 @@ export async function migrate (sql: Sql, directory: URL = SQL_DIR): Promise<Migr
     await recordFoldedAsBaseline(tx, migrations[0])
     const databaseAhead = await newerDatabase(tx, migrations)
     if (databaseAhead !== null) return { versions: [], repeatables: [], databaseAhead }
+    await lockTablesForMigrations(tx, migrations)
     const versions = await applyMigrations(tx, migrations)
     const applied = await applyRepeatables(tx, repeatables)
     return { versions, repeatables: applied }
@@ -137,6 +138,40 @@ async function newerDatabase (tx: TransactionSql, migrations: Migration[]): Prom
   const codeVersion = migrations.at(-1)?.version ?? 0
   const databaseVersion = row?.version ?? null
   return databaseVersion !== null && databaseVersion > codeVersion ? { databaseVersion, codeVersion } : null
+}
+
+/**
+ * Before migrations that alter the tables, takes every budget table at once, or none: a migration that
+ * locked them one by one, as its statements reach them, would hold one while a running instance's gate
+ * statement holds the next and waits for the first (a deadlock, answered 503 to that instance's caller).
+ * Each try waits at most LOCK_TRY_MS, then gives back what it took and tries again, so an instance's
+ * statement never waits on a half-taken set longer than that; once all are held, it waits for the commit.
+ */
+const LOCK_TRY_MS = 50
+async function lockTablesForMigrations (tx: TransactionSql, migrations: Migration[]): Promise<void> {
+  const applied = new Set((await tx<Array<{ version: number }>>`select version from budget_schema_migrations`).map((row) => row.version))
+  if (migrations.every((migration) => applied.has(migration.version))) return
+  const tables = (await tx<Array<{ name: string }>>`
+    select format('%I.%I', n.nspname, c.relname) as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.relkind in ('r', 'p') and c.relname like 'budget\_%' and n.nspname = current_schema()
+      and c.relname not in ('budget_schema_migrations', 'budget_schema_repeatables')
+    order by c.relname`).map((row) => row.name)
+  if (tables.length === 0) return
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await tx.savepoint(async (sp) => {
+        await sp.unsafe(`set local lock_timeout = '${LOCK_TRY_MS}ms'`)
+        await sp.unsafe(`lock table ${tables.join(', ')} in access exclusive mode`)
+      })
+      break
+    } catch (error) {
+      // 55P03: lock_not_available (the try's timeout); 40P01: a deadlock it lost. Anything else is a fault.
+      const code = (error as { code?: string }).code
+      if ((code !== '55P03' && code !== '40P01') || attempt >= 600) throw error
+      await new Promise((resolve) => setTimeout(resolve, 5 + Math.floor(Math.random() * 20)))
+    }
+  }
+  await tx`set local lock_timeout to default`
 }
 
 async function applyMigrations (tx: TransactionSql, migrations: Migration[]): Promise<number[]> {
