@@ -63,3 +63,29 @@ t.test('mappings: one project mapped as project to one budget and as workspace t
   const second = await app.admin({ method: 'POST', url: `${PREFIX}/provider-costs/mappings`, body: { provider: 'mistral', kind: 'workspace', value: 'proj_a', budgetId: b, trueUp: true } })
   t.equal(second.statusCode, 409, `the same buckets mapped a second time are BUDGET_ERR_COST_MAPPING_CONFLICT: ${second.body}`)
 })
+
+t.test('grandparent, parent and child all mapped, trued up in every order and the whole order run twice: each ends at its invoice', async (t) => {
+  const orders = [['gp', 'p', 'c'], ['gp', 'c', 'p'], ['p', 'gp', 'c'], ['p', 'c', 'gp'], ['c', 'gp', 'p'], ['c', 'p', 'gp']]
+  for (const order of orders) {
+    await t.test(order.join(','), async (t) => {
+      const app = await buildApp(t)
+      const gp = await budget(app, { name: 'GP', scopeType: 'organization', scopeId: 'acme' })
+      const p = await budget(app, { name: 'P', scopeId: 'team-p', parentId: gp })
+      const c = await budget(app, { name: 'C', scopeType: 'project', scopeId: 'proj-c', parentId: p })
+      const ids: Record<string, string> = { gp, p, c }
+      // GP: mistral's whole account (15); P: mistral proj_a (10); C: another provider's project (6).
+      await ok(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'account', value: 'acme', budgetId: gp, trueUp: true }, 201)
+      await ok(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'project', value: 'proj_a', budgetId: p, trueUp: true }, 201)
+      await ok(app, 'POST', '/provider-costs/mappings', { provider: 'other', kind: 'project', value: 'proj_c', budgetId: c, trueUp: true }, 201)
+      await ok(app, 'POST', `/${c}/usage`, { amount: '4', currency: 'USD', occurredAt: `${YESTERDAY}T01:00:00Z`, metadata: { requestId: 'c' } }, 201)
+      await ok(app, 'POST', `/${p}/usage`, { amount: '3', currency: 'USD', occurredAt: `${YESTERDAY}T01:00:00Z`, metadata: { requestId: 'p' } }, 201)
+      await importCsv(app, [`${YESTERDAY},mistral,acme,proj_a,10,USD`, `${YESTERDAY},mistral,acme,proj_b,5,USD`, `${YESTERDAY},other,acme,proj_c,6,USD`])
+      const provider: Record<string, string> = { gp: 'mistral', p: 'mistral', c: 'other' }
+      for (let pass = 0; pass < 2; pass++) {
+        for (const name of order) await ok(app, 'POST', '/reconciliation/true-up', { provider: provider[name], day: YESTERDAY, budgetId: ids[name] })
+      }
+      t.same([await counted(app, gp, YESTERDAY), await counted(app, p, YESTERDAY), await counted(app, c, YESTERDAY)],
+        ['15.0000000000', '10.0000000000', '6.0000000000'], 'GP at 15, P at 10, C at 6 after the order was run twice')
+    })
+  }
+})
