@@ -109,7 +109,7 @@ t.test('true-up: a day on which the mapped dimension has no bucket (a mistyped m
   t.equal(corrections!.n, 0, 'no correction is stored')
 })
 
-t.test('a parent trued up before its child counts the child\'s correction until its own true-up is run again', async (t) => {
+t.test('a parent trued up before its child is trued up again by the child\'s true-up: the invoice counts once', async (t) => {
   const app = await buildApp(t)
   const org = await budget(app, { name: 'Org', scopeType: 'organization', scopeId: 'acme' })
   const team = await budget(app, { parentId: org })
@@ -119,12 +119,32 @@ t.test('a parent trued up before its child counts the child\'s correction until 
   await importCsv(app, [`${YESTERDAY},mistral,acme,proj_a,10,USD`])
 
   await ok(app, 'POST', '/reconciliation/true-up', { provider: 'mistral', day: YESTERDAY, budgetId: org })
+  t.equal(await counted(app, org, YESTERDAY), '10.0000000000', 'the org trued up first has its own correction of 2')
   await ok(app, 'POST', '/reconciliation/true-up', { provider: 'mistral', day: YESTERDAY, budgetId: team })
-  t.equal(await counted(app, org, YESTERDAY), '12.0000000000', 'the org has its own correction and the team\'s')
+  t.equal(await counted(app, org, YESTERDAY), '10.0000000000', 'the team\'s correction moved the org\'s to 0 in the same true-up')
   const { lines } = await ok<{ lines: Array<{ correction: string | null, difference: string | null }> }>(app, 'GET', `/reconciliation?from=${YESTERDAY}&to=${YESTERDAY}&budgetId=${org}`)
-  t.same(lines.map((line) => [line.correction, line.difference]), [['2.0000000000', '0.0000000000']], 'its line shows a correction other than its difference')
+  t.same(lines.map((line) => [line.correction, line.difference]), [['0.0000000000', '0.0000000000']], 'its line shows its correction at its difference')
+  const audits = await app.sql<Array<{ after: { amount: string } }>>`select after from budget_audit_log where budget_id = ${org} and action = 'true-up' order by id`
+  t.same(audits.map((row) => row.after.amount), ['2.0000000000', '0.0000000000'], 'the org\'s correction moved by the team\'s true-up is audited on the org')
   const again = await ok<{ status: string, amount: string }>(app, 'POST', '/reconciliation/true-up', { provider: 'mistral', day: YESTERDAY, budgetId: org })
-  t.same([again.status, again.amount], ['adjusted', '0.0000000000'])
-  t.equal(await counted(app, org, YESTERDAY), '10.0000000000', 'trued up again, the org counts the invoice once')
+  t.same([again.status, again.amount], ['unchanged', '0.0000000000'], 'running the org\'s true-up again changes nothing')
+  t.equal(await counted(app, org, YESTERDAY), '10.0000000000', 'the org counts the invoice once')
   t.equal(await counted(app, team, YESTERDAY), '10.0000000000')
+})
+
+t.test('a mapping deleted after a true-up: refused while it alone keeps the corrections adjustable, allowed while another mapping of the pair remains', async (t) => {
+  const app = await buildApp(t)
+  const team = await budget(app)
+  const first = await ok<{ id: string }>(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'project', value: 'proj_a', budgetId: team, trueUp: true }, 201)
+  const second = await ok<{ id: string }>(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'project', value: 'proj_b', budgetId: team, trueUp: true }, 201)
+  await importCsv(app, [`${YESTERDAY},mistral,acme,proj_a,10,USD`, `${YESTERDAY},mistral,acme,proj_b,5,USD`])
+  await ok(app, 'POST', '/reconciliation/true-up', { provider: 'mistral', day: YESTERDAY, budgetId: team })
+  await ok(app, 'DELETE', `/provider-costs/mappings/${second.id}`, undefined, 204)
+  const again = await ok<{ status: string, amount: string }>(app, 'POST', '/reconciliation/true-up', { provider: 'mistral', day: YESTERDAY, budgetId: team })
+  t.same([again.status, again.amount], ['adjusted', '10.0000000000'], 'the remaining mapping moves the correction to its bill')
+  const refused = await app.admin({ method: 'DELETE', url: `${PREFIX}/provider-costs/mappings/${first.id}` })
+  t.equal(refused.statusCode, 409, refused.body)
+  t.equal(refused.json<{ code: string }>().code, 'BUDGET_ERR_COST_MAPPING_CONFLICT')
+  t.match(refused.json<{ message: string }>().message, YESTERDAY, 'the message names the day of the correction')
+  t.same((await ok<{ mappings: Array<{ id: string }> }>(app, 'GET', '/provider-costs/mappings')).mappings.map((m) => m.id), [first.id], 'the mapping stays')
 })

@@ -63,6 +63,11 @@ export function createReconciliationRepository (sql: Db) {
       await sql`select pg_advisory_xact_lock(hashtextextended('relaycore-budgets:cost-mappings', 0))`
     },
 
+    /** Taken by a true-up: a mapping moved or deleted (lockMappings) waits for it, and sees the corrections it wrote. */
+    async lockMappingsShared (): Promise<void> {
+      await sql`select pg_advisory_xact_lock_shared(hashtextextended('relaycore-budgets:cost-mappings', 0))`
+    },
+
     /** The providers other than `provider` the budget is mapped to (by mappings other than `except`). */
     async otherProviders (budgetId: string, provider: string, except: string | null): Promise<string[]> {
       const rows = await sql<Array<{ provider: string }>>`
@@ -71,9 +76,11 @@ export function createReconciliationRepository (sql: Db) {
       return rows.map((row) => row.provider)
     },
 
+    /** Whether the buckets a mapping reads are mapped already: project and workspace both read the report's project column, so they are one dimension. */
     async dimensionTaken (provider: string, kind: MappingKind, value: string, except: string | null): Promise<boolean> {
+      const kinds = kind === 'account' ? ['account'] : ['project', 'workspace']
       const [row] = await sql<Array<{ found: boolean }>>`
-        select exists (select 1 from budget_recon_mappings where provider = ${provider} and kind = ${kind} and value = ${value}
+        select exists (select 1 from budget_recon_mappings where provider = ${provider} and kind = any(${kinds}::text[]) and value = ${value}
                        ${except === null ? sql`` : sql`and id <> ${except}::bigint`}) as found`
       return row!.found
     },
@@ -108,6 +115,16 @@ export function createReconciliationRepository (sql: Db) {
                         ${context.actor}, ${context.requestId})`
     },
 
+    /** The days a (provider, budget) has true-up corrections for, unless another mapping than `except` still maps that pair (a true-up can then still adjust them). */
+    async strandedCorrections (provider: string, budgetId: string, except: string): Promise<string[]> {
+      const rows = await sql<Array<{ day: string }>>`
+        select c.day::text as day from budget_recon_corrections c
+        where c.provider = ${provider} and c.budget_id = ${budgetId}
+          and not exists (select 1 from budget_recon_mappings m where m.provider = c.provider and m.budget_id = c.budget_id and m.id <> ${except}::bigint)
+        order by c.day`
+      return rows.map((row) => row.day)
+    },
+
     async budgetExists (budgetId: string): Promise<boolean> {
       const [row] = await sql<Array<{ found: boolean }>>`select exists (select 1 from budget_definitions where id = ${budgetId} and deleted_at is null) as found`
       return row!.found
@@ -128,17 +145,23 @@ export function createReconciliationRepository (sql: Db) {
         select drift_id as id, provider, day::text as day, budget_id as "budgetId" from budget_recon_evaluate(${tolerance}::numeric, ${from}::date, ${today}::date)`
     },
 
-    /** The true-up of one line, and its audit entry when it wrote something. */
+    /** The true-up of one line, then of the ancestors trued up before for the day (budget_recon_true_up), and an audit entry for each correction written or moved. */
     async trueUp (provider: string, day: string, budgetId: string, context: AuditContext): Promise<TrueUpOutcome> {
-      const [row] = await sql<Array<{ status: TrueUpOutcome['status'], usageId: string | null, amount: string | null, previous: string | null }>>`
-        select status, usage_id as "usageId", amount::text as amount, previous::text as previous from budget_recon_true_up(${provider}, ${day}::date, ${budgetId}::uuid)`
-      if (row!.status === 'created' || row!.status === 'adjusted') {
-        await sql`insert into budget_audit_log (budget_id, action, changes, before, after, actor, request_id)
-                  values (${budgetId}, 'true-up', ${row!.status === 'adjusted' ? ['amount'] : []}::text[],
-                          ${row!.previous === null ? null : json({ provider, day, amount: row!.previous })}::text::jsonb,
-                          ${json({ provider, day, amount: row!.amount, usageId: row!.usageId })}::text::jsonb, ${context.actor}, ${context.requestId})`
+      const rows = await sql<Array<{ status: TrueUpOutcome['status'] | 'ancestor', budgetId: string, provider: string, usageId: string | null, amount: string | null, previous: string | null }>>`
+        select t.status, t.budget_id as "budgetId", coalesce(c.provider, ${provider}) as provider, t.usage_id as "usageId", t.amount::text as amount, t.previous::text as previous
+        from budget_recon_true_up(${provider}, ${day}::date, ${budgetId}::uuid) with ordinality t
+        left join budget_recon_corrections c on c.usage_id = t.usage_id
+        order by t.ordinality`
+      for (const row of rows) {
+        if (row.status === 'created' || row.status === 'adjusted' || row.status === 'ancestor') {
+          await sql`insert into budget_audit_log (budget_id, action, changes, before, after, actor, request_id)
+                    values (${row.budgetId}, 'true-up', ${row.status === 'created' ? [] : ['amount']}::text[],
+                            ${row.previous === null ? null : json({ provider: row.provider, day, amount: row.previous })}::text::jsonb,
+                            ${json({ provider: row.provider, day, amount: row.amount, usageId: row.usageId })}::text::jsonb, ${context.actor}, ${context.requestId})`
+        }
       }
-      return row!
+      const [own] = rows
+      return { status: own!.status as TrueUpOutcome['status'], usageId: own!.usageId, amount: own!.amount, previous: own!.previous }
     }
   }
 }

@@ -23,6 +23,18 @@ export function createReconciliationService (repository: ReconciliationRepositor
     if (others.length > 0) throw new CostMappingConflictError(`budget '${mapping.budgetId}' is mapped to ${others.join(', ')}: a budget is compared with one provider's bill`)
   }
 
+  /**
+   * A mapping moved to another budget, or deleted, would leave its budget's corrections for a bill no longer
+   * mapped to it, which no true-up could adjust or undo: refused while no other mapping keeps that (provider, budget).
+   */
+  async function refuseStranding (tx: ReconciliationRepository, before: CostMapping): Promise<void> {
+    const days = await tx.strandedCorrections(before.provider, before.budgetId, before.id)
+    if (days.length === 0) return
+    const shown = days.length > 5 ? `${days.slice(0, 5).join(', ')} and ${days.length - 5} more` : days.join(', ')
+    throw new CostMappingConflictError(`budget '${before.budgetId}' has ${before.provider} true-up corrections (${shown}) that only this mapping keeps adjustable: ` +
+      'moving or deleting it would strand them')
+  }
+
   async function report (query: ReportQuery): Promise<{ tolerance: string, lines: ReportLineWithDrift[] }> {
     const { from, to } = readRange(query, utcDay(now()))
     const lines = await repository.report(from, to, query.provider ?? null, query.budgetId ?? null)
@@ -48,6 +60,7 @@ export function createReconciliationService (repository: ReconciliationRepositor
         const before = await tx.findMapping(id, true)
         if (before === null) throw new CostMappingNotFoundError(id)
         await checkMapping(tx, { provider: before.provider, kind: before.kind, value: changes.value ?? before.value, budgetId: changes.budgetId ?? before.budgetId }, id)
+        if (changes.budgetId !== undefined && changes.budgetId !== before.budgetId) await refuseStranding(tx, before)
         return await tx.updateMapping(before, changes, context)
       })
     },
@@ -57,6 +70,7 @@ export function createReconciliationService (repository: ReconciliationRepositor
         await tx.lockMappings()
         const before = await tx.findMapping(id, true)
         if (before === null) throw new CostMappingNotFoundError(id)
+        await refuseStranding(tx, before)
         await tx.deleteMapping(before, context)
       })
     },
@@ -78,6 +92,7 @@ export function createReconciliationService (repository: ReconciliationRepositor
       const day = readDay('day', body.day)
       if (day >= utcDay(now())) throw new InvalidFieldError('day', 'must be a day before today (UTC): a day\'s report is final only once it has ended')
       return await inTransaction(async (tx) => {
+        await tx.lockMappingsShared()
         const [line] = await tx.report(day, day, body.provider, body.budgetId)
         if (!await tx.budgetExists(body.budgetId)) throw new BudgetNotFoundError(body.budgetId)
         const mappings = (await tx.listMappings()).filter((mapping) => mapping.provider === body.provider && mapping.budgetId === body.budgetId)

@@ -116,18 +116,106 @@ begin
   select r.id, r.provider, r.day, r.budget_id from recorded r;
 end $$;
 
+-- Whether the provider's report (the collector's over a CSV's for the day, as budget_recon_report reads it)
+-- has a bucket of a dimension mapped to the budget that day. Without one, the line's amount of 0 is no bill
+-- (a mistyped mapping value, say), and a true-up to it would wipe out the day's recorded spend.
+create or replace function budget_recon_has_bucket(p_provider text, p_day date, p_budget_id uuid) returns boolean
+language sql stable as $$
+  select exists (
+    select 1 from budget_recon_mappings m
+    join budget_provider_costs c on c.provider = m.provider and c.bucket_date = p_day
+      and (case m.kind when 'account' then c.account else c.project end) = m.value
+    where m.provider = p_provider and m.budget_id = p_budget_id
+      and (case when c.source = 'csv' then 1 else 0 end) = (
+        select min(case when o.source = 'csv' then 1 else 0 end) from budget_provider_costs o where o.provider = p_provider and o.bucket_date = p_day)
+  )
+$$;
+
+-- Moves a correction written before to p_amount in place: the record's amount, its allocations (at the rates
+-- they were converted at) and their windows' spend move by the change. The caller holds the day's true-up
+-- lock and has set relaycore_budgets.correcting.
+create or replace function budget_recon_move_correction(p_correction_id bigint, p_usage_id uuid, p_amount numeric) returns void
+language plpgsql as $$
+begin
+  -- The windows the correction counts in, locked in the lock order (settlements.sql) before any is written.
+  perform 1 from budget_status_cache c
+  join budget_usage_allocations a on a.budget_id = c.budget_id and a.occurred_at >= c.period_start and a.occurred_at < c.period_end
+  where a.usage_id = p_usage_id
+  order by c.budget_id, c.period_start
+  for update of c;
+  update budget_usage_records u set amount = p_amount where u.id = p_usage_id;
+  with moved as (
+    update budget_usage_allocations a set amount = budget_convert(p_amount, a.exchange_rate)
+    from budget_usage_allocations old
+    where a.usage_id = p_usage_id and old.usage_id = a.usage_id and old.budget_id = a.budget_id
+    returning a.budget_id, a.occurred_at, a.amount - old.amount as change
+  ),
+  -- A moved allocation is one the kept weekday profiles summed (forecast.sql): marked, as an insert dated in
+  -- the past is (budget_forecast_mark_backdated), so a profile that did not see this change is summed again.
+  marked as (
+    insert into budget_forecast_backdated (budget_id, xact)
+    select distinct m.budget_id, pg_current_xact_id() from moved m
+    on conflict do nothing
+  )
+  update budget_status_cache c set current_amount = c.current_amount + m.change, updated_at = now()
+  from moved m
+  where c.budget_id = m.budget_id and m.occurred_at >= c.period_start and m.occurred_at < c.period_end;
+  update budget_recon_corrections c set amount = p_amount, updated_at = clock_timestamp() where c.id = p_correction_id;
+end $$;
+
+-- A correction reaches the budget's ancestors (as any of its spend does), and an ancestor's recorded amount
+-- counts it: an ancestor trued up before would now count it twice. So after a budget's correction is written
+-- or moved, each ancestor that has a correction for the day (of any provider: the ancestor's own) and may be
+-- trued up (a mapping with trueUp, no model or tag filters, a bucket of its dimension that day) is trued up
+-- again, nearest first, so a moved ancestor's change has reached the ones above it before they are read.
+-- Each ends at its own invoice whatever order the budgets were trued up in. The caller holds the day's
+-- true-up lock (which every true-up of the day takes first) and has set relaycore_budgets.correcting. Returns
+-- the corrections moved, for the audit log. A missing rate is RB001, as for the budget's own true-up.
+create or replace function budget_recon_true_up_ancestors(p_day date, p_budget_id uuid)
+returns table (budget_id uuid, provider text, usage_id uuid, amount numeric, previous numeric)
+language plpgsql as $$
+#variable_conflict use_column
+declare
+  ancestor record;
+  existing record;
+  line record;
+begin
+  for ancestor in select l.id from budget_lineage(p_budget_id) l where l.depth > 1 order by l.depth loop
+    for existing in
+      select c.id, c.provider, c.usage_id, c.amount from budget_recon_corrections c
+      where c.budget_id = ancestor.id and c.day = p_day
+        and exists (select 1 from budget_recon_mappings m where m.provider = c.provider and m.budget_id = c.budget_id and m.true_up)
+      order by c.provider
+      for update
+    loop
+      select * into line from budget_recon_report(p_day, p_day, existing.provider, ancestor.id) r;
+      continue when not found or line.filtered or not budget_recon_has_bucket(existing.provider, p_day, ancestor.id);
+      if line.missing_rate is not null then
+        raise exception 'no exchange rate from % to % in force at %', line.missing_rate, line.currency, (p_day::timestamp + interval '12 hours') at time zone 'UTC'
+          using errcode = 'RB001', detail = line.missing_rate || '/' || line.currency;
+      end if;
+      continue when line.difference = existing.amount;
+      perform budget_recon_move_correction(existing.id, existing.usage_id, line.difference);
+      return query select ancestor.id, existing.provider, existing.usage_id, line.difference, existing.amount;
+    end loop;
+  end loop;
+end $$;
+
 -- Writes the invoice's difference for one provider, UTC day and budget as ONE correction usage record at
--- noon UTC of the day (marked correction, never a hold), or adjusts the one written before in place: the
--- record's amount, its allocations (at the rates they were converted at) and their windows' spend move by the
--- change. So a true-up run twice stores once, and a corrected bucket moves the correction. The correction
--- counts in its own day's window, and may take a hard budget past its limit (it is the invoice). An ended
--- window's alerts stay as they were: the alert trigger (alerts.sql) skips an ended window while this runs.
+-- noon UTC of the day (marked correction, never a hold), or adjusts the one written before in place
+-- (budget_recon_move_correction). So a true-up run twice stores once, and a corrected bucket moves the
+-- correction. The correction counts in its own day's window, and may take a hard budget past its limit (it
+-- is the invoice). An ended window's alerts stay as they were: the alert trigger (alerts.sql) skips an ended
+-- window while this runs. Then the ancestors trued up before for the day are trued up again
+-- (budget_recon_true_up_ancestors): one row each (status 'ancestor') follows the budget's own row.
 -- Status: 'created', 'adjusted', 'unchanged' (the correction was already the difference, or there is none
 -- to write), 'no-report' (the provider's report has no buckets that day), or 'no-bucket' (it has, but none
 -- of the mapped dimension's). Errors: RB001 naming the pair
 -- when a rate is missing; 22003 when the correction would take a window past numeric(28,10).
+-- Its result's columns changed (budget_id, the ancestors' rows): a function's row type cannot be replaced, only dropped and made again.
+drop function if exists budget_recon_true_up(text, date, uuid);
 create or replace function budget_recon_true_up(p_provider text, p_day date, p_budget_id uuid)
-returns table (status text, usage_id uuid, amount numeric, previous numeric)
+returns table (status text, budget_id uuid, usage_id uuid, amount numeric, previous numeric)
 language plpgsql as $$
 #variable_conflict use_column
 declare
@@ -140,25 +228,17 @@ declare
   refused boolean;
   new_usage uuid;
 begin
-  -- Two true-ups of one line wait for each other: the second sees the first's correction.
-  perform pg_advisory_xact_lock(hashtextextended('relaycore-budgets:true-up:' || p_provider || ':' || p_day::text || ':' || p_budget_id::text, 0));
+  -- Every true-up of one day waits for the others: a true-up moves its ancestors' corrections of the day
+  -- (of any provider), so two of one tree must not read each other's half-written state, and this lock,
+  -- taken before any row, keeps them from locking each other's windows in opposite orders.
+  perform pg_advisory_xact_lock(hashtextextended('relaycore-budgets:true-up:' || p_day::text, 0));
   select * into line from budget_recon_report(p_day, p_day, p_provider, p_budget_id) r;
   if not found then
-    return query select 'no-report'::text, null::uuid, null::numeric, null::numeric;
+    return query select 'no-report'::text, p_budget_id, null::uuid, null::numeric, null::numeric;
     return;
   end if;
-  -- The provider reported the day, but none of its buckets is the mapped dimension's (a mistyped mapping
-  -- value, say): its amount of 0 is no bill, and a true-up to it would wipe out the day's recorded spend.
-  -- The buckets read are the report's: the collector's over a CSV's for the day (budget_recon_report).
-  if not exists (
-    select 1 from budget_recon_mappings m
-    join budget_provider_costs c on c.provider = m.provider and c.bucket_date = p_day
-      and (case m.kind when 'account' then c.account else c.project end) = m.value
-    where m.provider = p_provider and m.budget_id = p_budget_id
-      and (case when c.source = 'csv' then 1 else 0 end) = (
-        select min(case when o.source = 'csv' then 1 else 0 end) from budget_provider_costs o where o.provider = p_provider and o.bucket_date = p_day)
-  ) then
-    return query select 'no-bucket'::text, null::uuid, null::numeric, null::numeric;
+  if not budget_recon_has_bucket(p_provider, p_day, p_budget_id) then
+    return query select 'no-bucket'::text, p_budget_id, null::uuid, null::numeric, null::numeric;
     return;
   end if;
   if line.missing_rate is not null then
@@ -173,7 +253,7 @@ begin
   if existing.id is null then
     if line.difference = 0 then
       perform set_config('relaycore_budgets.correcting', 'off', true);
-      return query select 'unchanged'::text, null::uuid, 0::numeric, null::numeric;
+      return query select 'unchanged'::text, p_budget_id, null::uuid, 0::numeric, null::numeric;
       return;
     end if;
     insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, occurred_at, allocated_by_settlement, correction)
@@ -192,40 +272,15 @@ begin
     end if;
     insert into budget_recon_corrections (provider, day, budget_id, usage_id, amount)
     values (p_provider, p_day, p_budget_id, new_usage, line.difference);
+    return query select 'created'::text, p_budget_id, new_usage, line.difference, null::numeric;
+  elsif existing.amount = line.difference then
     perform set_config('relaycore_budgets.correcting', 'off', true);
-    return query select 'created'::text, new_usage, line.difference, null::numeric;
+    return query select 'unchanged'::text, p_budget_id, existing.usage_id, existing.amount, existing.amount;
     return;
+  else
+    perform budget_recon_move_correction(existing.id, existing.usage_id, line.difference);
+    return query select 'adjusted'::text, p_budget_id, existing.usage_id, line.difference, existing.amount;
   end if;
-
-  if existing.amount = line.difference then
-    perform set_config('relaycore_budgets.correcting', 'off', true);
-    return query select 'unchanged'::text, existing.usage_id, existing.amount, existing.amount;
-    return;
-  end if;
-  -- The windows the correction counts in, locked in the lock order (settlements.sql) before any is written.
-  perform 1 from budget_status_cache c
-  join budget_usage_allocations a on a.budget_id = c.budget_id and a.occurred_at >= c.period_start and a.occurred_at < c.period_end
-  where a.usage_id = existing.usage_id
-  order by c.budget_id, c.period_start
-  for update of c;
-  update budget_usage_records u set amount = line.difference where u.id = existing.usage_id;
-  with moved as (
-    update budget_usage_allocations a set amount = budget_convert(line.difference, a.exchange_rate)
-    from budget_usage_allocations old
-    where a.usage_id = existing.usage_id and old.usage_id = a.usage_id and old.budget_id = a.budget_id
-    returning a.budget_id, a.occurred_at, a.amount - old.amount as change
-  ),
-  -- A moved allocation is one the kept weekday profiles summed (forecast.sql): marked, as an insert dated in
-  -- the past is (budget_forecast_mark_backdated), so a profile that did not see this change is summed again.
-  marked as (
-    insert into budget_forecast_backdated (budget_id, xact)
-    select distinct m.budget_id, pg_current_xact_id() from moved m
-    on conflict do nothing
-  )
-  update budget_status_cache c set current_amount = c.current_amount + m.change, updated_at = now()
-  from moved m
-  where c.budget_id = m.budget_id and m.occurred_at >= c.period_start and m.occurred_at < c.period_end;
-  update budget_recon_corrections c set amount = line.difference, updated_at = clock_timestamp() where c.id = existing.id;
+  return query select 'ancestor'::text, a.budget_id, a.usage_id, a.amount, a.previous from budget_recon_true_up_ancestors(p_day, p_budget_id) a;
   perform set_config('relaycore_budgets.correcting', 'off', true);
-  return query select 'adjusted'::text, existing.usage_id, line.difference, existing.amount;
 end $$;

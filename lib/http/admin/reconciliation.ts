@@ -38,7 +38,8 @@ export const reconciliationRoutes: FastifyPluginAsyncTypebox<{ reconciliation: R
   app.put('/provider-costs/mappings/:id', {
     schema: {
       summary: 'Change a cost mapping',
-      description: 'Its value, budget or trueUp; the provider and kind stay. Audited (update-cost-mapping).',
+      description: 'Its value, budget or trueUp; the provider and kind stay. Moving it to another budget is a 409 BUDGET_ERR_COST_MAPPING_CONFLICT ' +
+        'while its budget has true-up corrections for its provider that no other mapping of the pair keeps adjustable. Audited (update-cost-mapping).',
       tags: ['reconciliation'],
       params: CostMappingParams,
       body: CostMappingUpdate,
@@ -49,10 +50,11 @@ export const reconciliationRoutes: FastifyPluginAsyncTypebox<{ reconciliation: R
   app.delete('/provider-costs/mappings/:id', {
     schema: {
       summary: 'Delete a cost mapping',
-      description: 'The corrections a true-up wrote stay. Audited (delete-cost-mapping).',
+      description: 'A 409 BUDGET_ERR_COST_MAPPING_CONFLICT, naming the days, while its budget has true-up corrections for its provider that no other ' +
+        'mapping of the pair keeps adjustable (they would be stranded: no true-up could adjust them again). Audited (delete-cost-mapping).',
       tags: ['reconciliation'],
       params: CostMappingParams,
-      response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses({ 404: MAPPING_CODES[404] }) }
+      response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses({ 404: MAPPING_CODES[404], 409: MAPPING_CODES[409] }) }
     }
   }, async (request, reply) => {
     await reconciliation.deleteMapping(request.params.id, auditContext(request))
