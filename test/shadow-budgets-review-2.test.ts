@@ -1,0 +1,102 @@
+// Adversarial review (second round) of shadow budgets: a shadow budget that cannot convert the estimate holds
+// nothing, and a switch away from shadow unmarks its holds. Each call's spend must be recorded exactly once.
+import t from 'tap'
+import { PREFIX, ADMIN_TOKEN } from './fixtures/app.js'
+import { buildGateway } from './fixtures/gateway.js'
+import { checkInvariants } from './fixtures/invariants.js'
+import { startUpstream } from './fixtures/upstream.js'
+
+const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
+
+async function until (check: () => Promise<boolean>, timeoutMs = 5_000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (await check()) return true
+    if (Date.now() > deadline) return false
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  }
+}
+
+t.test('a line whose only budget is a shadow one without a rate: a 500 records nothing, a cut stream and a served call once each', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'error-500' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+  await gateway.createBudget({ amount: '1000', currency: 'EUR', enforcement: 'shadow' })
+  const unbudgeted = async () => (await gateway.sql`select count(*)::int as n from budget_usage_records where budget_id is null`)[0]!.n as number
+  const failed = await gateway.call({ team: 'team-a' })
+  t.ok(failed.statusCode >= 500, 'the upstream failed')
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.equal(await unbudgeted(), 0, 'a failed call records nothing')
+  upstream.setMode('sse-cut')
+  const cut = await gateway.call({ team: 'team-a' }, { stream: true })
+  t.equal(cut.statusCode, 200)
+  t.ok(await until(async () => await unbudgeted() >= 1), 'the cut stream is recorded')
+  upstream.setMode('json')
+  const served = await gateway.call({ team: 'team-a' })
+  t.equal(served.statusCode, 200)
+  t.ok(await until(async () => await unbudgeted() >= 2), 'the served call is recorded')
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.equal(await unbudgeted(), 2, 'each recorded once')
+  t.same(await gateway.sql`select count(*)::int as n from budget_reservations`, [{ n: 0 }], 'no hold left behind')
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('a shadow budget without a rate beside a hot hard budget (leases): every served call recorded once on the hard budget', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'json' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url })
+  await gateway.createBudget({ amount: '1000', currency: 'EUR', enforcement: 'shadow' })
+  const hard = await gateway.createBudget({ scopeType: 'organization', scopeId: 'org-a', amount: '10' })
+  let served = 0
+  for (let i = 0; i < 16; i++) if ((await gateway.call({ team: 'team-a', organization: 'org-a' })).statusCode === 200) served++
+  t.equal(served, 16, 'all served')
+  await gateway.app.close()
+  const records = async () => (await gateway.sql`select count(*)::int as n, count(*) filter (where budget_id is null)::int as loose
+    from budget_usage_records`)[0]!
+  t.ok(await until(async () => (await records()).n >= 16), 'every call recorded')
+  t.same(await records(), { n: 16, loose: 0 }, 'each once, all on the hard budget')
+  const [alloc] = await gateway.sql`select count(distinct usage_id)::int as n from budget_usage_allocations where budget_id = ${hard.id}`
+  t.equal(alloc!.n, 16, 'the hard budget counts each call')
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('flipping a budget between shadow and hard while calls settle: no deadlock, no 5xx, no excluded spend on a hard budget', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'json-worst-case' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+  const budget = await gateway.createBudget({ amount: '0.002', enforcement: 'shadow' })
+  await gateway.createBudget({ scopeType: 'organization', scopeId: 'org-a', amount: '100' })
+  const calls = Promise.all(Array.from({ length: 40 }, async () => await gateway.call({ team: 'team-a', organization: 'org-a' }, { model: 'gpt-4o', max_tokens: 40 })))
+  const flips: number[] = []
+  for (let i = 0; i < 13; i++) {
+    const put = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: AUTH, body: { enforcement: i % 2 === 0 ? 'hard' : 'shadow' } })
+    flips.push(put.statusCode)
+  }
+  const answers = await calls
+  t.ok(flips.every((code) => code === 200), `every switch answered 200 (${flips.join(',')})`)
+  t.ok(answers.every((answer) => answer.statusCode === 200 || answer.statusCode === 402), `no 5xx (${answers.map((a) => a.statusCode).join(',')})`)
+  await gateway.settled()
+  const [definition] = await gateway.sql`select enforcement from budget_definitions where id = ${budget.id}`
+  t.equal(definition!.enforcement, 'hard')
+  t.same(await gateway.sql`select budget_id from budget_shadow_windows s join budget_definitions d on d.id = s.budget_id
+                   where d.enforcement <> 'shadow' and s.excluded_amount > 0`, [], 'only a shadow budget excludes spend')
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('a shadow budget without a rate, alone on its line with a token rate limit: upstream 500s give their tokens back', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'error-500' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+  await gateway.createBudget({ amount: '1000', currency: 'EUR', enforcement: 'shadow', rateLimits: { tokensPerMinute: 200 } })
+  const codes: number[] = []
+  for (let i = 0; i < 12; i++) codes.push((await gateway.call({ team: 'team-a' })).statusCode)
+  t.ok(codes.every((code) => code >= 500 && code !== 429), `a call that used no tokens takes none of the allowance (${codes.join(',')})`)
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('control: the same with a rate into its currency (a hold is made): upstream 500s give their tokens back', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'error-500' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+  await gateway.createBudget({ amount: '1000', enforcement: 'shadow', rateLimits: { tokensPerMinute: 200 } })
+  const codes: number[] = []
+  for (let i = 0; i < 12; i++) codes.push((await gateway.call({ team: 'team-a' })).statusCode)
+  t.ok(codes.every((code) => code >= 500 && code !== 429), `a call that used no tokens takes none of the allowance (${codes.join(',')})`)
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
