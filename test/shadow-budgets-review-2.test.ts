@@ -100,3 +100,33 @@ t.test('control: the same with a rate into its currency (a hold is made): upstre
   await gateway.settled()
   await checkInvariants(t, gateway.sql)
 })
+
+t.test('a shadow-only line without a rate: a client that hangs up mid-stream has its call recorded once, as a held call\'s is', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'sse' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+  await gateway.createBudget({ amount: '1000', currency: 'EUR', enforcement: 'shadow' })
+  const held = await gateway.createBudget({ scopeType: 'team', scopeId: 'team-b', amount: '1000', enforcement: 'shadow' })
+  const address = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
+  const leave = async (team: string) => {
+    const abort = new AbortController()
+    const response = await fetch(`${address}/v1/chat/completions`, {
+      method: 'POST', signal: abort.signal, headers: { 'content-type': 'application/json', 'x-relay-team-id': team },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 200, stream: true })
+    })
+    const reader = response.body!.getReader()
+    await reader.read()
+    abort.abort()
+    await reader.cancel().catch(() => {})
+  }
+  await leave('team-b')
+  await leave('team-a')
+  await gateway.settled()
+  const counts = async () => (await gateway.sql`select count(*) filter (where budget_id is null)::int as loose,
+    count(*) filter (where budget_id = ${held.id})::int as held from budget_usage_records`)[0]!
+  await until(async () => { const c = await counts(); return c.loose >= 1 && c.held >= 1 })
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  const c = await counts()
+  t.equal(c.loose, c.held, `the call with no hold is recorded as the held one is (${JSON.stringify(c)})`)
+  t.ok(c.loose <= 1, 'never twice')
+  await checkInvariants(t, gateway.sql)
+})
