@@ -130,3 +130,20 @@ t.test('a shadow-only line without a rate: a client that hangs up mid-stream has
   t.ok(c.loose <= 1, 'never twice')
   await checkInvariants(t, gateway.sql)
 })
+
+t.test('a shadow budget without a rate beside a hard one, the hold swept on expiry before the call ends: its spend counted once', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'json' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 100, reservationTtlMs: 1000 } })
+  await gateway.createBudget({ amount: '1000', currency: 'EUR', enforcement: 'shadow' })
+  const hard = await gateway.createBudget({ scopeType: 'organization', scopeId: 'org-a', amount: '1000' })
+  const release = upstream.hold()
+  const pending = gateway.call({ team: 'team-a', organization: 'org-a' })
+  await upstream.waitForCalls(1)
+  t.ok(await until(async () => (await gateway.sql`select count(*)::int as n from budget_reservations`)[0]!.n === 0, 8000), 'the hold is swept')
+  release()
+  t.equal((await pending).statusCode, 200)
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  const rows = await gateway.sql`select budget_id from budget_usage_records`
+  t.same(rows.map((row) => row.budget_id), [hard.id], 'one record, on the hard budget (at its estimate), none without a budget')
+  await checkInvariants(t, gateway.sql)
+})
