@@ -58,7 +58,7 @@ t.test('a shadow budget without a rate beside a hot hard budget (leases): every 
   await checkInvariants(t, gateway.sql)
 })
 
-t.test('flipping a budget between shadow and hard while calls settle: no deadlock, no 5xx, no excluded spend on a hard budget', async (t) => {
+t.test('flipping a budget between shadow and hard while calls settle: no deadlock, no 5xx', async (t) => {
   const upstream = await startUpstream(t, { mode: 'json-worst-case' })
   const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
   const budget = await gateway.createBudget({ amount: '0.002', enforcement: 'shadow' })
@@ -75,8 +75,21 @@ t.test('flipping a budget between shadow and hard while calls settle: no deadloc
   await gateway.settled()
   const [definition] = await gateway.sql`select enforcement from budget_definitions where id = ${budget.id}`
   t.equal(definition!.enforcement, 'hard')
-  t.same(await gateway.sql`select budget_id from budget_shadow_windows s join budget_definitions d on d.id = s.budget_id
-                   where d.enforcement <> 'shadow' and s.excluded_amount > 0`, [], 'only a shadow budget excludes spend')
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('calls a shadow budget took in flight when it is switched to hard: the hard budget ends over its limit', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'json-worst-case' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+  const budget = await gateway.createBudget({ amount: '0.002', enforcement: 'shadow' })
+  const release = upstream.hold()
+  const pending = Promise.all(Array.from({ length: 6 }, async () => await gateway.call({ team: 'team-a' }, { model: 'gpt-4o', max_tokens: 400 })))
+  await upstream.waitForCalls(6)
+  const put = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: AUTH, body: { enforcement: 'hard' } })
+  t.equal(put.statusCode, 200, put.body)
+  release()
+  t.ok((await pending).every((answer) => answer.statusCode === 200), 'all served')
+  await gateway.settled()
   await checkInvariants(t, gateway.sql)
 })
 
@@ -145,5 +158,19 @@ t.test('a shadow budget without a rate beside a hard one, the hold swept on expi
   await new Promise((resolve) => setTimeout(resolve, 500))
   const rows = await gateway.sql`select budget_id from budget_usage_records`
   t.same(rows.map((row) => row.budget_id), [hard.id], 'one record, on the hard budget (at its estimate), none without a budget')
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('the record of a call no budget holds, sent again with the same request id (sequential and concurrent), is stored once', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  await gateway.createBudget({ amount: '1000', currency: 'EUR', enforcement: 'shadow' })
+  const integration = gateway.app.budgetIntegration
+  const held = await integration.reserveCall({ team: 'team-a' } as never, '0.01' as never, { requestId: 'retried-call' })
+  t.equal(held.reservationId, null, 'a line of only a shadow budget without a rate holds nothing')
+  t.ok(held.check.canProceed)
+  await integration.recordUnbudgetedCall('0.01', { requestId: 'retried-call' })
+  await Promise.all([integration.recordUnbudgetedCall('0.01', { requestId: 'retried-call' }), integration.recordUnbudgetedCall('0.01', { requestId: 'retried-call' })])
+  const rows = await gateway.sql`select amount::text from budget_usage_records where budget_id is null`
+  t.equal(rows.length, 1, 'stored once')
   await checkInvariants(t, gateway.sql)
 })
