@@ -4,7 +4,8 @@
 // leaves nothing behind; the replay itself is sql/functions/simulate.sql, which calls the gate's and the
 // alerts' SQL rules, a slice of the range at a time so the caller hears progress and can cancel.
 import type { ReservedSql, Sql, TransactionSql } from 'postgres'
-import { AdminTimeoutError, InvalidFieldError } from '../kernel/errors.js'
+import { AdminTimeoutError, DatabaseUnavailableError, InvalidFieldError } from '../kernel/errors.js'
+import { isConflict } from '../kernel/database/db.js'
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
 import { parseTimestamp } from '../kernel/timestamps.js'
 import { shapeCheck } from '../kernel/validator.js'
@@ -94,12 +95,16 @@ export function createSimulator (sql: Sql, options: SimulateOptions) {
   async function replayRange (proposal: NonNullable<SimulateRequest['proposal']>, writes: boolean, from: Date, to: Date, run: SimulateRun): Promise<SimulateResult> {
       const connection = await sql.reserve()
       try {
-        await connection.unsafe(`begin${writes ? '' : ' read only'}; set local statement_timeout = ${SIMULATE_STATEMENT_TIMEOUT_MS}`)
+        // the bound is the whole request's: the proposal's wait for the hierarchy lock counts toward it
+        const deadline = Date.now() + SIMULATE_STATEMENT_TIMEOUT_MS
+        // relaycore_budgets.simulating (transaction-local) tells the definition triggers and the alerts'
+        // follow-up that this transaction rolls back: they lock none of the rows the live gate needs
+        // (sql/functions/alerts.sql, sql/functions/window-changes.sql); the replay reads none of them.
+        await connection.unsafe(`begin${writes ? '' : ' read only'}; set local statement_timeout = ${SIMULATE_STATEMENT_TIMEOUT_MS}; select set_config('relaycore_budgets.simulating', 'on', true)`)
         try {
           const proposed = writes ? await applyProposal(connection, proposal) : new Set<string>()
           let state: ReplayState = {}
           const span = to.getTime() - from.getTime()
-          const deadline = Date.now() + SIMULATE_STATEMENT_TIMEOUT_MS
           for (let slice = 1; slice <= SLICES; slice++) {
             const sliceFrom = new Date(from.getTime() + Math.floor(span * (slice - 1) / SLICES))
             const sliceTo = slice === SLICES ? to : new Date(from.getTime() + Math.floor(span * slice / SLICES))
@@ -125,12 +130,23 @@ export function createSimulator (sql: Sql, options: SimulateOptions) {
       }
   }
 
-  /** The proposal, through the registry's own rules, on the replay's connection (its transactions become that one). */
+  /**
+   * The proposal, through the registry's own rules, on the replay's connection (its transactions become that one).
+   * A deadlock or serialization failure aborts that one transaction, so running the registry's work again in it
+   * (the registry's retryingConflicts) could only fail again: it is passed up at once as the 503 it would end as.
+   */
   async function applyProposal (connection: ReservedSql, proposal: NonNullable<SimulateRequest['proposal']>): Promise<Set<string>> {
     const onConnection = new Proxy(connection, {
       get (target, property, receiver) {
         if (property !== 'begin') return Reflect.get(target, property, receiver)
-        return async (...args: unknown[]) => await (args[args.length - 1] as (tx: TransactionSql) => Promise<unknown>)(connection as unknown as TransactionSql)
+        return async (...args: unknown[]) => {
+          try {
+            return await (args[args.length - 1] as (tx: TransactionSql) => Promise<unknown>)(connection as unknown as TransactionSql)
+          } catch (error) {
+            if (isConflict(error)) throw new DatabaseUnavailableError({ cause: error })
+            throw error
+          }
+        }
       }
     }) as unknown as Sql
     const registry = createBudgetRegistry(onConnection, { ...options.registry })

@@ -129,6 +129,10 @@ declare
 begin
   recorded := 0;
   resolved := 0;
+  -- A what-if replay applies its proposal in a transaction that always rolls back and reads no alert
+  -- history nor window row: following the definition there would only lock the window row the live gate
+  -- needs, for the whole replay (lib/simulate/simulator.ts sets the mark, transaction-local).
+  if current_setting('relaycore_budgets.simulating', true) = 'on' then return next; return; end if;
   select * into budget from budget_definitions b where b.id = p_budget_id and b.deleted_at is null;
   if not found then return next; return; end if;
   select * into now_window from budget_window(budget, now());

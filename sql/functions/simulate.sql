@@ -37,6 +37,15 @@ declare
   -- rates, flattened (lc_first[caller], lc_len[caller]), until the first of its windows ends or a rate changes
   lc_until timestamptz[]; lc_first integer[]; lc_len integer[]; l_windows integer[] := '{}'::integer[]; l_rates numeric[] := '{}'::numeric[];
   line_windows integer[]; line_rates numeric[]; line_amounts numeric[]; line_until timestamptz;
+  -- the call's line in the flattened arrays: l_windows[lb + 1 .. lb + ln] (a line that is not cached is written
+  -- past l_end, and the next one overwrites it), so the per-call path reads it where it is instead of copying it
+  l_amounts numeric[] := '{}'::numeric[]; l_end integer := 0; lb integer; ln integer;
+  -- the last verdict by caller (m_best, m_refusing) for the estimate m_estimate, taken at spent_version: the
+  -- count of calls that changed a window's spend (and so its actions) so far. Between two such calls the
+  -- windows, their actions and the caller's line are as they were, and the rules are immutable functions of
+  -- them, so the same caller with the same estimate gets the same verdict without evaluating them again
+  -- (a run of refusals, where nothing goes ahead, replays at the cost of the lookup).
+  spent_version bigint := 0::bigint; m_version bigint[]; m_estimate numeric[]; m_best integer[]; m_refusing integer[];
   e record; a record; definition record; w integer; i integer; code text; refusing integer;
   downgrade text; outcome text; held numeric; rank integer; best integer; key text; alert jsonb; threshold numeric;
 begin
@@ -146,19 +155,23 @@ begin
         line_rates := line_rates || budget_exchange_rate(e.currency, w_currency[w], e.at);
         line_until := least(line_until, a.period_end);
       end loop;
+      lb := l_end; ln := coalesce(array_length(line_windows, 1), 0);
+      for i in 1 .. ln loop
+        l_windows[lb + i] := line_windows[i]; l_rates[lb + i] := line_rates[i]; l_amounts[lb + i] := line_amounts[i];
+      end loop;
       if e.kind <> 2 then
         -- a rate that takes effect later ends the cached line there
         line_until := least(line_until, (select min(r.effective_from) from budget_exchange_rates r where r.effective_from > e.at));
-        lc_first[e.caller] := coalesce(array_length(l_windows, 1), 0) + 1;
-        lc_len[e.caller] := coalesce(array_length(line_windows, 1), 0);
+        lc_first[e.caller] := lb + 1;
+        lc_len[e.caller] := ln;
         lc_until[e.caller] := line_until;
-        l_windows := l_windows || line_windows; l_rates := l_rates || line_rates;
+        l_end := lb + ln;
+        m_version[e.caller] := null;
       else
         unknowns := jsonb_set(unknowns, '{recordedThroughApi}', 'true');
       end if;
     else
-      line_windows := l_windows[lc_first[e.caller] : lc_first[e.caller] + lc_len[e.caller] - 1];
-      line_rates := l_rates[lc_first[e.caller] : lc_first[e.caller] + lc_len[e.caller] - 1];
+      lb := lc_first[e.caller] - 1; ln := lc_len[e.caller];
     end if;
 
     outcome := null;
@@ -168,13 +181,16 @@ begin
     -- strictest refusal (1 exchange_rate_missing, 2 estimate_out_of_range, 3 budget_blocked, 4 approval_required,
     -- 5 model_restricted, 6 call_cost_cap_exceeded, 7 budget_exceeded), the line's strictest, its first budget
     code := null; refusing := null; best := 8;
-    for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      w := line_windows[i];
+    if m_version[e.caller] = spent_version and m_estimate[e.caller] = e.estimate then
+      best := m_best[e.caller]; refusing := m_refusing[e.caller];
+    else
+    for i in 1 .. ln loop
+      w := l_windows[lb + i];
       continue when w_enforcement[w] = 'shadow';
       -- the estimate held on the budget, as the hold converts it
-      held := case when line_rates[i] is null then null else budget_hold_amount(e.estimate, line_rates[i], w_spent[w], 0) end;
+      held := case when l_rates[lb + i] is null then null else budget_hold_amount(e.estimate, l_rates[lb + i], w_spent[w], 0) end;
       rank := case
-        when line_rates[i] is null then 1
+        when l_rates[lb + i] is null then 1
         when held is null then 2
         when w_actions[w] = '' then 8
         when w_actions[w] like '% block-all %' then 3
@@ -185,6 +201,8 @@ begin
       if rank = 8 and w_enforcement[w] = 'hard' and not budget_fits(w_enforcement[w], w_amount[w], w_spent[w], 0, held) then rank := 7; end if;
       if rank < best then best := rank; refusing := i; end if;
     end loop;
+    m_version[e.caller] := spent_version; m_estimate[e.caller] := e.estimate; m_best[e.caller] := best; m_refusing[e.caller] := refusing;
+    end if;
     if best < 8 then
       code := (array['exchange_rate_missing', 'estimate_out_of_range', 'budget_blocked', 'approval_required', 'model_restricted',
                      'call_cost_cap_exceeded', 'budget_exceeded'])[best];
@@ -195,8 +213,8 @@ begin
     -- auto-downgrade: the cheaper model takes the call (a refusal for room, a cap, a range or a model), as decide() does
     downgrade := null;
     if p_downgrades ? e.model then
-      for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-        if w_actions[line_windows[i]] like '% auto-downgrade %' then downgrade := p_downgrades ->> e.model; exit; end if;
+      for i in 1 .. ln loop
+        if w_actions[l_windows[lb + i]] like '% auto-downgrade %' then downgrade := p_downgrades ->> e.model; exit; end if;
       end loop;
       if downgrade = e.model then downgrade := null; end if;
     end if;
@@ -209,12 +227,12 @@ begin
     end if;
 
     if outcome is not null then
-      key := w_budget[line_windows[refusing]]::text || '|' || outcome || '|' || code;
+      key := w_budget[l_windows[lb + refusing]]::text || '|' || outcome || '|' || code;
       i := (r_index ->> key)::integer;
       if i is null then
         i := coalesce(array_length(r_budget, 1), 0) + 1;
         r_index := r_index || jsonb_build_object(key, i);
-        r_budget[i] := w_budget[line_windows[refusing]]; r_outcome[i] := outcome; r_code[i] := code;
+        r_budget[i] := w_budget[l_windows[lb + refusing]]; r_outcome[i] := outcome; r_code[i] := code;
         r_count[i] := 0; r_cost[i] := 0; r_first[i] := e.at; r_avoided[i] := 0;
       end if;
       r_count[i] := r_count[i] + 1;
@@ -227,9 +245,10 @@ begin
     continue when outcome = 'refused';
     -- a call refused in reality that would have gone ahead: its real cost is unknown, counted at its estimate
     if e.kind = 1 then unknowns := jsonb_set(unknowns, '{refusedInRealityAdmitted}', 'true'); end if;
-    for i in 1 .. coalesce(array_length(line_windows, 1), 0) loop
-      w := line_windows[i];
-      w_spent[w] := w_spent[w] + case when e.kind = 2 then line_amounts[i] else budget_convert(coalesce(e.amount, e.estimate), line_rates[i]) end;
+    spent_version := spent_version + 1;
+    for i in 1 .. ln loop
+      w := l_windows[lb + i];
+      w_spent[w] := w_spent[w] + case when e.kind = 2 then l_amounts[lb + i] else budget_convert(coalesce(e.amount, e.estimate), l_rates[lb + i]) end;
       w_calls[w] := w_calls[w] + 1;
       for j in wa_first[w] .. wa_first[w] + wa_count[w] - 1 loop
         continue when wa_crossed[j];

@@ -33,6 +33,9 @@ declare
   locked uuid[];
   newcomers uuid[];
 begin
+  -- A what-if replay's proposal (rolled back, and the replay reads no reservation nor window row) carries
+  -- nothing: carrying would lock the rows the live gate holds and settles on, for the whole replay.
+  if current_setting('relaycore_budgets.simulating', true) = 'on' then return null; end if;
   -- the lock order: the budget's reservation rows by (id, budget_id), then its window rows by period_start
   locked := array(select r.id from budget_reservations r where r.budget_id = new.id order by r.id, r.budget_id for update);
   for attempt in 1 .. 10 loop
