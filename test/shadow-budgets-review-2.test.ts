@@ -58,7 +58,7 @@ t.test('a shadow budget without a rate beside a hot hard budget (leases): every 
   await checkInvariants(t, gateway.sql)
 })
 
-t.test('flipping a budget between shadow and hard while calls settle: no deadlock, no 5xx', async (t) => {
+t.test('flipping a budget between shadow and hard while calls settle: no deadlock, no 5xx, a refused switch a 409', async (t) => {
   const upstream = await startUpstream(t, { mode: 'json-worst-case' })
   const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
   const budget = await gateway.createBudget({ amount: '0.002', enforcement: 'shadow' })
@@ -70,26 +70,45 @@ t.test('flipping a budget between shadow and hard while calls settle: no deadloc
     flips.push(put.statusCode)
   }
   const answers = await calls
-  t.ok(flips.every((code) => code === 200), `every switch answered 200 (${flips.join(',')})`)
+  // To hard is refused (409) while its spend and holds pass its amount; to shadow is always allowed.
+  t.ok(flips.every((code, i) => code === 200 || (code === 409 && i % 2 === 0)), `every switch answered 200, or 409 to hard (${flips.join(',')})`)
   t.ok(answers.every((answer) => answer.statusCode === 200 || answer.statusCode === 402), `no 5xx (${answers.map((a) => a.statusCode).join(',')})`)
   await gateway.settled()
   const [definition] = await gateway.sql`select enforcement from budget_definitions where id = ${budget.id}`
-  t.equal(definition!.enforcement, 'hard')
+  t.equal(definition!.enforcement, flips[flips.length - 1] === 200 ? 'hard' : 'shadow', 'the last switch decided, or a refused one left it shadow')
   await checkInvariants(t, gateway.sql)
 })
 
-t.test('calls a shadow budget took in flight when it is switched to hard: the hard budget ends over its limit', async (t) => {
+t.test('calls a shadow budget took in flight when it is switched to hard: the switch is refused (409), the budget stays shadow', async (t) => {
   const upstream = await startUpstream(t, { mode: 'json-worst-case' })
   const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
   const budget = await gateway.createBudget({ amount: '0.002', enforcement: 'shadow' })
   const release = upstream.hold()
   const pending = Promise.all(Array.from({ length: 6 }, async () => await gateway.call({ team: 'team-a' }, { model: 'gpt-4o', max_tokens: 400 })))
   await upstream.waitForCalls(6)
+  const before = await gateway.sql`select * from budget_definitions where id = ${budget.id}`
   const put = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: AUTH, body: { enforcement: 'hard' } })
-  t.equal(put.statusCode, 200, put.body)
+  t.equal(put.statusCode, 409, put.body)
+  t.equal(put.json().code, 'BUDGET_ERR_ENFORCEMENT_OVER_LIMIT')
+  t.match(put.json().message, /spent and .* held, more than its amount 0\.002\. Raise the amount, wait for the holds to settle or the next period, or switch it to soft/)
+  t.same(await gateway.sql`select * from budget_definitions where id = ${budget.id}`, before, 'a refused switch changes nothing')
   release()
   t.ok((await pending).every((answer) => answer.statusCode === 200), 'all served')
   await gateway.settled()
+  await checkInvariants(t, gateway.sql)
+})
+
+t.test('a shadow budget with nothing in flight and its spend under its amount switches to hard (200)', async (t) => {
+  const upstream = await startUpstream(t, { mode: 'json' })
+  const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
+  const budget = await gateway.createBudget({ amount: '1000', enforcement: 'shadow' })
+  t.equal((await gateway.call({ team: 'team-a' })).statusCode, 200)
+  await gateway.settled()
+  const [window] = await gateway.sql`select current_amount::text as spent, reserved_amount::text as held from budget_status_cache where budget_id = ${budget.id}`
+  t.ok(window !== undefined && Number(window.spent) > 0 && Number(window.held) === 0, 'some spend, nothing held')
+  const put = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: AUTH, body: { enforcement: 'hard' } })
+  t.equal(put.statusCode, 200, put.body)
+  t.equal(put.json().enforcement, 'hard')
   await checkInvariants(t, gateway.sql)
 })
 
