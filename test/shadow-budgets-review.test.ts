@@ -20,7 +20,7 @@ t.test('a shadow budget without an exchange rate into its currency does not refu
   await checkInvariants(t, gateway.sql)
 })
 
-t.test('switching a shadow budget to hard with a hold it would have refused in flight: no excluded spend on a hard budget', async (t) => {
+t.test('switching a shadow budget away from shadow with a hold it would have refused in flight: to hard is refused (409), to soft leaves no excluded spend', async (t) => {
   const upstream = await startUpstream(t, { mode: 'json' })
   const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: { sweepIntervalMs: 0 } })
   const budget = await gateway.createBudget({ amount: '0.001', enforcement: 'shadow' })
@@ -29,14 +29,16 @@ t.test('switching a shadow budget to hard with a hold it would have refused in f
   await upstream.waitForCalls(1)
   const [marked] = await gateway.sql`select count(*)::int as n from budget_reservations where budget_id = ${budget.id} and as_if_excluded`
   t.equal(marked!.n, 1, 'the in-flight hold is marked as one a hard twin would have refused')
-  const put = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: AUTH, body: { enforcement: 'hard' } })
+  const refused = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: AUTH, body: { enforcement: 'hard' } })
+  t.equal(refused.statusCode, 409, 'held past its amount: a hard budget would start over its limit')
+  t.equal(refused.json().code, 'BUDGET_ERR_ENFORCEMENT_OVER_LIMIT')
+  const put = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: AUTH, body: { enforcement: 'soft' } })
   t.equal(put.statusCode, 200, put.body)
   release()
   t.equal((await pending).statusCode, 200)
   await gateway.settled()
   t.same(await gateway.sql`select s.budget_id from budget_shadow_windows s join budget_definitions d on d.id = s.budget_id
                    where d.enforcement <> 'shadow' and s.excluded_amount > 0`, [], 'only a shadow budget excludes spend')
-  // The switch made the in-flight shadow hold a hard hold that no fit rule admitted.
   await checkInvariants(t, gateway.sql)
 })
 

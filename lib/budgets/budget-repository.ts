@@ -87,6 +87,20 @@ export function createBudgetRepository (sql: Db) {
       return row!.found as boolean
     },
 
+    /**
+     * The spend and live holds of the budget's window of now, its row locked FOR UPDATE as a hold locks it
+     * (after the definition's row, the order followDefinition keeps): no hold joins it before this
+     * transaction ends. Null when the window has no row yet (nothing spent or held in it).
+     */
+    async lockWindowOfNow (budgetId: string): Promise<{ current: Money, reserved: Money } | null> {
+      const [row] = await sql<Array<{ current: string, reserved: string }>>`
+        select c.current_amount::text as current, c.reserved_amount::text as reserved from budget_status_cache c
+        where c.budget_id = ${budgetId} and c.period_start <= now() and now() < c.period_end
+        order by c.budget_id, c.period_start
+        for update of c`
+      return row === undefined ? null : { current: normalizeMoney(row.current), reserved: normalizeMoney(row.reserved) }
+    },
+
     async findBudget (id: string): Promise<BudgetDefinition | null> {
       if (!isUuid(id)) return null
       const [row] = await sql<BudgetRow[]>`select ${columns} from budget_definitions where id = ${id} and deleted_at is null`

@@ -1,6 +1,7 @@
 // The Budget Registry: creates, reads, changes and deletes budgets, keeping the hierarchy sound.
+import { toUnits } from '../kernel/money.js'
 import type { Sql, TransactionSql } from 'postgres'
-import { BudgetNotFoundError, CurrencyLockedError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, InvalidFieldError, MoveAcrossTreesError, ParentNotFoundError } from '../kernel/errors.js'
+import { BudgetNotFoundError, CurrencyLockedError, EnforcementOverLimitError, HasChildrenError, HierarchyCycleError, HierarchyTooDeepError, InvalidFieldError, MoveAcrossTreesError, ParentNotFoundError } from '../kernel/errors.js'
 import { createBudgetRepository, type BudgetRepository, type BudgetValues } from './budget-repository.js'
 import { createAuditRepository, type AuditContext } from '../audit/index.js'
 import { BudgetIdParams, BudgetListQuery, CreateBudgetRequest, DeleteBudgetQuery, ScopeParams, UpdateBudgetRequest, type BudgetDefinition, type BudgetHierarchy, type BudgetTreeNode, type ScopeType } from '../kernel/schemas.js'
@@ -154,6 +155,15 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
           throw new CurrencyLockedError(id, current.currency)
         }
         const updated = await repository.updateBudget(id, values)
+        if (current.enforcement === 'shadow' && values.enforcement === 'hard') {
+          // Checked after the definition's row is updated (locked), with the window's row locked: a hold
+          // waiting on it then reads the budget as hard, and none admitted as shadow slips in unseen.
+          const window = await repository.lockWindowOfNow(id)
+          if (window !== null && toUnits(window.current) + toUnits(window.reserved) > toUnits(values.amount)) {
+            throw new EnforcementOverLimitError(`Budget '${id}' cannot become hard: its window has ${window.current} spent and ${window.reserved} held, ` +
+              `more than its amount ${values.amount}. Raise the amount, wait for the holds to settle or the next period, or switch it to soft`)
+          }
+        }
         const changes = changedFields(current, updated)
         // The gate reads the new definition as soon as this commits: the alerts must say what it will do.
         // A change no threshold reads (a description) takes no lock on the spend window.

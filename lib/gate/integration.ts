@@ -227,6 +227,14 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     return settled
   }
 
+  /** Ends the rate allowance of a served call admitted without a hold: with the tokens it used, else those it reserved. */
+  function endUnheldRate (requestId: string, used: number | null): void {
+    const rated = rateUnheld.get(requestId)
+    if (rated === undefined) return
+    rateUnheld.delete(requestId)
+    rateLimits.end(rated.rate, used ?? rated.tokens)
+  }
+
   /**
    * Gives back a hold that no call will use. Throws when the settlement fails: the hold then stays
    * until its TTL, and the sweeper counts it as spent at its estimate.
@@ -248,6 +256,8 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   const admitted = new Map<string, { admission: Admission, requestId: string }>()
   // What reserved calls took from rate limits, and the tokens they reserved, by the same id.
   const rateAdmitted = new Map<string, { rate: RateAdmission, tokens: number, at: number }>()
+  // The same for admitted calls that hold nothing (a shadow-only line without a rate), by request id.
+  const rateUnheld = new Map<string, { rate: RateAdmission, tokens: number, at: number }>()
   // Holds taken, by reservation id, until they settle: what each held on the budgets the ledger keeps.
   const holdsMade = new Map<string, { requestId: string, budgetIds: string[], held: HeldShare[], at: number }>()
   let prunedAt = Date.now()
@@ -262,7 +272,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   function pruneUnsettled (now: number): void {
     if (now - prunedAt < options.reservationTtlMs / 2) return
     prunedAt = now
-    for (const map of [holdsMade, rateAdmitted]) {
+    for (const map of [holdsMade, rateAdmitted, rateUnheld]) {
       for (const [id, entry] of map) {
         if (now - entry.at <= options.reservationTtlMs) break
         map.delete(id)
@@ -408,8 +418,11 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       if (result.reserved && check.canProceed && result.numbers.every((measured) => measured.estimate === null)) {
         // Nothing held: the line's only budgets are shadow ones that cannot convert the estimate (a shadow budget
         // never refuses, and takes no spend it cannot convert). No hold to settle: the call is recorded as one
-        // no budget covers, and keeps the rate allowance it took as a served call does.
+        // no budget covers. Its rate allowance is ended as a held call's is, by request id: with the tokens it
+        // used once recorded (recordUnbudgetedCall), with none when it failed (releaseUnheldCall).
         holdsMade.delete(reservationId)
+        if (rate.taken.length > 0) rateUnheld.set(requestId, { rate, tokens, at: Date.now() })
+        else rateLimits.end(rate, null)
         await noteShadow(null, line, check)
         return { check, reservationId: null }
       }
@@ -440,6 +453,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
      */
     async recordUnbudgetedCall (cost: Money, { requestId, occurredAt = new Date(), ...info }: SettleInfo & { requestId: string, occurredAt?: Date }): Promise<SettleOutcome> {
       checkRequestId(requestId)
+      endUnheldRate(requestId, usedTokens(info.metadata ?? {}))
       return await settlements.recordUnbudgeted({
         id: randomUUID(), // its record's: sent again after a connection cut, the batch finds it by this id
         requestId,
@@ -450,6 +464,14 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         metadata: { ...info.metadata, requestId },
         occurredAt
       })
+    },
+
+    /** Ends a call admitted without a hold (reservationId null) that was not served: its rate allowance goes back whole. */
+    releaseUnheldCall (requestId: string): void {
+      const rated = rateUnheld.get(requestId)
+      if (rated === undefined) return
+      rateUnheld.delete(requestId)
+      rateLimits.end(rated.rate, null)
     },
 
     /** Ends a reservation with nothing to charge: 'released', or 'not-found' when there was no hold (swept, and counted at its estimate; or settled before). */

@@ -66,6 +66,8 @@ export class ExceedsParentError extends createError('BUDGET_ERR_EXCEEDS_PARENT',
     this.field = field
   }
 }
+// A shadow budget admits calls a hard one would refuse: made hard with more spent and held than its amount, it would be over its limit.
+export const EnforcementOverLimitError = createError('BUDGET_ERR_ENFORCEMENT_OVER_LIMIT', '%s', 409)
 export const HierarchyCycleError = createError('BUDGET_ERR_HIERARCHY_CYCLE', "Budget '%s' cannot have '%s' as parent: that would make a cycle", 409)
 export class CurrencyLockedError extends createError('BUDGET_ERR_CURRENCY_LOCKED', "Budget '%s' has usage in %s; its currency cannot change", 409) {
   readonly field = 'currency'

@@ -470,7 +470,10 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
    */
   function recordUnbudgeted (request: FastifyRequest, state: BudgetGateState, charge: Charge, metadata: UsageMetadata, admittedAt: Date): void {
     const cost = charge.cost
-    if (cost === null || toUnits(cost) === 0n) return // nothing was served, or nothing to charge
+    if (cost === null || toUnits(cost) === 0n) { // nothing was served, or nothing to charge: its rate allowance goes back
+      integration.releaseUnheldCall(state.requestId)
+      return
+    }
     const basis = charge.basis === 'usage' ? 'usage' : 'estimate'
     const settled = metrics.settlementTimer()
     const recording = integration.recordUnbudgetedCall(cost, { requestId: state.requestId, occurredAt: admittedAt, source: 'gateway', metadata }).then((ended) => {
