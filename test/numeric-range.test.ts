@@ -139,10 +139,13 @@ t.test('leased calls past 10^18: each lease row gives up what its calls were cha
 
 t.test('usage whose forecast passes 10^18, on the single route, the batch and the gate', async (t) => {
   const alerts = [{ threshold: 80, basis: 'projected', actions: ['notify'] }]
+  // Windows that began a minute ago: the forecast divides by at least an hour (budget_burn_elapsed_us) and
+  // has a month left, so 10^17 spent forecasts past 10^18 whatever day of the month the test runs on.
+  const startDate = new Date(Date.now() - 60_000).toISOString()
   const gw = await buildGateway(t, { captureLogs: true, gate: { sweepIntervalMs: 0 } })
-  const single = await gw.createBudget({ name: 'single', scopeId: 'team-s', amount: '999999999999999999', enforcement: 'soft', alerts })
-  const batched = await gw.createBudget({ name: 'batched', scopeId: 'team-b', amount: '999999999999999999', enforcement: 'soft', alerts })
-  const gated = await gw.createBudget({ name: 'gated', scopeId: 'team-g', amount: '999999999999999999', enforcement: 'soft' })
+  const single = await gw.createBudget({ name: 'single', scopeId: 'team-s', amount: '999999999999999999', enforcement: 'soft', alerts, startDate })
+  const batched = await gw.createBudget({ name: 'batched', scopeId: 'team-b', amount: '999999999999999999', enforcement: 'soft', alerts, startDate })
+  const gated = await gw.createBudget({ name: 'gated', scopeId: 'team-g', amount: '999999999999999999', enforcement: 'soft', startDate })
   const other = await gw.createBudget({ name: 'other', scopeId: 'team-o', amount: '100' })
 
   const before = await snapshotTables(gw.sql)

@@ -131,11 +131,22 @@ language sql stable as $$
   )
 $$;
 
--- Moves a correction written before to p_amount in place: the record's amount, its allocations (at the rates
--- they were converted at) and their windows' spend move by the change. The caller holds the day's true-up
--- lock and has set relaycore_budgets.correcting.
+-- Moves a correction written before to p_amount in place: the same usage record, its amount changed, counted
+-- toward the same budgets at the rates and instant it was first counted at. The spend moves through the two
+-- functions that own a window row's spend (record-spend.test.ts): the old allocations are taken out and their
+-- windows put right by refresh_budget_status_cache (their drift is exactly what was taken out), then the new
+-- amount is recorded by budget_record_spend, which keeps the money range and the crossing rule as for any
+-- record. A crossing already active stays recorded once (the spend trigger only records crossings, alerts.sql).
+-- The caller holds the day's true-up lock and has set relaycore_budgets.correcting. 22003 when the new
+-- amount would take a window past numeric(28,10).
 create or replace function budget_recon_move_correction(p_correction_id bigint, p_usage_id uuid, p_amount numeric) returns void
 language plpgsql as $$
+declare
+  budgets uuid[];
+  rates numeric[];
+  instants timestamptz[];
+  win record;
+  refused boolean;
 begin
   -- The windows the correction counts in, locked in the lock order (settlements.sql) before any is written.
   perform 1 from budget_status_cache c
@@ -143,24 +154,31 @@ begin
   where a.usage_id = p_usage_id
   order by c.budget_id, c.period_start
   for update of c;
-  update budget_usage_records u set amount = p_amount where u.id = p_usage_id;
-  with moved as (
-    update budget_usage_allocations a set amount = budget_convert(p_amount, a.exchange_rate)
-    from budget_usage_allocations old
-    where a.usage_id = p_usage_id and old.usage_id = a.usage_id and old.budget_id = a.budget_id
-    returning a.budget_id, a.occurred_at, a.amount - old.amount as change
-  ),
-  -- A moved allocation is one the kept weekday profiles summed (forecast.sql): marked, as an insert dated in
-  -- the past is (budget_forecast_mark_backdated), so a profile that did not see this change is summed again.
-  marked as (
-    insert into budget_forecast_backdated (budget_id, xact)
-    select distinct m.budget_id, pg_current_xact_id() from moved m
-    on conflict do nothing
+  with taken as (
+    delete from budget_usage_allocations a where a.usage_id = p_usage_id
+    returning a.budget_id, a.exchange_rate, a.occurred_at
   )
-  update budget_status_cache c set current_amount = c.current_amount + m.change, updated_at = now()
-  from moved m
-  where c.budget_id = m.budget_id and m.occurred_at >= c.period_start and m.occurred_at < c.period_end;
+  select array_agg(t.budget_id order by t.budget_id), array_agg(t.exchange_rate order by t.budget_id), array_agg(t.occurred_at order by t.budget_id)
+  into budgets, rates, instants from taken t;
+  for win in
+    select c.budget_id, c.period_start, c.period_end from budget_status_cache c
+    join unnest(budgets, instants) as x(budget_id, occurred_at) on x.budget_id = c.budget_id
+      and x.occurred_at >= c.period_start and x.occurred_at < c.period_end
+    order by c.budget_id, c.period_start
+  loop
+    perform refresh_budget_status_cache(win.budget_id, win.period_start, win.period_end);
+  end loop;
+  update budget_usage_records u set amount = p_amount where u.id = p_usage_id;
   update budget_recon_corrections c set amount = p_amount, updated_at = clock_timestamp() where c.id = p_correction_id;
+  -- a correction is always counted toward its own budget at least (budget_recon_true_up)
+  if budgets is null then return; end if;
+  select bool_or(s.charged is null) into refused
+  from budget_record_spend(array_fill(1::bigint, array[cardinality(budgets)]), array_fill(p_usage_id, array[cardinality(budgets)]), budgets,
+                           array_fill(p_amount, array[cardinality(budgets)]), rates, instants, '{}', '{}', false) s;
+  if refused then
+    raise exception using errcode = 'numeric_value_out_of_range', message = 'numeric field overflow',
+      detail = 'the correction would take an amount counted toward a budget past numeric(28,10)';
+  end if;
 end $$;
 
 -- A correction reaches the budget's ancestors (as any of its spend does), and an ancestor's recorded amount
