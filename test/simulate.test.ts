@@ -68,6 +68,28 @@ t.test('a replay of a recorded period against the budgets in force: exactly the 
   t.same(replayed!.downgraded, [])
 })
 
+t.test('a crossing\'s block-all refuses the very caller the replay admitted just before', async (t) => {
+  // One caller, one estimate: the replay keeps a caller's admission while nothing changes, and must drop it
+  // when a crossing brings an action, not only when the spend runs out. Ten calls of 0.1 recorded as the gate
+  // records them, on a soft budget of 1 that blocks at 50%: five go ahead, the fifth crosses, five are blocked.
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const budget = await gateway.createBudget({ name: 'team a', amount: '1', enforcement: 'soft', alerts: [{ threshold: 50, actions: ['block-all'] }] })
+  const from = new Date(Date.now() - 60_000)
+  await gateway.sql`
+    insert into budget_usage_records (amount, currency, source, metadata, occurred_at, allocated_by_settlement)
+    select 0.1, 'USD', 'gateway', jsonb_build_object('modelId', 'gpt-4o', 'estimatedCost', '0.1', 'teamId', 'team-a', 'userId', 'user-0'),
+           ${from} + i * interval '1 millisecond', true
+    from generate_series(1, 10) i`
+  // one slice (a twentieth of the range) holds them all, so one replay statement sees them one after another
+  const result = await simulate(gateway, { from: from.toISOString(), to: new Date(from.getTime() + 20_000).toISOString() })
+  const [replayed] = result.budgets
+  t.equal(replayed!.budgetId, budget.id)
+  t.same(replayed!.refused.map((outcome: any) => [outcome.code, outcome.count, outcome.firstAt]),
+    [['budget_blocked', 5, new Date(from.getTime() + 6).toISOString()]], 'the five calls after the crossing are blocked')
+  t.same(replayed!.crossings.map((crossing: any) => [crossing.threshold, crossing.spent]), [['50', '0.5']], 'at the fifth call')
+  t.equal(replayed!.periods[0].spent, '0.5')
+})
+
 t.test('a tree replayed: each refusal on the budget that really bound it, each crossing on its budget', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const org = await gateway.createBudget({ name: 'org', scopeType: 'organization', scopeId: 'org-1', amount: '0.005', alerts: [{ threshold: 60, actions: ['notify'] }] })

@@ -100,7 +100,9 @@ export function createSimulator (sql: Sql, options: SimulateOptions) {
         // relaycore_budgets.simulating (transaction-local) tells the definition triggers and the alerts'
         // follow-up that this transaction rolls back: they lock none of the rows the live gate needs
         // (sql/functions/alerts.sql, sql/functions/window-changes.sql); the replay reads none of them.
-        await connection.unsafe(`begin${writes ? '' : ' read only'}; set local statement_timeout = ${SIMULATE_STATEMENT_TIMEOUT_MS}; select set_config('relaycore_budgets.simulating', 'on', true)`)
+        // work_mem: each slice sorts its events twice (by caller, by time); at the default 4 MB a slice of 50,000
+        // calls sorted on disk
+        await connection.unsafe(`begin${writes ? '' : ' read only'}; set local statement_timeout = ${SIMULATE_STATEMENT_TIMEOUT_MS}; set local work_mem = '64MB'; select set_config('relaycore_budgets.simulating', 'on', true)`)
         try {
           const proposed = writes ? await applyProposal(connection, proposal) : new Set<string>()
           let state: ReplayState = {}

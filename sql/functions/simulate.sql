@@ -16,6 +16,13 @@
 -- never refuses. A call that goes ahead adds its real cost (budget_convert) to each window of its line, and
 -- each alert the new spend reaches (budget_alert_reached) is a crossing at that instant, whose actions are
 -- in force for the rest of the window.
+-- The least threshold of a window's alerts (flattened as budget_simulate_slice keeps them) that the replay
+-- can still cross: a current one not crossed yet. Null: none.
+create or replace function budget_simulate_next_threshold(p_thresholds numeric[], p_bases text[], p_crossed boolean[]) returns numeric
+language sql immutable parallel safe as $$
+  select min(x.threshold) from unnest(p_thresholds, p_bases, p_crossed) as x(threshold, basis, crossed) where x.basis = 'current' and not x.crossed
+$$;
+
 create or replace function budget_simulate_slice(p_state jsonb, p_from timestamptz, p_to timestamptz, p_range_from timestamptz,
                                                  p_cheap_models text[], p_downgrades jsonb)
 returns jsonb language plpgsql stable as $$
@@ -32,6 +39,9 @@ declare
   unknowns jsonb := coalesce(p_state -> 'unknowns', '{}'::jsonb);
   events bigint := coalesce((p_state ->> 'events')::bigint, 0);
   -- each window's alerts, flattened: wa_first[w] .. wa_first[w] + wa_count[w] - 1
+  -- w_next[w]: the least threshold of the window's current alerts not crossed yet (null: none). The alerts are
+  -- walked only when the spend reaches it (budget_alert_reached is monotone in the threshold): most calls cross none.
+  w_next numeric[];
   wa_first integer[]; wa_count integer[]; wa_threshold numeric[] := '{}'::numeric[]; wa_basis text[] := '{}'::text[]; wa_actions text[] := '{}'::text[]; wa_crossed boolean[] := '{}'::boolean[];
   -- the line cache, by caller (a dense number per scopes, model, tags and currency in the slice): its windows and
   -- rates, flattened (lc_first[caller], lc_len[caller]), until the first of its windows ends or a rate changes
@@ -46,6 +56,12 @@ declare
   -- them, so the same caller with the same estimate gets the same verdict without evaluating them again
   -- (a run of refusals, where nothing goes ahead, replays at the cost of the lookup).
   spent_version bigint := 0::bigint; m_version bigint[]; m_estimate numeric[]; m_best integer[]; m_refusing integer[];
+  -- an admission by caller (a_version, a_estimate) outlives other calls' spend: nothing in decide()'s order turns
+  -- an admission into a refusal but a new action (a crossing: actions_version counts them) or a window's spend
+  -- growing past l_lim at that line position. budget_hold_amount is defined while spend + held < 10^18, and
+  -- budget_fits (hard) holds while spend + held <= amount (holds.sql); both only fail as the spend grows, so
+  -- the admission stands while each window's spend is at most l_lim (null: a shadow window, which never refuses).
+  actions_version bigint := 0::bigint; a_version bigint[]; a_estimate numeric[]; l_lim numeric[] := '{}'::numeric[]; admitted boolean;
   e record; a record; definition record; w integer; i integer; code text; refusing integer;
   downgrade text; outcome text; held numeric; rank integer; best integer; key text; alert jsonb; threshold numeric;
 begin
@@ -69,6 +85,8 @@ begin
       wa_crossed := wa_crossed || (w_crossed[w] like '% ' || threshold::text || ' %');
       wa_count[w] := wa_count[w] + 1;
     end loop;
+    w_next[w] := budget_simulate_next_threshold(wa_threshold[wa_first[w] : wa_first[w] + wa_count[w] - 1], wa_basis[wa_first[w] : wa_first[w] + wa_count[w] - 1],
+                                                wa_crossed[wa_first[w] : wa_first[w] + wa_count[w] - 1]);
   end loop;
   select coalesce(array_agg((x ->> 'w')::integer order by o), '{}'), coalesce(array_agg((x ->> 'threshold')::numeric order by o), '{}'),
          coalesce(array_agg((x ->> 'at')::timestamptz order by o), '{}'), coalesce(array_agg((x ->> 'spent')::numeric order by o), '{}')
@@ -81,25 +99,27 @@ begin
   into r_budget, r_outcome, r_code, r_count, r_cost, r_first, r_avoided
   from jsonb_array_elements(coalesce(p_state -> 'refusals', '[]'::jsonb)) with ordinality as t(x, o);
 
+  -- One read of the range's usage records (gated or not), one of its refusals, sorted once into time order. The
+  -- caller's number only has to be equal for equal scopes, so its ranking compares bytes ("C"), and the ties
+  -- at one instant are broken by the ids as they are stored (uuid, bigint): no text collation in either sort.
   for e in
-    select ev.*, dense_rank() over (order by ev.organization_id, ev.team_id, ev.user_id, ev.project_id, ev.model, ev.tags::text, ev.currency)::integer as caller
+    select ev.*, dense_rank() over (order by ev.organization_id collate "C", ev.team_id collate "C", ev.user_id collate "C", ev.project_id collate "C",
+                                             ev.model collate "C", ev.tags::text collate "C", ev.currency collate "C")::integer as caller
     from (
-    select u.occurred_at as at, 0 as kind, u.id::text as id, u.amount, u.currency, (u.metadata ->> 'estimatedCost')::numeric as estimate,
+    -- kind 0, a gated call's usage record; kind 2, usage recorded through the API (not gated): it counts toward
+    -- the budgets it was recorded on, and refuses nothing
+    select u.occurred_at as at, case when u.metadata ? 'estimatedCost' then 0 else 2 end as kind, u.id, null::bigint as refusal_id,
+           u.amount, u.currency, (u.metadata ->> 'estimatedCost')::numeric as estimate,
            u.organization_id, u.team_id, u.user_id, u.project_id, u.model_id as model, u.metadata -> 'tags' as tags
     from budget_usage_records u
-    where u.occurred_at >= p_from and u.occurred_at < p_to and u.metadata ? 'estimatedCost'
+    where u.occurred_at >= p_from and u.occurred_at < p_to
     union all
-    select d.at, 1, d.id::text, null::numeric, d.currency, d.estimate, d.organization_id, d.team_id, d.user_id, d.project_id, coalesce(d.requested_model, d.model), d.tags
+    select d.at, 1, null::uuid, d.id, null::numeric, d.currency, d.estimate, d.organization_id, d.team_id, d.user_id, d.project_id, coalesce(d.requested_model, d.model), d.tags
     from budget_decision_log d
     -- a rate limit's refusal is not replayed (rate limits are not): the call is left out
     where d.at >= p_from and d.at < p_to and d.outcome = 'refused' and d.code <> 'rate_limit_exceeded'
-    union all
-    -- usage recorded through the API (not gated): it counts toward the budgets it was recorded on, and refuses nothing
-    select u.occurred_at, 2, u.id::text, u.amount, u.currency, null, null, null, null, null, null, null
-    from budget_usage_records u
-    where u.occurred_at >= p_from and u.occurred_at < p_to and not (u.metadata ? 'estimatedCost')
     ) ev
-    order by ev.at, ev.kind, ev.id
+    order by ev.at, ev.kind, ev.id, ev.refusal_id
   loop
     events := events + 1;
     -- the line, from the cache while its windows last
@@ -149,6 +169,9 @@ begin
               w_actions[w] := w_actions[w] || wa_actions[wa_first[w] + wa_count[w] - 1];
             end if;
           end loop;
+          w_next[w] := budget_simulate_next_threshold(wa_threshold[wa_first[w] : wa_first[w] + wa_count[w] - 1], wa_basis[wa_first[w] : wa_first[w] + wa_count[w] - 1],
+                                                      wa_crossed[wa_first[w] : wa_first[w] + wa_count[w] - 1]);
+          if 'current' <> any(wa_basis[wa_first[w] : wa_first[w] + wa_count[w] - 1]) then unknowns := jsonb_set(unknowns, '{projectedAlerts}', 'true'); end if;
         end if;
         line_windows := line_windows || w;
         line_amounts := line_amounts || a.allocated;
@@ -166,7 +189,7 @@ begin
         lc_len[e.caller] := ln;
         lc_until[e.caller] := line_until;
         l_end := lb + ln;
-        m_version[e.caller] := null;
+        m_version[e.caller] := null; a_version[e.caller] := null;
       else
         unknowns := jsonb_set(unknowns, '{recordedThroughApi}', 'true');
       end if;
@@ -181,14 +204,27 @@ begin
     -- strictest refusal (1 exchange_rate_missing, 2 estimate_out_of_range, 3 budget_blocked, 4 approval_required,
     -- 5 model_restricted, 6 call_cost_cap_exceeded, 7 budget_exceeded), the line's strictest, its first budget
     code := null; refusing := null; best := 8;
+    admitted := a_version[e.caller] = actions_version and a_estimate[e.caller] = e.estimate;
+    if admitted then
+      for i in 1 .. ln loop
+        if w_spent[l_windows[lb + i]] > l_lim[lb + i] then admitted := false; exit; end if;
+      end loop;
+    end if;
     if m_version[e.caller] = spent_version and m_estimate[e.caller] = e.estimate then
       best := m_best[e.caller]; refusing := m_refusing[e.caller];
+    elsif admitted then
+      null;
     else
     for i in 1 .. ln loop
       w := l_windows[lb + i];
+      l_lim[lb + i] := null;
       continue when w_enforcement[w] = 'shadow';
       -- the estimate held on the budget, as the hold converts it
       held := case when l_rates[lb + i] is null then null else budget_hold_amount(e.estimate, l_rates[lb + i], w_spent[w], 0) end;
+      if held is not null then
+        l_lim[lb + i] := case when w_enforcement[w] = 'hard' then least(w_amount[w] - held, 999999999999999999.9999999999 - held)
+                              else 999999999999999999.9999999999 - held end;
+      end if;
       rank := case
         when l_rates[lb + i] is null then 1
         when held is null then 2
@@ -202,6 +238,7 @@ begin
       if rank < best then best := rank; refusing := i; end if;
     end loop;
     m_version[e.caller] := spent_version; m_estimate[e.caller] := e.estimate; m_best[e.caller] := best; m_refusing[e.caller] := refusing;
+    a_version[e.caller] := case when best = 8 then actions_version end; a_estimate[e.caller] := e.estimate;
     end if;
     if best < 8 then
       code := (array['exchange_rate_missing', 'estimate_out_of_range', 'budget_blocked', 'approval_required', 'model_restricted',
@@ -250,15 +287,18 @@ begin
       w := l_windows[lb + i];
       w_spent[w] := w_spent[w] + case when e.kind = 2 then l_amounts[lb + i] else budget_convert(coalesce(e.amount, e.estimate), l_rates[lb + i]) end;
       w_calls[w] := w_calls[w] + 1;
+      continue when w_next[w] is null or not budget_alert_reached(w_spent[w], w_next[w], w_amount[w]);
+      -- projected alerts are not replayed (their window said so when it was met)
       for j in wa_first[w] .. wa_first[w] + wa_count[w] - 1 loop
-        continue when wa_crossed[j];
-        if wa_basis[j] <> 'current' then unknowns := jsonb_set(unknowns, '{projectedAlerts}', 'true'); continue; end if;
-        continue when not budget_alert_reached(w_spent[w], wa_threshold[j], w_amount[w]);
+        continue when wa_crossed[j] or wa_basis[j] <> 'current' or not budget_alert_reached(w_spent[w], wa_threshold[j], w_amount[w]);
         wa_crossed[j] := true;
         w_crossed[w] := w_crossed[w] || ' ' || wa_threshold[j]::text || ' ';
         w_actions[w] := w_actions[w] || wa_actions[j];
+        actions_version := actions_version + 1;
         c_window := c_window || w; c_threshold := c_threshold || wa_threshold[j]; c_at := c_at || e.at; c_spent := c_spent || w_spent[w];
       end loop;
+      w_next[w] := budget_simulate_next_threshold(wa_threshold[wa_first[w] : wa_first[w] + wa_count[w] - 1], wa_basis[wa_first[w] : wa_first[w] + wa_count[w] - 1],
+                                                  wa_crossed[wa_first[w] : wa_first[w] + wa_count[w] - 1]);
     end loop;
   end loop;
 
