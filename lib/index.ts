@@ -90,7 +90,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     const providerCosts = createProviderCosts(sql, providerCostOptions, adminTimeoutMs, log, now, reconciliation.api.afterCollection)
     // What-if replay: a proposal applied by the registry's rules in a transaction always rolled back, and the
     // recorded usage of a past range replayed through the gate's and the alerts' SQL rules.
-    const simulate = createSimulate(sql, { cheapModels, downgrades, registry: { modelName, channels: Object.keys(notifications.channels) } })
+    const simulate = createSimulate(sql, { cheapModels, downgrades, prices, currency, registry: { modelName, channels: Object.keys(notifications.channels) } })
 
     fastify.decorate('budgetRegistry', registry.api)
     fastify.decorate('budgetTracker', gate.api.tracker)

@@ -90,6 +90,41 @@ t.test('a crossing\'s block-all refuses the very caller the replay admitted just
   t.equal(replayed!.periods[0].spent, '0.5')
 })
 
+t.test('a call the replay downgrades is priced at the cheaper model\'s rates from the usage it reported', async (t) => {
+  // gpt-4o calls recorded through the gate on a roomy budget; the proposal makes the budget small and soft with
+  // auto-downgrade at 10%: the calls after the crossing go to gpt-4o-mini (the gate's default downgrade), each
+  // priced at its list rates (0.15 and 0.6 per 1M tokens) from the tokens the gpt-4o call reported.
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const budget = await gateway.createBudget({ name: 'team a', amount: '100' })
+  const from = new Date(Date.now() - 1000)
+  for (let call = 0; call < 8; call++) {
+    t.equal((await gateway.call({ team: 'team-a' }, { model: 'gpt-4o', max_tokens: 20 })).statusCode, 200)
+    await gateway.settled()
+  }
+  const to = new Date(Date.now() + 1000)
+  const records = await gateway.sql<Array<{ amount: string, input: number, output: number }>>`
+    select amount::text, (metadata ->> 'inputTokens')::int as input, (metadata ->> 'outputTokens')::int as output
+    from budget_usage_records where metadata ->> 'modelId' = 'gpt-4o' order by occurred_at, id`
+  t.equal(records.length, 8)
+  const toUnits10 = (decimal: string) => { const [whole, fraction = ''] = decimal.split('.'); return BigInt(whole!) * 10_000_000_000n + BigInt(fraction.padEnd(10, '0')) }
+  // The proposal: 10% of an amount the first two calls reach; every later call is downgraded.
+  const amount = toUnits10(records[0]!.amount) + toUnits10(records[1]!.amount)
+  const decimal = (value: bigint) => `${value / 10_000_000_000n}.${(value % 10_000_000_000n).toString().padStart(10, '0')}`
+  const proposal = { update: [{ id: budget.id, changes: { amount: decimal(amount * 10n), enforcement: 'soft', alerts: [{ threshold: 10, actions: ['auto-downgrade'] }] } }] }
+  const result = await simulate(gateway, { from: from.toISOString(), to: to.toISOString(), proposal })
+  const [replayed] = result.budgets
+  let expected = 0n
+  for (const [index, record] of records.entries()) {
+    // units of 10^-10: (tokens x rate per 1M) / 10^6, rounded up once
+    const cheaper = (BigInt(record.input) * 1_500_000_000n + BigInt(record.output) * 6_000_000_000n + 999_999n) / 1_000_000n
+    expected += index < 2 ? toUnits10(record.amount) : cheaper
+  }
+  t.same(replayed!.downgraded.map((outcome: any) => [outcome.code, outcome.count]), [['auto_downgrade', 6]], 'six calls downgraded')
+  t.equal(replayed!.periods[0].spent, String(Number(decimal(expected))), 'each priced at gpt-4o-mini\'s rates from its own tokens')
+  t.ok(result.unknowns.some((line) => /priced at the cheaper model's rates/.test(line)), 'and the answer says how')
+  t.notOk(result.unknowns.some((line) => /counted at its recorded cost\./.test(line)))
+})
+
 t.test('a tree replayed: each refusal on the budget that really bound it, each crossing on its budget', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const org = await gateway.createBudget({ name: 'org', scopeType: 'organization', scopeId: 'org-1', amount: '0.005', alerts: [{ threshold: 60, actions: ['notify'] }] })

@@ -4,7 +4,7 @@ import type { Part } from '../kernel/part.js'
 import type { PriceBook } from './pricing.js'
 import { preloadTokenizers } from './tokens.js'
 
-export { estimateChatCost, pricedCall } from './estimate.js'
+export { costFromUsage, estimateChatCost, pricedCall } from './estimate.js'
 export type { CostEstimate } from './estimate.js'
 export { injectedPromptTokens } from './injected-tokens.js'
 export { costOf, costOfTokens, highestOutputRate, pricesAt } from './pricing.js'

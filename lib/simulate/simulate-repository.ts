@@ -24,6 +24,16 @@ export interface SliceInput {
   rangeFrom: Date
   cheapModels: readonly string[]
   downgrades: Readonly<Record<string, string>>
+  /** The slice's gated calls priced on the model auto-downgrade would have sent them to (repricedCalls). */
+  repriced: { ids: string[], costs: string[] }
+}
+
+/** A gated call's record as the repricing reads it: its model, instant and the usage the provider reported. */
+export interface DowngradableCall {
+  id: string
+  model: string
+  occurredAt: Date
+  metadata: Record<string, unknown>
 }
 
 export function createSimulateRepository () {
@@ -32,7 +42,8 @@ export function createSimulateRepository () {
     async slice (connection: ReservedSql, state: ReplayState, input: SliceInput, signal?: AbortSignal): Promise<ReplayState> {
       const query = connection<Array<{ state: string }>>`
         select budget_simulate_slice(${JSON.stringify(state)}::text::jsonb, ${input.from}, ${input.to}, ${input.rangeFrom},
-                                     ${[...input.cheapModels]}::text[], ${JSON.stringify(input.downgrades)}::text::jsonb)::text as state`
+                                     ${[...input.cheapModels]}::text[], ${JSON.stringify(input.downgrades)}::text::jsonb,
+                                     ${input.repriced.ids}::uuid[], ${input.repriced.costs}::numeric[])::text as state`
       const cancel = () => { void query.cancel() }
       signal?.addEventListener('abort', cancel, { once: true })
       try {
@@ -42,6 +53,26 @@ export function createSimulateRepository () {
       } finally {
         signal?.removeEventListener('abort', cancel)
       }
+    },
+
+    /**
+     * Whether any budget the transaction sees (the proposal's included) has an auto-downgrade alert: only then
+     * can the replay send a call to a cheaper model, and only then are calls repriced.
+     */
+    async downgradeInForce (connection: ReservedSql): Promise<boolean> {
+      const [row] = await connection<Array<{ any: boolean }>>`
+        select exists (select 1 from budget_definitions d cross join lateral jsonb_array_elements(d.alerts) alert
+                       where d.deleted_at is null and alert -> 'actions' ? 'auto-downgrade') as any`
+      return row!.any
+    },
+
+    /** The slice's gated calls, in the price currency, on a model auto-downgrade switches (the replay's own range read). */
+    async downgradableCalls (connection: ReservedSql, from: Date, to: Date, models: string[], currency: string): Promise<DowngradableCall[]> {
+      return await connection<DowngradableCall[]>`
+        select u.id, u.model_id as model, u.occurred_at as "occurredAt", u.metadata
+        from budget_usage_records u
+        where u.occurred_at >= ${from} and u.occurred_at < ${to} and u.metadata ? 'estimatedCost'
+          and u.model_id = any(${models}::text[]) and u.currency = ${currency}`
     },
 
     /** The name and currency of each budget, as the transaction sees them (a proposed budget included). */

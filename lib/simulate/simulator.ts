@@ -12,7 +12,8 @@ import { shapeCheck } from '../kernel/validator.js'
 import { SimulateRequest, type SimulateResult } from '../kernel/schemas.js'
 import { createAuditRepository, type AuditContext } from '../audit/index.js'
 import { createBudgetRegistry, type RegistryOptions } from '../budgets/index.js'
-import { createSimulateRepository, type ReplayState } from './simulate-repository.js'
+import { costFromUsage, type PriceBook, type TokenUsage } from '../pricing/index.js'
+import { createSimulateRepository, type DowngradableCall, type ReplayState } from './simulate-repository.js'
 
 const checkRequestShape = shapeCheck(SimulateRequest)
 
@@ -37,6 +38,9 @@ export interface SimulateOptions {
   cheapModels: readonly string[]
   /** The cheaper model auto-downgrade switches each model to (the gate's downgrades). */
   downgrades: Readonly<Record<string, string>>
+  /** The gate's price book and its currency: a call auto-downgrade would have switched is priced on the cheaper model. */
+  prices: PriceBook
+  currency: string
   /** The registry's checks for a proposal: model names, channels. */
   registry: Pick<RegistryOptions, 'modelName' | 'channels'>
 }
@@ -57,7 +61,9 @@ export class SimulationCancelledError extends Error {
 // What the replay cannot know, said in the answer whenever it applies.
 const UNKNOWNS: Record<string, string> = {
   spendBeforeRange: 'A period that began before `from` starts from the spend recorded toward the budget before `from`, not from a replay of it.',
-  downgradedCost: 'A call auto-downgrade would have sent to a cheaper model is counted at its recorded cost on the model it really used: its cost on the cheaper model is unknown.',
+  downgradedRepriced: 'A call auto-downgrade would have sent to a cheaper model is priced at the cheaper model\'s rates from the same usage (the tokens the model it really used reported): what the cheaper model would have used is unknown.',
+  downgradedCost: 'A call auto-downgrade would have sent to a cheaper model, whose recorded usage cannot be priced on that model (no tokens, another currency, or a model the price book does not know), is counted at its recorded cost.',
+  upgradedCost: 'A call auto-downgrade sent to a cheaper model in reality, which the replay lets through on the model it asked for, is counted at its recorded cost on the cheaper model: its cost on the model it asked for is unknown.',
   refusedInRealityAdmitted: 'A call that was refused in reality and would have gone ahead is counted at its estimate: it never ran, so its real cost is unknown.',
   approvals: 'Approvals are not replayed: a budget past a require-approval threshold refuses every call after it.',
   restrictModels: 'restrict-models allows only the gate\'s cheapModels in the replay; an alert\'s own allowedModels and maxPricePerMillion are not read.',
@@ -105,6 +111,8 @@ export function createSimulator (sql: Sql, options: SimulateOptions) {
         await connection.unsafe(`begin${writes ? '' : ' read only'}; set local statement_timeout = ${SIMULATE_STATEMENT_TIMEOUT_MS}; set local work_mem = '64MB'; select set_config('relaycore_budgets.simulating', 'on', true)`)
         try {
           const proposed = writes ? await applyProposal(connection, proposal) : new Set<string>()
+          // Only a replay that can downgrade reads the calls again to price them on the cheaper model.
+          const downgrading = Object.keys(options.downgrades).length > 0 && await replay.downgradeInForce(connection)
           let state: ReplayState = {}
           const span = to.getTime() - from.getTime()
           for (let slice = 1; slice <= SLICES; slice++) {
@@ -115,7 +123,8 @@ export function createSimulator (sql: Sql, options: SimulateOptions) {
             const left = deadline - Date.now()
             if (left < 1) throw new AdminTimeoutError(SIMULATE_STATEMENT_TIMEOUT_MS)
             await connection.unsafe(`set local statement_timeout = ${left}`)
-            state = await replay.slice(connection, state, { from: sliceFrom, to: sliceTo, rangeFrom: from, cheapModels: options.cheapModels, downgrades: options.downgrades }, run.signal)
+            const repriced = downgrading ? repricedCalls(await replay.downgradableCalls(connection, sliceFrom, sliceTo, Object.keys(options.downgrades), options.currency)) : { ids: [], costs: [] }
+            state = await replay.slice(connection, state, { from: sliceFrom, to: sliceTo, rangeFrom: from, cheapModels: options.cheapModels, downgrades: options.downgrades, repriced }, run.signal)
             run.onProgress?.({ type: 'progress', slice, slices: SLICES, events: state.events ?? 0, through: sliceTo.toISOString() })
           }
           const names = await replay.budgetNames(connection, (state.windows ?? []).map((window) => window.b))
@@ -130,6 +139,26 @@ export function createSimulator (sql: Sql, options: SimulateOptions) {
       } finally {
         connection.release()
       }
+  }
+
+  /**
+   * Each call priced as the gate prices a usage (costFromUsage), on the model auto-downgrade switches its model
+   * to, at the rates in force when it was made, from the tokens its provider reported. A call whose usage
+   * cannot be priced so is left out: the replay counts it at its recorded cost and says so.
+   */
+  function repricedCalls (calls: DowngradableCall[]): { ids: string[], costs: string[] } {
+    const ids: string[] = []
+    const costs: string[] = []
+    for (const call of calls) {
+      const cheaper = Object.hasOwn(options.downgrades, call.model) ? options.downgrades[call.model] : undefined
+      if (cheaper === undefined || cheaper === call.model) continue
+      const tokens = reportedTokens(call.metadata)
+      const cost = tokens === null ? null : costFromUsage({ model: cheaper, ...tokens }, options.prices, call.occurredAt)
+      if (cost === null) continue
+      ids.push(call.id)
+      costs.push(cost)
+    }
+    return { ids, costs }
   }
 
   /**
@@ -160,6 +189,23 @@ export function createSimulator (sql: Sql, options: SimulateOptions) {
       proposed.add((await registry.updateBudget(change.id, change.changes, { actor: 'simulate', requestId: null })).id)
     }
     return proposed
+  }
+}
+
+/**
+ * The tokens a gated call's usage metadata reports (lib/http/gate/charge.ts writes them; costFromUsage checks
+ * the counts); null when its price multiplier is not the "numerator/denominator" the gate writes.
+ */
+function reportedTokens (metadata: Record<string, unknown>): Omit<TokenUsage, 'model'> | null {
+  const multiplier = typeof metadata.priceMultiplier === 'string' ? /^(\d{1,15})\/(\d{1,15})$/.exec(metadata.priceMultiplier) : null
+  if (metadata.priceMultiplier !== undefined && multiplier === null) return null
+  return {
+    inputTokens: metadata.inputTokens as number,
+    outputTokens: metadata.outputTokens as number,
+    cachedInputTokens: metadata.cachedInputTokens as number | undefined,
+    cacheWriteTokens: metadata.cacheWriteTokens as number | undefined,
+    cacheWrite1hTokens: metadata.cacheWrite1hTokens as number | undefined,
+    priceMultiplier: multiplier === null ? undefined : { numerator: Number(multiplier[1]), denominator: Number(multiplier[2]) }
   }
 }
 

@@ -23,8 +23,12 @@ language sql immutable parallel safe as $$
   select min(x.threshold) from unnest(p_thresholds, p_bases, p_crossed) as x(threshold, basis, crossed) where x.basis = 'current' and not x.crossed
 $$;
 
+-- p_repriced_ids, p_repriced_costs: the gated calls of the slice priced on the model auto-downgrade would
+-- have sent them to (lib/simulate/simulator.ts prices them with the gate's price book, from the tokens their
+-- usage reported), in the record's currency. A call the replay downgrades adds that cost instead of its own.
+drop function if exists budget_simulate_slice(jsonb, timestamptz, timestamptz, timestamptz, text[], jsonb);
 create or replace function budget_simulate_slice(p_state jsonb, p_from timestamptz, p_to timestamptz, p_range_from timestamptz,
-                                                 p_cheap_models text[], p_downgrades jsonb)
+                                                 p_cheap_models text[], p_downgrades jsonb, p_repriced_ids uuid[], p_repriced_costs numeric[])
 returns jsonb language plpgsql stable as $$
 declare
   -- windows: one per (budget, period start) met so far
@@ -110,11 +114,15 @@ begin
     -- the budgets it was recorded on, and refuses nothing
     select u.occurred_at as at, case when u.metadata ? 'estimatedCost' then 0 else 2 end as kind, u.id, null::bigint as refusal_id,
            u.amount, u.currency, (u.metadata ->> 'estimatedCost')::numeric as estimate,
-           u.organization_id, u.team_id, u.user_id, u.project_id, u.model_id as model, u.metadata -> 'tags' as tags
+           -- the model the caller asked for (a call the gate downgraded ran on, and is recorded at, the cheaper one);
+           -- a call the gate downgraded costs what it cost if the replay downgrades it too
+           u.organization_id, u.team_id, u.user_id, u.project_id, coalesce(u.metadata ->> 'requestedModel', u.model_id) as model, u.metadata -> 'tags' as tags,
+           coalesce(r.cost, case when u.metadata ? 'requestedModel' then u.amount end) as repriced, u.metadata ? 'requestedModel' as downgraded
     from budget_usage_records u
+    left join unnest(p_repriced_ids, p_repriced_costs) as r(id, cost) on r.id = u.id
     where u.occurred_at >= p_from and u.occurred_at < p_to
     union all
-    select d.at, 1, null::uuid, d.id, null::numeric, d.currency, d.estimate, d.organization_id, d.team_id, d.user_id, d.project_id, coalesce(d.requested_model, d.model), d.tags
+    select d.at, 1, null::uuid, d.id, null::numeric, d.currency, d.estimate, d.organization_id, d.team_id, d.user_id, d.project_id, coalesce(d.requested_model, d.model), d.tags, null, false
     from budget_decision_log d
     -- a rate limit's refusal is not replayed (rate limits are not): the call is left out
     where d.at >= p_from and d.at < p_to and d.outcome = 'refused' and d.code <> 'rate_limit_exceeded'
@@ -259,7 +267,7 @@ begin
                     when code is not null and (downgrade is null or code not in ('budget_exceeded', 'call_cost_cap_exceeded', 'estimate_out_of_range', 'model_restricted')) then 'refused'
                     else 'downgraded' end;
     if outcome = 'downgraded' then
-      unknowns := jsonb_set(unknowns, '{downgradedCost}', 'true');
+      unknowns := jsonb_set(unknowns, case when e.repriced is null then '{downgradedCost}' else '{downgradedRepriced}' end::text[], 'true');
       if refusing is null then refusing := 1; code := 'auto_downgrade'; end if;
     end if;
 
@@ -280,12 +288,15 @@ begin
     end if;
 
     continue when outcome = 'refused';
+    -- a call the gate downgraded that the replay lets through on the model it asked for: recorded at the cheaper model's cost
+    if e.kind = 0 and e.downgraded and outcome is null then unknowns := jsonb_set(unknowns, '{upgradedCost}', 'true'); end if;
     -- a call refused in reality that would have gone ahead: its real cost is unknown, counted at its estimate
     if e.kind = 1 then unknowns := jsonb_set(unknowns, '{refusedInRealityAdmitted}', 'true'); end if;
     spent_version := spent_version + 1;
     for i in 1 .. ln loop
       w := l_windows[lb + i];
-      w_spent[w] := w_spent[w] + case when e.kind = 2 then l_amounts[lb + i] else budget_convert(coalesce(e.amount, e.estimate), l_rates[lb + i]) end;
+      w_spent[w] := w_spent[w] + case when e.kind = 2 then l_amounts[lb + i]
+                                      else budget_convert(coalesce(case when outcome = 'downgraded' then e.repriced end, e.amount, e.estimate), l_rates[lb + i]) end;
       w_calls[w] := w_calls[w] + 1;
       continue when w_next[w] is null or not budget_alert_reached(w_spent[w], w_next[w], w_amount[w]);
       -- projected alerts are not replayed (their window said so when it was met)
