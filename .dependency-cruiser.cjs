@@ -16,7 +16,7 @@ const below = {
   metrics: ['usage'],
   'provider-costs': ['audit'],
   reconciliation: ['audit'],
-  simulate: ['audit', 'budgets'],
+  simulate: ['audit', 'budgets', 'pricing'],
   http: ['audit', 'budgets', 'usage', 'pricing', 'model-apis', 'currencies', 'reports', 'gate', 'alerts', 'metrics', 'provider-costs', 'reconciliation', 'simulate']
 }
 const entry = (domains) => domains.map((domain) => `^lib/${domain}/index\\.ts$`)
