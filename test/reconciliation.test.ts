@@ -188,9 +188,13 @@ t.test('true-up: one correction at noon UTC, exact; the same twice stores once; 
   await importCsv(app, [`${YESTERDAY},mistral,acme,proj_a,9.5,USD`])
   t.same(await trueUp(), { status: 'adjusted', usageId: created.usageId, amount: '-0.5000000000', previous: '15.0000000000' })
   t.equal(await status(), '9.5', 'a provider that billed less corrects down')
-  t.equal((await records()).length, 1, 'still one record, adjusted in place')
+  t.same((await records()).map((row) => row.amount), ['2.3456789012', '12.6543210988', '-15.5000000000'],
+    'each move is one more record for the change, none rewritten')
+  const adjusting = await app.sql`select distinct metadata ->> 'adjusts' as adjusts from budget_usage_records where correction and metadata ? 'adjusts'`
+  t.same(adjusting.map((row) => row.adjusts), [created.usageId], 'each names the correction it adjusts')
   const listed = await ok<{ records?: Array<{ amount: string, source: string }>, usage?: Array<{ amount: string, source: string }> }>(app, 'GET', `/${team}/usage`)
-  t.same((listed.records ?? listed.usage ?? []).filter((record) => record.source === 'reconciliation').map((record) => record.amount), ['-0.5'], 'the usage list shows the negative correction')
+  t.same((listed.records ?? listed.usage ?? []).filter((record) => record.source === 'reconciliation').map((record) => record.amount).sort(),
+    ['-15.5', '12.6543210988', '2.3456789012'], 'the usage list shows the correction\'s records, the negative change too')
   const spendReport = await app.admin({ method: 'GET', url: `${PREFIX}/reports/spend?from=${YESTERDAY}T00:00:00Z&to=${TODAY}T00:00:00Z&groupBy=scope` })
   t.equal(spendReport.statusCode, 200, 'and the spend report reads it')
   await checkInvariants(t, app.sql, 'the windows\' spend is still the sum of their allocations after each adjustment')

@@ -66,7 +66,7 @@ language sql stable as $$
     select coalesce(sum(a.amount), 0) as amount
     from budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id
     where a.budget_id = l.budget_id and a.occurred_at >= l.day_start and a.occurred_at < l.day_start + interval '1 day'
-      and not (u.correction and exists (select 1 from budget_recon_corrections own where own.usage_id = u.id and own.budget_id = l.budget_id))
+      and not (u.correction and u.budget_id = l.budget_id)
   ) recorded
   left join lateral (
     select c.amount from budget_recon_corrections c where c.provider = l.provider and c.day = l.day and c.budget_id = l.budget_id
@@ -131,54 +131,61 @@ language sql stable as $$
   )
 $$;
 
--- Moves a correction written before to p_amount in place: the same usage record, its amount changed, counted
--- toward the same budgets at the rates and instant it was first counted at. The spend moves through the two
--- functions that own a window row's spend (record-spend.test.ts): the old allocations are taken out and their
--- windows put right by refresh_budget_status_cache (their drift is exactly what was taken out), then the new
--- amount is recorded by budget_record_spend, which keeps the money range and the crossing rule as for any
--- record. A crossing already active stays recorded once (the spend trigger only records crossings, alerts.sql).
--- The caller holds the day's true-up lock and has set relaycore_budgets.correcting. 22003 when the new
--- amount would take a window past numeric(28,10).
-create or replace function budget_recon_move_correction(p_correction_id bigint, p_usage_id uuid, p_amount numeric) returns void
-language plpgsql as $$
+-- Writes p_amount (in the budget's currency) into budget p_budget_id as one correction usage record at noon UTC
+-- of p_day, marked correction (never a hold), through budget_record_spend, the one owner of a window's spend
+-- (spend.sql): its money range, its crossing rule and its lock order, as for any usage record. A first
+-- correction counts toward the budget and its ancestors as its usage does (budget_usage_targets); an
+-- adjustment of one (p_adjusts, that correction's first record) counts toward the budgets that record counts
+-- toward, at its rates, so a correction stays one amount on one set of budgets however often it moves.
+-- Returns the record's id. 22003 when it would take a window past numeric(28,10).
+create or replace function budget_recon_write_correction(p_provider text, p_day date, p_budget_id uuid, p_amount numeric, p_adjusts uuid)
+returns uuid language plpgsql as $$
 declare
+  at timestamptz := (p_day::timestamp + interval '12 hours') at time zone 'UTC';
+  budget_currency text;
+  written uuid;
   budgets uuid[];
   rates numeric[];
-  instants timestamptz[];
-  win record;
   refused boolean;
 begin
-  -- The windows the correction counts in, locked in the lock order (settlements.sql) before any is written.
-  perform 1 from budget_status_cache c
-  join budget_usage_allocations a on a.budget_id = c.budget_id and a.occurred_at >= c.period_start and a.occurred_at < c.period_end
-  where a.usage_id = p_usage_id
-  order by c.budget_id, c.period_start
-  for update of c;
-  with taken as (
-    delete from budget_usage_allocations a where a.usage_id = p_usage_id
-    returning a.budget_id, a.exchange_rate, a.occurred_at
-  )
-  select array_agg(t.budget_id order by t.budget_id), array_agg(t.exchange_rate order by t.budget_id), array_agg(t.occurred_at order by t.budget_id)
-  into budgets, rates, instants from taken t;
-  for win in
-    select c.budget_id, c.period_start, c.period_end from budget_status_cache c
-    join unnest(budgets, instants) as x(budget_id, occurred_at) on x.budget_id = c.budget_id
-      and x.occurred_at >= c.period_start and x.occurred_at < c.period_end
-    order by c.budget_id, c.period_start
-  loop
-    perform refresh_budget_status_cache(win.budget_id, win.period_start, win.period_end);
-  end loop;
-  update budget_usage_records u set amount = p_amount where u.id = p_usage_id;
-  update budget_recon_corrections c set amount = p_amount, updated_at = clock_timestamp() where c.id = p_correction_id;
-  -- a correction is always counted toward its own budget at least (budget_recon_true_up)
-  if budgets is null then return; end if;
+  select b.currency into budget_currency from budget_definitions b where b.id = p_budget_id;
+  insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, occurred_at, allocated_by_settlement, correction)
+  values (p_budget_id, p_amount, budget_currency, 'reconciliation',
+          case when p_adjusts is null then 'true-up to the ' else 'true-up adjusted to the ' end || p_provider || ' bill of ' || p_day::text,
+          jsonb_build_object('provider', p_provider, 'day', p_day::text, 'correction', true)
+            || case when p_adjusts is null then '{}'::jsonb else jsonb_build_object('adjusts', p_adjusts) end,
+          at, true, true)
+  returning id into written;
+  if p_adjusts is null then
+    select array_agg(t.budget_id), array_agg(t.exchange_rate) into budgets, rates
+    from budget_usage_targets(p_budget_id, '{}', null, null, budget_currency, at) t;
+  else
+    select array_agg(a.budget_id order by a.budget_id), array_agg(a.exchange_rate order by a.budget_id) into budgets, rates
+    from budget_usage_allocations a where a.usage_id = p_adjusts;
+  end if;
   select bool_or(s.charged is null) into refused
-  from budget_record_spend(array_fill(1::bigint, array[cardinality(budgets)]), array_fill(p_usage_id, array[cardinality(budgets)]), budgets,
-                           array_fill(p_amount, array[cardinality(budgets)]), rates, instants, '{}', '{}', false) s;
+  from budget_record_spend(array_fill(1::bigint, array[cardinality(budgets)]), array_fill(written, array[cardinality(budgets)]), budgets,
+                           array_fill(p_amount, array[cardinality(budgets)]), rates,
+                           array_fill(at, array[cardinality(budgets)]), '{}', '{}', false) s;
   if refused then
     raise exception using errcode = 'numeric_value_out_of_range', message = 'numeric field overflow',
       detail = 'the correction would take an amount counted toward a budget past numeric(28,10)';
   end if;
+  return written;
+end $$;
+
+-- Moves a correction written before to p_amount: the change is written as one more correction record that
+-- adjusts the first (budget_recon_write_correction), so the records of a correction always sum to it, each
+-- window is written once by the owner of its spend, and no record already counted is rewritten. The caller
+-- holds the day's true-up lock and has set relaycore_budgets.correcting.
+create or replace function budget_recon_move_correction(p_correction_id bigint, p_usage_id uuid, p_amount numeric) returns void
+language plpgsql as $$
+declare
+  correction record;
+begin
+  select c.provider, c.day, c.budget_id, c.amount into correction from budget_recon_corrections c where c.id = p_correction_id;
+  perform budget_recon_write_correction(correction.provider, correction.day, correction.budget_id, p_amount - correction.amount, p_usage_id);
+  update budget_recon_corrections c set amount = p_amount, updated_at = clock_timestamp() where c.id = p_correction_id;
 end $$;
 
 -- A correction reaches the budget's ancestors (as any of its spend does), and an ancestor's recorded amount
@@ -219,10 +226,10 @@ begin
   end loop;
 end $$;
 
--- Writes the invoice's difference for one provider, UTC day and budget as ONE correction usage record at
--- noon UTC of the day (marked correction, never a hold), or adjusts the one written before in place
--- (budget_recon_move_correction). So a true-up run twice stores once, and a corrected bucket moves the
--- correction. The correction counts in its own day's window, and may take a hard budget past its limit (it
+-- Writes the invoice's difference for one provider, UTC day and budget as ONE correction at noon UTC of the
+-- day (a usage record marked correction, never a hold), or moves the one written before to the new difference
+-- (budget_recon_move_correction: one more record for the change). So a true-up run twice stores nothing new,
+-- and a corrected bucket moves the correction. The correction counts in its own day's window, and may take a hard budget past its limit (it
 -- is the invoice). An ended window's alerts stay as they were: the alert trigger (alerts.sql) skips an ended
 -- window while this runs. Then the ancestors trued up before for the day are trued up again
 -- (budget_recon_true_up_ancestors): one row each (status 'ancestor') follows the budget's own row.
@@ -239,11 +246,7 @@ language plpgsql as $$
 declare
   line record;
   existing record;
-  budget budget_definitions;
   at timestamptz := (p_day::timestamp + interval '12 hours') at time zone 'UTC';
-  budgets uuid[];
-  rates numeric[];
-  refused boolean;
   new_usage uuid;
 begin
   -- Every true-up of one day waits for the others: a true-up moves its ancestors' corrections of the day
@@ -263,7 +266,6 @@ begin
     raise exception 'no exchange rate from % to % in force at %', line.missing_rate, line.currency, at
       using errcode = 'RB001', detail = line.missing_rate || '/' || line.currency;
   end if;
-  select * into budget from budget_definitions b where b.id = p_budget_id;
   select c.id, c.usage_id, c.amount into existing from budget_recon_corrections c
   where c.provider = p_provider and c.day = p_day and c.budget_id = p_budget_id for update;
 
@@ -274,20 +276,7 @@ begin
       return query select 'unchanged'::text, p_budget_id, null::uuid, 0::numeric, null::numeric;
       return;
     end if;
-    insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, occurred_at, allocated_by_settlement, correction)
-    values (p_budget_id, line.difference, budget.currency, 'reconciliation', 'true-up to the ' || p_provider || ' bill of ' || p_day::text,
-            jsonb_build_object('provider', p_provider, 'day', p_day::text, 'correction', true), at, true, true)
-    returning id into new_usage;
-    select array_agg(t.budget_id), array_agg(t.exchange_rate) into budgets, rates
-    from budget_usage_targets(p_budget_id, '{}', null, null, budget.currency, at) t;
-    select bool_or(s.charged is null) into refused
-    from budget_record_spend(array_fill(1::bigint, array[cardinality(budgets)]), array_fill(new_usage, array[cardinality(budgets)]), budgets,
-                             array_fill(line.difference, array[cardinality(budgets)]), rates,
-                             array_fill(at, array[cardinality(budgets)]), '{}', '{}', false) s;
-    if refused then
-      raise exception using errcode = 'numeric_value_out_of_range', message = 'numeric field overflow',
-        detail = 'the correction would take an amount counted toward a budget past numeric(28,10)';
-    end if;
+    new_usage := budget_recon_write_correction(p_provider, p_day, p_budget_id, line.difference, null);
     insert into budget_recon_corrections (provider, day, budget_id, usage_id, amount)
     values (p_provider, p_day, p_budget_id, new_usage, line.difference);
     return query select 'created'::text, p_budget_id, new_usage, line.difference, null::numeric;

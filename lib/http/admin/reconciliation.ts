@@ -96,8 +96,8 @@ export const reconciliationRoutes: FastifyPluginAsyncTypebox<{ reconciliation: R
   app.post('/reconciliation/true-up', {
     schema: {
       summary: 'True a budget up to the provider\'s bill',
-      description: 'Writes the day\'s difference into the budget as one correction usage record at noon UTC of the day (never a hold), or adjusts the one written ' +
-        'before: the same true-up twice stores once. It counts in its own day\'s period, fires no alerts for a period that has ended, and may take a hard ' +
+      description: 'Writes the day\'s difference into the budget as one correction, a usage record at noon UTC of the day (never a hold), or adjusts the one written ' +
+        'before by one more record for the change: the same true-up twice stores nothing new. It counts in its own day\'s period, fires no alerts for a period that has ended, and may take a hard ' +
         'budget past its limit (it is the invoice). Only for a mapping with trueUp and a budget without model or tag filters. Audited (true-up).',
       tags: ['reconciliation'],
       body: TrueUpBody,
