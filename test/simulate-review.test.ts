@@ -182,7 +182,7 @@ t.test('the verdict memo: a caller refused at 23:59 by an exhausted day, or by a
   for (const at of instants) {
     await gateway.sql`
       insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, idempotency_key, also_counts_toward, occurred_at, recorded_at, allocated_by_settlement)
-      select u.budget_id, u.amount, u.currency, u.source, u.description, u.metadata || jsonb_build_object('estimatedCost', u.amount), gen_random_uuid()::text,
+      select u.budget_id, u.amount, u.currency, u.source, u.description, u.metadata || jsonb_build_object('estimatedCost', u.amount::text), gen_random_uuid()::text,
              u.also_counts_toward, ${at}, now(), true
       from budget_usage_records u where u.budget_id = ${budget.id} and u.occurred_at > now() - interval '10 minutes'`
   }

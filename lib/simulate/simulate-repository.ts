@@ -66,13 +66,16 @@ export function createSimulateRepository () {
       return row!.any
     },
 
-    /** The slice's gated calls, in the price currency, on a model auto-downgrade switches (the replay's own range read). */
+    /**
+     * The slice's gated calls, in the price currency, on a model auto-downgrade switches (the replay's own range
+     * read). Not a call the gate downgraded: it ran on the cheaper model, and costs what it cost.
+     */
     async downgradableCalls (connection: ReservedSql, from: Date, to: Date, models: string[], currency: string): Promise<DowngradableCall[]> {
       return await connection<DowngradableCall[]>`
         select u.id, u.model_id as model, u.occurred_at as "occurredAt", u.metadata
         from budget_usage_records u
         where u.occurred_at >= ${from} and u.occurred_at < ${to} and u.metadata ? 'estimatedCost'
-          and u.model_id = any(${models}::text[]) and u.currency = ${currency}`
+          and u.model_id = any(${models}::text[]) and u.currency = ${currency} and not (u.metadata ? 'requestedModel')`
     },
 
     /** The name and currency of each budget, as the transaction sees them (a proposed budget included). */

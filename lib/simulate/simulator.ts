@@ -16,6 +16,8 @@ import { costFromUsage, type PriceBook, type TokenUsage } from '../pricing/index
 import { createSimulateRepository, type DowngradableCall, type ReplayState } from './simulate-repository.js'
 
 const checkRequestShape = shapeCheck(SimulateRequest)
+/** 10^18 in units of 10^-10: numeric(28,10)'s bound. */
+const MONEY_LIMIT_UNITS = 10n ** 28n
 
 /** Past this, PostgreSQL cancels the replay (the transaction rolls back and nothing was changed anyway). */
 export const SIMULATE_STATEMENT_TIMEOUT_MS = 60_000
@@ -62,6 +64,7 @@ export class SimulationCancelledError extends Error {
 const UNKNOWNS: Record<string, string> = {
   spendBeforeRange: 'A period that began before `from` starts from the spend recorded toward the budget before `from`, not from a replay of it.',
   downgradedRepriced: 'A call auto-downgrade would have sent to a cheaper model is priced at the cheaper model\'s rates from the same usage (the tokens the model it really used reported): what the cheaper model would have used is unknown.',
+  downgradeHeldAtCost: 'A call auto-downgrade would have switched is held on the cheaper model at its cost there, not at the cheaper model\'s estimate (the request is not stored): where the estimate would not have fit, the replay may let through a call the gate refused.',
   downgradedCost: 'A call auto-downgrade would have sent to a cheaper model, whose recorded usage cannot be priced on that model (no tokens, another currency, or a model the price book does not know), is counted at its recorded cost.',
   upgradedCost: 'A call auto-downgrade sent to a cheaper model in reality, which the replay lets through on the model it asked for, is counted at its recorded cost on the cheaper model: its cost on the model it asked for is unknown.',
   refusedInRealityAdmitted: 'A call that was refused in reality and would have gone ahead is counted at its estimate: it never ran, so its real cost is unknown.',
@@ -154,7 +157,8 @@ export function createSimulator (sql: Sql, options: SimulateOptions) {
       if (cheaper === undefined || cheaper === call.model) continue
       const tokens = reportedTokens(call.metadata)
       const cost = tokens === null ? null : costFromUsage({ model: cheaper, ...tokens }, options.prices, call.occurredAt)
-      if (cost === null) continue
+      // a cost no money column holds (hostile token counts) is no price: the call keeps its recorded cost
+      if (cost === null || toUnits(cost) >= MONEY_LIMIT_UNITS) continue
       ids.push(call.id)
       costs.push(cost)
     }

@@ -112,14 +112,17 @@ begin
     from (
     -- kind 0, a gated call's usage record; kind 2, usage recorded through the API (not gated): it counts toward
     -- the budgets it was recorded on, and refuses nothing
-    select u.occurred_at as at, case when u.metadata ? 'estimatedCost' then 0 else 2 end as kind, u.id, null::bigint as refusal_id,
-           u.amount, u.currency, (u.metadata ->> 'estimatedCost')::numeric as estimate,
+    -- (a gated call's estimate is the decimal string the gate writes; anything else there is API usage's own metadata)
+    select u.occurred_at as at, case when g.gated then 0 else 2 end as kind, u.id, null::bigint as refusal_id,
+           u.amount, u.currency, case when g.gated then (u.metadata ->> 'estimatedCost')::numeric end as estimate,
            -- the model the caller asked for (a call the gate downgraded ran on, and is recorded at, the cheaper one);
            -- a call the gate downgraded costs what it cost if the replay downgrades it too
            u.organization_id, u.team_id, u.user_id, u.project_id, coalesce(u.metadata ->> 'requestedModel', u.model_id) as model, u.metadata -> 'tags' as tags,
-           coalesce(r.cost, case when u.metadata ? 'requestedModel' then u.amount end) as repriced, u.metadata ? 'requestedModel' as downgraded
+           coalesce(r.cost, case when u.metadata ? 'requestedModel' then u.amount end) as repriced, g.gated and u.metadata ? 'requestedModel' as downgraded
     from budget_usage_records u
     left join unnest(p_repriced_ids, p_repriced_costs) as r(id, cost) on r.id = u.id
+    cross join lateral (select jsonb_typeof(u.metadata -> 'estimatedCost') = 'string'
+                               and u.metadata ->> 'estimatedCost' ~ '^[0-9]{1,18}(\.[0-9]{1,10})?$' as gated) g
     where u.occurred_at >= p_from and u.occurred_at < p_to
     union all
     select d.at, 1, null::uuid, d.id, null::numeric, d.currency, d.estimate, d.organization_id, d.team_id, d.user_id, d.project_id, coalesce(d.requested_model, d.model), d.tags, null, false
@@ -258,8 +261,11 @@ begin
     -- auto-downgrade: the cheaper model takes the call (a refusal for room, a cap, a range or a model), as decide() does
     downgrade := null;
     if p_downgrades ? e.model then
+      -- a shadow budget's actions are verdicts only: the gate reads the others' (decideChecks)
       for i in 1 .. ln loop
-        if w_actions[l_windows[lb + i]] like '% auto-downgrade %' then downgrade := p_downgrades ->> e.model; exit; end if;
+        if w_enforcement[l_windows[lb + i]] <> 'shadow' and w_actions[l_windows[lb + i]] like '% auto-downgrade %' then
+          downgrade := p_downgrades ->> e.model; exit;
+        end if;
       end loop;
       if downgrade = e.model then downgrade := null; end if;
     end if;
@@ -269,6 +275,19 @@ begin
     if outcome = 'downgraded' then
       unknowns := jsonb_set(unknowns, case when e.repriced is null then '{downgradedCost}' else '{downgradedRepriced}' end::text[], 'true');
       if refusing is null then refusing := 1; code := 'auto_downgrade'; end if;
+      unknowns := jsonb_set(unknowns, '{downgradeHeldAtCost}', 'true');
+      -- The gate holds the cheaper call again, and refuses it when it does not fit either. The cheaper model's
+      -- estimate is not stored (the request is not), so the replay holds what the call costs on it: its
+      -- repriced cost, else its recorded cost, else (a call that never ran) its estimate.
+      for i in 1 .. ln loop
+        w := l_windows[lb + i];
+        continue when w_enforcement[w] = 'shadow' or l_rates[lb + i] is null;
+        held := budget_hold_amount(coalesce(e.repriced, e.amount, e.estimate), l_rates[lb + i], w_spent[w], 0);
+        if held is null or not budget_fits(w_enforcement[w], w_amount[w], w_spent[w], 0, held) then
+          outcome := 'refused'; refusing := i; code := case when held is null then 'estimate_out_of_range' else 'budget_exceeded' end;
+          exit;
+        end if;
+      end loop;
     end if;
 
     if outcome is not null then
