@@ -124,6 +124,9 @@ begin
     cross join lateral (select jsonb_typeof(u.metadata -> 'estimatedCost') = 'string'
                                and u.metadata ->> 'estimatedCost' ~ '^[0-9]{1,18}(\.[0-9]{1,10})?$' as gated) g
     where u.occurred_at >= p_from and u.occurred_at < p_to
+      -- a true-up's correction is replayed as one event, at what it is now: its adjustments (reconciliation.sql)
+      -- are summed into its first record below, never replayed one by one in an order of random ids
+      and not (u.correction and u.metadata ? 'adjusts')
     union all
     select d.at, 1, null::uuid, d.id, null::numeric, d.currency, d.estimate, d.organization_id, d.team_id, d.user_id, d.project_id, coalesce(d.requested_model, d.model), d.tags, null, false
     from budget_decision_log d
@@ -145,11 +148,14 @@ begin
           e.currency, e.at, e.model, e.tags) l
         where e.kind <> 2
         union all
-        select al.budget_id, w.period_start, w.period_end, al.amount, true, 0
+        select al.budget_id, w.period_start, w.period_end, sum(al.amount), true, 0
         from budget_usage_allocations al
         join budget_definitions d on d.id = al.budget_id and d.deleted_at is null
         cross join lateral budget_window(d, e.at) w
-        where e.kind = 2 and al.usage_id = e.id::uuid) x
+        where e.kind = 2 and al.usage_id in (select e.id union all
+                                             select adjustment.id from budget_usage_records adjustment
+                                             where adjustment.occurred_at = e.at and adjustment.correction and adjustment.metadata ->> 'adjusts' = e.id::text)
+        group by al.budget_id, w.period_start, w.period_end) x
         order by x.scope_matched desc, x.scope_rank, x.budget_id
       loop
         key := a.budget_id::text || '|' || a.period_start::text;
