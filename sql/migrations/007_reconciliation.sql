@@ -28,8 +28,9 @@ alter table budget_usage_records drop constraint budget_usage_records_amount_che
 alter table budget_usage_records add constraint budget_usage_records_amount_check check (amount > 0 or correction) not valid;
 alter table budget_usage_records validate constraint budget_usage_records_amount_check;
 
--- One correction per provider, day and budget: trued up again, the same row is adjusted in place (its usage
--- record's amount and allocations move by the change), so a true-up run twice stores once.
+-- One correction per provider, day and budget: trued up again, the same row takes the new amount (the change
+-- is one more correction record, reconciliation.sql), so a true-up run twice stores nothing new. usage_id is
+-- the correction's first record.
 create table budget_recon_corrections (
   id          bigint generated always as identity primary key,
   provider    text not null,
