@@ -4,18 +4,8 @@
 // intermediate spend, a move that fits refused at one, and a window row made after the rows locked first.
 import t from 'tap'
 import { buildApp, PREFIX, snapshotTables, type TestApp } from './fixtures/app.js'
+import { TWO_DAYS_AGO, YESTERDAY, importCsv, ok } from './fixtures/reconciliation.js'
 import { findViolations } from './fixtures/invariants.js'
-
-const DAY_MS = 86_400_000
-const dayBefore = (days: number): string => new Date(Date.now() - days * DAY_MS).toISOString().slice(0, 10)
-const YESTERDAY = dayBefore(1)
-const TWO_DAYS_AGO = dayBefore(2)
-
-async function ok<T> (app: TestApp, method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, body?: unknown, status = 200): Promise<T> {
-  const response = await app.admin({ method, url: `${PREFIX}${url}`, ...(body === undefined ? {} : { body: body as Record<string, unknown> }) })
-  if (response.statusCode !== status) throw new Error(`${method} ${url} answered ${response.statusCode}: ${response.body}`)
-  return (response.body === '' ? undefined : response.json()) as T
-}
 
 // A monthly window stepped from two days ago: it holds yesterday's correction and is the window of now.
 async function budget (app: TestApp, overrides: Record<string, unknown> = {}): Promise<string> {
@@ -23,11 +13,6 @@ async function budget (app: TestApp, overrides: Record<string, unknown> = {}): P
     name: 'Team budget', scopeType: 'team', scopeId: 'team-a', amount: '100', currency: 'USD', period: 'monthly', startDate: TWO_DAYS_AGO, ...overrides
   }, 201)
   return created.id
-}
-
-async function importCsv (app: TestApp, lines: string[]): Promise<void> {
-  const response = await app.admin({ method: 'POST', url: `${PREFIX}/provider-costs/import`, headers: { 'content-type': 'text/csv' }, payload: ['date,provider,account,project,amount,currency', ...lines].join('\n') })
-  if (response.statusCode !== 200) throw new Error(`import answered ${response.statusCode}: ${response.body}`)
 }
 
 t.test('a negative correction moved in the current window fires no alert its spend never reaches', async (t) => {

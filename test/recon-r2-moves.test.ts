@@ -1,27 +1,14 @@
 // Review 2: several moves of child and parent corrections; figures, idempotency, invariants.
 import t from 'tap'
-import { buildApp, PREFIX, snapshotTables, type TestApp } from './fixtures/app.js'
+import { buildApp, snapshotTables, type TestApp } from './fixtures/app.js'
+import { TWO_DAYS_AGO, YESTERDAY, importCsv, ok } from './fixtures/reconciliation.js'
 import { findViolations } from './fixtures/invariants.js'
 
-const DAY_MS = 86_400_000
-const dayBefore = (days: number): string => new Date(Date.now() - days * DAY_MS).toISOString().slice(0, 10)
-const YESTERDAY = dayBefore(1)
-const TWO_DAYS_AGO = dayBefore(2)
-
-async function ok<T> (app: TestApp, method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, body?: unknown, status = 200): Promise<T> {
-  const response = await app.admin({ method, url: `${PREFIX}${url}`, ...(body === undefined ? {} : { body: body as Record<string, unknown> }) })
-  if (response.statusCode !== status) throw new Error(`${method} ${url} answered ${response.statusCode}: ${response.body}`)
-  return (response.body === '' ? undefined : response.json()) as T
-}
 async function budget (app: TestApp, overrides: Record<string, unknown> = {}): Promise<string> {
   const created = await ok<{ id: string }>(app, 'POST', '', {
     name: 'Team budget', scopeType: 'team', scopeId: 'team-a', amount: '100000', currency: 'USD', period: 'monthly', startDate: TWO_DAYS_AGO, ...overrides
   }, 201)
   return created.id
-}
-async function importCsv (app: TestApp, lines: string[]): Promise<void> {
-  const response = await app.admin({ method: 'POST', url: `${PREFIX}/provider-costs/import`, headers: { 'content-type': 'text/csv' }, payload: ['date,provider,account,project,amount,currency', ...lines].join('\n') })
-  if (response.statusCode !== 200) throw new Error(`import answered ${response.statusCode}: ${response.body}`)
 }
 interface Line { budgetId: string, providerAmount: string, recordedAmount: string, correction: string | null, difference: string, ratio: string | null }
 async function lines (app: TestApp): Promise<Line[]> {

@@ -1,21 +1,7 @@
 // Review 2: a moved correction is replayed as one event at what it is now (its adjustments summed into its first record), not record by record in uuid order.
 import t from 'tap'
-import { buildApp, PREFIX, type TestApp } from './fixtures/app.js'
-
-const DAY_MS = 86_400_000
-const dayBefore = (days: number): string => new Date(Date.now() - days * DAY_MS).toISOString().slice(0, 10)
-const YESTERDAY = dayBefore(1)
-const TWO_DAYS_AGO = dayBefore(2)
-
-async function ok<T> (app: TestApp, method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, body?: unknown, status = 200): Promise<T> {
-  const response = await app.admin({ method, url: `${PREFIX}${url}`, ...(body === undefined ? {} : { body: body as Record<string, unknown> }) })
-  if (response.statusCode !== status) throw new Error(`${method} ${url} answered ${response.statusCode}: ${response.body}`)
-  return (response.body === '' ? undefined : response.json()) as T
-}
-async function importCsv (app: TestApp, lines: string[]): Promise<void> {
-  const response = await app.admin({ method: 'POST', url: `${PREFIX}/provider-costs/import`, headers: { 'content-type': 'text/csv' }, payload: ['date,provider,account,project,amount,currency', ...lines].join('\n') })
-  if (response.statusCode !== 200) throw new Error(`import answered ${response.statusCode}: ${response.body}`)
-}
+import { buildApp } from './fixtures/app.js'
+import { TWO_DAYS_AGO, YESTERDAY, importCsv, ok } from './fixtures/reconciliation.js'
 
 t.test('a correction moved 150 -> 60: the replay crosses 80% at noon on a window whose records sum to 60', async (t) => {
   const app = await buildApp(t)

@@ -2,27 +2,13 @@
 // (it fails until the defect is fixed), against real PostgreSQL.
 import t from 'tap'
 import { buildApp, PREFIX, type TestApp } from './fixtures/app.js'
-
-const DAY_MS = 86_400_000
-const dayBefore = (days: number): string => new Date(Date.now() - days * DAY_MS).toISOString().slice(0, 10)
-const YESTERDAY = dayBefore(1)
-
-async function ok<T> (app: TestApp, method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, body?: unknown, status = 200): Promise<T> {
-  const response = await app.admin({ method, url: `${PREFIX}${url}`, ...(body === undefined ? {} : { body: body as Record<string, unknown> }) })
-  if (response.statusCode !== status) throw new Error(`${method} ${url} answered ${response.statusCode}: ${response.body}`)
-  return (response.body === '' ? undefined : response.json()) as T
-}
+import { YESTERDAY, importCsv, ok } from './fixtures/reconciliation.js'
 
 async function budget (app: TestApp, overrides: Record<string, unknown> = {}): Promise<string> {
   const created = await ok<{ id: string }>(app, 'POST', '', {
     name: 'Team budget', scopeType: 'team', scopeId: 'team-a', amount: '1000', currency: 'USD', period: 'monthly', startDate: '2024-01-01', ...overrides
   }, 201)
   return created.id
-}
-
-async function importCsv (app: TestApp, lines: string[]): Promise<void> {
-  const response = await app.admin({ method: 'POST', url: `${PREFIX}/provider-costs/import`, headers: { 'content-type': 'text/csv' }, payload: ['date,provider,account,project,amount,currency', ...lines].join('\n') })
-  if (response.statusCode !== 200) throw new Error(`import answered ${response.statusCode}: ${response.body}`)
 }
 
 async function counted (app: TestApp, budgetId: string, day: string): Promise<string> {
