@@ -67,14 +67,15 @@ export function createSimulateRepository () {
     },
 
     /**
-     * The slice's gated calls, in the price currency, on a model auto-downgrade switches (the replay's own range
-     * read). Not a call the gate downgraded: it ran on the cheaper model, and costs what it cost.
+     * The slice's gated calls (an estimate as the gate writes it, a string: budget_simulate_slice's test), in the
+     * price currency, on a model auto-downgrade switches. Not a call the gate downgraded: it ran on the cheaper
+     * model, and costs what it cost.
      */
     async downgradableCalls (connection: ReservedSql, from: Date, to: Date, models: string[], currency: string): Promise<DowngradableCall[]> {
       return await connection<DowngradableCall[]>`
         select u.id, u.model_id as model, u.occurred_at as "occurredAt", u.metadata
         from budget_usage_records u
-        where u.occurred_at >= ${from} and u.occurred_at < ${to} and u.metadata ? 'estimatedCost'
+        where u.occurred_at >= ${from} and u.occurred_at < ${to} and jsonb_typeof(u.metadata -> 'estimatedCost') = 'string'
           and u.model_id = any(${models}::text[]) and u.currency = ${currency} and not (u.metadata ? 'requestedModel')`
     },
 
