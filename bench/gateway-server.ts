@@ -1,9 +1,10 @@
-// A minimal gateway for the gate benchmark, run as a process of its own: the plugin, one gated route,
+// A minimal gateway for the gate benchmark, run as a process of its own: the plugin as it ships (its build,
+// dist/: what a gateway runs, without tsx's per-closure naming), one gated route,
 // and the same route ungated, both answering a fixed provider reply (so every admitted call costs the
 // same, and the recorded spend can be checked exactly). Prints "listening <address>" when ready.
 import { Session } from 'node:inspector/promises'
 import Fastify from 'fastify'
-import budgets from '../lib/index.js'
+import budgets from '../dist/index.js'
 
 export const BENCH_ADMIN_TOKEN = 'bench-admin-token-0123456789'
 /** The provider's fixed answer: 10 prompt and 20 completion tokens of gpt-4o-mini. */

@@ -1,5 +1,6 @@
 // What the benchmarks share: a fresh database on a real PostgreSQL, a gateway process, timing, and a tidy exit.
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { readdirSync, statSync } from 'node:fs'
 import type { Sql } from 'postgres'
 import { createInterface } from 'node:readline'
 import { createTestDatabase } from '../test/fixtures/database.js'
@@ -52,8 +53,31 @@ export async function throughput (concurrency: number, durationMs: number, worke
 
 export const fmt = (value: number, digits = 2) => value.toFixed(digits)
 
+/** The newest modification time under `directory` (of files ending in `suffix`), 0 when there are none. */
+function newest (directory: string, suffix: string): number {
+  let time = 0
+  for (const entry of readdirSync(directory, { recursive: true, encoding: 'utf8' })) {
+    if (entry.endsWith(suffix)) time = Math.max(time, statSync(`${directory}/${entry}`).mtimeMs)
+  }
+  return time
+}
+
+/**
+ * The plugin's build (dist/), made again when a source in lib/ is newer: the gateway a benchmark loads runs
+ * what ships, as a gateway would (tsx names every closure it makes, which a hot path pays for per call).
+ */
+function ensureBuild (): void {
+  const root = new URL('..', import.meta.url).pathname
+  let built = 0
+  try { built = statSync(`${root}dist/index.js`).mtimeMs } catch {}
+  if (built > 0 && built >= newest(`${root}lib`, '.ts')) return
+  process.stderr.write('building the plugin (npm run build) for the benchmark gateway\n')
+  execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-p', `${root}tsconfig.build.json`], { stdio: 'inherit' })
+}
+
 /** Starts bench/gateway-server.ts on the database as a process of its own (node run with `nodeArgs` first); resolves with its address. */
 export async function startBenchGateway (databaseUrl: string, env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<{ url: string, child: ChildProcess }> {
+  ensureBuild()
   const script = new URL('./gateway-server.ts', import.meta.url).pathname
   const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', script], { env: { ...process.env, ...env, DATABASE_URL: databaseUrl }, stdio: ['ignore', 'pipe', 'inherit'] })
   for await (const line of createInterface({ input: child.stdout! })) {

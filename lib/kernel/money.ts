@@ -39,7 +39,8 @@ export function parseMoney (value: unknown, field: string): Money {
   if (integer.replace(/^0+/, '').length > MAX_INTEGER_DIGITS) {
     throw new InvalidFieldError(field, `has more than ${MAX_INTEGER_DIGITS} digits before the decimal point`)
   }
-  return fromUnits(toUnits(text))
+  // Read without keeping the text (toUnits keeps what it reads): a short text trimmed out of a long one would keep the long one alive.
+  return fromUnits(parseUnits(text))
 }
 
 /** Like parseMoney, and the amount must be greater than zero. */
@@ -54,8 +55,28 @@ const FRACTION_SCALE = Array.from({ length: MONEY_SCALE + 1 }, (_, digits) => 10
 // Digits a double holds exactly as an integer (2^53 has 16).
 const EXACT_DIGITS = 15
 
+// The gate reads the same few amounts on every call (a line's limits and spend, a model's estimate): each
+// text's units, and each amount's text, are kept once worked out, looked up (Map.get) and never reordered.
+// Full, a map is emptied, so a lookup stays cheap whatever was read before; only short texts are kept (a
+// decimal may come padded with zeros), so memory stays bounded too.
+const KEPT_AMOUNTS = 4096
+const KEPT_LENGTH = 48
+const unitsOfText = new Map<string, bigint>()
+const textOfUnits = new Map<bigint, Money>()
+
 /** The amount in units of 10^-MONEY_SCALE. Input must be a plain decimal (as stored or parsed). */
 export function toUnits (decimal: string): bigint {
+  if (decimal.length > KEPT_LENGTH) return parseUnits(decimal)
+  let units = unitsOfText.get(decimal)
+  if (units === undefined) {
+    units = parseUnits(decimal)
+    if (unitsOfText.size >= KEPT_AMOUNTS) unitsOfText.clear()
+    unitsOfText.set(decimal, units)
+  }
+  return units
+}
+
+function parseUnits (decimal: string): bigint {
   const negative = decimal.charCodeAt(0) === 45 // '-'
   const start = negative ? 1 : 0
   const point = decimal.indexOf('.', start)
@@ -86,6 +107,17 @@ function digitsOnly (text: string, from: number, to: number): boolean {
 }
 
 export function fromUnits (units: bigint): Money {
+  let text = textOfUnits.get(units)
+  if (text === undefined) {
+    text = formatUnits(units)
+    if (text.length > KEPT_LENGTH) return text
+    if (textOfUnits.size >= KEPT_AMOUNTS) textOfUnits.clear()
+    textOfUnits.set(units, text)
+  }
+  return text
+}
+
+function formatUnits (units: bigint): Money {
   const negative = units < 0n
   const magnitude = negative ? -units : units
   const integer = magnitude / SCALE_FACTOR

@@ -48,6 +48,16 @@ const MERGE_CACHE_SIZE = 0
 const PROCESS_PIECES = 20_000
 const pieceCounts = new Map<EncodingName, Map<string, number>>()
 
+// Short texts, as the split pattern cuts them, by encoding: a role ("user", "assistant") is in every message,
+// and splitting it again costs more than counting it. Each piece with where it starts, its UTF-8 bytes and
+// its tokens, so that a text met again is charged exactly as if it were split again (the charge of a
+// piece depends on the request's own pieces). Texts of at most SHORT_TEXT characters only: V8 copies
+// such a substring rather than pointing into its parent, so no key keeps a larger text alive.
+const SHORT_TEXT = 12
+const SPLIT_TEXTS = 4096
+interface SplitPiece { piece: string, index: number, bytes: number, tokens: number }
+const splitTexts = new Map<EncodingName, Map<string, SplitPiece[]>>()
+
 function encoding (name: EncodingName): Encoding {
   let loadedEncoding = loaded.get(name)
   if (loadedEncoding === undefined) {
@@ -55,6 +65,7 @@ function encoding (name: EncodingName): Encoding {
     loadedEncoding.setMergeCacheSize(MERGE_CACHE_SIZE)
     loaded.set(name, loadedEncoding)
     pieceCounts.set(name, new Map())
+    splitTexts.set(name, new Map())
   }
   return loadedEncoding
 }
@@ -62,6 +73,7 @@ function encoding (name: EncodingName): Encoding {
 /** Forgets the pieces counted so far in this process (benchmarks: the worst case, every piece new). */
 export function forgetCountedPieces (): void {
   for (const counts of pieceCounts.values()) counts.clear()
+  for (const texts of splitTexts.values()) texts.clear()
 }
 
 /** Loads, once, the encodings of the models named (the price table's), so that no call pays for it. */
@@ -155,7 +167,31 @@ export function tokenCounter (model: string, slices: Slices = newSlices(), windo
   // request is estimated the same in any process); whether the library is called for a new piece
   // depends on the process's map (a piece counted by an earlier request is not counted again).
   const pieces = new Map<string, number>()
+  const texts = splitTexts.get(name)!
   let left = MAX_TOKENIZED_WORK
+  /** A short text split before: its pieces charged and counted as the split below does, with no split. */
+  const countSplit = async (text: string, split: SplitPiece[]): Promise<number> => {
+    let tokens = 0
+    for (const { piece, index, bytes, tokens: counted } of split) {
+      const long = bytes > MAX_PIECE_BYTES
+      const known = long ? undefined : pieces.get(piece)
+      const work = PIECE_WORK + SEEN_EXTRA_BYTE_WORK * (bytes - piece.length) + (known !== undefined || long ? 0 : NEW_PIECE_WORK + workOf(piece, bytes))
+      if (work > left) {
+        left = 0
+        return tokens + Buffer.byteLength(text.slice(index), 'utf8')
+      }
+      left -= work
+      slices.spend(work)
+      if (long) tokens += bytes
+      else if (known !== undefined) tokens += known
+      else {
+        pieces.set(piece, counted)
+        tokens += counted
+      }
+      if (slices.due()) await slices.pause()
+    }
+    return tokens
+  }
   const count = async (text: string): Promise<number> => {
     left -= CALL_WORK
     slices.spend(CALL_WORK)
@@ -166,6 +202,11 @@ export function tokenCounter (model: string, slices: Slices = newSlices(), windo
       if (slices.due()) await slices.pause()
       return Buffer.byteLength(text, 'utf8')
     }
+    const short = text.length <= SHORT_TEXT && text.length <= window
+    const seen = short ? texts.get(text) : undefined
+    if (seen !== undefined) return await countSplit(text, seen)
+    // A short text is one segment: its pieces are noted as it is split, kept once all are counted.
+    const noting: SplitPiece[] | null = short ? [] : null
     // Piece by piece, by the library's own split pattern. The library merges each piece on its own, so
     // a piece counts alone what it counts in place; a long piece, and everything past the budget, count
     // their bytes. The pattern runs on segments of at most a window (split-windows.ts): one match of it
@@ -200,9 +241,13 @@ export function tokenCounter (model: string, slices: Slices = newSlices(), windo
           }
           left -= work
           slices.spend(work)
-          if (long) tokens += pieceBytes
-          else if (known !== undefined) tokens += known
-          else {
+          if (long) {
+            tokens += pieceBytes
+            noting?.push({ piece, index: match.index, bytes: pieceBytes, tokens: pieceBytes })
+          } else if (known !== undefined) {
+            tokens += known
+            noting?.push({ piece, index: match.index, bytes: pieceBytes, tokens: known })
+          } else {
             let counted = counts.get(piece)
             if (counted === undefined) {
               counted = countTokens(piece, ORDINARY)
@@ -211,6 +256,7 @@ export function tokenCounter (model: string, slices: Slices = newSlices(), windo
             }
             pieces.set(piece, counted)
             tokens += counted
+            noting?.push({ piece, index: match.index, bytes: pieceBytes, tokens: counted })
           }
           // The split goes on from `lastIndex` of the iterator's own copy of the pattern: a turn of the loop
           // between two pieces changes nothing in it.
@@ -218,6 +264,10 @@ export function tokenCounter (model: string, slices: Slices = newSlices(), windo
         }
       }
       start = end
+    }
+    if (noting !== null) {
+      if (texts.size >= SPLIT_TEXTS) texts.clear()
+      texts.set(text, noting)
     }
     return tokens
   }
