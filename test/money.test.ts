@@ -114,3 +114,13 @@ t.test('toUnits agrees with the digits on any plain decimal, short or long, and 
   for (const text of ['900719.9254740991', '900719.9254740992', '900720', '999999999999999', '1000000000000000', '999999999999999.9999999999', '0.0000000001', '-900719.9254740993'])
     t.equal(toUnits(text), reference(text), text)
 })
+
+t.test('a text already canonical is answered as itself, and every text as the full reading answers it', async (t) => {
+  // parseMoney answers a canonical text at once; a space in front takes the full reading (trim, checks, units):
+  // both must agree on every string, canonical or not, or both refuse.
+  const answer = (value: string): string => { try { return parseMoney(value, 'amount') } catch (error) { return `refused: ${(error as Error).message}` } }
+  const edges = ['-0', '0', '-0.0', '0.0', '1.', '.5', '-', '', '00', '01', '1e5', '-0.1', '0.10', '123456789012345678', '1234567890123456789',
+    '0.1234567890', '0.12345678901', '0.0000000001', '-999999999999999999.9999999999', '１２', '+1', '1_000', '1 ', '\u00a01']
+  for (const value of edges) t.equal(answer(value), answer(` ${value}`), JSON.stringify(value))
+  fc.assert(fc.property(fc.oneof(fc.stringMatching(/^-?\d{0,20}(\.\d{0,12})?$/), fc.string()), (value) => answer(value) === answer(` ${value}`)), { numRuns: 20_000 })
+})

@@ -45,11 +45,11 @@ export function createGroupCommit<T, R> (most: number, commit: (batch: Array<Pen
   }
 
   return {
-    /** Queues `item`; resolves with what its batch's commit answered for it. */
-    async submit (item: T): Promise<R> {
+    /** Queues `item`; resolves with what its batch's commit answered for it (one promise per item, nothing wrapped around it). */
+    submit (item: T): Promise<R> {
       const done = new Promise<R>((resolve, reject) => { queue.push({ item, resolve, reject }) })
       kick()
-      return await done
+      return done
     },
 
     /** The batch runner in flight, null when the queue is idle: what a drain waits for. */

@@ -15,7 +15,7 @@ export { bindingOf } from './decision-log.js'
 export type { DecisionLog } from './decision-log.js'
 export type { Decision, DecisionOutcome } from './decision-repository.js'
 export type { BudgetConstraintCheck, ShadowOutcome, ShadowVerdict } from './decision.js'
-export type { BudgetIntegration, BudgetTracker } from './integration.js'
+export type { BudgetIntegration, BudgetTracker, Reservation } from './integration.js'
 export type { RateRefusal } from './rate-limits.js'
 export { sweptBeforeSettling } from './settlements.js'
 

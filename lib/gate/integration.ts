@@ -63,6 +63,13 @@ export interface Reservation {
   rateLimited?: RateRefusal
 }
 
+/** What reserveCall takes beside the caller and the estimate: the request's id (stored with the hold), the model, the call's worst-case tokens (rate limits). */
+export interface ReserveOptions {
+  requestId?: string
+  model?: string
+  tokens?: number
+}
+
 export interface SettleInfo {
   source?: string
   description?: string
@@ -326,7 +333,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
    * rate allowance covering the call, the lease holding room for it. Null when anything would need a
    * statement or a wait: admitOrHold then does it all (and what this took, it gives back first).
    */
-  function admitNow (call: CallFilter, estimate: Money, tokens: number): Admitted | null {
+  function admitNow (call: CallFilter, estimate: Money, tokens: number): { reservationId: string, line: BudgetTerms[], admission: Admission, rate: RateAdmission } | null {
     const cached = lines.lineNow(call)
     if (cached === null || cached.line.length === 0 || !leasable(cached.line, options.currency) || !withinCaps(cached.line, estimate)) return null
     const rate = rateLimits.admitNow(cached.line, tokens)
@@ -336,7 +343,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
       rateLimits.end(rate, null)
       return null
     }
-    return { reservationId: randomUUID(), line: cached.line, admission, hold: LEASED, rate }
+    return { reservationId: randomUUID(), line: cached.line, admission, rate }
   }
 
   /** Counts a call's shadow verdicts and marks its holds (shadow-repository.ts); a failure is logged, never the call's. */
@@ -350,6 +357,85 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
 
   // The decisions of lease takes, by take and model (leasedCheck).
   const takeDecisions = new WeakMap<readonly BudgetNumbers[], Map<string, TakeDecision>>()
+
+  /** A call as reserveCall takes it: its request id checked, the filter its budgets are found by, its model's policy. */
+  interface ReservingCall { call: CallFilter, policy: ModelPolicy | undefined, requestId: string, tokens: number }
+
+  function reservingCall (caller: CallerScopes, { requestId = randomUUID(), model, tokens = 0 }: ReserveOptions): ReservingCall {
+    checkRequestId(requestId)
+    pruneUnsettled(Date.now())
+    return { call: callOf(caller, model), policy: model === undefined ? undefined : { ...options.models, model }, requestId, tokens }
+  }
+
+  /** A call its line's lease admitted: kept for its settlement, or (never: a lease spans no action's threshold) refused with what it took given back. */
+  function leasedReservation ({ policy, requestId, tokens }: ReservingCall, reservationId: string, line: BudgetTerms[], admission: Admission,
+    rate: RateAdmission, estimate: Money): Reservation {
+    const check = leasedCheck(line, admission, estimate, policy, takeDecisions)
+    if (check.canProceed) {
+      admitted.set(reservationId, { admission, requestId })
+      if (rate.taken.length > 0) rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
+      return { check, reservationId }
+    }
+    // Refused as a hold would be: the rate allowance and the estimate go back (in memory; a swept lease is asked about).
+    rateLimits.end(rate, null)
+    void bestEffort(log, async () => await leases.end(admission, null, { requestId, source: 'gateway', description: null, metadata: {} }),
+      'giving back a leased call the check refused failed', { requestId })
+    return { check, reservationId: null }
+  }
+
+  /** reserveCall's answer when nothing needs waiting for (reserveNow), else null. */
+  function answeredNow (reserving: ReservingCall, estimate: Money): Reservation | null {
+    if (reserving.call.scopes.length === 0) return { check: decide([], [], estimate, reserving.policy), reservationId: null }
+    // A hot line with room is admitted here, in memory, with nothing to wait for (and so no deadline).
+    const now = admitNow(reserving.call, estimate, reserving.tokens)
+    return now === null ? null : leasedReservation(reserving, now.reservationId, now.line, now.admission, now.rate, estimate)
+  }
+
+  /** reserveCall's answer when the line must be loaded, a lease taken or topped up, or the call held: all within timeoutMs. */
+  async function reserveHeld (reserving: ReservingCall, estimate: Money): Promise<Reservation> {
+    const { call, policy, requestId, tokens } = reserving
+    const { reservationId, line, admission, hold: result, rate } = await withDeadline(
+      admitOrHold(call, estimate, requestId, tokens, Date.now() + options.timeoutMs),
+      // Answered too late for the caller, who was refused: give back what it took.
+      async (late) => {
+        if (!isRateRefusal(late.rate)) rateLimits.end(late.rate, null)
+        if (late.admission !== null) await leases.end(late.admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
+        else if (late.hold.reserved) await giveBackHold(late.reservationId, late.line.map((budget) => budget.budgetId), 'answered after the gate\'s deadline')
+      }
+    )
+    if (isRateRefusal(rate)) return { check: rateLimitedCheck(rate, estimate), reservationId: null, rateLimited: rate }
+    if (admission !== null) return leasedReservation(reserving, reservationId, line, admission, rate, estimate)
+    if (!result.current) { rateLimits.end(rate, null); throw new DatabaseUnavailableError() } // the line changed under every try
+    const decided = decide(line, result.numbers, estimate, policy)
+    // A shadow budget without a nearLimit of its own would have clamped as the gate does.
+    const check = decided.shadow.length === 0 ? decided : { ...decided, shadow: decided.shadow.map((verdict) => ({ ...verdict, outcome: shadowOutcome(verdict, options.nearLimit) })) }
+    if (line.length === 0) return { check, reservationId: null } // no budget applies to this caller
+    if (result.reserved && check.canProceed && result.numbers.every((measured) => measured.estimate === null)) {
+      // Nothing held: the line's only budgets are shadow ones that cannot convert the estimate (a shadow budget
+      // never refuses, and takes no spend it cannot convert). No hold to settle: the call is recorded as one
+      // no budget covers. Its rate allowance is ended as a held call's is, by request id: with the tokens it
+      // used once recorded (recordUnbudgetedCall), with none when it failed (releaseUnheldCall).
+      holdsMade.delete(reservationId)
+      if (rate.taken.length > 0) rateUnheld.set(requestId, { rate, tokens, at: Date.now() })
+      else rateLimits.end(rate, null)
+      await noteShadow(null, line, check)
+      return { check, reservationId: null }
+    }
+    if (result.reserved && check.canProceed && rate.taken.length > 0) rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
+    else rateLimits.end(rate, null)
+    if (result.reserved && !check.canProceed) {
+      // Room enough, but an alert action (block-all, require-approval, restrict-models) refuses: undo the reservation.
+      await releaseHold(reservationId, line.map((budget) => budget.budgetId), 'an alert action refused the call')
+    }
+    // What the shadow budgets would have done, counted (and the hold left out of their as-if ledgers) before
+    // the call goes on: a call the next hold meets is already out of them.
+    if (check.shadow.length > 0) await noteShadow(result.reserved && check.canProceed ? reservationId : null, line, check)
+    if (!result.reserved && check.canProceed) {
+      // Cannot happen: decide() reads the fits that the hold decided. Refuse rather than overspend.
+      return { check: { ...check, canProceed: false, code: 'budget_exceeded', reason: 'A budget has no room for the estimated cost' }, reservationId: null }
+    }
+    return { check, reservationId: result.reserved && check.canProceed ? reservationId : null }
+  }
 
   return {
     /**
@@ -381,65 +467,17 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
      * Reserves `estimate` on every budget that applies to the caller, atomically, in one round trip,
      * or refuses and reserves nothing. Throws DatabaseUnavailableError past timeoutMs.
      */
-    async reserveCall (caller: CallerScopes, estimate: Money, { requestId = randomUUID(), model, tokens = 0 }: { requestId?: string, model?: string, tokens?: number } = {}): Promise<Reservation> {
-      checkRequestId(requestId)
-      pruneUnsettled(Date.now())
-      const call = callOf(caller, model)
-      const policy = model === undefined ? undefined : { ...options.models, model }
-      if (call.scopes.length === 0) return { check: decide([], [], estimate, policy), reservationId: null }
-      // A hot line with room is admitted here, in memory, with nothing to wait for (and so no deadline).
-      const { reservationId, line, admission, hold: result, rate } = admitNow(call, estimate, tokens) ?? await withDeadline(
-        admitOrHold(call, estimate, requestId, tokens, Date.now() + options.timeoutMs),
-        // Answered too late for the caller, who was refused: give back what it took.
-        async (late) => {
-          if (!isRateRefusal(late.rate)) rateLimits.end(late.rate, null)
-          if (late.admission !== null) await leases.end(late.admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
-          else if (late.hold.reserved) await giveBackHold(late.reservationId, late.line.map((budget) => budget.budgetId), 'answered after the gate\'s deadline')
-        }
-      )
-      if (isRateRefusal(rate)) return { check: rateLimitedCheck(rate, estimate), reservationId: null, rateLimited: rate }
-      if (admission !== null) {
-        const check = leasedCheck(line, admission, estimate, policy, takeDecisions)
-        if (check.canProceed) {
-          admitted.set(reservationId, { admission, requestId })
-          if (rate.taken.length > 0) rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
-          return { check, reservationId }
-        }
-        // A lease never spans an action's threshold, so this does not happen; refuse as a hold would.
-        rateLimits.end(rate, null)
-        await leases.end(admission, null, { requestId, source: 'gateway', description: null, metadata: {} })
-        return { check, reservationId: null }
-      }
-      if (!result.current) { rateLimits.end(rate, null); throw new DatabaseUnavailableError() } // the line changed under every try
-      const decided = decide(line, result.numbers, estimate, policy)
-      // A shadow budget without a nearLimit of its own would have clamped as the gate does.
-      const check = decided.shadow.length === 0 ? decided : { ...decided, shadow: decided.shadow.map((verdict) => ({ ...verdict, outcome: shadowOutcome(verdict, options.nearLimit) })) }
-      if (line.length === 0) return { check, reservationId: null } // no budget applies to this caller
-      if (result.reserved && check.canProceed && result.numbers.every((measured) => measured.estimate === null)) {
-        // Nothing held: the line's only budgets are shadow ones that cannot convert the estimate (a shadow budget
-        // never refuses, and takes no spend it cannot convert). No hold to settle: the call is recorded as one
-        // no budget covers. Its rate allowance is ended as a held call's is, by request id: with the tokens it
-        // used once recorded (recordUnbudgetedCall), with none when it failed (releaseUnheldCall).
-        holdsMade.delete(reservationId)
-        if (rate.taken.length > 0) rateUnheld.set(requestId, { rate, tokens, at: Date.now() })
-        else rateLimits.end(rate, null)
-        await noteShadow(null, line, check)
-        return { check, reservationId: null }
-      }
-      if (result.reserved && check.canProceed && rate.taken.length > 0) rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
-      else rateLimits.end(rate, null)
-      if (result.reserved && !check.canProceed) {
-        // Room enough, but an alert action (block-all, require-approval, restrict-models) refuses: undo the reservation.
-        await releaseHold(reservationId, line.map((budget) => budget.budgetId), 'an alert action refused the call')
-      }
-      // What the shadow budgets would have done, counted (and the hold left out of their as-if ledgers) before
-      // the call goes on: a call the next hold meets is already out of them.
-      if (check.shadow.length > 0) await noteShadow(result.reserved && check.canProceed ? reservationId : null, line, check)
-      if (!result.reserved && check.canProceed) {
-        // Cannot happen: decide() reads the fits that the hold decided. Refuse rather than overspend.
-        return { check: { ...check, canProceed: false, code: 'budget_exceeded', reason: 'A budget has no room for the estimated cost' }, reservationId: null }
-      }
-      return { check, reservationId: result.reserved && check.canProceed ? reservationId : null }
+    async reserveCall (caller: CallerScopes, estimate: Money, options: ReserveOptions = {}): Promise<Reservation> {
+      const call = reservingCall(caller, options)
+      return answeredNow(call, estimate) ?? await reserveHeld(call, estimate)
+    },
+
+    /**
+     * reserveCall when it can answer at once, with nothing to wait for: no scope to look for a budget under,
+     * or a hot line whose lease admits the call in memory. Null otherwise: reserveCall then does it all.
+     */
+    reserveNow (caller: CallerScopes, estimate: Money, options: ReserveOptions = {}): Reservation | null {
+      return answeredNow(reservingCall(caller, options), estimate)
     },
 
     /** Ends a reservation: records the actual cost once (null when the provider did not charge) and releases the hold. Resolves with which of the four cases it was (SettleOutcome). */

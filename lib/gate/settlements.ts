@@ -179,20 +179,20 @@ export function createSettlementQueue (reservations: SettlementRepository,
 
   return {
     /** Queues the end of a call's own hold; resolves with what it did once its batch commits. */
-    async settle (settlement: Settlement): Promise<SettleOutcome> {
+    settle (settlement: Settlement): Promise<SettleOutcome> {
       settlement.usageId ??= randomUUID()
-      return await enqueue({ kind: 'reservation', settlement })
+      return enqueue({ kind: 'reservation', settlement })
     },
 
     /** Queues the charge of a call admitted from a lease; resolves with what it did once its batch commits. */
-    async settleLeased (settlement: LeasedSettlement): Promise<SettleOutcome> {
+    settleLeased (settlement: LeasedSettlement): Promise<SettleOutcome> {
       settlement.usageId ??= randomUUID()
-      return await enqueue({ kind: 'leased', settlement })
+      return enqueue({ kind: 'leased', settlement })
     },
 
     /** Queues the usage record of a served call that no budget covered; resolves once its batch commits. */
-    async recordUnbudgeted (record: UnbudgetedValues): Promise<SettleOutcome> {
-      return await enqueue({ kind: 'unbudgeted', settlement: record })
+    recordUnbudgeted (record: UnbudgetedValues): Promise<SettleOutcome> {
+      return enqueue({ kind: 'unbudgeted', settlement: record })
     },
 
     /**

@@ -18,6 +18,8 @@ export type Money = string
  * decimal) into canonical form. Refuses anything that cannot be stored exactly.
  */
 export function parseMoney (value: unknown, field: string): Money {
+  // An amount already in canonical form (every cost the gate computes, settles and records): itself.
+  if (typeof value === 'string' && isCanonical(value)) return value
   let text: string
   if (typeof value === 'number') {
     if (!Number.isFinite(value)) throw new InvalidFieldError(field, 'must be a finite number')
@@ -41,6 +43,13 @@ export function parseMoney (value: unknown, field: string): Money {
   }
   // Read without keeping the text (toUnits keeps what it reads): a short text trimmed out of a long one would keep the long one alive.
   return fromUnits(parseUnits(text))
+}
+
+const CANONICAL_SHAPE = /^-?(?:0|[1-9]\d{0,17})(?:\.\d{0,9}[1-9])?$/
+
+/** A decimal in the form parseMoney answers (fromUnits's): no exponent, no leading or trailing zero, at most 18 digits before the point and 10 after; not "-0". */
+function isCanonical (text: string): boolean {
+  return text.length <= KEPT_LENGTH && text !== '-0' && CANONICAL_SHAPE.test(text)
 }
 
 /** Like parseMoney, and the amount must be greater than zero. */

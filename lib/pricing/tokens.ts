@@ -16,10 +16,22 @@ const ENCODINGS: Array<[RegExp, EncodingName]> = [
   [/^(?:gpt-4|gpt-3\.5-turbo|text-embedding-(?:3-small|3-large|ada-002))(?:-|$)/, 'cl100k_base']
 ]
 
+// Each model name's encoding once found (every estimate asks for its model's): bounded, emptied when full.
+const ENCODING_OF = new Map<string, EncodingName | null>()
+const MOST_MODELS_KEPT = 1024
+
 /** The tokenizer OpenAI uses for `model`, or null when it is not one of OpenAI's chat models whose tokenizer is known. */
 export function encodingFor (model: string): EncodingName | null {
-  for (const [pattern, name] of ENCODINGS) if (pattern.test(model)) return name
-  return null
+  const kept = ENCODING_OF.get(model)
+  if (kept !== undefined) return kept
+  let found: EncodingName | null = null
+  for (const [pattern, name] of ENCODINGS) if (pattern.test(model)) { found = name; break }
+  // Only names of a model's length: a name is a request's text, and a long one is not kept.
+  if (model.length <= 64) {
+    if (ENCODING_OF.size >= MOST_MODELS_KEPT) ENCODING_OF.clear()
+    ENCODING_OF.set(model, found)
+  }
+  return found
 }
 
 interface Encoding {

@@ -21,7 +21,7 @@ import type { Decision, DecisionOutcome } from '../../gate/index.js'
 import type { BudgetMetrics } from '../../metrics/index.js'
 import type { RateRefusal } from '../../gate/index.js'
 import { sweptBeforeSettling } from '../../gate/index.js'
-import { type BudgetIntegration } from '../../gate/index.js'
+import { type BudgetIntegration, type Reservation } from '../../gate/index.js'
 import { pricesAt, type PriceBook } from '../../pricing/index.js'
 import type { UsageMetadata } from '../../usage/index.js'
 import { checkTags } from '../../kernel/tags.js'
@@ -121,9 +121,18 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
   // Each gated request's connection watch, from onRequest to its preHandler: a decoration, not a WeakMap, whose
   // entries V8 keeps through young-generation collections and so promotes every call's objects with them.
   fastify.decorateRequest(CONNECTION_WATCH, null)
-  /** Holds `estimate` for the call (what it held before is the integration's to replace), and notes the decision. */
-  async function hold (call: GatedCall, estimate: CostEstimate): Promise<void> {
-    const held = await integration.reserveCall(call.caller, estimate.amount, { requestId: call.state.requestId, model: estimate.model, tokens: estimate.tokens })
+  /**
+   * Holds `estimate` for the call (what it held before is the integration's to replace), and notes the decision.
+   * A call its line's lease admits at once is answered without a promise (reserveNow): most calls on a hot line.
+   */
+  function hold (call: GatedCall, estimate: CostEstimate): Promise<void> | undefined {
+    const reserving = { requestId: call.state.requestId, model: estimate.model, tokens: estimate.tokens }
+    const now = integration.reserveNow(call.caller, estimate.amount, reserving)
+    if (now !== null) { heldOn(call, now); return }
+    return integration.reserveCall(call.caller, estimate.amount, reserving).then((held) => { heldOn(call, held) })
+  }
+
+  function heldOn (call: GatedCall, held: Reservation): void {
     call.rateLimited = held.rateLimited
     call.state.reservationId = held.reservationId
     call.state.check = held.check
@@ -357,10 +366,12 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
     let estimate: CostEstimate
     let cap: CallerCap | null
     try {
-      caller = await options.resolveScopes(request)
+      // The default resolveScopes answers at once, and most calls name no cap: neither is waited for then.
+      const resolved = options.resolveScopes(request)
+      caller = typeof (resolved as { then?: unknown }).then === 'function' ? await resolved : resolved as CallerScopes
       for (const [type, header] of SCOPE_HEADERS) if (caller[type] !== undefined) checkScopeId(caller[type], header)
       if (caller.tags !== undefined) checkTags(caller.tags, TAGS_HEADER)
-      cap = await callerCap(request, options.maxCallCost)
+      cap = options.maxCallCost === undefined && request.headers[MAX_COST_HEADER] === undefined ? null : await callerCap(request, options.maxCallCost)
       estimate = await estimateAt(request, prices)
     } catch (error) {
       if (!(error instanceof InvalidFieldError)) throw error
@@ -412,7 +423,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       try {
         // Over the caller's cap: clamped to it before anything is held, or refused with nothing held.
         if (cap !== null && toUnits(estimate.amount) > cap.units && !await clampToCallerCap(call)) return
-        await hold(call, call.current)
+        const holding = hold(call, call.current)
+        if (holding !== undefined) await holding
         const cheaper = state.check!.downgradeTo
         if (cheaper !== null && !await downgrade(call, cheaper)) return
         if (mayClamp(state.check!, options.nearLimit)) await clamp(call) // an admitted call (most of them) never clamps
