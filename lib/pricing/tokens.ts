@@ -385,6 +385,15 @@ async function callTokens (call: unknown, count: CountTokens): Promise<number> {
   return TOKENS_PER_TOOL_CALL + 2 * await count(fn.name) + await jsonTextTokens(fn.arguments, count)
 }
 
+// The keys a message's rule counts; any other is counted a token a byte of its JSON.
+const MESSAGE_KEYS = new Set(['role', 'content', 'name', 'tool_calls', 'function_call', 'tool_call_id', 'refusal'])
+
+/** Whether `value` has an own enumerable key outside `known` (what an object rest of those keys would hold), without building the rest. */
+function hasOtherKeys (value: Record<string, unknown>, known: ReadonlySet<string>): boolean {
+  for (const key in value) if (Object.hasOwn(value, key) && !known.has(key)) return true
+  return false
+}
+
 async function messageTokens (messages: unknown[], count: CountTokens): Promise<number> {
   const callNames = new Map<string, string>()
   let longestName = 0
@@ -409,7 +418,7 @@ async function messageTokens (messages: unknown[], count: CountTokens): Promise<
       return tokens + JSON_BOUND_FACTOR * await restBytes(messages, index, count) + (messages.length - index) * longestName
     }
     if (!isObject(message)) { tokens += bytesOf(message); continue }
-    const { role, content, name, tool_calls: toolCalls, function_call: functionCall, tool_call_id: toolCallId, refusal, ...rest } = message
+    const { role, content, name, tool_calls: toolCalls, function_call: functionCall, tool_call_id: toolCallId, refusal } = message
     tokens += TOKENS_PER_MESSAGE + await textOf(role, count) + await contentTokens(content, count, toolCallId !== undefined) + await textOf(refusal, count)
     if (name !== undefined) tokens += TOKENS_PER_NAME + await textOf(name, count)
     if (Array.isArray(toolCalls)) {
@@ -424,7 +433,8 @@ async function messageTokens (messages: unknown[], count: CountTokens): Promise<
       const answered = typeof toolCallId === 'string' ? callNames.get(toolCallId) : undefined
       tokens += TOKENS_PER_TOOL_RESULT + (answered === undefined ? await textOf(toolCallId, count) : await count(answered))
     }
-    if (Object.keys(rest).length > 0) {
+    if (hasOtherKeys(message, MESSAGE_KEYS)) {
+      const { role: _role, content: _content, name: _name, tool_calls: _calls, function_call: _call, tool_call_id: _id, refusal: _refusal, ...rest } = message
       const restBytes = bytesOf(rest)
       count.charge(JSON_BYTE_WORK * restBytes)
       tokens += restBytes
