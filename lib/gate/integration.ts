@@ -367,28 +367,30 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     return { call: callOf(caller, model), policy: model === undefined ? undefined : { ...options.models, model }, requestId, tokens }
   }
 
-  /** A call its line's lease admitted: kept for its settlement, or (never: a lease spans no action's threshold) refused with what it took given back. */
+  /**
+   * A call its line's lease admitted: kept for its settlement, at once. Refused by the check (never: a lease
+   * spans no action's threshold), it is refused as a hold would be, once what it took is given back.
+   */
   function leasedReservation ({ policy, requestId, tokens }: ReservingCall, reservationId: string, line: BudgetTerms[], admission: Admission,
-    rate: RateAdmission, estimate: Money): Reservation {
+    rate: RateAdmission, estimate: Money): Reservation | Promise<Reservation> {
     const check = leasedCheck(line, admission, estimate, policy, takeDecisions)
     if (check.canProceed) {
       admitted.set(reservationId, { admission, requestId })
       if (rate.taken.length > 0) rateAdmitted.set(reservationId, { rate, tokens, at: Date.now() })
       return { check, reservationId }
     }
-    // Refused as a hold would be: the rate allowance and the estimate go back (in memory; a swept lease is asked about).
     rateLimits.end(rate, null)
-    void bestEffort(log, async () => await leases.end(admission, null, { requestId, source: 'gateway', description: null, metadata: {} }),
-      'giving back a leased call the check refused failed', { requestId })
-    return { check, reservationId: null }
+    return leases.end(admission, null, { requestId, source: 'gateway', description: null, metadata: {} }).then(() => ({ check, reservationId: null }))
   }
 
-  /** reserveCall's answer when nothing needs waiting for (reserveNow), else null. */
-  function answeredNow (reserving: ReservingCall, estimate: Money): Reservation | null {
+  /** reserveCall's answer, at once when nothing needs waiting for: no scopes to find budgets by, or a hot line whose lease admits the call in memory. */
+  function reserve (caller: CallerScopes, estimate: Money, options: ReserveOptions): Reservation | Promise<Reservation> {
+    const reserving = reservingCall(caller, options)
     if (reserving.call.scopes.length === 0) return { check: decide([], [], estimate, reserving.policy), reservationId: null }
     // A hot line with room is admitted here, in memory, with nothing to wait for (and so no deadline).
     const now = admitNow(reserving.call, estimate, reserving.tokens)
-    return now === null ? null : leasedReservation(reserving, now.reservationId, now.line, now.admission, now.rate, estimate)
+    if (now !== null) return leasedReservation(reserving, now.reservationId, now.line, now.admission, now.rate, estimate)
+    return reserveHeld(reserving, estimate)
   }
 
   /** reserveCall's answer when the line must be loaded, a lease taken or topped up, or the call held: all within timeoutMs. */
@@ -468,16 +470,16 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
      * or refuses and reserves nothing. Throws DatabaseUnavailableError past timeoutMs.
      */
     async reserveCall (caller: CallerScopes, estimate: Money, options: ReserveOptions = {}): Promise<Reservation> {
-      const call = reservingCall(caller, options)
-      return answeredNow(call, estimate) ?? await reserveHeld(call, estimate)
+      return await reserve(caller, estimate, options)
     },
 
     /**
-     * reserveCall when it can answer at once, with nothing to wait for: no scope to look for a budget under,
-     * or a hot line whose lease admits the call in memory. Null otherwise: reserveCall then does it all.
+     * reserveCall without a promise when it can answer at once (a caller with no scopes, or a hot line whose
+     * lease admits the call in memory: most calls of a busy gateway); a promise, as reserveCall's, otherwise.
+     * Throws what reserveCall rejects with. The gate's hooks call this.
      */
-    reserveNow (caller: CallerScopes, estimate: Money, options: ReserveOptions = {}): Reservation | null {
-      return answeredNow(reservingCall(caller, options), estimate)
+    reserveCallNow (caller: CallerScopes, estimate: Money, options: ReserveOptions = {}): Reservation | Promise<Reservation> {
+      return reserve(caller, estimate, options)
     },
 
     /** Ends a reservation: records the actual cost once (null when the provider did not charge) and releases the hold. Resolves with which of the four cases it was (SettleOutcome). */

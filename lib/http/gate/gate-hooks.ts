@@ -123,13 +123,12 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
   fastify.decorateRequest(CONNECTION_WATCH, null)
   /**
    * Holds `estimate` for the call (what it held before is the integration's to replace), and notes the decision.
-   * A call its line's lease admits at once is answered without a promise (reserveNow): most calls on a hot line.
+   * A call its line's lease admits at once is answered without a promise (reserveCallNow): most calls on a hot line.
    */
   function hold (call: GatedCall, estimate: CostEstimate): Promise<void> | undefined {
-    const reserving = { requestId: call.state.requestId, model: estimate.model, tokens: estimate.tokens }
-    const now = integration.reserveNow(call.caller, estimate.amount, reserving)
-    if (now !== null) { heldOn(call, now); return }
-    return integration.reserveCall(call.caller, estimate.amount, reserving).then((held) => { heldOn(call, held) })
+    const held = integration.reserveCallNow(call.caller, estimate.amount, { requestId: call.state.requestId, model: estimate.model, tokens: estimate.tokens })
+    if (!(held instanceof Promise)) { heldOn(call, held); return }
+    return held.then((reservation) => { heldOn(call, reservation) })
   }
 
   function heldOn (call: GatedCall, held: Reservation): void {
