@@ -4,7 +4,6 @@
 // same, and the recorded spend can be checked exactly). Prints "listening <address>" when ready.
 import { Session } from 'node:inspector/promises'
 import Fastify from 'fastify'
-import budgets from '../dist/index.js'
 
 export const BENCH_ADMIN_TOKEN = 'bench-admin-token-0123456789'
 /** The provider's fixed answer: 10 prompt and 20 completion tokens of gpt-4o-mini. */
@@ -18,6 +17,8 @@ export const ANSWER = {
 }
 
 if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].split('/').pop()!)) {
+  // BENCH_PLUGIN: another build's dist/index.js, to set two builds side by side (bench/gate-ab.ts).
+  const budgets = (await import(process.env.BENCH_PLUGIN ?? '../dist/index.js')).default as typeof import('../dist/index.js').default
   const app = Fastify()
   await app.register(budgets, {
     database: process.env.DATABASE_URL!,
