@@ -18,7 +18,7 @@ export const ANSWER = {
 
 if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].split('/').pop()!)) {
   // BENCH_PLUGIN: another build's dist/index.js, to set two builds side by side (bench/gate-ab.ts).
-  const budgets = (await import(process.env.BENCH_PLUGIN ?? '../dist/index.js')).default as typeof import('../dist/index.js').default
+  const budgets = (await import(process.env.BENCH_PLUGIN ?? '../dist/index.js')).default as typeof import('../lib/index.js').default
   const app = Fastify()
   await app.register(budgets, {
     database: process.env.DATABASE_URL!,

@@ -476,10 +476,14 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     /**
      * reserveCall without a promise when it can answer at once (a caller with no scopes, or a hot line whose
      * lease admits the call in memory: most calls of a busy gateway); a promise, as reserveCall's, otherwise.
-     * Throws what reserveCall rejects with. The gate's hooks call this.
+     * What reserveCall rejects with, it answers as a rejected promise (never a throw). The gate's hooks call this.
      */
     reserveCallNow (caller: CallerScopes, estimate: Money, options: ReserveOptions = {}): Reservation | Promise<Reservation> {
-      return reserve(caller, estimate, options)
+      try {
+        return reserve(caller, estimate, options)
+      } catch (error) {
+        return Promise.reject(error)
+      }
     },
 
     /** Ends a reservation: records the actual cost once (null when the provider did not charge) and releases the hold. Resolves with which of the four cases it was (SettleOutcome). */

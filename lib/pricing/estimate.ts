@@ -148,8 +148,7 @@ async function boundCall (body: ChatRequestShape, price: ModelPrice, model: unkn
       TOKENS_PER_MESSAGE * messages.length + TOKENS_PER_REQUEST
   } else {
     if (texts !== null) count.knownJson = texts
-    // The body itself when its messages are the ones counted (no image was replaced): no copy of it per call.
-    promptTokens = await chatPromptTokens(messages === body.messages ? body as typeof body & { messages: unknown[] } : { ...body, messages }, count)
+    promptTokens = await chatPromptTokens({ ...body, messages }, count)
   }
   const inputTokens = promptTokens + images * (price.maxImageTokens ?? 0) + injectedPromptTokens(body, [model, body.model])
   return { inputTokens, choices: choices as number, requested }
