@@ -1,5 +1,6 @@
 // Exact money: decimal strings at the edges, scaled bigints in between, never a float in arithmetic.
 import { InvalidFieldError } from './errors.js'
+import { keep } from './kept.js'
 
 /** Digits kept after the decimal point; matches the `numeric(28, 10)` money columns. */
 export const MONEY_SCALE = 10
@@ -65,9 +66,8 @@ const FRACTION_SCALE = Array.from({ length: MONEY_SCALE + 1 }, (_, digits) => 10
 const EXACT_DIGITS = 15
 
 // The gate reads the same few amounts on every call (a line's limits and spend, a model's estimate): each
-// text's units, and each amount's text, are kept once worked out, looked up (Map.get) and never reordered.
-// Full, a map is emptied, so a lookup stays cheap whatever was read before; only short texts are kept (a
-// decimal may come padded with zeros), so memory stays bounded too.
+// text's units, and each amount's text, are kept once worked out (kept.ts); only short texts (a decimal may
+// come padded with zeros).
 const KEPT_AMOUNTS = 4096
 const KEPT_LENGTH = 48
 const unitsOfText = new Map<string, bigint>()
@@ -76,13 +76,7 @@ const textOfUnits = new Map<bigint, Money>()
 /** The amount in units of 10^-MONEY_SCALE. Input must be a plain decimal (as stored or parsed). */
 export function toUnits (decimal: string): bigint {
   if (decimal.length > KEPT_LENGTH) return parseUnits(decimal)
-  let units = unitsOfText.get(decimal)
-  if (units === undefined) {
-    units = parseUnits(decimal)
-    if (unitsOfText.size >= KEPT_AMOUNTS) unitsOfText.clear()
-    unitsOfText.set(decimal, units)
-  }
-  return units
+  return unitsOfText.get(decimal) ?? keep(unitsOfText, KEPT_AMOUNTS, decimal, parseUnits(decimal))
 }
 
 function parseUnits (decimal: string): bigint {
@@ -116,14 +110,10 @@ function digitsOnly (text: string, from: number, to: number): boolean {
 }
 
 export function fromUnits (units: bigint): Money {
-  let text = textOfUnits.get(units)
-  if (text === undefined) {
-    text = formatUnits(units)
-    if (text.length > KEPT_LENGTH) return text
-    if (textOfUnits.size >= KEPT_AMOUNTS) textOfUnits.clear()
-    textOfUnits.set(units, text)
-  }
-  return text
+  const kept = textOfUnits.get(units)
+  if (kept !== undefined) return kept
+  const text = formatUnits(units)
+  return text.length > KEPT_LENGTH ? text : keep(textOfUnits, KEPT_AMOUNTS, units, text)
 }
 
 function formatUnits (units: bigint): Money {

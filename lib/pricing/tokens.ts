@@ -3,6 +3,7 @@
 // null, and the estimate keeps counting bytes for them.
 import { createRequire } from 'node:module'
 import { SCAN_STRIDE, endOfString } from '../kernel/json-limits.js'
+import { keep } from '../kernel/kept.js'
 import { slices as newSlices, type Slices } from '../kernel/loop-slices.js'
 import { WINDOW, regionEndWithin, segmentEnd } from './split-windows.js'
 import { formatFunctionDefinitions, type ChatCompletionFunctionDefinition } from 'gpt-tokenizer/functionCalling'
@@ -27,11 +28,7 @@ export function encodingFor (model: string): EncodingName | null {
   let found: EncodingName | null = null
   for (const [pattern, name] of ENCODINGS) if (pattern.test(model)) { found = name; break }
   // Only names of a model's length: a name is a request's text, and a long one is not kept.
-  if (model.length <= 64) {
-    if (ENCODING_OF.size >= MOST_MODELS_KEPT) ENCODING_OF.clear()
-    ENCODING_OF.set(model, found)
-  }
-  return found
+  return model.length <= 64 ? keep(ENCODING_OF, MOST_MODELS_KEPT, model, found) : found
 }
 
 interface Encoding {
@@ -260,12 +257,7 @@ export function tokenCounter (model: string, slices: Slices = newSlices(), windo
             tokens += known
             noting?.push({ piece, index: match.index, bytes: pieceBytes, tokens: known })
           } else {
-            let counted = counts.get(piece)
-            if (counted === undefined) {
-              counted = countTokens(piece, ORDINARY)
-              if (counts.size >= PROCESS_PIECES) counts.clear()
-              counts.set(piece, counted)
-            }
+            const counted = counts.get(piece) ?? keep(counts, PROCESS_PIECES, piece, countTokens(piece, ORDINARY))
             pieces.set(piece, counted)
             tokens += counted
             noting?.push({ piece, index: match.index, bytes: pieceBytes, tokens: counted })
@@ -277,10 +269,7 @@ export function tokenCounter (model: string, slices: Slices = newSlices(), windo
       }
       start = end
     }
-    if (noting !== null) {
-      if (texts.size >= SPLIT_TEXTS) texts.clear()
-      texts.set(text, noting)
-    }
+    if (noting !== null) keep(texts, SPLIT_TEXTS, text, noting)
     return tokens
   }
   return Object.assign(count, {

@@ -2,6 +2,7 @@
 // and the burn rate are SQL's, sql/functions/forecast.sql, taken as they are: projected alerts need them under a
 // lock). Pure and exact (bigint money), so every rule is tested against hand-computed values.
 import { MONEY_SCALE, fromUnits, numberToDecimal, toUnits, type Money } from '../kernel/money.js'
+import { keep } from '../kernel/kept.js'
 import type { BudgetState } from './status-repository.js'
 import type { ActiveAlert, AlertAction, BudgetAlert, BudgetDefinition, Enforcement, ShadowStatus } from '../kernel/schemas.js'
 
@@ -80,13 +81,7 @@ const MOST_PERCENTS_KEPT = 1024
 
 /** `percent` in units, exactly (1e-7 as 0.0000001). */
 function percentUnits (percent: number): bigint {
-  let units = PERCENT_UNITS.get(percent)
-  if (units === undefined) {
-    units = toUnits(numberToDecimal(percent))
-    if (PERCENT_UNITS.size >= MOST_PERCENTS_KEPT) PERCENT_UNITS.clear()
-    PERCENT_UNITS.set(percent, units)
-  }
-  return units
+  return PERCENT_UNITS.get(percent) ?? keep(PERCENT_UNITS, MOST_PERCENTS_KEPT, percent, toUnits(numberToDecimal(percent)))
 }
 
 /** The alerts on the spend (basis `current`) that `spent` reaches; projected ones are read from their recorded crossings. */
