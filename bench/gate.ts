@@ -9,12 +9,16 @@
 //   scrape reads the status cache, and must not lower the gate's throughput measurably);
 // - the gate's own CPU: the gateway process's CPU per call, gated less ungated, over the same hot-line load,
 //   and gated throughput against ungated (targets: at most 60 µs, at most 1.9x, at least 0.5x);
+// - the machine's CPU per call over those loads: the gateway's, PostgreSQL's (bench/pg-cpu.ts) and the load
+//   generator's (autocannon, in this process), and the gated / ungated throughput the cores allow from them,
+//   as measured, with the gate's CPU at its target and with the gate's CPU at 0;
 // - two gateway processes on one database, 8 connections each: exact spend across processes (scale-out
 //   itself is measured at a fixed load, bench/scale-out.ts);
 // - afterwards, exactness: recorded spend equals admitted calls x their cost on both budgets;
 // - the decision log's cost (bench/decision-log.ts): log off against on, for an admitting and a refusing
 //   line (issue 21: at least 0.95x). BENCH_ONLY=decisions runs only this part.
 import { once } from 'node:events'
+import { availableParallelism } from 'node:os'
 import autocannon from 'autocannon'
 import postgres from 'postgres'
 import { fromUnits, toUnits } from '../lib/kernel/money.js'
@@ -24,6 +28,7 @@ import { ANSWER, BENCH_ADMIN_TOKEN } from './gateway-server.js'
 import { estimateCostRows } from './estimate-cost.js'
 import { benchDatabase, floorPairs, fmt, startBenchGateway } from './harness.js'
 import { decisionLogRows } from './decision-log.js'
+import { serverCpuMeter } from './pg-cpu.js'
 
 // The estimate's own cost, alone, before any load runs (BENCH_ONLY=estimate prints just this).
 const estimateRows = await estimateCostRows()
@@ -45,6 +50,8 @@ const CALL = {
 const database = await benchDatabase()
 process.stdout.write(`gate benchmark on PostgreSQL from ${database.source}, ${SECONDS} s a run\n`)
 const sql = postgres(database.url, { max: HOT, onnotice: () => {} })
+// PostgreSQL's CPU for this benchmark's database (bench/pg-cpu.ts), or why it cannot be read here.
+const meter = await serverCpuMeter(sql, (name) => name === decodeURIComponent(new URL(database.url).pathname.slice(1)))
 
 if (process.env.BENCH_ONLY === 'decisions') {
   const decisions = await decisionLogRows(database.url, sql, HOT, SECONDS)
@@ -62,9 +69,23 @@ async function cpuMicros (url: string): Promise<number> {
 
 async function load (url: string, connections: number, path: string, seconds = SECONDS) {
   const before = await cpuMicros(url)
+  const server = typeof meter === 'string' ? null : await meter.start()
+  // autocannon runs in this process: its CPU is this process's over the load.
+  const loader = process.cpuUsage()
   const result = await autocannon({ url: `${url}${path}`, connections, duration: seconds, ...CALL })
-  const cpuPerCall = (await cpuMicros(url) - before) / result.requests.total
-  return { perSecond: result.requests.total / seconds, ok: result['2xx'], other: result.non2xx + result.errors + result.timeouts, p99: result.latency.p99, cpuPerCall }
+  const loaded = process.cpuUsage(loader)
+  const database = server === null ? null : await server.stop()
+  const calls = result.requests.total
+  const cpuPerCall = (await cpuMicros(url) - before) / calls
+  return {
+    perSecond: calls / seconds,
+    ok: result['2xx'],
+    other: result.non2xx + result.errors + result.timeouts,
+    p99: result.latency.p99,
+    cpuPerCall,
+    loaderCpuPerCall: (loaded.user + loaded.system) / calls,
+    databaseCpuPerCall: database === null ? null : database.benchmark / calls
+  }
 }
 
 /** The floor's pairs per second on `connections` loops for `seconds` (harness.ts floorPairs). */
@@ -95,6 +116,15 @@ const ungatedHot = await load(first.url, HOT, '/ungated/v1/chat/completions')
 const gatedHot = await load(first.url, HOT, '/v1/chat/completions')
 // The gate's own CPU: the process's CPU per call on the gated route less on the ungated one, over the same load.
 const gateCpu = gatedHot.cpuPerCall - ungatedHot.cpuPerCall
+// The whole machine's CPU a call on each route: the gateway, PostgreSQL and the load generator, all on the
+// same cores. Where the cores are what limits both loads, throughput goes as the inverse of this, so its
+// ratio bounds gated / ungated throughput; the same with the gate at its 60 µs target says what that
+// target alone could give on this machine.
+const machine = (run: typeof gatedHot) => run.databaseCpuPerCall === null ? null : run.cpuPerCall + run.databaseCpuPerCall + run.loaderCpuPerCall
+const machineUngated = machine(ungatedHot)
+const machineGated = machine(gatedHot)
+const machineAtTarget = machineGated === null ? null : machineGated - gateCpu + 60
+const machineFreeGate = machineGated === null ? null : machineGated - gateCpu
 
 // Rate limits on the organization budget, high enough never to refuse: their cost on the hot path.
 await admin(`/${org.id}`, { rateLimits: { requestsPerMinute: 1_000_000_000, tokensPerMinute: 1_000_000_000_000 } }, 'PUT')
@@ -150,6 +180,14 @@ process.stdout.write([
   `| ungated, ${HOT} connections | ${fmt(ungatedHot.perSecond, 0)} calls/s, p99 ${ungatedHot.p99} ms, ${fmt(ungatedHot.cpuPerCall, 1)} µs of process CPU a call | |`,
   `| gated, ${HOT} connections, one hot team + organization | ${fmt(gatedHot.perSecond, 0)} calls/s, p99 ${gatedHot.p99} ms, ${fmt(gatedHot.cpuPerCall, 1)} µs of process CPU a call | ${ratio(gatedHot.perSecond / floorHot)} of the floor's pairs/s; ${ratio(gatedHot.perSecond / ungatedHot.perSecond)} of ungated |`,
   `| the gate's CPU per call (gated - ungated process CPU, ${HOT} connections) | ${fmt(gateCpu, 1)} µs | ${ratio(gatedHot.cpuPerCall / ungatedHot.cpuPerCall)}x the ungated route's CPU |`,
+  ...(machineUngated === null || machineGated === null || machineAtTarget === null
+    ? [`| the machine's CPU per call | not measured: ${meter as string} | |`]
+    : [
+        `| the machine's CPU per call, ungated, ${HOT} connections: gateway + PostgreSQL + load generator | ${fmt(ungatedHot.cpuPerCall, 1)} + ${fmt(ungatedHot.databaseCpuPerCall!, 1)} + ${fmt(ungatedHot.loaderCpuPerCall, 1)} = ${fmt(machineUngated, 1)} µs | |`,
+        `| the machine's CPU per call, gated, ${HOT} connections: gateway + PostgreSQL + load generator | ${fmt(gatedHot.cpuPerCall, 1)} + ${fmt(gatedHot.databaseCpuPerCall!, 1)} + ${fmt(gatedHot.loaderCpuPerCall, 1)} = ${fmt(machineGated, 1)} µs | ${ratio(machineUngated / machineGated)}: the gated / ungated throughput the ${availableParallelism()} cores allow |`,
+        `| the same, with the gate's CPU at its 60 µs target and all else as measured | ${fmt(machineAtTarget, 1)} µs | ${ratio(machineUngated / machineAtTarget)}: the most that target gives here |`,
+        `| the same, with the gate's own CPU at 0 and all else as measured | ${fmt(machineFreeGate!, 1)} µs | ${ratio(machineUngated / machineFreeGate!)}: the most any gate gives here |`
+      ]),
   `| gated, ${HOT} connections, the same line with request and token rate limits | ${fmt(rateLimitedHot.perSecond, 0)} calls/s, p99 ${rateLimitedHot.p99} ms | ${ratio(rateLimitedHot.perSecond / gatedHot.perSecond)} of the same line without |`,
   `| gated, ${HOT} connections, the same line while /metrics is scraped every 100 ms (${scrapes} scrapes) | ${fmt(scrapedHot.perSecond, 0)} calls/s, p99 ${scrapedHot.p99} ms | ${ratio(scrapedHot.perSecond / gatedHot.perSecond)} of the same line unscraped |`,
   `| two gateway processes, ${HOT / 2} connections each (exactness across processes; scale-out: bench/scale-out.ts) | ${fmt(a.perSecond + b.perSecond, 0)} calls/s | |`,

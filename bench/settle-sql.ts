@@ -2,7 +2,8 @@
 // three budgets (user under team under organization, each with a notify alert it never reaches) whose window
 // rows exist, as a gated call's always do. Each round holds a batch of calls (budget_hold_batch) and then
 // settles it (budget_settle_batch), and takes a lease (budget_lease_take) and settles a batch of calls from it
-// (budget_settle_leased); only the settlements are timed. Prints the median milliseconds per batch of
+// (budget_settle_leased); only the settlements are timed. Beside them, the floor under both: the same calls'
+// rows stored alone (a usage record a call, an allocation a call and budget). Prints the median milliseconds per batch of
 // BENCH_ROUNDS rounds (after a few unmeasured ones) for batches of 1, 16 and 64. Run it on two branches back to
 // back to compare them: the figures are this machine's.
 import { randomUUID } from 'node:crypto'
@@ -66,17 +67,37 @@ async function leaseAndSettle (size: number): Promise<number> {
   return ms
 }
 
+/**
+ * The rows alone: what any settlement of `size` calls on this line must store, a usage record a call and an
+ * allocation a call and budget, inserted with one statement each and nothing else (no lock, no window row,
+ * no lease): the floor under both settlements' time.
+ */
+async function rowsAlone (size: number): Promise<number> {
+  const ids = Array.from({ length: size }, () => randomUUID())
+  const [team, ...above] = line
+  return await timed(async () => {
+    await sql`insert into budget_usage_records (id, budget_id, amount, currency, source, metadata, idempotency_key, also_counts_toward, occurred_at, allocated_by_settlement)
+      select i.id, ${team!.id}, 0.0083, 'USD', 'bench', '{"modelId":"gpt-4o-mini"}'::jsonb || jsonb_build_object('requestId', i.id::text), i.id::text,
+             ${above.map((b) => b.id)}::text[]::uuid[], now(), true
+      from unnest(${ids}::text[]::uuid[]) as i(id)`
+    await sql`insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
+      select b.id, i.id, 0.0083, now(), 1 from unnest(${ids}::text[]::uuid[]) as i(id) cross join unnest(${line.map((b) => b.id)}::text[]::uuid[]) as b(id)`
+  })
+}
+
 const out: string[] = ['', `settlements in direct SQL, median ms per batch of ${ROUNDS} rounds (line of ${line.length} budgets, windows existing)`, '',
-  '| batch | budget_settle_batch ms | budget_settle_leased ms |', '|---|---|---|']
+  '| batch | budget_settle_batch ms | budget_settle_leased ms | the rows alone ms |', '|---|---|---|---|']
 for (const size of SIZES) {
   const held: number[] = []
   const leased: number[] = []
+  const rows: number[] = []
   for (let round = 0; round < WARMUP + ROUNDS; round++) {
     const h = await holdAndSettle(size)
     const l = await leaseAndSettle(size)
-    if (round >= WARMUP) { held.push(h); leased.push(l) }
+    const r = await rowsAlone(size)
+    if (round >= WARMUP) { held.push(h); leased.push(l); rows.push(r) }
   }
-  out.push(`| ${size} | ${fmt(median(held), 3)} | ${fmt(median(leased), 3)} |`)
+  out.push(`| ${size} | ${fmt(median(held), 3)} | ${fmt(median(leased), 3)} | ${fmt(median(rows), 3)} |`)
 }
 
 // exactness: every call settled at 0.0083 on each budget
