@@ -1,18 +1,14 @@
 // Where the gated route allocates on a hot line, by function (sampled), per call: everything allocated,
 // or (ALLOCATIONS=promoted) what lived through young collections and died in a full one.
 import autocannon from 'autocannon'
-import { BENCH_ADMIN_TOKEN } from './gateway-server.js'
-import { benchDatabase, startBenchGateway } from './harness.js'
+import { HOT_CALL as CALL, benchDatabase, hotLine, startBenchGateway } from './harness.js'
 
 interface Node { callFrame: { functionName: string, url: string, lineNumber: number }, selfSize: number, children: Node[] }
 const database = await benchDatabase()
 const gateway = await startBenchGateway(database.url)
 const post = async (path: string, body: unknown = {}, headers: Record<string, string> = {}) =>
   await (await fetch(`${gateway.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })).json() as unknown
-const admin = async (body: unknown) => await post('/api/v1/budgets', body, { authorization: `Bearer ${BENCH_ADMIN_TOKEN}` }) as { id: string }
-const org = await admin({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
-await admin({ name: 'hot team', scopeType: 'team', scopeId: 'hot', parentId: org.id, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
-const CALL = { method: 'POST' as const, headers: { 'content-type': 'application/json', 'x-relay-team-id': 'hot' }, body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 }) }
+await hotLine(gateway.url)
 const path = process.env.PROFILE_ROUTE === 'ungated' ? '/ungated/v1/chat/completions' : '/v1/chat/completions'
 await autocannon({ url: `${gateway.url}${path}`, connections: 16, duration: 2, ...CALL })
 await post('/bench/allocations/start', { promoted: process.env.ALLOCATIONS === 'promoted' })

@@ -9,18 +9,12 @@
 import { once } from 'node:events'
 import autocannon from 'autocannon'
 import { createTestDatabase } from '../test/fixtures/database.js'
-import { BENCH_ADMIN_TOKEN } from './gateway-server.js'
-import { benchDatabase, fmt, median, startBenchGateway } from './harness.js'
+import { HOT_CALL as CALL, benchDatabase, fmt, hotLine, median, startBenchGateway } from './harness.js'
 
 const BASE = process.env.BASE_DIST
 if (BASE === undefined) throw new Error('set BASE_DIST to the dist/index.js of the build to compare with')
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 6)
 const ROUNDS = Number(process.env.ROUNDS ?? 5)
-const CALL = {
-  method: 'POST' as const,
-  headers: { 'content-type': 'application/json', 'x-relay-team-id': 'hot' },
-  body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 })
-}
 
 const server = await benchDatabase()
 const cleanups: Array<() => unknown> = []
@@ -29,13 +23,7 @@ const cleanups: Array<() => unknown> = []
 async function gatewayOf (plugin: string | undefined) {
   const url = await createTestDatabase({ teardown: (fn) => cleanups.push(fn) })
   const gateway = await startBenchGateway(url, plugin === undefined ? {} : { BENCH_PLUGIN: plugin })
-  const admin = async (body: unknown) => {
-    const response = await fetch(`${gateway.url}/api/v1/budgets`, { method: 'POST', headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
-    if (!response.ok) throw new Error(await response.text())
-    return await response.json() as { id: string }
-  }
-  const org = await admin({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
-  await admin({ name: 'hot team', scopeType: 'team', scopeId: 'hot', parentId: org.id, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
+  await hotLine(gateway.url)
   return gateway
 }
 

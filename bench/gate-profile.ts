@@ -10,17 +10,10 @@ import { writeFile } from 'node:fs/promises'
 import { relative } from 'node:path'
 import autocannon from 'autocannon'
 import postgres from 'postgres'
-import { BENCH_ADMIN_TOKEN } from './gateway-server.js'
-import { benchDatabase, fmt, startBenchGateway } from './harness.js'
+import { HOT_CALL as CALL, benchDatabase, fmt, hotLine, startBenchGateway } from './harness.js'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
 const TOP = Number(process.env.PROFILE_TOP ?? 25)
-const PREFIX = '/api/v1/budgets'
-const CALL = {
-  method: 'POST' as const,
-  headers: { 'content-type': 'application/json', 'x-relay-team-id': 'hot' },
-  body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 })
-}
 
 interface ProfileNode { id: number, callFrame: { functionName: string, url: string, lineNumber: number } }
 interface Profile { nodes: ProfileNode[], samples: number[], timeDeltas: number[] }
@@ -39,10 +32,8 @@ const post = async (path: string, body: unknown = {}, headers: Record<string, st
   if (!response.ok) throw new Error(await response.text())
   return await response.json() as unknown
 }
-const admin = async (body: unknown) => await post(PREFIX, body, { authorization: `Bearer ${BENCH_ADMIN_TOKEN}` }) as { id: string }
 const cpuMicros = async () => ((await (await fetch(`${gateway.url}/bench/cpu`)).json()) as { micros: number }).micros
-const org = await admin({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
-await admin({ name: 'hot team', scopeType: 'team', scopeId: 'hot', parentId: org.id, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
+await hotLine(gateway.url)
 
 /** Loads `path` for SECONDS under the profiler: its calls, the process's CPU per call, and self microseconds per call by function. */
 async function profiled (path: string) {

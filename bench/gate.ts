@@ -26,7 +26,7 @@ import { costFromUsage } from '../lib/pricing/estimate.js'
 import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
 import { ANSWER, BENCH_ADMIN_TOKEN } from './gateway-server.js'
 import { estimateCostRows } from './estimate-cost.js'
-import { benchDatabase, floorPairs, fmt, startBenchGateway } from './harness.js'
+import { HOT_CALL as CALL, benchDatabase, floorPairs, fmt, hotLine, startBenchGateway } from './harness.js'
 import { decisionLogRows } from './decision-log.js'
 import { serverCpuMeter } from './pg-cpu.js'
 
@@ -41,11 +41,6 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
 const HOT = 16
 const PREFIX = '/api/v1/budgets'
 const COST = costFromUsage({ model: ANSWER.model, inputTokens: ANSWER.usage.prompt_tokens, outputTokens: ANSWER.usage.completion_tokens }, createPriceBook(DEFAULT_PRICES))!
-const CALL = {
-  method: 'POST' as const,
-  headers: { 'content-type': 'application/json', 'x-relay-team-id': 'hot' },
-  body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 })
-}
 
 const database = await benchDatabase()
 process.stdout.write(`gate benchmark on PostgreSQL from ${database.source}, ${SECONDS} s a run\n`)
@@ -105,8 +100,7 @@ const admin = async (path: string, body: unknown, method = 'POST') => {
   if (!response.ok) throw new Error(await response.text())
   return await response.json() as { id: string }
 }
-const org = await admin('', { name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
-const team = await admin('', { name: 'hot team', scopeType: 'team', scopeId: 'hot', parentId: org.id, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
+const { org, team } = await hotLine(first.url)
 
 await load(first.url, 1, '/v1/chat/completions', 2) // warm up
 const ungatedOne = await load(first.url, 1, '/ungated/v1/chat/completions')
@@ -127,10 +121,10 @@ const machineAtTarget = machineGated === null ? null : machineGated - gateCpu + 
 const machineFreeGate = machineGated === null ? null : machineGated - gateCpu
 
 // Rate limits on the organization budget, high enough never to refuse: their cost on the hot path.
-await admin(`/${org.id}`, { rateLimits: { requestsPerMinute: 1_000_000_000, tokensPerMinute: 1_000_000_000_000 } }, 'PUT')
+await admin(`/${org}`, { rateLimits: { requestsPerMinute: 1_000_000_000, tokensPerMinute: 1_000_000_000_000 } }, 'PUT')
 await load(first.url, HOT, '/v1/chat/completions', 2) // warm up: the line reloads with its limits
 const rateLimitedHot = await load(first.url, HOT, '/v1/chat/completions')
-await admin(`/${org.id}`, { rateLimits: {} }, 'PUT')
+await admin(`/${org}`, { rateLimits: {} }, 'PUT')
 
 // Scrapes every 100 ms during the same load (Prometheus's default is every 15 s).
 let scraping = true
@@ -161,7 +155,7 @@ const refused = [gatedOne, gatedHot, rateLimitedHot, scrapedHot, a, b].reduce((s
 const [held] = await sql<Array<{ n: number }>>`select count(*)::int as n from budget_reservations`
 const spent = await sql<Array<{ id: string, total: string, calls: number }>>`
   select c.budget_id as id, sum(c.current_amount)::text as total, sum(c.usage_count)::int as calls
-  from budget_status_cache c where c.budget_id in (${org.id}, ${team.id}) group by c.budget_id`
+  from budget_status_cache c where c.budget_id in (${org}, ${team}) group by c.budget_id`
 const expected = fromUnits(toUnits(COST) * BigInt(admitted))
 const exact = spent.length === 2 && spent.every((row) => toUnits(row.total) === toUnits(expected)) && held!.n === 0
 

@@ -5,8 +5,7 @@
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import autocannon from 'autocannon'
-import { BENCH_ADMIN_TOKEN } from './gateway-server.js'
-import { benchDatabase } from './harness.js'
+import { HOT_CALL as CALL, benchDatabase, hotLine } from './harness.js'
 
 const database = await benchDatabase()
 const child = spawn(process.execPath, ['--trace-gc', '--import', 'tsx', new URL('./gateway-server.ts', import.meta.url).pathname], { env: { ...process.env, DATABASE_URL: database.url }, stdio: ['ignore', 'pipe', 'inherit'] })
@@ -21,13 +20,7 @@ await new Promise<void>((resolve) => {
     if (recording && line.includes('ms: ')) gcLines.push(line)
   })
 })
-const admin = async (body: unknown) => {
-  const response = await fetch(`${url}/api/v1/budgets`, { method: 'POST', headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
-  return await response.json() as { id: string }
-}
-const org = await admin({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
-await admin({ name: 'hot team', scopeType: 'team', scopeId: 'hot', parentId: org.id, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
-const CALL = { method: 'POST' as const, headers: { 'content-type': 'application/json', 'x-relay-team-id': 'hot' }, body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 }) }
+await hotLine(url)
 const path = process.env.PROFILE_ROUTE === 'ungated' ? '/ungated/v1/chat/completions' : '/v1/chat/completions'
 await autocannon({ url: `${url}${path}`, connections: 16, duration: 2, ...CALL })
 recording = true

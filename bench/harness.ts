@@ -5,6 +5,7 @@ import type { Sql } from 'postgres'
 import { createInterface } from 'node:readline'
 import { createTestDatabase } from '../test/fixtures/database.js'
 import { provideDatabaseServer } from '../test/fixtures/database-server.js'
+import { BENCH_ADMIN_TOKEN } from './gateway-server.js'
 
 /** A fresh database on DATABASE_URL's server (or an embedded one); `close` drops it and stops what was started. */
 export async function benchDatabase (): Promise<{ url: string, source: string, close: () => Promise<void> }> {
@@ -103,4 +104,33 @@ export async function floorPairs (sql: Sql, connections: number, seconds: number
     }
   }))
   return { pairs, perSecond: pairs / (Number(process.hrtime.bigint() - start) / 1e9) }
+}
+
+/**
+ * The benchmarks' model call, in autocannon's shape: a short chat to gpt-4o-mini (the answer
+ * bench/gateway-server.ts gives is fixed) from the team 'hot' that hotLine makes.
+ */
+export const HOT_CALL = {
+  method: 'POST' as const,
+  headers: { 'content-type': 'application/json', 'x-relay-team-id': 'hot' },
+  body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 })
+}
+
+/**
+ * The hot line most benchmarks load, made through a gateway's admin API: the organization 'acme' and the
+ * team 'hot' under it, monthly in USD, 100000000 each unless `teamAmount` says otherwise. Their ids.
+ */
+export async function hotLine (gatewayUrl: string, teamAmount = '100000000'): Promise<{ org: string, team: string }> {
+  const create = async (body: Record<string, unknown>): Promise<string> => {
+    const response = await fetch(`${gatewayUrl}/api/v1/budgets`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ currency: 'USD', period: 'monthly', startDate: '2024-01-01', ...body })
+    })
+    if (!response.ok) throw new Error(`creating the hot line: ${response.status} ${await response.text()}`)
+    return ((await response.json()) as { id: string }).id
+  }
+  const org = await create({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000' })
+  const team = await create({ name: 'hot team', scopeType: 'team', scopeId: 'hot', parentId: org, amount: teamAmount })
+  return { org, team }
 }

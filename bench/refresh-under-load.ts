@@ -6,7 +6,7 @@ import { once } from 'node:events'
 import autocannon from 'autocannon'
 import postgres from 'postgres'
 import { BENCH_ADMIN_TOKEN } from './gateway-server.js'
-import { benchDatabase, fmt, startBenchGateway } from './harness.js'
+import { HOT_CALL, benchDatabase, fmt, hotLine, startBenchGateway } from './harness.js'
 
 const ROWS = Number(process.env.BENCH_REFRESH_ROWS ?? 10_000_000)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
@@ -27,8 +27,7 @@ const admin = async (method: string, path: string, body?: unknown) => {
   if (!response.ok) throw new Error(await response.text())
   return await response.json() as { id: string }
 }
-const org = await admin('POST', '', { name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
-const team = await admin('POST', '', { name: 'hot team', scopeType: 'team', scopeId: 'hot', parentId: org.id, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
+const { org, team } = await hotLine(gateway.url)
 
 // The history, written straight into the tables (as settlements write them), in this month's window,
 // on one connection with replication-role triggers off: the foreign-key checks of 30 million rows
@@ -38,33 +37,32 @@ await sql.begin(async (tx) => {
   await tx`set local session_replication_role = replica`
   await tx`
     insert into budget_usage_records (id, budget_id, amount, currency, source, metadata, occurred_at, allocated_by_settlement)
-    select md5(i::text)::uuid, ${team.id}, 0.000001, 'USD', 'bench', '{}', date_trunc('month', now()) + (i % 86400) * interval '1 second', true
+    select md5(i::text)::uuid, ${team}, 0.000001, 'USD', 'bench', '{}', date_trunc('month', now()) + (i % 86400) * interval '1 second', true
     from generate_series(1, ${ROWS}) as i`
   await tx`
     insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at)
     select b.id, md5(i::text)::uuid, 0.000001, date_trunc('month', now()) + (i % 86400) * interval '1 second'
-    from generate_series(1, ${ROWS}) as i cross join (values (${team.id}::uuid), (${org.id}::uuid)) as b(id)`
+    from generate_series(1, ${ROWS}) as i cross join (values (${team}::uuid), (${org}::uuid)) as b(id)`
 })
 await sql`vacuum analyze budget_usage_allocations`
 process.stdout.write(`wrote ${ROWS} usage rows and ${2 * ROWS} allocations in ${fmt((Date.now() - started) / 1000, 0)} s\n`)
 const refreshStarted = Date.now()
-await admin('POST', `/${team.id}/refresh-cache`)
-await admin('POST', `/${org.id}/refresh-cache`)
+await admin('POST', `/${team}/refresh-cache`)
+await admin('POST', `/${org}/refresh-cache`)
 const refreshMs = (Date.now() - refreshStarted) / 2
 
-const call = { method: 'POST' as const, headers: { 'content-type': 'application/json', 'x-relay-team-id': 'hot' }, body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 }) }
 const load = async () => {
-  const result = await autocannon({ url: `${gateway.url}/v1/chat/completions`, connections: 16, duration: SECONDS, ...call })
+  const result = await autocannon({ url: `${gateway.url}/v1/chat/completions`, connections: 16, duration: SECONDS, ...HOT_CALL })
   return { perSecond: result.requests.total / SECONDS, p99: result.latency.p99, refused: result.non2xx + result.errors + result.timeouts }
 }
 
-await autocannon({ url: `${gateway.url}/v1/chat/completions`, connections: 16, duration: 2, ...call }) // warm up
+await autocannon({ url: `${gateway.url}/v1/chat/completions`, connections: 16, duration: 2, ...HOT_CALL }) // warm up
 const quiet = await load()
 let refreshing = true
 let refreshes = 0
 const refresher = (async () => {
   while (refreshing) {
-    await admin('POST', `/${refreshes % 2 === 0 ? team.id : org.id}/refresh-cache`)
+    await admin('POST', `/${refreshes % 2 === 0 ? team : org}/refresh-cache`)
     refreshes++
   }
 })()

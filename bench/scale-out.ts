@@ -15,8 +15,8 @@ import { fromUnits, toUnits } from '../lib/kernel/money.js'
 import { costFromUsage } from '../lib/pricing/estimate.js'
 import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
 import { createTestDatabase } from '../test/fixtures/database.js'
-import { ANSWER, BENCH_ADMIN_TOKEN } from './gateway-server.js'
-import { benchDatabase, floorPairs, fmt, startBenchGateway } from './harness.js'
+import { ANSWER } from './gateway-server.js'
+import { HOT_CALL as CALL, benchDatabase, floorPairs, fmt, hotLine, startBenchGateway } from './harness.js'
 import { serverCpuMeter, type ServerCpu } from './pg-cpu.js'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
@@ -33,13 +33,7 @@ const IDLE_REPORT_MS = 11_000
 // warm-up, those reads end and then their counts are reported, before the measure begins.
 const AFTER_WARM_UP_MS = 5_000 + IDLE_REPORT_MS
 const EXITED_REPORT_MS = 1_000
-const PREFIX = '/api/v1/budgets'
 const COST = costFromUsage({ model: ANSWER.model, inputTokens: ANSWER.usage.prompt_tokens, outputTokens: ANSWER.usage.completion_tokens }, createPriceBook(DEFAULT_PRICES))!
-const CALL = {
-  method: 'POST' as const,
-  headers: { 'content-type': 'application/json', 'x-relay-team-id': 'hot' },
-  body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 })
-}
 // The gate's statements that write a hot line's window rows, counted per setting.
 const SETTLEMENTS = ['budget_settle_leased', 'budget_settle_batch']
 const LEASE_WRITES = ['budget_lease_take', 'budget_lease_return']
@@ -130,13 +124,7 @@ async function setting (processes: number) {
   await sql`alter database ${sql(databaseName(url))} set track_functions = 'pl'`
   const gateways: Array<Awaited<ReturnType<typeof startBenchGateway>>> = []
   for (let i = 0; i < processes; i++) gateways.push(await startBenchGateway(url)) // one at a time: the first runs the migrations
-  const admin = async (body: unknown) => {
-    const response = await fetch(`${gateways[0]!.url}${PREFIX}`, { method: 'POST', headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
-    if (!response.ok) throw new Error(await response.text())
-    return await response.json() as { id: string }
-  }
-  const org = await admin({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
-  const team = await admin({ name: 'hot team', scopeType: 'team', scopeId: 'hot', parentId: org.id, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01' })
+  const { org, team } = await hotLine(gateways[0]!.url)
   const read = async <T>(path: string) => await Promise.all(gateways.map(async (gateway) => await (await fetch(`${gateway.url}${path}`)).json() as T))
   const load = async (seconds: number) => await Promise.all(gateways.map(async (gateway) =>
     await autocannon({ url: `${gateway.url}/v1/chat/completions`, connections: CONNECTIONS / processes, overallRate: RATE / processes, duration: seconds, ...CALL })))
@@ -168,7 +156,7 @@ async function setting (processes: number) {
   const [held] = await reader<Array<{ n: number }>>`select count(*)::int as n from budget_reservations`
   const spent = await reader<Array<{ id: string, total: string }>>`
     select c.budget_id as id, sum(c.current_amount)::text as total
-    from budget_status_cache c where c.budget_id in (${org.id}, ${team.id}) group by c.budget_id`
+    from budget_status_cache c where c.budget_id in (${org}, ${team}) group by c.budget_id`
   await reader.end()
   const expected = fromUnits(toUnits(COST) * BigInt(admittedInAll))
   const exact = spent.length === 2 && spent.every((row) => toUnits(row.total) === toUnits(expected)) && held!.n === 0
