@@ -53,7 +53,8 @@ const MERGE_CACHE_SIZE = 0
 
 // The tokens of pieces counted in this process, by encoding: looked up only (Map.get, no reordering), and
 // emptied when full, so that a lookup stays cheap whatever was counted before; pieces are at most
-// MAX_PIECE_BYTES long, so this holds at most some MB.
+// MAX_PIECE_BYTES long and kept as copies of their own (keep), never as views into a request's text, so
+// this holds at most some MB.
 const PROCESS_PIECES = 20_000
 const pieceCounts = new Map<EncodingName, Map<string, number>>()
 
