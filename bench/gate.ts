@@ -26,7 +26,7 @@ import { costFromUsage } from '../lib/pricing/estimate.js'
 import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
 import { ANSWER, BENCH_ADMIN_TOKEN } from './gateway-server.js'
 import { estimateCostRows } from './estimate-cost.js'
-import { HOT_CALL as CALL, benchDatabase, floorPairs, fmt, hotLine, startBenchGateway } from './harness.js'
+import { HOT_CALL as CALL, benchDatabase, databaseName, floorPairs, fmt, hotLine, startBenchGateway } from './harness.js'
 import { decisionLogRows } from './decision-log.js'
 import { serverCpuMeter } from './pg-cpu.js'
 
@@ -46,7 +46,7 @@ const database = await benchDatabase()
 process.stdout.write(`gate benchmark on PostgreSQL from ${database.source}, ${SECONDS} s a run\n`)
 const sql = postgres(database.url, { max: HOT, onnotice: () => {} })
 // PostgreSQL's CPU for this benchmark's database (bench/pg-cpu.ts), or why it cannot be read here.
-const meter = await serverCpuMeter(sql, (name) => name === decodeURIComponent(new URL(database.url).pathname.slice(1)))
+const meter = await serverCpuMeter(sql, (name) => name === databaseName(database.url))
 
 if (process.env.BENCH_ONLY === 'decisions') {
   const decisions = await decisionLogRows(database.url, sql, HOT, SECONDS)
@@ -110,15 +110,26 @@ const ungatedHot = await load(first.url, HOT, '/ungated/v1/chat/completions')
 const gatedHot = await load(first.url, HOT, '/v1/chat/completions')
 // The gate's own CPU: the process's CPU per call on the gated route less on the ungated one, over the same load.
 const gateCpu = gatedHot.cpuPerCall - ungatedHot.cpuPerCall
-// The whole machine's CPU a call on each route: the gateway, PostgreSQL and the load generator, all on the
-// same cores. Where the cores are what limits both loads, throughput goes as the inverse of this, so its
-// ratio bounds gated / ungated throughput; the same with the gate at its 60 µs target says what that
-// target alone could give on this machine.
-const machine = (run: typeof gatedHot) => run.databaseCpuPerCall === null ? null : run.cpuPerCall + run.databaseCpuPerCall + run.loaderCpuPerCall
-const machineUngated = machine(ungatedHot)
-const machineGated = machine(gatedHot)
-const machineAtTarget = machineGated === null ? null : machineGated - gateCpu + 60
-const machineFreeGate = machineGated === null ? null : machineGated - gateCpu
+
+/**
+ * The whole machine's CPU a call on each route: the gateway, PostgreSQL and the load generator, all on the
+ * same cores. Where the cores are what limits both loads, throughput goes as the inverse of this, so its
+ * ratio bounds gated / ungated throughput; the same with the gate's CPU at its 60 µs target, and at 0, says
+ * what the gate alone could give on this machine.
+ */
+function machineRows (): string[] {
+  if (ungatedHot.databaseCpuPerCall === null || gatedHot.databaseCpuPerCall === null) return [`| the machine's CPU per call | not measured: ${meter as string} | |`]
+  const parts = (run: typeof gatedHot, database: number) => ({ text: `${fmt(run.cpuPerCall, 1)} + ${fmt(database, 1)} + ${fmt(run.loaderCpuPerCall, 1)}`, all: run.cpuPerCall + database + run.loaderCpuPerCall })
+  const ungated = parts(ungatedHot, ungatedHot.databaseCpuPerCall)
+  const gated = parts(gatedHot, gatedHot.databaseCpuPerCall)
+  const freeGate = gated.all - gateCpu
+  return [
+    `| the machine's CPU per call, ungated, ${HOT} connections: gateway + PostgreSQL + load generator | ${ungated.text} = ${fmt(ungated.all, 1)} µs | |`,
+    `| the machine's CPU per call, gated, ${HOT} connections: gateway + PostgreSQL + load generator | ${gated.text} = ${fmt(gated.all, 1)} µs | ${ratio(ungated.all / gated.all)}: the gated / ungated throughput the ${availableParallelism()} cores allow |`,
+    `| the same, with the gate's CPU at its 60 µs target and all else as measured | ${fmt(freeGate + 60, 1)} µs | ${ratio(ungated.all / (freeGate + 60))}: the most that target gives here |`,
+    `| the same, with the gate's own CPU at 0 and all else as measured | ${fmt(freeGate, 1)} µs | ${ratio(ungated.all / freeGate)}: the most any gate gives here |`
+  ]
+}
 
 // Rate limits on the organization budget, high enough never to refuse: their cost on the hot path.
 await admin(`/${org}`, { rateLimits: { requestsPerMinute: 1_000_000_000, tokensPerMinute: 1_000_000_000_000 } }, 'PUT')
@@ -174,14 +185,7 @@ process.stdout.write([
   `| ungated, ${HOT} connections | ${fmt(ungatedHot.perSecond, 0)} calls/s, p99 ${ungatedHot.p99} ms, ${fmt(ungatedHot.cpuPerCall, 1)} µs of process CPU a call | |`,
   `| gated, ${HOT} connections, one hot team + organization | ${fmt(gatedHot.perSecond, 0)} calls/s, p99 ${gatedHot.p99} ms, ${fmt(gatedHot.cpuPerCall, 1)} µs of process CPU a call | ${ratio(gatedHot.perSecond / floorHot)} of the floor's pairs/s; ${ratio(gatedHot.perSecond / ungatedHot.perSecond)} of ungated |`,
   `| the gate's CPU per call (gated - ungated process CPU, ${HOT} connections) | ${fmt(gateCpu, 1)} µs | ${ratio(gatedHot.cpuPerCall / ungatedHot.cpuPerCall)}x the ungated route's CPU |`,
-  ...(machineUngated === null || machineGated === null || machineAtTarget === null
-    ? [`| the machine's CPU per call | not measured: ${meter as string} | |`]
-    : [
-        `| the machine's CPU per call, ungated, ${HOT} connections: gateway + PostgreSQL + load generator | ${fmt(ungatedHot.cpuPerCall, 1)} + ${fmt(ungatedHot.databaseCpuPerCall!, 1)} + ${fmt(ungatedHot.loaderCpuPerCall, 1)} = ${fmt(machineUngated, 1)} µs | |`,
-        `| the machine's CPU per call, gated, ${HOT} connections: gateway + PostgreSQL + load generator | ${fmt(gatedHot.cpuPerCall, 1)} + ${fmt(gatedHot.databaseCpuPerCall!, 1)} + ${fmt(gatedHot.loaderCpuPerCall, 1)} = ${fmt(machineGated, 1)} µs | ${ratio(machineUngated / machineGated)}: the gated / ungated throughput the ${availableParallelism()} cores allow |`,
-        `| the same, with the gate's CPU at its 60 µs target and all else as measured | ${fmt(machineAtTarget, 1)} µs | ${ratio(machineUngated / machineAtTarget)}: the most that target gives here |`,
-        `| the same, with the gate's own CPU at 0 and all else as measured | ${fmt(machineFreeGate!, 1)} µs | ${ratio(machineUngated / machineFreeGate!)}: the most any gate gives here |`
-      ]),
+  ...machineRows(),
   `| gated, ${HOT} connections, the same line with request and token rate limits | ${fmt(rateLimitedHot.perSecond, 0)} calls/s, p99 ${rateLimitedHot.p99} ms | ${ratio(rateLimitedHot.perSecond / gatedHot.perSecond)} of the same line without |`,
   `| gated, ${HOT} connections, the same line while /metrics is scraped every 100 ms (${scrapes} scrapes) | ${fmt(scrapedHot.perSecond, 0)} calls/s, p99 ${scrapedHot.p99} ms | ${ratio(scrapedHot.perSecond / gatedHot.perSecond)} of the same line unscraped |`,
   `| two gateway processes, ${HOT / 2} connections each (exactness across processes; scale-out: bench/scale-out.ts) | ${fmt(a.perSecond + b.perSecond, 0)} calls/s | |`,

@@ -23,6 +23,9 @@ export async function benchDatabase (): Promise<{ url: string, source: string, c
   }
 }
 
+/** The name of the database a connection string names. */
+export const databaseName = (url: string): string => decodeURIComponent(new URL(url).pathname.slice(1))
+
 export function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   const middle = Math.floor(sorted.length / 2)

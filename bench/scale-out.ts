@@ -16,7 +16,7 @@ import { costFromUsage } from '../lib/pricing/estimate.js'
 import { DEFAULT_PRICES, createPriceBook } from '../lib/pricing/pricing.js'
 import { createTestDatabase } from '../test/fixtures/database.js'
 import { ANSWER } from './gateway-server.js'
-import { HOT_CALL as CALL, benchDatabase, floorPairs, fmt, hotLine, startBenchGateway } from './harness.js'
+import { HOT_CALL as CALL, benchDatabase, databaseName, floorPairs, fmt, hotLine, startBenchGateway } from './harness.js'
 import { serverCpuMeter, type ServerCpu } from './pg-cpu.js'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
@@ -41,7 +41,6 @@ const LEASE_WRITES = ['budget_lease_take', 'budget_lease_return']
 const database = await benchDatabase()
 process.stdout.write(`scale-out benchmark on PostgreSQL from ${database.source}: ${RATE} calls/s in all, ${CONNECTIONS} connections in all, ${SECONDS} s a setting\n`)
 const databaseCleanups: Array<() => unknown> = []
-const databaseName = (url: string) => decodeURIComponent(new URL(url).pathname.slice(1))
 const benchDatabases = new Set([databaseName(database.url)])
 const sql = postgres(database.url, { max: CONNECTIONS, onnotice: () => {} })
 const meter = await serverCpuMeter(sql, (name) => benchDatabases.has(name))

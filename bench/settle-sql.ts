@@ -3,9 +3,9 @@
 // rows exist, as a gated call's always do. Each round holds a batch of calls (budget_hold_batch) and then
 // settles it (budget_settle_batch), and takes a lease (budget_lease_take) and settles a batch of calls from it
 // (budget_settle_leased); only the settlements are timed. Beside them, the floor under both: the same calls'
-// rows stored alone (a usage record a call, an allocation a call and budget). Prints the median milliseconds per batch of
-// BENCH_ROUNDS rounds (after a few unmeasured ones) for batches of 1, 16 and 64. Run it on two branches back to
-// back to compare them: the figures are this machine's.
+// rows stored alone (a usage record a call, an allocation a call and budget). Prints the median milliseconds
+// per batch of BENCH_ROUNDS rounds (after a few unmeasured ones) for batches of 1, 16 and 64. Run it on two
+// branches back to back to compare them: the figures are this machine's.
 import { randomUUID } from 'node:crypto'
 import postgres from 'postgres'
 import { migrate } from '../lib/kernel/database/migrate.js'

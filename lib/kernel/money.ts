@@ -66,8 +66,8 @@ const FRACTION_SCALE = Array.from({ length: MONEY_SCALE + 1 }, (_, digits) => 10
 const EXACT_DIGITS = 15
 
 // The gate reads the same few amounts on every call (a line's limits and spend, a model's estimate): each
-// text's units, and each amount's text, are kept once worked out (kept.ts); only short texts (a decimal may
-// come padded with zeros).
+// text's units, and each amount's text, are kept once worked out (kept.ts); only short texts are kept (a
+// decimal may come padded with zeros).
 const KEPT_AMOUNTS = 4096
 const KEPT_LENGTH = 48
 const unitsOfText = new Map<string, bigint>()
