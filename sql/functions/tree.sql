@@ -59,3 +59,66 @@ begin
 end $$;
 create or replace trigger budget_definitions_root before insert on budget_definitions
 for each row execute function budget_definitions_root();
+
+-- The root of a row that belongs to a budget (root_id on the per-budget tables, migration 010): its budget's
+-- root, or the nil uuid for a row of no budget. Fills it for a writer that leaves it out; the gate's
+-- statements name it themselves (Citus routes an insert by it, before any trigger runs). The key
+-- (root_id, budget_id) -> budget_definitions (root_id, id) checks what a writer names.
+create or replace function budget_row_root() returns trigger language plpgsql as $$
+begin
+  if new.budget_id is null then
+    new.root_id := '00000000-0000-0000-0000-000000000000';
+  else
+    select d.root_id into new.root_id from budget_definitions d where d.id = new.budget_id;
+    -- a budget that is not there: the nil root, which the key refuses where the table has one
+    new.root_id := coalesce(new.root_id, '00000000-0000-0000-0000-000000000000');
+  end if;
+  return new;
+end $$;
+
+-- A notification's root: the root of the alert, digest or drift it tells of.
+create or replace function budget_outbox_root() returns trigger language plpgsql as $$
+begin
+  new.root_id := coalesce((select h.root_id from budget_alert_history h where h.id = new.alert_id),
+                          (select g.root_id from budget_digests g where g.id = new.digest_id),
+                          (select r.root_id from budget_recon_drifts r where r.id = new.drift_id));
+  return new;
+end $$;
+
+-- On every table whose rows carry both a budget and a root (migration 010).
+create or replace trigger budget_alert_history_root before insert on budget_alert_history
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_approvals_root before insert on budget_approvals
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_audit_log_root before insert on budget_audit_log
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_decision_log_root before insert on budget_decision_log
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_digests_root before insert on budget_digests
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_forecast_backdated_root before insert on budget_forecast_backdated
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_forecast_profiles_root before insert on budget_forecast_profiles
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_rate_buckets_root before insert on budget_rate_buckets
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_recon_corrections_root before insert on budget_recon_corrections
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_recon_drifts_root before insert on budget_recon_drifts
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_recon_mappings_root before insert on budget_recon_mappings
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_reservations_root before insert on budget_reservations
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_shadow_counts_root before insert on budget_shadow_counts
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_shadow_windows_root before insert on budget_shadow_windows
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_status_cache_root before insert on budget_status_cache
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_usage_allocations_root before insert on budget_usage_allocations
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_usage_records_root before insert on budget_usage_records
+for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_notification_outbox_root before insert on budget_notification_outbox
+for each row when (new.root_id is null) execute function budget_outbox_root();
