@@ -69,19 +69,19 @@ async function leaseAndSettle (size: number): Promise<number> {
 
 /**
  * The rows alone: what any settlement of `size` calls on this line must store, a usage record a call and an
- * allocation a call and budget, inserted with one statement each and nothing else (no lock, no window row,
- * no lease): the floor under both settlements' time.
+ * allocation a call and budget (each naming the line's one root, as the settlements do), inserted with one
+ * statement each and nothing else (no lock, no window row, no lease): the floor under both settlements' time.
  */
 async function rowsAlone (size: number): Promise<number> {
   const ids = Array.from({ length: size }, () => randomUUID())
   const [team, ...above] = line
   return await timed(async () => {
-    await sql`insert into budget_usage_records (id, budget_id, amount, currency, source, metadata, idempotency_key, also_counts_toward, occurred_at, allocated_by_settlement)
-      select i.id, ${team!.id}, 0.0083, 'USD', 'bench', '{"modelId":"gpt-4o-mini"}'::jsonb || jsonb_build_object('requestId', i.id::text), i.id::text,
+    await sql`insert into budget_usage_records (id, budget_id, root_id, amount, currency, source, metadata, idempotency_key, also_counts_toward, occurred_at, allocated_by_settlement)
+      select i.id, ${team!.id}, (select d.root_id from budget_definitions d where d.id = ${team!.id}), 0.0083, 'USD', 'bench', '{"modelId":"gpt-4o-mini"}'::jsonb || jsonb_build_object('requestId', i.id::text), i.id::text,
              ${above.map((b) => b.id)}::text[]::uuid[], now(), true
       from unnest(${ids}::text[]::uuid[]) as i(id)`
-    await sql`insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
-      select b.id, i.id, 0.0083, now(), 1 from unnest(${ids}::text[]::uuid[]) as i(id) cross join unnest(${line.map((b) => b.id)}::text[]::uuid[]) as b(id)`
+    await sql`insert into budget_usage_allocations (budget_id, root_id, usage_id, amount, occurred_at, exchange_rate)
+      select b.id, (select d.root_id from budget_definitions d where d.id = ${team!.id}), i.id, 0.0083, now(), 1 from unnest(${ids}::text[]::uuid[]) as i(id) cross join unnest(${line.map((b) => b.id)}::text[]::uuid[]) as b(id)`
   })
 }
 

@@ -77,7 +77,7 @@ language plpgsql set lock_timeout = '2s' as $$
 #variable_conflict use_column
 declare
   keys uuid[]; starts timestamptz[]; limits numeric[]; enforcements text[]; currents numeric[]; reserveds numeric[]; added numeric[];
-  rates numeric[]; caps numeric[]; row_held numeric[]; row_out_of_range boolean[]; row_over_cap boolean[];
+  roots uuid[]; rates numeric[]; caps numeric[]; row_held numeric[]; row_out_of_range boolean[]; row_over_cap boolean[];
   row_window integer[];
   call_current boolean[]; call_reserved boolean[]; call_fits boolean;
   row_reserved_before numeric[]; row_fits boolean[];
@@ -100,8 +100,9 @@ begin
          -- each window's rate from the calls' currency into its budget's, in force now (null: none is)
          array_agg(budget_exchange_rate(p_currency, d.currency, now()) order by c.budget_id, c.period_start),
          -- each budget's cap on one call, read with its limit under the lock
-         array_agg(d.max_call_cost order by c.budget_id, c.period_start)
-  into keys, starts, limits, enforcements, currents, reserveds, rates, caps
+         array_agg(d.max_call_cost order by c.budget_id, c.period_start),
+         array_agg(c.root_id order by c.budget_id, c.period_start)
+  into keys, starts, limits, enforcements, currents, reserveds, rates, caps, roots
   from budget_status_cache c
   join budget_definitions d on d.id = c.budget_id
   join (select distinct r.b, r.s, r.e from unnest(p_row_budgets, p_row_starts, p_row_ends) as r(b, s, e) where r.s <= now() and now() < r.e) x
@@ -176,9 +177,9 @@ begin
   from unnest(keys, starts, added) as a(b, s, added)
   where a.added > 0 and c.budget_id = a.b and c.period_start = a.s;
 
-  insert into budget_reservations (id, budget_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at,
+  insert into budget_reservations (id, budget_id, root_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at,
                                    call_amount, exchange_rate, as_if_excluded)
-  select p_reservation_ids[r.call], r.b, r.s, r.held, r.matched, r.rank, p_currency, p_request_ids[r.call], now() + p_ttl,
+  select p_reservation_ids[r.call], r.b, roots[r.w], r.s, r.held, r.matched, r.rank, p_currency, p_request_ids[r.call], now() + p_ttl,
          p_amounts[r.call], rates[r.w], coalesce(not r.shadow_fits, false)
   from unnest(p_row_calls, p_row_budgets, p_row_starts, p_row_matched, p_row_ranks, row_held, row_window, row_shadow_fits)
     as r(call, b, s, matched, rank, held, w, shadow_fits)

@@ -33,8 +33,8 @@ declare
   fits boolean;
 begin
   -- a bucket seen for the first time starts full
-  insert into budget_rate_buckets (budget_id, requests, tokens, refilled_at)
-  select b.id, coalesce(b.rate_requests_per_minute, 0), coalesce(b.rate_tokens_per_minute, 0), clock_timestamp()
+  insert into budget_rate_buckets (budget_id, root_id, requests, tokens, refilled_at)
+  select b.id, b.root_id, coalesce(b.rate_requests_per_minute, 0), coalesce(b.rate_tokens_per_minute, 0), clock_timestamp()
   from unnest(p_budget_ids) as x(id) join budget_definitions b on b.id = x.id
   order by b.id
   on conflict on constraint budget_rate_buckets_pkey do nothing;

@@ -76,8 +76,8 @@ begin
   ),
   ended as (
     delete from budget_reservations r using input i where r.id = i.reservation_id
-    returning r.id, r.budget_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, r.request_id, r.created_at, r.exchange_rate,
-              r.as_if_excluded
+    returning r.id, r.budget_id, r.root_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, r.request_id, r.created_at,
+              r.exchange_rate, r.as_if_excluded
   ),
   -- each row's window as its cache row has it: the allocation is dated inside it
   windowed as (
@@ -92,13 +92,16 @@ begin
            coalesce((array_agg(e.dated_at order by e.scope_rank, e.budget_id) filter (where e.scope_matched))[1],
                     (array_agg(e.dated_at order by e.scope_rank, e.budget_id))[1]) as reserved_at,
            coalesce(array_agg(e.budget_id order by e.scope_rank, e.budget_id) filter (where e.scope_matched),
-                    array_agg(e.budget_id order by e.scope_rank, e.budget_id)) as held_by
+                    array_agg(e.budget_id order by e.scope_rank, e.budget_id)) as held_by,
+           -- the root of held_by[1], the budget the call is recorded on
+           coalesce((array_agg(e.root_id order by e.scope_rank, e.budget_id) filter (where e.scope_matched))[1],
+                    (array_agg(e.root_id order by e.scope_rank, e.budget_id))[1]) as held_root
     from windowed e group by e.id
   ),
   recorded as (
-    insert into budget_usage_records as u (id, budget_id, amount, currency, source, description, metadata, idempotency_key,
+    insert into budget_usage_records as u (id, budget_id, root_id, amount, currency, source, description, metadata, idempotency_key,
                                            also_counts_toward, occurred_at, allocated_by_settlement)
-    select c.usage_id, c.held_by[1], least(i.actual, budget_money_max()), c.currency, i.source, i.description,
+    select c.usage_id, c.held_by[1], c.held_root, least(i.actual, budget_money_max()), c.currency, i.source, i.description,
            coalesce(i.metadata, '{}'::jsonb) || jsonb_build_object('requestId', c.request_id),
            c.request_id, c.held_by[2:], c.reserved_at, true
     from calls c join input i on i.reservation_id = c.reservation_id
@@ -217,7 +220,7 @@ begin
     where i.actual > 0
   ),
   leases as (
-    select r.id, r.budget_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, r.exchange_rate, c.period_end
+    select r.id, r.budget_id, r.root_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, r.exchange_rate, c.period_end
     from budget_reservations r join budget_status_cache c on c.budget_id = r.budget_id and c.period_start = r.period_start
     where r.id in (select lease_id from input)
   ),
@@ -225,6 +228,9 @@ begin
     select i.lease_id, i.request_id, i.actual, i.source, i.description, i.metadata, coalesce(i.usage_id, gen_random_uuid()) as usage_id, min(l.currency) as currency,
            coalesce(array_agg(l.budget_id order by l.scope_rank, l.budget_id) filter (where l.scope_matched),
                     array_agg(l.budget_id order by l.scope_rank, l.budget_id)) as scope_budgets,
+           -- the root of scope_budgets[1], the budget the call is recorded on
+           coalesce((array_agg(l.root_id order by l.scope_rank, l.budget_id) filter (where l.scope_matched))[1],
+                    (array_agg(l.root_id order by l.scope_rank, l.budget_id))[1]) as record_root,
            coalesce((array_agg(greatest(l.period_start, least(i.occurred_at, l.period_end - interval '1 microsecond')) order by l.scope_rank, l.budget_id)
                        filter (where l.scope_matched))[1],
                     (array_agg(greatest(l.period_start, least(i.occurred_at, l.period_end - interval '1 microsecond')) order by l.scope_rank, l.budget_id))[1])
@@ -234,9 +240,9 @@ begin
     group by i.lease_id, i.request_id, i.actual, i.source, i.description, i.metadata, i.occurred_at, i.usage_id
   ),
   recorded as (
-    insert into budget_usage_records as u (id, budget_id, amount, currency, source, description, metadata, idempotency_key,
+    insert into budget_usage_records as u (id, budget_id, root_id, amount, currency, source, description, metadata, idempotency_key,
                                            also_counts_toward, occurred_at, allocated_by_settlement)
-    select c.usage_id, c.scope_budgets[1], least(c.actual, budget_money_max()), c.currency, c.source, c.description,
+    select c.usage_id, c.scope_budgets[1], c.record_root, least(c.actual, budget_money_max()), c.currency, c.source, c.description,
            c.metadata || jsonb_build_object('requestId', c.request_id),
            c.request_id, c.scope_budgets[2:], c.occurred_at, true
     from calls c

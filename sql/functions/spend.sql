@@ -176,8 +176,9 @@ begin
       left join budget_definitions d on d.id = w.budget_id
     ),
     allocated as (
-      insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
-      select a.budget_id, a.usage_id, a.cost, a.occurred_at, a.rate from a where (select s.ok from simple s)
+      insert into budget_usage_allocations (budget_id, root_id, usage_id, amount, occurred_at, exchange_rate)
+      select a.budget_id, (select d.root_id from budget_definitions d where d.id = a.budget_id), a.usage_id, a.cost, a.occurred_at, a.rate
+      from a where (select s.ok from simple s)
     ),
     moved as (
       update budget_status_cache c
@@ -229,8 +230,8 @@ begin
                                     and h.threshold = (alert ->> 'threshold')::numeric and h.basis = 'projected'));
 
   -- 2. The allocations, before any window row is locked (a walked window's in 5).
-  insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
-  select a.budget_id, a.usage_id, a.charged, a.occurred_at, a.rate
+  insert into budget_usage_allocations (budget_id, root_id, usage_id, amount, occurred_at, exchange_rate)
+  select a.budget_id, (select d.root_id from budget_definitions d where d.id = a.budget_id), a.usage_id, a.charged, a.occurred_at, a.rate
   from unnest(a_budget, a_usage, a_charged, a_at, a_rate, a_start) as a(budget_id, usage_id, charged, occurred_at, rate, period_start)
   where a.charged is not null and (a.period_start is null or not (a.budget_id::text || '|' || a.period_start::text = any (walked)));
 
@@ -245,8 +246,8 @@ begin
   w_created := array_fill(false, array[coalesce(cardinality(w_budget), 0)]);
   for i in 1 .. coalesce(cardinality(w_budget), 0) loop
     created := null;
-    insert into budget_status_cache (budget_id, period_start, period_end)
-    values (w_budget[i], w_start[i], w_end[i])
+    insert into budget_status_cache (budget_id, root_id, period_start, period_end)
+    values (w_budget[i], (select d.root_id from budget_definitions d where d.id = w_budget[i]), w_start[i], w_end[i])
     on conflict (budget_id, period_start) do nothing
     returning true into created;
     if created then
@@ -357,7 +358,7 @@ begin
   -- the trigger does), so a forecast sees this call's records up to it and none after; the row is written at
   -- each step (a threshold on spend first reached, a projected one first reached, the last record).
   for walk in
-    select w.budget_id, w.period_start, w.period_end, w.base, w.calls, w.last, d.amount as limit_amount,
+    select w.budget_id, d.root_id, w.period_start, w.period_end, w.base, w.calls, w.last, d.amount as limit_amount,
            array(select (alert ->> 'threshold')::numeric from jsonb_array_elements(d.alerts) alert where alert ->> 'basis' = 'projected') as thresholds
     from unnest(w_budget, w_start, w_end, w_base, w_calls, w_last) with ordinality as w(budget_id, period_start, period_end, base, calls, last, n)
     join budget_definitions d on d.id = w.budget_id
@@ -373,8 +374,8 @@ begin
       window o as (order by r.ord)
       order by r.ord
     loop
-      insert into budget_usage_allocations (budget_id, usage_id, amount, occurred_at, exchange_rate)
-      values (walk.budget_id, running_row.usage_id, running_row.charged, running_row.occurred_at, running_row.rate);
+      insert into budget_usage_allocations (budget_id, root_id, usage_id, amount, occurred_at, exchange_rate)
+      values (walk.budget_id, walk.root_id, running_row.usage_id, running_row.charged, running_row.occurred_at, running_row.rate);
       -- A backdated allocation (marked by its trigger, forecast.sql) changes the budget's weekday profile. The kept
       -- profile cannot tell this transaction's marks made after it was summed from those before (the
       -- transaction sees its own), so it is dropped and the next forecast sums it again. Only under the
