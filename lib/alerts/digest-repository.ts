@@ -172,7 +172,7 @@ export function createDigestRepository (sql: Db) {
           values (${values.budgetId}, ${values.every}, ${values.periodStart}, ${values.periodEnd}, ${values.firstDay}::date, ${values.timezone}, ${values.spent}, ${values.usageCount},
                   ${values.windowStart}, ${values.windowEnd}, ${values.windowSpent}, ${values.limit}, ${values.percentUsed}, ${values.burnRate},
                   ${values.projectedTotal}, ${JSON.stringify(values.topModels)}::text::jsonb, ${JSON.stringify(values.topUsers)}::text::jsonb)
-          on conflict (budget_id, every, first_day) do nothing
+          on conflict (budget_id, every, first_day, root_id) do nothing
           returning id
         ),
         queued as (

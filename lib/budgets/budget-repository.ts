@@ -1,4 +1,5 @@
 // SQL for budget_definitions: one statement per function; hand it a transaction's sql to run inside one.
+import { randomUUID } from 'node:crypto'
 import { isUuid, type Db } from '../kernel/database/db.js'
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import type { BudgetAlert, BudgetDefinition, BudgetDigest, Enforcement, NearLimitPolicy, BudgetFilters, Period, PeriodAlignment, RateLimits, ScopeType } from '../kernel/schemas.js'
@@ -116,14 +117,17 @@ export function createBudgetRepository (sql: Db) {
       return new Map(rows.map((row) => [row.id, toBudget(row)]))
     },
 
-    async insertBudget (values: BudgetValues, createdBy: string | null): Promise<BudgetDefinition> {
+    /** A new budget, in the tree of `parentRootId` (null: a root of its own). */
+    async insertBudget (values: BudgetValues, parentRootId: string | null, createdBy: string | null): Promise<BudgetDefinition> {
+      // the id is made here so that a root can name itself as its root (Citus places a row by its root)
+      const id = randomUUID()
       const [row] = await sql<BudgetRow[]>`
         insert into budget_definitions
-          (name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring,
+          (id, root_id, name, description, scope_type, scope_id, parent_id, amount, currency, period, start_date, end_date, recurring,
            timezone, fiscal_year_start_month, period_alignment, filter_models, filter_tags, rate_requests_per_minute, rate_tokens_per_minute,
            metrics, alerts, enforcement, digest_every, digest_channels, near_limit, max_call_cost, created_by)
         values
-          (${values.name}, ${values.description}, ${values.scopeType}, ${values.scopeId}, ${values.parentId}, ${values.amount},
+          (${id}, ${parentRootId ?? id}, ${values.name}, ${values.description}, ${values.scopeType}, ${values.scopeId}, ${values.parentId}, ${values.amount},
            ${values.currency}, ${values.period}, ${values.startDate}, ${values.endDate}, ${values.recurring},
            ${values.timezone}, ${values.fiscalYearStartMonth}, ${values.periodAlignment}, ${filterColumns(values.filters)},
            ${values.rateLimits.requestsPerMinute ?? null}, ${values.rateLimits.tokensPerMinute ?? null}, ${values.metrics},

@@ -121,8 +121,8 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
         const values = normalizeBudget(await readDatesInZone(repository, checked, checked.timezone ?? 'UTC'))
         checkFilterModels(values.filters, modelName)
         if (channels !== undefined) checkChannels(checked, channels)
-        await checkParent(repository, values, null)
-        const budget = await repository.insertBudget(values, createdBy)
+        const parent = await checkParent(repository, values, null)
+        const budget = await repository.insertBudget(values, parent?.rootId ?? null, createdBy)
         await createAuditRepository(tx).record(budget.id, 'create', who, { after: budget })
         return budget
       })
@@ -223,12 +223,13 @@ export type BudgetRegistry = ReturnType<typeof createBudgetRegistry>
 /**
  * The parent must exist, must keep a moved budget in its tree (its root never changes), must not be the
  * budget or one of its descendants, must keep the tree within its maximum depth, and must have room for
- * the child. `current`: the budget as stored, for an update; null for a create.
+ * the child. `current`: the budget as stored, for an update; null for a create. Returns the parent (null:
+ * none), whose root a new budget takes.
  */
-async function checkParent (repository: BudgetRepository, values: BudgetValues, current: BudgetDefinition | null): Promise<void> {
+async function checkParent (repository: BudgetRepository, values: BudgetValues, current: BudgetDefinition | null): Promise<BudgetDefinition | null> {
   if (values.parentId === null) {
     if (current !== null && current.rootId !== current.id) throw new MoveAcrossTreesError(current.id, current.rootId, 'would become a root of its own')
-    return
+    return null
   }
   const parent = await repository.findBudget(values.parentId)
   if (parent === null) throw new ParentNotFoundError(values.parentId)
@@ -240,6 +241,7 @@ async function checkParent (repository: BudgetRepository, values: BudgetValues, 
   const { depth, maxDepth } = await repository.depthUnder(parent.id, current?.id ?? null)
   if (depth > maxDepth) throw new HierarchyTooDeepError(depth, maxDepth)
   checkChildFitsParent(values, normalizeBudget(parent))
+  return parent
 }
 
 function buildTrees (budgets: BudgetDefinition[]): BudgetTreeNode[] {

@@ -140,7 +140,7 @@ export function createUsageRepository (sql: Db) {
                     ${records.map((r) => r.source)}::text[], ${records.map((r) => r.description)}::text[], ${records.map((r) => JSON.stringify(r.metadata))}::text[]::jsonb[],
                     ${records.map((r) => r.requestId)}::text[], ${records.map((r) => r.occurredAt.toISOString())}::text[]::timestamptz[])
           as r(id, amount, currency, source, description, metadata, request_id, occurred_at)
-        on conflict (idempotency_key) where budget_id is null and idempotency_key is not null do nothing
+        on conflict (idempotency_key, root_id) where budget_id is null and idempotency_key is not null do nothing
         returning id`
       const stored = new Set(rows.map((row) => row.id))
       const unanswered = records.filter((record) => !stored.has(record.id)).map((record) => record.id)

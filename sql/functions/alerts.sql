@@ -69,13 +69,13 @@ begin
     values (p_budget_id, p_period_start, reached.threshold, reached.basis, reached.actions,
             least(round(reached.measured, 10), 999999999999999999.9999999999), reached.limit_amount,
             exists (select 1 from budget_definitions d where d.id = p_budget_id and d.enforcement = 'shadow'))
-    on conflict (budget_id, period_start, threshold, basis) where resolved_at is null do nothing
+    on conflict (budget_id, period_start, threshold, basis, root_id) where resolved_at is null do nothing
     returning budget_alert_history.id into crossing_id;
     if crossing_id is not null then
       recorded := recorded + 1;
       insert into budget_notification_outbox (alert_id, channel)
       select crossing_id, channel from unnest(reached.channels) as channel
-      on conflict (alert_id, channel) do nothing;
+      on conflict (alert_id, channel, root_id) do nothing;
     end if;
   end loop;
   return recorded;

@@ -108,7 +108,7 @@ begin
   if not pg_try_advisory_xact_lock(budget_forecast_profile_key(p_budget_id)) then return; end if;
   insert into budget_forecast_profiles as p (budget_id, local_day, timezone, start_date, days, totals, counts, snapshot)
   values (p_budget_id, p_day, p_timezone, p_start_date, days, totals, counts, summed_under)
-  on conflict (budget_id) do update
+  on conflict (budget_id, root_id) do update
   set local_day = excluded.local_day, timezone = excluded.timezone, start_date = excluded.start_date,
       days = excluded.days, totals = excluded.totals, counts = excluded.counts, snapshot = excluded.snapshot, computed_at = now()
   where p.local_day < excluded.local_day

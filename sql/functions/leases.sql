@@ -64,7 +64,7 @@ begin
   select p_lease_id, x.b, c.root_id, x.s, slice, x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true
   from unnest(p_budgets, p_starts, p_matched, p_ranks) as x(b, s, m, r)
   join budget_status_cache c on c.budget_id = x.b and c.period_start = x.s
-  on conflict (id, budget_id) do update set amount = budget_reservations.amount + excluded.amount, expires_at = excluded.expires_at;
+  on conflict (id, budget_id, root_id) do update set amount = budget_reservations.amount + excluded.amount, expires_at = excluded.expires_at;
 
   return query
     select slice, c.budget_id, d.amount, d.enforcement, c.current_amount, c.reserved_amount - slice, budget_definitions_version()

@@ -101,7 +101,7 @@ begin
     insert into budget_recon_drifts as d (provider, day, budget_id, currency, provider_amount, recorded_amount, difference, ratio, tolerance)
     select r.provider, r.day, r.budget_id, r.currency, r.provider_amount, r.recorded_amount, r.difference, r.ratio, p_tolerance
     from drifting r order by r.provider, r.day, r.budget_id
-    on conflict (provider, day, budget_id) do nothing
+    on conflict (provider, day, budget_id, root_id) do nothing
     returning d.id, d.provider, d.day, d.budget_id
   ),
   queued as (
@@ -111,7 +111,7 @@ begin
     join budget_definitions b on b.id = r.budget_id
     cross join lateral jsonb_array_elements(b.alerts) alert
     cross join lateral jsonb_array_elements_text(coalesce(alert -> 'notificationChannels', '[]'::jsonb)) as channel(name)
-    on conflict (drift_id, channel) do nothing
+    on conflict (drift_id, channel, root_id) do nothing
   )
   select r.id, r.provider, r.day, r.budget_id from recorded r;
 end $$;

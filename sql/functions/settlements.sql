@@ -106,7 +106,7 @@ begin
            c.request_id, c.held_by[2:], c.reserved_at, true
     from calls c join input i on i.reservation_id = c.reservation_id
     where i.actual > 0
-    on conflict (budget_id, idempotency_key) do nothing
+    on conflict (budget_id, idempotency_key, root_id) do nothing
     returning u.id, u.amount
   ),
   charged as (
@@ -159,7 +159,7 @@ begin
     join budget_definitions d on d.id = x.b and d.enforcement = 'shadow'
     group by x.b, x.s
     order by x.b, x.s
-    on conflict (budget_id, period_start) do update set excluded_amount = s.excluded_amount + excluded.excluded_amount;
+    on conflict (budget_id, period_start, root_id) do update set excluded_amount = s.excluded_amount + excluded.excluded_amount;
   end if;
 
   return query select f.id, f.usage_id, budget_definitions_version() from unnest(found_ids, found_usages) as f(id, usage_id);
@@ -246,7 +246,7 @@ begin
            c.metadata || jsonb_build_object('requestId', c.request_id),
            c.request_id, c.scope_budgets[2:], c.occurred_at, true
     from calls c
-    on conflict (budget_id, idempotency_key) do nothing
+    on conflict (budget_id, idempotency_key, root_id) do nothing
     returning u.id, u.amount
   ),
   charged as (

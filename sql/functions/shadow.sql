@@ -21,7 +21,7 @@ begin
   from unnest(p_budget_ids, p_period_starts, p_codes, p_outcomes) as x(b, s, c, o)
   group by x.b, x.s, x.c, x.o
   order by x.b, x.s, x.c, x.o
-  on conflict (budget_id, period_start, code, outcome) do update set calls = c.calls + excluded.calls;
+  on conflict (budget_id, period_start, code, outcome, root_id) do update set calls = c.calls + excluded.calls;
 end $$;
 
 -- A shadow window's as-if figures, for its status: the spend a hard twin would have had (the real spend

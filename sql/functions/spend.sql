@@ -248,7 +248,7 @@ begin
     created := null;
     insert into budget_status_cache (budget_id, root_id, period_start, period_end)
     values (w_budget[i], (select d.root_id from budget_definitions d where d.id = w_budget[i]), w_start[i], w_end[i])
-    on conflict (budget_id, period_start) do nothing
+    on conflict (budget_id, period_start, root_id) do nothing
     returning true into created;
     if created then
       w_created[i] := true;

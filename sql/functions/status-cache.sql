@@ -21,7 +21,7 @@ declare
 begin
   insert into budget_status_cache (budget_id, root_id, period_start, period_end)
   values (p_budget_id, (select d.root_id from budget_definitions d where d.id = p_budget_id), p_period_start, p_period_end)
-  on conflict (budget_id, period_start) do nothing;
+  on conflict (budget_id, period_start, root_id) do nothing;
   select s.current_amount - c.current_amount as amount, s.usage_count - c.usage_count as calls, s.last_usage_at
   into drift
   from budget_status_cache c cross join calculate_budget_status(p_budget_id, p_period_start, p_period_end) s
