@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `npm run test:citus`: the tests in test-citus/ against a real Citus cluster. Each test makes its own database
+# on the coordinator and every worker (test/fixtures/database.ts), with the workers joined to it.
+#
+#   CITUS_URL   a Citus coordinator to use (postgres://user@host:port/db); its workers are read from its node
+#               list. Unset: the local cluster of scripts/citus-cluster.sh (coordinator 5501, workers 5502 and
+#               5503), started here, which needs Citus built and installed (that script's build).
+#
+# With no Citus to run on, it says so in one line and exits 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+if [ -n "${CITUS_URL:-}" ]; then
+  coordinator=$CITUS_URL
+else
+  pkglibdir=$("$PG_BIN/pg_config" --pkglibdir 2>/dev/null || true)
+  if [ ! -f "$pkglibdir/citus.so" ]; then
+    echo "test:citus: no Citus here: set CITUS_URL to a coordinator, or build it with scripts/citus-cluster.sh build (see its header)"
+    exit 1
+  fi
+  bash scripts/citus-cluster.sh start >/dev/null 2>&1 || { echo "test:citus: the local Citus cluster did not start (scripts/citus-cluster.sh start)"; exit 1; }
+  # the database the script made the cluster in (it records it), which has the extension and the node list
+  coordinator=postgres://postgres@127.0.0.1:5501/$(cat "${CITUS_DATA:-/tmp/citus-cluster}/database")
+fi
+
+# every worker, as a connection string with the coordinator's user and password, on its maintenance database
+workers=$("$PG_BIN/psql" -X -q -At "$coordinator" -c "select string_agg(nodename || ':' || nodeport, ' ' order by nodeport)
+  from pg_dist_node where groupid <> 0 and noderole = 'primary' and isactive" 2>/dev/null) \
+  || { echo "test:citus: $coordinator is not a Citus coordinator (no pg_dist_node)"; exit 1; }
+[ -n "$workers" ] || { echo "test:citus: $coordinator has no active worker"; exit 1; }
+urls=()
+for worker in $workers; do
+  urls+=("$(node -e 'const u = new URL(process.argv[1]); const [h, p] = process.argv[2].split(":"); u.hostname = h; u.port = p; u.pathname = "/postgres"; console.log(u.toString())' "$coordinator" "$worker")")
+done
+CITUS_WORKER_URLS=$(IFS=,; echo "${urls[*]}")
+coordinator_postgres=$(node -e 'const u = new URL(process.argv[1]); u.pathname = "/postgres"; console.log(u.toString())' "$coordinator")
+echo "# test:citus on coordinator $coordinator_postgres, workers $CITUS_WORKER_URLS" >&2
+
+DATABASE_URL=$coordinator_postgres CITUS_WORKER_URLS=$CITUS_WORKER_URLS exec npx tap --disable-coverage "${@:-test-citus/}"
