@@ -62,7 +62,7 @@ t.test('a projected crossing is measured at the record that reached it, not with
   // 3. a settlement of two held calls; calls of a window count in reservation id order: today's first
   const settled = paths.settled
   await sql`insert into budget_status_cache (budget_id, period_start, period_end, reserved_amount) values (${settled}, ${start}, ${end}, 300)
-            on conflict (budget_id, period_start) do update set reserved_amount = 300`
+            on conflict (budget_id, period_start, root_id) do update set reserved_amount = 300`
   const calls = [
     { id: '00000000-0000-4000-8000-000000000001', amount: '200', at: today },
     { id: '00000000-0000-4000-8000-000000000002', amount: '100', at: yesterday }

@@ -1,7 +1,7 @@
--- The distribution step: the budget tables on a Citus cluster (docs/scaling.md). migrate()
--- (lib/kernel/database/migrate.ts) runs it after the migrations and the function files, on a database with
--- the citus extension only; plain PostgreSQL never sees it. Written to run again: a table already in Citus's
--- metadata is left as it is.
+-- The distribution step: the budget tables on a Citus cluster (docs/scaling.md). distributeOnCitus()
+-- (lib/kernel/database/citus.ts) runs it on a migrated database with the citus extension; plain PostgreSQL
+-- never sees it, and migrate() does not call it yet (citus.ts says why). Written to run again: a table
+-- already in Citus's metadata is left as it is.
 --
 -- - Every table whose rows belong to a budget tree is distributed by root_id (migration 010) and co-located
 --   with budget_definitions: a tree's budgets, windows, holds, records, alerts and notifications sit on one

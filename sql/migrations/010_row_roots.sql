@@ -12,9 +12,11 @@
 -- - Every primary and unique key gains root_id as its last column (Citus requires it; last, so that the
 --   key's index still serves the lookups by its other columns). The rows they identify are the same.
 -- - A key that only one database can hold ends in _across_trees, and the Citus step drops it
---   (sql/citus/distribute.sql): the unique id of a usage record, which its allocations' key names (a call
---   whose line spans two trees has allocations in both); an idempotency key that names one record across
---   every budget; a provider dimension mapped to one budget. Each has a per-tree twin that stays.
+--   (sql/citus/distribute.sql): a budget's id alone; a usage record's, which its allocations' key names (a
+--   call whose line spans two trees has allocations in both); an idempotency key that names one record
+--   across every budget; a provider dimension mapped to one budget; and the two conflict targets of the
+--   previous version's statements (an unbudgeted record's request id, a digest's date), kept for an
+--   instance of it that still serves during an upgrade. Each has a per-tree twin that stays.
 -- - A writer may leave root_id out: a trigger fills it from the budget (budget_row_root,
 --   sql/functions/tree.sql). Citus needs every insert to name it; the gate's statements do.
 --
@@ -92,9 +94,17 @@ begin
     where resolved_at is null;
   alter index budget_usage_records_key rename to budget_usage_records_key_across_trees;
   create unique index budget_usage_records_key on budget_usage_records (idempotency_key, root_id) where request_fingerprint is not null;
-  -- what one database holds besides: a usage record's id, and a provider dimension mapped to one budget
+  -- what one database holds besides: a budget's id and a usage record's (the allocations' key names the
+  -- record's), and a provider dimension mapped to one budget
+  create unique index budget_definitions_id_across_trees on budget_definitions (id);
   create unique index budget_usage_records_id_across_trees on budget_usage_records (id);
   alter table budget_recon_mappings add constraint budget_recon_mappings_dimension_across_trees unique (provider, kind, value);
+  -- the conflict targets of the previous version's statements, so that an instance of it still serving while
+  -- a newer one migrated finds them (docs/data-model.md, Upgrades); each keys the same rows as its twin
+  -- with the root, since a budget's root is fixed and a row of no budget has the nil root
+  create unique index budget_usage_records_unbudgeted_key_across_trees on budget_usage_records (idempotency_key)
+    where budget_id is null and idempotency_key is not null;
+  create unique index budget_digests_once_per_date_across_trees on budget_digests (budget_id, every, first_day);
 
   -- 4. The foreign keys again, each with the root.
   foreach t in array budget_tables[1:15] loop
