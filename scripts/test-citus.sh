@@ -27,7 +27,7 @@ fi
 # every worker, as a connection string with the coordinator's user and password, on its maintenance database
 workers=$("$PG_BIN/psql" -X -q -At "$coordinator" -c "select string_agg(nodename || ':' || nodeport, ' ' order by nodeport)
   from pg_dist_node where groupid <> 0 and noderole = 'primary' and isactive" 2>/dev/null) \
-  || { echo "test:citus: $coordinator is not a Citus coordinator (no pg_dist_node)"; exit 1; }
+  || { echo "test:citus: no Citus node list at $coordinator (unreachable, or no citus extension in that database)"; exit 1; }
 [ -n "$workers" ] || { echo "test:citus: $coordinator has no active worker"; exit 1; }
 urls=()
 for worker in $workers; do

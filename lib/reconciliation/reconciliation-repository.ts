@@ -98,8 +98,6 @@ export function createReconciliationRepository (sql: Db) {
     async updateMapping (before: CostMapping, changes: { value?: string, budgetId?: string, trueUp?: boolean }, context: AuditContext): Promise<CostMapping> {
       const [row] = await sql<MappingRow[]>`
         update budget_recon_mappings set value = ${changes.value ?? before.value}, budget_id = ${changes.budgetId ?? before.budgetId},
-          -- a mapping moved to a budget of another tree takes that tree's root with it
-          root_id = (select d.root_id from budget_definitions d where d.id = ${changes.budgetId ?? before.budgetId}),
           true_up = ${changes.trueUp ?? before.trueUp}, updated_at = clock_timestamp()
         where id = ${before.id}::bigint
         returning ${columns}`

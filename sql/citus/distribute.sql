@@ -1,7 +1,8 @@
 -- The distribution step: the budget tables on a Citus cluster (docs/scaling.md). distributeOnCitus()
 -- (lib/kernel/database/citus.ts) runs it on a migrated database with the citus extension; plain PostgreSQL
 -- never sees it, and migrate() does not call it yet (citus.ts says why). Written to run again: a table
--- already in Citus's metadata is left as it is.
+-- already in Citus's metadata is left as it is, the rest are distributed, and every run ends by checking
+-- that every table with a root_id is.
 --
 -- - Every table whose rows belong to a budget tree is distributed by root_id (migration 010) and co-located
 --   with budget_definitions: a tree's budgets, windows, holds, records, alerts and notifications sit on one
@@ -26,10 +27,6 @@ begin
     end if;
   end loop;
 
-  if exists (select 1 from pg_dist_partition p where p.logicalrelid = 'budget_definitions'::regclass) then
-    return;
-  end if;
-
   for k in select c.conrelid::regclass::text as tbl, c.conname from pg_constraint c
            where c.conname like '%\_across\_trees' order by c.contype = 'f' desc loop
     execute format('alter table %I drop constraint %I', k.tbl, k.conname);
@@ -39,14 +36,19 @@ begin
     execute format('drop index %I', k.idx);
   end loop;
 
-  perform create_distributed_table('budget_definitions', 'root_id');
-  -- the referenced tables before the tables whose keys name them
-  foreach t in array array['budget_usage_records', 'budget_alert_history', 'budget_digests', 'budget_recon_drifts',
+  -- the referenced tables before the tables whose keys name them; each one not distributed yet
+  foreach t in array array['budget_definitions', 'budget_usage_records', 'budget_alert_history', 'budget_digests', 'budget_recon_drifts',
                            'budget_usage_allocations', 'budget_status_cache', 'budget_reservations', 'budget_approvals',
                            'budget_rate_buckets', 'budget_notification_outbox', 'budget_forecast_profiles', 'budget_forecast_backdated',
                            'budget_audit_log', 'budget_decision_log', 'budget_recon_mappings', 'budget_recon_corrections',
                            'budget_shadow_windows', 'budget_shadow_counts'] loop
-    perform create_distributed_table(t, 'root_id', colocate_with => 'budget_definitions');
+    if not exists (select 1 from pg_dist_partition p where p.logicalrelid = t::regclass) then
+      if t = 'budget_definitions' then
+        perform create_distributed_table(t, 'root_id');
+      else
+        perform create_distributed_table(t, 'root_id', colocate_with => 'budget_definitions');
+      end if;
+    end if;
   end loop;
 
   -- a table a later migration gave a root must be named above

@@ -61,9 +61,9 @@ begin
   update budget_status_cache c set reserved_amount = c.reserved_amount + slice
   from unnest(p_budgets, p_starts) as x(b, s) where c.budget_id = x.b and c.period_start = x.s;
   insert into budget_reservations (id, budget_id, root_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at, lease)
-  select p_lease_id, x.b, c.root_id, x.s, slice, x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true
+  select p_lease_id, x.b, (select c.root_id from budget_status_cache c where c.budget_id = x.b and c.period_start = x.s), x.s, slice,
+         x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true
   from unnest(p_budgets, p_starts, p_matched, p_ranks) as x(b, s, m, r)
-  join budget_status_cache c on c.budget_id = x.b and c.period_start = x.s
   on conflict (id, budget_id, root_id) do update set amount = budget_reservations.amount + excluded.amount, expires_at = excluded.expires_at;
 
   return query

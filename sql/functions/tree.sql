@@ -63,7 +63,9 @@ for each row execute function budget_definitions_root();
 -- The root of a row that belongs to a budget (root_id on the per-budget tables, migration 010): its budget's
 -- root, or the nil uuid for a row of no budget. Fills it for a writer that leaves it out; the gate's
 -- statements name it themselves (Citus routes an insert by it, before any trigger runs). The key
--- (root_id, budget_id) -> budget_definitions (root_id, id) checks what a writer names.
+-- (root_id, budget_id) -> budget_definitions (root_id, id) checks what a writer names. A cost mapping is the
+-- one row whose budget changes (a move to another budget, maybe of another tree): its root follows, whoever
+-- moves it, an instance of the version before the roots too.
 create or replace function budget_row_root() returns trigger language plpgsql as $$
 begin
   if new.budget_id is null then
@@ -108,6 +110,8 @@ create or replace trigger budget_recon_drifts_root before insert on budget_recon
 for each row when (new.root_id is null) execute function budget_row_root();
 create or replace trigger budget_recon_mappings_root before insert on budget_recon_mappings
 for each row when (new.root_id is null) execute function budget_row_root();
+create or replace trigger budget_recon_mappings_moved before update of budget_id on budget_recon_mappings
+for each row when (new.budget_id is distinct from old.budget_id) execute function budget_row_root();
 create or replace trigger budget_reservations_root before insert on budget_reservations
 for each row when (new.root_id is null) execute function budget_row_root();
 create or replace trigger budget_shadow_counts_root before insert on budget_shadow_counts
