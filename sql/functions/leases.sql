@@ -30,6 +30,7 @@ declare
   windows integer;
   room numeric;
   slice numeric;
+  roots uuid[];
 begin
   -- the lock order: the lease's rows by (id, budget_id), then the window rows by (budget_id, period_start)
   perform 1 from budget_reservations r where r.id = p_lease_id order by r.id, r.budget_id for update;
@@ -60,10 +61,12 @@ begin
 
   update budget_status_cache c set reserved_amount = c.reserved_amount + slice
   from unnest(p_budgets, p_starts) as x(b, s) where c.budget_id = x.b and c.period_start = x.s;
+  -- each row's root, from its window row, in the line's order (the rows are inserted in it)
+  select array_agg(c.root_id order by x.n) into roots
+  from unnest(p_budgets, p_starts) with ordinality as x(b, s, n) join budget_status_cache c on c.budget_id = x.b and c.period_start = x.s;
   insert into budget_reservations (id, budget_id, root_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at, lease)
-  select p_lease_id, x.b, (select c.root_id from budget_status_cache c where c.budget_id = x.b and c.period_start = x.s), x.s, slice,
-         x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true
-  from unnest(p_budgets, p_starts, p_matched, p_ranks) as x(b, s, m, r)
+  select p_lease_id, x.b, x.root, x.s, slice, x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true
+  from unnest(p_budgets, p_starts, p_matched, p_ranks, roots) as x(b, s, m, r, root)
   on conflict (id, budget_id, root_id) do update set amount = budget_reservations.amount + excluded.amount, expires_at = excluded.expires_at;
 
   return query

@@ -60,6 +60,9 @@ language plpgsql as $$
 #variable_conflict use_column
 declare
   starts timestamptz[] := p_period_starts;
+  -- each allocation's root (its budget's), read in one statement: the common case's insert names it without
+  -- a lookup per row, which kept its plan from being reused
+  roots uuid[];
   ends timestamptz[] := p_period_ends;
   missing boolean := false;
   allocations integer;
@@ -123,6 +126,9 @@ begin
   end if;
 
   if not missing then
+    select array_agg(d.root_id order by i.n) into roots
+    from unnest(p_budget_ids) with ordinality as i(budget_id, n) left join budget_definitions d on d.id = i.budget_id;
+
     -- the lock order: every window row named, spend and release, by (budget_id, period_start)
     perform 1 from budget_status_cache c
     join (select i.budget_id, i.period_start from unnest(p_budget_ids, starts) as i(budget_id, period_start)
@@ -135,12 +141,12 @@ begin
     -- The common case, in one statement: see the top of this file for what `simple` checks.
     return query
     with a as (
-      select i.ord, i.usage_id, i.budget_id, i.rate, i.period_start,
+      select i.ord, i.usage_id, i.budget_id, i.root_id, i.rate, i.period_start,
              case when i.period_start is null then i.occurred_at
                   else greatest(i.period_start, least(i.occurred_at, i.period_end - interval '1 microsecond')) end as occurred_at,
              budget_convert_unbounded(i.amount, i.rate) as cost
-      from unnest(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, starts, ends)
-        as i(ord, usage_id, budget_id, amount, rate, occurred_at, period_start, period_end)
+      from unnest(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, starts, ends, roots)
+        as i(ord, usage_id, budget_id, amount, rate, occurred_at, period_start, period_end, root_id)
       where i.usage_id is not null
     ),
     spent as (
@@ -177,7 +183,7 @@ begin
     ),
     allocated as (
       insert into budget_usage_allocations (budget_id, root_id, usage_id, amount, occurred_at, exchange_rate)
-      select a.budget_id, (select d.root_id from budget_definitions d where d.id = a.budget_id), a.usage_id, a.cost, a.occurred_at, a.rate
+      select a.budget_id, a.root_id, a.usage_id, a.cost, a.occurred_at, a.rate
       from a where (select s.ok from simple s)
     ),
     moved as (
