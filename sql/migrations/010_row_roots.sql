@@ -20,8 +20,10 @@
 -- - A writer may leave root_id out: a trigger fills it from the budget (budget_row_root,
 --   sql/functions/tree.sql). Citus needs every insert to name it; the gate's statements do.
 --
--- Written to run again: each part checks whether it was done. An existing database is filled in place from
--- the budgets; a row whose budget is gone (the tables without a key to their budget) gets the nil root.
+-- Written to run again: it does nothing where the usage records already carry a root. An existing database
+-- is filled in place from the budgets (every row of every such table is rewritten once, under the migration's
+-- locks: docs/data-model.md, Upgrades); a row whose budget is gone (in the two tables without a key to their
+-- budget) gets the nil root.
 
 do $$
 declare
