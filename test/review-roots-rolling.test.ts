@@ -2,35 +2,18 @@
 // rollbacks"): instances of the older version that are already running keep serving on the newer
 // functions. The version before this change (fd4a9ca) names ON CONFLICT targets from its own TypeScript
 // (lib/usage/usage-repository.ts insertUnbudgeted: (idempotency_key) where budget_id is null ...;
-// lib/alerts/digest-repository.ts: (budget_id, every, first_day)); migration 010 replaced those unique indexes
-// by ones ending in root_id, so PostgreSQL finds no arbiter (42P10) for the running older instance's statements.
-import { execFile } from 'node:child_process'
-import { existsSync, rmSync } from 'node:fs'
-import { mkdtemp, symlink } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
+// lib/alerts/digest-repository.ts: (budget_id, every, first_day)). Migration 010 keys those rows with root_id,
+// and keeps the old keys beside them (*_across_trees) so that the older instance's statements still find
+// their arbiter; without them, PostgreSQL answered 42P10 and the older instance's uncovered calls went unrecorded.
 import t from 'tap'
 import { ADMIN_TOKEN, PREFIX, TEST_CHANNELS } from './fixtures/app.js'
 import { createTestSql } from './fixtures/database.js'
+import { waitFor } from './fixtures/invariants.js'
+import { versionBefore } from './fixtures/version-before.js'
 
-const run = promisify(execFile)
-const REPO = fileURLToPath(new URL('../', import.meta.url))
 const BEFORE = 'fd4a9ca' // the commit before the row roots change
 const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
 const DAY = 86_400_000
-
-async function versionBefore (): Promise<{ budgets: any, chatCompletions: any }> {
-  const directory = await mkdtemp(join(tmpdir(), `relaycore-budgets-${BEFORE}-`))
-  process.once('exit', () => rmSync(directory, { recursive: true, force: true }))
-  await run('sh', ['-c', `git -C "$1" archive "$2" lib sql ui examples package.json tsconfig.json | tar -x -C "$3"`, 'sh', REPO, BEFORE, directory])
-  await symlink(join(REPO, 'node_modules'), join(directory, 'node_modules'), 'dir')
-  if (!existsSync(join(directory, 'lib', 'index.ts'))) throw new Error('no lib/index.ts')
-  const { default: budgets } = await import(join(directory, 'lib', 'index.ts'))
-  const { chatCompletions } = await import(join(directory, 'examples', 'chat-completions.ts'))
-  return { budgets, chatCompletions }
-}
 
 async function startVersion (t: { teardown: (fn: () => unknown) => void }, url: string, plugin: any, chatRoutes: any) {
   const { default: Fastify } = await import('fastify')
@@ -48,17 +31,8 @@ async function unbudgeted (sql: any): Promise<number> {
   return (await sql`select count(*)::int as n from budget_usage_records where budget_id is null`)[0].n
 }
 
-async function waitFor (check: () => Promise<boolean>, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (Date.now() < deadline) {
-    if (await check()) return true
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  return false
-}
-
 t.test('an instance of the version before, running through the upgrade, keeps recording calls no budget covers, and keeps making digests', async (t) => {
-  const { budgets: oldBudgets, chatCompletions: oldChat } = await versionBefore()
+  const { budgets: oldBudgets, chatCompletions: oldChat } = await versionBefore(BEFORE)
   const { default: newBudgets } = await import('../lib/index.js')
   const { sql, url } = await createTestSql(t)
   const old = await startVersion(t, url, oldBudgets, oldChat)

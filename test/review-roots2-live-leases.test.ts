@@ -3,42 +3,13 @@
 // the newer functions then settle, return, top up, sweep and carry them, as an older instance still serving
 // would drive them (the same functions, the same arguments). Checked: the holds and leases end with nothing
 // reserved, each window's spend is the sum of its allocations, and every row's root is its budget's.
-import { execFile } from 'node:child_process'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
-import { promisify } from 'node:util'
 import t from 'tap'
 import { migrate } from '../lib/kernel/database/migrate.js'
+import { misrootedRows } from './fixtures/budget-roots.js'
 import { createTestSql } from './fixtures/database.js'
-
-const run = promisify(execFile)
-const REPO = fileURLToPath(new URL('../', import.meta.url))
-const NIL = '00000000-0000-0000-0000-000000000000'
-
-async function sqlBefore (t: { teardown: (fn: () => unknown) => void }): Promise<URL> {
-  const directory = await mkdtemp(join(tmpdir(), 'budgets-fd4a9ca-sql-'))
-  t.teardown(async () => await rm(directory, { recursive: true, force: true }))
-  await run('sh', ['-c', 'git -C "$1" archive fd4a9ca sql | tar -x -C "$2"', 'sh', REPO, directory])
-  return pathToFileURL(`${directory}/sql/`)
-}
+import { sqlOfVersion } from './fixtures/version-before.js'
 
 type Sql = Awaited<ReturnType<typeof createTestSql>>['sql']
-
-async function misrooted (sql: Sql): Promise<string[]> {
-  const tables = await sql<Array<{ table: string }>>`
-    select b.table_name as table from information_schema.columns b
-    join information_schema.columns r on r.table_schema = b.table_schema and r.table_name = b.table_name and r.column_name = 'root_id'
-    where b.table_schema = current_schema() and b.column_name = 'budget_id' and b.table_name <> 'budget_definitions' order by 1`
-  const out: string[] = []
-  for (const { table } of tables) {
-    const [row] = await sql.unsafe<Array<{ n: number }>>(`select count(*)::int as n from ${table} x left join budget_definitions d on d.id = x.budget_id
-      where x.root_id is distinct from coalesce(d.root_id, '${NIL}')`)
-    if (row!.n > 0) out.push(`${table}: ${row!.n}`)
-  }
-  return out
-}
 
 async function ledger (sql: Sql) {
   return await sql<Array<{ name: string, current: string, reserved: string, allocated: string }>>`
@@ -50,7 +21,7 @@ async function ledger (sql: Sql) {
 
 t.test('holds and leases live across the migration settle, return, top up and sweep on the newer functions', async (t) => {
   const { sql } = await createTestSql(t, { max: 1 })
-  await migrate(sql, await sqlBefore(t))
+  await migrate(sql, await sqlOfVersion('fd4a9ca'))
   t.equal((await sql`select max(version)::int as v from budget_schema_migrations`)[0]!.v, 9, 'the version before: migration 9')
 
   const [org] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, enforcement)
@@ -85,7 +56,7 @@ t.test('holds and leases live across the migration settle, return, top up and sw
 
   // the upgrade, with all of that live
   t.ok((await migrate(sql)).versions.includes(10), 'migration 10 runs')
-  t.same(await misrooted(sql), [], 'every row\'s root is its budget\'s after the migration')
+  t.same(await misrootedRows(sql), [], 'every row\'s root is its budget\'s after the migration')
 
   await sql`select budget_lease_return(${lease}, 1, false, 1)`
   t.same((await sql`select amount::text from budget_reservations where id = ${lease}`).map((r) => r.amount), ['4.0000000000', '4.0000000000'],
@@ -108,12 +79,12 @@ t.test('holds and leases live across the migration settle, return, top up and sw
     t.equal(row.current, row.allocated, `${row.name}: its spend is the sum of its allocations`)
   }
   t.same(rows.map((r) => r.current), ['5.7500000000', '5.7500000000'], 'org and team: 1.25 + 1.5 + 3 (the swept hold at its estimate)')
-  t.same(await misrooted(sql), [], 'every row\'s root is its budget\'s at the end')
+  t.same(await misrootedRows(sql), [], 'every row\'s root is its budget\'s at the end')
 })
 
 t.test('a window change after the migration carries a hold and a lease from before, with their roots', async (t) => {
   const { sql } = await createTestSql(t, { max: 1 })
-  await migrate(sql, await sqlBefore(t))
+  await migrate(sql, await sqlOfVersion('fd4a9ca'))
   const [org] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, enforcement)
                           values ('org', 'organization', 'acme', 100, 'USD', 'monthly', '2024-01-01', 'hard') returning id`
   const [team] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, enforcement, parent_id)
@@ -138,7 +109,7 @@ t.test('a window change after the migration carries a hold and a lease from befo
   const moved = await sql`select r.id, r.period_start, c.period_end from budget_reservations r join budget_status_cache c using (budget_id, period_start)
                           where r.budget_id = ${team!.id} order by r.id`
   t.equal(moved.length, 2, 'both rows carried to a window row of the new definition')
-  t.same(await misrooted(sql), [], 'the carried rows and the new window row carry their budget\'s root')
+  t.same(await misrootedRows(sql), [], 'the carried rows and the new window row carry their budget\'s root')
   await sql`select * from budget_settle_batch(array[${h1}]::uuid[], array[1]::numeric[], array['gate'], array['call'], array['{}'::jsonb])`
   await sql`select budget_lease_return(${lease}, 0, true, 1)`
   t.same(await sql`select id from budget_reservations`, [])
@@ -147,5 +118,5 @@ t.test('a window change after the migration carries a hold and a lease from befo
     t.equal(Number(row.reserved), 0, `${row.name} ${row.current}: nothing reserved`)
     t.equal(row.current, row.allocated, `${row.name}: its spend is the sum of its allocations`)
   }
-  t.same(await misrooted(sql), [])
+  t.same(await misrootedRows(sql), [])
 })

@@ -1,19 +1,11 @@
 // Review (second): after a newer instance migrated (010), an instance of the version before (fd4a9ca) still
 // serving moves a cost mapping to a budget of another tree. Its UPDATE sets budget_id only; root_id keeps the
 // old tree's, and the key (root_id, budget_id) -> budget_definitions refuses it: a 500 for a valid request.
-import { execFile } from 'node:child_process'
-import { rmSync } from 'node:fs'
-import { mkdtemp, symlink } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
 import t from 'tap'
 import { ADMIN_TOKEN, PREFIX, TEST_CHANNELS, budgetRequest } from './fixtures/app.js'
 import { createTestSql } from './fixtures/database.js'
+import { versionBefore } from './fixtures/version-before.js'
 
-const run = promisify(execFile)
-const REPO = fileURLToPath(new URL('../', import.meta.url))
 const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
 
 async function start (t: { teardown: (fn: () => unknown) => void }, url: string, plugin: any) {
@@ -26,11 +18,7 @@ async function start (t: { teardown: (fn: () => unknown) => void }, url: string,
 }
 
 t.test('an older instance moves a mapping across trees after the upgrade', async (t) => {
-  const directory = await mkdtemp(join(tmpdir(), 'relaycore-budgets-fd4a9ca-'))
-  process.once('exit', () => rmSync(directory, { recursive: true, force: true }))
-  await run('sh', ['-c', 'git -C "$1" archive fd4a9ca lib sql ui package.json tsconfig.json | tar -x -C "$2"', 'sh', REPO, directory])
-  await symlink(join(REPO, 'node_modules'), join(directory, 'node_modules'), 'dir')
-  const { default: oldPlugin } = await import(join(directory, 'lib', 'index.ts'))
+  const { budgets: oldPlugin } = await versionBefore('fd4a9ca')
   const { default: newPlugin } = await import('../lib/index.js')
   const { url } = await createTestSql(t)
   const old = await start(t, url, oldPlugin)

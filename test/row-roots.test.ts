@@ -7,35 +7,10 @@ import t from 'tap'
 import { distributeOnCitus } from '../lib/kernel/database/citus.js'
 import { migrate } from '../lib/kernel/database/migrate.js'
 import { PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
-import { sqlBeforeMigration } from './fixtures/budget-roots.js'
+import { misrootedRows, sqlBeforeMigration } from './fixtures/budget-roots.js'
 import { createTestSql } from './fixtures/database.js'
 
 const NIL = '00000000-0000-0000-0000-000000000000'
-
-type Sql = Awaited<ReturnType<typeof createTestSql>>['sql']
-
-/**
- * Every row, of every table with a budget_id and a root_id, whose root is not its budget's (the nil root for
- * a row of no budget), and every notification whose root is not its event's.
- */
-async function misrootedRows (sql: Sql): Promise<Array<{ table: string, rows: number }>> {
-  const tables = await sql<Array<{ table: string }>>`
-    select b.table_name as table from information_schema.columns b
-    join information_schema.columns r on r.table_schema = b.table_schema and r.table_name = b.table_name and r.column_name = 'root_id'
-    where b.table_schema = current_schema() and b.column_name = 'budget_id' order by 1`
-  const counts = await Promise.all(tables.map(async ({ table }) => {
-    const [row] = await sql.unsafe<Array<{ rows: number }>>(`
-      select count(*)::int as rows from ${table} x left join budget_definitions d on d.id = x.budget_id
-      where x.root_id is distinct from coalesce(d.root_id, '${NIL}')`)
-    return { table, rows: row!.rows }
-  }))
-  const [outbox] = await sql<Array<{ rows: number }>>`
-    select count(*)::int as rows from budget_notification_outbox o
-    where o.root_id is distinct from coalesce((select h.root_id from budget_alert_history h where h.id = o.alert_id),
-                                              (select g.root_id from budget_digests g where g.id = o.digest_id),
-                                              (select r.root_id from budget_recon_drifts r where r.id = o.drift_id))`
-  return [...counts, { table: 'budget_notification_outbox', rows: outbox!.rows }].filter((count) => count.rows > 0)
-}
 
 t.test('the migration fills every row\'s root in place from its budget (the nil root for a row of no budget), and runs again harmlessly', async (t) => {
   const { sql } = await createTestSql(t, { max: 1 })

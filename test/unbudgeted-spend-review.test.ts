@@ -4,22 +4,13 @@ import t from 'tap'
 import { toUnits, fromUnits } from '../lib/kernel/money.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
-import { checkInvariants, waitForSettled } from './fixtures/invariants.js'
+import { checkInvariants, waitFor, waitForSettled } from './fixtures/invariants.js'
 import { startTcpProxy, throughProxy } from './fixtures/tcp-proxy.js'
 
 async function unbudgeted (sql: Sql, team?: string) {
   return await sql<Array<{ amount: string, metadata: Record<string, unknown> }>>`
     select amount::text as amount, metadata from budget_usage_records
     where budget_id is null ${team === undefined ? sql`` : sql`and team_id = ${team}`} order by occurred_at, id`
-}
-
-async function waitFor (check: () => Promise<boolean>, timeoutMs = 8000): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    if (await check()) return true
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  return false
 }
 
 t.test('failureMode open: a call served unchecked while the budget database blinked is recorded in the ledger, marked unchecked', async (t) => {

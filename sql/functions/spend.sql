@@ -60,10 +60,10 @@ language plpgsql as $$
 #variable_conflict use_column
 declare
   starts timestamptz[] := p_period_starts;
+  ends timestamptz[] := p_period_ends;
   -- each allocation's root (its budget's), read in one statement: the common case's insert names it without
   -- a lookup per row, which kept its plan from being reused
   roots uuid[];
-  ends timestamptz[] := p_period_ends;
   missing boolean := false;
   allocations integer;
   written bigint;

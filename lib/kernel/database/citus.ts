@@ -10,15 +10,15 @@ import { MigrationError } from '../errors.js'
 const DISTRIBUTE = new URL('../../../sql/citus/distribute.sql', import.meta.url)
 
 /** Whether the database has the citus extension. */
-export async function hasCitus (sql: Sql): Promise<boolean> {
+async function hasCitus (sql: Sql): Promise<boolean> {
   const [row] = await sql<Array<{ citus: boolean }>>`select exists (select 1 from pg_extension where extname = 'citus') as citus`
   return row!.citus
 }
 
 /**
  * Distributes a migrated database's budget tables by their tree's root (sql/citus/distribute.sql), in one
- * transaction. Run again, it leaves what is distributed as it is. Refused (MigrationError) on a database
- * without Citus.
+ * transaction. Run again, it leaves what is distributed as it is and distributes the rest, then checks that
+ * every table with a root_id is distributed. Refused (MigrationError) on a database without Citus.
  */
 export async function distributeOnCitus (sql: Sql): Promise<void> {
   if (!await hasCitus(sql)) throw new MigrationError('citus/distribute.sql', 'the database has no citus extension')
