@@ -203,11 +203,12 @@ t.test('the verdict memo: a caller refused at 23:59 by an exhausted day, or by a
   const [real] = await gateway.sql<Array<{ amount: string }>>`select amount::text from budget_usage_records where budget_id = ${budget.id}`
   const cost = real!.amount
   t.ok(Number(cost) > 0, `the real call cost something (${cost})`)
-  // yesterday (UTC): one call at noon spends the day; one at 23:59 and, in the new day, one at 00:01 and one at 00:02.
+  // Two days back (UTC), so the real call made just now lies outside the range whatever the hour:
+  // one call at noon spends the day; one at 23:59 and, in the new day, one at 00:01 and one at 00:02.
   // Each copy's estimate is its cost, so a day of `cost` fits exactly one call. No spend between 23:59 and 00:01.
-  const today = new Date(); today.setUTCHours(0, 0, 0, 0)
   const day = 86_400_000
-  const instants = [today.getTime() - day / 2, today.getTime() - 60_000, today.getTime() + 60_000, today.getTime() + 120_000].map((ms) => new Date(ms))
+  const midnight = new Date(Date.now() - 2 * day); midnight.setUTCHours(0, 0, 0, 0)
+  const instants = [midnight.getTime() - day / 2, midnight.getTime() - 60_000, midnight.getTime() + 60_000, midnight.getTime() + 120_000].map((ms) => new Date(ms))
   for (const at of instants) {
     await gateway.sql`
       insert into budget_usage_records (budget_id, amount, currency, source, description, metadata, idempotency_key, also_counts_toward, occurred_at, recorded_at, allocated_by_settlement)
@@ -216,7 +217,7 @@ t.test('the verdict memo: a caller refused at 23:59 by an exhausted day, or by a
       from budget_usage_records u where u.budget_id = ${budget.id} and u.occurred_at > now() - interval '10 minutes'`
   }
   // 25 h in 20 slices of 1 h 15 min: 23:59 and 00:01 (and 00:02) fall in the last slice, so the memo is in play between them
-  const range = { from: new Date(today.getTime() - day).toISOString(), to: new Date(today.getTime() + 3_600_000).toISOString() }
+  const range = { from: new Date(midnight.getTime() - day).toISOString(), to: new Date(midnight.getTime() + 3_600_000).toISOString() }
   const cases = [
     { label: 'an exhausted daily budget', changes: { period: 'daily', startDate: '2024-01-01', amount: cost }, code: 'budget_exceeded' },
     { label: 'a block-all alert of the day', changes: { period: 'daily', startDate: '2024-01-01', amount: fromUnits(toUnits(cost) * 10n), alerts: [{ threshold: 10, actions: ['block-all'] }] }, code: 'budget_blocked' }
@@ -226,8 +227,8 @@ t.test('the verdict memo: a caller refused at 23:59 by an exhausted day, or by a
     t.equal(response.statusCode, 200, response.body)
     const [replayed] = response.json().budgets as Array<{ periods: Array<{ periodStart: string, calls: number }>, refused: Array<{ code: string, count: number, firstAt: string }> }>
     t.same(replayed!.periods.map((period) => ({ periodStart: period.periodStart, calls: period.calls })), [
-      { periodStart: new Date(today.getTime() - day).toISOString(), calls: 1 },
-      { periodStart: today.toISOString(), calls: 1 }
+      { periodStart: new Date(midnight.getTime() - day).toISOString(), calls: 1 },
+      { periodStart: midnight.toISOString(), calls: 1 }
     ], `${label}: one call goes ahead each day, the one at 00:01 among them`)
     t.same(replayed!.refused.map((outcome) => ({ code: outcome.code, count: outcome.count, firstAt: outcome.firstAt })),
       [{ code, count: 2, firstAt: instants[1]!.toISOString() }], `${label}: refused at 23:59 and at 00:02 only`)
