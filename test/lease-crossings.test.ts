@@ -1,17 +1,22 @@
 // A crossing whose alert does more than notify is in force for a hot line's lease too, however the spend
 // that crossed it was recorded (review finding: a lease admitted calls after a block-all crossing recorded
-// through the admin API). It bumps the definitions' version at commit (sql/functions/alerts.sql), so every
-// process forgets its leases within the version's freshness bound, as for a definition change.
+// through the admin API). It bumps its tree's version at commit (sql/functions/alerts.sql), so every
+// process with a line in the tree forgets its leases within the versions' freshness bound, as for a
+// definition change.
 import t, { type Test } from 'tap'
 import Fastify from 'fastify'
 import budgets from '../lib/index.js'
 import { VERSION_FRESH_MS } from '../lib/gate/budget-lines.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
+import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 
 
 const pastTheFreshnessBound = async () => await new Promise((resolve) => setTimeout(resolve, VERSION_FRESH_MS * 3))
-const version = async (sql: Awaited<ReturnType<typeof buildGateway>>['sql']) => Number((await sql`select version from budget_definitions_version`)[0]!.version)
+const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
+type Sql = Awaited<ReturnType<typeof buildGateway>>['sql']
+const globalVersion = async (sql: Sql) => Number((await sql`select version from budget_definitions_version`)[0]!.version)
+const treeVersion = async (sql: Sql, rootId: string) => Number((await sql`select coalesce(max(version), 0) as version from budget_tree_versions where root_id = ${rootId}`)[0]!.version)
 
 async function hotLine (t: Test, gateway: Awaited<ReturnType<typeof buildGateway>>, caller: Record<string, string>): Promise<void> {
   const leaseHeld = async () => (await gateway.sql`select count(*)::int as n from budget_reservations where lease`)[0]!.n > 0
@@ -34,9 +39,9 @@ t.test('a block-all crossing recorded through the admin API refuses the hot line
   const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100', alerts: [{ threshold: 50, actions: ['block-all'] }] })
   const caller = { team: 'platform' }
   await hotLine(t, gateway, caller)
-  const before = await version(gateway.sql)
+  const before = await treeVersion(gateway.sql, team.id)
   await gateway.app.budgetTracker.recordUsage({ budgetId: team.id, amount: '60', currency: 'USD', source: 'test' })
-  t.ok(await version(gateway.sql) > before, 'the crossing bumped the definitions\' version')
+  t.equal(await treeVersion(gateway.sql, team.id), before + 1, 'the crossing bumped its tree\'s version')
   await nextCallRefused(t, gateway, caller, 'budget_blocked', 'the next call is refused')
 })
 
@@ -57,25 +62,47 @@ t.test('spend recorded by another process: its crossing ends this process\'s lea
 t.test('a crossing that only notifies leaves the version (and every lease) alone', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100', alerts: [{ threshold: 10, actions: ['notify'] }] })
-  const before = await version(gateway.sql)
+  const before = { global: await globalVersion(gateway.sql), tree: await treeVersion(gateway.sql, team.id) }
   await gateway.app.budgetTracker.recordUsage({ budgetId: team.id, amount: '20', currency: 'USD', source: 'test' })
   const [crossing] = await gateway.sql`select threshold from budget_alert_history where budget_id = ${team.id}`
   t.ok(crossing, 'the crossing is recorded')
-  t.equal(await version(gateway.sql), before, 'no bump')
+  t.same({ global: await globalVersion(gateway.sql), tree: await treeVersion(gateway.sql, team.id) }, before, 'no bump')
 })
 
-t.test('the version moves only when the change commits: a rolled-back crossing or definition change bumps nothing', async (t) => {
+t.test('a tree\'s version moves only when the change commits: a rolled-back crossing or definition change bumps nothing', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100', alerts: [{ threshold: 50, actions: ['block-all'] }] })
-  const before = await version(gateway.sql)
+  const before = await treeVersion(gateway.sql, team.id)
   await gateway.sql.begin(async (tx) => {
     await tx`update budget_definitions set name = 'renamed' where id = ${team.id}`
     await tx`insert into budget_alert_history (budget_id, period_start, threshold, basis, actions, spent, limit_amount)
              values (${team.id}, now(), 50, 'current', array['block-all'], 60, 100)`
-    t.equal(Number((await tx`select version from budget_definitions_version`)[0]!.version), before, 'not inside the transaction either: the bump waits for the commit')
+    t.equal(await treeVersion(tx as unknown as Sql, team.id), before, 'not inside the transaction either: the bump waits for the commit')
     throw new Error('roll back')
   }).catch((error: Error) => { t.equal(error.message, 'roll back') })
-  t.equal(await version(gateway.sql), before, 'nothing bumped')
+  t.equal(await treeVersion(gateway.sql, team.id), before, 'nothing bumped')
+  const global = await globalVersion(gateway.sql)
   await gateway.sql`update budget_definitions set name = 'renamed' where id = ${team.id}`
-  t.equal(await version(gateway.sql), before + 1, 'a committed change bumps it once')
+  t.equal(await treeVersion(gateway.sql, team.id), before + 1, 'a change made by hand in SQL bumps its tree\'s version once')
+  t.equal(await globalVersion(gateway.sql), global, 'and not the global one, which the registry bumps')
+})
+
+t.test('every change through the registry bumps the global version once, and its tree\'s; one that fails bumps neither', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const global = await globalVersion(gateway.sql)
+  const org = await gateway.createBudget({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100' })
+  t.equal(await globalVersion(gateway.sql), global + 1, 'a create')
+  t.equal(await treeVersion(gateway.sql, org.id), 1, 'the new tree\'s version')
+  const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '50', parentId: org.id })
+  t.equal(await globalVersion(gateway.sql), global + 2, 'a child\'s create')
+  t.equal(await treeVersion(gateway.sql, org.id), 2, 'counted in its root\'s tree')
+  const refused = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${team.id}`, headers: AUTH, body: { amount: '-1' } })
+  t.equal(refused.statusCode, 400, refused.body)
+  t.same([await globalVersion(gateway.sql), await treeVersion(gateway.sql, org.id)], [global + 2, 2], 'a refused change bumps nothing')
+  const updated = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${team.id}`, headers: AUTH, body: { amount: '60' } })
+  t.equal(updated.statusCode, 200, updated.body)
+  t.same([await globalVersion(gateway.sql), await treeVersion(gateway.sql, org.id)], [global + 3, 3], 'an update')
+  const deleted = await gateway.app.inject({ method: 'DELETE', url: `${PREFIX}/${team.id}`, headers: AUTH })
+  t.ok(deleted.statusCode < 300, deleted.body)
+  t.same([await globalVersion(gateway.sql), await treeVersion(gateway.sql, org.id)], [global + 4, 4], 'a delete')
 })

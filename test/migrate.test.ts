@@ -162,7 +162,7 @@ async function migrateAsNewerVersion (url: string): Promise<{ codeVersion: numbe
     await sql.begin(async (tx) => {
       await tx`insert into budget_schema_migrations (version, name) values (${codeVersion + 1}, ${`${codeVersion + 1}_newer.sql`})`
       await tx.unsafe(newer('holds.sql', [['shadow_fits boolean)', 'shadow_fits boolean, newer_column text)'], ['r.over_cap, r.shadow_fits\n', "r.over_cap, r.shadow_fits, 'newer'::text\n"]]))
-      await tx.unsafe(newer('lines.sql', [['enforcement text)', 'enforcement text, newer_column text)'], ['b.max_call_cost, b.enforcement\n', "b.max_call_cost, b.enforcement, 'newer'::text\n"]]))
+      await tx.unsafe(newer('lines.sql', [['tree_version bigint)', 'tree_version bigint, newer_column text)'], ['b.root_id, coalesce(v.version, 0)\n', "b.root_id, coalesce(v.version, 0), 'newer'::text\n"]]))
       await tx`update budget_schema_repeatables set checksum = 'newer' where name in ('holds.sql', 'lines.sql')`
     })
     return { codeVersion, databaseVersion: codeVersion + 1 }

@@ -264,6 +264,14 @@ export function createBudgetRepository (sql: Db) {
      */
     async lockHierarchy (): Promise<void> {
       await sql`select pg_advisory_xact_lock(hashtextextended('relaycore-budgets:hierarchy', 0))`
+    },
+
+    /**
+     * Bumps the definitions' global version (budget_definitions_bump, sql/functions/definitions.sql): the last
+     * statement of a change's transaction, so every process hears of it, a new budget in a tree it has no line in too.
+     */
+    async bumpDefinitionsVersion (): Promise<void> {
+      await sql`select budget_definitions_bump()`
     }
   }
 }

@@ -74,12 +74,15 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
    * meets the gate on a budget's rows can end in a deadlock or a serialization failure (a window change
    * whose carry-over finds a new reservation held by its settlement, sql/functions/window-changes.sql): nothing of it committed,
    * so it runs again from the start, a few times; one that keeps failing is 503 unavailable, never a 500.
+   * Each ends by bumping the definitions' global version.
    */
   async function inHierarchyTransaction<T> (work: (repository: BudgetRepository, tx: TransactionSql) => Promise<T>): Promise<T> {
     const result = await retryingConflicts(async () => await sql.begin(async (tx) => {
       const repository = createBudgetRepository(tx)
       await repository.lockHierarchy()
-      return await work(repository, tx)
+      const result = await work(repository, tx)
+      await repository.bumpDefinitionsVersion() // last: sql/functions/definitions.sql says why
+      return result
     }) as T)
     onChange()
     return result

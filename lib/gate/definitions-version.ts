@@ -1,9 +1,13 @@
-// What this process knows of the budget definitions: the newest version a statement reported, and the
+// What this process knows of the budget definitions: the newest versions statements reported, and the
 // parts of the gate derived from them (budget lines, leases, rate allowances), which are forgotten when
-// it moves. A change bumps budget_definitions_version in its own transaction (sql/functions/definitions.sql):
-// every gate statement reports the version it saw, so another process's change is heard at the next
-// statement (and within the lines' freshness bound, lib/gate/budget-lines.ts), this process's at once.
+// one moves. Two versions move (sql/functions/definitions.sql):
+// - the global one, bumped by the registry in every change's own transaction: every gate statement reports
+//   the one it saw, so another process's change is heard at the next statement (and within the lines'
+//   freshness bound, lib/gate/budget-lines.ts), this process's at once;
+// - each tree's, bumped by any change to a budget of the tree and by a crossing whose alert does more than
+//   notify: read with the global one for the trees this process has lines in, and by each line's load.
 // Built first by the plugin's root and handed to every part that reads or derives from the definitions.
+import type { TreeVersion } from './line-repository.js'
 
 export interface DefinitionsVersion {
   /**
@@ -12,6 +16,14 @@ export interface DefinitionsVersion {
    * (budget-lines.ts counts it as one, so a process whose statements report often need not poll).
    */
   observe: (seen: number, sentAt?: number) => void
+  /**
+   * A read saw these trees' versions: one newer than seen before forgets everything derived from the
+   * definitions. `inUseUntil`: a line in these trees is kept until then (a line's load), and their versions
+   * are read until then (treesInUse). False when one is older than seen: what was read with it is out of date.
+   */
+  observeTrees: (trees: readonly TreeVersion[], inUseUntil?: number) => boolean
+  /** The trees a line kept at `now` is in: the versions to read. */
+  treesInUse: (now: number) => string[]
   /** Forgets everything derived from the definitions (this process changed one, or found a line out of date). */
   forget: () => void
   /** Calls `listener` whenever the definitions are forgotten: a part that keeps something derived from them subscribes. */
@@ -29,6 +41,7 @@ export function createDefinitionsVersion (): DefinitionsVersion {
   let seen = -1
   let generation = 0
   let reportedAt = 0
+  const trees = new Map<string, { version: number, inUseUntil: number }>()
   const forget = () => {
     generation++
     for (const listener of listeners) listener()
@@ -41,6 +54,31 @@ export function createDefinitionsVersion (): DefinitionsVersion {
       const first = seen === -1
       seen = version
       if (!first) forget()
+    },
+    observeTrees (seenTrees: readonly TreeVersion[], inUseUntil = 0): boolean {
+      let newer = false
+      let older = false
+      for (const { rootId, version } of seenTrees) {
+        const known = trees.get(rootId)
+        if (known === undefined) {
+          trees.set(rootId, { version, inUseUntil })
+          continue
+        }
+        if (version > known.version) { newer = true; known.version = version }
+        if (version < known.version) older = true
+        if (inUseUntil > known.inUseUntil) known.inUseUntil = inUseUntil
+      }
+      if (newer) forget()
+      return !older
+    },
+    treesInUse (now: number): string[] {
+      const roots: string[] = []
+      for (const [rootId, tree] of trees) {
+        // no line in it is kept any longer: its version is not read, and is learnt again with the next line
+        if (tree.inUseUntil <= now) trees.delete(rootId)
+        else roots.push(rootId)
+      }
+      return roots
     },
     forget,
     onForget (listener: () => void): void {

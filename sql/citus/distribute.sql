@@ -8,7 +8,10 @@
 --   with budget_definitions: a tree's budgets, windows, holds, records, alerts and notifications sit on one
 --   shard, so a statement about one tree runs on one node.
 -- - What every tree reads is a reference table, copied to every node: exchange rates, the definitions'
---   version, and the provider costs with their import cursors.
+--   global version, and the provider costs with their import cursors. Each tree's own version
+--   (budget_tree_versions) is a tree's row like any other: the triggers that bump it run on the tree's shard.
+-- - Nothing running on a shard writes a reference table (Citus refuses: "cannot execute a distributed query
+--   from a query on a shard"): the registry bumps the global version from the coordinator (definitions.sql).
 -- - The keys only one database can hold (named *_across_trees, 010) go first: Citus cannot enforce a key
 --   across shards, and refuses to distribute a table that has one.
 -- - Triggers run on the shards (citus.enable_unsafe_triggers): each touches only rows of its own tree.
@@ -37,7 +40,7 @@ begin
   end loop;
 
   -- the referenced tables before the tables whose keys name them; each one not distributed yet
-  foreach t in array array['budget_definitions', 'budget_usage_records', 'budget_alert_history', 'budget_digests', 'budget_recon_drifts',
+  foreach t in array array['budget_definitions', 'budget_tree_versions', 'budget_usage_records', 'budget_alert_history', 'budget_digests', 'budget_recon_drifts',
                            'budget_usage_allocations', 'budget_status_cache', 'budget_reservations', 'budget_approvals',
                            'budget_rate_buckets', 'budget_notification_outbox', 'budget_forecast_profiles', 'budget_forecast_backdated',
                            'budget_audit_log', 'budget_decision_log', 'budget_recon_mappings', 'budget_recon_corrections',

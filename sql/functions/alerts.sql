@@ -84,13 +84,13 @@ end $$;
 -- A crossing whose alert does more than notify (block, restrict models, downgrade, require approval) is
 -- in force for the gate at once, however it was recorded: a lease on the budget's line admits from memory
 -- and would not see it (spend through the gate cannot cross such a threshold inside a lease, lib/gate/leases.ts;
--- usage recorded through another door can). So it bumps the definitions' version at commit, as a
--- definition change does (definitions.sql), and every process forgets its lines and leases within the
--- version's freshness bound (lib/gate/budget-lines.ts).
+-- usage recorded through another door can). So it bumps its tree's version at commit, as a definition
+-- change does (definitions.sql), and every process with a line in the tree forgets its lines and leases
+-- within the versions' freshness bound (lib/gate/budget-lines.ts).
 create or replace function budget_gate_action_crossed() returns trigger language plpgsql as $$
 begin
   if exists (select 1 from unnest(new.actions) action where action <> 'notify') then
-    update budget_definitions_version set version = version + 1;
+    perform budget_tree_bump(new.root_id);
   end if;
   return null;
 end $$;

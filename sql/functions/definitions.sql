@@ -1,21 +1,40 @@
 -- What the gate caches from budget definitions: the version that tells a process its lines are out of
 -- date, and the filters that say which calls a budget counts.
 
--- The definitions' version (the table's comment in the baseline says how processes use it).
+-- The global version of the definitions (the table's comment in the baseline; how it moves, below).
 create or replace function budget_definitions_version() returns bigint language sql stable as $$
   select version from budget_definitions_version
 $$;
 
--- Every change to budget definitions bumps the version, in the change's own transaction: no one sees the
--- new version before the change. So does a crossing whose alert does more than notify (alerts.sql): it
--- changes what the gate may admit as a definition does, and a lease admits from memory. The bump waits
--- for the commit (a deferred constraint trigger, one bump per row): taken last, the version row's lock
--- is never held while a transaction goes on to lock window rows, so a definition change and a settlement
--- that records a crossing cannot deadlock on it. (A constraint trigger cannot be replaced: it is
--- dropped and created again.)
-create or replace function budget_definitions_changed() returns trigger language plpgsql as $$
+-- Two versions tell a gateway process that what it derived from the definitions is out of date
+-- (lib/gate/definitions-version.ts reads them):
+-- - the global one (budget_definitions_version, above): bumped by the registry as the last statement of
+--   every change it makes (lib/budgets/registry.ts), so a process hears of a budget in a tree it has no
+--   line in yet (a new budget that now applies to a cached caller);
+-- - each tree's (budget_tree_versions, migration 011): bumped by a trigger on every change to a budget of
+--   the tree however it is made (the registry, or SQL by hand), and by a crossing whose alert does more
+--   than notify (alerts.sql). A process reads the versions of the trees its lines are in.
+-- A tree's bump is a trigger on the tree's own rows, writing the tree's own row: on Citus both sit on the
+-- tree's shard, where a trigger may write (it may not write the global row, a reference table there).
+-- Both bumps wait for the end: no one sees a new version before the change commits, and taken last, a
+-- version row's lock is never held while a transaction goes on to lock window rows, so a definition change
+-- and a settlement that records a crossing cannot deadlock on it. (A constraint trigger cannot be replaced:
+-- it is dropped and created again.)
+create or replace function budget_definitions_bump() returns void language plpgsql as $$
 begin
   update budget_definitions_version set version = version + 1;
+end $$;
+
+create or replace function budget_tree_bump(p_root_id uuid) returns void language plpgsql as $$
+begin
+  insert into budget_tree_versions as v (root_id, version) values (p_root_id, 1)
+  on conflict (root_id) do update set version = v.version + 1;
+end $$;
+
+create or replace function budget_definitions_changed() returns trigger language plpgsql as $$
+begin
+  -- a budget's root never changes (migration 004): the old row's is the new row's
+  perform budget_tree_bump(case when tg_op = 'DELETE' then old.root_id else new.root_id end);
   return null;
 end $$;
 drop trigger if exists budget_definitions_changed on budget_definitions;

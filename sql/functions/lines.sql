@@ -24,18 +24,18 @@ $$;
 -- with what the gate needs to decide (its rate limits, its currency: the gate leases only lines in its own
 -- currency; its near-limit policy, null: the gate's; its cap on one call, which keeps a call over it off the
 -- leases), each window's cache row made sure of, and the
--- definitions' version it was read at. Runs once per caller, window and process, not per call. A window
+-- versions it was read at: the definitions' global one, and each budget's tree's (definitions.sql). Runs once per caller, window and process, not per call. A window
 -- seen for the first time, or one whose row was made for another window that began at the same instant
 -- (the budget's period changed since), is recomputed from the allocations.
 -- Its enforcement too: a line with a shadow budget is held call by call, never leased (a shadow budget is
 -- judged on its as-if ledger, which only a hold reads).
--- Its result's columns changed (enforcement): a function's row type cannot be replaced, only dropped and made again.
+-- Its result's columns changed (enforcement, then the tree's version): a function's row type cannot be replaced, only dropped and made again.
 drop function if exists budget_line(text[], text[], text, text, jsonb);
 create or replace function budget_line(p_scope_types text[], p_scope_ids text[], p_currency text, p_model text, p_tags jsonb)
 returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, scope_rank integer,
                period_start timestamptz, period_end timestamptz, definitions_version bigint,
                rate_requests_per_minute integer, rate_tokens_per_minute bigint, currency text, near_limit text, max_call_cost numeric,
-               enforcement text)
+               enforcement text, root_id uuid, tree_version bigint)
 language plpgsql as $$
 declare
   window_row record;
@@ -50,8 +50,10 @@ begin
   end loop;
   return query
     select a.budget_id, b.name, b.alerts, a.scope_matched, a.scope_rank, a.period_start, a.period_end, budget_definitions_version(),
-           b.rate_requests_per_minute, b.rate_tokens_per_minute, b.currency, b.near_limit, b.max_call_cost, b.enforcement
+           b.rate_requests_per_minute, b.rate_tokens_per_minute, b.currency, b.near_limit, b.max_call_cost, b.enforcement,
+           b.root_id, coalesce(v.version, 0)
     from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
     join budget_definitions b on b.id = a.budget_id
+    left join budget_tree_versions v on v.root_id = b.root_id
     order by a.scope_matched desc, a.scope_rank, a.budget_id;
 end $$;
