@@ -22,12 +22,13 @@ t.test('a change to a budget, and a crossing that does more than notify, bump th
               values (${root}, ${root}, ${root}, 'organization', ${root}, 100, 'USD', 'monthly', '2024-01-01')`
   }
   t.same([await treeVersion(a), await treeVersion(b)], ['1', '1'], 'each tree\'s create bumped its own version')
-  const placed = await sql<Array<{ node: string }>>`
-    select distinct s.nodename || ':' || s.nodeport as node from citus_shards s
-    where s.table_name = 'budget_tree_versions'::regclass
-      and s.shardid in (get_shard_id_for_distribution_column('budget_tree_versions', ${a}::uuid),
-                        get_shard_id_for_distribution_column('budget_tree_versions', ${b}::uuid))`
-  t.ok(placed.length >= 1, `the versions' rows sit on the trees' shards (${placed.map((row) => row.node).join(', ')})`)
+  for (const root of [a, b]) {
+    const nodes = await sql<Array<{ table: string, node: string }>>`
+      select t.name as table, s.nodename || ':' || s.nodeport as node
+      from unnest(array['budget_definitions', 'budget_tree_versions']) as t(name)
+      join citus_shards s on s.table_name = t.name::regclass and s.shardid = get_shard_id_for_distribution_column(t.name, ${root}::uuid)`
+    t.equal(new Set(nodes.map((row) => row.node)).size, 1, `tree ${root}: its version's row on the node of its budgets (${nodes.map((row) => row.node).join(', ')})`)
+  }
 
   const child = randomUUID()
   await sql.begin(async (tx) => {
