@@ -85,18 +85,8 @@ end $$;
 -- in force for the gate at once, however it was recorded: a lease on the budget's line admits from memory
 -- and would not see it (spend through the gate cannot cross such a threshold inside a lease, lib/gate/leases.ts;
 -- usage recorded through another door can). So it bumps its tree's version at commit, as a definition
--- change does (definitions.sql), and every process with a line in the tree forgets its lines and leases
--- within the versions' freshness bound (lib/gate/budget-lines.ts).
-create or replace function budget_gate_action_crossed() returns trigger language plpgsql as $$
-begin
-  if exists (select 1 from unnest(new.actions) action where action <> 'notify') then
-    perform budget_tree_bump(new.root_id);
-  end if;
-  return null;
-end $$;
-drop trigger if exists budget_gate_action_crossed on budget_alert_history;
-create constraint trigger budget_gate_action_crossed after insert on budget_alert_history
-deferrable initially deferred for each row execute function budget_gate_action_crossed();
+-- change does (the triggers are in definitions.sql, with the other bumps), and every process with a line in
+-- the tree forgets its lines and leases within the versions' freshness bound (lib/gate/budget-lines.ts).
 
 -- Whenever a window's spend grows: the rule above. The window row is locked by the statement that grew it.
 -- A true-up's correction (reconciliation.sql) counts in its own day's window, which may have ended: an

@@ -18,28 +18,60 @@ $$;
 -- tree's shard, where a trigger may write (it may not write the global row, a reference table there).
 -- Both bumps wait for the end: no one sees a new version before the change commits, and taken last, a
 -- version row's lock is never held while a transaction goes on to lock window rows, so a definition change
--- and a settlement that records a crossing cannot deadlock on it. (A constraint trigger cannot be replaced:
--- it is dropped and created again.)
+-- and a settlement that records a crossing cannot deadlock on it. A transaction may touch several trees (a
+-- usage batch, a settlement batch whose lines span trees): it bumps them all at once, in the order of their
+-- roots, so two that touch the same trees in opposite orders queue rather than deadlock. Each change names
+-- its tree as it happens (budget_tree_touched, in a transaction-local setting, which a rolled-back
+-- savepoint takes back with the change); the first deferred trigger to fire at commit bumps every tree named.
 create or replace function budget_definitions_bump() returns void language plpgsql as $$
 begin
   update budget_definitions_version set version = version + 1;
 end $$;
 
-create or replace function budget_tree_bump(p_root_id uuid) returns void language plpgsql as $$
+create or replace function budget_tree_touched(p_root_id uuid) returns void language plpgsql as $$
+declare
+  touched text := coalesce(current_setting('relaycore_budgets.touched_trees', true), '');
 begin
-  insert into budget_tree_versions as v (root_id, version) values (p_root_id, 1)
-  on conflict (root_id) do update set version = v.version + 1;
+  if position(p_root_id::text in touched) = 0 then
+    perform set_config('relaycore_budgets.touched_trees', touched || p_root_id::text || ' ', true);
+  end if;
 end $$;
 
-create or replace function budget_definitions_changed() returns trigger language plpgsql as $$
+create or replace function budget_trees_bump() returns trigger language plpgsql as $$
+declare
+  touched text := coalesce(current_setting('relaycore_budgets.touched_trees', true), '');
+  root uuid;
 begin
-  -- a budget's root never changes (migration 004): the old row's is the new row's
-  perform budget_tree_bump(case when tg_op = 'DELETE' then old.root_id else new.root_id end);
+  if touched = '' then return null; end if;
+  perform set_config('relaycore_budgets.touched_trees', '', true);
+  for root in select distinct t::uuid from regexp_split_to_table(trim(touched), ' ') t order by 1 loop
+    insert into budget_tree_versions as v (root_id, version) values (root, 1)
+    on conflict (root_id) do update set version = v.version + 1;
+  end loop;
   return null;
 end $$;
+
+-- A row that moves its tree's version names the tree: a change to a budget (whose root never changes,
+-- migration 004: the old row's is the new row's), or a crossing whose alert does more than notify (alerts.sql
+-- says why). The bump is at commit.
+create or replace function budget_tree_row_touched() returns trigger language plpgsql as $$
+begin
+  perform budget_tree_touched(case when tg_op = 'DELETE' then old.root_id else new.root_id end);
+  return null;
+end $$;
+create or replace trigger budget_definitions_touched after insert or update or delete on budget_definitions
+for each row execute function budget_tree_row_touched();
 drop trigger if exists budget_definitions_changed on budget_definitions;
 create constraint trigger budget_definitions_changed after insert or update or delete on budget_definitions
-deferrable initially deferred for each row execute function budget_definitions_changed();
+deferrable initially deferred for each row execute function budget_trees_bump();
+create or replace trigger budget_gate_action_touched after insert on budget_alert_history
+for each row when (not new.actions <@ array['notify']) execute function budget_tree_row_touched();
+drop trigger if exists budget_gate_action_crossed on budget_alert_history;
+create constraint trigger budget_gate_action_crossed after insert on budget_alert_history
+deferrable initially deferred for each row when (not new.actions <@ array['notify']) execute function budget_trees_bump();
+-- what the triggers ran before the trees had versions
+drop function if exists budget_definitions_changed();
+drop function if exists budget_gate_action_crossed();
 
 -- Does a call to p_model carrying p_tags count toward the budget? The one place the filters are read.
 create or replace function budget_matches(b budget_definitions, p_model text, p_tags jsonb) returns boolean

@@ -1,0 +1,56 @@
+// Review of the definitions' versions: the version poll of another process, its connections
+// terminated, neither hands out a stale line nor answers 5xx.
+import t, { type Test } from 'tap'
+import Fastify from 'fastify'
+import budgets from '../lib/index.js'
+import { chatCompletions } from '../examples/chat-completions.js'
+import { VERSION_FRESH_MS } from '../lib/gate/budget-lines.js'
+import { buildGateway, MODEL_ROUTES } from './fixtures/gateway.js'
+import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
+
+const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
+const sleep = async (ms: number) => await new Promise((resolve) => setTimeout(resolve, ms))
+
+async function otherProcess (t: Test, url: string) {
+  const app = Fastify()
+  const named = new URL(url)
+  named.searchParams.set('application_name', 'review-other')
+  await app.register(budgets, { database: named.toString(), adminToken: 'another-process-token-0123456789', gate: { routes: MODEL_ROUTES, sweepIntervalMs: 0 }, notifications: { intervalMs: 0 } })
+  await app.register(chatCompletions, { mockTokenDelayMs: 1 })
+  await app.ready()
+  t.teardown(async () => await app.close())
+  return async (scopes: Record<string, string>) => await app.inject({
+    method: 'POST',
+    url: '/v1/chat/completions',
+    headers: Object.fromEntries(Object.entries(scopes).map(([type, id]) => [`x-relay-${type}-id`, id])),
+    body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 }
+  })
+}
+
+t.test('the other process\'s connections terminated: a change is still in force there within the bound, and no call is a 5xx', async (t) => {
+  const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  const call = await otherProcess(t, gateway.url)
+  const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100' })
+  const caller = { team: 'platform' }
+  const leaseHeld = async () => (await gateway.sql`select count(*)::int as n from budget_reservations where lease`)[0]!.n > 0
+  for (let i = 0; i < 40 && !await leaseHeld(); i++) t.equal((await call(caller)).statusCode, 200)
+  t.ok(await leaseHeld(), 'a lease')
+  let killed = 0
+  const kill = async () => { killed += (await gateway.sql`select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'review-other'`).length }
+  // calls on the other process while its connections are terminated again and again
+  const statuses: number[] = []
+  for (let i = 0; i < 30; i++) {
+    if (i % 3 === 0) await kill()
+    statuses.push((await call(caller)).statusCode)
+    await sleep(15)
+  }
+  t.ok(killed > 0, `${killed} backends of the other process terminated`)
+  t.same([...new Set(statuses)].sort(), [200], `every call served: ${JSON.stringify(statuses)}`)
+  await kill()
+  const changed = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${team.id}`, headers: AUTH, body: { amount: '0.0001' } })
+  t.equal(changed.statusCode, 200, changed.body)
+  await kill()
+  await sleep(VERSION_FRESH_MS * 3)
+  const after = await call(caller)
+  t.equal(after.statusCode, 402, after.body)
+})
