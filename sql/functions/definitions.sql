@@ -53,18 +53,20 @@ end $$;
 
 -- A row that moves its tree's version names the tree: a change to a budget (whose root never changes,
 -- migration 004: the old row's is the new row's), or a crossing whose alert does more than notify (alerts.sql
--- says why). The bump is at commit.
+-- says why). The bump is at commit. A row's triggers fire in the order of their names, so each naming
+-- trigger's name sorts before its bump's (at_change before changed, at_crossing before crossed): under SET
+-- CONSTRAINTS ALL IMMEDIATE the bump runs at the end of the statement, and must find the row's tree named.
 create or replace function budget_tree_row_touched() returns trigger language plpgsql as $$
 begin
   perform budget_tree_touched(case when tg_op = 'DELETE' then old.root_id else new.root_id end);
   return null;
 end $$;
-create or replace trigger budget_definitions_touched after insert or update or delete on budget_definitions
+create or replace trigger budget_definitions_at_change after insert or update or delete on budget_definitions
 for each row execute function budget_tree_row_touched();
 drop trigger if exists budget_definitions_changed on budget_definitions;
 create constraint trigger budget_definitions_changed after insert or update or delete on budget_definitions
 deferrable initially deferred for each row execute function budget_trees_bump();
-create or replace trigger budget_gate_action_touched after insert on budget_alert_history
+create or replace trigger budget_gate_action_at_crossing after insert on budget_alert_history
 for each row when (not new.actions <@ array['notify']) execute function budget_tree_row_touched();
 drop trigger if exists budget_gate_action_crossed on budget_alert_history;
 create constraint trigger budget_gate_action_crossed after insert on budget_alert_history
