@@ -1,4 +1,4 @@
-import type { Db } from '../kernel/database/db.js'
+import { NIL_ROOT, type Db } from '../kernel/database/db.js'
 // SQL for the audit log: entries written with the change they record (hand it the change's
 // transaction), and read newest first, a page at a time (keyset on the entry's id).
 
@@ -33,11 +33,18 @@ export function createAuditRepository (sql: Db) {
   const json = (value: unknown) => value === undefined || value === null ? null : JSON.stringify(value)
 
   return {
+    /**
+     * The entry names its budget's root, read with it in one statement (a budget's entry on Citus is routed by
+     * its root before any trigger could fill it); an entry of no budget has the nil root.
+     */
     async record (budgetId: string | null, action: AuditAction, context: AuditContext, entry: { changes?: string[], before?: unknown, after?: unknown } = {}): Promise<void> {
-      await sql`
-        insert into budget_audit_log (budget_id, action, changes, before, after, actor, request_id)
-        values (${budgetId}, ${action}, ${entry.changes ?? []}::text[], ${json(entry.before)}::text::jsonb, ${json(entry.after)}::text::jsonb,
-                ${context.actor}, ${context.requestId})`
+      const values = sql`${action}, ${entry.changes ?? []}::text[], ${json(entry.before)}::text::jsonb, ${json(entry.after)}::text::jsonb, ${context.actor}, ${context.requestId}`
+      const written = budgetId === null
+        ? await sql`insert into budget_audit_log (budget_id, root_id, action, changes, before, after, actor, request_id)
+                    values (null, ${NIL_ROOT}, ${values})`
+        : await sql`insert into budget_audit_log (budget_id, root_id, action, changes, before, after, actor, request_id)
+                    select d.id, d.root_id, ${values} from budget_definitions d where d.id = ${budgetId}`
+      if (written.count !== 1) throw new Error(`no audit entry written for budget ${budgetId}: it does not exist`)
     },
 
     /** Newest first, after the entry `before` (exclusive) when given; one budget's, or every budget's. */

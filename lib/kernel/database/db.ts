@@ -5,6 +5,9 @@ import { DatabaseUnavailableError } from '../errors.js'
 /** A repository's statements run on the client or, handed a transaction, inside it. */
 export type Db = Sql | TransactionSql
 
+/** The root of a row that belongs to no budget (migration 010): such rows are kept together, and never null. */
+export const NIL_ROOT = '00000000-0000-0000-0000-000000000000'
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 /** Ids reach us from URLs; one that is not a uuid names no budget, and must not reach PostgreSQL as one. */
