@@ -75,11 +75,19 @@ deferrable initially deferred for each row when (not new.actions <@ array['notif
 drop function if exists budget_definitions_changed();
 drop function if exists budget_gate_action_crossed();
 
--- Does a call to p_model carrying p_tags count toward the budget? The one place the filters are read.
+-- Does a call to p_model carrying p_tags count toward a budget with these filters? The one place the
+-- filters are read. By its columns, for a query Citus runs on the shards (a shard's rows are of the
+-- shard's own row type, which budget_matches below does not take).
+create or replace function budget_filters_match(p_filter_models text[], p_filter_tags jsonb, p_model text, p_tags jsonb) returns boolean
+language sql immutable parallel safe as $$
+  select (p_filter_models is null or exists (
+            select 1 from unnest(p_filter_models) pattern
+            where pattern = p_model or (right(pattern, 1) = '*' and starts_with(p_model, left(pattern, -1)))))
+     and (p_filter_tags is null or coalesce(p_tags, '{}'::jsonb) @> p_filter_tags)
+$$;
+
+-- The same, given the budget's row.
 create or replace function budget_matches(b budget_definitions, p_model text, p_tags jsonb) returns boolean
 language sql immutable parallel safe as $$
-  select (b.filter_models is null or exists (
-            select 1 from unnest(b.filter_models) pattern
-            where pattern = p_model or (right(pattern, 1) = '*' and starts_with(p_model, left(pattern, -1)))))
-     and (b.filter_tags is null or coalesce(p_tags, '{}'::jsonb) @> b.filter_tags)
+  select budget_filters_match(b.filter_models, b.filter_tags, p_model, p_tags)
 $$;

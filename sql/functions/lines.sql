@@ -7,18 +7,39 @@
 -- then by distance from it, so a budget matched directly comes before the same budget reached as an
 -- ancestor. Every budget applies whatever its currency: p_currency is not read (it stays in the
 -- signature); what a budget in another currency holds is converted where it is held.
+-- PL/pgSQL in steps, so that on Citus each is one a distributed plan can take: the budgets the scopes name
+-- (a read of every shard), then each one's lineage within its tree (one shard's), then the windows.
+-- Each budget's root comes with it (added last: a result's columns change only at the end, docs/data-model.md).
+drop function if exists budget_applicable(text[], text[], text, timestamptz, text, jsonb);
 create or replace function budget_applicable(p_scope_types text[], p_scope_ids text[], p_currency text, p_at timestamptz, p_model text, p_tags jsonb)
-returns table (budget_id uuid, scope_matched boolean, scope_rank integer, period_start timestamptz, period_end timestamptz)
-language sql stable as $$
-  select l.id, bool_or(l.depth = 1), min(s.rank * 100 + l.depth)::integer, w.period_start, w.period_end
-  from unnest(p_scope_types, p_scope_ids) with ordinality as s(scope_type, scope_id, rank)
-  join budget_definitions m on m.scope_type = s.scope_type and m.scope_id = s.scope_id and m.deleted_at is null
-  cross join lateral budget_lineage(m.id) l
-  join budget_definitions b on b.id = l.id and b.deleted_at is null
-  cross join lateral budget_window(b, p_at) w
-  where budget_matches(b, p_model, p_tags)
-  group by l.id, w.period_start, w.period_end
-$$;
+returns table (budget_id uuid, scope_matched boolean, scope_rank integer, period_start timestamptz, period_end timestamptz, root_id uuid)
+language plpgsql stable as $$
+declare
+  named record;
+  ids uuid[] := '{}';
+  roots uuid[] := '{}';
+  direct boolean[] := '{}';
+  ranks integer[] := '{}';
+begin
+  for named in
+    select m.id, m.root_id, s.rank::integer as rank
+    from unnest(p_scope_types, p_scope_ids) with ordinality as s(scope_type, scope_id, rank)
+    join budget_definitions m on m.scope_type = s.scope_type and m.scope_id = s.scope_id and m.deleted_at is null
+  loop
+    select ids || array_agg(l.id), roots || array_agg(named.root_id), direct || array_agg(l.depth = 1), ranks || array_agg(named.rank * 100 + l.depth)
+    into ids, roots, direct, ranks
+    from budget_lineage(named.root_id, named.id) l;
+  end loop;
+  return query
+    select b.id, bool_or(x.direct), min(x.rank)::integer, w.period_start, w.period_end, b.root_id
+    from unnest(ids, roots, direct, ranks) as x(id, root_id, direct, rank)
+    join budget_definitions b on b.root_id = x.root_id and b.id = x.id and b.deleted_at is null
+    -- by the budget's columns: on Citus this part runs on the shards, whose rows are not of budget_definitions' type
+    cross join lateral budget_period_window(b.period, b.start_date, b.end_date, b.recurring, p_at, b.timezone,
+                                            b.fiscal_year_start_month, b.period_alignment) w
+    where budget_filters_match(b.filter_models, b.filter_tags, p_model, p_tags)
+    group by b.root_id, b.id, w.period_start, w.period_end;
+end $$;
 
 -- The budget line of a caller, for the process's cache: every budget that applies (budget_applicable),
 -- with what the gate needs to decide (its rate limits, its currency: the gate leases only lines in its own
@@ -38,22 +59,36 @@ returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, s
                enforcement text, root_id uuid, tree_version bigint)
 language plpgsql as $$
 declare
-  window_row record;
+  applicable record;
+  ids uuid[] := '{}';
+  roots uuid[] := '{}';
+  matched boolean[] := '{}';
+  ranks integer[] := '{}';
+  starts timestamptz[] := '{}';
+  ends timestamptz[] := '{}';
 begin
-  for window_row in
-    select a.budget_id, a.period_start, a.period_end from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
-    where not exists (select 1 from budget_status_cache c where c.budget_id = a.budget_id and c.period_start = a.period_start
-                      and c.period_end = a.period_end)
-    order by a.budget_id
+  for applicable in
+    select a.budget_id, a.root_id, a.scope_matched, a.scope_rank, a.period_start, a.period_end
+    from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a order by a.budget_id
   loop
-    perform refresh_budget_status_cache(window_row.budget_id, window_row.period_start, window_row.period_end);
+    ids := ids || applicable.budget_id;
+    roots := roots || applicable.root_id;
+    matched := matched || applicable.scope_matched;
+    ranks := ranks || applicable.scope_rank;
+    starts := starts || applicable.period_start;
+    ends := ends || applicable.period_end;
+    if not exists (select 1 from budget_status_cache c
+                   where c.root_id = applicable.root_id and c.budget_id = applicable.budget_id
+                     and c.period_start = applicable.period_start and c.period_end = applicable.period_end) then
+      perform refresh_budget_status_cache(applicable.budget_id, applicable.period_start, applicable.period_end);
+    end if;
   end loop;
   return query
     select a.budget_id, b.name, b.alerts, a.scope_matched, a.scope_rank, a.period_start, a.period_end, budget_definitions_version(),
            b.rate_requests_per_minute, b.rate_tokens_per_minute, b.currency, b.near_limit, b.max_call_cost, b.enforcement,
            b.root_id, coalesce(v.version, 0)
-    from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a
-    join budget_definitions b on b.id = a.budget_id
+    from unnest(ids, roots, matched, ranks, starts, ends) as a(budget_id, root_id, scope_matched, scope_rank, period_start, period_end)
+    join budget_definitions b on b.root_id = a.root_id and b.id = a.budget_id
     left join budget_tree_versions v on v.root_id = b.root_id
     order by a.scope_matched desc, a.scope_rank, a.budget_id;
 end $$;

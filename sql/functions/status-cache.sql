@@ -18,19 +18,22 @@ create or replace function refresh_budget_status_cache(p_budget_id uuid, p_perio
 returns setof budget_status_cache language plpgsql as $$
 declare
   drift record;
+  root uuid;
 begin
+  -- every statement names the budget's root: on Citus each is then one shard's
+  select d.root_id into root from budget_definitions d where d.id = p_budget_id;
   insert into budget_status_cache (budget_id, root_id, period_start, period_end)
-  values (p_budget_id, (select d.root_id from budget_definitions d where d.id = p_budget_id), p_period_start, p_period_end)
+  values (p_budget_id, root, p_period_start, p_period_end)
   on conflict (budget_id, period_start, root_id) do nothing;
   select s.current_amount - c.current_amount as amount, s.usage_count - c.usage_count as calls, s.last_usage_at
   into drift
   from budget_status_cache c cross join calculate_budget_status(p_budget_id, p_period_start, p_period_end) s
-  where c.budget_id = p_budget_id and c.period_start = p_period_start;
+  where c.root_id = root and c.budget_id = p_budget_id and c.period_start = p_period_start;
   return query
     update budget_status_cache c
     set current_amount = c.current_amount + drift.amount, usage_count = c.usage_count + drift.calls,
         last_usage_at = greatest(c.last_usage_at, drift.last_usage_at),
         period_end = p_period_end, refreshed_at = now(), updated_at = now()
-    where c.budget_id = p_budget_id and c.period_start = p_period_start
+    where c.root_id = root and c.budget_id = p_budget_id and c.period_start = p_period_start
     returning c.*;
 end $$;

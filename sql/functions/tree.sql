@@ -6,33 +6,63 @@ create or replace function budget_max_depth() returns integer language sql immut
 
 -- Upward: the budget and every ancestor, nearest first (depth 1 is the budget itself). The one walk
 -- toward the root: the gate, the usage trigger, the registry's ancestors and its cycle check use it.
-create or replace function budget_lineage(p_budget_id uuid)
+-- Within the budget's tree: every step names the root, so on Citus the walk is one shard's (a recursive
+-- query over a distributed table is planned only with a filter on its distribution column). PL/pgSQL, as
+-- every function here that reads a budget table: Citus cannot plan a parameterized SQL-language function's
+-- query on a distributed table.
+create or replace function budget_lineage(p_root_id uuid, p_budget_id uuid)
 returns table (id uuid, depth integer, period text, start_date timestamptz, end_date timestamptz, recurring boolean)
-language sql stable rows 5 as $$
+language plpgsql stable rows 5 as $$
+begin
+  return query
   with recursive lineage as (
-    select b.id, b.parent_id, 1 as depth from budget_definitions b where b.id = p_budget_id
+    select b.id, b.parent_id, 1 as depth from budget_definitions b where b.root_id = p_root_id and b.id = p_budget_id
     union all
-    select p.id, p.parent_id, l.depth + 1 from lineage l join budget_definitions p on p.id = l.parent_id
+    select p.id, p.parent_id, l.depth + 1 from lineage l join budget_definitions p on p.root_id = p_root_id and p.id = l.parent_id
     where l.depth < budget_max_depth()
   )
   select b.id, l.depth, b.period, b.start_date, b.end_date, b.recurring
-  from lineage l join budget_definitions b on b.id = l.id
-  order by l.depth
-$$;
+  from lineage l join budget_definitions b on b.root_id = p_root_id and b.id = l.id
+  order by l.depth;
+end $$;
 
--- Downward: every live descendant of the given budgets, with its distance (1: a child). The one walk
--- toward the leaves: the hierarchy view, cascading deletes and the depth check use it.
-create or replace function budget_subtree(p_budget_ids uuid[])
+-- The same walk for a caller that knows only the budget: its root is read first (on Citus, a read of
+-- every shard; where the root is at hand, the walk above).
+create or replace function budget_lineage(p_budget_id uuid)
+returns table (id uuid, depth integer, period text, start_date timestamptz, end_date timestamptz, recurring boolean)
+language plpgsql stable rows 5 as $$
+begin
+  return query select * from budget_lineage((select d.root_id from budget_definitions d where d.id = p_budget_id), p_budget_id);
+end $$;
+
+-- Downward: every live descendant of the given budgets of one tree, with its distance (1: a child). The one
+-- walk toward the leaves: the hierarchy view, cascading deletes and the depth check use it.
+create or replace function budget_subtree(p_root_id uuid, p_budget_ids uuid[])
 returns table (id uuid, depth integer)
-language sql stable as $$
+language plpgsql stable as $$
+begin
+  return query
   with recursive subtree as (
-    select b.id, 1 as depth from budget_definitions b where b.parent_id = any (p_budget_ids) and b.deleted_at is null
+    select b.id, 1 as depth from budget_definitions b
+    where b.root_id = p_root_id and b.parent_id = any (p_budget_ids) and b.deleted_at is null
     union all
-    select b.id, s.depth + 1 from subtree s join budget_definitions b on b.parent_id = s.id
+    select b.id, s.depth + 1 from subtree s join budget_definitions b on b.root_id = p_root_id and b.parent_id = s.id
     where b.deleted_at is null and s.depth < budget_max_depth()
   )
-  select s.id, min(s.depth) from subtree s group by s.id
-$$;
+  select s.id, min(s.depth)::integer from subtree s group by s.id;
+end $$;
+
+-- The same walk from budgets of any trees: each tree's walked on its own.
+create or replace function budget_subtree(p_budget_ids uuid[])
+returns table (id uuid, depth integer)
+language plpgsql stable as $$
+declare
+  tree record;
+begin
+  for tree in select d.root_id, array_agg(d.id) as ids from budget_definitions d where d.id = any (p_budget_ids) group by d.root_id loop
+    return query select * from budget_subtree(tree.root_id, tree.ids);
+  end loop;
+end $$;
 
 -- A new budget's root (budget_definitions.root_id): its own id when it has no parent, else its parent's
 -- root. The one place the rule is written: every insert goes through it, the registry's and any other.
