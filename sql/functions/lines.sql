@@ -16,10 +16,10 @@ returns table (budget_id uuid, scope_matched boolean, scope_rank integer, period
 language plpgsql stable as $$
 declare
   named record;
-  ids uuid[] := '{}';
-  roots uuid[] := '{}';
-  direct boolean[] := '{}';
-  ranks integer[] := '{}';
+  ids uuid[] := '{}'::uuid[];
+  roots uuid[] := '{}'::uuid[];
+  direct boolean[] := '{}'::boolean[];
+  ranks integer[] := '{}'::integer[];
 begin
   for named in
     select m.id, m.root_id, s.rank::integer as rank
@@ -28,7 +28,7 @@ begin
   loop
     select ids || array_agg(l.id), roots || array_agg(named.root_id), direct || array_agg(l.depth = 1), ranks || array_agg(named.rank * 100 + l.depth)
     into ids, roots, direct, ranks
-    from budget_lineage(named.root_id, named.id) l;
+    from budget_lineage_within(named.root_id, named.id) l;
   end loop;
   return query
     select b.id, bool_or(x.direct), min(x.rank)::integer, w.period_start, w.period_end, b.root_id
@@ -60,12 +60,14 @@ returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, s
 language plpgsql as $$
 declare
   applicable record;
-  ids uuid[] := '{}';
-  roots uuid[] := '{}';
-  matched boolean[] := '{}';
-  ranks integer[] := '{}';
-  starts timestamptz[] := '{}';
-  ends timestamptz[] := '{}';
+  ids uuid[] := '{}'::uuid[];
+  roots uuid[] := '{}'::uuid[];
+  matched boolean[] := '{}'::boolean[];
+  ranks integer[] := '{}'::integer[];
+  starts timestamptz[] := '{}'::timestamptz[];
+  ends timestamptz[] := '{}'::timestamptz[];
+  -- read here, not in the query below: on Citus that runs on the shards, where a read of the reference table would be a distributed query
+  global_version bigint := budget_definitions_version();
 begin
   for applicable in
     select a.budget_id, a.root_id, a.scope_matched, a.scope_rank, a.period_start, a.period_end
@@ -84,7 +86,7 @@ begin
     end if;
   end loop;
   return query
-    select a.budget_id, b.name, b.alerts, a.scope_matched, a.scope_rank, a.period_start, a.period_end, budget_definitions_version(),
+    select a.budget_id, b.name, b.alerts, a.scope_matched, a.scope_rank, a.period_start, a.period_end, global_version,
            b.rate_requests_per_minute, b.rate_tokens_per_minute, b.currency, b.near_limit, b.max_call_cost, b.enforcement,
            b.root_id, coalesce(v.version, 0)
     from unnest(ids, roots, matched, ranks, starts, ends) as a(budget_id, root_id, scope_matched, scope_rank, period_start, period_end)

@@ -2,13 +2,20 @@
 -- that puts a row right without stalling the gate.
 
 -- Spend counted toward a budget in a window, summed from the allocations themselves.
+-- PL/pgSQL: Citus cannot plan a parameterized SQL-language function's query on a distributed table. It reads
+-- the budget's root first, and sums within its tree (on Citus, one shard's).
 create or replace function calculate_budget_status(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz)
 returns table (current_amount numeric, usage_count bigint, last_usage_at timestamptz)
-language sql stable as $$
-  select coalesce(sum(a.amount), 0), count(*), max(a.occurred_at)
-  from budget_usage_allocations a
-  where a.budget_id = p_budget_id and a.occurred_at >= p_period_start and a.occurred_at < p_period_end
-$$;
+language plpgsql stable as $$
+declare
+  root uuid;
+begin
+  select d.root_id into root from budget_definitions d where d.id = p_budget_id;
+  return query
+    select coalesce(sum(a.amount), 0), count(*), max(a.occurred_at)
+    from budget_usage_allocations a
+    where a.root_id = root and a.budget_id = p_budget_id and a.occurred_at >= p_period_start and a.occurred_at < p_period_end;
+end $$;
 
 -- A refresh that never stalls the gate. The sum runs outside any lock: in one statement, so under one
 -- snapshot, it reads the window's allocations and the cache row as that snapshot sees them; their
@@ -25,9 +32,14 @@ begin
   insert into budget_status_cache (budget_id, root_id, period_start, period_end)
   values (p_budget_id, root, p_period_start, p_period_end)
   on conflict (budget_id, period_start, root_id) do nothing;
+  -- the sum of calculate_budget_status, written out: in this one statement it must read the same snapshot as
+  -- the row (on Citus a function called here would run apart, on the coordinator, under its own)
   select s.current_amount - c.current_amount as amount, s.usage_count - c.usage_count as calls, s.last_usage_at
   into drift
-  from budget_status_cache c cross join calculate_budget_status(p_budget_id, p_period_start, p_period_end) s
+  from budget_status_cache c,
+       (select coalesce(sum(a.amount), 0) as current_amount, count(*) as usage_count, max(a.occurred_at) as last_usage_at
+        from budget_usage_allocations a
+        where a.root_id = root and a.budget_id = p_budget_id and a.occurred_at >= p_period_start and a.occurred_at < p_period_end) s
   where c.root_id = root and c.budget_id = p_budget_id and c.period_start = p_period_start;
   return query
     update budget_status_cache c

@@ -10,7 +10,7 @@ create or replace function budget_max_depth() returns integer language sql immut
 -- query over a distributed table is planned only with a filter on its distribution column). PL/pgSQL, as
 -- every function here that reads a budget table: Citus cannot plan a parameterized SQL-language function's
 -- query on a distributed table.
-create or replace function budget_lineage(p_root_id uuid, p_budget_id uuid)
+create or replace function budget_lineage_within(p_root_id uuid, p_budget_id uuid)
 returns table (id uuid, depth integer, period text, start_date timestamptz, end_date timestamptz, recurring boolean)
 language plpgsql stable rows 5 as $$
 begin
@@ -32,12 +32,12 @@ create or replace function budget_lineage(p_budget_id uuid)
 returns table (id uuid, depth integer, period text, start_date timestamptz, end_date timestamptz, recurring boolean)
 language plpgsql stable rows 5 as $$
 begin
-  return query select * from budget_lineage((select d.root_id from budget_definitions d where d.id = p_budget_id), p_budget_id);
+  return query select * from budget_lineage_within((select d.root_id from budget_definitions d where d.id = p_budget_id), p_budget_id);
 end $$;
 
 -- Downward: every live descendant of the given budgets of one tree, with its distance (1: a child). The one
 -- walk toward the leaves: the hierarchy view, cascading deletes and the depth check use it.
-create or replace function budget_subtree(p_root_id uuid, p_budget_ids uuid[])
+create or replace function budget_subtree_within(p_root_id uuid, p_budget_ids uuid[])
 returns table (id uuid, depth integer)
 language plpgsql stable as $$
 begin
@@ -60,7 +60,7 @@ declare
   tree record;
 begin
   for tree in select d.root_id, array_agg(d.id) as ids from budget_definitions d where d.id = any (p_budget_ids) group by d.root_id loop
-    return query select * from budget_subtree(tree.root_id, tree.ids);
+    return query select * from budget_subtree_within(tree.root_id, tree.ids);
   end loop;
 end $$;
 
