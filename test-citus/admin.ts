@@ -1,11 +1,13 @@
-// The admin API on a distributed schema (`npm run test:citus`): what of it runs on Citus today. Budgets are
-// created through the registry (its global version bumped from the coordinator, each tree's by trigger on
-// its shard, the audit entry routed by the budget's root); docs/scaling.md lists what does not run yet.
+// The admin API and the gate's line load on a distributed schema (`npm run test:citus`): what of them runs on
+// Citus today. Budgets are created through the registry (its global version bumped from the coordinator, each
+// tree's by trigger on its shard, the audit entry routed by the budget's root), and a caller's line is loaded
+// across two trees (budget_line); docs/scaling.md lists what does not run yet.
 import t from 'tap'
 import Fastify from 'fastify'
 import budgets from '../lib/index.js'
 import { distributeOnCitus } from '../lib/kernel/database/citus.js'
 import { migrate } from '../lib/kernel/database/migrate.js'
+import { createLineRepository } from '../lib/gate/line-repository.js'
 import { createTestSql } from '../test/fixtures/database.js'
 import { ADMIN_TOKEN, PREFIX } from '../test/fixtures/app.js'
 
@@ -48,4 +50,33 @@ t.test('a root budget and a child created through the admin API, each audited in
   t.same(listed.json().budgets.map((budget: { name: string }) => budget.name).sort(), ['org', 'other org', 'team'], 'the list reads every tree')
   const got = await app.inject({ url: `${PREFIX}/${team.json().id}`, headers })
   t.equal(got.json().parentId, org.json().id, 'a budget read by id')
+})
+
+t.test('a caller\'s line across two trees, loaded on the coordinator: each budget once, ranked, with its tree\'s version', async (t) => {
+  const { sql } = await createTestSql(t, { max: 4 })
+  await migrate(sql)
+  await distributeOnCitus(sql)
+  const app = Fastify()
+  await app.register(budgets, { database: sql, adminToken: ADMIN_TOKEN, notifications: { intervalMs: 0 } })
+  await app.ready()
+  t.teardown(async () => await app.close())
+  const create = async (body: Record<string, unknown>) => {
+    const response = await app.inject({ method: 'POST', url: PREFIX, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01', ...body } })
+    t.equal(response.statusCode, 201)
+    return response.json() as { id: string }
+  }
+  const org = await create({ name: 'org', scopeType: 'organization', scopeId: 'acme' })
+  const team = await create({ name: 'team', scopeType: 'team', scopeId: 'platform', parentId: org.id, amount: '50' })
+  const user = await create({ name: 'user', scopeType: 'user', scopeId: 'ada', amount: '5', filters: { models: ['gpt-4o*'] } })
+  const lines = createLineRepository(sql)
+  const loaded = await lines.loadLine({ scopes: [{ type: 'user', id: 'ada' }, { type: 'team', id: 'platform' }], model: 'gpt-4o-mini' }, 'USD')
+  t.same(loaded.line.map((budget) => [budget.name, budget.scopeMatched, budget.scopeRank]), [['user', true, 101], ['team', true, 201], ['org', false, 202]],
+    'the user\'s budget, its team\'s, and the team\'s parent reached as an ancestor')
+  t.same(new Map(loaded.trees.map((tree) => [tree.rootId, tree.version])), new Map([[org.id, 2], [user.id, 1]]), 'each tree\'s version, as its creates left it')
+  const filtered = await lines.loadLine({ scopes: [{ type: 'user', id: 'ada' }, { type: 'team', id: 'platform' }], model: 'claude-3-haiku' }, 'USD')
+  t.same(filtered.line.map((budget) => budget.name), ['team', 'org'], 'a model the user\'s filter leaves out: its budget does not apply')
+  const windows = await sql`select budget_id from budget_status_cache order by budget_id`
+  t.same(windows.map((row) => row.budget_id).sort(), [org.id, team.id, user.id].sort(), 'each budget\'s window row made once')
+  const versions = await lines.versions([org.id, user.id, team.id])
+  t.same(versions.trees.map((tree) => tree.version), [2, 1, 0], 'the versions read for the trees asked (a budget that is no root: none, 0)')
 })
