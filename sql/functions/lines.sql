@@ -66,9 +66,20 @@ declare
   ranks integer[] := '{}'::integer[];
   starts timestamptz[] := '{}'::timestamptz[];
   ends timestamptz[] := '{}'::timestamptz[];
-  -- read here, not in the query below: on Citus that runs on the shards, where a read of the reference table would be a distributed query
+  -- The versions are read first, the global one and those of the trees the scopes name (every budget of the
+  -- line is in one of them), so whatever is read after is as new or newer: a line is never stamped with a
+  -- version newer than what it holds (a change committed while the line loads, a refresh below may wait, is
+  -- then met by a newer version at the next read, and the line forgotten). Read here, not in the query at the
+  -- end: on Citus that runs on the shards, where a read of the reference table would be a distributed query.
   global_version bigint := budget_definitions_version();
+  tree_roots uuid[];
+  tree_versions bigint[];
 begin
+  select coalesce(array_agg(t.root_id), '{}'::uuid[]), coalesce(array_agg(coalesce(v.version, 0)), '{}'::bigint[])
+  into tree_roots, tree_versions
+  from (select distinct m.root_id from unnest(p_scope_types, p_scope_ids) as s(scope_type, scope_id)
+        join budget_definitions m on m.scope_type = s.scope_type and m.scope_id = s.scope_id and m.deleted_at is null) t
+  left join budget_tree_versions v on v.root_id = t.root_id;
   for applicable in
     select a.budget_id, a.root_id, a.scope_matched, a.scope_rank, a.period_start, a.period_end
     from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags) a order by a.budget_id
@@ -91,6 +102,7 @@ begin
            b.root_id, coalesce(v.version, 0)
     from unnest(ids, roots, matched, ranks, starts, ends) as a(budget_id, root_id, scope_matched, scope_rank, period_start, period_end)
     join budget_definitions b on b.root_id = a.root_id and b.id = a.budget_id
-    left join budget_tree_versions v on v.root_id = b.root_id
+    -- a tree not read above (a budget the scopes named only after): 0, older than any, so the line is not kept
+    left join unnest(tree_roots, tree_versions) as v(root_id, version) on v.root_id = b.root_id
     order by a.scope_matched desc, a.scope_rank, a.budget_id;
 end $$;
