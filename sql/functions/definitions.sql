@@ -1,4 +1,4 @@
--- What the gate caches from budget definitions: the version that tells a process its lines are out of
+-- What the gate caches from budget definitions: the versions that tell a process its lines are out of
 -- date, and the filters that say which calls a budget counts.
 
 -- The global version of the definitions (the table's comment in the baseline; how it moves, below).
