@@ -2,7 +2,7 @@
 // Citus today. Budgets are created through the registry (its global version bumped from the coordinator, each
 // tree's by trigger on its shard, the audit entry routed by the budget's root), and a caller's line is loaded
 // across two trees (budget_line); docs/scaling.md lists what does not run yet.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import Fastify from 'fastify'
 import budgets from '../lib/index.js'
 import { distributeOnCitus } from '../lib/kernel/database/citus.js'
@@ -11,7 +11,10 @@ import { createLineRepository } from '../lib/gate/line-repository.js'
 import { createTestSql } from '../test/fixtures/database.js'
 import { ADMIN_TOKEN, PREFIX } from '../test/fixtures/app.js'
 
-t.test('a root budget and a child created through the admin API, each audited in its tree, both trees\' versions bumped', async (t) => {
+const headers = { authorization: `Bearer ${ADMIN_TOKEN}` }
+
+/** A database migrated and distributed on the cluster, and the plugin on it. */
+async function distributedApp (t: Test) {
   const { sql } = await createTestSql(t, { max: 4 })
   await migrate(sql)
   await distributeOnCitus(sql)
@@ -19,10 +22,15 @@ t.test('a root budget and a child created through the admin API, each audited in
   await app.register(budgets, { database: sql, adminToken: ADMIN_TOKEN, notifications: { intervalMs: 0 } })
   await app.ready()
   t.teardown(async () => await app.close())
-  const headers = { authorization: `Bearer ${ADMIN_TOKEN}` }
+  /** A monthly USD budget of 100 unless `body` says otherwise, through the admin API. */
   const create = async (body: Record<string, unknown>) => await app.inject({
     method: 'POST', url: PREFIX, headers, body: { amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01', ...body }
   })
+  return { sql, app, create }
+}
+
+t.test('a root budget and a child created through the admin API, each audited in its tree, both trees\' versions bumped', async (t) => {
+  const { sql, app, create } = await distributedApp(t)
   const global = (await sql`select version::text from budget_definitions_version`)[0]!.version as string
 
   const org = await create({ name: 'org', scopeType: 'organization', scopeId: 'acme' })
@@ -53,15 +61,9 @@ t.test('a root budget and a child created through the admin API, each audited in
 })
 
 t.test('a caller\'s line across two trees, loaded on the coordinator: each budget once, ranked, with its tree\'s version', async (t) => {
-  const { sql } = await createTestSql(t, { max: 4 })
-  await migrate(sql)
-  await distributeOnCitus(sql)
-  const app = Fastify()
-  await app.register(budgets, { database: sql, adminToken: ADMIN_TOKEN, notifications: { intervalMs: 0 } })
-  await app.ready()
-  t.teardown(async () => await app.close())
+  const { sql, create: post } = await distributedApp(t)
   const create = async (body: Record<string, unknown>) => {
-    const response = await app.inject({ method: 'POST', url: PREFIX, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01', ...body } })
+    const response = await post(body)
     t.equal(response.statusCode, 201)
     return response.json() as { id: string }
   }

@@ -9,6 +9,7 @@ import budgets from '../lib/index.js'
 import { VERSION_FRESH_MS } from '../lib/gate/budget-lines.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
+import { hotLine } from './fixtures/second-process.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 
 
@@ -17,12 +18,6 @@ const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
 type Sql = Awaited<ReturnType<typeof buildGateway>>['sql']
 const globalVersion = async (sql: Sql) => Number((await sql`select version from budget_definitions_version`)[0]!.version)
 const treeVersion = async (sql: Sql, rootId: string) => Number((await sql`select coalesce(max(version), 0) as version from budget_tree_versions where root_id = ${rootId}`)[0]!.version)
-
-async function hotLine (t: Test, gateway: Awaited<ReturnType<typeof buildGateway>>, caller: Record<string, string>): Promise<void> {
-  const leaseHeld = async () => (await gateway.sql`select count(*)::int as n from budget_reservations where lease`)[0]!.n > 0
-  for (let i = 0; i < 40 && !await leaseHeld(); i++) t.equal((await gateway.call(caller)).statusCode, 200, 'calls go through below the threshold')
-  t.ok(await leaseHeld(), 'the line holds a lease (the premise: the next call would be admitted from it)')
-}
 
 /** Past the freshness bound, the line's next call is refused with `code`; the invariants hold after. */
 async function nextCallRefused (t: Test, gateway: Awaited<ReturnType<typeof buildGateway>>, caller: Record<string, string>, code: string, label: string): Promise<void> {
@@ -38,7 +33,7 @@ t.test('a block-all crossing recorded through the admin API refuses the hot line
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100', alerts: [{ threshold: 50, actions: ['block-all'] }] })
   const caller = { team: 'platform' }
-  await hotLine(t, gateway, caller)
+  await hotLine(t, gateway.sql, gateway.call, caller)
   const before = await treeVersion(gateway.sql, team.id)
   await gateway.app.budgetTracker.recordUsage({ budgetId: team.id, amount: '60', currency: 'USD', source: 'test' })
   t.equal(await treeVersion(gateway.sql, team.id), before + 1, 'the crossing bumped its tree\'s version')
@@ -49,7 +44,7 @@ t.test('spend recorded by another process: its crossing ends this process\'s lea
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100', alerts: [{ threshold: 50, actions: ['restrict-models'], allowedModels: ['gpt-4o'] }] })
   const caller = { team: 'platform' }
-  await hotLine(t, gateway, caller)
+  await hotLine(t, gateway.sql, gateway.call, caller)
   const other = Fastify()
   await other.register(budgets, { database: gateway.url, adminToken: 'another-process-token' })
   await other.ready()

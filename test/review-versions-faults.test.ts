@@ -1,36 +1,18 @@
 // Review of the definitions' versions: the version poll of another process, its connections
 // terminated, neither hands out a stale line nor answers a 500. A call whose statement's connection is
 // terminated under it is a database fault: 503 budget_unavailable, as the gate answers any (CI met one).
-import t, { type Test } from 'tap'
-import Fastify from 'fastify'
-import budgets from '../lib/index.js'
-import { chatCompletions } from '../examples/chat-completions.js'
+import t from 'tap'
 import { VERSION_FRESH_MS } from '../lib/gate/budget-lines.js'
-import { buildGateway, MODEL_ROUTES } from './fixtures/gateway.js'
+import { buildGateway } from './fixtures/gateway.js'
+import { secondProcess } from './fixtures/second-process.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 
 const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
 const sleep = async (ms: number) => await new Promise((resolve) => setTimeout(resolve, ms))
 
-async function otherProcess (t: Test, url: string) {
-  const app = Fastify()
-  const named = new URL(url)
-  named.searchParams.set('application_name', 'review-other')
-  await app.register(budgets, { database: named.toString(), adminToken: 'another-process-token-0123456789', gate: { routes: MODEL_ROUTES, sweepIntervalMs: 0 }, notifications: { intervalMs: 0 } })
-  await app.register(chatCompletions, { mockTokenDelayMs: 1 })
-  await app.ready()
-  t.teardown(async () => await app.close())
-  return async (scopes: Record<string, string>) => await app.inject({
-    method: 'POST',
-    url: '/v1/chat/completions',
-    headers: Object.fromEntries(Object.entries(scopes).map(([type, id]) => [`x-relay-${type}-id`, id])),
-    body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 }
-  })
-}
-
 t.test('the other process\'s connections terminated: a change is still in force there within the bound, and no call is a 500', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
-  const call = await otherProcess(t, gateway.url)
+  const { call } = await secondProcess(t, gateway.url, 'review-other')
   const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100' })
   const caller = { team: 'platform' }
   const leaseHeld = async () => (await gateway.sql`select count(*)::int as n from budget_reservations where lease`)[0]!.n > 0

@@ -1,11 +1,9 @@
 // Review of the definitions' versions: a change or an action crossing made in one process is in
 // force in another within VERSION_FRESH_MS, leases included.
 import t, { type Test } from 'tap'
-import Fastify from 'fastify'
-import budgets from '../lib/index.js'
-import { chatCompletions } from '../examples/chat-completions.js'
 import { VERSION_FRESH_MS } from '../lib/gate/budget-lines.js'
-import { buildGateway, MODEL_ROUTES } from './fixtures/gateway.js'
+import { buildGateway } from './fixtures/gateway.js'
+import { hotLine, secondProcess, type Call } from './fixtures/second-process.js'
 import { checkInvariants } from './fixtures/invariants.js'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 
@@ -13,31 +11,18 @@ const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
 const pastTheFreshnessBound = async () => await new Promise((resolve) => setTimeout(resolve, VERSION_FRESH_MS * 3))
 type Gateway = Awaited<ReturnType<typeof buildGateway>>
 
-/** A second gateway process on the same database: the plugin and the chat route. */
-async function otherProcess (t: Test, url: string) {
-  const app = Fastify()
-  await app.register(budgets, { database: url, adminToken: 'another-process-token-0123456789', gate: { routes: MODEL_ROUTES, sweepIntervalMs: 0 }, notifications: { intervalMs: 0 } })
-  await app.register(chatCompletions, { mockTokenDelayMs: 1 })
-  await app.ready()
-  t.teardown(async () => await app.close())
-  const call = async (scopes: Record<string, string>) => await app.inject({
-    method: 'POST',
-    url: '/v1/chat/completions',
-    headers: Object.fromEntries(Object.entries(scopes).map(([type, id]) => [`x-relay-${type}-id`, id])),
-    body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 }
-  })
-  return { app, call }
-}
-
-async function hotLine (t: Test, sql: Gateway['sql'], call: (c: Record<string, string>) => Promise<{ statusCode: number }>, caller: Record<string, string>): Promise<void> {
-  const leaseHeld = async () => (await sql`select count(*)::int as n from budget_reservations where lease`)[0]!.n > 0
-  for (let i = 0; i < 40 && !await leaseHeld(); i++) t.equal((await call(caller)).statusCode, 200, 'calls go through')
-  t.ok(await leaseHeld(), 'the line holds a lease')
+/** Past the freshness bound, the other process refuses the caller's next call (402); the invariants hold after. */
+async function refusedThere (t: Test, gateway: Gateway, call: Call, caller: Record<string, string>): Promise<void> {
+  await pastTheFreshnessBound()
+  const response = await call(caller)
+  t.equal(response.statusCode, 402, `refused: ${response.body}`)
+  await gateway.settled()
+  await checkInvariants(t, gateway.sql)
 }
 
 async function setup (t: Test) {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
-  const other = await otherProcess(t, gateway.url)
+  const other = await secondProcess(t, gateway.url)
   return { gateway, other }
 }
 
@@ -46,11 +31,7 @@ t.test('a caller with no line: a new budget in a new tree, made in another proce
   const caller = { team: 'nobudget' }
   for (let i = 0; i < 5; i++) t.equal((await other.call(caller)).statusCode, 200, 'unbudgeted calls go through')
   await gateway.createBudget({ name: 'new', scopeId: 'nobudget', amount: '0.000001' })
-  await pastTheFreshnessBound()
-  const response = await other.call(caller)
-  t.equal(response.statusCode, 402, `refused: ${response.body}`)
-  await gateway.settled()
-  await checkInvariants(t, gateway.sql)
+  await refusedThere(t, gateway, other.call, caller)
 })
 
 t.test('a caller with a hot line: a new budget in a new tree (its user), made in another process, refuses within the bound', async (t) => {
@@ -59,11 +40,7 @@ t.test('a caller with a hot line: a new budget in a new tree (its user), made in
   const caller = { team: 'platform', user: 'u1' }
   await hotLine(t, gateway.sql, other.call, caller)
   await gateway.createBudget({ name: 'user', scopeType: 'user', scopeId: 'u1', amount: '0.000001' })
-  await pastTheFreshnessBound()
-  const response = await other.call(caller)
-  t.equal(response.statusCode, 402, `refused: ${response.body}`)
-  await gateway.settled()
-  await checkInvariants(t, gateway.sql)
+  await refusedThere(t, gateway, other.call, caller)
 })
 
 t.test('a budget deleted in another process: the hot line\'s calls are no longer counted against it', async (t) => {
@@ -89,11 +66,7 @@ t.test('a block-all crossing through the usage API of another process ends the h
   await hotLine(t, gateway.sql, other.call, caller)
   const recorded = await gateway.app.inject({ method: 'POST', url: `${PREFIX}/${team.id}/usage`, headers: AUTH, body: { amount: '60', currency: 'USD', source: 'api' } })
   t.equal(recorded.statusCode, 201, recorded.body)
-  await pastTheFreshnessBound()
-  const response = await other.call(caller)
-  t.equal(response.statusCode, 402, response.body)
-  await gateway.settled()
-  await checkInvariants(t, gateway.sql)
+  await refusedThere(t, gateway, other.call, caller)
 })
 
 t.test('a line spanning two trees: a crossing in the second tree ends the lease', async (t) => {
@@ -103,11 +76,7 @@ t.test('a line spanning two trees: a crossing in the second tree ends the lease'
   const caller = { team: 'platform', user: 'u1' }
   await hotLine(t, gateway.sql, other.call, caller)
   await gateway.app.budgetTracker.recordUsage({ budgetId: user.id, amount: '60', currency: 'USD', source: 'test' })
-  await pastTheFreshnessBound()
-  const response = await other.call(caller)
-  t.equal(response.statusCode, 402, response.body)
-  await gateway.settled()
-  await checkInvariants(t, gateway.sql)
+  await refusedThere(t, gateway, other.call, caller)
 })
 
 t.test('a line spanning two trees: a change by hand in SQL to the second tree is in force within the bound', async (t) => {

@@ -1,24 +1,18 @@
 // Review of the definitions' versions: with calls streaming on another process's lease, no call
 // asked later than VERSION_FRESH_MS (plus slack for a shared machine) after a crossing committed is admitted.
 import t from 'tap'
-import Fastify from 'fastify'
-import budgets from '../lib/index.js'
-import { chatCompletions } from '../examples/chat-completions.js'
 import { VERSION_FRESH_MS } from '../lib/gate/budget-lines.js'
-import { buildGateway, MODEL_ROUTES } from './fixtures/gateway.js'
+import { buildGateway } from './fixtures/gateway.js'
+import { secondProcess } from './fixtures/second-process.js'
 
 const SLACK_MS = 60
 
 for (const door of ['crossing', 'by-hand'] as const) {
   t.test(`calls streaming on another process: none admitted past the bound after a ${door} change`, async (t) => {
     const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
-    const other = Fastify()
-    await other.register(budgets, { database: gateway.url, adminToken: 'another-process-token-0123456789', gate: { routes: MODEL_ROUTES, sweepIntervalMs: 0 }, notifications: { intervalMs: 0 } })
-    await other.register(chatCompletions, { mockTokenDelayMs: 1 })
-    await other.ready()
-    t.teardown(async () => await other.close())
+    const other = await secondProcess(t, gateway.url)
     const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100', alerts: [{ threshold: 50, actions: ['block-all'] }] })
-    const call = async () => await other.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'platform' }, body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 } })
+    const call = async () => await other.call({ team: 'platform' })
     let committedAt = Infinity
     let stop = false
     const late: Array<{ asked: number, status: number }> = []

@@ -44,9 +44,9 @@ end $$;
 -- The budget line of a caller, for the process's cache: every budget that applies (budget_applicable),
 -- with what the gate needs to decide (its rate limits, its currency: the gate leases only lines in its own
 -- currency; its near-limit policy, null: the gate's; its cap on one call, which keeps a call over it off the
--- leases), each window's cache row made sure of, and the
--- versions it was read at: the definitions' global one, and each budget's tree's (definitions.sql). Runs once per caller, window and process, not per call. A window
--- seen for the first time, or one whose row was made for another window that began at the same instant
+-- leases), each window's cache row made sure of, and the versions it was read at: the definitions' global
+-- one, and each budget's tree's (definitions.sql). Runs once per caller, window and process, not per call.
+-- A window seen for the first time, or one whose row was made for another window that began at the same instant
 -- (the budget's period changed since), is recomputed from the allocations.
 -- Its enforcement too: a line with a shadow budget is held call by call, never leased (a shadow budget is
 -- judged on its as-if ledger, which only a hold reads).
