@@ -1,8 +1,8 @@
-// Settlements alone, in direct SQL: what one batch costs PostgreSQL, without a gateway in front. A hot line of
-// three budgets (user under team under organization, each with a notify alert it never reaches) whose window
-// rows exist, as a gated call's always do. Each round holds a batch of calls (budget_hold_batch) and then
+// Holds and settlements alone, in direct SQL: what one batch costs PostgreSQL, without a gateway in front. A hot
+// line of three budgets (user under team under organization, each with a notify alert it never reaches) whose
+// window rows exist, as a gated call's always do. Each round holds a batch of calls (budget_hold_batch) and then
 // settles it (budget_settle_batch), and takes a lease (budget_lease_take) and settles a batch of calls from it
-// (budget_settle_leased); only the settlements are timed. Beside them, the floor under both: the same calls'
+// (budget_settle_leased); the holds and the settlements are timed. Beside them, the floor under both: the same calls'
 // rows stored alone (a usage record a call, an allocation a call and budget). Prints the median milliseconds
 // per batch of BENCH_ROUNDS rounds (after a few unmeasured ones) for batches of 1, 16 and 64. Run it on two
 // branches back to back to compare them: the figures are this machine's.
@@ -37,17 +37,18 @@ for (const [rank, scope] of (['user', 'team', 'organization'] as const).map((s, 
 
 const texts = (values: unknown[]) => values.map(String)
 
-async function holdAndSettle (size: number): Promise<number> {
+async function holdAndSettle (size: number): Promise<{ hold: number, settle: number }> {
   const ids = Array.from({ length: size }, () => randomUUID())
   const rows = ids.flatMap((_, call) => line.map((budget) => ({ call: call + 1, budget })))
-  await sql`select count(*) from budget_hold_batch(${ids}::text[]::uuid[], ${texts(ids.map(() => '0.01'))}::text[]::numeric[],
+  const hold = await timed(async () => await sql`select count(*) from budget_hold_batch(${ids}::text[]::uuid[], ${texts(ids.map(() => '0.01'))}::text[]::numeric[],
     ${ids.map((id) => `req-${id}`)}::text[], 'USD', '60 seconds'::interval,
     ${texts(rows.map((r) => r.call))}::text[]::integer[], ${rows.map((r) => r.budget.id)}::text[]::uuid[],
     ${rows.map((r) => r.budget.start.toISOString())}::text[]::timestamptz[], ${rows.map((r) => r.budget.end.toISOString())}::text[]::timestamptz[],
-    ${texts(rows.map((r) => r.budget.rank === 0))}::text[]::boolean[], ${texts(rows.map((r) => r.budget.rank))}::text[]::integer[], false, false)`
-  return await timed(async () => await sql`select count(*) from budget_settle_batch(${ids}::text[]::uuid[],
+    ${texts(rows.map((r) => r.budget.rank === 0))}::text[]::boolean[], ${texts(rows.map((r) => r.budget.rank))}::text[]::integer[], false, false)`)
+  const settle = await timed(async () => await sql`select count(*) from budget_settle_batch(${ids}::text[]::uuid[],
     ${texts(ids.map(() => '0.0083'))}::text[]::numeric[], ${ids.map(() => 'bench')}::text[], ${ids.map(() => null)}::text[],
     ${ids.map(() => '{"modelId":"gpt-4o-mini"}')}::text[]::jsonb[])`)
+  return { hold, settle }
 }
 
 async function leaseAndSettle (size: number): Promise<number> {
@@ -85,9 +86,10 @@ async function rowsAlone (size: number): Promise<number> {
   })
 }
 
-const out: string[] = ['', `settlements in direct SQL, median ms per batch of ${ROUNDS} rounds (line of ${line.length} budgets, windows existing)`, '',
-  '| batch | budget_settle_batch ms | budget_settle_leased ms | the rows alone ms |', '|---|---|---|---|']
+const out: string[] = ['', `holds and settlements in direct SQL, median ms per batch of ${ROUNDS} rounds (line of ${line.length} budgets, windows existing)`, '',
+  '| batch | budget_hold_batch ms | budget_settle_batch ms | budget_settle_leased ms | the rows alone ms |', '|---|---|---|---|---|']
 for (const size of SIZES) {
+  const holds: number[] = []
   const held: number[] = []
   const leased: number[] = []
   const rows: number[] = []
@@ -95,9 +97,9 @@ for (const size of SIZES) {
     const h = await holdAndSettle(size)
     const l = await leaseAndSettle(size)
     const r = await rowsAlone(size)
-    if (round >= WARMUP) { held.push(h); leased.push(l); rows.push(r) }
+    if (round >= WARMUP) { holds.push(h.hold); held.push(h.settle); leased.push(l); rows.push(r) }
   }
-  out.push(`| ${size} | ${fmt(median(held), 3)} | ${fmt(median(leased), 3)} | ${fmt(median(rows), 3)} |`)
+  out.push(`| ${size} | ${fmt(median(holds), 3)} | ${fmt(median(held), 3)} | ${fmt(median(leased), 3)} | ${fmt(median(rows), 3)} |`)
 }
 
 // exactness: every call settled at 0.0083 on each budget

@@ -3,6 +3,7 @@
 import type { Sql, TransactionSql } from 'postgres'
 import type { ScopeType } from '../kernel/schemas.js'
 import type { Tags } from '../kernel/tags.js'
+import { NIL_ROOT } from '../kernel/database/db.js'
 
 export type DecisionOutcome = 'refused' | 'clamped' | 'downgraded'
 export type DecisionApi = 'chat' | 'responses' | 'messages' | 'embeddings'
@@ -115,13 +116,23 @@ export function createDecisionRepository (sql: Sql) {
   // numeric's text trimmed of trailing zeros: the API's money form (exact, no exponent).
   const money = (column: string) => sql.unsafe(`trim_scale(${column})::text`)
   return {
-    /** The batch in one statement, each column an array (unnest keeps it one round trip whatever the size). */
+    /**
+     * The batch in one statement, each column an array (unnest keeps it one round trip whatever the size),
+     * each row naming its budget's root, read first: on Citus an insert is routed by its root before any
+     * trigger could find it (a decision no budget made, or one whose budget is gone: the nil root).
+     */
     async insert (decisions: Decision[]): Promise<void> {
       if (decisions.length === 0) return
       const column = <T>(pick: (decision: Decision) => T) => decisions.map(pick)
-      await bounded(async (sql) => await sql`
+      await bounded(async (sql) => {
+        const budgetIds = [...new Set(decisions.flatMap((d) => d.budget === null ? [] : [d.budget.id]))]
+        const roots = new Map(budgetIds.length === 0
+          ? []
+          : (await sql<Array<{ id: string, rootId: string }>>`
+              select id, root_id as "rootId" from budget_definitions where id = any (${budgetIds}::uuid[])`).map((row) => [row.id, row.rootId]))
+        await sql`
         insert into budget_decision_log (at, request_id, api, outcome, code, organization_id, team_id, user_id, project_id, tags,
-          model, requested_model, estimate, currency, budget_id, budget_name, budget_limit, budget_current, budget_reserved)
+          model, requested_model, estimate, currency, budget_id, budget_name, budget_limit, budget_current, budget_reserved, root_id)
         select * from unnest(
           ${column((d) => d.at.toISOString())}::timestamptz[], ${column((d) => d.requestId)}::text[], ${column((d) => d.api)}::text[],
           ${column((d) => d.outcome)}::text[], ${column((d) => d.code)}::text[],
@@ -132,7 +143,9 @@ export function createDecisionRepository (sql: Sql) {
           ${column((d) => d.estimate)}::numeric[], ${column((d) => d.currency)}::text[],
           ${column((d) => d.budget?.id ?? null)}::uuid[], ${column((d) => d.budget?.name ?? null)}::text[],
           ${column((d) => d.budget?.limit ?? null)}::numeric[], ${column((d) => d.budget?.current ?? null)}::numeric[],
-          ${column((d) => d.budget?.reserved ?? null)}::numeric[])`)
+          ${column((d) => d.budget?.reserved ?? null)}::numeric[],
+          ${column((d) => (d.budget === null ? undefined : roots.get(d.budget.id)) ?? NIL_ROOT)}::uuid[])`
+      })
     },
 
     /** Newest first: (at, id) descending, strictly below `after` when given. */

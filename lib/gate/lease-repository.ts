@@ -38,7 +38,7 @@ export function createLeaseRepository (sql: Db) {
 
     /**
      * Keeps a lease alive while its process is; false when it has no row (not taken yet, or expired and
-     * swept). Its rows are locked in the lock order of sql/functions/settlements.sql, (id, budget_id), before they are written:
+     * swept). Its rows are locked in the lock order (budget_lock_reservations, sql/functions/locks.sql) before they are written:
      * an update alone locks them in whatever order its plan reads them, and deadlocked against a
      * settlement or a return of the same lease. The lock wait is bounded as take's is (a local setting,
      * evaluated before any row is locked: every row the lock reads is joined to it), then retried as the
@@ -47,12 +47,9 @@ export function createLeaseRepository (sql: Db) {
     async renewLease (leaseId: string, ttlMs: number): Promise<boolean> {
       const renewed = await retryingConflicts(async () => await sql`
         with bound as materialized (select set_config('lock_timeout', ${`${RENEW_LOCK_TIMEOUT_MS}ms`}, true)),
-        locked as materialized (
-          select r.id, r.budget_id from budget_reservations r cross join bound
-          where r.id = ${leaseId} order by r.id, r.budget_id for update of r
-        )
+        locked as materialized (select budget_lock_reservations(array[${leaseId}]::uuid[]) as rows from bound)
         update budget_reservations r set expires_at = now() + ${`${ttlMs} milliseconds`}::interval
-        from locked l where r.id = l.id and r.budget_id = l.budget_id`)
+        from locked l where r.id = ${leaseId} and l.rows > 0`)
       return renewed.count > 0
     },
 

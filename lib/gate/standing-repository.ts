@@ -16,13 +16,6 @@ export interface Standings {
 type StandingRow = BudgetTerms & BudgetNumbers
 
 export function createStandingRepository (sql: Db) {
-  // Projected alerts stay crossed for the rest of the period once recorded (until a definition change
-  // resolves them, sql/functions/alerts.sql); current ones follow the numbers.
-  const projectedActions = (budgetId: ReturnType<typeof sql>, periodStart: ReturnType<typeof sql>) => sql`
-    array(select distinct action from budget_alert_history h, unnest(h.actions) as action
-          where h.budget_id = ${budgetId} and h.period_start = ${periodStart} and h.basis = 'projected'
-            and h.resolved_at is null) as "projectedActions"`
-
   // The terms and numbers the decision needs, for budgets and windows from `source` (budget_id, scope_matched,
   // scope_rank, period_start, period_end).
   // `estimate` is in `currency`; each budget reads it converted into its own (budget_convert), rounded up.
@@ -33,8 +26,8 @@ export function createStandingRepository (sql: Db) {
              b.rate_requests_per_minute as "requestsPerMinute", b.rate_tokens_per_minute::float8 as "tokensPerMinute",
              b.amount::text as amount, b.enforcement,
              n.current_amount::text as "currentAmount", n.reserved_amount::text as "reservedAmount",
-             budget_approved_through(x.budget_id, x.period_start)::text as "approvedThrough",
-             ${projectedActions(sql`x.budget_id`, sql`x.period_start`)},
+             budget_approved_in_tree(b.root_id, x.budget_id, x.period_start)::text as "approvedThrough",
+             budget_projected_actions(b.root_id, x.budget_id, x.period_start) as "projectedActions",
              coalesce(budget_fits(b.enforcement, b.amount, n.current_amount, n.reserved_amount, converted.estimate)
                       and budget_within_cap(converted.estimate, b.max_call_cost), false) as fits,
              coalesce(not budget_within_cap(converted.estimate, b.max_call_cost), false) as "overCap",

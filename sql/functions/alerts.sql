@@ -25,7 +25,8 @@ $$;
 -- spend, a projected one the forecast (budget_alert_measure; computed once however many projected alerts
 -- there are, so only a budget that has one pays for it). The measure is compared unbounded and returned as
 -- it is (budget_record_crossings clamps it where stored).
-create or replace function budget_alerts_reached(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz, p_current numeric)
+drop function if exists budget_alerts_reached(uuid, timestamptz, timestamptz, numeric);
+create or replace function budget_alerts_reached(p_root uuid, p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz, p_current numeric)
 returns table (threshold numeric, basis text, actions text[], channels text[], measured numeric, limit_amount numeric)
 language plpgsql volatile as $$
 declare
@@ -33,7 +34,7 @@ declare
   alert jsonb;
   forecast numeric;
 begin
-  select b.amount, b.alerts into budget from budget_definitions b where b.id = p_budget_id;
+  select b.amount, b.alerts into budget from budget_definitions b where b.root_id = p_root and b.id = p_budget_id;
   for alert in select value from jsonb_array_elements(budget.alerts) loop
     basis := coalesce(alert ->> 'basis', 'current');
     measured := p_current;
@@ -50,31 +51,42 @@ begin
   end loop;
 end $$;
 
+-- Whether the window has an active crossing of the alert at p_threshold on p_basis (recorded and not resolved:
+-- recording it again would do nothing).
+create or replace function budget_alert_active(p_root uuid, p_budget_id uuid, p_period_start timestamptz, p_threshold numeric, p_basis text)
+returns boolean language plpgsql stable as $$
+begin
+  return exists (select 1 from budget_alert_history h
+                 where h.root_id = p_root and h.budget_id = p_budget_id and h.period_start = p_period_start and h.resolved_at is null
+                   and h.threshold = p_threshold and h.basis = p_basis);
+end $$;
+
 -- Records each alert reached (above) that has no active crossing in the window, with its notifications,
 -- and returns how many it recorded. The active-crossing key settles any race: one active row per crossing.
 -- A forecast can pass 10^18 while the spend it projects from fits (a soft budget near 10^18, early in its
 -- window): the crossing is still a crossing, and is stored with its measure clamped to the largest amount
 -- money holds; failing there would refuse usage that fits and every settlement on the budget.
-create or replace function budget_record_crossings(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz, p_current numeric)
+drop function if exists budget_record_crossings(uuid, timestamptz, timestamptz, numeric);
+create or replace function budget_record_crossings(p_root uuid, p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz, p_current numeric)
 returns integer language plpgsql as $$
 declare
   reached record;
   crossing_id uuid;
   recorded integer := 0;
 begin
-  for reached in select * from budget_alerts_reached(p_budget_id, p_period_start, p_period_end, p_current) loop
+  for reached in select * from budget_alerts_reached(p_root, p_budget_id, p_period_start, p_period_end, p_current) loop
     crossing_id := null;
     -- a shadow budget's crossing is marked so: notify only (its actions are what a hard twin would have done)
-    insert into budget_alert_history (budget_id, period_start, threshold, basis, actions, spent, limit_amount, shadow)
-    values (p_budget_id, p_period_start, reached.threshold, reached.basis, reached.actions,
+    insert into budget_alert_history (budget_id, root_id, period_start, threshold, basis, actions, spent, limit_amount, shadow)
+    values (p_budget_id, p_root, p_period_start, reached.threshold, reached.basis, reached.actions,
             least(round(reached.measured, 10), 999999999999999999.9999999999), reached.limit_amount,
-            exists (select 1 from budget_definitions d where d.id = p_budget_id and d.enforcement = 'shadow'))
+            exists (select 1 from budget_definitions d where d.root_id = p_root and d.id = p_budget_id and d.enforcement = 'shadow'))
     on conflict (budget_id, period_start, threshold, basis, root_id) where resolved_at is null do nothing
     returning budget_alert_history.id into crossing_id;
     if crossing_id is not null then
       recorded := recorded + 1;
-      insert into budget_notification_outbox (alert_id, channel)
-      select crossing_id, channel from unnest(reached.channels) as channel
+      insert into budget_notification_outbox (alert_id, root_id, channel)
+      select crossing_id, p_root, channel from unnest(reached.channels) as channel
       on conflict (alert_id, channel, root_id) do nothing;
     end if;
   end loop;
@@ -94,7 +106,7 @@ end $$;
 create or replace function budget_status_after_update() returns trigger language plpgsql as $$
 begin
   if new.period_end <= now() and current_setting('relaycore_budgets.correcting', true) = 'on' then return null; end if;
-  perform budget_record_crossings(new.budget_id, new.period_start, new.period_end, new.current_amount);
+  perform budget_record_crossings(new.root_id, new.budget_id, new.period_start, new.period_end, new.current_amount);
   return null;
 end $$;
 create or replace trigger budget_status_cache_alerts after update of current_amount on budget_status_cache
@@ -107,7 +119,7 @@ for each row when (new.current_amount > old.current_amount) execute function bud
 -- no cache row yet is made (refresh_budget_status_cache: its first spend runs the trigger above).
 -- Windows other than now's are history and stay as they are.
 --
--- The lock order (settlements.sql): only the budget's window row, by (budget_id, period_start), as
+-- The lock order (locks.sql): only the budget's window row, as
 -- budget_record_spend (spend.sql) takes it. A settlement or usage record that grows the window waits for the change
 -- to commit, then its trigger reads the new definition; one that committed first is in current_amount here.
 create or replace function budget_alerts_follow_definition(p_budget_id uuid) returns table (recorded integer, resolved integer)
@@ -129,19 +141,19 @@ begin
   if now_window.period_start is null then return next; return; end if; -- not started, or ended: no window of now
 
   select c.period_start, c.period_end, c.current_amount into cached from budget_status_cache c
-  where c.budget_id = p_budget_id and c.period_start = now_window.period_start for update;
+  where c.root_id = budget.root_id and c.budget_id = p_budget_id and c.period_start = now_window.period_start for update;
   if not found then
     select c.period_start, c.period_end, c.current_amount into cached
     from refresh_budget_status_cache(p_budget_id, now_window.period_start, now_window.period_end) c;
   end if;
 
   update budget_alert_history h set resolved_at = now()
-  where h.budget_id = p_budget_id and h.period_start = cached.period_start and h.resolved_at is null
+  where h.root_id = budget.root_id and h.budget_id = p_budget_id and h.period_start = cached.period_start and h.resolved_at is null
     and not exists (
-      select 1 from budget_alerts_reached(p_budget_id, cached.period_start, cached.period_end, cached.current_amount) r
+      select 1 from budget_alerts_reached(budget.root_id, p_budget_id, cached.period_start, cached.period_end, cached.current_amount) r
       where r.threshold = h.threshold and r.basis = h.basis
         and array(select unnest(r.actions) order by 1) = array(select unnest(h.actions) order by 1));
   get diagnostics resolved = row_count;
-  recorded := budget_record_crossings(p_budget_id, cached.period_start, cached.period_end, cached.current_amount);
+  recorded := budget_record_crossings(budget.root_id, p_budget_id, cached.period_start, cached.period_end, cached.current_amount);
   return next;
 end $$;

@@ -183,14 +183,20 @@ end $$;
 -- budget_forecast_backdated says why). "Dated before the day it is stored on" is judged with a minute's
 -- margin (clock_timestamp() + 1 minute, in the budget's zone): a transaction that stores usage in the last
 -- minute of a local day and commits after midnight, once the next day's profile has been summed without
--- it, is still caught.
+-- it, is still caught. One statement a budget, naming its root, on the earliest of its allocations: on Citus the
+-- trigger runs on the tree's shard, where a statement reaches other rows only by naming the root, and a
+-- transition table is read alone.
 create or replace function budget_forecast_mark_backdated() returns trigger language plpgsql as $$
+declare
+  allocated record;
 begin
-  insert into budget_forecast_backdated (budget_id, xact)
-  select distinct a.budget_id, pg_current_xact_id()
-  from added a join budget_definitions d on d.id = a.budget_id
-  where a.occurred_at < (date_trunc('day', (clock_timestamp() + interval '1 minute') at time zone d.timezone) at time zone d.timezone)
-  on conflict do nothing;
+  for allocated in select a.root_id, a.budget_id, min(a.occurred_at) as earliest from added a group by a.root_id, a.budget_id loop
+    insert into budget_forecast_backdated (budget_id, root_id, xact)
+    select d.id, d.root_id, pg_current_xact_id() from budget_definitions d
+    where d.root_id = allocated.root_id and d.id = allocated.budget_id
+      and allocated.earliest < (date_trunc('day', (clock_timestamp() + interval '1 minute') at time zone d.timezone) at time zone d.timezone)
+    on conflict do nothing;
+  end loop;
   return null;
 end $$;
 

@@ -1,5 +1,5 @@
 -- Holds: a gated call's estimate held on every budget of its line, or on none, until it settles. The
--- lock order: settlements.sql.
+-- lock order: locks.sql.
 
 -- Whether spending p_amount fits a budget now: the one place this rule lives (the hold, check
 -- constraints and the caller summary read it; lib/gate/decision.ts reads their answer). A soft or shadow
@@ -18,12 +18,32 @@ returns boolean language sql immutable parallel safe as $$
   select p_cap is null or p_held <= p_cap
 $$;
 
--- How far approvals let a budget's spend go in a window now (null: no approval in force).
+-- How far approvals let a budget's spend go in a window now (null: no approval in force). Named by its tree's
+-- root too: on Citus a statement reaches one node when it names the root.
+create or replace function budget_approved_in_tree(p_root uuid, p_budget_id uuid, p_period_start timestamptz)
+returns numeric language plpgsql stable as $$
+begin
+  return (select max(a.spent_at_approval + a.amount) from budget_approvals a
+          where a.root_id = p_root and a.budget_id = p_budget_id and a.period_start = p_period_start and a.expires_at > now());
+end $$;
+
+-- The same, found by the budget alone: what instances of the version before call (their caller summary), kept
+-- while a rolling upgrade may still run them beside this one.
 create or replace function budget_approved_through(p_budget_id uuid, p_period_start timestamptz)
-returns numeric language sql stable as $$
-  select max(a.spent_at_approval + a.amount) from budget_approvals a
-  where a.budget_id = p_budget_id and a.period_start = p_period_start and a.expires_at > now()
-$$;
+returns numeric language plpgsql stable as $$
+begin
+  return budget_approved_in_tree((select d.root_id from budget_definitions d where d.id = p_budget_id), p_budget_id, p_period_start);
+end $$;
+
+-- The actions of a window's active projected crossings: a projected crossing stays crossed for the rest of
+-- its period, until the definition resolves it (alerts.sql); current ones follow the numbers.
+create or replace function budget_projected_actions(p_root uuid, p_budget_id uuid, p_period_start timestamptz)
+returns text[] language plpgsql stable as $$
+begin
+  return array(select distinct action from budget_alert_history h, unnest(h.actions) as action
+               where h.root_id = p_root and h.budget_id = p_budget_id and h.period_start = p_period_start and h.basis = 'projected'
+                 and h.resolved_at is null);
+end $$;
 
 -- The estimate converted at p_rate as a hold on a window with p_current spent and p_reserved held: null when
 -- there is no rate, or when the amount or the window's total with it would be past what money can hold.
@@ -35,7 +55,7 @@ language sql immutable parallel safe as $$
 $$;
 
 -- Holds for a batch of calls in one statement (group commit): the calls that arrived together while the
--- previous batch was in PostgreSQL. Their window rows are locked once, by (budget_id, period_start), and
+-- previous batch was in PostgreSQL. Their window rows are locked once, in the lock order (locks.sql), and
 -- the calls are admitted one after another in arrival order, each on all of its budgets or none
 -- (budget_fits against what the calls before it took, and budget_within_cap: a call over a budget's
 -- cap does not fit it, over_cap). Then one update per window row and one insert of
@@ -77,6 +97,7 @@ language plpgsql set lock_timeout = '2s' as $$
 #variable_conflict use_column
 declare
   keys uuid[]; starts timestamptz[]; limits numeric[]; enforcements text[]; currents numeric[]; reserveds numeric[]; added numeric[];
+  currencies text[]; version bigint;
   roots uuid[]; rates numeric[]; caps numeric[]; row_held numeric[]; row_out_of_range boolean[]; row_over_cap boolean[];
   row_window integer[];
   call_current boolean[]; call_reserved boolean[]; call_fits boolean;
@@ -88,25 +109,26 @@ declare
   rows_count integer := coalesce(array_length(p_row_calls, 1), 0);
   w integer;
 begin
-  perform 1 from budget_status_cache c
-  join (select distinct r.b, r.s, r.e from unnest(p_row_budgets, p_row_starts, p_row_ends) as r(b, s, e) where r.s <= now() and now() < r.e) x
-    on c.budget_id = x.b and c.period_start = x.s and c.period_end = x.e
-  order by c.budget_id, c.period_start
-  for update of c;
+  -- the current windows' rows, in the lock order (locks.sql)
+  perform budget_lock_windows(array_agg(r.b), array_agg(r.s), array_agg(r.e))
+  from unnest(p_row_budgets, p_row_starts, p_row_ends) as r(b, s, e) where r.s <= now() and now() < r.e;
 
   select array_agg(c.budget_id order by c.budget_id, c.period_start), array_agg(c.period_start order by c.budget_id, c.period_start),
          array_agg(d.amount order by c.budget_id, c.period_start), array_agg(d.enforcement order by c.budget_id, c.period_start),
          array_agg(c.current_amount order by c.budget_id, c.period_start), array_agg(c.reserved_amount order by c.budget_id, c.period_start),
-         -- each window's rate from the calls' currency into its budget's, in force now (null: none is)
-         array_agg(budget_exchange_rate(p_currency, d.currency, now()) order by c.budget_id, c.period_start),
+         array_agg(d.currency order by c.budget_id, c.period_start),
          -- each budget's cap on one call, read with its limit under the lock
          array_agg(d.max_call_cost order by c.budget_id, c.period_start),
          array_agg(c.root_id order by c.budget_id, c.period_start)
-  into keys, starts, limits, enforcements, currents, reserveds, rates, caps, roots
+  into keys, starts, limits, enforcements, currents, reserveds, currencies, caps, roots
   from budget_status_cache c
-  join budget_definitions d on d.id = c.budget_id
+  join budget_definitions d on d.root_id = c.root_id and d.id = c.budget_id
   join (select distinct r.b, r.s, r.e from unnest(p_row_budgets, p_row_starts, p_row_ends) as r(b, s, e) where r.s <= now() and now() < r.e) x
     on c.budget_id = x.b and c.period_start = x.s and c.period_end = x.e;
+  -- each window's rate from the calls' currency into its budget's, in force now (null: none is); read apart
+  -- from the rows above: on Citus those are read on the trees' nodes, and the rates are a reference table
+  select array_agg(budget_exchange_rate(p_currency, x.currency, now()) order by x.n) into rates
+  from unnest(currencies) with ordinality as x(currency, n);
   keys := coalesce(keys, '{}'); added := array_fill(0::numeric, array[coalesce(array_length(keys, 1), 0)]);
   asif_added := added;
   shadows := array_fill(false, array[coalesce(array_length(keys, 1), 0)]);
@@ -115,9 +137,10 @@ begin
     continue when enforcements[ki] <> 'shadow';
     shadows[ki] := true;
     asif_currents[ki] := currents[ki] - coalesce((select s.excluded_amount from budget_shadow_windows s
-                                                   where s.budget_id = keys[ki] and s.period_start = starts[ki]), 0);
+                                                   where s.root_id = roots[ki] and s.budget_id = keys[ki] and s.period_start = starts[ki]), 0);
     asif_reserveds[ki] := reserveds[ki] - coalesce((select sum(r.amount) from budget_reservations r
-                                                     where r.budget_id = keys[ki] and r.period_start = starts[ki] and r.as_if_excluded), 0);
+                                                     where r.root_id = roots[ki] and r.budget_id = keys[ki] and r.period_start = starts[ki]
+                                                       and r.as_if_excluded), 0);
   end loop;
 
   -- Which locked window each row names (null: its window is not current or has no row).
@@ -174,8 +197,8 @@ begin
   end loop;
 
   update budget_status_cache c set reserved_amount = c.reserved_amount + a.added
-  from unnest(keys, starts, added) as a(b, s, added)
-  where a.added > 0 and c.budget_id = a.b and c.period_start = a.s;
+  from unnest(keys, starts, added, roots) as a(b, s, added, root)
+  where a.added > 0 and c.root_id = a.root and c.budget_id = a.b and c.period_start = a.s;
 
   insert into budget_reservations (id, budget_id, root_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at,
                                    call_amount, exchange_rate, as_if_excluded)
@@ -185,13 +208,12 @@ begin
     as r(call, b, s, matched, rank, held, w, shadow_fits)
   where call_reserved[r.call] and r.held is not null;
 
+  version := budget_definitions_version();
   return query
     select r.call, r.b, limits[r.w], enforcements[r.w], asif_currents[r.w], r.before, r.fits, call_current[r.call], call_reserved[r.call],
-           case when p_need_approvals then budget_approved_through(r.b, r.s) end,
-           case when p_need_projected then array(select distinct action from budget_alert_history h, unnest(h.actions) as action
-                                                 where h.budget_id = r.b and h.period_start = r.s and h.basis = 'projected'
-                                                   and h.resolved_at is null) else '{}'::text[] end,
-           budget_definitions_version(), r.held, rates[r.w], r.out_of_range, r.over_cap, r.shadow_fits
+           case when p_need_approvals then budget_approved_in_tree(roots[r.w], r.b, r.s) end,
+           case when p_need_projected then budget_projected_actions(roots[r.w], r.b, r.s) else '{}'::text[] end,
+           version, r.held, rates[r.w], r.out_of_range, r.over_cap, r.shadow_fits
     from unnest(p_row_calls, p_row_budgets, p_row_starts, row_window, row_reserved_before, row_fits, row_held, row_out_of_range, row_over_cap,
                 row_shadow_fits)
       as r(call, b, s, w, before, fits, held, out_of_range, over_cap, shadow_fits)

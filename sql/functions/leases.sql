@@ -14,7 +14,7 @@
 -- by the gate). The lease's process ends the row with a final return once every call it admitted has
 -- settled; a process that dies leaves it to expire and be swept.
 --
--- Both functions take the lease's rows, then its window rows, in the lock order (settlements.sql), and
+-- Both functions take the lease's rows, then its window rows, in the lock order (locks.sql), and
 -- wait for them no longer than their lock_timeout.
 
 -- Takes (or adds to) a lease on a line's windows; refuses (takes nothing) when the line is out of date: a
@@ -30,50 +30,58 @@ declare
   windows integer;
   room numeric;
   slice numeric;
+  held_budgets uuid[];
+  held_starts timestamptz[];
+  -- the line's windows, in its order: each one's root, limit, enforcement, alerts and numbers
   roots uuid[];
+  limits numeric[];
+  enforcements text[];
+  alerts jsonb[];
+  currents numeric[];
+  reserveds numeric[];
 begin
-  -- the lock order: the lease's rows by (id, budget_id), then the window rows by (budget_id, period_start)
-  perform 1 from budget_reservations r where r.id = p_lease_id order by r.id, r.budget_id for update;
-  if exists (select 1 from budget_reservations r where r.id = p_lease_id
-             and not exists (select 1 from unnest(p_budgets, p_starts) as x(b, s) where x.b = r.budget_id and x.s = r.period_start)) then
+  -- the lock order (locks.sql): the lease's rows, then the window rows
+  perform budget_lock_reservations(array[p_lease_id]);
+  select array_agg(r.budget_id), array_agg(r.period_start) into held_budgets, held_starts from budget_reservations r where r.id = p_lease_id;
+  if exists (select 1 from unnest(held_budgets, held_starts) as h(b, s)
+             where not exists (select 1 from unnest(p_budgets, p_starts) as x(b, s) where x.b = h.b and x.s = h.s)) then
     return; -- a window change moved the lease (budget_carry_reservations): its line is out of date
   end if;
-  perform 1 from budget_status_cache c
-  join unnest(p_budgets, p_starts, p_ends) as x(b, s, e) on c.budget_id = x.b and c.period_start = x.s and c.period_end = x.e
-    and x.s <= now() and now() < x.e
-  order by c.budget_id, c.period_start for update of c;
-  get diagnostics windows = row_count;
+  select budget_lock_windows(array_agg(x.b), array_agg(x.s), array_agg(x.e)) into windows
+  from unnest(p_budgets, p_starts, p_ends) as x(b, s, e) where x.s <= now() and now() < x.e;
   if windows < coalesce(array_length(p_budgets, 1), 0) then return; end if; -- the line is out of date
 
+  select array_agg(c.root_id order by x.n), array_agg(d.amount order by x.n), array_agg(d.enforcement order by x.n),
+         array_agg(d.alerts order by x.n), array_agg(c.current_amount order by x.n), array_agg(c.reserved_amount order by x.n)
+  into roots, limits, enforcements, alerts, currents, reserveds
+  from unnest(p_budgets, p_starts) with ordinality as x(b, s, n)
+  join budget_status_cache c on c.budget_id = x.b and c.period_start = x.s
+  join budget_definitions d on d.root_id = c.root_id and d.id = c.budget_id;
+
+  -- the room: a hard budget's, and every threshold's whose alert does more than notify (a projected one: none)
   select min(least(
-           case when d.enforcement = 'hard' then d.amount - c.current_amount - c.reserved_amount end,
+           case when x.enforcement = 'hard' then x.amount - x.current_amount - x.reserved_amount end,
            (select min(case when coalesce(t.basis, 'current') = 'projected' then 0
-                            else t.threshold * d.amount / 100 - c.current_amount - c.reserved_amount end)
-            from jsonb_to_recordset(d.alerts) as t(threshold numeric, actions jsonb, basis text)
+                            else t.threshold * x.amount / 100 - x.current_amount - x.reserved_amount end)
+            from jsonb_to_recordset(x.alerts) as t(threshold numeric, actions jsonb, basis text)
             where exists (select 1 from jsonb_array_elements_text(t.actions) as action where action <> 'notify'))))
   into room
-  from budget_status_cache c
-  join budget_definitions d on d.id = c.budget_id
-  join unnest(p_budgets, p_starts) as x(b, s) on c.budget_id = x.b and c.period_start = x.s;
+  from unnest(limits, enforcements, alerts, currents, reserveds) as x(amount, enforcement, alerts, current_amount, reserved_amount);
 
   slice := case when room is null then p_wanted else least(p_wanted, trunc(room / 8, 10)) end;
   if slice < p_least then return; end if;
 
   update budget_status_cache c set reserved_amount = c.reserved_amount + slice
-  from unnest(p_budgets, p_starts) as x(b, s) where c.budget_id = x.b and c.period_start = x.s;
-  -- each row's root, from its window row, in the line's order (the rows are inserted in it)
-  select array_agg(c.root_id order by x.n) into roots
-  from unnest(p_budgets, p_starts) with ordinality as x(b, s, n) join budget_status_cache c on c.budget_id = x.b and c.period_start = x.s;
+  from unnest(p_budgets, p_starts, roots) as x(b, s, root) where c.root_id = x.root and c.budget_id = x.b and c.period_start = x.s;
   insert into budget_reservations (id, budget_id, root_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at, lease)
   select p_lease_id, x.b, x.root, x.s, slice, x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true
   from unnest(p_budgets, p_starts, p_matched, p_ranks, roots) as x(b, s, m, r, root)
   on conflict (id, budget_id, root_id) do update set amount = budget_reservations.amount + excluded.amount, expires_at = excluded.expires_at;
 
+  -- each window's numbers before this slice, read under the lock above
   return query
-    select slice, c.budget_id, d.amount, d.enforcement, c.current_amount, c.reserved_amount - slice, budget_definitions_version()
-    from budget_status_cache c
-    join budget_definitions d on d.id = c.budget_id
-    join unnest(p_budgets, p_starts) as x(b, s) on c.budget_id = x.b and c.period_start = x.s;
+    select slice, x.b, x.amount, x.enforcement, x.current_amount, x.reserved_amount, budget_definitions_version()
+    from unnest(p_budgets, limits, enforcements, currents, reserveds) as x(b, amount, enforcement, current_amount, reserved_amount);
 end $$;
 
 -- Gives back part of a lease that no admitted call can still use. A return is final when every call
@@ -89,16 +97,15 @@ end $$;
 create or replace function budget_lease_return(p_lease_id uuid, p_amount numeric, p_final boolean, p_return integer) returns void
 language plpgsql set lock_timeout = '5s' as $$
 begin
-  -- the lock order: the lease's rows by (id, budget_id), then the window rows by (budget_id, period_start)
-  perform 1 from budget_reservations r where r.id = p_lease_id order by r.id, r.budget_id for update;
+  -- the lock order (locks.sql): the lease's rows, then the window rows
+  perform budget_lock_reservations(array[p_lease_id]);
   if not p_final and not exists (select 1 from budget_reservations r where r.id = p_lease_id and r.returns_applied < p_return) then
     return; -- applied before (or no rows)
   end if;
-  perform 1 from budget_status_cache c join budget_reservations r on r.budget_id = c.budget_id and r.period_start = c.period_start
-  where r.id = p_lease_id order by c.budget_id, c.period_start for update of c;
+  perform budget_lock_windows(array_agg(r.budget_id), array_agg(r.period_start)) from budget_reservations r where r.id = p_lease_id;
   update budget_status_cache c
   set reserved_amount = greatest(c.reserved_amount - case when p_final then r.amount else least(p_amount, r.amount) end, 0)
-  from budget_reservations r where r.id = p_lease_id and r.budget_id = c.budget_id and r.period_start = c.period_start;
+  from budget_reservations r where r.id = p_lease_id and r.root_id = c.root_id and r.budget_id = c.budget_id and r.period_start = c.period_start;
   if p_final then
     delete from budget_reservations r where r.id = p_lease_id;
   else

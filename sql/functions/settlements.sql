@@ -1,18 +1,7 @@
 -- Settlements: a gated call's hold (or a lease's slice) becomes recorded spend, in batches.
 --
--- THE LOCK ORDER. Every statement that locks several reservation or window rows takes them in this
--- order, and each function relies on it:
---   1. reservation rows (budget_reservations), by (id, budget_id);
---   2. window rows (budget_status_cache), by (budget_id, period_start).
--- An unordered `for update` locks rows in whatever order its plan reads them (an index scan by key, a
--- sequential scan by where the row's latest version lies), so two statements on the same lease could
--- take its rows in opposite orders and deadlock: PostgreSQL then killed a lease's give-back, and its
--- unused slice stayed held until it was swept as spend. The settlements below, the leases
--- (leases.sql), the sweeper (sweeper.sql) and a window change (window-changes.sql) take both kinds;
--- budget_hold_batch (holds.sql), budget_record_spend (spend.sql: the usage trigger and the batch collector,
--- usage-recording.sql, record through it, and so do the settlements here: it takes their window rows, after
--- their reservation rows) and budget_alerts_follow_definition (alerts.sql) lock window rows only, by (budget_id, period_start); the
--- rate-limit functions (rate-limits.sql) lock bucket rows only, by budget id.
+-- The lock order (locks.sql): a settlement locks its reservation rows, then budget_record_spend (spend.sql)
+-- their window rows.
 --
 -- Both settlements commit asynchronously, and wait for their locks no longer than 5 s (lock_timeout):
 -- the settlement queue (lib/gate/settlements.ts) retries a batch that timed out.
@@ -67,9 +56,9 @@ begin
   -- crash can lose the last batches whole; their reservations come back and are swept at their
   -- estimate, so nothing goes uncounted. (set_config with is_local lasts to the end of the transaction.)
   perform set_config('synchronous_commit', 'off', true);
-  -- the lock order: reservation rows by (id, budget_id) here, then the window rows by (budget_id,
-  -- period_start) in budget_record_spend, which reads what a window can still store once they are locked
-  perform 1 from budget_reservations r where r.id = any (p_ids) order by r.id, r.budget_id for update;
+  -- the lock order (locks.sql): the reservation rows here, then the window rows in budget_record_spend,
+  -- which reads what a window can still store once they are locked
+  perform budget_lock_reservations(p_ids);
 
   with input as (
     select * from unnest(p_ids, p_actuals, p_sources, p_descriptions, p_metadata, p_usage_ids) as i(reservation_id, actual, source, description, metadata, usage_id)
@@ -83,7 +72,7 @@ begin
   windowed as (
     select e.*, c.period_end,
            greatest(e.period_start, least(e.created_at, c.period_end - interval '1 microsecond')) as dated_at
-    from ended e join budget_status_cache c on c.budget_id = e.budget_id and c.period_start = e.period_start
+    from ended e join budget_status_cache c on c.root_id = e.root_id and c.budget_id = e.budget_id and c.period_start = e.period_start
   ),
   calls as (
     select e.id as reservation_id,
@@ -210,9 +199,8 @@ declare
   found_usages uuid[];
 begin
   perform set_config('synchronous_commit', 'off', true);
-  -- the lock order: the leases' rows by (id, budget_id) here, then their window rows by (budget_id,
-  -- period_start) in budget_record_spend
-  perform 1 from budget_reservations r where r.id = any (p_lease_ids) order by r.id, r.budget_id for update;
+  -- the lock order (locks.sql): the leases' rows here, then their window rows in budget_record_spend
+  perform budget_lock_reservations(p_lease_ids);
 
   with input as (
     select * from unnest(p_lease_ids, p_request_ids, p_actuals, p_sources, p_descriptions, p_metadata, p_occurred_at, p_usage_ids)
@@ -221,7 +209,7 @@ begin
   ),
   leases as (
     select r.id, r.budget_id, r.root_id, r.period_start, r.amount, r.scope_matched, r.scope_rank, r.currency, r.exchange_rate, c.period_end
-    from budget_reservations r join budget_status_cache c on c.budget_id = r.budget_id and c.period_start = r.period_start
+    from budget_reservations r join budget_status_cache c on c.root_id = r.root_id and c.budget_id = r.budget_id and c.period_start = r.period_start
     where r.id in (select lease_id from input)
   ),
   calls as (

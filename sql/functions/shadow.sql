@@ -6,12 +6,12 @@
 -- of its as-if ledger (as_if_excluded: p_excludes). The hold marks what it refuses on room or cap; this
 -- marks a refusal for an alert action (block-all, require-approval, restrict-models), and unmarks a call a
 -- clamp or a downgrade would have answered (its as-if spend is then its real one: docs/budgets.md). Locks the
--- call's reservation rows (by budget id), then the count rows (by budget, window, code, outcome).
+-- call's reservation rows (the lock order, locks.sql), then the count rows (by budget, window, code, outcome).
 create or replace function budget_shadow_note(p_reservation_id uuid, p_budget_ids uuid[], p_period_starts timestamptz[],
                                               p_codes text[], p_outcomes text[], p_excludes boolean[])
 returns void language plpgsql set lock_timeout = '2s' as $$
 begin
-  perform 1 from budget_reservations r where r.id = p_reservation_id and r.budget_id = any (p_budget_ids) order by r.budget_id for update;
+  perform budget_lock_reservations(array[p_reservation_id], p_budget_ids);
   update budget_reservations r set as_if_excluded = x.e
   from unnest(p_budget_ids, p_excludes) as x(b, e)
   where r.id = p_reservation_id and r.budget_id = x.b and r.as_if_excluded <> x.e;
@@ -36,8 +36,8 @@ $$;
 
 -- A budget that stops being shadow keeps no as-if ledger: its live holds stop being marked as_if_excluded in
 -- the change's own transaction, so that a hold in flight settles as spend the budget counts (the settlement
--- adds to excluded_amount only a marked hold of a budget still shadow). The reservation rows are locked by
--- (id, budget_id), the lock order (settlements.sql): a settlement that locked them first has ended them,
+-- adds to excluded_amount only a marked hold of a budget still shadow). The reservation rows, all of its tree,
+-- are locked by (id, budget_id), the lock order (locks.sql): a settlement that locked them first has ended them,
 -- one that waits for them reads them unmarked.
 create or replace function budget_definitions_left_shadow() returns trigger language plpgsql as $$
 begin

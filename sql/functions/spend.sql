@@ -26,7 +26,7 @@
 -- Returns each row: its cost in the budget's currency and what was charged (null: its record was refused,
 -- and nothing of it is stored here; the caller takes the record out or raises).
 --
--- The window rows are locked here, in the lock order (budget_id, period_start; settlements.sql), every one
+-- The window rows are locked here, in the lock order (locks.sql), every one
 -- named (spend and release) by one ordered statement when they all exist, as they always do for a settlement
 -- (its hold made them). Then, in the common case, ONE statement does the rest: the allocations inserted and
 -- each window row updated once (spend up, reserved down). It checks, in the same statement, that the one
@@ -65,8 +65,6 @@ declare
   -- a lookup per row, which kept its plan from being reused
   roots uuid[];
   missing boolean := false;
-  allocations integer;
-  written bigint;
   -- one element per allocation, in (ord, budget_id) order
   a_ord bigint[];
   a_usage uuid[];
@@ -81,7 +79,14 @@ declare
   w_budget uuid[];
   w_start timestamptz[];
   w_end timestamptz[];
+  w_root uuid[];
   w_created boolean[];
+  w_last_cost numeric[];
+  w_released numeric[];
+  w_limit numeric[];
+  w_alerts jsonb[];
+  simple boolean;
+  written_at timestamptz := now();
   w_base numeric[];
   w_calls bigint[];
   w_last timestamptz[];
@@ -105,7 +110,6 @@ declare
   step_numbers integer[];
 begin
   if coalesce(cardinality(p_usage_ids), 0) = 0 and coalesce(cardinality(p_released), 0) = 0 then return; end if;
-  allocations := coalesce(cardinality(array_remove(p_usage_ids, null)), 0);
 
   -- Each allocation's window: named by the caller, or found here (once per budget and instant).
   if coalesce(cardinality(starts), 0) = 0 then
@@ -129,24 +133,24 @@ begin
     select array_agg(d.root_id order by i.n) into roots
     from unnest(p_budget_ids) with ordinality as i(budget_id, n) left join budget_definitions d on d.id = i.budget_id;
 
-    -- the lock order: every window row named, spend and release, by (budget_id, period_start)
-    perform 1 from budget_status_cache c
-    join (select i.budget_id, i.period_start from unnest(p_budget_ids, starts) as i(budget_id, period_start)
+    -- the lock order (locks.sql): every window row named, spend and release
+    perform budget_lock_windows(array_agg(k.budget_id), array_agg(k.period_start))
+    from (select i.budget_id, i.period_start from unnest(p_budget_ids, starts) as i(budget_id, period_start)
           union
-          select r.budget_id, r.period_start from unnest(p_release_budgets, p_release_starts) as r(budget_id, period_start)) k
-      on c.budget_id = k.budget_id and c.period_start = k.period_start
-    order by c.budget_id, c.period_start
-    for update of c;
+          select r.budget_id, r.period_start from unnest(p_release_budgets, p_release_starts) as r(budget_id, period_start)) k;
 
-    -- The common case, in one statement: see the top of this file for what `simple` checks.
-    return query
+    -- The common case: see the top of this file for what `simple` checks. Each window named, spend and
+    -- release: its root, its spend before this call (null: no row) and its budget's limit and alerts, read
+    -- under the lock above; what this call adds to it; then whether one write per row is what one record at
+    -- a time would leave. The checks and sums run on these arrays, apart from the tables: on Citus the rows
+    -- are read on their trees' nodes, a statement each, which a query joining them to the calls' rows is not.
     with a as (
-      select i.ord, i.usage_id, i.budget_id, i.root_id, i.rate, i.period_start,
+      select i.budget_id, i.period_start, i.ord,
              case when i.period_start is null then i.occurred_at
                   else greatest(i.period_start, least(i.occurred_at, i.period_end - interval '1 microsecond')) end as occurred_at,
              budget_convert_unbounded(i.amount, i.rate) as cost
-      from unnest(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, starts, ends, roots)
-        as i(ord, usage_id, budget_id, amount, rate, occurred_at, period_start, period_end, root_id)
+      from unnest(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, starts, ends)
+        as i(ord, usage_id, budget_id, amount, rate, occurred_at, period_start, period_end)
       where i.usage_id is not null
     ),
     spent as (
@@ -158,46 +162,58 @@ begin
       select r.budget_id, r.period_start, sum(r.amount) as amount
       from unnest(p_release_budgets, p_release_starts, p_released) as r(budget_id, period_start, amount)
       group by r.budget_id, r.period_start
-    ),
-    windows as (
-      select coalesce(s.budget_id, r.budget_id) as budget_id, coalesce(s.period_start, r.period_start) as period_start,
-             coalesce(s.total, 0) as total, coalesce(s.calls, 0) as calls, s.last_at, s.last_cost, r.amount as released
-      from spent s full join released r on r.budget_id = s.budget_id and r.period_start = s.period_start
-    ),
-    simple as (
-      select coalesce((select max(a.cost) from a), 0) <= budget_money_max()
-         and coalesce(bool_and(
-               w.calls = 0
-               or (c.budget_id is not null and c.current_amount + w.total <= budget_money_max()
-                   and not exists (
-                     select 1 from jsonb_array_elements(d.alerts) alert
-                     where (alert ->> 'basis' = 'projected'
-                            or (w.calls > 1 and budget_alert_reached(c.current_amount + w.total - w.last_cost, (alert ->> 'threshold')::numeric, d.amount)))
-                       and not exists (select 1 from budget_alert_history h
-                                       where h.budget_id = w.budget_id and h.period_start = w.period_start and h.resolved_at is null
-                                         and h.threshold = (alert ->> 'threshold')::numeric
-                                         and h.basis = coalesce(alert ->> 'basis', 'current'))))), true) as ok
-      from windows w
-      left join budget_status_cache c on c.budget_id = w.budget_id and c.period_start = w.period_start
-      left join budget_definitions d on d.id = w.budget_id
-    ),
-    allocated as (
+    )
+    select array_agg(coalesce(s.budget_id, r.budget_id)), array_agg(coalesce(s.period_start, r.period_start)),
+           array_agg(coalesce(s.total, 0)), array_agg(coalesce(s.calls, 0)), array_agg(s.last_at), array_agg(s.last_cost), array_agg(r.amount),
+           coalesce((select max(a.cost) from a), 0) <= budget_money_max()
+    into w_budget, w_start, w_total, w_calls, w_last, w_last_cost, w_released, simple
+    from spent s full join released r on r.budget_id = s.budget_id and r.period_start = s.period_start;
+
+    select array_agg(c.root_id order by w.n), array_agg(c.current_amount order by w.n), array_agg(d.amount order by w.n),
+           array_agg(d.alerts order by w.n)
+    into w_root, w_base, w_limit, w_alerts
+    from unnest(w_budget, w_start) with ordinality as w(budget_id, period_start, n)
+    left join budget_status_cache c on c.budget_id = w.budget_id and c.period_start = w.period_start
+    left join budget_definitions d on d.root_id = c.root_id and d.id = c.budget_id;
+
+    select simple and coalesce(bool_and(
+             w.calls = 0
+             or (w.base is not null and w.base + w.total <= budget_money_max()
+                 and not exists (
+                   select 1 from jsonb_array_elements(w.alerts) alert
+                   where (alert ->> 'basis' = 'projected'
+                          or (w.calls > 1 and budget_alert_reached(w.base + w.total - w.last_cost, (alert ->> 'threshold')::numeric, w.limit_amount)))
+                     and not budget_alert_active(w.root_id, w.budget_id, w.period_start, (alert ->> 'threshold')::numeric,
+                                                 coalesce(alert ->> 'basis', 'current'))))), true)
+    into simple
+    from unnest(w_budget, w_root, w_start, w_base, w_total, w_calls, w_last_cost, w_limit, w_alerts)
+      as w(budget_id, root_id, period_start, base, total, calls, last_cost, limit_amount, alerts);
+
+    if simple then
       insert into budget_usage_allocations (budget_id, root_id, usage_id, amount, occurred_at, exchange_rate)
-      select a.budget_id, a.root_id, a.usage_id, a.cost, a.occurred_at, a.rate
-      from a where (select s.ok from simple s)
-    ),
-    moved as (
+      select i.budget_id, i.root_id, i.usage_id, budget_convert_unbounded(i.amount, i.rate),
+             case when i.period_start is null then i.occurred_at
+                  else greatest(i.period_start, least(i.occurred_at, i.period_end - interval '1 microsecond')) end,
+             i.rate
+      from unnest(p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, starts, ends, roots)
+        as i(usage_id, budget_id, amount, rate, occurred_at, period_start, period_end, root_id)
+      where i.usage_id is not null;
+
       update budget_status_cache c
       set current_amount = c.current_amount + w.total, usage_count = c.usage_count + w.calls,
           last_usage_at = greatest(c.last_usage_at, w.last_at),
           reserved_amount = case when w.released is null then c.reserved_amount else greatest(c.reserved_amount - w.released, 0) end,
-          updated_at = case when w.calls > 0 then now() else c.updated_at end
-      from windows w
-      where c.budget_id = w.budget_id and c.period_start = w.period_start and (select s.ok from simple s)
-    )
-    select a.usage_id, a.budget_id, a.cost, a.cost from a where (select s.ok from simple s);
-    get diagnostics written = row_count;
-    if written > 0 or allocations = 0 then return; end if;
+          -- now(), as a value: Citus evaluates no function of the statement's time inside a CASE on the nodes
+          updated_at = case when w.calls > 0 then written_at else c.updated_at end
+      from unnest(w_root, w_budget, w_start, w_total, w_calls, w_last, w_released) as w(root_id, budget_id, period_start, total, calls, last_at, released)
+      where c.root_id = w.root_id and c.budget_id = w.budget_id and c.period_start = w.period_start;
+
+      return query
+        select i.usage_id, i.budget_id, budget_convert_unbounded(i.amount, i.rate), budget_convert_unbounded(i.amount, i.rate)
+        from unnest(p_usage_ids, p_budget_ids, p_amounts, p_rates) as i(usage_id, budget_id, amount, rate)
+        where i.usage_id is not null;
+      return;
+    end if;
   end if;
 
   ---- The step-wise path (the top of this file, 1 to 5).
@@ -241,25 +257,28 @@ begin
   from unnest(a_budget, a_usage, a_charged, a_at, a_rate, a_start) as a(budget_id, usage_id, charged, occurred_at, rate, period_start)
   where a.charged is not null and (a.period_start is null or not (a.budget_id::text || '|' || a.period_start::text = any (walked)));
 
-  -- 3. The windows, in the lock order.
-  select array_agg(w.budget_id order by w.budget_id, w.period_start), array_agg(w.period_start order by w.budget_id, w.period_start),
-         array_agg(w.period_end order by w.budget_id, w.period_start)
-  into w_budget, w_start, w_end
-  from (select a.budget_id, a.period_start, min(a.period_end) as period_end
+  -- 3. The windows, in the lock order (locks.sql: by root, budget and start).
+  select array_agg(w.budget_id order by w.root_id, w.budget_id, w.period_start),
+         array_agg(w.period_start order by w.root_id, w.budget_id, w.period_start),
+         array_agg(w.period_end order by w.root_id, w.budget_id, w.period_start),
+         array_agg(w.root_id order by w.root_id, w.budget_id, w.period_start)
+  into w_budget, w_start, w_end, w_root
+  from (select a.budget_id, d.root_id, a.period_start, min(a.period_end) as period_end
         from unnest(a_budget, a_start, a_end, a_charged) as a(budget_id, period_start, period_end, charged)
+        left join budget_definitions d on d.id = a.budget_id
         where a.period_start is not null and a.charged is not null
-        group by a.budget_id, a.period_start) w;
+        group by a.budget_id, d.root_id, a.period_start) w;
   w_created := array_fill(false, array[coalesce(cardinality(w_budget), 0)]);
   for i in 1 .. coalesce(cardinality(w_budget), 0) loop
     created := null;
     insert into budget_status_cache (budget_id, root_id, period_start, period_end)
-    values (w_budget[i], (select d.root_id from budget_definitions d where d.id = w_budget[i]), w_start[i], w_end[i])
+    values (w_budget[i], w_root[i], w_start[i], w_end[i])
     on conflict (budget_id, period_start, root_id) do nothing
     returning true into created;
     if created then
       w_created[i] := true;
     else
-      perform 1 from budget_status_cache c where c.budget_id = w_budget[i] and c.period_start = w_start[i] for update;
+      perform 1 from budget_status_cache c where c.root_id = w_root[i] and c.budget_id = w_budget[i] and c.period_start = w_start[i] for update;
     end if;
   end loop;
 

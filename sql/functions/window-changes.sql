@@ -11,7 +11,7 @@
 -- finds it gone and reloads, instead of holding on a window nobody counts.
 
 -- The carry-over locks only rows it can take without waiting on the gate. It locks the budget's
--- reservation rows, then its window rows (the lock order, settlements.sql). A hold that commits between
+-- reservation rows, then its window rows (the lock order, locks.sql: all of one tree). A hold that commits between
 -- the two (budget_hold_batch locks the window rows, inserts its reservations and commits, and the
 -- window lock waits for it) leaves a reservation the first statement did not lock. Waiting for it is a
 -- deadlock: its settlement locks it and waits for the window rows this trigger holds. (An earlier

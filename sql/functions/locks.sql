@@ -1,0 +1,96 @@
+-- THE LOCK ORDER, and the two functions that take it. Every statement that locks several reservation or
+-- window rows takes them through these, and each function that does relies on it:
+--   1. reservation rows (budget_reservations), tree by tree in the order of their roots, and within a tree
+--      by (id, budget_id);
+--   2. window rows (budget_status_cache), tree by tree in the order of their roots, and within a tree by
+--      (budget_id, period_start).
+-- That is, by (root_id, id, budget_id) and then by (root_id, budget_id, period_start). An unordered
+-- `for update` locks rows in whatever order its plan reads them (an index scan by key, a sequential scan by
+-- where the row's latest version lies), so two statements on the same lease could take its rows in
+-- opposite orders and deadlock: PostgreSQL then killed a lease's give-back, and its unused slice stayed held
+-- until it was swept as spend.
+--
+-- Why tree by tree: on Citus a tree's rows sit on one node, and a `for update` is run only by a statement
+-- that stays on one (a statement locking the rows of two trees is refused: "could not run distributed query
+-- with FOR UPDATE/SHARE commands"). So there each tree's rows are locked by a statement of their own that
+-- names the root, the trees taken in one order, as the tree versions' bump at commit takes them
+-- (definitions.sql). On plain PostgreSQL one statement locks them all in the same order: the roots need no
+-- reading first, and a settlement is not a statement a tree longer (budget_on_citus).
+--
+-- Who locks what: the settlements (settlements.sql), the leases (leases.sql) and the sweeper (sweeper.sql)
+-- take both kinds, reservation rows first; budget_hold_batch (holds.sql) and budget_record_spend (spend.sql:
+-- the usage trigger and the batch collector, usage-recording.sql, record through it, and so do the
+-- settlements, after their reservation rows) lock window rows only; budget_shadow_note (shadow.sql) locks
+-- reservation rows only. A change to one budget (a window change, window-changes.sql; an alert following its
+-- definition, alerts.sql; a budget leaving shadow, shadow.sql) locks rows of that budget's tree alone, in the
+-- same order within it. The rate-limit functions (rate-limits.sql) lock bucket rows only, by budget id.
+
+-- Whether this database is distributed by Citus: its metadata catalog is there once the extension is.
+create or replace function budget_on_citus() returns boolean language sql stable parallel safe as $$
+  select to_regclass('pg_catalog.pg_dist_partition') is not null
+$$;
+
+-- Locks the rows of the reservations p_ids (of every budget, or of p_budgets when given), in the lock order;
+-- rows that are not there lock nothing. Returns how many were locked.
+create or replace function budget_lock_reservations(p_ids uuid[], p_budgets uuid[] default null)
+returns integer language plpgsql as $$
+declare
+  root uuid;
+  locked integer := 0;
+  n integer;
+begin
+  if not budget_on_citus() then
+    perform 1 from budget_reservations r
+    where r.id = any (p_ids) and (p_budgets is null or r.budget_id = any (p_budgets))
+    order by r.root_id, r.id, r.budget_id for update;
+    get diagnostics locked = row_count;
+    return locked;
+  end if;
+  -- a reservation's rows never change tree (a move across trees is refused), so the roots read here are the
+  -- rows' roots when they are locked
+  for root in
+    select distinct r.root_id from budget_reservations r
+    where r.id = any (p_ids) and (p_budgets is null or r.budget_id = any (p_budgets)) order by r.root_id
+  loop
+    perform 1 from budget_reservations r
+    where r.root_id = root and r.id = any (p_ids) and (p_budgets is null or r.budget_id = any (p_budgets))
+    order by r.id, r.budget_id for update;
+    get diagnostics n = row_count;
+    locked := locked + n;
+  end loop;
+  return locked;
+end $$;
+
+-- Locks the window rows (p_budgets[i], p_starts[i]), and only those whose period ends at p_ends[i] when
+-- p_ends is given, in the lock order; rows that are not there lock nothing. Returns how many were locked.
+create or replace function budget_lock_windows(p_budgets uuid[], p_starts timestamptz[], p_ends timestamptz[] default null)
+returns integer language plpgsql as $$
+declare
+  root uuid;
+  locked integer := 0;
+  n integer;
+begin
+  if not budget_on_citus() then
+    perform 1 from budget_status_cache c
+    join (select distinct k.b, k.s, k.e from unnest(p_budgets, p_starts, p_ends) as k(b, s, e)) k
+      on c.budget_id = k.b and c.period_start = k.s and (k.e is null or c.period_end = k.e)
+    order by c.root_id, c.budget_id, c.period_start for update of c;
+    get diagnostics locked = row_count;
+    return locked;
+  end if;
+  for root in
+    select distinct c.root_id from budget_status_cache c
+    join unnest(p_budgets, p_starts, p_ends) as k(b, s, e)
+      on c.budget_id = k.b and c.period_start = k.s and (k.e is null or c.period_end = k.e)
+    order by c.root_id
+  loop
+    perform 1 from budget_status_cache c
+    where c.root_id = root
+      and (c.budget_id, c.period_start) in (select k.b, k.s from unnest(p_budgets, p_starts, p_ends) as k(b, s, e)
+                                            where k.e is null or k.e = c.period_end)
+    order by c.budget_id, c.period_start for update;
+    get diagnostics n = row_count;
+    locked := locked + n;
+  end loop;
+  return locked;
+end $$;
