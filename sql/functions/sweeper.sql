@@ -30,6 +30,9 @@ begin
     left_to_take := left_to_take - taken;
   end loop;
   if cardinality(ids) = 0 then return 0; end if;
+  -- a reservation whose line spans trees was met once in each: one settlement of it, at its estimate
+  select array_agg(x.id order by x.id), array_agg(x.amount order by x.id) into ids, amounts
+  from (select r.id, max(r.amount) as amount from unnest(ids, amounts) as r(id, amount) group by r.id) x;
   perform budget_settle_batch(ids, amounts, array_fill('expired-reservation'::text, array[array_length(ids, 1)]),
     array_fill('The gateway did not settle this call before its reservation expired; counted at its estimate'::text, array[array_length(ids, 1)]),
     array_fill(jsonb_build_object('outcome', 'unknown'), array[array_length(ids, 1)]));
