@@ -26,15 +26,14 @@
 -- Returns each row: its cost in the budget's currency and what was charged (null: its record was refused,
 -- and nothing of it is stored here; the caller takes the record out or raises).
 --
--- The window rows are locked here, in the lock order (locks.sql), every one
--- named (spend and release) by one ordered statement when they all exist, as they always do for a settlement
--- (its hold made them). Then, in the common case, ONE statement does the rest: the allocations inserted and
--- each window row updated once (spend up, reserved down). It checks, in the same statement, that the one
--- write is what recording the records one at a time would leave: every window row there, nothing past the
--- money range, no threshold on spend first reached before the window's last record, and no projected alert
--- on the window (its forecast is measured record by record, each seeing the allocations before it only),
--- unless that crossing is active already, when recording it again would do nothing. Otherwise the statement
--- writes nothing and the step-wise path below runs, the rare one:
+-- The window rows are locked here, in the lock order (locks.sql), every one named (spend and release) at
+-- once when they all exist, as they always do for a settlement (its hold made them). Then, in the common
+-- case, each window row is written ONCE (spend up, reserved down) and the allocations inserted, after a check
+-- on the rows read under the lock that the one write is what recording the records one at a time would
+-- leave: every window row there, nothing past the money range, no threshold on spend first reached before
+-- the window's last record, and no projected alert on the window (its forecast is measured record by record,
+-- each seeing the allocations before it only), unless that crossing is active already, when recording it
+-- again would do nothing. Otherwise nothing is written and the step-wise path below runs, the rare one:
 --   1. each allocation's window (found once per budget and instant) and cost; under !p_clamp a record
 --      whose cost alone is past the money range is refused;
 --   2. the allocations inserted, before any window row is locked; those of a budget with a projected
