@@ -2,7 +2,8 @@
 // tree's rows locked by a statement that names its root (sql/functions/locks.sql). Two example gateway
 // processes serve calls on one database migrated and distributed on the cluster: the race (concurrent calls
 // on a hard budget, never over it), the exact spend (every admitted call recorded once, the windows equal to
-// their allocations) and a line that spans two trees, held and settled on both.
+// their allocations), a line that spans two trees, held and settled on both, and a gateway killed mid-call on
+// it, whose holds and lease the other one sweeps.
 import t, { type Test } from 'tap'
 import { distributeOnCitus } from '../lib/kernel/database/citus.js'
 import { migrate } from '../lib/kernel/database/migrate.js'
@@ -20,13 +21,13 @@ const price = DEFAULT_PRICES['gpt-4o-mini']!
 const estimate = await (async () => { const { inputTokens, outputTokens } = await worstCaseTokens(chat, price); return costOf(price, inputTokens, outputTokens) })()
 
 /** A database migrated and distributed on the cluster, and `count` example gateways on it. */
-async function distributedGateways (t: Test, count: number) {
+async function distributedGateways (t: Test, count: number, env: NodeJS.ProcessEnv = {}) {
   const { sql, url } = await createTestSql(t, { max: 4 })
   await migrate(sql)
   await distributeOnCitus(sql)
   const processes: GatewayProcess[] = []
   for (let i = 0; i < count; i++) {
-    const gateway = await startGatewayProcess({ DATABASE_URL: url, ADMIN_TOKEN, LOG_LEVEL: process.env.GATE_LOG_LEVEL ?? 'warn' })
+    const gateway = await startGatewayProcess({ DATABASE_URL: url, ADMIN_TOKEN, LOG_LEVEL: process.env.GATE_LOG_LEVEL ?? 'warn', ...env })
     processes.push(gateway)
     t.teardown(async () => await gateway.stop())
   }
@@ -116,4 +117,36 @@ t.test('a line across two trees on two gateways: held and settled on both trees,
     t.equal(normalizeMoney(row!.current), normalizeMoney(records[0]!.total), `the ${name}'s window counts every call once`)
   }
   t.same(await findViolations(sql), [], 'no hold left, each window equal to its allocations, no hard budget over its limit')
+})
+
+t.test('a gateway killed mid-call on a two-tree line: the survivor sweeps what it held, counted once at its estimate, nothing left', async (t) => {
+  const { sql, processes: [doomed, survivor], create, call } = await distributedGateways(t, 2,
+    { RESERVATION_TTL_MS: '1500', SWEEP_INTERVAL_MS: '300', MOCK_TOKEN_DELAY_MS: '200' })
+  const org = await create({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100' })
+  await create({ name: 'team', scopeType: 'team', scopeId: 'platform', parentId: org, amount: '50' })
+  await create({ name: 'user', scopeType: 'user', scopeId: 'ada', amount: '10' })
+  // slow streams on the doomed process, left hanging when it dies: held one by one or from its lease
+  const aborts = Array.from({ length: 5 }, () => new AbortController())
+  const streams = aborts.map(async (abort) => await fetch(`${doomed!.url}/v1/chat/completions`, {
+    method: 'POST',
+    signal: abort.signal,
+    headers: { 'content-type': 'application/json', 'x-relay-user-id': 'ada', 'x-relay-team-id': 'platform' },
+    body: JSON.stringify({ ...chat, stream: true })
+  }).then(async (response) => await response.arrayBuffer()).catch(() => null))
+  const held = async () => (await sql<Array<{ n: number }>>`select count(distinct id)::int as n from budget_reservations`)[0]!.n
+  const deadline = Date.now() + 10_000
+  while (await held() === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+  t.ok(await held() > 0, 'the doomed process holds its calls')
+  await doomed!.stop('SIGKILL')
+  await Promise.all(streams)
+  const sweptBy = Date.now() + 15_000
+  while ((await sql<Array<{ n: number }>>`select count(*)::int as n from budget_reservations`)[0]!.n > 0 && Date.now() < sweptBy) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  const records = await sql<Array<{ source: string, outcome: string }>>`select source, metadata ->> 'outcome' as outcome from budget_usage_records`
+  t.ok(records.length > 0 && records.every((record) => record.source === 'expired-reservation' && record.outcome === 'unknown'),
+    `the survivor's sweeper counted each held call at its estimate: ${records.length} records`)
+  t.same(await findViolations(sql), [], 'no hold left, each window equal to its allocations, no hard budget over its limit')
+  t.equal(await call(survivor!, { user: 'ada', team: 'platform' }), 200, 'and the survivor serves the line')
+  aborts.forEach((abort) => { abort.abort() })
 })
