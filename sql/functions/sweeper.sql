@@ -3,36 +3,49 @@
 -- Settles expired reservations through the one batch settlement (settlements.sql). Their outcome is
 -- unknown: the request may well have reached the provider and been charged, so each is counted as spent
 -- at its estimate (the most the call could cost; a lease's unused slice and all), in the call's currency,
--- never silently released: a budget may end up over-counted by a crash, never overspent. Rows are locked
--- in the lock order (locks.sql: tree by tree, each tree's rows by one statement), SKIP LOCKED: every gateway
--- process sweeps without waiting on another. Up to p_limit rows, from the trees in root order.
+-- never silently released: a budget may end up over-counted by a crash, never overspent.
+--
+-- Every gateway process sweeps, and none waits on another: rows are locked in the lock order (locks.sql: tree
+-- by tree), SKIP LOCKED. First up to p_limit expired rows, from the trees in root order; then every row of the
+-- reservations they belong to, skipping still. A reservation whose line spans trees can be met by two
+-- sweepers, each holding its rows in one tree: waiting for the rest (the settlement would) deadlocks the two,
+-- so a reservation of which this sweeper could not lock every row is left to whoever holds the rest, or to the
+-- next sweep. Each reservation is settled once, at the most any of its rows held for the call.
 create or replace function budget_sweep_expired(p_limit integer) returns integer language plpgsql set lock_timeout = '5s' as $$
 declare
-  ids uuid[] := '{}'::uuid[];
-  amounts numeric[] := '{}'::numeric[];
   root uuid;
   left_to_take integer := p_limit;
   tree_ids uuid[];
-  tree_amounts numeric[];
-  taken integer;
+  -- the reservations met, and each row of theirs locked here (its reservation's id)
+  met uuid[] := '{}'::uuid[];
+  locked uuid[] := '{}'::uuid[];
+  -- each reservation met: its rows in all, and the most any of them held for the call
+  found_ids uuid[];
+  found_rows bigint[];
+  found_amounts numeric[];
+  ids uuid[];
+  amounts numeric[];
 begin
   for root in select distinct r.root_id from budget_reservations r where r.expires_at < now() order by r.root_id loop
     exit when left_to_take <= 0;
-    select array_agg(x.id), array_agg(x.amount), coalesce(sum(x.rows), 0)::integer into tree_ids, tree_amounts, taken
-    from (
-      select r.id, max(coalesce(r.call_amount, r.amount)) as amount, count(*) as rows
-      from (select r.id, r.amount, r.call_amount from budget_reservations r where r.root_id = root and r.expires_at < now()
-            order by r.id, r.budget_id limit left_to_take for update skip locked) r
-      group by r.id
-    ) x;
-    ids := ids || coalesce(tree_ids, '{}'::uuid[]);
-    amounts := amounts || coalesce(tree_amounts, '{}'::numeric[]);
-    left_to_take := left_to_take - taken;
+    tree_ids := array(select r.id from budget_reservations r where r.root_id = root and r.expires_at < now()
+                      order by r.id, r.budget_id limit left_to_take for update skip locked);
+    met := met || tree_ids;
+    left_to_take := left_to_take - cardinality(tree_ids);
   end loop;
-  if cardinality(ids) = 0 then return 0; end if;
-  -- a reservation whose line spans trees was met once in each: one settlement of it, at its estimate
+  if cardinality(met) = 0 then return 0; end if;
+
+  for root in select distinct r.root_id from budget_reservations r where r.id = any (met) order by r.root_id loop
+    locked := locked || array(select r.id from budget_reservations r where r.root_id = root and r.id = any (met)
+                              order by r.id, r.budget_id for update skip locked);
+  end loop;
+  select array_agg(x.id), array_agg(x.total), array_agg(x.amount) into found_ids, found_rows, found_amounts
+  from (select r.id, count(*) as total, max(coalesce(r.call_amount, r.amount)) as amount
+        from budget_reservations r where r.id = any (met) group by r.id) x;
   select array_agg(x.id order by x.id), array_agg(x.amount order by x.id) into ids, amounts
-  from (select r.id, max(r.amount) as amount from unnest(ids, amounts) as r(id, amount) group by r.id) x;
+  from unnest(found_ids, found_rows, found_amounts) as x(id, total, amount)
+  where x.total = (select count(*) from unnest(locked) as l(id) where l.id = x.id);
+  if ids is null then return 0; end if;
   perform budget_settle_batch(ids, amounts, array_fill('expired-reservation'::text, array[array_length(ids, 1)]),
     array_fill('The gateway did not settle this call before its reservation expired; counted at its estimate'::text, array[array_length(ids, 1)]),
     array_fill(jsonb_build_object('outcome', 'unknown'), array[array_length(ids, 1)]));
