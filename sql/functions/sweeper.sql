@@ -6,46 +6,66 @@
 -- never silently released: a budget may end up over-counted by a crash, never overspent.
 --
 -- Every gateway process sweeps, and none waits on another: rows are locked in the lock order (locks.sql: tree
--- by tree), SKIP LOCKED. First up to p_limit expired rows, from the trees in root order; then every row of the
+-- by tree), SKIP LOCKED. Expired rows are taken from the trees in root order, then every row of the
 -- reservations they belong to, skipping still. A reservation whose line spans trees can be met by two
 -- sweepers, each holding its rows in one tree: waiting for the rest (the settlement would) deadlocks the two,
 -- so a reservation of which this sweeper could not lock every row is left to whoever holds the rest, or to the
--- next sweep. Each reservation is settled once, at the most any of its rows held for the call.
+-- next sweep, and the sweep takes more expired rows in its place. Up to p_limit rows of the reservations it
+-- settles, in at most 10 rounds (a sweep never scans without end behind transactions that hold rows); each
+-- reservation settled once, at the most any of its rows held for the call. Returns how many it settled.
 create or replace function budget_sweep_expired(p_limit integer) returns integer language plpgsql set lock_timeout = '5s' as $$
 declare
   root uuid;
   left_to_take integer := p_limit;
   tree_ids uuid[];
-  -- the reservations met, and each row of theirs locked here (its reservation's id)
-  met uuid[] := '{}'::uuid[];
-  locked uuid[] := '{}'::uuid[];
+  -- one round: the reservations met, and each row of theirs locked here (its reservation's id)
+  met uuid[];
+  locked uuid[];
   -- each reservation met: its rows in all, and the most any of them held for the call
   found_ids uuid[];
   found_rows bigint[];
   found_amounts numeric[];
-  ids uuid[];
-  amounts numeric[];
+  -- what this sweep settles, and the reservations it left (a row of theirs held elsewhere)
+  ids uuid[] := '{}'::uuid[];
+  amounts numeric[] := '{}'::numeric[];
+  left_alone uuid[] := '{}'::uuid[];
+  kept integer;
 begin
-  for root in select distinct r.root_id from budget_reservations r where r.expires_at < now() order by r.root_id loop
-    exit when left_to_take <= 0;
-    tree_ids := array(select r.id from budget_reservations r where r.root_id = root and r.expires_at < now()
-                      order by r.id, r.budget_id limit left_to_take for update skip locked);
-    met := met || tree_ids;
-    left_to_take := left_to_take - cardinality(tree_ids);
-  end loop;
-  if cardinality(met) = 0 then return 0; end if;
+  for round in 1 .. 10 loop
+    met := '{}'::uuid[];
+    for root in select distinct r.root_id from budget_reservations r
+                where r.expires_at < now() and r.id <> all (ids) and r.id <> all (left_alone) order by r.root_id loop
+      exit when left_to_take - cardinality(met) <= 0;
+      tree_ids := array(select r.id from budget_reservations r
+                        where r.root_id = root and r.expires_at < now() and r.id <> all (ids) and r.id <> all (left_alone)
+                        order by r.id, r.budget_id limit left_to_take - cardinality(met) for update skip locked);
+      met := met || tree_ids;
+    end loop;
+    exit when cardinality(met) = 0;
 
-  for root in select distinct r.root_id from budget_reservations r where r.id = any (met) order by r.root_id loop
-    locked := locked || array(select r.id from budget_reservations r where r.root_id = root and r.id = any (met)
-                              order by r.id, r.budget_id for update skip locked);
+    locked := '{}'::uuid[];
+    for root in select distinct r.root_id from budget_reservations r where r.id = any (met) order by r.root_id loop
+      locked := locked || array(select r.id from budget_reservations r where r.root_id = root and r.id = any (met)
+                                order by r.id, r.budget_id for update skip locked);
+    end loop;
+    select array_agg(x.id), array_agg(x.total), array_agg(x.amount) into found_ids, found_rows, found_amounts
+    from (select r.id, count(*) as total, max(coalesce(r.call_amount, r.amount)) as amount
+          from budget_reservations r where r.id = any (met) group by r.id) x;
+    kept := 0;
+    for i in 1 .. coalesce(cardinality(found_ids), 0) loop
+      if found_rows[i] = (select count(*) from unnest(locked) as l(id) where l.id = found_ids[i]) then
+        ids := ids || found_ids[i];
+        amounts := amounts || found_amounts[i];
+        left_to_take := left_to_take - found_rows[i]::integer;
+        kept := kept + 1;
+      else
+        left_alone := left_alone || found_ids[i];
+      end if;
+    end loop;
+    -- every reservation met kept: the rows ran out, or the limit was reached
+    exit when kept = coalesce(cardinality(found_ids), 0) or left_to_take <= 0;
   end loop;
-  select array_agg(x.id), array_agg(x.total), array_agg(x.amount) into found_ids, found_rows, found_amounts
-  from (select r.id, count(*) as total, max(coalesce(r.call_amount, r.amount)) as amount
-        from budget_reservations r where r.id = any (met) group by r.id) x;
-  select array_agg(x.id order by x.id), array_agg(x.amount order by x.id) into ids, amounts
-  from unnest(found_ids, found_rows, found_amounts) as x(id, total, amount)
-  where x.total = (select count(*) from unnest(locked) as l(id) where l.id = x.id);
-  if ids is null then return 0; end if;
+  if cardinality(ids) = 0 then return 0; end if;
   perform budget_settle_batch(ids, amounts, array_fill('expired-reservation'::text, array[array_length(ids, 1)]),
     array_fill('The gateway did not settle this call before its reservation expired; counted at its estimate'::text, array[array_length(ids, 1)]),
     array_fill(jsonb_build_object('outcome', 'unknown'), array[array_length(ids, 1)]));
