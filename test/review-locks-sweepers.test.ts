@@ -8,34 +8,15 @@
 // holding its first-tree row: a process descheduled there, nothing else.
 import t from 'tap'
 import postgres from 'postgres'
-import { migrate } from '../lib/kernel/database/migrate.js'
-import { createTestSql } from './fixtures/database.js'
 import { findViolations } from './fixtures/invariants.js'
+import { twoTreeLine } from './fixtures/two-trees.js'
 
 const X = '11111111-1111-4111-8111-111111111111'
 
 t.test('two sweepers on one reservation spanning two trees: neither deadlocks, it is swept once', async (t) => {
-  const { url, sql } = await createTestSql(t, { max: 2 })
-  await migrate(sql)
-  // the user's budget is its own root; the team is under the organization: two trees
-  const [user] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, enforcement)
-                           values ('user', 'user', 'ada', 100, 'USD', 'monthly', '2024-01-01', 'hard') returning id`
-  const [org] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, enforcement)
-                          values ('org', 'organization', 'acme', 100, 'USD', 'monthly', '2024-01-01', 'hard') returning id`
-  const [team] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, enforcement, parent_id)
-                           values ('team', 'team', 'platform', 100, 'USD', 'monthly', '2024-01-01', 'hard', ${org!.id}) returning id`
-  const budgets = [user!.id as string, team!.id as string, org!.id as string]
-  const windows = await sql<Array<{ id: string, start: Date, end: Date }>>`
-    select d.id, w.period_start as start, w.period_end as end from budget_definitions d cross join lateral budget_window(d, now()) w`
-  for (const w of windows) await sql`select refresh_budget_status_cache(${w.id}, ${w.start}, ${w.end})`
-  const window = (id: string) => windows.find((w) => w.id === id)!
-  const [held] = await sql`
-    select bool_and(fits) as fits from budget_hold_batch(array[${X}]::uuid[], array[2]::numeric[], array['req-x'], 'USD',
-      '-1 second'::interval, array[1, 1, 1]::integer[], ${budgets}::uuid[],
-      ${budgets.map((b) => window(b).start.toISOString())}::timestamptz[], ${budgets.map((b) => window(b).end.toISOString())}::timestamptz[],
-      array[true, true, false]::boolean[], array[0, 1, 2]::integer[], false, false)`
-  t.ok(held!.fits, 'an expired hold on the three budgets')
-  const roots = (await sql`select root_id from budget_reservations where id = ${X} group by root_id order by root_id`).map((r) => r.root_id as string)
+  const { url, sql, expiredHold, roots: rootsOf } = await twoTreeLine(t)
+  t.ok((await expiredHold(X, '2'))[0]!.fits, 'an expired hold on the three budgets')
+  const roots = await rootsOf(X)
   t.equal(roots.length, 2, 'its rows are in two trees')
   const [first, second] = roots as [string, string]
 

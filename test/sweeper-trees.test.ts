@@ -1,36 +1,11 @@
 // The sweeper takes expired reservations tree by tree (sql/functions/locks.sql): one whose line spans two
 // trees is met in each, and must still be settled once, at its estimate, whatever limit cuts the rows.
 import t from 'tap'
-import { migrate } from '../lib/kernel/database/migrate.js'
-import { createTestSql } from './fixtures/database.js'
 import { findViolations } from './fixtures/invariants.js'
-
-async function twoTrees (t: Parameters<typeof createTestSql>[0]) {
-  const { sql } = await createTestSql(t, { max: 2 })
-  await migrate(sql)
-  // a user budget that is its own root, and a team under an organization: two trees
-  const [user] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, enforcement)
-                           values ('user', 'user', 'ada', 100, 'USD', 'monthly', '2024-01-01', 'hard') returning id`
-  const [org] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, enforcement)
-                          values ('org', 'organization', 'acme', 100, 'USD', 'monthly', '2024-01-01', 'hard') returning id`
-  const [team] = await sql`insert into budget_definitions (name, scope_type, scope_id, amount, currency, period, start_date, enforcement, parent_id)
-                           values ('team', 'team', 'platform', 100, 'USD', 'monthly', '2024-01-01', 'hard', ${org!.id}) returning id`
-  const budgets = [user!.id as string, team!.id as string, org!.id as string]
-  const windows = await sql<Array<{ id: string, start: Date, end: Date }>>`
-    select d.id, w.period_start as start, w.period_end as end from budget_definitions d cross join lateral budget_window(d, now()) w`
-  for (const w of windows) await sql`select refresh_budget_status_cache(${w.id}, ${w.start}, ${w.end})`
-  const window = (id: string) => windows.find((w) => w.id === id)!
-  /** A hold of `amount` on the three budgets, expired at once. */
-  const expiredHold = async (id: string, amount: string) => await sql`
-    select bool_and(fits) as fits from budget_hold_batch(array[${id}]::uuid[], array[${amount}]::numeric[], array[${`req-${id}`}]::text[], 'USD',
-      '-1 second'::interval, array[1, 1, 1]::integer[], ${budgets}::uuid[],
-      ${budgets.map((b) => window(b).start.toISOString())}::timestamptz[], ${budgets.map((b) => window(b).end.toISOString())}::timestamptz[],
-      array[true, true, false]::boolean[], array[0, 1, 2]::integer[], false, false)`
-  return { sql, budgets, expiredHold }
-}
+import { twoTreeLine } from './fixtures/two-trees.js'
 
 t.test('a hold on two trees, expired: swept once, at its estimate, on every budget', async (t) => {
-  const { sql, budgets, expiredHold } = await twoTrees(t)
+  const { sql, budgets, expiredHold } = await twoTreeLine(t)
   const id = '11111111-1111-4111-8111-111111111111'
   t.ok((await expiredHold(id, '2.5'))[0]!.fits, 'held on the three budgets')
   t.equal((await sql`select count(distinct root_id)::int as n from budget_reservations where id = ${id}`)[0]!.n, 2, 'its rows are in two trees')
@@ -44,7 +19,7 @@ t.test('a hold on two trees, expired: swept once, at its estimate, on every budg
 })
 
 t.test('a limit that takes only part of its rows: still one settlement of the whole reservation', async (t) => {
-  const { sql, expiredHold } = await twoTrees(t)
+  const { sql, expiredHold } = await twoTreeLine(t)
   const ids = ['11111111-1111-4111-8111-111111111111', '22222222-2222-4222-8222-222222222222']
   for (const id of ids) t.ok((await expiredHold(id, '1'))[0]!.fits)
   // six rows in all (three a reservation); a limit of 1 meets one row of one reservation
@@ -56,7 +31,7 @@ t.test('a limit that takes only part of its rows: still one settlement of the wh
 })
 
 t.test('a reservation another transaction holds is skipped, not waited for, in either tree', async (t) => {
-  const { sql, expiredHold } = await twoTrees(t)
+  const { sql, expiredHold } = await twoTreeLine(t)
   const id = '11111111-1111-4111-8111-111111111111'
   await expiredHold(id, '1')
   await sql.begin(async (tx) => {
