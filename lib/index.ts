@@ -6,6 +6,7 @@ import fp from 'fastify-plugin'
 import type { FastifyPluginAsync } from 'fastify'
 import { resolveOptions, GATE_DEFAULTS, type BudgetsOptions } from './options.js'
 import { openDatabase } from './kernel/database/client.js'
+import { hasCitus } from './kernel/database/citus.js'
 import { lifecycleOf, partOf } from './kernel/part.js'
 import { createRepositories } from './repositories.js'
 import { createPricing } from './pricing/index.js'
@@ -74,7 +75,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     const registry = createBudgets(sql, adminTimeoutMs, log, { modelName, onChange: versions.forget, channels: Object.keys(notifications.channels) })
     const usage = createUsage(sql, adminTimeoutMs, log, { statusCacheTtlMs, now, modelName })
     // Lines, leases, holds, settlements, rate limits, and the admission API on them.
-    const gate = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted },
+    const gate = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted, onCitus: await hasCitus(sql) },
       usage.api.tracker, versions, { currency, reservationTtlMs, timeoutMs, nearLimit, models: { prices, cheapModels, downgrades } }, log)
     // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
     const metrics = partOf(createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions, currency))

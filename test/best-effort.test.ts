@@ -71,12 +71,12 @@ t.test('a rate-limit allowance whose give-back fails is logged with the budgets 
   const budget = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ rateLimits: { requestsPerMinute: 600 } }) })).json()
   const { log, lines } = capturedLog()
   const rateLimits = createRateLimits(createRateRepository(sql), log)
-  const line = [{ budgetId: budget.id, name: budget.name, requestsPerMinute: 600, tokensPerMinute: null }] as unknown as BudgetTerms[]
+  const line = [{ budgetId: budget.id, rootId: budget.rootId, name: budget.name, requestsPerMinute: 600, tokensPerMinute: null }] as unknown as BudgetTerms[]
   const admitted = await rateLimits.admit(line, 0)
   if (isRateRefusal(admitted)) throw new Error('refused')
   rateLimits.end(admitted, null) // not served: its request is this process's allowance now, to give back
-  await sql`alter function budget_rate_give_back(uuid[], numeric[], numeric[]) rename to budget_rate_give_back_away`
-  t.teardown(async () => await sql`alter function budget_rate_give_back_away(uuid[], numeric[], numeric[]) rename to budget_rate_give_back`)
+  await sql`alter function budget_rate_give_back(uuid[], numeric[], numeric[], uuid[], uuid) rename to budget_rate_give_back_away`
+  t.teardown(async () => await sql`alter function budget_rate_give_back_away(uuid[], numeric[], numeric[], uuid[], uuid) rename to budget_rate_give_back`)
   await rateLimits.close() // gives the allowance back, and waits for it
   t.match(lines.filter((line) => line.level === WARN), [
     { msg: /^giving back rate-limit allowance failed/, budgetIds: [budget.id], err: { message: /budget_rate_give_back/ } }

@@ -70,11 +70,12 @@ t.test('upgrade path: an instance of the version before keeps serving while this
   for (let i = 0; i < 5; i++) statuses.push(await oldChatCall())
   t.same(statuses, [200, 200, 200, 200, 200], 'the running old instance keeps serving after the branch migrated')
   // An instance of the version before (re)starting now migrates with its sql/, which predates the rule that leaves a
-  // newer database alone: its holds.sql cannot change budget_hold_batch's result type back, and the whole run rolls back.
+  // newer database alone: its function files cannot change the results of this version's functions back (budget_line's,
+  // in lines.sql; its budget_hold_batch now makes one of another argument list beside this one's), and the whole run rolls back.
   const functions = async () => await sql`select p.oid::regprocedure::text as signature, pg_get_function_result(p.oid) as result from pg_proc p where p.proname in ('budget_hold_batch', 'budget_line') order by 1`
   const before = await functions()
   const restart = await start(oldBudgets, oldChat).then(() => null, (error: Error) => error)
-  t.match(restart, { code: 'BUDGET_ERR_MIGRATION', message: /functions\/holds\.sql.*cannot change return type/ }, 'an instance of the version before, restarting after the upgrade, is refused with a MigrationError')
+  t.match(restart, { code: 'BUDGET_ERR_MIGRATION', message: /functions\/lines\.sql.*cannot change return type/ }, 'an instance of the version before, restarting after the upgrade, is refused with a MigrationError')
   t.same(await functions(), before, 'and leaves this version\'s functions as they were')
   t.equal((await fresh.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'x-relay-team-id': 'team-a' }, body: body(20) })).statusCode, 200, 'the new instance still serves')
   await new Promise((resolve) => setTimeout(resolve, 300))

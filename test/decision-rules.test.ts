@@ -30,7 +30,7 @@ interface Numbers {
 }
 
 const termsOf = (b: Numbers): BudgetTerms => ({
-  budgetId: b.id, name: b.id, alerts: b.alerts ?? [], currency: b.currency ?? 'USD', nearLimit: null, maxCallCost: b.maxCallCost ?? null, scopeMatched: true, scopeRank: 0,
+  budgetId: b.id, rootId: b.id, name: b.id, alerts: b.alerts ?? [], currency: b.currency ?? 'USD', nearLimit: null, maxCallCost: b.maxCallCost ?? null, scopeMatched: true, scopeRank: 0,
   periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, enforcement: b.enforcement ?? 'hard'
 })
 const numbersOf = (b: Numbers, estimate: string): BudgetNumbers => ({
@@ -161,8 +161,8 @@ t.test('auto-downgrade: the cheaper model, when a budget is past its threshold',
 
 t.test('the line\'s terms read beside the numbers SQL measured, by budget id', async (t) => {
   const terms: BudgetTerms[] = [
-    { budgetId: 'team', name: 'Team', alerts: [alert(50, ['notify'])], scopeMatched: true, scopeRank: 0, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'EUR', nearLimit: 'clamp', maxCallCost: null, enforcement: 'hard' },
-    { budgetId: 'gone', name: 'Gone', alerts: [], scopeMatched: true, scopeRank: 1, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'USD', nearLimit: null, maxCallCost: null, enforcement: 'hard' }
+    { budgetId: 'team', rootId: 'team', name: 'Team', alerts: [alert(50, ['notify'])], scopeMatched: true, scopeRank: 0, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'EUR', nearLimit: 'clamp', maxCallCost: null, enforcement: 'hard' },
+    { budgetId: 'gone', rootId: 'gone', name: 'Gone', alerts: [], scopeMatched: true, scopeRank: 1, periodStart: new Date(0), periodEnd: new Date(1), requestsPerMinute: null, tokensPerMinute: null, currency: 'USD', nearLimit: null, maxCallCost: null, enforcement: 'hard' }
   ]
   const numbers: BudgetNumbers[] = [
     { budgetId: 'team', amount: '100', enforcement: 'soft', currentAmount: '60', reservedAmount: '5', fits: false, approvedThrough: '90', projectedActions: ['restrict-models'], estimate: '2', outOfRange: false, overCap: false }

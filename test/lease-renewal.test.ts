@@ -1,4 +1,4 @@
-// Keeping a lease alive: the renewal locks in the lock order of sql/functions/settlements.sql, and a renewal that meets a
+// Keeping a lease alive: the renewal locks in the lock order of sql/functions/locks.sql, and a renewal that meets a
 // lease not yet written (its first take still waiting) leaves it be.
 import postgres from 'postgres'
 import t from 'tap'
@@ -9,7 +9,7 @@ import { findViolations } from './fixtures/invariants.js'
 import { pause, waitingForLock } from './fixtures/sessions.js'
 
 // A renewal that updated a lease's rows with a plain `update ... where id = $1` (as renewLease once did)
-// locked them outside the documented lock order (settlements.sql). A plan that reads the rows
+// locked them outside the documented lock order (locks.sql). A plan that reads the rows
 // in heap order (seq scan, or a bitmap heap scan, which visits pages in physical order) locks them in
 // the reverse of (id, budget_id) when the lease's rows lie so in the heap (budget_lease_take inserts
 // them in the line's order). Against budget_settle_leased / budget_lease_return (ordered) it deadlocks:
@@ -20,8 +20,8 @@ for (const other of ['settle', 'return'] as const) {
     for (const scopeId of ['a', 'b', 'c']) {
       await admin({ method: 'POST', url: '/api/v1/budgets', body: { name: scopeId, scopeType: 'team', scopeId, amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01' } })
     }
-    const line = await sql<Array<{ budgetId: string, start: Date, end: Date }>>`
-      select budget_id as "budgetId", period_start as start, period_end as "end"
+    const line = await sql<Array<{ budgetId: string, rootId: string, start: Date, end: Date }>>`
+      select budget_id as "budgetId", root_id as "rootId", period_start as start, period_end as "end"
       from budget_line(array['team', 'team', 'team'], array['a', 'b', 'c'], 'USD', null, '{}'::jsonb) order by budget_id desc`
     const lease = '00000000-0000-4000-8000-00000000beef'
     await sql`select * from budget_lease_take(${lease}, 'USD', interval '1 minute', 0.01, 0.001, ${line.map((b) => b.budgetId)}::text[]::uuid[],
@@ -46,7 +46,7 @@ for (const other of ['settle', 'return'] as const) {
     await blocker.connection`begin`
     await blocker.connection`select 1 from budget_reservations where id = ${lease} and budget_id = ${middle} for update`
     // the lease repository's renewLease, on a session of its own
-    const renew = createLeaseRepository(renewingClient).renewLease(lease, 900_000)
+    const renew = createLeaseRepository(renewingClient).renewLease(lease, [...new Set(line.map((b) => b.rootId))].sort(), 900_000)
       .then(() => null, (error: { code?: string, cause?: { code?: string } }) => error.cause ?? error)
     await waitingForLock(sql, renewing.pid)
     const second = (other === 'settle'

@@ -42,7 +42,7 @@ t.test('close() after a change, with a top-up in flight: close waits for it, and
   const budget = (await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ rateLimits: { requestsPerMinute: 600 } }) })).json()
   const gated = gatedRepository(sql)
   const rateLimits = createRateLimits(gated.repository, Fastify().log)
-  const line = [{ budgetId: budget.id, name: budget.name, requestsPerMinute: 600, tokensPerMinute: null }] as unknown as BudgetTerms[]
+  const line = [{ budgetId: budget.id, rootId: budget.rootId, name: budget.name, requestsPerMinute: 600, tokensPerMinute: null }] as unknown as BudgetTerms[]
   const first = rateLimits.admit(line, 0)
   await gated.untilWaiting(1)
   gated.release()
@@ -69,7 +69,7 @@ t.test('two changes while one call takes: the call is admitted, not refused with
   const gated = gatedRepository(sql)
   const rateLimits = createRateLimits(gated.repository, Fastify().log)
   t.teardown(async () => await rateLimits.close())
-  const line = [{ budgetId: budget.id, name: budget.name, requestsPerMinute: 600, tokensPerMinute: null }] as unknown as BudgetTerms[]
+  const line = [{ budgetId: budget.id, rootId: budget.rootId, name: budget.name, requestsPerMinute: 600, tokensPerMinute: null }] as unknown as BudgetTerms[]
   const call = rateLimits.admit(line, 0)
   await gated.untilWaiting(1)
   rateLimits.forgetAll() // a change (any budget's, anywhere) heard while the call's take is in flight

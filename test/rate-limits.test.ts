@@ -111,7 +111,7 @@ t.test('an allowance given back is in its bucket before this process takes from 
   } }
   const rateLimits = createRateLimits(slow, Fastify().log)
   t.teardown(async () => await rateLimits.close())
-  const line = [{ budgetId: budget.id, name: budget.name, requestsPerMinute: null, tokensPerMinute: 4500 }] as unknown as BudgetTerms[]
+  const line = [{ budgetId: budget.id, rootId: budget.rootId, name: budget.name, requestsPerMinute: null, tokensPerMinute: 4500 }] as unknown as BudgetTerms[]
   const first = await rateLimits.admit(line, 4000)
   t.notOk(isRateRefusal(first), 'the first call takes 4,000 of 4,500 tokens')
   rateLimits.end(first as RateAdmission, 10)

@@ -13,7 +13,7 @@ const periodEnd = new Date('2024-05-01T00:00:00Z') // 30 days
 function measured (id: string, { amount = '1000', alerts = [] as BudgetAlert[], current, reserved = '0', fits = true, enforcement = 'hard' as 'hard' | 'soft', estimate }:
   { amount?: string, alerts?: BudgetAlert[], current: string, reserved?: string, fits?: boolean, enforcement?: 'hard' | 'soft', estimate: string }): { terms: BudgetTerms, numbers: BudgetNumbers } {
   return {
-    terms: { budgetId: id, name: id, alerts, currency: 'USD', nearLimit: null, maxCallCost: null, scopeMatched: true, scopeRank: 0, periodStart, periodEnd, requestsPerMinute: null, tokensPerMinute: null, enforcement },
+    terms: { budgetId: id, rootId: id, name: id, alerts, currency: 'USD', nearLimit: null, maxCallCost: null, scopeMatched: true, scopeRank: 0, periodStart, periodEnd, requestsPerMinute: null, tokensPerMinute: null, enforcement },
     numbers: { budgetId: id, amount, enforcement, currentAmount: current, reservedAmount: reserved, approvedThrough: null, projectedActions: [], fits, estimate, outOfRange: false, overCap: false }
   }
 }

@@ -8,6 +8,11 @@ import type { AlertAction, BudgetAlert, Enforcement, NearLimitPolicy } from '../
 /** One budget of a caller's line: its definition and the window it applies in now (budget_line, sql/functions/lines.sql). */
 export interface BudgetTerms {
   budgetId: string
+  /**
+   * The root of the budget's tree. The statements that hold on it name it: on Citus its tree's rows sit on one
+   * node, which runs a statement that names no other tree whole.
+   */
+  rootId: string
   name: string
   alerts: BudgetAlert[]
   /** The budget's currency: a line with one other than the gate's is held call by call, never leased. */
@@ -64,6 +69,14 @@ export interface BudgetNumbers {
    * (budget_hold_batch); null on other budgets, and where no hold measured it (a lease, a read).
    */
   shadowFits?: boolean | null
+}
+
+/**
+ * The trees of these budgets, by root, in order: what a statement on them names (on Citus, the first is the
+ * tree whose node runs it).
+ */
+export function treesOf (budgets: BudgetTerms[]): string[] {
+  return [...new Set(budgets.map((budget) => budget.rootId))].sort()
 }
 
 /** A budget's numbers as a statement returns them (its money as PostgreSQL's text), in canonical decimals. */

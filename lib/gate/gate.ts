@@ -30,6 +30,8 @@ export interface GateStores {
   reservations: ReservationRepository
   findBudget: (id: string) => Promise<BudgetDefinition | null>
   recordUnbudgeted: RecordUnbudgeted
+  /** The database is a Citus cluster: holds and settlements are batched by the trees of their lines (holds.ts, settlements.ts). */
+  onCitus: boolean
 }
 
 export interface Gate {
@@ -43,7 +45,7 @@ export function createGate (stores: GateStores, usageTracker: UsageTracker, vers
   const { reservations } = stores
   const lines = createBudgetLines(reservations, versions, options.currency, log)
   const ledger = createWindowLedger() // each window's money as this process knows it, for leased admissions
-  const settlements = createSettlementQueue(reservations, { ttlMs: options.reservationTtlMs, observe: versions.observe, recordUnbudgeted: stores.recordUnbudgeted, stamp: ledger.stamp }, log)
+  const settlements = createSettlementQueue(reservations, { ttlMs: options.reservationTtlMs, byTree: stores.onCitus, observe: versions.observe, recordUnbudgeted: stores.recordUnbudgeted, stamp: ledger.stamp }, log)
   let stopped = false
   // Holds whose batch met a connection error go back through the settlement queue, by id, in rounds
   // (GIVE_BACK_AT_MS) until each was released. The pauses keep no process alive (unref), and a stopped gate
@@ -66,7 +68,7 @@ export function createGate (stores: GateStores, usageTracker: UsageTracker, vers
       left = left.filter((_id, index) => outcomes[index] !== 'released')
     }
   }
-  const holds = createHoldQueue(reservations, ledger, { currency: options.currency, ttlMs: options.reservationTtlMs, giveBack }, log)
+  const holds = createHoldQueue(reservations, ledger, { currency: options.currency, ttlMs: options.reservationTtlMs, byTree: stores.onCitus, giveBack }, log)
   const leases = createLeases(reservations, settlements, ledger, { currency: options.currency, ttlMs: options.reservationTtlMs, observe: versions.observe }, log)
   versions.onForget(leases.forgetAll) // a changed budget ends the leases taken under the old one
   const rateLimits = createRateLimits(reservations, log) // request and token buckets, allowance held in process

@@ -56,3 +56,31 @@ export function createGroupCommit<T, R> (most: number, commit: (batch: Array<Pen
     running: (): Promise<void> | null => running
   }
 }
+
+/**
+ * Group commits kept apart by `keyOf(item)`: one queue a key, each with its own batch runner (on Citus the
+ * gate batches by the trees a statement names, so that each statement runs on one node). A queue is made when
+ * its key first comes, and the idle ones go once there are many (an idle queue holds nothing).
+ */
+export function createKeyedGroupCommit<T, R> (most: number, commit: (batch: Array<Pending<T, R>>, again: (items: Array<Pending<T, R>>) => void) => Promise<void>,
+  keyOf: (item: T) => string) {
+  const queues = new Map<string, ReturnType<typeof createGroupCommit<T, R>>>()
+  const queueFor = (key: string) => {
+    let queue = queues.get(key)
+    if (queue === undefined) {
+      if (queues.size >= 1024) for (const [idleKey, idle] of queues) if (idle.running() === null) queues.delete(idleKey)
+      queues.set(key, queue = createGroupCommit(most, commit))
+    }
+    return queue
+  }
+  return {
+    /** Queues `item` behind the others of its key (createGroupCommit's submit). */
+    submit: async (item: T): Promise<R> => await queueFor(keyOf(item)).submit(item),
+
+    /** Every batch runner in flight, null when every queue is idle: what a drain waits for. */
+    running (): Promise<void> | null {
+      const running = [...queues.values()].map((queue) => queue.running()).filter((run) => run !== null)
+      return running.length === 0 ? null : Promise.all(running).then(() => undefined)
+    }
+  }
+}

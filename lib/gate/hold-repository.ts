@@ -1,8 +1,8 @@
 // SQL for holds: a batch of calls' estimates held on every budget of each call's line, in one statement.
 import type { Money } from '../kernel/money.js'
 import type { BudgetAlert } from '../kernel/schemas.js'
-import { retryingConflicts, type Db } from '../kernel/database/db.js'
-import { numbersFrom, type BudgetNumbers, type BudgetTerms } from './budget-terms.js'
+import { NIL_ROOT, retryingConflicts, type Db } from '../kernel/database/db.js'
+import { numbersFrom, treesOf, type BudgetNumbers, type BudgetTerms } from './budget-terms.js'
 
 /** A call to hold for: its estimate on every budget of its line. */
 export interface HoldRequest {
@@ -34,10 +34,12 @@ export function createHoldRepository (sql: Db) {
   return {
     /**
      * Holds for a batch of calls in one statement (budget_hold_batch, sql/functions/holds.sql): each call's estimate
-     * on every budget of its line, or on none, admitted in the order given. Returns each call's hold.
+     * on every budget of its line, or on none, admitted in the order given. Returns each call's hold. The
+     * statement names the batch's trees; on Citus the first one's node runs it (the gate batches by tree there).
      */
     async holdBatch (calls: HoldRequest[], currency: string, ttlMs: number): Promise<Hold[]> {
       const rows = calls.flatMap((call, index) => call.line.map((budget) => ({ call: index + 1, budget })))
+      const trees = treesOf(rows.map((row) => row.budget))
       const needs = (test: (alert: BudgetAlert) => boolean) => calls.some((call) => call.line.some((budget) => budget.alerts.some(test)))
       // Arrays go over the wire as text (postgres.js serializes elements by the type it is told) and are cast in SQL.
       const held = await retryingConflicts(async () => await sql<HeldRow[]>`
@@ -53,7 +55,8 @@ export function createHoldRepository (sql: Db) {
           ${rows.map((row) => row.budget.periodStart.toISOString())}::text[]::timestamptz[],
           ${rows.map((row) => row.budget.periodEnd.toISOString())}::text[]::timestamptz[],
           ${rows.map((row) => String(row.budget.scopeMatched))}::text[]::boolean[], ${rows.map((row) => String(row.budget.scopeRank))}::text[]::integer[],
-          ${needs((alert) => alert.actions.includes('require-approval'))}, ${needs((alert) => alert.basis === 'projected')})`)
+          ${needs((alert) => alert.actions.includes('require-approval'))}, ${needs((alert) => alert.basis === 'projected')},
+          ${trees}::text[]::uuid[], ${trees[0] ?? NIL_ROOT}::uuid)`)
       const holds: Hold[] = calls.map((call) => ({ current: call.line.length === 0, reserved: false, numbers: [], definitionsVersion: -1 }))
       for (const row of held) {
         const hold = holds[row.callIndex - 1]!

@@ -1,11 +1,13 @@
 // Holds in groups: calls that arrive while a batch of holds is in PostgreSQL wait for the next one, and
 // each batch is one statement (budget_hold_batch) that takes the hot rows' locks once for all of them.
 // A call alone is a batch of one; under load, a hot budget's row is written once per batch, not per call
-// (lib/gate/group-commit.ts).
+// (lib/gate/group-commit.ts). On Citus the batches are kept apart by the trees of their lines, so that each
+// statement runs whole on the node of its tree (a line across two trees makes a batch of those two).
 import { isDatabaseUnavailable } from '../kernel/errors.js'
 import type { Logger } from '../kernel/logger.js'
 import { fromUnits, toUnits } from '../kernel/money.js'
-import { createGroupCommit } from './group-commit.js'
+import { createKeyedGroupCommit, type Pending } from './group-commit.js'
+import { treesOf } from './budget-terms.js'
 import type { Hold, HoldRepository, HoldRequest } from './hold-repository.js'
 import type { WindowLedger } from './window-ledger.js'
 
@@ -22,7 +24,7 @@ export interface HeldShare {
 export type HeldHold = Hold & { held: HeldShare[] }
 
 export function createHoldQueue (reservations: HoldRepository, ledger: WindowLedger,
-  options: { currency: string, ttlMs: number, giveBack: (reservationIds: string[]) => Promise<void> }, log: Logger) {
+  options: { currency: string, ttlMs: number, byTree: boolean, giveBack: (reservationIds: string[]) => Promise<void> }, log: Logger) {
   /**
    * What the batch measured of each window in the gate's currency, as it left it (the last call on a window
    * took the rest's holds into account), given to the ledger; and what each hold took on those windows, which
@@ -46,7 +48,7 @@ export function createHoldQueue (reservations: HoldRepository, ledger: WindowLed
 
   // The batch's statement holds for all of its calls or fails whole: then nothing was held for any of them
   // (group-commit rejects each with its error).
-  const queue = createGroupCommit<HoldRequest, HeldHold>(MOST_IN_A_BATCH, async (batch) => {
+  const commit = async (batch: Array<Pending<HoldRequest, HeldHold>>): Promise<void> => {
     const calls = batch.map((pending) => pending.item)
     let holds: Hold[]
     const sentAt = ledger.stamp()
@@ -65,7 +67,10 @@ export function createHoldQueue (reservations: HoldRepository, ledger: WindowLed
     }
     const held = measure(calls, holds, sentAt)
     batch.forEach((pending, index) => { pending.resolve(held[index]!) })
-  })
+  }
+
+  // One queue, or one for each set of trees (byTree)
+  const queue = createKeyedGroupCommit<HoldRequest, HeldHold>(MOST_IN_A_BATCH, commit, (request) => options.byTree ? treesOf(request.line).join(' ') : '')
 
   return {
     /** Holds the call's estimate on its line, with the calls that arrive alongside it. */

@@ -8,7 +8,7 @@ import { BudgetNotFoundError, DatabaseUnavailableError } from '../kernel/errors.
 import { checkStorableString } from '../kernel/json-limits.js'
 import type { BudgetDefinition, NearLimitPolicy } from '../kernel/schemas.js'
 import { parsePositiveMoney, toUnits, type Money } from '../kernel/money.js'
-import { leasable, withinCaps, type BudgetNumbers, type BudgetTerms } from './budget-terms.js'
+import { leasable, treesOf, withinCaps, type BudgetNumbers, type BudgetTerms } from './budget-terms.js'
 import type { Hold } from './hold-repository.js'
 import type { CallFilter } from './line-repository.js'
 import type { StandingRepository } from './standing-repository.js'
@@ -223,7 +223,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
     if (typeof reservationId !== 'string' || !isUuid(reservationId)) return { outcome: 'not-found' }
     const made = holdsMade.get(reservationId)
     holdsMade.delete(reservationId)
-    const origin = made === undefined ? {} : { origin: { requestId: made.requestId, budgetIds: made.budgetIds } }
+    const origin = made === undefined ? {} : { origin: { requestId: made.requestId, budgetIds: made.budgetIds }, trees: made.trees }
     const settlement: Settlement = { reservationId, ...origin, actualCost: actual, ...values }
     const settled = await settlements.settle(settlement)
     if (made !== undefined && !sweptBeforeSettling(settled)) {
@@ -266,7 +266,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   // The same for admitted calls that hold nothing (a shadow-only line without a rate), by request id.
   const rateUnheld = new Map<string, { rate: RateAdmission, tokens: number, at: number }>()
   // Holds taken, by reservation id, until they settle: what each held on the budgets the ledger keeps.
-  const holdsMade = new Map<string, { requestId: string, budgetIds: string[], held: HeldShare[], at: number }>()
+  const holdsMade = new Map<string, { requestId: string, budgetIds: string[], trees: string[], held: HeldShare[], at: number }>()
   let prunedAt = Date.now()
 
   /**
@@ -311,7 +311,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
         if (admission !== null) return { reservationId, line, admission, hold: LEASED, rate }
         const hold = await holds.hold({ reservationId, requestId, amount: estimate, line })
         versions.observe(hold.definitionsVersion)
-        if (hold.reserved) holdsMade.set(reservationId, { requestId, budgetIds: line.map((budget) => budget.budgetId), held: hold.held, at: Date.now() })
+        if (hold.reserved) holdsMade.set(reservationId, { requestId, budgetIds: line.map((budget) => budget.budgetId), trees: treesOf(line), held: hold.held, at: Date.now() })
         // A hold on a line older than the definitions it met (a budget created, changed or filtered since
         // this process loaded the line) is given back and taken again on the line as it is now.
         const stale = hold.current && hold.definitionsVersion > definitionsVersion

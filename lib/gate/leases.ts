@@ -12,7 +12,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Logger } from '../kernel/logger.js'
 import { fromUnits, toUnits, type Money } from '../kernel/money.js'
-import type { BudgetNumbers, BudgetTerms } from './budget-terms.js'
+import { treesOf, type BudgetNumbers, type BudgetTerms } from './budget-terms.js'
 import type { LeaseRepository } from './lease-repository.js'
 import type { LeasedSettlement } from './settlement-repository.js'
 import type { SettleOutcome, SettlementQueue } from './settlements.js'
@@ -110,7 +110,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
     for (let attempt = 0; ; attempt++) {
       try {
         const sentAt = ledger.stamp()
-        await reservations.returnLease(lease.id, amount, final, number)
+        await reservations.returnLease(lease.id, treesOf(lease.line), amount, final, number)
         // What the rows gave back, as budget_lease_return does: all they held when final, else at most that.
         const units = toUnits(amount)
         const released = final || units > lease.held ? lease.held : units
@@ -261,7 +261,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       // No row is "swept" only if a take had landed before the renewal was sent: a take in flight then
       // (the first, waiting on a hot window row) has not written its rows yet, and only adds rows.
       const hadRows = lease.landed
-      reservations.renewLease(lease.id, options.ttlMs).then((alive) => {
+      reservations.renewLease(lease.id, treesOf(lease.line), options.ttlMs).then((alive) => {
         if (alive || lease.ended || !hadRows) return
         // It expired and was swept (counted whole): it admits no more, and has nothing left to give back.
         lease.available = 0n
@@ -360,7 +360,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
       if (lease.returning) giveBack(lease) // what this call left unused, now; the row stays for its charge
       try {
         const settlement: LeasedSettlement = {
-          leaseId: lease.id, budgetIds: lease.budgetIds, requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
+          leaseId: lease.id, budgetIds: lease.budgetIds, trees: treesOf(lease.line), requestId: info.requestId, actualCost, occurredAt: admission.admittedAt,
           source: info.source, description: info.description, metadata: info.metadata
         }
         const settled = await settlements.settleLeased(settlement)

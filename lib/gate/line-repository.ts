@@ -45,7 +45,7 @@ export function createLineRepository (sql: Db) {
      */
     async loadLine (call: CallFilter, currency: string): Promise<{ line: BudgetTerms[], definitionsVersion: number, trees: TreeVersion[] }> {
       const { scopes } = call
-      const rows = await sql<Array<BudgetTerms & { definitionsVersion: string, rootId: string, treeVersion: string }>>`
+      const rows = await sql<Array<BudgetTerms & { definitionsVersion: string, treeVersion: string }>>`
         select budget_id as "budgetId", name, alerts, scope_matched as "scopeMatched", scope_rank as "scopeRank",
                period_start as "periodStart", period_end as "periodEnd", definitions_version::text as "definitionsVersion",
                rate_requests_per_minute as "requestsPerMinute", rate_tokens_per_minute::float8 as "tokensPerMinute", currency, near_limit as "nearLimit",
@@ -56,7 +56,7 @@ export function createLineRepository (sql: Db) {
       const trees = new Map<string, number>()
       for (const row of rows) trees.set(row.rootId, Number(row.treeVersion))
       return {
-        line: rows.map(({ definitionsVersion: _version, rootId: _root, treeVersion: _tree, ...budget }) => ({ ...budget, maxCallCost: budget.maxCallCost === null ? null : normalizeMoney(budget.maxCallCost) })),
+        line: rows.map(({ definitionsVersion: _version, treeVersion: _tree, ...budget }) => ({ ...budget, maxCallCost: budget.maxCallCost === null ? null : normalizeMoney(budget.maxCallCost) })),
         definitionsVersion: Number(version),
         trees: [...trees].map(([rootId, treeVersion]) => ({ rootId, version: treeVersion }))
       }

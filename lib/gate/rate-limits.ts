@@ -13,11 +13,13 @@ import type { Logger } from '../kernel/logger.js'
 import { bestEffort } from '../kernel/best-effort.js'
 import { DatabaseUnavailableError } from '../kernel/errors.js'
 import type { BudgetTerms } from './budget-terms.js'
-import type { RateAsk, RateGrant, RateRepository } from './rate-repository.js'
+import type { BucketOf, RateAsk, RateGrant, RateRepository, RateReturn } from './rate-repository.js'
 import { IDLE_MS, LOW_WATER_CALLS, idleTimer, isHot, lowWaterCalls, sliceCalls, trimmedCalls, type SlicePace } from './hot-slices.js'
 
 
 interface Allowance extends SlicePace {
+  /** The root of the budget's tree, which the statements on its bucket name. */
+  rootId: string
   requests: number
   tokens: number
   lastUse: number
@@ -33,7 +35,7 @@ interface Allowance extends SlicePace {
 
 /** What an admitted call took from each rate-limited budget of its line (empty when none limits it). */
 export interface RateAdmission {
-  taken: Array<{ budgetId: string, requests: number, tokens: number, limitsTokens: boolean }>
+  taken: Array<{ budgetId: string, rootId: string, requests: number, tokens: number, limitsTokens: boolean }>
   /** The allowances' era it was admitted in (forgetAll starts a new one). */
   era: number
 }
@@ -72,11 +74,11 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
   /** close() was called: nothing more is taken (the gate is stopping, its pool about to end). */
   let closed = false
 
-  const allowanceOf = (budgetId: string): Allowance => {
+  const allowanceOf = ({ budgetId, rootId }: BucketOf): Allowance => {
     let allowance = allowances.get(budgetId)
     if (allowance === undefined) {
       sweeper.start()
-      allowance = { requests: 0, tokens: 0, lastUse: 0, seen: null, taking: null, lowWater: LOW_WATER_CALLS, lastTokens: 0, callsSinceTake: 0, tookAt: Date.now(), lastAsk: 0 }
+      allowance = { rootId, requests: 0, tokens: 0, lastUse: 0, seen: null, taking: null, lowWater: LOW_WATER_CALLS, lastTokens: 0, callsSinceTake: 0, tookAt: Date.now(), lastAsk: 0 }
       allowances.set(budgetId, allowance)
     }
     return allowance
@@ -95,7 +97,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
    */
   async function topUp (short: BudgetTerms[], tokens: number, now: number): Promise<boolean> {
     const asks: RateAsk[] = short.map((budget) => {
-      const allowance = allowanceOf(budget.budgetId)
+      const allowance = allowanceOf(budget)
       const wanted = need(budget, tokens)
       const calls = isHot(allowance.lastUse, now) ? sliceCalls(allowance, now) : 1
       const extraCalls = calls - 1
@@ -109,6 +111,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       const needTokens = Math.max(0, wanted.tokens - allowance.tokens)
       return {
         budgetId: budget.budgetId,
+        rootId: budget.rootId,
         needRequests,
         needTokens,
         askRequests: needRequests + wanted.requests * extraCalls,
@@ -118,14 +121,15 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
     // An allowance given back a moment ago may not be in its bucket yet: take after it is, or a call
     // is refused for tokens this process just returned.
     const takenIn = era
+    const rootOf = new Map(asks.map((ask) => [ask.budgetId, ask.rootId]))
     const taking = returns.then(async () => await reservations.takeRate(asks)).then((grants) => {
       if (takenIn !== era) {
         // Granted under definitions that have changed since: the bucket gets it back, no call uses it.
-        giveBack(grants.map((grant) => ({ budgetId: grant.budgetId, requests: grant.grantedRequests, tokens: grant.grantedTokens })))
+        giveBack(grants.map((grant) => ({ budgetId: grant.budgetId, rootId: rootOf.get(grant.budgetId)!, requests: grant.grantedRequests, tokens: grant.grantedTokens })))
         return false
       }
       for (const grant of grants) {
-        const allowance = allowanceOf(grant.budgetId)
+        const allowance = allowanceOf({ budgetId: grant.budgetId, rootId: rootOf.get(grant.budgetId)! })
         allowance.requests += grant.grantedRequests
         allowance.tokens += grant.grantedTokens
         allowance.seen = grant
@@ -133,7 +137,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       return true
     })
     takes.add(taking)
-    for (const budget of short) allowanceOf(budget.budgetId).taking = taking
+    for (const budget of short) allowanceOf(budget).taking = taking
     try {
       return await taking
     } finally {
@@ -143,7 +147,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
   }
 
   function refusal (budget: BudgetTerms, tokens: number): RateRefusal {
-    const seen = allowanceOf(budget.budgetId).seen
+    const seen = allowanceOf(budget).seen
     const requestsLeft = seen?.requestsLeft ?? null
     const tokensLeft = seen?.tokensLeft ?? null
     const wanted = need(budget, tokens)
@@ -177,7 +181,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
 
   /** Gives back what live allowances hold past their pace's need (hot-slices.ts trimmedCalls), in one statement. */
   function trim (now: number): void {
-    const back: Array<{ budgetId: string, requests: number, tokens: number }> = []
+    const back: RateReturn[] = []
     for (const [budgetId, allowance] of allowances) {
       if (allowance.taking !== null) continue
       const tokenCalls = allowance.lastTokens > 0 ? Math.floor(allowance.tokens / allowance.lastTokens) : 0
@@ -187,24 +191,24 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       const tokens = allowance.lastTokens > 0 ? Math.max(0, allowance.tokens - allowance.lastTokens * kept) : 0
       allowance.requests -= requests
       allowance.tokens -= tokens
-      back.push({ budgetId, requests, tokens })
+      back.push({ budgetId, rootId: allowance.rootId, requests, tokens })
     }
     giveBack(back)
   }
 
   /** Ends the allowances idle since `idleSince` (all of them: every one, even with a statement in flight, which then gives its grant back). */
   function giveBackIdle (idleSince: number, all = false): void {
-    const back: Array<{ budgetId: string, requests: number, tokens: number }> = []
+    const back: RateReturn[] = []
     for (const [budgetId, allowance] of allowances) {
       if (!all && (allowance.lastUse > idleSince || allowance.taking !== null)) continue
-      back.push({ budgetId, requests: allowance.requests, tokens: allowance.tokens })
+      back.push({ budgetId, rootId: allowance.rootId, requests: allowance.requests, tokens: allowance.tokens })
       allowances.delete(budgetId)
     }
     giveBack(back)
   }
 
   /** Gives allowance back to the buckets (what is not 0 of it), after the returns before it. */
-  function giveBack (back: Array<{ budgetId: string, requests: number, tokens: number }>): void {
+  function giveBack (back: RateReturn[]): void {
     back = back.filter((b) => b.requests !== 0 || b.tokens !== 0)
     if (back.length === 0) return
     // A failed give-back (after the repository's own retries) loses the allowance to the bucket until it
@@ -217,7 +221,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
   function takeCovered (limited: BudgetTerms[], tokens: number, now: number): RateAdmission {
     const low: BudgetTerms[] = []
     const taken = limited.map((budget) => {
-      const allowance = allowanceOf(budget.budgetId)
+      const allowance = allowanceOf(budget)
       const wanted = need(budget, tokens)
       const hot = isHot(allowance.lastUse, now)
       allowance.requests -= wanted.requests
@@ -227,7 +231,7 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       allowance.lastTokens = wanted.tokens
       // On a hot budget, top up before the allowance runs dry, so calls do not wait for the statement.
       if (hot && allowance.taking === null && !covers(allowance, { requests: wanted.requests * allowance.lowWater, tokens: wanted.tokens * allowance.lowWater })) low.push(budget)
-      return { budgetId: budget.budgetId, ...wanted, limitsTokens: budget.tokensPerMinute !== null }
+      return { budgetId: budget.budgetId, rootId: budget.rootId, ...wanted, limitsTokens: budget.tokensPerMinute !== null }
     })
     if (low.length > 0) {
       void bestEffort(log, async () => { await topUp(low, tokens, now) },
@@ -248,9 +252,9 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
       // Waiting for another call's statement on a budget costs no try, nor does a statement of ours whose
       // grant went back because the definitions changed meanwhile; at most two statements of our own that count.
       for (let ownTakes = 0, rounds = 0; ; rounds++) {
-        const short = limited.filter((budget) => !covers(allowanceOf(budget.budgetId), need(budget, tokens)))
+        const short = limited.filter((budget) => !covers(allowanceOf(budget), need(budget, tokens)))
         if (short.length === 0) break
-        const pending = short.map((budget) => allowanceOf(budget.budgetId).taking).filter((taking) => taking !== null)
+        const pending = short.map((budget) => allowanceOf(budget).taking).filter((taking) => taking !== null)
         if (pending.length > 0 && rounds < 50) {
           // Whatever they did: a failed statement is reported by the call that made it, and the loop looks again.
           await Promise.allSettled(pending)
@@ -287,13 +291,14 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
         // Admitted under definitions that have changed since: the difference settles with the bucket.
         giveBack(admission.taken.map((taken) => ({
           budgetId: taken.budgetId,
+          rootId: taken.rootId,
           requests: usedTokens === null ? taken.requests : 0,
           tokens: taken.limitsTokens ? taken.tokens - (usedTokens ?? 0) : 0
         })))
         return
       }
       for (const taken of admission.taken) {
-        const allowance = allowanceOf(taken.budgetId)
+        const allowance = allowanceOf(taken)
         if (usedTokens === null) allowance.requests += taken.requests
         // what it reserved less what it used: an overdrawn allowance (a call that reserved no tokens, with
         // an estimate that leaves them out) is made good from the bucket before the next call is admitted

@@ -1,11 +1,13 @@
 // SQL for settlements: the ends of held calls and of calls admitted from leases, each kind one statement per batch.
-import type { Db } from '../kernel/database/db.js'
+import { NIL_ROOT, type Db } from '../kernel/database/db.js'
 import type { Money } from '../kernel/money.js'
 
 export interface Settlement {
   reservationId: string
   /** The call's request id and its line's budgets, when known: where its usage record is looked for after a connection cut. */
   origin?: RecordOrigin
+  /** The trees of its line (treesOf), when known: the statement names them (else it reads them from the rows). */
+  trees?: string[]
   actualCost: Money | null
   source: string
   description: string | null
@@ -27,6 +29,8 @@ export interface LeasedSettlement {
   leaseId: string
   /** The lease's budgets: where the call's usage record is looked for after a connection cut. */
   budgetIds: string[]
+  /** The trees of the lease's line (treesOf): the statement names them. */
+  trees: string[]
   requestId: string
   actualCost: Money
   occurredAt: Date
@@ -48,11 +52,21 @@ export interface LeasedOutcome {
 }
 
 /**
- * A jsonb[] argument from a batch's objects: sent as one JSON text and split in order by PostgreSQL. A
- * text[] of JSON texts would have every quote in every object escaped for the array literal, per call.
+ * A jsonb[] argument from a batch's objects: sent as one JSON text and split in order by PostgreSQL
+ * (budget_jsonb_elements, sql/functions/settlements.sql). A text[] of JSON texts would have every quote in
+ * every object escaped for the array literal, per call.
  */
 function jsonbArray (sql: Db, values: Array<Record<string, unknown>>) {
-  return sql`array(select element.value from jsonb_array_elements(${JSON.stringify(values)}::text::jsonb) with ordinality as element(value, position) order by element.position)`
+  return sql`budget_jsonb_elements(${JSON.stringify(values)}::text::jsonb)`
+}
+
+/**
+ * The trees a batch's statement names, in root order: every settlement's, or null when one of them does not
+ * know its own (the statement then reads them from the rows). On Citus the first one's node runs it.
+ */
+function batchTrees (settlements: Array<{ trees?: string[] }>): string[] | null {
+  if (settlements.some((settlement) => settlement.trees === undefined)) return null
+  return [...new Set(settlements.flatMap((settlement) => settlement.trees!))].sort()
 }
 
 export function createSettlementRepository (sql: Db) {
@@ -75,23 +89,26 @@ export function createSettlementRepository (sql: Db) {
 
     /** Ends many reservations in one transaction (budget_settle_batch, sql/functions/settlements.sql). Returns the usage ids by reservation found (a reservation already ended is not in the map). */
     async settleBatch (settlements: Settlement[]): Promise<{ usageIds: Map<string, string | null>, definitionsVersion: number }> {
+      const trees = batchTrees(settlements)
       const rows = await sql<Array<{ reservationId: string, usageId: string | null, definitionsVersion: string }>>`
         select reservation_id as "reservationId", usage_id as "usageId", definitions_version::text as "definitionsVersion"
         from budget_settle_batch(${settlements.map((s) => s.reservationId)}::text[]::uuid[], ${settlements.map((s) => s.actualCost)}::text[]::numeric[],
                                  ${settlements.map((s) => s.source)}::text[], ${settlements.map((s) => s.description)}::text[],
-                                 ${jsonbArray(sql, settlements.map((s) => s.metadata))}, ${settlements.map((s) => s.usageId ?? null)}::text[]::uuid[])`
+                                 ${jsonbArray(sql, settlements.map((s) => s.metadata))}, ${settlements.map((s) => s.usageId ?? null)}::text[]::uuid[],
+                                 ${trees}::text[]::uuid[], ${trees?.[0] ?? NIL_ROOT}::uuid)`
       return { usageIds: new Map(rows.map((row) => [row.reservationId, row.usageId])), definitionsVersion: Number(rows[0]?.definitionsVersion ?? -1) }
     },
 
     /** Settles calls admitted from leases, in one transaction (budget_settle_leased, sql/functions/settlements.sql): each call's outcome, by request id. */
     async settleLeased (settlements: LeasedSettlement[], ttlMs: number): Promise<{ outcomes: Map<string, LeasedOutcome>, definitionsVersion: number }> {
+      const trees = batchTrees(settlements)
       const rows = await sql<Array<{ requestId: string, usageId: string | null, leaseFound: boolean, version: string }>>`
         select request_id as "requestId", usage_id as "usageId", lease_found as "leaseFound", definitions_version::text as version
         from budget_settle_leased(${settlements.map((s) => s.leaseId)}::text[]::uuid[], ${settlements.map((s) => s.requestId)}::text[],
                                   ${settlements.map((s) => s.actualCost)}::text[]::numeric[], ${settlements.map((s) => s.source)}::text[],
                                   ${settlements.map((s) => s.description)}::text[], ${jsonbArray(sql, settlements.map((s) => s.metadata))},
                                   ${settlements.map((s) => s.occurredAt.toISOString())}::text[]::timestamptz[], ${`${ttlMs} milliseconds`}::interval,
-                                  ${settlements.map((s) => s.usageId ?? null)}::text[]::uuid[])`
+                                  ${settlements.map((s) => s.usageId ?? null)}::text[]::uuid[], ${trees}::text[]::uuid[], ${trees?.[0] ?? NIL_ROOT}::uuid)`
       return {
         outcomes: new Map(rows.map((row) => [row.requestId, { usageId: row.usageId, leaseFound: row.leaseFound }])),
         definitionsVersion: Number(rows[0]?.version ?? -1)

@@ -16,7 +16,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Logger } from '../kernel/logger.js'
 import { isDatabaseUnavailable } from '../kernel/errors.js'
-import { createGroupCommit, type Pending } from './group-commit.js'
+import { createKeyedGroupCommit, type Pending } from './group-commit.js'
 import type { LeasedSettlement, RecordOrigin, Settlement, SettlementRepository } from './settlement-repository.js'
 import type { UnbudgetedValues } from '../usage/index.js'
 
@@ -71,7 +71,7 @@ export type RecordUnbudgeted = (records: UnbudgetedValues[], options: { afterCut
 type Queued = Pending<Work, SettleOutcome>
 
 export function createSettlementQueue (reservations: SettlementRepository,
-  options: { ttlMs: number, observe: (definitionsVersion: number, sentAt: number) => void, recordUnbudgeted: RecordUnbudgeted, stamp: () => number }, log: Logger) {
+  options: { ttlMs: number, byTree: boolean, observe: (definitionsVersion: number, sentAt: number) => void, recordUnbudgeted: RecordUnbudgeted, stamp: () => number }, log: Logger) {
   /**
    * What a settlement sent again after a connection cut did, when the statement found nothing left to do: the
    * first attempt may have committed (the cut came after). Its usage record has the id the queue made for it:
@@ -174,7 +174,10 @@ export function createSettlementQueue (reservations: SettlementRepository,
     }
   }
 
-  const queue = createGroupCommit<Work, SettleOutcome>(MOST_IN_A_BATCH, commitRetrying)
+  // One queue, or one for each set of trees (byTree: on Citus each batch's statements then run on one node);
+  // a settlement that does not know its trees, and an unbudgeted record, go to the queue of none.
+  const treesKey = (work: Work): string => work.kind === 'unbudgeted' ? '' : (work.settlement.trees ?? []).join(' ')
+  const queue = createKeyedGroupCommit<Work, SettleOutcome>(MOST_IN_A_BATCH, commitRetrying, (work) => options.byTree ? treesKey(work) : '')
   const enqueue = queue.submit
 
   return {

@@ -21,7 +21,7 @@ export function createStandingRepository (sql: Db) {
   // `estimate` is in `currency`; each budget reads it converted into its own (budget_convert), rounded up.
   const readStandings = async (source: ReturnType<typeof sql>, estimate: Money, currency: string): Promise<Standings> => {
     const rows = await sql<StandingRow[]>`
-      select x.budget_id as "budgetId", b.name, b.alerts, b.currency, b.near_limit as "nearLimit", b.max_call_cost::text as "maxCallCost",
+      select x.budget_id as "budgetId", b.root_id as "rootId", b.name, b.alerts, b.currency, b.near_limit as "nearLimit", b.max_call_cost::text as "maxCallCost",
              x.scope_matched as "scopeMatched", x.scope_rank as "scopeRank", x.period_start as "periodStart", x.period_end as "periodEnd",
              b.rate_requests_per_minute as "requestsPerMinute", b.rate_tokens_per_minute::float8 as "tokensPerMinute",
              b.amount::text as amount, b.enforcement,
@@ -47,7 +47,7 @@ export function createStandingRepository (sql: Db) {
     // The row mapping at the edge: one statement read both halves.
     return {
       terms: rows.map((row) => ({
-        budgetId: row.budgetId, name: row.name, alerts: row.alerts, currency: row.currency, nearLimit: row.nearLimit,
+        budgetId: row.budgetId, rootId: row.rootId, name: row.name, alerts: row.alerts, currency: row.currency, nearLimit: row.nearLimit,
         maxCallCost: row.maxCallCost === null ? null : normalizeMoney(row.maxCallCost), scopeMatched: row.scopeMatched, scopeRank: row.scopeRank, periodStart: row.periodStart, periodEnd: row.periodEnd,
         requestsPerMinute: row.requestsPerMinute, tokensPerMinute: row.tokensPerMinute, enforcement: row.enforcement
       })),

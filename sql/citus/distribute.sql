@@ -15,6 +15,8 @@
 -- - The keys only one database can hold (named *_across_trees, 010) go first: Citus cannot enforce a key
 --   across shards, and refuses to distribute a table that has one.
 -- - Triggers run on the shards (citus.enable_unsafe_triggers): each touches only rows of its own tree.
+-- - The gate's statements are delegated by their tree's root: delegate.sql, run after this in a transaction of
+--   its own (Citus registers no function in a transaction that created shards in parallel).
 do $$
 declare
   k record;

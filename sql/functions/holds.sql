@@ -70,6 +70,12 @@ $$;
 -- of other calls too). The projected actions are those of the window's active projected crossings (a
 -- projected crossing stays crossed for the rest of its period, until the definition resolves it).
 --
+-- The batch names its budgets' trees (p_roots: the caller's lines know them; null, as the version before
+-- calls it: read from the budgets), and each statement here reads or writes one tree's rows. On Citus the
+-- call runs on the node of p_root's tree (sql/citus/delegate.sql), the gate's batches are of one tree (or of
+-- the trees of a line that spans several, reached from there), and so a one-tree batch runs whole on one
+-- node. p_root chooses the node only; it defaults to the nil root, never to null (delegate.sql says why).
+--
 -- A hot budget's queue must not hold a pooled connection for long: a hold that cannot get its locks within
 -- 2 s fails (SQLSTATE 55P03) and the gate answers by its failure mode.
 --
@@ -88,7 +94,8 @@ drop function if exists budget_hold_batch(uuid[], numeric[], text[], text, inter
 create or replace function budget_hold_batch(
   p_reservation_ids uuid[], p_amounts numeric[], p_request_ids text[], p_currency text, p_ttl interval,
   p_row_calls integer[], p_row_budgets uuid[], p_row_starts timestamptz[], p_row_ends timestamptz[],
-  p_row_matched boolean[], p_row_ranks integer[], p_need_approvals boolean, p_need_projected boolean
+  p_row_matched boolean[], p_row_ranks integer[], p_need_approvals boolean, p_need_projected boolean,
+  p_roots uuid[] default null, p_root uuid default '00000000-0000-0000-0000-000000000000'
 ) returns table (call_index integer, budget_id uuid, amount numeric, enforcement text, current_amount numeric,
                  reserved_amount numeric, fits boolean, is_current boolean, is_reserved boolean,
                  approved_through numeric, projected_actions text[], definitions_version bigint,
@@ -98,7 +105,7 @@ language plpgsql set lock_timeout = '2s' as $$
 declare
   keys uuid[]; starts timestamptz[]; limits numeric[]; enforcements text[]; currents numeric[]; reserveds numeric[]; added numeric[];
   currencies text[]; version bigint;
-  roots uuid[]; rates numeric[]; caps numeric[]; row_held numeric[]; row_out_of_range boolean[]; row_over_cap boolean[];
+  trees uuid[]; tree uuid; roots uuid[]; rates numeric[]; caps numeric[]; row_held numeric[]; row_out_of_range boolean[]; row_over_cap boolean[];
   row_window integer[];
   call_current boolean[]; call_reserved boolean[]; call_fits boolean;
   row_reserved_before numeric[]; row_fits boolean[];
@@ -109,22 +116,36 @@ declare
   rows_count integer := coalesce(array_length(p_row_calls, 1), 0);
   w integer;
 begin
+  -- the trees of the batch's budgets, as the caller names them (its lines know them), else read from their
+  -- rows (on Citus, on every shard); each statement below then names one tree, so that on Citus it runs on
+  -- that tree's node alone
+  if p_roots is not null then
+    select array_agg(distinct x.root order by x.root) into trees from unnest(p_roots) as x(root);
+  else
+    select array_agg(distinct d.root_id order by d.root_id) into trees
+    from budget_definitions d where d.id = any (p_row_budgets);
+  end if;
+  trees := coalesce(trees, '{}');
+
   -- the current windows' rows, in the lock order (locks.sql)
-  perform budget_lock_windows(array_agg(r.b), array_agg(r.s), array_agg(r.e))
+  perform budget_lock_windows(array_agg(r.b), array_agg(r.s), array_agg(r.e), trees)
   from unnest(p_row_budgets, p_row_starts, p_row_ends) as r(b, s, e) where r.s <= now() and now() < r.e;
 
-  select array_agg(c.budget_id order by c.budget_id, c.period_start), array_agg(c.period_start order by c.budget_id, c.period_start),
-         array_agg(d.amount order by c.budget_id, c.period_start), array_agg(d.enforcement order by c.budget_id, c.period_start),
-         array_agg(c.current_amount order by c.budget_id, c.period_start), array_agg(c.reserved_amount order by c.budget_id, c.period_start),
-         array_agg(d.currency order by c.budget_id, c.period_start),
-         -- each budget's cap on one call, read with its limit under the lock
-         array_agg(d.max_call_cost order by c.budget_id, c.period_start),
-         array_agg(c.root_id order by c.budget_id, c.period_start)
-  into keys, starts, limits, enforcements, currents, reserveds, currencies, caps, roots
-  from budget_status_cache c
-  join budget_definitions d on d.root_id = c.root_id and d.id = c.budget_id
-  join (select distinct r.b, r.s, r.e from unnest(p_row_budgets, p_row_starts, p_row_ends) as r(b, s, e) where r.s <= now() and now() < r.e) x
-    on c.budget_id = x.b and c.period_start = x.s and c.period_end = x.e;
+  foreach tree in array trees loop
+    select keys || array_agg(c.budget_id order by c.budget_id, c.period_start), starts || array_agg(c.period_start order by c.budget_id, c.period_start),
+           limits || array_agg(d.amount order by c.budget_id, c.period_start), enforcements || array_agg(d.enforcement order by c.budget_id, c.period_start),
+           currents || array_agg(c.current_amount order by c.budget_id, c.period_start), reserveds || array_agg(c.reserved_amount order by c.budget_id, c.period_start),
+           currencies || array_agg(d.currency order by c.budget_id, c.period_start),
+           -- each budget's cap on one call, read with its limit under the lock
+           caps || array_agg(d.max_call_cost order by c.budget_id, c.period_start),
+           roots || array_agg(c.root_id order by c.budget_id, c.period_start)
+    into keys, starts, limits, enforcements, currents, reserveds, currencies, caps, roots
+    from budget_status_cache c
+    join budget_definitions d on d.root_id = c.root_id and d.id = c.budget_id
+    join (select distinct r.b, r.s, r.e from unnest(p_row_budgets, p_row_starts, p_row_ends) as r(b, s, e) where r.s <= now() and now() < r.e) x
+      on c.budget_id = x.b and c.period_start = x.s and c.period_end = x.e
+    where c.root_id = tree;
+  end loop;
   -- each window's rate from the calls' currency into its budget's, in force now (null: none is); read apart
   -- from the rows above: on Citus those are read on the trees' nodes, and the rates are a reference table
   select array_agg(budget_exchange_rate(p_currency, x.currency, now()) order by x.n) into rates
@@ -196,9 +217,14 @@ begin
     end if;
   end loop;
 
-  update budget_status_cache c set reserved_amount = c.reserved_amount + a.added
-  from unnest(keys, starts, added, roots) as a(b, s, added, root)
-  where a.added > 0 and c.root_id = a.root and c.budget_id = a.b and c.period_start = a.s;
+  foreach tree in array trees loop
+    update budget_status_cache c
+    set reserved_amount = c.reserved_amount + (select a.added from unnest(keys, starts, added) as a(b, s, added)
+                                               where a.b = c.budget_id and a.s = c.period_start)
+    where c.root_id = tree
+      and (c.budget_id, c.period_start) in (select a.b, a.s from unnest(keys, starts, added, roots) as a(b, s, added, root)
+                                            where a.added > 0 and a.root = tree);
+  end loop;
 
   insert into budget_reservations (id, budget_id, root_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at,
                                    call_amount, exchange_rate, as_if_excluded)

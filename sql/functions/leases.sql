@@ -16,17 +16,38 @@
 --
 -- Both functions take the lease's rows, then its window rows, in the lock order (locks.sql), and
 -- wait for them no longer than their lock_timeout.
+--
+-- Each names the trees of the lease's line (p_roots: the process's line knows them; null, as the version
+-- before calls them: read from the rows) and reads or writes one tree's rows at a time. On Citus a call runs
+-- on the node of p_root's tree (sql/citus/delegate.sql), so a lease on a one-tree line runs whole there;
+-- p_root chooses the node only, and defaults to the nil root, never to null (delegate.sql says why).
+
+-- The trees a lease's statement names: p_roots when given, else the trees of the budgets p_budgets (a
+-- read on every shard on Citus), in root order.
+create or replace function budget_lease_trees(p_roots uuid[], p_budgets uuid[]) returns uuid[]
+language plpgsql stable as $$
+begin
+  if p_roots is not null then
+    return coalesce((select array_agg(distinct x.root order by x.root) from unnest(p_roots) as x(root)), '{}');
+  end if;
+  return coalesce((select array_agg(distinct d.root_id order by d.root_id) from budget_definitions d where d.id = any (p_budgets)), '{}');
+end $$;
 
 -- Takes (or adds to) a lease on a line's windows; refuses (takes nothing) when the line is out of date: a
 -- window not current, or the lease's rows carried by a window change to other windows than the line names.
+drop function if exists budget_lease_take(uuid, text, interval, numeric, numeric, uuid[], timestamptz[], timestamptz[], boolean[], integer[]);
 create or replace function budget_lease_take(
   p_lease_id uuid, p_currency text, p_ttl interval, p_wanted numeric, p_least numeric,
-  p_budgets uuid[], p_starts timestamptz[], p_ends timestamptz[], p_matched boolean[], p_ranks integer[]
+  p_budgets uuid[], p_starts timestamptz[], p_ends timestamptz[], p_matched boolean[], p_ranks integer[],
+  p_roots uuid[] default null, p_root uuid default '00000000-0000-0000-0000-000000000000'
 ) returns table (granted numeric, budget_id uuid, amount numeric, enforcement text, current_amount numeric, reserved_amount numeric,
                  definitions_version bigint)
 language plpgsql set lock_timeout = '2s' as $$
 #variable_conflict use_column
 declare
+  trees uuid[] := budget_lease_trees(p_roots, p_budgets);
+  tree uuid;
+  w record;
   windows integer;
   room numeric;
   slice numeric;
@@ -41,22 +62,35 @@ declare
   reserveds numeric[];
 begin
   -- the lock order (locks.sql): the lease's rows, then the window rows
-  perform budget_lock_reservations(array[p_lease_id]);
-  select array_agg(r.budget_id), array_agg(r.period_start) into held_budgets, held_starts from budget_reservations r where r.id = p_lease_id;
+  perform budget_lock_reservations(array[p_lease_id], null, trees);
+  foreach tree in array trees loop
+    select held_budgets || array_agg(r.budget_id), held_starts || array_agg(r.period_start) into held_budgets, held_starts
+    from budget_reservations r where r.root_id = tree and r.id = p_lease_id;
+  end loop;
   if exists (select 1 from unnest(held_budgets, held_starts) as h(b, s)
              where not exists (select 1 from unnest(p_budgets, p_starts) as x(b, s) where x.b = h.b and x.s = h.s)) then
     return; -- a window change moved the lease (budget_carry_reservations): its line is out of date
   end if;
-  select budget_lock_windows(array_agg(x.b), array_agg(x.s), array_agg(x.e)) into windows
+  select budget_lock_windows(array_agg(x.b), array_agg(x.s), array_agg(x.e), trees) into windows
   from unnest(p_budgets, p_starts, p_ends) as x(b, s, e) where x.s <= now() and now() < x.e;
   if windows < coalesce(array_length(p_budgets, 1), 0) then return; end if; -- the line is out of date
 
-  select array_agg(c.root_id order by x.n), array_agg(d.amount order by x.n), array_agg(d.enforcement order by x.n),
-         array_agg(d.alerts order by x.n), array_agg(c.current_amount order by x.n), array_agg(c.reserved_amount order by x.n)
-  into roots, limits, enforcements, alerts, currents, reserveds
-  from unnest(p_budgets, p_starts) with ordinality as x(b, s, n)
-  join budget_status_cache c on c.budget_id = x.b and c.period_start = x.s
-  join budget_definitions d on d.root_id = c.root_id and d.id = c.budget_id;
+  -- each window in the line's place (n), tree by tree
+  windows := coalesce(array_length(p_budgets, 1), 0);
+  roots := array_fill(null::uuid, array[windows]); limits := array_fill(null::numeric, array[windows]);
+  enforcements := array_fill(null::text, array[windows]); alerts := array_fill(null::jsonb, array[windows]);
+  currents := limits; reserveds := limits;
+  foreach tree in array trees loop
+    for w in
+      select x.n, c.root_id, d.amount, d.enforcement, d.alerts, c.current_amount, c.reserved_amount
+      from unnest(p_budgets, p_starts) with ordinality as x(b, s, n)
+      join budget_status_cache c on c.root_id = tree and c.budget_id = x.b and c.period_start = x.s
+      join budget_definitions d on d.root_id = tree and d.id = c.budget_id
+    loop
+      roots[w.n] := w.root_id; limits[w.n] := w.amount; enforcements[w.n] := w.enforcement; alerts[w.n] := w.alerts;
+      currents[w.n] := w.current_amount; reserveds[w.n] := w.reserved_amount;
+    end loop;
+  end loop;
 
   -- the room: a hard budget's, and every threshold's whose alert does more than notify (a projected one: none)
   select min(least(
@@ -71,8 +105,11 @@ begin
   slice := case when room is null then p_wanted else least(p_wanted, trunc(room / 8, 10)) end;
   if slice < p_least then return; end if;
 
-  update budget_status_cache c set reserved_amount = c.reserved_amount + slice
-  from unnest(p_budgets, p_starts, roots) as x(b, s, root) where c.root_id = x.root and c.budget_id = x.b and c.period_start = x.s;
+  foreach tree in array trees loop
+    update budget_status_cache c set reserved_amount = c.reserved_amount + slice
+    where c.root_id = tree
+      and (c.budget_id, c.period_start) in (select x.b, x.s from unnest(p_budgets, p_starts, roots) as x(b, s, root) where x.root = tree);
+  end loop;
   insert into budget_reservations (id, budget_id, root_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at, lease)
   select p_lease_id, x.b, x.root, x.s, slice, x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true
   from unnest(p_budgets, p_starts, p_matched, p_ranks, roots) as x(b, s, m, r, root)
@@ -94,21 +131,66 @@ end $$;
 -- lease at a time (lib/gate/leases.ts); should a lower number still arrive after a higher one (an attempt
 -- given up on that commits late), it is ignored: its room stays held until the final return, the safe
 -- direction. A final return deletes the rows: sent again, it finds none and does nothing.
-create or replace function budget_lease_return(p_lease_id uuid, p_amount numeric, p_final boolean, p_return integer) returns void
+drop function if exists budget_lease_return(uuid, numeric, boolean, integer);
+create or replace function budget_lease_return(p_lease_id uuid, p_amount numeric, p_final boolean, p_return integer,
+                                    p_roots uuid[] default null, p_root uuid default '00000000-0000-0000-0000-000000000000') returns void
 language plpgsql set lock_timeout = '5s' as $$
+declare
+  trees uuid[];
+  tree uuid;
+  applies boolean := p_final;
+  held_budgets uuid[];
+  held_starts timestamptz[];
 begin
+  -- the trees: as named, else those of the lease's rows (on Citus, a read on every shard)
+  trees := case when p_roots is not null then budget_lease_trees(p_roots, null)
+                else coalesce((select array_agg(distinct r.root_id order by r.root_id) from budget_reservations r where r.id = p_lease_id), '{}') end;
   -- the lock order (locks.sql): the lease's rows, then the window rows
-  perform budget_lock_reservations(array[p_lease_id]);
-  if not p_final and not exists (select 1 from budget_reservations r where r.id = p_lease_id and r.returns_applied < p_return) then
+  perform budget_lock_reservations(array[p_lease_id], null, trees);
+  foreach tree in array trees loop
+    select held_budgets || array_agg(r.budget_id), held_starts || array_agg(r.period_start),
+           applies or coalesce(bool_or(r.returns_applied < p_return), false)
+    into held_budgets, held_starts, applies
+    from budget_reservations r where r.root_id = tree and r.id = p_lease_id;
+  end loop;
+  if not applies then
     return; -- applied before (or no rows)
   end if;
-  perform budget_lock_windows(array_agg(r.budget_id), array_agg(r.period_start)) from budget_reservations r where r.id = p_lease_id;
-  update budget_status_cache c
-  set reserved_amount = greatest(c.reserved_amount - case when p_final then r.amount else least(p_amount, r.amount) end, 0)
-  from budget_reservations r where r.id = p_lease_id and r.root_id = c.root_id and r.budget_id = c.budget_id and r.period_start = c.period_start;
-  if p_final then
-    delete from budget_reservations r where r.id = p_lease_id;
-  else
-    update budget_reservations r set amount = greatest(r.amount - p_amount, 0), returns_applied = p_return where r.id = p_lease_id;
-  end if;
+  perform budget_lock_windows(held_budgets, held_starts, null, trees);
+  foreach tree in array trees loop
+    update budget_status_cache c
+    set reserved_amount = greatest(c.reserved_amount - case when p_final then r.amount else least(p_amount, r.amount) end, 0)
+    from budget_reservations r
+    where c.root_id = tree and r.root_id = tree and r.id = p_lease_id and r.budget_id = c.budget_id and r.period_start = c.period_start;
+    if p_final then
+      delete from budget_reservations r where r.root_id = tree and r.id = p_lease_id;
+    else
+      update budget_reservations r set amount = greatest(r.amount - p_amount, 0), returns_applied = p_return
+      where r.root_id = tree and r.id = p_lease_id;
+    end if;
+  end loop;
+end $$;
+
+-- Keeps a lease alive while its process is: its rows expire p_ttl from now. Its rows are locked in the lock
+-- order (locks.sql) before they are written: an update alone locks them in whatever order its plan reads them,
+-- and deadlocked against a settlement or a return of the same lease. The lock wait is bounded as a take's is.
+-- Returns whether the lease has rows (none: not taken yet, or expired and swept).
+create or replace function budget_lease_renew(p_lease_id uuid, p_ttl interval,
+                                   p_roots uuid[] default null, p_root uuid default '00000000-0000-0000-0000-000000000000') returns boolean
+language plpgsql set lock_timeout = '2s' as $$
+declare
+  trees uuid[];
+  tree uuid;
+  renewed integer := 0;
+  n integer;
+begin
+  trees := case when p_roots is not null then budget_lease_trees(p_roots, null)
+                else coalesce((select array_agg(distinct r.root_id order by r.root_id) from budget_reservations r where r.id = p_lease_id), '{}') end;
+  perform budget_lock_reservations(array[p_lease_id], null, trees);
+  foreach tree in array trees loop
+    update budget_reservations r set expires_at = now() + p_ttl where r.root_id = tree and r.id = p_lease_id;
+    get diagnostics n = row_count;
+    renewed := renewed + n;
+  end loop;
+  return renewed > 0;
 end $$;

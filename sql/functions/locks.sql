@@ -31,10 +31,14 @@ create or replace function budget_on_citus() returns boolean language sql stable
 $$;
 
 -- Locks the rows of the reservations p_ids (of every budget, or of p_budgets when given), in the lock order;
--- rows that are not there lock nothing. Returns how many were locked.
-create or replace function budget_lock_reservations(p_ids uuid[], p_budgets uuid[] default null)
+-- rows that are not there lock nothing. Returns how many were locked. p_roots: the trees the rows are in, as
+-- the caller knows them (on Citus, none is read: each tree's rows are locked by their root); null: read from
+-- the rows, on every shard there. A row in a tree p_roots leaves out is not locked.
+drop function if exists budget_lock_reservations(uuid[], uuid[]);
+create or replace function budget_lock_reservations(p_ids uuid[], p_budgets uuid[] default null, p_roots uuid[] default null)
 returns integer language plpgsql as $$
 declare
+  trees uuid[];
   root uuid;
   locked integer := 0;
   n integer;
@@ -48,10 +52,13 @@ begin
   end if;
   -- a reservation's rows never change tree (a move across trees is refused), so the roots read here are the
   -- rows' roots when they are locked
-  for root in
-    select distinct r.root_id from budget_reservations r
-    where r.id = any (p_ids) and (p_budgets is null or r.budget_id = any (p_budgets)) order by r.root_id
-  loop
+  if p_roots is not null then
+    select array_agg(distinct x.root order by x.root) into trees from unnest(p_roots) as x(root);
+  else
+    select array_agg(distinct r.root_id order by r.root_id) into trees from budget_reservations r
+    where r.id = any (p_ids) and (p_budgets is null or r.budget_id = any (p_budgets));
+  end if;
+  foreach root in array coalesce(trees, '{}') loop
     perform 1 from budget_reservations r
     where r.root_id = root and r.id = any (p_ids) and (p_budgets is null or r.budget_id = any (p_budgets))
     order by r.id, r.budget_id for update;
@@ -63,9 +70,12 @@ end $$;
 
 -- Locks the window rows (p_budgets[i], p_starts[i]), and only those whose period ends at p_ends[i] when
 -- p_ends is given, in the lock order; rows that are not there lock nothing. Returns how many were locked.
-create or replace function budget_lock_windows(p_budgets uuid[], p_starts timestamptz[], p_ends timestamptz[] default null)
+-- p_roots as for budget_lock_reservations.
+drop function if exists budget_lock_windows(uuid[], timestamptz[], timestamptz[]);
+create or replace function budget_lock_windows(p_budgets uuid[], p_starts timestamptz[], p_ends timestamptz[] default null, p_roots uuid[] default null)
 returns integer language plpgsql as $$
 declare
+  trees uuid[];
   root uuid;
   locked integer := 0;
   n integer;
@@ -78,12 +88,15 @@ begin
     get diagnostics locked = row_count;
     return locked;
   end if;
-  for root in
-    select distinct c.root_id from budget_status_cache c
+  -- the trees as the caller names them (its lines know them), else read from the rows: on every shard
+  if p_roots is not null then
+    select array_agg(distinct x.root order by x.root) into trees from unnest(p_roots) as x(root);
+  else
+    select array_agg(distinct c.root_id order by c.root_id) into trees from budget_status_cache c
     join unnest(p_budgets, p_starts, p_ends) as k(b, s, e)
-      on c.budget_id = k.b and c.period_start = k.s and (k.e is null or c.period_end = k.e)
-    order by c.root_id
-  loop
+      on c.budget_id = k.b and c.period_start = k.s and (k.e is null or c.period_end = k.e);
+  end if;
+  foreach root in array coalesce(trees, '{}') loop
     perform 1 from budget_status_cache c
     where c.root_id = root
       and (c.budget_id, c.period_start) in (select k.b, k.s from unnest(p_budgets, p_starts, p_ends) as k(b, s, e)

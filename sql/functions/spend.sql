@@ -22,7 +22,11 @@
 --                   record whole, in order, as one-at-a-time recording would have refused it;
 --   p_release_budgets, p_release_starts, p_released
 --                   what each named window row gives up of its reserved amount (down to 0 at most), with
---                   the spend: a settlement's holds. Null for usage recorded on request.
+--                   the spend: a settlement's holds. Null for usage recorded on request;
+--   p_trees         the trees of every budget named (spend and release), as the caller knows them (a
+--                   settlement's reservation rows name them); null: read from the budgets. In the common case
+--                   each statement then reads or writes one tree's rows, so that on Citus a settlement of one
+--                   tree runs on that tree's node alone (settlements.sql).
 -- Returns each row: its cost in the budget's currency and what was charged (null: its record was refused,
 -- and nothing of it is stored here; the caller takes the record out or raises).
 --
@@ -50,10 +54,13 @@
 --      updated_at = now(); a row this call charged nothing to is not written for spend. Then the release.
 -- Several records on one window are summed per row (window functions over p_ords), never one update per
 -- record: a row updated n times in one transaction costs O(n) per update.
+drop function if exists budget_record_spend(bigint[], uuid[], uuid[], numeric[], numeric[], timestamptz[], timestamptz[], timestamptz[], boolean,
+                                            uuid[], timestamptz[], numeric[]);
 create or replace function budget_record_spend(
   p_ords bigint[], p_usage_ids uuid[], p_budget_ids uuid[], p_amounts numeric[], p_rates numeric[],
   p_occurred_at timestamptz[], p_period_starts timestamptz[], p_period_ends timestamptz[], p_clamp boolean,
-  p_release_budgets uuid[] default null, p_release_starts timestamptz[] default null, p_released numeric[] default null
+  p_release_budgets uuid[] default null, p_release_starts timestamptz[] default null, p_released numeric[] default null,
+  p_trees uuid[] default null
 ) returns table (usage_id uuid, budget_id uuid, cost numeric, charged numeric)
 language plpgsql as $$
 #variable_conflict use_column
@@ -63,6 +70,12 @@ declare
   -- each allocation's root (its budget's), read in one statement: the common case's insert names it without
   -- a lookup per row, which kept its plan from being reused
   roots uuid[];
+  -- the trees, and each named budget's root (def_ids[k] is in tree def_roots[k])
+  trees uuid[];
+  tree uuid;
+  def_ids uuid[];
+  def_roots uuid[];
+  w record;
   missing boolean := false;
   -- one element per allocation, in (ord, budget_id) order
   a_ord bigint[];
@@ -129,11 +142,22 @@ begin
   end if;
 
   if not missing then
-    select array_agg(d.root_id order by i.n) into roots
-    from unnest(p_budget_ids) with ordinality as i(budget_id, n) left join budget_definitions d on d.id = i.budget_id;
+    -- each named budget's root: in one read when the trees are not named, else tree by tree
+    if p_trees is null then
+      select array_agg(d.id), array_agg(d.root_id) into def_ids, def_roots
+      from budget_definitions d where d.id = any (p_budget_ids || coalesce(p_release_budgets, '{}'));
+    else
+      foreach tree in array array(select distinct x.root from unnest(p_trees) as x(root) order by x.root) loop
+        select def_ids || array_agg(d.id), def_roots || array_agg(d.root_id) into def_ids, def_roots
+        from budget_definitions d where d.root_id = tree and d.id = any (p_budget_ids || coalesce(p_release_budgets, '{}'));
+      end loop;
+    end if;
+    trees := coalesce((select array_agg(distinct x.root order by x.root) from unnest(def_roots) as x(root)), '{}');
+    select array_agg(x.root order by i.n) into roots
+    from unnest(p_budget_ids) with ordinality as i(budget_id, n) left join unnest(def_ids, def_roots) as x(id, root) on x.id = i.budget_id;
 
     -- the lock order (locks.sql): every window row named, spend and release
-    perform budget_lock_windows(array_agg(k.budget_id), array_agg(k.period_start))
+    perform budget_lock_windows(array_agg(k.budget_id), array_agg(k.period_start), null, trees)
     from (select i.budget_id, i.period_start from unnest(p_budget_ids, starts) as i(budget_id, period_start)
           union
           select r.budget_id, r.period_start from unnest(p_release_budgets, p_release_starts) as r(budget_id, period_start)) k;
@@ -168,12 +192,21 @@ begin
     into w_budget, w_start, w_total, w_calls, w_last, w_last_cost, w_released, simple
     from spent s full join released r on r.budget_id = s.budget_id and r.period_start = s.period_start;
 
-    select array_agg(c.root_id order by w.n), array_agg(c.current_amount order by w.n), array_agg(d.amount order by w.n),
-           array_agg(d.alerts order by w.n)
-    into w_root, w_base, w_limit, w_alerts
-    from unnest(w_budget, w_start) with ordinality as w(budget_id, period_start, n)
-    left join budget_status_cache c on c.budget_id = w.budget_id and c.period_start = w.period_start
-    left join budget_definitions d on d.root_id = c.root_id and d.id = c.budget_id;
+    -- each window in its place (n), read tree by tree; one that has no row stays null
+    w_root := array_fill(null::uuid, array[coalesce(cardinality(w_budget), 0)]);
+    w_base := array_fill(null::numeric, array[coalesce(cardinality(w_budget), 0)]);
+    w_limit := w_base;
+    w_alerts := array_fill(null::jsonb, array[coalesce(cardinality(w_budget), 0)]);
+    foreach tree in array trees loop
+      for w in
+        select x.n, c.root_id, c.current_amount, d.amount, d.alerts
+        from unnest(w_budget, w_start) with ordinality as x(budget_id, period_start, n)
+        join budget_status_cache c on c.root_id = tree and c.budget_id = x.budget_id and c.period_start = x.period_start
+        left join budget_definitions d on d.root_id = tree and d.id = c.budget_id
+      loop
+        w_root[w.n] := w.root_id; w_base[w.n] := w.current_amount; w_limit[w.n] := w.amount; w_alerts[w.n] := w.alerts;
+      end loop;
+    end loop;
 
     select simple and coalesce(bool_and(
              w.calls = 0
@@ -198,14 +231,16 @@ begin
         as i(usage_id, budget_id, amount, rate, occurred_at, period_start, period_end, root_id)
       where i.usage_id is not null;
 
-      update budget_status_cache c
-      set current_amount = c.current_amount + w.total, usage_count = c.usage_count + w.calls,
-          last_usage_at = greatest(c.last_usage_at, w.last_at),
-          reserved_amount = case when w.released is null then c.reserved_amount else greatest(c.reserved_amount - w.released, 0) end,
-          -- now(), as a value: Citus evaluates no function of the statement's time inside a CASE on the nodes
-          updated_at = case when w.calls > 0 then written_at else c.updated_at end
-      from unnest(w_root, w_budget, w_start, w_total, w_calls, w_last, w_released) as w(root_id, budget_id, period_start, total, calls, last_at, released)
-      where c.root_id = w.root_id and c.budget_id = w.budget_id and c.period_start = w.period_start;
+      foreach tree in array trees loop
+        update budget_status_cache c
+        set current_amount = c.current_amount + w.total, usage_count = c.usage_count + w.calls,
+            last_usage_at = greatest(c.last_usage_at, w.last_at),
+            reserved_amount = case when w.released is null then c.reserved_amount else greatest(c.reserved_amount - w.released, 0) end,
+            -- now(), as a value: Citus evaluates no function of the statement's time inside a CASE on the nodes
+            updated_at = case when w.calls > 0 then written_at else c.updated_at end
+        from unnest(w_root, w_budget, w_start, w_total, w_calls, w_last, w_released) as w(root_id, budget_id, period_start, total, calls, last_at, released)
+        where c.root_id = tree and w.root_id = tree and c.budget_id = w.budget_id and c.period_start = w.period_start;
+      end loop;
 
       return query
         select i.usage_id, i.budget_id, budget_convert_unbounded(i.amount, i.rate), budget_convert_unbounded(i.amount, i.rate)

@@ -8,24 +8,28 @@ import type { Sql } from 'postgres'
 import { MigrationError } from '../errors.js'
 
 const DISTRIBUTE = new URL('../../../sql/citus/distribute.sql', import.meta.url)
+const DELEGATE = new URL('../../../sql/citus/delegate.sql', import.meta.url)
 
 /** Whether the database has the citus extension. */
-async function hasCitus (sql: Sql): Promise<boolean> {
+export async function hasCitus (sql: Sql): Promise<boolean> {
   const [row] = await sql<Array<{ citus: boolean }>>`select exists (select 1 from pg_extension where extname = 'citus') as citus`
   return row!.citus
 }
 
 /**
  * Distributes a migrated database's budget tables by their tree's root (sql/citus/distribute.sql), in one
- * transaction. Run again, it leaves what is distributed as it is and distributes the rest, then checks that
- * every table with a root_id is distributed. Refused (MigrationError) on a database without Citus.
+ * transaction, then delegates the gate's statements by their tree (sql/citus/delegate.sql), in another. Run
+ * again, it leaves what is distributed and delegated as it is and does the rest, then checks that every table
+ * with a root_id is distributed. Refused (MigrationError) on a database without Citus.
  */
 export async function distributeOnCitus (sql: Sql): Promise<void> {
   if (!await hasCitus(sql)) throw new MigrationError('citus/distribute.sql', 'the database has no citus extension')
-  const text = await readFile(DISTRIBUTE, 'utf8')
-  try {
-    await sql.begin(async (tx) => await tx.unsafe(text))
-  } catch (error) {
-    throw new MigrationError('citus/distribute.sql', (error as Error).message, { cause: error })
+  for (const [name, file] of [['citus/distribute.sql', DISTRIBUTE], ['citus/delegate.sql', DELEGATE]] as const) {
+    const text = await readFile(file, 'utf8')
+    try {
+      await sql.begin(async (tx) => await tx.unsafe(text))
+    } catch (error) {
+      throw new MigrationError(name, (error as Error).message, { cause: error })
+    }
   }
 }

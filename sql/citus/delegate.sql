@@ -1,0 +1,22 @@
+-- The gate's statements that name their tree, delegated by it (docs/scaling.md): Citus sends each call to the
+-- node that holds the shard of its p_root, and the statements inside it, each naming one tree, run on that
+-- node's shards; a tree the call names besides is reached from there. Run by distributeOnCitus()
+-- (lib/kernel/database/citus.ts) after distribute.sql, in a transaction of its own (Citus registers no function
+-- in a transaction that created shards in parallel). Written to run again: a function already delegated is
+-- left as it is.
+--
+-- Every one of them defaults p_root to the nil root, never to null: Citus 13.2 crashes the server process
+-- that plans a call whose distribution argument is null.
+do $$
+declare
+  k record;
+begin
+  for k in select p.oid::regprocedure as fn from pg_proc p
+           where p.proname = any (array['budget_hold_batch', 'budget_settle_batch', 'budget_settle_leased', 'budget_lease_take', 'budget_lease_renew', 'budget_lease_return',
+                                         'budget_rate_take', 'budget_rate_give_back']) and p.pronamespace = current_schema()::regnamespace loop
+    if not exists (select 1 from pg_dist_object o where o.classid = 'pg_proc'::regclass and o.objid = k.fn::oid
+                   and o.distribution_argument_index is not null) then
+      perform create_distributed_function(k.fn, 'p_root', colocate_with => 'budget_definitions');
+    end if;
+  end loop;
+end $$;

@@ -1,0 +1,236 @@
+// Where each delegated gate statement runs on a distributed schema (`npm run test:citus`), by Citus's own
+// statistics: the plugin's statement, sent by its own repository from the coordinator, runs whole on the node
+// that holds its tree. Two organizations whose trees sit on different workers: each hold goes to its tree's
+// worker (EXPLAIN names the node), which runs every statement inside it on its own shards (citus_stat_counters:
+// no multi-shard execution and no connection opened or reused on any node, nothing run on the other worker).
+import t, { type Test } from 'tap'
+import Fastify from 'fastify'
+import postgres from 'postgres'
+import { randomUUID } from 'node:crypto'
+import budgets from '../lib/index.js'
+import { distributeOnCitus } from '../lib/kernel/database/citus.js'
+import { NIL_ROOT } from '../lib/kernel/database/db.js'
+import { migrate } from '../lib/kernel/database/migrate.js'
+import { createHoldRepository } from '../lib/gate/hold-repository.js'
+import { createLeaseRepository } from '../lib/gate/lease-repository.js'
+import { createLineRepository } from '../lib/gate/line-repository.js'
+import { createSettlementRepository } from '../lib/gate/settlement-repository.js'
+import { createRateRepository } from '../lib/gate/rate-repository.js'
+import type { BudgetTerms } from '../lib/gate/budget-terms.js'
+import { ADMIN_TOKEN, PREFIX } from '../test/fixtures/app.js'
+import { createTestSql } from '../test/fixtures/database.js'
+import { findViolations } from '../test/fixtures/invariants.js'
+
+interface Counters { connections: number, singleShard: number, multiShard: number }
+
+/** A database migrated and distributed on the cluster, Citus's counters on, and a client on each node's copy of it. */
+async function distributedDatabase (t: Test) {
+  const { sql, url } = await createTestSql(t, { max: 4 })
+  await migrate(sql)
+  await distributeOnCitus(sql)
+  const database = new URL(url).pathname.slice(1)
+  // set on the coordinator, propagated by Citus to the workers' copies of the database, for sessions opened from now on
+  await sql.unsafe(`alter database "${database}" set citus.enable_stat_counters = on`)
+  await sql.unsafe(`alter database "${database}" set citus.log_remote_commands = on`)
+  const nodes = await sql<Array<{ port: number, host: string, coordinator: boolean }>>`
+    select nodename as host, nodeport as port, groupid = 0 as coordinator from pg_dist_node where noderole = 'primary' order by groupid`
+  const clients = new Map<number, postgres.Sql>()
+  for (const node of nodes) {
+    const client = postgres({ host: node.host, port: node.port, user: new URL(url).username || 'postgres', database, max: 1, onnotice: () => {} })
+    clients.set(node.port, client)
+    t.teardown(async () => await client.end({ timeout: 1 }))
+  }
+  /** Each node's counters for this database (Citus keeps them in shared memory, updated as each execution ends). */
+  const counters = async (): Promise<Map<number, Counters>> => new Map(await Promise.all([...clients].map(async ([port, client]) => {
+    const [row] = await client<Counters[]>`
+      select (connection_establishment_succeeded + connection_establishment_failed + connection_reused)::int as connections,
+             query_execution_single_shard::int as "singleShard", query_execution_multi_shard::int as "multiShard"
+      from citus_stat_counters where name = current_database()`
+    return [port, row!] as const
+  })))
+  // the app, and with it the connection pool's sessions, only now: they read the setting above when they open
+  const app = Fastify()
+  await app.register(budgets, { database: postgres(url, { max: 2, onnotice: () => {} }), adminToken: ADMIN_TOKEN, notifications: { intervalMs: 0 } })
+  await app.ready()
+  t.teardown(async () => await app.close())
+  const gateSql = postgres(url, { max: 1, onnotice: () => {} })
+  t.teardown(async () => await gateSql.end({ timeout: 1 }))
+  const coordinator = nodes.find((node) => node.coordinator)!.port
+  return { sql, url, gateSql, app, counters, coordinator, workers: nodes.filter((node) => !node.coordinator).map((node) => node.port) }
+}
+
+/** The worker that holds a tree's shard. */
+async function nodeOf (sql: postgres.Sql, rootId: string): Promise<number> {
+  const [row] = await sql<Array<{ port: number }>>`
+    select nodeport as port from citus_shards
+    where table_name = 'budget_definitions'::regclass and shardid = get_shard_id_for_distribution_column('budget_definitions', ${rootId}::uuid)`
+  return row!.port
+}
+
+function delta (after: Map<number, Counters>, before: Map<number, Counters>, port: number): Counters {
+  const a = after.get(port)!
+  const b = before.get(port)!
+  return { connections: a.connections - b.connections, singleShard: a.singleShard - b.singleShard, multiShard: a.multiShard - b.multiShard }
+}
+
+/**
+ * Two organizations whose trees sit on different workers (created until one is on each), with a hard budget
+ * of 100 a month and rate limits, and each one's line.
+ */
+async function twoTreesOnTwoWorkers (t: Test, database: Awaited<ReturnType<typeof distributedDatabase>>) {
+  const { sql, gateSql, app, workers } = database
+  t.equal(workers.length, 2, 'a coordinator and two workers')
+  const byWorker = new Map<number, { id: string, line: BudgetTerms[] }>()
+  for (let i = 0; i < 16 && byWorker.size < 2; i++) {
+    const scopeId = `org-${i}`
+    const created = await app.inject({
+      method: 'POST', url: PREFIX, headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      body: { name: scopeId, scopeType: 'organization', scopeId, amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01', enforcement: 'hard', rateLimits: { requestsPerMinute: 600, tokensPerMinute: 1_000_000 } }
+    })
+    if (created.statusCode !== 201) t.fail(`${scopeId} not created: ${created.body}`)
+    const port = await nodeOf(sql, created.json().id)
+    if (byWorker.has(port)) continue
+    const { line } = await createLineRepository(gateSql).loadLine({ scopes: [{ type: 'organization', id: scopeId }], model: 'gpt-4o-mini' }, 'USD')
+    byWorker.set(port, { id: created.json().id, line })
+  }
+  t.same([...byWorker.keys()].sort(), [...workers].sort(), 'one organization\'s tree on each worker')
+  return byWorker
+}
+
+/**
+ * Runs `statement` (a repository call that sends `name`) twice, and checks where it ran: the first time by
+ * Citus's counters on every node, the second by EXPLAIN of the statement as the client sent it.
+ */
+async function checkRunsOn (t: Test, database: Awaited<ReturnType<typeof distributedDatabase>>, worker: number, name: string,
+  statement: (sql: postgres.Sql) => Promise<unknown>): Promise<void> {
+  const { gateSql, counters, coordinator, workers } = database
+  const before = await counters()
+  await statement(gateSql)
+  const after = await counters()
+  t.same(delta(after, before, coordinator), { connections: 1, singleShard: 1, multiShard: 0 }, `${name}: the coordinator sent one call, on one connection, to one node`)
+  const there = delta(after, before, worker)
+  t.equal(there.multiShard, 0, `${name}: no statement inside it ran on more than one shard`)
+  t.equal(there.connections, 0, `${name}: the tree's worker opened or reused no connection, every statement ran on its own shards (${there.connections})`)
+  t.ok(there.singleShard > 0, `${name}: the tree's worker ran its statements (${there.singleShard} single-shard executions)`)
+  t.same(delta(after, before, workers.find((port) => port !== worker)!), { connections: 0, singleShard: 0, multiShard: 0 }, `${name}: the other worker ran nothing`)
+
+  // EXPLAIN of the same statement as sent: one task, on the tree's worker, the function called there
+  const sent: Array<{ text: string, parameters: unknown[] }> = []
+  const debugSql = postgres(database.url, { max: 1, onnotice: () => {}, debug: (_connection, text, parameters) => { sent.push({ text, parameters }) } })
+  try {
+    await statement(debugSql)
+    const query = sent.find((one) => one.text.includes(name))!
+    const plan = (await debugSql.unsafe(`explain (costs off, verbose) ${query.text}`, query.parameters as never[])).map((line) => Object.values(line)[0]).join('\n')
+    t.match(plan, /Task Count: 1\n/, `${name}: EXPLAIN shows one task`, { plan })
+    t.match(plan, new RegExp(`Node: host=\\S+ port=${worker} `), `${name}: on the tree's worker (${worker})`, { plan })
+    // below the node: the function itself, called there
+    t.match(plan.slice(plan.indexOf('Node: ')), new RegExp(`(Function Scan on |Output: )(public\\.)?${name}\\b`), `${name}: called there`, { plan })
+  } finally {
+    await debugSql.end({ timeout: 1 })
+  }
+}
+
+t.test('a hold runs whole on the node of its tree: two organizations on two workers, each hold on its own', async (t) => {
+  const database = await distributedDatabase(t)
+  for (const [worker, org] of await twoTreesOnTwoWorkers(t, database)) {
+    t.same(org.line.map((budget) => budget.rootId), [org.id], 'the line names its tree')
+    const hold = () => ({ reservationId: randomUUID(), requestId: randomUUID(), amount: '0.25', line: org.line })
+    await checkRunsOn(t, database, worker, 'budget_hold_batch', async (sql) => {
+      const [held] = await createHoldRepository(sql).holdBatch([hold()], 'USD', 60_000)
+      t.ok(held!.reserved, 'the call is held')
+    })
+    const [row] = await database.sql<Array<{ reserved: string }>>`
+      select reserved_amount::text as reserved from budget_status_cache where root_id = ${org.id} and budget_id = ${org.id}`
+    t.equal(Number(row!.reserved), 0.5, 'both holds on the tree\'s window row')
+  }
+})
+
+t.test('a held call\'s settlement and a leased call\'s run whole on the node of their tree', async (t) => {
+  const database = await distributedDatabase(t)
+  for (const [worker, org] of await twoTreesOnTwoWorkers(t, database)) {
+    const trees = [org.id]
+    const reservationId = randomUUID()
+    const [held] = await createHoldRepository(database.gateSql).holdBatch([{ reservationId, requestId: randomUUID(), amount: '0.25', line: org.line }], 'USD', 60_000)
+    t.ok(held!.reserved, 'held')
+    await checkRunsOn(t, database, worker, 'budget_settle_batch', async (sql) => {
+      await createSettlementRepository(sql).settleBatch([{ reservationId, trees, actualCost: '0.1', source: 'gateway', description: null, metadata: {}, usageId: randomUUID() }])
+    })
+    const lease = randomUUID()
+    await createLeaseRepository(database.gateSql).takeLease(lease, org.line, 'USD', 60_000, '1', '0.01')
+    const requestId = randomUUID()
+    await checkRunsOn(t, database, worker, 'budget_settle_leased', async (sql) => {
+      const { outcomes } = await createSettlementRepository(sql).settleLeased([{
+        leaseId: lease, budgetIds: [org.id], trees, requestId, actualCost: '0.2', occurredAt: new Date(), source: 'gateway', description: null, metadata: {}, usageId: randomUUID()
+      }], 60_000)
+      t.ok(outcomes.get(requestId)?.leaseFound, 'the lease found')
+    })
+    const [usage] = await database.sql<Array<{ records: number, spent: string }>>`
+      select count(*)::int as records, sum(amount)::text as spent from budget_usage_records where root_id = ${org.id}`
+    t.same(usage, { records: 2, spent: '0.3000000000' }, 'each call recorded once, in its tree')
+    await createLeaseRepository(database.gateSql).returnLease(lease, trees, '0', true, 1)
+    t.same(await findViolations(database.sql), [], 'no hold left, the windows equal to their allocations, no hard budget over its limit')
+  }
+})
+
+t.test('a lease taken, renewed and given back runs whole on the node of its tree', async (t) => {
+  const database = await distributedDatabase(t)
+  for (const [worker, org] of await twoTreesOnTwoWorkers(t, database)) {
+    const lease = randomUUID()
+    const trees = [org.id]
+    await checkRunsOn(t, database, worker, 'budget_lease_take', async (sql) => {
+      const taken = await createLeaseRepository(sql).takeLease(lease, org.line, 'USD', 60_000, '1', '0.01')
+      t.ok(taken !== null && Number(taken.granted) > 0, 'a slice granted')
+    })
+    await checkRunsOn(t, database, worker, 'budget_lease_renew', async (sql) => {
+      t.ok(await createLeaseRepository(sql).renewLease(lease, trees, 60_000), 'renewed')
+    })
+    let number = 0
+    await checkRunsOn(t, database, worker, 'budget_lease_return', async (sql) => {
+      await createLeaseRepository(sql).returnLease(lease, trees, '0.5', false, ++number)
+    })
+    const [row] = await database.sql<Array<{ reserved: string, held: string }>>`
+      select c.reserved_amount::text as reserved, r.amount::text as held from budget_status_cache c
+      join budget_reservations r on r.root_id = c.root_id and r.budget_id = c.budget_id and r.period_start = c.period_start
+      where c.root_id = ${org.id} and r.id = ${lease}`
+    t.equal(Number(row!.reserved), Number(row!.held), 'the window holds what the lease holds, after two slices and two returns')
+    await createLeaseRepository(database.gateSql).returnLease(lease, trees, '0', true, ++number)
+    const [left] = await database.sql<Array<{ reserved: string }>>`select reserved_amount::text as reserved from budget_status_cache where root_id = ${org.id}`
+    t.equal(Number(left!.reserved), 0, 'a final return gives back the rest')
+  }
+})
+
+t.test('a rate take and a give-back run whole on the node of their tree', async (t) => {
+  const database = await distributedDatabase(t)
+  for (const [worker, org] of await twoTreesOnTwoWorkers(t, database)) {
+    const bucket = { budgetId: org.id, rootId: org.id }
+    await checkRunsOn(t, database, worker, 'budget_rate_take', async (sql) => {
+      const [grant] = await createRateRepository(sql).takeRate([{ ...bucket, needRequests: 1, needTokens: 100, askRequests: 1, askTokens: 100 }])
+      t.equal(grant!.grantedRequests, 1, 'a request granted')
+    })
+    await checkRunsOn(t, database, worker, 'budget_rate_give_back', async (sql) => {
+      await createRateRepository(sql).giveBackRate([{ ...bucket, requests: 1, tokens: 100 }])
+    })
+    const [row] = await database.sql<Array<{ requests: string }>>`
+      select requests::text as requests from budget_rate_buckets where root_id = ${org.id} and budget_id = ${org.id}`
+    t.ok(Number(row!.requests) > 599, 'the bucket got its requests back')
+  }
+})
+
+t.test('no delegated statement can be given a null tree: Citus 13.2 crashes on a null distribution argument, so each defaults to the nil root', async (t) => {
+  const { sql } = await createTestSql(t, { max: 1 })
+  await migrate(sql)
+  await distributeOnCitus(sql)
+  const delegated = await sql<Array<{ fn: string, arguments: string, argument: string | null }>>`
+    select p.oid::regprocedure::text as fn, pg_get_function_arguments(p.oid) as arguments, (p.proargnames)[o.distribution_argument_index + 1] as argument
+    from pg_dist_object o join pg_proc p on p.oid = o.objid
+    where o.classid = 'pg_proc'::regclass and o.distribution_argument_index is not null`
+  t.same(delegated.map((row) => row.fn.replace(/\(.*/, '')).sort(), ['budget_hold_batch', 'budget_lease_renew', 'budget_lease_return', 'budget_lease_take', 'budget_rate_give_back', 'budget_rate_take', 'budget_settle_batch', 'budget_settle_leased'], 'the gate\'s delegated statements')
+  for (const row of delegated) {
+    t.equal(row.argument, 'p_root', `${row.fn}: delegated by its tree`)
+    t.match(row.arguments, `p_root uuid DEFAULT '${NIL_ROOT}'::uuid`, `${row.fn}: p_root defaults to the nil root`)
+  }
+  const [again] = await sql<Array<{ count: number }>>`select count(*)::int as count from pg_dist_object where distribution_argument_index is not null`
+  await distributeOnCitus(sql)
+  const [after] = await sql<Array<{ count: number }>>`select count(*)::int as count from pg_dist_object where distribution_argument_index is not null`
+  t.equal(after!.count, again!.count, 'the step run again delegates nothing twice')
+})
