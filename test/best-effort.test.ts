@@ -51,8 +51,8 @@ t.test('a hold answered after the gate\'s deadline is given back; when that fail
   const refused = app.budgetIntegration.reserveCall({ team: 'team-a' }, '0.1').then(() => null, (error: { code?: string }) => error.code)
   t.equal(await refused, 'BUDGET_ERR_DATABASE_UNAVAILABLE', 'the caller was answered: unavailable')
   // The give-back of the late hold will fail: its settlement function is away.
-  await sql`alter function budget_settle_batch(uuid[], numeric[], text[], text[], jsonb[], uuid[]) rename to budget_settle_batch_away`
-  t.teardown(async () => await sql`alter function budget_settle_batch_away(uuid[], numeric[], text[], text[], jsonb[], uuid[]) rename to budget_settle_batch`)
+  await sql`alter function budget_settle_batch(uuid[], numeric[], text[], text[], jsonb[], uuid[], uuid[], uuid) rename to budget_settle_batch_away`
+  t.teardown(async () => await sql`alter function budget_settle_batch_away(uuid[], numeric[], text[], text[], jsonb[], uuid[], uuid[], uuid) rename to budget_settle_batch`)
   await blocker`commit` // the hold lands now, late
 
   let warning: Line | undefined

@@ -18,7 +18,20 @@ const P = '0f000000-0000-4000-8000-000000000000' // own root, a projected alert
 
 async function setUp (sql: Sql, old: boolean) {
   await migrate(sql)
-  if (old) await sql.unsafe(OLD_SPEND)
+  if (old) {
+    // the old budget_record_spend in place of the new, and a form that takes the trees, as the settlements now
+    // call it, handing the rest to the old (it has no default, so a call without the trees is the old one's alone)
+    await sql.unsafe(`drop function budget_record_spend(bigint[], uuid[], uuid[], numeric[], numeric[], timestamptz[], timestamptz[], timestamptz[], boolean,
+                                                       uuid[], timestamptz[], numeric[], uuid[])`)
+    await sql.unsafe(OLD_SPEND)
+    await sql.unsafe(`create function budget_record_spend(p_ords bigint[], p_usage_ids uuid[], p_budget_ids uuid[], p_amounts numeric[], p_rates numeric[],
+        p_occurred_at timestamptz[], p_period_starts timestamptz[], p_period_ends timestamptz[], p_clamp boolean,
+        p_release_budgets uuid[], p_release_starts timestamptz[], p_released numeric[], p_trees uuid[])
+      returns table (usage_id uuid, budget_id uuid, cost numeric, charged numeric) language sql as $f$
+        select * from budget_record_spend(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, p_period_starts, p_period_ends, p_clamp,
+                                          p_release_budgets, p_release_starts, p_released)
+      $f$`)
+  }
   await sql`insert into budget_definitions (id, name, scope_type, scope_id, amount, currency, period, start_date, enforcement, alerts) values
     (${A}, 'a', 'organization', 'acme', 100, 'USD', 'monthly', '2024-01-01', 'soft', '[{"threshold": 50, "actions": ["notify"]}, {"threshold": 80, "actions": ["notify"]}]'::jsonb),
     (${C}, 'c', 'user', 'big', 999999999999999999, 'USD', 'monthly', '2024-01-01', 'soft', '[{"threshold": 40, "actions": ["notify"]}]'::jsonb),

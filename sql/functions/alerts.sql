@@ -73,14 +73,16 @@ declare
   reached record;
   crossing_id uuid;
   recorded integer := 0;
+  is_shadow boolean;
 begin
   for reached in select * from budget_alerts_reached(p_root, p_budget_id, p_period_start, p_period_end, p_current) loop
     crossing_id := null;
-    -- a shadow budget's crossing is marked so: notify only (its actions are what a hard twin would have done)
+    -- a shadow budget's crossing is marked so: notify only (its actions are what a hard twin would have done);
+    -- read apart from the insert, as Citus runs no subquery inside an INSERT
+    is_shadow := exists (select 1 from budget_definitions d where d.root_id = p_root and d.id = p_budget_id and d.enforcement = 'shadow');
     insert into budget_alert_history (budget_id, root_id, period_start, threshold, basis, actions, spent, limit_amount, shadow)
     values (p_budget_id, p_root, p_period_start, reached.threshold, reached.basis, reached.actions,
-            least(round(reached.measured, 10), 999999999999999999.9999999999), reached.limit_amount,
-            exists (select 1 from budget_definitions d where d.root_id = p_root and d.id = p_budget_id and d.enforcement = 'shadow'))
+            least(round(reached.measured, 10), 999999999999999999.9999999999), reached.limit_amount, is_shadow)
     on conflict (budget_id, period_start, threshold, basis, root_id) where resolved_at is null do nothing
     returning budget_alert_history.id into crossing_id;
     if crossing_id is not null then

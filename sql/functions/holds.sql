@@ -89,8 +89,10 @@ $$;
 -- null on other budgets), so that lib/gate/decision.ts judges it as a hard budget; a hold it would have
 -- refused is marked as_if_excluded here, under the same lock, so the next call sees the as-if ledger of a
 -- hard twin. Its excluded_amount is read after the window rows are locked (the lock order: 008).
--- Its result's columns changed (shadow_fits): a function's row type cannot be replaced, only dropped and made again.
+-- Its result's columns change (shadow_fits did): a function's row type cannot be replaced, only dropped and made
+-- again, so the file drops it, in its argument list of before (without the trees) and in this one.
 drop function if exists budget_hold_batch(uuid[], numeric[], text[], text, interval, integer[], uuid[], timestamptz[], timestamptz[], boolean[], integer[], boolean, boolean);
+drop function if exists budget_hold_batch(uuid[], numeric[], text[], text, interval, integer[], uuid[], timestamptz[], timestamptz[], boolean[], integer[], boolean, boolean, uuid[], uuid);
 create or replace function budget_hold_batch(
   p_reservation_ids uuid[], p_amounts numeric[], p_request_ids text[], p_currency text, p_ttl interval,
   p_row_calls integer[], p_row_budgets uuid[], p_row_starts timestamptz[], p_row_ends timestamptz[],
@@ -227,9 +229,12 @@ begin
   end loop;
 
   insert into budget_reservations (id, budget_id, root_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at,
-                                   call_amount, exchange_rate, as_if_excluded)
+                                   call_amount, exchange_rate, as_if_excluded, trees)
   select p_reservation_ids[r.call], r.b, roots[r.w], r.s, r.held, r.matched, r.rank, p_currency, p_request_ids[r.call], now() + p_ttl,
-         p_amounts[r.call], rates[r.w], coalesce(not r.shadow_fits, false)
+         p_amounts[r.call], rates[r.w], coalesce(not r.shadow_fits, false),
+         -- the trees of the call's rows (migration 012)
+         array(select distinct roots[x.w] from unnest(p_row_calls, row_window, row_held) as x(call, w, held)
+               where x.call = r.call and x.held is not null order by 1)
   from unnest(p_row_calls, p_row_budgets, p_row_starts, p_row_matched, p_row_ranks, row_held, row_window, row_shadow_fits)
     as r(call, b, s, matched, rank, held, w, shadow_fits)
   where call_reserved[r.call] and r.held is not null;

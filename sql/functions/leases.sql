@@ -17,18 +17,20 @@
 -- Both functions take the lease's rows, then its window rows, in the lock order (locks.sql), and
 -- wait for them no longer than their lock_timeout.
 --
--- Each names the trees of the lease's line (p_roots: the process's line knows them; null, as the version
--- before calls them: read from the rows) and reads or writes one tree's rows at a time. On Citus a call runs
--- on the node of p_root's tree (sql/citus/delegate.sql), so a lease on a one-tree line runs whole there;
--- p_root chooses the node only, and defaults to the nil root, never to null (delegate.sql says why).
+-- Each reads or writes one tree's rows at a time, the trees of the lease's line: for a take, those p_roots
+-- names (the process's line knows them; a window in none of them refuses the take), else those of its
+-- budgets; for a return or a renewal, those of the lease's rows (budget_reservation_trees, locks.sql). On
+-- Citus a call runs on the node of p_root's tree (sql/citus/delegate.sql), so a lease on a one-tree line
+-- runs whole there; p_root chooses the node only, and defaults to the nil root, never to null (delegate.sql
+-- says why).
 
--- The trees a lease's statement names: p_roots when given, else the trees of the budgets p_budgets (a
--- read on every shard on Citus), in root order.
+-- The trees a lease take names: p_roots when given, else the trees of the budgets p_budgets (a read on
+-- every shard on Citus), in root order.
 create or replace function budget_lease_trees(p_roots uuid[], p_budgets uuid[]) returns uuid[]
 language plpgsql stable as $$
 begin
   if p_roots is not null then
-    return coalesce((select array_agg(distinct x.root order by x.root) from unnest(p_roots) as x(root)), '{}');
+    return coalesce((select array_agg(distinct x.root order by x.root) from unnest(p_roots) as x(root) where x.root is not null), '{}');
   end if;
   return coalesce((select array_agg(distinct d.root_id order by d.root_id) from budget_definitions d where d.id = any (p_budgets)), '{}');
 end $$;
@@ -91,6 +93,8 @@ begin
       currents[w.n] := w.current_amount; reserveds[w.n] := w.reserved_amount;
     end loop;
   end loop;
+  -- a window in none of the trees named: the line is out of date, or the trees are not its own
+  if array_position(roots, null) is not null then return; end if;
 
   -- the room: a hard budget's, and every threshold's whose alert does more than notify (a projected one: none)
   select min(least(
@@ -110,8 +114,10 @@ begin
     where c.root_id = tree
       and (c.budget_id, c.period_start) in (select x.b, x.s from unnest(p_budgets, p_starts, roots) as x(b, s, root) where x.root = tree);
   end loop;
-  insert into budget_reservations (id, budget_id, root_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at, lease)
-  select p_lease_id, x.b, x.root, x.s, slice, x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true
+  insert into budget_reservations (id, budget_id, root_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at, lease,
+                                   trees)
+  select p_lease_id, x.b, x.root, x.s, slice, x.m, x.r, p_currency, 'lease:' || p_lease_id, now() + p_ttl, true,
+         array(select distinct y.root from unnest(roots) as y(root) order by 1) -- the trees of its rows (migration 012)
   from unnest(p_budgets, p_starts, p_matched, p_ranks, roots) as x(b, s, m, r, root)
   on conflict (id, budget_id, root_id) do update set amount = budget_reservations.amount + excluded.amount, expires_at = excluded.expires_at;
 
@@ -143,8 +149,7 @@ declare
   held_starts timestamptz[];
 begin
   -- the trees: as named, else those of the lease's rows (on Citus, a read on every shard)
-  trees := case when p_roots is not null then budget_lease_trees(p_roots, null)
-                else coalesce((select array_agg(distinct r.root_id order by r.root_id) from budget_reservations r where r.id = p_lease_id), '{}') end;
+  trees := budget_reservation_trees(p_roots, array[p_lease_id]);
   -- the lock order (locks.sql): the lease's rows, then the window rows
   perform budget_lock_reservations(array[p_lease_id], null, trees);
   foreach tree in array trees loop
@@ -157,16 +162,18 @@ begin
     return; -- applied before (or no rows)
   end if;
   perform budget_lock_windows(held_budgets, held_starts, null, trees);
+  -- each row that has not had this return yet (a final one: every row)
   foreach tree in array trees loop
     update budget_status_cache c
     set reserved_amount = greatest(c.reserved_amount - case when p_final then r.amount else least(p_amount, r.amount) end, 0)
     from budget_reservations r
-    where c.root_id = tree and r.root_id = tree and r.id = p_lease_id and r.budget_id = c.budget_id and r.period_start = c.period_start;
+    where c.root_id = tree and r.root_id = tree and r.id = p_lease_id and r.budget_id = c.budget_id and r.period_start = c.period_start
+      and (p_final or r.returns_applied < p_return);
     if p_final then
       delete from budget_reservations r where r.root_id = tree and r.id = p_lease_id;
     else
       update budget_reservations r set amount = greatest(r.amount - p_amount, 0), returns_applied = p_return
-      where r.root_id = tree and r.id = p_lease_id;
+      where r.root_id = tree and r.id = p_lease_id and r.returns_applied < p_return;
     end if;
   end loop;
 end $$;
@@ -184,8 +191,7 @@ declare
   renewed integer := 0;
   n integer;
 begin
-  trees := case when p_roots is not null then budget_lease_trees(p_roots, null)
-                else coalesce((select array_agg(distinct r.root_id order by r.root_id) from budget_reservations r where r.id = p_lease_id), '{}') end;
+  trees := budget_reservation_trees(p_roots, array[p_lease_id]);
   perform budget_lock_reservations(array[p_lease_id], null, trees);
   foreach tree in array trees loop
     update budget_reservations r set expires_at = now() + p_ttl where r.root_id = tree and r.id = p_lease_id;

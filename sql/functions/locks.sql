@@ -30,6 +30,35 @@ create or replace function budget_on_citus() returns boolean language sql stable
   select to_regclass('pg_catalog.pg_dist_partition') is not null
 $$;
 
+-- The trees of the reservations p_ids, in root order: a settlement's, a lease return's or renewal's. On plain
+-- PostgreSQL, read from their rows (one index read): a caller's p_roots bounds nothing there. On Citus, read
+-- by id alone reaches every shard, so the trees p_roots names are checked instead, a tree at a time: when
+-- every reservation has rows in them, and every row's own list of its reservation's trees (trees, migration
+-- 012) is among them, they are the trees. Otherwise (told too few, a reservation already ended, or a row of
+-- the version before, which has no list) they are read from the rows.
+create or replace function budget_reservation_trees(p_roots uuid[], p_ids uuid[]) returns uuid[]
+language plpgsql stable as $$
+declare
+  named uuid[];
+  tree uuid;
+  seen uuid[] := '{}'::uuid[];
+  complete boolean := true;
+begin
+  if p_roots is not null and budget_on_citus() then
+    named := coalesce((select array_agg(distinct x.root order by x.root) from unnest(p_roots) as x(root) where x.root is not null), '{}');
+    foreach tree in array named loop
+      select seen || coalesce(array_agg(distinct r.id), '{}'),
+             complete and coalesce(bool_and(r.trees is not null and r.trees <@ named), true)
+      into seen, complete
+      from budget_reservations r where r.root_id = tree and r.id = any (p_ids);
+    end loop;
+    if complete and not exists (select 1 from unnest(p_ids) as i(id) where i.id <> all (seen)) then
+      return named;
+    end if;
+  end if;
+  return coalesce((select array_agg(distinct r.root_id order by r.root_id) from budget_reservations r where r.id = any (p_ids)), '{}');
+end $$;
+
 -- Locks the rows of the reservations p_ids (of every budget, or of p_budgets when given), in the lock order;
 -- rows that are not there lock nothing. Returns how many were locked. p_roots: the trees the rows are in, as
 -- the caller knows them (on Citus, none is read: each tree's rows are locked by their root); null: read from

@@ -6,11 +6,10 @@
 -- Both settlements commit asynchronously, and wait for their locks no longer than 5 s (lock_timeout):
 -- the settlement queue (lib/gate/settlements.ts) retries a batch that timed out.
 --
--- Each names the trees of its reservations (p_roots: the process's lines know them; null, as the version
--- before and the sweeper call them: read from the rows) and reads or writes one tree's rows at a time. On
--- Citus a call runs on the node of p_root's tree (sql/citus/delegate.sql), so a batch of one tree's
--- reservations runs whole there; p_root chooses the node only, and defaults to the nil root, never to null
--- (delegate.sql says why).
+-- Each reads or writes one tree's rows at a time, the trees of its reservations (budget_reservation_trees,
+-- locks.sql: on Citus those p_roots names, which the process's lines know). On Citus a call runs on the node
+-- of p_root's tree (sql/citus/delegate.sql), so a batch of one tree's reservations runs whole there; p_root
+-- chooses the node only, and defaults to the nil root, never to null (delegate.sql says why).
 
 -- A JSON array's elements as a jsonb[], in order: how the settlements' callers send each call's metadata (one
 -- JSON text for the batch; a text[] of JSON texts would escape every quote for the array literal). A function,
@@ -20,16 +19,6 @@ language sql immutable parallel safe as $$
   select array(select e.value from jsonb_array_elements(p_array) with ordinality as e(value, position) order by e.position)
 $$;
 
--- The trees of reservations: p_roots when given, else read from their rows (on Citus, on every shard), in
--- root order.
-create or replace function budget_reservation_trees(p_roots uuid[], p_ids uuid[]) returns uuid[]
-language plpgsql stable as $$
-begin
-  if p_roots is not null then
-    return coalesce((select array_agg(distinct x.root order by x.root) from unnest(p_roots) as x(root)), '{}');
-  end if;
-  return coalesce((select array_agg(distinct r.root_id order by r.root_id) from budget_reservations r where r.id = any (p_ids)), '{}');
-end $$;
 
 -- Ends reservations in one transaction (group commit: the settlement queue sends what gathered while the
 -- previous batch committed, and the sweeper sends what expired). A charged call is recorded once, on the

@@ -30,6 +30,8 @@ declare
   amounts numeric[] := '{}'::numeric[];
   left_alone uuid[] := '{}'::uuid[];
   kept integer;
+  -- the trees of the reservations met, which the settlement names (it then reads none of them again)
+  trees uuid[] := '{}'::uuid[];
 begin
   for round in 1 .. 10 loop
     met := '{}'::uuid[];
@@ -45,6 +47,7 @@ begin
 
     locked := '{}'::uuid[];
     for root in select distinct r.root_id from budget_reservations r where r.id = any (met) order by r.root_id loop
+      trees := trees || root;
       locked := locked || array(select r.id from budget_reservations r where r.root_id = root and r.id = any (met)
                                 order by r.id, r.budget_id for update skip locked);
     end loop;
@@ -68,6 +71,6 @@ begin
   if cardinality(ids) = 0 then return 0; end if;
   perform budget_settle_batch(ids, amounts, array_fill('expired-reservation'::text, array[array_length(ids, 1)]),
     array_fill('The gateway did not settle this call before its reservation expired; counted at its estimate'::text, array[array_length(ids, 1)]),
-    array_fill(jsonb_build_object('outcome', 'unknown'), array[array_length(ids, 1)]));
+    array_fill(jsonb_build_object('outcome', 'unknown'), array[array_length(ids, 1)]), null, trees);
   return array_length(ids, 1);
 end $$;

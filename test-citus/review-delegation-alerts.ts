@@ -1,0 +1,89 @@
+// On the Citus cluster (`npm run test:citus`): settlements that cross an alert threshold (notify only), now that
+// the settlement is delegated to its first tree's worker (2d6ae2f). A hold on a two-tree line (a user budget
+// that is its own root, a team under an organization whose alert is at 10 %) settled as the gate sends it (the
+// trees named, the first as p_root), as an older caller or the give-back sends it (no trees: p_root the nil
+// root), and the sweeper counting an expired hold past the threshold. Each must commit, record the crossing, and
+// leave the ledger consistent. (Two calls of one batch crossing between them take budget_record_spend's step-wise
+// path, which does not run on Citus yet: docs/scaling.md lists it.)
+import t, { type Test } from 'tap'
+import { randomUUID } from 'node:crypto'
+import { distributeOnCitus } from '../lib/kernel/database/citus.js'
+import { migrate } from '../lib/kernel/database/migrate.js'
+import { createTestSql } from '../test/fixtures/database.js'
+import { findViolations } from '../test/fixtures/invariants.js'
+
+const ORG = '90000000-0000-4000-8000-000000000000'
+const TEAM = '10000000-0000-4000-8000-000000000000'
+const USER = '50000000-0000-4000-8000-000000000000'
+const NIL = '00000000-0000-0000-0000-000000000000'
+const LINE = [USER, TEAM, ORG]
+const TREES = [ORG, USER] // in root order
+
+async function setUp (t: Test) {
+  const { sql } = await createTestSql(t, { max: 2 })
+  await migrate(sql)
+  await distributeOnCitus(sql)
+  await sql`insert into budget_definitions (id, root_id, name, scope_type, scope_id, amount, currency, period, start_date, enforcement, alerts)
+            values (${ORG}, ${ORG}, 'org', 'organization', 'acme', 100, 'USD', 'monthly', '2024-01-01', 'hard',
+                    '[{"threshold": 10, "actions": ["notify"]}, {"threshold": 30, "actions": ["notify"]}]'::jsonb)`
+  await sql`insert into budget_definitions (id, root_id, name, scope_type, scope_id, amount, currency, period, start_date, enforcement, parent_id)
+            values (${TEAM}, ${ORG}, 'team', 'team', 'platform', 100, 'USD', 'monthly', '2024-01-01', 'hard', ${ORG})`
+  await sql`insert into budget_definitions (id, root_id, name, scope_type, scope_id, amount, currency, period, start_date, enforcement)
+            values (${USER}, ${USER}, 'user', 'user', 'ada', 100, 'USD', 'monthly', '2024-01-01', 'hard')`
+  const windows = await sql<Array<{ id: string, start: Date, end: Date }>>`select budget_id as id, period_start as start, period_end as end
+    from budget_line(array['user', 'team', 'organization'], array['ada', 'platform', 'acme'], 'USD', 'gpt-4o-mini', '{}'::jsonb)`
+  const win = (id: string) => windows.find((w) => w.id === id)!
+  const [named] = await sql`select count(*)::int as n from pg_proc where proname = 'budget_settle_batch' and 'p_roots' = any (proargnames)`
+  const namesTrees = named!.n > 0
+  t.comment(`the functions ${namesTrees ? 'name' : 'do not name'} their trees`)
+  const hold = async (ids: string[], estimate: string, ttl = '1 hour') => {
+    const rows = ids.flatMap((_, c) => LINE.map((b, r) => ({ call: String(c + 1), b, r: String(r) })))
+    const args = sql`${ids}::uuid[], ${ids.map(() => estimate)}::numeric[], ${ids.map((id) => `req-${id}`)}::text[], 'USD', ${ttl}::interval,
+      ${rows.map((r) => r.call)}::text[]::integer[], ${rows.map((r) => r.b)}::uuid[], ${rows.map((r) => win(r.b).start.toISOString())}::timestamptz[],
+      ${rows.map((r) => win(r.b).end.toISOString())}::timestamptz[], ${rows.map((r) => String(r.b !== ORG))}::text[]::boolean[], ${rows.map((r) => r.r)}::text[]::integer[],
+      false, false`
+    const held = namesTrees
+      ? await sql`select bool_and(is_reserved) as ok from budget_hold_batch(${args}, ${TREES}::uuid[], ${TREES[0]!}::uuid)`
+      : await sql`select bool_and(is_reserved) as ok from budget_hold_batch(${args})`
+    return held[0]!.ok as boolean
+  }
+  const settle = async (ids: string[], actual: string, roots: string[] | null) => {
+    const args = sql`${ids}::uuid[], ${ids.map(() => actual)}::numeric[], ${ids.map(() => 'gate')}::text[], ${ids.map(() => 'call')}::text[],
+      array_fill('{}'::jsonb, array[${ids.length}::int]), ${ids.map(() => randomUUID())}::uuid[]`
+    return namesTrees
+      ? await sql`select reservation_id, usage_id from budget_settle_batch(${args}, ${roots}::uuid[], ${roots?.[0] ?? NIL}::uuid)`
+      : await sql`select reservation_id, usage_id from budget_settle_batch(${args})`
+  }
+  const crossings = async () => (await sql`select threshold::int from budget_alert_history where budget_id = ${ORG} order by threshold`).map((r) => r.threshold as number)
+  return { sql, hold, settle, crossings }
+}
+
+const attempt = async (fn: () => Promise<unknown>): Promise<string> => {
+  try { await fn(); return 'ok' } catch (error: any) { return `${error.code as string}: ${error.message as string}` }
+}
+
+t.test('a settlement as the gate sends it (its trees named) crosses the threshold', async (t) => {
+  const s = await setUp(t)
+  const id = randomUUID()
+  t.ok(await s.hold([id], '20'), 'held')
+  t.equal(await attempt(async () => await s.settle([id], '15', TREES)), 'ok', 'the settlement commits')
+  t.same(await s.crossings(), [10], 'the 10 % crossing recorded')
+  t.same(await findViolations(s.sql), [], 'invariants')
+})
+
+t.test('a settlement that names no tree (an older caller, the give-back) crosses the threshold', async (t) => {
+  const s = await setUp(t)
+  const id = randomUUID()
+  t.ok(await s.hold([id], '20'), 'held')
+  t.equal(await attempt(async () => await s.settle([id], '15', null)), 'ok', 'the settlement commits')
+  t.same(await s.crossings(), [10], 'the 10 % crossing recorded')
+  t.same(await findViolations(s.sql), [], 'invariants')
+})
+
+t.test('the sweeper counts an expired hold past the threshold', async (t) => {
+  const s = await setUp(t)
+  t.ok(await s.hold([randomUUID()], '15', '-1 second'), 'held, expired')
+  t.equal(await attempt(async () => await s.sql`select budget_sweep_expired(100)`), 'ok', 'the sweep commits')
+  t.same(await s.crossings(), [10], 'the 10 % crossing recorded')
+  t.same(await findViolations(s.sql), [], 'invariants')
+})
