@@ -36,7 +36,8 @@ begin
 end $$;
 
 -- Takes (or adds to) a lease on a line's windows; refuses (takes nothing) when the line is out of date: a
--- window not current, or the lease's rows carried by a window change to other windows than the line names.
+-- window not current, or the lease's rows carried by a window change to other windows than the line names;
+-- and a top-up whose line is not the lease's (a window it has no row in).
 drop function if exists budget_lease_take(uuid, text, interval, numeric, numeric, uuid[], timestamptz[], timestamptz[], boolean[], integer[]);
 create or replace function budget_lease_take(
   p_lease_id uuid, p_currency text, p_ttl interval, p_wanted numeric, p_least numeric,
@@ -72,6 +73,12 @@ begin
   if exists (select 1 from unnest(held_budgets, held_starts) as h(b, s)
              where not exists (select 1 from unnest(p_budgets, p_starts) as x(b, s) where x.b = h.b and x.s = h.s)) then
     return; -- a window change moved the lease (budget_carry_reservations): its line is out of date
+  end if;
+  -- a lease's line is the one of its first take: a top-up on another line would add rows that its returns
+  -- (numbered from the first take), its trees list and its process know nothing of
+  if cardinality(held_budgets) > 0 and exists (select 1 from unnest(p_budgets, p_starts) as x(b, s)
+                                               where not exists (select 1 from unnest(held_budgets, held_starts) as h(b, s) where h.b = x.b and h.s = x.s)) then
+    return;
   end if;
   select budget_lock_windows(array_agg(x.b), array_agg(x.s), array_agg(x.e), trees) into windows
   from unnest(p_budgets, p_starts, p_ends) as x(b, s, e) where x.s <= now() and now() < x.e;
