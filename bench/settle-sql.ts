@@ -36,6 +36,8 @@ for (const [rank, scope] of (['user', 'team', 'organization'] as const).map((s, 
 }
 
 const texts = (values: unknown[]) => values.map(String)
+// The line's one tree, which every statement names as the gate's do (its root: the organization, made first).
+const root = line[line.length - 1]!.id
 
 async function holdAndSettle (size: number): Promise<{ hold: number, settle: number }> {
   const ids = Array.from({ length: size }, () => randomUUID())
@@ -44,10 +46,11 @@ async function holdAndSettle (size: number): Promise<{ hold: number, settle: num
     ${ids.map((id) => `req-${id}`)}::text[], 'USD', '60 seconds'::interval,
     ${texts(rows.map((r) => r.call))}::text[]::integer[], ${rows.map((r) => r.budget.id)}::text[]::uuid[],
     ${rows.map((r) => r.budget.start.toISOString())}::text[]::timestamptz[], ${rows.map((r) => r.budget.end.toISOString())}::text[]::timestamptz[],
-    ${texts(rows.map((r) => r.budget.rank === 0))}::text[]::boolean[], ${texts(rows.map((r) => r.budget.rank))}::text[]::integer[], false, false)`)
+    ${texts(rows.map((r) => r.budget.rank === 0))}::text[]::boolean[], ${texts(rows.map((r) => r.budget.rank))}::text[]::integer[], false, false,
+    ${[root]}::text[]::uuid[], ${root}::uuid)`)
   const settle = await timed(async () => await sql`select count(*) from budget_settle_batch(${ids}::text[]::uuid[],
     ${texts(ids.map(() => '0.0083'))}::text[]::numeric[], ${ids.map(() => 'bench')}::text[], ${ids.map(() => null)}::text[],
-    ${ids.map(() => '{"modelId":"gpt-4o-mini"}')}::text[]::jsonb[])`)
+    ${ids.map(() => '{"modelId":"gpt-4o-mini"}')}::text[]::jsonb[], null::uuid[], ${[root]}::text[]::uuid[], ${root}::uuid)`)
   return { hold, settle }
 }
 
@@ -56,15 +59,15 @@ async function leaseAndSettle (size: number): Promise<number> {
   const [taken] = await sql`select count(*)::int as n from budget_lease_take(${lease}, 'USD', '60 seconds'::interval, 10, 0.0001,
     ${line.map((b) => b.id)}::text[]::uuid[], ${line.map((b) => b.start.toISOString())}::text[]::timestamptz[],
     ${line.map((b) => b.end.toISOString())}::text[]::timestamptz[], ${texts(line.map((b) => b.rank === 0))}::text[]::boolean[],
-    ${texts(line.map((b) => b.rank))}::text[]::integer[])`
+    ${texts(line.map((b) => b.rank))}::text[]::integer[], ${[root]}::text[]::uuid[], ${root}::uuid)`
   if (taken!.n !== line.length) throw new Error('no lease taken')
   const requests = Array.from({ length: size }, () => randomUUID())
   const now = new Date().toISOString()
   const ms = await timed(async () => await sql`select count(*) from budget_settle_leased(${requests.map(() => lease)}::text[]::uuid[],
     ${requests}::text[], ${texts(requests.map(() => '0.0083'))}::text[]::numeric[], ${requests.map(() => 'bench')}::text[],
     ${requests.map(() => null)}::text[], ${requests.map(() => '{"modelId":"gpt-4o-mini"}')}::text[]::jsonb[],
-    ${requests.map(() => now)}::text[]::timestamptz[], '60 seconds'::interval)`)
-  await sql`select budget_lease_return(${lease}, 0, true, 1)`
+    ${requests.map(() => now)}::text[]::timestamptz[], '60 seconds'::interval, null::uuid[], ${[root]}::text[]::uuid[], ${root}::uuid)`)
+  await sql`select budget_lease_return(${lease}, 0, true, 1, ${[root]}::text[]::uuid[], ${root}::uuid)`
   return ms
 }
 

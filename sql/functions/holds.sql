@@ -231,12 +231,12 @@ begin
   insert into budget_reservations (id, budget_id, root_id, period_start, amount, scope_matched, scope_rank, currency, request_id, expires_at,
                                    call_amount, exchange_rate, as_if_excluded, trees)
   select p_reservation_ids[r.call], r.b, roots[r.w], r.s, r.held, r.matched, r.rank, p_currency, p_request_ids[r.call], now() + p_ttl,
-         p_amounts[r.call], rates[r.w], coalesce(not r.shadow_fits, false),
-         -- the trees of the call's rows (migration 012)
-         array(select distinct roots[x.w] from unnest(p_row_calls, row_window, row_held) as x(call, w, held)
-               where x.call = r.call and x.held is not null order by 1)
+         p_amounts[r.call], rates[r.w], coalesce(not r.shadow_fits, false), t.trees
   from unnest(p_row_calls, p_row_budgets, p_row_starts, p_row_matched, p_row_ranks, row_held, row_window, row_shadow_fits)
     as r(call, b, s, matched, rank, held, w, shadow_fits)
+  -- the trees of each call's rows (migration 012)
+  join (select x.call, array_agg(distinct roots[x.w] order by roots[x.w]) as trees
+        from unnest(p_row_calls, row_window, row_held) as x(call, w, held) where x.held is not null group by x.call) t on t.call = r.call
   where call_reserved[r.call] and r.held is not null;
 
   version := budget_definitions_version();
