@@ -69,7 +69,7 @@ export function createHoldQueue (reservations: HoldRepository, ledger: WindowLed
     batch.forEach((pending, index) => { pending.resolve(held[index]!) })
   }
 
-  // One queue, or one for each set of trees (byTree)
+  // One queue; on Citus (byTree) one for each set of trees a line names, so that a batch names one tree.
   const queue = createKeyedGroupCommit<HoldRequest, HeldHold>(MOST_IN_A_BATCH, commit, (request) => options.byTree ? treesOf(request.line).join(' ') : '')
 
   return {
