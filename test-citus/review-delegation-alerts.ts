@@ -7,32 +7,14 @@
 // path, which does not run on Citus yet: docs/scaling.md lists it.)
 import t, { type Test } from 'tap'
 import { randomUUID } from 'node:crypto'
-import { distributeOnCitus } from '../lib/kernel/database/citus.js'
-import { migrate } from '../lib/kernel/database/migrate.js'
-import { createTestSql } from '../test/fixtures/database.js'
 import { findViolations } from '../test/fixtures/invariants.js'
+import { BOTH, LINE, ORG, distributedTwoTreeLine } from '../test/fixtures/two-tree-cluster.js'
 
-const ORG = '90000000-0000-4000-8000-000000000000'
-const TEAM = '10000000-0000-4000-8000-000000000000'
-const USER = '50000000-0000-4000-8000-000000000000'
 const NIL = '00000000-0000-0000-0000-000000000000'
-const LINE = [USER, TEAM, ORG]
-const TREES = [ORG, USER] // in root order
+const TREES = BOTH // in root order
 
 async function setUp (t: Test) {
-  const { sql } = await createTestSql(t, { max: 2 })
-  await migrate(sql)
-  await distributeOnCitus(sql)
-  await sql`insert into budget_definitions (id, root_id, name, scope_type, scope_id, amount, currency, period, start_date, enforcement, alerts)
-            values (${ORG}, ${ORG}, 'org', 'organization', 'acme', 100, 'USD', 'monthly', '2024-01-01', 'hard',
-                    '[{"threshold": 10, "actions": ["notify"]}, {"threshold": 30, "actions": ["notify"]}]'::jsonb)`
-  await sql`insert into budget_definitions (id, root_id, name, scope_type, scope_id, amount, currency, period, start_date, enforcement, parent_id)
-            values (${TEAM}, ${ORG}, 'team', 'team', 'platform', 100, 'USD', 'monthly', '2024-01-01', 'hard', ${ORG})`
-  await sql`insert into budget_definitions (id, root_id, name, scope_type, scope_id, amount, currency, period, start_date, enforcement)
-            values (${USER}, ${USER}, 'user', 'user', 'ada', 100, 'USD', 'monthly', '2024-01-01', 'hard')`
-  const windows = await sql<Array<{ id: string, start: Date, end: Date }>>`select budget_id as id, period_start as start, period_end as end
-    from budget_line(array['user', 'team', 'organization'], array['ada', 'platform', 'acme'], 'USD', 'gpt-4o-mini', '{}'::jsonb)`
-  const win = (id: string) => windows.find((w) => w.id === id)!
+  const { sql, win } = await distributedTwoTreeLine(t, '[{"threshold": 10, "actions": ["notify"]}, {"threshold": 30, "actions": ["notify"]}]')
   const [named] = await sql`select count(*)::int as n from pg_proc where proname = 'budget_settle_batch' and 'p_roots' = any (proargnames)`
   const namesTrees = named!.n > 0
   t.comment(`the functions ${namesTrees ? 'name' : 'do not name'} their trees`)

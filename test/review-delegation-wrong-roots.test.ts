@@ -9,55 +9,10 @@
 // covers the cluster, where the trees told are checked against the rows' own list.
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import { twoTreeLine } from './fixtures/two-trees.js'
-import { findViolations } from './fixtures/invariants.js'
+import { twoTreeCalls } from './fixtures/two-tree-calls.js'
 
-type Line = Awaited<ReturnType<typeof twoTreeLine>>
+const setUp = twoTreeCalls
 
-async function setUp (t: Parameters<typeof twoTreeLine>[0]) {
-  const line = await twoTreeLine(t)
-  const { sql, budgets } = line
-  const [user, team, org] = budgets as [string, string, string]
-  const windows = await sql<Array<{ id: string, start: Date, end: Date }>>`
-    select d.id, w.period_start as start, w.period_end as end from budget_definitions d cross join lateral budget_window(d, now()) w`
-  const win = (id: string) => windows.find((w) => w.id === id)!
-  const matched = (on: string[]) => on.map((b) => String(b !== org))
-  /** The user's root (its own) and the organization's (the team's too). */
-  const U = user
-  const O = org
-  const hold = async (id: string, amount: string, on: string[] = budgets, roots: string[] | null = null, ttl = '1 hour') => await sql<Array<{ fits: boolean }>>`
-    select coalesce(bool_and(is_reserved), false) as fits from budget_hold_batch(array[${id}]::uuid[], array[${amount}]::numeric[], array[${`req-${id}`}]::text[], 'USD',
-      ${ttl}::interval, ${on.map(() => '1')}::text[]::integer[], ${on}::uuid[], ${on.map((b) => win(b).start.toISOString())}::text[]::timestamptz[],
-      ${on.map((b) => win(b).end.toISOString())}::text[]::timestamptz[], ${matched(on)}::text[]::boolean[], ${on.map((_, i) => String(i))}::text[]::integer[],
-      false, false, ${roots}::text[]::uuid[])`
-  const settle = async (id: string, actual: string, roots: string[] | null) => await sql<Array<{ reservation_id: string, usage_id: string | null }>>`
-    select reservation_id, usage_id from budget_settle_batch(array[${id}]::uuid[], array[${actual}]::numeric[], array['gate'], array['call'],
-      array['{}'::jsonb], null, ${roots}::text[]::uuid[])`
-  const takeLease = async (id: string, wanted: string, roots: string[] | null, on: string[] = budgets) => {
-    const [row] = await sql<Array<{ granted: string | null }>>`
-      select max(granted)::text as granted from budget_lease_take(${id}, 'USD', '1 hour'::interval, ${wanted}::numeric, 0.0001::numeric, ${on}::uuid[],
-        ${on.map((b) => win(b).start.toISOString())}::text[]::timestamptz[], ${on.map((b) => win(b).end.toISOString())}::text[]::timestamptz[],
-        ${matched(on)}::text[]::boolean[], ${on.map((_, i) => String(i))}::text[]::integer[], ${roots}::text[]::uuid[])`
-    return row?.granted ?? null
-  }
-  const settleLeased = async (lease: string, request: string, actual: string, roots: string[] | null) => await sql<Array<{ usage_id: string | null, lease_found: boolean }>>`
-    select usage_id, lease_found from budget_settle_leased(array[${lease}]::uuid[], array[${request}], array[${actual}]::numeric[], array['gate'], array['call'],
-      array['{}'::jsonb], array[now()], '1 hour'::interval, null, ${roots}::text[]::uuid[])`
-  const returnLease = async (lease: string, amount: string, final: boolean, number: number, roots: string[] | null) =>
-    await sql`select budget_lease_return(${lease}, ${amount}::numeric, ${final}, ${number}::integer, ${roots}::text[]::uuid[])`
-  /** Each budget's window numbers, by name: spent and reserved (exact decimals, as text). */
-  const numbers = async () => Object.fromEntries((await sql<Array<{ name: string, current: string, reserved: string }>>`
-    select d.name, trim_scale(c.current_amount)::text as current, trim_scale(c.reserved_amount)::text as reserved from budget_status_cache c join budget_definitions d on d.id = c.budget_id`)
-    .map((r) => [r.name, { current: r.current, reserved: r.reserved }]))
-  /** Violations other than live reservations (the test's own holds may still be there). */
-  const broken = async () => (await findViolations(sql)).filter((v) => !v.startsWith('reservation '))
-  /** Every expired reservation swept, as the sweeper does (expired first). */
-  const sweepAll = async () => {
-    await sql`update budget_reservations set expires_at = now() - interval '1 second'`
-    return (await sql`select budget_sweep_expired(1000) as n`)[0]!.n as number
-  }
-  return { ...line, user, team, org, U, O, hold, settle, takeLease, settleLeased, returnLease, numbers, broken, sweepAll }
-}
 
 t.test('budget_lease_take told only the user\'s tree: no lease past the team\'s and organization\'s room', async (t) => {
   const s = await setUp(t)
@@ -219,4 +174,3 @@ t.test('budget_hold_batch told one tree, none, a null or a tree not the line\'s:
   t.same(await s.broken(), [], 'invariants')
 })
 
-export type { Line }
