@@ -121,13 +121,7 @@ begin
   -- the trees of the batch's budgets, as the caller names them (its lines know them), else read from their
   -- rows (on Citus, on every shard); each statement below then names one tree, so that on Citus it runs on
   -- that tree's node alone
-  if p_roots is not null then
-    select array_agg(distinct x.root order by x.root) into trees from unnest(p_roots) as x(root);
-  else
-    select array_agg(distinct d.root_id order by d.root_id) into trees
-    from budget_definitions d where d.id = any (p_row_budgets);
-  end if;
-  trees := coalesce(trees, '{}');
+  trees := budget_line_trees(p_roots, p_row_budgets);
 
   -- the current windows' rows, in the lock order (locks.sql)
   perform budget_lock_windows(array_agg(r.b), array_agg(r.s), array_agg(r.e), trees)

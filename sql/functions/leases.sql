@@ -19,21 +19,10 @@
 --
 -- Each reads or writes one tree's rows at a time, the trees of the lease's line: for a take, those p_roots
 -- names (the process's line knows them; a window in none of them refuses the take), else those of its
--- budgets; for a return or a renewal, those of the lease's rows (budget_reservation_trees, locks.sql). On
--- Citus a call runs on the node of p_root's tree (sql/citus/delegate.sql), so a lease on a one-tree line
--- runs whole there; p_root chooses the node only, and defaults to the nil root, never to null (delegate.sql
--- says why).
-
--- The trees a lease take names: p_roots when given, else the trees of the budgets p_budgets (a read on
--- every shard on Citus), in root order.
-create or replace function budget_lease_trees(p_roots uuid[], p_budgets uuid[]) returns uuid[]
-language plpgsql stable as $$
-begin
-  if p_roots is not null then
-    return coalesce((select array_agg(distinct x.root order by x.root) from unnest(p_roots) as x(root) where x.root is not null), '{}');
-  end if;
-  return coalesce((select array_agg(distinct d.root_id order by d.root_id) from budget_definitions d where d.id = any (p_budgets)), '{}');
-end $$;
+-- budgets (budget_line_trees, locks.sql); for a return or a renewal, those of the lease's rows
+-- (budget_reservation_trees, locks.sql). On Citus a call runs on the node of p_root's tree
+-- (sql/citus/delegate.sql), so a lease on a one-tree line runs whole there; p_root chooses the node only, and
+-- defaults to the nil root, never to null (delegate.sql says why).
 
 -- Takes (or adds to) a lease on a line's windows; refuses (takes nothing) when the line is out of date: a
 -- window not current, or the lease's rows carried by a window change to other windows than the line names;
@@ -48,7 +37,7 @@ create or replace function budget_lease_take(
 language plpgsql set lock_timeout = '2s' as $$
 #variable_conflict use_column
 declare
-  trees uuid[] := budget_lease_trees(p_roots, p_budgets);
+  trees uuid[] := budget_line_trees(p_roots, p_budgets);
   tree uuid;
   w record;
   windows integer;

@@ -30,6 +30,19 @@ create or replace function budget_on_citus() returns boolean language sql stable
   select to_regclass('pg_catalog.pg_dist_partition') is not null
 $$;
 
+-- The trees of a line's statement (a hold, a lease take): p_roots when given (a window in none of them is out of
+-- date there), else those of the budgets p_budgets (a read on every shard on Citus), in root order. (It was
+-- budget_lease_trees, in leases.sql.)
+drop function if exists budget_lease_trees(uuid[], uuid[]);
+create or replace function budget_line_trees(p_roots uuid[], p_budgets uuid[]) returns uuid[]
+language plpgsql stable as $$
+begin
+  if p_roots is not null then
+    return coalesce((select array_agg(distinct x.root order by x.root) from unnest(p_roots) as x(root) where x.root is not null), '{}');
+  end if;
+  return coalesce((select array_agg(distinct d.root_id order by d.root_id) from budget_definitions d where d.id = any (p_budgets)), '{}');
+end $$;
+
 -- The trees of the reservations p_ids, in root order: a settlement's, a lease return's or renewal's. On plain
 -- PostgreSQL, read from their rows (one index read): a caller's p_roots bounds nothing there. On Citus, read
 -- by id alone reaches every shard, so the trees p_roots names are checked instead, a tree at a time: when
