@@ -16,6 +16,7 @@ import { createLeaseRepository } from '../lib/gate/lease-repository.js'
 import { createLineRepository } from '../lib/gate/line-repository.js'
 import { createSettlementRepository } from '../lib/gate/settlement-repository.js'
 import { createRateRepository } from '../lib/gate/rate-repository.js'
+import { createSweeperRepository } from '../lib/gate/sweeper-repository.js'
 import type { BudgetTerms } from '../lib/gate/budget-terms.js'
 import { ADMIN_TOKEN, PREFIX } from '../test/fixtures/app.js'
 import { createTestSql } from '../test/fixtures/database.js'
@@ -216,6 +217,40 @@ t.test('a rate take and a give-back run whole on the node of their tree', async 
   }
 })
 
+t.test('the sweeper sweeps tree by tree, each tree\'s sweep whole on its node', async (t) => {
+  const database = await distributedDatabase(t)
+  const orgs = await twoTreesOnTwoWorkers(t, database)
+  // a hold in each tree whose process "died": its reservation expires at once
+  for (const org of orgs.values()) {
+    const [held] = await createHoldRepository(database.gateSql).holdBatch([{ reservationId: randomUUID(), requestId: randomUUID(), amount: '0.25', line: org.line }], 'USD', 1)
+    t.ok(held!.reserved, 'held')
+  }
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  const sweeper = createSweeperRepository(database.gateSql)
+  t.same(await sweeper.expiredTrees(100), [...orgs.values()].map((org) => org.id).sort(), 'both trees hold an expired reservation (a read of every shard)')
+  for (const [worker, org] of orgs) {
+    let swept = 0
+    await checkRunsOn(t, database, worker, 'budget_sweep_expired', async (sql) => {
+      swept += await createSweeperRepository(sql).sweepTree(org.id, 100)
+    })
+    t.equal(swept, 1, 'its one expired hold swept, once')
+    const [usage] = await database.sql<Array<{ records: number, spent: string }>>`
+      select count(*)::int as records, sum(amount)::text as spent from budget_usage_records where root_id = ${org.id}`
+    t.same(usage, { records: 1, spent: '0.2500000000' }, 'counted as spent at its estimate, in its tree')
+  }
+  t.equal(await sweeper.sweepExpired(100, { byTree: true }), 0, 'nothing left to sweep')
+  t.same(await findViolations(database.sql), [], 'no hold left, the windows equal to their allocations, no hard budget over its limit')
+
+  // the plugin's own sweep on Citus: every tree with expired holds, one call each
+  for (const org of orgs.values()) {
+    await createHoldRepository(database.gateSql).holdBatch([{ reservationId: randomUUID(), requestId: randomUUID(), amount: '0.5', line: org.line }], 'USD', 1)
+  }
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  t.equal(await sweeper.sweepExpired(100, { byTree: true }), 2, 'one expired hold swept in each tree')
+  t.equal(await sweeper.sweepExpired(1, { byTree: true }), 0, 'a limit reached nothing more')
+  t.same(await findViolations(database.sql), [], 'the invariants hold after the sweep')
+})
+
 t.test('no delegated statement can be given a null tree: Citus 13.2 crashes on a null distribution argument, so each defaults to the nil root', async (t) => {
   const { sql } = await createTestSql(t, { max: 1 })
   await migrate(sql)
@@ -224,7 +259,7 @@ t.test('no delegated statement can be given a null tree: Citus 13.2 crashes on a
     select p.oid::regprocedure::text as fn, pg_get_function_arguments(p.oid) as arguments, (p.proargnames)[o.distribution_argument_index + 1] as argument
     from pg_dist_object o join pg_proc p on p.oid = o.objid
     where o.classid = 'pg_proc'::regclass and o.distribution_argument_index is not null`
-  t.same(delegated.map((row) => row.fn.replace(/\(.*/, '')).sort(), ['budget_hold_batch', 'budget_lease_renew', 'budget_lease_return', 'budget_lease_take', 'budget_rate_give_back', 'budget_rate_take', 'budget_settle_batch', 'budget_settle_leased'], 'the gate\'s delegated statements')
+  t.same(delegated.map((row) => row.fn.replace(/\(.*/, '')).sort(), ['budget_hold_batch', 'budget_lease_renew', 'budget_lease_return', 'budget_lease_take', 'budget_rate_give_back', 'budget_rate_take', 'budget_settle_batch', 'budget_settle_leased', 'budget_sweep_expired'], 'the gate\'s delegated statements')
   for (const row of delegated) {
     t.equal(row.argument, 'p_root', `${row.fn}: delegated by its tree`)
     t.match(row.arguments, `p_root uuid DEFAULT '${NIL_ROOT}'::uuid`, `${row.fn}: p_root defaults to the nil root`)

@@ -30,7 +30,7 @@ export interface GateStores {
   reservations: ReservationRepository
   findBudget: (id: string) => Promise<BudgetDefinition | null>
   recordUnbudgeted: RecordUnbudgeted
-  /** The database is a Citus cluster: holds and settlements are batched by the trees of their lines (holds.ts, settlements.ts). */
+  /** The database is a Citus cluster: holds and settlements are batched by the trees of their lines (holds.ts, settlements.ts), and the sweeper sweeps a tree a call. */
   onCitus: boolean
 }
 
@@ -73,7 +73,7 @@ export function createGate (stores: GateStores, usageTracker: UsageTracker, vers
   versions.onForget(leases.forgetAll) // a changed budget ends the leases taken under the old one
   const rateLimits = createRateLimits(reservations, log) // request and token buckets, allowance held in process
   versions.onForget(rateLimits.forgetAll) // and the allowance taken under the old definitions
-  const integration = createBudgetIntegration({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget: stores.findBudget, ledger }, usageTracker, options, log)
+  const integration = createBudgetIntegration({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget: stores.findBudget, ledger, onCitus: stores.onCitus }, usageTracker, options, log)
   const tracker: BudgetTracker = { ...usageTracker, checkBudgetConstraints: integration.checkBudgetConstraints }
   return {
     api: { integration, tracker },

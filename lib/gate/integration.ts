@@ -165,9 +165,11 @@ export interface GateMachinery {
   findBudget: (id: string) => Promise<BudgetDefinition | null>
   /** Each window's money as this process knows it: what a leased admission reports. */
   ledger: WindowLedger
+  /** The database is a Citus cluster: the sweeper sweeps tree by tree, each call on its tree's node. */
+  onCitus: boolean
 }
 
-export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget, ledger }: GateMachinery, tracker: UsageTracker, options: IntegrationOptions,
+export function createBudgetIntegration ({ reservations, lines, leases, holds, settlements, rateLimits, versions, findBudget, ledger, onCitus }: GateMachinery, tracker: UsageTracker, options: IntegrationOptions,
   log: Logger) {
   /** The call as filtered budgets see it: the model by its price-table name (a dated snapshot matches as its base model). */
   function callOf (caller: CallerScopes, model: string | undefined): CallFilter {
@@ -564,7 +566,7 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
 
     /** Settles reservations whose process died: each counts as spent at its estimate (see sql/functions/sweeper.sql). */
     async sweepExpiredReservations (limit = 100): Promise<number> {
-      return await reservations.sweepExpired(limit)
+      return await reservations.sweepExpired(limit, { byTree: onCitus })
     }
   }
 }

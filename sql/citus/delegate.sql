@@ -13,7 +13,7 @@ declare
 begin
   for k in select p.oid::regprocedure as fn from pg_proc p
            where p.proname = any (array['budget_hold_batch', 'budget_settle_batch', 'budget_settle_leased', 'budget_lease_take', 'budget_lease_renew', 'budget_lease_return',
-                                         'budget_rate_take', 'budget_rate_give_back']) and p.pronamespace = current_schema()::regnamespace loop
+                                         'budget_rate_take', 'budget_rate_give_back', 'budget_sweep_expired']) and p.pronamespace = current_schema()::regnamespace loop
     if not exists (select 1 from pg_dist_object o where o.classid = 'pg_proc'::regclass and o.objid = k.fn::oid
                    and o.distribution_argument_index is not null) then
       perform create_distributed_function(k.fn, 'p_root', colocate_with => 'budget_definitions');
