@@ -217,6 +217,29 @@ t.test('a rate take and a give-back run whole on the node of their tree', async 
   }
 })
 
+t.test('a line loads whole on the node of its tree, once the trees its scopes name are read', async (t) => {
+  const database = await distributedDatabase(t)
+  for (const [worker, org] of await twoTreesOnTwoWorkers(t, database)) {
+    const call = { scopes: [{ type: 'organization', id: org.line[0]!.name }], model: 'gpt-4o-mini' }
+    const named = await createLineRepository(database.gateSql).scopeTrees(call.scopes)
+    t.same(named.roots, [org.id], 'the scopes name one tree (a read of every shard: the scopes do not say which)')
+    // a new window of the budget, so that the load makes its cache row too
+    await database.sql`delete from budget_status_cache where root_id = ${org.id}`
+    let loaded: Awaited<ReturnType<ReturnType<typeof createLineRepository>['loadLineIn']>> | undefined
+    await checkRunsOn(t, database, worker, 'budget_line', async (sql) => {
+      loaded = await createLineRepository(sql).loadLineIn(call, 'USD', named)
+    })
+    t.same(loaded!.line, org.line, 'the same line as loaded from the coordinator')
+    t.equal(loaded!.definitionsVersion, named.version, 'stamped with the version read before the trees')
+    const [rows] = await database.sql<Array<{ n: number }>>`select count(*)::int as n from budget_status_cache where root_id = ${org.id}`
+    t.equal(rows!.n, 1, 'its window row made again, on the tree\'s node')
+    const byTree = await createLineRepository(database.gateSql).loadLine(call, 'USD', { byTree: true })
+    t.same(byTree.line, org.line, 'the gate\'s load on Citus: the same line')
+  }
+  const none = await createLineRepository(database.gateSql).loadLine({ scopes: [{ type: 'user', id: 'nobody' }], model: null }, 'USD', { byTree: true })
+  t.same(none.line, [], 'a caller no budget names: an empty line, with no call to any tree')
+})
+
 t.test('the sweeper sweeps tree by tree, each tree\'s sweep whole on its node', async (t) => {
   const database = await distributedDatabase(t)
   const orgs = await twoTreesOnTwoWorkers(t, database)
@@ -259,7 +282,7 @@ t.test('no delegated statement can be given a null tree: Citus 13.2 crashes on a
     select p.oid::regprocedure::text as fn, pg_get_function_arguments(p.oid) as arguments, (p.proargnames)[o.distribution_argument_index + 1] as argument
     from pg_dist_object o join pg_proc p on p.oid = o.objid
     where o.classid = 'pg_proc'::regclass and o.distribution_argument_index is not null`
-  t.same(delegated.map((row) => row.fn.replace(/\(.*/, '')).sort(), ['budget_hold_batch', 'budget_lease_renew', 'budget_lease_return', 'budget_lease_take', 'budget_rate_give_back', 'budget_rate_take', 'budget_settle_batch', 'budget_settle_leased', 'budget_sweep_expired'], 'the gate\'s delegated statements')
+  t.same(delegated.map((row) => row.fn.replace(/\(.*/, '')).sort(), ['budget_hold_batch', 'budget_lease_renew', 'budget_lease_return', 'budget_lease_take', 'budget_line', 'budget_rate_give_back', 'budget_rate_take', 'budget_settle_batch', 'budget_settle_leased', 'budget_sweep_expired'], 'the gate\'s delegated statements')
   for (const row of delegated) {
     t.equal(row.argument, 'p_root', `${row.fn}: delegated by its tree`)
     t.match(row.arguments, `p_root uuid DEFAULT '${NIL_ROOT}'::uuid`, `${row.fn}: p_root defaults to the nil root`)

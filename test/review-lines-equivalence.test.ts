@@ -1,10 +1,12 @@
 // Review of the rewrite in steps: on plain PostgreSQL budget_applicable,
-// budget_line, budget_lineage and budget_subtree give what they gave at 0df6ed4, on random forests and callers.
+// budget_line, budget_lineage and budget_subtree give what they gave at 0df6ed4, on random forests and callers;
+// and budget_line naming the trees budget_scope_trees reads (the line load on Citus) gives the same line.
 // The 0df6ed4 definitions are loaded beside the current ones under old_ names.
 import { execFileSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import fc from 'fast-check'
+import { NIL_ROOT } from '../lib/kernel/database/db.js'
 import { migrate } from '../lib/kernel/database/migrate.js'
 import { createTestSql } from './fixtures/database.js'
 
@@ -113,6 +115,11 @@ t.test('budget_applicable, budget_line, budget_lineage and budget_subtree give w
       const lineBefore = await line('old_budget_line')
       if (lineNow.length > 0) nonEmptyLines++
       same(lineNow.map((r) => ({ ...r })), lineBefore.map((r) => ({ ...r })), 'budget_line, in its order')
+      // as the gate loads it on Citus: the trees first (budget_scope_trees), then the line in those trees only
+      const [named] = await sql<Array<{ roots: string[] }>>`select roots from budget_scope_trees(${types}::text[], ${scopeIds}::text[])`
+      const lineByTree = await sql.unsafe(`select *, period_start::text as ps, period_end::text as pe from budget_line($1::text[], $2::text[], 'USD', $3, $4::text::jsonb, $5::uuid[], $6::uuid)`,
+        [types, scopeIds, c.model, tags, named!.roots, named!.roots[0] ?? NIL_ROOT])
+      same(lineByTree.map((r) => ({ ...r })), lineNow.map((r) => ({ ...r })), 'budget_line naming the trees budget_scope_trees read: the same line')
     }
     const some = [...ids.filter((_, i) => i % 3 === run % 3), randomUUID()]
     for (const id of [...some, ...ids.slice(0, 3)]) {

@@ -60,7 +60,8 @@ function keyOf (call: CallFilter): string {
   return `${key}${call.model ?? ''}\u0001${canonicalTags(call.tags)}`
 }
 
-export function createBudgetLines (reservations: LineRepository, versions: DefinitionsVersion, currency: string, log: Logger) {
+/** `byTree`: the database is a Citus cluster, and each line is loaded on its first tree's node (line-repository.ts). */
+export function createBudgetLines (reservations: LineRepository, versions: DefinitionsVersion, currency: string, log: Logger, { byTree = false }: { byTree?: boolean } = {}) {
   const lines = new Map<string, Cached>()
   versions.onForget(() => { lines.clear() })
 
@@ -150,7 +151,7 @@ export function createBudgetLines (reservations: LineRepository, versions: Defin
       }
       if (lines.size >= MOST_LINES) lines.clear() // a crude bound: callers beyond it reload their line
       const entry: Cached = {
-        line: reservations.loadLine(call, currency).then(({ line, definitionsVersion, trees }) => {
+        line: reservations.loadLine(call, currency, { byTree }).then(({ line, definitionsVersion, trees }) => {
           for (const budget of line) entry.validUntil = Math.min(entry.validUntil, budget.periodEnd.getTime())
           versions.observe(definitionsVersion)
           const treesCurrent = versions.observeTrees(trees, entry.validUntil)

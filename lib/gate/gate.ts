@@ -30,7 +30,7 @@ export interface GateStores {
   reservations: ReservationRepository
   findBudget: (id: string) => Promise<BudgetDefinition | null>
   recordUnbudgeted: RecordUnbudgeted
-  /** The database is a Citus cluster: holds and settlements are batched by the trees of their lines (holds.ts, settlements.ts), and the sweeper sweeps a tree a call. */
+  /** The database is a Citus cluster: holds and settlements are batched by the trees of their lines (holds.ts, settlements.ts), lines are loaded on their tree's node, and the sweeper sweeps a tree a call. */
   onCitus: boolean
 }
 
@@ -43,7 +43,7 @@ export interface Gate {
 
 export function createGate (stores: GateStores, usageTracker: UsageTracker, versions: DefinitionsVersion, options: IntegrationOptions, log: Logger): Part<Gate> {
   const { reservations } = stores
-  const lines = createBudgetLines(reservations, versions, options.currency, log)
+  const lines = createBudgetLines(reservations, versions, options.currency, log, { byTree: stores.onCitus })
   const ledger = createWindowLedger() // each window's money as this process knows it, for leased admissions
   const settlements = createSettlementQueue(reservations, { ttlMs: options.reservationTtlMs, byTree: stores.onCitus, observe: versions.observe, recordUnbudgeted: stores.recordUnbudgeted, stamp: ledger.stamp }, log)
   let stopped = false

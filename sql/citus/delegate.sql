@@ -13,10 +13,25 @@ declare
 begin
   for k in select p.oid::regprocedure as fn from pg_proc p
            where p.proname = any (array['budget_hold_batch', 'budget_settle_batch', 'budget_settle_leased', 'budget_lease_take', 'budget_lease_renew', 'budget_lease_return',
-                                         'budget_rate_take', 'budget_rate_give_back', 'budget_sweep_expired']) and p.pronamespace = current_schema()::regnamespace loop
+                                         'budget_rate_take', 'budget_rate_give_back', 'budget_sweep_expired', 'budget_line']) and p.pronamespace = current_schema()::regnamespace loop
     if not exists (select 1 from pg_dist_object o where o.classid = 'pg_proc'::regclass and o.objid = k.fn::oid
                    and o.distribution_argument_index is not null) then
       perform create_distributed_function(k.fn, 'p_root', colocate_with => 'budget_definitions');
     end if;
+  end loop;
+end $$;
+
+-- What a delegated call runs on its node must be there: Citus copies a function to the workers when it is made,
+-- except one whose arguments or result are a table's row type while that table is still local (migrate() makes
+-- the functions before this step distributes the tables). Those of the plugin's functions are copied now.
+do $$
+declare
+  k record;
+begin
+  for k in select p.oid::regprocedure as fn from pg_proc p
+           where (p.proname like 'budget\_%' or p.proname in ('refresh_budget_status_cache', 'calculate_budget_status'))
+             and p.pronamespace = current_schema()::regnamespace
+             and not exists (select 1 from pg_dist_object o where o.classid = 'pg_proc'::regclass and o.objid = p.oid) loop
+    perform create_distributed_function(k.fn);
   end loop;
 end $$;

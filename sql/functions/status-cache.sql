@@ -21,14 +21,20 @@ end $$;
 -- snapshot, it reads the window's allocations and the cache row as that snapshot sees them; their
 -- difference is the row's drift. Increments committed after the snapshot are in neither side (their
 -- writers add them to the row themselves), so adding the drift under a brief row lock is exact.
-create or replace function refresh_budget_status_cache(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz)
+-- p_root: the budget's tree, when the caller knows it (the line load does); null: read by the budget's id, on
+-- Citus from every shard.
+drop function if exists refresh_budget_status_cache(uuid, timestamptz, timestamptz);
+create or replace function refresh_budget_status_cache(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz,
+  p_root uuid default null)
 returns setof budget_status_cache language plpgsql as $$
 declare
   drift record;
-  root uuid;
+  root uuid := p_root;
 begin
   -- every statement names the budget's root: on Citus each is then one shard's
-  select d.root_id into root from budget_definitions d where d.id = p_budget_id;
+  if root is null then
+    select d.root_id into root from budget_definitions d where d.id = p_budget_id;
+  end if;
   insert into budget_status_cache (budget_id, root_id, period_start, period_end)
   values (p_budget_id, root, p_period_start, p_period_end)
   on conflict (budget_id, period_start, root_id) do nothing;
