@@ -72,7 +72,7 @@ t.test('every gate function carries its lock timeout, so a queue on a hot row ca
   // Set in each function's own definition (sql/functions/): a create or replace that left it out would drop it.
   const gateFunctions: Record<string, string> = {
     budget_hold_batch: '2s', budget_lease_take: '2s', budget_rate_take: '2s', budget_rate_give_back: '2s',
-    budget_lease_return: '5s', budget_settle_batch: '5s', budget_settle_leased: '5s', budget_sweep_expired: '5s'
+    budget_lease_return: '5s', budget_settle_batch: '5s', budget_settle_leased: '5s', budget_sweep_trees: '5s'
   }
   const rows = await sql<Array<{ name: string, config: string[] | null }>>`
     select proname as name, proconfig as config from pg_proc where proname = any (${Object.keys(gateFunctions)}::text[]) order by proname`

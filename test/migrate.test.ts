@@ -162,7 +162,9 @@ async function migrateAsNewerVersion (url: string): Promise<{ codeVersion: numbe
     await sql.begin(async (tx) => {
       await tx`insert into budget_schema_migrations (version, name) values (${codeVersion + 1}, ${`${codeVersion + 1}_newer.sql`})`
       await tx.unsafe(newer('holds.sql', [['shadow_fits boolean)', 'shadow_fits boolean, newer_column text)'], ['r.over_cap, r.shadow_fits\n', "r.over_cap, r.shadow_fits, 'newer'::text\n"]]))
-      await tx.unsafe(newer('lines.sql', [['tree_version bigint)', 'tree_version bigint, newer_column text)'], ['b.root_id, coalesce(v.version, 0)\n', "b.root_id, coalesce(v.version, 0), 'newer'::text\n"]]))
+      // budget_line and budget_line_in_trees, which it returns from: both results get the newer column
+      await tx.unsafe(newer('lines.sql', [['tree_version bigint)', 'tree_version bigint, newer_column text)'], ['tree_version bigint)', 'tree_version bigint, newer_column text)'],
+        ['create or replace function budget_line_in_trees(', 'drop function if exists budget_line_in_trees(text[], text[], text, text, jsonb, uuid[], uuid);\ncreate or replace function budget_line_in_trees('], ['a.root_id, coalesce(v.version, 0)\n', "a.root_id, coalesce(v.version, 0), 'newer'::text\n"]]))
       await tx`update budget_schema_repeatables set checksum = 'newer' where name in ('holds.sql', 'lines.sql')`
     })
     return { codeVersion, databaseVersion: codeVersion + 1 }

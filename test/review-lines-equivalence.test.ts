@@ -117,7 +117,7 @@ t.test('budget_applicable, budget_line, budget_lineage and budget_subtree give w
       same(lineNow.map((r) => ({ ...r })), lineBefore.map((r) => ({ ...r })), 'budget_line, in its order')
       // as the gate loads it on Citus: the trees first (budget_scope_trees), then the line in those trees only
       const [named] = await sql<Array<{ roots: string[] }>>`select roots from budget_scope_trees(${types}::text[], ${scopeIds}::text[])`
-      const lineByTree = await sql.unsafe(`select *, period_start::text as ps, period_end::text as pe from budget_line($1::text[], $2::text[], 'USD', $3, $4::text::jsonb, $5::uuid[], $6::uuid)`,
+      const lineByTree = await sql.unsafe(`select *, period_start::text as ps, period_end::text as pe from budget_line_in_trees($1::text[], $2::text[], 'USD', $3, $4::text::jsonb, $5::uuid[], $6::uuid)`,
         [types, scopeIds, c.model, tags, named!.roots, named!.roots[0] ?? NIL_ROOT])
       same(lineByTree.map((r) => ({ ...r })), lineNow.map((r) => ({ ...r })), 'budget_line naming the trees budget_scope_trees read: the same line')
     }

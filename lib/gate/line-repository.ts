@@ -72,8 +72,10 @@ export function createLineRepository (sql: Db) {
              period_start as "periodStart", period_end as "periodEnd", definitions_version::text as "definitionsVersion",
              rate_requests_per_minute as "requestsPerMinute", rate_tokens_per_minute::float8 as "tokensPerMinute", currency, near_limit as "nearLimit",
              max_call_cost::text as "maxCallCost", enforcement, root_id as "rootId", tree_version::text as "treeVersion"
-      from budget_line(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, ${call.model}, ${canonicalTags(call.tags)}::text::jsonb
-                       ${named === null || named.roots.length === 0 ? sql`` : sql`, ${named.roots}::text[]::uuid[], ${named.roots[0]!}::uuid`})`
+      from ${named === null || named.roots.length === 0
+        ? sql`budget_line(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, ${call.model}, ${canonicalTags(call.tags)}::text::jsonb)`
+        : sql`budget_line_in_trees(${scopes.map((s) => s.type)}::text[], ${scopes.map((s) => s.id)}::text[], ${currency}, ${call.model}, ${canonicalTags(call.tags)}::text::jsonb,
+                                   ${named.roots}::text[]::uuid[], ${named.roots[0]!}::uuid)`}`
     // A caller with no budget still learns the version: its empty line is as cacheable as any.
     const version = named?.version ?? Number(rows[0]?.definitionsVersion ?? (await versions()).version)
     const trees = new Map<string, number>()

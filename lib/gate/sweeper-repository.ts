@@ -29,7 +29,7 @@ export function createSweeperRepository (sql: Db) {
 
     /** Ends at most about `limit` expired reservations met in one tree, on that tree's node on Citus; how many. */
     async sweepTree (tree: string, limit: number): Promise<number> {
-      const [row] = await sql<Array<{ swept: number }>>`select budget_sweep_expired(${limit}, ${[tree]}::text[]::uuid[], ${tree}::uuid) as swept`
+      const [row] = await sql<Array<{ swept: number }>>`select budget_sweep_trees(${limit}, ${[tree]}::text[]::uuid[], ${tree}::uuid) as swept`
       return row?.swept ?? 0
     }
   }

@@ -5,15 +5,17 @@
 -- in a transaction that created shards in parallel). Written to run again: a function already delegated is
 -- left as it is.
 --
--- Every one of them defaults p_root to the nil root, never to null: Citus 13.2 crashes the server process
--- that plans a call whose distribution argument is null.
+-- Each is registered in its argument list that has p_root (the one without, kept for the versions before, runs
+-- where it is called). Where p_root has a default, it is the nil root, never null: Citus 13.2 crashes the
+-- server process that plans a call whose distribution argument is null.
 do $$
 declare
   k record;
 begin
   for k in select p.oid::regprocedure as fn from pg_proc p
            where p.proname = any (array['budget_hold_batch', 'budget_settle_batch', 'budget_settle_leased', 'budget_lease_take', 'budget_lease_renew', 'budget_lease_return',
-                                         'budget_rate_take', 'budget_rate_give_back', 'budget_sweep_expired', 'budget_line']) and p.pronamespace = current_schema()::regnamespace loop
+                                         'budget_rate_take', 'budget_rate_give_back', 'budget_sweep_trees', 'budget_line_in_trees']) and p.pronamespace = current_schema()::regnamespace
+             and 'p_root' = any (p.proargnames) loop
     if not exists (select 1 from pg_dist_object o where o.classid = 'pg_proc'::regclass and o.objid = k.fn::oid
                    and o.distribution_argument_index is not null) then
       perform create_distributed_function(k.fn, 'p_root', colocate_with => 'budget_definitions');
@@ -29,7 +31,7 @@ declare
   k record;
 begin
   for k in select p.oid::regprocedure as fn from pg_proc p
-           where (p.proname like 'budget\_%' or p.proname in ('refresh_budget_status_cache', 'calculate_budget_status'))
+           where p.proname ~ '^(budget|refresh_budget|calculate_budget)_'
              and p.pronamespace = current_schema()::regnamespace
              and not exists (select 1 from pg_dist_object o where o.classid = 'pg_proc'::regclass and o.objid = p.oid) loop
     perform create_distributed_function(k.fn);

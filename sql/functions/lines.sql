@@ -12,9 +12,18 @@
 -- Each budget's root comes with it (added last: a result's columns change only at the end, docs/data-model.md).
 -- p_roots: the trees the scopes' budgets are in, when the caller knows them (the line load on Citus, which
 -- reads them first: budget_scope_trees); only those trees are read, one statement a tree. Null: every tree.
+-- budget_applicable, without it (the argument list the versions before call): every tree. A function of its own
+-- name rather than a default: a version before that made its argument list again beside one with defaults would
+-- make every call of it ambiguous.
 drop function if exists budget_applicable(text[], text[], text, timestamptz, text, jsonb);
-create or replace function budget_applicable(p_scope_types text[], p_scope_ids text[], p_currency text, p_at timestamptz, p_model text, p_tags jsonb,
-  p_roots uuid[] default null)
+create or replace function budget_applicable(p_scope_types text[], p_scope_ids text[], p_currency text, p_at timestamptz, p_model text, p_tags jsonb)
+returns table (budget_id uuid, scope_matched boolean, scope_rank integer, period_start timestamptz, period_end timestamptz, root_id uuid)
+language plpgsql stable as $$
+begin
+  return query select * from budget_applicable_in_trees(p_scope_types, p_scope_ids, p_currency, p_at, p_model, p_tags, null::uuid[]);
+end $$;
+create or replace function budget_applicable_in_trees(p_scope_types text[], p_scope_ids text[], p_currency text, p_at timestamptz, p_model text, p_tags jsonb,
+  p_roots uuid[])
 returns table (budget_id uuid, scope_matched boolean, scope_rank integer, period_start timestamptz, period_end timestamptz, root_id uuid)
 language plpgsql stable as $$
 declare
@@ -89,10 +98,21 @@ end $$;
 --
 -- p_roots: the trees the scopes' budgets are in (budget_scope_trees), when the caller read them first: only
 -- those are read, one statement a tree, and on Citus p_root (the first of them) sends the call to that tree's
--- node (sql/citus/delegate.sql). Null: every tree, read here.
+-- node (sql/citus/delegate.sql). Null: every tree, read here. budget_line, without them (the argument list
+-- the versions before call): every tree; a function of its own name, as budget_applicable's above says (and a
+-- version before that makes budget_line again is refused: its result differs).
 drop function if exists budget_line(text[], text[], text, text, jsonb);
-create or replace function budget_line(p_scope_types text[], p_scope_ids text[], p_currency text, p_model text, p_tags jsonb,
-  p_roots uuid[] default null, p_root uuid default '00000000-0000-0000-0000-000000000000')
+create or replace function budget_line(p_scope_types text[], p_scope_ids text[], p_currency text, p_model text, p_tags jsonb)
+returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, scope_rank integer,
+               period_start timestamptz, period_end timestamptz, definitions_version bigint,
+               rate_requests_per_minute integer, rate_tokens_per_minute bigint, currency text, near_limit text, max_call_cost numeric,
+               enforcement text, root_id uuid, tree_version bigint)
+language plpgsql as $$
+begin
+  return query select * from budget_line_in_trees(p_scope_types, p_scope_ids, p_currency, p_model, p_tags, null::uuid[], '00000000-0000-0000-0000-000000000000'::uuid);
+end $$;
+create or replace function budget_line_in_trees(p_scope_types text[], p_scope_ids text[], p_currency text, p_model text, p_tags jsonb,
+  p_roots uuid[], p_root uuid)
 returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, scope_rank integer,
                period_start timestamptz, period_end timestamptz, definitions_version bigint,
                rate_requests_per_minute integer, rate_tokens_per_minute bigint, currency text, near_limit text, max_call_cost numeric,
@@ -130,7 +150,7 @@ begin
   end loop;
   for applicable in
     select a.budget_id, a.root_id, a.scope_matched, a.scope_rank, a.period_start, a.period_end
-    from budget_applicable(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags, p_roots) a order by a.budget_id
+    from budget_applicable_in_trees(p_scope_types, p_scope_ids, p_currency, now(), p_model, p_tags, p_roots) a order by a.budget_id
   loop
     ids := ids || applicable.budget_id;
     roots := roots || applicable.root_id;
@@ -141,7 +161,7 @@ begin
     if not exists (select 1 from budget_status_cache c
                    where c.root_id = applicable.root_id and c.budget_id = applicable.budget_id
                      and c.period_start = applicable.period_start and c.period_end = applicable.period_end) then
-      perform refresh_budget_status_cache(applicable.budget_id, applicable.period_start, applicable.period_end, applicable.root_id);
+      perform refresh_budget_status_cache_in_tree(applicable.budget_id, applicable.period_start, applicable.period_end, applicable.root_id);
     end if;
   end loop;
   -- each tree's budgets by a statement that names it (on Citus, one shard's); money as text, kept exact

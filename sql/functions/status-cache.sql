@@ -21,11 +21,16 @@ end $$;
 -- snapshot, it reads the window's allocations and the cache row as that snapshot sees them; their
 -- difference is the row's drift. Increments committed after the snapshot are in neither side (their
 -- writers add them to the row themselves), so adding the drift under a brief row lock is exact.
--- p_root: the budget's tree, when the caller knows it (the line load does); null: read by the budget's id, on
--- Citus from every shard.
-drop function if exists refresh_budget_status_cache(uuid, timestamptz, timestamptz);
-create or replace function refresh_budget_status_cache(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz,
-  p_root uuid default null)
+-- refresh_budget_status_cache_in_tree: with the budget's tree, when the caller knows it (the line load does);
+-- null, or refresh_budget_status_cache (the argument list the versions before call; a function of its own name,
+-- lines.sql's budget_applicable says why): read by the budget's id, on Citus from every shard.
+create or replace function refresh_budget_status_cache(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz)
+returns setof budget_status_cache language plpgsql as $$
+begin
+  return query select * from refresh_budget_status_cache_in_tree(p_budget_id, p_period_start, p_period_end, null::uuid);
+end $$;
+create or replace function refresh_budget_status_cache_in_tree(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz,
+  p_root uuid)
 returns setof budget_status_cache language plpgsql as $$
 declare
   drift record;

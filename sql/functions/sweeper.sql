@@ -17,10 +17,14 @@
 -- p_roots: the trees to look for expired rows in (null: every tree, a read of every shard). On Citus the
 -- sweeper names one tree a call (budget_expired_trees below), and p_root, the same tree, sends the call to
 -- that tree's node (sql/citus/delegate.sql); the other trees of a reservation met there are its rows' own
--- list (budget_reservation_trees), so nothing is read by id on every shard.
-drop function if exists budget_sweep_expired(integer);
-create or replace function budget_sweep_expired(p_limit integer, p_roots uuid[] default null,
-  p_root uuid default '00000000-0000-0000-0000-000000000000')
+-- list (budget_reservation_trees), so nothing is read by id on every shard. budget_sweep_expired, without them
+-- (the argument list the versions before call; a function of its own name, lines.sql's budget_applicable says
+-- why): every tree.
+create or replace function budget_sweep_expired(p_limit integer) returns integer language plpgsql as $$
+begin
+  return budget_sweep_trees(p_limit, null::uuid[], '00000000-0000-0000-0000-000000000000'::uuid);
+end $$;
+create or replace function budget_sweep_trees(p_limit integer, p_roots uuid[], p_root uuid)
 returns integer language plpgsql set lock_timeout = '5s' as $$
 declare
   root uuid;
@@ -111,5 +115,5 @@ create or replace function budget_expired_trees(p_limit integer) returns uuid[] 
 begin
   return coalesce((select array_agg(x.root_id order by x.root_id)
                    from (select distinct r.root_id from budget_reservations r where r.expires_at < now()
-                         order by r.root_id limit p_limit) x), '{}');
+                         order by r.root_id limit greatest(p_limit, 0)) x), '{}');
 end $$;
