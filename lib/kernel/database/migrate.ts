@@ -12,6 +12,8 @@ import { createHash } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import type { Sql, TransactionSql } from 'postgres'
 import { MigrationError } from '../errors.js'
+import { citusCluster, distributeOnCitus } from './citus.js'
+import { lockMigrations, runStatements } from './schema-statements.js'
 
 const SQL_DIR = new URL('../../../sql/', import.meta.url)
 const MIGRATION_FILE = /^(\d+)_[\w-]+\.sql$/
@@ -57,6 +59,13 @@ export interface MigrationRun {
    * of this sql/): nothing was applied, and the database's functions are the newer version's.
    */
   databaseAhead?: DatabaseAhead
+  /** The database is a Citus cluster: its budget tables are distributed by their tree's root, and the gate's statements delegated (lib/kernel/database/citus.ts). */
+  distributed?: boolean
+}
+
+export interface MigrateOptions {
+  /** On a Citus cluster, apply the distribution step after the migrations (default true). */
+  distribute?: boolean
 }
 
 /** The highest migration the database records, and the highest this sql/ has. */
@@ -102,10 +111,20 @@ export async function readRepeatables (directory: URL = SQL_DIR): Promise<Repeat
  * functions (or fail where a result type changed). The newer functions keep their argument lists and
  * their result columns (docs/data-model.md), so this code runs on them.
  */
-export async function migrate (sql: Sql, directory: URL = SQL_DIR): Promise<MigrationRun> {
+export async function migrate (sql: Sql, directory: URL = SQL_DIR, { distribute = true }: MigrateOptions = {}): Promise<MigrationRun> {
   const [migrations, repeatables] = await Promise.all([readMigrations(directory), readRepeatables(directory)])
+  const run = await migrateInTransaction(sql, migrations, repeatables)
+  // On a Citus cluster (the extension, and a node that takes shards), the tables are distributed by their
+  // tree's root and the gate's statements delegated: after the migrations, each step in a transaction of its
+  // own, both written to run again. A database with the extension and no such node stays as plain PostgreSQL.
+  if (!distribute || run.databaseAhead !== undefined || !await citusCluster(sql)) return run
+  await distributeOnCitus(sql, directory)
+  return { ...run, distributed: true }
+}
+
+async function migrateInTransaction (sql: Sql, migrations: Migration[], repeatables: Repeatable[]): Promise<MigrationRun> {
   return await sql.begin(async (tx) => {
-    await tx`select pg_advisory_xact_lock(hashtextextended('relaycore-budgets:migrate', 0))`
+    await lockMigrations(tx)
     await createMigrationsTable(tx)
     await recordFoldedAsBaseline(tx, migrations[0])
     const databaseAhead = await newerDatabase(tx, migrations)
@@ -180,7 +199,7 @@ async function applyMigrations (tx: TransactionSql, migrations: Migration[]): Pr
   for (const migration of migrations) {
     if (applied.has(migration.version)) continue
     try {
-      await tx.unsafe(migration.text)
+      await runStatements(tx, migration.text)
     } catch (error) {
       throw new MigrationError(`migrations/${migration.name}`, (error as Error).message, { cause: error })
     }
@@ -234,7 +253,7 @@ async function applyRepeatables (tx: TransactionSql, repeatables: Repeatable[]):
   await tx`set local check_function_bodies = off`
   for (const file of pending) {
     try {
-      await tx.unsafe(file.text)
+      await runStatements(tx, file.text)
     } catch (error) {
       throw new MigrationError(`functions/${file.name}`, (error as Error).message, { cause: error })
     }
