@@ -6,7 +6,7 @@ import fp from 'fastify-plugin'
 import type { FastifyPluginAsync } from 'fastify'
 import { resolveOptions, GATE_DEFAULTS, type BudgetsOptions } from './options.js'
 import { openDatabase } from './kernel/database/client.js'
-import { hasCitus } from './kernel/database/citus.js'
+import { citusCluster } from './kernel/database/citus.js'
 import { lifecycleOf, partOf } from './kernel/part.js'
 import { createRepositories } from './repositories.js'
 import { createPricing } from './pricing/index.js'
@@ -72,10 +72,11 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     // What the gate derives from budget definitions is forgotten when they move: at once for a change made
     // here, at the next statement for one made in another process (lib/gate/definitions-version.ts).
     const versions = createDefinitionsVersion()
-    const registry = createBudgets(sql, adminTimeoutMs, log, { modelName, onChange: versions.forget, channels: Object.keys(notifications.channels) })
+    const onCitus = await citusCluster(sql) // the tables distributed by tree (lib/kernel/database/citus.ts)
+    const registry = createBudgets(sql, adminTimeoutMs, log, { modelName, onChange: versions.forget, channels: Object.keys(notifications.channels), bumpAfterCommit: onCitus })
     const usage = createUsage(sql, adminTimeoutMs, log, { statusCacheTtlMs, now, modelName })
     // Lines, leases, holds, settlements, rate limits, and the admission API on them.
-    const gate = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted, onCitus: await hasCitus(sql) },
+    const gate = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted, onCitus },
       usage.api.tracker, versions, { currency, reservationTtlMs, timeoutMs, nearLimit, models: { prices, cheapModels, downgrades } }, log)
     // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
     const metrics = partOf(createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions, currency))

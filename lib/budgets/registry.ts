@@ -64,9 +64,17 @@ export interface RegistryOptions {
   onChange?: () => void
   /** The notification channels configured, by name: a budget naming another is refused. Absent: names are not checked. */
   channels?: readonly string[]
+  /**
+   * The database is a Citus cluster: each change bumps the global version once more after its commit. The
+   * version is a reference table read on the coordinator, whose part of a two-phase commit is seen before the
+   * workers' (no distributed snapshot): a process can read the change's version before the budget rows it
+   * stands for, and keep a line without them under it. A version bumped once every node has committed is past
+   * any such line, so the processes forget it at their next read of the version, as for any change.
+   */
+  bumpAfterCommit?: boolean
 }
 
-export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, onChange = () => {}, channels }: RegistryOptions = {}) {
+export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, onChange = () => {}, channels, bumpAfterCommit = false }: RegistryOptions = {}) {
   const budgets = createBudgetRepository(sql)
 
   /**
@@ -84,6 +92,9 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
       await repository.bumpDefinitionsVersion() // last: sql/functions/definitions.sql says why
       return result
     }) as T)
+    // The change has committed: a failure here must not answer it as failed (a client would make it again). A
+    // line read in between is then kept at most until its window or TTL ends, or the next change.
+    if (bumpAfterCommit) await budgets.bumpDefinitionsVersion().catch(() => {})
     onChange()
     return result
   }
