@@ -114,6 +114,7 @@ declare
   -- shadow windows: whether each is one, its as-if spend and held amount, what admitted calls added to the
   -- latter, and each row's verdict
   shadows boolean[]; asif_currents numeric[]; asif_reserveds numeric[]; asif_added numeric[]; row_shadow_fits boolean[];
+  shadow_excluded numeric; shadow_held numeric;
   calls integer := coalesce(array_length(p_reservation_ids, 1), 0);
   rows_count integer := coalesce(array_length(p_row_calls, 1), 0);
   w integer;
@@ -153,11 +154,14 @@ begin
   for ki in 1 .. coalesce(array_length(keys, 1), 0) loop
     continue when enforcements[ki] <> 'shadow';
     shadows[ki] := true;
-    asif_currents[ki] := currents[ki] - coalesce((select s.excluded_amount from budget_shadow_windows s
-                                                   where s.root_id = roots[ki] and s.budget_id = keys[ki] and s.period_start = starts[ki]), 0);
-    asif_reserveds[ki] := reserveds[ki] - coalesce((select sum(r.amount) from budget_reservations r
-                                                     where r.root_id = roots[ki] and r.budget_id = keys[ki] and r.period_start = starts[ki]
-                                                       and r.as_if_excluded), 0);
+    -- reads into variables, not assignments to an element: Citus runs a query in an element's assignment by its
+    -- text, "x[i] := ...", which is no statement ("syntax error at or near :=")
+    select coalesce(sum(s.excluded_amount), 0) into shadow_excluded from budget_shadow_windows s
+    where s.root_id = roots[ki] and s.budget_id = keys[ki] and s.period_start = starts[ki];
+    select coalesce(sum(r.amount), 0) into shadow_held from budget_reservations r
+    where r.root_id = roots[ki] and r.budget_id = keys[ki] and r.period_start = starts[ki] and r.as_if_excluded;
+    asif_currents[ki] := currents[ki] - shadow_excluded;
+    asif_reserveds[ki] := reserveds[ki] - shadow_held;
   end loop;
 
   -- Which locked window each row names (null: its window is not current or has no row).
