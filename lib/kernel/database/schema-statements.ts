@@ -19,10 +19,15 @@ export async function runStatements (tx: TransactionSql, text: string): Promise<
   for (const statement of splitStatements(text)) await tx.unsafe(statement)
 }
 
+/** A dollar quote's opening tag at a position ($$, $tag$: PostgreSQL's identifier letters, any length). */
+const DOLLAR_TAG = /\$(?:[\p{L}_][\p{L}\p{N}_]*)?\$/uy
+const IDENTIFIER_CHAR = /[\p{L}\p{N}_$]/u
+
 /**
  * The statements of `text`, each without its `;`, in order: a `;` ends one only outside quotes ('...',
- * "..."), dollar quotes ($$...$$, $tag$...$tag$) and comments (-- and /* *\/). Blank statements and
- * comment-only ones are left out.
+ * E'...' with its backslash escapes, "..."), dollar quotes ($$...$$, $tag$...$tag$) and comments (-- to
+ * the end of the line, and /* *\/, which nest, as in PostgreSQL). Blank statements and comment-only ones
+ * are left out. What is not closed is refused, never cut in the middle.
  */
 export function splitStatements (text: string): string[] {
   const statements: string[] = []
@@ -36,26 +41,33 @@ export function splitStatements (text: string): string[] {
   }
   while (i < text.length) {
     const c = text[i]!
+    const before = text[i - 1] ?? ''
     if (c === '-' && text[i + 1] === '-') {
-      const end = text.indexOf('\n', i)
-      i = end === -1 ? text.length : end + 1
+      while (i < text.length && text[i] !== '\n' && text[i] !== '\r') i++
     } else if (c === '/' && text[i + 1] === '*') {
-      const end = text.indexOf('*/', i + 2)
-      if (end === -1) throw new Error('a /* comment is not closed')
-      i = end + 2
+      let depth = 1
+      i += 2
+      while (depth > 0) {
+        if (i >= text.length) throw new Error('a /* comment is not closed')
+        if (text[i] === '/' && text[i + 1] === '*') { depth++; i += 2 } else if (text[i] === '*' && text[i + 1] === '/') { depth--; i += 2 } else i++
+      }
     } else if (c === '\'' || c === '"') {
-      // a quote doubled inside is part of the string
+      // E'...': a backslash escapes the next character; in any string a quote doubled is part of it
+      const escapes = c === '\'' && (before === 'E' || before === 'e') && !IDENTIFIER_CHAR.test(text[i - 2] ?? '')
       let j = i + 1
       for (;;) {
-        const end = text.indexOf(c, j)
-        if (end === -1) throw new Error(`a ${c} quote is not closed`)
-        if (text[end + 1] === c) { j = end + 2; continue }
-        i = end + 1
-        break
+        if (j >= text.length) throw new Error(`a ${c} quote is not closed`)
+        if (escapes && text[j] === '\\') { j += 2; continue }
+        if (text[j] === c) {
+          if (text[j + 1] === c) { j += 2; continue }
+          break
+        }
+        j++
       }
+      i = j + 1
       code = true
-    } else if (c === '$' && /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/.test(text.slice(i, i + 64)) && !/[A-Za-z0-9_]/.test(text[i - 1] ?? '')) {
-      const tag = /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/.exec(text.slice(i, i + 64))![0]
+    } else if (c === '$' && !IDENTIFIER_CHAR.test(before) && (DOLLAR_TAG.lastIndex = i, DOLLAR_TAG.test(text))) {
+      const tag = text.slice(i, DOLLAR_TAG.lastIndex)
       const end = text.indexOf(tag, i + tag.length)
       if (end === -1) throw new Error(`a ${tag} quote is not closed`)
       i = end + tag.length
