@@ -350,10 +350,10 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
 
   /** Counts a call's shadow verdicts and marks its holds (shadow-repository.ts); a failure is logged, never the call's. */
   async function noteShadow (reservationId: string | null, line: BudgetTerms[], check: BudgetConstraintCheck): Promise<void> {
-    const notes = check.shadow.map((verdict) => ({
-      budgetId: verdict.budgetId, periodStart: line.find((budget) => budget.budgetId === verdict.budgetId)!.periodStart,
-      code: verdict.code, outcome: verdict.outcome, excluded: verdict.outcome === 'refused'
-    }))
+    const notes = check.shadow.map((verdict) => {
+      const budget = line.find((one) => one.budgetId === verdict.budgetId)!
+      return { budgetId: verdict.budgetId, rootId: budget.rootId, periodStart: budget.periodStart, code: verdict.code, outcome: verdict.outcome, excluded: verdict.outcome === 'refused' }
+    })
     await bestEffort(log, async () => { await reservations.noteShadow(reservationId, notes) }, 'recording a shadow budget\'s verdict failed: it is not counted', { reservationId })
   }
 

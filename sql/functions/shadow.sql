@@ -7,21 +7,38 @@
 -- marks a refusal for an alert action (block-all, require-approval, restrict-models), and unmarks a call a
 -- clamp or a downgrade would have answered (its as-if spend is then its real one: docs/budgets.md). Locks the
 -- call's reservation rows (the lock order, locks.sql), then the count rows (by budget, window, code, outcome).
+-- budget_shadow_note_in_trees: each budget's tree given (p_roots[i], the line's), and each statement names one
+-- tree (on Citus, one shard's; a count row's insert must name its root, which Citus places it by).
+-- budget_shadow_note, the argument list the versions before call: the trees read from the budgets first.
 create or replace function budget_shadow_note(p_reservation_id uuid, p_budget_ids uuid[], p_period_starts timestamptz[],
                                               p_codes text[], p_outcomes text[], p_excludes boolean[])
 returns void language plpgsql set lock_timeout = '2s' as $$
 begin
-  perform budget_lock_reservations(array[p_reservation_id], p_budget_ids);
-  update budget_reservations r set as_if_excluded = x.e
-  from unnest(p_budget_ids, p_excludes) as x(b, e)
-  where r.id = p_reservation_id and r.budget_id = x.b and r.as_if_excluded <> x.e;
+  perform budget_shadow_note_in_trees(p_reservation_id, p_budget_ids,
+    array(select d.root_id from unnest(p_budget_ids) with ordinality as x(id, n) left join budget_definitions d on d.id = x.id order by x.n),
+    p_period_starts, p_codes, p_outcomes, p_excludes);
+end $$;
 
-  insert into budget_shadow_counts as c (budget_id, period_start, code, outcome, calls)
-  select x.b, x.s, x.c, x.o, count(*)
-  from unnest(p_budget_ids, p_period_starts, p_codes, p_outcomes) as x(b, s, c, o)
-  group by x.b, x.s, x.c, x.o
-  order by x.b, x.s, x.c, x.o
-  on conflict (budget_id, period_start, code, outcome, root_id) do update set calls = c.calls + excluded.calls;
+create or replace function budget_shadow_note_in_trees(p_reservation_id uuid, p_budget_ids uuid[], p_roots uuid[], p_period_starts timestamptz[],
+                                                       p_codes text[], p_outcomes text[], p_excludes boolean[])
+returns void language plpgsql set lock_timeout = '2s' as $$
+declare
+  tree uuid;
+begin
+  perform budget_lock_reservations(array[p_reservation_id], p_budget_ids, p_roots);
+  foreach tree in array array(select distinct x.root from unnest(p_roots) as x(root) where x.root is not null order by 1) loop
+    update budget_reservations r set as_if_excluded = x.e
+    from unnest(p_budget_ids, p_excludes, p_roots) as x(b, e, root)
+    where r.root_id = tree and x.root = tree and r.id = p_reservation_id and r.budget_id = x.b and r.as_if_excluded <> x.e;
+
+    insert into budget_shadow_counts as c (budget_id, root_id, period_start, code, outcome, calls)
+    select x.b, tree, x.s, x.c, x.o, count(*)
+    from unnest(p_budget_ids, p_roots, p_period_starts, p_codes, p_outcomes) as x(b, root, s, c, o)
+    where x.root = tree
+    group by x.b, x.s, x.c, x.o
+    order by x.b, x.s, x.c, x.o
+    on conflict (budget_id, period_start, code, outcome, root_id) do update set calls = c.calls + excluded.calls;
+  end loop;
 end $$;
 
 -- A shadow window's as-if figures, for its status: the spend a hard twin would have had (the real spend
