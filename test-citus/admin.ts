@@ -7,7 +7,12 @@ import Fastify from 'fastify'
 import budgets from '../lib/index.js'
 import { distributeOnCitus } from '../lib/kernel/database/citus.js'
 import { migrate } from '../lib/kernel/database/migrate.js'
+import { randomUUID } from 'node:crypto'
+import { createHoldRepository } from '../lib/gate/hold-repository.js'
+import { createLeaseRepository } from '../lib/gate/lease-repository.js'
 import { createLineRepository } from '../lib/gate/line-repository.js'
+import { createStatusRepository } from '../lib/usage/status-repository.js'
+import { findViolations } from '../test/fixtures/invariants.js'
 import { createTestSql } from '../test/fixtures/database.js'
 import { ADMIN_TOKEN, PREFIX } from '../test/fixtures/app.js'
 
@@ -81,4 +86,29 @@ t.test('a caller\'s line across two trees, loaded on the coordinator: each budge
   t.same(windows.map((row) => row.budget_id).sort(), [org.id, team.id, user.id].sort(), 'each budget\'s window row made once')
   const versions = await lines.versions([org.id, user.id, team.id])
   t.same(versions.trees.map((tree) => tree.version), [2, 1, 0], 'the versions read for the trees asked (a budget that is no root: none, 0)')
+})
+
+t.test('a budget\'s window read for its status, and its window changed while a hold and a lease are live: carried on its tree\'s shard', async (t) => {
+  const { sql, app, create } = await distributedApp(t)
+  const created = await create({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100' })
+  t.equal(created.statusCode, 201, created.body)
+  const org = created.json() as { id: string }
+  const now = new Date()
+  const window = await createStatusRepository(sql).findWindow(org.id, now)
+  t.equal(window?.state, 'active', 'the status window read (budget_status_windows)')
+  t.ok(window!.periodStart <= now && now < window!.periodEnd, 'the month of now')
+
+  const { line } = await createLineRepository(sql).loadLine({ scopes: [{ type: 'organization', id: 'acme' }], model: 'gpt-4o-mini' }, 'USD', { byTree: true })
+  const [held] = await createHoldRepository(sql).holdBatch([{ reservationId: randomUUID(), requestId: randomUUID(), amount: '2', line }], 'USD', 60_000)
+  t.ok(held!.reserved, 'a hold')
+  const lease = await createLeaseRepository(sql).takeLease(randomUUID(), line, 'USD', 60_000, '1', '0.01')
+  t.ok(lease !== null && Number(lease.granted) > 0, 'a lease')
+  const changed = await app.inject({ method: 'PUT', url: `${PREFIX}/${org.id}`, headers, body: { period: 'daily' } })
+  t.equal(changed.statusCode, 200, changed.body)
+  const day = await createStatusRepository(sql).findWindow(org.id, new Date())
+  const rows = await sql<Array<{ start: Date }>>`select distinct period_start as start from budget_reservations where root_id = ${org.id}`
+  t.same(rows.map((row) => row.start.toISOString()), [day!.periodStart.toISOString()], 'the hold and the lease carried to the daily window')
+  // the hold and the lease are live on purpose: every other invariant holds
+  t.same((await findViolations(sql)).filter((violation) => !violation.startsWith('reservation ')), [],
+    'each window holds what its reservations hold, equals its allocations, no hard budget over its limit')
 })

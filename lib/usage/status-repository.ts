@@ -42,20 +42,16 @@ export function createStatusRepository (sql: Db) {
     period_end as "periodEnd", current_amount::text as "currentAmount", reserved_amount::text as "reservedAmount", usage_count::int as "usageCount",
     last_usage_at as "lastUsageAt", refreshed_at as "refreshedAt", updated_at as "updatedAt"`
 
-  // The window of budget row `b` at the instant `at`, and its state (see findWindow): columns, and the join that makes `w`.
-  const windowColumns = (at: ReturnType<typeof sql>) => sql`
-    w.period_start as "periodStart", w.period_end as "periodEnd",
-    case when ${at} < b.start_date then 'scheduled' when w.ordinal = 0 then 'active' else 'ended' end as state`
-  const windowJoin = (at: ReturnType<typeof sql>) => sql`
-    cross join lateral (
-      select 0 as ordinal, * from budget_window(b, greatest(${at}, b.start_date))
-      union all
-      select 1, * from budget_window(b, b.end_date - interval '1 microsecond')
-      union all
-      select 2, * from budget_window(b, b.start_date)
-      order by ordinal
-      limit 1
-    ) w`
+  /** findWindow for many budgets and instants in one statement, in their order; null for a budget not found. */
+  const findWindows = async (pairs: Array<{ budgetId: string, at: Date }>): Promise<Array<BudgetWindow | null>> => {
+    if (pairs.length === 0) return []
+    const rows = await sql<Array<BudgetWindow & { ord: number }>>`
+      select ord, period_start as "periodStart", period_end as "periodEnd", state
+      from budget_status_windows(${pairs.map((pair) => pair.budgetId)}::text[]::uuid[], ${pairs.map((pair) => pair.at.toISOString())}::text[]::timestamptz[])`
+    const windows = new Array<BudgetWindow | null>(pairs.length).fill(null)
+    for (const { ord, ...window } of rows) windows[ord - 1] = window
+    return windows
+  }
 
   return {
     /** A shadow budget's as-if ledger in a window (budget_shadow_status, sql/functions/shadow.sql), less the spend given. */
@@ -78,29 +74,14 @@ export function createStatusRepository (sql: Db) {
 
     /**
      * The window a budget's status speaks of at `at`: the current one while active, the first one
-     * before it starts, the last one after it ends. budget_period_window (sql/functions/periods.sql) is the one
-     * place periods are computed.
+     * before it starts, the last one after it ends (budget_status_windows, sql/functions/periods.sql, on
+     * budget_period_window: the one place periods are computed).
      */
     async findWindow (budgetId: string, at: Date): Promise<BudgetWindow | null> {
-      const [row] = await sql<BudgetWindow[]>`
-        select ${windowColumns(sql`${at}::timestamptz`)}
-        from budget_definitions b ${windowJoin(sql`${at}::timestamptz`)}
-        where b.id = ${budgetId}`
-      return row ?? null
+      return (await findWindows([{ budgetId, at }]))[0] ?? null
     },
 
-    /** findWindow for many budgets and instants in one statement, in their order; null for a budget not found. */
-    async findWindows (pairs: Array<{ budgetId: string, at: Date }>): Promise<Array<BudgetWindow | null>> {
-      if (pairs.length === 0) return []
-      const rows = await sql<Array<BudgetWindow & { ord: number }>>`
-        select p.ord::int as ord, ${windowColumns(sql`p.at`)}
-        from unnest(${pairs.map((pair) => pair.budgetId)}::text[]::uuid[], ${pairs.map((pair) => pair.at.toISOString())}::text[]::timestamptz[])
-          with ordinality as p(budget_id, at, ord)
-        join budget_definitions b on b.id = p.budget_id ${windowJoin(sql`p.at`)}`
-      const windows = new Array<BudgetWindow | null>(pairs.length).fill(null)
-      for (const { ord, ...window } of rows) windows[ord - 1] = window
-      return windows
-    },
+    findWindows,
 
     /**
      * The budgets marked `metrics: true` and the `top` spenders, with their current window's numbers,

@@ -130,6 +130,7 @@ declare
   budget budget_definitions;
   now_window record;
   cached record;
+  reached jsonb;
 begin
   recorded := 0;
   resolved := 0;
@@ -146,15 +147,19 @@ begin
   where c.root_id = budget.root_id and c.budget_id = p_budget_id and c.period_start = now_window.period_start for update;
   if not found then
     select c.period_start, c.period_end, c.current_amount into cached
-    from refresh_budget_status_cache(p_budget_id, now_window.period_start, now_window.period_end) c;
+    from refresh_budget_status_cache_in_tree(p_budget_id, now_window.period_start, now_window.period_end, budget.root_id) c;
   end if;
 
+  -- the alerts the definition reaches now, read first: Citus takes no volatile function inside an UPDATE
+  select coalesce(jsonb_agg(jsonb_build_object('threshold', r.threshold, 'basis', r.basis, 'actions', to_jsonb(array(select unnest(r.actions) order by 1)))), '[]')
+  into reached
+  from budget_alerts_reached(budget.root_id, p_budget_id, cached.period_start, cached.period_end, cached.current_amount) r;
   update budget_alert_history h set resolved_at = now()
   where h.root_id = budget.root_id and h.budget_id = p_budget_id and h.period_start = cached.period_start and h.resolved_at is null
     and not exists (
-      select 1 from budget_alerts_reached(budget.root_id, p_budget_id, cached.period_start, cached.period_end, cached.current_amount) r
-      where r.threshold = h.threshold and r.basis = h.basis
-        and array(select unnest(r.actions) order by 1) = array(select unnest(h.actions) order by 1));
+      select 1 from jsonb_array_elements(reached) r
+      where (r.value ->> 'threshold')::numeric = h.threshold and r.value ->> 'basis' = h.basis
+        and r.value -> 'actions' = to_jsonb(array(select unnest(h.actions) order by 1)));
   get diagnostics resolved = row_count;
   recorded := budget_record_crossings(budget.root_id, p_budget_id, cached.period_start, cached.period_end, cached.current_amount);
   return next;

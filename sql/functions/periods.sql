@@ -104,3 +104,36 @@ returns setof record language sql immutable parallel safe as $$
   select * from budget_period_window(b.period, b.start_date, b.end_date, b.recurring, p_at,
                                      b.timezone, b.fiscal_year_start_month, b.period_alignment)
 $$;
+
+-- The window a budget's status speaks of at each instant: the current one while active, the first one before
+-- it starts, the last one after it ends; and that state ('active', 'scheduled', 'ended'). p_budget_ids[i] at
+-- p_ats[i]; a budget not found has no row (ord: its position). The budgets are read in one statement, by id
+-- (on Citus a read of every shard), and the windows computed on their columns alone: a query that joined the
+-- windows to the table would run on the shards, where Citus takes no union of table functions.
+create or replace function budget_status_windows(p_budget_ids uuid[], p_ats timestamptz[])
+returns table (ord integer, period_start timestamptz, period_end timestamptz, state text)
+language plpgsql stable as $$
+declare
+  b record;
+  w record;
+begin
+  for b in select x.ord::integer as ord, x.at, d.period, d.start_date, d.end_date, d.recurring, d.timezone, d.fiscal_year_start_month, d.period_alignment
+           from unnest(p_budget_ids, p_ats) with ordinality as x(budget_id, at, ord)
+           join (select d.id, d.period, d.start_date, d.end_date, d.recurring, d.timezone, d.fiscal_year_start_month, d.period_alignment
+                 from budget_definitions d where d.id = any (p_budget_ids)) d on d.id = x.budget_id
+           order by x.ord loop
+    select y.ordinal, y.period_start, y.period_end into w
+    from (select 0 as ordinal, * from budget_period_window(b.period, b.start_date, b.end_date, b.recurring, greatest(b.at, b.start_date), b.timezone, b.fiscal_year_start_month, b.period_alignment)
+          union all
+          select 1, * from budget_period_window(b.period, b.start_date, b.end_date, b.recurring, b.end_date - interval '1 microsecond', b.timezone, b.fiscal_year_start_month, b.period_alignment)
+          union all
+          select 2, * from budget_period_window(b.period, b.start_date, b.end_date, b.recurring, b.start_date, b.timezone, b.fiscal_year_start_month, b.period_alignment)
+          order by ordinal limit 1) y;
+    continue when not found;
+    ord := b.ord;
+    period_start := w.period_start;
+    period_end := w.period_end;
+    state := case when b.at < b.start_date then 'scheduled' when w.ordinal = 0 then 'active' else 'ended' end;
+    return next;
+  end loop;
+end $$;

@@ -37,12 +37,12 @@ begin
   -- nothing: carrying would lock the rows the live gate holds and settles on, for the whole replay.
   if current_setting('relaycore_budgets.simulating', true) = 'on' then return null; end if;
   -- the lock order: the budget's reservation rows by (id, budget_id), then its window rows by period_start
-  locked := array(select r.id from budget_reservations r where r.budget_id = new.id order by r.id, r.budget_id for update);
+  locked := array(select r.id from budget_reservations r where r.root_id = new.root_id and r.budget_id = new.id order by r.id, r.budget_id for update);
   for attempt in 1 .. 10 loop
     begin
-      perform 1 from budget_status_cache c where c.budget_id = new.id order by c.budget_id, c.period_start for update;
+      perform 1 from budget_status_cache c where c.root_id = new.root_id and c.budget_id = new.id order by c.budget_id, c.period_start for update;
       -- reservations committed by holds that held the window rows while the first statement ran
-      newcomers := array(select r.id from budget_reservations r where r.budget_id = new.id and r.id <> all (locked)
+      newcomers := array(select r.id from budget_reservations r where r.root_id = new.root_id and r.budget_id = new.id and r.id <> all (locked)
                          order by r.id, r.budget_id for update nowait);
       exit;
     exception when lock_not_available then
@@ -62,35 +62,40 @@ begin
            case when charged_at.period_start is not null then charged_at.period_start else at_now.period_start end as new_start,
            case when charged_at.period_start is not null then charged_at.period_end else at_now.period_end end as new_end
     from budget_reservations r
-    join budget_status_cache old_row on old_row.budget_id = r.budget_id and old_row.period_start = r.period_start
-    left join lateral budget_window(new, case when r.lease then now() else r.created_at end) charged_at on true
-    left join lateral budget_window(new, now()) at_now on true
-    where r.budget_id = new.id and r.id = any (locked)
+    join budget_status_cache old_row on old_row.root_id = r.root_id and old_row.budget_id = r.budget_id and old_row.period_start = r.period_start
+    -- by the budget's columns: on Citus this runs on the tree's shard, whose row is not of budget_definitions' type
+    left join lateral budget_period_window(new.period, new.start_date, new.end_date, new.recurring, case when r.lease then now() else r.created_at end,
+                                           new.timezone, new.fiscal_year_start_month, new.period_alignment) charged_at on true
+    left join lateral budget_period_window(new.period, new.start_date, new.end_date, new.recurring, now(),
+                                           new.timezone, new.fiscal_year_start_month, new.period_alignment) at_now on true
+    where r.root_id = new.root_id and r.budget_id = new.id and r.id = any (locked)
     order by r.id
   loop
     if moving.new_start is null then
       update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - moving.amount, 0)
-      where c.budget_id = new.id and c.period_start = moving.old_start;
-      delete from budget_reservations r where r.id = moving.id and r.budget_id = new.id;
+      where c.root_id = new.root_id and c.budget_id = new.id and c.period_start = moving.old_start;
+      delete from budget_reservations r where r.root_id = new.root_id and r.id = moving.id and r.budget_id = new.id;
       continue;
     end if;
     if not (moving.new_start = any (made)) then
-      perform refresh_budget_status_cache(new.id, moving.new_start, moving.new_end);
+      perform refresh_budget_status_cache_in_tree(new.id, moving.new_start, moving.new_end, new.root_id);
       made := made || moving.new_start;
     end if;
     if moving.new_start <> moving.old_start then
       update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - moving.amount, 0)
-      where c.budget_id = new.id and c.period_start = moving.old_start;
+      where c.root_id = new.root_id and c.budget_id = new.id and c.period_start = moving.old_start;
       update budget_status_cache c set reserved_amount = c.reserved_amount + moving.amount
-      where c.budget_id = new.id and c.period_start = moving.new_start;
-      update budget_reservations r set period_start = moving.new_start where r.id = moving.id and r.budget_id = new.id;
+      where c.root_id = new.root_id and c.budget_id = new.id and c.period_start = moving.new_start;
+      update budget_reservations r set period_start = moving.new_start where r.root_id = new.root_id and r.id = moving.id and r.budget_id = new.id;
     end if;
   end loop;
 
   delete from budget_status_cache c
-  where c.budget_id = new.id and c.reserved_amount = 0
-    and not exists (select 1 from budget_window(new, c.period_start) w where w.period_start = c.period_start and w.period_end = c.period_end)
-    and not exists (select 1 from budget_reservations r where r.budget_id = c.budget_id and r.period_start = c.period_start);
+  where c.root_id = new.root_id and c.budget_id = new.id and c.reserved_amount = 0
+    and not exists (select 1 from budget_period_window(new.period, new.start_date, new.end_date, new.recurring, c.period_start,
+                                                       new.timezone, new.fiscal_year_start_month, new.period_alignment) w
+                    where w.period_start = c.period_start and w.period_end = c.period_end)
+    and not exists (select 1 from budget_reservations r where r.root_id = c.root_id and r.budget_id = c.budget_id and r.period_start = c.period_start);
   return null;
 end $$;
 
