@@ -173,6 +173,22 @@ t.test('a held call\'s settlement and a leased call\'s run whole on the node of 
   }
 })
 
+t.test('a settlement that only gives back what was held (the call ended without a cost) runs whole on its tree\'s node, and gives it back', async (t) => {
+  const database = await distributedDatabase(t)
+  for (const [worker, org] of await twoTreesOnTwoWorkers(t, database)) {
+    const reservationId = randomUUID()
+    const [held] = await createHoldRepository(database.gateSql).holdBatch([{ reservationId, requestId: randomUUID(), amount: '0.25', line: org.line }], 'USD', 60_000)
+    t.ok(held!.reserved, 'held')
+    // a client that left before the provider answered: nothing spent, the hold given back
+    await checkRunsOn(t, database, worker, 'budget_settle_batch', async (sql) => {
+      await createSettlementRepository(sql).settleBatch([{ reservationId, trees: [org.id], actualCost: null, source: 'gateway', description: null, metadata: {}, usageId: randomUUID() }])
+    })
+    const [left] = await database.sql<Array<{ n: number }>>`select count(*)::int as n from budget_reservations where root_id = ${org.id}`
+    t.equal(left!.n, 0, 'the hold is given back')
+    t.same(await findViolations(database.sql), [], 'no hold left, the windows equal to their allocations')
+  }
+})
+
 t.test('a lease taken, renewed and given back runs whole on the node of its tree', async (t) => {
   const database = await distributedDatabase(t)
   for (const [worker, org] of await twoTreesOnTwoWorkers(t, database)) {

@@ -236,9 +236,9 @@ t.test('only budget_record_spend writes allocations and adds spend to a window r
   const insertsAllocations = bodies.filter((f) => /\binsert\s+into\s+budget_usage_allocations\b/i.test(f.body)).map((f) => f.name)
   t.same(insertsAllocations, ['budget_record_spend'], 'one function inserts allocations')
   const writesSpend = bodies.filter((f) => /(?:\bset\s+|,\s*)(?:\w+\.)?(?:current_amount|usage_count)\s*=/i.test(f.body)).map((f) => f.name)
-  // refresh_budget_status_cache puts a row right by its drift from the allocations (status-cache.sql): it
+  // refresh_budget_status_cache(_in_tree) puts a row right by its drift from the allocations (status-cache.sql): it
   // records no spend, it re-reads what budget_record_spend recorded.
-  t.same(writesSpend, ['budget_record_spend', 'refresh_budget_status_cache'], 'one function adds spend; the refresh only repairs drift')
+  t.same(writesSpend, ['budget_record_spend', 'refresh_budget_status_cache_in_tree'], 'one function adds spend; the refresh only repairs drift')
   t.ok(bodies.some((f) => f.name === 'budget_record_spend' && /budget_alert_reached/.test(f.body)), 'the crossing rule is read from budget_alert_reached')
   t.notOk(bodies.some((f) => /\*\s*100\s*>=/.test(f.body) && f.name !== 'budget_alert_reached'), 'and compared nowhere else inline')
 })

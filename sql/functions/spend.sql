@@ -123,13 +123,17 @@ declare
 begin
   if coalesce(cardinality(p_usage_ids), 0) = 0 and coalesce(cardinality(p_released), 0) = 0 then return; end if;
 
-  -- Each allocation's window: named by the caller, or found here (once per budget and instant).
-  if coalesce(cardinality(starts), 0) = 0 then
+  -- Each allocation's window: named by the caller, or found here (once per budget and instant). A call that
+  -- spends nothing (a settlement that only releases what was held) finds none: on Citus that read would run on
+  -- every shard.
+  if coalesce(cardinality(starts), 0) = 0 and coalesce(cardinality(p_budget_ids), 0) > 0 then
     with found as materialized (
       select x.budget_id, x.occurred_at, w.period_start, w.period_end
       from (select distinct i.budget_id, i.occurred_at from unnest(p_budget_ids, p_occurred_at) as i(budget_id, occurred_at)) x
       join budget_definitions d on d.id = x.budget_id
-      left join lateral budget_window(d, x.occurred_at) w on true
+      -- by the budget's columns: on Citus this runs on the shards, whose rows are not of budget_definitions' type
+      left join lateral budget_period_window(d.period, d.start_date, d.end_date, d.recurring, x.occurred_at,
+                                             d.timezone, d.fiscal_year_start_month, d.period_alignment) w on true
     )
     select array_agg(f.period_start order by i.n), array_agg(f.period_end order by i.n) into starts, ends
     from unnest(p_budget_ids, p_occurred_at) with ordinality as i(budget_id, occurred_at, n)
