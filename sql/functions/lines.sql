@@ -16,6 +16,8 @@
 -- name rather than a default: a version before that made its argument list again beside one with defaults would
 -- make every call of it ambiguous.
 drop function if exists budget_applicable(text[], text[], text, timestamptz, text, jsonb);
+-- an argument list with a default a development build had (it would make a call of the one below ambiguous)
+drop function if exists budget_applicable(text[], text[], text, timestamptz, text, jsonb, uuid[]);
 create or replace function budget_applicable(p_scope_types text[], p_scope_ids text[], p_currency text, p_at timestamptz, p_model text, p_tags jsonb)
 returns table (budget_id uuid, scope_matched boolean, scope_rank integer, period_start timestamptz, period_end timestamptz, root_id uuid)
 language plpgsql stable as $$
@@ -102,6 +104,8 @@ end $$;
 -- the versions before call): every tree; a function of its own name, as budget_applicable's above says (and a
 -- version before that makes budget_line again is refused: its result differs).
 drop function if exists budget_line(text[], text[], text, text, jsonb);
+-- an argument list with defaults a development build had (it would make a call of the one below ambiguous)
+drop function if exists budget_line(text[], text[], text, text, jsonb, uuid[], uuid);
 create or replace function budget_line(p_scope_types text[], p_scope_ids text[], p_currency text, p_model text, p_tags jsonb)
 returns table (budget_id uuid, name text, alerts jsonb, scope_matched boolean, scope_rank integer,
                period_start timestamptz, period_end timestamptz, definitions_version bigint,

@@ -24,6 +24,8 @@ end $$;
 -- refresh_budget_status_cache_in_tree: with the budget's tree, when the caller knows it (the line load does);
 -- null, or refresh_budget_status_cache (the argument list the versions before call; a function of its own name,
 -- lines.sql's budget_applicable says why): read by the budget's id, on Citus from every shard.
+-- an argument list with a default a development build had (it would make a call of the one below ambiguous)
+drop function if exists refresh_budget_status_cache(uuid, timestamptz, timestamptz, uuid);
 create or replace function refresh_budget_status_cache(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz)
 returns setof budget_status_cache language plpgsql as $$
 begin

@@ -20,6 +20,8 @@
 -- list (budget_reservation_trees), so nothing is read by id on every shard. budget_sweep_expired, without them
 -- (the argument list the versions before call; a function of its own name, lines.sql's budget_applicable says
 -- why): every tree.
+-- an argument list with defaults a development build had (it would make a call of the one below ambiguous)
+drop function if exists budget_sweep_expired(integer, uuid[], uuid);
 create or replace function budget_sweep_expired(p_limit integer) returns integer language plpgsql as $$
 begin
   return budget_sweep_trees(p_limit, null::uuid[], '00000000-0000-0000-0000-000000000000'::uuid);
