@@ -19,7 +19,8 @@ export const ANSWER = {
 if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].split('/').pop()!)) {
   // BENCH_PLUGIN: another build's dist/index.js, to set two builds side by side (bench/gate-ab.ts).
   const budgets = (await import(process.env.BENCH_PLUGIN ?? '../dist/index.js')).default as typeof import('../lib/index.js').default
-  const app = Fastify()
+  // BENCH_LOG=1: the gateway's warnings and errors on stderr (what a benchmark run met)
+  const app = Fastify(process.env.BENCH_LOG === '1' ? { logger: { level: 'warn', stream: process.stderr } } : {})
   await app.register(budgets, {
     database: process.env.DATABASE_URL!,
     adminToken: BENCH_ADMIN_TOKEN,
