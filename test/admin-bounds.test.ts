@@ -78,7 +78,8 @@ t.test('an admin PUT does not queue behind a pooled statement that waits for a r
     select pid, query_start as since from pg_stat_activity where wait_event_type = 'Lock' and query like '%budget_status_cache%for update%' and pid <> pg_backend_pid()`
   let blocked = await waiting()
   for (let waited = 0; blocked.length === 0; waited += 20) {
-    if (waited > 10_000) throw new Error('the statement never waited for the lock')
+    // generous: under the whole suite's load the pool's other work may hold the connection a while first
+    if (waited > 30_000) throw new Error('the statement never waited for the lock')
     await new Promise((resolve) => setTimeout(resolve, 20))
     blocked = await waiting()
   }

@@ -111,7 +111,7 @@ begin
 end $$;
 
 -- The trees that hold expired reservations, in root order, at most p_limit: where the sweeper looks on Citus,
--- one delegated call of budget_sweep_expired a tree. A read of every shard, by nature: a process of any tree
+-- one delegated call of budget_sweep_trees a tree. A read of every shard, by nature: a process of any tree
 -- may have died.
 create or replace function budget_expired_trees(p_limit integer) returns uuid[] language plpgsql stable as $$
 begin
