@@ -3,15 +3,12 @@
 // statement, since Citus passes each DDL statement's text on to the workers; a function made again is
 // delegated again).
 import t from 'tap'
-import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { pathToFileURL } from 'node:url'
 import { randomUUID } from 'node:crypto'
 import { migrate } from '../lib/kernel/database/migrate.js'
 import { createHoldRepository } from '../lib/gate/hold-repository.js'
 import { createLineRepository } from '../lib/gate/line-repository.js'
 import { createTestSql } from '../test/fixtures/database.js'
+import { nextSql } from '../test/fixtures/next-sql.js'
 
 const delegated = async (sql: any) => (await sql`
   select p.proname as name from pg_dist_object o join pg_proc p on p.oid = o.objid
@@ -39,18 +36,11 @@ t.test('an upgrade of a distributed database: a changed function file and a new 
   const functions = await delegated(sql)
   // the next version's sql/: holds.sql changed (it drops and makes budget_hold_batch again), lines.sql changed,
   // and a migration that adds a column to a distributed table
-  const dir = await mkdtemp(join(tmpdir(), 'citus-upgrade-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  await cp(new URL('../sql/', import.meta.url), dir, { recursive: true })
-  for (const file of ['functions/holds.sql', 'functions/lines.sql']) {
-    const path = join(dir, file)
-    await writeFile(path, `${await readFile(path, 'utf8')}\n-- the next version\n`)
-  }
-  const migrations = (await import('node:fs')).readdirSync(join(dir, 'migrations')).sort()
-  const next = Number(/^(\d+)/.exec(migrations.at(-1)!)![1]) + 1
-  await writeFile(join(dir, 'migrations', `${String(next).padStart(3, '0')}_next.sql`),
-    'alter table budget_reservations add column next_note text;\ncomment on column budget_reservations.next_note is \'the next version; its ; in a string\';\n')
-  const run = await migrate(sql, pathToFileURL(`${dir}/`))
+  const { directory, version: next } = await nextSql(t, {
+    changed: ['functions/holds.sql', 'functions/lines.sql'],
+    migration: 'alter table budget_reservations add column next_note text;\ncomment on column budget_reservations.next_note is \'the next version; its ; in a string\';\n'
+  })
+  const run = await migrate(sql, directory)
   t.same(run, { versions: [next], repeatables: ['holds.sql', 'lines.sql'], distributed: true }, 'the migration and both files applied on the distributed database')
   t.same(await delegated(sql), functions, 'every gate statement still delegated (budget_hold_batch made again, and delegated again)')
   const [column] = await sql<Array<{ n: number }>>`select count(*)::int as n from information_schema.columns where table_name = 'budget_reservations' and column_name = 'next_note'`

@@ -4,15 +4,13 @@
 import t from 'tap'
 import postgres from 'postgres'
 import { randomUUID } from 'node:crypto'
-import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { pathToFileURL } from 'node:url'
+import { readFile } from 'node:fs/promises'
 import { migrate, readMigrations } from '../lib/kernel/database/migrate.js'
 import { runStatements, lockMigrations } from '../lib/kernel/database/schema-statements.js'
 import { createTestSql, serverUrl } from '../test/fixtures/database.js'
 import { buildGateway } from '../test/fixtures/gateway.js'
 import { findViolations } from '../test/fixtures/invariants.js'
+import { nextSql } from '../test/fixtures/next-sql.js'
 import { ADMIN_TOKEN } from '../test/fixtures/app.js'
 
 const DELEGATED = ['budget_hold_batch', 'budget_lease_renew', 'budget_lease_return', 'budget_lease_take', 'budget_line_in_trees', 'budget_rate_give_back',
@@ -24,6 +22,31 @@ const undistributedRootTables = async (sql: any) => (await sql`
   select c.table_name as name from information_schema.columns c
   where c.table_schema = current_schema() and c.column_name = 'root_id'
     and not exists (select 1 from pg_dist_partition p where p.logicalrelid = c.table_name::regclass) order by 1`).map((row: { name: string }) => row.name)
+
+/**
+ * Runs migrate() from `directory` on the gateway's database while three callers send calls through it, from
+ * half a second before to half a second after; the run, and each status answered (with the first 5xx bodies).
+ */
+async function migrateWhileCalling (t: { teardown: (fn: () => unknown) => void }, gateway: Awaited<ReturnType<typeof buildGateway>>, directory: URL) {
+  const statuses = new Map<number, number>()
+  const bodies: string[] = []
+  let stop = false
+  const callers = [1, 2, 3].map(async () => {
+    while (!stop) {
+      const response = await gateway.call({ organization: 'acme' })
+      statuses.set(response.statusCode, (statuses.get(response.statusCode) ?? 0) + 1)
+      if (response.statusCode >= 500) bodies.push(response.body.slice(0, 300))
+    }
+  })
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  const upgrader = postgres(gateway.url, { max: 1, onnotice: () => {} })
+  t.teardown(async () => await upgrader.end({ timeout: 1 }))
+  const run = await migrate(upgrader, directory)
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  stop = true
+  await Promise.all(callers)
+  return { run, failed: [...statuses.keys()].filter((status) => status >= 500), summary: `${JSON.stringify([...statuses])} ${bodies.slice(0, 3).join(' | ')}` }
+}
 
 t.test('three migrate() at once on a fresh database of the cluster: all come up, each migration once, all distributed and delegated', async (t) => {
   const { url, sql } = await createTestSql(t, { max: 2 })
@@ -87,33 +110,11 @@ t.test('an upgrade (holds.sql and lines.sql changed) while a gateway serves call
   t.same(await delegated(sql), DELEGATED, 'the plugin distributed its database')
   await createBudget({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '1000', enforcement: 'hard' })
   await createBudget({ name: 'shadow', scopeType: 'organization', scopeId: 'acme', amount: '0.0001', enforcement: 'shadow' })
-  const dir = await mkdtemp(join(tmpdir(), 'review-citus-upgrade-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  await cp(new URL('../sql/', import.meta.url), dir, { recursive: true })
-  for (const file of ['functions/holds.sql', 'functions/lines.sql', 'functions/settlements.sql']) {
-    const path = join(dir, file)
-    await writeFile(path, `${await readFile(path, 'utf8')}\n-- the next version\n`)
-  }
-  const statuses = new Map<number, number>()
-  const bodies: string[] = []
-  let stop = false
-  const callers = [1, 2, 3].map(async () => {
-    while (!stop) {
-      const response = await call({ organization: 'acme' })
-      statuses.set(response.statusCode, (statuses.get(response.statusCode) ?? 0) + 1)
-      if (response.statusCode >= 500) bodies.push(response.body.slice(0, 300))
-    }
-  })
-  await new Promise((resolve) => setTimeout(resolve, 500))
-  const upgrader = postgres(gateway.url, { max: 1, onnotice: () => {} })
-  t.teardown(async () => await upgrader.end({ timeout: 1 }))
-  const run = await migrate(upgrader, pathToFileURL(`${dir}/`))
-  await new Promise((resolve) => setTimeout(resolve, 500))
-  stop = true
-  await Promise.all(callers)
+  const { directory } = await nextSql(t, { changed: ['functions/holds.sql', 'functions/lines.sql', 'functions/settlements.sql'] })
+  const { run, failed, summary } = await migrateWhileCalling(t, gateway, directory)
   t.same(run.repeatables, ['holds.sql', 'lines.sql', 'settlements.sql'])
   t.same(await delegated(sql), DELEGATED, 'still delegated')
-  t.same([...statuses.keys()].filter((s) => s >= 500), [], `no call failed: ${JSON.stringify([...statuses])} ${bodies.slice(0, 3).join(' | ')}`)
+  t.same(failed, [], `no call failed: ${summary}`)
   await settled(15_000)
   t.same(await findViolations(sql), [], 'invariants')
   const after = await call({ organization: 'acme' })
@@ -122,34 +123,13 @@ t.test('an upgrade (holds.sql and lines.sql changed) while a gateway serves call
 
 t.test('an upgrade with a new migration on a distributed table while a gateway serves calls: no call fails', async (t) => {
   const gateway = await buildGateway(t)
-  const { sql, createBudget, call, settled } = gateway
+  const { sql, createBudget, settled } = gateway
   await createBudget({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '1000', enforcement: 'hard' })
-  const dir = await mkdtemp(join(tmpdir(), 'review-citus-upgrade-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  await cp(new URL('../sql/', import.meta.url), dir, { recursive: true })
-  const next = (await readMigrations()).at(-1)!.version + 1
-  await writeFile(join(dir, 'migrations', `${String(next).padStart(3, '0')}_next.sql`), 'alter table budget_reservations add column next_note text;\n')
-  await writeFile(join(dir, 'functions', 'holds.sql'), `${await readFile(join(dir, 'functions', 'holds.sql'), 'utf8')}\n-- next\n`)
-  const statuses = new Map<number, number>()
-  const bodies: string[] = []
-  let stop = false
-  const callers = [1, 2, 3].map(async () => {
-    while (!stop) {
-      const response = await call({ organization: 'acme' })
-      statuses.set(response.statusCode, (statuses.get(response.statusCode) ?? 0) + 1)
-      if (response.statusCode >= 500) bodies.push(response.body.slice(0, 300))
-    }
-  })
-  await new Promise((resolve) => setTimeout(resolve, 500))
-  const upgrader = postgres(gateway.url, { max: 1, onnotice: () => {} })
-  t.teardown(async () => await upgrader.end({ timeout: 1 }))
-  const run = await migrate(upgrader, pathToFileURL(`${dir}/`))
-  await new Promise((resolve) => setTimeout(resolve, 500))
-  stop = true
-  await Promise.all(callers)
+  const { directory, version: next } = await nextSql(t, { changed: ['functions/holds.sql'], migration: 'alter table budget_reservations add column next_note text;\n' })
+  const { run, failed, summary } = await migrateWhileCalling(t, gateway, directory)
   t.same(run.versions, [next])
   t.same(await delegated(sql), DELEGATED, 'still delegated')
-  t.same([...statuses.keys()].filter((s) => s >= 500), [], `no call failed: ${JSON.stringify([...statuses])} ${bodies.slice(0, 3).join(' | ')}`)
+  t.same(failed, [], `no call failed: ${summary}`)
   await settled(15_000)
   t.same(await findViolations(sql), [], 'invariants')
 })
