@@ -147,7 +147,7 @@ begin
     from (select distinct m.root_id from unnest(p_scope_types, p_scope_ids) as s(scope_type, scope_id)
           join budget_definitions m on m.scope_type = s.scope_type and m.scope_id = s.scope_id and m.deleted_at is null) t;
   else
-    tree_roots := array(select distinct x.root from unnest(p_roots) as x(root) where x.root is not null order by 1);
+    tree_roots := budget_line_trees(p_roots, null);
   end if;
   foreach tree in array tree_roots loop
     tree_versions := tree_versions || coalesce((select v.version from budget_tree_versions v where v.root_id = tree), 0);

@@ -30,8 +30,9 @@ create or replace function budget_on_citus() returns boolean language sql stable
   select to_regclass('pg_catalog.pg_dist_partition') is not null
 $$;
 
--- The trees of a line's statement (a hold, a lease take): p_roots when given (a window in none of them is out of
--- date there), else those of the budgets p_budgets (a read on every shard on Citus), in root order. (It was
+-- The trees of a line's statement (a hold, a lease take; the trees a line load, a sweep or a shadow note is told):
+-- p_roots when given (a window in none of them is out of date there), else those of the budgets p_budgets (a read
+-- on every shard on Citus), in root order, each once, without a null. (It was
 -- budget_lease_trees, in leases.sql.)
 drop function if exists budget_lease_trees(uuid[], uuid[]);
 create or replace function budget_line_trees(p_roots uuid[], p_budgets uuid[]) returns uuid[]

@@ -26,7 +26,7 @@ declare
   tree uuid;
 begin
   perform budget_lock_reservations(array[p_reservation_id], p_budget_ids, p_roots);
-  foreach tree in array array(select distinct x.root from unnest(p_roots) as x(root) where x.root is not null order by 1) loop
+  foreach tree in array budget_line_trees(p_roots, null) loop
     update budget_reservations r set as_if_excluded = x.e
     from unnest(p_budget_ids, p_excludes, p_roots) as x(b, e, root)
     where r.root_id = tree and x.root = tree and r.id = p_reservation_id and r.budget_id = x.b and r.as_if_excluded <> x.e;

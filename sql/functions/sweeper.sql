@@ -57,7 +57,7 @@ begin
     met := '{}'::uuid[];
     met_trees := '{}'::uuid[];
     if p_roots is not null then
-      sweep_trees := array(select distinct x.root from unnest(p_roots) as x(root) where x.root is not null order by 1);
+      sweep_trees := budget_line_trees(p_roots, null);
     else
       sweep_trees := array(select distinct r.root_id from budget_reservations r
                            where r.expires_at < now() and r.id <> all (ids) and r.id <> all (left_alone) order by 1);
