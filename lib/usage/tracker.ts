@@ -115,6 +115,12 @@ export function createBudgetTracker ({ budgets, status, usage, forecasts }: Trac
     return { ...computed, shadow: await status.readShadow(budget.id, window.periodStart, computed.currentAmount) }
   }
 
+  /** The trees of the budgets a record counts toward, its own budget's first (an id that names no budget has none). */
+  async function treesOf (budget: BudgetDefinition, also: string[]): Promise<string[]> {
+    const others = also.length === 0 ? [] : [...(await budgets.findBudgets(also)).values()].map((other) => other.rootId)
+    return [...new Set([budget.rootId, ...others])]
+  }
+
   /** Records a usage once per idempotency key, whatever budget took it; `replayed` tells a retry from the first call. */
   async function record (request: RecordUsageRequest, recordOptions: RecordOptions = {}): Promise<{ record: UsageRecord, replayed: boolean }> {
     const read = readUsage(request, recordOptions.idempotencyKey, options)
@@ -137,7 +143,7 @@ export function createBudgetTracker ({ budgets, status, usage, forecasts }: Trac
       occurredAt,
       alsoCountsToward: request.alsoCountsToward
     }
-    const inserted = await usage.insertUsage(values).catch((error: unknown) => { throw storageError(error) })
+    const inserted = await usage.insertUsage(values, await treesOf(budget, request.alsoCountsToward ?? [])).catch((error: unknown) => { throw storageError(error) })
     if (inserted !== null) return { record: inserted, replayed: false }
     // The key was used before (perhaps by an identical request a moment ago, now committed), perhaps on another budget.
     const first = (await usage.findKeyHolder(budget.id, idempotencyKey!))!

@@ -1,6 +1,6 @@
 // SQL for budget_usage_records: recording (the status trigger does the roll-up), history pages and summaries.
 import { normalizeMoney, type Money } from '../kernel/money.js'
-import type { Db } from '../kernel/database/db.js'
+import { NIL_ROOT, type Db } from '../kernel/database/db.js'
 
 export interface UsageValues {
   budgetId: string
@@ -86,40 +86,67 @@ export function usageColumns (sql: Db) {
  */
 export async function findKeyHolders (sql: Db, keys: Array<{ budgetId: string, idempotencyKey: string }>): Promise<Map<string, KeyHolder>> {
   if (keys.length === 0) return new Map()
+  // A join rather than a lateral read per key: on Citus the records are read on every shard, where a lateral
+  // subquery cannot be pushed down. One row a key asked for, in the order asked (a key asked twice: the later wins).
   const rows = await sql<Array<UsageRow & { key: string, fingerprint: string | null }>>`
-    select k.idempotency_key as key, ${usageColumns(sql)}, u.request_fingerprint as fingerprint
-    from unnest(${keys.map((key) => key.budgetId)}::text[]::uuid[], ${keys.map((key) => key.idempotencyKey)}::text[]) as k(budget_id, idempotency_key)
-    cross join lateral (
-      select * from budget_usage_records r
-      where r.idempotency_key = k.idempotency_key and (r.request_fingerprint is not null or r.budget_id = k.budget_id)
-      order by r.request_fingerprint is null, r.recorded_at, r.id limit 1
-    ) u`
+    select distinct on (k.n) k.idempotency_key as key, ${usageColumns(sql)}, u.request_fingerprint as fingerprint
+    from unnest(${keys.map((key) => key.budgetId)}::text[]::uuid[], ${keys.map((key) => key.idempotencyKey)}::text[])
+      with ordinality as k(budget_id, idempotency_key, n)
+    join budget_usage_records u on u.idempotency_key = k.idempotency_key and (u.request_fingerprint is not null or u.budget_id = k.budget_id)
+    order by k.n, u.request_fingerprint is null, u.recorded_at, u.id`
   return new Map(rows.map(({ key, fingerprint, ...row }) => [key, { record: toUsageRecord(row), fingerprint }]))
 }
 
 export function createUsageRepository (sql: Db) {
   const columns = usageColumns(sql)
 
-  // The usage that counts toward a budget (its own and its descendants'), through its allocations.
-  const countingToward = (budgetId: string, filter: UsageFilter) => sql`
-    budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id
-    where a.budget_id = ${budgetId} and a.occurred_at >= ${filter.from} and a.occurred_at < ${filter.to}
-    ${filter.modelId === undefined ? sql`` : sql`and u.model_id = ${filter.modelId}`}
-    ${filter.userId === undefined ? sql`` : sql`and u.user_id = ${filter.userId}`}
-    ${filter.tag === undefined ? sql`` : sql`and u.metadata -> 'tags' ->> ${filter.tag[0]} = ${filter.tag[1]}`}`
+  // The usage that counts toward a budget (its own and its descendants'), through its allocations: the
+  // allocations read first, by themselves (a CTE kept apart), then their records. A record's allocations may be
+  // in other trees than it (a call whose line spans two): on Citus the allocations are then one result that
+  // each shard of the records is joined to, where joining the two tables directly would repartition them
+  // (seconds a read). `page`: the keyset's position and the page's size, applied to the allocations already
+  // when no filter reads the records.
+  const recordFilter = (filter: UsageFilter) => filter.modelId !== undefined || filter.userId !== undefined || filter.tag !== undefined
+  const countingToward = (budgetId: string, filter: UsageFilter, page?: { after: UsagePageKey | null, limit: number }) => {
+    const early = page !== undefined && !recordFilter(filter)
+    return sql`
+      with a as materialized (
+        select a.usage_id, a.amount, a.occurred_at from budget_usage_allocations a
+        where a.budget_id = ${budgetId} and a.occurred_at >= ${filter.from} and a.occurred_at < ${filter.to}
+        ${page?.after == null ? sql`` : sql`and (a.occurred_at, a.usage_id) < (${page.after.occurredAt}, ${page.after.id})`}
+        ${early ? sql`order by a.occurred_at desc, a.usage_id desc limit ${page.limit}` : sql``}
+      )
+      select ${columns}, u.model_id, u.user_id, a.amount as counted, a.occurred_at as counted_at
+      from a join budget_usage_records u on u.id = a.usage_id
+      where true
+      ${filter.modelId === undefined ? sql`` : sql`and u.model_id = ${filter.modelId}`}
+      ${filter.userId === undefined ? sql`` : sql`and u.user_id = ${filter.userId}`}
+      ${filter.tag === undefined ? sql`` : sql`and u.metadata -> 'tags' ->> ${filter.tag[0]} = ${filter.tag[1]}`}`
+  }
 
   return {
-    /** Inserts the record, or nothing when its idempotency key was used before, on any budget (then null). */
-    async insertUsage (values: UsageValues): Promise<UsageRecord | null> {
+    /**
+     * Stores the record and counts it toward every budget it reaches, in one statement
+     * (budget_record_usage_in_trees, sql/functions/usage-recording.sql), or stores nothing when its idempotency
+     * key was used before, on any budget (then null). `trees`: the trees of its budgets, its own budget's
+     * first; on Citus the call runs on that tree's node.
+     */
+    async insertUsage (values: UsageValues, trees: string[]): Promise<UsageRecord | null> {
+      const record = {
+        budget_id: values.budgetId,
+        amount: values.amount,
+        currency: values.currency,
+        source: values.source,
+        description: values.description,
+        metadata: values.metadata,
+        idempotency_key: values.idempotencyKey,
+        request_fingerprint: values.idempotencyKey === null ? null : values.requestFingerprint,
+        occurred_at: values.occurredAt.toISOString(),
+        also_counts_toward: values.alsoCountsToward ?? []
+      }
       const [row] = await sql<UsageRow[]>`
-        insert into budget_usage_records as u
-          (budget_id, amount, currency, source, description, metadata, idempotency_key, request_fingerprint, occurred_at, also_counts_toward)
-        values (${values.budgetId}, ${values.amount}, ${values.currency}, ${values.source}, ${values.description},
-                ${sql.json(values.metadata as Parameters<typeof sql.json>[0])}, ${values.idempotencyKey},
-                ${values.idempotencyKey === null ? null : values.requestFingerprint}, ${values.occurredAt},
-                ${values.alsoCountsToward ?? []}::uuid[])
-        on conflict do nothing
-        returning ${columns}`
+        select ${columns}
+        from budget_record_usage_in_trees(${JSON.stringify(record)}::text::jsonb, ${trees}::text[]::uuid[], ${trees[0] ?? NIL_ROOT}::uuid) u`
       return row === undefined ? null : toUsageRecord(row)
     },
 
@@ -161,9 +188,9 @@ export function createUsageRepository (sql: Db) {
     /** One page, newest first, strictly after `after` in that order (a keyset: stable while records arrive). */
     async listUsage (budgetId: string, filter: UsageFilter, after: UsagePageKey | null, limit: number): Promise<UsageRecord[]> {
       const rows = await sql<UsageRow[]>`
-        select ${columns} from ${countingToward(budgetId, filter)}
-        ${after === null ? sql`` : sql`and (a.occurred_at, a.usage_id) < (${after.occurredAt}, ${after.id})`}
-        order by a.occurred_at desc, a.usage_id desc
+        select c."id", c."budgetId", c.amount, c.currency, c.source, c.description, c.metadata, c."occurredAt", c."recordedAt"
+        from (${countingToward(budgetId, filter, { after, limit })}) c
+        order by c.counted_at desc, c.id desc
         limit ${limit}`
       return rows.map(toUsageRecord)
     },
@@ -171,16 +198,16 @@ export function createUsageRepository (sql: Db) {
     async summarizeUsage (budgetId: string, filter: UsageFilter, tagKey?: string) {
       const group = async (key: ReturnType<typeof sql>) => {
         const rows = await sql<Array<{ key: string | null, total: string, count: number }>>`
-          select ${key} as key, sum(a.amount)::text as total, count(*)::int as count
-          from ${countingToward(budgetId, filter)}
+          select ${key} as key, sum(c.counted)::text as total, count(*)::int as count
+          from (${countingToward(budgetId, filter)}) c
           group by 1 order by 1 nulls last`
         return rows.map((row): UsageGroupTotal => ({ key: row.key, total: normalizeMoney(row.total), count: row.count }))
       }
       const [byModel, byUser, byDay, byTag] = await Promise.all([
-        group(sql`u.model_id`),
-        group(sql`u.user_id`),
-        group(sql`to_char(a.occurred_at at time zone 'UTC', 'YYYY-MM-DD')`),
-        tagKey === undefined ? undefined : group(sql`u.metadata -> 'tags' ->> ${tagKey}`)
+        group(sql`c.model_id`),
+        group(sql`c.user_id`),
+        group(sql`to_char(c.counted_at at time zone 'UTC', 'YYYY-MM-DD')`),
+        tagKey === undefined ? undefined : group(sql`c.metadata -> 'tags' ->> ${tagKey}`)
       ])
       return { byModel, byUser, byDay, byTag }
     }

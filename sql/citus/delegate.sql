@@ -14,7 +14,8 @@ declare
 begin
   for k in select p.oid::regprocedure as fn from pg_proc p
            where p.proname = any (array['budget_hold_batch', 'budget_settle_batch', 'budget_settle_leased', 'budget_lease_take', 'budget_lease_renew', 'budget_lease_return',
-                                         'budget_rate_take', 'budget_rate_give_back', 'budget_sweep_trees', 'budget_line_in_trees']) and p.pronamespace = current_schema()::regnamespace
+                                         'budget_rate_take', 'budget_rate_give_back', 'budget_sweep_trees', 'budget_line_in_trees',
+                                         'budget_record_usage_in_trees']) and p.pronamespace = current_schema()::regnamespace
              and 'p_root' = any (p.proargnames) loop
     if not exists (select 1 from pg_dist_object o where o.classid = 'pg_proc'::regclass and o.objid = k.fn::oid
                    and o.distribution_argument_index is not null) then

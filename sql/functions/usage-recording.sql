@@ -4,20 +4,65 @@
 -- locks window rows only, in the lock order (locks.sql).
 
 -- Where usage counts, and at what rate: the lineage of its budget and of each of its other budgets, those
--- whose filters its model and tags match, each once, with the rate from its currency into theirs in force
--- at p_at (null where none is). Without raising, so the batch finds every record that has no rate before it
--- stores any; budget_usage_targets below keeps the per-row trigger's contract (an error naming the pair),
--- read from here, so both ask one place.
+-- whose filters its model and tags match, each once, with its tree and the rate from its currency into theirs
+-- in force at p_at (null where none is). Without raising, so the batch finds every record that has no rate
+-- before it stores any; budget_usage_targets below keeps the per-row trigger's contract (an error naming the
+-- pair), read from here, so both ask one place.
+--
+-- p_trees: the trees the budgets are in, as the caller knows them; each statement then names one tree, so that
+-- on Citus it runs on that tree's node. Not taken on trust (a budget left out would count nothing): when a
+-- budget named is in none of them, the trees are read from the budgets' rows (on Citus, every shard), as they
+-- are when p_trees is null.
+create or replace function budget_usage_reach_in_trees(p_budget_id uuid, p_also uuid[], p_model text, p_tags jsonb, p_currency text, p_at timestamptz,
+                                                       p_trees uuid[])
+returns table (budget_id uuid, root_id uuid, currency text, exchange_rate numeric) language plpgsql stable as $$
+declare
+  counted uuid[] := array(select distinct x.id from unnest(array[p_budget_id] || coalesce(p_also, '{}')) as x(id) where x.id is not null);
+  trees uuid[] := budget_line_trees(p_trees, counted);
+  tree uuid;
+  -- each budget counted that is found, with its root
+  found_ids uuid[] := '{}'::uuid[];
+  found_roots uuid[] := '{}'::uuid[];
+  -- their lineages
+  ids uuid[] := '{}'::uuid[];
+  roots uuid[] := '{}'::uuid[];
+  -- those whose filters match, each once
+  reached_ids uuid[] := '{}'::uuid[];
+  reached_roots uuid[] := '{}'::uuid[];
+  currencies text[] := '{}'::text[];
+begin
+  -- one statement a tree, each naming it (on Citus, one shard's); no walk inside a query over the budgets (on
+  -- Citus, a distributed query nested in one)
+  foreach tree in array trees loop
+    select found_ids || coalesce(array_agg(d.id), '{}'), found_roots || coalesce(array_agg(d.root_id), '{}') into found_ids, found_roots
+    from budget_definitions d where d.root_id = tree and d.id = any (counted);
+  end loop;
+  if p_trees is not null and cardinality(found_ids) < cardinality(counted) then
+    return query select * from budget_usage_reach_in_trees(p_budget_id, p_also, p_model, p_tags, p_currency, p_at, null);
+    return;
+  end if;
+  for i in 1 .. cardinality(found_ids) loop
+    select ids || array_agg(l.id), roots || array_agg(found_roots[i]) into ids, roots
+    from budget_lineage_within(found_roots[i], found_ids[i]) l;
+  end loop;
+  foreach tree in array array(select distinct x.root from unnest(roots) as x(root) order by 1) loop
+    select reached_ids || coalesce(array_agg(b.id order by b.id), '{}'), reached_roots || coalesce(array_agg(b.root_id order by b.id), '{}'),
+           currencies || coalesce(array_agg(b.currency order by b.id), '{}')
+    into reached_ids, reached_roots, currencies
+    from budget_definitions b
+    where b.root_id = tree and b.id = any (array(select distinct x.id from unnest(ids, roots) as x(id, root) where x.root = tree))
+      and budget_filters_match(b.filter_models, b.filter_tags, p_model, p_tags);
+  end loop;
+  -- the rates read apart from the budgets' rows: on Citus those are read on the trees' nodes, the rates are a
+  -- reference table
+  return query select x.id, x.root, x.currency, budget_exchange_rate(p_currency, x.currency, p_at)
+               from unnest(reached_ids, reached_roots, currencies) as x(id, root, currency);
+end $$;
+
+-- The same, for a caller that does not know the trees: read from the budgets' rows.
 create or replace function budget_usage_reach(p_budget_id uuid, p_also uuid[], p_model text, p_tags jsonb, p_currency text, p_at timestamptz)
 returns table (budget_id uuid, currency text, exchange_rate numeric) language sql stable as $$
-  select matched.id, matched.currency, budget_exchange_rate(p_currency, matched.currency, p_at)
-  from (
-    select distinct l.id, b.currency
-    from unnest(array[p_budget_id] || p_also) as counted(id)
-    cross join lateral budget_lineage(counted.id) l
-    join budget_definitions b on b.id = l.id
-    where budget_matches(b, p_model, p_tags)
-  ) matched
+  select r.budget_id, r.currency, r.exchange_rate from budget_usage_reach_in_trees(p_budget_id, p_also, p_model, p_tags, p_currency, p_at, null) r
 $$;
 
 -- budget_usage_reach, with an error naming the pair where no rate is in force (budget_require_rate).
@@ -56,6 +101,120 @@ begin
 end $$;
 create or replace trigger budget_usage_records_status after insert on budget_usage_records
 for each row when (not new.allocated_by_settlement and new.budget_id is not null) execute function budget_usage_after_insert();
+
+-- One record from the usage API, stored and counted in one call, with the per-row trigger's outcome (above):
+-- the same reach, the same errors (RB001 naming the pair, 22003), nothing stored under a key already held.
+-- The API records through this and not the trigger because on Citus a trigger runs on its record's shard,
+-- from where no other tree's budget can be reached. p_record: {budget_id, amount, currency, source,
+-- description, metadata, idempotency_key, request_fingerprint, occurred_at, also_counts_toward}, checked by
+-- the caller (lib/usage/tracker.ts). p_roots: the trees of its budgets as the caller knows them
+-- (budget_usage_reach_in_trees checks them); p_root, the first of them, by which Citus delegates the call
+-- (sql/citus/delegate.sql). Returns the stored record, or no row when its key was held.
+create or replace function budget_record_usage_in_trees(p_record jsonb, p_roots uuid[], p_root uuid default '00000000-0000-0000-0000-000000000000')
+returns table (id uuid, budget_id uuid, amount numeric, currency text, source text, description text, metadata jsonb,
+               occurred_at timestamptz, recorded_at timestamptz)
+language plpgsql as $$
+#variable_conflict use_column
+declare
+  r record;
+  stored record;
+  budgets uuid[];
+  trees uuid[];
+  tree uuid;
+  root uuid;
+  rates numeric[];
+  starts timestamptz[];
+  ends timestamptz[];
+  w record;
+  missing text;
+  refused boolean;
+begin
+  select * into r from jsonb_to_record(p_record) as x(budget_id uuid, amount numeric(28, 10), currency text, source text, description text,
+    metadata jsonb, idempotency_key text, request_fingerprint text, occurred_at timestamptz, also_counts_toward uuid[]);
+  -- (the pair missing a rate: the first in the reach's order, the one the trigger's error names)
+  select array_agg(t.budget_id order by t.n), array_agg(t.root_id order by t.n), array_agg(t.exchange_rate order by t.n),
+         (array_agg(r.currency || '/' || t.currency order by t.n) filter (where t.exchange_rate is null))[1]
+  into budgets, trees, rates, missing
+  from budget_usage_reach_in_trees(r.budget_id, r.also_counts_toward, r.metadata ->> 'modelId', r.metadata -> 'tags', r.currency, now(), p_roots)
+    with ordinality as t(budget_id, root_id, currency, exchange_rate, n);
+
+  -- the record under its budget's tree (on Citus the insert is routed by it), allocated here rather than by
+  -- the per-row trigger; the tree found among those named, else read from the budget's row
+  foreach tree in array budget_line_trees(p_roots, '{}') loop
+    select d.root_id into root from budget_definitions d where d.root_id = tree and d.id = r.budget_id;
+    exit when root is not null;
+  end loop;
+  if root is null then
+    select d.root_id into root from budget_definitions d where d.id = r.budget_id;
+  end if;
+  -- (a CTE: Citus 13.2 fails an INSERT ... ON CONFLICT DO NOTHING RETURNING INTO that inserts nothing, "consistency
+  -- check on SPI tuple count failed")
+  with inserted as (
+    insert into budget_usage_records as u (root_id, budget_id, amount, currency, source, description, metadata, idempotency_key,
+                                           request_fingerprint, occurred_at, also_counts_toward, allocated_by_settlement)
+    select root, r.budget_id, r.amount, r.currency, r.source, r.description, r.metadata, r.idempotency_key,
+           r.request_fingerprint, r.occurred_at, coalesce(r.also_counts_toward, '{}'), true
+    on conflict do nothing
+    returning u.id, u.budget_id, u.amount, u.currency, u.source, u.description, u.metadata, u.occurred_at, u.recorded_at
+  )
+  select * into stored from inserted;
+  if stored is null then return; end if;
+
+  -- as the trigger: the key is looked at before the rate
+  if missing is not null then
+    raise exception 'no exchange rate from % to % in force at %', split_part(missing, '/', 1), split_part(missing, '/', 2), stored.recorded_at
+      using errcode = 'RB001', detail = missing;
+  end if;
+  if budgets is not null then
+    -- each budget's window at the record's instant (null: none), read tree by tree by the budget's columns (on
+    -- a shard a row is not of budget_definitions' type)
+    starts := array_fill(null::timestamptz, array[cardinality(budgets)]);
+    ends := starts;
+    foreach tree in array array(select distinct x.root from unnest(trees) as x(root) order by 1) loop
+      for w in
+        select i.n, p.period_start, p.period_end
+        from unnest(budgets, trees) with ordinality as i(budget_id, root, n)
+        join budget_definitions d on d.root_id = tree and d.id = i.budget_id
+        cross join lateral budget_period_window(d.period, d.start_date, d.end_date, d.recurring, stored.occurred_at, d.timezone,
+                                                d.fiscal_year_start_month, d.period_alignment) p
+        where i.root = tree
+      loop
+        starts[w.n] := w.period_start;
+        ends[w.n] := w.period_end;
+      end loop;
+    end loop;
+    -- A window without a row gets one, in the lock order (locks.sql), each row there locked first: then
+    -- budget_record_spend finds them all and writes each once. A row made here is inserted at the window's
+    -- spend so far (its allocations), as budget_record_spend's own step-wise path counts it: an insert, so no
+    -- alert sees that spend before this record's is added (the alerts trigger is on updates). That path reads
+    -- rows by id alone, which on Citus a call on one tree's node cannot.
+    for w in
+      select x.budget_id, x.root, x.period_start, x.period_end from unnest(budgets, trees, starts, ends) as x(budget_id, root, period_start, period_end)
+      where x.period_start is not null order by x.root, x.budget_id, x.period_start
+    loop
+      perform 1 from budget_status_cache c where c.root_id = w.root and c.budget_id = w.budget_id and c.period_start = w.period_start for update;
+      if not found then
+        insert into budget_status_cache (budget_id, root_id, period_start, period_end, current_amount, usage_count, last_usage_at)
+        select w.budget_id, w.root, w.period_start, w.period_end, coalesce(sum(a.amount), 0), count(*), max(a.occurred_at)
+        from budget_usage_allocations a
+        where a.root_id = w.root and a.budget_id = w.budget_id and a.occurred_at >= w.period_start and a.occurred_at < w.period_end
+        on conflict (budget_id, period_start, root_id) do nothing;
+        -- made meanwhile by another transaction: locked as it is
+        perform 1 from budget_status_cache c where c.root_id = w.root and c.budget_id = w.budget_id and c.period_start = w.period_start for update;
+      end if;
+    end loop;
+    select bool_or(s.charged is null) into refused
+    from budget_record_spend(array_fill(1::bigint, array[cardinality(budgets)]), array_fill(stored.id, array[cardinality(budgets)]), budgets,
+                             array_fill(stored.amount, array[cardinality(budgets)]), rates,
+                             array_fill(stored.occurred_at, array[cardinality(budgets)]), starts, ends, false, null, null, null, trees) s;
+    if refused then
+      raise exception using errcode = 'numeric_value_out_of_range', message = 'numeric field overflow',
+        detail = 'the usage would take an amount counted toward a budget past numeric(28,10)';
+    end if;
+  end if;
+  return query select stored.id, stored.budget_id, stored.amount, stored.currency, stored.source, stored.description, stored.metadata,
+                      stored.occurred_at, stored.recorded_at;
+end $$;
 
 -- Usage in bulk: a batch's records stored by one statement and counted by one budget_record_spend call
 -- (spend.sql), with the same outcome as the per-row trigger above posting them one at a time, in order: the
