@@ -146,7 +146,7 @@ export function createAlertRepository (sql: Db) {
     h.limit_amount::text as limit_amount, h.crossed_at, h.resolved_at, h.acknowledged_by, h.acknowledged_at, h.shadow,
     coalesce((select json_agg(json_build_object('channel', o.channel, 'status', o.status, 'attempts', o.attempts,
               'delivered_at', o.delivered_at, 'last_error', o.last_error) order by o.channel)
-              from budget_notification_outbox o where o.alert_id = h.id), '[]') as deliveries`
+              from budget_notification_outbox o where o.root_id = h.root_id and o.alert_id = h.id), '[]') as deliveries`
 
   return {
     /** Crossings of a budget, newest first; of one window when `periodStart` is given. */

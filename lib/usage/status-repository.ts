@@ -135,8 +135,8 @@ export function createStatusRepository (sql: Db) {
           select * from refresh_budget_status_cache(${budgetId}, ${window.periodStart}, ${window.periodEnd})
         ),
         audited as (
-          insert into budget_audit_log (budget_id, action, before, after, actor, request_id)
-          select ${budgetId}, 'refresh-cache', (select numbers from before),
+          insert into budget_audit_log (budget_id, root_id, action, before, after, actor, request_id)
+          select ${budgetId}, r.root_id, 'refresh-cache', (select numbers from before),
                  jsonb_build_object('periodStart', r.period_start, 'currentAmount', r.current_amount::text, 'usageCount', r.usage_count),
                  ${audit.actor}, ${audit.requestId}
           from refreshed r

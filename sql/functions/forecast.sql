@@ -38,14 +38,18 @@ $$;
 -- rounded half up to 10 decimals; 0 before the budget starts. The arguments are budget_forecast's, so a
 -- status or a digest reads both in one statement.
 create or replace function budget_burn_rate(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz, p_current numeric, p_at timestamptz)
-returns numeric language sql stable parallel safe as $$
-  select case when p_at < s.start_at then 0
-              else div(round(p_current * 10000000000) * 86400000000 * 2 + e.elapsed_us, e.elapsed_us * 2) * 0.0000000001 end
-  from budget_definitions d
-  cross join lateral (select greatest(p_period_start, d.start_date) as start_at) s
-  cross join lateral (select budget_burn_elapsed_us(s.start_at, least(p_at, p_period_end)) as elapsed_us) e
-  where d.id = p_budget_id
-$$;
+returns numeric language plpgsql stable parallel safe as $$
+declare
+  start_at timestamptz;
+  elapsed_us numeric;
+begin
+  -- PL/pgSQL: Citus cannot plan a parameterized SQL-language function's query on a distributed table
+  select greatest(p_period_start, d.start_date) into start_at from budget_definitions d where d.id = p_budget_id;
+  if not found then return null; end if;
+  if p_at < start_at then return 0::numeric; end if;
+  elapsed_us := budget_burn_elapsed_us(start_at, least(p_at, p_period_end));
+  return div(round(p_current * 10000000000) * 86400000000 * 2 + elapsed_us, elapsed_us * 2) * 0.0000000001;
+end $$;
 
 -- A budget's spend on each ISO weekday (totals[1] Monday .. totals[7] Sunday) over the whole local days
 -- (in p_timezone) before p_day: at most 28 of them, none before the budget's first whole day. counts[d]
@@ -55,6 +59,8 @@ create or replace function budget_weekday_profile(p_budget_id uuid, p_timezone t
   out days integer, out totals numeric[], out counts integer[])
 language plpgsql stable as $$
 declare
+  -- the budget's root, that the read below names (on Citus, one shard's)
+  root uuid := (select d.root_id from budget_definitions d where d.id = p_budget_id);
   local_start timestamp := p_start_date at time zone p_timezone;
   first_day date := local_start::date + case when local_start = date_trunc('day', local_start) then 0 else 1 end;
   from_day date := greatest(p_day - 28, first_day);
@@ -66,7 +72,7 @@ begin
   left join (
     select extract(isodow from a.occurred_at at time zone p_timezone)::integer as dow, sum(a.amount) as total
     from budget_usage_allocations a
-    where days > 0 and a.budget_id = p_budget_id
+    where days > 0 and a.root_id = root and a.budget_id = p_budget_id
       and a.occurred_at >= (from_day::timestamp at time zone p_timezone) and a.occurred_at < (p_day::timestamp at time zone p_timezone)
     group by 1
   ) s on s.dow = d.dow;
@@ -94,32 +100,36 @@ language plpgsql as $$
 declare
   summed_under pg_snapshot;
   kept pg_snapshot;
+  -- the budget's root, that every statement below names (on Citus, each is then one shard's)
+  root uuid := (select d.root_id from budget_definitions d where d.id = p_budget_id);
 begin
   select p.days, p.totals, p.counts into days, totals, counts from budget_forecast_profiles p
-  where p.budget_id = p_budget_id and p.local_day = p_day and p.timezone = p_timezone and p.start_date = p_start_date
+  where p.root_id = root and p.budget_id = p_budget_id and p.local_day = p_day and p.timezone = p_timezone and p.start_date = p_start_date
     and p.snapshot is not null
     and not exists (select 1 from budget_forecast_backdated m
-                    where m.budget_id = p_budget_id and m.xact >= pg_snapshot_xmin(p.snapshot) and not pg_visible_in_snapshot(m.xact, p.snapshot));
+                    where m.root_id = root and m.budget_id = p_budget_id and m.xact >= pg_snapshot_xmin(p.snapshot) and not pg_visible_in_snapshot(m.xact, p.snapshot));
   if found then return; end if;
   -- One statement: the sum and the snapshot it read under are the same one.
   select w.days, w.totals, w.counts, pg_current_snapshot() into days, totals, counts, summed_under
   from budget_weekday_profile(p_budget_id, p_timezone, p_start_date, p_day) w;
   -- kept only by the transaction that can have the profile's key at once (budget_forecast_profile_key)
   if not pg_try_advisory_xact_lock(budget_forecast_profile_key(p_budget_id)) then return; end if;
-  insert into budget_forecast_profiles as p (budget_id, local_day, timezone, start_date, days, totals, counts, snapshot)
-  values (p_budget_id, p_day, p_timezone, p_start_date, days, totals, counts, summed_under)
+  -- (computed_at from the row inserted: Citus takes no function but an immutable one in a DO UPDATE SET)
+  insert into budget_forecast_profiles as p (budget_id, root_id, local_day, timezone, start_date, days, totals, counts, snapshot, computed_at)
+  values (p_budget_id, root, p_day, p_timezone, p_start_date, days, totals, counts, summed_under, now())
   on conflict (budget_id, root_id) do update
   set local_day = excluded.local_day, timezone = excluded.timezone, start_date = excluded.start_date,
-      days = excluded.days, totals = excluded.totals, counts = excluded.counts, snapshot = excluded.snapshot, computed_at = now()
+      days = excluded.days, totals = excluded.totals, counts = excluded.counts, snapshot = excluded.snapshot, computed_at = excluded.computed_at
   where p.local_day < excluded.local_day
      or (p.local_day = excluded.local_day and (p.snapshot is null or pg_snapshot_xmin(p.snapshot) <= pg_snapshot_xmin(excluded.snapshot)));
   -- the profile kept now (this sum's, or a later day's that stayed, or another session's)
-  select p.snapshot into kept from budget_forecast_profiles p where p.budget_id = p_budget_id;
+  select p.snapshot into kept from budget_forecast_profiles p where p.root_id = root and p.budget_id = p_budget_id;
   -- Marks the kept profile and every snapshot from now on see; skip locked: another sum pruning the same
   -- ones may have them.
   delete from budget_forecast_backdated m
-  where m.ctid = any (array(select x.ctid from budget_forecast_backdated x
-                            where x.budget_id = p_budget_id
+  where m.root_id = root
+    and m.ctid = any (array(select x.ctid from budget_forecast_backdated x
+                            where x.root_id = root and x.budget_id = p_budget_id
                               and x.xact < least(pg_snapshot_xmin(summed_under), pg_snapshot_xmin(kept))
                             for update skip locked));
 end $$;
