@@ -112,3 +112,59 @@ t.test('a budget\'s window read for its status, and its window changed while a h
   t.same((await findViolations(sql)).filter((violation) => !violation.startsWith('reservation ')), [],
     'each window holds what its reservations hold, equals its allocations, no hard budget over its limit')
 })
+
+t.test('usage through the API on two trees: recorded once, replayed, counted toward another tree, read back by its readers', async (t) => {
+  const { sql, app, create } = await distributedApp(t)
+  const org = (await create({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100' })).json() as { id: string }
+  const team = (await create({
+    name: 'team', scopeType: 'team', scopeId: 'platform', parentId: org.id, amount: '50',
+    // (a projected alert is not here: recording spend on its window is the step-wise path, which does not run on Citus yet)
+    alerts: [{ threshold: 50, actions: ['notify'] }]
+  })).json() as { id: string }
+  const user = (await create({ name: 'user', scopeType: 'user', scopeId: 'ada', amount: '20' })).json() as { id: string }
+  const get = async (url: string) => await app.inject({ method: 'GET', url: `${PREFIX}/${url}`, headers })
+  const post = async (budgetId: string, body: Record<string, unknown>) =>
+    await app.inject({ method: 'POST', url: `${PREFIX}/${budgetId}/usage`, headers, body: { currency: 'USD', source: 'test', ...body } })
+
+  const first = await post(team.id, { amount: '30', metadata: { requestId: 'call-1', modelId: 'gpt-4o' } })
+  t.equal(first.statusCode, 201, first.body)
+  const again = await post(team.id, { amount: '30', metadata: { requestId: 'call-1', modelId: 'gpt-4o' } })
+  t.equal(again.statusCode, 200, 'the retry is replayed')
+  t.equal(again.json().id, first.json().id, 'as the first record')
+  const conflict = await post(team.id, { amount: '31', metadata: { requestId: 'call-1', modelId: 'gpt-4o' } })
+  t.equal(conflict.json().code, 'BUDGET_ERR_IDEMPOTENCY_CONFLICT', 'another amount under its key is refused')
+  // a call whose scopes reach both trees: recorded in the team's tree, counted toward the user's too (as the gate's recordModelCall does)
+  const both = await app.budgetTracker.record({ budgetId: team.id, amount: '10', currency: 'USD', metadata: { requestId: 'call-2', modelId: 'o3' }, alsoCountsToward: [user.id] })
+  t.equal(both.replayed, false)
+  // backdated into last month's window, which has no row yet
+  const lastMonth = new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), 0, 12))
+  const backdated = await post(team.id, { amount: '4', occurredAt: lastMonth.toISOString(), metadata: { requestId: 'call-3' } })
+  t.equal(backdated.statusCode, 201, backdated.body)
+  const missingRate = await post(team.id, { amount: '1', currency: 'EUR', metadata: { requestId: 'call-4' } })
+  t.equal(missingRate.json().code, 'BUDGET_ERR_EXCHANGE_RATE_MISSING', 'no rate: refused, naming the pair')
+
+  const spent = async (id: string) => (await get(`${id}/status`)).json() as { currentAmount: string, projectedTotal: string, burnRate: string, activeAlerts: unknown[] }
+  t.match(await spent(team.id), { currentAmount: '40', projectedTotal: String, burnRate: String }, 'the team: both records of this month, with its forecast')
+  t.equal((await spent(org.id)).currentAmount, '40', 'its parent in the same tree')
+  t.equal((await spent(user.id)).currentAmount, '10', 'the user in the other tree: the call that reached it')
+  const [past] = await sql<Array<{ spent: string }>>`
+    select current_amount::text as spent from budget_status_cache where root_id = ${org.id} and budget_id = ${team.id} and period_start < date_trunc('month', now())`
+  t.equal(past?.spent, '4.0000000000', 'last month\'s window row made for the backdated record')
+
+  const alerts = (await get(`${team.id}/alerts`)).json() as { alerts: Array<{ threshold: number, spent: string }> }
+  t.ok(alerts.alerts.some((alert) => alert.threshold === 50 && alert.spent === '30'), 'the 50% crossing, at the spend that crossed it')
+  const page = (await get(`${team.id}/usage?limit=1`)).json() as { records: Array<{ id: string }>, nextCursor: string }
+  t.equal(page.records.length, 1)
+  const rest = (await get(`${team.id}/usage?cursor=${page.nextCursor}`)).json() as { records: Array<{ id: string }> }
+  t.same([...page.records, ...rest.records].map((record) => record.id).sort(), [first.json().id, both.record.id].sort(), 'both records of the month, a page at a time')
+  t.same((await get(`${team.id}/usage?modelId=o3`)).json().records.map((record: { id: string }) => record.id), [both.record.id], 'filtered by model')
+  const summary = (await get(`${team.id}/usage/summary`)).json() as { total: string, count: number, byModel: Array<{ modelId: string, total: string }> }
+  t.match(summary, { total: '40', count: 2 }, 'the summary')
+  t.same(summary.byModel.map((group) => [group.modelId, group.total]), [['gpt-4o', '30'], ['o3', '10']])
+  t.equal((await get(`${user.id}/usage`)).json().records[0]?.id, both.record.id, 'the user\'s usage: the record of the other tree that counts toward it')
+
+  await sql`update budget_status_cache set current_amount = 1 where root_id = ${org.id} and budget_id = ${team.id} and period_start >= date_trunc('month', now())`
+  const refreshed = await app.inject({ method: 'POST', url: `${PREFIX}/${team.id}/refresh-cache`, headers })
+  t.equal(refreshed.json().currentAmount, '40', 'refresh-cache recomputes it from its allocations')
+  t.same(await findViolations(sql), [], 'no hold left, each window equal to its allocations, no hard budget over its limit')
+})

@@ -17,6 +17,7 @@ import { createLineRepository } from '../lib/gate/line-repository.js'
 import { createSettlementRepository } from '../lib/gate/settlement-repository.js'
 import { createRateRepository } from '../lib/gate/rate-repository.js'
 import { createSweeperRepository } from '../lib/gate/sweeper-repository.js'
+import { createUsageRepository } from '../lib/usage/usage-repository.js'
 import type { BudgetTerms } from '../lib/gate/budget-terms.js'
 import { ADMIN_TOKEN, PREFIX } from '../test/fixtures/app.js'
 import { createTestSql } from '../test/fixtures/database.js'
@@ -256,6 +257,28 @@ t.test('a line loads whole on the node of its tree, once the trees its scopes na
   t.same(none.line, [], 'a caller no budget names: an empty line, with no call to any tree')
 })
 
+t.test('a usage record from the usage API is stored and counted whole on the node of its tree', async (t) => {
+  const database = await distributedDatabase(t)
+  for (const [worker, org] of await twoTreesOnTwoWorkers(t, database)) {
+    const values = {
+      budgetId: org.id, amount: '1.25', currency: 'USD', source: 'test', description: null, metadata: { modelId: 'gpt-4o-mini' },
+      idempotencyKey: `key-${org.id}`, requestFingerprint: 'fingerprint', occurredAt: new Date()
+    }
+    let stored: Awaited<ReturnType<ReturnType<typeof createUsageRepository>['insertUsage']>> = null
+    await checkRunsOn(t, database, worker, 'budget_record_usage_in_trees', async (sql) => {
+      stored = await createUsageRepository(sql).insertUsage(values, [org.id])
+    })
+    t.match(stored, { budgetId: org.id, amount: '1.25' }, 'stored')
+    await checkRunsOn(t, database, worker, 'budget_record_usage_in_trees (its key held)', async (sql) => {
+      t.equal(await createUsageRepository(sql).insertUsage(values, [org.id]), null, 'a second record under its key stores nothing')
+    })
+    const [row] = await database.sql<Array<{ spent: string, calls: number }>>`
+      select current_amount::text as spent, usage_count::int as calls from budget_status_cache where root_id = ${org.id} and budget_id = ${org.id}`
+    t.same(row, { spent: '1.2500000000', calls: 1 }, 'counted once, on its window row')
+  }
+  t.same(await findViolations(database.sql), [], 'the windows equal to their allocations')
+})
+
 t.test('the sweeper sweeps tree by tree, each tree\'s sweep whole on its node', async (t) => {
   const database = await distributedDatabase(t)
   const orgs = await twoTreesOnTwoWorkers(t, database)
@@ -298,7 +321,7 @@ t.test('no delegated statement is given a null tree by default: Citus 13.2 crash
     select p.oid::regprocedure::text as fn, pg_get_function_arguments(p.oid) as arguments, (p.proargnames)[o.distribution_argument_index + 1] as argument
     from pg_dist_object o join pg_proc p on p.oid = o.objid
     where o.classid = 'pg_proc'::regclass and o.distribution_argument_index is not null`
-  t.same(delegated.map((row) => row.fn.replace(/\(.*/, '')).sort(), ['budget_hold_batch', 'budget_lease_renew', 'budget_lease_return', 'budget_lease_take', 'budget_line_in_trees', 'budget_rate_give_back', 'budget_rate_take', 'budget_settle_batch', 'budget_settle_leased', 'budget_sweep_trees'], 'the gate\'s delegated statements')
+  t.same(delegated.map((row) => row.fn.replace(/\(.*/, '')).sort(), ['budget_hold_batch', 'budget_lease_renew', 'budget_lease_return', 'budget_lease_take', 'budget_line_in_trees', 'budget_rate_give_back', 'budget_rate_take', 'budget_record_usage_in_trees', 'budget_settle_batch', 'budget_settle_leased', 'budget_sweep_trees'], 'the gate\'s delegated statements and the usage API\'s record')
   for (const row of delegated) {
     t.equal(row.argument, 'p_root', `${row.fn}: delegated by its tree`)
     // a default, where there is one, is the nil root (the argument lists without defaults are always given one)
