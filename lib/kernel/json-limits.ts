@@ -8,6 +8,8 @@ import { slices as newSlices, type Slices } from './loop-slices.js'
 // With the u flag a surrogate range matches only a surrogate that is not half of a pair.
 const UNSTORABLE = /[\0\ud800-\udfff]/u
 const UNSTORABLE_ALL = /[\0\ud800-\udfff]/gu
+// with the u flag a whole surrogate pair is one code point, so only a half matches
+const UNPAIRED_SURROGATE = /[\ud800-\udfff]/gu
 /** Deeper than any budget field, metadata or chat request (tool schemas included) that anyone sends. */
 export const MAX_NESTING = 64
 
@@ -214,6 +216,14 @@ export function isStorableText (text: string): boolean {
 /** `text` with each NUL and unpaired surrogate replaced by U+FFFD: for text the plugin stores but did not get from a caller (an upstream's error). */
 export function storableText (text: string): string {
   return text.replace(UNSTORABLE_ALL, '\ufffd')
+}
+
+/**
+ * `text` with each unpaired surrogate replaced by U+FFFD, as the driver writes a text parameter's (UTF-8 has no
+ * half characters): for text sent inside a JSON document instead, whose parser refuses an escaped half.
+ */
+export function wellFormedText (text: string): string {
+  return text.replace(UNPAIRED_SURROGATE, '\ufffd')
 }
 
 /**

@@ -1,6 +1,7 @@
 // SQL for budget_usage_records: recording (the status trigger does the roll-up), history pages and summaries.
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import { NIL_ROOT, type Db } from '../kernel/database/db.js'
+import { wellFormedText } from '../kernel/json-limits.js'
 
 export interface UsageValues {
   budgetId: string
@@ -132,15 +133,18 @@ export function createUsageRepository (sql: Db) {
      * first; on Citus the call runs on that tree's node.
      */
     async insertUsage (values: UsageValues, trees: string[]): Promise<UsageRecord | null> {
+      // the text fields as the driver would send them as parameters (a library caller's text may end in half a
+      // character); the metadata as it always went, in JSON
+      const text = (value: string | null) => value === null ? null : wellFormedText(value)
       const record = {
         budget_id: values.budgetId,
         amount: values.amount,
         currency: values.currency,
-        source: values.source,
-        description: values.description,
+        source: text(values.source),
+        description: text(values.description),
         metadata: values.metadata,
-        idempotency_key: values.idempotencyKey,
-        request_fingerprint: values.idempotencyKey === null ? null : values.requestFingerprint,
+        idempotency_key: text(values.idempotencyKey),
+        request_fingerprint: values.idempotencyKey === null ? null : text(values.requestFingerprint),
         occurred_at: values.occurredAt.toISOString(),
         also_counts_toward: values.alsoCountsToward ?? []
       }
