@@ -19,7 +19,8 @@
 --
 -- Who locks what: the settlements (settlements.sql), the leases (leases.sql) and the sweeper (sweeper.sql)
 -- take both kinds, reservation rows first; budget_hold_batch (holds.sql) and budget_record_spend (spend.sql:
--- the usage trigger and the batch collector, usage-recording.sql, record through it, and so do the
+-- the usage API's record, the usage trigger and the batch collector, usage-recording.sql, record through it (the
+-- API's record makes a window's missing row first, in the same order), and so do the
 -- settlements, after their reservation rows) lock window rows only; budget_shadow_note (shadow.sql) locks
 -- reservation rows only. A change to one budget (a window change, window-changes.sql; an alert following its
 -- definition, alerts.sql; a budget leaving shadow, shadow.sql) locks rows of that budget's tree alone, in the

@@ -1,6 +1,6 @@
 -- Recording spend: the one owner of "allocations, then window-row deltas, then alert crossings, in the
--- lock order". The usage trigger and the batch collector (usage-recording.sql) and both settlements
--- (settlements.sql) store their usage records, then hand the records' allocations here; a settlement also
+-- lock order". The usage API's record, the usage trigger and the batch collector (usage-recording.sql) and both
+-- settlements (settlements.sql) store their usage records, then hand the records' allocations here; a settlement also
 -- hands what its window rows release (reserved_amount down), which is not spend but is written in the same
 -- update of the row, so a settled window row is written once.
 --

@@ -1,7 +1,8 @@
--- Recording usage outside the gate: one record at a time through a per-row trigger, or a batch
--- (POST /usage/batch) through one function with the same outcome. Both store their records here and record
--- the spend through budget_record_spend (spend.sql), as the gate's settlements do (settlements.sql); it
--- locks window rows only, in the lock order (locks.sql).
+-- Recording usage outside the gate: one record at a time (the usage API through budget_record_usage_in_trees, a
+-- record inserted directly through the per-row trigger), or a batch (POST /usage/batch) through one function,
+-- all with the same outcome. Each stores its records here and records the spend through budget_record_spend
+-- (spend.sql), as the gate's settlements do (settlements.sql); it locks window rows only, in the lock order
+-- (locks.sql).
 
 -- Where usage counts, and at what rate: the lineage of its budget and of each of its other budgets, those
 -- whose filters its model and tags match, each once, with its tree and the rate from its currency into theirs
