@@ -23,7 +23,7 @@ t.test('migrate() on a Citus cluster distributes the tables and delegates the ga
   t.ok(tables >= 24, `${tables} budget tables in Citus's metadata`)
   const functions = await delegated(sql)
   t.same(functions, ['budget_hold_batch', 'budget_lease_renew', 'budget_lease_return', 'budget_lease_take', 'budget_line_in_trees', 'budget_rate_give_back',
-    'budget_rate_take', 'budget_settle_batch', 'budget_settle_leased', 'budget_sweep_trees'], 'the gate\'s statements delegated')
+    'budget_rate_take', 'budget_record_usage_in_trees', 'budget_settle_batch', 'budget_settle_leased', 'budget_sweep_trees'], 'the gate\'s statements delegated')
   const again = await migrate(sql)
   t.same(again, { versions: [], repeatables: [], distributed: true }, 'run again: nothing applied')
   t.equal(await distributedTables(sql), tables)

@@ -14,7 +14,7 @@ import { nextSql } from '../test/fixtures/next-sql.js'
 import { ADMIN_TOKEN } from '../test/fixtures/app.js'
 
 const DELEGATED = ['budget_hold_batch', 'budget_lease_renew', 'budget_lease_return', 'budget_lease_take', 'budget_line_in_trees', 'budget_rate_give_back',
-  'budget_rate_take', 'budget_settle_batch', 'budget_settle_leased', 'budget_sweep_trees']
+  'budget_rate_take', 'budget_record_usage_in_trees', 'budget_settle_batch', 'budget_settle_leased', 'budget_sweep_trees']
 const delegated = async (sql: any) => (await sql`
   select p.proname as name from pg_dist_object o join pg_proc p on p.oid = o.objid
   where o.classid = 'pg_proc'::regclass and o.distribution_argument_index is not null order by 1`).map((row: { name: string }) => row.name)
