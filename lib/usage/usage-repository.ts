@@ -1,4 +1,4 @@
-// SQL for budget_usage_records: recording (the status trigger does the roll-up), history pages and summaries.
+// SQL for budget_usage_records: recording (budget_record_usage_in_trees stores a record and counts it), history pages and summaries.
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import { NIL_ROOT, type Db } from '../kernel/database/db.js'
 import { wellFormedText } from '../kernel/json-limits.js'
