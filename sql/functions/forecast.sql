@@ -54,13 +54,12 @@ end $$;
 -- A budget's spend on each ISO weekday (totals[1] Monday .. totals[7] Sunday) over the whole local days
 -- (in p_timezone) before p_day: at most 28 of them, none before the budget's first whole day. counts[d]
 -- is how many of those days were weekday d; days how many there were. One range read of the allocations'
--- (budget_id, occurred_at) index, which includes the amount.
-create or replace function budget_weekday_profile(p_budget_id uuid, p_timezone text, p_start_date timestamptz, p_day date,
+-- (budget_id, occurred_at) index, which includes the amount. In the budget's tree p_root_id, which the read
+-- names (on Citus, one shard's).
+create or replace function budget_weekday_profile_in_tree(p_root_id uuid, p_budget_id uuid, p_timezone text, p_start_date timestamptz, p_day date,
   out days integer, out totals numeric[], out counts integer[])
 language plpgsql stable as $$
 declare
-  -- the budget's root, that the read below names (on Citus, one shard's)
-  root uuid := (select d.root_id from budget_definitions d where d.id = p_budget_id);
   local_start timestamp := p_start_date at time zone p_timezone;
   first_day date := local_start::date + case when local_start = date_trunc('day', local_start) then 0 else 1 end;
   from_day date := greatest(p_day - 28, first_day);
@@ -72,10 +71,19 @@ begin
   left join (
     select extract(isodow from a.occurred_at at time zone p_timezone)::integer as dow, sum(a.amount) as total
     from budget_usage_allocations a
-    where days > 0 and a.root_id = root and a.budget_id = p_budget_id
+    where days > 0 and a.root_id = p_root_id and a.budget_id = p_budget_id
       and a.occurred_at >= (from_day::timestamp at time zone p_timezone) and a.occurred_at < (p_day::timestamp at time zone p_timezone)
     group by 1
   ) s on s.dow = d.dow;
+end $$;
+
+-- The same for a caller that knows only the budget: its root is read first.
+create or replace function budget_weekday_profile(p_budget_id uuid, p_timezone text, p_start_date timestamptz, p_day date,
+  out days integer, out totals numeric[], out counts integer[])
+language plpgsql stable as $$
+begin
+  select w.days, w.totals, w.counts into days, totals, counts
+  from budget_weekday_profile_in_tree((select d.root_id from budget_definitions d where d.id = p_budget_id), p_budget_id, p_timezone, p_start_date, p_day) w;
 end $$;
 
 -- The profile for p_day: the kept one when it is of that day (and of the budget's zone and start as they
@@ -94,42 +102,42 @@ end $$;
 create or replace function budget_forecast_profile_key(p_budget_id uuid) returns bigint
 language sql immutable parallel safe as $$ select hashtextextended('budget_forecast_profiles:' || p_budget_id::text, 0) $$;
 
-create or replace function budget_forecast_profile(p_budget_id uuid, p_timezone text, p_start_date timestamptz, p_day date,
+-- In the budget's tree p_root_id, which every statement names (on Citus, each is then one shard's).
+drop function if exists budget_forecast_profile(uuid, text, timestamptz, date);
+create or replace function budget_forecast_profile_in_tree(p_root_id uuid, p_budget_id uuid, p_timezone text, p_start_date timestamptz, p_day date,
   out days integer, out totals numeric[], out counts integer[])
 language plpgsql as $$
 declare
   summed_under pg_snapshot;
   kept pg_snapshot;
-  -- the budget's root, that every statement below names (on Citus, each is then one shard's)
-  root uuid := (select d.root_id from budget_definitions d where d.id = p_budget_id);
 begin
   select p.days, p.totals, p.counts into days, totals, counts from budget_forecast_profiles p
-  where p.root_id = root and p.budget_id = p_budget_id and p.local_day = p_day and p.timezone = p_timezone and p.start_date = p_start_date
+  where p.root_id = p_root_id and p.budget_id = p_budget_id and p.local_day = p_day and p.timezone = p_timezone and p.start_date = p_start_date
     and p.snapshot is not null
     and not exists (select 1 from budget_forecast_backdated m
-                    where m.root_id = root and m.budget_id = p_budget_id and m.xact >= pg_snapshot_xmin(p.snapshot) and not pg_visible_in_snapshot(m.xact, p.snapshot));
+                    where m.root_id = p_root_id and m.budget_id = p_budget_id and m.xact >= pg_snapshot_xmin(p.snapshot) and not pg_visible_in_snapshot(m.xact, p.snapshot));
   if found then return; end if;
   -- One statement: the sum and the snapshot it read under are the same one.
   select w.days, w.totals, w.counts, pg_current_snapshot() into days, totals, counts, summed_under
-  from budget_weekday_profile(p_budget_id, p_timezone, p_start_date, p_day) w;
+  from budget_weekday_profile_in_tree(p_root_id, p_budget_id, p_timezone, p_start_date, p_day) w;
   -- kept only by the transaction that can have the profile's key at once (budget_forecast_profile_key)
   if not pg_try_advisory_xact_lock(budget_forecast_profile_key(p_budget_id)) then return; end if;
   -- (computed_at from the row inserted: Citus takes no function but an immutable one in a DO UPDATE SET)
   insert into budget_forecast_profiles as p (budget_id, root_id, local_day, timezone, start_date, days, totals, counts, snapshot, computed_at)
-  values (p_budget_id, root, p_day, p_timezone, p_start_date, days, totals, counts, summed_under, now())
+  values (p_budget_id, p_root_id, p_day, p_timezone, p_start_date, days, totals, counts, summed_under, now())
   on conflict (budget_id, root_id) do update
   set local_day = excluded.local_day, timezone = excluded.timezone, start_date = excluded.start_date,
       days = excluded.days, totals = excluded.totals, counts = excluded.counts, snapshot = excluded.snapshot, computed_at = excluded.computed_at
   where p.local_day < excluded.local_day
      or (p.local_day = excluded.local_day and (p.snapshot is null or pg_snapshot_xmin(p.snapshot) <= pg_snapshot_xmin(excluded.snapshot)));
   -- the profile kept now (this sum's, or a later day's that stayed, or another session's)
-  select p.snapshot into kept from budget_forecast_profiles p where p.root_id = root and p.budget_id = p_budget_id;
+  select p.snapshot into kept from budget_forecast_profiles p where p.root_id = p_root_id and p.budget_id = p_budget_id;
   -- Marks the kept profile and every snapshot from now on see; skip locked: another sum pruning the same
   -- ones may have them.
   delete from budget_forecast_backdated m
-  where m.root_id = root
+  where m.root_id = p_root_id
     and m.ctid = any (array(select x.ctid from budget_forecast_backdated x
-                            where x.root_id = root and x.budget_id = p_budget_id
+                            where x.root_id = p_root_id and x.budget_id = p_budget_id
                               and x.xact < least(pg_snapshot_xmin(summed_under), pg_snapshot_xmin(kept))
                             for update skip locked));
 end $$;
@@ -156,12 +164,12 @@ declare
   extra numeric := 0::numeric;
   full_days integer;
 begin
-  select d.timezone, d.start_date into b from budget_definitions d where d.id = p_budget_id;
+  select d.root_id, d.timezone, d.start_date into b from budget_definitions d where d.id = p_budget_id;
   start_at := greatest(p_period_start, b.start_date);
   if p_at < start_at or p_at >= p_period_end then return p_current; end if;
 
   today := (p_at at time zone b.timezone)::date;
-  select * into profile from budget_forecast_profile(p_budget_id, b.timezone, b.start_date, today);
+  select * into profile from budget_forecast_profile_in_tree(b.root_id, p_budget_id, b.timezone, b.start_date, today);
   if profile.days < budget_forecast_min_days() or (select sum(t) from unnest(profile.totals) t) <= 0 then
     return budget_linear_forecast(p_current, start_at, p_period_end, p_at);
   end if;
