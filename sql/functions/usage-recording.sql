@@ -46,7 +46,7 @@ begin
     select ids || array_agg(l.id), roots || array_agg(found_roots[i]) into ids, roots
     from budget_lineage_within(found_roots[i], found_ids[i]) l;
   end loop;
-  foreach tree in array array(select distinct x.root from unnest(roots) as x(root) order by 1) loop
+  foreach tree in array budget_line_trees(roots, null) loop
     select reached_ids || coalesce(array_agg(b.id order by b.id), '{}'), reached_roots || coalesce(array_agg(b.root_id order by b.id), '{}'),
            currencies || coalesce(array_agg(b.currency order by b.id), '{}')
     into reached_ids, reached_roots, currencies
@@ -140,11 +140,15 @@ begin
     with ordinality as t(budget_id, root_id, currency, exchange_rate, n);
 
   -- the record under its budget's tree (on Citus the insert is routed by it), allocated here rather than by
-  -- the per-row trigger; the tree found among those named, else read from the budget's row
-  foreach tree in array budget_line_trees(p_roots, '{}') loop
-    select d.root_id into root from budget_definitions d where d.root_id = tree and d.id = r.budget_id;
-    exit when root is not null;
-  end loop;
+  -- the per-row trigger: the tree the reach found it in; for a budget its own filters leave out, found among
+  -- the trees named, else read from the budget's row
+  root := trees[array_position(budgets, r.budget_id)];
+  if root is null then
+    foreach tree in array budget_line_trees(p_roots, '{}') loop
+      select d.root_id into root from budget_definitions d where d.root_id = tree and d.id = r.budget_id;
+      exit when root is not null;
+    end loop;
+  end if;
   if root is null then
     select d.root_id into root from budget_definitions d where d.id = r.budget_id;
   end if;
@@ -171,7 +175,7 @@ begin
     -- a shard a row is not of budget_definitions' type)
     starts := array_fill(null::timestamptz, array[cardinality(budgets)]);
     ends := starts;
-    foreach tree in array array(select distinct x.root from unnest(trees) as x(root) order by 1) loop
+    foreach tree in array budget_line_trees(trees, null) loop
       for w in
         select i.n, p.period_start, p.period_end
         from unnest(budgets, trees) with ordinality as i(budget_id, root, n)
