@@ -1,15 +1,12 @@
 // Review: the usage API (budget_record_usage_in_trees) against the per-row trigger, where a window has
 // allocations but no status cache row (a past window after a period change).
 import t from 'tap'
-import { PREFIX, budgetRequest, buildApp } from './fixtures/app.js'
+import { PREFIX, budgetRequest, buildApp, postBudget } from './fixtures/app.js'
 
 type App = Awaited<ReturnType<typeof buildApp>>
 
-async function createBudget (admin: App['admin'], overrides: Record<string, unknown> = {}): Promise<{ id: string, rootId: string }> {
-  const response = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ amount: '100', ...overrides }) })
-  if (response.statusCode !== 201) throw new Error(response.body)
-  return response.json()
-}
+const createBudget = async (admin: App['admin'], overrides: Record<string, unknown> = {}) =>
+  await postBudget(admin, budgetRequest({ amount: '100', ...overrides }))
 
 async function viaApi (admin: App['admin'], budgetId: string, amount: string, occurredAt: string): Promise<void> {
   const response = await admin({ method: 'POST', url: `${PREFIX}/${budgetId}/usage`, body: { amount, currency: 'USD', source: 'test', occurredAt } })

@@ -2,15 +2,12 @@
 // (budget_record_usage_in_trees, with the trees the tracker finds) reaches what the trigger reaches.
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import { PREFIX, budgetRequest, buildApp } from './fixtures/app.js'
+import { PREFIX, budgetRequest, buildApp, postBudget } from './fixtures/app.js'
 
 type App = Awaited<ReturnType<typeof buildApp>>
 
-async function createBudget (admin: App['admin'], overrides: Record<string, unknown> = {}): Promise<{ id: string, rootId: string }> {
-  const response = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ amount: '1000', period: 'monthly', ...overrides }) })
-  if (response.statusCode !== 201) throw new Error(response.body)
-  return response.json()
-}
+const createBudget = async (admin: App['admin'], overrides: Record<string, unknown> = {}) =>
+  await postBudget(admin, budgetRequest({ amount: '1000', period: 'monthly', ...overrides }))
 
 t.test('deleted, missing, duplicate and own ids in alsoCountsToward reach the same budgets as through the trigger', async (t) => {
   const { app, admin, sql } = await buildApp(t)

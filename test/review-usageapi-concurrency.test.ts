@@ -1,15 +1,12 @@
 // Review: the usage API (budget_record_usage_in_trees) under concurrency: first records on windows that have no row yet,
 // across two trees (alsoCountsToward), mixed with the batch route and direct inserts (the trigger); and one key raced.
 import t from 'tap'
-import { PREFIX, budgetRequest, buildApp } from './fixtures/app.js'
+import { PREFIX, budgetRequest, buildApp, postBudget } from './fixtures/app.js'
 
 type App = Awaited<ReturnType<typeof buildApp>>
 
-async function createBudget (admin: App['admin'], overrides: Record<string, unknown> = {}): Promise<{ id: string, rootId: string }> {
-  const response = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ amount: '100000', period: 'daily', ...overrides }) })
-  if (response.statusCode !== 201) throw new Error(response.body)
-  return response.json()
-}
+const createBudget = async (admin: App['admin'], overrides: Record<string, unknown> = {}) =>
+  await postBudget(admin, budgetRequest({ amount: '100000', period: 'daily', ...overrides }))
 
 t.test('concurrent first records on new windows in two trees: no error, every window row equals its allocations', async (t) => {
   const { app, admin, sql } = await buildApp(t, {}, {})

@@ -1,14 +1,11 @@
 // Review: the usage API's errors against the per-row trigger's (RB001 naming the pair; 22003).
 import t from 'tap'
-import { PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
+import { PREFIX, budgetRequest, buildApp, postBudget, snapshotTables } from './fixtures/app.js'
 
 type App = Awaited<ReturnType<typeof buildApp>>
 
-async function createBudget (admin: App['admin'], overrides: Record<string, unknown> = {}): Promise<{ id: string, rootId: string }> {
-  const response = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ amount: '100', period: 'annual', ...overrides }) })
-  if (response.statusCode !== 201) throw new Error(response.body)
-  return response.json()
-}
+const createBudget = async (admin: App['admin'], overrides: Record<string, unknown> = {}) =>
+  await postBudget(admin, budgetRequest({ amount: '100', period: 'annual', ...overrides }))
 
 t.test('a record reaching two budgets with no rate names the same pair as the trigger does', async (t) => {
   const { app, admin, sql } = await buildApp(t)

@@ -1,15 +1,12 @@
 // Review: budget_record_usage_in_trees does not trust p_roots: wrong, partial, empty, null or foreign roots reach the same budgets.
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import { PREFIX, budgetRequest, buildApp } from './fixtures/app.js'
+import { budgetRequest, buildApp, postBudget } from './fixtures/app.js'
 
 type App = Awaited<ReturnType<typeof buildApp>>
 
-async function createBudget (admin: App['admin'], overrides: Record<string, unknown> = {}): Promise<{ id: string, rootId: string }> {
-  const response = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ amount: '1000', period: 'monthly', ...overrides }) })
-  if (response.statusCode !== 201) throw new Error(response.body)
-  return response.json()
-}
+const createBudget = async (admin: App['admin'], overrides: Record<string, unknown> = {}) =>
+  await postBudget(admin, budgetRequest({ amount: '1000', period: 'monthly', ...overrides }))
 
 t.test('every p_roots reaches the lineages of the budget and of its other budgets, each once', async (t) => {
   const { admin, sql } = await buildApp(t)

@@ -2,15 +2,12 @@
 // period change): projected alerts, a record dated before the window's last allocation, a refusal (22003) that
 // must leave no row, and records racing to make the row. Compared with the per-row trigger.
 import t from 'tap'
-import { PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
+import { PREFIX, budgetRequest, buildApp, postBudget, snapshotTables } from './fixtures/app.js'
 
 type App = Awaited<ReturnType<typeof buildApp>>
 
-async function createBudget (admin: App['admin'], overrides: Record<string, unknown>): Promise<{ id: string, rootId: string }> {
-  const response = await admin({ method: 'POST', url: PREFIX, body: budgetRequest({ amount: '100', period: 'monthly', ...overrides }) })
-  if (response.statusCode !== 201) throw new Error(response.body)
-  return response.json()
-}
+const createBudget = async (admin: App['admin'], overrides: Record<string, unknown>) =>
+  await postBudget(admin, budgetRequest({ amount: '100', period: 'monthly', ...overrides }))
 
 async function viaApi (admin: App['admin'], budgetId: string, amount: string, occurredAt: string): Promise<void> {
   const response = await admin({ method: 'POST', url: `${PREFIX}/${budgetId}/usage`, body: { amount, currency: 'USD', source: 'test', occurredAt } })
