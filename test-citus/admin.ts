@@ -168,3 +168,37 @@ t.test('usage through the API on two trees: recorded once, replayed, counted tow
   t.equal(refreshed.json().currentAmount, '40', 'refresh-cache recomputes it from its allocations')
   t.same(await findViolations(sql), [], 'no hold left, each window equal to its allocations, no hard budget over its limit')
 })
+
+t.test('a caller\'s standings across two trees: checkCaller, the caller\'s summary and check-constraints read every budget in its tree', async (t) => {
+  const { sql, app, create } = await distributedApp(t)
+  const org = (await create({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100' })).json() as { id: string }
+  const team = (await create({ name: 'team', scopeType: 'team', scopeId: 'platform', parentId: org.id, amount: '50' })).json() as { id: string }
+  const user = (await create({ name: 'user', scopeType: 'user', scopeId: 'ada', amount: '40' })).json() as { id: string }
+  // a tree of its own whose window has no row yet: its spend is summed from its allocations
+  const project = (await create({ name: 'project', scopeType: 'project', scopeId: 'apollo', amount: '30', maxCallCost: '2' })).json() as { id: string }
+  t.equal((await sql`select count(distinct root_id)::int as n from budget_definitions`)[0]!.n, 3, 'three trees')
+  await app.budgetTracker.record({ budgetId: team.id, amount: '30', currency: 'USD', metadata: { requestId: 'call-1' }, alsoCountsToward: [user.id] })
+  await app.budgetTracker.record({ budgetId: project.id, amount: '5', currency: 'USD', metadata: { requestId: 'call-2' } })
+  await sql`delete from budget_status_cache where root_id = ${project.id}`
+  const integration = app.budgetIntegration
+  const caller = { organization: 'acme', team: 'platform', user: 'ada', project: 'apollo' }
+
+  const check = await integration.checkCaller(caller, '1')
+  t.equal(check.canProceed, true, check.reason)
+  t.same(check.budgets.map((budget) => [budget.name, budget.currentAmount, budget.remaining]).sort(),
+    [['org', '30', '70'], ['project', '5', '25'], ['team', '30', '20'], ['user', '30', '10']].sort(), 'each budget of the three trees with its spend')
+  t.match(await integration.checkCaller({ user: 'ada' }, '11'), { canProceed: false, bindingBudgetId: user.id, remaining: '10' }, 'the user\'s tree alone: 11 past its 10 left, refused')
+  const capped = await integration.checkCaller({ project: 'apollo' }, '3')
+  t.match(capped, { canProceed: false, bindingBudgetId: project.id }, 'the project\'s cap on one call, read in its tree')
+
+  const summary = await integration.getCallerSummary({ organization: 'acme', team: 'platform', project: 'apollo' })
+  t.same(summary.budgets.map((budget) => [budget.name, budget.currentAmount, budget.scopeMatched]).sort(),
+    [['org', '30', true], ['project', '5', true], ['team', '30', true]].sort(), 'the summary: each budget with its status')
+  t.equal(summary.bindingBudgetId, team.id, 'the team binds (20 left)')
+
+  const constraints = await app.inject({ method: 'POST', url: `${PREFIX}/${team.id}/check-constraints`, headers, body: { estimatedCost: '25' } })
+  t.equal(constraints.statusCode, 200, constraints.body)
+  t.match(constraints.json(), { canProceed: false, bindingBudgetId: team.id, remaining: '20' }, 'check-constraints: the team and its parent, read in their tree')
+  t.same(constraints.json().budgets.map((budget: { budgetId: string }) => budget.budgetId), [team.id, org.id], 'the budget, then its ancestor')
+  t.same(await findViolations(sql), [], 'no hold left, each window equal to its allocations, no hard budget over its limit')
+})

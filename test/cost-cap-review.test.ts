@@ -260,7 +260,7 @@ t.test('gate.timeoutMs bounds the budget read of a call over the caller\'s cap a
     t.ok(held.ms < 1500, `${failureMode}: a slow hold is answered in ${held.ms} ms (${held.status})`)
     await new Promise((resolve) => setTimeout(resolve, 4200))
     // the read a call over the caller's cap makes first is slow
-    gateway.proxy.arm('budget_within_cap(converted.estimate', { kind: 'delay-reply', ms: 4000 })
+    gateway.proxy.arm('budget_standings(', { kind: 'delay-reply', ms: 4000 })
     const capped = await chat({ 'x-budget-max-cost': '0.01' })
     t.ok(capped.ms < 1500, `${failureMode}: a call over the caller's cap, its read slow, is answered in ${capped.ms} ms (${capped.status}); timeoutMs is 300`)
     // as a slow hold is: closed refuses 503; open decides without the budgets (the gate's nearLimit, refuse: 402)

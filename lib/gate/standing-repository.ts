@@ -17,33 +17,24 @@ type StandingRow = BudgetTerms & BudgetNumbers
 
 export function createStandingRepository (sql: Db) {
   // The terms and numbers the decision needs, for budgets and windows from `source` (budget_id, scope_matched,
-  // scope_rank, period_start, period_end).
+  // scope_rank, period_start, period_end, root_id), matched scopes first, then by rank and id.
   // `estimate` is in `currency`; each budget reads it converted into its own (budget_convert), rounded up.
+  // budget_standings (sql/functions/standings.sql) reads them budget by budget, each in its tree.
   const readStandings = async (source: ReturnType<typeof sql>, estimate: Money, currency: string): Promise<Standings> => {
     const rows = await sql<StandingRow[]>`
-      select x.budget_id as "budgetId", b.root_id as "rootId", b.name, b.alerts, b.currency, b.near_limit as "nearLimit", b.max_call_cost::text as "maxCallCost",
-             x.scope_matched as "scopeMatched", x.scope_rank as "scopeRank", x.period_start as "periodStart", x.period_end as "periodEnd",
-             b.rate_requests_per_minute as "requestsPerMinute", b.rate_tokens_per_minute::float8 as "tokensPerMinute",
-             b.amount::text as amount, b.enforcement,
-             n.current_amount::text as "currentAmount", n.reserved_amount::text as "reservedAmount",
-             budget_approved_in_tree(b.root_id, x.budget_id, x.period_start)::text as "approvedThrough",
-             budget_projected_actions(b.root_id, x.budget_id, x.period_start) as "projectedActions",
-             coalesce(budget_fits(b.enforcement, b.amount, n.current_amount, n.reserved_amount, converted.estimate)
-                      and budget_within_cap(converted.estimate, b.max_call_cost), false) as fits,
-             coalesce(not budget_within_cap(converted.estimate, b.max_call_cost), false) as "overCap",
-             converted.estimate::text as estimate, converted.estimate is null and converted.rate is not null as "outOfRange"
-      from ${source} x
-      join budget_definitions b on b.id = x.budget_id
-      left join budget_status_cache c on c.budget_id = x.budget_id and c.period_start = x.period_start
-      -- coalesce short-circuits: the sum runs only for a window that has no cache row yet, and once
-      cross join lateral (
-        select coalesce(c.current_amount, (select current_amount from calculate_budget_status(x.budget_id, x.period_start, x.period_end))) as current_amount,
-               coalesce(c.reserved_amount, 0) as reserved_amount
-      ) n
-      -- as a hold would convert it (budget_hold_amount): null without a rate, or past what the budget can hold
-      cross join lateral (select r.rate, budget_hold_amount(${estimate}::numeric, r.rate, n.current_amount, n.reserved_amount) as estimate
-                          from (select budget_exchange_rate(${currency}, b.currency, now()) as rate) r) converted
-      order by x.scope_matched desc, x.scope_rank, x.budget_id`
+      select s.budget_id as "budgetId", s.root_id as "rootId", s.name, s.alerts, s.currency, s.near_limit as "nearLimit", s.max_call_cost::text as "maxCallCost",
+             s.scope_matched as "scopeMatched", s.scope_rank as "scopeRank", s.period_start as "periodStart", s.period_end as "periodEnd",
+             s.rate_requests_per_minute as "requestsPerMinute", s.rate_tokens_per_minute::float8 as "tokensPerMinute",
+             s.amount::text as amount, s.enforcement,
+             s.current_amount::text as "currentAmount", s.reserved_amount::text as "reservedAmount",
+             s.approved_through::text as "approvedThrough", s.projected_actions as "projectedActions",
+             s.fits, s.over_cap as "overCap", s.estimate::text as estimate, s.out_of_range as "outOfRange"
+      from (select array_agg(x.budget_id order by x.o) as ids, array_agg(x.root_id order by x.o) as roots,
+                   array_agg(x.scope_matched order by x.o) as matched, array_agg(x.scope_rank order by x.o) as ranks,
+                   array_agg(x.period_start order by x.o) as starts, array_agg(x.period_end order by x.o) as ends
+            from (select x.*, row_number() over (order by x.scope_matched desc, x.scope_rank, x.budget_id) as o from ${source} x) x) a
+      cross join lateral budget_standings(a.ids, a.roots, a.matched, a.ranks, a.starts, a.ends, ${estimate}::numeric, ${currency}) with ordinality s
+      order by s.ordinality`
     // The row mapping at the edge: one statement read both halves.
     return {
       terms: rows.map((row) => ({
@@ -67,12 +58,7 @@ export function createStandingRepository (sql: Db) {
 
     /** The budget and each live ancestor with a window now, nearest first, with the same numbers as listApplicable (`estimate` in `currency`). */
     async listLineage (budgetId: string, currency: string, estimate: Money = '0'): Promise<Standings> {
-      return await readStandings(sql`(
-        select l.id as budget_id, l.depth = 1 as scope_matched, l.depth as scope_rank, w.period_start, w.period_end
-        from budget_lineage(${budgetId}) l
-        join budget_definitions live on live.id = l.id and live.deleted_at is null
-        cross join lateral budget_window(live, now()) w
-      )`, estimate, currency)
+      return await readStandings(sql`budget_lineage_windows(${budgetId}, now())`, estimate, currency)
     }
   }
 }

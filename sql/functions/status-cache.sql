@@ -1,20 +1,24 @@
 -- The status cache (budget_status_cache): a window's spend summed from the allocations, and a refresh
 -- that puts a row right without stalling the gate.
 
--- Spend counted toward a budget in a window, summed from the allocations themselves.
--- PL/pgSQL: Citus cannot plan a parameterized SQL-language function's query on a distributed table. It reads
--- the budget's root first, and sums within its tree (on Citus, one shard's).
-create or replace function calculate_budget_status(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz)
+-- Spend counted toward a budget in a window, summed from the allocations themselves, within the budget's tree
+-- (on Citus, one shard's). PL/pgSQL: Citus cannot plan a parameterized SQL-language function's query on a
+-- distributed table. calculate_budget_status, with the budget alone: its root is read first.
+create or replace function calculate_budget_status_in_tree(p_root uuid, p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz)
 returns table (current_amount numeric, usage_count bigint, last_usage_at timestamptz)
 language plpgsql stable as $$
-declare
-  root uuid;
 begin
-  select d.root_id into root from budget_definitions d where d.id = p_budget_id;
   return query
     select coalesce(sum(a.amount), 0), count(*), max(a.occurred_at)
     from budget_usage_allocations a
-    where a.root_id = root and a.budget_id = p_budget_id and a.occurred_at >= p_period_start and a.occurred_at < p_period_end;
+    where a.root_id = p_root and a.budget_id = p_budget_id and a.occurred_at >= p_period_start and a.occurred_at < p_period_end;
+end $$;
+create or replace function calculate_budget_status(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz)
+returns table (current_amount numeric, usage_count bigint, last_usage_at timestamptz)
+language plpgsql stable as $$
+begin
+  return query select * from calculate_budget_status_in_tree((select d.root_id from budget_definitions d where d.id = p_budget_id),
+                                                             p_budget_id, p_period_start, p_period_end);
 end $$;
 
 -- A refresh that never stalls the gate. The sum runs outside any lock: in one statement, so under one
