@@ -202,15 +202,15 @@ t.test('budget_hold_batch: one call\'s overflow is that call\'s refusal; the oth
       ${calls.flatMap(() => windows.map((w) => w.budgetId === yen.id ? '1' : '2'))}::text[]::integer[], false, false)
     order by call_index, budget_id`
   const byCall = (call: number, budgetId: string) => rows.find((row) => row.call === call && row.budgetId === budgetId)!
-  t.match(byCall(1, yen.id), { reserved: true, outOfRange: false, held: '500000000000000000.0000000000' }, 'the first call is held')
+  t.match(byCall(1, yen.id), { reserved: true, outOfRange: false, held: '499999999999999999.5000000000' }, 'the first call is held (0.5 USD at the rate, exactly)')
   t.match(byCall(1, dollar.id), { reserved: true, outOfRange: false })
   t.match(byCall(2, yen.id), { reserved: false, outOfRange: true, held: null }, 'the second cannot be converted into JPY: refused, nothing held')
   t.match(byCall(2, dollar.id), { reserved: false, outOfRange: false })
-  t.match(byCall(3, yen.id), { reserved: true, outOfRange: false, held: '250000000000000000.0000000000' }, 'the third, after it in the same batch, is held')
+  t.match(byCall(3, yen.id), { reserved: true, outOfRange: false, held: '249999999999999999.7500000000' }, 'the third, after it in the same batch, is held')
   t.match(byCall(4, yen.id), { reserved: false, outOfRange: true }, 'the fourth would take the reserved amount past 10^18: refused')
   const held = await gateway.sql`select id::text as id, budget_id as "budgetId" from budget_reservations order by id, budget_id`
   t.same(held.map((row) => row.id), [ids[0], ids[0], ids[2], ids[2]], 'only the first and third calls hold')
-  t.same((await gateway.sql`select reserved_amount::text as r from budget_status_cache where budget_id = ${yen.id}`).map((row) => row.r), ['750000000000000000.0000000000'])
+  t.same((await gateway.sql`select reserved_amount::text as r from budget_status_cache where budget_id = ${yen.id}`).map((row) => row.r), ['749999999999999999.2500000000'])
 })
 
 t.test('every rate change is audited, with its actor and request, and a replaced rate stays in the history', async (t) => {

@@ -50,7 +50,7 @@ end $$;
 create or replace function budget_hold_amount(p_amount numeric, p_rate numeric, p_current numeric, p_reserved numeric) returns numeric
 language sql immutable parallel safe as $$
   select case when ceil(p_amount * p_rate * 10000000000) < 10000000000000000000000000000
-               and p_current + p_reserved + ceil(p_amount * p_rate * 10000000000) / 10000000000 < 1000000000000000000
+               and p_current + p_reserved + ceil(p_amount * p_rate * 10000000000) * 0.0000000001 < 1000000000000000000
          then budget_convert(p_amount, p_rate) end
 $$;
 

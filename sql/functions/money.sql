@@ -17,5 +17,7 @@ $$;
 -- that no money column can hold instead of failing on it.
 create or replace function budget_convert_unbounded(p_amount numeric, p_rate numeric) returns numeric
 language sql immutable parallel safe as $$
-  select ceil(p_amount * p_rate * 10000000000) / 10000000000
+  -- times 10^-10, not divided by 10^10: a numeric product is exact, while a quotient is rounded to nearest at
+  -- a scale PostgreSQL picks from the operands' sizes (8 decimals for an amount near 10^11), which can round down
+  select ceil(p_amount * p_rate * 10000000000) * 0.0000000001
 $$;
