@@ -173,8 +173,12 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   log: Logger) {
   /** The call as filtered budgets see it: the model by its price-table name (a dated snapshot matches as its base model). */
   function callOf (caller: CallerScopes, model: string | undefined): CallFilter {
-    const name = model === undefined ? null : options.models.prices.resolve(model)?.model ?? model
-    return { scopes: toScopes(caller), model: name, ...(caller.tags === undefined ? {} : { tags: caller.tags }) }
+    // The scope ids and the model's name go to PostgreSQL as text: one it cannot hold (a NUL) is the caller's
+    // mistake, answered as one, not a database error. (The name a price resolves to has none.)
+    const scopes = toScopes(caller)
+    for (const scope of scopes) checkStorableString(scope.id, `caller.${scope.type}`)
+    const name = model === undefined ? null : options.models.prices.resolve(model)?.model ?? checkStorableString(model, 'model')
+    return { scopes, model: name, ...(caller.tags === undefined ? {} : { tags: caller.tags }) }
   }
 
   /** Waits at most timeoutMs; a late answer is handed to `late` (to undo what it did). */
