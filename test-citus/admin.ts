@@ -118,8 +118,8 @@ t.test('usage through the API on two trees: recorded once, replayed, counted tow
   const org = (await create({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100' })).json() as { id: string }
   const team = (await create({
     name: 'team', scopeType: 'team', scopeId: 'platform', parentId: org.id, amount: '50',
-    // (a projected alert is not here: recording spend on its window is the step-wise path, which does not run on Citus yet)
-    alerts: [{ threshold: 50, actions: ['notify'] }]
+    // the projected alert sends its window's records down budget_record_spend's step-wise path, measured one by one
+    alerts: [{ threshold: 50, actions: ['notify'] }, { threshold: 95, basis: 'projected', actions: ['notify'] }]
   })).json() as { id: string }
   const user = (await create({ name: 'user', scopeType: 'user', scopeId: 'ada', amount: '20' })).json() as { id: string }
   const get = async (url: string) => await app.inject({ method: 'GET', url: `${PREFIX}/${url}`, headers })

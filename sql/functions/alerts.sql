@@ -10,6 +10,12 @@ create or replace function budget_alert_measure(p_budget_id uuid, p_current nume
 returns numeric language sql volatile as $$
   select case when p_basis = 'projected' then budget_forecast(p_budget_id, p_period_start, p_period_end, p_current, now()) else p_current end
 $$;
+-- The same, the budget's root given (budget_forecast_in_tree): what the spend path and the alert trigger call.
+create or replace function budget_alert_measure_in_tree(p_root uuid, p_budget_id uuid, p_current numeric, p_basis text,
+  p_period_start timestamptz, p_period_end timestamptz)
+returns numeric language sql volatile as $$
+  select case when p_basis = 'projected' then budget_forecast_in_tree(p_root, p_budget_id, p_period_start, p_period_end, p_current, now()) else p_current end
+$$;
 
 -- Whether an alert at p_threshold percent is reached by p_measured (the spend, or for a projected alert the
 -- forecast) against the budget's amount: the crossing rule, once, compared exactly. Crossings are recorded
@@ -39,7 +45,7 @@ begin
     basis := coalesce(alert ->> 'basis', 'current');
     measured := p_current;
     if basis = 'projected' then
-      forecast := coalesce(forecast, budget_alert_measure(p_budget_id, p_current, 'projected', p_period_start, p_period_end));
+      forecast := coalesce(forecast, budget_alert_measure_in_tree(p_root, p_budget_id, p_current, 'projected', p_period_start, p_period_end));
       measured := forecast;
     end if;
     threshold := (alert ->> 'threshold')::numeric;

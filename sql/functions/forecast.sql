@@ -150,7 +150,17 @@ create or replace function budget_forecast_min_days() returns integer language s
 -- day over the profile), the current day and a last day cut by the window's end in proportion to the
 -- part of them left (a day of 23 or 25 hours counts as one day). With fewer than two weeks of history,
 -- or none spent in it, the linear rule. The sum is carried at 20 decimals and rounded once, to 10.
+-- budget_forecast_in_tree: with the budget's root, every statement naming it (on Citus, one shard's; the alert
+-- trigger measures a projected alert on the tree's shard, where nothing else can be reached).
+-- budget_forecast, with the budget alone: its root is read first.
 create or replace function budget_forecast(p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz, p_current numeric, p_at timestamptz)
+returns numeric language plpgsql as $$
+begin
+  return budget_forecast_in_tree((select d.root_id from budget_definitions d where d.id = p_budget_id), p_budget_id,
+                                 p_period_start, p_period_end, p_current, p_at);
+end $$;
+create or replace function budget_forecast_in_tree(p_root uuid, p_budget_id uuid, p_period_start timestamptz, p_period_end timestamptz,
+  p_current numeric, p_at timestamptz)
 returns numeric language plpgsql as $$
 declare
   b record;
@@ -164,7 +174,7 @@ declare
   extra numeric := 0::numeric;
   full_days integer;
 begin
-  select d.root_id, d.timezone, d.start_date into b from budget_definitions d where d.id = p_budget_id;
+  select d.root_id, d.timezone, d.start_date into b from budget_definitions d where d.root_id = p_root and d.id = p_budget_id;
   start_at := greatest(p_period_start, b.start_date);
   if p_at < start_at or p_at >= p_period_end then return p_current; end if;
 

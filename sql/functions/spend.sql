@@ -75,6 +75,12 @@ declare
   tree uuid;
   def_ids uuid[];
   def_roots uuid[];
+  -- the windows found for (budget, instant), and the window rows there, each by a text key (budget|instant)
+  found_keys text[] := '{}'::text[];
+  found_starts timestamptz[] := '{}'::timestamptz[];
+  found_ends timestamptz[] := '{}'::timestamptz[];
+  existing_keys text[] := '{}'::text[];
+  a_root uuid[];
   w record;
   missing boolean := false;
   -- one element per allocation, in (ord, budget_id) order
@@ -123,43 +129,58 @@ declare
 begin
   if coalesce(cardinality(p_usage_ids), 0) = 0 and coalesce(cardinality(p_released), 0) = 0 then return; end if;
 
+  -- each named budget's root (def_ids[k] is in tree def_roots[k]): in one read when the trees are not named,
+  -- else tree by tree; every statement after names its tree (on Citus, one shard's)
+  if p_trees is null then
+    select array_agg(d.id), array_agg(d.root_id) into def_ids, def_roots
+    from budget_definitions d where d.id = any (coalesce(p_budget_ids, '{}') || coalesce(p_release_budgets, '{}'));
+  else
+    foreach tree in array array(select distinct x.root from unnest(p_trees) as x(root) order by x.root) loop
+      select def_ids || array_agg(d.id), def_roots || array_agg(d.root_id) into def_ids, def_roots
+      from budget_definitions d where d.root_id = tree and d.id = any (coalesce(p_budget_ids, '{}') || coalesce(p_release_budgets, '{}'));
+    end loop;
+    -- a budget in none of the trees named (a caller that named them wrong): all are read by id
+    if exists (select 1 from unnest(coalesce(p_budget_ids, '{}') || coalesce(p_release_budgets, '{}')) as i(id)
+               where i.id is not null and not (i.id = any (coalesce(def_ids, '{}')))) then
+      select array_agg(d.id), array_agg(d.root_id) into def_ids, def_roots
+      from budget_definitions d where d.id = any (coalesce(p_budget_ids, '{}') || coalesce(p_release_budgets, '{}'));
+    end if;
+  end if;
+  trees := coalesce((select array_agg(distinct x.root order by x.root) from unnest(def_roots) as x(root)), '{}');
+  select array_agg(x.root order by i.n) into roots
+  from unnest(p_budget_ids) with ordinality as i(budget_id, n) left join unnest(def_ids, def_roots) as x(id, root) on x.id = i.budget_id;
+
   -- Each allocation's window: named by the caller, or found here (once per budget and instant). A call that
   -- spends nothing (a settlement that only releases what was held) finds none: on Citus that read would run on
   -- every shard.
   if coalesce(cardinality(starts), 0) = 0 and coalesce(cardinality(p_budget_ids), 0) > 0 then
-    with found as materialized (
-      select x.budget_id, x.occurred_at, w.period_start, w.period_end
-      from (select distinct i.budget_id, i.occurred_at from unnest(p_budget_ids, p_occurred_at) as i(budget_id, occurred_at)) x
-      join budget_definitions d on d.id = x.budget_id
+    foreach tree in array trees loop
+      select found_keys || coalesce(array_agg(x.budget_id::text || '|' || x.occurred_at::text), '{}'),
+             found_starts || coalesce(array_agg(w.period_start), '{}'), found_ends || coalesce(array_agg(w.period_end), '{}')
+      into found_keys, found_starts, found_ends
+      from (select distinct i.budget_id, i.occurred_at from unnest(p_budget_ids, p_occurred_at, roots) as i(budget_id, occurred_at, root_id)
+            where i.root_id = tree) x
+      join budget_definitions d on d.root_id = tree and d.id = x.budget_id
       -- by the budget's columns: on Citus this runs on the shards, whose rows are not of budget_definitions' type
       left join lateral budget_period_window(d.period, d.start_date, d.end_date, d.recurring, x.occurred_at,
-                                             d.timezone, d.fiscal_year_start_month, d.period_alignment) w on true
-    )
+                                             d.timezone, d.fiscal_year_start_month, d.period_alignment) w on true;
+    end loop;
     select array_agg(f.period_start order by i.n), array_agg(f.period_end order by i.n) into starts, ends
     from unnest(p_budget_ids, p_occurred_at) with ordinality as i(budget_id, occurred_at, n)
-    left join found f on f.budget_id = i.budget_id and f.occurred_at = i.occurred_at;
+    left join unnest(found_keys, found_starts, found_ends) as f(key, period_start, period_end)
+      on f.key = i.budget_id::text || '|' || i.occurred_at::text;
     -- a window with no row yet is made in the lock order by the step-wise path (3); nothing is locked before it
-    select exists (select 1 from unnest(p_budget_ids, starts) as i(budget_id, period_start)
-                   where i.period_start is not null
-                     and not exists (select 1 from budget_status_cache c where c.budget_id = i.budget_id and c.period_start = i.period_start))
-    into missing;
+    foreach tree in array trees loop
+      select existing_keys || coalesce(array_agg(c.budget_id::text || '|' || c.period_start::text), '{}') into existing_keys
+      from budget_status_cache c
+      join unnest(p_budget_ids, starts, roots) as i(budget_id, period_start, root_id) on c.budget_id = i.budget_id and c.period_start = i.period_start
+      where c.root_id = tree and i.root_id = tree;
+    end loop;
+    missing := exists (select 1 from unnest(p_budget_ids, starts) as i(budget_id, period_start)
+                       where i.period_start is not null and not (i.budget_id::text || '|' || i.period_start::text = any (existing_keys)));
   end if;
 
   if not missing then
-    -- each named budget's root: in one read when the trees are not named, else tree by tree
-    if p_trees is null then
-      select array_agg(d.id), array_agg(d.root_id) into def_ids, def_roots
-      from budget_definitions d where d.id = any (p_budget_ids || coalesce(p_release_budgets, '{}'));
-    else
-      foreach tree in array array(select distinct x.root from unnest(p_trees) as x(root) order by x.root) loop
-        select def_ids || array_agg(d.id), def_roots || array_agg(d.root_id) into def_ids, def_roots
-        from budget_definitions d where d.root_id = tree and d.id = any (p_budget_ids || coalesce(p_release_budgets, '{}'));
-      end loop;
-    end if;
-    trees := coalesce((select array_agg(distinct x.root order by x.root) from unnest(def_roots) as x(root)), '{}');
-    select array_agg(x.root order by i.n) into roots
-    from unnest(p_budget_ids) with ordinality as i(budget_id, n) left join unnest(def_ids, def_roots) as x(id, root) on x.id = i.budget_id;
-
     -- the lock order (locks.sql): every window row named, spend and release
     perform budget_lock_windows(array_agg(k.budget_id), array_agg(k.period_start), null, trees)
     from (select i.budget_id, i.period_start from unnest(p_budget_ids, starts) as i(budget_id, period_start)
@@ -257,10 +278,10 @@ begin
   ---- The step-wise path (the top of this file, 1 to 5).
   -- 1. Windows and costs.
   with resolved as (
-    select i.ord, i.usage_id, i.budget_id, i.rate, i.occurred_at, i.period_start, i.period_end,
+    select i.ord, i.usage_id, i.budget_id, i.root_id, i.rate, i.occurred_at, i.period_start, i.period_end,
            budget_convert_unbounded(i.amount, i.rate) as cost
-    from unnest(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, starts, ends)
-      as i(ord, usage_id, budget_id, amount, rate, occurred_at, period_start, period_end)
+    from unnest(p_ords, p_usage_ids, p_budget_ids, p_amounts, p_rates, p_occurred_at, starts, ends, roots)
+      as i(ord, usage_id, budget_id, amount, rate, occurred_at, period_start, period_end, root_id)
     where i.usage_id is not null
   ),
   -- !p_clamp: a record with a cost past the money range is refused whole (nothing could store it)
@@ -268,44 +289,54 @@ begin
     select distinct r.usage_id from resolved r where not p_clamp and r.cost > budget_money_max()
   )
   select array_agg(r.ord order by r.ord, r.budget_id), array_agg(r.usage_id order by r.ord, r.budget_id),
-         array_agg(r.budget_id order by r.ord, r.budget_id), array_agg(r.rate order by r.ord, r.budget_id),
+         array_agg(r.budget_id order by r.ord, r.budget_id), array_agg(r.root_id order by r.ord, r.budget_id), array_agg(r.rate order by r.ord, r.budget_id),
          array_agg(case when r.period_start is null then r.occurred_at
                         else greatest(r.period_start, least(r.occurred_at, r.period_end - interval '1 microsecond')) end
                    order by r.ord, r.budget_id),
          array_agg(r.period_start order by r.ord, r.budget_id), array_agg(r.period_end order by r.ord, r.budget_id),
          array_agg(r.cost order by r.ord, r.budget_id),
          array_agg(case when o.usage_id is not null then null else least(r.cost, budget_money_max()) end order by r.ord, r.budget_id)
-  into a_ord, a_usage, a_budget, a_rate, a_at, a_start, a_end, a_cost, a_charged
+  into a_ord, a_usage, a_budget, a_root, a_rate, a_at, a_start, a_end, a_cost, a_charged
   from resolved r left join overflowing o on o.usage_id = r.usage_id;
 
-  -- The windows whose records are measured one by one (5): a projected alert without an active crossing.
-  select coalesce(array_agg(distinct w.budget_id::text || '|' || w.period_start::text), '{}') into walked
-  from unnest(a_budget, a_start) as w(budget_id, period_start)
-  join budget_definitions d on d.id = w.budget_id
-  where w.period_start is not null
-    and exists (select 1 from jsonb_array_elements(d.alerts) alert
-                where alert ->> 'basis' = 'projected'
-                  and not exists (select 1 from budget_alert_history h
-                                  where h.budget_id = w.budget_id and h.period_start = w.period_start and h.resolved_at is null
-                                    and h.threshold = (alert ->> 'threshold')::numeric and h.basis = 'projected'));
-
-  -- 2. The allocations, before any window row is locked (a walked window's in 5).
-  insert into budget_usage_allocations (budget_id, root_id, usage_id, amount, occurred_at, exchange_rate)
-  select a.budget_id, (select d.root_id from budget_definitions d where d.id = a.budget_id), a.usage_id, a.charged, a.occurred_at, a.rate
-  from unnest(a_budget, a_usage, a_charged, a_at, a_rate, a_start) as a(budget_id, usage_id, charged, occurred_at, rate, period_start)
-  where a.charged is not null and (a.period_start is null or not (a.budget_id::text || '|' || a.period_start::text = any (walked)));
-
-  -- 3. The windows, in the lock order (locks.sql: by root, budget and start).
+  -- The windows, in the lock order (locks.sql: by root, budget and start), and each one's budget's limit and
+  -- alerts, read tree by tree.
   select array_agg(w.budget_id order by w.root_id, w.budget_id, w.period_start),
          array_agg(w.period_start order by w.root_id, w.budget_id, w.period_start),
          array_agg(w.period_end order by w.root_id, w.budget_id, w.period_start),
          array_agg(w.root_id order by w.root_id, w.budget_id, w.period_start)
   into w_budget, w_start, w_end, w_root
-  from (select a.budget_id, d.root_id, a.period_start, min(a.period_end) as period_end
-        from unnest(a_budget, a_start, a_end, a_charged) as a(budget_id, period_start, period_end, charged)
-        left join budget_definitions d on d.id = a.budget_id
+  from (select a.budget_id, a.root_id, a.period_start, min(a.period_end) as period_end
+        from unnest(a_budget, a_root, a_start, a_end, a_charged) as a(budget_id, root_id, period_start, period_end, charged)
         where a.period_start is not null and a.charged is not null
-        group by a.budget_id, d.root_id, a.period_start) w;
+        group by a.budget_id, a.root_id, a.period_start) w;
+  w_limit := array_fill(null::numeric, array[coalesce(cardinality(w_budget), 0)]);
+  w_alerts := array_fill(null::jsonb, array[coalesce(cardinality(w_budget), 0)]);
+  foreach tree in array trees loop
+    for w in
+      select x.n, d.amount, d.alerts
+      from unnest(w_budget, w_root) with ordinality as x(budget_id, root_id, n)
+      join budget_definitions d on d.root_id = tree and d.id = x.budget_id
+      where x.root_id = tree
+    loop
+      w_limit[w.n] := w.amount; w_alerts[w.n] := w.alerts;
+    end loop;
+  end loop;
+
+  -- The windows whose records are measured one by one (5): a projected alert without an active crossing.
+  select coalesce(array_agg(distinct w.budget_id::text || '|' || w.period_start::text), '{}') into walked
+  from unnest(w_budget, w_root, w_start, w_alerts) as w(budget_id, root_id, period_start, alerts)
+  where exists (select 1 from jsonb_array_elements(w.alerts) alert
+                where alert ->> 'basis' = 'projected'
+                  and not budget_alert_active(w.root_id, w.budget_id, w.period_start, (alert ->> 'threshold')::numeric, 'projected'));
+
+  -- 2. The allocations, before any window row is locked (a walked window's in 5).
+  insert into budget_usage_allocations (budget_id, root_id, usage_id, amount, occurred_at, exchange_rate)
+  select a.budget_id, a.root_id, a.usage_id, a.charged, a.occurred_at, a.rate
+  from unnest(a_budget, a_root, a_usage, a_charged, a_at, a_rate, a_start) as a(budget_id, root_id, usage_id, charged, occurred_at, rate, period_start)
+  where a.charged is not null and (a.period_start is null or not (a.budget_id::text || '|' || a.period_start::text = any (walked)));
+
+  -- 3. The window rows, locked in the lock order: one made where there is none.
   w_created := array_fill(false, array[coalesce(cardinality(w_budget), 0)]);
   for i in 1 .. coalesce(cardinality(w_budget), 0) loop
     created := null;
@@ -322,23 +353,30 @@ begin
 
   -- Each window's spend before this call, and what this call adds to it: a row that was there has it; a
   -- row made here, the window's allocations other than this call's (whichever of them are stored yet).
-  select array_agg(coalesce(case when w.created then s.current_amount else c.current_amount end, 0) order by w.n),
-         array_agg(coalesce(case when w.created then s.usage_count else c.usage_count end, 0) order by w.n),
-         array_agg(case when w.created then s.last_usage_at else c.last_usage_at end order by w.n),
-         array_agg(coalesce(own.total, 0) order by w.n)
-  into w_base, w_calls, w_last, w_total
-  from unnest(w_budget, w_start, w_end, w_created) with ordinality as w(budget_id, period_start, period_end, created, n)
-  left join budget_status_cache c on not w.created and c.budget_id = w.budget_id and c.period_start = w.period_start
+  -- Window by window, each statement naming its tree.
+  w_base := array_fill(null::numeric, array[coalesce(cardinality(w_budget), 0)]);
+  w_calls := array_fill(null::bigint, array[coalesce(cardinality(w_budget), 0)]);
+  w_last := array_fill(null::timestamptz, array[coalesce(cardinality(w_budget), 0)]);
+  for i in 1 .. coalesce(cardinality(w_budget), 0) loop
+    if w_created[i] then
+      select coalesce(sum(x.amount), 0) as current_amount, count(*) as usage_count, max(x.occurred_at) as last_usage_at into w
+      from budget_usage_allocations x
+      where x.root_id = w_root[i] and x.budget_id = w_budget[i] and x.occurred_at >= w_start[i] and x.occurred_at < w_end[i]
+        and x.usage_id <> all (a_usage);
+    else
+      select c.current_amount, c.usage_count, c.last_usage_at into w
+      from budget_status_cache c where c.root_id = w_root[i] and c.budget_id = w_budget[i] and c.period_start = w_start[i];
+    end if;
+    w_base[i] := coalesce(w.current_amount, 0);
+    w_calls[i] := coalesce(w.usage_count, 0);
+    w_last[i] := w.last_usage_at;
+  end loop;
+  select array_agg(coalesce(own.total, 0) order by w.n) into w_total
+  from unnest(w_budget, w_start) with ordinality as w(budget_id, period_start, n)
   left join (select a.budget_id, a.period_start, sum(a.charged) as total
              from unnest(a_budget, a_start, a_charged) as a(budget_id, period_start, charged)
              where a.period_start is not null and a.charged is not null
-             group by a.budget_id, a.period_start) own on own.budget_id = w.budget_id and own.period_start = w.period_start
-  left join lateral (
-    select sum(x.amount) as current_amount, count(*) as usage_count, max(x.occurred_at) as last_usage_at
-    from budget_usage_allocations x
-    where x.budget_id = w.budget_id and x.occurred_at >= w.period_start and x.occurred_at < w.period_end
-      and not exists (select 1 from unnest(a_usage) as mine(id) where mine.id = x.usage_id)
-  ) s on w.created;
+             group by a.budget_id, a.period_start) own on own.budget_id = w.budget_id and own.period_start = w.period_start;
   -- 4. A window this call would take past the money range (no real one does).
   select coalesce(bool_or(w.base + w.total > budget_money_max()), false) into at_risk
   from unnest(w_base, w_total) as w(base, total);
@@ -354,9 +392,11 @@ begin
         from unnest(a_budget, a_start, a_ord, a_cost, a_charged) with ordinality as a(budget_id, period_start, ord, cost, charged, n)
         left join unnest(w_budget, w_start, w_base) as w(budget_id, period_start, base) on w.budget_id = a.budget_id and w.period_start = a.period_start
       ) x;
-      update budget_usage_allocations t set amount = a.charged
-      from unnest(a_budget, a_usage, a_charged) as a(budget_id, usage_id, charged)
-      where t.budget_id = a.budget_id and t.usage_id = a.usage_id and t.amount <> a.charged;
+      foreach tree in array trees loop
+        update budget_usage_allocations t set amount = a.charged
+        from unnest(a_budget, a_root, a_usage, a_charged) as a(budget_id, root_id, usage_id, charged)
+        where t.root_id = tree and a.root_id = tree and t.budget_id = a.budget_id and t.usage_id = a.usage_id and t.amount <> a.charged;
+      end loop;
     else
       -- one record at a time, in order, over the windows at risk only: a record that would take one of
       -- them past is refused, and adds to none
@@ -383,16 +423,19 @@ begin
           refused := refused || record_row.usage_id;
         end if;
       end loop;
-      delete from budget_usage_allocations t using unnest(a_budget, a_usage) as a(budget_id, usage_id)
-      where a.usage_id = any (refused) and t.budget_id = a.budget_id and t.usage_id = a.usage_id;
+      foreach tree in array trees loop
+        delete from budget_usage_allocations t using unnest(a_budget, a_root, a_usage) as a(budget_id, root_id, usage_id)
+        where t.root_id = tree and a.root_id = tree and a.usage_id = any (refused) and t.budget_id = a.budget_id and t.usage_id = a.usage_id;
+      end loop;
       select array_agg(case when a.usage_id = any (refused) then null else a.charged end order by a.n) into a_charged
       from unnest(a_usage, a_charged) with ordinality as a(usage_id, charged, n);
       -- a window left with none of this call's records: a row made for it here goes again
-      delete from budget_status_cache c
-      using unnest(w_budget, w_start, w_created) as w(budget_id, period_start, created)
-      where w.created and c.budget_id = w.budget_id and c.period_start = w.period_start
-        and not exists (select 1 from unnest(a_budget, a_start, a_charged) as a(budget_id, period_start, charged)
-                        where a.budget_id = w.budget_id and a.period_start = w.period_start and a.charged is not null);
+      for i in 1 .. coalesce(cardinality(w_budget), 0) loop
+        if w_created[i] and not exists (select 1 from unnest(a_budget, a_start, a_charged) as a(budget_id, period_start, charged)
+                                        where a.budget_id = w_budget[i] and a.period_start = w_start[i] and a.charged is not null) then
+          delete from budget_status_cache c where c.root_id = w_root[i] and c.budget_id = w_budget[i] and c.period_start = w_start[i];
+        end if;
+      end loop;
     end if;
   end if;
 
@@ -403,10 +446,9 @@ begin
   into step_ords, step_budgets, step_starts
   from (
     select t.budget_id, t.period_start, min(r.ord) as ord
-    from (select w.budget_id, w.period_start, w.base, (alert ->> 'threshold')::numeric as threshold, d.amount as limit_amount
-          from unnest(w_budget, w_start, w_base) as w(budget_id, period_start, base)
-          join budget_definitions d on d.id = w.budget_id
-          cross join lateral jsonb_array_elements(d.alerts) alert
+    from (select w.budget_id, w.period_start, w.base, (alert ->> 'threshold')::numeric as threshold, w.limit_amount
+          from unnest(w_budget, w_start, w_base, w_limit, w_alerts) as w(budget_id, period_start, base, limit_amount, alerts)
+          cross join lateral jsonb_array_elements(w.alerts) alert
           where coalesce(alert ->> 'basis', 'current') = 'current') t
     join (select r.budget_id, r.period_start, r.ord, sum(r.charged) over (partition by r.budget_id, r.period_start order by r.ord) as added
           from unnest(a_budget, a_start, a_ord, a_charged) as r(budget_id, period_start, ord, charged)
@@ -421,10 +463,10 @@ begin
   -- the trigger does), so a forecast sees this call's records up to it and none after; the row is written at
   -- each step (a threshold on spend first reached, a projected one first reached, the last record).
   for walk in
-    select w.budget_id, d.root_id, w.period_start, w.period_end, w.base, w.calls, w.last, d.amount as limit_amount,
-           array(select (alert ->> 'threshold')::numeric from jsonb_array_elements(d.alerts) alert where alert ->> 'basis' = 'projected') as thresholds
-    from unnest(w_budget, w_start, w_end, w_base, w_calls, w_last) with ordinality as w(budget_id, period_start, period_end, base, calls, last, n)
-    join budget_definitions d on d.id = w.budget_id
+    select w.budget_id, w.root_id, w.period_start, w.period_end, w.base, w.calls, w.last, w.limit_amount,
+           array(select (alert ->> 'threshold')::numeric from jsonb_array_elements(w.alerts) alert where alert ->> 'basis' = 'projected') as thresholds
+    from unnest(w_budget, w_root, w_start, w_end, w_base, w_calls, w_last, w_limit, w_alerts) with ordinality
+      as w(budget_id, root_id, period_start, period_end, base, calls, last, limit_amount, alerts, n)
     where w.budget_id::text || '|' || w.period_start::text = any (walked)
     order by w.n
   loop
@@ -445,13 +487,13 @@ begin
       -- profile's key (budget_forecast_profile_key, forecast.sql), never waited for: when another transaction
       -- has it, no profile was kept by this one, and the kept one is stale to it anyway (it sees this
       -- transaction in progress, and its marks with it).
-      if exists (select 1 from budget_forecast_backdated m where m.budget_id = walk.budget_id and m.xact = pg_current_xact_id())
+      if exists (select 1 from budget_forecast_backdated m where m.root_id = walk.root_id and m.budget_id = walk.budget_id and m.xact = pg_current_xact_id())
          and pg_try_advisory_xact_lock(budget_forecast_profile_key(walk.budget_id)) then
-        delete from budget_forecast_profiles p where p.budget_id = walk.budget_id;
+        delete from budget_forecast_profiles p where p.root_id = walk.root_id and p.budget_id = walk.budget_id;
       end if;
       measured := null;
       if cardinality(pending) > 0 then
-        measured := budget_alert_measure(walk.budget_id, walk.base + running_row.added, 'projected', walk.period_start, walk.period_end);
+        measured := budget_alert_measure_in_tree(walk.root_id, walk.budget_id, walk.base + running_row.added, 'projected', walk.period_start, walk.period_end);
       end if;
       if running_row.last
          or exists (select 1 from unnest(pending) as t(threshold) where budget_alert_reached(measured, t.threshold, walk.limit_amount))
@@ -459,8 +501,8 @@ begin
                     where x.budget_id = walk.budget_id and x.period_start = walk.period_start and x.ord = running_row.ord) then
         update budget_status_cache c
         set current_amount = walk.base + running_row.added, usage_count = walk.calls + running_row.calls,
-            last_usage_at = greatest(walk.last, running_row.last_at), updated_at = now()
-        where c.budget_id = walk.budget_id and c.period_start = walk.period_start;
+            last_usage_at = greatest(walk.last, running_row.last_at), updated_at = written_at
+        where c.root_id = walk.root_id and c.budget_id = walk.budget_id and c.period_start = walk.period_start;
       end if;
       if measured is not null then
         pending := array(select t from unnest(pending) as t where not budget_alert_reached(measured, t, walk.limit_amount));
@@ -478,32 +520,37 @@ begin
     window w as (partition by r.budget_id, r.period_start order by r.ord)
   ),
   stepped as (
-    select r.budget_id, r.period_start, w.base + r.added as spent, w.calls + r.calls as calls, greatest(w.last, r.last_at) as last_usage_at,
+    select r.budget_id, w.root_id, r.period_start, w.base + r.added as spent, w.calls + r.calls as calls, greatest(w.last, r.last_at) as last_usage_at,
            row_number() over (partition by r.budget_id, r.period_start order by r.ord)::integer as step
     from running r
-    join unnest(w_budget, w_start, w_base, w_calls, w_last) as w(budget_id, period_start, base, calls, last)
+    join unnest(w_budget, w_root, w_start, w_base, w_calls, w_last) as w(budget_id, root_id, period_start, base, calls, last)
       on w.budget_id = r.budget_id and w.period_start = r.period_start
     where r.last or exists (select 1 from unnest(step_budgets, step_starts, step_ords) as x(budget_id, period_start, ord)
                             where x.budget_id = r.budget_id and x.period_start = r.period_start and x.ord = r.ord)
   )
-  select array_agg(s.step), array_agg(s.budget_id), array_agg(s.period_start), array_agg(s.spent), array_agg(s.calls), array_agg(s.last_usage_at)
-  into step_numbers, step_budgets, step_starts, w_base, w_calls, w_last
+  select array_agg(s.step), array_agg(s.budget_id), array_agg(s.root_id), array_agg(s.period_start), array_agg(s.spent), array_agg(s.calls), array_agg(s.last_usage_at)
+  into step_numbers, step_budgets, w_root, step_starts, w_base, w_calls, w_last
   from stepped s;
 
   select coalesce(max(s), 0) into steps from unnest(step_numbers) as s;
   for step_number in 1 .. steps loop
-    update budget_status_cache c
-    set current_amount = s.spent, usage_count = s.calls, last_usage_at = s.last_usage_at, updated_at = now()
-    from unnest(step_numbers, step_budgets, step_starts, w_base, w_calls, w_last) as s(step, budget_id, period_start, spent, calls, last_usage_at)
-    where s.step = step_number and c.budget_id = s.budget_id and c.period_start = s.period_start;
+    foreach tree in array trees loop
+      update budget_status_cache c
+      set current_amount = s.spent, usage_count = s.calls, last_usage_at = s.last_usage_at, updated_at = written_at
+      from unnest(step_numbers, step_budgets, w_root, step_starts, w_base, w_calls, w_last) as s(step, budget_id, root_id, period_start, spent, calls, last_usage_at)
+      where c.root_id = tree and s.root_id = tree and s.step = step_number and c.budget_id = s.budget_id and c.period_start = s.period_start;
+    end loop;
   end loop;
 
   -- A settlement's release, after its spend (the rows are locked: all of them exist, and were locked first).
-  update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - r.amount, 0)
-  from (select r.budget_id, r.period_start, sum(r.amount) as amount
-        from unnest(p_release_budgets, p_release_starts, p_released) as r(budget_id, period_start, amount)
-        group by r.budget_id, r.period_start) r
-  where c.budget_id = r.budget_id and c.period_start = r.period_start;
+  foreach tree in array trees loop
+    update budget_status_cache c set reserved_amount = greatest(c.reserved_amount - r.amount, 0)
+    from (select r.budget_id, r.period_start, sum(r.amount) as amount
+          from unnest(p_release_budgets, p_release_starts, p_released) as r(budget_id, period_start, amount)
+          join unnest(def_ids, def_roots) as d(id, root_id) on d.id = r.budget_id and d.root_id = tree
+          group by r.budget_id, r.period_start) r
+    where c.root_id = tree and c.budget_id = r.budget_id and c.period_start = r.period_start;
+  end loop;
 
   return query
     select a.usage_id, a.budget_id, a.cost, a.charged
