@@ -92,7 +92,7 @@ const budgetArb = (index: number) => fc.record({
   maxCallCost: fc.option(fc.constantFrom('0.0000000001', '1', '5', '1000'), { nil: null }),
   filterModels: fc.constantFrom(null, ['gpt-4o'], ['gpt-*'], ['claude']),
   filterTags: fc.constantFrom(null, { env: 'prod' }),
-  deleted: fc.boolean({ }).map((b) => b && Math.random() < 0.5),
+  deleted: fc.constantFrom(false, false, false, true),
   period: fc.constantFrom('monthly', 'daily', 'future'),
   nearLimit: fc.constantFrom(null, 'refuse', 'clamp'),
   rpm: fc.option(fc.integer({ min: 1, max: 1000 }), { nil: null }),
