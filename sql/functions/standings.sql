@@ -7,7 +7,7 @@
 -- budget_lineage_windows below), each with its tree's root, and go out in the order given. Budget by budget,
 -- each statement naming its tree: on Citus each is one shard's. One query joining them to the definitions by
 -- id would read every shard, and the functions it calls for each row would be distributed queries inside a
--- shard's, which Citus refuses. A budget not found in its tree (deleted since) is left out.
+-- shard's, which Citus refuses. An id no budget of its tree has is left out, as that join left it.
 create or replace function budget_standings(p_budget_ids uuid[], p_roots uuid[], p_matched boolean[], p_ranks integer[],
   p_starts timestamptz[], p_ends timestamptz[], p_estimate numeric, p_currency text)
 returns table (budget_id uuid, root_id uuid, name text, alerts jsonb, currency text, near_limit text, max_call_cost numeric,
