@@ -2,37 +2,15 @@
 // Citus today. Budgets are created through the registry (its global version bumped from the coordinator, each
 // tree's by trigger on its shard, the audit entry routed by the budget's root), and a caller's line is loaded
 // across two trees (budget_line); docs/scaling.md lists what does not run yet.
-import t, { type Test } from 'tap'
-import Fastify from 'fastify'
-import budgets from '../lib/index.js'
-import { distributeOnCitus } from '../lib/kernel/database/citus.js'
-import { migrate } from '../lib/kernel/database/migrate.js'
+import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { createHoldRepository } from '../lib/gate/hold-repository.js'
 import { createLeaseRepository } from '../lib/gate/lease-repository.js'
 import { createLineRepository } from '../lib/gate/line-repository.js'
 import { createStatusRepository } from '../lib/usage/status-repository.js'
 import { findViolations } from '../test/fixtures/invariants.js'
-import { createTestSql } from '../test/fixtures/database.js'
-import { ADMIN_TOKEN, PREFIX } from '../test/fixtures/app.js'
-
-const headers = { authorization: `Bearer ${ADMIN_TOKEN}` }
-
-/** A database migrated and distributed on the cluster, and the plugin on it. */
-async function distributedApp (t: Test) {
-  const { sql } = await createTestSql(t, { max: 4 })
-  await migrate(sql)
-  await distributeOnCitus(sql)
-  const app = Fastify()
-  await app.register(budgets, { database: sql, adminToken: ADMIN_TOKEN, notifications: { intervalMs: 0 } })
-  await app.ready()
-  t.teardown(async () => await app.close())
-  /** A monthly USD budget of 100 unless `body` says otherwise, through the admin API. */
-  const create = async (body: Record<string, unknown>) => await app.inject({
-    method: 'POST', url: PREFIX, headers, body: { amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01', ...body }
-  })
-  return { sql, app, create }
-}
+import { adminHeaders as headers, distributedApp } from '../test/fixtures/citus-app.js'
+import { PREFIX } from '../test/fixtures/app.js'
 
 t.test('a root budget and a child created through the admin API, each audited in its tree, both trees\' versions bumped', async (t) => {
   const { sql, app, create } = await distributedApp(t)

@@ -2,29 +2,13 @@
 // window with a projected alert, walked record by record; a window without a row; a record past the money range)
 // through the usage API, the library's record and a direct insert, with its numbers and alert history checked.
 import t, { type Test } from 'tap'
-import Fastify from 'fastify'
-import budgets from '../lib/index.js'
-import { distributeOnCitus } from '../lib/kernel/database/citus.js'
-import { migrate } from '../lib/kernel/database/migrate.js'
 import { findViolations } from '../test/fixtures/invariants.js'
-import { createTestSql } from '../test/fixtures/database.js'
-import { ADMIN_TOKEN, PREFIX } from '../test/fixtures/app.js'
+import { adminHeaders as headers, distributedApp as distributedAppOnCluster } from '../test/fixtures/citus-app.js'
+import { PREFIX } from '../test/fixtures/app.js'
 
-const headers = { authorization: `Bearer ${ADMIN_TOKEN}` }
-
+/** The distributed app, its budgets created or thrown, with readers of a budget's usage, crossings and window now. */
 async function distributedApp (t: Test) {
-  const { sql } = await createTestSql(t, { max: 4 })
-  await migrate(sql)
-  await distributeOnCitus(sql)
-  const app = Fastify()
-  await app.register(budgets, { database: sql, adminToken: ADMIN_TOKEN, notifications: { intervalMs: 0 } })
-  await app.ready()
-  t.teardown(async () => await app.close())
-  const create = async (body: Record<string, unknown>) => {
-    const r = await app.inject({ method: 'POST', url: PREFIX, headers, body: { amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01', ...body } })
-    if (r.statusCode !== 201) throw new Error(r.body)
-    return r.json() as { id: string, rootId: string }
-  }
+  const { sql, app, createBudget: create } = await distributedAppOnCluster(t)
   const post = async (budgetId: string, body: Record<string, unknown>) =>
     await app.inject({ method: 'POST', url: `${PREFIX}/${budgetId}/usage`, headers, body: { currency: 'USD', source: 'test', ...body } })
   const history = async (id: string) => (await sql<Array<{ threshold: string, basis: string, spent: string }>>`

@@ -3,31 +3,15 @@
 // another currency), approvals and projected crossings in force, an estimate past the money range; the
 // lineage of a leaf; and the public readers with hostile input. Expected numbers are written out by hand.
 import t, { type Test } from 'tap'
-import Fastify from 'fastify'
-import budgets from '../lib/index.js'
-import { distributeOnCitus } from '../lib/kernel/database/citus.js'
-import { migrate } from '../lib/kernel/database/migrate.js'
 import { createStandingRepository } from '../lib/gate/standing-repository.js'
 import { findViolations } from '../test/fixtures/invariants.js'
-import { createTestSql } from '../test/fixtures/database.js'
-import { ADMIN_TOKEN, PREFIX, snapshotTables } from '../test/fixtures/app.js'
+import { adminHeaders as headers, distributedApp as distributedAppOnCluster } from '../test/fixtures/citus-app.js'
+import { PREFIX, snapshotTables } from '../test/fixtures/app.js'
 
-const headers = { authorization: `Bearer ${ADMIN_TOKEN}` }
-
+/** The distributed app, its budgets created or thrown. */
 async function distributedApp (t: Test) {
-  const { sql } = await createTestSql(t, { max: 4 })
-  await migrate(sql)
-  await distributeOnCitus(sql)
-  const app = Fastify()
-  await app.register(budgets, { database: sql, adminToken: ADMIN_TOKEN, notifications: { intervalMs: 0 } })
-  await app.ready()
-  t.teardown(async () => await app.close())
-  const create = async (body: Record<string, unknown>) => {
-    const response = await app.inject({ method: 'POST', url: PREFIX, headers, body: { amount: '100', currency: 'USD', period: 'monthly', startDate: '2024-01-01', ...body } })
-    if (response.statusCode !== 201) throw new Error(response.body)
-    return response.json() as { id: string, rootId: string }
-  }
-  return { sql, app, create }
+  const { sql, app, createBudget } = await distributedAppOnCluster(t)
+  return { sql, app, create: createBudget }
 }
 
 t.test('standings across three trees on the cluster: each budget\'s numbers as written out', async (t) => {
