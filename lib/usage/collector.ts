@@ -183,16 +183,19 @@ export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
       }).catch((error: unknown) => { if (!(error instanceof RetryBatch)) throw error })
     }
 
-    // The record that holds each key: this batch's, or one stored before.
+    // The record that holds each key for a record's budget: this batch's on that budget, else the one findKeyHolders
+    // finds (one stored before, or this batch's on another budget: a conflict). On Citus a key is unique within a
+    // tree only, so two budgets of a batch may each hold it.
+    const holderKey = (entry: Checked) => `${entry.values.budgetId} ${keyOf(entry)!}`
     const holders = new Map<string, KeyHolder>()
     for (const entry of checked) {
       const record = stored.get(entry.index)
-      if (record !== undefined && keyOf(entry) !== null) holders.set(keyOf(entry)!, { record, fingerprint: entry.values.requestFingerprint })
+      if (record !== undefined && keyOf(entry) !== null) holders.set(holderKey(entry), { record, fingerprint: entry.values.requestFingerprint })
     }
-    const missing = checked.filter((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refusals.has(entry.index) && !holders.has(keyOf(entry)!))
+    const missing = checked.filter((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refusals.has(entry.index) && !holders.has(holderKey(entry)))
     await withinBound(tx)
     const before = await createUsageBatchRepository(tx).findKeyHolders(missing.map((entry) => ({ budgetId: entry.values.budgetId, idempotencyKey: entry.values.idempotencyKey! })))
-    for (const [key, holder] of before) holders.set(key, holder)
+    for (const [i, entry] of missing.entries()) holders.set(holderKey(entry), before[i]!)
 
     for (const [order, entry] of checked.entries()) {
       await yieldEvery(order)
@@ -201,7 +204,7 @@ export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
       const refused = refusals.get(entry.index)
       if (refused !== undefined) { answer(entry.index, refused); continue }
       try {
-        done(entry.index, 'replayed', replayOf(holders.get(keyOf(entry)!)!, entry.values.amount as Money, entry.values.currency, entry.values.idempotencyKey!, entry.values.requestFingerprint))
+        done(entry.index, 'replayed', replayOf(holders.get(holderKey(entry))!, entry.values.amount as Money, entry.values.currency, entry.values.idempotencyKey!, entry.values.requestFingerprint))
       } catch (error) {
         answer(entry.index, error)
       }

@@ -34,24 +34,30 @@ export function createUsageBatchRepository (sql: Db) {
         ord: index + 1, types: call.scopes.map((scope) => scope.type), ids: call.scopes.map((scope) => scope.id),
         currency: call.currency, model: call.model, tags: JSON.parse(canonicalTags(call.tags)) as unknown
       }))
-      const rows = await sql<Array<{ ord: number, budgetIds: string[] }>>`
-        select c.ord, array(
-          select a.budget_id from budget_applicable(c.types, c.ids, c.currency, now(), c.model, c.tags) a
-          join budget_definitions b on b.id = a.budget_id
-          where a.scope_matched
-          order by a.scope_rank, (b.filter_models is null and b.filter_tags is null), b.created_at, a.budget_id
-        )::text[] as "budgetIds"
-        from jsonb_to_recordset(${JSON.stringify(input)}::text::jsonb) as c(ord int, types text[], ids text[], currency text, model text, tags jsonb)`
-      const found = new Array<string[]>(calls.length).fill([])
-      for (const row of rows) found[row.ord - 1] = row.budgetIds
+      // The budgets each call reaches, with their trees; then their definitions, read by tree and id (on Citus a
+      // join of budget_applicable to the definitions by id alone is refused), in the order the rule gives.
+      const reached = await sql<Array<{ ord: number, budgetId: string, rootId: string, scopeRank: number }>>`
+        select c.ord, a.budget_id::text as "budgetId", a.root_id::text as "rootId", a.scope_rank as "scopeRank"
+        from jsonb_to_recordset(${JSON.stringify(input)}::text::jsonb) as c(ord int, types text[], ids text[], currency text, model text, tags jsonb)
+        cross join lateral budget_applicable(c.types, c.ids, c.currency, now(), c.model, c.tags) a
+        where a.scope_matched`
+      const found = Array.from({ length: calls.length }, (): string[] => [])
+      if (reached.length === 0) return found
+      const ordered = await sql<Array<{ ord: number, budgetId: string }>>`
+        select r.ord, r.budget_id::text as "budgetId"
+        from unnest(${reached.map((row) => row.ord)}::int[], ${reached.map((row) => row.budgetId)}::text[]::uuid[],
+                    ${reached.map((row) => row.rootId)}::text[]::uuid[], ${reached.map((row) => row.scopeRank)}::int[]) as r(ord, budget_id, root_id, scope_rank)
+        join budget_definitions b on b.root_id = r.root_id and b.id = r.budget_id
+        order by r.ord, r.scope_rank, (b.filter_models is null and b.filter_tags is null), b.created_at, r.budget_id`
+      for (const row of ordered) found[row.ord - 1]!.push(row.budgetId)
       return found
     },
 
-    /** For each (budget, model, tags), does a call match the budget's filters? (budget_matches, sql/functions/definitions.sql), in one statement, in their order. */
+    /** For each (budget, model, tags), does a call match the budget's filters? (budget_filters_match, sql/functions/definitions.sql, given its columns: on a Citus shard a row is not of budget_definitions' type), in one statement, in their order. */
     async matchCalls (calls: Array<{ budgetId: string, model: string | null, tags: Tags | undefined }>): Promise<boolean[]> {
       if (calls.length === 0) return []
       const rows = await sql<Array<{ ord: number, matches: boolean }>>`
-        select c.ord::int as ord, budget_matches(b, c.model, c.tags) as matches
+        select c.ord::int as ord, budget_filters_match(b.filter_models, b.filter_tags, c.model, c.tags) as matches
         from unnest(${calls.map((call) => call.budgetId)}::text[]::uuid[], ${calls.map((call) => call.model)}::text[],
                     ${calls.map((call) => call.tags === undefined ? null : JSON.stringify(call.tags))}::text[]::jsonb[]) with ordinality as c(budget_id, model, tags, ord)
         join budget_definitions b on b.id = c.budget_id`
@@ -91,8 +97,8 @@ export function createUsageBatchRepository (sql: Db) {
       return { stored: new Map(rows.map(({ ord, ...row }) => [ord, toUsageRecord(row)])), faults }
     },
 
-    /** The records that hold these keys, by key. */
-    async findKeyHolders (keys: Array<{ budgetId: string, idempotencyKey: string }>): Promise<Map<string, KeyHolder>> {
+    /** The records that hold these keys, in the order asked (findKeyHolders). */
+    async findKeyHolders (keys: Array<{ budgetId: string, idempotencyKey: string }>): Promise<Array<KeyHolder | undefined>> {
       return await findKeyHolders(sql, keys)
     }
   }

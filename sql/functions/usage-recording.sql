@@ -250,46 +250,67 @@ create or replace function budget_record_usage_batch(p_records jsonb)
 returns table (ord integer, usage_id uuid, fault text, detail text) language plpgsql as $$
 #variable_conflict use_column
 declare
+  on_citus boolean := budget_on_citus();
   ords bigint[];
   usage_ids uuid[];
   budget_ids uuid[];
   amounts numeric[];
   rates numeric[];
   instants timestamptz[];
+  trees uuid[];
+  tree uuid;
   refused uuid[];
+  unrooted uuid[];
+  found_ids uuid[];
+  found_roots uuid[];
+  held_keys text[];
+  held_roots uuid[];
+  held_ids uuid[];
 begin
   -- Each PRAGMA:TABLE below tells plpgsql_check (test/plpgsql-check.test.ts) the columns of a temp table this
   -- function makes, which it cannot see otherwise; run, it selects a constant and does nothing.
   drop table if exists pg_temp.batch_usage, pg_temp.batch_reach;
 
   -- The records, each with its shape: its budgets, model, tags and currency, all that decides where it
-  -- counts and at what rate (every record of the batch is recorded at one instant, now()).
+  -- counts and at what rate (every record of the batch is recorded at one instant, now()); and its tree, its
+  -- budget's (below).
   create temp table batch_usage on commit drop as
-  select r.ord, gen_random_uuid() as id, r.budget_id, r.amount, r.currency, r.source, r.description, r.metadata,
+  select r.ord, gen_random_uuid() as id, null::uuid as root_id, r.budget_id, r.amount, r.currency, r.source, r.description, r.metadata,
          r.idempotency_key, r.request_fingerprint, r.occurred_at, r.also_counts_toward,
          jsonb_build_array(r.budget_id, r.also_counts_toward, r.metadata -> 'modelId', r.metadata -> 'tags', r.currency)::text as shape,
          false as stored, null::text as fault, null::text as detail
   from jsonb_to_recordset(p_records) as r(ord integer, budget_id uuid, amount numeric(28, 10), currency text, source text,
        description text, metadata jsonb, idempotency_key text, request_fingerprint text, occurred_at timestamptz,
        also_counts_toward uuid[]);
-  perform 'PRAGMA:TABLE: batch_usage (ord integer, id uuid, budget_id uuid, amount numeric(28, 10), currency text, source text, '
+  perform 'PRAGMA:TABLE: batch_usage (ord integer, id uuid, root_id uuid, budget_id uuid, amount numeric(28, 10), currency text, source text, '
     'description text, metadata jsonb, idempotency_key text, request_fingerprint text, occurred_at timestamptz, also_counts_toward uuid[], '
     'shape text, stored boolean, fault text, detail text)';
 
   analyze batch_usage; -- a temp table has no statistics else, and the plans below go wrong without them
 
-  -- Where each shape counts (budget_usage_reach: a null rate where none is in force), found once per shape.
+  -- Where each shape counts (budget_usage_reach_in_trees: each budget with its tree, a null rate where none is
+  -- in force), found once per shape.
   create temp table batch_reach on commit drop as
   with shapes as materialized (
     select distinct on (u.shape) u.shape, u.budget_id, u.also_counts_toward, u.metadata ->> 'modelId' as model, u.metadata -> 'tags' as tags,
            u.currency
     from batch_usage u order by u.shape
   )
-  select s.shape, s.currency as from_currency, t.budget_id as id, t.currency as to_currency, t.exchange_rate as rate
+  select s.shape, s.currency as from_currency, t.budget_id as id, t.root_id as root, t.currency as to_currency, t.exchange_rate as rate
   from shapes s
-  cross join lateral budget_usage_reach(s.budget_id, s.also_counts_toward, s.model, s.tags, s.currency, now()) t;
-  perform 'PRAGMA:TABLE: batch_reach (shape text, from_currency text, id uuid, to_currency text, rate numeric)';
+  cross join lateral budget_usage_reach_in_trees(s.budget_id, s.also_counts_toward, s.model, s.tags, s.currency, now(), null) t;
+  perform 'PRAGMA:TABLE: batch_reach (shape text, from_currency text, id uuid, root uuid, to_currency text, rate numeric)';
   analyze batch_reach;
+
+  -- Each record under its budget's tree (on Citus an insert is routed by it, before any trigger runs): the tree
+  -- the reach found its budget in; for a budget its own filters leave out, read from the budget's row.
+  update batch_usage u set root_id = r.root from batch_reach r where r.shape = u.shape and r.id = u.budget_id;
+  unrooted := array(select distinct u.budget_id from batch_usage u where u.root_id is null);
+  if cardinality(unrooted) > 0 then
+    -- (read apart: on Citus a temp table is not written from a distributed table's rows in one statement)
+    select array_agg(d.id), array_agg(d.root_id) into found_ids, found_roots from budget_definitions d where d.id = any (unrooted);
+    update batch_usage u set root_id = x.root from unnest(found_ids, found_roots) as x(id, root) where x.id = u.budget_id and u.root_id is null;
+  end if;
 
   -- a. The records without a rate, or whose converted amount overflows, are refused before any is stored:
   -- so a later record under one's key is tried in its place, as it would be one at a time.
@@ -301,35 +322,50 @@ begin
     and exists (select 1 from batch_reach r where r.shape = u.shape and u.amount * r.rate > budget_money_max()); -- budget_convert rounds up to the same grid
 
   -- The others, in key order, so two batches sharing keys wait for each other instead of deadlocking: the
-  -- first under each key takes it (the later ones are its replays or conflicts, read by the caller).
-  with inserted as (
-    insert into budget_usage_records as u (id, budget_id, amount, currency, source, description, metadata, idempotency_key,
-                                           request_fingerprint, occurred_at, also_counts_toward, recorded_at, allocated_by_settlement)
-    select b.id, b.budget_id, b.amount, b.currency, b.source, b.description, b.metadata, b.idempotency_key,
-           b.request_fingerprint, b.occurred_at, b.also_counts_toward, now(), true
-    from batch_usage b where b.fault is null order by b.idempotency_key, b.ord
-    on conflict do nothing
-    returning u.id
-  )
-  update batch_usage b set stored = true from inserted i where i.id = b.id;
+  -- first under each key takes it (the later ones are its replays or conflicts, read by the caller). On Citus,
+  -- one statement a tree, the trees in root order (each then runs on its tree's node, and two batches take the
+  -- trees in one order too); on plain PostgreSQL one statement takes them all.
+  foreach tree in array case when on_citus then array(select distinct u.root_id from batch_usage u where u.fault is null order by 1)
+                             else array[null::uuid] end loop
+    with inserted as (
+      insert into budget_usage_records as u (id, root_id, budget_id, amount, currency, source, description, metadata, idempotency_key,
+                                             request_fingerprint, occurred_at, also_counts_toward, recorded_at, allocated_by_settlement)
+      select b.id, b.root_id, b.budget_id, b.amount, b.currency, b.source, b.description, b.metadata, b.idempotency_key,
+             b.request_fingerprint, b.occurred_at, b.also_counts_toward, now(), true
+      from batch_usage b where b.fault is null and (tree is null or b.root_id = tree) order by b.idempotency_key, b.ord
+      on conflict do nothing
+      returning u.id
+    )
+    select coalesce(array_agg(i.id), '{}') into usage_ids from inserted i;
+    update batch_usage b set stored = true where b.id = any (usage_ids);
+  end loop;
 
   -- A refused record whose key was already held when it came (before the batch, or by an earlier record of
-  -- it) is that record's replay or conflict instead: one at a time, the key is looked at before the rate.
-  update batch_usage u set fault = null, detail = null
-  where u.fault is not null and u.idempotency_key is not null
-    and exists (select 1 from budget_usage_records r
-                where r.idempotency_key = u.idempotency_key and r.request_fingerprint is not null
-                  and not exists (select 1 from batch_usage later where later.id = r.id and later.ord > u.ord));
+  -- it) is that record's replay or conflict instead: one at a time, the key is looked at before the rate. The
+  -- holders are read apart from this function's tables (on Citus they are on the trees' nodes); there a key is
+  -- held within its tree only, as the single route finds it.
+  held_keys := array(select distinct u.idempotency_key from batch_usage u where u.fault is not null and u.idempotency_key is not null);
+  if cardinality(held_keys) > 0 then
+    select coalesce(array_agg(r.idempotency_key), '{}'), coalesce(array_agg(r.root_id), '{}'), coalesce(array_agg(r.id), '{}')
+    into held_keys, held_roots, held_ids
+    from budget_usage_records r where r.idempotency_key = any (held_keys) and r.request_fingerprint is not null;
+    update batch_usage u set fault = null, detail = null
+    where u.fault is not null and u.idempotency_key is not null
+      and exists (select 1 from unnest(held_keys, held_roots, held_ids) as h(key, root, id)
+                  where h.key = u.idempotency_key and (not on_citus or h.root = u.root_id)
+                    and not exists (select 1 from batch_usage later where later.id = h.id and later.ord > u.ord));
+  end if;
 
   -- b. The stored records' spend, in their order (budget_record_spend: allocations, window rows, crossings,
-  -- the lock order).
-  select array_agg(u.ord::bigint), array_agg(u.id), array_agg(r.id), array_agg(u.amount), array_agg(r.rate), array_agg(u.occurred_at)
-  into ords, usage_ids, budget_ids, amounts, rates, instants
+  -- the lock order), each budget with its tree.
+  select array_agg(u.ord::bigint), array_agg(u.id), array_agg(r.id), array_agg(u.amount), array_agg(r.rate), array_agg(u.occurred_at), array_agg(r.root)
+  into ords, usage_ids, budget_ids, amounts, rates, instants, trees
   from batch_usage u join batch_reach r on r.shape = u.shape where u.stored;
   select coalesce(array_agg(distinct s.usage_id) filter (where s.charged is null), '{}') into refused
-  from budget_record_spend(ords, usage_ids, budget_ids, amounts, rates, instants, '{}', '{}', false) s;
+  from budget_record_spend(ords, usage_ids, budget_ids, amounts, rates, instants, '{}', '{}', false, null, null, null, trees) s;
   if cardinality(refused) > 0 then
-    delete from budget_usage_records r where r.id = any (refused);
+    trees := array(select distinct u.root_id from batch_usage u where u.id = any (refused));
+    delete from budget_usage_records r where r.root_id = any (trees) and r.id = any (refused);
     update batch_usage u set stored = false, fault = '22003' where u.id = any (refused);
   end if;
 
