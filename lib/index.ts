@@ -74,7 +74,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     const versions = createDefinitionsVersion()
     const onCitus = await citusCluster(sql) // the tables distributed by tree (lib/kernel/database/citus.ts)
     const registry = createBudgets(sql, adminTimeoutMs, log, { modelName, onChange: versions.forget, channels: Object.keys(notifications.channels), bumpAfterCommit: onCitus })
-    const usage = createUsage(sql, adminTimeoutMs, log, { statusCacheTtlMs, now, modelName })
+    const usage = createUsage(sql, adminTimeoutMs, log, { statusCacheTtlMs, now, modelName, keysByTree: onCitus })
     // Lines, leases, holds, settlements, rate limits, and the admission API on them.
     const gate = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted, onCitus },
       usage.api.tracker, versions, { currency, reservationTtlMs, timeoutMs, nearLimit, models: { prices, cheapModels, downgrades } }, log)

@@ -26,7 +26,7 @@ t.test('findKeyHolders equals the lateral read it replaced', async (t) => {
     [[a, 'gated'], [a, 'gated'], [c, 'only-c'], [b, 'mixed'], [a, 'legacy']]
   ] as Array<Array<[{ id: string }, string]>>
   for (const ask of asks) {
-    const keys = ask.map(([budget, key]) => ({ budgetId: budget.id, idempotencyKey: key }))
+    const keys = ask.map(([budget, key]) => ({ budgetId: budget.id, idempotencyKey: key, fingerprint: 'another request' }))
     const now = (await findKeyHolders(sql, keys)).map((holder) => holder === undefined ? null : [String(holder.record.amount).replace(/\.?0+$/, ''), holder.fingerprint])
     // the definition before (lateral), one answer an ask
     const rows = await sql`
@@ -41,8 +41,8 @@ t.test('findKeyHolders equals the lateral read it replaced', async (t) => {
     const before = rows.map((row) => row.amount === null ? null : [row.amount.replace(/\.?0+$/, ''), row.fingerprint])
     t.same(now, before, JSON.stringify(keys.map((key) => [ids.findIndex((x) => x.id === key.budgetId), key.idempotencyKey])))
   }
-  const one = await findKeyHolders(sql, [{ budgetId: b.id, idempotencyKey: 'gated' }, { budgetId: a.id, idempotencyKey: 'gated' }])
+  const one = await findKeyHolders(sql, [{ budgetId: b.id, idempotencyKey: 'gated', fingerprint: 'another request' }, { budgetId: a.id, idempotencyKey: 'gated', fingerprint: 'another request' }])
   t.same(one.map((holder) => String(holder!.record.amount).replace(/\.?0+$/, '')), ['2', '1'], 'a key asked for two budgets: each ask answered with its own budget\'s gated record')
-  const mixed = await findKeyHolders(sql, [{ budgetId: a.id, idempotencyKey: 'mixed' }])
+  const mixed = await findKeyHolders(sql, [{ budgetId: a.id, idempotencyKey: 'mixed', fingerprint: 'another request' }])
   t.same([mixed[0]!.record.budgetId, mixed[0]!.fingerprint], [b.id, 'fp'], 'a fingerprinted holder before a gated one of the asked budget')
 })

@@ -8,7 +8,7 @@ import type { Money } from '../kernel/money.js'
 import { createBudgetRepository } from '../budgets/index.js'
 import { createStatusRepository } from './status-repository.js'
 import { createUsageBatchRepository, type ScopedCall } from './usage-batch-repository.js'
-import type { KeyHolder, UsageRecord, UsageValues } from './usage-repository.js'
+import type { UsageRecord, UsageValues } from './usage-repository.js'
 import { toErrorBody } from '../kernel/error-body.js'
 import { compileSchema } from '../kernel/validator.js'
 import { BatchUsageRecord, type BatchUsageResult, type ScopeType } from '../kernel/schemas.js'
@@ -26,6 +26,8 @@ export interface BatchAnswer {
 /** A record that passed every check: where it goes and what is stored. */
 interface Checked {
   index: number
+  /** Its budget's tree (on Citus, where its key is unique). */
+  rootId: string
   values: UsageValues
 }
 
@@ -77,7 +79,7 @@ export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
     if ((valid.budgetId === undefined) === (valid.scopes === undefined)) throw new InvalidFieldError('budgetId', 'give either budgetId or scopes (not both)')
     const usage = readUsage(valid, undefined, clock)
     const fingerprint = requestFingerprint(valid.scopes === undefined ? { budgetId: valid.budgetId! } : { scopes: valid.scopes as Record<string, string> }, valid, usage)
-    if (valid.scopes === undefined) return { index, record: valid, usage, fingerprint, budgetIds: [valid.budgetId!], call: null }
+    if (valid.scopes === undefined) return { index, record: valid, usage, fingerprint, budgetIds: [valid.budgetId!.toLowerCase()], call: null } // a uuid in any case, as the single route reads it
     for (const [type, id] of Object.entries(valid.scopes)) checkScopeId(id, `scopes.${type}`)
     const model = typeof usage.metadata.modelId === 'string' ? usage.metadata.modelId : null
     const tags = usage.metadata.tags as Tags | undefined
@@ -133,6 +135,7 @@ export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
         checkActive(budget, usage.occurredAt, windows.get(windowKey(budget.id, usage.occurredAt)) ?? null)
         checked.push({
           index,
+          rootId: budget.rootId,
           values: {
             budgetId: budget.id,
             amount: usage.amount,
@@ -164,6 +167,8 @@ export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
    */
   async function store (tx: TransactionSql, checked: Checked[], answer: (index: number, error: unknown) => void, done: (index: number, status: 'created' | 'replayed', record: UsageRecord) => void): Promise<void> {
     const keyOf = ({ values }: Checked) => values.idempotencyKey
+    // where a key is held: every tree, or (on Citus) its budget's tree
+    const heldAt = (entry: Checked) => options.keysByTree === true ? `${entry.rootId} ${keyOf(entry)}` : keyOf(entry)
     const refusals = new Map<number, Error>() // by the record's index
     let stored = new Map<number, UsageRecord>() // by the record's index
     for (let again = true; again;) {
@@ -176,26 +181,19 @@ export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
           refusals.set(entry.index, recordFault(code, detail)!)
           return entry
         })
-        const keysTaken = new Set(tried.filter((entry) => stored.has(entry.index)).map(keyOf))
-        again = tried.some((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refusals.has(entry.index) && !keysTaken.has(keyOf(entry)) &&
-          refusedNow.some((refused) => keyOf(refused) === keyOf(entry) && refused.index < entry.index))
+        const keysTaken = new Set(tried.filter((entry) => stored.has(entry.index)).map(heldAt))
+        again = tried.some((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refusals.has(entry.index) && !keysTaken.has(heldAt(entry)) &&
+          refusedNow.some((refused) => heldAt(refused) === heldAt(entry) && refused.index < entry.index))
         if (again) throw new RetryBatch()
       }).catch((error: unknown) => { if (!(error instanceof RetryBatch)) throw error })
     }
 
-    // The record that holds each key for a record's budget: this batch's on that budget, else the one findKeyHolders
-    // finds (one stored before, or this batch's on another budget: a conflict). On Citus a key is unique within a
-    // tree only, so two budgets of a batch may each hold it.
-    const holderKey = (entry: Checked) => `${entry.values.budgetId} ${keyOf(entry)!}`
-    const holders = new Map<string, KeyHolder>()
-    for (const entry of checked) {
-      const record = stored.get(entry.index)
-      if (record !== undefined && keyOf(entry) !== null) holders.set(holderKey(entry), { record, fingerprint: entry.values.requestFingerprint })
-    }
-    const missing = checked.filter((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refusals.has(entry.index) && !holders.has(holderKey(entry)))
+    // The record that holds the key of each record not stored: the same request's, stored before or by this batch
+    // (a replay), else another (a conflict; findKeyHolders).
+    const replays = checked.filter((entry) => keyOf(entry) !== null && !stored.has(entry.index) && !refusals.has(entry.index))
     await withinBound(tx)
-    const before = await createUsageBatchRepository(tx).findKeyHolders(missing.map((entry) => ({ budgetId: entry.values.budgetId, idempotencyKey: entry.values.idempotencyKey! })))
-    for (const [i, entry] of missing.entries()) holders.set(holderKey(entry), before[i]!)
+    const holders = await createUsageBatchRepository(tx).findKeyHolders(replays.map((entry) => ({ budgetId: entry.values.budgetId, idempotencyKey: keyOf(entry)!, fingerprint: entry.values.requestFingerprint })))
+    const holderOf = new Map(replays.map((entry, i) => [entry.index, holders[i]!]))
 
     for (const [order, entry] of checked.entries()) {
       await yieldEvery(order)
@@ -204,7 +202,7 @@ export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
       const refused = refusals.get(entry.index)
       if (refused !== undefined) { answer(entry.index, refused); continue }
       try {
-        done(entry.index, 'replayed', replayOf(holders.get(holderKey(entry))!, entry.values.amount as Money, entry.values.currency, entry.values.idempotencyKey!, entry.values.requestFingerprint))
+        done(entry.index, 'replayed', replayOf(holderOf.get(entry.index)!, entry.values.amount as Money, entry.values.currency, entry.values.idempotencyKey!, entry.values.requestFingerprint))
       } catch (error) {
         answer(entry.index, error)
       }

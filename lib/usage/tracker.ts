@@ -70,6 +70,8 @@ export interface TrackerOptions {
   now: () => Date
   /** A model's price-table name: a record's metadata.modelId is kept under it (the name given stays as upstreamModel), as the gate keeps it. */
   modelName?: (name: string) => string
+  /** An idempotency key is unique within its budget's tree only (UsageRuleOptions.keysByTree). */
+  keysByTree?: boolean
 }
 
 /** The stores the tracker reads and writes: the budgets', and the ledger's own. */
@@ -146,7 +148,7 @@ export function createBudgetTracker ({ budgets, status, usage, forecasts }: Trac
     const inserted = await usage.insertUsage(values, await treesOf(budget, request.alsoCountsToward ?? [])).catch((error: unknown) => { throw storageError(error) })
     if (inserted !== null) return { record: inserted, replayed: false }
     // The key was used before (perhaps by an identical request a moment ago, now committed), perhaps on another budget.
-    const first = (await usage.findKeyHolder(budget.id, idempotencyKey!))!
+    const first = (await usage.findKeyHolder(budget.id, idempotencyKey!, fingerprint))!
     return { record: replayOf(first, amount, request.currency, idempotencyKey!, fingerprint), replayed: true }
   }
 

@@ -98,7 +98,7 @@ export function createUsageBatchRepository (sql: Db) {
     },
 
     /** The records that hold these keys, in the order asked (findKeyHolders). */
-    async findKeyHolders (keys: Array<{ budgetId: string, idempotencyKey: string }>): Promise<Array<KeyHolder | undefined>> {
+    async findKeyHolders (keys: Array<{ budgetId: string, idempotencyKey: string, fingerprint: string }>): Promise<Array<KeyHolder | undefined>> {
       return await findKeyHolders(sql, keys)
     }
   }

@@ -86,20 +86,21 @@ export function usageColumns (sql: Db) {
  * a record stored before that (no fingerprint) holds its key on its own budget only.
  */
 /**
- * The record that holds each key asked for, in the order asked (undefined: none). A budget's retry finds the
- * record it made: on plain PostgreSQL a key has one holder; on Citus a key is unique within its tree only, so
- * one on the budget asked for comes before one elsewhere (a request on another budget is a conflict either way).
+ * The record that holds each key asked for, in the order asked (undefined: none). On plain PostgreSQL a key has one
+ * holder; on Citus a key is unique within its tree only, so several trees may each hold it: the record of the same
+ * request (its fingerprint) comes first, then one on the budget asked for (a request on another budget is a
+ * conflict either way).
  */
-export async function findKeyHolders (sql: Db, keys: Array<{ budgetId: string, idempotencyKey: string }>): Promise<Array<KeyHolder | undefined>> {
+export async function findKeyHolders (sql: Db, keys: Array<{ budgetId: string, idempotencyKey: string, fingerprint: string }>): Promise<Array<KeyHolder | undefined>> {
   if (keys.length === 0) return []
   // A join rather than a lateral read per key: on Citus the records are read on every shard, where a lateral
   // subquery cannot be pushed down.
   const rows = await sql<Array<UsageRow & { n: number, fingerprint: string | null }>>`
     select distinct on (k.n) k.n::int as n, ${usageColumns(sql)}, u.request_fingerprint as fingerprint
-    from unnest(${keys.map((key) => key.budgetId)}::text[]::uuid[], ${keys.map((key) => key.idempotencyKey)}::text[])
-      with ordinality as k(budget_id, idempotency_key, n)
+    from unnest(${keys.map((key) => key.budgetId)}::text[]::uuid[], ${keys.map((key) => key.idempotencyKey)}::text[], ${keys.map((key) => key.fingerprint)}::text[])
+      with ordinality as k(budget_id, idempotency_key, fingerprint, n)
     join budget_usage_records u on u.idempotency_key = k.idempotency_key and (u.request_fingerprint is not null or u.budget_id = k.budget_id)
-    order by k.n, u.request_fingerprint is null, u.budget_id is distinct from k.budget_id, u.recorded_at, u.id`
+    order by k.n, u.request_fingerprint is null, u.request_fingerprint is distinct from k.fingerprint, u.budget_id is distinct from k.budget_id, u.recorded_at, u.id`
   const found = new Array<KeyHolder | undefined>(keys.length)
   for (const { n, fingerprint, ...row } of rows) found[n - 1] = { record: toUsageRecord(row), fingerprint }
   return found
@@ -192,8 +193,8 @@ export function createUsageRepository (sql: Db) {
      * The record that holds the key: the one the usage API stored under it, whatever its budget; failing
      * that (a key also used by a gated call on this budget), the budget's own record under it.
      */
-    async findKeyHolder (budgetId: string, idempotencyKey: string): Promise<KeyHolder | null> {
-      return (await findKeyHolders(sql, [{ budgetId, idempotencyKey }]))[0] ?? null
+    async findKeyHolder (budgetId: string, idempotencyKey: string, fingerprint: string): Promise<KeyHolder | null> {
+      return (await findKeyHolders(sql, [{ budgetId, idempotencyKey, fingerprint }]))[0] ?? null
     },
 
     /** One page, newest first, strictly after `after` in that order (a keyset: stable while records arrive). */

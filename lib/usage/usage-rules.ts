@@ -33,6 +33,8 @@ export interface UsageRuleOptions {
   now: () => Date
   /** A model's price-table name (see TrackerOptions.modelName). */
   modelName?: (name: string) => string
+  /** An idempotency key is unique within its budget's tree only (the tables distributed on Citus), not across every tree. */
+  keysByTree?: boolean
 }
 
 /** The checks that need no database: amount, timestamp, tags; the model under its price-table name and the idempotency key. */
