@@ -1,6 +1,8 @@
 // SQL for alert history, acknowledgements, approvals and the notification outbox.
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import type { AlertAction } from '../kernel/schemas.js'
+import { randomUUID } from 'node:crypto'
+import type { PendingQuery, Row } from 'postgres'
 import type { Db } from '../kernel/database/db.js'
 
 export interface AlertDelivery {
@@ -45,6 +47,8 @@ export interface Approval {
 /** An outbox row this process has claimed: the claim's id, which its outcome must name (sql/migrations/002_outbox_claims.sql). */
 export interface OutboxClaim {
   outboxId: string
+  /** The row's tree: its outcome is written by a statement that names it (on Citus, one shard's). */
+  rootId: string
   claimId: string
   channel: string
   /** Attempts whose outcome was recorded before this one. */
@@ -67,31 +71,43 @@ export interface ClaimChannels {
   graceMs: number
 }
 
+/** Due rows read a round, to claim the first that no other process is claiming. */
+const CLAIM_CANDIDATES = 16
+
 /**
- * The claim of one due outbox row of a kind (a crossing's or a digest's), as a `claimed` CTE returning it:
- * the next due row (of `channels`, when given) that no other statement is claiming (SKIP LOCKED), but those
- * in `tried`, its next attempt pushed to the claim's deadline and a new claim id. The statement commits at
- * once: no lock outlives it. A process that dies while it delivers leaves the row due again at the deadline
- * (sql/migrations/002_outbox_claims.sql).
+ * The claim of the next due outbox row of a kind (a crossing's, a digest's or a drift's): the next due row (of
+ * `channels`, when given) that no other statement is claiming (SKIP LOCKED), but those in `tried`, its next
+ * attempt pushed to the claim's deadline and a new claim id (made here: Citus runs no volatile function in an UPDATE). In two steps: the due rows are read (on Citus, from
+ * every shard), then claimed one at a time by a statement that names the row's tree, which checks again that the
+ * row is due (Citus locks rows on one shard only). `claim` runs that statement, given its `claimed` CTE (returning
+ * the row) and the tree, and answers the row it read, or undefined when the row was taken meanwhile. Each statement
+ * commits at once: no lock outlives it. A process that dies while it delivers leaves the row due again at the
+ * deadline (sql/migrations/002_outbox_claims.sql).
  */
-export function claimOutboxRow (sql: Db, kind: 'alert' | 'digest' | 'drift', claimMs: number, tried: string[], channels?: ClaimChannels) {
-  const event = kind === 'alert' ? sql`d.alert_id` : kind === 'digest' ? sql`d.digest_id` : sql`d.drift_id`
-  const claimable = channels === undefined
-    ? sql``
-    : sql`and (d.channel = any(${channels.configured}::text[]) or d.next_attempt_at <= now() - ${`${channels.graceMs} milliseconds`}::interval)`
-  return sql`
-    claimed as (
-      update budget_notification_outbox o
-      set claim_id = gen_random_uuid(), next_attempt_at = now() + ${`${claimMs} milliseconds`}::interval
-      where o.id = (
-        select d.id from budget_notification_outbox d
-        where d.status = 'pending' and d.next_attempt_at <= now() ${claimable} and ${event} is not null and d.id <> all(${tried}::uuid[])
-        order by d.next_attempt_at
-        limit 1
-        for update skip locked
-      )
-      returning o.id, o.alert_id, o.digest_id, o.drift_id, o.channel, o.attempts, o.claim_id
-    )`
+export async function claimOutboxRow<T> (sql: Db, kind: 'alert' | 'digest' | 'drift', claimMs: number, tried: string[], channels: ClaimChannels | undefined,
+  claim: (claimed: PendingQuery<Row[]>, rootId: string) => Promise<T | undefined>): Promise<T | null> {
+  const due = () => sql`
+    d.status = 'pending' and d.next_attempt_at <= now() and d.id <> all(${tried}::uuid[])
+    and ${kind === 'alert' ? sql`d.alert_id` : kind === 'digest' ? sql`d.digest_id` : sql`d.drift_id`} is not null
+    ${channels === undefined ? sql`` : sql`and (d.channel = any(${channels.configured}::text[]) or d.next_attempt_at <= now() - ${`${channels.graceMs} milliseconds`}::interval)`}`
+  const candidates = await sql<Array<{ rootId: string, id: string }>>`
+    select d.root_id as "rootId", d.id from budget_notification_outbox d where ${due()} order by d.next_attempt_at limit ${CLAIM_CANDIDATES}`
+  for (const { rootId, id } of candidates) {
+    const claimed = sql`
+      claimed as (
+        update budget_notification_outbox o
+        set claim_id = ${randomUUID()}, next_attempt_at = now() + ${`${claimMs} milliseconds`}::interval
+        where o.root_id = ${rootId} and o.id = (
+          select d.id from budget_notification_outbox d
+          where d.root_id = ${rootId} and d.id = ${id} and ${due()}
+          for update skip locked
+        )
+        returning o.id, o.root_id, o.alert_id, o.digest_id, o.drift_id, o.channel, o.attempts, o.claim_id
+      )`
+    const row = await claim(claimed, rootId)
+    if (row !== undefined) return row
+  }
+  return null
 }
 
 interface DriftRow { id: string, provider: string, day: string, provider_amount: string, recorded_amount: string, difference: string, ratio: string | null, tolerance: string, alerted_at: Date }
@@ -148,6 +164,10 @@ export function createAlertRepository (sql: Db) {
               'delivered_at', o.delivered_at, 'last_error', o.last_error) order by o.channel)
               from budget_notification_outbox o where o.root_id = h.root_id and o.alert_id = h.id), '[]') as deliveries`
 
+  /** A budget's tree, which every statement that writes its rows names (on Citus an insert is routed by it); null: no such budget. */
+  const rootOf = async (budgetId: string): Promise<string | null> =>
+    (await sql<Array<{ rootId: string }>>`select root_id as "rootId" from budget_definitions where id = ${budgetId}`)[0]?.rootId ?? null
+
   return {
     /** Crossings of a budget, newest first; of one window when `periodStart` is given. */
     async listAlerts (budgetId: string, periodStart?: Date): Promise<AlertRecord[]> {
@@ -163,7 +183,7 @@ export function createAlertRepository (sql: Db) {
     async listRecentAlerts (limit: number): Promise<AlertRecord[]> {
       const rows = await sql<AlertRow[]>`
         select ${alertColumns} from budget_alert_history h
-        where exists (select 1 from budget_definitions b where b.id = h.budget_id and b.deleted_at is null)
+        where exists (select 1 from budget_definitions b where b.root_id = h.root_id and b.id = h.budget_id and b.deleted_at is null)
         order by h.crossed_at desc, h.threshold desc, h.id
         limit ${limit}`
       return rows.map(toAlert)
@@ -171,35 +191,42 @@ export function createAlertRepository (sql: Db) {
 
     /** Acknowledges the crossing; the first acknowledgement stands and is the one the audit log records (same statement). */
     async acknowledge (budgetId: string, alertId: string, who: string, requestId: string | null = null): Promise<AlertRecord | null> {
-      const [row] = await sql<AlertRow[]>`
+      const rootId = await rootOf(budgetId)
+      if (rootId === null) return null
+      const [acknowledged] = await sql<Array<{ id: string }>>`
         with prior as (
-          select acknowledged_at is null as first from budget_alert_history where id = ${alertId} and budget_id = ${budgetId}
+          select acknowledged_at is null as first from budget_alert_history where root_id = ${rootId} and id = ${alertId} and budget_id = ${budgetId}
         ),
         acknowledged as (
-          update budget_alert_history set acknowledged_by = coalesce(acknowledged_by, ${who}), acknowledged_at = coalesce(acknowledged_at, now())
-          where id = ${alertId} and budget_id = ${budgetId}
+          -- (least ignores a null: the first acknowledgement's time stands; Citus refuses now() inside a coalesce)
+          update budget_alert_history set acknowledged_by = coalesce(acknowledged_by, ${who}), acknowledged_at = least(acknowledged_at, now())
+          where root_id = ${rootId} and id = ${alertId} and budget_id = ${budgetId}
           returning *
         ),
         audited as (
-          insert into budget_audit_log (budget_id, action, after, actor, request_id)
-          select a.budget_id, 'acknowledge', jsonb_build_object('alertId', a.id, 'threshold', a.threshold, 'periodStart', a.period_start), ${who}, ${requestId}
+          insert into budget_audit_log (budget_id, root_id, action, after, actor, request_id)
+          select a.budget_id, a.root_id, 'acknowledge', jsonb_build_object('alertId', a.id, 'threshold', a.threshold, 'periodStart', a.period_start), ${who}, ${requestId}
           from acknowledged a cross join prior where prior.first
         )
-        select ${alertColumns} from acknowledged h`
-      return row === undefined ? null : toAlert(row)
+        select a.id from acknowledged a`
+      if (acknowledged === undefined) return null
+      // read after it (its deliveries are a correlated subquery, which Citus does not run over a CTE)
+      const [row] = await sql<AlertRow[]>`select ${alertColumns} from budget_alert_history h where h.root_id = ${rootId} and h.id = ${alertId}`
+      return toAlert(row!)
     },
 
-    /** Records the approval, and its audit entry in the same statement. */
+    /** Records the approval and its audit entry, in one statement that names the budget's tree. */
     async insertApproval (values: Omit<Approval, 'id' | 'createdAt' | 'periodStart' | 'expiresAt'> & { periodStart: Date, expiresAt: Date }, requestId: string | null = null): Promise<Approval> {
+      const rootId = await rootOf(values.budgetId)
       const [row] = await sql<Approval[]>`
         with inserted as (
-          insert into budget_approvals (budget_id, period_start, amount, spent_at_approval, approved_by, reason, expires_at)
-          values (${values.budgetId}, ${values.periodStart}, ${values.amount}, ${values.spentAtApproval}, ${values.approvedBy}, ${values.reason}, ${values.expiresAt})
+          insert into budget_approvals (budget_id, root_id, period_start, amount, spent_at_approval, approved_by, reason, expires_at)
+          values (${values.budgetId}, ${rootId}, ${values.periodStart}, ${values.amount}, ${values.spentAtApproval}, ${values.approvedBy}, ${values.reason}, ${values.expiresAt})
           returning *
         ),
         audited as (
-          insert into budget_audit_log (budget_id, action, after, actor, request_id)
-          select i.budget_id, 'approve', jsonb_build_object('approvalId', i.id, 'amount', i.amount::text, 'periodStart', i.period_start,
+          insert into budget_audit_log (budget_id, root_id, action, after, actor, request_id)
+          select i.budget_id, i.root_id, 'approve', jsonb_build_object('approvalId', i.id, 'amount', i.amount::text, 'periodStart', i.period_start,
                                                               'expiresAt', i.expires_at, 'reason', i.reason), i.approved_by, ${requestId}
           from inserted i
         )
@@ -222,21 +249,25 @@ export function createAlertRepository (sql: Db) {
      * of the rows in `tried` (those a round has tried already), or null when none is due. Digests' are claimDueDigest (lib/alerts/digest-repository.ts).
      */
     async claimDueNotification (claimMs: number, tried: string[] = [], channels?: ClaimChannels): Promise<DueNotification | null> {
-      const [row] = await sql<Array<AlertRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
-        with ${claimOutboxRow(sql, 'alert', claimMs, tried, channels)}
-        select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts, ${alertColumns},
-               b.name as budget_name, b.currency, b.scope_type, b.scope_id
-        from claimed join budget_alert_history h on h.id = claimed.alert_id join budget_definitions b on b.id = h.budget_id`
-      return row === undefined
-        ? null
-        : {
-            outboxId: row.outbox_id,
-            claimId: row.claim_id,
-            channel: row.channel,
-            attempts: row.attempts,
-            alert: toAlert(row),
-            budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
-          }
+      return await claimOutboxRow(sql, 'alert', claimMs, tried, channels, async (claimed, rootId) => {
+        const [row] = await sql<Array<AlertRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
+          with ${claimed}
+          select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts, ${alertColumns},
+                 b.name as budget_name, b.currency, b.scope_type, b.scope_id
+          from claimed join budget_alert_history h on h.root_id = ${rootId} and h.id = claimed.alert_id
+          join budget_definitions b on b.root_id = ${rootId} and b.id = h.budget_id`
+        return row === undefined
+          ? undefined
+          : {
+              outboxId: row.outbox_id,
+              rootId,
+              claimId: row.claim_id,
+              channel: row.channel,
+              attempts: row.attempts,
+              alert: toAlert(row),
+              budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
+            }
+      })
     },
 
     /**
@@ -244,45 +275,49 @@ export function createAlertRepository (sql: Db) {
      * claimDueNotification does a crossing's; null when none is due.
      */
     async claimDueDrift (claimMs: number, tried: string[] = [], channels?: ClaimChannels): Promise<DueDriftNotification | null> {
-      const [row] = await sql<Array<DriftRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_id: string, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
-        with ${claimOutboxRow(sql, 'drift', claimMs, tried, channels)}
-        select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts,
-               r.id, r.provider, r.day::text as day, r.provider_amount::text as provider_amount, r.recorded_amount::text as recorded_amount,
-               r.difference::text as difference, r.ratio::text as ratio, r.tolerance::text as tolerance, r.alerted_at,
-               b.id as budget_id, b.name as budget_name, b.currency, b.scope_type, b.scope_id
-        from claimed join budget_recon_drifts r on r.id = claimed.drift_id join budget_definitions b on b.id = r.budget_id`
-      return row === undefined
-        ? null
-        : {
-            outboxId: row.outbox_id,
-            claimId: row.claim_id,
-            channel: row.channel,
-            attempts: row.attempts,
-            drift: { id: row.id, provider: row.provider, day: row.day, providerAmount: row.provider_amount, recordedAmount: row.recorded_amount, difference: row.difference, ratio: row.ratio, tolerance: row.tolerance, alertedAt: row.alerted_at.toISOString() },
-            budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
-          }
+      return await claimOutboxRow(sql, 'drift', claimMs, tried, channels, async (claimed, rootId) => {
+        const [row] = await sql<Array<DriftRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_id: string, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
+          with ${claimed}
+          select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts,
+                 r.id, r.provider, r.day::text as day, r.provider_amount::text as provider_amount, r.recorded_amount::text as recorded_amount,
+                 r.difference::text as difference, r.ratio::text as ratio, r.tolerance::text as tolerance, r.alerted_at,
+                 b.id as budget_id, b.name as budget_name, b.currency, b.scope_type, b.scope_id
+          from claimed join budget_recon_drifts r on r.root_id = ${rootId} and r.id = claimed.drift_id
+          join budget_definitions b on b.root_id = ${rootId} and b.id = r.budget_id`
+        return row === undefined
+          ? undefined
+          : {
+              outboxId: row.outbox_id,
+              rootId,
+              claimId: row.claim_id,
+              channel: row.channel,
+              attempts: row.attempts,
+              drift: { id: row.id, provider: row.provider, day: row.day, providerAmount: row.provider_amount, recordedAmount: row.recorded_amount, difference: row.difference, ratio: row.ratio, tolerance: row.tolerance, alertedAt: row.alerted_at.toISOString() },
+              budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
+            }
+      })
     },
 
     /**
      * Records a claimed delivery as done. False when the claim is no longer the row's (it outlived its
      * deadline and another process claimed the row): then nothing is written.
      */
-    async markDelivered ({ outboxId, claimId }: OutboxClaim): Promise<boolean> {
+    async markDelivered ({ outboxId, rootId, claimId }: OutboxClaim): Promise<boolean> {
       const updated = await sql`
         update budget_notification_outbox
         set status = 'delivered', attempts = attempts + 1, delivered_at = now(), last_error = null, claim_id = null
-        where id = ${outboxId} and claim_id = ${claimId} and status = 'pending'`
+        where root_id = ${rootId} and id = ${outboxId} and claim_id = ${claimId} and status = 'pending'`
       return updated.count > 0
     },
 
     /** Records a claimed delivery's failure: tried again `retryInMs` from now, or failed for good (null). False as markDelivered. */
-    async markAttemptFailed ({ outboxId, claimId }: OutboxClaim, error: string, retryInMs: number | null): Promise<boolean> {
+    async markAttemptFailed ({ outboxId, rootId, claimId }: OutboxClaim, error: string, retryInMs: number | null): Promise<boolean> {
       const updated = await sql`
         update budget_notification_outbox
         set attempts = attempts + 1, last_error = ${error}, claim_id = null,
             status = ${retryInMs === null ? 'failed' : 'pending'},
             next_attempt_at = now() + ${`${retryInMs ?? 0} milliseconds`}::interval
-        where id = ${outboxId} and claim_id = ${claimId} and status = 'pending'`
+        where root_id = ${rootId} and id = ${outboxId} and claim_id = ${claimId} and status = 'pending'`
       return updated.count > 0
     }
   }

@@ -185,27 +185,31 @@ export function createDigestRepository (sql: Db) {
 
     /** Claims the next due delivery of a digest (of `channels`, when given) until `claimMs` from now, but none in `tried` (claimOutboxRow, repository/alerts.ts); null when none is due. */
     async claimDueDigest (claimMs: number, tried: string[] = [], channels?: ClaimChannels): Promise<DueDigestNotification | null> {
-      const [row] = await sql<Array<DigestRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
-        with ${claimOutboxRow(sql, 'digest', claimMs, tried, channels)}
-        select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts,
-               d.id, d.budget_id, d.every, d.period_start, d.period_end, d.timezone,
-               to_char(d.period_start at time zone d.timezone, 'YYYY-MM-DD') as first_day,
-               to_char((d.period_end at time zone d.timezone) - interval '1 day', 'YYYY-MM-DD') as last_day,
-               d.spent::text as spent, d.usage_count::text as usage_count, d.window_start, d.window_end, d.window_spent::text as window_spent,
-               d.limit_amount::text as limit_amount, d.percent_used::text as percent_used, d.burn_rate::text as burn_rate,
-               d.projected_total::text as projected_total, d.top_models, d.top_users, d.created_at,
-               b.name as budget_name, b.currency, b.scope_type, b.scope_id
-        from claimed join budget_digests d on d.id = claimed.digest_id join budget_definitions b on b.id = d.budget_id`
-      return row === undefined
-        ? null
-        : {
-            outboxId: row.outbox_id,
-            claimId: row.claim_id,
-            channel: row.channel,
-            attempts: row.attempts,
-            digest: toDigest(row),
-            budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
-          }
+      return await claimOutboxRow(sql, 'digest', claimMs, tried, channels, async (claimed, rootId) => {
+        const [row] = await sql<Array<DigestRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
+          with ${claimed}
+          select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts,
+                 d.id, d.budget_id, d.every, d.period_start, d.period_end, d.timezone,
+                 to_char(d.period_start at time zone d.timezone, 'YYYY-MM-DD') as first_day,
+                 to_char((d.period_end at time zone d.timezone) - interval '1 day', 'YYYY-MM-DD') as last_day,
+                 d.spent::text as spent, d.usage_count::text as usage_count, d.window_start, d.window_end, d.window_spent::text as window_spent,
+                 d.limit_amount::text as limit_amount, d.percent_used::text as percent_used, d.burn_rate::text as burn_rate,
+                 d.projected_total::text as projected_total, d.top_models, d.top_users, d.created_at,
+                 b.name as budget_name, b.currency, b.scope_type, b.scope_id
+          from claimed join budget_digests d on d.root_id = ${rootId} and d.id = claimed.digest_id
+          join budget_definitions b on b.root_id = ${rootId} and b.id = d.budget_id`
+        return row === undefined
+          ? undefined
+          : {
+              outboxId: row.outbox_id,
+              rootId,
+              claimId: row.claim_id,
+              channel: row.channel,
+              attempts: row.attempts,
+              digest: toDigest(row),
+              budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
+            }
+      })
     }
   }
 }
