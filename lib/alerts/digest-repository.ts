@@ -40,6 +40,8 @@ export interface DigestNumbers {
 
 export interface DigestValues extends DigestNumbers {
   budgetId: string
+  /** Its tree, under which the digest and its notifications are stored. */
+  rootId: string
   firstDay: string
   every: BudgetDigest['every']
   channels: string[]
@@ -52,7 +54,7 @@ export interface DigestValues extends DigestNumbers {
   percentUsed: number
 }
 
-export interface DigestRecord extends Omit<DigestValues, 'channels' | 'periodStart' | 'periodEnd' | 'windowStart' | 'windowEnd'> {
+export interface DigestRecord extends Omit<DigestValues, 'channels' | 'rootId' | 'periodStart' | 'periodEnd' | 'windowStart' | 'windowEnd'> {
   id: string
   periodStart: string
   periodEnd: string
@@ -95,15 +97,25 @@ interface DigestRow {
 const canonicalTop = (rows: TopSpender[]): TopSpender[] => rows.map((row) => ({ key: row.key, total: normalizeMoney(row.total), count: row.count }))
 
 export function createDigestRepository (sql: Db) {
-  /** The top `top` keys of the budget's usage in [from, to), by spend (a tie by key), money as text. */
-  const top = (key: ReturnType<typeof sql>, budgetId: string, from: Date, to: Date, most: number) => sql`
-    select coalesce(jsonb_agg(jsonb_build_object('key', t.key, 'total', t.total::text, 'count', t.count) order by t.total desc, t.key nulls last), '[]')
-    from (
-      select ${key} as key, sum(a.amount) as total, count(*)::int as count
-      from budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id
-      where a.budget_id = ${budgetId} and a.occurred_at >= ${from} and a.occurred_at < ${to}
-      group by 1 order by 2 desc, 1 nulls last limit ${most}
-    ) t`
+  /**
+   * The top `most` keys of the budget's usage in [from, to), by spend (a tie by key), money as text. The budget's
+   * allocations are read first, in its tree, then their records: a record's allocations may be in other trees than
+   * it, and on Citus the allocations are then one result that each shard of the records is joined to.
+   */
+  const top = async (key: ReturnType<typeof sql>, budget: { id: string, rootId: string }, from: Date, to: Date, most: number): Promise<TopSpender[]> => {
+    const [row] = await sql<Array<{ top: TopSpender[] }>>`
+      with a as materialized (
+        select a.usage_id, a.amount from budget_usage_allocations a
+        where a.root_id = ${budget.rootId} and a.budget_id = ${budget.id} and a.occurred_at >= ${from} and a.occurred_at < ${to}
+      )
+      select coalesce(jsonb_agg(jsonb_build_object('key', t.key, 'total', t.total::text, 'count', t.count) order by t.total desc, t.key nulls last), '[]') as top
+      from (
+        select ${key} as key, sum(a.amount) as total, count(*)::int as count
+        from a join budget_usage_records u on u.id = a.usage_id
+        group by 1 order by 2 desc, 1 nulls last limit ${most}
+      ) t`
+    return canonicalTop(row!.top)
+  }
 
   return {
     /**
@@ -124,37 +136,40 @@ export function createDigestRepository (sql: Db) {
         ) p
         where b.digest_every is not null and b.deleted_at is null
           and p.period_end > b.start_date and (b.end_date is null or p.period_start < b.end_date)
-          and not exists (select 1 from budget_digests d where d.budget_id = b.id and d.every = b.digest_every and d.first_day = p.first_day)
+          and not exists (select 1 from budget_digests d where d.root_id = b.root_id and d.budget_id = b.id and d.every = b.digest_every and d.first_day = p.first_day)
         order by b.id
         limit ${limit}`
     },
 
-    /** The digest period's numbers, as of its end, in one statement: the forecast is budget_forecast, the burn rate budget_burn_rate (sql/functions/forecast.sql). */
-    async periodNumbers (budgetId: string, period: { periodStart: Date, periodEnd: Date }, window: { periodStart: Date, periodEnd: Date }, most: number): Promise<DigestNumbers> {
-      const [row] = await sql<Array<{ spent: string, usageCount: number, windowSpent: string, projectedTotal: string, burnRate: string, topModels: TopSpender[], topUsers: TopSpender[] }>>`
+    /**
+     * The digest period's numbers, as of its end: its spend and the window's, read in the budget's tree; the forecast
+     * (budget_forecast_in_tree) and the burn rate (budget_burn_rate, sql/functions/forecast.sql) on the window's spend;
+     * the top models and callers.
+     */
+    async periodNumbers (budget: { id: string, rootId: string }, period: { periodStart: Date, periodEnd: Date }, window: { periodStart: Date, periodEnd: Date }, most: number): Promise<DigestNumbers> {
+      const [sums] = await sql<Array<{ spent: string, usageCount: number, windowSpent: string }>>`
         with period as (
           select coalesce(sum(a.amount), 0) as spent, count(*)::int as usage_count from budget_usage_allocations a
-          where a.budget_id = ${budgetId} and a.occurred_at >= ${period.periodStart} and a.occurred_at < ${period.periodEnd}
+          where a.root_id = ${budget.rootId} and a.budget_id = ${budget.id} and a.occurred_at >= ${period.periodStart} and a.occurred_at < ${period.periodEnd}
         ),
         window_spend as (
           select coalesce(sum(a.amount), 0) as spent from budget_usage_allocations a
-          where a.budget_id = ${budgetId} and a.occurred_at >= ${window.periodStart} and a.occurred_at < least(${window.periodEnd}::timestamptz, ${period.periodEnd}::timestamptz)
+          where a.root_id = ${budget.rootId} and a.budget_id = ${budget.id} and a.occurred_at >= ${window.periodStart}
+            and a.occurred_at < least(${window.periodEnd}::timestamptz, ${period.periodEnd}::timestamptz)
         )
-        select p.spent::text as spent, p.usage_count as "usageCount", w.spent::text as "windowSpent",
-               budget_forecast(${budgetId}, ${window.periodStart}, ${window.periodEnd}, w.spent, ${period.periodEnd})::text as "projectedTotal",
-               budget_burn_rate(${budgetId}, ${window.periodStart}, ${window.periodEnd}, w.spent, ${period.periodEnd})::text as "burnRate",
-               (${top(sql`u.model_id`, budgetId, period.periodStart, period.periodEnd, most)}) as "topModels",
-               (${top(sql`u.user_id`, budgetId, period.periodStart, period.periodEnd, most)}) as "topUsers"
-        from period p cross join window_spend w`
-      const numbers = row!
+        select p.spent::text as spent, p.usage_count as "usageCount", w.spent::text as "windowSpent" from period p cross join window_spend w`
+      const numbers = sums!
+      const [projection] = await sql<Array<{ projectedTotal: string, burnRate: string }>>`
+        select budget_forecast_in_tree(${budget.rootId}, ${budget.id}, ${window.periodStart}, ${window.periodEnd}, ${numbers.windowSpent}::numeric, ${period.periodEnd})::text as "projectedTotal",
+               budget_burn_rate(${budget.id}, ${window.periodStart}, ${window.periodEnd}, ${numbers.windowSpent}::numeric, ${period.periodEnd})::text as "burnRate"`
       return {
         spent: normalizeMoney(numbers.spent),
         usageCount: numbers.usageCount,
         windowSpent: normalizeMoney(numbers.windowSpent),
-        projectedTotal: normalizeMoney(numbers.projectedTotal),
-        burnRate: normalizeMoney(numbers.burnRate),
-        topModels: canonicalTop(numbers.topModels),
-        topUsers: canonicalTop(numbers.topUsers)
+        projectedTotal: normalizeMoney(projection!.projectedTotal),
+        burnRate: normalizeMoney(projection!.burnRate),
+        topModels: await top(sql`u.model_id`, budget, period.periodStart, period.periodEnd, most),
+        topUsers: await top(sql`u.user_id`, budget, period.periodStart, period.periodEnd, most)
       }
     },
 
@@ -167,17 +182,17 @@ export function createDigestRepository (sql: Db) {
     async insertDigest (values: DigestValues): Promise<string | null> {
       const [row] = await sql<Array<{ id: string }>>`
         with inserted as (
-          insert into budget_digests (budget_id, every, period_start, period_end, first_day, timezone, spent, usage_count, window_start, window_end,
+          insert into budget_digests (budget_id, root_id, every, period_start, period_end, first_day, timezone, spent, usage_count, window_start, window_end,
                                       window_spent, limit_amount, percent_used, burn_rate, projected_total, top_models, top_users)
-          values (${values.budgetId}, ${values.every}, ${values.periodStart}, ${values.periodEnd}, ${values.firstDay}::date, ${values.timezone}, ${values.spent}, ${values.usageCount},
+          values (${values.budgetId}, ${values.rootId}, ${values.every}, ${values.periodStart}, ${values.periodEnd}, ${values.firstDay}::date, ${values.timezone}, ${values.spent}, ${values.usageCount},
                   ${values.windowStart}, ${values.windowEnd}, ${values.windowSpent}, ${values.limit}, ${values.percentUsed}, ${values.burnRate},
                   ${values.projectedTotal}, ${JSON.stringify(values.topModels)}::text::jsonb, ${JSON.stringify(values.topUsers)}::text::jsonb)
           on conflict (budget_id, every, first_day, root_id) do nothing
           returning id
         ),
         queued as (
-          insert into budget_notification_outbox (digest_id, channel)
-          select i.id, channel from inserted i cross join unnest(${values.channels}::text[]) as channel
+          insert into budget_notification_outbox (root_id, digest_id, channel)
+          select ${values.rootId}::uuid, i.id, channel from inserted i cross join unnest(${values.channels}::text[]) as channel
         )
         select id from inserted`
       return row?.id ?? null

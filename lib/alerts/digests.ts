@@ -21,14 +21,14 @@ export function createDigestScheduler ({ budgets, status, digests }: { budgets: 
       const budget = await budgets.findBudget(due.budgetId)
       const window = await status.findWindow(due.budgetId, new Date(due.periodEnd.getTime() - 1))
       if (budget === null || window === null) continue // archived since it was listed
-      const numbers = await digests.periodNumbers(budget.id, due, window, DIGEST_TOP)
+      const numbers = await digests.periodNumbers(budget, due, window, DIGEST_TOP)
       // The status rule, as of the period's end: percent used of the window's spend so far (the burn rate is SQL's, in `numbers`).
       const standing = computeStatus({
         budget, ...window, currentAmount: numbers.windowSpent, reservedAmount: '0', lastUpdated: due.periodEnd, now: due.periodEnd,
         crossings: [], projectedTotal: numbers.projectedTotal, burnRate: numbers.burnRate
       })
       const id = await digests.insertDigest({
-        ...due, ...numbers, windowStart: window.periodStart, windowEnd: window.periodEnd,
+        ...due, ...numbers, rootId: budget.rootId, windowStart: window.periodStart, windowEnd: window.periodEnd,
         limit: budget.amount, percentUsed: standing.percentUsed
       })
       if (id !== null) made++
