@@ -77,12 +77,13 @@ const CLAIM_CANDIDATES = 16
 /**
  * The claim of the next due outbox row of a kind (a crossing's, a digest's or a drift's): the next due row (of
  * `channels`, when given) that no other statement is claiming (SKIP LOCKED), but those in `tried`, its next
- * attempt pushed to the claim's deadline and a new claim id (made here: Citus runs no volatile function in an UPDATE). In two steps: the due rows are read (on Citus, from
- * every shard), then claimed one at a time by a statement that names the row's tree, which checks again that the
- * row is due (Citus locks rows on one shard only). `claim` runs that statement, given its `claimed` CTE (returning
- * the row) and the tree, and answers the row it read, or undefined when the row was taken meanwhile. Each statement
- * commits at once: no lock outlives it. A process that dies while it delivers leaves the row due again at the
- * deadline (sql/migrations/002_outbox_claims.sql).
+ * attempt pushed to the claim's deadline and a new claim id (made here: Citus runs no volatile function in an
+ * UPDATE). In two steps: the due rows are read, 16 at a time (on Citus, from every shard), then claimed one at a
+ * time by a statement that names the row's tree, which checks again that the row is due (Citus locks rows on one
+ * shard only). `claim` runs that statement, given its `claimed` CTE (returning the row) and the tree, and answers
+ * the row it read, or undefined when the row was taken meanwhile. Each statement commits at once: no lock
+ * outlives it. A process that dies while it delivers leaves the row due again at the deadline
+ * (sql/migrations/002_outbox_claims.sql).
  */
 export async function claimOutboxRow<T> (sql: Db, kind: 'alert' | 'digest' | 'drift', claimMs: number, tried: string[], channels: ClaimChannels | undefined,
   claim: (claimed: PendingQuery<Row[]>, rootId: string) => Promise<T | undefined>): Promise<T | null> {
@@ -90,24 +91,30 @@ export async function claimOutboxRow<T> (sql: Db, kind: 'alert' | 'digest' | 'dr
     d.status = 'pending' and d.next_attempt_at <= now() and d.id <> all(${tried}::uuid[])
     and ${kind === 'alert' ? sql`d.alert_id` : kind === 'digest' ? sql`d.digest_id` : sql`d.drift_id`} is not null
     ${channels === undefined ? sql`` : sql`and (d.channel = any(${channels.configured}::text[]) or d.next_attempt_at <= now() - ${`${channels.graceMs} milliseconds`}::interval)`}`
-  const candidates = await sql<Array<{ rootId: string, id: string }>>`
-    select d.root_id as "rootId", d.id from budget_notification_outbox d where ${due()} order by d.next_attempt_at limit ${CLAIM_CANDIDATES}`
-  for (const { rootId, id } of candidates) {
-    const claimed = sql`
-      claimed as (
-        update budget_notification_outbox o
-        set claim_id = ${randomUUID()}, next_attempt_at = now() + ${`${claimMs} milliseconds`}::interval
-        where o.root_id = ${rootId} and o.id = (
-          select d.id from budget_notification_outbox d
-          where d.root_id = ${rootId} and d.id = ${id} and ${due()}
-          for update skip locked
-        )
-        returning o.id, o.root_id, o.alert_id, o.digest_id, o.drift_id, o.channel, o.attempts, o.claim_id
-      )`
-    const row = await claim(claimed, rootId)
-    if (row !== undefined) return row
+  // the rows found claimed by another statement meanwhile: the next read passes them, so rows behind them are reached
+  const skipped: string[] = []
+  for (;;) {
+    const candidates = await sql<Array<{ rootId: string, id: string }>>`
+      select d.root_id as "rootId", d.id from budget_notification_outbox d
+      where ${due()} and d.id <> all(${skipped}::uuid[]) order by d.next_attempt_at limit ${CLAIM_CANDIDATES}`
+    if (candidates.length === 0) return null
+    for (const { rootId, id } of candidates) {
+      const claimed = sql`
+        claimed as (
+          update budget_notification_outbox o
+          set claim_id = ${randomUUID()}, next_attempt_at = now() + ${`${claimMs} milliseconds`}::interval
+          where o.root_id = ${rootId} and o.id = (
+            select d.id from budget_notification_outbox d
+            where d.root_id = ${rootId} and d.id = ${id} and ${due()}
+            for update skip locked
+          )
+          returning o.id, o.root_id, o.alert_id, o.digest_id, o.drift_id, o.channel, o.attempts, o.claim_id
+        )`
+      const row = await claim(claimed, rootId)
+      if (row !== undefined) return row
+      skipped.push(id)
+    }
   }
-  return null
 }
 
 interface DriftRow { id: string, provider: string, day: string, provider_amount: string, recorded_amount: string, difference: string, ratio: string | null, tolerance: string, alerted_at: Date }
@@ -193,26 +200,22 @@ export function createAlertRepository (sql: Db) {
     async acknowledge (budgetId: string, alertId: string, who: string, requestId: string | null = null): Promise<AlertRecord | null> {
       const rootId = await rootOf(budgetId)
       if (rootId === null) return null
-      const [acknowledged] = await sql<Array<{ id: string }>>`
-        with prior as (
-          select acknowledged_at is null as first from budget_alert_history where root_id = ${rootId} and id = ${alertId} and budget_id = ${budgetId}
-        ),
-        acknowledged as (
-          -- (least ignores a null: the first acknowledgement's time stands; Citus refuses now() inside a coalesce)
-          update budget_alert_history set acknowledged_by = coalesce(acknowledged_by, ${who}), acknowledged_at = least(acknowledged_at, now())
-          where root_id = ${rootId} and id = ${alertId} and budget_id = ${budgetId}
-          returning *
-        ),
-        audited as (
-          insert into budget_audit_log (budget_id, root_id, action, after, actor, request_id)
-          select a.budget_id, a.root_id, 'acknowledge', jsonb_build_object('alertId', a.id, 'threshold', a.threshold, 'periodStart', a.period_start), ${who}, ${requestId}
-          from acknowledged a cross join prior where prior.first
+      // Only a crossing not yet acknowledged is written, and audited from the rows written: of two at once, the one
+      // that waited for the other's row lock finds it acknowledged and writes nothing (no second audit entry, the
+      // first one's time kept). Then the crossing is read as it stands (its deliveries are a correlated subquery,
+      // which Citus does not run over a CTE).
+      await sql`
+        with acknowledged as (
+          update budget_alert_history set acknowledged_by = ${who}, acknowledged_at = now()
+          where root_id = ${rootId} and id = ${alertId} and budget_id = ${budgetId} and acknowledged_at is null
+          returning id, root_id, budget_id, threshold, period_start
         )
-        select a.id from acknowledged a`
-      if (acknowledged === undefined) return null
-      // read after it (its deliveries are a correlated subquery, which Citus does not run over a CTE)
-      const [row] = await sql<AlertRow[]>`select ${alertColumns} from budget_alert_history h where h.root_id = ${rootId} and h.id = ${alertId}`
-      return toAlert(row!)
+        insert into budget_audit_log (budget_id, root_id, action, after, actor, request_id)
+        select a.budget_id, a.root_id, 'acknowledge', jsonb_build_object('alertId', a.id, 'threshold', a.threshold, 'periodStart', a.period_start), ${who}, ${requestId}
+        from acknowledged a`
+      const [row] = await sql<AlertRow[]>`
+        select ${alertColumns} from budget_alert_history h where h.root_id = ${rootId} and h.id = ${alertId} and h.budget_id = ${budgetId}`
+      return row === undefined ? null : toAlert(row)
     },
 
     /** Records the approval and its audit entry, in one statement that names the budget's tree. */
