@@ -82,14 +82,10 @@ export function usageColumns (sql: Db) {
 }
 
 /**
- * The records that hold these idempotency keys, by key: a key names one record across budgets;
- * a record stored before that (no fingerprint) holds its key on its own budget only.
- */
-/**
- * The record that holds each key asked for, in the order asked (undefined: none). On plain PostgreSQL a key has one
- * holder; on Citus a key is unique within its tree only, so several trees may each hold it: the record of the same
- * request (its fingerprint) comes first, then one on the budget asked for (a request on another budget is a
- * conflict either way).
+ * The record that holds each key asked for, in the order asked (undefined: none). A key names one record across
+ * budgets; a record stored before that (no fingerprint) holds its key on its own budget only. On Citus a key is
+ * unique within its tree only, so several trees may each hold it: the record of the same request (its
+ * fingerprint) comes first, then one on the budget asked for (a request on another budget is a conflict either way).
  */
 export async function findKeyHolders (sql: Db, keys: Array<{ budgetId: string, idempotencyKey: string, fingerprint: string }>): Promise<Array<KeyHolder | undefined>> {
   if (keys.length === 0) return []
