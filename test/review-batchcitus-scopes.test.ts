@@ -199,7 +199,11 @@ t.test('records by scopes over three trees, with filters, rates and keyed retrie
       { target: { budget: 6 }, amount: '600000000000000000', key: 4, model: 'gpt-4o', feature: false, hoursAgo: 0, currency: 'USD' },
       { target: { organization: 'acme', user: 'bob' }, amount: '600000000000000000', key: 3, model: 'gpt-4o', feature: false, hoursAgo: 0, currency: 'USD' },
       { target: { user: 'ada', project: 'p1' }, amount: '600000000000000000', key: 3, model: 'gpt-4o', feature: true, hoursAgo: 0, currency: 'USD' },
-      { target: { budget: 3 }, amount: '1', key: 5, model: 'gpt-4o', feature: false, hoursAgo: 30, currency: 'EUR' }
+      { target: { budget: 3 }, amount: '1', key: 5, model: 'gpt-4o', feature: false, hoursAgo: 30, currency: 'EUR' },
+      // so that the example alone meets every outcome the last assertion names: a second huge amount on ada's
+      // window (past numeric(28,10)), and scopes no budget names
+      { target: { user: 'ada', project: 'p1' }, amount: '600000000000000000', key: null, model: 'gpt-4o', feature: true, hoursAgo: 0, currency: 'USD' },
+      { target: { user: 'nobody' }, amount: '1', key: 6, model: 'gpt-4o', feature: false, hoursAgo: 0, currency: 'USD' }
     ]]]
   })
   t.same((await findViolations(bulk.sql)).filter((violation) => !violation.startsWith('hard budget')), [], 'each window equal to its allocations')
