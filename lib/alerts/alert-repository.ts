@@ -117,6 +117,21 @@ export async function claimOutboxRow<T> (sql: Db, kind: 'alert' | 'digest' | 'dr
   }
 }
 
+/** The columns every claim statement selects beside its event's: the claim, and the event's budget. */
+export interface ClaimedColumns { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_id: string, budget_name: string, currency: string, scope_type: string, scope_id: string }
+
+/** A claimed row's claim (in the tree `rootId`) and its event's budget, as the delivery loop takes them. */
+export function claimedOf (row: ClaimedColumns, rootId: string): OutboxClaim & { budget: DueNotification['budget'] } {
+  return {
+    outboxId: row.outbox_id,
+    rootId,
+    claimId: row.claim_id,
+    channel: row.channel,
+    attempts: row.attempts,
+    budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
+  }
+}
+
 interface DriftRow { id: string, provider: string, day: string, provider_amount: string, recorded_amount: string, difference: string, ratio: string | null, tolerance: string, alerted_at: Date }
 
 /** A drift's delivery, claimed: the drift (the provider's amount beside the gate's for one UTC day) and its budget. */
@@ -253,23 +268,13 @@ export function createAlertRepository (sql: Db) {
      */
     async claimDueNotification (claimMs: number, tried: string[] = [], channels?: ClaimChannels): Promise<DueNotification | null> {
       return await claimOutboxRow(sql, 'alert', claimMs, tried, channels, async (claimed, rootId) => {
-        const [row] = await sql<Array<AlertRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
+        const [row] = await sql<Array<AlertRow & ClaimedColumns>>`
           with ${claimed}
           select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts, ${alertColumns},
                  b.name as budget_name, b.currency, b.scope_type, b.scope_id
           from claimed join budget_alert_history h on h.root_id = ${rootId} and h.id = claimed.alert_id
           join budget_definitions b on b.root_id = ${rootId} and b.id = h.budget_id`
-        return row === undefined
-          ? undefined
-          : {
-              outboxId: row.outbox_id,
-              rootId,
-              claimId: row.claim_id,
-              channel: row.channel,
-              attempts: row.attempts,
-              alert: toAlert(row),
-              budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
-            }
+        return row === undefined ? undefined : { ...claimedOf(row, rootId), alert: toAlert(row) }
       })
     },
 
@@ -279,7 +284,7 @@ export function createAlertRepository (sql: Db) {
      */
     async claimDueDrift (claimMs: number, tried: string[] = [], channels?: ClaimChannels): Promise<DueDriftNotification | null> {
       return await claimOutboxRow(sql, 'drift', claimMs, tried, channels, async (claimed, rootId) => {
-        const [row] = await sql<Array<DriftRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_id: string, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
+        const [row] = await sql<Array<DriftRow & ClaimedColumns>>`
           with ${claimed}
           select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts,
                  r.id, r.provider, r.day::text as day, r.provider_amount::text as provider_amount, r.recorded_amount::text as recorded_amount,
@@ -290,13 +295,8 @@ export function createAlertRepository (sql: Db) {
         return row === undefined
           ? undefined
           : {
-              outboxId: row.outbox_id,
-              rootId,
-              claimId: row.claim_id,
-              channel: row.channel,
-              attempts: row.attempts,
-              drift: { id: row.id, provider: row.provider, day: row.day, providerAmount: row.provider_amount, recordedAmount: row.recorded_amount, difference: row.difference, ratio: row.ratio, tolerance: row.tolerance, alertedAt: row.alerted_at.toISOString() },
-              budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
+              ...claimedOf(row, rootId),
+              drift: { id: row.id, provider: row.provider, day: row.day, providerAmount: row.provider_amount, recordedAmount: row.recorded_amount, difference: row.difference, ratio: row.ratio, tolerance: row.tolerance, alertedAt: row.alerted_at.toISOString() }
             }
       })
     },

@@ -3,7 +3,7 @@
 import { normalizeMoney, type Money } from '../kernel/money.js'
 import type { BudgetDigest } from '../kernel/schemas.js'
 import type { Db } from '../kernel/database/db.js'
-import { claimOutboxRow, type ClaimChannels, type OutboxClaim } from './alert-repository.js'
+import { claimedOf, claimOutboxRow, type ClaimChannels, type ClaimedColumns, type OutboxClaim } from './alert-repository.js'
 
 /** A budget whose latest ended digest period has no digest yet. */
 export interface DueDigest {
@@ -201,7 +201,7 @@ export function createDigestRepository (sql: Db) {
     /** Claims the next due delivery of a digest (of `channels`, when given) until `claimMs` from now, but none in `tried` (claimOutboxRow, repository/alerts.ts); null when none is due. */
     async claimDueDigest (claimMs: number, tried: string[] = [], channels?: ClaimChannels): Promise<DueDigestNotification | null> {
       return await claimOutboxRow(sql, 'digest', claimMs, tried, channels, async (claimed, rootId) => {
-        const [row] = await sql<Array<DigestRow & { outbox_id: string, claim_id: string, channel: string, attempts: number, budget_name: string, currency: string, scope_type: string, scope_id: string }>>`
+        const [row] = await sql<Array<DigestRow & ClaimedColumns>>`
           with ${claimed}
           select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts,
                  d.id, d.budget_id, d.every, d.period_start, d.period_end, d.timezone,
@@ -213,17 +213,7 @@ export function createDigestRepository (sql: Db) {
                  b.name as budget_name, b.currency, b.scope_type, b.scope_id
           from claimed join budget_digests d on d.root_id = ${rootId} and d.id = claimed.digest_id
           join budget_definitions b on b.root_id = ${rootId} and b.id = d.budget_id`
-        return row === undefined
-          ? undefined
-          : {
-              outboxId: row.outbox_id,
-              rootId,
-              claimId: row.claim_id,
-              channel: row.channel,
-              attempts: row.attempts,
-              digest: toDigest(row),
-              budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
-            }
+        return row === undefined ? undefined : { ...claimedOf(row, rootId), digest: toDigest(row) }
       })
     }
   }
