@@ -4,21 +4,14 @@
 // records without a rate and amounts near numeric(28,10): a batch equals the same records one at a time.
 import fc from 'fast-check'
 import t from 'tap'
-import type { InjectOptions } from 'fastify'
-import { adminHeaders, distributedApp } from '../test/fixtures/citus-app.js'
+import { distributedApp } from '../test/fixtures/citus-app.js'
 import { findViolations } from '../test/fixtures/invariants.js'
 import { alone, ledger, rates, specArbitrary, together, world } from '../test/fixtures/batch-scopes-world.js'
 import { createUsageBatchRepository } from '../lib/usage/usage-batch-repository.js'
 
-async function citusApp (t: Parameters<typeof distributedApp>[0]) {
-  const made = await distributedApp(t)
-  const admin = async (request: InjectOptions) => await made.app.inject({ ...request, headers: { ...adminHeaders, ...request.headers } })
-  return { ...made, admin }
-}
-
 t.test('on Citus: records by scopes over three trees, with filters, rates and keyed retries: a batch equals one at a time', async (t) => {
-  const single = await citusApp(t)
-  const bulk = await citusApp(t)
+  const single = await distributedApp(t)
+  const bulk = await distributedApp(t)
   await rates(single.sql)
   await rates(bulk.sql)
   let run = 0
