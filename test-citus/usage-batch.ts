@@ -4,10 +4,10 @@
 // PostgreSQL); records given by scopes whose budgets span both trees; keys replayed across batches.
 import t from 'tap'
 import fc from 'fast-check'
-import type { Sql } from 'postgres'
 import { adminHeaders as headers, distributedApp } from '../test/fixtures/citus-app.js'
 import { PREFIX } from '../test/fixtures/app.js'
 import { findViolations } from '../test/fixtures/invariants.js'
+import { ledger } from '../test/fixtures/batch-scopes-world.js'
 
 type App = Awaited<ReturnType<typeof distributedApp>>
 interface Spec { budget: number, amount: string, key: number | null, model: string, daysAgo: number, currency: string }
@@ -54,34 +54,6 @@ async function postBatch (app: App, records: unknown[]): Promise<Array<{ status:
   const response = await app.app.inject({ method: 'POST', url: `${PREFIX}/usage/batch`, headers, body: { records } })
   if (response.statusCode !== 200) throw new Error(`${response.statusCode} ${response.body.slice(0, 500)}`)
   return response.json().results
-}
-
-/**
- * Where the money went, by budget name and record key: each table read alone (a record's allocations may sit in
- * other trees than it, and joining them across trees is not what this test is about), joined here.
- */
-async function ledger (sql: Sql) {
-  const names = new Map((await sql<Array<{ id: string, name: string }>>`select id::text, name from budget_definitions`).map((row) => [row.id, row.name]))
-  const records = await sql<Array<{ id: string, budgetId: string, amount: string, currency: string, key: string | null, occurredAt: Date }>>`
-    select id::text, budget_id::text as "budgetId", amount::text, currency, idempotency_key as key, occurred_at as "occurredAt" from budget_usage_records`
-  const keyOf = new Map(records.map((row) => [row.id, row.key]))
-  const allocations = await sql<Array<{ budgetId: string, usageId: string, amount: string, occurredAt: Date, rate: string }>>`
-    select budget_id::text as "budgetId", usage_id::text as "usageId", amount::text, occurred_at as "occurredAt", exchange_rate::text as rate from budget_usage_allocations`
-  const cache = await sql<Array<{ budgetId: string, periodStart: Date, amount: string, count: number, reserved: string }>>`
-    select budget_id::text as "budgetId", period_start as "periodStart", current_amount::text as amount, usage_count::int as count, reserved_amount::text as reserved
-    from budget_status_cache`
-  const crossings = await sql<Array<{ id: string, budgetId: string, periodStart: Date, threshold: string, spent: string }>>`
-    select id::text, budget_id::text as "budgetId", period_start as "periodStart", threshold::text, spent::text from budget_alert_history`
-  const thresholdOf = new Map(crossings.map((row) => [row.id, `${names.get(row.budgetId)} ${row.threshold}`]))
-  const outbox = await sql<Array<{ alertId: string, channel: string }>>`select alert_id::text as "alertId", channel from budget_notification_outbox`
-  const sorted = (rows: string[]) => rows.sort()
-  return {
-    records: sorted(records.map((row) => JSON.stringify([names.get(row.budgetId), row.amount, row.currency, row.key, row.occurredAt]))),
-    allocations: sorted(allocations.map((row) => JSON.stringify([names.get(row.budgetId), keyOf.get(row.usageId) ?? null, row.amount, row.occurredAt, row.rate]))),
-    cache: sorted(cache.map((row) => JSON.stringify([names.get(row.budgetId), row.periodStart, row.amount, row.count, row.reserved]))),
-    crossings: sorted(crossings.map((row) => JSON.stringify([names.get(row.budgetId), row.periodStart, row.threshold, row.spent]))),
-    outbox: sorted(outbox.map((row) => JSON.stringify([thresholdOf.get(row.alertId), row.channel])))
-  }
 }
 
 const specArbitrary = fc.record({
