@@ -145,7 +145,7 @@ t.test('the drift alert fires once per day and scope, through the budget\'s chan
   const second = await ok<{ drifts: unknown[] }>(app, 'POST', '/reconciliation/evaluate')
   t.same(second.drifts, [], 'evaluated again: nothing new')
   const outbox = await app.sql`select o.channel, d.day::text as day, d.difference::text as difference, d.ratio::text as ratio
-                               from budget_notification_outbox o join budget_recon_drifts d on d.id = o.drift_id`
+                               from budget_notification_outbox o join budget_recon_drifts d on d.root_id = o.root_id and d.id = o.drift_id`
   t.same(outbox.map((row) => ({ ...row })), [{ channel: 'ops', day: YESTERDAY, difference: '0.5000000001', ratio: '0.050000' }], 'one notification for the one channel')
   for (let round = 0; round < 3; round++) await app.app.budgetNotifications.deliverDue()
   t.equal(delivered.length, 1, 'delivered once')
@@ -198,7 +198,7 @@ t.test('true-up: one correction at noon UTC, exact; the same twice stores once; 
   const spendReport = await app.admin({ method: 'GET', url: `${PREFIX}/reports/spend?from=${YESTERDAY}T00:00:00Z&to=${TODAY}T00:00:00Z&groupBy=scope` })
   t.equal(spendReport.statusCode, 200, 'and the spend report reads it')
   await checkInvariants(t, app.sql, 'the windows\' spend is still the sum of their allocations after each adjustment')
-  const [allocation] = await app.sql`select sum(a.amount)::text as total from budget_usage_allocations a join budget_usage_records u on u.id = a.usage_id where u.correction`
+  const [allocation] = await app.sql`select sum(a.amount)::text as total from budget_usage_allocations a join budget_usage_records u on u.root_id = a.root_id and u.id = a.usage_id where u.correction`
   t.equal(allocation!.total, '-0.5000000000')
   const audit = await app.sql`select changes, before, after from budget_audit_log where action = 'true-up' order by id`
   const usageId = created.usageId

@@ -95,10 +95,10 @@ export function createProviderCostRepository (sql: Db) {
     /** A new window to read from its first page (the cursor keeps completed_through). */
     async startWindow (source: CostSource, account: string, window: ReportWindow): Promise<void> {
       await sql`
-        insert into budget_provider_cost_cursors (source, account, window_start, window_end)
-        values (${source}, ${account}, ${window.start}, ${window.end})
+        insert into budget_provider_cost_cursors (source, account, window_start, window_end, updated_at)
+        values (${source}, ${account}, ${window.start}, ${window.end}, clock_timestamp())
         on conflict (source, account) do update set window_start = excluded.window_start, window_end = excluded.window_end, next_page = null, pages = 0,
-          updated_at = clock_timestamp()`
+          updated_at = excluded.updated_at`
     },
 
     /**
@@ -116,7 +116,7 @@ export function createProviderCostRepository (sql: Db) {
         }
         const counts = await store(tx, buckets, context)
         await tx`
-          update budget_provider_cost_cursors set next_page = ${nextPage}, pages = pages + 1, last_error = null, updated_at = clock_timestamp(),
+          update budget_provider_cost_cursors set next_page = ${nextPage}, pages = pages + 1, last_error = null, updated_at = statement_timestamp(),
             completed_through = case when ${nextPage}::text is null then greatest(completed_through, window_end) else completed_through end
           where source = ${source} and account = ${account}`
         return counts
@@ -124,7 +124,7 @@ export function createProviderCostRepository (sql: Db) {
     },
 
     async recordFailure (source: CostSource, account: string, message: string): Promise<void> {
-      await sql`update budget_provider_cost_cursors set last_error = ${message.slice(0, 2000)}, updated_at = clock_timestamp() where source = ${source} and account = ${account}`
+      await sql`update budget_provider_cost_cursors set last_error = ${message.slice(0, 2000)}, updated_at = statement_timestamp() where source = ${source} and account = ${account}`
     },
 
     /** Buckets by day and id, after the bucket `after` (its id) when given. */

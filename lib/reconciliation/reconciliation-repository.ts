@@ -1,7 +1,7 @@
 // SQL for reconciliation (sql/migrations/007_reconciliation.sql, sql/functions/reconciliation.sql): the
-// mappings, with their audit entries in the same statement; the report, the drift check and the true-up are
-// the functions', read here.
-import type { AuditContext } from '../audit/index.js'
+// mappings, each stored under its budget's tree (root_id) and audited; the report, the drift check and the
+// true-up are the functions', read here.
+import { createAuditRepository, type AuditContext } from '../audit/index.js'
 import type { Db } from '../kernel/database/db.js'
 
 export type MappingKind = 'project' | 'workspace' | 'account'
@@ -42,11 +42,14 @@ export interface TrueUpOutcome {
 
 interface MappingRow extends Omit<CostMapping, 'createdAt' | 'updatedAt'> { createdAt: Date, updatedAt: Date }
 const toMapping = (row: MappingRow): CostMapping => ({ ...row, createdAt: row.createdAt.toISOString(), updatedAt: row.updatedAt.toISOString() })
-const json = (value: unknown) => JSON.stringify(value)
 
 export function createReconciliationRepository (sql: Db) {
   const columns = sql`id::text as id, provider, kind, value, budget_id as "budgetId", true_up as "trueUp", created_at as "createdAt", updated_at as "updatedAt"`
-  const audited = (mapping: MappingRow) => ({ id: mapping.id, provider: mapping.provider, kind: mapping.kind, value: mapping.value, budgetId: mapping.budgetId, trueUp: mapping.trueUp })
+  const audited = (mapping: Omit<CostMapping, 'createdAt' | 'updatedAt'>) => ({ id: mapping.id, provider: mapping.provider, kind: mapping.kind, value: mapping.value, budgetId: mapping.budgetId, trueUp: mapping.trueUp })
+  const audit = createAuditRepository(sql)
+  /** The tree a mapping is stored in, or a budget is in: a read by id (on Citus, of every shard), before the statements that name it. */
+  const mappingRoot = async (id: string) => (await sql<Array<{ rootId: string }>>`select root_id as "rootId" from budget_recon_mappings where id = ${id}::bigint`)[0]?.rootId
+  const budgetRoot = async (budgetId: string) => (await sql<Array<{ rootId: string }>>`select root_id as "rootId" from budget_definitions where id = ${budgetId}`)[0]?.rootId
 
   return {
     async listMappings (): Promise<CostMapping[]> {
@@ -54,7 +57,9 @@ export function createReconciliationRepository (sql: Db) {
     },
 
     async findMapping (id: string, lock = false): Promise<CostMapping | null> {
-      const [row] = await sql<MappingRow[]>`select ${columns} from budget_recon_mappings where id = ${id}::bigint ${lock ? sql`for update` : sql``}`
+      const rootId = await mappingRoot(id)
+      if (rootId === undefined) return null
+      const [row] = await sql<MappingRow[]>`select ${columns} from budget_recon_mappings where root_id = ${rootId} and id = ${id}::bigint ${lock ? sql`for update` : sql``}`
       return row === undefined ? null : toMapping(row)
     },
 
@@ -87,32 +92,45 @@ export function createReconciliationRepository (sql: Db) {
 
     async insertMapping (mapping: { provider: string, kind: MappingKind, value: string, budgetId: string, trueUp: boolean }, context: AuditContext): Promise<CostMapping> {
       const [row] = await sql<MappingRow[]>`
-        insert into budget_recon_mappings (provider, kind, value, budget_id, true_up)
-        values (${mapping.provider}, ${mapping.kind}, ${mapping.value}, ${mapping.budgetId}, ${mapping.trueUp})
+        insert into budget_recon_mappings (provider, kind, value, budget_id, root_id, true_up)
+        select ${mapping.provider}, ${mapping.kind}, ${mapping.value}, d.id, d.root_id, ${mapping.trueUp} from budget_definitions d where d.id = ${mapping.budgetId}
         returning ${columns}`
-      await sql`insert into budget_audit_log (budget_id, action, after, actor, request_id)
-                values (${row!.budgetId}, 'create-cost-mapping', ${json(audited(row!))}::text::jsonb, ${context.actor}, ${context.requestId})`
-      return toMapping(row!)
+      if (row === undefined) throw new Error(`no cost mapping written for budget ${mapping.budgetId}: it does not exist`)
+      await audit.record(row.budgetId, 'create-cost-mapping', context, { after: audited(row) })
+      return toMapping(row)
     },
 
+    /**
+     * A mapping moved to a budget of another tree changes the column its row is stored by, which Citus refuses:
+     * its row is deleted and inserted again there, with the same id and creation time (the caller holds the
+     * mapping lock, so nobody sees it gone).
+     */
     async updateMapping (before: CostMapping, changes: { value?: string, budgetId?: string, trueUp?: boolean }, context: AuditContext): Promise<CostMapping> {
-      const [row] = await sql<MappingRow[]>`
-        update budget_recon_mappings set value = ${changes.value ?? before.value}, budget_id = ${changes.budgetId ?? before.budgetId},
-          true_up = ${changes.trueUp ?? before.trueUp}, updated_at = clock_timestamp()
-        where id = ${before.id}::bigint
-        returning ${columns}`
+      const fromRoot = await mappingRoot(before.id)
+      const budgetId = changes.budgetId ?? before.budgetId
+      const toRoot = budgetId === before.budgetId ? fromRoot : await budgetRoot(budgetId)
+      if (fromRoot === undefined || toRoot === undefined) throw new Error(`cost mapping ${before.id} or budget ${budgetId} is not there`)
+      const set = { value: changes.value ?? before.value, trueUp: changes.trueUp ?? before.trueUp }
+      const [row] = toRoot === fromRoot
+        ? await sql<MappingRow[]>`
+            update budget_recon_mappings set value = ${set.value}, budget_id = ${budgetId}, true_up = ${set.trueUp}, updated_at = statement_timestamp()
+            where root_id = ${fromRoot} and id = ${before.id}::bigint
+            returning ${columns}`
+        : await sql<MappingRow[]>`
+            with moved as (delete from budget_recon_mappings where root_id = ${fromRoot} and id = ${before.id}::bigint returning id, provider, kind, created_at)
+            insert into budget_recon_mappings (id, provider, kind, value, budget_id, root_id, true_up, created_at, updated_at)
+            overriding system value
+            select m.id, m.provider, m.kind, ${set.value}, ${budgetId}, ${toRoot}, ${set.trueUp}, m.created_at, clock_timestamp() from moved m
+            returning ${columns}`
+      if (row === undefined) throw new Error(`cost mapping ${before.id} was not written`)
       const changed = (['value', 'budgetId', 'trueUp'] as const).filter((field) => changes[field] !== undefined && changes[field] !== before[field])
-      await sql`insert into budget_audit_log (budget_id, action, changes, before, after, actor, request_id)
-                values (${row!.budgetId}, 'update-cost-mapping', ${changed}::text[], ${json(audited({ ...before, createdAt: new Date(), updatedAt: new Date() }))}::text::jsonb,
-                        ${json(audited(row!))}::text::jsonb, ${context.actor}, ${context.requestId})`
-      return toMapping(row!)
+      await audit.record(row.budgetId, 'update-cost-mapping', context, { changes: changed, before: audited(before), after: audited(row) })
+      return toMapping(row)
     },
 
     async deleteMapping (before: CostMapping, context: AuditContext): Promise<void> {
-      await sql`delete from budget_recon_mappings where id = ${before.id}::bigint`
-      await sql`insert into budget_audit_log (budget_id, action, before, actor, request_id)
-                values (${before.budgetId}, 'delete-cost-mapping', ${json(audited({ ...before, createdAt: new Date(), updatedAt: new Date() }))}::text::jsonb,
-                        ${context.actor}, ${context.requestId})`
+      await sql`delete from budget_recon_mappings where root_id = ${await mappingRoot(before.id) ?? null} and id = ${before.id}::bigint`
+      await audit.record(before.budgetId, 'delete-cost-mapping', context, { before: audited(before) })
     },
 
     /** The days a (provider, budget) has true-up corrections for, unless another mapping than `except` still maps that pair (a true-up can then still adjust them). */
@@ -120,7 +138,8 @@ export function createReconciliationRepository (sql: Db) {
       const rows = await sql<Array<{ day: string }>>`
         select c.day::text as day from budget_recon_corrections c
         where c.provider = ${provider} and c.budget_id = ${budgetId}
-          and not exists (select 1 from budget_recon_mappings m where m.provider = c.provider and m.budget_id = c.budget_id and m.id <> ${except}::bigint)
+          and not exists (select 1 from budget_recon_mappings m
+                          where m.root_id = c.root_id and m.provider = c.provider and m.budget_id = c.budget_id and m.id <> ${except}::bigint)
         order by c.day`
       return rows.map((row) => row.day)
     },
@@ -148,16 +167,16 @@ export function createReconciliationRepository (sql: Db) {
     /** The true-up of one line, then of the ancestors trued up before for the day (budget_recon_true_up), and an audit entry for each correction written or moved. */
     async trueUp (provider: string, day: string, budgetId: string, context: AuditContext): Promise<TrueUpOutcome> {
       const rows = await sql<Array<{ status: TrueUpOutcome['status'] | 'ancestor', budgetId: string, provider: string, usageId: string | null, amount: string | null, previous: string | null }>>`
-        select t.status, t.budget_id as "budgetId", coalesce(c.provider, ${provider}) as provider, t.usage_id as "usageId", t.amount::text as amount, t.previous::text as previous
+        select t.status, t.budget_id as "budgetId", t.provider, t.usage_id as "usageId", t.amount::text as amount, t.previous::text as previous
         from budget_recon_true_up(${provider}, ${day}::date, ${budgetId}::uuid) with ordinality t
-        left join budget_recon_corrections c on c.usage_id = t.usage_id
         order by t.ordinality`
       for (const row of rows) {
         if (row.status === 'created' || row.status === 'adjusted' || row.status === 'ancestor') {
-          await sql`insert into budget_audit_log (budget_id, action, changes, before, after, actor, request_id)
-                    values (${row.budgetId}, 'true-up', ${row.status === 'created' ? [] : ['amount']}::text[],
-                            ${row.previous === null ? null : json({ provider: row.provider, day, amount: row.previous })}::text::jsonb,
-                            ${json({ provider: row.provider, day, amount: row.amount, usageId: row.usageId })}::text::jsonb, ${context.actor}, ${context.requestId})`
+          await audit.record(row.budgetId, 'true-up', context, {
+            changes: row.status === 'created' ? [] : ['amount'],
+            before: row.previous === null ? null : { provider: row.provider, day, amount: row.previous },
+            after: { provider: row.provider, day, amount: row.amount, usageId: row.usageId }
+          })
         }
       }
       const [own] = rows

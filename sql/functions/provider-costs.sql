@@ -16,6 +16,8 @@ declare
   v_inserted integer := 0;
   v_corrected integer := 0;
   v_unchanged integer := 0;
+  -- a value, not a call: Citus runs no volatile function in an update of a table it holds
+  v_now timestamptz;
 begin
   for r in
     select * from jsonb_to_recordset(p_rows) as x(source text, provider text, account text, bucket_date date, project text, line_item text,
@@ -39,9 +41,11 @@ begin
       v_unchanged := v_unchanged + 1;
       continue;
     end if;
-    update budget_provider_costs set amount = r.amount, collected_at = clock_timestamp(), corrected_at = clock_timestamp() where id = v_id;
-    insert into budget_audit_log (budget_id, action, changes, before, after, actor, request_id)
-    values (null, 'correct-provider-cost', array['amount'],
+    v_now := clock_timestamp();
+    update budget_provider_costs set amount = r.amount, collected_at = v_now, corrected_at = v_now where id = v_id;
+    -- an entry of no budget, with the nil root (Citus routes the insert by it)
+    insert into budget_audit_log (budget_id, root_id, action, changes, before, after, actor, request_id)
+    values (null, '00000000-0000-0000-0000-000000000000', 'correct-provider-cost', array['amount'],
       jsonb_build_object('id', v_id::text, 'source', r.source, 'provider', r.provider, 'account', r.account, 'date', r.bucket_date, 'project', r.project,
         'lineItem', r.line_item, 'model', r.model, 'costType', r.cost_type, 'tokenType', r.token_type, 'serviceTier', r.service_tier,
         'contextWindow', r.context_window, 'currency', r.currency, 'amount', v_amount::text),
