@@ -66,13 +66,14 @@ export function createReportRepository (sql: Db) {
         select ${key} as key, u.currency, sum(u.amount) as total, count(*) as calls,
                ${tokens('inputTokens')} as input_tokens, ${tokens('outputTokens')} as output_tokens
         from budget_usage_records u
-        ${filter.groupBy === 'scope' ? sql`left join budget_definitions b on b.id = u.budget_id` : sql``}
+        ${filter.groupBy === 'scope' ? sql`left join budget_definitions b on b.root_id = u.root_id and b.id = u.budget_id` : sql``}
         where u.occurred_at >= ${filter.from} and u.occurred_at < ${filter.to}
           ${filter.currency === undefined ? sql`` : sql`and u.currency = ${filter.currency}`}
           ${filter.scope === undefined
             ? sql``
-            : sql`and exists (select 1 from budget_usage_allocations a join budget_definitions s on s.id = a.budget_id
-                              where a.usage_id = u.id and s.scope_type = ${filter.scope.type} and s.scope_id = ${filter.scope.id})`}
+            // not correlated: a record's allocations may be in other trees than it (on Citus, other nodes)
+            : sql`and u.id in (select a.usage_id from budget_usage_allocations a join budget_definitions s on s.root_id = a.root_id and s.id = a.budget_id
+                               where s.scope_type = ${filter.scope.type} and s.scope_id = ${filter.scope.id})`}
         group by 1, 2`
     const columns = sql`key, currency, total::text as total, calls::int as calls,
              input_tokens::text as "inputTokens", output_tokens::text as "outputTokens"`

@@ -88,26 +88,29 @@ export function createStatusRepository (sql: Db) {
      * from the status cache only (a window without a row yet has spent nothing through the cache: 0).
      */
     async listMetricBudgets (top: number): Promise<MetricBudget[]> {
+      // Every tree's budgets: each join names the root (on Citus, one shard's rows meet), the window is computed
+      // on the budget's columns (a shard's row is not of budget_definitions' type), and the chosen budgets are
+      // read first (on Citus, the top spenders over every shard, then the rows of those chosen).
       return await sql<MetricBudget[]>`
-        with current_rows as (
-          select c.budget_id, c.period_start, c.current_amount, c.reserved_amount, c.period_end
-          from budget_status_cache c where c.period_start <= now() and now() < c.period_end
-        ),
-        chosen as (
-          (select b.id from budget_definitions b where b.metrics and b.deleted_at is null)
+        with chosen as (
+          (select b.root_id, b.id from budget_definitions b where b.metrics and b.deleted_at is null)
           union
-          (select r.budget_id from current_rows r join budget_definitions b on b.id = r.budget_id and b.deleted_at is null
-           order by r.current_amount desc, r.budget_id limit ${top})
+          (select c.root_id, c.budget_id from budget_status_cache c
+           join budget_definitions b on b.root_id = c.root_id and b.id = c.budget_id and b.deleted_at is null
+           where c.period_start <= now() and now() < c.period_end
+           order by c.current_amount desc, c.budget_id limit ${top})
         )
         select b.id, b.name, b.scope_type as "scopeType", b.scope_id as "scopeId", b.currency, b.amount::text as amount,
                coalesce(r.current_amount, 0)::text as "currentAmount", coalesce(r.reserved_amount, 0)::text as "reservedAmount",
                coalesce(r.period_end, w.period_end, now()) as "periodEnd",
                exists (select 1 from budget_alert_history h
-                       where h.budget_id = b.id and h.period_start = r.period_start and h.resolved_at is null
+                       where h.root_id = b.root_id and h.budget_id = b.id and h.period_start = r.period_start and h.resolved_at is null
                          and 'block-all' = any (h.actions)) as blocked
-        from chosen ch join budget_definitions b on b.id = ch.id
-        left join current_rows r on r.budget_id = b.id
-        left join lateral budget_window(b, now()) w on r.budget_id is null
+        from budget_definitions b
+        left join budget_status_cache r on r.root_id = b.root_id and r.budget_id = b.id and r.period_start <= now() and now() < r.period_end
+        left join lateral budget_period_window(b.period, b.start_date, b.end_date, b.recurring, now(), b.timezone, b.fiscal_year_start_month,
+                                               b.period_alignment) w on r.budget_id is null
+        where (b.root_id, b.id) in (select root_id, id from chosen)
         order by b.id`
     },
 
