@@ -77,6 +77,41 @@ t.test('mappings: created, changed and deleted through the API, audited; one pro
   t.equal(audit.length, 3, 'the refused requests wrote nothing')
 })
 
+t.test('a mapping moved to a budget of another tree keeps its id and creation time, is stored and audited in that tree, and the report follows it', async (t) => {
+  const app = await buildApp(t)
+  const team = await budget(app)
+  const other = await budget(app, { scopeId: 'team-b' })
+  const child = await budget(app, { scopeId: 'team-b-child', parentId: other, amount: '100' })
+  const created = await ok<{ id: string, createdAt: string }>(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'project', value: 'proj_m', budgetId: team }, 201)
+  await importCsv(app, [`${YESTERDAY},mistral,acme,proj_m,4.25,USD`])
+  const where = async () => await app.sql<Array<{ id: string, rootId: string, budgetId: string }>>`
+    select id::text as id, root_id as "rootId", budget_id as "budgetId" from budget_recon_mappings`
+  t.same(await where(), [{ id: created.id, rootId: team, budgetId: team }], 'stored in its budget\'s tree')
+
+  const moved = await ok<{ id: string, budgetId: string, createdAt: string, updatedAt: string }>(app, 'PUT', `/provider-costs/mappings/${created.id}`, { budgetId: other, trueUp: true })
+  t.match(moved, { id: created.id, budgetId: other, createdAt: created.createdAt, trueUp: true }, 'the same mapping, moved')
+  t.same(await where(), [{ id: created.id, rootId: other, budgetId: other }], 'stored in the other tree now, and only there')
+  t.same(pick((await report(app)).lines, ['day', 'budgetId', 'providerAmount']), [{ day: YESTERDAY, budgetId: other, providerAmount: '4.2500000000' }])
+
+  await ok(app, 'PUT', `/provider-costs/mappings/${created.id}`, { budgetId: child })
+  t.same(await where(), [{ id: created.id, rootId: other, budgetId: child }], 'a move within the tree stays in it')
+  const trueUp = await ok<{ status: string, amount: string }>(app, 'POST', '/reconciliation/true-up', { provider: 'mistral', day: YESTERDAY, budgetId: child })
+  t.match(trueUp, { status: 'created', amount: '4.2500000000' })
+
+  const audit = await app.sql<Array<{ action: string, budgetId: string, rootId: string, changes: string[] }>>`
+    select action, budget_id as "budgetId", root_id as "rootId", changes from budget_audit_log
+    where action like '%cost-mapping' or action = 'true-up' order by id`
+  t.same(audit, [
+    { action: 'create-cost-mapping', budgetId: team, rootId: team, changes: [] },
+    { action: 'update-cost-mapping', budgetId: other, rootId: other, changes: ['budgetId', 'trueUp'] },
+    { action: 'update-cost-mapping', budgetId: child, rootId: other, changes: ['budgetId'] },
+    { action: 'true-up', budgetId: child, rootId: other, changes: [] }
+  ], 'each entry in the tree of the budget it names')
+  // the mapping's id is still its own after the move: a new mapping takes the next one
+  const next = await ok<{ id: string }>(app, 'POST', '/provider-costs/mappings', { provider: 'openai', kind: 'project', value: 'proj_n', budgetId: team }, 201)
+  t.ok(BigInt(next.id) > BigInt(created.id), 'a new mapping takes a new id')
+})
+
 t.test('the report: the provider\'s amount beside the gate\'s, exact, converted at noon UTC, in JSON and CSV', async (t) => {
   const app = await buildApp(t)
   const team = await budget(app)
