@@ -88,28 +88,30 @@ export function createStatusRepository (sql: Db) {
      * from the status cache only (a window without a row yet has spent nothing through the cache: 0).
      */
     async listMetricBudgets (top: number): Promise<MetricBudget[]> {
-      // Every tree's budgets: each join names the root (on Citus, one shard's rows meet), the window is computed
-      // on the budget's columns (a shard's row is not of budget_definitions' type), and the chosen budgets are
-      // read first (on Citus, the top spenders over every shard, then the rows of those chosen).
+      // Every tree's budgets: each join names the root (on Citus, one shard's rows meet), the window of now is
+      // computed on the budget's columns (a shard's row is not of budget_definitions' type) and its row read,
+      // as the status reads it (a row of a window the definition no longer has is not its spend), and the
+      // chosen budgets are read first (on Citus, the top spenders over every shard, then the rows of those chosen).
+      const windowNow = sql`budget_period_window(b.period, b.start_date, b.end_date, b.recurring, now(), b.timezone, b.fiscal_year_start_month, b.period_alignment)`
       return await sql<MetricBudget[]>`
         with chosen as (
           (select b.root_id, b.id from budget_definitions b where b.metrics and b.deleted_at is null)
           union
-          (select c.root_id, c.budget_id from budget_status_cache c
-           join budget_definitions b on b.root_id = c.root_id and b.id = c.budget_id and b.deleted_at is null
-           where c.period_start <= now() and now() < c.period_end
+          (select c.root_id, c.budget_id from budget_definitions b
+           cross join lateral ${windowNow} w
+           join budget_status_cache c on c.root_id = b.root_id and c.budget_id = b.id and c.period_start = w.period_start
+           where b.deleted_at is null
            order by c.current_amount desc, c.budget_id limit ${top})
         )
         select b.id, b.name, b.scope_type as "scopeType", b.scope_id as "scopeId", b.currency, b.amount::text as amount,
                coalesce(r.current_amount, 0)::text as "currentAmount", coalesce(r.reserved_amount, 0)::text as "reservedAmount",
-               coalesce(r.period_end, w.period_end, now()) as "periodEnd",
+               coalesce(w.period_end, now()) as "periodEnd",
                exists (select 1 from budget_alert_history h
-                       where h.root_id = b.root_id and h.budget_id = b.id and h.period_start = r.period_start and h.resolved_at is null
+                       where h.root_id = b.root_id and h.budget_id = b.id and h.period_start = w.period_start and h.resolved_at is null
                          and 'block-all' = any (h.actions)) as blocked
         from budget_definitions b
-        left join budget_status_cache r on r.root_id = b.root_id and r.budget_id = b.id and r.period_start <= now() and now() < r.period_end
-        left join lateral budget_period_window(b.period, b.start_date, b.end_date, b.recurring, now(), b.timezone, b.fiscal_year_start_month,
-                                               b.period_alignment) w on r.budget_id is null
+        left join lateral ${windowNow} w on true
+        left join budget_status_cache r on r.root_id = b.root_id and r.budget_id = b.id and r.period_start = w.period_start
         where (b.root_id, b.id) in (select root_id, id from chosen)
         order by b.id`
     },
