@@ -140,11 +140,13 @@ create or replace trigger budget_recon_drifts_root before insert on budget_recon
 for each row when (new.root_id is null) execute function budget_row_root();
 create or replace trigger budget_recon_mappings_root before insert on budget_recon_mappings
 for each row when (new.root_id is null) execute function budget_row_root();
--- A mapping moved to a budget of another tree is deleted there and inserted in the new tree by its writer
--- (lib/reconciliation/reconciliation-repository.ts): Citus cannot change a row's distribution column, and a
--- trigger that looked the budget up would read every shard from a shard. The key to the budget refuses any
--- other move.
-drop trigger if exists budget_recon_mappings_moved on budget_recon_mappings;
+-- A mapping moved to another budget by an update takes its budget's root: an instance of the version before
+-- moves one so (docs/data-model.md, Upgrades). This version's writer names the root, and moves a mapping to
+-- another tree by a delete and an insert (lib/reconciliation/reconciliation-repository.ts). Not on Citus: there
+-- the trigger runs on a shard, from where its read of every shard is refused, and no update may change a row's
+-- distribution column anyway.
+create or replace trigger budget_recon_mappings_moved before update of budget_id on budget_recon_mappings
+for each row when (new.budget_id is distinct from old.budget_id and not budget_on_citus()) execute function budget_row_root();
 create or replace trigger budget_reservations_root before insert on budget_reservations
 for each row when (new.root_id is null) execute function budget_row_root();
 create or replace trigger budget_shadow_counts_root before insert on budget_shadow_counts
