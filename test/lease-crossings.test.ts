@@ -70,8 +70,8 @@ t.test('a tree\'s version moves only when the change commits: a rolled-back cros
   const before = await treeVersion(gateway.sql, team.id)
   await gateway.sql.begin(async (tx) => {
     await tx`update budget_definitions set name = 'renamed' where id = ${team.id}`
-    await tx`insert into budget_alert_history (budget_id, period_start, threshold, basis, actions, spent, limit_amount)
-             values (${team.id}, now(), 50, 'current', array['block-all'], 60, 100)`
+    await tx`insert into budget_alert_history (budget_id, root_id, period_start, threshold, basis, actions, spent, limit_amount)
+             values (${team.id}, ${team.id}, now(), 50, 'current', array['block-all'], 60, 100)`
     t.equal(await treeVersion(tx as unknown as Sql, team.id), before, 'not inside the transaction either: the bump waits for the commit')
     throw new Error('roll back')
   }).catch((error: Error) => { t.equal(error.message, 'roll back') })
@@ -84,20 +84,23 @@ t.test('a tree\'s version moves only when the change commits: a rolled-back cros
 
 t.test('every change through the registry bumps the global version once, and its tree\'s; one that fails bumps neither', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
+  // on Citus the registry bumps it once more after the commit (bumpAfterCommit, lib/budgets/registry.ts says why)
+  const [{ onCitus }] = await gateway.sql<[{ onCitus: boolean }]>`select budget_on_citus() as "onCitus"`
   const global = await globalVersion(gateway.sql)
+  const bumps = (changes: number) => global + changes * (onCitus ? 2 : 1)
   const org = await gateway.createBudget({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100' })
-  t.equal(await globalVersion(gateway.sql), global + 1, 'a create')
+  t.equal(await globalVersion(gateway.sql), bumps(1), 'a create')
   t.equal(await treeVersion(gateway.sql, org.id), 1, 'the new tree\'s version')
   const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '50', parentId: org.id })
-  t.equal(await globalVersion(gateway.sql), global + 2, 'a child\'s create')
+  t.equal(await globalVersion(gateway.sql), bumps(2), 'a child\'s create')
   t.equal(await treeVersion(gateway.sql, org.id), 2, 'counted in its root\'s tree')
   const refused = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${team.id}`, headers: AUTH, body: { amount: '-1' } })
   t.equal(refused.statusCode, 400, refused.body)
-  t.same([await globalVersion(gateway.sql), await treeVersion(gateway.sql, org.id)], [global + 2, 2], 'a refused change bumps nothing')
+  t.same([await globalVersion(gateway.sql), await treeVersion(gateway.sql, org.id)], [bumps(2), 2], 'a refused change bumps nothing')
   const updated = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${team.id}`, headers: AUTH, body: { amount: '60' } })
   t.equal(updated.statusCode, 200, updated.body)
-  t.same([await globalVersion(gateway.sql), await treeVersion(gateway.sql, org.id)], [global + 3, 3], 'an update')
+  t.same([await globalVersion(gateway.sql), await treeVersion(gateway.sql, org.id)], [bumps(3), 3], 'an update')
   const deleted = await gateway.app.inject({ method: 'DELETE', url: `${PREFIX}/${team.id}`, headers: AUTH })
   t.ok(deleted.statusCode < 300, deleted.body)
-  t.same([await globalVersion(gateway.sql), await treeVersion(gateway.sql, org.id)], [global + 4, 4], 'a delete')
+  t.same([await globalVersion(gateway.sql), await treeVersion(gateway.sql, org.id)], [bumps(4), 4], 'a delete')
 })

@@ -44,7 +44,7 @@ for (const other of ['settle', 'return'] as const) {
     const renewing = { pid: renewingRow!.pid }
     await ordered.connection`select set_config('enable_seqscan', 'off', false), set_config('enable_bitmapscan', 'off', false)`
     await blocker.connection`begin`
-    await blocker.connection`select 1 from budget_reservations where id = ${lease} and budget_id = ${middle} for update`
+    await blocker.connection`select 1 from budget_reservations where root_id = ${line[1]!.rootId} and id = ${lease} and budget_id = ${middle} for update`
     // the lease repository's renewLease, on a session of its own
     const renew = createLeaseRepository(renewingClient).renewLease(lease, [...new Set(line.map((b) => b.rootId))].sort(), 900_000)
       .then(() => null, (error: { code?: string, cause?: { code?: string } }) => error.cause ?? error)
@@ -82,7 +82,7 @@ t.test('a lease take that waits on a window row past a third of the TTL is not o
 
   // Another session holds the window row for 1 s (a batch, an admin write, a queue of settlements)
   const locked = sql.begin(async (tx) => {
-    await tx`select 1 from budget_status_cache where budget_id = ${budget.id} for update`
+    await tx`select 1 from budget_status_cache where root_id = ${budget.id} and budget_id = ${budget.id} for update` // a root: its own tree
     await pause(Number(process.env.LOCK_MS ?? 1000))
   })
   await pause(50)
