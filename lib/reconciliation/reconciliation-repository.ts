@@ -102,8 +102,9 @@ export function createReconciliationRepository (sql: Db) {
 
     /**
      * A mapping moved to a budget of another tree changes the column its row is stored by, which Citus refuses:
-     * its row is deleted and inserted again there, with the same id and creation time (the caller holds the
-     * mapping lock, so nobody sees it gone).
+     * its row is deleted and inserted again there, with the same id and creation time, in one statement (the
+     * caller holds the mapping lock, so no other change sees it gone; on Citus a read of every shard made while
+     * the two trees commit may see it in neither or both, as Citus takes no snapshot across nodes).
      */
     async updateMapping (before: CostMapping, changes: { value?: string, budgetId?: string, trueUp?: boolean }, context: AuditContext): Promise<CostMapping> {
       const fromRoot = await mappingRoot(before.id)
