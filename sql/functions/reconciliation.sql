@@ -48,7 +48,10 @@ declare
   recorded_amounts numeric[];
   corrected_days date[];
   corrected_amounts numeric[];
-  lines jsonb := '[]'::jsonb;
+  -- each scope's lines, a jsonb array a scope (appended in place: one jsonb grown scope by scope would be
+  -- copied whole at each scope)
+  scope_lines jsonb;
+  lines jsonb[] := '{}'::jsonb[];
 begin
   for scope in
     select m.provider, m.budget_id, m.root_id, bool_or(m.true_up) as true_up
@@ -85,11 +88,11 @@ begin
     where c.root_id = scope.root_id and c.provider = scope.provider and c.budget_id = scope.budget_id and c.day between p_from and p_to;
 
     -- the scope's lines, from the arrays and the rates alone
-    select lines || coalesce(jsonb_agg(jsonb_build_object(
+    select jsonb_agg(jsonb_build_object(
              'day', l.day, 'provider', scope.provider, 'budget_id', scope.budget_id, 'root_id', scope.root_id, 'budget_name', budget.name,
              'currency', budget.currency, 'true_up', scope.true_up, 'filtered', budget.filtered,
-             'total', l.total, 'missing', l.missing, 'bucketed', l.bucketed, 'recorded', l.recorded, 'correction', l.correction)), '[]')
-    into lines
+             'total', l.total, 'missing', l.missing, 'bucketed', l.bucketed, 'recorded', l.recorded, 'correction', l.correction))
+    into scope_lines
     from (select d.day,
                  round(budget_convert_unbounded(coalesce(sum(x.amount * x.rate), 0), 1), 10) as total,
                  min(x.currency) filter (where x.rate is null and x.currency is not null) as missing,
@@ -102,6 +105,7 @@ begin
             from unnest(billed_days, billed_currencies, billed_amounts) as b(day, currency, amount) where b.day = d.day
           ) x on true
           group by d.day) l;
+    lines := array_append(lines, scope_lines);
   end loop;
 
   return query
@@ -112,7 +116,8 @@ begin
          case when l.missing is null then round(l.total - l.recorded, 10) end,
          case when l.missing is null and l.recorded <> 0 then round((l.total - l.recorded) / l.recorded, 6) end,
          l.missing, l.bucketed, l.root_id
-  from jsonb_to_recordset(lines) as l(day date, provider text, budget_id uuid, root_id uuid, budget_name text, currency text, true_up boolean,
+  from unnest(lines) as scope(lines)
+  cross join lateral jsonb_to_recordset(scope.lines) as l(day date, provider text, budget_id uuid, root_id uuid, budget_name text, currency text, true_up boolean,
                                       filtered boolean, total numeric, missing text, bucketed boolean, recorded numeric, correction numeric)
   order by l.day, l.provider, l.budget_name, l.budget_id;
 end $$;
