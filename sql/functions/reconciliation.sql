@@ -36,7 +36,9 @@ declare
   range_end timestamptz := (p_to + 1)::timestamp at time zone 'UTC';
   scope record;
   budget record;
-  -- the report's days of the scope's provider, with the source trusted on each (0: a collector's, 1: a CSV's)
+  -- the report's days of the scope's provider, with the source trusted on each (0: a collector's, 1: a CSV's);
+  -- read once a provider (the scopes come by provider)
+  days_of text;
   days date[];
   ranks integer[];
   -- the scope's mapped buckets of those days, summed by day and currency
@@ -58,14 +60,18 @@ begin
     from budget_recon_mappings m
     where (p_provider is null or m.provider = p_provider) and (p_budget_id is null or m.budget_id = p_budget_id)
     group by m.provider, m.budget_id, m.root_id
+    order by m.provider
   loop
     select b.name, b.currency, (b.filter_models is not null or b.filter_tags is not null) as filtered into budget
     from budget_definitions b where b.root_id = scope.root_id and b.id = scope.budget_id and b.deleted_at is null;
     continue when not found;
-    select coalesce(array_agg(p.bucket_date order by p.bucket_date), '{}'), coalesce(array_agg(p.rank order by p.bucket_date), '{}') into days, ranks
-    from (select c.bucket_date, min(case when c.source = 'csv' then 1 else 0 end) as rank
-          from budget_provider_costs c where c.provider = scope.provider and c.bucket_date between p_from and p_to
-          group by c.bucket_date) p;
+    if days_of is distinct from scope.provider then
+      select coalesce(array_agg(p.bucket_date order by p.bucket_date), '{}'), coalesce(array_agg(p.rank order by p.bucket_date), '{}') into days, ranks
+      from (select c.bucket_date, min(case when c.source = 'csv' then 1 else 0 end) as rank
+            from budget_provider_costs c where c.provider = scope.provider and c.bucket_date between p_from and p_to
+            group by c.bucket_date) p;
+      days_of := scope.provider;
+    end if;
     continue when cardinality(days) = 0;
     select coalesce(array_agg(x.bucket_date), '{}'), coalesce(array_agg(x.currency), '{}'), coalesce(array_agg(x.amount), '{}')
     into billed_days, billed_currencies, billed_amounts
@@ -149,7 +155,6 @@ begin
       and abs(r.provider_amount) < 1e18 and abs(r.recorded_amount) < 1e18 and abs(r.difference) < 1e18
     order by r.provider, r.day, r.budget_id
   loop
-    recorded := null;
     insert into budget_recon_drifts as d (provider, day, budget_id, root_id, currency, provider_amount, recorded_amount, difference, ratio, tolerance)
     values (line.provider, line.day, line.budget_id, line.root_id, line.currency, line.provider_amount, line.recorded_amount, line.difference, line.ratio, p_tolerance)
     on conflict (provider, day, budget_id, root_id) do nothing
