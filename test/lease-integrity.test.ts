@@ -5,7 +5,7 @@ import postgres from 'postgres'
 import t from 'tap'
 import { compareMoney } from '../lib/kernel/money.js'
 import { ADMIN_TOKEN, PREFIX, buildApp } from './fixtures/app.js'
-import { createTestDatabase } from './fixtures/database.js'
+import { createTestDatabase, onCitus } from './fixtures/database.js'
 import { startGatewayProcess, type GatewayProcess } from './fixtures/gateway-process.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { findViolations, waitForSettled } from './fixtures/invariants.js'
@@ -34,8 +34,7 @@ t.test('a lease\'s give-back and a settlement of its calls, meeting on its rows,
   const lease = '00000000-0000-4000-8000-00000000beef'
   await sql`select * from budget_lease_take(${lease}, 'USD', interval '1 minute', 0.01, 0.001, ${line.map((b) => b.budgetId)}::text[]::uuid[],
     ${line.map((b) => b.start.toISOString())}::text[]::timestamptz[], ${line.map((b) => b.end.toISOString())}::text[]::timestamptz[], array[true, true, true], array[1, 2, 3])`
-  const [{ onCitus }] = await sql<[{ onCitus: boolean }]>`select budget_on_citus() as "onCitus"`
-  if (onCitus) {
+  if (await onCitus(sql)) {
     // three trees, three shards: each tree's row is locked by a statement of its own, in the order of the roots
     const trees = await sql<Array<{ rootId: string }>>`select distinct root_id as "rootId" from budget_reservations`
     t.equal(trees.length, 3, 'the rows lie in three trees')
@@ -238,8 +237,7 @@ t.test('a hold that still meets deadlocks after its retries is answered 503 unav
   await gateway.sql.begin(async (tx) => {
     // on Citus a trigger on a distributed table runs on its shards: allowed once asked for (the distribution step
     // sets it for the database's later sessions, which the gateway's open connections are not)
-    const [{ onCitus }] = await tx<[{ onCitus: boolean }]>`select budget_on_citus() as "onCitus"`
-    if (onCitus) await tx`set local citus.enable_unsafe_triggers = on`
+    if (await onCitus(tx)) await tx`set local citus.enable_unsafe_triggers = on`
     await tx`create trigger meet_deadlock before insert on budget_reservations for each row execute function meet_deadlock()`
   })
   const answers = await Promise.all(Array.from({ length: 4 }, async () => {

@@ -3,28 +3,19 @@
 // functions and triggers: 57ae84d drops budget_recon_mappings_moved). docs/data-model.md (Upgrades) says an older
 // instance keeps serving, and that "a cost mapping it moves takes its new budget's root by trigger".
 import t from 'tap'
-import { ADMIN_TOKEN, PREFIX, TEST_CHANNELS, budgetRequest } from './fixtures/app.js'
+import { ADMIN_TOKEN, PREFIX, budgetRequest } from './fixtures/app.js'
 import { createTestSql } from './fixtures/database.js'
-import { versionBefore } from './fixtures/version-before.js'
+import { startInstance, versionBefore } from './fixtures/version-before.js'
 import { importCsv, YESTERDAY } from './fixtures/reconciliation.js'
 
 const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` }
-
-async function start (t: { teardown: (fn: () => unknown) => void }, url: string, plugin: any) {
-  const { default: Fastify } = await import('fastify')
-  const app = Fastify()
-  await app.register(plugin, { database: url, adminToken: ADMIN_TOKEN, gate: { routes: ['/v1/chat/completions'], sweepIntervalMs: 0 }, notifications: { intervalMs: 0, channels: TEST_CHANNELS } })
-  await app.ready()
-  t.teardown(async () => await app.close())
-  return app
-}
 
 t.test('1109fdb instance beside a 57ae84d instance: mapping moves across trees, creates and true-ups from both', async (t) => {
   const { budgets: oldPlugin } = await versionBefore('1109fdb')
   const { default: newPlugin } = await import('../lib/index.js')
   const { url, sql } = await createTestSql(t)
-  const old = await start(t, url, oldPlugin)
-  const made = await start(t, url, newPlugin) // re-applies the functions and triggers of this version
+  const old = await startInstance(t, url, oldPlugin)
+  const made = await startInstance(t, url, newPlugin) // re-applies the functions and triggers of this version
   const call = async (app: any, method: string, path: string, body?: Record<string, unknown>) =>
     await app.inject({ method, url: `${PREFIX}${path}`, headers: AUTH, ...(body === undefined ? {} : { body }) })
   const make = async (name: string) => (await call(made, 'POST', '', budgetRequest({ name, scopeId: name, startDate: '2024-01-01' }))).json().id as string
