@@ -264,6 +264,32 @@ t.test('tokens per minute hold with an estimate that leaves tokens out: counted 
   t.ok(total <= 100 + Math.max(...used) + refill, `${total} tokens admitted: the limit, one call's overdraft and ${refill.toFixed(1)} refilled at most`)
 })
 
+t.test('a call that reserves no tokens is refused while the tokens bucket is in debt, also after its process gave its allowance back', async (t) => {
+  // An estimate without tokens reserves none; each call's use is counted when it ends, so the bucket runs into
+  // debt. Between calls another budget changes: the process gives its allowances back (the debt with them)
+  // and starts afresh, as it does when they idle. A fresh allowance must still ask the bucket, not admit for free.
+  const gateway = await buildGateway(t, {
+    gate: { estimateCost: async (request, prices, model) => { const { model: chosen, amount } = (await estimateChatCost(request.body, prices, model)); return { model: chosen, amount } } }
+  })
+  await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 100 } })
+  const other = await gateway.createBudget({ scopeId: 'team-other', amount: '100' })
+  const started = Date.now()
+  const used: number[] = []
+  let refused = false
+  for (let i = 0; i < 20 && !refused; i++) {
+    const answer = await chat(gateway)
+    if (answer.statusCode === 429) refused = true
+    else used.push(answer.json().usage.total_tokens as number)
+    await gateway.settled()
+    const renamed = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${other.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { name: `other ${i}` } })
+    t.equal(renamed.statusCode, 200)
+  }
+  t.ok(refused, `refused after ${used.length} calls`)
+  const refill = (Date.now() - started) / 60_000 * 100
+  const total = used.reduce((sum, tokens) => sum + tokens, 0)
+  t.ok(total <= 100 + Math.max(...used) + refill, `${total} tokens admitted: the limit, one call's overdraft and ${refill.toFixed(1)} refilled at most`)
+})
+
 t.test('a limit lowered in this process applies to the very next call, even on a hot budget', async (t) => {
   const gateway = await buildGateway(t)
   const budget = await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 60000 } })

@@ -214,21 +214,21 @@ export function createBudgetIntegration ({ reservations, lines, leases, holds, s
   async function settleCall (reservationId: string, actualCost: Money | number | string | null, info: SettleInfo = {}): Promise<SettleOutcome> {
     const actual = actualCost === null || toUnits(String(actualCost)) === 0n ? null : parsePositiveMoney(actualCost, 'actualCost')
     const values = { source: info.source ?? 'gateway', description: info.description ?? null, metadata: info.metadata ?? {} }
+    // What this process holds of the call is taken at once, before any wait: a second settlement of the same id
+    // finds none of it.
     const rated = rateAdmitted.get(reservationId)
-    if (rated !== undefined) {
-      rateAdmitted.delete(reservationId)
-      rateLimits.end(rated.rate, actual === null ? null : usedTokens(values.metadata) ?? rated.tokens)
-    }
+    rateAdmitted.delete(reservationId)
     const leased = admitted.get(reservationId)
-    if (leased !== undefined) {
-      admitted.delete(reservationId)
-      return await leases.end(leased.admission, actual, { requestId: leased.requestId, ...values })
-    }
+    admitted.delete(reservationId)
+    const made = holdsMade.get(reservationId)
+    holdsMade.delete(reservationId)
+    // A debt it leaves on a rate limit (it used more tokens than it reserved) is in the bucket before its use is
+    // recorded: a process that sees the record sees the debt.
+    if (rated !== undefined) await rateLimits.end(rated.rate, actual === null ? null : usedTokens(values.metadata) ?? rated.tokens)
+    if (leased !== undefined) return await leases.end(leased.admission, actual, { requestId: leased.requestId, ...values })
     // No hold was ever made under an id that is no UUID (a typo, '' from a missing field): as PostgreSQL's
     // 22P02 it would fail the batch it joined and be logged as a failed settlement, for nothing held.
     if (typeof reservationId !== 'string' || !isUuid(reservationId)) return { outcome: 'not-found' }
-    const made = holdsMade.get(reservationId)
-    holdsMade.delete(reservationId)
     const origin = made === undefined ? {} : { origin: { requestId: made.requestId, budgetIds: made.budgetIds }, trees: made.trees }
     const settlement: Settlement = { reservationId, ...origin, actualCost: actual, ...values }
     const settled = await settlements.settle(settlement)

@@ -5,7 +5,8 @@
 // worth, at most an eighth of what the bucket holds) when they come within 100 ms of each other, so on
 // a hot budget calls are admitted in memory, with no round trip. Whatever a process holds counts as used
 // in the bucket, so the limits hold across processes; what it does not use goes back when idle for 2 s
-// and when the process closes. When a call ends, the tokens it did not use go back to the allowance.
+// and when the process closes. When a call ends, the tokens it did not use go back to the allowance, and the
+// tokens it used past what the allowance held go to the bucket at once, as a debt every process meets.
 // A changed budget ends every allowance at once (forgetAll): what was held, what a statement in flight
 // then grants and what calls admitted before the change give back all go to the buckets, so not one
 // call is admitted in memory under a limit that no longer holds.
@@ -84,9 +85,12 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
     return allowance
   }
 
+  // Every call uses a token at least: a call whose estimate names none (reserveCall without tokens) still
+  // needs one, so it asks the bucket when its allowance is empty, and a bucket in debt (the uses of such calls
+  // are counted when they end) refuses it. Needing nothing, it would be covered by an empty allowance.
   const need = (budget: BudgetTerms, tokens: number) => ({
     requests: budget.requestsPerMinute === null ? 0 : 1,
-    tokens: budget.tokensPerMinute === null ? 0 : tokens
+    tokens: budget.tokensPerMinute === null ? 0 : Math.max(1, tokens)
   })
   const covers = (allowance: Allowance, wanted: { requests: number, tokens: number }) =>
     allowance.requests >= wanted.requests && allowance.tokens >= wanted.tokens
@@ -207,14 +211,22 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
     giveBack(back)
   }
 
-  /** Gives allowance back to the buckets (what is not 0 of it), after the returns before it. */
-  function giveBack (back: RateReturn[]): void {
+  /**
+   * Gives allowance back to the buckets (what is not 0 of it; a negative amount is a debt), after the returns
+   * before it. Resolves when it has landed, or failed and was dealt with (it never rejects).
+   */
+  function giveBack (back: RateReturn[]): Promise<void> {
     back = back.filter((b) => b.requests !== 0 || b.tokens !== 0)
-    if (back.length === 0) return
-    // A failed give-back (after the repository's own retries) loses the allowance to the bucket until it
-    // refills, within a minute: fewer calls, never more.
+    if (back.length === 0) return Promise.resolve()
+    // Failed after the repository's own retries (a bucket row locked past lock_timeout, the database away):
+    // allowance given back is lost to the bucket until it refills, within a minute, so fewer calls. A debt must
+    // not be forgiven: it goes back to this process's allowance, paid by its next take or give-back.
     returns = Promise.all([returns, bestEffort(log, async () => { await reservations.giveBackRate(back) },
-      'giving back rate-limit allowance failed: those budgets admit fewer calls until their buckets refill, within a minute', { budgetIds: back.map((b) => b.budgetId), allowance: back })])
+      'giving back rate-limit allowance failed: those budgets admit fewer calls until their buckets refill, within a minute; a debt stays in this process until its next take',
+      { budgetIds: back.map((b) => b.budgetId), allowance: back }).then((given) => {
+      if (!given) for (const debt of back.filter((b) => b.tokens < 0)) allowanceOf(debt).tokens += debt.tokens
+    })])
+    return returns.then(() => {})
   }
 
   /** Takes the call's need from every limiting budget's allowance, which covers it; tops up the hot ones before they run dry. */
@@ -284,26 +296,37 @@ export function createRateLimits (reservations: RateRepository, log: Logger) {
 
     /**
      * Ends an admitted call: `usedTokens` is what it used (null: it was not served, so its request and
-     * tokens come back). The difference from what it took goes back to the allowance.
+     * tokens come back). The difference from what it took goes back to the allowance. Resolves when what goes
+     * to the bucket (a debt) is there: a settlement that waits for it is recorded after its debt.
      */
-    end (admission: RateAdmission, usedTokens: number | null): void {
+    async end (admission: RateAdmission, usedTokens: number | null): Promise<void> {
+      // A served call used a token at least (need() took one), though its upstream reported no usage.
+      const used = usedTokens === null ? 0 : Math.max(1, usedTokens)
       if (admission.era !== era) {
         // Admitted under definitions that have changed since: the difference settles with the bucket.
-        giveBack(admission.taken.map((taken) => ({
+        await giveBack(admission.taken.map((taken) => ({
           budgetId: taken.budgetId,
           rootId: taken.rootId,
           requests: usedTokens === null ? taken.requests : 0,
-          tokens: taken.limitsTokens ? taken.tokens - (usedTokens ?? 0) : 0
+          tokens: taken.limitsTokens ? taken.tokens - used : 0
         })))
         return
       }
+      const debts: RateReturn[] = []
       for (const taken of admission.taken) {
         const allowance = allowanceOf(taken)
         if (usedTokens === null) allowance.requests += taken.requests
-        // what it reserved less what it used: an overdrawn allowance (a call that reserved no tokens, with
-        // an estimate that leaves them out) is made good from the bucket before the next call is admitted
-        if (taken.limitsTokens) allowance.tokens += taken.tokens - (usedTokens ?? 0)
+        // what it reserved less what it used
+        if (taken.limitsTokens) allowance.tokens += taken.tokens - used
+        // Used more than the allowance held (an estimate that leaves tokens out, an upstream billing past
+        // max_tokens): the bucket is told of the debt at once, so every process's next call meets it, and a
+        // refusal's wait counts it. Kept here, it was invisible to other processes until this one's next take.
+        if (allowance.tokens < 0) {
+          debts.push({ budgetId: taken.budgetId, rootId: allowance.rootId, requests: 0, tokens: allowance.tokens })
+          allowance.tokens = 0
+        }
       }
+      await giveBack(debts)
     },
 
     /** Gives every allowance back (a budget changed: its limits may have): later calls take under the new ones. */
