@@ -224,7 +224,7 @@ export function createLeases (reservations: LeaseRepository, settlements: Settle
    */
   async function release ({ lease, estimate }: Admission): Promise<SettleOutcome> {
     try {
-      const swept = lease.ended || !await reservations.leaseHeld(lease.id).catch((error: unknown) => {
+      const swept = lease.ended || !await reservations.leaseHeld(lease.id, treesOf(lease.line)).catch((error: unknown) => {
         log.warn({ err: error, leaseId: lease.id }, 'checking a budget lease failed: its released call is given back to it')
         return true
       })

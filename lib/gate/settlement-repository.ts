@@ -75,14 +75,16 @@ export function createSettlementRepository (sql: Db) {
      * After a connection cut: the usage record with the settlement's own id (`own`: its first attempt
      * committed), else the one a settlement wrote for the request on one of these budgets (settlements record
      * one per request id: idempotency_key, on the budget that held it), and whether it is the sweeper's (the
-     * call's hold expired and was counted at its estimate); null when there is none.
+     * call's hold expired and was counted at its estimate); null when there is none. `trees`: its line's
+     * (treesOf), when known, where every record of the call is; on Citus the read then goes to their nodes only.
      */
-    async findSettledRecord (origin: RecordOrigin | undefined, usageId: string): Promise<{ usageId: string, own: boolean, swept: boolean } | null> {
+    async findSettledRecord (origin: RecordOrigin | undefined, usageId: string, trees: string[] | undefined): Promise<{ usageId: string, own: boolean, swept: boolean } | null> {
       // Without its origin (a hold another process made) only the call's own record, by its id, can be told.
       const { requestId, budgetIds } = origin ?? { requestId: null, budgetIds: [] }
       const [row] = await sql<Array<{ usageId: string, own: boolean, swept: boolean }>>`
         select id as "usageId", id = ${usageId}::uuid as own, source = 'expired-reservation' as swept from budget_usage_records
-        where id = ${usageId}::uuid or (idempotency_key = ${requestId} and budget_id = any (${budgetIds}::text[]::uuid[]))
+        where (id = ${usageId}::uuid or (idempotency_key = ${requestId} and budget_id = any (${budgetIds}::text[]::uuid[])))
+          ${trees === undefined ? sql`` : sql`and root_id = any (${trees}::text[]::uuid[])`}
         order by id = ${usageId}::uuid desc, recorded_at, id limit 1`
       return row ?? null
     },

@@ -79,8 +79,8 @@ export function createSettlementQueue (reservations: SettlementRepository,
    * reservation's of the same request (already recorded), or the sweeper's (the hold expired first, counted
    * at its estimate: `otherwise`, as without the cut).
    */
-  async function afterCut (origin: RecordOrigin | undefined, usageId: string, charged: boolean, otherwise: SettleOutcome): Promise<SettleOutcome> {
-    const found = await reservations.findSettledRecord(origin, usageId)
+  async function afterCut (origin: RecordOrigin | undefined, usageId: string, trees: string[] | undefined, charged: boolean, otherwise: SettleOutcome): Promise<SettleOutcome> {
+    const found = await reservations.findSettledRecord(origin, usageId, trees)
     if (found?.own === true) return { outcome: 'recorded', usageId }
     // without the origin (a hold made by another process), nothing else can be told: as without the cut
     if (found?.swept === true || origin === undefined) return otherwise
@@ -110,7 +110,7 @@ export function createSettlementQueue (reservations: SettlementRepository,
         const charged = settlement.actualCost !== null
         const outcome = heldOutcome(usageIds.get(settlement.reservationId), charged)
         outcomes.push(outcome.outcome === 'not-found' && queued.item.cut === true && settlement.usageId !== undefined
-          ? await afterCut(settlement.origin, settlement.usageId, charged, outcome)
+          ? await afterCut(settlement.origin, settlement.usageId, settlement.trees, charged, outcome)
           : outcome)
       }
       own.forEach((queued, index) => { queued.resolve(outcomes[index]!) })
@@ -130,7 +130,7 @@ export function createSettlementQueue (reservations: SettlementRepository,
         // Sent again after a cut, the call's own record from the first attempt reads as another's, or as an
         // expired lease's when the lease was swept meanwhile: its id tells.
         answers.push(answer.outcome !== 'recorded' && queued.item.cut === true
-          ? await afterCut({ requestId: settlement.requestId, budgetIds: settlement.budgetIds }, settlement.usageId!, true, answer)
+          ? await afterCut({ requestId: settlement.requestId, budgetIds: settlement.budgetIds }, settlement.usageId!, settlement.trees, true, answer)
           : answer)
       }
       leased.forEach((queued, index) => { queued.resolve(answers[index]!) })
