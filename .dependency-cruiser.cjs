@@ -5,6 +5,7 @@
 const below = {
   kernel: [],
   audit: [],
+  access: [],
   pricing: [],
   reports: [],
   budgets: ['audit'],
@@ -14,10 +15,11 @@ const below = {
   gate: ['audit', 'budgets', 'usage', 'pricing'],
   alerts: ['audit', 'budgets', 'usage'],
   metrics: ['usage'],
+  approvals: ['audit', 'budgets', 'usage', 'alerts'],
   'provider-costs': ['audit'],
   reconciliation: ['audit'],
   simulate: ['audit', 'budgets', 'pricing'],
-  http: ['audit', 'budgets', 'usage', 'pricing', 'model-apis', 'currencies', 'reports', 'gate', 'alerts', 'metrics', 'provider-costs', 'reconciliation', 'simulate']
+  http: ['access', 'approvals', 'audit', 'budgets', 'usage', 'pricing', 'model-apis', 'currencies', 'reports', 'gate', 'alerts', 'metrics', 'provider-costs', 'reconciliation', 'simulate']
 }
 const entry = (domains) => domains.map((domain) => `^lib/${domain}/index\\.ts$`)
 

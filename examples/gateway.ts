@@ -20,6 +20,7 @@ import { responses } from './apis/responses.js'
 import { chatCompletions } from './chat-completions.js'
 import type { EmbeddedDatabase } from './embedded-postgres.js'
 import { maxCallCostOfKey, parseGatewayKeys, scopesFromKey, type GatewayKeys } from './gateway-keys.js'
+import { adminAuthorize, parseAdminKeys, type AdminKeys } from './admin-keys.js'
 
 const port = Number(process.env.PORT ?? 3000)
 const host = process.env.HOST ?? '127.0.0.1'
@@ -33,6 +34,19 @@ let gatewayKeys: GatewayKeys | null = null
 if (process.env.GATEWAY_KEYS !== undefined) {
   try {
     gatewayKeys = parseGatewayKeys(process.env.GATEWAY_KEYS)
+  } catch (error) {
+    process.stderr.write(`The gateway cannot start: ${(error as Error).message}\n`)
+    process.exit(1)
+  }
+}
+
+// ADMIN_KEYS='{"<key>": {"actor": "lead-platform", "role": "editor", "scopes": [{"scopeType": "team", "scopeId": "platform"}]}}':
+// admin keys for team leads, finance and viewers, each limited to its role and its budget subtrees (docs/access.md).
+// The admin token stays the platform admin.
+let adminKeys: AdminKeys | null = null
+if (process.env.ADMIN_KEYS !== undefined && process.env.ADMIN_KEYS !== '') {
+  try {
+    adminKeys = parseAdminKeys(process.env.ADMIN_KEYS)
   } catch (error) {
     process.stderr.write(`The gateway cannot start: ${(error as Error).message}\n`)
     process.exit(1)
@@ -177,7 +191,7 @@ function costCollector (provider: 'OPENAI' | 'ANTHROPIC') {
 
 await app.register(budgets, {
   database: databaseUrl,
-  adminToken,
+  ...(adminKeys === null ? { adminToken } : { authorize: adminAuthorize(adminToken, adminKeys) }),
   gate: {
     // Each route's API (and so how the gate bounds it, reads its usage and refuses it) follows from its path.
     routes: MODEL_ROUTES.map((route) => route.url),
@@ -187,6 +201,7 @@ await app.register(budgets, {
     ...(gatewayKeys === null ? {} : { resolveScopes: (request) => scopesFromKey(gatewayKeys, request), maxCallCost: (request) => maxCallCostOfKey(gatewayKeys, request) }),
     failureMode: process.env.GATE_FAILURE_MODE === 'open' ? 'open' : 'closed',
     ...(process.env.RESERVATION_TTL_MS === undefined ? {} : { reservationTtlMs: Number(process.env.RESERVATION_TTL_MS) }),
+    ...(process.env.GATE_TIMEOUT_MS === undefined ? {} : { timeoutMs: Number(process.env.GATE_TIMEOUT_MS) }),
     ...(process.env.SWEEP_INTERVAL_MS === undefined ? {} : { sweepIntervalMs: Number(process.env.SWEEP_INTERVAL_MS) }),
     // Callers no budget covers: served and recorded ('allow', the default) or refused with 402 (docs/ledger.md).
     ...(process.env.GATE_UNBUDGETED === undefined ? {} : { unbudgeted: process.env.GATE_UNBUDGETED as 'allow' | 'refuse' })
@@ -238,6 +253,7 @@ process.stdout.write([
   gatewayKeys === null
     ? '  callers:     scopes from x-relay-* headers, trusted as sent (set GATEWAY_KEYS to require API keys)'
     : `  callers:     ${gatewayKeys.size} API key(s) from GATEWAY_KEYS; x-relay-* headers ignored`,
+  ...(adminKeys === null ? [] : [`  admin keys:  ${adminKeys.size} from ADMIN_KEYS, each limited to its role and budgets (docs/access.md)`]),
   `  admin token: ${adminTokenNote}`,
   ''
 ].join('\n') + '\n')

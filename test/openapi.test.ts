@@ -55,7 +55,7 @@ t.test('the OpenAPI document is valid and every admin route documents itself ful
 
   const admin = Object.entries(document.paths).filter(([path]) => path.startsWith('/api/v1/budgets'))
   const operations = admin.flatMap(([path, methods]) => Object.entries(methods).map(([method, operation]) => ({ path, method, operation })))
-  t.equal(operations.length, 39, 'every admin route is in the document') // 38: the cost mappings (4), the reconciliation report, its evaluate and true-up; the what-if replay
+  t.equal(operations.length, 43, 'every admin route is in the document') // 38: the cost mappings (4), the reconciliation report, its evaluate and true-up; the what-if replay; GET /access; the three of approval requests
   t.same(operations.flatMap(({ path, method, operation }) => problems(path, method, operation)), [], 'and documents itself fully')
 
   t.equal(document.paths['/api/v1/budgets/'], undefined, 'no trailing-slash twin of the create route')

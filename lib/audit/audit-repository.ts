@@ -48,10 +48,11 @@ export function createAuditRepository (sql: Db) {
     },
 
     /** Newest first, after the entry `before` (exclusive) when given; one budget's, or every budget's. */
-    async list (budgetId: string | null, before: bigint | null, limit: number): Promise<AuditEntry[]> {
+    async list (budgetId: string | null, before: bigint | null, limit: number, within: string[] | null): Promise<AuditEntry[]> {
       const rows = await sql<AuditRow[]>`
         select ${columns} from budget_audit_log
         where ${budgetId === null ? sql`true` : sql`budget_id = ${budgetId}`}
+          and ${within === null ? sql`true` : sql`budget_id = any (${within}::text[]::uuid[])`}
           and ${before === null ? sql`true` : sql`id < ${before.toString()}::bigint`}
         order by budget_audit_log.id desc limit ${limit}`
       return rows.map((row) => ({ ...row, at: row.at.toISOString() }))

@@ -174,10 +174,12 @@ export function createBudgetRepository (sql: Db) {
     },
 
     /** Live budgets in id order, after `afterId`: the keyset pages of GET {prefix}. */
-    async listBudgets (afterId: string | null, limit: number): Promise<BudgetDefinition[]> {
+    /** `within`: these budgets only; null: every one. */
+    async listBudgets (afterId: string | null, limit: number, within: string[] | null): Promise<BudgetDefinition[]> {
       const rows = await sql<BudgetRow[]>`
         select ${columns} from budget_definitions
         where deleted_at is null ${afterId === null ? sql`` : sql`and id > ${afterId}`}
+          ${within === null ? sql`` : sql`and id = any (${within}::text[]::uuid[])`}
         order by id
         limit ${limit}`
       return rows.map(toBudget)

@@ -3,9 +3,9 @@
 // (lib/kernel/validator.ts); here are the rules a schema cannot say: between fields, exact money, thresholds,
 // blank text. The CHECK constraints on budget_definitions mirror both, as the last line (docs/design-decisions.md).
 import { CurrencyMismatchError, ExceedsParentError, InvalidFieldError, UnknownChannelError } from '../kernel/errors.js'
-import { compareMoney, numberToDecimal, parseMoney, parsePositiveMoney } from '../kernel/money.js'
+import { compareMoney, numberToDecimal, parseMoney, parsePositiveMoney, toUnits } from '../kernel/money.js'
 import type { BudgetValues } from './budget-repository.js'
-import type { BudgetAlert, BudgetDigest, BudgetFilters, CreateBudgetRequest, Period, RateLimits } from '../kernel/schemas.js'
+import type { ApprovalPolicy, BudgetAlert, BudgetDigest, BudgetFilters, CreateBudgetRequest, Period, RateLimits } from '../kernel/schemas.js'
 import { parseTimestamp } from '../kernel/timestamps.js'
 
 const DAY = 86_400_000
@@ -114,14 +114,19 @@ function requireText (value: string, field: string): string {
 
 /** Alerts sorted by threshold, one alert per threshold and basis. */
 function normalizeAlerts (alerts: BudgetAlert[]): BudgetAlert[] {
+  const policies = new Map<BudgetAlert, ApprovalPolicy>()
   alerts.forEach((alert, index) => {
     // A percent with more than 4 decimals (1e-7) is a typo, not a threshold anyone means.
     if (!/^\d+(\.\d{1,4})?$/.test(numberToDecimal(alert.threshold)) || alert.threshold < 0.0001) {
       throw new InvalidFieldError(`alerts.${index}.threshold`, 'must be a percent from 0.0001 to 1000 with at most 4 decimal places')
     }
+    if (alert.approvalPolicy !== undefined) policies.set(alert, checkedPolicy(alert, `alerts.${index}.approvalPolicy`))
   })
+  if (alerts.filter((alert) => alert.approvalPolicy !== undefined).length > 1) {
+    throw new InvalidFieldError('alerts', 'names an approvalPolicy on more than one alert: a budget\'s requests for approval follow one policy')
+  }
   const sorted = alerts
-    .map((alert) => ({ ...alert, notificationChannels: alert.notificationChannels ?? [] }))
+    .map((alert) => ({ ...alert, notificationChannels: alert.notificationChannels ?? [], ...(policies.has(alert) ? { approvalPolicy: policies.get(alert)! } : {}) }))
     .sort((a, b) => a.threshold - b.threshold)
   const seen = new Set<string>()
   sorted.forEach((alert) => {
@@ -131,6 +136,29 @@ function normalizeAlerts (alerts: BudgetAlert[]): BudgetAlert[] {
     if (alert.maxPricePerMillion !== undefined) parseMoney(alert.maxPricePerMillion, 'alerts.maxPricePerMillion')
   })
   return sorted
+}
+
+/**
+ * An alert's approval policy, checked: it goes with require-approval; each level names who decides it; every
+ * level but the last has an upTo, each above the one before; the amounts as parseMoney writes them.
+ */
+function checkedPolicy (alert: BudgetAlert, field: string): ApprovalPolicy {
+  const policy = alert.approvalPolicy!
+  if (!alert.actions.includes('require-approval')) throw new InvalidFieldError(field, 'goes with the require-approval action: it says who decides a request for more spend')
+  let below = 0n
+  const levels = policy.levels.map((level, index) => {
+    if (level.roles === undefined && level.actors === undefined) throw new InvalidFieldError(`${field}.levels.${index}`, 'must name roles or actors: who decides this level')
+    const last = index === policy.levels.length - 1
+    if (last !== (level.upTo === undefined)) {
+      throw new InvalidFieldError(`${field}.levels.${index}.upTo`, last ? 'must not be set on the last level: it decides whatever is above the others' : 'is required on every level but the last: above it, the next level decides too')
+    }
+    if (level.upTo === undefined) return level
+    const upTo = parsePositiveMoney(level.upTo, `${field}.levels.${index}.upTo`)
+    if (toUnits(upTo) <= below) throw new InvalidFieldError(`${field}.levels.${index}.upTo`, 'must be above the upTo of the level before')
+    below = toUnits(upTo)
+    return { ...level, upTo }
+  })
+  return { ...policy, levels }
 }
 
 export function periodLength (budget: Pick<BudgetValues, 'period' | 'startDate' | 'endDate'>): number {

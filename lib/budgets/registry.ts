@@ -208,26 +208,30 @@ export function createBudgetRegistry (sql: Sql, { modelName = (name) => name, on
     },
 
     /** Every live budget, a page at a time in id order; the cursor is the last budget's id. */
-    async listBudgets (query: { limit?: number, cursor?: string } = {}): Promise<{ budgets: BudgetDefinition[], nextCursor: string | null }> {
+    /** `within`: only these budgets (a scoped principal's area); null: every budget. */
+    async listBudgets (query: { limit?: number, cursor?: string } = {}, within: ReadonlySet<string> | null = null): Promise<{ budgets: BudgetDefinition[], nextCursor: string | null }> {
       const { limit = 100, cursor } = checkListQuery(query)
       if (cursor !== undefined && !isUuid(cursor)) throw new InvalidFieldError('cursor', 'is not a cursor this API returned')
-      const found = await budgets.listBudgets(cursor ?? null, limit + 1)
+      const found = await budgets.listBudgets(cursor ?? null, limit + 1, within === null ? null : [...within])
       const shown = found.slice(0, limit)
       return { budgets: shown, nextCursor: found.length > limit ? shown[shown.length - 1]!.id : null }
     },
 
-    async getBudgetsByScope (scopeType: ScopeType, scopeId: string): Promise<BudgetDefinition[]> {
+    async getBudgetsByScope (scopeType: ScopeType, scopeId: string, within: ReadonlySet<string> | null = null): Promise<BudgetDefinition[]> {
       checkScopeParams({ type: scopeType, id: scopeId })
-      return await budgets.listScopeBudgets(scopeType, scopeId)
+      return visibleOf(await budgets.listScopeBudgets(scopeType, scopeId), within)
     },
 
-    /** The scope's budgets with all their ancestors and descendants, as trees from the topmost ancestors down. */
-    async getHierarchy (scopeType: ScopeType, scopeId: string): Promise<BudgetHierarchy> {
+    /**
+     * The scope's budgets with all their ancestors and descendants, as trees from the topmost ancestors down.
+     * `within`: only these budgets are shown (a scoped principal's area), the topmost of them as roots.
+     */
+    async getHierarchy (scopeType: ScopeType, scopeId: string, within: ReadonlySet<string> | null = null): Promise<BudgetHierarchy> {
       checkScopeParams({ type: scopeType, id: scopeId })
       const own = await budgets.listScopeBudgets(scopeType, scopeId)
       const ids = own.map((budget) => budget.id)
       const [ancestors, descendants] = await Promise.all([budgets.listAncestors(ids), budgets.listDescendants(ids)])
-      return { scopeType, scopeId, roots: buildTrees([...ancestors, ...own, ...descendants]) }
+      return { scopeType, scopeId, roots: buildTrees(visibleOf([...ancestors, ...own, ...descendants], within)) }
     }
   }
 }
@@ -256,6 +260,10 @@ async function checkParent (repository: BudgetRepository, values: BudgetValues, 
   if (depth > maxDepth) throw new HierarchyTooDeepError(depth, maxDepth)
   checkChildFitsParent(values, normalizeBudget(parent))
   return parent
+}
+
+function visibleOf (budgets: BudgetDefinition[], within: ReadonlySet<string> | null): BudgetDefinition[] {
+  return within === null ? budgets : budgets.filter((budget) => within.has(budget.id))
 }
 
 function buildTrees (budgets: BudgetDefinition[]): BudgetTreeNode[] {

@@ -195,10 +195,10 @@ export function createDecisionLog (repository: DecisionRepository, options: Deci
     flush,
     sweep: sweepInTurn,
 
-    /** A page of decisions, newest first, with the cursor of the next. */
-    async page (query: DecisionPageQuery): Promise<{ decisions: StoredDecision[], nextCursor: string | null }> {
+    /** A page of decisions, newest first, with the cursor of the next; `within`: a scoped reader's area, whose binding budgets' decisions alone it reads. */
+    async page (query: DecisionPageQuery, within?: ReadonlySet<string>): Promise<{ decisions: StoredDecision[], nextCursor: string | null }> {
       const filter = decisionFilter(query)
-      const rows = await repository.list({ ...filter, limit: filter.limit + 1 })
+      const rows = await repository.list({ ...filter, ...(within === undefined ? {} : { within: [...within] }), limit: filter.limit + 1 })
       const decisions = rows.slice(0, filter.limit)
       return { decisions, nextCursor: rows.length > filter.limit ? encodeCursor(decisions[decisions.length - 1]!) : null }
     },

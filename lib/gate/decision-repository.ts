@@ -48,6 +48,8 @@ export interface DecisionFilter {
   to?: Date
   /** Older than this (at, id), exclusive. */
   after?: { at: Date, id: bigint }
+  /** A scoped reader's area (lib/access): only the decisions whose binding budget is one of these. */
+  within?: readonly string[]
   limit: number
 }
 
@@ -150,7 +152,7 @@ export function createDecisionRepository (sql: Sql) {
 
     /** Newest first: (at, id) descending, strictly below `after` when given. */
     async list (filter: DecisionFilter): Promise<StoredDecision[]> {
-      const { budgetId, code, outcome, scope, from, to, after, limit } = filter
+      const { budgetId, code, outcome, scope, from, to, after, within, limit } = filter
       const rows = await sql<DecisionRow[]>`
         select id::text as id, at, request_id as "requestId", api, outcome, code,
                organization_id as organization, team_id as team, user_id as user, project_id as project, tags,
@@ -165,6 +167,7 @@ export function createDecisionRepository (sql: Sql) {
           and ${from === undefined ? sql`true` : sql`at >= ${from.toISOString()}::timestamptz`}
           and ${to === undefined ? sql`true` : sql`at < ${to.toISOString()}::timestamptz`}
           and ${after === undefined ? sql`true` : sql`(at, id) < (${after.at.toISOString()}::timestamptz, ${after.id.toString()}::bigint)`}
+          and ${within === undefined ? sql`true` : sql`budget_id = any (${within}::uuid[])`}
         order by at desc, id desc
         limit ${limit}`
       return rows.map(stored)

@@ -143,7 +143,7 @@ const REFUSALS: Array<{ code: RefusalCode, refuses: (check: BudgetCheck) => bool
     code: 'approval_required',
     refuses: (check) => check.activeActions.includes('require-approval') && !check.approved,
     reason: (check) => `Budget '${check.name}' requires an admin's approval for further calls`,
-    suggestion: 'ask an admin to approve further spend on this budget'
+    suggestion: 'ask for an approval of further spend (POST {prefix}/{budgetId}/approval-requests with the amount and a reason)'
   },
   {
     code: 'model_restricted',

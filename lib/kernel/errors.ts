@@ -33,6 +33,16 @@ export class UnboundedFieldError extends InvalidFieldError {
 }
 
 export const UnauthorizedError = createError('BUDGET_ERR_UNAUTHORIZED', 'Missing or invalid admin credentials', 401)
+// Scoped admin access (lib/access): the same answer for a budget that exists outside the caller's area and
+// for one that does not exist, so a refusal tells nothing of another team's budgets.
+export const ForbiddenError = createError('BUDGET_ERR_FORBIDDEN', "The role '%s' may not %s", 403)
+export class OutOfScopeError extends createError('BUDGET_ERR_OUT_OF_SCOPE', '%s', 403) {
+  readonly field: string | undefined
+  constructor (message: string, field?: string) {
+    super(message)
+    this.field = field
+  }
+}
 export const RouteNotFoundError = createError('BUDGET_ERR_ROUTE_NOT_FOUND', 'No route %s %s in the budgets API', 404)
 export const BudgetNotFoundError = createError('BUDGET_ERR_NOT_FOUND', "Budget '%s' not found", 404)
 
@@ -114,6 +124,17 @@ export class IdempotencyConflictError extends createError('BUDGET_ERR_IDEMPOTENC
 export class NoApplicableBudgetError extends createError('BUDGET_ERR_NO_APPLICABLE_BUDGET', 'No budget applies to %s', 404) {
   readonly field = 'scopes'
 }
+
+// Requests for approval (lib/approvals)
+export const ApprovalRequestNotFoundError = createError('BUDGET_ERR_APPROVAL_REQUEST_NOT_FOUND', "Approval request '%s' not found on budget '%s'", 404)
+/** A decision on a request already decided, rejected or expired. */
+export const ApprovalRequestClosedError = createError('BUDGET_ERR_APPROVAL_REQUEST_CLOSED', "Approval request '%s' is %s: it takes no more decisions", 409)
+/** A decision that names another level than the request's next: no level is skipped or decided twice. */
+export class ApprovalLevelError extends createError('BUDGET_ERR_APPROVAL_LEVEL', 'Level %d is not the one to decide now: level %d is', 409) {
+  readonly field = 'level'
+}
+/** A principal the level does not name, or one that filed the request or decided an earlier level of it. */
+export const NotAnApproverError = createError('BUDGET_ERR_NOT_AN_APPROVER', '%s', 403)
 
 // Alerts
 export const AlertNotFoundError = createError('BUDGET_ERR_ALERT_NOT_FOUND', "Alert '%s' not found on budget '%s'", 404)

@@ -20,6 +20,8 @@ export const NEAR_LIMIT_POLICIES = ['refuse', 'clamp'] as const
 export const PERIODS = ['daily', 'weekly', 'monthly', 'quarterly', 'annual', 'custom'] as const
 export const PERIOD_ALIGNMENTS = ['start', 'calendar'] as const
 export const ALERT_ACTIONS = ['notify', 'restrict-models', 'require-approval', 'block-all', 'auto-downgrade'] as const
+/** The roles of an admin API principal (lib/access/principal.ts says what each may do). */
+export const ROLES = ['viewer', 'editor', 'approver', 'admin'] as const
 
 export const ScopeType = StringEnum(SCOPE_TYPES)
 export const Period = StringEnum(PERIODS)
@@ -41,13 +43,29 @@ export const TimestampInput = Type.String({
 const Timestamp = Type.String({ format: 'date-time', description: 'ISO 8601 date-time in UTC.' })
 const Uuid = Type.String({ format: 'uuid' })
 
+/** A decimal written as a string, as an alert's money settings are kept: no sign, no exponent. */
+const DecimalText = (description: string) => Type.String({ pattern: '^\\d+(\\.\\d+)?$', description })
+
+export const ApprovalLevel = Type.Object({
+  name: Type.String({ minLength: 1, maxLength: 100, description: 'What the level is called in requests and notifications: team lead, finance.' }),
+  roles: Type.Optional(Type.Array(StringEnum(ROLES), { minItems: 1, maxItems: 4, uniqueItems: true, description: 'Principals of these roles, whose area holds the budget, decide this level.' })),
+  actors: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 200 }), { minItems: 1, maxItems: 50, uniqueItems: true, description: 'These principals (by actor), whose area holds the budget, decide this level.' })),
+  upTo: Type.Optional(DecimalText('This level alone decides a request of at most this amount; above it, the next level must approve as well. Every level but the last has one, each above the one before.'))
+}, { additionalProperties: false })
+export const ApprovalPolicy = Type.Object({
+  levels: Type.Array(ApprovalLevel, { minItems: 1, maxItems: 5, description: 'In order: a request needs the first level, and each next one while its amount is above the level\'s upTo.' }),
+  requestTtlMinutes: Type.Optional(Type.Integer({ minimum: 5, maximum: 43_200, description: 'How long a request waits for its decisions before it expires (default 1440, a day).' }))
+}, { additionalProperties: false, description: 'require-approval: who decides a request for more spend, level by level (docs/approvals.md). Without one, one level of principals that may approve (approver, admin) decides.' })
+export type ApprovalPolicy = Static<typeof ApprovalPolicy>
+
 export const BudgetAlert = Type.Object({
   threshold: Type.Number({ exclusiveMinimum: 0, maximum: 1000, description: 'Percent of the budget amount at which the alert fires.' }),
   actions: Type.Array(AlertAction, { minItems: 1, maxItems: 5, uniqueItems: true }),
   notificationChannels: Type.Array(Type.String({ minLength: 1, maxLength: 500 }), { maxItems: 20, uniqueItems: true, default: [] }),
   basis: Type.Optional(StringEnum(['current', 'projected'] as const, { description: 'Compare the spend (default) or the projected total for the period.' })),
   allowedModels: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 200 }), { maxItems: 50, uniqueItems: true, description: 'restrict-models: the models still allowed (default: the gate\'s cheapModels).' })),
-  maxPricePerMillion: Type.Optional(Type.String({ pattern: '^\\d+(\\.\\d+)?$', description: 'restrict-models: also allow any model whose output price per 1M tokens is at most this.' }))
+  maxPricePerMillion: Type.Optional(DecimalText('restrict-models: also allow any model whose output price per 1M tokens is at most this.')),
+  approvalPolicy: Type.Optional(ApprovalPolicy)
 }, { additionalProperties: false })
 
 /** Tag keys and values: short, printable, and free of the `,` and `=` that the x-relay-tags header uses. */
@@ -282,7 +300,7 @@ export const RecordUsageBody = Type.Object({
 
 export const UsageRecord = Type.Object({
   id: Uuid,
-  budgetId: Uuid,
+  budgetId: Nullable(Type.String({ format: 'uuid', description: 'The budget the record is stored on; null, in a usage page read by a principal with scopes, when that budget is outside its area (the record counts toward a budget of the area through its allocations: docs/access.md).' })),
   amount: Money,
   currency: Type.String(),
   source: Nullable(Type.String()),
@@ -505,6 +523,7 @@ export const RecentAlertsQuery = Type.Object({
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 }))
 }, { additionalProperties: false })
 export const AlertParams = Type.Object({ id: Type.String(), alertId: Type.String() })
+export const ApprovalRequestParams = Type.Object({ id: Type.String({ description: 'Budget id (uuid).' }), requestId: Type.String({ description: 'Approval request id (uuid).' }) })
 
 export const ApprovalRequest = Type.Object({
   amount: MoneyInput,
@@ -523,6 +542,49 @@ export const Approval = Type.Object({
   expiresAt: Timestamp
 })
 export const ApprovalList = Type.Object({ approvals: Type.Array(Approval) })
+
+export const APPROVAL_VERDICTS = ['approve', 'reject'] as const
+export const APPROVAL_REQUEST_STATES = ['pending', 'approved', 'rejected', 'expired'] as const
+export const FileApprovalRequest = Type.Object({
+  amount: MoneyInput,
+  reason: Type.Optional(Type.String({ maxLength: 2000 })),
+  expiresAt: Type.Optional(Type.String({ description: 'When the approval, once given, ends (an ISO 8601 date or date-time with a zone; default: an hour after the last level approves; never past the period). The request expires no later.', examples: ['2024-03-31T00:00:00Z'] }))
+}, { additionalProperties: false, examples: [{ amount: '800', reason: 'launch week' }] })
+export const ApprovalDecisionInput = Type.Object({
+  level: Type.Integer({ minimum: 1, maximum: 5, description: 'The level you decide: the request\'s next one (a level is never skipped, nor decided twice).' }),
+  verdict: StringEnum(APPROVAL_VERDICTS),
+  comment: Type.Optional(Type.String({ maxLength: 2000 }))
+}, { additionalProperties: false, examples: [{ level: 1, verdict: 'approve', comment: 'fine for the launch' }] })
+export const ApprovalRequestRecord = Type.Object({
+  id: Uuid,
+  budgetId: Uuid,
+  amount: Money,
+  reason: Nullable(Type.String()),
+  requestedBy: Type.String(),
+  state: StringEnum(APPROVAL_REQUEST_STATES),
+  createdAt: Timestamp,
+  expiresAt: Timestamp,
+  decidedAt: Nullable(Timestamp),
+  approvalId: Nullable(Uuid),
+  levels: Type.Array(Type.Object({
+    level: Type.Integer(),
+    name: Type.String(),
+    decidedBy: Nullable(Type.String()),
+    verdict: Nullable(StringEnum(APPROVAL_VERDICTS)),
+    comment: Nullable(Type.String()),
+    decidedAt: Nullable(Timestamp)
+  }), { description: 'The levels the request needs, in order, each with its decision once made.' }),
+  nextLevel: Nullable(Type.Integer({ description: 'The level to decide now; null once decided or expired.' })),
+  mayDecide: Type.Boolean({ description: 'Whether you may decide its next level.' })
+})
+export const ApprovalRequestQuery = Type.Object({
+  state: Type.Optional(StringEnum(APPROVAL_REQUEST_STATES, { description: 'Default pending.' })),
+  budgetId: Type.Optional(Type.String({ format: 'uuid' })),
+  decidable: Type.Optional(Type.Boolean({ description: 'Only those whose next level you may decide.' })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 200, default: 50 }))
+}, { additionalProperties: false })
+export const ApprovalRequestList = Type.Object({ requests: Type.Array(ApprovalRequestRecord) })
+export type ApprovalRequestRecord = Static<typeof ApprovalRequestRecord>
 export type ActiveAlert = Static<typeof ActiveAlert>
 
 // The audit log
@@ -531,7 +593,7 @@ export const AuditEntry = Type.Object({
   id: Type.String({ description: 'Increases with each entry.' }),
   budgetId: Nullable(Type.String({ format: 'uuid', description: 'Null for an exchange rate set (set-exchange-rate): before is the rate it replaced at the same instant, or null; after is the rate set. Null for a channel tested (test-channel): after is the channel and the outcome. Null for a provider\'s cost bucket corrected (correct-provider-cost): before and after are the bucket with its old and new amount. Null for a what-if replay (simulate): after is the range and the proposal.' })),
   action: StringEnum(['create', 'update', 'delete', 'approve', 'acknowledge', 'refresh-cache', 'set-exchange-rate', 'test-channel', 'correct-provider-cost',
-    'create-cost-mapping', 'update-cost-mapping', 'delete-cost-mapping', 'true-up', 'simulate'] as const),
+    'create-cost-mapping', 'update-cost-mapping', 'delete-cost-mapping', 'true-up', 'simulate', 'request-approval', 'decide-approval'] as const),
   changes: Type.Array(Type.String(), { description: 'For an update, the fields it changed (currency, parentId, amount, ...).' }),
   before: Type.Unknown({ description: 'The budget (or numbers) before the change; null for a create.' }),
   after: Type.Unknown({ description: 'The budget (or the approval, acknowledgement or refreshed numbers) after it; null for a delete.' }),

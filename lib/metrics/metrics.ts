@@ -22,7 +22,7 @@ export interface MetricsOptions {
 /** What a gated call came to: let through (allowed, or unchecked in open mode) or not, and why. */
 export type GateOutcome = 'allowed' | 'unchecked' | 'refused' | 'rate_limited' | 'invalid' | 'unavailable'
 
-export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promise<MetricBudget[]>, options: MetricsOptions, currency = 'USD') {
+export function createBudgetMetrics (listBudgets: (topBudgets: number, within?: readonly string[]) => Promise<MetricBudget[]>, options: MetricsOptions, currency = 'USD') {
   const registry = new Registry()
   // Decisions by outcome and code, counted since the last scrape.
   const decided = new Map<string, { outcome: GateOutcome, code: string, count: number }>()
@@ -82,43 +82,30 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
 
   // One query a scrape: the first gauge collected (spend) reads the budgets, the five after it reuse that.
   let scrape: Promise<MetricBudget[]> | null = null
-  const budgetsNow = async (fresh: boolean): Promise<MetricBudget[]> => {
+  budgetGauges(registry, async (fresh) => {
     if (fresh || scrape === null) scrape = listBudgets(options.topBudgets)
     const current = scrape
     return await current.catch((error: unknown) => { if (scrape === current) scrape = null; throw error })
-  }
-  const labelNames = ['budget_id', 'budget_name', 'scope_type', 'scope_id', 'currency'] as const
-  const budgetGauge = (name: string, help: string, value: (budget: MetricBudget, now: number) => number, fresh = false) => new Gauge({
-    name,
-    help,
-    labelNames,
-    registers: [registry],
-    async collect () {
-      const budgets = await budgetsNow(fresh)
-      const now = Date.now()
-      this.reset() // a budget that left the top N leaves the scrape
-      for (const budget of budgets) {
-        this.set({ budget_id: budget.id, budget_name: budget.name, scope_type: budget.scopeType, scope_id: budget.scopeId, currency: budget.currency }, value(budget, now))
-      }
-    }
   })
-  budgetGauge('relaycore_budget_spend', 'Settled spend in the budget\'s current window.', (budget) => Number(budget.currentAmount), true)
-  budgetGauge('relaycore_budget_reserved', 'Held by calls in flight and leases, in the current window.', (budget) => Number(budget.reservedAmount))
-  budgetGauge('relaycore_budget_limit', 'The budget\'s amount.', (budget) => Number(budget.amount))
-  budgetGauge('relaycore_budget_remaining', 'Amount - spend - reserved, never below 0.',
-    (budget) => Number(fromUnits(remainingUnits(toUnits(budget.amount), toUnits(budget.currentAmount), toUnits(budget.reservedAmount)))))
   const shadowDecisions = new Counter({
     name: 'relaycore_budget_shadow_decisions_total',
     help: 'Calls a shadow budget would have refused, clamped or downgraded, by the code and the outcome of its hard twin.',
     labelNames: ['code', 'outcome'] as const,
     registers: [registry]
   })
-  // The status's `blocked` state: 1 while a block-all alert is in force, so an alert rule can tell a block from a full budget.
-  budgetGauge('relaycore_budget_blocked', 'Whether a block-all alert is in force in the current window (1) or not (0).', (budget) => budget.blocked ? 1 : 0)
-  budgetGauge('relaycore_budget_seconds_to_reset', 'Seconds until the current window ends.', (budget, now) => Math.max(0, (budget.periodEnd.getTime() - now) / 1000))
 
   return {
     registry,
+    /**
+     * The budget gauges alone, for a scoped reader (lib/access): those of `within`'s budgets marked `metrics: true`
+     * and its top spenders, in a registry of this scrape's own. The gate's series count every tree's calls: not in it.
+     */
+    async budgetsOnly (within: ReadonlySet<string>): Promise<Registry> {
+      const scoped = new Registry()
+      let budgets: Promise<MetricBudget[]> | undefined // read once, by the first gauge collected
+      budgetGauges(scoped, async () => await (budgets ??= listBudgets(options.topBudgets, [...within])))
+      return scoped
+    },
     /** Counts a gated call's outcome; `code` is the refusal's (budget_exceeded, invalid_scope, …), '' when allowed. */
     decision (outcome: GateOutcome, code = ''): void {
       const key = `${outcome} ${code}`
@@ -157,6 +144,36 @@ export function createBudgetMetrics (listBudgets: (topBudgets: number) => Promis
 }
 
 export type BudgetMetrics = ReturnType<typeof createBudgetMetrics>
+
+/**
+ * The gauges of each budget read at a scrape: spend, reserved, limit, remaining, blocked, seconds to reset.
+ * `budgetsNow(fresh)`: the budgets to show; fresh for the first gauge collected, which may read them again.
+ */
+function budgetGauges (registry: Registry, budgetsNow: (fresh: boolean) => Promise<MetricBudget[]>): void {
+  const labelNames = ['budget_id', 'budget_name', 'scope_type', 'scope_id', 'currency'] as const
+  const budgetGauge = (name: string, help: string, value: (budget: MetricBudget, now: number) => number, fresh = false) => new Gauge({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    async collect () {
+      const budgets = await budgetsNow(fresh)
+      const now = Date.now()
+      this.reset() // a budget that left the top N leaves the scrape
+      for (const budget of budgets) {
+        this.set({ budget_id: budget.id, budget_name: budget.name, scope_type: budget.scopeType, scope_id: budget.scopeId, currency: budget.currency }, value(budget, now))
+      }
+    }
+  })
+  budgetGauge('relaycore_budget_spend', 'Settled spend in the budget\'s current window.', (budget) => Number(budget.currentAmount), true)
+  budgetGauge('relaycore_budget_reserved', 'Held by calls in flight and leases, in the current window.', (budget) => Number(budget.reservedAmount))
+  budgetGauge('relaycore_budget_limit', 'The budget\'s amount.', (budget) => Number(budget.amount))
+  budgetGauge('relaycore_budget_remaining', 'Amount - spend - reserved, never below 0.',
+    (budget) => Number(fromUnits(remainingUnits(toUnits(budget.amount), toUnits(budget.currentAmount), toUnits(budget.reservedAmount)))))
+  // The status's `blocked` state: 1 while a block-all alert is in force, so an alert rule can tell a block from a full budget.
+  budgetGauge('relaycore_budget_blocked', 'Whether a block-all alert is in force in the current window (1) or not (0).', (budget) => budget.blocked ? 1 : 0)
+  budgetGauge('relaycore_budget_seconds_to_reset', 'Seconds until the current window ends.', (budget, now) => Math.max(0, (budget.periodEnd.getTime() - now) / 1000))
+}
 
 /** Timings kept between two scrapes; past it they are handed to the histogram at once. */
 const MOST_TIMINGS_KEPT = 65_536

@@ -18,6 +18,12 @@ export interface SpendFilter {
   /** Only usage that counted toward a budget of this scope (so never usage that no budget covered). */
   scope?: { type: string, id: string }
   currency?: string
+  /**
+   * A scoped reader's area (lib/access): only usage that counted toward one of these budgets; grouped by
+   * budget, the key of a budget outside them left empty, as for usage no budget covered; and a scope's
+   * budgets (the scope filter) only those among them, so another tree's scope reads as one without budgets.
+   */
+  within?: readonly string[]
   /** total: largest first; key: by group, then currency. */
   sort: SpendSort
   /** At most this many groups; the rest are summed per currency as `others`. */
@@ -66,14 +72,18 @@ export function createReportRepository (sql: Db) {
         select ${key} as key, u.currency, sum(u.amount) as total, count(*) as calls,
                ${tokens('inputTokens')} as input_tokens, ${tokens('outputTokens')} as output_tokens
         from budget_usage_records u
-        ${filter.groupBy === 'scope' ? sql`left join budget_definitions b on b.root_id = u.root_id and b.id = u.budget_id` : sql``}
+        ${filter.groupBy === 'scope'
+          ? sql`left join budget_definitions b on b.root_id = u.root_id and b.id = u.budget_id ${filter.within === undefined ? sql`` : sql`and b.id = any (${filter.within}::uuid[])`}`
+          : sql``}
         where u.occurred_at >= ${filter.from} and u.occurred_at < ${filter.to}
           ${filter.currency === undefined ? sql`` : sql`and u.currency = ${filter.currency}`}
           ${filter.scope === undefined
             ? sql``
             // not correlated: a record's allocations may be in other trees than it (on Citus, other nodes)
             : sql`and u.id in (select a.usage_id from budget_usage_allocations a join budget_definitions s on s.root_id = a.root_id and s.id = a.budget_id
-                               where s.scope_type = ${filter.scope.type} and s.scope_id = ${filter.scope.id})`}
+                               where s.scope_type = ${filter.scope.type} and s.scope_id = ${filter.scope.id}
+                                 ${filter.within === undefined ? sql`` : sql`and s.id = any (${filter.within}::uuid[])`})`}
+          ${filter.within === undefined ? sql`` : sql`and u.id in (select a.usage_id from budget_usage_allocations a where a.budget_id = any (${filter.within}::uuid[]))`}
         group by 1, 2`
     const columns = sql`key, currency, total::text as total, calls::int as calls,
              input_tokens::text as "inputTokens", output_tokens::text as "outputTokens"`

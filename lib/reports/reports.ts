@@ -63,8 +63,11 @@ export function createSpendReports (reports: ReportRepository, now: () => Date, 
     return { from, to }
   }
 
-  /** The query, checked: a bad one is a 400 naming its field before anything is read. */
-  async function filterOf (query: SpendReportQuery): Promise<SpendFilter> {
+  /**
+   * The query, checked: a bad one is a 400 naming its field before anything is read.
+   * `within`: a scoped reader's area (lib/access), whose budgets' usage alone the report covers.
+   */
+  async function filterOf (query: SpendReportQuery, within?: ReadonlySet<string>): Promise<SpendFilter> {
     const groupBy = query.groupBy ?? 'scope'
     if (groupBy === 'tag' && query.tagKey === undefined) throw new InvalidFieldError('tagKey', 'is required when groupBy is tag')
     if ((query.scopeType === undefined) !== (query.scopeId === undefined)) {
@@ -83,7 +86,8 @@ export function createSpendReports (reports: ReportRepository, now: () => Date, 
       ...(query.limit === undefined ? {} : { limit: query.limit }),
       ...(query.tagKey === undefined ? {} : { tagKey: query.tagKey }),
       ...(query.scopeType === undefined ? {} : { scope: { type: query.scopeType, id: query.scopeId! } }),
-      ...(query.currency === undefined ? {} : { currency: query.currency })
+      ...(query.currency === undefined ? {} : { currency: query.currency }),
+      ...(within === undefined ? {} : { within: [...within] })
     }
   }
 
@@ -91,8 +95,8 @@ export function createSpendReports (reports: ReportRepository, now: () => Date, 
     filterOf,
 
     /** The report as one JSON document (its size is the number of groups, or limit and a line per currency). */
-    async spendReport (query: SpendReportQuery): Promise<SpendReport> {
-      const filter = await filterOf(query)
+    async spendReport (query: SpendReportQuery, within?: ReadonlySet<string>): Promise<SpendReport> {
+      const filter = await filterOf(query, within)
       const groups: SpendRow[] = []
       const others: SpendReport['others'] = []
       for await (const lines of reports.spendLines(filter)) {

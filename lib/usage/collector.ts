@@ -23,6 +23,9 @@ export interface BatchAnswer {
   refused: number
 }
 
+/** A check of a well-formed record before anything is read for it: throws the refusal. */
+export type RecordCheck = (record: BatchUsageRecord) => void
+
 /** A record that passed every check: where it goes and what is stored. */
 interface Checked {
   index: number
@@ -72,11 +75,12 @@ export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
   }
 
   /** The checks of one record that need no database. */
-  function read (index: number, record: unknown, clock: UsageRuleOptions): Read {
+  function read (index: number, record: unknown, clock: UsageRuleOptions, mayRecord?: RecordCheck): Read {
     checkStorable(record, '')
     if (!validateRecord(record)) throw Object.assign(new Error('invalid record'), { validation: validateRecord.errors, validationContext: 'record' })
     const valid = record as BatchUsageRecord
     if ((valid.budgetId === undefined) === (valid.scopes === undefined)) throw new InvalidFieldError('budgetId', 'give either budgetId or scopes (not both)')
+    mayRecord?.(valid)
     const usage = readUsage(valid, undefined, clock)
     const fingerprint = requestFingerprint(valid.scopes === undefined ? { budgetId: valid.budgetId! } : { scopes: valid.scopes as Record<string, string> }, valid, usage)
     if (valid.scopes === undefined) return { index, record: valid, usage, fingerprint, budgetIds: [valid.budgetId!.toLowerCase()], call: null } // a uuid in any case, as the single route reads it
@@ -210,8 +214,11 @@ export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
   }
 
   return {
-    /** Checks and stores each record; answers every one, in input order. A database fault stores none of them (and is thrown). */
-    async collect (records: unknown[]): Promise<BatchAnswer> {
+    /**
+     * Checks and stores each record; answers every one, in input order. A database fault stores none of them (and is thrown).
+     * `mayRecord`: the caller's own check of a well-formed record (a scoped principal's area), which throws to refuse it.
+     */
+    async collect (records: unknown[], mayRecord?: RecordCheck): Promise<BatchAnswer> {
       // One instant for the batch: a record without occurredAt happened when the batch arrived.
       const arrived = options.now()
       const clock: UsageRuleOptions = { now: () => arrived, ...(options.modelName === undefined ? {} : { modelName: options.modelName }) }
@@ -221,7 +228,7 @@ export function createUsageCollector (sql: Sql, options: UsageRuleOptions) {
       for (const [index, record] of records.entries()) {
         await yieldEvery(index)
         try {
-          reads.push(read(index, record, clock))
+          reads.push(read(index, record, clock, mayRecord))
         } catch (error) {
           answer(index, error)
         }

@@ -86,8 +86,10 @@ export function createStatusRepository (sql: Db) {
     /**
      * The budgets marked `metrics: true` and the `top` spenders, with their current window's numbers,
      * from the status cache only (a window without a row yet has spent nothing through the cache: 0).
+     * `within`: only these budgets (a scoped reader's area), the top spenders among them.
      */
-    async listMetricBudgets (top: number): Promise<MetricBudget[]> {
+    async listMetricBudgets (top: number, within?: readonly string[]): Promise<MetricBudget[]> {
+      const among = within === undefined ? sql`` : sql`and b.id = any (${within}::uuid[])`
       // Every tree's budgets: each join names the root (on Citus, one shard's rows meet), the window of now is
       // computed on the budget's columns (a shard's row is not of budget_definitions' type) and its row read,
       // as the status reads it (a row of a window the definition no longer has is not its spend), and the
@@ -95,12 +97,12 @@ export function createStatusRepository (sql: Db) {
       const windowNow = sql`budget_period_window(b.period, b.start_date, b.end_date, b.recurring, now(), b.timezone, b.fiscal_year_start_month, b.period_alignment)`
       return await sql<MetricBudget[]>`
         with chosen as (
-          (select b.root_id, b.id from budget_definitions b where b.metrics and b.deleted_at is null)
+          (select b.root_id, b.id from budget_definitions b where b.metrics and b.deleted_at is null ${among})
           union
           (select c.root_id, c.budget_id from budget_definitions b
            cross join lateral ${windowNow} w
            join budget_status_cache c on c.root_id = b.root_id and c.budget_id = b.id and c.period_start = w.period_start
-           where b.deleted_at is null
+           where b.deleted_at is null ${among}
            order by c.current_amount desc, c.budget_id limit ${top})
         )
         select b.id, b.name, b.scope_type as "scopeType", b.scope_id as "scopeId", b.currency, b.amount::text as amount,

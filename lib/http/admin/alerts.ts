@@ -2,6 +2,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { AlertList, AlertParams, AlertRecord, Approval, ApprovalList, ApprovalRequest, BudgetIdParams, RecentAlertsQuery } from '../../kernel/schemas.js'
 import { errorResponses } from './responses.js'
+import { visibleBudgets } from './access.js'
 import type { BudgetAlerts } from '../../alerts/index.js'
 
 export interface AlertRoutesOptions {
@@ -10,16 +11,18 @@ export interface AlertRoutesOptions {
 
 export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async (app, { alerts }) => {
   app.get('/alerts', {
+    config: { access: 'read' },
     schema: {
       summary: 'Recent alerts',
-      description: 'The latest threshold crossings of every live budget, newest first.',
+      description: 'The latest threshold crossings of every live budget (a scoped principal: of its area), newest first.',
       tags: ['alerts'],
       querystring: RecentAlertsQuery,
       response: { 200: AlertList, ...errorResponses({ 400: [] }) }
     }
-  }, async (request) => ({ alerts: await alerts.listRecentAlerts(request.query.limit) }))
+  }, async (request) => ({ alerts: await alerts.listRecentAlerts(request.query.limit, visibleBudgets(request)) }))
 
   app.get('/:id/alerts', {
+    config: { access: 'read', budgetParam: true },
     schema: {
       summary: 'Alert history',
       description: 'Every threshold crossing of the budget, newest first: once per period and threshold, with its actions, deliveries and acknowledgement.',
@@ -30,6 +33,7 @@ export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async 
   }, async (request) => ({ alerts: await alerts.listAlerts(request.params.id) }))
 
   app.post('/:id/alerts/:alertId/acknowledge', {
+    config: { access: 'write', budgetParam: true },
     schema: {
       summary: 'Acknowledge a crossing',
       description: 'Records who acknowledged it and when; the first acknowledgement stands.',
@@ -40,6 +44,7 @@ export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async 
   }, async (request) => await alerts.acknowledgeAlert(request.params.id, request.params.alertId, request.budgetActor ?? 'admin', request.id))
 
   app.post('/:id/approvals', {
+    config: { access: 'approve', budgetParam: true },
     schema: {
       summary: 'Approve further spend',
       description: 'Lets calls past require-approval for `amount` more spend (beyond settled and reserved spend now) until `expiresAt` (default one hour, at most the end of the period). Recorded with the approver.',
@@ -51,6 +56,7 @@ export const alertRoutes: FastifyPluginAsyncTypebox<AlertRoutesOptions> = async 
   }, async (request, reply) => await reply.code(201).send(await alerts.approve(request.params.id, request.body, request.budgetActor ?? 'admin', request.id)))
 
   app.get('/:id/approvals', {
+    config: { access: 'read', budgetParam: true },
     schema: {
       summary: 'Approvals of the budget',
       description: 'Every approval, newest first, with who approved, how much, and until when.',

@@ -10,6 +10,7 @@ export interface ExchangeRateRoutesOptions {
 
 export const exchangeRateRoutes: FastifyPluginAsyncTypebox<ExchangeRateRoutesOptions> = async (app, { rates }) => {
   app.put('/exchange-rates/:from/:to', {
+    config: { access: 'platform' },
     schema: {
       summary: 'Set an exchange rate',
       description: 'One unit of `from` is `rate` units of `to` from `effectiveFrom` (default now) on, until a later rate of the pair. Usage and gated calls in `from` count toward budgets in `to` at the rate in force when they are recorded (rounded up; the rate is stored with the allocation). 201 for a new rate, 200 when it replaces the rate of the same pair and instant (the replaced one stays in the list, marked replaced). Each change is in the audit log (set-exchange-rate).',
@@ -24,6 +25,7 @@ export const exchangeRateRoutes: FastifyPluginAsyncTypebox<ExchangeRateRoutesOpt
   })
 
   app.get('/exchange-rates', {
+    config: { access: 'read' },
     schema: {
       summary: 'List exchange rates',
       description: 'Every rate, replaced ones included, by pair and newest first, a page at a time (`limit`, `cursor`); `from` and `to` keep one currency\'s.',

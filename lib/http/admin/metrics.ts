@@ -2,6 +2,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { errorResponses } from './responses.js'
+import { visibleBudgets } from './access.js'
 import type { BudgetMetrics } from '../../metrics/index.js'
 
 export interface MetricsRoutesOptions {
@@ -10,11 +11,16 @@ export interface MetricsRoutesOptions {
 
 export const metricsRoutes: FastifyPluginAsyncTypebox<MetricsRoutesOptions> = async (app, { metrics }) => {
   app.get('/metrics', {
+    config: { access: 'read' },
     schema: {
       summary: 'Prometheus metrics',
-      description: 'The gate\'s decisions, latencies, live reservations, sweeper runs and notifications, and the spend, reserved, limit, remaining and seconds to reset of the budgets marked metrics: true and the top spenders, in Prometheus\'s text format.',
+      description: 'The gate\'s decisions, latencies, live reservations, sweeper runs and notifications, and the spend, reserved, limit, remaining and seconds to reset of the budgets marked metrics: true and the top spenders, in Prometheus\'s text format. For a principal with scopes, the gauges of the budgets it may see alone (its own top spenders), without the gate\'s series, which count every tree\'s calls.',
       tags: ['metrics'],
       response: { 200: Type.String({ description: 'text/plain; version=0.0.4' }), ...errorResponses({}) }
     }
-  }, async (_request, reply) => await reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()))
+  }, async (request, reply) => {
+    const within = visibleBudgets(request)
+    const registry = within === null ? metrics.registry : await metrics.budgetsOnly(within)
+    return await reply.type(registry.contentType).send(await registry.metrics())
+  })
 }

@@ -40,7 +40,7 @@ export const providerCostRoutes: FastifyPluginAsyncTypebox<{ costs: ProviderCost
       bodyLimit: COST_CSV_BODY_LIMIT,
       // The reader checks each field it stores (a dimension for NUL and unpaired surrogates, the rest against
       // ASCII patterns): the admin scope's walk of a whole 4 MiB text held the event loop some 10 ms more.
-      config: { checksEachRecord: true },
+      config: { access: 'platform', checksEachRecord: true },
       schema: {
         summary: 'Import provider costs from CSV',
         description: 'Stores the buckets of a cost CSV (Content-Type: text/csv; docs/provider-costs.md) for providers without a collector. The whole file in one ' +
@@ -59,6 +59,7 @@ export const providerCostRoutes: FastifyPluginAsyncTypebox<{ costs: ProviderCost
   })
 
   app.get('/provider-costs', {
+    config: { access: 'platform' },
     schema: {
       summary: 'List provider costs',
       description: 'The stored cost buckets by day, then as stored, a page at a time (`limit`, `cursor`); `provider`, `source`, `from` and `to` (days, inclusive) narrow them.',
@@ -69,6 +70,7 @@ export const providerCostRoutes: FastifyPluginAsyncTypebox<{ costs: ProviderCost
   }, async (request) => await costs.list(request.query))
 
   app.post('/provider-costs/collect', {
+    config: { access: 'platform' },
     handlerTimeout: COLLECT_TIMEOUT_MS,
     schema: {
       summary: 'Collect provider costs now',

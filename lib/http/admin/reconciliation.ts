@@ -14,6 +14,7 @@ const wantsCsv = (format: string | undefined, accept: string | undefined): boole
 
 export const reconciliationRoutes: FastifyPluginAsyncTypebox<{ reconciliation: Reconciliation }> = async (app, { reconciliation }) => {
   app.get('/provider-costs/mappings', {
+    config: { access: 'platform' },
     schema: {
       summary: 'List cost mappings',
       description: 'Which budget each provider dimension (an OpenAI project, an Anthropic workspace, an account) is compared with.',
@@ -23,6 +24,7 @@ export const reconciliationRoutes: FastifyPluginAsyncTypebox<{ reconciliation: R
   }, async () => await reconciliation.listMappings())
 
   app.post('/provider-costs/mappings', {
+    config: { access: 'platform' },
     schema: {
       summary: 'Map a provider dimension to a budget',
       description: 'A budget is compared with one provider\'s bill: mapping it to a second provider, or a dimension mapped already, is a 409. Audited (create-cost-mapping).',
@@ -36,6 +38,7 @@ export const reconciliationRoutes: FastifyPluginAsyncTypebox<{ reconciliation: R
   })
 
   app.put('/provider-costs/mappings/:id', {
+    config: { access: 'platform' },
     schema: {
       summary: 'Change a cost mapping',
       description: 'Its value, budget or trueUp; the provider and kind stay. Moving it to another budget is a 409 BUDGET_ERR_COST_MAPPING_CONFLICT ' +
@@ -48,6 +51,7 @@ export const reconciliationRoutes: FastifyPluginAsyncTypebox<{ reconciliation: R
   }, async (request) => await reconciliation.updateMapping(request.params.id, request.body, auditContext(request)))
 
   app.delete('/provider-costs/mappings/:id', {
+    config: { access: 'platform' },
     schema: {
       summary: 'Delete a cost mapping',
       description: 'A 409 BUDGET_ERR_COST_MAPPING_CONFLICT, naming the days, while its budget has true-up corrections for its provider that no other ' +
@@ -62,6 +66,7 @@ export const reconciliationRoutes: FastifyPluginAsyncTypebox<{ reconciliation: R
   })
 
   app.get('/reconciliation', {
+    config: { access: 'platform' },
     schema: {
       summary: 'Reconcile with the provider\'s bill',
       description: 'Per UTC day, provider and mapped budget: the provider\'s amount in the budget\'s currency (at the rate in force at noon UTC of the day), the spend the ' +
@@ -84,6 +89,7 @@ export const reconciliationRoutes: FastifyPluginAsyncTypebox<{ reconciliation: R
   })
 
   app.post('/reconciliation/evaluate', {
+    config: { access: 'platform' },
     schema: {
       summary: 'Check for drift now',
       description: 'Records each drift past the tolerance on the days before today, once per day, provider and budget, and sends budget.provider_drift through ' +
@@ -94,6 +100,7 @@ export const reconciliationRoutes: FastifyPluginAsyncTypebox<{ reconciliation: R
   }, async () => await reconciliation.evaluate())
 
   app.post('/reconciliation/true-up', {
+    config: { access: 'platform' },
     schema: {
       summary: 'True a budget up to the provider\'s bill',
       description: 'Writes the day\'s difference into the budget as one correction, a usage record at noon UTC of the day (never a hold), or adjusts the one written ' +

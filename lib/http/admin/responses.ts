@@ -7,6 +7,8 @@ import { ErrorResponse } from '../../kernel/schemas.js'
 const CODES = {
   400: ['BUDGET_ERR_VALIDATION'],
   401: ['BUDGET_ERR_UNAUTHORIZED'],
+  // a principal whose role or area does not reach the route or the budget (lib/http/admin/access.ts)
+  403: ['BUDGET_ERR_FORBIDDEN', 'BUDGET_ERR_OUT_OF_SCOPE'],
   404: ['BUDGET_ERR_NOT_FOUND'],
   409: [] as string[],
   // Fastify's own, for a body that is not JSON
@@ -18,11 +20,11 @@ const CODES = {
 type ErrorStatus = keyof typeof CODES
 
 /**
- * Error responses for the statuses given, each naming its codes. 401, 500 and 503 come with every
+ * Error responses for the statuses given, each naming its codes. 401, 403, 500 and 503 come with every
  * admin route; a route with a body (a 400 for bad input) can also meet Fastify's 415.
  */
 export function errorResponses (extra: Partial<Record<ErrorStatus, string[]>>) {
-  const always: ErrorStatus[] = [401, 500, 503, ...(extra[400] === undefined ? [] : [415 as const])]
+  const always: ErrorStatus[] = [401, 403, 500, 503, ...(extra[400] === undefined ? [] : [415 as const])]
   const statuses = [...new Set<ErrorStatus>([...always, ...Object.keys(extra).map(Number) as ErrorStatus[]])].sort()
   return Object.fromEntries(statuses.map((status) => {
     const codes = [...CODES[status], ...(extra[status] ?? []), ...(status === 400 ? ['FST_ERR_CTP_INVALID_JSON_BODY'] : [])]

@@ -16,6 +16,7 @@ const NDJSON = 'application/x-ndjson'
 
 export const simulateRoutes: FastifyPluginAsyncTypebox<SimulateRoutesOptions> = async (app, { simulator }) => {
   app.post('/simulate', {
+    config: { access: 'platform' },
     // The replay has its own bound (60 s, in PostgreSQL); Fastify's timer is its backstop.
     handlerTimeout: SIMULATE_STATEMENT_TIMEOUT_MS + 10_000,
     schema: {

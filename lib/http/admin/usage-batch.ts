@@ -5,6 +5,7 @@ import { RecordUsageBatchBody, UsageBatchResponse } from '../../kernel/schemas.j
 import type { UsageCollector } from '../../usage/index.js'
 import { errorResponses } from './responses.js'
 import { compileValidator } from '../validator.js'
+import { batchRecordCheck, batchWithinArea } from './access.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -30,7 +31,7 @@ const validateWholeBatch: FastifySchemaCompiler<any> = (route) => compileValidat
 export const usageBatchRoutes: FastifyPluginAsyncTypebox<{ collector: UsageCollector }> = async (app, { collector }) => {
   app.post('/usage/batch', {
     bodyLimit: BATCH_BODY_LIMIT,
-    config: { checksEachRecord: true },
+    config: { access: 'write', checksEachRecord: true },
     validatorCompiler: validateWholeBatch,
     schema: {
       summary: 'Record usage in bulk',
@@ -40,7 +41,7 @@ export const usageBatchRoutes: FastifyPluginAsyncTypebox<{ collector: UsageColle
         'batch or an earlier request, for the same request) or refused with the error the single route would give. The records ' +
         'created are stored in one transaction, with the same allocations, status and alert crossings as posting them one by one ' +
         'in order; a database fault stores none of them (503). A body that is not an object of 1 to 10,000 records is a 400; ' +
-        'one over 16 MiB is a 413.',
+        'one over 16 MiB is a 413. A principal with scopes names each record\'s budget by budgetId, one it may touch (else that record is refused with BUDGET_ERR_OUT_OF_SCOPE).',
       tags: ['usage'],
       body: RecordUsageBatchBody,
       response: {
@@ -49,5 +50,5 @@ export const usageBatchRoutes: FastifyPluginAsyncTypebox<{ collector: UsageColle
         413: { ...errorResponses({ 400: [] })[400], description: 'Error codes: FST_ERR_CTP_BODY_TOO_LARGE' }
       }
     }
-  }, async (request) => await collector.collect(request.body.records))
+  }, async (request) => batchWithinArea(request, request.body.records, await collector.collect(request.body.records, batchRecordCheck(request))))
 }

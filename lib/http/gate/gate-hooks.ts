@@ -114,7 +114,7 @@ export interface DecisionNotes {
 }
 
 export function registerGate (fastify: FastifyInstance, options: GateOptions, integration: BudgetIntegration, book: PriceBook,
-  metrics: BudgetMetrics, decisions: DecisionNotes | null = null): Part<null> {
+  metrics: BudgetMetrics, decisions: DecisionNotes | null = null, adminPrefix = ''): Part<null> {
   // Settlements and records on their way to PostgreSQL, and requests the gate is guarding: what closing waits for.
   const pending = new Set<Promise<unknown>>()
   let inFlight = 0
@@ -308,6 +308,8 @@ export function registerGate (fastify: FastifyInstance, options: GateOptions, in
       details: {
         budget: { id: check.bindingBudgetId, remaining: check.remaining, limit: check.limit, currency: check.currency ?? options.currency, estimatedCost: check.code === 'estimate_out_of_range' ? null : check.bindingEstimate ?? state.estimate },
         ...(check.code === 'model_restricted' ? { allowedModels: refusing?.allowedModels ?? [] } : {}),
+        // how to ask for the approval (docs/approvals.md): a request the budget's approval policy decides
+        ...(check.code === 'approval_required' ? { approval: { method: 'POST', path: `${adminPrefix}/${check.bindingBudgetId!}/approval-requests` } } : {}),
         ...(check.code === 'call_cost_cap_exceeded' && refusing !== undefined
           ? { cap: { source: 'budget', budgetId: refusing.budgetId, amount: refusing.maxCallCost, currency: refusing.currency, estimatedCost: refusing.estimatedCost } }
           : {})
