@@ -14,10 +14,13 @@ import { createBudgets, type BudgetRegistry } from './budgets/index.js'
 import { createUsage } from './usage/index.js'
 import { createDecisions, createDefinitionsVersion, createGate, type BudgetIntegration, type BudgetTracker, type DecisionLog } from './gate/index.js'
 import { createAlerts, type BudgetAlerts } from './alerts/index.js'
+import { createApprovals } from './approvals/index.js'
+import { boundedTransaction } from './kernel/database/bounded.js'
 import type { NotificationDeliverer } from './alerts/notifications.js'
 import { createCurrencies } from './currencies/index.js'
 import { createBudgetMetrics, type BudgetMetrics } from './metrics/metrics.js'
 import { createBudgetAudit } from './audit/audit.js'
+import { createAccess } from './access/index.js'
 import { createSpendReports } from './reports/reports.js'
 import { createProviderCosts } from './provider-costs/index.js'
 import { createReconciliation } from './reconciliation/index.js'
@@ -39,7 +42,7 @@ declare module 'fastify' {
     budgetMetrics: BudgetMetrics
     /** The gate's decision log: flush() writes what waits (it is written in batches), sweep() deletes past the retention. */
     budgetDecisions: DecisionLog
-    /** An onRequest/preHandler hook with the admin API's authorization, for the host's own routes. */
+    /** An onRequest/preHandler hook with the admin API's authorization, for the host's own routes that show every tree (principals without scopes). */
     budgetAdminGuard: (request: FastifyRequest) => Promise<void>
   }
   interface FastifyContextConfig {
@@ -79,7 +82,7 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     const gate = createGate({ reservations: repositories.reservations, findBudget: repositories.budgets.findBudget, recordUnbudgeted: repositories.usage.insertUnbudgeted, onCitus },
       usage.api.tracker, versions, { currency, reservationTtlMs, timeoutMs, nearLimit, models: { prices, cheapModels, downgrades } }, log)
     // Prometheus: the gate's counters as calls happen, the budgets' gauges read from the status cache when scraped.
-    const metrics = partOf(createBudgetMetrics(async (top) => await repositories.status.listMetricBudgets(top), metricsOptions, currency))
+    const metrics = partOf(createBudgetMetrics(async (top, within) => await repositories.status.listMetricBudgets(top, within), metricsOptions, currency))
     const alerts = createAlerts(sql, repositories, gate.api.tracker, { notifications, notified: metrics.api.notified, adminTimeoutMs, now }, log)
     const decisions = createDecisions(sql, decisionOptions, log, metrics.api.registry)
     const currencies = createCurrencies(sql, adminTimeoutMs, log, now)
@@ -93,6 +96,10 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     // What-if replay: a proposal applied by the registry's rules in a transaction always rolled back, and the
     // recorded usage of a past range replayed through the gate's and the alerts' SQL rules.
     const simulate = createSimulate(sql, { cheapModels, downgrades, prices, currency, registry: { modelName, channels: Object.keys(notifications.channels) } })
+    // Who may see and change which budgets: a scoped principal's area, read per admin request.
+    const access = createAccess(sql)
+    // Requests for approval, decided level by level by the budget's approval policy; the last level makes the approval.
+    const approvals = partOf(createApprovals({ inTransaction: boundedTransaction(sql, adminTimeoutMs, log), sql, budgets: repositories.budgets, tracker: gate.api.tracker, alerts: alerts.api.alerts, now }))
 
     fastify.decorate('budgetRegistry', registry.api)
     fastify.decorate('budgetTracker', gate.api.tracker)
@@ -102,19 +109,21 @@ const budgets: FastifyPluginAsync<BudgetsOptions> = async (fastify, options) => 
     fastify.decorate('budgetMetrics', metrics.api)
     fastify.decorate('budgetDecisions', decisions.api)
     // The admin API's check, for the host's own routes that show money (a /metrics of its own, say).
-    fastify.decorate('budgetAdminGuard', adminGuard(authorize))
+    fastify.decorate('budgetAdminGuard', adminGuard(authorize, { everyTree: true }))
     fastify.decorateRequest('budgetActor', null)
+    fastify.decorateRequest('budgetPrincipal', null)
+    fastify.decorateRequest('budgetArea', null)
     fastify.decorateRequest('budgetGate', null)
 
     // The gate's hooks on the host's model routes; they drain the calls in flight first when the server closes.
-    const gateHooks = gateOptions === null ? partOf(null) : registerGate(fastify, gateOptions, gate.api.integration, prices, metrics.api, decisionOptions.enabled ? decisions.api : null)
-    const lifecycle = lifecycleOf([database, pricing, registry, usage, gate, metrics, alerts, decisions, currencies, reports, audit, reconciliation, providerCosts, simulate, gateHooks], log)
+    const gateHooks = gateOptions === null ? partOf(null) : registerGate(fastify, gateOptions, gate.api.integration, prices, metrics.api, decisionOptions.enabled ? decisions.api : null, prefix)
+    const lifecycle = lifecycleOf([database, pricing, registry, usage, gate, metrics, alerts, decisions, currencies, reports, audit, reconciliation, providerCosts, simulate, access, approvals, gateHooks], log)
     fastify.addHook('onReady', async () => { lifecycle.start() })
     fastify.addHook('onClose', async () => { await lifecycle.stop() })
 
     await fastify.register(adminRoutes, {
-      prefix, authorize, registry: registry.api, tracker: gate.api.tracker, collector: usage.api.collector, recordUsage: usage.api.recordUsage,
-      alerts: alerts.api.alerts, channels: alerts.api.channels, metrics: metrics.api, audit: audit.api, reports: reports.api, rates: currencies.api,
+      prefix, authorize, access: access.api, registry: registry.api, tracker: gate.api.tracker, collector: usage.api.collector, recordUsage: usage.api.recordUsage,
+      alerts: alerts.api.alerts, approvals: approvals.api, channels: alerts.api.channels, metrics: metrics.api, audit: audit.api, reports: reports.api, rates: currencies.api,
       decisions: decisions.api, providerCosts: providerCosts.api, reconciliation: reconciliation.api, simulator: simulate.api, timeoutMs: adminTimeoutMs
     })
     // The page beside the API, outside its authorization: it holds no data, and asks the API with the operator's token.
@@ -130,14 +139,15 @@ export { budgets }
 export * from './kernel/errors.js'
 export type { BudgetsOptions } from './options.js'
 export type { ProviderCostsOptions, CostCollectorOptions, CollectOutcome, StoredCost } from './provider-costs/index.js'
-export type { Authorize } from './http/admin/admin.js'
+export type { Authorize, PrincipalVerdict } from './http/admin/admin.js'
+export type { AccessScope, Principal, Role } from './access/index.js'
 export type { BudgetRegistry, CreateBudgetInput as CreateBudgetRequest, UpdateBudgetInput as UpdateBudgetRequest, DeleteBudgetOptions } from './budgets/registry.js'
 export type { UsageRecord } from './usage/usage-repository.js'
 export type { RecordUsageRequest, UsageMetadata } from './usage/tracker.js'
 export type { BudgetIntegration, BudgetTracker } from './gate/integration.js'
 export type { CallerScopes } from './kernel/scopes.js'
 export type { BudgetAlerts, ApprovalRequest } from './alerts/alerts.js'
-export type { AlertEvent, DigestEvent, DriftEvent, BudgetEvent, Notifier, NotificationOptions, ChannelConfig } from './alerts/notifications.js'
+export type { AlertEvent, DigestEvent, DriftEvent, ApprovalStepEvent, BudgetEvent, Notifier, NotificationOptions, ChannelConfig } from './alerts/notifications.js'
 export { webhookNotifier } from './alerts/notifications.js'
 export type { BudgetGateState, GateOptions, GateRoute } from './http/gate/gate-options.js'
 export type { ApiName, ModelApi, Refusal, RefusalKind, StreamUsageReader, OutputLimit } from './model-apis/model-api.js'

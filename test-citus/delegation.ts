@@ -217,6 +217,53 @@ t.test('a lease taken, renewed and given back runs whole on the node of its tree
   }
 })
 
+/**
+ * Runs `read` (a repository read that sends `marker` in its text), and checks it went to `worker` only: one
+ * single-shard execution on the coordinator, nothing on the other worker, and EXPLAIN's one task there.
+ */
+async function checkRoutedTo (t: Test, database: Awaited<ReturnType<typeof distributedDatabase>>, worker: number, marker: string,
+  read: (sql: postgres.Sql) => Promise<unknown>): Promise<void> {
+  const before = await database.counters()
+  await read(database.gateSql)
+  const after = await database.counters()
+  t.same(delta(after, before, database.coordinator), { connections: 1, singleShard: 1, multiShard: 0 }, `${marker}: one single-shard execution, on one connection`)
+  t.same(delta(after, before, database.workers.find((port) => port !== worker)!), { connections: 0, singleShard: 0, multiShard: 0 }, `${marker}: the other worker ran nothing`)
+  const sent: Array<{ text: string, parameters: unknown[] }> = []
+  const debugSql = postgres(database.url, { max: 1, onnotice: () => {}, debug: (_connection, text, parameters) => { sent.push({ text, parameters }) } })
+  try {
+    await read(debugSql)
+    const query = sent.find((one) => one.text.includes(marker))!
+    const plan = (await debugSql.unsafe(`explain (costs off) ${query.text}`, query.parameters as never[])).map((line) => Object.values(line)[0]).join('\n')
+    t.match(plan, /Task Count: 1\n/, `${marker}: EXPLAIN shows one task`, { plan })
+    t.match(plan, new RegExp(`Node: host=\\S+ port=${worker} `), `${marker}: on the tree's worker (${worker})`, { plan })
+  } finally {
+    await debugSql.end({ timeout: 1 })
+  }
+}
+
+t.test('the two reads of the gate\'s rare paths (is a lease still held; a settlement\'s record after a connection cut) go to their tree\'s node only', async (t) => {
+  const database = await distributedDatabase(t)
+  for (const [worker, org] of await twoTreesOnTwoWorkers(t, database)) {
+    const trees = [org.id]
+    const lease = randomUUID()
+    await createLeaseRepository(database.gateSql).takeLease(lease, org.line, 'USD', 60_000, '1', '0.01')
+    await checkRoutedTo(t, database, worker, 'budget_reservations', async (sql) => {
+      t.equal(await createLeaseRepository(sql).leaseHeld(lease, trees), true, 'the lease is held')
+    })
+    const requestId = randomUUID()
+    const usageId = randomUUID()
+    await createSettlementRepository(database.gateSql).settleLeased([{
+      leaseId: lease, budgetIds: [org.id], trees, requestId, actualCost: '0.2', occurredAt: new Date(), source: 'gateway', description: null, metadata: {}, usageId
+    }], 60_000)
+    await checkRoutedTo(t, database, worker, 'budget_usage_records', async (sql) => {
+      t.same(await createSettlementRepository(sql).findSettledRecord({ requestId, budgetIds: [org.id] }, usageId, trees), { usageId, own: true, swept: false }, 'its own record found')
+    })
+    await createLeaseRepository(database.gateSql).returnLease(lease, trees, '0', true, 1)
+    t.equal(await createLeaseRepository(database.gateSql).leaseHeld(lease, trees), false, 'given back, the lease is no longer held')
+    t.equal(await createSettlementRepository(database.gateSql).findSettledRecord({ requestId: randomUUID(), budgetIds: [org.id] }, randomUUID(), trees), null, 'no record of another call')
+  }
+})
+
 t.test('a rate take and a give-back run whole on the node of their tree', async (t) => {
   const database = await distributedDatabase(t)
   for (const [worker, org] of await twoTreesOnTwoWorkers(t, database)) {

@@ -1,6 +1,6 @@
 // Every shell example in the README and in docs/ that calls curl runs as written: the real example
 // gateway (`npm start`'s script) on a database of its own per page, the admin token exported as the
-// README's quick start says, each page's examples run by bash in order, each to exit 0. Variables an
+// README's quick start says (and docs/access.md's LEAD_KEY, docs/approvals.md's FINANCE_KEY), each page's examples run by bash in order, each to exit 0. Variables an
 // example sets (an id picked out with jq) are there for the page's later examples, as in one terminal.
 // The one change made to the text: the gateway listens on a free port, so http://127.0.0.1:3000 is
 // replaced by its address (tap runs test files side by side, and 3000 may be taken).
@@ -17,6 +17,15 @@ import { startGatewayProcess } from './fixtures/gateway-process.js'
 const run = promisify(execFile)
 const DOCUMENTED_ORIGIN = 'http://127.0.0.1:3000'
 const ADMIN_TOKEN = 'docs-examples-admin-token-0123456789'
+// docs/access.md's team lead: the key its start command makes, given to every page's gateway in ADMIN_KEYS
+// (the platform admin's token works beside it) and exported as that page's examples expect.
+const LEAD_KEY = 'lead-platform-docs-examples-0123456789'
+// docs/approvals.md's finance: an approver of every tree, the second level of its policy
+const FINANCE_KEY = 'finance-docs-examples-0123456789'
+const ADMIN_KEYS = JSON.stringify({
+  [LEAD_KEY]: { actor: 'lead-platform', role: 'editor', scopes: [{ scopeType: 'team', scopeId: 'platform' }] },
+  [FINANCE_KEY]: { actor: 'finance', role: 'approver', scopes: null }
+})
 
 /** Runs `example` after `state` (what earlier examples set), and writes back what it set. */
 function script (example: string, stateFile: string): string {
@@ -38,7 +47,7 @@ t.ok(pages.some(({ path }) => path === 'README.md'), 'the README has curl exampl
 
 for (const { path, examples } of pages) {
   t.test(`the curl examples of ${path} run as written`, async (t) => {
-    const gateway = await startGatewayProcess({ DATABASE_URL: await createTestDatabase(t), ADMIN_TOKEN, NOTIFY_CHANNELS: undefined, GATEWAY_KEYS: undefined, BUDGETS_DATA_DIR: undefined })
+    const gateway = await startGatewayProcess({ DATABASE_URL: await createTestDatabase(t), ADMIN_TOKEN, ADMIN_KEYS, NOTIFY_CHANNELS: undefined, GATEWAY_KEYS: undefined, BUDGETS_DATA_DIR: undefined })
     t.teardown(async () => await gateway.stop())
     const directory = await mkdtemp(join(tmpdir(), 'relaycore-docs-'))
     t.teardown(async () => await rm(directory, { recursive: true, force: true }))
@@ -47,7 +56,7 @@ for (const { path, examples } of pages) {
     for (const [index, example] of examples.entries()) {
       const code = example.replaceAll(DOCUMENTED_ORIGIN, gateway.url)
       try {
-        await run('bash', ['-c', script(code, stateFile)], { cwd: directory, env: { ...process.env, ADMIN_TOKEN }, timeout: 60_000 })
+        await run('bash', ['-c', script(code, stateFile)], { cwd: directory, env: { ...process.env, ADMIN_TOKEN, LEAD_KEY, FINANCE_KEY }, timeout: 60_000 })
         t.pass(`${path}, example ${index + 1} exits 0`)
       } catch (error) {
         const { code: exit, stdout, stderr } = error as { code: unknown, stdout: string, stderr: string }

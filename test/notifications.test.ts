@@ -9,6 +9,7 @@ import budgets, { type BudgetEvent, type BudgetsOptions } from '../lib/index.js'
 import { createAlertRepository } from '../lib/alerts/alert-repository.js'
 import { ADMIN_TOKEN } from './fixtures/app.js'
 import { createTestDatabase } from './fixtures/database.js'
+import { buildGateway, spendTo } from './fixtures/gateway.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
@@ -72,7 +73,10 @@ t.test('a webhook that hangs holds no transaction, no lock and no pooled connect
     select state, xact_start as "xactStart" from pg_stat_activity where application_name = ${APP_NAME} and datname = current_database()`
   t.ok(sessions.length > 0, 'the app has its connection')
   t.same(sessions.filter((session) => session.state !== 'idle'), [], 'no session of the app is in a transaction (none idle in transaction) while the webhook hangs')
-  const [row] = await monitor<Array<{ locked: boolean }>>`select count(*) = 0 as locked from (select id from budget_notification_outbox for update skip locked) free`
+  // the row by its tree and id: a lock taken by root, as on Citus, where a FOR UPDATE must name one shard
+  const [queued] = await monitor<Array<{ rootId: string, id: string }>>`select root_id as "rootId", id from budget_notification_outbox`
+  const [row] = await monitor<Array<{ locked: boolean }>>`
+    select count(*) = 0 as locked from (select id from budget_notification_outbox where root_id = ${queued!.rootId} and id = ${queued!.id} for update skip locked) free`
   t.notOk(row!.locked, 'the outbox row is not locked: another statement could lock it')
   const [claimed] = await monitor<Array<{ status: string, claimed: boolean, notDue: boolean, attempts: number }>>`
     select status, claim_id is not null as claimed, next_attempt_at > now() as "notDue", attempts from budget_notification_outbox`
@@ -193,4 +197,17 @@ t.test('a round tries a row at most once, however short its backoff', async (t) 
   for (let round = 0; round < 4; round++) await app.budgetNotifications.deliverDue()
   t.match((await app.budgetAlerts.listAlerts(budget.id))[0]!.deliveries, [{ status: 'failed', attempts: 5 }], 'failed once the attempts run out, a round each')
   t.equal(calls, 5)
+})
+
+t.test('a name a budget\'s editor typed cannot mention @channel or link in a Slack text: &, < and > are escaped there, and only there', async (t) => {
+  const sent: BudgetEvent[] = []
+  const gateway = await buildGateway(t, { notifications: { channels: { feed: { deliver: async (event) => { sent.push(event) } } } } })
+  const name = '<!channel> ops & <https://evil.example|pay here>'
+  const budget = await gateway.createBudget({ name, amount: '10', alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['feed'] }] })
+  await spendTo(gateway.app, budget.id, '6')
+  t.same(await gateway.app.budgetNotifications.deliverDue(), { delivered: 1, failed: 0 })
+  const [crossing] = sent
+  t.equal(crossing!.type, 'budget.threshold_crossed')
+  t.match(crossing!.text, /^Budget '&lt;!channel&gt; ops &amp; &lt;https:\/\/evil\.example\|pay here&gt;' crossed 50%/, 'escaped in the text')
+  t.equal((crossing as { budget: { name: string } }).budget.name, name, 'the structured name as written')
 })

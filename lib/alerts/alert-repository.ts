@@ -1,6 +1,6 @@
 // SQL for alert history, acknowledgements, approvals and the notification outbox.
 import { normalizeMoney, type Money } from '../kernel/money.js'
-import type { AlertAction } from '../kernel/schemas.js'
+import type { AlertAction, ApprovalPolicy } from '../kernel/schemas.js'
 import { randomUUID } from 'node:crypto'
 import type { PendingQuery, Row } from 'postgres'
 import type { Db } from '../kernel/database/db.js'
@@ -44,6 +44,9 @@ export interface Approval {
   expiresAt: string
 }
 
+/** An approval as it is inserted: its id and creation time are the database's. */
+export type NewApproval = Omit<Approval, 'id' | 'createdAt' | 'periodStart' | 'expiresAt'> & { periodStart: Date, expiresAt: Date }
+
 /** An outbox row this process has claimed: the claim's id, which its outcome must name (sql/migrations/002_outbox_claims.sql). */
 export interface OutboxClaim {
   outboxId: string
@@ -74,8 +77,13 @@ export interface ClaimChannels {
 /** Due rows read a round, to claim the first that no other process is claiming. */
 const CLAIM_CANDIDATES = 16
 
+/** The kinds of event the outbox holds, each told by the column that names it. */
+export type OutboxKind = 'alert' | 'digest' | 'drift' | 'approval'
+const eventColumn = (sql: Db, kind: OutboxKind) =>
+  ({ alert: sql`d.alert_id`, digest: sql`d.digest_id`, drift: sql`d.drift_id`, approval: sql`d.approval_request_id` })[kind]
+
 /**
- * The claim of the next due outbox row of a kind (a crossing's, a digest's or a drift's): the next due row (of
+ * The claim of the next due outbox row of a kind (a crossing's, a digest's, a drift's or an approval step's): the next due row (of
  * `channels`, when given) that no other statement is claiming (SKIP LOCKED), but those in `tried`, its next
  * attempt pushed to the claim's deadline and a new claim id (made here: Citus runs no volatile function in an
  * UPDATE). In two steps: the due rows are read, 16 at a time (on Citus, from every shard), then claimed one at a
@@ -85,11 +93,11 @@ const CLAIM_CANDIDATES = 16
  * outlives it. A process that dies while it delivers leaves the row due again at the deadline
  * (sql/migrations/002_outbox_claims.sql).
  */
-export async function claimOutboxRow<T> (sql: Db, kind: 'alert' | 'digest' | 'drift', claimMs: number, tried: string[], channels: ClaimChannels | undefined,
+export async function claimOutboxRow<T> (sql: Db, kind: OutboxKind, claimMs: number, tried: string[], channels: ClaimChannels | undefined,
   claim: (claimed: PendingQuery<Row[]>, rootId: string) => Promise<T | undefined>): Promise<T | null> {
   const due = () => sql`
     d.status = 'pending' and d.next_attempt_at <= now() and d.id <> all(${tried}::uuid[])
-    and ${kind === 'alert' ? sql`d.alert_id` : kind === 'digest' ? sql`d.digest_id` : sql`d.drift_id`} is not null
+    and ${eventColumn(sql, kind)} is not null
     ${channels === undefined ? sql`` : sql`and (d.channel = any(${channels.configured}::text[]) or d.next_attempt_at <= now() - ${`${channels.graceMs} milliseconds`}::interval)`}`
   // the rows found claimed by another statement meanwhile: the next read passes them, so rows behind them are reached
   const skipped: string[] = []
@@ -108,7 +116,7 @@ export async function claimOutboxRow<T> (sql: Db, kind: 'alert' | 'digest' | 'dr
             where d.root_id = ${rootId} and d.id = ${id} and ${due()}
             for update skip locked
           )
-          returning o.id, o.root_id, o.alert_id, o.digest_id, o.drift_id, o.channel, o.attempts, o.claim_id
+          returning o.id, o.root_id, o.alert_id, o.digest_id, o.drift_id, o.approval_request_id, o.approval_level, o.channel, o.attempts, o.claim_id
         )`
       const row = await claim(claimed, rootId)
       if (row !== undefined) return row
@@ -130,6 +138,22 @@ export function claimedOf (row: ClaimedColumns, rootId: string): OutboxClaim & {
     attempts: row.attempts,
     budget: { id: row.budget_id, name: row.budget_name, currency: row.currency, scopeType: row.scope_type, scopeId: row.scope_id }
   }
+}
+
+/**
+ * A step of a request for approval, claimed: the request as it was filed, and the step, its filing (level 0) or
+ * a level's decision. What came after the step (a later level, the request's end) is not the step's to say.
+ */
+export interface DueApprovalStepNotification extends OutboxClaim {
+  budget: DueNotification['budget']
+  request: { id: string, amount: Money, reason: string | null, requestedBy: string, levelsRequired: number, policy: ApprovalPolicy, createdAt: string, expiresAt: string }
+  level: number
+  decision: { decidedBy: string, verdict: 'approve' | 'reject', comment: string | null, decidedAt: string } | null
+}
+
+interface ApprovalStepRow {
+  request_id: string, amount: string, reason: string | null, requested_by: string, levels_required: number, policy: ApprovalPolicy,
+  created_at: Date, expires_at: Date, level: number, decided_by: string | null, verdict: 'approve' | 'reject' | null, comment: string | null, decided_at: Date | null
 }
 
 interface DriftRow { id: string, provider: string, day: string, provider_amount: string, recorded_amount: string, difference: string, ratio: string | null, tolerance: string, alerted_at: Date }
@@ -202,10 +226,11 @@ export function createAlertRepository (sql: Db) {
     },
 
     /** The latest crossings of every live budget, newest first. */
-    async listRecentAlerts (limit: number): Promise<AlertRecord[]> {
+    async listRecentAlerts (limit: number, within: string[] | null): Promise<AlertRecord[]> {
       const rows = await sql<AlertRow[]>`
         select ${alertColumns} from budget_alert_history h
         where exists (select 1 from budget_definitions b where b.root_id = h.root_id and b.id = h.budget_id and b.deleted_at is null)
+          ${within === null ? sql`` : sql`and h.budget_id = any (${within}::text[]::uuid[])`}
         order by h.crossed_at desc, h.threshold desc, h.id
         limit ${limit}`
       return rows.map(toAlert)
@@ -234,7 +259,7 @@ export function createAlertRepository (sql: Db) {
     },
 
     /** Records the approval and its audit entry, in one statement that names the budget's tree. */
-    async insertApproval (values: Omit<Approval, 'id' | 'createdAt' | 'periodStart' | 'expiresAt'> & { periodStart: Date, expiresAt: Date }, requestId: string | null = null): Promise<Approval> {
+    async insertApproval (values: NewApproval, requestId: string | null = null): Promise<Approval> {
       const rootId = await rootOf(values.budgetId)
       const [row] = await sql<Approval[]>`
         with inserted as (
@@ -298,6 +323,37 @@ export function createAlertRepository (sql: Db) {
               ...claimedOf(row, rootId),
               drift: { id: row.id, provider: row.provider, day: row.day, providerAmount: row.provider_amount, recordedAmount: row.recorded_amount, difference: row.difference, ratio: row.ratio, tolerance: row.tolerance, alertedAt: row.alerted_at.toISOString() }
             }
+      })
+    },
+
+    /** Claims the next due delivery of an approval request's step (lib/approvals), as claimDueNotification does a crossing's; null when none is due. */
+    async claimDueApprovalStep (claimMs: number, tried: string[] = [], channels?: ClaimChannels): Promise<DueApprovalStepNotification | null> {
+      return await claimOutboxRow(sql, 'approval', claimMs, tried, channels, async (claimed, rootId) => {
+        const [row] = await sql<Array<ApprovalStepRow & ClaimedColumns>>`
+          with ${claimed}
+          select claimed.id as outbox_id, claimed.claim_id, claimed.channel, claimed.attempts, claimed.approval_level as level,
+                 r.id as request_id, r.amount::text as amount, r.reason, r.requested_by, r.levels_required, r.policy, r.created_at, r.expires_at,
+                 d.decided_by, d.verdict, d.comment, d.decided_at,
+                 b.id as budget_id, b.name as budget_name, b.currency, b.scope_type, b.scope_id
+          from claimed join budget_approval_requests r on r.root_id = ${rootId} and r.id = claimed.approval_request_id
+          left join budget_approval_decisions d on d.root_id = ${rootId} and d.request_id = r.id and d.level = claimed.approval_level
+          join budget_definitions b on b.root_id = ${rootId} and b.id = r.budget_id`
+        if (row === undefined) return undefined
+        return {
+          ...claimedOf(row, rootId),
+          request: {
+            id: row.request_id,
+            amount: normalizeMoney(row.amount),
+            reason: row.reason,
+            requestedBy: row.requested_by,
+            levelsRequired: row.levels_required,
+            policy: row.policy,
+            createdAt: row.created_at.toISOString(),
+            expiresAt: row.expires_at.toISOString()
+          },
+          level: row.level,
+          decision: row.decided_by === null ? null : { decidedBy: row.decided_by, verdict: row.verdict!, comment: row.comment, decidedAt: row.decided_at!.toISOString() }
+        }
       })
     },
 

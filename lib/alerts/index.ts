@@ -13,6 +13,7 @@ import { createDigestScheduler } from './digests.js'
 import { createNotificationDeliverer, type NotificationDeliverer, type NotificationOptions } from './notifications.js'
 
 export type { BudgetAlerts } from './alerts.js'
+export { createAlertRepository } from './alert-repository.js'
 export type { ChannelTests } from './channels.js'
 
 export interface Alerts {

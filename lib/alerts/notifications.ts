@@ -1,6 +1,6 @@
-// Delivers each queued crossing and digest to its channels: a webhook (JSON with a Slack-compatible `text`), an
-// email over SMTP (nodemailer), or the log. The queue is budget_notification_outbox, written in the crossing's (or
-// the digest's) own transaction, so a crash loses nothing. A row is claimed in a short statement of its own, sent
+// Delivers each queued crossing, digest, drift and approval step to its channels: a webhook (JSON with a Slack-compatible `text`), an
+// email over SMTP (nodemailer), or the log. The queue is budget_notification_outbox, written in the event's own
+// transaction (the crossing's, the digest's, the step's), so a crash loses nothing. A row is claimed in a short statement of its own, sent
 // with no transaction open, and its outcome recorded under the claim (sql/migrations/002_outbox_claims.sql); retries back off exponentially; a
 // delivery whose 2xx was recorded is never repeated, and one whose process died before that is sent again once its
 // claim runs out (at least once: the event id lets a receiver drop the repeat). The same loop, one round at a time,
@@ -12,7 +12,7 @@ import type { Sql } from 'postgres'
 import { bestEffort } from '../kernel/best-effort.js'
 import { storableText } from '../kernel/json-limits.js'
 import { isDatabaseUnavailable } from '../kernel/errors.js'
-import { createAlertRepository, type AlertRepository, type ClaimChannels, type DueDriftNotification, type DueNotification, type OutboxClaim } from './alert-repository.js'
+import { createAlertRepository, type AlertRepository, type ClaimChannels, type DueApprovalStepNotification, type DueDriftNotification, type DueNotification, type OutboxClaim } from './alert-repository.js'
 import { createDigestRepository, type DigestRepository, type DueDigestNotification, type TopSpender } from './digest-repository.js'
 
 export interface AlertEvent {
@@ -86,11 +86,115 @@ export interface DriftEvent {
   alertedAt: string
 }
 
-export type BudgetEvent = AlertEvent | DigestEvent | TestEvent | DriftEvent
+/**
+ * A step of a request for approval (docs/approvals.md#notifications), sent through the channels the budget's
+ * alerts name: its filing, a level approved with another to come, the last level approved (the approval is in
+ * force), or a level's rejection (the request is closed).
+ */
+export interface ApprovalStepEvent {
+  type: 'budget.approval_step'
+  /** Slack incoming webhooks show this. */
+  text: string
+  /** `<request id>:<level>`, the filing's level being 0: one event per step. */
+  stepId: string
+  budget: DueApprovalStepNotification['budget']
+  step: 'requested' | 'level-approved' | 'approved' | 'rejected'
+  request: { id: string, amount: string, reason: string | null, requestedBy: string, levelsRequired: number, expiresAt: string }
+  /** The level decided (0: the filing), and its name in the request's policy (null for the filing). */
+  level: number
+  levelName: string | null
+  /** Who filed (the filing) or decided, when, and the decision's comment. */
+  by: string
+  at: string
+  comment: string | null
+  /** The level that decides next, after a filing or a level approved with another to come; null once the request is closed. */
+  nextLevel: { level: number, name: string } | null
+}
 
-/** The id a receiver drops a repeat by: the crossing's, the digest's, the test's or the drift's. */
+export type BudgetEvent = AlertEvent | DigestEvent | TestEvent | DriftEvent | ApprovalStepEvent
+
+/** The id a receiver drops a repeat by: the crossing's, the digest's, the test's, the drift's or the approval step's. */
 export function eventId (event: BudgetEvent): string {
-  return event.type === 'budget.digest' ? event.digestId : event.type === 'budget.test' ? event.testId : event.type === 'budget.provider_drift' ? event.driftId : event.alertId
+  switch (event.type) {
+    case 'budget.digest': return event.digestId
+    case 'budget.test': return event.testId
+    case 'budget.provider_drift': return event.driftId
+    case 'budget.approval_step': return event.stepId
+    default: return event.alertId
+  }
+}
+
+/** How a sentence shows what users wrote (names, reasons, comments, callers' ids): as written, or escaped. */
+type Quote = (value: string) => string
+const asWritten: Quote = (value) => value
+/**
+ * Text as Slack asks senders to escape it: &, < and > as entities, so that a name, a reason or a caller's id
+ * cannot mention @channel or show a link of its own in a webhook's `text`. Emails and logs show text as written.
+ */
+export const slackEscaped: Quote = (value) => value.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;')
+
+/** Text that says something, or null: an empty reason or comment is none. */
+const said = (value: string | null): string | null => value === null || value.trim() === '' ? null : value
+
+/** The step in one sentence: what `text` says (Slack-escaped), and the first line of its email (as written). */
+function approvalStepSentence (event: Omit<ApprovalStepEvent, 'text'>, quote: Quote): string {
+  const { budget, request, nextLevel } = event
+  const name = `Budget '${quote(budget.name)}'`
+  const asked = `${request.amount} ${budget.currency} more`
+  const decided = `level ${event.level} (${quote(event.levelName ?? '')}) by ${quote(event.by)}`
+  const next = nextLevel === null ? '' : `level ${nextLevel.level} (${quote(nextLevel.name)})`
+  switch (event.step) {
+    case 'requested':
+      return `${name}: ${quote(event.by)} asks approval of ${asked}${request.reason === null ? '' : ` (${quote(request.reason)})`}; ${next} decides first, ${request.levelsRequired} ${request.levelsRequired === 1 ? 'level' : 'levels'} in all.`
+    case 'level-approved': return `${name}: the request for ${asked} was approved at ${decided}; ${next} decides next.`
+    case 'approved': return `${name}: the request for ${asked} was approved at ${decided}, its last level: the approval is in force.`
+    case 'rejected': return `${name}: the request for ${asked} was rejected at ${decided}${event.comment === null ? '' : `: ${quote(event.comment)}`}.`
+  }
+}
+
+/** What a claimed step says: which step it is, by whom, and which level comes next. */
+export function toApprovalStepEvent ({ budget, request, level, decision }: DueApprovalStepNotification): ApprovalStepEvent {
+  const levelName = (n: number) => request.policy.levels[n - 1]?.name ?? `level ${n}`
+  const step = decision === null ? 'requested' : decision.verdict === 'reject' ? 'rejected' : level >= request.levelsRequired ? 'approved' : 'level-approved'
+  const next = step === 'requested' ? 1 : step === 'level-approved' ? level + 1 : null
+  const event: Omit<ApprovalStepEvent, 'text'> = {
+    type: 'budget.approval_step',
+    stepId: `${request.id}:${level}`,
+    budget,
+    step,
+    request: { id: request.id, amount: request.amount, reason: said(request.reason), requestedBy: request.requestedBy, levelsRequired: request.levelsRequired, expiresAt: request.expiresAt },
+    level,
+    levelName: decision === null ? null : levelName(level),
+    by: decision?.decidedBy ?? request.requestedBy,
+    at: decision?.decidedAt ?? request.createdAt,
+    comment: said(decision?.comment ?? null),
+    nextLevel: next === null ? null : { level: next, name: levelName(next) }
+  }
+  return { ...event, text: approvalStepSentence(event, slackEscaped) }
+}
+
+/** An approval step's email: the step in its subject; the request, the step and what comes next in its body. */
+export function approvalStepEmail (event: ApprovalStepEvent, dashboardUrl?: string): { subject: string, text: string } {
+  const { budget, request } = event
+  const subject = {
+    requested: `Budget '${budget.name}': approval of ${request.amount} ${budget.currency} requested by ${event.by}`,
+    'level-approved': `Budget '${budget.name}': level ${event.level} approved the request for ${request.amount} ${budget.currency}`,
+    approved: `Budget '${budget.name}': the request for ${request.amount} ${budget.currency} is approved`,
+    rejected: `Budget '${budget.name}': the request for ${request.amount} ${budget.currency} is rejected`
+  }[event.step]
+  return {
+    subject,
+    text: [
+      approvalStepSentence(event, asWritten),
+      '',
+      `Requested by ${request.requestedBy}: ${request.amount} ${budget.currency}${request.reason === null ? '' : `, "${request.reason}"`}. It waits for its decisions until ${request.expiresAt}.`,
+      ...(event.comment === null ? [] : [`Comment: ${event.comment}`]),
+      ...(event.nextLevel === null ? [] : [`Next: level ${event.nextLevel.level} (${event.nextLevel.name}) of ${request.levelsRequired}.`]),
+      ...(dashboardUrl === undefined ? [] : ['', `Dashboard: ${dashboardUrl}`]),
+      '',
+      `Budget id ${budget.id}, request ${request.id}, step ${event.stepId}.`
+    ].join('\n')
+  }
 }
 
 /** A drift's email: which budget, which day, both amounts. */
@@ -99,7 +203,7 @@ export function driftEmail (event: DriftEvent, dashboardUrl?: string): { subject
   return {
     subject: `Budget '${budget.name}': the ${event.provider} bill of ${event.day} differs by ${event.difference} ${budget.currency}`,
     text: [
-      event.text,
+      driftSentence(event, asWritten),
       '',
       `${event.provider} billed ${event.providerAmount} ${budget.currency}; the gate recorded ${event.recordedAmount} ${budget.currency} (ratio ${event.ratio ?? 'n/a'}, tolerance ${event.tolerance}).`,
       ...(dashboardUrl === undefined ? [] : ['', `Dashboard: ${dashboardUrl}`]),
@@ -109,10 +213,13 @@ export function driftEmail (event: DriftEvent, dashboardUrl?: string): { subject
   }
 }
 
+function driftSentence ({ budget, provider, providerAmount, day, recordedAmount, difference }: Omit<DriftEvent, 'text'>, quote: Quote): string {
+  return `Budget '${quote(budget.name)}': ${quote(provider)} billed ${providerAmount} ${budget.currency} on ${day}, the gate recorded ${recordedAmount} (difference ${difference}).`
+}
+
 function toDriftEvent ({ drift, budget }: DueDriftNotification): DriftEvent {
-  return {
+  const event: Omit<DriftEvent, 'text'> = {
     type: 'budget.provider_drift',
-    text: `Budget '${budget.name}': ${drift.provider} billed ${drift.providerAmount} ${budget.currency} on ${drift.day}, the gate recorded ${drift.recordedAmount} (difference ${drift.difference}).`,
     driftId: drift.id,
     budget,
     provider: drift.provider,
@@ -124,12 +231,15 @@ function toDriftEvent ({ drift, budget }: DueDriftNotification): DriftEvent {
     tolerance: drift.tolerance,
     alertedAt: drift.alertedAt
   }
+  return { ...event, text: driftSentence(event, slackEscaped) }
 }
+
+const testSentence = (channel: string, quote: Quote) => `Test notification from RelayCore Budgets through channel '${quote(channel)}': no budget crossed anything.`
 
 export function testEvent (channel: string, now = new Date()): TestEvent {
   return {
     type: 'budget.test',
-    text: `Test notification from RelayCore Budgets through channel '${channel}': no budget crossed anything.`,
+    text: testSentence(channel, slackEscaped),
     testId: randomUUID(),
     channel,
     sentAt: now.toISOString()
@@ -141,7 +251,7 @@ export function testEmail (event: TestEvent, dashboardUrl?: string): { subject: 
   return {
     subject: `[test] RelayCore Budgets: channel '${event.channel}' works`,
     text: [
-      event.text,
+      testSentence(event.channel, asWritten),
       '',
       `Sent at ${event.sentAt} by an operator's test (POST /channels/${event.channel}/test).`,
       ...(dashboardUrl === undefined ? [] : ['', `Dashboard: ${dashboardUrl}`]),
@@ -257,7 +367,8 @@ export function emailNotifier (url: string, dashboardUrl?: string): Notifier {
     async deliver (event) {
       // Accepted by the SMTP server (250) is delivered; X-Budget-Event-Id lets a mail rule drop a repeat.
       const message = event.type === 'budget.digest' ? digestEmail(event, dashboardUrl) : event.type === 'budget.test' ? testEmail(event, dashboardUrl)
-        : event.type === 'budget.provider_drift' ? driftEmail(event, dashboardUrl) : alertEmail(event, dashboardUrl)
+        : event.type === 'budget.provider_drift' ? driftEmail(event, dashboardUrl) : event.type === 'budget.approval_step' ? approvalStepEmail(event, dashboardUrl)
+          : alertEmail(event, dashboardUrl)
       await transport.sendMail({ from: channel.from, to: channel.to, ...message, headers: { 'X-Budget-Event-Id': eventId(event) } })
     }
   }
@@ -287,6 +398,7 @@ export function logNotifier (log: Logger): Notifier {
       if (event.type === 'budget.digest') log.info({ budgetDigest: event }, event.text)
       else if (event.type === 'budget.test') log.info({ budgetTest: event }, event.text)
       else if (event.type === 'budget.provider_drift') log.warn({ budgetDrift: event }, event.text)
+      else if (event.type === 'budget.approval_step') log.info({ budgetApprovalStep: event }, event.text)
       else log.warn({ budgetAlert: event }, event.text)
     }
   }
@@ -327,13 +439,23 @@ function parseUrl (text: string): URL | null {
   }
 }
 
+/** What a failed delivery threw, as text; a custom notifier may throw a value that has none (Object.create(null)). */
+function messageOf (error: unknown): string {
+  try {
+    const message: unknown = error instanceof Error ? error.message : String(error)
+    return typeof message === 'string' ? message : String(message)
+  } catch {
+    return 'the channel failed with a value that has no text'
+  }
+}
+
 /**
  * An error's message as an answer may show it and last_error may store it: without the channel's URL (a
  * fetch error can quote it, secrets and all), and without a NUL or an unpaired surrogate (an SMTP reply
  * can carry one; text cannot store it, and the outcome would never be recorded).
  */
 function redactedMessage (error: unknown, config: ChannelConfig, info: ChannelInfo): string {
-  const message = error instanceof Error ? error.message : String(error)
+  const message = messageOf(error)
   const secret = 'url' in config && typeof config.url === 'string' && config.url !== '' ? config.url : null
   const shown = secret === null ? message : message.replaceAll(secret, info.url ?? info.smtpHost ?? '(the channel\'s URL)')
   // Cut first: the cut can halve a surrogate pair.
@@ -349,7 +471,7 @@ function toEvent ({ alert, budget }: DueNotification): AlertEvent {
   const what = alert.basis === 'projected' ? 'is projected to reach' : 'crossed'
   return {
     type: 'budget.threshold_crossed',
-    text: `${alert.shadow ? '[shadow] ' : ''}Budget '${budget.name}' ${what} ${alert.threshold}% (${alert.spent} of ${alert.limit} ${budget.currency}): ${alert.actions.join(', ')}`,
+    text: `${alert.shadow ? '[shadow] ' : ''}Budget '${slackEscaped(budget.name)}' ${what} ${alert.threshold}% (${alert.spent} of ${alert.limit} ${budget.currency}): ${alert.actions.join(', ')}`,
     alertId: alert.id,
     budget,
     threshold: alert.threshold,
@@ -390,8 +512,8 @@ function toDigestEvent ({ digest, budget }: DueDigestNotification): DigestEvent 
     topUsers: digest.topUsers.map(({ key, total, count }: TopSpender) => ({ userId: key, total, count })),
     createdAt: digest.createdAt
   }
-  const top = (rows: TopSpender[]) => rows.length === 0 ? 'none' : rows.map((row) => `${row.key ?? '(none given)'} ${row.total}`).join(', ')
-  event.text = `Budget '${budget.name}' ${digest.every} digest, ${digestPeriod(event)}: ${digest.spent} ${budget.currency} spent. ` +
+  const top = (rows: TopSpender[]) => rows.length === 0 ? 'none' : rows.map((row) => `${row.key === null ? '(none given)' : slackEscaped(row.key)} ${row.total}`).join(', ')
+  event.text = `Budget '${slackEscaped(budget.name)}' ${digest.every} digest, ${digestPeriod(event)}: ${digest.spent} ${budget.currency} spent. ` +
     `Period so far ${digest.windowSpent} of ${digest.limit} ${budget.currency} (${digest.percentUsed}%), ` +
     `burn rate ${digest.burnRate} a day, projected ${digest.projectedTotal} by ${digest.windowEnd}. ` +
     `Top models: ${top(digest.topModels)}. Top callers: ${top(digest.topUsers)}.`
@@ -471,10 +593,15 @@ export function createNotificationDeliverer (sql: Sql, options: NotificationOpti
     return await deliverWithin(name, notifier, testEvent(name), Math.min(deliveryBound(name), boundMs))
   }
 
-  /** The next due delivery, but none in `tried`, that this process now holds the claim of, a crossing's before a digest's before a drift's; null when none is due. */
+  /**
+   * The next due delivery, but none in `tried`, that this process now holds the claim of: a crossing's, then an
+   * approval step's (someone waits on it), then a digest's, then a drift's; null when none is due.
+   */
   async function claimNext (tried: string[]): Promise<(OutboxClaim & { event: BudgetEvent }) | null> {
     const crossing = await bounded(async ({ alerts }) => await alerts.claimDueNotification(claimMs, tried, claimable))
     if (crossing !== null) return { ...crossing, event: toEvent(crossing) }
+    const step = await bounded(async ({ alerts }) => await alerts.claimDueApprovalStep(claimMs, tried, claimable))
+    if (step !== null) return { ...step, event: toApprovalStepEvent(step) }
     const digest = await bounded(async ({ digests }) => await digests.claimDueDigest(claimMs, tried, claimable))
     if (digest !== null) return { ...digest, event: toDigestEvent(digest) }
     const drift = await bounded(async ({ alerts }) => await alerts.claimDueDrift(claimMs, tried, claimable))

@@ -46,7 +46,7 @@ begin
                            'budget_usage_allocations', 'budget_status_cache', 'budget_reservations', 'budget_approvals',
                            'budget_rate_buckets', 'budget_notification_outbox', 'budget_forecast_profiles', 'budget_forecast_backdated',
                            'budget_audit_log', 'budget_decision_log', 'budget_recon_mappings', 'budget_recon_corrections',
-                           'budget_shadow_windows', 'budget_shadow_counts'] loop
+                           'budget_shadow_windows', 'budget_shadow_counts', 'budget_approval_requests', 'budget_approval_decisions'] loop
     if not exists (select 1 from pg_dist_partition p where p.logicalrelid = t::regclass) then
       if t = 'budget_definitions' then
         perform create_distributed_table(t, 'root_id');
