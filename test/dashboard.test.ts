@@ -1,33 +1,14 @@
 // The dashboard page in a real headless Chromium: the token prompt (kept in the tab only), the budget
 // tree with the spend the API reports after a gated call, the burn-down with its thresholds, the
 // alerts and approvals, the spend report and its CSV download; and the page's routes without a browser.
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { chromium, type Browser, type Page } from 'playwright-core'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
-import { findChromium } from './fixtures/programs.js'
+import { launch, pageErrors } from './fixtures/browser.js'
 import { toUnits } from '../lib/kernel/money.js'
-
-async function launch (t: { teardown: (fn: () => unknown) => void }): Promise<Browser> {
-  const executablePath = findChromium()
-  // npm test says so before any test runs (test/fixtures/preflight.ts); this is for tap run by hand.
-  if (executablePath === undefined) throw new Error('no Chromium: apt-get install chromium, or set CHROMIUM_PATH, or npx playwright-core install chromium')
-  // --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-  const browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] })
-  t.teardown(async () => await browser.close())
-  return browser
-}
-
-/** The page's errors (uncaught exceptions, console errors such as a blocked script, each with its URL) as they happen. */
-function pageErrors (page: Page): string[] {
-  const errors: string[] = []
-  page.on('pageerror', (error) => errors.push(error.message))
-  page.on('console', (message) => { if (message.type() === 'error') errors.push(`${message.text()} ${message.location().url}`) })
-  return errors
-}
 
 /**
  * Chromium's console line for the 404 of GET {prefix}/decisions?…, which a server without the decision log
@@ -162,6 +143,56 @@ t.test('the what-if form on a budget\'s page: "what if this had been 0.002 over 
   t.same(errors, [], 'no page error')
 })
 
+t.test('a team lead\'s token: the page shows its team and what lies under it, its spend exactly, no sibling, and no panel that reads every tree', async (t) => {
+  const LEAD = 'lead-token-0123456789'
+  const gateway = await buildGateway(t, {
+    gate: { sweepIntervalMs: 0 },
+    authorize: (request) => {
+      const token = /^Bearer (\S+)$/.exec(request.headers.authorization ?? '')?.[1]
+      return token === ADMIN_TOKEN ? 'admin' : token === LEAD ? { actor: 'lead-a', role: 'editor', scopes: [{ scopeType: 'team', scopeId: 'team-a' }] } as never : false
+    }
+  })
+  const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
+  const org = await gateway.createBudget({ name: 'Acme', scopeType: 'organization', scopeId: 'acme', amount: '1000' })
+  const teamA = await gateway.createBudget({ name: 'Team A', scopeId: 'team-a', parentId: org.id, amount: '100' })
+  const teamB = await gateway.createBudget({ name: 'Team B', scopeId: 'team-b', parentId: org.id, amount: '100' })
+  const alice = await gateway.createBudget({ name: 'Alice', scopeType: 'user', scopeId: 'alice', parentId: teamA.id, amount: '10' })
+  for (const team of ['team-a', 'team-b']) t.equal((await gateway.call({ organization: 'acme', team, user: 'alice' })).statusCode, 200)
+  await gateway.settled()
+  const spent = (await gateway.status(teamA.id)).currentAmount
+
+  const browser = await launch(t)
+  const page = await browser.newPage()
+  const errors = pageErrors(page)
+  await page.goto(`${base}${PREFIX}/ui`)
+  await page.fill('#token', LEAD)
+  await page.click('#sign-in button[type=submit]')
+  const teamRow = page.locator(`.budget-row[data-budget-id="${teamA.id}"]`)
+  await teamRow.waitFor()
+  t.equal(await page.textContent('#principal'), 'lead-a · editor · scoped', 'the header names who the token stands for')
+  const shown = await page.locator('.budget-row').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-budget-id')))
+  t.same(shown.sort(), [teamA.id, alice.id].sort(), 'its team and its user: not the organization above, not the sibling team')
+  t.equal(await teamRow.locator('[data-field=spend]').getAttribute('title'), spent, 'its team\'s spend, exactly as the API has it')
+  t.notOk(await page.isVisible('#reconciliation'), 'no reconciliation panel (it reads every tree)')
+  await teamRow.click()
+  await page.waitForSelector('#detail:not([hidden])')
+  t.notOk(await page.isVisible('#what-if-form'), 'no what-if replay on a budget\'s page')
+  await page.click('#report-form button[type=submit]')
+  await page.waitForSelector('#report-table tbody tr')
+  const keys = await page.locator('#report-table tbody tr td:first-child').allTextContents()
+  t.ok(keys.length > 0 && keys.every((key) => !key.includes('team-b') && !key.includes('acme')), `the spend report names nothing of the sibling or the organization (${keys.join(', ')})`)
+  t.notOk((await page.content()).includes(teamB.id), 'the sibling\'s id is nowhere on the page')
+  t.same(errors, [], 'no page error')
+
+  // The platform admin's token on the same page: every panel.
+  await page.click('#sign-out')
+  await page.fill('#token', ADMIN_TOKEN)
+  await page.click('#sign-in button[type=submit]')
+  await page.locator(`.budget-row[data-budget-id="${teamB.id}"]`).waitFor()
+  t.equal(await page.textContent('#principal'), 'admin · admin', 'the admin token is the platform admin')
+  t.ok(await page.isVisible('#reconciliation'), 'with the reconciliation panel')
+})
+
 t.test('the page\'s routes: a fixed set of files with a strict policy, outside the admin API and its document, and an option to turn it off', async (t) => {
   const gateway = await buildGateway(t)
   const page = await gateway.app.inject({ url: `${PREFIX}/ui/` })
@@ -170,7 +201,11 @@ t.test('the page\'s routes: a fixed set of files with a strict policy, outside t
   t.match(page.headers['content-security-policy'], /script-src 'self'/)
   t.match(page.headers['content-security-policy'], /frame-ancestors 'none'/)
   t.equal(page.headers['x-content-type-options'], 'nosniff')
-  for (const file of ['dashboard.js', 'money.js', 'report-periods.js', 'reconciliation.js', 'what-if.js', 'dashboard.css', 'uPlot.iife.min.js', 'uPlot.min.css']) {
+  // every page file, and every module a script of the page imports (a module not served stops the whole page)
+  const uiDir = new URL('../ui/', import.meta.url)
+  const imported = readdirSync(uiDir).filter((name) => name.endsWith('.js'))
+    .flatMap((name) => [...readFileSync(new URL(name, uiDir), 'utf8').matchAll(/from '\.\/([^']+)'/g)].map((match) => match[1]!))
+  for (const file of new Set([...readdirSync(uiDir), ...imported, 'uPlot.iife.min.js', 'uPlot.min.css'])) {
     t.equal((await gateway.app.inject({ url: `${PREFIX}/ui/${file}` })).statusCode, 200, file)
   }
   for (const path of ['nope.js', '..%2F..%2Fpackage.json', '%2e%2e%2fsql', 'index.html%00']) {

@@ -1,55 +1,63 @@
 // The dashboard's script: sign in with the admin token (kept in this tab's sessionStorage), then read the
 // admin API of the prefix this page is served under and draw the budget tree, the selected budget's
 // burn-down, alerts, approvals and recent decisions, the recent alerts, and the spend report with its CSV download.
-// Money is shown as the API sends it, every digit (money.js): a Number only ever places a point on the chart.
+// What changes the API's state has a module of its own, shown only to a principal that may use it: the budget
+// form and its buttons, acknowledging an alert, requests for approval, exchange rates. After a write the page
+// reads back what it changed. Money is shown as the API sends it, every digit (money.js), and sent as typed:
+// a Number only ever places a point on the chart.
+import { adminApi, ApiError, Stale, Unauthorized } from './api.js'
+import { el, feed } from './el.js'
 import { coordinate, display, fromUnits, percentOf, toUnits } from './money.js'
 import { presetDays, queryRange } from './report-periods.js'
 import { reconciliationQuery, reconciliationRows } from './reconciliation.js'
 import { whatIf } from './what-if.js'
+import { budgetForm } from './budget-form.js'
+import { budgetActions } from './budget-actions.js'
+import { budgetAlerts } from './budget-alerts.js'
+import { approvalRequests } from './approval-requests.js'
+import { exchangeRates } from './rates.js'
 
 const TOKEN_KEY = 'relaycore-budgets-token'
-// The admin API's prefix, written into the page by the server ('' when the API is at the root).
-const API = document.querySelector('meta[name=relaycore-budgets-api]').content
 
 const $ = (selector) => document.querySelector(selector)
-// The what-if form on the selected budget's page (what-if.js).
-const whatIfForm = whatIf({ api: API, token: () => sessionStorage.getItem(TOKEN_KEY) ?? '', $ })
 
-/** An element with attributes and children; text goes in as text, never as HTML. */
-function el (tag, attributes = {}, ...children) {
-  const node = document.createElement(tag)
-  for (const [name, value] of Object.entries(attributes)) {
-    if (name === 'class') node.className = value
-    else if (name.startsWith('on')) node.addEventListener(name.slice(2), value)
-    else if (value !== null && value !== undefined) node.setAttribute(name, String(value))
+// Every read and write goes through this client: a sign-in or sign-out renews its session, and an answer to
+// what an earlier session asked is dropped (Stale), whatever it holds.
+const client = adminApi({
+  // The admin API's prefix, written into the page by the server ('' when the API is at the root).
+  prefix: document.querySelector('meta[name=relaycore-budgets-api]').content,
+  token: () => sessionStorage.getItem(TOKEN_KEY) ?? ''
+})
+const api = client.get
+const signOut = () => signedOut('That token was refused.')
+const forms = { client, $, signOut }
+
+// The parts of a budget's page and of the page that act (each its own module).
+const whatIfForm = whatIf(forms)
+const editor = budgetForm({
+  ...forms,
+  onSaved: async (budget, created) => await afterWrite(budget.id, `${created ? 'Created' : 'Saved'} ${budget.name}.`)
+})
+const actions = budgetActions({
+  ...forms,
+  form: editor,
+  budgets: () => state.budgets.values(),
+  selected: () => state.selected,
+  onArchived: async (budget) => {
+    editor.close()
+    await afterWrite(null, `Archived ${budget.name}.`)
   }
-  for (const child of children.flat()) node.append(child instanceof Node ? child : document.createTextNode(String(child)))
-  return node
-}
-
-class Unauthorized extends Error {}
-
-/** Any other answer than 2xx or 401, with its status (a 404 may mean a route this server does not have yet). */
-class ApiError extends Error {
-  constructor (status, message) {
-    super(message)
-    this.status = status
+})
+const alertsFeed = budgetAlerts({ ...forms, onAcknowledged: async (id) => await afterWrite(id, 'Alert acknowledged.') })
+const requests = approvalRequests({
+  ...forms,
+  failed: (error) => failed(error),
+  budgetOf: (id) => state.budgets.get(id),
+  onDecided: async (request) => {
+    if (state.selected === request.budgetId) await select(request.budgetId)
   }
-}
-
-/** GET {prefix}{path}; `path` starts with '/' or '?' (the list, at the prefix itself, or at '/' for an empty prefix). */
-async function api (path, { accept = 'application/json' } = {}) {
-  const response = await fetch(`${API === '' && path.startsWith('?') ? '/' : API}${path}`, {
-    headers: { authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) ?? ''}`, accept },
-    cache: 'no-store'
-  })
-  if (response.status === 401) throw new Unauthorized('the token was refused')
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}))
-    throw new ApiError(response.status, `${response.status} ${body.code ?? ''} ${body.message ?? response.statusText}`.trim())
-  }
-  return accept === 'application/json' ? await response.json() : await response.blob()
-}
+})
+const rates = exchangeRates({ ...forms, failed: (error) => failed(error, '#rates-error') })
 
 /** Runs `task` over the items, at most `width` at a time (one request per budget, without a flood). */
 async function eachLimited (items, width, task) {
@@ -69,10 +77,27 @@ function signedIn () {
 }
 
 function signedOut (message = '') {
+  client.renew()
   sessionStorage.removeItem(TOKEN_KEY)
+  // Nothing of the token's data stays on the page for the next one, and no form it opened.
+  state.budgets = new Map()
+  state.statuses = new Map()
+  state.access = null
+  unselect()
+  editor.close()
+  actions.clear()
+  requests.clear()
+  rates.clear()
+  // The budget's page too, hidden as it is: its name and id stay out of the next token's document.
+  for (const selector of ['#budget-tree', '#recent-alerts', '#report-table tbody', '#reconciliation-table tbody', '#what-if-result', '#detail-decisions tbody',
+    '#detail-name', '#detail-figures', '#detail-alerts', '#detail-approvals', '#burn-down', '#burn-down-projection']) $(selector).replaceChildren()
+  delete $('#detail-decisions').dataset.budgetId
+  delete $('#detail').dataset.budgetId
+  for (const selector of ['#load-error', '#report-error', '#reconciliation-error', '#reconciliation-tolerance', '#principal', '#action-status', '#rates-error']) $(selector).textContent = ''
   $('#dashboard').hidden = true
   $('#refresh').hidden = true
   $('#sign-out').hidden = true
+  $('#principal').hidden = true
   $('#sign-in').hidden = false
   $('#sign-in-error').textContent = message
   $('#token').value = ''
@@ -80,17 +105,54 @@ function signedOut (message = '') {
 
 async function start () {
   try {
+    const access = await api('/access')
+    showAccess(access)
     await loadBudgets()
     signedIn()
     await loadRecentAlerts()
-    await runReconciliation()
+    await requests.load()
+    if (access.permissions.includes('platform')) await Promise.all([runReconciliation(), rates.load()])
   } catch (error) {
     failed(error)
   }
 }
 
+/**
+ * After a write the API took: the page reads back what it changed (the tree and its figures, the budget's page
+ * of `selectId` (null: none), the recent alerts and the approval queue), and says what was done.
+ */
+async function afterWrite (selectId, done) {
+  state.selected = selectId
+  try {
+    await loadBudgets()
+    await Promise.all([loadRecentAlerts(), requests.load()])
+    $('#action-status').textContent = done
+  } catch (error) {
+    failed(error)
+  }
+}
+
+/**
+ * Who the token stands for (GET {prefix}/access): its name and role in the header, and only the panels it may
+ * use. The what-if replay and the reconciliation read every tree: a platform admin's alone. The API refuses
+ * the rest anyway; the page does not offer what would be refused.
+ */
+function showAccess (access) {
+  const { actor, role, permissions, scopes } = access
+  state.access = access
+  $('#principal').textContent = `${actor} · ${role}${scopes === null ? '' : ' · scoped'}`
+  $('#principal').hidden = false
+  const platform = permissions.includes('platform')
+  $('#what-if-form').hidden = !platform
+  $('#reconciliation').hidden = !platform
+  $('#rates').hidden = !platform
+  actions.allow(access)
+  requests.allow(access)
+}
+
 /** Any failed read: a refused token signs out (and is forgotten); anything else is shown. */
 function failed (error, where = '#load-error') {
+  if (error instanceof Stale) return
   if (error instanceof Unauthorized) signedOut('That token was refused.')
   else if ($('#dashboard').hidden) signedOut(error.message)
   else $(where).textContent = error.message
@@ -98,7 +160,8 @@ function failed (error, where = '#load-error') {
 
 // The budget tree
 
-const state = { budgets: new Map(), statuses: new Map(), selected: null }
+// access: the principal (GET {prefix}/access), null when signed out.
+const state = { budgets: new Map(), statuses: new Map(), selected: null, access: null }
 
 async function loadBudgets () {
   const budgets = []
@@ -140,7 +203,7 @@ function drawTree () {
     .map((budget) => el('div', { role: 'treeitem' }, budgetRow(budget), el('div', { class: 'children', role: 'group' }, branch(budget.id))))
   const tree = $('#budget-tree')
   tree.replaceChildren(...branch(null))
-  if (state.budgets.size === 0) tree.append(el('p', { class: 'hint' }, 'No budgets yet: create one with POST ', API, '.'))
+  if (state.budgets.size === 0) tree.append(el('p', { class: 'hint' }, 'No budgets to show: none yet, or none this token may see.'))
 }
 
 function budgetRow (budget) {
@@ -179,6 +242,7 @@ async function select (id) {
       api(`/${id}/status`), api(`/${id}/usage/summary`), api(`/${id}/alerts`), api(`/${id}/approvals`)
     ])
   } catch (error) {
+    if (error instanceof Stale) return // another token's page now: nothing of this one is drawn or undone
     if (state.selected === id) unselect()
     return failed(error)
   }
@@ -206,12 +270,13 @@ async function select (id) {
     el('dt', {}, 'Status'), el('dd', {}, el('span', { class: `badge ${status.status}`, 'data-field': 'status' }, status.status)))
   drawBurnDown(budget, status, summary)
   whatIfForm.show({ id, currency: status.currency }, status.limit)
-  $('#detail-alerts').replaceChildren(...feed(alerts.alerts, (alert) =>
-    `${alert.shadow ? '[shadow] ' : ''}${alert.crossedAt.slice(0, 16)} · ${alert.threshold}% crossed (${display(alert.spent)} of ${display(alert.limit)})` +
-    ` · ${alert.actions.join(', ')}${alert.acknowledgedBy ? ` · acknowledged by ${alert.acknowledgedBy}` : ''}`))
+  actions.show(budget)
+  alertsFeed.show(id, alerts.alerts, state.access?.permissions.includes('write') === true)
   $('#detail-approvals').replaceChildren(...feed(approvals.approvals, (approval) =>
-    `${approval.createdAt.slice(0, 16)} · ${display(approval.amount)} by ${approval.approvedBy} until ${approval.expiresAt.slice(0, 16)}`))
-  await showDecisions(id)
+    el('span', { 'data-approval-id': approval.id }, `${approval.createdAt.slice(0, 16)} · `,
+      el('span', { 'data-field': 'amount', title: approval.amount }, display(approval.amount)),
+      ` by ${approval.approvedBy} until ${approval.expiresAt.slice(0, 16)}`)))
+  await Promise.all([showDecisions(id), requests.show(budget).catch((error) => { if (state.selected === id) failed(error) })])
 }
 
 /**
@@ -225,7 +290,7 @@ async function showDecisions (id) {
   try {
     page = await api(`/decisions?budgetId=${encodeURIComponent(id)}&limit=20`)
   } catch (error) {
-    if (state.selected !== id) return
+    if (error instanceof Stale || state.selected !== id) return
     block.hidden = true
     if (error instanceof ApiError && error.status === 404) return
     return failed(error)
@@ -247,10 +312,6 @@ async function showDecisions (id) {
       el('td', { class: 'binding' }, binding(decision))))))
   block.dataset.budgetId = id
   block.hidden = false
-}
-
-function feed (items, line) {
-  return items.length === 0 ? [el('li', { class: 'empty' }, 'None')] : items.slice(0, 50).map((item) => el('li', {}, line(item)))
 }
 
 let chart = null
@@ -435,6 +496,7 @@ $('#sign-in').addEventListener('submit', (event) => {
   event.preventDefault()
   // An HTTP header carries the token: printable ASCII only (anything else fetch cannot send).
   if (!/^[\x21-\x7e]+$/.test($('#token').value)) return signedOut('A token is printable ASCII, without spaces.')
+  client.renew()
   sessionStorage.setItem(TOKEN_KEY, $('#token').value)
   $('#token').value = ''
   void start()

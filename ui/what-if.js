@@ -2,12 +2,13 @@
 // API's what-if replay (POST {prefix}/simulate) with the budget's amount changed, and shows what the replay
 // answers for this budget: the calls it would have refused, the spend that would not have happened, and the
 // thresholds it would have crossed. The replay changes nothing (docs/simulate.md).
+import { Stale, Unauthorized } from './api.js'
 import { display } from './money.js'
 
 const DAY_MS = 86_400_000
 
-/** The form for budget `budget` (its id, its currency); `token()` is the admin token, `api` the API's prefix. */
-export function whatIf ({ api, token, $ }) {
+/** The form on the budget shown (its id, its currency); `client` is the admin API (api.js). */
+export function whatIf ({ client, $, signOut }) {
   let current = null
   const form = $('#what-if-form')
   const result = $('#what-if-result')
@@ -23,17 +24,13 @@ export function whatIf ({ api, token, $ }) {
     result.textContent = 'Replaying the last 30 days…'
     let answer
     try {
-      const response = await fetch(`${api}/simulate`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${token()}`, 'content-type': 'application/json', accept: 'application/json' },
-        body: JSON.stringify({ from: from.toISOString(), to: to.toISOString(), proposal: { update: [{ id: budget.id, changes: { amount } }] } })
-      })
-      answer = await response.json()
-      if (!response.ok) throw new Error(answer.message ?? `the API answered ${response.status}`)
+      answer = await client.send('POST', '/simulate', { from: from.toISOString(), to: to.toISOString(), proposal: { update: [{ id: budget.id, changes: { amount } }] } })
     } catch (error) {
+      if (error instanceof Stale) return // another token's page now
+      if (error instanceof Unauthorized) return signOut()
       if (current !== budget) return
       result.dataset.state = 'error'
-      result.textContent = error.message
+      result.textContent = error.detail ?? error.message
       return
     }
     if (current !== budget) return // another budget was picked meanwhile

@@ -1,7 +1,8 @@
 // The dashboard: a static page under {prefix}/ui that reads the admin API from the browser. The page and
 // its scripts show no money and need no authorization; every number it shows comes from the admin API,
 // called with the token the operator types into the page (kept in the tab's sessionStorage only).
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
+import { extname } from 'node:path'
 import { createRequire } from 'node:module'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
@@ -19,21 +20,17 @@ const require = createRequire(import.meta.url)
 
 interface Asset { type: string, body: Buffer }
 
-/** The page's files, read once at registration: a fixed list, so no request names a path on disk. */
+const TYPES: Record<string, string> = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8' }
+
+/**
+ * The page's files, read once at registration: every page file of ui/ and uPlot's two. A request names a key of
+ * this map, never a path on disk; a module the page adds to ui/ is served without a list to keep.
+ */
 function loadAssets (): Map<string, Asset> {
-  const own = (name: string, type: string): [string, Asset] => [name, { type, body: readFileSync(new URL(name, UI_DIR)) }]
-  const chart = (name: string, type: string): [string, Asset] => [name, { type, body: readFileSync(require.resolve(`uplot/dist/${name}`)) }]
-  return new Map([
-    own('index.html', 'text/html; charset=utf-8'),
-    own('dashboard.js', 'text/javascript; charset=utf-8'),
-    own('money.js', 'text/javascript; charset=utf-8'),
-    own('report-periods.js', 'text/javascript; charset=utf-8'),
-    own('reconciliation.js', 'text/javascript; charset=utf-8'),
-    own('what-if.js', 'text/javascript; charset=utf-8'),
-    own('dashboard.css', 'text/css; charset=utf-8'),
-    chart('uPlot.iife.min.js', 'text/javascript; charset=utf-8'),
-    chart('uPlot.min.css', 'text/css; charset=utf-8')
-  ])
+  const own = readdirSync(UI_DIR).filter((name) => TYPES[extname(name)] !== undefined)
+    .map((name): [string, Asset] => [name, { type: TYPES[extname(name)]!, body: readFileSync(new URL(name, UI_DIR)) }])
+  const chart = (name: string): [string, Asset] => [name, { type: TYPES[extname(name)]!, body: readFileSync(require.resolve(`uplot/dist/${name}`)) }]
+  return new Map([...own, chart('uPlot.iife.min.js'), chart('uPlot.min.css')])
 }
 
 // Scripts and styles from this origin only, no inline script, no framing, and the API on the same origin.
