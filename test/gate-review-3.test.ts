@@ -8,6 +8,7 @@ import { ADMIN_TOKEN } from './fixtures/app.js'
 import { createTestDatabase } from './fixtures/database.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
+import { stillClock } from './fixtures/still-clock.js'
 
 type Settled<T> = { ok: true, value: T } | { ok: false, error: { code?: string, statusCode?: number, message?: string } }
 const settle = async <T>(promise: Promise<T>): Promise<Settled<T>> =>
@@ -41,10 +42,11 @@ t.test('a call admitted from a lease under a request id PostgreSQL cannot store:
   const team = await gateway.createBudget({ name: 'team', scopeId: 'platform', amount: '100' })
   const integration = gateway.app.budgetIntegration
   const caller = { team: 'platform' }
-  // Two calls make the line hot: the next is admitted from its lease.
+  // Two calls make the line hot: the next is admitted from its lease (the clock stands still for their work).
+  const still = stillClock(t)
   for (let i = 0; i < 2; i++) {
-    const warm = await integration.reserveCall(caller, '0.01')
-    await integration.settleCall(warm.reservationId!, '0.01')
+    const warm = await still(async () => await integration.reserveCall(caller, '0.01'))
+    await still(async () => await integration.settleCall(warm.reservationId!, '0.01'))
   }
   const reserved = await settle(integration.reserveCall(caller, '0.01', { requestId: UNSTORABLE_REQUEST_ID }))
   if (reserved.ok && reserved.value.reservationId !== null) {
