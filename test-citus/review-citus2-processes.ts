@@ -6,5 +6,8 @@ import { distributeOnCitus } from '../lib/kernel/database/citus.js'
 import { twoTreeProcesses } from '../test/fixtures/two-tree-processes.js'
 
 t.test('two processes, a two-tree line, aborted streams, failing and hanging upstreams, a short TTL: nothing lost or counted twice', async (t) => {
-  await twoTreeProcesses(t, 5, distributeOnCitus)
+  // 16 calls at once on one two-tree line through the coordinator on two cores: alone on a quiet machine a fifth
+  // of them waited past the gate's 3 s for PostgreSQL (a 503, fail-closed), and under CI's load every one did.
+  // The test is about the records, not the wait.
+  await twoTreeProcesses(t, 5, distributeOnCitus, { GATE_TIMEOUT_MS: '20000' })
 })
