@@ -103,6 +103,8 @@ t.test('an expired request: the refusal is shown, nothing changes, and the queue
   await item.locator('button[data-verdict=approve]').click()
   await page.waitForSelector(`#approval-queue-list li[data-request-id="${filed.id as string}"] .form-error:not(:empty), #approval-queue-list li.empty, #approval-queue-error:not(:empty)`)
   await quiet()
+  // The lead's role does not approve (the policy names the lead): with nothing left to decide, the queue would be hidden.
+  t.ok(await page.locator('#approval-queue-error').isVisible(), `the refusal is shown: ${await page.locator('#approval-queue-error').innerText()}`)
   t.same(await snapshotTables(sql), before, 'the refused decision changed nothing')
   t.equal(await page.locator(`#approval-queue-list li[data-request-id="${filed.id as string}"] button[data-verdict=approve]`).count(), 0,
     'the queue no longer offers Approve on an expired request')

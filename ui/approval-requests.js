@@ -72,6 +72,8 @@ export function approvalRequests ({ client, $, signOut, budgetOf, onDecided, fai
     const refusal = form.querySelector('.field-error, .form-error')?.textContent ?? ''
     await load()
     $('#approval-queue-error').textContent = refusal
+    // Shown where the decision was made, even when the principal has nothing left to decide (load hid the queue).
+    if (refusal !== '') queue.hidden = false
   }
 
   /** The queue: the requests whose next level the principal may decide now. */
