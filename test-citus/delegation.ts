@@ -18,6 +18,7 @@ import { createSettlementRepository } from '../lib/gate/settlement-repository.js
 import { createRateRepository } from '../lib/gate/rate-repository.js'
 import { createSweeperRepository } from '../lib/gate/sweeper-repository.js'
 import { createUsageRepository } from '../lib/usage/usage-repository.js'
+import { createStatusRepository } from '../lib/usage/status-repository.js'
 import type { BudgetTerms } from '../lib/gate/budget-terms.js'
 import { ADMIN_TOKEN, PREFIX } from '../test/fixtures/app.js'
 import { createTestSql } from '../test/fixtures/database.js'
@@ -261,6 +262,25 @@ t.test('the two reads of the gate\'s rare paths (is a lease still held; a settle
     await createLeaseRepository(database.gateSql).returnLease(lease, trees, '0', true, 1)
     t.equal(await createLeaseRepository(database.gateSql).leaseHeld(lease, trees), false, 'given back, the lease is no longer held')
     t.equal(await createSettlementRepository(database.gateSql).findSettledRecord({ requestId: randomUUID(), budgetIds: [org.id] }, randomUUID(), trees), null, 'no record of another call')
+  }
+})
+
+t.test('a shadow budget\'s as-if ledger is read on its tree\'s node only', async (t) => {
+  const database = await distributedDatabase(t)
+  for (const [worker, org] of await twoTreesOnTwoWorkers(t, database)) {
+    const changed = await database.app.inject({ method: 'PUT', url: `${PREFIX}/${org.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { enforcement: 'shadow' } })
+    t.equal(changed.statusCode, 200, 'the budget is shadow now')
+    const periodStart = org.line[0]!.periodStart
+    await database.sql`insert into budget_shadow_windows (budget_id, root_id, period_start, excluded_amount) values (${org.id}, ${org.id}, ${periodStart}, 1.25)`
+    await database.sql`insert into budget_shadow_counts (budget_id, root_id, period_start, code, outcome, calls) values (${org.id}, ${org.id}, ${periodStart}, 'BUDGET_EXCEEDED', 'refused', 3)`
+    const before = await database.counters()
+    const shadow = await createStatusRepository(database.gateSql).readShadow(org.id, org.id, periodStart, '2')
+    const after = await database.counters()
+    t.same(shadow, { asIfCurrentAmount: '0.75', excludedAmount: '1.25', counts: [{ code: 'BUDGET_EXCEEDED', outcome: 'refused', calls: 3 }] }, 'the ledger read')
+    t.same(delta(after, before, database.coordinator), { connections: 1, singleShard: 2, multiShard: 0 }, 'its two reads each went to one shard, on one connection')
+    t.same(delta(after, before, database.workers.find((port) => port !== worker)!), { connections: 0, singleShard: 0, multiShard: 0 }, 'the other worker ran nothing')
+    const status = await database.app.inject({ method: 'GET', url: `${PREFIX}/${org.id}/status`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })
+    t.match(status.json(), { shadow: { excludedAmount: '1.25', counts: [{ calls: 3 }] } }, 'the status route reads the same ledger')
   }
 })
 

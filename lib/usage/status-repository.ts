@@ -54,10 +54,13 @@ export function createStatusRepository (sql: Db) {
   }
 
   return {
-    /** A shadow budget's as-if ledger in a window (budget_shadow_status, sql/functions/shadow.sql), less the spend given. */
-    async readShadow (budgetId: string, periodStart: Date, currentAmount: Money): Promise<ShadowStatus> {
+    /**
+     * A shadow budget's as-if ledger in a window (budget_shadow_status_in_tree, sql/functions/shadow.sql), less the
+     * spend given; `rootId`: the budget's tree, where its ledger is (on Citus, one shard).
+     */
+    async readShadow (rootId: string, budgetId: string, periodStart: Date, currentAmount: Money): Promise<ShadowStatus> {
       const [row] = await sql<Array<{ excluded: string, counts: Array<{ code: string, outcome: 'refused' | 'clamped' | 'downgraded', calls: number }> }>>`
-        select excluded_amount::text as excluded, counts from budget_shadow_status(${budgetId}, ${periodStart})`
+        select excluded_amount::text as excluded, counts from budget_shadow_status_in_tree(${rootId}, ${budgetId}, ${periodStart})`
       const excluded = normalizeMoney(row!.excluded)
       return { asIfCurrentAmount: fromUnits(toUnits(currentAmount) - toUnits(excluded)), excludedAmount: excluded, counts: row!.counts }
     },

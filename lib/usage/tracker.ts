@@ -114,7 +114,7 @@ export function createBudgetTracker ({ budgets, status, usage, forecasts }: Trac
     const { projectedTotal, burnRate } = await forecasts.projection(budget.id, window, row.currentAmount, now)
     const computed = computeStatus({ budget, ...window, ...row, lastUpdated: row.updatedAt, now, crossings, projectedTotal, burnRate })
     if (budget.enforcement !== 'shadow') return computed
-    return { ...computed, shadow: await status.readShadow(budget.id, window.periodStart, computed.currentAmount) }
+    return { ...computed, shadow: await status.readShadow(budget.rootId, budget.id, window.periodStart, computed.currentAmount) }
   }
 
   /** The trees of the budgets a record counts toward, its own budget's first (an id that names no budget has none). */

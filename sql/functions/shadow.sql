@@ -43,13 +43,26 @@ end $$;
 
 -- A shadow window's as-if figures, for its status: the spend a hard twin would have had (the real spend
 -- less what it would have refused), the real spend it would have refused, and its counts by code and outcome.
+-- budget_shadow_status_in_tree: the budget's tree given, and each read names it (on Citus, one shard's);
+-- PL/pgSQL, since Citus cannot plan an SQL function's parameterized reads of distributed tables.
+-- budget_shadow_status, the argument list the versions before call: the tree read from the budget first.
+create or replace function budget_shadow_status_in_tree(p_root uuid, p_budget_id uuid, p_period_start timestamptz)
+returns table (excluded_amount numeric, counts jsonb)
+language plpgsql stable as $$
+begin
+  excluded_amount := coalesce((select s.excluded_amount from budget_shadow_windows s
+                               where s.root_id = p_root and s.budget_id = p_budget_id and s.period_start = p_period_start), 0);
+  counts := coalesce((select jsonb_agg(jsonb_build_object('code', c.code, 'outcome', c.outcome, 'calls', c.calls) order by c.code, c.outcome)
+                      from budget_shadow_counts c where c.root_id = p_root and c.budget_id = p_budget_id and c.period_start = p_period_start), '[]'::jsonb);
+  return next;
+end $$;
+
 create or replace function budget_shadow_status(p_budget_id uuid, p_period_start timestamptz)
 returns table (excluded_amount numeric, counts jsonb)
-language sql stable as $$
-  select coalesce((select s.excluded_amount from budget_shadow_windows s where s.budget_id = p_budget_id and s.period_start = p_period_start), 0),
-         coalesce((select jsonb_agg(jsonb_build_object('code', c.code, 'outcome', c.outcome, 'calls', c.calls) order by c.code, c.outcome)
-                   from budget_shadow_counts c where c.budget_id = p_budget_id and c.period_start = p_period_start), '[]'::jsonb)
-$$;
+language plpgsql stable as $$
+begin
+  return query select * from budget_shadow_status_in_tree((select d.root_id from budget_definitions d where d.id = p_budget_id), p_budget_id, p_period_start);
+end $$;
 
 -- A budget that stops being shadow keeps no as-if ledger: its live holds stop being marked as_if_excluded in
 -- the change's own transaction, so that a hold in flight settles as spend the budget counts (the settlement
