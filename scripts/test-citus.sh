@@ -40,7 +40,8 @@ echo "# test:citus on coordinator $coordinator_postgres, workers $CITUS_WORKER_U
 # Unless told which files: test-citus/, and the main suite's files that run whole on the coordinator as they are
 # (the plugin's statements and the tests' own reads; docs/scaling.md says what the others still need).
 on_citus_too=(test/alerts.test.ts test/digests.test.ts test/notifications.test.ts test/reconciliation.test.ts test/reports.test.ts test/metrics.test.ts test/hostile-input.test.ts
-  test/lease-integrity.test.ts test/lease-renewal.test.ts test/lease-crossings.test.ts test/lease-swept.test.ts test/lease-numbers.test.ts)
+  test/lease-integrity.test.ts test/lease-renewal.test.ts test/lease-crossings.test.ts test/lease-swept.test.ts test/lease-numbers.test.ts
+  test/simulate.test.ts test/recon-r2-simulate.test.ts)
 if [ $# -eq 0 ]; then set -- test-citus/ "${on_citus_too[@]}"; fi
 # The hostile-input battery meets every route with its fixed hostile examples and this many random inputs per
 # property (60 on plain PostgreSQL): a request through the cluster costs several times one on a single server, and

@@ -12,8 +12,8 @@ t.test('a correction moved 150 -> 60: the replay crosses 80% at noon on a window
   await ok(app, 'POST', '/provider-costs/mappings', { provider: 'mistral', kind: 'project', value: 'proj_a', budgetId: team, trueUp: true }, 201)
   await ok(app, 'POST', `/${team}/usage`, { amount: '50', currency: 'USD', occurredAt: `${YESTERDAY}T01:00:00Z`, metadata: { requestId: 'a' } }, 201)
   // a gated call in the afternoon of the corrected day (its estimate recorded, as the gate records it)
-  await app.sql`insert into budget_usage_records (budget_id, amount, currency, metadata, occurred_at)
-                values (${team}, 1, 'USD', '{"requestId":"g1","estimatedCost":"1","teamId":"team-a"}', ${`${YESTERDAY}T15:00:00Z`})`
+  await app.sql`insert into budget_usage_records (budget_id, root_id, amount, currency, metadata, occurred_at)
+                values (${team}, ${team}, 1, 'USD', '{"requestId":"g1","estimatedCost":"1","teamId":"team-a"}', ${`${YESTERDAY}T15:00:00Z`})`
   const bill = async (amount: string) => {
     await importCsv(app, [`${YESTERDAY},mistral,acme,proj_a,${amount},USD`])
     await ok(app, 'POST', '/reconciliation/true-up', { provider: 'mistral', day: YESTERDAY, budgetId: team })

@@ -3,6 +3,7 @@
 // changes nothing but its own audit entry; a client that hangs up cancels the replay in PostgreSQL.
 import { request as httpRequest } from 'node:http'
 import t from 'tap'
+import { NIL_ROOT } from '../lib/kernel/database/db.js'
 import { ADMIN_TOKEN, PREFIX, snapshotTables } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 
@@ -76,8 +77,8 @@ t.test('a crossing\'s block-all refuses the very caller the replay admitted just
   const budget = await gateway.createBudget({ name: 'team a', amount: '1', enforcement: 'soft', alerts: [{ threshold: 50, actions: ['block-all'] }] })
   const from = new Date(Date.now() - 60_000)
   await gateway.sql`
-    insert into budget_usage_records (amount, currency, source, metadata, occurred_at, allocated_by_settlement)
-    select 0.1, 'USD', 'gateway', jsonb_build_object('modelId', 'gpt-4o', 'estimatedCost', '0.1', 'teamId', 'team-a', 'userId', 'user-0'),
+    insert into budget_usage_records (root_id, amount, currency, source, metadata, occurred_at, allocated_by_settlement)
+    select ${NIL_ROOT}::uuid, 0.1, 'USD', 'gateway', jsonb_build_object('modelId', 'gpt-4o', 'estimatedCost', '0.1', 'teamId', 'team-a', 'userId', 'user-0'),
            ${from} + i * interval '1 millisecond', true
     from generate_series(1, 10) i`
   // one slice (a twentieth of the range) holds them all, so one replay statement sees them one after another
@@ -218,10 +219,11 @@ t.test('a replay changes nothing but its own audit entry: no alert, notification
 t.test('NDJSON: progress lines then the result; a client that hangs up cancels the replay', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   await gateway.createBudget({ name: 'team a', amount: '1000' })
-  // Many recorded calls, written as the gate writes them (allocations aside, which the replay of gated calls does not read).
+  // Many recorded calls, written as the gate writes them (allocations aside, which the replay of gated calls does not
+  // read; so no budget, and the nil root, which Citus places a row of no budget by).
   await gateway.sql`
-    insert into budget_usage_records (amount, currency, source, metadata, occurred_at, allocated_by_settlement)
-    select 0.001, 'USD', 'gate', jsonb_build_object('modelId', 'gpt-4o', 'estimatedCost', '0.002', 'teamId', 'team-a', 'userId', 'u' || (i % 50)),
+    insert into budget_usage_records (root_id, amount, currency, source, metadata, occurred_at, allocated_by_settlement)
+    select ${NIL_ROOT}::uuid, 0.001, 'USD', 'gate', jsonb_build_object('modelId', 'gpt-4o', 'estimatedCost', '0.002', 'teamId', 'team-a', 'userId', 'u' || (i % 50)),
            now() - interval '1 hour' + i * interval '1 millisecond', true
     from generate_series(1, 300000) i`
   const address = await gateway.app.listen({ port: 0, host: '127.0.0.1' })

@@ -66,6 +66,9 @@ declare
   -- budget_fits (hard) holds while spend + held <= amount (holds.sql); both only fail as the spend grows, so
   -- the admission stands while each window's spend is at most l_lim (null: a shadow window, which never refuses).
   actions_version bigint := 0::bigint; a_version bigint[]; a_estimate numeric[]; l_lim numeric[] := '{}'::numeric[]; admitted boolean;
+  -- the line of the event being replayed, before its windows are met: its budgets in the line's order, their windows
+  -- at the event, and (API usage) the amount allocated to each
+  n_budget uuid[]; n_start timestamptz[]; n_end timestamptz[]; n_allocated numeric[]; span record; spent_before numeric;
   e record; a record; definition record; w integer; i integer; code text; refusing integer;
   downgrade text; outcome text; held numeric; rank integer; best integer; key text; alert jsonb; threshold numeric;
 begin
@@ -139,24 +142,44 @@ begin
     -- the line, from the cache while its windows last
     if e.kind = 2 or lc_until[e.caller] is null or lc_until[e.caller] <= e.at then
       line_windows := '{}'; line_rates := '{}'; line_amounts := '{}'; line_until := 'infinity';
-      for a in
-        select x.budget_id, x.period_start, x.period_end, x.allocated from (
-        select l.budget_id, l.period_start, l.period_end, null::numeric as allocated, l.scope_matched, l.scope_rank from budget_applicable(
+      if e.kind <> 2 then
+        -- a gated call's or a refusal's line, as the gate's
+        select coalesce(array_agg(l.budget_id order by l.scope_matched desc, l.scope_rank, l.budget_id), '{}'),
+               coalesce(array_agg(l.period_start order by l.scope_matched desc, l.scope_rank, l.budget_id), '{}'),
+               coalesce(array_agg(l.period_end order by l.scope_matched desc, l.scope_rank, l.budget_id), '{}'),
+               coalesce(array_agg(null::numeric), '{}')
+        into n_budget, n_start, n_end, n_allocated
+        from budget_applicable(
           array_remove(array[case when e.user_id is not null then 'user' end, case when e.project_id is not null then 'project' end,
                              case when e.team_id is not null then 'team' end, case when e.organization_id is not null then 'organization' end], null),
           array_remove(array[e.user_id, e.project_id, e.team_id, e.organization_id], null),
-          e.currency, e.at, e.model, e.tags) l
-        where e.kind <> 2
-        union all
-        select al.budget_id, w.period_start, w.period_end, sum(al.amount), true, 0
-        from budget_usage_allocations al
-        join budget_definitions d on d.id = al.budget_id and d.deleted_at is null
-        cross join lateral budget_window(d, e.at) w
-        where e.kind = 2 and al.usage_id in (select e.id union all
-                                             select adjustment.id from budget_usage_records adjustment
-                                             where adjustment.occurred_at = e.at and adjustment.correction and adjustment.metadata ->> 'adjusts' = e.id::text)
-        group by al.budget_id, w.period_start, w.period_end) x
-        order by x.scope_matched desc, x.scope_rank, x.budget_id
+          e.currency, e.at, e.model, e.tags) l;
+      else
+        -- API usage: the budgets its allocations (and its true-up's adjustments) name, each with its amount. The
+        -- allocations are read first, then each budget in its tree, its window computed on its columns: on Citus a
+        -- record's allocations may sit in other trees than it, and tables join on their tree alone.
+        n_budget := '{}'; n_start := '{}'; n_end := '{}'; n_allocated := '{}';
+        for a in
+          select al.budget_id, al.root_id, sum(al.amount) as allocated
+          from budget_usage_allocations al
+          where al.usage_id = any (array[e.id] || array(select adjustment.id from budget_usage_records adjustment
+                                                        where adjustment.occurred_at = e.at and adjustment.correction and adjustment.metadata ->> 'adjusts' = e.id::text))
+          group by al.budget_id, al.root_id
+          order by al.budget_id
+        loop
+          select w.period_start, w.period_end into span
+          from budget_definitions d
+          cross join lateral budget_period_window(d.period, d.start_date, d.end_date, d.recurring, e.at, d.timezone, d.fiscal_year_start_month, d.period_alignment) w
+          where d.root_id = a.root_id and d.id = a.budget_id and d.deleted_at is null;
+          continue when not found;
+          n_budget := n_budget || a.budget_id; n_start := n_start || span.period_start; n_end := n_end || span.period_end;
+          n_allocated := n_allocated || a.allocated;
+        end loop;
+      end if;
+      for a in
+        select x.budget_id, x.period_start, x.period_end, x.allocated
+        from unnest(n_budget, n_start, n_end, n_allocated) with ordinality as x(budget_id, period_start, period_end, allocated, o)
+        order by x.o
       loop
         key := a.budget_id::text || '|' || a.period_start::text;
         w := (w_index ->> key)::integer;
@@ -171,8 +194,10 @@ begin
           w_cap[w] := definition.max_call_cost; w_alerts[w] := definition.alerts;
           wa_first[w] := coalesce(array_length(wa_threshold, 1), 0) + 1; wa_count[w] := 0;
           -- a window that began before the range starts from the spend recorded toward the budget before it
-          w_spent[w] := (select coalesce(sum(al.amount), 0) from budget_usage_allocations al
-                         where al.budget_id = a.budget_id and al.occurred_at >= a.period_start and al.occurred_at < greatest(a.period_start, p_range_from));
+          -- (a select into, not an assignment: Citus plans an assignment's query from its text, which it cannot parse)
+          select coalesce(sum(al.amount), 0) into spent_before from budget_usage_allocations al
+          where al.budget_id = a.budget_id and al.occurred_at >= a.period_start and al.occurred_at < greatest(a.period_start, p_range_from);
+          w_spent[w] := spent_before;
           if w_spent[w] > 0 then unknowns := jsonb_set(unknowns, '{spendBeforeRange}', 'true'); end if;
           -- the alerts that spend already reached were crossed before the range
           for alert in select value from jsonb_array_elements(w_alerts[w]) loop
@@ -201,7 +226,7 @@ begin
       end loop;
       if e.kind <> 2 then
         -- a rate that takes effect later ends the cached line there
-        line_until := least(line_until, (select min(r.effective_from) from budget_exchange_rates r where r.effective_from > e.at));
+        select least(line_until, min(r.effective_from)) into line_until from budget_exchange_rates r where r.effective_from > e.at;
         lc_first[e.caller] := lb + 1;
         lc_len[e.caller] := ln;
         lc_until[e.caller] := line_until;
