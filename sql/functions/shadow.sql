@@ -60,8 +60,13 @@ end $$;
 create or replace function budget_shadow_status(p_budget_id uuid, p_period_start timestamptz)
 returns table (excluded_amount numeric, counts jsonb)
 language plpgsql stable as $$
+declare
+  tree uuid;
 begin
-  return query select * from budget_shadow_status_in_tree((select d.root_id from budget_definitions d where d.id = p_budget_id), p_budget_id, p_period_start);
+  -- the tree read into a variable first: as a subquery in the call's argument, Citus sent the call to every shard
+  -- of budget_definitions, each answering a row (an empty ledger where the budget is not)
+  select d.root_id into tree from budget_definitions d where d.id = p_budget_id;
+  return query select * from budget_shadow_status_in_tree(tree, p_budget_id, p_period_start);
 end $$;
 
 -- A budget that stops being shadow keeps no as-if ledger: its live holds stop being marked as_if_excluded in
