@@ -2,16 +2,16 @@
 // process (sql/functions/rate-limits.sql), allowance held in process (lib/gate/rate-limits.ts). Over a limit the gate
 // answers OpenAI's 429, which the official client reads and retries after retry-after.
 import OpenAI from 'openai'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import Fastify from 'fastify'
 import type { BudgetTerms } from '../lib/gate/budget-terms.js'
 import { createRateRepository } from '../lib/gate/rate-repository.js'
-import { estimateChatCost } from '../lib/pricing/estimate.js'
 import { createRateLimits, isRateRefusal, type RateAdmission } from '../lib/gate/rate-limits.js'
 import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp, snapshotTables } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
 import { modeFromPrompt, modeMarker, startUpstream } from './fixtures/upstream.js'
+import { holdBucketRow, noTokens } from './fixtures/rate-buckets.js'
 
 type Gateway = Awaited<ReturnType<typeof buildGateway>>
 
@@ -244,11 +244,11 @@ t.test('battery: misbehaving upstreams and clients that leave take from a rate l
   await checkInvariants(t, gateway.sql)
 })
 
-t.test('tokens per minute hold with an estimate that leaves tokens out: counted from the usage, and made good before the next call', async (t) => {
-  const gateway = await buildGateway(t, {
-    gate: { estimateCost: async (request, prices, model) => { const { model: chosen, amount } = (await estimateChatCost(request.body, prices, model)); return { model: chosen, amount } } }
-  })
-  await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 100 } })
+/**
+ * Calls one after another (each settled, then `between(i)`) until one is refused, on a budget of 100 tokens a
+ * minute: the tokens admitted stay within the limit, one call's overdraft and the refill.
+ */
+async function callsUntilRefusedWithin100Tokens (t: Test, gateway: Gateway, between: (i: number) => Promise<void> = async () => {}) {
   const started = Date.now()
   const used: number[] = []
   let refused = false
@@ -257,37 +257,31 @@ t.test('tokens per minute hold with an estimate that leaves tokens out: counted 
     if (answer.statusCode === 429) refused = true
     else used.push(answer.json().usage.total_tokens as number)
     await gateway.settled()
+    await between(i)
   }
   t.ok(refused, `refused after ${used.length} calls`)
   const refill = (Date.now() - started) / 60_000 * 100
   const total = used.reduce((sum, tokens) => sum + tokens, 0)
   t.ok(total <= 100 + Math.max(...used) + refill, `${total} tokens admitted: the limit, one call's overdraft and ${refill.toFixed(1)} refilled at most`)
+}
+
+t.test('tokens per minute hold with an estimate that leaves tokens out: counted from the usage, and made good before the next call', async (t) => {
+  const gateway = await buildGateway(t, { gate: noTokens })
+  await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 100 } })
+  await callsUntilRefusedWithin100Tokens(t, gateway)
 })
 
 t.test('a call that reserves no tokens is refused while the tokens bucket is in debt, also after its process gave its allowance back', async (t) => {
   // An estimate without tokens reserves none; each call's use is counted when it ends, so the bucket runs into
   // debt. Between calls another budget changes: the process gives its allowances back (the debt with them)
   // and starts afresh, as it does when they idle. A fresh allowance must still ask the bucket, not admit for free.
-  const gateway = await buildGateway(t, {
-    gate: { estimateCost: async (request, prices, model) => { const { model: chosen, amount } = (await estimateChatCost(request.body, prices, model)); return { model: chosen, amount } } }
-  })
+  const gateway = await buildGateway(t, { gate: noTokens })
   await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 100 } })
   const other = await gateway.createBudget({ scopeId: 'team-other', amount: '100' })
-  const started = Date.now()
-  const used: number[] = []
-  let refused = false
-  for (let i = 0; i < 20 && !refused; i++) {
-    const answer = await chat(gateway)
-    if (answer.statusCode === 429) refused = true
-    else used.push(answer.json().usage.total_tokens as number)
-    await gateway.settled()
+  await callsUntilRefusedWithin100Tokens(t, gateway, async (i) => {
     const renamed = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${other.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { name: `other ${i}` } })
     t.equal(renamed.statusCode, 200)
-  }
-  t.ok(refused, `refused after ${used.length} calls`)
-  const refill = (Date.now() - started) / 60_000 * 100
-  const total = used.reduce((sum, tokens) => sum + tokens, 0)
-  t.ok(total <= 100 + Math.max(...used) + refill, `${total} tokens admitted: the limit, one call's overdraft and ${refill.toFixed(1)} refilled at most`)
+  })
 })
 
 t.test('a limit lowered in this process applies to the very next call, even on a hot budget', async (t) => {
@@ -310,16 +304,7 @@ t.test('a top-up in flight when the limit is lowered brings nothing of the old l
   const budget = await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 60000 } })
   for (let wave = 0; wave < 5; wave++) await Promise.all(Array.from({ length: 10 }, async () => await chat(gateway))) // hot: a slice held in process
   // Another session holds the bucket's row: the next top-up waits on it, taking under the old limit.
-  let unlock = () => {}
-  const locked = new Promise<void>((resolve) => { unlock = resolve })
-  let holding = () => {}
-  const held = new Promise<void>((resolve) => { holding = resolve })
-  const holder = gateway.sql.begin(async (tx) => {
-    await tx`select 1 from budget_rate_buckets where budget_id = ${budget.id} for update`
-    holding()
-    await locked
-  })
-  await held
+  const holder = await holdBucketRow(gateway.sql, budget.id)
   const waitingTakes = async () => Number((await gateway.sql`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%budget_rate_take%'`)[0]!.n)
   let calls = 0
   while (await waitingTakes() === 0 && calls < 200) { t.equal((await chat(gateway)).statusCode, 200); calls++ }
@@ -330,8 +315,7 @@ t.test('a top-up in flight when the limit is lowered brings nothing of the old l
   const answers: number[] = []
   // What the process held when the limit changed is given back, though a top-up is in flight...
   for (let call = 0; call < 5; call++) answers.push((await chat(gateway)).statusCode)
-  unlock()
-  await holder
+  await holder.release()
   // ...and what that top-up took under the old limit goes back to the bucket, not to the process.
   while (await waitingTakes() > 0) await new Promise((resolve) => setTimeout(resolve, 1))
   for (let call = 0; call < 15; call++) answers.push((await chat(gateway)).statusCode)

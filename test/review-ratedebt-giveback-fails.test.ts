@@ -5,6 +5,7 @@
 import t from 'tap'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants, waitFor } from './fixtures/invariants.js'
+import { holdBucketRow } from './fixtures/rate-buckets.js'
 
 t.test('a debt whose give-back fails on a busy bucket row is kept, and paid before the next call is admitted', async (t) => {
   const gateway = await buildGateway(t, { captureLogs: true, gate: { sweepIntervalMs: 0 } })
@@ -18,22 +19,12 @@ t.test('a debt whose give-back fails on a busy bucket row is kept, and paid befo
   const started = Date.now()
   const call = await integration.reserveCall(caller, '0.0001', { tokens: 10 })
   t.ok(call.check.canProceed, 'admitted')
-  let unlock = () => {}
-  const locked = new Promise<void>((resolve) => { unlock = resolve })
-  let holding = () => {}
-  const held = new Promise<void>((resolve) => { holding = resolve })
-  const holder = gateway.sql.begin(async (tx) => {
-    await tx`select 1 from budget_rate_buckets where budget_id = ${budget.id} for update`
-    holding()
-    await locked
-  })
-  await held
+  const holder = await holdBucketRow(gateway.sql, budget.id)
   await integration.settleCall(call.reservationId!, '0.0001', { metadata: { inputTokens: 40, outputTokens: 50 } })
   t.ok(await waitFor(async () => failedGiveBacks() > 0, 8000), 'the give-back of the debt failed on the busy row')
   const failed = gateway.logs.find((line) => String(line.msg).startsWith('giving back rate-limit allowance failed')) as { err?: { code?: string } } | undefined
   t.equal(failed?.err?.code, '55P03', 'lock_timeout')
-  unlock()
-  await holder
+  await holder.release()
   const refill = () => (Date.now() - started) / 60_000 * 100
 
   // The bucket has given 10; the process still owes 80. A call of 5 tokens needs 80 + 5 from the bucket,
