@@ -17,6 +17,19 @@ async function world (t: Parameters<typeof approvalsGateway>[0]) {
   return { ...gateway, base }
 }
 
+/** The queue's item for a request, on a page signed in as `token`, once the page's first reads are done. */
+async function queueItem (t: Parameters<typeof approvalsGateway>[0], base: string, token: string, requestId: string, width = 1280) {
+  const browser = await launch(t)
+  const page = await browser.newPage({ viewport: { width, height: 900 } })
+  const errors = pageErrors(page)
+  const quiet = networkQuiet(page)
+  await signIn(page, base, token)
+  const item = page.locator(`#approval-queue-list li[data-request-id="${requestId}"]`)
+  await item.waitFor()
+  await quiet() // the page's first reads may draw the queue again: click the one that stays
+  return { page, errors, quiet, item }
+}
+
 t.test('a double click on "Ask for approval" files one request, not two', async (t) => {
   const { base, team, admin } = await world(t)
   const browser = await launch(t)
@@ -39,14 +52,7 @@ t.test('a double click on "Ask for approval" files one request, not two', async 
 t.test('Enter in the comment of a request decides nothing: a decision is the button chosen', async (t) => {
   const { base, team, dev, lead } = await world(t)
   const filed = (await dev('POST', `/${team.id}/approval-requests`, { amount: '100', reason: 'small one' })).json()
-  const browser = await launch(t)
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } })
-  const errors = pageErrors(page)
-  const quiet = networkQuiet(page)
-  await signIn(page, base, 'lead')
-  const item = page.locator(`#approval-queue-list li[data-request-id="${filed.id as string}"]`)
-  await item.waitFor()
-  await quiet() // the page's first reads may draw the queue again: click the one that stays
+  const { errors, quiet, item } = await queueItem(t, base, 'lead', filed.id as string)
   // The lead writes why it will reject, and presses Enter at the end of the sentence.
   await item.locator('[name=comment]').fill('no, not this month')
   await item.locator('[name=comment]').press('Enter')
@@ -63,14 +69,7 @@ t.test('a level decided by someone else meanwhile: the 409 is shown, nothing cha
   // 600: above the lead's 500, so two levels; the lead approved the first over the API.
   const filed = (await dev('POST', `/${team.id}/approval-requests`, { amount: '600', reason: 'two levels' })).json()
   t.match((await lead('POST', `/${team.id}/approval-requests/${filed.id as string}/decisions`, { level: 1, verdict: 'approve' })).json(), { nextLevel: 2 })
-  const browser = await launch(t)
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } })
-  const errors = pageErrors(page)
-  const quiet = networkQuiet(page)
-  await signIn(page, base, 'finance')
-  const item = page.locator(`#approval-queue-list li[data-request-id="${filed.id as string}"]`)
-  await item.waitFor()
-  await quiet() // the page's first reads may draw the queue again: click the one that stays
+  const { page, errors, quiet, item } = await queueItem(t, base, 'finance', filed.id as string)
   // The other finance principal decides level 2 first.
   t.match((await finance2('POST', `/${team.id}/approval-requests/${filed.id as string}/decisions`, { level: 2, verdict: 'reject', comment: 'no' })).json(), { state: 'rejected' })
   const before = await snapshotTables(sql)
@@ -89,14 +88,7 @@ t.test('a level decided by someone else meanwhile: the 409 is shown, nothing cha
 t.test('an expired request: the refusal is shown, nothing changes, and the queue no longer offers it', async (t) => {
   const { base, team, dev, sql } = await world(t)
   const filed = (await dev('POST', `/${team.id}/approval-requests`, { amount: '100', reason: 'expires' })).json()
-  const browser = await launch(t)
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } })
-  const errors = pageErrors(page)
-  const quiet = networkQuiet(page)
-  await signIn(page, base, 'lead')
-  const item = page.locator(`#approval-queue-list li[data-request-id="${filed.id as string}"]`)
-  await item.waitFor()
-  await quiet() // the page's first reads may draw the queue again: click the one that stays
+  const { page, errors, quiet, item } = await queueItem(t, base, 'lead', filed.id as string)
   // Its time runs out while the lead's page is open.
   await sql`update budget_approval_requests set expires_at = now() - interval '1 second' where id = ${filed.id as string}`
   const before = await snapshotTables(sql)
@@ -116,14 +108,7 @@ t.test('a requester\'s reason and a decider\'s comment are shown as text: no mar
   const HOSTILE = '"><img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>\u202Egnp.exe <b>bold</b>'
   const LONG = 'x'.repeat(1900)
   const filed = (await dev('POST', `/${team.id}/approval-requests`, { amount: '600', reason: HOSTILE })).json()
-  const browser = await launch(t)
-  const page = await browser.newPage({ viewport: { width: 390, height: 900 } })
-  const errors = pageErrors(page)
-  const quiet = networkQuiet(page)
-  await signIn(page, base, 'lead')
-  const item = page.locator(`#approval-queue-list li[data-request-id="${filed.id as string}"]`)
-  await item.waitFor()
-  await quiet() // the page's first reads may draw the queue again: click the one that stays
+  const { page, errors, quiet, item } = await queueItem(t, base, 'lead', filed.id as string, 390)
   t.match(await item.innerText(), 'asked by dev-alice: "><img src=x onerror=', 'the reason is shown as the text typed')
   await item.locator('[name=comment]').fill(`${HOSTILE} ${LONG}`)
   await item.locator('button[data-verdict=approve]').click()
