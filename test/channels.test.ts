@@ -2,14 +2,12 @@
 // GET {prefix}/channels lists them without secrets; POST {prefix}/channels/:name/test sends a test through
 // one and answers with the outcome; a notification to a channel that is gone is never marked delivered.
 // Webhooks go to a local HTTP server, email to a local SMTP receiver (smtp-server), against the real database.
-import { once } from 'node:events'
-import type { AddressInfo } from 'node:net'
 import fc from 'fast-check'
 import Fastify, { type LightMyRequestResponse } from 'fastify'
-import { SMTPServer } from 'smtp-server'
 import t from 'tap'
 import { ADMIN_TOKEN, PREFIX, snapshotTables } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
+import { startSmtpReceiver } from './fixtures/smtp-receiver.js'
 
 const auth = { authorization: `Bearer ${ADMIN_TOKEN}` }
 
@@ -28,29 +26,6 @@ async function startHook (t: { teardown: (fn: () => unknown) => void }): Promise
   const address = await hook.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(async () => { hook.server.closeAllConnections(); await hook.close() })
   return { url: `${address}/services/T000/B000/secret-path-token?token=query-secret`, received, state }
-}
-
-/** An SMTP receiver on a free port, with a login (any user and password is taken). */
-async function startReceiver (t: { teardown: (fn: () => unknown) => void }) {
-  const received: Array<{ to: string[], raw: string }> = []
-  const server = new SMTPServer({
-    disabledCommands: ['STARTTLS'],
-    allowInsecureAuth: true,
-    authOptional: true,
-    logger: false,
-    onAuth (_auth, _session, callback) { callback(null, { user: 'budgets' }) },
-    onData (stream, session, callback) {
-      let raw = ''
-      stream.setEncoding('utf8')
-      stream.on('data', (chunk: string) => { raw += chunk })
-      stream.on('end', () => { received.push({ to: session.envelope.rcptTo.map((r) => r.address), raw }); callback() })
-    }
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server.server, 'listening')
-  t.teardown(async () => await new Promise<void>((resolve) => { server.close(() => { resolve() }) }))
-  const { port } = server.server.address() as AddressInfo
-  return { port, url: `smtp://mailer:smtp-password@127.0.0.1:${port}?from=budgets@example.com&to=ops@example.com,cfo@example.com`, received }
 }
 
 const budget = (overrides: Record<string, unknown> = {}) =>
@@ -124,7 +99,7 @@ t.test('a stored budget that names a channel no longer configured still reads, u
 
 t.test('GET /channels lists each channel, its kind and where it goes, never a secret', async (t) => {
   const hook = await startHook(t)
-  const receiver = await startReceiver(t)
+  const receiver = await startSmtpReceiver(t, { login: 'mailer:smtp-password' })
   const { app } = await buildGateway(t, {
     notifications: {
       channels: {
@@ -157,7 +132,7 @@ t.test('GET /channels lists each channel, its kind and where it goes, never a se
 
 t.test('POST /channels/:name/test sends a budget.test event and answers with the outcome, audited', async (t) => {
   const hook = await startHook(t)
-  const receiver = await startReceiver(t)
+  const receiver = await startSmtpReceiver(t, { login: 'mailer:smtp-password' })
   const custom: unknown[] = []
   const { app, sql } = await buildGateway(t, {
     notifications: {

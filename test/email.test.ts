@@ -1,52 +1,18 @@
 // Email alerts over SMTP (nodemailer), delivered to a real SMTP receiver running in the test (smtp-server,
 // from the nodemailer project): a subject and a plain-text body that say which budget crossed what, a
 // link to the dashboard when its URL is known, through the same outbox, retries and exactly-once.
-import { once } from 'node:events'
-import type { AddressInfo } from 'node:net'
-import { SMTPServer } from 'smtp-server'
 import t from 'tap'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { createTestDatabase } from './fixtures/database.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
 import { startGatewayProcess } from './fixtures/gateway-process.js'
-
-interface Received { from: string, to: string[], raw: string }
-
-/** An SMTP receiver on a free port; `refuse` recipients are turned away (a 550), until it is cleared. */
-async function startReceiver (t: { teardown: (fn: () => unknown) => void }) {
-  const received: Received[] = []
-  const state = { refuse: false, attempts: 0 }
-  const server = new SMTPServer({
-    authOptional: true,
-    disabledCommands: ['STARTTLS'],
-    logger: false,
-    onRcptTo (_address, _session, callback) {
-      state.attempts++
-      if (state.refuse) { callback(new Error('mailbox unavailable')); return }
-      callback()
-    },
-    onData (stream, session, callback) {
-      let raw = ''
-      stream.setEncoding('utf8')
-      stream.on('data', (chunk: string) => { raw += chunk })
-      stream.on('end', () => {
-        received.push({ from: session.envelope.mailFrom === false ? '' : session.envelope.mailFrom.address, to: session.envelope.rcptTo.map((r) => r.address), raw })
-        callback()
-      })
-    }
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server.server, 'listening')
-  t.teardown(async () => await new Promise<void>((resolve) => { server.close(() => { resolve() }) }))
-  const { port } = server.server.address() as AddressInfo
-  return { url: `smtp://127.0.0.1:${port}?from=budgets@example.com&to=ops@example.com,cfo@example.com`, received, state }
-}
+import { startSmtpReceiver } from './fixtures/smtp-receiver.js'
 
 /** The body of a plain-text message, its soft line breaks undone. */
 const body = (raw: string) => raw.slice(raw.indexOf('\r\n\r\n') + 4).replace(/=\r\n/g, '').replace(/=3D/g, '=')
 
 t.test('a crossing sends one email with what crossed and a link to the dashboard, once, to every recipient', async (t) => {
-  const receiver = await startReceiver(t)
+  const receiver = await startSmtpReceiver(t)
   const { app, createBudget } = await buildGateway(t, { notifications: { channels: { email: { type: 'email', url: receiver.url } }, dashboardUrl: 'https://gateway.example.com/api/v1/budgets/ui' } })
   const team = await createBudget({ name: 'Platform', amount: '1', alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['email'] }] })
   await spendTo(app, team.id, '0.6')
@@ -65,7 +31,7 @@ t.test('a crossing sends one email with what crossed and a link to the dashboard
 })
 
 t.test('a refused delivery is retried through the outbox and arrives once', async (t) => {
-  const receiver = await startReceiver(t)
+  const receiver = await startSmtpReceiver(t)
   receiver.state.refuse = true
   const { app, createBudget, sql } = await buildGateway(t, { notifications: { channels: { email: { type: 'email', url: receiver.url } }, backoffMs: 10 } })
   const team = await createBudget({ name: 'Platform', amount: '1', alerts: [{ threshold: 50, actions: ['notify'], notificationChannels: ['email'] }] })
@@ -97,7 +63,7 @@ t.test('a bad email channel fails at start, naming it', async (t) => {
 })
 
 t.test('the example gateway takes an email channel from NOTIFY_CHANNELS', async (t) => {
-  const receiver = await startReceiver(t)
+  const receiver = await startSmtpReceiver(t)
   const gateway = await startGatewayProcess({
     DATABASE_URL: await createTestDatabase(t), ADMIN_TOKEN, GATEWAY_KEYS: undefined, NOTIFY_INTERVAL_MS: '100',
     NOTIFY_CHANNELS: `email=${receiver.url}`

@@ -1,13 +1,11 @@
 // Review of the approval steps' notifications (commit 24d5daa): the channels. An unconfigured channel, a
 // webhook that answers 500 or times out (retried, then failed after maxAttempts), an email to a real SMTP
 // receiver, a custom notifier that throws.
-import { once } from 'node:events'
-import type { AddressInfo } from 'node:net'
-import { SMTPServer } from 'smtp-server'
 import t from 'tap'
 import Fastify from 'fastify'
 import type { ApprovalStepEvent, BudgetEvent } from '../lib/index.js'
 import { approvalsGateway } from './fixtures/approvals-gateway.js'
+import { startSmtpReceiver } from './fixtures/smtp-receiver.js'
 
 type Gateway = Awaited<ReturnType<typeof approvalsGateway>>
 
@@ -88,27 +86,6 @@ t.test('a custom notifier that throws (an Error, a string, undefined) is a faile
   ])
 })
 
-interface Received { to: string[], raw: string }
-async function smtpReceiver (t: { teardown: (fn: () => unknown) => void }) {
-  const received: Received[] = []
-  const server = new SMTPServer({
-    authOptional: true,
-    disabledCommands: ['STARTTLS'],
-    logger: false,
-    onData (stream, session, callback) {
-      let raw = ''
-      stream.setEncoding('utf8')
-      stream.on('data', (chunk: string) => { raw += chunk })
-      stream.on('end', () => { received.push({ to: session.envelope.rcptTo.map((r) => r.address), raw }); callback() })
-    }
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server.server, 'listening')
-  t.teardown(async () => await new Promise<void>((resolve) => { server.close(() => { resolve() }) }))
-  const { port } = server.server.address() as AddressInfo
-  return { url: `smtp://127.0.0.1:${port}?from=budgets@example.com&to=ops@example.com`, received }
-}
-
 /** A header's value, its folded lines unfolded. */
 const header = (raw: string, name: string) => {
   const head = raw.slice(0, raw.indexOf('\r\n\r\n')).replace(/\r\n[ \t]+/g, ' ')
@@ -116,7 +93,7 @@ const header = (raw: string, name: string) => {
 }
 
 t.test('email through a real SMTP receiver: each step\'s subject, its body and the X-Budget-Event-Id; a hostile reason breaks no header', async (t) => {
-  const smtp = await smtpReceiver(t)
+  const smtp = await startSmtpReceiver(t, { to: 'ops@example.com' })
   const captured: BudgetEvent[] = []
   const g = await approvalsGateway(t, {
     notifications: { channels: { mail: { type: 'email', url: smtp.url }, feed: { deliver: async (event) => { captured.push(event) } } }, dashboardUrl: 'https://gw.example/ui' }
