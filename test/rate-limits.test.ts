@@ -11,18 +11,9 @@ import { ADMIN_TOKEN, PREFIX, budgetRequest, buildApp, snapshotTables } from './
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
 import { modeFromPrompt, modeMarker, startUpstream } from './fixtures/upstream.js'
-import { holdBucketRow, noTokens } from './fixtures/rate-buckets.js'
+import { holdBucketRow, noTokens, teamAChat } from './fixtures/rate-buckets.js'
 
 type Gateway = Awaited<ReturnType<typeof buildGateway>>
-
-async function chat (gateway: Pick<Gateway, 'app'>, body: Record<string, unknown> = {}) {
-  return await gateway.app.inject({
-    method: 'POST',
-    url: '/v1/chat/completions',
-    headers: { 'x-relay-team-id': 'team-a' },
-    body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20, ...body }
-  })
-}
 
 t.test('rate limits are stored, read back, and refused with a 400 naming the field when malformed', async (t) => {
   const { app, admin, sql } = await buildApp(t)
@@ -57,7 +48,7 @@ t.test('requests per minute: over the limit, OpenAI\'s 429 with its headers, not
   const gateway = await buildGateway(t)
   const budget = await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 5 } })
   const started = Date.now()
-  const answers = await Promise.all(Array.from({ length: 8 }, async () => await chat(gateway)))
+  const answers = await Promise.all(Array.from({ length: 8 }, async () => await teamAChat(gateway.app)))
   const elapsed = Date.now() - started
   const statuses = answers.map((answer) => answer.statusCode).sort()
   // The bucket refills 5 a minute: at most one more call's worth can come back in 12 s.
@@ -82,18 +73,18 @@ t.test('tokens per minute: reserved at the estimate, corrected from the usage at
   const gateway = await buildGateway(t)
   // The estimate of a call is its prompt's bytes plus the format's tokens plus max_tokens: about 60 + 2000 here.
   await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 4500 } })
-  const big = await chat(gateway, { max_tokens: 5000 })
+  const big = await teamAChat(gateway.app, { max_tokens: 5000 })
   t.equal(big.statusCode, 429, 'a worst case over the whole minute\'s tokens')
   t.match(big.json().error, { type: 'tokens', code: 'rate_limit_exceeded' })
   t.equal(big.headers['x-ratelimit-limit-tokens'], '4500')
   // Two calls of about 2060 reserved tokens fit; a third does not, until the first two's unused tokens come back.
-  const first = await chat(gateway, { max_tokens: 2000 })
-  const second = await chat(gateway, { max_tokens: 2000 })
+  const first = await teamAChat(gateway.app, { max_tokens: 2000 })
+  const second = await teamAChat(gateway.app, { max_tokens: 2000 })
   t.same([first.statusCode, second.statusCode], [200, 200])
   await gateway.settled()
   const used = [first, second].reduce((sum, answer) => sum + (answer.json().usage.total_tokens as number), 0)
   t.ok(used < 200, `the mock used ${used} tokens of the ~4,120 reserved`)
-  const third = await chat(gateway, { max_tokens: 2000 })
+  const third = await teamAChat(gateway.app, { max_tokens: 2000 })
   t.equal(third.statusCode, 200, 'the tokens the first calls did not use went back')
   await gateway.settled()
   await checkInvariants(t, gateway.sql)
@@ -124,10 +115,10 @@ t.test('a call refused for money gives its request back; a call the client leave
   const gateway = await buildGateway(t)
   await gateway.createBudget({ scopeId: 'team-a', amount: '0.0001', rateLimits: { requestsPerMinute: 2 } })
   for (let i = 0; i < 4; i++) {
-    const response = await chat(gateway, { model: 'gpt-4o', max_tokens: 4000 })
+    const response = await teamAChat(gateway.app, { model: 'gpt-4o', max_tokens: 4000 })
     t.equal(response.statusCode, 402, 'refused for money, every time: the refusals did not use the two requests')
   }
-  t.equal((await chat(gateway, { max_tokens: 5 })).statusCode, 200, 'a call that fits the money still has its request')
+  t.equal((await teamAChat(gateway.app, { max_tokens: 5 })).statusCode, 200, 'a call that fits the money still has its request')
   await gateway.settled()
   await checkInvariants(t, gateway.sql)
 })
@@ -144,7 +135,7 @@ t.test('two gateway processes on one database share the limit', async (t) => {
   t.teardown(async () => await two.close())
   await one.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 10 } })
   const started = Date.now()
-  const answers = await Promise.all(Array.from({ length: 30 }, async (_, i) => await chat(i % 2 === 0 ? one : { app: two })))
+  const answers = await Promise.all(Array.from({ length: 30 }, async (_, i) => await teamAChat(i % 2 === 0 ? one.app : two)))
   t.ok(Date.now() - started < 6000, 'within the time the bucket refills less than one request')
   t.equal(answers.filter((answer) => answer.statusCode === 200).length, 10, 'ten of thirty, across both processes')
   t.equal(answers.filter((answer) => answer.statusCode === 429).length, 20)
@@ -174,7 +165,7 @@ t.test('the official openai client sees the 429 and retries after retry-after', 
     }
   })
   // Drain the bucket.
-  while ((await chat(gateway)).statusCode === 200);
+  while ((await teamAChat(gateway.app)).statusCode === 200);
   const refused = await openai(0).chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 5 })
     .then(() => null, (caught: unknown) => caught)
   t.ok(refused instanceof OpenAI.RateLimitError, 'a RateLimitError')
@@ -253,7 +244,7 @@ async function callsUntilRefusedWithin100Tokens (t: Test, gateway: Gateway, betw
   const used: number[] = []
   let refused = false
   for (let i = 0; i < 20 && !refused; i++) {
-    const answer = await chat(gateway)
+    const answer = await teamAChat(gateway.app)
     if (answer.statusCode === 429) refused = true
     else used.push(answer.json().usage.total_tokens as number)
     await gateway.settled()
@@ -287,12 +278,12 @@ t.test('a call that reserves no tokens is refused while the tokens bucket is in 
 t.test('a limit lowered in this process applies to the very next call, even on a hot budget', async (t) => {
   const gateway = await buildGateway(t)
   const budget = await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 60000 } })
-  for (let wave = 0; wave < 5; wave++) await Promise.all(Array.from({ length: 10 }, async () => await chat(gateway))) // hot: slices held in process
+  for (let wave = 0; wave < 5; wave++) await Promise.all(Array.from({ length: 10 }, async () => await teamAChat(gateway.app))) // hot: slices held in process
   const lowered = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { rateLimits: { requestsPerMinute: 2 } } })
   t.equal(lowered.statusCode, 200)
   const started = Date.now()
   const answers: number[] = []
-  for (let wave = 0; wave < 10; wave++) answers.push(...(await Promise.all(Array.from({ length: 5 }, async () => (await chat(gateway)).statusCode))))
+  for (let wave = 0; wave < 10; wave++) answers.push(...(await Promise.all(Array.from({ length: 5 }, async () => (await teamAChat(gateway.app)).statusCode))))
   const refill = (Date.now() - started) / 60_000 * 2
   t.ok(answers.filter((status) => status === 200).length <= 2 + Math.ceil(refill), `${answers.filter((status) => status === 200).length} of 50 admitted after the limit became 2 a minute`)
   await gateway.settled()
@@ -302,23 +293,23 @@ t.test('a limit lowered in this process applies to the very next call, even on a
 t.test('a top-up in flight when the limit is lowered brings nothing of the old limit back: its grant goes to the bucket', async (t) => {
   const gateway = await buildGateway(t)
   const budget = await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { requestsPerMinute: 60000 } })
-  for (let wave = 0; wave < 5; wave++) await Promise.all(Array.from({ length: 10 }, async () => await chat(gateway))) // hot: a slice held in process
+  for (let wave = 0; wave < 5; wave++) await Promise.all(Array.from({ length: 10 }, async () => await teamAChat(gateway.app))) // hot: a slice held in process
   // Another session holds the bucket's row: the next top-up waits on it, taking under the old limit.
   const holder = await holdBucketRow(gateway.sql, budget.id)
   const waitingTakes = async () => Number((await gateway.sql`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%budget_rate_take%'`)[0]!.n)
   let calls = 0
-  while (await waitingTakes() === 0 && calls < 200) { t.equal((await chat(gateway)).statusCode, 200); calls++ }
+  while (await waitingTakes() === 0 && calls < 200) { t.equal((await teamAChat(gateway.app)).statusCode, 200); calls++ }
   t.equal(await waitingTakes(), 1, `a top-up waits on the bucket after ${calls} calls`)
   const lowered = await gateway.app.inject({ method: 'PUT', url: `${PREFIX}/${budget.id}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: { rateLimits: { requestsPerMinute: 2 } } })
   t.equal(lowered.statusCode, 200)
   const started = Date.now()
   const answers: number[] = []
   // What the process held when the limit changed is given back, though a top-up is in flight...
-  for (let call = 0; call < 5; call++) answers.push((await chat(gateway)).statusCode)
+  for (let call = 0; call < 5; call++) answers.push((await teamAChat(gateway.app)).statusCode)
   await holder.release()
   // ...and what that top-up took under the old limit goes back to the bucket, not to the process.
   while (await waitingTakes() > 0) await new Promise((resolve) => setTimeout(resolve, 1))
-  for (let call = 0; call < 15; call++) answers.push((await chat(gateway)).statusCode)
+  for (let call = 0; call < 15; call++) answers.push((await teamAChat(gateway.app)).statusCode)
   const refill = (Date.now() - started) / 60_000 * 2
   const admitted = answers.filter((status) => status === 200).length
   t.ok(admitted <= 2 + Math.ceil(refill), `${admitted} of 20 admitted after the limit became 2 a minute`)
@@ -330,7 +321,7 @@ t.test('a call whose worst case is more tokens than the budget allows in a minut
   const gateway = await buildGateway(t)
   const address = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
   await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 1000 } })
-  const refused = await chat(gateway, { max_tokens: 4000 })
+  const refused = await teamAChat(gateway.app, { max_tokens: 4000 })
   t.equal(refused.statusCode, 429)
   t.equal(refused.headers['x-should-retry'], 'false')
   t.notOk('retry-after' in refused.headers, 'no wait is named: none would make it fit')

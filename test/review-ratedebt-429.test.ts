@@ -2,28 +2,17 @@
 // tokens reserves one; the call's use is counted when it ends). The refused call's need is its one token
 // plus the debt, which the bucket must hold before it is admitted; the 429 should say when that is.
 import t from 'tap'
-import { noTokens } from './fixtures/rate-buckets.js'
+import { noTokens, teamAChat } from './fixtures/rate-buckets.js'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
-
-type Gateway = Awaited<ReturnType<typeof buildGateway>>
-
-async function chat (gateway: Pick<Gateway, 'app'>) {
-  return await gateway.app.inject({
-    method: 'POST',
-    url: '/v1/chat/completions',
-    headers: { 'x-relay-team-id': 'team-a' },
-    body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 }
-  })
-}
 
 t.test('refused while its allowance is in debt: a call retried after retry-after-ms is admitted', async (t) => {
   const gateway = await buildGateway(t, { gate: noTokens as any })
   await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 90 } })
   const used: number[] = []
-  let refused: Awaited<ReturnType<typeof chat>> | null = null
+  let refused: Awaited<ReturnType<typeof teamAChat>> | null = null
   for (let i = 0; i < 20 && refused === null; i++) {
-    const answer = await chat(gateway)
+    const answer = await teamAChat(gateway.app)
     if (answer.statusCode === 429) refused = answer
     else used.push(answer.json().usage.total_tokens as number)
     // A moment for the call's end (its use counted): not gateway.settled(), which waits for a hot line's
@@ -40,7 +29,7 @@ t.test('refused while its allowance is in debt: a call retried after retry-after
   t.notOk(remaining >= 1 && retryMs <= 1,
     `retry-after-ms ${retryMs} with x-ratelimit-remaining-tokens ${remaining}: the call needs its 1 token and, made good, the ${lastUse - 1} its process owes after its last call`)
   await new Promise((resolve) => setTimeout(resolve, retryMs + 50))
-  const again = await chat(gateway)
+  const again = await teamAChat(gateway.app)
   t.equal(again.statusCode, 200, `retried ${retryMs + 50} ms later as told: ${again.statusCode} ${again.statusCode === 429 ? `(retry-after-ms now ${again.headers['retry-after-ms'] as string}, remaining ${again.headers['x-ratelimit-remaining-tokens'] as string})` : ''}`)
   await gateway.settled()
   await checkInvariants(t, gateway.sql)

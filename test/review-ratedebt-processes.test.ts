@@ -4,21 +4,10 @@
 // see it. docs/rate-limits.md: "While the bucket is in debt, no call is admitted"; the bound for calls made
 // one after another is the limit + one call's overdraft + refill.
 import t from 'tap'
-import { noTokens } from './fixtures/rate-buckets.js'
+import { noTokens, teamAChat } from './fixtures/rate-buckets.js'
 import Fastify from 'fastify'
 import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
-
-type App = { inject: ReturnType<typeof Fastify>['inject'] }
-
-async function chat (app: App) {
-  return await app.inject({
-    method: 'POST',
-    url: '/v1/chat/completions',
-    headers: { 'x-relay-team-id': 'team-a' },
-    body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 }
-  })
-}
 
 t.test('two processes on one bucket, calls one after another, estimates without tokens: the limit, one overdraft and the refill at most', async (t) => {
   const one = await buildGateway(t, { gate: noTokens as any })
@@ -40,7 +29,7 @@ t.test('two processes on one bucket, calls one after another, estimates without 
   // One call at a time, each process in turn, each call settled before the next is sent.
   for (let i = 0; i < 20 && refusals < 2; i++) {
     const app = i % 2 === 0 ? one.app : two
-    const answer = await chat(app)
+    const answer = await teamAChat(app)
     if (answer.statusCode === 429) refusals++
     else {
       t.equal(answer.statusCode, 200)
