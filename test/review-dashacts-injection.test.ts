@@ -3,21 +3,13 @@
 // text are made through the page and shown back: nothing runs, no element is made from them, and at a
 // phone's width nothing the new forms show sticks out of its box.
 import t from 'tap'
-import type { Page } from 'playwright-core'
 import { ADMIN_TOKEN, PREFIX, TEST_CHANNELS } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
-import { launch, networkQuiet, pageErrors } from './fixtures/browser.js'
+import { horizontalOverflows, launch, networkQuiet, pageErrors, signIn } from './fixtures/browser.js'
 
 const HTML = '"><img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script><svg onload="window.__pwned=3">'
 const RTL = '\u202Egnp.exe\u202C \u05E9\u05DC\u05D5\u05DD'
 const CHANNEL = `<img src=x onerror="window.__pwned=4">${RTL}`
-
-async function signIn (page: Page, base: string) {
-  await page.goto(`${base}${PREFIX}/ui`)
-  await page.fill('#token', ADMIN_TOKEN)
-  await page.click('#sign-in button[type=submit]')
-  await page.waitForSelector('#dashboard:not([hidden])')
-}
 
 t.test('hostile names, scope ids, channels, level names and actors: shown as text everywhere, nothing runs', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 }, notifications: { channels: { ...TEST_CHANNELS, [CHANNEL]: { type: 'log' } } } })
@@ -27,7 +19,7 @@ t.test('hostile names, scope ids, channels, level names and actors: shown as tex
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } })
   const errors = pageErrors(page)
   const quiet = networkQuiet(page)
-  await signIn(page, base)
+  await signIn(page, base, ADMIN_TOKEN)
   await page.locator(`.budget-row[data-budget-id="${org.id}"]`).click()
   await page.waitForSelector(`#detail[data-budget-id="${org.id}"]:not([hidden])`)
   await page.click('#budget-new-child')
@@ -72,30 +64,6 @@ t.test('hostile names, scope ids, channels, level names and actors: shown as tex
   t.same(errors, [], 'no page error (a CSP violation would be one)')
 })
 
-/**
- * Every element of the new parts of the page (the budget form, the budget's action buttons and archive
- * confirmation) that sticks out of its box sideways: out of the nearest ancestor that clips or scrolls (or of
- * the viewport), or text wider than its own box; as test/dashboard.test.ts measures the page at 390 px.
- */
-const NEW_PARTS_OVERFLOWS = `(() => {
-  const problems = []
-  const viewport = document.documentElement.clientWidth
-  const describe = (node) => node.tagName.toLowerCase() + (node.id === '' ? '' : '#' + node.id) + ' "' + (node.textContent ?? '').trim().slice(0, 30) + '"'
-  const scrolls = (node) => ['auto', 'scroll'].includes(getComputedStyle(node).overflowX)
-  for (const node of document.querySelectorAll('#budget-editor, #budget-editor *, #budget-actions, #budget-actions *')) {
-    const box = node.getBoundingClientRect()
-    if (box.width === 0 && box.height === 0) continue // not rendered
-    let container = node.parentElement
-    while (container !== null && container !== document.body && getComputedStyle(container).overflowX === 'visible') container = container.parentElement
-    if (container !== null && container !== document.body && scrolls(container)) continue
-    const bounds = container === null || container === document.body ? { left: 0, right: viewport } : container.getBoundingClientRect()
-    if (box.left < bounds.left - 0.5 || box.right > bounds.right + 0.5) problems.push(describe(node) + ' spans ' + Math.round(box.left) + '..' + Math.round(box.right) + ' outside ' + Math.round(bounds.left) + '..' + Math.round(bounds.right))
-    const style = getComputedStyle(node)
-    if (style.display !== 'inline' && !['INPUT', 'SELECT', 'TEXTAREA'].includes(node.tagName) && !scrolls(node) && node.scrollWidth > node.clientWidth + 1) problems.push(describe(node) + ' holds ' + node.scrollWidth + 'px in ' + node.clientWidth + 'px')
-  }
-  return problems
-})()`
-
 t.test('at a phone\'s width, a long budget name in the new forms wraps instead of pushing the page sideways', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
@@ -105,16 +73,16 @@ t.test('at a phone\'s width, a long budget name in the new forms wraps instead o
   const browser = await launch(t)
   const page = await (await browser.newContext({ viewport: { width: 390, height: 844 } })).newPage()
   const errors = pageErrors(page)
-  await signIn(page, base)
+  await signIn(page, base, ADMIN_TOKEN)
   await page.locator(`.budget-row[data-budget-id="${budget.id}"]`).click()
   await page.waitForSelector(`#detail[data-budget-id="${budget.id}"]:not([hidden])`)
-  t.same(await page.evaluate(NEW_PARTS_OVERFLOWS), [], 'the budget\'s buttons fit')
+  t.same(await horizontalOverflows(page, '#budget-editor, #budget-actions'), [], 'the budget\'s buttons fit')
   await page.click('#budget-edit')
   await page.waitForSelector('#budget-editor:not([hidden])')
-  t.same(await page.evaluate(NEW_PARTS_OVERFLOWS), [], 'the edit form, titled with the name, fits')
+  t.same(await horizontalOverflows(page, '#budget-editor, #budget-actions'), [], 'the edit form, titled with the name, fits')
   await page.click('#budget-cancel')
   await page.click('#budget-archive')
   await page.waitForSelector('#budget-archive-form:not([hidden])')
-  t.same(await page.evaluate(NEW_PARTS_OVERFLOWS), [], 'the archive confirmation, which names the budget, fits')
+  t.same(await horizontalOverflows(page, '#budget-editor, #budget-actions'), [], 'the archive confirmation, which names the budget, fits')
   t.same(errors, [], 'no page error')
 })
