@@ -4,12 +4,11 @@
 // never sees the sibling team. A bad value shows the API's own error beside the field and changes nothing, and
 // an alert acknowledged on the page is acknowledged in the API.
 import t from 'tap'
-import type { Page } from 'playwright-core'
 import { ADMIN_TOKEN, PREFIX, snapshotTables } from './fixtures/app.js'
-import { buildGateway, spendTo } from './fixtures/gateway.js'
-import { launch, networkQuiet, pageErrors, openBudget as open } from './fixtures/browser.js'
+import { spendTo } from './fixtures/gateway.js'
+import { launch, networkQuiet, pageErrors, signIn, openBudget as open } from './fixtures/browser.js'
+import { LEAD, teamsWorld } from './fixtures/teams-world.js'
 
-const LEAD = 'lead-token-0123456789'
 // More digits than a Number keeps (16 significant): a page that parsed it would send another amount, or one
 // the API refuses as a JSON number of more than 15 digits.
 const AMOUNT = '123456.7890123456'
@@ -18,34 +17,18 @@ const NEW_AMOUNT = '234567.8901234567'
 /** Chromium's console line for a 4xx the test provokes on purpose (the page shows the refusal). */
 const refusal = (error: string) => /the server responded with a status of 4\d\d/.test(error)
 
-/** An organization over team A (the lead's) and team B (its sibling); the lead's scopes can be changed mid-test, as a host would. */
-async function world (t: Parameters<typeof buildGateway>[0]) {
-  const scopes = { lead: [{ scopeType: 'team', scopeId: 'team-a' }] as unknown[] }
-  const gateway = await buildGateway(t, {
-    gate: { sweepIntervalMs: 0 },
-    authorize: (request) => {
-      const token = /^Bearer (\S+)$/.exec(request.headers.authorization ?? '')?.[1]
-      return token === ADMIN_TOKEN ? 'admin' : token === LEAD ? { actor: 'lead-a', role: 'editor', scopes: scopes.lead } as never : false
-    }
-  })
-  const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
-  const org = await gateway.createBudget({ name: 'Acme', scopeType: 'organization', scopeId: 'acme', amount: '100000000' })
-  const teamA = await gateway.createBudget({ name: 'Team A', scopeId: 'team-a', parentId: org.id, amount: '1000000' })
-  const teamB = await gateway.createBudget({ name: 'Sibling Team B', scopeId: 'team-b', parentId: org.id, amount: '1000000' })
-  const admin = async (method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, body?: Record<string, unknown>) =>
-    await gateway.app.inject({ method, url: `${PREFIX}${url}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, ...(body === undefined ? {} : { body }) })
-  return { ...gateway, base, org, teamA, teamB, admin, scopes }
+/** A page of its own, signed in as the lead and showing the budget `id`, and the errors it reports. */
+async function leadAt (t: Parameters<typeof launch>[0], base: string, id: string) {
+  const browser = await launch(t)
+  const page = await browser.newPage()
+  const errors = pageErrors(page)
+  await signIn(page, base, LEAD)
+  await open(page, id)
+  return { page, errors }
 }
 
-async function signIn (page: Page, base: string, token: string) {
-  await page.goto(`${base}${PREFIX}/ui`)
-  await page.fill('#token', token)
-  await page.click('#sign-in button[type=submit]')
-}
-
-/** Picks the budget in the tree and waits for its page. */
 t.test('a team lead makes, changes and archives a budget of its team on the page; nothing outside its area is offered or shown', async (t) => {
-  const { base, teamA, teamB, admin, scopes, sql } = await world(t)
+  const { base, teamA, teamB, admin, scopes, sql } = await teamsWorld(t)
   const browser = await launch(t)
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } })
   const errors = pageErrors(page)
@@ -153,14 +136,9 @@ t.test('a team lead makes, changes and archives a budget of its team on the page
 })
 
 t.test('a bad value shows the API\'s own error beside the field it names, and changes nothing', async (t) => {
-  const { base, teamA, admin, sql, createBudget } = await world(t)
+  const { base, teamA, admin, sql, createBudget } = await teamsWorld(t)
   const budget = await createBudget({ name: 'Alice', scopeType: 'user', scopeId: 'alice', parentId: teamA.id, amount: '10', alerts: [{ threshold: 50, actions: ['notify'] }] })
-  const browser = await launch(t)
-  const page = await browser.newPage()
-  const errors = pageErrors(page)
-  await signIn(page, base, LEAD)
-  await page.locator(`.budget-row[data-budget-id="${budget.id}"]`).waitFor()
-  await open(page, budget.id)
+  const { page, errors } = await leadAt(t, base, budget.id)
   await page.click('#budget-edit')
   await page.waitForSelector('#budget-editor:not([hidden])')
   const before = await snapshotTables(sql)
@@ -191,17 +169,12 @@ t.test('a bad value shows the API\'s own error beside the field it names, and ch
 })
 
 t.test('an alert acknowledged on the page is acknowledged in the API', async (t) => {
-  const { base, teamA, app, admin, createBudget } = await world(t)
+  const { base, teamA, app, admin, createBudget } = await teamsWorld(t)
   const budget = await createBudget({ name: 'Alice', scopeType: 'user', scopeId: 'alice', parentId: teamA.id, amount: '10', alerts: [{ threshold: 50, actions: ['notify'] }] })
   await spendTo(app, budget.id, '6')
   const [crossing] = (await admin('GET', `/${budget.id}/alerts`)).json().alerts
   t.equal(crossing.acknowledgedBy, null, 'a crossing nobody acknowledged')
-  const browser = await launch(t)
-  const page = await browser.newPage()
-  const errors = pageErrors(page)
-  await signIn(page, base, LEAD)
-  await page.locator(`.budget-row[data-budget-id="${budget.id}"]`).waitFor()
-  await open(page, budget.id)
+  const { page, errors } = await leadAt(t, base, budget.id)
   await page.click(`#detail-alerts form.acknowledge[data-alert-id="${crossing.id as string}"] button`)
   await page.waitForSelector('#detail-alerts li:has-text("acknowledged by lead-a")')
   t.equal(await page.locator('#detail-alerts form.acknowledge').count(), 0, 'no button left for it')
@@ -211,7 +184,7 @@ t.test('an alert acknowledged on the page is acknowledged in the API', async (t)
 })
 
 t.test('a write answered after its token signed out lands nowhere: the next token\'s page shows nothing of it', async (t) => {
-  const { base, teamA, teamB, admin } = await world(t)
+  const { base, teamA, teamB, admin } = await teamsWorld(t)
   const browser = await launch(t)
   const page = await browser.newPage()
   const errors = pageErrors(page)

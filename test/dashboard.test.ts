@@ -7,7 +7,8 @@ import { join } from 'node:path'
 import t from 'tap'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { buildGateway, spendTo } from './fixtures/gateway.js'
-import { launch, pageErrors } from './fixtures/browser.js'
+import { horizontalOverflows, launch, pageErrors, signIn } from './fixtures/browser.js'
+import { LEAD, teamsWorld } from './fixtures/teams-world.js'
 import { toUnits } from '../lib/kernel/money.js'
 
 /**
@@ -144,18 +145,7 @@ t.test('the what-if form on a budget\'s page: "what if this had been 0.002 over 
 })
 
 t.test('a team lead\'s token: the page shows its team and what lies under it, its spend exactly, no sibling, and no panel that reads every tree', async (t) => {
-  const LEAD = 'lead-token-0123456789'
-  const gateway = await buildGateway(t, {
-    gate: { sweepIntervalMs: 0 },
-    authorize: (request) => {
-      const token = /^Bearer (\S+)$/.exec(request.headers.authorization ?? '')?.[1]
-      return token === ADMIN_TOKEN ? 'admin' : token === LEAD ? { actor: 'lead-a', role: 'editor', scopes: [{ scopeType: 'team', scopeId: 'team-a' }] } as never : false
-    }
-  })
-  const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
-  const org = await gateway.createBudget({ name: 'Acme', scopeType: 'organization', scopeId: 'acme', amount: '1000' })
-  const teamA = await gateway.createBudget({ name: 'Team A', scopeId: 'team-a', parentId: org.id, amount: '100' })
-  const teamB = await gateway.createBudget({ name: 'Team B', scopeId: 'team-b', parentId: org.id, amount: '100' })
+  const { base, teamA, teamB, ...gateway } = await teamsWorld(t)
   const alice = await gateway.createBudget({ name: 'Alice', scopeType: 'user', scopeId: 'alice', parentId: teamA.id, amount: '10' })
   for (const team of ['team-a', 'team-b']) t.equal((await gateway.call({ organization: 'acme', team, user: 'alice' })).statusCode, 200)
   await gateway.settled()
@@ -164,9 +154,7 @@ t.test('a team lead\'s token: the page shows its team and what lies under it, it
   const browser = await launch(t)
   const page = await browser.newPage()
   const errors = pageErrors(page)
-  await page.goto(`${base}${PREFIX}/ui`)
-  await page.fill('#token', LEAD)
-  await page.click('#sign-in button[type=submit]')
+  await signIn(page, base, LEAD)
   const teamRow = page.locator(`.budget-row[data-budget-id="${teamA.id}"]`)
   await teamRow.waitFor()
   t.equal(await page.textContent('#principal'), 'lead-a · editor · scoped', 'the header names who the token stands for')
@@ -315,37 +303,6 @@ t.test('the page under odd hosts: a root prefix, a host that ignores trailing sl
   t.same(errors.filter((error) => !error.includes('401') && !decisionLogMissing(error)), [], 'no uncaught error')
 })
 
-/**
- * Every element that sticks out of its box sideways: out of the nearest ancestor that clips or scrolls (or
- * of the viewport), or text wider than its own box. Inside a box that scrolls sideways (a wide table)
- * nothing is lost, so that box is measured and not its content. Page code, as text: the tests have no DOM types.
- */
-const HORIZONTAL_OVERFLOWS = `(() => {
-  const problems = []
-  const viewport = document.documentElement.clientWidth
-  const describe = (node) => node.tagName.toLowerCase() + (node.id === '' ? '' : '#' + node.id) +
-    (typeof node.className === 'string' && node.className.trim() !== '' ? '.' + node.className.trim().split(/\\s+/).join('.') : '') +
-    ' "' + (node.textContent ?? '').trim().slice(0, 40) + '"'
-  const scrolls = (node) => ['auto', 'scroll'].includes(getComputedStyle(node).overflowX)
-  if (document.documentElement.scrollWidth > viewport) problems.push('the page scrolls sideways: ' + document.documentElement.scrollWidth + ' > ' + viewport)
-  for (const node of document.body.querySelectorAll('*')) {
-    const box = node.getBoundingClientRect()
-    if (box.width === 0 && box.height === 0) continue // not rendered
-    let container = node.parentElement
-    while (container !== null && container !== document.body && getComputedStyle(container).overflowX === 'visible') container = container.parentElement
-    if (container !== null && container !== document.body && scrolls(container)) continue
-    const bounds = container === null || container === document.body ? { left: 0, right: viewport } : container.getBoundingClientRect()
-    if (box.left < bounds.left - 0.5 || box.right > bounds.right + 0.5) {
-      problems.push(describe(node) + ' spans ' + Math.round(box.left) + '..' + Math.round(box.right) + ' outside ' + Math.round(bounds.left) + '..' + Math.round(bounds.right))
-    }
-    const style = getComputedStyle(node)
-    if (style.display !== 'inline' && !['INPUT', 'SELECT', 'TEXTAREA'].includes(node.tagName) && !scrolls(node) && node.scrollWidth > node.clientWidth + 1) {
-      problems.push(describe(node) + ' holds ' + node.scrollWidth + 'px in ' + node.clientWidth + 'px')
-    }
-  }
-  return problems
-})()`
-
 t.test('the page at 390 px and at 1280 px: every digit of an amount, the projection clipped to the chart, the blocked badge, nothing cut off', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 } })
   const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
@@ -420,7 +377,7 @@ t.test('the page at 390 px and at 1280 px: every digit of an amount, the project
     t.equal(group.total, '0.0000108')
     t.equal(await reportRow.locator('[data-field=total]').textContent(), group.total, `${width} px: the report shows one call's 0.0000108, not 0`)
 
-    t.same(await page.evaluate(HORIZONTAL_OVERFLOWS), [], `${width} px: nothing sticks out sideways`)
+    t.same(await horizontalOverflows(page), [], `${width} px: nothing sticks out sideways`)
     t.same(errors, [], 'no script error')
     await page.context().close()
   }

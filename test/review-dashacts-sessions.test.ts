@@ -4,37 +4,15 @@
 // change; a team lead is offered nothing outside its area.
 import t from 'tap'
 import { ADMIN_TOKEN, PREFIX, snapshotTables } from './fixtures/app.js'
-import { buildGateway, spendTo } from './fixtures/gateway.js'
+import { spendTo } from './fixtures/gateway.js'
 import { launch, networkQuiet, pageErrors, signIn, openBudget as open } from './fixtures/browser.js'
-
-const LEAD = 'lead-token-0123456789'
-const VIEWER = 'viewer-token-0123456789'
+import { LEAD, VIEWER, teamsWorld } from './fixtures/teams-world.js'
 
 /** Chromium's console line for a 4xx/5xx or a refused connection the test provokes on purpose. */
 const provoked = (error: string): boolean => /the server responded with a status of [45]\d\d|net::ERR_|Failed to load resource/.test(error)
 
-async function world (t: Parameters<typeof buildGateway>[0]) {
-  const gateway = await buildGateway(t, {
-    gate: { sweepIntervalMs: 0 },
-    authorize: (request) => {
-      const token = /^Bearer (\S+)$/.exec(request.headers.authorization ?? '')?.[1]
-      if (token === ADMIN_TOKEN) return 'admin'
-      if (token === LEAD) return { actor: 'lead-a', role: 'editor', scopes: [{ scopeType: 'team', scopeId: 'team-a' }] } as never
-      if (token === VIEWER) return { actor: 'viewer-a', role: 'viewer', scopes: [{ scopeType: 'team', scopeId: 'team-a' }] } as never
-      return false
-    }
-  })
-  const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
-  const org = await gateway.createBudget({ name: 'Acme', scopeType: 'organization', scopeId: 'acme', amount: '100000000' })
-  const teamA = await gateway.createBudget({ name: 'Team A', scopeId: 'team-a', parentId: org.id, amount: '1000000' })
-  const teamB = await gateway.createBudget({ name: 'Sibling Team B', scopeId: 'team-b', parentId: org.id, amount: '1000000' })
-  const admin = async (method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, body?: Record<string, unknown>) =>
-    await gateway.app.inject({ method, url: `${PREFIX}${url}`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, ...(body === undefined ? {} : { body }) })
-  return { ...gateway, base, org, teamA, teamB, admin }
-}
-
 t.test('a double click on Save makes one budget, not two', async (t) => {
-  const { base, teamA, admin } = await world(t)
+  const { base, teamA, admin } = await teamsWorld(t)
   const browser = await launch(t)
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } })
   const errors = pageErrors(page)
@@ -57,7 +35,7 @@ t.test('a double click on Save makes one budget, not two', async (t) => {
 })
 
 t.test('signing out leaves nothing of the token\'s budgets in the page: not the name an archive confirmation showed, nor its refusal', async (t) => {
-  const { base, org, teamA, admin, createBudget } = await world(t)
+  const { base, org, teamA, admin, createBudget } = await teamsWorld(t)
   // A budget outside the lead's area (under the organization).
   const gone = await createBudget({ name: 'Gone Soon', scopeId: 'gone', parentId: org.id, amount: '10' })
   const browser = await launch(t)
@@ -90,7 +68,7 @@ t.test('signing out leaves nothing of the token\'s budgets in the page: not the 
 })
 
 t.test('the API down or answering 502: each write shows a message, keeps what was typed, changes nothing, throws nothing', async (t) => {
-  const { base, teamA, app, sql, createBudget } = await world(t)
+  const { base, teamA, app, sql, createBudget } = await teamsWorld(t)
   const alice = await createBudget({ name: 'Alice', scopeType: 'user', scopeId: 'alice', parentId: teamA.id, amount: '10', alerts: [{ threshold: 50, actions: ['notify'] }] })
   await spendTo(app, alice.id, '6')
   const browser = await launch(t)
@@ -147,7 +125,7 @@ t.test('the API down or answering 502: each write shows a message, keeps what wa
 })
 
 t.test('a team lead and a viewer: the controls each is offered are the ones the API takes', async (t) => {
-  const { base, teamA, teamB, org, createBudget } = await world(t)
+  const { base, teamA, teamB, org, createBudget } = await teamsWorld(t)
   const alice = await createBudget({ name: 'Alice', scopeType: 'user', scopeId: 'alice', parentId: teamA.id, amount: '10' })
   const browser = await launch(t)
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } })
