@@ -9,14 +9,23 @@ export class Unauthorized extends Error {}
 /** An answer that came after its token was signed out or replaced: dropped, whatever it holds. */
 export class Stale extends Error {}
 
+/**
+ * No answer at all: the network is down or nothing listens. The browser's own words for it ("Failed to fetch",
+ * "NetworkError when attempting to fetch resource") name no cause a reader can act on.
+ */
+export class Unreachable extends Error {}
+
 /** Any other answer than 2xx or 401: its status, and the API's error body (code, message, field) when it sent one. */
 export class ApiError extends Error {
   constructor (status, body, statusText) {
     super(`${status} ${body.code ?? ''} ${body.message ?? statusText}`.trim())
     this.status = status
     this.code = body.code
-    /** The API's own words (Invalid 'amount': must be a plain decimal such as "25.50"). */
-    this.detail = body.message ?? statusText
+    /**
+     * The API's own words (Invalid 'amount': must be a plain decimal such as "25.50"), or, for an answer that is
+     * not the API's (a proxy's HTML 502), its status.
+     */
+    this.detail = body.message ?? `The budget API answered ${status} ${statusText}.`
     /** The request field at fault, as a dotted path (alerts.0.threshold), when the API named one. */
     this.field = body.field
   }
@@ -34,7 +43,11 @@ export function adminApi ({ prefix, token }) {
     if (body !== undefined) headers['content-type'] = 'application/json'
     const response = await fetch(`${prefix === '' && path.startsWith('?') ? '/' : prefix}${path}`, {
       method, headers, cache: 'no-store', ...(body === undefined ? {} : { body: JSON.stringify(body) })
-    })
+    }).catch(() => null)
+    if (response === null) {
+      if (asked !== session) throw new Stale('an answer for a token no longer signed in')
+      throw new Unreachable('The budget API did not answer: the connection or the gateway is down. Once it is back, reload to see what the API has.')
+    }
     const answer = response.status === 204
       ? null
       : response.ok && accept !== 'application/json' ? await response.blob() : await response.json().catch(() => ({}))
