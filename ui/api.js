@@ -25,7 +25,7 @@ export class ApiError extends Error {
      * The API's own words (Invalid 'amount': must be a plain decimal such as "25.50"), or, for an answer that is
      * not the API's (a proxy's HTML 502), its status.
      */
-    this.detail = body.message ?? `The budget API answered ${status} ${statusText}.`
+    this.detail = body.message ?? `The budget API answered ${`${status} ${statusText ?? ''}`.trim()}.` // HTTP/2 has no status text
     /** The request field at fault, as a dotted path (alerts.0.threshold), when the API named one. */
     this.field = body.field
   }
