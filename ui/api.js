@@ -15,19 +15,27 @@ export class Stale extends Error {}
  */
 export class Unreachable extends Error {}
 
-/** Any other answer than 2xx or 401: its status, and the API's error body (code, message, field) when it sent one. */
+/** The words of one of the API's error bodies: a string it may hold, else undefined (a proxy's body is anything). */
+const said = (body, key) => typeof body?.[key] === 'string' && body[key].trim() !== '' ? body[key] : undefined
+
+/**
+ * An answer the page cannot use: any status but 2xx and 401, or a 2xx without the JSON it should carry. Its
+ * status, and the API's error body (code, message, field) when it sent one.
+ */
 export class ApiError extends Error {
   constructor (status, body, statusText) {
-    super(`${status} ${body.code ?? ''} ${body.message ?? statusText}`.trim())
+    const answered = `The budget API answered ${`${status} ${statusText ?? ''}`.trim()}` // HTTP/2 has no status text
+    const detail = said(body, 'message') ?? (status >= 200 && status < 300 ? `${answered}, without the data the page asked for.` : `${answered}.`)
+    super(`${status} ${said(body, 'code') ?? ''} ${detail}`.replace(/ +/g, ' '))
     this.status = status
-    this.code = body.code
+    this.code = said(body, 'code')
     /**
      * The API's own words (Invalid 'amount': must be a plain decimal such as "25.50"), or, for an answer that is
      * not the API's (a proxy's HTML 502), its status.
      */
-    this.detail = body.message ?? `The budget API answered ${`${status} ${statusText ?? ''}`.trim()}.` // HTTP/2 has no status text
+    this.detail = detail
     /** The request field at fault, as a dotted path (alerts.0.threshold), when the API named one. */
-    this.field = body.field
+    this.field = said(body, 'field')
   }
 }
 
@@ -35,25 +43,35 @@ export class ApiError extends Error {
 export function adminApi ({ prefix, token }) {
   let session = 0
 
-  /** `path` starts with '/' or '?' (the list, at the prefix itself, or at '/' for an empty prefix). */
+  /**
+   * `path` starts with '/' or '?' (the list, at the prefix itself, or at '/' for an empty prefix). Resolves
+   * with the answer's JSON (a DELETE: null; `accept` other than JSON: a Blob); throws Stale, Unauthorized,
+   * Unreachable or ApiError.
+   */
   async function call (method, path, { body, accept = 'application/json' } = {}) {
     const asked = session
     const headers = { authorization: `Bearer ${token()}`, accept }
     // No content-type without a body: an empty application/json body is a 400 of its own.
     if (body !== undefined) headers['content-type'] = 'application/json'
+    const unreachable = () => asked !== session
+      ? new Stale('an answer for a token no longer signed in')
+      : new Unreachable('The budget API did not answer: the connection or the gateway is down. Once it is back, reload to see what the API has.')
     const response = await fetch(`${prefix === '' && path.startsWith('?') ? '/' : prefix}${path}`, {
       method, headers, cache: 'no-store', ...(body === undefined ? {} : { body: JSON.stringify(body) })
     }).catch(() => null)
-    if (response === null) {
-      if (asked !== session) throw new Stale('an answer for a token no longer signed in')
-      throw new Unreachable('The budget API did not answer: the connection or the gateway is down. Once it is back, reload to see what the API has.')
+    if (response === null) throw unreachable()
+    // Only a DELETE answers without a body (204); any other answer the page uses is a JSON object or list.
+    const wanted = response.ok && method === 'DELETE' ? null : response.ok && accept !== 'application/json' ? 'blob' : 'json'
+    let answer = null
+    try {
+      if (wanted === 'blob') answer = await response.blob()
+      if (wanted === 'json') answer = await response.json().catch((error) => { if (error.name === 'SyntaxError') return undefined; throw error })
+    } catch {
+      throw unreachable() // the connection was cut while the answer came
     }
-    const answer = response.status === 204
-      ? null
-      : response.ok && accept !== 'application/json' ? await response.blob() : await response.json().catch(() => ({}))
     if (asked !== session) throw new Stale('an answer for a token no longer signed in')
     if (response.status === 401) throw new Unauthorized('the token was refused')
-    if (!response.ok) throw new ApiError(response.status, answer, response.statusText)
+    if (!response.ok || (wanted === 'json' && (answer === null || typeof answer !== 'object'))) throw new ApiError(response.status, answer, response.statusText)
     return answer
   }
 

@@ -76,9 +76,9 @@ function signedIn () {
   $('#sign-out').hidden = false
 }
 
-function signedOut (message = '') {
+function signedOut (message = '', { keepToken = false } = {}) {
   client.renew()
-  sessionStorage.removeItem(TOKEN_KEY)
+  if (!keepToken) sessionStorage.removeItem(TOKEN_KEY)
   // Nothing of the token's data stays on the page for the next one, and no form it opened.
   state.budgets = new Map()
   state.statuses = new Map()
@@ -150,12 +150,15 @@ function showAccess (access) {
   requests.allow(access)
 }
 
-/** Any failed read: a refused token signs out (and is forgotten); anything else is shown. */
+/** Any failed read: a refused token signs out (and is forgotten); anything else is shown, on the sign-in screen when it came at sign-in. */
 function failed (error, where = '#load-error') {
   if (error instanceof Stale) return
+  const text = error.detail ?? error.message
   if (error instanceof Unauthorized) signedOut('That token was refused.')
-  else if ($('#dashboard').hidden) signedOut(error.message)
-  else $(where).textContent = error.message
+  // At sign-in, an outage or an answer that is not the API's: the token was not refused, so the tab keeps it
+  // and a reload once the API answers signs in with it.
+  else if ($('#dashboard').hidden) signedOut(text, { keepToken: true })
+  else $(where).textContent = text
 }
 
 // The budget tree
