@@ -28,6 +28,14 @@ async function newPage (t: Parameters<typeof launch>[0]) {
   return { page, uncaught, quiet: networkQuiet(page) }
 }
 
+/** Sets 1 EUR to 1.1 USD on the rates form. */
+async function setRate (page: Page): Promise<void> {
+  await page.fill('#rate-form [name=from]', 'EUR')
+  await page.fill('#rate-form [name=to]', 'USD')
+  await page.fill('#rate-form [name=rate]', '1.1')
+  await page.click('#rate-form button[type=submit]')
+}
+
 /** The lines the page shows that a reader should never see (Failed to fetch, [object Object], undefined, a TypeError). */
 const badLines = async (page: Page): Promise<string[]> =>
   (await page.evaluate('document.body.innerText') as string).split('\n').map((line) => line.trim()).filter((line) => BAD.test(line))
@@ -79,10 +87,7 @@ t.test('a sign-out while writes are pending, then the API goes down: nothing of 
   await page.click('#budget-edit')
   await page.fill('#budget-form [name=amount]', '900')
   await page.click('#budget-form button[type=submit]')
-  await page.fill('#rate-form [name=from]', 'EUR')
-  await page.fill('#rate-form [name=to]', 'USD')
-  await page.fill('#rate-form [name=rate]', '1.1')
-  await page.click('#rate-form button[type=submit]')
+  await setRate(page)
   while (held.length < 4) await new Promise((resolve) => setTimeout(resolve, 50))
   await page.click('#sign-out')
   await signIn(page, base, 'lead')
@@ -113,10 +118,7 @@ t.test('a 502 whose body is not the API\'s error: the form says the status in wo
     await page.unrouteAll()
     await page.route(isApi, async (route) => await route.fulfill({ status: 502, contentType, body }))
     await page.evaluate('delete document.querySelector("#rate-form").dataset.state')
-    await page.fill('#rate-form [name=from]', 'EUR')
-    await page.fill('#rate-form [name=to]', 'USD')
-    await page.fill('#rate-form [name=rate]', '1.1')
-    await page.click('#rate-form button[type=submit]')
+    await setRate(page)
     await page.waitForSelector('#rate-form[data-state=refused]')
     shown[name] = (await page.textContent('#rate-form .form-error'))!
   }
@@ -153,10 +155,7 @@ t.test('a 2xx without a JSON body (a proxy\'s 200 page, a 204): a message, no un
   })
   const whatIfShown = (await page.textContent('#what-if-result'))!
   await attempt('rates: 204', { status: 204 }, '/USD', async () => {
-    await page.fill('#rate-form [name=from]', 'EUR')
-    await page.fill('#rate-form [name=to]', 'USD')
-    await page.fill('#rate-form [name=rate]', '1.1')
-    await page.click('#rate-form button[type=submit]')
+    await setRate(page)
   })
   await attempt('budget status: 200 empty', { status: 200, contentType: 'application/json', body: '' }, '/status', async () => {
     await page.click('#refresh')
@@ -195,10 +194,7 @@ t.test('an outage on the approval queue, the what-if panel, the rates form and A
   await page.click('#what-if-form button[type=submit]')
   await page.waitForSelector('#what-if-result[data-state=error]')
   t.match(await page.textContent('#what-if-result'), DOWN, 'the what-if panel too')
-  await page.fill('#rate-form [name=from]', 'EUR')
-  await page.fill('#rate-form [name=to]', 'USD')
-  await page.fill('#rate-form [name=rate]', '1.1')
-  await page.click('#rate-form button[type=submit]')
+  await setRate(page)
   await page.waitForSelector('#rate-form[data-state=refused]')
   t.match(await page.textContent('#rate-form .form-error'), DOWN, 'and the rates form')
   await page.click('#refresh')
