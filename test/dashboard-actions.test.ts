@@ -6,16 +6,13 @@
 import t from 'tap'
 import { ADMIN_TOKEN, PREFIX, snapshotTables } from './fixtures/app.js'
 import { spendTo } from './fixtures/gateway.js'
-import { launch, networkQuiet, pageErrors, signIn, openBudget as open } from './fixtures/browser.js'
+import { launch, networkQuiet, openBudget as open, pageErrors, provokedRefusal, signIn } from './fixtures/browser.js'
 import { LEAD, teamsWorld } from './fixtures/teams-world.js'
 
 // More digits than a Number keeps (16 significant): a page that parsed it would send another amount, or one
 // the API refuses as a JSON number of more than 15 digits.
 const AMOUNT = '123456.7890123456'
 const NEW_AMOUNT = '234567.8901234567'
-
-/** Chromium's console line for a 4xx the test provokes on purpose (the page shows the refusal). */
-const refusal = (error: string) => /the server responded with a status of 4\d\d/.test(error)
 
 /** A page of its own, signed in as the lead and showing the budget `id`, and the errors it reports. */
 async function leadAt (t: Parameters<typeof launch>[0], base: string, id: string) {
@@ -131,8 +128,8 @@ t.test('a team lead makes, changes and archives a budget of its team on the page
   t.notOk(await page.isVisible('#detail'), 'the archived budget\'s page is gone')
   t.equal((await admin('GET', `/${alice.id}`)).statusCode, 404, 'the API archived it')
   t.notOk(await siblingShown(), 'the sibling team was never on the page')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
-  t.equal(errors.filter(refusal).length, 1, 'the one refusal provoked (the 403), as Chromium logs it')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
+  t.equal(errors.filter(provokedRefusal).length, 1, 'the one refusal provoked (the 403), as Chromium logs it')
 })
 
 t.test('a bad value shows the API\'s own error beside the field it names, and changes nothing', async (t) => {
@@ -164,8 +161,8 @@ t.test('a bad value shows the API\'s own error beside the field it names, and ch
   }
   t.ok(await page.isVisible('#budget-editor'), 'the form stays open, with what was typed')
   t.equal(await page.inputValue('#budget-form [data-field="alerts.0.threshold"]'), '1500')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
-  t.equal(errors.filter(refusal).length, 2, 'the two 400s provoked')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
+  t.equal(errors.filter(provokedRefusal).length, 2, 'the two 400s provoked')
 })
 
 t.test('an alert acknowledged on the page is acknowledged in the API', async (t) => {

@@ -5,20 +5,11 @@
 // admin's exchange rate goes with every digit typed.
 import t from 'tap'
 import { ADMIN_TOKEN, snapshotTables } from './fixtures/app.js'
-import { approvalsGateway } from './fixtures/approvals-gateway.js'
-import { launch, networkQuiet, pageErrors, signIn, openBudget as open } from './fixtures/browser.js'
-
-/** Chromium's console line for a 4xx the test provokes on purpose (the page shows the refusal). */
-const refusal = (error: string) => /the server responded with a status of 4\d\d/.test(error)
-
-async function world (t: Parameters<typeof approvalsGateway>[0]) {
-  const gateway = await approvalsGateway(t, { gate: { sweepIntervalMs: 0 } })
-  const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
-  return { ...gateway, base }
-}
+import { listeningApprovalsGateway } from './fixtures/approvals-gateway.js'
+import { launch, networkQuiet, openBudget as open, pageErrors, provokedRefusal, signIn } from './fixtures/browser.js'
 
 /** The queue's item for a request, on a page signed in as `token`, once the page's first reads are done. */
-async function queueItem (t: Parameters<typeof approvalsGateway>[0], base: string, token: string, requestId: string, width = 1280) {
+async function queueItem (t: Parameters<typeof listeningApprovalsGateway>[0], base: string, token: string, requestId: string, width = 1280) {
   const browser = await launch(t)
   const page = await browser.newPage({ viewport: { width, height: 900 } })
   const errors = pageErrors(page)
@@ -31,7 +22,7 @@ async function queueItem (t: Parameters<typeof approvalsGateway>[0], base: strin
 }
 
 t.test('a double click on "Ask for approval" files one request, not two', async (t) => {
-  const { base, team, admin } = await world(t)
+  const { base, team, admin } = await listeningApprovalsGateway(t)
   const browser = await launch(t)
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } })
   const errors = pageErrors(page)
@@ -46,11 +37,11 @@ t.test('a double click on "Ask for approval" files one request, not two', async 
   const { requests } = (await admin('GET', `/approval-requests?budgetId=${team.id}`)).json()
   t.equal(requests.length, 1, `one request filed by one (double) click; the API has ${requests.length as number}`)
   t.equal(await page.locator('#detail-request-list li[data-request-id]').count(), requests.length, 'the page lists what the API has')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
 })
 
 t.test('Enter in the comment of a request decides nothing: a decision is the button chosen', async (t) => {
-  const { base, team, dev, lead } = await world(t)
+  const { base, team, dev, lead } = await listeningApprovalsGateway(t)
   const filed = (await dev('POST', `/${team.id}/approval-requests`, { amount: '100', reason: 'small one' })).json()
   const { errors, quiet, item } = await queueItem(t, base, 'lead', filed.id as string)
   // The lead writes why it will reject, and presses Enter at the end of the sentence.
@@ -61,11 +52,11 @@ t.test('Enter in the comment of a request decides nothing: a decision is the but
   t.same(requests.map((request: { id: string }) => request.id), [], 'no request approved by a key press in the comment box')
   const pending = (await lead('GET', `/approval-requests?budgetId=${team.id}`)).json().requests
   t.match(pending, [{ id: filed.id, state: 'pending', nextLevel: 1 }], 'the request still waits for the lead\'s choice')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
 })
 
 t.test('a level decided by someone else meanwhile: the 409 is shown, nothing changes, and the queue no longer offers it', async (t) => {
-  const { base, team, dev, lead, finance2, sql } = await world(t)
+  const { base, team, dev, lead, finance2, sql } = await listeningApprovalsGateway(t)
   // 600: above the lead's 500, so two levels; the lead approved the first over the API.
   const filed = (await dev('POST', `/${team.id}/approval-requests`, { amount: '600', reason: 'two levels' })).json()
   t.match((await lead('POST', `/${team.id}/approval-requests/${filed.id as string}/decisions`, { level: 1, verdict: 'approve' })).json(), { nextLevel: 2 })
@@ -82,11 +73,11 @@ t.test('a level decided by someone else meanwhile: the 409 is shown, nothing cha
   t.match(shown, /closed|decided|rejected/i, `the page says why it was refused (${shown.replace(/\s+/g, ' ').slice(0, 300)})`)
   t.equal(await page.locator(`#approval-queue-list li[data-request-id="${filed.id as string}"] button[data-verdict=approve]`).count(), 0,
     'the queue no longer offers Approve on a request that is closed (only a Refresh takes it away now)')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
 })
 
 t.test('an expired request: the refusal is shown, nothing changes, and the queue no longer offers it', async (t) => {
-  const { base, team, dev, sql } = await world(t)
+  const { base, team, dev, sql } = await listeningApprovalsGateway(t)
   const filed = (await dev('POST', `/${team.id}/approval-requests`, { amount: '100', reason: 'expires' })).json()
   const { page, errors, quiet, item } = await queueItem(t, base, 'lead', filed.id as string)
   // Its time runs out while the lead's page is open.
@@ -100,11 +91,11 @@ t.test('an expired request: the refusal is shown, nothing changes, and the queue
   t.same(await snapshotTables(sql), before, 'the refused decision changed nothing')
   t.equal(await page.locator(`#approval-queue-list li[data-request-id="${filed.id as string}"] button[data-verdict=approve]`).count(), 0,
     'the queue no longer offers Approve on an expired request')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
 })
 
 t.test('a requester\'s reason and a decider\'s comment are shown as text: no markup runs, nothing spills sideways', async (t) => {
-  const { base, team, dev, lead } = await world(t)
+  const { base, team, dev, lead } = await listeningApprovalsGateway(t)
   const HOSTILE = '"><img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>\u202Egnp.exe <b>bold</b>'
   const LONG = 'x'.repeat(1900)
   const filed = (await dev('POST', `/${team.id}/approval-requests`, { amount: '600', reason: HOSTILE })).json()
@@ -125,11 +116,11 @@ t.test('a requester\'s reason and a decider\'s comment are shown as text: no mar
   t.equal(await page.evaluate('window.__pwned'), undefined, 'nothing ran')
   const overflow = await page.evaluate('document.documentElement.scrollWidth - document.documentElement.clientWidth')
   t.equal(overflow, 0, 'nothing sticks out sideways at 390 px')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error (a CSP violation would be one)')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error (a CSP violation would be one)')
 })
 
 t.test('a rate: 28 significant digits go as typed, trimmed, and come back whole; a bad one is refused beside the field and changes nothing', async (t) => {
-  const { base, admin, sql } = await world(t)
+  const { base, admin, sql } = await listeningApprovalsGateway(t)
   const browser = await launch(t)
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } })
   const errors = pageErrors(page)
@@ -156,5 +147,5 @@ t.test('a rate: 28 significant digits go as typed, trimmed, and come back whole;
   const rates = (await admin('GET', '/exchange-rates?from=EUR&to=USD')).json().rates
   t.match(rates, [{ rate: RATE }], `the API keeps every digit (${JSON.stringify(rates)})`)
   t.equal(await page.locator('#rates-table tbody tr[data-rate-id] [data-field=rate]').first().textContent(), RATE, 'the table shows every digit')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
 })

@@ -7,10 +7,7 @@ import t from 'tap'
 import type { Page } from 'playwright-core'
 import { ADMIN_TOKEN, PREFIX, snapshotTables } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
-import { launch, networkQuiet, pageErrors } from './fixtures/browser.js'
-
-/** Chromium's console line for a 4xx the test provokes on purpose (the page shows the refusal). */
-const refusal = (error: string) => /the server responded with a status of 4\d\d/.test(error)
+import { launch, networkQuiet, pageErrors, provokedRefusal } from './fixtures/browser.js'
 
 // An actor may be any text up to 200 characters (ApprovalLevel.actors): a directory name such as this one is
 // one actor, with a comma in it.
@@ -107,7 +104,7 @@ t.test('an edit of one alert\'s threshold leaves the other alerts, and their app
   const after = (await admin('GET', `/${rich.id}`)).json()
   t.same(after.alerts[0], { ...before.alerts[0], threshold: 55 }, 'the alert edited has its new threshold')
   t.same(after.alerts.slice(1), before.alerts.slice(1), 'the alerts not edited are unchanged in the API: the policy still names the actor "Doe, Jane (finance)"')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
 })
 
 t.test('amounts: every digit typed goes as the string, trimmed; what the API refuses is shown beside the amount and changes nothing', async (t) => {
@@ -135,7 +132,7 @@ t.test('amounts: every digit typed goes as the string, trimmed; what the API ref
   await page.waitForSelector('#action-status:has-text("Saved Rich.")')
   t.equal((await admin('GET', `/${rich.id}`)).json().amount, EXACT, 'the API has every digit')
   t.equal(await page.locator(`.budget-row[data-budget-id="${rich.id}"] [data-field=limit]`).textContent(), EXACT, 'the tree shows every digit')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
 })
 
 t.test('the form shows a budget\'s own days, in its timezone: an end moved by a week moves by a week', async (t) => {

@@ -5,11 +5,13 @@
 import t from 'tap'
 import { ADMIN_TOKEN, PREFIX, TEST_CHANNELS } from './fixtures/app.js'
 import { buildGateway } from './fixtures/gateway.js'
-import { horizontalOverflows, launch, networkQuiet, pageErrors, signIn } from './fixtures/browser.js'
+import { horizontalOverflows, launch, networkQuiet, pageErrors, signIn, openBudget as open } from './fixtures/browser.js'
 
 const HTML = '"><img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script><svg onload="window.__pwned=3">'
 const RTL = '\u202Egnp.exe\u202C \u05E9\u05DC\u05D5\u05DD'
 const CHANNEL = `<img src=x onerror="window.__pwned=4">${RTL}`
+/** The parts of the page the budget form added: the form, and the budget's buttons with the archive confirmation. */
+const NEW_PARTS = '#budget-editor, #budget-actions'
 
 t.test('hostile names, scope ids, channels, level names and actors: shown as text everywhere, nothing runs', async (t) => {
   const gateway = await buildGateway(t, { gate: { sweepIntervalMs: 0 }, notifications: { channels: { ...TEST_CHANNELS, [CHANNEL]: { type: 'log' } } } })
@@ -20,8 +22,7 @@ t.test('hostile names, scope ids, channels, level names and actors: shown as tex
   const errors = pageErrors(page)
   const quiet = networkQuiet(page)
   await signIn(page, base, ADMIN_TOKEN)
-  await page.locator(`.budget-row[data-budget-id="${org.id}"]`).click()
-  await page.waitForSelector(`#detail[data-budget-id="${org.id}"]:not([hidden])`)
+  await open(page, org.id)
   await page.click('#budget-new-child')
   await page.waitForSelector('#budget-editor:not([hidden])')
   const NAME = `${HTML}${RTL}${'W'.repeat(70)}`
@@ -74,15 +75,14 @@ t.test('at a phone\'s width, a long budget name in the new forms wraps instead o
   const page = await (await browser.newContext({ viewport: { width: 390, height: 844 } })).newPage()
   const errors = pageErrors(page)
   await signIn(page, base, ADMIN_TOKEN)
-  await page.locator(`.budget-row[data-budget-id="${budget.id}"]`).click()
-  await page.waitForSelector(`#detail[data-budget-id="${budget.id}"]:not([hidden])`)
-  t.same(await horizontalOverflows(page, '#budget-editor, #budget-actions'), [], 'the budget\'s buttons fit')
+  await open(page, budget.id)
+  t.same(await horizontalOverflows(page, NEW_PARTS), [], 'the budget\'s buttons fit')
   await page.click('#budget-edit')
   await page.waitForSelector('#budget-editor:not([hidden])')
-  t.same(await horizontalOverflows(page, '#budget-editor, #budget-actions'), [], 'the edit form, titled with the name, fits')
+  t.same(await horizontalOverflows(page, NEW_PARTS), [], 'the edit form, titled with the name, fits')
   await page.click('#budget-cancel')
   await page.click('#budget-archive')
   await page.waitForSelector('#budget-archive-form:not([hidden])')
-  t.same(await horizontalOverflows(page, '#budget-editor, #budget-actions'), [], 'the archive confirmation, which names the budget, fits')
+  t.same(await horizontalOverflows(page, NEW_PARTS), [], 'the archive confirmation, which names the budget, fits')
   t.same(errors, [], 'no page error')
 })

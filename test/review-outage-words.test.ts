@@ -6,19 +6,13 @@ import t from 'tap'
 import type { Page, Route } from 'playwright-core'
 import { ADMIN_TOKEN, PREFIX } from './fixtures/app.js'
 import { spendTo } from './fixtures/gateway.js'
-import { approvalsGateway } from './fixtures/approvals-gateway.js'
+import { listeningApprovalsGateway } from './fixtures/approvals-gateway.js'
 import { launch, networkQuiet, signIn, openBudget as open } from './fixtures/browser.js'
 
 const DOWN = /^The budget API did not answer: the connection or the gateway is down\. Once it is back, reload to see what the API has\.$/
 const isApi = (url: URL): boolean => url.pathname.startsWith(PREFIX) && !url.pathname.startsWith(`${PREFIX}/ui`)
 /** Words the page must never show. */
 const BAD = /Failed to fetch|\[object Object\]|undefined|Cannot read|is not iterable|TypeError/
-
-async function world (t: Parameters<typeof approvalsGateway>[0]) {
-  const gateway = await approvalsGateway(t, { gate: { sweepIntervalMs: 0 } })
-  const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
-  return { ...gateway, base }
-}
 
 async function newPage (t: Parameters<typeof launch>[0]) {
   const browser = await launch(t)
@@ -42,7 +36,7 @@ const badLines = async (page: Page): Promise<string[]> =>
 const visibleText = async (page: Page): Promise<string> => await page.evaluate('document.body.innerText') as string
 
 t.test('signing in while the API is down: the sign-in screen says so, and reloading once it is back (as it says) signs in', async (t) => {
-  const { base } = await world(t)
+  const { base } = await listeningApprovalsGateway(t)
   const { page, uncaught } = await newPage(t)
   await page.goto(`${base}${PREFIX}/ui`)
   await page.route(isApi, async (route) => await route.abort('connectionrefused'))
@@ -70,7 +64,7 @@ t.test('signing in while the API is down: the sign-in screen says so, and reload
 })
 
 t.test('a sign-out while writes are pending, then the API goes down: nothing of the old session reaches the next token\'s page', async (t) => {
-  const { base, team, app } = await world(t)
+  const { base, team, app } = await listeningApprovalsGateway(t)
   await spendTo(app, team.id, '600') // the 50% alert: an Acknowledge button
   const { page, uncaught, quiet } = await newPage(t)
   await signIn(page, base, ADMIN_TOKEN)
@@ -101,7 +95,7 @@ t.test('a sign-out while writes are pending, then the API goes down: nothing of 
 })
 
 t.test('a 502 whose body is not the API\'s error: the form says the status in words, and shows markup as text', async (t) => {
-  const { base } = await world(t)
+  const { base } = await listeningApprovalsGateway(t)
   const { page, uncaught } = await newPage(t)
   await signIn(page, base, ADMIN_TOKEN)
   await page.waitForSelector('#rates:not([hidden])')
@@ -135,7 +129,7 @@ t.test('a 502 whose body is not the API\'s error: the form says the status in wo
 })
 
 t.test('a 2xx without a JSON body (a proxy\'s 200 page, a 204): a message, no uncaught error, no "undefined"', async (t) => {
-  const { base, team } = await world(t)
+  const { base, team } = await listeningApprovalsGateway(t)
   const { page, uncaught, quiet } = await newPage(t)
   await signIn(page, base, ADMIN_TOKEN)
   await open(page, team.id)
@@ -166,7 +160,7 @@ t.test('a 2xx without a JSON body (a proxy\'s 200 page, a 204): a message, no un
 })
 
 t.test('an outage on the approval queue, the what-if panel, the rates form and Acknowledge: the words, no uncaught error', async (t) => {
-  const { base, team, app, dev } = await world(t)
+  const { base, team, app, dev } = await listeningApprovalsGateway(t)
   await spendTo(app, team.id, '600')
   const filed = (await dev('POST', `/${team.id}/approval-requests`, { amount: '100', reason: 'small' })).json()
   const { page, uncaught, quiet } = await newPage(t)

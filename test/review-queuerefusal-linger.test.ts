@@ -3,20 +3,12 @@
 // queue's reload still in flight), a Refresh, or a later decision; and a principal who decides nothing sees no queue.
 import t from 'tap'
 import type { Page } from 'playwright-core'
-import { approvalsGateway } from './fixtures/approvals-gateway.js'
-import { launch, networkQuiet, pageErrors, signIn } from './fixtures/browser.js'
-
-const refusal = (error: string) => /the server responded with a status of 4\d\d/.test(error)
-
-async function world (t: Parameters<typeof approvalsGateway>[0]) {
-  const gateway = await approvalsGateway(t, { gate: { sweepIntervalMs: 0 } })
-  const base = await gateway.app.listen({ port: 0, host: '127.0.0.1' })
-  return { ...gateway, base }
-}
+import { listeningApprovalsGateway } from './fixtures/approvals-gateway.js'
+import { launch, networkQuiet, pageErrors, provokedRefusal, signIn } from './fixtures/browser.js'
 
 /** The lead's only request expires while its page is open, and the lead's Approve is refused. */
-async function refusedLead (t: Parameters<typeof approvalsGateway>[0], page: Page, hold = false) {
-  const w = await world(t)
+async function refusedLead (t: Parameters<typeof listeningApprovalsGateway>[0], page: Page, hold = false) {
+  const w = await listeningApprovalsGateway(t)
   const filed = (await w.dev('POST', `/${w.team.id}/approval-requests`, { amount: '100', reason: 'expires' })).json()
   const quiet = networkQuiet(page)
   await signIn(page, w.base, 'lead')
@@ -51,7 +43,7 @@ t.test('after a refusal, signing out and in as a viewer who decides nothing: no 
   await signIn(page, base, 'dev')
   await quiet()
   t.same(await queueState(page), { visible: false, error: '' }, 'the viewer sees no queue and no refusal of the lead\'s')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
 })
 
 t.test('a sign-out while the queue\'s reload after a refusal is in flight: the next principal sees none of it', async (t) => {
@@ -66,7 +58,7 @@ t.test('a sign-out while the queue\'s reload after a refusal is in flight: the n
   release()
   await quiet()
   t.same(await queueState(page), { visible: false, error: '' }, 'the viewer sees no queue and no refusal of the lead\'s')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
 })
 
 t.test('after a refusal, a Refresh with nothing to decide hides the queue; a new request to decide shows it without the old refusal', async (t) => {
@@ -89,5 +81,5 @@ t.test('after a refusal, a Refresh with nothing to decide hides the queue; a new
   await item.waitFor({ state: 'detached' })
   await quiet()
   t.same(await queueState(page), { visible: false, error: '' }, 'decided: nothing left, no queue, no refusal')
-  t.same(errors.filter((error) => !refusal(error)), [], 'no page error')
+  t.same(errors.filter((error) => !provokedRefusal(error)), [], 'no page error')
 })

@@ -7,7 +7,7 @@ import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
 
 t.test('refused while its allowance is in debt: a call retried after retry-after-ms is admitted', async (t) => {
-  const gateway = await buildGateway(t, { gate: noTokens as any })
+  const gateway = await buildGateway(t, { gate: noTokens })
   await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 90 } })
   const used: number[] = []
   let refused: Awaited<ReturnType<typeof teamAChat>> | null = null

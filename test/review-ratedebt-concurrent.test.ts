@@ -10,7 +10,7 @@ import { checkInvariants } from './fixtures/invariants.js'
 
 for (const change of [false, true]) {
   t.test(`30 concurrent calls without token estimates${change ? ', a budget changed while they are in flight' : ''}: every token they used reaches the bucket`, async (t) => {
-    const gateway = await buildGateway(t, { gate: noTokens as any, mockTokenDelayMs: 20 })
+    const gateway = await buildGateway(t, { gate: noTokens, mockTokenDelayMs: 20 })
     const LIMIT = 100
     const budget = await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: LIMIT } })
     const other = await gateway.createBudget({ scopeId: 'team-other', amount: '100' })

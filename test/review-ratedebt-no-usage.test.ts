@@ -12,7 +12,7 @@ import { startUpstream, type UpstreamMode } from './fixtures/upstream.js'
 for (const mode of ['json-no-usage', 'sse-cut'] as UpstreamMode[]) {
   t.test(`upstream ${mode}, an estimate without tokens, 5 tokens a minute: each served call uses one token at least`, async (t) => {
     const upstream = await startUpstream(t, { mode })
-    const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: noTokens as any })
+    const gateway = await buildGateway(t, { upstreamServer: upstream.url, gate: noTokens })
     const budget = await gateway.createBudget({ scopeId: 'team-a', amount: '100', rateLimits: { tokensPerMinute: 5 } })
     const stream = mode.startsWith('sse')
     const started = Date.now()

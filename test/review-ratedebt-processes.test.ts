@@ -10,11 +10,11 @@ import { buildGateway } from './fixtures/gateway.js'
 import { checkInvariants } from './fixtures/invariants.js'
 
 t.test('two processes on one bucket, calls one after another, estimates without tokens: the limit, one overdraft and the refill at most', async (t) => {
-  const one = await buildGateway(t, { gate: noTokens as any })
+  const one = await buildGateway(t, { gate: noTokens })
   const { default: budgets } = await import('../lib/index.js')
   const { chatCompletions } = await import('../examples/chat-completions.js')
   const two = Fastify()
-  await two.register(budgets, { database: one.url, adminToken: 'another-admin-token-0123', gate: { routes: ['/v1/chat/completions'], ...(noTokens as any) }, notifications: { intervalMs: 0 } })
+  await two.register(budgets, { database: one.url, adminToken: 'another-admin-token-0123', gate: { routes: ['/v1/chat/completions'], ...noTokens }, notifications: { intervalMs: 0 } })
   await two.register(chatCompletions, { mockTokenDelayMs: 1 })
   await two.ready()
   t.teardown(async () => await two.close())
