@@ -18,8 +18,7 @@ import autocannon from 'autocannon'
 import postgres from 'postgres'
 import { createTestDatabase } from '../test/fixtures/database.js'
 import { findViolations } from '../test/fixtures/invariants.js'
-import { BENCH_ADMIN_TOKEN } from './gateway-server.js'
-import { HOT_CALL, fmt, hotLine, median, startBenchGateway } from './harness.js'
+import { HOT_CALL, fmt, heldLine, hotLine, median, startBenchGateway } from './harness.js'
 
 const SECONDS = Number(process.env.SECONDS ?? 8)
 const ROUNDS = Number(process.env.ROUNDS ?? 3)
@@ -59,13 +58,7 @@ async function engine (name: string, server: string, workers: string[]): Promise
   const stop = async () => { if (child.exitCode === null) { child.kill('SIGTERM'); await once(child, 'exit') } }
   cleanups.push(stop)
   const { org } = await hotLine(gateway)
-  // the held line: a team in shadow under the same organization (a line with a shadow budget is never leased)
-  const response = await fetch(`${gateway}/api/v1/budgets`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ name: 'held team', scopeType: 'team', scopeId: 'held', parentId: org, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01', enforcement: 'shadow' })
-  })
-  if (!response.ok) throw new Error(`the held line: ${response.status} ${await response.text()}`)
+  await heldLine(gateway, org)
   return { name, url, gateway, stop, runs: { hot: [], held: [] } }
 }
 

@@ -119,21 +119,28 @@ export const HOT_CALL = {
   body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 20 })
 }
 
+/** Creates a budget through a gateway's admin API (monthly in USD from 2024, unless `body` says otherwise); its id. */
+async function createBudget (gatewayUrl: string, body: Record<string, unknown>): Promise<string> {
+  const response = await fetch(`${gatewayUrl}/api/v1/budgets`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ currency: 'USD', period: 'monthly', startDate: '2024-01-01', ...body })
+  })
+  if (!response.ok) throw new Error(`creating budget ${String(body.name)}: ${response.status} ${await response.text()}`)
+  return ((await response.json()) as { id: string }).id
+}
+
 /**
  * The hot line most benchmarks load, made through a gateway's admin API: the organization 'acme' and the
  * team 'hot' under it, monthly in USD, 100000000 each unless `teamAmount` says otherwise. Their ids.
  */
 export async function hotLine (gatewayUrl: string, teamAmount = '100000000'): Promise<{ org: string, team: string }> {
-  const create = async (body: Record<string, unknown>): Promise<string> => {
-    const response = await fetch(`${gatewayUrl}/api/v1/budgets`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ currency: 'USD', period: 'monthly', startDate: '2024-01-01', ...body })
-    })
-    if (!response.ok) throw new Error(`creating the hot line: ${response.status} ${await response.text()}`)
-    return ((await response.json()) as { id: string }).id
-  }
-  const org = await create({ name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000' })
-  const team = await create({ name: 'hot team', scopeType: 'team', scopeId: 'hot', parentId: org, amount: teamAmount })
+  const org = await createBudget(gatewayUrl, { name: 'org', scopeType: 'organization', scopeId: 'acme', amount: '100000000' })
+  const team = await createBudget(gatewayUrl, { name: 'hot team', scopeType: 'team', scopeId: 'hot', parentId: org, amount: teamAmount })
   return { org, team }
+}
+
+/** The held line beside it: the team 'held' in shadow under `org` (a line with a shadow budget is never leased, so each call is held). Its id. */
+export async function heldLine (gatewayUrl: string, org: string): Promise<string> {
+  return await createBudget(gatewayUrl, { name: 'held team', scopeType: 'team', scopeId: 'held', parentId: org, amount: '100000000', enforcement: 'shadow' })
 }

@@ -9,8 +9,7 @@ import { once } from 'node:events'
 import autocannon from 'autocannon'
 import postgres from 'postgres'
 import { createTestDatabase } from '../test/fixtures/database.js'
-import { BENCH_ADMIN_TOKEN } from './gateway-server.js'
-import { HOT_CALL, hotLine, startBenchGateway } from './harness.js'
+import { HOT_CALL, heldLine, hotLine, startBenchGateway } from './harness.js'
 
 const ROUNDS = Number(process.env.ROUNDS ?? 4)
 const HOT = process.env.HOT !== '0'
@@ -31,12 +30,7 @@ const liveHolds = async () => Number((await sql`select count(distinct id)::int a
 
 try {
   const { org } = await hotLine(gateway)
-  const made = await fetch(`${gateway}/api/v1/budgets`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ name: 'held team', scopeType: 'team', scopeId: 'held', parentId: org, amount: '100000000', currency: 'USD', period: 'monthly', startDate: '2024-01-01', enforcement: 'shadow' })
-  })
-  if (!made.ok) throw new Error(`the held line: ${made.status} ${await made.text()}`)
+  await heldLine(gateway, org)
   for (let round = 0; round < ROUNDS; round++) {
     const hot = HOT ? `hot ${await load('hot')} calls/s, then ` : ''
     const held = await load('held')
